@@ -1,0 +1,289 @@
+/*
+ * gossip.h - pmgcm gossip library: a sans-IO SWIM/Lifeguard core, the packet
+ * keyring (AES-256-GCM), and a libuv adapter.
+ *
+ * The core never does I/O and never reads a clock. Time (milliseconds on any
+ * monotonic scale) and packets go in; packets to send, TCP stream requests and
+ * the next deadline come out. The same core runs under libuv (gsp_uv_*) and
+ * under the deterministic simulator in tests/sim.
+ *
+ * Conventions: functions return 0 or a negative errno (GSP_E* below -500 where
+ * errno has none). Ownership is stated next to each function. Every byte that
+ * comes from the network is bounded and validated before it is used.
+ */
+#ifndef PMGCM_GOSSIP_H
+#define PMGCM_GOSSIP_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- project error codes (errno has none for these) ------------------- */
+#define GSP_EDECRYPT   (-501) /* no key in the ring opens the packet        */
+#define GSP_EDECODE    (-502) /* packet/frame is not a valid message        */
+#define GSP_ETOOBIG    (-503) /* input exceeds a configured bound           */
+#define GSP_ESELF      (-504) /* packet claims to come from our own id      */
+
+const char *gsp_strerror(int err); /* static string, never NULL */
+
+/* ---- identity and addresses ------------------------------------------- */
+#define GSP_ID_LEN 16
+typedef struct gsp_id {
+    uint8_t b[GSP_ID_LEN];
+} gsp_id;
+
+/* IPv4 or IPv6 address plus port; family is 4 or 6, 0 = unset. */
+typedef struct gsp_addr {
+    uint8_t family;
+    uint8_t ip[16]; /* IPv4 uses the first 4 bytes */
+    uint16_t port;
+} gsp_addr;
+
+/* "1.2.3.4:7946", "[::1]:7946". Returns 0 or -EINVAL. */
+int gsp_addr_parse(gsp_addr *out, const char *str, uint16_t default_port);
+/* Writes "ip:port" (or "[ip6]:port") into buf; returns buf. len >= 64. */
+char *gsp_addr_str(const gsp_addr *a, char *buf, size_t len);
+/* Only the IP part. len >= 48. */
+char *gsp_addr_ip_str(const gsp_addr *a, char *buf, size_t len);
+bool gsp_addr_eq(const gsp_addr *a, const gsp_addr *b);
+
+int gsp_id_parse(gsp_id *out, const char *hex32); /* 32 hex chars; 0/-EINVAL */
+char *gsp_id_str(const gsp_id *id, char *buf, size_t len); /* len >= 33 */
+
+/* Incarnation: generation is persisted and bumped at every start, version
+ * is bumped by refutations and metadata changes. Ordered lexicographically. */
+typedef struct gsp_inc {
+    uint64_t gen;
+    uint64_t ver;
+} gsp_inc;
+int gsp_inc_cmp(gsp_inc a, gsp_inc b); /* <0, 0, >0 */
+
+/* ---- keyring: AES-256-GCM, first key seals, all keys open --------------- */
+#define GSP_KEY_LEN 32
+#define GSP_KEYRING_MAX 8
+#define GSP_SEAL_OVERHEAD (1 + 12 + 16) /* version byte, nonce, tag */
+#define GSP_LABEL_MAX 64
+
+typedef struct gsp_keyring gsp_keyring;
+
+/* label: cluster label bound into every packet as associated data (may be
+ * "", at most GSP_LABEL_MAX bytes). Returns NULL on ENOMEM/EINVAL.
+ * Caller owns the result; free with gsp_keyring_free. */
+gsp_keyring *gsp_keyring_new(const char *label);
+void gsp_keyring_free(gsp_keyring *kr);
+/* Adds a key at the end (or moves nothing if present). 0, -EEXIST, -ENOSPC. */
+int gsp_keyring_add(gsp_keyring *kr, const uint8_t key[GSP_KEY_LEN]);
+/* Makes an installed key the sealing (first) key. 0 or -ENOENT. */
+int gsp_keyring_use(gsp_keyring *kr, const uint8_t key[GSP_KEY_LEN]);
+/* Removes a key; refuses the sealing key (-EBUSY). 0, -ENOENT, -EBUSY. */
+int gsp_keyring_remove(gsp_keyring *kr, const uint8_t key[GSP_KEY_LEN]);
+size_t gsp_keyring_count(const gsp_keyring *kr);
+/* Copies key i (0 = sealing key) into out. 0 or -ENOENT. */
+int gsp_keyring_get(const gsp_keyring *kr, size_t i, uint8_t out[GSP_KEY_LEN]);
+
+/* Seal: out must hold in_len + GSP_SEAL_OVERHEAD bytes. *out_len set.
+ * Returns 0, -ENOKEY (empty ring), -ENOSPC (out too small), -EIO. */
+int gsp_seal(gsp_keyring *kr, const uint8_t *in, size_t in_len,
+             uint8_t *out, size_t out_cap, size_t *out_len);
+/* Open: out must hold in_len bytes. Tries every key. Returns 0,
+ * GSP_EDECRYPT (no key opens it, bad tag, wrong label, truncated). */
+int gsp_open(gsp_keyring *kr, const uint8_t *in, size_t in_len,
+             uint8_t *out, size_t out_cap, size_t *out_len);
+
+/* Key files: one key per line as 64 hex chars (or 44-char base64);
+ * '#' comments and blank lines ignored; first key is the sealing key.
+ * Returns 0, -ENOENT, -EINVAL (with a line number in *bad_line if not NULL),
+ * -ENOSPC (more than GSP_KEYRING_MAX). */
+int gsp_keyring_load_file(gsp_keyring *kr, const char *path, int *bad_line);
+/* Fills key with fresh random bytes (mbedTLS CTR-DRBG). 0 or -EIO. */
+int gsp_random(void *buf, size_t len);
+
+/* ---- configuration ------------------------------------------------------ */
+typedef struct gsp_config {
+    uint32_t probe_interval_ms;   /* 500: one probe per interval          */
+    uint32_t probe_timeout_ms;    /* 200: direct ack deadline              */
+    uint32_t indirect_checks;     /* 3: k peers asked to ping for us       */
+    uint32_t suspicion_mult;      /* 4: suspicion min = mult*max(1,log10 N)*interval */
+    uint32_t suspicion_max_mult;  /* 6: suspicion max = max_mult * min     */
+    uint32_t retransmit_mult;     /* 4: lambda in lambda*ceil(log10(N+1))  */
+    uint32_t gossip_interval_ms;  /* 200: fan-out of pending updates       */
+    uint32_t gossip_nodes;        /* 3                                      */
+    uint32_t pushpull_interval_ms;/* 30000, scaled up above 32 nodes        */
+    uint32_t rejoin_interval_ms;  /* 10000: contact a dead/seed peer        */
+    uint32_t awareness_max;       /* 8: Lifeguard local health max         */
+    uint32_t reap_dead_ms;        /* 0 = keep dead members forever          */
+    uint32_t reap_left_ms;        /* 0 = keep left members forever          */
+    uint32_t packet_size;         /* 1400: max UDP payload before sealing  */
+    uint32_t user_share_pct;      /* 25: share of every packet reserved for user broadcasts */
+    uint32_t max_stream_bytes;    /* 4 MiB: bound for one TCP frame         */
+} gsp_config;
+
+/* Fills the defaults documented above. */
+void gsp_config_default(gsp_config *cfg);
+
+/* ---- the sans-IO core --------------------------------------------------- */
+typedef enum gsp_state {
+    GSP_ALIVE = 0,
+    GSP_SUSPECT = 1,
+    GSP_DEAD = 2,
+    GSP_LEFT = 3,
+} gsp_state;
+const char *gsp_state_name(gsp_state s); /* "alive", "suspect", ... */
+
+#define GSP_NAME_MAX 64
+#define GSP_META_MAX 512
+
+/* A read-only view of one member. Pointers are valid until the next call
+ * into the core that takes a non-const core pointer. */
+typedef struct gsp_member {
+    gsp_id id;
+    char name[GSP_NAME_MAX + 1];
+    gsp_addr addr;
+    gsp_inc inc;
+    gsp_state state;
+    uint64_t state_since_ms;  /* core time of the last state change      */
+    const uint8_t *meta;
+    size_t meta_len;
+    bool is_self;
+} gsp_member;
+
+typedef struct gsp_core gsp_core;
+
+typedef struct gsp_callbacks {
+    void *ud;
+    /* A member appeared or changed state, address or metadata. */
+    void (*member_changed)(void *ud, const gsp_member *m, gsp_state old_state,
+                           bool is_new);
+    /* A user broadcast with a newer version than we had arrived. */
+    void (*user_msg)(void *ud, uint32_t key, uint64_t version,
+                     const uint8_t *data, size_t len);
+} gsp_callbacks;
+
+/* Creates a core for node `self` at `addr` with generation `gen` (persist
+ * and bump it at every start). keyring may be NULL (plaintext: only for the
+ * simulator and tests); the core does not own it and it must outlive the
+ * core. seed drives the core's PRNG (probe order, fan-out targets).
+ * Returns 0 and *out (caller frees with gsp_core_free), -EINVAL, -ENOMEM. */
+int gsp_core_new(gsp_core **out, const gsp_config *cfg, const gsp_id *self,
+                 const char *name, const gsp_addr *addr, uint64_t gen,
+                 gsp_keyring *keyring, uint64_t seed, uint64_t now_ms,
+                 const gsp_callbacks *cb);
+void gsp_core_free(gsp_core *c);
+
+/* Sets this node's metadata (copied; at most GSP_META_MAX bytes). A change
+ * bumps the incarnation version and is gossiped. 0, -E2BIG, -ENOMEM. */
+int gsp_core_set_meta(gsp_core *c, uint64_t now_ms, const uint8_t *meta,
+                      size_t len);
+
+/* Contact these addresses with a TCP push-pull (seeds, known peers). */
+int gsp_core_join(gsp_core *c, uint64_t now_ms, const gsp_addr *addrs,
+                  size_t n);
+/* Remember addresses to re-contact periodically while they are not alive
+ * members (partition healing). Copied; replaces the previous list. */
+int gsp_core_set_seeds(gsp_core *c, const gsp_addr *addrs, size_t n);
+
+/* Announce a graceful leave: gossips LEFT about ourselves. Keep driving the
+ * core for a moment (e.g. until gsp_core_pending_updates()==0 or ~1 s). */
+int gsp_core_leave(gsp_core *c, uint64_t now_ms);
+
+/* Queue a cluster-wide user broadcast. Per key, a higher version replaces a
+ * lower one everywhere. data copied, at most GSP_META_MAX bytes. */
+int gsp_core_broadcast(gsp_core *c, uint32_t key, uint64_t version,
+                       const uint8_t *data, size_t len);
+
+/* Feed one received UDP datagram (sealed if a keyring is set). Bad input
+ * is dropped, counted in stats, and never changes membership: the return
+ * value says why (GSP_EDECRYPT, GSP_EDECODE, GSP_ETOOBIG, ...). */
+int gsp_core_recv(gsp_core *c, uint64_t now_ms, const gsp_addr *from,
+                  const uint8_t *pkt, size_t len);
+
+/* Handle one inbound TCP request frame (sealed); writes the sealed reply
+ * into a buffer the core allocates (*reply, caller frees with free()).
+ * A request that needs no reply sets *reply = NULL, *reply_len = 0. */
+int gsp_core_stream_request(gsp_core *c, uint64_t now_ms,
+                            const gsp_addr *from, const uint8_t *req,
+                            size_t len, uint8_t **reply, size_t *reply_len);
+
+/* Result of an outbound stream request the core asked for (see
+ * GSP_OUT_STREAM). reply NULL/len 0 with ok=false = connect/IO failure. */
+int gsp_core_stream_result(gsp_core *c, uint64_t now_ms, uint64_t req_id,
+                           bool ok, const uint8_t *reply, size_t len);
+
+/* Run timers due at now_ms. */
+void gsp_core_tick(gsp_core *c, uint64_t now_ms);
+
+/* Earliest time gsp_core_tick must be called again. */
+uint64_t gsp_core_next_deadline(const gsp_core *c);
+
+/* Output queue. */
+typedef enum gsp_out_kind {
+    GSP_OUT_UDP = 1,    /* send data to addr as one datagram              */
+    GSP_OUT_STREAM = 2, /* open TCP to addr, send framed data, read one
+                           framed reply, report with gsp_core_stream_result
+                           (req_id), giving up after timeout_ms           */
+} gsp_out_kind;
+
+typedef struct gsp_out {
+    gsp_out_kind kind;
+    gsp_addr addr;
+    uint8_t *data; /* owned by the caller after gsp_core_pop_out: free() */
+    size_t len;
+    uint64_t req_id;
+    uint32_t timeout_ms;
+} gsp_out;
+
+/* Takes the next output. Returns 1 with *out filled, 0 when empty. */
+int gsp_core_pop_out(gsp_core *c, gsp_out *out);
+
+/* Iterate members (self included). Stops early if fn returns non-zero. */
+void gsp_core_foreach(gsp_core *c,
+                      int (*fn)(void *ud, const gsp_member *m), void *ud);
+/* Finds a member by id: 0 and *out filled, or -ENOENT. */
+int gsp_core_get(gsp_core *c, const gsp_id *id, gsp_member *out);
+size_t gsp_core_count(const gsp_core *c, int state_mask); /* 1<<GSP_ALIVE|... */
+size_t gsp_core_pending_updates(const gsp_core *c);
+uint32_t gsp_core_health(const gsp_core *c); /* Lifeguard awareness score */
+/* Current suspicion timeouts (ms) for the present member count. */
+void gsp_core_suspicion_bounds(const gsp_core *c, uint64_t *min_ms,
+                               uint64_t *max_ms);
+
+typedef struct gsp_stats {
+    uint64_t udp_in, udp_out, bytes_in, bytes_out;
+    uint64_t streams_in, streams_out, stream_failures;
+    uint64_t probes, probe_fails, indirect_probes, tcp_fallback_probes;
+    uint64_t suspicions, refutations, deaths_declared;
+    uint64_t drop_decrypt, drop_decode, drop_toobig, drop_self, drop_other;
+    uint64_t updates_sent, user_msgs_delivered;
+} gsp_stats;
+void gsp_core_stats(const gsp_core *c, gsp_stats *out);
+
+/* Pure helpers, exposed for tests and the simulator. */
+uint32_t gsp_retransmit_limit(uint32_t mult, size_t n);
+uint64_t gsp_suspicion_timeout(uint64_t min_ms, uint64_t max_ms,
+                               uint32_t expected_confirms, uint32_t confirms);
+
+/* ---- libuv adapter ------------------------------------------------------ */
+struct uv_loop_s;
+typedef struct gsp_uv gsp_uv;
+
+/* Binds UDP and TCP on addr (same port), drives the core from the loop.
+ * Takes ownership of core (freed by gsp_uv_close). 0 or negative errno. */
+int gsp_uv_start(gsp_uv **out, struct uv_loop_s *loop, gsp_core *core,
+                 const gsp_addr *bind_addr);
+gsp_core *gsp_uv_core(gsp_uv *u);
+/* Call after mutating the core from outside (set_meta, join, broadcast...)
+ * so queued output is flushed and the timer re-armed. */
+void gsp_uv_kick(gsp_uv *u);
+/* Current time in the core's scale (uv_now). */
+uint64_t gsp_uv_now(gsp_uv *u);
+/* Closes handles; the gsp_uv and its core are freed once libuv is done. */
+void gsp_uv_close(gsp_uv *u);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
