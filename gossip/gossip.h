@@ -104,10 +104,10 @@ int gsp_random(void *buf, size_t len);
 
 /* ---- configuration ------------------------------------------------------ */
 typedef struct gsp_config {
-    uint32_t probe_interval_ms;   /* 500: one probe per interval          */
-    uint32_t probe_timeout_ms;    /* 200: direct ack deadline              */
+    uint32_t probe_interval_ms;   /* 400: one probe per interval          */
+    uint32_t probe_timeout_ms;    /* 150: direct ack deadline              */
     uint32_t indirect_checks;     /* 3: k peers asked to ping for us       */
-    uint32_t suspicion_mult;      /* 4: suspicion min = mult*max(1,log10 N)*interval */
+    uint32_t suspicion_mult;      /* 3: suspicion min = mult*max(1,log10 N)*interval */
     uint32_t suspicion_max_mult;  /* 6: suspicion max = max_mult * min     */
     uint32_t retransmit_mult;     /* 4: lambda in lambda*ceil(log10(N+1))  */
     uint32_t gossip_interval_ms;  /* 200: fan-out of pending updates       */

@@ -1,0 +1,1896 @@
+/*
+ * core.c - the sans-IO SWIM core with Lifeguard extensions.
+ *
+ * Time and packets go in (gsp_core_recv, gsp_core_stream_*, gsp_core_tick);
+ * packets, stream requests and the next deadline come out (gsp_core_pop_out,
+ * gsp_core_next_deadline). No clock is read and no socket is touched here.
+ *
+ * Wire: a UDP packet is one Packet message. The header part (sender id and
+ * at most one of ping/ack/ping_req/nack) is packed with protobuf-c; queued
+ * updates are kept pre-packed and appended as raw `repeated` fields, which
+ * protobuf defines as equivalent to one message with all fields.
+ */
+#include "gossip/gossip.h"
+#include "gossip/gossip.pb-c.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define RELAY_MAX 64
+#define USER_KEYS_MAX 1024
+#define QUEUE_MAX 8192
+#define OUTQ_MAX 65536
+#define SUSP_FROM_MAX 16
+#define GOSSIP_TO_DEAD_MS 30000
+#define UDP_SLACK 256
+
+typedef Pmgcm__Gossip__Member PbMember;
+typedef Pmgcm__Gossip__UserMsg PbUser;
+typedef Pmgcm__Gossip__Packet PbPacket;
+typedef Pmgcm__Gossip__Stream PbStream;
+
+typedef struct member {
+    gsp_id id;
+    char name[GSP_NAME_MAX + 1];
+    gsp_addr addr;
+    gsp_inc inc;
+    gsp_state state;
+    uint64_t state_since;
+    uint8_t *meta;
+    size_t meta_len;
+    bool is_self;
+    /* suspicion (valid while state == GSP_SUSPECT) */
+    uint64_t susp_start, susp_deadline, susp_min, susp_max;
+    uint32_t susp_k, susp_confirms;
+    gsp_id susp_from[SUSP_FROM_MAX];
+    uint32_t n_susp_from;
+} member;
+
+typedef struct bcast {
+    uint32_t transmits;
+    uint64_t order;
+    bool is_user;
+    gsp_id id;    /* member updates: about whom */
+    uint32_t key; /* user broadcasts: key */
+    uint8_t *buf; /* packed Member / UserMsg */
+    size_t len;
+} bcast;
+
+typedef struct bqueue {
+    bcast *v;
+    size_t n, cap;
+} bqueue;
+
+typedef struct relay {
+    bool used;
+    uint32_t my_seq, their_seq;
+    gsp_addr requester;
+    uint64_t deadline;
+} relay;
+
+typedef struct user_rec {
+    uint32_t key;
+    uint64_t version;
+    uint8_t *data;
+    size_t len;
+} user_rec;
+
+typedef struct pending_stream {
+    uint64_t id;
+    int kind; /* 1 push-pull, 2 ping */
+    uint32_t seq;
+} pending_stream;
+
+struct gsp_core {
+    gsp_config cfg;
+    gsp_callbacks cb;
+    gsp_keyring *kr;
+    member *self;
+    bool leaving;
+
+    member **members;
+    size_t n_members, cap_members;
+    member **ht;
+    size_t ht_cap;
+    size_t n_by_state[4];
+
+    member **plist;
+    size_t plist_n, plist_cap, plist_idx;
+
+    member **susp;
+    size_t n_susp, cap_susp;
+
+    uint64_t rng;
+    uint32_t seq;
+    uint32_t awareness;
+
+    struct {
+        bool active, indirect_sent;
+        uint32_t seq;
+        gsp_id target;
+        uint64_t start, direct_deadline, end_deadline;
+        uint32_t nacks_expected, nacks;
+    } probe;
+
+    uint64_t next_probe, next_gossip, next_pushpull, next_rejoin, next_reap;
+    uint64_t now;
+
+    bqueue mq, uq;
+    uint64_t bcast_order;
+
+    relay relays[RELAY_MAX];
+    user_rec *users;
+    size_t n_users, cap_users;
+    gsp_addr *seeds;
+    size_t n_seeds;
+
+    pending_stream *streams;
+    size_t n_streams, cap_streams;
+    uint64_t next_req_id;
+
+    gsp_out *outq;
+    size_t out_head, out_n, out_cap;
+
+    uint8_t *pkt;   /* plaintext packet scratch, packet_size bytes */
+    uint8_t *rxbuf; /* decrypted datagram scratch */
+    size_t rx_cap;
+
+    gsp_stats st;
+};
+
+/* ---- small helpers ------------------------------------------------------ */
+
+const char *gsp_state_name(gsp_state s)
+{
+    switch (s) {
+    case GSP_ALIVE: return "alive";
+    case GSP_SUSPECT: return "suspect";
+    case GSP_DEAD: return "dead";
+    case GSP_LEFT: return "left";
+    }
+    return "unknown";
+}
+
+int gsp_inc_cmp(gsp_inc a, gsp_inc b)
+{
+    if (a.gen != b.gen) return a.gen < b.gen ? -1 : 1;
+    if (a.ver != b.ver) return a.ver < b.ver ? -1 : 1;
+    return 0;
+}
+
+void gsp_config_default(gsp_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->probe_interval_ms = 400;
+    cfg->probe_timeout_ms = 150;
+    cfg->indirect_checks = 3;
+    cfg->suspicion_mult = 3;
+    cfg->suspicion_max_mult = 6;
+    cfg->retransmit_mult = 4;
+    cfg->gossip_interval_ms = 200;
+    cfg->gossip_nodes = 3;
+    cfg->pushpull_interval_ms = 30000;
+    cfg->rejoin_interval_ms = 10000;
+    cfg->awareness_max = 8;
+    cfg->reap_dead_ms = 0;
+    cfg->reap_left_ms = 0;
+    cfg->packet_size = 1400;
+    cfg->user_share_pct = 25;
+    cfg->max_stream_bytes = 4u << 20;
+}
+
+uint32_t gsp_retransmit_limit(uint32_t mult, size_t n)
+{
+    double l = ceil(log10((double)n + 1.0));
+    if (l < 1) l = 1;
+    return (uint32_t)(mult * l);
+}
+
+uint64_t gsp_suspicion_timeout(uint64_t min_ms, uint64_t max_ms,
+                               uint32_t k, uint32_t confirms)
+{
+    if (k < 1 || max_ms <= min_ms) return min_ms;
+    double frac = log((double)confirms + 1.0) / log((double)k + 1.0);
+    double t = (double)max_ms - frac * (double)(max_ms - min_ms);
+    if (t < (double)min_ms) t = (double)min_ms;
+    return (uint64_t)floor(t);
+}
+
+static uint64_t rnd(gsp_core *c)
+{
+    /* splitmix64 */
+    uint64_t z = (c->rng += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static uint64_t rnd_below(gsp_core *c, uint64_t n)
+{
+    return n ? rnd(c) % n : 0;
+}
+
+static bool id_eq(const gsp_id *a, const gsp_id *b)
+{
+    return memcmp(a->b, b->b, GSP_ID_LEN) == 0;
+}
+
+static size_t id_hash(const gsp_id *id)
+{
+    uint64_t h;
+    memcpy(&h, id->b, 8);
+    uint64_t h2;
+    memcpy(&h2, id->b + 8, 8);
+    h ^= h2 * 0x9e3779b97f4a7c15ULL;
+    h ^= h >> 29;
+    return (size_t)h;
+}
+
+static size_t live_count(const gsp_core *c)
+{
+    return c->n_by_state[GSP_ALIVE] + c->n_by_state[GSP_SUSPECT];
+}
+
+static uint32_t scale(const gsp_core *c, uint32_t ms)
+{
+    return ms * (c->awareness + 1);
+}
+
+static void awareness_add(gsp_core *c, int delta)
+{
+    int a = (int)c->awareness + delta;
+    int max = c->cfg.awareness_max ? (int)c->cfg.awareness_max - 1 : 0;
+    if (a < 0) a = 0;
+    if (a > max) a = max;
+    c->awareness = (uint32_t)a;
+}
+
+/* ---- member table ------------------------------------------------------- */
+
+static member *find(const gsp_core *c, const gsp_id *id)
+{
+    if (!c->ht_cap) return NULL;
+    size_t mask = c->ht_cap - 1;
+    for (size_t i = id_hash(id) & mask;; i = (i + 1) & mask) {
+        member *m = c->ht[i];
+        if (!m) return NULL;
+        if (id_eq(&m->id, id)) return m;
+    }
+}
+
+static int ht_rebuild(gsp_core *c, size_t want)
+{
+    size_t cap = 16;
+    while (cap < want * 2) cap <<= 1;
+    member **ht = calloc(cap, sizeof(*ht));
+    if (!ht) return -ENOMEM;
+    for (size_t j = 0; j < c->n_members; j++) {
+        member *m = c->members[j];
+        size_t i = id_hash(&m->id) & (cap - 1);
+        while (ht[i]) i = (i + 1) & (cap - 1);
+        ht[i] = m;
+    }
+    free(c->ht);
+    c->ht = ht;
+    c->ht_cap = cap;
+    return 0;
+}
+
+static int grow(void **v, size_t *cap, size_t need, size_t elem)
+{
+    if (need <= *cap) return 0;
+    size_t n = *cap ? *cap * 2 : 16;
+    while (n < need) n *= 2;
+    void *p = realloc(*v, n * elem);
+    if (!p) return -ENOMEM;
+    *v = p;
+    *cap = n;
+    return 0;
+}
+
+static void susp_remove(gsp_core *c, member *m)
+{
+    for (size_t i = 0; i < c->n_susp; i++) {
+        if (c->susp[i] == m) {
+            c->susp[i] = c->susp[--c->n_susp];
+            return;
+        }
+    }
+}
+
+static void set_state(gsp_core *c, member *m, gsp_state s)
+{
+    if (m->state == s) return;
+    if (m->state == GSP_SUSPECT) susp_remove(c, m);
+    if (s == GSP_SUSPECT) {
+        if (grow((void **)&c->susp, &c->cap_susp, c->n_susp + 1,
+                 sizeof(*c->susp)) == 0)
+            c->susp[c->n_susp++] = m;
+    }
+    c->n_by_state[m->state]--;
+    c->n_by_state[s]++;
+    m->state = s;
+    m->state_since = c->now;
+}
+
+static member *add_member(gsp_core *c, const gsp_id *id, gsp_state s)
+{
+    if (grow((void **)&c->members, &c->cap_members, c->n_members + 1,
+             sizeof(*c->members)))
+        return NULL;
+    if (grow((void **)&c->plist, &c->plist_cap, c->plist_n + 1,
+             sizeof(*c->plist)))
+        return NULL;
+    member *m = calloc(1, sizeof(*m));
+    if (!m) return NULL;
+    m->id = *id;
+    m->state = s;
+    m->state_since = c->now;
+    c->members[c->n_members++] = m;
+    c->n_by_state[s]++;
+    if (c->n_members * 2 > c->ht_cap) {
+        if (ht_rebuild(c, c->n_members)) {
+            c->n_members--;
+            c->n_by_state[s]--;
+            free(m);
+            return NULL;
+        }
+    } else {
+        size_t i = id_hash(id) & (c->ht_cap - 1);
+        while (c->ht[i]) i = (i + 1) & (c->ht_cap - 1);
+        c->ht[i] = m;
+    }
+    /* insert into the probe list at a random position */
+    size_t pos = (size_t)rnd_below(c, c->plist_n + 1);
+    c->plist[c->plist_n++] = m;
+    member *t = c->plist[pos];
+    c->plist[pos] = m;
+    c->plist[c->plist_n - 1] = t;
+    if (s == GSP_SUSPECT) {
+        /* never inserted as suspect; keep the invariant anyway */
+        c->n_by_state[s]--;
+        m->state = GSP_ALIVE;
+        c->n_by_state[GSP_ALIVE]++;
+    }
+    return m;
+}
+
+static void remove_member(gsp_core *c, member *m)
+{
+    if (m->state == GSP_SUSPECT) susp_remove(c, m);
+    c->n_by_state[m->state]--;
+    for (size_t i = 0; i < c->n_members; i++) {
+        if (c->members[i] == m) {
+            c->members[i] = c->members[--c->n_members];
+            break;
+        }
+    }
+    for (size_t i = 0; i < c->plist_n; i++) {
+        if (c->plist[i] == m) {
+            memmove(&c->plist[i], &c->plist[i + 1],
+                    (c->plist_n - i - 1) * sizeof(*c->plist));
+            c->plist_n--;
+            if (c->plist_idx > i) c->plist_idx--;
+            break;
+        }
+    }
+    ht_rebuild(c, c->n_members ? c->n_members : 1);
+    free(m->meta);
+    free(m);
+}
+
+static void to_view(const member *m, gsp_member *v)
+{
+    memset(v, 0, sizeof(*v));
+    v->id = m->id;
+    memcpy(v->name, m->name, sizeof(v->name));
+    v->addr = m->addr;
+    v->inc = m->inc;
+    v->state = m->state;
+    v->state_since_ms = m->state_since;
+    v->meta = m->meta;
+    v->meta_len = m->meta_len;
+    v->is_self = m->is_self;
+}
+
+static void notify(gsp_core *c, member *m, gsp_state old, bool is_new)
+{
+    if (!c->cb.member_changed) return;
+    gsp_member v;
+    to_view(m, &v);
+    c->cb.member_changed(c->cb.ud, &v, old, is_new);
+}
+
+/* ---- output queue ------------------------------------------------------- */
+
+static void out_push(gsp_core *c, gsp_out *o)
+{
+    if (c->out_n == c->out_cap) {
+        if (c->out_cap >= OUTQ_MAX) {
+            free(o->data);
+            c->st.drop_other++;
+            return;
+        }
+        size_t ncap = c->out_cap ? c->out_cap * 2 : 64;
+        gsp_out *q = malloc(ncap * sizeof(*q));
+        if (!q) {
+            free(o->data);
+            return;
+        }
+        for (size_t i = 0; i < c->out_n; i++)
+            q[i] = c->outq[(c->out_head + i) % c->out_cap];
+        free(c->outq);
+        c->outq = q;
+        c->out_head = 0;
+        c->out_cap = ncap;
+    }
+    c->outq[(c->out_head + c->out_n) % c->out_cap] = *o;
+    c->out_n++;
+}
+
+int gsp_core_pop_out(gsp_core *c, gsp_out *out)
+{
+    if (!c->out_n) return 0;
+    *out = c->outq[c->out_head];
+    c->out_head = (c->out_head + 1) % c->out_cap;
+    c->out_n--;
+    return 1;
+}
+
+/* Seals (when a keyring is set) and queues plaintext p as a datagram/frame. */
+static int emit(gsp_core *c, gsp_out_kind kind, const gsp_addr *to,
+                const uint8_t *p, size_t len, uint64_t req_id,
+                uint32_t timeout_ms)
+{
+    gsp_out o = {.kind = kind, .addr = *to, .req_id = req_id,
+                 .timeout_ms = timeout_ms};
+    size_t cap = len + GSP_SEAL_OVERHEAD;
+    o.data = malloc(cap ? cap : 1);
+    if (!o.data) return -ENOMEM;
+    if (c->kr) {
+        int rc = gsp_seal(c->kr, p, len, o.data, cap, &o.len);
+        if (rc) {
+            free(o.data);
+            return rc;
+        }
+    } else {
+        memcpy(o.data, p, len);
+        o.len = len;
+    }
+    if (kind == GSP_OUT_UDP) {
+        c->st.udp_out++;
+        c->st.bytes_out += o.len;
+    } else {
+        c->st.streams_out++;
+        c->st.bytes_out += o.len;
+    }
+    out_push(c, &o);
+    return 0;
+}
+
+/* ---- encoding ----------------------------------------------------------- */
+
+static size_t varint_len(size_t v)
+{
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+static size_t put_varint(uint8_t *p, size_t v)
+{
+    size_t n = 0;
+    while (v >= 0x80) {
+        p[n++] = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    p[n++] = (uint8_t)v;
+    return n;
+}
+
+static size_t field_len(size_t len)
+{
+    return 1 + varint_len(len) + len;
+}
+
+/* Appends a length-delimited field (tag < 16). Caller checked the room. */
+static size_t put_field(uint8_t *p, unsigned tag, const uint8_t *d, size_t len)
+{
+    size_t n = 0;
+    p[n++] = (uint8_t)((tag << 3) | 2);
+    n += put_varint(p + n, len);
+    memcpy(p + n, d, len);
+    return n + len;
+}
+
+static void addr_to_pb(const gsp_addr *a, PbMember *pm)
+{
+    pm->has_ip = 1;
+    pm->ip.data = (uint8_t *)a->ip;
+    pm->ip.len = a->family == 6 ? 16 : 4;
+    pm->has_port = 1;
+    pm->port = a->port;
+}
+
+/* Fills pm describing m in state s (full: name/addr/meta too). */
+static void member_to_pb(const member *m, gsp_state s, const gsp_id *from,
+                         bool full, PbMember *pm)
+{
+    pmgcm__gossip__member__init(pm);
+    pm->id.data = (uint8_t *)m->id.b;
+    pm->id.len = GSP_ID_LEN;
+    pm->state = s;
+    pm->gen = m->inc.gen;
+    pm->ver = m->inc.ver;
+    if (full || s == GSP_ALIVE) {
+        pm->name = (char *)m->name;
+        if (m->addr.family) addr_to_pb(&m->addr, pm);
+        if (m->meta_len) {
+            pm->has_meta = 1;
+            pm->meta.data = m->meta;
+            pm->meta.len = m->meta_len;
+        }
+    }
+    if (from) {
+        pm->has_from = 1;
+        pm->from.data = (uint8_t *)from->b;
+        pm->from.len = GSP_ID_LEN;
+    }
+}
+
+/* ---- broadcast queues --------------------------------------------------- */
+
+static void bq_remove_at(bqueue *q, size_t i)
+{
+    free(q->v[i].buf);
+    q->v[i] = q->v[--q->n];
+}
+
+static void bq_push(gsp_core *c, bqueue *q, bool is_user, const gsp_id *id,
+                    uint32_t key, uint8_t *buf, size_t len)
+{
+    /* newest about a node (or key) replaces the older */
+    for (size_t i = 0; i < q->n; i++) {
+        bool same = is_user ? q->v[i].key == key : id_eq(&q->v[i].id, id);
+        if (same) {
+            bq_remove_at(q, i);
+            break;
+        }
+    }
+    if (q->n >= QUEUE_MAX) {
+        /* drop the most transmitted (oldest on ties) */
+        size_t worst = 0;
+        for (size_t i = 1; i < q->n; i++) {
+            if (q->v[i].transmits > q->v[worst].transmits ||
+                (q->v[i].transmits == q->v[worst].transmits &&
+                 q->v[i].order < q->v[worst].order))
+                worst = i;
+        }
+        bq_remove_at(q, worst);
+    }
+    if (grow((void **)&q->v, &q->cap, q->n + 1, sizeof(*q->v))) {
+        free(buf);
+        return;
+    }
+    bcast *b = &q->v[q->n++];
+    memset(b, 0, sizeof(*b));
+    b->order = ++c->bcast_order;
+    b->is_user = is_user;
+    if (id) b->id = *id;
+    b->key = key;
+    b->buf = buf;
+    b->len = len;
+}
+
+static void queue_member(gsp_core *c, const member *m, gsp_state s,
+                         const gsp_id *from)
+{
+    PbMember pm;
+    member_to_pb(m, s, from, false, &pm);
+    size_t len = pmgcm__gossip__member__get_packed_size(&pm);
+    uint8_t *buf = malloc(len ? len : 1);
+    if (!buf) return;
+    pmgcm__gossip__member__pack(&pm, buf);
+    bq_push(c, &c->mq, false, &m->id, 0, buf, len);
+}
+
+static int cmp_bcast(const void *a, const void *b)
+{
+    const bcast *x = *(const bcast *const *)a, *y = *(const bcast *const *)b;
+    if (x->transmits != y->transmits) return x->transmits < y->transmits ? -1 : 1;
+    if (x->order != y->order) return x->order > y->order ? -1 : 1;
+    return 0;
+}
+
+/* Appends queued items (fewest transmits first) into p while they fit in
+ * *room; returns bytes written. */
+static size_t fill(gsp_core *c, bqueue *q, unsigned tag, uint8_t *p,
+                   size_t room)
+{
+    if (!q->n || room < 3) return 0;
+    bcast **ord = malloc(q->n * sizeof(*ord));
+    if (!ord) return 0;
+    for (size_t i = 0; i < q->n; i++) ord[i] = &q->v[i];
+    qsort(ord, q->n, sizeof(*ord), cmp_bcast);
+    uint32_t limit = gsp_retransmit_limit(c->cfg.retransmit_mult,
+                                          live_count(c));
+    size_t used = 0;
+    for (size_t i = 0; i < q->n && room - used >= 3; i++) {
+        bcast *b = ord[i];
+        size_t fl = field_len(b->len);
+        if (fl > room - used) continue;
+        used += put_field(p + used, tag, b->buf, b->len);
+        b->transmits++;
+        c->st.updates_sent++;
+    }
+    free(ord);
+    for (size_t i = q->n; i-- > 0;)
+        if (q->v[i].transmits >= limit) bq_remove_at(q, i);
+    return used;
+}
+
+/* Builds and sends one UDP packet: header message + piggybacked updates.
+ * extra, if set, is a member record that goes first (buddy / refutation). */
+static void send_packet(gsp_core *c, const gsp_addr *to, PbPacket *hdr,
+                        const PbMember *extra)
+{
+    hdr->from.data = c->self->id.b;
+    hdr->from.len = GSP_ID_LEN;
+    size_t cap = c->cfg.packet_size;
+    size_t hlen = pmgcm__gossip__packet__get_packed_size(hdr);
+    if (hlen > cap) return;
+    uint8_t *p = c->pkt;
+    size_t n = pmgcm__gossip__packet__pack(hdr, p);
+    if (extra) {
+        size_t el = pmgcm__gossip__member__get_packed_size(extra);
+        if (field_len(el) <= cap - n) {
+            p[n++] = (6 << 3) | 2;
+            n += put_varint(p + n, el);
+            n += pmgcm__gossip__member__pack(extra, p + n);
+        }
+    }
+    size_t room = cap - n;
+    size_t ushare = room * c->cfg.user_share_pct / 100;
+    n += fill(c, &c->uq, 7, p + n, ushare);
+    n += fill(c, &c->mq, 6, p + n, cap - n);
+    n += fill(c, &c->uq, 7, p + n, cap - n);
+    emit(c, GSP_OUT_UDP, to, p, n, 0, 0);
+}
+
+/* ---- state transitions -------------------------------------------------- */
+
+typedef struct upd {
+    gsp_id id;
+    gsp_state state;
+    gsp_inc inc;
+    const char *name;
+    bool has_addr;
+    gsp_addr addr;
+    const uint8_t *meta;
+    size_t meta_len;
+    bool has_meta;
+    bool has_from;
+    gsp_id from;
+} upd;
+
+static void refute(gsp_core *c, gsp_inc accused)
+{
+    member *s = c->self;
+    if (accused.gen > s->inc.gen) {
+        s->inc.gen = accused.gen;
+        s->inc.ver = accused.ver + 1;
+    } else if (accused.gen == s->inc.gen && accused.ver >= s->inc.ver) {
+        s->inc.ver = accused.ver + 1;
+    } else {
+        s->inc.ver++;
+    }
+    c->st.refutations++;
+    awareness_add(c, 1);
+    queue_member(c, s, GSP_ALIVE, NULL);
+}
+
+static void suspicion_update_deadline(member *m)
+{
+    m->susp_deadline = m->susp_start + gsp_suspicion_timeout(
+        m->susp_min, m->susp_max, m->susp_k, m->susp_confirms);
+}
+
+void gsp_core_suspicion_bounds(const gsp_core *c, uint64_t *min_ms,
+                               uint64_t *max_ms)
+{
+    double n = (double)live_count(c);
+    double f = n > 1 ? log10(n) : 0;
+    if (f < 1) f = 1;
+    uint64_t mn = (uint64_t)(c->cfg.suspicion_mult * f *
+                             c->cfg.probe_interval_ms);
+    if (min_ms) *min_ms = mn;
+    if (max_ms) *max_ms = mn * c->cfg.suspicion_max_mult;
+}
+
+static void start_suspicion(gsp_core *c, member *m, const gsp_id *from)
+{
+    gsp_core_suspicion_bounds(c, &m->susp_min, &m->susp_max);
+    size_t n = live_count(c);
+    uint32_t k = c->cfg.suspicion_mult > 2 ? c->cfg.suspicion_mult - 2 : 0;
+    if (n < 2 + (size_t)k) k = n > 2 ? (uint32_t)(n - 2) : 0;
+    m->susp_k = k;
+    m->susp_confirms = 0;
+    m->susp_start = c->now;
+    m->n_susp_from = 0;
+    if (from) m->susp_from[m->n_susp_from++] = *from;
+    suspicion_update_deadline(m);
+}
+
+static void on_alive(gsp_core *c, const upd *u)
+{
+    member *m = find(c, &u->id);
+    if (m && m->is_self) {
+        /* someone claims a newer life of ours: a stale record from before a
+         * restart that lost our generation; out-bid it */
+        if (!c->leaving && gsp_inc_cmp(u->inc, m->inc) > 0) refute(c, u->inc);
+        return;
+    }
+    if (!u->has_addr) return;
+    if (!m) {
+        m = add_member(c, &u->id, GSP_ALIVE);
+        if (!m) return;
+        m->inc = u->inc;
+        m->addr = u->addr;
+        snprintf(m->name, sizeof(m->name), "%s", u->name ? u->name : "");
+        if (u->has_meta && u->meta_len) {
+            m->meta = malloc(u->meta_len);
+            if (m->meta) {
+                memcpy(m->meta, u->meta, u->meta_len);
+                m->meta_len = u->meta_len;
+            }
+        }
+        queue_member(c, m, GSP_ALIVE, NULL);
+        notify(c, m, GSP_ALIVE, true);
+        return;
+    }
+    if (gsp_inc_cmp(u->inc, m->inc) <= 0) return;
+    gsp_state old = m->state;
+    m->inc = u->inc;
+    m->addr = u->addr;
+    if (u->name) snprintf(m->name, sizeof(m->name), "%s", u->name);
+    if (u->has_meta) {
+        uint8_t *nm = NULL;
+        if (u->meta_len) {
+            nm = malloc(u->meta_len);
+            if (!nm) return;
+            memcpy(nm, u->meta, u->meta_len);
+        }
+        free(m->meta);
+        m->meta = nm;
+        m->meta_len = u->meta_len;
+    }
+    set_state(c, m, GSP_ALIVE);
+    queue_member(c, m, GSP_ALIVE, NULL);
+    notify(c, m, old, false);
+}
+
+static void on_suspect(gsp_core *c, const upd *u)
+{
+    member *m = find(c, &u->id);
+    if (!m) return;
+    if (gsp_inc_cmp(u->inc, m->inc) < 0) return;
+    if (m->is_self) {
+        if (!c->leaving) refute(c, u->inc);
+        return;
+    }
+    if (m->state == GSP_DEAD || m->state == GSP_LEFT) return;
+    const gsp_id *from = u->has_from ? &u->from : NULL;
+    if (m->state == GSP_SUSPECT) {
+        if (!from) return;
+        for (uint32_t i = 0; i < m->n_susp_from; i++)
+            if (id_eq(&m->susp_from[i], from)) return;
+        if (m->n_susp_from < SUSP_FROM_MAX)
+            m->susp_from[m->n_susp_from++] = *from;
+        if (m->susp_confirms < m->susp_k) {
+            m->susp_confirms++;
+            suspicion_update_deadline(m);
+        }
+        queue_member(c, m, GSP_SUSPECT, from);
+        return;
+    }
+    gsp_state old = m->state;
+    m->inc = u->inc;
+    set_state(c, m, GSP_SUSPECT);
+    start_suspicion(c, m, from);
+    c->st.suspicions++;
+    queue_member(c, m, GSP_SUSPECT, from ? from : &c->self->id);
+    notify(c, m, old, false);
+}
+
+static void on_dead(gsp_core *c, const upd *u)
+{
+    member *m = find(c, &u->id);
+    if (!m) return;
+    if (gsp_inc_cmp(u->inc, m->inc) < 0) return;
+    if (m->state == GSP_DEAD || m->state == GSP_LEFT) return;
+    if (m->is_self) {
+        if (!c->leaving) refute(c, u->inc);
+        return;
+    }
+    bool left = u->state == GSP_LEFT && u->has_from && id_eq(&u->from, &u->id);
+    gsp_state old = m->state;
+    m->inc = u->inc;
+    set_state(c, m, left ? GSP_LEFT : GSP_DEAD);
+    queue_member(c, m, m->state, u->has_from ? &u->from : &c->self->id);
+    notify(c, m, old, false);
+}
+
+/* A dead or left record from a push-pull about a node we never heard of:
+ * remember it so `status` shows it (it is not probed). */
+static void insert_gone(gsp_core *c, const upd *u)
+{
+    if (!u->has_addr || find(c, &u->id)) return;
+    member *m = add_member(c, &u->id, u->state);
+    if (!m) return;
+    m->inc = u->inc;
+    m->addr = u->addr;
+    snprintf(m->name, sizeof(m->name), "%s", u->name ? u->name : "");
+    if (u->has_meta && u->meta_len && (m->meta = malloc(u->meta_len))) {
+        memcpy(m->meta, u->meta, u->meta_len);
+        m->meta_len = u->meta_len;
+    }
+    notify(c, m, u->state, true);
+}
+
+/* ---- validation of decoded messages ------------------------------------- */
+
+static bool printable(const char *s, size_t max)
+{
+    size_t n = 0;
+    for (; s[n]; n++) {
+        unsigned char ch = (unsigned char)s[n];
+        if (n >= max || ch < 0x20 || ch > 0x7e) return false;
+    }
+    return true;
+}
+
+static int pb_addr(const ProtobufCBinaryData *ip, uint32_t port, gsp_addr *a)
+{
+    if ((ip->len != 4 && ip->len != 16) || port == 0 || port > 65535)
+        return -1;
+    memset(a, 0, sizeof(*a));
+    a->family = ip->len == 4 ? 4 : 6;
+    memcpy(a->ip, ip->data, ip->len);
+    a->port = (uint16_t)port;
+    return 0;
+}
+
+static int pb_to_upd(const PbMember *pm, upd *u)
+{
+    memset(u, 0, sizeof(*u));
+    if (pm->id.len != GSP_ID_LEN || pm->state > GSP_LEFT) return -1;
+    memcpy(u->id.b, pm->id.data, GSP_ID_LEN);
+    u->state = (gsp_state)pm->state;
+    u->inc.gen = pm->gen;
+    u->inc.ver = pm->ver;
+    if (pm->name) {
+        if (!printable(pm->name, GSP_NAME_MAX)) return -1;
+        u->name = pm->name;
+    }
+    if (pm->has_ip || pm->has_port) {
+        if (!pm->has_ip || !pm->has_port ||
+            pb_addr(&pm->ip, pm->port, &u->addr))
+            return -1;
+        u->has_addr = true;
+    }
+    if (pm->has_meta) {
+        if (pm->meta.len > GSP_META_MAX) return -1;
+        u->has_meta = true;
+        u->meta = pm->meta.data;
+        u->meta_len = pm->meta.len;
+    }
+    if (pm->has_from) {
+        if (pm->from.len != GSP_ID_LEN) return -1;
+        u->has_from = true;
+        memcpy(u->from.b, pm->from.data, GSP_ID_LEN);
+    }
+    if (u->state == GSP_ALIVE && !u->has_addr) return -1;
+    return 0;
+}
+
+static int check_user(const PbUser *um)
+{
+    return um->data.len <= GSP_META_MAX ? 0 : -1;
+}
+
+static void apply_user(gsp_core *c, uint32_t key, uint64_t version,
+                       const uint8_t *data, size_t len, bool local)
+{
+    user_rec *r = NULL;
+    for (size_t i = 0; i < c->n_users; i++)
+        if (c->users[i].key == key) r = &c->users[i];
+    if (r && version <= r->version) return;
+    if (!r) {
+        if (c->n_users >= USER_KEYS_MAX ||
+            grow((void **)&c->users, &c->cap_users, c->n_users + 1,
+                 sizeof(*c->users))) {
+            c->st.drop_other++;
+            return;
+        }
+        r = &c->users[c->n_users++];
+        memset(r, 0, sizeof(*r));
+        r->key = key;
+    }
+    uint8_t *d = malloc(len ? len : 1);
+    if (!d) return;
+    memcpy(d, data, len);
+    free(r->data);
+    r->data = d;
+    r->len = len;
+    r->version = version;
+
+    PbUser um = PMGCM__GOSSIP__USER_MSG__INIT;
+    um.key = key;
+    um.version = version;
+    um.data.data = d;
+    um.data.len = len;
+    size_t pl = pmgcm__gossip__user_msg__get_packed_size(&um);
+    uint8_t *buf = malloc(pl ? pl : 1);
+    if (buf) {
+        pmgcm__gossip__user_msg__pack(&um, buf);
+        bq_push(c, &c->uq, true, NULL, key, buf, pl);
+    }
+    if (!local) {
+        c->st.user_msgs_delivered++;
+        if (c->cb.user_msg) c->cb.user_msg(c->cb.ud, key, version, d, len);
+    }
+}
+
+static void apply_update(gsp_core *c, const upd *u)
+{
+    switch (u->state) {
+    case GSP_ALIVE: on_alive(c, u); break;
+    case GSP_SUSPECT: on_suspect(c, u); break;
+    case GSP_DEAD:
+    case GSP_LEFT: on_dead(c, u); break;
+    }
+}
+
+/* ---- probing ------------------------------------------------------------ */
+
+static member *next_probe_target(gsp_core *c)
+{
+    for (size_t tries = 0; tries < 2 * c->plist_n + 1; tries++) {
+        if (c->plist_idx >= c->plist_n) {
+            /* reshuffle (Fisher-Yates) at the end of each round */
+            for (size_t i = c->plist_n; i > 1; i--) {
+                size_t j = (size_t)rnd_below(c, i);
+                member *t = c->plist[i - 1];
+                c->plist[i - 1] = c->plist[j];
+                c->plist[j] = t;
+            }
+            c->plist_idx = 0;
+            if (!c->plist_n) return NULL;
+        }
+        member *m = c->plist[c->plist_idx++];
+        if (!m->is_self && (m->state == GSP_ALIVE || m->state == GSP_SUSPECT))
+            return m;
+    }
+    return NULL;
+}
+
+static void send_ping(gsp_core *c, const member *target, uint32_t seq,
+                      bool indirect, const gsp_addr *to)
+{
+    PbPacket hdr = PMGCM__GOSSIP__PACKET__INIT;
+    Pmgcm__Gossip__Ping ping = PMGCM__GOSSIP__PING__INIT;
+    ping.seq = seq;
+    ping.target.data = (uint8_t *)target->id.b;
+    ping.target.len = GSP_ID_LEN;
+    if (indirect) {
+        ping.has_indirect = 1;
+        ping.indirect = 1;
+    }
+    hdr.ping = &ping;
+    PbMember buddy;
+    const PbMember *extra = NULL;
+    if (target->state == GSP_SUSPECT) {
+        /* Lifeguard buddy system: tell the suspect so it can refute */
+        member_to_pb(target, GSP_SUSPECT, &c->self->id, false, &buddy);
+        extra = &buddy;
+    }
+    send_packet(c, to, &hdr, extra);
+}
+
+static void start_probe(gsp_core *c)
+{
+    member *t = next_probe_target(c);
+    if (!t) {
+        c->next_probe = c->now + c->cfg.probe_interval_ms;
+        return;
+    }
+    c->probe.active = true;
+    c->probe.indirect_sent = false;
+    c->probe.seq = ++c->seq;
+    c->probe.target = t->id;
+    c->probe.start = c->now;
+    c->probe.direct_deadline = c->now + scale(c, c->cfg.probe_timeout_ms);
+    c->probe.end_deadline = c->now + scale(c, c->cfg.probe_interval_ms);
+    c->probe.nacks = c->probe.nacks_expected = 0;
+    c->st.probes++;
+    send_ping(c, t, c->probe.seq, false, &t->addr);
+}
+
+static void finish_probe(gsp_core *c, bool ok)
+{
+    c->probe.active = false;
+    if (ok) {
+        awareness_add(c, -1);
+    } else {
+        uint32_t e = c->probe.nacks_expected;
+        awareness_add(c, e ? (int)(e - (c->probe.nacks < e ? c->probe.nacks : e))
+                           : 1);
+        c->st.probe_fails++;
+        member *m = find(c, &c->probe.target);
+        if (m && (m->state == GSP_ALIVE || m->state == GSP_SUSPECT)) {
+            upd u = {.id = m->id, .state = GSP_SUSPECT, .inc = m->inc,
+                     .has_from = true, .from = c->self->id};
+            on_suspect(c, &u);
+        }
+    }
+    c->next_probe = c->probe.start + scale(c, c->cfg.probe_interval_ms);
+    if (c->next_probe < c->now) c->next_probe = c->now;
+}
+
+static void indirect_probe(gsp_core *c)
+{
+    member *t = find(c, &c->probe.target);
+    c->probe.indirect_sent = true;
+    if (!t) return;
+    PbPacket hdr = PMGCM__GOSSIP__PACKET__INIT;
+    Pmgcm__Gossip__PingReq pr = PMGCM__GOSSIP__PING_REQ__INIT;
+    pr.seq = c->probe.seq;
+    pr.target.data = t->id.b;
+    pr.target.len = GSP_ID_LEN;
+    pr.ip.data = t->addr.ip;
+    pr.ip.len = t->addr.family == 6 ? 16 : 4;
+    pr.port = t->addr.port;
+    hdr.ping_req = &pr;
+    uint32_t want = c->cfg.indirect_checks, sent = 0;
+    size_t cand = c->n_members;
+    member **picked = calloc(want ? want : 1, sizeof(*picked));
+    if (!picked) return;
+    for (size_t tries = 0; sent < want && tries < 4 * cand + 8; tries++) {
+        member *m = c->members[rnd_below(c, cand)];
+        if (m->is_self || m == t || m->state != GSP_ALIVE) continue;
+        bool dup = false;
+        for (uint32_t i = 0; i < sent; i++) dup |= picked[i] == m;
+        if (dup) continue;
+        picked[sent++] = m;
+        send_packet(c, &m->addr, &hdr, NULL);
+    }
+    free(picked);
+    c->probe.nacks_expected = sent;
+    c->st.indirect_probes += sent;
+
+    /* TCP fallback probe, in parallel */
+    PbStream s = PMGCM__GOSSIP__STREAM__INIT;
+    Pmgcm__Gossip__Ping ping = PMGCM__GOSSIP__PING__INIT;
+    s.kind = PMGCM__GOSSIP__STREAM__KIND__PING;
+    s.from.data = c->self->id.b;
+    s.from.len = GSP_ID_LEN;
+    ping.seq = c->probe.seq;
+    ping.target.data = t->id.b;
+    ping.target.len = GSP_ID_LEN;
+    s.ping = &ping;
+    size_t len = pmgcm__gossip__stream__get_packed_size(&s);
+    uint8_t *buf = malloc(len);
+    if (!buf) return;
+    pmgcm__gossip__stream__pack(&s, buf);
+    if (grow((void **)&c->streams, &c->cap_streams, c->n_streams + 1,
+             sizeof(*c->streams)) == 0) {
+        uint64_t id = ++c->next_req_id;
+        uint64_t left = c->probe.end_deadline > c->now
+                            ? c->probe.end_deadline - c->now : 1;
+        if (emit(c, GSP_OUT_STREAM, &t->addr, buf, len, id,
+                 (uint32_t)left) == 0) {
+            c->streams[c->n_streams++] =
+                (pending_stream){.id = id, .kind = 2, .seq = c->probe.seq};
+            c->st.tcp_fallback_probes++;
+        }
+    }
+    free(buf);
+}
+
+/* ---- push-pull ---------------------------------------------------------- */
+
+/* Packs our full state (every member, every user broadcast) into a Stream. */
+static uint8_t *build_state(gsp_core *c, bool join, size_t *out_len)
+{
+    PbStream s = PMGCM__GOSSIP__STREAM__INIT;
+    s.kind = PMGCM__GOSSIP__STREAM__KIND__PUSHPULL;
+    s.from.data = c->self->id.b;
+    s.from.len = GSP_ID_LEN;
+    if (join) {
+        s.has_join = 1;
+        s.join = 1;
+    }
+    PbMember *pms = calloc(c->n_members ? c->n_members : 1, sizeof(*pms));
+    PbMember **pp = calloc(c->n_members ? c->n_members : 1, sizeof(*pp));
+    PbUser *ums = calloc(c->n_users ? c->n_users : 1, sizeof(*ums));
+    PbUser **up = calloc(c->n_users ? c->n_users : 1, sizeof(*up));
+    uint8_t *buf = NULL;
+    if (!pms || !pp || !ums || !up) goto out;
+    for (size_t i = 0; i < c->n_members; i++) {
+        member *m = c->members[i];
+        const gsp_id *from = m->state == GSP_LEFT ? &m->id : NULL;
+        member_to_pb(m, m->state, from, true, &pms[i]);
+        pp[i] = &pms[i];
+    }
+    for (size_t i = 0; i < c->n_users; i++) {
+        pmgcm__gossip__user_msg__init(&ums[i]);
+        ums[i].key = c->users[i].key;
+        ums[i].version = c->users[i].version;
+        ums[i].data.data = c->users[i].data;
+        ums[i].data.len = c->users[i].len;
+        up[i] = &ums[i];
+    }
+    s.n_members = c->n_members;
+    s.members = pp;
+    s.n_user = c->n_users;
+    s.user = up;
+    *out_len = pmgcm__gossip__stream__get_packed_size(&s);
+    buf = malloc(*out_len ? *out_len : 1);
+    if (buf) pmgcm__gossip__stream__pack(&s, buf);
+out:
+    free(pms);
+    free(pp);
+    free(ums);
+    free(up);
+    return buf;
+}
+
+static void start_pushpull(gsp_core *c, const gsp_addr *to, bool join)
+{
+    if (grow((void **)&c->streams, &c->cap_streams, c->n_streams + 1,
+             sizeof(*c->streams)))
+        return;
+    size_t len;
+    uint8_t *buf = build_state(c, join, &len);
+    if (!buf) return;
+    if (len + GSP_SEAL_OVERHEAD <= c->cfg.max_stream_bytes) {
+        uint64_t id = ++c->next_req_id;
+        if (emit(c, GSP_OUT_STREAM, to, buf, len, id, 10000) == 0)
+            c->streams[c->n_streams++] =
+                (pending_stream){.id = id, .kind = 1};
+    }
+    free(buf);
+}
+
+/* Validates every record first; applies only if all are well formed. */
+static int merge_state(gsp_core *c, const PbStream *s)
+{
+    if (s->n_members > 1000000) return GSP_EDECODE;
+    upd *us = calloc(s->n_members ? s->n_members : 1, sizeof(*us));
+    if (!us) return -ENOMEM;
+    for (size_t i = 0; i < s->n_members; i++) {
+        if (pb_to_upd(s->members[i], &us[i])) {
+            free(us);
+            return GSP_EDECODE;
+        }
+    }
+    for (size_t i = 0; i < s->n_user; i++) {
+        if (check_user(s->user[i])) {
+            free(us);
+            return GSP_EDECODE;
+        }
+    }
+    gsp_id sender;
+    memcpy(sender.b, s->from.data, GSP_ID_LEN);
+    for (size_t i = 0; i < s->n_members; i++) {
+        upd *u = &us[i];
+        member *m = find(c, &u->id);
+        switch (u->state) {
+        case GSP_ALIVE:
+            on_alive(c, u);
+            break;
+        case GSP_SUSPECT:
+            if (!u->has_from) {
+                u->has_from = true;
+                u->from = sender;
+            }
+            on_suspect(c, u);
+            break;
+        case GSP_DEAD:
+        case GSP_LEFT:
+            if (!m) {
+                insert_gone(c, u);
+            } else if (u->state == GSP_LEFT || m->is_self) {
+                on_dead(c, u);
+            } else {
+                /* a remote "dead" is only a suspicion here: if the node
+                 * lives it will refute */
+                u->state = GSP_SUSPECT;
+                u->has_from = true;
+                u->from = sender;
+                on_suspect(c, u);
+            }
+            break;
+        }
+    }
+    free(us);
+    for (size_t i = 0; i < s->n_user; i++)
+        apply_user(c, s->user[i]->key, s->user[i]->version,
+                   s->user[i]->data.data, s->user[i]->data.len, false);
+    return 0;
+}
+
+static PbStream *open_stream(gsp_core *c, const uint8_t *in, size_t len,
+                             int *err)
+{
+    *err = 0;
+    if (len > c->cfg.max_stream_bytes) {
+        c->st.drop_toobig++;
+        *err = GSP_ETOOBIG;
+        return NULL;
+    }
+    const uint8_t *plain = in;
+    uint8_t *tmp = NULL;
+    size_t plen = len;
+    if (c->kr) {
+        tmp = malloc(len ? len : 1);
+        if (!tmp) {
+            *err = -ENOMEM;
+            return NULL;
+        }
+        if (gsp_open(c->kr, in, len, tmp, len, &plen)) {
+            free(tmp);
+            c->st.drop_decrypt++;
+            *err = GSP_EDECRYPT;
+            return NULL;
+        }
+        plain = tmp;
+    }
+    PbStream *s = pmgcm__gossip__stream__unpack(NULL, plen, plain);
+    free(tmp);
+    if (!s || s->from.len != GSP_ID_LEN ||
+        (s->ping && s->ping->target.len != GSP_ID_LEN)) {
+        if (s) pmgcm__gossip__stream__free_unpacked(s, NULL);
+        c->st.drop_decode++;
+        *err = GSP_EDECODE;
+        return NULL;
+    }
+    if (!memcmp(s->from.data, c->self->id.b, GSP_ID_LEN)) {
+        pmgcm__gossip__stream__free_unpacked(s, NULL);
+        c->st.drop_self++;
+        *err = GSP_ESELF;
+        return NULL;
+    }
+    return s;
+}
+
+/* Seals plaintext into a freshly allocated buffer (for stream replies). */
+static int seal_alloc(gsp_core *c, const uint8_t *p, size_t len,
+                      uint8_t **out, size_t *out_len)
+{
+    size_t cap = len + GSP_SEAL_OVERHEAD;
+    uint8_t *b = malloc(cap);
+    if (!b) return -ENOMEM;
+    if (c->kr) {
+        int rc = gsp_seal(c->kr, p, len, b, cap, out_len);
+        if (rc) {
+            free(b);
+            return rc;
+        }
+    } else {
+        memcpy(b, p, len);
+        *out_len = len;
+    }
+    *out = b;
+    return 0;
+}
+
+int gsp_core_stream_request(gsp_core *c, uint64_t now_ms,
+                            const gsp_addr *from, const uint8_t *req,
+                            size_t len, uint8_t **reply, size_t *reply_len)
+{
+    *reply = NULL;
+    *reply_len = 0;
+    if (now_ms > c->now) c->now = now_ms;
+    c->st.streams_in++;
+    c->st.bytes_in += len;
+    int err;
+    PbStream *s = open_stream(c, req, len, &err);
+    if (!s) return err;
+    int rc = 0;
+    if (s->kind == PMGCM__GOSSIP__STREAM__KIND__PUSHPULL) {
+        rc = merge_state(c, s);
+        if (rc == 0) {
+            size_t plen;
+            uint8_t *p = build_state(c, false, &plen);
+            if (!p) {
+                rc = -ENOMEM;
+            } else {
+                rc = seal_alloc(c, p, plen, reply, reply_len);
+                free(p);
+            }
+        } else if (rc == GSP_EDECODE) {
+            c->st.drop_decode++;
+        }
+    } else if (s->kind == PMGCM__GOSSIP__STREAM__KIND__PING && s->ping) {
+        if (!memcmp(s->ping->target.data, c->self->id.b, GSP_ID_LEN)) {
+            PbStream r = PMGCM__GOSSIP__STREAM__INIT;
+            Pmgcm__Gossip__Ack ack = PMGCM__GOSSIP__ACK__INIT;
+            r.kind = PMGCM__GOSSIP__STREAM__KIND__ACK;
+            r.from.data = c->self->id.b;
+            r.from.len = GSP_ID_LEN;
+            ack.seq = s->ping->seq;
+            r.ack = &ack;
+            uint8_t p[128];
+            size_t plen = pmgcm__gossip__stream__pack(&r, p);
+            rc = seal_alloc(c, p, plen, reply, reply_len);
+        }
+    } else {
+        c->st.drop_decode++;
+        rc = GSP_EDECODE;
+    }
+    pmgcm__gossip__stream__free_unpacked(s, NULL);
+    return rc;
+}
+
+int gsp_core_stream_result(gsp_core *c, uint64_t now_ms, uint64_t req_id,
+                           bool ok, const uint8_t *reply, size_t len)
+{
+    if (now_ms > c->now) c->now = now_ms;
+    size_t i;
+    for (i = 0; i < c->n_streams; i++)
+        if (c->streams[i].id == req_id) break;
+    if (i == c->n_streams) return -ENOENT;
+    pending_stream ps = c->streams[i];
+    c->streams[i] = c->streams[--c->n_streams];
+    if (!ok) {
+        c->st.stream_failures++;
+        return 0;
+    }
+    c->st.bytes_in += len;
+    int err;
+    PbStream *s = open_stream(c, reply, len, &err);
+    if (!s) return err;
+    int rc = 0;
+    if (ps.kind == 1 && s->kind == PMGCM__GOSSIP__STREAM__KIND__PUSHPULL) {
+        rc = merge_state(c, s);
+        if (rc == GSP_EDECODE) c->st.drop_decode++;
+    } else if (ps.kind == 2 && s->kind == PMGCM__GOSSIP__STREAM__KIND__ACK &&
+               s->ack) {
+        if (c->probe.active && s->ack->seq == c->probe.seq &&
+            s->ack->seq == ps.seq)
+            finish_probe(c, true);
+    }
+    pmgcm__gossip__stream__free_unpacked(s, NULL);
+    return rc;
+}
+
+/* ---- UDP input ---------------------------------------------------------- */
+
+static void send_ack(gsp_core *c, const gsp_addr *to, uint32_t seq,
+                     const member *sender)
+{
+    PbPacket hdr = PMGCM__GOSSIP__PACKET__INIT;
+    Pmgcm__Gossip__Ack ack = PMGCM__GOSSIP__ACK__INIT;
+    ack.seq = seq;
+    hdr.ack = &ack;
+    PbMember rec;
+    const PbMember *extra = NULL;
+    if (sender && !sender->is_self && sender->state != GSP_ALIVE) {
+        /* the sender talks to us while we think it suspect/dead: tell it,
+         * so it refutes at once */
+        member_to_pb(sender, sender->state == GSP_LEFT ? GSP_DEAD
+                                                        : sender->state,
+                     &c->self->id, false, &rec);
+        extra = &rec;
+    }
+    send_packet(c, to, &hdr, extra);
+}
+
+static void handle_ping_req(gsp_core *c, const Pmgcm__Gossip__PingReq *pr,
+                            const gsp_addr *requester)
+{
+    gsp_addr ta;
+    if (pb_addr(&pr->ip, pr->port, &ta)) return;
+    relay *r = NULL;
+    for (size_t i = 0; i < RELAY_MAX; i++) {
+        if (!c->relays[i].used) {
+            r = &c->relays[i];
+            break;
+        }
+    }
+    if (!r) {
+        c->st.drop_other++;
+        return;
+    }
+    r->used = true;
+    r->my_seq = ++c->seq;
+    r->their_seq = pr->seq;
+    r->requester = *requester;
+    r->deadline = c->now + c->cfg.probe_timeout_ms;
+    member tmp;
+    memset(&tmp, 0, sizeof(tmp));
+    memcpy(tmp.id.b, pr->target.data, GSP_ID_LEN);
+    member *t = find(c, &tmp.id);
+    send_ping(c, t ? t : &tmp, r->my_seq, true, &ta);
+}
+
+int gsp_core_recv(gsp_core *c, uint64_t now_ms, const gsp_addr *from,
+                  const uint8_t *pkt, size_t len)
+{
+    if (now_ms > c->now) c->now = now_ms;
+    c->st.udp_in++;
+    c->st.bytes_in += len;
+    if (len > c->rx_cap) {
+        c->st.drop_toobig++;
+        return GSP_ETOOBIG;
+    }
+    const uint8_t *plain = pkt;
+    size_t plen = len;
+    if (c->kr) {
+        if (gsp_open(c->kr, pkt, len, c->rxbuf, c->rx_cap, &plen)) {
+            c->st.drop_decrypt++;
+            return GSP_EDECRYPT;
+        }
+        plain = c->rxbuf;
+    }
+    PbPacket *p = pmgcm__gossip__packet__unpack(NULL, plen, plain);
+    if (!p) {
+        c->st.drop_decode++;
+        return GSP_EDECODE;
+    }
+    int rc = 0;
+    upd *us = NULL;
+    if (p->from.len != GSP_ID_LEN ||
+        (p->ping && p->ping->target.len != GSP_ID_LEN) ||
+        (p->ping_req && p->ping_req->target.len != GSP_ID_LEN)) {
+        rc = GSP_EDECODE;
+        goto bad;
+    }
+    if (!memcmp(p->from.data, c->self->id.b, GSP_ID_LEN)) {
+        c->st.drop_self++;
+        rc = GSP_ESELF;
+        goto done;
+    }
+    us = calloc(p->n_updates ? p->n_updates : 1, sizeof(*us));
+    if (!us) {
+        rc = -ENOMEM;
+        goto done;
+    }
+    for (size_t i = 0; i < p->n_updates; i++)
+        if (pb_to_upd(p->updates[i], &us[i])) {
+            rc = GSP_EDECODE;
+            goto bad;
+        }
+    for (size_t i = 0; i < p->n_user; i++)
+        if (check_user(p->user[i])) {
+            rc = GSP_EDECODE;
+            goto bad;
+        }
+
+    /* updates first: a refutation riding on an ack must count */
+    for (size_t i = 0; i < p->n_updates; i++) apply_update(c, &us[i]);
+    for (size_t i = 0; i < p->n_user; i++)
+        apply_user(c, p->user[i]->key, p->user[i]->version,
+                   p->user[i]->data.data, p->user[i]->data.len, false);
+
+    gsp_id sid;
+    memcpy(sid.b, p->from.data, GSP_ID_LEN);
+    member *sender = find(c, &sid);
+    if (p->ping) {
+        if (!memcmp(p->ping->target.data, c->self->id.b, GSP_ID_LEN))
+            send_ack(c, from, p->ping->seq, sender);
+    }
+    if (p->ack) {
+        uint32_t seq = p->ack->seq;
+        if (c->probe.active && seq == c->probe.seq) {
+            finish_probe(c, true);
+        } else {
+            for (size_t i = 0; i < RELAY_MAX; i++) {
+                relay *r = &c->relays[i];
+                if (r->used && r->my_seq == seq) {
+                    r->used = false;
+                    PbPacket hdr = PMGCM__GOSSIP__PACKET__INIT;
+                    Pmgcm__Gossip__Ack ack = PMGCM__GOSSIP__ACK__INIT;
+                    ack.seq = r->their_seq;
+                    hdr.ack = &ack;
+                    send_packet(c, &r->requester, &hdr, NULL);
+                    break;
+                }
+            }
+        }
+    }
+    if (p->nack && c->probe.active && p->nack->seq == c->probe.seq)
+        c->probe.nacks++;
+    if (p->ping_req) handle_ping_req(c, p->ping_req, from);
+    goto done;
+bad:
+    c->st.drop_decode++;
+done:
+    free(us);
+    pmgcm__gossip__packet__free_unpacked(p, NULL);
+    return rc;
+}
+
+/* ---- timers ------------------------------------------------------------- */
+
+static void gossip_round(gsp_core *c)
+{
+    if (!c->mq.n && !c->uq.n) return;
+    uint32_t want = c->cfg.gossip_nodes, sent = 0;
+    size_t n = c->n_members;
+    member *picked[16];
+    if (want > 16) want = 16;
+    for (size_t tries = 0; sent < want && tries < 4 * n + 8 && n; tries++) {
+        member *m = c->members[rnd_below(c, n)];
+        if (m->is_self) continue;
+        bool ok = m->state == GSP_ALIVE || m->state == GSP_SUSPECT ||
+                  (m->state == GSP_DEAD &&
+                   c->now - m->state_since < GOSSIP_TO_DEAD_MS);
+        if (!ok) continue;
+        bool dup = false;
+        for (uint32_t i = 0; i < sent; i++) dup |= picked[i] == m;
+        if (dup) continue;
+        picked[sent++] = m;
+        PbPacket hdr = PMGCM__GOSSIP__PACKET__INIT;
+        send_packet(c, &m->addr, &hdr, NULL);
+        if (!c->mq.n && !c->uq.n) break;
+    }
+}
+
+static uint64_t pushpull_interval(const gsp_core *c)
+{
+    size_t n = live_count(c);
+    uint64_t iv = c->cfg.pushpull_interval_ms;
+    if (n > 32) iv *= (uint64_t)ceil(log2((double)n) - log2(32.0)) + 1;
+    return iv;
+}
+
+static member *random_member(gsp_core *c, gsp_state s)
+{
+    size_t n = c->n_members;
+    if (!c->n_by_state[s] || (s == GSP_ALIVE && c->n_by_state[s] < 2))
+        return NULL;
+    for (size_t tries = 0; tries < 4 * n + 8; tries++) {
+        member *m = c->members[rnd_below(c, n)];
+        if (!m->is_self && m->state == s) return m;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (!c->members[i]->is_self && c->members[i]->state == s)
+            return c->members[i];
+    return NULL;
+}
+
+static bool addr_is_live(const gsp_core *c, const gsp_addr *a)
+{
+    for (size_t i = 0; i < c->n_members; i++) {
+        const member *m = c->members[i];
+        if ((m->state == GSP_ALIVE || m->state == GSP_SUSPECT) &&
+            gsp_addr_eq(&m->addr, a))
+            return true;
+    }
+    return false;
+}
+
+static void rejoin_round(gsp_core *c)
+{
+    if (c->leaving) return;
+    bool alone = live_count(c) <= 1;
+    if (alone) {
+        /* nobody alive: contact every seed */
+        for (size_t i = 0; i < c->n_seeds; i++)
+            if (!gsp_addr_eq(&c->seeds[i], &c->self->addr))
+                start_pushpull(c, &c->seeds[i], true);
+    }
+    /* one random dead member or seed that is not alive */
+    size_t cand = c->n_by_state[GSP_DEAD] + c->n_seeds;
+    if (!cand) return;
+    size_t pick = (size_t)rnd_below(c, cand);
+    if (pick < c->n_by_state[GSP_DEAD]) {
+        member *m = random_member(c, GSP_DEAD);
+        if (m) start_pushpull(c, &m->addr, true);
+    } else if (!alone) {
+        const gsp_addr *a = &c->seeds[pick - c->n_by_state[GSP_DEAD]];
+        if (!gsp_addr_eq(a, &c->self->addr) && !addr_is_live(c, a))
+            start_pushpull(c, a, true);
+    }
+}
+
+static void reap(gsp_core *c)
+{
+    for (size_t i = c->n_members; i-- > 0;) {
+        member *m = c->members[i];
+        uint64_t age = c->now - m->state_since;
+        if ((m->state == GSP_DEAD && c->cfg.reap_dead_ms &&
+             age >= c->cfg.reap_dead_ms) ||
+            (m->state == GSP_LEFT && c->cfg.reap_left_ms &&
+             age >= c->cfg.reap_left_ms)) {
+            if (c->probe.active && id_eq(&c->probe.target, &m->id))
+                c->probe.active = false;
+            remove_member(c, m);
+        }
+    }
+}
+
+void gsp_core_tick(gsp_core *c, uint64_t now)
+{
+    if (now > c->now) c->now = now;
+    now = c->now;
+
+    /* suspicion timeouts */
+    for (size_t i = c->n_susp; i-- > 0;) {
+        if (i >= c->n_susp) continue;
+        member *m = c->susp[i];
+        if (m->susp_deadline <= now) {
+            gsp_state old = m->state;
+            set_state(c, m, GSP_DEAD);
+            c->st.deaths_declared++;
+            queue_member(c, m, GSP_DEAD, &c->self->id);
+            notify(c, m, old, false);
+        }
+    }
+
+    /* indirect-probe relays that got no ack: nack the requester */
+    for (size_t i = 0; i < RELAY_MAX; i++) {
+        relay *r = &c->relays[i];
+        if (r->used && r->deadline <= now) {
+            r->used = false;
+            PbPacket hdr = PMGCM__GOSSIP__PACKET__INIT;
+            Pmgcm__Gossip__Nack nack = PMGCM__GOSSIP__NACK__INIT;
+            nack.seq = r->their_seq;
+            hdr.nack = &nack;
+            send_packet(c, &r->requester, &hdr, NULL);
+        }
+    }
+
+    if (!c->leaving) {
+        if (c->probe.active) {
+            member *t = find(c, &c->probe.target);
+            if (!t || t->state == GSP_DEAD || t->state == GSP_LEFT) {
+                c->probe.active = false;
+                c->next_probe = now;
+            } else {
+                if (!c->probe.indirect_sent && now >= c->probe.direct_deadline)
+                    indirect_probe(c);
+                if (now >= c->probe.end_deadline) finish_probe(c, false);
+            }
+        }
+        if (!c->probe.active && now >= c->next_probe) start_probe(c);
+    }
+
+    if (now >= c->next_gossip) {
+        gossip_round(c);
+        c->next_gossip = now + c->cfg.gossip_interval_ms;
+    }
+    if (now >= c->next_pushpull) {
+        member *m = c->leaving ? NULL : random_member(c, GSP_ALIVE);
+        if (m) start_pushpull(c, &m->addr, false);
+        c->next_pushpull = now + pushpull_interval(c);
+    }
+    if (now >= c->next_rejoin) {
+        rejoin_round(c);
+        c->next_rejoin = now + c->cfg.rejoin_interval_ms;
+    }
+    if ((c->cfg.reap_dead_ms || c->cfg.reap_left_ms) && now >= c->next_reap) {
+        reap(c);
+        c->next_reap = now + 1000;
+    }
+}
+
+uint64_t gsp_core_next_deadline(const gsp_core *c)
+{
+    uint64_t d = c->next_pushpull;
+    if (c->next_rejoin < d) d = c->next_rejoin;
+    if (!c->leaving) {
+        if (c->probe.active) {
+            if (!c->probe.indirect_sent && c->probe.direct_deadline < d)
+                d = c->probe.direct_deadline;
+            if (c->probe.end_deadline < d) d = c->probe.end_deadline;
+        } else if (c->next_probe < d) {
+            d = c->next_probe;
+        }
+    }
+    if ((c->mq.n || c->uq.n) && c->next_gossip < d) d = c->next_gossip;
+    for (size_t i = 0; i < c->n_susp; i++)
+        if (c->susp[i]->susp_deadline < d) d = c->susp[i]->susp_deadline;
+    for (size_t i = 0; i < RELAY_MAX; i++)
+        if (c->relays[i].used && c->relays[i].deadline < d)
+            d = c->relays[i].deadline;
+    if ((c->cfg.reap_dead_ms || c->cfg.reap_left_ms) && c->next_reap < d)
+        d = c->next_reap;
+    return d;
+}
+
+/* ---- public API --------------------------------------------------------- */
+
+int gsp_core_new(gsp_core **out, const gsp_config *cfg, const gsp_id *self,
+                 const char *name, const gsp_addr *addr, uint64_t gen,
+                 gsp_keyring *keyring, uint64_t seed, uint64_t now_ms,
+                 const gsp_callbacks *cb)
+{
+    *out = NULL;
+    if (!cfg || !self || !name || !addr || !addr->family ||
+        !printable(name, GSP_NAME_MAX) || cfg->packet_size < 256 ||
+        cfg->packet_size > 65000 || cfg->probe_interval_ms == 0 ||
+        cfg->probe_timeout_ms == 0 || cfg->gossip_interval_ms == 0 ||
+        cfg->pushpull_interval_ms == 0 || cfg->rejoin_interval_ms == 0 ||
+        cfg->user_share_pct > 100 || cfg->max_stream_bytes < 4096)
+        return -EINVAL;
+    gsp_core *c = calloc(1, sizeof(*c));
+    if (!c) return -ENOMEM;
+    c->cfg = *cfg;
+    if (cb) c->cb = *cb;
+    c->kr = keyring;
+    c->rng = seed ^ 0x5851f42d4c957f2dULL;
+    c->now = now_ms;
+    c->rx_cap = cfg->packet_size + GSP_SEAL_OVERHEAD + UDP_SLACK;
+    c->pkt = malloc(cfg->packet_size);
+    c->rxbuf = malloc(c->rx_cap);
+    if (!c->pkt || !c->rxbuf || ht_rebuild(c, 8)) {
+        gsp_core_free(c);
+        return -ENOMEM;
+    }
+    member *m = add_member(c, self, GSP_ALIVE);
+    if (!m) {
+        gsp_core_free(c);
+        return -ENOMEM;
+    }
+    m->is_self = true;
+    m->addr = *addr;
+    m->inc.gen = gen;
+    m->inc.ver = 0;
+    snprintf(m->name, sizeof(m->name), "%s", name);
+    c->self = m;
+    c->next_probe = now_ms + rnd_below(c, cfg->probe_interval_ms);
+    c->next_gossip = now_ms + cfg->gossip_interval_ms;
+    c->next_pushpull = now_ms + cfg->pushpull_interval_ms / 2 +
+                       rnd_below(c, cfg->pushpull_interval_ms);
+    c->next_rejoin = now_ms + cfg->rejoin_interval_ms;
+    c->next_reap = now_ms + 1000;
+    *out = c;
+    return 0;
+}
+
+void gsp_core_free(gsp_core *c)
+{
+    if (!c) return;
+    for (size_t i = 0; i < c->n_members; i++) {
+        free(c->members[i]->meta);
+        free(c->members[i]);
+    }
+    free(c->members);
+    free(c->ht);
+    free(c->plist);
+    free(c->susp);
+    for (size_t i = 0; i < c->mq.n; i++) free(c->mq.v[i].buf);
+    for (size_t i = 0; i < c->uq.n; i++) free(c->uq.v[i].buf);
+    free(c->mq.v);
+    free(c->uq.v);
+    for (size_t i = 0; i < c->n_users; i++) free(c->users[i].data);
+    free(c->users);
+    free(c->seeds);
+    free(c->streams);
+    gsp_out o;
+    while (gsp_core_pop_out(c, &o)) free(o.data);
+    free(c->outq);
+    free(c->pkt);
+    free(c->rxbuf);
+    free(c);
+}
+
+int gsp_core_set_meta(gsp_core *c, uint64_t now_ms, const uint8_t *meta,
+                      size_t len)
+{
+    if (len > GSP_META_MAX) return -E2BIG;
+    if (now_ms > c->now) c->now = now_ms;
+    member *s = c->self;
+    if (len == s->meta_len && (!len || !memcmp(s->meta, meta, len))) return 0;
+    uint8_t *nm = NULL;
+    if (len) {
+        nm = malloc(len);
+        if (!nm) return -ENOMEM;
+        memcpy(nm, meta, len);
+    }
+    free(s->meta);
+    s->meta = nm;
+    s->meta_len = len;
+    s->inc.ver++;
+    queue_member(c, s, GSP_ALIVE, NULL);
+    return 0;
+}
+
+int gsp_core_join(gsp_core *c, uint64_t now_ms, const gsp_addr *addrs,
+                  size_t n)
+{
+    if (now_ms > c->now) c->now = now_ms;
+    for (size_t i = 0; i < n; i++)
+        if (!gsp_addr_eq(&addrs[i], &c->self->addr))
+            start_pushpull(c, &addrs[i], true);
+    return 0;
+}
+
+int gsp_core_set_seeds(gsp_core *c, const gsp_addr *addrs, size_t n)
+{
+    gsp_addr *s = NULL;
+    if (n) {
+        s = malloc(n * sizeof(*s));
+        if (!s) return -ENOMEM;
+        memcpy(s, addrs, n * sizeof(*s));
+    }
+    free(c->seeds);
+    c->seeds = s;
+    c->n_seeds = n;
+    return 0;
+}
+
+int gsp_core_leave(gsp_core *c, uint64_t now_ms)
+{
+    if (now_ms > c->now) c->now = now_ms;
+    if (c->leaving) return 0;
+    c->leaving = true;
+    member *s = c->self;
+    s->inc.ver++;
+    set_state(c, s, GSP_LEFT);
+    queue_member(c, s, GSP_LEFT, &s->id);
+    /* push it out now rather than at the next gossip tick */
+    c->next_gossip = c->now;
+    return 0;
+}
+
+int gsp_core_broadcast(gsp_core *c, uint32_t key, uint64_t version,
+                       const uint8_t *data, size_t len)
+{
+    if (len > GSP_META_MAX) return -E2BIG;
+    for (size_t i = 0; i < c->n_users; i++)
+        if (c->users[i].key == key && c->users[i].version >= version)
+            return -EALREADY;
+    apply_user(c, key, version, data, len, true);
+    return 0;
+}
+
+void gsp_core_foreach(gsp_core *c, int (*fn)(void *, const gsp_member *),
+                      void *ud)
+{
+    gsp_member v;
+    for (size_t i = 0; i < c->n_members; i++) {
+        to_view(c->members[i], &v);
+        if (fn(ud, &v)) return;
+    }
+}
+
+int gsp_core_get(gsp_core *c, const gsp_id *id, gsp_member *out)
+{
+    member *m = find(c, id);
+    if (!m) return -ENOENT;
+    to_view(m, out);
+    return 0;
+}
+
+size_t gsp_core_count(const gsp_core *c, int mask)
+{
+    size_t n = 0;
+    for (int s = 0; s < 4; s++)
+        if (mask & (1 << s)) n += c->n_by_state[s];
+    return n;
+}
+
+size_t gsp_core_pending_updates(const gsp_core *c)
+{
+    return c->mq.n + c->uq.n;
+}
+
+uint32_t gsp_core_health(const gsp_core *c)
+{
+    return c->awareness;
+}
+
+void gsp_core_stats(const gsp_core *c, gsp_stats *out)
+{
+    *out = c->st;
+}
