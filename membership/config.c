@@ -1,0 +1,447 @@
+/*
+ * config.c - pmgclusterd configuration file parser (format: membership.h).
+ */
+#include "membership/membership.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+void pmm_config_default(pmm_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    snprintf(cfg->control_socket, sizeof(cfg->control_socket), "%s",
+             PMM_DEFAULT_SOCKET);
+    snprintf(cfg->label, sizeof(cfg->label), "%s", PMM_DEFAULT_LABEL);
+    cfg->log_level = PMM_LOG_INFO;
+    cfg->meta_interval_ms = 5000;
+    gsp_config_default(&cfg->gossip);
+}
+
+/* ---- value parsers: return NULL on success or a static reason ---------- */
+
+static bool name_char_ok(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
+}
+
+static const char *parse_name(const char *v, char *out)
+{
+    size_t n = strlen(v);
+
+    if (n == 0 || n > GSP_NAME_MAX)
+        return "must be 1..64 characters";
+    for (size_t i = 0; i < n; i++)
+        if (!name_char_ok(v[i]))
+            return "may only contain letters, digits, '.', '_' and '-'";
+    memcpy(out, v, n + 1);
+    return NULL;
+}
+
+static bool addr_is_wildcard(const gsp_addr *a)
+{
+    size_t n = a->family == 4 ? 4 : 16;
+
+    for (size_t i = 0; i < n; i++)
+        if (a->ip[i] != 0)
+            return false;
+    return true;
+}
+
+static const char *parse_addr(const char *v, gsp_addr *out)
+{
+    if (gsp_addr_parse(out, v, PMM_DEFAULT_PORT) != 0)
+        return "is not an address (ip, ip:port or [ipv6]:port)";
+    return NULL;
+}
+
+static const char *parse_path(const char *v, char *out, size_t cap)
+{
+    size_t n = strlen(v);
+
+    if (n == 0)
+        return "must not be empty";
+    if (v[0] != '/')
+        return "must be an absolute path";
+    if (n >= cap)
+        return "is too long";
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)v[i] < 0x20 || v[i] == 0x7f)
+            return "contains a control character";
+    memcpy(out, v, n + 1);
+    return NULL;
+}
+
+static const char *parse_label(const char *v, char *out)
+{
+    size_t n = strlen(v);
+
+    if (n > GSP_LABEL_MAX)
+        return "is longer than 64 bytes";
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)v[i] < 0x20 || (unsigned char)v[i] >= 0x7f)
+            return "may only contain printable ASCII";
+    memcpy(out, v, n + 1);
+    return NULL;
+}
+
+static const char *parse_u32(const char *v, uint32_t lo, uint32_t hi,
+                             uint32_t *out)
+{
+    uint64_t x = 0;
+    size_t n = strlen(v);
+
+    if (n == 0 || n > 10)
+        return "is not a number";
+    for (size_t i = 0; i < n; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return "is not a number";
+        x = x * 10 + (uint64_t)(v[i] - '0');
+    }
+    if (x < lo || x > hi)
+        return "is out of range";
+    *out = (uint32_t)x;
+    return NULL;
+}
+
+static const char *parse_peers(char *v, gsp_addr *out, size_t *n_out)
+{
+    size_t n = 0;
+    char *save = NULL;
+
+    for (char *tok = strtok_r(v, " \t,", &save); tok != NULL;
+         tok = strtok_r(NULL, " \t,", &save)) {
+        gsp_addr a;
+        bool dup = false;
+
+        if (gsp_addr_parse(&a, tok, PMM_DEFAULT_PORT) != 0)
+            return "contains something that is not an address";
+        if (addr_is_wildcard(&a))
+            return "contains a wildcard address";
+        for (size_t i = 0; i < n; i++)
+            dup = dup || gsp_addr_eq(&out[i], &a);
+        if (dup)
+            continue;
+        if (n == PMM_PEERS_MAX)
+            return "lists more than 64 addresses";
+        out[n++] = a;
+    }
+    *n_out = n;
+    return NULL;
+}
+
+/* ---- keys ----------------------------------------------------------------- */
+
+enum {
+    K_NAME, K_BIND, K_ADVERTISE, K_DATA_DIR, K_CONTROL_SOCKET, K_KEY_FILE,
+    K_LABEL, K_PEERS, K_LOG_LEVEL, K_META_INTERVAL,
+    K_PROBE_INTERVAL, K_PROBE_TIMEOUT, K_INDIRECT, K_SUSP_MULT,
+    K_SUSP_MAX_MULT, K_RETRANSMIT, K_GOSSIP_INTERVAL, K_GOSSIP_NODES,
+    K_PUSHPULL, K_REJOIN,
+    K_COUNT
+};
+
+static const char *const key_names[K_COUNT] = {
+    [K_NAME] = "name",
+    [K_BIND] = "bind",
+    [K_ADVERTISE] = "advertise",
+    [K_DATA_DIR] = "data_dir",
+    [K_CONTROL_SOCKET] = "control_socket",
+    [K_KEY_FILE] = "key_file",
+    [K_LABEL] = "label",
+    [K_PEERS] = "peers",
+    [K_LOG_LEVEL] = "log_level",
+    [K_META_INTERVAL] = "meta_interval_ms",
+    [K_PROBE_INTERVAL] = "probe_interval_ms",
+    [K_PROBE_TIMEOUT] = "probe_timeout_ms",
+    [K_INDIRECT] = "indirect_checks",
+    [K_SUSP_MULT] = "suspicion_mult",
+    [K_SUSP_MAX_MULT] = "suspicion_max_mult",
+    [K_RETRANSMIT] = "retransmit_mult",
+    [K_GOSSIP_INTERVAL] = "gossip_interval_ms",
+    [K_GOSSIP_NODES] = "gossip_nodes",
+    [K_PUSHPULL] = "pushpull_interval_ms",
+    [K_REJOIN] = "rejoin_interval_ms",
+};
+
+static const char *apply_key(pmm_config *c, int k, char *v)
+{
+    gsp_config *g = &c->gossip;
+
+    switch (k) {
+    case K_NAME:
+        return parse_name(v, c->name);
+    case K_BIND:
+        return parse_addr(v, &c->bind);
+    case K_ADVERTISE: {
+        const char *why = parse_addr(v, &c->advertise);
+        if (why == NULL && addr_is_wildcard(&c->advertise))
+            why = "must not be a wildcard address";
+        return why;
+    }
+    case K_DATA_DIR:
+        return parse_path(v, c->data_dir, sizeof(c->data_dir));
+    case K_CONTROL_SOCKET:
+        return parse_path(v, c->control_socket, sizeof(c->control_socket));
+    case K_KEY_FILE:
+        return parse_path(v, c->key_file, sizeof(c->key_file));
+    case K_LABEL:
+        return parse_label(v, c->label);
+    case K_PEERS:
+        return parse_peers(v, c->peers, &c->n_peers);
+    case K_LOG_LEVEL:
+        if (pmm_log_level_parse(v, &c->log_level) != 0)
+            return "must be error, warn, info or debug";
+        return NULL;
+    case K_META_INTERVAL:
+        return parse_u32(v, 100, 3600000, &c->meta_interval_ms);
+    case K_PROBE_INTERVAL:
+        return parse_u32(v, 10, 600000, &g->probe_interval_ms);
+    case K_PROBE_TIMEOUT:
+        return parse_u32(v, 1, 600000, &g->probe_timeout_ms);
+    case K_INDIRECT:
+        return parse_u32(v, 0, 16, &g->indirect_checks);
+    case K_SUSP_MULT:
+        return parse_u32(v, 1, 100, &g->suspicion_mult);
+    case K_SUSP_MAX_MULT:
+        return parse_u32(v, 1, 100, &g->suspicion_max_mult);
+    case K_RETRANSMIT:
+        return parse_u32(v, 1, 100, &g->retransmit_mult);
+    case K_GOSSIP_INTERVAL:
+        return parse_u32(v, 10, 600000, &g->gossip_interval_ms);
+    case K_GOSSIP_NODES:
+        return parse_u32(v, 1, 64, &g->gossip_nodes);
+    case K_PUSHPULL:
+        return parse_u32(v, 100, 86400000, &g->pushpull_interval_ms);
+    case K_REJOIN:
+        return parse_u32(v, 100, 86400000, &g->rejoin_interval_ms);
+    default:
+        return "is not handled";
+    }
+}
+
+static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (err != NULL && errlen > 0) {
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return rc;
+}
+
+static bool is_blank(char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+int pmm_config_parse(pmm_config *out, const char *text, size_t len,
+                     char *err, size_t errlen)
+{
+    pmm_config *c;
+    unsigned line_no = 0;
+    int line_of[K_COUNT] = {0};
+    size_t pos = 0;
+    char line[PMM_CONF_LINE_MAX + 1];
+    int rc = 0;
+
+    if (len > PMM_CONF_FILE_MAX)
+        return fail(err, errlen, -E2BIG, "file is larger than %u bytes",
+                    (unsigned)PMM_CONF_FILE_MAX);
+    c = malloc(sizeof(*c));
+    if (c == NULL)
+        return fail(err, errlen, -ENOMEM, "out of memory");
+    pmm_config_default(c);
+
+    while (pos < len) {
+        const char *nl = memchr(text + pos, '\n', len - pos);
+        size_t end = nl != NULL ? (size_t)(nl - text) : len;
+        size_t n = end - pos;
+        char *k, *v, *eq, *p;
+        int key = -1;
+        const char *why;
+
+        line_no++;
+        if (n > PMM_CONF_LINE_MAX) {
+            rc = fail(err, errlen, -EINVAL, "line %u: longer than %u bytes",
+                      line_no, (unsigned)PMM_CONF_LINE_MAX);
+            goto out;
+        }
+        memcpy(line, text + pos, n);
+        line[n] = '\0';
+        pos = end + 1;
+        if (memchr(line, '\0', n) != NULL) {
+            rc = fail(err, errlen, -EINVAL, "line %u: contains a NUL byte",
+                      line_no);
+            goto out;
+        }
+        if (n > 0 && line[n - 1] == '\r')
+            line[--n] = '\0';
+
+        k = line;
+        while (is_blank(*k))
+            k++;
+        if (*k == '\0' || *k == '#')
+            continue;
+        eq = strchr(k, '=');
+        if (eq == NULL) {
+            rc = fail(err, errlen, -EINVAL,
+                      "line %u: expected 'key = value'", line_no);
+            goto out;
+        }
+        v = eq + 1;
+        p = eq;
+        while (p > k && is_blank(p[-1]))
+            p--;
+        *p = '\0';
+        while (is_blank(*v))
+            v++;
+        /* " # comment" after the value */
+        for (p = v; *p != '\0'; p++) {
+            if (*p == '#' && p > v && is_blank(p[-1])) {
+                *p = '\0';
+                break;
+            }
+        }
+        p = v + strlen(v);
+        while (p > v && is_blank(p[-1]))
+            p--;
+        *p = '\0';
+
+        for (int i = 0; i < K_COUNT; i++)
+            if (strcmp(k, key_names[i]) == 0)
+                key = i;
+        if (key < 0) {
+            char shown[68];
+            /* never echo control characters or megabytes of garbage */
+            size_t m = 0;
+            for (; k[m] != '\0' && m < 64; m++)
+                shown[m] = ((unsigned char)k[m] < 0x20 ||
+                            (unsigned char)k[m] >= 0x7f) ? '?' : k[m];
+            shown[m] = '\0';
+            rc = fail(err, errlen, -EINVAL, "line %u: unknown key '%s'%s",
+                      line_no, shown, k[m] != '\0' ? "..." : "");
+            goto out;
+        }
+        if (line_of[key] != 0) {
+            rc = fail(err, errlen, -EINVAL,
+                      "line %u: duplicate key '%s' (first set on line %d)",
+                      line_no, key_names[key], line_of[key]);
+            goto out;
+        }
+        line_of[key] = (int)line_no;
+        if (*v == '\0' && key != K_LABEL && key != K_PEERS) {
+            rc = fail(err, errlen, -EINVAL, "line %u: %s: missing value",
+                      line_no, key_names[key]);
+            goto out;
+        }
+        why = apply_key(c, key, v);
+        if (why != NULL) {
+            rc = fail(err, errlen, -EINVAL, "line %u: %s %s", line_no,
+                      key_names[key], why);
+            goto out;
+        }
+    }
+
+    {
+        static const int required[] = {K_NAME, K_BIND, K_DATA_DIR,
+                                       K_KEY_FILE};
+        for (size_t i = 0; i < sizeof(required) / sizeof(required[0]); i++) {
+            if (line_of[required[i]] == 0) {
+                rc = fail(err, errlen, -EINVAL, "missing required key '%s'",
+                          key_names[required[i]]);
+                goto out;
+            }
+        }
+    }
+    if (line_of[K_ADVERTISE] == 0) {
+        if (addr_is_wildcard(&c->bind)) {
+            rc = fail(err, errlen, -EINVAL,
+                      "line %d: bind is a wildcard address: set advertise "
+                      "to the address other nodes should use",
+                      line_of[K_BIND]);
+            goto out;
+        }
+        c->advertise = c->bind;
+    }
+    if (c->gossip.probe_timeout_ms >= c->gossip.probe_interval_ms) {
+        rc = fail(err, errlen, -EINVAL,
+                  "line %d: probe_timeout_ms (%u) must be smaller than "
+                  "probe_interval_ms (%u)",
+                  line_of[K_PROBE_TIMEOUT] ? line_of[K_PROBE_TIMEOUT]
+                                           : line_of[K_PROBE_INTERVAL],
+                  (unsigned)c->gossip.probe_timeout_ms,
+                  (unsigned)c->gossip.probe_interval_ms);
+        goto out;
+    }
+    *out = *c;
+out:
+    free(c);
+    return rc;
+}
+
+int pmm_config_load(pmm_config *cfg, const char *path, char *err,
+                    size_t errlen)
+{
+    char msg[512];
+    char *buf = NULL;
+    struct stat st;
+    ssize_t r;
+    size_t len = 0;
+    int fd, rc;
+
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0)
+        return fail(err, errlen, -errno, "%s: %s", path, strerror(errno));
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return fail(err, errlen, -EINVAL, "%s: not a regular file", path);
+    }
+    if (st.st_size > PMM_CONF_FILE_MAX) {
+        close(fd);
+        return fail(err, errlen, -E2BIG, "%s: larger than %u bytes", path,
+                    (unsigned)PMM_CONF_FILE_MAX);
+    }
+    buf = malloc(PMM_CONF_FILE_MAX + 1);
+    if (buf == NULL) {
+        close(fd);
+        return fail(err, errlen, -ENOMEM, "%s: out of memory", path);
+    }
+    /* read at most one byte more than the bound, to notice growth */
+    while (len <= PMM_CONF_FILE_MAX) {
+        r = read(fd, buf + len, PMM_CONF_FILE_MAX + 1 - len);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            rc = -errno;
+            close(fd);
+            free(buf);
+            return fail(err, errlen, rc, "%s: %s", path, strerror(-rc));
+        }
+        if (r == 0)
+            break;
+        len += (size_t)r;
+    }
+    close(fd);
+    rc = pmm_config_parse(cfg, buf, len, msg, sizeof(msg));
+    free(buf);
+    if (rc != 0) {
+        /* "line N: x" -> "path:N: x" */
+        unsigned ln;
+        int off = 0;
+        if (sscanf(msg, "line %u: %n", &ln, &off) == 1 && off > 0)
+            return fail(err, errlen, rc, "%s:%u: %s", path, ln, msg + off);
+        return fail(err, errlen, rc, "%s: %s", path, msg);
+    }
+    return 0;
+}

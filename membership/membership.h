@@ -1,0 +1,339 @@
+/*
+ * membership.h - pmgcm membership library: daemon configuration, persistent
+ * node identity, node metadata (NodeMeta), status rows and their text/JSON
+ * renderings, a small bounded JSON writer/reader, and the control socket.
+ *
+ * Everything exported is prefixed pmm_. Functions return 0 or a negative
+ * errno unless stated otherwise. Every input from disk, network or user is
+ * bounded and validated before use; on error the output is left unchanged
+ * (or zeroed) and a human-readable message is written into err when given.
+ *
+ * ---- configuration file (pmgclusterd --config FILE) -----------------------
+ *
+ * Lines of `key = value`. Blank lines and lines whose first non-blank
+ * character is '#' are ignored; " #..." after a value is a comment too.
+ * Lines are at most PMM_CONF_LINE_MAX bytes, the file at most
+ * PMM_CONF_FILE_MAX bytes. An unknown key, a key given twice or a bad value
+ * is an error naming the line. Keys:
+ *
+ *   name = node1
+ *       Required. This node's name: 1..64 characters from [A-Za-z0-9._-].
+ *   bind = 10.0.0.1:7946
+ *       Required. Address for gossip, UDP and TCP on the same port.
+ *       "ip", "ip:port" or "[ipv6]:port"; the port defaults to 7946.
+ *   advertise = 10.0.0.1:7946
+ *       Optional. Address other nodes use to reach this node; defaults to
+ *       bind. Required when bind is 0.0.0.0 or [::]. Must not be a wildcard.
+ *   data_dir = /var/lib/pmgcm
+ *       Required, absolute. Holds node_id, generation and peers; created
+ *       with mode 0700 if missing.
+ *   control_socket = /run/pmgcm/pmgcm.sock
+ *       Optional, absolute (default /run/pmgcm/pmgcm.sock; at most 107
+ *       bytes). Unix socket of `pmgcm`; created mode 0600, its parent
+ *       directory 0755 if missing.
+ *   key_file = /etc/pmgcm/gossip.key
+ *       Required, absolute. Gossip keyring: one key per line, 64 hex chars
+ *       (or 44 base64 chars); the first key seals, all keys open. `pmgcm
+ *       keygen` prints a fresh key.
+ *   label = pmgcm
+ *       Optional cluster label bound into every packet as AEAD associated
+ *       data (default "pmgcm"; 0..64 printable characters; `label =` with
+ *       nothing after it means the empty label). Nodes with different labels
+ *       cannot talk to each other.
+ *   peers = 10.0.0.2:7946 10.0.0.3:7946
+ *       Optional. Addresses (separated by whitespace and/or commas, at most
+ *       PMM_PEERS_MAX) contacted at start together with the peers this node
+ *       remembered in data_dir/peers, and re-contacted periodically while
+ *       they are not alive members.
+ *   log_level = info
+ *       error | warn | info | debug (default info).
+ *   meta_interval_ms = 5000
+ *       How often uptime, load, memory and disk usage are sampled; they are
+ *       gossiped only when they changed (100..3600000).
+ *
+ *   Gossip tuning, mapped 1:1 onto gsp_config (defaults: gsp_config_default):
+ *   probe_interval_ms     (10..600000)    one probe per interval
+ *   probe_timeout_ms      (1..600000)     direct ack deadline; must be
+ *                                         smaller than probe_interval_ms
+ *   indirect_checks       (0..16)         peers asked to probe for us
+ *   suspicion_mult        (1..100)        suspicion timeout multiplier
+ *   suspicion_max_mult    (1..100)        max suspicion = max_mult * min
+ *   retransmit_mult       (1..100)        lambda: retransmits per update
+ *   gossip_interval_ms    (10..600000)    fan-out interval of updates
+ *   gossip_nodes          (1..64)         peers per gossip round
+ *   pushpull_interval_ms  (100..86400000) full-state TCP sync interval
+ *   rejoin_interval_ms    (100..86400000) re-contact seeds / dead peers
+ *
+ * ---- files in data_dir ------------------------------------------------------
+ *
+ *   node_id     32 hex chars: this node's persistent gossip id (created once).
+ *   generation  decimal: bumped (read, +1, written atomically) at every start.
+ *   peers       addresses of alive members, one per line; rewritten
+ *               atomically (debounced) when that set changes. Never rewritten
+ *               with an empty set, so an isolated node keeps its last peers.
+ *
+ * ---- control protocol (pmgcm <-> pmgclusterd) --------------------------------
+ *
+ * Unix stream socket. The client sends one request line (at most
+ * PMM_CTL_REQ_MAX bytes including the '\n'; printable ASCII): "status" or
+ * "ping". The daemon answers with one JSON document followed by '\n' and
+ * closes the connection:
+ *   {"ok":true,"node":"node1","id":"<32 hex>","time":<unix>,"members":[ROW...]}
+ *   {"ok":false,"error":"unknown command"}
+ * ROW is the object written by pmm_status_write_json. Only root and the
+ * daemon's own uid may connect (SO_PEERCRED). Clients idle for 5 s are
+ * dropped; at most PMM_CTL_CLIENTS_MAX are served at once.
+ */
+#ifndef PMGCM_MEMBERSHIP_H
+#define PMGCM_MEMBERSHIP_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "gossip/gossip.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- logging: "LEVEL subsystem: message" on stderr -------------------- */
+typedef enum pmm_log_level {
+    PMM_LOG_ERROR = 0,
+    PMM_LOG_WARN = 1,
+    PMM_LOG_INFO = 2,
+    PMM_LOG_DEBUG = 3,
+} pmm_log_level;
+
+void pmm_log_set_level(pmm_log_level lvl);
+pmm_log_level pmm_log_get_level(void);
+const char *pmm_log_level_name(pmm_log_level lvl); /* "error", "warn", ... */
+int pmm_log_level_parse(const char *s, pmm_log_level *out); /* 0/-EINVAL */
+void pmm_log(pmm_log_level lvl, const char *subsys, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* ---- configuration ------------------------------------------------------ */
+#define PMM_CONF_LINE_MAX 4096
+#define PMM_CONF_FILE_MAX (256 * 1024)
+#define PMM_PATH_MAX 256
+#define PMM_SOCKET_PATH_MAX 107 /* sun_path minus the NUL */
+#define PMM_PEERS_MAX 64
+#define PMM_DEFAULT_PORT 7946
+#define PMM_DEFAULT_SOCKET "/run/pmgcm/pmgcm.sock"
+#define PMM_DEFAULT_LABEL "pmgcm"
+
+typedef struct pmm_config {
+    char name[GSP_NAME_MAX + 1];
+    gsp_addr bind;
+    gsp_addr advertise;           /* = bind when not configured */
+    char data_dir[PMM_PATH_MAX];
+    char control_socket[PMM_SOCKET_PATH_MAX + 1];
+    char key_file[PMM_PATH_MAX];
+    char label[GSP_LABEL_MAX + 1];
+    gsp_addr peers[PMM_PEERS_MAX];
+    size_t n_peers;
+    pmm_log_level log_level;
+    uint32_t meta_interval_ms;
+    gsp_config gossip;
+} pmm_config;
+
+/* Fills defaults (no name/bind/data_dir/key_file: those are required). */
+void pmm_config_default(pmm_config *cfg);
+/* Parses a whole file image (len bytes, need not be NUL-terminated).
+ * On error returns -EINVAL (or -E2BIG for an oversized input) and writes
+ * "line N: ..." into err. cfg is only written on success. */
+int pmm_config_parse(pmm_config *cfg, const char *text, size_t len,
+                     char *err, size_t errlen);
+/* Reads and parses path; errors are "PATH: ..." / "PATH:N: ...". */
+int pmm_config_load(pmm_config *cfg, const char *path, char *err,
+                    size_t errlen);
+
+/* ---- persistent state in data_dir --------------------------------------- */
+#define PMM_STATE_PEERS_MAX 256
+
+/* mkdir -p; the last component gets `mode`, missing parents 0755. */
+int pmm_mkdir_p(const char *path, mode_t mode);
+/* Writes dir/name atomically: dir/.name.tmp, fsync, rename, fsync(dir). */
+int pmm_write_file_atomic(const char *dir, const char *name,
+                          const void *data, size_t len, mode_t mode);
+/* Reads dir/node_id, or creates it (gsp_random) if missing; *created tells
+ * which. A corrupt file is an error (-EINVAL), never replaced. */
+int pmm_state_node_id(const char *dir, gsp_id *out, bool *created,
+                      char *err, size_t errlen);
+/* Reads dir/generation (missing = 0), adds one, writes it back atomically,
+ * returns the new value in *out. Corrupt file: -EINVAL with a message. */
+int pmm_state_bump_generation(const char *dir, uint64_t *out, char *err,
+                              size_t errlen);
+/* Reads dir/peers (missing = none). Invalid lines are skipped and counted
+ * in *bad (may be NULL). At most max addresses; duplicates dropped. */
+int pmm_state_read_peers(const char *dir, gsp_addr *out, size_t max,
+                         size_t *n, size_t *bad);
+/* Writes dir/peers atomically (blocking: call from a worker thread). */
+int pmm_state_write_peers(const char *dir, const gsp_addr *addrs, size_t n);
+
+/* ---- node metadata (meta.proto NodeMeta) -------------------------------- */
+#define PMM_ROLE_MAX 16
+
+typedef struct pmm_meta {
+    uint64_t start_time; /* unix seconds: host boot time */
+    uint32_t load1;      /* 1-minute load average x100 */
+    uint32_t mem_pct;    /* 0..100 */
+    uint32_t disk_pct;   /* 0..100, root filesystem */
+    uint32_t cid;        /* 0 until the node is in a cluster */
+    char role[PMM_ROLE_MAX + 1]; /* "-" for now */
+} pmm_meta;
+
+/* Encodes into buf (cap >= GSP_META_MAX is always enough). 0, -EINVAL,
+ * -ENOSPC. */
+int pmm_meta_encode(const pmm_meta *m, uint8_t *buf, size_t cap,
+                    size_t *len);
+/* Decodes and validates (percentages <= 100, role printable). 0 or
+ * GSP_EDECODE; *m untouched on error. */
+int pmm_meta_decode(pmm_meta *m, const uint8_t *buf, size_t len);
+
+/* ---- host sampling (blocking: call from a worker thread) ---------------- */
+typedef struct pmm_sysinfo {
+    double uptime_s;     /* /proc/uptime, first field */
+    uint32_t load1;      /* /proc/loadavg x100 */
+    uint32_t mem_pct;    /* (MemTotal - MemAvailable) / MemTotal */
+    uint32_t disk_pct;   /* statvfs("/"): used / (used + avail), rounded up */
+} pmm_sysinfo;
+
+int pmm_sysinfo_sample(pmm_sysinfo *out);
+/* Parsers for the text of the /proc files (exposed for tests). */
+int pmm_parse_uptime(const char *text, double *uptime_s);
+int pmm_parse_loadavg(const char *text, uint32_t *load1_x100);
+int pmm_parse_meminfo(const char *text, uint32_t *mem_pct);
+
+/* ---- bounded growable buffer --------------------------------------------- */
+typedef struct pmm_buf {
+    char *p;      /* NUL-terminated while not failed */
+    size_t len;
+    size_t cap;
+    size_t max;   /* hard bound on len */
+    int err;      /* sticky: first error (-ENOMEM / -E2BIG) */
+} pmm_buf;
+
+void pmm_buf_init(pmm_buf *b, size_t max);
+void pmm_buf_free(pmm_buf *b);
+void pmm_buf_reset(pmm_buf *b);
+int pmm_buf_add(pmm_buf *b, const void *data, size_t n);
+int pmm_buf_puts(pmm_buf *b, const char *s);
+int pmm_buf_printf(pmm_buf *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* ---- JSON ---------------------------------------------------------------- */
+/* Writes s (n bytes) as a JSON string with quotes; escapes '"', '\\' and
+ * control characters; invalid UTF-8 bytes become U+FFFD. */
+int pmm_json_str(pmm_buf *b, const char *s, size_t n);
+
+#define PMM_JSON_MAX_INPUT (16u * 1024 * 1024)
+#define PMM_JSON_MAX_DEPTH 32
+
+typedef enum pmm_json_type {
+    PMM_JSON_NULL,
+    PMM_JSON_BOOL,
+    PMM_JSON_NUMBER,
+    PMM_JSON_STRING,
+    PMM_JSON_ARRAY,
+    PMM_JSON_OBJECT,
+} pmm_json_type;
+
+typedef struct pmm_json pmm_json;
+struct pmm_json {
+    pmm_json_type type;
+    bool b;
+    double num;
+    char *str;          /* STRING: decoded UTF-8, NUL-terminated */
+    size_t str_len;     /* may contain NULs (from \u0000) */
+    char *key;          /* member of an OBJECT: its key */
+    pmm_json *child;    /* ARRAY/OBJECT: first element */
+    pmm_json *next;     /* next sibling */
+    size_t n_child;
+};
+
+/* Parses one JSON document (RFC 8259, bounded: PMM_JSON_MAX_INPUT bytes,
+ * PMM_JSON_MAX_DEPTH nesting). Trailing whitespace only. Returns 0 and
+ * *out (free with pmm_json_free), -EINVAL with a message, -ENOMEM, -E2BIG. */
+int pmm_json_parse(const char *text, size_t len, pmm_json **out, char *err,
+                   size_t errlen);
+void pmm_json_free(pmm_json *j);
+/* Object member by key (first match) or NULL. */
+const pmm_json *pmm_json_get(const pmm_json *obj, const char *key);
+
+/* ---- status rows ---------------------------------------------------------- */
+typedef struct pmm_status_row {
+    char name[GSP_NAME_MAX + 1];
+    char id[2 * GSP_ID_LEN + 1];
+    uint32_t cid;
+    char ip[48];
+    uint16_t port;
+    char role[PMM_ROLE_MAX + 1];
+    char state;              /* 'A' alive, '?' suspect, 'D' dead, 'L' left */
+    char gossip_state[16];   /* gsp_state_name() */
+    bool self;
+    bool has_meta;
+    int64_t uptime;          /* seconds, -1 unknown */
+    double load;             /* -1 unknown */
+    int mem;                 /* percent, -1 unknown */
+    int disk;                /* percent, -1 unknown */
+} pmm_status_row;
+
+char pmm_state_letter(gsp_state s);
+/* Builds a row from a member; now_unix is the wall clock of the reader.
+ * Dead and left members keep their last load/mem/disk but no uptime. */
+void pmm_status_row_from_member(pmm_status_row *r, const gsp_member *m,
+                                int64_t now_unix);
+/* Sorts by name, then id. */
+void pmm_status_sort(pmm_status_row *rows, size_t n);
+/* "HH:MM", "1 day HH:MM", "N days HH:MM"; "-" for a negative value.
+ * Returns buf (len >= 32 is always enough). */
+char *pmm_format_uptime(int64_t secs, char *buf, size_t len);
+/* PMG's table: header then one line per row (rows printed as given). */
+int pmm_status_render_text(pmm_buf *b, const pmm_status_row *rows, size_t n);
+/* JSON array of objects: name, cid, ip, role, state, uptime, load, mem,
+ * disk (null when unknown), id, gossip_state, port, self. */
+int pmm_status_write_json(pmm_buf *b, const pmm_status_row *rows, size_t n);
+/* Reads such an array back (validating every field). *rows is malloc'd. */
+int pmm_status_from_json(const pmm_json *arr, pmm_status_row **rows,
+                         size_t *n, char *err, size_t errlen);
+
+/* ---- control socket ------------------------------------------------------- */
+#define PMM_CTL_REQ_MAX 4096
+#define PMM_CTL_CLIENTS_MAX 32
+#define PMM_CTL_IDLE_MS 5000
+#define PMM_CTL_REPLY_MAX (16u * 1024 * 1024)
+
+typedef enum pmm_ctl_cmd {
+    PMM_CTL_STATUS = 1,
+    PMM_CTL_PING = 2,
+} pmm_ctl_cmd;
+
+/* Parses one request line (without or with its trailing "\n" / "\r\n").
+ * 0 and *cmd, or -EINVAL / -E2BIG / -ENOENT (unknown command) with *why
+ * set to a static message. */
+int pmm_ctl_parse_request(const char *buf, size_t len, pmm_ctl_cmd *cmd,
+                          const char **why);
+/* {"ok":false,"error":"..."}\n */
+int pmm_ctl_error_reply(pmm_buf *b, const char *msg);
+
+struct uv_loop_s;
+typedef struct pmm_ctl pmm_ctl;
+/* Fills reply with the complete answer (JSON + '\n'); a negative return
+ * makes the server answer with a generic error instead. */
+typedef int (*pmm_ctl_handler)(void *ud, pmm_ctl_cmd cmd, pmm_buf *reply);
+
+/* Creates the listening socket at path (see the protocol above). */
+int pmm_ctl_start(pmm_ctl **out, struct uv_loop_s *loop, const char *path,
+                  pmm_ctl_handler handler, void *ud, char *err,
+                  size_t errlen);
+/* Stops listening, drops clients, removes the socket file; the pmm_ctl is
+ * freed once libuv has closed its handles. */
+void pmm_ctl_close(pmm_ctl *c);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

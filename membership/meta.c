@@ -1,0 +1,77 @@
+/*
+ * meta.c - NodeMeta encode/decode with validation.
+ */
+#include "membership/membership.h"
+#include "membership/meta.pb-c.h"
+
+#include <errno.h>
+#include <string.h>
+
+/* 1-minute load above this is garbage, not a busy host */
+#define LOAD1_MAX (1000000u * 100u)
+
+static bool role_ok(const char *r, size_t n)
+{
+    if (n == 0 || n > PMM_ROLE_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)r[i] <= 0x20 || (unsigned char)r[i] >= 0x7f)
+            return false;
+    return true;
+}
+
+int pmm_meta_encode(const pmm_meta *m, uint8_t *buf, size_t cap, size_t *len)
+{
+    Pmgcm__Membership__NodeMeta nm = PMGCM__MEMBERSHIP__NODE_META__INIT;
+    size_t need;
+
+    if (m->mem_pct > 100 || m->disk_pct > 100 || m->load1 > LOAD1_MAX ||
+        !role_ok(m->role, strnlen(m->role, sizeof(m->role))))
+        return -EINVAL;
+    nm.start_time = m->start_time;
+    nm.load1 = m->load1;
+    nm.mem_pct = m->mem_pct;
+    nm.disk_pct = m->disk_pct;
+    nm.has_cid = true;
+    nm.cid = m->cid;
+    nm.role = (char *)m->role;
+    need = pmgcm__membership__node_meta__get_packed_size(&nm);
+    if (need > cap || need > GSP_META_MAX)
+        return -ENOSPC;
+    *len = pmgcm__membership__node_meta__pack(&nm, buf);
+    return 0;
+}
+
+int pmm_meta_decode(pmm_meta *out, const uint8_t *buf, size_t len)
+{
+    Pmgcm__Membership__NodeMeta *nm;
+    pmm_meta m;
+    int rc = GSP_EDECODE;
+
+    if (buf == NULL || len == 0 || len > GSP_META_MAX)
+        return GSP_EDECODE;
+    nm = pmgcm__membership__node_meta__unpack(NULL, len, buf);
+    if (nm == NULL)
+        return GSP_EDECODE;
+    memset(&m, 0, sizeof(m));
+    if (nm->mem_pct > 100 || nm->disk_pct > 100 || nm->load1 > LOAD1_MAX)
+        goto out;
+    m.start_time = nm->start_time;
+    m.load1 = nm->load1;
+    m.mem_pct = nm->mem_pct;
+    m.disk_pct = nm->disk_pct;
+    m.cid = nm->has_cid ? nm->cid : 0;
+    if (nm->role != NULL) {
+        size_t n = strlen(nm->role);
+        if (!role_ok(nm->role, n))
+            goto out;
+        memcpy(m.role, nm->role, n + 1);
+    } else {
+        strcpy(m.role, "-");
+    }
+    *out = m;
+    rc = 0;
+out:
+    pmgcm__membership__node_meta__free_unpacked(nm, NULL);
+    return rc;
+}

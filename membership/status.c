@@ -1,0 +1,334 @@
+/*
+ * status.c - status rows: from gossip members, to PMG's text table, to and
+ * from JSON.
+ */
+#include "membership/membership.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+char pmm_state_letter(gsp_state s)
+{
+    switch (s) {
+    case GSP_ALIVE:
+        return 'A';
+    case GSP_SUSPECT:
+        return '?';
+    case GSP_DEAD:
+        return 'D';
+    case GSP_LEFT:
+        return 'L';
+    }
+    return '-';
+}
+
+void pmm_status_row_from_member(pmm_status_row *r, const gsp_member *m,
+                                int64_t now_unix)
+{
+    pmm_meta meta;
+
+    memset(r, 0, sizeof(*r));
+    memcpy(r->name, m->name, sizeof(r->name) - 1);
+    r->name[sizeof(r->name) - 1] = '\0';
+    gsp_id_str(&m->id, r->id, sizeof(r->id));
+    gsp_addr_ip_str(&m->addr, r->ip, sizeof(r->ip));
+    r->port = m->addr.port;
+    r->state = pmm_state_letter(m->state);
+    snprintf(r->gossip_state, sizeof(r->gossip_state), "%s",
+             gsp_state_name(m->state));
+    r->self = m->is_self;
+    r->uptime = -1;
+    r->load = -1;
+    r->mem = -1;
+    r->disk = -1;
+    strcpy(r->role, "-");
+    if (m->meta == NULL || pmm_meta_decode(&meta, m->meta, m->meta_len) != 0)
+        return;
+    r->has_meta = true;
+    r->cid = meta.cid;
+    memcpy(r->role, meta.role, sizeof(r->role));
+    r->load = meta.load1 / 100.0;
+    r->mem = (int)meta.mem_pct;
+    r->disk = (int)meta.disk_pct;
+    if (m->state == GSP_ALIVE || m->state == GSP_SUSPECT) {
+        /* start_time comes from the member's clock: clamp small skew */
+        if (meta.start_time > (uint64_t)INT64_MAX ||
+            (int64_t)meta.start_time > now_unix)
+            r->uptime = 0;
+        else
+            r->uptime = now_unix - (int64_t)meta.start_time;
+    }
+}
+
+static int row_cmp(const void *a, const void *b)
+{
+    const pmm_status_row *x = a, *y = b;
+    int c = strcmp(x->name, y->name);
+
+    return c != 0 ? c : strcmp(x->id, y->id);
+}
+
+void pmm_status_sort(pmm_status_row *rows, size_t n)
+{
+    if (n > 1)
+        qsort(rows, n, sizeof(*rows), row_cmp);
+}
+
+char *pmm_format_uptime(int64_t secs, char *buf, size_t len)
+{
+    int64_t days, hours, mins;
+
+    if (secs < 0) {
+        snprintf(buf, len, "-");
+        return buf;
+    }
+    days = secs / 86400;
+    hours = secs % 86400 / 3600;
+    mins = secs % 3600 / 60;
+    if (days == 0)
+        snprintf(buf, len, "%02d:%02d", (int)hours, (int)mins);
+    else
+        snprintf(buf, len, "%lld %s %02d:%02d", (long long)days,
+                 days == 1 ? "day" : "days", (int)hours, (int)mins);
+    return buf;
+}
+
+/* Copies s for a terminal: control and non-ASCII bytes become '?'. */
+static void term_safe(char *dst, size_t cap, const char *s)
+{
+    size_t i = 0;
+
+    for (; s[i] != '\0' && i + 1 < cap; i++) {
+        unsigned char c = (unsigned char)s[i];
+        dst[i] = (c < 0x20 || c >= 0x7f) ? '?' : (char)c;
+    }
+    dst[i] = '\0';
+}
+
+#define STATUS_HEADER                                                         \
+    "NAME(CID)--------------IPADDRESS----ROLE-STATE---------UPTIME---LOAD-" \
+    "---MEM---DISK\n"
+
+int pmm_status_render_text(pmm_buf *b, const pmm_status_row *rows, size_t n)
+{
+    pmm_buf_puts(b, STATUS_HEADER);
+    for (size_t i = 0; i < n; i++) {
+        const pmm_status_row *r = &rows[i];
+        char name[GSP_NAME_MAX + 1], namecid[GSP_NAME_MAX + 16];
+        char ip[48], role[PMM_ROLE_MAX + 1], up[32], load[32], mem[16],
+            disk[16];
+
+        term_safe(name, sizeof(name), r->name);
+        term_safe(ip, sizeof(ip), r->ip);
+        term_safe(role, sizeof(role), r->role);
+        snprintf(namecid, sizeof(namecid), "%s(%u)", name, (unsigned)r->cid);
+        pmm_format_uptime(r->uptime, up, sizeof(up));
+        if (r->load >= 0)
+            snprintf(load, sizeof(load), "%.2f", r->load);
+        else
+            strcpy(load, "-");
+        /* "%5s%%" as in PMG; unknown values are a bare "-" in that slot */
+        if (r->mem >= 0)
+            snprintf(mem, sizeof(mem), "%5d%%", r->mem);
+        else
+            snprintf(mem, sizeof(mem), "%6s", "-");
+        if (r->disk >= 0)
+            snprintf(disk, sizeof(disk), "%5d%%", r->disk);
+        else
+            snprintf(disk, sizeof(disk), "%6s", "-");
+        pmm_buf_printf(b, "%-20s %-15s %-6s %c %15s %6s %s %s\n", namecid, ip,
+                       role, r->state, up, load, mem, disk);
+    }
+    return b->err;
+}
+
+int pmm_status_write_json(pmm_buf *b, const pmm_status_row *rows, size_t n)
+{
+    pmm_buf_puts(b, "[");
+    for (size_t i = 0; i < n; i++) {
+        const pmm_status_row *r = &rows[i];
+        char st[2] = {r->state, '\0'};
+
+        pmm_buf_puts(b, i ? ",{\"name\":" : "{\"name\":");
+        pmm_json_str(b, r->name, strlen(r->name));
+        pmm_buf_printf(b, ",\"cid\":%u,\"ip\":", (unsigned)r->cid);
+        pmm_json_str(b, r->ip, strlen(r->ip));
+        pmm_buf_puts(b, ",\"role\":");
+        pmm_json_str(b, r->role, strlen(r->role));
+        pmm_buf_puts(b, ",\"state\":");
+        pmm_json_str(b, st, 1);
+        if (r->uptime >= 0)
+            pmm_buf_printf(b, ",\"uptime\":%lld", (long long)r->uptime);
+        else
+            pmm_buf_puts(b, ",\"uptime\":null");
+        if (r->load >= 0)
+            pmm_buf_printf(b, ",\"load\":%.2f", r->load);
+        else
+            pmm_buf_puts(b, ",\"load\":null");
+        if (r->mem >= 0)
+            pmm_buf_printf(b, ",\"mem\":%d", r->mem);
+        else
+            pmm_buf_puts(b, ",\"mem\":null");
+        if (r->disk >= 0)
+            pmm_buf_printf(b, ",\"disk\":%d", r->disk);
+        else
+            pmm_buf_puts(b, ",\"disk\":null");
+        pmm_buf_puts(b, ",\"id\":");
+        pmm_json_str(b, r->id, strlen(r->id));
+        pmm_buf_puts(b, ",\"gossip_state\":");
+        pmm_json_str(b, r->gossip_state, strlen(r->gossip_state));
+        pmm_buf_printf(b, ",\"port\":%u,\"self\":%s}", (unsigned)r->port,
+                       r->self ? "true" : "false");
+    }
+    return pmm_buf_puts(b, "]");
+}
+
+/* ---- reading rows back -------------------------------------------------- */
+
+static int get_str(const pmm_json *o, const char *key, char *dst, size_t cap,
+                   bool required, bool allow_empty)
+{
+    const pmm_json *v = pmm_json_get(o, key);
+
+    if (v == NULL)
+        return required ? -ENOENT : 0;
+    if (v->type != PMM_JSON_STRING || v->str_len >= cap ||
+        strlen(v->str) != v->str_len || (!allow_empty && v->str_len == 0))
+        return -EINVAL;
+    memcpy(dst, v->str, v->str_len + 1);
+    return 0;
+}
+
+/* Integer in [lo, hi]; null gives *out = null_val when allowed. */
+static int get_int(const pmm_json *o, const char *key, double lo, double hi,
+                   bool nullable, int64_t null_val, int64_t *out)
+{
+    const pmm_json *v = pmm_json_get(o, key);
+
+    if (v == NULL)
+        return -ENOENT;
+    if (v->type == PMM_JSON_NULL && nullable) {
+        *out = null_val;
+        return 0;
+    }
+    if (v->type != PMM_JSON_NUMBER || v->num < lo || v->num > hi ||
+        v->num != floor(v->num))
+        return -EINVAL;
+    *out = (int64_t)v->num;
+    return 0;
+}
+
+int pmm_status_from_json(const pmm_json *arr, pmm_status_row **rows_out,
+                         size_t *n_out, char *err, size_t errlen)
+{
+    pmm_status_row *rows;
+    size_t n = 0;
+    const char *bad = NULL;
+
+    *rows_out = NULL;
+    *n_out = 0;
+    if (arr == NULL || arr->type != PMM_JSON_ARRAY) {
+        snprintf(err, errlen, "members is not an array");
+        return -EINVAL;
+    }
+    rows = calloc(arr->n_child ? arr->n_child : 1, sizeof(*rows));
+    if (rows == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    for (const pmm_json *o = arr->child; o != NULL; o = o->next, n++) {
+        pmm_status_row *r = &rows[n];
+        char st[4] = "";
+        int64_t v;
+        const pmm_json *j;
+
+        if (o->type != PMM_JSON_OBJECT) {
+            bad = "member";
+            goto fail;
+        }
+        if (get_str(o, "name", r->name, sizeof(r->name), true, false)) {
+            bad = "name";
+            goto fail;
+        }
+        if (get_int(o, "cid", 0, UINT32_MAX, false, 0, &v)) {
+            bad = "cid";
+            goto fail;
+        }
+        r->cid = (uint32_t)v;
+        if (get_str(o, "ip", r->ip, sizeof(r->ip), true, false)) {
+            bad = "ip";
+            goto fail;
+        }
+        if (get_str(o, "role", r->role, sizeof(r->role), true, false)) {
+            bad = "role";
+            goto fail;
+        }
+        if (get_str(o, "state", st, sizeof(st), true, false) ||
+            strlen(st) != 1 || strchr("A?DL", st[0]) == NULL) {
+            bad = "state";
+            goto fail;
+        }
+        r->state = st[0];
+        if (get_int(o, "uptime", 0, 9007199254740992.0, true, -1,
+                    &r->uptime)) {
+            bad = "uptime";
+            goto fail;
+        }
+        j = pmm_json_get(o, "load");
+        if (j != NULL && j->type == PMM_JSON_NULL) {
+            r->load = -1;
+        } else if (j != NULL && j->type == PMM_JSON_NUMBER && j->num >= 0 &&
+                   j->num <= 1e7) {
+            r->load = j->num;
+        } else {
+            bad = "load";
+            goto fail;
+        }
+        if (get_int(o, "mem", 0, 100, true, -1, &v)) {
+            bad = "mem";
+            goto fail;
+        }
+        r->mem = (int)v;
+        if (get_int(o, "disk", 0, 100, true, -1, &v)) {
+            bad = "disk";
+            goto fail;
+        }
+        r->disk = (int)v;
+        r->has_meta = r->mem >= 0;
+        /* extras: optional */
+        if (get_str(o, "id", r->id, sizeof(r->id), false, true)) {
+            bad = "id";
+            goto fail;
+        }
+        if (get_str(o, "gossip_state", r->gossip_state,
+                    sizeof(r->gossip_state), false, true)) {
+            bad = "gossip_state";
+            goto fail;
+        }
+        if (pmm_json_get(o, "port") != NULL) {
+            if (get_int(o, "port", 0, 65535, false, 0, &v)) {
+                bad = "port";
+                goto fail;
+            }
+            r->port = (uint16_t)v;
+        }
+        j = pmm_json_get(o, "self");
+        if (j != NULL) {
+            if (j->type != PMM_JSON_BOOL) {
+                bad = "self";
+                goto fail;
+            }
+            r->self = j->b;
+        }
+    }
+    *rows_out = rows;
+    *n_out = n;
+    return 0;
+fail:
+    snprintf(err, errlen, "member %zu: missing or invalid '%s'", n + 1, bad);
+    free(rows);
+    return -EINVAL;
+}
