@@ -1,0 +1,314 @@
+/*
+ * test_mconfig.c - pmgclusterd configuration parser: every key, every
+ * rejection.
+ */
+#include "membership/membership.h"
+#include "tests/tap.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <unistd.h>
+
+#define BASE                                                                  \
+    "name = node1\n"                                                          \
+    "bind = 10.0.0.1:7946\n"                                                  \
+    "data_dir = /var/lib/pmgcm\n"                                             \
+    "key_file = /etc/pmgcm/gossip.key\n"
+
+static char err[512];
+
+static int parse(pmm_config *c, const char *text)
+{
+    err[0] = '\0';
+    return pmm_config_parse(c, text, strlen(text), err, sizeof(err));
+}
+
+/* rejects text, and the message contains `want` */
+static int rejects(const char *text, const char *want)
+{
+    pmm_config c;
+    int rc = parse(&c, text);
+
+    if (rc == 0) {
+        printf("#   accepted: %s\n", text);
+        return 0;
+    }
+    if (strstr(err, want) == NULL) {
+        printf("#   message '%s' lacks '%s'\n", err, want);
+        return 0;
+    }
+    return 1;
+}
+
+static void test_minimal_defaults(void)
+{
+    pmm_config c;
+    gsp_config g;
+    char a[64];
+
+    REQUIRE(parse(&c, BASE) == 0);
+    gsp_config_default(&g);
+    CHECK(strcmp(c.name, "node1") == 0);
+    CHECK(strcmp(gsp_addr_str(&c.bind, a, sizeof(a)), "10.0.0.1:7946") == 0);
+    CHECK(gsp_addr_eq(&c.advertise, &c.bind));
+    CHECK(strcmp(c.data_dir, "/var/lib/pmgcm") == 0);
+    CHECK(strcmp(c.key_file, "/etc/pmgcm/gossip.key") == 0);
+    CHECK(strcmp(c.control_socket, "/run/pmgcm/pmgcm.sock") == 0);
+    CHECK(strcmp(c.label, "pmgcm") == 0);
+    CHECK_EQ_INT(c.n_peers, 0);
+    CHECK_EQ_INT(c.log_level, PMM_LOG_INFO);
+    CHECK_EQ_INT(c.meta_interval_ms, 5000);
+    CHECK(memcmp(&c.gossip, &g, sizeof(g)) == 0);
+}
+
+static void test_every_key(void)
+{
+    pmm_config c;
+    char a[64];
+    const char *text =
+        "# a comment\n"
+        "\n"
+        "   # indented comment\n"
+        "name = mx-2.example_com\n"
+        "bind = 0.0.0.0:7000\n"
+        "advertise = 192.168.1.5:7001   # trailing comment\n"
+        "data_dir = /tmp/x y\n"
+        "control_socket = /tmp/s.sock\n"
+        "key_file = /etc/k\n"
+        "label = prod cluster\n"
+        "peers = 10.0.0.2:7946, 10.0.0.3 ,[::1]:8000\t10.0.0.2:7946\n"
+        "log_level = debug\n"
+        "meta_interval_ms = 250\n"
+        "probe_interval_ms = 1000\r\n"
+        "probe_timeout_ms = 300\n"
+        "indirect_checks = 5\n"
+        "suspicion_mult = 6\n"
+        "suspicion_max_mult = 7\n"
+        "retransmit_mult = 3\n"
+        "gossip_interval_ms = 150\n"
+        "gossip_nodes = 4\n"
+        "pushpull_interval_ms = 60000\n"
+        "rejoin_interval_ms = 20000\n";
+
+    REQUIRE(parse(&c, text) == 0);
+    CHECK(strcmp(c.name, "mx-2.example_com") == 0);
+    CHECK(strcmp(gsp_addr_str(&c.bind, a, sizeof(a)), "0.0.0.0:7000") == 0);
+    CHECK(strcmp(gsp_addr_str(&c.advertise, a, sizeof(a)),
+                 "192.168.1.5:7001") == 0);
+    CHECK(strcmp(c.data_dir, "/tmp/x y") == 0);
+    CHECK(strcmp(c.control_socket, "/tmp/s.sock") == 0);
+    CHECK(strcmp(c.key_file, "/etc/k") == 0);
+    CHECK(strcmp(c.label, "prod cluster") == 0);
+    REQUIRE(c.n_peers == 3); /* the duplicate is dropped */
+    CHECK(strcmp(gsp_addr_str(&c.peers[0], a, sizeof(a)), "10.0.0.2:7946") == 0);
+    CHECK(strcmp(gsp_addr_str(&c.peers[1], a, sizeof(a)), "10.0.0.3:7946") == 0);
+    CHECK(strcmp(gsp_addr_str(&c.peers[2], a, sizeof(a)), "[::1]:8000") == 0);
+    CHECK_EQ_INT(c.log_level, PMM_LOG_DEBUG);
+    CHECK_EQ_INT(c.meta_interval_ms, 250);
+    CHECK_EQ_INT(c.gossip.probe_interval_ms, 1000);
+    CHECK_EQ_INT(c.gossip.probe_timeout_ms, 300);
+    CHECK_EQ_INT(c.gossip.indirect_checks, 5);
+    CHECK_EQ_INT(c.gossip.suspicion_mult, 6);
+    CHECK_EQ_INT(c.gossip.suspicion_max_mult, 7);
+    CHECK_EQ_INT(c.gossip.retransmit_mult, 3);
+    CHECK_EQ_INT(c.gossip.gossip_interval_ms, 150);
+    CHECK_EQ_INT(c.gossip.gossip_nodes, 4);
+    CHECK_EQ_INT(c.gossip.pushpull_interval_ms, 60000);
+    CHECK_EQ_INT(c.gossip.rejoin_interval_ms, 20000);
+}
+
+static void test_small_things(void)
+{
+    pmm_config c;
+    char a[64];
+
+    /* default port, empty label, empty peers, no trailing newline */
+    REQUIRE(parse(&c, BASE "label =\npeers =\nbind2_is_not_here = 1") != 0);
+    CHECK(strstr(err, "line 7: unknown key 'bind2_is_not_here'") != NULL);
+    REQUIRE(parse(&c, "name=a\nbind=10.1.1.1\ndata_dir=/d\nkey_file=/k\n"
+                      "label =\npeers =") == 0);
+    CHECK(strcmp(gsp_addr_str(&c.bind, a, sizeof(a)), "10.1.1.1:7946") == 0);
+    CHECK(strcmp(c.label, "") == 0);
+    CHECK_EQ_INT(c.n_peers, 0);
+    /* the longest name is fine */
+    REQUIRE(parse(&c, "name = "
+                      "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n"
+                      "bind = 10.0.0.1\ndata_dir = /d\nkey_file = /k\n") == 0);
+    CHECK_EQ_INT(strlen(c.name), 64);
+    /* ipv6 bind */
+    REQUIRE(parse(&c, "name = n\nbind = [fd00::1]:7946\ndata_dir = /d\n"
+                      "key_file = /k\n") == 0);
+    CHECK_EQ_INT(c.bind.family, 6);
+}
+
+static void test_missing_required(void)
+{
+    CHECK(rejects("bind = 10.0.0.1\ndata_dir = /d\nkey_file = /k\n",
+                  "missing required key 'name'"));
+    CHECK(rejects("name = n\ndata_dir = /d\nkey_file = /k\n",
+                  "missing required key 'bind'"));
+    CHECK(rejects("name = n\nbind = 10.0.0.1\nkey_file = /k\n",
+                  "missing required key 'data_dir'"));
+    CHECK(rejects("name = n\nbind = 10.0.0.1\ndata_dir = /d\n",
+                  "missing required key 'key_file'"));
+    CHECK(rejects("", "missing required key"));
+    CHECK(rejects("# only a comment\n", "missing required key"));
+}
+
+static void test_bad_values(void)
+{
+    /* names */
+    CHECK(rejects(BASE "name = x\n", "line 5: duplicate key 'name'"));
+    CHECK(rejects("name = bad name\nbind = 10.0.0.1\ndata_dir = /d\nkey_file = /k\n",
+                  "line 1: name may only contain"));
+    CHECK(rejects("name = a/b\nbind = 10.0.0.1\ndata_dir = /d\nkey_file = /k\n",
+                  "line 1: name"));
+    CHECK(rejects("name = n\xc3\xa9\nbind = 10.0.0.1\ndata_dir = /d\nkey_file = /k\n",
+                  "line 1: name"));
+    CHECK(rejects("name = "
+                  "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n"
+                  "bind = 10.0.0.1\ndata_dir = /d\nkey_file = /k\n",
+                  "line 1: name must be 1..64"));
+    CHECK(rejects("name =\nbind = 10.0.0.1\ndata_dir = /d\nkey_file = /k\n",
+                  "line 1: name: missing value"));
+    /* addresses */
+    CHECK(rejects("name = n\nbind = 10.0.0.300:7946\ndata_dir = /d\nkey_file = /k\n",
+                  "line 2: bind is not an address"));
+    CHECK(rejects("name = n\nbind = 10.0.0.1:0\ndata_dir = /d\nkey_file = /k\n",
+                  "line 2: bind is not an address"));
+    CHECK(rejects("name = n\nbind = 10.0.0.1:65536\ndata_dir = /d\nkey_file = /k\n",
+                  "line 2: bind"));
+    CHECK(rejects("name = n\nbind = host.example:7946\ndata_dir = /d\nkey_file = /k\n",
+                  "line 2: bind"));
+    CHECK(rejects("name = n\nbind = 0.0.0.0:7946\ndata_dir = /d\nkey_file = /k\n",
+                  "line 2: bind is a wildcard address: set advertise"));
+    CHECK(rejects("name = n\nbind = [::]:7946\ndata_dir = /d\nkey_file = /k\n",
+                  "set advertise"));
+    CHECK(rejects(BASE "advertise = 0.0.0.0:7946\n",
+                  "line 5: advertise must not be a wildcard"));
+    CHECK(rejects(BASE "advertise = nope\n", "line 5: advertise is not an address"));
+    CHECK(rejects(BASE "peers = 10.0.0.2 banana\n",
+                  "line 5: peers contains something that is not an address"));
+    CHECK(rejects(BASE "peers = 0.0.0.0\n", "line 5: peers contains a wildcard"));
+    {
+        char big[PMM_CONF_LINE_MAX];
+        int off = snprintf(big, sizeof(big), "%speers =", BASE);
+        for (int i = 0; i < 65; i++)
+            off += snprintf(big + off, sizeof(big) - (size_t)off, " 10.0.1.%d", i);
+        CHECK(rejects(big, "line 5: peers lists more than 64"));
+    }
+    /* paths */
+    CHECK(rejects("name = n\nbind = 10.0.0.1\ndata_dir = relative\nkey_file = /k\n",
+                  "line 3: data_dir must be an absolute path"));
+    CHECK(rejects(BASE "key_file = /other\n", "line 5: duplicate key 'key_file'"));
+    CHECK(rejects(BASE "control_socket = /tmp/"
+                       "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                       "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.sock\n",
+                  "line 5: control_socket is too long"));
+    CHECK(rejects(BASE "control_socket = /tmp/a\x01.sock\n",
+                  "line 5: control_socket contains a control character"));
+    /* label, log level */
+    CHECK(rejects(BASE "label = "
+                       "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\n",
+                  "line 5: label is longer than 64"));
+    CHECK(rejects(BASE "label = caf\xc3\xa9\n", "line 5: label may only"));
+    CHECK(rejects(BASE "log_level = verbose\n", "line 5: log_level must be"));
+    /* numbers */
+    CHECK(rejects(BASE "meta_interval_ms = 99\n", "line 5: meta_interval_ms is out of range"));
+    CHECK(rejects(BASE "meta_interval_ms = -5\n", "line 5: meta_interval_ms is not a number"));
+    CHECK(rejects(BASE "meta_interval_ms = 5s\n", "is not a number"));
+    CHECK(rejects(BASE "meta_interval_ms = 99999999999\n", "is not a number"));
+    CHECK(rejects(BASE "probe_interval_ms = 5\n", "out of range"));
+    CHECK(rejects(BASE "indirect_checks = 17\n", "out of range"));
+    CHECK(rejects(BASE "gossip_nodes = 0\n", "out of range"));
+    CHECK(rejects(BASE "suspicion_mult = 0\n", "out of range"));
+    CHECK(rejects(BASE "suspicion_max_mult = 101\n", "out of range"));
+    CHECK(rejects(BASE "retransmit_mult = 0\n", "out of range"));
+    CHECK(rejects(BASE "gossip_interval_ms = 1\n", "out of range"));
+    CHECK(rejects(BASE "pushpull_interval_ms = 1\n", "out of range"));
+    CHECK(rejects(BASE "rejoin_interval_ms = 0\n", "out of range"));
+    CHECK(rejects(BASE "probe_interval_ms = 100\nprobe_timeout_ms = 100\n",
+                  "line 6: probe_timeout_ms (100) must be smaller"));
+}
+
+static void test_syntax(void)
+{
+    CHECK(rejects(BASE "just some words\n", "line 5: expected 'key = value'"));
+    CHECK(rejects(BASE "= value\n", "line 5: unknown key ''"));
+    CHECK(rejects(BASE "Name = x\n", "line 5: unknown key 'Name'"));
+    CHECK(rejects(BASE "colour = blue\n", "line 5: unknown key 'colour'"));
+    CHECK(rejects(BASE "\x1b[31m = red\n", "unknown key '?[31m'"));
+    {
+        static char big[PMM_CONF_LINE_MAX + 256];
+        memset(big, 0, sizeof(big));
+        strcpy(big, BASE "label = ");
+        memset(big + strlen(big), 'x', PMM_CONF_LINE_MAX);
+        CHECK(rejects(big, "line 5: longer than 4096 bytes"));
+    }
+    {
+        const char text[] = "name = n\0x\nbind = 10.0.0.1\n";
+        pmm_config c;
+        CHECK(pmm_config_parse(&c, text, sizeof(text) - 1, err, sizeof(err)) != 0);
+        CHECK(strstr(err, "line 1: contains a NUL") != NULL);
+    }
+    {
+        pmm_config c;
+        char *huge = calloc(1, PMM_CONF_FILE_MAX + 2);
+        REQUIRE(huge != NULL);
+        memset(huge, '\n', PMM_CONF_FILE_MAX + 1);
+        CHECK(pmm_config_parse(&c, huge, PMM_CONF_FILE_MAX + 1, err,
+                               sizeof(err)) == -E2BIG);
+        free(huge);
+    }
+}
+
+static void test_output_untouched_on_error(void)
+{
+    pmm_config c;
+
+    memset(&c, 0x5a, sizeof(c));
+    CHECK(parse(&c, BASE "bogus = 1\n") != 0);
+    CHECK(((unsigned char *)&c)[0] == 0x5a);
+    CHECK(((unsigned char *)&c)[sizeof(c) - 1] == 0x5a);
+}
+
+static void test_load_file(void)
+{
+    char path[] = "/tmp/test_mconfig.XXXXXX";
+    pmm_config c;
+    int fd = mkstemp(path);
+    const char text[] = BASE "colour = blue\n";
+
+    REQUIRE(fd >= 0);
+    REQUIRE(write(fd, text, sizeof(text) - 1) == (ssize_t)sizeof(text) - 1);
+    close(fd);
+    CHECK(pmm_config_load(&c, path, err, sizeof(err)) == -EINVAL);
+    {
+        char want[128];
+        snprintf(want, sizeof(want), "%s:5: unknown key 'colour'", path);
+        CHECK(strcmp(err, want) == 0);
+    }
+    fd = open(path, O_WRONLY | O_TRUNC);
+    REQUIRE(fd >= 0);
+    REQUIRE(write(fd, BASE, strlen(BASE)) == (ssize_t)strlen(BASE));
+    close(fd);
+    CHECK(pmm_config_load(&c, path, err, sizeof(err)) == 0);
+    unlink(path);
+    CHECK(pmm_config_load(&c, path, err, sizeof(err)) == -ENOENT);
+    CHECK(strstr(err, "No such file") != NULL);
+    CHECK(pmm_config_load(&c, "/tmp", err, sizeof(err)) != 0);
+}
+
+int main(void)
+{
+    TAP_RUN(test_minimal_defaults);
+    TAP_RUN(test_every_key);
+    TAP_RUN(test_small_things);
+    TAP_RUN(test_missing_required);
+    TAP_RUN(test_bad_values);
+    TAP_RUN(test_syntax);
+    TAP_RUN(test_output_untouched_on_error);
+    TAP_RUN(test_load_file);
+    return tap_done();
+}

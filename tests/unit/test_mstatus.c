@@ -1,0 +1,451 @@
+/*
+ * test_mstatus.c - uptime formatter, PMG status table, JSON writer
+ * (escaping) and reader, rows from gossip members.
+ */
+#include "membership/membership.h"
+#include "tests/tap.h"
+
+#include <errno.h>
+#include <math.h>
+
+static const char *up(int64_t s)
+{
+    static char buf[32];
+    return pmm_format_uptime(s, buf, sizeof(buf));
+}
+
+static void test_uptime(void)
+{
+    CHECK(strcmp(up(0), "00:00") == 0);
+    CHECK(strcmp(up(59), "00:00") == 0);
+    CHECK(strcmp(up(60), "00:01") == 0);
+    CHECK(strcmp(up(3599), "00:59") == 0);
+    CHECK(strcmp(up(3600), "01:00") == 0);
+    CHECK(strcmp(up(86399), "23:59") == 0);
+    CHECK(strcmp(up(86400), "1 day 00:00") == 0);
+    CHECK(strcmp(up(86400 + 21 * 3600 + 18 * 60 + 5), "1 day 21:18") == 0);
+    CHECK(strcmp(up(2 * 86400), "2 days 00:00") == 0);
+    CHECK(strcmp(up(400 * 86400 + 3600 + 60), "400 days 01:01") == 0);
+    CHECK(strcmp(up(-1), "-") == 0);
+    CHECK(strcmp(up(INT64_MAX), "106751991167300 days 15:30") == 0);
+}
+
+static pmm_status_row row(const char *name, uint32_t cid, const char *ip,
+                          const char *role, char state, int64_t uptime,
+                          double load, int mem, int disk)
+{
+    pmm_status_row r;
+
+    memset(&r, 0, sizeof(r));
+    snprintf(r.name, sizeof(r.name), "%s", name);
+    r.cid = cid;
+    snprintf(r.ip, sizeof(r.ip), "%s", ip);
+    snprintf(r.role, sizeof(r.role), "%s", role);
+    r.state = state;
+    r.uptime = uptime;
+    r.load = load;
+    r.mem = mem;
+    r.disk = disk;
+    snprintf(r.id, sizeof(r.id), "00112233445566778899aabbccddeeff");
+    snprintf(r.gossip_state, sizeof(r.gossip_state), "alive");
+    r.port = 7946;
+    return r;
+}
+
+#define HEADER                                                                \
+    "NAME(CID)--------------IPADDRESS----ROLE-STATE---------UPTIME---LOAD-" \
+    "---MEM---DISK\n"
+
+static void test_table(void)
+{
+    pmm_status_row rows[4];
+    pmm_buf b;
+    const char *want =
+        HEADER
+        "pmg5(1)              192.168.2.127   master A     1 day 21:18   0.30    80%    41%\n"
+        "node2(0)             10.0.0.2        -      ?           00:05  12.00     0%   100%\n"
+        "gone(0)              10.0.0.3        -      D               -   1.50     7%     9%\n"
+        "new(0)               10.0.0.4        -      L               -      -      -      -\n";
+
+    rows[0] = row("pmg5", 1, "192.168.2.127", "master", 'A',
+                  86400 + 21 * 3600 + 18 * 60, 0.3, 80, 41);
+    rows[1] = row("node2", 0, "10.0.0.2", "-", '?', 300, 12, 0, 100);
+    rows[2] = row("gone", 0, "10.0.0.3", "-", 'D', -1, 1.5, 7, 9);
+    rows[3] = row("new", 0, "10.0.0.4", "-", 'L', -1, -1, -1, -1);
+    pmm_buf_init(&b, 1 << 20);
+    CHECK(pmm_status_render_text(&b, rows, 4) == 0);
+    REQUIRE(b.p != NULL);
+    CHECK(strcmp(b.p, want) == 0);
+    if (strcmp(b.p, want) != 0)
+        printf("# got:\n%s", b.p);
+    /* every row ends exactly under DISK, like the header */
+    for (const char *l = b.p; *l != '\0';) {
+        const char *nl = strchr(l, '\n');
+        CHECK_EQ_INT(nl - l, strlen(HEADER) - 1);
+        l = nl + 1;
+    }
+    /* empty cluster: header only */
+    pmm_buf_reset(&b);
+    CHECK(pmm_status_render_text(&b, rows, 0) == 0);
+    CHECK(strcmp(b.p, HEADER) == 0);
+    /* hostile name: no control bytes reach the terminal */
+    rows[0] = row("evil\x1b[2J\n", 0, "10.0.0.1", "-", 'A', 0, 0, 0, 0);
+    pmm_buf_reset(&b);
+    CHECK(pmm_status_render_text(&b, rows, 1) == 0);
+    CHECK(strstr(b.p, "evil?[2J?(0)") != NULL);
+    CHECK(strchr(b.p, '\x1b') == NULL);
+    pmm_buf_free(&b);
+}
+
+static void test_sort(void)
+{
+    pmm_status_row rows[3];
+
+    rows[0] = row("node3", 0, "", "-", 'A', 0, 0, 0, 0);
+    rows[1] = row("node1", 0, "", "-", 'A', 0, 0, 0, 0);
+    rows[2] = row("node2", 0, "", "-", 'A', 0, 0, 0, 0);
+    pmm_status_sort(rows, 3);
+    CHECK(strcmp(rows[0].name, "node1") == 0);
+    CHECK(strcmp(rows[1].name, "node2") == 0);
+    CHECK(strcmp(rows[2].name, "node3") == 0);
+}
+
+static void test_json_escape(void)
+{
+    pmm_buf b;
+
+    pmm_buf_init(&b, 4096);
+    pmm_json_str(&b, "a\"b\\c/d", 7);
+    CHECK(strcmp(b.p, "\"a\\\"b\\\\c/d\"") == 0);
+    pmm_buf_reset(&b);
+    pmm_json_str(&b, "\n\r\t\b\f\x01\x1f\x7f", 8);
+    CHECK(strcmp(b.p, "\"\\n\\r\\t\\b\\f\\u0001\\u001f\\u007f\"") == 0);
+    pmm_buf_reset(&b);
+    pmm_json_str(&b, "nul\0x", 5);
+    CHECK(strcmp(b.p, "\"nul\\u0000x\"") == 0);
+    pmm_buf_reset(&b);
+    /* valid UTF-8 passes, invalid bytes become U+FFFD */
+    pmm_json_str(&b, "caf\xc3\xa9 \xff \xc3 \xed\xa0\x80 \xf0\x9f\x98\x80", 18);
+    CHECK(strcmp(b.p, "\"caf\xc3\xa9 \\ufffd \\ufffd \\ufffd\\ufffd\\ufffd "
+                      "\xf0\x9f\x98\x80\"") == 0);
+    pmm_buf_reset(&b);
+    pmm_json_str(&b, "", 0);
+    CHECK(strcmp(b.p, "\"\"") == 0);
+    pmm_buf_free(&b);
+}
+
+static void test_buf_bounds(void)
+{
+    pmm_buf b;
+
+    pmm_buf_init(&b, 8);
+    CHECK(pmm_buf_puts(&b, "12345678") == 0);
+    CHECK(pmm_buf_puts(&b, "9") == -E2BIG);
+    CHECK(pmm_buf_puts(&b, "") == -E2BIG); /* sticky */
+    CHECK(pmm_buf_printf(&b, "%d", 1) == -E2BIG);
+    pmm_buf_reset(&b);
+    CHECK(pmm_buf_printf(&b, "%s-%d", "ab", 42) == 0);
+    CHECK(strcmp(b.p, "ab-42") == 0);
+    CHECK(pmm_buf_printf(&b, "%s", "long!") == -E2BIG);
+    pmm_buf_free(&b);
+}
+
+static void test_json_roundtrip(void)
+{
+    pmm_status_row rows[3], *back = NULL;
+    pmm_buf b;
+    pmm_json *doc = NULL;
+    size_t n = 0;
+    char err[256];
+
+    rows[0] = row("q\"uo\\te\x01\n", 7, "fd00::1", "master", 'A', 123456,
+                  2.5, 80, 41);
+    rows[0].self = true;
+    rows[1] = row("b", 0, "10.0.0.2", "-", 'D', -1, -1, -1, -1);
+    rows[2] = row("c", 4294967295u, "10.0.0.3", "-", '?', 0, 0, 0, 100);
+    pmm_buf_init(&b, 1 << 20);
+    CHECK(pmm_status_write_json(&b, rows, 3) == 0);
+    CHECK(strstr(b.p, "\"name\":\"q\\\"uo\\\\te\\u0001\\n\",\"cid\":7,"
+                      "\"ip\":\"fd00::1\",\"role\":\"master\",\"state\":\"A\","
+                      "\"uptime\":123456,\"load\":2.50,\"mem\":80,\"disk\":41,")
+          != NULL);
+    CHECK(strstr(b.p, "\"uptime\":null,\"load\":null,\"mem\":null,"
+                      "\"disk\":null") != NULL);
+    CHECK(strstr(b.p, "\"state\":\"?\"") != NULL);
+    REQUIRE(pmm_json_parse(b.p, b.len, &doc, err, sizeof(err)) == 0);
+    REQUIRE(pmm_status_from_json(doc, &back, &n, err, sizeof(err)) == 0);
+    REQUIRE(n == 3);
+    CHECK(strcmp(back[0].name, rows[0].name) == 0);
+    CHECK_EQ_INT(back[0].cid, 7);
+    CHECK(strcmp(back[0].ip, "fd00::1") == 0);
+    CHECK(strcmp(back[0].role, "master") == 0);
+    CHECK_EQ_INT(back[0].state, 'A');
+    CHECK_EQ_INT(back[0].uptime, 123456);
+    CHECK(fabs(back[0].load - 2.5) < 1e-9);
+    CHECK_EQ_INT(back[0].mem, 80);
+    CHECK_EQ_INT(back[0].disk, 41);
+    CHECK(back[0].self);
+    CHECK_EQ_INT(back[0].port, 7946);
+    CHECK(strcmp(back[0].id, "00112233445566778899aabbccddeeff") == 0);
+    CHECK_EQ_INT(back[1].uptime, -1);
+    CHECK(back[1].load < 0);
+    CHECK_EQ_INT(back[1].mem, -1);
+    CHECK_EQ_INT(back[1].disk, -1);
+    CHECK_EQ_INT(back[2].cid, 4294967295u);
+    CHECK_EQ_INT(back[2].state, '?');
+    free(back);
+    pmm_json_free(doc);
+    pmm_buf_free(&b);
+}
+
+static int from_json_fails(const char *text, const char *want)
+{
+    pmm_json *doc = NULL;
+    pmm_status_row *rows = NULL;
+    size_t n = 0;
+    char err[256] = "";
+    int ok = 1;
+
+    if (pmm_json_parse(text, strlen(text), &doc, err, sizeof(err)) != 0)
+        return 0;
+    if (pmm_status_from_json(doc, &rows, &n, err, sizeof(err)) == 0) {
+        printf("#   accepted %s\n", text);
+        ok = 0;
+    } else if (strstr(err, want) == NULL) {
+        printf("#   '%s' lacks '%s'\n", err, want);
+        ok = 0;
+    }
+    free(rows);
+    pmm_json_free(doc);
+    return ok;
+}
+
+#define GOOD_ROW_TAIL "\"uptime\":1,\"load\":0,\"mem\":1,\"disk\":1}]"
+
+static void test_rows_validation(void)
+{
+    CHECK(from_json_fails("{}", "not an array"));
+    CHECK(from_json_fails("[1]", "member 1: missing or invalid 'member'"));
+    CHECK(from_json_fails("[{\"cid\":0,\"ip\":\"x\",\"role\":\"-\",\"state\":\"A\","
+                          GOOD_ROW_TAIL, "'name'"));
+    CHECK(from_json_fails("[{\"name\":\"\",\"cid\":0,\"ip\":\"x\",\"role\":\"-\","
+                          "\"state\":\"A\"," GOOD_ROW_TAIL, "'name'"));
+    CHECK(from_json_fails("[{\"name\":\"a\\u0000b\",\"cid\":0,\"ip\":\"x\","
+                          "\"role\":\"-\",\"state\":\"A\"," GOOD_ROW_TAIL, "'name'"));
+    CHECK(from_json_fails("[{\"name\":\"a\",\"cid\":-1,\"ip\":\"x\",\"role\":\"-\","
+                          "\"state\":\"A\"," GOOD_ROW_TAIL, "'cid'"));
+    CHECK(from_json_fails("[{\"name\":\"a\",\"cid\":1.5,\"ip\":\"x\",\"role\":\"-\","
+                          "\"state\":\"A\"," GOOD_ROW_TAIL, "'cid'"));
+    CHECK(from_json_fails("[{\"name\":\"a\",\"cid\":4294967296,\"ip\":\"x\","
+                          "\"role\":\"-\",\"state\":\"A\"," GOOD_ROW_TAIL, "'cid'"));
+    CHECK(from_json_fails("[{\"name\":\"a\",\"cid\":0,\"ip\":\"x\",\"role\":\"-\","
+                          "\"state\":\"X\"," GOOD_ROW_TAIL, "'state'"));
+    CHECK(from_json_fails("[{\"name\":\"a\",\"cid\":0,\"ip\":\"x\",\"role\":\"-\","
+                          "\"state\":\"AA\"," GOOD_ROW_TAIL, "'state'"));
+    CHECK(from_json_fails("[{\"name\":\"a\",\"cid\":0,\"ip\":\"x\",\"role\":\"-\","
+                          "\"state\":\"A\",\"uptime\":-5,\"load\":0,\"mem\":1,"
+                          "\"disk\":1}]", "'uptime'"));
+    CHECK(from_json_fails("[{\"name\":\"a\",\"cid\":0,\"ip\":\"x\",\"role\":\"-\","
+                          "\"state\":\"A\",\"uptime\":5,\"load\":\"1\",\"mem\":1,"
+                          "\"disk\":1}]", "'load'"));
+    CHECK(from_json_fails("[{\"name\":\"a\",\"cid\":0,\"ip\":\"x\",\"role\":\"-\","
+                          "\"state\":\"A\",\"uptime\":5,\"load\":1,\"mem\":101,"
+                          "\"disk\":1}]", "'mem'"));
+    CHECK(from_json_fails("[{\"name\":\"a\",\"cid\":0,\"ip\":\"x\",\"role\":\"-\","
+                          "\"state\":\"A\",\"uptime\":5,\"load\":1,\"mem\":1}]",
+                          "'disk'"));
+    CHECK(from_json_fails("[{\"name\":\"a\",\"cid\":0,\"ip\":\"x\",\"role\":"
+                          "\"12345678901234567\",\"state\":\"A\"," GOOD_ROW_TAIL,
+                          "'role'"));
+    CHECK(from_json_fails("[{\"name\":\"a\",\"cid\":0,\"ip\":\"x\",\"role\":\"-\","
+                          "\"state\":\"A\",\"uptime\":1,\"load\":0,\"mem\":1,"
+                          "\"disk\":1,\"port\":70000}]", "'port'"));
+    /* unknown keys are ignored: newer daemons may add some */
+    {
+        const char *t = "[{\"name\":\"a\",\"cid\":0,\"ip\":\"x\",\"role\":\"-\","
+                        "\"state\":\"L\",\"future\":[1,{}]," GOOD_ROW_TAIL;
+        pmm_json *doc = NULL;
+        pmm_status_row *rows = NULL;
+        size_t n = 0;
+        char err[128];
+        REQUIRE(pmm_json_parse(t, strlen(t), &doc, err, sizeof(err)) == 0);
+        CHECK(pmm_status_from_json(doc, &rows, &n, err, sizeof(err)) == 0);
+        CHECK_EQ_INT(n, 1);
+        free(rows);
+        pmm_json_free(doc);
+    }
+}
+
+static int parses(const char *text)
+{
+    pmm_json *j = NULL;
+    char err[128];
+    int rc = pmm_json_parse(text, strlen(text), &j, err, sizeof(err));
+
+    pmm_json_free(j);
+    return rc == 0;
+}
+
+static void test_json_reader(void)
+{
+    pmm_json *j = NULL;
+    char err[128];
+    const char *t = " {\"a\": [1, -2.5e3, true, false, null, \"x\\u00e9\\ud83d\\ude00\\/\"],"
+                    " \"b\": {}, \"c\": []} ";
+    const pmm_json *a, *e;
+
+    REQUIRE(pmm_json_parse(t, strlen(t), &j, err, sizeof(err)) == 0);
+    a = pmm_json_get(j, "a");
+    REQUIRE(a != NULL && a->type == PMM_JSON_ARRAY && a->n_child == 6);
+    e = a->child;
+    CHECK(e->type == PMM_JSON_NUMBER && e->num == 1);
+    e = e->next;
+    CHECK(e->type == PMM_JSON_NUMBER && e->num == -2500);
+    e = e->next;
+    CHECK(e->type == PMM_JSON_BOOL && e->b);
+    e = e->next;
+    CHECK(e->type == PMM_JSON_BOOL && !e->b);
+    e = e->next;
+    CHECK(e->type == PMM_JSON_NULL);
+    e = e->next;
+    CHECK(e->type == PMM_JSON_STRING &&
+          strcmp(e->str, "x\xc3\xa9\xf0\x9f\x98\x80/") == 0);
+    CHECK(pmm_json_get(j, "b")->type == PMM_JSON_OBJECT);
+    CHECK(pmm_json_get(j, "c")->n_child == 0);
+    CHECK(pmm_json_get(j, "zz") == NULL);
+    CHECK(pmm_json_get(a, "a") == NULL); /* not an object */
+    pmm_json_free(j);
+
+    CHECK(parses("0"));
+    CHECK(parses("\"\""));
+    CHECK(!parses(""));
+    CHECK(!parses("   "));
+    CHECK(!parses("{"));
+    CHECK(!parses("[1,]"));
+    CHECK(!parses("{\"a\":1,}"));
+    CHECK(!parses("{\"a\" 1}"));
+    CHECK(!parses("{1:1}"));
+    CHECK(!parses("01"));
+    CHECK(!parses("1."));
+    CHECK(!parses("-"));
+    CHECK(!parses("1e"));
+    CHECK(!parses("+1"));
+    CHECK(!parses("1e999"));
+    CHECK(!parses("tru"));
+    CHECK(!parses("nul"));
+    CHECK(!parses("\"abc"));
+    CHECK(!parses("\"a\nb\""));
+    CHECK(!parses("\"\\x\""));
+    CHECK(!parses("\"\\u12\""));
+    CHECK(!parses("\"\xff\""));
+    CHECK(!parses("[] []"));
+    CHECK(!parses("[1] x"));
+    /* depth bound */
+    {
+        char deep[200];
+        memset(deep, '[', 100);
+        memset(deep + 100, ']', 100);
+        CHECK(pmm_json_parse(deep, 200, &j, err, sizeof(err)) == -E2BIG);
+        CHECK(j == NULL);
+        memset(deep, '[', 30);
+        memset(deep + 30, ']', 30);
+        CHECK(pmm_json_parse(deep, 60, &j, err, sizeof(err)) == 0);
+        pmm_json_free(j);
+    }
+    /* error message carries a position */
+    CHECK(pmm_json_parse("[1,?]", 5, &j, err, sizeof(err)) == -EINVAL);
+    CHECK(strstr(err, "at byte 3") != NULL);
+    /* value count bound */
+    {
+        size_t len = 2 * 300000 + 1;
+        char *big = malloc(len + 1);
+        REQUIRE(big != NULL);
+        big[0] = '[';
+        for (size_t i = 0; i < 300000; i++) {
+            big[1 + 2 * i] = '0';
+            big[2 + 2 * i] = ',';
+        }
+        big[len - 1] = ']';
+        big[len] = '\0';
+        CHECK(pmm_json_parse(big, len, &j, err, sizeof(err)) == -E2BIG);
+        free(big);
+    }
+}
+
+static void test_row_from_member(void)
+{
+    gsp_member m;
+    pmm_status_row r;
+    pmm_meta meta;
+    uint8_t buf[GSP_META_MAX];
+    size_t len = 0;
+
+    memset(&m, 0, sizeof(m));
+    snprintf(m.name, sizeof(m.name), "node2");
+    REQUIRE(gsp_addr_parse(&m.addr, "10.0.0.2:7947", 7946) == 0);
+    m.id.b[0] = 0xab;
+    m.state = GSP_ALIVE;
+    /* no metadata yet */
+    pmm_status_row_from_member(&r, &m, 1000000);
+    CHECK(strcmp(r.name, "node2") == 0);
+    CHECK(strcmp(r.ip, "10.0.0.2") == 0);
+    CHECK_EQ_INT(r.port, 7947);
+    CHECK(strncmp(r.id, "ab000000", 8) == 0);
+    CHECK_EQ_INT(r.state, 'A');
+    CHECK(strcmp(r.gossip_state, "alive") == 0);
+    CHECK(strcmp(r.role, "-") == 0);
+    CHECK_EQ_INT(r.uptime, -1);
+    CHECK_EQ_INT(r.mem, -1);
+
+    memset(&meta, 0, sizeof(meta));
+    meta.start_time = 1000000 - 90061;
+    meta.load1 = 30;
+    meta.mem_pct = 80;
+    meta.disk_pct = 41;
+    strcpy(meta.role, "-");
+    REQUIRE(pmm_meta_encode(&meta, buf, sizeof(buf), &len) == 0);
+    m.meta = buf;
+    m.meta_len = len;
+    pmm_status_row_from_member(&r, &m, 1000000);
+    CHECK_EQ_INT(r.uptime, 90061);
+    CHECK(fabs(r.load - 0.30) < 1e-9);
+    CHECK_EQ_INT(r.mem, 80);
+    CHECK_EQ_INT(r.disk, 41);
+    /* clock skew: start in the future is uptime 0, not negative */
+    pmm_status_row_from_member(&r, &m, 1000000 - 90061 - 5);
+    CHECK_EQ_INT(r.uptime, 0);
+    /* suspect still has an uptime */
+    m.state = GSP_SUSPECT;
+    pmm_status_row_from_member(&r, &m, 1000000);
+    CHECK_EQ_INT(r.state, '?');
+    CHECK_EQ_INT(r.uptime, 90061);
+    /* dead: last known values, no uptime */
+    m.state = GSP_DEAD;
+    pmm_status_row_from_member(&r, &m, 1000000);
+    CHECK_EQ_INT(r.state, 'D');
+    CHECK_EQ_INT(r.uptime, -1);
+    CHECK_EQ_INT(r.mem, 80);
+    m.state = GSP_LEFT;
+    pmm_status_row_from_member(&r, &m, 1000000);
+    CHECK_EQ_INT(r.state, 'L');
+    /* garbage metadata: treated as none */
+    m.state = GSP_ALIVE;
+    buf[0] ^= 0xff;
+    pmm_status_row_from_member(&r, &m, 1000000);
+    CHECK_EQ_INT(r.mem, -1);
+    CHECK(!r.has_meta);
+}
+
+int main(void)
+{
+    TAP_RUN(test_uptime);
+    TAP_RUN(test_table);
+    TAP_RUN(test_sort);
+    TAP_RUN(test_json_escape);
+    TAP_RUN(test_buf_bounds);
+    TAP_RUN(test_json_roundtrip);
+    TAP_RUN(test_rows_validation);
+    TAP_RUN(test_json_reader);
+    TAP_RUN(test_row_from_member);
+    return tap_done();
+}
