@@ -111,7 +111,7 @@ static void test_node_id(void)
 {
     gsp_id a, b;
     bool created = false;
-    char buf[64], hex[33];
+    char buf[64], hex[40];
 
     rm("node_id");
     CHECK(pmm_state_node_id(dir, &a, &created, err, sizeof(err)) == 0);
