@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# scripts/deps.sh - install (only) the Debian packages pmgcm needs that are
+# missing. Idempotent and quiet; fails loudly. Needs root (or sudo) when
+# something is missing. Used by scripts/test.sh, scripts/demo.sh, .ci/run.
+#
+#   bash scripts/deps.sh            build + test + benchmark packages
+#   PMGCM_DEPS_QUIET=0 bash ...     show apt-get's output
+set -euo pipefail
+
+# Build: compiler, autotools, libraries.
+BUILD_PKGS=(build-essential autoconf automake libtool pkg-config
+            libuv1-dev libprotobuf-c-dev protobuf-c-compiler libmbedtls-dev)
+# Tests: JSON queries, network namespaces, process tools, leak checks.
+TEST_PKGS=(jq iproute2 procps valgrind)
+# Benchmark anchor (bench/detect, bench/soak compare against Serf).
+BENCH_PKGS=(serf)
+# Services used by later parts of the project go here when they exist
+# (store/ and the status port): e.g. postgresql-15 haproxy prometheus.
+SERVICE_PKGS=()
+
+want=("${BUILD_PKGS[@]}" "${TEST_PKGS[@]}" "${BENCH_PKGS[@]}" "${SERVICE_PKGS[@]}")
+
+missing=()
+for p in "${want[@]}"; do
+    st=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+    [[ "$st" == "install ok installed" ]] || missing+=("$p")
+done
+
+if ((${#missing[@]} == 0)); then
+    exit 0
+fi
+
+echo "deps: installing ${missing[*]}" >&2
+SUDO=()
+if [[ $(id -u) -ne 0 ]]; then
+    command -v sudo >/dev/null || { echo "deps: need root to install: ${missing[*]}" >&2; exit 1; }
+    SUDO=(sudo)
+fi
+export DEBIAN_FRONTEND=noninteractive
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+run() {
+    if [[ "${PMGCM_DEPS_QUIET:-1}" == 0 ]]; then
+        "${SUDO[@]}" "$@"
+    elif ! "${SUDO[@]}" "$@" >"$out" 2>&1; then
+        echo "deps: FAILED: $*" >&2
+        tail -n 40 "$out" >&2
+        exit 1
+    fi
+}
+run apt-get update -q
+run apt-get install -y -q --no-install-recommends "${missing[@]}"
+
+# Verify: every package is now installed.
+for p in "${missing[@]}"; do
+    st=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+    if [[ "$st" != "install ok installed" ]]; then
+        echo "deps: FAILED: package $p is still not installed" >&2
+        exit 1
+    fi
+done
+echo "deps: installed ${missing[*]}" >&2

@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# scripts/test.sh - THE test command (CI runs exactly this via .ci/run).
+#
+#   1. scripts/deps.sh            install missing Debian packages
+#   2. autoreconf -fi
+#   3. build/      ./configure --enable-werror;  make -j2 && make check
+#   4. build-san/  ./configure --enable-sanitizers --enable-werror;
+#                  make -j2 && make check  (ASan + UBSan, leaks detected)
+#   5. valgrind --leak-check=full over every unit test binary of build/
+#
+# Prints the log of every failing test and ends with one line
+# `N passed, N failed` (automake TAP results of both builds, ERROR and XPASS
+# counted as failed, plus one check per valgrind run, plus one failure per
+# step that could not run at all). Exits non-zero if anything failed.
+set -uo pipefail
+top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$top"
+
+# A hung test must not eat CI's budget: each `make check` gets this long.
+CHECK_TIMEOUT=${PMGCM_CHECK_TIMEOUT:-1500}
+VALGRIND_TIMEOUT=${PMGCM_VALGRIND_TIMEOUT:-600}
+
+step_failures=()   # steps that could not produce results
+passed=0
+failed=0
+
+fail_step() { echo "test.sh: FAILED: $*" >&2; step_failures+=("$*"); }
+
+banner() { printf '\n===== %s =====\n' "$*"; }
+
+finish() {
+    banner "summary"
+    local s
+    for s in "${step_failures[@]+"${step_failures[@]}"}"; do
+        echo "step failed: $s"
+    done
+    failed=$((failed + ${#step_failures[@]}))
+    echo "$passed passed, $failed failed"
+    if ((failed > 0)); then exit 1; fi
+    exit 0
+}
+
+banner "dependencies"
+if ! bash scripts/deps.sh; then
+    fail_step "scripts/deps.sh"
+    finish
+fi
+
+banner "autoreconf -fi"
+if ! autoreconf -fi; then
+    fail_step "autoreconf -fi"
+    finish
+fi
+
+# build_and_check DIR LABEL configure-args...
+build_and_check() {
+    local dir=$1 label=$2
+    shift 2
+    banner "$label: configure $* && make -j2 && make check (in $dir/)"
+    rm -f "$dir/test-suite.log"
+    if ! bash scripts/build.sh --reconf "$dir" "$@"; then
+        fail_step "$label: build"
+        return 1
+    fi
+    # Build the check programs in parallel first, then run the tests one at a
+    # time: the integration tests time real daemons and must not compete
+    # with a CPU-heavy simulation for the two cores.
+    (cd "$dir" && make -j2 check TESTS= >/dev/null 2>&1) || true
+    rm -f "$dir/test-suite.log"
+    local rc=0
+    (cd "$dir" && timeout -k 30 "$CHECK_TIMEOUT" make check) || rc=$?
+    if ((rc == 124 || rc == 137)); then
+        fail_step "$label: make check timed out after ${CHECK_TIMEOUT}s"
+    fi
+    if [[ ! -f "$dir/test-suite.log" ]]; then
+        fail_step "$label: make check produced no test-suite.log (exit $rc)"
+        return 1
+    fi
+    if ((rc != 0)) && ! grep -Eq '^# (FAIL|ERROR|XPASS): *[1-9]' "$dir/test-suite.log"; then
+        fail_step "$label: make check exited $rc with no failing test recorded"
+    fi
+    return 0
+}
+
+build_and_check build "build" --enable-werror
+
+export ASAN_OPTIONS=detect_leaks=1
+export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+build_and_check build-san "sanitizers" --enable-sanitizers --enable-werror
+unset ASAN_OPTIONS UBSAN_OPTIONS
+
+# ---- valgrind over the unit test binaries of the plain build -----------------
+banner "valgrind: unit test binaries of build/"
+vg_pass=0
+vg_fail=0
+vg_failed_logs=()
+if [[ -d build/tests/unit ]]; then
+    mkdir -p build/valgrind
+    while IFS= read -r bin; do
+        name=${bin#build/}
+        log=build/valgrind/$(basename "$bin").log
+        rc=0
+        (cd build && srcdir="$top" top_srcdir="$top" abs_top_builddir="$top/build" \
+            timeout -k 10 "$VALGRIND_TIMEOUT" valgrind -q --error-exitcode=1 \
+            --leak-check=full --track-origins=yes "./$name") >"$log" 2>&1 || rc=$?
+        if ((rc == 0)); then
+            echo "PASS: valgrind $name"
+            vg_pass=$((vg_pass + 1))
+        else
+            echo "FAIL: valgrind $name (exit $rc, log $log)"
+            vg_fail=$((vg_fail + 1))
+            vg_failed_logs+=("$log")
+        fi
+    done < <(find build/tests/unit -maxdepth 1 -type f -perm -u+x -name 'test_*' \
+             ! -name '*.*' | sort)
+fi
+if ((vg_pass + vg_fail == 0)); then
+    echo "valgrind: no unit test binaries found under build/tests/unit"
+fi
+
+# ---- logs of failing tests ---------------------------------------------------
+for dir in build build-san; do
+    [[ -d "$dir" ]] || continue
+    while IFS= read -r trs; do
+        if grep -Eq '^:global-test-result: (FAIL|ERROR|XPASS)' "$trs"; then
+            logf=${trs%.trs}.log
+            banner "FAILED: $logf"
+            if [[ -f "$logf" ]]; then
+                head -c 60000 "$logf"
+                echo
+            fi
+        fi
+    done < <(find "$dir" -name '*.trs' | sort)
+done
+for log in "${vg_failed_logs[@]+"${vg_failed_logs[@]}"}"; do
+    banner "FAILED: $log"
+    head -c 60000 "$log"
+    echo
+done
+
+# ---- totals ------------------------------------------------------------------
+banner "results"
+count() { # count FIELD FILE -> the number after "# FIELD:"
+    sed -n "s/^# $1: *\([0-9][0-9]*\).*/\1/p" "$2" | head -n1
+}
+for dir in build build-san; do
+    f=$dir/test-suite.log
+    [[ -f "$f" ]] || continue
+    p=$(count PASS "$f"); fl=$(count FAIL "$f"); er=$(count ERROR "$f"); xp=$(count XPASS "$f")
+    sk=$(count SKIP "$f"); xf=$(count XFAIL "$f")
+    p=${p:-0} fl=${fl:-0} er=${er:-0} xp=${xp:-0} sk=${sk:-0} xf=${xf:-0}
+    echo "$dir: pass $p, fail $fl, error $er, xpass $xp, skip $sk, xfail $xf"
+    passed=$((passed + p))
+    failed=$((failed + fl + er + xp))
+done
+echo "valgrind: pass $vg_pass, fail $vg_fail"
+passed=$((passed + vg_pass))
+failed=$((failed + vg_fail))
+finish
