@@ -480,7 +480,6 @@ static int parse_keyfile(const char *buf, size_t len,
         size_t llen, b, e;
         uint8_t key[GSP_KEY_LEN];
         bool dup = false;
-        int rc;
 
         line++;
         nl = memchr(p, '\n', len - pos);
@@ -516,13 +515,10 @@ static int parse_keyfile(const char *buf, size_t len,
         mbedtls_platform_zeroize(key, sizeof(key));
         continue;
 bad:
-        rc = -EINVAL;
         mbedtls_platform_zeroize(key, sizeof(key));
         *bad_line = line;
-        return rc;
+        return -EINVAL;
     }
-    if (n == 0)
-        return -EINVAL; /* no key at all: *bad_line stays 0 */
     *nkeys = n;
     return 0;
 }
@@ -547,8 +543,9 @@ int gsp_keyring_load_file(gsp_keyring *kr, const char *path, int *bad_line)
     rc = parse_keyfile(buf, len, keys, &nkeys, &line);
     mbedtls_platform_zeroize(buf, len);
     free(buf);
-    if (rc != 0)
-        goto out;
+    if (rc != 0 || nkeys == 0)
+        goto out; /* a file without keys changes nothing; callers check
+                     gsp_keyring_count() */
 
     for (size_t i = 0; i < nkeys; i++)
         fresh += find_key(kr, keys[i]) < 0;
