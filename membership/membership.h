@@ -66,6 +66,7 @@
  *
  * ---- files in data_dir ------------------------------------------------------
  *
+ *   lock        held (flock) by the running daemon.
  *   node_id     32 hex chars: this node's persistent gossip id (created once).
  *   generation  decimal: bumped (read, +1, written atomically) at every start.
  *   peers       addresses of alive members, one per line; rewritten
@@ -158,6 +159,9 @@ int pmm_mkdir_p(const char *path, mode_t mode);
 /* Writes dir/name atomically: dir/.name.tmp, fsync, rename, fsync(dir). */
 int pmm_write_file_atomic(const char *dir, const char *name,
                           const void *data, size_t len, mode_t mode);
+/* Takes an exclusive lock on dir/lock (flock) so two daemons never share
+ * one identity; *fd stays open (and locked) until closed. -EBUSY if held. */
+int pmm_state_lock(const char *dir, int *fd, char *err, size_t errlen);
 /* Reads dir/node_id, or creates it (gsp_random) if missing; *created tells
  * which. A corrupt file is an error (-EINVAL), never replaced. */
 int pmm_state_node_id(const char *dir, gsp_id *out, bool *created,

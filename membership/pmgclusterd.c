@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <uv.h>
 
 #ifndef PACKAGE_VERSION
@@ -32,6 +33,7 @@ typedef struct node {
     gsp_keyring *kr;
     gsp_uv *u;
     pmm_ctl *ctl;
+    int lock_fd;
     gsp_id id;
     char id_hex[2 * GSP_ID_LEN + 1];
     uint64_t gen;
@@ -523,8 +525,10 @@ static int node_start(node *n)
                 strerror(-rc));
         return rc;
     }
-    rc = pmm_state_node_id(n->cfg.data_dir, &n->id, &created, err,
-                           sizeof(err));
+    rc = pmm_state_lock(n->cfg.data_dir, &n->lock_fd, err, sizeof(err));
+    if (rc == 0)
+        rc = pmm_state_node_id(n->cfg.data_dir, &n->id, &created, err,
+                               sizeof(err));
     if (rc == 0)
         rc = pmm_state_bump_generation(n->cfg.data_dir, &n->gen, err,
                                        sizeof(err));
@@ -695,6 +699,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "pmgclusterd: out of memory\n");
         return 1;
     }
+    n->lock_fd = -1;
     rc = pmm_config_load(&n->cfg, config, err, sizeof(err));
     if (rc != 0) {
         fprintf(stderr, "error config: %s\n", err);
@@ -734,6 +739,8 @@ int main(int argc, char **argv)
         exit_code = 1;
     }
     gsp_keyring_free(n->kr);
+    if (n->lock_fd >= 0)
+        close(n->lock_fd);
     free(n);
     if (exit_code == 0)
         pmm_log(PMM_LOG_INFO, "daemon", "stopped");

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -160,6 +161,28 @@ static bool chomp_token(char *s, size_t *len)
         return false; /* embedded NUL */
     *len = n;
     return true;
+}
+
+int pmm_state_lock(const char *dir, int *fd_out, char *err, size_t errlen)
+{
+    char path[PMM_PATH_MAX + 80];
+    int fd;
+
+    if ((size_t)snprintf(path, sizeof(path), "%s/lock", dir) >= sizeof(path))
+        return fail(err, errlen, -ENAMETOOLONG, "%s: path too long", dir);
+    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0)
+        return fail(err, errlen, -errno, "%s: %s", path, strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        close(fd);
+        if (e == EWOULDBLOCK)
+            return fail(err, errlen, -EBUSY,
+                        "data_dir %s is in use by another pmgclusterd", dir);
+        return fail(err, errlen, -e, "%s: %s", path, strerror(e));
+    }
+    *fd_out = fd;
+    return 0;
 }
 
 int pmm_state_node_id(const char *dir, gsp_id *out, bool *created,

@@ -204,6 +204,21 @@ static void test_mkdir(void)
     rm("file");
 }
 
+static void test_lock(void)
+{
+    int fd = -1, fd2 = -1;
+
+    CHECK(pmm_state_lock(dir, &fd, err, sizeof(err)) == 0);
+    CHECK(fd >= 0);
+    CHECK(pmm_state_lock(dir, &fd2, err, sizeof(err)) == -EBUSY);
+    CHECK(strstr(err, "in use by another pmgclusterd") != NULL);
+    CHECK_EQ_INT(fd2, -1);
+    close(fd);
+    CHECK(pmm_state_lock(dir, &fd2, err, sizeof(err)) == 0);
+    close(fd2);
+    rm("lock");
+}
+
 int main(void)
 {
     snprintf(dir, sizeof(dir), "/tmp/test_mstate.XXXXXX");
@@ -217,6 +232,7 @@ int main(void)
     TAP_RUN(test_node_id);
     TAP_RUN(test_peers);
     TAP_RUN(test_mkdir);
+    TAP_RUN(test_lock);
     rmdir(dir);
     return tap_done();
 }
