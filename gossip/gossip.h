@@ -71,11 +71,12 @@ int gsp_inc_cmp(gsp_inc a, gsp_inc b); /* <0, 0, >0 */
 typedef struct gsp_keyring gsp_keyring;
 
 /* label: cluster label bound into every packet as associated data (may be
- * "", at most GSP_LABEL_MAX bytes). Returns NULL on ENOMEM/EINVAL.
+ * "", at most GSP_LABEL_MAX bytes). Returns NULL with errno set
+ * (EINVAL, ENOMEM, EIO).
  * Caller owns the result; free with gsp_keyring_free. */
 gsp_keyring *gsp_keyring_new(const char *label);
 void gsp_keyring_free(gsp_keyring *kr);
-/* Adds a key at the end (or moves nothing if present). 0, -EEXIST, -ENOSPC. */
+/* Adds a key at the end. 0, -EEXIST (already installed), -ENOSPC. */
 int gsp_keyring_add(gsp_keyring *kr, const uint8_t key[GSP_KEY_LEN]);
 /* Makes an installed key the sealing (first) key. 0 or -ENOENT. */
 int gsp_keyring_use(gsp_keyring *kr, const uint8_t key[GSP_KEY_LEN]);
@@ -89,17 +90,24 @@ int gsp_keyring_get(const gsp_keyring *kr, size_t i, uint8_t out[GSP_KEY_LEN]);
  * Returns 0, -ENOKEY (empty ring), -ENOSPC (out too small), -EIO. */
 int gsp_seal(gsp_keyring *kr, const uint8_t *in, size_t in_len,
              uint8_t *out, size_t out_cap, size_t *out_len);
-/* Open: out must hold in_len bytes. Tries every key. Returns 0,
- * GSP_EDECRYPT (no key opens it, bad tag, wrong label, truncated). */
+/* Open: out must hold in_len - GSP_SEAL_OVERHEAD bytes. Tries every key.
+ * Returns 0 or GSP_EDECRYPT (no key opens it, bad tag, wrong label,
+ * truncated, out too small); on failure *out_len is 0 and out is zeroed.
+ * A keyring is not thread safe: use it from one thread. Sealing in place
+ * is allowed when in == out + 13; any other overlap is -EINVAL. */
 int gsp_open(gsp_keyring *kr, const uint8_t *in, size_t in_len,
              uint8_t *out, size_t out_cap, size_t *out_len);
 
 /* Key files: one key per line as 64 hex chars (or 44-char base64);
  * '#' comments and blank lines ignored; first key is the sealing key.
- * Returns 0, -ENOENT, -EINVAL (with a line number in *bad_line if not NULL),
- * -ENOSPC (more than GSP_KEYRING_MAX). */
+ * Keys are merged into the ring (new ones added, the file's first key
+ * becomes the sealing key); a file with no keys changes nothing. Returns 0,
+ * -ENOENT, -EISDIR, -EFBIG (over 64 KiB), -ENOMEM, -EINVAL (with the line
+ * in *bad_line if not NULL), -ENOSPC (more than GSP_KEYRING_MAX keys; line
+ * set when the file itself holds too many). Nothing is added on error. */
 int gsp_keyring_load_file(gsp_keyring *kr, const char *path, int *bad_line);
-/* Fills key with fresh random bytes (mbedTLS CTR-DRBG). 0 or -EIO. */
+/* Fills buf with fresh random bytes (mbedTLS CTR-DRBG, thread safe, reseeded
+ * after fork). 0, -EINVAL or -EIO. */
 int gsp_random(void *buf, size_t len);
 
 /* ---- configuration ------------------------------------------------------ */
