@@ -158,6 +158,8 @@ static int ask_daemon(const char *path, const char *request, pmm_buf *b)
         ssize_t w = send(fd, request + off, len - off, MSG_NOSIGNAL);
         if (w < 0 && errno == EINTR)
             continue;
+        if (w < 0 && (errno == EPIPE || errno == ECONNRESET))
+            break; /* it may have answered already (a refusal): read it */
         if (w < 0) {
             fprintf(stderr, "pmgcm: cannot talk to pmgclusterd at %s: %s\n",
                     path, strerror(errno));
