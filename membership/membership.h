@@ -79,7 +79,9 @@
  * PMM_CTL_REQ_MAX bytes including the '\n'; printable ASCII): "status" or
  * "ping". The daemon answers with one JSON document followed by '\n' and
  * closes the connection:
- *   {"ok":true,"node":"node1","id":"<32 hex>","time":<unix>,"members":[ROW...]}
+ *   {"ok":true,"node":"node1","id":"<32 hex>","generation":N,"time":<unix>,
+ *    "members":[ROW...]}      (ROWs sorted by name)
+ *   {"ok":true}               (answer to "ping")
  *   {"ok":false,"error":"unknown command"}
  * ROW is the object written by pmm_status_write_json. Only root and the
  * daemon's own uid may connect (SO_PEERCRED). Clients idle for 5 s are
