@@ -116,6 +116,7 @@ struct gsp_core {
     } probe;
 
     uint64_t next_probe, next_gossip, next_pushpull, next_rejoin, next_reap;
+    uint32_t alone_backoff_ms; /* re-join backoff while nobody is alive */
     uint64_t now;
 
     bqueue mq, uq;
@@ -1675,7 +1676,18 @@ void gsp_core_tick(gsp_core *c, uint64_t now)
     }
     if (now >= c->next_rejoin) {
         rejoin_round(c);
-        c->next_rejoin = now + c->cfg.rejoin_interval_ms;
+        uint64_t iv = c->cfg.rejoin_interval_ms;
+        if (live_count(c) <= 1 && c->n_seeds) {
+            /* alone (first start before the seeds were up, or isolated):
+             * try again soon, backing off 1 s, 2 s, 4 s ... up to the
+             * configured interval */
+            c->alone_backoff_ms = c->alone_backoff_ms
+                                      ? c->alone_backoff_ms * 2 : 1000;
+            if (c->alone_backoff_ms < iv) iv = c->alone_backoff_ms;
+        } else {
+            c->alone_backoff_ms = 0;
+        }
+        c->next_rejoin = now + iv;
     }
     if ((c->cfg.reap_dead_ms || c->cfg.reap_left_ms) && now >= c->next_reap) {
         reap(c);
@@ -1826,6 +1838,9 @@ int gsp_core_set_seeds(gsp_core *c, const gsp_addr *addrs, size_t n)
     free(c->seeds);
     c->seeds = s;
     c->n_seeds = n;
+    c->alone_backoff_ms = 0;
+    if (n && live_count(c) <= 1 && c->next_rejoin > c->now + 1000)
+        c->next_rejoin = c->now + 1000;
     return 0;
 }
 
