@@ -1,0 +1,840 @@
+/*
+ * scenarios.c - what the gossip core must do at scale, as small functions.
+ *
+ * Bounds are derived from the configuration (gsp_config_default unless a
+ * scenario says otherwise) in derive() below; each scenario prints the bound
+ * next to the value it measured.
+ */
+#include "tests/sim/scenarios.h"
+
+#include <math.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- helpers --------------------------------------------------------------- */
+
+static uint64_t sm64(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+/* Timing bounds for n members under cfg (all in ms). */
+typedef struct bounds {
+    double T;       /* probe interval (awareness 0: a healthy prober)        */
+    double G;       /* gossip interval                                       */
+    double S_min;   /* suspicion_mult * max(1, log10 n) * T                  */
+    double S_max;   /* suspicion_max_mult * S_min (no confirmations)         */
+    double wait;    /* until somebody probes a given node: 10 T. Each of the
+                       n-1 probers picks a target per period from a shuffled
+                       list, so P(nobody picks it in 10 periods) ~ e^-10    */
+    double spread;  /* one update reaches everyone: 2.5 log2(n) gossip periods
+                       (target from the issue; SWIM: O(log n) periods)      */
+    double dead;    /* crash -> dead everywhere: wait + T (the probe runs its
+                       whole interval) + S_max + spread. Each node either
+                       hears DEAD from the first declarer (<= spread after it)
+                       or its own timer, started when the suspicion reached
+                       it, fires first.                                     */
+    double alive;   /* restart/refutation -> alive everywhere: T (first
+                       exchange carrying it) + spread                        */
+} bounds;
+
+static void derive(const gsp_config *c, size_t n, bounds *b)
+{
+    double l10 = n > 1 ? log10((double)n) : 0;
+    if (l10 < 1) l10 = 1;
+    b->T = c->probe_interval_ms;
+    b->G = c->gossip_interval_ms;
+    b->S_min = c->suspicion_mult * l10 * b->T;
+    b->S_max = c->suspicion_max_mult * b->S_min;
+    b->wait = 10 * b->T;
+    b->spread = 2.5 * log2((double)(n > 2 ? n : 2)) * b->G;
+    b->dead = b->wait + b->T + b->S_max + b->spread;
+    b->alive = b->T + b->spread;
+}
+
+static void opts_for(scen_ctx *x, sim_opts *o, size_t slots)
+{
+    sim_opts_default(o);
+    o->seed = x->seed;
+    o->max_nodes = slots;
+    o->trace = x->trace;
+}
+
+static bool c_quiet(sim *s, void *ud)
+{
+    (void)ud;
+    if (!sim_converged(s)) return false;
+    for (size_t i = 0; i < sim_max_nodes(s); i++)
+        if (sim_is_up(s, i) && gsp_core_pending_updates(sim_core(s, i)))
+            return false;
+    return true;
+}
+
+static bool c_converged(sim *s, void *ud)
+{
+    (void)ud;
+    return sim_converged(s);
+}
+
+typedef struct subj_state {
+    size_t subj;
+    int mask;
+} subj_state;
+
+static bool c_all_see(sim *s, void *ud)
+{
+    subj_state *w = ud;
+    return sim_all_see(s, w->subj, w->mask);
+}
+
+/* Starts nodes [0, n) 5 ms apart and waits until every node sees every
+ * other alive and no update is pending anywhere. */
+static sim *boot(scen_ctx *x, const sim_opts *o, size_t n)
+{
+    sim *s = sim_new(o);
+    if (!s) {
+        EXPECT(x, false, "sim_new failed");
+        return NULL;
+    }
+    sim_start_range(s, 0, n, 5000);
+    uint64_t t0 = sim_now_ms(s);
+    bool ok = sim_run_until_cond(s, t0 + 600000, 250, c_quiet, NULL);
+    EXPECT(x, ok, "boot: %zu nodes not converged and quiet within 600 s", n);
+    scen_note(x, "boot: %zu nodes converged, queues empty at t=%.1f s", n,
+              sim_now_ms(s) / 1000.0);
+    return s;
+}
+
+/* Common end of a scenario: invariants every run must keep. */
+static void finish(scen_ctx *x, sim *s)
+{
+    if (!s) return;
+    sim_counters c;
+    sim_get_counters(s, &c);
+    size_t bad = sim_verify_views(s);
+    EXPECT(x, bad == 0, "incremental view counts disagree with the cores "
+                        "(%zu cells): member_changed missed a change", bad);
+    EXPECT(x, c.stuck_deadlines == 0,
+           "%llu times a core kept asking for a tick at the same instant (busy loop)",
+           (unsigned long long)c.stuck_deadlines);
+    scen_note(x, "events %llu, datagrams %llu sent / %llu dropped, streams "
+                 "%llu (%llu failed), member changes %llu",
+              (unsigned long long)c.events, (unsigned long long)c.udp_sent,
+              (unsigned long long)c.udp_dropped, (unsigned long long)c.streams,
+              (unsigned long long)c.stream_fail, (unsigned long long)c.changes);
+    x->hash = sim_hash(s);
+    x->virt_ms += sim_now_ms(s);
+    sim_free(s);
+}
+
+static size_t pick(uint64_t *r, size_t lo, size_t hi) /* [lo, hi) */
+{
+    return lo + (size_t)(sm64(r) % (hi - lo));
+}
+
+static void note_false_dead(scen_ctx *x, sim *s)
+{
+    uint64_t t;
+    size_t obs, subj;
+    if (sim_first_false_dead(s, &t, &obs, &subj))
+        scen_note(x, "first live node declared dead: node %zu by node %zu "
+                     "at t=%.3f s", subj, obs, t / 1000.0);
+}
+
+/* ---- crash and restart ----------------------------------------------------- */
+
+static void sc_crash(scen_ctx *x)
+{
+    size_t n = x->nodes;
+    sim_opts o;
+    opts_for(x, &o, n);
+    sim *s = boot(x, &o, n);
+    if (!s) return;
+    bounds b;
+    derive(&o.cfg, n, &b);
+    uint64_t r = x->seed;
+    size_t v = pick(&r, 3, n); /* not a seed */
+    sim_run_for(s, 10000);
+    sim_reset_marks(s);
+    sim_mark_reset(s, v);
+
+    uint64_t t0 = sim_now_ms(s);
+    sim_crash(s, v);
+    subj_state w = {v, 1 << GSP_DEAD};
+    bool ok = sim_run_until_cond(s, t0 + (uint64_t)b.dead, 20, c_all_see, &w);
+    double t_all = (sim_now_ms(s) - t0) / 1000.0;
+    double t_sus = (sim_first_mark(s, v, GSP_SUSPECT) - t0) / 1000.0;
+    double t_first = (sim_first_mark(s, v, GSP_DEAD) - t0) / 1000.0;
+    EXPECT(x, ok, "crashed node %zu not dead everywhere within %.1f s "
+                  "(%u of %zu see it dead)", v, b.dead / 1000,
+           sim_view_count(s, v, GSP_DEAD), sim_n_up(s));
+    scen_note(x, "crash of node %zu: first suspect %.2f s, first dead %.2f s, "
+                 "dead everywhere %.2f s; bound %.1f s = 10T %.1f + T %.1f + "
+                 "S_max %.1f + 2.5 log2N gossip %.1f", v, t_sus, t_first,
+              ok ? t_all : -1.0, b.dead / 1000, b.wait / 1000, b.T / 1000,
+              b.S_max / 1000, b.spread / 1000);
+    sim_counters c;
+    sim_get_counters(s, &c);
+    EXPECT(x, c.dead_marks_up == 0, "%llu views turned a live node dead",
+           (unsigned long long)c.dead_marks_up);
+    note_false_dead(x, s);
+
+    sim_run_for(s, 5000);
+    uint64_t t1 = sim_now_ms(s);
+    sim_restart(s, v, false);
+    w.mask = 1 << GSP_ALIVE;
+    uint64_t bound = (uint64_t)(b.alive + 100);
+    ok = sim_run_until_cond(s, t1 + bound, 10, c_all_see, &w);
+    EXPECT(x, ok, "restarted node %zu (gen %llu) not alive everywhere within "
+                  "%.2f s (%u of %zu)", v, (unsigned long long)sim_gen(s, v),
+           bound / 1000.0, sim_view_count(s, v, GSP_ALIVE), sim_n_up(s) - 1);
+    scen_note(x, "restart of node %zu: alive everywhere after %.2f s; bound "
+                 "%.2f s = join RTT (<0.1) + T + 2.5 log2N gossip",
+              v, ok ? (sim_now_ms(s) - t1) / 1000.0 : -1.0, bound / 1000.0);
+    ok = sim_run_until_cond(s, t1 + 60000, 100, c_converged, NULL);
+    EXPECT(x, ok, "cluster not converged 60 s after the restart");
+    finish(x, s);
+}
+
+/* ---- loss ------------------------------------------------------------------ */
+
+static void loss_run(scen_ctx *x, double loss, uint64_t minutes)
+{
+    size_t n = x->nodes;
+    sim_opts o;
+    opts_for(x, &o, n);
+    sim *s = boot(x, &o, n);
+    if (!s) return;
+    sim_reset_marks(s);
+    sim_set_loss(s, loss);
+    uint64_t t0 = sim_now_ms(s);
+    sim_run_for(s, minutes * 60000);
+    sim_counters c;
+    sim_get_counters(s, &c);
+    uint64_t sus = sim_stats_sum(s, offsetof(gsp_stats, suspicions));
+    uint64_t refu = sim_stats_sum(s, offsetof(gsp_stats, refutations));
+    uint64_t pf = sim_stats_sum(s, offsetof(gsp_stats, probe_fails));
+    uint64_t pr = sim_stats_sum(s, offsetof(gsp_stats, probes));
+    scen_note(x, "%.0f%% loss for %llu virtual min on %zu nodes: %llu views "
+                 "turned a live node suspect, %llu turned one dead; probes "
+                 "%llu, failed %llu, refutations %llu, suspicions started %llu",
+              loss * 100, (unsigned long long)minutes, n,
+              (unsigned long long)c.suspect_marks_up,
+              (unsigned long long)c.dead_marks_up, (unsigned long long)pr,
+              (unsigned long long)pf, (unsigned long long)refu,
+              (unsigned long long)sus);
+    EXPECT(x, c.dead_marks_up == 0,
+           "%llu times a live node was marked dead at %.0f%% loss",
+           (unsigned long long)c.dead_marks_up, loss * 100);
+    note_false_dead(x, s);
+    sim_set_loss(s, 0);
+    bool ok = sim_run_until_cond(s, sim_now_ms(s) + 60000, 100, c_converged,
+                                 NULL);
+    EXPECT(x, ok, "not converged 60 s after the loss stopped");
+    (void)t0;
+    finish(x, s);
+}
+
+static void sc_loss10(scen_ctx *x)
+{
+    loss_run(x, 0.10, 30);
+}
+
+static void sc_loss20(scen_ctx *x)
+{
+    loss_run(x, 0.20, 10);
+}
+
+/* ---- pauses (CPU stalls) --------------------------------------------------- */
+
+static void sc_pause_short(scen_ctx *x)
+{
+    size_t n = x->nodes;
+    sim_opts o;
+    opts_for(x, &o, n);
+    sim *s = boot(x, &o, n);
+    if (!s) return;
+    uint64_t smin, smax;
+    gsp_core_suspicion_bounds(sim_core(s, 0), &smin, &smax);
+    /* below the shortest suspicion timeout any observer can use: the first
+     * suspicion starts after the pause began, and runs at least S_min */
+    uint64_t p = smin * 9 / 10;
+    sim_reset_marks(s);
+    uint64_t r = x->seed ^ 0x77;
+    for (int k = 0; k < 5; k++) {
+        size_t v = pick(&r, 0, n);
+        sim_run_for(s, 5000 + pick(&r, 0, 1000));
+        sim_pause(s, v);
+        sim_run_for(s, p);
+        sim_resume(s, v);
+        sim_run_for(s, 25000);
+    }
+    sim_counters c;
+    sim_get_counters(s, &c);
+    scen_note(x, "5 pauses of %.2f s (S_min %.2f s, S_max %.2f s): %llu "
+                 "suspect views, %llu dead views of live nodes",
+              p / 1000.0, smin / 1000.0, smax / 1000.0,
+              (unsigned long long)c.suspect_marks_up,
+              (unsigned long long)c.dead_marks_up);
+    EXPECT(x, c.dead_marks_up == 0, "a node paused %.2f s (< S_min %.2f s) "
+                                    "was declared dead", p / 1000.0,
+           smin / 1000.0);
+    note_false_dead(x, s);
+    bool ok = sim_run_until_cond(s, sim_now_ms(s) + 30000, 100, c_converged,
+                                 NULL);
+    EXPECT(x, ok, "not converged after the pauses");
+    finish(x, s);
+}
+
+static void sc_pause_long(scen_ctx *x)
+{
+    size_t n = x->nodes;
+    sim_opts o;
+    opts_for(x, &o, n);
+    sim *s = boot(x, &o, n);
+    if (!s) return;
+    bounds b;
+    derive(&o.cfg, n, &b);
+    uint64_t r = x->seed ^ 0x99;
+    size_t v = pick(&r, 3, n);
+    /* longer than the whole crash-detection bound: everyone must have
+     * declared it dead before it resumes */
+    uint64_t p = (uint64_t)b.dead + 2000;
+    sim_run_for(s, 3000);
+    sim_mark_reset(s, v);
+    uint64_t t0 = sim_now_ms(s);
+    sim_pause(s, v);
+    subj_state w = {v, 1 << GSP_DEAD};
+    bool ok = sim_run_until_cond(s, t0 + p, 20, c_all_see, &w);
+    EXPECT(x, ok, "node %zu paused %.1f s is not dead everywhere before it "
+                  "resumes (%u of %zu)", v, p / 1000.0,
+           sim_view_count(s, v, GSP_DEAD), sim_n_up(s) - 1);
+    scen_note(x, "pause of node %zu for %.1f s: first dead %.2f s, dead "
+                 "everywhere %.2f s (bound %.1f s)", v, p / 1000.0,
+              (sim_first_mark(s, v, GSP_DEAD) - t0) / 1000.0,
+              ok ? (sim_now_ms(s) - t0) / 1000.0 : -1.0, b.dead / 1000);
+    sim_run_until(s, t0 + p);
+    uint64_t t1 = sim_now_ms(s);
+    sim_resume(s, v);
+    w.mask = 1 << GSP_ALIVE;
+    uint64_t bound = (uint64_t)b.alive;
+    ok = sim_run_until_cond(s, t1 + bound, 10, c_all_see, &w);
+    EXPECT(x, ok, "resumed node %zu not alive everywhere within %.2f s "
+                  "(%u of %zu)", v, bound / 1000.0,
+           sim_view_count(s, v, GSP_ALIVE), sim_n_up(s) - 1);
+    scen_note(x, "after resume: alive everywhere in %.2f s (bound %.2f s = "
+                 "T + 2.5 log2N gossip)",
+              ok ? (sim_now_ms(s) - t1) / 1000.0 : -1.0, bound / 1000.0);
+    ok = sim_run_until_cond(s, t1 + 60000, 100, c_converged, NULL);
+    EXPECT(x, ok, "not converged 60 s after the resume");
+    finish(x, s);
+}
+
+/* ---- partition ------------------------------------------------------------- */
+
+typedef struct part_ctx {
+    int *group;
+    bool partitioned;
+    uint64_t same_side_dead, cross_dead_after_heal;
+} part_ctx;
+
+static void part_hook(void *ud, sim *s, size_t obs, size_t subj, gsp_state old,
+                      gsp_state st, bool is_new)
+{
+    part_ctx *p = ud;
+    (void)old;
+    (void)is_new;
+    if (st != GSP_DEAD || !sim_is_up(s, subj)) return;
+    if (p->partitioned && p->group[obs] == p->group[subj]) p->same_side_dead++;
+    if (!p->partitioned) p->cross_dead_after_heal++;
+}
+
+static void sc_partition(scen_ctx *x)
+{
+    size_t n = x->nodes;
+    sim_opts o;
+    opts_for(x, &o, n);
+    sim *s = boot(x, &o, n);
+    if (!s) return;
+    bounds b;
+    derive(&o.cfg, n, &b);
+    part_ctx pc = {.group = calloc(n, sizeof(int))};
+    size_t *perm = malloc(n * sizeof(*perm));
+    if (!pc.group || !perm) abort();
+    uint64_t r = x->seed ^ 0x1234;
+    for (size_t i = 0; i < n; i++) perm[i] = i;
+    for (size_t i = n; i > 1; i--) {
+        size_t j = pick(&r, 0, i);
+        size_t t = perm[i - 1];
+        perm[i - 1] = perm[j];
+        perm[j] = t;
+    }
+    for (size_t i = 0; i < n; i++) pc.group[perm[i]] = i < n / 2 ? 0 : 1;
+    free(perm);
+    sim_on_change(s, part_hook, &pc);
+    sim_run_for(s, 5000);
+    sim_reset_marks(s);
+    pc.partitioned = true;
+    sim_partition(s, pc.group);
+    sim_run_for(s, 10 * 60000);
+    size_t cross_dead = 0, cross_pairs = 0;
+    for (size_t i = 0; i < n; i++) {
+        cross_pairs += pc.group[i] == 0 ? n - n / 2 : 0;
+        if (pc.group[i] == 1) cross_dead += sim_view_count(s, i, GSP_DEAD);
+    }
+    scen_note(x, "after 10 min split 50/50: %zu of %zu cross views of group-1 "
+                 "nodes are dead; same-side dead views %llu",
+              cross_dead, cross_pairs, (unsigned long long)pc.same_side_dead);
+    EXPECT(x, pc.same_side_dead == 0, "%llu nodes declared dead by their own "
+                                      "side during the partition",
+           (unsigned long long)pc.same_side_dead);
+    pc.partitioned = false;
+    sim_heal(s);
+    uint64_t t0 = sim_now_ms(s);
+    /* every node starts a rejoin round (push-pull with a random dead member
+     * or seed) every rejoin_interval R; the first round after the heal gives
+     * each node a direct exchange with the other side, the second mops up
+     * anyone whose refutation was lost, then it spreads by gossip */
+    uint64_t bound = (uint64_t)(2.0 * o.cfg.rejoin_interval_ms + b.spread);
+    bool ok = sim_run_until_cond(s, t0 + bound, 100, c_converged, NULL);
+    EXPECT(x, ok, "not every node sees every node alive %.1f s after the "
+                  "heal", bound / 1000.0);
+    scen_note(x, "healed: converged after %.1f s (bound %.1f s = 2 R + 2.5 "
+                 "log2N gossip); dead marks of live nodes after heal %llu",
+              ok ? (sim_now_ms(s) - t0) / 1000.0 : -1.0, bound / 1000.0,
+              (unsigned long long)pc.cross_dead_after_heal);
+    if (!ok) {
+        ok = sim_run_until_cond(s, t0 + 600000, 1000, c_converged, NULL);
+        scen_note(x, "(converged at all within 10 min: %s, after %.1f s)",
+                  ok ? "yes" : "no", (sim_now_ms(s) - t0) / 1000.0);
+    }
+    sim_on_change(s, NULL, NULL);
+    finish(x, s);
+    free(pc.group);
+}
+
+/* ---- broadcast under churn ------------------------------------------------- */
+
+typedef struct have_ctx {
+    uint64_t version;
+} have_ctx;
+
+static bool c_all_have(sim *s, void *ud)
+{
+    have_ctx *h = ud;
+    return sim_user_have(s, h->version) == sim_n_up(s);
+}
+
+static void sc_bcast_churn(scen_ctx *x)
+{
+    size_t n = x->nodes, churn = n / 10; /* 10 % die + 10 % join = 20 % */
+    sim_opts o;
+    opts_for(x, &o, n + churn);
+    sim *s = boot(x, &o, n);
+    if (!s) return;
+    bounds b;
+    derive(&o.cfg, n, &b);
+    sim_run_for(s, 5000);
+    sim_watch_user_key(s, 7);
+    uint64_t r = x->seed ^ 0xbc;
+    size_t origin = pick(&r, 3, n);
+    uint64_t t0 = sim_now_ms(s);
+    size_t killed = 0;
+    while (killed < churn) {
+        size_t v = pick(&r, 3, n);
+        if (v == origin || !sim_is_up(s, v)) continue;
+        sim_crash(s, v);
+        killed++;
+    }
+    for (size_t i = n; i < n + churn; i++) sim_start(s, i, false);
+    static const char cfgmsg[] = "cluster config epoch 1 version 42";
+    EXPECT(x, sim_broadcast(s, origin, 7, 42, cfgmsg, sizeof(cfgmsg)) == 0,
+           "broadcast refused");
+    have_ctx h = {42};
+    uint64_t bound = (uint64_t)b.spread;
+    bool ok = sim_run_until_cond(s, t0 + bound, 20, c_all_have, &h);
+    double t = (sim_now_ms(s) - t0) / 1000.0;
+    EXPECT(x, ok, "broadcast reached %zu of %zu live nodes within %.2f s "
+                  "(2.5 log2N = %.1f gossip periods)",
+           sim_user_have(s, 42), sim_n_up(s), bound / 1000.0, bound / b.G);
+    scen_note(x, "broadcast from node %zu while %zu died and %zu joined: all "
+                 "%zu live nodes had it after %.2f s = %.1f gossip periods "
+                 "(bound %.1f periods)", origin, churn, churn, sim_n_up(s),
+              ok ? t : -1.0, ok ? t * 1000 / b.G : -1.0, bound / b.G);
+    if (!ok) {
+        ok = sim_run_until_cond(s, t0 + 120000, 100, c_all_have, &h);
+        scen_note(x, "(reached all at all: %s, after %.2f s)",
+                  ok ? "yes" : "no", (sim_now_ms(s) - t0) / 1000.0);
+    }
+    /* membership settles too: the dead are dead, the new are alive */
+    ok = sim_run_until_cond(s, t0 + 120000, 250, c_quiet, NULL);
+    EXPECT(x, ok, "membership not settled 120 s after the churn");
+    scen_note(x, "membership settled after %.1f s",
+              (sim_now_ms(s) - t0) / 1000.0);
+    finish(x, s);
+}
+
+/* ---- key rotation during traffic ------------------------------------------- */
+
+static void sc_keyrot(scen_ctx *x)
+{
+    size_t n = x->nodes;
+    sim_opts o;
+    opts_for(x, &o, n);
+    o.keyring = true;
+    sim *s = boot(x, &o, n);
+    if (!s) return;
+    uint8_t k0[GSP_KEY_LEN], k1[GSP_KEY_LEN];
+    sim_initial_key(s, k0);
+    uint64_t r = x->seed ^ 0x4b;
+    for (int i = 0; i < GSP_KEY_LEN; i++) k1[i] = (uint8_t)sm64(&r);
+    sim_reset_marks(s);
+    sim_watch_user_key(s, 9);
+    uint64_t ver = 0;
+    /* traffic: a broadcast every second from a random node, plus metadata
+     * changes, all through the rotation */
+    int stage = 0;
+    uint64_t t_stage = sim_now_ms(s) + 5000;
+    size_t next_node = 0;
+    int rc_bad = 0;
+    uint64_t end = t_stage + 3 * 20000 + 30000;
+    while (sim_now_ms(s) < end) {
+        sim_run_for(s, 50);
+        if (sim_now_ms(s) % 1000 < 50) {
+            size_t v = pick(&r, 0, n);
+            char msg[32];
+            snprintf(msg, sizeof(msg), "cfg %llu", (unsigned long long)++ver);
+            sim_broadcast(s, v, 9, ver, msg, strlen(msg));
+            uint8_t meta[8];
+            memcpy(meta, &ver, 8);
+            gsp_core_set_meta(sim_core(s, pick(&r, 0, n)), sim_now_ms(s),
+                              meta, sizeof(meta));
+        }
+        /* an operator walks the nodes one by one, 50 ms apart, per stage,
+         * and waits 20 s between stages */
+        if (stage < 3 && sim_now_ms(s) >= t_stage) {
+            int rc = 0;
+            if (stage == 0) rc = sim_key_add(s, next_node, k1);
+            if (stage == 1) rc = sim_key_use(s, next_node, k1);
+            if (stage == 2) rc = sim_key_remove(s, next_node, k0);
+            if (rc) rc_bad++;
+            if (++next_node == n) {
+                next_node = 0;
+                stage++;
+                t_stage = sim_now_ms(s) + 20000;
+                scen_note(x, "key rotation stage %d done at t=%.1f s", stage,
+                          sim_now_ms(s) / 1000.0);
+            }
+        }
+    }
+    EXPECT(x, rc_bad == 0, "%d keyring operations failed", rc_bad);
+    sim_counters c;
+    sim_get_counters(s, &c);
+    uint64_t dec = sim_stats_sum(s, offsetof(gsp_stats, drop_decrypt));
+    scen_note(x, "rotation under traffic (%llu broadcasts): %llu suspect, %llu "
+                 "dead views of live nodes, %llu packets failed to decrypt",
+              (unsigned long long)ver, (unsigned long long)c.suspect_marks_up,
+              (unsigned long long)c.dead_marks_up, (unsigned long long)dec);
+    EXPECT(x, c.dead_marks_up == 0, "a node fell out during key rotation");
+    EXPECT(x, dec == 0, "%llu packets could not be opened during a staged "
+                        "rotation", (unsigned long long)dec);
+    note_false_dead(x, s);
+    EXPECT(x, sim_converged(s), "not converged after the rotation");
+    have_ctx h = {ver};
+    bool ok = sim_run_until_cond(s, sim_now_ms(s) + 10000, 50, c_all_have, &h);
+    EXPECT(x, ok, "last broadcast (sealed with the new key only) did not "
+                  "reach everyone");
+    finish(x, s);
+}
+
+/* Control: one node misses the new key. After the old key is removed it can
+ * neither read nor be read, so it must fall out; the simulator must see it. */
+static void sc_keyrot_missed(scen_ctx *x)
+{
+    size_t n = x->nodes;
+    sim_opts o;
+    opts_for(x, &o, n);
+    o.keyring = true;
+    sim *s = boot(x, &o, n);
+    if (!s) return;
+    uint8_t k0[GSP_KEY_LEN], k1[GSP_KEY_LEN];
+    sim_initial_key(s, k0);
+    memset(k1, 0x5a, sizeof(k1));
+    size_t odd = n - 1;
+    for (size_t i = 0; i < n; i++)
+        if (i != odd) sim_key_add(s, i, k1);
+    sim_run_for(s, 5000);
+    for (size_t i = 0; i < n; i++)
+        if (i != odd) sim_key_use(s, i, k1);
+    sim_run_for(s, 5000);
+    for (size_t i = 0; i < n; i++)
+        if (i != odd) sim_key_remove(s, i, k0);
+    bounds b;
+    derive(&o.cfg, n, &b);
+    subj_state w = {odd, 1 << GSP_DEAD};
+    bool ok = sim_run_until_cond(s, sim_now_ms(s) + (uint64_t)b.dead, 100,
+                                 c_all_see, &w);
+    EXPECT(x, ok, "a node without the cluster key is still not dead "
+                  "everywhere after %.1f s", b.dead / 1000);
+    uint64_t dec = sim_stats_sum(s, offsetof(gsp_stats, drop_decrypt));
+    EXPECT(x, dec > 0, "no decrypt failures counted");
+    scen_note(x, "node without the new key: dead everywhere: %s; %llu packets "
+                 "failed to decrypt", ok ? "yes" : "no",
+              (unsigned long long)dec);
+    finish(x, s);
+}
+
+/* ---- address change -------------------------------------------------------- */
+
+typedef struct addr_ctx {
+    size_t subj;
+    gsp_addr want;
+    gsp_id id;
+} addr_ctx;
+
+static bool c_addr_everywhere(sim *s, void *ud)
+{
+    addr_ctx *a = ud;
+    for (size_t i = 0; i < sim_max_nodes(s); i++) {
+        if (!sim_is_up(s, i) || i == a->subj) continue;
+        gsp_member m;
+        if (gsp_core_get(sim_core(s, i), &a->id, &m) || m.state != GSP_ALIVE ||
+            !gsp_addr_eq(&m.addr, &a->want))
+            return false;
+    }
+    return true;
+}
+
+static void sc_addr_change(scen_ctx *x)
+{
+    size_t n = x->nodes;
+    sim_opts o;
+    opts_for(x, &o, n);
+    sim *s = boot(x, &o, n);
+    if (!s) return;
+    bounds b;
+    derive(&o.cfg, n, &b);
+    uint64_t r = x->seed ^ 0xad;
+    sim_run_for(s, 5000);
+    sim_reset_marks(s);
+    for (int k = 0; k < 3; k++) {
+        size_t v = pick(&r, 3, n);
+        uint64_t t0 = sim_now_ms(s);
+        /* a restart on a new IP with the same id: generation + 1 */
+        EXPECT(x, sim_restart(s, v, true) == 0, "restart failed");
+        addr_ctx a = {.subj = v};
+        sim_addr(s, v, &a.want);
+        sim_id(s, v, &a.id);
+        uint64_t bound = (uint64_t)(b.alive + 100);
+        bool ok = sim_run_until_cond(s, t0 + bound, 10, c_addr_everywhere, &a);
+        char buf[64];
+        EXPECT(x, ok, "node %zu at new address %s not alive there everywhere "
+                      "within %.2f s", v, gsp_addr_str(&a.want, buf, 64),
+               bound / 1000.0);
+        scen_note(x, "node %zu moved to %s: known there everywhere after "
+                     "%.2f s (bound %.2f s)", v,
+                  gsp_addr_str(&a.want, buf, 64),
+                  ok ? (sim_now_ms(s) - t0) / 1000.0 : -1.0, bound / 1000.0);
+        sim_run_for(s, 20000);
+    }
+    sim_counters c;
+    sim_get_counters(s, &c);
+    EXPECT(x, c.dead_marks_up == 0, "%llu dead marks of live nodes "
+                                    "(a moved node must not be killed)",
+           (unsigned long long)c.dead_marks_up);
+    note_false_dead(x, s);
+    EXPECT(x, sim_converged(s), "not converged at the end");
+    finish(x, s);
+}
+
+/* ---- link cuts ------------------------------------------------------------- */
+
+static void sc_link_cuts(scen_ctx *x)
+{
+    size_t n = x->nodes;
+    sim_opts o;
+    opts_for(x, &o, n);
+    sim *s = boot(x, &o, n);
+    if (!s) return;
+    uint64_t r = x->seed ^ 0xc7;
+    sim_reset_marks(s);
+    /* one-way cuts and two-way cuts between random pairs: indirect probes
+     * through other members must keep everyone alive */
+    for (int k = 0; k < 10; k++) {
+        size_t a = pick(&r, 0, n), c2 = pick(&r, 0, n);
+        if (a == c2) continue;
+        if (k % 2) sim_cut2(s, a, c2, true);
+        else sim_cut(s, a, c2, true);
+    }
+    sim_run_for(s, 5 * 60000);
+    sim_counters c;
+    sim_get_counters(s, &c);
+    scen_note(x, "10 cut links for 5 min: %llu suspect, %llu dead views of "
+                 "live nodes", (unsigned long long)c.suspect_marks_up,
+              (unsigned long long)c.dead_marks_up);
+    EXPECT(x, c.dead_marks_up == 0, "a live node behind a cut link was "
+                                    "declared dead");
+    note_false_dead(x, s);
+    EXPECT(x, sim_converged(s), "not converged with cut links");
+    finish(x, s);
+}
+
+/* ---- graceful leave -------------------------------------------------------- */
+
+static void sc_leave(scen_ctx *x)
+{
+    size_t n = x->nodes;
+    sim_opts o;
+    opts_for(x, &o, n);
+    sim *s = boot(x, &o, n);
+    if (!s) return;
+    bounds b;
+    derive(&o.cfg, n, &b);
+    uint64_t r = x->seed ^ 0x1e;
+    size_t v = pick(&r, 3, n);
+    sim_run_for(s, 3000);
+    uint64_t t0 = sim_now_ms(s);
+    sim_mark_reset(s, v);
+    EXPECT(x, sim_leave(s, v) == 0, "leave failed");
+    sim_run_for(s, 1000); /* the daemon lingers a moment, then exits */
+    sim_crash(s, v);
+    subj_state w = {v, 1 << GSP_LEFT};
+    uint64_t bound = (uint64_t)(1000 + b.spread);
+    bool ok = sim_run_until_cond(s, t0 + bound, 10, c_all_see, &w);
+    EXPECT(x, ok, "left node %zu not LEFT everywhere within %.2f s (%u of %zu)",
+           v, bound / 1000.0, sim_view_count(s, v, GSP_LEFT), sim_n_up(s));
+    scen_note(x, "leave of node %zu: left everywhere after %.2f s (bound %.2f)",
+              v, ok ? (sim_now_ms(s) - t0) / 1000.0 : -1.0, bound / 1000.0);
+    sim_run_for(s, 60000);
+    EXPECT(x, sim_first_mark(s, v, GSP_DEAD) == UINT64_MAX,
+           "a node that left was declared dead (leave is not a failure)");
+    EXPECT(x, sim_all_see(s, v, 1 << GSP_LEFT), "left node not LEFT everywhere "
+                                                "a minute later");
+    finish(x, s);
+}
+
+/* ---- everything at once (also the determinism workload) -------------------- */
+
+static void sc_mixed(scen_ctx *x)
+{
+    size_t n = x->nodes;
+    sim_opts o;
+    opts_for(x, &o, n + 2);
+    o.jitter_kind = SIM_JITTER_EXP;
+    o.jitter_us = 2000;
+    o.dup = 0.02;
+    sim *s = boot(x, &o, n);
+    if (!s) return;
+    uint64_t r = x->seed ^ 0x3d;
+    sim_set_loss(s, 0.03);
+    sim_watch_user_key(s, 1);
+    sim_run_for(s, 5000);
+    sim_crash(s, pick(&r, 3, n));
+    sim_run_for(s, 3000);
+    size_t pz = pick(&r, 3, n);
+    sim_pause(s, pz);
+    sim_broadcast(s, 0, 1, 1, "a", 1);
+    sim_run_for(s, 6000);
+    sim_resume(s, pz);
+    int *g = calloc(n + 2, sizeof(int));
+    if (!g) abort();
+    for (size_t i = 0; i < n + 2; i++) g[i] = (int)pick(&r, 0, 3);
+    sim_partition(s, g);
+    sim_run_for(s, 30000);
+    sim_heal(s);
+    free(g);
+    sim_restart(s, pick(&r, 3, n), true);
+    sim_start(s, n, false);
+    sim_cut(s, pick(&r, 0, n), pick(&r, 0, n), true);
+    sim_run_for(s, 20000);
+    size_t lv = pick(&r, 3, n);
+    sim_leave(s, lv);
+    sim_broadcast(s, 1, 1, 2, "b", 1);
+    sim_run_for(s, 1000);
+    sim_crash(s, lv); /* the daemon exits after its leave */
+    sim_run_for(s, 59000);
+    sim_set_loss(s, 0);
+    sim_run_for(s, 60000);
+    scen_note(x, "mixed: %zu of %zu live nodes have the last broadcast",
+              sim_user_have(s, 2), sim_n_up(s));
+    EXPECT(x, sim_user_have(s, 2) == sim_n_up(s), "last broadcast missing "
+                                                  "somewhere");
+    finish(x, s);
+}
+
+static void sc_determinism(scen_ctx *x)
+{
+    const scenario *m = sim_find_scenario("mixed");
+    FILE *devnull = fopen("/dev/null", "w");
+    scen_ctx a = {.seed = x->seed, .nodes = x->nodes, .out = devnull};
+    scen_ctx b2 = a, c = a;
+    c.seed = x->seed + 1;
+    m->run(&a);
+    m->run(&b2);
+    m->run(&c);
+    if (devnull) fclose(devnull);
+    scen_note(x, "mixed seed %llu: %016llx, again: %016llx; seed %llu: %016llx",
+              (unsigned long long)a.seed, (unsigned long long)a.hash,
+              (unsigned long long)b2.hash, (unsigned long long)c.seed,
+              (unsigned long long)c.hash);
+    EXPECT(x, a.failures == 0 && b2.failures == 0 && c.failures == 0,
+           "the mixed workload itself failed (%s)",
+           a.failures ? a.first_failure : c.first_failure);
+    EXPECT(x, a.hash == b2.hash, "same seed, different trace");
+    EXPECT(x, a.hash != c.hash, "different seed, same trace");
+    x->hash = a.hash;
+    x->virt_ms += a.virt_ms + b2.virt_ms + c.virt_ms;
+}
+
+/* ---- the table --------------------------------------------------------------- */
+
+const scenario sim_scenarios[] = {
+    {"determinism", sc_determinism, 40, 40, 1,
+     "the mixed workload twice with one seed (same hash) and once with the next "
+     "seed (different hash)"},
+    {"crash", sc_crash, 200, 200, 1,
+     "a crashed node is dead everywhere within the derived bound; restarted "
+     "(gen+1) it is alive everywhere within a bound"},
+    {"loss10", sc_loss10, 100, 100, 1,
+     "10% random loss for 30 virtual minutes: no live node is ever marked dead"},
+    {"loss20", sc_loss20, 100, 100, 0,
+     "20% random loss for 10 virtual minutes (beyond the target: reported)"},
+    {"pause-short", sc_pause_short, 100, 100, 1,
+     "5 nodes each paused for 0.9 S_min: never declared dead"},
+    {"pause-long", sc_pause_long, 100, 100, 1,
+     "a node paused longer than the detection bound is dead everywhere, and "
+     "alive everywhere soon after it resumes"},
+    {"partition", sc_partition, 100, 100, 1,
+     "50/50 split for 10 virtual minutes, healed: everyone sees everyone alive "
+     "within a bound, no command given"},
+    {"bcast-churn", sc_bcast_churn, 500, 500, 1,
+     "a broadcast reaches all live nodes within 2.5 log2 N gossip periods while "
+     "10% die and 10% join at once"},
+    {"keyrot", sc_keyrot, 100, 100, 1,
+     "staged key rotation (install, use, remove) during traffic: no node falls "
+     "out, no packet fails to open"},
+    {"keyrot-missed", sc_keyrot_missed, 30, 30, 1,
+     "control: a node that misses the new key falls out (the sim notices)"},
+    {"addr-change", sc_addr_change, 100, 100, 1,
+     "a node restarted on a new IP with the same id is alive at the new address "
+     "everywhere within a bound"},
+    {"link-cuts", sc_link_cuts, 100, 100, 1,
+     "one-way and two-way link cuts: indirect probes keep everyone alive"},
+    {"leave", sc_leave, 100, 100, 1,
+     "a graceful leave is LEFT everywhere quickly and never DEAD"},
+    {"mixed", sc_mixed, 40, 40, 1,
+     "loss, duplication, exponential jitter, crash, pause, 3-way partition, "
+     "address change, join, leave, broadcasts"},
+};
+const size_t sim_n_scenarios = sizeof(sim_scenarios) / sizeof(sim_scenarios[0]);
+
+const scenario *sim_find_scenario(const char *name)
+{
+    for (size_t i = 0; i < sim_n_scenarios; i++)
+        if (!strcmp(sim_scenarios[i].name, name)) return &sim_scenarios[i];
+    return NULL;
+}
