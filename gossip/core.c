@@ -1481,6 +1481,22 @@ int gsp_core_recv(gsp_core *c, uint64_t now_ms, const gsp_addr *from,
         apply_user(c, p->user[i]->key, p->user[i]->version,
                    p->user[i]->data.data, p->user[i]->data.len, false);
 
+    /* A suspect/dead record older than the alive one we hold: the sender
+     * missed a refutation (gossip reaches everyone only with high
+     * probability) and its suspicion timer would declare a live node dead.
+     * Answer it with the newer record. */
+    for (size_t i = 0; i < p->n_updates && !c->leaving; i++) {
+        if (us[i].state != GSP_SUSPECT && us[i].state != GSP_DEAD) continue;
+        member *m = find(c, &us[i].id);
+        if (m && m->state == GSP_ALIVE && gsp_inc_cmp(us[i].inc, m->inc) < 0) {
+            PbPacket hdr = PMGCM__GOSSIP__PACKET__INIT;
+            PbMember rec;
+            member_to_pb(m, GSP_ALIVE, NULL, false, &rec);
+            send_packet(c, from, &hdr, &rec);
+            break;
+        }
+    }
+
     gsp_id sid;
     memcpy(sid.b, p->from.data, GSP_ID_LEN);
     member *sender = find(c, &sid);
