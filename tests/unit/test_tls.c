@@ -451,8 +451,10 @@ static void c_close(pmm_tls_conn *c, int reason, void *ud)
     k->c = NULL;
 }
 
+/* (Re)initialises k, freeing what the previous run left. */
 static void cli_init(cli_ctx *k, int mode)
 {
+    free(k->expect);
     memset(k, 0, sizeof *k);
     k->mode = mode;
     k->ok = true;
@@ -778,7 +780,7 @@ static void test_request_response(void)
     REQUIRE(srv_start(&s, NULL) == 0);
     static const size_t script[] = {0, 1, 1024 * 1024, 0, 16384, 16385,
                                     3, 65536 + 7, 1};
-    cli_ctx k;
+    cli_ctx k = {0};
     cli_init(&k, C_SCRIPT);
     k.script = script;
     k.nscript = (int)(sizeof script / sizeof *script);
@@ -801,7 +803,6 @@ static void test_request_response(void)
     CHECK_EQ_INT(s.close_reason, 0);
     CHECK_EQ_INT(s.fails, 0);
     CHECK_EQ_INT(pmm_tls_server_conns(s.srv), 0);
-    free(k.expect);
 
     /* many frames pipelined on one connection, echoed in order */
     cli_init(&k, C_PIPELINE);
@@ -814,6 +815,7 @@ static void test_request_response(void)
     CHECK_EQ_INT(k.close_reason, 0);
     srv_stop(&s);
     CHECK(DRAINED());
+    free(k.expect);
 }
 
 /* pinned fingerprint mismatch: PMM_TLS_EFINGERPRINT before any data */
@@ -821,7 +823,7 @@ static void test_pin_mismatch(void)
 {
     srv_ctx s;
     REQUIRE(srv_start(&s, NULL) == 0);
-    cli_ctx k;
+    cli_ctx k = {0};
     cli_init(&k, C_SCRIPT);
     static const size_t script[] = {10};
     k.script = script;
@@ -841,6 +843,7 @@ static void test_pin_mismatch(void)
           s.fail_reason == PMM_TLS_EHANDSHAKE);
     srv_stop(&s);
     CHECK(DRAINED());
+    free(k.expect);
 }
 
 /* the server refuses a client whose fingerprint it does not know */
@@ -848,7 +851,7 @@ static void test_server_refuses_unknown(void)
 {
     srv_ctx s;
     REQUIRE(srv_start(&s, NULL) == 0);
-    cli_ctx k;
+    cli_ctx k = {0};
     cli_init(&k, C_SCRIPT);
     static const size_t script[] = {10};
     k.script = script;
@@ -876,9 +879,9 @@ static void test_server_refuses_unknown(void)
     CHECK(k.ok && k.done);
     CHECK_EQ_INT(s.kind, PMM_TLS_ACCEPT_JOINER);
     CHECK_EQ_INT(k.close_reason, 0);
-    free(k.expect);
     srv_stop(&s);
     CHECK(DRAINED());
+    free(k.expect);
 }
 
 /* a client without a certificate is refused before verify */
@@ -887,7 +890,7 @@ static void test_client_without_cert(void)
     srv_ctx s;
     REQUIRE(srv_start(&s, NULL) == 0);
     s.accept_joiners = true; /* even a lenient server refuses it */
-    cli_ctx k;
+    cli_ctx k = {0};
     cli_init(&k, C_SCRIPT);
     static const size_t script[] = {10};
     k.script = script;
@@ -902,6 +905,7 @@ static void test_client_without_cert(void)
     CHECK_EQ_INT(k.frames, 0);
     srv_stop(&s);
     CHECK(DRAINED());
+    free(k.expect);
 }
 
 static void free_handle(uv_handle_t *h)
@@ -925,7 +929,7 @@ static void test_approve_path(void)
     srv_ctx s;
     REQUIRE(srv_start(&s, NULL) == 0);
     static const size_t script[] = {100, 0, 5};
-    cli_ctx k;
+    cli_ctx k = {0};
 
     /* yes */
     cli_init(&k, C_SCRIPT);
@@ -939,7 +943,6 @@ static void test_approve_path(void)
     CHECK(pmm_tls_fp_eq(&k.seen, pmm_tls_identity_fp(id_srv)));
     CHECK(k.ok && k.done);
     CHECK_EQ_INT(k.close_reason, 0);
-    free(k.expect);
 
     /* no */
     cli_init(&k, C_SCRIPT);
@@ -990,11 +993,10 @@ static void test_approve_path(void)
             CHECK_EQ_INT(k.close_reason, PMM_TLS_EREFUSED);
             CHECK_EQ_INT(s.close_reason, PMM_TLS_EDENIED);
         }
-        free(k.expect);
-        k.expect = NULL;
     }
     srv_stop(&s);
     CHECK(DRAINED());
+    free(k.expect);
 }
 
 /* a frame above the receiver's max_frame closes with PMM_TLS_ETOOBIG */
@@ -1004,7 +1006,7 @@ static void test_oversize(void)
     REQUIRE(srv_start(&s, NULL) == 0);
     s.max_frame = 1024;
     static const size_t script[] = {1024, 1025, 1};
-    cli_ctx k;
+    cli_ctx k = {0};
     cli_init(&k, C_SCRIPT);
     k.script = script;
     k.nscript = 3;
@@ -1015,7 +1017,6 @@ static void test_oversize(void)
     CHECK_EQ_INT(k.frames, 1);
     CHECK_EQ_INT(s.close_reason, PMM_TLS_ETOOBIG);
     CHECK_EQ_INT(k.close_reason, PMM_TLS_ETOOBIG);
-    free(k.expect);
 
     /* the sender's own limit: refused locally, connection kept */
     s.max_frame = 0;
@@ -1036,9 +1037,9 @@ static void test_oversize(void)
     CHECK(RUN_UNTIL(k.closes == 1 && s.closes == 2, 10000));
     CHECK_EQ_INT(k.close_reason, 0);
     free(big);
-    free(k.expect);
     srv_stop(&s);
     CHECK(DRAINED());
+    free(k.expect);
 }
 
 /* a reader that stops reading: the sender's queue stays under its bound,
@@ -1053,7 +1054,7 @@ static void test_backpressure(void)
     pmm_tls_opts o;
     pmm_tls_opts_default(&o);
     o.max_queued = 256 * 1024;
-    cli_ctx k;
+    cli_ctx k = {0};
     cli_init(&k, C_STREAM);
     k.frame_size = 16 * 1024;
     k.nframes = 1024; /* 16 MiB: far more than the kernel buffers */
@@ -1104,6 +1105,7 @@ static void test_backpressure(void)
     CHECK_EQ_INT(s.close_reason, 0);
     srv_stop(&s);
     CHECK(DRAINED());
+    free(k.expect);
 }
 
 /* nothing happens for idle_timeout_ms: the connection closes */
@@ -1114,7 +1116,7 @@ static void test_idle_timeout(void)
     pmm_tls_opts o;
     pmm_tls_opts_default(&o);
     o.idle_timeout_ms = 300;
-    cli_ctx k;
+    cli_ctx k = {0};
     cli_init(&k, C_IDLE);
     REQUIRE(cli_connect(&k, &s, id_a, pmm_tls_identity_fp(id_srv), &o) == 0);
     CHECK(RUN_UNTIL(k.closes == 1 && s.closes == 1, 10000));
@@ -1135,6 +1137,7 @@ static void test_idle_timeout(void)
     CHECK(uv_now(&loop) - t0 >= 150);
     srv_stop(&s);
     CHECK(DRAINED());
+    free(k.expect);
 }
 
 /* ---- raw TCP clients ------------------------------------------------------- */
@@ -1237,7 +1240,7 @@ static void test_garbage_and_silence(void)
 
     /* the server still serves */
     static const size_t script[] = {1000};
-    cli_ctx k;
+    cli_ctx k = {0};
     cli_init(&k, C_SCRIPT);
     k.script = script;
     k.nscript = 1;
@@ -1247,7 +1250,6 @@ static void test_garbage_and_silence(void)
     CHECK(RUN_UNTIL(k.closes == 1 && s.closes == 1, 10000));
     CHECK(k.ok && k.done);
     CHECK_EQ_INT(k.close_reason, 0);
-    free(k.expect);
 
     /* silence: connect and say nothing */
     memset(r, 0, sizeof *r);
@@ -1259,6 +1261,7 @@ static void test_garbage_and_silence(void)
     free(r);
     srv_stop(&s);
     CHECK(DRAINED());
+    free(k.expect);
 }
 
 /* 50 sequential connections: everything is freed (valgrind checks) */
@@ -1269,7 +1272,7 @@ static void test_sequential_connections(void)
     static const size_t script[] = {100, 2000};
     int ok = 0;
     for (int i = 0; i < 50; i++) {
-        cli_ctx k;
+        cli_ctx k = {0};
         cli_init(&k, C_SCRIPT);
         k.script = script;
         k.nscript = 2;
@@ -1303,7 +1306,7 @@ static void test_close_paths(void)
      * still arrives, then the close_notify */
     s.mode = S_REPLY_CLOSE;
     static const size_t script[] = {50000, 1};
-    cli_ctx k;
+    cli_ctx k = {0};
     cli_init(&k, C_SCRIPT);
     k.script = script;
     k.nscript = 2;
@@ -1316,7 +1319,6 @@ static void test_close_paths(void)
     CHECK_EQ_INT(s.send_err, 0);
     CHECK_EQ_INT(s.send_after_close, -ESHUTDOWN);
     CHECK_EQ_INT(s.close_reason, 0);
-    free(k.expect);
 
     /* client aborts inside its open callback */
     s.mode = S_ECHO;
@@ -1356,6 +1358,7 @@ static void test_close_paths(void)
     CHECK_EQ_INT(k.close_reason, -ECONNREFUSED);
     CHECK(DRAINED());
     CHECK_EQ_INT(k.closes, 1);
+    free(k.expect);
 }
 
 static void test_loop_closes(void)
