@@ -787,6 +787,16 @@ static void on_suspect(gsp_core *c, const upd *u)
     }
     if (m->state == GSP_DEAD || m->state == GSP_LEFT) return;
     const gsp_id *from = u->has_from ? &u->from : NULL;
+    if (m->state == GSP_SUSPECT && gsp_inc_cmp(u->inc, m->inc) > 0) {
+        /* it refuted the suspicion we hold (we missed that) and is suspected
+         * again: a new suspicion with a fresh timer, not a confirmation that
+         * would shrink the old timer into the past */
+        m->inc = u->inc;
+        start_suspicion(c, m, from);
+        c->st.suspicions++;
+        queue_member(c, m, GSP_SUSPECT, from ? from : &c->self->id);
+        return;
+    }
     if (m->state == GSP_SUSPECT) {
         if (!from) return;
         for (uint32_t i = 0; i < m->n_susp_from; i++)
