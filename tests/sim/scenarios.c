@@ -6,6 +6,7 @@
  * next to the value it measured.
  */
 #include "tests/sim/scenarios.h"
+#include "gossip/gossip.pb-c.h"
 
 #include <math.h>
 #include <stddef.h>
@@ -790,6 +791,81 @@ static void sc_determinism(scen_ctx *x)
     x->virt_ms += a.virt_ms + b2.virt_ms + c.virt_ms;
 }
 
+/* ---- regressions: core bugs the simulator found ----------------------------- */
+
+/* A plaintext datagram from `from` carrying "subj:suspect(inc by by)". */
+static size_t craft_suspect(sim *s, size_t from, size_t subj, gsp_inc inc,
+                            size_t by, uint8_t *buf, size_t cap)
+{
+    Pmgcm__Gossip__Packet p = PMGCM__GOSSIP__PACKET__INIT;
+    Pmgcm__Gossip__Member m = PMGCM__GOSSIP__MEMBER__INIT;
+    Pmgcm__Gossip__Member *mp = &m;
+    gsp_id fid, sid, bid;
+    sim_id(s, from, &fid);
+    sim_id(s, subj, &sid);
+    sim_id(s, by, &bid);
+    p.from.data = fid.b;
+    p.from.len = GSP_ID_LEN;
+    m.id.data = sid.b;
+    m.id.len = GSP_ID_LEN;
+    m.state = GSP_SUSPECT;
+    m.gen = inc.gen;
+    m.ver = inc.ver;
+    m.has_from = 1;
+    m.from.data = bid.b;
+    m.from.len = GSP_ID_LEN;
+    p.n_updates = 1;
+    p.updates = &mp;
+    if (pmgcm__gossip__packet__get_packed_size(&p) > cap) return 0;
+    return pmgcm__gossip__packet__pack(&p, buf);
+}
+
+/* Found by `pmgsim --scenario loss20 --seed 1`: node 87 held
+ * 28:suspect(1.4) (since t=96.2 s; it missed 28's refutation to 1.5), then
+ * heard 28:suspect(1.5 by 63), a new suspicion after that refutation. The
+ * core counted it as a confirmation of the old suspicion, which shrank the
+ * 9 s old timer to S_min, in the past: 28 was declared dead at once
+ * (t=105.27 s). Here the same sequence is delivered to one observer O
+ * exactly: O's outbound links are cut meanwhile so nobody else suspects V
+ * and V never has to refute. */
+static void sc_reg_newer_suspect(scen_ctx *x)
+{
+    size_t n = x->nodes;
+    sim_opts o;
+    opts_for(x, &o, n);
+    sim *s = boot(x, &o, n);
+    if (!s) return;
+    size_t O = 5, V = 7, X = 9, Y = 11;
+    sim_run_for(s, 3000);
+    gsp_id vid;
+    sim_id(s, V, &vid);
+    gsp_member m;
+    EXPECT(x, gsp_core_get(sim_core(s, O), &vid, &m) == 0, "O does not know V");
+    gsp_inc inc = m.inc;
+    uint8_t buf[256];
+    for (size_t i = 0; i < n; i++)
+        if (i != O) sim_cut(s, O, i, true);
+    size_t len = craft_suspect(s, X, V, inc, X, buf, sizeof(buf));
+    sim_inject_udp(s, O, X, buf, len);
+    sim_run_for(s, 5000);
+    for (size_t i = 0; i < n; i++)
+        if (i != O) sim_cut(s, O, i, false);
+    EXPECT(x, sim_first_mark(s, V, GSP_DEAD) == UINT64_MAX,
+           "V declared dead before the second suspicion");
+    gsp_inc newer = {inc.gen, inc.ver + 1};
+    len = craft_suspect(s, Y, V, newer, Y, buf, sizeof(buf));
+    uint64_t t1 = sim_now_ms(s);
+    sim_inject_udp(s, O, Y, buf, len);
+    sim_run_for(s, 30000);
+    uint64_t d = sim_first_mark(s, V, GSP_DEAD);
+    EXPECT(x, d == UINT64_MAX, "a suspicion at a newer incarnation shrank the "
+                               "old timer: V declared dead %.3f s after it",
+           (d - t1) / 1000.0);
+    EXPECT(x, sim_all_see(s, V, 1 << GSP_ALIVE), "V not alive everywhere "
+                                                 "30 s later");
+    finish(x, s);
+}
+
 /* ---- the table --------------------------------------------------------------- */
 
 const scenario sim_scenarios[] = {
@@ -826,6 +902,9 @@ const scenario sim_scenarios[] = {
      "one-way and two-way link cuts: indirect probes keep everyone alive"},
     {"leave", sc_leave, 100, 100, 1,
      "a graceful leave is LEFT everywhere quickly and never DEAD"},
+    {"reg-newer-suspect", sc_reg_newer_suspect, 20, 20, 1,
+     "regression (loss20 seed 1): a suspicion at a newer incarnation starts "
+     "a new timer instead of confirming (shrinking) the old one"},
     {"mixed", sc_mixed, 40, 40, 1,
      "loss, duplication, exponential jitter, crash, pause, 3-way partition, "
      "address change, join, leave, broadcasts"},

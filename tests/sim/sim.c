@@ -1186,6 +1186,24 @@ uint64_t sim_gen(const sim *s, size_t i)
     return s->nodes[i].gen;
 }
 
+int sim_inject_udp(sim *s, size_t dst, size_t src, const uint8_t *data,
+                   size_t len)
+{
+    if (dst >= s->n || src >= s->n) return -EINVAL;
+    ev *e = ev_new(s);
+    e->kind = EV_UDP;
+    e->src = (uint32_t)src;
+    e->dst = (uint32_t)dst;
+    e->dst_ver = s->nodes[dst].addr_ver;
+    make_addr(&s->nodes[src], &e->from);
+    e->data = malloc(len ? len : 1);
+    if (!e->data) abort();
+    memcpy(e->data, data, len);
+    e->len = len;
+    mh_push(s, s->now, e);
+    return 0;
+}
+
 /* ---- network knobs ------------------------------------------------------- */
 
 void sim_set_loss(sim *s, double p)

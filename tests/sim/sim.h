@@ -110,6 +110,12 @@ void sim_id(const sim *s, size_t i, gsp_id *out);
 void sim_addr(const sim *s, size_t i, gsp_addr *out);
 uint64_t sim_gen(const sim *s, size_t i);
 
+/* Delivers a crafted plaintext (or sealed) datagram to node dst now, as if
+ * sent by node src (its current address). For regression scenarios that
+ * need one exact message. 0 or -EINVAL. */
+int sim_inject_udp(sim *s, size_t dst, size_t src, const uint8_t *data,
+                   size_t len);
+
 /* ---- network -------------------------------------------------------------- */
 void sim_set_loss(sim *s, double p);
 void sim_set_dup(sim *s, double p);
