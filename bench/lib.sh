@@ -10,7 +10,9 @@
 # Node i of pmg binds 127.0.0.1:(PMG_PORT0+i) with control socket
 # $BN_DIR/pmg/n<i>.sock; Serf agent i binds 127.0.0.1:(SERF_PORT0+i), RPC on
 # 127.0.0.1:(SERF_RPC0+i). Both are told the same seeds: the first three
-# nodes other than themselves. Default settings for both, nothing tuned.
+# nodes other than themselves. Default settings for both, nothing tuned
+# (BN_PMG_EXTRA_CONF="key = value" lines are appended to pmg configs, for
+# experiments only).
 
 BN_TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BN_BUILD=${PMGCM_BUILD:-$BN_TOP/build}
@@ -85,6 +87,7 @@ control_socket = $BN_DIR/pmg/n$i.sock
 key_file = $BN_DIR/key
 peers = ${peers% }
 log_level = warn
+${BN_PMG_EXTRA_CONF:-}
 CONF
         fi
         "$PMGCLUSTERD" --config "$BN_DIR/pmg/n$i.conf" </dev/null >>"$BN_DIR/pmg/n$i.log" 2>&1 &
@@ -236,6 +239,21 @@ bn_cpu_ticks() {
     # majflt cmajflt utime(14) stime(15)
     set -- $s
     echo $((${12} + ${13}))
+}
+# bn_log_sizes KIND N: byte sizes of every node's log (a mark for bn_log_news).
+bn_log_sizes() {
+    local i s=
+    for ((i = 1; i <= $2; i++)); do s+="$(stat -c %s "$BN_DIR/$1/n$i.log" 2>/dev/null || echo 0) "; done
+    echo "$s"
+}
+# bn_log_news KIND N MARK REGEX: lines matching REGEX written since MARK.
+bn_log_news() {
+    local kind=$1 n=$2 i off
+    local -a marks=($3)
+    for ((i = 1; i <= n; i++)); do
+        off=${marks[i - 1]:-0}
+        tail -c +$((off + 1)) "$BN_DIR/$kind/n$i.log" 2>/dev/null | grep -E "$4" | sed "s/^/n$i: /"
+    done
 }
 bn_rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
