@@ -4,9 +4,9 @@
 #
 #   bash scripts/build.sh [--reconf] BUILDDIR [configure args...]
 #
-# Runs `autoreconf -fi` when --reconf is given or ./configure is missing,
-# configures BUILDDIR (only if it has no Makefile yet, or --reconf was given)
-# and runs `make -j2` there. Does not run tests.
+# Runs `autoreconf -fi` when ./configure is missing, configures BUILDDIR
+# (when it has no Makefile yet, or always with --reconf) and runs
+# `make -j2` there. Does not run tests.
 set -euo pipefail
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 reconf=0
@@ -14,7 +14,7 @@ if [[ "${1:-}" == --reconf ]]; then reconf=1; shift; fi
 bdir=${1:?usage: build.sh [--reconf] BUILDDIR [configure args...]}
 shift
 cd "$top"
-if ((reconf)) || [[ ! -x configure ]]; then
+if [[ ! -x configure ]]; then
     echo "build: autoreconf -fi" >&2
     autoreconf -fi
 fi
