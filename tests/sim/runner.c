@@ -113,8 +113,8 @@ static void launch(job *j)
         FILE *out = fdopen(dup(j->fd), "w");
         scen_ctx x = {.seed = j->sc->check_seed, .out = out};
         int rc = scen_run(j->sc, &x);
-        fflush(out);
-        _exit(rc);
+        fclose(out);
+        exit(rc); /* not _exit: LeakSanitizer runs at exit */
     }
     if (pid < 0) {
         j->done = true;
