@@ -1884,6 +1884,19 @@ int gsp_core_leave(gsp_core *c, uint64_t now_ms)
     return 0;
 }
 
+int gsp_core_unleave(gsp_core *c, uint64_t now_ms)
+{
+    if (now_ms > c->now) c->now = now_ms;
+    if (!c->leaving) return -EALREADY;
+    c->leaving = false;
+    member *s = c->self;
+    s->inc.ver++;
+    set_state(c, s, GSP_ALIVE);
+    queue_member(c, s, GSP_ALIVE, NULL);
+    c->next_probe = c->now;
+    return 0;
+}
+
 int gsp_core_broadcast(gsp_core *c, uint32_t key, uint64_t version,
                        const uint8_t *data, size_t len)
 {

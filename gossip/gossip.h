@@ -198,6 +198,10 @@ int gsp_core_set_seeds(gsp_core *c, const gsp_addr *addrs, size_t n);
  * core for a moment (e.g. until gsp_core_pending_updates()==0 or ~1 s). */
 int gsp_core_leave(gsp_core *c, uint64_t now_ms);
 
+/* Undo a leave (a node removed from one cluster that will join another):
+ * alive again under a higher version. 0 or -EALREADY if not leaving. */
+int gsp_core_unleave(gsp_core *c, uint64_t now_ms);
+
 /* Queue a cluster-wide user broadcast. Per key, a higher version replaces a
  * lower one everywhere. data copied, at most GSP_META_MAX bytes. */
 int gsp_core_broadcast(gsp_core *c, uint32_t key, uint64_t version,

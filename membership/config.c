@@ -19,6 +19,7 @@ void pmm_config_default(pmm_config *cfg)
     snprintf(cfg->label, sizeof(cfg->label), "%s", PMM_DEFAULT_LABEL);
     cfg->log_level = PMM_LOG_INFO;
     cfg->meta_interval_ms = 5000;
+    cfg->api_port = 7947;
     gsp_config_default(&cfg->gossip);
 }
 
@@ -142,7 +143,7 @@ enum {
     K_LABEL, K_PEERS, K_LOG_LEVEL, K_META_INTERVAL,
     K_PROBE_INTERVAL, K_PROBE_TIMEOUT, K_INDIRECT, K_SUSP_MULT,
     K_SUSP_MAX_MULT, K_RETRANSMIT, K_GOSSIP_INTERVAL, K_GOSSIP_NODES,
-    K_PUSHPULL, K_REJOIN,
+    K_PUSHPULL, K_REJOIN, K_API_PORT,
     K_COUNT
 };
 
@@ -167,6 +168,7 @@ static const char *const key_names[K_COUNT] = {
     [K_GOSSIP_NODES] = "gossip_nodes",
     [K_PUSHPULL] = "pushpull_interval_ms",
     [K_REJOIN] = "rejoin_interval_ms",
+    [K_API_PORT] = "api_port",
 };
 
 static const char *apply_key(pmm_config *c, int k, char *v)
@@ -200,6 +202,12 @@ static const char *apply_key(pmm_config *c, int k, char *v)
         return NULL;
     case K_META_INTERVAL:
         return parse_u32(v, 100, 3600000, &c->meta_interval_ms);
+    case K_API_PORT: {
+        uint32_t port;
+        const char *why = parse_u32(v, 1, 65535, &port);
+        if (why == NULL) c->api_port = (uint16_t)port;
+        return why;
+    }
     case K_PROBE_INTERVAL:
         return parse_u32(v, 10, 600000, &g->probe_interval_ms);
     case K_PROBE_TIMEOUT:
@@ -354,8 +362,7 @@ int pmm_config_parse(pmm_config *out, const char *text, size_t len,
     }
 
     {
-        static const int required[] = {K_NAME, K_BIND, K_DATA_DIR,
-                                       K_KEY_FILE};
+        static const int required[] = {K_NAME, K_BIND, K_DATA_DIR};
         for (size_t i = 0; i < sizeof(required) / sizeof(required[0]); i++) {
             if (line_of[required[i]] == 0) {
                 rc = fail(err, errlen, -EINVAL, "missing required key '%s'",

@@ -32,9 +32,17 @@
  *       bytes). Unix socket of `pmgcm`; created mode 0600, its parent
  *       directory 0755 if missing.
  *   key_file = /etc/pmgcm/gossip.key
- *       Required, absolute. Gossip keyring: one key per line, 64 hex chars
- *       (or 44 base64 chars); the first key seals, all keys open. `pmgcm
- *       keygen` prints a fresh key.
+ *       Optional, absolute. Gossip keyring for a cluster formed by shared
+ *       key and peers alone (no `pmgcm create`): one key per line, 64 hex
+ *       chars (or 44 base64 chars); the first key seals, all keys open.
+ *       `pmgcm keygen` prints a fresh key. Once the node is in a cluster
+ *       made with `pmgcm create`/`join`, the cluster's own keyring (in
+ *       data_dir/cluster.conf, rotated by `pmgcm delete`) is used instead.
+ *       Without either, gossip runs under a random private key: the node
+ *       talks to nobody until it creates or joins a cluster.
+ *   api_port = 7947
+ *       Optional (default 7947). TCP port of the TLS node API (join, config
+ *       fetch, removal) on the bind address; `pmgcm join IP` uses it.
  *   label = pmgcm
  *       Optional cluster label bound into every packet as AEAD associated
  *       data (default "pmgcm"; 0..64 printable characters; `label =` with
@@ -69,23 +77,68 @@
  *   lock        held (flock) by the running daemon.
  *   node_id     32 hex chars: this node's persistent gossip id (created once).
  *   generation  decimal: bumped (read, +1, written atomically) at every start.
+ *   cluster.conf  the cluster config (protobuf, mode 0600): nodes, cids,
+ *               epoch/version, join password hash, gossip keyring.
+ *   tls/        node.key (0600) and node.crt: this node's TLS identity,
+ *               created at first start; its SHA-256 is the fingerprint.
  *   peers       addresses of alive members, one per line; rewritten
  *               atomically (debounced) when that set changes. Never rewritten
  *               with an empty set, so an isolated node keeps its last peers.
  *
  * ---- control protocol (pmgcm <-> pmgclusterd) --------------------------------
  *
- * Unix stream socket. The client sends one request line (at most
- * PMM_CTL_REQ_MAX bytes including the '\n'; printable ASCII): "status" or
- * "ping". The daemon answers with one JSON document followed by '\n' and
- * closes the connection:
- *   {"ok":true,"node":"node1","id":"<32 hex>","generation":N,"time":<unix>,
- *    "members":[ROW...]}      (ROWs sorted by name)
- *   {"ok":true}               (answer to "ping")
- *   {"ok":false,"error":"unknown command"}
- * ROW is the object written by pmm_status_write_json. Only root and the
- * daemon's own uid may connect (SO_PEERCRED). Clients idle for 5 s are
- * dropped; at most PMM_CTL_CLIENTS_MAX are served at once.
+ * Unix stream socket, created mode 0600; only root and the daemon's own uid
+ * may connect (SO_PEERCRED; others get "permission denied"). The client
+ * sends ONE request line (at most PMM_CTL_REQ_MAX bytes including the '\n';
+ * the line may also end at EOF) and gets ONE answer: a JSON object followed
+ * by '\n', then the daemon closes the connection.
+ *
+ * A request is a legacy word, "status" or "ping" (printable ASCII,
+ * surrounding spaces ignored), or a JSON object with a "cmd" string and the
+ * command's arguments. No control bytes anywhere in the line; non-ASCII
+ * only inside JSON strings (valid UTF-8).
+ *   {"cmd":"status"}                          = the word "status"
+ *   {"cmd":"ping"}                            = the word "ping"
+ *   {"cmd":"create","password":PW}
+ *   {"cmd":"fingerprint","ip":IP}             fetch a master's TLS cert
+ *                                             fingerprint (join prompt)
+ *   {"cmd":"join","ip":IP,"fingerprint":FP,"password":PW}
+ *   {"cmd":"join-cmd"}
+ *   {"cmd":"delete","cid":CID}
+ *   {"cmd":"promote"[,"force":BOOL]}          force defaults to false
+ *   {"cmd":"sync"[,"master_ip":IP]}
+ * Arguments, all checked before any handler runs:
+ *   IP   string: an IPv4 or IPv6 literal (no port, no brackets, no zone)
+ *   FP   string: 1..PMM_CTL_FP_MAX printable ASCII characters, no spaces
+ *        (its format, colon-hex SHA-256, is the lifecycle's to check)
+ *   PW   string: 1..PMM_CTL_PASSWORD_MAX bytes of UTF-8, no control
+ *        characters
+ *   CID  integer 1..65535
+ *   BOOL true or false
+ * A missing required argument, an unknown or repeated member, a wrong
+ * type or a value out of bounds is refused with a message naming it.
+ *
+ * Answers: {"ok":true,...} or {"ok":false,"error":"human readable"}.
+ *   status       {"ok":true,"node":"node1","id":"<32 hex>","generation":N,
+ *                 "time":<unix>,"members":[ROW...]}   (ROWs sorted by name;
+ *                 ROW is the object written by pmm_status_write_json)
+ *   ping         {"ok":true}
+ *   create       {"ok":true,"cid":1,"fingerprint":"AB:CD:..."}
+ *   fingerprint  {"ok":true,"fingerprint":"AB:CD:..."}
+ *   join         {"ok":true,"cid":N}
+ *   join-cmd     {"ok":true,"command":"pmgcm join IP --fingerprint FP"}
+ *   delete       {"ok":true,"cid":N}
+ *   promote      {"ok":true,"cid":N,"epoch":E}
+ *   sync         {"ok":true[,"master_ip":IP]}
+ * Any ok answer may carry "message": a sentence that `pmgcm` prints in
+ * text mode instead of its own. Refusals of the server itself:
+ *   "request too long", "empty request", "request contains a control
+ *   byte", "unknown command", "bad request: <JSON error>", "permission
+ *   denied", "timed out" (no answer within PMM_CTL_PENDING_MS),
+ *   "pmgclusterd is shutting down", "internal error".
+ * Clients idle for PMM_CTL_IDLE_MS (before their request is complete) are
+ * dropped; a request being handled is not idle (cap PMM_CTL_PENDING_MS).
+ * At most PMM_CTL_CLIENTS_MAX connections are served at once.
  */
 #ifndef PMGCM_MEMBERSHIP_H
 #define PMGCM_MEMBERSHIP_H
@@ -139,10 +192,11 @@ typedef struct pmm_config {
     size_t n_peers;
     pmm_log_level log_level;
     uint32_t meta_interval_ms;
+    uint16_t api_port;            /* TLS node API (join, config), 7947 */
     gsp_config gossip;
 } pmm_config;
 
-/* Fills defaults (no name/bind/data_dir/key_file: those are required). */
+/* Fills defaults (no name/bind/data_dir: those are required). */
 void pmm_config_default(pmm_config *cfg);
 /* Parses a whole file image (len bytes, need not be NUL-terminated).
  * On error returns -EINVAL (or -E2BIG for an oversized input) and writes
@@ -188,7 +242,9 @@ typedef struct pmm_meta {
     uint32_t mem_pct;    /* 0..100 */
     uint32_t disk_pct;   /* 0..100, root filesystem */
     uint32_t cid;        /* 0 until the node is in a cluster */
-    char role[PMM_ROLE_MAX + 1]; /* "-" for now */
+    char role[PMM_ROLE_MAX + 1]; /* "master", "node", or "-" outside a cluster */
+    uint64_t cfg_epoch;  /* cluster config (epoch, version) this node holds */
+    uint64_t cfg_version;
 } pmm_meta;
 
 /* Encodes into buf (cap >= GSP_META_MAX is always enough). 0, -EINVAL,
@@ -229,11 +285,18 @@ int pmm_buf_add(pmm_buf *b, const void *data, size_t n);
 int pmm_buf_puts(pmm_buf *b, const char *s);
 int pmm_buf_printf(pmm_buf *b, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* Makes room for extra more bytes (and the NUL) now, so that adding up to
+ * that much never reallocates (used for buffers that will hold secrets). */
+int pmm_buf_reserve(pmm_buf *b, size_t extra);
+/* Zeroes the whole allocation, then frees it like pmm_buf_free. */
+void pmm_buf_wipe(pmm_buf *b);
 
 /* ---- JSON ---------------------------------------------------------------- */
 /* Writes s (n bytes) as a JSON string with quotes; escapes '"', '\\' and
  * control characters; invalid UTF-8 bytes become U+FFFD. */
 int pmm_json_str(pmm_buf *b, const char *s, size_t n);
+/* True when s (n bytes) is valid UTF-8 (no overlongs, no surrogates). */
+bool pmm_utf8_valid(const char *s, size_t n);
 
 #define PMM_JSON_MAX_INPUT (16u * 1024 * 1024)
 #define PMM_JSON_MAX_DEPTH 32
@@ -261,10 +324,14 @@ struct pmm_json {
 };
 
 /* Parses one JSON document (RFC 8259, bounded: PMM_JSON_MAX_INPUT bytes,
- * PMM_JSON_MAX_DEPTH nesting). Trailing whitespace only. Returns 0 and
- * *out (free with pmm_json_free), -EINVAL with a message, -ENOMEM, -E2BIG. */
+ * PMM_JSON_MAX_DEPTH nesting). Trailing whitespace only; an object key
+ * containing \u0000 is refused. Each string is decoded into one allocation
+ * that is never grown. Returns 0 and *out (free with pmm_json_free),
+ * -EINVAL with a message, -ENOMEM, -E2BIG. */
 int pmm_json_parse(const char *text, size_t len, pmm_json **out, char *err,
                    size_t errlen);
+/* Frees the tree; every string value is zeroed first (it may have been a
+ * password). */
 void pmm_json_free(pmm_json *j);
 /* Object member by key (first match) or NULL. */
 const pmm_json *pmm_json_get(const pmm_json *obj, const char *key);
@@ -277,7 +344,8 @@ typedef struct pmm_status_row {
     char ip[48];
     uint16_t port;
     char role[PMM_ROLE_MAX + 1];
-    char state;              /* 'A' alive, '?' suspect, 'D' dead, 'L' left */
+    char state;              /* 'A' alive, '?' suspect, 'D' dead, 'L' left;
+                              * 'S' (syncing, behind) is accepted from JSON */
     char gossip_state[16];   /* gsp_state_name() */
     bool self;
     bool has_meta;
@@ -310,33 +378,60 @@ int pmm_status_from_json(const pmm_json *arr, pmm_status_row **rows,
 #define PMM_CTL_REQ_MAX 4096
 #define PMM_CTL_CLIENTS_MAX 32
 #define PMM_CTL_IDLE_MS 5000
+#define PMM_CTL_PENDING_MS 120000
 #define PMM_CTL_REPLY_MAX (16u * 1024 * 1024)
+#define PMM_CTL_PASSWORD_MAX 1024
+#define PMM_CTL_FP_MAX 128
+#define PMM_CTL_ERR_MAX 256 /* an error message written by the parser */
 
-typedef enum pmm_ctl_cmd {
-    PMM_CTL_STATUS = 1,
-    PMM_CTL_PING = 2,
-} pmm_ctl_cmd;
-
-/* Parses one request line (without or with its trailing "\n" / "\r\n").
- * 0 and *cmd, or -EINVAL / -E2BIG / -ENOENT (unknown command) with *why
- * set to a static message. */
-int pmm_ctl_parse_request(const char *buf, size_t len, pmm_ctl_cmd *cmd,
-                          const char **why);
-/* {"ok":false,"error":"..."}\n */
+/* Parses and validates one request line (with or without its trailing
+ * "\n" / "\r\n"); pure, no sockets. On success returns 0, *cmd = the
+ * command's canonical name (a static string, e.g. "join") and *args = the
+ * request object ({} for a legacy word; free with pmm_json_free). On error
+ * *args is NULL, err gets the message for the client, and the result is
+ * -E2BIG (too long), -ENOENT (unknown command), -EINVAL (anything else
+ * wrong) or -ENOMEM. */
+int pmm_ctl_parse_request(const char *buf, size_t len, const char **cmd,
+                          pmm_json **args, char *err, size_t errlen);
+/* Appends {"ok":false,"error":"..."}\n */
 int pmm_ctl_error_reply(pmm_buf *b, const char *msg);
 
 struct uv_loop_s;
 typedef struct pmm_ctl pmm_ctl;
-/* Fills reply with the complete answer (JSON + '\n'); a negative return
- * makes the server answer with a generic error instead. */
-typedef int (*pmm_ctl_handler)(void *ud, pmm_ctl_cmd cmd, pmm_buf *reply);
+typedef struct pmm_ctl_req pmm_ctl_req;
+/* Called on the loop thread for every valid request. cmd is the canonical
+ * name; args is the parsed request object (never NULL; {} for a legacy
+ * word; its strings are wiped after the call): both are valid only during
+ * the call, copy what you keep. The handler must answer req exactly once,
+ * now or later, with pmm_ctl_reply*(). */
+typedef void (*pmm_ctl_handler)(void *ud, pmm_ctl_req *req, const char *cmd,
+                                const pmm_json *args);
+
+/* Answers req with json (len bytes: one JSON object; a '\n' is appended
+ * unless it ends with one) and frees req: req is invalid afterwards.
+ * Loop thread only. The bytes are copied. Harmless when the client is gone,
+ * has timed out or the server was closed: then req is only freed. */
+void pmm_ctl_reply(pmm_ctl_req *req, const char *json, size_t len);
+/* {"ok":false,"error":"<printf fmt, ...>"} */
+void pmm_ctl_reply_error(pmm_ctl_req *req, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* {"ok":true} or {"ok":true,<extra_json_members>}, e.g. "\"cid\":3". */
+void pmm_ctl_reply_ok(pmm_ctl_req *req, const char *extra_json_members);
 
 /* Creates the listening socket at path (see the protocol above). */
 int pmm_ctl_start(pmm_ctl **out, struct uv_loop_s *loop, const char *path,
                   pmm_ctl_handler handler, void *ud, char *err,
                   size_t errlen);
-/* Stops listening, drops clients, removes the socket file; the pmm_ctl is
- * freed once libuv has closed its handles. */
+/* How long a request may stay unanswered before its client gets "timed
+ * out" (default PMM_CTL_PENDING_MS; for tests). Applies to requests
+ * received afterwards. */
+void pmm_ctl_set_pending_timeout_ms(pmm_ctl *c, uint64_t ms);
+/* The uid served besides root (default: geteuid() at start). */
+void pmm_ctl_set_peer_uid(pmm_ctl *c, uid_t uid);
+/* Stops listening and removes the socket file. Clients waiting for an
+ * answer get "pmgclusterd is shutting down", the others are dropped; their
+ * pmm_ctl_req stay valid until answered (the answer is then discarded).
+ * The pmm_ctl is freed once libuv has closed its handles. */
 void pmm_ctl_close(pmm_ctl *c);
 
 #ifdef __cplusplus

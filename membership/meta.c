@@ -35,6 +35,9 @@ int pmm_meta_encode(const pmm_meta *m, uint8_t *buf, size_t cap, size_t *len)
     nm.has_cid = true;
     nm.cid = m->cid;
     nm.role = (char *)m->role;
+    nm.has_cfg_epoch = nm.has_cfg_version = true;
+    nm.cfg_epoch = m->cfg_epoch;
+    nm.cfg_version = m->cfg_version;
     need = pmgcm__membership__node_meta__get_packed_size(&nm);
     if (need > cap || need > GSP_META_MAX)
         return -ENOSPC;
@@ -61,6 +64,8 @@ int pmm_meta_decode(pmm_meta *out, const uint8_t *buf, size_t len)
     m.mem_pct = nm->mem_pct;
     m.disk_pct = nm->disk_pct;
     m.cid = nm->has_cid ? nm->cid : 0;
+    m.cfg_epoch = nm->has_cfg_epoch ? nm->cfg_epoch : 0;
+    m.cfg_version = nm->has_cfg_version ? nm->cfg_version : 0;
     if (nm->role != NULL) {
         size_t n = strlen(nm->role);
         if (!role_ok(nm->role, n))

@@ -8,6 +8,7 @@
  * the peers file) runs on libuv's thread pool.
  */
 #include "membership/membership.h"
+#include "membership/cluster.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -33,6 +34,7 @@ typedef struct node {
     gsp_keyring *kr;
     gsp_uv *u;
     pmm_ctl *ctl;
+    pmm_lc *lc;
     int lock_fd;
     gsp_id id;
     char id_hex[2 * GSP_ID_LEN + 1];
@@ -242,8 +244,14 @@ static bool meta_from_sample(node *n)
     m.load1 = n->sample.load1;
     m.mem_pct = n->sample.mem_pct;
     m.disk_pct = n->sample.disk_pct;
-    m.cid = 0;
-    strcpy(m.role, "-");
+    {
+        const pmm_cluster *cl = n->lc ? pmm_lc_cluster(n->lc) : NULL;
+        const pmm_cnode *me = cl ? pmm_cluster_by_id(cl, &n->id) : NULL;
+        m.cid = me ? me->cid : 0;
+        strcpy(m.role, me ? (me->master ? "master" : "node") : "-");
+        m.cfg_epoch = cl ? cl->epoch : 0;
+        m.cfg_version = cl ? cl->version : 0;
+    }
     rc = pmm_meta_encode(&m, buf, sizeof(buf), &len);
     if (rc != 0) {
         pmm_log(PMM_LOG_WARN, "meta", "cannot encode metadata: %s",
@@ -308,6 +316,29 @@ static void meta_timer_cb(uv_timer_t *t)
         n->meta_busy = false;
 }
 
+/* The cluster config changed: gossip our new cid/role/config version now,
+ * so the master's key rotation sees it without waiting for a sample. */
+static void cluster_changed(void *ud)
+{
+    node *n = ud;
+    gsp_core *core = node_core(n);
+
+    if (core == NULL || n->stopping || !meta_from_sample(n))
+        return;
+    if (gsp_core_set_meta(core, gsp_uv_now(n->u), n->meta_buf,
+                          n->meta_len) == 0)
+        gsp_uv_kick(n->u);
+}
+
+static void user_msg(void *ud, uint32_t key, uint64_t version,
+                     const uint8_t *data, size_t len)
+{
+    node *n = ud;
+
+    if (n->lc != NULL && !n->stopping)
+        pmm_lc_user_msg(n->lc, key, version, data, len);
+}
+
 /* ---- control socket ------------------------------------------------------------ */
 
 typedef struct rows_acc {
@@ -316,6 +347,65 @@ typedef struct rows_acc {
     int64_t now;
     int err;
 } rows_acc;
+
+static int grow_rows(rows_acc *a)
+{
+    if (a->n == a->cap) {
+        size_t ncap = a->cap ? a->cap * 2 : 16;
+        pmm_status_row *nr = realloc(a->rows, ncap * sizeof(*nr));
+        if (nr == NULL) {
+            a->err = -ENOMEM;
+            return -1;
+        }
+        a->rows = nr;
+        a->cap = ncap;
+    }
+    return 0;
+}
+
+/* In a cluster, the rows are the config's nodes: cid and role from the
+ * config, state and figures from gossip; a node gossip has never seen is
+ * dead; gossip members outside the config are not shown. */
+static void apply_cluster(rows_acc *a, const pmm_cluster *cl)
+{
+    size_t keep = 0;
+    for (size_t i = 0; i < a->n; i++) {
+        pmm_status_row *r = &a->rows[i];
+        gsp_id id;
+        const pmm_cnode *c = gsp_id_parse(&id, r->id) == 0
+                                 ? pmm_cluster_by_id(cl, &id) : NULL;
+        if (c == NULL)
+            continue;
+        r->cid = c->cid;
+        snprintf(r->role, sizeof(r->role), "%s", c->master ? "master" : "node");
+        a->rows[keep++] = *r;
+    }
+    a->n = keep;
+    for (size_t j = 0; j < cl->n_nodes; j++) {
+        const pmm_cnode *c = &cl->nodes[j];
+        char hex[2 * GSP_ID_LEN + 1];
+        bool seen = false;
+        gsp_id_str(&c->node_id, hex, sizeof(hex));
+        for (size_t i = 0; i < a->n && !seen; i++)
+            seen = strcmp(a->rows[i].id, hex) == 0;
+        if (seen || grow_rows(a))
+            continue;
+        pmm_status_row *r = &a->rows[a->n++];
+        memset(r, 0, sizeof(*r));
+        snprintf(r->name, sizeof(r->name), "%s", c->name);
+        snprintf(r->id, sizeof(r->id), "%s", hex);
+        snprintf(r->ip, sizeof(r->ip), "%s", c->ip);
+        snprintf(r->role, sizeof(r->role), "%s", c->master ? "master" : "node");
+        snprintf(r->gossip_state, sizeof(r->gossip_state), "%s", "unknown");
+        r->cid = c->cid;
+        r->port = c->gossip_port;
+        r->state = 'D';
+        r->uptime = -1;
+        r->load = -1;
+        r->mem = -1;
+        r->disk = -1;
+    }
+}
 
 static int collect_row(void *ud, const gsp_member *m)
 {
@@ -335,33 +425,74 @@ static int collect_row(void *ud, const gsp_member *m)
     return 0;
 }
 
-static int ctl_handler(void *ud, pmm_ctl_cmd cmd, pmm_buf *reply)
+static void ctl_handler(void *ud, pmm_ctl_req *req, const char *cmd,
+                        const pmm_json *args)
 {
     node *n = ud;
     gsp_core *core = node_core(n);
     rows_acc acc = {.now = (int64_t)time(NULL)};
+    pmm_buf reply;
 
-    if (cmd == PMM_CTL_PING) {
-        pmm_buf_puts(reply, "{\"ok\":true}\n");
-        return reply->err;
+    (void)args;
+    if (strcmp(cmd, "ping") == 0) {
+        pmm_ctl_reply_ok(req, NULL);
+        return;
     }
-    if (core == NULL)
-        return -EAGAIN;
+    if (strcmp(cmd, "status") != 0) {
+        if (n->lc == NULL || n->stopping)
+            pmm_ctl_reply_error(req, "the daemon is not ready");
+        else
+            pmm_lc_ctl(n->lc, req, cmd, args);
+        return;
+    }
+    if (core == NULL) {
+        pmm_ctl_reply_error(req, "gossip is not running yet");
+        return;
+    }
     gsp_core_foreach(core, collect_row, &acc);
     if (acc.err != 0) {
         free(acc.rows);
-        return acc.err;
+        pmm_ctl_reply_error(req, "out of memory");
+        return;
+    }
+    const pmm_cluster *cl = n->lc ? pmm_lc_cluster(n->lc) : NULL;
+    if (cl != NULL)
+        apply_cluster(&acc, cl);
+    if (acc.err != 0) {
+        free(acc.rows);
+        pmm_ctl_reply_error(req, "out of memory");
+        return;
     }
     pmm_status_sort(acc.rows, acc.n);
-    pmm_buf_puts(reply, "{\"ok\":true,\"node\":");
-    pmm_json_str(reply, n->cfg.name, strlen(n->cfg.name));
-    pmm_buf_printf(reply, ",\"id\":\"%s\",\"generation\":%llu,\"time\":%lld,"
-                          "\"members\":",
+    pmm_buf_init(&reply, PMM_CTL_REPLY_MAX);
+    pmm_buf_puts(&reply, "{\"ok\":true,\"node\":");
+    pmm_json_str(&reply, n->cfg.name, strlen(n->cfg.name));
+    pmm_buf_printf(&reply, ",\"id\":\"%s\",\"generation\":%llu,\"time\":%lld,"
+                           "\"members\":",
                    n->id_hex, (unsigned long long)n->gen, (long long)acc.now);
-    pmm_status_write_json(reply, acc.rows, acc.n);
-    pmm_buf_puts(reply, "}\n");
+    pmm_status_write_json(&reply, acc.rows, acc.n);
+    if (cl != NULL) {
+        char cid_hex[33];
+        for (size_t i = 0; i < sizeof(cl->cluster_id); i++)
+            snprintf(cid_hex + 2 * i, 3, "%02x", cl->cluster_id[i]);
+        pmm_buf_printf(&reply, ",\"cluster\":{\"cluster_id\":\"%s\","
+                               "\"epoch\":%llu,\"version\":%llu,"
+                               "\"master_cid\":%u}", cid_hex,
+                       (unsigned long long)cl->epoch,
+                       (unsigned long long)cl->version, cl->master_cid);
+    }
+    if (n->lc != NULL) {
+        pmm_buf_puts(&reply, ",\"fingerprint\":");
+        const char *fp = pmm_lc_fingerprint(n->lc);
+        pmm_json_str(&reply, fp, strlen(fp));
+    }
+    pmm_buf_puts(&reply, "}\n");
     free(acc.rows);
-    return reply->err;
+    if (reply.err != 0)
+        pmm_ctl_reply_error(req, "status answer: %s", strerror(-reply.err));
+    else
+        pmm_ctl_reply(req, reply.p, reply.len);
+    pmm_buf_free(&reply);
 }
 
 /* ---- shutdown ------------------------------------------------------------------- */
@@ -388,6 +519,10 @@ static void node_close_all(node *n)
     if (n->meta_busy)
         uv_cancel((uv_req_t *)&n->meta_work);
     /* a peers write in flight is left to finish: it is atomic anyway */
+    if (n->lc != NULL) {
+        pmm_lc_close(n->lc);
+        n->lc = NULL;
+    }
     if (n->ctl != NULL) {
         pmm_ctl_close(n->ctl);
         n->ctl = NULL;
@@ -479,7 +614,8 @@ static bool addr_in(const gsp_addr *set, size_t n, const gsp_addr *a)
 static int node_start(node *n)
 {
     gsp_config *g = &n->cfg.gossip;
-    gsp_callbacks cb = {.ud = n, .member_changed = member_changed};
+    gsp_callbacks cb = {.ud = n, .member_changed = member_changed,
+                        .user_msg = user_msg};
     gsp_core *core = NULL;
     gsp_addr peers[PMM_STATE_PEERS_MAX + PMM_PEERS_MAX];
     size_t n_peers = 0, n_file = 0, bad = 0;
@@ -494,7 +630,21 @@ static int node_start(node *n)
         pmm_log(PMM_LOG_ERROR, "daemon", "cannot create keyring");
         return -ENOMEM;
     }
-    rc = gsp_keyring_load_file(n->kr, n->cfg.key_file, &bad_line);
+    if (n->cfg.key_file[0] == '\0') {
+        /* no shared key: a private random one until create/join brings the
+         * cluster's keyring */
+        uint8_t k[GSP_KEY_LEN];
+        rc = gsp_random(k, sizeof(k));
+        if (rc == 0)
+            rc = gsp_keyring_add(n->kr, k);
+        memset(k, 0, sizeof(k));
+        if (rc != 0) {
+            pmm_log(PMM_LOG_ERROR, "daemon", "cannot make a gossip key: %s",
+                    gsp_strerror(rc));
+            return rc;
+        }
+    } else {
+        rc = gsp_keyring_load_file(n->kr, n->cfg.key_file, &bad_line);
     if (rc == -EINVAL && bad_line > 0) {
         pmm_log(PMM_LOG_ERROR, "daemon",
                 "key file %s, line %d: not a key (expected 64 hex or 44 "
@@ -516,6 +666,7 @@ static int node_start(node *n)
                 "key file %s: no key in it (create one with `pmgcm keygen`)",
                 n->cfg.key_file);
         return -ENOKEY;
+    }
     }
 
     /* identity */
@@ -641,6 +792,23 @@ static int node_start(node *n)
     if (rc != 0)
         pmm_log(PMM_LOG_WARN, "gossip", "set_seeds: %s", gsp_strerror(rc));
     gsp_uv_kick(n->u);
+
+    /* cluster lifecycle: config, TLS node API, keyring, seeds */
+    {
+        pmm_lc_env env = {.loop = &n->loop, .cfg = &n->cfg,
+                          .api_port = n->cfg.api_port, .node_id = n->id,
+                          .kr = n->kr, .u = n->u,
+                          .changed = cluster_changed, .ud = n};
+        rc = pmm_lc_start(&n->lc, &env, err, sizeof(err));
+        if (rc != 0) {
+            pmm_log(PMM_LOG_ERROR, "cluster", "%s", err);
+            n->lc = NULL;
+            return rc;
+        }
+        pmm_log(PMM_LOG_INFO, "cluster", "node API (TLS) on port %u, "
+                "fingerprint %s", n->cfg.api_port, pmm_lc_fingerprint(n->lc));
+        cluster_changed(n);
+    }
 
     uv_timer_start(&n->meta_timer, meta_timer_cb, n->cfg.meta_interval_ms,
                    n->cfg.meta_interval_ms);

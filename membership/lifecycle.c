@@ -1,0 +1,1898 @@
+/*
+ * lifecycle.c - create, join, join-cmd, delete, promote, sync: the
+ * versioned cluster config, its announcement over gossip and its transfer
+ * over pinned TLS, and the gossip key rotation that follows a delete.
+ *
+ * Everything runs on the daemon's loop. The slow parts run on libuv's
+ * thread pool: PBKDF2 (tens of ms) and every write of cluster.conf (fsync).
+ * A config change is made in memory, written, and only then announced or
+ * answered, so nothing is promised that a crash could take back.
+ *
+ * The node API (TLS, one Request frame -> one Response frame):
+ *   JOIN    from anybody (unauthenticated certificate) to the master;
+ *           password checked, cid assigned, config + keyring returned.
+ *   FETCH   from a node of the config: the config + keyring.
+ *   REMOVED from the master to a deleted node: stop taking part.
+ */
+#include "membership/cluster.h"
+#include "membership/cluster.pb-c.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#define OP_TIMEOUT_MS 5000
+#define HEAL_INTERVAL_MS 5000
+#define ROT_WAIT_MS 10000
+#define THROTTLE_SLOTS 64
+#define THROTTLE_MAX_MS 8000
+#define FRAME_MAX (8u << 20)
+
+typedef Pmgcm__Cluster__Request Req;
+typedef Pmgcm__Cluster__Response Resp;
+
+typedef struct op op;
+typedef void (*op_done_fn)(op *o, int rc, const Resp *resp);
+
+/* an outgoing request: TLS connect, one frame out, one frame back */
+struct op {
+    pmm_lc *lc;
+    op *next;
+    pmm_tls_conn *conn;
+    uint8_t *req;
+    size_t req_len;
+    op_done_fn done;
+    bool finished;
+    bool probe_only; /* capture the server fingerprint and refuse */
+    pmm_tls_fp seen_fp;
+    bool got_fp;
+    pmm_ctl_req *ctl;
+    char target[80];
+    uint32_t cid;     /* fetch: node asked; delete: node removed */
+    int attempt;      /* fetch: index into the node list */
+    char want_ip[PMM_IP_STR_MAX + 1]; /* sync --master-ip */
+};
+
+/* an incoming connection on the node API */
+typedef struct sconn {
+    pmm_lc *lc;
+    pmm_tls_conn *conn; /* NULL once closed while work was pending */
+    bool busy;
+    char peer_ip[PMM_IP_STR_MAX + 1];
+} sconn;
+
+typedef struct save_waiter {
+    void (*fn)(pmm_lc *lc, int rc, void *arg);
+    void *arg;
+    struct save_waiter *next;
+} save_waiter;
+
+typedef struct throttle {
+    char ip[PMM_IP_STR_MAX + 1];
+    uint32_t fails;
+    uint64_t last;
+    bool pending;
+} throttle;
+
+struct pmm_lc {
+    pmm_lc_env env;
+    uv_loop_t *loop;
+    char data_dir[PMM_PATH_MAX];
+    char tls_dir[PMM_PATH_MAX + 8];
+    pmm_tls_identity *tls;
+    pmm_tls_server *srv;
+    bool in_cluster;
+    pmm_cluster cl;
+    bool closing;
+    op *ops;
+
+    /* cluster.conf writes: one at a time, latest state wins */
+    bool save_busy;
+    bool save_remove; /* the next write removes the file instead */
+    bool save_again;  /* state changed while a write was in flight */
+    save_waiter *waiting, *inflight;
+
+    throttle thr[THROTTLE_SLOTS];
+
+    /* fetching newer configs */
+    bool fetching;
+    bool fetch_again;
+    uint32_t fetch_hint_cid;
+
+    /* delete: staged gossip key rotation */
+    int rot_stage; /* 0 none, 1 new key installed, 2 switched */
+    uint64_t rot_version;
+    uint64_t rot_deadline;
+    pmm_ctl_req *rot_ctl;
+    uint32_t rot_cid;
+
+    uv_timer_t heal_timer;
+    uint64_t last_drops;
+    uint32_t heal_rr;
+    int refs; /* outstanding work, timers and requests */
+    unsigned heal_ticks;
+};
+
+static void lc_unref(pmm_lc *lc);
+
+static void lc_log(pmm_log_level l, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void lc_log(pmm_log_level l, const char *fmt, ...)
+{
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    pmm_log(l, "cluster", "%s", buf);
+}
+
+static gsp_core *core(pmm_lc *lc)
+{
+    return gsp_uv_core(lc->env.u);
+}
+
+static uint64_t now_ms(pmm_lc *lc)
+{
+    return uv_now(lc->loop);
+}
+
+static void changed(pmm_lc *lc)
+{
+    if (lc->env.changed) lc->env.changed(lc->env.ud);
+}
+
+static const pmm_cnode *self_node(const pmm_lc *lc)
+{
+    return lc->in_cluster ? pmm_cluster_by_id(&lc->cl, &lc->env.node_id)
+                          : NULL;
+}
+
+static bool is_master(const pmm_lc *lc)
+{
+    const pmm_cnode *s = self_node(lc);
+    return s && s->master;
+}
+
+static int make_sockaddr(const char *ip, uint16_t port,
+                         struct sockaddr_storage *ss)
+{
+    memset(ss, 0, sizeof(*ss));
+    struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
+    if (inet_pton(AF_INET, ip, &s4->sin_addr) == 1) {
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons(port);
+        return 0;
+    }
+    if (inet_pton(AF_INET6, ip, &s6->sin6_addr) == 1) {
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons(port);
+        return 0;
+    }
+    return -EINVAL;
+}
+
+static void self_ip(const pmm_lc *lc, char *buf, size_t len)
+{
+    gsp_addr_ip_str(&lc->env.cfg->advertise, buf, len);
+}
+
+/* ---- keyring and seeds follow the config ---------------------------------- */
+
+static void install_keys(pmm_lc *lc)
+{
+    gsp_keyring *kr = lc->env.kr;
+    for (size_t i = 0; i < lc->cl.n_keys; i++) gsp_keyring_add(kr, lc->cl.keys[i]);
+    gsp_keyring_use(kr, lc->cl.keys[0]);
+    for (size_t i = gsp_keyring_count(kr); i-- > 0;) {
+        uint8_t k[GSP_KEY_LEN];
+        if (gsp_keyring_get(kr, i, k)) continue;
+        bool keep = false;
+        for (size_t j = 0; j < lc->cl.n_keys; j++)
+            keep |= !memcmp(k, lc->cl.keys[j], GSP_KEY_LEN);
+        if (!keep) gsp_keyring_remove(kr, k);
+        memset(k, 0, sizeof(k));
+    }
+}
+
+static size_t node_gossip_addrs(const pmm_lc *lc, gsp_addr *out, size_t max)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < lc->cl.n_nodes && n < max; i++) {
+        const pmm_cnode *c = &lc->cl.nodes[i];
+        if (!memcmp(&c->node_id, &lc->env.node_id, sizeof(gsp_id))) continue;
+        if (gsp_addr_parse(&out[n], c->ip, c->gossip_port) == 0) n++;
+    }
+    return n;
+}
+
+static void set_seeds(pmm_lc *lc, bool join_now)
+{
+    gsp_addr *a = calloc(lc->cl.n_nodes + 1, sizeof(*a));
+    if (!a) return;
+    size_t n = node_gossip_addrs(lc, a, lc->cl.n_nodes);
+    gsp_core_set_seeds(core(lc), a, n);
+    if (join_now && n) gsp_core_join(core(lc), now_ms(lc), a, n);
+    free(a);
+    gsp_uv_kick(lc->env.u);
+}
+
+/* ---- persistence (worker thread) ------------------------------------------- */
+
+typedef struct save_job {
+    uv_work_t w;
+    pmm_lc *lc;
+    pmm_cluster snap;
+    bool remove;
+    int rc;
+} save_job;
+
+static void save_start(pmm_lc *lc);
+
+static void save_work(uv_work_t *w)
+{
+    save_job *j = w->data;
+    j->rc = j->remove ? pmm_cluster_remove_file(j->lc->data_dir)
+                      : pmm_cluster_save(j->lc->data_dir, &j->snap);
+}
+
+static void save_after(uv_work_t *w, int status)
+{
+    save_job *j = w->data;
+    pmm_lc *lc = j->lc;
+    int rc = status ? status : j->rc;
+    pmm_cluster_clear(&j->snap);
+    free(j);
+    lc->save_busy = false;
+    if (rc) lc_log(PMM_LOG_ERROR, "writing %s/%s failed: %s", lc->data_dir,
+                   PMM_CLUSTER_FILE, strerror(-rc));
+    save_waiter *ws = lc->inflight;
+    lc->inflight = NULL;
+    while (ws) {
+        save_waiter *n = ws->next;
+        ws->fn(lc, lc->closing ? -ECANCELED : rc, ws->arg);
+        free(ws);
+        ws = n;
+    }
+    if ((lc->waiting || lc->save_again) && !lc->closing) {
+        lc->save_again = false;
+        save_start(lc);
+    } else if (lc->closing) {
+        for (ws = lc->waiting; ws;) {
+            save_waiter *n = ws->next;
+            ws->fn(lc, -ECANCELED, ws->arg);
+            free(ws);
+            ws = n;
+        }
+        lc->waiting = NULL;
+    }
+    lc_unref(lc);
+}
+
+static void save_start(pmm_lc *lc)
+{
+    save_job *j = calloc(1, sizeof(*j));
+    if (!j) return;
+    j->lc = lc;
+    j->w.data = j;
+    j->remove = lc->save_remove || !lc->in_cluster;
+    if (!j->remove && pmm_cluster_copy(&j->snap, &lc->cl)) {
+        free(j);
+        return;
+    }
+    lc->save_remove = false;
+    lc->save_busy = true;
+    lc->inflight = lc->waiting;
+    lc->waiting = NULL;
+    lc->refs++;
+    if (uv_queue_work(lc->loop, &j->w, save_work, save_after)) {
+        j->rc = -EIO;
+        save_after(&j->w, -EIO);
+    }
+}
+
+/* Persists the current in-memory state (or removes the file when out of a
+ * cluster); fn (may be NULL) runs after a write that includes it, with
+ * rc = -ECANCELED when the daemon is shutting down. */
+static void save(pmm_lc *lc, void (*fn)(pmm_lc *, int, void *), void *arg)
+{
+    if (fn) {
+        save_waiter *w = calloc(1, sizeof(*w));
+        if (!w) {
+            fn(lc, -ENOMEM, arg);
+            return;
+        }
+        w->fn = fn;
+        w->arg = arg;
+        save_waiter **p = &lc->waiting;
+        while (*p) p = &(*p)->next;
+        *p = w;
+    }
+    if (lc->save_busy) lc->save_again = true;
+    else save_start(lc);
+}
+
+/* ---- announcements ------------------------------------------------------------ */
+
+static void announce(pmm_lc *lc)
+{
+    if (!lc->in_cluster) return;
+    Pmgcm__Cluster__Announce a = PMGCM__CLUSTER__ANNOUNCE__INIT;
+    a.cluster_id.data = lc->cl.cluster_id;
+    a.cluster_id.len = sizeof(lc->cl.cluster_id);
+    a.epoch = lc->cl.epoch;
+    a.version = lc->cl.version;
+    a.master_cid = lc->cl.master_cid;
+    const pmm_cnode *s = self_node(lc);
+    a.from_cid = s ? s->cid : 0;
+    uint8_t buf[128];
+    size_t len = pmgcm__cluster__announce__pack(&a, buf);
+    gsp_core_broadcast(core(lc), PMM_ANNOUNCE_KEY,
+                       (lc->cl.epoch << 32) | lc->cl.version, buf, len);
+    gsp_uv_kick(lc->env.u);
+}
+
+/* ---- outgoing requests ----------------------------------------------------------- */
+
+static void op_free(op *o)
+{
+    pmm_lc *lc = o->lc;
+    for (op **p = &lc->ops; *p; p = &(*p)->next) {
+        if (*p == o) {
+            *p = o->next;
+            break;
+        }
+    }
+    free(o->req);
+    free(o);
+    lc_unref(lc);
+}
+
+static void op_finish(op *o, int rc, const Resp *resp)
+{
+    if (o->finished) return;
+    o->finished = true;
+    if (o->done && !o->lc->closing) o->done(o, rc, resp);
+}
+
+static int op_verify(pmm_tls_conn *c, const pmm_tls_fp *peer, void *ud)
+{
+    op *o = ud;
+    o->seen_fp = *peer;
+    o->got_fp = true;
+    return o->probe_only ? PMM_TLS_REFUSE : PMM_TLS_ACCEPT_NODE;
+}
+
+static void op_open(pmm_tls_conn *c, void *ud)
+{
+    op *o = ud;
+    int rc = pmm_tls_send(c, o->req, o->req_len);
+    if (rc) {
+        op_finish(o, rc, NULL);
+        pmm_tls_conn_abort(c);
+    }
+}
+
+static void op_frame(pmm_tls_conn *c, const uint8_t *data, size_t len,
+                     void *ud)
+{
+    op *o = ud;
+    Resp *r = pmgcm__cluster__response__unpack(NULL, len, data);
+    if (!r) {
+        op_finish(o, -EPROTO, NULL);
+    } else {
+        op_finish(o, 0, r);
+        pmgcm__cluster__response__free_unpacked(r, NULL);
+    }
+    pmm_tls_conn_close(c);
+}
+
+static void op_close(pmm_tls_conn *c, int reason, void *ud)
+{
+    op *o = ud;
+    op_finish(o, reason ? reason : -ECONNRESET, NULL);
+    op_free(o);
+}
+
+/* Starts a request to ip:port. expected NULL with probe_only: fingerprint
+ * probe. The request message is packed here. 0 or -errno (then done was
+ * not called and o is freed). */
+static int op_start(pmm_lc *lc, op *o, const char *ip, uint16_t port,
+                    const char *expected_fp, const Req *req)
+{
+    struct sockaddr_storage ss;
+    snprintf(o->target, sizeof(o->target), "%s:%u", ip, port);
+    o->lc = lc;
+    int rc = make_sockaddr(ip, port, &ss);
+    pmm_tls_fp fp;
+    if (!rc && expected_fp && pmm_tls_fp_parse(&fp, expected_fp)) rc = -EINVAL;
+    if (!rc && req) {
+        o->req_len = pmgcm__cluster__request__get_packed_size(req);
+        o->req = malloc(o->req_len ? o->req_len : 1);
+        if (!o->req) rc = -ENOMEM;
+        else pmgcm__cluster__request__pack(req, o->req);
+    }
+    if (rc) {
+        free(o->req);
+        free(o);
+        return rc;
+    }
+    pmm_tls_callbacks cb = {.ud = o, .verify = op_verify, .open = op_open,
+                            .frame = op_frame, .close = op_close};
+    pmm_tls_opts opts;
+    pmm_tls_opts_default(&opts);
+    opts.max_frame = FRAME_MAX;
+    opts.idle_timeout_ms = 15000;
+    o->next = lc->ops;
+    lc->ops = o;
+    lc->refs++;
+    rc = pmm_tls_connect(&o->conn, lc->loop, (struct sockaddr *)&ss, lc->tls,
+                         expected_fp ? &fp : NULL, &cb, OP_TIMEOUT_MS, &opts);
+    if (rc) {
+        op_free(o);
+        return rc;
+    }
+    return 0;
+}
+
+static const char *op_err(int rc, char *buf, size_t len)
+{
+    if (rc <= -560 && rc >= -566) snprintf(buf, len, "%s", pmm_tls_strerror(rc));
+    else snprintf(buf, len, "%s", strerror(-rc));
+    return buf;
+}
+
+/* ---- adopting a newer config ---------------------------------------------------------- */
+
+static void removed_from_cluster(pmm_lc *lc, const char *why);
+
+static void after_adopt_save(pmm_lc *lc, int rc, void *arg)
+{
+    (void)arg;
+    if (rc == -ECANCELED) return;
+    if (rc == 0) changed(lc);
+}
+
+/* Takes ownership of nc's contents on success. Returns 1 adopted, 0 not
+ * newer, <0 refused. */
+static int adopt(pmm_lc *lc, pmm_cluster *nc, const char *from)
+{
+    if (!lc->in_cluster) return -ENOENT;
+    if (memcmp(nc->cluster_id, lc->cl.cluster_id, sizeof(nc->cluster_id))) {
+        lc_log(PMM_LOG_WARN, "ignoring config from %s: another cluster", from);
+        return -EXDEV;
+    }
+    if (pmm_cluster_cmp(nc, &lc->cl) <= 0) return 0;
+    const pmm_cnode *me = pmm_cluster_by_id(nc, &lc->env.node_id);
+    if (!me) {
+        pmm_cluster_clear(nc);
+        removed_from_cluster(lc, "this node is not in the newer config");
+        return 1;
+    }
+    bool was_master = is_master(lc);
+    uint64_t old_epoch = lc->cl.epoch;
+    pmm_cluster_clear(&lc->cl);
+    lc->cl = *nc;
+    memset(nc, 0, sizeof(*nc));
+    install_keys(lc);
+    set_seeds(lc, false);
+    const pmm_cnode *m = pmm_cluster_master(&lc->cl);
+    lc_log(PMM_LOG_INFO, "adopted config epoch %llu version %llu from %s "
+           "(master %s, cid %u)", (unsigned long long)lc->cl.epoch,
+           (unsigned long long)lc->cl.version, from, m ? m->name : "?",
+           lc->cl.master_cid);
+    if (was_master && !is_master(lc)) {
+        lc_log(PMM_LOG_WARN, "stepping down: %s (cid %u) is master under "
+               "epoch %llu (ours was %llu)", m ? m->name : "?",
+               lc->cl.master_cid, (unsigned long long)lc->cl.epoch,
+               (unsigned long long)old_epoch);
+        if (lc->rot_stage) {
+            lc->rot_stage = 0;
+            if (lc->rot_ctl) {
+                pmm_ctl_reply_error(lc->rot_ctl,
+                                    "this node stepped down during the key "
+                                    "rotation; the new master finishes it");
+                lc->rot_ctl = NULL;
+            }
+        }
+    }
+    save(lc, after_adopt_save, NULL);
+    changed(lc);
+    return 1;
+}
+
+/* ---- fetch (announcements, self-healing, sync) ------------------------------------ */
+
+static void fetch_next(pmm_lc *lc, op *prev);
+static void fetch_from(pmm_lc *lc, const pmm_cnode *n, int attempt,
+                       pmm_ctl_req *ctl, const char *want_ip);
+
+static void sync_reply(pmm_lc *lc, pmm_ctl_req *ctl, int adopted)
+{
+    char extra[160];
+    snprintf(extra, sizeof(extra),
+             "\"epoch\":%llu,\"version\":%llu,\"master_cid\":%u,"
+             "\"updated\":%s",
+             (unsigned long long)lc->cl.epoch,
+             (unsigned long long)lc->cl.version, lc->cl.master_cid,
+             adopted > 0 ? "true" : "false");
+    pmm_ctl_reply_ok(ctl, extra);
+}
+
+static void fetch_done(op *o, int rc, const Resp *resp)
+{
+    pmm_lc *lc = o->lc;
+    char eb[128];
+    if (rc == 0 && resp && !resp->ok) {
+        const char *e = resp->error ? resp->error : "refused";
+        lc_log(PMM_LOG_WARN, "fetch from %s refused: %s", o->target, e);
+        if (strstr(e, "not a member")) {
+            /* a pinned node of our own config says we are gone */
+            if (o->ctl) pmm_ctl_reply_error(o->ctl, "%s: %s", o->target, e);
+            o->ctl = NULL;
+            lc->fetching = false;
+            removed_from_cluster(lc, "a cluster node says so");
+            return;
+        }
+        rc = -EPERM;
+    }
+    if (rc == 0 && resp && resp->config) {
+        pmm_cluster nc;
+        memset(&nc, 0, sizeof(nc));
+        char why[160];
+        int r = pmm_cluster_from_pb(&nc, resp->config, true, why, sizeof(why));
+        if (r) {
+            lc_log(PMM_LOG_WARN, "bad config from %s: %s", o->target, why);
+            rc = -EPROTO;
+        } else if (o->want_ip[0]) {
+            /* sync --master-ip: the target must be master under a config
+             * at least as new as ours, in a newer or the same epoch */
+            const pmm_cnode *m = pmm_cluster_master(&nc);
+            if (!m || strcmp(m->ip, o->want_ip) ||
+                pmm_cluster_cmp(&nc, &lc->cl) < 0) {
+                if (o->ctl)
+                    pmm_ctl_reply_error(o->ctl,
+                                        "%s is not the master under a newer "
+                                        "epoch (it reports epoch %llu, master "
+                                        "cid %u; we have epoch %llu)",
+                                        o->want_ip,
+                                        (unsigned long long)nc.epoch,
+                                        nc.master_cid,
+                                        (unsigned long long)lc->cl.epoch);
+                o->ctl = NULL;
+                pmm_cluster_clear(&nc);
+                lc->fetching = false;
+                return;
+            }
+            int a = adopt(lc, &nc, o->target);
+            pmm_cluster_clear(&nc);
+            if (o->ctl) sync_reply(lc, o->ctl, a);
+            o->ctl = NULL;
+            lc->fetching = false;
+            return;
+        } else {
+            int a = adopt(lc, &nc, o->target);
+            pmm_cluster_clear(&nc);
+            if (o->ctl) sync_reply(lc, o->ctl, a);
+            o->ctl = NULL;
+            lc->fetching = false;
+            if (lc->fetch_again) {
+                lc->fetch_again = false;
+                fetch_next(lc, NULL);
+            }
+            return;
+        }
+    }
+    if (rc) {
+        lc_log(PMM_LOG_DEBUG, "fetch from %s failed: %s", o->target,
+               op_err(rc, eb, sizeof(eb)));
+        if (o->want_ip[0]) {
+            if (o->ctl)
+                pmm_ctl_reply_error(o->ctl, "cannot fetch from %s: %s",
+                                    o->target, op_err(rc, eb, sizeof(eb)));
+            o->ctl = NULL;
+            lc->fetching = false;
+            return;
+        }
+        fetch_next(lc, o);
+    }
+}
+
+/* Tries the next node: the hinted one / master first, then the others. */
+static void fetch_next(pmm_lc *lc, op *prev)
+{
+    if (!lc->in_cluster) {
+        lc->fetching = false;
+        return;
+    }
+    int attempt = prev ? prev->attempt + 1 : 0;
+    pmm_ctl_req *ctl = prev ? prev->ctl : NULL;
+    if (prev) prev->ctl = NULL;
+    /* order: hinted cid, master, then every other node */
+    size_t n = lc->cl.n_nodes;
+    const pmm_cnode *order[PMM_CLUSTER_NODES_MAX + 2];
+    size_t k = 0;
+    const pmm_cnode *h = pmm_cluster_by_cid(&lc->cl, lc->fetch_hint_cid);
+    const pmm_cnode *m = pmm_cluster_master(&lc->cl);
+    const pmm_cnode *me = self_node(lc);
+    if (h && h != me) order[k++] = h;
+    if (m && m != me && m != h) order[k++] = m;
+    for (size_t i = 0; i < n; i++) {
+        const pmm_cnode *c = &lc->cl.nodes[i];
+        if (c != me && c != h && c != m) order[k++] = c;
+    }
+    if ((size_t)attempt >= k) {
+        lc->fetching = false;
+        if (ctl) pmm_ctl_reply_error(ctl, "no cluster node could be reached");
+        return;
+    }
+    fetch_from(lc, order[attempt], attempt, ctl, NULL);
+}
+
+static void fetch_from(pmm_lc *lc, const pmm_cnode *n, int attempt,
+                       pmm_ctl_req *ctl, const char *want_ip)
+{
+    op *o = calloc(1, sizeof(*o));
+    if (!o) {
+        lc->fetching = false;
+        if (ctl) pmm_ctl_reply_error(ctl, "out of memory");
+        return;
+    }
+    o->done = fetch_done;
+    o->attempt = attempt;
+    o->ctl = ctl;
+    o->cid = n->cid;
+    if (want_ip) snprintf(o->want_ip, sizeof(o->want_ip), "%s", want_ip);
+    Req r = PMGCM__CLUSTER__REQUEST__INIT;
+    r.kind = PMGCM__CLUSTER__REQUEST__KIND__FETCH;
+    lc->fetching = true;
+    op tmp = *o; /* for the failure path: attempt and ctl survive */
+    int rc = op_start(lc, o, n->ip, n->api_port, n->fp, &r);
+    if (rc) {
+        tmp.lc = lc;
+        if (want_ip) {
+            lc->fetching = false;
+            if (ctl) pmm_ctl_reply_error(ctl, "cannot connect to %s: %s",
+                                         n->ip, strerror(-rc));
+            return;
+        }
+        fetch_next(lc, &tmp);
+    }
+}
+
+static void fetch_newer(pmm_lc *lc, uint32_t hint_cid)
+{
+    lc->fetch_hint_cid = hint_cid;
+    if (lc->fetching) {
+        lc->fetch_again = true;
+        return;
+    }
+    fetch_next(lc, NULL);
+}
+
+void pmm_lc_user_msg(pmm_lc *lc, uint32_t key, uint64_t version,
+                     const uint8_t *data, size_t len)
+{
+    if (key != PMM_ANNOUNCE_KEY || !lc->in_cluster || lc->closing) return;
+    Pmgcm__Cluster__Announce *a =
+        pmgcm__cluster__announce__unpack(NULL, len, data);
+    if (!a) return;
+    if (a->cluster_id.len == sizeof(lc->cl.cluster_id) &&
+        !memcmp(a->cluster_id.data, lc->cl.cluster_id,
+                sizeof(lc->cl.cluster_id)) &&
+        (a->epoch > lc->cl.epoch ||
+         (a->epoch == lc->cl.epoch && a->version > lc->cl.version))) {
+        lc_log(PMM_LOG_INFO, "config epoch %llu version %llu announced by cid "
+               "%u; fetching", (unsigned long long)a->epoch,
+               (unsigned long long)a->version, a->from_cid);
+        fetch_newer(lc, a->from_cid);
+    }
+    pmgcm__cluster__announce__free_unpacked(a, NULL);
+}
+
+/* ---- leaving the cluster (deleted) --------------------------------------------- */
+
+static uv_timer_t *unleave_timer_new(pmm_lc *lc);
+
+static void removed_from_cluster(pmm_lc *lc, const char *why)
+{
+    if (!lc->in_cluster) return;
+    lc_log(PMM_LOG_WARN, "removed from cluster (%s): stopping to take part",
+           why);
+    /* say goodbye while the old key still works, then go dark with a fresh
+     * random key that nobody else has */
+    gsp_core_leave(core(lc), now_ms(lc));
+    gsp_uv_kick(lc->env.u);
+    lc->in_cluster = false;
+    lc->rot_stage = 0;
+    pmm_cluster_clear(&lc->cl);
+    gsp_core_set_seeds(core(lc), NULL, 0);
+    lc->save_remove = true;
+    save(lc, NULL, NULL);
+    unleave_timer_new(lc);
+    changed(lc);
+}
+
+static void unleave_close_cb(uv_handle_t *h)
+{
+    pmm_lc *lc = h->data;
+    free(h);
+    lc_unref(lc);
+}
+
+static void unleave_cb(uv_timer_t *t)
+{
+    pmm_lc *lc = t->data;
+    if (!lc->in_cluster && !lc->closing) {
+        uint8_t k[GSP_KEY_LEN];
+        if (gsp_random(k, sizeof(k)) == 0) {
+            gsp_keyring *kr = lc->env.kr;
+            gsp_keyring_add(kr, k);
+            gsp_keyring_use(kr, k);
+            for (size_t i = gsp_keyring_count(kr); i-- > 1;) {
+                uint8_t o[GSP_KEY_LEN];
+                if (gsp_keyring_get(kr, i, o) == 0) gsp_keyring_remove(kr, o);
+            }
+            memset(k, 0, sizeof(k));
+        }
+        gsp_core_unleave(core(lc), now_ms(lc));
+        gsp_uv_kick(lc->env.u);
+    }
+    uv_close((uv_handle_t *)t, unleave_close_cb);
+}
+
+static uv_timer_t *unleave_timer_new(pmm_lc *lc)
+{
+    uv_timer_t *t = malloc(sizeof(*t));
+    if (!t) return NULL;
+    uv_timer_init(lc->loop, t);
+    t->data = lc;
+    lc->refs++;
+    uv_timer_start(t, unleave_cb, 1500, 0);
+    return t;
+}
+
+/* ---- the node API server ----------------------------------------------------------- */
+
+static void sconn_reply(sconn *s, bool ok, const char *error,
+                        const pmm_cluster *cfg, bool with_keys, uint32_t cid)
+{
+    if (!s->conn) return;
+    Resp r = PMGCM__CLUSTER__RESPONSE__INIT;
+    r.ok = ok;
+    r.error = (char *)error;
+    Pmgcm__Cluster__Config *pc = NULL;
+    if (cfg && pmm_cluster_to_pb(cfg, with_keys, &pc) == 0) r.config = pc;
+    if (cid) {
+        r.has_cid = 1;
+        r.cid = cid;
+    }
+    size_t len = pmgcm__cluster__response__get_packed_size(&r);
+    uint8_t *buf = malloc(len ? len : 1);
+    if (buf) {
+        pmgcm__cluster__response__pack(&r, buf);
+        if (pmm_tls_send_owned(s->conn, buf, len)) free(buf);
+    }
+    pmm_cluster_pb_free(pc);
+    pmm_tls_conn_close(s->conn);
+}
+
+static throttle *throttle_slot(pmm_lc *lc, const char *ip)
+{
+    throttle *oldest = &lc->thr[0];
+    for (size_t i = 0; i < THROTTLE_SLOTS; i++) {
+        if (!strcmp(lc->thr[i].ip, ip)) return &lc->thr[i];
+        if (lc->thr[i].last < oldest->last && !lc->thr[i].pending)
+            oldest = &lc->thr[i];
+    }
+    memset(oldest, 0, sizeof(*oldest));
+    snprintf(oldest->ip, sizeof(oldest->ip), "%s", ip);
+    return oldest;
+}
+
+typedef struct join_job {
+    uv_work_t w;
+    uv_timer_t delay;
+    pmm_lc *lc;
+    sconn *s;
+    char password[PMM_PASSWORD_MAX + 1];
+    uint8_t salt[PMM_SALT_LEN];
+    uint32_t iter;
+    uint8_t hash[PMM_HASH_LEN];
+    int rc;
+    pmm_cnode cand;
+    throttle *thr;
+} join_job;
+
+static void sconn_release(sconn *s)
+{
+    s->busy = false;
+    if (!s->conn) free(s);
+}
+
+static void join_job_free(join_job *j)
+{
+    memset(j->password, 0, sizeof(j->password));
+    free(j);
+}
+
+typedef struct join_saved {
+    sconn *s;
+    uint32_t cid;
+} join_saved;
+
+static void join_after_save(pmm_lc *lc, int rc, void *arg)
+{
+    join_saved *js = arg;
+    sconn *s = js->s;
+    if (rc == -ECANCELED) {
+        free(js);
+        sconn_release(s);
+        return;
+    }
+    if (rc) {
+        sconn_reply(s, false, "the master could not write its config", NULL,
+                    false, 0);
+    } else {
+        sconn_reply(s, true, NULL, &lc->cl, true, js->cid);
+        announce(lc);
+        changed(lc);
+    }
+    free(js);
+    sconn_release(s);
+}
+
+static void join_delay_closed(uv_handle_t *h)
+{
+    join_job *j = h->data;
+    pmm_lc *lc = j->lc;
+    join_job_free(j);
+    lc_unref(lc);
+}
+
+static void join_delay_done(uv_timer_t *t)
+{
+    join_job *j = t->data;
+    j->thr->pending = false;
+    sconn_reply(j->s, false, "wrong password", NULL, false, 0);
+    sconn_release(j->s);
+    uv_close((uv_handle_t *)&j->delay, join_delay_closed);
+}
+
+static void join_hash_work(uv_work_t *w)
+{
+    join_job *j = w->data;
+    j->rc = pmm_password_hash(j->password, j->salt, j->iter, j->hash);
+}
+
+static void join_hash_body(join_job *j, int status, pmm_lc *lc)
+{
+    sconn *s = j->s;
+    if (status || j->rc || lc->closing) {
+        j->thr->pending = false;
+        sconn_reply(s, false, "internal error", NULL, false, 0);
+        sconn_release(s);
+        join_job_free(j);
+        return;
+    }
+    /* the cluster may have changed while we hashed: check again */
+    const char *why = NULL;
+    char eb[160];
+    if (!is_master(lc)) {
+        why = "this node is no longer the master";
+    } else if (!pmm_password_match(j->hash, lc->cl.hash)) {
+        throttle *t = j->thr;
+        t->fails++;
+        t->last = now_ms(lc);
+        uint64_t d = 250ull << (t->fails < 6 ? t->fails : 6);
+        if (d > THROTTLE_MAX_MS) d = THROTTLE_MAX_MS;
+        lc_log(PMM_LOG_WARN, "join from %s: wrong password (attempt %u, "
+               "answer delayed %llu ms)", s->peer_ip, t->fails,
+               (unsigned long long)d);
+        uv_timer_init(lc->loop, &j->delay);
+        j->delay.data = j;
+        lc->refs++;
+        uv_timer_start(&j->delay, join_delay_done, d, 0);
+        return; /* pending stays set until the delay ends */
+    } else {
+        const pmm_cnode *c;
+        if ((c = pmm_cluster_by_name(&lc->cl, j->cand.name))) {
+            snprintf(eb, sizeof(eb), "a node named %s is already in the "
+                     "cluster (cid %u)", c->name, c->cid);
+            why = eb;
+        } else if ((c = pmm_cluster_by_ip(&lc->cl, j->cand.ip))) {
+            snprintf(eb, sizeof(eb), "IP %s is already used by %s (cid %u)",
+                     c->ip, c->name, c->cid);
+            why = eb;
+        } else if ((c = pmm_cluster_by_id(&lc->cl, &j->cand.node_id))) {
+            snprintf(eb, sizeof(eb), "this node is already in the cluster as "
+                     "%s (cid %u)", c->name, c->cid);
+            why = eb;
+        }
+    }
+    j->thr->pending = false;
+    if (why) {
+        sconn_reply(s, false, why, NULL, false, 0);
+        sconn_release(s);
+        join_job_free(j);
+        return;
+    }
+    j->thr->fails = 0;
+    uint32_t cid;
+    if (pmm_cluster_add(&lc->cl, &j->cand, &cid)) {
+        sconn_reply(s, false, "the cluster is full", NULL, false, 0);
+        sconn_release(s);
+        join_job_free(j);
+        return;
+    }
+    lc->cl.version++;
+    lc_log(PMM_LOG_INFO, "node %s (%s) joined as cid %u; config version %llu",
+           j->cand.name, j->cand.ip, cid, (unsigned long long)lc->cl.version);
+    join_saved *js = calloc(1, sizeof(*js));
+    if (!js) {
+        sconn_release(s);
+        join_job_free(j);
+        return;
+    }
+    js->s = s;
+    js->cid = cid;
+    join_job_free(j);
+    save(lc, join_after_save, js);
+}
+
+/* the work's reference on lc is dropped after the body ran */
+static void join_hash_after(uv_work_t *w, int status)
+{
+    join_job *j = w->data;
+    pmm_lc *lc = j->lc;
+    join_hash_body(j, status, lc);
+    lc_unref(lc);
+}
+
+static void handle_join(pmm_lc *lc, sconn *s, const Req *r)
+{
+    const Pmgcm__Cluster__JoinRequest *jr = r->join;
+    char eb[200];
+    if (!lc->in_cluster) {
+        sconn_reply(s, false, "no cluster is defined on this node", NULL,
+                    false, 0);
+        return;
+    }
+    if (!is_master(lc)) {
+        const pmm_cnode *m = pmm_cluster_master(&lc->cl);
+        snprintf(eb, sizeof(eb), "this node is not the master; the master is "
+                 "%s (%s)", m ? m->name : "?", m ? m->ip : "?");
+        sconn_reply(s, false, eb, NULL, false, 0);
+        return;
+    }
+    if (!jr || !jr->password || !jr->name || !jr->ip ||
+        strlen(jr->password) > PMM_PASSWORD_MAX ||
+        jr->node_id.len != GSP_ID_LEN || !jr->gossip_port ||
+        jr->gossip_port > 65535 || !jr->api_port || jr->api_port > 65535 ||
+        strlen(jr->name) > GSP_NAME_MAX || !pmm_ip_literal_ok(jr->ip)) {
+        sconn_reply(s, false, "malformed join request", NULL, false, 0);
+        return;
+    }
+    throttle *t = throttle_slot(lc, s->peer_ip);
+    if (t->pending) {
+        sconn_reply(s, false, "another join attempt from this address is in "
+                    "progress; retry later", NULL, false, 0);
+        return;
+    }
+    join_job *j = calloc(1, sizeof(*j));
+    if (!j) return;
+    j->lc = lc;
+    j->s = s;
+    j->thr = t;
+    snprintf(j->password, sizeof(j->password), "%s", jr->password);
+    memcpy(j->salt, lc->cl.salt, PMM_SALT_LEN);
+    j->iter = lc->cl.iter;
+    pmm_cnode *c = &j->cand;
+    snprintf(c->name, sizeof(c->name), "%s", jr->name);
+    snprintf(c->ip, sizeof(c->ip), "%s", jr->ip);
+    c->gossip_port = (uint16_t)jr->gossip_port;
+    c->api_port = (uint16_t)jr->api_port;
+    memcpy(c->node_id.b, jr->node_id.data, GSP_ID_LEN);
+    pmm_tls_fp fp;
+    pmm_tls_conn_peer_fp(s->conn, &fp);
+    pmm_tls_fp_str(&fp, c->fp, sizeof(c->fp));
+    /* validate the candidate as part of a config before any work */
+    pmm_cluster probe;
+    memset(&probe, 0, sizeof(probe));
+    if (pmm_cluster_copy(&probe, &lc->cl) == 0) {
+        uint32_t tmp;
+        if (pmm_cluster_add(&probe, c, &tmp) == 0) {
+            char why[160];
+            /* name/ip/id clashes are reported after the password check */
+            const pmm_cnode *clash = pmm_cluster_by_name(&lc->cl, c->name);
+            if (!clash) clash = pmm_cluster_by_ip(&lc->cl, c->ip);
+            if (!clash) clash = pmm_cluster_by_id(&lc->cl, &c->node_id);
+            if (!clash && pmm_cluster_validate(&probe, true, why, sizeof(why))) {
+                pmm_cluster_clear(&probe);
+                join_job_free(j);
+                snprintf(eb, sizeof(eb), "invalid join request: %s", why);
+                sconn_reply(s, false, eb, NULL, false, 0);
+                return;
+            }
+        }
+        pmm_cluster_clear(&probe);
+    }
+    t->pending = true;
+    t->last = now_ms(lc);
+    s->busy = true;
+    j->w.data = j;
+    lc->refs++;
+    if (uv_queue_work(lc->loop, &j->w, join_hash_work, join_hash_after)) {
+        lc_unref(lc);
+        t->pending = false;
+        s->busy = false;
+        join_job_free(j);
+        sconn_reply(s, false, "internal error", NULL, false, 0);
+    }
+}
+
+static void handle_removed(pmm_lc *lc, sconn *s, const Req *r)
+{
+    const pmm_cnode *m = pmm_cluster_master(&lc->cl);
+    pmm_tls_fp fp;
+    char fps[PMM_TLS_FP_STR_SIZE];
+    pmm_tls_conn_peer_fp(s->conn, &fp);
+    pmm_tls_fp_str(&fp, fps, sizeof(fps));
+    if (!m || pmm_tls_fp_str_eq(m->fp, fps) != 1) {
+        sconn_reply(s, false, "only the master can remove this node", NULL,
+                    false, 0);
+        return;
+    }
+    sconn_reply(s, true, NULL, NULL, false, 0);
+    removed_from_cluster(lc, "deleted by the master");
+}
+
+static int srv_verify(pmm_tls_conn *c, const pmm_tls_fp *peer, void *ud)
+{
+    pmm_lc *lc = ud;
+    sconn *s = calloc(1, sizeof(*s));
+    if (!s) {
+        pmm_tls_conn_set_ud(c, NULL);
+        return PMM_TLS_REFUSE;
+    }
+    s->lc = lc;
+    s->conn = c;
+    struct sockaddr_storage ss;
+    if (pmm_tls_conn_peer_addr(c, &ss) == 0) {
+        if (ss.ss_family == AF_INET)
+            inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr,
+                      s->peer_ip, sizeof(s->peer_ip));
+        else
+            inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr,
+                      s->peer_ip, sizeof(s->peer_ip));
+    }
+    pmm_tls_conn_set_ud(c, s);
+    char fps[PMM_TLS_FP_STR_SIZE];
+    pmm_tls_fp_str(peer, fps, sizeof(fps));
+    if (lc->in_cluster && pmm_cluster_by_fp(&lc->cl, fps))
+        return PMM_TLS_ACCEPT_NODE;
+    return PMM_TLS_ACCEPT_JOINER;
+}
+
+static void srv_frame(pmm_tls_conn *c, const uint8_t *data, size_t len,
+                      void *ud)
+{
+    sconn *s = ud;
+    pmm_lc *lc = s->lc;
+    if (s->busy) return; /* one request per connection */
+    pmm_tls_conn_pause(c);
+    Req *r = pmgcm__cluster__request__unpack(NULL, len, data);
+    if (!r) {
+        sconn_reply(s, false, "malformed request", NULL, false, 0);
+        return;
+    }
+    bool node = pmm_tls_conn_peer_kind(c) == PMM_TLS_ACCEPT_NODE;
+    switch (r->kind) {
+    case PMGCM__CLUSTER__REQUEST__KIND__JOIN:
+        handle_join(lc, s, r);
+        break;
+    case PMGCM__CLUSTER__REQUEST__KIND__FETCH:
+        if (!lc->in_cluster)
+            sconn_reply(s, false, "no cluster is defined on this node", NULL,
+                        false, 0);
+        else if (!node)
+            sconn_reply(s, false, "not a member of this cluster", NULL, false,
+                        0);
+        else
+            sconn_reply(s, true, NULL, &lc->cl, true, 0);
+        break;
+    case PMGCM__CLUSTER__REQUEST__KIND__REMOVED:
+        if (!lc->in_cluster || !node)
+            sconn_reply(s, false, "refused", NULL, false, 0);
+        else
+            handle_removed(lc, s, r);
+        break;
+    default:
+        sconn_reply(s, false, "unknown request", NULL, false, 0);
+    }
+    pmgcm__cluster__request__free_unpacked(r, NULL);
+}
+
+static void srv_close(pmm_tls_conn *c, int reason, void *ud)
+{
+    sconn *s = ud;
+    if (!s) return;
+    s->conn = NULL;
+    if (!s->busy) free(s);
+}
+
+/* ---- control commands ------------------------------------------------------------ */
+
+typedef struct create_job {
+    uv_work_t w;
+    pmm_lc *lc;
+    pmm_ctl_req *ctl;
+    char password[PMM_PASSWORD_MAX + 1];
+    pmm_cluster cl;
+    int rc;
+} create_job;
+
+static void create_work(uv_work_t *w)
+{
+    create_job *j = w->data;
+    j->rc = pmm_password_hash(j->password, j->cl.salt, j->cl.iter, j->cl.hash);
+    memset(j->password, 0, sizeof(j->password));
+}
+
+static void create_saved(pmm_lc *lc, int rc, void *arg)
+{
+    pmm_ctl_req *ctl = arg;
+    if (rc == -ECANCELED) return;
+    if (rc) {
+        lc->in_cluster = false;
+        pmm_cluster_clear(&lc->cl);
+        pmm_ctl_reply_error(ctl, "cannot write %s/%s: %s", lc->data_dir,
+                            PMM_CLUSTER_FILE, strerror(-rc));
+        return;
+    }
+    install_keys(lc);
+    set_seeds(lc, false);
+    announce(lc);
+    changed(lc);
+    char extra[256];
+    snprintf(extra, sizeof(extra), "\"cid\":1,\"fingerprint\":\"%s\"",
+             pmm_tls_identity_fp_str(lc->tls));
+    lc_log(PMM_LOG_INFO, "cluster created; this node is master (cid 1)");
+    pmm_ctl_reply_ok(ctl, extra);
+}
+
+static void create_body(create_job *j, int status, pmm_lc *lc)
+{
+    if (status || j->rc || lc->closing) {
+        if (!lc->closing) pmm_ctl_reply_error(j->ctl, "hashing the password failed");
+        pmm_cluster_clear(&j->cl);
+        free(j);
+        return;
+    }
+    if (lc->in_cluster) {
+        pmm_ctl_reply_error(j->ctl, "cluster already defined");
+        pmm_cluster_clear(&j->cl);
+        free(j);
+        return;
+    }
+    lc->cl = j->cl;
+    lc->in_cluster = true;
+    pmm_ctl_req *ctl = j->ctl;
+    free(j);
+    save(lc, create_saved, ctl);
+}
+
+static void create_after(uv_work_t *w, int status)
+{
+    create_job *j = w->data;
+    pmm_lc *lc = j->lc;
+    create_body(j, status, lc);
+    lc_unref(lc);
+}
+
+static void cmd_create(pmm_lc *lc, pmm_ctl_req *ctl, const pmm_json *args)
+{
+    const pmm_json *pw = pmm_json_get(args, "password");
+    if (lc->in_cluster) {
+        pmm_ctl_reply_error(ctl, "cluster already defined");
+        return;
+    }
+    if (!pw || pw->type != PMM_JSON_STRING || !pw->str_len ||
+        pw->str_len > PMM_PASSWORD_MAX || strlen(pw->str) != pw->str_len) {
+        pmm_ctl_reply_error(ctl, "a join password of 1 to %d bytes is needed",
+                            PMM_PASSWORD_MAX);
+        return;
+    }
+    create_job *j = calloc(1, sizeof(*j));
+    if (!j) {
+        pmm_ctl_reply_error(ctl, "out of memory");
+        return;
+    }
+    j->lc = lc;
+    j->ctl = ctl;
+    snprintf(j->password, sizeof(j->password), "%s", pw->str);
+    pmm_cluster *c = &j->cl;
+    c->nodes = calloc(1, sizeof(*c->nodes));
+    if (!c->nodes || gsp_random(c->cluster_id, sizeof(c->cluster_id)) ||
+        gsp_random(c->salt, sizeof(c->salt)) ||
+        gsp_random(c->keys[0], GSP_KEY_LEN)) {
+        pmm_cluster_clear(c);
+        free(j);
+        pmm_ctl_reply_error(ctl, "cannot generate cluster secrets");
+        return;
+    }
+    c->n_keys = 1;
+    c->epoch = 1;
+    c->version = 1;
+    c->master_cid = 1;
+    c->maxcid = 1;
+    c->iter = PMM_PBKDF2_ITER;
+    c->n_nodes = 1;
+    pmm_cnode *n = &c->nodes[0];
+    n->cid = 1;
+    n->master = true;
+    snprintf(n->name, sizeof(n->name), "%s", lc->env.cfg->name);
+    self_ip(lc, n->ip, sizeof(n->ip));
+    n->gossip_port = lc->env.cfg->advertise.port;
+    n->api_port = lc->env.api_port;
+    n->node_id = lc->env.node_id;
+    snprintf(n->fp, sizeof(n->fp), "%s", pmm_tls_identity_fp_str(lc->tls));
+    j->w.data = j;
+    lc->refs++;
+    if (uv_queue_work(lc->loop, &j->w, create_work, create_after)) {
+        lc_unref(lc);
+        pmm_cluster_clear(c);
+        free(j);
+        pmm_ctl_reply_error(ctl, "cannot start the password hash");
+    }
+}
+
+/* "1.2.3.4", "1.2.3.4:7947", "[::1]:7947", "::1" -> ip + port */
+static int parse_target(const char *s, char *ip, size_t iplen, uint16_t *port)
+{
+    gsp_addr a;
+    if (gsp_addr_parse(&a, s, PMM_DEFAULT_API_PORT)) return -EINVAL;
+    gsp_addr_ip_str(&a, ip, iplen);
+    *port = a.port;
+    return 0;
+}
+
+static void fp_probe_done(op *o, int rc, const Resp *resp)
+{
+    char buf[PMM_TLS_FP_STR_SIZE], eb[128];
+    if (o->got_fp) {
+        pmm_tls_fp_str(&o->seen_fp, buf, sizeof(buf));
+        char extra[200];
+        snprintf(extra, sizeof(extra), "\"fingerprint\":\"%s\"", buf);
+        pmm_ctl_reply_ok(o->ctl, extra);
+    } else {
+        pmm_ctl_reply_error(o->ctl, "cannot reach %s: %s", o->target,
+                            op_err(rc, eb, sizeof(eb)));
+    }
+    o->ctl = NULL;
+}
+
+static void cmd_fingerprint(pmm_lc *lc, pmm_ctl_req *ctl, const pmm_json *args)
+{
+    const pmm_json *ipj = pmm_json_get(args, "ip");
+    char ip[PMM_IP_STR_MAX + 1];
+    uint16_t port;
+    if (!ipj || ipj->type != PMM_JSON_STRING ||
+        parse_target(ipj->str, ip, sizeof(ip), &port)) {
+        pmm_ctl_reply_error(ctl, "bad master address");
+        return;
+    }
+    op *o = calloc(1, sizeof(*o));
+    if (!o) {
+        pmm_ctl_reply_error(ctl, "out of memory");
+        return;
+    }
+    o->probe_only = true;
+    o->ctl = ctl;
+    o->done = fp_probe_done;
+    int rc = op_start(lc, o, ip, port, NULL, NULL);
+    if (rc) pmm_ctl_reply_error(ctl, "cannot connect to %s: %s", ip, strerror(-rc));
+}
+
+typedef struct join_ctx {
+    char master_ip[PMM_IP_STR_MAX + 1];
+} join_ctx;
+
+static void joined_saved(pmm_lc *lc, int rc, void *arg)
+{
+    pmm_ctl_req *ctl = arg;
+    if (rc == -ECANCELED) return;
+    if (rc) {
+        pmm_ctl_reply_error(ctl, "joined, but cannot write %s/%s: %s",
+                            lc->data_dir, PMM_CLUSTER_FILE, strerror(-rc));
+        return;
+    }
+    const pmm_cnode *me = self_node(lc);
+    char extra[128];
+    snprintf(extra, sizeof(extra), "\"cid\":%u", me ? me->cid : 0);
+    pmm_ctl_reply_ok(ctl, extra);
+}
+
+static void join_done(op *o, int rc, const Resp *resp)
+{
+    pmm_lc *lc = o->lc;
+    pmm_ctl_req *ctl = o->ctl;
+    o->ctl = NULL;
+    char eb[160];
+    if (rc) {
+        if (rc == PMM_TLS_EFINGERPRINT) {
+            char seen[PMM_TLS_FP_STR_SIZE] = "?";
+            if (o->got_fp) pmm_tls_fp_str(&o->seen_fp, seen, sizeof(seen));
+            pmm_ctl_reply_error(ctl, "fingerprint mismatch: %s presented a "
+                                "certificate with a different fingerprint",
+                                o->target);
+        } else {
+            pmm_ctl_reply_error(ctl, "cannot reach the master at %s: %s",
+                                o->target, op_err(rc, eb, sizeof(eb)));
+        }
+        return;
+    }
+    if (!resp->ok || !resp->config) {
+        pmm_ctl_reply_error(ctl, "join refused by %s: %s", o->target,
+                            resp->error ? resp->error : "no reason given");
+        return;
+    }
+    if (lc->in_cluster) {
+        pmm_ctl_reply_error(ctl, "cluster already defined");
+        return;
+    }
+    pmm_cluster nc;
+    memset(&nc, 0, sizeof(nc));
+    char why[160];
+    if (pmm_cluster_from_pb(&nc, resp->config, true, why, sizeof(why))) {
+        pmm_ctl_reply_error(ctl, "the master sent an invalid config: %s", why);
+        return;
+    }
+    const pmm_cnode *me = pmm_cluster_by_id(&nc, &lc->env.node_id);
+    if (!me) {
+        pmm_cluster_clear(&nc);
+        pmm_ctl_reply_error(ctl, "the master's config does not list this node");
+        return;
+    }
+    lc->cl = nc;
+    lc->in_cluster = true;
+    lc_log(PMM_LOG_INFO, "joined cluster as cid %u (config epoch %llu "
+           "version %llu)", me->cid, (unsigned long long)nc.epoch,
+           (unsigned long long)nc.version);
+    install_keys(lc);
+    set_seeds(lc, true);
+    changed(lc);
+    save(lc, joined_saved, ctl);
+}
+
+static void cmd_join(pmm_lc *lc, pmm_ctl_req *ctl, const pmm_json *args)
+{
+    const pmm_json *ipj = pmm_json_get(args, "ip");
+    const pmm_json *fpj = pmm_json_get(args, "fingerprint");
+    const pmm_json *pw = pmm_json_get(args, "password");
+    char ip[PMM_IP_STR_MAX + 1];
+    uint16_t port;
+    pmm_tls_fp fp;
+    if (lc->in_cluster) {
+        pmm_ctl_reply_error(ctl, "cluster already defined on this node");
+        return;
+    }
+    if (!ipj || ipj->type != PMM_JSON_STRING ||
+        parse_target(ipj->str, ip, sizeof(ip), &port)) {
+        pmm_ctl_reply_error(ctl, "bad master address");
+        return;
+    }
+    if (!fpj || fpj->type != PMM_JSON_STRING || pmm_tls_fp_parse(&fp, fpj->str)) {
+        pmm_ctl_reply_error(ctl, "bad fingerprint: expected 32 colon-separated "
+                            "hex pairs");
+        return;
+    }
+    if (!pw || pw->type != PMM_JSON_STRING || !pw->str_len ||
+        pw->str_len > PMM_PASSWORD_MAX || strlen(pw->str) != pw->str_len) {
+        pmm_ctl_reply_error(ctl, "a join password is needed");
+        return;
+    }
+    op *o = calloc(1, sizeof(*o));
+    if (!o) {
+        pmm_ctl_reply_error(ctl, "out of memory");
+        return;
+    }
+    o->ctl = ctl;
+    o->done = join_done;
+    Req r = PMGCM__CLUSTER__REQUEST__INIT;
+    Pmgcm__Cluster__JoinRequest jr = PMGCM__CLUSTER__JOIN_REQUEST__INIT;
+    r.kind = PMGCM__CLUSTER__REQUEST__KIND__JOIN;
+    r.join = &jr;
+    char myip[PMM_IP_STR_MAX + 1];
+    self_ip(lc, myip, sizeof(myip));
+    jr.password = pw->str;
+    jr.name = (char *)lc->env.cfg->name;
+    jr.ip = myip;
+    jr.gossip_port = lc->env.cfg->advertise.port;
+    jr.api_port = lc->env.api_port;
+    jr.node_id.data = lc->env.node_id.b;
+    jr.node_id.len = GSP_ID_LEN;
+    char fps[PMM_TLS_FP_STR_SIZE];
+    pmm_tls_fp_str(&fp, fps, sizeof(fps));
+    int rc = op_start(lc, o, ip, port, fps, &r);
+    if (rc) pmm_ctl_reply_error(ctl, "cannot connect to %s: %s", ip, strerror(-rc));
+}
+
+static void cmd_join_cmd(pmm_lc *lc, pmm_ctl_req *ctl)
+{
+    const pmm_cnode *m = lc->in_cluster ? pmm_cluster_master(&lc->cl) : NULL;
+    if (!m) {
+        pmm_ctl_reply_error(ctl, "no cluster defined");
+        return;
+    }
+    char target[80], cmd[300], extra[400];
+    if (m->api_port == PMM_DEFAULT_API_PORT)
+        snprintf(target, sizeof(target), "%s", m->ip);
+    else if (strchr(m->ip, ':'))
+        snprintf(target, sizeof(target), "[%s]:%u", m->ip, m->api_port);
+    else
+        snprintf(target, sizeof(target), "%s:%u", m->ip, m->api_port);
+    snprintf(cmd, sizeof(cmd), "pmgcm join %s --fingerprint %s", target, m->fp);
+    snprintf(extra, sizeof(extra), "\"command\":\"%s\"", cmd);
+    pmm_ctl_reply_ok(ctl, extra);
+}
+
+/* ---- delete and the key rotation ----------------------------------------------- */
+
+static void rot_step(pmm_lc *lc);
+
+static void tell_removed_done(op *o, int rc, const Resp *resp)
+{
+    if (rc == 0 && resp && resp->ok)
+        lc_log(PMM_LOG_INFO, "deleted node at %s acknowledged its removal",
+               o->target);
+    else
+        lc_log(PMM_LOG_INFO, "deleted node at %s was not told (%s); it is "
+               "locked out by the key rotation", o->target,
+               rc ? strerror(rc < -500 ? EIO : -rc) : "refused");
+}
+
+typedef struct del_ctx {
+    pmm_ctl_req *ctl;
+    pmm_cnode gone;
+} del_ctx;
+
+static void rot_saved(pmm_lc *lc, int rc, void *arg)
+{
+    (void)arg;
+    if (rc == -ECANCELED) return;
+    if (rc) {
+        lc_log(PMM_LOG_ERROR, "key rotation: cannot write config");
+        return;
+    }
+    install_keys(lc);
+    announce(lc);
+    changed(lc);
+    lc->rot_version = lc->cl.version;
+    lc->rot_deadline = now_ms(lc) + ROT_WAIT_MS;
+    if (!lc->rot_stage && lc->rot_ctl) {
+        char extra[96];
+        snprintf(extra, sizeof(extra), "\"cid\":%u,\"key_rotated\":true",
+                 lc->rot_cid);
+        lc_log(PMM_LOG_INFO, "node cid %u deleted; gossip key rotated",
+               lc->rot_cid);
+        pmm_ctl_reply_ok(lc->rot_ctl, extra);
+        lc->rot_ctl = NULL;
+    }
+}
+
+static void delete_saved(pmm_lc *lc, int rc, void *arg)
+{
+    del_ctx *d = arg;
+    if (rc == -ECANCELED) {
+        free(d);
+        return;
+    }
+    if (rc) {
+        pmm_ctl_reply_error(d->ctl, "cannot write the config: %s", strerror(-rc));
+        free(d);
+        return;
+    }
+    install_keys(lc);
+    set_seeds(lc, false);
+    announce(lc);
+    changed(lc);
+    lc->rot_stage = 1;
+    lc->rot_version = lc->cl.version;
+    lc->rot_deadline = now_ms(lc) + ROT_WAIT_MS;
+    lc->rot_ctl = d->ctl;
+    lc->rot_cid = d->gone.cid;
+    /* tell the deleted node, pinned to its own certificate */
+    op *o = calloc(1, sizeof(*o));
+    if (o) {
+        Req r = PMGCM__CLUSTER__REQUEST__INIT;
+        r.kind = PMGCM__CLUSTER__REQUEST__KIND__REMOVED;
+        o->done = tell_removed_done;
+        op_start(lc, o, d->gone.ip, d->gone.api_port, d->gone.fp, &r);
+    }
+    free(d);
+}
+
+static void cmd_delete(pmm_lc *lc, pmm_ctl_req *ctl, const pmm_json *args)
+{
+    const pmm_json *cj = pmm_json_get(args, "cid");
+    if (!lc->in_cluster) {
+        pmm_ctl_reply_error(ctl, "no cluster defined");
+        return;
+    }
+    if (!is_master(lc)) {
+        const pmm_cnode *m = pmm_cluster_master(&lc->cl);
+        pmm_ctl_reply_error(ctl, "only the master can delete nodes; the master "
+                            "is %s (%s)", m ? m->name : "?", m ? m->ip : "?");
+        return;
+    }
+    if (!cj || cj->type != PMM_JSON_NUMBER || cj->num < 1 ||
+        cj->num > PMM_CLUSTER_CID_MAX || cj->num != (double)(uint32_t)cj->num) {
+        pmm_ctl_reply_error(ctl, "bad cid");
+        return;
+    }
+    uint32_t cid = (uint32_t)cj->num;
+    if (cid == lc->cl.master_cid) {
+        pmm_ctl_reply_error(ctl, "cannot delete the master (cid %u)", cid);
+        return;
+    }
+    const pmm_cnode *n = pmm_cluster_by_cid(&lc->cl, cid);
+    if (!n) {
+        pmm_ctl_reply_error(ctl, "no node with cid %u", cid);
+        return;
+    }
+    if (lc->rot_stage) {
+        pmm_ctl_reply_error(ctl, "a key rotation is still in progress; retry "
+                            "in a few seconds");
+        return;
+    }
+    if (lc->cl.n_keys >= GSP_KEYRING_MAX) {
+        pmm_ctl_reply_error(ctl, "keyring full");
+        return;
+    }
+    del_ctx *d = calloc(1, sizeof(*d));
+    uint8_t k[GSP_KEY_LEN];
+    if (!d || gsp_random(k, sizeof(k))) {
+        free(d);
+        pmm_ctl_reply_error(ctl, "cannot generate a new key");
+        return;
+    }
+    d->ctl = ctl;
+    d->gone = *n;
+    pmm_cluster_remove(&lc->cl, cid);
+    /* stage 1: everyone gets the new key, the old one still seals */
+    memcpy(lc->cl.keys[lc->cl.n_keys++], k, GSP_KEY_LEN);
+    memset(k, 0, sizeof(k));
+    lc->cl.version++;
+    lc_log(PMM_LOG_INFO, "deleting %s (cid %u); rotating the gossip key",
+           d->gone.name, cid);
+    save(lc, delete_saved, d);
+}
+
+/* Have all live nodes of the config reached rot_version? */
+static bool all_caught_up(pmm_lc *lc)
+{
+    for (size_t i = 0; i < lc->cl.n_nodes; i++) {
+        const pmm_cnode *n = &lc->cl.nodes[i];
+        if (n->master) continue;
+        gsp_member m;
+        if (gsp_core_get(core(lc), &n->node_id, &m) || m.state != GSP_ALIVE)
+            continue; /* not live: it fetches when it returns */
+        pmm_meta meta;
+        if (!m.meta_len || pmm_meta_decode(&meta, m.meta, m.meta_len))
+            return false;
+        if (meta.cfg_epoch < lc->cl.epoch ||
+            (meta.cfg_epoch == lc->cl.epoch && meta.cfg_version < lc->rot_version))
+            return false;
+    }
+    return true;
+}
+
+static void rot_step(pmm_lc *lc)
+{
+    if (!lc->rot_stage || lc->save_busy || !is_master(lc)) return;
+    if (lc->cl.version != lc->rot_version) return; /* write pending */
+    bool ready = all_caught_up(lc);
+    if (!ready && now_ms(lc) < lc->rot_deadline) return;
+    if (!ready)
+        lc_log(PMM_LOG_WARN, "key rotation: not every live node confirmed "
+               "config version %llu within %d s; continuing",
+               (unsigned long long)lc->rot_version, ROT_WAIT_MS / 1000);
+    if (lc->rot_stage == 1) {
+        /* stage 2: the new key seals, the old one still opens */
+        uint8_t nk[GSP_KEY_LEN];
+        memcpy(nk, lc->cl.keys[lc->cl.n_keys - 1], GSP_KEY_LEN);
+        memmove(lc->cl.keys[1], lc->cl.keys[0],
+                (lc->cl.n_keys - 1) * GSP_KEY_LEN);
+        memcpy(lc->cl.keys[0], nk, GSP_KEY_LEN);
+        memset(nk, 0, sizeof(nk));
+        lc->rot_stage = 2;
+    } else {
+        /* stage 3: only the new key */
+        lc->cl.n_keys = 1;
+        lc->rot_stage = 0;
+    }
+    lc->cl.version++;
+    lc->rot_version = lc->cl.version;
+    save(lc, rot_saved, NULL);
+}
+
+/* ---- promote and sync ---------------------------------------------------------- */
+
+static void promote_saved(pmm_lc *lc, int rc, void *arg)
+{
+    pmm_ctl_req *ctl = arg;
+    if (rc == -ECANCELED) return;
+    if (rc) {
+        pmm_ctl_reply_error(ctl, "cannot write the config: %s", strerror(-rc));
+        return;
+    }
+    announce(lc);
+    changed(lc);
+    char extra[96];
+    snprintf(extra, sizeof(extra), "\"epoch\":%llu,\"cid\":%u",
+             (unsigned long long)lc->cl.epoch, lc->cl.master_cid);
+    pmm_ctl_reply_ok(ctl, extra);
+}
+
+static void cmd_promote(pmm_lc *lc, pmm_ctl_req *ctl, const pmm_json *args)
+{
+    const pmm_json *fj = pmm_json_get(args, "force");
+    bool force = fj && fj->type == PMM_JSON_BOOL && fj->b;
+    if (!lc->in_cluster) {
+        pmm_ctl_reply_error(ctl, "no cluster defined");
+        return;
+    }
+    const pmm_cnode *me = self_node(lc);
+    if (!me) {
+        pmm_ctl_reply_error(ctl, "this node is not in the cluster config");
+        return;
+    }
+    if (me->master) {
+        pmm_ctl_reply_error(ctl, "this node is already the master");
+        return;
+    }
+    const pmm_cnode *m = pmm_cluster_master(&lc->cl);
+    gsp_member gm;
+    if (m && !force && gsp_core_get(core(lc), &m->node_id, &gm) == 0 &&
+        (gm.state == GSP_ALIVE || gm.state == GSP_SUSPECT)) {
+        pmm_ctl_reply_error(ctl, "the master %s (cid %u) is %s; use --force "
+                            "to promote anyway", m->name, m->cid,
+                            gm.state == GSP_ALIVE ? "alive" : "only suspected");
+        return;
+    }
+    if (lc->cl.epoch >= UINT32_MAX) {
+        pmm_ctl_reply_error(ctl, "epoch exhausted");
+        return;
+    }
+    uint32_t cid = me->cid;
+    lc->cl.epoch++;
+    lc->cl.version++;
+    pmm_cluster_set_master(&lc->cl, cid);
+    lc->rot_stage = 0;
+    lc_log(PMM_LOG_WARN, "promoted: this node (cid %u) is master under epoch "
+           "%llu%s", cid, (unsigned long long)lc->cl.epoch,
+           force ? " (forced)" : "");
+    save(lc, promote_saved, ctl);
+}
+
+static void cmd_sync(pmm_lc *lc, pmm_ctl_req *ctl, const pmm_json *args)
+{
+    const pmm_json *mj = pmm_json_get(args, "master_ip");
+    if (!lc->in_cluster) {
+        pmm_ctl_reply_error(ctl, "no cluster defined");
+        return;
+    }
+    if (mj && mj->type == PMM_JSON_STRING) {
+        const pmm_cnode *n = pmm_cluster_by_ip(&lc->cl, mj->str);
+        if (!n) {
+            pmm_ctl_reply_error(ctl, "%s is not a node of this cluster", mj->str);
+            return;
+        }
+        if (n == self_node(lc)) {
+            pmm_ctl_reply_error(ctl, "%s is this node", mj->str);
+            return;
+        }
+        fetch_from(lc, n, 0, ctl, n->ip);
+        return;
+    }
+    if (is_master(lc) && lc->cl.n_nodes == 1) {
+        sync_reply(lc, ctl, 0);
+        return;
+    }
+    if (lc->fetching) {
+        pmm_ctl_reply_error(ctl, "a fetch is already running; retry");
+        return;
+    }
+    lc->fetch_hint_cid = lc->cl.master_cid;
+    lc->fetching = true;
+    op tmp;
+    memset(&tmp, 0, sizeof(tmp));
+    tmp.lc = lc;
+    tmp.attempt = -1;
+    tmp.ctl = ctl;
+    fetch_next(lc, &tmp);
+}
+
+void pmm_lc_ctl(pmm_lc *lc, pmm_ctl_req *req, const char *cmd,
+                const pmm_json *args)
+{
+    if (!strcmp(cmd, "create")) cmd_create(lc, req, args);
+    else if (!strcmp(cmd, "fingerprint")) cmd_fingerprint(lc, req, args);
+    else if (!strcmp(cmd, "join")) cmd_join(lc, req, args);
+    else if (!strcmp(cmd, "join-cmd")) cmd_join_cmd(lc, req);
+    else if (!strcmp(cmd, "delete")) cmd_delete(lc, req, args);
+    else if (!strcmp(cmd, "promote")) cmd_promote(lc, req, args);
+    else if (!strcmp(cmd, "sync")) cmd_sync(lc, req, args);
+    else pmm_ctl_reply_error(req, "unknown command '%s'", cmd);
+}
+
+/* ---- self-healing timer --------------------------------------------------------- */
+
+static void heal_cb(uv_timer_t *t)
+{
+    pmm_lc *lc = t->data;
+    if (!lc->in_cluster || lc->closing) return;
+    rot_step(lc);
+    gsp_stats st;
+    gsp_core_stats(core(lc), &st);
+    bool alone = gsp_core_count(core(lc), 1 << GSP_ALIVE) <= 1 &&
+                 lc->cl.n_nodes > 1;
+    bool drops = st.drop_decrypt > lc->last_drops + 20;
+    lc->last_drops = st.drop_decrypt;
+    /* nobody answers, or lots of packets we cannot open: our config (and
+     * keyring) may be stale -- ask the config's nodes over TLS */
+    if ((alone || drops) && !lc->fetching) {
+        lc_log(PMM_LOG_DEBUG, "%s: fetching the config",
+               alone ? "no live peer" : "undecryptable gossip");
+        fetch_newer(lc, 0);
+    }
+}
+
+static void heal_fast_cb(uv_timer_t *t)
+{
+    pmm_lc *lc = t->data;
+    /* rotation steps are checked every second; healing every 5 s */
+    if (lc->closing) return;
+    rot_step(lc);
+    if (++lc->heal_ticks % (HEAL_INTERVAL_MS / 1000) == 0) heal_cb(t);
+}
+
+/* ---- start / close ---------------------------------------------------------------- */
+
+int pmm_lc_start(pmm_lc **out, const pmm_lc_env *env, char *err,
+                 size_t errlen)
+{
+    *out = NULL;
+    pmm_lc *lc = calloc(1, sizeof(*lc));
+    if (!lc) return -ENOMEM;
+    lc->env = *env;
+    lc->loop = env->loop;
+    snprintf(lc->data_dir, sizeof(lc->data_dir), "%s", env->cfg->data_dir);
+    snprintf(lc->tls_dir, sizeof(lc->tls_dir), "%s/tls", lc->data_dir);
+    int rc = pmm_mkdir_p(lc->tls_dir, 0700);
+    if (rc) {
+        snprintf(err, errlen, "%s: %s", lc->tls_dir, strerror(-rc));
+        free(lc);
+        return rc;
+    }
+    rc = pmm_tls_identity_load(lc->tls_dir, &lc->tls);
+    if (rc == -ENOENT) {
+        rc = pmm_tls_identity_create(lc->tls_dir, env->cfg->name);
+        if (rc == 0) {
+            rc = pmm_tls_identity_load(lc->tls_dir, &lc->tls);
+            if (rc == 0)
+                lc_log(PMM_LOG_INFO, "created TLS identity, fingerprint %s",
+                       pmm_tls_identity_fp_str(lc->tls));
+        }
+    }
+    if (rc) {
+        snprintf(err, errlen, "TLS identity in %s: %s", lc->tls_dir,
+                 pmm_tls_strerror(rc));
+        free(lc);
+        return rc;
+    }
+    char why[200] = "";
+    rc = pmm_cluster_load(lc->data_dir, &lc->cl, why, sizeof(why));
+    if (rc == 0) {
+        if (!pmm_cluster_by_id(&lc->cl, &env->node_id)) {
+            snprintf(err, errlen, "%s/%s does not list this node's id",
+                     lc->data_dir, PMM_CLUSTER_FILE);
+            pmm_cluster_clear(&lc->cl);
+            pmm_tls_identity_free(lc->tls);
+            free(lc);
+            return -EINVAL;
+        }
+        lc->in_cluster = true;
+        install_keys(lc);
+        set_seeds(lc, true);
+        const pmm_cnode *me = self_node(lc);
+        lc_log(PMM_LOG_INFO, "cluster config epoch %llu version %llu: this "
+               "node is %s (cid %u)", (unsigned long long)lc->cl.epoch,
+               (unsigned long long)lc->cl.version,
+               me->master ? "master" : "a node", me->cid);
+    } else if (rc != -ENOENT) {
+        snprintf(err, errlen, "%s", why);
+        pmm_tls_identity_free(lc->tls);
+        free(lc);
+        return rc;
+    }
+
+    struct sockaddr_storage ss;
+    char ip[PMM_IP_STR_MAX + 1];
+    gsp_addr_ip_str(&env->cfg->bind, ip, sizeof(ip));
+    make_sockaddr(ip, env->api_port, &ss);
+    pmm_tls_callbacks cb = {.ud = lc, .verify = srv_verify,
+                            .frame = srv_frame, .close = srv_close};
+    pmm_tls_opts opts;
+    pmm_tls_opts_default(&opts);
+    opts.max_frame = FRAME_MAX;
+    opts.idle_timeout_ms = 30000;
+    opts.max_conns = 64;
+    rc = pmm_tls_server_start(&lc->srv, lc->loop, (struct sockaddr *)&ss,
+                              lc->tls, &cb, &opts);
+    if (rc) {
+        snprintf(err, errlen, "node API on %s:%u: %s", ip, env->api_port,
+                 strerror(-rc));
+        pmm_cluster_clear(&lc->cl);
+        pmm_tls_identity_free(lc->tls);
+        free(lc);
+        return rc;
+    }
+    uv_timer_init(lc->loop, &lc->heal_timer);
+    lc->heal_timer.data = lc;
+    lc->refs++;
+    uv_timer_start(&lc->heal_timer, heal_fast_cb, 1000, 1000);
+    if (lc->in_cluster && is_master(lc)) announce(lc);
+    *out = lc;
+    return 0;
+}
+
+const pmm_cluster *pmm_lc_cluster(const pmm_lc *lc)
+{
+    return lc && lc->in_cluster ? &lc->cl : NULL;
+}
+
+const char *pmm_lc_fingerprint(const pmm_lc *lc)
+{
+    return pmm_tls_identity_fp_str(lc->tls);
+}
+
+static void lc_unref(pmm_lc *lc)
+{
+    lc->refs--;
+    if (!lc->closing || lc->refs > 0) return;
+    pmm_cluster_clear(&lc->cl);
+    pmm_tls_identity_free(lc->tls);
+    free(lc);
+}
+
+static void heal_closed(uv_handle_t *h)
+{
+    lc_unref(h->data);
+}
+
+void pmm_lc_close(pmm_lc *lc)
+{
+    if (!lc || lc->closing) return;
+    lc->closing = true;
+    if (lc->rot_ctl) {
+        pmm_ctl_reply_error(lc->rot_ctl, "daemon shutting down");
+        lc->rot_ctl = NULL;
+    }
+    for (op *o = lc->ops; o; o = o->next) {
+        if (o->ctl) {
+            pmm_ctl_reply_error(o->ctl, "daemon shutting down");
+            o->ctl = NULL;
+        }
+        pmm_tls_conn_abort(o->conn);
+    }
+    pmm_tls_server_close(lc->srv);
+    lc->srv = NULL;
+    uv_close((uv_handle_t *)&lc->heal_timer, heal_closed);
+}
