@@ -481,6 +481,24 @@ static void ctl_handler(void *ud, pmm_ctl_req *req, const char *cmd,
                        (unsigned long long)cl->epoch,
                        (unsigned long long)cl->version, cl->master_cid);
     }
+    {
+        gsp_stats st;
+        gsp_core_stats(core, &st);
+        pmm_buf_printf(&reply, ",\"gossip\":{\"udp_in\":%llu,\"udp_out\":%llu,"
+                       "\"drop_decrypt\":%llu,\"drop_decode\":%llu,"
+                       "\"drop_toobig\":%llu,\"probes\":%llu,"
+                       "\"suspicions\":%llu,\"refutations\":%llu,"
+                       "\"health\":%u}",
+                       (unsigned long long)st.udp_in,
+                       (unsigned long long)st.udp_out,
+                       (unsigned long long)st.drop_decrypt,
+                       (unsigned long long)st.drop_decode,
+                       (unsigned long long)st.drop_toobig,
+                       (unsigned long long)st.probes,
+                       (unsigned long long)st.suspicions,
+                       (unsigned long long)st.refutations,
+                       gsp_core_health(core));
+    }
     if (n->lc != NULL) {
         pmm_buf_puts(&reply, ",\"fingerprint\":");
         const char *fp = pmm_lc_fingerprint(n->lc);
