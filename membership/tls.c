@@ -900,11 +900,17 @@ static void on_handle_closed(uv_handle_t *h)
         finish(c);
 }
 
-/* Immediate teardown. */
+/* Immediate teardown. A graceful close (reason 0) that is cut short while
+ * frames or the close_notify were still unsent reports the new reason
+ * instead: the application must not believe everything went out. */
 static void close_handles(pmm_tls_conn *c, int reason)
 {
     if (c->state == ST_DEAD)
         return;
+    if (c->reason_set && c->reason == 0 && reason != 0 &&
+        (c->queued > 0 || c->pend.len > 0 || c->writing ||
+         (c->notify && !c->notify_sent)))
+        c->reason = reason;
     set_reason(c, reason);
     c->state = ST_DEAD;
     c->reading = false;
