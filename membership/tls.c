@@ -1373,6 +1373,9 @@ static void read_side(pmm_tls_conn *c)
                 continue;
             }
         }
+        if (r == MBEDTLS_ERR_SSL_WANT_READ && c->in_off < c->in_len)
+            continue; /* a record that carried no data (ignored alert,
+                         refused renegotiation): more input is waiting */
         if (r == MBEDTLS_ERR_SSL_WANT_READ || r == MBEDTLS_ERR_SSL_WANT_WRITE)
             return;
         if (r == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY) {

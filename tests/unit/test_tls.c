@@ -322,6 +322,11 @@ typedef struct cli_ctx {
     int eagains;
     bool blocked;
     uint64_t t_open, t_close;
+    /* what the connection says about itself at open */
+    pmm_tls_fp open_fp;
+    int open_fp_rc, open_addr_rc;
+    struct sockaddr_storage open_addr;
+    bool open_is_client;
 } cli_ctx;
 
 static void script_send(cli_ctx *k)
@@ -393,6 +398,9 @@ static void c_open(pmm_tls_conn *c, void *ud)
     cli_ctx *k = ud;
     k->opens++;
     k->t_open = uv_now(&loop);
+    k->open_fp_rc = pmm_tls_conn_peer_fp(c, &k->open_fp);
+    k->open_addr_rc = pmm_tls_conn_peer_addr(c, &k->open_addr);
+    k->open_is_client = pmm_tls_conn_is_client(c);
     switch (k->mode) {
     case C_SCRIPT:
         if (k->nscript > 0)
@@ -825,6 +833,12 @@ static void test_request_response(void)
     CHECK_EQ_INT(k.frames, k.nscript);
     CHECK_EQ_INT(k.close_reason, 0);
     CHECK_EQ_INT(k.verify_calls, 0); /* pinned: no approval asked */
+    CHECK_EQ_INT(k.open_fp_rc, 0);
+    CHECK(pmm_tls_fp_eq(&k.open_fp, pmm_tls_identity_fp(id_srv)));
+    CHECK_EQ_INT(k.open_addr_rc, 0);
+    CHECK(((struct sockaddr_in *)&k.open_addr)->sin_port ==
+          ((struct sockaddr_in *)&s.addr)->sin_port);
+    CHECK(k.open_is_client);
     CHECK_EQ_INT(s.verify_calls, 1);
     CHECK(pmm_tls_fp_eq(&s.peer, pmm_tls_identity_fp(id_a)));
     CHECK_EQ_INT(s.kind, PMM_TLS_ACCEPT_NODE);
