@@ -41,8 +41,9 @@
  * to max_queued / 2 again, cb->writable fires once. A single frame is always
  * accepted when nothing is queued, so queued <= max(max_queued, 4 +
  * max_frame). Besides the queue a connection holds a fixed amount of memory
- * (two 64 KiB ciphertext buffers, a 16 KiB staging buffer, mbedTLS's record
- * buffers, and the frame being received, at most max_frame).
+ * (a 64 KiB input buffer, two 64 KiB ciphertext buffers, a 16 KiB staging
+ * buffer, mbedTLS's two ~16.7 KiB record buffers) plus the frame being
+ * received (at most max_frame: lower it in verify for joiners).
  *
  * Reading is paused while a verify decision is pending and while the
  * application has paused it (pmm_tls_conn_pause), so a slow consumer
@@ -136,7 +137,9 @@ typedef struct pmm_tls_identity pmm_tls_identity;
  * Synchronous and slow-ish (milliseconds): call it outside the event loop.
  * Returns 0; -EEXIST if either file already exists (nothing is touched);
  * -EINVAL (bad cn); -ENOMEM; -EIO (mbedTLS failure); -errno from the file
- * system. If writing node.crt fails, the node.key just written is removed. */
+ * system. If writing node.crt fails, the node.key just written is removed;
+ * a crash between the two leaves node.key alone, which load reports as
+ * PMM_TLS_ECORRUPT and create as -EEXIST (remove it by hand). */
 int pmm_tls_identity_create(const char *dir, const char *cn);
 
 /* Loads dir/node.key and dir/node.crt. Returns 0 and *out (the caller owns
