@@ -57,6 +57,7 @@ typedef struct bcast {
     uint32_t key; /* user broadcasts: key */
     uint8_t *buf; /* packed Member / UserMsg */
     size_t len;
+    uint64_t pkt; /* serial of the last packet it went into */
 } bcast;
 
 typedef struct bqueue {
@@ -121,6 +122,7 @@ struct gsp_core {
 
     bqueue mq, uq;
     uint64_t bcast_order;
+    uint64_t pkt_serial; /* packets built by send_packet */
 
     relay relays[RELAY_MAX];
     user_rec *users;
@@ -625,8 +627,9 @@ static size_t fill(gsp_core *c, bqueue *q, unsigned tag, uint8_t *p,
     for (size_t i = 0; i < q->n && room - used >= 3; i++) {
         bcast *b = ord[i];
         size_t fl = field_len(b->len);
-        if (fl > room - used) continue;
+        if (fl > room - used || b->pkt == c->pkt_serial) continue;
         used += put_field(p + used, tag, b->buf, b->len);
+        b->pkt = c->pkt_serial; /* once per packet: uq is filled twice */
         b->transmits++;
         c->st.updates_sent++;
     }
@@ -658,6 +661,7 @@ static void send_packet(gsp_core *c, const gsp_addr *to, PbPacket *hdr,
     }
     size_t room = cap - n;
     size_t ushare = room * c->cfg.user_share_pct / 100;
+    c->pkt_serial++;
     n += fill(c, &c->uq, 7, p + n, ushare);
     n += fill(c, &c->mq, 6, p + n, cap - n);
     n += fill(c, &c->uq, 7, p + n, cap - n);
