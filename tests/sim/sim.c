@@ -552,6 +552,24 @@ static void trace_payload(sim *s, const ev *e)
     fputc('\n', f);
 }
 
+/* opts.check_wire: one datagram must not carry the same user record twice
+ * (each copy costs a retransmission). */
+static void check_wire(sim *s, const ev *e)
+{
+    Pmgcm__Gossip__Packet *p =
+        pmgcm__gossip__packet__unpack(NULL, e->len, e->data);
+    if (!p) return;
+    for (size_t i = 0; i < p->n_user; i++)
+        for (size_t j = 0; j < i; j++)
+            if (p->user[i]->key == p->user[j]->key &&
+                p->user[i]->version == p->user[j]->version) {
+                s->c.wire_dup_user++;
+                i = p->n_user;
+                break;
+            }
+    pmgcm__gossip__packet__free_unpacked(p, NULL);
+}
+
 static void hash_event(sim *s, const ev *e, uint32_t src, uint32_t dst)
 {
     uint64_t h = mix(s->now, e->kind);
@@ -805,6 +823,7 @@ static void deliver(sim *s, ev *e)
         hash_event(s, e, e->src, e->dst);
         if (e->kind == EV_UDP) {
             s->c.udp_delivered++;
+            if (s->o.check_wire && !s->o.keyring) check_wire(s, e);
             if (gsp_core_recv(b->core, ms, &e->from, e->data, e->len) < 0)
                 s->c.recv_errors++;
             after_call(s, b);

@@ -66,6 +66,8 @@ typedef struct sim_opts {
     uint32_t join_seeds;       /* a starting node joins this many seeds (0 = all) */
     bool keyring;              /* seal with a real per-node gsp_keyring      */
     bool crash_refuses;        /* a crashed node's host answers TCP with RST */
+    bool check_wire;           /* decode every delivered plaintext datagram
+                                  and count records repeated in one packet */
     bool trace;                /* print every delivered event and change    */
     FILE *trace_out;           /* default stdout                            */
 } sim_opts;
@@ -175,6 +177,7 @@ typedef struct sim_counters {
     uint64_t stuck_deadlines; /* busy loop: due again 4 ticks in a row      */
     uint64_t stream_request_errors; /* stream_request returned < 0           */
     uint64_t recv_errors;     /* gsp_core_recv returned < 0                  */
+    uint64_t wire_dup_user;   /* check_wire: a user record twice in a packet */
     uint64_t ticks;
 } sim_counters;
 void sim_get_counters(const sim *s, sim_counters *out);
