@@ -91,7 +91,7 @@ int pmm_cluster_validate(const pmm_cluster *c, bool need_keys, char *err,
         return fail(err, errlen, "maxcid %u out of range", c->maxcid);
     if (c->iter < 1000 || c->iter > 10000000)
         return fail(err, errlen, "password hash iterations %u", c->iter);
-    if (need_keys && (c->n_keys < 1 || c->n_keys > GSP_KEYRING_MAX))
+    if (c->n_keys > GSP_KEYRING_MAX || (need_keys && c->n_keys < 1))
         return fail(err, errlen, "%zu gossip keys", c->n_keys);
     size_t masters = 0;
     for (size_t i = 0; i < c->n_nodes; i++) {
