@@ -348,6 +348,11 @@ int pmm_cluster_save(const char *dir, const pmm_cluster *c)
     size_t len;
     int rc = pmm_cluster_encode(c, true, &buf, &len);
     if (rc) return rc;
+    /* a temp file left by a crash keeps its mode through O_TRUNC: remove
+     * it, so the keyring is never written into a file others can read */
+    char tmp[PMM_PATH_MAX + 32];
+    snprintf(tmp, sizeof(tmp), "%s/.%s.tmp", dir, PMM_CLUSTER_FILE);
+    unlink(tmp);
     rc = pmm_write_file_atomic(dir, PMM_CLUSTER_FILE, buf, len, 0600);
     memset(buf, 0, len);
     free(buf);
