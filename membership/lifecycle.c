@@ -1076,6 +1076,9 @@ static int srv_verify(pmm_tls_conn *c, const pmm_tls_fp *peer, void *ud)
     pmm_tls_fp_str(peer, fps, sizeof(fps));
     if (lc->in_cluster && pmm_cluster_by_fp(&lc->cl, fps))
         return PMM_TLS_ACCEPT_NODE;
+    /* an unauthenticated joiner only ever sends a small join request */
+    pmm_tls_conn_set_max_frame(c, 64 * 1024);
+    pmm_tls_conn_set_idle_timeout(c, 15000);
     return PMM_TLS_ACCEPT_JOINER;
 }
 
