@@ -531,12 +531,21 @@ static void fetch_done(op *o, int rc, const Resp *resp)
     if (rc == 0 && resp && !resp->ok) {
         const char *e = resp->error ? resp->error : "refused";
         lc_log(PMM_LOG_WARN, "fetch from %s refused: %s", o->target, e);
-        if (strstr(e, "not a member")) {
-            /* a pinned node of our own config says we are gone */
+        /* only the master of our config speaks for it: any other node
+         * may hold an older config that does not list us yet */
+        const pmm_cnode *m = pmm_cluster_master(&lc->cl);
+        if (strstr(e, "not a member") && m && m->cid == o->cid) {
+            /* the pinned master of our own config says we are gone */
             if (o->ctl) pmm_ctl_reply_error(o->ctl, "%s: %s", o->target, e);
             o->ctl = NULL;
             lc->fetching = false;
-            removed_from_cluster(lc, "a cluster node says so");
+            removed_from_cluster(lc, "the master says so");
+            return;
+        }
+        if (o->want_ip[0]) {
+            if (o->ctl) pmm_ctl_reply_error(o->ctl, "%s: %s", o->target, e);
+            o->ctl = NULL;
+            lc->fetching = false;
             return;
         }
         rc = -EPERM;
