@@ -99,7 +99,7 @@ CONF
         fi
         touch "$BN_DIR/serf/n$i.started"
         "$SERF" agent -node="n$i" -bind="127.0.0.1:$((SERF_PORT0 + i))" \
-            -rpc-addr="127.0.0.1:$((SERF_RPC0 + i))" -log-level=warn "${args[@]}" \
+            -rpc-addr="127.0.0.1:$((SERF_RPC0 + i))" -log-level=info "${args[@]}" \
             </dev/null >>"$BN_DIR/serf/n$i.log" 2>&1 &
     fi
     BN_PID[$kind:$i]=$!
@@ -149,6 +149,15 @@ bn_member_state() { # bn_member_state KIND I NAME
         bn_state_in "$js" "$3"
     else
         jq -r --arg n "$3" '.members? // . | .[] | select(.name == $n) | (.state // .status)' <<<"$js"
+    fi
+}
+# bn_false_re KIND: log lines that mean a member was suspected or declared
+# dead (pmgclusterd logs them at warn; Serf/memberlist at info).
+bn_false_re() {
+    if [[ $1 == pmg ]]; then
+        echo 'suspect \(was|dead \(was'
+    else
+        echo 'EventMemberFailed|Suspect .* has failed|Marking .* as failed'
     fi
 }
 bn_alive_word() { [[ $1 == pmg ]] && echo A || echo alive; }
