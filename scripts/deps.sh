@@ -10,8 +10,10 @@ set -euo pipefail
 # Build: compiler, autotools, libraries.
 BUILD_PKGS=(build-essential autoconf automake libtool pkg-config
             libuv1-dev libprotobuf-c-dev protobuf-c-compiler libmbedtls-dev)
-# Tests: JSON queries, network namespaces, process tools, leak checks.
-TEST_PKGS=(jq iproute2 procps valgrind)
+# Tests: JSON queries, network namespaces, process tools, leak checks, and
+# python3 (integration helpers speak raw control-socket requests and drive
+# pmgcm on a pty with it).
+TEST_PKGS=(jq iproute2 procps valgrind python3)
 # Benchmark anchor (bench/detect, bench/soak compare against Serf).
 BENCH_PKGS=(serf)
 # Services used by later parts of the project go here when they exist
