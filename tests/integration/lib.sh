@@ -294,3 +294,103 @@ it_cleanup() {
     fi
     exit "$rc"
 }
+
+# ---- cluster lifecycle (create/join/delete/promote/sync) -------------------------
+# it_write_config_lc I NAME [IP] [PORT] [API_PORT]: a config for a node that
+# gets its cluster (and so its keyring) from `pmgcm create` / `pmgcm join`:
+# no key_file, no peers. IP defaults to IT_IP[I], PORT to IT_PORT, API_PORT
+# to the daemon's default (7947).
+it_write_config_lc() {
+    local i=$1 name=$2 ip=${3:-${IT_IP[$1]}} port=${4:-$IT_PORT} api=${5:-}
+    mkdir -p "$IT_DIR/node$i"
+    {
+        echo "name = $name"
+        echo "bind = $ip:$port"
+        echo "data_dir = $IT_DIR/node$i"
+        echo "control_socket = $(it_sock "$i")"
+        echo "label = pmgcm-it"
+        [[ -n "$api" ]] && echo "api_port = $api"
+        echo "log_level = ${IT_LOG_LEVEL:-info}"
+        [[ -n "${IT_EXTRA_CONF:-}" ]] && printf '%s\n' "$IT_EXTRA_CONF"
+    } >"$IT_DIR/node$i.conf"
+}
+
+# it_ctl I REQUEST: sends one raw request line to node I's control socket
+# (protocol: membership/membership.h) and prints the daemon's answer. For
+# what `pmgcm` does not print, e.g. the status envelope ("cluster",
+# "fingerprint", "gossip").
+it_ctl() {
+    timeout 10 python3 -c '
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(8)
+s.connect(sys.argv[1])
+s.sendall(sys.argv[2].encode() + b"\n")
+buf = b""
+while True:
+    d = s.recv(65536)
+    if not d:
+        break
+    buf += d
+sys.stdout.write(buf.decode())
+' "$(it_sock "$1")" "$2"
+}
+# it_envelope I: node I's whole status answer (one JSON object).
+it_envelope() { it_ctl "$1" status; }
+# it_cluster_of I: node I's "cluster" object (compact JSON), "null" outside
+# a cluster; fails when the daemon does not answer.
+it_cluster_of() {
+    local e
+    e=$(it_envelope "$1" 2>/dev/null) && [[ -n "$e" ]] || return 1
+    jq -ce '.ok == true' <<<"$e" >/dev/null || return 1
+    jq -c '.cluster // null' <<<"$e"
+}
+# it_fingerprint_of I: node I's TLS certificate fingerprint.
+it_fingerprint_of() { it_envelope "$1" 2>/dev/null | jq -r '.fingerprint // empty'; }
+# it_gossip_stat I FIELD: one counter of node I's "gossip" object.
+it_gossip_stat() { it_envelope "$1" 2>/dev/null | jq -r --arg f "$2" '.gossip[$f] // empty'; }
+# it_roles_of I: node I's view as "name:cid:role" words sorted by cid, e.g.
+# "node1:1:master node2:2:node".
+it_roles_of() {
+    it_status "$1" 2>/dev/null |
+        jq -r '[.members? // . | .[] | "\(.name):\(.cid):\(.role)"] | sort_by(split(":")[1] | tonumber) | join(" ")' 2>/dev/null
+}
+# it_pmgcm I ARGS...: `pmgcm ARGS...` typed on node I (its control socket
+# through $PMGCM_SOCKET, so the command line is what an admin types).
+it_pmgcm() {
+    local i=$1; shift
+    PMGCM_SOCKET=$(it_sock "$i") timeout 60 "$PMGCM" "$@"
+}
+# it_pmgcm_tty I ANSWER ARGS...: the same on a terminal (a pty): ANSWER is
+# typed when pmgcm asks "(yes/no)". Prints everything the terminal showed;
+# returns pmgcm's exit status.
+it_pmgcm_tty() {
+    local i=$1 answer=$2; shift 2
+    PMGCM_SOCKET=$(it_sock "$i") timeout 90 python3 -c '
+import os, pty, select, sys, time
+answer, argv = sys.argv[1], sys.argv[2:]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(argv[0], argv)
+out, sent, end = b"", False, time.time() + 80
+while time.time() < end:
+    r, _, _ = select.select([fd], [], [], 0.2)
+    if not r:
+        continue
+    try:
+        d = os.read(fd, 4096)
+    except OSError:
+        d = b""
+    if not d:
+        break
+    out += d
+    if not sent and b"(yes/no)" in out:
+        os.write(fd, answer.encode() + b"\n")
+        sent = True
+else:
+    os.kill(pid, 9)
+_, st = os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors="replace").replace("\r\n", "\n"))
+sys.exit(os.waitstatus_to_exitcode(st))
+' "$answer" "$PMGCM" "$@"
+}

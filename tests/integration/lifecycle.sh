@@ -1,0 +1,605 @@
+#!/usr/bin/env bash
+# tests/integration/lifecycle.sh - the admin guide's cluster story end to end
+# (shared/reference/pmgcm.adoc, issue 4), with `pmgcm` typed as an admin
+# types it, against real pmgclusterd daemons, each in its own network
+# namespace and IP (as root; else on 127.0.x.y loopback addresses). No
+# key_file: every keyring comes from `pmgcm create` / `pmgcm join`.
+#
+#   node1 A   creates the cluster (cid 1, master)
+#   node2 B   joins with --fingerprint (the line `pmgcm join-cmd` printed)
+#   node3 C   joins by confirming the fingerprint prompt on a terminal
+#   node4 D   refused in every way, joins, is deleted, comes back with its
+#             old data dir and is never let in again
+#   node5     a daemon named node2 (name clash)
+#   node6     a daemon on B's IP, other ports (IP clash)
+#
+# node3 is partitioned while node4 joins: right after, node3 (still with the
+# older config) must not be able to throw node4 out.
+# Then: kill -9 the master, promote B (refused while A is alive), C follows
+# with nothing typed, A returns and steps down, sync (and a sync pointed at
+# the wrong master), kill -9 of everybody and a restart (the cluster
+# re-forms by itself), then a total loss: data dirs wiped, create + join.
+# Every refusal checks the message and that no node's config changed.
+# Timings are reported as TAP diagnostics.
+#
+# Polls with deadlines (every 100 ms); never sleeps to synchronise. Cleans up
+# daemons, namespaces and files even on failure. Well under 4 minutes.
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+IT_BUDGET=${IT_BUDGET:-225}
+. "$here/lib.sh"
+
+command -v python3 >/dev/null || it_bail "python3 not installed (control socket and pty helpers)"
+
+it_init 5
+A=1 B=2 C=3 D=4 E=5 F=6
+if [[ $IT_MODE == loopback ]]; then
+    # our own /24 on loopback, away from cluster.sh's 127.0.0.x (its
+    # daemons listen on the default API port 7947 too)
+    net=127.0.$((100 + $$ % 100))
+    for i in 1 2 3 4 5; do IT_IP[i]=$net.$((10 + i)); done
+    DEAD_IP=$net.99
+else
+    DEAD_IP=10.213.0.99 # in the bridge's subnet, nobody has it
+fi
+# node6 lives on B's address (and in B's namespace) with its own ports;
+# counting it in IT_N makes it_cleanup stop it and dump its log too
+IT_N=6
+IT_NS[F]=${IT_NS[B]:-}
+IT_IP[F]=${IT_IP[B]}
+
+PW=$IT_DIR/join.pw
+BADPW=$IT_DIR/bad.pw
+printf 'correct horse battery staple\n' >"$PW"
+printf 'Tr0ub4dor&3\n' >"$BADPW"
+chmod 600 "$PW" "$BADPW"
+
+for i in $A $B $C $D; do it_write_config_lc "$i" "node$i"; done
+it_write_config_lc $E node2                                 # name clash
+it_write_config_lc $F clash "${IT_IP[B]}" $((IT_PORT + 10)) 7957 # IP clash
+
+# ---- helpers -----------------------------------------------------------------
+# run I ARGS...: `pmgcm ARGS` on node I; OUT (stdout+stderr), RC, DUR_MS.
+run() {
+    local t0
+    t0=$(it_now_ms)
+    OUT=$(it_pmgcm "$@" 2>&1)
+    RC=$?
+    DUR_MS=$(($(it_now_ms) - t0))
+}
+first_line() { head -n1 <<<"$1"; }
+ms() { it_fmt_ms "$1"; }
+
+# snapshot "I J ...": remembers each node's "cluster" object in SNAP[I]
+declare -a SNAP
+snapshot() {
+    local j
+    for j in $1; do SNAP[j]=$(it_cluster_of "$j" || echo "no answer"); done
+}
+# unchanged "I J ...": empty when every node's cluster object is as in the
+# last snapshot, else a description of what changed
+unchanged() {
+    local j now s=
+    for j in $1; do
+        now=$(it_cluster_of "$j" || echo "no answer")
+        [[ "$now" == "${SNAP[j]}" ]] || s+="node$j: ${SNAP[j]} -> $now; "
+    done
+    echo "$s"
+}
+
+# refusal DESC I PATTERN "WATCH" "OUTSIDE" ARGS...: `pmgcm ARGS` on node I
+# must exit 1 with a message matching PATTERN (ERE); every WATCH node's
+# cluster object must be unchanged, and every OUTSIDE node still outside
+# any cluster.
+refusal() {
+    local desc=$1 i=$2 pat=$3 watch=$4 outside=$5 bad j
+    shift 5
+    snapshot "$watch"
+    run "$i" "$@"
+    bad=$(unchanged "$watch")
+    for j in $outside; do
+        [[ "$(it_cluster_of "$j")" == null ]] || bad+="node$j is in a cluster; "
+    done
+    if ((RC == 1)) && grep -Eq -- "$pat" <<<"$OUT" && [[ -z "$bad" ]]; then
+        it_ok "$desc: exit 1, '$(first_line "$OUT")'; nothing changed"
+        return 0
+    fi
+    it_not_ok "$desc"
+    it_diag "pmgcm $* on node$i: exit $RC, output: $OUT"
+    it_diag "wanted exit 1 and /$pat/; changes: ${bad:-none}"
+    return 1
+}
+
+# roles_are "I J ..." EXPECTED: every listed node shows exactly EXPECTED
+# ("name:cid:role ...", by cid) and all of them alive
+roles_are() {
+    local i n
+    n=$(wc -w <<<"$2")
+    for i in $1; do
+        [[ "$(it_roles_of "$i")" == "$2" ]] || return 1
+        [[ "$(it_count_state "$i" A)" == "$n" ]] || return 1
+    done
+}
+# same_cluster "I J ...": every listed node holds the same config object
+same_cluster() {
+    local i c first=
+    for i in $1; do
+        c=$(it_cluster_of "$i") || return 1
+        [[ "$c" != null ]] || return 1
+        [[ -z "$first" ]] && first=$c
+        [[ "$c" == "$first" ]] || return 1
+    done
+}
+# cl_field I FIELD: one member of node I's cluster object
+cl_field() { it_cluster_of "$1" 2>/dev/null | jq -r --arg f "$2" '.[$f] // empty'; }
+# follows I CID EPOCH: node I's config has master CID under EPOCH
+follows() { [[ "$(cl_field "$1" master_cid)" == "$2" && "$(cl_field "$1" epoch)" == "$3" ]]; }
+show_views() {
+    local i
+    for i in $1; do
+        it_diag "node$i: $(it_roles_of "$i") | states $(it_status "$i" 2>/dev/null |
+            jq -c '[.[] | "\(.name)=\(.state)"]') | cluster $(it_cluster_of "$i")"
+    done
+}
+drops_sum() {
+    local i s=0 v
+    for i in $1; do
+        v=$(it_gossip_stat "$i" drop_decrypt)
+        s=$((s + ${v:-0}))
+    done
+    echo "$s"
+}
+# join_cmd_args I: the words after "pmgcm" of the line `pmgcm join-cmd`
+# printed on node I (in JC_LINE)
+JC_LINE=
+join_cmd_args() {
+    JC_LINE=$(it_pmgcm "$1" join-cmd 2>&1) || return 1
+    [[ "$JC_LINE" == "pmgcm join "* ]] || return 1
+}
+# join_with_cmd I M: node I runs the join-cmd line of master M (+ password)
+join_with_cmd() {
+    local -a w
+    join_cmd_args "$2" || { OUT="join-cmd failed: $JC_LINE"; RC=99; return 1; }
+    read -r -a w <<<"$JC_LINE"
+    run "$1" "${w[@]:1}" --password-file "$PW"
+}
+stop_node() {
+    it_alive_pid "$1" || return 0
+    it_signal "$1" TERM
+    it_reap "$1" 10
+    [[ $IT_EXIT == 0 ]] || it_diag "node$1 exited with $IT_EXIT on SIGTERM"
+}
+kill9() {
+    it_signal "$1" KILL
+    wait "${IT_PID[$1]}" 2>/dev/null
+}
+
+for i in $A $B $C $D; do
+    it_start_node "$i" || it_bail "node$i: control socket did not answer within 10 s"
+done
+
+# ==== create ===================================================================
+snapshot "$A"
+run $A create --password-file "$PW"
+FP_A=$(it_fingerprint_of $A)
+if ((RC == 0)) && grep -q 'master (cid 1)' <<<"$OUT" &&
+    grep -qF "fingerprint: $FP_A" <<<"$OUT" && [[ ${SNAP[A]} == null ]] &&
+    follows $A 1 1 && [[ "$(it_roles_of $A)" == "node1:1:master" ]]; then
+    it_ok "pmgcm create on node1: master, cid 1, epoch 1, prints its fingerprint ($(ms $DUR_MS) s)"
+else
+    it_not_ok "pmgcm create on node1"
+    it_diag "exit $RC: $OUT"
+    show_views "$A"
+    it_bail "no cluster; everything else depends on it"
+fi
+CL_ID=$(cl_field $A cluster_id)
+
+refusal "pmgcm create again on node1" $A '^pmgcm: cluster already defined$' "$A" "" \
+    create --password-file "$PW"
+
+if join_cmd_args $A && [[ "$JC_LINE" == "pmgcm join ${IT_IP[A]} --fingerprint $FP_A" ]]; then
+    it_ok "pmgcm join-cmd on node1 prints 'pmgcm join ${IT_IP[A]} --fingerprint <node1's fingerprint>'"
+else
+    it_not_ok "pmgcm join-cmd on node1 prints the join line"
+    it_diag "got: $JC_LINE; fingerprint $FP_A"
+fi
+
+# ==== join B with --fingerprint ================================================
+join_with_cmd $B $A
+if ((RC == 0)) && grep -q 'joined cluster as cid 2' <<<"$OUT" &&
+    [[ "$(cl_field $B cluster_id)" == "$CL_ID" ]] && follows $B 1 1; then
+    it_ok "node2: the join-cmd line + --password-file: joined as cid 2 ($(ms $DUR_MS) s)"
+else
+    it_not_ok "node2 joins with --fingerprint"
+    it_diag "exit $RC: $OUT"
+    show_views "$A $B"
+fi
+
+# ==== join C by confirming the prompt ============================================
+snapshot "$A $B"
+OUT=$(it_pmgcm_tty $C no join "${IT_IP[A]}" --password-file "$PW" 2>&1)
+RC=$?
+bad=$(unchanged "$A $B")
+if ((RC == 1)) && grep -q 'aborted' <<<"$OUT" && [[ -z "$bad" ]] &&
+    [[ "$(it_cluster_of $C)" == null ]]; then
+    it_ok "node3: answering 'no' at the fingerprint prompt aborts; nothing changed"
+else
+    it_not_ok "node3: answering 'no' at the fingerprint prompt aborts"
+    it_diag "exit $RC: $OUT; changes: ${bad:-none}"
+fi
+t0=$(it_now_ms)
+OUT=$(it_pmgcm_tty $C yes join "${IT_IP[A]}" --password-file "$PW" 2>&1)
+RC=$?
+DUR_MS=$(($(it_now_ms) - t0))
+shown=$(grep -A1 "fingerprint is" <<<"$OUT" | tail -n1 | tr -d ' \r')
+if ((RC == 0)) && [[ "$shown" == "$FP_A" ]] && grep -q 'joined cluster as cid 3' <<<"$OUT" &&
+    [[ "$(cl_field $C cluster_id)" == "$CL_ID" ]]; then
+    it_ok "node3: the prompt shows node1's fingerprint, 'yes' joins as cid 3 ($(ms $DUR_MS) s)"
+else
+    it_not_ok "node3 joins by confirming the fingerprint prompt"
+    it_diag "exit $RC, shown '$shown', master's '$FP_A': $OUT"
+fi
+
+# ==== refusals ====================================================================
+FP_B=$(it_fingerprint_of $B)
+# wrong password: refused, and slower every time
+declare -a WT
+wp_ok=1
+for k in 1 2 3 4; do
+    snapshot "$A $B $C"
+    run $D join "${IT_IP[A]}" --fingerprint "$FP_A" --password-file "$BADPW"
+    WT[k]=$DUR_MS
+    bad=$(unchanged "$A $B $C")
+    if ! ((RC == 1)) || ! grep -q '^pmgcm: join refused by .*: wrong password$' <<<"$OUT" ||
+        [[ -n "$bad" || "$(it_cluster_of $D)" != null ]]; then
+        wp_ok=0
+        it_diag "wrong password attempt $k: exit $RC: $OUT; changes: ${bad:-none}"
+    fi
+    ((k == 1)) && FIRST_OUT=$(first_line "$OUT")
+done
+if ((wp_ok)); then
+    it_ok "wrong password (4 attempts from node4): '$FIRST_OUT'; nothing changed on any side"
+else
+    it_not_ok "wrong password refused, nothing changed"
+fi
+it_diag "wrong password answers took $(ms ${WT[1]}) s, $(ms ${WT[2]}) s, $(ms ${WT[3]}) s, $(ms ${WT[4]}) s"
+if ((WT[4] >= 2 * WT[1] && WT[4] - WT[1] >= 1500)); then
+    it_ok "repeated wrong passwords get slower: 1st $(ms ${WT[1]}) s, 4th $(ms ${WT[4]}) s"
+else
+    it_not_ok "repeated wrong passwords get slower: 1st $(ms ${WT[1]}) s, 4th $(ms ${WT[4]}) s"
+fi
+
+refusal "join with a wrong fingerprint (node2's)" $D 'fingerprint mismatch' "$A $B $C" "$D" \
+    join "${IT_IP[A]}" --fingerprint "$FP_B" --password-file "$PW"
+refusal "join with a malformed fingerprint" $D 'bad fingerprint' "$A $B $C" "$D" \
+    join "${IT_IP[A]}" --fingerprint "12:34:56" --password-file "$PW"
+refusal "join a master that is not reachable ($DEAD_IP)" $D "cannot reach the master at $DEAD_IP" \
+    "$A $B $C" "$D" join "$DEAD_IP" --fingerprint "$FP_A" --password-file "$PW"
+it_diag "the unreachable master was given up after $(ms $DUR_MS) s"
+refusal "join sent to node2, not the master: the error names the master" $D \
+    "not the master; the master is node1 \\(${IT_IP[A]//./\\.}\\)" "$A $B $C" "$D" \
+    join "${IT_IP[B]}" --fingerprint "$FP_B" --password-file "$PW"
+refusal "join from node2, already in a cluster" $B 'cluster already defined on this node' \
+    "$A $B $C" "" join "${IT_IP[A]}" --fingerprint "$FP_A" --password-file "$PW"
+
+it_start_node $E || it_diag "node5 (named node2) did not answer"
+refusal "join of a second daemon named node2 (name clash)" $E \
+    'a node named node2 is already in the cluster \(cid 2\)' "$A $B $C" "$E" \
+    join "${IT_IP[A]}" --fingerprint "$FP_A" --password-file "$PW"
+
+it_start_node $F || it_diag "node6 (on node2's IP) did not answer"
+refusal "join of a daemon on node2's IP, other ports (IP clash)" $F \
+    "IP ${IT_IP[B]//./\\.} is already used by node2 \\(cid 2\\)" "$A $B $C" "$F" \
+    join "${IT_IP[A]}" --fingerprint "$FP_A" --password-file "$PW"
+
+# node6's API listens on port 7957, not the default: the line its join-cmd
+# prints must still be one that pmgcm runs (KNOWN BUG: join-cmd prints
+# IP:PORT, which both pmgcm and the control protocol refuse; TODO point)
+run $F create --password-file "$PW"
+jc=
+if ((RC == 0)) && join_cmd_args $F; then
+    jc=$JC_LINE
+    read -r -a w <<<"$JC_LINE"
+    run $E "${w[@]:1}" --password-file "$PW"
+fi
+IT_TAPN=$((IT_TAPN + 1))
+if [[ -n "$jc" ]] && ((RC == 0)) && grep -q 'joined cluster as cid 2' <<<"$OUT"; then
+    echo "ok $IT_TAPN - the join-cmd line of a master on API port 7957 joins ('$jc') # TODO join-cmd/IP:PORT"
+else
+    echo "not ok $IT_TAPN - the join-cmd line of a master on API port 7957 joins # TODO join-cmd prints IP:PORT, pmgcm and the control protocol accept a bare IP only"
+    it_diag "join-cmd: ${jc:-$JC_LINE}; running it on node5: exit $RC: $(first_line "$OUT")"
+fi
+stop_node $E
+stop_node $F
+
+# ==== status agrees everywhere ==========================================================
+ROLES3="node1:1:master node2:2:node node3:3:node"
+if it_wait_until "roles_are '$A $B $C' '$ROLES3' && same_cluster '$A $B $C'" 20; then
+    it_ok "pmgcm status on node1, node2, node3 agrees: $ROLES3, all A, same config (${IT_WAITED} s)"
+else
+    it_not_ok "pmgcm status agrees on every node (gave up after ${IT_WAITED} s)"
+    show_views "$A $B $C"
+fi
+jbad=
+for i in $A $B $C; do
+    js=$(it_pmgcm "$i" status --output-format json 2>&1)
+    jq -e 'type == "array" and length == 3 and all(.[]; (.cid | type) == "number" and (.name | type) == "string")' \
+        <<<"$js" >/dev/null 2>&1 || jbad+="node$i: ${js:0:300}; "
+done
+txt=$(it_pmgcm $B status 2>&1)
+if [[ -z "$jbad" ]] && grep -Eq '^(--)?NAME\(CID\)--------------IPADDRESS----ROLE-STATE---------UPTIME---LOAD----MEM---DISK$' <<<"$txt" &&
+    grep -Eq "^node1\\(1\\) +${IT_IP[A]//./\\.} +master +A " <<<"$txt" &&
+    grep -Eq "^node3\\(3\\) +${IT_IP[C]//./\\.} +node +A " <<<"$txt"; then
+    it_ok "status --output-format json parses on every node; the text table is PMG's"
+else
+    it_not_ok "status --output-format json parses; the text table is PMG's"
+    it_diag "json: ${jbad:-fine}"
+    it_diag "text: $txt"
+fi
+
+# ==== join D (node3 partitioned meanwhile), delete it ===================================
+# node3 is cut off while node4 joins, so for a moment after it is back it
+# holds a config without node4 (netns mode only: loopback cannot be cut)
+PARTED=0
+if [[ $IT_MODE == netns ]] && ip -n "${IT_NS[C]}" link set eth0 down; then
+    PARTED=1
+fi
+join_with_cmd $D $A
+JRC=$RC JOUT=$OUT
+if ((PARTED)); then
+    # long enough for the join's announcement to stop being gossiped
+    it_wait_until "[[ \$(it_state_of $A node3) == D ]]" 30 ||
+        it_diag "node1 did not see the partitioned node3 dead within ${IT_WAITED} s"
+    v3=$(cl_field $C version) v4=$(cl_field $D version)
+    ip -n "${IT_NS[C]}" link set eth0 up
+    run $D sync --master-ip "${IT_IP[C]}"
+    if grep -q 'not a member' <<<"$OUT"; then
+        it_diag "node3 answered from its older config (the stale case was exercised)"
+    else
+        it_diag "node3 had caught up before node4 asked (the stale case was NOT exercised)"
+    fi
+    if ((RC == 1)) && grep -Eq 'not a member of this cluster|is not the master' <<<"$OUT" &&
+        [[ "$(cl_field $D cluster_id)" == "$CL_ID" ]]; then
+        it_ok "node4 asks node3 (back from a partition, config version $v3 < $v4) with sync --master-ip: refused ('$(first_line "$OUT")'), node4 stays in the cluster"
+    else
+        it_not_ok "a node with an older config cannot evict node4 (sync --master-ip node3 right after node3's partition)"
+        it_diag "node3 had version $v3, node4 $v4; exit $RC: $OUT; node4 now: $(it_cluster_of $D)"
+        grep -E 'removed|not a member' "$(it_log $D)" | tail -n 3 | while IFS= read -r l; do it_diag "node4.log: $l"; done
+    fi
+else
+    it_ok "# SKIP a stale node cannot evict a live one: needs netns to partition node3"
+fi
+RC=$JRC OUT=$JOUT
+ROLES4="$ROLES3 node4:4:node"
+if ((RC == 0)) && grep -q 'joined cluster as cid 4' <<<"$OUT" &&
+    it_wait_until "roles_are '$A $B $C $D' '$ROLES4' && same_cluster '$A $B $C $D'" 20; then
+    it_ok "node4 (after all its refusals) joins as cid 4; every node agrees (${IT_WAITED} s)"
+else
+    it_not_ok "node4 joins as cid 4; every node agrees"
+    it_diag "exit $RC: $OUT"
+    show_views "$A $B $C $D"
+fi
+
+refusal "pmgcm delete 4 on node2 (not the master)" $B \
+    "only the master can delete nodes; the master is node1 \\(${IT_IP[A]//./\\.}\\)" "$A $B $C $D" "" delete 4
+refusal "pmgcm delete 1 (the master's own cid)" $A 'cannot delete the master \(cid 1\)' "$A $B $C $D" "" delete 1
+refusal "pmgcm delete 9 (unknown cid)" $A 'no node with cid 9' "$A $B $C $D" "" delete 9
+
+# D's credentials as they were before the delete: keys, certificate, config
+cp -a "$IT_DIR/node$D" "$IT_DIR/node$D.before-delete"
+run $A delete 4
+DEL_MS=$DUR_MS
+if ((RC == 0)) && grep -q 'cid 4 deleted' <<<"$OUT" &&
+    it_wait_until "roles_are '$A $B $C' '$ROLES3' && same_cluster '$A $B $C' && [[ \$(it_cluster_of $D) == null ]]" 20; then
+    it_ok "pmgcm delete 4 on node1 ($(ms $DEL_MS) s, key rotated): node4 gone from every view, node4 told and out (${IT_WAITED} s)"
+else
+    it_not_ok "pmgcm delete 4: node4 gone everywhere and out of the cluster"
+    it_diag "exit $RC: $OUT"
+    show_views "$A $B $C $D"
+fi
+
+# watch "SECONDS" "I J ...": for SECONDS, sample the listed nodes: node4 must
+# never be in their views or configs; WATCH_BAD collects what was seen
+watch_no_d() {
+    local end i r
+    WATCH_BAD=
+    end=$(($(it_now_ms) + $1 * 1000))
+    while (($(it_now_ms) < end)); do
+        for i in $2; do
+            r=$(it_roles_of "$i")
+            [[ "$r" == *node4* ]] && WATCH_BAD+="node$i lists node4 ($r); "
+        done
+        sleep 0.3
+    done
+}
+d0=$(drops_sum "$A $B $C")
+watch_no_d 6 "$A $B $C"
+d1=$(drops_sum "$A $B $C")
+if [[ -z "$WATCH_BAD" ]] && ((d1 > d0)) && [[ "$(it_cluster_of $D)" == null ]]; then
+    it_ok "the deleted node4 keeps running: its gossip is dropped undecrypted (drop_decrypt +$((d1 - d0)) in 6 s), nobody lists it"
+else
+    it_not_ok "the deleted node4's gossip is ignored"
+    it_diag "drop_decrypt $d0 -> $d1; ${WATCH_BAD:-nobody listed node4}"
+fi
+
+# node4 comes back with its old data dir (old keyring, old certificate)
+stop_node $D
+mv "$IT_DIR/node$D" "$IT_DIR/node$D.after-delete"
+cp -a "$IT_DIR/node$D.before-delete" "$IT_DIR/node$D"
+d0=$(drops_sum "$A $B $C")
+t0=$(it_now_ms)
+it_start_node $D || it_diag "node4 (old data dir) did not answer"
+old=$(it_cluster_of $D)
+it_wait_until "[[ \$(it_cluster_of $D) == null ]]" 30
+out_ms=$(($(it_now_ms) - t0))
+watch_no_d 3 "$A $B $C"
+d1=$(drops_sum "$A $B $C")
+if [[ "$old" != null && "$(it_cluster_of $D)" == null && -z "$WATCH_BAD" ]] &&
+    roles_are "$A $B $C" "$ROLES3" && ((d1 > d0)); then
+    it_ok "node4 restarted with its pre-delete data dir: nobody lets it in (drop_decrypt +$((d1 - d0))), it ends outside any cluster after $(ms $out_ms) s"
+else
+    it_not_ok "node4 with its old credentials cannot come back"
+    it_diag "its config at start: $old; now: $(it_cluster_of $D); drops $d0 -> $d1; ${WATCH_BAD:-nobody listed node4}"
+    show_views "$A $B $C $D"
+fi
+stop_node $D
+
+# ==== master failure: promote ==========================================================
+refusal "pmgcm promote on node2 while the master is alive" $B \
+    'the master node1 \(cid 1\) is alive; use --force' "$A $B $C" "" promote
+
+kill9 $A
+t_kill=$(it_now_ms)
+s1=$(it_state_of $B node1)
+snapshot "$B $C"
+run $B promote
+s2=$(it_state_of $B node1)
+bad=$(unchanged "$B $C")
+if [[ "$s1" =~ ^(A|\?)$ && "$s2" =~ ^(A|\?)$ ]]; then
+    if ((RC == 1)) && grep -Eq 'the master node1 \(cid 1\) is (alive|only suspected); use --force' <<<"$OUT" &&
+        [[ -z "$bad" ]]; then
+        it_ok "kill -9 node1; promote on node2 while it still sees node1 as $s2: '$(first_line "$OUT")'; nothing changed"
+    else
+        it_not_ok "promote refused while the killed master is still seen $s1/$s2"
+        it_diag "exit $RC: $OUT; changes: ${bad:-none}"
+    fi
+else
+    it_ok "# SKIP node2 saw the killed master as '$s1'/'$s2' already (not alive): no refusal to check"
+fi
+
+if it_wait_until "[[ \$(it_state_of $B node1) == D ]]" 40; then
+    it_diag "node2 shows the killed master D $(ms $(($(it_now_ms) - t_kill))) s after kill -9"
+else
+    it_diag "node2 never showed node1 D within ${IT_WAITED} s"
+fi
+run $B promote
+t_prom=$(it_now_ms)
+if ((RC == 0)) && grep -q 'now master (cid 2, epoch 2)' <<<"$OUT" && follows $B 2 2; then
+    it_ok "pmgcm promote on node2 after node1 is dead: master under epoch 2 ($(ms $DUR_MS) s)"
+else
+    it_not_ok "pmgcm promote on node2 after node1 is dead"
+    it_diag "exit $RC: $OUT"
+    show_views "$B $C"
+fi
+if it_wait_until "follows $C 2 2 && [[ \"\$(it_roles_of $C)\" == 'node1:1:node node2:2:master node3:3:node' ]]" 15; then
+    FOLLOW=$(ms $(($(it_now_ms) - t_prom)))
+    it_ok "node3 follows node2 with nothing typed: master cid 2, epoch 2 after $FOLLOW s"
+    it_diag "timing: node3 followed the promote in $FOLLOW s"
+else
+    it_not_ok "node3 follows node2 with nothing typed (gave up after ${IT_WAITED} s)"
+    show_views "$B $C"
+fi
+
+# ==== the old master returns ===========================================================
+ROLES_B="node1:1:node node2:2:master node3:3:node"
+t0=$(it_now_ms)
+it_start_node $A || it_diag "node1 did not answer after its restart"
+if it_wait_until "follows $A 2 2 && [[ \"\$(it_roles_of $A)\" == '$ROLES_B' ]]" 30; then
+    STEP=$(ms $(($(it_now_ms) - t0)))
+    it_ok "the old master node1 restarts and steps down by itself: node2 master, node1 node, after $STEP s"
+    it_diag "timing: node1 stepped down $STEP s after its restart"
+else
+    it_not_ok "the old master steps down by itself (gave up after ${IT_WAITED} s)"
+    show_views "$A $B $C"
+    grep -E 'step|adopt|epoch' "$(it_log $A)" | tail -n 5 | while IFS= read -r l; do it_diag "node1.log: $l"; done
+fi
+if it_wait_until "roles_are '$A $B $C' '$ROLES_B' && same_cluster '$A $B $C'" 20; then
+    it_ok "every node agrees: $ROLES_B, all A (${IT_WAITED} s)"
+else
+    it_not_ok "every node agrees after the old master's return"
+    show_views "$A $B $C"
+fi
+
+# ==== sync ==============================================================================
+run $C sync
+if ((RC == 0)) && grep -q 'sync done' <<<"$OUT" && follows $C 2 2; then
+    it_ok "pmgcm sync on node3: '$(first_line "$OUT")'"
+else
+    it_not_ok "pmgcm sync on node3"
+    it_diag "exit $RC: $OUT"
+fi
+refusal "pmgcm sync --master-ip ${IT_IP[A]} (node1 is not the master)" $C \
+    "${IT_IP[A]//./\\.} is not the master" "$A $B $C" "" sync --master-ip "${IT_IP[A]}"
+refusal "pmgcm sync --master-ip $DEAD_IP (not a cluster node)" $C \
+    "${DEAD_IP//./\\.} is not a node of this cluster" "$A $B $C" "" sync --master-ip "$DEAD_IP"
+sbad=
+for opt in --master-ip --master_ip; do
+    run $C sync "$opt" "${IT_IP[B]}"
+    ((RC == 0)) && follows $C 2 2 || sbad+="$opt: exit $RC: $OUT; "
+done
+if [[ -z "$sbad" ]]; then
+    it_ok "pmgcm sync --master-ip ${IT_IP[B]} (and PMG's --master_ip) on node3 works"
+else
+    it_not_ok "pmgcm sync --master-ip <the master> works"
+    it_diag "$sbad"
+fi
+
+# ==== every node killed at once, then restarted =========================================
+for i in $A $B $C; do kill9 "$i"; done
+t0=$(it_now_ms)
+for i in $A $B $C; do it_start_node "$i" || it_diag "node$i did not answer after its restart"; done
+if it_wait_until "roles_are '$A $B $C' '$ROLES_B' && same_cluster '$A $B $C' && follows $A 2 2" 40; then
+    it_ok "kill -9 of every node, restart: the cluster re-forms by itself, node2 master ($(ms $(($(it_now_ms) - t0))) s)"
+else
+    it_not_ok "after kill -9 of every node and a restart, the cluster re-forms with node2 master"
+    show_views "$A $B $C"
+fi
+
+# ==== total loss: wipe, create, join again ==============================================
+for i in $A $B $C; do stop_node "$i"; done
+rm -rf "$IT_DIR"/node[1-4] "$IT_DIR/node$D.before-delete" "$IT_DIR/node$D.after-delete"
+for i in $A $B $C $D; do
+    it_start_node "$i" || it_bail "node$i: no answer with an empty data dir"
+done
+run $C create --password-file "$PW"
+cbad=
+((RC == 0)) || cbad+="create: exit $RC: $OUT; "
+for i in $A $B; do
+    join_with_cmd "$i" $C
+    ((RC == 0)) || cbad+="join node$i: exit $RC: $OUT; "
+done
+# node4 without --fingerprint, accepting it with --yes: pmgcm must say
+# which fingerprint it accepted, and that must be the master's
+run $D join "${IT_IP[C]}" --yes --password-file "$PW"
+FP_C=$(it_fingerprint_of $C)
+if ((RC == 0)) && grep -qF "fingerprint is $FP_C (accepted by --yes)" <<<"$OUT"; then
+    it_ok "node4 joins with --yes: pmgcm shows the fingerprint it accepted, node3's"
+else
+    it_not_ok "node4 joins with --yes, showing the master's fingerprint"
+    it_diag "exit $RC: $OUT (master's: $FP_C)"
+fi
+ROLES_NEW="node3:1:master node1:2:node node2:3:node node4:4:node"
+if [[ -z "$cbad" ]] &&
+    it_wait_until "roles_are '$A $B $C $D' '$ROLES_NEW' && same_cluster '$A $B $C $D'" 30 &&
+    follows $A 1 1 && [[ "$(cl_field $A cluster_id)" != "$CL_ID" ]]; then
+    it_ok "total loss: data dirs wiped, pmgcm create on node3, the others join again: $ROLES_NEW"
+else
+    it_not_ok "total loss: create + join again"
+    it_diag "${cbad:-commands fine}"
+    show_views "$A $B $C $D"
+fi
+
+# ==== shutdown ==========================================================================
+bad=
+for i in $A $B $C $D; do
+    it_signal "$i" TERM
+done
+for i in $A $B $C $D; do
+    it_reap "$i" 10
+    [[ $IT_EXIT == 0 ]] || bad+="node$i exit $IT_EXIT; "
+done
+for ((i = 1; i <= IT_N; i++)); do
+    [[ -f "$(it_log "$i")" ]] || continue
+    if grep -Eq 'ERROR: (Address|Leak|Thread)Sanitizer|runtime error:|SUMMARY: [A-Za-z]+Sanitizer' "$(it_log "$i")"; then
+        bad+="sanitizer report in node$i.log; "
+        it_diag "$(grep -E -A12 'ERROR: (Address|Leak|Thread)Sanitizer|runtime error:' "$(it_log "$i")" | head -n 40)"
+    fi
+done
+if [[ -z "$bad" ]]; then
+    it_ok "every daemon exits 0 on SIGTERM; no sanitizer report in any log"
+else
+    it_not_ok "every daemon exits 0 on SIGTERM; no sanitizer report in any log: $bad"
+fi
+it_diag "took $(($(date +%s) - IT_T0)) s"
+it_plan "$IT_TAPN"
+exit 0
