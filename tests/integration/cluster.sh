@@ -4,16 +4,17 @@
 # `pmgcm status --output-format json` on their control sockets:
 #
 #   1  all five see all five alive
-#   2  kill -9 one: every survivor shows it D
-#   3  start it again (same data dir): every node shows it A, nothing typed
-#   4  SIGSTOP one past the suspicion timeout: the others show it D
-#   5  SIGCONT it: it refutes, every node shows it A again
-#   6  5000 garbage UDP datagrams at one node: its view is unchanged and
+#   2  the text status is PMG's table: its header, one row per node, all A
+#   3  kill -9 one: every survivor shows it D
+#   4  start it again (same data dir): every node shows it A, nothing typed
+#   5  SIGSTOP one past the suspicion timeout: the others show it D
+#   6  SIGCONT it: it refutes, every node shows it A again
+#   7  5000 garbage UDP datagrams at one node: its view is unchanged and
 #      correct, nobody is marked suspect or dead, its status keeps answering
-#   7  garbage TCP streams at the same node: the same holds
-#   8  SIGTERM one: the others show it L (left, not dead)
-#   9  the stopped daemon exited with status 0
-#  10  every other daemon exits 0 on SIGTERM; no sanitizer report in any log
+#   8  garbage TCP streams at the same node: the same holds
+#   9  SIGTERM one: the others show it L (left, not dead)
+#  10  the stopped daemon exited with status 0
+#  11  every other daemon exits 0 on SIGTERM; no sanitizer report in any log
 #
 # Polls with deadlines (every 100 ms); never sleeps to synchronise. Cleans up
 # daemons, namespaces and files even on failure. Takes well under 3 minutes.
@@ -23,7 +24,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 N=5
 it_init "$N"
-it_plan 10
+it_plan 11
 ALL=$(it_all)
 
 # observe_window SECONDS BG_PID "NODES": while BG_PID runs and SECONDS more,
@@ -64,11 +65,26 @@ else
     it_bail "cluster never formed; the other checks would only time out"
 fi
 
-# ---- 2: kill -9 ------------------------------------------------------------------
+# ---- 2: PMG's table ---------------------------------------------------------------
+HDR='NAME(CID)--------------IPADDRESS----ROLE-STATE---------UPTIME---LOAD----MEM---DISK'
+text=$(timeout 5 "$PMGCM" --socket "$(it_sock 2)" status 2>&1)
+rows_ok=1
+for i in $ALL; do
+    # name(cid), then the node's IP, a role, state A
+    grep -Eq "^node$i\([0-9]+\) +${IT_IP[i]//./\\.} +[^ ]+ +A( |$)" <<<"$text" || rows_ok=0
+done
+if [[ "$(head -n1 <<<"$text")" == "$HDR" && $(wc -l <<<"$text") -eq $((N + 1)) && $rows_ok == 1 ]]; then
+    it_ok "text status on node2: PMG's header and one row per node, all A"
+else
+    it_not_ok "text status on node2: PMG's header and one row per node, all A"
+    it_diag "$text"
+fi
+
+# ---- 3: kill -9 ------------------------------------------------------------------
 V=5
 SURV=$(it_others $V)
 it_signal $V KILL
-wait "${IT_PID[V]}" 2>/dev/null
+{ wait "${IT_PID[V]}"; } 2>/dev/null  # no "Killed" notice
 if it_wait_until "it_all_show '$SURV' node$V D" 30; then
     it_ok "kill -9 node$V: every survivor shows it D after ${IT_WAITED} s"
 else

@@ -203,7 +203,7 @@ it_reap() {
     local i=$1 dl=$2
     IT_EXIT=timeout
     if it_wait_until "! it_alive_pid $i" "$dl"; then
-        wait "${IT_PID[i]}" 2>/dev/null
+        { wait "${IT_PID[i]}"; } 2>/dev/null
         IT_EXIT=$?
     fi
 }
@@ -281,7 +281,7 @@ it_cleanup() {
     for ((i = 1; i <= IT_N; i++)); do
         [[ -n "${IT_PID[i]:-}" ]] || continue
         it_wait_until "! it_alive_pid $i" 3 >/dev/null 2>&1 || kill -KILL "${IT_PID[i]}" 2>/dev/null
-        wait "${IT_PID[i]}" 2>/dev/null
+        { wait "${IT_PID[i]}"; } 2>/dev/null
     done
     if ((rc != 0 || IT_FAILS > 0)) && [[ -n "$IT_DIR" ]]; then
         it_dump_logs 40
