@@ -15,10 +15,12 @@
 #
 # node3 is away while node4 joins and comes back with its older config: it
 # must not be able to throw node4 out.
-# Then: kill -9 the master, promote B (refused while A is alive), C follows
-# with nothing typed, A returns and steps down, sync (and a sync pointed at
-# the wrong master), kill -9 of everybody and a restart (the cluster
-# re-forms by itself), then a total loss: data dirs wiped, create + join.
+# node3 is also down through D's delete and key rotation and must come back
+# by itself. Then: kill -9 the master, promote B (refused while A is alive),
+# C follows with nothing typed, A returns and steps down, sync (and a sync
+# pointed at the wrong master), kill -9 of everybody and a restart (the
+# cluster re-forms by itself), promote --force on C while B is alive (B
+# steps down), then a total loss: data dirs wiped, create + join.
 # Every refusal checks the message and that no node's config changed.
 # Timings are reported as TAP diagnostics.
 #
@@ -379,15 +381,25 @@ refusal "pmgcm delete 9 (unknown cid)" $A 'no node with cid 9' "$A $B $C $D" "" 
 
 # D's credentials as they were before the delete: keys, certificate, config
 cp -a "$IT_DIR/node$D" "$IT_DIR/node$D.before-delete"
+# node3 is down (kill -9) through the whole delete and key rotation
+kill9 $C
 run $A delete 4
 DEL_MS=$DUR_MS
 if ((RC == 0)) && grep -q 'cid 4 deleted' <<<"$OUT" &&
-    it_wait_until "roles_are '$A $B $C' '$ROLES3' && same_cluster '$A $B $C' && [[ \$(it_cluster_of $D) == null ]]" 20; then
-    it_ok "pmgcm delete 4 on node1 ($(ms $DEL_MS) s, key rotated): node4 gone from every view, node4 told and out (${IT_WAITED} s)"
+    it_wait_until "[[ \$(it_cluster_of $D) == null && \$(it_roles_of $A) == '$ROLES3' && \$(it_roles_of $B) == '$ROLES3' ]] && same_cluster '$A $B'" 20; then
+    it_ok "pmgcm delete 4 on node1 ($(ms $DEL_MS) s, key rotated): node4 gone from node1's and node2's views, node4 told and out (${IT_WAITED} s)"
 else
     it_not_ok "pmgcm delete 4: node4 gone everywhere and out of the cluster"
     it_diag "exit $RC: $OUT"
-    show_views "$A $B $C $D"
+    show_views "$A $B $D"
+fi
+t0=$(it_now_ms)
+it_start_node $C || it_diag "node3 did not answer after its restart"
+if it_wait_until "roles_are '$A $B $C' '$ROLES3' && same_cluster '$A $B $C'" 30; then
+    it_ok "node3, down during the rotation, restarts with the old key, fetches the new keyring over TLS: back in every view after $(ms $(($(it_now_ms) - t0))) s"
+else
+    it_not_ok "node3, down during the key rotation, comes back by itself (gave up after ${IT_WAITED} s)"
+    show_views "$A $B $C"
 fi
 
 # watch "SECONDS" "I J ...": for SECONDS, sample the listed nodes: node4 must
@@ -534,6 +546,19 @@ if it_wait_until "roles_are '$A $B $C' '$ROLES_B' && same_cluster '$A $B $C' && 
     it_ok "kill -9 of every node, restart: the cluster re-forms by itself, node2 master ($(ms $(($(it_now_ms) - t0))) s)"
 else
     it_not_ok "after kill -9 of every node and a restart, the cluster re-forms with node2 master"
+    show_views "$A $B $C"
+fi
+
+# ==== promote --force while the master is alive ========================================
+ROLES_C="node1:1:node node2:2:node node3:3:master"
+run $C promote --force
+t0=$(it_now_ms)
+if ((RC == 0)) && grep -q 'now master (cid 3, epoch 3)' <<<"$OUT" &&
+    it_wait_until "roles_are '$A $B $C' '$ROLES_C' && same_cluster '$A $B $C' && follows $B 3 3" 15; then
+    it_ok "pmgcm promote --force on node3 while node2 is master and alive: epoch 3; node2 steps down, everybody follows ($(ms $(($(it_now_ms) - t0))) s)"
+else
+    it_not_ok "pmgcm promote --force on node3 while the master is alive: everybody follows"
+    it_diag "exit $RC: $OUT"
     show_views "$A $B $C"
 fi
 
