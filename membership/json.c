@@ -58,6 +58,18 @@ static int buf_reserve(pmm_buf *b, size_t extra)
     return 0;
 }
 
+int pmm_buf_reserve(pmm_buf *b, size_t extra)
+{
+    return buf_reserve(b, extra);
+}
+
+void pmm_buf_wipe(pmm_buf *b)
+{
+    if (b->p != NULL)
+        explicit_bzero(b->p, b->cap);
+    pmm_buf_free(b);
+}
+
 int pmm_buf_add(pmm_buf *b, const void *data, size_t n)
 {
     int rc = buf_reserve(b, n);
@@ -128,6 +140,20 @@ static size_t utf8_seq(const unsigned char *s, size_t n)
         cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
         return 0;
     return len;
+}
+
+bool pmm_utf8_valid(const char *str, size_t n)
+{
+    const unsigned char *s = (const unsigned char *)str;
+    size_t i = 0;
+
+    while (i < n) {
+        size_t sl = utf8_seq(s + i, n - i);
+        if (sl == 0)
+            return false;
+        i += sl;
+    }
+    return true;
 }
 
 int pmm_json_str(pmm_buf *b, const char *str, size_t n)
@@ -218,6 +244,8 @@ void pmm_json_free(pmm_json *j)
     while (j != NULL) {
         pmm_json *next = j->next;
         pmm_json_free(j->child);
+        if (j->str != NULL)
+            explicit_bzero(j->str, j->str_len); /* may be a password */
         free(j->str);
         free(j->key);
         free(j);
@@ -276,8 +304,18 @@ static void put_utf8(pmm_buf *b, uint32_t cp)
 static char *parse_string(parser *p, size_t *out_len)
 {
     pmm_buf b;
+    size_t end = p->pos + 1;
 
+    /* One allocation, never grown: no stale copies of a secret are left
+     * behind by realloc. Escapes only shrink, so the raw length up to the
+     * closing quote bounds the decoded length. */
+    while (end < p->len && p->s[end] != '"')
+        end += p->s[end] == '\\' ? 2 : 1;
     pmm_buf_init(&b, p->len);
+    if (buf_reserve(&b, (end < p->len ? end : p->len) - p->pos) != 0) {
+        perr(p, b.err, "out of memory");
+        return NULL;
+    }
     p->pos++; /* opening quote */
     for (;;) {
         unsigned char c;
@@ -365,7 +403,7 @@ static char *parse_string(parser *p, size_t *out_len)
     *out_len = b.len;
     return b.p;
 fail:
-    pmm_buf_free(&b);
+    pmm_buf_wipe(&b);
     return NULL;
 }
 
@@ -481,6 +519,11 @@ static pmm_json *parse_value(parser *p, int depth)
                 key = parse_string(p, &klen);
                 if (key == NULL)
                     goto fail;
+                if (strlen(key) != klen) {
+                    free(key);
+                    perr(p, -EINVAL, "NUL in object key");
+                    goto fail;
+                }
                 skip_ws(p);
                 if (p->pos >= p->len || p->s[p->pos] != ':') {
                     free(key);
