@@ -4,13 +4,24 @@
  * A Unix stream socket (uv_pipe) created mode 0600. Each client sends one
  * request line, gets one JSON answer, and is closed. Only root and the
  * daemon's own uid are served (SO_PEERCRED). At most PMM_CTL_CLIENTS_MAX
- * clients at once; each has PMM_CTL_IDLE_MS to finish, reset by activity.
+ * clients at once; each has PMM_CTL_IDLE_MS to send its request (reset by
+ * activity) and to take its answer.
+ *
+ * Requests are parsed and validated here (pmm_ctl_parse_request) before the
+ * handler sees them. The handler answers asynchronously through its
+ * pmm_ctl_req: while it has not, the client's one timer is the pending cap
+ * (pending_ms) instead of the idle timeout. A pmm_ctl_req outlives its
+ * client and the server: whoever goes first detaches it (req->cl = NULL),
+ * and pmm_ctl_reply then only frees it.
  */
 #define _GNU_SOURCE /* struct ucred */
 #include "membership/membership.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <libgen.h>
+#include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,48 +33,270 @@
 
 /* ---- request parsing (pure) -------------------------------------------- */
 
-int pmm_ctl_parse_request(const char *buf, size_t len, pmm_ctl_cmd *cmd,
-                          const char **why)
+typedef enum arg_type { ARG_IP, ARG_FP, ARG_PASSWORD, ARG_CID, ARG_BOOL } arg_type;
+
+typedef struct arg_spec {
+    const char *key;
+    arg_type type;
+    bool required;
+} arg_spec;
+
+#define CTL_ARGS_MAX 3
+
+typedef struct cmd_spec {
+    const char *name;
+    bool legacy_word; /* also accepted as a bare word */
+    arg_spec args[CTL_ARGS_MAX];
+} cmd_spec;
+
+static const cmd_spec cmd_specs[] = {
+    {"status", true, {{NULL}}},
+    {"ping", true, {{NULL}}},
+    {"create", false, {{"password", ARG_PASSWORD, true}}},
+    {"fingerprint", false, {{"ip", ARG_IP, true}}},
+    {"join", false,
+     {{"ip", ARG_IP, true},
+      {"fingerprint", ARG_FP, true},
+      {"password", ARG_PASSWORD, true}}},
+    {"join-cmd", false, {{NULL}}},
+    {"delete", false, {{"cid", ARG_CID, true}}},
+    {"promote", false, {{"force", ARG_BOOL, false}}},
+    {"sync", false, {{"master_ip", ARG_IP, false}}},
+};
+
+static int perr(char *err, size_t errlen, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int perr(char *err, size_t errlen, int rc, const char *fmt, ...)
 {
-    static const struct {
-        const char *name;
-        pmm_ctl_cmd cmd;
-    } cmds[] = {{"status", PMM_CTL_STATUS}, {"ping", PMM_CTL_PING}};
+    va_list ap;
+
+    if (err != NULL && errlen > 0) {
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return rc;
+}
+
+/* s for an error message: itself when short and printable ASCII, else
+ * NULL. */
+static const char *quotable(const char *s, size_t n)
+{
+    if (n == 0 || n > 32 || strlen(s) != n)
+        return NULL;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] < 0x21 || (unsigned char)s[i] > 0x7e ||
+            s[i] == '\'' || s[i] == '"' || s[i] == '\\')
+            return NULL;
+    return s;
+}
+
+static bool ip_literal_ok(const pmm_json *v)
+{
+    unsigned char a[16];
+
+    if (v->type != PMM_JSON_STRING || v->str_len == 0 ||
+        v->str_len >= INET6_ADDRSTRLEN || strlen(v->str) != v->str_len)
+        return false;
+    return inet_pton(AF_INET, v->str, a) == 1 ||
+           inet_pton(AF_INET6, v->str, a) == 1;
+}
+
+static int check_arg(const cmd_spec *cs, const arg_spec *as,
+                     const pmm_json *v, char *err, size_t errlen)
+{
+    switch (as->type) {
+    case ARG_IP:
+        if (!ip_literal_ok(v))
+            return perr(err, errlen, -EINVAL,
+                        "%s: \"%s\" must be an IPv4 or IPv6 address",
+                        cs->name, as->key);
+        return 0;
+    case ARG_FP:
+        if (v->type != PMM_JSON_STRING || v->str_len == 0 ||
+            v->str_len > PMM_CTL_FP_MAX)
+            return perr(err, errlen, -EINVAL,
+                        "%s: \"%s\" must be a string of 1 to %d characters",
+                        cs->name, as->key, PMM_CTL_FP_MAX);
+        for (size_t i = 0; i < v->str_len; i++)
+            if ((unsigned char)v->str[i] < 0x21 ||
+                (unsigned char)v->str[i] > 0x7e)
+                return perr(err, errlen, -EINVAL,
+                            "%s: \"%s\" must be printable ASCII without "
+                            "spaces", cs->name, as->key);
+        return 0;
+    case ARG_PASSWORD:
+        if (v->type != PMM_JSON_STRING || v->str_len == 0 ||
+            v->str_len > PMM_CTL_PASSWORD_MAX)
+            return perr(err, errlen, -EINVAL,
+                        "%s: \"%s\" must be a string of 1 to %d bytes",
+                        cs->name, as->key, PMM_CTL_PASSWORD_MAX);
+        for (size_t i = 0; i < v->str_len; i++)
+            if ((unsigned char)v->str[i] < 0x20 || v->str[i] == 0x7f)
+                return perr(err, errlen, -EINVAL,
+                            "%s: \"%s\" must not contain control characters",
+                            cs->name, as->key);
+        return 0;
+    case ARG_CID:
+        if (v->type != PMM_JSON_NUMBER || !(v->num >= 1 && v->num <= 65535) ||
+            v->num != floor(v->num))
+            return perr(err, errlen, -EINVAL,
+                        "%s: \"%s\" must be an integer from 1 to 65535",
+                        cs->name, as->key);
+        return 0;
+    case ARG_BOOL:
+        if (v->type != PMM_JSON_BOOL)
+            return perr(err, errlen, -EINVAL,
+                        "%s: \"%s\" must be true or false", cs->name, as->key);
+        return 0;
+    }
+    return perr(err, errlen, -EINVAL, "internal error");
+}
+
+/* The request object's members against the command's spec. */
+static int check_args(const cmd_spec *cs, const pmm_json *obj, char *err,
+                      size_t errlen)
+{
+    bool seen[CTL_ARGS_MAX] = {false};
+    bool seen_cmd = false;
+    int rc;
+
+    for (const pmm_json *m = obj->child; m != NULL; m = m->next) {
+        const arg_spec *as = NULL;
+        size_t k = 0;
+
+        if (strcmp(m->key, "cmd") == 0) {
+            if (seen_cmd)
+                return perr(err, errlen, -EINVAL, "\"cmd\" given twice");
+            seen_cmd = true;
+            continue;
+        }
+        for (; k < CTL_ARGS_MAX && cs->args[k].key != NULL; k++)
+            if (strcmp(cs->args[k].key, m->key) == 0) {
+                as = &cs->args[k];
+                break;
+            }
+        if (as == NULL) {
+            const char *q = quotable(m->key, strlen(m->key));
+            if (q != NULL)
+                return perr(err, errlen, -EINVAL,
+                            "%s: unknown argument \"%s\"", cs->name, q);
+            return perr(err, errlen, -EINVAL, "%s: unknown argument",
+                        cs->name);
+        }
+        if (seen[k])
+            return perr(err, errlen, -EINVAL, "%s: \"%s\" given twice",
+                        cs->name, as->key);
+        seen[k] = true;
+        rc = check_arg(cs, as, m, err, errlen);
+        if (rc != 0)
+            return rc;
+    }
+    for (size_t k = 0; k < CTL_ARGS_MAX && cs->args[k].key != NULL; k++)
+        if (cs->args[k].required && !seen[k])
+            return perr(err, errlen, -EINVAL, "%s: missing \"%s\"", cs->name,
+                        cs->args[k].key);
+    return 0;
+}
+
+static int parse_json_request(const char *s, size_t n, const char **cmd,
+                              pmm_json **args, char *err, size_t errlen)
+{
+    char jerr[128];
+    pmm_json *j = NULL;
+    const pmm_json *c;
+    const cmd_spec *cs = NULL;
+    int rc;
+
+    rc = pmm_json_parse(s, n, &j, jerr, sizeof(jerr));
+    if (rc == -ENOMEM)
+        return perr(err, errlen, rc, "out of memory");
+    if (rc != 0)
+        return perr(err, errlen, -EINVAL, "bad request: %s", jerr);
+    if (j->type != PMM_JSON_OBJECT) {
+        pmm_json_free(j);
+        return perr(err, errlen, -EINVAL,
+                    "request must be a JSON object with a \"cmd\"");
+    }
+    c = pmm_json_get(j, "cmd");
+    if (c == NULL) {
+        rc = perr(err, errlen, -EINVAL, "missing \"cmd\"");
+        goto fail;
+    }
+    if (c->type != PMM_JSON_STRING) {
+        rc = perr(err, errlen, -EINVAL, "\"cmd\" must be a string");
+        goto fail;
+    }
+    for (size_t i = 0; i < sizeof(cmd_specs) / sizeof(cmd_specs[0]); i++)
+        if (strlen(cmd_specs[i].name) == c->str_len &&
+            memcmp(cmd_specs[i].name, c->str, c->str_len) == 0) {
+            cs = &cmd_specs[i];
+            break;
+        }
+    if (cs == NULL) {
+        const char *q = quotable(c->str, c->str_len);
+        if (q != NULL)
+            rc = perr(err, errlen, -ENOENT, "unknown command \"%s\"", q);
+        else
+            rc = perr(err, errlen, -ENOENT, "unknown command");
+        goto fail;
+    }
+    rc = check_args(cs, j, err, errlen);
+    if (rc != 0)
+        goto fail;
+    *cmd = cs->name;
+    *args = j;
+    return 0;
+fail:
+    pmm_json_free(j);
+    return rc;
+}
+
+int pmm_ctl_parse_request(const char *buf, size_t len, const char **cmd,
+                          pmm_json **args, char *err, size_t errlen)
+{
     size_t s = 0, e;
 
-    if (len > PMM_CTL_REQ_MAX) {
-        *why = "request too long";
-        return -E2BIG;
-    }
+    *args = NULL;
+    if (len > PMM_CTL_REQ_MAX)
+        return perr(err, errlen, -E2BIG, "request too long");
     if (len > 0 && buf[len - 1] == '\n')
         len--;
     if (len > 0 && buf[len - 1] == '\r')
         len--;
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)buf[i];
-        if (c < 0x20 || c >= 0x7f) {
-            *why = "request contains a control or non-ASCII byte";
-            return -EINVAL;
-        }
+        if (c < 0x20 || c == 0x7f)
+            return perr(err, errlen, -EINVAL,
+                        "request contains a control byte");
     }
     while (s < len && buf[s] == ' ')
         s++;
     e = len;
     while (e > s && buf[e - 1] == ' ')
         e--;
-    if (e == s) {
-        *why = "empty request";
-        return -EINVAL;
-    }
-    for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
-        if (strlen(cmds[i].name) == e - s &&
-            memcmp(cmds[i].name, buf + s, e - s) == 0) {
-            *cmd = cmds[i].cmd;
+    if (e == s)
+        return perr(err, errlen, -EINVAL, "empty request");
+    if (buf[s] == '{' || buf[s] == '[')
+        return parse_json_request(buf + s, e - s, cmd, args, err, errlen);
+    for (size_t i = s; i < e; i++)
+        if ((unsigned char)buf[i] >= 0x80)
+            return perr(err, errlen, -EINVAL,
+                        "request contains a non-ASCII byte outside JSON");
+    for (size_t i = 0; i < sizeof(cmd_specs) / sizeof(cmd_specs[0]); i++) {
+        if (cmd_specs[i].legacy_word && strlen(cmd_specs[i].name) == e - s &&
+            memcmp(cmd_specs[i].name, buf + s, e - s) == 0) {
+            pmm_json *o = calloc(1, sizeof(*o));
+            if (o == NULL)
+                return perr(err, errlen, -ENOMEM, "out of memory");
+            o->type = PMM_JSON_OBJECT;
+            *cmd = cmd_specs[i].name;
+            *args = o;
             return 0;
         }
     }
-    *why = "unknown command";
-    return -ENOENT;
+    return perr(err, errlen, -ENOENT, "unknown command");
 }
 
 int pmm_ctl_error_reply(pmm_buf *b, const char *msg)
@@ -90,6 +323,14 @@ struct pmm_ctl {
     bool closing;
     bool server_closed;
     uid_t uid;
+    uint64_t pending_ms;
+};
+
+/* A request handed to the handler. Lives until pmm_ctl_reply, which may
+ * come after its client is gone (cl == NULL) or the server was freed: it
+ * never points at the server itself. */
+struct pmm_ctl_req {
+    ctl_client *cl;
 };
 
 struct ctl_client {
@@ -99,9 +340,11 @@ struct ctl_client {
     uv_write_t wreq;
     int open_handles;
     bool closing;
-    bool answered;
+    bool answered;      /* request complete: no more reading */
+    pmm_ctl_req *req;   /* waiting for the handler's answer */
+    uid_t uid;
     size_t len;
-    char req[PMM_CTL_REQ_MAX];
+    char req_buf[PMM_CTL_REQ_MAX];
     pmm_buf reply;
     ctl_client *prev, *next;
 };
@@ -110,6 +353,15 @@ static void ctl_maybe_free(pmm_ctl *c)
 {
     if (c->closing && c->server_closed && c->clients == NULL)
         free(c);
+}
+
+/* The client no longer waits for req: a later reply only frees it. */
+static void client_detach_req(ctl_client *cl)
+{
+    if (cl->req != NULL) {
+        cl->req->cl = NULL;
+        cl->req = NULL;
+    }
 }
 
 static void client_closed_cb(uv_handle_t *h)
@@ -127,6 +379,7 @@ static void client_closed_cb(uv_handle_t *h)
         cl->next->prev = cl->prev;
     c->n_clients--;
     pmm_buf_free(&cl->reply);
+    explicit_bzero(cl->req_buf, sizeof(cl->req_buf));
     free(cl);
     ctl_maybe_free(c);
 }
@@ -136,14 +389,32 @@ static void client_close(ctl_client *cl)
     if (cl->closing)
         return;
     cl->closing = true;
+    client_detach_req(cl);
     uv_close((uv_handle_t *)&cl->pipe, client_closed_cb);
     uv_close((uv_handle_t *)&cl->timer, client_closed_cb);
 }
 
-static void client_timeout_cb(uv_timer_t *t)
+static void client_answer(ctl_client *cl);
+
+static void client_error(ctl_client *cl, const char *msg)
+{
+    pmm_buf_reset(&cl->reply);
+    pmm_ctl_error_reply(&cl->reply, msg);
+    client_answer(cl);
+}
+
+static void client_timer_cb(uv_timer_t *t)
 {
     ctl_client *cl = t->data;
 
+    if (cl->req != NULL) {
+        pmm_log(PMM_LOG_WARN, "ctl", "request unanswered for %llu ms, "
+                "client told it timed out",
+                (unsigned long long)cl->ctl->pending_ms);
+        client_detach_req(cl);
+        client_error(cl, "timed out");
+        return;
+    }
     pmm_log(PMM_LOG_DEBUG, "ctl", "client idle for %d ms, dropped",
             PMM_CTL_IDLE_MS);
     client_close(cl);
@@ -159,11 +430,15 @@ static void client_written_cb(uv_write_t *req, int status)
     client_close(cl);
 }
 
+/* Writes cl->reply (or "internal error" when it is empty or failed), then
+ * closes. The idle timer bounds a client that does not read. */
 static void client_answer(ctl_client *cl)
 {
     uv_buf_t b;
     int rc;
 
+    if (cl->closing)
+        return;
     cl->answered = true;
     uv_read_stop((uv_stream_t *)&cl->pipe);
     if (cl->reply.err != 0 || cl->reply.len == 0) {
@@ -176,40 +451,104 @@ static void client_answer(ctl_client *cl)
     }
     b = uv_buf_init(cl->reply.p, (unsigned)cl->reply.len);
     cl->wreq.data = cl;
-    uv_timer_again(&cl->timer);
+    uv_timer_start(&cl->timer, client_timer_cb, PMM_CTL_IDLE_MS, 0);
     rc = uv_write(&cl->wreq, (uv_stream_t *)&cl->pipe, &b, 1,
                   client_written_cb);
     if (rc != 0)
         client_close(cl);
 }
 
-static void client_error(ctl_client *cl, const char *msg)
+void pmm_ctl_reply(pmm_ctl_req *req, const char *json, size_t len)
 {
+    ctl_client *cl;
+
+    if (req == NULL)
+        return;
+    cl = req->cl;
+    free(req);
+    if (cl == NULL)
+        return; /* client gone, timed out, or server closed */
+    cl->req = NULL;
     pmm_buf_reset(&cl->reply);
-    pmm_ctl_error_reply(&cl->reply, msg);
+    if (json != NULL && len > 0) {
+        pmm_buf_add(&cl->reply, json, len);
+        if (json[len - 1] != '\n')
+            pmm_buf_add(&cl->reply, "\n", 1);
+    }
     client_answer(cl);
+}
+
+void pmm_ctl_reply_error(pmm_ctl_req *req, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    pmm_buf b;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    pmm_buf_init(&b, PMM_CTL_REPLY_MAX);
+    pmm_ctl_error_reply(&b, msg);
+    if (b.err != 0)
+        pmm_ctl_reply(req, NULL, 0); /* "internal error" */
+    else
+        pmm_ctl_reply(req, b.p, b.len);
+    pmm_buf_free(&b);
+}
+
+void pmm_ctl_reply_ok(pmm_ctl_req *req, const char *extra)
+{
+    pmm_buf b;
+
+    pmm_buf_init(&b, PMM_CTL_REPLY_MAX);
+    pmm_buf_puts(&b, "{\"ok\":true");
+    if (extra != NULL && extra[0] != '\0') {
+        pmm_buf_puts(&b, ",");
+        pmm_buf_puts(&b, extra);
+    }
+    pmm_buf_puts(&b, "}\n");
+    if (b.err != 0)
+        pmm_ctl_reply(req, NULL, 0);
+    else
+        pmm_ctl_reply(req, b.p, b.len);
+    pmm_buf_free(&b);
 }
 
 static void client_request(ctl_client *cl, size_t line_len)
 {
-    pmm_ctl_cmd cmd;
-    const char *why = NULL;
+    pmm_ctl *c = cl->ctl;
+    pmm_json *args = NULL;
+    const char *cmd = NULL;
+    char why[PMM_CTL_ERR_MAX];
+    pmm_ctl_req *req;
     int rc;
 
-    rc = pmm_ctl_parse_request(cl->req, line_len, &cmd, &why);
+    cl->answered = true;
+    uv_read_stop((uv_stream_t *)&cl->pipe);
+    rc = pmm_ctl_parse_request(cl->req_buf, line_len, &cmd, &args, why,
+                               sizeof(why));
+    /* the line may hold a password: keep no copy of it */
+    explicit_bzero(cl->req_buf, sizeof(cl->req_buf));
     if (rc != 0) {
-        pmm_log(PMM_LOG_DEBUG, "ctl", "bad request: %s", why);
+        pmm_log(PMM_LOG_DEBUG, "ctl", "bad request from uid %ld: %s",
+                (long)cl->uid, why);
         client_error(cl, why);
         return;
     }
-    pmm_buf_reset(&cl->reply);
-    rc = cl->ctl->handler(cl->ctl->ud, cmd, &cl->reply);
-    if (rc != 0) {
-        pmm_log(PMM_LOG_WARN, "ctl", "request failed: %s", strerror(-rc));
-        client_error(cl, "internal error");
+    req = calloc(1, sizeof(*req));
+    if (req == NULL) {
+        pmm_json_free(args);
+        client_error(cl, "out of memory");
         return;
     }
-    client_answer(cl);
+    pmm_log(strcmp(cmd, "status") == 0 || strcmp(cmd, "ping") == 0
+                ? PMM_LOG_DEBUG : PMM_LOG_INFO,
+            "ctl", "%s requested by uid %ld", cmd, (long)cl->uid);
+    req->cl = cl;
+    cl->req = req;
+    uv_timer_start(&cl->timer, client_timer_cb, c->pending_ms, 0);
+    c->handler(c->ud, req, cmd, args); /* may answer (and free req) now */
+    pmm_json_free(args);
 }
 
 static void client_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -217,11 +556,12 @@ static void client_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     ctl_client *cl = h->data;
 
     /* never zero-sized: one spare byte lets us notice an overlong line */
-    if (cl->len >= sizeof(cl->req)) {
+    if (cl->len >= sizeof(cl->req_buf)) {
         *buf = uv_buf_init(NULL, 0);
         return;
     }
-    *buf = uv_buf_init(cl->req + cl->len, (unsigned)(sizeof(cl->req) - cl->len));
+    *buf = uv_buf_init(cl->req_buf + cl->len,
+                       (unsigned)(sizeof(cl->req_buf) - cl->len));
 }
 
 static void client_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
@@ -249,18 +589,20 @@ static void client_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     if (nread == 0)
         return;
-    uv_timer_again(&cl->timer);
-    nl = memchr(cl->req + cl->len, '\n', (size_t)nread);
+    uv_timer_start(&cl->timer, client_timer_cb, PMM_CTL_IDLE_MS, 0);
+    nl = memchr(cl->req_buf + cl->len, '\n', (size_t)nread);
     cl->len += (size_t)nread;
     if (nl != NULL) {
-        client_request(cl, (size_t)(nl - cl->req) + 1);
+        client_request(cl, (size_t)(nl - cl->req_buf) + 1);
         return;
     }
-    if (cl->len >= sizeof(cl->req))
+    if (cl->len >= sizeof(cl->req_buf)) {
+        explicit_bzero(cl->req_buf, sizeof(cl->req_buf));
         client_error(cl, "request too long");
+    }
 }
 
-static bool peer_allowed(ctl_client *cl, uid_t *uid_out)
+static bool peer_allowed(ctl_client *cl)
 {
     struct ucred cr;
     socklen_t len = sizeof(cr);
@@ -271,7 +613,7 @@ static bool peer_allowed(ctl_client *cl, uid_t *uid_out)
     if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) != 0 ||
         len != sizeof(cr))
         return false;
-    *uid_out = cr.uid;
+    cl->uid = cr.uid;
     return cr.uid == 0 || cr.uid == cl->ctl->uid;
 }
 
@@ -279,7 +621,6 @@ static void server_conn_cb(uv_stream_t *server, int status)
 {
     pmm_ctl *c = server->data;
     ctl_client *cl;
-    uid_t uid = (uid_t)-1;
 
     if (status != 0) {
         pmm_log(PMM_LOG_WARN, "ctl", "accept: %s", uv_strerror(status));
@@ -291,6 +632,7 @@ static void server_conn_cb(uv_stream_t *server, int status)
         return;
     }
     cl->ctl = c;
+    cl->uid = (uid_t)-1;
     pmm_buf_init(&cl->reply, PMM_CTL_REPLY_MAX);
     uv_pipe_init(c->loop, &cl->pipe, 0);
     uv_timer_init(c->loop, &cl->timer);
@@ -312,32 +654,16 @@ static void server_conn_cb(uv_stream_t *server, int status)
         client_close(cl);
         return;
     }
-    uv_timer_start(&cl->timer, client_timeout_cb, PMM_CTL_IDLE_MS,
-                   PMM_CTL_IDLE_MS);
-    if (!peer_allowed(cl, &uid)) {
+    uv_timer_start(&cl->timer, client_timer_cb, PMM_CTL_IDLE_MS, 0);
+    if (!peer_allowed(cl)) {
         pmm_log(PMM_LOG_WARN, "ctl", "refused client with uid %ld",
-                uid == (uid_t)-1 ? -1L : (long)uid);
+                cl->uid == (uid_t)-1 ? -1L : (long)cl->uid);
         client_error(cl, "permission denied");
         return;
     }
     if (uv_read_start((uv_stream_t *)&cl->pipe, client_alloc_cb,
                       client_read_cb) != 0)
         client_close(cl);
-}
-
-static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err != NULL && errlen > 0) {
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
 }
 
 /* A socket file at path: in use by a live daemon (-EADDRINUSE), stale
@@ -389,37 +715,38 @@ int pmm_ctl_start(pmm_ctl **out, uv_loop_t *loop, const char *path,
     int rc;
 
     if (path == NULL || path[0] != '/' || strlen(path) > PMM_SOCKET_PATH_MAX)
-        return fail(err, errlen, -EINVAL,
+        return perr(err, errlen, -EINVAL,
                     "control socket path must be absolute and at most %d "
                     "bytes", PMM_SOCKET_PATH_MAX);
     snprintf(dir, sizeof(dir), "%s", path);
     rc = pmm_mkdir_p(dirname(dir), 0755);
     if (rc != 0) {
         snprintf(dir, sizeof(dir), "%s", path);
-        return fail(err, errlen, rc, "%s: %s", dirname(dir), strerror(-rc));
+        return perr(err, errlen, rc, "%s: %s", dirname(dir), strerror(-rc));
     }
     rc = clear_stale(path);
     if (rc == -EADDRINUSE)
-        return fail(err, errlen, rc,
+        return perr(err, errlen, rc,
                     "%s: another pmgclusterd is already listening there",
                     path);
     if (rc == -EEXIST)
-        return fail(err, errlen, rc, "%s: exists and is not a socket", path);
+        return perr(err, errlen, rc, "%s: exists and is not a socket", path);
     if (rc != 0)
-        return fail(err, errlen, rc, "%s: %s", path, strerror(-rc));
+        return perr(err, errlen, rc, "%s: %s", path, strerror(-rc));
 
     c = calloc(1, sizeof(*c));
     if (c == NULL)
-        return fail(err, errlen, -ENOMEM, "out of memory");
+        return perr(err, errlen, -ENOMEM, "out of memory");
     c->loop = loop;
     c->handler = handler;
     c->ud = ud;
     c->uid = geteuid();
+    c->pending_ms = PMM_CTL_PENDING_MS;
     snprintf(c->path, sizeof(c->path), "%s", path);
     rc = uv_pipe_init(loop, &c->server, 0);
     if (rc != 0) {
         free(c);
-        return fail(err, errlen, rc, "%s: %s", path, uv_strerror(rc));
+        return perr(err, errlen, rc, "%s: %s", path, uv_strerror(rc));
     }
     c->server.data = c;
     c->closing = true; /* until listening: a close frees c */
@@ -435,7 +762,7 @@ int pmm_ctl_start(pmm_ctl **out, uv_loop_t *loop, const char *path,
     if (rc == 0)
         rc = uv_listen((uv_stream_t *)&c->server, 16, server_conn_cb);
     if (rc != 0) {
-        fail(err, errlen, rc, "%s: %s", path, uv_strerror(rc));
+        perr(err, errlen, rc, "%s: %s", path, uv_strerror(rc));
         if (c->ino != 0)
             unlink(path);
         uv_close((uv_handle_t *)&c->server, server_closed_cb);
@@ -444,6 +771,16 @@ int pmm_ctl_start(pmm_ctl **out, uv_loop_t *loop, const char *path,
     c->closing = false;
     *out = c;
     return 0;
+}
+
+void pmm_ctl_set_pending_timeout_ms(pmm_ctl *c, uint64_t ms)
+{
+    c->pending_ms = ms;
+}
+
+void pmm_ctl_set_peer_uid(pmm_ctl *c, uid_t uid)
+{
+    c->uid = uid;
 }
 
 void pmm_ctl_close(pmm_ctl *c)
@@ -456,7 +793,15 @@ void pmm_ctl_close(pmm_ctl *c)
     /* remove the socket file only if it is still the one we created */
     if (stat(c->path, &st) == 0 && st.st_ino == c->ino && st.st_dev == c->dev)
         unlink(c->path);
-    for (ctl_client *cl = c->clients; cl != NULL; cl = cl->next)
-        client_close(cl);
+    for (ctl_client *cl = c->clients; cl != NULL; cl = cl->next) {
+        if (cl->req != NULL) {
+            /* waiting for an answer: say why none comes; the handler's
+             * later reply only frees its req */
+            client_detach_req(cl);
+            client_error(cl, "pmgclusterd is shutting down");
+        } else {
+            client_close(cl);
+        }
+    }
     uv_close((uv_handle_t *)&c->server, server_closed_cb);
 }

@@ -418,7 +418,9 @@ void pmm_ctl_reply_error(pmm_ctl_req *req, const char *fmt, ...)
 /* {"ok":true} or {"ok":true,<extra_json_members>}, e.g. "\"cid\":3". */
 void pmm_ctl_reply_ok(pmm_ctl_req *req, const char *extra_json_members);
 
-/* Creates the listening socket at path (see the protocol above). */
+/* Creates the listening socket at path (see the protocol above). The
+ * process must ignore SIGPIPE: libuv writes without MSG_NOSIGNAL, and a
+ * client that left before its answer would otherwise kill it. */
 int pmm_ctl_start(pmm_ctl **out, struct uv_loop_s *loop, const char *path,
                   pmm_ctl_handler handler, void *ud, char *err,
                   size_t errlen);
