@@ -267,7 +267,7 @@ int pmm_status_from_json(const pmm_json *arr, pmm_status_row **rows_out,
             goto fail;
         }
         if (get_str(o, "state", st, sizeof(st), true, false) ||
-            strlen(st) != 1 || strchr("A?DL", st[0]) == NULL) {
+            strlen(st) != 1 || strchr("A?DLS", st[0]) == NULL) {
             bad = "state";
             goto fail;
         }
