@@ -33,7 +33,14 @@
 
 /* ---- request parsing (pure) -------------------------------------------- */
 
-typedef enum arg_type { ARG_IP, ARG_FP, ARG_PASSWORD, ARG_CID, ARG_BOOL } arg_type;
+typedef enum arg_type {
+    ARG_IP,     /* a bare IPv4/IPv6 literal */
+    ARG_TARGET, /* the same, optionally with a port: IP:PORT, [IPv6]:PORT */
+    ARG_FP,
+    ARG_PASSWORD,
+    ARG_CID,
+    ARG_BOOL,
+} arg_type;
 
 typedef struct arg_spec {
     const char *key;
@@ -53,9 +60,9 @@ static const cmd_spec cmd_specs[] = {
     {"status", true, {{NULL}}},
     {"ping", true, {{NULL}}},
     {"create", false, {{"password", ARG_PASSWORD, true}}},
-    {"fingerprint", false, {{"ip", ARG_IP, true}}},
+    {"fingerprint", false, {{"ip", ARG_TARGET, true}}},
     {"join", false,
-     {{"ip", ARG_IP, true},
+     {{"ip", ARG_TARGET, true},
       {"fingerprint", ARG_FP, true},
       {"password", ARG_PASSWORD, true}}},
     {"join-cmd", false, {{NULL}}},
@@ -103,6 +110,18 @@ static bool ip_literal_ok(const pmm_json *v)
            inet_pton(AF_INET6, v->str, a) == 1;
 }
 
+/* What the daemon's node API address may look like (gsp_addr_parse, port
+ * 1..65535, the default port when none is given). */
+static bool target_ok(const pmm_json *v)
+{
+    gsp_addr a;
+
+    if (v->type != PMM_JSON_STRING || v->str_len == 0 || v->str_len > 64 ||
+        strlen(v->str) != v->str_len)
+        return false;
+    return gsp_addr_parse(&a, v->str, 1) == 0;
+}
+
 static int check_arg(const cmd_spec *cs, const arg_spec *as,
                      const pmm_json *v, char *err, size_t errlen)
 {
@@ -111,6 +130,13 @@ static int check_arg(const cmd_spec *cs, const arg_spec *as,
         if (!ip_literal_ok(v))
             return perr(err, errlen, -EINVAL,
                         "%s: \"%s\" must be an IPv4 or IPv6 address",
+                        cs->name, as->key);
+        return 0;
+    case ARG_TARGET:
+        if (!target_ok(v))
+            return perr(err, errlen, -EINVAL,
+                        "%s: \"%s\" must be an IPv4 or IPv6 address, "
+                        "optionally with a port (IP:PORT, [IPv6]:PORT)",
                         cs->name, as->key);
         return 0;
     case ARG_FP:

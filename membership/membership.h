@@ -100,15 +100,18 @@
  *   {"cmd":"status"}                          = the word "status"
  *   {"cmd":"ping"}                            = the word "ping"
  *   {"cmd":"create","password":PW}
- *   {"cmd":"fingerprint","ip":IP}             fetch a master's TLS cert
+ *   {"cmd":"fingerprint","ip":TARGET}         fetch a master's TLS cert
  *                                             fingerprint (join prompt)
- *   {"cmd":"join","ip":IP,"fingerprint":FP,"password":PW}
+ *   {"cmd":"join","ip":TARGET,"fingerprint":FP,"password":PW}
  *   {"cmd":"join-cmd"}
  *   {"cmd":"delete","cid":CID}
  *   {"cmd":"promote"[,"force":BOOL]}          force defaults to false
  *   {"cmd":"sync"[,"master_ip":IP]}
  * Arguments, all checked before any handler runs:
  *   IP   string: an IPv4 or IPv6 literal (no port, no brackets, no zone)
+ *   TARGET  string: IP, or IP:PORT / [IPv6]:PORT (port 1..65535) for a
+ *        master whose node API is not on the default port (what join-cmd
+ *        prints then)
  *   FP   string: 1..PMM_CTL_FP_MAX printable ASCII characters, no spaces
  *        (its format, colon-hex SHA-256, is the lifecycle's to check)
  *   PW   string: 1..PMM_CTL_PASSWORD_MAX bytes of UTF-8, no control
@@ -127,9 +130,10 @@
  *   fingerprint  {"ok":true,"fingerprint":"AB:CD:..."}
  *   join         {"ok":true,"cid":N}
  *   join-cmd     {"ok":true,"command":"pmgcm join IP --fingerprint FP"}
- *   delete       {"ok":true,"cid":N}
+ *   delete       {"ok":true,"cid":N[,"key_rotated":true]}
  *   promote      {"ok":true,"cid":N,"epoch":E}
- *   sync         {"ok":true[,"master_ip":IP]}
+ *   sync         {"ok":true[,"epoch":E,"version":V,"master_cid":C,
+ *                 "updated":BOOL][,"master_ip":IP]}
  * Any ok answer may carry "message": a sentence that `pmgcm` prints in
  * text mode instead of its own. Refusals of the server itself:
  *   "request too long", "empty request", "request contains a control

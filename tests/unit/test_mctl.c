@@ -286,21 +286,26 @@ static void test_parse_bad(void)
                   "\"AB\"}", -EINVAL, "join: missing \"password\""));
     CHECK(REFUSED("{\"cmd\":\"delete\"}", -EINVAL, "delete: missing \"cid\""));
 
-    /* ip / master_ip */
+    /* ip (a master address, port allowed) / master_ip (bare IP) */
     {
         static const char *bad_ips[] = {
-            "1", "\"\"", "\"10.0.0\"", "\"10.0.0.256\"", "\"10.0.0.1:80\"",
-            "\"[::1]\"", "\"fe80::1%eth0\"", "\"localhost\"", "\" 10.0.0.1\"",
-            "\"10.0.0.1\\u0000\"", "null", "true", "[\"10.0.0.1\"]",
-            "{\"ip\":\"10.0.0.1\"}", "\"010.0.0.1\"",
+            "1", "\"\"", "\"10.0.0\"", "\"10.0.0.256\"", "\"fe80::1%eth0\"",
+            "\"localhost\"", "\" 10.0.0.1\"", "\"10.0.0.1\\u0000\"", "null",
+            "true", "[\"10.0.0.1\"]", "{\"ip\":\"10.0.0.1\"}", "\"010.0.0.1\"",
             "\"1111:2222:3333:4444:5555:6666:7777:8888:9999\"",
+            "\"10.0.0.1:0\"", "\"10.0.0.1:65536\"", "\"10.0.0.1:\"",
+            "\"10.0.0.1:80x\"", "\"[::1\"", "\"[10.0.0.1]:7947\"",
+            "\"[::1]:\"", "\"mail.example.com:7947\"",
+        };
+        static const char *ports[] = {
+            "\"10.0.0.1:7957\"", "\"[fd00::1]:7957\"", "\"[::1]\"",
         };
         for (size_t i = 0; i < sizeof(bad_ips) / sizeof(bad_ips[0]); i++) {
             snprintf(buf, sizeof(buf), "{\"cmd\":\"fingerprint\",\"ip\":%s}",
                      bad_ips[i]);
             CHECK(REFUSED(buf, -EINVAL,
                           "fingerprint: \"ip\" must be an IPv4 or IPv6 "
-                          "address"));
+                          "address, optionally with a port"));
             snprintf(buf, sizeof(buf), "{\"cmd\":\"sync\",\"master_ip\":%s}",
                      bad_ips[i]);
             CHECK(REFUSED(buf, -EINVAL,
@@ -310,6 +315,21 @@ static void test_parse_bad(void)
                      "{\"cmd\":\"join\",\"ip\":%s,\"fingerprint\":\"AB\","
                      "\"password\":\"x\"}", bad_ips[i]);
             CHECK(REFUSED(buf, -EINVAL, "join: \"ip\" must be"));
+        }
+        /* a port is for the master's node API only */
+        for (size_t i = 0; i < sizeof(ports) / sizeof(ports[0]); i++) {
+            snprintf(buf, sizeof(buf), "{\"cmd\":\"fingerprint\",\"ip\":%s}",
+                     ports[i]);
+            CHECK(parses(buf, "fingerprint"));
+            snprintf(buf, sizeof(buf),
+                     "{\"cmd\":\"join\",\"ip\":%s,\"fingerprint\":\"AB\","
+                     "\"password\":\"x\"}", ports[i]);
+            CHECK(parses(buf, "join"));
+            snprintf(buf, sizeof(buf), "{\"cmd\":\"sync\",\"master_ip\":%s}",
+                     ports[i]);
+            CHECK(REFUSED(buf, -EINVAL,
+                          "sync: \"master_ip\" must be an IPv4 or IPv6 "
+                          "address"));
         }
     }
 
