@@ -1,46 +1,143 @@
 /*
  * pmgcm.c - the pmgcm admin tool. Thin: parses the command line, asks the
- * local pmgclusterd over its control socket, prints the answer.
+ * local pmgclusterd over its control socket (protocol: membership.h),
+ * prints the answer.
  *
- *   pmgcm [--socket PATH] status [--output-format text|json]
+ * ---- usage (for the README) -------------------------------------------------
+ *
+ *   pmgcm [--socket PATH] [--output-format text|json] COMMAND [ARGS]
+ *
+ *   pmgcm create [--password-file FILE]
+ *       Create a cluster: this node becomes its master, cid 1. Asks for the
+ *       join password twice (no echo) unless --password-file is given.
+ *       Prints the node's certificate fingerprint, which joining nodes pin.
+ *
+ *   pmgcm join <master_ip> [--fingerprint FP] [--password-file FILE] [--yes]
+ *       Join the cluster whose master is at <master_ip> (IPv4 or IPv6; add
+ *       the port, 10.0.0.1:7957 or [fd00::1]:7957, when the master's node
+ *       API is not on the default port 7947 - join-cmd prints it so).
+ *       Without --fingerprint, the master's certificate fingerprint is
+ *       fetched and shown, and you confirm it by typing "yes" (--yes
+ *       accepts it without asking, for scripts). Then asks for the join
+ *       password (no echo) unless --password-file is given. Prints the
+ *       cid the master assigned.
+ *
+ *   pmgcm join-cmd
+ *       Print the exact `pmgcm join <ip> --fingerprint <fp>` line to run on
+ *       a new node.
+ *
+ *   pmgcm delete <cid>
+ *       Remove node <cid> (1..65535) from the cluster (on the master). The
+ *       gossip key is rotated, so the deleted node is shut out.
+ *
+ *   pmgcm promote [--force]
+ *       Make this node the master under a new epoch. Refused while the
+ *       current master is alive, unless --force.
+ *
+ *   pmgcm sync [--master-ip IP]
+ *       Fetch the cluster configuration now; --master-ip (or PMG's
+ *       spelling --master_ip) points this node at a new master.
+ *
+ *   pmgcm status
+ *       Every cluster node as this node sees it:
+ *       NAME(CID) IPADDRESS ROLE STATE UPTIME LOAD MEM DISK, where STATE is
+ *       A alive, S syncing, ? suspect, D dead, L left the cluster.
+ *
  *   pmgcm keygen
+ *       Print a new random gossip key (for key_file).
+ *
+ *   Options valid with every command (before or after it):
+ *     --socket PATH         pmgclusterd's control socket (default
+ *                           $PMGCM_SOCKET, else /run/pmgcm/pmgcm.sock)
+ *     --output-format text|json
+ *                           json prints the daemon's answer object, one
+ *                           JSON document on stdout, also when it is an
+ *                           error ({"ok":false,"error":"..."}); status
+ *                           prints the members array.
+ *
+ *   A password file holds the password on its first line (a trailing
+ *   newline is ignored; 1..1024 bytes of UTF-8, no control characters) and
+ *   must not be readable by everyone (chmod 600).
+ *
+ *   Exit status: 0 success; 1 the daemon refused or failed (its error is
+ *   printed as "pmgcm: <error>"), or it could not be reached; 2 usage error
+ *   (nothing was sent to the daemon).
+ *
+ * -----------------------------------------------------------------------------
  */
 #include "membership/membership.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
+#include <termios.h>
 #include <unistd.h>
 
 #ifndef PACKAGE_VERSION
 #define PACKAGE_VERSION "unknown"
 #endif
 
-#define IO_TIMEOUT_S 10
+#define IO_TIMEOUT_S 10 /* status: the daemon answers from memory */
+/* commands that go to the network: a little longer than the daemon's own
+ * cap, so its "timed out" arrives first */
+#define LONG_TIMEOUT_S (PMM_CTL_PENDING_MS / 1000 + 10)
 
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: pmgcm [--socket PATH] COMMAND [OPTIONS]\n"
+            "usage: pmgcm [--socket PATH] [--output-format text|json] "
+            "COMMAND [ARGS]\n"
             "\n"
             "commands:\n"
-            "  status [--output-format text|json]\n"
-            "          show every cluster node as this node sees it\n"
+            "  create [--password-file FILE]\n"
+            "          create a cluster; this node becomes master (cid 1)\n"
+            "  join <master_ip> [--fingerprint FP] [--password-file FILE] "
+            "[--yes]\n"
+            "          join the cluster of the master at <master_ip>\n"
+            "          (IP, or IP:PORT / [IPv6]:PORT off the default API "
+            "port)\n"
+            "  join-cmd\n"
+            "          print the join command to run on a new node\n"
+            "  delete <cid>\n"
+            "          remove a node from the cluster (on the master)\n"
+            "  promote [--force]\n"
+            "          make this node master (--force: even while the\n"
+            "          current master is alive)\n"
+            "  sync [--master-ip IP]\n"
+            "          fetch the cluster config now, optionally from a new\n"
+            "          master (--master_ip is accepted too)\n"
+            "  status  show every cluster node as this node sees it\n"
             "  keygen  print a new random gossip key (for key_file)\n"
             "  help    show this help\n"
             "\n"
-            "options:\n"
-            "  --socket PATH   pmgclusterd control socket (default $PMGCM_SOCKET\n"
+            "options (before or after the command):\n"
+            "  --socket PATH   pmgclusterd control socket (default "
+            "$PMGCM_SOCKET\n"
             "                  or " PMM_DEFAULT_SOCKET ")\n"
+            "  --output-format text|json\n"
+            "                  json: print the daemon's answer as JSON\n"
             "  --version       print the version\n"
             "\n"
-            "status STATE: A alive, ? suspect (not yet confirmed dead),\n"
-            "D dead, L left the cluster.\n");
+            "A password file holds the password on its first line and must "
+            "not be\n"
+            "readable by everyone. Without one, the password is asked on the "
+            "terminal.\n"
+            "\n"
+            "status STATE: A alive, S syncing, ? suspect (not yet confirmed "
+            "dead),\n"
+            "D dead, L left the cluster.\n"
+            "\n"
+            "exit status: 0 ok, 1 failed or refused, 2 usage error.\n");
 }
 
 static int usage_error(const char *fmt, ...)
@@ -57,6 +154,20 @@ static int usage_error(const char *fmt, ...)
     fprintf(stderr, "\n");
     usage(stderr);
     return 2;
+}
+
+static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static int fail(const char *fmt, ...)
+{
+    va_list ap;
+
+    fprintf(stderr, "pmgcm: ");
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\n");
+    return 1;
 }
 
 /* "--name VALUE" or "--name=VALUE"; advances *i. 1 = matched, 0 = not,
@@ -90,29 +201,305 @@ static int write_out(const char *s, size_t n)
     return 0;
 }
 
+/* Copies s for a terminal: control and non-ASCII bytes become '?'. */
+static void term_safe(char *dst, size_t cap, const char *s)
+{
+    size_t i = 0;
+
+    for (; s[i] != '\0' && i + 1 < cap; i++) {
+        unsigned char c = (unsigned char)s[i];
+        dst[i] = (c < 0x20 || c >= 0x7f) ? '?' : (char)c;
+    }
+    dst[i] = '\0';
+}
+
+static bool ip_ok(const char *s)
+{
+    unsigned char a[16];
+
+    return inet_pton(AF_INET, s, a) == 1 || inet_pton(AF_INET6, s, a) == 1;
+}
+
+/* A master address for join: IP, IP:PORT or [IPv6]:PORT. */
+static bool target_ok(const char *s)
+{
+    gsp_addr a;
+
+    return strlen(s) <= 64 && gsp_addr_parse(&a, s, 1) == 0;
+}
+
+/* 1..PMM_CTL_FP_MAX printable ASCII characters, no spaces (the daemon
+ * checks the format). */
+static bool fingerprint_ok(const char *s)
+{
+    size_t n = strlen(s);
+
+    if (n == 0 || n > PMM_CTL_FP_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] < 0x21 || (unsigned char)s[i] > 0x7e)
+            return false;
+    return true;
+}
+
+/* Why a password is unacceptable, or NULL. */
+static const char *password_problem(const char *pw, size_t n)
+{
+    if (n == 0)
+        return "the password is empty";
+    if (n > PMM_CTL_PASSWORD_MAX)
+        return "the password is longer than 1024 bytes";
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)pw[i] < 0x20 || pw[i] == 0x7f)
+            return "the password contains a control character";
+    if (!pmm_utf8_valid(pw, n))
+        return "the password is not valid UTF-8";
+    return NULL;
+}
+
 /* ---- keygen ---------------------------------------------------------------- */
 
-static int cmd_keygen(void)
+static int cmd_keygen(bool json)
 {
     static const char hex[] = "0123456789abcdef";
     uint8_t key[GSP_KEY_LEN];
-    char out[2 * GSP_KEY_LEN + 2];
+    char out[2 * GSP_KEY_LEN + 16];
+    size_t o = 0;
     int rc = gsp_random(key, sizeof(key));
 
-    if (rc != 0) {
-        fprintf(stderr, "pmgcm: cannot generate a key: %s\n",
-                gsp_strerror(rc));
-        return 1;
+    if (rc != 0)
+        return fail("cannot generate a key: %s", gsp_strerror(rc));
+    if (json) {
+        memcpy(out, "{\"key\":\"", 8);
+        o = 8;
     }
     for (size_t i = 0; i < sizeof(key); i++) {
-        out[2 * i] = hex[key[i] >> 4];
-        out[2 * i + 1] = hex[key[i] & 0xf];
+        out[o++] = hex[key[i] >> 4];
+        out[o++] = hex[key[i] & 0xf];
     }
-    out[2 * GSP_KEY_LEN] = '\n';
-    out[2 * GSP_KEY_LEN + 1] = '\0';
-    memset(key, 0, sizeof(key));
-    rc = write_out(out, 2 * GSP_KEY_LEN + 1);
-    memset(out, 0, sizeof(out));
+    if (json) {
+        memcpy(out + o, "\"}", 2);
+        o += 2;
+    }
+    out[o++] = '\n';
+    explicit_bzero(key, sizeof(key));
+    rc = write_out(out, o);
+    explicit_bzero(out, sizeof(out));
+    return rc;
+}
+
+/* ---- the terminal ------------------------------------------------------------ */
+
+static int tty_fd = -1;
+static volatile sig_atomic_t tty_echo_off;
+static struct termios tty_saved;
+
+static void tty_restore_on_signal(int sig)
+{
+    if (tty_echo_off)
+        tcsetattr(tty_fd, TCSAFLUSH, &tty_saved);
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+/* Opens /dev/tty once; false when there is no terminal. */
+static bool tty_open(void)
+{
+    if (tty_fd >= 0)
+        return true;
+    tty_fd = open("/dev/tty", O_RDWR | O_NOCTTY | O_CLOEXEC);
+    return tty_fd >= 0;
+}
+
+static void tty_puts(const char *s)
+{
+    size_t n = strlen(s), off = 0;
+
+    while (off < n) {
+        ssize_t w = write(tty_fd, s + off, n - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return;
+        off += (size_t)w;
+    }
+}
+
+/* Reads one line from the terminal into buf (NUL-terminated, without the
+ * newline). 0, or -E2BIG (longer than cap - 1: the rest of the line is
+ * consumed), -ENODATA (end of input before anything), -EIO. */
+static int tty_read_line(char *buf, size_t cap, size_t *len)
+{
+    size_t n = 0;
+    bool over = false, any = false;
+
+    for (;;) {
+        char c;
+        ssize_t r = read(tty_fd, &c, 1);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return -EIO;
+        if (r == 0) {
+            if (!any)
+                return -ENODATA;
+            break;
+        }
+        any = true;
+        if (c == '\n')
+            break;
+        if (n + 1 < cap)
+            buf[n++] = c;
+        else
+            over = true;
+    }
+    buf[n] = '\0';
+    *len = n;
+    return over ? -E2BIG : 0;
+}
+
+/* Asks for a secret with echo off. 0 or 1 (error printed). */
+static int tty_ask_secret(const char *prompt, char *buf, size_t cap,
+                          size_t *len)
+{
+    struct termios t;
+    struct sigaction sa, old[4];
+    static const int sigs[4] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT};
+    int rc;
+
+    if (tcgetattr(tty_fd, &tty_saved) != 0)
+        return fail("cannot use the terminal: %s", strerror(errno));
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = tty_restore_on_signal;
+    sigemptyset(&sa.sa_mask);
+    for (int i = 0; i < 4; i++)
+        sigaction(sigs[i], &sa, &old[i]);
+    t = tty_saved;
+    t.c_lflag &= ~(tcflag_t)ECHO;
+    t.c_lflag |= ECHONL;
+    /* echo off before the prompt: nothing typed after it is ever shown
+     * (TCSAFLUSH drops what was typed before) */
+    tty_echo_off = 1;
+    if (tcsetattr(tty_fd, TCSAFLUSH, &t) != 0) {
+        rc = errno;
+        tty_echo_off = 0;
+        for (int i = 0; i < 4; i++)
+            sigaction(sigs[i], &old[i], NULL);
+        return fail("cannot turn off echo on the terminal: %s",
+                    strerror(rc));
+    }
+    tty_puts(prompt);
+    rc = tty_read_line(buf, cap, len);
+    tcsetattr(tty_fd, TCSAFLUSH, &tty_saved);
+    tty_echo_off = 0;
+    for (int i = 0; i < 4; i++)
+        sigaction(sigs[i], &old[i], NULL);
+    if (rc == -ENODATA) {
+        tty_puts("\n");
+        return fail("no password given");
+    }
+    if (rc == -E2BIG)
+        return fail("the password is longer than %d bytes",
+                    PMM_CTL_PASSWORD_MAX);
+    if (rc != 0)
+        return fail("cannot read from the terminal");
+    return 0;
+}
+
+/* ---- passwords --------------------------------------------------------------- */
+
+/* buf must hold PMM_CTL_PASSWORD_MAX + 1 bytes. 0 or 1 (error printed). */
+static int password_from_file(const char *path, char *pw, size_t *len)
+{
+    char raw[PMM_CTL_PASSWORD_MAX + 3]; /* password, "\r\n", one more */
+    size_t n = 0, line;
+    struct stat st;
+    const char *why;
+    char *nl;
+    int fd;
+
+    fd = open(path, O_RDONLY | O_NOCTTY | O_CLOEXEC);
+    if (fd < 0)
+        return fail("cannot open password file %s: %s", path,
+                    strerror(errno));
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return fail("password file %s is not a regular file", path);
+    }
+    if (st.st_mode & S_IROTH) {
+        close(fd);
+        return fail("password file %s is readable by everyone (mode %04o): "
+                    "refusing to use it; run chmod o-r on it",
+                    path, (unsigned)(st.st_mode & 07777));
+    }
+    while (n < sizeof(raw)) {
+        ssize_t r = read(fd, raw + n, sizeof(raw) - n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            int e = errno;
+            close(fd);
+            explicit_bzero(raw, sizeof(raw));
+            return fail("cannot read password file %s: %s", path,
+                        strerror(e));
+        }
+        if (r == 0)
+            break;
+        n += (size_t)r;
+        if (memchr(raw, '\n', n) != NULL)
+            break;
+    }
+    close(fd);
+    nl = memchr(raw, '\n', n);
+    line = nl != NULL ? (size_t)(nl - raw) : n;
+    if (line > 0 && raw[line - 1] == '\r')
+        line--;
+    if (nl == NULL && n == sizeof(raw))
+        line = sizeof(raw); /* no end in sight: too long */
+    why = password_problem(raw, line);
+    if (why != NULL) {
+        explicit_bzero(raw, sizeof(raw));
+        return fail("password file %s: %s", path,
+                    line == 0 ? "the first line (the password) is empty"
+                              : why);
+    }
+    memcpy(pw, raw, line);
+    pw[line] = '\0';
+    *len = line;
+    explicit_bzero(raw, sizeof(raw));
+    return 0;
+}
+
+/* From the file, or asked on the terminal (twice when confirm). */
+static int get_password(const char *file, bool confirm, char *pw,
+                        size_t *len)
+{
+    char again[PMM_CTL_PASSWORD_MAX + 1];
+    size_t alen;
+    const char *why;
+    int rc;
+
+    if (file != NULL)
+        return password_from_file(file, pw, len);
+    if (!tty_open())
+        return fail("no terminal: use --password-file");
+    if (tty_ask_secret("Enter join password: ", pw,
+                       PMM_CTL_PASSWORD_MAX + 1, len) != 0)
+        return 1;
+    why = password_problem(pw, *len);
+    if (why != NULL) {
+        explicit_bzero(pw, PMM_CTL_PASSWORD_MAX + 1);
+        return fail("%s", why);
+    }
+    if (!confirm)
+        return 0;
+    rc = tty_ask_secret("Confirm join password: ", again, sizeof(again),
+                        &alen);
+    if (rc == 0 && (alen != *len || memcmp(again, pw, alen) != 0))
+        rc = fail("passwords do not match");
+    explicit_bzero(again, sizeof(again));
+    if (rc != 0)
+        explicit_bzero(pw, PMM_CTL_PASSWORD_MAX + 1);
     return rc;
 }
 
@@ -120,23 +507,20 @@ static int cmd_keygen(void)
 
 /* Sends one request line and reads the whole answer into b. Prints its own
  * error and returns 1 on failure. */
-static int ask_daemon(const char *path, const char *request, pmm_buf *b)
+static int ask_daemon(const char *path, const char *request, size_t len,
+                      int timeout_s, pmm_buf *b)
 {
     struct sockaddr_un sa;
-    struct timeval tv = {.tv_sec = IO_TIMEOUT_S};
-    size_t len = strlen(request), off = 0;
+    struct timeval tv = {.tv_sec = timeout_s};
+    size_t off = 0;
     char chunk[65536];
     int fd;
 
-    if (strlen(path) > PMM_SOCKET_PATH_MAX) {
-        fprintf(stderr, "pmgcm: socket path too long: %s\n", path);
-        return 1;
-    }
+    if (strlen(path) > PMM_SOCKET_PATH_MAX)
+        return fail("socket path too long: %s", path);
     fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        fprintf(stderr, "pmgcm: socket: %s\n", strerror(errno));
-        return 1;
-    }
+    if (fd < 0)
+        return fail("socket: %s", strerror(errno));
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
     memset(&sa, 0, sizeof(sa));
@@ -149,10 +533,9 @@ static int ask_daemon(const char *path, const char *request, pmm_buf *b)
             hint = " (is pmgclusterd running?)";
         else if (e == EACCES || e == EPERM)
             hint = " (only root and the daemon's user may ask it)";
-        fprintf(stderr, "pmgcm: cannot reach pmgclusterd at %s: %s%s\n", path,
-                strerror(e), hint);
         close(fd);
-        return 1;
+        return fail("cannot reach pmgclusterd at %s: %s%s", path,
+                    strerror(e), hint);
     }
     while (off < len) {
         ssize_t w = send(fd, request + off, len - off, MSG_NOSIGNAL);
@@ -161,10 +544,10 @@ static int ask_daemon(const char *path, const char *request, pmm_buf *b)
         if (w < 0 && (errno == EPIPE || errno == ECONNRESET))
             break; /* it may have answered already (a refusal): read it */
         if (w < 0) {
-            fprintf(stderr, "pmgcm: cannot talk to pmgclusterd at %s: %s\n",
-                    path, strerror(errno));
+            int e = errno;
             close(fd);
-            return 1;
+            return fail("cannot talk to pmgclusterd at %s: %s", path,
+                        strerror(e));
         }
         off += (size_t)w;
     }
@@ -175,128 +558,531 @@ static int ask_daemon(const char *path, const char *request, pmm_buf *b)
             continue;
         if (r < 0) {
             int e = errno;
-            if (e == EAGAIN || e == EWOULDBLOCK)
-                fprintf(stderr,
-                        "pmgcm: pmgclusterd at %s did not answer within "
-                        "%d s\n", path, IO_TIMEOUT_S);
-            else
-                fprintf(stderr, "pmgcm: cannot read from pmgclusterd at %s: "
-                                "%s\n", path, strerror(e));
             close(fd);
-            return 1;
+            if (e == EAGAIN || e == EWOULDBLOCK)
+                return fail("pmgclusterd at %s did not answer within %d s",
+                            path, timeout_s);
+            return fail("cannot read from pmgclusterd at %s: %s", path,
+                        strerror(e));
         }
         if (r == 0)
             break;
         if (pmm_buf_add(b, chunk, (size_t)r) != 0) {
-            fprintf(stderr, "pmgcm: answer from pmgclusterd is too large\n");
             close(fd);
-            return 1;
+            return fail("answer from pmgclusterd is too large");
         }
     }
     close(fd);
-    if (b->len == 0) {
-        fprintf(stderr, "pmgcm: pmgclusterd at %s closed the connection "
-                        "without an answer\n", path);
-        return 1;
-    }
+    if (b->len == 0)
+        return fail("pmgclusterd at %s closed the connection without an "
+                    "answer", path);
     return 0;
 }
 
-/* Parses the daemon's envelope; returns the document or NULL (error
- * printed). */
-static pmm_json *parse_answer(const pmm_buf *b)
-{
-    pmm_json *doc = NULL;
-    const pmm_json *ok;
-    char err[256];
-    int rc;
+typedef struct cli {
+    const char *sock;
+    bool json;
+    const char *pos[2];
+    int npos;
+    const char *password_file;
+    const char *fingerprint;
+    const char *master_ip;
+    bool yes, force;
+} cli;
 
-    rc = pmm_json_parse(b->p, b->len, &doc, err, sizeof(err));
-    if (rc != 0) {
-        fprintf(stderr, "pmgcm: bad answer from pmgclusterd: %s\n", err);
-        return NULL;
-    }
-    ok = pmm_json_get(doc, "ok");
-    if (ok == NULL || ok->type != PMM_JSON_BOOL) {
-        fprintf(stderr, "pmgcm: bad answer from pmgclusterd: no 'ok'\n");
-        pmm_json_free(doc);
-        return NULL;
-    }
-    if (!ok->b) {
-        const pmm_json *e = pmm_json_get(doc, "error");
-        char safe[256];
-        size_t i = 0;
-        const char *msg = e != NULL && e->type == PMM_JSON_STRING
-                              ? e->str : "unknown error";
-        for (; msg[i] != '\0' && i + 1 < sizeof(safe); i++)
-            safe[i] = ((unsigned char)msg[i] < 0x20 || msg[i] == 0x7f)
-                          ? '?' : msg[i];
-        safe[i] = '\0';
-        fprintf(stderr, "pmgcm: pmgclusterd: %s\n", safe);
-        pmm_json_free(doc);
-        return NULL;
-    }
-    return doc;
+/* Prints the daemon's error in words. */
+static void print_daemon_error(const pmm_json *doc)
+{
+    const pmm_json *e = pmm_json_get(doc, "error");
+    char safe[512];
+
+    term_safe(safe, sizeof(safe),
+              e != NULL && e->type == PMM_JSON_STRING ? e->str
+                                                      : "unknown error");
+    fprintf(stderr, "pmgcm: %s\n", safe);
 }
 
-static int cmd_status(const char *sock, bool json)
+/* One request, one answer. Returns 0 with *doc (ok:true), else 1 with
+ * everything printed. When final and in json mode, the answer is printed
+ * on stdout as is, whatever it says; an ok:false answer that ends the
+ * command (final or not) is printed the same way. */
+static int call(const cli *c, const pmm_buf *req, int timeout_s, bool final,
+                pmm_json **doc)
 {
-    pmm_buf in, out;
+    pmm_buf in;
+    char err[256];
+    const pmm_json *ok;
+    int rc = 1;
+
+    *doc = NULL;
+    if (req->err != 0 || req->len > PMM_CTL_REQ_MAX)
+        return fail("request too long");
+    pmm_buf_init(&in, PMM_CTL_REPLY_MAX);
+    if (ask_daemon(c->sock, req->p, req->len, timeout_s, &in) != 0)
+        goto out;
+    if (pmm_json_parse(in.p, in.len, doc, err, sizeof(err)) != 0) {
+        fail("bad answer from pmgclusterd: %s", err);
+        goto out;
+    }
+    ok = pmm_json_get(*doc, "ok");
+    if (ok == NULL || ok->type != PMM_JSON_BOOL) {
+        fail("bad answer from pmgclusterd: no 'ok'");
+        goto out;
+    }
+    if (c->json && (final || !ok->b)) {
+        if (write_out(in.p, in.len) != 0 ||
+            (in.p[in.len - 1] != '\n' && write_out("\n", 1) != 0))
+            goto out;
+    } else if (!ok->b) {
+        print_daemon_error(*doc);
+    }
+    if (ok->b)
+        rc = 0;
+out:
+    if (rc != 0) {
+        pmm_json_free(*doc);
+        *doc = NULL;
+    }
+    pmm_buf_free(&in);
+    return rc;
+}
+
+/* In text mode: the answer's "message" if it has one, else dflt. */
+static int print_words(const cli *c, const pmm_json *doc, const char *dflt)
+{
+    const pmm_json *m = pmm_json_get(doc, "message");
+    char safe[1024];
+
+    if (c->json)
+        return 0;
+    if (m != NULL && m->type == PMM_JSON_STRING && m->str_len > 0)
+        term_safe(safe, sizeof(safe), m->str);
+    else
+        snprintf(safe, sizeof(safe), "%s", dflt);
+    printf("%s\n", safe);
+    return fflush(stdout) == 0 ? 0 : 1;
+}
+
+/* An unsigned integer member, or -1. */
+static long long get_uint(const pmm_json *doc, const char *key)
+{
+    const pmm_json *v = pmm_json_get(doc, key);
+
+    if (v == NULL || v->type != PMM_JSON_NUMBER || v->num < 0 ||
+        v->num > 9007199254740992.0 || v->num != (double)(long long)v->num)
+        return -1;
+    return (long long)v->num;
+}
+
+/* A string member made safe for a terminal, or NULL. */
+static const char *get_str(const pmm_json *doc, const char *key, char *buf,
+                           size_t cap)
+{
+    const pmm_json *v = pmm_json_get(doc, key);
+
+    if (v == NULL || v->type != PMM_JSON_STRING || v->str_len == 0)
+        return NULL;
+    term_safe(buf, cap, v->str);
+    return buf;
+}
+
+/* A request buffer that never reallocates (it may hold a password). */
+static void req_init(pmm_buf *b, const char *cmd)
+{
+    pmm_buf_init(b, PMM_CTL_REQ_MAX + 64);
+    pmm_buf_reserve(b, PMM_CTL_REQ_MAX + 32);
+    pmm_buf_puts(b, "{\"cmd\":");
+    pmm_json_str(b, cmd, strlen(cmd));
+}
+
+static void req_str(pmm_buf *b, const char *key, const char *val, size_t n)
+{
+    pmm_buf_puts(b, ",");
+    pmm_json_str(b, key, strlen(key));
+    pmm_buf_puts(b, ":");
+    pmm_json_str(b, val, n);
+}
+
+static void req_end(pmm_buf *b)
+{
+    pmm_buf_puts(b, "}\n");
+}
+
+/* ---- commands ----------------------------------------------------------------- */
+
+static int cmd_status(const cli *c)
+{
+    pmm_buf req, out;
     pmm_json *doc;
     pmm_status_row *rows = NULL;
     size_t n = 0;
     char err[256];
     int rc = 1;
+    cli quiet = *c;
 
-    pmm_buf_init(&in, PMM_CTL_REPLY_MAX);
+    quiet.json = false; /* status prints the rows, not the envelope */
+    pmm_buf_init(&req, 64);
+    pmm_buf_puts(&req, "status\n");
     pmm_buf_init(&out, PMM_CTL_REPLY_MAX * 2);
-    if (ask_daemon(sock, "status\n", &in) != 0)
-        goto out;
-    doc = parse_answer(&in);
-    if (doc == NULL)
+    if (call(&quiet, &req, IO_TIMEOUT_S, true, &doc) != 0)
         goto out;
     if (pmm_status_from_json(pmm_json_get(doc, "members"), &rows, &n, err,
                              sizeof(err)) != 0) {
-        fprintf(stderr, "pmgcm: bad answer from pmgclusterd: %s\n", err);
+        fail("bad answer from pmgclusterd: %s", err);
         pmm_json_free(doc);
         goto out;
     }
     pmm_json_free(doc);
     pmm_status_sort(rows, n);
-    if (json) {
+    if (c->json) {
         pmm_status_write_json(&out, rows, n);
         pmm_buf_puts(&out, "\n");
     } else {
         pmm_status_render_text(&out, rows, n);
     }
     if (out.err != 0) {
-        fprintf(stderr, "pmgcm: %s\n", strerror(-out.err));
+        fail("%s", strerror(-out.err));
         goto out;
     }
     rc = write_out(out.p, out.len);
 out:
     free(rows);
-    pmm_buf_free(&in);
+    pmm_buf_free(&req);
     pmm_buf_free(&out);
     return rc;
 }
 
+static int cmd_create(const cli *c)
+{
+    char pw[PMM_CTL_PASSWORD_MAX + 1], fp[PMM_CTL_FP_MAX + 1], line[512];
+    size_t pwlen;
+    pmm_buf req;
+    pmm_json *doc;
+    long long cid;
+    int rc;
+
+    if (get_password(c->password_file, true, pw, &pwlen) != 0) {
+        explicit_bzero(pw, sizeof(pw));
+        return 1;
+    }
+    req_init(&req, "create");
+    req_str(&req, "password", pw, pwlen);
+    req_end(&req);
+    explicit_bzero(pw, sizeof(pw));
+    rc = call(c, &req, LONG_TIMEOUT_S, true, &doc);
+    pmm_buf_wipe(&req);
+    if (rc != 0)
+        return 1;
+    cid = get_uint(doc, "cid");
+    if (cid < 0)
+        cid = 1;
+    if (get_str(doc, "fingerprint", fp, sizeof(fp)) != NULL)
+        snprintf(line, sizeof(line),
+                 "cluster created: this node is master (cid %lld)\n"
+                 "fingerprint: %s", cid, fp);
+    else
+        snprintf(line, sizeof(line),
+                 "cluster created: this node is master (cid %lld)", cid);
+    rc = print_words(c, doc, line);
+    pmm_json_free(doc);
+    return rc;
+}
+
+/* Asks the daemon for the master's fingerprint and has it confirmed.
+ * 0 with fp filled, or 1. */
+static int fetch_and_confirm_fingerprint(const cli *c, const char *ip,
+                                         char *fp, size_t cap)
+{
+    pmm_buf req;
+    pmm_json *doc;
+    const pmm_json *v;
+    char answer[64];
+    size_t alen;
+    int rc;
+
+    if (!c->yes && !tty_open())
+        return fail("no terminal to confirm the master's fingerprint: use "
+                    "--fingerprint FP (see `pmgcm join-cmd` on the master) "
+                    "or --yes");
+    req_init(&req, "fingerprint");
+    req_str(&req, "ip", ip, strlen(ip));
+    req_end(&req);
+    rc = call(c, &req, LONG_TIMEOUT_S, false, &doc);
+    pmm_buf_free(&req);
+    if (rc != 0)
+        return 1;
+    v = pmm_json_get(doc, "fingerprint");
+    if (v == NULL || v->type != PMM_JSON_STRING || v->str_len >= cap ||
+        !fingerprint_ok(v->str)) {
+        pmm_json_free(doc);
+        return fail("bad answer from pmgclusterd: no valid 'fingerprint'");
+    }
+    memcpy(fp, v->str, v->str_len + 1);
+    pmm_json_free(doc);
+    if (c->yes) {
+        fprintf(stderr, "pmgcm: the master's certificate fingerprint is %s "
+                        "(accepted by --yes)\n", fp);
+        return 0;
+    }
+    tty_puts("The master's certificate fingerprint is\n  ");
+    tty_puts(fp);
+    tty_puts("\nAre you sure you want to join? (yes/no): ");
+    rc = tty_read_line(answer, sizeof(answer), &alen);
+    if (rc == -ENODATA)
+        tty_puts("\n");
+    if (rc == 0) {
+        /* surrounding blanks are forgiven */
+        char *s = answer, *e = answer + alen;
+        while (*s == ' ' || *s == '\t')
+            s++;
+        while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r'))
+            *--e = '\0';
+        if (strcasecmp(s, "yes") == 0)
+            return 0;
+    }
+    return fail("aborted");
+}
+
+static int cmd_join(const cli *c)
+{
+    char pw[PMM_CTL_PASSWORD_MAX + 1], fp[PMM_CTL_FP_MAX + 1], line[128];
+    size_t pwlen = 0;
+    const char *ip = c->pos[0];
+    pmm_buf req;
+    pmm_json *doc;
+    long long cid;
+    int rc;
+
+    /* everything local first: a bad password file costs no network trip */
+    if (c->password_file != NULL &&
+        password_from_file(c->password_file, pw, &pwlen) != 0)
+        return 1;
+    rc = 0;
+    if (c->password_file == NULL && !tty_open())
+        rc = fail("no terminal: use --password-file");
+    if (rc == 0 && c->fingerprint != NULL)
+        snprintf(fp, sizeof(fp), "%s", c->fingerprint);
+    else if (rc == 0)
+        rc = fetch_and_confirm_fingerprint(c, ip, fp, sizeof(fp));
+    if (rc == 0 && c->password_file == NULL)
+        rc = get_password(NULL, false, pw, &pwlen);
+    if (rc != 0) {
+        explicit_bzero(pw, sizeof(pw));
+        return 1;
+    }
+    req_init(&req, "join");
+    req_str(&req, "ip", ip, strlen(ip));
+    req_str(&req, "fingerprint", fp, strlen(fp));
+    req_str(&req, "password", pw, pwlen);
+    req_end(&req);
+    explicit_bzero(pw, sizeof(pw));
+    rc = call(c, &req, LONG_TIMEOUT_S, true, &doc);
+    pmm_buf_wipe(&req);
+    if (rc != 0)
+        return 1;
+    cid = get_uint(doc, "cid");
+    if (cid >= 0)
+        snprintf(line, sizeof(line), "joined cluster as cid %lld", cid);
+    else
+        snprintf(line, sizeof(line), "joined cluster");
+    rc = print_words(c, doc, line);
+    pmm_json_free(doc);
+    return rc;
+}
+
+static int cmd_join_cmd(const cli *c)
+{
+    char line[1024];
+    pmm_buf req;
+    pmm_json *doc;
+    int rc;
+
+    req_init(&req, "join-cmd");
+    req_end(&req);
+    rc = call(c, &req, LONG_TIMEOUT_S, true, &doc);
+    pmm_buf_free(&req);
+    if (rc != 0)
+        return 1;
+    if (!c->json) {
+        if (get_str(doc, "command", line, sizeof(line)) == NULL) {
+            pmm_json_free(doc);
+            return fail("bad answer from pmgclusterd: no 'command'");
+        }
+        printf("%s\n", line);
+        rc = fflush(stdout) == 0 ? 0 : 1;
+    }
+    pmm_json_free(doc);
+    return rc;
+}
+
+static int cmd_delete(const cli *c, unsigned cid)
+{
+    char line[128];
+    pmm_buf req;
+    pmm_json *doc;
+    int rc;
+
+    req_init(&req, "delete");
+    pmm_buf_printf(&req, ",\"cid\":%u", cid);
+    req_end(&req);
+    rc = call(c, &req, LONG_TIMEOUT_S, true, &doc);
+    pmm_buf_free(&req);
+    if (rc != 0)
+        return 1;
+    {
+        const pmm_json *kr = pmm_json_get(doc, "key_rotated");
+        snprintf(line, sizeof(line),
+                 "node with cid %u deleted from the cluster%s", cid,
+                 kr != NULL && kr->type == PMM_JSON_BOOL && kr->b
+                     ? " (gossip key rotated)" : "");
+    }
+    rc = print_words(c, doc, line);
+    pmm_json_free(doc);
+    return rc;
+}
+
+static int cmd_promote(const cli *c)
+{
+    char line[128];
+    pmm_buf req;
+    pmm_json *doc;
+    long long cid, epoch;
+    int rc;
+
+    req_init(&req, "promote");
+    pmm_buf_printf(&req, ",\"force\":%s", c->force ? "true" : "false");
+    req_end(&req);
+    rc = call(c, &req, LONG_TIMEOUT_S, true, &doc);
+    pmm_buf_free(&req);
+    if (rc != 0)
+        return 1;
+    cid = get_uint(doc, "cid");
+    epoch = get_uint(doc, "epoch");
+    if (cid >= 0 && epoch >= 0)
+        snprintf(line, sizeof(line),
+                 "this node is now master (cid %lld, epoch %lld)", cid,
+                 epoch);
+    else if (cid >= 0)
+        snprintf(line, sizeof(line), "this node is now master (cid %lld)",
+                 cid);
+    else
+        snprintf(line, sizeof(line), "this node is now master");
+    rc = print_words(c, doc, line);
+    pmm_json_free(doc);
+    return rc;
+}
+
+static int cmd_sync(const cli *c)
+{
+    char line[160], ip[64];
+    pmm_buf req;
+    pmm_json *doc;
+    int rc;
+
+    req_init(&req, "sync");
+    if (c->master_ip != NULL)
+        req_str(&req, "master_ip", c->master_ip, strlen(c->master_ip));
+    req_end(&req);
+    rc = call(c, &req, LONG_TIMEOUT_S, true, &doc);
+    pmm_buf_free(&req);
+    if (rc != 0)
+        return 1;
+    {
+        long long epoch = get_uint(doc, "epoch");
+        long long version = get_uint(doc, "version");
+        const pmm_json *up = pmm_json_get(doc, "updated");
+        int o = snprintf(line, sizeof(line), "sync done");
+        if (get_str(doc, "master_ip", ip, sizeof(ip)) != NULL)
+            o += snprintf(line + o, sizeof(line) - (size_t)o, " (master %s)",
+                          ip);
+        if (epoch >= 0 && version >= 0)
+            snprintf(line + o, sizeof(line) - (size_t)o,
+                     ": cluster config epoch %lld, version %lld%s", epoch,
+                     version,
+                     up == NULL || up->type != PMM_JSON_BOOL ? ""
+                     : up->b ? " (updated)" : " (already current)");
+    }
+    rc = print_words(c, doc, line);
+    pmm_json_free(doc);
+    return rc;
+}
+
+/* ---- command line ---------------------------------------------------------- */
+
+enum {
+    O_PWFILE = 1 << 0,
+    O_FP = 1 << 1,
+    O_YES = 1 << 2,
+    O_FORCE = 1 << 3,
+    O_MASTER_IP = 1 << 4,
+};
+
+typedef struct command {
+    const char *name;
+    int min_pos, max_pos;
+    unsigned opts;
+    const char *pos_name;
+} command;
+
+static const command commands[] = {
+    {"status", 0, 0, 0, NULL},
+    {"keygen", 0, 0, 0, NULL},
+    {"help", 0, 0, 0, NULL},
+    {"create", 0, 0, O_PWFILE, NULL},
+    {"join", 1, 1, O_PWFILE | O_FP | O_YES, "<master_ip>"},
+    {"join-cmd", 0, 0, 0, NULL},
+    {"delete", 1, 1, 0, "<cid>"},
+    {"promote", 0, 0, O_FORCE, NULL},
+    {"sync", 0, 0, O_MASTER_IP, NULL},
+};
+
+/* --output-format's value; false when bad (usage error printed). */
+static bool set_format(cli *c, const char *fmt)
+{
+    if (strcmp(fmt, "json") == 0)
+        c->json = true;
+    else if (strcmp(fmt, "text") == 0)
+        c->json = false;
+    else
+        return false;
+    return true;
+}
+
 int main(int argc, char **argv)
 {
-    const char *sock = getenv("PMGCM_SOCKET");
-    const char *cmd = NULL;
+    cli c = {0};
+    const command *cmd = NULL;
+    const char *cmdname = NULL;
+    bool only_pos = false;
     int i;
 
-    if (sock == NULL || sock[0] == '\0')
-        sock = PMM_DEFAULT_SOCKET;
+    c.sock = getenv("PMGCM_SOCKET");
+    if (c.sock == NULL || c.sock[0] == '\0')
+        c.sock = PMM_DEFAULT_SOCKET;
     for (i = 1; i < argc; i++) {
-        const char *a = argv[i];
+        const char *a = argv[i], *v = NULL;
         int m;
 
-        if (a[0] != '-') {
-            cmd = a;
-            i++;
-            break;
+        if (!only_pos && strcmp(a, "--") == 0) {
+            only_pos = true;
+            continue;
+        }
+        if (only_pos || a[0] != '-' || a[1] == '\0') {
+            if (cmd == NULL) {
+                cmdname = a;
+                for (size_t k = 0; k < sizeof(commands) / sizeof(commands[0]);
+                     k++)
+                    if (strcmp(commands[k].name, a) == 0)
+                        cmd = &commands[k];
+                if (cmd == NULL)
+                    return usage_error("unknown command '%s'", a);
+                continue;
+            }
+            if (c.npos >= cmd->max_pos)
+                return usage_error("%s: unexpected argument '%s'", cmdname,
+                                   a);
+            c.pos[c.npos++] = a;
+            continue;
         }
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             usage(stdout);
@@ -306,45 +1092,100 @@ int main(int argc, char **argv)
             printf("pmgcm %s\n", PACKAGE_VERSION);
             return 0;
         }
-        m = opt_value(argc, argv, &i, "--socket", &sock);
-        if (m < 0)
-            return usage_error("option '%s' needs a value", a);
-        if (m == 0)
+        if ((m = opt_value(argc, argv, &i, "--socket", &v)) != 0) {
+            if (m < 0)
+                return usage_error("option '%s' needs a value", a);
+            if (v[0] == '\0')
+                return usage_error("%s: empty socket path", a);
+            c.sock = v;
+            continue;
+        }
+        if ((m = opt_value(argc, argv, &i, "--output-format", &v)) != 0) {
+            if (m < 0)
+                return usage_error("option '%s' needs a value", a);
+            if (!set_format(&c, v))
+                return usage_error("--output-format must be text or json, "
+                                   "not '%s'", v);
+            continue;
+        }
+        if (cmd == NULL)
             return usage_error("unknown option '%s'", a);
-        if (sock[0] == '\0')
-            return usage_error("%s: empty socket path", a);
+        if ((cmd->opts & O_PWFILE) &&
+            (m = opt_value(argc, argv, &i, "--password-file", &v)) != 0) {
+            if (m < 0)
+                return usage_error("option '%s' needs a value", a);
+            if (v[0] == '\0')
+                return usage_error("%s: empty file name", a);
+            c.password_file = v;
+            continue;
+        }
+        if ((cmd->opts & O_FP) &&
+            (m = opt_value(argc, argv, &i, "--fingerprint", &v)) != 0) {
+            if (m < 0)
+                return usage_error("option '%s' needs a value", a);
+            if (!fingerprint_ok(v))
+                return usage_error("--fingerprint must be 1 to %d printable "
+                                   "characters (AB:CD:...)", PMM_CTL_FP_MAX);
+            c.fingerprint = v;
+            continue;
+        }
+        if ((cmd->opts & O_MASTER_IP) &&
+            ((m = opt_value(argc, argv, &i, "--master-ip", &v)) != 0 ||
+             (m = opt_value(argc, argv, &i, "--master_ip", &v)) != 0)) {
+            if (m < 0)
+                return usage_error("option '%s' needs a value", a);
+            if (!ip_ok(v))
+                return usage_error("%s: '%s' is not an IPv4 or IPv6 address",
+                                   a, v);
+            c.master_ip = v;
+            continue;
+        }
+        if ((cmd->opts & O_YES) && strcmp(a, "--yes") == 0) {
+            c.yes = true;
+            continue;
+        }
+        if ((cmd->opts & O_FORCE) && strcmp(a, "--force") == 0) {
+            c.force = true;
+            continue;
+        }
+        return usage_error("%s: unknown option '%s'", cmdname, a);
     }
     if (cmd == NULL)
         return usage_error("%s", "no command given");
+    if (c.npos < cmd->min_pos)
+        return usage_error("%s: missing %s", cmdname, cmd->pos_name);
 
-    if (strcmp(cmd, "status") == 0) {
-        bool json = false;
-        for (; i < argc; i++) {
-            const char *fmt = NULL;
-            int m = opt_value(argc, argv, &i, "--output-format", &fmt);
-            if (m < 0)
-                return usage_error("option '%s' needs a value", argv[i]);
-            if (m == 0)
-                return usage_error("status: unexpected argument '%s'",
-                                   argv[i]);
-            if (strcmp(fmt, "json") == 0)
-                json = true;
-            else if (strcmp(fmt, "text") == 0)
-                json = false;
-            else
-                return usage_error("--output-format must be text or json, "
-                                   "not '%s'", fmt);
-        }
-        return cmd_status(sock, json);
-    }
-    if (strcmp(cmd, "keygen") == 0) {
-        if (i < argc)
-            return usage_error("keygen: unexpected argument '%s'", argv[i]);
-        return cmd_keygen();
-    }
-    if (strcmp(cmd, "help") == 0) {
+    if (strcmp(cmdname, "status") == 0)
+        return cmd_status(&c);
+    if (strcmp(cmdname, "keygen") == 0)
+        return cmd_keygen(c.json);
+    if (strcmp(cmdname, "help") == 0) {
         usage(stdout);
         return 0;
     }
-    return usage_error("unknown command '%s'", cmd);
+    if (strcmp(cmdname, "create") == 0)
+        return cmd_create(&c);
+    if (strcmp(cmdname, "join") == 0) {
+        if (!target_ok(c.pos[0]))
+            return usage_error("join: '%s' is not an IPv4 or IPv6 address "
+                               "(with an optional port: IP:PORT, "
+                               "[IPv6]:PORT)", c.pos[0]);
+        return cmd_join(&c);
+    }
+    if (strcmp(cmdname, "join-cmd") == 0)
+        return cmd_join_cmd(&c);
+    if (strcmp(cmdname, "delete") == 0) {
+        const char *s = c.pos[0];
+        unsigned long v = 0;
+        size_t n = strlen(s);
+
+        if (n == 0 || n > 5 || strspn(s, "0123456789") != n ||
+            (v = strtoul(s, NULL, 10)) < 1 || v > 65535)
+            return usage_error("delete: bad cid '%s' (an integer from 1 to "
+                               "65535)", s);
+        return cmd_delete(&c, (unsigned)v);
+    }
+    if (strcmp(cmdname, "promote") == 0)
+        return cmd_promote(&c);
+    return cmd_sync(&c);
 }
