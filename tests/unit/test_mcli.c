@@ -1,0 +1,860 @@
+/*
+ * test_mcli.c - the pmgcm binary against a fake pmgclusterd: a control
+ * socket served by this test, which records every request line and gives
+ * canned answers. Checks the exact requests, password files, usage errors
+ * (exit 2, nothing sent), text and JSON output, daemon errors (exit 1),
+ * and the terminal prompts (through a pseudo-terminal: no echo, yes/no).
+ *
+ * The binary is $abs_top_builddir/cli/pmgcm (exported by `make check`),
+ * else ./cli/pmgcm.
+ */
+#define _GNU_SOURCE /* posix_openpt, ptsname */
+#include "membership/membership.h"
+#include "tests/tap.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAXREQ 4
+#define OUT_MAX 16384
+
+static char bin[512], dir[64], sock_path[96], pwfile[160];
+static int lfd = -1;
+
+typedef struct run {
+    int rc;                      /* exit status; 128 + signal; -1 timeout */
+    double secs;                 /* how long it ran */
+    char out[OUT_MAX], err[OUT_MAX];
+    char req[MAXREQ][PMM_CTL_REQ_MAX + 64];
+    int nreq;
+    char tty[OUT_MAX];           /* what the terminal showed (pty runs) */
+} run;
+
+/* A terminal conversation: when `expect` has appeared, type `send`. */
+typedef struct step {
+    const char *expect;
+    const char *send; /* a line ("\n" added) or "\x04" alone for EOF */
+} step;
+
+static double now_s(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void slurp(const char *path, char *buf, size_t cap)
+{
+    int fd = open(path, O_RDONLY);
+    size_t n = 0;
+
+    buf[0] = '\0';
+    if (fd < 0)
+        return;
+    for (;;) {
+        ssize_t r = read(fd, buf + n, cap - 1 - n);
+        if (r <= 0)
+            break;
+        n += (size_t)r;
+    }
+    buf[n] = '\0';
+    close(fd);
+}
+
+/* Serves one connection: the request line, then answers[i] (NULL: close
+ * without an answer). */
+static void serve_one(run *r, const char *const *answers, int nanswers)
+{
+    struct timeval tv = {.tv_sec = 5};
+    char line[PMM_CTL_REQ_MAX + 64];
+    size_t n = 0;
+    const char *ans;
+    int fd = accept(lfd, NULL, NULL);
+
+    if (fd < 0)
+        return;
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    while (n < sizeof(line) - 1) {
+        ssize_t k = read(fd, line + n, sizeof(line) - 1 - n);
+        if (k <= 0)
+            break;
+        n += (size_t)k;
+        if (memchr(line, '\n', n) != NULL)
+            break;
+    }
+    line[n] = '\0';
+    if (r->nreq < MAXREQ)
+        memcpy(r->req[r->nreq], line, n + 1);
+    ans = r->nreq < nanswers
+              ? answers[r->nreq]
+              : "{\"ok\":false,\"error\":\"test: unexpected request\"}\n";
+    r->nreq++;
+    if (ans != NULL)
+        (void)!send(fd, ans, strlen(ans), MSG_NOSIGNAL);
+    close(fd);
+}
+
+/* Runs pmgcm with argv (NULL-terminated, without argv[0]). Without steps
+ * it has no controlling terminal (setsid); with steps it gets a fresh
+ * pseudo-terminal and the conversation is played on it. */
+static void run_cli(run *r, const char *const *answers, int nanswers,
+                    const step *steps, const char *const *args)
+{
+    char outp[128], errp[128];
+    const char *argv[32];
+    int argc = 0, mfd = -1, si = 0;
+    size_t tn = 0, tfrom = 0;
+    pid_t pid;
+    double deadline;
+    int status;
+
+    memset(r, 0, sizeof(*r));
+    r->rc = -1;
+    argv[argc++] = bin;
+    for (; *args != NULL && argc < 31; args++)
+        argv[argc++] = *args;
+    argv[argc] = NULL;
+    snprintf(outp, sizeof(outp), "%s/out", dir);
+    snprintf(errp, sizeof(errp), "%s/err", dir);
+    if (steps != NULL) {
+        mfd = posix_openpt(O_RDWR | O_NOCTTY);
+        if (mfd < 0 || grantpt(mfd) != 0 || unlockpt(mfd) != 0 ||
+            fcntl(mfd, F_SETFL, O_NONBLOCK) != 0) {
+            printf("#   no pseudo-terminal: %s\n", strerror(errno));
+            return;
+        }
+    }
+    fflush(stdout);
+    pid = fork();
+    if (pid < 0)
+        return;
+    if (pid == 0) {
+        int o = open(outp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        int e = open(errp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        int n = open("/dev/null", O_RDONLY);
+        setsid();
+        if (mfd >= 0) {
+            /* a session leader opening a terminal makes it its own */
+            int s = open(ptsname(mfd), O_RDWR);
+            if (s < 0)
+                _exit(126);
+            close(mfd);
+            if (s > 2)
+                close(s);
+        }
+        dup2(n, 0);
+        dup2(o, 1);
+        dup2(e, 2);
+        execv(bin, (char *const *)argv);
+        _exit(127);
+    }
+    r->secs = now_s();
+    deadline = r->secs + 20;
+    for (;;) {
+        struct pollfd p[2] = {{.fd = lfd, .events = POLLIN},
+                              {.fd = mfd, .events = POLLIN}};
+        pid_t w = waitpid(pid, &status, WNOHANG | WUNTRACED);
+        if (w == pid && WIFSTOPPED(status)) {
+            printf("#   pmgcm stopped by signal %d\n", WSTOPSIG(status));
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            status = -1;
+            break;
+        }
+        if (w == pid)
+            break;
+        if (now_s() > deadline) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            printf("#   pmgcm did not finish within 20 s\n");
+            status = -1;
+            break;
+        }
+        if (poll(p, mfd >= 0 ? 2 : 1, 50) <= 0)
+            continue;
+        if (p[0].revents & POLLIN)
+            serve_one(r, answers, nanswers);
+        if (mfd >= 0 && (p[1].revents & (POLLIN | POLLHUP))) {
+            /* non-blocking: the master reports a hang-up until the child
+             * has opened its side, and then nothing may come for a while */
+            ssize_t k = read(mfd, r->tty + tn, sizeof(r->tty) - 1 - tn);
+            if (k > 0) {
+                tn += (size_t)k;
+                r->tty[tn] = '\0';
+            } else {
+                usleep(5000);
+            }
+        }
+        if (steps != NULL && steps[si].expect != NULL) {
+            char *at = strstr(r->tty + tfrom, steps[si].expect);
+            if (at != NULL) {
+                char line[256];
+                if (strcmp(steps[si].send, "\x04") == 0)
+                    snprintf(line, sizeof(line), "\x04");
+                else
+                    snprintf(line, sizeof(line), "%s\n", steps[si].send);
+                usleep(20000); /* let it reach read() after the prompt */
+                (void)!write(mfd, line, strlen(line));
+                tfrom = (size_t)(at - r->tty) + strlen(steps[si].expect);
+                si++;
+            }
+        }
+    }
+    /* a request that came in just before the exit */
+    {
+        struct pollfd p = {.fd = lfd, .events = POLLIN};
+        while (poll(&p, 1, 0) == 1 && (p.revents & POLLIN))
+            serve_one(r, answers, nanswers);
+    }
+    r->secs = now_s() - r->secs;
+    if (mfd >= 0)
+        close(mfd);
+    if (status == -1)
+        r->rc = -1;
+    else if (WIFEXITED(status))
+        r->rc = WEXITSTATUS(status);
+    else if (WIFSIGNALED(status))
+        r->rc = 128 + WTERMSIG(status);
+    slurp(outp, r->out, sizeof(r->out));
+    slurp(errp, r->err, sizeof(r->err));
+}
+
+static void show(const run *r)
+{
+    printf("#   rc=%d nreq=%d after %.2f s\n#   out: %.300s\n#   err: %.300s\n"
+           "#   tty: %.300s\n", r->rc, r->nreq, r->secs, r->out, r->err,
+           r->tty);
+    for (int i = 0; i < r->nreq && i < MAXREQ; i++)
+        printf("#   req[%d]: %.300s", i, r->req[i]);
+}
+
+#define ARGS(...) ((const char *const[]){__VA_ARGS__, NULL})
+#define ANS(...) ((const char *const[]){__VA_ARGS__}), \
+    (int)(sizeof((const char *const[]){__VA_ARGS__}) / sizeof(const char *))
+#define NOANS NULL, 0
+
+static void write_file(const char *path, const char *data, size_t n,
+                       mode_t mode)
+{
+    int fd;
+
+    unlink(path);
+    fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0)
+        return;
+    (void)!write(fd, data, n);
+    close(fd);
+    chmod(path, mode);
+}
+
+static void set_pw(const char *s, mode_t mode)
+{
+    write_file(pwfile, s, strlen(s), mode);
+}
+
+/* ---- exact requests --------------------------------------------------------- */
+
+static void test_join_request(void)
+{
+    run r;
+    pmm_json *args = NULL;
+    const char *cmd = NULL;
+    char err[PMM_CTL_ERR_MAX];
+
+    set_pw("s3cret pw\n", 0600);
+    run_cli(&r, ANS("{\"ok\":true,\"cid\":4}\n"), NULL,
+            ARGS("--socket", sock_path, "join", "10.0.0.1", "--fingerprint",
+                 "X", "--password-file", pwfile));
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK_EQ_INT(r.nreq, 1);
+    CHECK(strcmp(r.req[0], "{\"cmd\":\"join\",\"ip\":\"10.0.0.1\","
+                           "\"fingerprint\":\"X\",\"password\":"
+                           "\"s3cret pw\"}\n") == 0);
+    CHECK(strcmp(r.out, "joined cluster as cid 4\n") == 0);
+    CHECK(strcmp(r.err, "") == 0);
+    if (r.rc != 0 || r.nreq != 1)
+        show(&r);
+
+    /* quotes, backslashes, UTF-8, CRLF; options in another order; the
+     * daemon's parser reads back exactly the same password */
+    set_pw("q\"b\\s \xc3\xa9\r\nsecond line\n", 0640);
+    run_cli(&r, ANS("{\"ok\":true,\"cid\":5}\n"), NULL,
+            ARGS("join", "--password-file", pwfile, "--socket", sock_path,
+                 "fd00::1", "--fingerprint=AB:cd:EF"));
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strcmp(r.req[0], "{\"cmd\":\"join\",\"ip\":\"fd00::1\","
+                           "\"fingerprint\":\"AB:cd:EF\",\"password\":"
+                           "\"q\\\"b\\\\s \xc3\xa9\"}\n") == 0);
+    REQUIRE(pmm_ctl_parse_request(r.req[0], strlen(r.req[0]), &cmd, &args,
+                                  err, sizeof(err)) == 0);
+    CHECK(strcmp(cmd, "join") == 0);
+    CHECK(strcmp(pmm_json_get(args, "password")->str,
+                 "q\"b\\s \xc3\xa9") == 0);
+    pmm_json_free(args);
+    CHECK(strcmp(r.out, "joined cluster as cid 5\n") == 0);
+
+    /* a master whose node API is off the default port (join-cmd's line) */
+    run_cli(&r, ANS("{\"ok\":true,\"cid\":6}\n"), NULL,
+            ARGS("--socket", sock_path, "join", "[fd00::1]:7957",
+                 "--fingerprint", "AB", "--password-file", pwfile));
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strcmp(r.req[0], "{\"cmd\":\"join\",\"ip\":\"[fd00::1]:7957\","
+                           "\"fingerprint\":\"AB\",\"password\":"
+                           "\"q\\\"b\\\\s \xc3\xa9\"}\n") == 0);
+    REQUIRE(pmm_ctl_parse_request(r.req[0], strlen(r.req[0]), &cmd, &args,
+                                  err, sizeof(err)) == 0);
+    pmm_json_free(args);
+}
+
+static void test_commands(void)
+{
+    run r;
+    const char *members =
+        "{\"ok\":true,\"node\":\"pmg5\",\"id\":\"00\",\"generation\":1,"
+        "\"time\":1,\"members\":[{\"name\":\"pmg5\",\"cid\":1,\"ip\":"
+        "\"192.168.2.127\",\"role\":\"master\",\"state\":\"A\",\"uptime\":"
+        "162000,\"load\":0.3,\"mem\":80,\"disk\":41},{\"name\":\"pmg6\","
+        "\"cid\":2,\"ip\":\"192.168.2.128\",\"role\":\"node\",\"state\":"
+        "\"S\",\"uptime\":60,\"load\":0,\"mem\":10,\"disk\":20}]}\n";
+
+    set_pw("pw\n", 0600);
+    run_cli(&r, ANS("{\"ok\":true,\"cid\":1,\"fingerprint\":\"AB:CD\"}\n"),
+            NULL, ARGS("--socket", sock_path, "create", "--password-file",
+                       pwfile));
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strcmp(r.req[0], "{\"cmd\":\"create\",\"password\":\"pw\"}\n") == 0);
+    CHECK(strcmp(r.out, "cluster created: this node is master (cid 1)\n"
+                        "fingerprint: AB:CD\n") == 0);
+
+    run_cli(&r, ANS("{\"ok\":true,\"command\":\"pmgcm join 10.0.0.1 "
+                    "--fingerprint AB:CD\"}\n"),
+            NULL, ARGS("--socket", sock_path, "join-cmd"));
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strcmp(r.req[0], "{\"cmd\":\"join-cmd\"}\n") == 0);
+    CHECK(strcmp(r.out, "pmgcm join 10.0.0.1 --fingerprint AB:CD\n") == 0);
+
+    run_cli(&r, ANS("{\"ok\":true,\"cid\":3}\n"), NULL,
+            ARGS("--socket", sock_path, "delete", "3"));
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strcmp(r.req[0], "{\"cmd\":\"delete\",\"cid\":3}\n") == 0);
+    CHECK(strcmp(r.out, "node with cid 3 deleted from the cluster\n") == 0);
+    run_cli(&r, ANS("{\"ok\":true,\"cid\":3,\"key_rotated\":true}\n"), NULL,
+            ARGS("--socket", sock_path, "delete", "3"));
+    CHECK(strcmp(r.out, "node with cid 3 deleted from the cluster (gossip "
+                        "key rotated)\n") == 0);
+
+    /* the daemon's own words win */
+    run_cli(&r, ANS("{\"ok\":true,\"cid\":7,\"message\":\"node 7 removed; "
+                    "gossip key rotated\"}\n"),
+            NULL, ARGS("delete", "65535", "--socket", sock_path));
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strcmp(r.req[0], "{\"cmd\":\"delete\",\"cid\":65535}\n") == 0);
+    CHECK(strcmp(r.out, "node 7 removed; gossip key rotated\n") == 0);
+
+    run_cli(&r, ANS("{\"ok\":true,\"cid\":2,\"epoch\":5}\n"), NULL,
+            ARGS("--socket", sock_path, "promote"));
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strcmp(r.req[0], "{\"cmd\":\"promote\",\"force\":false}\n") == 0);
+    CHECK(strcmp(r.out, "this node is now master (cid 2, epoch 5)\n") == 0);
+    run_cli(&r, ANS("{\"ok\":true}\n"), NULL,
+            ARGS("--socket", sock_path, "promote", "--force"));
+    CHECK(strcmp(r.req[0], "{\"cmd\":\"promote\",\"force\":true}\n") == 0);
+    CHECK(strcmp(r.out, "this node is now master\n") == 0);
+
+    run_cli(&r, ANS("{\"ok\":true}\n"), NULL,
+            ARGS("--socket", sock_path, "sync"));
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strcmp(r.req[0], "{\"cmd\":\"sync\"}\n") == 0);
+    CHECK(strcmp(r.out, "sync done\n") == 0);
+    run_cli(&r, ANS("{\"ok\":true,\"master_ip\":\"10.0.0.2\"}\n"), NULL,
+            ARGS("--socket", sock_path, "sync", "--master_ip", "10.0.0.2"));
+    CHECK(strcmp(r.req[0], "{\"cmd\":\"sync\",\"master_ip\":\"10.0.0.2\"}\n")
+          == 0);
+    CHECK(strcmp(r.out, "sync done (master 10.0.0.2)\n") == 0);
+    run_cli(&r, ANS("{\"ok\":true,\"epoch\":2,\"version\":7,\"master_cid\":2,"
+                    "\"updated\":true}\n"),
+            NULL, ARGS("--socket", sock_path, "sync"));
+    CHECK(strcmp(r.out, "sync done: cluster config epoch 2, version 7 "
+                        "(updated)\n") == 0);
+    run_cli(&r, ANS("{\"ok\":true}\n"), NULL,
+            ARGS("--socket", sock_path, "sync", "--master-ip=fd00::2"));
+    CHECK(strcmp(r.req[0], "{\"cmd\":\"sync\",\"master_ip\":\"fd00::2\"}\n")
+          == 0);
+
+    /* status: the legacy request, rows rendered as they come */
+    run_cli(&r, ANS(members), NULL, ARGS("--socket", sock_path, "status"));
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strcmp(r.req[0], "status\n") == 0);
+    CHECK(strstr(r.out, "NAME(CID)--------------IPADDRESS----ROLE-STATE") ==
+          r.out);
+    CHECK(strstr(r.out, "pmg5(1)              192.168.2.127   master A  "
+                        "   1 day 21:00   0.30    80%    41%\n") != NULL);
+    CHECK(strstr(r.out, "pmg6(2)              192.168.2.128   node   S") !=
+          NULL);
+    run_cli(&r, ANS(members), NULL,
+            ARGS("--socket", sock_path, "status", "--output-format", "json"));
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(r.out[0] == '[' && strstr(r.out, "\"role\":\"master\"") != NULL);
+    if (r.rc != 0)
+        show(&r);
+}
+
+static void test_join_fetches_fingerprint(void)
+{
+    run r;
+
+    set_pw("pw\n", 0600);
+    run_cli(&r,
+            ANS("{\"ok\":true,\"fingerprint\":\"AB:CD:EF\"}\n",
+                "{\"ok\":true,\"cid\":2}\n"),
+            NULL, ARGS("--socket", sock_path, "join", "10.0.0.1",
+                       "--password-file", pwfile, "--yes"));
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK_EQ_INT(r.nreq, 2);
+    CHECK(strcmp(r.req[0], "{\"cmd\":\"fingerprint\",\"ip\":\"10.0.0.1\"}\n")
+          == 0);
+    CHECK(strcmp(r.req[1], "{\"cmd\":\"join\",\"ip\":\"10.0.0.1\","
+                           "\"fingerprint\":\"AB:CD:EF\",\"password\":"
+                           "\"pw\"}\n") == 0);
+    CHECK(strstr(r.err, "AB:CD:EF") != NULL);
+    CHECK(strcmp(r.out, "joined cluster as cid 2\n") == 0);
+
+    /* json: only the final answer is the output */
+    run_cli(&r,
+            ANS("{\"ok\":true,\"fingerprint\":\"AB:CD:EF\"}\n",
+                "{\"ok\":true,\"cid\":2}\n"),
+            NULL, ARGS("--socket", sock_path, "--output-format", "json",
+                       "join", "10.0.0.1", "--password-file", pwfile,
+                       "--yes"));
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strcmp(r.out, "{\"ok\":true,\"cid\":2}\n") == 0);
+
+    /* the master cannot be reached: stop after the first request */
+    run_cli(&r, ANS("{\"ok\":false,\"error\":\"cannot reach 10.0.0.1:7947: "
+                    "connection refused\"}\n"),
+            NULL, ARGS("--socket", sock_path, "join", "10.0.0.1",
+                       "--password-file", pwfile, "--yes"));
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK_EQ_INT(r.nreq, 1);
+    CHECK(strcmp(r.err, "pmgcm: cannot reach 10.0.0.1:7947: connection "
+                        "refused\n") == 0);
+    CHECK(strcmp(r.out, "") == 0);
+
+    /* an answer without a usable fingerprint */
+    run_cli(&r, ANS("{\"ok\":true,\"fingerprint\":\"A B\"}\n"), NULL,
+            ARGS("--socket", sock_path, "join", "10.0.0.1",
+                 "--password-file", pwfile, "--yes"));
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK_EQ_INT(r.nreq, 1);
+    CHECK(strstr(r.err, "no valid 'fingerprint'") != NULL);
+}
+
+/* ---- password files ------------------------------------------------------------ */
+
+static void expect_pwfile_refused(const char *why)
+{
+    run r;
+
+    run_cli(&r, ANS("{\"ok\":true,\"cid\":1}\n"), NULL,
+            ARGS("--socket", sock_path, "create", "--password-file", pwfile));
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK_EQ_INT(r.nreq, 0);
+    CHECK(strstr(r.err, why) != NULL);
+    CHECK(strcmp(r.out, "") == 0);
+    if (r.rc != 1 || r.nreq != 0 || strstr(r.err, why) == NULL)
+        show(&r);
+}
+
+static void test_password_file(void)
+{
+    char big[PMM_CTL_PASSWORD_MAX + 8];
+    run r;
+
+    set_pw("secret\n", 0644);
+    expect_pwfile_refused("is readable by everyone (mode 0644)");
+    set_pw("secret\n", 0604);
+    expect_pwfile_refused("is readable by everyone");
+    /* the same for join, before anything is asked */
+    run_cli(&r, NOANS, NULL,
+            ARGS("--socket", sock_path, "join", "10.0.0.1",
+                 "--password-file", pwfile, "--fingerprint", "X"));
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK_EQ_INT(r.nreq, 0);
+    CHECK(strstr(r.err, "readable by everyone") != NULL);
+    run_cli(&r, NOANS, NULL,
+            ARGS("--socket", sock_path, "join", "10.0.0.1",
+                 "--password-file", pwfile, "--yes"));
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK_EQ_INT(r.nreq, 0);
+
+    set_pw("", 0600);
+    expect_pwfile_refused("is empty");
+    set_pw("\nsecond\n", 0600);
+    expect_pwfile_refused("is empty");
+    set_pw("tab\there\n", 0600);
+    expect_pwfile_refused("control character");
+    set_pw("bad\xff utf8\n", 0600);
+    expect_pwfile_refused("not valid UTF-8");
+    write_file(pwfile, "nul\0byte\n", 9, 0600);
+    expect_pwfile_refused("control character");
+    memset(big, 'p', sizeof(big));
+    big[PMM_CTL_PASSWORD_MAX + 1] = '\n';
+    write_file(pwfile, big, PMM_CTL_PASSWORD_MAX + 2, 0600);
+    expect_pwfile_refused("longer than 1024 bytes");
+    write_file(pwfile, big, sizeof(big), 0600); /* no newline at all */
+    expect_pwfile_refused("longer than 1024 bytes");
+    /* exactly 1024, without a trailing newline: fine */
+    write_file(pwfile, big, PMM_CTL_PASSWORD_MAX, 0600);
+    run_cli(&r, ANS("{\"ok\":true,\"cid\":1}\n"), NULL,
+            ARGS("--socket", sock_path, "create", "--password-file", pwfile));
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK_EQ_INT(r.nreq, 1);
+    CHECK(strlen(r.req[0]) == strlen("{\"cmd\":\"create\",\"password\":\"\"}\n")
+                              + PMM_CTL_PASSWORD_MAX);
+    unlink(pwfile);
+    expect_pwfile_refused("cannot open password file");
+    {
+        char saved[sizeof(pwfile)];
+        memcpy(saved, pwfile, sizeof(saved));
+        snprintf(pwfile, sizeof(pwfile), "%s", dir);
+        expect_pwfile_refused("not a regular file");
+        memcpy(pwfile, saved, sizeof(saved));
+    }
+}
+
+/* ---- usage errors ----------------------------------------------------------------- */
+
+static void expect_usage(const char *const *args)
+{
+    run r;
+
+    run_cli(&r, NOANS, NULL, args);
+    CHECK_EQ_INT(r.rc, 2);
+    CHECK_EQ_INT(r.nreq, 0);
+    CHECK(strstr(r.err, "usage: pmgcm") != NULL);
+    CHECK(strcmp(r.out, "") == 0);
+    if (r.rc != 2 || r.nreq != 0) {
+        printf("#   args:");
+        for (const char *const *a = args; *a != NULL; a++)
+            printf(" '%s'", *a);
+        printf("\n");
+        show(&r);
+    }
+}
+
+#define S "--socket", sock_path
+
+static void test_usage_errors(void)
+{
+    set_pw("pw\n", 0600);
+    expect_usage(ARGS(S));
+    expect_usage(ARGS(S, "frobnicate"));
+    expect_usage(ARGS(S, "--bogus", "status"));
+    expect_usage(ARGS(S, "status", "--bogus"));
+    expect_usage(ARGS(S, "status", "extra"));
+    expect_usage(ARGS(S, "status", "--output-format"));
+    expect_usage(ARGS(S, "status", "--output-format", "xml"));
+    expect_usage(ARGS(S, "--output-format=yaml", "status"));
+    expect_usage(ARGS("--socket", "", "status"));
+    expect_usage(ARGS("status", "--socket"));
+    expect_usage(ARGS(S, "keygen", "extra"));
+    expect_usage(ARGS(S, "create", "extra"));
+    expect_usage(ARGS(S, "create", "--fingerprint", "X"));
+    expect_usage(ARGS(S, "create", "--password-file"));
+    expect_usage(ARGS(S, "create", "--password-file="));
+    expect_usage(ARGS(S, "join"));
+    expect_usage(ARGS(S, "join", "--password-file", pwfile, "--yes"));
+    expect_usage(ARGS(S, "join", "10.0.0.1", "10.0.0.2"));
+    expect_usage(ARGS(S, "join", "mail1.example.com", "--yes",
+                      "--password-file", pwfile));
+    expect_usage(ARGS(S, "join", "10.0.0.1:0", "--fingerprint", "X",
+                      "--password-file", pwfile));
+    expect_usage(ARGS(S, "join", "10.0.0.1:65536", "--fingerprint", "X",
+                      "--password-file", pwfile));
+    expect_usage(ARGS(S, "join", "fd00::1:7957:", "--fingerprint", "X",
+                      "--password-file", pwfile));
+    expect_usage(ARGS(S, "join", "10.0.0.1", "--fingerprint"));
+    expect_usage(ARGS(S, "join", "10.0.0.1", "--fingerprint", "A B"));
+    expect_usage(ARGS(S, "join", "10.0.0.1", "--fingerprint", ""));
+    expect_usage(ARGS(S, "join", "10.0.0.1", "--force"));
+    expect_usage(ARGS(S, "join-cmd", "10.0.0.1"));
+    expect_usage(ARGS(S, "join-cmd", "--yes"));
+    expect_usage(ARGS(S, "delete"));
+    expect_usage(ARGS(S, "delete", "0"));
+    expect_usage(ARGS(S, "delete", "65536"));
+    expect_usage(ARGS(S, "delete", "-1"));
+    expect_usage(ARGS(S, "delete", "abc"));
+    expect_usage(ARGS(S, "delete", "1.5"));
+    expect_usage(ARGS(S, "delete", " 3"));
+    expect_usage(ARGS(S, "delete", "3x"));
+    expect_usage(ARGS(S, "delete", "99999999999999999999"));
+    expect_usage(ARGS(S, "delete", ""));
+    expect_usage(ARGS(S, "delete", "3", "4"));
+    expect_usage(ARGS(S, "delete", "--force", "3"));
+    expect_usage(ARGS(S, "promote", "now"));
+    expect_usage(ARGS(S, "promote", "--force=yes"));
+    expect_usage(ARGS(S, "promote", "--yes"));
+    expect_usage(ARGS(S, "sync", "10.0.0.2"));
+    expect_usage(ARGS(S, "sync", "--master-ip"));
+    expect_usage(ARGS(S, "sync", "--master-ip", "master.example.com"));
+    expect_usage(ARGS(S, "sync", "--master_ip=10.0.0"));
+    expect_usage(ARGS(S, "sync", "--masterip", "10.0.0.2"));
+}
+
+/* ---- output formats and errors ----------------------------------------------- */
+
+static void test_output_json(void)
+{
+    run r;
+    const char *ok = "{\"ok\":true,\"cid\":3}\n";
+    const char *bad = "{\"ok\":false,\"error\":\"not the master\"}\n";
+
+    run_cli(&r, ANS(ok), NULL,
+            ARGS("--socket", sock_path, "--output-format", "json", "delete",
+                 "3"));
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strcmp(r.out, ok) == 0);
+    CHECK(strcmp(r.err, "") == 0);
+    run_cli(&r, ANS(ok), NULL,
+            ARGS("--socket", sock_path, "delete", "3", "--output-format=json"));
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strcmp(r.out, ok) == 0);
+    /* the last one wins */
+    run_cli(&r, ANS(ok), NULL,
+            ARGS("--output-format", "json", "--socket", sock_path, "delete",
+                 "3", "--output-format", "text"));
+    CHECK(strcmp(r.out, "node with cid 3 deleted from the cluster\n") == 0);
+    /* an error is the answer too, and exit 1 */
+    run_cli(&r, ANS(bad), NULL,
+            ARGS("--socket", sock_path, "--output-format", "json", "promote"));
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK(strcmp(r.out, bad) == 0);
+    CHECK(strcmp(r.err, "") == 0);
+    /* an answer without the final newline gets one */
+    run_cli(&r, ANS("{\"ok\":true,\"command\":\"x\"}"), NULL,
+            ARGS("--socket", sock_path, "--output-format", "json",
+                 "join-cmd"));
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strcmp(r.out, "{\"ok\":true,\"command\":\"x\"}\n") == 0);
+    run_cli(&r, NOANS, NULL, ARGS("keygen", "--output-format", "json"));
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strncmp(r.out, "{\"key\":\"", 8) == 0 && strlen(r.out) == 8 + 64 + 3);
+}
+
+static void test_text_errors(void)
+{
+    run r;
+    char missing[200];
+
+    run_cli(&r, ANS("{\"ok\":false,\"error\":\"not implemented yet\"}\n"),
+            NULL, ARGS("--socket", sock_path, "join-cmd"));
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK_EQ_INT(r.nreq, 1);
+    CHECK(strcmp(r.err, "pmgcm: not implemented yet\n") == 0);
+    CHECK(strcmp(r.out, "") == 0);
+    /* terminal control sequences from the daemon are defused */
+    run_cli(&r, ANS("{\"ok\":false,\"error\":\"red\\u001b[31m\\nx\"}\n"),
+            NULL, ARGS("--socket", sock_path, "sync"));
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK(strcmp(r.err, "pmgcm: red?[31m?x\n") == 0);
+    run_cli(&r, ANS("hello\n"), NULL, ARGS("--socket", sock_path, "sync"));
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK(strstr(r.err, "bad answer from pmgclusterd") != NULL);
+    run_cli(&r, ANS("{\"result\":1}\n"), NULL,
+            ARGS("--socket", sock_path, "sync"));
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK(strstr(r.err, "no 'ok'") != NULL);
+    run_cli(&r, ANS(NULL), NULL, ARGS("--socket", sock_path, "sync"));
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK(strstr(r.err, "without an answer") != NULL);
+    run_cli(&r, ANS("{\"ok\":true}\n"), NULL,
+            ARGS("--socket", sock_path, "join-cmd"));
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK(strstr(r.err, "no 'command'") != NULL);
+    snprintf(missing, sizeof(missing), "%s/nothing.sock", dir);
+    run_cli(&r, NOANS, NULL, ARGS("--socket", missing, "promote"));
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK(strstr(r.err, "is pmgclusterd running?") != NULL);
+}
+
+/* ---- the terminal --------------------------------------------------------------- */
+
+static void test_no_terminal(void)
+{
+    run r;
+
+    run_cli(&r, NOANS, NULL, ARGS("--socket", sock_path, "create"));
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK_EQ_INT(r.nreq, 0);
+    CHECK(strcmp(r.err, "pmgcm: no terminal: use --password-file\n") == 0);
+    run_cli(&r, NOANS, NULL,
+            ARGS("--socket", sock_path, "join", "10.0.0.1", "--fingerprint",
+                 "X"));
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK_EQ_INT(r.nreq, 0);
+    CHECK(strcmp(r.err, "pmgcm: no terminal: use --password-file\n") == 0);
+    set_pw("pw\n", 0600);
+    run_cli(&r, NOANS, NULL,
+            ARGS("--socket", sock_path, "join", "10.0.0.1",
+                 "--password-file", pwfile));
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK_EQ_INT(r.nreq, 0);
+    CHECK(strstr(r.err, "no terminal to confirm") != NULL);
+}
+
+static void test_terminal_prompts(void)
+{
+    run r;
+    int fd = posix_openpt(O_RDWR | O_NOCTTY);
+
+    if (fd < 0) {
+        printf("# no pseudo-terminals here: prompts not tested\n");
+        return;
+    }
+    close(fd);
+
+    /* create: asked twice, never echoed */
+    run_cli(&r, ANS("{\"ok\":true,\"cid\":1,\"fingerprint\":\"AB\"}\n"),
+            (const step[]){{"Enter join password: ", "tty-Secret1"},
+                           {"Confirm join password: ", "tty-Secret1"},
+                           {NULL, NULL}},
+            ARGS("--socket", sock_path, "create"));
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK_EQ_INT(r.nreq, 1);
+    CHECK(strcmp(r.req[0], "{\"cmd\":\"create\",\"password\":"
+                           "\"tty-Secret1\"}\n") == 0);
+    CHECK(strstr(r.tty, "Confirm join password: ") != NULL);
+    CHECK(strstr(r.tty, "tty-Secret1") == NULL);
+    if (r.rc != 0)
+        show(&r);
+
+    /* a mismatch: nothing sent */
+    run_cli(&r, NOANS,
+            (const step[]){{"Enter join password: ", "one"},
+                           {"Confirm join password: ", "two"},
+                           {NULL, NULL}},
+            ARGS("--socket", sock_path, "create"));
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK_EQ_INT(r.nreq, 0);
+    CHECK(strcmp(r.err, "pmgcm: passwords do not match\n") == 0);
+
+    /* end of input instead of a password */
+    run_cli(&r, NOANS,
+            (const step[]){{"Enter join password: ", "\x04"}, {NULL, NULL}},
+            ARGS("--socket", sock_path, "create"));
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK_EQ_INT(r.nreq, 0);
+    CHECK(strstr(r.err, "no password given") != NULL);
+
+    /* join: the fingerprint is shown; "no" aborts after asking it only */
+    run_cli(&r, ANS("{\"ok\":true,\"fingerprint\":\"AB:CD:EF\"}\n"),
+            (const step[]){{"(yes/no): ", "no"}, {NULL, NULL}},
+            ARGS("--socket", sock_path, "join", "10.0.0.1"));
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK_EQ_INT(r.nreq, 1);
+    CHECK(strcmp(r.req[0], "{\"cmd\":\"fingerprint\",\"ip\":\"10.0.0.1\"}\n")
+          == 0);
+    CHECK(strstr(r.tty, "The master's certificate fingerprint is") != NULL);
+    CHECK(strstr(r.tty, "  AB:CD:EF") != NULL);
+    CHECK(strstr(r.tty, "Are you sure you want to join? (yes/no): ") != NULL);
+    CHECK(strcmp(r.err, "pmgcm: aborted\n") == 0);
+    CHECK(strstr(r.tty, "Enter join password") == NULL);
+    if (r.rc != 1)
+        show(&r);
+
+    /* "yes", then the password (not echoed), then the join */
+    run_cli(&r,
+            ANS("{\"ok\":true,\"fingerprint\":\"AB:CD:EF\"}\n",
+                "{\"ok\":true,\"cid\":9}\n"),
+            (const step[]){{"(yes/no): ", "yes"},
+                           {"Enter join password: ", "tty-Secret2"},
+                           {NULL, NULL}},
+            ARGS("--socket", sock_path, "join", "10.0.0.1"));
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK_EQ_INT(r.nreq, 2);
+    CHECK(strcmp(r.req[1], "{\"cmd\":\"join\",\"ip\":\"10.0.0.1\","
+                           "\"fingerprint\":\"AB:CD:EF\",\"password\":"
+                           "\"tty-Secret2\"}\n") == 0);
+    CHECK(strstr(r.tty, "tty-Secret2") == NULL);
+    CHECK(strstr(r.tty, "(yes/no): yes") != NULL); /* that one is echoed */
+    CHECK(strcmp(r.out, "joined cluster as cid 9\n") == 0);
+    if (r.rc != 0)
+        show(&r);
+
+    /* --fingerprint given: no question, only the password */
+    run_cli(&r, ANS("{\"ok\":true,\"cid\":9}\n"),
+            (const step[]){{"Enter join password: ", "pw3"}, {NULL, NULL}},
+            ARGS("--socket", sock_path, "join", "10.0.0.1", "--fingerprint",
+                 "AB:CD"));
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK_EQ_INT(r.nreq, 1);
+    CHECK(strstr(r.tty, "yes/no") == NULL);
+}
+
+int main(void)
+{
+    const char *top = getenv("abs_top_builddir");
+    struct sockaddr_un sa;
+    struct stat st;
+
+    signal(SIGPIPE, SIG_IGN);
+    if (top != NULL && top[0] != '\0')
+        snprintf(bin, sizeof(bin), "%s/cli/pmgcm", top);
+    else
+        snprintf(bin, sizeof(bin), "cli/pmgcm");
+    if (stat(bin, &st) != 0 || !(st.st_mode & S_IXUSR)) {
+        printf("Bail out! pmgcm binary not found at %s (set "
+               "abs_top_builddir)\n", bin);
+        return 1;
+    }
+    snprintf(dir, sizeof(dir), "/tmp/test_mcli.XXXXXX");
+    if (mkdtemp(dir) == NULL) {
+        perror("mkdtemp");
+        return 1;
+    }
+    snprintf(sock_path, sizeof(sock_path), "%s/ctl.sock", dir);
+    snprintf(pwfile, sizeof(pwfile), "%s/pw", dir);
+    lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    memset(&sa, 0, sizeof(sa));
+    sa.sun_family = AF_UNIX;
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock_path);
+    if (lfd < 0 || bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
+        listen(lfd, 8) != 0) {
+        printf("Bail out! cannot listen on %s: %s\n", sock_path,
+               strerror(errno));
+        return 1;
+    }
+    printf("# pmgcm: %s\n", bin);
+    TAP_RUN(test_join_request);
+    TAP_RUN(test_commands);
+    TAP_RUN(test_join_fetches_fingerprint);
+    TAP_RUN(test_password_file);
+    TAP_RUN(test_usage_errors);
+    TAP_RUN(test_output_json);
+    TAP_RUN(test_text_errors);
+    TAP_RUN(test_no_terminal);
+    TAP_RUN(test_terminal_prompts);
+    close(lfd);
+    unlink(sock_path);
+    unlink(pwfile);
+    {
+        char p[128];
+        snprintf(p, sizeof(p), "%s/out", dir);
+        unlink(p);
+        snprintf(p, sizeof(p), "%s/err", dir);
+        unlink(p);
+    }
+    rmdir(dir);
+    return tap_done();
+}
