@@ -1636,6 +1636,31 @@ static void rot_step(pmm_lc *lc)
 
 /* ---- promote and sync ---------------------------------------------------------- */
 
+/* A key rotation cut short -- the master restarted or another node was
+ * promoted in the middle of it -- leaves more than one key in the ring,
+ * among them a key the deleted node knows, for good. The master finishes
+ * it from scratch with a fresh key: stage 1 again, every key in the ring
+ * keeps opening until the fresh one seals, then only the fresh one. */
+static void rot_resume(pmm_lc *lc)
+{
+    uint8_t k[GSP_KEY_LEN];
+    if (!is_master(lc) || lc->rot_stage || lc->cl.n_keys < 2) return;
+    if (lc->cl.n_keys >= GSP_KEYRING_MAX || gsp_random(k, sizeof(k))) {
+        lc_log(PMM_LOG_ERROR, "cannot finish an interrupted key rotation");
+        return;
+    }
+    memcpy(lc->cl.keys[lc->cl.n_keys++], k, GSP_KEY_LEN);
+    memset(k, 0, sizeof(k));
+    lc->cl.version++;
+    lc->rot_stage = 1;
+    lc->rot_version = lc->cl.version;
+    lc->rot_deadline = now_ms(lc) + ROT_WAIT_MS;
+    lc->rot_ctl = NULL;
+    lc_log(PMM_LOG_WARN, "finishing an interrupted gossip key rotation with "
+           "a fresh key");
+    save(lc, rot_saved, NULL);
+}
+
 static void promote_saved(pmm_lc *lc, int rc, void *arg)
 {
     pmm_ctl_req *ctl = arg;
@@ -1646,6 +1671,7 @@ static void promote_saved(pmm_lc *lc, int rc, void *arg)
     }
     announce(lc);
     changed(lc);
+    rot_resume(lc);
     char extra[96];
     snprintf(extra, sizeof(extra), "\"epoch\":%llu,\"cid\":%u",
              (unsigned long long)lc->cl.epoch, lc->cl.master_cid);
@@ -1861,6 +1887,7 @@ int pmm_lc_start(pmm_lc **out, const pmm_lc_env *env, char *err,
     lc->refs++;
     uv_timer_start(&lc->heal_timer, heal_fast_cb, 1000, 1000);
     if (lc->in_cluster && is_master(lc)) announce(lc);
+    if (lc->in_cluster) rot_resume(lc);
     *out = lc;
     return 0;
 }
