@@ -60,7 +60,11 @@ static int buf_reserve(pmm_buf *b, size_t extra)
 
 int pmm_buf_reserve(pmm_buf *b, size_t extra)
 {
-    return buf_reserve(b, extra);
+    int rc = buf_reserve(b, extra);
+
+    if (rc == 0)
+        b->p[b->len] = '\0'; /* stays a string even if nothing is added */
+    return rc;
 }
 
 void pmm_buf_wipe(pmm_buf *b)
@@ -316,6 +320,7 @@ static char *parse_string(parser *p, size_t *out_len)
         perr(p, b.err, "out of memory");
         return NULL;
     }
+    b.p[0] = '\0'; /* "" adds nothing */
     p->pos++; /* opening quote */
     for (;;) {
         unsigned char c;

@@ -442,6 +442,19 @@ static void test_json_details(void)
     CHECK(j != NULL && pmm_json_get(j, "a")->str_len == 3);
     pmm_json_free(j);
 
+    /* empty strings are empty C strings too */
+    {
+        const char *doc = "{\"a\":\"\",\"\":1}";
+        CHECK(pmm_json_parse(doc, strlen(doc), &j, err, sizeof(err)) == 0);
+    }
+    CHECK(j != NULL && pmm_json_get(j, "a")->str_len == 0 &&
+          strlen(pmm_json_get(j, "a")->str) == 0 &&
+          pmm_json_get(j, "") != NULL);
+    pmm_json_free(j);
+    pmm_buf_init(&b, 64);
+    CHECK(pmm_buf_reserve(&b, 32) == 0 && b.p != NULL && b.p[0] == '\0');
+    pmm_buf_free(&b);
+
     CHECK(pmm_utf8_valid("", 0));
     CHECK(pmm_utf8_valid("abc\xc3\xa9", 5));
     CHECK(!pmm_utf8_valid("\xc3", 1));
