@@ -150,8 +150,21 @@ static void test_missing_required(void)
                   "missing required key 'bind'"));
     CHECK(rejects("name = n\nbind = 10.0.0.1\nkey_file = /k\n",
                   "missing required key 'data_dir'"));
-    CHECK(rejects("name = n\nbind = 10.0.0.1\ndata_dir = /d\n",
-                  "missing required key 'key_file'"));
+    /* key_file is optional: a node that will create or join a cluster
+     * gets its keyring from the cluster config */
+    {
+        pmm_config c;
+        CHECK(parse(&c, "name = n\nbind = 10.0.0.1\ndata_dir = /d\n") == 0);
+        CHECK(c.key_file[0] == '\0');
+        CHECK_EQ_INT(c.api_port, 7947);
+        CHECK(parse(&c, "name = n\nbind = 10.0.0.1\ndata_dir = /d\n"
+                        "api_port = 8007\n") == 0);
+        CHECK_EQ_INT(c.api_port, 8007);
+    }
+    CHECK(rejects("name = n\nbind = 10.0.0.1\ndata_dir = /d\napi_port = 0\n",
+                  "api_port"));
+    CHECK(rejects("name = n\nbind = 10.0.0.1\ndata_dir = /d\napi_port = 70000\n",
+                  "api_port"));
     CHECK(rejects("", "missing required key"));
     CHECK(rejects("# only a comment\n", "missing required key"));
 }
