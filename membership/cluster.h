@@ -152,6 +152,8 @@ void pmm_lc_user_msg(pmm_lc *lc, uint32_t key, uint64_t version,
 /* The current config, or NULL outside a cluster. Valid until the next
  * callback into lc. */
 const pmm_cluster *pmm_lc_cluster(const pmm_lc *lc);
+/* In a cluster and holding the newest config anyone has announced. */
+bool pmm_lc_config_synced(const pmm_lc *lc);
 /* This node's TLS certificate fingerprint ("AB:CD:..."). */
 const char *pmm_lc_fingerprint(const pmm_lc *lc);
 

@@ -98,6 +98,9 @@ struct pmm_lc {
 
     throttle thr[THROTTLE_SLOTS];
 
+    /* newest config position announced by anyone (ours included) */
+    uint64_t seen_epoch, seen_version;
+
     /* fetching newer configs */
     bool fetching;
     bool fetch_again;
@@ -696,6 +699,11 @@ void pmm_lc_user_msg(pmm_lc *lc, uint32_t key, uint64_t version,
                 sizeof(lc->cl.cluster_id)) &&
         (a->epoch > lc->cl.epoch ||
          (a->epoch == lc->cl.epoch && a->version > lc->cl.version))) {
+        if (a->epoch > lc->seen_epoch ||
+            (a->epoch == lc->seen_epoch && a->version > lc->seen_version)) {
+            lc->seen_epoch = a->epoch;
+            lc->seen_version = a->version;
+        }
         lc_log(PMM_LOG_INFO, "config epoch %llu version %llu announced by cid "
                "%u; fetching", (unsigned long long)a->epoch,
                (unsigned long long)a->version, a->from_cid);
@@ -1890,6 +1898,13 @@ int pmm_lc_start(pmm_lc **out, const pmm_lc_env *env, char *err,
     if (lc->in_cluster) rot_resume(lc);
     *out = lc;
     return 0;
+}
+
+bool pmm_lc_config_synced(const pmm_lc *lc)
+{
+    if (!lc || !lc->in_cluster) return false;
+    return lc->cl.epoch > lc->seen_epoch ||
+           (lc->cl.epoch == lc->seen_epoch && lc->cl.version >= lc->seen_version);
 }
 
 const pmm_cluster *pmm_lc_cluster(const pmm_lc *lc)
