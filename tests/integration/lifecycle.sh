@@ -20,7 +20,9 @@
 # C follows with nothing typed, A returns and steps down, sync (and a sync
 # pointed at the wrong master), kill -9 of everybody and a restart (the
 # cluster re-forms by itself), promote --force on C while B is alive (B
-# steps down), then a total loss: data dirs wiped, create + join.
+# steps down), then a total loss: data dirs wiped, create + join; and the
+# new master is kill -9'd in the middle of deleting node4 (key rotation):
+# it must finish the rotation after its restart.
 # Every refusal checks the message and that no node's config changed.
 # Timings are reported as TAP diagnostics.
 #
@@ -165,11 +167,12 @@ join_with_cmd() {
     read -r -a w <<<"$JC_LINE"
     run "$1" "${w[@]:1}" --password-file "$PW"
 }
+STOP_BAD= # every SIGTERM that did not end in exit 0
 stop_node() {
     it_alive_pid "$1" || return 0
     it_signal "$1" TERM
     it_reap "$1" 10
-    [[ $IT_EXIT == 0 ]] || it_diag "node$1 exited with $IT_EXIT on SIGTERM"
+    [[ $IT_EXIT == 0 ]] || STOP_BAD+="node$1 exit $IT_EXIT; "
 }
 kill9() {
     it_signal "$1" KILL
@@ -247,18 +250,21 @@ FP_B=$(it_fingerprint_of $B)
 # wrong password: refused, and slower every time
 declare -a WT
 wp_ok=1
+snapshot "$A $B $C $D"
 for k in 1 2 3 4; do
-    snapshot "$A $B $C"
     run $D join "${IT_IP[A]}" --fingerprint "$FP_A" --password-file "$BADPW"
     WT[k]=$DUR_MS
-    bad=$(unchanged "$A $B $C")
-    if ! ((RC == 1)) || ! grep -q '^pmgcm: join refused by .*: wrong password$' <<<"$OUT" ||
-        [[ -n "$bad" || "$(it_cluster_of $D)" != null ]]; then
+    if ! ((RC == 1)) || ! grep -q '^pmgcm: join refused by .*: wrong password$' <<<"$OUT"; then
         wp_ok=0
-        it_diag "wrong password attempt $k: exit $RC: $OUT; changes: ${bad:-none}"
+        it_diag "wrong password attempt $k: exit $RC: $OUT"
     fi
     ((k == 1)) && FIRST_OUT=$(first_line "$OUT")
 done
+bad=$(unchanged "$A $B $C $D")
+if [[ -n "$bad" || "${SNAP[D]}" != null ]]; then
+    wp_ok=0
+    it_diag "after the wrong passwords: ${bad:-node4 was in a cluster before}"
+fi
 if ((wp_ok)); then
     it_ok "wrong password (4 attempts from node4): '$FIRST_OUT'; nothing changed on any side"
 else
@@ -295,8 +301,7 @@ refusal "join of a daemon on node2's IP, other ports (IP clash)" $F \
     join "${IT_IP[A]}" --fingerprint "$FP_A" --password-file "$PW"
 
 # node6's API listens on port 7957, not the default: the line its join-cmd
-# prints must still be one that pmgcm runs (KNOWN BUG: join-cmd prints
-# IP:PORT, which both pmgcm and the control protocol refuse; TODO point)
+# prints (IP:PORT) must still be one that pmgcm runs
 run $F create --password-file "$PW"
 jc=
 if ((RC == 0)) && join_cmd_args $F; then
@@ -304,11 +309,11 @@ if ((RC == 0)) && join_cmd_args $F; then
     read -r -a w <<<"$JC_LINE"
     run $E "${w[@]:1}" --password-file "$PW"
 fi
-IT_TAPN=$((IT_TAPN + 1))
-if [[ -n "$jc" ]] && ((RC == 0)) && grep -q 'joined cluster as cid 2' <<<"$OUT"; then
-    echo "ok $IT_TAPN - the join-cmd line of a master on API port 7957 joins ('$jc') # TODO join-cmd/IP:PORT"
+if [[ "$jc" == "pmgcm join ${IT_IP[F]}:7957 --fingerprint "* ]] && ((RC == 0)) &&
+    grep -q 'joined cluster as cid 2' <<<"$OUT"; then
+    it_ok "the join-cmd line of a master on API port 7957 ('pmgcm join ${IT_IP[F]}:7957 --fingerprint ...') joins"
 else
-    echo "not ok $IT_TAPN - the join-cmd line of a master on API port 7957 joins # TODO join-cmd prints IP:PORT, pmgcm and the control protocol accept a bare IP only"
+    it_not_ok "the join-cmd line of a master on API port 7957 joins"
     it_diag "join-cmd: ${jc:-$JC_LINE}; running it on node5: exit $RC: $(first_line "$OUT")"
 fi
 stop_node $E
@@ -417,33 +422,51 @@ watch_no_d() {
     done
 }
 d0=$(drops_sum "$A $B $C")
-watch_no_d 6 "$A $B $C"
+watch_no_d 4 "$A $B $C"
 d1=$(drops_sum "$A $B $C")
 if [[ -z "$WATCH_BAD" ]] && ((d1 > d0)) && [[ "$(it_cluster_of $D)" == null ]]; then
-    it_ok "the deleted node4 keeps running: its gossip is dropped undecrypted (drop_decrypt +$((d1 - d0)) in 6 s), nobody lists it"
+    it_ok "the deleted node4 keeps running: its gossip is dropped undecrypted (drop_decrypt +$((d1 - d0)) in 4 s), nobody lists it"
 else
     it_not_ok "the deleted node4's gossip is ignored"
     it_diag "drop_decrypt $d0 -> $d1; ${WATCH_BAD:-nobody listed node4}"
 fi
 
+# restart_old I DIR "OTHERS": node I starts again from the data dir saved
+# in DIR before it was deleted (its old keyring and certificate). Sets
+# OLD_IN (its config at start), OLD_DROPS (how much the OTHERS' drop_decrypt
+# rose while node I still believed it was in the cluster: its gossip,
+# sealed with its old key, must be refused before anybody tells it
+# anything), OLD_OUT_MS (until it was outside any cluster, or -1), and
+# WATCH_BAD (any of the OTHERS listing node4 meanwhile).
+restart_old() {
+    local i=$1 dir=$2 others=$3 d0 t0 c d
+    stop_node "$i"
+    rm -rf "$IT_DIR/node$i"
+    cp -a "$dir" "$IT_DIR/node$i"
+    d0=$(drops_sum "$others")
+    t0=$(it_now_ms)
+    it_start_node "$i" || it_diag "node$i (old data dir) did not answer"
+    OLD_IN=$(it_cluster_of "$i")
+    OLD_DROPS=0
+    # while it still holds its old config: do the others refuse its packets?
+    while c=$(it_cluster_of "$i") && [[ "$c" != null ]] && (($(it_now_ms) - t0 < 8000)); do
+        d=$(drops_sum "$others")
+        ((d > d0)) && { OLD_DROPS=$((d - d0)); break; }
+        sleep 0.1
+    done
+    OLD_OUT_MS=-1
+    it_wait_until "[[ \$(it_cluster_of $i) == null ]]" 30 && OLD_OUT_MS=$(($(it_now_ms) - t0))
+    watch_no_d 2 "$others"
+}
+
 # node4 comes back with its old data dir (old keyring, old certificate)
-stop_node $D
-mv "$IT_DIR/node$D" "$IT_DIR/node$D.after-delete"
-cp -a "$IT_DIR/node$D.before-delete" "$IT_DIR/node$D"
-d0=$(drops_sum "$A $B $C")
-t0=$(it_now_ms)
-it_start_node $D || it_diag "node4 (old data dir) did not answer"
-old=$(it_cluster_of $D)
-it_wait_until "[[ \$(it_cluster_of $D) == null ]]" 30
-out_ms=$(($(it_now_ms) - t0))
-watch_no_d 3 "$A $B $C"
-d1=$(drops_sum "$A $B $C")
-if [[ "$old" != null && "$(it_cluster_of $D)" == null && -z "$WATCH_BAD" ]] &&
-    roles_are "$A $B $C" "$ROLES3" && ((d1 > d0)); then
-    it_ok "node4 restarted with its pre-delete data dir: nobody lets it in (drop_decrypt +$((d1 - d0))), it ends outside any cluster after $(ms $out_ms) s"
+restart_old $D "$IT_DIR/node$D.before-delete" "$A $B $C"
+if [[ "$OLD_IN" != null && -z "$WATCH_BAD" ]] && ((OLD_DROPS > 0 && OLD_OUT_MS >= 0)) &&
+    roles_are "$A $B $C" "$ROLES3"; then
+    it_ok "node4 restarted with its pre-delete data dir: its old-key gossip is dropped (drop_decrypt +$OLD_DROPS) while it still thinks it is in; it ends outside any cluster after $(ms $OLD_OUT_MS) s; nobody lists it"
 else
     it_not_ok "node4 with its old credentials cannot come back"
-    it_diag "its config at start: $old; now: $(it_cluster_of $D); drops $d0 -> $d1; ${WATCH_BAD:-nobody listed node4}"
+    it_diag "its config at start: $OLD_IN; now: $(it_cluster_of $D); drops while it was in: $OLD_DROPS; out after ${OLD_OUT_MS} ms; ${WATCH_BAD:-nobody listed node4}"
     show_views "$A $B $C $D"
 fi
 stop_node $D
@@ -596,15 +619,49 @@ else
     show_views "$A $B $C $D"
 fi
 
+# ==== the master dies in the middle of a delete's key rotation ===========================
+# node3 (master) deletes node4 and is killed while the gossip key is being
+# rotated; restarted, it must finish the rotation by itself, so node4's old
+# key stops opening packets anyway.
+cp -a "$IT_DIR/node$D" "$IT_DIR/node$D.before-delete"
+v0=$(cl_field $C version)
+it_pmgcm $C delete 4 >"$IT_DIR/delete2.out" 2>&1 &
+delpid=$!
+it_wait_until "(( \$(cl_field $C version) > $v0 ))" 10
+vk=$(cl_field $C version)
+kill9 $C
+wait "$delpid" 2>/dev/null
+it_diag "killed the master at config version $vk (delete started at $v0; a whole rotation is 3 versions); pmgcm said: $(head -c 200 "$IT_DIR/delete2.out")"
+ROLES_AFTER="node3:1:master node1:2:node node2:3:node"
+t0=$(it_now_ms)
+it_start_node $C || it_diag "node3 did not answer after its restart"
+if ((vk < v0 + 3)) &&
+    it_wait_until "roles_are '$A $B $C' '$ROLES_AFTER' && same_cluster '$A $B $C' && (( \$(cl_field $C version) >= $vk + 3 ))" 30; then
+    it_ok "the master, kill -9'd mid rotation (version $vk), restarts and finishes the rotation by itself: version $(cl_field $C version) everywhere after $(ms $(($(it_now_ms) - t0))) s"
+else
+    it_not_ok "the master, kill -9'd in the middle of a key rotation, finishes it after its restart"
+    it_diag "killed at version $vk (start $v0); now $(cl_field $C version)"
+    show_views "$A $B $C"
+    grep -E 'rotat' "$(it_log $C)" | tail -n 4 | while IFS= read -r l; do it_diag "node3.log: $l"; done
+fi
+restart_old $D "$IT_DIR/node$D.before-delete" "$A $B $C"
+if [[ "$OLD_IN" != null && -z "$WATCH_BAD" ]] && ((OLD_DROPS > 0 && OLD_OUT_MS >= 0)); then
+    it_ok "after the interrupted rotation too, node4's old key opens nothing (drop_decrypt +$OLD_DROPS while it thought it was in); it ends outside after $(ms $OLD_OUT_MS) s"
+else
+    it_not_ok "after the interrupted rotation, node4's old key opens nothing"
+    it_diag "its config at start: $OLD_IN; drops while it was in: $OLD_DROPS; out after ${OLD_OUT_MS} ms; ${WATCH_BAD:-nobody listed node4}"
+fi
+stop_node $D
+
 # ==== shutdown ==========================================================================
-bad=
+bad=$STOP_BAD
 for i in $A $B $C $D; do
-    it_signal "$i" TERM
+    it_alive_pid "$i" && it_signal "$i" TERM
 done
 for i in $A $B $C $D; do
-    it_reap "$i" 10
-    [[ $IT_EXIT == 0 ]] || bad+="node$i exit $IT_EXIT; "
+    stop_node "$i"
 done
+bad+=$STOP_BAD
 for ((i = 1; i <= IT_N; i++)); do
     [[ -f "$(it_log "$i")" ]] || continue
     if grep -Eq 'ERROR: (Address|Leak|Thread)Sanitizer|runtime error:|SUMMARY: [A-Za-z]+Sanitizer' "$(it_log "$i")"; then
