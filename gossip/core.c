@@ -1570,7 +1570,13 @@ static void gossip_round(gsp_core *c)
         if (dup) continue;
         picked[sent++] = m;
         PbPacket hdr = PMGCM__GOSSIP__PACKET__INIT;
-        send_packet(c, &m->addr, &hdr, NULL);
+        PbMember buddy;
+        /* buddy system, as on probes: tell a suspect we suspect it, so it
+         * refutes, or corrects us if it already refuted (we missed it) */
+        if (m->state == GSP_SUSPECT)
+            member_to_pb(m, GSP_SUSPECT, &c->self->id, false, &buddy);
+        send_packet(c, &m->addr, &hdr,
+                    m->state == GSP_SUSPECT ? &buddy : NULL);
         if (!c->mq.n && !c->uq.n) break;
     }
 }
