@@ -938,6 +938,9 @@ const scenario sim_scenarios[] = {
      "(gen+1) it is alive everywhere within a bound"},
     {"loss10", sc_loss10, 100, 100, 1,
      "10% random loss for 30 virtual minutes: no live node is ever marked dead"},
+    {"reg-gossip-buddy", sc_loss10, 100, 100, 13,
+     "regression (loss10 seed 13): a node that missed a refutation and still "
+     "suspects a live node tells it when it gossips to it, and is corrected"},
     {"loss20", sc_loss20, 100, 100, 0,
      "20% random loss for 10 virtual minutes (beyond the target: reported)"},
     {"pause-short", sc_pause_short, 100, 100, 1,
