@@ -88,14 +88,21 @@ static uint64_t sm64(uint64_t *x)
     return z ^ (z >> 31);
 }
 
+static double last_progress;
+
 static bool c_quiet(sim *s, void *ud)
 {
     (void)ud;
-    if (!sim_converged(s)) return false;
+    size_t pending = 0;
     for (size_t i = 0; i < sim_max_nodes(s); i++)
-        if (sim_is_up(s, i) && gsp_core_pending_updates(sim_core(s, i)))
-            return false;
-    return true;
+        if (sim_is_up(s, i))
+            pending += gsp_core_pending_updates(sim_core(s, i));
+    if (mono() - last_progress > 60) {
+        last_progress = mono();
+        fprintf(stderr, "simbench:   t=%.0f s virtual, %zu updates queued "
+                        "over all nodes\n", sim_now_ms(s) / 1000.0, pending);
+    }
+    return !pending && sim_converged(s);
 }
 
 typedef struct watch {
@@ -123,6 +130,7 @@ static sim *boot(size_t n, uint64_t seed, double *virt, double *real)
     sim *s = sim_new(&o);
     if (!s) return NULL;
     double t0 = mono();
+    last_progress = t0;
     sim_start_range(s, 0, n, 2000);
     bool ok = sim_run_until_cond(s, 3600000, n >= 1000 ? 1000 : 250, c_quiet,
                                  NULL);
