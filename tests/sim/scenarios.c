@@ -684,6 +684,44 @@ static void sc_link_cuts(scen_ctx *x)
     finish(x, s);
 }
 
+/* ---- a slow node (Lifeguard's case) ------------------------------------------ */
+
+/* One node answers and sends everything 200 ms late each way (a saturated
+ * NIC or a CPU-starved process): its acks miss the 150 ms probe timeout and
+ * its own probes of others time out. Suspicions are expected both ways;
+ * Lifeguard's local health and refutation must keep everyone alive. */
+static void sc_slow_node(scen_ctx *x)
+{
+    size_t n = x->nodes;
+    sim_opts o;
+    opts_for(x, &o, n);
+    sim *s = boot(x, &o, n);
+    if (!s) return;
+    uint64_t r = x->seed ^ 0x510;
+    size_t v = pick(&r, 3, n);
+    sim_reset_marks(s);
+    sim_set_node_delay(s, v, 200000);
+    sim_run_for(s, 10 * 60000);
+    sim_counters c;
+    sim_get_counters(s, &c);
+    scen_note(x, "node %zu 200 ms slow each way for 10 min: %llu suspect, "
+                 "%llu dead views of live nodes; its health score %u, "
+                 "view of it: %u alive / %u suspect", v,
+              (unsigned long long)c.suspect_marks_up,
+              (unsigned long long)c.dead_marks_up,
+              gsp_core_health(sim_core(s, v)),
+              sim_view_count(s, v, GSP_ALIVE),
+              sim_view_count(s, v, GSP_SUSPECT));
+    EXPECT(x, c.dead_marks_up == 0, "a live node was declared dead around a "
+                                    "slow node");
+    note_false_dead(x, s);
+    sim_set_node_delay(s, v, 0);
+    bool ok = sim_run_until_cond(s, sim_now_ms(s) + 60000, 100, c_converged,
+                                 NULL);
+    EXPECT(x, ok, "not converged a minute after the node recovered");
+    finish(x, s);
+}
+
 /* ---- graceful leave -------------------------------------------------------- */
 
 static void sc_leave(scen_ctx *x)
@@ -964,6 +1002,9 @@ const scenario sim_scenarios[] = {
      "everywhere within a bound"},
     {"link-cuts", sc_link_cuts, 100, 100, 1,
      "one-way and two-way link cuts: indirect probes keep everyone alive"},
+    {"slow-node", sc_slow_node, 100, 100, 0,
+     "one node 200 ms slow each way for 10 min (Lifeguard's case): nobody is "
+     "declared dead"},
     {"leave", sc_leave, 100, 100, 1,
      "a graceful leave is LEFT everywhere quickly and never DEAD"},
     {"reg-newer-suspect", sc_reg_newer_suspect, 20, 20, 1,
