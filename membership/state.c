@@ -89,7 +89,11 @@ int pmm_write_file_atomic(const char *dir, const char *name,
               mode);
     if (fd < 0)
         return -errno;
-    rc = write_all(fd, data, len);
+    /* a temp file left by a crash keeps its old mode through O_TRUNC:
+     * set the intended one explicitly */
+    rc = fchmod(fd, mode) != 0 ? -errno : 0;
+    if (rc == 0)
+        rc = write_all(fd, data, len);
     if (rc == 0 && fsync(fd) != 0)
         rc = -errno;
     if (close(fd) != 0 && rc == 0)
