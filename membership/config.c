@@ -3,6 +3,7 @@
  */
 #include "membership/membership.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -20,6 +21,8 @@ void pmm_config_default(pmm_config *cfg)
     cfg->log_level = PMM_LOG_INFO;
     cfg->meta_interval_ms = 5000;
     cfg->api_port = 7947;
+    cfg->status_port = PMM_DEFAULT_STATUS_PORT;
+    cfg->agent_port = PMM_DEFAULT_AGENT_PORT;
     gsp_config_default(&cfg->gossip);
 }
 
@@ -58,6 +61,32 @@ static const char *parse_addr(const char *v, gsp_addr *out)
 {
     if (gsp_addr_parse(out, v, PMM_DEFAULT_PORT) != 0)
         return "is not an address (ip, ip:port or [ipv6]:port)";
+    return NULL;
+}
+
+/* A bare IP: "10.0.0.1", "fd00::1" or "[fd00::1]"; no port. */
+static const char *parse_ip(const char *v, gsp_addr *out)
+{
+    char ip[INET6_ADDRSTRLEN + 2];
+    size_t n = strlen(v);
+    gsp_addr a;
+
+    memset(&a, 0, sizeof(a));
+    if (n >= 2 && v[0] == '[' && v[n - 1] == ']') {
+        v++;
+        n -= 2;
+    }
+    if (n == 0 || n >= sizeof(ip))
+        return "is not an IP address (no port: set status_port)";
+    memcpy(ip, v, n);
+    ip[n] = '\0';
+    if (inet_pton(AF_INET, ip, a.ip) == 1)
+        a.family = 4;
+    else if (inet_pton(AF_INET6, ip, a.ip) == 1)
+        a.family = 6;
+    else
+        return "is not an IP address (no port: set status_port)";
+    *out = a;
     return NULL;
 }
 
@@ -143,7 +172,8 @@ enum {
     K_LABEL, K_PEERS, K_LOG_LEVEL, K_META_INTERVAL,
     K_PROBE_INTERVAL, K_PROBE_TIMEOUT, K_INDIRECT, K_SUSP_MULT,
     K_SUSP_MAX_MULT, K_RETRANSMIT, K_GOSSIP_INTERVAL, K_GOSSIP_NODES,
-    K_PUSHPULL, K_REJOIN, K_API_PORT,
+    K_PUSHPULL, K_REJOIN, K_API_PORT, K_STATUS_BIND, K_STATUS_PORT,
+    K_AGENT_PORT,
     K_COUNT
 };
 
@@ -169,6 +199,9 @@ static const char *const key_names[K_COUNT] = {
     [K_PUSHPULL] = "pushpull_interval_ms",
     [K_REJOIN] = "rejoin_interval_ms",
     [K_API_PORT] = "api_port",
+    [K_STATUS_BIND] = "status_bind",
+    [K_STATUS_PORT] = "status_port",
+    [K_AGENT_PORT] = "agent_port",
 };
 
 static const char *apply_key(pmm_config *c, int k, char *v)
@@ -206,6 +239,18 @@ static const char *apply_key(pmm_config *c, int k, char *v)
         uint32_t port;
         const char *why = parse_u32(v, 1, 65535, &port);
         if (why == NULL) c->api_port = (uint16_t)port;
+        return why;
+    }
+    case K_STATUS_BIND:
+        return parse_ip(v, &c->status_bind);
+    case K_STATUS_PORT:
+    case K_AGENT_PORT: {
+        uint32_t port;
+        const char *why = parse_u32(v, 0, 65535, &port);
+        if (why == NULL && k == K_STATUS_PORT)
+            c->status_port = (uint16_t)port;
+        else if (why == NULL)
+            c->agent_port = (uint16_t)port;
         return why;
     }
     case K_PROBE_INTERVAL:
@@ -246,6 +291,41 @@ static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
         va_end(ap);
     }
     return rc;
+}
+
+/* Two listeners can collide: the same IP, or either a wildcard. */
+static bool ips_overlap(const gsp_addr *a, const gsp_addr *b)
+{
+    if (addr_is_wildcard(a) || addr_is_wildcard(b))
+        return true;
+    return a->family == b->family &&
+           memcmp(a->ip, b->ip, a->family == 4 ? 4 : 16) == 0;
+}
+
+/* The TCP ports this node listens on must not collide. NULL or a
+ * message. */
+static const char *ports_clash(const pmm_config *c, char *buf, size_t len)
+{
+    struct {
+        const char *name;
+        uint16_t port;
+        const gsp_addr *ip;
+    } l[4] = {
+        {"the gossip port (bind)", c->bind.port, &c->bind},
+        {"api_port", c->api_port, &c->bind},
+        {"status_port", c->status_port, &c->status_bind},
+        {"agent_port", c->agent_port, &c->status_bind},
+    };
+
+    for (int i = 0; i < 4; i++)
+        for (int j = i + 1; j < 4; j++)
+            if (l[i].port != 0 && l[i].port == l[j].port &&
+                ips_overlap(l[i].ip, l[j].ip)) {
+                snprintf(buf, len, "%s and %s are both %u", l[j].name,
+                         l[i].name, (unsigned)l[i].port);
+                return buf;
+            }
+    return NULL;
 }
 
 static bool is_blank(char c)
@@ -380,6 +460,25 @@ int pmm_config_parse(pmm_config *out, const char *text, size_t len,
             goto out;
         }
         c->advertise = c->bind;
+    }
+    if (line_of[K_STATUS_BIND] == 0) {
+        c->status_bind = c->bind;
+        c->status_bind.port = 0;
+    }
+    {
+        char why[128];
+        int ln = line_of[K_AGENT_PORT] > line_of[K_STATUS_PORT]
+                     ? line_of[K_AGENT_PORT] : line_of[K_STATUS_PORT];
+        if (line_of[K_API_PORT] > ln)
+            ln = line_of[K_API_PORT];
+        if (line_of[K_STATUS_BIND] > ln)
+            ln = line_of[K_STATUS_BIND];
+        if (ln == 0)
+            ln = line_of[K_BIND];
+        if (ports_clash(c, why, sizeof(why)) != NULL) {
+            rc = fail(err, errlen, -EINVAL, "line %d: %s", ln, why);
+            goto out;
+        }
     }
     if (c->gossip.probe_timeout_ms >= c->gossip.probe_interval_ms) {
         rc = fail(err, errlen, -EINVAL,

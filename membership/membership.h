@@ -43,6 +43,20 @@
  *   api_port = 7947
  *       Optional (default 7947). TCP port of the TLS node API (join, config
  *       fetch, removal) on the bind address; `pmgcm join IP` uses it.
+ *   status_bind = 10.0.0.1
+ *       Optional IP (no port; IPv6 with or without brackets; 0.0.0.0 or ::
+ *       for every address) of the status port and the agent port. Default:
+ *       the IP of bind.
+ *   status_port = 7948
+ *       Optional (default 7948; 0 disables). Plain HTTP/1.x status port for
+ *       load balancers and monitoring: /livez, /readyz, /health, /status,
+ *       /metrics (see membership/http.h).
+ *   agent_port = 7949
+ *       Optional (default 7949; 0 disables). HAProxy agent-check port:
+ *       writes one line ("up ready 100%", "drain", "maint", "down#why")
+ *       and closes.
+ *   The gossip port, api_port, status_port and agent_port must differ
+ *   where their addresses overlap (the same IP, or a wildcard).
  *   label = pmgcm
  *       Optional cluster label bound into every packet as AEAD associated
  *       data (default "pmgcm"; 0..64 printable characters; `label =` with
@@ -183,6 +197,8 @@ void pmm_log(pmm_log_level lvl, const char *subsys, const char *fmt, ...)
 #define PMM_DEFAULT_PORT 7946
 #define PMM_DEFAULT_SOCKET "/run/pmgcm/pmgcm.sock"
 #define PMM_DEFAULT_LABEL "pmgcm"
+#define PMM_DEFAULT_STATUS_PORT 7948
+#define PMM_DEFAULT_AGENT_PORT 7949
 
 typedef struct pmm_config {
     char name[GSP_NAME_MAX + 1];
@@ -197,6 +213,10 @@ typedef struct pmm_config {
     pmm_log_level log_level;
     uint32_t meta_interval_ms;
     uint16_t api_port;            /* TLS node API (join, config), 7947 */
+    gsp_addr status_bind;         /* IP of the status and agent ports
+                                   * (port 0); = bind's IP by default */
+    uint16_t status_port;         /* HTTP status port, 7948; 0 = off */
+    uint16_t agent_port;          /* HAProxy agent port, 7949; 0 = off */
     gsp_config gossip;
 } pmm_config;
 
