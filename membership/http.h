@@ -1,0 +1,215 @@
+/*
+ * http.h - the status port (HTTP/1.0 and 1.1) and the HAProxy agent port of
+ * pmgclusterd. Internal header of the membership library, prefix pmm_http_.
+ *
+ * Both servers run on the daemon's libuv loop, never block, and never hold
+ * more than PMM_HTTP_CONNS_MAX connections (plus the ones being closed).
+ *
+ * ---- the status port -------------------------------------------------------
+ *
+ * One request per connection: the answer always carries Content-Length and
+ * "Connection: close", then the server half-closes, discards whatever else
+ * the client sends (a pipelined request is not answered) and closes at the
+ * client's EOF or after PMM_HTTP_ANSWER_MS. HTTP/1.0 and HTTP/1.1 (any 1.x;
+ * a missing Host header is tolerated, HAProxy's default check sends none),
+ * origin-form ("/readyz?verbose"), absolute-form ("http://h/readyz") and,
+ * for OPTIONS, "*". Request bodies are never read (Content-Length is
+ * accepted and ignored; Transfer-Encoding is refused).
+ *
+ *   GET /livez          200 "ok" while the event loop runs (depends on
+ *                       nothing else: it is answered from the loop)
+ *   GET /readyz         200 "ok" when every readiness check passes, else
+ *   GET /, OPTIONS /    503 listing the failing checks:
+ *   OPTIONS *             "[-]drain failed: draining (pmgcm undrain)"
+ *                       checks: running, cluster, membership, config, drain
+ *   GET /readyz/NAME    one check only (404 for an unknown NAME)
+ *       ?verbose        every check, "[+]name ok" / "[-]name failed: why",
+ *                       and a last line "readyz check passed|failed"
+ *       ?exclude=NAME   skip a check (repeatable)
+ *   GET /health         Consul: 200 passing, 429 warning, 503 critical;
+ *                       the readiness checks (config behind is a warning
+ *                       there) plus warnings: peers (suspect or dead nodes),
+ *                       quorum (no majority of the nodes alive),
+ *                       local_health (Lifeguard score above 0)
+ *   GET /status         the control socket's status answer (JSON)
+ *   GET /metrics        Prometheus text format 0.0.4
+ *
+ * HEAD answers like GET without the body; OPTIONS like GET (plus Allow).
+ * Any other method on a known path: 405 (Allow: GET, HEAD, OPTIONS); an
+ * unknown path: 404. Malformed requests: 400; request line longer than
+ * PMM_HTTP_LINE_MAX: 414; head longer than PMM_HTTP_HEAD_MAX or more than
+ * PMM_HTTP_HEADERS_MAX header lines: 431; HTTP/2+ or 0.x: 505;
+ * Transfer-Encoding: 501. A head not complete within PMM_HTTP_READ_MS of
+ * the connect: 408. At the connection cap, the oldest connection still
+ * sending its request is dropped with a 408 to make room; when every
+ * connection is being answered, the new one gets 503 and is closed.
+ *
+ * ---- the agent port ------------------------------------------------------
+ *
+ * On connect, writes one line and closes (no request is read):
+ *   "up ready 100%\n"   ready (readyz would say 200)
+ *   "drain\n"           draining (pmgcm drain): HAProxy sets weight 0, DRAIN
+ *   "maint\n"           outside a cluster (not created or joined yet)
+ *   "down#<why>\n"      any other failing readiness check (first one)
+ */
+#ifndef PMGCM_MEMBERSHIP_HTTP_H
+#define PMGCM_MEMBERSHIP_HTTP_H
+
+#include "membership/membership.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define PMM_HTTP_HEAD_MAX 8192      /* request line + headers + blank line */
+#define PMM_HTTP_LINE_MAX 4096      /* request line alone */
+#define PMM_HTTP_HEADERS_MAX 64     /* header lines */
+#define PMM_HTTP_PATH_MAX 255       /* longer paths are unknown: 404 */
+#define PMM_HTTP_QUERY_MAX 511      /* longer query strings: 414 */
+#define PMM_HTTP_CONNS_MAX 64       /* connections at once, per server */
+#define PMM_HTTP_READ_MS 5000       /* whole request head, from connect */
+#define PMM_HTTP_ANSWER_MS 10000    /* answer taken + client's EOF */
+#define PMM_HTTP_DISCARD_MAX (4u << 20) /* bytes read after the request */
+
+/* ---- requests (pure) ------------------------------------------------------ */
+typedef enum pmm_http_method {
+    PMM_HTTP_GET = 1,
+    PMM_HTTP_HEAD,
+    PMM_HTTP_OPTIONS,
+    PMM_HTTP_OTHER, /* a valid token we do not serve: 405 (or 404) */
+} pmm_http_method;
+
+typedef struct pmm_http_req {
+    pmm_http_method method;
+    int minor;                          /* HTTP/1.<minor>: 0 or 1 (or more) */
+    bool asterisk;                      /* request target "*" */
+    bool path_too_long;                 /* > PMM_HTTP_PATH_MAX: unknown */
+    char path[PMM_HTTP_PATH_MAX + 1];   /* without the query */
+    char query[PMM_HTTP_QUERY_MAX + 1]; /* after '?', may be "" */
+} pmm_http_req;
+
+/* Looks for the end of a request head (an empty line, CRLF or bare LF) in
+ * buf[0..len), starting the search near `from` (bytes before it were
+ * searched already). Returns the head's length including the empty line,
+ * or 0 when it is not there yet. */
+size_t pmm_http_head_end(const char *buf, size_t len, size_t from);
+
+/* Checks what has arrived of a head so far, without waiting for the rest:
+ * 0 (fine so far), or -400 (the start is not an HTTP request line, e.g.
+ * TLS or binary garbage), -414 (request line too long), -431 (head too
+ * long). */
+int pmm_http_precheck(const char *buf, size_t len);
+
+/* Parses a request head. Returns the head's length (> 0) with *req filled,
+ * 0 when more bytes are needed, or -STATUS for an answer to give before
+ * closing: -400, -414, -431, -501, -505. Leading empty lines are skipped
+ * (RFC 9112 2.2). Pure. */
+int pmm_http_parse(const char *buf, size_t len, pmm_http_req *req);
+
+/* ---- what the answers are made of ------------------------------------------- */
+typedef struct pmm_http_stats {
+    uint64_t connections;     /* accepted */
+    uint64_t requests;        /* answered (any status) */
+    uint64_t bad_requests;    /* 400, 414, 431, 501, 505 */
+    uint64_t timeouts;        /* 408: head not complete in time */
+    uint64_t evicted;         /* 408: dropped at the cap for a newer one */
+    uint64_t rejected;        /* 503: cap reached, nobody to evict */
+    uint32_t open;            /* connections now */
+} pmm_http_stats;
+
+/* A snapshot of the node, taken on the loop for every answer. */
+typedef struct pmm_http_view {
+    int64_t now;              /* unix seconds (Date header) */
+    int64_t start_time;       /* daemon start, unix seconds */
+    bool stopping;            /* leaving the cluster, shutting down */
+    bool in_cluster;          /* created or joined */
+    bool self_alive;          /* we are an alive gossip member */
+    bool is_master;
+    bool config_synced;       /* pmm_lc_config_synced */
+    bool draining;            /* pmgcm drain */
+    uint32_t cid;             /* 0 outside a cluster */
+    uint32_t master_cid;
+    uint64_t epoch, version;  /* the config this node holds */
+    /* the cluster's nodes as /status shows them, this node included */
+    uint32_t n_nodes, n_alive, n_suspect, n_dead, n_left;
+    uint32_t gossip_members;  /* every gossip member, this node included */
+    uint32_t local_health;    /* Lifeguard awareness score, 0 = healthy */
+    gsp_stats gossip;
+    pmm_http_stats http;      /* the status port's own counters */
+} pmm_http_view;
+
+typedef struct pmm_http_source {
+    void *ud;
+    /* fills a snapshot (zeroed before the call) */
+    void (*view)(void *ud, pmm_http_view *v);
+    /* appends the /status document (one JSON object, '\n' ended); 0 or
+     * -errno */
+    int (*status_json)(void *ud, pmm_buf *out);
+} pmm_http_source;
+
+/* ---- checks ---------------------------------------------------------------- */
+typedef enum pmm_http_level {
+    PMM_HTTP_OK = 0,
+    PMM_HTTP_WARN,     /* /health 429; readyz unaffected */
+    PMM_HTTP_NOTREADY, /* readyz 503; /health only a warning (429) */
+    PMM_HTTP_CRIT,     /* readyz 503; /health 503 */
+} pmm_http_level;
+
+#define PMM_HTTP_CHECKS_MAX 8
+#define PMM_HTTP_WHY_MAX 120
+
+typedef struct pmm_http_check {
+    const char *name;
+    bool readiness;              /* one of readyz's checks */
+    pmm_http_level level;        /* PMM_HTTP_OK when it passes */
+    char why[PMM_HTTP_WHY_MAX];  /* "" when it passes */
+} pmm_http_check;
+
+/* Every check, in a fixed order (readiness ones first). Returns the count. */
+size_t pmm_http_checks(const pmm_http_view *v, pmm_http_check *out);
+/* The agent line ('\n' ended) into buf (cap >= 128 always suffices). */
+void pmm_http_agent_line(const pmm_http_view *v, char *buf, size_t cap);
+
+/* Builds the whole answer (status line, headers, body unless HEAD) to req.
+ * Returns the HTTP status. Takes a view and, for /status, the document
+ * from src. Pure but for src's callbacks. */
+int pmm_http_respond(pmm_buf *out, const pmm_http_req *req,
+                     const pmm_http_source *src);
+/* An error answer (400, 404, 408, 414, 431, 501, 503, 505, ...) with a
+ * one-line text body. */
+void pmm_http_error(pmm_buf *out, int status, int64_t now, bool head);
+/* "OK", "Not Found", ... ("Unknown" for anything else) */
+const char *pmm_http_reason(int status);
+
+/* ---- servers on the loop --------------------------------------------------------- */
+struct uv_loop_s;
+struct sockaddr;
+typedef struct pmm_http pmm_http;
+
+typedef enum pmm_http_kind {
+    PMM_HTTP_STATUS = 1, /* the HTTP status port */
+    PMM_HTTP_AGENT,      /* the agent-check port */
+} pmm_http_kind;
+
+typedef struct pmm_http_opts {
+    uint32_t max_conns;  /* PMM_HTTP_CONNS_MAX */
+    uint32_t read_ms;    /* PMM_HTTP_READ_MS */
+    uint32_t answer_ms;  /* PMM_HTTP_ANSWER_MS */
+} pmm_http_opts;
+
+void pmm_http_opts_default(pmm_http_opts *o);
+/* Listens on sa (port 0: any, see pmm_http_port). src is copied; its
+ * callbacks run on the loop. o may be NULL (defaults). 0 or -errno with a
+ * message in err. */
+int pmm_http_start(pmm_http **out, struct uv_loop_s *loop,
+                   const struct sockaddr *sa, pmm_http_kind kind,
+                   const pmm_http_source *src, const pmm_http_opts *o,
+                   char *err, size_t errlen);
+/* The port it listens on. */
+uint16_t pmm_http_port(const pmm_http *h);
+void pmm_http_get_stats(const pmm_http *h, pmm_http_stats *st);
+/* Stops listening and drops every connection; h is freed once libuv has
+ * closed its handles. */
+void pmm_http_close(pmm_http *h);
+
+#endif
