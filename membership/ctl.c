@@ -69,6 +69,8 @@ static const cmd_spec cmd_specs[] = {
     {"delete", false, {{"cid", ARG_CID, true}}},
     {"promote", false, {{"force", ARG_BOOL, false}}},
     {"sync", false, {{"master_ip", ARG_IP, false}}},
+    {"drain", false, {{NULL}}},
+    {"undrain", false, {{NULL}}},
 };
 
 static int perr(char *err, size_t errlen, int rc, const char *fmt, ...)

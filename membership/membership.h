@@ -121,6 +121,8 @@
  *   {"cmd":"delete","cid":CID}
  *   {"cmd":"promote"[,"force":BOOL]}          force defaults to false
  *   {"cmd":"sync"[,"master_ip":IP]}
+ *   {"cmd":"drain"}                           stop taking new traffic
+ *   {"cmd":"undrain"}                         take traffic again
  * Arguments, all checked before any handler runs:
  *   IP   string: an IPv4 or IPv6 literal (no port, no brackets, no zone)
  *   TARGET  string: IP, or IP:PORT / [IPv6]:PORT (port 1..65535) for a
@@ -148,6 +150,13 @@
  *   promote      {"ok":true,"cid":N,"epoch":E}
  *   sync         {"ok":true[,"epoch":E,"version":V,"master_cid":C,
  *                 "updated":BOOL][,"master_ip":IP]}
+ *   drain, undrain  {"ok":true,"draining":BOOL,"changed":BOOL,
+ *                 "persisted":BOOL,"message":"..."}: draining makes the
+ *                 status port's /readyz answer 503 and the agent port say
+ *                 "drain" while the node stays in the cluster; it is kept
+ *                 in data_dir/draining across restarts ("persisted":false
+ *                 when that file could not be written or removed: the
+ *                 change then holds only until the daemon stops).
  * Any ok answer may carry "message": a sentence that `pmgcm` prints in
  * text mode instead of its own. Refusals of the server itself:
  *   "request too long", "empty request", "request contains a control
