@@ -98,6 +98,9 @@
  *   peers       addresses of alive members, one per line; rewritten
  *               atomically (debounced) when that set changes. Never rewritten
  *               with an empty set, so an isolated node keeps its last peers.
+ *   draining    exists while the node is drained (`pmgcm drain`, removed by
+ *               `pmgcm undrain`); read at start, so a drain survives a
+ *               restart. Its text is for humans only.
  *
  * ---- control protocol (pmgcm <-> pmgclusterd) --------------------------------
  *
@@ -141,6 +144,11 @@
  *   status       {"ok":true,"node":"node1","id":"<32 hex>","generation":N,
  *                 "time":<unix>,"members":[ROW...]}   (ROWs sorted by name;
  *                 ROW is the object written by pmm_status_write_json)
+ *                 [,"cluster":{"cluster_id":HEX,"epoch":E,"version":V,
+ *                 "master_cid":C}] (in a cluster),"gossip":{counters},
+ *                 "fingerprint":FP,"draining":BOOL,"ready":BOOL (what the
+ *                 status port's /readyz says); the status port's /status
+ *                 serves the same object
  *   ping         {"ok":true}
  *   create       {"ok":true,"cid":1,"fingerprint":"AB:CD:..."}
  *   fingerprint  {"ok":true,"fingerprint":"AB:CD:..."}

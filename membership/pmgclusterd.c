@@ -1,17 +1,22 @@
 /*
  * pmgclusterd.c - the pmgcm cluster daemon: gossip membership, node
- * metadata, persisted peers, and the control socket for `pmgcm status`.
+ * metadata, persisted peers, the control socket for `pmgcm`, the status
+ * port and the HAProxy agent port (membership/http.h), and draining.
  *
  *   pmgclusterd --config FILE [--foreground]
  *
  * Everything runs on one libuv loop; blocking work (sampling /proc, writing
- * the peers file) runs on libuv's thread pool.
+ * the peers and draining files) runs on libuv's thread pool.
  */
 #include "membership/membership.h"
 #include "membership/cluster.h"
+#include "membership/http.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +32,16 @@
 #define PEERS_DEBOUNCE_MS 1000
 #define LEAVE_MAX_MS 1000
 #define LEAVE_POLL_MS 20
+#define HTTP_RETRY_MS 10000 /* a status/agent port that could not listen */
+#define DRAIN_FILE "draining"
+
+/* a drain/undrain request waiting for data_dir/draining to say so */
+typedef struct drain_waiter {
+    pmm_ctl_req *req;
+    bool want;
+    bool changed;
+    struct drain_waiter *next;
+} drain_waiter;
 
 typedef struct node {
     uv_loop_t loop;
@@ -62,6 +77,21 @@ typedef struct node {
     size_t n_saved;
     gsp_addr peers_next[PMM_STATE_PEERS_MAX];
     size_t n_next;
+
+    /* status and agent ports */
+    pmm_http *http, *agent;
+    bool http_failed, agent_failed; /* logged once, retried quietly */
+    uv_timer_t http_retry_timer;
+    int64_t started_unix;
+
+    /* draining, persisted in data_dir/draining (uv_queue_work) */
+    bool draining;
+    bool drain_on_disk;   /* what the file says, as far as we know */
+    bool drain_busy;
+    bool drain_writing;   /* the state the work in flight writes */
+    int drain_rc;
+    uv_work_t drain_work;
+    drain_waiter *drain_waiters;
 
     /* shutdown */
     bool stopping;
@@ -425,57 +455,131 @@ static int collect_row(void *ud, const gsp_member *m)
     return 0;
 }
 
-static void ctl_handler(void *ud, pmm_ctl_req *req, const char *cmd,
-                        const pmm_json *args)
+/* The rows `pmgcm status` shows (sorted). 0, -ENOMEM, or -EAGAIN before
+ * gossip runs. acc->rows is the caller's to free. */
+static int build_rows(node *n, rows_acc *acc)
+{
+    gsp_core *core = node_core(n);
+    const pmm_cluster *cl = n->lc ? pmm_lc_cluster(n->lc) : NULL;
+
+    memset(acc, 0, sizeof(*acc));
+    acc->now = (int64_t)time(NULL);
+    if (core == NULL)
+        return -EAGAIN;
+    gsp_core_foreach(core, collect_row, acc);
+    if (acc->err == 0 && cl != NULL)
+        apply_cluster(acc, cl);
+    if (acc->err != 0)
+        return acc->err;
+    pmm_status_sort(acc->rows, acc->n);
+    return 0;
+}
+
+/* ---- status and agent ports ------------------------------------------------------ */
+
+/* A snapshot for the status and agent ports (membership/http.h). */
+static void http_view(void *ud, pmm_http_view *v)
 {
     node *n = ud;
     gsp_core *core = node_core(n);
-    rows_acc acc = {.now = (int64_t)time(NULL)};
-    pmm_buf reply;
-
-    (void)args;
-    if (strcmp(cmd, "ping") == 0) {
-        pmm_ctl_reply_ok(req, NULL);
-        return;
-    }
-    if (strcmp(cmd, "status") != 0) {
-        if (n->lc == NULL || n->stopping)
-            pmm_ctl_reply_error(req, "the daemon is not ready");
-        else
-            pmm_lc_ctl(n->lc, req, cmd, args);
-        return;
-    }
-    if (core == NULL) {
-        pmm_ctl_reply_error(req, "gossip is not running yet");
-        return;
-    }
-    gsp_core_foreach(core, collect_row, &acc);
-    if (acc.err != 0) {
-        free(acc.rows);
-        pmm_ctl_reply_error(req, "out of memory");
-        return;
-    }
     const pmm_cluster *cl = n->lc ? pmm_lc_cluster(n->lc) : NULL;
-    if (cl != NULL)
-        apply_cluster(&acc, cl);
-    if (acc.err != 0) {
-        free(acc.rows);
-        pmm_ctl_reply_error(req, "out of memory");
-        return;
+    rows_acc acc;
+
+    v->now = (int64_t)time(NULL);
+    v->start_time = n->started_unix;
+    v->stopping = n->stopping;
+    v->draining = n->draining;
+    if (core != NULL) {
+        gsp_member m;
+        v->self_alive = !n->stopping && gsp_core_get(core, &n->id, &m) == 0 &&
+                        m.state == GSP_ALIVE;
+        gsp_core_stats(core, &v->gossip);
+        v->local_health = gsp_core_health(core);
+        v->gossip_members = (uint32_t)gsp_core_count(
+            core, 1 << GSP_ALIVE | 1 << GSP_SUSPECT | 1 << GSP_DEAD |
+                      1 << GSP_LEFT);
     }
-    pmm_status_sort(acc.rows, acc.n);
-    pmm_buf_init(&reply, PMM_CTL_REPLY_MAX);
-    pmm_buf_puts(&reply, "{\"ok\":true,\"node\":");
-    pmm_json_str(&reply, n->cfg.name, strlen(n->cfg.name));
-    pmm_buf_printf(&reply, ",\"id\":\"%s\",\"generation\":%llu,\"time\":%lld,"
-                           "\"members\":",
+    if (cl != NULL) {
+        const pmm_cnode *me = pmm_cluster_by_id(cl, &n->id);
+        v->in_cluster = me != NULL;
+        v->cid = me != NULL ? me->cid : 0;
+        v->is_master = me != NULL && me->master;
+        v->master_cid = cl->master_cid;
+        v->epoch = cl->epoch;
+        v->version = cl->version;
+        v->config_synced = pmm_lc_config_synced(n->lc);
+    }
+    if (build_rows(n, &acc) == 0) {
+        for (size_t i = 0; i < acc.n; i++) {
+            switch (acc.rows[i].state) {
+            case 'A':
+            case 'S':
+                v->n_alive++;
+                break;
+            case '?':
+                v->n_suspect++;
+                break;
+            case 'D':
+                v->n_dead++;
+                break;
+            case 'L':
+                v->n_left++;
+                break;
+            }
+        }
+        v->n_nodes = (uint32_t)acc.n;
+    }
+    free(acc.rows);
+    if (n->http != NULL)
+        pmm_http_get_stats(n->http, &v->http);
+}
+
+/* Ready as /readyz says it; why = the first failing check when not. */
+static bool node_ready(node *n, char *why, size_t len)
+{
+    pmm_http_view v;
+    pmm_http_check ch[PMM_HTTP_CHECKS_MAX];
+    size_t k;
+
+    memset(&v, 0, sizeof(v));
+    http_view(n, &v);
+    k = pmm_http_checks(&v, ch);
+    for (size_t i = 0; i < k; i++)
+        if (ch[i].readiness && ch[i].level != PMM_HTTP_OK) {
+            if (why != NULL)
+                snprintf(why, len, "%s: %s", ch[i].name, ch[i].why);
+            return false;
+        }
+    if (why != NULL && len > 0)
+        why[0] = '\0';
+    return true;
+}
+
+/* The status answer: the control socket's and the status port's /status.
+ * 0 or -errno. */
+static int status_json(node *n, pmm_buf *reply)
+{
+    gsp_core *core = node_core(n);
+    const pmm_cluster *cl = n->lc ? pmm_lc_cluster(n->lc) : NULL;
+    rows_acc acc;
+    int rc = build_rows(n, &acc);
+
+    if (rc != 0) {
+        free(acc.rows);
+        return rc;
+    }
+    pmm_buf_puts(reply, "{\"ok\":true,\"node\":");
+    pmm_json_str(reply, n->cfg.name, strlen(n->cfg.name));
+    pmm_buf_printf(reply, ",\"id\":\"%s\",\"generation\":%llu,\"time\":%lld,"
+                          "\"members\":",
                    n->id_hex, (unsigned long long)n->gen, (long long)acc.now);
-    pmm_status_write_json(&reply, acc.rows, acc.n);
+    pmm_status_write_json(reply, acc.rows, acc.n);
+    free(acc.rows);
     if (cl != NULL) {
         char cid_hex[33];
         for (size_t i = 0; i < sizeof(cl->cluster_id); i++)
             snprintf(cid_hex + 2 * i, 3, "%02x", cl->cluster_id[i]);
-        pmm_buf_printf(&reply, ",\"cluster\":{\"cluster_id\":\"%s\","
+        pmm_buf_printf(reply, ",\"cluster\":{\"cluster_id\":\"%s\","
                                "\"epoch\":%llu,\"version\":%llu,"
                                "\"master_cid\":%u}", cid_hex,
                        (unsigned long long)cl->epoch,
@@ -484,7 +588,7 @@ static void ctl_handler(void *ud, pmm_ctl_req *req, const char *cmd,
     {
         gsp_stats st;
         gsp_core_stats(core, &st);
-        pmm_buf_printf(&reply, ",\"gossip\":{\"udp_in\":%llu,\"udp_out\":%llu,"
+        pmm_buf_printf(reply, ",\"gossip\":{\"udp_in\":%llu,\"udp_out\":%llu,"
                        "\"drop_decrypt\":%llu,\"drop_decode\":%llu,"
                        "\"drop_toobig\":%llu,\"probes\":%llu,"
                        "\"suspicions\":%llu,\"refutations\":%llu,"
@@ -500,14 +604,314 @@ static void ctl_handler(void *ud, pmm_ctl_req *req, const char *cmd,
                        gsp_core_health(core));
     }
     if (n->lc != NULL) {
-        pmm_buf_puts(&reply, ",\"fingerprint\":");
+        pmm_buf_puts(reply, ",\"fingerprint\":");
         const char *fp = pmm_lc_fingerprint(n->lc);
-        pmm_json_str(&reply, fp, strlen(fp));
+        pmm_json_str(reply, fp, strlen(fp));
     }
-    pmm_buf_puts(&reply, "}\n");
-    free(acc.rows);
-    if (reply.err != 0)
-        pmm_ctl_reply_error(req, "status answer: %s", strerror(-reply.err));
+    pmm_buf_printf(reply, ",\"draining\":%s,\"ready\":%s}\n",
+                   n->draining ? "true" : "false",
+                   node_ready(n, NULL, 0) ? "true" : "false");
+    return reply->err;
+}
+
+static int http_status_json(void *ud, pmm_buf *out)
+{
+    return status_json(ud, out);
+}
+
+/* gsp_addr's IP with this port. */
+static socklen_t to_sockaddr(const gsp_addr *a, uint16_t port,
+                             struct sockaddr_storage *ss)
+{
+    memset(ss, 0, sizeof(*ss));
+    if (a->family == 6) {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons(port);
+        memcpy(&s6->sin6_addr, a->ip, 16);
+        return sizeof(*s6);
+    }
+    struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
+    s4->sin_family = AF_INET;
+    s4->sin_port = htons(port);
+    memcpy(&s4->sin_addr, a->ip, 4);
+    return sizeof(*s4);
+}
+
+/* Starts what is configured and not running. A port that cannot listen
+ * (in use, address not there yet) does not stop the daemon: gossip and
+ * the cluster go on, the error is logged once, and it is retried every
+ * HTTP_RETRY_MS (a load balancer meanwhile sees the node as down). */
+static void http_listen_all(node *n)
+{
+    const pmm_http_source src = {.ud = n, .view = http_view,
+                                 .status_json = http_status_json};
+    struct {
+        pmm_http **h;
+        bool *failed;
+        uint16_t port;
+        pmm_http_kind kind;
+        const char *what;
+    } l[2] = {
+        {&n->http, &n->http_failed, n->cfg.status_port, PMM_HTTP_STATUS,
+         "status port (HTTP)"},
+        {&n->agent, &n->agent_failed, n->cfg.agent_port, PMM_HTTP_AGENT,
+         "agent port (HAProxy agent-check)"},
+    };
+    bool missing = false;
+
+    if (n->stopping)
+        return;
+    for (int i = 0; i < 2; i++) {
+        struct sockaddr_storage ss;
+        char err[160], ip[64];
+        int rc;
+
+        if (l[i].port == 0 || *l[i].h != NULL)
+            continue;
+        to_sockaddr(&n->cfg.status_bind, l[i].port, &ss);
+        gsp_addr_ip_str(&n->cfg.status_bind, ip, sizeof(ip));
+        rc = pmm_http_start(l[i].h, &n->loop, (struct sockaddr *)&ss,
+                            l[i].kind, &src, NULL, err, sizeof(err));
+        if (rc != 0) {
+            *l[i].h = NULL;
+            missing = true;
+            pmm_log(*l[i].failed ? PMM_LOG_DEBUG : PMM_LOG_ERROR, "http",
+                    "%s on %s%s%s:%u: %s (retrying every %d s)", l[i].what,
+                    n->cfg.status_bind.family == 6 ? "[" : "", ip,
+                    n->cfg.status_bind.family == 6 ? "]" : "", l[i].port,
+                    err, HTTP_RETRY_MS / 1000);
+            *l[i].failed = true;
+            continue;
+        }
+        pmm_log(PMM_LOG_INFO, "http", "%s on %s%s%s:%u%s", l[i].what,
+                n->cfg.status_bind.family == 6 ? "[" : "", ip,
+                n->cfg.status_bind.family == 6 ? "]" : "", l[i].port,
+                *l[i].failed ? " (at last)" : "");
+        *l[i].failed = false;
+    }
+    if (!missing)
+        uv_timer_stop(&n->http_retry_timer);
+}
+
+static void http_retry_cb(uv_timer_t *t)
+{
+    http_listen_all(t->data);
+}
+
+/* ---- draining ------------------------------------------------------------------------ */
+
+/* Writes or removes data_dir/draining (thread pool). */
+static void drain_work_cb(uv_work_t *w)
+{
+    node *n = w->data;
+    char path[PMM_PATH_MAX + 16];
+    int dfd;
+
+    if (n->drain_writing) {
+        char text[128];
+        time_t now = time(NULL);
+        struct tm tm;
+        int len;
+        gmtime_r(&now, &tm);
+        len = snprintf(text, sizeof(text),
+                       "drained with pmgcm drain at %04d-%02d-%02dT%02d:%02d:"
+                       "%02dZ; pmgcm undrain removes this file\n",
+                       tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                       tm.tm_hour, tm.tm_min, tm.tm_sec);
+        n->drain_rc = pmm_write_file_atomic(n->cfg.data_dir, DRAIN_FILE, text,
+                                            (size_t)len, 0644);
+        return;
+    }
+    snprintf(path, sizeof(path), "%s/%s", n->cfg.data_dir, DRAIN_FILE);
+    if (unlink(path) != 0 && errno != ENOENT) {
+        n->drain_rc = -errno;
+        return;
+    }
+    n->drain_rc = 0;
+    dfd = open(n->cfg.data_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0) {
+        n->drain_rc = -errno;
+        return;
+    }
+    if (fsync(dfd) != 0)
+        n->drain_rc = -errno;
+    close(dfd);
+}
+
+static void drain_reply(node *n, drain_waiter *w, bool persisted, int rc)
+{
+    char msg[512], why[200];
+    pmm_buf b;
+    int o;
+
+    if (w->want && w->changed)
+        o = snprintf(msg, sizeof(msg),
+                     "node drained: /readyz answers 503 and the agent port "
+                     "says drain, so load balancers send no new connections;"
+                     " it stays in the cluster (pmgcm undrain ends it)");
+    else if (w->want)
+        o = snprintf(msg, sizeof(msg), "node was already draining");
+    else if (w->changed && node_ready(n, why, sizeof(why)))
+        o = snprintf(msg, sizeof(msg),
+                     "node undrained: ready, load balancers send it traffic "
+                     "again");
+    else if (w->changed)
+        o = snprintf(msg, sizeof(msg),
+                     "node undrained, but not ready yet (%s)", why);
+    else
+        o = snprintf(msg, sizeof(msg), "node was not draining");
+    if (!persisted && o > 0 && (size_t)o < sizeof(msg))
+        snprintf(msg + o, sizeof(msg) - (size_t)o,
+                 "; WARNING: %s %s/%s failed (%s): this holds only until "
+                 "the daemon stops", w->want ? "writing" : "removing",
+                 n->cfg.data_dir, DRAIN_FILE, strerror(-rc));
+    pmm_buf_init(&b, 4096);
+    pmm_buf_printf(&b, "\"draining\":%s,\"changed\":%s,\"persisted\":%s,"
+                       "\"message\":",
+                   w->want ? "true" : "false", w->changed ? "true" : "false",
+                   persisted ? "true" : "false");
+    pmm_json_str(&b, msg, strlen(msg));
+    if (b.err != 0)
+        pmm_ctl_reply_error(w->req, "out of memory");
+    else
+        pmm_ctl_reply_ok(w->req, b.p);
+    pmm_buf_free(&b);
+}
+
+static void drain_start_work(node *n, bool want);
+
+static void drain_after_cb(uv_work_t *w, int status)
+{
+    node *n = w->data;
+    bool written = n->drain_writing;
+    int rc = status != 0 ? status : n->drain_rc;
+    drain_waiter **pp = &n->drain_waiters;
+
+    n->drain_busy = false;
+    if (rc == 0)
+        n->drain_on_disk = written;
+    else
+        pmm_log(PMM_LOG_ERROR, "drain", "cannot %s %s/%s: %s",
+                written ? "write" : "remove", n->cfg.data_dir, DRAIN_FILE,
+                rc == UV_ECANCELED ? "cancelled" : strerror(-rc));
+    while (*pp != NULL) {
+        drain_waiter *dw = *pp;
+        if (dw->want != written) {
+            pp = &dw->next;
+            continue;
+        }
+        *pp = dw->next;
+        drain_reply(n, dw, rc == 0, rc);
+        free(dw);
+    }
+    /* the state changed again while the file was being written */
+    if (n->drain_waiters != NULL)
+        drain_start_work(n, n->draining);
+}
+
+static void drain_start_work(node *n, bool want)
+{
+    int rc;
+
+    n->drain_busy = true;
+    n->drain_writing = want;
+    n->drain_work.data = n;
+    rc = uv_queue_work(&n->loop, &n->drain_work, drain_work_cb,
+                       drain_after_cb);
+    if (rc != 0) {
+        n->drain_busy = false;
+        n->drain_rc = rc;
+        /* answer everybody: not persisted */
+        while (n->drain_waiters != NULL) {
+            drain_waiter *dw = n->drain_waiters;
+            n->drain_waiters = dw->next;
+            drain_reply(n, dw, false, rc);
+            free(dw);
+        }
+    }
+}
+
+static void ctl_drain(node *n, pmm_ctl_req *req, bool want)
+{
+    drain_waiter *w;
+    bool changed = n->draining != want;
+
+    if (changed) {
+        n->draining = want;
+        pmm_log(PMM_LOG_INFO, "drain",
+                want ? "draining: /readyz answers 503, the agent port says "
+                       "drain (pmgcm undrain ends it)"
+                     : "undrained: taking traffic again when ready");
+    }
+    w = calloc(1, sizeof(*w));
+    if (w == NULL) {
+        pmm_ctl_reply_error(req, "out of memory");
+        return;
+    }
+    w->req = req;
+    w->want = want;
+    w->changed = changed;
+    if (!changed && !n->drain_busy && n->drain_on_disk == want) {
+        drain_reply(n, w, true, 0);
+        free(w);
+        return;
+    }
+    w->next = n->drain_waiters;
+    n->drain_waiters = w;
+    if (!n->drain_busy)
+        drain_start_work(n, want);
+}
+
+/* At start: data_dir/draining from an earlier `pmgcm drain`. */
+static void drain_load(node *n)
+{
+    char path[PMM_PATH_MAX + 16];
+
+    snprintf(path, sizeof(path), "%s/%s", n->cfg.data_dir, DRAIN_FILE);
+    if (access(path, F_OK) == 0) {
+        n->draining = n->drain_on_disk = true;
+        pmm_log(PMM_LOG_WARN, "drain",
+                "%s exists: this node stays drained (readyz 503, agent "
+                "drain) until `pmgcm undrain`", path);
+    }
+}
+
+/* ---- control socket requests ------------------------------------------------------ */
+
+static void ctl_handler(void *ud, pmm_ctl_req *req, const char *cmd,
+                        const pmm_json *args)
+{
+    node *n = ud;
+    pmm_buf reply;
+    int rc;
+
+    if (strcmp(cmd, "ping") == 0) {
+        pmm_ctl_reply_ok(req, NULL);
+        return;
+    }
+    if (strcmp(cmd, "drain") == 0 || strcmp(cmd, "undrain") == 0) {
+        if (n->stopping)
+            pmm_ctl_reply_error(req, "the daemon is shutting down");
+        else
+            ctl_drain(n, req, strcmp(cmd, "drain") == 0);
+        return;
+    }
+    if (strcmp(cmd, "status") != 0) {
+        if (n->lc == NULL || n->stopping)
+            pmm_ctl_reply_error(req, "the daemon is not ready");
+        else
+            pmm_lc_ctl(n->lc, req, cmd, args);
+        return;
+    }
+    pmm_buf_init(&reply, PMM_CTL_REPLY_MAX);
+    rc = status_json(n, &reply);
+    if (rc == -EAGAIN)
+        pmm_ctl_reply_error(req, "gossip is not running yet");
+    else if (rc == -ENOMEM)
+        pmm_ctl_reply_error(req, "out of memory");
+    else if (rc != 0)
+        pmm_ctl_reply_error(req, "status answer: %s", strerror(-rc));
     else
         pmm_ctl_reply(req, reply.p, reply.len);
     pmm_buf_free(&reply);
@@ -534,6 +938,15 @@ static void node_close_all(node *n)
     close_handle((uv_handle_t *)&n->meta_timer);
     close_handle((uv_handle_t *)&n->peers_timer);
     close_handle((uv_handle_t *)&n->leave_timer);
+    close_handle((uv_handle_t *)&n->http_retry_timer);
+    if (n->http != NULL) {
+        pmm_http_close(n->http);
+        n->http = NULL;
+    }
+    if (n->agent != NULL) {
+        pmm_http_close(n->agent);
+        n->agent = NULL;
+    }
     if (n->meta_busy)
         uv_cancel((uv_req_t *)&n->meta_work);
     /* a peers write in flight is left to finish: it is atomic anyway */
@@ -572,6 +985,7 @@ static void begin_shutdown(node *n, const char *why)
     pmm_log(PMM_LOG_INFO, "daemon", "%s: leaving the cluster", why);
     uv_timer_stop(&n->meta_timer);
     uv_timer_stop(&n->peers_timer);
+    uv_timer_stop(&n->http_retry_timer);
     if (core == NULL) {
         node_close_all(n);
         return;
@@ -611,11 +1025,13 @@ static void usage(FILE *f)
             "usage: pmgclusterd --config FILE [--foreground]\n"
             "       pmgclusterd --version | --help\n"
             "\n"
-            "Runs the pmgcm cluster daemon (gossip membership, node status,\n"
-            "control socket for `pmgcm`). Logs go to stderr. It always runs\n"
-            "in the foreground (use systemd to supervise it).\n"
+            "Runs the pmgcm cluster daemon (gossip membership, cluster\n"
+            "config, node status, control socket for `pmgcm`, status port\n"
+            "and HAProxy agent port). Logs go to stderr. It always runs in\n"
+            "the foreground (use systemd to supervise it). See\n"
+            "pmgclusterd(8).\n"
             "\n"
-            "  -c, --config FILE   configuration file (see membership.h)\n"
+            "  -c, --config FILE   configuration file (pmgclusterd(8))\n"
             "  -f, --foreground    accepted for compatibility\n"
             "  -V, --version       print the version and exit\n"
             "  -h, --help          print this help and exit\n");
@@ -828,6 +1244,13 @@ static int node_start(node *n)
         cluster_changed(n);
     }
 
+    /* status and agent ports: after the lifecycle, whose state they show */
+    drain_load(n);
+    http_listen_all(n);
+    if (n->http_failed || n->agent_failed)
+        uv_timer_start(&n->http_retry_timer, http_retry_cb, HTTP_RETRY_MS,
+                       HTTP_RETRY_MS);
+
     uv_timer_start(&n->meta_timer, meta_timer_cb, n->cfg.meta_interval_ms,
                    n->cfg.meta_interval_ms);
     uv_signal_start(&n->sig_term, signal_cb, SIGTERM);
@@ -907,8 +1330,11 @@ int main(int argc, char **argv)
     uv_timer_init(&n->loop, &n->meta_timer);
     uv_timer_init(&n->loop, &n->peers_timer);
     uv_timer_init(&n->loop, &n->leave_timer);
+    uv_timer_init(&n->loop, &n->http_retry_timer);
     n->sig_term.data = n->sig_int.data = n->sig_hup.data = n;
     n->meta_timer.data = n->peers_timer.data = n->leave_timer.data = n;
+    n->http_retry_timer.data = n;
+    n->started_unix = (int64_t)time(NULL);
 
     rc = node_start(n);
     if (rc != 0)
