@@ -7,8 +7,9 @@
 #   bn_member_state KIND I NAME   -> A ? D L (pmg) / alive failed left ... (serf)
 #   bn_kill KIND I SIG; bn_restart KIND I; bn_stop_all KIND
 #
-# Node i of pmg binds 127.0.0.1:(PMG_PORT0+i) with control socket
-# $BN_DIR/pmg/n<i>.sock; Serf agent i binds 127.0.0.1:(SERF_PORT0+i), RPC on
+# Node i of pmg binds 127.0.0.1:(PMG_PORT0+i) for gossip, +100+i for the
+# node API, +200+i for the status port, +300+i for the agent port (the keys
+# this daemon knows), control socket $BN_DIR/pmg/n<i>.sock; Serf agent i binds 127.0.0.1:(SERF_PORT0+i), RPC on
 # 127.0.0.1:(SERF_RPC0+i). Both are told the same seeds: the first three
 # nodes other than themselves. Default settings for both, nothing tuned
 # (BN_PMG_EXTRA_CONF="key = value" lines are appended to pmg configs, for
@@ -24,7 +25,7 @@ bn_find_bin() { # bn_find_bin NAME SUBDIR: top of the build tree or its subdir
 PMGCLUSTERD=${PMGCLUSTERD:-$(bn_find_bin pmgclusterd membership)}
 PMGCM=${PMGCM:-$(bn_find_bin pmgcm cli)}
 SERF=${SERF:-serf}
-PMG_PORT0=${PMG_PORT0:-17000}
+PMG_PORT0=${PMG_PORT0:-17000}   # gossip 17000+i; other TCP ports below
 SERF_PORT0=${SERF_PORT0:-18000}
 SERF_RPC0=${SERF_RPC0:-19000}
 BN_DIR=
@@ -61,7 +62,7 @@ bn_ports_free() {
     local kind=$1 n=$2 i p used
     used=$(ss -Htuln 2>/dev/null | awk '{print $5}' | sed -n 's/^127\.0\.0\.1:\([0-9]*\)$/\1/p; s/^\*:\([0-9]*\)$/\1/p; s/^0\.0\.0\.0:\([0-9]*\)$/\1/p' | sort -u)
     for ((i = 1; i <= n; i++)); do
-        for p in $([[ $kind == pmg ]] && echo $((PMG_PORT0 + i)) || echo $((SERF_PORT0 + i)) $((SERF_RPC0 + i))); do
+        for p in $([[ $kind == pmg ]] && echo $((PMG_PORT0 + i)) $((PMG_PORT0 + 100 + i)) $((PMG_PORT0 + 200 + i)) $((PMG_PORT0 + 300 + i)) || echo $((SERF_PORT0 + i)) $((SERF_RPC0 + i))); do
             if grep -qx "$p" <<<"$used"; then echo "bench: port $p is in use" >&2; return 1; fi
         done
     done
@@ -79,6 +80,7 @@ bn_start_node() { # bn_start_node KIND I N
         for j in $(bn_seeds "$i" "$n"); do peers+="127.0.0.1:$((PMG_PORT0 + j)) "; done
         if [[ ! -f "$BN_DIR/pmg/n$i.conf" ]]; then
             mkdir -p "$BN_DIR/pmg/n$i"
+            bn_pmg_ports "$i" >"$BN_DIR/pmg/n$i.ports"
             cat >"$BN_DIR/pmg/n$i.conf" <<CONF
 name = n$i
 bind = 127.0.0.1:$((PMG_PORT0 + i))
@@ -87,6 +89,7 @@ control_socket = $BN_DIR/pmg/n$i.sock
 key_file = $BN_DIR/key
 peers = ${peers% }
 log_level = warn
+$(cat "$BN_DIR/pmg/n$i.ports")
 ${BN_PMG_EXTRA_CONF:-}
 CONF
         fi
@@ -103,6 +106,18 @@ CONF
             </dev/null >>"$BN_DIR/serf/n$i.log" 2>&1 &
     fi
     BN_PID[$kind:$i]=$!
+}
+
+# bn_pmg_ports I: config lines giving node I its own node API, status and
+# agent ports (all nodes share 127.0.0.1), for the keys this daemon knows.
+bn_pmg_ports() {
+    local i=$1 k off=100
+    for k in api_port status_port agent_port; do
+        if grep -aq "$k" "$PMGCLUSTERD"; then
+            echo "$k = $((PMG_PORT0 + off + i))"
+        fi
+        off=$((off + 100))
+    done
 }
 
 bn_pid() { echo "${BN_PID[$1:$2]:-}"; }
@@ -193,8 +208,9 @@ bn_wait_all_alive() {
     done
 }
 
-bn_start() { # bn_start KIND N
+bn_start() { # bn_start KIND N (N <= 99)
     local kind=$1 n=$2 i
+    ((n <= 99)) || { echo "bench: at most 99 nodes" >&2; return 1; }
     bn_ports_free "$kind" "$n" || return 1
     for ((i = 1; i <= n; i++)); do
         bn_start_node "$kind" "$i" "$n"
