@@ -18,18 +18,6 @@
 
 #define CLUSTER_FILE_MAX (4u << 20)
 
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -EINVAL;
-}
 
 void pmm_cluster_clear(pmm_cluster *c)
 {
@@ -84,46 +72,46 @@ int pmm_cluster_validate(const pmm_cluster *c, bool need_keys, char *err,
 {
     if (c->epoch < 1 || c->version < 1 || c->epoch > UINT32_MAX ||
         c->version > UINT32_MAX)
-        return fail(err, errlen, "epoch/version out of range");
+        return pmm_errf(err, errlen, -EINVAL, "epoch/version out of range");
     if (c->n_nodes < 1 || c->n_nodes > PMM_CLUSTER_NODES_MAX)
-        return fail(err, errlen, "%zu nodes", c->n_nodes);
+        return pmm_errf(err, errlen, -EINVAL, "%zu nodes", c->n_nodes);
     if (c->maxcid < 1 || c->maxcid > PMM_CLUSTER_CID_MAX)
-        return fail(err, errlen, "maxcid %u out of range", c->maxcid);
+        return pmm_errf(err, errlen, -EINVAL, "maxcid %u out of range", c->maxcid);
     if (c->iter < 1000 || c->iter > 10000000)
-        return fail(err, errlen, "password hash iterations %u", c->iter);
+        return pmm_errf(err, errlen, -EINVAL, "password hash iterations %u", c->iter);
     if (c->n_keys > GSP_KEYRING_MAX || (need_keys && c->n_keys < 1))
-        return fail(err, errlen, "%zu gossip keys", c->n_keys);
+        return pmm_errf(err, errlen, -EINVAL, "%zu gossip keys", c->n_keys);
     size_t masters = 0;
     for (size_t i = 0; i < c->n_nodes; i++) {
         const pmm_cnode *n = &c->nodes[i];
         if (n->cid < 1 || n->cid > c->maxcid)
-            return fail(err, errlen, "node cid %u out of range", n->cid);
+            return pmm_errf(err, errlen, -EINVAL, "node cid %u out of range", n->cid);
         if (!name_ok(n->name))
-            return fail(err, errlen, "cid %u: bad name", n->cid);
+            return pmm_errf(err, errlen, -EINVAL, "cid %u: bad name", n->cid);
         if (!pmm_ip_literal_ok(n->ip))
-            return fail(err, errlen, "cid %u: bad ip '%s'", n->cid, n->ip);
+            return pmm_errf(err, errlen, -EINVAL, "cid %u: bad ip '%s'", n->cid, n->ip);
         if (!n->gossip_port || !n->api_port)
-            return fail(err, errlen, "cid %u: bad port", n->cid);
+            return pmm_errf(err, errlen, -EINVAL, "cid %u: bad port", n->cid);
         pmm_tls_fp fp;
         if (pmm_tls_fp_parse(&fp, n->fp))
-            return fail(err, errlen, "cid %u: bad fingerprint", n->cid);
+            return pmm_errf(err, errlen, -EINVAL, "cid %u: bad fingerprint", n->cid);
         if (n->master != (n->cid == c->master_cid))
-            return fail(err, errlen, "cid %u: role disagrees with master %u",
+            return pmm_errf(err, errlen, -EINVAL, "cid %u: role disagrees with master %u",
                         n->cid, c->master_cid);
         masters += n->master;
         for (size_t j = 0; j < i; j++) {
             const pmm_cnode *o = &c->nodes[j];
-            if (o->cid == n->cid) return fail(err, errlen, "cid %u twice", n->cid);
+            if (o->cid == n->cid) return pmm_errf(err, errlen, -EINVAL, "cid %u twice", n->cid);
             if (!strcmp(o->name, n->name))
-                return fail(err, errlen, "name %s twice", n->name);
+                return pmm_errf(err, errlen, -EINVAL, "name %s twice", n->name);
             if (!strcmp(o->ip, n->ip) && o->gossip_port == n->gossip_port)
-                return fail(err, errlen, "address %s twice", n->ip);
+                return pmm_errf(err, errlen, -EINVAL, "address %s twice", n->ip);
             if (!memcmp(&o->node_id, &n->node_id, sizeof(gsp_id)))
-                return fail(err, errlen, "node id of cid %u twice", n->cid);
+                return pmm_errf(err, errlen, -EINVAL, "node id of cid %u twice", n->cid);
         }
     }
     if (masters != 1)
-        return fail(err, errlen, "master cid %u is not a node", c->master_cid);
+        return pmm_errf(err, errlen, -EINVAL, "master cid %u is not a node", c->master_cid);
     return 0;
 }
 
@@ -216,13 +204,13 @@ int pmm_cluster_from_pb(pmm_cluster *out, const Pmgcm__Cluster__Config *p,
     pmm_cluster c;
     memset(&c, 0, sizeof(c));
     if (p->cluster_id.len != sizeof(c.cluster_id))
-        return fail(err, errlen, "bad cluster id");
+        return pmm_errf(err, errlen, -EINVAL, "bad cluster id");
     if (p->n_nodes < 1 || p->n_nodes > PMM_CLUSTER_NODES_MAX)
-        return fail(err, errlen, "%zu nodes", p->n_nodes);
+        return pmm_errf(err, errlen, -EINVAL, "%zu nodes", p->n_nodes);
     if (p->join_salt.len != PMM_SALT_LEN || p->join_hash.len != PMM_HASH_LEN)
-        return fail(err, errlen, "bad password hash");
+        return pmm_errf(err, errlen, -EINVAL, "bad password hash");
     if (p->n_keys > GSP_KEYRING_MAX)
-        return fail(err, errlen, "%zu gossip keys", p->n_keys);
+        return pmm_errf(err, errlen, -EINVAL, "%zu gossip keys", p->n_keys);
     memcpy(c.cluster_id, p->cluster_id.data, sizeof(c.cluster_id));
     c.epoch = p->epoch;
     c.version = p->version;
@@ -233,7 +221,7 @@ int pmm_cluster_from_pb(pmm_cluster *out, const Pmgcm__Cluster__Config *p,
     c.iter = p->join_iter;
     for (size_t i = 0; i < p->n_keys; i++) {
         if (p->keys[i].len != GSP_KEY_LEN)
-            return fail(err, errlen, "bad gossip key");
+            return pmm_errf(err, errlen, -EINVAL, "bad gossip key");
         memcpy(c.keys[i], p->keys[i].data, GSP_KEY_LEN);
     }
     c.n_keys = p->n_keys;
@@ -250,7 +238,7 @@ int pmm_cluster_from_pb(pmm_cluster *out, const Pmgcm__Cluster__Config *p,
             n->node_id.len != GSP_ID_LEN || n->gossip_port > 65535 ||
             n->api_port > 65535 || n->role > 1) {
             pmm_cluster_clear(&c);
-            return fail(err, errlen, "node %zu malformed", i);
+            return pmm_errf(err, errlen, -EINVAL, "node %zu malformed", i);
         }
         m->gossip_port = (uint16_t)n->gossip_port;
         m->api_port = (uint16_t)n->api_port;
@@ -287,10 +275,10 @@ int pmm_cluster_encode(const pmm_cluster *c, bool with_keys, uint8_t **buf,
 int pmm_cluster_decode(pmm_cluster *out, const uint8_t *buf, size_t len,
                        bool need_keys, char *err, size_t errlen)
 {
-    if (len > CLUSTER_FILE_MAX) return fail(err, errlen, "too large");
+    if (len > CLUSTER_FILE_MAX) return pmm_errf(err, errlen, -EINVAL, "too large");
     Pmgcm__Cluster__Config *p =
         pmgcm__cluster__config__unpack(NULL, len, buf);
-    if (!p) return fail(err, errlen, "not a cluster config");
+    if (!p) return pmm_errf(err, errlen, -EINVAL, "not a cluster config");
     int rc = pmm_cluster_from_pb(out, p, need_keys, err, errlen);
     pmgcm__cluster__config__free_unpacked(p, NULL);
     return rc;
@@ -307,14 +295,14 @@ int pmm_cluster_load(const char *dir, pmm_cluster *out, char *err,
     if (fd < 0) {
         if (errno == ENOENT) return -ENOENT;
         int e = errno;
-        fail(err, errlen, "%s: %s", path, strerror(e));
+        pmm_errf(err, errlen, -EINVAL, "%s: %s", path, strerror(e));
         return -e;
     }
     struct stat st;
     if (fstat(fd, &st) || !S_ISREG(st.st_mode) ||
         st.st_size > CLUSTER_FILE_MAX) {
         close(fd);
-        return fail(err, errlen, "%s: not a regular file of sane size", path);
+        return pmm_errf(err, errlen, -EINVAL, "%s: not a regular file of sane size", path);
     }
     size_t len = (size_t)st.st_size;
     uint8_t *buf = malloc(len ? len : 1);
@@ -331,11 +319,11 @@ int pmm_cluster_load(const char *dir, pmm_cluster *out, char *err,
     close(fd);
     int rc;
     if (got != len) {
-        rc = fail(err, errlen, "%s: short read", path);
+        rc = pmm_errf(err, errlen, -EINVAL, "%s: short read", path);
     } else {
         char why[160] = "";
         rc = pmm_cluster_decode(out, buf, len, true, why, sizeof(why));
-        if (rc) fail(err, errlen, "%s: %s", path, why);
+        if (rc) pmm_errf(err, errlen, -EINVAL, "%s: %s", path, why);
     }
     memset(buf, 0, len);
     free(buf);

@@ -251,6 +251,13 @@ int pmm_config_load(pmm_config *cfg, const char *path, char *err,
 /* ---- persistent state in data_dir --------------------------------------- */
 #define PMM_STATE_PEERS_MAX 256
 
+/* Formats a message into err (if err and errlen) and returns rc. */
+int pmm_errf(char *err, size_t errlen, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Reads a whole small file into buf, NUL-terminated (*len may be NULL).
+ * Does not follow a final symlink. 0, -errno, -EFBIG if it has cap-1 bytes
+ * or more. Blocking. */
+int pmm_read_small(const char *path, char *buf, size_t cap, size_t *len);
 /* mkdir -p; the last component gets `mode`, missing parents 0755. */
 int pmm_mkdir_p(const char *path, mode_t mode);
 /* Writes dir/name atomically: dir/.name.tmp, fsync, rename, fsync(dir). */

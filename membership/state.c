@@ -17,10 +17,7 @@
 #define SMALL_FILE_MAX 4096
 #define PEERS_FILE_MAX (64 * 1024)
 
-static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
+int pmm_errf(char *err, size_t errlen, int rc, const char *fmt, ...)
 {
     va_list ap;
 
@@ -113,18 +110,13 @@ int pmm_write_file_atomic(const char *dir, const char *name,
     return rc;
 }
 
-/* Reads dir/name into buf (NUL-terminated). -ENOENT if missing, -EFBIG if
- * larger than cap-1 bytes. */
-static int read_small(const char *dir, const char *name, char *buf,
-                      size_t cap, size_t *len)
+int pmm_read_small(const char *path, char *buf, size_t cap, size_t *len)
 {
-    char path[PMM_PATH_MAX + 80];
     size_t n = 0;
     int fd;
 
-    if ((size_t)snprintf(path, sizeof(path), "%s/%s", dir, name) >=
-        sizeof(path))
-        return -ENAMETOOLONG;
+    if (cap == 0)
+        return -EINVAL;
     fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0)
         return -errno;
@@ -147,8 +139,22 @@ static int read_small(const char *dir, const char *name, char *buf,
     }
     close(fd);
     buf[n] = '\0';
-    *len = n;
+    if (len != NULL)
+        *len = n;
     return 0;
+}
+
+/* Reads dir/name into buf (NUL-terminated). -ENOENT if missing, -EFBIG if
+ * larger than cap-1 bytes. */
+static int read_small(const char *dir, const char *name, char *buf,
+                      size_t cap, size_t *len)
+{
+    char path[PMM_PATH_MAX + 80];
+
+    if ((size_t)snprintf(path, sizeof(path), "%s/%s", dir, name) >=
+        sizeof(path))
+        return -ENAMETOOLONG;
+    return pmm_read_small(path, buf, cap, len);
 }
 
 /* Strips one trailing "\n" (or "\r\n"); returns false if any other byte
@@ -173,17 +179,17 @@ int pmm_state_lock(const char *dir, int *fd_out, char *err, size_t errlen)
     int fd;
 
     if ((size_t)snprintf(path, sizeof(path), "%s/lock", dir) >= sizeof(path))
-        return fail(err, errlen, -ENAMETOOLONG, "%s: path too long", dir);
+        return pmm_errf(err, errlen, -ENAMETOOLONG, "%s: path too long", dir);
     fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0)
-        return fail(err, errlen, -errno, "%s: %s", path, strerror(errno));
+        return pmm_errf(err, errlen, -errno, "%s: %s", path, strerror(errno));
     if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
         int e = errno;
         close(fd);
         if (e == EWOULDBLOCK)
-            return fail(err, errlen, -EBUSY,
+            return pmm_errf(err, errlen, -EBUSY,
                         "data_dir %s is in use by another pmgclusterd", dir);
-        return fail(err, errlen, -e, "%s: %s", path, strerror(e));
+        return pmm_errf(err, errlen, -e, "%s: %s", path, strerror(e));
     }
     *fd_out = fd;
     return 0;
@@ -200,7 +206,7 @@ int pmm_state_node_id(const char *dir, gsp_id *out, bool *created,
     rc = read_small(dir, "node_id", buf, sizeof(buf), &len);
     if (rc == 0) {
         if (!chomp_token(buf, &len) || gsp_id_parse(&id, buf) != 0)
-            return fail(err, errlen, -EINVAL,
+            return pmm_errf(err, errlen, -EINVAL,
                         "%s/node_id: corrupt (expected 32 hex characters); "
                         "fix or remove it (removing gives this node a new "
                         "identity)", dir);
@@ -210,21 +216,21 @@ int pmm_state_node_id(const char *dir, gsp_id *out, bool *created,
         return 0;
     }
     if (rc == -EFBIG)
-        return fail(err, errlen, -EINVAL, "%s/node_id: corrupt (too large)",
+        return pmm_errf(err, errlen, -EINVAL, "%s/node_id: corrupt (too large)",
                     dir);
     if (rc != -ENOENT)
-        return fail(err, errlen, rc, "%s/node_id: %s", dir, strerror(-rc));
+        return pmm_errf(err, errlen, rc, "%s/node_id: %s", dir, strerror(-rc));
 
     rc = gsp_random(id.b, sizeof(id.b));
     if (rc != 0)
-        return fail(err, errlen, rc, "cannot generate a node id: %s",
+        return pmm_errf(err, errlen, rc, "cannot generate a node id: %s",
                     gsp_strerror(rc));
     gsp_id_str(&id, hex, sizeof(hex));
     len = strlen(hex);
     hex[len++] = '\n';
     rc = pmm_write_file_atomic(dir, "node_id", hex, len, 0600);
     if (rc != 0)
-        return fail(err, errlen, rc, "%s/node_id: %s", dir, strerror(-rc));
+        return pmm_errf(err, errlen, rc, "%s/node_id: %s", dir, strerror(-rc));
     *out = id;
     if (created != NULL)
         *created = true;
@@ -250,26 +256,26 @@ int pmm_state_bump_generation(const char *dir, uint64_t *out, char *err,
                 gen = gen * 10 + d;
         }
         if (!ok)
-            return fail(err, errlen, -EINVAL,
+            return pmm_errf(err, errlen, -EINVAL,
                         "%s/generation: corrupt (expected a decimal "
                         "number); fix it by hand to a value higher than "
                         "any this node used before", dir);
     } else if (rc == -EFBIG) {
-        return fail(err, errlen, -EINVAL,
+        return pmm_errf(err, errlen, -EINVAL,
                     "%s/generation: corrupt (too large)", dir);
     } else if (rc != -ENOENT) {
-        return fail(err, errlen, rc, "%s/generation: %s", dir,
+        return pmm_errf(err, errlen, rc, "%s/generation: %s", dir,
                     strerror(-rc));
     }
     if (gen == UINT64_MAX)
-        return fail(err, errlen, -EOVERFLOW,
+        return pmm_errf(err, errlen, -EOVERFLOW,
                     "%s/generation: cannot be incremented", dir);
     gen++;
     len = (size_t)snprintf(buf, sizeof(buf), "%llu\n",
                            (unsigned long long)gen);
     rc = pmm_write_file_atomic(dir, "generation", buf, len, 0600);
     if (rc != 0)
-        return fail(err, errlen, rc, "%s/generation: %s", dir,
+        return pmm_errf(err, errlen, rc, "%s/generation: %s", dir,
                     strerror(-rc));
     *out = gen;
     return 0;

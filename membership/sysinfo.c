@@ -18,27 +18,7 @@
 /* Reads a whole small /proc file, NUL-terminated. */
 static int read_proc(const char *path, char *buf, size_t cap)
 {
-    size_t n = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-
-    if (fd < 0)
-        return -errno;
-    while (n < cap - 1) {
-        ssize_t r = read(fd, buf + n, cap - 1 - n);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            int e = -errno;
-            close(fd);
-            return e;
-        }
-        if (r == 0)
-            break;
-        n += (size_t)r;
-    }
-    close(fd);
-    buf[n] = '\0';
-    return 0;
+    return pmm_read_small(path, buf, cap, NULL);
 }
 
 /* Non-negative decimal with an optional fraction; sets *end. */
