@@ -6,6 +6,7 @@
  * ---- usage (for the README) -------------------------------------------------
  *
  *   pmgcm [--socket PATH] [--output-format text|json] COMMAND [ARGS]
+ *   pmgcm --host HOST[:PORT] [--output-format text|json] status
  *
  *   pmgcm create [--password-file FILE]
  *       Create a cluster: this node becomes its master, cid 1. Asks for the
@@ -43,12 +44,29 @@
  *       NAME(CID) IPADDRESS ROLE STATE UPTIME LOAD MEM DISK, where STATE is
  *       A alive, S syncing, ? suspect, D dead, L left the cluster.
  *
+ *   pmgcm --host HOST[:PORT] status
+ *       The same, asked over HTTP from a remote node's status port
+ *       (GET /status; PORT defaults to 7948; HOST is an IPv4 address,
+ *       [IPv6] or a name), for a workstation without a daemon. Only
+ *       status works this way: the other commands change a node and run
+ *       on it. Gives up after 10 s.
+ *
+ *   pmgcm drain
+ *       Take this node out of load balancers' rotation without leaving
+ *       the cluster: the status port's /readyz answers 503 ("draining")
+ *       and the agent port says "drain". Kept across daemon restarts
+ *       (data_dir/draining) until `pmgcm undrain`.
+ *
+ *   pmgcm undrain
+ *       Put it back: ready again (if nothing else is wrong).
+ *
  *   pmgcm keygen
  *       Print a new random gossip key (for key_file).
  *
  *   Options valid with every command (before or after it):
  *     --socket PATH         pmgclusterd's control socket (default
  *                           $PMGCM_SOCKET, else /run/pmgcm/pmgcm.sock)
+ *     --host HOST[:PORT]    status only: ask that node's status port
  *     --output-format text|json
  *                           json prints the daemon's answer object, one
  *                           JSON document on stdout, also when it is an
@@ -70,6 +88,8 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -81,6 +101,7 @@
 #include <sys/time.h>
 #include <sys/un.h>
 #include <termios.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef PACKAGE_VERSION
@@ -88,6 +109,7 @@
 #endif
 
 #define IO_TIMEOUT_S 10 /* status: the daemon answers from memory */
+#define HTTP_DEFAULT_PORT "7948" /* PMM_DEFAULT_STATUS_PORT */
 /* commands that go to the network: a little longer than the daemon's own
  * cap, so its "timed out" arrives first */
 #define LONG_TIMEOUT_S (PMM_CTL_PENDING_MS / 1000 + 10)
@@ -97,6 +119,8 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: pmgcm [--socket PATH] [--output-format text|json] "
             "COMMAND [ARGS]\n"
+            "       pmgcm --host HOST[:PORT] [--output-format text|json] "
+            "status\n"
             "\n"
             "commands:\n"
             "  create [--password-file FILE]\n"
@@ -117,6 +141,10 @@ static void usage(FILE *f)
             "          fetch the cluster config now, optionally from a new\n"
             "          master (--master_ip is accepted too)\n"
             "  status  show every cluster node as this node sees it\n"
+            "  drain   take this node out of load balancers' rotation\n"
+            "          (readyz 503, agent 'drain'); it stays in the cluster\n"
+            "          and stays drained across restarts until undrain\n"
+            "  undrain put it back into rotation\n"
             "  keygen  print a new random gossip key (for key_file)\n"
             "  help    show this help\n"
             "\n"
@@ -124,6 +152,10 @@ static void usage(FILE *f)
             "  --socket PATH   pmgclusterd control socket (default "
             "$PMGCM_SOCKET\n"
             "                  or " PMM_DEFAULT_SOCKET ")\n"
+            "  --host HOST[:PORT]\n"
+            "                  status only: ask a remote node's status port\n"
+            "                  over HTTP (default port " HTTP_DEFAULT_PORT
+            "; [IPv6]:PORT)\n"
             "  --output-format text|json\n"
             "                  json: print the daemon's answer as JSON\n"
             "  --version       print the version\n"
@@ -581,6 +613,7 @@ static int ask_daemon(const char *path, const char *request, size_t len,
 
 typedef struct cli {
     const char *sock;
+    const char *host; /* --host: status over HTTP */
     bool json;
     const char *pos[2];
     int npos;
@@ -710,29 +743,259 @@ static void req_end(pmm_buf *b)
 
 /* ---- commands ----------------------------------------------------------------- */
 
-static int cmd_status(const cli *c)
+/* ---- status over HTTP (--host) ------------------------------------------------ */
+
+/* "1.2.3.4", "1.2.3.4:80", "[::1]", "[::1]:80", "::1", "name", "name:80"
+ * into host and port (digits, 1..65535). 0 or -1. */
+static int split_host(const char *spec, char *host, size_t hcap, char *port,
+                      size_t pcap)
 {
-    pmm_buf req, out;
-    pmm_json *doc;
+    const char *h = spec, *p = NULL, *colon;
+    size_t hl;
+
+    if (spec[0] == '[') {
+        const char *close = strchr(spec, ']');
+        if (close == NULL || (close[1] != '\0' && close[1] != ':'))
+            return -1;
+        h = spec + 1;
+        hl = (size_t)(close - h);
+        if (close[1] == ':')
+            p = close + 2;
+    } else if ((colon = strchr(spec, ':')) != NULL &&
+               strchr(colon + 1, ':') == NULL) {
+        hl = (size_t)(colon - spec);
+        p = colon + 1;
+    } else {
+        hl = strlen(spec); /* a name, IPv4, or a bare IPv6 address */
+    }
+    if (hl == 0 || hl >= hcap)
+        return -1;
+    for (size_t i = 0; i < hl; i++)
+        if ((unsigned char)h[i] <= 0x20 || (unsigned char)h[i] >= 0x7f ||
+            h[i] == '/' || h[i] == '[' || h[i] == ']')
+            return -1;
+    memcpy(host, h, hl);
+    host[hl] = '\0';
+    if (p == NULL)
+        p = HTTP_DEFAULT_PORT;
+    {
+        size_t pl = strlen(p);
+        unsigned long v;
+        if (pl == 0 || pl > 5 || pl >= pcap || strspn(p, "0123456789") != pl)
+            return -1;
+        v = strtoul(p, NULL, 10);
+        if (v < 1 || v > 65535)
+            return -1;
+        snprintf(port, pcap, "%lu", v);
+    }
+    return 0;
+}
+
+static long long mono_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Waits for fd to be ready for ev until the deadline. 0, or -ETIMEDOUT. */
+static int wait_fd(int fd, short ev, long long deadline)
+{
+    for (;;) {
+        struct pollfd pfd = {.fd = fd, .events = ev};
+        long long left = deadline - mono_ms();
+        int r;
+        if (left <= 0)
+            return -ETIMEDOUT;
+        r = poll(&pfd, 1, (int)(left > 60000 ? 60000 : left));
+        if (r > 0)
+            return 0;
+        if (r < 0 && errno != EINTR)
+            return -errno;
+    }
+}
+
+/* Connects to one of host's addresses (non-blocking). fd or -errno. */
+static int http_connect(const char *host, const char *port, long long deadline)
+{
+    struct addrinfo hints, *res = NULL;
+    int fd = -1, rc, last = -ECONNREFUSED;
+
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV;
+    rc = getaddrinfo(host, port, &hints, &res);
+    if (rc != 0) {
+        fail("cannot resolve %s: %s", host, gai_strerror(rc));
+        return -EHOSTUNREACH;
+    }
+    for (struct addrinfo *a = res; a != NULL; a = a->ai_next) {
+        int err = 0;
+        socklen_t el = sizeof(err);
+
+        fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK,
+                    a->ai_protocol);
+        if (fd < 0) {
+            last = -errno;
+            continue;
+        }
+        if (connect(fd, a->ai_addr, a->ai_addrlen) == 0)
+            break;
+        if (errno != EINPROGRESS) {
+            last = -errno;
+            close(fd);
+            fd = -1;
+            continue;
+        }
+        rc = wait_fd(fd, POLLOUT, deadline);
+        if (rc == 0 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) == 0 &&
+            err == 0)
+            break;
+        last = rc != 0 ? rc : -(err != 0 ? err : EIO);
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    return fd >= 0 ? fd : last;
+}
+
+/* GET path from HOST[:PORT] over HTTP/1.1 (Connection: close); the
+ * answer's body (200 only) into body. Prints its own error; 0 or 1. */
+static int ask_http(const char *spec, const char *path, pmm_buf *body)
+{
+    char host[256], port[8], req[512], chunk[65536];
+    long long deadline = mono_ms() + IO_TIMEOUT_S * 1000LL;
+    pmm_buf in;
+    size_t off = 0, len;
+    const char *sep, *hdr_end, *cl;
+    int fd, st, rc = 1, vmin;
+
+    if (split_host(spec, host, sizeof(host), port, sizeof(port)) != 0)
+        return fail("--host: '%s' is not HOST, HOST:PORT or [IPv6]:PORT",
+                    spec);
+    fd = http_connect(host, port, deadline);
+    if (fd < 0) {
+        if (fd == -EHOSTUNREACH)
+            return 1;
+        return fail("cannot reach the status port at %s%s%s:%s: %s (is "
+                    "pmgclusterd running there, with status_port %s?)",
+                    strchr(host, ':') ? "[" : "", host,
+                    strchr(host, ':') ? "]" : "", port,
+                    fd == -ETIMEDOUT ? "timed out" : strerror(-fd), port);
+    }
+    len = (size_t)snprintf(req, sizeof(req),
+                           "GET %s HTTP/1.1\r\nHost: %s%s%s:%s\r\n"
+                           "User-Agent: pmgcm/" PACKAGE_VERSION "\r\n"
+                           "Accept: application/json\r\n"
+                           "Connection: close\r\n\r\n",
+                           path, strchr(host, ':') ? "[" : "", host,
+                           strchr(host, ':') ? "]" : "", port);
+    while (off < len) {
+        ssize_t w = send(fd, req + off, len - off, MSG_NOSIGNAL);
+        if (w < 0 && (errno == EAGAIN || errno == EINTR)) {
+            if (wait_fd(fd, POLLOUT, deadline) != 0)
+                break;
+            continue;
+        }
+        if (w <= 0)
+            break;
+        off += (size_t)w;
+    }
+    if (off < len) {
+        close(fd);
+        return fail("cannot send to the status port at %s: %s", spec,
+                    strerror(errno));
+    }
+    pmm_buf_init(&in, PMM_CTL_REPLY_MAX + 65536);
+    for (;;) {
+        ssize_t r = recv(fd, chunk, sizeof(chunk), 0);
+        if (r < 0 && (errno == EAGAIN || errno == EINTR)) {
+            if (wait_fd(fd, POLLIN, deadline) != 0) {
+                close(fd);
+                pmm_buf_free(&in);
+                return fail("the status port at %s did not answer within "
+                            "%d s", spec, IO_TIMEOUT_S);
+            }
+            continue;
+        }
+        if (r < 0) {
+            int e = errno;
+            close(fd);
+            pmm_buf_free(&in);
+            return fail("cannot read from the status port at %s: %s", spec,
+                        strerror(e));
+        }
+        if (r == 0)
+            break;
+        if (pmm_buf_add(&in, chunk, (size_t)r) != 0) {
+            close(fd);
+            pmm_buf_free(&in);
+            return fail("answer from %s is too large", spec);
+        }
+    }
+    close(fd);
+    if (in.len == 0 || in.p == NULL) {
+        pmm_buf_free(&in);
+        return fail("the status port at %s closed the connection without "
+                    "an answer", spec);
+    }
+    if (sscanf(in.p, "HTTP/1.%d %d", &vmin, &st) != 2 ||
+        (sep = strstr(in.p, "\r\n\r\n")) == NULL) {
+        fail("%s did not answer in HTTP (is that its status port?)", spec);
+        goto out;
+    }
+    hdr_end = sep + 2;
+    if (st != 200) {
+        /* "HTTP/1.1 404 Not Found" -> "404 Not Found" */
+        char raw[128], line[128];
+        size_t ll = strcspn(in.p + 9, "\r\n");
+        snprintf(raw, sizeof(raw), "%.*s", (int)(ll < 120 ? ll : 120),
+                 in.p + 9);
+        term_safe(line, sizeof(line), raw);
+        fail("the status port at %s answered %s", spec, line);
+        goto out;
+    }
+    /* Content-Length, when given, must match */
+    for (cl = in.p; cl != NULL && cl < hdr_end;) {
+        cl = strstr(cl, "\r\n");
+        if (cl == NULL || cl >= hdr_end)
+            break;
+        cl += 2;
+        if (strncasecmp(cl, "content-length:", 15) == 0) {
+            unsigned long long want = strtoull(cl + 15, NULL, 10);
+            if (want != (unsigned long long)(in.len - (size_t)(sep + 4 - in.p))) {
+                fail("the answer from %s was cut short", spec);
+                goto out;
+            }
+        }
+    }
+    if (pmm_buf_add(body, sep + 4, in.len - (size_t)(sep + 4 - in.p)) != 0) {
+        fail("answer from %s is too large", spec);
+        goto out;
+    }
+    rc = 0;
+out:
+    pmm_buf_free(&in);
+    return rc;
+}
+
+/* Prints a status answer's rows: the table, or the rows as JSON. */
+static int print_status(const cli *c, pmm_json *doc, const char *from)
+{
+    pmm_buf out;
     pmm_status_row *rows = NULL;
     size_t n = 0;
     char err[256];
     int rc = 1;
-    cli quiet = *c;
 
-    quiet.json = false; /* status prints the rows, not the envelope */
-    pmm_buf_init(&req, 64);
-    pmm_buf_puts(&req, "status\n");
     pmm_buf_init(&out, PMM_CTL_REPLY_MAX * 2);
-    if (call(&quiet, &req, IO_TIMEOUT_S, true, &doc) != 0)
-        goto out;
     if (pmm_status_from_json(pmm_json_get(doc, "members"), &rows, &n, err,
                              sizeof(err)) != 0) {
-        fail("bad answer from pmgclusterd: %s", err);
-        pmm_json_free(doc);
+        fail("bad answer from %s: %s", from, err);
         goto out;
     }
-    pmm_json_free(doc);
     pmm_status_sort(rows, n);
     if (c->json) {
         pmm_status_write_json(&out, rows, n);
@@ -747,8 +1010,75 @@ static int cmd_status(const cli *c)
     rc = write_out(out.p, out.len);
 out:
     free(rows);
-    pmm_buf_free(&req);
     pmm_buf_free(&out);
+    return rc;
+}
+
+static int cmd_status_http(const cli *c)
+{
+    pmm_buf body;
+    pmm_json *doc = NULL;
+    const pmm_json *ok;
+    char err[256], from[300];
+    int rc = 1;
+
+    snprintf(from, sizeof(from), "the status port at %s", c->host);
+    pmm_buf_init(&body, PMM_CTL_REPLY_MAX);
+    if (ask_http(c->host, "/status", &body) != 0)
+        goto out;
+    if (body.p == NULL ||
+        pmm_json_parse(body.p, body.len, &doc, err, sizeof(err)) != 0) {
+        fail("bad answer from %s: %s", from, body.p ? err : "empty");
+        goto out;
+    }
+    ok = pmm_json_get(doc, "ok");
+    if (ok == NULL || ok->type != PMM_JSON_BOOL || !ok->b) {
+        print_daemon_error(doc);
+        goto out;
+    }
+    rc = print_status(c, doc, from);
+out:
+    pmm_json_free(doc);
+    pmm_buf_free(&body);
+    return rc;
+}
+
+static int cmd_status(const cli *c)
+{
+    pmm_buf req;
+    pmm_json *doc;
+    int rc;
+    cli quiet = *c;
+
+    if (c->host != NULL)
+        return cmd_status_http(c);
+    quiet.json = false; /* status prints the rows, not the envelope */
+    pmm_buf_init(&req, 64);
+    pmm_buf_puts(&req, "status\n");
+    rc = call(&quiet, &req, IO_TIMEOUT_S, true, &doc);
+    pmm_buf_free(&req);
+    if (rc != 0)
+        return 1;
+    rc = print_status(c, doc, "pmgclusterd");
+    pmm_json_free(doc);
+    return rc;
+}
+
+/* drain / undrain: the daemon's message in text mode */
+static int cmd_drain(const cli *c, bool drain)
+{
+    pmm_buf req;
+    pmm_json *doc;
+    int rc;
+
+    req_init(&req, drain ? "drain" : "undrain");
+    req_end(&req);
+    rc = call(c, &req, IO_TIMEOUT_S, true, &doc);
+    pmm_buf_free(&req);
+    if (rc != 0)
+        return 1;
+    rc = print_words(c, doc, drain ? "node drained" : "node undrained");
+    pmm_json_free(doc);
     return rc;
 }
 
@@ -1034,6 +1364,8 @@ static const command commands[] = {
     {"delete", 1, 1, 0, "<cid>"},
     {"promote", 0, 0, O_FORCE, NULL},
     {"sync", 0, 0, O_MASTER_IP, NULL},
+    {"drain", 0, 0, 0, NULL},
+    {"undrain", 0, 0, 0, NULL},
 };
 
 /* --output-format's value; false when bad (usage error printed). */
@@ -1053,7 +1385,7 @@ int main(int argc, char **argv)
     cli c = {0};
     const command *cmd = NULL;
     const char *cmdname = NULL;
-    bool only_pos = false;
+    bool only_pos = false, sock_given = false;
     int i;
 
     c.sock = getenv("PMGCM_SOCKET");
@@ -1098,6 +1430,17 @@ int main(int argc, char **argv)
             if (v[0] == '\0')
                 return usage_error("%s: empty socket path", a);
             c.sock = v;
+            sock_given = true;
+            continue;
+        }
+        if ((m = opt_value(argc, argv, &i, "--host", &v)) != 0) {
+            char h[256], p[8];
+            if (m < 0)
+                return usage_error("option '%s' needs a value", a);
+            if (split_host(v, h, sizeof(h), p, sizeof(p)) != 0)
+                return usage_error("--host: '%s' is not HOST, HOST:PORT or "
+                                   "[IPv6]:PORT", v);
+            c.host = v;
             continue;
         }
         if ((m = opt_value(argc, argv, &i, "--output-format", &v)) != 0) {
@@ -1154,6 +1497,11 @@ int main(int argc, char **argv)
         return usage_error("%s", "no command given");
     if (c.npos < cmd->min_pos)
         return usage_error("%s: missing %s", cmdname, cmd->pos_name);
+    if (c.host != NULL && strcmp(cmdname, "status") != 0)
+        return usage_error("--host works with status only (%s changes a "
+                           "node: run it there)", cmdname);
+    if (c.host != NULL && sock_given)
+        return usage_error("--host and --socket do not go together");
 
     if (strcmp(cmdname, "status") == 0)
         return cmd_status(&c);
@@ -1187,5 +1535,9 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmdname, "promote") == 0)
         return cmd_promote(&c);
+    if (strcmp(cmdname, "drain") == 0)
+        return cmd_drain(&c, true);
+    if (strcmp(cmdname, "undrain") == 0)
+        return cmd_drain(&c, false);
     return cmd_sync(&c);
 }
