@@ -18,6 +18,7 @@
 #include <stdatomic.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include <uv.h>
@@ -828,7 +829,70 @@ static struct {
     int agent_up, agent_drain, agent_eof;
     int small_rejected_503, small_after;
     int after;
+    int cli_ran, cli_text, cli_json, cli_refused;
 } res;
+
+/* pmgcm --host against the live status port (when the binary is built) */
+static const char *live_status =
+    "{\"ok\":true,\"node\":\"mx1\",\"members\":[{\"name\":\"mx1\","
+    "\"cid\":1,\"ip\":\"10.0.0.1\",\"role\":\"master\",\"state\":\"A\","
+    "\"uptime\":3661,\"load\":0.25,\"mem\":40,\"disk\":12,"
+    "\"id\":\"0123456789abcdef0123456789abcdef\",\"gossip_state\":"
+    "\"alive\",\"port\":7946,\"self\":true},{\"name\":\"mx2\",\"cid\":2,"
+    "\"ip\":\"10.0.0.2\",\"role\":\"node\",\"state\":\"D\",\"uptime\":null,"
+    "\"load\":null,\"mem\":null,\"disk\":null,"
+    "\"id\":\"fedcba9876543210fedcba9876543210\",\"gossip_state\":\"dead\","
+    "\"port\":7946,\"self\":false}],\"draining\":false,\"ready\":true}\n";
+
+static int run_cli(const char *args, char *out, size_t cap)
+{
+    char bin[600], cmd[1200];
+    const char *top = getenv("abs_top_builddir");
+    FILE *f;
+    size_t n;
+
+    snprintf(bin, sizeof(bin), "%s/cli/pmgcm", top ? top : ".");
+    if (access(bin, X_OK) != 0)
+        return -1;
+    snprintf(cmd, sizeof(cmd), "%s %s 2>&1", bin, args);
+    f = popen(cmd, "r");
+    if (f == NULL)
+        return -1;
+    n = fread(out, 1, cap - 1, f);
+    out[n] = '\0';
+    return pclose(f);
+}
+
+static void cli_checks(void)
+{
+    char args[128], out[4096];
+    int rc;
+
+    snprintf(args, sizeof(args), "--host 127.0.0.1:%u status", port_http);
+    rc = run_cli(args, out, sizeof(out));
+    if (rc == -1)
+        return; /* not built: reported as a diagnostic */
+    res.cli_ran = 1;
+    res.cli_text = rc == 0 && strstr(out, "NAME(CID)--") == out &&
+                   strstr(out, "\nmx1(1) ") && strstr(out, "\nmx2(2) ");
+    if (!res.cli_text)
+        printf("# pmgcm --host status: %d: %s\n", rc, out);
+    snprintf(args, sizeof(args),
+             "--output-format json --host 127.0.0.1:%u status", port_http);
+    rc = run_cli(args, out, sizeof(out));
+    res.cli_json = rc == 0 && out[0] == '[' &&
+                   strstr(out, "\"name\":\"mx2\"") != NULL &&
+                   strstr(out, "\"state\":\"D\"") != NULL;
+    if (!res.cli_json)
+        printf("# pmgcm --host status json: %d: %s\n", rc, out);
+    /* a port with no status port behind it: exit 1, in words */
+    snprintf(args, sizeof(args), "--host 127.0.0.1:%u status", port_agent);
+    rc = run_cli(args, out, sizeof(out));
+    res.cli_refused = WIFEXITED(rc) && WEXITSTATUS(rc) == 1 &&
+                      strstr(out, "pmgcm: ") == out;
+    if (!res.cli_refused)
+        printf("# pmgcm --host (agent port) status: %d: %s\n", rc, out);
+}
 
 static void *client_thread(void *arg)
 {
@@ -953,6 +1017,7 @@ static void *client_thread(void *arg)
         res.small_after = get(port_small, "GET /livez HTTP/1.0\r\n\r\n", resp,
                               sizeof(resp), &ms);
     }
+    cli_checks();
     res.after = get(port_http, "HEAD /livez HTTP/1.1\r\n\r\n", resp,
                     sizeof(resp), NULL);
     res.head_len_ok = strstr(resp, "Content-Length: 3\r\n") != NULL &&
@@ -970,6 +1035,7 @@ static void test_live_servers(void)
     char err[128];
 
     inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    fake_status = live_status;
     REQUIRE(uv_loop_init(&loop) == 0);
     pmm_http_opts_default(&o);
     o.read_ms = LIVE_READ_MS;
@@ -1025,6 +1091,13 @@ static void test_live_servers(void)
     CHECK_EQ_INT(res.small_after, 200);
     CHECK_EQ_INT(res.after, 200);
     CHECK(res.head_len_ok);
+    if (res.cli_ran) {
+        CHECK(res.cli_text);
+        CHECK(res.cli_json);
+        CHECK(res.cli_refused);
+    } else {
+        printf("# cli/pmgcm not built: pmgcm --host not tried\n");
+    }
     printf("# status port: %llu connections, %llu answers, %llu bad, "
            "%llu timeouts, %llu evicted, %llu rejected\n",
            (unsigned long long)st_http.connections,
