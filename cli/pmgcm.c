@@ -142,7 +142,7 @@ static void usage(FILE *f)
             "          master (--master_ip is accepted too)\n"
             "  status  show every cluster node as this node sees it\n"
             "  drain   take this node out of load balancers' rotation\n"
-            "          (readyz 503, agent 'drain'); it stays in the cluster\n"
+            "          (readyz 503, agent 'up drain'); it stays in the cluster\n"
             "          and stays drained across restarts until undrain\n"
             "  undrain put it back into rotation\n"
             "  keygen  print a new random gossip key (for key_file)\n"

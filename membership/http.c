@@ -434,29 +434,34 @@ size_t pmm_http_checks(const pmm_http_view *v, pmm_http_check *out)
     return n;
 }
 
+/* HAProxy reads words separated by blanks or commas; a word that starts
+ * with '#' starts the description (the rest of the line), so the reason
+ * goes after "down #" (a "down#why" word would be an unknown word, not
+ * "down"). The operational word (up/down) and the admin word
+ * (ready/drain/maint) are both sent whenever they are known: only the
+ * agent can undo what the agent set (a "down" sent while stopping must be
+ * undone by an "up" after the restart, also while drained). */
 void pmm_http_agent_line(const pmm_http_view *v, char *buf, size_t cap)
 {
     pmm_http_check ch[PMM_HTTP_CHECKS_MAX];
     size_t n = pmm_http_checks(v, ch);
+    const pmm_http_check *fail = NULL;
 
-    if (v->stopping) {
-        snprintf(buf, cap, "down#shutting down\n");
-        return;
-    }
-    if (v->draining) {
-        snprintf(buf, cap, "drain\n");
-        return;
-    }
-    if (!v->in_cluster) {
+    if (!v->in_cluster && !v->draining && !v->stopping) {
         snprintf(buf, cap, "maint\n");
         return;
     }
-    for (size_t i = 0; i < n; i++)
-        if (ch[i].readiness && ch[i].level != PMM_HTTP_OK) {
-            snprintf(buf, cap, "down#%s: %s\n", ch[i].name, ch[i].why);
-            return;
-        }
-    snprintf(buf, cap, "up ready 100%%\n");
+    for (size_t i = 0; i < n && fail == NULL; i++)
+        if (ch[i].readiness && ch[i].level != PMM_HTTP_OK &&
+            strcmp(ch[i].name, "drain") != 0)
+            fail = &ch[i];
+    if (fail != NULL)
+        snprintf(buf, cap, "%sdown #%s: %s\n", v->draining ? "drain " : "",
+                 fail->name, fail->why);
+    else if (v->draining)
+        snprintf(buf, cap, "up drain\n");
+    else
+        snprintf(buf, cap, "up ready 100%%\n");
 }
 
 /* ---- the pages ------------------------------------------------------------------------- */

@@ -46,11 +46,17 @@
  *
  * ---- the agent port ------------------------------------------------------
  *
- * On connect, writes one line and closes (no request is read):
- *   "up ready 100%\n"   ready (readyz would say 200)
- *   "drain\n"           draining (pmgcm drain): HAProxy sets weight 0, DRAIN
- *   "maint\n"           outside a cluster (not created or joined yet)
- *   "down#<why>\n"      any other failing readiness check (first one)
+ * On connect, writes one line and closes (whatever the client sends, e.g.
+ * HAProxy's agent-send, is read and ignored):
+ *   "up ready 100%\n"         ready (readyz says 200)
+ *   "up drain\n"              drained (pmgcm drain), otherwise ready:
+ *                             HAProxy DRAIN (persistent traffic only)
+ *   "maint\n"                 outside a cluster (not created or joined)
+ *   "down #<check>: <why>\n"  another readiness check fails (the first);
+ *                             "drain down #..." when also drained
+ * HAProxy takes a word starting with '#' as the start of the description,
+ * hence the blank in "down #why"; only the agent can undo what it set, so
+ * the operational word (up/down) is always sent with the admin one.
  */
 #ifndef PMGCM_MEMBERSHIP_HTTP_H
 #define PMGCM_MEMBERSHIP_HTTP_H
@@ -167,7 +173,7 @@ typedef struct pmm_http_check {
 
 /* Every check, in a fixed order (readiness ones first). Returns the count. */
 size_t pmm_http_checks(const pmm_http_view *v, pmm_http_check *out);
-/* The agent line ('\n' ended) into buf (cap >= 128 always suffices). */
+/* The agent line ('\n' ended) into buf (cap >= 160 always suffices). */
 void pmm_http_agent_line(const pmm_http_view *v, char *buf, size_t cap);
 
 /* Builds the whole answer (status line, headers, body unless HEAD) to req.

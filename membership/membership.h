@@ -53,7 +53,7 @@
  *       /metrics (see membership/http.h).
  *   agent_port = 7949
  *       Optional (default 7949; 0 disables). HAProxy agent-check port:
- *       writes one line ("up ready 100%", "drain", "maint", "down#why")
+ *       writes one line ("up ready 100%", "up drain", "maint", "down #why")
  *       and closes.
  *   The gossip port, api_port, status_port and agent_port must differ
  *   where their addresses overlap (the same IP, or a wildcard).

@@ -748,8 +748,9 @@ static void drain_reply(node *n, drain_waiter *w, bool persisted, int rc)
     if (w->want && w->changed)
         o = snprintf(msg, sizeof(msg),
                      "node drained: /readyz answers 503 and the agent port "
-                     "says drain, so load balancers send no new connections;"
-                     " it stays in the cluster (pmgcm undrain ends it)");
+                     "says \"up drain\", so load balancers send no new "
+                     "connections; it stays in the cluster (pmgcm undrain "
+                     "ends it)");
     else if (w->want)
         o = snprintf(msg, sizeof(msg), "node was already draining");
     else if (w->changed && node_ready(n, why, sizeof(why)))
@@ -841,7 +842,7 @@ static void ctl_drain(node *n, pmm_ctl_req *req, bool want)
         n->draining = want;
         pmm_log(PMM_LOG_INFO, "drain",
                 want ? "draining: /readyz answers 503, the agent port says "
-                       "drain (pmgcm undrain ends it)"
+                       "\"up drain\" (pmgcm undrain ends it)"
                      : "undrained: taking traffic again when ready");
     }
     w = calloc(1, sizeof(*w));
@@ -873,7 +874,7 @@ static void drain_load(node *n)
         n->draining = n->drain_on_disk = true;
         pmm_log(PMM_LOG_WARN, "drain",
                 "%s exists: this node stays drained (readyz 503, agent "
-                "drain) until `pmgcm undrain`", path);
+                "\"up drain\") until `pmgcm undrain`", path);
     }
 }
 

@@ -601,33 +601,51 @@ static void test_agent_lines(void)
 {
     char line[160];
 
+#define AGENT_IS(want)                                                        \
+    do {                                                                      \
+        pmm_http_agent_line(&fake_view, line, sizeof(line));                  \
+        if (strcmp(line, want) != 0)                                          \
+            printf("#   agent line '%s', want '%s'\n", line, want);          \
+        CHECK(strcmp(line, want) == 0);                                       \
+    } while (0)
+
     view_ready(&fake_view);
-    pmm_http_agent_line(&fake_view, line, sizeof(line));
-    CHECK(strcmp(line, "up ready 100%\n") == 0);
+    AGENT_IS("up ready 100%\n");
+    /* drained: DRAIN, and up so that an earlier "down" is undone */
     fake_view.draining = true;
-    pmm_http_agent_line(&fake_view, line, sizeof(line));
-    CHECK(strcmp(line, "drain\n") == 0);
-    fake_view.in_cluster = false; /* draining wins */
-    pmm_http_agent_line(&fake_view, line, sizeof(line));
-    CHECK(strcmp(line, "drain\n") == 0);
+    AGENT_IS("up drain\n");
+    /* outside a cluster: maint, unless drained */
+    fake_view.in_cluster = false;
+    AGENT_IS("drain down #cluster: not in a cluster (pmgcm create or pmgcm "
+             "join)\n");
     fake_view.draining = false;
-    pmm_http_agent_line(&fake_view, line, sizeof(line));
-    CHECK(strcmp(line, "maint\n") == 0);
+    AGENT_IS("maint\n");
+    /* not ready: "down", a blank, then the description after '#' */
     view_ready(&fake_view);
     fake_view.config_synced = false;
-    pmm_http_agent_line(&fake_view, line, sizeof(line));
-    CHECK(strncmp(line, "down#config: behind", 19) == 0);
-    CHECK(strchr(line, '\n') == line + strlen(line) - 1);
+    AGENT_IS("down #config: behind: holds epoch 1 version 5, a newer one "
+             "was announced\n");
+    fake_view.draining = true;
+    AGENT_IS("drain down #config: behind: holds epoch 1 version 5, a newer "
+             "one was announced\n");
     view_ready(&fake_view);
     fake_view.stopping = true;
-    pmm_http_agent_line(&fake_view, line, sizeof(line));
-    CHECK(strcmp(line, "down#shutting down\n") == 0);
+    fake_view.self_alive = false;
+    AGENT_IS("down #running: shutting down\n");
+    fake_view.in_cluster = false;
+    AGENT_IS("down #running: shutting down\n");
     /* warnings do not take a node out */
     view_ready(&fake_view);
     fake_view.n_suspect = 1;
     fake_view.local_health = 5;
+    AGENT_IS("up ready 100%\n");
+    /* the longest line fits */
+    view_ready(&fake_view);
+    fake_view.draining = true;
+    fake_view.self_alive = false;
     pmm_http_agent_line(&fake_view, line, sizeof(line));
-    CHECK(strcmp(line, "up ready 100%\n") == 0);
+    CHECK(strlen(line) < sizeof(line) - 1 && line[strlen(line) - 1] == '\n');
+#undef AGENT_IS
 }
 
 /* ---- config keys ------------------------------------------------------------------------- */
@@ -988,7 +1006,7 @@ static void *client_thread(void *arg)
         if (fd >= 0) {
             cli_send(fd, "backend/server\n", 15); /* agent-send */
             cli_read_all(fd, resp, sizeof(resp), &eof);
-            res.agent_drain = strcmp(resp, "drain\n") == 0 && eof;
+            res.agent_drain = strcmp(resp, "up drain\n") == 0 && eof;
             close(fd);
         }
         atomic_store(&view_draining, 0);
