@@ -14,6 +14,9 @@ BUILD_PKGS=(build-essential autoconf automake libtool pkg-config
 # python3 (integration helpers speak raw control-socket requests and drive
 # pmgcm on a pty with it).
 TEST_PKGS=(jq iproute2 procps valgrind python3)
+# Status port tests (tests/integration/haproxy.sh): HTTP client, the real
+# load balancer, promtool (Debian's prometheus package).
+TEST_PKGS+=(curl haproxy prometheus)
 # Benchmark anchor (bench/detect, bench/soak compare against Serf).
 BENCH_PKGS=(serf)
 # Services used by later parts of the project go here when they exist
