@@ -231,3 +231,12 @@ cat <<EOT
   tail -f $DEMO/node1.log
   bash scripts/demo.sh stop           # stop everything and remove $DEMO
 EOT
+if grep -aq status_port "$DAEMON"; then
+    cat <<EOT
+Each node also serves HTTP on its IP, port 7948 (the status port):
+  curl -s http://127.0.0.1:7948/status            # node1's view as JSON
+  curl -s http://127.0.0.1:7948/metrics           # Prometheus metrics
+  curl -s 'http://127.0.0.1:7948/readyz?verbose'  # 503 here: this demo cluster is formed by a
+                                                  # shared key, not by 'pmgcm create' / 'pmgcm join'
+EOT
+fi
