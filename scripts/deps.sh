@@ -20,7 +20,7 @@ TEST_PKGS+=(curl haproxy prometheus)
 # Benchmark anchor (bench/detect, bench/soak compare against Serf).
 BENCH_PKGS=(serf)
 # Services used by later parts of the project go here when they exist
-# (store/ and the status port): e.g. postgresql-15 haproxy prometheus.
+# (store/: postgresql-15).
 SERVICE_PKGS=()
 
 want=("${BUILD_PKGS[@]}" "${TEST_PKGS[@]}" "${BENCH_PKGS[@]}" "${SERVICE_PKGS[@]}")
