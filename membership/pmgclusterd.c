@@ -30,6 +30,12 @@
 #endif
 
 #define PEERS_DEBOUNCE_MS 1000
+/* Host figures are re-gossiped when they move this much, or after
+ * META_REFRESH_S anyway: a load that wobbles by 0.01 every sample must not
+ * keep every node's gossip fan-out busy (idle cost). */
+#define META_LOAD_STEP 25 /* x100: 0.25 */
+#define META_MEM_STEP 2   /* percent points */
+#define META_REFRESH_S 30
 #define LEAVE_MAX_MS 1000
 #define LEAVE_POLL_MS 20
 #define HTTP_RETRY_MS 10000 /* a status/agent port that could not listen */
@@ -65,6 +71,9 @@ typedef struct node {
     bool meta_failing;
     pmm_sysinfo sample;
     uint64_t start_time;
+    /* host figures last put into the gossiped metadata */
+    uint32_t pub_load1, pub_mem, pub_disk;
+    uint64_t pub_at;
     uint8_t meta_buf[GSP_META_MAX];
     size_t meta_len;
 
@@ -271,9 +280,25 @@ static bool meta_from_sample(node *n)
         n->start_time = st;
     memset(&m, 0, sizeof(m));
     m.start_time = n->start_time;
-    m.load1 = n->sample.load1;
-    m.mem_pct = n->sample.mem_pct;
-    m.disk_pct = n->sample.disk_pct;
+    {
+        uint32_t dl = n->sample.load1 > n->pub_load1
+                          ? n->sample.load1 - n->pub_load1
+                          : n->pub_load1 - n->sample.load1;
+        uint32_t dm = n->sample.mem_pct > n->pub_mem
+                          ? n->sample.mem_pct - n->pub_mem
+                          : n->pub_mem - n->sample.mem_pct;
+        if (n->pub_at == 0 || now >= n->pub_at + META_REFRESH_S ||
+            dl >= META_LOAD_STEP || dm >= META_MEM_STEP ||
+            n->sample.disk_pct != n->pub_disk) {
+            n->pub_load1 = n->sample.load1;
+            n->pub_mem = n->sample.mem_pct;
+            n->pub_disk = n->sample.disk_pct;
+            n->pub_at = now;
+        }
+    }
+    m.load1 = n->pub_load1;
+    m.mem_pct = n->pub_mem;
+    m.disk_pct = n->pub_disk;
     {
         const pmm_cluster *cl = n->lc ? pmm_lc_cluster(n->lc) : NULL;
         const pmm_cnode *me = cl ? pmm_cluster_by_id(cl, &n->id) : NULL;
