@@ -485,11 +485,16 @@ it_diag "suspicions counted by nodes 2 and 3 during the attack: $((susp1 - susp0
 
 # ==== 13: shutdown ======================================================================================================
 hap_cleanup
+# all at once (one SIGTERM each: a second one means "exit now")
 for i in 1 2 3; do
     it_alive_pid "$i" && it_signal "$i" TERM
 done
-for i in 1 2 3; do stop_node "$i"; done
+for i in 1 2 3; do
+    it_reap "$i" 10
+    [[ $IT_EXIT == 0 ]] || STOP_BAD+="node$i exit $IT_EXIT; "
+done
 bad=$STOP_BAD
+grep -q 'again: exiting now' "$IT_DIR"/node?.log && bad+="a daemon got two signals; "
 for i in 1 2 3; do
     if grep -Eq 'ERROR: (Address|Leak|Thread)Sanitizer|runtime error:|SUMMARY: [A-Za-z]+Sanitizer' "$(it_log "$i")"; then
         bad+="sanitizer report in node$i.log; "
