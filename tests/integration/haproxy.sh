@@ -243,7 +243,13 @@ start_haproxy() {
         done
     } >"$HAP_CFG"
     haproxy -c -q -f "$HAP_CFG" || it_bail "haproxy refuses its config: $(haproxy -c -f "$HAP_CFG" 2>&1 | head -n 5)"
-    br haproxy -f "$HAP_CFG" -db </dev/null >>"$IT_DIR/haproxy.log" 2>&1 &
+    # not through br: a function sent to the background is a subshell, and
+    # $! would be its pid, not HAProxy's
+    if [[ $IT_MODE == netns ]]; then
+        ip netns exec "$IT_BRNS" haproxy -f "$HAP_CFG" -db </dev/null >>"$IT_DIR/haproxy.log" 2>&1 &
+    else
+        haproxy -f "$HAP_CFG" -db </dev/null >>"$IT_DIR/haproxy.log" 2>&1 &
+    fi
     HAP_PID=$!
     it_wait_until "hap_stat >/dev/null" 10 || it_bail "haproxy's stats socket did not answer: $(tail -n 5 "$IT_DIR/haproxy.log")"
 }
