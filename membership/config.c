@@ -278,20 +278,6 @@ static const char *apply_key(pmm_config *c, int k, char *v)
     }
 }
 
-static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err != NULL && errlen > 0) {
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
 
 /* Two listeners can collide: the same IP, or either a wildcard. */
 static bool ips_overlap(const gsp_addr *a, const gsp_addr *b)
@@ -344,11 +330,11 @@ int pmm_config_parse(pmm_config *out, const char *text, size_t len,
     int rc = 0;
 
     if (len > PMM_CONF_FILE_MAX)
-        return fail(err, errlen, -E2BIG, "file is larger than %u bytes",
+        return pmm_errf(err, errlen, -E2BIG, "file is larger than %u bytes",
                     (unsigned)PMM_CONF_FILE_MAX);
     c = malloc(sizeof(*c));
     if (c == NULL)
-        return fail(err, errlen, -ENOMEM, "out of memory");
+        return pmm_errf(err, errlen, -ENOMEM, "out of memory");
     pmm_config_default(c);
 
     while (pos < len) {
@@ -361,7 +347,7 @@ int pmm_config_parse(pmm_config *out, const char *text, size_t len,
 
         line_no++;
         if (n > PMM_CONF_LINE_MAX) {
-            rc = fail(err, errlen, -EINVAL, "line %u: longer than %u bytes",
+            rc = pmm_errf(err, errlen, -EINVAL, "line %u: longer than %u bytes",
                       line_no, (unsigned)PMM_CONF_LINE_MAX);
             goto out;
         }
@@ -369,7 +355,7 @@ int pmm_config_parse(pmm_config *out, const char *text, size_t len,
         line[n] = '\0';
         pos = end + 1;
         if (memchr(line, '\0', n) != NULL) {
-            rc = fail(err, errlen, -EINVAL, "line %u: contains a NUL byte",
+            rc = pmm_errf(err, errlen, -EINVAL, "line %u: contains a NUL byte",
                       line_no);
             goto out;
         }
@@ -383,7 +369,7 @@ int pmm_config_parse(pmm_config *out, const char *text, size_t len,
             continue;
         eq = strchr(k, '=');
         if (eq == NULL) {
-            rc = fail(err, errlen, -EINVAL,
+            rc = pmm_errf(err, errlen, -EINVAL,
                       "line %u: expected 'key = value'", line_no);
             goto out;
         }
@@ -417,25 +403,25 @@ int pmm_config_parse(pmm_config *out, const char *text, size_t len,
                 shown[m] = ((unsigned char)k[m] < 0x20 ||
                             (unsigned char)k[m] >= 0x7f) ? '?' : k[m];
             shown[m] = '\0';
-            rc = fail(err, errlen, -EINVAL, "line %u: unknown key '%s'%s",
+            rc = pmm_errf(err, errlen, -EINVAL, "line %u: unknown key '%s'%s",
                       line_no, shown, k[m] != '\0' ? "..." : "");
             goto out;
         }
         if (line_of[key] != 0) {
-            rc = fail(err, errlen, -EINVAL,
+            rc = pmm_errf(err, errlen, -EINVAL,
                       "line %u: duplicate key '%s' (first set on line %d)",
                       line_no, key_names[key], line_of[key]);
             goto out;
         }
         line_of[key] = (int)line_no;
         if (*v == '\0' && key != K_LABEL && key != K_PEERS) {
-            rc = fail(err, errlen, -EINVAL, "line %u: %s: missing value",
+            rc = pmm_errf(err, errlen, -EINVAL, "line %u: %s: missing value",
                       line_no, key_names[key]);
             goto out;
         }
         why = apply_key(c, key, v);
         if (why != NULL) {
-            rc = fail(err, errlen, -EINVAL, "line %u: %s %s", line_no,
+            rc = pmm_errf(err, errlen, -EINVAL, "line %u: %s %s", line_no,
                       key_names[key], why);
             goto out;
         }
@@ -445,7 +431,7 @@ int pmm_config_parse(pmm_config *out, const char *text, size_t len,
         static const int required[] = {K_NAME, K_BIND, K_DATA_DIR};
         for (size_t i = 0; i < sizeof(required) / sizeof(required[0]); i++) {
             if (line_of[required[i]] == 0) {
-                rc = fail(err, errlen, -EINVAL, "missing required key '%s'",
+                rc = pmm_errf(err, errlen, -EINVAL, "missing required key '%s'",
                           key_names[required[i]]);
                 goto out;
             }
@@ -453,7 +439,7 @@ int pmm_config_parse(pmm_config *out, const char *text, size_t len,
     }
     if (line_of[K_ADVERTISE] == 0) {
         if (addr_is_wildcard(&c->bind)) {
-            rc = fail(err, errlen, -EINVAL,
+            rc = pmm_errf(err, errlen, -EINVAL,
                       "line %d: bind is a wildcard address: set advertise "
                       "to the address other nodes should use",
                       line_of[K_BIND]);
@@ -476,12 +462,12 @@ int pmm_config_parse(pmm_config *out, const char *text, size_t len,
         if (ln == 0)
             ln = line_of[K_BIND];
         if (ports_clash(c, why, sizeof(why)) != NULL) {
-            rc = fail(err, errlen, -EINVAL, "line %d: %s", ln, why);
+            rc = pmm_errf(err, errlen, -EINVAL, "line %d: %s", ln, why);
             goto out;
         }
     }
     if (c->gossip.probe_timeout_ms >= c->gossip.probe_interval_ms) {
-        rc = fail(err, errlen, -EINVAL,
+        rc = pmm_errf(err, errlen, -EINVAL,
                   "line %d: probe_timeout_ms (%u) must be smaller than "
                   "probe_interval_ms (%u)",
                   line_of[K_PROBE_TIMEOUT] ? line_of[K_PROBE_TIMEOUT]
@@ -508,20 +494,20 @@ int pmm_config_load(pmm_config *cfg, const char *path, char *err,
 
     fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
     if (fd < 0)
-        return fail(err, errlen, -errno, "%s: %s", path, strerror(errno));
+        return pmm_errf(err, errlen, -errno, "%s: %s", path, strerror(errno));
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         close(fd);
-        return fail(err, errlen, -EINVAL, "%s: not a regular file", path);
+        return pmm_errf(err, errlen, -EINVAL, "%s: not a regular file", path);
     }
     if (st.st_size > PMM_CONF_FILE_MAX) {
         close(fd);
-        return fail(err, errlen, -E2BIG, "%s: larger than %u bytes", path,
+        return pmm_errf(err, errlen, -E2BIG, "%s: larger than %u bytes", path,
                     (unsigned)PMM_CONF_FILE_MAX);
     }
     buf = malloc(PMM_CONF_FILE_MAX + 1);
     if (buf == NULL) {
         close(fd);
-        return fail(err, errlen, -ENOMEM, "%s: out of memory", path);
+        return pmm_errf(err, errlen, -ENOMEM, "%s: out of memory", path);
     }
     /* read at most one byte more than the bound, to notice growth */
     while (len <= PMM_CONF_FILE_MAX) {
@@ -532,7 +518,7 @@ int pmm_config_load(pmm_config *cfg, const char *path, char *err,
             rc = -errno;
             close(fd);
             free(buf);
-            return fail(err, errlen, rc, "%s: %s", path, strerror(-rc));
+            return pmm_errf(err, errlen, rc, "%s: %s", path, strerror(-rc));
         }
         if (r == 0)
             break;
@@ -546,8 +532,8 @@ int pmm_config_load(pmm_config *cfg, const char *path, char *err,
         unsigned ln;
         int off = 0;
         if (sscanf(msg, "line %u: %n", &ln, &off) == 1 && off > 0)
-            return fail(err, errlen, rc, "%s:%u: %s", path, ln, msg + off);
-        return fail(err, errlen, rc, "%s: %s", path, msg);
+            return pmm_errf(err, errlen, rc, "%s:%u: %s", path, ln, msg + off);
+        return pmm_errf(err, errlen, rc, "%s: %s", path, msg);
     }
     return 0;
 }

@@ -73,20 +73,6 @@ static const cmd_spec cmd_specs[] = {
     {"undrain", false, {{NULL}}},
 };
 
-static int perr(char *err, size_t errlen, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int perr(char *err, size_t errlen, int rc, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err != NULL && errlen > 0) {
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
 
 /* s for an error message: itself when short and printable ASCII, else
  * NULL. */
@@ -130,13 +116,13 @@ static int check_arg(const cmd_spec *cs, const arg_spec *as,
     switch (as->type) {
     case ARG_IP:
         if (!ip_literal_ok(v))
-            return perr(err, errlen, -EINVAL,
+            return pmm_errf(err, errlen, -EINVAL,
                         "%s: \"%s\" must be an IPv4 or IPv6 address",
                         cs->name, as->key);
         return 0;
     case ARG_TARGET:
         if (!target_ok(v))
-            return perr(err, errlen, -EINVAL,
+            return pmm_errf(err, errlen, -EINVAL,
                         "%s: \"%s\" must be an IPv4 or IPv6 address, "
                         "optionally with a port (IP:PORT, [IPv6]:PORT)",
                         cs->name, as->key);
@@ -144,42 +130,42 @@ static int check_arg(const cmd_spec *cs, const arg_spec *as,
     case ARG_FP:
         if (v->type != PMM_JSON_STRING || v->str_len == 0 ||
             v->str_len > PMM_CTL_FP_MAX)
-            return perr(err, errlen, -EINVAL,
+            return pmm_errf(err, errlen, -EINVAL,
                         "%s: \"%s\" must be a string of 1 to %d characters",
                         cs->name, as->key, PMM_CTL_FP_MAX);
         for (size_t i = 0; i < v->str_len; i++)
             if ((unsigned char)v->str[i] < 0x21 ||
                 (unsigned char)v->str[i] > 0x7e)
-                return perr(err, errlen, -EINVAL,
+                return pmm_errf(err, errlen, -EINVAL,
                             "%s: \"%s\" must be printable ASCII without "
                             "spaces", cs->name, as->key);
         return 0;
     case ARG_PASSWORD:
         if (v->type != PMM_JSON_STRING || v->str_len == 0 ||
             v->str_len > PMM_CTL_PASSWORD_MAX)
-            return perr(err, errlen, -EINVAL,
+            return pmm_errf(err, errlen, -EINVAL,
                         "%s: \"%s\" must be a string of 1 to %d bytes",
                         cs->name, as->key, PMM_CTL_PASSWORD_MAX);
         for (size_t i = 0; i < v->str_len; i++)
             if ((unsigned char)v->str[i] < 0x20 || v->str[i] == 0x7f)
-                return perr(err, errlen, -EINVAL,
+                return pmm_errf(err, errlen, -EINVAL,
                             "%s: \"%s\" must not contain control characters",
                             cs->name, as->key);
         return 0;
     case ARG_CID:
         if (v->type != PMM_JSON_NUMBER || !(v->num >= 1 && v->num <= 65535) ||
             v->num != floor(v->num))
-            return perr(err, errlen, -EINVAL,
+            return pmm_errf(err, errlen, -EINVAL,
                         "%s: \"%s\" must be an integer from 1 to 65535",
                         cs->name, as->key);
         return 0;
     case ARG_BOOL:
         if (v->type != PMM_JSON_BOOL)
-            return perr(err, errlen, -EINVAL,
+            return pmm_errf(err, errlen, -EINVAL,
                         "%s: \"%s\" must be true or false", cs->name, as->key);
         return 0;
     }
-    return perr(err, errlen, -EINVAL, "internal error");
+    return pmm_errf(err, errlen, -EINVAL, "internal error");
 }
 
 /* The request object's members against the command's spec. */
@@ -196,7 +182,7 @@ static int check_args(const cmd_spec *cs, const pmm_json *obj, char *err,
 
         if (strcmp(m->key, "cmd") == 0) {
             if (seen_cmd)
-                return perr(err, errlen, -EINVAL, "\"cmd\" given twice");
+                return pmm_errf(err, errlen, -EINVAL, "\"cmd\" given twice");
             seen_cmd = true;
             continue;
         }
@@ -208,13 +194,13 @@ static int check_args(const cmd_spec *cs, const pmm_json *obj, char *err,
         if (as == NULL) {
             const char *q = quotable(m->key, strlen(m->key));
             if (q != NULL)
-                return perr(err, errlen, -EINVAL,
+                return pmm_errf(err, errlen, -EINVAL,
                             "%s: unknown argument \"%s\"", cs->name, q);
-            return perr(err, errlen, -EINVAL, "%s: unknown argument",
+            return pmm_errf(err, errlen, -EINVAL, "%s: unknown argument",
                         cs->name);
         }
         if (seen[k])
-            return perr(err, errlen, -EINVAL, "%s: \"%s\" given twice",
+            return pmm_errf(err, errlen, -EINVAL, "%s: \"%s\" given twice",
                         cs->name, as->key);
         seen[k] = true;
         rc = check_arg(cs, as, m, err, errlen);
@@ -223,7 +209,7 @@ static int check_args(const cmd_spec *cs, const pmm_json *obj, char *err,
     }
     for (size_t k = 0; k < CTL_ARGS_MAX && cs->args[k].key != NULL; k++)
         if (cs->args[k].required && !seen[k])
-            return perr(err, errlen, -EINVAL, "%s: missing \"%s\"", cs->name,
+            return pmm_errf(err, errlen, -EINVAL, "%s: missing \"%s\"", cs->name,
                         cs->args[k].key);
     return 0;
 }
@@ -239,21 +225,21 @@ static int parse_json_request(const char *s, size_t n, const char **cmd,
 
     rc = pmm_json_parse(s, n, &j, jerr, sizeof(jerr));
     if (rc == -ENOMEM)
-        return perr(err, errlen, rc, "out of memory");
+        return pmm_errf(err, errlen, rc, "out of memory");
     if (rc != 0)
-        return perr(err, errlen, -EINVAL, "bad request: %s", jerr);
+        return pmm_errf(err, errlen, -EINVAL, "bad request: %s", jerr);
     if (j->type != PMM_JSON_OBJECT) {
         pmm_json_free(j);
-        return perr(err, errlen, -EINVAL,
+        return pmm_errf(err, errlen, -EINVAL,
                     "request must be a JSON object with a \"cmd\"");
     }
     c = pmm_json_get(j, "cmd");
     if (c == NULL) {
-        rc = perr(err, errlen, -EINVAL, "missing \"cmd\"");
+        rc = pmm_errf(err, errlen, -EINVAL, "missing \"cmd\"");
         goto fail;
     }
     if (c->type != PMM_JSON_STRING) {
-        rc = perr(err, errlen, -EINVAL, "\"cmd\" must be a string");
+        rc = pmm_errf(err, errlen, -EINVAL, "\"cmd\" must be a string");
         goto fail;
     }
     for (size_t i = 0; i < sizeof(cmd_specs) / sizeof(cmd_specs[0]); i++)
@@ -265,9 +251,9 @@ static int parse_json_request(const char *s, size_t n, const char **cmd,
     if (cs == NULL) {
         const char *q = quotable(c->str, c->str_len);
         if (q != NULL)
-            rc = perr(err, errlen, -ENOENT, "unknown command \"%s\"", q);
+            rc = pmm_errf(err, errlen, -ENOENT, "unknown command \"%s\"", q);
         else
-            rc = perr(err, errlen, -ENOENT, "unknown command");
+            rc = pmm_errf(err, errlen, -ENOENT, "unknown command");
         goto fail;
     }
     rc = check_args(cs, j, err, errlen);
@@ -288,7 +274,7 @@ int pmm_ctl_parse_request(const char *buf, size_t len, const char **cmd,
 
     *args = NULL;
     if (len > PMM_CTL_REQ_MAX)
-        return perr(err, errlen, -E2BIG, "request too long");
+        return pmm_errf(err, errlen, -E2BIG, "request too long");
     if (len > 0 && buf[len - 1] == '\n')
         len--;
     if (len > 0 && buf[len - 1] == '\r')
@@ -296,7 +282,7 @@ int pmm_ctl_parse_request(const char *buf, size_t len, const char **cmd,
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)buf[i];
         if (c < 0x20 || c == 0x7f)
-            return perr(err, errlen, -EINVAL,
+            return pmm_errf(err, errlen, -EINVAL,
                         "request contains a control byte");
     }
     while (s < len && buf[s] == ' ')
@@ -305,26 +291,26 @@ int pmm_ctl_parse_request(const char *buf, size_t len, const char **cmd,
     while (e > s && buf[e - 1] == ' ')
         e--;
     if (e == s)
-        return perr(err, errlen, -EINVAL, "empty request");
+        return pmm_errf(err, errlen, -EINVAL, "empty request");
     if (buf[s] == '{' || buf[s] == '[')
         return parse_json_request(buf + s, e - s, cmd, args, err, errlen);
     for (size_t i = s; i < e; i++)
         if ((unsigned char)buf[i] >= 0x80)
-            return perr(err, errlen, -EINVAL,
+            return pmm_errf(err, errlen, -EINVAL,
                         "request contains a non-ASCII byte outside JSON");
     for (size_t i = 0; i < sizeof(cmd_specs) / sizeof(cmd_specs[0]); i++) {
         if (cmd_specs[i].legacy_word && strlen(cmd_specs[i].name) == e - s &&
             memcmp(cmd_specs[i].name, buf + s, e - s) == 0) {
             pmm_json *o = calloc(1, sizeof(*o));
             if (o == NULL)
-                return perr(err, errlen, -ENOMEM, "out of memory");
+                return pmm_errf(err, errlen, -ENOMEM, "out of memory");
             o->type = PMM_JSON_OBJECT;
             *cmd = cmd_specs[i].name;
             *args = o;
             return 0;
         }
     }
-    return perr(err, errlen, -ENOENT, "unknown command");
+    return pmm_errf(err, errlen, -ENOENT, "unknown command");
 }
 
 int pmm_ctl_error_reply(pmm_buf *b, const char *msg)
@@ -743,28 +729,28 @@ int pmm_ctl_start(pmm_ctl **out, uv_loop_t *loop, const char *path,
     int rc;
 
     if (path == NULL || path[0] != '/' || strlen(path) > PMM_SOCKET_PATH_MAX)
-        return perr(err, errlen, -EINVAL,
+        return pmm_errf(err, errlen, -EINVAL,
                     "control socket path must be absolute and at most %d "
                     "bytes", PMM_SOCKET_PATH_MAX);
     snprintf(dir, sizeof(dir), "%s", path);
     rc = pmm_mkdir_p(dirname(dir), 0755);
     if (rc != 0) {
         snprintf(dir, sizeof(dir), "%s", path);
-        return perr(err, errlen, rc, "%s: %s", dirname(dir), strerror(-rc));
+        return pmm_errf(err, errlen, rc, "%s: %s", dirname(dir), strerror(-rc));
     }
     rc = clear_stale(path);
     if (rc == -EADDRINUSE)
-        return perr(err, errlen, rc,
+        return pmm_errf(err, errlen, rc,
                     "%s: another pmgclusterd is already listening there",
                     path);
     if (rc == -EEXIST)
-        return perr(err, errlen, rc, "%s: exists and is not a socket", path);
+        return pmm_errf(err, errlen, rc, "%s: exists and is not a socket", path);
     if (rc != 0)
-        return perr(err, errlen, rc, "%s: %s", path, strerror(-rc));
+        return pmm_errf(err, errlen, rc, "%s: %s", path, strerror(-rc));
 
     c = calloc(1, sizeof(*c));
     if (c == NULL)
-        return perr(err, errlen, -ENOMEM, "out of memory");
+        return pmm_errf(err, errlen, -ENOMEM, "out of memory");
     c->loop = loop;
     c->handler = handler;
     c->ud = ud;
@@ -774,7 +760,7 @@ int pmm_ctl_start(pmm_ctl **out, uv_loop_t *loop, const char *path,
     rc = uv_pipe_init(loop, &c->server, 0);
     if (rc != 0) {
         free(c);
-        return perr(err, errlen, rc, "%s: %s", path, uv_strerror(rc));
+        return pmm_errf(err, errlen, rc, "%s: %s", path, uv_strerror(rc));
     }
     c->server.data = c;
     c->closing = true; /* until listening: a close frees c */
@@ -790,7 +776,7 @@ int pmm_ctl_start(pmm_ctl **out, uv_loop_t *loop, const char *path,
     if (rc == 0)
         rc = uv_listen((uv_stream_t *)&c->server, 16, server_conn_cb);
     if (rc != 0) {
-        perr(err, errlen, rc, "%s: %s", path, uv_strerror(rc));
+        pmm_errf(err, errlen, rc, "%s: %s", path, uv_strerror(rc));
         if (c->ino != 0)
             unlink(path);
         uv_close((uv_handle_t *)&c->server, server_closed_cb);
