@@ -117,7 +117,7 @@ struct pmm_lc {
     uint64_t last_drops;
     uint32_t heal_rr;
     int refs; /* outstanding work, timers and requests */
-    unsigned heal_ticks;
+    uint64_t next_heal_ms;
 };
 
 static void lc_unref(pmm_lc *lc);
@@ -1465,6 +1465,7 @@ static void cmd_join_cmd(pmm_lc *lc, pmm_ctl_req *ctl)
 /* ---- delete and the key rotation ----------------------------------------------- */
 
 static void rot_step(pmm_lc *lc);
+static void heal_fast(pmm_lc *lc);
 
 static void tell_removed_done(op *o, int rc, const Resp *resp)
 {
@@ -1525,6 +1526,7 @@ static void delete_saved(pmm_lc *lc, int rc, void *arg)
     lc->rot_stage = 1;
     lc->rot_version = lc->cl.version;
     lc->rot_deadline = now_ms(lc) + ROT_WAIT_MS;
+    heal_fast(lc);
     lc->rot_ctl = d->ctl;
     lc->rot_cid = d->gone.cid;
     /* tell the deleted node, pinned to its own certificate */
@@ -1663,6 +1665,7 @@ static void rot_resume(pmm_lc *lc)
     lc->rot_stage = 1;
     lc->rot_version = lc->cl.version;
     lc->rot_deadline = now_ms(lc) + ROT_WAIT_MS;
+    heal_fast(lc);
     lc->rot_ctl = NULL;
     lc_log(PMM_LOG_WARN, "finishing an interrupted gossip key rotation with "
            "a fresh key");
@@ -1800,13 +1803,29 @@ static void heal_cb(uv_timer_t *t)
     }
 }
 
+/* The timer ticks every second while a key rotation runs (its steps wait
+ * on other nodes) and every HEAL_INTERVAL_MS otherwise: an idle node wakes
+ * up as rarely as it can. Healing itself runs every HEAL_INTERVAL_MS. */
 static void heal_fast_cb(uv_timer_t *t)
 {
     pmm_lc *lc = t->data;
-    /* rotation steps are checked every second; healing every 5 s */
     if (lc->closing) return;
     rot_step(lc);
-    if (++lc->heal_ticks % (HEAL_INTERVAL_MS / 1000) == 0) heal_cb(t);
+    uint64_t now = now_ms(lc);
+    if (now >= lc->next_heal_ms) {
+        lc->next_heal_ms = now + HEAL_INTERVAL_MS;
+        heal_cb(t);
+    }
+    uint64_t want = lc->rot_stage ? 1000 : HEAL_INTERVAL_MS;
+    if (uv_timer_get_repeat(t) != want) uv_timer_start(t, heal_fast_cb, want, want);
+}
+
+/* A rotation started: check its steps every second. */
+static void heal_fast(pmm_lc *lc)
+{
+    if (!lc->closing && uv_timer_get_repeat(&lc->heal_timer) != 1000)
+        lc->next_heal_ms = uv_now(lc->loop) + HEAL_INTERVAL_MS;
+    uv_timer_start(&lc->heal_timer, heal_fast_cb, 1000, HEAL_INTERVAL_MS);
 }
 
 /* ---- start / close ---------------------------------------------------------------- */
@@ -1893,7 +1912,8 @@ int pmm_lc_start(pmm_lc **out, const pmm_lc_env *env, char *err,
     uv_timer_init(lc->loop, &lc->heal_timer);
     lc->heal_timer.data = lc;
     lc->refs++;
-    uv_timer_start(&lc->heal_timer, heal_fast_cb, 1000, 1000);
+    lc->next_heal_ms = uv_now(lc->loop) + HEAL_INTERVAL_MS;
+    uv_timer_start(&lc->heal_timer, heal_fast_cb, 1000, HEAL_INTERVAL_MS);
     if (lc->in_cluster && is_master(lc)) announce(lc);
     if (lc->in_cluster) rot_resume(lc);
     *out = lc;

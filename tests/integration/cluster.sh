@@ -188,16 +188,6 @@ for i in $SURV; do
     it_reap "$i" 10
     [[ $IT_EXIT == 0 ]] || bad+="node$i exit $IT_EXIT; "
 done
-for i in $ALL; do
-    if grep -Eq 'ERROR: (Address|Leak|Thread)Sanitizer|runtime error:|SUMMARY: [A-Za-z]+Sanitizer' "$(it_log "$i")"; then
-        bad+="sanitizer report in node$i.log; "
-        it_diag "$(grep -E -A12 'ERROR: (Address|Leak|Thread)Sanitizer|runtime error:' "$(it_log "$i")" | head -n 40)"
-    fi
-done
-if [[ -z "$bad" ]]; then
-    it_ok "every daemon exits 0 on SIGTERM; no sanitizer report in any log"
-else
-    it_not_ok "every daemon exits 0 on SIGTERM; no sanitizer report in any log: $bad"
-fi
+it_report_shutdown "$bad" $ALL
 it_diag "took $(($(date +%s) - IT_T0)) s"
 exit 0

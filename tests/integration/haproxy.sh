@@ -501,17 +501,7 @@ for i in 1 2 3; do
 done
 bad=$STOP_BAD
 grep -q 'again: exiting now' "$IT_DIR"/node?.log && bad+="a daemon got two signals; "
-for i in 1 2 3; do
-    if grep -Eq 'ERROR: (Address|Leak|Thread)Sanitizer|runtime error:|SUMMARY: [A-Za-z]+Sanitizer' "$(it_log "$i")"; then
-        bad+="sanitizer report in node$i.log; "
-        it_diag "$(grep -E -A12 'ERROR: (Address|Leak|Thread)Sanitizer|runtime error:' "$(it_log "$i")" | head -n 40)"
-    fi
-done
-if [[ -z "$bad" ]]; then
-    it_ok "every daemon exits 0 on SIGTERM; no sanitizer report in any log"
-else
-    it_not_ok "every daemon exits 0 on SIGTERM; no sanitizer report in any log: $bad"
-fi
+it_report_shutdown "$bad" 1 2 3
 it_diag "took $(($(date +%s) - IT_T0)) s"
 it_plan "$IT_TAPN"
 exit 0

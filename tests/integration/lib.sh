@@ -394,3 +394,23 @@ sys.stdout.write(out.decode(errors="replace").replace("\r\n", "\n"))
 sys.exit(os.waitstatus_to_exitcode(st))
 ' "$answer" "$PMGCM" "$@"
 }
+
+# it_report_shutdown BAD NODE...: one TAP point for the end of a script:
+# BAD holds what already went wrong (non-zero exits, ...); every listed
+# node's log is searched for sanitizer reports.
+it_report_shutdown() {
+    local bad=$1 i
+    shift
+    for i in "$@"; do
+        [[ -f "$(it_log "$i")" ]] || continue
+        if grep -Eq 'ERROR: (Address|Leak|Thread)Sanitizer|runtime error:|SUMMARY: [A-Za-z]+Sanitizer' "$(it_log "$i")"; then
+            bad+="sanitizer report in node$i.log; "
+            it_diag "$(grep -E -A12 'ERROR: (Address|Leak|Thread)Sanitizer|runtime error:' "$(it_log "$i")" | head -n 40)"
+        fi
+    done
+    if [[ -z "$bad" ]]; then
+        it_ok "every daemon exits 0 on SIGTERM; no sanitizer report in any log"
+    else
+        it_not_ok "every daemon exits 0 on SIGTERM; no sanitizer report in any log: $bad"
+    fi
+}

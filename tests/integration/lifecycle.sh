@@ -662,18 +662,7 @@ for i in $A $B $C $D; do
     stop_node "$i"
 done
 bad+=$STOP_BAD
-for ((i = 1; i <= IT_N; i++)); do
-    [[ -f "$(it_log "$i")" ]] || continue
-    if grep -Eq 'ERROR: (Address|Leak|Thread)Sanitizer|runtime error:|SUMMARY: [A-Za-z]+Sanitizer' "$(it_log "$i")"; then
-        bad+="sanitizer report in node$i.log; "
-        it_diag "$(grep -E -A12 'ERROR: (Address|Leak|Thread)Sanitizer|runtime error:' "$(it_log "$i")" | head -n 40)"
-    fi
-done
-if [[ -z "$bad" ]]; then
-    it_ok "every daemon exits 0 on SIGTERM; no sanitizer report in any log"
-else
-    it_not_ok "every daemon exits 0 on SIGTERM; no sanitizer report in any log: $bad"
-fi
+it_report_shutdown "$bad" $(seq 1 "$IT_N")
 it_diag "took $(($(date +%s) - IT_T0)) s"
 it_plan "$IT_TAPN"
 exit 0
