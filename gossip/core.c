@@ -1517,6 +1517,21 @@ int gsp_core_recv(gsp_core *c, uint64_t now_ms, const gsp_addr *from,
     if (p->ping) {
         if (!memcmp(p->ping->target.data, c->self->id.b, GSP_ID_LEN))
             send_ack(c, from, p->ping->seq, sender);
+    } else if (sender && (sender->state == GSP_SUSPECT ||
+                          sender->state == GSP_DEAD) && !c->leaving) {
+        /* a member we hold suspect or dead talks to us: tell it, as
+         * send_ack does for pings, so it refutes (or corrects us if we
+         * missed its refutation); not if its packet carried a record about
+         * us, which already is such a notice (no ping-pong) */
+        bool about_us = false;
+        for (size_t i = 0; i < p->n_updates; i++)
+            about_us |= id_eq(&us[i].id, &c->self->id);
+        if (!about_us) {
+            PbPacket hdr = PMGCM__GOSSIP__PACKET__INIT;
+            PbMember rec;
+            member_to_pb(sender, sender->state, &c->self->id, false, &rec);
+            send_packet(c, from, &hdr, &rec);
+        }
     }
     if (p->ack) {
         uint32_t seq = p->ack->seq;
