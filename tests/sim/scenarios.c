@@ -904,6 +904,66 @@ static void sc_reg_newer_suspect(scen_ctx *x)
     finish(x, s);
 }
 
+/* Found by loss20 seeds (e.g. pmgsim --scenario loss20 --seed 4: node 11
+ * held a stale 54:suspect(1.1); 54, long refuted, sent 11 three packets at
+ * t=65-72 s without learning that 11 still suspected it; 11 declared it
+ * dead at t=74.4 s). Here: O is deaf while V refutes a suspicion, then O
+ * is handed the old suspicion and hears nothing more about V except one
+ * ordinary packet from V itself. O must tell V, and V's correction must
+ * turn O's view of V alive within one round trip. */
+static void sc_reg_suspect_sender(scen_ctx *x)
+{
+    size_t n = x->nodes;
+    sim_opts o;
+    opts_for(x, &o, n);
+    /* O's own probes fail while it is deaf; a long suspicion timeout keeps
+     * it from declaring anyone dead during the 6 s setup on any seed */
+    o.cfg.suspicion_mult = 10;
+    sim *s = boot(x, &o, n);
+    if (!s) return;
+    size_t O = 5, V = 7, X = 9;
+    sim_run_for(s, 3000);
+    gsp_id vid;
+    sim_id(s, V, &vid);
+    gsp_member m;
+    EXPECT(x, gsp_core_get(sim_core(s, O), &vid, &m) == 0, "O does not know V");
+    gsp_inc inc = m.inc;
+    uint8_t buf[256];
+    for (size_t i = 0; i < n; i++)
+        if (i != O) sim_cut(s, i, O, true);
+    /* V refutes; the refutation reaches everyone but O */
+    size_t len = craft_suspect(s, X, V, inc, X, buf, sizeof(buf));
+    sim_inject_udp(s, V, X, buf, len);
+    sim_run_for(s, 3000);
+    sim_inject_udp(s, O, X, buf, len); /* O gets the old suspicion */
+    sim_run_for(s, 3000);
+    EXPECT(x, gsp_core_get(sim_core(s, O), &vid, &m) == 0 &&
+                  m.state == GSP_SUSPECT,
+           "setup: O does not hold V suspect (state %s)",
+           gsp_state_name(m.state));
+    for (size_t i = 0; i < n; i++)
+        if (i != O) sim_cut(s, i, O, false);
+    /* one ordinary packet from V to O: no records at all */
+    Pmgcm__Gossip__Packet p = PMGCM__GOSSIP__PACKET__INIT;
+    p.from.data = vid.b;
+    p.from.len = GSP_ID_LEN;
+    len = pmgcm__gossip__packet__pack(&p, buf);
+    uint64_t t0 = sim_now_ms(s);
+    sim_inject_udp(s, O, V, buf, len);
+    sim_run_for(s, 100);
+    gsp_core_get(sim_core(s, O), &vid, &m);
+    EXPECT(x, m.state == GSP_ALIVE, "O still holds V %s %llu ms after V "
+                                    "talked to it",
+           gsp_state_name(m.state), (unsigned long long)(sim_now_ms(s) - t0));
+    scen_note(x, "O's view of V 100 ms after V's packet: %s (inc %llu.%llu)",
+              gsp_state_name(m.state), (unsigned long long)m.inc.gen,
+              (unsigned long long)m.inc.ver);
+    sim_run_for(s, 30000);
+    EXPECT(x, sim_first_mark(s, V, GSP_DEAD) == UINT64_MAX,
+           "V was declared dead");
+    finish(x, s);
+}
+
 /* Found by bench/simbench (broadcasts after crashes at N=100 and 1,000 did
  * not reach everyone in 60 s; pmgsim traces showed "user(1 v1) user(1 v1)"
  * in every packet): send_packet filled the user queue twice (its reserved
@@ -1014,6 +1074,9 @@ const scenario sim_scenarios[] = {
     {"reg-newer-suspect", sc_reg_newer_suspect, 20, 20, 1,
      "regression (loss20 seed 1): a suspicion at a newer incarnation starts "
      "a new timer instead of confirming (shrinking) the old one"},
+    {"reg-suspect-sender", sc_reg_suspect_sender, 20, 20, 1,
+     "regression (loss20 seed 4): a node we hold suspect that talks to us is "
+     "told, so it corrects our stale suspicion"},
     {"reg-bcast-once", sc_reg_bcast_once, 100, 100, 1,
      "regression (simbench): a packet carries each user broadcast once, so "
      "broadcasts keep their full retransmission budget and reach everyone"},
