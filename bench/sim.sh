@@ -5,6 +5,7 @@
 # gnuplot-nox is installed if missing).
 #
 #   bench/sim.sh [simbench options, e.g. --sizes 100,1000 --loss-minutes 10]
+#   bench/sim.sh --plot-only     (re-plot bench/out/sim_*.dat)
 #
 # Needs a built tree: $PMGCM_BUILD (default build/) with bench/simbench.
 # Not part of `make check`. Takes a few minutes at the default sizes
@@ -16,13 +17,18 @@ here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/.." && pwd)
 build=${PMGCM_BUILD:-$top/build}
 bin=$build/bench/simbench
-if [[ ! -x $bin ]]; then
-    echo "bench/sim.sh: missing $bin: build first (or set PMGCM_BUILD)" >&2
-    exit 1
-fi
 out=$top/bench/out
 mkdir -p "$out"
-"$bin" --out "$out" "$@" | tee "$out/sim.txt"
+if [[ ${1:-} == --plot-only ]]; then
+    [[ -f $out/sim_scale.dat && -f $out/sim_loss.dat ]] ||
+        { echo "bench/sim.sh: no data in $out: run without --plot-only" >&2; exit 1; }
+else
+    if [[ ! -x $bin ]]; then
+        echo "bench/sim.sh: missing $bin: build first (or set PMGCM_BUILD)" >&2
+        exit 1
+    fi
+    "$bin" --out "$out" "$@" | tee "$out/sim.txt"
+fi
 
 if ! command -v gnuplot >/dev/null; then
     echo "bench/sim.sh: installing gnuplot-nox for the plot" >&2
