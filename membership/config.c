@@ -24,6 +24,9 @@ void pmm_config_default(pmm_config *cfg)
     cfg->status_port = PMM_DEFAULT_STATUS_PORT;
     cfg->agent_port = PMM_DEFAULT_AGENT_PORT;
     gsp_config_default(&cfg->gossip);
+    snprintf(cfg->db_schemas, sizeof(cfg->db_schemas), "public");
+    cfg->db_log_retention_s = 3600;
+    cfg->files_max_bytes = 1u << 20;
 }
 
 /* ---- value parsers: return NULL on success or a static reason ---------- */
@@ -173,7 +176,8 @@ enum {
     K_PROBE_INTERVAL, K_PROBE_TIMEOUT, K_INDIRECT, K_SUSP_MULT,
     K_SUSP_MAX_MULT, K_RETRANSMIT, K_GOSSIP_INTERVAL, K_GOSSIP_NODES,
     K_PUSHPULL, K_REJOIN, K_API_PORT, K_STATUS_BIND, K_STATUS_PORT,
-    K_AGENT_PORT,
+    K_AGENT_PORT, K_DB_CONNINFO, K_DB_SCHEMAS, K_DB_EXCLUDE,
+    K_DB_RETENTION, K_FILES_DIR, K_FILES_RELOAD, K_FILES_MAX,
     K_COUNT
 };
 
@@ -202,7 +206,27 @@ static const char *const key_names[K_COUNT] = {
     [K_STATUS_BIND] = "status_bind",
     [K_STATUS_PORT] = "status_port",
     [K_AGENT_PORT] = "agent_port",
+    [K_DB_CONNINFO] = "db_conninfo",
+    [K_DB_SCHEMAS] = "db_schemas",
+    [K_DB_EXCLUDE] = "db_exclude",
+    [K_DB_RETENTION] = "db_log_retention_s",
+    [K_FILES_DIR] = "files_dir",
+    [K_FILES_RELOAD] = "files_reload",
+    [K_FILES_MAX] = "files_max_bytes",
 };
+
+/* A free-form string value (conninfo, command, lists): printable, bounded. */
+static const char *parse_str(const char *v, char *out, size_t size)
+{
+    size_t n = strlen(v);
+    if (n >= size)
+        return "is too long";
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)v[i] < 0x20 || v[i] == 0x7f)
+            return "must not contain control characters";
+    memcpy(out, v, n + 1);
+    return NULL;
+}
 
 static const char *apply_key(pmm_config *c, int k, char *v)
 {
@@ -253,6 +277,20 @@ static const char *apply_key(pmm_config *c, int k, char *v)
             c->agent_port = (uint16_t)port;
         return why;
     }
+    case K_DB_CONNINFO:
+        return parse_str(v, c->db_conninfo, sizeof(c->db_conninfo));
+    case K_DB_SCHEMAS:
+        return parse_str(v, c->db_schemas, sizeof(c->db_schemas));
+    case K_DB_EXCLUDE:
+        return parse_str(v, c->db_exclude, sizeof(c->db_exclude));
+    case K_DB_RETENTION:
+        return parse_u32(v, 1, 365u * 86400u, &c->db_log_retention_s);
+    case K_FILES_DIR:
+        return parse_path(v, c->files_dir, sizeof(c->files_dir));
+    case K_FILES_RELOAD:
+        return parse_str(v, c->files_reload, sizeof(c->files_reload));
+    case K_FILES_MAX:
+        return parse_u32(v, 1, 64u << 20, &c->files_max_bytes);
     case K_PROBE_INTERVAL:
         return parse_u32(v, 10, 600000, &g->probe_interval_ms);
     case K_PROBE_TIMEOUT:

@@ -73,6 +73,26 @@
  *       How often uptime, load, memory and disk usage are sampled; they are
  *       gossiped only when they changed (100..3600000).
  *
+ *   db_conninfo = host=/run/postgresql dbname=pmg user=postgres
+ *       Optional libpq conninfo of this node's PostgreSQL database; empty
+ *       (the default) means no replicated data (store/store.h). The role
+ *       must be a superuser (the apply session sets
+ *       session_replication_role).
+ *   db_schemas = public
+ *       Comma-separated schemas whose tables with a primary key are
+ *       replicated (default "public").
+ *   db_exclude = public.local_cache, public.stats
+ *       Comma-separated schema.table names left out of replication.
+ *   db_log_retention_s = 3600
+ *       How long every node keeps the change log (1..31536000 s); a node
+ *       that was away longer gets a snapshot instead of deltas.
+ *   files_dir = /etc/pmg
+ *       Optional directory of master-owned files mirrored to every node.
+ *   files_reload = systemctl reload pmg-smtp-filter
+ *       Optional shell command run after mirrored files changed.
+ *   files_max_bytes = 1048576
+ *       Largest mirrored file (1..67108864 bytes, default 1 MiB).
+ *
  *   Gossip tuning, mapped 1:1 onto gsp_config (defaults: gsp_config_default):
  *   probe_interval_ms     (10..600000)    one probe per interval
  *   probe_timeout_ms      (1..600000)     direct ack deadline; must be
@@ -217,6 +237,8 @@ void pmm_log(pmm_log_level lvl, const char *subsys, const char *fmt, ...)
 #define PMM_DEFAULT_STATUS_PORT 7948
 #define PMM_DEFAULT_AGENT_PORT 7949
 
+#define PMM_DB_STR_MAX 1024
+
 typedef struct pmm_config {
     char name[GSP_NAME_MAX + 1];
     gsp_addr bind;
@@ -235,6 +257,17 @@ typedef struct pmm_config {
     uint16_t status_port;         /* HTTP status port, 7948; 0 = off */
     uint16_t agent_port;          /* HAProxy agent port, 7949; 0 = off */
     gsp_config gossip;
+
+    /* store (store/store.h): empty db_conninfo = no replicated database */
+    char db_conninfo[PMM_DB_STR_MAX + 1];
+    char db_schemas[PMM_DB_STR_MAX + 1];   /* comma list, "public" */
+    char db_exclude[PMM_DB_STR_MAX + 1];   /* comma list of schema.table */
+    uint32_t db_log_retention_s;           /* change log kept, 3600 */
+
+    /* mirrored config files (files.c): empty files_dir = off */
+    char files_dir[PMM_PATH_MAX];
+    char files_reload[PMM_DB_STR_MAX + 1]; /* shell command, may be empty */
+    uint32_t files_max_bytes;              /* per file, 1 MiB */
 } pmm_config;
 
 /* Fills defaults (no name/bind/data_dir: those are required). */
