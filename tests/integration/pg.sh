@@ -1,0 +1,257 @@
+# tests/integration/pg.sh - throwaway PostgreSQL servers for integration
+# tests of the store (store/store.h). Source it after lib.sh and call
+# pg_init after it_init:
+#
+#   . "$here/lib.sh"; . "$here/pg.sh"
+#   it_init 3
+#   pg_init                   # one initdb (a template), cleanup chained
+#   pg_start 1; pg_schema 1   # node 1's server, database pmg, test tables
+#   pg_conf 1                 # db_* lines into node1.conf (after writing it)
+#   pg_sql 1 "SELECT count(*) FROM mail"
+#   pg_checksum 1             # one line per replicated table
+#
+# Every server listens on a Unix socket only (listen_addresses = ''), in its
+# own directory under the test's temp dir ($IT_DIR/pg/nI), so servers of
+# tests running at the same time never meet; Unix sockets are reachable from
+# every network namespace, so the servers run in the root namespace. They
+# run as the postgres user (initdb refuses root) with fsync off. pg_init
+# chains pg_cleanup in front of lib.sh's EXIT trap: daemons are stopped
+# first (they hold connections), then every server (immediate shutdown),
+# then it_cleanup does the rest (namespaces, temp dir).
+#
+# Environment: PG_BINDIR (default: pg_config --bindir, else
+# /usr/lib/postgresql/15/bin), PG_USER (default postgres).
+
+PG_USER=${PG_USER:-postgres}
+if [[ -z "${PG_BINDIR:-}" ]]; then
+    for PG_BINDIR in /usr/lib/postgresql/15/bin /usr/lib/postgresql/*/bin; do
+        [[ -x "$PG_BINDIR/initdb" ]] && break
+    done
+fi
+PG_DIR=             # $IT_DIR/pg
+PG_TEMPLATE=        # an initdb'd data dir copied for every node
+declare -a PG_SOCK PG_DATA PG_UP
+# the test schema's replicated tables, in pg_checksum's order (every table
+# of db_schemas with a primary key, minus PG_EXCLUDE)
+PG_EXCLUDE=${PG_EXCLUDE:-public.local_cache}
+
+# pg_as_user CMD...: CMD as the postgres user, from a directory it can read.
+pg_as_user() { (cd / && runuser -u "$PG_USER" -- "$@"); }
+
+pg_need() {
+    local b
+    for b in initdb pg_ctl postgres psql; do
+        [[ -x "$PG_BINDIR/$b" ]] || it_bail "PostgreSQL not installed ($PG_BINDIR/$b missing; scripts/deps.sh installs postgresql)"
+    done
+    [[ $(id -u) == 0 ]] || it_bail "the PostgreSQL helpers need root (initdb runs as $PG_USER through runuser)"
+    id "$PG_USER" >/dev/null 2>&1 || it_bail "no user $PG_USER"
+}
+
+# pg_init: a template cluster (one initdb for all nodes) and the cleanup hook.
+pg_init() {
+    pg_need
+    PG_DIR=$IT_DIR/pg
+    # the postgres user must traverse root's mktemp dir (0700)
+    chmod 0711 "$IT_DIR" || it_bail "chmod $IT_DIR"
+    mkdir -p "$PG_DIR" && chmod 0711 "$PG_DIR" || it_bail "mkdir $PG_DIR"
+    trap pg_it_cleanup EXIT
+    PG_TEMPLATE=$PG_DIR/template
+    mkdir -m 0700 "$PG_TEMPLATE" && chown "$PG_USER:" "$PG_TEMPLATE" || it_bail "mkdir $PG_TEMPLATE"
+    pg_as_user "$PG_BINDIR/initdb" -D "$PG_TEMPLATE" -A trust -U postgres --no-sync \
+        --no-instructions -E UTF8 --locale=C >"$PG_DIR/initdb.log" 2>&1 ||
+        it_bail "initdb failed: $(tail -n 5 "$PG_DIR/initdb.log")"
+}
+
+pg_sock() { echo "$PG_DIR/n$1"; }
+pg_conninfo() { echo "host=$(pg_sock "$1") dbname=pmg user=postgres"; }
+pg_logfile() { echo "$PG_DIR/n$1/server.log"; }  # in the socket dir: the server writes it
+
+# pg_start I: node I's server (created from the template on first start)
+# with a database pmg; returns once it accepts connections. Prints nothing.
+pg_start() {
+    local i=$1 s d new=0
+    s=$(pg_sock "$i")
+    d=$PG_DIR/n$i.data
+    if [[ ! -d "$d" ]]; then
+        cp -a "$PG_TEMPLATE" "$d" || it_bail "copy of the template for node$i failed"
+        mkdir -m 0700 -p "$s" && chown "$PG_USER:" "$s" || it_bail "mkdir $s"
+        new=1
+    fi
+    PG_SOCK[i]=$s
+    PG_DATA[i]=$d
+    pg_as_user "$PG_BINDIR/pg_ctl" -D "$d" -l "$(pg_logfile "$i")" -w -t 60 \
+        -o "-c listen_addresses='' -k $s -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=32MB -c max_connections=60 -c log_min_messages=warning" \
+        start >>"$PG_DIR/n$i.ctl" 2>&1 || {
+        it_diag "pg_ctl start node$i failed: $(tail -n 5 "$PG_DIR/n$i.ctl") $(tail -n 5 "$(pg_logfile "$i")")"
+        return 1
+    }
+    PG_UP[i]=1
+    if ((new)); then
+        "$PG_BINDIR/psql" -X -q -h "$s" -U postgres -d postgres -c 'CREATE DATABASE pmg' >/dev/null ||
+            { it_diag "CREATE DATABASE pmg on node$i failed"; return 1; }
+    fi
+    return 0
+}
+
+# pg_stop I [MODE]: stop node I's server (MODE fast, the default, or immediate).
+pg_stop() {
+    local i=$1 mode=${2:-fast} pid
+    [[ -n "${PG_DATA[i]:-}" ]] || return 0
+    pg_as_user "$PG_BINDIR/pg_ctl" -D "${PG_DATA[i]}" -m "$mode" -w -t 30 stop \
+        >>"$PG_DIR/n$i.ctl" 2>&1
+    if [[ -f "${PG_DATA[i]}/postmaster.pid" ]]; then
+        pid=$(head -n1 "${PG_DATA[i]}/postmaster.pid")
+        [[ "$pid" =~ ^[0-9]+$ ]] && kill -KILL "$pid" 2>/dev/null
+    fi
+    PG_UP[i]=
+}
+pg_restart() { pg_stop "$1" && pg_start "$1"; }
+pg_stop_all() {
+    local i
+    for i in "${!PG_DATA[@]}"; do
+        [[ -n "${PG_UP[i]:-}" ]] && pg_stop "$i" immediate
+    done
+    return 0
+}
+
+# pg_sql I SQL: SQL on node I's database pmg; unaligned, tuples only, stops
+# at the first error (psql exits non-zero then).
+# Without SQL the statements are read from stdin.
+pg_sql() {
+    local i=$1
+    if (($# > 1)); then
+        "$PG_BINDIR/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$(pg_sock "$i")" -U postgres -d pmg -c "$2"
+    else
+        "$PG_BINDIR/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$(pg_sock "$i")" -U postgres -d pmg -f -
+    fi
+}
+# pg_val I SQL: one value (first line); empty when the query failed.
+pg_val() { pg_sql "$1" "$2" 2>/dev/null | head -n1; }
+
+# pg_schema I [VARIANT]: the test application's tables, the same on every
+# node (VARIANT "mail_size_bigint" changes one column's type, for the
+# schema mismatch test):
+#   mail        bigint key; text, int, timestamptz           replicated
+#   rules       int key, a unique name                       replicated
+#   rule_attr   composite key (rule_id, attr)                replicated
+#   objects     bytea, jsonb, float8, numeric, text[]        replicated
+#   local_cache text key, in db_exclude                      local
+#   counters    no primary key                               local
+pg_schema() {
+    local i=$1 sizetype=int
+    [[ "${2:-}" == mail_size_bigint ]] && sizetype=bigint
+    pg_sql "$i" >/dev/null <<EOF
+CREATE TABLE public.mail (id bigint PRIMARY KEY, node text, subject text, size $sizetype, ts timestamptz);
+CREATE TABLE public.rules (id int PRIMARY KEY, name text UNIQUE, prio int, enabled bool);
+CREATE TABLE public.rule_attr (rule_id int, attr text, val text, PRIMARY KEY (rule_id, attr));
+CREATE TABLE public.objects (id int PRIMARY KEY, data bytea, meta jsonb, ratio float8, amount numeric(14,3), tags text[]);
+CREATE TABLE public.local_cache (k text PRIMARY KEY, v text);
+CREATE TABLE public.counters (node text, n bigint, ts timestamptz);
+EOF
+}
+
+# pg_tables I: the replicated tables of node I (schema.table, sorted): every
+# table of schema public with a primary key, minus PG_EXCLUDE.
+pg_tables() {
+    pg_sql "$1" "SELECT n.nspname || '.' || c.relname FROM pg_class c
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind IN ('r', 'p') AND n.nspname = 'public'
+          AND EXISTS (SELECT 1 FROM pg_index x WHERE x.indrelid = c.oid AND x.indisprimary)
+          AND n.nspname || '.' || c.relname <> ALL (string_to_array('${PG_EXCLUDE// /}', ','))
+        ORDER BY 1"
+}
+
+# pg_checksum I: one line per replicated table: "schema.table rows md5",
+# md5 over every row's text in primary key order. Equal output on two nodes
+# means equal data.
+pg_checksum() {
+    pg_sql "$1" 2>&1 <<EOF
+\\pset fieldsep ' '
+SELECT format('SELECT %L, count(*), coalesce(md5(string_agg(t::text, ''|'' ORDER BY %s)), ''-'') FROM %I.%I t',
+              n.nspname || '.' || c.relname,
+              (SELECT string_agg(format('t.%I', a.attname), ', ' ORDER BY k.ord)
+                 FROM pg_index x, unnest(x.indkey) WITH ORDINALITY k(attnum, ord), pg_attribute a
+                WHERE x.indrelid = c.oid AND x.indisprimary AND a.attrelid = c.oid AND a.attnum = k.attnum),
+              n.nspname, c.relname)
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind IN ('r', 'p') AND n.nspname = 'public'
+   AND EXISTS (SELECT 1 FROM pg_index x WHERE x.indrelid = c.oid AND x.indisprimary)
+   AND n.nspname || '.' || c.relname <> ALL (string_to_array('${PG_EXCLUDE// /}', ','))
+ ORDER BY n.nspname, c.relname
+\\gexec
+EOF
+}
+# pg_checksum_local I: the same for the tables that stay local (PG_EXCLUDE
+# and the table without a key), to show nobody touched them.
+pg_checksum_local() {
+    pg_sql "$1" 2>&1 <<'EOF'
+\pset fieldsep ' '
+SELECT 'public.local_cache', count(*), coalesce(md5(string_agg(t::text, '|' ORDER BY k)), '-') FROM public.local_cache t;
+SELECT 'public.counters', count(*), coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '-') FROM public.counters t;
+EOF
+}
+
+# pg_same "I J ...": every listed node's pg_checksum is the same (and
+# non-empty). PG_SAME_DIFF describes the difference otherwise.
+PG_SAME_DIFF=
+pg_same() {
+    local i c first= fi=
+    PG_SAME_DIFF=
+    for i in $1; do
+        c=$(pg_checksum "$i")
+        if [[ -z "$c" || "$c" == *ERROR* || "$c" == *error* ]]; then
+            PG_SAME_DIFF="node$i: no checksum: ${c:0:300}"
+            return 1
+        fi
+        if [[ -z "$fi" ]]; then
+            first=$c fi=$i
+        elif [[ "$c" != "$first" ]]; then
+            PG_SAME_DIFF="node$fi: $(paste -sd';' <<<"$first") vs node$i: $(paste -sd';' <<<"$c")"
+            return 1
+        fi
+    done
+    return 0
+}
+
+# pg_conf I [KEY=VALUE...]: (re)writes node I's db_* config lines: db_conninfo
+# of its server, db_exclude = PG_EXCLUDE, and any extra db_ settings given
+# (e.g. db_log_retention_s=5). Call after the config file was written.
+pg_conf() {
+    local i=$1 f kv
+    shift
+    f=$IT_DIR/node$i.conf
+    [[ -f "$f" ]] || it_bail "pg_conf: $f not written yet"
+    sed -i '/^db_/d' "$f"
+    {
+        echo "db_conninfo = $(pg_conninfo "$i")"
+        echo "db_exclude = $PG_EXCLUDE"
+        for kv in "$@"; do echo "${kv%%=*} = ${kv#*=}"; done
+    } >>"$f"
+}
+
+# pg_it_cleanup: the EXIT trap: daemons first (they hold connections), then
+# every server, then lib.sh's it_cleanup with the script's exit status.
+pg_it_cleanup() {
+    local rc=$? i
+    trap - EXIT
+    for ((i = 1; i <= IT_N; i++)); do
+        if it_alive_pid "$i"; then
+            kill -CONT "${IT_PID[i]}" 2>/dev/null
+            kill -TERM "${IT_PID[i]}" 2>/dev/null
+        fi
+    done
+    for ((i = 1; i <= IT_N; i++)); do
+        [[ -n "${IT_PID[i]:-}" ]] || continue
+        it_wait_until "! it_alive_pid $i" 3 >/dev/null 2>&1 || kill -KILL "${IT_PID[i]}" 2>/dev/null
+    done
+    pg_stop_all
+    if ((rc != 0 || IT_FAILS > 0)) && [[ -n "$PG_DIR" ]]; then
+        for i in "${!PG_DATA[@]}"; do
+            [[ -s "$(pg_logfile "$i")" ]] || continue
+            it_diag "---- tail of PostgreSQL log of node$i"
+            it_diag "$(tail -n 15 "$(pg_logfile "$i")")"
+        done
+    fi
+    (exit "$rc")
+    it_cleanup
+}
