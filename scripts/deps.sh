@@ -9,7 +9,8 @@ set -euo pipefail
 
 # Build: compiler, autotools, libraries.
 BUILD_PKGS=(build-essential autoconf automake libtool pkg-config
-            libuv1-dev libprotobuf-c-dev protobuf-c-compiler libmbedtls-dev)
+            libuv1-dev libprotobuf-c-dev protobuf-c-compiler libmbedtls-dev
+            libpq-dev)
 # Tests: JSON queries, network namespaces, process tools, leak checks, and
 # python3 (integration helpers speak raw control-socket requests and drive
 # pmgcm on a pty with it).
@@ -19,9 +20,9 @@ TEST_PKGS=(jq iproute2 procps valgrind python3)
 TEST_PKGS+=(curl haproxy prometheus)
 # Benchmark anchor (bench/detect, bench/soak compare against Serf).
 BENCH_PKGS=(serf)
-# Services used by later parts of the project go here when they exist
-# (store/: postgresql-15).
-SERVICE_PKGS=()
+# Services: every test node gets its own throwaway PostgreSQL 15 server
+# (store/; server binaries in /usr/lib/postgresql/15/bin).
+SERVICE_PKGS=(postgresql-15 postgresql-client-15)
 
 want=("${BUILD_PKGS[@]}" "${TEST_PKGS[@]}" "${BENCH_PKGS[@]}" "${SERVICE_PKGS[@]}")
 

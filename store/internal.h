@@ -1,0 +1,137 @@
+/*
+ * internal.h - shared internals of the store library (not installed).
+ */
+#ifndef PMGCM_STORE_INTERNAL_H
+#define PMGCM_STORE_INTERNAL_H
+
+#include "store/store.h"
+
+#include <libpq-fe.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <uv.h>
+
+typedef struct pst_job pst_job;
+
+/* A unit of database work: run() on a worker thread with that worker's
+ * connection (NULL if it cannot connect: run must report an error), then
+ * done() on the loop. The job is owned by its submitter. */
+struct pst_job {
+    pst_store *st;
+    void (*run)(pst_job *j, PGconn *c);
+    void (*done)(pst_job *j);
+    pst_job *next;
+    int rc;
+    char err[256];
+    bool cancelled; /* set by the loop; done() still runs */
+};
+
+/* A bounded queue of byte buffers between a thread and the loop. */
+typedef struct pst_buf {
+    struct pst_buf *next;
+    size_t len;
+    uint8_t data[];
+} pst_buf;
+
+typedef struct pst_pipe {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    pst_buf *head, *tail;
+    size_t bytes, max_bytes;
+    bool closed;   /* producer finished (eof) or consumer gone */
+    bool aborted;  /* consumer gone: producer stops */
+} pst_pipe;
+
+void pst_pipe_init(pst_pipe *p, size_t max_bytes);
+void pst_pipe_destroy(pst_pipe *p);
+/* Producer: blocks while full; -ECANCELED once aborted. Takes b. */
+int pst_pipe_put(pst_pipe *p, pst_buf *b);
+/* Consumer, blocking (thread side): NULL at eof/abort. */
+pst_buf *pst_pipe_get(pst_pipe *p);
+/* Consumer, non-blocking (loop side): NULL if empty; *eof set at eof. */
+pst_buf *pst_pipe_try_get(pst_pipe *p, bool *eof);
+size_t pst_pipe_bytes(pst_pipe *p);
+void pst_pipe_eof(pst_pipe *p);
+void pst_pipe_abort(pst_pipe *p);
+pst_buf *pst_buf_new(const void *data, size_t len);
+
+typedef struct pst_worker {
+    pst_store *st;
+    uv_thread_t tid;
+    PGconn *conn;
+    bool started;
+} pst_worker;
+
+struct pst_session;
+
+struct pst_store {
+    uv_loop_t *loop;
+    pst_events ev;
+    char *conninfo;
+    char *schemas;
+    char *exclude;
+    uint32_t retention_s;
+
+    /* worker pool */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    pst_job *q_head, *q_tail;
+    pst_job *done_head;
+    bool stopping;
+    pst_worker *workers;
+    size_t n_workers;
+    uv_async_t async;
+
+    /* state (loop only) */
+    pst_info info;
+    char *schema_text;          /* canonical table definitions */
+    bool setup_busy, capture_busy, capture_again, apply_busy, trim_busy;
+    uv_timer_t timer;           /* setup retry, capture fallback, trim */
+    uint64_t last_trim_ms;
+    uint32_t self_cid;
+    int closing;
+
+    /* role requests, applied in order */
+    struct role_req *roles_head, *roles_tail;
+    bool role_busy;
+    bool want_master;
+
+    /* LISTEN connection */
+    PGconn *listen;
+    uv_poll_t listen_poll;
+    bool listen_active;
+
+    struct pst_session *sessions;
+    int refs; /* handles still closing */
+};
+
+void pst_log(pst_store *st, int level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void pst_changed(pst_store *st);
+/* Queues j (j->st, run, done set by the caller). */
+void pst_submit(pst_store *st, pst_job *j);
+void pst_set_error(pst_store *st, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* jobs.c */
+void pst_roles_kick(pst_store *st);
+void pst_roles_free(pst_store *st);
+/* session.c */
+void pst_session_poll_all(pst_store *st);
+void pst_sessions_close_all(pst_store *st);
+bool pst_following(const pst_store *st);
+int pst_db_setup(PGconn *c, pst_store *st, char *err, size_t errlen,
+                 char **schema_text, pst_info *info);
+void pst_start_capture(pst_store *st);
+void pst_start_trim(pst_store *st);
+void pst_sessions_head(pst_store *st);
+/* helpers for jobs run on worker threads */
+int pst_exec(PGconn *c, const char *sql, char *err, size_t errlen);
+void pst_pgerr(PGconn *c, PGresult *r, char *err, size_t errlen);
+PGconn *pst_connect(const char *conninfo, char *err, size_t errlen);
+int pst_schema_text(PGconn *c, pst_store *st, char **out, char *err,
+                    size_t errlen);
+int64_t pst_now_us(void);
+uint64_t pst_mono_ms(void);
+
+#endif

@@ -1,0 +1,691 @@
+/*
+ * jobs.c - the store's database work: schema setup and the replicated set,
+ * numbering captured changes (master), roles, log retention.
+ * run() functions execute on worker threads; done() on the loop.
+ */
+#define _GNU_SOURCE
+#include "store/internal.h"
+
+#include <errno.h>
+#include <mbedtls/sha256.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- schema ------------------------------------------------------------------------- */
+
+static const char SETUP_SQL[] =
+    "CREATE SCHEMA IF NOT EXISTS pmgcm;"
+    "CREATE TABLE IF NOT EXISTS pmgcm.state ("
+    " one boolean PRIMARY KEY DEFAULT true CHECK (one),"
+    " role text NOT NULL DEFAULT 'none', master text NOT NULL DEFAULT '',"
+    " epoch bigint NOT NULL DEFAULT 0, seq bigint NOT NULL DEFAULT 0,"
+    " recv_seq bigint NOT NULL DEFAULT 0, ts timestamptz,"
+    " loaded boolean NOT NULL DEFAULT false,"
+    " snapshots bigint NOT NULL DEFAULT 0, cid int NOT NULL DEFAULT 0);"
+    "INSERT INTO pmgcm.state(one) VALUES (true) ON CONFLICT DO NOTHING;"
+    "CREATE TABLE IF NOT EXISTS pmgcm.capture (id bigserial PRIMARY KEY,"
+    " tbl text NOT NULL, op \"char\" NOT NULL, old jsonb, new jsonb);"
+    "CREATE TABLE IF NOT EXISTS pmgcm.log (seq bigint PRIMARY KEY,"
+    " epoch bigint NOT NULL, op \"char\" NOT NULL, tbl text, old jsonb,"
+    " new jsonb, ts timestamptz NOT NULL, last boolean NOT NULL,"
+    " origin int NOT NULL DEFAULT 0);"
+    "CREATE TABLE IF NOT EXISTS pmgcm.epochs (epoch bigint PRIMARY KEY,"
+    " start_seq bigint NOT NULL, master_cid int NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS pmgcm.divergence (id bigserial PRIMARY KEY,"
+    " recorded timestamptz NOT NULL DEFAULT now(), reason text NOT NULL,"
+    " epoch bigint, seq bigint, op \"char\", tbl text, old jsonb, new jsonb,"
+    " ts timestamptz);"
+    "CREATE TABLE IF NOT EXISTS pmgcm.tables (tbl text PRIMARY KEY,"
+    " del_sql text NOT NULL, ins_sql text NOT NULL);"
+    /* the trigger on every replicated table */
+    "CREATE OR REPLACE FUNCTION pmgcm.capture() RETURNS trigger"
+    " LANGUAGE plpgsql AS $f$\n"
+    "DECLARE r text; m text; t text;\n"
+    "BEGIN\n"
+    "  SELECT role, master INTO r, m FROM pmgcm.state;\n"
+    "  IF r = 'none' OR r IS NULL THEN RETURN NULL; END IF;\n"
+    "  t := format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME);\n"
+    "  IF r <> 'master' THEN\n"
+    "    RAISE EXCEPTION 'pmgcm: % is replicated and this node is not the "
+    "master: write on the master (%)', t, m USING ERRCODE = '25006';\n"
+    "  END IF;\n"
+    "  IF TG_LEVEL = 'STATEMENT' THEN\n"
+    "    INSERT INTO pmgcm.capture(tbl, op) VALUES (t, 'T');\n"
+    "  ELSIF TG_OP = 'INSERT' THEN\n"
+    "    INSERT INTO pmgcm.capture(tbl, op, new) VALUES (t, 'I', to_jsonb(NEW));\n"
+    "  ELSIF TG_OP = 'UPDATE' THEN\n"
+    "    INSERT INTO pmgcm.capture(tbl, op, old, new)"
+    " VALUES (t, 'U', to_jsonb(OLD), to_jsonb(NEW));\n"
+    "  ELSE\n"
+    "    INSERT INTO pmgcm.capture(tbl, op, old) VALUES (t, 'D', to_jsonb(OLD));\n"
+    "  END IF;\n"
+    "  PERFORM pg_notify('pmgcm_capture', '');\n"
+    "  RETURN NULL;\n"
+    "END $f$;"
+    /* apply received log entries a..b (session_replication_role replica) */
+    "CREATE OR REPLACE FUNCTION pmgcm.apply(a bigint, b bigint)"
+    " RETURNS bigint LANGUAGE plpgsql AS $f$\n"
+    "DECLARE c record; t record; n bigint := 0;\n"
+    "BEGIN\n"
+    "  FOR c IN SELECT * FROM pmgcm.log l WHERE l.seq BETWEEN a AND b"
+    " ORDER BY l.seq LOOP\n"
+    "    IF c.op = 'E' THEN\n"
+    "      INSERT INTO pmgcm.epochs VALUES (c.epoch, c.seq, c.origin)"
+    " ON CONFLICT (epoch) DO NOTHING;\n"
+    "      CONTINUE;\n"
+    "    END IF;\n"
+    "    IF c.op = 'T' THEN EXECUTE format('TRUNCATE %s', c.tbl);"
+    " n := n + 1; CONTINUE; END IF;\n"
+    "    SELECT * INTO t FROM pmgcm.tables WHERE tbl = c.tbl;\n"
+    "    IF NOT FOUND THEN RAISE EXCEPTION 'pmgcm: a change for %, which is"
+    " not replicated here', c.tbl; END IF;\n"
+    "    IF c.op IN ('U', 'D') THEN EXECUTE t.del_sql USING c.old; END IF;\n"
+    "    IF c.op IN ('I', 'U') THEN\n"
+    "      EXECUTE t.del_sql USING c.new;\n"
+    "      EXECUTE t.ins_sql USING c.new;\n"
+    "    END IF;\n"
+    "    n := n + 1;\n"
+    "  END LOOP;\n"
+    "  RETURN n;\n"
+    "END $f$;";
+
+/* The replicated set with its columns and keys, canonical text: one line
+ * per table "schema.table(col type, ...) pk(a,b)". */
+static const char TABLES_SQL[] =
+    "WITH s AS (SELECT btrim(x) AS n FROM unnest(string_to_array($1, ',')) x"
+    "  WHERE btrim(x) <> ''),"
+    " e AS (SELECT btrim(x) AS n FROM unnest(string_to_array($2, ',')) x"
+    "  WHERE btrim(x) <> ''),"
+    " t AS (SELECT c.oid, n.nspname, c.relname,"
+    "   format('%I.%I', n.nspname, c.relname) AS q"
+    "  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+    "  WHERE c.relkind IN ('r', 'p') AND n.nspname IN (SELECT n FROM s)"
+    "   AND NOT c.relispartition"
+    "   AND EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = c.oid"
+    "    AND k.contype = 'p')"
+    "   AND format('%s.%s', n.nspname, c.relname) NOT IN (SELECT n FROM e)"
+    "   AND format('%I.%I', n.nspname, c.relname) NOT IN (SELECT n FROM e))"
+    " SELECT t.q,"
+    "  (SELECT string_agg(format('%I %s', a.attname,"
+    "     format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY a.attnum)"
+    "    FROM pg_attribute a WHERE a.attrelid = t.oid AND a.attnum > 0"
+    "     AND NOT a.attisdropped),"
+    "  (SELECT string_agg(format('%I', a.attname), ',' ORDER BY"
+    "     array_position(k.conkey, a.attnum))"
+    "    FROM pg_constraint k JOIN pg_attribute a ON a.attrelid = k.conrelid"
+    "     AND a.attnum = ANY (k.conkey)"
+    "    WHERE k.conrelid = t.oid AND k.contype = 'p'),"
+    "  (SELECT string_agg(format('t.%1$I = r.%1$I', a.attname), ' AND ')"
+    "    FROM pg_constraint k JOIN pg_attribute a ON a.attrelid = k.conrelid"
+    "     AND a.attnum = ANY (k.conkey)"
+    "    WHERE k.conrelid = t.oid AND k.contype = 'p')"
+    " FROM t ORDER BY t.q";
+
+static void digest16(const char *text, char out[17])
+{
+    unsigned char h[32];
+    mbedtls_sha256_ret((const unsigned char *)text, strlen(text), h, 0);
+    for (int i = 0; i < 8; i++) snprintf(out + 2 * i, 3, "%02x", h[i]);
+}
+
+typedef struct tabdef {
+    char *q, *cols, *pk, *cond;
+} tabdef;
+
+static int load_tables(PGconn *c, pst_store *st, tabdef **out, size_t *n,
+                       char *err, size_t errlen)
+{
+    const char *pv[2] = {st->schemas, st->exclude};
+    PGresult *r = PQexecParams(c, TABLES_SQL, 2, NULL, pv, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        pst_pgerr(c, r, err, errlen);
+        PQclear(r);
+        return PST_EDB;
+    }
+    int rows = PQntuples(r);
+    tabdef *t = calloc(rows ? (size_t)rows : 1, sizeof(*t));
+    if (!t) {
+        PQclear(r);
+        return -ENOMEM;
+    }
+    for (int i = 0; i < rows; i++) {
+        t[i].q = strdup(PQgetvalue(r, i, 0));
+        t[i].cols = strdup(PQgetvalue(r, i, 1));
+        t[i].pk = strdup(PQgetvalue(r, i, 2));
+        t[i].cond = strdup(PQgetvalue(r, i, 3));
+    }
+    PQclear(r);
+    *out = t;
+    *n = (size_t)rows;
+    return 0;
+}
+
+static void free_tables(tabdef *t, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(t[i].q);
+        free(t[i].cols);
+        free(t[i].pk);
+        free(t[i].cond);
+    }
+    free(t);
+}
+
+static char *tables_text(const tabdef *t, size_t n)
+{
+    size_t len = 1;
+    for (size_t i = 0; i < n; i++)
+        len += strlen(t[i].q) + strlen(t[i].cols) + strlen(t[i].pk) + 16;
+    char *s = malloc(len), *p = s;
+    if (!s) return NULL;
+    *p = 0;
+    for (size_t i = 0; i < n; i++)
+        p += sprintf(p, "%s(%s) pk(%s)\n", t[i].q, t[i].cols, t[i].pk);
+    return s;
+}
+
+int pst_schema_text(PGconn *c, pst_store *st, char **out, char *err,
+                    size_t errlen)
+{
+    tabdef *t;
+    size_t n;
+    int rc = load_tables(c, st, &t, &n, err, errlen);
+    if (rc) return rc;
+    *out = tables_text(t, n);
+    free_tables(t, n);
+    return *out ? 0 : -ENOMEM;
+}
+
+int pst_db_setup(PGconn *c, pst_store *st, char *err, size_t errlen,
+                 char **schema_text, pst_info *info)
+{
+    int rc = pst_exec(c, "BEGIN", err, errlen);
+    if (rc) return rc;
+    /* one setup at a time across daemons sharing a database */
+    if ((rc = pst_exec(c, "SELECT pg_advisory_xact_lock(7947001)", err,
+                       errlen)) ||
+        (rc = pst_exec(c, SETUP_SQL, err, errlen)))
+        return rc;
+    tabdef *t;
+    size_t n;
+    if ((rc = load_tables(c, st, &t, &n, err, errlen))) return rc;
+    rc = pst_exec(c, "DELETE FROM pmgcm.tables", err, errlen);
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        char *sql = NULL;
+        char *trg = NULL;
+        if (asprintf(&sql,
+                     "INSERT INTO pmgcm.tables VALUES ($1,"
+                     " format('DELETE FROM %%s t USING jsonb_populate_record("
+                     "NULL::%%s, $1) r WHERE %%s', $1::text, $1::text, $2::text),"
+                     " format('INSERT INTO %%s SELECT * FROM "
+                     "jsonb_populate_record(NULL::%%s, $1)', $1::text,"
+                     " $1::text))") < 0 ||
+            asprintf(&trg,
+                     "CREATE OR REPLACE TRIGGER pmgcm_capture AFTER INSERT OR"
+                     " UPDATE OR DELETE ON %s FOR EACH ROW EXECUTE FUNCTION"
+                     " pmgcm.capture();"
+                     "CREATE OR REPLACE TRIGGER pmgcm_capture_truncate AFTER"
+                     " TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION"
+                     " pmgcm.capture();",
+                     t[i].q, t[i].q) < 0) {
+            free(sql);
+            rc = -ENOMEM;
+            break;
+        }
+        const char *pv[2] = {t[i].q, t[i].cond};
+        PGresult *r = PQexecParams(c, sql, 2, NULL, pv, NULL, NULL, 0);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+            pst_pgerr(c, r, err, errlen);
+            rc = PST_EDB;
+        }
+        PQclear(r);
+        if (rc == 0) rc = pst_exec(c, trg, err, errlen);
+        free(sql);
+        free(trg);
+    }
+    if (rc == 0) {
+        *schema_text = tables_text(t, n);
+        if (!*schema_text) rc = -ENOMEM;
+        else digest16(*schema_text, info->schema_digest);
+        info->n_tables = n;
+    }
+    free_tables(t, n);
+    if (rc) return rc;
+    PGresult *r = PQexec(c,
+                         "SELECT epoch, seq, recv_seq, loaded, snapshots,"
+                         " coalesce((extract(epoch FROM ts) * 1000000)::bigint,"
+                         " 0) FROM pmgcm.state");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+        pst_pgerr(c, r, err, errlen);
+        PQclear(r);
+        return PST_EDB;
+    }
+    info->pos.epoch = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
+    info->pos.seq = strtoull(PQgetvalue(r, 0, 1), NULL, 10);
+    info->recv_seq = strtoull(PQgetvalue(r, 0, 2), NULL, 10);
+    info->loaded = PQgetvalue(r, 0, 3)[0] == 't';
+    info->snapshots = strtoull(PQgetvalue(r, 0, 4), NULL, 10);
+    info->pos_ts_us = strtoll(PQgetvalue(r, 0, 5), NULL, 10);
+    PQclear(r);
+    return pst_exec(c, "COMMIT", err, errlen);
+}
+
+/* ---- numbering captured changes (master) --------------------------------------- */
+
+typedef struct capture_job {
+    pst_job j;
+    uint32_t cid;
+    uint64_t n;
+    pst_pos pos;
+    int64_t ts_us;
+} capture_job;
+
+static void capture_run(pst_job *j, PGconn *c)
+{
+    capture_job *cj = (capture_job *)j;
+    if (!c) {
+        j->rc = PST_EDB;
+        return;
+    }
+    char cid[16];
+    snprintf(cid, sizeof(cid), "%u", cj->cid);
+    const char *pv[1] = {cid};
+    int rc = pst_exec(c, "BEGIN", j->err, sizeof(j->err));
+    if (rc) goto out;
+    PGresult *r = PQexec(c, "SELECT epoch, seq, role FROM pmgcm.state FOR UPDATE");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+        pst_pgerr(c, r, j->err, sizeof(j->err));
+        PQclear(r);
+        rc = PST_EDB;
+        goto out;
+    }
+    bool master = strcmp(PQgetvalue(r, 0, 2), "master") == 0;
+    cj->pos.epoch = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
+    cj->pos.seq = strtoull(PQgetvalue(r, 0, 1), NULL, 10);
+    PQclear(r);
+    if (!master) { /* stepped down meanwhile: leave the rows alone */
+        rc = pst_exec(c, "ROLLBACK", j->err, sizeof(j->err));
+        goto out;
+    }
+    r = PQexecParams(
+        c,
+        "WITH c AS (DELETE FROM pmgcm.capture RETURNING *),"
+        " s AS (SELECT epoch, seq FROM pmgcm.state),"
+        " n AS (SELECT c.*, row_number() OVER (ORDER BY c.id) AS rn,"
+        "  count(*) OVER () AS cnt FROM c)"
+        " INSERT INTO pmgcm.log (seq, epoch, op, tbl, old, new, ts, last, origin)"
+        " SELECT s.seq + n.rn, s.epoch, n.op, n.tbl, n.old, n.new,"
+        "  clock_timestamp(), n.rn = n.cnt, $1::int FROM n, s",
+        1, NULL, pv, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+        pst_pgerr(c, r, j->err, sizeof(j->err));
+        PQclear(r);
+        rc = PST_EDB;
+        goto out;
+    }
+    cj->n = strtoull(PQcmdTuples(r), NULL, 10);
+    PQclear(r);
+    if (cj->n == 0) {
+        rc = pst_exec(c, "ROLLBACK", j->err, sizeof(j->err));
+        goto out;
+    }
+    {
+        char nb[24];
+        snprintf(nb, sizeof(nb), "%llu", (unsigned long long)cj->n);
+        const char *p2[1] = {nb};
+        r = PQexecParams(c,
+                         "UPDATE pmgcm.state SET seq = seq + $1::bigint,"
+                         " recv_seq = seq + $1::bigint, ts = clock_timestamp()"
+                         " RETURNING (extract(epoch FROM ts) * 1000000)::bigint",
+                         1, NULL, p2, NULL, NULL, 0);
+    }
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        pst_pgerr(c, r, j->err, sizeof(j->err));
+        PQclear(r);
+        rc = PST_EDB;
+        goto out;
+    }
+    cj->ts_us = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    cj->pos.seq += cj->n;
+    rc = pst_exec(c, "COMMIT", j->err, sizeof(j->err));
+out:
+    j->rc = rc;
+}
+
+static void capture_done(pst_job *j)
+{
+    capture_job *cj = (capture_job *)j;
+    pst_store *st = j->st;
+    st->capture_busy = false;
+    if (st->closing) {
+        free(cj);
+        return;
+    }
+    if (j->rc) {
+        pst_set_error(st, "numbering changes: %s", j->err);
+    } else if (cj->n > 0) {
+        pst_info *i = &st->info;
+        i->pos = cj->pos;
+        i->recv_seq = cj->pos.seq;
+        i->head = cj->pos;
+        i->pos_ts_us = i->head_ts_us = cj->ts_us;
+        i->captured_total += cj->n;
+        if (i->error[0]) pst_set_error(st, "%s", "");
+        pst_sessions_head(st);
+        pst_changed(st);
+    }
+    bool again = st->capture_again;
+    free(cj);
+    st->capture_again = false;
+    if (again) pst_start_capture(st);
+}
+
+void pst_start_capture(pst_store *st)
+{
+    if (!st->info.ready || !st->info.master || st->closing) return;
+    if (st->capture_busy) {
+        st->capture_again = true;
+        return;
+    }
+    capture_job *cj = calloc(1, sizeof(*cj));
+    if (!cj) return;
+    cj->cid = st->self_cid;
+    cj->j.run = capture_run;
+    cj->j.done = capture_done;
+    st->capture_busy = true;
+    st->capture_again = false;
+    pst_submit(st, &cj->j);
+}
+
+/* ---- roles ---------------------------------------------------------------------------- */
+
+typedef struct role_req {
+    pst_job j;
+    struct role_req *next_req;
+    bool in_cluster, master, mark_loaded;
+    uint64_t epoch;
+    uint32_t cid;
+    char master_name[128];
+    void (*done)(void *ud, int rc);
+    void *ud;
+    /* results */
+    pst_pos pos;
+    uint64_t moved;
+    bool loaded;
+} role_req;
+
+static int q1(PGconn *c, const char *sql, int n, const char *const *pv,
+              PGresult **out, char *err, size_t errlen)
+{
+    PGresult *r = PQexecParams(c, sql, n, NULL, pv, NULL, NULL, 0);
+    ExecStatusType s = PQresultStatus(r);
+    if (s != PGRES_TUPLES_OK && s != PGRES_COMMAND_OK) {
+        pst_pgerr(c, r, err, errlen);
+        PQclear(r);
+        return PST_EDB;
+    }
+    if (out) *out = r;
+    else PQclear(r);
+    return 0;
+}
+
+static void role_run(pst_job *j, PGconn *c)
+{
+    role_req *q = (role_req *)j;
+    char *err = j->err;
+    size_t el = sizeof(j->err);
+    int rc;
+    if (!c) {
+        j->rc = PST_EDB;
+        return;
+    }
+    if ((rc = pst_exec(c, "BEGIN", err, el))) goto out;
+    PGresult *r;
+    if ((rc = q1(c, "SELECT epoch, seq, recv_seq, role, loaded FROM pmgcm.state"
+                    " FOR UPDATE", 0, NULL, &r, err, el)))
+        goto out;
+    uint64_t epoch = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
+    uint64_t seq = strtoull(PQgetvalue(r, 0, 1), NULL, 10);
+    uint64_t recv = strtoull(PQgetvalue(r, 0, 2), NULL, 10);
+    q->loaded = PQgetvalue(r, 0, 4)[0] == 't';
+    PQclear(r);
+    char eb[24], sb[24], cb[16];
+    if (q->mark_loaded) {
+        rc = pst_exec(c, "UPDATE pmgcm.state SET loaded = true", err, el);
+        if (rc) goto out;
+        q->loaded = true;
+    }
+    if (!q->in_cluster) {
+        rc = pst_exec(c, "UPDATE pmgcm.state SET role = 'none', master = ''",
+                      err, el);
+    } else if (!q->master) {
+        /* rows committed while we were master and never numbered: the
+         * cluster will never get them */
+        const char *pv[2] = {q->master_name, NULL};
+        snprintf(eb, sizeof(eb), "%llu", (unsigned long long)epoch);
+        pv[1] = eb;
+        if ((rc = q1(c,
+                     "WITH c AS (DELETE FROM pmgcm.capture RETURNING *)"
+                     " INSERT INTO pmgcm.divergence (reason, epoch, op, tbl,"
+                     " old, new, ts) SELECT 'committed while this node was"
+                     " master (epoch ' || $2 || '), never sent: the cluster"
+                     " moved on', $2::bigint, op, tbl, old, new, now()"
+                     " FROM c ORDER BY id",
+                     2, pv, &r, err, el)))
+            goto out;
+        q->moved = strtoull(PQcmdTuples(r), NULL, 10);
+        PQclear(r);
+        const char *p1[1] = {q->master_name};
+        rc = q1(c, "UPDATE pmgcm.state SET role = 'replica', master = $1",
+                1, p1, NULL, err, el);
+    } else {
+        snprintf(cb, sizeof(cb), "%u", q->cid);
+        if (q->epoch > epoch) {
+            /* a new term: drop a received but incomplete batch, then an
+             * epoch entry */
+            snprintf(sb, sizeof(sb), "%llu", (unsigned long long)seq);
+            const char *p1[1] = {sb};
+            if ((rc = q1(c, "DELETE FROM pmgcm.log WHERE seq > $1::bigint", 1,
+                         p1, NULL, err, el)))
+                goto out;
+            (void)recv;
+            snprintf(eb, sizeof(eb), "%llu", (unsigned long long)q->epoch);
+            snprintf(sb, sizeof(sb), "%llu", (unsigned long long)(seq + 1));
+            const char *p3[3] = {eb, sb, cb};
+            if ((rc = q1(c,
+                         "INSERT INTO pmgcm.log (seq, epoch, op, ts, last,"
+                         " origin) VALUES ($2::bigint, $1::bigint, 'E',"
+                         " clock_timestamp(), true, $3::int)",
+                         3, p3, NULL, err, el)) ||
+                (rc = q1(c,
+                         "INSERT INTO pmgcm.epochs VALUES ($1::bigint,"
+                         " $2::bigint, $3::int) ON CONFLICT (epoch) DO UPDATE"
+                         " SET start_seq = EXCLUDED.start_seq, master_cid ="
+                         " EXCLUDED.master_cid",
+                         3, p3, NULL, err, el)) ||
+                (rc = q1(c,
+                         "UPDATE pmgcm.state SET epoch = $1::bigint, seq ="
+                         " $2::bigint, recv_seq = $2::bigint, ts ="
+                         " clock_timestamp()",
+                         2, p3, NULL, err, el)))
+                goto out;
+            epoch = q->epoch;
+            seq = seq + 1;
+        }
+        const char *p1[2] = {q->master_name, cb};
+        rc = q1(c, "UPDATE pmgcm.state SET role = 'master', master = $1,"
+                   " cid = $2::int, loaded = true", 2, p1, NULL, err, el);
+        q->loaded = true;
+    }
+    if (rc) goto out;
+    q->pos.epoch = epoch;
+    q->pos.seq = seq;
+    rc = pst_exec(c, "COMMIT", err, el);
+out:
+    j->rc = rc;
+}
+
+static void role_next(pst_store *st);
+
+static void role_done(pst_job *j)
+{
+    role_req *q = (role_req *)j;
+    pst_store *st = j->st;
+    st->role_busy = false;
+    st->roles_head = q->next_req;
+    if (!st->roles_head) st->roles_tail = NULL;
+    if (!st->closing) {
+        if (j->rc) {
+            pst_set_error(st, "setting the role: %s", j->err);
+        } else {
+            pst_info *i = &st->info;
+            i->master = q->in_cluster && q->master;
+            i->loaded = q->loaded;
+            if (q->in_cluster && q->master) {
+                i->pos = q->pos;
+                i->recv_seq = q->pos.seq;
+                i->head = q->pos;
+                i->state = PST_IN_SYNC;
+            } else if (!q->in_cluster) {
+                i->state = PST_IDLE;
+            } else if (i->state == PST_IDLE || i->state == PST_IN_SYNC) {
+                i->state = PST_CATCHING_UP;
+            }
+            if (q->moved) {
+                i->divergent_total += q->moved;
+                pst_log(st, 1,
+                        "store: %llu change(s) committed here while this node"
+                        " was master were never sent; kept in"
+                        " pmgcm.divergence",
+                        (unsigned long long)q->moved);
+            }
+            pst_changed(st);
+            if (i->master) pst_start_capture(st);
+            pst_sessions_head(st);
+        }
+    }
+    if (q->done) q->done(q->ud, j->rc);
+    free(q);
+    if (!st->closing) role_next(st);
+}
+
+static void role_next(pst_store *st)
+{
+    if (st->role_busy || !st->roles_head || st->closing) return;
+    if (!st->info.ready) return; /* retried from the tick via set_role */
+    st->role_busy = true;
+    role_req *q = st->roles_head;
+    q->j.run = role_run;
+    q->j.done = role_done;
+    pst_submit(st, &q->j);
+}
+
+void pst_roles_kick(pst_store *st)
+{
+    role_next(st);
+}
+
+static int role_push(pst_store *st, role_req *q)
+{
+    q->next_req = NULL;
+    if (st->roles_tail) st->roles_tail->next_req = q;
+    else st->roles_head = q;
+    st->roles_tail = q;
+    role_next(st);
+    return 0;
+}
+
+int pst_set_role(pst_store *st, bool in_cluster, bool master, uint64_t epoch,
+                 uint32_t self_cid, const char *master_name,
+                 void (*done)(void *ud, int rc), void *ud)
+{
+    role_req *q = calloc(1, sizeof(*q));
+    if (!q) return -ENOMEM;
+    q->in_cluster = in_cluster;
+    q->master = master;
+    q->epoch = epoch;
+    q->cid = self_cid;
+    snprintf(q->master_name, sizeof(q->master_name), "%s",
+             master_name ? master_name : "");
+    q->done = done;
+    q->ud = ud;
+    st->self_cid = self_cid;
+    st->want_master = in_cluster && master;
+    if (!st->want_master) st->info.master = false; /* stop numbering now */
+    return role_push(st, q);
+}
+
+int pst_mark_loaded(pst_store *st, void (*done)(void *ud, int rc), void *ud)
+{
+    role_req *q = calloc(1, sizeof(*q));
+    if (!q) return -ENOMEM;
+    /* keep the current role: repeat the last requested one */
+    q->mark_loaded = true;
+    q->in_cluster = st->want_master || st->info.state != PST_IDLE;
+    q->master = st->want_master;
+    q->epoch = st->info.pos.epoch;
+    q->cid = st->self_cid;
+    q->done = done;
+    q->ud = ud;
+    return role_push(st, q);
+}
+
+void pst_roles_free(pst_store *st)
+{
+    role_req *q = st->roles_head;
+    if (st->role_busy && q) q = q->next_req; /* owned by the job */
+    while (q) {
+        role_req *n = q->next_req;
+        if (q->done) q->done(q->ud, -ECANCELED);
+        free(q);
+        q = n;
+    }
+    st->roles_head = st->roles_tail = NULL;
+}
+
+/* ---- retention ---------------------------------------------------------------------- */
+
+typedef struct trim_job {
+    pst_job j;
+    uint32_t keep_s;
+} trim_job;
+
+static void trim_run(pst_job *j, PGconn *c)
+{
+    trim_job *t = (trim_job *)j;
+    if (!c) {
+        j->rc = PST_EDB;
+        return;
+    }
+    char kb[16];
+    snprintf(kb, sizeof(kb), "%u", t->keep_s);
+    const char *pv[1] = {kb};
+    /* keep the newest entry so a caught-up node can always be served */
+    j->rc = q1(c,
+               "DELETE FROM pmgcm.log WHERE ts < now() - make_interval(secs =>"
+               " $1::int) AND seq < (SELECT seq FROM pmgcm.state)",
+               1, pv, NULL, j->err, sizeof(j->err));
+}
+
+static void trim_done(pst_job *j)
+{
+    pst_store *st = j->st;
+    st->trim_busy = false;
+    if (j->rc && !st->closing)
+        pst_log(st, 1, "store: trimming the change log: %s", j->err);
+    free(j);
+}
+
+void pst_start_trim(pst_store *st)
+{
+    if (!st->info.ready || st->trim_busy || st->closing) return;
+    trim_job *t = calloc(1, sizeof(*t));
+    if (!t) return;
+    t->keep_s = st->retention_s;
+    t->j.run = trim_run;
+    t->j.done = trim_done;
+    st->trim_busy = true;
+    pst_submit(st, &t->j);
+}

@@ -1,0 +1,669 @@
+/*
+ * store.c - the store object: worker threads, job queue, pipes, setup,
+ * LISTEN for commit notifications, periodic work (store/store.h).
+ */
+#define _GNU_SOURCE
+#include "store/internal.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define SETUP_RETRY_MS 2000
+#define TICK_MS 1000
+#define TRIM_EVERY_MS 10000
+
+const char *pst_strerror(int err)
+{
+    switch (err) {
+    case 0: return "ok";
+    case PST_ENEEDSNAP: return "the upstream no longer holds our changes";
+    case PST_EDIVERGED: return "this node holds changes the cluster never got";
+    case PST_ESCHEMA: return "table definitions differ";
+    case PST_EREMOTE: return "the peer reported an error";
+    case PST_EDB: return "database error";
+    case PST_EPROTO: return "malformed stream message";
+    case PST_EAHEAD: return "the upstream is behind this node";
+    default: return err < 0 ? strerror(-err) : "unknown error";
+    }
+}
+
+int pst_pos_cmp(pst_pos a, pst_pos b)
+{
+    if (a.epoch != b.epoch) return a.epoch < b.epoch ? -1 : 1;
+    if (a.seq != b.seq) return a.seq < b.seq ? -1 : 1;
+    return 0;
+}
+
+const char *pst_state_name(pst_state s)
+{
+    static const char *const n[] = {"off", "connecting", "idle", "loading",
+                                    "catching-up", "in-sync", "diverged",
+                                    "error"};
+    return (unsigned)s < sizeof(n) / sizeof(n[0]) ? n[s] : "?";
+}
+
+int64_t pst_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+uint64_t pst_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+void pst_log(pst_store *st, int level, const char *fmt, ...)
+{
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    if (st->ev.log) st->ev.log(st->ev.ud, level, buf);
+}
+
+void pst_changed(pst_store *st)
+{
+    if (st->ev.changed && !st->closing) st->ev.changed(st->ev.ud);
+}
+
+void pst_set_error(pst_store *st, const char *fmt, ...)
+{
+    char buf[sizeof(st->info.error)];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    if (strcmp(buf, st->info.error) != 0) {
+        snprintf(st->info.error, sizeof(st->info.error), "%s", buf);
+        if (buf[0]) pst_log(st, 0, "%s", buf);
+        pst_changed(st);
+    }
+}
+
+/* ---- pipes ------------------------------------------------------------------- */
+
+pst_buf *pst_buf_new(const void *data, size_t len)
+{
+    pst_buf *b = malloc(sizeof(*b) + len);
+    if (!b) return NULL;
+    b->next = NULL;
+    b->len = len;
+    if (len) memcpy(b->data, data, len);
+    return b;
+}
+
+void pst_pipe_init(pst_pipe *p, size_t max_bytes)
+{
+    memset(p, 0, sizeof(*p));
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    p->max_bytes = max_bytes;
+}
+
+void pst_pipe_destroy(pst_pipe *p)
+{
+    pst_buf *b = p->head;
+    while (b) {
+        pst_buf *n = b->next;
+        free(b);
+        b = n;
+    }
+    p->head = p->tail = NULL;
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cv);
+}
+
+int pst_pipe_put(pst_pipe *p, pst_buf *b)
+{
+    pthread_mutex_lock(&p->mu);
+    while (!p->aborted && p->bytes > 0 && p->bytes + b->len > p->max_bytes)
+        pthread_cond_wait(&p->cv, &p->mu);
+    if (p->aborted) {
+        pthread_mutex_unlock(&p->mu);
+        free(b);
+        return -ECANCELED;
+    }
+    b->next = NULL;
+    if (p->tail) p->tail->next = b;
+    else p->head = b;
+    p->tail = b;
+    p->bytes += b->len;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    return 0;
+}
+
+pst_buf *pst_pipe_get(pst_pipe *p)
+{
+    pthread_mutex_lock(&p->mu);
+    while (!p->head && !p->closed && !p->aborted)
+        pthread_cond_wait(&p->cv, &p->mu);
+    pst_buf *b = NULL;
+    if (p->head && !p->aborted) {
+        b = p->head;
+        p->head = b->next;
+        if (!p->head) p->tail = NULL;
+        p->bytes -= b->len;
+        pthread_cond_broadcast(&p->cv);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return b;
+}
+
+pst_buf *pst_pipe_try_get(pst_pipe *p, bool *eof)
+{
+    pthread_mutex_lock(&p->mu);
+    pst_buf *b = p->head;
+    if (b) {
+        p->head = b->next;
+        if (!p->head) p->tail = NULL;
+        p->bytes -= b->len;
+        pthread_cond_broadcast(&p->cv);
+    }
+    *eof = !b && p->closed;
+    pthread_mutex_unlock(&p->mu);
+    return b;
+}
+
+size_t pst_pipe_bytes(pst_pipe *p)
+{
+    pthread_mutex_lock(&p->mu);
+    size_t n = p->bytes;
+    pthread_mutex_unlock(&p->mu);
+    return n;
+}
+
+void pst_pipe_eof(pst_pipe *p)
+{
+    pthread_mutex_lock(&p->mu);
+    p->closed = true;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+}
+
+void pst_pipe_abort(pst_pipe *p)
+{
+    pthread_mutex_lock(&p->mu);
+    p->aborted = true;
+    p->closed = true;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* ---- libpq helpers (worker threads) ------------------------------------------ */
+
+void pst_pgerr(PGconn *c, PGresult *r, char *err, size_t errlen)
+{
+    const char *m = r ? PQresultErrorMessage(r) : NULL;
+    if (!m || !*m) m = c ? PQerrorMessage(c) : "no connection";
+    snprintf(err, errlen, "%s", m);
+    size_t n = strlen(err);
+    while (n && (err[n - 1] == '\n' || err[n - 1] == ' ')) err[--n] = 0;
+}
+
+int pst_exec(PGconn *c, const char *sql, char *err, size_t errlen)
+{
+    PGresult *r = PQexec(c, sql);
+    ExecStatusType s = PQresultStatus(r);
+    if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK) {
+        pst_pgerr(c, r, err, errlen);
+        PQclear(r);
+        return PST_EDB;
+    }
+    PQclear(r);
+    return 0;
+}
+
+static void notice_quiet(void *arg, const char *msg)
+{
+    (void)arg;
+    (void)msg;
+}
+
+PGconn *pst_connect(const char *conninfo, char *err, size_t errlen)
+{
+    PGconn *c = PQconnectdb(conninfo);
+    if (!c) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    if (PQstatus(c) != CONNECTION_OK) {
+        pst_pgerr(c, NULL, err, errlen);
+        PQfinish(c);
+        return NULL;
+    }
+    PQsetNoticeProcessor(c, notice_quiet, NULL);
+    if (pst_exec(c,
+                 "SET session_replication_role = replica;"
+                 "SET application_name = 'pmgcm-store';"
+                 "SET DateStyle = ISO; SET IntervalStyle = postgres;"
+                 "SET extra_float_digits = 3; SET statement_timeout = 0;"
+                 "SET client_min_messages = warning;",
+                 err, errlen) != 0) {
+        PQfinish(c);
+        return NULL;
+    }
+    return c;
+}
+
+/* ---- worker pool ---------------------------------------------------------------- */
+
+static void worker_main(void *arg)
+{
+    pst_worker *w = arg;
+    pst_store *st = w->st;
+    for (;;) {
+        pthread_mutex_lock(&st->mu);
+        while (!st->q_head && !st->stopping)
+            pthread_cond_wait(&st->cv, &st->mu);
+        if (st->stopping) {
+            pthread_mutex_unlock(&st->mu);
+            break;
+        }
+        pst_job *j = st->q_head;
+        st->q_head = j->next;
+        if (!st->q_head) st->q_tail = NULL;
+        pthread_mutex_unlock(&st->mu);
+
+        j->rc = 0;
+        j->err[0] = 0;
+        if (w->conn && PQstatus(w->conn) != CONNECTION_OK) {
+            PQfinish(w->conn);
+            w->conn = NULL;
+        }
+        if (!w->conn)
+            w->conn = pst_connect(st->conninfo, j->err, sizeof(j->err));
+        if (!w->conn && !j->err[0])
+            snprintf(j->err, sizeof(j->err), "cannot connect");
+        j->run(j, w->conn);
+        /* a failed statement inside a transaction: never leave it open */
+        if (w->conn && PQtransactionStatus(w->conn) != PQTRANS_IDLE) {
+            PGresult *r = PQexec(w->conn, "ROLLBACK");
+            PQclear(r);
+            if (PQtransactionStatus(w->conn) != PQTRANS_IDLE) {
+                PQfinish(w->conn);
+                w->conn = NULL;
+            }
+        }
+
+        pthread_mutex_lock(&st->mu);
+        j->next = st->done_head;
+        st->done_head = j;
+        pthread_mutex_unlock(&st->mu);
+        uv_async_send(&st->async);
+    }
+    if (w->conn) PQfinish(w->conn);
+    w->conn = NULL;
+}
+
+void pst_submit(pst_store *st, pst_job *j)
+{
+    j->st = st;
+    j->next = NULL;
+    j->cancelled = false;
+    pthread_mutex_lock(&st->mu);
+    if (st->q_tail) st->q_tail->next = j;
+    else st->q_head = j;
+    st->q_tail = j;
+    pthread_cond_signal(&st->cv);
+    pthread_mutex_unlock(&st->mu);
+}
+
+
+static void async_cb(uv_async_t *a)
+{
+    pst_store *st = a->data;
+    pthread_mutex_lock(&st->mu);
+    pst_job *list = st->done_head;
+    st->done_head = NULL;
+    pthread_mutex_unlock(&st->mu);
+    /* reverse into completion order */
+    pst_job *rev = NULL;
+    while (list) {
+        pst_job *n = list->next;
+        list->next = rev;
+        rev = list;
+        list = n;
+    }
+    while (rev) {
+        pst_job *n = rev->next;
+        rev->done(rev);
+        rev = n;
+    }
+    pst_session_poll_all(st);
+}
+
+/* ---- setup -------------------------------------------------------------------------- */
+
+typedef struct setup_job {
+    pst_job j;
+    char *schema_text;
+    pst_info info;
+} setup_job;
+
+static void setup_run(pst_job *j, PGconn *c)
+{
+    setup_job *s = (setup_job *)j;
+    if (!c) {
+        j->rc = PST_EDB;
+        return;
+    }
+    j->rc = pst_db_setup(c, j->st, j->err, sizeof(j->err), &s->schema_text,
+                         &s->info);
+}
+
+static void listen_start(pst_store *st);
+
+static void setup_done(pst_job *j)
+{
+    setup_job *s = (setup_job *)j;
+    pst_store *st = j->st;
+    st->setup_busy = false;
+    if (st->closing) {
+        free(s->schema_text);
+        free(s);
+        return;
+    }
+    if (j->rc != 0) {
+        pst_set_error(st, "database: %s", j->err);
+        st->info.state = PST_CONNECTING;
+        free(s->schema_text);
+        free(s);
+        pst_changed(st);
+        return;
+    }
+    free(st->schema_text);
+    st->schema_text = s->schema_text;
+    pst_info *i = &st->info;
+    i->ready = true;
+    i->pos = s->info.pos;
+    i->recv_seq = s->info.recv_seq;
+    i->pos_ts_us = s->info.pos_ts_us;
+    i->loaded = s->info.loaded;
+    i->snapshots = s->info.snapshots;
+    i->n_tables = s->info.n_tables;
+    memcpy(i->schema_digest, s->info.schema_digest, sizeof(i->schema_digest));
+    if (pst_pos_cmp(i->head, i->pos) < 0) {
+        i->head = i->pos;
+        i->head_ts_us = i->pos_ts_us;
+    }
+    if (i->state == PST_CONNECTING || i->state == PST_OFF)
+        i->state = PST_IDLE;
+    pst_set_error(st, "%s", "");
+    pst_log(st, 2,
+            "store: database ready: %zu replicated tables, position %llu/%llu,"
+            " schema %s", i->n_tables, (unsigned long long)i->pos.epoch,
+            (unsigned long long)i->pos.seq, i->schema_digest);
+    free(s);
+    listen_start(st);
+    pst_changed(st);
+    pst_roles_kick(st);
+    pst_sessions_head(st);
+}
+
+static void setup_start(pst_store *st)
+{
+    if (st->setup_busy || st->info.ready || st->closing) return;
+    setup_job *s = calloc(1, sizeof(*s));
+    if (!s) return;
+    st->setup_busy = true;
+    s->j.run = setup_run;
+    s->j.done = setup_done;
+    pst_submit(st, &s->j);
+}
+
+/* ---- LISTEN (non-blocking, under uv_poll) --------------------------------------- */
+
+static void listen_stop(pst_store *st);
+
+static void listen_poll_cb(uv_poll_t *p, int status, int events)
+{
+    pst_store *st = p->data;
+    (void)events;
+    if (status < 0 || !PQconsumeInput(st->listen)) {
+        pst_log(st, 1, "store: LISTEN connection lost: %s",
+                PQerrorMessage(st->listen));
+        listen_stop(st);
+        return;
+    }
+    bool any = false;
+    PGnotify *n;
+    while ((n = PQnotifies(st->listen)) != NULL) {
+        any = true;
+        PQfreemem(n);
+    }
+    /* drain results of our own LISTEN command */
+    while (!PQisBusy(st->listen)) {
+        PGresult *r = PQgetResult(st->listen);
+        if (!r) break;
+        PQclear(r);
+    }
+    if (any) pst_start_capture(st);
+}
+
+static void listen_closed(uv_handle_t *h)
+{
+    pst_store *st = h->data;
+    if (st->listen) PQfinish(st->listen);
+    st->listen = NULL;
+    st->refs--;
+}
+
+static void listen_stop(pst_store *st)
+{
+    if (!st->listen) return;
+    if (st->listen_active) {
+        st->listen_active = false;
+        uv_poll_stop(&st->listen_poll);
+        uv_close((uv_handle_t *)&st->listen_poll, listen_closed);
+    } else {
+        PQfinish(st->listen);
+        st->listen = NULL;
+        st->refs--;
+    }
+}
+
+/* Connects without blocking: PQconnectPoll driven by uv_poll. */
+static void listen_connect_cb(uv_poll_t *p, int status, int events);
+
+static void listen_want(pst_store *st, PostgresPollingStatusType ps)
+{
+    uv_poll_start(&st->listen_poll,
+                  ps == PGRES_POLLING_READING ? UV_READABLE : UV_WRITABLE,
+                  listen_connect_cb);
+}
+
+static void listen_connect_cb(uv_poll_t *p, int status, int events)
+{
+    pst_store *st = p->data;
+    (void)events;
+    PostgresPollingStatusType ps =
+        status < 0 ? PGRES_POLLING_FAILED : PQconnectPoll(st->listen);
+    if (ps == PGRES_POLLING_READING || ps == PGRES_POLLING_WRITING) {
+        listen_want(st, ps);
+        return;
+    }
+    if (ps != PGRES_POLLING_OK || PQsetnonblocking(st->listen, 1) != 0 ||
+        !PQsendQuery(st->listen, "LISTEN pmgcm_capture")) {
+        listen_stop(st);
+        return;
+    }
+    PQsetNoticeProcessor(st->listen, notice_quiet, NULL);
+    PQflush(st->listen);
+    uv_poll_start(&st->listen_poll, UV_READABLE, listen_poll_cb);
+    /* changes committed before we listened */
+    pst_start_capture(st);
+}
+
+static void listen_start(pst_store *st)
+{
+    if (st->listen || st->closing) return;
+    PGconn *c = PQconnectStart(st->conninfo);
+    if (!c) return;
+    if (PQstatus(c) == CONNECTION_BAD || PQsocket(c) < 0) {
+        PQfinish(c);
+        return;
+    }
+    st->listen = c;
+    st->refs++;
+    if (uv_poll_init(st->loop, &st->listen_poll, PQsocket(c)) != 0) {
+        PQfinish(c);
+        st->listen = NULL;
+        st->refs--;
+        return;
+    }
+    st->listen_poll.data = st;
+    st->listen_active = true;
+    listen_want(st, PGRES_POLLING_WRITING);
+}
+
+/* ---- timer ------------------------------------------------------------------------ */
+
+static void timer_cb(uv_timer_t *t)
+{
+    pst_store *st = t->data;
+    if (st->closing) return;
+    if (!st->info.ready) {
+        setup_start(st);
+        return;
+    }
+    if (!st->listen) listen_start(st);
+    /* fallback for a lost notification and for leftovers at start */
+    if (st->info.master) pst_start_capture(st);
+    uint64_t now = pst_mono_ms();
+    if (now - st->last_trim_ms >= TRIM_EVERY_MS) {
+        st->last_trim_ms = now;
+        pst_start_trim(st);
+    }
+    pst_sessions_head(st);
+}
+
+/* ---- open / close ---------------------------------------------------------------- */
+
+static char *dup_or(const char *s, const char *def)
+{
+    return strdup(s && *s ? s : def);
+}
+
+int pst_open(uv_loop_t *loop, const pst_config *cfg, const pst_events *ev,
+             pst_store **out)
+{
+    if (!loop || !cfg || !cfg->conninfo || !*cfg->conninfo || !out)
+        return -EINVAL;
+    pst_store *st = calloc(1, sizeof(*st));
+    if (!st) return -ENOMEM;
+    st->loop = loop;
+    if (ev) st->ev = *ev;
+    st->conninfo = strdup(cfg->conninfo);
+    st->schemas = dup_or(cfg->schemas, "public");
+    st->exclude = dup_or(cfg->exclude, "");
+    st->retention_s = cfg->retention_s ? cfg->retention_s : 3600;
+    st->n_workers = cfg->workers ? cfg->workers : 4;
+    st->workers = calloc(st->n_workers, sizeof(*st->workers));
+    if (!st->conninfo || !st->schemas || !st->exclude || !st->workers) {
+        free(st->conninfo);
+        free(st->schemas);
+        free(st->exclude);
+        free(st->workers);
+        free(st);
+        return -ENOMEM;
+    }
+    pthread_mutex_init(&st->mu, NULL);
+    pthread_cond_init(&st->cv, NULL);
+    uv_async_init(loop, &st->async, async_cb);
+    st->async.data = st;
+    uv_timer_init(loop, &st->timer);
+    st->timer.data = st;
+    st->info.state = PST_CONNECTING;
+    for (size_t i = 0; i < st->n_workers; i++) {
+        st->workers[i].st = st;
+        if (uv_thread_create(&st->workers[i].tid, worker_main,
+                             &st->workers[i]) == 0)
+            st->workers[i].started = true;
+    }
+    uv_timer_start(&st->timer, timer_cb, SETUP_RETRY_MS, TICK_MS);
+    st->last_trim_ms = pst_mono_ms();
+    setup_start(st);
+    *out = st;
+    return 0;
+}
+
+
+static void close_free_cb(uv_handle_t *h)
+{
+    pst_store *st = h->data;
+    if (--st->refs > 0) return;
+    pthread_mutex_destroy(&st->mu);
+    pthread_cond_destroy(&st->cv);
+    free(st->conninfo);
+    free(st->schemas);
+    free(st->exclude);
+    free(st->workers);
+    free(st->schema_text);
+    free(st);
+}
+
+
+void pst_close(pst_store *st)
+{
+    if (!st) return;
+    st->closing = 1;
+    pst_sessions_close_all(st);
+    listen_stop(st);
+    /* stop the workers: cancel what runs, join */
+    pthread_mutex_lock(&st->mu);
+    st->stopping = true;
+    pthread_cond_broadcast(&st->cv);
+    pthread_mutex_unlock(&st->mu);
+    for (size_t i = 0; i < st->n_workers; i++) {
+        if (!st->workers[i].started) continue;
+        uv_thread_join(&st->workers[i].tid);
+    }
+    /* run the done callbacks of finished jobs (they free themselves) and
+     * of queued ones */
+    pthread_mutex_lock(&st->mu);
+    pst_job *list = st->done_head, *q = st->q_head;
+    st->done_head = st->q_head = st->q_tail = NULL;
+    pthread_mutex_unlock(&st->mu);
+    while (list) {
+        pst_job *n = list->next;
+        list->done(list);
+        list = n;
+    }
+    while (q) {
+        pst_job *n = q->next;
+        q->rc = -ECANCELED;
+        q->cancelled = true;
+        q->done(q);
+        q = n;
+    }
+    pst_roles_free(st);
+    st->refs += 2;
+    uv_close((uv_handle_t *)&st->async, close_free_cb);
+    uv_close((uv_handle_t *)&st->timer, close_free_cb);
+}
+
+
+void pst_get_info(const pst_store *st, pst_info *out)
+{
+    *out = st->info;
+    if (!out->ready || out->state == PST_LOADING ||
+        out->state == PST_DIVERGED || out->state == PST_CONNECTING ||
+        out->state == PST_IDLE || out->state == PST_OFF)
+        return;
+    if (out->master)
+        out->state = PST_IN_SYNC;
+    else if (pst_following(st) && out->loaded &&
+             out->pos.seq >= out->head.seq && out->recv_seq == out->pos.seq)
+        out->state = PST_IN_SYNC;
+    else
+        out->state = PST_CATCHING_UP;
+}

@@ -1,0 +1,216 @@
+/*
+ * store.h - the replicated PostgreSQL store of pmgcm (public header of the
+ * store library, prefix pst_).
+ *
+ * One PostgreSQL database per node, reached with a libpq conninfo. The
+ * replicated set is every table with a primary key in the configured
+ * schemas minus an exclusion list. The store keeps its own schema `pmgcm`
+ * in that database:
+ *
+ *   pmgcm.state      one row: role ('none' | 'master' | 'replica'), master
+ *                    name, epoch, seq (last applied change), recv_seq (last
+ *                    change held in the log), loaded, snapshots (count)
+ *   pmgcm.capture    changes committed on the master, not yet numbered
+ *   pmgcm.log        the ordered change log: (epoch, seq) positions
+ *   pmgcm.epochs     where each epoch (master term) started
+ *   pmgcm.divergence changes this node holds that the cluster never got
+ *   pmgcm.tables     the replicated set and its generated apply statements
+ *
+ * Capture: one trigger per replicated table (rows and TRUNCATE). On the
+ * master it copies the change into pmgcm.capture and NOTIFYs; on any other
+ * node of a cluster it raises "... write on the master (NAME)"; outside a
+ * cluster (role 'none') it lets the write through uncaptured. The store's
+ * own sessions run with session_replication_role = replica, so triggers do
+ * not fire for them.
+ *
+ * Numbering (master): woken by the NOTIFY (delivered at commit), the store
+ * moves every visible pmgcm.capture row into pmgcm.log in one transaction,
+ * numbered seq+1.. in capture order under the current epoch. A transaction
+ * that commits after a higher-numbered capture row's transaction is simply
+ * seen by a later numbering pass: nothing is skipped, because the pass
+ * deletes what it numbers instead of remembering "the largest id seen".
+ * Each pass's last entry has last = true; a pass holds whole transactions.
+ *
+ * Apply (other nodes): received entries are inserted into pmgcm.log and,
+ * up to the last complete pass, applied, with pmgcm.state updated, all in
+ * one transaction (exactly once across crashes).
+ *
+ * Threads: all libpq work runs on the store's worker threads (blocking
+ * libpq, one connection each) or on a per-snapshot thread; the loop thread
+ * only posts jobs and gets results through a uv_async. LISTEN runs on an
+ * extra non-blocking connection under uv_poll.
+ *
+ * Streams: pst_session is a transport-agnostic stream endpoint (sans-IO
+ * towards the network): the caller feeds frames in and sends the frames
+ * the session gives it (see pst_link). Membership carries them over the
+ * nodes' pinned TLS channel.
+ *
+ * All functions run on the loop thread. Return 0 or a negative errno (or
+ * PST_E* below -700). Ownership is stated next to each function.
+ */
+#ifndef PMGCM_STORE_STORE_H
+#define PMGCM_STORE_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct uv_loop_s;
+
+#define PST_ENEEDSNAP (-701) /* the upstream no longer holds our range     */
+#define PST_EDIVERGED (-702) /* we held changes the cluster never got      */
+#define PST_ESCHEMA   (-703) /* table definitions differ                   */
+#define PST_EREMOTE   (-704) /* the peer reported an error                 */
+#define PST_EDB       (-705) /* the database failed (message in info.error)*/
+#define PST_EPROTO    (-706) /* malformed or unexpected stream message     */
+#define PST_EAHEAD    (-707) /* the upstream is behind us                  */
+
+/* Static text for 0, -errno and PST_E*. */
+const char *pst_strerror(int err);
+
+typedef struct pst_pos {
+    uint64_t epoch, seq;
+} pst_pos;
+
+/* Order by (epoch, seq). */
+int pst_pos_cmp(pst_pos a, pst_pos b);
+
+typedef enum pst_state {
+    PST_OFF = 0,      /* not configured                                  */
+    PST_CONNECTING,   /* database not reachable yet / being set up       */
+    PST_IDLE,         /* set up, not in a cluster (role 'none')          */
+    PST_LOADING,      /* loading a snapshot                               */
+    PST_CATCHING_UP,  /* behind the upstream, or no upstream yet         */
+    PST_IN_SYNC,      /* master, or caught up with the upstream          */
+    PST_DIVERGED,     /* recording divergent changes before a resync     */
+    PST_ERROR,        /* stuck on an error (info.error), retrying        */
+} pst_state;
+
+/* "off", "connecting", "idle", "loading", "catching-up", "in-sync",
+ * "diverged", "error". */
+const char *pst_state_name(pst_state s);
+
+typedef struct pst_config {
+    const char *conninfo;     /* libpq conninfo; copied                   */
+    const char *schemas;      /* comma list, NULL = "public"; copied      */
+    const char *exclude;      /* comma list of schema.table; copied       */
+    uint32_t retention_s;     /* change log kept on every node            */
+    uint32_t workers;         /* worker threads (0 = 4)                   */
+} pst_config;
+
+typedef struct pst_events {
+    /* something in pst_info changed (state, position, head) */
+    void (*changed)(void *ud);
+    /* one log line: level 0 error, 1 warn, 2 info, 3 debug */
+    void (*log)(void *ud, int level, const char *msg);
+    void *ud;
+} pst_events;
+
+typedef struct pst_store pst_store;
+
+/* Starts the store: worker threads, then (asynchronously, retried every
+ * 2 s while the database is unreachable) installs the pmgcm schema,
+ * discovers the replicated set, installs the triggers and reads the
+ * state. cfg and ev are copied. 0 and *out, -EINVAL, -ENOMEM. */
+int pst_open(struct uv_loop_s *loop, const pst_config *cfg,
+             const pst_events *ev, pst_store **out);
+/* Stops everything: sessions end (their links' close fire), threads are
+ * joined (a running statement is cancelled), connections closed, st is
+ * freed. Blocks the loop for at most the time a cancel takes. NULL ok. */
+void pst_close(pst_store *st);
+
+typedef struct pst_info {
+    pst_state state;
+    bool ready;            /* schema installed and state read            */
+    bool master;           /* role 'master' and numbering changes        */
+    bool loaded;           /* holds a snapshot (or created the cluster)  */
+    pst_pos pos;           /* last applied change                        */
+    uint64_t recv_seq;     /* last change held in the log                */
+    pst_pos head;          /* newest upstream position we know (master:
+                              = pos)                                     */
+    int64_t pos_ts_us;     /* capture time of the last applied change   */
+    int64_t head_ts_us;    /* capture time of head                       */
+    uint64_t snapshots;    /* snapshots loaded (pmgcm.state.snapshots)   */
+    uint64_t applied_total, captured_total, divergent_total;
+    size_t n_tables;
+    /* snapshot being loaded */
+    uint64_t snap_rows, snap_bytes, snap_est_rows, snap_est_bytes;
+    uint32_t snap_tables_done, snap_tables;
+    uint64_t snap_started_ms;
+    char error[256];       /* last error, "" if none                     */
+    char schema_digest[17];/* first 16 hex digits of SHA-256(schema)    */
+} pst_info;
+
+/* A snapshot of the store's state. */
+void pst_get_info(const pst_store *st, pst_info *out);
+
+/* Sets the role. master: number changes under `epoch` (a new epoch >
+ * the current one starts a term: the log gets an epoch entry; entries
+ * received but not applied are dropped). !master with in_cluster: refuse
+ * ordinary writes, naming master_name; capture rows left from a term as
+ * master are moved to pmgcm.divergence. !in_cluster: role 'none'.
+ * done (may be NULL) runs on the loop with 0 or an error. Roles are
+ * applied in call order. 0 or -ENOMEM. */
+int pst_set_role(pst_store *st, bool in_cluster, bool master, uint64_t epoch,
+                 uint32_t self_cid, const char *master_name,
+                 void (*done)(void *ud, int rc), void *ud);
+
+/* Marks the current data as the cluster's initial data (pmgcm create):
+ * loaded = true. done as above. */
+int pst_mark_loaded(pst_store *st, void (*done)(void *ud, int rc), void *ud);
+
+/* ---- streams ------------------------------------------------------------ */
+
+/* What a session needs from its transport. */
+typedef struct pst_link {
+    /* Sends one frame (copy it). 0; -EAGAIN: not sent, call
+     * pst_session_writable when the transport drained; other -errno:
+     * the transport is gone. */
+    int (*send)(void *ud, const uint8_t *buf, size_t len);
+    /* Client sessions: stop / restart delivering frames. */
+    void (*pause)(void *ud, bool paused);
+    /* The session has ended (rc 0 = done, or why); the caller closes the
+     * transport and calls pst_session_free. Fires once, from the loop. */
+    void (*end)(void *ud, int rc, const char *why);
+    void *ud;
+} pst_link;
+
+typedef struct pst_session pst_session;
+
+typedef enum pst_open_kind {
+    PST_SUBSCRIBE = 1, /* changes after our position, live              */
+    PST_SNAPSHOT = 2,  /* a full snapshot, then end                      */
+    PST_POSITION = 3,  /* the peer's position, then end                  */
+} pst_open_kind;
+
+/* Client: builds the opening message for `kind` (malloc'ed into *buf;
+ * the caller sends it inside its own request and frees it) and a session
+ * that consumes the server's frames. 0, -ENOMEM, -EAGAIN (store not
+ * ready). */
+int pst_client(pst_store *st, pst_open_kind kind, uint32_t self_cid,
+               const pst_link *link, uint8_t **buf, size_t *len,
+               pst_session **out);
+/* Server: a session answering the opening message `open`. 0, -EINVAL
+ * (malformed), -EAGAIN (store not ready), -ENOMEM. On success frames are
+ * sent through link from the loop. */
+int pst_server(pst_store *st, const uint8_t *open, size_t len,
+               const pst_link *link, pst_session **out);
+/* A frame from the peer (copied as needed). */
+void pst_session_frame(pst_session *s, const uint8_t *buf, size_t len);
+/* The transport accepted frames again after -EAGAIN. */
+void pst_session_writable(pst_session *s);
+/* Client POSITION: the peer's answer, valid after end(0). */
+pst_pos pst_session_peer_pos(const pst_session *s);
+/* Ends the session (no further link callbacks, end included) and frees
+ * it; background work it started is cancelled and cleaned up later.
+ * NULL ok. */
+void pst_session_free(pst_session *s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
