@@ -255,3 +255,13 @@ pg_it_cleanup() {
     (exit "$rc")
     it_cleanup
 }
+
+# pg_bg I INFILE OUTFILE: psql running the statements of INFILE on node I in
+# the background (stdout to OUTFILE, stderr to OUTFILE.err, stops at the
+# first error); PG_BG_PID is psql's own pid (kill it to end the session).
+PG_BG_PID=
+pg_bg() {
+    "$PG_BINDIR/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$(pg_sock "$1")" -U postgres -d pmg \
+        -f - <"$2" >"$3" 2>"$3.err" &
+    PG_BG_PID=$!
+}
