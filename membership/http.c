@@ -403,6 +403,11 @@ size_t pmm_http_checks(const pmm_http_view *v, pmm_http_check *out)
                    "behind: holds epoch %" PRIu64 " version %" PRIu64
                    ", a newer one was announced",
                    v->epoch, v->version);
+    c = add_check(out, &n, "data", true);
+    if (v->has_db && v->in_cluster && !v->db_in_sync)
+        fail_check(c, PMM_HTTP_NOTREADY, "database %s at %" PRIu64
+                   " of %" PRIu64 "%s%s", v->db_state, v->db_seq,
+                   v->db_head_seq, v->db_error[0] ? ": " : "", v->db_error);
     c = add_check(out, &n, "drain", true);
     if (v->draining)
         fail_check(c, PMM_HTTP_CRIT, "draining (pmgcm undrain)");
@@ -642,6 +647,33 @@ static void page_metrics(pmm_buf *b, const pmm_http_view *v)
     m_one(b, "pmgcm_cluster_config_synced", "gauge",
           "1 when this node holds the newest config announced, else 0.",
           v->in_cluster && (v->config_synced || v->is_master) ? 1 : 0);
+    if (v->has_db) {
+        m_one(b, "pmgcm_db_in_sync", "gauge",
+              "1 when the replicated database is loaded and caught up.",
+              v->db_in_sync ? 1 : 0);
+        m_one(b, "pmgcm_db_position", "gauge",
+              "Sequence number of the last change applied here.", v->db_seq);
+        m_one(b, "pmgcm_db_head_position", "gauge",
+              "Newest change sequence number known from the upstream.",
+              v->db_head_seq);
+        m_one(b, "pmgcm_db_lag_changes", "gauge",
+              "Changes known upstream and not yet applied here.",
+              v->db_head_seq > v->db_seq ? v->db_head_seq - v->db_seq : 0);
+        m_head(b, "pmgcm_db_lag_seconds", "gauge",
+               "Capture time of the newest upstream change minus that of "
+               "the last applied one.");
+        pmm_buf_printf(b, "pmgcm_db_lag_seconds %.3f\n", v->db_lag_seconds);
+        m_one(b, "pmgcm_db_changes_applied_total", "counter",
+              "Changes applied from the upstream since start.", v->db_applied);
+        m_one(b, "pmgcm_db_changes_captured_total", "counter",
+              "Changes numbered here as master since start.", v->db_captured);
+        m_one(b, "pmgcm_db_snapshots_total", "counter",
+              "Snapshots loaded into this node's database (ever).",
+              v->db_snapshots);
+        m_one(b, "pmgcm_db_divergent_changes_total", "counter",
+              "Changes recorded in pmgcm.divergence since start.",
+              v->db_divergent);
+    }
     m_one(b, "pmgcm_cluster_master_cid", "gauge",
           "The master's cid in the config this node holds (0: none).",
           v->master_cid);

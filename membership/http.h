@@ -142,6 +142,14 @@ typedef struct pmm_http_view {
     uint32_t local_health;    /* Lifeguard awareness score, 0 = healthy */
     gsp_stats gossip;
     pmm_http_stats http;      /* the status port's own counters */
+    /* the replicated database (store/store.h), when configured */
+    bool has_db;
+    bool db_in_sync;          /* loaded and caught up (or master) */
+    char db_state[16];
+    char db_error[256];
+    uint64_t db_epoch, db_seq, db_head_seq;
+    double db_lag_seconds;
+    uint64_t db_applied, db_captured, db_snapshots, db_divergent;
 } pmm_http_view;
 
 typedef struct pmm_http_source {
@@ -161,7 +169,7 @@ typedef enum pmm_http_level {
     PMM_HTTP_CRIT,     /* readyz 503; /health 503 */
 } pmm_http_level;
 
-#define PMM_HTTP_CHECKS_MAX 8
+#define PMM_HTTP_CHECKS_MAX 12
 #define PMM_HTTP_WHY_MAX 120
 
 typedef struct pmm_http_check {

@@ -326,6 +326,9 @@ typedef struct pmm_meta {
     char role[PMM_ROLE_MAX + 1]; /* "master", "node", or "-" outside a cluster */
     uint64_t cfg_epoch;  /* cluster config (epoch, version) this node holds */
     uint64_t cfg_version;
+    uint32_t db_state;   /* pst_state of the store; 0 = no store */
+    uint64_t db_epoch, db_seq; /* last applied change */
+    uint64_t db_ts_ms;   /* its capture time on the master (unix ms) */
 } pmm_meta;
 
 /* Encodes into buf (cap >= GSP_META_MAX is always enough). 0, -EINVAL,
@@ -434,9 +437,19 @@ typedef struct pmm_status_row {
     double load;             /* -1 unknown */
     int mem;                 /* percent, -1 unknown */
     int disk;                /* percent, -1 unknown */
+    /* the store, when the node has one (has_db) */
+    bool has_db;
+    char db_state[16];       /* pst_state_name() */
+    uint64_t db_epoch, db_seq;
+    uint64_t db_ts_ms;
+    uint64_t lag_changes;    /* behind the master (filled by the caller) */
+    double lag_seconds;
 } pmm_status_row;
 
 char pmm_state_letter(gsp_state s);
+/* After rows are built: lag of every store row against the master's row,
+ * and 'S' for an alive node whose store is not in sync. */
+void pmm_status_db_finish(pmm_status_row *rows, size_t n);
 /* Builds a row from a member; now_unix is the wall clock of the reader.
  * Dead and left members keep their last load/mem/disk but no uptime. */
 void pmm_status_row_from_member(pmm_status_row *r, const gsp_member *m,
@@ -449,7 +462,8 @@ char *pmm_format_uptime(int64_t secs, char *buf, size_t len);
 /* PMG's table: header then one line per row (rows printed as given). */
 int pmm_status_render_text(pmm_buf *b, const pmm_status_row *rows, size_t n);
 /* JSON array of objects: name, cid, ip, role, state, uptime, load, mem,
- * disk (null when unknown), id, gossip_state, port, self. */
+ * disk (null when unknown), id, gossip_state, port, self, and db
+ * ({state, epoch, seq, lag_changes, lag_seconds}) when has_db. */
 int pmm_status_write_json(pmm_buf *b, const pmm_status_row *rows, size_t n);
 /* Reads such an array back (validating every field). *rows is malloc'd. */
 int pmm_status_from_json(const pmm_json *arr, pmm_status_row **rows,

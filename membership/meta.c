@@ -38,6 +38,14 @@ int pmm_meta_encode(const pmm_meta *m, uint8_t *buf, size_t cap, size_t *len)
     nm.has_cfg_epoch = nm.has_cfg_version = true;
     nm.cfg_epoch = m->cfg_epoch;
     nm.cfg_version = m->cfg_version;
+    if (m->db_state) {
+        nm.has_db_state = nm.has_db_epoch = nm.has_db_seq = true;
+        nm.has_db_ts_ms = true;
+        nm.db_state = m->db_state;
+        nm.db_epoch = m->db_epoch;
+        nm.db_seq = m->db_seq;
+        nm.db_ts_ms = m->db_ts_ms;
+    }
     need = pmgcm__membership__node_meta__get_packed_size(&nm);
     if (need > cap || need > GSP_META_MAX)
         return -ENOSPC;
@@ -66,6 +74,10 @@ int pmm_meta_decode(pmm_meta *out, const uint8_t *buf, size_t len)
     m.cid = nm->has_cid ? nm->cid : 0;
     m.cfg_epoch = nm->has_cfg_epoch ? nm->cfg_epoch : 0;
     m.cfg_version = nm->has_cfg_version ? nm->cfg_version : 0;
+    m.db_state = nm->has_db_state && nm->db_state < 64 ? nm->db_state : 0;
+    m.db_epoch = nm->has_db_epoch ? nm->db_epoch : 0;
+    m.db_seq = nm->has_db_seq ? nm->db_seq : 0;
+    m.db_ts_ms = nm->has_db_ts_ms ? nm->db_ts_ms : 0;
     if (nm->role != NULL) {
         size_t n = strlen(nm->role);
         if (!role_ok(nm->role, n))

@@ -53,6 +53,17 @@ void pmm_status_row_from_member(pmm_status_row *r, const gsp_member *m,
     r->load = meta.load1 / 100.0;
     r->mem = (int)meta.mem_pct;
     r->disk = (int)meta.disk_pct;
+    if (meta.db_state) {
+        static const char *const names[] = {"off", "connecting", "idle",
+                                            "loading", "catching-up",
+                                            "in-sync", "diverged", "error"};
+        r->has_db = true;
+        snprintf(r->db_state, sizeof(r->db_state), "%s",
+                 meta.db_state < 8 ? names[meta.db_state] : "unknown");
+        r->db_epoch = meta.db_epoch;
+        r->db_seq = meta.db_seq;
+        r->db_ts_ms = meta.db_ts_ms;
+    }
     if (m->state == GSP_ALIVE || m->state == GSP_SUSPECT) {
         /* start_time comes from the member's clock: clamp small skew */
         if (meta.start_time > (uint64_t)INT64_MAX ||
@@ -60,6 +71,28 @@ void pmm_status_row_from_member(pmm_status_row *r, const gsp_member *m,
             r->uptime = 0;
         else
             r->uptime = now_unix - (int64_t)meta.start_time;
+    }
+}
+
+void pmm_status_db_finish(pmm_status_row *rows, size_t n)
+{
+    const pmm_status_row *m = NULL;
+    for (size_t i = 0; i < n; i++)
+        if (rows[i].has_db && strcmp(rows[i].role, "master") == 0 &&
+            rows[i].state == 'A')
+            m = &rows[i];
+    for (size_t i = 0; i < n; i++) {
+        pmm_status_row *r = &rows[i];
+        if (!r->has_db) continue;
+        if (m && m->db_seq > r->db_seq) {
+            r->lag_changes = m->db_seq - r->db_seq;
+            r->lag_seconds = m->db_ts_ms > r->db_ts_ms
+                                 ? (double)(m->db_ts_ms - r->db_ts_ms) / 1000.0
+                                 : 0;
+        }
+        if (r->state == 'A' && strcmp(r->db_state, "in-sync") != 0 &&
+            strcmp(r->db_state, "idle") != 0)
+            r->state = 'S';
     }
 }
 
@@ -180,8 +213,18 @@ int pmm_status_write_json(pmm_buf *b, const pmm_status_row *rows, size_t n)
         pmm_json_str(b, r->id, strlen(r->id));
         pmm_buf_puts(b, ",\"gossip_state\":");
         pmm_json_str(b, r->gossip_state, strlen(r->gossip_state));
-        pmm_buf_printf(b, ",\"port\":%u,\"self\":%s}", (unsigned)r->port,
+        pmm_buf_printf(b, ",\"port\":%u,\"self\":%s", (unsigned)r->port,
                        r->self ? "true" : "false");
+        if (r->has_db) {
+            pmm_buf_puts(b, ",\"db\":{\"state\":");
+            pmm_json_str(b, r->db_state, strlen(r->db_state));
+            pmm_buf_printf(b, ",\"epoch\":%llu,\"seq\":%llu,"
+                           "\"lag_changes\":%llu,\"lag_seconds\":%.3f}",
+                           (unsigned long long)r->db_epoch,
+                           (unsigned long long)r->db_seq,
+                           (unsigned long long)r->lag_changes, r->lag_seconds);
+        }
+        pmm_buf_puts(b, "}");
     }
     return pmm_buf_puts(b, "]");
 }

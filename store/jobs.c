@@ -22,7 +22,8 @@ static const char SETUP_SQL[] =
     " epoch bigint NOT NULL DEFAULT 0, seq bigint NOT NULL DEFAULT 0,"
     " recv_seq bigint NOT NULL DEFAULT 0, ts timestamptz,"
     " loaded boolean NOT NULL DEFAULT false,"
-    " snapshots bigint NOT NULL DEFAULT 0, cid int NOT NULL DEFAULT 0);"
+    " snapshots bigint NOT NULL DEFAULT 0, cid int NOT NULL DEFAULT 0,"
+    " cluster text NOT NULL DEFAULT '');"
     "INSERT INTO pmgcm.state(one) VALUES (true) ON CONFLICT DO NOTHING;"
     "CREATE TABLE IF NOT EXISTS pmgcm.capture (id bigserial PRIMARY KEY,"
     " tbl text NOT NULL, op \"char\" NOT NULL, old jsonb, new jsonb);"
@@ -408,12 +409,14 @@ typedef struct role_req {
     uint64_t epoch;
     uint32_t cid;
     char master_name[128];
+    char cluster[65];
     void (*done)(void *ud, int rc);
     void *ud;
     /* results */
     pst_pos pos;
     uint64_t moved;
     bool loaded;
+    bool reset;
 } role_req;
 
 static int q1(PGconn *c, const char *sql, int n, const char *const *pv,
@@ -443,15 +446,36 @@ static void role_run(pst_job *j, PGconn *c)
     }
     if ((rc = pst_exec(c, "BEGIN", err, el))) goto out;
     PGresult *r;
-    if ((rc = q1(c, "SELECT epoch, seq, recv_seq, role, loaded FROM pmgcm.state"
-                    " FOR UPDATE", 0, NULL, &r, err, el)))
+    if ((rc = q1(c, "SELECT epoch, seq, recv_seq, role, loaded, cluster FROM"
+                    " pmgcm.state FOR UPDATE", 0, NULL, &r, err, el)))
         goto out;
     uint64_t epoch = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
     uint64_t seq = strtoull(PQgetvalue(r, 0, 1), NULL, 10);
     uint64_t recv = strtoull(PQgetvalue(r, 0, 2), NULL, 10);
     q->loaded = PQgetvalue(r, 0, 4)[0] == 't';
+    bool other_cluster = q->cluster[0] &&
+                         strcmp(PQgetvalue(r, 0, 5), q->cluster) != 0;
     PQclear(r);
     char eb[24], sb[24], cb[16];
+    if (other_cluster) {
+        const char *pc[1] = {q->cluster};
+        if ((rc = q1(c, "UPDATE pmgcm.state SET cluster = $1", 1, pc, NULL,
+                     err, el)))
+            goto out;
+        if (q->in_cluster && !q->master) {
+            /* data of another cluster (or none): start over */
+            if ((rc = pst_exec(c,
+                               "DELETE FROM pmgcm.log; DELETE FROM"
+                               " pmgcm.epochs; UPDATE pmgcm.state SET"
+                               " loaded = false, epoch = 0, seq = 0,"
+                               " recv_seq = 0",
+                               err, el)))
+                goto out;
+            q->loaded = false;
+            epoch = seq = recv = 0;
+            q->reset = true;
+        }
+    }
     if (q->mark_loaded) {
         rc = pst_exec(c, "UPDATE pmgcm.state SET loaded = true", err, el);
         if (rc) goto out;
@@ -463,17 +487,16 @@ static void role_run(pst_job *j, PGconn *c)
     } else if (!q->master) {
         /* rows committed while we were master and never numbered: the
          * cluster will never get them */
-        const char *pv[2] = {q->master_name, NULL};
         snprintf(eb, sizeof(eb), "%llu", (unsigned long long)epoch);
-        pv[1] = eb;
+        const char *pv[1] = {eb};
         if ((rc = q1(c,
                      "WITH c AS (DELETE FROM pmgcm.capture RETURNING *)"
                      " INSERT INTO pmgcm.divergence (reason, epoch, op, tbl,"
                      " old, new, ts) SELECT 'committed while this node was"
-                     " master (epoch ' || $2 || '), never sent: the cluster"
-                     " moved on', $2::bigint, op, tbl, old, new, now()"
+                     " master (epoch ' || $1::text || '), never sent: the cluster"
+                     " moved on', $1::bigint, op, tbl, old, new, now()"
                      " FROM c ORDER BY id",
-                     2, pv, &r, err, el)))
+                     1, pv, &r, err, el)))
             goto out;
         q->moved = strtoull(PQcmdTuples(r), NULL, 10);
         PQclear(r);
@@ -543,6 +566,12 @@ static void role_done(pst_job *j)
             pst_info *i = &st->info;
             i->master = q->in_cluster && q->master;
             i->loaded = q->loaded;
+            if (q->reset) {
+                i->pos = q->pos;
+                i->recv_seq = q->pos.seq;
+                i->head = q->pos;
+                i->pos_ts_us = i->head_ts_us = 0;
+            }
             if (q->in_cluster && q->master) {
                 i->pos = q->pos;
                 i->recv_seq = q->pos.seq;
@@ -599,7 +628,8 @@ static int role_push(pst_store *st, role_req *q)
 
 int pst_set_role(pst_store *st, bool in_cluster, bool master, uint64_t epoch,
                  uint32_t self_cid, const char *master_name,
-                 void (*done)(void *ud, int rc), void *ud)
+                 const char *cluster, void (*done)(void *ud, int rc),
+                 void *ud)
 {
     role_req *q = calloc(1, sizeof(*q));
     if (!q) return -ENOMEM;
@@ -609,6 +639,7 @@ int pst_set_role(pst_store *st, bool in_cluster, bool master, uint64_t epoch,
     q->cid = self_cid;
     snprintf(q->master_name, sizeof(q->master_name), "%s",
              master_name ? master_name : "");
+    snprintf(q->cluster, sizeof(q->cluster), "%s", cluster ? cluster : "");
     q->done = done;
     q->ud = ud;
     st->self_cid = self_cid;

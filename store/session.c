@@ -777,6 +777,16 @@ void pst_session_free(pst_session *s)
     free(s);
 }
 
+void pst_session_eof(pst_session *s)
+{
+    if (s->ended) return;
+    if (!s->server && s->kind == PST_SNAPSHOT && s->sn) {
+        pst_pipe_eof(&s->sn->pipe);
+        return;
+    }
+    sess_end(s, -ECONNRESET, "the peer closed the stream");
+}
+
 pst_pos pst_session_peer_pos(const pst_session *s)
 {
     return s->peer_pos;
@@ -1344,7 +1354,7 @@ static void div_run(pst_job *j, PGconn *c)
         "WITH d AS (DELETE FROM pmgcm.log WHERE seq > $1::bigint RETURNING *)"
         " INSERT INTO pmgcm.divergence (reason, epoch, seq, op, tbl, old, new,"
         " ts) SELECT 'not received by the cluster: the new master''s term"
-        " started after change ' || $1, epoch, seq, op, tbl, old, new, ts"
+        " started after change ' || $1::text, epoch, seq, op, tbl, old, new, ts"
         " FROM d WHERE op <> 'E' ORDER BY seq",
         1, NULL, pv, NULL, NULL, 0);
     if (PQresultStatus(r) != PGRES_COMMAND_OK) {

@@ -157,7 +157,8 @@ void pst_get_info(const pst_store *st, pst_info *out);
  * applied in call order. 0 or -ENOMEM. */
 int pst_set_role(pst_store *st, bool in_cluster, bool master, uint64_t epoch,
                  uint32_t self_cid, const char *master_name,
-                 void (*done)(void *ud, int rc), void *ud);
+                 const char *cluster, void (*done)(void *ud, int rc),
+                 void *ud);
 
 /* Marks the current data as the cluster's initial data (pmgcm create):
  * loaded = true. done as above. */
@@ -201,6 +202,10 @@ int pst_server(pst_store *st, const uint8_t *open, size_t len,
                const pst_link *link, pst_session **out);
 /* A frame from the peer (copied as needed). */
 void pst_session_frame(pst_session *s, const uint8_t *buf, size_t len);
+/* The transport closed gracefully: a snapshot being loaded finishes from
+ * what arrived (end follows when it is committed or failed); any other
+ * session ends with -ECONNRESET. */
+void pst_session_eof(pst_session *s);
 /* The transport accepted frames again after -EAGAIN. */
 void pst_session_writable(pst_session *s);
 /* Client POSITION: the peer's answer, valid after end(0). */
