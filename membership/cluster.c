@@ -176,6 +176,11 @@ int pmm_cluster_to_pb(const pmm_cluster *c, bool with_keys,
         p->n_keys = c->n_keys;
         p->keys = h->keys;
     }
+    if (c->has_files_digest) {
+        p->has_files_digest = 1;
+        p->files_digest.data = (uint8_t *)c->files_digest;
+        p->files_digest.len = PMM_HASH_LEN;
+    }
     *out = p;
     return 0;
 }
@@ -225,6 +230,12 @@ int pmm_cluster_from_pb(pmm_cluster *out, const Pmgcm__Cluster__Config *p,
         memcpy(c.keys[i], p->keys[i].data, GSP_KEY_LEN);
     }
     c.n_keys = p->n_keys;
+    if (p->has_files_digest) {
+        if (p->files_digest.len != PMM_HASH_LEN)
+            return pmm_errf(err, errlen, -EINVAL, "bad files digest");
+        memcpy(c.files_digest, p->files_digest.data, PMM_HASH_LEN);
+        c.has_files_digest = true;
+    }
     c.nodes = calloc(p->n_nodes, sizeof(*c.nodes));
     if (!c.nodes) return -ENOMEM;
     c.n_nodes = p->n_nodes;

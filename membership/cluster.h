@@ -52,6 +52,8 @@ typedef struct pmm_cluster {
     uint32_t iter;
     uint8_t keys[GSP_KEYRING_MAX][GSP_KEY_LEN];
     size_t n_keys;
+    bool has_files_digest;          /* the master published mirrored files */
+    uint8_t files_digest[PMM_HASH_LEN]; /* their manifest digest (files.h) */
 } pmm_cluster;
 
 /* Frees c's node array and zeroes c (keys included). */
@@ -156,5 +158,43 @@ const pmm_cluster *pmm_lc_cluster(const pmm_lc *lc);
 bool pmm_lc_config_synced(const pmm_lc *lc);
 /* This node's TLS certificate fingerprint ("AB:CD:..."). */
 const char *pmm_lc_fingerprint(const pmm_lc *lc);
+
+/* The store's streams (repl.c): STORE requests on the node API go to r
+ * (NULL: refused). */
+struct pmm_repl;
+void pmm_lc_set_repl(pmm_lc *lc, struct pmm_repl *r);
+/* This node's TLS identity (borrowed; valid while lc lives). */
+pmm_tls_identity *pmm_lc_identity(const pmm_lc *lc);
+
+/* ---- lifecycle hooks of the mirrored files (files.c) --------------------- */
+struct Pmgcm__Cluster__Request;
+struct Pmgcm__Cluster__Response;
+/* A FILES / FILE_GET request from a member node, handed to the files
+ * handler: it must be answered exactly once with pmm_lc_sreq_reply (also
+ * after the connection or lc is gone; the answer is then dropped). */
+typedef struct pmm_lc_sreq pmm_lc_sreq;
+/* req is valid only during the call: copy what you keep. */
+typedef void (*pmm_lc_files_fn)(void *ud, pmm_lc_sreq *sr,
+                                const struct Pmgcm__Cluster__Request *req);
+/* Routes FILES / FILE_GET from member nodes to fn (NULL: refused). */
+void pmm_lc_set_files_handler(pmm_lc *lc, pmm_lc_files_fn fn, void *ud);
+/* Sends resp (packed here; the caller keeps ownership of resp) and
+ * closes the connection; frees sr. Loop thread; never touches lc. */
+void pmm_lc_sreq_reply(pmm_lc_sreq *sr,
+                       const struct Pmgcm__Cluster__Response *resp);
+/* Outcome of pmm_lc_call_master: rc 0 and resp (valid only during the
+ * call), or -errno with resp NULL (-ECANCELED: lc is closing). */
+typedef void (*pmm_lc_resp_fn)(void *ud, int rc,
+                               const struct Pmgcm__Cluster__Response *resp);
+/* Sends req to the master of this node's config over TLS pinned to the
+ * master's fingerprint. 0: fn is called exactly once, later; -errno (not
+ * in a cluster, this node is the master, ...): fn is never called. */
+int pmm_lc_call_master(pmm_lc *lc, const struct Pmgcm__Cluster__Request *req,
+                       pmm_lc_resp_fn fn, void *ud);
+/* Master only: publishes a new mirrored files digest in the config
+ * (version + 1, written, then announced). 0 (also when unchanged),
+ * -ENOENT outside a cluster, -EPERM not the master, -EBUSY during a key
+ * rotation (retry later). */
+int pmm_lc_set_files_digest(pmm_lc *lc, const uint8_t digest[PMM_HASH_LEN]);
 
 #endif

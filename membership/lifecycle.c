@@ -16,6 +16,7 @@
  */
 #include "membership/cluster.h"
 #include "membership/cluster.pb-c.h"
+#include "membership/repl.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -55,6 +56,8 @@ struct op {
     uint32_t cid;     /* fetch: node asked; delete: node removed */
     int attempt;      /* fetch: index into the node list */
     char want_ip[PMM_IP_STR_MAX + 1]; /* sync --master-ip */
+    pmm_lc_resp_fn ext_fn; /* pmm_lc_call_master: always called once */
+    void *ext_ud;
 };
 
 /* an incoming connection on the node API */
@@ -63,6 +66,7 @@ typedef struct sconn {
     pmm_tls_conn *conn; /* NULL once closed while work was pending */
     bool busy;
     char peer_ip[PMM_IP_STR_MAX + 1];
+    void *stream; /* a store stream (repl.c) owns the connection */
 } sconn;
 
 typedef struct save_waiter {
@@ -118,6 +122,12 @@ struct pmm_lc {
     uint32_t heal_rr;
     int refs; /* outstanding work, timers and requests */
     uint64_t next_heal_ms;
+
+    struct pmm_repl *repl; /* the store's streams (repl.c), or NULL */
+
+    /* mirrored files (files.c): FILES / FILE_GET requests go there */
+    pmm_lc_files_fn files_fn;
+    void *files_ud;
 };
 
 static void lc_unref(pmm_lc *lc);
@@ -360,6 +370,11 @@ static void op_finish(op *o, int rc, const Resp *resp)
 {
     if (o->finished) return;
     o->finished = true;
+    if (o->ext_fn) {
+        bool c = o->lc->closing;
+        o->ext_fn(o->ext_ud, c ? -ECANCELED : rc, c ? NULL : resp);
+        return;
+    }
     if (o->done && !o->lc->closing) o->done(o, rc, resp);
 }
 
@@ -1104,6 +1119,10 @@ static void srv_frame(pmm_tls_conn *c, const uint8_t *data, size_t len,
 {
     sconn *s = ud;
     pmm_lc *lc = s->lc;
+    if (s->stream) {
+        pmm_repl_srv_frame(s->stream, data, len);
+        return;
+    }
     if (s->busy) return; /* one request per connection */
     pmm_tls_conn_pause(c);
     Req *r = pmgcm__cluster__request__unpack(NULL, len, data);
@@ -1132,16 +1151,57 @@ static void srv_frame(pmm_tls_conn *c, const uint8_t *data, size_t len,
         else
             handle_removed(lc, s, r);
         break;
+    case PMGCM__CLUSTER__REQUEST__KIND__STORE:
+        if (!lc->in_cluster || !node)
+            sconn_reply(s, false, "not a member of this cluster", NULL, false,
+                        0);
+        else if (!lc->repl)
+            sconn_reply(s, false, "no replicated database on this node",
+                        NULL, false, 0);
+        else if (!r->has_store)
+            sconn_reply(s, false, "malformed store request", NULL, false, 0);
+        else {
+            char why[256];
+            s->stream = pmm_repl_serve(lc->repl, c, r->store.data,
+                                       r->store.len, why, sizeof(why));
+            if (!s->stream) sconn_reply(s, false, why, NULL, false, 0);
+            else pmm_tls_conn_resume(c);
+        }
+        break;
+    case PMGCM__CLUSTER__REQUEST__KIND__FILES:
+    case PMGCM__CLUSTER__REQUEST__KIND__FILE_GET:
+        if (!lc->in_cluster || !node)
+            sconn_reply(s, false, "not a member of this cluster", NULL, false,
+                        0);
+        else if (!lc->files_fn)
+            sconn_reply(s, false, "no mirrored files on this node", NULL,
+                        false, 0);
+        else {
+            s->busy = true; /* until pmm_lc_sreq_reply */
+            lc->files_fn(lc->files_ud, (pmm_lc_sreq *)s, r);
+        }
+        break;
     default:
         sconn_reply(s, false, "unknown request", NULL, false, 0);
     }
     pmgcm__cluster__request__free_unpacked(r, NULL);
 }
 
+static void srv_writable(pmm_tls_conn *c, void *ud)
+{
+    sconn *s = ud;
+    (void)c;
+    if (s && s->stream) pmm_repl_srv_writable(s->stream);
+}
+
 static void srv_close(pmm_tls_conn *c, int reason, void *ud)
 {
     sconn *s = ud;
     if (!s) return;
+    if (s->stream) {
+        pmm_repl_srv_close(s->stream);
+        s->stream = NULL;
+    }
     s->conn = NULL;
     if (!s->busy) free(s);
 }
@@ -1893,7 +1953,8 @@ int pmm_lc_start(pmm_lc **out, const pmm_lc_env *env, char *err,
     gsp_addr_ip_str(&env->cfg->bind, ip, sizeof(ip));
     make_sockaddr(ip, env->api_port, &ss);
     pmm_tls_callbacks cb = {.ud = lc, .verify = srv_verify,
-                            .frame = srv_frame, .close = srv_close};
+                            .frame = srv_frame, .close = srv_close,
+                            .writable = srv_writable};
     pmm_tls_opts opts;
     pmm_tls_opts_default(&opts);
     opts.max_frame = FRAME_MAX;
@@ -1935,6 +1996,88 @@ const pmm_cluster *pmm_lc_cluster(const pmm_lc *lc)
 const char *pmm_lc_fingerprint(const pmm_lc *lc)
 {
     return pmm_tls_identity_fp_str(lc->tls);
+}
+
+/* ---- hooks of the store's streams (repl.c) ---- */
+
+void pmm_lc_set_repl(pmm_lc *lc, struct pmm_repl *r)
+{
+    lc->repl = r;
+}
+
+pmm_tls_identity *pmm_lc_identity(const pmm_lc *lc)
+{
+    return lc->tls;
+}
+
+/* ---- hooks of the mirrored files (files.c) -------------------------------------- */
+
+void pmm_lc_set_files_handler(pmm_lc *lc, pmm_lc_files_fn fn, void *ud)
+{
+    lc->files_fn = fn;
+    lc->files_ud = ud;
+}
+
+void pmm_lc_sreq_reply(pmm_lc_sreq *sr, const Resp *resp)
+{
+    sconn *s = (sconn *)sr;
+    if (s->conn) {
+        size_t len = pmgcm__cluster__response__get_packed_size(resp);
+        uint8_t *buf = malloc(len ? len : 1);
+        if (buf) {
+            pmgcm__cluster__response__pack(resp, buf);
+            if (pmm_tls_send_owned(s->conn, buf, len)) free(buf);
+        }
+        pmm_tls_conn_close(s->conn);
+    }
+    sconn_release(s);
+}
+
+int pmm_lc_call_master(pmm_lc *lc, const Req *req, pmm_lc_resp_fn fn,
+                       void *ud)
+{
+    if (!lc->in_cluster || lc->closing) return -ENOENT;
+    const pmm_cnode *m = pmm_cluster_master(&lc->cl);
+    if (!m) return -ENOENT;
+    if (m == self_node(lc)) return -EALREADY;
+    op *o = calloc(1, sizeof(*o));
+    if (!o) return -ENOMEM;
+    o->ext_fn = fn;
+    o->ext_ud = ud;
+    o->cid = m->cid;
+    return op_start(lc, o, m->ip, m->api_port, m->fp, req);
+}
+
+static void files_digest_saved(pmm_lc *lc, int rc, void *arg)
+{
+    (void)arg;
+    if (rc == -ECANCELED) return;
+    if (rc) {
+        lc_log(PMM_LOG_ERROR, "mirrored files: cannot write the config: %s",
+               strerror(-rc));
+        return;
+    }
+    announce(lc);
+    changed(lc);
+}
+
+int pmm_lc_set_files_digest(pmm_lc *lc, const uint8_t digest[PMM_HASH_LEN])
+{
+    if (!lc->in_cluster || lc->closing) return -ENOENT;
+    if (!is_master(lc)) return -EPERM;
+    if (lc->cl.has_files_digest &&
+        !memcmp(lc->cl.files_digest, digest, PMM_HASH_LEN))
+        return 0;
+    /* a rotation waits for every node to reach its own version */
+    if (lc->rot_stage) return -EBUSY;
+    if (lc->cl.version >= UINT32_MAX) return -EOVERFLOW;
+    memcpy(lc->cl.files_digest, digest, PMM_HASH_LEN);
+    lc->cl.has_files_digest = true;
+    lc->cl.version++;
+    lc_log(PMM_LOG_INFO, "mirrored files changed: config version %llu",
+           (unsigned long long)lc->cl.version);
+    save(lc, files_digest_saved, NULL);
+    return 0;
 }
 
 static void lc_unref(pmm_lc *lc)

@@ -11,6 +11,8 @@
 #include "membership/membership.h"
 #include "membership/cluster.h"
 #include "membership/http.h"
+#include "membership/files.h"
+#include "membership/repl.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -56,6 +58,9 @@ typedef struct node {
     gsp_uv *u;
     pmm_ctl *ctl;
     pmm_lc *lc;
+    pmm_files *files; /* mirrored config files; NULL without files_dir */
+    pmm_repl *repl;   /* the replicated database; NULL without db_conninfo */
+    uv_timer_t db_meta_timer; /* store changes reach the metadata <= 1/s */
     int lock_fd;
     gsp_id id;
     char id_hex[2 * GSP_ID_LEN + 1];
@@ -307,6 +312,14 @@ static bool meta_from_sample(node *n)
         m.cfg_epoch = cl ? cl->epoch : 0;
         m.cfg_version = cl ? cl->version : 0;
     }
+    if (n->repl != NULL) {
+        pst_info si;
+        pmm_repl_info(n->repl, &si);
+        m.db_state = (uint32_t)si.state;
+        m.db_epoch = si.pos.epoch;
+        m.db_seq = si.pos.seq;
+        m.db_ts_ms = si.pos_ts_us > 0 ? (uint64_t)si.pos_ts_us / 1000 : 0;
+    }
     rc = pmm_meta_encode(&m, buf, sizeof(buf), &len);
     if (rc != 0) {
         pmm_log(PMM_LOG_WARN, "meta", "cannot encode metadata: %s",
@@ -378,11 +391,37 @@ static void cluster_changed(void *ud)
     node *n = ud;
     gsp_core *core = node_core(n);
 
+    if (!n->stopping) {
+        pmm_files_kick(n->files);
+        pmm_repl_cluster_changed(n->repl);
+    }
+
     if (core == NULL || n->stopping || !meta_from_sample(n))
         return;
     if (gsp_core_set_meta(core, gsp_uv_now(n->u), n->meta_buf,
                           n->meta_len) == 0)
         gsp_uv_kick(n->u);
+}
+
+static void db_meta_cb(uv_timer_t *t)
+{
+    node *n = t->data;
+    gsp_core *core = node_core(n);
+
+    if (core == NULL || n->stopping || !meta_from_sample(n))
+        return;
+    if (gsp_core_set_meta(core, gsp_uv_now(n->u), n->meta_buf,
+                          n->meta_len) == 0)
+        gsp_uv_kick(n->u);
+}
+
+/* The store's state changed: into the metadata within a second. */
+static void store_changed(void *ud)
+{
+    node *n = ud;
+
+    if (!n->stopping && !uv_is_active((uv_handle_t *)&n->db_meta_timer))
+        uv_timer_start(&n->db_meta_timer, db_meta_cb, 1000, 0);
 }
 
 static void user_msg(void *ud, uint32_t key, uint64_t version,
@@ -496,6 +535,23 @@ static int build_rows(node *n, rows_acc *acc)
         apply_cluster(acc, cl);
     if (acc->err != 0)
         return acc->err;
+    if (n->repl != NULL) {
+        /* our own store: fresher than our gossiped metadata */
+        pst_info si;
+        pmm_repl_info(n->repl, &si);
+        for (size_t i = 0; i < acc->n; i++) {
+            pmm_status_row *r = &acc->rows[i];
+            if (!r->self)
+                continue;
+            r->has_db = true;
+            snprintf(r->db_state, sizeof(r->db_state), "%s",
+                     pst_state_name(si.state));
+            r->db_epoch = si.pos.epoch;
+            r->db_seq = si.pos.seq;
+            r->db_ts_ms = si.pos_ts_us > 0 ? (uint64_t)si.pos_ts_us / 1000 : 0;
+        }
+    }
+    pmm_status_db_finish(acc->rows, acc->n);
     pmm_status_sort(acc->rows, acc->n);
     return 0;
 }
@@ -533,6 +589,25 @@ static void http_view(void *ud, pmm_http_view *v)
         v->epoch = cl->epoch;
         v->version = cl->version;
         v->config_synced = pmm_lc_config_synced(n->lc);
+    }
+    if (n->repl != NULL) {
+        pst_info si;
+        pmm_repl_info(n->repl, &si);
+        v->has_db = true;
+        v->db_in_sync = si.state == PST_IN_SYNC;
+        snprintf(v->db_state, sizeof(v->db_state), "%s",
+                 pst_state_name(si.state));
+        snprintf(v->db_error, sizeof(v->db_error), "%s", si.error);
+        v->db_epoch = si.pos.epoch;
+        v->db_seq = si.pos.seq;
+        v->db_head_seq = si.head.seq > si.pos.seq ? si.head.seq : si.pos.seq;
+        v->db_lag_seconds = si.head_ts_us > si.pos_ts_us
+                                ? (double)(si.head_ts_us - si.pos_ts_us) / 1e6
+                                : 0;
+        v->db_applied = si.applied_total;
+        v->db_captured = si.captured_total;
+        v->db_snapshots = si.snapshots;
+        v->db_divergent = si.divergent_total;
     }
     if (build_rows(n, &acc) == 0) {
         for (size_t i = 0; i < acc.n; i++) {
@@ -632,6 +707,46 @@ static int status_json(node *n, pmm_buf *reply)
         pmm_buf_puts(reply, ",\"fingerprint\":");
         const char *fp = pmm_lc_fingerprint(n->lc);
         pmm_json_str(reply, fp, strlen(fp));
+    }
+    pmm_files_status_json(n->files, reply);
+    if (n->repl != NULL) {
+        pst_info si;
+        pmm_repl_info(n->repl, &si);
+        pmm_buf_puts(reply, ",\"store\":{\"state\":");
+        const char *sn = pst_state_name(si.state);
+        pmm_json_str(reply, sn, strlen(sn));
+        pmm_buf_puts(reply, ",\"error\":");
+        pmm_json_str(reply, si.error, strlen(si.error));
+        pmm_buf_printf(reply,
+                       ",\"loaded\":%s,\"master\":%s,\"epoch\":%llu,"
+                       "\"seq\":%llu,\"recv_seq\":%llu,\"head_seq\":%llu,"
+                       "\"snapshots\":%llu,\"applied\":%llu,"
+                       "\"captured\":%llu,\"divergent\":%llu,"
+                       "\"tables\":%zu,\"schema\":\"%s\","
+                       "\"snapshot\":{\"rows\":%llu,\"bytes\":%llu,"
+                       "\"est_rows\":%llu,\"est_bytes\":%llu,"
+                       "\"tables\":%u,\"tables_done\":%u,"
+                       "\"elapsed_ms\":%llu}}",
+                       si.loaded ? "true" : "false",
+                       si.master ? "true" : "false",
+                       (unsigned long long)si.pos.epoch,
+                       (unsigned long long)si.pos.seq,
+                       (unsigned long long)si.recv_seq,
+                       (unsigned long long)si.head.seq,
+                       (unsigned long long)si.snapshots,
+                       (unsigned long long)si.applied_total,
+                       (unsigned long long)si.captured_total,
+                       (unsigned long long)si.divergent_total, si.n_tables,
+                       si.schema_digest,
+                       (unsigned long long)si.snap_rows,
+                       (unsigned long long)si.snap_bytes,
+                       (unsigned long long)si.snap_est_rows,
+                       (unsigned long long)si.snap_est_bytes,
+                       si.snap_tables, si.snap_tables_done,
+                       si.snap_started_ms
+                           ? (unsigned long long)(uv_now(&n->loop) -
+                                                  si.snap_started_ms)
+                           : 0ULL);
     }
     pmm_buf_printf(reply, ",\"draining\":%s,\"ready\":%s}\n",
                    n->draining ? "true" : "false",
@@ -976,6 +1091,11 @@ static void node_close_all(node *n)
     if (n->meta_busy)
         uv_cancel((uv_req_t *)&n->meta_work);
     /* a peers write in flight is left to finish: it is atomic anyway */
+    pmm_files_close(n->files); /* before lc: it unregisters there */
+    pmm_repl_close(n->repl);   /* before lc: it unregisters there */
+    n->repl = NULL;
+    close_handle((uv_handle_t *)&n->db_meta_timer);
+    n->files = NULL;
     if (n->lc != NULL) {
         pmm_lc_close(n->lc);
         n->lc = NULL;
@@ -1270,6 +1390,32 @@ static int node_start(node *n)
         cluster_changed(n);
     }
 
+    /* the replicated database (db_conninfo): needs the lifecycle */
+    {
+        pmm_repl_env renv = {.loop = &n->loop, .cfg = &n->cfg, .lc = n->lc,
+                             .u = n->u, .changed = store_changed, .ud = n};
+        rc = pmm_repl_start(&n->repl, &renv, err, sizeof(err));
+        if (rc != 0) {
+            pmm_log(PMM_LOG_ERROR, "store", "%s", err);
+            return rc;
+        }
+        if (n->repl != NULL)
+            pmm_log(PMM_LOG_INFO, "store", "replicating schemas \"%s\"%s%s",
+                    n->cfg.db_schemas, n->cfg.db_exclude[0] ? " except " : "",
+                    n->cfg.db_exclude);
+    }
+
+    /* mirrored config files (files_dir): needs the lifecycle */
+    {
+        pmm_files_env fenv = {.loop = &n->loop, .cfg = &n->cfg, .lc = n->lc,
+                              .node_id = n->id};
+        rc = pmm_files_start(&n->files, &fenv, err, sizeof(err));
+        if (rc != 0) {
+            pmm_log(PMM_LOG_ERROR, "files", "%s", err);
+            return rc;
+        }
+    }
+
     /* status and agent ports: after the lifecycle, whose state they show */
     drain_load(n);
     http_listen_all(n);
@@ -1354,6 +1500,8 @@ int main(int argc, char **argv)
     uv_signal_init(&n->loop, &n->sig_int);
     uv_signal_init(&n->loop, &n->sig_hup);
     uv_timer_init(&n->loop, &n->meta_timer);
+    uv_timer_init(&n->loop, &n->db_meta_timer);
+    n->db_meta_timer.data = n;
     uv_timer_init(&n->loop, &n->peers_timer);
     uv_timer_init(&n->loop, &n->leave_timer);
     uv_timer_init(&n->loop, &n->http_retry_timer);
