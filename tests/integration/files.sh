@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# tests/integration/files.sh - mirrored config files (membership/files.h)
+# end to end: three real pmgclusterd daemons (create + join, as in
+# lifecycle.sh), each with its own files_dir and a files_reload command
+# that appends a line to a per-node marker file.
+#
+#   node1  master: its files_dir is the truth
+#   node2  has a dotfile of its own (left alone) before joining
+#   node3  has a stale file of its own (removed) before joining
+#
+# Checked: the master's files appear on every node byte for byte (path,
+# mode, SHA-256), in subdirectories too; a file added, changed, chmod'ed or
+# removed on the master follows everywhere (and a directory it empties goes
+# too); a file over files_max_bytes and a symlink are not mirrored and say
+# so in the master's log and `pmgcm status` JSON; a file changed, removed or
+# added locally on a node is put back as the master has it; a node that was
+# down while the master changed catches up at its start; the reload command
+# ran on every node after each change (marker lines, with PMGCM_FILES_DIR)
+# and never on the master. Polls with deadlines; never sleeps to
+# synchronise.
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+IT_BUDGET=${IT_BUDGET:-170}
+. "$here/lib.sh"
+
+command -v python3 >/dev/null || it_bail "python3 not installed (control socket helper)"
+command -v sha256sum >/dev/null || it_bail "sha256sum not installed"
+
+it_init 3
+if [[ $IT_MODE == loopback ]]; then
+    # our own /24 on loopback (every daemon's node API is on port 7947)
+    net=127.0.$((200 + $$ % 50))
+    for i in 1 2 3; do IT_IP[i]=$net.$((10 + i)); done
+fi
+it_plan 14
+
+MAX=65536
+PW=$IT_DIR/join.pw
+printf 'files test password\n' >"$PW"
+chmod 600 "$PW"
+for i in 1 2 3; do
+    it_write_config_lc "$i" "node$i"
+    mkdir -p "$IT_DIR/etc$i"
+    cat >>"$IT_DIR/node$i.conf" <<EOF
+files_dir = $IT_DIR/etc$i
+files_reload = echo "reload \$PMGCM_FILES_DIR" >>$IT_DIR/reload$i.log
+files_max_bytes = $MAX
+EOF
+done
+E1=$IT_DIR/etc1 E2=$IT_DIR/etc2 E3=$IT_DIR/etc3
+
+# ---- helpers -------------------------------------------------------------------
+# put DIR PATH CONTENT: writes DIR/PATH atomically (a dotfile, then rename)
+put() {
+    mkdir -p "$(dirname "$1/$2")"
+    printf '%s\n' "$3" >"$(dirname "$1/$2")/.put.$$" &&
+        mv -f "$(dirname "$1/$2")/.put.$$" "$1/$2"
+}
+# tree DIR: "path mode sha256" of every file that may be mirrored
+# (regular, not a dotfile, at most MAX bytes), sorted
+tree() {
+    (cd "$1" && find . -type f ! -name '.*' -size -$((MAX + 1))c -printf '%P %m\n' | sort |
+        while read -r p m; do echo "$p $m $({ sha256sum <"$p"; } 2>/dev/null | cut -c1-64)"; done)
+}
+# mirrored: nodes 2 and 3 hold exactly the master's tree
+mirrored() {
+    local t1
+    t1=$(tree "$E1")
+    [[ "$(tree "$E2")" == "$t1" && "$(tree "$E3")" == "$t1" ]]
+}
+# reloads I: lines in node I's marker file
+reloads() { [[ -f $IT_DIR/reload$1.log ]] && wc -l <"$IT_DIR/reload$1.log" || echo 0; }
+declare -a R0
+mark_reloads() { local i; for i in 2 3; do R0[i]=$(reloads "$i"); done; }
+reloaded() { local i; for i in 2 3; do (($(reloads "$i") > R0[i])) || return 1; done; }
+# files_of I: node I's "files" status object
+files_of() { it_envelope "$1" 2>/dev/null | jq -c '.files // empty'; }
+synced() { [[ "$(files_of "$1" | jq -r '.synced')" == true ]]; }
+all_synced() { synced 1 && synced 2 && synced 3; }
+# step DESC: waits until the nodes mirror the master, reloaded, all synced
+step() {
+    if it_wait_until 'mirrored && reloaded && all_synced' 30; then
+        it_ok "$1 ($IT_WAITED s; reloads: node2 $(reloads 2), node3 $(reloads 3))"
+    else
+        it_not_ok "$1"
+        it_diag "master: $(tree "$E1" | tr '\n' ';')"
+        it_diag "node2:  $(tree "$E2" | tr '\n' ';')"
+        it_diag "node3:  $(tree "$E3" | tr '\n' ';')"
+        it_diag "reloads: node2 $(reloads 2) (was ${R0[2]}), node3 $(reloads 3) (was ${R0[3]})"
+        for i in 1 2 3; do it_diag "node$i files: $(files_of "$i")"; done
+    fi
+}
+
+# ---- the master's files, and the nodes' own leftovers ------------------------------
+put "$E1" main.cf 'smtpd_banner = pmg'
+put "$E1" domains 'example.com'
+put "$E1" templates/spam.tt 'spam [% score %]'
+put "$E1" dkim/selector.private 'private key'
+chmod 0600 "$E1/dkim/selector.private"
+put "$E2" .keep 'node2 own dotfile'
+put "$E3" stale.conf 'not on the master'
+
+# ---- cluster -------------------------------------------------------------------------
+for i in 1 2 3; do it_start_node "$i" || it_bail "node$i did not start"; done
+ok=1
+it_pmgcm 1 create --password-file "$PW" >/dev/null 2>&1 || ok=0
+FP=$(it_fingerprint_of 1)
+for i in 2 3; do
+    it_pmgcm "$i" join "${IT_IP[1]}" --fingerprint "$FP" --password-file "$PW" >"$IT_DIR/join$i.out" 2>&1 || ok=0
+done
+if ((ok)) && it_wait_until 'it_all_see_all_alive "1 2 3"' 30; then
+    it_ok "create on node1, node2 and node3 join: all alive ($IT_WAITED s)"
+else
+    it_not_ok "create + join"
+    it_diag "$(cat "$IT_DIR"/join*.out 2>/dev/null)"
+fi
+
+R0[2]=0 R0[3]=0
+step "the master's files (subdirectories, modes) appear on node2 and node3 identically, then files_reload ran"
+if [[ -f $E2/.keep && ! -e $E3/stale.conf ]]; then
+    it_ok "node3's own stale.conf is removed; node2's dotfile .keep is left alone"
+else
+    it_not_ok "stale.conf removed, .keep kept: $(ls -A "$E2" "$E3" | tr '\n' ' ')"
+fi
+
+# ---- changes on the master -----------------------------------------------------------------
+mark_reloads
+put "$E1" transport 'example.com smtp:[10.0.0.1]'
+step "a file added on the master appears on every node"
+
+mark_reloads
+put "$E1" main.cf 'smtpd_banner = pmg, changed'
+step "a file changed on the master changes on every node"
+
+mark_reloads
+chmod 0640 "$E1/domains"
+step "a mode changed on the master changes on every node"
+
+mark_reloads
+rm -f "$E1/templates/spam.tt"
+step "a file removed on the master is removed on every node"
+if [[ ! -e $E2/templates && ! -e $E3/templates ]]; then
+    it_ok "the directory the removal emptied is gone on the nodes too"
+else
+    it_not_ok "templates/ still on a node: $(ls -d "$E2/templates" "$E3/templates" 2>&1 | tr '\n' ' ')"
+fi
+
+# ---- limits: too big, symlink ----------------------------------------------------------------
+mark_reloads
+head -c $((MAX + 1)) /dev/zero >"$E1/.big.$$" && mv "$E1/.big.$$" "$E1/big.bin"
+ln -s /etc/passwd "$E1/passwd-link"
+put "$E1" after-limits.cf 'written after big.bin and the symlink'
+step "after a file over files_max_bytes and a symlink, the next file is mirrored"
+bad=
+for i in 2 3; do
+    for p in big.bin passwd-link; do [[ -e $IT_DIR/etc$i/$p || -L $IT_DIR/etc$i/$p ]] && bad+="node$i has $p; "; done
+done
+errs=$(files_of 1 | jq -r '.errors[]' 2>/dev/null)
+grep -q "big.bin: $((MAX + 1)) bytes is over files_max_bytes ($MAX): not mirrored" <<<"$errs" || bad+="status: no big.bin error; "
+grep -q "passwd-link: is a symlink: not mirrored" <<<"$errs" || bad+="status: no symlink error; "
+grep -q "error files: big.bin: $((MAX + 1)) bytes is over files_max_bytes ($MAX): not mirrored" "$(it_log 1)" || bad+="no error in node1's log; "
+if [[ -z $bad ]]; then
+    it_ok "big.bin ($((MAX + 1)) bytes) and a symlink are not mirrored; the master's log and status JSON say why"
+else
+    it_not_ok "limits: $bad"
+    it_diag "node1 files: $(files_of 1)"
+fi
+rm -f "$E1/big.bin" "$E1/passwd-link"
+
+# ---- local edits on the nodes lose --------------------------------------------------------------
+mark_reloads
+put "$E2" main.cf 'edited on node2'
+put "$E2" local-only.cf 'added on node2'
+rm -f "$E3/domains"
+step "a file changed, added or removed locally on a node is put back as the master has it"
+
+# ---- a node that was down catches up ---------------------------------------------------------------
+it_signal 3 TERM
+it_reap 3 10
+exit3=$IT_EXIT
+mark_reloads
+put "$E1" domains 'example.com example.org'
+it_wait_until '[[ "$(tree "$E2")" == "$(tree "$E1")" ]]' 30
+it_start_node 3 || it_diag "node3 did not restart"
+step "node3, down while the master changed a file, catches up when it starts"
+
+# ---- reload command ------------------------------------------------------------------------------
+bad=
+for i in 2 3; do
+    n=$(grep -vc "^reload $IT_DIR/etc$i\$" "$IT_DIR/reload$i.log" 2>/dev/null)
+    ((n == 0)) || bad+="node$i: $n marker lines without PMGCM_FILES_DIR=$IT_DIR/etc$i; "
+done
+[[ -e $IT_DIR/reload1.log ]] && bad+="the master ran files_reload; "
+if [[ -z $bad ]]; then
+    it_ok "files_reload ran with PMGCM_FILES_DIR set, on the nodes only (node2 $(reloads 2), node3 $(reloads 3) runs)"
+else
+    it_not_ok "reload: $bad"
+fi
+
+# ---- shutdown ----------------------------------------------------------------------------------------
+bad=
+[[ $exit3 == 0 ]] || bad+="node3 exit $exit3 at its restart; "
+for i in 1 2 3; do
+    it_signal "$i" TERM
+    it_reap "$i" 10
+    [[ $IT_EXIT == 0 ]] || bad+="node$i exit $IT_EXIT; "
+done
+it_report_shutdown "$bad" 1 2 3
+exit 0
