@@ -621,6 +621,7 @@ typedef struct cli {
     const char *fingerprint;
     const char *master_ip;
     bool yes, force;
+    bool no_wait;
 } cli;
 
 /* Prints the daemon's error in words. */
@@ -1173,6 +1174,115 @@ static int fetch_and_confirm_fingerprint(const cli *c, const char *ip,
     return fail("aborted");
 }
 
+/* A number member of obj, or 0. */
+static double num_of(const pmm_json *obj, const char *key)
+{
+    const pmm_json *v = obj ? pmm_json_get(obj, key) : NULL;
+    return v && v->type == PMM_JSON_NUMBER ? v->num : 0;
+}
+
+static void human_bytes(double b, char *buf, size_t len)
+{
+    if (b >= 1e9) snprintf(buf, len, "%.2f GB", b / 1e9);
+    else if (b >= 1e6) snprintf(buf, len, "%.1f MB", b / 1e6);
+    else snprintf(buf, len, "%.0f kB", b / 1e3);
+}
+
+/* After a join: wait until the node's database holds the master's data
+ * (a snapshot, then caught up), with a progress bar on a terminal.
+ * 0 in sync (or no database configured), 1 failed (printed). */
+static int wait_data(const cli *c)
+{
+    bool tty = isatty(STDERR_FILENO) && !c->json;
+    bool shown = false;
+    char last_err[300] = "";
+    for (;;) {
+        pmm_buf req;
+        pmm_json *doc = NULL;
+        req_init(&req, "status");
+        req_end(&req);
+        cli quiet = *c;
+        quiet.json = false;
+        int rc = call(&quiet, &req, LONG_TIMEOUT_S, false, &doc);
+        pmm_buf_free(&req);
+        if (rc != 0) return 1;
+        const pmm_json *st = pmm_json_get(doc, "store");
+        if (!st || st->type != PMM_JSON_OBJECT) {
+            pmm_json_free(doc);
+            return 0; /* no replicated database on this node */
+        }
+        char state[32] = "", err[300] = "";
+        get_str(st, "state", state, sizeof(state));
+        get_str(st, "error", err, sizeof(err));
+        const pmm_json *sn = pmm_json_get(st, "snapshot");
+        double rows = num_of(sn, "rows"), erows = num_of(sn, "est_rows");
+        double bytes = num_of(sn, "bytes"), ebytes = num_of(sn, "est_bytes");
+        double td = num_of(sn, "tables_done"), tt = num_of(sn, "tables");
+        double ms = num_of(sn, "elapsed_ms");
+        bool loaded = false;
+        const pmm_json *lv = pmm_json_get(st, "loaded");
+        if (lv && lv->type == PMM_JSON_BOOL) loaded = lv->b;
+        pmm_json_free(doc);
+        if (strcmp(state, "in-sync") == 0) {
+            if (shown) fprintf(stderr, "\r\033[K");
+            if (!c->json) {
+                char hb[32];
+                human_bytes(bytes, hb, sizeof(hb));
+                if (rows > 0)
+                    printf("data in sync: snapshot of %.0f rows (%s) loaded "
+                           "in %.1f s\n", rows, hb, ms / 1000.0);
+                else
+                    printf("data in sync\n");
+            }
+            return 0;
+        }
+        if (strstr(err, "schema mismatch")) {
+            if (shown) fprintf(stderr, "\r\033[K");
+            char safe[320];
+            term_safe(safe, sizeof(safe), err);
+            fprintf(stderr, "pmgcm: joined, but the data cannot be copied: "
+                    "%s\npmgcm: nothing was changed in this node's "
+                    "database; fix the table definitions (the node keeps "
+                    "retrying) or `pmgcm delete` it on the master\n", safe);
+            return 1;
+        }
+        if (err[0] && strcmp(err, last_err) != 0 && !tty) {
+            char safe[320];
+            term_safe(safe, sizeof(safe), err);
+            fprintf(stderr, "pmgcm: waiting for data: %s\n", safe);
+        }
+        snprintf(last_err, sizeof(last_err), "%s", err);
+        if (tty) {
+            char hb[32], he[32], line[256];
+            double frac = erows > 0 ? rows / erows : 0;
+            if (frac > 1) frac = 1;
+            double rate = ms > 0 ? bytes / (ms / 1000.0) : 0;
+            double eta = rate > 0 && ebytes > bytes ? (ebytes - bytes) / rate
+                                                    : 0;
+            human_bytes(bytes, hb, sizeof(hb));
+            human_bytes(ebytes, he, sizeof(he));
+            int w = (int)(frac * 24);
+            char bar[25];
+            for (int k = 0; k < 24; k++) bar[k] = k < w ? '#' : '.';
+            bar[24] = 0;
+            if (strcmp(state, "loading") == 0)
+                snprintf(line, sizeof(line),
+                         "snapshot [%s] tables %.0f/%.0f, rows %.0f/~%.0f, "
+                         "%s/~%s, %.1f MB/s, ETA %.0f s", bar, td, tt, rows,
+                         erows, hb, he, rate / 1e6, eta);
+            else
+                snprintf(line, sizeof(line), "%s%s%s",
+                         loaded ? "catching up" : "waiting for a snapshot",
+                         err[0] ? ": " : "", err);
+            fprintf(stderr, "\r\033[K%.200s", line);
+            fflush(stderr);
+            shown = true;
+        }
+        struct timespec ts = {0, 250 * 1000000};
+        nanosleep(&ts, NULL);
+    }
+}
+
 static int cmd_join(const cli *c)
 {
     char pw[PMM_CTL_PASSWORD_MAX + 1], fp[PMM_CTL_FP_MAX + 1], line[128];
@@ -1217,6 +1327,8 @@ static int cmd_join(const cli *c)
         snprintf(line, sizeof(line), "joined cluster");
     rc = print_words(c, doc, line);
     pmm_json_free(doc);
+    if (rc == 0 && !c->no_wait)
+        rc = wait_data(c);
     return rc;
 }
 
@@ -1345,6 +1457,7 @@ enum {
     O_YES = 1 << 2,
     O_FORCE = 1 << 3,
     O_MASTER_IP = 1 << 4,
+    O_NOWAIT = 1 << 5,
 };
 
 typedef struct command {
@@ -1359,7 +1472,7 @@ static const command commands[] = {
     {"keygen", 0, 0, 0, NULL},
     {"help", 0, 0, 0, NULL},
     {"create", 0, 0, O_PWFILE, NULL},
-    {"join", 1, 1, O_PWFILE | O_FP | O_YES, "<master_ip>"},
+    {"join", 1, 1, O_PWFILE | O_FP | O_YES | O_NOWAIT, "<master_ip>"},
     {"join-cmd", 0, 0, 0, NULL},
     {"delete", 1, 1, 0, "<cid>"},
     {"promote", 0, 0, O_FORCE, NULL},
@@ -1485,6 +1598,10 @@ int main(int argc, char **argv)
         }
         if ((cmd->opts & O_YES) && strcmp(a, "--yes") == 0) {
             c.yes = true;
+            continue;
+        }
+        if ((cmd->opts & O_NOWAIT) && strcmp(a, "--no-wait") == 0) {
+            c.no_wait = true;
             continue;
         }
         if ((cmd->opts & O_FORCE) && strcmp(a, "--force") == 0) {

@@ -366,6 +366,32 @@ int pmm_status_from_json(const pmm_json *arr, pmm_status_row **rows_out,
             }
             r->self = j->b;
         }
+        j = pmm_json_get(o, "db");
+        if (j != NULL && j->type != PMM_JSON_NULL) {
+            const pmm_json *e, *q, *lc, *ls;
+            if (j->type != PMM_JSON_OBJECT ||
+                get_str(j, "state", r->db_state, sizeof(r->db_state), true,
+                        false)) {
+                bad = "db";
+                goto fail;
+            }
+            e = pmm_json_get(j, "epoch");
+            q = pmm_json_get(j, "seq");
+            lc = pmm_json_get(j, "lag_changes");
+            ls = pmm_json_get(j, "lag_seconds");
+            if (!e || e->type != PMM_JSON_NUMBER || e->num < 0 || !q ||
+                q->type != PMM_JSON_NUMBER || q->num < 0 || !lc ||
+                lc->type != PMM_JSON_NUMBER || lc->num < 0 || !ls ||
+                ls->type != PMM_JSON_NUMBER || ls->num < 0) {
+                bad = "db";
+                goto fail;
+            }
+            r->has_db = true;
+            r->db_epoch = (uint64_t)e->num;
+            r->db_seq = (uint64_t)q->num;
+            r->lag_changes = (uint64_t)lc->num;
+            r->lag_seconds = ls->num;
+        }
     }
     *rows_out = rows;
     *n_out = n;

@@ -500,6 +500,13 @@ static void role_run(pst_job *j, PGconn *c)
             goto out;
         q->moved = strtoull(PQcmdTuples(r), NULL, 10);
         PQclear(r);
+        if (q->moved > 0) {
+            /* the tables hold those changes: only a snapshot repairs them */
+            if ((rc = pst_exec(c, "UPDATE pmgcm.state SET loaded = false",
+                               err, el)))
+                goto out;
+            q->loaded = false;
+        }
         const char *p1[1] = {q->master_name};
         rc = q1(c, "UPDATE pmgcm.state SET role = 'replica', master = $1",
                 1, p1, NULL, err, el);
@@ -585,9 +592,9 @@ static void role_done(pst_job *j)
             if (q->moved) {
                 i->divergent_total += q->moved;
                 pst_log(st, 1,
-                        "store: %llu change(s) committed here while this node"
-                        " was master were never sent; kept in"
-                        " pmgcm.divergence",
+                        "store: DIVERGED: %llu change(s) committed here while"
+                        " this node was master were never sent; kept in"
+                        " pmgcm.divergence; resyncing with a snapshot",
                         (unsigned long long)q->moved);
             }
             pst_changed(st);
