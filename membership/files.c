@@ -1375,10 +1375,16 @@ static void scan_after(uv_work_t *w, int status)
             files_log(PMM_LOG_INFO, "%s: no more problems", f->dir);
         f->errs = j->errs;
     }
+    bool node_side = j->node_side;
     free(j);
     const pmm_cluster *cl;
     const pmm_cnode *me = self_in(f, &cl);
-    if (rc == -EAGAIN) {
+    if (rc == 0 && me && node_side == me->master) {
+        /* promoted or stepped down during the scan: a node's scan lists
+         * oversize files, a master's leaves them out; scan again */
+        f->again = true;
+        round_end(f);
+    } else if (rc == -EAGAIN) {
         /* a file changed while we read it: publish nothing, look again */
         files_log(PMM_LOG_DEBUG, "%s changed during the scan", f->dir);
         f->again = true;

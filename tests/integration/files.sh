@@ -17,7 +17,8 @@
 # down while the master changed catches up at its start; the reload command
 # ran on every node after each change (marker lines, with PMGCM_FILES_DIR)
 # and never on the master. Polls with deadlines; never sleeps to
-# synchronise.
+# synchronise. At the end node1 stops, node2 is promoted: its directory
+# is the truth from then on, node1 included when it returns.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 IT_BUDGET=${IT_BUDGET:-170}
@@ -32,7 +33,7 @@ if [[ $IT_MODE == loopback ]]; then
     net=127.0.$((200 + $$ % 50))
     for i in 1 2 3; do IT_IP[i]=$net.$((10 + i)); done
 fi
-it_plan 14
+it_plan 15
 
 MAX=65536
 PW=$IT_DIR/join.pw
@@ -197,9 +198,38 @@ else
     it_not_ok "reload: $bad"
 fi
 
+# ---- promote: the new master's directory is the truth --------------------------------------------
+it_signal 1 TERM
+it_reap 1 10
+exit1=$IT_EXIT
+R1=$(reloads 1)
+mark_reloads
+it_pmgcm 2 promote >"$IT_DIR/promote.out" 2>&1
+prc=$?
+put "$E2" promoted.cf 'written on the new master'
+it_wait_until '[[ -f $E3/promoted.cf && "$(tree "$E3")" == "$(tree "$E2")" ]]' 30
+it_start_node 1 || it_diag "node1 did not restart"
+# node1 comes back as master of epoch 1, steps down, and mirrors node2
+follows_node2() {
+    local t2
+    t2=$(tree "$E2")
+    [[ "$(tree "$E1")" == "$t2" && "$(tree "$E3")" == "$t2" ]] &&
+        (($(reloads 1) > R1 && $(reloads 3) > R0[3] && $(reloads 2) == R0[2])) &&
+        all_synced && [[ "$(files_of 2 | jq -r .role)" == master ]]
+}
+if ((prc == 0)) && it_wait_until follows_node2 30; then
+    it_ok "after node1 stops and node2 is promoted, a file added on node2 reaches node3, and node1 when it returns (reloads: node1 $(reloads 1), node3 $(reloads 3); none on node2) ($IT_WAITED s)"
+else
+    it_not_ok "promote: node2's files everywhere"
+    it_diag "promote: exit $prc: $(cat "$IT_DIR/promote.out")"
+    for i in 1 2 3; do it_diag "node$i: $(tree "$IT_DIR/etc$i" | tr '\n' ';') reloads $(reloads "$i")"; done
+    for i in 1 2 3; do it_diag "node$i files: $(files_of "$i")"; done
+fi
+
 # ---- shutdown ----------------------------------------------------------------------------------------
 bad=
 [[ $exit3 == 0 ]] || bad+="node3 exit $exit3 at its restart; "
+[[ $exit1 == 0 ]] || bad+="node1 exit $exit1 before the promote; "
 for i in 1 2 3; do
     it_signal "$i" TERM
     it_reap "$i" 10
