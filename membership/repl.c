@@ -360,6 +360,20 @@ static bool node_alive(pmm_repl *r, const pmm_cnode *n)
     return m.state == GSP_ALIVE || m.state == GSP_SUSPECT;
 }
 
+/* A live peer's store position from its gossiped metadata. */
+static bool peer_seq(pmm_repl *r, const pmm_cnode *n, uint64_t *seq)
+{
+    gsp_core *core = gsp_uv_core(r->env.u);
+    gsp_member m;
+    pmm_meta meta;
+    if (!core || gsp_core_get(core, &n->node_id, &m) != 0 ||
+        m.state != GSP_ALIVE || !m.meta ||
+        pmm_meta_decode(&meta, m.meta, m.meta_len) != 0 || !meta.db_state)
+        return false;
+    *seq = meta.db_seq;
+    return true;
+}
+
 static const pmm_cnode *self_of(pmm_repl *r, const pmm_cluster *cl)
 {
     return pmm_cluster_by_name(cl, r->env.cfg->name);
@@ -552,15 +566,38 @@ static void decide(pmm_repl *r)
     set_role(r, true, false, cl->epoch, m ? m->name : "?", cid_hex,
              self->cid);
     if (!m) return;
-    if (r->up && r->up->peer_cid != m->cid) drop_up(r);
+    /* the master is down: catch up from the most advanced live peer (it
+     * may hold changes the master shipped before it died) */
+    const pmm_cnode *src = m;
+    if (!node_alive(r, m)) {
+        const pmm_cnode *best = NULL;
+        uint64_t best_seq = in.recv_seq;
+        for (size_t i = 0; i < cl->n_nodes; i++) {
+            const pmm_cnode *n = &cl->nodes[i];
+            uint64_t seq;
+            if (n == self || n == m || !peer_seq(r, n, &seq)) continue;
+            if (seq > best_seq) {
+                best = n;
+                best_seq = seq;
+            }
+        }
+        if (best) src = best;
+        else if (r->up && r->up->peer_cid != m->cid)
+            src = pmm_cluster_by_cid(cl, r->up->peer_cid); /* keep it */
+    }
+    if (!src) src = m;
+    if (r->up && r->up->peer_cid != src->cid) drop_up(r);
     if (r->up && r->up->kind == PST_SUBSCRIBE && !in.loaded) drop_up(r);
     if (r->up || now_ms(r) < r->retry_at) return;
     if (!r->role_valid || r->role_master) return;
     pst_open_kind kind = (!in.loaded || r->need_snap) ? PST_SNAPSHOT
                                                        : PST_SUBSCRIBE;
     if (kind == PST_SNAPSHOT)
-        rlog(PMM_LOG_INFO, "taking a snapshot from %s", m->name);
-    r->up = connect_to(r, m, kind);
+        rlog(PMM_LOG_INFO, "taking a snapshot from %s", src->name);
+    else if (src != m)
+        rlog(PMM_LOG_INFO, "master %s is down: catching up from %s",
+             m->name, src->name);
+    r->up = connect_to(r, src, kind);
     if (!r->up) {
         r->backoff = r->backoff ? r->backoff * 2 : BACKOFF_MIN_MS;
         if (r->backoff > BACKOFF_MAX_MS) r->backoff = BACKOFF_MAX_MS;
