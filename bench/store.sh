@@ -1,0 +1,474 @@
+#!/usr/bin/env bash
+# bench/store.sh - the store (replicated PostgreSQL, store/store.h) against
+# anchors measured on this machine in the same run:
+#
+#   sudo bash bench/store.sh            (as root; ~6-10 min)
+#   BENCH_QUICK=1 bash bench/store.sh   (~2 min: fewer rows, shorter runs)
+#
+# 1. Snapshot throughput. The master's database holds BENCH_ROWS rows
+#    (default 1,000,000) of PMG-like mail tables (cstatistic, creceivers,
+#    cmailstore, cmsreceivers). Anchor: `psql -c "COPY t TO STDOUT" | psql
+#    -c "COPY t FROM STDIN"` table by table into an empty server with the
+#    same table definitions. pmgcm: a node's `pmgcm join --no-wait` until its
+#    store says in-sync (status envelope .store.state, polled every 20 ms;
+#    the daemon's own "snapshot loaded ... in X s" is shown too). Twice
+#    each, interleaved (anchor, join node2, anchor, join node3); the ratio
+#    is mean pmgcm rows/s / mean anchor rows/s (target >= 0.8).
+# 2. Delta lag. Master + 2 followers; bench/store_lag commits single-row
+#    transactions on the master at BENCH_RATES (default "1000 10000") per
+#    second for BENCH_SECONDS (default 60) each, and polls both followers
+#    every BENCH_POLL_MS (default 2) ms for the newest visible id: lag =
+#    visible on the follower - commit acknowledged on the master (p50, p99;
+#    "all" = the slower follower per change). Target: p99 < 100 ms at
+#    1,000/s. Reference: PMG's own sync cycle, 120 s; and the raw local
+#    commit latency of the same writer on a plain server (no pmgcm). The
+#    schedule lasts BENCH_SECONDS: a master that cannot take the rate shows
+#    as achieved < offered. A change not on a follower 2 x BENCH_SECONDS
+#    (>= 30 s) after the writer ended counts as an infinite lag ("inf").
+#    BENCH_STAGES=1 also times commit -> numbered in the master's
+#    pmgcm.log (its polling adds load on the master).
+# 3. No suspicion during a big snapshot. A fresh cluster whose master holds
+#    BENCH_BIG_GB (default 1) GB of large rows (database pmgbig); a second
+#    node joins (the load is measured as in 1), then a third while the
+#    second is in sync. Every node's gossip counters (.gossip.suspicions)
+#    before and after, and every member state seen on any node while
+#    loading: suspicions raised and members ever shown ? or D (target 0).
+#
+# Everything runs on this machine: one throwaway PostgreSQL 15 server per
+# node (Unix sockets only, as postgres, fsync off, synchronous_commit off,
+# the same settings for the anchor's servers) and real pmgclusterd daemons
+# on 127.1.X.11.. (loopback). Results: a table and one final line per figure,
+# also written to bench/out/store.txt. Needs root, a built tree
+# ($PMGCM_BUILD, default build/, with bench/store_lag: `make -j2` there),
+# postgresql-15, jq, python3. Not part of `make check`. BENCH_KEEP=1 keeps
+# the temp dir (logs). Keep the machine otherwise idle.
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/.." && pwd)
+build=${PMGCM_BUILD:-$top/build}
+findbin() { local c; for c in "$build/$1" "$build/$2/$1"; do [[ -x "$c" ]] && { echo "$c"; return; }; done; echo "$build/$2/$1"; }
+PMGCLUSTERD=${PMGCLUSTERD:-$(findbin pmgclusterd membership)}
+PMGCM=${PMGCM:-$(findbin pmgcm cli)}
+STORE_LAG=${STORE_LAG:-$build/bench/store_lag}
+
+QUICK=${BENCH_QUICK:-}
+if [[ -n "$QUICK" && "$QUICK" != 0 ]]; then
+    ROWS=${BENCH_ROWS:-200000} SECS=${BENCH_SECONDS:-15} BIG_GB=${BENCH_BIG_GB:-0.25}
+else
+    QUICK= ROWS=${BENCH_ROWS:-1000000} SECS=${BENCH_SECONDS:-60} BIG_GB=${BENCH_BIG_GB:-1}
+fi
+RATES=${BENCH_RATES:-1000 10000}
+POLL_MS=${BENCH_POLL_MS:-2}
+STAGES=${BENCH_STAGES:-}
+[[ "$STAGES" == 0 ]] && STAGES=
+DRAIN=$((SECS * 2 > 30 ? SECS * 2 : 30))
+PG_USER=${PG_USER:-postgres}
+if [[ -z "${PG_BINDIR:-}" ]]; then
+    for PG_BINDIR in /usr/lib/postgresql/15/bin /usr/lib/postgresql/*/bin; do
+        [[ -x "$PG_BINDIR/initdb" ]] && break
+    done
+fi
+PSQL=$PG_BINDIR/psql
+
+die() { echo "bench/store.sh: $*" >&2; exit 1; }
+log() { echo "[$(date +%T)] $*" >&2; }
+now_ms() { local t; t=$(date +%s%N); echo $((t / 1000000)); }
+
+[[ $(id -u) == 0 ]] || die "needs root (PostgreSQL runs as $PG_USER through runuser)"
+for b in "$PMGCLUSTERD" "$PMGCM" "$STORE_LAG"; do
+    [[ -x "$b" ]] || die "missing $b: build first (cd build && make -j2)"
+done
+for b in initdb pg_ctl psql; do [[ -x "$PG_BINDIR/$b" ]] || die "PostgreSQL not installed ($PG_BINDIR/$b)"; done
+command -v jq >/dev/null || die "jq not installed"
+command -v python3 >/dev/null || die "python3 not installed"
+id "$PG_USER" >/dev/null 2>&1 || die "no user $PG_USER"
+
+DIR=$(mktemp -d /tmp/pmgcm-bench-store.XXXXXX) || die "mktemp"
+chmod 0711 "$DIR"
+NET=127.1.$((1 + $$ % 250))
+declare -a DPID PGD
+cleanup() {
+    local rc=$? i
+    trap - EXIT
+    for i in "${!DPID[@]}"; do kill -TERM "${DPID[i]}" 2>/dev/null; done
+    for i in "${!DPID[@]}"; do
+        for _ in $(seq 50); do kill -0 "${DPID[i]}" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "${DPID[i]}" 2>/dev/null
+    done
+    for i in "${!PGD[@]}"; do
+        (cd / && runuser -u "$PG_USER" -- "$PG_BINDIR/pg_ctl" -D "${PGD[i]}" -m immediate -w stop) >/dev/null 2>&1
+    done
+    if [[ -n "${BENCH_KEEP:-}" ]]; then echo "bench/store.sh: kept $DIR" >&2; else rm -rf "$DIR"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
+
+# ---- PostgreSQL servers ------------------------------------------------------------
+# pg_start I: server I (initdb'd from a template), database pmg.
+pg_as() { (cd / && runuser -u "$PG_USER" -- "$@"); }
+pg_sock() { echo "$DIR/pg/s$1"; }
+pg_ci() { echo "host=$(pg_sock "$1") dbname=${2:-pmg} user=postgres"; }
+pg_init() {
+    mkdir -p "$DIR/pg" && chmod 0711 "$DIR/pg"
+    mkdir -m 0700 "$DIR/pg/template" && chown "$PG_USER:" "$DIR/pg/template"
+    pg_as "$PG_BINDIR/initdb" -D "$DIR/pg/template" -A trust -U postgres --no-sync \
+        --no-instructions -E UTF8 --locale=C >"$DIR/pg/initdb.log" 2>&1 ||
+        die "initdb: $(tail -n 3 "$DIR/pg/initdb.log")"
+}
+pg_start() {
+    local i=$1 s d
+    s=$(pg_sock "$i") d=$DIR/pg/d$i
+    cp -a "$DIR/pg/template" "$d" && mkdir -m 0700 "$s" && chown "$PG_USER:" "$s" || die "pg dirs $i"
+    PGD[i]=$d
+    pg_as "$PG_BINDIR/pg_ctl" -D "$d" -l "$s/server.log" -w -t 60 \
+        -o "-c listen_addresses='' -k $s -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=128MB -c max_wal_size=2GB -c max_connections=60 -c log_min_messages=warning" \
+        start >>"$DIR/pg/ctl$i.log" 2>&1 || die "pg_ctl start $i: $(tail -n 3 "$s/server.log")"
+    "$PSQL" -X -q -h "$s" -U postgres -d postgres -c 'CREATE DATABASE pmg' >/dev/null || die "createdb on $i"
+}
+# sql I [DB] : statements from stdin (or -c via sqlc)
+sql() { "$PSQL" -X -q -At -v ON_ERROR_STOP=1 -h "$(pg_sock "$1")" -U postgres -d "${2:-pmg}" -f -; }
+sqlc() { "$PSQL" -X -q -At -v ON_ERROR_STOP=1 -h "$(pg_sock "$1")" -U postgres -d "${3:-pmg}" -c "$2"; }
+
+SNAP_TABLES="cstatistic creceivers cmailstore cmsreceivers"
+schema() { # PMG-like statistics and quarantine tables, plus the lag table
+    sql "$1" >/dev/null <<'EOF'
+CREATE TABLE cstatistic (cid int, rid int, id bigint NOT NULL, time int NOT NULL, bytes int,
+  direction boolean, spamlevel real, virusinfo varchar(255), ptime int, sender varchar(255) NOT NULL,
+  PRIMARY KEY (cid, rid));
+CREATE INDEX cstatistic_time_index ON cstatistic (time);
+CREATE TABLE creceivers (cstatistic_cid int, cstatistic_rid int, receiver varchar(255) NOT NULL,
+  blocked int, ticketid int NOT NULL, PRIMARY KEY (cstatistic_cid, cstatistic_rid, ticketid));
+CREATE TABLE cmailstore (cid int, rid int, id bigint, time int NOT NULL, qtype char(1), bytes int,
+  spamlevel real, info varchar(255), header text, sender varchar(255), file varchar(255),
+  subject text, PRIMARY KEY (cid, rid));
+CREATE TABLE cmsreceivers (cmailstore_cid int, cmailstore_rid int, pmail varchar(255),
+  receiver varchar(255), ticketid int, status char(1), mtime int,
+  PRIMARY KEY (cmailstore_cid, cmailstore_rid, ticketid));
+CREATE TABLE bench_lag (id bigint PRIMARY KEY, ts timestamptz NOT NULL DEFAULT clock_timestamp(),
+  sender text, receiver text, subject text, bytes int, spamlevel real);
+EOF
+}
+# fill I ROWS: 40% cstatistic, 40% creceivers, 10% cmailstore (with a ~600
+# byte header), 10% cmsreceivers
+fill() {
+    local n=$1 a b
+    a=$((n * 4 / 10)) b=$((n / 10))
+    sql 1 >/dev/null <<EOF
+INSERT INTO cstatistic SELECT 1, g, g, 1700000000 + g, 1000 + (g * 7919) % 200000, g % 3 = 0,
+  (g % 97) / 10.0, CASE WHEN g % 211 = 0 THEN 'Eicar-Test-Signature' END, g % 5000,
+  'sender' || (g % 977) || '@example' || (g % 13) || '.com'
+  FROM generate_series(1, $a) g;
+INSERT INTO creceivers SELECT 1, g, 'user' || (g % 4099) || '@example.org', (g % 17 = 0)::int, 1
+  FROM generate_series(1, $a) g;
+INSERT INTO cmailstore SELECT 1, g, g, 1700000000 + g, CASE WHEN g % 5 = 0 THEN 'V' ELSE 'S' END,
+  1000 + g % 90000, (g % 97) / 10.0, 'SPAM-INFO score ' || g % 97,
+  'Received: from mx' || g % 50 || '.example.net (mx.example.net [192.0.2.' || g % 250 || '])' || E'\n'
+   || repeat('X-Spam-Header-' || g % 9 || ': ' || md5(g::text) || E'\n', 8),
+  'sender' || (g % 977) || '@example.com', 'spam/' || to_hex(g) || '/' || md5(g::text),
+  'Subject number ' || g || ' about invoices and shipping notifications'
+  FROM generate_series(1, $b) g;
+INSERT INTO cmsreceivers SELECT 1, g, 'user' || (g % 4099) || '@example.org',
+  'user' || (g % 4099) || '@example.org', 1, 'N', 1700000000 + g
+  FROM generate_series(1, $b) g;
+ANALYZE;
+EOF
+}
+
+# ---- daemons -----------------------------------------------------------------------
+cat >"$DIR/ctl.py" <<'PY'
+# ctl.py SOCK: print the status envelope.
+# ctl.py wait TIMEOUT_S POLL_MS STATE SOCK [SOCK...]: poll every socket
+# until the first one's .store.state == STATE; print one JSON object:
+# {"ok", "done_ms" (wall clock), "bad": [member states ? or D seen], "polls",
+#  "env": the first socket's last envelope}.
+import json, socket, sys, time
+def env(path):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect(path)
+    s.sendall(b"status\n")
+    buf = b""
+    while True:
+        d = s.recv(65536)
+        if not d:
+            break
+        buf += d
+    s.close()
+    return json.loads(buf.decode())
+if sys.argv[1] != "wait":
+    print(json.dumps(env(sys.argv[1])))
+    sys.exit(0)
+timeout, poll, want, socks = float(sys.argv[2]), float(sys.argv[3]) / 1000, sys.argv[4], sys.argv[5:]
+t_end = time.time() + timeout
+bad, polls, last, ok = [], 0, None, False
+while time.time() < t_end:
+    t = time.time()
+    for i, p in enumerate(socks):
+        try:
+            e = env(p)
+        except Exception:
+            continue
+        if i == 0:
+            last = e
+            if (e.get("store") or {}).get("state") == want:
+                ok = True
+        for m in e.get("members") or []:
+            if m.get("state") in ("?", "D"):
+                bad.append("%s saw %s %s" % (e.get("node"), m.get("name"), m.get("state")))
+    polls += 1
+    if ok:
+        break
+    time.sleep(max(0, poll - (time.time() - t)))
+print(json.dumps({"ok": ok, "done_ms": int(t * 1000), "bad": sorted(set(bad)), "polls": polls, "env": last}))
+PY
+ctl() { timeout 10 python3 "$DIR/ctl.py" "$DIR/ctl$1.sock"; }
+ctl_wait() { # ctl_wait TIMEOUT STATE I [J...]
+    local t=$1 st=$2 i a=()
+    shift 2
+    for i in "$@"; do a+=("$DIR/ctl$i.sock"); done
+    python3 "$DIR/ctl.py" wait "$t" 20 "$st" "${a[@]}"
+}
+field() { ctl "$1" 2>/dev/null | jq -r "$2" 2>/dev/null; }
+ip_of() { echo "$NET.$((10 + $1))"; }
+# dstart I PG DB: daemon I on $NET.(10+I), store on server PG database DB
+dstart() {
+    local i=$1 pg=$2 db=$3
+    mkdir -p "$DIR/n$i"
+    cat >"$DIR/n$i.conf" <<EOF
+name = node$i
+bind = $(ip_of "$i"):7946
+data_dir = $DIR/n$i
+control_socket = $DIR/ctl$i.sock
+label = pmgcm-bench
+status_port = 0
+agent_port = 0
+log_level = info
+db_conninfo = $(pg_ci "$pg" "$db")
+EOF
+    "$PMGCLUSTERD" --config "$DIR/n$i.conf" </dev/null >>"$DIR/n$i.log" 2>&1 &
+    DPID[i]=$!
+    for _ in $(seq 100); do ctl "$i" >/dev/null 2>&1 && return 0; sleep 0.1; done
+    die "node$i's control socket did not answer (log: $(tail -n 3 "$DIR/n$i.log"))"
+}
+dstop() {
+    local i=$1
+    [[ -n "${DPID[i]:-}" ]] || return 0
+    kill -TERM "${DPID[i]}" 2>/dev/null
+    for _ in $(seq 100); do kill -0 "${DPID[i]}" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "${DPID[i]}" 2>/dev/null
+    wait "${DPID[i]}" 2>/dev/null
+    unset "DPID[$i]"
+}
+wait_idle() {
+    local i
+    for i in "$@"; do
+        ctl_wait 30 idle "$i" | jq -e .ok >/dev/null || die "node$i's store not idle: $(field "$i" .store)"
+    done
+}
+PW=$DIR/pw
+printf 'bench password for the store\n' >"$PW" && chmod 600 "$PW"
+create() { "$PMGCM" --socket "$DIR/ctl$1.sock" create --password-file "$PW" >"$DIR/create$1.out" 2>&1 || die "create on node$1: $(cat "$DIR/create$1.out")"; }
+# join I M REST...: join node I to master M (--no-wait), wait in-sync polling
+# REST too; sets J_MS (join to in-sync), J_LOAD_S (daemon log), J_ROWS,
+# J_BYTES, J_BAD (member states ? or D seen on any polled node)
+join_measure() {
+    local i=$1 m=$2 fp t0 w
+    shift 2
+    fp=$(field "$m" .fingerprint)
+    [[ -n "$fp" ]] || die "no fingerprint from node$m"
+    t0=$(now_ms)
+    "$PMGCM" --socket "$DIR/ctl$i.sock" join "$(ip_of "$m")" --fingerprint "$fp" \
+        --password-file "$PW" --no-wait >"$DIR/join$i.out" 2>&1 || die "join node$i: $(cat "$DIR/join$i.out")"
+    w=$(ctl_wait 900 in-sync "$i" "$@") || die "node$i: polling its status failed"
+    jq -e .ok <<<"$w" >/dev/null || die "node$i not in-sync after 900 s: $(jq -c .env.store <<<"$w")"
+    J_MS=$(($(jq .done_ms <<<"$w") - t0))
+    J_ROWS=$(jq .env.store.snapshot.rows <<<"$w")
+    J_BYTES=$(jq .env.store.snapshot.bytes <<<"$w")
+    J_BAD=$(jq -r '.bad | join("; ")' <<<"$w")
+    J_LOAD_S=$(grep -o 'snapshot loaded: .* in [0-9.]* s' "$DIR/n$i.log" | tail -n1 | sed 's/.* in \([0-9.]*\) s$/\1/')
+}
+
+# ---- figures ---------------------------------------------------------------------
+f2() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
+rate() { awk -v n="$1" -v ms="$2" 'BEGIN { if (ms + 0 == 0) print 0; else printf "%.0f", n * 1000 / ms }'; }
+mbps() { awk -v n="$1" -v ms="$2" 'BEGIN { if (ms + 0 == 0) print 0; else printf "%.1f", n / 1048576 * 1000 / ms }'; }
+mean() { awk '{ s += $1; n++ } END { if (n) printf "%.0f", s / n; else print 0 }' <<<"$(printf '%s\n' "$@")"; }
+kv() { sed -n "s/.*[[:space:]]$2=\([^[:space:]]*\).*/\1/p" <<<"$(grep "^$1 " <<<"$3")"; }
+T0=$(date +%s)
+log "temp dir $DIR, nodes on $NET.11.., rows $ROWS, rates $RATES for ${SECS}s, big snapshot $BIG_GB GB${QUICK:+ (quick)}"
+
+# ==== 1: snapshot throughput ========================================================
+pg_init
+for i in 1 2 3 4; do pg_start "$i"; schema "$i"; done
+t=$(now_ms)
+fill "$ROWS" || die "filling node1's tables failed"
+log "servers up; $ROWS rows on node1 in $(( ($(now_ms) - t) / 1000 )) s"
+ANCHOR_ROWS=0 ANCHOR_BYTES=0
+for tb in $SNAP_TABLES; do
+    ANCHOR_ROWS=$((ANCHOR_ROWS + $(sqlc 1 "SELECT count(*) FROM $tb")))
+    ANCHOR_BYTES=$((ANCHOR_BYTES + $("$PSQL" -X -q -h "$(pg_sock 1)" -U postgres -d pmg -c "COPY $tb TO STDOUT" | wc -c)))
+done
+# anchor K: the COPY pipe, table by table, into server 4 (emptied first)
+declare -a A_MS P_MS P_LOAD P_BYTES P_ROWS
+anchor() {
+    local k=$1 t0 tb
+    sqlc 4 "TRUNCATE $(echo $SNAP_TABLES | tr ' ' ',')" >/dev/null
+    sqlc 4 "CHECKPOINT" >/dev/null
+    sqlc 1 "CHECKPOINT" >/dev/null
+    t0=$(now_ms)
+    for tb in $SNAP_TABLES; do
+        "$PSQL" -X -q -h "$(pg_sock 1)" -U postgres -d pmg -c "COPY $tb TO STDOUT" |
+            "$PSQL" -X -q -v ON_ERROR_STOP=1 -h "$(pg_sock 4)" -U postgres -d pmg -c "COPY $tb FROM STDIN" ||
+            die "anchor COPY of $tb failed"
+    done
+    A_MS[k]=$(($(now_ms) - t0))
+    log "anchor $k: COPY pipe of $ANCHOR_ROWS rows in ${A_MS[k]} ms ($(rate "$ANCHOR_ROWS" "${A_MS[k]}") rows/s)"
+}
+for i in 1 2 3; do dstart "$i" "$i" pmg; done
+wait_idle 1 2 3
+create 1
+anchor 1
+for i in 2 3; do
+    sqlc "$i" "CHECKPOINT" >/dev/null
+    join_measure "$i" 1
+    k=$((i - 1))
+    P_MS[k]=$J_MS P_LOAD[k]=$J_LOAD_S P_BYTES[k]=$J_BYTES P_ROWS[k]=$J_ROWS
+    log "join node$i: in-sync after $J_MS ms ($J_ROWS rows, $J_BYTES bytes; daemon: loaded in ${J_LOAD_S:-?} s)"
+    [[ "$J_ROWS" == "$ANCHOR_ROWS" ]] || log "WARNING: node$i's snapshot says $J_ROWS rows, the master holds $ANCHOR_ROWS"
+    ((i == 2)) && anchor 2
+done
+# the copy is complete: row counts on every node
+bad=
+for tb in $SNAP_TABLES; do
+    c1=$(sqlc 1 "SELECT count(*) FROM $tb")
+    for i in 2 3 4; do [[ "$(sqlc "$i" "SELECT count(*) FROM $tb")" == "$c1" ]] || bad+="$tb on server $i; "; done
+done
+[[ -z "$bad" ]] || log "WARNING: row counts differ: $bad"
+A_MEAN=$(mean "${A_MS[@]}") P_MEAN=$(mean "${P_MS[@]}")
+A_RPS=$(rate "$ANCHOR_ROWS" "$A_MEAN") P_RPS=$(rate "$ANCHOR_ROWS" "$P_MEAN")
+A_MBS=$(mbps "$ANCHOR_BYTES" "$A_MEAN") P_MBS=$(mbps "$ANCHOR_BYTES" "$P_MEAN")
+SNAP_RATIO=$(f2 "$P_RPS" "$A_RPS")
+
+# ==== 2: delta lag ====================================================================
+declare -A LAG
+k=0
+for r in $RATES; do
+    k=$((k + 1))
+    sleep 2
+    log "delta lag: $r commits/s for ${SECS}s on node1, followers node2 and node3 polled every ${POLL_MS} ms"
+    stage=()
+    [[ -n "$STAGES" ]] && stage=(--numbered "$(pg_ci 1)")
+    out=$("$STORE_LAG" --master "$(pg_ci 1)" --follower "$(pg_ci 2)" --follower "$(pg_ci 3)" "${stage[@]}" \
+        --rate "$r" --seconds "$SECS" --start-id $((k * 100000000)) --poll-ms "$POLL_MS" \
+        --drain-s "$DRAIN" --raw "$DIR/lag-$r.txt" 2>"$DIR/lag-$r.err")
+    LAG[$r:rc]=$?
+    LAG[$r]=$out
+    echo "$out" | sed 's/^/    /' >&2
+    [[ -s "$DIR/lag-$r.err" ]] && log "store_lag: $(head -c 300 "$DIR/lag-$r.err")"
+done
+# the anchor of the commit latency: the same writer on server 4, a plain
+# PostgreSQL server (no pmgcm triggers, no daemon), polling itself
+RAW_SECS=$(awk -v s="$SECS" 'BEGIN { s = s / 4; if (s < 5) s = 5; printf "%d", s }')
+for r in $RATES; do
+    log "raw commit latency: $r commits/s for ${RAW_SECS}s on server 4 (no pmgcm)"
+    LAG[raw:$r]=$("$STORE_LAG" --master "$(pg_ci 4)" --follower "$(pg_ci 4)" --rate "$r" --seconds "$RAW_SECS" \
+        --start-id $((900000000 + r * 1000)) --poll-ms "$POLL_MS" --drain-s 10 2>"$DIR/raw-$r.err")
+    echo "${LAG[raw:$r]}" | sed 's/^/    /' >&2
+done
+for i in 1 2 3; do dstop "$i"; done
+
+# ==== 3: suspicions during a big snapshot ===============================================
+for i in 1 2 3; do
+    "$PSQL" -X -q -h "$(pg_sock "$i")" -U postgres -d postgres -c 'CREATE DATABASE pmgbig' >/dev/null || die "createdb pmgbig"
+    sqlc "$i" "CREATE TABLE bigmail (id int PRIMARY KEY, sender text, body text)" pmgbig >/dev/null
+done
+BIG_ROWS=$(awk -v g="$BIG_GB" 'BEGIN { printf "%d", g * 1073741824 / 102400 }')
+t=$(now_ms)
+# 100 KB bodies (repeat(): quick to make; the stream carries them whole)
+sqlc 1 "INSERT INTO bigmail SELECT g, 'sender' || g || '@example.com', repeat(md5(g::text), 3200) FROM generate_series(1, $BIG_ROWS) g" pmgbig >/dev/null ||
+    die "filling bigmail failed"
+BIG_BYTES=$(sqlc 1 "SELECT sum(octet_length(body) + octet_length(sender)) FROM bigmail" pmgbig)
+log "big: $BIG_ROWS rows of 100 KB ($(mbps "$BIG_BYTES" 1000) MB) on node1 in $(( ($(now_ms) - t) / 1000 )) s"
+for i in 4 5 6; do dstart "$i" $((i - 3)) pmgbig; done
+wait_idle 4 5 6
+create 4
+susp() { local i; for i in "$@"; do echo "$i $(field "$i" .gossip.suspicions)"; done; }
+declare -A S0 S1
+SUSP_TOTAL=0 SUSP_DETAIL= BIG_BAD=
+declare -a B_MS B_LOAD B_BYTES
+for i in 5 6; do
+    nodes="4 5 6"
+    while read -r n v; do S0[$n]=$v; done < <(susp $nodes)
+    join_measure "$i" 4 $(for n in 4 5; do [[ $n != "$i" ]] && echo "$n"; done)
+    while read -r n v; do S1[$n]=$v; done < <(susp $nodes)
+    B_MS[i]=$J_MS B_LOAD[i]=$J_LOAD_S B_BYTES[i]=$J_BYTES
+    d=
+    for n in $nodes; do
+        dv=$(( ${S1[$n]:-0} - ${S0[$n]:-0} ))
+        SUSP_TOTAL=$((SUSP_TOTAL + dv))
+        d+="node$n +$dv "
+    done
+    SUSP_DETAIL+="node$i's load: ${d% }; "
+    [[ -n "$J_BAD" ]] && BIG_BAD+="$J_BAD; "
+    log "big join node$i: in-sync after $J_MS ms ($J_BYTES bytes, daemon: ${J_LOAD_S:-?} s); suspicions ${d% }${J_BAD:+; seen: $J_BAD}"
+done
+c1=$(sqlc 1 "SELECT count(*) FROM bigmail" pmgbig)
+for i in 2 3; do [[ "$(sqlc "$i" "SELECT count(*) FROM bigmail" pmgbig)" == "$c1" ]] || log "WARNING: bigmail rows differ on server $i"; done
+# the master's last word about its members (any ? or D left)
+VIEW=$(field 4 '[.members[] | "\(.name)=\(.state)"] | join(" ")')
+for i in 4 5 6; do dstop "$i"; done
+
+# ==== report ============================================================================
+mkdir -p "$top/bench/out"
+out=$top/bench/out/store.txt
+lagv() { kv "$2" "$3" "${LAG[$1]:-}"; }
+verdict() { awk -v v="$1" -v t="$2" -v op="$3" 'BEGIN { if (v == "" || v == "-" || v == "nan") print "n/a"; else if (v == "inf") print "MISSED"; else if (op == ">=") print (v + 0 >= t + 0) ? "met" : "MISSED"; else if (op == "<") print (v + 0 < t + 0) ? "met" : "MISSED"; else print (v + 0 == t + 0) ? "met" : "MISSED" }'; }
+{
+    echo "bench/store.sh: $(date '+%F %T'), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $($PG_BINDIR/postgres --version 2>/dev/null)${QUICK:+, BENCH_QUICK}"
+    echo "pmgclusterd $PMGCLUSTERD; PostgreSQL: fsync off, synchronous_commit off, shared_buffers 128MB, Unix sockets"
+    echo
+    echo "1. snapshot: $ANCHOR_ROWS rows, $(mbps "$ANCHOR_BYTES" 1000) MB as COPY text ($SNAP_TABLES)"
+    printf '   %-44s %10s %10s %9s\n' "" "ms" "rows/s" "MB/s"
+    for k in 1 2; do printf '   %-44s %10s %10s %9s\n' "anchor: psql COPY | psql COPY, run $k" "${A_MS[k]}" "$(rate "$ANCHOR_ROWS" "${A_MS[k]}")" "$(mbps "$ANCHOR_BYTES" "${A_MS[k]}")"; done
+    for k in 1 2; do printf '   %-44s %10s %10s %9s\n' "pmgcm join --no-wait -> in-sync, node$((k + 1))" "${P_MS[k]}" "$(rate "$ANCHOR_ROWS" "${P_MS[k]}")" "$(mbps "$ANCHOR_BYTES" "${P_MS[k]}")"; done
+    for k in 1 2; do printf '   %-44s %10s %10s %9s\n' "  (daemon: snapshot loaded, node$((k + 1)))" "$(awk -v s="${P_LOAD[k]:-0}" 'BEGIN{printf "%.0f", s*1000}')" "$(rate "$ANCHOR_ROWS" "$(awk -v s="${P_LOAD[k]:-0}" 'BEGIN{print s*1000}')")" "$(mbps "$ANCHOR_BYTES" "$(awk -v s="${P_LOAD[k]:-0}" 'BEGIN{print s*1000}')")"; done
+    echo "   stream bytes the daemon counted: ${P_BYTES[1]:-?} (node2), ${P_BYTES[2]:-?} (node3); MB/s above use the COPY text size for both"
+    echo
+    echo "2. delta lag: single-row transactions on the master, followers polled every $POLL_MS ms (ms; all = slower follower per change)"
+    printf '   %-8s %9s %9s %-10s %8s %8s %8s %8s %9s\n' rate achieved changes who p50 p90 p99 max rows
+    for r in $RATES; do
+        ach=$(lagv "$r" writer achieved_rate) n=$(lagv "$r" writer acked)
+        for who in commit ${STAGES:+numbered} follower1 follower2 all; do
+            lbl=$who
+            [[ $who == follower1 ]] && lbl=node2
+            [[ $who == follower2 ]] && lbl=node3
+            [[ $who == commit ]] && lbl="commit"
+            printf '   %-8s %9s %9s %-10s %8s %8s %8s %8s %9s\n' "$r/s" "$ach" "$n" "$lbl" \
+                "$(lagv "$r" "$who" p50)" "$(lagv "$r" "$who" p90)" "$(lagv "$r" "$who" p99)" "$(lagv "$r" "$who" max)" "$(lagv "$r" "$who" rows)"
+        done
+        [[ "${LAG[$r:rc]}" == 0 ]] || echo "   $r/s: NOT every change reached every follower (store_lag exit ${LAG[$r:rc]})"
+        printf '   %-8s %9s %9s %-10s %8s %8s %8s %8s\n' "$r/s" "$(lagv raw:$r writer achieved_rate)" "$(lagv raw:$r writer acked)" "raw commit" \
+            "$(lagv raw:$r commit p50)" "$(lagv raw:$r commit p90)" "$(lagv raw:$r commit p99)" "$(lagv raw:$r commit max)"
+    done
+    echo "   commit = the writer's commit latency on the master (send -> acknowledged; pmgcm's capture trigger included);"
+    [[ -n "$STAGES" ]] && echo "   numbered = commit -> in the master's pmgcm.log (the first stage of every follower's lag; its polling loads the master)"
+    echo "   a change a follower never showed within ${DRAIN}s after the writer ended counts as inf"
+    echo "   raw commit = the same writer on a plain server without pmgcm (${RAW_SECS}s); reference: PMG's sync cycle is 120 s (120000 ms)"
+    echo
+    echo "3. big snapshot: $BIG_ROWS rows of 100 KB, $(mbps "$BIG_BYTES" 1000) MB; 3 nodes (node4 master)"
+    for i in 5 6; do printf '   %-44s %10s ms %9s MB/s  (daemon: %s s)\n' "join node$i -> in-sync" "${B_MS[i]:-}" "$(mbps "$BIG_BYTES" "${B_MS[i]:-0}")" "${B_LOAD[i]:-?}"; done
+    echo "   suspicions raised (.gossip.suspicions after - before): ${SUSP_DETAIL}total $SUSP_TOTAL"
+    echo "   member states ? or D seen while loading: ${BIG_BAD:-none}; master's view afterwards: $VIEW"
+    echo
+    echo "snapshot: pmgcm $P_RPS rows/s $P_MBS MB/s, COPY pipe $A_RPS rows/s $A_MBS MB/s, ratio $SNAP_RATIO (target >= 0.8: $(verdict "$SNAP_RATIO" 0.8 '>='))"
+    for r in $RATES; do
+        p99=$(lagv "$r" all p99)
+        t=
+        [[ $r == 1000 ]] && t=" (target p99 < 100 ms: $(verdict "$p99" 100 '<'))"
+        echo "delta lag at $r/s (achieved $(lagv "$r" writer achieved_rate)/s): all followers p50 $(lagv "$r" all p50) ms p99 $p99 ms; master commit p50 $(lagv "$r" commit p50) ms p99 $(lagv "$r" commit p99) ms; raw commit (no pmgcm) p50 $(lagv "raw:$r" commit p50) ms p99 $(lagv "raw:$r" commit p99) ms; PMG sync cycle 120000 ms$t"
+    done
+    echo "big snapshot ($(mbps "$BIG_BYTES" 1000) MB): suspicions $SUSP_TOTAL, states ? or D seen: ${BIG_BAD:-none} (target 0: $(verdict "$SUSP_TOTAL" 0 '=='))"
+    echo "took $(($(date +%s) - T0)) s"
+} | tee "$out"
+echo "(saved to ${out#$top/})"
