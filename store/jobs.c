@@ -61,34 +61,17 @@ static const char SETUP_SQL[] =
     "  ELSE\n"
     "    INSERT INTO pmgcm.capture(tbl, op, old) VALUES (t, 'D', to_jsonb(OLD));\n"
     "  END IF;\n"
-    "  PERFORM pg_notify('pmgcm_capture', '');\n"
+    "  IF TG_LEVEL = 'STATEMENT' THEN PERFORM pg_notify('pmgcm_capture', '');"
+    " END IF;\n"
     "  RETURN NULL;\n"
     "END $f$;"
-    /* apply received log entries a..b (session_replication_role replica) */
-    "CREATE OR REPLACE FUNCTION pmgcm.apply(a bigint, b bigint)"
-    " RETURNS bigint LANGUAGE plpgsql AS $f$\n"
-    "DECLARE c record; t record; n bigint := 0;\n"
+    /* once per statement: wake the daemon at commit */
+    "CREATE OR REPLACE FUNCTION pmgcm.notify() RETURNS trigger"
+    " LANGUAGE plpgsql AS $f$\n"
     "BEGIN\n"
-    "  FOR c IN SELECT * FROM pmgcm.log l WHERE l.seq BETWEEN a AND b"
-    " ORDER BY l.seq LOOP\n"
-    "    IF c.op = 'E' THEN\n"
-    "      INSERT INTO pmgcm.epochs VALUES (c.epoch, c.seq, c.origin)"
-    " ON CONFLICT (epoch) DO NOTHING;\n"
-    "      CONTINUE;\n"
-    "    END IF;\n"
-    "    IF c.op = 'T' THEN EXECUTE format('TRUNCATE %s', c.tbl);"
-    " n := n + 1; CONTINUE; END IF;\n"
-    "    SELECT * INTO t FROM pmgcm.tables WHERE tbl = c.tbl;\n"
-    "    IF NOT FOUND THEN RAISE EXCEPTION 'pmgcm: a change for %, which is"
-    " not replicated here', c.tbl; END IF;\n"
-    "    IF c.op IN ('U', 'D') THEN EXECUTE t.del_sql USING c.old; END IF;\n"
-    "    IF c.op IN ('I', 'U') THEN\n"
-    "      EXECUTE t.del_sql USING c.new;\n"
-    "      EXECUTE t.ins_sql USING c.new;\n"
-    "    END IF;\n"
-    "    n := n + 1;\n"
-    "  END LOOP;\n"
-    "  RETURN n;\n"
+    "  IF (SELECT role FROM pmgcm.state) = 'master' THEN"
+    " PERFORM pg_notify('pmgcm_capture', ''); END IF;\n"
+    "  RETURN NULL;\n"
     "END $f$;";
 
 /* The replicated set with its columns and keys, canonical text: one line
@@ -120,7 +103,18 @@ static const char TABLES_SQL[] =
     "  (SELECT string_agg(format('t.%1$I = r.%1$I', a.attname), ' AND ')"
     "    FROM pg_constraint k JOIN pg_attribute a ON a.attrelid = k.conrelid"
     "     AND a.attnum = ANY (k.conkey)"
-    "    WHERE k.conrelid = t.oid AND k.contype = 'p')"
+    "    WHERE k.conrelid = t.oid AND k.contype = 'p'),"
+    "  (SELECT string_agg(format('%1$I = EXCLUDED.%1$I', a.attname), ', '"
+    "     ORDER BY a.attnum) FROM pg_attribute a WHERE a.attrelid = t.oid"
+    "     AND a.attnum > 0 AND NOT a.attisdropped AND NOT EXISTS (SELECT 1"
+    "      FROM pg_constraint k WHERE k.conrelid = t.oid AND k.contype = 'p'"
+    "      AND a.attnum = ANY (k.conkey))),"
+    "  (SELECT string_agg(format('(c.old->%1$L) IS DISTINCT FROM"
+    " (c.new->%1$L)', a.attname), ' OR ')"
+    "    FROM pg_constraint k JOIN pg_attribute a ON a.attrelid = k.conrelid"
+    "     AND a.attnum = ANY (k.conkey)"
+    "    WHERE k.conrelid = t.oid AND k.contype = 'p'),"
+    "  quote_literal(t.q)"
     " FROM t ORDER BY t.q";
 
 static void digest16(const char *text, char out[17])
@@ -132,6 +126,9 @@ static void digest16(const char *text, char out[17])
 
 typedef struct tabdef {
     char *q, *cols, *pk, *cond;
+    char *set;     /* "a = EXCLUDED.a, ..." (non-key columns), "" if none */
+    char *changed; /* key changed between c.old and c.new */
+    char *lit;     /* q as an SQL literal */
 } tabdef;
 
 static int load_tables(PGconn *c, pst_store *st, tabdef **out, size_t *n,
@@ -155,6 +152,9 @@ static int load_tables(PGconn *c, pst_store *st, tabdef **out, size_t *n,
         t[i].cols = strdup(PQgetvalue(r, i, 1));
         t[i].pk = strdup(PQgetvalue(r, i, 2));
         t[i].cond = strdup(PQgetvalue(r, i, 3));
+        t[i].set = strdup(PQgetvalue(r, i, 4)); /* "" when NULL */
+        t[i].changed = strdup(PQgetvalue(r, i, 5));
+        t[i].lit = strdup(PQgetvalue(r, i, 6));
     }
     PQclear(r);
     *out = t;
@@ -169,6 +169,9 @@ static void free_tables(tabdef *t, size_t n)
         free(t[i].cols);
         free(t[i].pk);
         free(t[i].cond);
+        free(t[i].set);
+        free(t[i].changed);
+        free(t[i].lit);
     }
     free(t);
 }
@@ -184,6 +187,60 @@ static char *tables_text(const tabdef *t, size_t n)
     for (size_t i = 0; i < n; i++)
         p += sprintf(p, "%s(%s) pk(%s)\n", t[i].q, t[i].cols, t[i].pk);
     return s;
+}
+
+/* pmgcm.apply(a, b): applies log entries a..b in order, with static SQL
+ * per table (plans cached for the session). Upsert for I and U (a changed
+ * key deletes the old row first), delete for D. Idempotent: replaying a
+ * change over a snapshot that already holds it is harmless. */
+static char *apply_sql(const tabdef *t, size_t n)
+{
+    char *out = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&out, &len);
+    if (!f) return NULL;
+    fputs("CREATE OR REPLACE FUNCTION pmgcm.apply(a bigint, b bigint)"
+          " RETURNS bigint LANGUAGE plpgsql AS $pmgcm$\n"
+          "DECLARE c record; n bigint := 0;\n"
+          "BEGIN\n"
+          "  FOR c IN SELECT * FROM pmgcm.log l WHERE l.seq BETWEEN a AND b"
+          " ORDER BY l.seq LOOP\n"
+          "    IF c.op = 'E' THEN\n"
+          "      INSERT INTO pmgcm.epochs VALUES (c.epoch, c.seq, c.origin)"
+          " ON CONFLICT (epoch) DO NOTHING;\n"
+          "      CONTINUE;\n"
+          "    END IF;\n"
+          "    n := n + 1;\n"
+          "    IF c.op = 'T' THEN EXECUTE format('TRUNCATE %s', c.tbl);"
+          " CONTINUE; END IF;\n"
+          "    CASE c.tbl\n"
+          "    WHEN '' THEN NULL;\n", f);
+    for (size_t i = 0; i < n; i++) {
+        fprintf(f,
+                "    WHEN %s THEN\n"
+                "      IF c.op = 'D' OR (c.op = 'U' AND (%s)) THEN\n"
+                "        DELETE FROM %s t USING jsonb_populate_record(NULL::%s,"
+                " c.old) r WHERE %s;\n"
+                "      END IF;\n"
+                "      IF c.op <> 'D' THEN\n"
+                "        INSERT INTO %s SELECT * FROM jsonb_populate_record("
+                "NULL::%s, c.new) ON CONFLICT (%s) DO %s%s;\n"
+                "      END IF;\n",
+                t[i].lit, t[i].changed, t[i].q, t[i].q, t[i].cond, t[i].q,
+                t[i].q, t[i].pk, t[i].set[0] ? "UPDATE SET " : "NOTHING",
+                t[i].set);
+    }
+    fputs("    ELSE RAISE EXCEPTION 'pmgcm: a change for %, which is not"
+          " replicated here', c.tbl;\n"
+          "    END CASE;\n"
+          "  END LOOP;\n"
+          "  RETURN n;\n"
+          "END $pmgcm$;", f);
+    if (fclose(f) != 0) {
+        free(out);
+        return NULL;
+    }
+    return out;
 }
 
 int pst_schema_text(PGconn *c, pst_store *st, char **out, char *err,
@@ -228,8 +285,11 @@ int pst_db_setup(PGconn *c, pst_store *st, char *err, size_t errlen,
                      " pmgcm.capture();"
                      "CREATE OR REPLACE TRIGGER pmgcm_capture_truncate AFTER"
                      " TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION"
-                     " pmgcm.capture();",
-                     t[i].q, t[i].q) < 0) {
+                     " pmgcm.capture();"
+                     "CREATE OR REPLACE TRIGGER pmgcm_notify AFTER INSERT OR"
+                     " UPDATE OR DELETE ON %s FOR EACH STATEMENT EXECUTE"
+                     " FUNCTION pmgcm.notify();",
+                     t[i].q, t[i].q, t[i].q) < 0) {
             free(sql);
             rc = -ENOMEM;
             break;
@@ -244,6 +304,11 @@ int pst_db_setup(PGconn *c, pst_store *st, char *err, size_t errlen,
         if (rc == 0) rc = pst_exec(c, trg, err, errlen);
         free(sql);
         free(trg);
+    }
+    if (rc == 0) {
+        char *fn = apply_sql(t, n);
+        rc = fn ? pst_exec(c, fn, err, errlen) : -ENOMEM;
+        free(fn);
     }
     if (rc == 0) {
         *schema_text = tables_text(t, n);
