@@ -449,12 +449,14 @@ static void listen_poll_cb(uv_poll_t *p, int status, int events)
     if (any) pst_start_capture(st);
 }
 
+static void st_unref(pst_store *st);
+
 static void listen_closed(uv_handle_t *h)
 {
     pst_store *st = h->data;
     if (st->listen) PQfinish(st->listen);
     st->listen = NULL;
-    st->refs--;
+    st_unref(st);
 }
 
 static void listen_stop(pst_store *st)
@@ -599,8 +601,13 @@ int pst_open(uv_loop_t *loop, const pst_config *cfg, const pst_events *ev,
 
 static void close_free_cb(uv_handle_t *h)
 {
-    pst_store *st = h->data;
-    if (--st->refs > 0) return;
+    st_unref(h->data);
+}
+
+/* The last of the store's closing handles frees it. */
+static void st_unref(pst_store *st)
+{
+    if (--st->refs > 0 || !st->closing) return;
     pthread_mutex_destroy(&st->mu);
     pthread_cond_destroy(&st->cv);
     free(st->conninfo);
