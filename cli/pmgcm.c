@@ -14,6 +14,7 @@
  *       Prints the node's certificate fingerprint, which joining nodes pin.
  *
  *   pmgcm join <master_ip> [--fingerprint FP] [--password-file FILE] [--yes]
+ *              [--no-wait]
  *       Join the cluster whose master is at <master_ip> (IPv4 or IPv6; add
  *       the port, 10.0.0.1:7957 or [fd00::1]:7957, when the master's node
  *       API is not on the default port 7947 - join-cmd prints it so).
@@ -21,7 +22,10 @@
  *       fetched and shown, and you confirm it by typing "yes" (--yes
  *       accepts it without asking, for scripts). Then asks for the join
  *       password (no echo) unless --password-file is given. Prints the
- *       cid the master assigned.
+ *       cid the master assigned. With a replicated database, then waits
+ *       (progress bar on a terminal) until the node has loaded the
+ *       master's data and caught up; a schema mismatch is an error (exit
+ *       1, nothing changed). --no-wait returns once the node is a member.
  *
  *   pmgcm join-cmd
  *       Print the exact `pmgcm join <ip> --fingerprint <fp>` line to run on
@@ -126,8 +130,9 @@ static void usage(FILE *f)
             "  create [--password-file FILE]\n"
             "          create a cluster; this node becomes master (cid 1)\n"
             "  join <master_ip> [--fingerprint FP] [--password-file FILE] "
-            "[--yes]\n"
-            "          join the cluster of the master at <master_ip>\n"
+            "[--yes] [--no-wait]\n"
+            "          join the cluster of the master at <master_ip>, then\n"
+            "          wait for its data (snapshot) unless --no-wait\n"
             "          (IP, or IP:PORT / [IPv6]:PORT off the default API "
             "port)\n"
             "  join-cmd\n"
