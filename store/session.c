@@ -15,7 +15,8 @@ typedef Pmgcm__Store__Msg Msg;
 typedef Pmgcm__Store__Open Open;
 typedef Pmgcm__Store__Change Change;
 
-#define READ_BATCH 2000
+#define READ_BATCH 5000
+#define FRAME_BYTES (4u << 20)
 #define KEEPALIVE_MS 5000
 #define SNAP_CHUNK (256u * 1024u)
 #define SNAP_PIPE_MAX (8u << 20)
@@ -912,6 +913,20 @@ static void read_run(pst_job *j, PGconn *c)
         j->rc = -ENOMEM;
         return;
     }
+    /* at most FRAME_BYTES of row data per frame (the first change always
+     * goes, so a lone huge change still moves; the transport refuses
+     * frames over its limit) */
+    size_t bytes = 0;
+    int keep = n;
+    for (int i = 0; i < n; i++) {
+        bytes += 64 + (size_t)PQgetlength(r, i, 3) + (size_t)PQgetlength(r, i, 4) +
+                 (size_t)PQgetlength(r, i, 5);
+        if (i > 0 && bytes > FRAME_BYTES) {
+            keep = i;
+            break;
+        }
+    }
+    n = keep;
     for (int i = 0; i < n; i++) {
         pmgcm__store__change__init(&cv[i]);
         cv[i].seq = strtoull(PQgetvalue(r, i, 0), NULL, 10);
