@@ -315,7 +315,7 @@ static void test_answers_readyz(void)
     done(&a);
     CHECK_EQ_INT(ask("GET /readyz?verbose HTTP/1.0\r\n\r\n", &a), 200);
     CHECK(strcmp(a.body, "[+]running ok\n[+]cluster ok\n[+]membership ok\n"
-                         "[+]config ok\n[+]drain ok\n"
+                         "[+]config ok\n[+]data ok\n[+]drain ok\n"
                          "readyz check passed\n") == 0);
     done(&a);
 

@@ -274,7 +274,7 @@ static void test_join_request(void)
 
     set_pw("s3cret pw\n", 0600);
     run_cli(&r, ANS("{\"ok\":true,\"cid\":4}\n"), NULL,
-            ARGS("--socket", sock_path, "join", "10.0.0.1", "--fingerprint",
+            ARGS("--socket", sock_path, "join", "--no-wait", "10.0.0.1", "--fingerprint",
                  "X", "--password-file", pwfile));
     CHECK_EQ_INT(r.rc, 0);
     CHECK_EQ_INT(r.nreq, 1);
@@ -290,7 +290,7 @@ static void test_join_request(void)
      * daemon's parser reads back exactly the same password */
     set_pw("q\"b\\s \xc3\xa9\r\nsecond line\n", 0640);
     run_cli(&r, ANS("{\"ok\":true,\"cid\":5}\n"), NULL,
-            ARGS("join", "--password-file", pwfile, "--socket", sock_path,
+            ARGS("join", "--no-wait", "--password-file", pwfile, "--socket", sock_path,
                  "fd00::1", "--fingerprint=AB:cd:EF"));
     CHECK_EQ_INT(r.rc, 0);
     CHECK(strcmp(r.req[0], "{\"cmd\":\"join\",\"ip\":\"fd00::1\","
@@ -306,7 +306,7 @@ static void test_join_request(void)
 
     /* a master whose node API is off the default port (join-cmd's line) */
     run_cli(&r, ANS("{\"ok\":true,\"cid\":6}\n"), NULL,
-            ARGS("--socket", sock_path, "join", "[fd00::1]:7957",
+            ARGS("--socket", sock_path, "join", "--no-wait", "[fd00::1]:7957",
                  "--fingerprint", "AB", "--password-file", pwfile));
     CHECK_EQ_INT(r.rc, 0);
     CHECK(strcmp(r.req[0], "{\"cmd\":\"join\",\"ip\":\"[fd00::1]:7957\","
@@ -315,6 +315,57 @@ static void test_join_request(void)
     REQUIRE(pmm_ctl_parse_request(r.req[0], strlen(r.req[0]), &cmd, &args,
                                   err, sizeof(err)) == 0);
     pmm_json_free(args);
+}
+
+/* Without --no-wait, join then polls status until the data is in sync. */
+static void test_join_waits_for_data(void)
+{
+    run r;
+
+    set_pw("pw\n", 0600);
+    run_cli(&r,
+            ANS("{\"ok\":true,\"cid\":4}\n",
+                "{\"ok\":true,\"store\":{\"state\":\"loading\","
+                "\"error\":\"\",\"loaded\":false,\"snapshot\":{\"rows\":10,"
+                "\"bytes\":1000,\"est_rows\":20,\"est_bytes\":2000,"
+                "\"tables\":2,\"tables_done\":1,\"elapsed_ms\":100}}}\n",
+                "{\"ok\":true,\"store\":{\"state\":\"in-sync\","
+                "\"error\":\"\",\"loaded\":true,\"snapshot\":{\"rows\":20,"
+                "\"bytes\":2000,\"est_rows\":20,\"est_bytes\":2000,"
+                "\"tables\":2,\"tables_done\":2,\"elapsed_ms\":250}}}\n"),
+            NULL,
+            ARGS("--socket", sock_path, "join", "10.0.0.1", "--fingerprint",
+                 "X", "--password-file", pwfile));
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK_EQ_INT(r.nreq, 3);
+    CHECK(strcmp(r.req[1], "{\"cmd\":\"status\"}\n") == 0);
+    CHECK(strstr(r.out, "joined cluster as cid 4\n") != NULL);
+    CHECK(strstr(r.out, "data in sync: snapshot of 20 rows") != NULL);
+    if (r.rc != 0 || r.nreq != 3)
+        show(&r);
+
+    /* a schema mismatch: exit 1, the reason, and "nothing was changed" */
+    run_cli(&r,
+            ANS("{\"ok\":true,\"cid\":5}\n",
+                "{\"ok\":true,\"store\":{\"state\":\"error\",\"error\":"
+                "\"snapshot: schema mismatch: master has \\\"public.mail(id "
+                "bigint)\\\"\",\"loaded\":false}}\n"),
+            NULL,
+            ARGS("--socket", sock_path, "join", "10.0.0.1", "--fingerprint",
+                 "X", "--password-file", pwfile));
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK(strstr(r.err, "schema mismatch: master has") != NULL);
+    CHECK(strstr(r.err, "nothing was changed") != NULL);
+    if (r.rc != 1)
+        show(&r);
+
+    /* no replicated database on the node: done after one status */
+    run_cli(&r, ANS("{\"ok\":true,\"cid\":6}\n", "{\"ok\":true}\n"), NULL,
+            ARGS("--socket", sock_path, "join", "10.0.0.1", "--fingerprint",
+                 "X", "--password-file", pwfile));
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK_EQ_INT(r.nreq, 2);
+    CHECK(strcmp(r.out, "joined cluster as cid 6\n") == 0);
 }
 
 static void test_commands(void)
@@ -418,7 +469,7 @@ static void test_join_fetches_fingerprint(void)
     run_cli(&r,
             ANS("{\"ok\":true,\"fingerprint\":\"AB:CD:EF\"}\n",
                 "{\"ok\":true,\"cid\":2}\n"),
-            NULL, ARGS("--socket", sock_path, "join", "10.0.0.1",
+            NULL, ARGS("--socket", sock_path, "join", "--no-wait", "10.0.0.1",
                        "--password-file", pwfile, "--yes"));
     CHECK_EQ_INT(r.rc, 0);
     CHECK_EQ_INT(r.nreq, 2);
@@ -435,7 +486,7 @@ static void test_join_fetches_fingerprint(void)
             ANS("{\"ok\":true,\"fingerprint\":\"AB:CD:EF\"}\n",
                 "{\"ok\":true,\"cid\":2}\n"),
             NULL, ARGS("--socket", sock_path, "--output-format", "json",
-                       "join", "10.0.0.1", "--password-file", pwfile,
+                       "join", "--no-wait", "10.0.0.1", "--password-file", pwfile,
                        "--yes"));
     CHECK_EQ_INT(r.rc, 0);
     CHECK(strcmp(r.out, "{\"ok\":true,\"cid\":2}\n") == 0);
@@ -443,7 +494,7 @@ static void test_join_fetches_fingerprint(void)
     /* the master cannot be reached: stop after the first request */
     run_cli(&r, ANS("{\"ok\":false,\"error\":\"cannot reach 10.0.0.1:7947: "
                     "connection refused\"}\n"),
-            NULL, ARGS("--socket", sock_path, "join", "10.0.0.1",
+            NULL, ARGS("--socket", sock_path, "join", "--no-wait", "10.0.0.1",
                        "--password-file", pwfile, "--yes"));
     CHECK_EQ_INT(r.rc, 1);
     CHECK_EQ_INT(r.nreq, 1);
@@ -453,7 +504,7 @@ static void test_join_fetches_fingerprint(void)
 
     /* an answer without a usable fingerprint */
     run_cli(&r, ANS("{\"ok\":true,\"fingerprint\":\"A B\"}\n"), NULL,
-            ARGS("--socket", sock_path, "join", "10.0.0.1",
+            ARGS("--socket", sock_path, "join", "--no-wait", "10.0.0.1",
                  "--password-file", pwfile, "--yes"));
     CHECK_EQ_INT(r.rc, 1);
     CHECK_EQ_INT(r.nreq, 1);
@@ -487,13 +538,13 @@ static void test_password_file(void)
     expect_pwfile_refused("is readable by everyone");
     /* the same for join, before anything is asked */
     run_cli(&r, NOANS, NULL,
-            ARGS("--socket", sock_path, "join", "10.0.0.1",
+            ARGS("--socket", sock_path, "join", "--no-wait", "10.0.0.1",
                  "--password-file", pwfile, "--fingerprint", "X"));
     CHECK_EQ_INT(r.rc, 1);
     CHECK_EQ_INT(r.nreq, 0);
     CHECK(strstr(r.err, "readable by everyone") != NULL);
     run_cli(&r, NOANS, NULL,
-            ARGS("--socket", sock_path, "join", "10.0.0.1",
+            ARGS("--socket", sock_path, "join", "--no-wait", "10.0.0.1",
                  "--password-file", pwfile, "--yes"));
     CHECK_EQ_INT(r.rc, 1);
     CHECK_EQ_INT(r.nreq, 0);
@@ -699,14 +750,14 @@ static void test_no_terminal(void)
     CHECK_EQ_INT(r.nreq, 0);
     CHECK(strcmp(r.err, "pmgcm: no terminal: use --password-file\n") == 0);
     run_cli(&r, NOANS, NULL,
-            ARGS("--socket", sock_path, "join", "10.0.0.1", "--fingerprint",
+            ARGS("--socket", sock_path, "join", "--no-wait", "10.0.0.1", "--fingerprint",
                  "X"));
     CHECK_EQ_INT(r.rc, 1);
     CHECK_EQ_INT(r.nreq, 0);
     CHECK(strcmp(r.err, "pmgcm: no terminal: use --password-file\n") == 0);
     set_pw("pw\n", 0600);
     run_cli(&r, NOANS, NULL,
-            ARGS("--socket", sock_path, "join", "10.0.0.1",
+            ARGS("--socket", sock_path, "join", "--no-wait", "10.0.0.1",
                  "--password-file", pwfile));
     CHECK_EQ_INT(r.rc, 1);
     CHECK_EQ_INT(r.nreq, 0);
@@ -760,7 +811,7 @@ static void test_terminal_prompts(void)
     /* join: the fingerprint is shown; "no" aborts after asking it only */
     run_cli(&r, ANS("{\"ok\":true,\"fingerprint\":\"AB:CD:EF\"}\n"),
             (const step[]){{"(yes/no): ", "no"}, {NULL, NULL}},
-            ARGS("--socket", sock_path, "join", "10.0.0.1"));
+            ARGS("--socket", sock_path, "join", "--no-wait", "10.0.0.1"));
     CHECK_EQ_INT(r.rc, 1);
     CHECK_EQ_INT(r.nreq, 1);
     CHECK(strcmp(r.req[0], "{\"cmd\":\"fingerprint\",\"ip\":\"10.0.0.1\"}\n")
@@ -780,7 +831,7 @@ static void test_terminal_prompts(void)
             (const step[]){{"(yes/no): ", "yes"},
                            {"Enter join password: ", "tty-Secret2"},
                            {NULL, NULL}},
-            ARGS("--socket", sock_path, "join", "10.0.0.1"));
+            ARGS("--socket", sock_path, "join", "--no-wait", "10.0.0.1"));
     CHECK_EQ_INT(r.rc, 0);
     CHECK_EQ_INT(r.nreq, 2);
     CHECK(strcmp(r.req[1], "{\"cmd\":\"join\",\"ip\":\"10.0.0.1\","
@@ -795,7 +846,7 @@ static void test_terminal_prompts(void)
     /* --fingerprint given: no question, only the password */
     run_cli(&r, ANS("{\"ok\":true,\"cid\":9}\n"),
             (const step[]){{"Enter join password: ", "pw3"}, {NULL, NULL}},
-            ARGS("--socket", sock_path, "join", "10.0.0.1", "--fingerprint",
+            ARGS("--socket", sock_path, "join", "--no-wait", "10.0.0.1", "--fingerprint",
                  "AB:CD"));
     CHECK_EQ_INT(r.rc, 0);
     CHECK_EQ_INT(r.nreq, 1);
@@ -837,6 +888,7 @@ int main(void)
     }
     printf("# pmgcm: %s\n", bin);
     TAP_RUN(test_join_request);
+    TAP_RUN(test_join_waits_for_data);
     TAP_RUN(test_commands);
     TAP_RUN(test_join_fetches_fingerprint);
     TAP_RUN(test_password_file);
