@@ -198,6 +198,62 @@ static void test_json_roundtrip(void)
     pmm_buf_free(&b);
 }
 
+/* The store's columns: lag against the alive master, 'S' while not in
+ * sync, and the db object through JSON and back. */
+static void test_db_rows(void)
+{
+    pmm_status_row rows[4], *back = NULL;
+    pmm_buf b;
+    pmm_json *doc = NULL;
+    size_t n = 0;
+    char err[256];
+
+    rows[0] = row("m", 1, "10.0.0.1", "master", 'A', 10, 0, 1, 1);
+    rows[1] = row("f", 2, "10.0.0.2", "node", 'A', 10, 0, 1, 1);
+    rows[2] = row("l", 3, "10.0.0.3", "node", 'A', 10, 0, 1, 1);
+    rows[3] = row("d", 4, "10.0.0.4", "node", 'D', -1, -1, -1, -1);
+    const char *st[4] = {"in-sync", "in-sync", "loading", "catching-up"};
+    uint64_t seq[4] = {1000, 1000, 0, 900};
+    for (int i = 0; i < 4; i++) {
+        rows[i].has_db = true;
+        snprintf(rows[i].db_state, sizeof(rows[i].db_state), "%s", st[i]);
+        rows[i].db_epoch = 2;
+        rows[i].db_seq = seq[i];
+        rows[i].db_ts_ms = 1000000 + seq[i];
+    }
+    pmm_status_db_finish(rows, 4);
+    CHECK_EQ_INT(rows[0].state, 'A');
+    CHECK_EQ_INT(rows[1].state, 'A');
+    CHECK_EQ_INT(rows[2].state, 'S');  /* loading: syncing */
+    CHECK_EQ_INT(rows[3].state, 'D');  /* dead stays dead */
+    CHECK_EQ_INT(rows[1].lag_changes, 0);
+    CHECK_EQ_INT(rows[2].lag_changes, 1000);
+    CHECK_EQ_INT(rows[3].lag_changes, 100);
+    CHECK(fabs(rows[3].lag_seconds - 0.1) < 1e-9);
+    pmm_buf_init(&b, 1 << 20);
+    CHECK(pmm_status_write_json(&b, rows, 4) == 0);
+    CHECK(strstr(b.p, "\"db\":{\"state\":\"catching-up\",\"epoch\":2,"
+                      "\"seq\":900,\"lag_changes\":100,"
+                      "\"lag_seconds\":0.100}") != NULL);
+    REQUIRE(pmm_json_parse(b.p, b.len, &doc, err, sizeof(err)) == 0);
+    REQUIRE(pmm_status_from_json(doc, &back, &n, err, sizeof(err)) == 0);
+    REQUIRE(n == 4);
+    CHECK(back[3].has_db);
+    CHECK(strcmp(back[3].db_state, "catching-up") == 0);
+    CHECK_EQ_INT(back[3].db_seq, 900);
+    CHECK_EQ_INT(back[3].lag_changes, 100);
+    CHECK_EQ_INT(back[2].state, 'S');
+    free(back);
+    pmm_json_free(doc);
+    pmm_buf_free(&b);
+    /* a row without a store has no db object */
+    rows[0].has_db = false;
+    pmm_buf_init(&b, 1 << 20);
+    CHECK(pmm_status_write_json(&b, rows, 1) == 0);
+    CHECK(strstr(b.p, "\"db\"") == NULL);
+    pmm_buf_free(&b);
+}
+
 static int from_json_fails(const char *text, const char *want)
 {
     pmm_json *doc = NULL;
@@ -444,6 +500,7 @@ int main(void)
     TAP_RUN(test_json_escape);
     TAP_RUN(test_buf_bounds);
     TAP_RUN(test_json_roundtrip);
+    TAP_RUN(test_db_rows);
     TAP_RUN(test_rows_validation);
     TAP_RUN(test_json_reader);
     TAP_RUN(test_row_from_member);
