@@ -155,7 +155,7 @@ fill() {
     local n=$1 a b
     a=$((n * 4 / 10)) b=$((n / 10))
     sql 1 >/dev/null <<EOF
-INSERT INTO cstatistic SELECT 1, g, g, 1700000000 + g, 1000 + (g * 7919) % 200000, g % 3 = 0,
+INSERT INTO cstatistic SELECT 1, g, g, 1700000000 + g, 1000 + ((g::bigint * 7919) % 200000)::int, g % 3 = 0,
   (g % 97) / 10.0, CASE WHEN g % 211 = 0 THEN 'Eicar-Test-Signature' END, g % 5000,
   'sender' || (g % 977) || '@example' || (g % 13) || '.com'
   FROM generate_series(1, $a) g;
