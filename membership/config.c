@@ -177,7 +177,7 @@ enum {
     K_SUSP_MAX_MULT, K_RETRANSMIT, K_GOSSIP_INTERVAL, K_GOSSIP_NODES,
     K_PUSHPULL, K_REJOIN, K_API_PORT, K_STATUS_BIND, K_STATUS_PORT,
     K_AGENT_PORT, K_DB_CONNINFO, K_DB_SCHEMAS, K_DB_EXCLUDE,
-    K_DB_RETENTION, K_FILES_DIR, K_FILES_RELOAD, K_FILES_MAX,
+    K_DB_RETENTION, K_DB_ORIGIN, K_FILES_DIR, K_FILES_RELOAD, K_FILES_MAX,
     K_COUNT
 };
 
@@ -210,6 +210,7 @@ static const char *const key_names[K_COUNT] = {
     [K_DB_SCHEMAS] = "db_schemas",
     [K_DB_EXCLUDE] = "db_exclude",
     [K_DB_RETENTION] = "db_log_retention_s",
+    [K_DB_ORIGIN] = "db_origin_tables",
     [K_FILES_DIR] = "files_dir",
     [K_FILES_RELOAD] = "files_reload",
     [K_FILES_MAX] = "files_max_bytes",
@@ -285,6 +286,8 @@ static const char *apply_key(pmm_config *c, int k, char *v)
         return parse_str(v, c->db_exclude, sizeof(c->db_exclude));
     case K_DB_RETENTION:
         return parse_u32(v, 1, 365u * 86400u, &c->db_log_retention_s);
+    case K_DB_ORIGIN:
+        return parse_str(v, c->db_origin_tables, sizeof(c->db_origin_tables));
     case K_FILES_DIR:
         return parse_path(v, c->files_dir, sizeof(c->files_dir));
     case K_FILES_RELOAD:

@@ -86,6 +86,11 @@
  *   db_log_retention_s = 3600
  *       How long every node keeps the change log (1..31536000 s); a node
  *       that was away longer gets a snapshot instead of deltas.
+ *   db_origin_tables = public.quarantine:cid, public.stats:cid
+ *       Per-origin tables: every node writes only rows whose column holds
+ *       its own cid; those rows flow from every node to every node (also
+ *       while the master is down). The column must be part of the primary
+ *       key.
  *   files_dir = /etc/pmg
  *       Optional directory of master-owned files mirrored to every node.
  *   files_reload = systemctl reload pmg-smtp-filter
@@ -263,6 +268,7 @@ typedef struct pmm_config {
     char db_schemas[PMM_DB_STR_MAX + 1];   /* comma list, "public" */
     char db_exclude[PMM_DB_STR_MAX + 1];   /* comma list of schema.table */
     uint32_t db_log_retention_s;           /* change log kept, 3600 */
+    char db_origin_tables[PMM_DB_STR_MAX + 1]; /* "schema.table:column, ..." */
 
     /* mirrored config files (files.c): empty files_dir = off */
     char files_dir[PMM_PATH_MAX];

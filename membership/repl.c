@@ -39,6 +39,7 @@ struct rlink {
     int rc;
     char why[256];
     bool purpose_promo; /* POSITION / catch-up for a promote */
+    uint32_t origin;    /* PST_OSUBSCRIBE: whose rows */
     bool draining;      /* transport closed, snapshot still loading */
 };
 
@@ -68,6 +69,10 @@ struct pmm_repl {
     int promo_waiting;
     pst_pos promo_best;
     uint32_t promo_best_cid;
+
+    /* per-origin streams: retry times and stand-in rotation by cid */
+    uint64_t origin_retry[64];
+    uint32_t origin_rr[64];
 };
 
 static uint64_t now_ms(pmm_repl *r)
@@ -264,6 +269,7 @@ static void cl_frame(pmm_tls_conn *c, const uint8_t *data, size_t len,
 
 static void promo_link_done(pmm_repl *r, rlink *l);
 static void up_done(pmm_repl *r, rlink *l);
+static void drop_up(pmm_repl *r);
 
 static void cl_close(pmm_tls_conn *c, int reason, void *ud)
 {
@@ -299,13 +305,31 @@ static void link_done(rlink *l)
     }
     if (r->up == l) up_done(r, l);
     else if (l->purpose_promo) promo_link_done(r, l);
+    else if (l->kind == PST_OSUBSCRIBE && l->rc == PST_ENEEDSNAP) {
+        rlog(PMM_LOG_INFO, "node %u no longer holds the rows of cid %u we "
+             "miss: taking a snapshot", l->peer_cid, l->origin);
+        r->need_snap = true;
+        drop_up(r);
+    } else if (l->kind == PST_OSUBSCRIBE && l->rc != -ECANCELED) {
+        rlog(PMM_LOG_DEBUG, "stream of cid %u's rows from node %u ended: %s",
+             l->origin, l->peer_cid, l->why);
+    }
     link_free(l);
     decide(r);
 }
 
 static const pmm_cnode *self_of(pmm_repl *r, const pmm_cluster *cl);
 
+static rlink *connect_to2(pmm_repl *r, const pmm_cnode *n, pst_open_kind kind,
+                          uint32_t origin);
+
 static rlink *connect_to(pmm_repl *r, const pmm_cnode *n, pst_open_kind kind)
+{
+    return connect_to2(r, n, kind, 0);
+}
+
+static rlink *connect_to2(pmm_repl *r, const pmm_cnode *n, pst_open_kind kind,
+                          uint32_t origin)
 {
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof(ss));
@@ -326,13 +350,18 @@ static rlink *connect_to(pmm_repl *r, const pmm_cnode *n, pst_open_kind kind)
     if (!l) return NULL;
     l->kind = kind;
     l->peer_cid = n->cid;
+    l->origin = origin;
     const pmm_cluster *cl = pmm_lc_cluster(r->env.lc);
     const pmm_cnode *self = cl ? self_of(r, cl) : NULL;
     uint32_t my_cid = self ? self->cid : 0;
     pst_link pl = {.send = link_send, .pause = link_pause, .end = link_end,
                    .ud = l};
-    if (pst_client(r->st, kind, my_cid, &pl, &l->open, &l->open_len,
-                   &l->sess) != 0) {
+    int crc = kind == PST_OSUBSCRIBE
+                  ? pst_client_origin(r->st, origin, my_cid, &pl, &l->open,
+                                      &l->open_len, &l->sess)
+                  : pst_client(r->st, kind, my_cid, &pl, &l->open,
+                               &l->open_len, &l->sess);
+    if (crc != 0) {
         link_free(l);
         return NULL;
     }
@@ -528,6 +557,49 @@ static void promo_step(pmm_repl *r, const pmm_cluster *cl,
     }
 }
 
+/* Every other node's own rows (per-origin tables): one stream per origin,
+ * from that node while it is alive, else from another live peer that
+ * holds them; independent of the master. */
+#define ORIGIN_SLOTS 64
+static void origin_links(pmm_repl *r, const pmm_cluster *cl,
+                         const pmm_cnode *self, const pst_info *in)
+{
+    uint64_t now = now_ms(r);
+    /* drop streams of origins gone from the config, or from a stand-in
+     * source while the origin itself is alive again */
+    for (rlink *l = r->links; l; l = l->next) {
+        if (!l->client || l->kind != PST_OSUBSCRIBE || l->ended || !l->conn)
+            continue;
+        const pmm_cnode *o = pmm_cluster_by_cid(cl, l->origin);
+        if (!o || o == self || (l->peer_cid != l->origin && node_alive(r, o)))
+            link_end(l, -ECANCELED, "origin source changed");
+    }
+    if (!in->loaded || !in->n_origin_tables) return;
+    for (size_t i = 0; i < cl->n_nodes; i++) {
+        const pmm_cnode *o = &cl->nodes[i];
+        if (o == self) continue;
+        bool have = false;
+        for (rlink *l = r->links; l && !have; l = l->next)
+            have = l->client && l->kind == PST_OSUBSCRIBE &&
+                   l->origin == o->cid && !l->ended;
+        if (have) continue;
+        size_t slot = o->cid % ORIGIN_SLOTS;
+        if (now < r->origin_retry[slot]) continue;
+        const pmm_cnode *src = node_alive(r, o) ? o : NULL;
+        for (size_t k = 0; !src && k < cl->n_nodes; k++) {
+            /* a stand-in: rotate through live peers on every attempt */
+            const pmm_cnode *p =
+                &cl->nodes[(k + r->origin_rr[slot]) % cl->n_nodes];
+            if (p != self && p != o && node_alive(r, p)) src = p;
+        }
+        if (!src) continue;
+        r->origin_rr[slot]++;
+        r->origin_retry[slot] = now + BACKOFF_MIN_MS;
+        rlink *l = connect_to2(r, src, PST_OSUBSCRIBE, o->cid);
+        if (!l) r->origin_retry[slot] = now + BACKOFF_MAX_MS;
+    }
+}
+
 static void decide(pmm_repl *r)
 {
     if (r->closing) return;
@@ -545,6 +617,7 @@ static void decide(pmm_repl *r)
     char cid_hex[33];
     for (int i = 0; i < 16; i++)
         snprintf(cid_hex + 2 * i, 3, "%02x", cl->cluster_id[i]);
+    if (r->role_valid && r->role_in) origin_links(r, cl, self, &in);
     const pmm_cnode *m = pmm_cluster_master(cl);
     if (m == self) {
         bool already = r->role_valid && r->role_master &&
@@ -635,6 +708,7 @@ int pmm_repl_start(pmm_repl **out, const pmm_repl_env *env, char *err,
     pst_config sc = {.conninfo = env->cfg->db_conninfo,
                      .schemas = env->cfg->db_schemas,
                      .exclude = env->cfg->db_exclude,
+                     .origin_tables = env->cfg->db_origin_tables,
                      .retention_s = env->cfg->db_log_retention_s};
     pst_events ev = {.changed = st_changed, .log = st_log, .ud = r};
     int rc = pst_open(env->loop, &sc, &ev, &r->st);

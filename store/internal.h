@@ -64,13 +64,21 @@ typedef struct pst_worker {
 
 struct pst_session;
 
+#define PST_ORIGINS_MAX 64
+
 struct pst_store {
     uv_loop_t *loop;
     pst_events ev;
     char *conninfo;
     char *schemas;
     char *exclude;
+    char *origin_tables;
     uint32_t retention_s;
+
+    /* per-origin positions (loop only): origin cid -> last applied */
+    pst_origin opos[PST_ORIGINS_MAX];
+    size_t n_opos;
+    bool ocapture_busy, ocapture_again;
 
     /* worker pool */
     pthread_mutex_t mu;
@@ -121,7 +129,11 @@ void pst_session_poll_all(pst_store *st);
 void pst_sessions_close_all(pst_store *st);
 bool pst_following(const pst_store *st);
 int pst_db_setup(PGconn *c, pst_store *st, char *err, size_t errlen,
-                 char **schema_text, pst_info *info);
+                 char **schema_text, pst_info *info, pst_origin *opos,
+                 size_t *n_opos);
+/* the entry for origin o (created when create), or NULL */
+pst_origin *pst_opos(pst_store *st, uint32_t o, bool create);
+void pst_start_ocapture(pst_store *st);
 void pst_start_capture(pst_store *st);
 void pst_start_trim(pst_store *st);
 void pst_sessions_head(pst_store *st);

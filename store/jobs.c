@@ -39,6 +39,52 @@ static const char SETUP_SQL[] =
     " ts timestamptz);"
     "CREATE TABLE IF NOT EXISTS pmgcm.tables (tbl text PRIMARY KEY,"
     " del_sql text NOT NULL, ins_sql text NOT NULL);"
+    /* per-origin tables: every node's own rows, to every node */
+    "CREATE TABLE IF NOT EXISTS pmgcm.otables (tbl text PRIMARY KEY,"
+    " col text NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS pmgcm.ocapture (id bigserial PRIMARY KEY,"
+    " tbl text NOT NULL, op \"char\" NOT NULL, old jsonb, new jsonb);"
+    "CREATE TABLE IF NOT EXISTS pmgcm.olog (origin int NOT NULL,"
+    " seq bigint NOT NULL, op \"char\" NOT NULL, tbl text, old jsonb,"
+    " new jsonb, ts timestamptz NOT NULL, last boolean NOT NULL,"
+    " PRIMARY KEY (origin, seq));"
+    "CREATE TABLE IF NOT EXISTS pmgcm.opos (origin int PRIMARY KEY,"
+    " seq bigint NOT NULL DEFAULT 0, recv_seq bigint NOT NULL DEFAULT 0,"
+    " ts timestamptz);"
+    "CREATE OR REPLACE FUNCTION pmgcm.ocapture() RETURNS trigger"
+    " LANGUAGE plpgsql AS $f$\n"
+    "DECLARE me int; r text; t text; v text; col text := TG_ARGV[0];\n"
+    "BEGIN\n"
+    "  SELECT cid, role INTO me, r FROM pmgcm.state;\n"
+    "  IF r = 'none' OR r IS NULL OR me = 0 THEN RETURN NULL; END IF;\n"
+    "  t := format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME);\n"
+    "  IF TG_LEVEL = 'STATEMENT' THEN\n"
+    "    IF TG_OP = 'TRUNCATE' THEN RAISE EXCEPTION 'pmgcm: % holds every"
+    " node''s rows: delete this node''s own rows (% = %) instead of"
+    " TRUNCATE', t, col, me USING ERRCODE = '42501'; END IF;\n"
+    "    PERFORM pg_notify('pmgcm_capture', '');\n"
+    "    RETURN NULL;\n"
+    "  END IF;\n"
+    "  IF TG_OP <> 'INSERT' THEN v := to_jsonb(OLD) ->> col;\n"
+    "    IF v IS DISTINCT FROM me::text THEN RAISE EXCEPTION 'pmgcm: this"
+    " % row belongs to the node with cid % (column %); this node (cid %)"
+    " writes only its own rows', t, v, col, me USING ERRCODE = '42501';"
+    " END IF; END IF;\n"
+    "  IF TG_OP <> 'DELETE' THEN v := to_jsonb(NEW) ->> col;\n"
+    "    IF v IS DISTINCT FROM me::text THEN RAISE EXCEPTION 'pmgcm: this"
+    " % row belongs to the node with cid % (column %); this node (cid %)"
+    " writes only its own rows', t, v, col, me USING ERRCODE = '42501';"
+    " END IF; END IF;\n"
+    "  IF TG_OP = 'INSERT' THEN\n"
+    "    INSERT INTO pmgcm.ocapture(tbl, op, new) VALUES (t, 'I', to_jsonb(NEW));\n"
+    "  ELSIF TG_OP = 'UPDATE' THEN\n"
+    "    INSERT INTO pmgcm.ocapture(tbl, op, old, new)"
+    " VALUES (t, 'U', to_jsonb(OLD), to_jsonb(NEW));\n"
+    "  ELSE\n"
+    "    INSERT INTO pmgcm.ocapture(tbl, op, old) VALUES (t, 'D', to_jsonb(OLD));\n"
+    "  END IF;\n"
+    "  RETURN NULL;\n"
+    "END $f$;"
     /* the trigger on every replicated table */
     "CREATE OR REPLACE FUNCTION pmgcm.capture() RETURNS trigger"
     " LANGUAGE plpgsql AS $f$\n"
@@ -124,8 +170,27 @@ static void digest16(const char *text, char out[17])
     for (int i = 0; i < 8; i++) snprintf(out + 2 * i, 3, "%02x", h[i]);
 }
 
+/* db_origin_tables resolved: (quoted table, column), or an error naming
+ * what is wrong. */
+static const char ORIGIN_SQL[] =
+    "WITH o AS (SELECT btrim(split_part(x, ':', 1)) AS n,"
+    "  btrim(split_part(x, ':', 2)) AS c"
+    "  FROM unnest(string_to_array($1, ',')) x WHERE btrim(x) <> '')"
+    " SELECT o.n, o.c, to_regclass(o.n) IS NOT NULL,"
+    "  (SELECT format('%I.%I', s.nspname, k.relname) FROM pg_class k"
+    "   JOIN pg_namespace s ON s.oid = k.relnamespace"
+    "   WHERE k.oid = to_regclass(o.n)),"
+    "  EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid ="
+    "   to_regclass(o.n) AND a.attname = o.c AND NOT a.attisdropped),"
+    "  EXISTS (SELECT 1 FROM pg_constraint k JOIN pg_attribute a ON"
+    "   a.attrelid = k.conrelid AND a.attnum = ANY (k.conkey)"
+    "   WHERE k.conrelid = to_regclass(o.n) AND k.contype = 'p'"
+    "   AND a.attname = o.c)"
+    " FROM o";
+
 typedef struct tabdef {
     char *q, *cols, *pk, *cond;
+    char *ocol;    /* per-origin table: its origin column, else NULL */
     char *set;     /* "a = EXCLUDED.a, ..." (non-key columns), "" if none */
     char *changed; /* key changed between c.old and c.new */
     char *lit;     /* q as an SQL literal */
@@ -172,6 +237,7 @@ static void free_tables(tabdef *t, size_t n)
         free(t[i].set);
         free(t[i].changed);
         free(t[i].lit);
+        free(t[i].ocol);
     }
     free(t);
 }
@@ -193,19 +259,28 @@ static char *tables_text(const tabdef *t, size_t n)
  * per table (plans cached for the session). Upsert for I and U (a changed
  * key deletes the old row first), delete for D. Idempotent: replaying a
  * change over a snapshot that already holds it is harmless. */
-static char *apply_sql(const tabdef *t, size_t n)
+static char *apply_sql(const tabdef *t, size_t n, bool origin)
 {
     char *out = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&out, &len);
     if (!f) return NULL;
-    fputs("CREATE OR REPLACE FUNCTION pmgcm.apply(a bigint, b bigint)"
-          " RETURNS bigint LANGUAGE plpgsql AS $pmgcm$\n"
-          "DECLARE c record; n bigint := 0;\n"
-          "BEGIN\n"
-          "  FOR c IN SELECT * FROM pmgcm.log l WHERE l.seq BETWEEN a AND b"
-          " ORDER BY l.seq LOOP\n"
-          "    IF c.op = 'E' THEN\n"
+    if (origin)
+        fputs("CREATE OR REPLACE FUNCTION pmgcm.oapply(o int, a bigint,"
+              " b bigint) RETURNS bigint LANGUAGE plpgsql AS $pmgcm$\n"
+              "DECLARE c record; n bigint := 0;\n"
+              "BEGIN\n"
+              "  FOR c IN SELECT l.seq, l.op, l.tbl, l.old, l.new,"
+              " 0::bigint AS epoch, l.origin FROM pmgcm.olog l WHERE l.origin = o AND l.seq BETWEEN a AND"
+              " b ORDER BY l.seq LOOP\n", f);
+    else
+        fputs("CREATE OR REPLACE FUNCTION pmgcm.apply(a bigint, b bigint)"
+              " RETURNS bigint LANGUAGE plpgsql AS $pmgcm$\n"
+              "DECLARE c record; n bigint := 0;\n"
+              "BEGIN\n"
+              "  FOR c IN SELECT * FROM pmgcm.log l WHERE l.seq BETWEEN a AND"
+              " b ORDER BY l.seq LOOP\n", f);
+    fputs("    IF c.op = 'E' THEN\n"
           "      INSERT INTO pmgcm.epochs VALUES (c.epoch, c.seq, c.origin)"
           " ON CONFLICT (epoch) DO NOTHING;\n"
           "      CONTINUE;\n"
@@ -216,6 +291,7 @@ static char *apply_sql(const tabdef *t, size_t n)
           "    CASE c.tbl\n"
           "    WHEN '' THEN NULL;\n", f);
     for (size_t i = 0; i < n; i++) {
+        if ((t[i].ocol != NULL) != origin) continue;
         fprintf(f,
                 "    WHEN %s THEN\n"
                 "      IF c.op = 'D' OR (c.op = 'U' AND (%s)) THEN\n"
@@ -256,7 +332,8 @@ int pst_schema_text(PGconn *c, pst_store *st, char **out, char *err,
 }
 
 int pst_db_setup(PGconn *c, pst_store *st, char *err, size_t errlen,
-                 char **schema_text, pst_info *info)
+                 char **schema_text, pst_info *info, pst_origin *opos,
+                 size_t *n_opos)
 {
     int rc = pst_exec(c, "BEGIN", err, errlen);
     if (rc) return rc;
@@ -268,6 +345,62 @@ int pst_db_setup(PGconn *c, pst_store *st, char *err, size_t errlen,
     tabdef *t;
     size_t n;
     if ((rc = load_tables(c, st, &t, &n, err, errlen))) return rc;
+    /* per-origin tables: must exist, be replicated, and have the origin
+     * column in their primary key */
+    {
+        const char *pv[1] = {st->origin_tables};
+        PGresult *r = PQexecParams(c, ORIGIN_SQL, 1, NULL, pv, NULL, NULL, 0);
+        if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+            pst_pgerr(c, r, err, errlen);
+            PQclear(r);
+            free_tables(t, n);
+            return PST_EDB;
+        }
+        rc = pst_exec(c, "DELETE FROM pmgcm.otables", err, errlen);
+        for (int i = 0; rc == 0 && i < PQntuples(r); i++) {
+            const char *name = PQgetvalue(r, i, 0), *col = PQgetvalue(r, i, 1);
+            const char *q = PQgetvalue(r, i, 3);
+            size_t k = 0;
+            if (PQgetvalue(r, i, 2)[0] != 't')
+                snprintf(err, errlen, "db_origin_tables: no table %s", name);
+            else if (!*col)
+                snprintf(err, errlen, "db_origin_tables: %s needs "
+                         "\":column\" (the origin column)", name);
+            else if (PQgetvalue(r, i, 4)[0] != 't')
+                snprintf(err, errlen, "db_origin_tables: %s has no column %s",
+                         name, col);
+            else if (PQgetvalue(r, i, 5)[0] != 't')
+                snprintf(err, errlen, "db_origin_tables: %s: column %s must "
+                         "be part of the primary key", name, col);
+            else {
+                for (k = 0; k < n && strcmp(t[k].q, q) != 0; k++) {}
+                if (k == n)
+                    snprintf(err, errlen, "db_origin_tables: %s is not "
+                             "replicated (schemas, exclusions, primary key)",
+                             name);
+            }
+            if (k == n || PQgetvalue(r, i, 2)[0] != 't') {
+                rc = -EINVAL;
+                break;
+            }
+            free(t[k].ocol);
+            t[k].ocol = strdup(col);
+            const char *p2[2] = {q, col};
+            PGresult *r2 = PQexecParams(c, "INSERT INTO pmgcm.otables VALUES"
+                                           " ($1, $2)", 2, NULL, p2, NULL,
+                                        NULL, 0);
+            if (PQresultStatus(r2) != PGRES_COMMAND_OK) {
+                pst_pgerr(c, r2, err, errlen);
+                rc = PST_EDB;
+            }
+            PQclear(r2);
+        }
+        PQclear(r);
+        if (rc) {
+            free_tables(t, n);
+            return rc;
+        }
+    }
     rc = pst_exec(c, "DELETE FROM pmgcm.tables", err, errlen);
     for (size_t i = 0; i < n && rc == 0; i++) {
         char *sql = NULL;
@@ -294,6 +427,49 @@ int pst_db_setup(PGconn *c, pst_store *st, char *err, size_t errlen,
             rc = -ENOMEM;
             break;
         }
+        if (t[i].ocol) {
+            /* a per-origin table: its own triggers instead */
+            free(trg);
+            trg = NULL;
+            char *lit = PQescapeLiteral(c, t[i].ocol, strlen(t[i].ocol));
+            if (!lit ||
+                asprintf(&trg,
+                         "DROP TRIGGER IF EXISTS pmgcm_capture ON %s;"
+                         "DROP TRIGGER IF EXISTS pmgcm_capture_truncate ON %s;"
+                         "DROP TRIGGER IF EXISTS pmgcm_notify ON %s;"
+                         "CREATE OR REPLACE TRIGGER pmgcm_ocapture AFTER INSERT"
+                         " OR UPDATE OR DELETE ON %s FOR EACH ROW EXECUTE"
+                         " FUNCTION pmgcm.ocapture(%s);"
+                         "CREATE OR REPLACE TRIGGER pmgcm_ocapture_truncate"
+                         " BEFORE TRUNCATE ON %s FOR EACH STATEMENT EXECUTE"
+                         " FUNCTION pmgcm.ocapture(%s);"
+                         "CREATE OR REPLACE TRIGGER pmgcm_onotify AFTER INSERT"
+                         " OR UPDATE OR DELETE ON %s FOR EACH STATEMENT"
+                         " EXECUTE FUNCTION pmgcm.ocapture(%s);",
+                         t[i].q, t[i].q, t[i].q, t[i].q, lit, t[i].q, lit,
+                         t[i].q, lit) < 0) {
+                PQfreemem(lit);
+                free(sql);
+                rc = -ENOMEM;
+                break;
+            }
+            PQfreemem(lit);
+        } else {
+            /* no longer per-origin (config changed): drop those triggers */
+            char *drop = NULL;
+            if (asprintf(&drop,
+                         "DROP TRIGGER IF EXISTS pmgcm_ocapture ON %s;"
+                         "DROP TRIGGER IF EXISTS pmgcm_ocapture_truncate ON %s;"
+                         "DROP TRIGGER IF EXISTS pmgcm_onotify ON %s;",
+                         t[i].q, t[i].q, t[i].q) < 0) {
+                free(sql);
+                free(trg);
+                rc = -ENOMEM;
+                break;
+            }
+            rc = pst_exec(c, drop, err, errlen);
+            free(drop);
+        }
         const char *pv[2] = {t[i].q, t[i].cond};
         PGresult *r = PQexecParams(c, sql, 2, NULL, pv, NULL, NULL, 0);
         if (PQresultStatus(r) != PGRES_COMMAND_OK) {
@@ -305,8 +481,8 @@ int pst_db_setup(PGconn *c, pst_store *st, char *err, size_t errlen,
         free(sql);
         free(trg);
     }
-    if (rc == 0) {
-        char *fn = apply_sql(t, n);
+    for (int o = 0; o < 2 && rc == 0; o++) {
+        char *fn = apply_sql(t, n, o == 1);
         rc = fn ? pst_exec(c, fn, err, errlen) : -ENOMEM;
         free(fn);
     }
@@ -315,6 +491,8 @@ int pst_db_setup(PGconn *c, pst_store *st, char *err, size_t errlen,
         if (!*schema_text) rc = -ENOMEM;
         else digest16(*schema_text, info->schema_digest);
         info->n_tables = n;
+        info->n_origin_tables = 0;
+        for (size_t i = 0; i < n; i++) info->n_origin_tables += t[i].ocol != NULL;
     }
     free_tables(t, n);
     if (rc) return rc;
@@ -333,6 +511,22 @@ int pst_db_setup(PGconn *c, pst_store *st, char *err, size_t errlen,
     info->loaded = PQgetvalue(r, 0, 3)[0] == 't';
     info->snapshots = strtoull(PQgetvalue(r, 0, 4), NULL, 10);
     info->pos_ts_us = strtoll(PQgetvalue(r, 0, 5), NULL, 10);
+    PQclear(r);
+    r = PQexec(c, "SELECT origin, seq, recv_seq, coalesce((extract(epoch FROM"
+                  " ts) * 1000000)::bigint, 0) FROM pmgcm.opos ORDER BY origin");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        pst_pgerr(c, r, err, errlen);
+        PQclear(r);
+        return PST_EDB;
+    }
+    *n_opos = 0;
+    for (int i = 0; i < PQntuples(r) && *n_opos < PST_ORIGINS_MAX; i++) {
+        pst_origin *o = &opos[(*n_opos)++];
+        o->origin = (uint32_t)strtoul(PQgetvalue(r, i, 0), NULL, 10);
+        o->seq = strtoull(PQgetvalue(r, i, 1), NULL, 10);
+        o->recv_seq = strtoull(PQgetvalue(r, i, 2), NULL, 10);
+        o->ts_us = strtoll(PQgetvalue(r, i, 3), NULL, 10);
+    }
     PQclear(r);
     return pst_exec(c, "COMMIT", err, errlen);
 }
@@ -465,6 +659,218 @@ void pst_start_capture(pst_store *st)
     pst_submit(st, &cj->j);
 }
 
+/* ---- numbering this node's own origin changes (every node) ------------------ */
+
+typedef struct ocap_job {
+    pst_job j;
+    uint32_t cid;
+    uint64_t n, seq;
+    int64_t ts_us;
+} ocap_job;
+
+static void ocap_run(pst_job *j, PGconn *c)
+{
+    ocap_job *oj = (ocap_job *)j;
+    char *err = j->err;
+    size_t el = sizeof(j->err);
+    if (!c) {
+        j->rc = PST_EDB;
+        return;
+    }
+    char cid[16];
+    snprintf(cid, sizeof(cid), "%u", oj->cid);
+    const char *pv[1] = {cid};
+    int rc = pst_exec(c, "BEGIN", err, el);
+    PGresult *r = NULL;
+    if (rc) goto out;
+    r = PQexecParams(c, "INSERT INTO pmgcm.opos (origin) VALUES ($1::int)"
+                        " ON CONFLICT DO NOTHING", 1, NULL, pv, NULL, NULL, 0);
+    PQclear(r);
+    r = PQexecParams(c, "SELECT seq FROM pmgcm.opos WHERE origin = $1::int"
+                        " FOR UPDATE", 1, NULL, pv, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+        pst_pgerr(c, r, err, el);
+        rc = PST_EDB;
+        goto out;
+    }
+    oj->seq = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    r = PQexecParams(
+        c,
+        "WITH c AS (DELETE FROM pmgcm.ocapture RETURNING *),"
+        " s AS (SELECT seq FROM pmgcm.opos WHERE origin = $1::int),"
+        " n AS (SELECT c.*, row_number() OVER (ORDER BY c.id) AS rn,"
+        "  count(*) OVER () AS cnt FROM c)"
+        " INSERT INTO pmgcm.olog (origin, seq, op, tbl, old, new, ts, last)"
+        " SELECT $1::int, s.seq + n.rn, n.op, n.tbl, n.old, n.new,"
+        "  clock_timestamp(), n.rn = n.cnt FROM n, s",
+        1, NULL, pv, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+        pst_pgerr(c, r, err, el);
+        rc = PST_EDB;
+        goto out;
+    }
+    oj->n = strtoull(PQcmdTuples(r), NULL, 10);
+    PQclear(r);
+    r = NULL;
+    if (oj->n == 0) {
+        rc = pst_exec(c, "ROLLBACK", err, el);
+        goto out;
+    }
+    char nb[24];
+    snprintf(nb, sizeof(nb), "%llu", (unsigned long long)oj->n);
+    const char *p2[2] = {cid, nb};
+    r = PQexecParams(c,
+                     "UPDATE pmgcm.opos SET seq = seq + $2::bigint, recv_seq ="
+                     " seq + $2::bigint, ts = clock_timestamp() WHERE origin ="
+                     " $1::int RETURNING (extract(epoch FROM ts) *"
+                     " 1000000)::bigint",
+                     2, NULL, p2, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        pst_pgerr(c, r, err, el);
+        rc = PST_EDB;
+        goto out;
+    }
+    oj->ts_us = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    oj->seq += oj->n;
+    rc = pst_exec(c, "COMMIT", err, el);
+out:
+    PQclear(r);
+    j->rc = rc;
+}
+
+static void ocap_done(pst_job *j)
+{
+    ocap_job *oj = (ocap_job *)j;
+    pst_store *st = j->st;
+    st->ocapture_busy = false;
+    if (!st->closing) {
+        if (j->rc) {
+            pst_set_error(st, "numbering this node's own rows: %s", j->err);
+        } else if (oj->n > 0) {
+            pst_origin *o = pst_opos(st, oj->cid, true);
+            if (o) {
+                o->seq = o->recv_seq = oj->seq;
+                o->ts_us = oj->ts_us;
+            }
+            pst_sessions_head(st);
+            pst_changed(st);
+        }
+    }
+    bool again = st->ocapture_again;
+    free(oj);
+    st->ocapture_again = false;
+    if (again && !st->closing) pst_start_ocapture(st);
+}
+
+void pst_start_ocapture(pst_store *st)
+{
+    if (!st->info.ready || st->closing || !st->info.n_origin_tables ||
+        st->self_cid == 0 || st->info.state == PST_IDLE)
+        return;
+    if (st->ocapture_busy) {
+        st->ocapture_again = true;
+        return;
+    }
+    ocap_job *oj = calloc(1, sizeof(*oj));
+    if (!oj) return;
+    oj->cid = st->self_cid;
+    oj->j.run = ocap_run;
+    oj->j.done = ocap_done;
+    st->ocapture_busy = true;
+    st->ocapture_again = false;
+    pst_submit(st, &oj->j);
+}
+
+/* ---- purge an origin (pmgcm delete --purge) ---------------------------------- */
+
+typedef struct purge_job {
+    pst_job j;
+    uint32_t cid;
+    void (*done)(void *ud, int rc);
+    void *ud;
+} purge_job;
+
+static void purge_run(pst_job *j, PGconn *c)
+{
+    purge_job *pj = (purge_job *)j;
+    char *err = j->err;
+    size_t el = sizeof(j->err);
+    if (!c) {
+        j->rc = PST_EDB;
+        return;
+    }
+    char cid[16];
+    snprintf(cid, sizeof(cid), "%u", pj->cid);
+    int rc = pst_exec(c, "BEGIN", err, el);
+    if (rc) goto out;
+    PGresult *r = PQexec(c, "SELECT tbl, quote_ident(col) FROM pmgcm.otables");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        pst_pgerr(c, r, err, el);
+        PQclear(r);
+        rc = PST_EDB;
+        goto out;
+    }
+    for (int i = 0; i < PQntuples(r) && rc == 0; i++) {
+        char *q = NULL;
+        if (asprintf(&q, "DELETE FROM %s WHERE %s::text = '%s'",
+                     PQgetvalue(r, i, 0), PQgetvalue(r, i, 1), cid) < 0) {
+            rc = -ENOMEM;
+            break;
+        }
+        rc = pst_exec(c, q, err, el);
+        free(q);
+    }
+    PQclear(r);
+    if (rc) goto out;
+    const char *pv[1] = {cid};
+    r = PQexecParams(c, "DELETE FROM pmgcm.olog WHERE origin = $1::int", 1,
+                     NULL, pv, NULL, NULL, 0);
+    PQclear(r);
+    r = PQexecParams(c, "DELETE FROM pmgcm.opos WHERE origin = $1::int", 1,
+                     NULL, pv, NULL, NULL, 0);
+    PQclear(r);
+    rc = pst_exec(c, "COMMIT", err, el);
+out:
+    j->rc = rc;
+}
+
+static void purge_done(pst_job *j)
+{
+    purge_job *pj = (purge_job *)j;
+    pst_store *st = j->st;
+    if (!st->closing) {
+        if (j->rc) {
+            pst_set_error(st, "purging the rows of cid %u: %s", pj->cid, j->err);
+        } else {
+            for (size_t i = 0; i < st->n_opos; i++)
+                if (st->opos[i].origin == pj->cid) {
+                    st->opos[i] = st->opos[--st->n_opos];
+                    break;
+                }
+            pst_log(st, 2, "store: purged every row of the deleted node cid %u",
+                    pj->cid);
+            pst_changed(st);
+        }
+    }
+    if (pj->done) pj->done(pj->ud, j->rc);
+    free(pj);
+}
+
+int pst_purge_origin(pst_store *st, uint32_t cid,
+                     void (*done)(void *ud, int rc), void *ud)
+{
+    purge_job *pj = calloc(1, sizeof(*pj));
+    if (!pj) return -ENOMEM;
+    pj->cid = cid;
+    pj->done = done;
+    pj->ud = ud;
+    pj->j.run = purge_run;
+    pj->j.done = purge_done;
+    pst_submit(st, &pj->j);
+    return 0;
+}
+
 /* ---- roles ---------------------------------------------------------------------------- */
 
 typedef struct role_req {
@@ -572,9 +978,10 @@ static void role_run(pst_job *j, PGconn *c)
                 goto out;
             q->loaded = false;
         }
-        const char *p1[1] = {q->master_name};
-        rc = q1(c, "UPDATE pmgcm.state SET role = 'replica', master = $1",
-                1, p1, NULL, err, el);
+        snprintf(cb, sizeof(cb), "%u", q->cid);
+        const char *p1[2] = {q->master_name, cb};
+        rc = q1(c, "UPDATE pmgcm.state SET role = 'replica', master = $1,"
+                   " cid = $2::int", 2, p1, NULL, err, el);
     } else {
         snprintf(cb, sizeof(cb), "%u", q->cid);
         if (q->epoch > epoch) {

@@ -56,6 +56,7 @@ struct pst_session {
     snap *sn;
 
     pst_pos peer_pos;
+    uint32_t origin; /* OSUBSCRIBE: whose changes */
     char *schema; /* server snapshot: the client's schema text */
     bool heard;   /* client subscribe: the upstream answered */
     bool end_delivered;
@@ -130,6 +131,12 @@ static void sess_send_error(pst_session *s, const char *err)
     sess_send_msg(s, &m);
 }
 
+static uint64_t origin_head(pst_store *st, uint32_t o)
+{
+    pst_origin *p = pst_opos(st, o, false);
+    return p ? p->recv_seq : 0;
+}
+
 static void sess_send_head(pst_session *s)
 {
     pst_info *i = &s->st->info;
@@ -138,6 +145,12 @@ static void sess_send_head(pst_session *s)
     m.kind = PMGCM__STORE__MSG__KIND__HEAD;
     p.epoch = i->pos.epoch;
     p.seq = i->recv_seq;
+    if (s->kind == PST_OSUBSCRIBE) {
+        p.epoch = 0;
+        p.seq = origin_head(s->st, s->origin);
+        m.has_origin = true;
+        m.origin = s->origin;
+    }
     m.head = &p;
     m.has_head_ts_us = true;
     m.head_ts_us = i->head_ts_us;
@@ -163,6 +176,10 @@ struct snap {
     pst_pos pos;
     int64_t ts_us;
     uint64_t new_snapshots;
+    uint32_t peer_cid;   /* server: the receiver (its own origin rows stay) */
+    uint32_t self_cid;   /* client: us */
+    pst_origin opos[PST_ORIGINS_MAX]; /* client: positions received */
+    size_t n_opos;
 };
 
 static void snap_finish(snap *sn, int rc)
@@ -278,24 +295,58 @@ static void snap_server_main(void *arg)
         ep[i] = &ev[i];
     }
     PQclear(r);
-    /* tables with estimates */
+    /* per-origin positions, the receiver's own excepted */
+    Pmgcm__Store__OriginPos *ov = NULL, **op = NULL;
+    int no = 0;
+    {
+        char pc[16];
+        snprintf(pc, sizeof(pc), "%u", sn->peer_cid);
+        const char *pv[1] = {pc};
+        PGresult *ro = PQexecParams(c, "SELECT origin, seq FROM pmgcm.opos"
+                                       " WHERE origin <> $1::int ORDER BY"
+                                       " origin", 1, NULL, pv, NULL, NULL, 0);
+        if (PQresultStatus(ro) != PGRES_TUPLES_OK) {
+            pst_pgerr(c, ro, err, el);
+            PQclear(ro);
+            free(ev);
+            free(ep);
+            rc = PST_EDB;
+            goto out;
+        }
+        no = PQntuples(ro);
+        ov = calloc((size_t)no + 1, sizeof(*ov));
+        op = calloc((size_t)no + 1, sizeof(*op));
+        for (int i = 0; ov && op && i < no; i++) {
+            pmgcm__store__origin_pos__init(&ov[i]);
+            ov[i].origin = (uint32_t)strtoul(PQgetvalue(ro, i, 0), NULL, 10);
+            ov[i].seq = strtoull(PQgetvalue(ro, i, 1), NULL, 10);
+            op[i] = &ov[i];
+        }
+        PQclear(ro);
+    }
+    /* tables with estimates (and the origin column of per-origin ones) */
     r = PQexec(c, "SELECT t.tbl, greatest(c.reltuples, 0)::bigint,"
-                  " pg_table_size(c.oid) FROM pmgcm.tables t"
-                  " JOIN pg_class c ON c.oid = t.tbl::regclass ORDER BY t.tbl");
-    if (!ev || !ep || PQresultStatus(r) != PGRES_TUPLES_OK) {
+                  " pg_table_size(c.oid), quote_ident(o.col) FROM pmgcm.tables t"
+                  " JOIN pg_class c ON c.oid = t.tbl::regclass"
+                  " LEFT JOIN pmgcm.otables o ON o.tbl = t.tbl ORDER BY t.tbl");
+    if (!ev || !ep || !ov || !op || PQresultStatus(r) != PGRES_TUPLES_OK) {
         pst_pgerr(c, r, err, el);
         rc = PST_EDB;
         free(ev);
         free(ep);
+        free(ov);
+        free(op);
         goto out;
     }
     int nt = PQntuples(r);
+    char **ocols = calloc((size_t)nt + 1, sizeof(*ocols));
     Pmgcm__Store__TableInfo *tv = calloc((size_t)nt + 1, sizeof(*tv));
     Pmgcm__Store__TableInfo **tp = calloc((size_t)nt + 1, sizeof(*tp));
     char **names = calloc((size_t)nt + 1, sizeof(*names));
     for (int i = 0; tv && tp && names && i < nt; i++) {
         pmgcm__store__table_info__init(&tv[i]);
         names[i] = strdup(PQgetvalue(r, i, 0));
+        if (ocols && !PQgetisnull(r, i, 3)) ocols[i] = strdup(PQgetvalue(r, i, 3));
         tv[i].name = names[i];
         tv[i].est_rows = strtoull(PQgetvalue(r, i, 1), NULL, 10);
         tv[i].est_bytes = strtoull(PQgetvalue(r, i, 2), NULL, 10);
@@ -313,9 +364,13 @@ static void snap_server_main(void *arg)
     m.n_tables = (size_t)nt;
     m.tables = tp;
     m.schema = mine;
-    rc = (tv && tp && names) ? put_msg(sn, &m) : -ENOMEM;
+    m.n_origins = (size_t)no;
+    m.origins = op;
+    rc = (tv && tp && names && ocols) ? put_msg(sn, &m) : -ENOMEM;
     free(ev);
     free(ep);
+    free(ov);
+    free(op);
     free(tv);
     free(tp);
     /* the data, table by table */
@@ -326,7 +381,12 @@ static void snap_server_main(void *arg)
         t.name = names[i];
         if ((rc = put_msg(sn, &t))) break;
         char *sql = NULL;
-        if (asprintf(&sql, "COPY %s TO STDOUT", names[i]) < 0 || !chunk) {
+        int ar = ocols && ocols[i]
+                     ? asprintf(&sql, "COPY (SELECT * FROM %s WHERE %s::text IS"
+                                      " DISTINCT FROM '%u') TO STDOUT",
+                                names[i], ocols[i], sn->peer_cid)
+                     : asprintf(&sql, "COPY %s TO STDOUT", names[i]);
+        if (ar < 0 || !chunk) {
             free(sql);
             rc = -ENOMEM;
             break;
@@ -413,6 +473,8 @@ static void snap_server_main(void *arg)
     free(chunk);
     for (int i = 0; names && i < nt; i++) free(names[i]);
     free(names);
+    for (int i = 0; ocols && i < nt; i++) free(ocols[i]);
+    free(ocols);
     if (rc == 0) {
         Msg e = PMGCM__STORE__MSG__INIT;
         e.kind = PMGCM__STORE__MSG__KIND__SNAP_END;
@@ -500,20 +562,73 @@ static int snap_client_load(snap *sn, PGconn *c)
                              __ATOMIC_RELAXED);
             if ((rc = pst_exec(c, "BEGIN", err, el))) break;
             begun = true;
-            /* everything replicated goes, in one statement (foreign keys) */
-            size_t len = 64;
+            /* everything replicated goes, in one statement (foreign keys);
+             * per-origin tables keep this node's own rows */
+            PGresult *ro = PQexec(c, "SELECT tbl, quote_ident(col) FROM"
+                                     " pmgcm.otables");
+            if (PQresultStatus(ro) != PGRES_TUPLES_OK) {
+                pst_pgerr(c, ro, err, el);
+                PQclear(ro);
+                rc = PST_EDB;
+                break;
+            }
+            size_t len = 64, nt = 0;
             for (size_t i = 0; i < m->n_tables; i++)
                 len += strlen(m->tables[i]->name) + 2;
             char *sql = malloc(len), *p = sql;
             if (!sql) {
+                PQclear(ro);
                 rc = -ENOMEM;
                 break;
             }
             p += sprintf(p, "TRUNCATE ");
-            for (size_t i = 0; i < m->n_tables; i++)
-                p += sprintf(p, "%s%s", i ? ", " : "", m->tables[i]->name);
-            if (m->n_tables) rc = pst_exec(c, sql, err, el);
+            for (size_t i = 0; i < m->n_tables; i++) {
+                bool origin_tbl = false;
+                for (int k = 0; k < PQntuples(ro); k++)
+                    if (strcmp(PQgetvalue(ro, k, 0), m->tables[i]->name) == 0)
+                        origin_tbl = true;
+                if (origin_tbl) continue;
+                p += sprintf(p, "%s%s", nt++ ? ", " : "", m->tables[i]->name);
+            }
+            if (nt) rc = pst_exec(c, sql, err, el);
             free(sql);
+            for (int k = 0; rc == 0 && k < PQntuples(ro); k++) {
+                char *d = NULL;
+                if (asprintf(&d, "DELETE FROM %s WHERE %s::text IS DISTINCT"
+                                 " FROM '%u'", PQgetvalue(ro, k, 0),
+                             PQgetvalue(ro, k, 1), sn->self_cid) < 0) {
+                    rc = -ENOMEM;
+                    break;
+                }
+                rc = pst_exec(c, d, err, el);
+                free(d);
+            }
+            PQclear(ro);
+            if (rc) break;
+            /* other origins' positions come with the snapshot */
+            char q0[160];
+            snprintf(q0, sizeof(q0),
+                     "DELETE FROM pmgcm.olog WHERE origin <> %u;"
+                     "DELETE FROM pmgcm.opos WHERE origin <> %u",
+                     sn->self_cid, sn->self_cid);
+            if ((rc = pst_exec(c, q0, err, el))) break;
+            sn->n_opos = 0;
+            for (size_t i = 0; i < m->n_origins && rc == 0; i++) {
+                if (m->origins[i]->origin == sn->self_cid) continue;
+                char q[160];
+                snprintf(q, sizeof(q),
+                         "INSERT INTO pmgcm.opos VALUES (%u, %llu, %llu, now())",
+                         m->origins[i]->origin,
+                         (unsigned long long)m->origins[i]->seq,
+                         (unsigned long long)m->origins[i]->seq);
+                rc = pst_exec(c, q, err, el);
+                if (sn->n_opos < PST_ORIGINS_MAX) {
+                    pst_origin *o = &sn->opos[sn->n_opos++];
+                    memset(o, 0, sizeof(*o));
+                    o->origin = m->origins[i]->origin;
+                    o->seq = o->recv_seq = m->origins[i]->seq;
+                }
+            }
             if (rc) break;
             /* the epochs and the log restart at the snapshot */
             if ((rc = pst_exec(c, "DELETE FROM pmgcm.log;"
@@ -682,6 +797,8 @@ static snap *snap_start(pst_session *s, bool server, const char *schema)
     snap *sn = calloc(1, sizeof(*sn));
     if (!sn) return NULL;
     sn->st = st;
+    sn->peer_cid = s->cid;
+    sn->self_cid = st->self_cid;
     sn->schema = schema ? strdup(schema) : NULL;
     pst_pipe_init(&sn->pipe, SNAP_PIPE_MAX);
     if (uv_thread_create(&sn->tid,
@@ -814,6 +931,8 @@ typedef struct read_job {
     pst_pos from;
     uint64_t upto;
     bool check;
+    bool is_origin;
+    uint32_t origin;
     /* results */
     int verdict; /* 0 entries, 1 need snapshot, 2 diverged, 3 ahead, 4 wait */
     pst_pos fork;
@@ -822,6 +941,65 @@ typedef struct read_job {
     uint64_t n;
     pst_pos last;
 } read_job;
+
+static void encode_changes(read_job *rj, PGresult *r)
+{
+    pst_job *j = &rj->j;
+    int n = PQntuples(r);
+    if (n == 0 || strtoull(PQgetvalue(r, 0, 0), NULL, 10) != rj->from.seq + 1) {
+        rj->verdict = n == 0 && rj->upto <= rj->from.seq ? 4 : 1;
+        return;
+    }
+    Change *cv = calloc((size_t)n, sizeof(*cv));
+    Change **cp = calloc((size_t)n, sizeof(*cp));
+    if (!cv || !cp) {
+        free(cv);
+        free(cp);
+        j->rc = -ENOMEM;
+        return;
+    }
+    /* at most FRAME_BYTES of row data per frame (the first change always
+     * goes, so a lone huge change still moves; the transport refuses
+     * frames over its limit) */
+    size_t bytes = 0;
+    int keep = n;
+    for (int i = 0; i < n; i++) {
+        bytes += 64 + (size_t)PQgetlength(r, i, 3) + (size_t)PQgetlength(r, i, 4) +
+                 (size_t)PQgetlength(r, i, 5);
+        if (i > 0 && bytes > FRAME_BYTES) {
+            keep = i;
+            break;
+        }
+    }
+    n = keep;
+    for (int i = 0; i < n; i++) {
+        pmgcm__store__change__init(&cv[i]);
+        cv[i].seq = strtoull(PQgetvalue(r, i, 0), NULL, 10);
+        cv[i].epoch = strtoull(PQgetvalue(r, i, 1), NULL, 10);
+        cv[i].op = (uint8_t)PQgetvalue(r, i, 2)[0];
+        if (!PQgetisnull(r, i, 3)) cv[i].tbl = PQgetvalue(r, i, 3);
+        if (!PQgetisnull(r, i, 4)) cv[i].old = PQgetvalue(r, i, 4);
+        if (!PQgetisnull(r, i, 5)) cv[i].new_ = PQgetvalue(r, i, 5);
+        cv[i].ts_us = strtoll(PQgetvalue(r, i, 6), NULL, 10);
+        cv[i].last = PQgetvalue(r, i, 7)[0] == 't';
+        cv[i].has_origin = true;
+        cv[i].origin = (uint32_t)strtoul(PQgetvalue(r, i, 8), NULL, 10);
+        cp[i] = &cv[i];
+    }
+    Msg m = PMGCM__STORE__MSG__INIT;
+    m.kind = PMGCM__STORE__MSG__KIND__CHANGES;
+    m.n_changes = (size_t)n;
+    m.changes = cp;
+    rj->frame_len = pmgcm__store__msg__get_packed_size(&m);
+    rj->frame = malloc(rj->frame_len);
+    if (rj->frame) pmgcm__store__msg__pack(&m, rj->frame);
+    else j->rc = -ENOMEM;
+    rj->n = (uint64_t)n;
+    rj->last.seq = cv[n - 1].seq;
+    rj->last.epoch = cv[n - 1].epoch;
+    free(cv);
+    free(cp);
+}
 
 static void read_run(pst_job *j, PGconn *c)
 {
@@ -832,10 +1010,39 @@ static void read_run(pst_job *j, PGconn *c)
         j->rc = PST_EDB;
         return;
     }
-    char eb[24], sb[24], ub[24];
+    char eb[24], sb[24], ub[24], ob[16];
     snprintf(eb, sizeof(eb), "%llu", (unsigned long long)rj->from.epoch);
     snprintf(sb, sizeof(sb), "%llu", (unsigned long long)rj->from.seq);
     snprintf(ub, sizeof(ub), "%llu", (unsigned long long)rj->upto);
+    snprintf(ob, sizeof(ob), "%u", rj->origin);
+    if (rj->is_origin) {
+        /* one origin's log: contiguous from the client's position, or a
+         * snapshot is needed */
+        if (rj->from.seq >= rj->upto) {
+            rj->verdict = 4;
+            return;
+        }
+        const char *pv[4] = {ob, sb, ub, NULL};
+        char lim[16];
+        snprintf(lim, sizeof(lim), "%d", READ_BATCH);
+        pv[3] = lim;
+        PGresult *r = PQexecParams(
+            c,
+            "SELECT seq, 0, op, tbl, old::text, new::text,"
+            " (extract(epoch FROM ts) * 1000000)::bigint, last, origin"
+            " FROM pmgcm.olog WHERE origin = $1::int AND seq > $2::bigint"
+            " AND seq <= $3::bigint ORDER BY seq LIMIT $4::int",
+            4, NULL, pv, NULL, NULL, 0);
+        if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+            pst_pgerr(c, r, err, el);
+            PQclear(r);
+            j->rc = PST_EDB;
+            return;
+        }
+        encode_changes(rj, r);
+        PQclear(r);
+        return;
+    }
     if (rj->check) {
         const char *pv[2] = {eb, sb};
         PGresult *r = PQexecParams(
@@ -898,62 +1105,7 @@ static void read_run(pst_job *j, PGconn *c)
         j->rc = PST_EDB;
         return;
     }
-    int n = PQntuples(r);
-    if (n == 0 || strtoull(PQgetvalue(r, 0, 0), NULL, 10) != rj->from.seq + 1) {
-        PQclear(r);
-        rj->verdict = n == 0 && rj->upto <= rj->from.seq ? 4 : 1;
-        return;
-    }
-    Change *cv = calloc((size_t)n, sizeof(*cv));
-    Change **cp = calloc((size_t)n, sizeof(*cp));
-    if (!cv || !cp) {
-        free(cv);
-        free(cp);
-        PQclear(r);
-        j->rc = -ENOMEM;
-        return;
-    }
-    /* at most FRAME_BYTES of row data per frame (the first change always
-     * goes, so a lone huge change still moves; the transport refuses
-     * frames over its limit) */
-    size_t bytes = 0;
-    int keep = n;
-    for (int i = 0; i < n; i++) {
-        bytes += 64 + (size_t)PQgetlength(r, i, 3) + (size_t)PQgetlength(r, i, 4) +
-                 (size_t)PQgetlength(r, i, 5);
-        if (i > 0 && bytes > FRAME_BYTES) {
-            keep = i;
-            break;
-        }
-    }
-    n = keep;
-    for (int i = 0; i < n; i++) {
-        pmgcm__store__change__init(&cv[i]);
-        cv[i].seq = strtoull(PQgetvalue(r, i, 0), NULL, 10);
-        cv[i].epoch = strtoull(PQgetvalue(r, i, 1), NULL, 10);
-        cv[i].op = (uint8_t)PQgetvalue(r, i, 2)[0];
-        if (!PQgetisnull(r, i, 3)) cv[i].tbl = PQgetvalue(r, i, 3);
-        if (!PQgetisnull(r, i, 4)) cv[i].old = PQgetvalue(r, i, 4);
-        if (!PQgetisnull(r, i, 5)) cv[i].new_ = PQgetvalue(r, i, 5);
-        cv[i].ts_us = strtoll(PQgetvalue(r, i, 6), NULL, 10);
-        cv[i].last = PQgetvalue(r, i, 7)[0] == 't';
-        cv[i].has_origin = true;
-        cv[i].origin = (uint32_t)strtoul(PQgetvalue(r, i, 8), NULL, 10);
-        cp[i] = &cv[i];
-    }
-    Msg m = PMGCM__STORE__MSG__INIT;
-    m.kind = PMGCM__STORE__MSG__KIND__CHANGES;
-    m.n_changes = (size_t)n;
-    m.changes = cp;
-    rj->frame_len = pmgcm__store__msg__get_packed_size(&m);
-    rj->frame = malloc(rj->frame_len);
-    if (rj->frame) pmgcm__store__msg__pack(&m, rj->frame);
-    else j->rc = -ENOMEM;
-    rj->n = (uint64_t)n;
-    rj->last.seq = cv[n - 1].seq;
-    rj->last.epoch = cv[n - 1].epoch;
-    free(cv);
-    free(cp);
+    encode_changes(rj, r);
     PQclear(r);
 }
 
@@ -1009,13 +1161,17 @@ static void serve_pump(pst_session *s)
 {
     pst_store *st = s->st;
     if (s->ended || s->reading || s->blocked || !st->info.ready) return;
-    if (!s->checked || s->from.seq < st->info.recv_seq) {
+    bool org = s->kind == PST_OSUBSCRIBE;
+    uint64_t head = org ? origin_head(st, s->origin) : st->info.recv_seq;
+    if (!s->checked || s->from.seq < head) {
         read_job *rj = calloc(1, sizeof(*rj));
         if (!rj) return;
         rj->s = s;
         rj->from = s->checked ? s->from : s->req_from;
-        rj->upto = st->info.recv_seq;
+        rj->upto = head;
         rj->check = !s->checked;
+        rj->is_origin = org;
+        rj->origin = s->origin;
         rj->j.run = read_run;
         rj->j.done = read_done;
         s->reading = true;
@@ -1088,6 +1244,14 @@ int pst_server(pst_store *st, const uint8_t *open, size_t len,
         break;
     case PMGCM__STORE__OPEN__KIND__POSITION:
         break;
+    case PMGCM__STORE__OPEN__KIND__OSUBSCRIBE:
+        if (!o->from || !o->has_origin || o->origin == 0) {
+            rc = -EINVAL;
+            break;
+        }
+        s->origin = o->origin;
+        s->req_from.seq = o->from->seq;
+        break;
     default:
         rc = -EINVAL;
     }
@@ -1107,6 +1271,8 @@ int pst_server(pst_store *st, const uint8_t *open, size_t len,
 typedef struct apply_job {
     pst_job j;
     pst_session *s;
+    bool is_origin;
+    uint32_t origin;
     pst_buf *frame;
     uint64_t expect_recv; /* our recv_seq before this frame */
     /* results */
@@ -1137,8 +1303,22 @@ static void apply_run(pst_job *j, PGconn *c)
     PGresult *r = NULL;
     char *buf = NULL;
     if (rc) goto out;
-    r = PQexec(c, "SELECT epoch, seq, recv_seq FROM pmgcm.state FOR UPDATE");
-    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+    char ob[16];
+    snprintf(ob, sizeof(ob), "%u", aj->origin);
+    if (aj->is_origin) {
+        const char *pv[1] = {ob};
+        r = PQexecParams(c, "INSERT INTO pmgcm.opos (origin) VALUES ($1::int)"
+                            " ON CONFLICT DO NOTHING", 1, NULL, pv, NULL,
+                         NULL, 0);
+        PQclear(r);
+        r = PQexecParams(c, "SELECT 0, seq, recv_seq FROM pmgcm.opos WHERE"
+                            " origin = $1::int FOR UPDATE", 1, NULL, pv,
+                         NULL, NULL, 0);
+    } else {
+        r = PQexec(c, "SELECT epoch, seq, recv_seq FROM pmgcm.state FOR"
+                      " UPDATE");
+    }
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
         pst_pgerr(c, r, err, el);
         rc = PST_EDB;
         goto out;
@@ -1183,7 +1363,9 @@ static void apply_run(pst_job *j, PGconn *c)
     int64_t last_ts = 0;
     for (size_t i = first; i < m->n_changes; i++) {
         Change *ch = m->changes[i];
-        if (ch->seq != prev + 1 || ch->epoch < epoch ||
+        if (ch->seq != prev + 1 || (!aj->is_origin && ch->epoch < epoch) ||
+            (aj->is_origin && (ch->op == 'E' || ch->op == 'T' ||
+                               !ch->has_origin || ch->origin != aj->origin)) ||
             (ch->op != 'I' && ch->op != 'U' && ch->op != 'D' &&
              ch->op != 'T' && ch->op != 'E')) {
             snprintf(err, el, "bad change %llu in the stream",
@@ -1238,15 +1420,24 @@ static void apply_run(pst_job *j, PGconn *c)
     PQclear(r);
     while ((r = PQgetResult(c))) PQclear(r);
     if ((rc = pst_exec(c,
-                       "INSERT INTO pmgcm.log SELECT seq, epoch, op, tbl, old,"
-                       " new, to_timestamp(ts_us / 1000000.0), last, origin"
-                       " FROM pmgcm_in",
+                       aj->is_origin
+                           ? "INSERT INTO pmgcm.olog SELECT origin, seq, op,"
+                             " tbl, old, new, to_timestamp(ts_us / 1000000.0),"
+                             " last FROM pmgcm_in"
+                           : "INSERT INTO pmgcm.log SELECT seq, epoch, op, tbl,"
+                             " old, new, to_timestamp(ts_us / 1000000.0), last,"
+                             " origin FROM pmgcm_in",
                        err, el)))
         goto out;
     char q[300];
-    if (last_seq) {
+    if (last_seq && aj->is_origin)
+        snprintf(q, sizeof(q), "SELECT pmgcm.oapply(%u, %llu, %llu)",
+                 aj->origin, (unsigned long long)seq + 1,
+                 (unsigned long long)last_seq);
+    else if (last_seq)
         snprintf(q, sizeof(q), "SELECT pmgcm.apply(%llu, %llu)",
                  (unsigned long long)seq + 1, (unsigned long long)last_seq);
+    if (last_seq) {
         r = PQexec(c, q);
         if (PQresultStatus(r) != PGRES_TUPLES_OK) {
             pst_pgerr(c, r, err, el);
@@ -1256,18 +1447,31 @@ static void apply_run(pst_job *j, PGconn *c)
         aj->applied = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
         PQclear(r);
         r = NULL;
-        snprintf(q, sizeof(q),
-                 "UPDATE pmgcm.state SET epoch = %llu, seq = %llu,"
-                 " recv_seq = %llu, ts = to_timestamp(%lld / 1000000.0)",
-                 (unsigned long long)last_epoch, (unsigned long long)last_seq,
-                 (unsigned long long)prev, (long long)last_ts);
+        if (aj->is_origin)
+            snprintf(q, sizeof(q),
+                     "UPDATE pmgcm.opos SET seq = %llu, recv_seq = %llu,"
+                     " ts = to_timestamp(%lld / 1000000.0) WHERE origin = %u",
+                     (unsigned long long)last_seq, (unsigned long long)prev,
+                     (long long)last_ts, aj->origin);
+        else
+            snprintf(q, sizeof(q),
+                     "UPDATE pmgcm.state SET epoch = %llu, seq = %llu,"
+                     " recv_seq = %llu, ts = to_timestamp(%lld / 1000000.0)",
+                     (unsigned long long)last_epoch,
+                     (unsigned long long)last_seq, (unsigned long long)prev,
+                     (long long)last_ts);
         seq = last_seq;
         epoch = last_epoch;
         aj->ts_us = last_ts;
         aj->advanced = true;
     } else {
-        snprintf(q, sizeof(q), "UPDATE pmgcm.state SET recv_seq = %llu",
-                 (unsigned long long)prev);
+        if (aj->is_origin)
+            snprintf(q, sizeof(q), "UPDATE pmgcm.opos SET recv_seq = %llu"
+                     " WHERE origin = %u", (unsigned long long)prev,
+                     aj->origin);
+        else
+            snprintf(q, sizeof(q), "UPDATE pmgcm.state SET recv_seq = %llu",
+                     (unsigned long long)prev);
     }
     if ((rc = pst_exec(c, q, err, el)) || (rc = pst_exec(c, "COMMIT", err, el)))
         goto out;
@@ -1288,13 +1492,23 @@ static void apply_done(pst_job *j)
     apply_job *aj = (apply_job *)j;
     pst_store *st = j->st;
     pst_session *s = aj->s;
-    st->apply_busy = false;
+    if (!aj->is_origin) st->apply_busy = false;
     free(aj->frame);
     if (st->closing) {
         free(aj);
         return;
     }
-    if (j->rc == 0) {
+    if (j->rc == 0 && aj->is_origin) {
+        pst_origin *o = pst_opos(st, aj->origin, true);
+        if (o) {
+            o->seq = aj->pos.seq;
+            o->recv_seq = aj->recv_seq;
+            if (aj->advanced) o->ts_us = aj->ts_us;
+        }
+        st->info.applied_total += aj->applied;
+        pst_changed(st);
+        pst_sessions_head(st);
+    } else if (j->rc == 0) {
         pst_info *i = &st->info;
         i->pos = aj->pos;
         i->recv_seq = aj->recv_seq;
@@ -1322,7 +1536,9 @@ static void apply_done(pst_job *j)
 static void apply_pump(pst_session *s)
 {
     pst_store *st = s->st;
-    if (s->ended || s->applying || st->apply_busy || !s->ap_head) goto flow;
+    bool org = s->kind == PST_OSUBSCRIBE;
+    if (s->ended || s->applying || (!org && st->apply_busy) || !s->ap_head)
+        goto flow;
     apply_job *aj = calloc(1, sizeof(*aj));
     if (!aj) goto flow;
     pst_buf *b = s->ap_head;
@@ -1331,10 +1547,12 @@ static void apply_pump(pst_session *s)
     s->ap_n--;
     aj->s = s;
     aj->frame = b;
+    aj->is_origin = org;
+    aj->origin = s->origin;
     aj->j.run = apply_run;
     aj->j.done = apply_done;
     s->applying = true;
-    st->apply_busy = true;
+    if (!org) st->apply_busy = true;
     pst_submit(st, &aj->j);
 flow:
     if (!s->ended && s->paused && s->ap_n <= APPLY_QUEUE_PAUSE / 4) {
@@ -1446,7 +1664,7 @@ static void client_frame_subscribe(pst_session *s, const uint8_t *buf,
         if (m->n_changes == 0) break;
         Change *l = m->changes[m->n_changes - 1];
         pst_pos hp = {l->epoch, l->seq};
-        if (pst_pos_cmp(i->head, hp) < 0) {
+        if (s->kind == PST_SUBSCRIBE && pst_pos_cmp(i->head, hp) < 0) {
             i->head = hp;
             i->head_ts_us = l->ts_us;
         }
@@ -1467,7 +1685,9 @@ static void client_frame_subscribe(pst_session *s, const uint8_t *buf,
         break;
     }
     case PMGCM__STORE__MSG__KIND__HEAD:
-        if (m->head) {
+        if (m->head && s->kind == PST_OSUBSCRIBE) {
+            s->peer_pos.seq = m->head->seq;
+        } else if (m->head) {
             pst_pos hp = {m->head->epoch, m->head->seq};
             i->head = hp;
             if (m->has_head_ts_us) i->head_ts_us = m->head_ts_us;
@@ -1479,7 +1699,7 @@ static void client_frame_subscribe(pst_session *s, const uint8_t *buf,
         sess_end(s, PST_ENEEDSNAP, "the upstream needs us to take a snapshot");
         break;
     case PMGCM__STORE__MSG__KIND__DIVERGED: {
-        if (!m->fork) {
+        if (!m->fork || s->kind != PST_SUBSCRIBE) {
             sess_end(s, PST_EPROTO, "diverged without a fork point");
             break;
         }
@@ -1537,6 +1757,15 @@ static void snap_client_poll(pst_session *s)
         i->loaded = true;
         i->snapshots = sn->new_snapshots;
         i->state = PST_CATCHING_UP;
+        /* origins: ours kept, the others from the snapshot */
+        pst_origin mine;
+        pst_origin *me = pst_opos(st, sn->self_cid, false);
+        bool have_me = me != NULL;
+        if (have_me) mine = *me;
+        st->n_opos = 0;
+        if (have_me) st->opos[st->n_opos++] = mine;
+        for (size_t k = 0; k < sn->n_opos && st->n_opos < PST_ORIGINS_MAX; k++)
+            st->opos[st->n_opos++] = sn->opos[k];
         pst_set_error(st, "%s", "");
         pst_log(st, 2,
                 "store: snapshot loaded: %llu rows, %llu bytes, %u tables,"
@@ -1629,6 +1858,38 @@ int pst_client(pst_store *st, pst_open_kind kind, uint32_t self_cid,
     return 0;
 }
 
+int pst_client_origin(pst_store *st, uint32_t origin, uint32_t self_cid,
+                      const pst_link *link, uint8_t **buf, size_t *len,
+                      pst_session **out)
+{
+    if (!st->info.ready || !st->info.loaded) return -EAGAIN;
+    Open o = PMGCM__STORE__OPEN__INIT;
+    Pmgcm__Store__Pos from = PMGCM__STORE__POS__INIT;
+    o.kind = PMGCM__STORE__OPEN__KIND__OSUBSCRIBE;
+    o.has_cid = true;
+    o.cid = self_cid;
+    o.has_origin = true;
+    o.origin = origin;
+    pst_origin *p = pst_opos(st, origin, false);
+    from.seq = p ? p->recv_seq : 0;
+    o.from = &from;
+    *len = pmgcm__store__open__get_packed_size(&o);
+    *buf = malloc(*len ? *len : 1);
+    if (!*buf) return -ENOMEM;
+    pmgcm__store__open__pack(&o, *buf);
+    pst_session *s = sess_new(st, link, false);
+    if (!s) {
+        free(*buf);
+        *buf = NULL;
+        return -ENOMEM;
+    }
+    s->kind = PST_OSUBSCRIBE;
+    s->cid = self_cid;
+    s->origin = origin;
+    *out = s;
+    return 0;
+}
+
 void pst_session_frame(pst_session *s, const uint8_t *buf, size_t len)
 {
     if (s->ended) return;
@@ -1639,6 +1900,7 @@ void pst_session_frame(pst_session *s, const uint8_t *buf, size_t len)
     }
     switch (s->kind) {
     case PST_SUBSCRIBE:
+    case PST_OSUBSCRIBE:
         client_frame_subscribe(s, buf, len);
         break;
     case PST_SNAPSHOT:
@@ -1670,6 +1932,7 @@ static void sess_poll(pst_session *s)
     if (s->server) {
         switch (s->kind) {
         case PST_SUBSCRIBE:
+        case PST_OSUBSCRIBE:
             serve_pump(s);
             break;
         case PST_SNAPSHOT:
@@ -1693,7 +1956,7 @@ static void sess_poll(pst_session *s)
         }
     } else if (s->kind == PST_SNAPSHOT && s->sn) {
         snap_client_poll(s);
-    } else if (s->kind == PST_SUBSCRIBE) {
+    } else if (s->kind == PST_SUBSCRIBE || s->kind == PST_OSUBSCRIBE) {
         apply_pump(s);
     }
 }

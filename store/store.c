@@ -347,6 +347,8 @@ typedef struct setup_job {
     pst_job j;
     char *schema_text;
     pst_info info;
+    pst_origin opos[PST_ORIGINS_MAX];
+    size_t n_opos;
 } setup_job;
 
 static void setup_run(pst_job *j, PGconn *c)
@@ -357,7 +359,7 @@ static void setup_run(pst_job *j, PGconn *c)
         return;
     }
     j->rc = pst_db_setup(c, j->st, j->err, sizeof(j->err), &s->schema_text,
-                         &s->info);
+                         &s->info, s->opos, &s->n_opos);
 }
 
 static void listen_start(pst_store *st);
@@ -390,6 +392,9 @@ static void setup_done(pst_job *j)
     i->loaded = s->info.loaded;
     i->snapshots = s->info.snapshots;
     i->n_tables = s->info.n_tables;
+    i->n_origin_tables = s->info.n_origin_tables;
+    memcpy(st->opos, s->opos, sizeof(st->opos));
+    st->n_opos = s->n_opos;
     memcpy(i->schema_digest, s->info.schema_digest, sizeof(i->schema_digest));
     if (pst_pos_cmp(i->head, i->pos) < 0) {
         i->head = i->pos;
@@ -446,7 +451,10 @@ static void listen_poll_cb(uv_poll_t *p, int status, int events)
         if (!r) break;
         PQclear(r);
     }
-    if (any) pst_start_capture(st);
+    if (any) {
+        pst_start_capture(st);
+        pst_start_ocapture(st);
+    }
 }
 
 static void st_unref(pst_store *st);
@@ -540,6 +548,7 @@ static void timer_cb(uv_timer_t *t)
     if (!st->listen) listen_start(st);
     /* fallback for a lost notification and for leftovers at start */
     if (st->info.master) pst_start_capture(st);
+    pst_start_ocapture(st);
     uint64_t now = pst_mono_ms();
     if (now - st->last_trim_ms >= TRIM_EVERY_MS) {
         st->last_trim_ms = now;
@@ -567,10 +576,13 @@ int pst_open(uv_loop_t *loop, const pst_config *cfg, const pst_events *ev,
     st->conninfo = strdup(cfg->conninfo);
     st->schemas = dup_or(cfg->schemas, "public");
     st->exclude = dup_or(cfg->exclude, "");
+    st->origin_tables = dup_or(cfg->origin_tables, "");
     st->retention_s = cfg->retention_s ? cfg->retention_s : 3600;
     st->n_workers = cfg->workers ? cfg->workers : 4;
     st->workers = calloc(st->n_workers, sizeof(*st->workers));
-    if (!st->conninfo || !st->schemas || !st->exclude || !st->workers) {
+    if (!st->conninfo || !st->schemas || !st->exclude || !st->workers ||
+        !st->origin_tables) {
+        free(st->origin_tables);
         free(st->conninfo);
         free(st->schemas);
         free(st->exclude);
@@ -613,6 +625,7 @@ static void st_unref(pst_store *st)
     free(st->conninfo);
     free(st->schemas);
     free(st->exclude);
+    free(st->origin_tables);
     free(st->workers);
     free(st->schema_text);
     free(st);
@@ -658,6 +671,23 @@ void pst_close(pst_store *st)
     uv_close((uv_handle_t *)&st->timer, close_free_cb);
 }
 
+
+pst_origin *pst_opos(pst_store *st, uint32_t o, bool create)
+{
+    for (size_t i = 0; i < st->n_opos; i++)
+        if (st->opos[i].origin == o) return &st->opos[i];
+    if (!create || st->n_opos == PST_ORIGINS_MAX) return NULL;
+    pst_origin *p = &st->opos[st->n_opos++];
+    memset(p, 0, sizeof(*p));
+    p->origin = o;
+    return p;
+}
+
+size_t pst_get_origins(const pst_store *st, pst_origin *out, size_t max)
+{
+    for (size_t i = 0; i < st->n_opos && i < max; i++) out[i] = st->opos[i];
+    return st->n_opos;
+}
 
 void pst_get_info(const pst_store *st, pst_info *out)
 {

@@ -99,6 +99,8 @@ typedef struct pst_config {
     const char *schemas;      /* comma list, NULL = "public"; copied      */
     const char *exclude;      /* comma list of schema.table; copied       */
     uint32_t retention_s;     /* change log kept on every node            */
+    const char *origin_tables;/* "schema.table:column, ..." (per-origin
+                                 tables, see below); copied               */
     uint32_t workers;         /* worker threads (0 = 4)                   */
 } pst_config;
 
@@ -137,6 +139,7 @@ typedef struct pst_info {
     uint64_t snapshots;    /* snapshots loaded (pmgcm.state.snapshots)   */
     uint64_t applied_total, captured_total, divergent_total;
     size_t n_tables;
+    size_t n_origin_tables;
     /* snapshot being loaded */
     uint64_t snap_rows, snap_bytes, snap_est_rows, snap_est_bytes;
     uint32_t snap_tables_done, snap_tables;
@@ -147,6 +150,32 @@ typedef struct pst_info {
 
 /* A snapshot of the store's state. */
 void pst_get_info(const pst_store *st, pst_info *out);
+
+/* ---- per-origin tables ------------------------------------------------------
+ * Tables named in origin_tables ("schema.table:column") hold every node's
+ * own rows: the column is the cid of the node that wrote the row and must
+ * be part of the primary key. On a node in a cluster, an ordinary session
+ * may only write rows carrying this node's cid (anything else fails with
+ * "... belongs to the node with cid N ..."; TRUNCATE is refused). Each
+ * node numbers its own changes (pmgcm.olog, per-origin seq) and every node
+ * follows every other node's origin stream directly (PST_OSUBSCRIBE), also
+ * while the master is down; positions per origin live in pmgcm.opos,
+ * updated in the same transaction as the applied rows. A snapshot carries
+ * every origin's rows except the receiver's own, which it keeps. */
+typedef struct pst_origin {
+    uint32_t origin;   /* cid */
+    uint64_t seq;      /* last change of that origin applied here (for
+                          this node's own origin: numbered)            */
+    uint64_t recv_seq; /* last held in pmgcm.olog                       */
+    int64_t ts_us;     /* its capture time on the origin                */
+} pst_origin;
+
+/* Copies up to max entries; returns how many there are. */
+size_t pst_get_origins(const pst_store *st, pst_origin *out, size_t max);
+/* Removes every row of origin cid from the per-origin tables, its log and
+ * its position (pmgcm delete --purge), locally. done as for roles. */
+int pst_purge_origin(pst_store *st, uint32_t cid,
+                     void (*done)(void *ud, int rc), void *ud);
 
 /* Sets the role. master: number changes under `epoch` (a new epoch >
  * the current one starts a term: the log gets an epoch entry; entries
@@ -186,6 +215,7 @@ typedef enum pst_open_kind {
     PST_SUBSCRIBE = 1, /* changes after our position, live              */
     PST_SNAPSHOT = 2,  /* a full snapshot, then end                      */
     PST_POSITION = 3,  /* the peer's position, then end                  */
+    PST_OSUBSCRIBE = 4,/* one origin's changes after our position, live  */
 } pst_open_kind;
 
 /* Client: builds the opening message for `kind` (malloc'ed into *buf;
@@ -195,6 +225,10 @@ typedef enum pst_open_kind {
 int pst_client(pst_store *st, pst_open_kind kind, uint32_t self_cid,
                const pst_link *link, uint8_t **buf, size_t *len,
                pst_session **out);
+/* The same for PST_OSUBSCRIBE: the changes of origin `origin`. */
+int pst_client_origin(pst_store *st, uint32_t origin, uint32_t self_cid,
+                      const pst_link *link, uint8_t **buf, size_t *len,
+                      pst_session **out);
 /* Server: a session answering the opening message `open`. 0, -EINVAL
  * (malformed), -EAGAIN (store not ready), -ENOMEM. On success frames are
  * sent through link from the loop. */
