@@ -323,6 +323,8 @@ int pmm_state_write_peers(const char *dir, const gsp_addr *addrs, size_t n);
 /* ---- node metadata (meta.proto NodeMeta) -------------------------------- */
 #define PMM_ROLE_MAX 16
 
+#define PMM_META_ORIGINS_MAX 24
+
 typedef struct pmm_meta {
     uint64_t start_time; /* unix seconds: host boot time */
     uint32_t load1;      /* 1-minute load average x100 */
@@ -335,6 +337,11 @@ typedef struct pmm_meta {
     uint32_t db_state;   /* pst_state of the store; 0 = no store */
     uint64_t db_epoch, db_seq; /* last applied change */
     uint64_t db_ts_ms;   /* its capture time on the master (unix ms) */
+    uint32_t n_origins;  /* per-origin positions (store/store.h) */
+    struct {
+        uint32_t cid;
+        uint64_t seq;
+    } origins[PMM_META_ORIGINS_MAX];
 } pmm_meta;
 
 /* Encodes into buf (cap >= GSP_META_MAX is always enough). 0, -EINVAL,
@@ -450,6 +457,12 @@ typedef struct pmm_status_row {
     uint64_t db_ts_ms;
     uint64_t lag_changes;    /* behind the master (filled by the caller) */
     double lag_seconds;
+    /* per-origin positions and how far behind each origin's own head */
+    uint32_t n_origins;
+    struct {
+        uint32_t cid;
+        uint64_t seq, behind;
+    } origins[PMM_META_ORIGINS_MAX];
 } pmm_status_row;
 
 char pmm_state_letter(gsp_state s);

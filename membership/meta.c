@@ -46,6 +46,18 @@ int pmm_meta_encode(const pmm_meta *m, uint8_t *buf, size_t cap, size_t *len)
         nm.db_seq = m->db_seq;
         nm.db_ts_ms = m->db_ts_ms;
     }
+    Pmgcm__Membership__OriginSeq ov[PMM_META_ORIGINS_MAX];
+    Pmgcm__Membership__OriginSeq *op[PMM_META_ORIGINS_MAX];
+    if (m->n_origins > PMM_META_ORIGINS_MAX)
+        return -EINVAL;
+    for (uint32_t i = 0; i < m->n_origins; i++) {
+        pmgcm__membership__origin_seq__init(&ov[i]);
+        ov[i].cid = m->origins[i].cid;
+        ov[i].seq = m->origins[i].seq;
+        op[i] = &ov[i];
+    }
+    nm.n_origins = m->n_origins;
+    nm.origins = op;
     need = pmgcm__membership__node_meta__get_packed_size(&nm);
     if (need > cap || need > GSP_META_MAX)
         return -ENOSPC;
@@ -78,6 +90,13 @@ int pmm_meta_decode(pmm_meta *out, const uint8_t *buf, size_t len)
     m.db_epoch = nm->has_db_epoch ? nm->db_epoch : 0;
     m.db_seq = nm->has_db_seq ? nm->db_seq : 0;
     m.db_ts_ms = nm->has_db_ts_ms ? nm->db_ts_ms : 0;
+    if (nm->n_origins > PMM_META_ORIGINS_MAX)
+        goto out;
+    m.n_origins = (uint32_t)nm->n_origins;
+    for (size_t i = 0; i < nm->n_origins; i++) {
+        m.origins[i].cid = nm->origins[i]->cid;
+        m.origins[i].seq = nm->origins[i]->seq;
+    }
     if (nm->role != NULL) {
         size_t n = strlen(nm->role);
         if (!role_ok(nm->role, n))

@@ -319,6 +319,15 @@ static bool meta_from_sample(node *n)
         m.db_epoch = si.pos.epoch;
         m.db_seq = si.pos.seq;
         m.db_ts_ms = si.pos_ts_us > 0 ? (uint64_t)si.pos_ts_us / 1000 : 0;
+        pst_origin og[PMM_META_ORIGINS_MAX];
+        size_t no = pmm_repl_origins(n->repl, og, PMM_META_ORIGINS_MAX);
+        if (no > PMM_META_ORIGINS_MAX)
+            no = PMM_META_ORIGINS_MAX;
+        m.n_origins = (uint32_t)no;
+        for (size_t i = 0; i < no; i++) {
+            m.origins[i].cid = og[i].origin;
+            m.origins[i].seq = og[i].seq;
+        }
     }
     rc = pmm_meta_encode(&m, buf, sizeof(buf), &len);
     if (rc != 0) {
@@ -549,6 +558,15 @@ static int build_rows(node *n, rows_acc *acc)
             r->db_epoch = si.pos.epoch;
             r->db_seq = si.pos.seq;
             r->db_ts_ms = si.pos_ts_us > 0 ? (uint64_t)si.pos_ts_us / 1000 : 0;
+            pst_origin og[PMM_META_ORIGINS_MAX];
+            size_t no = pmm_repl_origins(n->repl, og, PMM_META_ORIGINS_MAX);
+            if (no > PMM_META_ORIGINS_MAX)
+                no = PMM_META_ORIGINS_MAX;
+            r->n_origins = (uint32_t)no;
+            for (size_t k = 0; k < no; k++) {
+                r->origins[k].cid = og[k].origin;
+                r->origins[k].seq = og[k].seq;
+            }
         }
     }
     pmm_status_db_finish(acc->rows, acc->n);

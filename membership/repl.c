@@ -771,3 +771,8 @@ void pmm_repl_info(const pmm_repl *r, pst_info *out)
     }
     pst_get_info(r->st, out);
 }
+
+size_t pmm_repl_origins(const pmm_repl *r, pst_origin *out, size_t max)
+{
+    return r ? pst_get_origins(r->st, out, max) : 0;
+}

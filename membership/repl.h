@@ -42,8 +42,8 @@ void pmm_repl_close(pmm_repl *r);
 void pmm_repl_cluster_changed(pmm_repl *r);
 /* The store's state (zeroed, state PST_OFF, when r is NULL). */
 void pmm_repl_info(const pmm_repl *r, pst_info *out);
-/* `pmgcm create` made this node the master of new data. */
-void pmm_repl_created(pmm_repl *r);
+/* Per-origin positions (store/store.h pst_get_origins); 0 when r NULL. */
+size_t pmm_repl_origins(const pmm_repl *r, pst_origin *out, size_t max);
 
 /* Server side, called by lifecycle.c for a STORE request on connection c:
  * answers ok and returns the stream object that owns c from now on (its

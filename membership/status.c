@@ -63,6 +63,11 @@ void pmm_status_row_from_member(pmm_status_row *r, const gsp_member *m,
         r->db_epoch = meta.db_epoch;
         r->db_seq = meta.db_seq;
         r->db_ts_ms = meta.db_ts_ms;
+        r->n_origins = meta.n_origins;
+        for (uint32_t i = 0; i < meta.n_origins; i++) {
+            r->origins[i].cid = meta.origins[i].cid;
+            r->origins[i].seq = meta.origins[i].seq;
+        }
     }
     if (m->state == GSP_ALIVE || m->state == GSP_SUSPECT) {
         /* start_time comes from the member's clock: clamp small skew */
@@ -89,6 +94,17 @@ void pmm_status_db_finish(pmm_status_row *rows, size_t n)
             r->lag_seconds = m->db_ts_ms > r->db_ts_ms
                                  ? (double)(m->db_ts_ms - r->db_ts_ms) / 1000.0
                                  : 0;
+        }
+        /* each origin's head: what that node says about its own rows */
+        for (uint32_t k = 0; k < r->n_origins; k++) {
+            uint64_t head = r->origins[k].seq;
+            for (size_t j = 0; j < n; j++)
+                if (rows[j].cid == r->origins[k].cid)
+                    for (uint32_t q = 0; q < rows[j].n_origins; q++)
+                        if (rows[j].origins[q].cid == r->origins[k].cid &&
+                            rows[j].origins[q].seq > head)
+                            head = rows[j].origins[q].seq;
+            r->origins[k].behind = head - r->origins[k].seq;
         }
         if (r->state == 'A' && strcmp(r->db_state, "in-sync") != 0 &&
             strcmp(r->db_state, "idle") != 0)
@@ -219,10 +235,18 @@ int pmm_status_write_json(pmm_buf *b, const pmm_status_row *rows, size_t n)
             pmm_buf_puts(b, ",\"db\":{\"state\":");
             pmm_json_str(b, r->db_state, strlen(r->db_state));
             pmm_buf_printf(b, ",\"epoch\":%llu,\"seq\":%llu,"
-                           "\"lag_changes\":%llu,\"lag_seconds\":%.3f}",
+                           "\"lag_changes\":%llu,\"lag_seconds\":%.3f",
                            (unsigned long long)r->db_epoch,
                            (unsigned long long)r->db_seq,
                            (unsigned long long)r->lag_changes, r->lag_seconds);
+            pmm_buf_puts(b, ",\"origins\":[");
+            for (uint32_t k = 0; k < r->n_origins; k++)
+                pmm_buf_printf(b, "%s{\"cid\":%u,\"seq\":%llu,"
+                               "\"behind\":%llu}", k ? "," : "",
+                               r->origins[k].cid,
+                               (unsigned long long)r->origins[k].seq,
+                               (unsigned long long)r->origins[k].behind);
+            pmm_buf_puts(b, "]}");
         }
         pmm_buf_puts(b, "}");
     }
@@ -385,6 +409,26 @@ int pmm_status_from_json(const pmm_json *arr, pmm_status_row **rows_out,
                 ls->type != PMM_JSON_NUMBER || ls->num < 0) {
                 bad = "db";
                 goto fail;
+            }
+            const pmm_json *oa = pmm_json_get(j, "origins");
+            if (oa != NULL && oa->type == PMM_JSON_ARRAY) {
+                for (const pmm_json *it = oa->child;
+                     it && r->n_origins < PMM_META_ORIGINS_MAX;
+                     it = it->next) {
+                    const pmm_json *oc = pmm_json_get(it, "cid"),
+                                   *os = pmm_json_get(it, "seq"),
+                                   *ob = pmm_json_get(it, "behind");
+                    if (!oc || oc->type != PMM_JSON_NUMBER || oc->num < 0 ||
+                        !os || os->type != PMM_JSON_NUMBER || os->num < 0 ||
+                        !ob || ob->type != PMM_JSON_NUMBER || ob->num < 0) {
+                        bad = "db.origins";
+                        goto fail;
+                    }
+                    r->origins[r->n_origins].cid = (uint32_t)oc->num;
+                    r->origins[r->n_origins].seq = (uint64_t)os->num;
+                    r->origins[r->n_origins].behind = (uint64_t)ob->num;
+                    r->n_origins++;
+                }
             }
             r->has_db = true;
             r->db_epoch = (uint64_t)e->num;

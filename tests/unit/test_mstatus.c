@@ -234,7 +234,7 @@ static void test_db_rows(void)
     CHECK(pmm_status_write_json(&b, rows, 4) == 0);
     CHECK(strstr(b.p, "\"db\":{\"state\":\"catching-up\",\"epoch\":2,"
                       "\"seq\":900,\"lag_changes\":100,"
-                      "\"lag_seconds\":0.100}") != NULL);
+                      "\"lag_seconds\":0.100,\"origins\":[]}") != NULL);
     REQUIRE(pmm_json_parse(b.p, b.len, &doc, err, sizeof(err)) == 0);
     REQUIRE(pmm_status_from_json(doc, &back, &n, err, sizeof(err)) == 0);
     REQUIRE(n == 4);
