@@ -137,8 +137,9 @@ static void usage(FILE *f)
             "port)\n"
             "  join-cmd\n"
             "          print the join command to run on a new node\n"
-            "  delete <cid>\n"
-            "          remove a node from the cluster (on the master)\n"
+            "  delete <cid> [--purge]\n"
+            "          remove a node from the cluster (on the master); its\n"
+            "          per-origin rows stay everywhere unless --purge\n"
             "  promote [--force]\n"
             "          make this node master (--force: even while the\n"
             "          current master is alive)\n"
@@ -627,6 +628,7 @@ typedef struct cli {
     const char *master_ip;
     bool yes, force;
     bool no_wait;
+    bool purge;
 } cli;
 
 /* Prints the daemon's error in words. */
@@ -1371,6 +1373,8 @@ static int cmd_delete(const cli *c, unsigned cid)
 
     req_init(&req, "delete");
     pmm_buf_printf(&req, ",\"cid\":%u", cid);
+    if (c->purge)
+        pmm_buf_puts(&req, ",\"purge\":true");
     req_end(&req);
     rc = call(c, &req, LONG_TIMEOUT_S, true, &doc);
     pmm_buf_free(&req);
@@ -1379,9 +1383,10 @@ static int cmd_delete(const cli *c, unsigned cid)
     {
         const pmm_json *kr = pmm_json_get(doc, "key_rotated");
         snprintf(line, sizeof(line),
-                 "node with cid %u deleted from the cluster%s", cid,
+                 "node with cid %u deleted from the cluster%s%s", cid,
                  kr != NULL && kr->type == PMM_JSON_BOOL && kr->b
-                     ? " (gossip key rotated)" : "");
+                     ? " (gossip key rotated)" : "",
+                 c->purge ? "; its rows are being purged on every node" : "");
     }
     rc = print_words(c, doc, line);
     pmm_json_free(doc);
@@ -1463,6 +1468,7 @@ enum {
     O_FORCE = 1 << 3,
     O_MASTER_IP = 1 << 4,
     O_NOWAIT = 1 << 5,
+    O_PURGE = 1 << 6,
 };
 
 typedef struct command {
@@ -1479,7 +1485,7 @@ static const command commands[] = {
     {"create", 0, 0, O_PWFILE, NULL},
     {"join", 1, 1, O_PWFILE | O_FP | O_YES | O_NOWAIT, "<master_ip>"},
     {"join-cmd", 0, 0, 0, NULL},
-    {"delete", 1, 1, 0, "<cid>"},
+    {"delete", 1, 1, O_PURGE, "<cid>"},
     {"promote", 0, 0, O_FORCE, NULL},
     {"sync", 0, 0, O_MASTER_IP, NULL},
     {"drain", 0, 0, 0, NULL},
@@ -1603,6 +1609,10 @@ int main(int argc, char **argv)
         }
         if ((cmd->opts & O_YES) && strcmp(a, "--yes") == 0) {
             c.yes = true;
+            continue;
+        }
+        if ((cmd->opts & O_PURGE) && strcmp(a, "--purge") == 0) {
+            c.purge = true;
             continue;
         }
         if ((cmd->opts & O_NOWAIT) && strcmp(a, "--no-wait") == 0) {

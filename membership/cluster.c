@@ -181,6 +181,8 @@ int pmm_cluster_to_pb(const pmm_cluster *c, bool with_keys,
         p->files_digest.data = (uint8_t *)c->files_digest;
         p->files_digest.len = PMM_HASH_LEN;
     }
+    p->n_purged = c->n_purged;
+    p->purged = (uint32_t *)c->purged;
     *out = p;
     return 0;
 }
@@ -236,6 +238,14 @@ int pmm_cluster_from_pb(pmm_cluster *out, const Pmgcm__Cluster__Config *p,
         memcpy(c.files_digest, p->files_digest.data, PMM_HASH_LEN);
         c.has_files_digest = true;
     }
+    if (p->n_purged > PMM_PURGED_MAX)
+        return pmm_errf(err, errlen, -EINVAL, "too many purged cids");
+    for (size_t i = 0; i < p->n_purged; i++) {
+        if (p->purged[i] == 0 || p->purged[i] > PMM_CLUSTER_CID_MAX)
+            return pmm_errf(err, errlen, -EINVAL, "bad purged cid");
+        c.purged[i] = p->purged[i];
+    }
+    c.n_purged = p->n_purged;
     c.nodes = calloc(p->n_nodes, sizeof(*c.nodes));
     if (!c.nodes) return -ENOMEM;
     c.n_nodes = p->n_nodes;

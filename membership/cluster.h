@@ -28,7 +28,8 @@
 #define PMM_PASSWORD_MAX 1024
 #define PMM_IP_STR_MAX 46
 #define PMM_DEFAULT_API_PORT 7947
-#define PMM_ANNOUNCE_KEY 1 /* gossip user-broadcast key of announcements */
+#define PMM_ANNOUNCE_KEY 1
+#define PMM_PURGED_MAX 64 /* gossip user-broadcast key of announcements */
 
 typedef struct pmm_cnode {
     uint32_t cid;
@@ -54,6 +55,9 @@ typedef struct pmm_cluster {
     size_t n_keys;
     bool has_files_digest;          /* the master published mirrored files */
     uint8_t files_digest[PMM_HASH_LEN]; /* their manifest digest (files.h) */
+    uint32_t purged[PMM_PURGED_MAX]; /* cids deleted with --purge (newest
+                                        last; the oldest drop out) */
+    size_t n_purged;
 } pmm_cluster;
 
 /* Frees c's node array and zeroes c (keys included). */

@@ -66,7 +66,7 @@ static const cmd_spec cmd_specs[] = {
       {"fingerprint", ARG_FP, true},
       {"password", ARG_PASSWORD, true}}},
     {"join-cmd", false, {{NULL}}},
-    {"delete", false, {{"cid", ARG_CID, true}}},
+    {"delete", false, {{"cid", ARG_CID, true}, {"purge", ARG_BOOL, false}}},
     {"promote", false, {{"force", ARG_BOOL, false}}},
     {"sync", false, {{"master_ip", ARG_IP, false}}},
     {"drain", false, {{NULL}}},

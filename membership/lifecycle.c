@@ -1644,15 +1644,26 @@ static void cmd_delete(pmm_lc *lc, pmm_ctl_req *ctl, const pmm_json *args)
         pmm_ctl_reply_error(ctl, "cannot generate a new key");
         return;
     }
+    const pmm_json *pj = pmm_json_get(args, "purge");
+    bool purge = pj && pj->type == PMM_JSON_BOOL && pj->b;
     d->ctl = ctl;
     d->gone = *n;
     pmm_cluster_remove(&lc->cl, cid);
+    if (purge) {
+        /* every node removes that node's per-origin rows (repl.c) */
+        if (lc->cl.n_purged == PMM_PURGED_MAX) {
+            memmove(lc->cl.purged, lc->cl.purged + 1,
+                    (PMM_PURGED_MAX - 1) * sizeof(lc->cl.purged[0]));
+            lc->cl.n_purged--;
+        }
+        lc->cl.purged[lc->cl.n_purged++] = cid;
+    }
     /* stage 1: everyone gets the new key, the old one still seals */
     memcpy(lc->cl.keys[lc->cl.n_keys++], k, GSP_KEY_LEN);
     memset(k, 0, sizeof(k));
     lc->cl.version++;
-    lc_log(PMM_LOG_INFO, "deleting %s (cid %u); rotating the gossip key",
-           d->gone.name, cid);
+    lc_log(PMM_LOG_INFO, "deleting %s (cid %u)%s; rotating the gossip key",
+           d->gone.name, cid, purge ? " and purging its rows" : "");
     save(lc, delete_saved, d);
 }
 

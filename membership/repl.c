@@ -70,6 +70,10 @@ struct pmm_repl {
     pst_pos promo_best;
     uint32_t promo_best_cid;
 
+    /* cids whose rows this daemon has purged (pmgcm delete --purge) */
+    uint32_t purged_done[PMM_PURGED_MAX];
+    size_t n_purged_done;
+
     /* per-origin streams: retry times and stand-in rotation by cid */
     uint64_t origin_retry[64];
     uint32_t origin_rr[64];
@@ -618,6 +622,25 @@ static void decide(pmm_repl *r)
     for (int i = 0; i < 16; i++)
         snprintf(cid_hex + 2 * i, 3, "%02x", cl->cluster_id[i]);
     if (r->role_valid && r->role_in) origin_links(r, cl, self, &in);
+    /* deleted with --purge: their rows go, here too (once per run; the
+     * delete is idempotent) */
+    for (size_t i = 0; i < cl->n_purged; i++) {
+        bool done = false;
+        for (size_t k = 0; k < r->n_purged_done && !done; k++)
+            done = r->purged_done[k] == cl->purged[i];
+        if (done || pmm_cluster_by_cid(cl, cl->purged[i])) continue;
+        if (r->n_purged_done == PMM_PURGED_MAX) {
+            memmove(r->purged_done, r->purged_done + 1,
+                    (PMM_PURGED_MAX - 1) * sizeof(r->purged_done[0]));
+            r->n_purged_done--;
+        }
+        r->purged_done[r->n_purged_done++] = cl->purged[i];
+        if (in.n_origin_tables) {
+            rlog(PMM_LOG_INFO, "purging the rows of deleted node cid %u",
+                 cl->purged[i]);
+            pst_purge_origin(r->st, cl->purged[i], NULL, NULL);
+        }
+    }
     const pmm_cnode *m = pmm_cluster_master(cl);
     if (m == self) {
         bool already = r->role_valid && r->role_master &&
