@@ -31,7 +31,7 @@
  *       Print the exact `pmgcm join <ip> --fingerprint <fp>` line to run on
  *       a new node.
  *
- *   pmgcm delete <cid>
+ *   pmgcm delete <cid> [--purge]
  *       Remove node <cid> (1..65535) from the cluster (on the master). The
  *       gossip key is rotated, so the deleted node is shut out.
  *
