@@ -18,7 +18,7 @@
 #define SCHEMA_RETRY_MS 15000
 #define PROMO_QUERY_MS 3000
 #define PROMO_CATCHUP_MS 60000
-#define STREAM_MAX_FRAME (8u << 20)
+#define STREAM_MAX_FRAME (64u << 20) /* a change: old + new row as JSON */
 
 typedef Pmgcm__Cluster__Request Req;
 typedef Pmgcm__Cluster__Response Resp;

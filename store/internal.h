@@ -94,6 +94,8 @@ struct pst_store {
     pst_info info;
     char *schema_text;          /* canonical table definitions */
     bool setup_busy, capture_busy, capture_again, apply_busy, trim_busy;
+    bool vacuum_busy;
+    uint64_t last_vacuum_ms;
     uv_timer_t timer;           /* setup retry, capture fallback, trim */
     uint64_t last_trim_ms;
     uint32_t self_cid;
@@ -111,6 +113,7 @@ struct pst_store {
 
     struct pst_session *sessions;
     int refs; /* handles still closing */
+    int snap_threads; /* snapshot threads running (atomic) */
 };
 
 void pst_log(pst_store *st, int level, const char *fmt, ...)
@@ -136,6 +139,7 @@ pst_origin *pst_opos(pst_store *st, uint32_t o, bool create);
 void pst_start_ocapture(pst_store *st);
 void pst_start_capture(pst_store *st);
 void pst_start_trim(pst_store *st);
+void pst_start_vacuum(pst_store *st);
 void pst_sessions_head(pst_store *st);
 /* helpers for jobs run on worker threads */
 int pst_exec(PGconn *c, const char *sql, char *err, size_t errlen);

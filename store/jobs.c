@@ -1162,6 +1162,41 @@ typedef struct trim_job {
     uint32_t keep_s;
 } trim_job;
 
+/* The queue tables and the one-row state tables are updated at every
+ * commit: their dead rows must go long before autovacuum's next round
+ * (every capture, numbering pass and apply reads them). */
+static void vacuum_run(pst_job *j, PGconn *c)
+{
+    if (!c) {
+        j->rc = PST_EDB;
+        return;
+    }
+    j->rc = pst_exec(c,
+                     "VACUUM (SKIP_LOCKED) pmgcm.capture, pmgcm.ocapture,"
+                     " pmgcm.state, pmgcm.opos",
+                     j->err, sizeof(j->err));
+}
+
+static void vacuum_done(pst_job *j)
+{
+    pst_store *st = j->st;
+    st->vacuum_busy = false;
+    if (j->rc && !st->closing)
+        pst_log(st, 3, "store: vacuum: %s", j->err);
+    free(j);
+}
+
+void pst_start_vacuum(pst_store *st)
+{
+    if (!st->info.ready || st->vacuum_busy || st->closing) return;
+    pst_job *j = calloc(1, sizeof(*j));
+    if (!j) return;
+    j->run = vacuum_run;
+    j->done = vacuum_done;
+    st->vacuum_busy = true;
+    pst_submit(st, j);
+}
+
 static void trim_run(pst_job *j, PGconn *c)
 {
     trim_job *t = (trim_job *)j;

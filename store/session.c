@@ -167,6 +167,7 @@ struct snap {
     uv_thread_t tid;
     bool started;
     bool finished;       /* thread done (under pipe.mu) */
+    bool detached;       /* session gone: the thread frees (under pipe.mu) */
     int rc;
     char err[256];
     char *schema;        /* client: ours; server: the client's */
@@ -182,13 +183,25 @@ struct snap {
     size_t n_opos;
 };
 
+/* The thread's last act. A session that went away meanwhile left the
+ * snap to the thread (detached): it frees it. The store counts running
+ * threads so that pst_close can wait for them. */
 static void snap_finish(snap *sn, int rc)
 {
+    pst_store *st = sn->st;
     pthread_mutex_lock(&sn->pipe.mu);
     sn->rc = rc;
     sn->finished = true;
+    bool det = sn->detached;
     pthread_mutex_unlock(&sn->pipe.mu);
-    uv_async_send(&sn->st->async);
+    if (det) {
+        pst_pipe_destroy(&sn->pipe);
+        free(sn->schema);
+        free(sn);
+    } else {
+        uv_async_send(&st->async);
+    }
+    __atomic_sub_fetch(&st->snap_threads, 1, __ATOMIC_ACQ_REL);
 }
 
 static int put_msg(snap *sn, const Msg *m)
@@ -801,21 +814,29 @@ static snap *snap_start(pst_session *s, bool server, const char *schema)
     sn->self_cid = st->self_cid;
     sn->schema = schema ? strdup(schema) : NULL;
     pst_pipe_init(&sn->pipe, SNAP_PIPE_MAX);
+    __atomic_add_fetch(&st->snap_threads, 1, __ATOMIC_ACQ_REL);
     if (uv_thread_create(&sn->tid,
                          server ? snap_server_main : snap_client_main,
                          sn) != 0) {
+        __atomic_sub_fetch(&st->snap_threads, 1, __ATOMIC_ACQ_REL);
         pst_pipe_destroy(&sn->pipe);
         free(sn->schema);
         free(sn);
         return NULL;
     }
+    pthread_detach(sn->tid);
     sn->started = true;
     return sn;
 }
 
+/* Never waits: a running thread is told to stop and frees sn itself. */
 static void snap_free(snap *sn)
 {
-    uv_thread_join(&sn->tid);
+    pthread_mutex_lock(&sn->pipe.mu);
+    bool fin = sn->finished;
+    if (!fin) sn->detached = true;
+    pthread_mutex_unlock(&sn->pipe.mu);
+    if (!fin) return;
     pst_pipe_destroy(&sn->pipe);
     free(sn->schema);
     free(sn);
@@ -987,9 +1008,14 @@ static void encode_changes(read_job *rj, PGresult *r)
         cp[i] = &cv[i];
     }
     Msg m = PMGCM__STORE__MSG__INIT;
+    Pmgcm__Store__Pos hd = PMGCM__STORE__POS__INIT;
     m.kind = PMGCM__STORE__MSG__KIND__CHANGES;
     m.n_changes = (size_t)n;
     m.changes = cp;
+    /* the server's head, so the client knows how far behind it is */
+    hd.epoch = cv[n - 1].epoch;
+    hd.seq = rj->upto;
+    m.head = &hd;
     rj->frame_len = pmgcm__store__msg__get_packed_size(&m);
     rj->frame = malloc(rj->frame_len);
     if (rj->frame) pmgcm__store__msg__pack(&m, rj->frame);
@@ -1292,13 +1318,46 @@ static void apply_run(pst_job *j, PGconn *c)
         j->rc = PST_EDB;
         return;
     }
-    Msg *m = pmgcm__store__msg__unpack(NULL, aj->frame->len, aj->frame->data);
-    if (!m || m->n_changes == 0) {
-        snprintf(err, el, "malformed changes");
-        j->rc = PST_EPROTO;
-        if (m) pmgcm__store__msg__free_unpacked(m, NULL);
+    /* every queued frame in one transaction: one commit per batch of
+     * frames keeps up with many small frames */
+    size_t nf = 0, total = 0;
+    for (pst_buf *b = aj->frame; b; b = b->next) nf++;
+    Msg **msgs = calloc(nf ? nf : 1, sizeof(*msgs));
+    if (!msgs) {
+        j->rc = -ENOMEM;
         return;
     }
+    nf = 0;
+    for (pst_buf *b = aj->frame; b; b = b->next) {
+        Msg *one = pmgcm__store__msg__unpack(NULL, b->len, b->data);
+        if (!one || one->n_changes == 0) {
+            if (one) pmgcm__store__msg__free_unpacked(one, NULL);
+            for (size_t q = 0; q < nf; q++)
+                pmgcm__store__msg__free_unpacked(msgs[q], NULL);
+            free(msgs);
+            snprintf(err, el, "malformed changes");
+            j->rc = PST_EPROTO;
+            return;
+        }
+        msgs[nf++] = one;
+        total += one->n_changes;
+    }
+    Change **all = malloc(total * sizeof(*all));
+    if (!all) {
+        for (size_t q = 0; q < nf; q++)
+            pmgcm__store__msg__free_unpacked(msgs[q], NULL);
+        free(msgs);
+        j->rc = -ENOMEM;
+        return;
+    }
+    total = 0;
+    for (size_t q = 0; q < nf; q++)
+        for (size_t c2 = 0; c2 < msgs[q]->n_changes; c2++)
+            all[total++] = msgs[q]->changes[c2];
+    struct {
+        size_t n_changes;
+        Change **changes;
+    } mm = {total, all}, *m = &mm;
     int rc = pst_exec(c, "BEGIN", err, el);
     PGresult *r = NULL;
     char *buf = NULL;
@@ -1481,7 +1540,10 @@ static void apply_run(pst_job *j, PGconn *c)
 out:
     PQclear(r);
     free(buf);
-    pmgcm__store__msg__free_unpacked(m, NULL);
+    for (size_t f = 0; f < nf; f++)
+        pmgcm__store__msg__free_unpacked(msgs[f], NULL);
+    free(msgs);
+    free(all);
     j->rc = rc;
 }
 
@@ -1493,7 +1555,11 @@ static void apply_done(pst_job *j)
     pst_store *st = j->st;
     pst_session *s = aj->s;
     if (!aj->is_origin) st->apply_busy = false;
-    free(aj->frame);
+    while (aj->frame) {
+        pst_buf *b = aj->frame;
+        aj->frame = b->next;
+        free(b);
+    }
     if (st->closing) {
         free(aj);
         return;
@@ -1541,12 +1607,20 @@ static void apply_pump(pst_session *s)
         goto flow;
     apply_job *aj = calloc(1, sizeof(*aj));
     if (!aj) goto flow;
-    pst_buf *b = s->ap_head;
-    s->ap_head = b->next;
+    /* up to 64 frames / 32 MB in one transaction */
+    pst_buf *first = s->ap_head, *last = first;
+    size_t bytes = first->len, cnt = 1;
+    while (last->next && cnt < 64 && bytes + last->next->len <= (32u << 20)) {
+        last = last->next;
+        bytes += last->len;
+        cnt++;
+    }
+    s->ap_head = last->next;
     if (!s->ap_head) s->ap_tail = NULL;
-    s->ap_n--;
+    last->next = NULL;
+    s->ap_n -= cnt;
     aj->s = s;
-    aj->frame = b;
+    aj->frame = first;
     aj->is_origin = org;
     aj->origin = s->origin;
     aj->j.run = apply_run;
@@ -1664,6 +1738,7 @@ static void client_frame_subscribe(pst_session *s, const uint8_t *buf,
         if (m->n_changes == 0) break;
         Change *l = m->changes[m->n_changes - 1];
         pst_pos hp = {l->epoch, l->seq};
+        if (m->head && m->head->seq > hp.seq) hp.seq = m->head->seq;
         if (s->kind == PST_SUBSCRIBE && pst_pos_cmp(i->head, hp) < 0) {
             i->head = hp;
             i->head_ts_us = l->ts_us;

@@ -14,6 +14,7 @@
 #define SETUP_RETRY_MS 2000
 #define TICK_MS 1000
 #define TRIM_EVERY_MS 10000
+#define VACUUM_EVERY_MS 2000
 
 const char *pst_strerror(int err)
 {
@@ -550,6 +551,10 @@ static void timer_cb(uv_timer_t *t)
     if (st->info.master) pst_start_capture(st);
     pst_start_ocapture(st);
     uint64_t now = pst_mono_ms();
+    if (now - st->last_vacuum_ms >= VACUUM_EVERY_MS) {
+        st->last_vacuum_ms = now;
+        pst_start_vacuum(st);
+    }
     if (now - st->last_trim_ms >= TRIM_EVERY_MS) {
         st->last_trim_ms = now;
         pst_start_trim(st);
@@ -666,6 +671,12 @@ void pst_close(pst_store *st)
         q = n;
     }
     pst_roles_free(st);
+    /* snapshot threads were told to stop with their sessions: they signal
+     * the async handle until they are gone, so wait for them (bounded) */
+    for (int i = 0; i < 10000 &&
+                    __atomic_load_n(&st->snap_threads, __ATOMIC_ACQUIRE) > 0;
+         i++)
+        uv_sleep(1);
     st->refs += 2;
     uv_close((uv_handle_t *)&st->async, close_free_cb);
     uv_close((uv_handle_t *)&st->timer, close_free_cb);
