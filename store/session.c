@@ -1027,6 +1027,21 @@ static void encode_changes(read_job *rj, PGresult *r)
     free(cp);
 }
 
+/* Runs a log query (seq, epoch, op, tbl, old, new, ts_us, last, origin)
+ * and encodes its rows as the next CHANGES frame. */
+static void read_entries(read_job *rj, PGconn *c, const char *sql, int n,
+                         const char *const *pv)
+{
+    PGresult *r = PQexecParams(c, sql, n, NULL, pv, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        pst_pgerr(c, r, rj->j.err, sizeof(rj->j.err));
+        rj->j.rc = PST_EDB;
+    } else {
+        encode_changes(rj, r);
+    }
+    PQclear(r);
+}
+
 static void read_run(pst_job *j, PGconn *c)
 {
     read_job *rj = (read_job *)j;
@@ -1052,21 +1067,13 @@ static void read_run(pst_job *j, PGconn *c)
         char lim[16];
         snprintf(lim, sizeof(lim), "%d", READ_BATCH);
         pv[3] = lim;
-        PGresult *r = PQexecParams(
-            c,
-            "SELECT seq, 0, op, tbl, old::text, new::text,"
-            " (extract(epoch FROM ts) * 1000000)::bigint, last, origin"
-            " FROM pmgcm.olog WHERE origin = $1::int AND seq > $2::bigint"
-            " AND seq <= $3::bigint ORDER BY seq LIMIT $4::int",
-            4, NULL, pv, NULL, NULL, 0);
-        if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-            pst_pgerr(c, r, err, el);
-            PQclear(r);
-            j->rc = PST_EDB;
-            return;
-        }
-        encode_changes(rj, r);
-        PQclear(r);
+        read_entries(rj, c,
+                     "SELECT seq, 0, op, tbl, old::text, new::text,"
+                     " (extract(epoch FROM ts) * 1000000)::bigint, last,"
+                     " origin FROM pmgcm.olog WHERE origin = $1::int AND seq >"
+                     " $2::bigint AND seq <= $3::bigint ORDER BY seq LIMIT"
+                     " $4::int",
+                     4, pv);
         return;
     }
     if (rj->check) {
@@ -1118,21 +1125,12 @@ static void read_run(pst_job *j, PGconn *c)
     char lim[16];
     snprintf(lim, sizeof(lim), "%d", READ_BATCH);
     const char *pv3[3] = {pv[0], pv[1], lim};
-    PGresult *r = PQexecParams(
-        c,
-        "SELECT seq, epoch, op, tbl, old::text, new::text,"
-        " (extract(epoch FROM ts) * 1000000)::bigint, last, origin"
-        " FROM pmgcm.log WHERE seq > $1::bigint AND seq <= $2::bigint"
-        " ORDER BY seq LIMIT $3::int",
-        3, NULL, pv3, NULL, NULL, 0);
-    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-        pst_pgerr(c, r, err, el);
-        PQclear(r);
-        j->rc = PST_EDB;
-        return;
-    }
-    encode_changes(rj, r);
-    PQclear(r);
+    read_entries(rj, c,
+                 "SELECT seq, epoch, op, tbl, old::text, new::text,"
+                 " (extract(epoch FROM ts) * 1000000)::bigint, last, origin"
+                 " FROM pmgcm.log WHERE seq > $1::bigint AND seq <= $2::bigint"
+                 " ORDER BY seq LIMIT $3::int",
+                 3, pv3);
 }
 
 static void serve_pump(pst_session *s);
