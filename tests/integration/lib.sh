@@ -414,3 +414,30 @@ it_report_shutdown() {
         it_not_ok "every daemon exits 0 on SIGTERM; no sanitizer report in any log: $bad"
     fi
 }
+
+# ---- network faults (netns mode only; return 1 in loopback mode) -----------------
+# it_link I down|up: node I's veth port on the bridge down or up: node I
+# hears nobody and nobody hears it (its own interface stays configured).
+it_link() {
+    [[ $IT_MODE == netns ]] || return 1
+    ip -n "$IT_BRNS" link set "vh$1" "$2"
+}
+# it_partition "I J ...": moves the listed nodes' ports to a second bridge
+# br1: they hear each other and nobody else (a partition); the rest stay
+# on br0. it_heal_partition puts every port back on br0 and up.
+it_partition() {
+    local i
+    [[ $IT_MODE == netns ]] || return 1
+    if ! ip -n "$IT_BRNS" link show br1 >/dev/null 2>&1; then
+        ip -n "$IT_BRNS" link add br1 type bridge && ip -n "$IT_BRNS" link set br1 up || return 1
+    fi
+    for i in $1; do ip -n "$IT_BRNS" link set "vh$i" master br1 || return 1; done
+}
+it_heal_partition() {
+    local i rc=0
+    [[ $IT_MODE == netns ]] || return 1
+    for ((i = 1; i <= IT_N; i++)); do
+        ip -n "$IT_BRNS" link set "vh$i" master br0 up || rc=1
+    done
+    return $rc
+}
