@@ -86,7 +86,7 @@ pg_sock() { echo "$DEMO/pg/node$1"; }
 pg_data() { echo "$DEMO/pg/node$1.data"; }
 pg_as_user() { (cd / && runuser -u "$PG_USER" -- "$@"); }
 # psql_n I [ARGS...]: psql on node I's database pmg, quiet, stops at an error
-psql_n() { local i=$1; shift; "$PG_BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -h "$(pg_sock "$i")" -U postgres -d pmg "$@"; }
+psql_n() { local i=$1; shift; "$PG_BINDIR/psql" -X -q -P pager=off -v ON_ERROR_STOP=1 -h "$(pg_sock "$i")" -U postgres -d pmg "$@"; }
 # val I SQL: one value, empty when the query failed
 val() { { psql_n "$1" -At -c "$2" 2>/dev/null || true; } | head -n1; }
 pg_running() { # pg_running I: node I's postmaster.pid names a live process
