@@ -839,6 +839,7 @@ typedef struct join_job {
     int rc;
     pmm_cnode cand;
     throttle *thr;
+    char *schema; /* the joiner's table definitions, or NULL */
 } join_job;
 
 static void sconn_release(sconn *s)
@@ -850,6 +851,7 @@ static void sconn_release(sconn *s)
 static void join_job_free(join_job *j)
 {
     memset(j->password, 0, sizeof(j->password));
+    free(j->schema);
     free(j);
 }
 
@@ -914,7 +916,7 @@ static void join_hash_body(join_job *j, int status, pmm_lc *lc)
     }
     /* the cluster may have changed while we hashed: check again */
     const char *why = NULL;
-    char eb[160];
+    char eb[160], sbuf[800];
     if (!is_master(lc)) {
         why = "this node is no longer the master";
     } else if (!pmm_password_match(j->hash, lc->cl.hash)) {
@@ -945,6 +947,17 @@ static void join_hash_body(join_job *j, int status, pmm_lc *lc)
             snprintf(eb, sizeof(eb), "this node is already in the cluster as "
                      "%s (cid %u)", c->name, c->cid);
             why = eb;
+        } else if (j->schema && pmm_repl_schema(lc->repl) &&
+                   strcmp(j->schema, pmm_repl_schema(lc->repl)) != 0) {
+            /* told only to a joiner that knows the password */
+            char d[600];
+            pst_schema_diff(j->schema, pmm_repl_schema(lc->repl), d, sizeof(d));
+            lc_log(PMM_LOG_WARN, "join of %s refused: schema mismatch: %s",
+                   j->cand.name, d);
+            snprintf(sbuf, sizeof(sbuf), "schema mismatch: %s (nothing was "
+                     "changed; make the table definitions equal, then join "
+                     "again)", d);
+            why = sbuf;
         }
     }
     j->thr->pending = false;
@@ -1030,6 +1043,7 @@ static void handle_join(pmm_lc *lc, sconn *s, const Req *r)
     c->gossip_port = (uint16_t)jr->gossip_port;
     c->api_port = (uint16_t)jr->api_port;
     memcpy(c->node_id.b, jr->node_id.data, GSP_ID_LEN);
+    if (jr->schema) j->schema = strdup(jr->schema); /* NULL: not compared */
     pmm_tls_fp fp;
     pmm_tls_conn_peer_fp(s->conn, &fp);
     pmm_tls_fp_str(&fp, c->fp, sizeof(c->fp));
@@ -1497,6 +1511,11 @@ static void cmd_join(pmm_lc *lc, pmm_ctl_req *ctl, const pmm_json *args)
     jr.api_port = lc->env.api_port;
     jr.node_id.data = lc->env.node_id.b;
     jr.node_id.len = GSP_ID_LEN;
+    /* our replicated tables, for the master to compare before admitting
+     * us (a joiner's request is small: large schemas are checked at the
+     * snapshot instead) */
+    const char *schema = pmm_repl_schema(lc->repl);
+    if (schema && strlen(schema) <= 48 * 1024) jr.schema = (char *)schema;
     char fps[PMM_TLS_FP_STR_SIZE];
     pmm_tls_fp_str(&fp, fps, sizeof(fps));
     int rc = op_start(lc, o, ip, port, fps, &r);

@@ -799,3 +799,8 @@ size_t pmm_repl_origins(const pmm_repl *r, pst_origin *out, size_t max)
 {
     return r ? pst_get_origins(r->st, out, max) : 0;
 }
+
+const char *pmm_repl_schema(const pmm_repl *r)
+{
+    return r && !r->closing ? pst_schema(r->st) : NULL;
+}

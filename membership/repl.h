@@ -42,6 +42,9 @@ void pmm_repl_close(pmm_repl *r);
 void pmm_repl_cluster_changed(pmm_repl *r);
 /* The store's state (zeroed, state PST_OFF, when r is NULL). */
 void pmm_repl_info(const pmm_repl *r, pst_info *out);
+/* This node's replicated table definitions (pst_schema), or NULL without
+ * a store or before its database is ready. */
+const char *pmm_repl_schema(const pmm_repl *r);
 /* Per-origin positions (store/store.h pst_get_origins); 0 when r NULL. */
 size_t pmm_repl_origins(const pmm_repl *r, pst_origin *out, size_t max);
 

@@ -288,6 +288,14 @@ static int get_int(const pmm_json *o, const char *key, double lo, double hi,
     return 0;
 }
 
+/* A number that converts to uint64_t (a larger double is undefined
+ * behaviour to convert). */
+static bool u64_ok(const pmm_json *v)
+{
+    return v != NULL && v->type == PMM_JSON_NUMBER && v->num >= 0 &&
+           v->num < 18446744073709551616.0;
+}
+
 int pmm_status_from_json(const pmm_json *arr, pmm_status_row **rows_out,
                          size_t *n_out, char *err, size_t errlen)
 {
@@ -403,9 +411,7 @@ int pmm_status_from_json(const pmm_json *arr, pmm_status_row **rows_out,
             q = pmm_json_get(j, "seq");
             lc = pmm_json_get(j, "lag_changes");
             ls = pmm_json_get(j, "lag_seconds");
-            if (!e || e->type != PMM_JSON_NUMBER || e->num < 0 || !q ||
-                q->type != PMM_JSON_NUMBER || q->num < 0 || !lc ||
-                lc->type != PMM_JSON_NUMBER || lc->num < 0 || !ls ||
+            if (!u64_ok(e) || !u64_ok(q) || !u64_ok(lc) || !ls ||
                 ls->type != PMM_JSON_NUMBER || ls->num < 0) {
                 bad = "db";
                 goto fail;
@@ -418,9 +424,8 @@ int pmm_status_from_json(const pmm_json *arr, pmm_status_row **rows_out,
                     const pmm_json *oc = pmm_json_get(it, "cid"),
                                    *os = pmm_json_get(it, "seq"),
                                    *ob = pmm_json_get(it, "behind");
-                    if (!oc || oc->type != PMM_JSON_NUMBER || oc->num < 0 ||
-                        !os || os->type != PMM_JSON_NUMBER || os->num < 0 ||
-                        !ob || ob->type != PMM_JSON_NUMBER || ob->num < 0) {
+                    if (!u64_ok(oc) || oc->num > UINT32_MAX ||
+                        !u64_ok(os) || !u64_ok(ob)) {
                         bad = "db.origins";
                         goto fail;
                     }

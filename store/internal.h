@@ -95,7 +95,7 @@ struct pst_store {
     char *schema_text;          /* canonical table definitions */
     bool setup_busy, capture_busy, capture_again, apply_busy, trim_busy;
     bool vacuum_busy;
-    uint64_t last_vacuum_ms;
+    uint64_t last_vacuum_ms, last_check_ms;
     uv_timer_t timer;           /* setup retry, capture fallback, trim */
     uint64_t last_trim_ms;
     uint32_t self_cid;

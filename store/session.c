@@ -217,8 +217,22 @@ static int put_msg(snap *sn, const Msg *m)
     return rc;
 }
 
+const char *pst_schema(const pst_store *st)
+{
+    return st->info.ready ? st->schema_text : NULL;
+}
+
+const char *pst_schema_diff(const char *mine, const char *master, char *buf,
+                            size_t len);
+
 static const char *first_diff(const char *a, const char *b, char *buf,
                               size_t len)
+{
+    return pst_schema_diff(a, b, buf, len);
+}
+
+const char *pst_schema_diff(const char *a, const char *b, char *buf,
+                            size_t len)
 {
     /* the first line that differs, from either side */
     while (*a && *b) {

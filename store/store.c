@@ -15,6 +15,7 @@
 #define TICK_MS 1000
 #define TRIM_EVERY_MS 10000
 #define VACUUM_EVERY_MS 2000
+#define CHECK_EVERY_MS 5000
 
 const char *pst_strerror(int err)
 {
@@ -346,6 +347,9 @@ static void async_cb(uv_async_t *a)
 
 typedef struct setup_job {
     pst_job j;
+    bool check_only;  /* compare the definitions, set up only if changed */
+    bool changed;     /* check_only found a difference and set up again */
+    char *old_text;   /* check_only: the definitions in use (a copy) */
     char *schema_text;
     pst_info info;
     pst_origin opos[PST_ORIGINS_MAX];
@@ -359,6 +363,18 @@ static void setup_run(pst_job *j, PGconn *c)
         j->rc = PST_EDB;
         return;
     }
+    if (s->check_only) {
+        /* cheap: the definitions as they are now; the full setup (triggers,
+         * apply functions) only when they changed */
+        j->rc = pst_schema_text(c, j->st, &s->schema_text, j->err,
+                                sizeof(j->err));
+        if (j->rc || !s->schema_text || !s->old_text ||
+            strcmp(s->schema_text, s->old_text) == 0)
+            return;
+        free(s->schema_text);
+        s->schema_text = NULL;
+        s->changed = true;
+    }
     j->rc = pst_db_setup(c, j->st, j->err, sizeof(j->err), &s->schema_text,
                          &s->info, s->opos, &s->n_opos);
 }
@@ -370,7 +386,29 @@ static void setup_done(pst_job *j)
     setup_job *s = (setup_job *)j;
     pst_store *st = j->st;
     st->setup_busy = false;
+    free(s->old_text);
     if (st->closing) {
+        free(s->schema_text);
+        free(s);
+        return;
+    }
+    if (s->check_only) {
+        /* a ready store re-read its definitions: keep positions and state */
+        if (j->rc == 0 && s->changed) {
+            free(st->schema_text);
+            st->schema_text = s->schema_text;
+            s->schema_text = NULL;
+            st->info.n_tables = s->info.n_tables;
+            st->info.n_origin_tables = s->info.n_origin_tables;
+            memcpy(st->info.schema_digest, s->info.schema_digest,
+                   sizeof(st->info.schema_digest));
+            pst_log(st, 2, "store: table definitions changed: %zu replicated"
+                    " tables now, schema %s", st->info.n_tables,
+                    st->info.schema_digest);
+            pst_changed(st);
+        } else if (j->rc) {
+            pst_log(st, 1, "store: re-reading table definitions: %s", j->err);
+        }
         free(s->schema_text);
         free(s);
         return;
@@ -413,6 +451,27 @@ static void setup_done(pst_job *j)
     pst_changed(st);
     pst_roles_kick(st);
     pst_sessions_head(st);
+}
+
+/* Every few seconds: did the table definitions change (a new table, a
+ * column)? Then triggers and apply functions follow, and joins and
+ * snapshots compare the new definitions. */
+static void setup_check(pst_store *st)
+{
+    if (st->setup_busy || !st->info.ready || st->closing || !st->schema_text)
+        return;
+    setup_job *s = calloc(1, sizeof(*s));
+    if (!s) return;
+    s->check_only = true;
+    s->old_text = strdup(st->schema_text);
+    if (!s->old_text) {
+        free(s);
+        return;
+    }
+    st->setup_busy = true;
+    s->j.run = setup_run;
+    s->j.done = setup_done;
+    pst_submit(st, &s->j);
 }
 
 static void setup_start(pst_store *st)
@@ -558,6 +617,10 @@ static void timer_cb(uv_timer_t *t)
     if (now - st->last_trim_ms >= TRIM_EVERY_MS) {
         st->last_trim_ms = now;
         pst_start_trim(st);
+    }
+    if (now - st->last_check_ms >= CHECK_EVERY_MS) {
+        st->last_check_ms = now;
+        setup_check(st);
     }
     pst_sessions_head(st);
 }

@@ -150,6 +150,14 @@ typedef struct pst_info {
 
 /* A snapshot of the store's state. */
 void pst_get_info(const pst_store *st, pst_info *out);
+/* The canonical text of the replicated set's definitions (one line per
+ * table: "schema.table(col type, ...) pk(cols)"), or NULL before the
+ * database is ready. Valid until the next callback into the store. */
+const char *pst_schema(const pst_store *st);
+/* The first difference between the master's and this node's schema text,
+ * in words, into buf ("identical" when equal). Returns buf. */
+const char *pst_schema_diff(const char *mine, const char *master, char *buf,
+                            size_t len);
 
 /* ---- per-origin tables ------------------------------------------------------
  * Tables named in origin_tables ("schema.table:column") hold every node's
