@@ -265,3 +265,48 @@ pg_bg() {
         -f - <"$2" >"$3" 2>"$3.err" &
     PG_BG_PID=$!
 }
+
+# ---- per-origin tables (db_origin_tables, store/store.h) -----------------------------
+# PG_ORIGIN_TABLES: the db_origin_tables value for pg_origin_schema's tables.
+PG_ORIGIN_TABLES="public.quarantine:cid, public.stats:cid"
+# pg_origin_schema I: two per-origin tables (every node writes its own rows,
+# keyed by its cid), like PMG's quarantine metadata and statistics:
+#   quarantine  (cid, rid) key; text, int, timestamptz
+#   stats       (cid, day, k) key; a counter
+pg_origin_schema() {
+    pg_sql "$1" >/dev/null <<'EOF2'
+CREATE TABLE public.quarantine (cid int, rid bigint, subject text, n int NOT NULL DEFAULT 0, ts timestamptz, PRIMARY KEY (cid, rid));
+CREATE TABLE public.stats (cid int, day int, k text, n bigint NOT NULL, PRIMARY KEY (cid, day, k));
+EOF2
+}
+# pg_cid I: the cid node I's store knows itself by (pmgcm.state.cid).
+pg_cid() { pg_val "$1" "SELECT cid FROM pmgcm.state"; }
+# pg_origin_checksum I [TABLE:COL ...]: one line per per-origin table and
+# origin: "schema.table cid rows md5" (md5 over the rows' text in primary
+# key order), default PG_ORIGIN_TABLES. Equal output on two nodes means
+# every origin's rows are equal.
+pg_origin_checksum() {
+    local i=$1 tc t c
+    shift
+    (($# == 0)) && set -- ${PG_ORIGIN_TABLES//,/ }
+    for tc in "$@"; do
+        t=${tc%%:*} c=${tc#*:}
+        pg_sql "$i" 2>&1 <<EOF2
+\\pset fieldsep ' '
+SELECT format('SELECT %L, t.%I, count(*), md5(string_agg(t::text, ''|'' ORDER BY %s)) FROM %s t GROUP BY t.%I ORDER BY 2',
+              '$t', '$c',
+              (SELECT string_agg(format('t.%I', a.attname), ', ' ORDER BY k.ord)
+                 FROM pg_index x, unnest(x.indkey) WITH ORDINALITY k(attnum, ord), pg_attribute a
+                WHERE x.indrelid = '$t'::regclass AND x.indisprimary AND a.attrelid = x.indrelid AND a.attnum = k.attnum),
+              '$t', '$c')
+\\gexec
+EOF2
+    done
+}
+# pg_origin_max I TABLE COL KEY CID: max(KEY) of origin CID's rows in TABLE
+# on node I (0 when none or unreadable).
+pg_origin_max() {
+    local v
+    v=$(pg_val "$1" "SELECT coalesce(max($4), 0) FROM $2 WHERE $3 = $5")
+    echo "${v:-0}"
+}
