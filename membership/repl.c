@@ -18,6 +18,7 @@
 #define SCHEMA_RETRY_MS 15000
 #define PROMO_QUERY_MS 3000
 #define PROMO_CATCHUP_MS 60000
+#define STREAM_IDLE_MS 15000
 #define STREAM_MAX_FRAME (64u << 20) /* a change: old + new row as JSON */
 
 typedef Pmgcm__Cluster__Request Req;
@@ -374,6 +375,10 @@ static rlink *connect_to2(pmm_repl *r, const pmm_cnode *n, pst_open_kind kind,
     pmm_tls_opts o;
     pmm_tls_opts_default(&o);
     o.max_frame = STREAM_MAX_FRAME;
+    /* the server sends at least a keepalive every 5 s: a stream silent for
+     * longer than this is dead (a partition, a frozen peer) even if TCP
+     * has not noticed; reading paused by us does not count */
+    o.idle_timeout_ms = STREAM_IDLE_MS;
     if (pmm_tls_connect(&l->conn, r->env.loop, (struct sockaddr *)&ss,
                         pmm_lc_identity(r->env.lc), &fp, &cb,
                         CONNECT_TIMEOUT_MS, &o) != 0) {
@@ -575,8 +580,13 @@ static void origin_links(pmm_repl *r, const pmm_cluster *cl,
         if (!l->client || l->kind != PST_OSUBSCRIBE || l->ended || !l->conn)
             continue;
         const pmm_cnode *o = pmm_cluster_by_cid(cl, l->origin);
+        const pmm_cnode *src = pmm_cluster_by_cid(cl, l->peer_cid);
         if (!o || o == self || (l->peer_cid != l->origin && node_alive(r, o)))
             link_end(l, -ECANCELED, "origin source changed");
+        else if (!src || !node_alive(r, src))
+            /* gossip says the source is gone: another live peer may hold
+             * those rows; don't wait for TCP to notice */
+            link_end(l, -ECANCELED, "origin source not alive");
     }
     if (!in->loaded || !in->n_origin_tables) return;
     for (size_t i = 0; i < cl->n_nodes; i++) {
@@ -683,6 +693,10 @@ static void decide(pmm_repl *r)
     }
     if (!src) src = m;
     if (r->up && r->up->peer_cid != src->cid) drop_up(r);
+    if (r->up && r->up->conn) {
+        const pmm_cnode *up = pmm_cluster_by_cid(cl, r->up->peer_cid);
+        if (!up || !node_alive(r, up)) drop_up(r); /* gossip: it is gone */
+    }
     if (r->up && r->up->kind == PST_SUBSCRIBE && !in.loaded) drop_up(r);
     if (r->up || now_ms(r) < r->retry_at) return;
     if (!r->role_valid || r->role_master) return;
