@@ -14,12 +14,14 @@
 #   9  INSERT/UPDATE/DELETE/TRUNCATE on a follower refused, the error names
 #      the master; local tables stay writable
 #      every kind of change: key updates, composite keys, TRUNCATE,
-#      savepoints, rollbacks, odd values
+#      savepoints, rollbacks, odd values, rows of several MB
 #   2  8 concurrent writers on the master, some transactions sleeping so
 #      that they commit out of the order of their changes: rows = acks
+#      the master's daemon restarted while a writer runs: nothing lost
 #   3  kill -9 of a follower's daemon while it applies a 50k-change burst
 #   4  a follower down during 50k changes catches up by deltas (its
-#      pmgcm.state.snapshots unchanged)
+#      pmgcm.state.snapshots unchanged); meanwhile its status says
+#      catching-up with a lag, the text status S
 #   6  kill -9 of the master while a writer runs; the least up-to-date
 #      node is promoted (--force): it first catches up from the most
 #      advanced one; everything that one held survives
@@ -29,6 +31,8 @@
 #   5  db_log_retention_s = 5: a follower away longer takes a snapshot
 #   8  a joiner whose schema differs (a column type): schema mismatch, its
 #      rows untouched
+#      changes bigger than a stream frame (8 MiB): a 5 MB text updated to
+#      another 5 MB text, a 5 MB bytea (10 MB as JSON hex)
 #
 # Needs root (PostgreSQL runs as the postgres user) and PostgreSQL 15.
 set -u
@@ -333,12 +337,15 @@ BEGIN;
 TRUNCATE objects;
 INSERT INTO objects VALUES (1, '\xdeadbeef', '[1, "two", {"3": 4}]', 2.5, 7, ARRAY['after', 'truncate']);
 COMMIT;
+INSERT INTO objects VALUES (200, decode(repeat('00ff7f', 500000), 'hex'), jsonb_build_object('big', repeat('x', 1000000)), 0, 0, NULL);
+UPDATE mail SET subject = repeat('s', 3000000) WHERE id = 44;
+UPDATE mail SET subject = repeat('t', 3000000) WHERE id = 44;
 EOF
 )
 prc=$?
 if ((prc == 0)) && wait_converged "$ALL3" 30 &&
     [[ $(count_range 2 6000001 6000003) == 1 && $(pg_val 3 "SELECT count(*) FROM rules WHERE id = 1007") == 1 ]]; then
-    it_ok "key updates, composite keys, TRUNCATE (alone and in a transaction), savepoints, rollbacks, odd values: all three equal after $(since $t0) s"
+    it_ok "key updates, composite keys, TRUNCATE (alone and in a transaction), savepoints, rollbacks, odd values, rows of 1-3 MB: all three equal after $(since $t0) s"
 else
     it_not_ok "every kind of change reaches every node"
     it_diag "psql exit $prc: ${o:0:400}"
@@ -402,6 +409,36 @@ else
     show "$ALL3"
 fi
 
+# ==== the master's daemon restarted while a writer runs ===========================
+# what is committed while the daemon is away is numbered when it is back:
+# nothing lost, nothing divergent
+WR=35000000
+for ((j = 1; j <= 20000; j++)); do
+    echo "INSERT INTO mail SELECT $((WR + j)), 'wr', 'restart $j', $j, now() FROM pg_sleep(0.002);"
+    echo "\\echo ack $j"
+done >"$IT_DIR/wr.sql"
+pg_bg 1 "$IT_DIR/wr.sql" "$IT_DIR/wr.out"
+WRPID=$PG_BG_PID
+it_wait_until "(( \$(acks '$IT_DIR/wr.out') >= 200 ))" 20
+stop_node 1
+a_stop=$(acks "$IT_DIR/wr.out")
+it_wait_until "(( \$(acks '$IT_DIR/wr.out') >= $a_stop + 300 ))" 20
+start_node 1
+a_start=$(acks "$IT_DIR/wr.out")
+it_wait_until "(( \$(acks '$IT_DIR/wr.out') >= $a_start + 300 ))" 20
+kill "$WRPID" 2>/dev/null
+wait "$WRPID" 2>/dev/null
+a_end=$(acks "$IT_DIR/wr.out")
+n1=$(count_range 1 $WR $((WR + 99999)))
+t0=$(it_now_ms)
+if wait_converged "$ALL3" 60 && ((n1 >= a_end)) && [[ $(count_range 3 $WR $((WR + 99999))) == "$n1" && $(div_count 1) == 0 ]]; then
+    it_ok "the master's daemon stopped and restarted while a writer runs ($((a_start - a_stop)) transactions while it was away): all $n1 rows everywhere $(since $t0) s later, no divergence"
+else
+    it_not_ok "the master's daemon restarted under writes: nothing lost"
+    it_diag "acks: $a_stop at the stop, $a_start at the start, $a_end in the end; node1 holds $n1, node3 $(count_range 3 $WR $((WR + 99999))); node1's divergence: $(div_count 1)"
+    show "$ALL3"
+fi
+
 # ==== 3: kill -9 of a follower while it applies a big burst ===============================
 # 100 transactions of 500 updates each (50k changes)
 for ((k = 0; k < 100; k++)); do
@@ -452,12 +489,35 @@ it_diag "node3 stopped at seq $p3; 50k changes committed on node1 in $(since $t0
 it_wait_until "(( \$(seq_of 2) >= $p3 + 50000 ))" 60 || it_diag "node2 is at seq $(st 2 seq) only"
 t0=$(it_now_ms)
 start_node 3
-if ((drc == 0)) && wait_converged "$ALL3" 120 && [[ "$(st 3 snapshots)" == "$sn3" ]]; then
+# while it catches up: what do its status and the text status say?
+LAG_SEEN= S_SEEN= LAG_POLL=0
+sample_lag() {
+    local now d
+    now=$(it_now_ms)
+    ((now - LAG_POLL < 300)) && return 0
+    LAG_POLL=$now
+    d=$(db 3)
+    [[ -z "$LAG_SEEN" ]] && jq -e '(.state == "catching-up" or .state == "loading") and .lag_changes > 0' <<<"$d" >/dev/null 2>&1 &&
+        LAG_SEEN=$d
+    [[ -z "$S_SEEN" ]] && PMGCM_SOCKET=$(it_sock 1) timeout 10 "$PMGCM" status 2>/dev/null | awk 'index($1, "node3(") == 1 { print $4 }' | grep -qx S &&
+        S_SEEN=1
+    return 0
+}
+CONV_LAST=0 CONV_POLL=0
+if ((drc == 0)) && it_wait_until "sample_lag; converged '$ALL3'" 120 && [[ "$(st 3 snapshots)" == "$sn3" ]]; then
     it_ok "node3, stopped while 50k changes were made, catches up by deltas: all three equal $(since $t0) s after its restart, pmgcm.state.snapshots still $sn3"
 else
     it_not_ok "a follower back within retention catches up by deltas (no snapshot)"
     it_diag "snapshots $sn3 -> $(st 3 snapshots); psql exit $drc $(head -c 200 "$IT_DIR/down.err")"
     show "$ALL3"
+fi
+if [[ -n "$LAG_SEEN" && -n "$S_SEEN" ]]; then
+    it_ok "while node3 caught up its status said $LAG_SEEN and node1's text status showed it S"
+elif [[ -z "$LAG_SEEN" && -z "$S_SEEN" && $(db_field 3 state) == in-sync ]]; then
+    it_ok "# SKIP node3 caught up before its status was sampled"
+else
+    it_not_ok "while node3 caught up, its status said catching-up with lag_changes > 0 and the text status showed it S"
+    it_diag "db sample: ${LAG_SEEN:-none with a lag}; S seen: ${S_SEEN:-no}; now $(db 3)"
 fi
 
 # ==== 6: the master dies mid-stream; the least up-to-date node is promoted =====================
@@ -645,6 +705,22 @@ else
     show 4
 fi
 stop_node 4
+
+# ==== changes bigger than a stream frame (8 MiB) ===================================================
+# an UPDATE of a 5 MB text to another 5 MB text (old + new: 10 MB), a 5 MB
+# bytea (10 MB as JSON hex text), then a small change after them
+t0=$(it_now_ms)
+o=$(pg_sql 2 "UPDATE mail SET subject = repeat('u', 5000000) WHERE id = 45;
+              UPDATE mail SET subject = repeat('v', 5000000) WHERE id = 45;
+              INSERT INTO objects VALUES (300, decode(repeat('ab', 5000000), 'hex'), '{}', 0, 0, NULL);
+              INSERT INTO rules VALUES (3000, 'after the big rows', 1, true)" 2>&1)
+if wait_converged "$ALL3" 60 && [[ $(pg_val 3 "SELECT length(data) FROM objects WHERE id = 300") == 5000000 ]]; then
+    it_ok "changes of 10 MB (a 5 MB text updated to another, a 5 MB bytea) and a change after them reach every node ($(since $t0) s)"
+else
+    it_not_ok "changes of 10 MB (a 5 MB text updated to another, a 5 MB bytea) reach every node"
+    it_diag "psql: ${o:0:200}"
+    show "$ALL3"
+fi
 
 # ==== the end ===================================================================================
 if wait_converged "$ALL3" 60 && it_wait_until "in_sync '$ALL3' && letters_a 2 '$ALL3'" 30; then
