@@ -18,6 +18,8 @@ TEST_PKGS=(jq iproute2 procps valgrind python3)
 # Status port tests (tests/integration/haproxy.sh): HTTP client, the real
 # load balancer, promtool (Debian's prometheus package).
 TEST_PKGS+=(curl haproxy prometheus)
+# Fuzzing (make fuzz): clang with libFuzzer (Debian 12's clang 14 ships it).
+TEST_PKGS+=(clang)
 # Benchmark anchor (bench/detect, bench/soak compare against Serf).
 BENCH_PKGS=(serf)
 # Services: every test node gets its own throwaway PostgreSQL 15 server

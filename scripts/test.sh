@@ -7,6 +7,7 @@
 #   4. build-san/  ./configure --enable-sanitizers --enable-werror;
 #                  make -j2 && make check  (ASan + UBSan, leaks detected)
 #   5. valgrind --leak-check=full over every unit test binary of build/
+#      (tests/unit/test_*) and every fuzz corpus replay (tests/fuzz/replay_*)
 #
 # Prints the log of every failing test and ends with one line
 # `N passed, N failed` (automake TAP results of both builds, ERROR and XPASS
@@ -111,8 +112,9 @@ if [[ -d build/tests/unit ]]; then
             vg_fail=$((vg_fail + 1))
             vg_failed_logs+=("$log")
         fi
-    done < <(find build/tests/unit -maxdepth 1 -type f -perm -u+x -name 'test_*' \
-             ! -name '*.*' | sort)
+    done < <(find build/tests/unit build/tests/fuzz -maxdepth 1 -type f \
+             -perm -u+x \( -name 'test_*' -o -name 'replay_*' \) \
+             ! -name '*.*' 2>/dev/null | sort)
 fi
 if ((vg_pass + vg_fail == 0)); then
     echo "valgrind: no unit test binaries found under build/tests/unit"
