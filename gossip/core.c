@@ -9,6 +9,13 @@
  * at most one of ping/ack/ping_req/nack) is packed with protobuf-c; queued
  * updates are kept pre-packed and appended as raw `repeated` fields, which
  * protobuf defines as equivalent to one message with all fields.
+ *
+ * Replay protection: every Packet and Stream we send carries (gen, seq): our
+ * incarnation generation and a counter per channel (datagrams, stream
+ * frames). Per member and channel we keep a replay window (rwin): the
+ * highest (gen, seq) accepted and a bitmap of the 64 seqs below it. Input
+ * whose (gen, seq) is lower than the window, older than it or already in it
+ * is dropped (drop_replay) before anything in it is looked at.
  */
 #include "gossip/gossip.h"
 #include "gossip/gossip.pb-c.h"
@@ -32,6 +39,13 @@ typedef Pmgcm__Gossip__UserMsg PbUser;
 typedef Pmgcm__Gossip__Packet PbPacket;
 typedef Pmgcm__Gossip__Stream PbStream;
 
+/* Replay window: top = highest seq accepted under gen (0 = none yet); bit i
+ * of bits set = seq top - i accepted. */
+#define RWIN_BITS 64
+typedef struct rwin {
+    uint64_t gen, top, bits;
+} rwin;
+
 typedef struct member {
     gsp_id id;
     char name[GSP_NAME_MAX + 1];
@@ -47,6 +61,7 @@ typedef struct member {
     uint32_t susp_k, susp_confirms;
     gsp_id susp_from[SUSP_FROM_MAX];
     uint32_t n_susp_from;
+    rwin rw_udp, rw_tcp; /* replay windows for its datagrams, stream frames */
 } member;
 
 typedef struct bcast {
@@ -123,6 +138,7 @@ struct gsp_core {
     bqueue mq, uq;
     uint64_t bcast_order;
     uint64_t pkt_serial; /* packets built by send_packet */
+    uint64_t tx_seq_udp, tx_seq_tcp; /* replay counters we send (last used) */
 
     relay relays[RELAY_MAX];
     user_rec *users;
@@ -249,6 +265,49 @@ static void awareness_add(gsp_core *c, int delta)
     if (a < 0) a = 0;
     if (a > max) a = max;
     c->awareness = (uint32_t)a;
+}
+
+/* ---- replay windows ----------------------------------------------------- */
+
+/* Would (gen, seq) be a replay for window w? A member we hold no window for
+ * (w NULL or empty) accepts anything: first contact. */
+static bool rwin_replayed(const rwin *w, uint64_t gen, uint64_t seq)
+{
+    if (!w || !w->top) return false;
+    if (gen != w->gen) return gen < w->gen; /* a newer life starts afresh */
+    if (seq > w->top) return false;
+    if (w->top - seq >= RWIN_BITS) return true;
+    return (w->bits >> (w->top - seq)) & 1;
+}
+
+/* Records an accepted (gen, seq). */
+static void rwin_mark(rwin *w, uint64_t gen, uint64_t seq)
+{
+    if (!seq) return;
+    if (!w->top || gen > w->gen) {
+        w->gen = gen;
+        w->top = seq;
+        w->bits = 1;
+    } else if (gen == w->gen) {
+        if (seq > w->top) {
+            uint64_t d = seq - w->top;
+            w->bits = d >= RWIN_BITS ? 1 : (w->bits << d) | 1;
+            w->top = seq;
+        } else if (w->top - seq < RWIN_BITS) {
+            w->bits |= 1ULL << (w->top - seq);
+        }
+    }
+}
+
+/* Sets from, gen and seq on a Stream frame we are about to send. */
+static void stamp_stream(gsp_core *c, PbStream *s)
+{
+    s->from.data = c->self->id.b;
+    s->from.len = GSP_ID_LEN;
+    s->has_gen = 1;
+    s->gen = c->self->inc.gen;
+    s->has_seq = 1;
+    s->seq = ++c->tx_seq_tcp;
 }
 
 /* ---- member table ------------------------------------------------------- */
@@ -646,6 +705,10 @@ static void send_packet(gsp_core *c, const gsp_addr *to, PbPacket *hdr,
 {
     hdr->from.data = c->self->id.b;
     hdr->from.len = GSP_ID_LEN;
+    hdr->has_gen = 1;
+    hdr->gen = c->self->inc.gen;
+    hdr->has_seq = 1;
+    hdr->seq = ++c->tx_seq_udp;
     size_t cap = c->cfg.packet_size;
     size_t hlen = pmgcm__gossip__packet__get_packed_size(hdr);
     if (hlen > cap) return;
@@ -687,11 +750,14 @@ typedef struct upd {
 static void refute(gsp_core *c, gsp_inc accused)
 {
     member *s = c->self;
-    if (accused.gen > s->inc.gen) {
-        s->inc.gen = accused.gen;
-        s->inc.ver = accused.ver + 1;
-    } else if (accused.gen == s->inc.gen && accused.ver >= s->inc.ver) {
-        s->inc.ver = accused.ver + 1;
+    if (gsp_inc_cmp(accused, s->inc) > 0) {
+        /* newer than anything this life said: a record of an earlier life
+         * whose generation we lost (a restored data dir). Start a new
+         * generation above it, which also starts new replay windows (the
+         * others hold that life's seqs under its gen, which ours would
+         * repeat). */
+        s->inc.gen = accused.gen + 1;
+        s->inc.ver = 0;
     } else {
         s->inc.ver++;
     }
@@ -1093,8 +1159,7 @@ static void indirect_probe(gsp_core *c)
     PbStream s = PMGCM__GOSSIP__STREAM__INIT;
     Pmgcm__Gossip__Ping ping = PMGCM__GOSSIP__PING__INIT;
     s.kind = PMGCM__GOSSIP__STREAM__KIND__PING;
-    s.from.data = c->self->id.b;
-    s.from.len = GSP_ID_LEN;
+    stamp_stream(c, &s);
     ping.seq = c->probe.seq;
     ping.target.data = t->id.b;
     ping.target.len = GSP_ID_LEN;
@@ -1125,8 +1190,7 @@ static uint8_t *build_state(gsp_core *c, bool join, size_t *out_len)
 {
     PbStream s = PMGCM__GOSSIP__STREAM__INIT;
     s.kind = PMGCM__GOSSIP__STREAM__KIND__PUSHPULL;
-    s.from.data = c->self->id.b;
-    s.from.len = GSP_ID_LEN;
+    stamp_stream(c, &s);
     if (join) {
         s.has_join = 1;
         s.join = 1;
@@ -1282,7 +1346,29 @@ static PbStream *open_stream(gsp_core *c, const uint8_t *in, size_t len,
         *err = GSP_ESELF;
         return NULL;
     }
+    if (s->has_seq) {
+        gsp_id sid;
+        memcpy(sid.b, s->from.data, GSP_ID_LEN);
+        member *m = find(c, &sid);
+        if (rwin_replayed(m ? &m->rw_tcp : NULL, s->gen, s->seq)) {
+            pmgcm__gossip__stream__free_unpacked(s, NULL);
+            c->st.drop_replay++;
+            *err = GSP_EREPLAY;
+            return NULL;
+        }
+    }
     return s;
+}
+
+/* Records an accepted frame's (gen, seq) once it was processed (a join
+ * push-pull introduces its sender). */
+static void stream_mark(gsp_core *c, const PbStream *s)
+{
+    if (!s->has_seq) return;
+    gsp_id sid;
+    memcpy(sid.b, s->from.data, GSP_ID_LEN);
+    member *m = find(c, &sid);
+    if (m) rwin_mark(&m->rw_tcp, s->gen, s->seq);
 }
 
 /* Seals plaintext into a freshly allocated buffer (for stream replies). */
@@ -1338,8 +1424,7 @@ int gsp_core_stream_request(gsp_core *c, uint64_t now_ms,
             PbStream r = PMGCM__GOSSIP__STREAM__INIT;
             Pmgcm__Gossip__Ack ack = PMGCM__GOSSIP__ACK__INIT;
             r.kind = PMGCM__GOSSIP__STREAM__KIND__ACK;
-            r.from.data = c->self->id.b;
-            r.from.len = GSP_ID_LEN;
+            stamp_stream(c, &r);
             ack.seq = s->ping->seq;
             r.ack = &ack;
             uint8_t p[128];
@@ -1350,6 +1435,7 @@ int gsp_core_stream_request(gsp_core *c, uint64_t now_ms,
         c->st.drop_decode++;
         rc = GSP_EDECODE;
     }
+    if (rc != GSP_EDECODE) stream_mark(c, s);
     pmgcm__gossip__stream__free_unpacked(s, NULL);
     return rc;
 }
@@ -1382,6 +1468,7 @@ int gsp_core_stream_result(gsp_core *c, uint64_t now_ms, uint64_t req_id,
             s->ack->seq == ps.seq)
             finish_probe(c, true);
     }
+    if (rc != GSP_EDECODE) stream_mark(c, s);
     pmgcm__gossip__stream__free_unpacked(s, NULL);
     return rc;
 }
@@ -1473,6 +1560,15 @@ int gsp_core_recv(gsp_core *c, uint64_t now_ms, const gsp_addr *from,
         rc = GSP_ESELF;
         goto done;
     }
+    gsp_id sid;
+    memcpy(sid.b, p->from.data, GSP_ID_LEN);
+    member *sender = find(c, &sid);
+    if (p->has_seq &&
+        rwin_replayed(sender ? &sender->rw_udp : NULL, p->gen, p->seq)) {
+        c->st.drop_replay++;
+        rc = GSP_EREPLAY;
+        goto done;
+    }
     us = calloc(p->n_updates ? p->n_updates : 1, sizeof(*us));
     if (!us) {
         rc = -ENOMEM;
@@ -1511,9 +1607,9 @@ int gsp_core_recv(gsp_core *c, uint64_t now_ms, const gsp_addr *from,
         }
     }
 
-    gsp_id sid;
-    memcpy(sid.b, p->from.data, GSP_ID_LEN);
-    member *sender = find(c, &sid);
+    /* the packet may have introduced its sender: record its seq now */
+    sender = find(c, &sid);
+    if (sender && p->has_seq) rwin_mark(&sender->rw_udp, p->gen, p->seq);
     if (p->ping) {
         if (!memcmp(p->ping->target.data, c->self->id.b, GSP_ID_LEN))
             send_ack(c, from, p->ping->seq, sender);

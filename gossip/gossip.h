@@ -27,6 +27,7 @@ extern "C" {
 #define GSP_EDECODE    (-502) /* packet/frame is not a valid message        */
 #define GSP_ETOOBIG    (-503) /* input exceeds a configured bound           */
 #define GSP_ESELF      (-504) /* packet claims to come from our own id      */
+#define GSP_EREPLAY    (-505) /* packet/frame seen before or too old (replay) */
 
 const char *gsp_strerror(int err); /* static string, never NULL */
 
@@ -209,7 +210,25 @@ int gsp_core_broadcast(gsp_core *c, uint32_t key, uint64_t version,
 
 /* Feed one received UDP datagram (sealed if a keyring is set). Bad input
  * is dropped, counted in stats, and never changes membership: the return
- * value says why (GSP_EDECRYPT, GSP_EDECODE, GSP_ETOOBIG, ...). */
+ * value says why (GSP_EDECRYPT, GSP_EDECODE, GSP_ETOOBIG, GSP_EREPLAY...).
+ *
+ * Replay protection (wire change, gossip.proto): every Packet and Stream
+ * frame carries, inside the seal, the sender's id, `gen` (its incarnation
+ * generation at send time, bumped at every start) and `seq` (a counter
+ * from 1 per process and channel: one for datagrams, one for stream
+ * frames). For each member and channel the core keeps the highest (gen,
+ * seq) accepted and a 64-entry window below it (as IPsec/WireGuard do), and
+ * drops, counted as drop_replay, before looking at anything else in it:
+ * a lower gen (a packet from an earlier life), a seq 64 or more below the
+ * highest (too old) and a seq already accepted (a duplicate). A higher gen
+ * (a restarted node) is accepted at once and starts a new window. No clock
+ * is involved, so clock skew does not matter. Limits: a sender we hold no
+ * record of (first contact, or after our own restart) is accepted, since
+ * there is nothing to compare with (old records it might replay lose to the
+ * newer incarnations the cluster holds); input without seq (nodes from
+ * before this change) is not checked. A node whose generation went
+ * backwards (a restored data dir) is dropped as a replay until it refutes
+ * its own newer record, which moves it to a generation above it. */
 int gsp_core_recv(gsp_core *c, uint64_t now_ms, const gsp_addr *from,
                   const uint8_t *pkt, size_t len);
 
@@ -269,6 +288,7 @@ typedef struct gsp_stats {
     uint64_t probes, probe_fails, indirect_probes, tcp_fallback_probes;
     uint64_t suspicions, refutations, deaths_declared;
     uint64_t drop_decrypt, drop_decode, drop_toobig, drop_self, drop_other;
+    uint64_t drop_replay; /* replayed or too old: see "replay protection" */
     uint64_t updates_sent, user_msgs_delivered;
 } gsp_stats;
 void gsp_core_stats(const gsp_core *c, gsp_stats *out);

@@ -22,6 +22,8 @@ const char *gsp_strerror(int err)
         return "input exceeds a configured bound";
     case GSP_ESELF:
         return "packet claims to come from this node's own id";
+    case GSP_EREPLAY:
+        return "packet replayed or too old";
     default:
         break;
     }

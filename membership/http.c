@@ -720,7 +720,8 @@ static void page_metrics(pmm_buf *b, const pmm_http_view *v)
           "Outgoing TCP gossip exchanges that failed.", g->stream_failures);
     m_head(b, "pmgcm_gossip_packets_dropped_total", "counter",
            "Gossip input dropped unparsed, by reason; decrypt: no key of "
-           "the keyring opens it (wrong key or label, tampered, garbage).");
+           "the keyring opens it (wrong key or label, tampered, garbage); "
+           "replay: seen before or too old (a replayed packet).");
     m_val(b, "pmgcm_gossip_packets_dropped_total", "reason=\"decrypt\"",
           g->drop_decrypt);
     m_val(b, "pmgcm_gossip_packets_dropped_total", "reason=\"decode\"",
@@ -731,6 +732,8 @@ static void page_metrics(pmm_buf *b, const pmm_http_view *v)
           g->drop_self);
     m_val(b, "pmgcm_gossip_packets_dropped_total", "reason=\"other\"",
           g->drop_other);
+    m_val(b, "pmgcm_gossip_packets_dropped_total", "reason=\"replay\"",
+          g->drop_replay);
     m_one(b, "pmgcm_gossip_updates_sent_total", "counter",
           "Membership updates piggybacked on gossip packets.",
           g->updates_sent);

@@ -708,7 +708,8 @@ static int status_json(node *n, pmm_buf *reply)
         gsp_core_stats(core, &st);
         pmm_buf_printf(reply, ",\"gossip\":{\"udp_in\":%llu,\"udp_out\":%llu,"
                        "\"drop_decrypt\":%llu,\"drop_decode\":%llu,"
-                       "\"drop_toobig\":%llu,\"probes\":%llu,"
+                       "\"drop_toobig\":%llu,\"drop_replay\":%llu,"
+                       "\"probes\":%llu,"
                        "\"suspicions\":%llu,\"refutations\":%llu,"
                        "\"health\":%u}",
                        (unsigned long long)st.udp_in,
@@ -716,6 +717,7 @@ static int status_json(node *n, pmm_buf *reply)
                        (unsigned long long)st.drop_decrypt,
                        (unsigned long long)st.drop_decode,
                        (unsigned long long)st.drop_toobig,
+                       (unsigned long long)st.drop_replay,
                        (unsigned long long)st.probes,
                        (unsigned long long)st.suspicions,
                        (unsigned long long)st.refutations,

@@ -118,6 +118,8 @@ struct sim {
 
     sim_change_fn hook;
     void *hook_ud;
+    sim_udp_fn udp_hook;
+    void *udp_hook_ud;
 };
 
 /* ---- PRNG (xoshiro256**) and hashing ------------------------------------- */
@@ -658,6 +660,8 @@ static void route_udp(sim *s, node *a, gsp_out *o)
     a->bytes_sent += o->len;
     uint32_t ver;
     long b = resolve(s, &o->addr, &ver);
+    if (s->udp_hook && b >= 0)
+        s->udp_hook(s->udp_hook_ud, s, a->idx, (size_t)b, o->data, o->len);
     if (b < 0 || blocked(s, a->idx, (size_t)b) ||
         chance(s, loss_prob(s, a->idx, (size_t)b))) {
         s->c.udp_dropped++;
@@ -1437,6 +1441,12 @@ void sim_reset_marks(sim *s)
 uint64_t sim_hash(const sim *s)
 {
     return s->hash;
+}
+
+void sim_on_udp(sim *s, sim_udp_fn fn, void *ud)
+{
+    s->udp_hook = fn;
+    s->udp_hook_ud = ud;
 }
 
 void sim_on_change(sim *s, sim_change_fn fn, void *ud)

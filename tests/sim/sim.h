@@ -199,6 +199,13 @@ typedef void (*sim_change_fn)(void *ud, sim *s, size_t observer, size_t subj,
                               bool is_new);
 void sim_on_change(sim *s, sim_change_fn fn, void *ud);
 
+/* Optional hook called for every datagram a core sends to an address a node
+ * lives at, before loss (a wiretap: record packets to replay them with
+ * sim_inject_udp). data is the bytes as sent (sealed with opts.keyring). */
+typedef void (*sim_udp_fn)(void *ud, sim *s, size_t src, size_t dst,
+                           const uint8_t *data, size_t len);
+void sim_on_udp(sim *s, sim_udp_fn fn, void *ud);
+
 /* Sum of a gsp_stats field over up nodes: offsetof(gsp_stats, field). */
 uint64_t sim_stats_sum(const sim *s, size_t field_offset);
 

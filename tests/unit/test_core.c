@@ -39,6 +39,36 @@ static pkt Q[4096];
 static int QN;
 static uint8_t KEY1[GSP_KEY_LEN], KEY2[GSP_KEY_LEN];
 
+/* Wiretap (replay tests): copies of what node TAP_SRC sends node TAP_DST,
+ * datagrams and stream requests, as they go out. TAP_SRC < 0: off. */
+#define TAP_MAX 64
+typedef struct tapped {
+    gsp_out_kind kind;
+    uint8_t *data;
+    size_t len;
+} tapped;
+static int TAP_SRC = -1, TAP_DST = -1;
+static tapped TAPQ[TAP_MAX];
+static int TAPN;
+
+static void tap(int src, int dst, const gsp_out *o)
+{
+    if (src != TAP_SRC || dst != TAP_DST || TAPN >= TAP_MAX) return;
+    TAPQ[TAPN].kind = o->kind;
+    TAPQ[TAPN].data = malloc(o->len);
+    if (!TAPQ[TAPN].data) abort();
+    memcpy(TAPQ[TAPN].data, o->data, o->len);
+    TAPQ[TAPN++].len = o->len;
+}
+
+static void tap_reset(int src, int dst)
+{
+    for (int i = 0; i < TAPN; i++) free(TAPQ[i].data);
+    TAPN = 0;
+    TAP_SRC = src;
+    TAP_DST = dst;
+}
+
 static void on_change(void *ud, const gsp_member *m, gsp_state old, bool is_new)
 {
     ((tnode *)ud)->changes++;
@@ -106,6 +136,7 @@ static void pump(void)
         while (gsp_core_pop_out(T[i].c, &o)) {
             int d = find_node(&o.addr);
             bool reach = !T[i].down && d >= 0 && !T[d].down && !T[d].deaf;
+            tap(i, d, &o);
             if (o.kind == GSP_OUT_UDP) {
                 if (reach && QN < 4096) {
                     Q[QN++] = (pkt){.dst = d, .from = T[i].addr,
@@ -642,6 +673,190 @@ static void test_bad_input_dropped_and_counted(void)
     net_free();
 }
 
+/* ---- replay protection ---------------------------------------------------- */
+
+/* First tapped item of kind k at or after index *from; -1 if none. */
+static int tapped_next(gsp_out_kind k, int from)
+{
+    for (int i = from; i < TAPN; i++)
+        if (TAPQ[i].kind == k) return i;
+    return -1;
+}
+
+static uint64_t replays(int i)
+{
+    gsp_stats st;
+    gsp_core_stats(T[i].c, &st);
+    return st.drop_replay;
+}
+
+static void test_replayed_packet_dropped(void)
+{
+    /* datagrams node 1 sent node 0, recorded on the wire and sent again:
+     * right after (duplicate) and later (older than the window) */
+    net_init(3, true);
+    join_all();
+    REQUIRE(run_until_all_alive(5000) >= 0);
+    for (int i = 0; i < 200; i++) step();
+    tap_reset(1, 0);
+    while (tapped_next(GSP_OUT_UDP, 0) < 0) step();
+    for (int i = 0; i < 4; i++) step(); /* delivered */
+    TAP_SRC = -1;
+    int k = tapped_next(GSP_OUT_UDP, 0);
+    gsp_core *c = T[0].c;
+    snap before = {0}, after = {0};
+    gsp_core_foreach(c, snap_fn, &before);
+    int changes = T[0].changes;
+    uint64_t r0 = replays(0);
+    CHECK_EQ_INT(gsp_core_recv(c, NOW, &T[1].addr, TAPQ[k].data,
+                               TAPQ[k].len), GSP_EREPLAY);
+    CHECK_EQ_INT(gsp_core_recv(c, NOW, &T[1].addr, TAPQ[k].data,
+                               TAPQ[k].len), GSP_EREPLAY);
+    CHECK_EQ_INT(replays(0) - r0, 2);
+    /* a bit-flipped copy is no replay: it does not open */
+    TAPQ[k].data[TAPQ[k].len / 2] ^= 4;
+    CHECK_EQ_INT(gsp_core_recv(c, NOW, &T[1].addr, TAPQ[k].data,
+                               TAPQ[k].len), GSP_EDECRYPT);
+    TAPQ[k].data[TAPQ[k].len / 2] ^= 4;
+    /* 60 s later: far older than the window */
+    for (int i = 0; i < 12000; i++) step();
+    CHECK_EQ_INT(gsp_core_recv(c, NOW, &T[1].addr, TAPQ[k].data,
+                               TAPQ[k].len), GSP_EREPLAY);
+    CHECK_EQ_INT(replays(0) - r0, 3);
+    gsp_core_foreach(c, snap_fn, &after);
+    CHECK(snap_eq(&before, &after));
+    CHECK_EQ_INT(T[0].changes, changes);
+    /* nothing genuine was taken for a replay */
+    CHECK_EQ_INT(replays(1), 0);
+    CHECK_EQ_INT(replays(2), 0);
+    tap_reset(-1, -1);
+    net_free();
+}
+
+static void test_replay_window_reorder(void)
+{
+    /* two datagrams from node 1 held back and delivered in reverse order:
+     * both accepted (inside the window), each only once */
+    net_init(3, true);
+    join_all();
+    REQUIRE(run_until_all_alive(5000) >= 0);
+    for (int i = 0; i < 200; i++) step();
+    tap_reset(1, 0);
+    T[0].deaf = true; /* the originals are lost; we deliver the copies */
+    while (TAPN < 2) step();
+    T[0].deaf = false;
+    TAP_SRC = -1;
+    gsp_core *c = T[0].c;
+    uint64_t r0 = replays(0);
+    CHECK_EQ_INT(gsp_core_recv(c, NOW, &T[1].addr, TAPQ[1].data,
+                               TAPQ[1].len), 0);
+    CHECK_EQ_INT(gsp_core_recv(c, NOW, &T[1].addr, TAPQ[0].data,
+                               TAPQ[0].len), 0);
+    CHECK_EQ_INT(gsp_core_recv(c, NOW, &T[1].addr, TAPQ[0].data,
+                               TAPQ[0].len), GSP_EREPLAY);
+    CHECK_EQ_INT(gsp_core_recv(c, NOW, &T[1].addr, TAPQ[1].data,
+                               TAPQ[1].len), GSP_EREPLAY);
+    CHECK_EQ_INT(replays(0) - r0, 2);
+    tap_reset(-1, -1);
+    net_free();
+}
+
+static void test_replayed_stream_dropped(void)
+{
+    /* a push-pull request frame recorded and sent again on a new TCP
+     * connection: no merge, no reply (which would carry our state) */
+    net_init(3, true);
+    join_all();
+    REQUIRE(run_until_all_alive(5000) >= 0);
+    tap_reset(1, 0);
+    gsp_core_join(T[1].c, NOW, &T[0].addr, 1); /* a push-pull to node 0 */
+    pump();
+    TAP_SRC = -1;
+    int k = tapped_next(GSP_OUT_STREAM, 0);
+    REQUIRE(k >= 0);
+    uint8_t *rep = (uint8_t *)1;
+    size_t rl = 1;
+    uint64_t r0 = replays(0);
+    CHECK_EQ_INT(gsp_core_stream_request(T[0].c, NOW, &T[1].addr,
+                                         TAPQ[k].data, TAPQ[k].len, &rep,
+                                         &rl), GSP_EREPLAY);
+    CHECK(rep == NULL && rl == 0);
+    CHECK_EQ_INT(replays(0) - r0, 1);
+    /* genuine stream traffic still flows */
+    gsp_core_join(T[1].c, NOW, &T[0].addr, 1);
+    pump();
+    CHECK_EQ_INT(replays(0) - r0, 1);
+    CHECK_EQ_INT(replays(1), 0);
+    tap_reset(-1, -1);
+    net_free();
+}
+
+static void test_restart_accepted_old_life_dropped(void)
+{
+    /* node 1 restarts (generation 2): accepted at once; datagrams of its
+     * first life are dropped from then on */
+    net_init(3, true);
+    join_all();
+    REQUIRE(run_until_all_alive(5000) >= 0);
+    tap_reset(1, 0);
+    while (tapped_next(GSP_OUT_UDP, 0) < 0) step();
+    for (int i = 0; i < 4; i++) step();
+    TAP_SRC = -1;
+    int k = tapped_next(GSP_OUT_UDP, 0);
+    uint8_t old[2048];
+    size_t old_len = TAPQ[k].len;
+    REQUIRE(old_len <= sizeof(old));
+    memcpy(old, TAPQ[k].data, old_len);
+    tap_reset(-1, -1);
+
+    gsp_core_free(T[1].c);
+    node_start(1, 2);
+    gsp_core_join(T[1].c, NOW, &T[0].addr, 1);
+    pump(); /* the join push-pull: node 0 takes the new life at once */
+    gsp_member m;
+    REQUIRE(gsp_core_get(T[0].c, &T[1].id, &m) == 0);
+    CHECK_EQ_INT(m.inc.gen, 2);
+    CHECK(run_until_all_alive(5000) >= 0);
+    for (int i = 0; i < 400; i++) step();
+    CHECK_EQ_INT(replays(0), 0);
+    CHECK_EQ_INT(replays(2), 0);
+    CHECK_EQ_INT(gsp_core_recv(T[0].c, NOW, &T[1].addr, old, old_len),
+                 GSP_EREPLAY);
+    CHECK_EQ_INT(replays(0), 1);
+    REQUIRE(gsp_core_get(T[0].c, &T[1].id, &m) == 0);
+    CHECK_EQ_INT(m.inc.gen, 2);
+    CHECK_EQ_INT(m.state, GSP_ALIVE);
+    net_free();
+}
+
+static void test_generation_gone_backwards_recovers(void)
+{
+    /* node 1 ran as generation 5, then comes back as generation 2 (its data
+     * dir restored from a backup): the others drop its datagrams as from an
+     * earlier life until it refutes its own newer record, which moves it
+     * to generation 6; then everyone sees it alive again */
+    net_init(3, true);
+    gsp_core_free(T[1].c);
+    node_start(1, 5);
+    join_all();
+    REQUIRE(run_until_all_alive(5000) >= 0);
+    for (int i = 0; i < 200; i++) step();
+    gsp_core_free(T[1].c);
+    node_start(1, 2);
+    gsp_core_join(T[1].c, NOW, &T[0].addr, 1);
+    pump();
+    CHECK(replays(0) >= 1); /* its join push-pull was taken for a replay */
+    CHECK(run_until_all_alive(30000) >= 0);
+    for (int i = 0; i < 1000; i++) step();
+    CHECK(all_alive());
+    gsp_member m;
+    REQUIRE(gsp_core_get(T[0].c, &T[1].id, &m) == 0);
+    CHECK(m.inc.gen >= 6);
+    REQUIRE(gsp_core_get(T[1].c, &T[1].id, &m) == 0);
+    CHECK(m.inc.gen >= 6);
+    net_free();
+}
+
 static void test_bad_records_never_change_membership(void)
 {
     /* plaintext core: well-formed packets with invalid member records
@@ -707,5 +922,10 @@ int main(void)
     TAP_RUN(test_codec_ping_ack_roundtrip);
     TAP_RUN(test_bad_input_dropped_and_counted);
     TAP_RUN(test_bad_records_never_change_membership);
+    TAP_RUN(test_replayed_packet_dropped);
+    TAP_RUN(test_replay_window_reorder);
+    TAP_RUN(test_replayed_stream_dropped);
+    TAP_RUN(test_restart_accepted_old_life_dropped);
+    TAP_RUN(test_generation_gone_backwards_recovers);
     return tap_done();
 }
