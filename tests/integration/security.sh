@@ -1,0 +1,433 @@
+#!/usr/bin/env bash
+# tests/integration/security.sh - attacks on a real cluster, each refused
+# cleanly with the state unchanged (the member lists, the cluster config
+# object with its epoch and version, the master's data):
+#
+#   - sealed gossip packets recorded on the wire (a raw socket on the
+#     master's bridge port) and sent again: dropped as replays
+#     (drop_replay rises by one per packet);
+#   - the same packets with one bit flipped: dropped undecrypted;
+#   - well-formed packets sealed under a foreign key that announce a member
+#     "intruder": dropped undecrypted, nobody ever lists "intruder";
+#   - join password brute force from node4: every wrong answer slower, each
+#     logged by the master; the right password from the same address is
+#     refused while a wrong attempt's delay runs, and works after it;
+#   - a non-root user on the control socket (runuser -u nobody): refused by
+#     the file mode, and by SO_PEERCRED once the mode would let it in;
+#   - a TLS client sending a frame larger than the node API's max_frame:
+#     connection closed, the daemon fine;
+#   - `pmgcm delete` of node3 (key rotation): node3's daemon keeps running
+#     and gossiping under the old key, packets it sent before the rotation
+#     are sent again: all dropped, nobody lists node3 again;
+#   - a joiner that stops reading mid-snapshot (SIGSTOP, its TCP window
+#     fills): the master's memory stays bounded, its gossip and control
+#     socket keep working, and once the joiner is gone the master releases
+#     the connection.
+#
+#   node1 A   master, PostgreSQL store holding ~64 MB of rows
+#   node2 B   joins last with a store: the stalled snapshot reader
+#   node3 C   member, deleted (key rotation), keeps running
+#   node4 D   the brute-force joiner, then a member
+#
+# Needs root and network namespaces (raw sockets on the bridge, PostgreSQL
+# as the postgres user); skipped otherwise. Polls with deadlines.
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+IT_BUDGET=${IT_BUDGET:-240}
+. "$here/lib.sh"
+. "$here/pg.sh"
+
+[[ $(id -u) == 0 ]] || { echo "1..0 # SKIP needs root (network namespaces, raw sockets, PostgreSQL)"; exit 0; }
+[[ -x "${PG_BINDIR:-}/initdb" ]] || { echo "1..0 # SKIP PostgreSQL server not installed"; exit 0; }
+command -v python3 >/dev/null || it_bail "python3 not installed"
+command -v openssl >/dev/null || it_bail "openssl not installed"
+GSPCRAFT=${GSPCRAFT:-$IT_BUILDDIR/tests/integration/gspcraft}
+[[ -x "$GSPCRAFT" ]] || it_bail "missing $GSPCRAFT (make check builds it)"
+
+it_init 4
+[[ $IT_MODE == netns ]] || { echo "1..0 # SKIP needs network namespaces"; exit 0; }
+pg_init
+A=1 B=2 C=3 D=4
+it_plan 13
+
+PW=$IT_DIR/join.pw
+BADPW=$IT_DIR/bad.pw
+printf 'correct horse battery staple\n' >"$PW"
+printf 'Tr0ub4dor&3\n' >"$BADPW"
+chmod 600 "$PW" "$BADPW"
+
+# ---- helpers -----------------------------------------------------------------
+run() {
+    local t=60 t0 i
+    [[ $1 == -t ]] && { t=$2; shift 2; }
+    i=$1
+    shift
+    t0=$(it_now_ms)
+    OUT=$(PMGCM_SOCKET=$(it_sock "$i") timeout "$t" "$PMGCM" "$@" 2>&1)
+    RC=$?
+    DUR_MS=$(($(it_now_ms) - t0))
+}
+first_line() { head -n1 <<<"$1"; }
+ms() { it_fmt_ms "$1"; }
+stat_of() { local v; v=$(it_gossip_stat "$1" "$2"); echo "${v:-0}"; }
+# state "I J ...": what must not change: each node's members (name:cid:role
+# and state) and its cluster object (id, epoch, version, master)
+state() {
+    local i
+    for i in $1; do
+        printf 'node%s: %s | %s | %s\n' "$i" "$(it_roles_of "$i")" \
+            "$(it_status "$i" 2>/dev/null | jq -c '[.[] | "\(.name)=\(.state)"]' 2>/dev/null)" \
+            "$(it_cluster_of "$i" 2>/dev/null)"
+    done
+}
+rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/${IT_PID[$1]}/status" 2>/dev/null || echo 0; }
+listed() { it_status "$1" 2>/dev/null | jq -e --arg n "$2" 'any(.[]; .name == $n)' >/dev/null 2>&1; }
+STOP_BAD=
+stop_node() {
+    it_alive_pid "$1" || return 0
+    it_signal "$1" TERM
+    it_reap "$1" 15
+    [[ $IT_EXIT == 0 ]] || STOP_BAD+="node$1 exit $IT_EXIT; "
+}
+
+# sniff SRC DST COUNT OUTDIR: records the payloads of up to COUNT UDP
+# datagrams node SRC sends node DST's gossip port, from a raw socket on
+# DST's port of the bridge (within 15 s); prints how many.
+sniff() {
+    mkdir -p "$4"
+    ip netns exec "$IT_BRNS" timeout 20 python3 - "vh$2" "${IT_IP[$1]}" "${IT_IP[$2]}" "$IT_PORT" "$3" "$4" <<'EOF'
+import os, socket, struct, sys, time
+dev, src, dst, port, count, out = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(3))
+s.bind((dev, 0))
+s.settimeout(0.5)
+src_b, dst_b = socket.inet_aton(src), socket.inet_aton(dst)
+n, end = 0, time.time() + 15
+while n < count and time.time() < end:
+    try:
+        f = s.recv(65535)
+    except socket.timeout:
+        continue
+    if len(f) < 42 or f[12:14] != b'\x08\x00':
+        continue
+    ip = f[14:]
+    ihl = (ip[0] & 15) * 4
+    if ip[9] != 17 or ip[12:16] != src_b or ip[16:20] != dst_b:
+        continue
+    sport, dport, ulen = struct.unpack('!HHH', ip[ihl:ihl + 6])
+    if dport != port:
+        continue
+    with open(os.path.join(out, '%03d.bin' % n), 'wb') as fh:
+        fh.write(ip[ihl + 8:ihl + ulen])
+    n += 1
+print(n)
+EOF
+}
+# send_dir DST DIR [FLIP]: sends every recorded payload in DIR to node
+# DST's gossip port from the bridge namespace (another address); FLIP=1
+# flips one bit in each first, a different position every time (version
+# byte, nonce, ciphertext, tag).
+send_dir() {
+    ip netns exec "$IT_BRNS" python3 - "${IT_IP[$1]}" "$IT_PORT" "$2" "${3:-0}" <<'EOF'
+import os, socket, sys, time
+host, port, d, flip = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == '1'
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for k, name in enumerate(sorted(os.listdir(d))):
+    b = bytearray(open(os.path.join(d, name), 'rb').read())
+    if flip:
+        # version byte, nonce, ciphertext, its end, tag
+        spots = [0, 1 + k % 12, len(b) // 2, len(b) - 17, len(b) - 1 - k % 16]
+        b[spots[k % 5] % len(b)] ^= 1 << (k % 8)
+    s.sendto(bytes(b), (host, port))
+    time.sleep(0.005)
+EOF
+}
+nfiles() { find "$1" -name '*.bin' | wc -l; }
+
+# ---- the servers, the master's data, the daemons ---------------------------------------
+pg_start $A || it_bail "PostgreSQL for node1 did not start"
+pg_start $B || it_bail "PostgreSQL for node2 did not start"
+pg_schema $A && pg_schema $B || it_bail "schema"
+t0=$(it_now_ms)
+pg_sql $A "INSERT INTO mail SELECT g, 'node1', repeat(md5(g::text), 32), g, now()
+             FROM generate_series(1, 64000) g" >/dev/null || it_bail "loading node1's rows"
+it_diag "node1's store: 64000 rows of ~1 KB loaded in $(ms $(($(it_now_ms) - t0))) s"
+MAIL0=$(pg_val $A "SELECT count(*) || ' ' || md5(string_agg(subject, '' ORDER BY id)) FROM mail")
+
+for i in $A $B $C $D; do it_write_config_lc "$i" "node$i"; done
+pg_conf $A
+pg_conf $B
+for i in $A $B $C $D; do
+    it_start_node "$i" || it_bail "node$i: control socket did not answer within 10 s"
+done
+it_wait_until "[[ \$(it_envelope $A | jq -r '.store.state // empty') == idle ]]" 30 ||
+    it_diag "node1's store not idle after ${IT_WAITED} s: $(it_envelope $A | jq -c .store)"
+
+run $A create --password-file "$PW"
+FP_A=$(it_fingerprint_of $A)
+CRC=$RC COUT=$OUT
+run $C join "${IT_IP[A]}" --fingerprint "$FP_A" --password-file "$PW" --no-wait
+if ((CRC == 0 && RC == 0)) &&
+    it_wait_until "[[ \$(it_roles_of $A) == 'node1:1:master node3:2:node' && \$(it_roles_of $C) == 'node1:1:master node3:2:node' ]]" 20; then
+    it_ok "node1 creates the cluster, node3 joins as cid 2 (${IT_WAITED} s)"
+else
+    it_not_ok "node1 creates the cluster, node3 joins"
+    it_diag "create: $CRC $COUT; join: $RC $OUT"
+    it_diag "$(state "$A $C")"
+    it_bail "no cluster"
+fi
+
+# ==== replayed packets =========================================================
+CAP=$IT_DIR/cap-c-a
+n=$(sniff $C $A 12 "$CAP")
+S0=$(state "$A $C")
+r0=$(stat_of $A drop_replay) d0=$(stat_of $A drop_decrypt)
+send_dir $A "$CAP"
+it_wait_until "(( \$(stat_of $A drop_replay) >= r0 + n ))" 5
+r1=$(stat_of $A drop_replay) d1=$(stat_of $A drop_decrypt)
+S1=$(state "$A $C")
+if ((n >= 5 && r1 - r0 == n && d1 == d0)) && [[ "$S1" == "$S0" ]]; then
+    it_ok "$n sealed packets node3 sent node1, recorded on the bridge and sent again: each dropped as a replay (drop_replay +$((r1 - r0))), nothing changed"
+else
+    it_not_ok "recorded packets sent again are dropped as replays, nothing changed"
+    it_diag "recorded $n; drop_replay $r0 -> $r1; drop_decrypt $d0 -> $d1"
+    it_diag "before: $S0"
+    it_diag "after: $S1"
+fi
+
+# ==== bit flips ===================================================================
+d0=$(stat_of $A drop_decrypt) r0=$(stat_of $A drop_replay)
+send_dir $A "$CAP" 1
+it_wait_until "(( \$(stat_of $A drop_decrypt) >= d0 + n ))" 5
+d1=$(stat_of $A drop_decrypt) r1=$(stat_of $A drop_replay)
+S1=$(state "$A $C")
+if ((n >= 5 && d1 - d0 == n && r1 == r0)) && [[ "$S1" == "$S0" ]]; then
+    it_ok "the same $n packets with one bit flipped each (version, nonce, ciphertext, tag): dropped undecrypted (drop_decrypt +$((d1 - d0))), nothing changed"
+else
+    it_not_ok "bit-flipped packets are dropped undecrypted, nothing changed"
+    it_diag "sent $n; drop_decrypt $d0 -> $d1; drop_replay $r0 -> $r1"
+    it_diag "before: $S0"
+    it_diag "after: $S1"
+fi
+
+# ==== a foreign key ==================================================================
+"$PMGCM" keygen >"$IT_DIR/foreign.key"
+d0=$(stat_of $A drop_decrypt)
+ip netns exec "$IT_BRNS" "$GSPCRAFT" -n 20 "$IT_DIR/foreign.key" pmgcm-it "${IT_IP[A]}" "$IT_PORT"
+grc=$?
+it_wait_until "(( \$(stat_of $A drop_decrypt) >= d0 + 20 ))" 5
+d1=$(stat_of $A drop_decrypt)
+S1=$(state "$A $C")
+if ((grc == 0 && d1 - d0 == 20)) && [[ "$S1" == "$S0" ]] && ! listed $A intruder && ! listed $C intruder; then
+    it_ok "20 well-formed packets announcing a member 'intruder', sealed under a foreign key: dropped undecrypted (drop_decrypt +$((d1 - d0))), nobody lists 'intruder'"
+else
+    it_not_ok "packets under a foreign key are dropped, nothing changed"
+    it_diag "gspcraft exit $grc; drop_decrypt $d0 -> $d1"
+    it_diag "after: $S1"
+fi
+
+# ==== join password brute force ====================================================
+declare -a WT
+bf_bad=
+S0=$(state "$A $C")
+for k in 1 2 3 4; do
+    run $D join "${IT_IP[A]}" --fingerprint "$FP_A" --password-file "$BADPW" --no-wait
+    WT[k]=$DUR_MS
+    ((RC == 1)) && grep -q 'wrong password' <<<"$OUT" || bf_bad+="attempt $k: exit $RC: $(first_line "$OUT"); "
+done
+logged=$(grep -cE "join from ${IT_IP[D]//./\\.}: wrong password \(attempt [1-4], answer delayed [0-9]+ ms\)" "$(it_log $A)")
+S1=$(state "$A $C")
+[[ "$S1" == "$S0" && "$(it_cluster_of $D)" == null ]] || bf_bad+="state changed: $S1; "
+if [[ -z "$bf_bad" ]] && ((logged == 4 && WT[2] > WT[1] && WT[3] > WT[2] && WT[4] > WT[3] && WT[4] >= 2 * WT[1])); then
+    it_ok "4 wrong join passwords from node4: refused, each slower ($(ms ${WT[1]}), $(ms ${WT[2]}), $(ms ${WT[3]}), $(ms ${WT[4]}) s), each logged by the master with its delay; nothing changed"
+else
+    it_not_ok "wrong join passwords: refused, slower every time, logged, nothing changed"
+    it_diag "times $(ms ${WT[1]}) $(ms ${WT[2]}) $(ms ${WT[3]}) $(ms ${WT[4]}) s; logged $logged; ${bf_bad:-}"
+    grep 'wrong password' "$(it_log $A)" | tail -n 5 | while IFS= read -r l; do it_diag "node1.log: $l"; done
+fi
+# a 5th wrong attempt: while its delay runs, the right password is refused
+PMGCM_SOCKET=$(it_sock $D) timeout 60 "$PMGCM" join "${IT_IP[A]}" --fingerprint "$FP_A" \
+    --password-file "$BADPW" --no-wait >"$IT_DIR/bf5.out" 2>&1 &
+bf5=$!
+it_wait_until "grep -q 'wrong password (attempt 5' '$(it_log $A)'" 10
+run $D join "${IT_IP[A]}" --fingerprint "$FP_A" --password-file "$PW" --no-wait
+RC_EARLY=$RC OUT_EARLY=$OUT
+wait $bf5
+RC5=$?
+run $D join "${IT_IP[A]}" --fingerprint "$FP_A" --password-file "$PW" --no-wait
+if ((RC_EARLY == 1 && RC5 == 1)) && grep -q 'in progress' <<<"$OUT_EARLY" && ((RC == 0)) &&
+    grep -q 'joined cluster as cid 3' <<<"$OUT"; then
+    it_ok "the right password while the 5th wrong attempt's delay runs: refused ('$(first_line "$OUT_EARLY")'); after the delay it joins as cid 3"
+else
+    it_not_ok "the right password works only after the delay"
+    it_diag "during the delay: exit $RC_EARLY: $OUT_EARLY; 5th attempt exit $RC5: $(cat "$IT_DIR/bf5.out")"
+    it_diag "after: exit $RC: $OUT"
+fi
+it_wait_until "[[ \$(it_roles_of $A) == 'node1:1:master node3:2:node node4:3:node' ]]" 20 ||
+    it_diag "node1 does not list node4 yet: $(it_roles_of $A)"
+
+# ==== a non-root user on the control socket =============================================
+S0=$(state "$A $C $D")
+sock=$(it_sock $A)
+chmod o+x "$IT_DIR" # let nobody reach the socket file itself
+nobody_status() {
+    runuser -u nobody -- timeout 10 "$PMGCM" --socket "$sock" status 2>&1
+}
+o1=$(nobody_status); r1=$?
+chmod 666 "$sock" # the file mode would now let it in: SO_PEERCRED must not
+o2=$(nobody_status); r2=$?
+chmod 600 "$sock"
+chmod o-x "$IT_DIR"
+refused_logged=$(grep -c 'refused client with uid 65534' "$(it_log $A)")
+S1=$(state "$A $C $D")
+# (a refused client may see the error line or, as the daemon closes on it
+# with its request unread, a reset; never an answer)
+if ((r1 == 1 && r2 == 1)) && ((refused_logged >= 1)) && ! grep -qE 'master|"name"' <<<"$o1$o2" &&
+    [[ "$S1" == "$S0" ]] && it_status $A >/dev/null; then
+    it_ok "runuser -u nobody -- pmgcm status: refused by the socket's mode ('$(first_line "$o1")') and, with the mode opened, by SO_PEERCRED ('$(first_line "$o2")', logged); root still served"
+else
+    it_not_ok "a non-root user is refused on the control socket"
+    it_diag "mode 0600: exit $r1: $o1"
+    it_diag "mode 0666: exit $r2: $o2; logged $refused_logged"
+fi
+
+# ==== an oversize frame on the TLS node API ==============================================
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=attacker -keyout "$IT_DIR/att.key" -out "$IT_DIR/att.crt" >/dev/null 2>&1 ||
+    it_diag "openssl req failed"
+rss0=$(rss_kb $A)
+ofr=$(ip netns exec "$IT_BRNS" timeout 20 python3 - "${IT_IP[A]}" 7947 "$IT_DIR/att.crt" "$IT_DIR/att.key" <<'EOF'
+import socket, ssl, struct, sys, time
+host, port, crt, key = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+ctx.load_cert_chain(crt, key)
+s = ctx.wrap_socket(socket.create_connection((host, port), timeout=5))
+# a frame header for 16 MiB, then 1 MiB of it
+t0 = time.time()
+try:
+    s.sendall(struct.pack('!I', 16 << 20))
+    for _ in range(64):
+        s.sendall(b'\xaa' * 16384)
+except (OSError, ssl.SSLError) as e:
+    pass
+s.settimeout(10)
+how = 'open'
+try:
+    d = s.recv(100)
+    how = 'closed' if not d else 'answered %d bytes' % len(d)
+except ssl.SSLError as e:
+    how = 'closed (%s)' % e.reason
+except OSError as e:
+    how = 'closed (%s)' % e.__class__.__name__
+print('%s after %.2f s' % (how, time.time() - t0))
+EOF
+)
+rss1=$(rss_kb $A)
+if [[ "$ofr" == closed* ]] && it_status $A >/dev/null && ((rss1 - rss0 < 32768)) &&
+    [[ "$(state "$A $C $D")" == "$S0" ]]; then
+    it_ok "a TLS client (any certificate: a joiner) sends a 16 MiB frame to the node API: $ofr; node1 fine (RSS $((rss0 / 1024)) -> $((rss1 / 1024)) MB), nothing changed"
+else
+    it_not_ok "an oversize frame closes the connection, the daemon is fine"
+    it_diag "client: $ofr; RSS $rss0 -> $rss1 kB"
+fi
+
+# ==== a deleted node's traffic ==========================================================
+CAPC=$IT_DIR/cap-c-a-old
+nold=$(sniff $C $A 10 "$CAPC")
+run $A delete 2
+DRC=$RC DOUT=$OUT
+ROLES2="node1:1:master node4:3:node"
+it_wait_until "[[ \$(it_roles_of $A) == '$ROLES2' && \$(it_roles_of $D) == '$ROLES2' ]]" 20
+dwait=$IT_WAITED
+sum_drops() { echo $(($(stat_of $A drop_decrypt) + $(stat_of $A drop_replay) + $(stat_of $D drop_decrypt) + $(stat_of $D drop_replay))); }
+x0=$(sum_drops)
+S0=$(state "$A $D")
+# node3 keeps running: watch for 5 s that nobody lists it again
+seen=
+end=$(($(it_now_ms) + 5000))
+while (($(it_now_ms) < end)); do
+    for i in $A $D; do listed "$i" node3 && seen+="node$i lists node3; "; done
+    sleep 0.3
+done
+x1=$(sum_drops)
+if ((DRC == 0)) && [[ -z "$seen" ]] && ((x1 > x0)) && it_alive_pid $C; then
+    it_ok "pmgcm delete 2 (node3, key rotated; $(ms $DUR_MS) s, gone from every view after $dwait s): node3's daemon keeps running, its gossip is dropped (+$((x1 - x0)) in 5 s), nobody lists it"
+else
+    it_not_ok "a deleted node's traffic is ignored"
+    it_diag "delete: exit $DRC: $DOUT; drops $x0 -> $x1; ${seen:-nobody listed node3}"
+    it_diag "$(state "$A $D")"
+fi
+y0=$(($(stat_of $A drop_decrypt) + $(stat_of $A drop_replay)))
+send_dir $A "$CAPC"
+it_wait_until "(( \$(stat_of $A drop_decrypt) + \$(stat_of $A drop_replay) >= y0 + nold ))" 5
+y1=$(($(stat_of $A drop_decrypt) + $(stat_of $A drop_replay)))
+S1=$(state "$A $D")
+if ((nold >= 5 && y1 - y0 >= nold)) && [[ "$S1" == "$S0" ]] && ! listed $A node3; then
+    it_ok "$nold packets node3 sealed under the old key before the rotation, sent again after it: all dropped (+$((y1 - y0))), nothing changed"
+else
+    it_not_ok "packets under the old key are dropped after the rotation"
+    it_diag "recorded $nold; drops $y0 -> $y1"
+    it_diag "before: $S0"
+    it_diag "after: $S1"
+fi
+
+# ==== a joiner that stops reading mid-snapshot ============================================
+snap_bytes() { it_envelope $B 2>/dev/null | jq -r '.store.snapshot.bytes // 0' 2>/dev/null; }
+api_conns_from_b() {
+    ip netns exec "${IT_NS[A]}" ss -Htn state established "( sport = :7947 )" 2>/dev/null |
+        grep -c "${IT_IP[B]}:"
+}
+rss0=$(rss_kb $A)
+PMGCM_SOCKET=$(it_sock $B) timeout 60 "$PMGCM" join "${IT_IP[A]}" --fingerprint "$FP_A" \
+    --password-file "$PW" --no-wait >"$IT_DIR/join-b.out" 2>&1
+jrc=$?
+stopped=0
+if ((jrc == 0)) && it_wait_until "(( \$(snap_bytes) > 0 ))" 20; then
+    it_signal $B STOP
+    stopped=1
+fi
+sb=$(snap_bytes)
+# what was in flight lands in the kernel's buffers; from then on the
+# master's memory must not grow (RSS, not live memory: under ASan freed
+# memory sits in its quarantine, so only growth while stalled counts)
+sleep 2
+rss_stall=$(rss_kb $A)
+copying=$(pg_val $A "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY public.mail TO%'")
+probes0=$(stat_of $A probes)
+rss_max=0 slow_status=0
+end=$(($(it_now_ms) + 8000))
+while (($(it_now_ms) < end)); do
+    r=$(rss_kb $A)
+    ((r > rss_max)) && rss_max=$r
+    t=$(it_now_ms)
+    it_status $A >/dev/null || slow_status=$((slow_status + 1))
+    (($(it_now_ms) - t > 2000)) && slow_status=$((slow_status + 1))
+    sleep 0.5
+done
+probes1=$(stat_of $A probes)
+conns_stalled=$(api_conns_from_b)
+d_alive=$(it_state_of $A node4)
+if ((stopped && rss_max - rss_stall < 16384 && probes1 > probes0 && slow_status == 0)) &&
+    [[ "$d_alive" == A && "$copying" == 1 ]] && ((conns_stalled >= 1)); then
+    it_ok "node2 joins and is stopped (SIGSTOP) mid-snapshot (node1 still in its COPY of 64 MB): node1's RSS $((rss0 / 1024)) MB before, $((rss_stall / 1024)) MB stalled, max $((rss_max / 1024)) MB over 8 s more; it keeps probing (+$((probes1 - probes0))), sees node4 alive and answers status at once"
+else
+    it_not_ok "a stalled snapshot reader does not hurt the master"
+    it_diag "join exit $jrc: $(cat "$IT_DIR/join-b.out"); stopped $stopped at ${sb:-?} snapshot bytes; master COPY sessions $copying"
+    it_diag "RSS $rss0 kB before, $rss_stall stalled, max $rss_max; probes $probes0 -> $probes1; slow/failed status $slow_status; node4 $d_alive; conns from node2 $conns_stalled"
+fi
+it_signal $B KILL
+wait "${IT_PID[B]}" 2>/dev/null
+if it_wait_until "(( \$(api_conns_from_b) == 0 ))" 20 && it_status $A >/dev/null &&
+    [[ "$(pg_val $A "SELECT count(*) || ' ' || md5(string_agg(subject, '' ORDER BY id)) FROM mail")" == "$MAIL0" ]]; then
+    it_ok "node2 killed: node1 releases its snapshot connection after ${IT_WAITED} s (RSS now $(($(rss_kb $A) / 1024)) MB); node1's rows unchanged"
+else
+    it_not_ok "node1 releases the stalled snapshot connection once the joiner is gone"
+    it_diag "connections from node2: $(api_conns_from_b); rows: $(pg_val $A "SELECT count(*) FROM mail")"
+fi
+
+# ==== shutdown ==========================================================================
+for i in $A $C $D; do stop_node "$i"; done
+it_report_shutdown "$STOP_BAD" $A $B $C $D
