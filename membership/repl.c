@@ -123,7 +123,13 @@ static int link_send(void *ud, const uint8_t *buf, size_t len)
     rlink *l = ud;
     if (!l->conn) return -ENOTCONN;
     int rc = pmm_tls_send(l->conn, buf, len);
-    return rc == -EAGAIN ? -EAGAIN : rc;
+    if (rc == PMM_TLS_ETOOBIG)
+        pmm_log(PMM_LOG_ERROR, "store",
+                "a change or row of %zu bytes is larger than a stream frame "
+                "(%u MB): the peer cannot receive it; replication to it is "
+                "stuck there until that row is made smaller", len,
+                STREAM_MAX_FRAME >> 20);
+    return rc;
 }
 
 static void link_pause(void *ud, bool paused)
@@ -659,7 +665,11 @@ static void decide(pmm_repl *r)
             /* a new term: catch up first */
             promo_step(r, cl, self);
             if (r->promo != PROMO_DONE) {
-                set_role(r, true, false, in.pos.epoch, self->name, cid_hex,
+                char who[GSP_NAME_MAX + 1];
+                /* shown in refused writes meanwhile */
+                snprintf(who, sizeof(who), "%.20s, catching up first",
+                         self->name);
+                set_role(r, true, false, in.pos.epoch, who, cid_hex,
                          self->cid);
                 return;
             }
