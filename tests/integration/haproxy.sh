@@ -328,7 +328,7 @@ bad=
 http 2 /livez; [[ $HTTP_CODE == 200 && "$BODY" == ok ]] || bad+="livez $HTTP_CODE '$BODY'; "
 http 2 '/readyz?verbose'
 RZ=$BODY
-want=$'[+]running ok\n[+]cluster ok\n[+]membership ok\n[+]config ok\n[+]drain ok\nreadyz check passed'
+want=$'[+]running ok\n[+]cluster ok\n[+]membership ok\n[+]config ok\n[+]data ok\n[+]drain ok\nreadyz check passed'
 [[ $HTTP_CODE == 200 && "$RZ" == "$want" ]] || bad+="readyz?verbose $HTTP_CODE '$RZ'; "
 o=$(helper raw "${IT_IP[2]}" $SP 'OPTIONS / HTTP/1.0\r\n\r\n')
 [[ "$o" == "HTTP/1.1 200 OK"* && "$o" == *$'\r\nConnection: close\r\n'* ]] || bad+="OPTIONS / HTTP/1.0: ${o:0:80}; "
