@@ -953,8 +953,18 @@ static void role_run(pst_job *j, PGconn *c)
         q->loaded = true;
     }
     if (!q->in_cluster) {
-        rc = pst_exec(c, "UPDATE pmgcm.state SET role = 'none', master = ''",
+        /* out of a cluster, writes go through uncaptured: the data is no
+         * longer the cluster's, and a later join takes a snapshot */
+        rc = pst_exec(c,
+                      "UPDATE pmgcm.state SET loaded = (loaded AND"
+                      " role = 'none'), role = 'none', master = ''",
                       err, el);
+        if (rc == 0) {
+            PGresult *r2 = PQexec(c, "SELECT loaded FROM pmgcm.state");
+            if (PQresultStatus(r2) == PGRES_TUPLES_OK && PQntuples(r2) == 1)
+                q->loaded = PQgetvalue(r2, 0, 0)[0] == 't';
+            PQclear(r2);
+        }
     } else if (!q->master) {
         /* rows committed while we were master and never numbered: the
          * cluster will never get them */

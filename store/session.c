@@ -178,6 +178,7 @@ struct snap {
     int64_t ts_us;
     uint64_t new_snapshots;
     uint32_t peer_cid;   /* server: the receiver (its own origin rows stay) */
+    uint64_t divergent;  /* client: log entries kept as divergence */
     uint32_t self_cid;   /* client: us */
     pst_origin opos[PST_ORIGINS_MAX]; /* client: positions received */
     size_t n_opos;
@@ -657,6 +658,51 @@ static int snap_client_load(snap *sn, PGconn *c)
                 }
             }
             if (rc) break;
+            /* entries of our log the snapshot's lineage does not hold (a
+             * term after ours started before them, e.g. an old master's
+             * numbered but unsent changes) are kept as divergence before
+             * the log restarts at the snapshot */
+            {
+                char *vals = NULL;
+                size_t vl = 0;
+                FILE *vf = open_memstream(&vals, &vl);
+                if (!vf) {
+                    rc = -ENOMEM;
+                    break;
+                }
+                fputs("WITH e(epoch, start_seq) AS (VALUES (0::bigint,"
+                      " 0::bigint)", vf);
+                for (size_t i = 0; i < m->n_epochs; i++)
+                    fprintf(vf, ", (%llu, %llu)",
+                            (unsigned long long)m->epochs[i]->epoch,
+                            (unsigned long long)m->epochs[i]->start_seq);
+                fprintf(vf,
+                        "), d AS (SELECT l.* FROM pmgcm.log l WHERE l.op <>"
+                        " 'E' AND l.seq >= (SELECT min(start_seq) FROM e"
+                        " WHERE e.epoch > l.epoch))"
+                        " INSERT INTO pmgcm.divergence (reason, epoch, seq,"
+                        " op, tbl, old, new, ts) SELECT 'not received by the"
+                        " cluster: a later term started before it; replaced"
+                        " by a snapshot at %llu/%llu', epoch, seq, op, tbl,"
+                        " old, new, ts FROM d ORDER BY seq",
+                        (unsigned long long)m->head->epoch,
+                        (unsigned long long)m->head->seq);
+                if (fclose(vf) != 0) {
+                    free(vals);
+                    rc = -ENOMEM;
+                    break;
+                }
+                PGresult *rd = PQexec(c, vals);
+                free(vals);
+                if (PQresultStatus(rd) != PGRES_COMMAND_OK) {
+                    pst_pgerr(c, rd, err, el);
+                    PQclear(rd);
+                    rc = PST_EDB;
+                    break;
+                }
+                sn->divergent = strtoull(PQcmdTuples(rd), NULL, 10);
+                PQclear(rd);
+            }
             /* the epochs and the log restart at the snapshot */
             if ((rc = pst_exec(c, "DELETE FROM pmgcm.log;"
                                   "DELETE FROM pmgcm.epochs", err, el)))
@@ -1844,6 +1890,12 @@ static void snap_client_poll(pst_session *s)
         i->loaded = true;
         i->snapshots = sn->new_snapshots;
         i->state = PST_CATCHING_UP;
+        if (sn->divergent) {
+            i->divergent_total += sn->divergent;
+            pst_log(st, 1, "store: DIVERGED: %llu change(s) of this node's "
+                    "log were never received by the cluster; kept in "
+                    "pmgcm.divergence", (unsigned long long)sn->divergent);
+        }
         /* origins: ours kept, the others from the snapshot */
         pst_origin mine;
         pst_origin *me = pst_opos(st, sn->self_cid, false);
