@@ -90,6 +90,9 @@ static const char SETUP_SQL[] =
     " LANGUAGE plpgsql AS $f$\n"
     "DECLARE r text; m text; t text;\n"
     "BEGIN\n"
+    /* a role change waits for writers in flight and holds new ones back
+     * (jobs.c role_run), so no capture row slips past it */
+    "  PERFORM pg_advisory_xact_lock_shared(7947002);\n"
     "  SELECT role, master INTO r, m FROM pmgcm.state;\n"
     "  IF r = 'none' OR r IS NULL THEN RETURN NULL; END IF;\n"
     "  t := format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME);\n"
@@ -917,6 +920,9 @@ static void role_run(pst_job *j, PGconn *c)
     }
     if ((rc = pst_exec(c, "BEGIN", err, el))) goto out;
     PGresult *r;
+    /* writers in flight finish first; new ones wait for the new role */
+    if ((rc = pst_exec(c, "SELECT pg_advisory_xact_lock(7947002)", err, el)))
+        goto out;
     if ((rc = q1(c, "SELECT epoch, seq, recv_seq, role, loaded, cluster FROM"
                     " pmgcm.state FOR UPDATE", 0, NULL, &r, err, el)))
         goto out;

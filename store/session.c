@@ -1714,6 +1714,8 @@ static void div_run(pst_job *j, PGconn *c)
     const char *pv[1] = {fb};
     int rc = pst_exec(c, "BEGIN", err, el);
     if (rc) goto out;
+    if ((rc = pst_exec(c, "SELECT pg_advisory_xact_lock(7947002)", err, el)))
+        goto out;
     PGresult *r = PQexecParams(
         c,
         "WITH d AS (DELETE FROM pmgcm.log WHERE seq > $1::bigint RETURNING *)"
