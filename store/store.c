@@ -16,6 +16,7 @@
 #define TRIM_EVERY_MS 10000
 #define VACUUM_EVERY_MS 2000
 #define CHECK_EVERY_MS 5000
+#define IN_SYNC_LAG_US 1000000
 
 const char *pst_strerror(int err)
 {
@@ -773,7 +774,13 @@ void pst_get_info(const pst_store *st, pst_info *out)
     if (out->master)
         out->state = PST_IN_SYNC;
     else if (pst_following(st) && out->loaded &&
-             out->pos.seq >= out->head.seq && out->recv_seq == out->pos.seq)
+             ((out->pos.seq >= out->head.seq &&
+               out->recv_seq == out->pos.seq) ||
+              /* behind by changes captured within the last second (a busy
+               * master's stream in flight): in sync for readiness, so
+               * load balancers don't flap healthy nodes */
+              (out->pos.epoch == out->head.epoch && out->pos_ts_us > 0 &&
+               out->head_ts_us - out->pos_ts_us <= IN_SYNC_LAG_US)))
         out->state = PST_IN_SYNC;
     else
         out->state = PST_CATCHING_UP;
