@@ -547,6 +547,22 @@ static void copy_esc(char **p, const char *s)
     *p = o;
 }
 
+/* Ends the table being copied in: 0 or PST_EDB (message in sn->err). */
+static int copy_end(snap *sn, PGconn *c)
+{
+    int rc = 0;
+    PQputCopyEnd(c, NULL);
+    PGresult *r = PQgetResult(c);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+        pst_pgerr(c, r, sn->err, sizeof(sn->err));
+        rc = PST_EDB;
+    }
+    PQclear(r);
+    while ((r = PQgetResult(c))) PQclear(r);
+    __atomic_add_fetch(&sn->tables_done, 1, __ATOMIC_RELAXED);
+    return rc;
+}
+
 static int snap_client_load(snap *sn, PGconn *c)
 {
     pst_store *st = sn->st;
@@ -725,17 +741,8 @@ static int snap_client_load(snap *sn, PGconn *c)
                 break;
             }
             if (in_copy) {
-                PQputCopyEnd(c, NULL);
-                PGresult *r = PQgetResult(c);
-                if (PQresultStatus(r) != PGRES_COMMAND_OK) {
-                    pst_pgerr(c, r, err, el);
-                    rc = PST_EDB;
-                }
-                PQclear(r);
-                while ((r = PQgetResult(c))) PQclear(r);
                 in_copy = false;
-                __atomic_add_fetch(&sn->tables_done, 1, __ATOMIC_RELAXED);
-                if (rc) break;
+                if ((rc = copy_end(sn, c))) break;
             }
             /* only a table of our replicated set */
             char *sql = NULL;
@@ -793,17 +800,8 @@ static int snap_client_load(snap *sn, PGconn *c)
                 break;
             }
             if (in_copy) {
-                PQputCopyEnd(c, NULL);
-                PGresult *r = PQgetResult(c);
-                if (PQresultStatus(r) != PGRES_COMMAND_OK) {
-                    pst_pgerr(c, r, err, el);
-                    rc = PST_EDB;
-                }
-                PQclear(r);
-                while ((r = PQgetResult(c))) PQclear(r);
                 in_copy = false;
-                __atomic_add_fetch(&sn->tables_done, 1, __ATOMIC_RELAXED);
-                if (rc) break;
+                if ((rc = copy_end(sn, c))) break;
             }
             char q[400];
             snprintf(q, sizeof(q),
