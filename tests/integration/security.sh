@@ -385,7 +385,9 @@ PMGCM_SOCKET=$(it_sock $B) timeout 60 "$PMGCM" join "${IT_IP[A]}" --fingerprint 
     --password-file "$PW" --no-wait >"$IT_DIR/join-b.out" 2>&1
 jrc=$?
 stopped=0
-if ((jrc == 0)) && it_wait_until "(( \$(snap_bytes) > 0 ))" 20; then
+# stop the joiner as soon as the master starts copying (a fast machine can
+# move all 64 MB before the joiner's own progress is seen)
+if ((jrc == 0)) && it_wait_until "[[ \$(pg_val $A \"SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY %TO STDOUT%'\") -ge 1 ]] || (( \$(snap_bytes) > 0 ))" 20; then
     it_signal $B STOP
     stopped=1
 fi
