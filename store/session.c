@@ -1948,6 +1948,24 @@ static void client_frame_snapshot(pst_session *s, const uint8_t *buf,
 
 /* ---- client: open ------------------------------------------------------------------------ */
 
+/* Packs the opening message into *buf (malloc'ed) and makes the client
+ * session for it; NULL (nothing allocated) when out of memory. */
+static pst_session *client_new(pst_store *st, const Open *o,
+                               const pst_link *link, uint8_t **buf,
+                               size_t *len)
+{
+    *len = pmgcm__store__open__get_packed_size(o);
+    *buf = malloc(*len ? *len : 1);
+    if (!*buf) return NULL;
+    pmgcm__store__open__pack(o, *buf);
+    pst_session *s = sess_new(st, link, false);
+    if (!s) {
+        free(*buf);
+        *buf = NULL;
+    }
+    return s;
+}
+
 int pst_client(pst_store *st, pst_open_kind kind, uint32_t self_cid,
                const pst_link *link, uint8_t **buf, size_t *len,
                pst_session **out)
@@ -1965,16 +1983,8 @@ int pst_client(pst_store *st, pst_open_kind kind, uint32_t self_cid,
     } else if (kind == PST_SNAPSHOT) {
         o.schema = st->schema_text;
     }
-    *len = pmgcm__store__open__get_packed_size(&o);
-    *buf = malloc(*len ? *len : 1);
-    if (!*buf) return -ENOMEM;
-    pmgcm__store__open__pack(&o, *buf);
-    pst_session *s = sess_new(st, link, false);
-    if (!s) {
-        free(*buf);
-        *buf = NULL;
-        return -ENOMEM;
-    }
+    pst_session *s = client_new(st, &o, link, buf, len);
+    if (!s) return -ENOMEM;
     s->kind = kind;
     s->cid = self_cid;
     if (kind == PST_SNAPSHOT) {
@@ -2012,16 +2022,8 @@ int pst_client_origin(pst_store *st, uint32_t origin, uint32_t self_cid,
     pst_origin *p = pst_opos(st, origin, false);
     from.seq = p ? p->recv_seq : 0;
     o.from = &from;
-    *len = pmgcm__store__open__get_packed_size(&o);
-    *buf = malloc(*len ? *len : 1);
-    if (!*buf) return -ENOMEM;
-    pmgcm__store__open__pack(&o, *buf);
-    pst_session *s = sess_new(st, link, false);
-    if (!s) {
-        free(*buf);
-        *buf = NULL;
-        return -ENOMEM;
-    }
+    pst_session *s = client_new(st, &o, link, buf, len);
+    if (!s) return -ENOMEM;
     s->kind = PST_OSUBSCRIBE;
     s->cid = self_cid;
     s->origin = origin;
