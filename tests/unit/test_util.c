@@ -206,6 +206,38 @@ static void test_strerror(void)
     CHECK(gsp_strerror(42) != NULL);
 }
 
+static void test_budget(void)
+{
+    gsp_budget_stats st;
+    gsp_budget *b;
+
+    CHECK(gsp_budget_new(0) == NULL);
+    b = gsp_budget_new(100);
+    CHECK(b != NULL);
+    if (!b)
+        return;
+    CHECK(gsp_budget_take(b, 60) == 0);
+    CHECK(gsp_budget_take(b, 41) == -ENOBUFS); /* would pass the limit */
+    CHECK(gsp_budget_take(b, 40) == 0);        /* exactly at the limit */
+    CHECK(gsp_budget_take(b, 1) == -ENOBUFS);
+    CHECK(gsp_budget_take(b, 0) == 0);
+    CHECK(gsp_budget_take(b, (size_t)-1) == -ENOBUFS); /* no wrap */
+    gsp_budget_get(b, &st);
+    CHECK(st.limit == 100 && st.used == 100 && st.peak == 100);
+    CHECK(st.refused == 3);
+    gsp_budget_give(b, 60);
+    CHECK(gsp_budget_take(b, 50) == 0);
+    gsp_budget_give(b, 1000); /* a buggy over-give floors at zero */
+    gsp_budget_get(b, &st);
+    CHECK(st.used == 0 && st.peak == 100);
+    gsp_budget_free(b);
+    /* NULL: unlimited, nothing counted */
+    CHECK(gsp_budget_take(NULL, (size_t)1 << 40) == 0);
+    gsp_budget_give(NULL, 5);
+    gsp_budget_get(NULL, &st);
+    CHECK(st.limit == 0 && st.used == 0 && st.refused == 0);
+}
+
 int main(void)
 {
     TAP_RUN(test_addr_v4);
@@ -214,5 +246,6 @@ int main(void)
     TAP_RUN(test_addr_eq_and_str);
     TAP_RUN(test_id);
     TAP_RUN(test_strerror);
+    TAP_RUN(test_budget);
     return tap_done();
 }
