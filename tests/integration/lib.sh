@@ -405,7 +405,7 @@ it_report_shutdown() {
         [[ -f "$(it_log "$i")" ]] || continue
         if grep -Eq 'ERROR: (Address|Leak|Thread)Sanitizer|runtime error:|SUMMARY: [A-Za-z]+Sanitizer' "$(it_log "$i")"; then
             bad+="sanitizer report in node$i.log; "
-            it_diag "$(grep -E -A12 'ERROR: (Address|Leak|Thread)Sanitizer|runtime error:' "$(it_log "$i")" | head -n 40)"
+            it_diag "$(grep -E -A12 'ERROR: (Address|Leak|Thread)Sanitizer|WARNING: ThreadSanitizer|runtime error:' "$(it_log "$i")" | head -n 40)"
         fi
     done
     if [[ -z "$bad" ]]; then
