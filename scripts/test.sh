@@ -6,7 +6,10 @@
 #   3. build/      ./configure --enable-werror;  make -j2 && make check
 #   4. build-san/  ./configure --enable-sanitizers --enable-werror;
 #                  make -j2 && make check  (ASan + UBSan, leaks detected)
-#   5. valgrind --leak-check=full over every unit test binary of build/
+#   5. build-tsan/ ./configure --enable-tsan --enable-werror; make check over
+#                  every unit test and the store/files integration tests
+#                  (ThreadSanitizer; tests/tsan.supp)
+#   6. valgrind --leak-check=full over every unit test binary of build/
 #      (tests/unit/test_*) and every fuzz corpus replay (tests/fuzz/replay_*)
 #
 # Prints the log of every failing test and ends with one line
@@ -90,6 +93,31 @@ export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 build_and_check build-san "sanitizers" --enable-sanitizers --enable-werror
 unset ASAN_OPTIONS UBSAN_OPTIONS
 
+# ---- ThreadSanitizer over the threaded code -----------------------------------
+# build-tsan/ (--enable-tsan): every unit test binary, and the integration
+# tests whose daemons run the store's and the file mirror's worker threads.
+banner "tsan: configure --enable-tsan && make -j2 && make check (threaded tests, in build-tsan/)"
+TSAN_TESTS=${PMGCM_TSAN_TESTS:-"tests/integration/store.sh tests/integration/files.sh"}
+if bash scripts/build.sh --reconf build-tsan --enable-tsan --enable-werror; then
+    (cd build-tsan && make -j2 check TESTS= >/dev/null 2>&1) || true
+    tsan_units=$(cd build-tsan && find tests/unit -maxdepth 1 -type f -perm -u+x \
+                 -name 'test_*' ! -name '*.*' | sort | tr '\n' ' ')
+    rm -f build-tsan/test-suite.log
+    rc=0
+    (cd build-tsan &&
+     TSAN_OPTIONS="halt_on_error=0 exitcode=66 suppressions=$top/tests/tsan.supp" \
+     timeout -k 30 "$CHECK_TIMEOUT" make check TESTS="$tsan_units $TSAN_TESTS") || rc=$?
+    if ((rc == 124 || rc == 137)); then
+        fail_step "tsan: make check timed out after ${CHECK_TIMEOUT}s"
+    elif [[ ! -f build-tsan/test-suite.log ]]; then
+        fail_step "tsan: make check produced no test-suite.log (exit $rc)"
+    elif ((rc != 0)) && ! grep -Eq '^# (FAIL|ERROR|XPASS): *[1-9]' build-tsan/test-suite.log; then
+        fail_step "tsan: make check exited $rc with no failing test recorded"
+    fi
+else
+    fail_step "tsan: build"
+fi
+
 # ---- valgrind over the unit test binaries of the plain build -----------------
 banner "valgrind: unit test binaries of build/"
 vg_pass=0
@@ -121,7 +149,7 @@ if ((vg_pass + vg_fail == 0)); then
 fi
 
 # ---- logs of failing tests ---------------------------------------------------
-for dir in build build-san; do
+for dir in build build-san build-tsan; do
     [[ -d "$dir" ]] || continue
     while IFS= read -r trs; do
         if grep -Eq '^:global-test-result: (FAIL|ERROR|XPASS)' "$trs"; then
@@ -145,7 +173,7 @@ banner "results"
 count() { # count FIELD FILE -> the number after "# FIELD:"
     sed -n "s/^# $1: *\([0-9][0-9]*\).*/\1/p" "$2" | head -n1
 }
-for dir in build build-san; do
+for dir in build build-san build-tsan; do
     f=$dir/test-suite.log
     [[ -f "$f" ]] || continue
     p=$(count PASS "$f"); fl=$(count FAIL "$f"); er=$(count ERROR "$f"); xp=$(count XPASS "$f")
