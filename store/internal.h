@@ -66,6 +66,36 @@ struct pst_session;
 
 #define PST_ORIGINS_MAX 64
 
+/* The local replicated set: each table's name as pmgcm.tables holds it
+ * (format('%I.%I', schema, table), so already a quoted identifier) and
+ * whether it is a per-origin table. Table names that arrive from the
+ * network (changes, snapshot table lists) are only ever looked up here:
+ * what goes into SQL is the local entry, never the received text. */
+typedef struct pst_tabname {
+    char *name;
+    bool origin;
+} pst_tabname;
+
+typedef struct pst_tableset {
+    size_t n, cap;
+    pst_tabname *t;
+} pst_tableset;
+
+/* A new empty set (NULL: out of memory). */
+pst_tableset *pst_tableset_new(void);
+/* Appends name (copied). 0, -EINVAL (NULL, empty, over 1024 bytes),
+ * -EEXIST, -ENOMEM. */
+int pst_tableset_add(pst_tableset *ts, const char *name, bool origin);
+/* A deep copy (NULL: out of memory or ts NULL). */
+pst_tableset *pst_tableset_dup(const pst_tableset *ts);
+void pst_tableset_free(pst_tableset *ts);
+/* The index of the entry whose name is byte for byte `name`, else -1
+ * (also for NULL, a NULL set, or a name over 1024 bytes). */
+int pst_tableset_find(const pst_tableset *ts, const char *name);
+/* A received name made safe for a log line: at most cap-1 bytes, control
+ * and non-ASCII bytes as '?', "..." when cut. Returns buf. */
+const char *pst_safe_name(const char *name, char *buf, size_t cap);
+
 struct pst_store {
     uv_loop_t *loop;
     pst_events ev;
@@ -74,6 +104,9 @@ struct pst_store {
     char *exclude;
     char *origin_tables;
     uint32_t retention_s;
+
+    /* the local replicated set (loop only; replaced at setup) */
+    pst_tableset *tables;
 
     /* per-origin positions (loop only): origin cid -> last applied */
     pst_origin opos[PST_ORIGINS_MAX];
@@ -133,7 +166,7 @@ void pst_sessions_close_all(pst_store *st);
 bool pst_following(const pst_store *st);
 int pst_db_setup(PGconn *c, pst_store *st, char *err, size_t errlen,
                  char **schema_text, pst_info *info, pst_origin *opos,
-                 size_t *n_opos);
+                 size_t *n_opos, pst_tableset **tables);
 /* the entry for origin o (created when create), or NULL */
 pst_origin *pst_opos(pst_store *st, uint32_t o, bool create);
 void pst_start_ocapture(pst_store *st);

@@ -289,14 +289,20 @@ static char *apply_sql(const tabdef *t, size_t n, bool origin)
           "      CONTINUE;\n"
           "    END IF;\n"
           "    n := n + 1;\n"
-          "    IF c.op = 'T' THEN EXECUTE format('TRUNCATE %s', c.tbl);"
-          " CONTINUE; END IF;\n"
+          /* the table is looked up among the local ones: its name from
+           * the network is compared, never executed */
           "    CASE c.tbl\n"
           "    WHEN '' THEN NULL;\n", f);
     for (size_t i = 0; i < n; i++) {
         if ((t[i].ocol != NULL) != origin) continue;
+        if (!origin)
+            fprintf(f,
+                    "    WHEN %s THEN\n"
+                    "      IF c.op = 'T' THEN TRUNCATE %s; CONTINUE; END IF;\n",
+                    t[i].lit, t[i].q);
+        else
+            fprintf(f, "    WHEN %s THEN\n", t[i].lit);
         fprintf(f,
-                "    WHEN %s THEN\n"
                 "      IF c.op = 'D' OR (c.op = 'U' AND (%s)) THEN\n"
                 "        DELETE FROM %s t USING jsonb_populate_record(NULL::%s,"
                 " c.old) r WHERE %s;\n"
@@ -305,7 +311,7 @@ static char *apply_sql(const tabdef *t, size_t n, bool origin)
                 "        INSERT INTO %s SELECT * FROM jsonb_populate_record("
                 "NULL::%s, c.new) ON CONFLICT (%s) DO %s%s;\n"
                 "      END IF;\n",
-                t[i].lit, t[i].changed, t[i].q, t[i].q, t[i].cond, t[i].q,
+                t[i].changed, t[i].q, t[i].q, t[i].cond, t[i].q,
                 t[i].q, t[i].pk, t[i].set[0] ? "UPDATE SET " : "NOTHING",
                 t[i].set);
     }
@@ -336,7 +342,7 @@ int pst_schema_text(PGconn *c, pst_store *st, char **out, char *err,
 
 int pst_db_setup(PGconn *c, pst_store *st, char *err, size_t errlen,
                  char **schema_text, pst_info *info, pst_origin *opos,
-                 size_t *n_opos)
+                 size_t *n_opos, pst_tableset **tables)
 {
     int rc = pst_exec(c, "BEGIN", err, errlen);
     if (rc) return rc;
@@ -488,6 +494,12 @@ int pst_db_setup(PGconn *c, pst_store *st, char *err, size_t errlen,
         char *fn = apply_sql(t, n, o == 1);
         rc = fn ? pst_exec(c, fn, err, errlen) : -ENOMEM;
         free(fn);
+    }
+    if (rc == 0) {
+        *tables = pst_tableset_new();
+        for (size_t i = 0; *tables && rc == 0 && i < n; i++)
+            rc = pst_tableset_add(*tables, t[i].q, t[i].ocol != NULL);
+        if (!*tables) rc = -ENOMEM;
     }
     if (rc == 0) {
         *schema_text = tables_text(t, n);

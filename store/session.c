@@ -180,6 +180,7 @@ struct snap {
     uint32_t peer_cid;   /* server: the receiver (its own origin rows stay) */
     uint64_t divergent;  /* client: log entries kept as divergence */
     uint32_t self_cid;   /* client: us */
+    pst_tableset *local; /* client: the local replicated set (a copy) */
     pst_origin opos[PST_ORIGINS_MAX]; /* client: positions received */
     size_t n_opos;
 };
@@ -198,6 +199,7 @@ static void snap_finish(snap *sn, int rc)
     if (det) {
         pst_pipe_destroy(&sn->pipe);
         free(sn->schema);
+        pst_tableset_free(sn->local);
         free(sn);
     } else {
         uv_async_send(&st->async);
@@ -563,6 +565,42 @@ static int copy_end(snap *sn, PGconn *c)
     return rc;
 }
 
+/* SNAP_BEGIN's table list against our replicated set: every name ours,
+ * each once, none of ours missing. 0 or PST_ESCHEMA (why in err). */
+static int snap_check_tables(const snap *sn, const Msg *m, char *err,
+                             size_t el)
+{
+    char nb[120];
+    if (!sn->local) {
+        snprintf(err, el, "the replicated set is not known yet");
+        return PST_ESCHEMA;
+    }
+    uint8_t *seen = calloc(sn->local->n + 1, 1);
+    if (!seen) return -ENOMEM;
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < m->n_tables; i++) {
+        int ti = pst_tableset_find(sn->local, m->tables[i]->name);
+        if (ti < 0 || seen[ti]) {
+            snprintf(err, el, "snapshot %s table \"%s\"%s",
+                     ti < 0 ? "carries" : "repeats",
+                     pst_safe_name(m->tables[i]->name, nb, sizeof(nb)),
+                     ti < 0 ? ", which is not replicated here" : "");
+            rc = PST_ESCHEMA;
+        } else {
+            seen[ti] = 1;
+        }
+    }
+    for (size_t i = 0; rc == 0 && i < sn->local->n; i++)
+        if (!seen[i]) {
+            snprintf(err, el, "snapshot lacks table %s, which is"
+                     " replicated here",
+                     pst_safe_name(sn->local->t[i].name, nb, sizeof(nb)));
+            rc = PST_ESCHEMA;
+        }
+    free(seen);
+    return rc;
+}
+
 static int snap_client_load(snap *sn, PGconn *c)
 {
     pst_store *st = sn->st;
@@ -606,6 +644,10 @@ static int snap_client_load(snap *sn, PGconn *c)
                              __ATOMIC_RELAXED);
             if ((rc = pst_exec(c, "BEGIN", err, el))) break;
             begun = true;
+            /* the snapshot must carry exactly our replicated set; what
+             * goes into SQL below are our own names, never the received
+             * ones */
+            if ((rc = snap_check_tables(sn, m, err, el))) break;
             /* everything replicated goes, in one statement (foreign keys);
              * per-origin tables keep this node's own rows */
             PGresult *ro = PQexec(c, "SELECT tbl, quote_ident(col) FROM"
@@ -617,8 +659,8 @@ static int snap_client_load(snap *sn, PGconn *c)
                 break;
             }
             size_t len = 64, nt = 0;
-            for (size_t i = 0; i < m->n_tables; i++)
-                len += strlen(m->tables[i]->name) + 2;
+            for (size_t i = 0; i < sn->local->n; i++)
+                len += strlen(sn->local->t[i].name) + 2;
             char *sql = malloc(len), *p = sql;
             if (!sql) {
                 PQclear(ro);
@@ -626,13 +668,10 @@ static int snap_client_load(snap *sn, PGconn *c)
                 break;
             }
             p += sprintf(p, "TRUNCATE ");
-            for (size_t i = 0; i < m->n_tables; i++) {
-                bool origin_tbl = false;
-                for (int k = 0; k < PQntuples(ro); k++)
-                    if (strcmp(PQgetvalue(ro, k, 0), m->tables[i]->name) == 0)
-                        origin_tbl = true;
-                if (origin_tbl) continue;
-                p += sprintf(p, "%s%s", nt++ ? ", " : "", m->tables[i]->name);
+            for (size_t i = 0; i < sn->local->n; i++) {
+                if (sn->local->t[i].origin) continue;
+                p += sprintf(p, "%s%s", nt++ ? ", " : "",
+                             sn->local->t[i].name);
             }
             if (nt) rc = pst_exec(c, sql, err, el);
             free(sql);
@@ -744,21 +783,20 @@ static int snap_client_load(snap *sn, PGconn *c)
                 in_copy = false;
                 if ((rc = copy_end(sn, c))) break;
             }
-            /* only a table of our replicated set */
+            /* only a table of our replicated set, under our name */
             char *sql = NULL;
-            const char *pv[1] = {m->name};
-            PGresult *r = PQexecParams(c, "SELECT 1 FROM pmgcm.tables WHERE"
-                                          " tbl = $1", 1, NULL, pv, NULL,
-                                       NULL, 0);
-            bool ok = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1;
-            PQclear(r);
-            if (!ok) {
-                snprintf(err, el, "snapshot carries table %s, which is not"
-                                  " replicated here", m->name);
+            int ti = pst_tableset_find(sn->local, m->name);
+            if (ti < 0) {
+                char nb[120];
+                snprintf(err, el, "snapshot carries table \"%s\", which is"
+                         " not replicated here",
+                         pst_safe_name(m->name, nb, sizeof(nb)));
                 rc = PST_ESCHEMA;
                 break;
             }
-            if (asprintf(&sql, "COPY %s FROM STDIN", m->name) < 0) {
+            PGresult *r;
+            if (asprintf(&sql, "COPY %s FROM STDIN",
+                         sn->local->t[ti].name) < 0) {
                 rc = -ENOMEM;
                 break;
             }
@@ -871,6 +909,14 @@ static snap *snap_start(pst_session *s, bool server, const char *schema)
     sn->peer_cid = s->cid;
     sn->self_cid = st->self_cid;
     sn->schema = schema ? strdup(schema) : NULL;
+    if (!server) {
+        sn->local = pst_tableset_dup(st->tables);
+        if (!sn->local) {
+            free(sn->schema);
+            free(sn);
+            return NULL;
+        }
+    }
     pst_pipe_init(&sn->pipe, SNAP_PIPE_MAX);
     __atomic_add_fetch(&st->snap_threads, 1, __ATOMIC_ACQ_REL);
     if (uv_thread_create(&sn->tid,
@@ -879,6 +925,7 @@ static snap *snap_start(pst_session *s, bool server, const char *schema)
         __atomic_sub_fetch(&st->snap_threads, 1, __ATOMIC_ACQ_REL);
         pst_pipe_destroy(&sn->pipe);
         free(sn->schema);
+        pst_tableset_free(sn->local);
         free(sn);
         return NULL;
     }
@@ -897,6 +944,7 @@ static void snap_free(snap *sn)
     if (!fin) return;
     pst_pipe_destroy(&sn->pipe);
     free(sn->schema);
+    pst_tableset_free(sn->local);
     free(sn);
 }
 
@@ -1794,6 +1842,26 @@ static void client_frame_subscribe(pst_session *s, const uint8_t *buf,
     switch (m->kind) {
     case PMGCM__STORE__MSG__KIND__CHANGES: {
         if (m->n_changes == 0) break;
+        /* every table named must be one of ours (of the stream's kind):
+         * an unknown one ends the stream before anything is stored */
+        for (size_t k = 0; k < m->n_changes; k++) {
+            const Change *ch = m->changes[k];
+            if (ch->op == 'E') continue;
+            int ti = pst_tableset_find(st->tables, ch->tbl);
+            bool want_origin = s->kind == PST_OSUBSCRIBE;
+            if (ti < 0 || st->tables->t[ti].origin != want_origin) {
+                char nb[120];
+                pst_set_error(st, "the upstream sent change %llu for table"
+                              " \"%s\", which is not replicated here%s:"
+                              " stream ended, nothing applied",
+                              (unsigned long long)ch->seq,
+                              pst_safe_name(ch->tbl, nb, sizeof(nb)),
+                              ti >= 0 ? " as that kind of table" : "");
+                sess_end(s, PST_ESCHEMA, st->info.error);
+                pmgcm__store__msg__free_unpacked(m, NULL);
+                return;
+            }
+        }
         Change *l = m->changes[m->n_changes - 1];
         pst_pos hp = {l->epoch, l->seq};
         if (m->head && m->head->seq > hp.seq) hp.seq = m->head->seq;

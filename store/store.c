@@ -91,6 +91,78 @@ void pst_set_error(pst_store *st, const char *fmt, ...)
     }
 }
 
+/* ---- the local replicated set --------------------------------------------------- */
+
+#define TABNAME_MAX 1024
+
+pst_tableset *pst_tableset_new(void)
+{
+    return calloc(1, sizeof(pst_tableset));
+}
+
+int pst_tableset_find(const pst_tableset *ts, const char *name)
+{
+    if (!ts || !name || strnlen(name, TABNAME_MAX + 1) > TABNAME_MAX)
+        return -1;
+    for (size_t i = 0; i < ts->n; i++)
+        if (strcmp(ts->t[i].name, name) == 0) return (int)i;
+    return -1;
+}
+
+int pst_tableset_add(pst_tableset *ts, const char *name, bool origin)
+{
+    if (!ts || !name || !*name || strnlen(name, TABNAME_MAX + 1) > TABNAME_MAX)
+        return -EINVAL;
+    if (pst_tableset_find(ts, name) >= 0) return -EEXIST;
+    if (ts->n == ts->cap) {
+        size_t nc = ts->cap ? ts->cap * 2 : 16;
+        pst_tabname *nt = realloc(ts->t, nc * sizeof(*nt));
+        if (!nt) return -ENOMEM;
+        ts->t = nt;
+        ts->cap = nc;
+    }
+    char *c = strdup(name);
+    if (!c) return -ENOMEM;
+    ts->t[ts->n].name = c;
+    ts->t[ts->n].origin = origin;
+    ts->n++;
+    return 0;
+}
+
+pst_tableset *pst_tableset_dup(const pst_tableset *ts)
+{
+    if (!ts) return NULL;
+    pst_tableset *d = pst_tableset_new();
+    for (size_t i = 0; d && i < ts->n; i++)
+        if (pst_tableset_add(d, ts->t[i].name, ts->t[i].origin) != 0) {
+            pst_tableset_free(d);
+            d = NULL;
+        }
+    return d;
+}
+
+void pst_tableset_free(pst_tableset *ts)
+{
+    if (!ts) return;
+    for (size_t i = 0; i < ts->n; i++) free(ts->t[i].name);
+    free(ts->t);
+    free(ts);
+}
+
+const char *pst_safe_name(const char *name, char *buf, size_t cap)
+{
+    if (!cap) return buf;
+    if (!name) name = "(none)";
+    size_t i = 0;
+    for (; name[i] && i + 1 < cap; i++) {
+        unsigned char c = (unsigned char)name[i];
+        buf[i] = (c < 0x20 || c >= 0x7f) ? '?' : (char)c;
+    }
+    buf[i] = 0;
+    if (name[i] && cap >= 4) memcpy(buf + cap - 4, "...", 4);
+    return buf;
+}
+
 /* ---- pipes ------------------------------------------------------------------- */
 
 pst_buf *pst_buf_new(const void *data, size_t len)
@@ -355,6 +427,7 @@ typedef struct setup_job {
     pst_info info;
     pst_origin opos[PST_ORIGINS_MAX];
     size_t n_opos;
+    pst_tableset *tables;
 } setup_job;
 
 static void setup_run(pst_job *j, PGconn *c)
@@ -377,7 +450,7 @@ static void setup_run(pst_job *j, PGconn *c)
         s->changed = true;
     }
     j->rc = pst_db_setup(c, j->st, j->err, sizeof(j->err), &s->schema_text,
-                         &s->info, s->opos, &s->n_opos);
+                         &s->info, s->opos, &s->n_opos, &s->tables);
 }
 
 static void listen_start(pst_store *st);
@@ -390,9 +463,18 @@ static void setup_done(pst_job *j)
     free(s->old_text);
     if (st->closing) {
         free(s->schema_text);
+        pst_tableset_free(s->tables);
         free(s);
         return;
     }
+    if (j->rc == 0 && s->tables) {
+        /* the replicated set the definitions describe */
+        pst_tableset_free(st->tables);
+        st->tables = s->tables;
+        s->tables = NULL;
+    }
+    pst_tableset_free(s->tables);
+    s->tables = NULL;
     if (s->check_only) {
         /* a ready store re-read its definitions: keep positions and state */
         if (j->rc == 0 && s->changed) {
@@ -697,6 +779,7 @@ static void st_unref(pst_store *st)
     free(st->origin_tables);
     free(st->workers);
     free(st->schema_text);
+    pst_tableset_free(st->tables);
     free(st);
 }
 

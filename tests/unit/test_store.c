@@ -6,6 +6,7 @@
  * PostgreSQL servers in tests/integration/store.sh.
  */
 #include "store/internal.h"
+#include "store/store.pb-c.h"
 #include "tests/tap.h"
 
 #include <errno.h>
@@ -165,6 +166,161 @@ static void test_unreachable_database(void)
     CHECK_EQ_INT(uv_loop_close(&loop), 0);
 }
 
+/* Table names from the network are only looked up, byte for byte. */
+static void test_tableset(void)
+{
+    pst_tableset *ts = pst_tableset_new();
+    REQUIRE(ts != NULL);
+    CHECK_EQ_INT(pst_tableset_add(ts, "public.mail", false), 0);
+    CHECK_EQ_INT(pst_tableset_add(ts, "public.\"odd name\"", false), 0);
+    CHECK_EQ_INT(pst_tableset_add(ts, "public.quarantine", true), 0);
+    CHECK_EQ_INT(pst_tableset_add(ts, "public.mail", false), -EEXIST);
+    CHECK_EQ_INT(pst_tableset_add(ts, "", false), -EINVAL);
+    CHECK_EQ_INT(pst_tableset_add(ts, NULL, false), -EINVAL);
+    char big[1100];
+    memset(big, 'a', sizeof(big) - 1);
+    big[sizeof(big) - 1] = 0;
+    CHECK_EQ_INT(pst_tableset_add(ts, big, false), -EINVAL);
+    CHECK_EQ_INT(pst_tableset_find(ts, "public.mail"), 0);
+    CHECK_EQ_INT(pst_tableset_find(ts, "public.\"odd name\""), 1);
+    CHECK_EQ_INT(pst_tableset_find(ts, "public.quarantine"), 2);
+    CHECK(ts->t[2].origin && !ts->t[0].origin);
+    static const char *const hostile[] = {
+        "public.mail; COPY x TO PROGRAM 'touch /tmp/pwn'",
+        "public.mail, public.rules CASCADE",
+        "public.mail CASCADE",
+        "PUBLIC.MAIL",
+        "public.mail ",
+        " public.mail",
+        "\"public\".\"mail\"",
+        "public.\"odd name\"; DROP TABLE public.mail",
+        "public.mail\n",
+        "public.mai",
+        "public.mail--",
+        "(SELECT 1)",
+        "",
+    };
+    for (size_t i = 0; i < sizeof(hostile) / sizeof(hostile[0]); i++)
+        CHECK_EQ_INT(pst_tableset_find(ts, hostile[i]), -1);
+    CHECK_EQ_INT(pst_tableset_find(ts, NULL), -1);
+    CHECK_EQ_INT(pst_tableset_find(NULL, "public.mail"), -1);
+    CHECK_EQ_INT(pst_tableset_find(ts, big), -1);
+    pst_tableset *d = pst_tableset_dup(ts);
+    REQUIRE(d != NULL);
+    CHECK_EQ_INT((int)d->n, 3);
+    CHECK_EQ_INT(pst_tableset_find(d, "public.quarantine"), 2);
+    CHECK(d->t[2].origin);
+    pst_tableset_free(d);
+    pst_tableset_free(ts);
+    pst_tableset_free(NULL);
+    char nb[16];
+    CHECK(strcmp(pst_safe_name("a\nb\x1b[31m", nb, sizeof(nb)), "a?b?[31m") == 0);
+    CHECK(strcmp(pst_safe_name("public.mail; COPY x", nb, sizeof(nb)),
+                 "public.mail;...") == 0);
+    CHECK(strcmp(pst_safe_name(NULL, nb, sizeof(nb)), "(none)") == 0);
+}
+
+typedef struct ended {
+    int calls, rc;
+    char why[256];
+} ended;
+
+static void end_rec(void *ud, int rc, const char *why)
+{
+    ended *e = ud;
+    e->calls++;
+    e->rc = rc;
+    snprintf(e->why, sizeof(e->why), "%s", why ? why : "");
+}
+
+/* A frame of one change: op on table tbl (seq 101). */
+static size_t change_frame(uint8_t *buf, size_t cap, char op, const char *tbl)
+{
+    Pmgcm__Store__Msg m = PMGCM__STORE__MSG__INIT;
+    Pmgcm__Store__Change c = PMGCM__STORE__CHANGE__INIT;
+    Pmgcm__Store__Change *cp[1] = {&c};
+    c.seq = 101;
+    c.epoch = 3;
+    c.op = (uint8_t)op;
+    c.tbl = (char *)tbl;
+    c.new_ = (char *)"{\"id\": 1}";
+    c.last = true;
+    m.kind = PMGCM__STORE__MSG__KIND__CHANGES;
+    m.n_changes = 1;
+    m.changes = cp;
+    size_t n = pmgcm__store__msg__get_packed_size(&m);
+    if (n > cap) return 0;
+    return pmgcm__store__msg__pack(&m, buf);
+}
+
+/* A hostile upstream's change naming a table outside the local set ends
+ * the stream on the loop, before any database work is queued, with the
+ * refusal in the store's status. */
+static void test_hostile_change_refused(void)
+{
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    pst_config cfg = {.conninfo = "host=/nonexistent-pmgcm-test dbname=x "
+                                  "connect_timeout=2",
+                      .workers = 1};
+    pst_events ev = {.changed = on_changed, .log = on_log};
+    pst_store *st = NULL;
+    REQUIRE(pst_open(&loop, &cfg, &ev, &st) == 0);
+    /* the first setup fails (no database); then, as after a setup:
+     * ready, loaded, our set known */
+    bool late = false;
+    uv_timer_t t;
+    uv_timer_init(&loop, &t);
+    t.data = &late;
+    uv_timer_start(&t, deadline_cb, 20000, 0);
+    while (!late && st->info.error[0] == '\0') uv_run(&loop, UV_RUN_ONCE);
+    CHECK(!late);
+    uv_close((uv_handle_t *)&t, NULL);
+    st->info.ready = true;
+    st->info.loaded = true;
+    st->info.state = PST_CATCHING_UP;
+    st->info.pos = (pst_pos){3, 100};
+    st->info.recv_seq = 100;
+    st->tables = pst_tableset_new();
+    REQUIRE(st->tables != NULL);
+    REQUIRE(pst_tableset_add(st->tables, "public.mail", false) == 0);
+    REQUIRE(pst_tableset_add(st->tables, "public.quarantine", true) == 0);
+    static const struct {
+        char op;
+        const char *tbl;
+    } bad[] = {
+        {'T', "public.mail; COPY (SELECT 1) TO PROGRAM 'touch /tmp/pwn'"},
+        {'I', "public.mail; DROP TABLE public.mail"},
+        {'T', "public.mail, public.quarantine CASCADE"},
+        {'D', "pg_catalog.pg_authid"},
+        {'I', "public.quarantine"}, /* per-origin: not in this stream */
+        {'U', NULL},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        ended e = {0};
+        pst_link l = {.send = send_none, .end = end_rec, .ud = &e};
+        pst_session *s = NULL;
+        uint8_t *open = NULL, frame[512];
+        size_t olen = 0;
+        REQUIRE(pst_client(st, PST_SUBSCRIBE, 2, &l, &open, &olen, &s) == 0);
+        free(open);
+        size_t n = change_frame(frame, sizeof(frame), bad[i].op, bad[i].tbl);
+        REQUIRE(n > 0);
+        st->info.error[0] = 0;
+        pst_session_frame(s, frame, n);
+        CHECK(!st->apply_busy);     /* nothing went to a worker */
+        for (int k = 0; k < 100 && !e.calls; k++) uv_run(&loop, UV_RUN_NOWAIT);
+        CHECK_EQ_INT(e.calls, 1);
+        CHECK_EQ_INT(e.rc, PST_ESCHEMA);
+        CHECK(strstr(st->info.error, "not replicated here") != NULL);
+        CHECK(strchr(st->info.error, '\n') == NULL);
+        pst_session_free(s);
+    }
+    pst_close(st);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+}
+
 int main(void)
 {
     TAP_RUN(test_pos_cmp);
@@ -172,5 +328,7 @@ int main(void)
     TAP_RUN(test_pipe_order_and_bound);
     TAP_RUN(test_pipe_abort_unblocks_producer);
     TAP_RUN(test_unreachable_database);
+    TAP_RUN(test_tableset);
+    TAP_RUN(test_hostile_change_refused);
     return tap_done();
 }
