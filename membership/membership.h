@@ -324,6 +324,7 @@ int pmm_state_write_peers(const char *dir, const gsp_addr *addrs, size_t n);
 #define PMM_ROLE_MAX 16
 
 #define PMM_META_ORIGINS_MAX 24
+#define PMM_DB_REASON_MAX 111 /* printable ASCII */
 
 typedef struct pmm_meta {
     uint64_t start_time; /* unix seconds: host boot time */
@@ -337,6 +338,10 @@ typedef struct pmm_meta {
     uint32_t db_state;   /* pst_state of the store; 0 = no store */
     uint64_t db_epoch, db_seq; /* last applied change */
     uint64_t db_ts_ms;   /* its capture time on the master (unix ms) */
+    char db_reason[PMM_DB_REASON_MAX + 1]; /* why not in-sync, "" if it is */
+    uint64_t db_lag;     /* changes behind the newest head it knows */
+    uint32_t db_kept;    /* records in pmgcm.backups */
+    uint64_t db_divergence; /* rows in pmgcm.divergence */
     uint32_t n_origins;  /* per-origin positions (store/store.h) */
     struct {
         uint32_t cid;
@@ -455,6 +460,10 @@ typedef struct pmm_status_row {
     char db_state[16];       /* pst_state_name() */
     uint64_t db_epoch, db_seq;
     uint64_t db_ts_ms;
+    char db_reason[PMM_DB_REASON_MAX + 1]; /* why not in-sync ("" if it is) */
+    uint64_t db_lag;         /* behind, as the node itself knows it */
+    uint32_t db_kept;        /* its pmgcm.backups records */
+    uint64_t db_divergence;  /* its pmgcm.divergence rows */
     uint64_t lag_changes;    /* behind the master (filled by the caller) */
     double lag_seconds;
     /* per-origin positions and how far behind each origin's own head */
@@ -466,8 +475,10 @@ typedef struct pmm_status_row {
 } pmm_status_row;
 
 char pmm_state_letter(gsp_state s);
-/* After rows are built: lag of every store row against the master's row,
- * and 'S' for an alive node whose store is not in sync. */
+/* After rows are built: lag of every store row against the master's row
+ * (at least what the node itself says), and 'S' for an alive node whose
+ * store is not in sync (idle counts as in sync only outside a cluster,
+ * role "-"). */
 void pmm_status_db_finish(pmm_status_row *rows, size_t n);
 /* Builds a row from a member; now_unix is the wall clock of the reader.
  * Dead and left members keep their last load/mem/disk but no uptime. */
@@ -482,7 +493,8 @@ char *pmm_format_uptime(int64_t secs, char *buf, size_t len);
 int pmm_status_render_text(pmm_buf *b, const pmm_status_row *rows, size_t n);
 /* JSON array of objects: name, cid, ip, role, state, uptime, load, mem,
  * disk (null when unknown), id, gossip_state, port, self, and db
- * ({state, epoch, seq, lag_changes, lag_seconds}) when has_db. */
+ * ({state, reason, epoch, seq, lag_changes, lag_seconds, kept:
+ * {backups, divergence}, origins}) when has_db. */
 int pmm_status_write_json(pmm_buf *b, const pmm_status_row *rows, size_t n);
 /* Reads such an array back (validating every field). *rows is malloc'd. */
 int pmm_status_from_json(const pmm_json *arr, pmm_status_row **rows,

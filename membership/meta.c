@@ -10,6 +10,16 @@
 /* 1-minute load above this is garbage, not a busy host */
 #define LOAD1_MAX (1000000u * 100u)
 
+static bool reason_ok(const char *r, size_t n)
+{
+    if (n > PMM_DB_REASON_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)r[i] < 0x20 || (unsigned char)r[i] >= 0x7f)
+            return false;
+    return true;
+}
+
 static bool role_ok(const char *r, size_t n)
 {
     if (n == 0 || n > PMM_ROLE_MAX)
@@ -46,6 +56,16 @@ int pmm_meta_encode(const pmm_meta *m, uint8_t *buf, size_t cap, size_t *len)
         nm.db_seq = m->db_seq;
         nm.db_ts_ms = m->db_ts_ms;
     }
+    if (m->db_state) {
+        size_t rl = strnlen(m->db_reason, sizeof(m->db_reason));
+        if (rl == sizeof(m->db_reason) || !reason_ok(m->db_reason, rl))
+            return -EINVAL;
+        if (rl) nm.db_reason = (char *)m->db_reason;
+        nm.has_db_lag = nm.has_db_kept = nm.has_db_divergence = true;
+        nm.db_lag = m->db_lag;
+        nm.db_kept = m->db_kept;
+        nm.db_divergence = m->db_divergence;
+    }
     Pmgcm__Membership__OriginSeq ov[PMM_META_ORIGINS_MAX];
     Pmgcm__Membership__OriginSeq *op[PMM_META_ORIGINS_MAX];
     if (m->n_origins > PMM_META_ORIGINS_MAX)
@@ -59,6 +79,11 @@ int pmm_meta_encode(const pmm_meta *m, uint8_t *buf, size_t cap, size_t *len)
     nm.n_origins = m->n_origins;
     nm.origins = op;
     need = pmgcm__membership__node_meta__get_packed_size(&nm);
+    if ((need > cap || need > GSP_META_MAX) && nm.db_reason != NULL) {
+        /* the reason is the first thing to go */
+        nm.db_reason = NULL;
+        need = pmgcm__membership__node_meta__get_packed_size(&nm);
+    }
     if (need > cap || need > GSP_META_MAX)
         return -ENOSPC;
     *len = pmgcm__membership__node_meta__pack(&nm, buf);
@@ -90,6 +115,15 @@ int pmm_meta_decode(pmm_meta *out, const uint8_t *buf, size_t len)
     m.db_epoch = nm->has_db_epoch ? nm->db_epoch : 0;
     m.db_seq = nm->has_db_seq ? nm->db_seq : 0;
     m.db_ts_ms = nm->has_db_ts_ms ? nm->db_ts_ms : 0;
+    if (nm->db_reason != NULL) {
+        size_t n = strlen(nm->db_reason);
+        if (!reason_ok(nm->db_reason, n))
+            goto out;
+        memcpy(m.db_reason, nm->db_reason, n + 1);
+    }
+    m.db_lag = nm->has_db_lag ? nm->db_lag : 0;
+    m.db_kept = nm->has_db_kept ? nm->db_kept : 0;
+    m.db_divergence = nm->has_db_divergence ? nm->db_divergence : 0;
     if (nm->n_origins > PMM_META_ORIGINS_MAX)
         goto out;
     m.n_origins = (uint32_t)nm->n_origins;

@@ -268,6 +268,18 @@ static void peers_timer_cb(uv_timer_t *t)
 /* ---- metadata ------------------------------------------------------------------ */
 
 /* Encodes n->sample into n->meta_buf; returns true if it changed. */
+/* A store reason as gossip carries it: printable ASCII, bounded. */
+static void meta_reason(char *dst, size_t cap, const char *src)
+{
+    size_t i = 0;
+
+    for (; src[i] != '\0' && i + 1 < cap; i++) {
+        unsigned char c = (unsigned char)src[i];
+        dst[i] = (c < 0x20 || c >= 0x7f) ? '?' : (char)c;
+    }
+    dst[i] = '\0';
+}
+
 static bool meta_from_sample(node *n)
 {
     pmm_meta m;
@@ -319,6 +331,10 @@ static bool meta_from_sample(node *n)
         m.db_epoch = si.pos.epoch;
         m.db_seq = si.pos.seq;
         m.db_ts_ms = si.pos_ts_us > 0 ? (uint64_t)si.pos_ts_us / 1000 : 0;
+        meta_reason(m.db_reason, sizeof(m.db_reason), si.reason);
+        m.db_lag = si.lag;
+        m.db_kept = si.kept_backups;
+        m.db_divergence = si.kept_divergence;
         pst_origin og[PMM_META_ORIGINS_MAX];
         size_t no = pmm_repl_origins(n->repl, og, PMM_META_ORIGINS_MAX);
         if (no > PMM_META_ORIGINS_MAX)
@@ -328,6 +344,12 @@ static bool meta_from_sample(node *n)
             m.origins[i].cid = og[i].origin;
             m.origins[i].seq = og[i].seq;
         }
+    } else if (n->cfg.db_conninfo[0] != '\0') {
+        /* the store is not started yet: nothing about the database is
+         * known, which is not in sync (never A before it is checked) */
+        m.db_state = (uint32_t)PST_CONNECTING;
+        snprintf(m.db_reason, sizeof(m.db_reason),
+                 "starting: the database is not checked yet");
     }
     rc = pmm_meta_encode(&m, buf, sizeof(buf), &len);
     if (rc != 0) {
@@ -558,6 +580,10 @@ static int build_rows(node *n, rows_acc *acc)
             r->db_epoch = si.pos.epoch;
             r->db_seq = si.pos.seq;
             r->db_ts_ms = si.pos_ts_us > 0 ? (uint64_t)si.pos_ts_us / 1000 : 0;
+            meta_reason(r->db_reason, sizeof(r->db_reason), si.reason);
+            r->db_lag = si.lag;
+            r->db_kept = si.kept_backups;
+            r->db_divergence = si.kept_divergence;
             pst_origin og[PMM_META_ORIGINS_MAX];
             size_t no = pmm_repl_origins(n->repl, og, PMM_META_ORIGINS_MAX);
             if (no > PMM_META_ORIGINS_MAX)
@@ -615,10 +641,11 @@ static void http_view(void *ud, pmm_http_view *v)
         v->db_in_sync = si.state == PST_IN_SYNC;
         snprintf(v->db_state, sizeof(v->db_state), "%s",
                  pst_state_name(si.state));
-        snprintf(v->db_error, sizeof(v->db_error), "%s", si.error);
+        snprintf(v->db_error, sizeof(v->db_error), "%s",
+                 si.reason[0] ? si.reason : si.error);
         v->db_epoch = si.pos.epoch;
         v->db_seq = si.pos.seq;
-        v->db_head_seq = si.head.seq > si.pos.seq ? si.head.seq : si.pos.seq;
+        v->db_head_seq = si.pos.seq + si.lag;
         v->db_lag_seconds = si.head_ts_us > si.pos_ts_us
                                 ? (double)(si.head_ts_us - si.pos_ts_us) / 1e6
                                 : 0;
@@ -737,6 +764,16 @@ static int status_json(node *n, pmm_buf *reply)
         pmm_json_str(reply, sn, strlen(sn));
         pmm_buf_puts(reply, ",\"error\":");
         pmm_json_str(reply, si.error, strlen(si.error));
+        pmm_buf_puts(reply, ",\"reason\":");
+        pmm_json_str(reply, si.reason, strlen(si.reason));
+        pmm_buf_printf(reply,
+                       ",\"db_down\":%s,\"lag\":%llu,\"sync_lag_max\":%u,"
+                       "\"kept\":{\"backups\":%u,\"rows\":%llu,"
+                       "\"divergence\":%llu}",
+                       si.db_down ? "true" : "false",
+                       (unsigned long long)si.lag, (unsigned)PST_SYNC_LAG_MAX,
+                       si.kept_backups, (unsigned long long)si.kept_rows,
+                       (unsigned long long)si.kept_divergence);
         pmm_buf_printf(reply,
                        ",\"loaded\":%s,\"master\":%s,\"epoch\":%llu,"
                        "\"seq\":%llu,\"recv_seq\":%llu,\"head_seq\":%llu,"

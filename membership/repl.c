@@ -405,7 +405,7 @@ static bool node_alive(pmm_repl *r, const pmm_cnode *n)
 }
 
 /* A live peer's store position from its gossiped metadata. */
-static bool peer_seq(pmm_repl *r, const pmm_cnode *n, uint64_t *seq)
+static bool peer_pos(pmm_repl *r, const pmm_cnode *n, pst_pos *pos)
 {
     gsp_core *core = gsp_uv_core(r->env.u);
     gsp_member m;
@@ -414,7 +414,16 @@ static bool peer_seq(pmm_repl *r, const pmm_cnode *n, uint64_t *seq)
         m.state != GSP_ALIVE || !m.meta ||
         pmm_meta_decode(&meta, m.meta, m.meta_len) != 0 || !meta.db_state)
         return false;
-    *seq = meta.db_seq;
+    pos->epoch = meta.db_epoch;
+    pos->seq = meta.db_seq;
+    return true;
+}
+
+static bool peer_seq(pmm_repl *r, const pmm_cnode *n, uint64_t *seq)
+{
+    pst_pos p;
+    if (!peer_pos(r, n, &p)) return false;
+    *seq = p.seq;
     return true;
 }
 
@@ -659,6 +668,7 @@ static void decide(pmm_repl *r)
     }
     const pmm_cnode *m = pmm_cluster_master(cl);
     if (m == self) {
+        pst_set_master_head(r->st, (pst_pos){0, 0});
         bool already = r->role_valid && r->role_master &&
                        r->role_epoch == cl->epoch;
         if (!already && in.pos.epoch < cl->epoch && in.loaded) {
@@ -681,6 +691,12 @@ static void decide(pmm_repl *r)
     r->promo = PROMO_NONE;
     set_role(r, true, false, cl->epoch, m ? m->name : "?", cid_hex,
              self->cid);
+    {
+        /* the head the master announces: how far behind this node is */
+        pst_pos mh = {0, 0};
+        if (m && !peer_pos(r, m, &mh)) mh = (pst_pos){0, 0};
+        pst_set_master_head(r->st, mh);
+    }
     if (!m) return;
     /* the master is down: catch up from the most advanced live peer (it
      * may hold changes the master shipped before it died) */

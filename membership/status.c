@@ -63,6 +63,10 @@ void pmm_status_row_from_member(pmm_status_row *r, const gsp_member *m,
         r->db_epoch = meta.db_epoch;
         r->db_seq = meta.db_seq;
         r->db_ts_ms = meta.db_ts_ms;
+        memcpy(r->db_reason, meta.db_reason, sizeof(r->db_reason));
+        r->db_lag = meta.db_lag;
+        r->db_kept = meta.db_kept;
+        r->db_divergence = meta.db_divergence;
         r->n_origins = meta.n_origins;
         for (uint32_t i = 0; i < meta.n_origins; i++) {
             r->origins[i].cid = meta.origins[i].cid;
@@ -95,6 +99,9 @@ void pmm_status_db_finish(pmm_status_row *rows, size_t n)
                                  ? (double)(m->db_ts_ms - r->db_ts_ms) / 1000.0
                                  : 0;
         }
+        /* what the node itself knows may be newer than the master's row */
+        if (r->db_lag > r->lag_changes)
+            r->lag_changes = r->db_lag;
         /* each origin's head: what that node says about its own rows */
         for (uint32_t k = 0; k < r->n_origins; k++) {
             uint64_t head = r->origins[k].seq;
@@ -106,8 +113,10 @@ void pmm_status_db_finish(pmm_status_row *rows, size_t n)
                             head = rows[j].origins[q].seq;
             r->origins[k].behind = head - r->origins[k].seq;
         }
+        /* idle (no role yet) is in sync only for a node outside a
+         * cluster: in one, it is not following anything yet */
         if (r->state == 'A' && strcmp(r->db_state, "in-sync") != 0 &&
-            strcmp(r->db_state, "idle") != 0)
+            (strcmp(r->db_state, "idle") != 0 || strcmp(r->role, "-") != 0))
             r->state = 'S';
     }
 }
@@ -191,6 +200,24 @@ int pmm_status_render_text(pmm_buf *b, const pmm_status_row *rows, size_t n)
         pmm_buf_printf(b, "%-20s %-15s %-6s %c %15s %6s %s %s\n", namecid, ip,
                        role, r->state, up, load, mem, disk);
     }
+    /* below the table (PMG's lines stay as they are): why a node is S,
+     * and data a node keeps until an admin clears it */
+    for (size_t i = 0; i < n; i++) {
+        const pmm_status_row *r = &rows[i];
+        char name[GSP_NAME_MAX + 1], why[PMM_DB_REASON_MAX + 1];
+
+        if (!r->has_db)
+            continue;
+        term_safe(name, sizeof(name), r->name);
+        term_safe(why, sizeof(why), r->db_reason);
+        if (r->state == 'S' && why[0] != '\0')
+            pmm_buf_printf(b, "note: %s is S: %s\n", name, why);
+        if (r->db_kept > 0 || r->db_divergence > 0)
+            pmm_buf_printf(b, "note: %s keeps %u backup record(s) and %llu "
+                           "divergence record(s) of replaced or unsent rows "
+                           "(pmgcm backups, on %s)\n", name, r->db_kept,
+                           (unsigned long long)r->db_divergence, name);
+    }
     return b->err;
 }
 
@@ -234,6 +261,10 @@ int pmm_status_write_json(pmm_buf *b, const pmm_status_row *rows, size_t n)
         if (r->has_db) {
             pmm_buf_puts(b, ",\"db\":{\"state\":");
             pmm_json_str(b, r->db_state, strlen(r->db_state));
+            pmm_buf_puts(b, ",\"reason\":");
+            pmm_json_str(b, r->db_reason, strlen(r->db_reason));
+            pmm_buf_printf(b, ",\"kept\":{\"backups\":%u,\"divergence\":%llu}",
+                           r->db_kept, (unsigned long long)r->db_divergence);
             pmm_buf_printf(b, ",\"epoch\":%llu,\"seq\":%llu,"
                            "\"lag_changes\":%llu,\"lag_seconds\":%.3f",
                            (unsigned long long)r->db_epoch,
@@ -434,6 +465,23 @@ int pmm_status_from_json(const pmm_json *arr, pmm_status_row **rows_out,
                     r->origins[r->n_origins].behind = (uint64_t)ob->num;
                     r->n_origins++;
                 }
+            }
+            /* optional: reason, kept */
+            if (get_str(j, "reason", r->db_reason, sizeof(r->db_reason),
+                        false, true)) {
+                bad = "db.reason";
+                goto fail;
+            }
+            const pmm_json *kp = pmm_json_get(j, "kept");
+            if (kp != NULL && kp->type == PMM_JSON_OBJECT) {
+                const pmm_json *kb = pmm_json_get(kp, "backups"),
+                               *kd = pmm_json_get(kp, "divergence");
+                if (!u64_ok(kb) || kb->num > UINT32_MAX || !u64_ok(kd)) {
+                    bad = "db.kept";
+                    goto fail;
+                }
+                r->db_kept = (uint32_t)kb->num;
+                r->db_divergence = (uint64_t)kd->num;
             }
             r->has_db = true;
             r->db_epoch = (uint64_t)e->num;

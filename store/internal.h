@@ -127,12 +127,18 @@ struct pst_store {
     pst_info info;
     char *schema_text;          /* canonical table definitions */
     bool setup_busy, capture_busy, capture_again, apply_busy, trim_busy;
-    bool vacuum_busy;
+    bool vacuum_busy, sweep_busy;
     uint64_t last_vacuum_ms, last_check_ms;
     uv_timer_t timer;           /* setup retry, capture fallback, trim */
     uint64_t last_trim_ms;
     uint32_t self_cid;
     int closing;
+
+    /* database check (every tick): the last one failed */
+    bool ping_busy, db_down;
+    char db_error[160];
+    /* the current master's announced head (pst_set_master_head) */
+    pst_pos master_head;
 
     /* role requests, applied in order */
     struct role_req *roles_head, *roles_tail;
@@ -173,6 +179,8 @@ void pst_start_ocapture(pst_store *st);
 void pst_start_capture(pst_store *st);
 void pst_start_trim(pst_store *st);
 void pst_start_vacuum(pst_store *st);
+/* non-master: capture rows to divergence (jobs.c) */
+void pst_start_sweep(pst_store *st);
 void pst_sessions_head(pst_store *st);
 /* helpers for jobs run on worker threads */
 int pst_exec(PGconn *c, const char *sql, char *err, size_t errlen);

@@ -27,6 +27,11 @@ static const char SETUP_SQL[] =
     "INSERT INTO pmgcm.state(one) VALUES (true) ON CONFLICT DO NOTHING;"
     "CREATE TABLE IF NOT EXISTS pmgcm.capture (id bigserial PRIMARY KEY,"
     " tbl text NOT NULL, op \"char\" NOT NULL, old jsonb, new jsonb);"
+    /* the role outside MVCC: a sequence's value is read as it is now, not
+     * as of a transaction's snapshot (1 master, 0 another node of a
+     * cluster, 2 outside a cluster); set with every role change */
+    "CREATE SEQUENCE IF NOT EXISTS pmgcm.fence MINVALUE 0 MAXVALUE 2"
+    " START 0;"
     "CREATE TABLE IF NOT EXISTS pmgcm.log (seq bigint PRIMARY KEY,"
     " epoch bigint NOT NULL, op \"char\" NOT NULL, tbl text, old jsonb,"
     " new jsonb, ts timestamptz NOT NULL, last boolean NOT NULL,"
@@ -88,15 +93,24 @@ static const char SETUP_SQL[] =
     /* the trigger on every replicated table */
     "CREATE OR REPLACE FUNCTION pmgcm.capture() RETURNS trigger"
     " LANGUAGE plpgsql AS $f$\n"
-    "DECLARE r text; m text; t text;\n"
+    "DECLARE r text; m text; t text; f bigint;\n"
     "BEGIN\n"
     /* a role change waits for writers in flight and holds new ones back
      * (jobs.c role_run), so no capture row slips past it */
     "  PERFORM pg_advisory_xact_lock_shared(7947002);\n"
     "  SELECT role, master INTO r, m FROM pmgcm.state;\n"
-    "  IF r = 'none' OR r IS NULL THEN RETURN NULL; END IF;\n"
+    /* pmgcm.state as of this transaction's snapshot may predate a role
+     * change (REPEATABLE READ, SERIALIZABLE): the fence says what the
+     * role is now, and both must say master */
+    "  SELECT last_value INTO f FROM pmgcm.fence;\n"
+    "  IF (r = 'none' OR r IS NULL) AND f = 2 THEN RETURN NULL; END IF;\n"
     "  t := format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME);\n"
-    "  IF r <> 'master' THEN\n"
+    "  IF r IS DISTINCT FROM 'master' OR f <> 1 THEN\n"
+    "    IF r = 'master' OR f = 1 THEN\n"
+    "      RAISE EXCEPTION 'pmgcm: % is replicated and this node''s role"
+    " changed during this transaction (it began before a promote or a"
+    " step-down): retry it, on the master', t USING ERRCODE = '25006';\n"
+    "    END IF;\n"
     "    RAISE EXCEPTION 'pmgcm: % is replicated and this node is not the "
     "master: write on the master (%)', t, m USING ERRCODE = '25006';\n"
     "  END IF;\n"
@@ -527,6 +541,7 @@ int pst_db_setup(PGconn *c, pst_store *st, char *err, size_t errlen,
     info->snapshots = strtoull(PQgetvalue(r, 0, 4), NULL, 10);
     info->pos_ts_us = strtoll(PQgetvalue(r, 0, 5), NULL, 10);
     PQclear(r);
+
     r = PQexec(c, "SELECT origin, seq, recv_seq, coalesce((extract(epoch FROM"
                   " ts) * 1000000)::bigint, 0) FROM pmgcm.opos ORDER BY origin");
     if (PQresultStatus(r) != PGRES_TUPLES_OK) {
@@ -543,7 +558,17 @@ int pst_db_setup(PGconn *c, pst_store *st, char *err, size_t errlen,
         o->ts_us = strtoll(PQgetvalue(r, i, 3), NULL, 10);
     }
     PQclear(r);
-    return pst_exec(c, "COMMIT", err, errlen);
+    if ((rc = pst_exec(c, "COMMIT", err, errlen))) return rc;
+    /* the fence follows pmgcm.state (a role change that failed between
+     * its setval and its commit, an older install): in a transaction of
+     * its own that takes the role lock exclusively, like a role change
+     * (never while holding the tables' locks: a writer holding the role
+     * lock may wait for those) */
+    return pst_exec(c, "BEGIN; SELECT pg_advisory_xact_lock(7947002);"
+                       "SELECT setval('pmgcm.fence', CASE role WHEN"
+                       " 'master' THEN 1 WHEN 'none' THEN 2 ELSE 0 END)"
+                       " FROM pmgcm.state; COMMIT",
+                    err, errlen);
 }
 
 /* ---- numbering captured changes (master) --------------------------------------- */
@@ -1052,6 +1077,14 @@ static void role_run(pst_job *j, PGconn *c)
     if (rc) goto out;
     q->pos.epoch = epoch;
     q->pos.seq = seq;
+    /* the fence last, right before the commit (it is not transactional):
+     * writers whose snapshot predates this change read it as it is now */
+    if ((rc = pst_exec(c,
+                       !q->in_cluster ? "SELECT setval('pmgcm.fence', 2)"
+                       : q->master    ? "SELECT setval('pmgcm.fence', 1)"
+                                      : "SELECT setval('pmgcm.fence', 0)",
+                       err, el)))
+        goto out;
     rc = pst_exec(c, "COMMIT", err, el);
 out:
     j->rc = rc;
@@ -1181,6 +1214,106 @@ void pst_roles_free(pst_store *st)
         q = n;
     }
     st->roles_head = st->roles_tail = NULL;
+}
+
+/* ---- the capture sweep (every node but the master) ------------------------------ */
+
+/* A non-master must hold no captured, unsent change. The fence in the
+ * capture trigger refuses such writes; this is the net behind it: any
+ * capture row found on a node that is not master goes to divergence (with
+ * the reason), and the data is marked not loaded, so a snapshot replaces
+ * the tables (keeping what it replaces: see snapshots) and the node is
+ * not A meanwhile. */
+typedef struct sweep_job {
+    pst_job j;
+    uint64_t moved;
+} sweep_job;
+
+static void sweep_run(pst_job *j, PGconn *c)
+{
+    sweep_job *sj = (sweep_job *)j;
+    char *err = j->err;
+    size_t el = sizeof(j->err);
+    if (!c) {
+        j->rc = PST_EDB;
+        return;
+    }
+    PGresult *r = PQexec(c, "SELECT EXISTS (SELECT 1 FROM pmgcm.capture)");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+        pst_pgerr(c, r, err, el);
+        PQclear(r);
+        j->rc = PST_EDB;
+        return;
+    }
+    bool any = PQgetvalue(r, 0, 0)[0] == 't';
+    PQclear(r);
+    if (!any) return;
+    int rc;
+    if ((rc = pst_exec(c, "BEGIN", err, el)) ||
+        (rc = pst_exec(c, "SELECT pg_advisory_xact_lock(7947002)", err, el)) ||
+        (rc = q1(c, "SELECT role FROM pmgcm.state FOR UPDATE", 0, NULL, &r,
+                 err, el)))
+        goto out;
+    bool master = strcmp(PQgetvalue(r, 0, 0), "master") == 0;
+    PQclear(r);
+    if (master) { /* promoted meanwhile: the rows are its to number */
+        rc = pst_exec(c, "ROLLBACK", err, el);
+        goto out;
+    }
+    if ((rc = q1(c,
+                 "WITH c AS (DELETE FROM pmgcm.capture RETURNING *)"
+                 " INSERT INTO pmgcm.divergence (reason, epoch, op, tbl, old,"
+                 " new, ts) SELECT 'committed here after this node had"
+                 " stopped being master (its transaction began before the"
+                 " step-down), never sent', (SELECT epoch FROM pmgcm.state),"
+                 " op, tbl, old, new, now() FROM c ORDER BY id",
+                 0, NULL, &r, err, el)))
+        goto out;
+    sj->moved = strtoull(PQcmdTuples(r), NULL, 10);
+    PQclear(r);
+    if (sj->moved &&
+        (rc = pst_exec(c, "UPDATE pmgcm.state SET loaded = false", err, el)))
+        goto out;
+    rc = pst_exec(c, "COMMIT", err, el);
+out:
+    j->rc = rc;
+}
+
+static void sweep_done(pst_job *j)
+{
+    sweep_job *sj = (sweep_job *)j;
+    pst_store *st = j->st;
+    st->sweep_busy = false;
+    if (!st->closing) {
+        if (j->rc) {
+            pst_log(st, 3, "store: capture sweep: %s", j->err);
+        } else if (sj->moved) {
+            pst_info *i = &st->info;
+            i->loaded = false;
+            i->divergent_total += sj->moved;
+            if (i->state == PST_IN_SYNC) i->state = PST_CATCHING_UP;
+            pst_log(st, 1,
+                    "store: DIVERGED: %llu change(s) committed here after"
+                    " this node had stopped being master were never sent;"
+                    " kept in pmgcm.divergence; resyncing with a snapshot",
+                    (unsigned long long)sj->moved);
+            pst_changed(st);
+        }
+    }
+    free(sj);
+}
+
+void pst_start_sweep(pst_store *st)
+{
+    if (!st->info.ready || st->sweep_busy || st->closing || st->want_master ||
+        st->info.master || st->info.state == PST_IDLE || st->role_busy)
+        return;
+    sweep_job *sj = calloc(1, sizeof(*sj));
+    if (!sj) return;
+    sj->j.run = sweep_run;
+    sj->j.done = sweep_done;
+    st->sweep_busy = true;
+    pst_submit(st, &sj->j);
 }
 
 /* ---- retention ---------------------------------------------------------------------- */

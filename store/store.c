@@ -16,7 +16,6 @@
 #define TRIM_EVERY_MS 10000
 #define VACUUM_EVERY_MS 2000
 #define CHECK_EVERY_MS 5000
-#define IN_SYNC_LAG_US 1000000
 
 const char *pst_strerror(int err)
 {
@@ -678,6 +677,65 @@ static void listen_start(pst_store *st)
     listen_want(st, PGRES_POLLING_WRITING);
 }
 
+/* ---- database check -------------------------------------------------------------- */
+
+/* Every tick: does the database answer? A worker's connection that died
+ * with its server (a restart) is not the verdict: a fresh connection is
+ * tried before the database counts as down. */
+static void ping_run(pst_job *j, PGconn *c)
+{
+    if (c) {
+        PGresult *r = PQexec(c, "SELECT 1");
+        bool ok = PQresultStatus(r) == PGRES_TUPLES_OK;
+        PQclear(r);
+        if (ok) return;
+    }
+    PGconn *f = pst_connect(j->st->conninfo, j->err, sizeof(j->err));
+    if (f) {
+        PQfinish(f);
+        j->err[0] = 0;
+        return;
+    }
+    j->rc = PST_EDB;
+}
+
+static void ping_done(pst_job *j)
+{
+    pst_store *st = j->st;
+    st->ping_busy = false;
+    if (!st->closing) {
+        bool down = j->rc != 0;
+        if (down) {
+            /* the first line of libpq's message */
+            const char *e = j->err[0] ? j->err : "no answer";
+            size_t n = strcspn(e, "\n");
+            if (n >= sizeof(st->db_error)) n = sizeof(st->db_error) - 1;
+            memcpy(st->db_error, e, n);
+            st->db_error[n] = 0;
+        }
+        if (down != st->db_down) {
+            st->db_down = down;
+            if (down)
+                pst_log(st, 0, "store: database down: %s", st->db_error);
+            else
+                pst_log(st, 2, "store: database answers again");
+            pst_changed(st);
+        }
+    }
+    free(j);
+}
+
+static void ping_start(pst_store *st)
+{
+    if (st->ping_busy || st->closing || !st->info.ready) return;
+    pst_job *j = calloc(1, sizeof(*j));
+    if (!j) return;
+    j->run = ping_run;
+    j->done = ping_done;
+    st->ping_busy = true;
+    pst_submit(st, j);
+}
+
 /* ---- timer ------------------------------------------------------------------------ */
 
 static void timer_cb(uv_timer_t *t)
@@ -688,6 +746,7 @@ static void timer_cb(uv_timer_t *t)
         setup_start(st);
         return;
     }
+    ping_start(st);
     if (!st->listen) listen_start(st);
     /* fallback for a lost notification and for leftovers at start */
     if (st->info.master) pst_start_capture(st);
@@ -696,6 +755,7 @@ static void timer_cb(uv_timer_t *t)
     if (now - st->last_vacuum_ms >= VACUUM_EVERY_MS) {
         st->last_vacuum_ms = now;
         pst_start_vacuum(st);
+        pst_start_sweep(st);
     }
     if (now - st->last_trim_ms >= TRIM_EVERY_MS) {
         st->last_trim_ms = now;
@@ -847,24 +907,96 @@ size_t pst_get_origins(const pst_store *st, pst_origin *out, size_t max)
     return st->n_opos;
 }
 
+void pst_set_master_head(pst_store *st, pst_pos head)
+{
+    if (pst_pos_cmp(head, st->master_head) == 0) return;
+    st->master_head = head;
+    pst_changed(st);
+}
+
+const char *pst_reason(const pst_info *in, char *buf, size_t len)
+{
+    switch (in->state) {
+    case PST_IN_SYNC:
+        snprintf(buf, len, "%s", "");
+        break;
+    case PST_OFF:
+        snprintf(buf, len, "no replicated database");
+        break;
+    case PST_CONNECTING:
+        if (in->db_down)
+            snprintf(buf, len, "database down: %.80s", in->error);
+        else if (!in->ready && in->error[0])
+            snprintf(buf, len, "database not ready: %.80s", in->error);
+        else
+            snprintf(buf, len, "connecting to the database");
+        break;
+    case PST_IDLE:
+        snprintf(buf, len, "not in a cluster");
+        break;
+    case PST_LOADING:
+        snprintf(buf, len, "loading a snapshot: %u %%", in->load_pct);
+        break;
+    case PST_DIVERGED:
+        snprintf(buf, len, "diverged: keeping this node's unsent changes "
+                 "before a snapshot");
+        break;
+    case PST_ERROR:
+        snprintf(buf, len, "error: %.90s", in->error);
+        break;
+    case PST_CATCHING_UP:
+        if (!in->loaded)
+            snprintf(buf, len, "data not loaded: waiting for a snapshot%s%.60s",
+                     in->error[0] ? ": " : "", in->error);
+        else if (in->lag > PST_SYNC_LAG_MAX)
+            snprintf(buf, len, "behind the master by %llu changes",
+                     (unsigned long long)in->lag);
+        else if (in->error[0])
+            snprintf(buf, len, "not following: %.90s", in->error);
+        else
+            snprintf(buf, len, "not following the master yet");
+        break;
+    }
+    return buf;
+}
+
 void pst_get_info(const pst_store *st, pst_info *out)
 {
     *out = st->info;
-    if (!out->ready || out->state == PST_LOADING ||
-        out->state == PST_DIVERGED || out->state == PST_CONNECTING ||
-        out->state == PST_IDLE || out->state == PST_OFF)
-        return;
-    if (out->master)
+    /* how far behind: the newest head known, from the upstream's frames
+     * or from what the current master announces (a restarted follower
+     * learns it before its upstream says anything) */
+    uint64_t head = out->head.seq > out->recv_seq ? out->head.seq
+                                                  : out->recv_seq;
+    if (st->master_head.epoch >= out->pos.epoch &&
+        st->master_head.seq > head)
+        head = st->master_head.seq;
+    out->lag = !out->master && head > out->pos.seq ? head - out->pos.seq : 0;
+    if (out->snap_est_rows)
+        out->load_pct = (uint32_t)(out->snap_rows >= out->snap_est_rows
+                                       ? 99
+                                       : out->snap_rows * 100 /
+                                             out->snap_est_rows);
+    else if (out->snap_est_bytes)
+        out->load_pct = (uint32_t)(out->snap_bytes >= out->snap_est_bytes
+                                       ? 99
+                                       : out->snap_bytes * 100 /
+                                             out->snap_est_bytes);
+    out->db_down = st->db_down && out->ready;
+    if (out->db_down) {
+        out->state = PST_CONNECTING;
+        snprintf(out->error, sizeof(out->error), "%s", st->db_error);
+    } else if (!out->ready || out->state == PST_LOADING ||
+               out->state == PST_DIVERGED || out->state == PST_CONNECTING ||
+               out->state == PST_IDLE || out->state == PST_OFF) {
+        /* as the store says */
+    } else if (out->master) {
         out->state = PST_IN_SYNC;
-    else if (pst_following(st) && out->loaded &&
-             ((out->pos.seq >= out->head.seq &&
-               out->recv_seq == out->pos.seq) ||
-              /* behind by changes captured within the last second (a busy
-               * master's stream in flight): in sync for readiness, so
-               * load balancers don't flap healthy nodes */
-              (out->pos.epoch == out->head.epoch && out->pos_ts_us > 0 &&
-               out->head_ts_us - out->pos_ts_us <= IN_SYNC_LAG_US)))
+    } else if (pst_following(st) && out->loaded &&
+               out->lag <= PST_SYNC_LAG_MAX) {
         out->state = PST_IN_SYNC;
-    else
+    } else {
         out->state = PST_CATCHING_UP;
+    }
+    pst_reason(out, out->reason, sizeof(out->reason));
 }

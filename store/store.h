@@ -146,10 +146,34 @@ typedef struct pst_info {
     uint64_t snap_started_ms;
     char error[256];       /* last error, "" if none                     */
     char schema_digest[17];/* first 16 hex digits of SHA-256(schema)    */
+    /* computed by pst_get_info: */
+    bool db_down;          /* the last database check failed (error)    */
+    uint64_t lag;          /* changes behind the newest head known (the
+                              upstream's frames, the master's gossip)   */
+    uint32_t load_pct;     /* snapshot being loaded: percent done       */
+    char reason[112];      /* why state is not in-sync, "" when it is   */
+    /* data kept instead of being destroyed (pmgcm.backups, divergence) */
+    uint32_t kept_backups; /* records in pmgcm.backups                  */
+    uint64_t kept_rows;    /* rows in their backup schemas              */
+    uint64_t kept_divergence; /* rows in pmgcm.divergence               */
 } pst_info;
 
-/* A snapshot of the store's state. */
+/* A follower counts as in sync while it is at most this many changes
+ * behind the newest head it knows (a busy master's stream in flight). */
+#define PST_SYNC_LAG_MAX 500
+
+/* A snapshot of the store's state: in-sync only when the database
+ * answered its last check (every second) and, on any node but the master,
+ * the data is loaded, followed, and at most PST_SYNC_LAG_MAX changes
+ * behind the newest head known; reason says why not otherwise. */
 void pst_get_info(const pst_store *st, pst_info *out);
+/* The head the current master announces (its gossiped position), or
+ * {0, 0} when there is none alive: a follower is behind by what it has
+ * not applied of max(this, what its upstream's frames said). */
+void pst_set_master_head(pst_store *st, pst_pos head);
+/* The reason text pst_get_info would give for info (pure; exposed for
+ * tests). Returns buf. */
+const char *pst_reason(const pst_info *info, char *buf, size_t len);
 /* The canonical text of the replicated set's definitions (one line per
  * table: "schema.table(col type, ...) pk(cols)"), or NULL before the
  * database is ready. Valid until the next callback into the store. */

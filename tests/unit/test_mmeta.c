@@ -51,6 +51,57 @@ static void test_roundtrip(void)
     CHECK(strcmp(back.role, "-") == 0);
 }
 
+/* The store's fields: reason, own lag, kept data; the reason is dropped
+ * before the metadata would be too large, never the rest. */
+static void test_db_fields(void)
+{
+    pmm_meta m = sample_meta(), back;
+    uint8_t buf[GSP_META_MAX];
+    size_t len = 0;
+
+    m.db_state = 4;
+    m.db_epoch = 7;
+    m.db_seq = 63600;
+    snprintf(m.db_reason, sizeof(m.db_reason),
+             "behind the master by 55000 changes");
+    m.db_lag = 55000;
+    m.db_kept = 2;
+    m.db_divergence = 20003;
+    REQUIRE(pmm_meta_encode(&m, buf, sizeof(buf), &len) == 0);
+    REQUIRE(pmm_meta_decode(&back, buf, len) == 0);
+    CHECK(strcmp(back.db_reason, "behind the master by 55000 changes") == 0);
+    CHECK(back.db_lag == 55000);
+    CHECK_EQ_INT(back.db_kept, 2);
+    CHECK(back.db_divergence == 20003);
+    /* every origin slot used (cids of up to 65535, positions of 2^40)
+     * and the longest reason: the reason goes, the rest stays */
+    m.n_origins = PMM_META_ORIGINS_MAX;
+    for (uint32_t i = 0; i < m.n_origins; i++) {
+        m.origins[i].cid = 65535 - i;
+        m.origins[i].seq = (1ull << 40) - i;
+    }
+    memset(m.db_reason, 'x', PMM_DB_REASON_MAX);
+    m.db_reason[PMM_DB_REASON_MAX] = '\0';
+    m.db_lag = 1ull << 40;
+    m.db_divergence = 1ull << 40;
+    m.db_kept = 1000;
+    m.db_seq = m.db_ts_ms = 1ull << 41;
+    m.db_epoch = 1u << 20;
+    m.cfg_epoch = m.cfg_version = 1u << 20;
+    REQUIRE(pmm_meta_encode(&m, buf, sizeof(buf), &len) == 0);
+    CHECK(len <= GSP_META_MAX);
+    REQUIRE(pmm_meta_decode(&back, buf, len) == 0);
+    CHECK_EQ_INT(back.n_origins, PMM_META_ORIGINS_MAX);
+    CHECK(back.db_lag == 1ull << 40);
+    CHECK(back.db_reason[0] == '\0' ||
+          strlen(back.db_reason) == PMM_DB_REASON_MAX);
+    /* a reason with a control character is refused */
+    m = sample_meta();
+    m.db_state = 4;
+    snprintf(m.db_reason, sizeof(m.db_reason), "behind\n");
+    CHECK(pmm_meta_encode(&m, buf, sizeof(buf), &len) == -EINVAL);
+}
+
 static void test_encode_rejects(void)
 {
     pmm_meta m = sample_meta();
@@ -179,6 +230,7 @@ static void test_live_sample(void)
 int main(void)
 {
     TAP_RUN(test_roundtrip);
+    TAP_RUN(test_db_fields);
     TAP_RUN(test_encode_rejects);
     TAP_RUN(test_decode_rejects);
     TAP_RUN(test_proc_parsers);

@@ -221,6 +221,11 @@ static void test_db_rows(void)
         rows[i].db_seq = seq[i];
         rows[i].db_ts_ms = 1000000 + seq[i];
     }
+    snprintf(rows[2].db_reason, sizeof(rows[2].db_reason),
+             "loading a snapshot: 43 %%");
+    rows[2].db_kept = 1;
+    rows[2].db_divergence = 7;
+    rows[3].db_lag = 60; /* its own view: less than the master's row says */
     pmm_status_db_finish(rows, 4);
     CHECK_EQ_INT(rows[0].state, 'A');
     CHECK_EQ_INT(rows[1].state, 'A');
@@ -232,9 +237,12 @@ static void test_db_rows(void)
     CHECK(fabs(rows[3].lag_seconds - 0.1) < 1e-9);
     pmm_buf_init(&b, 1 << 20);
     CHECK(pmm_status_write_json(&b, rows, 4) == 0);
-    CHECK(strstr(b.p, "\"db\":{\"state\":\"catching-up\",\"epoch\":2,"
+    CHECK(strstr(b.p, "\"db\":{\"state\":\"catching-up\",\"reason\":\"\","
+                      "\"kept\":{\"backups\":0,\"divergence\":0},\"epoch\":2,"
                       "\"seq\":900,\"lag_changes\":100,"
                       "\"lag_seconds\":0.100,\"origins\":[]}") != NULL);
+    CHECK(strstr(b.p, "\"reason\":\"loading a snapshot: 43 %\","
+                      "\"kept\":{\"backups\":1,\"divergence\":7}") != NULL);
     REQUIRE(pmm_json_parse(b.p, b.len, &doc, err, sizeof(err)) == 0);
     REQUIRE(pmm_status_from_json(doc, &back, &n, err, sizeof(err)) == 0);
     REQUIRE(n == 4);
@@ -243,9 +251,35 @@ static void test_db_rows(void)
     CHECK_EQ_INT(back[3].db_seq, 900);
     CHECK_EQ_INT(back[3].lag_changes, 100);
     CHECK_EQ_INT(back[2].state, 'S');
+    CHECK(strcmp(back[2].db_reason, "loading a snapshot: 43 %") == 0);
+    CHECK_EQ_INT(back[2].db_kept, 1);
+    CHECK_EQ_INT(back[2].db_divergence, 7);
     free(back);
     pmm_json_free(doc);
     pmm_buf_free(&b);
+    /* the text table: PMG's lines, then why a node is S and what it keeps */
+    pmm_buf_init(&b, 1 << 20);
+    CHECK(pmm_status_render_text(&b, rows, 4) == 0);
+    CHECK(strstr(b.p, "note: l is S: loading a snapshot: 43 %\n") != NULL);
+    CHECK(strstr(b.p, "note: l keeps 1 backup record(s) and 7 divergence") !=
+          NULL);
+    pmm_buf_free(&b);
+    /* a node's own view of its lag, when larger, wins */
+    rows[3].state = 'A';
+    rows[3].db_lag = 5000;
+    rows[3].lag_changes = 0;
+    pmm_status_db_finish(rows, 4);
+    CHECK_EQ_INT(rows[3].lag_changes, 5000);
+    CHECK_EQ_INT(rows[3].state, 'S');
+    /* idle: in sync outside a cluster only */
+    snprintf(rows[1].db_state, sizeof(rows[1].db_state), "idle");
+    rows[1].state = 'A';
+    pmm_status_db_finish(rows, 4);
+    CHECK_EQ_INT(rows[1].state, 'S');
+    snprintf(rows[1].role, sizeof(rows[1].role), "-");
+    rows[1].state = 'A';
+    pmm_status_db_finish(rows, 4);
+    CHECK_EQ_INT(rows[1].state, 'A');
     /* a row without a store has no db object */
     rows[0].has_db = false;
     pmm_buf_init(&b, 1 << 20);
