@@ -424,8 +424,8 @@ fence_case() {
     c=$(pg_val "$old" "SELECT count(*) FROM pmgcm.capture")
     d=$(pg_val "$old" "SELECT count(*) FROM pmgcm.divergence WHERE new->>'id' = '$id'")
     okw=$(pg_val "$old" "SELECT count(*) FROM mail WHERE id = $id")
-    if grep -qi 'not the master' <<<"$out" && [[ "$okw" == 0 && "$c" == 0 ]]; then
-        FENCE="refused: '$(grep -i 'not the master' <<<"$out" | head -n1 | cut -c1-160)'"
+    if grep -qiE 'not the master|role changed' <<<"$out" && [[ "$okw" == 0 && "$c" == 0 ]]; then
+        FENCE="refused: '$(grep -iE 'not the master|role changed' <<<"$out" | head -n1 | cut -c1-160)'"
         return 0
     fi
     if [[ "$okw" == 1 && "$d" == 1 ]]; then
