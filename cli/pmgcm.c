@@ -35,9 +35,21 @@
  *       Remove node <cid> (1..65535) from the cluster (on the master). The
  *       gossip key is rotated, so the deleted node is shut out.
  *
- *   pmgcm promote [--force]
+ *   pmgcm promote [--force] [--accept-data-loss]
  *       Make this node the master under a new epoch. Refused while the
- *       current master is alive, unless --force.
+ *       current master is alive, unless --force. Refused, with and without
+ *       --force, while this node's data is incomplete (its snapshot not
+ *       loaded, or behind a live node): the refusal names the live node
+ *       with the most advanced data. --accept-data-loss (disaster recovery)
+ *       promotes anyway; it prints what the cluster loses, and the daemon
+ *       logs it and records it (pmgcm backups).
+ *
+ *   pmgcm backups [list]
+ *   pmgcm backups clear ID|divergence
+ *       The data this node's store kept instead of destroying it: backup
+ *       schemas of rows a resync replaced, notes of forced promotes, and
+ *       the number of pmgcm.divergence records. clear ID drops backup ID
+ *       (its schema); clear divergence deletes the divergence records.
  *
  *   pmgcm sync [--master-ip IP]
  *       Fetch the cluster configuration now; --master-ip (or PMG's
@@ -140,9 +152,13 @@ static void usage(FILE *f)
             "  delete <cid> [--purge]\n"
             "          remove a node from the cluster (on the master); its\n"
             "          per-origin rows stay everywhere unless --purge\n"
-            "  promote [--force]\n"
+            "  promote [--force] [--accept-data-loss]\n"
             "          make this node master (--force: even while the\n"
-            "          current master is alive)\n"
+            "          current master is alive; refused while this node's\n"
+            "          data is incomplete unless --accept-data-loss)\n"
+            "  backups [list | clear ID|divergence]\n"
+            "          data kept instead of destroyed (resync backups,\n"
+            "          divergence records); clear one when handled\n"
             "  sync [--master-ip IP]\n"
             "          fetch the cluster config now, optionally from a new\n"
             "          master (--master_ip is accepted too)\n"
@@ -626,7 +642,7 @@ typedef struct cli {
     const char *password_file;
     const char *fingerprint;
     const char *master_ip;
-    bool yes, force;
+    bool yes, force, accept;
     bool no_wait;
     bool purge;
 } cli;
@@ -1403,6 +1419,8 @@ static int cmd_promote(const cli *c)
 
     req_init(&req, "promote");
     pmm_buf_printf(&req, ",\"force\":%s", c->force ? "true" : "false");
+    if (c->accept)
+        pmm_buf_puts(&req, ",\"accept_data_loss\":true");
     req_end(&req);
     rc = call(c, &req, LONG_TIMEOUT_S, true, &doc);
     pmm_buf_free(&req);
@@ -1420,8 +1438,70 @@ static int cmd_promote(const cli *c)
     else
         snprintf(line, sizeof(line), "this node is now master");
     rc = print_words(c, doc, line);
+    {
+        char lost[1024];
+        if (rc == 0 && !c->json &&
+            get_str(doc, "lost", lost, sizeof(lost)) != NULL) {
+            printf("accepted data loss: the cluster loses this: %s\n", lost);
+            rc = fflush(stdout) == 0 ? 0 : 1;
+        }
+    }
     pmm_json_free(doc);
     return rc;
+}
+
+/* pmgcm backups [list | clear ID|divergence] */
+static int cmd_backups(const cli *c)
+{
+    pmm_buf req;
+    pmm_json *doc;
+    int rc;
+    const char *sub = c->npos > 0 ? c->pos[0] : "list";
+
+    req_init(&req, "backups");
+    req_str(&req, "sub", sub, strlen(sub));
+    if (c->npos > 1)
+        req_str(&req, "id", c->pos[1], strlen(c->pos[1]));
+    req_end(&req);
+    rc = call(c, &req, LONG_TIMEOUT_S, true, &doc);
+    pmm_buf_free(&req);
+    if (rc != 0)
+        return 1;
+    if (c->json || strcmp(sub, "list") != 0) {
+        rc = print_words(c, doc, "done");
+        pmm_json_free(doc);
+        return rc;
+    }
+    const pmm_json *arr = pmm_json_get(doc, "backups");
+    size_t n = 0;
+    for (const pmm_json *b = arr && arr->type == PMM_JSON_ARRAY ? arr->child
+                                                               : NULL;
+         b != NULL; b = b->next, n++) {
+        char created[64], kind[32], schema[128], reason[1024];
+        long long id = get_uint(b, "id"), tables = get_uint(b, "tables"),
+                  rows = get_uint(b, "rows");
+        if (get_str(b, "created", created, sizeof(created)) == NULL)
+            strcpy(created, "?");
+        if (get_str(b, "kind", kind, sizeof(kind)) == NULL)
+            strcpy(kind, "?");
+        if (get_str(b, "reason", reason, sizeof(reason)) == NULL)
+            reason[0] = '\0';
+        if (get_str(b, "schema", schema, sizeof(schema)) != NULL)
+            printf("%lld  %s  %s  %lld table(s), %lld rows in schema %s\n"
+                   "    %s\n", id, created, kind, tables, rows, schema,
+                   reason);
+        else
+            printf("%lld  %s  %s  (a note)\n    %s\n", id, created, kind,
+                   reason);
+    }
+    if (n == 0)
+        printf("no backups\n");
+    long long d = get_uint(doc, "divergence");
+    printf("divergence: %lld record(s) in pmgcm.divergence\n", d < 0 ? 0 : d);
+    if (n > 0 || d > 0)
+        printf("(pmgcm backups clear ID | clear divergence, once handled)\n");
+    pmm_json_free(doc);
+    return fflush(stdout) == 0 ? 0 : 1;
 }
 
 static int cmd_sync(const cli *c)
@@ -1469,6 +1549,7 @@ enum {
     O_MASTER_IP = 1 << 4,
     O_NOWAIT = 1 << 5,
     O_PURGE = 1 << 6,
+    O_ACCEPT = 1 << 7,
 };
 
 typedef struct command {
@@ -1486,7 +1567,8 @@ static const command commands[] = {
     {"join", 1, 1, O_PWFILE | O_FP | O_YES | O_NOWAIT, "<master_ip>"},
     {"join-cmd", 0, 0, 0, NULL},
     {"delete", 1, 1, O_PURGE, "<cid>"},
-    {"promote", 0, 0, O_FORCE, NULL},
+    {"promote", 0, 0, O_FORCE | O_ACCEPT, NULL},
+    {"backups", 0, 2, 0, "[list | clear ID|divergence]"},
     {"sync", 0, 0, O_MASTER_IP, NULL},
     {"drain", 0, 0, 0, NULL},
     {"undrain", 0, 0, 0, NULL},
@@ -1623,6 +1705,10 @@ int main(int argc, char **argv)
             c.force = true;
             continue;
         }
+        if ((cmd->opts & O_ACCEPT) && strcmp(a, "--accept-data-loss") == 0) {
+            c.accept = true;
+            continue;
+        }
         return usage_error("%s: unknown option '%s'", cmdname, a);
     }
     if (cmd == NULL)
@@ -1667,6 +1753,34 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmdname, "promote") == 0)
         return cmd_promote(&c);
+    if (strcmp(cmdname, "backups") == 0) {
+        /* backups [list] | backups clear ID|divergence */
+        static const struct {
+            const char *name;
+            int args;
+        } subs[] = {{"list", 0}, {"clear", 1}};
+        const char *sub = c.npos > 0 ? c.pos[0] : "list";
+        int want = -1;
+        for (size_t k = 0; k < sizeof(subs) / sizeof(subs[0]); k++)
+            if (strcmp(subs[k].name, sub) == 0)
+                want = subs[k].args;
+        if (want < 0)
+            return usage_error("backups: unknown subcommand '%s' (list, "
+                               "clear)", sub);
+        if (c.npos - 1 > want)
+            return usage_error("backups %s: unexpected argument '%s'", sub,
+                               c.pos[c.npos - 1]);
+        if (want == 1) {
+            const char *id = c.npos > 1 ? c.pos[1] : "";
+            size_t n = strlen(id);
+            if (strcmp(id, "divergence") != 0 &&
+                (n == 0 || n > 18 || strspn(id, "0123456789") != n))
+                return usage_error("backups clear: '%s' is neither a backup "
+                                   "id (pmgcm backups lists them) nor "
+                                   "divergence", id);
+        }
+        return cmd_backups(&c);
+    }
     if (strcmp(cmdname, "drain") == 0)
         return cmd_drain(&c, true);
     if (strcmp(cmdname, "undrain") == 0)

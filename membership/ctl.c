@@ -40,6 +40,7 @@ typedef enum arg_type {
     ARG_PASSWORD,
     ARG_CID,
     ARG_BOOL,
+    ARG_WORD,   /* 1..32 bytes of [a-z0-9_-] */
 } arg_type;
 
 typedef struct arg_spec {
@@ -67,7 +68,9 @@ static const cmd_spec cmd_specs[] = {
       {"password", ARG_PASSWORD, true}}},
     {"join-cmd", false, {{NULL}}},
     {"delete", false, {{"cid", ARG_CID, true}, {"purge", ARG_BOOL, false}}},
-    {"promote", false, {{"force", ARG_BOOL, false}}},
+    {"promote", false,
+     {{"force", ARG_BOOL, false}, {"accept_data_loss", ARG_BOOL, false}}},
+    {"backups", false, {{"sub", ARG_WORD, false}, {"id", ARG_WORD, false}}},
     {"sync", false, {{"master_ip", ARG_IP, false}}},
     {"drain", false, {{NULL}}},
     {"undrain", false, {{NULL}}},
@@ -163,6 +166,15 @@ static int check_arg(const cmd_spec *cs, const arg_spec *as,
         if (v->type != PMM_JSON_BOOL)
             return pmm_errf(err, errlen, -EINVAL,
                         "%s: \"%s\" must be true or false", cs->name, as->key);
+        return 0;
+    case ARG_WORD:
+        if (v->type != PMM_JSON_STRING || v->str_len == 0 ||
+            v->str_len > 32 || strlen(v->str) != v->str_len ||
+            strspn(v->str, "abcdefghijklmnopqrstuvwxyz0123456789_-") !=
+                v->str_len)
+            return pmm_errf(err, errlen, -EINVAL,
+                        "%s: \"%s\" must be 1 to 32 characters of a-z, "
+                        "0-9, _ and -", cs->name, as->key);
         return 0;
     }
     return pmm_errf(err, errlen, -EINVAL, "internal error");

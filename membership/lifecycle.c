@@ -16,6 +16,7 @@
  */
 #include "membership/cluster.h"
 #include "membership/cluster.pb-c.h"
+#include "membership/precheck.h"
 #include "membership/repl.h"
 
 #include <arpa/inet.h>
@@ -124,6 +125,7 @@ struct pmm_lc {
     uint64_t next_heal_ms;
 
     struct pmm_repl *repl; /* the store's streams (repl.c), or NULL */
+    char promote_lost[600]; /* promote --accept-data-loss: what is lost */
 
     /* mirrored files (files.c): FILES / FILE_GET requests go there */
     pmm_lc_files_fn files_fn;
@@ -1773,16 +1775,57 @@ static void promote_saved(pmm_lc *lc, int rc, void *arg)
     announce(lc);
     changed(lc);
     rot_resume(lc);
-    char extra[96];
-    snprintf(extra, sizeof(extra), "\"epoch\":%llu,\"cid\":%u",
-             (unsigned long long)lc->cl.epoch, lc->cl.master_cid);
-    pmm_ctl_reply_ok(ctl, extra);
+    pmm_buf extra;
+    pmm_buf_init(&extra, 4096);
+    pmm_buf_printf(&extra, "\"epoch\":%llu,\"cid\":%u",
+                   (unsigned long long)lc->cl.epoch, lc->cl.master_cid);
+    if (lc->promote_lost[0]) {
+        pmm_buf_puts(&extra, ",\"lost\":");
+        pmm_json_str(&extra, lc->promote_lost, strlen(lc->promote_lost));
+    }
+    pmm_ctl_reply_ok(ctl, extra.err == 0 ? extra.p : NULL);
+    pmm_buf_free(&extra);
+}
+
+/* What promote's checks look at (membership/precheck.h): this node's
+ * store, and every other node of the config as gossip shows it. */
+static void promote_view(pmm_lc *lc, pmm_promote_view *v)
+{
+    memset(v, 0, sizeof(*v));
+    if (lc->repl) {
+        v->has_db = true;
+        pmm_repl_info(lc->repl, &v->db);
+    }
+    const pmm_cnode *me = self_node(lc);
+    for (size_t i = 0; i < lc->cl.n_nodes && v->n_peers < PMM_PROMOTE_PEERS_MAX;
+         i++) {
+        const pmm_cnode *n = &lc->cl.nodes[i];
+        gsp_member gm;
+        pmm_meta meta;
+        if (n == me) continue;
+        pmm_promote_peer *p = &v->peers[v->n_peers++];
+        snprintf(p->name, sizeof(p->name), "%s", n->name);
+        p->cid = n->cid;
+        if (gsp_core_get(core(lc), &n->node_id, &gm) != 0) continue;
+        p->live = gm.state == GSP_ALIVE || gm.state == GSP_SUSPECT;
+        if (!gm.meta || pmm_meta_decode(&meta, gm.meta, gm.meta_len) != 0 ||
+            !meta.db_state)
+            continue;
+        p->has_db = true;
+        p->loaded = meta.db_loaded;
+        snprintf(p->db_state, sizeof(p->db_state), "%s",
+                 pst_state_name((pst_state)meta.db_state));
+        p->pos.epoch = meta.db_epoch;
+        p->pos.seq = meta.db_seq;
+    }
 }
 
 static void cmd_promote(pmm_lc *lc, pmm_ctl_req *ctl, const pmm_json *args)
 {
     const pmm_json *fj = pmm_json_get(args, "force");
     bool force = fj && fj->type == PMM_JSON_BOOL && fj->b;
+    const pmm_json *aj = pmm_json_get(args, "accept_data_loss");
+    bool accept = aj && aj->type == PMM_JSON_BOOL && aj->b;
     if (!lc->in_cluster) {
         pmm_ctl_reply_error(ctl, "no cluster defined");
         return;
@@ -1795,6 +1838,26 @@ static void cmd_promote(pmm_lc *lc, pmm_ctl_req *ctl, const pmm_json *args)
     if (me->master) {
         pmm_ctl_reply_error(ctl, "this node is already the master");
         return;
+    }
+    /* this node's data must be complete (--force does not change that;
+     * --accept-data-loss does, saying what is lost) */
+    {
+        pmm_promote_view *v = malloc(sizeof(*v));
+        char why[1100], lost[sizeof(lc->promote_lost)];
+        if (!v) {
+            pmm_ctl_reply_error(ctl, "out of memory");
+            return;
+        }
+        promote_view(lc, v);
+        int bad = pmm_promote_precheck(v, accept, why, sizeof(why), lost,
+                                       sizeof(lost));
+        free(v);
+        if (bad) {
+            lc_log(PMM_LOG_WARN, "promote %s", why);
+            pmm_ctl_reply_error(ctl, "%s", why);
+            return;
+        }
+        snprintf(lc->promote_lost, sizeof(lc->promote_lost), "%s", lost);
     }
     const pmm_cnode *m = pmm_cluster_master(&lc->cl);
     gsp_member gm;
@@ -1815,8 +1878,14 @@ static void cmd_promote(pmm_lc *lc, pmm_ctl_req *ctl, const pmm_json *args)
     pmm_cluster_set_master(&lc->cl, cid);
     lc->rot_stage = 0;
     lc_log(PMM_LOG_WARN, "promoted: this node (cid %u) is master under epoch "
-           "%llu%s", cid, (unsigned long long)lc->cl.epoch,
-           force ? " (forced)" : "");
+           "%llu%s%s", cid, (unsigned long long)lc->cl.epoch,
+           force ? " (forced)" : "", accept ? " (--accept-data-loss)" : "");
+    if (lc->promote_lost[0]) {
+        /* logged, and kept in the store (status shows it until cleared) */
+        lc_log(PMM_LOG_WARN, "promote --accept-data-loss: the cluster loses "
+               "this: %s", lc->promote_lost);
+        pmm_repl_note(lc->repl, "promote", lc->promote_lost);
+    }
     save(lc, promote_saved, ctl);
 }
 

@@ -342,6 +342,7 @@ typedef struct pmm_meta {
     uint64_t db_lag;     /* changes behind the newest head it knows */
     uint32_t db_kept;    /* records in pmgcm.backups */
     uint64_t db_divergence; /* rows in pmgcm.divergence */
+    bool db_loaded;      /* its store holds loaded data */
     uint32_t n_origins;  /* per-origin positions (store/store.h) */
     struct {
         uint32_t cid;

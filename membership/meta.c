@@ -62,6 +62,8 @@ int pmm_meta_encode(const pmm_meta *m, uint8_t *buf, size_t cap, size_t *len)
             return -EINVAL;
         if (rl) nm.db_reason = (char *)m->db_reason;
         nm.has_db_lag = nm.has_db_kept = nm.has_db_divergence = true;
+        nm.has_db_loaded = true;
+        nm.db_loaded = m->db_loaded;
         nm.db_lag = m->db_lag;
         nm.db_kept = m->db_kept;
         nm.db_divergence = m->db_divergence;
@@ -124,6 +126,7 @@ int pmm_meta_decode(pmm_meta *out, const uint8_t *buf, size_t len)
     m.db_lag = nm->has_db_lag ? nm->db_lag : 0;
     m.db_kept = nm->has_db_kept ? nm->db_kept : 0;
     m.db_divergence = nm->has_db_divergence ? nm->db_divergence : 0;
+    m.db_loaded = nm->has_db_loaded && nm->db_loaded;
     if (nm->n_origins > PMM_META_ORIGINS_MAX)
         goto out;
     m.n_origins = (uint32_t)nm->n_origins;

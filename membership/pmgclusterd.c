@@ -335,6 +335,7 @@ static bool meta_from_sample(node *n)
         m.db_lag = si.lag;
         m.db_kept = si.kept_backups;
         m.db_divergence = si.kept_divergence;
+        m.db_loaded = si.loaded;
         pst_origin og[PMM_META_ORIGINS_MAX];
         size_t no = pmm_repl_origins(n->repl, og, PMM_META_ORIGINS_MAX);
         if (no > PMM_META_ORIGINS_MAX)
@@ -1077,6 +1078,81 @@ static void drain_load(node *n)
 
 /* ---- control socket requests ------------------------------------------------------ */
 
+/* ---- pmgcm backups: the data the store kept instead of destroying ---------------- */
+
+static void backups_list_done(void *ud, int rc, const char *text)
+{
+    pmm_ctl_req *req = ud;
+
+    if (rc != 0)
+        pmm_ctl_reply_error(req, "%s", text);
+    else
+        pmm_ctl_reply_ok(req, text);
+}
+
+static void backups_clear_done(void *ud, int rc, const char *text)
+{
+    pmm_ctl_req *req = ud;
+    pmm_buf b;
+
+    if (rc != 0) {
+        pmm_ctl_reply_error(req, "%s", text);
+        return;
+    }
+    pmm_buf_init(&b, 4096);
+    pmm_buf_puts(&b, "\"message\":");
+    pmm_json_str(&b, text, strlen(text));
+    pmm_ctl_reply_ok(req, b.err == 0 ? b.p : NULL);
+    pmm_buf_free(&b);
+}
+
+/* {"cmd":"backups","sub":"list"|"clear","id":"ID"|"divergence"} */
+static const struct backups_sub {
+    const char *name;
+    bool needs_id;
+    pst_backups_fn done;
+} backups_subs[] = {
+    {"list", false, backups_list_done},
+    {"clear", true, backups_clear_done},
+};
+
+static void ctl_backups(node *n, pmm_ctl_req *req, const pmm_json *args)
+{
+    const pmm_json *sj = pmm_json_get(args, "sub");
+    const pmm_json *ij = pmm_json_get(args, "id");
+    const char *sub = sj != NULL && sj->type == PMM_JSON_STRING ? sj->str
+                                                                : "list";
+    const struct backups_sub *bs = NULL;
+    int rc;
+
+    for (size_t i = 0; i < sizeof(backups_subs) / sizeof(backups_subs[0]); i++)
+        if (strcmp(backups_subs[i].name, sub) == 0)
+            bs = &backups_subs[i];
+    if (bs == NULL) {
+        pmm_ctl_reply_error(req, "backups: unknown subcommand (list, clear)");
+        return;
+    }
+    if (bs->needs_id && (ij == NULL || ij->type != PMM_JSON_STRING)) {
+        pmm_ctl_reply_error(req, "backups %s: which one (an id, or "
+                            "divergence)", bs->name);
+        return;
+    }
+    if (n->repl == NULL) {
+        pmm_ctl_reply_error(req, "no replicated database on this node "
+                            "(db_conninfo)");
+        return;
+    }
+    rc = pmm_repl_backups(n->repl, bs->needs_id ? ij->str : NULL, bs->done,
+                          req);
+    if (rc == -EINVAL)
+        pmm_ctl_reply_error(req, "backups %s: '%.40s' is neither an id nor "
+                            "divergence", bs->name, ij->str);
+    else if (rc == -EAGAIN)
+        pmm_ctl_reply_error(req, "the database is not ready on this node");
+    else if (rc != 0)
+        pmm_ctl_reply_error(req, "backups: %s", strerror(-rc));
+}
+
 static void ctl_handler(void *ud, pmm_ctl_req *req, const char *cmd,
                         const pmm_json *args)
 {
@@ -1093,6 +1169,13 @@ static void ctl_handler(void *ud, pmm_ctl_req *req, const char *cmd,
             pmm_ctl_reply_error(req, "the daemon is shutting down");
         else
             ctl_drain(n, req, strcmp(cmd, "drain") == 0);
+        return;
+    }
+    if (strcmp(cmd, "backups") == 0) {
+        if (n->stopping)
+            pmm_ctl_reply_error(req, "the daemon is shutting down");
+        else
+            ctl_backups(n, req, args);
         return;
     }
     if (strcmp(cmd, "status") != 0) {

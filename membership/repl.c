@@ -571,10 +571,20 @@ static void promo_step(pmm_repl *r, const pmm_cluster *cl,
         bool level = in.pos.seq >= r->promo_best.seq &&
                      in.recv_seq == in.pos.seq;
         if (!level && now < r->promo_deadline) return;
-        if (!level)
-            rlog(PMM_LOG_WARN, "promote: catch-up incomplete after %d s, "
-                 "taking writes at %llu", PROMO_CATCHUP_MS / 1000,
-                 (unsigned long long)in.pos.seq);
+        if (!level) {
+            char note[300];
+            snprintf(note, sizeof(note), "promote: the catch-up from the "
+                     "most advanced peer was incomplete after %d s; took "
+                     "writes at %llu/%llu, that peer at %llu/%llu (what it "
+                     "holds beyond is kept in its backups when it resyncs)",
+                     PROMO_CATCHUP_MS / 1000,
+                     (unsigned long long)in.pos.epoch,
+                     (unsigned long long)in.pos.seq,
+                     (unsigned long long)r->promo_best.epoch,
+                     (unsigned long long)r->promo_best.seq);
+            rlog(PMM_LOG_WARN, "%s", note);
+            pst_note(r->st, "promote", note);
+        }
         for (rlink *l = r->links; l; l = l->next)
             if (l->purpose_promo && l->conn) link_end(l, -ECANCELED, "done");
         r->promo = PROMO_DONE;
@@ -838,6 +848,18 @@ void pmm_repl_info(const pmm_repl *r, pst_info *out)
 size_t pmm_repl_origins(const pmm_repl *r, pst_origin *out, size_t max)
 {
     return r ? pst_get_origins(r->st, out, max) : 0;
+}
+
+void pmm_repl_note(pmm_repl *r, const char *kind, const char *text)
+{
+    if (r && !r->closing) pst_note(r->st, kind, text);
+}
+
+int pmm_repl_backups(pmm_repl *r, const char *clear, pst_backups_fn done,
+                     void *ud)
+{
+    if (!r || r->closing) return -ENODEV;
+    return pst_backups(r->st, clear, done, ud);
 }
 
 const char *pmm_repl_schema(const pmm_repl *r)

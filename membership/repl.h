@@ -48,6 +48,12 @@ const char *pmm_repl_schema(const pmm_repl *r);
 /* Per-origin positions (store/store.h pst_get_origins); 0 when r NULL. */
 size_t pmm_repl_origins(const pmm_repl *r, pst_origin *out, size_t max);
 
+/* Records a note in the store's pmgcm.backups (pst_note); r NULL: no-op. */
+void pmm_repl_note(pmm_repl *r, const char *kind, const char *text);
+/* pmgcm backups (pst_backups): clear NULL lists. -ENODEV without a store. */
+int pmm_repl_backups(pmm_repl *r, const char *clear, pst_backups_fn done,
+                     void *ud);
+
 /* Server side, called by lifecycle.c for a STORE request on connection c:
  * answers ok and returns the stream object that owns c from now on (its
  * frames, writable and close go to the three functions below), or NULL

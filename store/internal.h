@@ -127,7 +127,7 @@ struct pst_store {
     pst_info info;
     char *schema_text;          /* canonical table definitions */
     bool setup_busy, capture_busy, capture_again, apply_busy, trim_busy;
-    bool vacuum_busy, sweep_busy;
+    bool vacuum_busy, sweep_busy, kept_busy, kept_again;
     uint64_t last_vacuum_ms, last_check_ms;
     uv_timer_t timer;           /* setup retry, capture fallback, trim */
     uint64_t last_trim_ms;
@@ -162,6 +162,25 @@ void pst_changed(pst_store *st);
 void pst_submit(pst_store *st, pst_job *j);
 void pst_set_error(pst_store *st, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+
+/* backup.c */
+/* Whether loaded data at pos is a prefix of the lineage whose terms
+ * started at epochs[i] = {epoch, start seq} and whose head is head: the
+ * term covering pos.seq there is pos.epoch, and pos is not past head.
+ * Pure. */
+bool pst_lineage_prefix(bool loaded, pst_pos pos, const pst_pos *epochs,
+                        size_t n, pst_pos head);
+/* In the snapshot load's transaction, before the tables are replaced: a
+ * pmgcm.backups record, a schema (its name into schema) and a copy of
+ * every table of ts (per-origin ones: the other origins' rows). */
+int pst_backup_begin(PGconn *c, const pst_tableset *ts, uint32_t self_cid,
+                     const char *why, char *schema, size_t schemalen,
+                     char *err, size_t el);
+/* After the new data is in: rows the new data holds identically leave the
+ * backup, empty tables (and an empty backup) go; *rows, *tables kept. */
+int pst_backup_end(PGconn *c, const pst_tableset *ts, const char *schema,
+                   uint64_t *rows, uint32_t *tables, char *err, size_t el);
+void pst_start_kept(pst_store *st);
 
 /* jobs.c */
 void pst_roles_kick(pst_store *st);

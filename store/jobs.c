@@ -42,6 +42,10 @@ static const char SETUP_SQL[] =
     " recorded timestamptz NOT NULL DEFAULT now(), reason text NOT NULL,"
     " epoch bigint, seq bigint, op \"char\", tbl text, old jsonb, new jsonb,"
     " ts timestamptz);"
+    "CREATE TABLE IF NOT EXISTS pmgcm.backups (id bigserial PRIMARY KEY,"
+    " created timestamptz NOT NULL DEFAULT now(), kind text NOT NULL,"
+    " schema_name text UNIQUE, reason text NOT NULL,"
+    " tables int NOT NULL DEFAULT 0, rows bigint NOT NULL DEFAULT 0);"
     "CREATE TABLE IF NOT EXISTS pmgcm.tables (tbl text PRIMARY KEY,"
     " del_sql text NOT NULL, ins_sql text NOT NULL);"
     /* per-origin tables: every node's own rows, to every node */
@@ -1129,6 +1133,7 @@ static void role_done(pst_job *j)
                         " this node was master were never sent; kept in"
                         " pmgcm.divergence; resyncing with a snapshot",
                         (unsigned long long)q->moved);
+                pst_start_kept(st);
             }
             pst_changed(st);
             if (i->master) pst_start_capture(st);
@@ -1297,6 +1302,7 @@ static void sweep_done(pst_job *j)
                     " this node had stopped being master were never sent;"
                     " kept in pmgcm.divergence; resyncing with a snapshot",
                     (unsigned long long)sj->moved);
+            pst_start_kept(st);
             pst_changed(st);
         }
     }

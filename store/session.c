@@ -181,6 +181,9 @@ struct snap {
     uint64_t divergent;  /* client: log entries kept as divergence */
     uint32_t self_cid;   /* client: us */
     pst_tableset *local; /* client: the local replicated set (a copy) */
+    char backup[80];     /* client: the backup schema of this load, or "" */
+    uint64_t bk_rows;    /* client: rows kept there */
+    uint32_t bk_tables;
     pst_origin opos[PST_ORIGINS_MAX]; /* client: positions received */
     size_t n_opos;
 };
@@ -601,6 +604,46 @@ static int snap_check_tables(const snap *sn, const Msg *m, char *err,
     return rc;
 }
 
+/* SNAP_BEGIN, in the load's transaction: is this node's data a prefix of
+ * the snapshot's lineage (loaded, its term is the one that covers its
+ * position there, not past the snapshot's head)? Else a backup of what the
+ * snapshot replaces (backup.c). 0 or an error (why in sn->err). */
+static int snap_backup_begin(snap *sn, PGconn *c, const Msg *m)
+{
+    char *err = sn->err;
+    size_t el = sizeof(sn->err);
+    PGresult *r = PQexec(c, "SELECT loaded, epoch, seq FROM pmgcm.state"
+                            " FOR UPDATE");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+        pst_pgerr(c, r, err, el);
+        PQclear(r);
+        return PST_EDB;
+    }
+    bool loaded = PQgetvalue(r, 0, 0)[0] == 't';
+    pst_pos pos = {strtoull(PQgetvalue(r, 0, 1), NULL, 10),
+                   strtoull(PQgetvalue(r, 0, 2), NULL, 10)};
+    PQclear(r);
+    pst_pos *ep = calloc(m->n_epochs + 1, sizeof(*ep));
+    if (!ep) return -ENOMEM;
+    for (size_t i = 0; i < m->n_epochs; i++) {
+        ep[i].epoch = m->epochs[i]->epoch;
+        ep[i].seq = m->epochs[i]->start_seq;
+    }
+    pst_pos head = {m->head->epoch, m->head->seq};
+    bool prefix = pst_lineage_prefix(loaded, pos, ep, m->n_epochs, head);
+    free(ep);
+    if (prefix) return 0;
+    char why[300];
+    snprintf(why, sizeof(why),
+             "replaced by a snapshot at %llu/%llu; this node's data (%s,"
+             " at %llu/%llu) was not part of that history",
+             (unsigned long long)head.epoch, (unsigned long long)head.seq,
+             loaded ? "loaded" : "not loaded",
+             (unsigned long long)pos.epoch, (unsigned long long)pos.seq);
+    return pst_backup_begin(c, sn->local, sn->self_cid, why, sn->backup,
+                            sizeof(sn->backup), err, el);
+}
+
 static int snap_client_load(snap *sn, PGconn *c)
 {
     pst_store *st = sn->st;
@@ -648,6 +691,9 @@ static int snap_client_load(snap *sn, PGconn *c)
              * goes into SQL below are our own names, never the received
              * ones */
             if ((rc = snap_check_tables(sn, m, err, el))) break;
+            /* data that is not a prefix of the snapshot's lineage: keep
+             * what the snapshot replaces */
+            if ((rc = snap_backup_begin(sn, c, m))) break;
             /* everything replicated goes, in one statement (foreign keys);
              * per-origin tables keep this node's own rows */
             PGresult *ro = PQexec(c, "SELECT tbl, quote_ident(col) FROM"
@@ -841,6 +887,10 @@ static int snap_client_load(snap *sn, PGconn *c)
                 in_copy = false;
                 if ((rc = copy_end(sn, c))) break;
             }
+            if (sn->backup[0] &&
+                (rc = pst_backup_end(c, sn->local, sn->backup, &sn->bk_rows,
+                                     &sn->bk_tables, err, el)))
+                break;
             char q[400];
             snprintf(q, sizeof(q),
                      "UPDATE pmgcm.state SET epoch = %llu, seq = %llu,"
@@ -1814,6 +1864,7 @@ static void div_done(pst_job *j)
                     " pmgcm.divergence; resyncing with a snapshot",
                     (unsigned long long)dj->moved,
                     (unsigned long long)dj->fork.seq);
+            pst_start_kept(st);
         } else {
             pst_set_error(st, "recording divergence: %s", j->err);
         }
@@ -1964,6 +2015,16 @@ static void snap_client_poll(pst_session *s)
                     "log were never received by the cluster; kept in "
                     "pmgcm.divergence", (unsigned long long)sn->divergent);
         }
+        if (sn->bk_rows)
+            pst_log(st, 1, "store: BACKUP: the snapshot replaced %llu rows "
+                    "this node held (%u table(s)) that the cluster's data "
+                    "does not hold; kept in backup schema %s (pmgcm backups)",
+                    (unsigned long long)sn->bk_rows, sn->bk_tables,
+                    sn->backup);
+        else if (sn->backup[0])
+            pst_log(st, 3, "store: this node's data was of another history,"
+                    " but the snapshot holds every row of it: no backup");
+        pst_start_kept(st);
         /* origins: ours kept, the others from the snapshot */
         pst_origin mine;
         pst_origin *me = pst_opos(st, sn->self_cid, false);

@@ -530,6 +530,7 @@ static void setup_done(pst_job *j)
             (unsigned long long)i->pos.seq, i->schema_digest);
     free(s);
     listen_start(st);
+    pst_start_kept(st);
     pst_changed(st);
     pst_roles_kick(st);
     pst_sessions_head(st);
@@ -764,6 +765,7 @@ static void timer_cb(uv_timer_t *t)
     if (now - st->last_check_ms >= CHECK_EVERY_MS) {
         st->last_check_ms = now;
         setup_check(st);
+        pst_start_kept(st);
     }
     pst_sessions_head(st);
 }

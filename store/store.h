@@ -183,6 +183,31 @@ const char *pst_schema(const pst_store *st);
 const char *pst_schema_diff(const char *mine, const char *master, char *buf,
                             size_t len);
 
+/* ---- data kept instead of destroyed -------------------------------------------
+ * A snapshot that replaces tables whose data is not a prefix of the
+ * snapshot's lineage (a node that never loaded, left the cluster, held
+ * changes of another term, or is past the snapshot's head) first copies
+ * what it replaces into a schema pmgcm_backup_<time>_<id> (one table per
+ * replicated table, named like it, holding the rows the snapshot does not
+ * hold identically), recorded in pmgcm.backups, logged with counts.
+ * pmgcm.backups also holds notes (promote --accept-data-loss). pst_info's
+ * kept_* count them and pmgcm.divergence until an admin clears them. */
+
+/* Records a note (kind, text) in pmgcm.backups, asynchronously (an error
+ * is logged). 0, -EINVAL, -ENOMEM. */
+int pst_note(pst_store *st, const char *kind, const char *text);
+
+/* done(ud, rc, text): rc 0 and text = list: JSON object members
+ * "backups":[{id, created, kind, schema, tables, rows, reason}],
+ * "divergence":N; clear: a sentence; rc < 0 and text = why. text is valid
+ * during the call. Runs on the loop (also with -ECANCELED at close). */
+typedef void (*pst_backups_fn)(void *ud, int rc, const char *text);
+/* clear NULL: list; an id: drop that backup (its schema) and its record;
+ * "divergence": delete every pmgcm.divergence row. 0; -EINVAL (clear is
+ * neither), -EAGAIN (database not ready), -ENOMEM. */
+int pst_backups(pst_store *st, const char *clear, pst_backups_fn done,
+                void *ud);
+
 /* ---- per-origin tables ------------------------------------------------------
  * Tables named in origin_tables ("schema.table:column") hold every node's
  * own rows: the column is the cid of the node that wrote the row and must

@@ -67,12 +67,14 @@ static void test_db_fields(void)
     m.db_lag = 55000;
     m.db_kept = 2;
     m.db_divergence = 20003;
+    m.db_loaded = true;
     REQUIRE(pmm_meta_encode(&m, buf, sizeof(buf), &len) == 0);
     REQUIRE(pmm_meta_decode(&back, buf, len) == 0);
     CHECK(strcmp(back.db_reason, "behind the master by 55000 changes") == 0);
     CHECK(back.db_lag == 55000);
     CHECK_EQ_INT(back.db_kept, 2);
     CHECK(back.db_divergence == 20003);
+    CHECK(back.db_loaded);
     /* every origin slot used (cids of up to 65535, positions of 2^40)
      * and the longest reason: the reason goes, the rest stays */
     m.n_origins = PMM_META_ORIGINS_MAX;

@@ -1,8 +1,9 @@
 /*
  * test_mstatus.c - uptime formatter, PMG status table, JSON writer
- * (escaping) and reader, rows from gossip members.
+ * (escaping) and reader, rows from gossip members; promote's checks.
  */
 #include "membership/membership.h"
+#include "membership/precheck.h"
 #include "tests/tap.h"
 
 #include <errno.h>
@@ -288,6 +289,100 @@ static void test_db_rows(void)
     pmm_buf_free(&b);
 }
 
+static pmm_promote_peer peer(const char *name, uint32_t cid, bool live,
+                              bool loaded, uint64_t epoch, uint64_t seq)
+{
+    pmm_promote_peer p;
+    memset(&p, 0, sizeof(p));
+    snprintf(p.name, sizeof(p.name), "%s", name);
+    p.cid = cid;
+    p.live = live;
+    p.has_db = true;
+    p.loaded = loaded;
+    p.pos = (pst_pos){epoch, seq};
+    return p;
+}
+
+/* promote's checks: what is refused, with which words, and what
+ * --accept-data-loss lets through (and says is lost) */
+static void test_promote_checks(void)
+{
+    static pmm_promote_view v;
+    char why[1200], lost[600];
+
+    /* no store: nothing to check */
+    memset(&v, 0, sizeof(v));
+    CHECK_EQ_INT(pmm_promote_precheck(&v, false, why, sizeof(why), lost,
+                                      sizeof(lost)), 0);
+    CHECK(why[0] == 0 && lost[0] == 0);
+    /* the issue's case: a joiner whose snapshot is not in, the master
+     * dead, node2 live with the data */
+    memset(&v, 0, sizeof(v));
+    v.has_db = true;
+    v.db.ready = true;
+    v.db.state = PST_LOADING;
+    v.db.load_pct = 43;
+    v.peers[v.n_peers++] = peer("node1", 1, false, true, 1, 20003);
+    v.peers[v.n_peers++] = peer("node2", 2, true, true, 1, 20002);
+    v.peers[v.n_peers++] = peer("node3", 3, true, false, 0, 0);
+    CHECK_EQ_INT(pmm_promote_precheck(&v, false, why, sizeof(why), lost,
+                                      sizeof(lost)), 1);
+    CHECK(strstr(why, "not loaded") != NULL);
+    CHECK(strstr(why, "43 %") != NULL);
+    CHECK(strstr(why, "node2 (cid 2) at 1/20002") != NULL);
+    CHECK(strstr(why, "node1") == NULL); /* dead: not the one to promote */
+    CHECK(pmm_promote_best(&v, true) == &v.peers[1]);
+    CHECK(pmm_promote_best(&v, false) == &v.peers[0]);
+    /* nobody live with data: the last known one, and the way out */
+    v.peers[1].live = false;
+    CHECK_EQ_INT(pmm_promote_precheck(&v, false, why, sizeof(why), lost,
+                                      sizeof(lost)), 1);
+    CHECK(strstr(why, "no live node holds loaded data") != NULL);
+    CHECK(strstr(why, "node1 (cid 1) at 1/20003") != NULL);
+    CHECK(strstr(why, "accept-data-loss") != NULL);
+    /* --accept-data-loss: proceeds, says what is lost */
+    CHECK_EQ_INT(pmm_promote_precheck(&v, true, why, sizeof(why), lost,
+                                      sizeof(lost)), 0);
+    CHECK(strstr(lost, "no loaded data") != NULL);
+    CHECK(strstr(lost, "node1 (cid 1) at 1/20003") != NULL);
+    /* loaded but far behind a live node */
+    v.db.state = PST_CATCHING_UP;
+    v.db.loaded = true;
+    v.db.pos = (pst_pos){1, 10000};
+    v.peers[1].live = true;
+    CHECK_EQ_INT(pmm_promote_precheck(&v, false, why, sizeof(why), lost,
+                                      sizeof(lost)), 1);
+    CHECK(strstr(why, "caught up") != NULL);
+    CHECK(strstr(why, "10002 changes behind node2") != NULL);
+    CHECK_EQ_INT(pmm_promote_precheck(&v, true, why, sizeof(why), lost,
+                                      sizeof(lost)), 0);
+    CHECK(strstr(lost, "at 1/10000") != NULL);
+    /* within a stream in flight: the promote's catch-up fetches it */
+    v.db.pos = (pst_pos){1, 20002 - PST_SYNC_LAG_MAX};
+    CHECK_EQ_INT(pmm_promote_precheck(&v, false, why, sizeof(why), lost,
+                                      sizeof(lost)), 0);
+    /* an older term than a live node's */
+    v.db.pos = (pst_pos){1, 30000};
+    v.peers[1].pos = (pst_pos){2, 25000};
+    CHECK_EQ_INT(pmm_promote_precheck(&v, false, why, sizeof(why), lost,
+                                      sizeof(lost)), 1);
+    CHECK(strstr(why, "older term") != NULL);
+    /* ahead of everyone: fine */
+    v.db.pos = (pst_pos){2, 25001};
+    CHECK_EQ_INT(pmm_promote_precheck(&v, false, why, sizeof(why), lost,
+                                      sizeof(lost)), 0);
+    /* the database down: refused, even with --accept-data-loss */
+    v.db.db_down = true;
+    snprintf(v.db.error, sizeof(v.db.error), "connection refused");
+    CHECK_EQ_INT(pmm_promote_precheck(&v, true, why, sizeof(why), lost,
+                                      sizeof(lost)), 1);
+    CHECK(strstr(why, "database is down (connection refused)") != NULL);
+    /* the table: named checks, in order */
+    REQUIRE(pmm_promote_n_checks >= 3);
+    CHECK(strcmp(pmm_promote_checks[0].name, "database") == 0);
+    CHECK(!pmm_promote_checks[0].overridable);
+}
+
 static int from_json_fails(const char *text, const char *want)
 {
     pmm_json *doc = NULL;
@@ -535,6 +630,7 @@ int main(void)
     TAP_RUN(test_buf_bounds);
     TAP_RUN(test_json_roundtrip);
     TAP_RUN(test_db_rows);
+    TAP_RUN(test_promote_checks);
     TAP_RUN(test_rows_validation);
     TAP_RUN(test_json_reader);
     TAP_RUN(test_row_from_member);

@@ -321,6 +321,36 @@ static void test_hostile_change_refused(void)
     CHECK_EQ_INT(uv_loop_close(&loop), 0);
 }
 
+/* Is loaded data at a position a prefix of a snapshot's history? */
+static void test_lineage(void)
+{
+    /* terms: 1 from seq 1, 2 from seq 500, 4 from seq 900 */
+    pst_pos ep[3] = {{1, 1}, {2, 500}, {4, 900}};
+    pst_pos head = {4, 1000};
+    CHECK(pst_lineage_prefix(true, (pst_pos){1, 300}, ep, 3, head));
+    CHECK(pst_lineage_prefix(true, (pst_pos){1, 499}, ep, 3, head));
+    CHECK(pst_lineage_prefix(true, (pst_pos){2, 500}, ep, 3, head));
+    CHECK(pst_lineage_prefix(true, (pst_pos){4, 1000}, ep, 3, head));
+    CHECK(pst_lineage_prefix(true, (pst_pos){0, 0}, ep, 3, head));
+    /* not loaded: never known */
+    CHECK(!pst_lineage_prefix(false, (pst_pos){1, 300}, ep, 3, head));
+    /* term 1 went on past seq 499 here, the cluster's term 2 began at 500 */
+    CHECK(!pst_lineage_prefix(true, (pst_pos){1, 500}, ep, 3, head));
+    CHECK(!pst_lineage_prefix(true, (pst_pos){1, 20003}, ep, 3, head));
+    /* a term the snapshot's history does not have */
+    CHECK(!pst_lineage_prefix(true, (pst_pos){3, 950}, ep, 3, head));
+    /* past the snapshot's head */
+    CHECK(!pst_lineage_prefix(true, (pst_pos){4, 1001}, ep, 3, head));
+    /* the case: a not-loaded node promoted, epoch 2 from seq 1 */
+    pst_pos e2[2] = {{1, 1}, {2, 1}};
+    CHECK(!pst_lineage_prefix(true, (pst_pos){1, 20003}, e2, 2,
+                              (pst_pos){2, 5}));
+    CHECK(!pst_lineage_prefix(true, (pst_pos){1, 1}, e2, 2, (pst_pos){2, 5}));
+    /* no terms at all */
+    CHECK(!pst_lineage_prefix(true, (pst_pos){1, 3}, NULL, 0,
+                              (pst_pos){1, 5}));
+}
+
 int main(void)
 {
     TAP_RUN(test_pos_cmp);
@@ -330,5 +360,6 @@ int main(void)
     TAP_RUN(test_unreachable_database);
     TAP_RUN(test_tableset);
     TAP_RUN(test_hostile_change_refused);
+    TAP_RUN(test_lineage);
     return tap_done();
 }
