@@ -916,8 +916,25 @@ void pst_set_master_head(pst_store *st, pst_pos head)
     pst_changed(st);
 }
 
+/* libpq's connection errors lead with the socket's path: the cause
+ * ("No such file or directory", "Connection refused") first. */
+static const char *short_err(const char *e, char *buf, size_t len)
+{
+    if (strncmp(e, "database: ", 10) == 0) e += 10;
+    const char *f = strstr(e, " failed: ");
+    size_t n = strcspn(e, "\n");
+    if (f && (size_t)(f - e) < n && f[9] && f[9] != '\n') {
+        size_t cn = strcspn(f + 9, "\n");
+        snprintf(buf, len, "%.*s (%.*s)", (int)cn, f + 9, (int)(f - e), e);
+    } else {
+        snprintf(buf, len, "%.*s", (int)n, e);
+    }
+    return buf;
+}
+
 const char *pst_reason(const pst_info *in, char *buf, size_t len)
 {
+    char e[200];
     switch (in->state) {
     case PST_IN_SYNC:
         snprintf(buf, len, "%s", "");
@@ -927,9 +944,11 @@ const char *pst_reason(const pst_info *in, char *buf, size_t len)
         break;
     case PST_CONNECTING:
         if (in->db_down)
-            snprintf(buf, len, "database down: %.80s", in->error);
+            snprintf(buf, len, "database down: %.90s",
+                     short_err(in->error, e, sizeof(e)));
         else if (!in->ready && in->error[0])
-            snprintf(buf, len, "database not ready: %.80s", in->error);
+            snprintf(buf, len, "database not ready: %.90s",
+                     short_err(in->error, e, sizeof(e)));
         else
             snprintf(buf, len, "connecting to the database");
         break;

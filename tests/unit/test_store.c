@@ -351,6 +351,47 @@ static void test_lineage(void)
                               (pst_pos){1, 5}));
 }
 
+/* The reason a node is not in sync, in words. */
+static void test_reason(void)
+{
+    pst_info in;
+    char b[112];
+    memset(&in, 0, sizeof(in));
+    in.ready = true;
+    in.state = PST_CONNECTING;
+    in.db_down = true;
+    snprintf(in.error, sizeof(in.error), "connection to server on socket "
+             "\"/tmp/x/.s.PGSQL.5432\" failed: No such file or directory\n"
+             "\tIs the server running locally?");
+    pst_reason(&in, b, sizeof(b));
+    CHECK(strncmp(b, "database down: No such file or directory (connection",
+                  52) == 0);
+    CHECK(strchr(b, '\n') == NULL);
+    in.db_down = false;
+    in.ready = false;
+    snprintf(in.error, sizeof(in.error), "database: could not connect");
+    CHECK(strcmp(pst_reason(&in, b, sizeof(b)),
+                 "database not ready: could not connect") == 0);
+    in.ready = true;
+    in.state = PST_LOADING;
+    in.load_pct = 43;
+    CHECK(strcmp(pst_reason(&in, b, sizeof(b)),
+                 "loading a snapshot: 43 %") == 0);
+    in.state = PST_CATCHING_UP;
+    in.loaded = true;
+    in.lag = 55000;
+    in.error[0] = 0;
+    CHECK(strcmp(pst_reason(&in, b, sizeof(b)),
+                 "behind the master by 55000 changes") == 0);
+    in.lag = PST_SYNC_LAG_MAX;
+    CHECK(strcmp(pst_reason(&in, b, sizeof(b)),
+                 "not following the master yet") == 0);
+    in.loaded = false;
+    CHECK(strncmp(pst_reason(&in, b, sizeof(b)), "data not loaded", 15) == 0);
+    in.state = PST_IN_SYNC;
+    CHECK(strcmp(pst_reason(&in, b, sizeof(b)), "") == 0);
+}
+
 int main(void)
 {
     TAP_RUN(test_pos_cmp);
@@ -361,5 +402,6 @@ int main(void)
     TAP_RUN(test_tableset);
     TAP_RUN(test_hostile_change_refused);
     TAP_RUN(test_lineage);
+    TAP_RUN(test_reason);
     return tap_done();
 }
