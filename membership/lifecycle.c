@@ -126,6 +126,11 @@ struct pmm_lc {
 
     struct pmm_repl *repl; /* the store's streams (repl.c), or NULL */
     char promote_lost[600]; /* promote --accept-data-loss: what is lost */
+    /* a promote waiting for this node to catch up (promote_step) */
+    uv_timer_t promo_timer;
+    pmm_ctl_req *promo_ctl;
+    bool promo_force, promo_accept, promo_said;
+    uint64_t promo_deadline, promo_moved_at, promo_seq;
 
     /* mirrored files (files.c): FILES / FILE_GET requests go there */
     pmm_lc_files_fn files_fn;
@@ -1820,23 +1825,70 @@ static void promote_view(pmm_lc *lc, pmm_promote_view *v)
     }
 }
 
+/* A promote whose only obstacle is that this node is behind a live node
+ * waits while it catches up (it does by itself: it follows the master, or
+ * the most advanced live node while the master is down), at most
+ * PROMOTE_WAIT_MS, and gives up when its position stops moving for
+ * PROMOTE_STUCK_MS: then it cannot catch up from that node, and promote
+ * refuses. */
+#define PROMOTE_WAIT_MS 60000
+#define PROMOTE_STUCK_MS 5000
+#define PROMOTE_POLL_MS 300
+
+static void promote_step(pmm_lc *lc);
+
+static void promo_timer_cb(uv_timer_t *t)
+{
+    pmm_lc *lc = t->data;
+    if (!lc->closing && lc->promo_ctl) promote_step(lc);
+}
+
+static void promote_reply_error(pmm_lc *lc, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void promote_reply_error(pmm_lc *lc, const char *fmt, ...)
+{
+    char msg[1200];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    pmm_ctl_req *ctl = lc->promo_ctl;
+    lc->promo_ctl = NULL;
+    pmm_ctl_reply_error(ctl, "%s", msg);
+}
+
 static void cmd_promote(pmm_lc *lc, pmm_ctl_req *ctl, const pmm_json *args)
 {
     const pmm_json *fj = pmm_json_get(args, "force");
-    bool force = fj && fj->type == PMM_JSON_BOOL && fj->b;
     const pmm_json *aj = pmm_json_get(args, "accept_data_loss");
-    bool accept = aj && aj->type == PMM_JSON_BOOL && aj->b;
+    if (lc->promo_ctl) {
+        pmm_ctl_reply_error(ctl, "a promote is already waiting on this node");
+        return;
+    }
+    lc->promo_ctl = ctl;
+    lc->promo_force = fj && fj->type == PMM_JSON_BOOL && fj->b;
+    lc->promo_accept = aj && aj->type == PMM_JSON_BOOL && aj->b;
+    lc->promo_deadline = now_ms(lc) + PROMOTE_WAIT_MS;
+    lc->promo_moved_at = now_ms(lc);
+    lc->promo_seq = 0;
+    lc->promo_said = false;
+    promote_step(lc);
+}
+
+static void promote_step(pmm_lc *lc)
+{
+    bool force = lc->promo_force, accept = lc->promo_accept;
     if (!lc->in_cluster) {
-        pmm_ctl_reply_error(ctl, "no cluster defined");
+        promote_reply_error(lc, "no cluster defined");
         return;
     }
     const pmm_cnode *me = self_node(lc);
     if (!me) {
-        pmm_ctl_reply_error(ctl, "this node is not in the cluster config");
+        promote_reply_error(lc, "this node is not in the cluster config");
         return;
     }
     if (me->master) {
-        pmm_ctl_reply_error(ctl, "this node is already the master");
+        promote_reply_error(lc, "this node is already the master");
         return;
     }
     /* this node's data must be complete (--force does not change that;
@@ -1844,17 +1896,45 @@ static void cmd_promote(pmm_lc *lc, pmm_ctl_req *ctl, const pmm_json *args)
     {
         pmm_promote_view *v = malloc(sizeof(*v));
         char why[1100], lost[sizeof(lc->promote_lost)];
+        const pmm_promote_check *failed = NULL;
         if (!v) {
-            pmm_ctl_reply_error(ctl, "out of memory");
+            promote_reply_error(lc, "out of memory");
             return;
         }
         promote_view(lc, v);
+        uint64_t seq = v->db.pos.seq;
         int bad = pmm_promote_precheck(v, accept, why, sizeof(why), lost,
-                                       sizeof(lost));
+                                       sizeof(lost), &failed);
         free(v);
+        if (bad && failed && failed->waitable) {
+            /* behind a live node: wait while it catches up */
+            uint64_t now = now_ms(lc);
+            if (seq != lc->promo_seq) {
+                lc->promo_seq = seq;
+                lc->promo_moved_at = now;
+            }
+            if (now < lc->promo_deadline &&
+                now - lc->promo_moved_at < PROMOTE_STUCK_MS) {
+                if (!lc->promo_said)
+                    lc_log(PMM_LOG_INFO, "promote: waiting for this node to "
+                           "catch up first: %s", why);
+                lc->promo_said = true;
+                uv_timer_start(&lc->promo_timer, promo_timer_cb,
+                               PROMOTE_POLL_MS, 0);
+                return;
+            }
+            lc_log(PMM_LOG_WARN, "promote %s (it did not catch up: %s)", why,
+                   now >= lc->promo_deadline ? "still behind after 60 s"
+                                             : "its position stopped moving");
+            promote_reply_error(lc, "%s (it did not catch up: %s)", why,
+                                now >= lc->promo_deadline
+                                    ? "still behind after 60 s"
+                                    : "its position stopped moving");
+            return;
+        }
         if (bad) {
             lc_log(PMM_LOG_WARN, "promote %s", why);
-            pmm_ctl_reply_error(ctl, "%s", why);
+            promote_reply_error(lc, "%s", why);
             return;
         }
         snprintf(lc->promote_lost, sizeof(lc->promote_lost), "%s", lost);
@@ -1863,15 +1943,17 @@ static void cmd_promote(pmm_lc *lc, pmm_ctl_req *ctl, const pmm_json *args)
     gsp_member gm;
     if (m && !force && gsp_core_get(core(lc), &m->node_id, &gm) == 0 &&
         (gm.state == GSP_ALIVE || gm.state == GSP_SUSPECT)) {
-        pmm_ctl_reply_error(ctl, "the master %s (cid %u) is %s; use --force "
+        promote_reply_error(lc, "the master %s (cid %u) is %s; use --force "
                             "to promote anyway", m->name, m->cid,
                             gm.state == GSP_ALIVE ? "alive" : "only suspected");
         return;
     }
     if (lc->cl.epoch >= UINT32_MAX) {
-        pmm_ctl_reply_error(ctl, "epoch exhausted");
+        promote_reply_error(lc, "epoch exhausted");
         return;
     }
+    pmm_ctl_req *ctl = lc->promo_ctl;
+    lc->promo_ctl = NULL;
     uint32_t cid = me->cid;
     lc->cl.epoch++;
     lc->cl.version++;
@@ -2072,6 +2154,9 @@ int pmm_lc_start(pmm_lc **out, const pmm_lc_env *env, char *err,
     uv_timer_init(lc->loop, &lc->heal_timer);
     lc->heal_timer.data = lc;
     lc->refs++;
+    uv_timer_init(lc->loop, &lc->promo_timer);
+    lc->promo_timer.data = lc;
+    lc->refs++;
     lc->next_heal_ms = uv_now(lc->loop) + HEAL_INTERVAL_MS;
     uv_timer_start(&lc->heal_timer, heal_fast_cb, 1000, HEAL_INTERVAL_MS);
     if (lc->in_cluster && is_master(lc)) announce(lc);
@@ -2201,6 +2286,11 @@ void pmm_lc_close(pmm_lc *lc)
         pmm_ctl_reply_error(lc->rot_ctl, "daemon shutting down");
         lc->rot_ctl = NULL;
     }
+    if (lc->promo_ctl) {
+        pmm_ctl_reply_error(lc->promo_ctl, "daemon shutting down");
+        lc->promo_ctl = NULL;
+    }
+    uv_close((uv_handle_t *)&lc->promo_timer, heal_closed);
     for (op *o = lc->ops; o; o = o->next) {
         if (o->ctl) {
             pmm_ctl_reply_error(o->ctl, "daemon shutting down");

@@ -126,16 +126,16 @@ static int check_caught_up(const pmm_promote_view *v, char *why, size_t len,
         return 0; /* the promote's catch-up fetches that much first */
     if (best->pos.epoch == me.epoch)
         snprintf(why, len, "this node is %llu changes behind %s (this node "
-                 "at %llu/%llu): it catches up by itself; retry when "
-                 "`pmgcm status` shows it A, or promote %s",
+                 "at %llu/%llu); retry when `pmgcm status` shows it A, or "
+                 "promote %s",
                  (unsigned long long)(best->pos.seq - me.seq),
                  peer_words(best, w, sizeof(w)),
                  (unsigned long long)me.epoch, (unsigned long long)me.seq,
                  best->name);
     else
         snprintf(why, len, "this node's data is of an older term than %s "
-                 "(this node at %llu/%llu): it resyncs by itself; retry when "
-                 "`pmgcm status` shows it A, or promote %s",
+                 "(this node at %llu/%llu); retry when `pmgcm status` shows "
+                 "it A, or promote %s",
                  peer_words(best, w, sizeof(w)),
                  (unsigned long long)me.epoch, (unsigned long long)me.seq,
                  best->name);
@@ -148,18 +148,20 @@ static int check_caught_up(const pmm_promote_view *v, char *why, size_t len,
 }
 
 const pmm_promote_check pmm_promote_checks[] = {
-    {"database", false, check_database},
-    {"data loaded", true, check_loaded},
-    {"caught up", true, check_caught_up},
+    {"database", false, false, check_database},
+    {"data loaded", true, false, check_loaded},
+    {"caught up", true, true, check_caught_up},
 };
 const size_t pmm_promote_n_checks =
     sizeof(pmm_promote_checks) / sizeof(pmm_promote_checks[0]);
 
 int pmm_promote_precheck(const pmm_promote_view *v, bool accept, char *why,
-                         size_t len, char *lost, size_t lostlen)
+                         size_t len, char *lost, size_t lostlen,
+                         const pmm_promote_check **failed)
 {
     why[0] = '\0';
     lost[0] = '\0';
+    if (failed) *failed = NULL;
     for (size_t i = 0; i < pmm_promote_n_checks; i++) {
         const pmm_promote_check *c = &pmm_promote_checks[i];
         char w[1024], l[512];
@@ -174,6 +176,7 @@ int pmm_promote_precheck(const pmm_promote_view *v, bool accept, char *why,
             continue;
         }
         snprintf(why, len, "refused (%s): %s", c->name, w);
+        if (failed) *failed = c;
         return 1;
     }
     return 0;

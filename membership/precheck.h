@@ -46,6 +46,8 @@ typedef struct pmm_promote_view {
 typedef struct pmm_promote_check {
     const char *name;
     bool overridable; /* --accept-data-loss proceeds despite it */
+    bool waitable;    /* the node mends it by itself (catching up): the
+                         promote may wait while that progresses */
     /* 0 passes; 1 fails, why in words (what is missing, what to do);
      * lost: with --accept-data-loss, what the cluster loses */
     int (*run)(const pmm_promote_view *v, char *why, size_t len,
@@ -61,10 +63,12 @@ const pmm_promote_peer *pmm_promote_best(const pmm_promote_view *v,
                                          bool live_only);
 
 /* Runs the checks in order. Returns 0 when promote may go on; else 1 with
- * the first failing check's words in why. With accept, overridable
- * failures do not count: their "what is lost" texts are joined into lost
- * ("" when nothing is). why and lost are always NUL-terminated. */
+ * the first failing check's words in why and the check in *failed (may be
+ * NULL). With accept, overridable failures do not count: their "what is
+ * lost" texts are joined into lost ("" when nothing is). why and lost are
+ * always NUL-terminated. */
 int pmm_promote_precheck(const pmm_promote_view *v, bool accept, char *why,
-                         size_t len, char *lost, size_t lostlen);
+                         size_t len, char *lost, size_t lostlen,
+                         const pmm_promote_check **failed);
 
 #endif

@@ -313,7 +313,7 @@ static void test_promote_checks(void)
     /* no store: nothing to check */
     memset(&v, 0, sizeof(v));
     CHECK_EQ_INT(pmm_promote_precheck(&v, false, why, sizeof(why), lost,
-                                      sizeof(lost)), 0);
+                                      sizeof(lost), NULL), 0);
     CHECK(why[0] == 0 && lost[0] == 0);
     /* the issue's case: a joiner whose snapshot is not in, the master
      * dead, node2 live with the data */
@@ -326,7 +326,7 @@ static void test_promote_checks(void)
     v.peers[v.n_peers++] = peer("node2", 2, true, true, 1, 20002);
     v.peers[v.n_peers++] = peer("node3", 3, true, false, 0, 0);
     CHECK_EQ_INT(pmm_promote_precheck(&v, false, why, sizeof(why), lost,
-                                      sizeof(lost)), 1);
+                                      sizeof(lost), NULL), 1);
     CHECK(strstr(why, "not loaded") != NULL);
     CHECK(strstr(why, "43 %") != NULL);
     CHECK(strstr(why, "node2 (cid 2) at 1/20002") != NULL);
@@ -336,13 +336,13 @@ static void test_promote_checks(void)
     /* nobody live with data: the last known one, and the way out */
     v.peers[1].live = false;
     CHECK_EQ_INT(pmm_promote_precheck(&v, false, why, sizeof(why), lost,
-                                      sizeof(lost)), 1);
+                                      sizeof(lost), NULL), 1);
     CHECK(strstr(why, "no live node holds loaded data") != NULL);
     CHECK(strstr(why, "node1 (cid 1) at 1/20003") != NULL);
     CHECK(strstr(why, "accept-data-loss") != NULL);
     /* --accept-data-loss: proceeds, says what is lost */
     CHECK_EQ_INT(pmm_promote_precheck(&v, true, why, sizeof(why), lost,
-                                      sizeof(lost)), 0);
+                                      sizeof(lost), NULL), 0);
     CHECK(strstr(lost, "no loaded data") != NULL);
     CHECK(strstr(lost, "node1 (cid 1) at 1/20003") != NULL);
     /* loaded but far behind a live node */
@@ -351,32 +351,48 @@ static void test_promote_checks(void)
     v.db.pos = (pst_pos){1, 10000};
     v.peers[1].live = true;
     CHECK_EQ_INT(pmm_promote_precheck(&v, false, why, sizeof(why), lost,
-                                      sizeof(lost)), 1);
+                                      sizeof(lost), NULL), 1);
     CHECK(strstr(why, "caught up") != NULL);
     CHECK(strstr(why, "10002 changes behind node2") != NULL);
     CHECK_EQ_INT(pmm_promote_precheck(&v, true, why, sizeof(why), lost,
-                                      sizeof(lost)), 0);
+                                      sizeof(lost), NULL), 0);
     CHECK(strstr(lost, "at 1/10000") != NULL);
     /* within a stream in flight: the promote's catch-up fetches it */
     v.db.pos = (pst_pos){1, 20002 - PST_SYNC_LAG_MAX};
     CHECK_EQ_INT(pmm_promote_precheck(&v, false, why, sizeof(why), lost,
-                                      sizeof(lost)), 0);
+                                      sizeof(lost), NULL), 0);
     /* an older term than a live node's */
     v.db.pos = (pst_pos){1, 30000};
     v.peers[1].pos = (pst_pos){2, 25000};
     CHECK_EQ_INT(pmm_promote_precheck(&v, false, why, sizeof(why), lost,
-                                      sizeof(lost)), 1);
+                                      sizeof(lost), NULL), 1);
     CHECK(strstr(why, "older term") != NULL);
     /* ahead of everyone: fine */
     v.db.pos = (pst_pos){2, 25001};
     CHECK_EQ_INT(pmm_promote_precheck(&v, false, why, sizeof(why), lost,
-                                      sizeof(lost)), 0);
+                                      sizeof(lost), NULL), 0);
     /* the database down: refused, even with --accept-data-loss */
     v.db.db_down = true;
     snprintf(v.db.error, sizeof(v.db.error), "connection refused");
     CHECK_EQ_INT(pmm_promote_precheck(&v, true, why, sizeof(why), lost,
-                                      sizeof(lost)), 1);
+                                      sizeof(lost), NULL), 1);
     CHECK(strstr(why, "database is down (connection refused)") != NULL);
+    /* the failing check is reported: behind is the one that may wait */
+    {
+        const pmm_promote_check *f = NULL;
+        v.db.db_down = false;
+        v.db.pos = (pst_pos){1, 100};
+        v.peers[1].pos = (pst_pos){1, 20002};
+        CHECK_EQ_INT(pmm_promote_precheck(&v, false, why, sizeof(why), lost,
+                                          sizeof(lost), &f), 1);
+        REQUIRE(f != NULL);
+        CHECK(strcmp(f->name, "caught up") == 0 && f->waitable);
+        v.db.loaded = false;
+        CHECK_EQ_INT(pmm_promote_precheck(&v, false, why, sizeof(why), lost,
+                                          sizeof(lost), &f), 1);
+        REQUIRE(f != NULL);
+        CHECK(strcmp(f->name, "data loaded") == 0 && !f->waitable);
+    }
     /* the table: named checks, in order */
     REQUIRE(pmm_promote_n_checks >= 3);
     CHECK(strcmp(pmm_promote_checks[0].name, "database") == 0);
