@@ -22,6 +22,20 @@
 #   pgstop      a node's PostgreSQL stopped (fast) for HOLD s, started
 #   diskfull    a node's data_dir (a 2 MB tmpfs) filled for HOLD s (half
 #               the time its daemon is also restarted meanwhile), freed
+#   badpromote  `pmgcm promote --force` on a node whose data is incomplete
+#               must be refused: half the time a follower whose apply is
+#               held back by a lock in its database while the master
+#               commits 1000 changes (behind), else a re-joining node whose
+#               snapshot load is held back (not loaded)
+#   fencestep   a REPEATABLE READ / SERIALIZABLE transaction on the master
+#               takes its snapshot, another node is promoted (--force),
+#               the old master steps down, then the transaction writes and
+#               commits: refused, or kept as divergence (never captured and
+#               unsent); accounted like the writer's commits
+#   farbehind   a follower stopped while the master commits 20000 changes,
+#               restarted; its status is sampled during the catch-up: never
+#               A (in the master's view or its own) nor /readyz 200 while
+#               behind by more than the threshold (sync_lag_max)
 # A schedule starts with every kind once, in seeded order, then seeded
 # weighted picks until the planned time (MINUTES) is used. After every
 # fault the runner waits (30 s at most) until every node shows all five A.
@@ -32,8 +46,15 @@
 # and database; every node A and in-sync; every node's replicated tables
 # equal the master's (checksums); writes resume; every acknowledged commit
 # is on the master or in a node's pmgcm.divergence (with a reason); no
-# acknowledged-failed transaction is present, none torn; no daemon crashed;
-# every daemon exits 0 on SIGTERM with no sanitizer report (ASan build).
+# acknowledged-failed transaction is present, none torn; every mail row
+# any node held at a checkpoint (before each fault, and right after a row
+# is written outside the cluster) is at the end on the master, deleted by
+# a numbered change, or in a pmgcm.divergence record or a backup schema
+# (pmgcm.backups); every bad promote was refused; no far-behind sample
+# showed A or /readyz 200; no daemon crashed; every daemon exits 0 on
+# SIGTERM with no sanitizer report (ASan build). A second writer commits
+# REPEATABLE READ and SERIALIZABLE transactions that pause 300 ms between
+# their snapshot and their writes, so step-downs fall into them.
 # On any failure it prints the seed, the schedule, the timeline (faults,
 # every node's view changes) and the relevant log lines.
 #
@@ -84,6 +105,7 @@ chaos_cleanup() {
     local rc=$? i
     trap - EXIT
     [[ -n "$WRITER_PID" ]] && kill -TERM "$WRITER_PID" 2>/dev/null
+    [[ -n "${WRITER2_PID:-}" ]] && kill -TERM "$WRITER2_PID" 2>/dev/null
     [[ -n "$MON_PID" ]] && kill -TERM "$MON_PID" 2>/dev/null
     it_heal_partition >/dev/null 2>&1
     for i in $ALL; do
@@ -270,10 +292,10 @@ monitor() {
 }
 
 # ---- the schedule ------------------------------------------------------------------
-KINDS=(kill9 stall freeze link partition masterkill rejoin pgstop diskfull)
-WEIGHTS=(3 2 2 2 2 2 1 2 1)
+KINDS=(kill9 stall freeze link partition masterkill rejoin pgstop diskfull badpromote fencestep farbehind)
+WEIGHTS=(3 2 2 2 2 2 1 2 1 1 1 1)
 # estimated seconds a fault takes besides its hold time
-declare -A COST=([kill9]=3 [stall]=2 [freeze]=4 [link]=4 [partition]=8 [masterkill]=12 [rejoin]=15 [pgstop]=4 [diskfull]=4)
+declare -A COST=([kill9]=3 [stall]=2 [freeze]=4 [link]=4 [partition]=8 [masterkill]=12 [rejoin]=15 [pgstop]=4 [diskfull]=4 [badpromote]=12 [fencestep]=8 [farbehind]=10)
 RANDOM=$SEED
 # rnd LO HI: R = a seeded number in LO..HI (never in a $(...) subshell:
 # bash reseeds RANDOM there)
@@ -292,6 +314,7 @@ plan_one() {
         partition) rnd 4 14; S_HOLD[n]=$R ;;
         masterkill) rnd 2 10; S_HOLD[n]=$R ;;
         rejoin) rnd 1 5; S_HOLD[n]=$R ;;
+        badpromote | fencestep | farbehind) S_HOLD[n]=0 ;;
     esac
     rnd 0 4; S_GAP[n]=$R
     PLAN_S=$((PLAN_S + ${S_HOLD[n]%.*} + ${COST[$k]} + ${S_GAP[n]}))
@@ -383,6 +406,17 @@ promote_on() {
     pmgcm_on "$i" promote --force
     if ((RC == 0)); then
         tl "node$i promoted (--force): $(head -n1 <<<"$OUT")"
+    elif grep -q 'refused (' <<<"$OUT" && [[ -z "${PROMOTE_RETRY:-}" ]]; then
+        # its data is incomplete (just restarted, behind): as an admin
+        # would, promote the node the refusal names
+        local b
+        tl "promote on node$i refused: $(head -c 300 <<<"$OUT" | tr '\n' ' ')"
+        b=$(grep -o 'most advanced data is node[0-9]*\|behind node[0-9]*\|than node[0-9]*' <<<"$OUT" | grep -o '[0-9]*$' | head -n1)
+        if [[ -n "$b" && "$b" != "$old" ]]; then
+            PROMOTE_RETRY=1 promote_on "$b" "$old"
+        else
+            step_bad "pmgcm promote --force on node$i refused, no other node named: $(head -c 300 <<<"$OUT" | tr '\n' ' ')"
+        fi
     else
         step_bad "pmgcm promote --force on node$i exit $RC: $(head -c 300 <<<"$OUT" | tr '\n' ' ')"
     fi
@@ -472,6 +506,7 @@ f_rejoin() {
     # (a snapshot of the master's data) must replace
     if o=$(pg_sql "$j" "INSERT INTO mail VALUES ($((900000000 + F)), 'outside', 'written while deleted', 0, now())" 2>&1); then
         tl "row $((900000000 + F)) written on node$j while it was outside the cluster"
+        checkpoint "$j"
     else
         tl "a write on node$j outside the cluster failed: $o"
     fi
@@ -530,10 +565,288 @@ f_diskfull() {
     fault_end "diskfull$( ((r % 2 == 0)) && echo -restart)" "$j"
 }
 
+# ---- data safety (issue 12): faults, samples and checks -------------------------------
+# Kept apart from the faults above: the second writer, checkpoints of the
+# rows every node holds, bad promotes, writers across step-downs, far-behind
+# restarts, and the checks on them at the end.
+LAGMAX=500          # the store's sync_lag_max (read from a status at start)
+FIRST2=50000001     # second writer (REPEATABLE READ / SERIALIZABLE)
+FENCE_FIRST=70000000
+WRITER2_PID=
+BADPROMOTE_N=0 BADPROMOTE_BAD=
+FENCE_N=0
+FB_N=0 FB_SAMPLES=0 FB_S=0 FB_VIOL=
+: >"$CH/seen"
+: >"$CH/acks2"
+: >"$CH/acks3"
+
+safety_writer_start() {
+    local l
+    l=$(it_envelope 1 2>/dev/null | jq -r '.store.sync_lag_max // empty')
+    [[ "$l" =~ ^[0-9]+$ ]] && LAGMAX=$l
+    CHAOS_WRITER_ISOLATION=alternate CHAOS_WRITER_HOLD_MS=300 CHAOS_WRITER_TAG=chaos-rr \
+        "$WRITER" "$CH/acks2" "$FIRST2" 50 $(for i in $ALL; do pg_sock "$i"; done) 2>"$CH/writer2.err" &
+    WRITER2_PID=$!
+}
+safety_writer_stop() {
+    [[ -n "$WRITER2_PID" ]] || return 0
+    kill -TERM "$WRITER2_PID" 2>/dev/null
+    wait "$WRITER2_PID" 2>/dev/null
+    WRITER2_PID=
+    tl "second writer (repeatable read / serializable, 300 ms between snapshot and writes) stopped: $(tr '\n' ' ' <"$CH/writer2.err")"
+}
+
+# checkpoint [I...]: the mail ids every listed (default: every running)
+# node holds now, into seen: each must be accounted for at the end
+checkpoint() {
+    local i nodes=${*:-$ALL}
+    for i in $nodes; do
+        [[ -n "${PG_UP[i]:-}" ]] || continue
+        pg_sql "$i" "SELECT id FROM mail" >>"$CH/seen" 2>/dev/null
+    done
+}
+
+# the status port of node I: /readyz's code (000: no answer)
+readyz() {
+    local c
+    c=$(ip netns exec "$IT_BRNS" curl -s -o /dev/null --max-time 2 -w '%{http_code}' "http://${IT_IP[$1]}:7948/readyz" 2>/dev/null)
+    echo "${c:-000}"
+}
+# letter_in I J: the letter node I's view shows for node J
+letter_in() { view "$1" | grep -o "node$2=[A-Z?]" | cut -d= -f2; }
+seq_of() { local v; v=$(st "$1" seq); echo "${v:-0}"; }
+epoch_of() { it_cluster_of "$1" 2>/dev/null | jq -r '.epoch // empty'; }
+# lock_db I MODE: a session of node I's database holds a lock on mail
+# (application_name chaoslock) until unlock_db I
+lock_db() {
+    "$PG_BINDIR/psql" -X -q -At -h "$(pg_sock "$1")" -U postgres -d pmg \
+        -c "SET application_name = 'chaoslock'" -c "BEGIN" -c "LOCK TABLE mail IN $2 MODE" \
+        -c "SELECT pg_sleep(120)" >/dev/null 2>&1 &
+    it_wait_until "[[ \$(pg_val $1 \"SELECT count(*) FROM pg_stat_activity WHERE application_name = 'chaoslock' AND wait_event = 'PgSleep'\") == 1 ]]" 10
+}
+unlock_db() {
+    pg_val "$1" "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'chaoslock'" >/dev/null
+}
+# burst M BASE N: N mail rows (node 'burst', ids BASE+1..BASE+N) on node M
+# in transactions of 1000
+burst() {
+    local m=$1 base=$2 n=$3 k
+    for ((k = 0; k < n; k += 1000)); do
+        echo "INSERT INTO mail SELECT g, 'burst', 'burst ' || g, 0, now() FROM generate_series($((base + k + 1)), $((base + k + 1000))) g;"
+    done | pg_sql "$m" >/dev/null 2>&1
+}
+# bad_promote_try J WHAT: promote --force on node J must be refused
+bad_promote_try() {
+    local j=$1 what=$2 e0
+    e0=$(epoch_of "$j")
+    pmgcm_on "$j" promote --force
+    BADPROMOTE_N=$((BADPROMOTE_N + 1))
+    if ((RC == 1)) && grep -q 'refused (' <<<"$OUT" && [[ "$(epoch_of "$j")" == "$e0" ]]; then
+        tl "promote --force on node$j ($what) refused: $(head -c 250 <<<"$OUT" | tr '\n' ' ')"
+    else
+        BADPROMOTE_BAD+="node$j ($what): exit $RC $(head -c 200 <<<"$OUT" | tr '\n' ' '); "
+        tl "BAD: promote --force on node$j ($what) was not refused: exit $RC $(head -c 300 <<<"$OUT" | tr '\n' ' ')"
+    fi
+}
+
+f_badpromote() {
+    local r=$1 m j cid
+    m=$(master_now) || { tl "badpromote skipped: no single master in any view"; return 0; }
+    j=$(pick_other "$r" "$m") || return 0
+    fault_begin
+    if ((r % 2 == 0)); then
+        tl "FAULT badpromote: node$j's apply held back by a lock while node$m commits 1000 changes, then promote --force on node$j"
+        lock_db "$j" EXCLUSIVE || tl "the lock on node$j's mail was not taken"
+        burst "$m" $((600000000 + F * 10000)) 1000
+        checkpoint "$m"
+        it_wait_until "(( \$(seq_of $m) - \$(seq_of $j) > $LAGMAX + 100 ))" 20 ||
+            tl "node$j is only $(($(seq_of "$m") - $(seq_of "$j"))) behind"
+        bad_promote_try "$j" "behind by $(($(seq_of "$m") - $(seq_of "$j"))) changes"
+        unlock_db "$j"
+    else
+        cid=$(cid_of "$m" "$j")
+        tl "FAULT badpromote: node$j (cid $cid) deleted and joining again with its snapshot load held back, then promote --force on it"
+        pmgcm_on "$m" delete "$cid"
+        if ((RC != 0)); then
+            step_bad "badpromote: pmgcm delete $cid on node$m exit $RC: $(head -c 300 <<<"$OUT" | tr '\n' ' ')"
+            fault_end badpromote "$j"
+            return 0
+        fi
+        it_wait_until "[[ \$(it_cluster_of $j) == null ]]" 30 || step_bad "node$j still in a cluster after its delete"
+        lock_db "$j" "ACCESS SHARE" || tl "the lock on node$j's mail was not taken"
+        pmgcm_on "$j" join "${IT_IP[m]}" --fingerprint "$(it_fingerprint_of "$m")" --password-file "$PW" --no-wait
+        ((RC == 0)) || step_bad "badpromote: join --no-wait of node$j exit $RC: $(head -c 300 <<<"$OUT" | tr '\n' ' ')"
+        it_wait_until "[[ \$(st $j loaded) == f ]] && [[ \$(it_envelope $j | jq -r .store.state) == loading ]]" 30 ||
+            tl "node$j is not loading: $(it_envelope "$j" | jq -c .store | head -c 200)"
+        bad_promote_try "$j" "not loaded"
+        unlock_db "$j"
+        it_wait_until "[[ \$(db_state $j) == in-sync ]]" 60 || step_bad "node$j did not load after the lock went: $(db_state "$j")"
+    fi
+    fault_end badpromote "$j"
+}
+
+f_fencestep() {
+    local r=$1 m p level id f out c d row
+    m=$(master_now) || { tl "fencestep skipped: no single master in any view"; return 0; }
+    p=$(pick_in_sync "$r" "$m") || { tl "fencestep skipped: no follower in sync"; return 0; }
+    level="REPEATABLE READ"
+    ((r % 2)) && level=SERIALIZABLE
+    id=$((FENCE_FIRST + F))
+    f=$CH/fence.$F
+    fault_begin
+    tl "FAULT fencestep: a $level transaction on master node$m takes its snapshot; node$p promoted; then it writes mail $id and commits"
+    mkfifo "$f.in"
+    "$PG_BINDIR/psql" -X -q -At -h "$(pg_sock "$m")" -U postgres -d pmg <"$f.in" >"$f.out" 2>&1 &
+    local pid=$! fd
+    exec {fd}>"$f.in"
+    printf '%s\n' "BEGIN ISOLATION LEVEL $level; SELECT count(*) FROM mail; \\echo snapshot" >&"$fd"
+    it_wait_until "grep -q snapshot '$f.out'" 10
+    PROMOTE_RETRY=1 promote_on_alive "$p"
+    it_wait_until "[[ \$(st $m role) != master ]]" 30 || tl "node$m still says master"
+    printf '%s\n' "INSERT INTO mail VALUES ($id, 'chaos', 'fence', 0, now());" \
+        "INSERT INTO rule_attr VALUES ($((id - FENCE_FIRST)), 'chaos-fence', 'fence');" \
+        "COMMIT;" "\\echo done" >&"$fd"
+    it_wait_until "grep -q done '$f.out'" 15
+    exec {fd}>&-
+    wait "$pid" 2>/dev/null
+    out=$(tr '\n' ' ' <"$f.out")
+    FENCE_N=$((FENCE_N + 1))
+    if grep -q ERROR "$f.out"; then
+        echo "fail $id $m $(it_now_ms) fence" >>"$CH/acks3"
+        tl "the $level transaction on node$m failed: ${out:0:250}"
+    else
+        echo "ack $id $m $(it_now_ms)" >>"$CH/acks3"
+        tl "the $level transaction on node$m committed (no error): ${out:0:200}"
+    fi
+    # never a captured, unsent change left on a non-master
+    if ! it_wait_until "[[ \$(pg_val $m 'SELECT count(*) FROM pmgcm.capture') == 0 ]]" 10; then
+        step_bad "node$m keeps $(pg_val "$m" 'SELECT count(*) FROM pmgcm.capture') captured change(s) after stepping down"
+    fi
+    row=$(pg_val "$m" "SELECT count(*) FROM mail WHERE id = $id")
+    d=$(pg_val "$m" "SELECT count(*) FROM pmgcm.divergence WHERE new->>'id' = '$id'")
+    c=$(pg_val "$p" "SELECT count(*) FROM mail WHERE id = $id")
+    if [[ "$row" == 1 && "$d" != 1 && "$c" != 1 ]]; then
+        step_bad "mail $id committed on node$m after its step-down: neither in its divergence nor on node$p"
+    fi
+    fault_end fencestep "$m $p"
+}
+# pick_in_sync R EXCEPT...: like pick_other, among nodes whose store is in-sync
+pick_in_sync() {
+    local r=$1 k c
+    shift
+    for ((k = 0; k < 5; k++)); do
+        c=$(pick_other $((r + k)) "$@") || return 1
+        [[ "$(db_state "$c")" == in-sync ]] && { echo "$c"; return 0; }
+    done
+    return 1
+}
+# promote_on_alive I: promote --force of node I while the master is alive
+promote_on_alive() {
+    pmgcm_on "$1" promote --force
+    if ((RC == 0)); then
+        tl "node$1 promoted (--force, the master alive): $(head -n1 <<<"$OUT")"
+    else
+        step_bad "pmgcm promote --force on node$1 exit $RC: $(head -c 300 <<<"$OUT" | tr '\n' ' ')"
+    fi
+}
+
+f_farbehind() {
+    local r=$1 m j head0 t0 mb l1 lj rz sj n=0 ns=0 lag
+    m=$(master_now) || { tl "farbehind skipped: no single master in any view"; return 0; }
+    j=$(pick_other "$r" "$m") || return 0
+    fault_begin
+    tl "FAULT farbehind: node$j stopped while node$m commits 20000 changes, restarted, its status sampled during the catch-up"
+    it_signal "$j" TERM
+    it_reap "$j" 15
+    RUNNING[$j]=
+    burst "$m" $((610000000 + F * 100000)) 20000
+    checkpoint "$m"
+    head0=$(seq_of "$m")
+    t0=$(it_now_ms)
+    start_node "$j"
+    while :; do
+        mb=$(seq_of "$m")
+        l1=$(letter_in "$m" "$j") lj=$(letter_in "$j" "$j") rz=$(readyz "$j")
+        sj=$(seq_of "$j")
+        n=$((n + 1))
+        lag=$((mb - sj))
+        if ((lag > LAGMAX)); then
+            ns=$((ns + 1))
+            [[ "$l1" == A || "$lj" == A || "$rz" == 200 ]] &&
+                FB_VIOL+="node$j at +$(it_fmt_ms $(($(it_now_ms) - t0))) s behind by >= $lag: master's view $l1, own $lj, readyz $rz; "
+        fi
+        ((sj >= head0)) && break
+        (($(it_now_ms) - t0 > 90000)) && { step_bad "farbehind: node$j not caught up in 90 s (at $sj of $head0)"; break; }
+    done
+    FB_N=$((FB_N + 1)) FB_SAMPLES=$((FB_SAMPLES + n)) FB_S=$((FB_S + ns))
+    tl "node$j caught up $(it_fmt_ms $(($(it_now_ms) - t0))) s after its restart: $n samples, $ns while behind by more than $LAGMAX"
+    fault_end farbehind "$j"
+}
+
+# safety_checks MASTER: the TAP points of this section (after the heal)
+safety_checks() {
+    local m=$1 i lost n
+    # every row any node held at a checkpoint: on the master, deleted by a
+    # numbered change, in a divergence record or in a backup schema
+    sort -u -o "$CH/seen" "$CH/seen"
+    pg_sql "$m" "SELECT id FROM mail" >"$CH/kept" 2>/dev/null
+    pg_sql "$m" "SELECT old->>'id' FROM pmgcm.log WHERE op = 'D' AND tbl = 'public.mail'" >>"$CH/kept" 2>/dev/null
+    for i in $ALL; do
+        pg_sql "$i" "SELECT coalesce(new->>'id', old->>'id') FROM pmgcm.divergence WHERE tbl = 'public.mail'" >>"$CH/kept" 2>/dev/null
+        for s in $(pg_sql "$i" "SELECT schema_name FROM pmgcm.backups WHERE schema_name IS NOT NULL" 2>/dev/null); do
+            pg_sql "$i" "SELECT id FROM $s.\"public.mail\"" >>"$CH/kept" 2>/dev/null
+        done
+    done
+    sort -u -o "$CH/kept" "$CH/kept"
+    n=$(grep -c . "$CH/seen")
+    lost=$(comm -23 "$CH/seen" "$CH/kept" | grep -c .)
+    local nb=0
+    for i in $ALL; do
+        v=$(pg_val "$i" "SELECT count(*) FROM pmgcm.backups WHERE schema_name IS NOT NULL")
+        nb=$((nb + ${v:-0}))
+    done
+    if ((n > 0 && lost == 0)); then
+        it_ok "every one of the $n mail rows any node held at a checkpoint is on the master, deleted by a numbered change, or kept in a divergence record or one of $nb backup schema(s)"
+    else
+        it_not_ok "every row any node held at a checkpoint is on the master, deleted by a numbered change, or in a divergence record or a backup"
+        it_diag "$lost of $n not found: $(comm -23 "$CH/seen" "$CH/kept" | head -n 10 | paste -sd' ')"
+    fi
+    # rows written outside the cluster: in that node's backup
+    local outb=
+    for id in $(grep -o 'row [0-9]* written on node' "$TL" | awk '{ print $2 }'); do
+        grep -qx "$id" "$CH/kept" || outb+="$id "
+    done
+    if [[ -z "$outb" ]]; then
+        it_ok "the row(s) written on deleted nodes are kept in their backups"
+    else
+        it_not_ok "rows written on deleted nodes are kept in their backups: missing $outb"
+    fi
+    if ((BADPROMOTE_N == 0)); then
+        it_ok "# SKIP no badpromote fault in this schedule"
+    elif [[ -z "$BADPROMOTE_BAD" ]]; then
+        it_ok "$BADPROMOTE_N promote attempt(s) on nodes whose data was incomplete (behind, not loaded): every one refused, the epoch unchanged"
+    else
+        it_not_ok "promote on a node whose data is incomplete is refused"
+        it_diag "$BADPROMOTE_BAD"
+    fi
+    if ((FB_N == 0)); then
+        it_ok "# SKIP no farbehind fault in this schedule"
+    elif [[ -z "$FB_VIOL" ]]; then
+        it_ok "$FB_N far-behind restart(s): $FB_SAMPLES status samples during the catch-up ($FB_S while behind by more than $LAGMAX): none showed A or /readyz 200 while behind by more than $LAGMAX"
+    else
+        it_not_ok "no sample shows A or /readyz 200 for a node behind by more than $LAGMAX"
+        it_diag "${FB_VIOL:0:1500}"
+    fi
+    tl "fencestep: $FENCE_N transaction(s) across a step-down: $(grep -c '^ack' "$CH/acks3") committed, $(grep -c '^fail' "$CH/acks3") refused; second writer: $(grep -c '^ack' "$CH/acks2") acknowledged, $(grep -c '^fail' "$CH/acks2") failed"
+}
+
+safety_writer_start
+
 SLOW_SETTLE=
 for ((f = 0; f < NF; f++)); do
     check_crashes
     j=${S_NODE[f]} h=${S_HOLD[f]} r=${S_R[f]} F=$((f + 1))
+    checkpoint
     echo "$(printf '%9s' "$(rel)") --- fault $((f + 1))/$NF: ${S_KIND[f]} (acks so far $(acks_now))" >>"$TL"
     case ${S_KIND[f]} in
         kill9) f_kill9 "$j" "$h" ;;
@@ -544,6 +857,9 @@ for ((f = 0; f < NF; f++)); do
         rejoin) f_rejoin "$r" "$h" ;;
         pgstop) f_pgstop "$j" "$h" ;;
         diskfull) f_diskfull "$j" "$h" "$r" ;;
+        badpromote) f_badpromote "$r" ;;
+        fencestep) f_fencestep "$r" ;;
+        farbehind) f_farbehind "$r" ;;
     esac
     if it_wait_until all_alive "$SETTLE_S"; then
         tl "all five alive (A/S) in every view after ${IT_WAITED} s"
@@ -587,6 +903,7 @@ kill -TERM "$WRITER_PID" 2>/dev/null
 wait "$WRITER_PID" 2>/dev/null
 WRITER_PID=
 tl "writer stopped: $(tr '\n' ' ' <"$CH/writer.err")"
+safety_writer_stop
 MASTER=
 if it_wait_until healed "$HEAL_S"; then
     tl "HEALED $(it_fmt_ms $(($(it_now_ms) - t0))) s after the schedule: master node$MASTER"
@@ -599,8 +916,9 @@ fi
 [[ -n "$MASTER" ]] || MASTER=$(master_now) || MASTER=1
 
 # every acknowledged commit is on the master or in a divergence record
-awk '$1 == "ack" { print $2 }' "$CH/acks" | sort -u >"$CH/acked"
-awk '$1 == "fail" { print $2 }' "$CH/acks" | sort -u >"$CH/failed"
+# (the steady writer, the repeatable read / serializable one, fencestep)
+awk '$1 == "ack" { print $2 }' "$CH/acks" "$CH/acks2" "$CH/acks3" | sort -u >"$CH/acked"
+awk '$1 == "fail" { print $2 }' "$CH/acks" "$CH/acks2" "$CH/acks3" | sort -u >"$CH/failed"
 pg_sql "$MASTER" "SELECT id FROM mail WHERE node = 'chaos'" | sort -u >"$CH/present"
 : >"$CH/diverged"
 : >"$CH/reasons"
@@ -620,8 +938,12 @@ for i in $ALL; do
     v=$(pg_val "$i" "SELECT count(*) FROM pmgcm.divergence WHERE coalesce(reason, '') = ''")
     NOREASON=$((NOREASON + ${v:-0}))
 done
-TORN=$(pg_sql "$MASTER" "SELECT count(*) FROM ((SELECT id FROM mail WHERE node = 'chaos' EXCEPT SELECT rule_id + $FIRST_ID - 1 FROM rule_attr WHERE attr = 'chaos')
-        UNION ALL (SELECT rule_id + $FIRST_ID - 1 FROM rule_attr WHERE attr = 'chaos' EXCEPT SELECT id FROM mail WHERE node = 'chaos')) x")
+# each writer's mail row and rule_attr row come together (attr tags the
+# writer, rule_id = id - its first id + 1)
+TORN=$(pg_sql "$MASTER" "WITH w(tag, base) AS (VALUES ('chaos', $FIRST_ID - 1), ('chaos-rr', $FIRST2 - 1), ('chaos-fence', $FENCE_FIRST)),
+        m AS (SELECT id FROM mail WHERE node = 'chaos'),
+        a AS (SELECT rule_id + w.base AS id FROM rule_attr r JOIN w ON w.tag = r.attr)
+        SELECT count(*) FROM ((SELECT id FROM m EXCEPT SELECT id FROM a) UNION ALL (SELECT id FROM a EXCEPT SELECT id FROM m)) x")
 tl "acknowledged $NACK, on the master $(grep -c . "$CH/present"), only in divergence $NDIV, in divergence and present $BOTH, lost $LOST, failed-but-present $PHANTOM, torn ${TORN:-?}"
 if ((NACK > 0 && LOST == 0 && PHANTOM == 0 && NOREASON == 0)) && [[ "$TORN" == 0 ]]; then
     it_ok "$NACK acknowledged commits: every one on the master ($NDIV only in a pmgcm.divergence record with its reason); no refused transaction present, none torn"
@@ -655,6 +977,8 @@ else
     it_diag "$OUTSIDE"
     it_diag "$(grep -E 'written on node|joined node' "$TL")"
 fi
+
+safety_checks "$MASTER"
 
 if [[ -z "$CRASHES" ]]; then
     it_ok "no daemon crashed during the schedule"

@@ -29,6 +29,16 @@
  *
  * MS is milliseconds since the epoch. Runs until SIGTERM/SIGINT; prints a
  * summary on stderr.
+ *
+ * Environment (a second writer held open across step-downs):
+ *   CHAOS_WRITER_ISOLATION  "read committed" (default), "repeatable read",
+ *                           "serializable", or "alternate" (repeatable
+ *                           read and serializable, one transaction each)
+ *   CHAOS_WRITER_HOLD_MS    pause after the role check (the transaction's
+ *                           snapshot is taken there) before the writes:
+ *                           a step-down falls into it (default 0)
+ *   CHAOS_WRITER_TAG        rule_attr.attr of its rows (default "chaos";
+ *                           mail.node is always "chaos")
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -134,6 +144,17 @@ int main(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    const char *iso = getenv("CHAOS_WRITER_ISOLATION");
+    const char *hold_s = getenv("CHAOS_WRITER_HOLD_MS");
+    const char *tag = getenv("CHAOS_WRITER_TAG");
+    long hold = hold_s ? atol(hold_s) : 0;
+    if (!tag || !*tag) tag = "chaos";
+    if (!iso || !*iso) iso = "read committed";
+    if (strcmp(iso, "read committed") != 0 && strcmp(iso, "repeatable read") != 0 &&
+        strcmp(iso, "serializable") != 0 && strcmp(iso, "alternate") != 0) {
+        fprintf(stderr, "chaos_writer: bad CHAOS_WRITER_ISOLATION '%s'\n", iso);
+        return 2;
+    }
     long long id = first, acks = 0, fails = 0, unknown = 0;
     int cur = 0, misses = 0;
     while (!stop_flag) {
@@ -160,9 +181,13 @@ int main(int argc, char **argv)
         snprintf(rid, sizeof(rid), "%lld", id - first + 1);
         snprintf(nb, sizeof(nb), "%d", node);
         const char *pv[2] = {ids, nb};
-        const char *pr[2] = {rid, ids};
+        const char *pr[3] = {rid, ids, tag};
         PGresult *r = NULL;
-        if (exec_ok(c, "BEGIN", 0, NULL, PGRES_COMMAND_OK, why, sizeof(why), NULL))
+        const char *level = strcmp(iso, "alternate") != 0 ? iso
+                            : id % 2 ? "serializable" : "repeatable read";
+        char begin[64];
+        snprintf(begin, sizeof(begin), "BEGIN ISOLATION LEVEL %s", level);
+        if (exec_ok(c, begin, 0, NULL, PGRES_COMMAND_OK, why, sizeof(why), NULL))
             goto failed;
         if (exec_ok(c, "SELECT role FROM pmgcm.state", 0, NULL, PGRES_TUPLES_OK,
                     why, sizeof(why), &r))
@@ -173,14 +198,18 @@ int main(int argc, char **argv)
             goto failed;
         }
         PQclear(r);
+        if (hold > 0) { /* the snapshot is taken: a role change may come */
+            struct timespec ts = {hold / 1000, (hold % 1000) * 1000000L};
+            nanosleep(&ts, NULL);
+        }
         if (exec_ok(c,
                     "INSERT INTO mail VALUES ($1::bigint, 'chaos', 'chaos ' || $1,"
                     " $2::int, now())",
                     2, pv, PGRES_COMMAND_OK, why, sizeof(why), NULL))
             goto failed;
         if (exec_ok(c,
-                    "INSERT INTO rule_attr VALUES ($1::int, 'chaos', 'txn ' || $2)",
-                    2, pr, PGRES_COMMAND_OK, why, sizeof(why), NULL))
+                    "INSERT INTO rule_attr VALUES ($1::int, $3, 'txn ' || $2)",
+                    3, pr, PGRES_COMMAND_OK, why, sizeof(why), NULL))
             goto failed;
         if (id % 10 == 0 &&
             exec_ok(c, "UPDATE rules SET prio = prio + 1 WHERE id = 1", 0, NULL,
