@@ -136,6 +136,7 @@ struct pst_store {
 
     /* database check (every tick): the last one failed */
     bool ping_busy, db_down;
+    uint64_t ping_run_ms; /* atomic: when a worker began the check, 0 */
     char db_error[160];
     /* the current master's announced head (pst_set_master_head) */
     pst_pos master_head;

@@ -16,6 +16,7 @@
 #define TRIM_EVERY_MS 10000
 #define VACUUM_EVERY_MS 2000
 #define CHECK_EVERY_MS 5000
+#define PING_HUNG_MS 5000 /* a database check this late: down */
 
 const char *pst_strerror(int err)
 {
@@ -685,6 +686,7 @@ static void listen_start(pst_store *st)
  * tried before the database counts as down. */
 static void ping_run(pst_job *j, PGconn *c)
 {
+    __atomic_store_n(&j->st->ping_run_ms, pst_mono_ms(), __ATOMIC_RELAXED);
     if (c) {
         PGresult *r = PQexec(c, "SELECT 1");
         bool ok = PQresultStatus(r) == PGRES_TUPLES_OK;
@@ -704,6 +706,7 @@ static void ping_done(pst_job *j)
 {
     pst_store *st = j->st;
     st->ping_busy = false;
+    __atomic_store_n(&st->ping_run_ms, 0, __ATOMIC_RELAXED);
     if (!st->closing) {
         bool down = j->rc != 0;
         if (down) {
@@ -1003,10 +1006,18 @@ void pst_get_info(const pst_store *st, pst_info *out)
                                        ? 99
                                        : out->snap_bytes * 100 /
                                              out->snap_est_bytes);
-    out->db_down = st->db_down && out->ready;
+    /* a check that does not come back (a server that hangs) counts too,
+     * from when a worker began it (not while it waits in the queue) */
+    uint64_t run = __atomic_load_n(&st->ping_run_ms, __ATOMIC_RELAXED);
+    bool hung = st->ping_busy && run && pst_mono_ms() - run > PING_HUNG_MS;
+    out->db_down = (st->db_down || hung) && out->ready;
     if (out->db_down) {
         out->state = PST_CONNECTING;
-        snprintf(out->error, sizeof(out->error), "%s", st->db_error);
+        if (hung && !st->db_down)
+            snprintf(out->error, sizeof(out->error), "no answer for %llu s",
+                     (unsigned long long)((pst_mono_ms() - run) / 1000));
+        else
+            snprintf(out->error, sizeof(out->error), "%s", st->db_error);
     } else if (!out->ready || out->state == PST_LOADING ||
                out->state == PST_DIVERGED || out->state == PST_CONNECTING ||
                out->state == PST_IDLE || out->state == PST_OFF) {
