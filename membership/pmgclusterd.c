@@ -75,6 +75,8 @@ typedef struct node {
     int meta_rc;
     bool meta_failing;
     pmm_sysinfo sample;
+    pmm_sysinfo sample_work; /* the worker's (meta_work_cb); copied into
+                              * sample on the loop */
     uint64_t start_time;
     /* host figures last put into the gossiped metadata */
     uint32_t pub_load1, pub_mem, pub_disk;
@@ -369,7 +371,7 @@ static void meta_work_cb(uv_work_t *w)
 {
     node *n = w->data;
 
-    n->meta_rc = pmm_sysinfo_sample(&n->sample);
+    n->meta_rc = pmm_sysinfo_sample(&n->sample_work);
 }
 
 static void meta_after_cb(uv_work_t *w, int status)
@@ -391,6 +393,9 @@ static void meta_after_cb(uv_work_t *w, int status)
     if (n->meta_failing)
         pmm_log(PMM_LOG_INFO, "meta", "host status sampling works again");
     n->meta_failing = false;
+    /* the loop reads sample at any time (store changes): the worker
+     * filled its own copy */
+    n->sample = n->sample_work;
     if (!meta_from_sample(n))
         return;
     rc = gsp_core_set_meta(core, gsp_uv_now(n->u), n->meta_buf, n->meta_len);
