@@ -23,6 +23,7 @@ void pmm_config_default(pmm_config *cfg)
     cfg->api_port = 7947;
     cfg->status_port = PMM_DEFAULT_STATUS_PORT;
     cfg->agent_port = PMM_DEFAULT_AGENT_PORT;
+    cfg->unauth_budget_bytes = PMM_DEFAULT_UNAUTH_BUDGET;
     gsp_config_default(&cfg->gossip);
     snprintf(cfg->db_schemas, sizeof(cfg->db_schemas), "public");
     cfg->db_log_retention_s = 3600;
@@ -178,6 +179,7 @@ enum {
     K_PUSHPULL, K_REJOIN, K_API_PORT, K_STATUS_BIND, K_STATUS_PORT,
     K_AGENT_PORT, K_DB_CONNINFO, K_DB_SCHEMAS, K_DB_EXCLUDE,
     K_DB_RETENTION, K_DB_ORIGIN, K_FILES_DIR, K_FILES_RELOAD, K_FILES_MAX,
+    K_STATUS_ACCESS, K_METRICS_ACCESS, K_STATUS_TOKEN, K_UNAUTH_BUDGET,
     K_COUNT
 };
 
@@ -214,7 +216,24 @@ static const char *const key_names[K_COUNT] = {
     [K_FILES_DIR] = "files_dir",
     [K_FILES_RELOAD] = "files_reload",
     [K_FILES_MAX] = "files_max_bytes",
+    [K_STATUS_ACCESS] = "status_access",
+    [K_METRICS_ACCESS] = "metrics_access",
+    [K_STATUS_TOKEN] = "status_token_file",
+    [K_UNAUTH_BUDGET] = "unauth_budget_bytes",
 };
+
+static const char *parse_access(const char *v, pmm_access *out)
+{
+    if (strcmp(v, "open") == 0)
+        *out = PMM_ACCESS_OPEN;
+    else if (strcmp(v, "local") == 0)
+        *out = PMM_ACCESS_LOCAL;
+    else if (strcmp(v, "token") == 0)
+        *out = PMM_ACCESS_TOKEN;
+    else
+        return "must be open, local or token";
+    return NULL;
+}
 
 /* A free-form string value (conninfo, command, lists): printable, bounded. */
 static const char *parse_str(const char *v, char *out, size_t size)
@@ -294,6 +313,16 @@ static const char *apply_key(pmm_config *c, int k, char *v)
         return parse_str(v, c->files_reload, sizeof(c->files_reload));
     case K_FILES_MAX:
         return parse_u32(v, 1, 64u << 20, &c->files_max_bytes);
+    case K_STATUS_ACCESS:
+        return parse_access(v, &c->status_access);
+    case K_METRICS_ACCESS:
+        return parse_access(v, &c->metrics_access);
+    case K_STATUS_TOKEN:
+        return parse_path(v, c->status_token_file,
+                          sizeof(c->status_token_file));
+    case K_UNAUTH_BUDGET:
+        return parse_u32(v, PMM_UNAUTH_BUDGET_MIN, PMM_UNAUTH_BUDGET_MAX,
+                         &c->unauth_budget_bytes);
     case K_PROBE_INTERVAL:
         return parse_u32(v, 10, 600000, &g->probe_interval_ms);
     case K_PROBE_TIMEOUT:
@@ -506,6 +535,19 @@ int pmm_config_parse(pmm_config *out, const char *text, size_t len,
             rc = pmm_errf(err, errlen, -EINVAL, "line %d: %s", ln, why);
             goto out;
         }
+    }
+    if ((c->status_access == PMM_ACCESS_TOKEN ||
+         c->metrics_access == PMM_ACCESS_TOKEN) &&
+        c->status_token_file[0] == '\0') {
+        rc = pmm_errf(err, errlen, -EINVAL,
+                      "line %d: %s = token needs status_token_file (the "
+                      "file holding the token)",
+                      c->status_access == PMM_ACCESS_TOKEN
+                          ? line_of[K_STATUS_ACCESS]
+                          : line_of[K_METRICS_ACCESS],
+                      c->status_access == PMM_ACCESS_TOKEN ? "status_access"
+                                                           : "metrics_access");
+        goto out;
     }
     if (c->gossip.probe_timeout_ms >= c->gossip.probe_interval_ms) {
         rc = pmm_errf(err, errlen, -EINVAL,

@@ -57,6 +57,25 @@
  *       and closes.
  *   The gossip port, api_port, status_port and agent_port must differ
  *   where their addresses overlap (the same IP, or a wildcard).
+ *   status_access = open
+ *   metrics_access = open
+ *       Optional: who may read /status (the cluster's topology, addresses,
+ *       fingerprint, file paths) and /metrics on the status port: open
+ *       (default: anyone who reaches the port), local (clients on this
+ *       host only: 127.0.0.0/8 and ::1; others get 403), or token (a
+ *       client must send "Authorization: Bearer TOKEN"; others get 401).
+ *       /livez, /readyz, /health and the agent port are always open.
+ *   status_token_file = /etc/pmgcm/status.token
+ *       The bearer token for `token` (required then): the file's first
+ *       line, 16..256 characters of [A-Za-z0-9._~+/=-]; the file must not
+ *       be readable by everyone. Read at start.
+ *   unauth_budget_bytes = 33554432
+ *       Optional (default 32 MiB; 1 MiB..1 GiB). One budget for the memory
+ *       held for input nobody has authenticated yet: requests on the
+ *       status and agent ports (and their answers), TLS handshakes on the
+ *       node API, gossip TCP frames before they are opened. What would go
+ *       over it is refused or makes room by dropping the oldest of its
+ *       kind; the daemon's memory for them never grows past it.
  *   label = pmgcm
  *       Optional cluster label bound into every packet as AEAD associated
  *       data (default "pmgcm"; 0..64 printable characters; `label =` with
@@ -241,6 +260,17 @@ void pmm_log(pmm_log_level lvl, const char *subsys, const char *fmt, ...)
 #define PMM_DEFAULT_LABEL "pmgcm"
 #define PMM_DEFAULT_STATUS_PORT 7948
 #define PMM_DEFAULT_AGENT_PORT 7949
+#define PMM_DEFAULT_UNAUTH_BUDGET (32u << 20)
+#define PMM_UNAUTH_BUDGET_MIN (1u << 20)
+#define PMM_UNAUTH_BUDGET_MAX (1u << 30)
+
+/* Who may read /status and /metrics on the status port (status_access,
+ * metrics_access). */
+typedef enum pmm_access {
+    PMM_ACCESS_OPEN = 0,  /* anyone who reaches the port */
+    PMM_ACCESS_LOCAL,     /* clients on this host (127.0.0.0/8, ::1) */
+    PMM_ACCESS_TOKEN,     /* "Authorization: Bearer <status_token_file>" */
+} pmm_access;
 
 #define PMM_DB_STR_MAX 1024
 
@@ -261,6 +291,10 @@ typedef struct pmm_config {
                                    * (port 0); = bind's IP by default */
     uint16_t status_port;         /* HTTP status port, 7948; 0 = off */
     uint16_t agent_port;          /* HAProxy agent port, 7949; 0 = off */
+    pmm_access status_access;     /* who may GET /status (open) */
+    pmm_access metrics_access;    /* who may GET /metrics (open) */
+    char status_token_file[PMM_PATH_MAX]; /* the bearer token, for token */
+    uint32_t unauth_budget_bytes; /* memory for unauthenticated input */
     gsp_config gossip;
 
     /* store (store/store.h): empty db_conninfo = no replicated database */

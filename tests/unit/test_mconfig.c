@@ -245,6 +245,43 @@ static void test_bad_values(void)
                   "line 6: probe_timeout_ms (100) must be smaller"));
 }
 
+/* the hostile-input keys: the budget and who may read /status, /metrics */
+static void test_guard_keys(void)
+{
+    pmm_config c;
+
+    REQUIRE(parse(&c, BASE) == 0);
+    CHECK_EQ_INT(c.unauth_budget_bytes, 32u << 20);
+    CHECK_EQ_INT(c.status_access, PMM_ACCESS_OPEN);
+    CHECK_EQ_INT(c.metrics_access, PMM_ACCESS_OPEN);
+    CHECK(c.status_token_file[0] == '\0');
+    REQUIRE(parse(&c, BASE "unauth_budget_bytes = 1048576\n"
+                           "status_access = token\n"
+                           "metrics_access = local\n"
+                           "status_token_file = /etc/pmgcm/status.token\n") ==
+            0);
+    CHECK_EQ_INT(c.unauth_budget_bytes, 1048576);
+    CHECK_EQ_INT(c.status_access, PMM_ACCESS_TOKEN);
+    CHECK_EQ_INT(c.metrics_access, PMM_ACCESS_LOCAL);
+    CHECK(strcmp(c.status_token_file, "/etc/pmgcm/status.token") == 0);
+    REQUIRE(parse(&c, BASE "metrics_access = token\n"
+                           "status_token_file = /t\n") == 0);
+    CHECK_EQ_INT(c.status_access, PMM_ACCESS_OPEN);
+    CHECK(rejects(BASE "unauth_budget_bytes = 1048575\n",
+                  "line 5: unauth_budget_bytes is out of range"));
+    CHECK(rejects(BASE "unauth_budget_bytes = 1073741825\n", "out of range"));
+    CHECK(rejects(BASE "unauth_budget_bytes = 32M\n", "is not a number"));
+    CHECK(rejects(BASE "status_access = private\n",
+                  "line 5: status_access must be open, local or token"));
+    CHECK(rejects(BASE "metrics_access = Local\n", "must be open, local or"));
+    CHECK(rejects(BASE "status_access = token\n",
+                  "line 5: status_access = token needs status_token_file"));
+    CHECK(rejects(BASE "status_access = local\nmetrics_access = token\n",
+                  "line 6: metrics_access = token needs status_token_file"));
+    CHECK(rejects(BASE "status_token_file = token.txt\n",
+                  "line 5: status_token_file must be an absolute path"));
+}
+
 static void test_syntax(void)
 {
     CHECK(rejects(BASE "just some words\n", "line 5: expected 'key = value'"));
@@ -320,6 +357,7 @@ int main(void)
     TAP_RUN(test_small_things);
     TAP_RUN(test_missing_required);
     TAP_RUN(test_bad_values);
+    TAP_RUN(test_guard_keys);
     TAP_RUN(test_syntax);
     TAP_RUN(test_output_untouched_on_error);
     TAP_RUN(test_load_file);
