@@ -136,6 +136,9 @@ typedef struct pmm_lc_env {
     gsp_id node_id;
     gsp_keyring *kr;         /* the gossip keyring; lifecycle edits it */
     gsp_uv *u;               /* the gossip adapter (core access, kick) */
+    /* memory for unauthenticated input (TLS handshakes, joiners); NULL:
+     * unlimited; must outlive lc */
+    gsp_budget *budget;
     /* called after the cluster config changed (status, meta refresh) */
     void (*changed)(void *ud);
     void *ud;

@@ -11,6 +11,7 @@
  * slow or hostile one only ever costs its own buffer and a timer.
  */
 #include "membership/http.h"
+#include "membership/guard.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -189,9 +190,10 @@ int pmm_http_precheck(const char *buf, size_t len)
     return 0;
 }
 
-/* One header line h[0..n) (no line end). 0 or -STATUS; content-length and
- * transfer-encoding are looked at. */
-static int parse_header(const char *h, size_t n, long long *clen)
+/* One header line h[0..n) (no line end). 0 or -STATUS; content-length,
+ * transfer-encoding and authorization are looked at. */
+static int parse_header(const char *h, size_t n, long long *clen,
+                        pmm_http_req *req)
 {
     size_t i = 0, v;
 
@@ -213,6 +215,17 @@ static int parse_header(const char *h, size_t n, long long *clen)
         n--;
     if (i == 17 && strncasecmp(h, "transfer-encoding", 17) == 0)
         return -501;
+    if (i == 13 && strncasecmp(h, "authorization", 13) == 0) {
+        /* a second one is a bad request: which one counts? */
+        if (req->auth[0] != '\0' || req->auth_too_long)
+            return -400;
+        if (n - v > PMM_HTTP_AUTH_MAX || n == v) {
+            req->auth_too_long = n > v;
+        } else {
+            memcpy(req->auth, h + v, n - v);
+            req->auth[n - v] = '\0';
+        }
+    }
     if (i == 14 && strncasecmp(h, "content-length", 14) == 0) {
         long long x = 0;
         if (v == n || n - v > 15)
@@ -263,7 +276,7 @@ int pmm_http_parse(const char *buf, size_t len, pmm_http_req *req)
         } else {
             if (++n_headers > PMM_HTTP_HEADERS_MAX)
                 return -431;
-            rc = parse_header(buf + pos, ll, &clen);
+            rc = parse_header(buf + pos, ll, &clen, req);
         }
         if (rc != 0)
             return rc;
@@ -281,6 +294,8 @@ const char *pmm_http_reason(int status)
     switch (status) {
     case 200: return "OK";
     case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
     case 408: return "Request Timeout";
@@ -322,7 +337,7 @@ static void http_date(int64_t now, char *buf, size_t len)
 
 /* Status line, headers, and (unless head) the body. */
 static void put_answer(pmm_buf *out, int status, const char *ctype,
-                       bool allow, int64_t now, const char *body,
+                       const char *extra, int64_t now, const char *body,
                        size_t blen, bool head)
 {
     char date[64];
@@ -338,7 +353,7 @@ static void put_answer(pmm_buf *out, int status, const char *ctype,
                    "%s"
                    "\r\n",
                    status, pmm_http_reason(status), ctype, blen, date,
-                   allow ? "Allow: " ALLOW "\r\n" : "");
+                   extra != NULL ? extra : "");
     if (!head && blen > 0)
         pmm_buf_add(out, body, blen);
 }
@@ -349,7 +364,11 @@ void pmm_http_error(pmm_buf *out, int status, int64_t now, bool head)
     int n = snprintf(body, sizeof(body), "%d %s\n", status,
                      pmm_http_reason(status));
 
-    put_answer(out, status, CT_TEXT, status == 405, now, body, (size_t)n,
+    put_answer(out, status, CT_TEXT,
+               status == 405   ? "Allow: " ALLOW "\r\n"
+               : status == 401 ? "WWW-Authenticate: Bearer realm=\"pmgcm\"\r\n"
+                               : NULL,
+               now, body, (size_t)n,
                head);
 }
 
@@ -757,8 +776,67 @@ static void page_metrics(pmm_buf *b, const pmm_http_view *v)
           "Slow connections dropped at the connection cap for a new one.",
           h->evicted);
     m_one(b, "pmgcm_status_connections_rejected_total", "counter",
-          "Connections refused at the cap (503): all were being answered.",
+          "Connections refused (503): no room could be made for them.",
           h->rejected);
+    m_one(b, "pmgcm_status_requests_denied_total", "counter",
+          "/status or /metrics refused by status_access / metrics_access "
+          "(401, 403).", h->denied);
+    m_one(b, "pmgcm_agent_connections_total", "counter",
+          "Connections accepted on the agent port.", v->agent.connections);
+    m_one(b, "pmgcm_agent_connections_evicted_total", "counter",
+          "Agent port connections dropped at a cap to make room.",
+          v->agent.evicted);
+    m_one(b, "pmgcm_unauth_memory_limit_bytes", "gauge",
+          "unauth_budget_bytes: memory allowed for unauthenticated input.",
+          v->budget.limit);
+    m_one(b, "pmgcm_unauth_memory_used_bytes", "gauge",
+          "Memory held now for unauthenticated input (requests, TLS "
+          "handshakes, gossip frames).", v->budget.used);
+    m_one(b, "pmgcm_unauth_memory_peak_bytes", "gauge",
+          "Most memory ever held at once for unauthenticated input.",
+          v->budget.peak);
+    m_one(b, "pmgcm_unauth_memory_refused_total", "counter",
+          "Times unauthenticated input did not fit the budget (room was "
+          "made or it was refused).", v->budget.refused);
+}
+
+/* "Bearer TOKEN" against the token, in constant time (for equal
+ * lengths; the length itself is not secret enough to hide). */
+static bool bearer_ok(const pmm_http_req *req, const char *token)
+{
+    const char *a = req->auth;
+    size_t n, tl;
+    unsigned char d = 0;
+
+    if (token == NULL || token[0] == '\0' || req->auth_too_long ||
+        strncasecmp(a, "bearer ", 7) != 0)
+        return false;
+    a += 7;
+    while (*a == ' ')
+        a++;
+    n = strlen(a);
+    tl = strlen(token);
+    if (n != tl)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        d |= (unsigned char)(a[i] ^ token[i]);
+    return d == 0;
+}
+
+/* 0 when the client may read the page, else 401 or 403 */
+static int access_denied(const pmm_http_access *acc, const pmm_http_req *req,
+                         bool status_page)
+{
+    pmm_access a;
+
+    if (acc == NULL)
+        return 0;
+    a = status_page ? acc->status : acc->metrics;
+    if (a == PMM_ACCESS_LOCAL && !req->peer_local)
+        return 403;
+    if (a == PMM_ACCESS_TOKEN && !bearer_ok(req, acc->token))
+        return 401;
+    return 0;
 }
 
 int pmm_http_respond(pmm_buf *out, const pmm_http_req *req,
@@ -799,6 +877,14 @@ int pmm_http_respond(pmm_buf *out, const pmm_http_req *req,
     if (req->method == PMM_HTTP_OTHER) {
         pmm_http_error(out, 405, v.now, false);
         return 405;
+    }
+    if (page == P_STATUS || page == P_METRICS) {
+        int deny = access_denied(src != NULL ? src->access : NULL, req,
+                                 page == P_STATUS);
+        if (deny != 0) {
+            pmm_http_error(out, deny, v.now, head);
+            return deny;
+        }
     }
     parse_query(req->query, &q);
     pmm_buf_init(&body, PMM_CTL_REPLY_MAX);
@@ -843,7 +929,8 @@ int pmm_http_respond(pmm_buf *out, const pmm_http_req *req,
         pmm_http_error(out, 500, v.now, head);
         return 500;
     }
-    put_answer(out, status, ctype, allow, v.now, body.p ? body.p : "",
+    put_answer(out, status, ctype, allow ? "Allow: " ALLOW "\r\n" : NULL,
+               v.now, body.p ? body.p : "",
                body.len, head);
     pmm_buf_free(&body);
     return status;
@@ -874,6 +961,10 @@ struct conn {
     size_t discarded;
     char *buf;      /* PMM_HTTP_HEAD_MAX (status port only) */
     pmm_buf out;
+    size_t charged_buf;  /* budget held for buf (given back when freed) */
+    size_t charged_rest; /* for the connection and its answer (at free) */
+    pmm_src src;
+    uint64_t seq;
     conn *prev, *next; /* accept order: srv->first is the oldest */
 };
 
@@ -890,6 +981,9 @@ struct pmm_http {
     bool closing;
     bool listener_closed;
     uint16_t port;
+    uint64_t seq;
+    pmm_guard_ent *ents; /* scratch for the eviction choice: max_conns + 2 */
+    conn **econn;
     char scratch[16384]; /* where discarded bytes go */
 };
 
@@ -901,14 +995,32 @@ static const char *kind_name(const pmm_http *h)
 void pmm_http_opts_default(pmm_http_opts *o)
 {
     o->max_conns = PMM_HTTP_CONNS_MAX;
+    o->max_per_src = PMM_HTTP_PER_SRC_MAX;
     o->read_ms = PMM_HTTP_READ_MS;
     o->answer_ms = PMM_HTTP_ANSWER_MS;
+    o->linger_ms = PMM_HTTP_LINGER_MS;
+    o->budget = NULL;
+}
+
+static void srv_free(pmm_http *h)
+{
+    free(h->ents);
+    free(h->econn);
+    free(h);
 }
 
 static void srv_maybe_free(pmm_http *h)
 {
     if (h->closing && h->listener_closed && h->n_alloc == 0)
-        free(h);
+        srv_free(h);
+}
+
+static void conn_free_buf(conn *c)
+{
+    free(c->buf);
+    c->buf = NULL;
+    gsp_budget_give(c->srv->opts.budget, c->charged_buf);
+    c->charged_buf = 0;
 }
 
 static void conn_closed_cb(uv_handle_t *hd)
@@ -918,8 +1030,9 @@ static void conn_closed_cb(uv_handle_t *hd)
 
     if (--c->open_handles > 0)
         return;
+    conn_free_buf(c);
     pmm_buf_free(&c->out);
-    free(c->buf);
+    gsp_budget_give(h->opts.budget, c->charged_rest);
     free(c);
     h->n_alloc--;
     srv_maybe_free(h);
@@ -942,6 +1055,8 @@ static void conn_close(conn *c)
         h->last = c->prev;
     c->prev = c->next = NULL;
     h->n_live--;
+    /* libuv reads nothing more into it once the handle is closing */
+    conn_free_buf(c);
     uv_close((uv_handle_t *)&c->tcp, conn_closed_cb);
     uv_close((uv_handle_t *)&c->timer, conn_closed_cb);
 }
@@ -954,6 +1069,11 @@ static void conn_written_cb(uv_write_t *w, int status)
         conn_close(c);
 }
 
+static void conn_timer_cb(uv_timer_t *t);
+
+/* The answer is written and the write side shut down: the client's EOF is
+ * awaited for linger_ms at most (its late bytes are read and thrown away,
+ * so closing does not reset the connection under the answer). */
 static void conn_shutdown_cb(uv_shutdown_t *s, int status)
 {
     conn *c = s->data;
@@ -961,14 +1081,15 @@ static void conn_shutdown_cb(uv_shutdown_t *s, int status)
     if (c->st == C_CLOSING)
         return;
     c->shut = true;
-    if (status != 0 || c->eof)
+    if (status != 0 || c->eof) {
         conn_close(c);
+        return;
+    }
+    uv_timer_start(&c->timer, conn_timer_cb, c->srv->opts.linger_ms, 0);
 }
 
-static void conn_timer_cb(uv_timer_t *t);
-
-/* Sends c->out, shuts the write side down, and waits (answer_ms) for the
- * client's EOF, throwing away what it still sends. */
+/* Sends c->out, shuts the write side down (the answer must be taken within
+ * answer_ms), then lingers (conn_shutdown_cb). */
 static void conn_answer(conn *c)
 {
     pmm_http *h = c->srv;
@@ -978,8 +1099,7 @@ static void conn_answer(conn *c)
         return;
     c->st = C_ANSWERING;
     h->st.requests++;
-    free(c->buf);
-    c->buf = NULL;
+    conn_free_buf(c);
     uv_timer_start(&c->timer, conn_timer_cb, h->opts.answer_ms, 0);
     if (c->out.err != 0 || c->out.len == 0) {
         conn_close(c);
@@ -1031,9 +1151,94 @@ static void conn_alloc_cb(uv_handle_t *hd, size_t suggested, uv_buf_t *buf)
         *buf = uv_buf_init(c->srv->scratch, sizeof(c->srv->scratch));
 }
 
+/* ---- room: caps and the budget ------------------------------------------------------------- */
+
+/* lower goes first: answered and lingering, reading, being written to */
+static int conn_class(const conn *c)
+{
+    if (c->st == C_ANSWERING)
+        return c->shut ? 0 : 2;
+    return 1;
+}
+
+/* The connection to drop for `newcomer` (never itself): among `only`'s
+ * (its per-address cap) or among all (see guard.h). NULL if none. */
+static conn *pick_victim(pmm_http *h, const conn *newcomer,
+                         const pmm_src *only)
+{
+    size_t n = 0, skip = SIZE_MAX, v;
+
+    for (conn *o = h->first; o != NULL && n < h->opts.max_conns + 2;
+         o = o->next) {
+        h->ents[n].src = o->src;
+        h->ents[n].cls = conn_class(o);
+        h->ents[n].seq = o->seq;
+        h->econn[n] = o;
+        if (o == newcomer)
+            skip = n;
+        n++;
+    }
+    v = only != NULL ? pmm_guard_victim_of(h->ents, n, skip, only)
+                     : pmm_guard_victim(h->ents, n, skip);
+    return v < n ? h->econn[v] : NULL;
+}
+
+/* Best effort, without waiting: a short answer to a connection that is
+ * closed right away. */
+static void conn_blurt(conn *c, int status)
+{
+    pmm_buf b;
+    uv_buf_t ub;
+
+    pmm_buf_init(&b, 1024);
+    pmm_http_error(&b, status, (int64_t)time(NULL), false);
+    if (b.err == 0) {
+        ub = uv_buf_init(b.p, (unsigned)b.len);
+        (void)uv_try_write((uv_stream_t *)&c->tcp, &ub, 1);
+    }
+    pmm_buf_free(&b);
+}
+
+static void evict(pmm_http *h, conn *v, const char *why)
+{
+    char ip[64];
+
+    h->st.evicted++;
+    if (v->st == C_READING && h->kind == PMM_HTTP_STATUS)
+        conn_blurt(v, 408);
+    pmm_log(PMM_LOG_DEBUG, "http", "%s port: dropped a connection from %s "
+            "(%s)", kind_name(h), pmm_src_str(&v->src, false, ip, sizeof(ip)),
+            why);
+    conn_close(v);
+}
+
+/* n bytes from the budget for c, making room by dropping others if it
+ * must (at most a few). 0 or -ENOBUFS. */
+static int take_room(pmm_http *h, conn *c, size_t n)
+{
+    for (int tries = 0; gsp_budget_take(h->opts.budget, n) != 0; tries++) {
+        conn *v = tries < 4 ? pick_victim(h, c, NULL) : NULL;
+        if (v == NULL)
+            return -ENOBUFS;
+        evict(h, v, "memory budget");
+    }
+    return 0;
+}
+
+static size_t count_src(const pmm_http *h, const conn *c)
+{
+    size_t n = 0;
+
+    for (const conn *o = h->first; o != NULL; o = o->next)
+        if (o != c && pmm_src_eq(&o->src, &c->src))
+            n++;
+    return n;
+}
+
 /* New bytes at c->buf[c->len - n .. c->len). */
 static void conn_got(conn *c, size_t n)
 {
+    pmm_http *h = c->srv;
     size_t before = c->len - n, end;
     pmm_http_req req;
     int rc;
@@ -1078,8 +1283,11 @@ static void conn_got(conn *c, size_t n)
         conn_error(c, 400);
         return;
     }
+    req.peer_local = pmm_src_loopback(&c->src);
     {
-        int status = pmm_http_respond(&c->out, &req, &c->srv->src);
+        int status = pmm_http_respond(&c->out, &req, &h->src);
+        if (status == 401 || status == 403)
+            h->st.denied++;
         pmm_log(PMM_LOG_DEBUG, "http", "status port: %s %s%s%s -> %d",
                 req.method == PMM_HTTP_GET       ? "GET"
                 : req.method == PMM_HTTP_HEAD    ? "HEAD"
@@ -1087,6 +1295,16 @@ static void conn_got(conn *c, size_t n)
                                                  : "(other)",
                 req.asterisk ? "*" : req.path, req.query[0] ? "?" : "",
                 req.query, status);
+    }
+    /* the answer is held until the client took it: it counts too */
+    conn_free_buf(c);
+    if (take_room(h, c, c->out.cap) != 0) {
+        h->st.rejected++;
+        pmm_buf_free(&c->out);
+        pmm_buf_init(&c->out, 1024);
+        pmm_http_error(&c->out, 503, (int64_t)time(NULL), false);
+    } else {
+        c->charged_rest += c->out.cap;
     }
     conn_answer(c);
 }
@@ -1119,7 +1337,7 @@ static void conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         conn_close(c);
         return;
     }
-    if (c->st == C_ANSWERING) {
+    if (c->st == C_ANSWERING || c->buf == NULL) {
         c->discarded += (size_t)nread;
         if (c->discarded > PMM_HTTP_DISCARD_MAX)
             conn_close(c);
@@ -1129,26 +1347,13 @@ static void conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     conn_got(c, (size_t)nread);
 }
 
-/* Best effort, without waiting: a short answer to a connection that is
- * closed right away. */
-static void conn_blurt(conn *c, int status)
-{
-    pmm_buf b;
-    uv_buf_t ub;
-
-    pmm_buf_init(&b, 1024);
-    pmm_http_error(&b, status, (int64_t)time(NULL), false);
-    if (b.err == 0) {
-        ub = uv_buf_init(b.p, (unsigned)b.len);
-        (void)uv_try_write((uv_stream_t *)&c->tcp, &ub, 1);
-    }
-    pmm_buf_free(&b);
-}
-
 static void srv_conn_cb(uv_stream_t *ls, int status)
 {
     pmm_http *h = ls->data;
-    conn *c;
+    struct sockaddr_storage ss;
+    int slen = sizeof(ss);
+    size_t cost;
+    conn *c, *v;
 
     if (status != 0) {
         pmm_log(PMM_LOG_WARN, "http", "%s port: accept: %s", kind_name(h),
@@ -1163,6 +1368,7 @@ static void srv_conn_cb(uv_stream_t *ls, int status)
     }
     c->srv = h;
     c->st = C_READING;
+    c->seq = ++h->seq;
     pmm_buf_init(&c->out, PMM_CTL_REPLY_MAX + 4096);
     uv_tcp_init(h->loop, &c->tcp);
     uv_timer_init(h->loop, &c->timer);
@@ -1183,38 +1389,36 @@ static void srv_conn_cb(uv_stream_t *ls, int status)
         return;
     }
     h->st.connections++;
+    memset(&ss, 0, sizeof(ss));
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &slen) == 0)
+        pmm_src_from_sa(&c->src, (struct sockaddr *)&ss);
+    /* this address's own cap: its own connection makes room */
+    if (count_src(h, c) >= h->opts.max_per_src &&
+        (v = pick_victim(h, c, &c->src)) != NULL)
+        evict(h, v, "too many from one address");
+    /* the server's cap: the address holding the most makes room */
     if (h->n_live > h->opts.max_conns) {
-        /* make room: the oldest connection still sending its request
-         * goes (it had the longest time); if every one is being
-         * answered, the new one is turned away */
-        conn *old = NULL;
-        for (conn *o = h->first; o != NULL && o != c; o = o->next)
-            if (o->st == C_READING) {
-                old = o;
-                break;
-            }
-        if (old != NULL) {
-            h->st.evicted++;
-            conn_blurt(old, 408);
-            conn_close(old);
-            pmm_log(PMM_LOG_DEBUG, "http",
-                    "%s port: %u connections: the oldest unfinished "
-                    "request dropped", kind_name(h), h->opts.max_conns);
-        } else {
-            h->st.rejected++;
-            if (h->kind == PMM_HTTP_STATUS)
-                conn_blurt(c, 503);
-            conn_close(c);
-            return;
-        }
+        v = pick_victim(h, c, NULL);
+        if (v != NULL)
+            evict(h, v, "connection cap");
     }
+    cost = sizeof(conn) + (h->kind == PMM_HTTP_STATUS ? PMM_HTTP_HEAD_MAX : 0);
+    if (h->n_live > h->opts.max_conns || take_room(h, c, cost) != 0) {
+        h->st.rejected++;
+        if (h->kind == PMM_HTTP_STATUS)
+            conn_blurt(c, 503);
+        conn_close(c);
+        return;
+    }
+    c->charged_rest = sizeof(conn);
+    c->charged_buf = cost - sizeof(conn);
     if (h->kind == PMM_HTTP_AGENT) {
-        pmm_http_view v;
+        pmm_http_view view;
         char line[160];
-        memset(&v, 0, sizeof(v));
+        memset(&view, 0, sizeof(view));
         if (h->src.view != NULL)
-            h->src.view(h->src.ud, &v);
-        pmm_http_agent_line(&v, line, sizeof(line));
+            h->src.view(h->src.ud, &view);
+        pmm_http_agent_line(&view, line, sizeof(line));
         pmm_buf_puts(&c->out, line);
         /* agent-send text, if HAProxy is configured to send any, is read
          * and thrown away */
@@ -1268,10 +1472,19 @@ int pmm_http_start(pmm_http **out, uv_loop_t *loop, const struct sockaddr *sa,
         pmm_http_opts_default(&h->opts);
     if (h->opts.max_conns == 0)
         h->opts.max_conns = 1;
+    if (h->opts.max_per_src == 0)
+        h->opts.max_per_src = h->opts.max_conns;
+    h->ents = calloc(h->opts.max_conns + 2, sizeof(*h->ents));
+    h->econn = calloc(h->opts.max_conns + 2, sizeof(*h->econn));
+    if (h->ents == NULL || h->econn == NULL) {
+        snprintf(err, errlen, "out of memory");
+        srv_free(h);
+        return -ENOMEM;
+    }
     rc = uv_tcp_init(loop, &h->listener);
     if (rc != 0) {
         snprintf(err, errlen, "%s", uv_strerror(rc));
-        free(h);
+        srv_free(h);
         return rc;
     }
     h->listener.data = h;

@@ -3,14 +3,27 @@
  * pmgclusterd. Internal header of the membership library, prefix pmm_http_.
  *
  * Both servers run on the daemon's libuv loop, never block, and never hold
- * more than PMM_HTTP_CONNS_MAX connections (plus the ones being closed).
+ * more than PMM_HTTP_CONNS_MAX connections (plus the ones being closed),
+ * nor more than PMM_HTTP_PER_SRC_MAX from one address. Neither cap ever
+ * turns a newcomer away: room is made by dropping a connection (see
+ * membership/guard.h): at the per-address cap that address's own; at the
+ * global cap one of the address holding the most. Within the chosen
+ * address an answered connection waiting for the client's EOF goes first,
+ * then one still sending its request (it gets a 408), then one whose
+ * answer is still being written, oldest first. A health checker that
+ * opens one connection at a time therefore keeps being answered while
+ * others hold every slot. The memory held for a connection (its request
+ * buffer, its answer) is taken from the daemon's budget for
+ * unauthenticated input (opts.budget); what does not fit makes room the
+ * same way, or gets a 503.
  *
  * ---- the status port -------------------------------------------------------
  *
  * One request per connection: the answer always carries Content-Length and
  * "Connection: close", then the server half-closes, discards whatever else
  * the client sends (a pipelined request is not answered) and closes at the
- * client's EOF or after PMM_HTTP_ANSWER_MS. HTTP/1.0 and HTTP/1.1 (any 1.x;
+ * client's EOF or PMM_HTTP_LINGER_MS after the answer was written (an
+ * answer not taken within PMM_HTTP_ANSWER_MS is dropped). HTTP/1.0 and HTTP/1.1 (any 1.x;
  * a missing Host header is tolerated, HAProxy's default check sends none),
  * origin-form ("/readyz?verbose"), absolute-form ("http://h/readyz") and,
  * for OPTIONS, "*". Request bodies are never read (Content-Length is
@@ -33,6 +46,12 @@
  *                       local_health (Lifeguard score above 0)
  *   GET /status         the control socket's status answer (JSON)
  *   GET /metrics        Prometheus text format 0.0.4
+ * /status and /metrics follow the source's access rules
+ * (pmm_http_access: status_access, metrics_access in the config): local
+ * answers 403 to a client that is not on this host (127.0.0.0/8, ::1);
+ * token answers 401 (WWW-Authenticate: Bearer) unless the request carries
+ * "Authorization: Bearer TOKEN" (compared in constant time). /livez,
+ * /readyz, /health and the agent port are always open.
  *
  * HEAD answers like GET without the body; OPTIONS like GET (plus Allow).
  * Any other method on a known path: 405 (Allow: GET, HEAD, OPTIONS); an
@@ -40,9 +59,10 @@
  * PMM_HTTP_LINE_MAX: 414; head longer than PMM_HTTP_HEAD_MAX or more than
  * PMM_HTTP_HEADERS_MAX header lines: 431; HTTP/2+ or 0.x: 505;
  * Transfer-Encoding: 501. A head not complete within PMM_HTTP_READ_MS of
- * the connect: 408. At the connection cap, the oldest connection still
- * sending its request is dropped with a 408 to make room; when every
- * connection is being answered, the new one gets 503 and is closed.
+ * the connect: 408 (so a client sending a byte at a time is done within
+ * PMM_HTTP_READ_MS). A connection dropped at a cap while still sending its
+ * request gets a 408 too; when the budget cannot hold a newcomer even
+ * after making room, it gets 503 and is closed.
  *
  * ---- the agent port ------------------------------------------------------
  *
@@ -73,9 +93,12 @@
 #define PMM_HTTP_PATH_MAX 255       /* longer paths are unknown: 404 */
 #define PMM_HTTP_QUERY_MAX 511      /* longer query strings: 414 */
 #define PMM_HTTP_CONNS_MAX 64       /* connections at once, per server */
+#define PMM_HTTP_PER_SRC_MAX 8      /* ... of them from one address */
 #define PMM_HTTP_READ_MS 5000       /* whole request head, from connect */
-#define PMM_HTTP_ANSWER_MS 10000    /* answer taken + client's EOF */
+#define PMM_HTTP_ANSWER_MS 10000    /* answer taken by the client */
+#define PMM_HTTP_LINGER_MS 1000     /* then the client's EOF awaited */
 #define PMM_HTTP_DISCARD_MAX (4u << 20) /* bytes read after the request */
+#define PMM_HTTP_AUTH_MAX 300       /* Authorization header value kept */
 
 /* ---- requests (pure) ------------------------------------------------------ */
 typedef enum pmm_http_method {
@@ -92,6 +115,12 @@ typedef struct pmm_http_req {
     bool path_too_long;                 /* > PMM_HTTP_PATH_MAX: unknown */
     char path[PMM_HTTP_PATH_MAX + 1];   /* without the query */
     char query[PMM_HTTP_QUERY_MAX + 1]; /* after '?', may be "" */
+    /* the Authorization header's value ("" if none; auth_too_long when
+     * longer than PMM_HTTP_AUTH_MAX: never a valid token) */
+    char auth[PMM_HTTP_AUTH_MAX + 1];
+    bool auth_too_long;
+    /* set by the server, not the parser: the client is on this host */
+    bool peer_local;
 } pmm_http_req;
 
 /* Looks for the end of a request head (an empty line, CRLF or bare LF) in
@@ -118,8 +147,9 @@ typedef struct pmm_http_stats {
     uint64_t requests;        /* answered (any status) */
     uint64_t bad_requests;    /* 400, 414, 431, 501, 505 */
     uint64_t timeouts;        /* 408: head not complete in time */
-    uint64_t evicted;         /* 408: dropped at the cap for a newer one */
-    uint64_t rejected;        /* 503: cap reached, nobody to evict */
+    uint64_t evicted;         /* dropped at a cap to make room */
+    uint64_t rejected;        /* 503: no room could be made */
+    uint64_t denied;          /* 401/403: /status or /metrics refused */
     uint32_t open;            /* connections now */
 } pmm_http_stats;
 
@@ -142,6 +172,8 @@ typedef struct pmm_http_view {
     uint32_t local_health;    /* Lifeguard awareness score, 0 = healthy */
     gsp_stats gossip;
     pmm_http_stats http;      /* the status port's own counters */
+    pmm_http_stats agent;     /* the agent port's */
+    gsp_budget_stats budget;  /* memory for unauthenticated input */
     /* the replicated database (store/store.h), when configured */
     bool has_db;
     bool db_in_sync;          /* loaded and caught up (or master) */
@@ -152,6 +184,12 @@ typedef struct pmm_http_view {
     uint64_t db_applied, db_captured, db_snapshots, db_divergent;
 } pmm_http_view;
 
+/* Who may read /status and /metrics (see the top of this header). */
+typedef struct pmm_http_access {
+    pmm_access status, metrics;
+    const char *token; /* the bearer token (NUL-terminated), for TOKEN */
+} pmm_http_access;
+
 typedef struct pmm_http_source {
     void *ud;
     /* fills a snapshot (zeroed before the call) */
@@ -159,6 +197,8 @@ typedef struct pmm_http_source {
     /* appends the /status document (one JSON object, '\n' ended); 0 or
      * -errno */
     int (*status_json)(void *ud, pmm_buf *out);
+    /* NULL: both open. Not copied: must outlive the servers. */
+    const pmm_http_access *access;
 } pmm_http_source;
 
 /* ---- checks ---------------------------------------------------------------- */
@@ -186,7 +226,8 @@ void pmm_http_agent_line(const pmm_http_view *v, char *buf, size_t cap);
 
 /* Builds the whole answer (status line, headers, body unless HEAD) to req.
  * Returns the HTTP status. Takes a view and, for /status, the document
- * from src. Pure but for src's callbacks. */
+ * from src; src->access decides who gets /status and /metrics (with
+ * req->peer_local and req->auth). Pure but for src's callbacks. */
 int pmm_http_respond(pmm_buf *out, const pmm_http_req *req,
                      const pmm_http_source *src);
 /* An error answer (400, 404, 408, 414, 431, 501, 503, 505, ...) with a
@@ -206,9 +247,12 @@ typedef enum pmm_http_kind {
 } pmm_http_kind;
 
 typedef struct pmm_http_opts {
-    uint32_t max_conns;  /* PMM_HTTP_CONNS_MAX */
-    uint32_t read_ms;    /* PMM_HTTP_READ_MS */
-    uint32_t answer_ms;  /* PMM_HTTP_ANSWER_MS */
+    uint32_t max_conns;   /* PMM_HTTP_CONNS_MAX */
+    uint32_t max_per_src; /* PMM_HTTP_PER_SRC_MAX */
+    uint32_t read_ms;     /* PMM_HTTP_READ_MS */
+    uint32_t answer_ms;   /* PMM_HTTP_ANSWER_MS */
+    uint32_t linger_ms;   /* PMM_HTTP_LINGER_MS */
+    gsp_budget *budget;   /* NULL: unlimited; not owned, must outlive h */
 } pmm_http_opts;
 
 void pmm_http_opts_default(pmm_http_opts *o);

@@ -21,6 +21,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -42,6 +43,8 @@
 #define LEAVE_POLL_MS 20
 #define HTTP_RETRY_MS 10000 /* a status/agent port that could not listen */
 #define DRAIN_FILE "draining"
+#define PMM_STATUS_TOKEN_MIN 16
+#define PMM_STATUS_TOKEN_MAX 256
 
 /* a drain/undrain request waiting for data_dir/draining to say so */
 typedef struct drain_waiter {
@@ -93,6 +96,14 @@ typedef struct node {
     size_t n_saved;
     gsp_addr peers_next[PMM_STATE_PEERS_MAX];
     size_t n_next;
+
+    /* memory for unauthenticated input (unauth_budget_bytes): the status
+     * and agent ports, the node API's handshakes, gossip TCP frames */
+    gsp_budget *budget;
+    /* who may read /status and /metrics (the token from
+     * status_token_file) */
+    pmm_http_access access;
+    char status_token[PMM_STATUS_TOKEN_MAX + 1];
 
     /* status and agent ports */
     pmm_http *http, *agent;
@@ -618,6 +629,9 @@ static void http_view(void *ud, pmm_http_view *v)
 
     v->now = (int64_t)time(NULL);
     v->start_time = n->started_unix;
+    gsp_budget_get(n->budget, &v->budget);
+    if (n->agent != NULL)
+        pmm_http_get_stats(n->agent, &v->agent);
     v->stopping = n->stopping;
     v->draining = n->draining;
     if (core != NULL) {
@@ -848,7 +862,9 @@ static socklen_t to_sockaddr(const gsp_addr *a, uint16_t port,
 static void http_listen_all(node *n)
 {
     const pmm_http_source src = {.ud = n, .view = http_view,
-                                 .status_json = http_status_json};
+                                 .status_json = http_status_json,
+                                 .access = &n->access};
+    pmm_http_opts o;
     struct {
         pmm_http **h;
         bool *failed;
@@ -874,8 +890,10 @@ static void http_listen_all(node *n)
             continue;
         to_sockaddr(&n->cfg.status_bind, l[i].port, &ss);
         gsp_addr_ip_str(&n->cfg.status_bind, ip, sizeof(ip));
+        pmm_http_opts_default(&o);
+        o.budget = n->budget;
         rc = pmm_http_start(l[i].h, &n->loop, (struct sockaddr *)&ss,
-                            l[i].kind, &src, NULL, err, sizeof(err));
+                            l[i].kind, &src, &o, err, sizeof(err));
         if (rc != 0) {
             *l[i].h = NULL;
             missing = true;
@@ -1336,6 +1354,107 @@ static bool addr_in(const gsp_addr *set, size_t n, const gsp_addr *a)
     return false;
 }
 
+/* data_dir holds the cluster's keys (keyring, TLS key, the join
+ * password's hash): nobody but its owner may look inside. An existing
+ * directory with a wider mode is made 0700; if that is not possible the
+ * daemon refuses to start. */
+static int data_dir_private(const char *dir)
+{
+    struct stat st;
+
+    if (lstat(dir, &st) != 0) {
+        pmm_log(PMM_LOG_ERROR, "daemon", "data_dir %s: %s", dir,
+                strerror(errno));
+        return -errno;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        pmm_log(PMM_LOG_ERROR, "daemon", "data_dir %s is not a directory "
+                "(a symlink is not accepted either)", dir);
+        return -ENOTDIR;
+    }
+    if ((st.st_mode & 077) == 0)
+        return 0;
+    if (chmod(dir, 0700) != 0) {
+        int e = errno;
+        pmm_log(PMM_LOG_ERROR, "daemon", "data_dir %s has mode %04o (other "
+                "users can read the cluster's keys in it) and cannot be made "
+                "0700: %s; run: chmod 700 %s", dir,
+                (unsigned)(st.st_mode & 07777), strerror(e), dir);
+        return -e;
+    }
+    pmm_log(PMM_LOG_WARN, "daemon", "data_dir %s had mode %04o: made 0700 "
+            "(it holds the cluster's keys)", dir,
+            (unsigned)(st.st_mode & 07777));
+    return 0;
+}
+
+/* The bearer token of status_access / metrics_access = token: the first
+ * line of status_token_file, which must not be readable by everyone. */
+static int load_status_token(node *n)
+{
+    const char *path = n->cfg.status_token_file;
+    char buf[PMM_STATUS_TOKEN_MAX + 8];
+    struct stat st;
+    size_t len = 0, i;
+    int rc;
+
+    n->access.status = n->cfg.status_access;
+    n->access.metrics = n->cfg.metrics_access;
+    n->access.token = NULL;
+    if (n->cfg.status_access != PMM_ACCESS_TOKEN &&
+        n->cfg.metrics_access != PMM_ACCESS_TOKEN)
+        return 0;
+    if (stat(path, &st) != 0) {
+        rc = -errno;
+        pmm_log(PMM_LOG_ERROR, "http", "status_token_file %s: %s", path,
+                strerror(-rc));
+        return rc;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        pmm_log(PMM_LOG_ERROR, "http", "status_token_file %s is not a "
+                "regular file", path);
+        return -EINVAL;
+    }
+    if (st.st_mode & S_IROTH) {
+        pmm_log(PMM_LOG_ERROR, "http", "status_token_file %s is readable by "
+                "everyone (mode %04o): chmod o-r %s", path,
+                (unsigned)(st.st_mode & 07777), path);
+        return -EPERM;
+    }
+    rc = pmm_read_small(path, buf, sizeof(buf), &len);
+    if (rc == -EFBIG) {
+        pmm_log(PMM_LOG_ERROR, "http", "status_token_file %s: the token must "
+                "be at most %d characters", path, PMM_STATUS_TOKEN_MAX);
+        return -EINVAL;
+    }
+    if (rc != 0) {
+        pmm_log(PMM_LOG_ERROR, "http", "status_token_file %s: %s", path,
+                strerror(-rc));
+        return rc;
+    }
+    len = strcspn(buf, "\r\n");
+    buf[len] = '\0';
+    for (i = 0; i < len; i++) {
+        char c = buf[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+              (c >= '0' && c <= '9') || strchr("._~+/=-", c) != NULL))
+            break;
+    }
+    if (len < PMM_STATUS_TOKEN_MIN || len > PMM_STATUS_TOKEN_MAX ||
+        i < len) {
+        memset(buf, 0, sizeof(buf));
+        pmm_log(PMM_LOG_ERROR, "http", "status_token_file %s: the first line "
+                "must be the token: %d to %d characters of A-Z a-z 0-9 . _ ~ "
+                "+ / = - (e.g. openssl rand -hex 24)", path,
+                PMM_STATUS_TOKEN_MIN, PMM_STATUS_TOKEN_MAX);
+        return -EINVAL;
+    }
+    memcpy(n->status_token, buf, len + 1);
+    memset(buf, 0, sizeof(buf));
+    n->access.token = n->status_token;
+    return 0;
+}
+
 static int node_start(node *n)
 {
     gsp_config *g = &n->cfg.gossip;
@@ -1348,6 +1467,16 @@ static int node_start(node *n)
     char err[512], a1[64], a2[64];
     bool created = false;
     int rc, bad_line = 0;
+
+    /* one memory budget for everything unauthenticated */
+    n->budget = gsp_budget_new(n->cfg.unauth_budget_bytes);
+    if (n->budget == NULL) {
+        pmm_log(PMM_LOG_ERROR, "daemon", "cannot create the memory budget");
+        return -ENOMEM;
+    }
+    rc = load_status_token(n);
+    if (rc != 0)
+        return rc;
 
     /* keyring */
     n->kr = gsp_keyring_new(n->cfg.label);
@@ -1401,6 +1530,9 @@ static int node_start(node *n)
                 strerror(-rc));
         return rc;
     }
+    rc = data_dir_private(n->cfg.data_dir);
+    if (rc != 0)
+        return rc;
     rc = pmm_state_lock(n->cfg.data_dir, &n->lock_fd, err, sizeof(err));
     if (rc == 0)
         rc = pmm_state_node_id(n->cfg.data_dir, &n->id, &created, err,
@@ -1483,6 +1615,9 @@ static int node_start(node *n)
         gsp_core_free(core);
         return rc;
     }
+    /* HOOK (issue 13, gossip part): gossip TCP frames are to take their
+     * buffers from the same budget, n->budget, once the gossip adapter
+     * takes one (gsp_uv_set_budget(n->u, n->budget)). */
 
     /* control socket */
     rc = pmm_ctl_start(&n->ctl, &n->loop, n->cfg.control_socket, ctl_handler,
@@ -1522,7 +1657,7 @@ static int node_start(node *n)
     {
         pmm_lc_env env = {.loop = &n->loop, .cfg = &n->cfg,
                           .api_port = n->cfg.api_port, .node_id = n->id,
-                          .kr = n->kr, .u = n->u,
+                          .kr = n->kr, .u = n->u, .budget = n->budget,
                           .changed = cluster_changed, .ud = n};
         rc = pmm_lc_start(&n->lc, &env, err, sizeof(err));
         if (rc != 0) {
@@ -1670,6 +1805,8 @@ int main(int argc, char **argv)
         exit_code = 1;
     }
     gsp_keyring_free(n->kr);
+    gsp_budget_free(n->budget);
+    memset(n->status_token, 0, sizeof(n->status_token));
     if (n->lock_fd >= 0)
         close(n->lock_fd);
     free(n);
