@@ -24,6 +24,8 @@
  * the user's close callback runs just before that.
  */
 #include "membership/tls.h"
+#include "membership/guard.h"
+#include "gossip/gossip.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -68,6 +70,8 @@ const char *pmm_tls_strerror(int err)
     case PMM_TLS_EHANDSHAKE: return "TLS handshake failed";
     case PMM_TLS_ETOOBIG: return "frame exceeds the maximum frame size";
     case PMM_TLS_ECORRUPT: return "TLS identity files corrupt or incomplete";
+    case PMM_TLS_EEVICTED:
+        return "unfinished handshake dropped to make room for a newer one";
     default: break;
     }
     if (err < 0 && err > -500)
@@ -591,6 +595,9 @@ void pmm_tls_opts_default(pmm_tls_opts *o)
     o->handshake_timeout_ms = 10000;
     o->linger_ms = 2000;
     o->max_conns = 256;
+    o->max_handshakes = 32;
+    o->max_handshakes_per_src = 4;
+    o->budget = NULL;
 }
 
 typedef enum cstate {
@@ -635,6 +642,12 @@ struct pmm_tls_conn {
     pmm_tls_conn *prev, *next; /* in srv->conns */
     struct sockaddr_storage peer_addr;
     bool have_peer_addr;
+    /* server side, until verify: an unfinished handshake */
+    bool in_hs;
+    pmm_src src;
+    uint64_t seq;
+    struct gsp_budget *hs_budget;
+    size_t charged;
 
     pmm_tls_identity *id;
     mbedtls_ssl_config conf;
@@ -691,6 +704,12 @@ struct pmm_tls_server {
     pmm_tls_opts opts;
     pmm_tls_conn *conns;
     size_t n_conns;
+    size_t n_hs;  /* unfinished handshakes among conns */
+    uint64_t seq;
+    pmm_tls_server_stats st;
+    pmm_guard_ent *ents; /* scratch for the eviction choice */
+    pmm_tls_conn **econn;
+    size_t n_ents;
 };
 
 static void step(pmm_tls_conn *c);
@@ -837,11 +856,25 @@ static void free_queue(pmm_tls_conn *c)
     c->stage_len = c->stage_off = 0;
 }
 
+/* The handshake is over (verified, failed or dropped): it no longer
+ * counts against the handshake slots nor holds budget. */
+static void hs_end(pmm_tls_conn *c)
+{
+    if (!c->in_hs)
+        return;
+    c->in_hs = false;
+    if (c->srv != NULL && c->srv->n_hs > 0)
+        c->srv->n_hs--;
+    gsp_budget_give(c->hs_budget, c->charged);
+    c->charged = 0;
+}
+
 static void srv_unlink(pmm_tls_conn *c)
 {
     pmm_tls_server *s = c->srv;
     if (s == NULL)
         return;
+    hs_end(c);
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -914,6 +947,7 @@ static void close_handles(pmm_tls_conn *c, int reason)
     set_reason(c, reason);
     c->state = ST_DEAD;
     c->reading = false;
+    hs_end(c);
     free_queue(c);
     c->queued = 0;
     uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
@@ -962,6 +996,8 @@ static void on_timer(uv_timer_t *t)
     switch (c->state) {
     case ST_CONNECTING:
     case ST_HANDSHAKE:
+        if (c->in_hs && c->srv != NULL)
+            c->srv->st.handshake_timeouts++;
         close_handles(c, -ETIMEDOUT);
         break;
     case ST_CLOSING:
@@ -1451,6 +1487,7 @@ static void apply_verdict(pmm_tls_conn *c, int v)
 static void handshake_done(pmm_tls_conn *c)
 {
     c->handshake_done = true;
+    hs_end(c);
     if (!c->fp_seen) {
         enter_closing(c, PMM_TLS_ENOCERT, false, false,
                       MBEDTLS_SSL_ALERT_MSG_ACCESS_DENIED);
@@ -1623,7 +1660,56 @@ static void on_server_closed(uv_handle_t *h)
 {
     pmm_tls_server *s = h->data;
     pmm_tls_identity_free(s->id);
+    free(s->ents);
+    free(s->econn);
     free(s);
+}
+
+/* The unfinished handshake to drop for `newcomer` (never itself): among
+ * src's (its per-address cap) or among all (guard.h). NULL if none. */
+static pmm_tls_conn *hs_victim(pmm_tls_server *s, const pmm_tls_conn *newcomer,
+                               const pmm_src *src)
+{
+    size_t n = 0, skip = SIZE_MAX, v;
+
+    for (pmm_tls_conn *o = s->conns; o != NULL && n < s->n_ents;
+         o = o->next) {
+        if (!o->in_hs || o->state != ST_HANDSHAKE)
+            continue;
+        s->ents[n].src = o->src;
+        s->ents[n].cls = 0;
+        s->ents[n].seq = o->seq;
+        s->econn[n] = o;
+        if (o == newcomer)
+            skip = n;
+        n++;
+    }
+    v = src != NULL ? pmm_guard_victim_of(s->ents, n, skip, src)
+                    : pmm_guard_victim(s->ents, n, skip);
+    return v < n ? s->econn[v] : NULL;
+}
+
+static bool hs_evict(pmm_tls_server *s, pmm_tls_conn *newcomer,
+                     const pmm_src *src)
+{
+    pmm_tls_conn *v = hs_victim(s, newcomer, src);
+
+    if (v == NULL)
+        return false;
+    s->st.handshakes_evicted++;
+    close_handles(v, PMM_TLS_EEVICTED);
+    return true;
+}
+
+static size_t hs_count_src(const pmm_tls_server *s, const pmm_tls_conn *c)
+{
+    size_t n = 0;
+
+    for (const pmm_tls_conn *o = s->conns; o != NULL; o = o->next)
+        if (o != c && o->in_hs && o->state == ST_HANDSHAKE &&
+            pmm_src_eq(&o->src, &c->src))
+            n++;
+    return n;
 }
 
 static void on_connection(uv_stream_t *ls, int status)
@@ -1655,15 +1741,43 @@ static void on_connection(uv_stream_t *ls, int status)
         leave(c);
         return;
     }
+    s->st.accepted++;
     int alen = sizeof c->peer_addr;
     if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&c->peer_addr,
                            &alen) == 0)
         c->have_peer_addr = true;
-    if (s->n_conns > s->opts.max_conns) {
+    pmm_src_from_sa(&c->src, c->have_peer_addr
+                                 ? (struct sockaddr *)&c->peer_addr
+                                 : NULL);
+    c->seq = ++s->seq;
+    c->in_hs = true;
+    c->hs_budget = s->opts.budget;
+    s->n_hs++;
+    /* room: this address's own unfinished handshakes first, then the
+     * address holding the most; over max_conns only a handshake can go */
+    if (hs_count_src(s, c) >= s->opts.max_handshakes_per_src)
+        hs_evict(s, c, &c->src);
+    if (s->n_hs > s->opts.max_handshakes)
+        hs_evict(s, c, NULL);
+    if (s->n_conns > s->opts.max_conns && !hs_evict(s, c, NULL)) {
+        s->st.dropped++;
         close_handles(c, -EMFILE);
         leave(c);
         return;
     }
+    for (int tries = 0;
+         gsp_budget_take(s->opts.budget, PMM_TLS_HANDSHAKE_COST) != 0;
+         tries++) {
+        if (tries >= 4 || !hs_evict(s, c, NULL)) {
+            s->st.dropped++;
+            close_handles(c, -ENOBUFS);
+            leave(c);
+            return;
+        }
+    }
+    c->charged = PMM_TLS_HANDSHAKE_COST;
+    if (s->n_hs > s->st.handshakes_peak)
+        s->st.handshakes_peak = (uint32_t)s->n_hs;
     int rc = ssl_setup(c, MBEDTLS_SSL_IS_SERVER);
     if (rc) {
         close_handles(c, rc);
@@ -1694,8 +1808,26 @@ int pmm_tls_server_start(pmm_tls_server **out, struct uv_loop_s *loop,
         s->opts = *opts;
     else
         pmm_tls_opts_default(&s->opts);
+    if (s->opts.max_handshakes == 0)
+        s->opts.max_handshakes = 1;
+    if (s->opts.max_handshakes_per_src == 0)
+        s->opts.max_handshakes_per_src = s->opts.max_handshakes;
+    /* room for every unfinished handshake there can be */
+    s->n_ents = (size_t)s->opts.max_handshakes + 2;
+    if (s->n_ents > (size_t)s->opts.max_conns + 2)
+        s->n_ents = (size_t)s->opts.max_conns + 2;
+    s->ents = calloc(s->n_ents, sizeof *s->ents);
+    s->econn = calloc(s->n_ents, sizeof *s->econn);
+    if (s->ents == NULL || s->econn == NULL) {
+        free(s->ents);
+        free(s->econn);
+        free(s);
+        return -ENOMEM;
+    }
     int rc = uv_tcp_init(loop, &s->tcp);
     if (rc) {
+        free(s->ents);
+        free(s->econn);
         free(s);
         return rc;
     }
@@ -1721,6 +1853,13 @@ int pmm_tls_server_addr(const pmm_tls_server *s, struct sockaddr_storage *out)
 size_t pmm_tls_server_conns(const pmm_tls_server *s)
 {
     return s->n_conns;
+}
+
+void pmm_tls_server_get_stats(const pmm_tls_server *s,
+                              pmm_tls_server_stats *out)
+{
+    *out = s->st;
+    out->handshakes = (uint32_t)s->n_hs;
 }
 
 void pmm_tls_server_close(pmm_tls_server *s)

@@ -91,6 +91,7 @@ struct sockaddr_storage;
 #define PMM_TLS_EHANDSHAKE   (-564) /* TLS handshake failed (protocol, alert) */
 #define PMM_TLS_ETOOBIG      (-565) /* frame larger than max_frame           */
 #define PMM_TLS_ECORRUPT     (-566) /* identity files unreadable/incomplete  */
+#define PMM_TLS_EEVICTED     (-567) /* unfinished handshake dropped for room  */
 
 /* Static string for 0, -errno and PMM_TLS_E*; never NULL. */
 const char *pmm_tls_strerror(int err);
@@ -172,8 +173,27 @@ typedef struct pmm_tls_opts {
     uint32_t linger_ms;            /* 2000: bound on a graceful close's
                                       flush before the socket is dropped   */
     uint32_t max_conns;            /* 256: server only: concurrent
-                                      connections; more are dropped at once */
+                                      connections; over it a new one makes
+                                      room by dropping an unfinished
+                                      handshake, else it is dropped at once */
+    /* Server only: unfinished handshakes (TCP accept to verify) are the
+     * part anybody can open. At most max_handshakes at once, at most
+     * max_handshakes_per_src from one address; a newcomer never waits or is
+     * refused for them: the oldest unfinished handshake of its own address
+     * (at the per-address cap), else of the address holding the most, is
+     * dropped (PMM_TLS_EEVICTED) to make room. Each one holds
+     * PMM_TLS_HANDSHAKE_COST bytes of budget (NULL: unlimited) until its
+     * verify (or its end); when the budget says no even after a few such
+     * drops, the newcomer is dropped (-ENOBUFS). Established connections
+     * do not count here: they are the application's to bound (verify). */
+    uint32_t max_handshakes;       /* 32 */
+    uint32_t max_handshakes_per_src; /* 4 */
+    struct gsp_budget *budget;     /* NULL; not owned, must outlive s */
 } pmm_tls_opts;
+
+/* What one unfinished server-side handshake may hold: the connection, its
+ * input buffer, its two ciphertext buffers and mbedTLS's record buffers. */
+#define PMM_TLS_HANDSHAKE_COST (256u * 1024)
 
 /* Fills the defaults documented above. */
 void pmm_tls_opts_default(pmm_tls_opts *o);
@@ -226,6 +246,16 @@ int pmm_tls_server_start(pmm_tls_server **out, struct uv_loop_s *loop,
 int pmm_tls_server_addr(const pmm_tls_server *s, struct sockaddr_storage *out);
 /* Connections currently alive (in handshake, pending, open or closing). */
 size_t pmm_tls_server_conns(const pmm_tls_server *s);
+typedef struct pmm_tls_server_stats {
+    uint64_t accepted;           /* TCP connections accepted */
+    uint64_t handshakes_evicted; /* dropped to make room (EEVICTED) */
+    uint64_t handshake_timeouts; /* not done within handshake_timeout_ms */
+    uint64_t dropped;            /* over max_conns or the budget: at once */
+    uint32_t handshakes;         /* unfinished now */
+    uint32_t handshakes_peak;    /* most at once */
+} pmm_tls_server_stats;
+void pmm_tls_server_get_stats(const pmm_tls_server *s,
+                              pmm_tls_server_stats *out);
 /* Stops listening; drops handshakes in progress; closes (gracefully) every
  * connection the application has seen, whose close callbacks follow. The
  * server is freed asynchronously: s is invalid after this call. NULL ok. */

@@ -5,6 +5,7 @@
  * condition holds, under a deadline (RUN_UNTIL).
  */
 #include "membership/tls.h"
+#include "gossip/gossip.h"
 #include "tests/tap.h"
 
 #include <dirent.h>
@@ -1484,6 +1485,206 @@ static void test_max_conns(void)
     CHECK(DRAINED());
 }
 
+/* ---- handshake flood ------------------------------------------------------ */
+
+/* Half-sent ClientHellos from 127.0.0.<src>: a record header announcing
+ * 512 bytes and the start of the hello, then nothing. A connection the
+ * server drops is opened again at once while the flood is on. */
+typedef struct flood flood;
+typedef struct flood_conn {
+    uv_tcp_t tcp;
+    uv_connect_t creq;
+    uv_write_t wreq;
+    flood *f;
+    int src;
+    char rbuf[512];
+} flood_conn;
+struct flood {
+    bool on;
+    int active;
+    uint64_t opened, dropped;
+    const srv_ctx *s;
+};
+
+static const uint8_t half_hello[] = {0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00,
+                                     0x01, 0xfc, 0x03, 0x03, 1, 2, 3, 4, 5, 6,
+                                     7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
+
+static void flood_open(flood *f, int src);
+
+static void flood_closed(uv_handle_t *h)
+{
+    flood_conn *fc = h->data;
+    flood *f = fc->f;
+    int src = fc->src;
+
+    free(fc);
+    f->active--;
+    f->dropped++;
+    if (f->on)
+        flood_open(f, src);
+}
+
+static void flood_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
+{
+    flood_conn *fc = h->data;
+    (void)hint;
+    *b = uv_buf_init(fc->rbuf, sizeof fc->rbuf);
+}
+
+static void flood_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
+{
+    (void)b;
+    if (n < 0 && !uv_is_closing((uv_handle_t *)st))
+        uv_close((uv_handle_t *)st, flood_closed);
+}
+
+static void flood_written(uv_write_t *w, int status)
+{
+    (void)w;
+    (void)status;
+}
+
+static void flood_connected(uv_connect_t *req, int status)
+{
+    flood_conn *fc = req->data;
+    if (status < 0) {
+        if (!uv_is_closing((uv_handle_t *)&fc->tcp))
+            uv_close((uv_handle_t *)&fc->tcp, flood_closed);
+        return;
+    }
+    uv_buf_t b = uv_buf_init((char *)half_hello, sizeof half_hello);
+    uv_write(&fc->wreq, (uv_stream_t *)&fc->tcp, &b, 1, flood_written);
+    uv_read_start((uv_stream_t *)&fc->tcp, flood_alloc, flood_read);
+}
+
+static void flood_open(flood *f, int src)
+{
+    flood_conn *fc = calloc(1, sizeof *fc);
+    struct sockaddr_in me;
+    char ip[32];
+
+    fc->f = f;
+    fc->src = src;
+    snprintf(ip, sizeof ip, "127.0.0.%d", src);
+    uv_ip4_addr(ip, 0, &me);
+    uv_tcp_init(&loop, &fc->tcp);
+    fc->tcp.data = fc;
+    fc->creq.data = fc;
+    f->active++;
+    f->opened++;
+    if (uv_tcp_bind(&fc->tcp, (struct sockaddr *)&me, 0) != 0 ||
+        uv_tcp_connect(&fc->creq, &fc->tcp,
+                       (const struct sockaddr *)&f->s->addr,
+                       flood_connected) != 0)
+        uv_close((uv_handle_t *)&fc->tcp, flood_closed);
+}
+
+/* 100 half-sent ClientHellos from 4 addresses, renewed as fast as the
+ * server drops them, against a server with 8 handshake slots (3 per
+ * address) and budget for 6: a node still connects, again and again,
+ * and the server never holds more than its slots and budget allow */
+static void test_handshake_flood(void)
+{
+    srv_ctx s;
+    pmm_tls_opts o;
+    pmm_tls_server_stats st;
+    gsp_budget_stats bs;
+    gsp_budget *b = gsp_budget_new(6 * PMM_TLS_HANDSHAKE_COST);
+    flood f = {0};
+    static const size_t script[] = {100, 5000};
+    int ok = 0;
+
+    REQUIRE(b != NULL);
+    pmm_tls_opts_default(&o);
+    CHECK_EQ_INT(o.max_handshakes, 32);
+    CHECK_EQ_INT(o.max_handshakes_per_src, 4);
+    o.max_handshakes = 8;
+    o.max_handshakes_per_src = 3;
+    o.max_conns = 64;
+    o.budget = b;
+    REQUIRE(srv_start(&s, &o) == 0);
+    f.s = &s;
+    f.on = true;
+    for (int i = 0; i < 100; i++)
+        flood_open(&f, 2 + i % 4);
+    pmm_tls_server_get_stats(s.srv, &st);
+    CHECK(RUN_UNTIL((pmm_tls_server_get_stats(s.srv, &st),
+                     f.opened >= 150 && st.handshakes_evicted >= 100),
+                    20000));
+    for (int i = 0; i < 5; i++) {
+        cli_ctx k = {0};
+        cli_init(&k, C_SCRIPT);
+        k.script = script;
+        k.nscript = 2;
+        k.close_when_done = true;
+        if (cli_connect(&k, &s, id_a, pmm_tls_identity_fp(id_srv), NULL) !=
+            0)
+            continue;
+        if (RUN_UNTIL(k.closes == 1, 15000) && k.ok && k.done &&
+            k.close_reason == 0)
+            ok++;
+        else
+            printf("# node connection %d: opens %d closes %d reason %d\n", i,
+                   k.opens, k.closes, k.close_reason);
+        free(k.expect);
+    }
+    pmm_tls_server_get_stats(s.srv, &st);
+    gsp_budget_get(b, &bs);
+    printf("# handshake flood: %llu half-sent hellos from 4 addresses, "
+           "%llu evicted, %llu dropped at once, peak %u unfinished; 5 node "
+           "connections: %d served\n", (unsigned long long)f.opened,
+           (unsigned long long)st.handshakes_evicted,
+           (unsigned long long)st.dropped, st.handshakes_peak, ok);
+    CHECK_EQ_INT(ok, 5);
+    CHECK(st.handshakes_peak <= 6); /* the budget's 6, under the 8 slots */
+    CHECK(bs.peak <= bs.limit);
+    CHECK(st.handshakes_evicted >= 100);
+    CHECK(s.fails > 0 && s.fail_reason == PMM_TLS_EEVICTED);
+    f.on = false;
+    srv_stop(&s);
+    CHECK(RUN_UNTIL(f.active == 0, 10000));
+    CHECK(DRAINED());
+    gsp_budget_get(b, &bs);
+    CHECK_EQ_INT(bs.used, 0);
+    gsp_budget_free(b);
+}
+
+/* per address: at its cap, an address's own oldest handshake goes; the
+ * others' stay */
+static void test_handshake_per_src(void)
+{
+    srv_ctx s;
+    pmm_tls_opts o;
+    pmm_tls_server_stats st;
+    flood f = {0}, g = {0};
+
+    pmm_tls_opts_default(&o);
+    o.max_handshakes = 16;
+    o.max_handshakes_per_src = 2;
+    REQUIRE(srv_start(&s, &o) == 0);
+    f.s = g.s = &s;
+    /* two from .7: held */
+    flood_open(&g, 7);
+    flood_open(&g, 7);
+    CHECK(RUN_UNTIL((pmm_tls_server_get_stats(s.srv, &st),
+                     st.handshakes == 2), 5000));
+    /* ten from .8, one at a time: .8 never holds more than 2, .7 keeps
+     * its two */
+    for (int i = 0; i < 10; i++) {
+        flood_open(&f, 8);
+        RUN_UNTIL((pmm_tls_server_get_stats(s.srv, &st),
+                   st.accepted >= (uint64_t)(3 + i)), 5000);
+    }
+    CHECK(RUN_UNTIL((pmm_tls_server_get_stats(s.srv, &st),
+                     st.handshakes == 4 && f.dropped == 8), 5000));
+    CHECK_EQ_INT(g.dropped, 0);
+    CHECK_EQ_INT(st.handshakes_evicted, 8);
+    srv_stop(&s);
+    CHECK(RUN_UNTIL(f.active == 0 && g.active == 0, 10000));
+    CHECK(DRAINED());
+}
+
 /* a server that accepts TCP but never speaks TLS: the client's
  * connect timeout covers the handshake */
 static void silent_accept(uv_stream_t *ls, int status)
@@ -1572,6 +1773,8 @@ int main(void)
     TAP_RUN(test_close_paths);
     TAP_RUN(test_close_linger);
     TAP_RUN(test_max_conns);
+    TAP_RUN(test_handshake_flood);
+    TAP_RUN(test_handshake_per_src);
     TAP_RUN(test_client_handshake_timeout);
     TAP_RUN(test_loop_closes);
     rm_tree(tmpdir);
