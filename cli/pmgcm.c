@@ -100,6 +100,7 @@
  * -----------------------------------------------------------------------------
  */
 #include "membership/membership.h"
+#include "membership/tls.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -267,6 +268,29 @@ static void term_safe(char *dst, size_t cap, const char *s)
     dst[i] = '\0';
 }
 
+/* An argument as it may be echoed in a message: control and non-ASCII
+ * bytes become '?', and it is cut at ECHO_MAX characters with "..." (a
+ * 100 KB argument is not printed back). Four buffers in rotation, so one
+ * message can show several. */
+#define ECHO_MAX 64
+static const char *shown(const char *s)
+{
+    static char bufs[4][ECHO_MAX + 4];
+    static unsigned next;
+    char *b = bufs[next++ % 4];
+    size_t i = 0;
+
+    for (; s[i] != '\0' && i < ECHO_MAX; i++) {
+        unsigned char c = (unsigned char)s[i];
+        b[i] = (c < 0x20 || c >= 0x7f) ? '?' : (char)c;
+    }
+    if (s[i] != '\0')
+        memcpy(b + i, "...", 4);
+    else
+        b[i] = '\0';
+    return b;
+}
+
 static bool ip_ok(const char *s)
 {
     unsigned char a[16];
@@ -282,18 +306,14 @@ static bool target_ok(const char *s)
     return strlen(s) <= 64 && gsp_addr_parse(&a, s, 1) == 0;
 }
 
-/* 1..PMM_CTL_FP_MAX printable ASCII characters, no spaces (the daemon
- * checks the format). */
+/* A certificate fingerprint as pmgcm prints it (32 hex pairs joined by
+ * ':') or as 64 hex digits: the form is checked here, before any prompt
+ * or network trip (membership/tls.h pmm_tls_fp_parse). */
 static bool fingerprint_ok(const char *s)
 {
-    size_t n = strlen(s);
+    pmm_tls_fp fp;
 
-    if (n == 0 || n > PMM_CTL_FP_MAX)
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if ((unsigned char)s[i] < 0x21 || (unsigned char)s[i] > 0x7e)
-            return false;
-    return true;
+    return pmm_tls_fp_parse(&fp, s) == 0;
 }
 
 /* Why a password is unacceptable, or NULL. */
@@ -474,17 +494,17 @@ static int password_from_file(const char *path, char *pw, size_t *len)
 
     fd = open(path, O_RDONLY | O_NOCTTY | O_CLOEXEC);
     if (fd < 0)
-        return fail("cannot open password file %s: %s", path,
+        return fail("cannot open password file %s: %s", shown(path),
                     strerror(errno));
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         close(fd);
-        return fail("password file %s is not a regular file", path);
+        return fail("password file %s is not a regular file", shown(path));
     }
     if (st.st_mode & S_IROTH) {
         close(fd);
         return fail("password file %s is readable by everyone (mode %04o): "
                     "refusing to use it; run chmod o-r on it",
-                    path, (unsigned)(st.st_mode & 07777));
+                    shown(path), (unsigned)(st.st_mode & 07777));
     }
     while (n < sizeof(raw)) {
         ssize_t r = read(fd, raw + n, sizeof(raw) - n);
@@ -494,7 +514,7 @@ static int password_from_file(const char *path, char *pw, size_t *len)
             int e = errno;
             close(fd);
             explicit_bzero(raw, sizeof(raw));
-            return fail("cannot read password file %s: %s", path,
+            return fail("cannot read password file %s: %s", shown(path),
                         strerror(e));
         }
         if (r == 0)
@@ -513,7 +533,7 @@ static int password_from_file(const char *path, char *pw, size_t *len)
     why = password_problem(raw, line);
     if (why != NULL) {
         explicit_bzero(raw, sizeof(raw));
-        return fail("password file %s: %s", path,
+        return fail("password file %s: %s", shown(path),
                     line == 0 ? "the first line (the password) is empty"
                               : why);
     }
@@ -524,7 +544,22 @@ static int password_from_file(const char *path, char *pw, size_t *len)
     return 0;
 }
 
-/* From the file, or asked on the terminal (twice when confirm). */
+/* A new cluster's password (create): at least PMM_CREATE_PASSWORD_MIN
+ * characters. 0, or 1 with the message printed. */
+static int password_short(const char *pw, size_t n)
+{
+    size_t chars = pmm_utf8_chars(pw, n);
+
+    if (chars >= PMM_CREATE_PASSWORD_MIN)
+        return 0;
+    return fail("the join password is too short: %zu character%s, at least "
+                "%d are needed (anyone who reaches the node API can try "
+                "passwords; a passphrase of a few words is fine)", chars,
+                chars == 1 ? "" : "s", PMM_CREATE_PASSWORD_MIN);
+}
+
+/* From the file, or asked on the terminal (twice when confirm: a new
+ * password, which must be long enough). */
 static int get_password(const char *file, bool confirm, char *pw,
                         size_t *len)
 {
@@ -533,8 +568,12 @@ static int get_password(const char *file, bool confirm, char *pw,
     const char *why;
     int rc;
 
-    if (file != NULL)
-        return password_from_file(file, pw, len);
+    if (file != NULL) {
+        rc = password_from_file(file, pw, len);
+        if (rc == 0 && confirm && (rc = password_short(pw, *len)) != 0)
+            explicit_bzero(pw, PMM_CTL_PASSWORD_MAX + 1);
+        return rc;
+    }
     if (!tty_open())
         return fail("no terminal: use --password-file");
     if (tty_ask_secret("Enter join password: ", pw,
@@ -547,6 +586,10 @@ static int get_password(const char *file, bool confirm, char *pw,
     }
     if (!confirm)
         return 0;
+    if ((rc = password_short(pw, *len)) != 0) {
+        explicit_bzero(pw, PMM_CTL_PASSWORD_MAX + 1);
+        return rc;
+    }
     rc = tty_ask_secret("Confirm join password: ", again, sizeof(again),
                         &alen);
     if (rc == 0 && (alen != *len || memcmp(again, pw, alen) != 0))
@@ -571,7 +614,7 @@ static int ask_daemon(const char *path, const char *request, size_t len,
     int fd;
 
     if (strlen(path) > PMM_SOCKET_PATH_MAX)
-        return fail("socket path too long: %s", path);
+        return fail("socket path too long: %s", shown(path));
     fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return fail("socket: %s", strerror(errno));
@@ -898,7 +941,7 @@ static int ask_http(const char *spec, const char *path, pmm_buf *body)
 
     if (split_host(spec, host, sizeof(host), port, sizeof(port)) != 0)
         return fail("--host: '%s' is not HOST, HOST:PORT or [IPv6]:PORT",
-                    spec);
+                    shown(spec));
     fd = http_connect(host, port, deadline);
     if (fd < 0) {
         if (fd == -EHOSTUNREACH)
@@ -1613,12 +1656,12 @@ int main(int argc, char **argv)
                     if (strcmp(commands[k].name, a) == 0)
                         cmd = &commands[k];
                 if (cmd == NULL)
-                    return usage_error("unknown command '%s'", a);
+                    return usage_error("unknown command '%s'", shown(a));
                 continue;
             }
             if (c.npos >= cmd->max_pos)
                 return usage_error("%s: unexpected argument '%s'", cmdname,
-                                   a);
+                                   shown(a));
             c.pos[c.npos++] = a;
             continue;
         }
@@ -1632,9 +1675,9 @@ int main(int argc, char **argv)
         }
         if ((m = opt_value(argc, argv, &i, "--socket", &v)) != 0) {
             if (m < 0)
-                return usage_error("option '%s' needs a value", a);
+                return usage_error("option '%s' needs a value", shown(a));
             if (v[0] == '\0')
-                return usage_error("%s: empty socket path", a);
+                return usage_error("%s: empty socket path", shown(a));
             c.sock = v;
             sock_given = true;
             continue;
@@ -1642,39 +1685,42 @@ int main(int argc, char **argv)
         if ((m = opt_value(argc, argv, &i, "--host", &v)) != 0) {
             char h[256], p[8];
             if (m < 0)
-                return usage_error("option '%s' needs a value", a);
+                return usage_error("option '%s' needs a value", shown(a));
             if (split_host(v, h, sizeof(h), p, sizeof(p)) != 0)
                 return usage_error("--host: '%s' is not HOST, HOST:PORT or "
-                                   "[IPv6]:PORT", v);
+                                   "[IPv6]:PORT", shown(v));
             c.host = v;
             continue;
         }
         if ((m = opt_value(argc, argv, &i, "--output-format", &v)) != 0) {
             if (m < 0)
-                return usage_error("option '%s' needs a value", a);
+                return usage_error("option '%s' needs a value", shown(a));
             if (!set_format(&c, v))
                 return usage_error("--output-format must be text or json, "
-                                   "not '%s'", v);
+                                   "not '%s'", shown(v));
             continue;
         }
         if (cmd == NULL)
-            return usage_error("unknown option '%s'", a);
+            return usage_error("unknown option '%s'", shown(a));
         if ((cmd->opts & O_PWFILE) &&
             (m = opt_value(argc, argv, &i, "--password-file", &v)) != 0) {
             if (m < 0)
-                return usage_error("option '%s' needs a value", a);
+                return usage_error("option '%s' needs a value", shown(a));
             if (v[0] == '\0')
-                return usage_error("%s: empty file name", a);
+                return usage_error("%s: empty file name", shown(a));
             c.password_file = v;
             continue;
         }
         if ((cmd->opts & O_FP) &&
             (m = opt_value(argc, argv, &i, "--fingerprint", &v)) != 0) {
             if (m < 0)
-                return usage_error("option '%s' needs a value", a);
+                return usage_error("option '%s' needs a value", shown(a));
             if (!fingerprint_ok(v))
-                return usage_error("--fingerprint must be 1 to %d printable "
-                                   "characters (AB:CD:...)", PMM_CTL_FP_MAX);
+                return usage_error("--fingerprint '%s' is not a certificate "
+                                   "fingerprint: 32 pairs of hex digits "
+                                   "joined by ':' (AB:CD:...:EF), or the 64 "
+                                   "digits alone; `pmgcm join-cmd` on the "
+                                   "master prints it", shown(v));
             c.fingerprint = v;
             continue;
         }
@@ -1682,10 +1728,10 @@ int main(int argc, char **argv)
             ((m = opt_value(argc, argv, &i, "--master-ip", &v)) != 0 ||
              (m = opt_value(argc, argv, &i, "--master_ip", &v)) != 0)) {
             if (m < 0)
-                return usage_error("option '%s' needs a value", a);
+                return usage_error("option '%s' needs a value", shown(a));
             if (!ip_ok(v))
                 return usage_error("%s: '%s' is not an IPv4 or IPv6 address",
-                                   a, v);
+                                   shown(a), shown(v));
             c.master_ip = v;
             continue;
         }
@@ -1709,7 +1755,7 @@ int main(int argc, char **argv)
             c.accept = true;
             continue;
         }
-        return usage_error("%s: unknown option '%s'", cmdname, a);
+        return usage_error("%s: unknown option '%s'", cmdname, shown(a));
     }
     if (cmd == NULL)
         return usage_error("%s", "no command given");
@@ -1735,7 +1781,7 @@ int main(int argc, char **argv)
         if (!target_ok(c.pos[0]))
             return usage_error("join: '%s' is not an IPv4 or IPv6 address "
                                "(with an optional port: IP:PORT, "
-                               "[IPv6]:PORT)", c.pos[0]);
+                               "[IPv6]:PORT)", shown(c.pos[0]));
         return cmd_join(&c);
     }
     if (strcmp(cmdname, "join-cmd") == 0)
@@ -1748,7 +1794,7 @@ int main(int argc, char **argv)
         if (n == 0 || n > 5 || strspn(s, "0123456789") != n ||
             (v = strtoul(s, NULL, 10)) < 1 || v > 65535)
             return usage_error("delete: bad cid '%s' (an integer from 1 to "
-                               "65535)", s);
+                               "65535)", shown(s));
         return cmd_delete(&c, (unsigned)v);
     }
     if (strcmp(cmdname, "promote") == 0)

@@ -146,6 +146,16 @@ static size_t utf8_seq(const unsigned char *s, size_t n)
     return len;
 }
 
+size_t pmm_utf8_chars(const char *s, size_t n)
+{
+    size_t c = 0;
+
+    for (size_t i = 0; i < n; i++)
+        if (((unsigned char)s[i] & 0xc0) != 0x80)
+            c++;
+    return c;
+}
+
 bool pmm_utf8_valid(const char *str, size_t n)
 {
     const unsigned char *s = (const unsigned char *)str;

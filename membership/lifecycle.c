@@ -16,6 +16,7 @@
  */
 #include "membership/cluster.h"
 #include "membership/cluster.pb-c.h"
+#include "membership/guard.h"
 #include "membership/precheck.h"
 #include "membership/repl.h"
 
@@ -30,9 +31,18 @@
 #define OP_TIMEOUT_MS 5000
 #define HEAL_INTERVAL_MS 5000
 #define ROT_WAIT_MS 10000
-#define THROTTLE_SLOTS 64
-#define THROTTLE_MAX_MS 8000
 #define FRAME_MAX (8u << 20)
+/* the node API's limits on unauthenticated peers (see membership/tls.h
+ * for the handshakes, membership/guard.h for the choice of what goes) */
+#define API_HANDSHAKES_MAX 32     /* unfinished TLS handshakes at once ... */
+#define API_HANDSHAKES_PER_SRC 4  /* ... from one address */
+#define API_HANDSHAKE_MS 5000     /* accept to verify */
+#define API_JOINERS_MAX 16        /* unknown certificates past the handshake */
+#define API_JOINERS_PER_SRC 2
+#define API_CONNS_HARD_MAX 4096   /* a safety net over everything */
+/* known nodes' streams: subscribe + per-origin per peer, fetches, files */
+#define API_STREAMS_BASE 64
+#define API_STREAMS_PER_NODE 3
 
 typedef Pmgcm__Cluster__Request Req;
 typedef Pmgcm__Cluster__Response Resp;
@@ -68,6 +78,11 @@ typedef struct sconn {
     bool busy;
     char peer_ip[PMM_IP_STR_MAX + 1];
     void *stream; /* a store stream (repl.c) owns the connection */
+    /* what it counts against: a known node's stream, or a joiner */
+    bool node, joiner;
+    pmm_src src;
+    uint64_t seq;
+    struct sconn *jprev, *jnext; /* lc->joiners, oldest first */
 } sconn;
 
 typedef struct save_waiter {
@@ -76,12 +91,6 @@ typedef struct save_waiter {
     struct save_waiter *next;
 } save_waiter;
 
-typedef struct throttle {
-    char ip[PMM_IP_STR_MAX + 1];
-    uint32_t fails;
-    uint64_t last;
-    bool pending;
-} throttle;
 
 struct pmm_lc {
     pmm_lc_env env;
@@ -101,7 +110,13 @@ struct pmm_lc {
     bool save_again;  /* state changed while a write was in flight */
     save_waiter *waiting, *inflight;
 
-    throttle thr[THROTTLE_SLOTS];
+    pmm_thr *thr; /* the join throttle (guard.h), made at the first join */
+    /* node API connections past the handshake */
+    uint32_t n_node_conns, n_joiners;
+    sconn *joiners, *joiners_last;
+    uint64_t sconn_seq;
+    uint64_t refused_streams, refused_joiners;
+    uint64_t last_refuse_log;
 
     /* newest config position announced by anyone (ours included) */
     uint64_t seen_epoch, seen_version;
@@ -821,19 +836,6 @@ static void sconn_reply(sconn *s, bool ok, const char *error,
     pmm_tls_conn_close(s->conn);
 }
 
-static throttle *throttle_slot(pmm_lc *lc, const char *ip)
-{
-    throttle *oldest = &lc->thr[0];
-    for (size_t i = 0; i < THROTTLE_SLOTS; i++) {
-        if (!strcmp(lc->thr[i].ip, ip)) return &lc->thr[i];
-        if (lc->thr[i].last < oldest->last && !lc->thr[i].pending)
-            oldest = &lc->thr[i];
-    }
-    memset(oldest, 0, sizeof(*oldest));
-    snprintf(oldest->ip, sizeof(oldest->ip), "%s", ip);
-    return oldest;
-}
-
 typedef struct join_job {
     uv_work_t w;
     uv_timer_t delay;
@@ -845,7 +847,7 @@ typedef struct join_job {
     uint8_t hash[PMM_HASH_LEN];
     int rc;
     pmm_cnode cand;
-    throttle *thr;
+    uint32_t thr_slot; /* the throttle's attempt (pmm_thr_begin) */
     char *schema; /* the joiner's table definitions, or NULL */
 } join_job;
 
@@ -899,7 +901,7 @@ static void join_delay_closed(uv_handle_t *h)
 static void join_delay_done(uv_timer_t *t)
 {
     join_job *j = t->data;
-    j->thr->pending = false;
+    pmm_thr_end(j->lc->thr, j->thr_slot, false, now_ms(j->lc));
     sconn_reply(j->s, false, "wrong password", NULL, false, 0);
     sconn_release(j->s);
     uv_close((uv_handle_t *)&j->delay, join_delay_closed);
@@ -915,7 +917,7 @@ static void join_hash_body(join_job *j, int status, pmm_lc *lc)
 {
     sconn *s = j->s;
     if (status || j->rc || lc->closing) {
-        j->thr->pending = false;
+        pmm_thr_end(lc->thr, j->thr_slot, false, now_ms(lc));
         sconn_reply(s, false, "internal error", NULL, false, 0);
         sconn_release(s);
         join_job_free(j);
@@ -927,19 +929,22 @@ static void join_hash_body(join_job *j, int status, pmm_lc *lc)
     if (!is_master(lc)) {
         why = "this node is no longer the master";
     } else if (!pmm_password_match(j->hash, lc->cl.hash)) {
-        throttle *t = j->thr;
-        t->fails++;
-        t->last = now_ms(lc);
-        uint64_t d = 250ull << (t->fails < 6 ? t->fails : 6);
-        if (d > THROTTLE_MAX_MS) d = THROTTLE_MAX_MS;
+        uint32_t fails = 0;
+        uint64_t d = pmm_thr_fail(lc->thr, j->thr_slot, now_ms(lc), &fails);
+        pmm_thr_stats ts;
+        char grp[64];
+        pmm_thr_stats_get(lc->thr, now_ms(lc), &ts);
+        pmm_src_str(&s->src, true, grp, sizeof(grp));
         lc_log(PMM_LOG_WARN, "join from %s: wrong password (attempt %u, "
-               "answer delayed %llu ms)", s->peer_ip, t->fails,
-               (unsigned long long)d);
+               "answer delayed %llu ms) [attempts counted for %s; %u more "
+               "wrong passwords from anywhere before the master pauses "
+               "joins]", s->peer_ip, fails, (unsigned long long)d, grp,
+               ts.tokens);
         uv_timer_init(lc->loop, &j->delay);
         j->delay.data = j;
         lc->refs++;
         uv_timer_start(&j->delay, join_delay_done, d, 0);
-        return; /* pending stays set until the delay ends */
+        return; /* the group stays busy until the delay ends */
     } else {
         const pmm_cnode *c;
         if ((c = pmm_cluster_by_name(&lc->cl, j->cand.name))) {
@@ -967,14 +972,15 @@ static void join_hash_body(join_job *j, int status, pmm_lc *lc)
             why = sbuf;
         }
     }
-    j->thr->pending = false;
+    /* the password was right: the group's count starts again (unless
+     * the master changed under us: then there was no verdict) */
+    pmm_thr_end(lc->thr, j->thr_slot, is_master(lc), now_ms(lc));
     if (why) {
         sconn_reply(s, false, why, NULL, false, 0);
         sconn_release(s);
         join_job_free(j);
         return;
     }
-    j->thr->fails = 0;
     uint32_t cid;
     if (pmm_cluster_add(&lc->cl, &j->cand, &cid)) {
         sconn_reply(s, false, "the cluster is full", NULL, false, 0);
@@ -1030,17 +1036,14 @@ static void handle_join(pmm_lc *lc, sconn *s, const Req *r)
         sconn_reply(s, false, "malformed join request", NULL, false, 0);
         return;
     }
-    throttle *t = throttle_slot(lc, s->peer_ip);
-    if (t->pending) {
-        sconn_reply(s, false, "another join attempt from this address is in "
-                    "progress; retry later", NULL, false, 0);
+    if (!lc->thr && !(lc->thr = pmm_thr_new(NULL, now_ms(lc)))) {
+        sconn_reply(s, false, "internal error", NULL, false, 0);
         return;
     }
     join_job *j = calloc(1, sizeof(*j));
     if (!j) return;
     j->lc = lc;
     j->s = s;
-    j->thr = t;
     snprintf(j->password, sizeof(j->password), "%s", jr->password);
     memcpy(j->salt, lc->cl.salt, PMM_SALT_LEN);
     j->iter = lc->cl.iter;
@@ -1075,14 +1078,48 @@ static void handle_join(pmm_lc *lc, sconn *s, const Req *r)
         }
         pmm_cluster_clear(&probe);
     }
-    t->pending = true;
-    t->last = now_ms(lc);
+    /* the throttle: one attempt at a time per /24 (/64), within the
+     * cluster-wide budget of failures */
+    eb[0] = '\0';
+    {
+        uint64_t retry = 0;
+        char grp[64];
+        pmm_src_str(&s->src, true, grp, sizeof(grp));
+        switch (pmm_thr_begin(lc->thr, &s->src, now_ms(lc), &j->thr_slot,
+                              &retry)) {
+        case PMM_THR_GO:
+            break;
+        case PMM_THR_BUSY:
+            snprintf(eb, sizeof(eb), "another join attempt from this "
+                     "address (%s) is in progress; retry later", grp);
+            break;
+        case PMM_THR_GLOBAL:
+            snprintf(eb, sizeof(eb), "too many wrong join passwords on this "
+                     "master recently (from any address); retry in %llu s",
+                     (unsigned long long)(retry + 999) / 1000);
+            lc_log(PMM_LOG_WARN, "join from %s refused: the cluster-wide "
+                   "budget of wrong passwords is spent", s->peer_ip);
+            break;
+        case PMM_THR_FULL:
+            snprintf(eb, sizeof(eb), "too many addresses are trying join "
+                     "passwords on this master; retry in %llu s",
+                     (unsigned long long)(retry + 999) / 1000);
+            lc_log(PMM_LOG_WARN, "join from %s refused: every throttle slot "
+                   "holds a recently failing address", s->peer_ip);
+            break;
+        }
+        if (eb[0] != '\0') {
+            join_job_free(j);
+            sconn_reply(s, false, eb, NULL, false, 0);
+            return;
+        }
+    }
     s->busy = true;
     j->w.data = j;
     lc->refs++;
     if (uv_queue_work(lc->loop, &j->w, join_hash_work, join_hash_after)) {
         lc_unref(lc);
-        t->pending = false;
+        pmm_thr_end(lc->thr, j->thr_slot, false, now_ms(lc));
         s->busy = false;
         join_job_free(j);
         sconn_reply(s, false, "internal error", NULL, false, 0);
@@ -1105,9 +1142,91 @@ static void handle_removed(pmm_lc *lc, sconn *s, const Req *r)
     removed_from_cluster(lc, "deleted by the master");
 }
 
+/* Known nodes' streams allowed at once: room for every peer's subscribe
+ * and per-origin streams (the master serves 2(N-1)), fetches and files. */
+static uint32_t streams_max(const pmm_lc *lc)
+{
+    size_t n = lc->in_cluster ? lc->cl.n_nodes : 1;
+    return API_STREAMS_BASE + API_STREAMS_PER_NODE * (uint32_t)n;
+}
+
+static void joiner_unlink(pmm_lc *lc, sconn *s)
+{
+    if (!s->joiner)
+        return;
+    s->joiner = false;
+    if (s->jprev) s->jprev->jnext = s->jnext;
+    else lc->joiners = s->jnext;
+    if (s->jnext) s->jnext->jprev = s->jprev;
+    else lc->joiners_last = s->jprev;
+    s->jprev = s->jnext = NULL;
+    lc->n_joiners--;
+}
+
+/* Room for a new joiner from src: at the per-address cap that address's
+ * oldest idle joiner goes, at the global cap the oldest idle one of the
+ * address holding the most. A joiner whose request is being handled
+ * (busy: hashing, its wrong password's delay) is never dropped. false when
+ * there is no room. */
+static bool joiner_room(pmm_lc *lc, const pmm_src *src)
+{
+    pmm_guard_ent e[API_JOINERS_MAX + 1] = {{{0, {0}}, 0, 0}};
+    sconn *who[API_JOINERS_MAX + 1];
+    size_t n = 0, v;
+    uint32_t same = 0;
+
+    for (sconn *o = lc->joiners; o && n < API_JOINERS_MAX + 1; o = o->jnext) {
+        e[n].src = o->src;
+        e[n].cls = o->busy || o->stream ? -1 : 0;
+        e[n].seq = o->seq;
+        who[n++] = o;
+        if (pmm_src_eq(&o->src, src)) same++;
+    }
+    if (same >= API_JOINERS_PER_SRC) {
+        v = pmm_guard_victim_of(e, n, SIZE_MAX, src);
+        if (v >= n) return false;
+        pmm_tls_conn_abort(who[v]->conn);
+        joiner_unlink(lc, who[v]);
+        return lc->n_joiners < API_JOINERS_MAX || joiner_room(lc, src);
+    }
+    if (lc->n_joiners < API_JOINERS_MAX) return true;
+    v = pmm_guard_victim(e, n, SIZE_MAX);
+    if (v >= n) return false;
+    pmm_tls_conn_abort(who[v]->conn);
+    joiner_unlink(lc, who[v]);
+    return true;
+}
+
 static int srv_verify(pmm_tls_conn *c, const pmm_tls_fp *peer, void *ud)
 {
     pmm_lc *lc = ud;
+    struct sockaddr_storage ss;
+    pmm_src src;
+    char fps[PMM_TLS_FP_STR_SIZE];
+    bool known;
+
+    memset(&ss, 0, sizeof(ss));
+    pmm_tls_conn_peer_addr(c, &ss);
+    pmm_src_from_sa(&src, (struct sockaddr *)&ss);
+    pmm_tls_fp_str(peer, fps, sizeof(fps));
+    known = lc->in_cluster && pmm_cluster_by_fp(&lc->cl, fps);
+    if (known && lc->n_node_conns >= streams_max(lc)) {
+        lc->refused_streams++;
+        if (now_ms(lc) >= lc->last_refuse_log + 10000) {
+            lc->last_refuse_log = now_ms(lc);
+            lc_log(PMM_LOG_WARN, "node API: %u streams of known nodes open "
+                   "(the most for %zu nodes): one more refused (%llu so far)",
+                   lc->n_node_conns, lc->cl.n_nodes,
+                   (unsigned long long)lc->refused_streams);
+        }
+        pmm_tls_conn_set_ud(c, NULL);
+        return PMM_TLS_REFUSE;
+    }
+    if (!known && !joiner_room(lc, &src)) {
+        lc->refused_joiners++;
+        pmm_tls_conn_set_ud(c, NULL);
+        return PMM_TLS_REFUSE;
+    }
     sconn *s = calloc(1, sizeof(*s));
     if (!s) {
         pmm_tls_conn_set_ud(c, NULL);
@@ -1115,20 +1234,26 @@ static int srv_verify(pmm_tls_conn *c, const pmm_tls_fp *peer, void *ud)
     }
     s->lc = lc;
     s->conn = c;
-    struct sockaddr_storage ss;
-    if (pmm_tls_conn_peer_addr(c, &ss) == 0) {
-        if (ss.ss_family == AF_INET)
-            inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr,
-                      s->peer_ip, sizeof(s->peer_ip));
-        else
-            inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr,
-                      s->peer_ip, sizeof(s->peer_ip));
-    }
+    s->src = src;
+    s->seq = ++lc->sconn_seq;
+    if (ss.ss_family == AF_INET)
+        inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr,
+                  s->peer_ip, sizeof(s->peer_ip));
+    else if (ss.ss_family == AF_INET6)
+        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr,
+                  s->peer_ip, sizeof(s->peer_ip));
     pmm_tls_conn_set_ud(c, s);
-    char fps[PMM_TLS_FP_STR_SIZE];
-    pmm_tls_fp_str(peer, fps, sizeof(fps));
-    if (lc->in_cluster && pmm_cluster_by_fp(&lc->cl, fps))
+    if (known) {
+        s->node = true;
+        lc->n_node_conns++;
         return PMM_TLS_ACCEPT_NODE;
+    }
+    s->joiner = true;
+    s->jprev = lc->joiners_last;
+    if (lc->joiners_last) lc->joiners_last->jnext = s;
+    else lc->joiners = s;
+    lc->joiners_last = s;
+    lc->n_joiners++;
     /* an unauthenticated joiner only ever sends a small join request */
     pmm_tls_conn_set_max_frame(c, 64 * 1024);
     pmm_tls_conn_set_idle_timeout(c, 15000);
@@ -1218,7 +1343,14 @@ static void srv_writable(pmm_tls_conn *c, void *ud)
 static void srv_close(pmm_tls_conn *c, int reason, void *ud)
 {
     sconn *s = ud;
+    (void)c;
+    (void)reason;
     if (!s) return;
+    joiner_unlink(s->lc, s);
+    if (s->node) {
+        s->node = false;
+        s->lc->n_node_conns--;
+    }
     if (s->stream) {
         pmm_repl_srv_close(s->stream);
         s->stream = NULL;
@@ -1307,6 +1439,14 @@ static void cmd_create(pmm_lc *lc, pmm_ctl_req *ctl, const pmm_json *args)
         pw->str_len > PMM_PASSWORD_MAX || strlen(pw->str) != pw->str_len) {
         pmm_ctl_reply_error(ctl, "a join password of 1 to %d bytes is needed",
                             PMM_PASSWORD_MAX);
+        return;
+    }
+    if (pmm_utf8_chars(pw->str, pw->str_len) < PMM_CREATE_PASSWORD_MIN) {
+        pmm_ctl_reply_error(ctl, "the join password is too short: it has %zu "
+                            "characters, at least %d are needed (anyone who "
+                            "reaches the node API can try passwords)",
+                            pmm_utf8_chars(pw->str, pw->str_len),
+                            PMM_CREATE_PASSWORD_MIN);
         return;
     }
     create_job *j = calloc(1, sizeof(*j));
@@ -2140,7 +2280,11 @@ int pmm_lc_start(pmm_lc **out, const pmm_lc_env *env, char *err,
     pmm_tls_opts_default(&opts);
     opts.max_frame = FRAME_MAX;
     opts.idle_timeout_ms = 30000;
-    opts.max_conns = 64;
+    opts.max_conns = API_CONNS_HARD_MAX;
+    opts.handshake_timeout_ms = API_HANDSHAKE_MS;
+    opts.max_handshakes = API_HANDSHAKES_MAX;
+    opts.max_handshakes_per_src = API_HANDSHAKES_PER_SRC;
+    opts.budget = env->budget;
     rc = pmm_tls_server_start(&lc->srv, lc->loop, (struct sockaddr *)&ss,
                               lc->tls, &cb, &opts);
     if (rc) {
@@ -2270,6 +2414,7 @@ static void lc_unref(pmm_lc *lc)
     if (!lc->closing || lc->refs > 0) return;
     pmm_cluster_clear(&lc->cl);
     pmm_tls_identity_free(lc->tls);
+    pmm_thr_free(lc->thr);
     free(lc);
 }
 

@@ -434,6 +434,14 @@ void pmm_buf_wipe(pmm_buf *b);
 int pmm_json_str(pmm_buf *b, const char *s, size_t n);
 /* True when s (n bytes) is valid UTF-8 (no overlongs, no surrogates). */
 bool pmm_utf8_valid(const char *s, size_t n);
+/* Characters (code points) in s (n bytes of valid UTF-8). */
+size_t pmm_utf8_chars(const char *s, size_t n);
+
+/* `pmgcm create` refuses a join password shorter than this many
+ * characters (the join throttle slows guessing; it cannot make a short
+ * password strong). Join itself takes whatever the cluster was made
+ * with. */
+#define PMM_CREATE_PASSWORD_MIN 12
 
 #define PMM_JSON_MAX_INPUT (16u * 1024 * 1024)
 #define PMM_JSON_MAX_DEPTH 32

@@ -26,6 +26,14 @@
 #include <unistd.h>
 
 #define MAXREQ 4
+
+/* a well-formed certificate fingerprint, as pmgcm prints it, in lower
+ * case, and as the 64 digits alone */
+#define FP "AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:" \
+           "67:89:AB:CD:EF:01:23:45:67:89"
+#define FP_LC "ab:cd:ef:01:23:45:67:89:ab:cd:ef:01:23:45:67:89:ab:cd:ef:01:23:" \
+              "45:67:89:ab:cd:ef:01:23:45:67:89"
+#define FP_HEX "abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789"
 #define OUT_MAX 16384
 
 static char bin[512], dir[64], sock_path[96], pwfile[160];
@@ -275,11 +283,11 @@ static void test_join_request(void)
     set_pw("s3cret pw\n", 0600);
     run_cli(&r, ANS("{\"ok\":true,\"cid\":4}\n"), NULL,
             ARGS("--socket", sock_path, "join", "--no-wait", "10.0.0.1", "--fingerprint",
-                 "X", "--password-file", pwfile));
+                 FP, "--password-file", pwfile));
     CHECK_EQ_INT(r.rc, 0);
     CHECK_EQ_INT(r.nreq, 1);
     CHECK(strcmp(r.req[0], "{\"cmd\":\"join\",\"ip\":\"10.0.0.1\","
-                           "\"fingerprint\":\"X\",\"password\":"
+                           "\"fingerprint\":\"" FP "\",\"password\":"
                            "\"s3cret pw\"}\n") == 0);
     CHECK(strcmp(r.out, "joined cluster as cid 4\n") == 0);
     CHECK(strcmp(r.err, "") == 0);
@@ -291,10 +299,10 @@ static void test_join_request(void)
     set_pw("q\"b\\s \xc3\xa9\r\nsecond line\n", 0640);
     run_cli(&r, ANS("{\"ok\":true,\"cid\":5}\n"), NULL,
             ARGS("join", "--no-wait", "--password-file", pwfile, "--socket", sock_path,
-                 "fd00::1", "--fingerprint=AB:cd:EF"));
+                 "fd00::1", "--fingerprint=" FP_LC));
     CHECK_EQ_INT(r.rc, 0);
     CHECK(strcmp(r.req[0], "{\"cmd\":\"join\",\"ip\":\"fd00::1\","
-                           "\"fingerprint\":\"AB:cd:EF\",\"password\":"
+                           "\"fingerprint\":\"" FP_LC "\",\"password\":"
                            "\"q\\\"b\\\\s \xc3\xa9\"}\n") == 0);
     REQUIRE(pmm_ctl_parse_request(r.req[0], strlen(r.req[0]), &cmd, &args,
                                   err, sizeof(err)) == 0);
@@ -307,10 +315,10 @@ static void test_join_request(void)
     /* a master whose node API is off the default port (join-cmd's line) */
     run_cli(&r, ANS("{\"ok\":true,\"cid\":6}\n"), NULL,
             ARGS("--socket", sock_path, "join", "--no-wait", "[fd00::1]:7957",
-                 "--fingerprint", "AB", "--password-file", pwfile));
+                 "--fingerprint", FP_HEX, "--password-file", pwfile));
     CHECK_EQ_INT(r.rc, 0);
     CHECK(strcmp(r.req[0], "{\"cmd\":\"join\",\"ip\":\"[fd00::1]:7957\","
-                           "\"fingerprint\":\"AB\",\"password\":"
+                           "\"fingerprint\":\"" FP_HEX "\",\"password\":"
                            "\"q\\\"b\\\\s \xc3\xa9\"}\n") == 0);
     REQUIRE(pmm_ctl_parse_request(r.req[0], strlen(r.req[0]), &cmd, &args,
                                   err, sizeof(err)) == 0);
@@ -335,7 +343,7 @@ static void test_join_waits_for_data(void)
                 "\"tables\":2,\"tables_done\":2,\"elapsed_ms\":250}}}\n"),
             NULL,
             ARGS("--socket", sock_path, "join", "10.0.0.1", "--fingerprint",
-                 "X", "--password-file", pwfile));
+                 FP, "--password-file", pwfile));
     CHECK_EQ_INT(r.rc, 0);
     CHECK_EQ_INT(r.nreq, 3);
     CHECK(strcmp(r.req[1], "{\"cmd\":\"status\"}\n") == 0);
@@ -352,7 +360,7 @@ static void test_join_waits_for_data(void)
                 "bigint)\\\"\",\"loaded\":false}}\n"),
             NULL,
             ARGS("--socket", sock_path, "join", "10.0.0.1", "--fingerprint",
-                 "X", "--password-file", pwfile));
+                 FP, "--password-file", pwfile));
     CHECK_EQ_INT(r.rc, 1);
     CHECK(strstr(r.err, "schema mismatch: master has") != NULL);
     CHECK(strstr(r.err, "nothing was changed") != NULL);
@@ -362,7 +370,7 @@ static void test_join_waits_for_data(void)
     /* no replicated database on the node: done after one status */
     run_cli(&r, ANS("{\"ok\":true,\"cid\":6}\n", "{\"ok\":true}\n"), NULL,
             ARGS("--socket", sock_path, "join", "10.0.0.1", "--fingerprint",
-                 "X", "--password-file", pwfile));
+                 FP, "--password-file", pwfile));
     CHECK_EQ_INT(r.rc, 0);
     CHECK_EQ_INT(r.nreq, 2);
     CHECK(strcmp(r.out, "joined cluster as cid 6\n") == 0);
@@ -379,12 +387,13 @@ static void test_commands(void)
         "\"cid\":2,\"ip\":\"192.168.2.128\",\"role\":\"node\",\"state\":"
         "\"S\",\"uptime\":60,\"load\":0,\"mem\":10,\"disk\":20}]}\n";
 
-    set_pw("pw\n", 0600);
+    set_pw("a long enough pw\n", 0600);
     run_cli(&r, ANS("{\"ok\":true,\"cid\":1,\"fingerprint\":\"AB:CD\"}\n"),
             NULL, ARGS("--socket", sock_path, "create", "--password-file",
                        pwfile));
     CHECK_EQ_INT(r.rc, 0);
-    CHECK(strcmp(r.req[0], "{\"cmd\":\"create\",\"password\":\"pw\"}\n") == 0);
+    CHECK(strcmp(r.req[0], "{\"cmd\":\"create\",\"password\":"
+                           "\"a long enough pw\"}\n") == 0);
     CHECK(strcmp(r.out, "cluster created: this node is master (cid 1)\n"
                         "fingerprint: AB:CD\n") == 0);
 
@@ -467,7 +476,7 @@ static void test_join_fetches_fingerprint(void)
 
     set_pw("pw\n", 0600);
     run_cli(&r,
-            ANS("{\"ok\":true,\"fingerprint\":\"AB:CD:EF\"}\n",
+            ANS("{\"ok\":true,\"fingerprint\":\"" FP "\"}\n",
                 "{\"ok\":true,\"cid\":2}\n"),
             NULL, ARGS("--socket", sock_path, "join", "--no-wait", "10.0.0.1",
                        "--password-file", pwfile, "--yes"));
@@ -476,14 +485,14 @@ static void test_join_fetches_fingerprint(void)
     CHECK(strcmp(r.req[0], "{\"cmd\":\"fingerprint\",\"ip\":\"10.0.0.1\"}\n")
           == 0);
     CHECK(strcmp(r.req[1], "{\"cmd\":\"join\",\"ip\":\"10.0.0.1\","
-                           "\"fingerprint\":\"AB:CD:EF\",\"password\":"
+                           "\"fingerprint\":\"" FP "\",\"password\":"
                            "\"pw\"}\n") == 0);
-    CHECK(strstr(r.err, "AB:CD:EF") != NULL);
+    CHECK(strstr(r.err, FP) != NULL);
     CHECK(strcmp(r.out, "joined cluster as cid 2\n") == 0);
 
     /* json: only the final answer is the output */
     run_cli(&r,
-            ANS("{\"ok\":true,\"fingerprint\":\"AB:CD:EF\"}\n",
+            ANS("{\"ok\":true,\"fingerprint\":\"" FP "\"}\n",
                 "{\"ok\":true,\"cid\":2}\n"),
             NULL, ARGS("--socket", sock_path, "--output-format", "json",
                        "join", "--no-wait", "10.0.0.1", "--password-file", pwfile,
@@ -539,7 +548,7 @@ static void test_password_file(void)
     /* the same for join, before anything is asked */
     run_cli(&r, NOANS, NULL,
             ARGS("--socket", sock_path, "join", "--no-wait", "10.0.0.1",
-                 "--password-file", pwfile, "--fingerprint", "X"));
+                 "--password-file", pwfile, "--fingerprint", FP));
     CHECK_EQ_INT(r.rc, 1);
     CHECK_EQ_INT(r.nreq, 0);
     CHECK(strstr(r.err, "readable by everyone") != NULL);
@@ -629,11 +638,11 @@ static void test_usage_errors(void)
     expect_usage(ARGS(S, "join", "10.0.0.1", "10.0.0.2"));
     expect_usage(ARGS(S, "join", "mail1.example.com", "--yes",
                       "--password-file", pwfile));
-    expect_usage(ARGS(S, "join", "10.0.0.1:0", "--fingerprint", "X",
+    expect_usage(ARGS(S, "join", "10.0.0.1:0", "--fingerprint", FP,
                       "--password-file", pwfile));
-    expect_usage(ARGS(S, "join", "10.0.0.1:65536", "--fingerprint", "X",
+    expect_usage(ARGS(S, "join", "10.0.0.1:65536", "--fingerprint", FP,
                       "--password-file", pwfile));
-    expect_usage(ARGS(S, "join", "fd00::1:7957:", "--fingerprint", "X",
+    expect_usage(ARGS(S, "join", "fd00::1:7957:", "--fingerprint", FP,
                       "--password-file", pwfile));
     expect_usage(ARGS(S, "join", "10.0.0.1", "--fingerprint"));
     expect_usage(ARGS(S, "join", "10.0.0.1", "--fingerprint", "A B"));
@@ -661,6 +670,143 @@ static void test_usage_errors(void)
     expect_usage(ARGS(S, "sync", "--master-ip", "master.example.com"));
     expect_usage(ARGS(S, "sync", "--master_ip=10.0.0"));
     expect_usage(ARGS(S, "sync", "--masterip", "10.0.0.2"));
+}
+
+/* The fingerprint's form is checked by pmgcm itself: exit 2 before any
+ * prompt or request. Echoed arguments are cut, control bytes defused. */
+static void test_fingerprint_form_and_echo(void)
+{
+    static const char *const bad[] = {
+        "X",
+        "AB:CD:EF",
+        /* 31 pairs */
+        "AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:"
+        "67:89:AB:CD:EF:01:23:45:67",
+        /* a G */
+        "AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:"
+        "67:89:AB:CD:EF:01:23:45:67:8G",
+        /* dashes */
+        "AB-CD-EF-01-23-45-67-89-AB-CD-EF-01-23-45-67-89-AB-CD-EF-01-23-45-"
+        "67-89-AB-CD-EF-01-23-45-67-89",
+        /* 64 digits with one colon */
+        "abcdef0123456789abcdef0123456789:bcdef0123456789abcdef0123456789",
+        " " FP,
+    };
+    static char huge[100 * 1024 + 1];
+    char arg[200];
+    run r;
+
+    set_pw("pw\n", 0600);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        expect_usage(ARGS(S, "join", "10.0.0.1", "--fingerprint", bad[i],
+                          "--password-file", pwfile));
+        /* on a terminal: no password is asked first */
+        if (i == 0) {
+            int fd = posix_openpt(O_RDWR | O_NOCTTY);
+            if (fd >= 0) {
+                close(fd);
+                run_cli(&r, NOANS,
+                        (const step[]){{"Enter join password: ", "pw"},
+                                       {NULL, NULL}},
+                        ARGS(S, "join", "10.0.0.1", "--fingerprint",
+                             bad[i]));
+                CHECK_EQ_INT(r.rc, 2);
+                CHECK_EQ_INT(r.nreq, 0);
+                CHECK(strstr(r.tty, "password") == NULL);
+                CHECK(strstr(r.err, "is not a certificate fingerprint") !=
+                      NULL);
+                if (r.rc != 2)
+                    show(&r);
+            }
+        }
+    }
+    /* the three good forms are sent as given */
+    run_cli(&r, ANS("{\"ok\":true,\"cid\":4}\n"), NULL,
+            ARGS(S, "join", "--no-wait", "10.0.0.1", "--fingerprint", FP_HEX,
+                 "--password-file", pwfile));
+    CHECK_EQ_INT(r.rc, 0);
+
+    /* a 100 KB argument is echoed cut, with "..." */
+    memset(huge, 'Z', sizeof(huge) - 1);
+    huge[1] = '\x1b';
+    run_cli(&r, NOANS, NULL, ARGS(S, huge));
+    CHECK_EQ_INT(r.rc, 2);
+    CHECK(strlen(r.err) < 4096);
+    CHECK(strstr(r.err, "pmgcm: unknown command 'Z?ZZZ") == r.err);
+    snprintf(arg, sizeof(arg), "unknown command 'Z?%.*s...'\n", 62,
+             huge + 2);
+    CHECK(strstr(r.err, arg) != NULL);
+    CHECK(strchr(r.err, '\x1b') == NULL);
+    run_cli(&r, NOANS, NULL,
+            ARGS(S, "join", "10.0.0.1", "--fingerprint", huge));
+    CHECK_EQ_INT(r.rc, 2);
+    CHECK(strlen(r.err) < 4096);
+    CHECK(strstr(r.err, "ZZZ...' is not a certificate fingerprint") != NULL);
+    huge[0] = '-';
+    huge[1] = '-';
+    run_cli(&r, NOANS, NULL, ARGS(S, "status", huge));
+    CHECK_EQ_INT(r.rc, 2);
+    CHECK(strlen(r.err) < 4096);
+    CHECK(strstr(r.err, "...'") != NULL);
+    run_cli(&r, NOANS, NULL, ARGS(S, "delete", huge + 2));
+    CHECK_EQ_INT(r.rc, 2);
+    CHECK(strlen(r.err) < 4096);
+    if (strlen(r.err) >= 4096)
+        printf("#   stderr is %zu bytes\n", strlen(r.err));
+}
+
+/* create: a password shorter than 12 characters is refused, in words,
+ * before anything is sent; 12 characters (not bytes) are enough */
+static void test_create_short_password(void)
+{
+    run r;
+
+    set_pw("eleven char\n", 0600);
+    run_cli(&r, ANS("{\"ok\":true,\"cid\":1}\n"), NULL,
+            ARGS(S, "create", "--password-file", pwfile));
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK_EQ_INT(r.nreq, 0);
+    CHECK(strcmp(r.err, "pmgcm: the join password is too short: 11 "
+                        "characters, at least 12 are needed (anyone who "
+                        "reaches the node API can try passwords; a "
+                        "passphrase of a few words is fine)\n") == 0);
+    if (r.rc != 1)
+        show(&r);
+    /* 11 characters in 20 bytes: still too short */
+    set_pw("\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4"
+           "\xc3\xa4\xc3\xa4" "ab\n", 0600);
+    run_cli(&r, NOANS, NULL, ARGS(S, "create", "--password-file", pwfile));
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK(strstr(r.err, "too short: 11 characters") != NULL);
+    /* twelve */
+    set_pw("\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4\xc3\xa4"
+           "\xc3\xa4\xc3\xa4" "abc\n", 0600);
+    run_cli(&r, ANS("{\"ok\":true,\"cid\":1}\n"), NULL,
+            ARGS(S, "create", "--password-file", pwfile));
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK_EQ_INT(r.nreq, 1);
+    /* join takes whatever the cluster was made with */
+    set_pw("short\n", 0600);
+    run_cli(&r, ANS("{\"ok\":true,\"cid\":2}\n"), NULL,
+            ARGS(S, "join", "--no-wait", "10.0.0.1", "--fingerprint", FP,
+                 "--password-file", pwfile));
+    CHECK_EQ_INT(r.rc, 0);
+    /* on a terminal: refused before the confirmation is asked */
+    {
+        int fd = posix_openpt(O_RDWR | O_NOCTTY);
+        if (fd >= 0) {
+            close(fd);
+            run_cli(&r, NOANS,
+                    (const step[]){{"Enter join password: ", "tiny"},
+                                   {"Confirm join password: ", "tiny"},
+                                   {NULL, NULL}},
+                    ARGS(S, "create"));
+            CHECK_EQ_INT(r.rc, 1);
+            CHECK_EQ_INT(r.nreq, 0);
+            CHECK(strstr(r.tty, "Confirm") == NULL);
+            CHECK(strstr(r.err, "too short: 4 characters") != NULL);
+        }
+    }
 }
 
 /* ---- output formats and errors ----------------------------------------------- */
@@ -751,7 +897,7 @@ static void test_no_terminal(void)
     CHECK(strcmp(r.err, "pmgcm: no terminal: use --password-file\n") == 0);
     run_cli(&r, NOANS, NULL,
             ARGS("--socket", sock_path, "join", "--no-wait", "10.0.0.1", "--fingerprint",
-                 "X"));
+                 FP));
     CHECK_EQ_INT(r.rc, 1);
     CHECK_EQ_INT(r.nreq, 0);
     CHECK(strcmp(r.err, "pmgcm: no terminal: use --password-file\n") == 0);
@@ -777,23 +923,23 @@ static void test_terminal_prompts(void)
 
     /* create: asked twice, never echoed */
     run_cli(&r, ANS("{\"ok\":true,\"cid\":1,\"fingerprint\":\"AB\"}\n"),
-            (const step[]){{"Enter join password: ", "tty-Secret1"},
-                           {"Confirm join password: ", "tty-Secret1"},
+            (const step[]){{"Enter join password: ", "tty-Secret-01"},
+                           {"Confirm join password: ", "tty-Secret-01"},
                            {NULL, NULL}},
             ARGS("--socket", sock_path, "create"));
     CHECK_EQ_INT(r.rc, 0);
     CHECK_EQ_INT(r.nreq, 1);
     CHECK(strcmp(r.req[0], "{\"cmd\":\"create\",\"password\":"
-                           "\"tty-Secret1\"}\n") == 0);
+                           "\"tty-Secret-01\"}\n") == 0);
     CHECK(strstr(r.tty, "Confirm join password: ") != NULL);
-    CHECK(strstr(r.tty, "tty-Secret1") == NULL);
+    CHECK(strstr(r.tty, "tty-Secret-01") == NULL);
     if (r.rc != 0)
         show(&r);
 
     /* a mismatch: nothing sent */
     run_cli(&r, NOANS,
-            (const step[]){{"Enter join password: ", "one"},
-                           {"Confirm join password: ", "two"},
+            (const step[]){{"Enter join password: ", "the first password"},
+                           {"Confirm join password: ", "the other password"},
                            {NULL, NULL}},
             ARGS("--socket", sock_path, "create"));
     CHECK_EQ_INT(r.rc, 1);
@@ -809,7 +955,7 @@ static void test_terminal_prompts(void)
     CHECK(strstr(r.err, "no password given") != NULL);
 
     /* join: the fingerprint is shown; "no" aborts after asking it only */
-    run_cli(&r, ANS("{\"ok\":true,\"fingerprint\":\"AB:CD:EF\"}\n"),
+    run_cli(&r, ANS("{\"ok\":true,\"fingerprint\":\"" FP "\"}\n"),
             (const step[]){{"(yes/no): ", "no"}, {NULL, NULL}},
             ARGS("--socket", sock_path, "join", "--no-wait", "10.0.0.1"));
     CHECK_EQ_INT(r.rc, 1);
@@ -817,7 +963,7 @@ static void test_terminal_prompts(void)
     CHECK(strcmp(r.req[0], "{\"cmd\":\"fingerprint\",\"ip\":\"10.0.0.1\"}\n")
           == 0);
     CHECK(strstr(r.tty, "The master's certificate fingerprint is") != NULL);
-    CHECK(strstr(r.tty, "  AB:CD:EF") != NULL);
+    CHECK(strstr(r.tty, "  " FP) != NULL);
     CHECK(strstr(r.tty, "Are you sure you want to join? (yes/no): ") != NULL);
     CHECK(strcmp(r.err, "pmgcm: aborted\n") == 0);
     CHECK(strstr(r.tty, "Enter join password") == NULL);
@@ -826,7 +972,7 @@ static void test_terminal_prompts(void)
 
     /* "yes", then the password (not echoed), then the join */
     run_cli(&r,
-            ANS("{\"ok\":true,\"fingerprint\":\"AB:CD:EF\"}\n",
+            ANS("{\"ok\":true,\"fingerprint\":\"" FP "\"}\n",
                 "{\"ok\":true,\"cid\":9}\n"),
             (const step[]){{"(yes/no): ", "yes"},
                            {"Enter join password: ", "tty-Secret2"},
@@ -835,7 +981,7 @@ static void test_terminal_prompts(void)
     CHECK_EQ_INT(r.rc, 0);
     CHECK_EQ_INT(r.nreq, 2);
     CHECK(strcmp(r.req[1], "{\"cmd\":\"join\",\"ip\":\"10.0.0.1\","
-                           "\"fingerprint\":\"AB:CD:EF\",\"password\":"
+                           "\"fingerprint\":\"" FP "\",\"password\":"
                            "\"tty-Secret2\"}\n") == 0);
     CHECK(strstr(r.tty, "tty-Secret2") == NULL);
     CHECK(strstr(r.tty, "(yes/no): yes") != NULL); /* that one is echoed */
@@ -847,7 +993,7 @@ static void test_terminal_prompts(void)
     run_cli(&r, ANS("{\"ok\":true,\"cid\":9}\n"),
             (const step[]){{"Enter join password: ", "pw3"}, {NULL, NULL}},
             ARGS("--socket", sock_path, "join", "--no-wait", "10.0.0.1", "--fingerprint",
-                 "AB:CD"));
+                 FP));
     CHECK_EQ_INT(r.rc, 0);
     CHECK_EQ_INT(r.nreq, 1);
     CHECK(strstr(r.tty, "yes/no") == NULL);
@@ -893,6 +1039,8 @@ int main(void)
     TAP_RUN(test_join_fetches_fingerprint);
     TAP_RUN(test_password_file);
     TAP_RUN(test_usage_errors);
+    TAP_RUN(test_fingerprint_form_and_echo);
+    TAP_RUN(test_create_short_password);
     TAP_RUN(test_output_json);
     TAP_RUN(test_text_errors);
     TAP_RUN(test_no_terminal);
