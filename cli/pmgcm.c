@@ -83,6 +83,10 @@
  *     --socket PATH         pmgclusterd's control socket (default
  *                           $PMGCM_SOCKET, else /run/pmgcm/pmgcm.sock)
  *     --host HOST[:PORT]    status only: ask that node's status port
+ *     --token-file FILE     with --host: send the token on FILE's first
+ *                           line ("Authorization: Bearer", for a status
+ *                           port with status_access = token); the file
+ *                           must not be readable by everyone
  *     --output-format text|json
  *                           json prints the daemon's answer object, one
  *                           JSON document on stdout, also when it is an
@@ -179,6 +183,9 @@ static void usage(FILE *f)
             "                  status only: ask a remote node's status port\n"
             "                  over HTTP (default port " HTTP_DEFAULT_PORT
             "; [IPv6]:PORT)\n"
+            "  --token-file FILE\n"
+            "                  with --host: the status port's bearer token\n"
+            "                  (status_access = token) from FILE\n"
             "  --output-format text|json\n"
             "                  json: print the daemon's answer as JSON\n"
             "  --version       print the version\n"
@@ -679,6 +686,7 @@ static int ask_daemon(const char *path, const char *request, size_t len,
 typedef struct cli {
     const char *sock;
     const char *host; /* --host: status over HTTP */
+    const char *token_file; /* --token-file: its bearer token */
     bool json;
     const char *pos[2];
     int npos;
@@ -928,11 +936,57 @@ static int http_connect(const char *host, const char *port, long long deadline)
     return fd >= 0 ? fd : last;
 }
 
-/* GET path from HOST[:PORT] over HTTP/1.1 (Connection: close); the
- * answer's body (200 only) into body. Prints its own error; 0 or 1. */
-static int ask_http(const char *spec, const char *path, pmm_buf *body)
+/* The bearer token: the first line of path (not readable by everyone,
+ * 1..256 printable characters). 0, or 1 with the message printed. */
+static int read_token(const char *path, char *tok, size_t cap)
 {
-    char host[256], port[8], req[512], chunk[65536];
+    struct stat st;
+    char buf[300];
+    ssize_t n;
+    size_t len;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+
+    if (fd < 0)
+        return fail("cannot open token file %s: %s", shown(path),
+                    strerror(errno));
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return fail("token file %s is not a regular file", shown(path));
+    }
+    if (st.st_mode & S_IROTH) {
+        close(fd);
+        return fail("token file %s is readable by everyone (mode %04o): "
+                    "refusing to use it; run chmod o-r on it", shown(path),
+                    (unsigned)(st.st_mode & 07777));
+    }
+    n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n < 0)
+        return fail("cannot read token file %s: %s", shown(path),
+                    strerror(errno));
+    buf[n] = '\0';
+    len = strcspn(buf, "\r\n");
+    buf[len] = '\0';
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)buf[i] <= 0x20 || (unsigned char)buf[i] >= 0x7f)
+            len = 0;
+    if (len == 0 || len > 256 || len >= cap) {
+        explicit_bzero(buf, sizeof(buf));
+        return fail("token file %s: the first line must be the token (1 to "
+                    "256 printable characters, no spaces)", shown(path));
+    }
+    memcpy(tok, buf, len + 1);
+    explicit_bzero(buf, sizeof(buf));
+    return 0;
+}
+
+/* GET path from HOST[:PORT] over HTTP/1.1 (Connection: close), with the
+ * bearer token when given; the answer's body (200 only) into body.
+ * Prints its own error; 0 or 1. */
+static int ask_http(const char *spec, const char *path, const char *token,
+                    pmm_buf *body)
+{
+    char host[256], port[8], req[1024], chunk[65536];
     long long deadline = mono_ms() + IO_TIMEOUT_S * 1000LL;
     pmm_buf in;
     size_t off = 0, len;
@@ -956,9 +1010,12 @@ static int ask_http(const char *spec, const char *path, pmm_buf *body)
                            "GET %s HTTP/1.1\r\nHost: %s%s%s:%s\r\n"
                            "User-Agent: pmgcm/" PACKAGE_VERSION "\r\n"
                            "Accept: application/json\r\n"
+                           "%s%s%s"
                            "Connection: close\r\n\r\n",
                            path, strchr(host, ':') ? "[" : "", host,
-                           strchr(host, ':') ? "]" : "", port);
+                           strchr(host, ':') ? "]" : "", port,
+                           token ? "Authorization: Bearer " : "",
+                           token ? token : "", token ? "\r\n" : "");
     while (off < len) {
         ssize_t w = send(fd, req + off, len - off, MSG_NOSIGNAL);
         if (w < 0 && (errno == EAGAIN || errno == EINTR)) {
@@ -1021,7 +1078,11 @@ static int ask_http(const char *spec, const char *path, pmm_buf *body)
         snprintf(raw, sizeof(raw), "%.*s", (int)(ll < 120 ? ll : 120),
                  in.p + 9);
         term_safe(line, sizeof(line), raw);
-        fail("the status port at %s answered %s", spec, line);
+        fail("the status port at %s answered %s%s", spec, line,
+             st == 401 ? " (it wants a token: --token-file FILE)"
+             : st == 403 ? " (it answers /status only on its own host: "
+                           "status_access = local)"
+                         : "");
         goto out;
     }
     /* Content-Length, when given, must match */
@@ -1083,6 +1144,7 @@ out:
 
 static int cmd_status_http(const cli *c)
 {
+    char token[300];
     pmm_buf body;
     pmm_json *doc = NULL;
     const pmm_json *ok;
@@ -1091,7 +1153,11 @@ static int cmd_status_http(const cli *c)
 
     snprintf(from, sizeof(from), "the status port at %s", c->host);
     pmm_buf_init(&body, PMM_CTL_REPLY_MAX);
-    if (ask_http(c->host, "/status", &body) != 0)
+    if (c->token_file != NULL &&
+        read_token(c->token_file, token, sizeof(token)) != 0)
+        goto out;
+    if (ask_http(c->host, "/status", c->token_file ? token : NULL,
+                 &body) != 0)
         goto out;
     if (body.p == NULL ||
         pmm_json_parse(body.p, body.len, &doc, err, sizeof(err)) != 0) {
@@ -1105,6 +1171,7 @@ static int cmd_status_http(const cli *c)
     }
     rc = print_status(c, doc, from);
 out:
+    explicit_bzero(token, sizeof(token));
     pmm_json_free(doc);
     pmm_buf_free(&body);
     return rc;
@@ -1692,6 +1759,14 @@ int main(int argc, char **argv)
             c.host = v;
             continue;
         }
+        if ((m = opt_value(argc, argv, &i, "--token-file", &v)) != 0) {
+            if (m < 0)
+                return usage_error("option '%s' needs a value", shown(a));
+            if (v[0] == '\0')
+                return usage_error("%s: empty file name", shown(a));
+            c.token_file = v;
+            continue;
+        }
         if ((m = opt_value(argc, argv, &i, "--output-format", &v)) != 0) {
             if (m < 0)
                 return usage_error("option '%s' needs a value", shown(a));
@@ -1766,6 +1841,9 @@ int main(int argc, char **argv)
                            "node: run it there)", cmdname);
     if (c.host != NULL && sock_given)
         return usage_error("--host and --socket do not go together");
+    if (c.token_file != NULL && c.host == NULL)
+        return usage_error("--token-file goes with --host (the control "
+                           "socket needs none)");
 
     if (strcmp(cmdname, "status") == 0)
         return cmd_status(&c);

@@ -12,6 +12,8 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
@@ -814,8 +816,11 @@ static void test_config_keys(void)
 #define LIVE_CAP 8
 
 static uv_loop_t loop;
-static pmm_http *srv_http, *srv_agent, *srv_small;
-static uint16_t port_http, port_agent, port_small;
+static pmm_http *srv_http, *srv_agent, *srv_small, *srv_tok;
+static uint16_t port_http, port_agent, port_small, port_tok;
+static const char tok_value[] = "0123456789abcdef-status-token";
+static const pmm_http_access tok_access = {PMM_ACCESS_TOKEN,
+                                           PMM_ACCESS_OPEN, tok_value};
 static uv_async_t stop_async;
 static uv_timer_t tick;
 static uint64_t last_tick, max_gap;
@@ -852,6 +857,7 @@ static void stop_cb(uv_async_t *a)
     pmm_http_close(srv_http);
     pmm_http_close(srv_agent);
     pmm_http_close(srv_small);
+    pmm_http_close(srv_tok);
     uv_close((uv_handle_t *)&tick, NULL);
     uv_close((uv_handle_t *)&stop_async, NULL);
 }
@@ -958,6 +964,7 @@ static struct {
     int small_third_200, small_after;
     int after;
     int cli_ran, cli_text, cli_json, cli_refused;
+    int cli_tok_401, cli_tok_ok, cli_tok_badfile;
 } res;
 
 /* pmgcm --host against the live status port (when the binary is built) */
@@ -1020,6 +1027,36 @@ static void cli_checks(void)
                       strstr(out, "pmgcm: ") == out;
     if (!res.cli_refused)
         printf("# pmgcm --host (agent port) status: %d: %s\n", rc, out);
+    /* a status port that wants a token: 401 in words, then --token-file */
+    {
+        char tf[64], a2[200];
+        int fd;
+        snprintf(tf, sizeof(tf), "/tmp/test_http_tok.%d", (int)getpid());
+        fd = open(tf, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        if (fd >= 0) {
+            (void)!write(fd, tok_value, strlen(tok_value));
+            (void)!write(fd, "\n", 1);
+            close(fd);
+        }
+        snprintf(args, sizeof(args), "--host 127.0.0.1:%u status", port_tok);
+        rc = run_cli(args, out, sizeof(out));
+        res.cli_tok_401 = WIFEXITED(rc) && WEXITSTATUS(rc) == 1 &&
+                          strstr(out, "answered 401 Unauthorized (it wants a "
+                                      "token: --token-file FILE)") != NULL;
+        if (!res.cli_tok_401)
+            printf("# pmgcm --host (token) status: %d: %s\n", rc, out);
+        snprintf(a2, sizeof(a2), "--host 127.0.0.1:%u --token-file %s status",
+                 port_tok, tf);
+        rc = run_cli(a2, out, sizeof(out));
+        res.cli_tok_ok = rc == 0 && strstr(out, "\nmx1(1) ") != NULL;
+        if (!res.cli_tok_ok)
+            printf("# pmgcm --host --token-file status: %d: %s\n", rc, out);
+        chmod(tf, 0644);
+        rc = run_cli(a2, out, sizeof(out));
+        res.cli_tok_badfile = WIFEXITED(rc) && WEXITSTATUS(rc) == 1 &&
+                              strstr(out, "is readable by everyone") != NULL;
+        unlink(tf);
+    }
 }
 
 static void *client_thread(void *arg)
@@ -1184,6 +1221,14 @@ static void test_live_servers(void)
     port_http = pmm_http_port(srv_http);
     port_agent = pmm_http_port(srv_agent);
     port_small = pmm_http_port(srv_small);
+    {
+        pmm_http_source ts = live_src;
+        ts.access = &tok_access;
+        REQUIRE(pmm_http_start(&srv_tok, &loop, (struct sockaddr *)&sa,
+                               PMM_HTTP_STATUS, &ts, NULL, err,
+                               sizeof(err)) == 0);
+        port_tok = pmm_http_port(srv_tok);
+    }
     CHECK(port_http != 0 && port_agent != 0 && port_small != 0);
     /* the same port twice: an error, not a crash */
     {
@@ -1225,6 +1270,9 @@ static void test_live_servers(void)
         CHECK(res.cli_text);
         CHECK(res.cli_json);
         CHECK(res.cli_refused);
+        CHECK(res.cli_tok_401);
+        CHECK(res.cli_tok_ok);
+        CHECK(res.cli_tok_badfile);
     } else {
         printf("# cli/pmgcm not built: pmgcm --host not tried\n");
     }
