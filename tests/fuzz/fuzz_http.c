@@ -3,7 +3,9 @@
  * pmm_http_precheck on every prefix the server could have seen, the head
  * search from every resume point the reader uses, pmm_http_parse, and for
  * a parsed request the whole answer (pmm_http_respond: routing, the
- * readyz/health query strings) from a fixed node view.
+ * readyz/health query strings) from a fixed node view, under every access
+ * rule for /status and /metrics (open, local, token; the Authorization
+ * header's value is bounded and never gives a token it does not hold).
  */
 #include "tests/fuzz/fuzz.h"
 #include "membership/http.h"
@@ -44,7 +46,12 @@ static int status_cb(void *ud, pmm_buf *out)
     return pmm_buf_puts(out, "{\"ok\":true,\"nodes\":[]}\n");
 }
 
-static const pmm_http_source src = {NULL, view_cb, status_cb};
+static const pmm_http_source src = {NULL, view_cb, status_cb, NULL};
+static const char token[] = "fuzz-token-0123456789";
+static const pmm_http_access acc_local = {PMM_ACCESS_LOCAL, PMM_ACCESS_LOCAL,
+                                          NULL};
+static const pmm_http_access acc_token = {PMM_ACCESS_TOKEN, PMM_ACCESS_TOKEN,
+                                          token};
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -75,11 +82,34 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (strlen(req.path) > PMM_HTTP_PATH_MAX ||
             strlen(req.query) > PMM_HTTP_QUERY_MAX)
             abort();
+        if (strlen(req.auth) > PMM_HTTP_AUTH_MAX)
+            abort();
         pmm_buf out;
         pmm_buf_init(&out, 1u << 20);
         int status = pmm_http_respond(&out, &req, &src);
         sink += (size_t)status + out.len;
         pmm_buf_free(&out);
+        /* the access rules: a refusal never carries the page, and the
+         * token is accepted only when the header holds exactly it */
+        for (int k = 0; k < 3; k++) {
+            pmm_http_source s2 = src;
+            s2.access = &acc_token;
+            req.peer_local = k == 1;
+            if (k == 2)
+                s2.access = &acc_local;
+            pmm_buf_init(&out, 1u << 20);
+            status = pmm_http_respond(&out, &req, &s2);
+            if ((status == 401 || status == 403) && out.p != NULL &&
+                (strstr(out.p, "nodes") || strstr(out.p, "pmgcm_build")))
+                abort();
+            if (k < 2 && status == 200 &&
+                (strcmp(req.path, "/status") == 0 ||
+                 strcmp(req.path, "/metrics") == 0) &&
+                strstr(req.auth, token) == NULL)
+                abort();
+            sink += (size_t)status + out.len;
+            pmm_buf_free(&out);
+        }
     } else if (rc < 0) {
         pmm_buf out;
         pmm_buf_init(&out, 1u << 20);
