@@ -795,6 +795,44 @@ static void page_metrics(pmm_buf *b, const pmm_http_view *v)
     m_one(b, "pmgcm_unauth_memory_peak_bytes", "gauge",
           "Most memory ever held at once for unauthenticated input.",
           v->budget.peak);
+    m_one(b, "pmgcm_api_handshakes", "gauge",
+          "Unfinished TLS handshakes on the node API now.",
+          v->api_handshakes);
+    m_one(b, "pmgcm_api_handshakes_evicted_total", "counter",
+          "Unfinished node API handshakes dropped to make room for newer "
+          "ones.", v->api_handshakes_evicted);
+    m_one(b, "pmgcm_api_handshake_timeouts_total", "counter",
+          "Node API handshakes not done within the timeout.",
+          v->api_handshake_timeouts);
+    m_one(b, "pmgcm_api_connections_dropped_total", "counter",
+          "Node API connections dropped at once (no room, no budget).",
+          v->api_dropped);
+    m_one(b, "pmgcm_api_node_streams", "gauge",
+          "Node API connections of known nodes now (streams, fetches).",
+          v->api_node_streams);
+    m_one(b, "pmgcm_api_node_streams_max", "gauge",
+          "The most node API connections of known nodes allowed (sized "
+          "from the cluster).", v->api_streams_max);
+    m_one(b, "pmgcm_api_joiners", "gauge",
+          "Node API connections of unknown certificates (joiners) now.",
+          v->api_joiners);
+    m_one(b, "pmgcm_join_wrong_passwords_total", "counter",
+          "Join attempts with a wrong password (on this node as master).",
+          v->join_failures);
+    m_head(b, "pmgcm_join_refused_total", "counter",
+           "Join attempts refused before the password was checked, by "
+           "reason: busy (an attempt from the same /24 or /64 in flight), "
+           "budget (the cluster-wide budget of wrong passwords spent), "
+           "full (every throttle slot holds a recently failing source).");
+    m_val(b, "pmgcm_join_refused_total", "reason=\"busy\"",
+          v->join_refused_busy);
+    m_val(b, "pmgcm_join_refused_total", "reason=\"budget\"",
+          v->join_refused_global);
+    m_val(b, "pmgcm_join_refused_total", "reason=\"full\"",
+          v->join_refused_full);
+    m_one(b, "pmgcm_join_budget_left", "gauge",
+          "Wrong join passwords the master takes now before it pauses "
+          "joins.", v->join_budget_left);
     m_one(b, "pmgcm_unauth_memory_refused_total", "counter",
           "Times unauthenticated input did not fit the budget (room was "
           "made or it was refused).", v->budget.refused);

@@ -174,6 +174,12 @@ typedef struct pmm_http_view {
     pmm_http_stats http;      /* the status port's own counters */
     pmm_http_stats agent;     /* the agent port's */
     gsp_budget_stats budget;  /* memory for unauthenticated input */
+    /* the node API (TLS) and the join throttle */
+    uint32_t api_handshakes, api_node_streams, api_streams_max, api_joiners;
+    uint64_t api_handshakes_evicted, api_handshake_timeouts, api_dropped;
+    uint64_t join_failures, join_refused_busy, join_refused_global;
+    uint64_t join_refused_full;
+    uint32_t join_budget_left;
     /* the replicated database (store/store.h), when configured */
     bool has_db;
     bool db_in_sync;          /* loaded and caught up (or master) */

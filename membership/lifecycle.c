@@ -2321,6 +2321,25 @@ const pmm_cluster *pmm_lc_cluster(const pmm_lc *lc)
     return lc && lc->in_cluster ? &lc->cl : NULL;
 }
 
+void pmm_lc_guard_stats(pmm_lc *lc, pmm_lc_guard *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (!lc) return;
+    if (lc->srv) pmm_tls_server_get_stats(lc->srv, &out->api);
+    out->node_streams = lc->n_node_conns;
+    out->streams_max = streams_max(lc);
+    out->joiners = lc->n_joiners;
+    out->refused_streams = lc->refused_streams;
+    out->refused_joiners = lc->refused_joiners;
+    if (lc->thr) {
+        pmm_thr_stats_get(lc->thr, now_ms(lc), &out->join);
+    } else {
+        pmm_thr_cfg d;
+        pmm_thr_cfg_default(&d);
+        out->join.tokens = d.burst;
+    }
+}
+
 const char *pmm_lc_fingerprint(const pmm_lc *lc)
 {
     return pmm_tls_identity_fp_str(lc->tls);

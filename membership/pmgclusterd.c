@@ -632,6 +632,22 @@ static void http_view(void *ud, pmm_http_view *v)
     gsp_budget_get(n->budget, &v->budget);
     if (n->agent != NULL)
         pmm_http_get_stats(n->agent, &v->agent);
+    if (n->lc != NULL) {
+        pmm_lc_guard g;
+        pmm_lc_guard_stats(n->lc, &g);
+        v->api_handshakes = g.api.handshakes;
+        v->api_handshakes_evicted = g.api.handshakes_evicted;
+        v->api_handshake_timeouts = g.api.handshake_timeouts;
+        v->api_dropped = g.api.dropped;
+        v->api_node_streams = g.node_streams;
+        v->api_streams_max = g.streams_max;
+        v->api_joiners = g.joiners;
+        v->join_failures = g.join.failures;
+        v->join_refused_busy = g.join.refused_busy;
+        v->join_refused_global = g.join.refused_global;
+        v->join_refused_full = g.join.refused_full;
+        v->join_budget_left = g.join.tokens;
+    }
     v->stopping = n->stopping;
     v->draining = n->draining;
     if (core != NULL) {
@@ -774,6 +790,42 @@ static int status_json(node *n, pmm_buf *reply)
         pmm_buf_puts(reply, ",\"fingerprint\":");
         const char *fp = pmm_lc_fingerprint(n->lc);
         pmm_json_str(reply, fp, strlen(fp));
+    }
+    if (n->lc != NULL) {
+        pmm_lc_guard g;
+        gsp_budget_stats bs;
+        pmm_lc_guard_stats(n->lc, &g);
+        gsp_budget_get(n->budget, &bs);
+        pmm_buf_printf(reply,
+                       ",\"guard\":{\"unauth_bytes\":%zu,"
+                       "\"unauth_peak\":%zu,\"unauth_limit\":%zu,"
+                       "\"unauth_refused\":%llu,\"api_handshakes\":%u,"
+                       "\"api_handshakes_peak\":%u,"
+                       "\"api_handshakes_evicted\":%llu,"
+                       "\"api_handshake_timeouts\":%llu,"
+                       "\"api_dropped\":%llu,\"api_node_streams\":%u,"
+                       "\"api_node_streams_max\":%u,\"api_joiners\":%u,"
+                       "\"api_refused_streams\":%llu,"
+                       "\"api_refused_joiners\":%llu,"
+                       "\"join_wrong_passwords\":%llu,"
+                       "\"join_budget_left\":%u,\"join_groups\":%u,"
+                       "\"join_refused_busy\":%llu,"
+                       "\"join_refused_budget\":%llu,"
+                       "\"join_refused_full\":%llu}",
+                       bs.used, bs.peak, bs.limit,
+                       (unsigned long long)bs.refused, g.api.handshakes,
+                       g.api.handshakes_peak,
+                       (unsigned long long)g.api.handshakes_evicted,
+                       (unsigned long long)g.api.handshake_timeouts,
+                       (unsigned long long)g.api.dropped, g.node_streams,
+                       g.streams_max, g.joiners,
+                       (unsigned long long)g.refused_streams,
+                       (unsigned long long)g.refused_joiners,
+                       (unsigned long long)g.join.failures, g.join.tokens,
+                       g.join.groups,
+                       (unsigned long long)g.join.refused_busy,
+                       (unsigned long long)g.join.refused_global,
+                       (unsigned long long)g.join.refused_full);
     }
     pmm_files_status_json(n->files, reply);
     if (n->repl != NULL) {

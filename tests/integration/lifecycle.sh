@@ -96,7 +96,7 @@ unchanged() {
 # cluster object must be unchanged, and every OUTSIDE node still outside
 # any cluster.
 refusal() {
-    local desc=$1 i=$2 pat=$3 watch=$4 outside=$5 bad j
+    local desc=$1 i=$2 pat=$3 watch=$4 outside=$5 bad j want=${REFUSAL_RC:-1}
     shift 5
     snapshot "$watch"
     run "$i" "$@"
@@ -104,13 +104,13 @@ refusal() {
     for j in $outside; do
         [[ "$(it_cluster_of "$j")" == null ]] || bad+="node$j is in a cluster; "
     done
-    if ((RC == 1)) && grep -Eq -- "$pat" <<<"$OUT" && [[ -z "$bad" ]]; then
-        it_ok "$desc: exit 1, '$(first_line "$OUT")'; nothing changed"
+    if ((RC == want)) && grep -Eq -- "$pat" <<<"$OUT" && [[ -z "$bad" ]]; then
+        it_ok "$desc: exit $want, '$(first_line "$OUT")'; nothing changed"
         return 0
     fi
     it_not_ok "$desc"
     it_diag "pmgcm $* on node$i: exit $RC, output: $OUT"
-    it_diag "wanted exit 1 and /$pat/; changes: ${bad:-none}"
+    it_diag "wanted exit $want and /$pat/; changes: ${bad:-none}"
     return 1
 }
 
@@ -279,7 +279,8 @@ fi
 
 refusal "join with a wrong fingerprint (node2's)" $D 'fingerprint mismatch' "$A $B $C" "$D" \
     join "${IT_IP[A]}" --fingerprint "$FP_B" --password-file "$PW"
-refusal "join with a malformed fingerprint" $D 'bad fingerprint' "$A $B $C" "$D" \
+REFUSAL_RC=2 refusal "join with a malformed fingerprint (pmgcm checks its form itself, before any prompt)" \
+    $D "--fingerprint '12:34:56' is not a certificate fingerprint" "$A $B $C" "$D" \
     join "${IT_IP[A]}" --fingerprint "12:34:56" --password-file "$PW"
 refusal "join a master that is not reachable ($DEAD_IP)" $D "cannot reach the master at $DEAD_IP" \
     "$A $B $C" "$D" join "$DEAD_IP" --fingerprint "$FP_A" --password-file "$PW"
