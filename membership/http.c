@@ -1002,6 +1002,7 @@ struct conn {
     size_t charged_buf;  /* budget held for buf (given back when freed) */
     size_t charged_rest; /* for the connection and its answer (at free) */
     pmm_src src;
+    bool local;     /* the client is on this host */
     uint64_t seq;
     conn *prev, *next; /* accept order: srv->first is the oldest */
 };
@@ -1321,7 +1322,7 @@ static void conn_got(conn *c, size_t n)
         conn_error(c, 400);
         return;
     }
-    req.peer_local = pmm_src_loopback(&c->src);
+    req.peer_local = c->local;
     {
         int status = pmm_http_respond(&c->out, &req, &h->src);
         if (status == 401 || status == 403)
@@ -1430,6 +1431,18 @@ static void srv_conn_cb(uv_stream_t *ls, int status)
     memset(&ss, 0, sizeof(ss));
     if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &slen) == 0)
         pmm_src_from_sa(&c->src, (struct sockaddr *)&ss);
+    /* on this host: loopback, or from the very address it came in on
+     * (curl http://<this node's IP>:7948/status on the node itself) */
+    c->local = pmm_src_loopback(&c->src);
+    if (!c->local && c->src.family != 0) {
+        pmm_src me;
+        slen = sizeof(ss);
+        memset(&ss, 0, sizeof(ss));
+        if (uv_tcp_getsockname(&c->tcp, (struct sockaddr *)&ss, &slen) == 0) {
+            pmm_src_from_sa(&me, (struct sockaddr *)&ss);
+            c->local = pmm_src_eq(&me, &c->src);
+        }
+    }
     /* this address's own cap: its own connection makes room */
     if (count_src(h, c) >= h->opts.max_per_src &&
         (v = pick_victim(h, c, &c->src)) != NULL)
@@ -1528,7 +1541,9 @@ int pmm_http_start(pmm_http **out, uv_loop_t *loop, const struct sockaddr *sa,
     h->listener.data = h;
     rc = uv_tcp_bind(&h->listener, sa, 0);
     if (rc == 0)
-        rc = uv_listen((uv_stream_t *)&h->listener, 128, srv_conn_cb);
+        /* a deep backlog: under a connection flood a checker's SYN
+         * waits in it rather than being dropped (and retried after 1 s) */
+        rc = uv_listen((uv_stream_t *)&h->listener, 511, srv_conn_cb);
     if (rc == 0)
         rc = uv_tcp_getsockname(&h->listener, (struct sockaddr *)&ss, &len);
     if (rc != 0) {

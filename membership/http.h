@@ -48,7 +48,8 @@
  *   GET /metrics        Prometheus text format 0.0.4
  * /status and /metrics follow the source's access rules
  * (pmm_http_access: status_access, metrics_access in the config): local
- * answers 403 to a client that is not on this host (127.0.0.0/8, ::1);
+ * answers 403 to a client that is not on this host (loopback, or a
+ * connection from the same address it reached: the node itself);
  * token answers 401 (WWW-Authenticate: Bearer) unless the request carries
  * "Authorization: Bearer TOKEN" (compared in constant time). /livez,
  * /readyz, /health and the agent port are always open.

@@ -62,7 +62,8 @@
  *       Optional: who may read /status (the cluster's topology, addresses,
  *       fingerprint, file paths) and /metrics on the status port: open
  *       (default: anyone who reaches the port), local (clients on this
- *       host only: 127.0.0.0/8 and ::1; others get 403), or token (a
+ *       host only: 127.0.0.0/8, ::1, or from the address they connect
+ *       to; others get 403), or token (a
  *       client must send "Authorization: Bearer TOKEN"; others get 401).
  *       /livez, /readyz, /health and the agent port are always open.
  *   status_token_file = /etc/pmgcm/status.token
@@ -268,7 +269,7 @@ void pmm_log(pmm_log_level lvl, const char *subsys, const char *fmt, ...)
  * metrics_access). */
 typedef enum pmm_access {
     PMM_ACCESS_OPEN = 0,  /* anyone who reaches the port */
-    PMM_ACCESS_LOCAL,     /* clients on this host (127.0.0.0/8, ::1) */
+    PMM_ACCESS_LOCAL,     /* clients on this host (loopback, own IP) */
     PMM_ACCESS_TOKEN,     /* "Authorization: Bearer <status_token_file>" */
 } pmm_access;
 

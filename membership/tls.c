@@ -1834,7 +1834,7 @@ int pmm_tls_server_start(pmm_tls_server **out, struct uv_loop_s *loop,
     s->tcp.data = s;
     rc = uv_tcp_bind(&s->tcp, bind_addr, 0);
     if (rc == 0)
-        rc = uv_listen((uv_stream_t *)&s->tcp, 128, on_connection);
+        rc = uv_listen((uv_stream_t *)&s->tcp, 511, on_connection);
     if (rc) {
         uv_close((uv_handle_t *)&s->tcp, on_server_closed); /* frees s */
         return rc;

@@ -27,9 +27,11 @@
 #      DRAIN again in HAProxy (the agent's "down #running: shutting down"
 #      while it stopped is undone by "up drain")
 #  12  pmgcm undrain on node2, node3 started again: all 6 UP
-#  13  node1 under attack (20 slowloris connections, a 1 MB header, garbage):
-#      408 / 431 / 400, /livez keeps answering at once, nodes 2 and 3 keep
-#      node1 alive, HAProxy keeps it UP in both backends
+#  13  node1 under attack (20 slowloris connections, a 1 MB header, garbage;
+#      with namespaces also 16 more addresses holding every cap of the
+#      status and agent ports: answered requests kept open, heads a byte at
+#      a time, garbage): 408 / 431 / 400, /livez keeps answering at once,
+#      nodes 2 and 3 keep node1 alive, HAProxy keeps it UP in both backends
 #  14  every daemon exits 0 on SIGTERM; no sanitizer report in any log
 #
 # Needs haproxy, promtool (Debian prometheus), curl, jq, python3: installed
@@ -458,6 +460,15 @@ it_wait_until "it_all_see_all_alive '1 2 3'" 20 >/dev/null
 
 # ==== 12: slow and malformed clients ===================================================================================
 susp0=$(($(suspicions 2) + $(suspicions 3)))
+# besides, 16 more addresses hold node1's status and agent ports at every
+# cap (answered requests kept open, heads a byte at a time, garbage)
+hpid=
+if [[ $IT_MODE == netns ]]; then
+    for k in $(seq 200 215); do ip -n "$IT_BRNS" addr add "10.213.0.$k/32" dev br0; done
+    br python3 "$here/hostile.py" hold "${IT_IP[1]}" --ports $SP,$AP \
+        --sources 10.213.0.200-215 --seconds 10 >"$IT_DIR/hold.out" 2>&1 &
+    hpid=$!
+fi
 helper attack "${IT_IP[1]}" $SP >"$IT_DIR/attack.out" 2>&1 &
 apid=$!
 maxlat=0 samples=0 obs_bad=
@@ -478,11 +489,13 @@ while kill -0 "$apid" 2>/dev/null; do
     sleep 0.3
 done
 wait "$apid"
+[[ -n "$hpid" ]] && wait "$hpid"
 res=$(cat "$IT_DIR/attack.out")
+hold=$(cat "$IT_DIR/hold.out" 2>/dev/null)
 susp1=$(($(suspicions 2) + $(suspicions 3)))
 if [[ "$res" == "slowloris_408=20/20 open_at_end=0 big=431 garbage=400"* && -z "$obs_bad" ]] &&
     ((samples >= 5 && maxlat < 500)); then
-    it_ok "node1 under 20 slowloris connections, a 1 MB header and garbage ($res): /livez answered all $samples times (slowest ${maxlat} ms), nodes 2 and 3 kept node1 A, HAProxy kept it UP in both backends"
+    it_ok "node1 under 20 slowloris connections, a 1 MB header and garbage ($res)${hpid:+, and 16 addresses holding every cap ($hold)}: /livez answered all $samples times (slowest ${maxlat} ms), nodes 2 and 3 kept node1 A, HAProxy kept it UP in both backends"
 else
     it_not_ok "node1 under attack: $res; $samples samples, slowest livez ${maxlat} ms"
     it_diag "${obs_bad:-nothing else went wrong}"

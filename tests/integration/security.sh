@@ -22,18 +22,38 @@
 #   - a joiner that stops reading mid-snapshot (SIGSTOP, its TCP window
 #     fills): the master's memory stays bounded, its gossip and control
 #     socket keep working, and once the joiner is gone the master releases
-#     the connection.
+#     the connection;
+#   - data_dir: an existing 0755 data_dir is made 0700 at start (logged);
+#   - `pmgcm create` (and the raw control request) with an 11-character
+#     password: refused in words, nothing created;
+#   - node5 limits /status to its own host and /metrics to a bearer token:
+#     403 / 401 from elsewhere, 200 with the token or from node5 itself,
+#     /livez, /readyz and the agent port open to all;
+#   - the hold: 16 addresses keep answered requests open, trickle heads a
+#     byte at a time and send garbage at the status and agent ports of
+#     node1, at every cap, for 20 s, while a checker does /livez, /readyz
+#     and the agent check twice a second each: the success rate is
+#     printed and must be >= 99 %;
+#   - a handshake flood: 120 half-sent ClientHellos from 4 addresses,
+#     renewed as fast as node1 drops them, while node5 joins (and loads
+#     the 64 MB snapshot), a row written on node1 reaches node5, and
+#     node5's daemon restarted catches up: each time printed;
+#   - the join throttle across 200 source addresses (100 in the cluster's
+#     own /24, 100 in /24s of their own) guessing for 30 s: the guesses
+#     per second are printed and bounded by the cluster-wide budget; after
+#     it, the deleted node3 joins again with the right password.
 #
 #   node1 A   master, PostgreSQL store holding ~64 MB of rows
 #   node2 B   joins last with a store: the stalled snapshot reader
-#   node3 C   member, deleted (key rotation), keeps running
+#   node3 C   member, deleted (key rotation), keeps running, joins again
 #   node4 D   the brute-force joiner, then a member
+#   node5 E   store; /status local, /metrics token; joins during the flood
 #
 # Needs root and network namespaces (raw sockets on the bridge, PostgreSQL
 # as the postgres user); skipped otherwise. Polls with deadlines.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
-IT_BUDGET=${IT_BUDGET:-240}
+IT_BUDGET=${IT_BUDGET:-480}
 . "$here/lib.sh"
 . "$here/pg.sh"
 
@@ -44,11 +64,11 @@ command -v openssl >/dev/null || it_bail "openssl not installed"
 GSPCRAFT=${GSPCRAFT:-$IT_BUILDDIR/tests/integration/gspcraft}
 [[ -x "$GSPCRAFT" ]] || it_bail "missing $GSPCRAFT (make check builds it)"
 
-it_init 4
+it_init 5
 [[ $IT_MODE == netns ]] || { echo "1..0 # SKIP needs network namespaces"; exit 0; }
 pg_init
-A=1 B=2 C=3 D=4
-it_plan 13
+A=1 B=2 C=3 D=4 E=5
+HOSTILE="python3 $here/hostile.py"
 
 PW=$IT_DIR/join.pw
 BADPW=$IT_DIR/bad.pw
@@ -147,17 +167,26 @@ nfiles() { find "$1" -name '*.bin' | wc -l; }
 # ---- the servers, the master's data, the daemons ---------------------------------------
 pg_start $A || it_bail "PostgreSQL for node1 did not start"
 pg_start $B || it_bail "PostgreSQL for node2 did not start"
-pg_schema $A && pg_schema $B || it_bail "schema"
+pg_start $E || it_bail "PostgreSQL for node5 did not start"
+pg_schema $A && pg_schema $B && pg_schema $E || it_bail "schema"
 t0=$(it_now_ms)
 pg_sql $A "INSERT INTO mail SELECT g, 'node1', repeat(md5(g::text), 32), g, now()
              FROM generate_series(1, 64000) g" >/dev/null || it_bail "loading node1's rows"
 it_diag "node1's store: 64000 rows of ~1 KB loaded in $(ms $(($(it_now_ms) - t0))) s"
 MAIL0=$(pg_val $A "SELECT count(*) || ' ' || md5(string_agg(subject, '' ORDER BY id)) FROM mail")
 
-for i in $A $B $C $D; do it_write_config_lc "$i" "node$i"; done
+for i in $A $B $C $D $E; do it_write_config_lc "$i" "node$i"; done
 pg_conf $A
 pg_conf $B
-for i in $A $B $C $D; do
+pg_conf $E
+# node5: /status only on its own host, /metrics with a bearer token
+TOKEN=$(openssl rand -hex 24)
+printf '%s\n' "$TOKEN" >"$IT_DIR/status.token"
+chmod 600 "$IT_DIR/status.token"
+printf 'status_access = local\nmetrics_access = token\nstatus_token_file = %s\n' \
+    "$IT_DIR/status.token" >>"$IT_DIR/node$E.conf"
+chmod 755 "$IT_DIR/node$A" # what an old install or a careless mkdir leaves
+for i in $A $B $C $D $E; do
     it_start_node "$i" || it_bail "node$i: control socket did not answer within 10 s"
 done
 it_wait_until "[[ \$(it_envelope $A | jq -r '.store.state // empty') == idle ]]" 30 ||
@@ -175,6 +204,15 @@ else
     it_diag "create: $CRC $COUT; join: $RC $OUT"
     it_diag "$(state "$A $C")"
     it_bail "no cluster"
+fi
+
+# ==== data_dir made private =====================================================
+mode=$(stat -c %a "$IT_DIR/node$A")
+if [[ "$mode" == 700 ]] && grep -q "data_dir $IT_DIR/node$A had mode 0755: made 0700" "$(it_log $A)"; then
+    it_ok "node1's data_dir was 0755 before the start: made 0700 and logged"
+else
+    it_not_ok "an existing data_dir is made 0700 at start"
+    it_diag "mode $mode; log: $(grep data_dir "$(it_log $A)" | tail -n 2)"
 fi
 
 # ==== replayed packets =========================================================
@@ -430,6 +468,151 @@ else
     it_diag "connections from node2: $(api_conns_from_b); rows: $(pg_val $A "SELECT count(*) FROM mail")"
 fi
 
+# ==== create with a short password ==========================================================
+printf 'eleven char\n' >"$IT_DIR/short.pw"
+chmod 600 "$IT_DIR/short.pw"
+run $E create --password-file "$IT_DIR/short.pw"
+C1RC=$RC C1OUT=$OUT
+C2OUT=$(it_ctl $E '{"cmd":"create","password":"eleven char"}')
+if ((C1RC == 1)) && grep -q 'the join password is too short: 11 characters, at least 12 are needed' <<<"$C1OUT" &&
+    grep -q 'too short: it has 11 characters, at least 12' <<<"$C2OUT" &&
+    [[ "$(it_cluster_of $E)" == null ]]; then
+    it_ok "pmgcm create with an 11-character password: refused ('$(first_line "$C1OUT")'); the daemon refuses the raw request too; no cluster made"
+else
+    it_not_ok "create refuses a password shorter than 12 characters"
+    it_diag "pmgcm: exit $C1RC: $C1OUT; raw: $C2OUT; cluster: $(it_cluster_of $E)"
+fi
+
+# ==== who may read /status and /metrics ======================================================
+code() { ip netns exec "$1" curl -s -o /dev/null --max-time 3 -w '%{http_code}' "${@:2}"; }
+E_URL=http://${IT_IP[E]}:7948
+acc=$(printf '%s ' \
+    "status:$(code "$IT_BRNS" "$E_URL/status")" \
+    "metrics:$(code "$IT_BRNS" "$E_URL/metrics")" \
+    "metrics+token:$(code "$IT_BRNS" -H "Authorization: Bearer $TOKEN" "$E_URL/metrics")" \
+    "metrics+wrong:$(code "$IT_BRNS" -H "Authorization: Bearer x$TOKEN" "$E_URL/metrics")" \
+    "status(node5):$(code "${IT_NS[E]}" "$E_URL/status")" \
+    "livez:$(code "$IT_BRNS" "$E_URL/livez")" \
+    "readyz:$(code "$IT_BRNS" "$E_URL/readyz")")
+leak=$(ip netns exec "$IT_BRNS" curl -s --max-time 3 "$E_URL/status" | grep -c fingerprint)
+agent=$(ip netns exec "$IT_BRNS" timeout 3 python3 -c "
+import socket; s = socket.create_connection(('${IT_IP[E]}', 7949), timeout=2); print(s.recv(100).decode().strip())")
+PMGCM_TOK=$(ip netns exec "$IT_BRNS" timeout 10 "$PMGCM" --host "${IT_IP[E]}" status 2>&1)
+if [[ "$acc" == "status:403 metrics:401 metrics+token:200 metrics+wrong:401 status(node5):200 livez:200 readyz:503 " ]] &&
+    ((leak == 0)) && [[ "$agent" == maint ]] && grep -q '403 Forbidden' <<<"$PMGCM_TOK"; then
+    it_ok "node5 (status_access = local, metrics_access = token): $acc; agent '$agent'; the 403 carries nothing"
+else
+    it_not_ok "status_access / metrics_access limit /status and /metrics only"
+    it_diag "$acc; fingerprint in the 403: $leak; agent '$agent'; pmgcm --host: $PMGCM_TOK"
+fi
+
+# ==== the hold: every cap of the status and agent ports =======================================
+for k in $(seq 200 215); do ip -n "$IT_BRNS" addr add "10.213.0.$k/32" dev br0; done
+guard_of() { it_envelope "$1" 2>/dev/null | jq -r --arg f "$2" '.guard[$f] // empty'; }
+ip netns exec "$IT_BRNS" $HOSTILE hold "${IT_IP[A]}" --ports 7948,7949 \
+    --sources 10.213.0.200-215 --seconds 26 >"$IT_DIR/hold.out" 2>&1 &
+hpid=$!
+sleep 3 # the attack at full strength first
+view_bad=
+(
+    end=$(($(it_now_ms) + 20000))
+    while (($(it_now_ms) < end)); do
+        for i in $D; do
+            st=$(it_state_of "$i" node1)
+            [[ "$st" == A ]] || echo "node$i shows node1 '$st'"
+        done
+        sleep 1
+    done
+) >"$IT_DIR/hold-views.out" 2>&1 &
+vpid=$!
+chk=$(ip netns exec "$IT_BRNS" $HOSTILE check "${IT_IP[A]}" --rate 2 --seconds 20 --source 10.213.0.1)
+wait "$vpid"
+wait "$hpid"
+att=$(cat "$IT_DIR/hold.out")
+view_bad=$(sort -u "$IT_DIR/hold-views.out" | head -n 3)
+rate_ok=$(awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^(livez|readyz|agent)=/) {
+    split(substr($i, index($i, "=") + 1), x, "/"); if (x[2] < 30 || x[1] < 0.99 * x[2]) bad = 1 } }
+    END { print bad ? 0 : 1 }' <<<"$chk")
+if ((rate_ok)) && [[ -z "$view_bad" ]] && it_status $A >/dev/null; then
+    it_ok "node1 held by 16 addresses at every cap of its status and agent ports for 20 s ($att): $chk"
+else
+    it_not_ok "health checks keep passing (>= 99 %) while the status and agent ports are held"
+    it_diag "checker: $chk"
+    it_diag "attacker: $att"
+    it_diag "views: ${view_bad:-fine}"
+fi
+
+# ==== a handshake flood while a node joins and replicates ========================================
+hs0=$(guard_of $A api_handshakes_evicted)
+ip netns exec "$IT_BRNS" $HOSTILE hsflood "${IT_IP[A]}" --port 7947 \
+    --sources 10.213.0.200-203 --conns 120 --seconds 60 >"$IT_DIR/hsflood.out" 2>&1 &
+fpid=$!
+it_wait_until "(( \$(guard_of $A api_handshakes_evicted) > ${hs0:-0} + 100 ))" 15 ||
+    it_diag "the flood did not get going: evicted $(guard_of $A api_handshakes_evicted)"
+run -t 120 $E join "${IT_IP[A]}" --fingerprint "$FP_A" --password-file "$PW"
+JRC=$RC JOUT=$OUT JMS=$DUR_MS
+pg_sql $A "INSERT INTO mail VALUES (990001, 'node1', 'during the flood', 1, now())" >/dev/null
+t0=$(it_now_ms)
+it_wait_until "[[ \$(pg_val $E 'SELECT count(*) FROM mail WHERE id = 990001') == 1 ]]" 30
+ROW_MS=$(($(it_now_ms) - t0))
+ROW=$(pg_val $E 'SELECT count(*) FROM mail WHERE id = 990001')
+stop_node $E
+pg_sql $A "INSERT INTO mail VALUES (990002, 'node1', 'while node5 was down', 1, now())" >/dev/null
+t0=$(it_now_ms)
+it_start_node $E
+it_wait_until "[[ \$(pg_val $E 'SELECT count(*) FROM mail WHERE id = 990002') == 1 && \$(it_envelope $E | jq -r '.store.state') == in-sync ]]" 40
+CATCH_MS=$(($(it_now_ms) - t0))
+CATCH=$(pg_val $E 'SELECT count(*) FROM mail WHERE id = 990002')
+hs1=$(guard_of $A api_handshakes_evicted) hspeak=$(guard_of $A api_handshakes_peak)
+kill "$fpid" 2>/dev/null
+wait "$fpid" 2>/dev/null
+if ((JRC == 0 && ROW == 1 && CATCH == 1 && hs1 - hs0 >= 100 && hspeak <= 32)); then
+    it_ok "120 half-sent ClientHellos from 4 addresses, renewed as fast as node1 drops them ($((hs1 - hs0)) dropped, at most $hspeak unfinished at once): node5 joins and loads the 64 MB snapshot in $(ms $JMS) s, a new row reaches it in $(ms $ROW_MS) s, restarted it catches up in $(ms $CATCH_MS) s"
+else
+    it_not_ok "joins and replication keep working during a handshake flood"
+    it_diag "join exit $JRC ($(ms $JMS) s): $(tail -n 3 <<<"$JOUT")"
+    it_diag "row: $ROW after $(ms $ROW_MS) s; catch-up: $CATCH after $(ms $CATCH_MS) s (store $(it_envelope $E | jq -c .store.state))"
+    it_diag "evicted $hs0 -> $hs1, peak $hspeak"
+fi
+
+# ==== the join throttle across 200 addresses ======================================================
+: >"$IT_DIR/sources"
+for k in $(seq 100 199); do
+    ip -n "$IT_BRNS" addr add "10.213.0.$k/32" dev br0
+    echo "10.213.0.$k" >>"$IT_DIR/sources"
+done
+for k in $(seq 0 99); do
+    ip -n "$IT_BRNS" addr add "10.214.$k.1/32" dev br0
+    echo "10.214.$k.1" >>"$IT_DIR/sources"
+done
+ip -n "${IT_NS[A]}" route add 10.214.0.0/16 dev eth0
+w0=$(guard_of $A join_wrong_passwords)
+JF=$(ip netns exec "$IT_BRNS" $HOSTILE joinflood "${IT_IP[A]}" --port 7947 \
+    --sources-file "$IT_DIR/sources" --cert "$IT_DIR/att.crt" --key "$IT_DIR/att.key" \
+    --seconds 30 --threads 48 2>&1)
+w1=$(guard_of $A join_wrong_passwords)
+gps=$(sed -n 's/.* guesses_per_s=\([0-9.]*\).*/\1/p' <<<"$JF" | head -n1)
+secs=$(sed -n 's/.* seconds=\([0-9.]*\).*/\1/p' <<<"$JF" | head -n1)
+# the budget: 20 at once, one more every 3 s (guard.h defaults)
+allowed=$(awk -v s="${secs:-30}" 'BEGIN { printf "%d", 20 + s / 3 + 2 }')
+t0=$(it_now_ms)
+ok_c=0
+while (($(it_now_ms) - t0 < 45000)); do
+    run $C join "${IT_IP[A]}" --fingerprint "$FP_A" --password-file "$PW" --no-wait
+    if ((RC == 0)); then ok_c=1; break; fi
+    sleep 1
+done
+CJ_MS=$(($(it_now_ms) - t0))
+if [[ -n "$gps" ]] && ((w1 - w0 <= allowed && w1 - w0 > 0 && ok_c)); then
+    it_ok "wrong join passwords from 200 addresses (100 in the cluster's /24, 100 in /24s of their own) for ${secs} s: $((w1 - w0)) checked (${gps}/s; the budget allows $allowed), the rest refused ($(sed 's/.*refused_busy/refused_busy/' <<<"$JF" | head -n1)); node3 joins again with the right password $(ms $CJ_MS) s after the attack"
+else
+    it_not_ok "the join throttle holds across 200 addresses"
+    it_diag "$JF"
+    it_diag "wrong passwords counted by node1: $w0 -> $w1 (allowed $allowed); node3's join: exit $RC after $(ms $CJ_MS) s: $OUT"
+fi
+
 # ==== shutdown ==========================================================================
-for i in $A $C $D; do stop_node "$i"; done
-it_report_shutdown "$STOP_BAD" $A $B $C $D
+for i in $A $C $D $E; do stop_node "$i"; done
+it_report_shutdown "$STOP_BAD" $A $B $C $D $E
+it_diag "took $(($(date +%s) - IT_T0)) s"
+it_plan "$IT_TAPN"
