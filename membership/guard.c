@@ -125,6 +125,7 @@ size_t pmm_guard_victim_of(const pmm_guard_ent *e, size_t n, size_t skip,
 size_t pmm_guard_victim(const pmm_guard_ent *e, size_t n, size_t skip)
 {
     size_t best = n, best_count = 0;
+    uint32_t best_rate = 0;
 
     for (size_t i = 0; i < n; i++) {
         size_t c = 0;
@@ -143,15 +144,123 @@ size_t pmm_guard_victim(const pmm_guard_ent *e, size_t n, size_t skip)
                 c++;
         {
             size_t v = pmm_guard_victim_of(e, n, skip, &e[i].src);
-            /* the heaviest source; between equals, the better victim */
+            /* the heaviest source; between equals the busier one lately,
+             * then the better victim */
             if (best == n || c > best_count ||
-                (c == best_count && better(&e[v], &e[best]))) {
+                (c == best_count && e[i].rate > best_rate) ||
+                (c == best_count && e[i].rate == best_rate &&
+                 better(&e[v], &e[best]))) {
                 best = v;
                 best_count = c;
+                best_rate = e[i].rate;
             }
         }
     }
     return best;
+}
+
+/* ---- recent connections per source ------------------------------------------ */
+
+typedef struct rate_ent {
+    pmm_src src;
+    uint64_t win;      /* the window's number (now / window_ms) */
+    uint32_t cur, prev;
+    bool used;
+} rate_ent;
+
+struct pmm_rate {
+    uint32_t slots, window_ms;
+    rate_ent *e;
+};
+
+pmm_rate *pmm_rate_new(uint32_t slots, uint32_t window_ms)
+{
+    pmm_rate *r = calloc(1, sizeof(*r));
+
+    if (r == NULL)
+        return NULL;
+    r->slots = slots ? slots : 256;
+    r->window_ms = window_ms ? window_ms : 1000;
+    r->e = calloc(r->slots, sizeof(*r->e));
+    if (r->e == NULL) {
+        free(r);
+        return NULL;
+    }
+    return r;
+}
+
+void pmm_rate_free(pmm_rate *r)
+{
+    if (r == NULL)
+        return;
+    free(r->e);
+    free(r);
+}
+
+static uint32_t src_hash(const pmm_src *s)
+{
+    uint32_t h = 2166136261u ^ s->family;
+
+    for (int i = 0; i < 16; i++)
+        h = (h ^ s->ip[i]) * 16777619u;
+    return h;
+}
+
+/* the entry's count as of window w */
+static uint32_t rate_of(const rate_ent *x, uint64_t w)
+{
+    if (!x->used || x->win + 1 < w)
+        return 0;
+    if (x->win + 1 == w)
+        return x->cur;
+    return x->cur + x->prev;
+}
+
+#define RATE_PROBE 8
+
+uint32_t pmm_rate_get(const pmm_rate *r, const pmm_src *s, uint64_t now_ms)
+{
+    uint64_t w = now_ms / r->window_ms;
+    uint32_t h = src_hash(s);
+
+    for (uint32_t k = 0; k < RATE_PROBE; k++) {
+        const rate_ent *x = &r->e[(h + k) % r->slots];
+        if (x->used && pmm_src_eq(&x->src, s))
+            return rate_of(x, w);
+    }
+    return 0;
+}
+
+uint32_t pmm_rate_hit(pmm_rate *r, const pmm_src *s, uint64_t now_ms)
+{
+    uint64_t w = now_ms / r->window_ms;
+    uint32_t h = src_hash(s);
+    rate_ent *x = NULL, *quiet = NULL;
+
+    for (uint32_t k = 0; k < RATE_PROBE; k++) {
+        rate_ent *y = &r->e[(h + k) % r->slots];
+        if (y->used && pmm_src_eq(&y->src, s)) {
+            x = y;
+            break;
+        }
+        if (quiet == NULL || rate_of(y, w) < rate_of(quiet, w))
+            quiet = y;
+    }
+    if (x == NULL) {
+        x = quiet;
+        memset(x, 0, sizeof(*x));
+        x->used = true;
+        x->src = *s;
+        x->win = w;
+    }
+    if (x->win != w) {
+        x->prev = x->win + 1 == w ? x->cur : 0;
+        x->cur = 0;
+        x->win = w;
+    }
+    if (x->cur < UINT32_MAX)
+        x->cur++;
+    return x->cur + x->prev;
 }
 
 /* ---- join throttle -------------------------------------------------------------- */

@@ -62,8 +62,10 @@ char *pmm_src_str(const pmm_src *s, bool group, char *buf, size_t len);
 /* ---- eviction ---------------------------------------------------------------- */
 typedef struct pmm_guard_ent {
     pmm_src src;
-    int cls;      /* lower goes first */
-    uint64_t seq; /* accept order: lower is older */
+    int cls;       /* lower goes first */
+    uint64_t seq;  /* accept order: lower is older */
+    uint32_t rate; /* the source's recent connections (pmm_rate): between
+                      sources holding as many, the busier one goes */
 } pmm_guard_ent;
 
 /* How many of e[0..n) come from src. */
@@ -77,6 +79,19 @@ size_t pmm_guard_victim(const pmm_guard_ent *e, size_t n, size_t skip);
  * is reached): lowest class, oldest first; n when none. */
 size_t pmm_guard_victim_of(const pmm_guard_ent *e, size_t n, size_t skip,
                            const pmm_src *src);
+
+/* ---- recent connections per source ------------------------------------------ */
+/* How many connections each source opened lately (this window and the one
+ * before, window_ms each), in a fixed table: a health checker opens a few
+ * a second, a flood hundreds. A full table replaces its quietest entry
+ * (approximate on purpose: it only breaks ties between sources). */
+typedef struct pmm_rate pmm_rate;
+pmm_rate *pmm_rate_new(uint32_t slots, uint32_t window_ms); /* NULL: ENOMEM */
+void pmm_rate_free(pmm_rate *r);
+/* Counts one connection from s; returns its recent count. */
+uint32_t pmm_rate_hit(pmm_rate *r, const pmm_src *s, uint64_t now_ms);
+/* Its recent count (0 when unknown). */
+uint32_t pmm_rate_get(const pmm_rate *r, const pmm_src *s, uint64_t now_ms);
 
 /* ---- join throttle ------------------------------------------------------------- */
 typedef struct pmm_thr_cfg {

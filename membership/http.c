@@ -1023,8 +1023,17 @@ struct pmm_http {
     uint64_t seq;
     pmm_guard_ent *ents; /* scratch for the eviction choice: max_conns + 2 */
     conn **econn;
+    /* at most ACCEPT_BURST accepts per loop turn (libuv would accept
+     * until the backlog is empty, and a flood refilling it as fast as
+     * connections are dropped would hold the loop) */
+    uv_idle_t accept_idle;
+    uint32_t burst;
+    bool accept_pending;
+    bool idle_closed;
+    pmm_rate *rate; /* recent connections per address */
     char scratch[16384]; /* where discarded bytes go */
 };
+#define ACCEPT_BURST 32
 
 static const char *kind_name(const pmm_http *h)
 {
@@ -1043,6 +1052,7 @@ void pmm_http_opts_default(pmm_http_opts *o)
 
 static void srv_free(pmm_http *h)
 {
+    pmm_rate_free(h->rate);
     free(h->ents);
     free(h->econn);
     free(h);
@@ -1050,7 +1060,7 @@ static void srv_free(pmm_http *h)
 
 static void srv_maybe_free(pmm_http *h)
 {
-    if (h->closing && h->listener_closed && h->n_alloc == 0)
+    if (h->closing && h->listener_closed && h->idle_closed && h->n_alloc == 0)
         srv_free(h);
 }
 
@@ -1206,12 +1216,14 @@ static conn *pick_victim(pmm_http *h, const conn *newcomer,
                          const pmm_src *only)
 {
     size_t n = 0, skip = SIZE_MAX, v;
+    uint64_t now = uv_now(h->loop);
 
     for (conn *o = h->first; o != NULL && n < h->opts.max_conns + 2;
          o = o->next) {
         h->ents[n].src = o->src;
         h->ents[n].cls = conn_class(o);
         h->ents[n].seq = o->seq;
+        h->ents[n].rate = pmm_rate_get(h->rate, &o->src, now);
         h->econn[n] = o;
         if (o == newcomer)
             skip = n;
@@ -1386,19 +1398,53 @@ static void conn_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     conn_got(c, (size_t)nread);
 }
 
+static void srv_accept(pmm_http *h);
+
+/* Once per loop turn while accepting: a new burst may start, and the
+ * connection held back last turn is taken (uv_accept resumes the
+ * listener). */
+static void srv_accept_idle_cb(uv_idle_t *t)
+{
+    pmm_http *h = t->data;
+
+    h->burst = 0;
+    if (h->accept_pending) {
+        h->accept_pending = false;
+        h->burst++;
+        srv_accept(h);
+    } else {
+        uv_idle_stop(t);
+    }
+}
+
 static void srv_conn_cb(uv_stream_t *ls, int status)
 {
     pmm_http *h = ls->data;
-    struct sockaddr_storage ss;
-    int slen = sizeof(ss);
-    size_t cost;
-    conn *c, *v;
 
     if (status != 0) {
         pmm_log(PMM_LOG_WARN, "http", "%s port: accept: %s", kind_name(h),
                 uv_strerror(status));
         return;
     }
+    if (h->burst >= ACCEPT_BURST) {
+        /* not accepted: libuv stops watching the listener until the next
+         * turn's uv_accept */
+        h->accept_pending = true;
+        return;
+    }
+    h->burst++;
+    uv_idle_start(&h->accept_idle, srv_accept_idle_cb);
+    srv_accept(h);
+}
+
+static void srv_accept(pmm_http *h)
+{
+    uv_stream_t *ls = (uv_stream_t *)&h->listener;
+    struct sockaddr_storage ss;
+    int slen = sizeof(ss);
+    size_t cost;
+    conn *c, *v;
+
     c = calloc(1, sizeof(*c));
     if (c == NULL) {
         pmm_log(PMM_LOG_ERROR, "http", "%s port: out of memory",
@@ -1431,6 +1477,7 @@ static void srv_conn_cb(uv_stream_t *ls, int status)
     memset(&ss, 0, sizeof(ss));
     if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &slen) == 0)
         pmm_src_from_sa(&c->src, (struct sockaddr *)&ss);
+    pmm_rate_hit(h->rate, &c->src, uv_now(h->loop));
     /* on this host: loopback, or from the very address it came in on
      * (curl http://<this node's IP>:7948/status on the node itself) */
     c->local = pmm_src_loopback(&c->src);
@@ -1500,6 +1547,14 @@ static void listener_closed_cb(uv_handle_t *hd)
     srv_maybe_free(h);
 }
 
+static void idle_closed_cb(uv_handle_t *hd)
+{
+    pmm_http *h = hd->data;
+
+    h->idle_closed = true;
+    srv_maybe_free(h);
+}
+
 int pmm_http_start(pmm_http **out, uv_loop_t *loop, const struct sockaddr *sa,
                    pmm_http_kind kind, const pmm_http_source *src,
                    const pmm_http_opts *o, char *err, size_t errlen)
@@ -1527,7 +1582,8 @@ int pmm_http_start(pmm_http **out, uv_loop_t *loop, const struct sockaddr *sa,
         h->opts.max_per_src = h->opts.max_conns;
     h->ents = calloc(h->opts.max_conns + 2, sizeof(*h->ents));
     h->econn = calloc(h->opts.max_conns + 2, sizeof(*h->econn));
-    if (h->ents == NULL || h->econn == NULL) {
+    h->rate = pmm_rate_new(4 * h->opts.max_conns, 1000);
+    if (h->ents == NULL || h->econn == NULL || h->rate == NULL) {
         snprintf(err, errlen, "out of memory");
         srv_free(h);
         return -ENOMEM;
@@ -1539,6 +1595,8 @@ int pmm_http_start(pmm_http **out, uv_loop_t *loop, const struct sockaddr *sa,
         return rc;
     }
     h->listener.data = h;
+    uv_idle_init(loop, &h->accept_idle);
+    h->accept_idle.data = h;
     rc = uv_tcp_bind(&h->listener, sa, 0);
     if (rc == 0)
         /* a deep backlog: under a connection flood a checker's SYN
@@ -1549,6 +1607,7 @@ int pmm_http_start(pmm_http **out, uv_loop_t *loop, const struct sockaddr *sa,
     if (rc != 0) {
         snprintf(err, errlen, "%s", uv_strerror(rc));
         h->closing = true;
+        uv_close((uv_handle_t *)&h->accept_idle, idle_closed_cb);
         uv_close((uv_handle_t *)&h->listener, listener_closed_cb);
         return rc;
     }
@@ -1577,6 +1636,7 @@ void pmm_http_close(pmm_http *h)
     h->closing = true;
     while (h->first != NULL)
         conn_close(h->first);
+    uv_close((uv_handle_t *)&h->accept_idle, idle_closed_cb);
     uv_close((uv_handle_t *)&h->listener, listener_closed_cb);
     srv_maybe_free(h);
 }

@@ -1170,11 +1170,12 @@ static void joiner_unlink(pmm_lc *lc, sconn *s)
  * there is no room. */
 static bool joiner_room(pmm_lc *lc, const pmm_src *src)
 {
-    pmm_guard_ent e[API_JOINERS_MAX + 1] = {{{0, {0}}, 0, 0}};
+    pmm_guard_ent e[API_JOINERS_MAX + 1];
     sconn *who[API_JOINERS_MAX + 1];
     size_t n = 0, v;
     uint32_t same = 0;
 
+    memset(e, 0, sizeof(e));
     for (sconn *o = lc->joiners; o && n < API_JOINERS_MAX + 1; o = o->jnext) {
         e[n].src = o->src;
         e[n].cls = o->busy || o->stream ? -1 : 0;

@@ -710,7 +710,16 @@ struct pmm_tls_server {
     pmm_guard_ent *ents; /* scratch for the eviction choice */
     pmm_tls_conn **econn;
     size_t n_ents;
+    /* at most ACCEPT_BURST accepts per loop turn: libuv accepts until the
+     * backlog is empty, and a flood that refills it as fast as we drop
+     * its connections would keep the loop from everything else */
+    uv_idle_t accept_idle;
+    uint32_t burst;
+    bool accept_pending;
+    int open_handles;
+    pmm_rate *rate; /* recent connections per address (tie-breaker) */
 };
+#define ACCEPT_BURST 32
 
 static void step(pmm_tls_conn *c);
 static void enter_closing(pmm_tls_conn *c, int reason, bool flush,
@@ -1659,7 +1668,10 @@ static void free_handle(uv_handle_t *h)
 static void on_server_closed(uv_handle_t *h)
 {
     pmm_tls_server *s = h->data;
+    if (--s->open_handles > 0)
+        return;
     pmm_tls_identity_free(s->id);
+    pmm_rate_free(s->rate);
     free(s->ents);
     free(s->econn);
     free(s);
@@ -1679,6 +1691,7 @@ static pmm_tls_conn *hs_victim(pmm_tls_server *s, const pmm_tls_conn *newcomer,
         s->ents[n].src = o->src;
         s->ents[n].cls = 0;
         s->ents[n].seq = o->seq;
+        s->ents[n].rate = pmm_rate_get(s->rate, &o->src, uv_now(s->loop));
         s->econn[n] = o;
         if (o == newcomer)
             skip = n;
@@ -1712,11 +1725,9 @@ static size_t hs_count_src(const pmm_tls_server *s, const pmm_tls_conn *c)
     return n;
 }
 
-static void on_connection(uv_stream_t *ls, int status)
+static void do_accept(pmm_tls_server *s)
 {
-    pmm_tls_server *s = ls->data;
-    if (status < 0)
-        return;
+    uv_stream_t *ls = (uv_stream_t *)&s->tcp;
     pmm_tls_conn *c = conn_new(s->loop, s->id, &s->cb, &s->opts);
     if (c == NULL) {
         /* still take it off the backlog */
@@ -1750,6 +1761,7 @@ static void on_connection(uv_stream_t *ls, int status)
                                  ? (struct sockaddr *)&c->peer_addr
                                  : NULL);
     c->seq = ++s->seq;
+    pmm_rate_hit(s->rate, &c->src, uv_now(s->loop));
     c->in_hs = true;
     c->hs_budget = s->opts.budget;
     s->n_hs++;
@@ -1791,6 +1803,38 @@ static void on_connection(uv_stream_t *ls, int status)
     leave(c);
 }
 
+/* Once per loop turn while accepting: a new burst may start, and the
+ * connection held back last turn is taken (uv_accept resumes the
+ * listener). */
+static void on_accept_idle(uv_idle_t *h)
+{
+    pmm_tls_server *s = h->data;
+    s->burst = 0;
+    if (s->accept_pending) {
+        s->accept_pending = false;
+        s->burst++;
+        do_accept(s);
+    } else {
+        uv_idle_stop(h);
+    }
+}
+
+static void on_connection(uv_stream_t *ls, int status)
+{
+    pmm_tls_server *s = ls->data;
+    if (status < 0)
+        return;
+    if (s->burst >= ACCEPT_BURST) {
+        /* not accepted: libuv stops watching the listener until the
+         * next turn's uv_accept */
+        s->accept_pending = true;
+        return;
+    }
+    s->burst++;
+    uv_idle_start(&s->accept_idle, on_accept_idle);
+    do_accept(s);
+}
+
 int pmm_tls_server_start(pmm_tls_server **out, struct uv_loop_s *loop,
                          const struct sockaddr *bind_addr,
                          pmm_tls_identity *id, const pmm_tls_callbacks *cb,
@@ -1818,7 +1862,9 @@ int pmm_tls_server_start(pmm_tls_server **out, struct uv_loop_s *loop,
         s->n_ents = (size_t)s->opts.max_conns + 2;
     s->ents = calloc(s->n_ents, sizeof *s->ents);
     s->econn = calloc(s->n_ents, sizeof *s->econn);
-    if (s->ents == NULL || s->econn == NULL) {
+    s->rate = pmm_rate_new(256, 1000);
+    if (s->ents == NULL || s->econn == NULL || s->rate == NULL) {
+        pmm_rate_free(s->rate);
         free(s->ents);
         free(s->econn);
         free(s);
@@ -1826,17 +1872,23 @@ int pmm_tls_server_start(pmm_tls_server **out, struct uv_loop_s *loop,
     }
     int rc = uv_tcp_init(loop, &s->tcp);
     if (rc) {
+        pmm_rate_free(s->rate);
         free(s->ents);
         free(s->econn);
         free(s);
         return rc;
     }
     s->tcp.data = s;
+    uv_idle_init(loop, &s->accept_idle);
+    s->accept_idle.data = s;
+    s->open_handles = 2;
     rc = uv_tcp_bind(&s->tcp, bind_addr, 0);
     if (rc == 0)
         rc = uv_listen((uv_stream_t *)&s->tcp, 511, on_connection);
     if (rc) {
-        uv_close((uv_handle_t *)&s->tcp, on_server_closed); /* frees s */
+        /* frees s */
+        uv_close((uv_handle_t *)&s->accept_idle, on_server_closed);
+        uv_close((uv_handle_t *)&s->tcp, on_server_closed);
         return rc;
     }
     s->id = identity_ref(id);
@@ -1879,6 +1931,7 @@ void pmm_tls_server_close(pmm_tls_server *s)
     }
     s->conns = NULL;
     s->n_conns = 0;
+    uv_close((uv_handle_t *)&s->accept_idle, on_server_closed);
     uv_close((uv_handle_t *)&s->tcp, on_server_closed);
 }
 

@@ -222,6 +222,7 @@ def cmd_check(a):
              ('agent', lambda: agent_line(a.ip, a.agent, a.source, a.timeout),
               lambda r: r is not None and r.startswith(b'up ready'))]
     res = {k: [0, 0, 0.0] for k, _, _ in kinds}  # ok, n, max seconds
+    lat = []
     end = time.time() + a.seconds
     period = 1.0 / a.rate
     nxt = time.time()
@@ -231,6 +232,7 @@ def cmd_check(a):
             r = fn()
             dt = time.time() - t0
             res[name][1] += 1
+            lat.append(dt)
             if good(r):
                 res[name][0] += 1
             if dt > res[name][2]:
@@ -241,9 +243,12 @@ def cmd_check(a):
             time.sleep(d)
     ok = sum(v[0] for v in res.values())
     n = sum(v[1] for v in res.values())
+    lat.sort()
+    pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000 if lat else 0
     print('check ' + ' '.join('%s=%d/%d %s_max_ms=%d' % (k, v[0], v[1], k, v[2] * 1000)
                               for k, v in res.items()) +
-          ' all=%d/%d rate=%.2f%%' % (ok, n, 100.0 * ok / n if n else 0))
+          ' all=%d/%d rate=%.2f%% p50_ms=%.1f p99_ms=%.1f' % (
+              ok, n, 100.0 * ok / n if n else 0, pct(0.5), pct(0.99)))
 
 
 # ---- hsflood: half-sent ClientHellos ------------------------------------------

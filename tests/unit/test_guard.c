@@ -77,12 +77,12 @@ static void test_victim(void)
     size_t n = 0;
 
     /* the health checker's one connection is the oldest of all */
-    e[n++] = (pmm_guard_ent){hc, 1, 1};
-    e[n++] = (pmm_guard_ent){atk, 1, 2};
-    e[n++] = (pmm_guard_ent){atk, 0, 5}; /* answered, lingering */
-    e[n++] = (pmm_guard_ent){atk, 1, 3};
-    e[n++] = (pmm_guard_ent){o, 0, 4};
-    e[n++] = (pmm_guard_ent){hc, 1, 9}; /* the newcomer */
+    e[n++] = (pmm_guard_ent){hc, 1, 1, 0};
+    e[n++] = (pmm_guard_ent){atk, 1, 2, 0};
+    e[n++] = (pmm_guard_ent){atk, 0, 5, 0}; /* answered, lingering */
+    e[n++] = (pmm_guard_ent){atk, 1, 3, 0};
+    e[n++] = (pmm_guard_ent){o, 0, 4, 0};
+    e[n++] = (pmm_guard_ent){hc, 1, 9, 0}; /* the newcomer */
     CHECK_EQ_INT(pmm_guard_count(e, n, &atk), 3);
     /* the heaviest source (the attacker) loses its lowest class first */
     CHECK_EQ_INT(pmm_guard_victim(e, n, 5), 2);
@@ -93,15 +93,22 @@ static void test_victim(void)
     CHECK_EQ_INT(pmm_guard_victim_of(e, n, 0, &hc), 5);
     /* equal sources: the better victim (lower class, then older) */
     {
-        pmm_guard_ent f[3] = {{hc, 1, 1}, {o, 0, 7}, {atk, 1, 2}};
+        pmm_guard_ent f[3] = {{hc, 1, 1, 0}, {o, 0, 7, 0}, {atk, 1, 2, 0}};
         CHECK_EQ_INT(pmm_guard_victim(f, 3, 3), 1);
         f[1].cls = 1;
         CHECK_EQ_INT(pmm_guard_victim(f, 3, 3), 0);
         CHECK_EQ_INT(pmm_guard_victim(f, 3, 0), 2);
     }
+    /* one connection each (a flood from many addresses): the address
+     * that opened the most lately goes, even if the checker's is older */
+    {
+        pmm_guard_ent f[4] = {{hc, 1, 1, 3}, {o, 1, 5, 240}, {atk, 1, 4, 180},
+                              {hc, 1, 9, 3}};
+        CHECK_EQ_INT(pmm_guard_victim(f, 4, 3), 1);
+    }
     /* nothing droppable */
     {
-        pmm_guard_ent g[2] = {{hc, -1, 1}, {o, 1, 2}};
+        pmm_guard_ent g[2] = {{hc, -1, 1, 0}, {o, 1, 2, 0}};
         CHECK_EQ_INT(pmm_guard_victim(g, 2, 1), 2);
         CHECK_EQ_INT(pmm_guard_victim(g, 0, 9), 0);
     }
@@ -120,6 +127,36 @@ static long long fail_once(pmm_thr *t, pmm_src a, uint64_t now)
     d = pmm_thr_fail(t, slot, now, NULL);
     pmm_thr_end(t, slot, false, now + d);
     return (long long)d;
+}
+
+static void test_rate(void)
+{
+    pmm_rate *r = pmm_rate_new(8, 1000);
+    pmm_src a = v4("10.0.0.1"), b = v4("10.0.0.2");
+    uint32_t n = 0;
+
+    REQUIRE(r != NULL);
+    for (int i = 0; i < 50; i++)
+        n = pmm_rate_hit(r, &a, 100 + (uint64_t)i);
+    CHECK_EQ_INT(n, 50);
+    CHECK_EQ_INT(pmm_rate_hit(r, &b, 200), 1);
+    CHECK_EQ_INT(pmm_rate_get(r, &a, 900), 50);
+    /* the next window still remembers the last one, the one after not */
+    CHECK_EQ_INT(pmm_rate_hit(r, &a, 1500), 51);
+    CHECK_EQ_INT(pmm_rate_get(r, &a, 2500), 1);
+    CHECK_EQ_INT(pmm_rate_get(r, &a, 3500), 0);
+    /* a full table replaces its quietest entry */
+    for (int i = 0; i < 40; i++) {
+        char ip[32];
+        snprintf(ip, sizeof(ip), "10.1.0.%d", i);
+        pmm_src x = v4(ip);
+        pmm_rate_hit(r, &x, 4000);
+    }
+    {
+        pmm_src z = v4("10.9.9.9");
+        CHECK_EQ_INT(pmm_rate_get(r, &z, 4000), 0);
+    }
+    pmm_rate_free(r);
 }
 
 static void test_throttle_delays_not_reset(void)
@@ -305,6 +342,7 @@ int main(void)
 {
     TAP_RUN(test_sources);
     TAP_RUN(test_victim);
+    TAP_RUN(test_rate);
     TAP_RUN(test_throttle_delays_not_reset);
     TAP_RUN(test_throttle_group_busy_and_never_evicted);
     TAP_RUN(test_throttle_global_budget);

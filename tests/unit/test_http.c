@@ -1399,6 +1399,10 @@ static int check_once(uint16_t port, bool agent, uint64_t *ms)
     read_answer(fd, buf, sizeof(buf));
     close(fd);
     ok = agent ? strcmp(buf, "up ready 100%\n") == 0 : status_of(buf) == 200;
+    if (!ok)
+        printf("# a %s check got '%.12s' after %llu ms\n",
+               agent ? "agent" : "livez", buf,
+               (unsigned long long)(now_ms() - t0));
     if (ms != NULL)
         *ms = now_ms() - t0;
     return ok;
