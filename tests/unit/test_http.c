@@ -1451,7 +1451,8 @@ static void *attacker_thread(void *arg)
         for (int g = 0; g < 4; g++) {
             int fd = connect_from(30, hport_http);
             if (fd >= 0) {
-                cli_send(fd, "\x16\x03\x01\x02\x00garbage\r\n\r\n", 20);
+                static const char junk[] = "\x16\x03\x01\x02\x00garbage\r\n\r\n";
+                cli_send(fd, junk, sizeof(junk) - 1);
                 close(fd);
                 hr.attack_conns++;
             }
