@@ -51,6 +51,12 @@
  *       the number of pmgcm.divergence records. clear ID drops backup ID
  *       (its schema); clear divergence deletes the divergence records.
  *
+ *   pmgcm files publish [--confirm]
+ *       On the master: publish the mirrored files it holds for an admin's
+ *       confirmation (a directory that drops most of the published
+ *       files, or a master that does not hold the published manifest).
+ *       Without --confirm it only says what is held (exit 1).
+ *
  *   pmgcm sync [--master-ip IP]
  *       Fetch the cluster configuration now; --master-ip (or PMG's
  *       spelling --master_ip) points this node at a new master.
@@ -164,6 +170,9 @@ static void usage(FILE *f)
             "  backups [list | clear ID|divergence]\n"
             "          data kept instead of destroyed (resync backups,\n"
             "          divergence records); clear one when handled\n"
+            "  files publish [--confirm]\n"
+            "          on the master: publish the mirrored files it holds\n"
+            "          for confirmation (without --confirm: say what is held)\n"
             "  sync [--master-ip IP]\n"
             "          fetch the cluster config now, optionally from a new\n"
             "          master (--master_ip is accepted too)\n"
@@ -696,6 +705,7 @@ typedef struct cli {
     bool yes, force, accept;
     bool no_wait;
     bool purge;
+    bool confirm;
 } cli;
 
 /* Prints the daemon's error in words. */
@@ -1614,6 +1624,31 @@ static int cmd_backups(const cli *c)
     return fflush(stdout) == 0 ? 0 : 1;
 }
 
+static int cmd_files(const cli *c)
+{
+    char line[200], digest[80];
+    pmm_buf req;
+    pmm_json *doc;
+    int rc;
+
+    req_init(&req, "files-publish");
+    pmm_buf_printf(&req, ",\"confirm\":%s", c->confirm ? "true" : "false");
+    req_end(&req);
+    rc = call(c, &req, LONG_TIMEOUT_S, true, &doc);
+    pmm_buf_free(&req);
+    if (rc != 0)
+        return 1;
+    if (get_str(doc, "digest", digest, sizeof(digest)) == NULL)
+        snprintf(digest, sizeof(digest), "?");
+    snprintf(line, sizeof(line),
+             "published manifest %.16s (%lld files; %lld dropped files are "
+             "kept in the nodes' trash)", digest, get_uint(doc, "files"),
+             get_uint(doc, "dropped"));
+    rc = print_words(c, doc, line);
+    pmm_json_free(doc);
+    return rc;
+}
+
 static int cmd_sync(const cli *c)
 {
     char line[160], ip[64];
@@ -1660,6 +1695,7 @@ enum {
     O_NOWAIT = 1 << 5,
     O_PURGE = 1 << 6,
     O_ACCEPT = 1 << 7,
+    O_CONFIRM = 1 << 8,
 };
 
 typedef struct command {
@@ -1680,6 +1716,7 @@ static const command commands[] = {
     {"promote", 0, 0, O_FORCE | O_ACCEPT, NULL},
     {"backups", 0, 2, 0, "[list | clear ID|divergence]"},
     {"sync", 0, 0, O_MASTER_IP, NULL},
+    {"files", 1, 1, O_CONFIRM, "publish"},
     {"drain", 0, 0, 0, NULL},
     {"undrain", 0, 0, 0, NULL},
 };
@@ -1822,6 +1859,10 @@ int main(int argc, char **argv)
             c.no_wait = true;
             continue;
         }
+        if ((cmd->opts & O_CONFIRM) && strcmp(a, "--confirm") == 0) {
+            c.confirm = true;
+            continue;
+        }
         if ((cmd->opts & O_FORCE) && strcmp(a, "--force") == 0) {
             c.force = true;
             continue;
@@ -1904,6 +1945,12 @@ int main(int argc, char **argv)
                                    "divergence", id);
         }
         return cmd_backups(&c);
+    }
+    if (strcmp(cmdname, "files") == 0) {
+        if (strcmp(c.pos[0], "publish") != 0)
+            return usage_error("files: unknown subcommand '%s' (publish)",
+                               c.pos[0]);
+        return cmd_files(&c);
     }
     if (strcmp(cmdname, "drain") == 0)
         return cmd_drain(&c, true);

@@ -28,6 +28,8 @@ void pmm_config_default(pmm_config *cfg)
     snprintf(cfg->db_schemas, sizeof(cfg->db_schemas), "public");
     cfg->db_log_retention_s = 3600;
     cfg->files_max_bytes = 1u << 20;
+    cfg->files_trash_max_files = 1000;
+    cfg->files_trash_max_bytes = 64u << 20;
 }
 
 /* ---- value parsers: return NULL on success or a static reason ---------- */
@@ -180,7 +182,7 @@ enum {
     K_AGENT_PORT, K_DB_CONNINFO, K_DB_SCHEMAS, K_DB_EXCLUDE,
     K_DB_RETENTION, K_DB_ORIGIN, K_FILES_DIR, K_FILES_RELOAD, K_FILES_MAX,
     K_STATUS_ACCESS, K_METRICS_ACCESS, K_STATUS_TOKEN, K_UNAUTH_BUDGET,
-    K_COUNT
+    K_FILES_TRASH_FILES, K_FILES_TRASH_BYTES, K_COUNT
 };
 
 static const char *const key_names[K_COUNT] = {
@@ -220,6 +222,8 @@ static const char *const key_names[K_COUNT] = {
     [K_METRICS_ACCESS] = "metrics_access",
     [K_STATUS_TOKEN] = "status_token_file",
     [K_UNAUTH_BUDGET] = "unauth_budget_bytes",
+    [K_FILES_TRASH_FILES] = "files_trash_max_files",
+    [K_FILES_TRASH_BYTES] = "files_trash_max_bytes",
 };
 
 static const char *parse_access(const char *v, pmm_access *out)
@@ -323,6 +327,10 @@ static const char *apply_key(pmm_config *c, int k, char *v)
     case K_UNAUTH_BUDGET:
         return parse_u32(v, PMM_UNAUTH_BUDGET_MIN, PMM_UNAUTH_BUDGET_MAX,
                          &c->unauth_budget_bytes);
+    case K_FILES_TRASH_FILES:
+        return parse_u32(v, 1, 1000000, &c->files_trash_max_files);
+    case K_FILES_TRASH_BYTES:
+        return parse_u32(v, 1, UINT32_MAX, &c->files_trash_max_bytes);
     case K_PROBE_INTERVAL:
         return parse_u32(v, 10, 600000, &g->probe_interval_ms);
     case K_PROBE_TIMEOUT:

@@ -72,6 +72,7 @@ static const cmd_spec cmd_specs[] = {
      {{"force", ARG_BOOL, false}, {"accept_data_loss", ARG_BOOL, false}}},
     {"backups", false, {{"sub", ARG_WORD, false}, {"id", ARG_WORD, false}}},
     {"sync", false, {{"master_ip", ARG_IP, false}}},
+    {"files-publish", false, {{"confirm", ARG_BOOL, false}}},
     {"drain", false, {{NULL}}},
     {"undrain", false, {{NULL}}},
 };

@@ -33,10 +33,21 @@ extern char **environ;
 #define TMP_SUFFIX ".tmp"
 #define RACY_NS 2000000000LL /* a file changed this recently is re-hashed */
 #define ENV_MAX 4096
+#define EVENT_MAX (PMM_PATH_MAX + 160) /* a trash event directory */
 
 typedef Pmgcm__Cluster__Request Req;
 typedef Pmgcm__Cluster__Response Resp;
 typedef Pmgcm__Cluster__FileEntry FileEntry;
+
+static void hex(const uint8_t *b, size_t n, char *out)
+{
+    static const char d[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = d[b[i] >> 4];
+        out[2 * i + 1] = d[b[i] & 15];
+    }
+    out[2 * n] = 0;
+}
 
 /* ---- names ------------------------------------------------------------------ */
 
@@ -211,6 +222,178 @@ int pmm_files_diff(const pmm_files_manifest *local,
     *n_fetch = nf;
     *del = d;
     *n_del = nd;
+    return 0;
+}
+
+bool pmm_files_mass_drop(const pmm_files_manifest *prev,
+                         const pmm_files_manifest *next, size_t *dropped)
+{
+    size_t d = 0, i = 0, j = 0;
+    while (i < prev->n) {
+        int c = j == next->n ? -1
+                             : strcmp(prev->ents[i].name, next->ents[j].name);
+        if (c < 0) {
+            d++;
+            i++;
+        } else if (c > 0) {
+            j++;
+        } else {
+            i++;
+            j++;
+        }
+    }
+    if (dropped) *dropped = d;
+    return d >= PMM_FILES_DROP_MIN && 2 * d > prev->n;
+}
+
+size_t pmm_files_trash_evict(const uint64_t *files, const uint64_t *bytes,
+                             size_t n, uint64_t max_files, uint64_t max_bytes)
+{
+    uint64_t tf = 0, tb = 0;
+    for (size_t i = 0; i < n; i++) {
+        tf += files[i];
+        tb += bytes[i];
+    }
+    size_t k = 0;
+    while (k + 1 < n && (tf > max_files || tb > max_bytes)) {
+        tf -= files[k];
+        tb -= bytes[k];
+        k++;
+    }
+    return k;
+}
+
+/* ---- the manifest's text form (data_dir/files.manifest) ----------------------------- */
+
+#define MANIFEST_MAGIC "pmgcm-files-manifest 1\n"
+/* the longest line: 64 hex, size, mode, name */
+#define MANIFEST_LINE_MAX (2 * PMM_HASH_LEN + 1 + 20 + 1 + 4 + 1 + \
+                           PMM_FILES_NAME_MAX + 1)
+#define MANIFEST_TEXT_MAX (64 + 80 + PMM_FILES_COUNT_MAX * MANIFEST_LINE_MAX)
+
+int pmm_files_manifest_format(const pmm_files_manifest *m, pmm_buf *b)
+{
+    char h[2 * PMM_HASH_LEN + 1];
+    pmm_buf_puts(b, MANIFEST_MAGIC);
+    hex(m->digest, PMM_HASH_LEN, h);
+    pmm_buf_printf(b, "digest %s\n", h);
+    for (size_t i = 0; i < m->n; i++) {
+        hex(m->ents[i].sha, PMM_HASH_LEN, h);
+        pmm_buf_printf(b, "%s %llu %04o %s\n", h,
+                       (unsigned long long)m->ents[i].size,
+                       (unsigned)m->ents[i].mode & 0777, m->ents[i].name);
+    }
+    return b->err;
+}
+
+static int unhex(const char *s, size_t n, uint8_t *out)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned v = 0;
+        for (size_t k = 0; k < 2; k++) {
+            char c = s[2 * i + k];
+            v <<= 4;
+            if (c >= '0' && c <= '9') v |= (unsigned)(c - '0');
+            else if (c >= 'a' && c <= 'f') v |= (unsigned)(c - 'a' + 10);
+            else return -EINVAL;
+        }
+        out[i] = (uint8_t)v;
+    }
+    return 0;
+}
+
+int pmm_files_manifest_parse(pmm_files_manifest *out, const char *text,
+                             size_t len, char *err, size_t errlen)
+{
+    size_t ml = strlen(MANIFEST_MAGIC);
+    if (len > MANIFEST_TEXT_MAX)
+        return pmm_errf(err, errlen, -EINVAL, "too long (%zu bytes)", len);
+    if (len < ml || memcmp(text, MANIFEST_MAGIC, ml))
+        return pmm_errf(err, errlen, -EINVAL, "not a manifest (first line)");
+    const char *p = text + ml, *end = text + len;
+    const char *nl = memchr(p, '\n', (size_t)(end - p));
+    uint8_t want[PMM_HASH_LEN];
+    if (!nl || nl - p != 7 + 2 * PMM_HASH_LEN || memcmp(p, "digest ", 7) ||
+        unhex(p + 7, PMM_HASH_LEN, want))
+        return pmm_errf(err, errlen, -EINVAL, "bad digest line");
+    p = nl + 1;
+    pmm_files_manifest m;
+    memset(&m, 0, sizeof(m));
+    size_t cap = 0;
+    int rc = 0;
+    while (p < end) {
+        nl = memchr(p, '\n', (size_t)(end - p));
+        if (!nl) {
+            rc = pmm_errf(err, errlen, -EINVAL, "entry %zu: no end of line",
+                          m.n);
+            break;
+        }
+        size_t l = (size_t)(nl - p);
+        char line[MANIFEST_LINE_MAX + 1];
+        if (l > MANIFEST_LINE_MAX || memchr(p, 0, l)) {
+            rc = pmm_errf(err, errlen, -EINVAL, "entry %zu: bad line", m.n);
+            break;
+        }
+        memcpy(line, p, l);
+        line[l] = 0;
+        p = nl + 1;
+        if (m.n >= PMM_FILES_COUNT_MAX) {
+            rc = pmm_errf(err, errlen, -EINVAL, "more than %d files",
+                          PMM_FILES_COUNT_MAX);
+            break;
+        }
+        if (m.n == cap) {
+            size_t nc = cap ? cap * 2 : 64;
+            pmm_file_ent *v = realloc(m.ents, nc * sizeof(*v));
+            if (!v) {
+                rc = -ENOMEM;
+                break;
+            }
+            m.ents = v;
+            cap = nc;
+        }
+        pmm_file_ent *e = &m.ents[m.n];
+        memset(e, 0, sizeof(*e));
+        char *sz = line + 2 * PMM_HASH_LEN + 1, *md, *nm, *q;
+        if (l < 2 * PMM_HASH_LEN + 6 || line[2 * PMM_HASH_LEN] != ' ' ||
+            unhex(line, PMM_HASH_LEN, e->sha) || !(md = strchr(sz, ' ')) ||
+            !(nm = strchr(md + 1, ' '))) {
+            rc = pmm_errf(err, errlen, -EINVAL, "entry %zu: bad line", m.n);
+            break;
+        }
+        *md++ = 0;
+        *nm++ = 0;
+        errno = 0;
+        unsigned long long size = strtoull(sz, &q, 10);
+        bool bad = errno || !*sz || *q || size > PMM_FILES_SIZE_MAX ||
+                   strspn(sz, "0123456789") != strlen(sz);
+        unsigned long mode = strtoul(md, &q, 8);
+        bad = bad || !*md || *q || mode > 0777 ||
+              strspn(md, "01234567") != strlen(md);
+        if (bad || !pmm_files_name_ok(nm) ||
+            (m.n && strcmp(m.ents[m.n - 1].name, nm) >= 0)) {
+            rc = pmm_errf(err, errlen, -EINVAL, "entry %zu: bad size, mode "
+                          "or name, or not sorted", m.n);
+            break;
+        }
+        e->size = size;
+        e->mode = (uint32_t)mode;
+        snprintf(e->name, sizeof(e->name), "%s", nm);
+        m.bytes += e->size;
+        m.n++;
+    }
+    if (!rc) {
+        pmm_files_digest(m.ents, m.n, m.digest);
+        if (memcmp(m.digest, want, PMM_HASH_LEN))
+            rc = pmm_errf(err, errlen, -EINVAL, "the digest does not match "
+                          "the entries");
+    }
+    if (rc) {
+        free(m.ents);
+        return rc;
+    }
+    pmm_files_manifest_clear(out);
+    *out = m;
     return 0;
 }
 
@@ -721,6 +904,309 @@ int pmm_files_read_chunk(const char *dir, const char *name, uint64_t off,
     return rc;
 }
 
+/* ---- the manifest on disk, the trash (blocking) ------------------------------------ */
+
+int pmm_files_manifest_save(const char *data_dir, const pmm_files_manifest *m)
+{
+    pmm_buf b;
+    pmm_buf_init(&b, MANIFEST_TEXT_MAX);
+    int rc = pmm_files_manifest_format(m, &b);
+    if (!rc)
+        rc = pmm_write_file_atomic(data_dir, PMM_FILES_MANIFEST_FILE, b.p,
+                                   b.len, 0600);
+    pmm_buf_free(&b);
+    return rc;
+}
+
+int pmm_files_manifest_load(const char *data_dir, pmm_files_manifest *out,
+                            char *err, size_t errlen)
+{
+    char path[PMM_PATH_MAX + 32];
+    snprintf(path, sizeof(path), "%s/%s", data_dir, PMM_FILES_MANIFEST_FILE);
+    char *buf = malloc(MANIFEST_TEXT_MAX + 2);
+    if (!buf) return -ENOMEM;
+    size_t len = 0;
+    int rc = pmm_read_small(path, buf, MANIFEST_TEXT_MAX + 2, &len);
+    if (rc == -EFBIG)
+        rc = pmm_errf(err, errlen, -EINVAL, "%s: too long", path);
+    else if (rc && rc != -ENOENT)
+        pmm_errf(err, errlen, rc, "%s: %s", path, strerror(-rc));
+    else if (!rc)
+        rc = pmm_files_manifest_parse(out, buf, len, err, errlen);
+    free(buf);
+    return rc;
+}
+
+/* Copies the open regular file in (st) to a new file base in dfd. */
+static int copy_into(int in, const struct stat *st, int dfd, const char *base)
+{
+    int out = openat(dfd, base, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW |
+                                    O_CLOEXEC, st->st_mode & 0777);
+    if (out < 0) return -errno;
+    enum { BUFSZ = 64 * 1024 };
+    uint8_t *buf = malloc(BUFSZ);
+    int rc = buf ? 0 : -ENOMEM;
+    while (!rc) {
+        ssize_t r = read(in, buf, BUFSZ);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) rc = -errno;
+        if (r <= 0) break;
+        for (ssize_t o = 0; !rc && o < r;) {
+            ssize_t w = write(out, buf + o, (size_t)(r - o));
+            if (w < 0 && errno == EINTR) continue;
+            if (w < 0) rc = -errno;
+            else o += w;
+        }
+    }
+    free(buf);
+    if (!rc && fsync(out)) rc = -errno;
+    if (close(out) && !rc) rc = -errno;
+    if (rc) unlinkat(dfd, base, 0);
+    return rc;
+}
+
+static void trash_note(const char *event, const char *why, const char *name)
+{
+    char p[EVENT_MAX + 32];
+    snprintf(p, sizeof(p), "%s/" PMM_FILES_TRASH_INFO, event);
+    int fd = open(p, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC,
+                  0600);
+    if (fd < 0) return;
+    char line[PMM_FILES_NAME_MAX + 64];
+    int n = snprintf(line, sizeof(line), "%s %s\n", why, name);
+    if (n > 0 && write(fd, line, (size_t)n) < 0) { /* a note only */
+    }
+    fsync(fd);
+    close(fd);
+}
+
+int pmm_files_trash_keep(const char *dir, const char *name, const char *event,
+                         const char *why, uint64_t max_copy)
+{
+    if (!pmm_files_name_ok(name)) return -EINVAL;
+    int sfd;
+    const char *sbase;
+    int rc = open_parent(dir, name, false, &sfd, &sbase);
+    if (rc == -ENOENT || rc == -ENOTDIR || rc == -ELOOP) return 0;
+    if (rc) return rc;
+    struct stat st;
+    if (fstatat(sfd, sbase, &st, AT_SYMLINK_NOFOLLOW)) {
+        rc = errno == ENOENT ? 0 : -errno;
+        close(sfd);
+        return rc;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(sfd);
+        return 0; /* a directory or a special file: not mirrored data */
+    }
+    /* the trash and the event: private (mirrored files may be secrets) */
+    if (strlen(event) >= EVENT_MAX) {
+        close(sfd);
+        return -ENAMETOOLONG;
+    }
+    char root[EVENT_MAX];
+    snprintf(root, sizeof(root), "%s", event);
+    char *slash = strrchr(root, '/');
+    if (slash && slash != root) {
+        *slash = 0;
+        rc = pmm_mkdir_p(root, 0700);
+        if (rc) {
+            close(sfd);
+            return rc;
+        }
+    }
+    /* a name that collides inside this event (a file where another needs a
+     * directory): the next free "<event>.N" */
+    char ev[EVENT_MAX + 8];
+    for (int k = 0; k < 10; k++) {
+        if (k) snprintf(ev, sizeof(ev), "%s.%d", event, k);
+        else snprintf(ev, sizeof(ev), "%s", event);
+        if (mkdir(ev, 0700) && errno != EEXIST) {
+            rc = -errno;
+            break;
+        }
+        int dfd;
+        const char *dbase;
+        rc = open_parent(ev, name, true, &dfd, &dbase);
+        if (rc == -ENOTDIR || rc == -EIO || rc == -EEXIST) continue;
+        if (rc) break;
+        bool none = false; /* gone meanwhile: nothing to keep */
+        if (linkat(sfd, sbase, dfd, dbase, 0) == 0) {
+            rc = 0;
+        } else if (errno == EEXIST) {
+            close(dfd);
+            rc = -EEXIST;
+            continue;
+        } else if (errno == EXDEV || errno == EPERM || errno == EMLINK) {
+            if ((uint64_t)st.st_size > max_copy) {
+                rc = -EFBIG;
+            } else {
+                int in = openat(sfd, sbase, O_RDONLY | O_NOFOLLOW | O_CLOEXEC |
+                                                O_NONBLOCK | O_NOCTTY);
+                struct stat ist;
+                if (in < 0) {
+                    rc = errno == ENOENT || errno == ELOOP ? 0 : -errno;
+                    none = !rc;
+                } else if (fstat(in, &ist) || !S_ISREG(ist.st_mode)) {
+                    rc = 0;
+                    none = true;
+                } else {
+                    rc = copy_into(in, &ist, dfd, dbase);
+                }
+                if (in >= 0) close(in);
+            }
+        } else {
+            rc = errno == ENOENT ? 0 : -errno;
+            none = !rc;
+        }
+        if (none) {
+            close(dfd);
+            break;
+        }
+        if (!rc) fsync(dfd);
+        close(dfd);
+        if (!rc) {
+            trash_note(ev, why, name);
+            rc = 1;
+        }
+        break;
+    }
+    close(sfd);
+    return rc;
+}
+
+/* Counts the files and bytes below the directory fd (consumed). */
+static void count_tree(int fd, uint64_t *files, uint64_t *bytes, int depth)
+{
+    DIR *d = fdopendir(fd);
+    if (!d) {
+        close(fd);
+        return;
+    }
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..") ||
+            !strcmp(de->d_name, PMM_FILES_TRASH_INFO))
+            continue;
+        struct stat st;
+        if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW)) continue;
+        if (S_ISDIR(st.st_mode) && depth < PMM_FILES_DEPTH_MAX + 2) {
+            int c = openat(dirfd(d), de->d_name,
+                           O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            if (c >= 0) count_tree(c, files, bytes, depth + 1);
+        } else if (!S_ISDIR(st.st_mode)) {
+            (*files)++;
+            *bytes += (uint64_t)st.st_size;
+        }
+    }
+    closedir(d);
+}
+
+/* rm -r of the directory name in dfd (never follows symlinks). */
+static int remove_tree(int dfd, const char *name, int depth)
+{
+    int fd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) return unlinkat(dfd, name, 0) && errno != ENOENT ? -errno : 0;
+    DIR *d = fdopendir(fd);
+    if (!d) {
+        close(fd);
+        return -errno;
+    }
+    struct dirent *de;
+    int rc = 0;
+    while ((de = readdir(d))) {
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) continue;
+        struct stat st;
+        if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW)) continue;
+        if (S_ISDIR(st.st_mode) && depth < 32)
+            rc = remove_tree(dirfd(d), de->d_name, depth + 1);
+        else if (unlinkat(dirfd(d), de->d_name, 0) && errno != ENOENT)
+            rc = -errno;
+        if (rc) break;
+    }
+    closedir(d);
+    if (!rc && unlinkat(dfd, name, AT_REMOVEDIR) && errno != ENOENT)
+        rc = -errno;
+    return rc;
+}
+
+static int name_cmp(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+int pmm_files_trash_tidy(const char *trash, uint64_t max_files,
+                         uint64_t max_bytes, pmm_files_trash_stats *st)
+{
+    memset(st, 0, sizeof(*st));
+    int fd = open(trash, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) return errno == ENOENT ? 0 : -errno;
+    DIR *d = fdopendir(fd);
+    if (!d) {
+        close(fd);
+        return -errno;
+    }
+    char **names = NULL;
+    size_t n = 0, cap = 0;
+    int rc = 0;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (de->d_name[0] == '.') continue;
+        if (n == cap) {
+            size_t nc = cap ? 2 * cap : 64;
+            char **v = realloc(names, nc * sizeof(*v));
+            if (!v) {
+                rc = -ENOMEM;
+                break;
+            }
+            names = v;
+            cap = nc;
+        }
+        if (!(names[n] = strdup(de->d_name))) {
+            rc = -ENOMEM;
+            break;
+        }
+        n++;
+    }
+    uint64_t *files = n ? calloc(n, sizeof(*files)) : NULL;
+    uint64_t *bytes = n ? calloc(n, sizeof(*bytes)) : NULL;
+    if (!rc && n && (!files || !bytes)) rc = -ENOMEM;
+    if (!rc && n) {
+        qsort(names, n, sizeof(*names), name_cmp);
+        for (size_t i = 0; i < n; i++) {
+            struct stat sb;
+            if (fstatat(dirfd(d), names[i], &sb, AT_SYMLINK_NOFOLLOW)) continue;
+            if (S_ISDIR(sb.st_mode)) {
+                int c = openat(dirfd(d), names[i],
+                               O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+                if (c >= 0) count_tree(c, &files[i], &bytes[i], 0);
+            } else {
+                files[i] = 1;
+                bytes[i] = (uint64_t)sb.st_size;
+            }
+        }
+        size_t k = pmm_files_trash_evict(files, bytes, n, max_files, max_bytes);
+        for (size_t i = 0; i < k; i++) {
+            int r = remove_tree(dirfd(d), names[i], 0);
+            if (r && !rc) rc = r;
+            if (!r) st->evicted++;
+        }
+        for (size_t i = k; i < n; i++) {
+            st->events++;
+            st->files += files[i];
+            st->bytes += bytes[i];
+        }
+        if (k < n) snprintf(st->newest, sizeof(st->newest), "%s", names[n - 1]);
+        if (k) fsync(dirfd(d));
+    }
+    for (size_t i = 0; i < n; i++) free(names[i]);
+    free(names);
+    free(files);
+    free(bytes);
+    closedir(d);
+    return rc;
+}
+
 /* ---- the daemon's mirror ------------------------------------------------------------- */
 
 typedef struct reload_run {
@@ -731,21 +1217,29 @@ typedef struct reload_run {
     char **env;
 } reload_run;
 
+enum { HOLD_NONE, HOLD_DROP, HOLD_UNKNOWN };
+
 struct pmm_files {
     uv_loop_t *loop;
     const pmm_config *cfg;
     pmm_lc *lc;
     gsp_id node_id;
+    void (*changed)(void *ud);
+    void *ud;
     char dir[PMM_PATH_MAX];
+    char data_dir[PMM_PATH_MAX];
+    char trash[PMM_PATH_MAX + 32];
     uint32_t max_bytes;
+    uint64_t trash_max_files, trash_max_bytes;
     uv_timer_t timer;
     bool closing;
     int refs; /* the timer, work, calls, FILE_GET reads, reload runs */
 
-    /* the current round (one at a time) */
+    /* the current round (one at a time; the start-up load counts as one) */
     bool busy;
     bool again;           /* kicked during a round */
     bool round_master;
+    bool loaded;          /* data_dir/files.manifest read */
     uint64_t next_try_ms; /* back-off after a failed node round */
     uint32_t fail_streak;
     char last_err[PMM_FILES_ERROR_LEN]; /* a failed round (logged once) */
@@ -760,10 +1254,35 @@ struct pmm_files {
     pmm_files_errs errs;  /* what the last scan left out */
     pmm_files_errs rerrs; /* master's files this node will not take */
 
-    /* master: what FILES answers (a copy of the last good scan) */
+    /* the last manifest this node synced to (the master: published);
+     * saved in data_dir/files.manifest */
+    pmm_files_manifest prev;
+    bool have_prev;
+
+    /* this node's files_dir holds the published manifest insync_digest */
+    bool in_sync;
+    uint8_t insync_digest[PMM_HASH_LEN];
+
+    /* node: files no manifest it held listed: kept, never removed */
+    size_t n_unmanaged;
+    char unmanaged[PMM_FILES_NAMES_SHOWN][PMM_FILES_NAME_MAX + 1];
+    uint8_t unmanaged_sig[PMM_HASH_LEN]; /* logged once per set */
+
+    /* master: what FILES answers (the published manifest) */
     pmm_files_manifest served;
     bool have_served;
     uint32_t serving;
+
+    /* master: a manifest held for confirmation */
+    int held;             /* HOLD_* */
+    uint8_t held_digest[PMM_HASH_LEN];
+    uint8_t held_logged[PMM_HASH_LEN];
+    size_t held_n, held_of, held_dropped, held_nnames;
+    char held_names[PMM_FILES_NAMES_SHOWN][PMM_FILES_NAME_MAX + 1];
+    bool confirm;         /* an admin confirmed confirm_digest */
+    uint8_t confirm_digest[PMM_HASH_LEN];
+    pmm_ctl_req *confirm_req; /* answered by the round confirm_armed */
+    bool confirm_armed;
 
     /* node round */
     pmm_files_manifest remote;
@@ -771,7 +1290,14 @@ struct pmm_files {
     size_t *del, n_del;
     uint8_t *fbuf;
     uint64_t fhave;
-    uint32_t n_written, n_removed;
+    uint32_t n_written, n_removed, n_trashed;
+    char event[EVENT_MAX]; /* this round's trash event directory */
+
+    /* the trash */
+    pmm_files_trash_stats tstats;
+    bool have_tstats;
+    uint64_t evicted;     /* events evicted since start */
+    uint64_t trashed;     /* files kept in the trash since start */
 
     /* reload command */
     reload_run *run;
@@ -786,7 +1312,7 @@ static void files_log(pmm_log_level l, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 static void files_log(pmm_log_level l, const char *fmt, ...)
 {
-    char buf[768];
+    char buf[1024];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(buf, sizeof(buf), fmt, ap);
@@ -800,17 +1326,13 @@ static const char *err_str(int rc)
     return strerror(-rc);
 }
 
-static void hex(const uint8_t *b, size_t n, char *out)
-{
-    for (size_t i = 0; i < n; i++) snprintf(out + 2 * i, 3, "%02x", b[i]);
-}
-
 static void files_unref(pmm_files *f)
 {
     if (--f->refs > 0 || !f->closing) return;
     pmm_files_manifest_clear(&f->local);
     pmm_files_manifest_clear(&f->served);
     pmm_files_manifest_clear(&f->remote);
+    pmm_files_manifest_clear(&f->prev);
     free(f->fetch);
     free(f->del);
     free(f->fbuf);
@@ -835,6 +1357,45 @@ static void errs_log_new(const pmm_files_errs *before,
     }
     if (now->total > now->n && now->total != before->total)
         files_log(l, "%zu more problems not listed", now->total - now->n);
+}
+
+uint64_t pmm_files_digest_tag(const uint8_t digest[PMM_HASH_LEN])
+{
+    uint64_t t = 0;
+    for (int i = 0; i < 8; i++) t = t << 8 | digest[i];
+    return t ? t : 1; /* 0 means "not in sync" */
+}
+
+static void set_in_sync(pmm_files *f, bool yes, const uint8_t *digest)
+{
+    bool was = f->in_sync;
+    uint8_t old[PMM_HASH_LEN];
+    memcpy(old, f->insync_digest, PMM_HASH_LEN);
+    f->in_sync = yes;
+    if (yes) memcpy(f->insync_digest, digest, PMM_HASH_LEN);
+    if ((was != yes || (yes && memcmp(old, digest, PMM_HASH_LEN))) &&
+        f->changed && !f->closing)
+        f->changed(f->ud);
+}
+
+/* A copy of m without the scan's cache fields, as prev. */
+static int prev_set(pmm_files *f, const pmm_files_manifest *m)
+{
+    int rc = pmm_files_manifest_copy(&f->prev, m);
+    if (rc) return rc;
+    for (size_t i = 0; i < f->prev.n; i++) {
+        pmm_file_ent *e = &f->prev.ents[i];
+        e->dev = e->ino = 0;
+        e->mtime_ns = e->ctime_ns = 0;
+        e->cacheable = e->oversize = false;
+    }
+    f->have_prev = true;
+    return 0;
+}
+
+static bool prev_is(const pmm_files *f, const uint8_t digest[PMM_HASH_LEN])
+{
+    return f->have_prev && !memcmp(f->prev.digest, digest, PMM_HASH_LEN);
 }
 
 /* ---- reload -------------------------------------------------------------------------- */
@@ -965,7 +1526,32 @@ static void reload_start(pmm_files *f)
 
 /* ---- rounds ---------------------------------------------------------------------------- */
 
+/* ---- rounds ---------------------------------------------------------------------------- */
+
 static void round_start(pmm_files *f, bool forced);
+
+/* Answers a pending `pmgcm files publish --confirm`. */
+static void confirm_reply(pmm_files *f, const char *ok_json, const char *fmt,
+                          ...) __attribute__((format(printf, 3, 4)));
+static void confirm_reply(pmm_files *f, const char *ok_json, const char *fmt,
+                          ...)
+{
+    pmm_ctl_req *req = f->confirm_req;
+    f->confirm_req = NULL;
+    f->confirm_armed = false;
+    f->confirm = false;
+    if (!req) return;
+    if (ok_json) {
+        pmm_ctl_reply_ok(req, ok_json);
+        return;
+    }
+    char msg[PMM_FILES_ERROR_LEN + 200];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    pmm_ctl_reply_error(req, "%s", msg);
+}
 
 static void round_reset(pmm_files *f)
 {
@@ -977,7 +1563,9 @@ static void round_reset(pmm_files *f)
     f->fbuf = NULL;
     f->n_fetch = f->n_del = f->fetch_i = 0;
     f->fhave = 0;
-    f->n_written = f->n_removed = 0;
+    f->trashed += f->n_trashed;
+    f->n_written = f->n_removed = f->n_trashed = 0;
+    f->event[0] = 0;
 }
 
 /* The round is over; runs the next one when kicked meanwhile. */
@@ -985,6 +1573,12 @@ static void round_end(pmm_files *f)
 {
     f->busy = false;
     round_reset(f);
+    if (f->confirm_armed && !f->again)
+        confirm_reply(f, NULL, "nothing published: %s",
+                      f->last_err[0] ? f->last_err
+                                     : "this node's round did not publish "
+                                       "(is it still the master?)");
+    f->confirm_armed = false;
     if (f->again && !f->closing) {
         f->again = false;
         round_start(f, true);
@@ -1020,26 +1614,148 @@ static void round_fail(pmm_files *f, const char *fmt, ...)
         if (d > PMM_FILES_RETRY_MAX_MS) d = PMM_FILES_RETRY_MAX_MS;
         f->fail_streak++;
         f->next_try_ms = uv_now(f->loop) + d;
+        set_in_sync(f, false, NULL);
     }
     f->again = false;
     round_end(f);
 }
 
-/* node: written and removed files are done; reload when anything moved */
+/* ---- the end of a round: files.manifest and the trash (worker) ---- */
+
+typedef struct fin_job {
+    uv_work_t w;
+    pmm_files *f;
+    char data_dir[PMM_PATH_MAX];
+    char trash[PMM_PATH_MAX + 32];
+    bool load, save, tidy;
+    pmm_files_manifest m; /* to save, or loaded */
+    uint64_t maxf, maxb;
+    pmm_files_trash_stats st;
+    int rc_load, rc_save, rc_tidy;
+    char err[PMM_FILES_ERROR_LEN];
+} fin_job;
+
+static void fin_work(uv_work_t *w)
+{
+    fin_job *j = w->data;
+    if (j->load)
+        j->rc_load = pmm_files_manifest_load(j->data_dir, &j->m, j->err,
+                                             sizeof(j->err));
+    if (j->save) j->rc_save = pmm_files_manifest_save(j->data_dir, &j->m);
+    if (j->tidy)
+        j->rc_tidy = pmm_files_trash_tidy(j->trash, j->maxf, j->maxb, &j->st);
+}
+
+static void fin_after(uv_work_t *w, int status)
+{
+    fin_job *j = w->data;
+    pmm_files *f = j->f;
+    if (!f->closing) {
+        if (j->load) {
+            char d[2 * PMM_HASH_LEN + 1];
+            if (!status && !j->rc_load) {
+                pmm_files_manifest_clear(&f->prev);
+                f->prev = j->m;
+                memset(&j->m, 0, sizeof(j->m));
+                f->have_prev = true;
+                hex(f->prev.digest, PMM_HASH_LEN, d);
+                files_log(PMM_LOG_INFO, "last manifest in sync: %.16s (%zu "
+                          "files)", d, f->prev.n);
+            } else if (status || j->rc_load != -ENOENT) {
+                files_log(PMM_LOG_WARN, "%s; ignored: this node removes no "
+                          "mirrored file until it has synced again, and as "
+                          "master publishes nothing new without "
+                          "confirmation", status ? "load cancelled" : j->err);
+            }
+            f->loaded = true;
+        }
+        if (j->save && (status || j->rc_save))
+            files_log(PMM_LOG_ERROR, "cannot save %s/%s: %s", f->data_dir,
+                      PMM_FILES_MANIFEST_FILE,
+                      strerror(status ? ECANCELED : -j->rc_save));
+        if (j->tidy && !status) {
+            if (j->rc_tidy)
+                files_log(PMM_LOG_WARN, "trash %s: %s", f->trash,
+                          strerror(-j->rc_tidy));
+            f->tstats = j->st;
+            f->have_tstats = true;
+            f->evicted += j->st.evicted;
+            if (j->st.evicted)
+                files_log(PMM_LOG_INFO, "trash %s: %llu oldest event(s) "
+                          "deleted (bounds: %llu files, %llu bytes); it "
+                          "holds %llu file(s), %llu bytes", f->trash,
+                          (unsigned long long)j->st.evicted,
+                          (unsigned long long)f->trash_max_files,
+                          (unsigned long long)f->trash_max_bytes,
+                          (unsigned long long)j->st.files,
+                          (unsigned long long)j->st.bytes);
+        }
+        round_end(f);
+    }
+    pmm_files_manifest_clear(&j->m);
+    free(j);
+    files_unref(f);
+}
+
+/* Ends the round once prev is saved (save) and the trash tidied (tidy)
+ * on a worker thread; load: the start-up read of files.manifest. */
+static void round_finish(pmm_files *f, bool load, bool save, bool tidy)
+{
+    if (!load && !save && !tidy) {
+        round_end(f);
+        return;
+    }
+    fin_job *j = calloc(1, sizeof(*j));
+    if (!j || (save && pmm_files_manifest_copy(&j->m, &f->prev))) {
+        free(j);
+        files_log(PMM_LOG_ERROR, "out of memory saving the manifest");
+        f->loaded = true;
+        round_end(f);
+        return;
+    }
+    j->f = f;
+    j->w.data = j;
+    j->load = load;
+    j->save = save;
+    j->tidy = tidy;
+    j->maxf = f->trash_max_files;
+    j->maxb = f->trash_max_bytes;
+    snprintf(j->data_dir, sizeof(j->data_dir), "%s", f->data_dir);
+    snprintf(j->trash, sizeof(j->trash), "%s", f->trash);
+    f->refs++;
+    if (uv_queue_work(f->loop, &j->w, fin_work, fin_after)) {
+        f->refs--;
+        pmm_files_manifest_clear(&j->m);
+        free(j);
+        f->loaded = true;
+        round_end(f);
+    }
+}
+
+/* node: written and removed files are done (or there was nothing to do);
+ * remote is what this node now holds */
 static void node_done(pmm_files *f)
 {
-    uint32_t w = f->n_written, r = f->n_removed;
+    uint32_t w = f->n_written, r = f->n_removed, t = f->n_trashed;
     char d[2 * PMM_HASH_LEN + 1];
     hex(f->remote.digest, PMM_HASH_LEN, d);
+    const pmm_cluster *cl;
+    self_in(f, &cl);
     round_ok(f);
+    bool save = !prev_is(f, f->remote.digest) && !prev_set(f, &f->remote);
+    set_in_sync(f, cl && cl->has_files_digest && !f->rerrs.total &&
+                       !memcmp(cl->files_digest, f->remote.digest,
+                               PMM_HASH_LEN),
+                f->remote.digest);
     if (w || r) {
         files_log(PMM_LOG_INFO, "%s: %u file(s) written, %u removed: now the "
-                  "master's manifest %.16s (%zu files)", f->dir, w, r, d,
-                  f->remote.n);
+                  "master's manifest %.16s (%zu files)%s%s%s", f->dir, w, r,
+                  d, f->remote.n, t ? "; the versions replaced or removed "
+                  "are kept in " : "", t ? f->event : "", t ? "/" : "");
         reload_start(f);
         f->again = true; /* rescan: confirm what is on disk now */
     }
-    round_end(f);
+    round_finish(f, false, save, t > 0);
 }
 
 /* ---- node: removing ---- */
@@ -1048,9 +1764,12 @@ typedef struct del_job {
     uv_work_t w;
     pmm_files *f;
     char dir[PMM_PATH_MAX];
+    char event[EVENT_MAX];
+    uint64_t max_copy;
     char (*names)[PMM_FILES_NAME_MAX + 1];
-    size_t n, done;
+    size_t n, done, kept;
     int rc;
+    bool keep_failed;
     char bad[PMM_FILES_NAME_MAX + 1];
 } del_job;
 
@@ -1058,12 +1777,20 @@ static void del_work(uv_work_t *w)
 {
     del_job *j = w->data;
     for (size_t i = 0; i < j->n; i++) {
-        int rc = pmm_files_remove(j->dir, j->names[i]);
-        if (rc && !j->rc) {
+        /* never removed without a copy in the trash */
+        int rc = pmm_files_trash_keep(j->dir, j->names[i], j->event, "removed",
+                                      j->max_copy);
+        if (rc >= 0) {
+            j->kept += (size_t)rc;
+            rc = pmm_files_remove(j->dir, j->names[i]);
+            if (!rc) j->done++;
+        } else if (!j->rc) {
+            j->keep_failed = true;
+        }
+        if (rc < 0 && !j->rc) {
             j->rc = rc;
             snprintf(j->bad, sizeof(j->bad), "%s", j->names[i]);
         }
-        if (!rc) j->done++;
     }
 }
 
@@ -1073,9 +1800,15 @@ static void del_after(uv_work_t *w, int status)
     pmm_files *f = j->f;
     if (!f->closing) {
         f->n_removed += (uint32_t)j->done;
-        if (status || j->rc)
+        f->n_trashed += (uint32_t)j->kept;
+        if (status)
+            round_fail(f, "removing files: cancelled");
+        else if (j->keep_failed)
+            round_fail(f, "cannot keep %s/%s in the trash (%s): not removed",
+                       f->dir, j->bad, strerror(-j->rc));
+        else if (j->rc)
             round_fail(f, "cannot remove %s/%s: %s", f->dir, j->bad,
-                       strerror(status ? ECANCELED : -j->rc));
+                       strerror(-j->rc));
         else
             node_done(f);
     }
@@ -1100,6 +1833,8 @@ static void node_remove(pmm_files *f)
     j->f = f;
     j->w.data = j;
     snprintf(j->dir, sizeof(j->dir), "%s", f->dir);
+    snprintf(j->event, sizeof(j->event), "%s", f->event);
+    j->max_copy = f->trash_max_bytes;
     for (size_t i = 0; i < f->n_del; i++)
         snprintf(j->names[i], sizeof(j->names[i]), "%s",
                  f->local.ents[f->del[i]].name);
@@ -1121,10 +1856,54 @@ typedef struct write_job {
     uv_work_t w;
     pmm_files *f;
     char dir[PMM_PATH_MAX];
+    char event[EVENT_MAX];
+    uint64_t max_copy;
     pmm_file_ent e;
     uint8_t *data; /* owned */
     int rc;
+    size_t kept;
+    bool keep_failed;
+    char bad[PMM_FILES_NAME_MAX + 1];
 } write_job;
+
+/* 1: dir/name is a regular file of size bytes with this SHA-256; 0: it is
+ * a regular file with other content; -1: there is no regular file. */
+static int same_content(const char *dir, const char *name, uint64_t size,
+                        const uint8_t sha[PMM_HASH_LEN])
+{
+    int dfd;
+    const char *base;
+    if (open_parent(dir, name, false, &dfd, &base)) return -1;
+    struct stat st;
+    int res = 0;
+    if (fstatat(dfd, base, &st, AT_SYMLINK_NOFOLLOW) || !S_ISREG(st.st_mode)) {
+        res = -1;
+    } else if ((uint64_t)st.st_size == size) {
+        scan_ctx x;
+        memset(&x, 0, sizeof(x));
+        uint8_t got[PMM_HASH_LEN];
+        /* changed while read (-EAGAIN) or unreadable: "differs", and the
+         * trash keeps whatever is there */
+        if (!hash_file(&x, dfd, base, name, &st, got))
+            res = !memcmp(got, sha, PMM_HASH_LEN);
+    }
+    close(dfd);
+    return res;
+}
+
+/* Keeps dir/path in the trash when it is a regular file (j's event). */
+static bool write_keep(write_job *j, const char *path, const char *why)
+{
+    int rc = pmm_files_trash_keep(j->dir, path, j->event, why, j->max_copy);
+    if (rc < 0) {
+        j->rc = rc;
+        j->keep_failed = true;
+        snprintf(j->bad, sizeof(j->bad), "%s", path);
+        return false;
+    }
+    j->kept += (size_t)rc;
+    return true;
+}
 
 static void write_work(uv_work_t *w)
 {
@@ -1135,6 +1914,16 @@ static void write_work(uv_work_t *w)
         j->rc = -EBADMSG;
         return;
     }
+    /* a file where the new one needs a directory: kept first */
+    char pre[PMM_FILES_NAME_MAX + 1];
+    for (const char *s = strchr(j->e.name, '/'); s; s = strchr(s + 1, '/')) {
+        snprintf(pre, sizeof(pre), "%.*s", (int)(s - j->e.name), j->e.name);
+        if (!write_keep(j, pre, "replaced-by-directory")) return;
+    }
+    /* the file itself, unless it already holds these bytes */
+    if (same_content(j->dir, j->e.name, j->e.size, j->e.sha) == 0 &&
+        !write_keep(j, j->e.name, "replaced"))
+        return;
     j->rc = pmm_files_write(j->dir, j->e.name, j->data, j->e.size, j->e.mode);
 }
 
@@ -1143,11 +1932,15 @@ static void write_after(uv_work_t *w, int status)
     write_job *j = w->data;
     pmm_files *f = j->f;
     if (!f->closing) {
+        f->n_trashed += (uint32_t)j->kept;
         if (status)
             round_fail(f, "writing %s/%s: cancelled", f->dir, j->e.name);
         else if (j->rc == -EBADMSG)
             round_fail(f, "%s: the data received from the master does not "
                        "match its SHA-256; retrying", j->e.name);
+        else if (j->keep_failed)
+            round_fail(f, "cannot keep %s/%s in the trash (%s): not "
+                       "replaced", f->dir, j->bad, strerror(-j->rc));
         else if (j->rc)
             round_fail(f, "cannot write %s/%s: %s", f->dir, j->e.name,
                        strerror(-j->rc));
@@ -1204,6 +1997,8 @@ static void chunk_done(void *ud, int rc, const Resp *resp)
                 j->data = f->fbuf;
                 f->fbuf = NULL;
                 snprintf(j->dir, sizeof(j->dir), "%s", f->dir);
+                snprintf(j->event, sizeof(j->event), "%s", f->event);
+                j->max_copy = f->trash_max_bytes;
                 f->refs++;
                 if (uv_queue_work(f->loop, &j->w, write_work, write_after)) {
                     f->refs--;
@@ -1252,6 +2047,99 @@ static void fetch_next(pmm_files *f)
     chunk_request(f);
 }
 
+/* "a, b, c" of n names (at most PMM_FILES_NAMES_SHOWN kept), "..." when
+ * there are more */
+static void names_line(char *out, size_t len,
+                       char (*names)[PMM_FILES_NAME_MAX + 1], size_t kept,
+                       size_t n)
+{
+    size_t o = 0;
+    out[0] = 0;
+    for (size_t i = 0; i < kept && o < len; i++)
+        o += (size_t)snprintf(out + o, len - o, "%s%s", i ? ", " : "",
+                              names[i]);
+    if (n > kept && o < len) snprintf(out + o, len - o, ", ...");
+}
+
+/* node: remote (the master's manifest) against local: what to fetch,
+ * what to remove (only files the last manifest in sync listed), what to
+ * leave alone */
+static void node_plan(pmm_files *f)
+{
+    if (pmm_files_diff(&f->local, &f->remote, &f->fetch, &f->n_fetch,
+                       &f->del, &f->n_del)) {
+        round_fail(f, "out of memory");
+        return;
+    }
+    /* the master's files this node will not take (its own limit) */
+    pmm_files_errs now;
+    memset(&now, 0, sizeof(now));
+    size_t k = 0;
+    for (size_t i = 0; i < f->n_fetch; i++) {
+        const pmm_file_ent *e = &f->remote.ents[f->fetch[i]];
+        if (e->size > f->max_bytes)
+            errs_add(&now, "%s: the master's copy has %llu bytes, over "
+                     "this node's files_max_bytes (%u): not mirrored",
+                     e->name, (unsigned long long)e->size, f->max_bytes);
+        else
+            f->fetch[k++] = f->fetch[i];
+    }
+    f->n_fetch = k;
+    errs_log_new(&f->rerrs, &now, PMM_LOG_ERROR);
+    f->rerrs = now;
+    /* a file no manifest this node synced to listed is not ours to remove */
+    mbedtls_sha256_context c;
+    mbedtls_sha256_init(&c);
+    mbedtls_sha256_starts_ret(&c, 0);
+    size_t nu = 0;
+    k = 0;
+    for (size_t i = 0; i < f->n_del; i++) {
+        const char *name = f->local.ents[f->del[i]].name;
+        if (f->have_prev && pmm_files_find(&f->prev, name)) {
+            f->del[k++] = f->del[i];
+            continue;
+        }
+        if (nu < PMM_FILES_NAMES_SHOWN)
+            snprintf(f->unmanaged[nu], sizeof(f->unmanaged[nu]), "%s", name);
+        nu++;
+        mbedtls_sha256_update_ret(&c, (const uint8_t *)name, strlen(name) + 1);
+    }
+    f->n_del = k;
+    f->n_unmanaged = nu;
+    uint8_t sig[PMM_HASH_LEN];
+    mbedtls_sha256_finish_ret(&c, sig);
+    mbedtls_sha256_free(&c);
+    if (memcmp(sig, f->unmanaged_sig, PMM_HASH_LEN)) {
+        memcpy(f->unmanaged_sig, sig, PMM_HASH_LEN);
+        if (nu) {
+            char line[PMM_FILES_ERROR_LEN];
+            names_line(line, sizeof(line), f->unmanaged,
+                       nu < PMM_FILES_NAMES_SHOWN ? nu : PMM_FILES_NAMES_SHOWN,
+                       nu);
+            files_log(PMM_LOG_WARN, "%s: %zu file(s) that no manifest this "
+                      "node synced to listed are left alone (never removed "
+                      "by mirroring): %s", f->dir, nu, line);
+        }
+    }
+    if (!f->n_fetch && !f->n_del) {
+        node_done(f); /* in sync, the unmanaged files aside */
+        return;
+    }
+    set_in_sync(f, false, NULL);
+    files_log(PMM_LOG_INFO, "%s differs from the master: %zu file(s) to "
+              "fetch, %zu to remove", f->dir, f->n_fetch, f->n_del);
+    struct timespec ts;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    snprintf(f->event, sizeof(f->event),
+             "%s/%04d%02d%02dT%02d%02d%02d.%03ldZ", f->trash,
+             (tm.tm_year + 1900) % 10000, (tm.tm_mon + 1) % 100,
+             tm.tm_mday % 100, tm.tm_hour % 100, tm.tm_min % 100,
+             tm.tm_sec % 100, (ts.tv_nsec / 1000000) % 1000);
+    fetch_next(f);
+}
+
 static void list_done(void *ud, int rc, const Resp *resp)
 {
     pmm_files *f = ud;
@@ -1268,30 +2156,8 @@ static void list_done(void *ud, int rc, const Resp *resp)
                    resp->error ? resp->error : "no reason given");
     } else if (pmm_files_from_resp(&f->remote, resp, why, sizeof(why))) {
         round_fail(f, "bad file list from the master: %s", why);
-    } else if (pmm_files_diff(&f->local, &f->remote, &f->fetch, &f->n_fetch,
-                              &f->del, &f->n_del)) {
-        round_fail(f, "out of memory");
     } else {
-        /* the master's files this node will not take (its own limit) */
-        pmm_files_errs now;
-        memset(&now, 0, sizeof(now));
-        size_t k = 0;
-        for (size_t i = 0; i < f->n_fetch; i++) {
-            const pmm_file_ent *e = &f->remote.ents[f->fetch[i]];
-            if (e->size > f->max_bytes)
-                errs_add(&now, "%s: the master's copy has %llu bytes, over "
-                         "this node's files_max_bytes (%u): not mirrored",
-                         e->name, (unsigned long long)e->size, f->max_bytes);
-            else
-                f->fetch[k++] = f->fetch[i];
-        }
-        f->n_fetch = k;
-        errs_log_new(&f->rerrs, &now, PMM_LOG_ERROR);
-        f->rerrs = now;
-        if (f->n_fetch || f->n_del)
-            files_log(PMM_LOG_INFO, "%s differs from the master: %zu file(s) "
-                      "to fetch, %zu to remove", f->dir, f->n_fetch, f->n_del);
-        fetch_next(f);
+        node_plan(f);
     }
     files_unref(f);
 }
@@ -1320,28 +2186,145 @@ static void scan_work(uv_work_t *w)
                            &j->errs);
 }
 
+/* master: local is not what is published and must not be published
+ * without confirmation */
+static void master_hold(pmm_files *f, int why, size_t dropped)
+{
+    const pmm_files_manifest *l = &f->local;
+    f->held = why;
+    memcpy(f->held_digest, l->digest, PMM_HASH_LEN);
+    f->held_n = l->n;
+    f->held_of = f->have_prev ? f->prev.n : 0;
+    f->held_dropped = dropped;
+    f->held_nnames = 0;
+    for (size_t i = 0; why == HOLD_DROP && i < f->prev.n &&
+                       f->held_nnames < PMM_FILES_NAMES_SHOWN;
+         i++)
+        if (!pmm_files_find(l, f->prev.ents[i].name))
+            snprintf(f->held_names[f->held_nnames++], PMM_FILES_NAME_MAX + 1,
+                     "%s", f->prev.ents[i].name);
+    if (!memcmp(f->held_logged, l->digest, PMM_HASH_LEN)) return;
+    memcpy(f->held_logged, l->digest, PMM_HASH_LEN);
+    char d[2 * PMM_HASH_LEN + 1], line[PMM_FILES_ERROR_LEN];
+    hex(l->digest, PMM_HASH_LEN, d);
+    if (why == HOLD_DROP) {
+        names_line(line, sizeof(line), f->held_names, f->held_nnames,
+                   dropped);
+        files_log(PMM_LOG_WARN, "%s: not publishing: the directory now "
+                  "drops %zu of the %zu published files (%s); restore them, "
+                  "or publish it (manifest %.16s, %zu files) with `pmgcm "
+                  "files publish --confirm` (the nodes keep what it drops in "
+                  "their trash)", f->dir, dropped, f->held_of, line, d, l->n);
+    } else {
+        const pmm_cluster *cl;
+        self_in(f, &cl);
+        char p[2 * PMM_HASH_LEN + 1] = "?";
+        if (cl && cl->has_files_digest) hex(cl->files_digest, PMM_HASH_LEN, p);
+        files_log(PMM_LOG_WARN, "%s: not publishing: this node does not "
+                  "hold the published manifest %.16s (promoted while its "
+                  "files_dir was not in sync?); copy the files from a node "
+                  "that is in sync, or publish this directory (manifest "
+                  "%.16s, %zu files) with `pmgcm files publish --confirm`",
+                  f->dir, p, d, l->n);
+    }
+}
+
 static void master_publish(pmm_files *f)
 {
-    int rc;
     memset(&f->rerrs, 0, sizeof(f->rerrs)); /* a node's view only */
-    if (!f->have_served ||
-        memcmp(f->served.digest, f->local.digest, PMM_HASH_LEN)) {
-        rc = pmm_files_manifest_copy(&f->served, &f->local);
-        if (rc) {
-            round_fail(f, "out of memory");
+    memset(&f->unmanaged_sig, 0, sizeof(f->unmanaged_sig));
+    f->n_unmanaged = 0;
+    const pmm_cluster *cl;
+    self_in(f, &cl);
+    if (!cl) {
+        round_end(f);
+        return;
+    }
+    const pmm_files_manifest *l = &f->local;
+    char d[2 * PMM_HASH_LEN + 1];
+    hex(l->digest, PMM_HASH_LEN, d);
+    bool pub = cl->has_files_digest;
+    if (pub && !memcmp(cl->files_digest, l->digest, PMM_HASH_LEN)) {
+        /* the published manifest: nothing new (restored files end a hold) */
+        if (f->held)
+            files_log(PMM_LOG_INFO, "%s holds the published manifest again: "
+                      "nothing held for confirmation", f->dir);
+        f->held = HOLD_NONE;
+        if (f->confirm_armed)
+            confirm_reply(f, NULL, "nothing to publish: %s holds the "
+                          "published manifest %.16s again", f->dir, d);
+        if ((!f->have_served ||
+             memcmp(f->served.digest, l->digest, PMM_HASH_LEN)) &&
+            !pmm_files_manifest_copy(&f->served, l))
+            f->have_served = true;
+        set_in_sync(f, true, l->digest);
+        bool save = !prev_is(f, l->digest) && !prev_set(f, l);
+        round_ok(f);
+        round_finish(f, false, save, false);
+        return;
+    }
+    set_in_sync(f, false, NULL);
+    bool confirmed = f->confirm &&
+                     !memcmp(f->confirm_digest, l->digest, PMM_HASH_LEN);
+    if (pub && !confirmed) {
+        size_t dropped = 0;
+        int why = HOLD_NONE;
+        if (!prev_is(f, cl->files_digest)) why = HOLD_UNKNOWN;
+        else if (pmm_files_mass_drop(&f->prev, l, &dropped)) why = HOLD_DROP;
+        if (why) {
+            master_hold(f, why, dropped);
+            /* FILES answers what is published, when this node knows it */
+            if (why == HOLD_DROP &&
+                (!f->have_served ||
+                 memcmp(f->served.digest, f->prev.digest, PMM_HASH_LEN)) &&
+                !pmm_files_manifest_copy(&f->served, &f->prev))
+                f->have_served = true;
+            if (f->confirm_armed)
+                confirm_reply(f, NULL, "nothing published: %s changed since "
+                              "it was held; it now %s: check it and confirm "
+                              "again", f->dir, why == HOLD_DROP
+                              ? "drops most of the published files"
+                              : "is another manifest");
+            round_ok(f);
+            round_end(f);
             return;
         }
-        f->have_served = true;
     }
-    rc = pmm_lc_set_files_digest(f->lc, f->local.digest);
+    int rc = pmm_lc_set_files_digest(f->lc, l->digest);
     if (rc == -EBUSY) {
         files_log(PMM_LOG_DEBUG, "a key rotation runs: publishing later");
-    } else if (rc && rc != -EPERM && rc != -ENOENT) {
+        round_ok(f);
+        round_end(f);
+        return;
+    }
+    if (rc && rc != -EPERM && rc != -ENOENT) {
         round_fail(f, "cannot publish the files digest: %s", strerror(-rc));
         return;
     }
+    if (rc) {
+        round_end(f);
+        return;
+    }
+    if (f->held)
+        files_log(PMM_LOG_WARN, "%s: published manifest %.16s (%zu files) "
+                  "on an admin's confirmation%s", f->dir, d, l->n,
+                  f->held == HOLD_DROP ? "; it dropped most of the files "
+                  "published before: the nodes keep them in their trash"
+                  : "");
+    if (f->confirm_armed) {
+        char extra[200];
+        snprintf(extra, sizeof(extra), "\"digest\":\"%s\",\"files\":%zu,"
+                 "\"dropped\":%zu", d, l->n, f->held_dropped);
+        confirm_reply(f, extra, NULL);
+    }
+    f->held = HOLD_NONE;
+    f->confirm = false;
+    if (!pmm_files_manifest_copy(&f->served, l)) f->have_served = true;
+    else f->have_served = false;
+    set_in_sync(f, true, l->digest);
+    bool save = !prev_set(f, l);
     round_ok(f);
-    round_end(f);
+    round_finish(f, false, save, false);
 }
 
 static void scan_after(uv_work_t *w, int status)
@@ -1401,8 +2384,23 @@ static void scan_after(uv_work_t *w, int status)
     } else if (!cl->has_files_digest) {
         round_end(f);
     } else if (!memcmp(cl->files_digest, f->local.digest, PMM_HASH_LEN)) {
+        /* exactly the published manifest */
+        f->round_master = false;
+        memset(&f->rerrs, 0, sizeof(f->rerrs));
+        f->n_unmanaged = 0;
+        memset(&f->unmanaged_sig, 0, sizeof(f->unmanaged_sig));
         round_ok(f);
-        round_end(f);
+        set_in_sync(f, true, f->local.digest);
+        bool save = !prev_is(f, f->local.digest) && !prev_set(f, &f->local);
+        round_finish(f, false, save, false);
+    } else if (prev_is(f, cl->files_digest)) {
+        /* the published manifest is the one this node synced to: compare
+         * with it, ask the master only for the files that differ */
+        f->round_master = false;
+        if (pmm_files_manifest_copy(&f->remote, &f->prev))
+            round_fail(f, "out of memory");
+        else
+            node_plan(f);
     } else {
         f->round_master = false;
         Req r = PMGCM__CLUSTER__REQUEST__INIT;
@@ -1425,6 +2423,7 @@ static void round_start(pmm_files *f, bool forced)
         f->again = true;
         return;
     }
+    if (!f->loaded) return; /* the load's end starts the first round */
     const pmm_cluster *cl;
     const pmm_cnode *me = self_in(f, &cl);
     if (!me) return; /* outside a cluster: nothing to mirror */
@@ -1441,12 +2440,14 @@ static void round_start(pmm_files *f, bool forced)
     memset(&f->local, 0, sizeof(f->local));
     f->busy = true;
     f->round_master = me->master;
+    if (f->confirm_req) f->confirm_armed = true;
     f->refs++;
     if (uv_queue_work(f->loop, &j->w, scan_work, scan_after)) {
         f->refs--;
         f->local = j->prev;
         free(j);
         f->busy = false;
+        f->confirm_armed = false;
     }
 }
 
@@ -1459,6 +2460,7 @@ void pmm_files_kick(pmm_files *f)
 {
     if (f) round_start(f, true);
 }
+
 
 /* ---- master: answering FILES and FILE_GET ---- */
 
@@ -1538,7 +2540,9 @@ static void serve(void *ud, pmm_lc_sreq *sr, const Req *req)
         return;
     }
     if (!f->have_served) {
-        reply_error(sr, "the master has not scanned its files yet; retry");
+        reply_error(sr, f->held ? "the master holds its files for an "
+                    "admin's confirmation; retry"
+                    : "the master has not scanned its files yet; retry");
         return;
     }
     if (req->kind == PMGCM__CLUSTER__REQUEST__KIND__FILES) {
@@ -1595,6 +2599,8 @@ static void serve(void *ud, pmm_lc_sreq *sr, const Req *req)
 
 /* ---- status ----------------------------------------------------------------------------- */
 
+/* ---- status ----------------------------------------------------------------------------- */
+
 static void errs_json(pmm_buf *b, const pmm_files_errs *e, bool *first)
 {
     for (size_t i = 0; i < e->n; i++) {
@@ -1602,6 +2608,23 @@ static void errs_json(pmm_buf *b, const pmm_files_errs *e, bool *first)
         pmm_json_str(b, e->msg[i], strlen(e->msg[i]));
         *first = false;
     }
+}
+
+static void names_json(pmm_buf *b, char (*names)[PMM_FILES_NAME_MAX + 1],
+                       size_t n)
+{
+    pmm_buf_puts(b, "[");
+    for (size_t i = 0; i < n; i++) {
+        pmm_buf_puts(b, i ? "," : "");
+        pmm_json_str(b, names[i], strlen(names[i]));
+    }
+    pmm_buf_puts(b, "]");
+}
+
+static bool synced_now(const pmm_files *f, const pmm_cluster *cl)
+{
+    return f->in_sync && cl && cl->has_files_digest &&
+           !memcmp(cl->files_digest, f->insync_digest, PMM_HASH_LEN);
 }
 
 int pmm_files_status_json(const pmm_files *f, pmm_buf *b)
@@ -1627,11 +2650,16 @@ int pmm_files_status_json(const pmm_files *f, pmm_buf *b)
     } else {
         pmm_buf_puts(b, "null");
     }
-    bool synced = cl && cl->has_files_digest && f->have_scan &&
-                  !memcmp(cl->files_digest, f->scan_digest, PMM_HASH_LEN);
+    pmm_buf_puts(b, ",\"last_synced\":");
+    if (f->have_prev) {
+        hex(f->prev.digest, PMM_HASH_LEN, d);
+        pmm_buf_printf(b, "\"%s\"", d);
+    } else {
+        pmm_buf_puts(b, "null");
+    }
     pmm_buf_printf(b, ",\"synced\":%s,\"count\":%zu,\"bytes\":%llu,"
                    "\"max_bytes\":%u,\"problems\":%zu,\"errors\":[",
-                   synced ? "true" : "false", f->scan_n,
+                   synced_now(f, cl) ? "true" : "false", f->scan_n,
                    (unsigned long long)f->scan_bytes, f->max_bytes,
                    f->errs.total + f->rerrs.total);
     bool first = true;
@@ -1640,7 +2668,43 @@ int pmm_files_status_json(const pmm_files *f, pmm_buf *b)
     pmm_buf_puts(b, "],\"last_error\":");
     if (f->last_err[0]) pmm_json_str(b, f->last_err, strlen(f->last_err));
     else pmm_buf_puts(b, "null");
-    pmm_buf_printf(b, ",\"reload\":{\"configured\":%s,\"runs\":%llu,"
+    pmm_buf_printf(b, ",\"unmanaged\":{\"count\":%zu,\"names\":",
+                   f->n_unmanaged);
+    names_json(b, (char(*)[PMM_FILES_NAME_MAX + 1])f->unmanaged,
+               f->n_unmanaged < PMM_FILES_NAMES_SHOWN ? f->n_unmanaged
+                                                      : PMM_FILES_NAMES_SHOWN);
+    pmm_buf_puts(b, "},\"held\":");
+    if (!f->held) {
+        pmm_buf_puts(b, "null");
+    } else {
+        hex(f->held_digest, PMM_HASH_LEN, d);
+        pmm_buf_printf(b, "{\"digest\":\"%s\",\"reason\":\"%s\",\"files\":%zu,"
+                       "\"published_files\":%zu,\"dropped\":%zu,"
+                       "\"dropped_names\":", d,
+                       f->held == HOLD_DROP ? "drops most of the published "
+                       "files" : "this node does not hold the published "
+                       "manifest", f->held_n, f->held_of, f->held_dropped);
+        names_json(b, (char(*)[PMM_FILES_NAME_MAX + 1])f->held_names,
+                   f->held_nnames);
+        pmm_buf_puts(b, ",\"confirm\":\"pmgcm files publish --confirm\"}");
+    }
+    pmm_buf_puts(b, ",\"trash\":{\"dir\":");
+    pmm_json_str(b, f->trash, strlen(f->trash));
+    pmm_buf_printf(b, ",\"events\":%llu,\"files\":%llu,\"bytes\":%llu,"
+                   "\"max_files\":%llu,\"max_bytes\":%llu,\"kept\":%llu,"
+                   "\"evicted\":%llu,\"newest\":",
+                   (unsigned long long)f->tstats.events,
+                   (unsigned long long)f->tstats.files,
+                   (unsigned long long)f->tstats.bytes,
+                   (unsigned long long)f->trash_max_files,
+                   (unsigned long long)f->trash_max_bytes,
+                   (unsigned long long)f->trashed,
+                   (unsigned long long)f->evicted);
+    if (f->tstats.newest[0])
+        pmm_json_str(b, f->tstats.newest, strlen(f->tstats.newest));
+    else
+        pmm_buf_puts(b, "null");
+    pmm_buf_printf(b, "},\"reload\":{\"configured\":%s,\"runs\":%llu,"
                    "\"running\":%s,\"last_exit\":",
                    f->cfg->files_reload[0] ? "true" : "false",
                    (unsigned long long)f->reload_runs,
@@ -1650,6 +2714,98 @@ int pmm_files_status_json(const pmm_files *f, pmm_buf *b)
     else pmm_buf_printf(b, "%lld", (long long)f->last_exit);
     pmm_buf_puts(b, "}}");
     return b->err;
+}
+
+/* ---- promote, metadata, `pmgcm files publish` ------------------------------------------- */
+
+int pmm_files_promote_ready(const pmm_files *f, const pmm_cluster *cl,
+                            char *why, size_t len)
+{
+    if (!cl || !cl->has_files_digest) return 0;
+    char p[2 * PMM_HASH_LEN + 1], d[2 * PMM_HASH_LEN + 1];
+    hex(cl->files_digest, PMM_HASH_LEN, p);
+    if (!f)
+        return pmm_errf(why, len, -EAGAIN, "the cluster mirrors files "
+                        "(manifest %.16s) but this node has no files_dir",
+                        p);
+    if (synced_now(f, cl)) return 0;
+    if (f->have_prev) hex(f->prev.digest, PMM_HASH_LEN, d);
+    return pmm_errf(why, len, -EAGAIN, "files_dir %s is not in sync with "
+                    "the cluster's mirrored files (published manifest %.16s; "
+                    "this node %s%.16s%s%s%s)", f->dir, p,
+                    !f->loaded ? "has not read its state yet"
+                    : !f->have_prev ? "never synced"
+                                    : "was last in sync with manifest ",
+                    f->loaded && f->have_prev ? d : "",
+                    f->last_err[0] ? ": " : "", f->last_err,
+                    f->busy && !f->last_err[0] ? "; a sync is running" : "");
+}
+
+uint64_t pmm_files_sync_tag(const pmm_files *f)
+{
+    if (!f) return 0;
+    const pmm_cluster *cl;
+    self_in(f, &cl);
+    return synced_now(f, cl) ? pmm_files_digest_tag(f->insync_digest) : 0;
+}
+
+void pmm_files_ctl_publish(pmm_files *f, pmm_ctl_req *req, bool confirm)
+{
+    if (!f) {
+        pmm_ctl_reply_error(req, "no files_dir on this node: nothing to "
+                            "publish");
+        return;
+    }
+    const pmm_cluster *cl;
+    const pmm_cnode *me = self_in(f, &cl);
+    if (!me) {
+        pmm_ctl_reply_error(req, "no cluster defined");
+        return;
+    }
+    if (!me->master) {
+        const pmm_cnode *m = pmm_cluster_master(cl);
+        pmm_ctl_reply_error(req, "only the master publishes files; the master "
+                            "is %s", m ? m->name : "unknown");
+        return;
+    }
+    char d[2 * PMM_HASH_LEN + 1];
+    if (!f->held) {
+        if (cl->has_files_digest) hex(cl->files_digest, PMM_HASH_LEN, d);
+        pmm_ctl_reply_error(req, "nothing is held for confirmation: %s is "
+                            "published as it is (manifest %.16s)", f->dir,
+                            cl->has_files_digest ? d : "none yet");
+        return;
+    }
+    hex(f->held_digest, PMM_HASH_LEN, d);
+    if (!confirm) {
+        char line[PMM_FILES_ERROR_LEN];
+        names_line(line, sizeof(line),
+                   (char(*)[PMM_FILES_NAME_MAX + 1])f->held_names,
+                   f->held_nnames, f->held_dropped);
+        if (f->held == HOLD_DROP)
+            pmm_ctl_reply_error(req, "held: %s (manifest %.16s, %zu files) "
+                                "drops %zu of the %zu published files (%s); "
+                                "`pmgcm files publish --confirm` publishes "
+                                "it, and the nodes keep what it drops in "
+                                "their trash", f->dir, d, f->held_n,
+                                f->held_dropped, f->held_of, line);
+        else
+            pmm_ctl_reply_error(req, "held: this node does not hold the "
+                                "published manifest; `pmgcm files publish "
+                                "--confirm` publishes %s as it is (manifest "
+                                "%.16s, %zu files), and the nodes keep what "
+                                "it drops in their trash", f->dir, d,
+                                f->held_n);
+        return;
+    }
+    if (f->confirm_req) {
+        pmm_ctl_reply_error(req, "a confirmation is already running");
+        return;
+    }
+    f->confirm = true;
+    memcpy(f->confirm_digest, f->held_digest, PMM_HASH_LEN);
+    f->confirm_req = req;
+    round_start(f, true);
 }
 
 /* ---- start / close ------------------------------------------------------------------------ */
@@ -1668,20 +2824,36 @@ int pmm_files_start(pmm_files **out, const pmm_files_env *env, char *err,
     f->cfg = cfg;
     f->lc = env->lc;
     f->node_id = env->node_id;
+    f->changed = env->changed;
+    f->ud = env->ud;
     snprintf(f->dir, sizeof(f->dir), "%s", cfg->files_dir);
     size_t l = strlen(f->dir);
     while (l > 1 && f->dir[l - 1] == '/') f->dir[--l] = 0;
+    snprintf(f->data_dir, sizeof(f->data_dir), "%s", cfg->data_dir);
+    snprintf(f->trash, sizeof(f->trash), "%s/%s", cfg->data_dir,
+             PMM_FILES_TRASH_DIR);
     f->max_bytes = cfg->files_max_bytes ? cfg->files_max_bytes : (1u << 20);
     if (f->max_bytes > PMM_FILES_SIZE_MAX) f->max_bytes = PMM_FILES_SIZE_MAX;
+    f->trash_max_files = cfg->files_trash_max_files
+                             ? cfg->files_trash_max_files
+                             : PMM_FILES_TRASH_FILES;
+    f->trash_max_bytes = cfg->files_trash_max_bytes
+                             ? cfg->files_trash_max_bytes
+                             : PMM_FILES_TRASH_BYTES;
     uv_timer_init(f->loop, &f->timer);
     f->timer.data = f;
     f->refs = 1;
     uv_timer_start(&f->timer, timer_cb, PMM_FILES_SCAN_MS, PMM_FILES_SCAN_MS);
     pmm_lc_set_files_handler(f->lc, serve, f);
-    files_log(PMM_LOG_INFO, "mirroring %s (files up to %u bytes%s%s)", f->dir,
-              f->max_bytes, cfg->files_reload[0] ? "; reload: " : "",
-              cfg->files_reload);
-    round_start(f, true);
+    files_log(PMM_LOG_INFO, "mirroring %s (files up to %u bytes; trash %s: "
+              "%llu files, %llu bytes at most%s%s)", f->dir, f->max_bytes,
+              f->trash, (unsigned long long)f->trash_max_files,
+              (unsigned long long)f->trash_max_bytes,
+              cfg->files_reload[0] ? "; reload: " : "", cfg->files_reload);
+    /* read files.manifest and count the trash first; then the first round */
+    f->busy = true;
+    f->again = true;
+    round_finish(f, true, false, true);
     *out = f;
     return 0;
 }
@@ -1694,6 +2866,10 @@ static void timer_closed(uv_handle_t *h)
 void pmm_files_close(pmm_files *f)
 {
     if (!f || f->closing) return;
+    if (f->confirm_req) {
+        pmm_ctl_reply_error(f->confirm_req, "daemon shutting down");
+        f->confirm_req = NULL;
+    }
     f->closing = true;
     pmm_lc_set_files_handler(f->lc, NULL, NULL);
     if (f->run) run_close(f->run); /* the command itself runs on */

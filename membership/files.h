@@ -34,6 +34,27 @@
  * A scan that sees a file change while it reads it, or cannot read a file,
  * publishes nothing (the next scan retries): a manifest never half
  * describes the directory.
+ *
+ * Nothing is lost by mirroring:
+ *   - every node keeps the last manifest it synced to (the master: the
+ *     last one it published) in data_dir/files.manifest;
+ *   - a file that mirroring removes or replaces with other content is
+ *     first kept in the trash, data_dir/files-trash/<event>/<path> (a hard
+ *     link when files_dir and data_dir share a filesystem, else a copy),
+ *     one event directory per sync round; the trash is bounded by
+ *     files_trash_max_files and files_trash_max_bytes: the oldest events
+ *     are deleted first, the newest is always kept whole;
+ *   - a node removes only files listed in the last manifest it synced to:
+ *     a file no manifest it held ever listed is never removed ("unmanaged",
+ *     named in the log and in status);
+ *   - the master does not publish a manifest that drops most of the
+ *     published one (pmm_files_mass_drop), nor any new manifest while it
+ *     does not hold the published one (promoted with an unsynced
+ *     files_dir): it holds it, says so in the log and status, and
+ *     publishes it only when an admin confirms (`pmgcm files publish
+ *     --confirm`); restoring the files ends the hold by itself;
+ *   - promote is refused while files_dir is not in sync with the cluster's
+ *     published manifest (pmm_files_promote_ready).
  */
 #ifndef PMGCM_MEMBERSHIP_FILES_H
 #define PMGCM_MEMBERSHIP_FILES_H
@@ -55,6 +76,14 @@
 #define PMM_FILES_ERRORS_MAX 16      /* error lines kept for status */
 #define PMM_FILES_ERROR_LEN 320
 #define PMM_FILES_SERVE_MAX 16       /* FILE_GET reads in flight */
+#define PMM_FILES_DROP_MIN 4         /* "most" of a manifest: at least this
+                                      * many files and more than half */
+#define PMM_FILES_MANIFEST_FILE "files.manifest" /* in data_dir */
+#define PMM_FILES_TRASH_DIR "files-trash"        /* in data_dir */
+#define PMM_FILES_TRASH_INFO ".pmgcm-event"      /* in each event dir */
+#define PMM_FILES_TRASH_FILES 1000   /* default files_trash_max_files */
+#define PMM_FILES_TRASH_BYTES (64u << 20) /* default files_trash_max_bytes */
+#define PMM_FILES_NAMES_SHOWN 8      /* names listed in status and logs */
 
 /* One file of a manifest. */
 typedef struct pmm_file_ent {
@@ -116,6 +145,30 @@ int pmm_files_diff(const pmm_files_manifest *local,
                    const pmm_files_manifest *remote, size_t **fetch,
                    size_t *n_fetch, size_t **del, size_t *n_del);
 
+/* The mass-drop rule: *dropped = how many names of prev are not in next.
+ * True ("most of it") when *dropped >= PMM_FILES_DROP_MIN and more than
+ * half of prev's files are dropped. */
+bool pmm_files_mass_drop(const pmm_files_manifest *prev,
+                         const pmm_files_manifest *next, size_t *dropped);
+/* Trash eviction: n events, oldest first, with their file counts and
+ * bytes. Returns how many of the oldest to delete so that the rest holds
+ * at most max_files files and max_bytes bytes; the newest event is never
+ * evicted (it is kept whole even when it alone is over a bound). */
+size_t pmm_files_trash_evict(const uint64_t *files, const uint64_t *bytes,
+                             size_t n, uint64_t max_files,
+                             uint64_t max_bytes);
+/* The text form of a manifest (data_dir/files.manifest):
+ *   pmgcm-files-manifest 1
+ *   digest <64 hex>
+ *   <sha256 hex> <size> <mode, octal> <name>      (one line per file)
+ * Appended to b. */
+int pmm_files_manifest_format(const pmm_files_manifest *m, pmm_buf *b);
+/* Reads that form back, checked like a FILES answer (canonical names in
+ * ascending order, bounds, the digest matches the entries). out written
+ * only on success. 0 or -EINVAL with a reason. */
+int pmm_files_manifest_parse(pmm_files_manifest *out, const char *text,
+                             size_t len, char *err, size_t errlen);
+
 /* The FILES answer: m's entries into resp (pointers into m: keep m alive
  * until resp is packed; free with pmm_files_resp_free). 0 or -ENOMEM. */
 struct Pmgcm__Cluster__Response;
@@ -154,6 +207,32 @@ int pmm_files_write(const char *dir, const char *name, const void *data,
 /* Removes dir/name (missing is fine) and the directories this leaves
  * empty, up to dir. 0 or -errno. */
 int pmm_files_remove(const char *dir, const char *name);
+/* data_dir/files.manifest: saved atomically (mode 0600); load gives
+ * -ENOENT when there is none, -EINVAL (with a reason) when it is corrupt. */
+int pmm_files_manifest_save(const char *data_dir,
+                            const pmm_files_manifest *m);
+int pmm_files_manifest_load(const char *data_dir, pmm_files_manifest *out,
+                            char *err, size_t errlen);
+/* Keeps the regular file dir/name in the trash event directory event
+ * (created 0700 with its parents as needed): a hard link, or a copy when
+ * the two are on different filesystems (-EFBIG when that copy would be
+ * over max_copy bytes). Appends "<why> <name>" to event/.pmgcm-event.
+ * 1 (kept), 0 (dir/name is gone or not a regular file: nothing to keep)
+ * or -errno. */
+int pmm_files_trash_keep(const char *dir, const char *name,
+                         const char *event, const char *why,
+                         uint64_t max_copy);
+typedef struct pmm_files_trash_stats {
+    uint64_t events, files, bytes; /* what the trash holds */
+    uint64_t evicted;              /* events deleted by this call */
+    char newest[64];               /* name of the newest event, or "" */
+} pmm_files_trash_stats;
+/* Deletes the oldest events of the trash directory until it holds at
+ * most max_files files and max_bytes bytes (pmm_files_trash_evict) and
+ * counts what is left. A missing directory is empty. 0 or -errno. */
+int pmm_files_trash_tidy(const char *trash, uint64_t max_files,
+                         uint64_t max_bytes, pmm_files_trash_stats *st);
+
 /* Reads up to len bytes of dir/name at off into buf (*got); -ESTALE when
  * the file is no longer a regular file of want_size bytes. */
 int pmm_files_read_chunk(const char *dir, const char *name, uint64_t off,
@@ -165,9 +244,12 @@ typedef struct pmm_files pmm_files;
 
 typedef struct pmm_files_env {
     struct uv_loop_s *loop;
-    const pmm_config *cfg;       /* files_dir, files_reload, files_max_bytes */
+    const pmm_config *cfg;       /* files_dir, files_reload, files_max_bytes,
+                                  * files_trash_max_*, data_dir */
     pmm_lc *lc;                  /* must outlive the pmm_files (close first) */
     gsp_id node_id;
+    void (*changed)(void *ud);   /* in sync or not: may be NULL */
+    void *ud;
 } pmm_files_env;
 
 /* Starts the mirror when cfg->files_dir is set (else *out = NULL, 0):
@@ -179,6 +261,24 @@ void pmm_files_kick(pmm_files *f);
 /* Appends ,"files":{...} (the mirror's state) to a JSON object being
  * written. NULL appends nothing. */
 int pmm_files_status_json(const pmm_files *f, pmm_buf *b);
+/* Whether this node's files_dir holds the cluster's published manifest
+ * (every file of it; files never listed may be there too): 0, or
+ * -EAGAIN with the reason in why. Promote asks this; f NULL (no
+ * files_dir on this node) is ready only while the cluster publishes no
+ * files. */
+int pmm_files_promote_ready(const pmm_files *f, const pmm_cluster *cl,
+                            char *why, size_t len);
+/* The first 8 bytes (big endian) of the published digest this node's
+ * files_dir is in sync with, for the gossiped metadata; 0 when it is not
+ * in sync (or f is NULL). */
+uint64_t pmm_files_sync_tag(const pmm_files *f);
+/* The tag of a digest (what pmm_files_sync_tag compares with). */
+uint64_t pmm_files_digest_tag(const uint8_t digest[PMM_HASH_LEN]);
+/* `pmgcm files publish [--confirm]` (control request "files-publish"):
+ * on the master, publishes the manifest it holds for confirmation, once
+ * the next scan finds the directory as it was when held. Answers req
+ * (now, or after that scan). f NULL answers that there is no files_dir. */
+void pmm_files_ctl_publish(pmm_files *f, pmm_ctl_req *req, bool confirm);
 /* Unregisters from lc, stops; frees f once its work is done. A running
  * reload command is left to finish. NULL is fine. */
 void pmm_files_close(pmm_files *f);

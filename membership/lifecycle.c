@@ -16,6 +16,7 @@
  */
 #include "membership/cluster.h"
 #include "membership/cluster.pb-c.h"
+#include "membership/files.h"
 #include "membership/guard.h"
 #include "membership/precheck.h"
 #include "membership/repl.h"
@@ -1933,6 +1934,36 @@ static void promote_saved(pmm_lc *lc, int rc, void *arg)
     pmm_buf_free(&extra);
 }
 
+/* Promote's files check (precheck.c check_files, files.h): 0, or the
+ * refusal in why, which names the live nodes whose files_dir is in sync
+ * (from their gossiped metadata). */
+static int promote_files_ready(pmm_lc *lc, char *why, size_t len)
+{
+    const pmm_files *f = lc->files_fn ? lc->files_ud : NULL;
+    int rc = pmm_files_promote_ready(f, &lc->cl, why, len);
+    if (!rc) return 0;
+    uint64_t tag = pmm_files_digest_tag(lc->cl.files_digest);
+    const pmm_cnode *me = self_node(lc);
+    size_t o = strlen(why), named = 0;
+    for (size_t i = 0; i < lc->cl.n_nodes && o < len; i++) {
+        const pmm_cnode *n = &lc->cl.nodes[i];
+        gsp_member m;
+        pmm_meta meta;
+        if (n == me || gsp_core_get(core(lc), &n->node_id, &m) ||
+            m.state != GSP_ALIVE || !m.meta_len ||
+            pmm_meta_decode(&meta, m.meta, m.meta_len) ||
+            meta.files_sync != tag)
+            continue;
+        o += (size_t)snprintf(why + o, len - o, "%s%s (cid %u)",
+                              named ? ", " : "; in sync: ", n->name, n->cid);
+        named++;
+    }
+    if (!named && o < len)
+        snprintf(why + o, len - o, "; no live node reports its files in "
+                 "sync");
+    return rc;
+}
+
 /* What promote's checks look at (membership/precheck.h): this node's
  * store, and every other node of the config as gossip shows it. */
 static void promote_view(pmm_lc *lc, pmm_promote_view *v)
@@ -1964,6 +1995,7 @@ static void promote_view(pmm_lc *lc, pmm_promote_view *v)
         p->pos.epoch = meta.db_epoch;
         p->pos.seq = meta.db_seq;
     }
+    v->files_rc = promote_files_ready(lc, v->files_why, sizeof(v->files_why));
 }
 
 /* A promote whose only obstacle is that this node is behind a live node

@@ -117,6 +117,11 @@
  *       Optional shell command run after mirrored files changed.
  *   files_max_bytes = 1048576
  *       Largest mirrored file (1..67108864 bytes, default 1 MiB).
+ *   files_trash_max_files = 1000
+ *   files_trash_max_bytes = 67108864
+ *       Bounds of data_dir/files-trash, where files that mirroring removes
+ *       or replaces are kept (1..1000000 files, 1..4294967295 bytes); the
+ *       oldest sync events are deleted first.
  *
  *   Gossip tuning, mapped 1:1 onto gsp_config (defaults: gsp_config_default):
  *   probe_interval_ms     (10..600000)    one probe per interval
@@ -143,6 +148,11 @@
  *   peers       addresses of alive members, one per line; rewritten
  *               atomically (debounced) when that set changes. Never rewritten
  *               with an empty set, so an isolated node keeps its last peers.
+ *   files.manifest  mirrored files: the last manifest this node synced
+ *               to (the master: published), text (files.h).
+ *   files-trash/  mirrored files that mirroring removed or replaced, one
+ *               directory per sync event (files.h), bounded by
+ *               files_trash_max_files / files_trash_max_bytes.
  *   draining    exists while the node is drained (`pmgcm drain`, removed by
  *               `pmgcm undrain`); read at start, so a drain survives a
  *               restart. Its text is for humans only.
@@ -169,6 +179,9 @@
  *   {"cmd":"delete","cid":CID}
  *   {"cmd":"promote"[,"force":BOOL]}          force defaults to false
  *   {"cmd":"sync"[,"master_ip":IP]}
+ *   {"cmd":"files-publish"[,"confirm":BOOL]}  publish the mirrored files
+ *                                             the master holds for
+ *                                             confirmation (files.h)
  *   {"cmd":"drain"}                           stop taking new traffic
  *   {"cmd":"undrain"}                         take traffic again
  * Arguments, all checked before any handler runs:
@@ -201,6 +214,9 @@
  *   join-cmd     {"ok":true,"command":"pmgcm join IP --fingerprint FP"}
  *   delete       {"ok":true,"cid":N[,"key_rotated":true]}
  *   promote      {"ok":true,"cid":N,"epoch":E}
+ *   files-publish  {"ok":true,"digest":HEX,"files":N,"dropped":N} once
+ *                published; without "confirm":true (or with nothing held)
+ *                an error that says what is held and why
  *   sync         {"ok":true[,"epoch":E,"version":V,"master_cid":C,
  *                 "updated":BOOL][,"master_ip":IP]}
  *   drain, undrain  {"ok":true,"draining":BOOL,"changed":BOOL,
@@ -309,6 +325,8 @@ typedef struct pmm_config {
     char files_dir[PMM_PATH_MAX];
     char files_reload[PMM_DB_STR_MAX + 1]; /* shell command, may be empty */
     uint32_t files_max_bytes;              /* per file, 1 MiB */
+    uint32_t files_trash_max_files;        /* trash bound, 1000 files */
+    uint32_t files_trash_max_bytes;        /* trash bound, 64 MiB */
 } pmm_config;
 
 /* Fills defaults (no name/bind/data_dir: those are required). */
@@ -378,6 +396,8 @@ typedef struct pmm_meta {
     uint32_t db_kept;    /* records in pmgcm.backups */
     uint64_t db_divergence; /* rows in pmgcm.divergence */
     bool db_loaded;      /* its store holds loaded data */
+    uint64_t files_sync; /* mirrored files: tag of the published manifest
+                          * files_dir is in sync with, 0 = not (files.h) */
     uint32_t n_origins;  /* per-origin positions (store/store.h) */
     struct {
         uint32_t cid;

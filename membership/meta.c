@@ -78,6 +78,10 @@ int pmm_meta_encode(const pmm_meta *m, uint8_t *buf, size_t cap, size_t *len)
         ov[i].seq = m->origins[i].seq;
         op[i] = &ov[i];
     }
+    if (m->files_sync) {
+        nm.has_files_sync = true;
+        nm.files_sync = m->files_sync;
+    }
     nm.n_origins = m->n_origins;
     nm.origins = op;
     need = pmgcm__membership__node_meta__get_packed_size(&nm);
@@ -127,6 +131,7 @@ int pmm_meta_decode(pmm_meta *out, const uint8_t *buf, size_t len)
     m.db_kept = nm->has_db_kept ? nm->db_kept : 0;
     m.db_divergence = nm->has_db_divergence ? nm->db_divergence : 0;
     m.db_loaded = nm->has_db_loaded && nm->db_loaded;
+    m.files_sync = nm->has_files_sync ? nm->files_sync : 0;
     if (nm->n_origins > PMM_META_ORIGINS_MAX)
         goto out;
     m.n_origins = (uint32_t)nm->n_origins;

@@ -337,6 +337,7 @@ static bool meta_from_sample(node *n)
         m.cfg_epoch = cl ? cl->epoch : 0;
         m.cfg_version = cl ? cl->version : 0;
     }
+    m.files_sync = pmm_files_sync_tag(n->files);
     if (n->repl != NULL) {
         pst_info si;
         pmm_repl_info(n->repl, &si);
@@ -1253,6 +1254,15 @@ static void ctl_handler(void *ud, pmm_ctl_req *req, const char *cmd,
             ctl_backups(n, req, args);
         return;
     }
+    if (strcmp(cmd, "files-publish") == 0) {
+        const pmm_json *cj = pmm_json_get(args, "confirm");
+        if (n->stopping)
+            pmm_ctl_reply_error(req, "the daemon is shutting down");
+        else
+            pmm_files_ctl_publish(n->files, req,
+                                  cj && cj->type == PMM_JSON_BOOL && cj->b);
+        return;
+    }
     if (strcmp(cmd, "status") != 0) {
         if (n->lc == NULL || n->stopping)
             pmm_ctl_reply_error(req, "the daemon is not ready");
@@ -1740,7 +1750,8 @@ static int node_start(node *n)
     /* mirrored config files (files_dir): needs the lifecycle */
     {
         pmm_files_env fenv = {.loop = &n->loop, .cfg = &n->cfg, .lc = n->lc,
-                              .node_id = n->id};
+                              .node_id = n->id, .changed = store_changed,
+                              .ud = n};
         rc = pmm_files_start(&n->files, &fenv, err, sizeof(err));
         if (rc != 0) {
             pmm_log(PMM_LOG_ERROR, "files", "%s", err);

@@ -147,10 +147,29 @@ static int check_caught_up(const pmm_promote_view *v, char *why, size_t len,
     return 1;
 }
 
+/* The mirrored files are in sync (a files_dir out of sync never becomes
+ * the truth). Overridable: the new master then publishes nothing it was
+ * not told to (files.h: it holds its directory for `pmgcm files publish
+ * --confirm`), so nothing is removed on the nodes meanwhile. */
+static int check_files(const pmm_promote_view *v, char *why, size_t len,
+                       char *lost, size_t lostlen)
+{
+    if (!v->files_rc)
+        return 0;
+    snprintf(why, len, "%s", v->files_why);
+    snprintf(lost, lostlen, "this node's files_dir does not hold the "
+             "cluster's mirrored files: as master it publishes no files "
+             "until an admin runs `pmgcm files publish --confirm` (or copies "
+             "the files from a node that has them); the nodes keep theirs "
+             "meanwhile");
+    return 1;
+}
+
 const pmm_promote_check pmm_promote_checks[] = {
     {"database", false, false, check_database},
     {"data loaded", true, false, check_loaded},
     {"caught up", true, true, check_caught_up},
+    {"files in sync", true, false, check_files},
 };
 const size_t pmm_promote_n_checks =
     sizeof(pmm_promote_checks) / sizeof(pmm_promote_checks[0]);

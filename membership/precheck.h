@@ -41,6 +41,11 @@ typedef struct pmm_promote_view {
     pst_info db;
     pmm_promote_peer peers[PMM_PROMOTE_PEERS_MAX];
     size_t n_peers;
+    /* mirrored files (files.h pmm_files_promote_ready): files_rc != 0
+     * while the cluster mirrors files and this node's files_dir does not
+     * hold them; files_why says why, and which live nodes do */
+    int files_rc;
+    char files_why[700];
 } pmm_promote_view;
 
 typedef struct pmm_promote_check {

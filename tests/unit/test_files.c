@@ -3,7 +3,9 @@
  * the manifest digest, the node's diff, the FILES answer (round trip and
  * hostile answers), scans (what is left out and why, the SHA-256 cache),
  * atomic writes that never follow a symlink, removals that take emptied
- * directories along, chunked reads, and the digest in the cluster config.
+ * directories along, chunked reads, the digest in the cluster config, the
+ * "most of the manifest" rule, the trash's bounds and its files, and the
+ * manifest's text form on disk (round trip, corrupt files refused).
  */
 #include "membership/files.h"
 #include "membership/cluster.pb-c.h"
@@ -470,6 +472,286 @@ static void test_cluster_digest(void)
     pmm_cluster_clear(&f);
 }
 
+
+/* a manifest of n files named f000.. (skipping the names in skip) */
+static void mkman(pmm_files_manifest *m, size_t n, const char *skip)
+{
+    memset(m, 0, sizeof(*m));
+    m->ents = calloc(n ? n : 1, sizeof(*m->ents));
+    for (size_t i = 0; m->ents && i < n; i++) {
+        char name[16];
+        snprintf(name, sizeof(name), "f%03zu", i);
+        if (skip && strstr(skip, name)) continue;
+        mkent(&m->ents[m->n++], name, i, 0644, (uint8_t)i);
+    }
+    pmm_files_manifest_finish(m);
+}
+
+static void test_mass_drop(void)
+{
+    pmm_files_manifest a, b;
+    size_t d = 99;
+    mkman(&a, 10, NULL);
+    /* 6 of 10 dropped: most */
+    mkman(&b, 10, "f000 f001 f002 f003 f004 f005");
+    CHECK(pmm_files_mass_drop(&a, &b, &d) && d == 6);
+    pmm_files_manifest_clear(&b);
+    /* exactly half is not "most" */
+    mkman(&b, 10, "f000 f001 f002 f003 f004");
+    CHECK(!pmm_files_mass_drop(&a, &b, &d) && d == 5);
+    pmm_files_manifest_clear(&b);
+    /* everything, and everything renamed (dropped + added) */
+    memset(&b, 0, sizeof(b));
+    CHECK(pmm_files_mass_drop(&a, &b, &d) && d == 10);
+    mkman(&b, 20, "f000 f001 f002 f003 f004 f005 f006 f007 f008 f009");
+    CHECK(pmm_files_mass_drop(&a, &b, &d) && d == 10);
+    /* a superset drops nothing; b -> a drops the new ten */
+    CHECK(!pmm_files_mass_drop(&a, &a, &d) && d == 0);
+    CHECK(pmm_files_mass_drop(&b, &a, &d) && d == 10);
+    pmm_files_manifest_clear(&a);
+    pmm_files_manifest_clear(&b);
+    /* few files: at least PMM_FILES_DROP_MIN (4) must go */
+    mkman(&a, 3, NULL);
+    memset(&b, 0, sizeof(b));
+    CHECK(!pmm_files_mass_drop(&a, &b, &d) && d == 3);
+    pmm_files_manifest_clear(&a);
+    mkman(&a, 4, NULL);
+    CHECK(pmm_files_mass_drop(&a, &b, &d) && d == 4);
+    pmm_files_manifest_clear(&a);
+    mkman(&a, 7, NULL);
+    mkman(&b, 7, "f000 f001 f002 f003");
+    CHECK(pmm_files_mass_drop(&a, &b, NULL)); /* 4 of 7 */
+    pmm_files_manifest_clear(&b);
+    mkman(&b, 7, "f000 f001 f002");
+    CHECK(!pmm_files_mass_drop(&a, &b, &d) && d == 3); /* 3 of 7 */
+    pmm_files_manifest_clear(&a);
+    pmm_files_manifest_clear(&b);
+    /* nothing published before: nothing dropped */
+    memset(&a, 0, sizeof(a));
+    mkman(&b, 5, NULL);
+    CHECK(!pmm_files_mass_drop(&a, &b, &d) && d == 0);
+    pmm_files_manifest_clear(&b);
+}
+
+static void test_trash_evict(void)
+{
+    uint64_t f[4] = {10, 20, 30, 40}, b[4] = {100, 200, 300, 400};
+    /* within both bounds: nothing goes */
+    CHECK_EQ_INT(pmm_files_trash_evict(f, b, 4, 100, 1000), 0);
+    /* files over: the oldest first, until the rest fits */
+    CHECK_EQ_INT(pmm_files_trash_evict(f, b, 4, 99, 1000), 1);
+    CHECK_EQ_INT(pmm_files_trash_evict(f, b, 4, 70, 1000), 2);
+    /* bytes over */
+    CHECK_EQ_INT(pmm_files_trash_evict(f, b, 4, 100, 899), 2);
+    CHECK_EQ_INT(pmm_files_trash_evict(f, b, 4, 100, 700), 2);
+    CHECK_EQ_INT(pmm_files_trash_evict(f, b, 4, 100, 699), 3);
+    /* the newest stays whole, even alone over a bound */
+    CHECK_EQ_INT(pmm_files_trash_evict(f, b, 4, 1, 1), 3);
+    CHECK_EQ_INT(pmm_files_trash_evict(f, b, 1, 1, 1), 0);
+    CHECK_EQ_INT(pmm_files_trash_evict(f, b, 0, 1, 1), 0);
+    /* whichever bound is tighter wins */
+    CHECK_EQ_INT(pmm_files_trash_evict(f, b, 4, 40, 100000), 3);
+}
+
+static void test_manifest_text(void)
+{
+    pmm_files_manifest m = {0}, got = {0};
+    m.ents = calloc(3, sizeof(*m.ents));
+    REQUIRE(m.ents);
+    mkent(&m.ents[0], "main.cf", 100, 0644, 7);
+    mkent(&m.ents[1], "dkim/sel.private", 0, 0600, 8);
+    mkent(&m.ents[2], "templates/a+b@c=d,e:f.tt", PMM_FILES_SIZE_MAX, 0755, 9);
+    m.n = 3;
+    CHECK_EQ_INT(pmm_files_manifest_finish(&m), 0);
+    pmm_buf b;
+    pmm_buf_init(&b, 1 << 20);
+    CHECK_EQ_INT(pmm_files_manifest_format(&m, &b), 0);
+    char why[200];
+    CHECK_EQ_INT(pmm_files_manifest_parse(&got, b.p, b.len, why, sizeof(why)),
+                 0);
+    CHECK(got.n == 3 && !memcmp(got.digest, m.digest, PMM_HASH_LEN) &&
+          got.bytes == m.bytes);
+    CHECK(!strcmp(got.ents[1].name, "main.cf") && got.ents[1].mode == 0644 &&
+          got.ents[1].size == 100 && got.ents[1].sha[5] == 7);
+    /* an empty manifest round-trips too */
+    pmm_files_manifest e = {0};
+    pmm_files_manifest_finish(&e);
+    pmm_buf_reset(&b);
+    CHECK_EQ_INT(pmm_files_manifest_format(&e, &b), 0);
+    CHECK_EQ_INT(pmm_files_manifest_parse(&got, b.p, b.len, why, sizeof(why)),
+                 0);
+    CHECK(got.n == 0 && !memcmp(got.digest, e.digest, PMM_HASH_LEN));
+    /* corrupt ones: refused, got untouched */
+    pmm_buf_reset(&b);
+    pmm_files_manifest_format(&m, &b);
+    const char *ok = b.p;
+    size_t first = strchr(strchr(ok, '\n') + 1, '\n') - ok + 1; /* 2 lines */
+    char t[4096];
+    struct {
+        const char *what, *text;
+    } bad[] = {
+        {"empty", ""},
+        {"magic", "pmgcm-files-manifest 2\n"},
+        {"digest", "pmgcm-files-manifest 1\ndigest 00\n"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        got.n = 77;
+        CHECK_EQ_INT(pmm_files_manifest_parse(&got, bad[i].text,
+                                              strlen(bad[i].text), why,
+                                              sizeof(why)),
+                     -EINVAL);
+        CHECK(got.n == 77);
+    }
+    got.n = 0;
+    /* entry lines: the good header, then a bad line */
+    const char *lines[] = {
+        "zz 1 0644 a\n",                                      /* hash */
+        "%s 1 0644 ../a\n",                                   /* name */
+        "%s 1 0644 .hidden\n",                                /* name */
+        "%s 1 1000 a\n",                                      /* mode */
+        "%s 99999999999999 0644 a\n",                         /* size */
+        "%s -1 0644 a\n",                                     /* size */
+        "%s 1 0644 a",                                        /* no \n */
+        "%s 1 0644 b\n%s 1 0644 a\n",                         /* order */
+        "%s 1 0644 a\n%s 1 0644 a\n",                         /* twice */
+        "%s 1 0644 a b\n",                                    /* space */
+        "%s 1 0644 a\n",                                      /* digest */
+    };
+    const char *h64 =
+        "0101010101010101010101010101010101010101010101010101010101010101";
+    for (size_t i = 0; i < sizeof(lines) / sizeof(lines[0]); i++) {
+        int o = snprintf(t, sizeof(t), "%.*s", (int)first, ok);
+        snprintf(t + o, sizeof(t) - (size_t)o, lines[i], h64, h64);
+        CHECK_EQ_INT(pmm_files_manifest_parse(&got, t, strlen(t), why,
+                                              sizeof(why)),
+                     -EINVAL);
+    }
+    /* a NUL in the text */
+    memcpy(t, ok, b.len);
+    t[first + 3] = 0;
+    CHECK_EQ_INT(pmm_files_manifest_parse(&got, t, b.len, why, sizeof(why)),
+                 -EINVAL);
+    /* save / load in a data dir */
+    char dd[256];
+    snprintf(dd, sizeof(dd), "%s/data", tmpdir);
+    mkdir(dd, 0700);
+    pmm_files_manifest l = {0};
+    CHECK_EQ_INT(pmm_files_manifest_load(dd, &l, why, sizeof(why)), -ENOENT);
+    CHECK_EQ_INT(pmm_files_manifest_save(dd, &m), 0);
+    CHECK_EQ_INT(pmm_files_manifest_load(dd, &l, why, sizeof(why)), 0);
+    CHECK(l.n == 3 && !memcmp(l.digest, m.digest, PMM_HASH_LEN));
+    struct stat st;
+    snprintf(t, sizeof(t), "%s/" PMM_FILES_MANIFEST_FILE, dd);
+    CHECK(stat(t, &st) == 0 && (st.st_mode & 0777) == 0600);
+    FILE *fp = fopen(t, "r+");
+    if (fp) {
+        fseek(fp, -3, SEEK_END);
+        fputc('X', fp); /* a name no longer matches the digest */
+        fclose(fp);
+    }
+    CHECK_EQ_INT(pmm_files_manifest_load(dd, &l, why, sizeof(why)), -EINVAL);
+    CHECK(l.n == 3);
+    pmm_files_manifest_clear(&l);
+    pmm_files_manifest_clear(&got);
+    pmm_files_manifest_clear(&m);
+    pmm_buf_free(&b);
+}
+
+static size_t count_lines(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    size_t n = 0;
+    int c;
+    if (!f) return 0;
+    while ((c = fgetc(f)) != EOF) n += c == '\n';
+    fclose(f);
+    return n;
+}
+
+static void test_trash(void)
+{
+    char dir[256], trash[256], ev[300], p[600];
+    struct stat st;
+    snprintf(dir, sizeof(dir), "%s/tmirror", tmpdir);
+    snprintf(trash, sizeof(trash), "%s/ttrash", tmpdir);
+    CHECK_EQ_INT(pmm_files_write(dir, "main.cf", "old main\n", 9, 0640), 0);
+    CHECK_EQ_INT(pmm_files_write(dir, "sub/x.cf", "xx", 2, 0600), 0);
+    /* kept: 1; a hard link or a copy with the same bytes and mode */
+    snprintf(ev, sizeof(ev), "%s/20260101T000000.000Z", trash);
+    CHECK_EQ_INT(pmm_files_trash_keep(dir, "main.cf", ev, "replaced", 1 << 20),
+                 1);
+    CHECK_EQ_INT(pmm_files_trash_keep(dir, "sub/x.cf", ev, "removed", 1 << 20),
+                 1);
+    snprintf(p, sizeof(p), "%s/main.cf", ev);
+    CHECK(stat(p, &st) == 0 && st.st_size == 9 && (st.st_mode & 0777) == 0640);
+    snprintf(p, sizeof(p), "%s/sub/x.cf", ev);
+    CHECK(stat(p, &st) == 0 && st.st_size == 2);
+    CHECK(stat(trash, &st) == 0 && (st.st_mode & 0777) == 0700);
+    CHECK(stat(ev, &st) == 0 && (st.st_mode & 0777) == 0700);
+    snprintf(p, sizeof(p), "%s/" PMM_FILES_TRASH_INFO, ev);
+    CHECK_EQ_INT(count_lines(p), 2);
+    /* the original, replaced or removed afterwards, stays in the trash */
+    CHECK_EQ_INT(pmm_files_write(dir, "main.cf", "new", 3, 0644), 0);
+    snprintf(p, sizeof(p), "%s/main.cf", ev);
+    CHECK(stat(p, &st) == 0 && st.st_size == 9);
+    /* nothing to keep: a missing file, a directory, a symlink, a bad name */
+    CHECK_EQ_INT(pmm_files_trash_keep(dir, "gone.cf", ev, "removed", 1 << 20),
+                 0);
+    CHECK_EQ_INT(pmm_files_trash_keep(dir, "sub", ev, "removed", 1 << 20), 0);
+    snprintf(p, sizeof(p), "%s/ln.cf", dir);
+    CHECK(symlink("/etc/passwd", p) == 0);
+    CHECK_EQ_INT(pmm_files_trash_keep(dir, "ln.cf", ev, "removed", 1 << 20), 0);
+    CHECK_EQ_INT(pmm_files_trash_keep(dir, "../x", ev, "removed", 1 << 20),
+                 -EINVAL);
+    /* the same name twice in one event: the next "<event>.N" */
+    CHECK_EQ_INT(pmm_files_trash_keep(dir, "main.cf", ev, "replaced", 1 << 20),
+                 1);
+    snprintf(p, sizeof(p), "%s.1/main.cf", ev);
+    CHECK(stat(p, &st) == 0 && st.st_size == 3);
+    /* a file named like a directory the event already has */
+    char ev3[300];
+    snprintf(ev3, sizeof(ev3), "%s/20260101T120000.000Z", trash);
+    CHECK_EQ_INT(pmm_files_write(dir, "d/x", "x", 1, 0644), 0);
+    CHECK_EQ_INT(pmm_files_trash_keep(dir, "d/x", ev3, "removed", 1 << 20), 1);
+    CHECK_EQ_INT(pmm_files_remove(dir, "d/x"), 0);
+    CHECK_EQ_INT(pmm_files_write(dir, "d", "dd", 2, 0644), 0);
+    CHECK_EQ_INT(pmm_files_trash_keep(dir, "d", ev3, "removed", 1 << 20), 1);
+    snprintf(p, sizeof(p), "%s.1/d", ev3);
+    CHECK(stat(p, &st) == 0 && S_ISREG(st.st_mode) && st.st_size == 2);
+    snprintf(p, sizeof(p), "%s/d/x", ev3);
+    CHECK(stat(p, &st) == 0 && st.st_size == 1);
+    /* tidy: counts, then evicts the oldest events */
+    CHECK_EQ_INT(pmm_files_write(dir, "sub2", "file", 4, 0644), 0);
+    char ev2[300];
+    snprintf(ev2, sizeof(ev2), "%s/20260102T000000.000Z", trash);
+    CHECK_EQ_INT(pmm_files_trash_keep(dir, "sub2", ev2, "removed", 1 << 20), 1);
+    pmm_files_trash_stats ts;
+    CHECK_EQ_INT(pmm_files_trash_tidy(trash, 100, 1 << 20, &ts), 0);
+    /* events, oldest first: ev (2 files), ev.1 (1), ev3 (1), ev3.1 (1),
+     * ev2 (1) */
+    CHECK(ts.events == 5 && ts.files == 6 &&
+          ts.bytes == 9 + 2 + 3 + 1 + 2 + 4 && ts.evicted == 0 &&
+          !strcmp(ts.newest, "20260102T000000.000Z"));
+    CHECK_EQ_INT(pmm_files_trash_tidy(trash, 4, 1 << 20, &ts), 0);
+    CHECK(ts.evicted == 1 && ts.events == 4 && ts.files == 4);
+    CHECK(stat(ev, &st) != 0 && stat(ev2, &st) == 0);
+    CHECK_EQ_INT(pmm_files_trash_tidy(trash, 100, 6, &ts), 0); /* bytes */
+    CHECK(ts.evicted == 2 && ts.events == 2 && ts.bytes == 2 + 4);
+    CHECK_EQ_INT(pmm_files_trash_tidy(trash, 1, 1 << 20, &ts), 0);
+    CHECK(ts.evicted == 1 && ts.events == 1 && ts.files == 1 && ts.bytes == 4);
+    /* the newest is kept even alone over a bound */
+    CHECK_EQ_INT(pmm_files_trash_tidy(trash, 0, 0, &ts), 0);
+    CHECK(ts.evicted == 0 && ts.events == 1);
+    /* no trash yet: empty */
+    snprintf(p, sizeof(p), "%s/nothing-here", tmpdir);
+    CHECK_EQ_INT(pmm_files_trash_tidy(p, 1, 1, &ts), 0);
+    CHECK(ts.events == 0 && ts.files == 0 && !ts.newest[0]);
+    /* a copy over max_copy bytes cannot be made (same filesystem: linked,
+     * whatever its size) */
+    CHECK_EQ_INT(pmm_files_write(dir, "big.cf", "0123456789", 10, 0644), 0);
+    CHECK_EQ_INT(pmm_files_trash_keep(dir, "big.cf", ev2, "removed", 1), 1);
+}
+
 int main(void)
 {
     snprintf(tmpdir, sizeof(tmpdir), "/tmp/pmgcm-test-files.XXXXXX");
@@ -484,6 +766,10 @@ int main(void)
     TAP_RUN(test_scan);
     TAP_RUN(test_write_remove_read);
     TAP_RUN(test_cluster_digest);
+    TAP_RUN(test_mass_drop);
+    TAP_RUN(test_trash_evict);
+    TAP_RUN(test_manifest_text);
+    TAP_RUN(test_trash);
     char cmd[256];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
     if (system(cmd) != 0) printf("# could not remove %s\n", tmpdir);

@@ -452,6 +452,22 @@ static void test_commands(void)
     CHECK(strcmp(r.req[0], "{\"cmd\":\"sync\",\"master_ip\":\"fd00::2\"}\n")
           == 0);
 
+    /* files publish: what is held, or published on --confirm */
+    run_cli(&r, ANS("{\"ok\":true,\"digest\":\"0123456789abcdef0123\","
+                    "\"files\":2,\"dropped\":30}\n"),
+            NULL, ARGS("--socket", sock_path, "files", "publish", "--confirm"));
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strcmp(r.req[0],
+                 "{\"cmd\":\"files-publish\",\"confirm\":true}\n") == 0);
+    CHECK(strcmp(r.out, "published manifest 0123456789abcdef (2 files; 30 "
+                        "dropped files are kept in the nodes' trash)\n") == 0);
+    run_cli(&r, ANS("{\"ok\":false,\"error\":\"held: x\"}\n"), NULL,
+            ARGS("--socket", sock_path, "files", "publish"));
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK(strcmp(r.req[0],
+                 "{\"cmd\":\"files-publish\",\"confirm\":false}\n") == 0);
+    CHECK(strcmp(r.err, "pmgcm: held: x\n") == 0);
+
     /* status: the legacy request, rows rendered as they come */
     run_cli(&r, ANS(members), NULL, ARGS("--socket", sock_path, "status"));
     CHECK_EQ_INT(r.rc, 0);
@@ -662,6 +678,11 @@ static void test_usage_errors(void)
     expect_usage(ARGS(S, "delete", ""));
     expect_usage(ARGS(S, "delete", "3", "4"));
     expect_usage(ARGS(S, "delete", "--force", "3"));
+    expect_usage(ARGS(S, "files"));
+    expect_usage(ARGS(S, "files", "push"));
+    expect_usage(ARGS(S, "files", "publish", "now"));
+    expect_usage(ARGS(S, "files", "publish", "--force"));
+    expect_usage(ARGS(S, "promote", "--confirm"));
     expect_usage(ARGS(S, "promote", "now"));
     expect_usage(ARGS(S, "promote", "--force=yes"));
     expect_usage(ARGS(S, "promote", "--yes"));

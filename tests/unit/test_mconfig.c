@@ -243,6 +243,23 @@ static void test_bad_values(void)
     CHECK(rejects(BASE "rejoin_interval_ms = 0\n", "out of range"));
     CHECK(rejects(BASE "probe_interval_ms = 100\nprobe_timeout_ms = 100\n",
                   "line 6: probe_timeout_ms (100) must be smaller"));
+    /* the mirrored files' trash: at least one file and one byte */
+    CHECK(rejects(BASE "files_trash_max_files = 0\n", "out of range"));
+    CHECK(rejects(BASE "files_trash_max_files = 1000001\n", "out of range"));
+    CHECK(rejects(BASE "files_trash_max_bytes = 0\n", "out of range"));
+    CHECK(rejects(BASE "files_trash_max_bytes = 4294967296\n", "line 5"));
+}
+
+static void test_files_trash_keys(void)
+{
+    pmm_config c;
+    REQUIRE(parse(&c, BASE) == 0);
+    CHECK_EQ_INT(c.files_trash_max_files, 1000);
+    CHECK_EQ_INT(c.files_trash_max_bytes, 64u << 20);
+    REQUIRE(parse(&c, BASE "files_dir = /etc/pmg\nfiles_trash_max_files = 1\n"
+                          "files_trash_max_bytes = 4294967295\n") == 0);
+    CHECK_EQ_INT(c.files_trash_max_files, 1);
+    CHECK_EQ_INT(c.files_trash_max_bytes, 4294967295u);
 }
 
 /* the hostile-input keys: the budget and who may read /status, /metrics */
@@ -358,6 +375,7 @@ int main(void)
     TAP_RUN(test_missing_required);
     TAP_RUN(test_bad_values);
     TAP_RUN(test_guard_keys);
+    TAP_RUN(test_files_trash_keys);
     TAP_RUN(test_syntax);
     TAP_RUN(test_output_untouched_on_error);
     TAP_RUN(test_load_file);

@@ -49,6 +49,12 @@ static void test_roundtrip(void)
     CHECK(back.start_time == UINT64_MAX);
     CHECK(back.cid == UINT32_MAX);
     CHECK(strcmp(back.role, "-") == 0);
+    CHECK(back.files_sync == 0); /* absent: not in sync */
+    /* the mirrored files' sync tag */
+    m.files_sync = 0x0123456789abcdefull;
+    REQUIRE(pmm_meta_encode(&m, buf, sizeof(buf), &len) == 0);
+    REQUIRE(pmm_meta_decode(&back, buf, len) == 0);
+    CHECK(back.files_sync == 0x0123456789abcdefull);
 }
 
 /* The store's fields: reason, own lag, kept data; the reason is dropped

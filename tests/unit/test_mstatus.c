@@ -371,6 +371,22 @@ static void test_promote_checks(void)
     v.db.pos = (pst_pos){2, 25001};
     CHECK_EQ_INT(pmm_promote_precheck(&v, false, why, sizeof(why), lost,
                                       sizeof(lost), NULL), 0);
+    /* mirrored files out of sync: refused with files.h's words; with
+     * --accept-data-loss it goes on, saying the new master holds its
+     * files */
+    v.files_rc = -11;
+    snprintf(v.files_why, sizeof(v.files_why), "files_dir /etc/pmg is not "
+             "in sync with the cluster's mirrored files (...); in sync: "
+             "node2 (cid 2)");
+    CHECK_EQ_INT(pmm_promote_precheck(&v, false, why, sizeof(why), lost,
+                                      sizeof(lost), NULL), 1);
+    CHECK(strstr(why, "refused (files in sync): files_dir /etc/pmg is not "
+                      "in sync") != NULL);
+    CHECK(strstr(why, "in sync: node2 (cid 2)") != NULL);
+    CHECK_EQ_INT(pmm_promote_precheck(&v, true, why, sizeof(why), lost,
+                                      sizeof(lost), NULL), 0);
+    CHECK(strstr(lost, "pmgcm files publish --confirm") != NULL);
+    v.files_rc = 0;
     /* the database down: refused, even with --accept-data-loss */
     v.db.db_down = true;
     snprintf(v.db.error, sizeof(v.db.error), "connection refused");
