@@ -12,6 +12,10 @@
 #   6. valgrind --leak-check=full over every unit test binary of build/
 #      (tests/unit/test_*) and every fuzz corpus replay (tests/fuzz/replay_*)
 #
+# PMGCM_HOG=1 runs both `make check`s beside busy loops that keep every
+# core busy (scripts/hog.sh; PMGCM_HOG_N sets how many): the suite must
+# pass on a loaded machine too.
+#
 # Prints the log of every failing test and ends with one line
 # `N passed, N failed` (automake TAP results of both builds, ERROR and XPASS
 # counted as failed, plus one check per valgrind run, plus one failure per
@@ -71,8 +75,9 @@ build_and_check() {
     # with a CPU-heavy simulation for the two cores.
     (cd "$dir" && make -j2 check TESTS= >/dev/null 2>&1) || true
     rm -f "$dir/test-suite.log"
-    local rc=0
-    (cd "$dir" && timeout -k 30 "$CHECK_TIMEOUT" make check) || rc=$?
+    local rc=0 hog=()
+    [[ ${PMGCM_HOG:-0} == 1 ]] && hog=(bash "$top/scripts/hog.sh")
+    (cd "$dir" && timeout -k 30 "$CHECK_TIMEOUT" "${hog[@]}" make check) || rc=$?
     if ((rc == 124 || rc == 137)); then
         fail_step "$label: make check timed out after ${CHECK_TIMEOUT}s"
     fi
