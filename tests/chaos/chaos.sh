@@ -36,6 +36,11 @@
 #               restarted; its status is sampled during the catch-up: never
 #               A (in the master's view or its own) nor /readyz 200 while
 #               behind by more than the threshold (sync_lag_max)
+#   filespromote  mirrored files: a follower is stopped, the master changes
+#               its files, the master is killed, the follower returns
+#               behind: `pmgcm promote --force` on it must be refused; an
+#               in-sync node is promoted instead, the old master returns
+#               HOLD s later
 # A schedule starts with every kind once, in seeded order, then seeded
 # weighted picks until the planned time (MINUTES) is used. After every
 # fault the runner waits (30 s at most) until every node shows all five A.
@@ -55,6 +60,12 @@
 # SIGTERM with no sanitizer report (ASan build). A second writer commits
 # REPEATABLE READ and SERIALIZABLE transactions that pause 300 ms between
 # their snapshot and their writes, so step-downs fall into them.
+# Mirrored files (files_dir on every node; the runner edits the master's at
+# every checkpoint, after each fault): every node ends in sync, and every
+# file version seen on any node at a checkpoint is at the end in the
+# master's files_dir, replaced or removed by the runner's own edit on the
+# master (a manifest change), in some node's trash, or (a file no manifest
+# listed) still where it was.
 # On any failure it prints the seed, the schedule, the timeline (faults,
 # every node's view changes) and the relevant log lines.
 #
@@ -292,10 +303,10 @@ monitor() {
 }
 
 # ---- the schedule ------------------------------------------------------------------
-KINDS=(kill9 stall freeze link partition masterkill rejoin pgstop diskfull badpromote fencestep farbehind)
-WEIGHTS=(3 2 2 2 2 2 1 2 1 1 1 1)
+KINDS=(kill9 stall freeze link partition masterkill rejoin pgstop diskfull badpromote fencestep farbehind filespromote)
+WEIGHTS=(3 2 2 2 2 2 1 2 1 1 1 1 1)
 # estimated seconds a fault takes besides its hold time
-declare -A COST=([kill9]=3 [stall]=2 [freeze]=4 [link]=4 [partition]=8 [masterkill]=12 [rejoin]=15 [pgstop]=4 [diskfull]=4 [badpromote]=12 [fencestep]=8 [farbehind]=10)
+declare -A COST=([kill9]=3 [stall]=2 [freeze]=4 [link]=4 [partition]=8 [masterkill]=12 [rejoin]=15 [pgstop]=4 [diskfull]=4 [badpromote]=12 [fencestep]=8 [farbehind]=10 [filespromote]=20)
 RANDOM=$SEED
 # rnd LO HI: R = a seeded number in LO..HI (never in a $(...) subshell:
 # bash reseeds RANDOM there)
@@ -312,7 +323,7 @@ plan_one() {
         freeze) rnd 3 9; S_HOLD[n]=$R ;;
         kill9 | link | pgstop | diskfull) rnd 1 10; S_HOLD[n]=$R ;;
         partition) rnd 4 14; S_HOLD[n]=$R ;;
-        masterkill) rnd 2 10; S_HOLD[n]=$R ;;
+        masterkill | filespromote) rnd 2 10; S_HOLD[n]=$R ;;
         rejoin) rnd 1 5; S_HOLD[n]=$R ;;
         badpromote | fencestep | farbehind) S_HOLD[n]=0 ;;
     esac
@@ -345,6 +356,157 @@ NF=${#S_KIND[@]}
 } >"$CH/schedule"
 it_diag "$(cat "$CH/schedule")"
 
+# ---- mirrored files: setup, edits, checkpoints, the promote fault, the final check ----
+# Every node mirrors $IT_DIR/etc<i> (outside its tmpfs data_dir, so the
+# trash copies across filesystems). node1, the first master, starts with
+# 13 files; node3 holds own.cf, which no manifest lists (it must stay).
+# Every checkpoint (after each fault) records "node path sha256" of every
+# file of every node in $CH/files.seen, and the runner then edits the
+# master's files (one changed, every second time one added, every third
+# one removed: never most of them), recording the version it replaced or
+# removed in $CH/files.changed.
+FE=0
+files_setup() {
+    local i k
+    : >"$CH/files.seen"
+    : >"$CH/files.changed"
+    for i in $ALL; do mkdir -p "$IT_DIR/etc$i"; done
+    for ((k = 1; k <= 12; k++)); do
+        printf 'setting %d = initial\n' "$k" >"$IT_DIR/etc1/conf$k.cf"
+    done
+    mkdir -p "$IT_DIR/etc1/sub"
+    printf 'nested\n' >"$IT_DIR/etc1/sub/nested.cf"
+    printf 'node3 only, in no manifest\n' >"$IT_DIR/etc3/own.cf"
+}
+files_conf() {
+    printf '%s\n' "files_dir = $IT_DIR/etc$1" "files_max_bytes = 65536" \
+        "files_trash_max_files = 2000" "files_trash_max_bytes = 524288" >>"$IT_DIR/node$1.conf"
+}
+files_of() { it_envelope "$1" 2>/dev/null | jq -c '.files // empty' 2>/dev/null; }
+files_field() { files_of "$1" | jq -r --arg f "$2" '.[$f] // empty' 2>/dev/null; }
+# files_snap I: "node<I> path sha256" of every file in node I's files_dir
+files_snap() {
+    (cd "$IT_DIR/etc$1" 2>/dev/null && find . -type f ! -name '.*' -printf '%P\n' | sort |
+        while IFS= read -r p; do echo "node$1 $p $(sha256sum <"$p" | cut -c1-64)"; done)
+}
+files_checkpoint() {
+    local i m f k
+    for i in $ALL; do files_snap "$i"; done >>"$CH/files.seen"
+    m=$(master_now) || return 0
+    FE=$((FE + 1))
+    f=$IT_DIR/etc$m/conf$(((FE % 12) + 1)).cf
+    if [[ -f $f ]]; then
+        echo "$(sha256sum <"$f" | cut -c1-64) changed ${f##*/}" >>"$CH/files.changed"
+        printf 'setting %d = edit %d on node%s\n' $(((FE % 12) + 1)) "$FE" "$m" >"$f.tmp.$$" && mv "$f.tmp.$$" "$f"
+    fi
+    if ((FE % 2 == 0)); then
+        printf 'added at checkpoint %d\n' "$FE" >"$IT_DIR/etc$m/added$FE.cf"
+    fi
+    if ((FE % 3 == 0)); then
+        k=$(cd "$IT_DIR/etc$m" && ls added*.cf 2>/dev/null | head -n1)
+        if [[ -n "$k" ]]; then
+            echo "$(sha256sum <"$IT_DIR/etc$m/$k" | cut -c1-64) removed $k" >>"$CH/files.changed"
+            rm -f "$IT_DIR/etc$m/$k"
+        fi
+    fi
+    # the next fault starts with every node in sync (a promote of a node
+    # whose files are behind is refused, and rightly so)
+    it_wait_until "files_synced_all && [[ \$(files_field $m local) == \$(files_field $m published) ]]" 30 ||
+        tl "mirrored files: not every node in sync 30 s after the edit on node$m: $FILES_WHY"
+}
+# files_synced_all: every running node's files_dir holds the same
+# published manifest (FILES_WHY says who does not)
+FILES_WHY=
+files_synced_all() {
+    local i p first=
+    for i in $ALL; do
+        [[ -n "${RUNNING[i]:-}" ]] || continue
+        [[ "$(files_field "$i" synced)" == true ]] || { FILES_WHY="node$i: $(files_of "$i" | head -c 400)"; return 1; }
+        p=$(files_field "$i" published)
+        [[ -z "$first" ]] && first=$p
+        [[ "$p" == "$first" ]] || { FILES_WHY="node$i publishes $p, another $first"; return 1; }
+    done
+}
+f_filespromote() {
+    local r=$1 hold=$2 m j k c p0 i
+    m=$(master_now) || { tl "filespromote skipped: no single master in any view"; return 0; }
+    j=$(pick_other "$r" "$m") || return 0
+    k=
+    for i in $ALL; do
+        [[ $i == "$m" || $i == "$j" || -z "${RUNNING[i]:-}" ]] && continue
+        [[ "$(files_field "$i" synced)" == true ]] && { k=$i; break; }
+    done
+    [[ -n "$k" ]] || { tl "filespromote skipped: no other follower in sync"; return 0; }
+    fault_begin
+    tl "FAULT filespromote: node$j stopped, master node$m changes its files and is killed, node$j returns behind (promote must be refused), node$k promoted, node$m back after $hold s"
+    it_signal "$j" TERM
+    it_reap "$j" 20
+    RUNNING[$j]=
+    c=$IT_DIR/etc$m/conf1.cf
+    echo "$(sha256sum <"$c" | cut -c1-64) changed conf1.cf" >>"$CH/files.changed"
+    printf 'setting 1 = changed while node%s was down\n' "$j" >"$c.tmp.$$" && mv "$c.tmp.$$" "$c"
+    p0=$(files_field "$k" published)
+    it_wait_until "[[ \$(files_field $k published) != '$p0' && \$(files_field $k synced) == true ]]" 20 ||
+        tl "node$k did not take the master's change: $(files_of "$k" | head -c 300)"
+    kill9 "$m"
+    start_node "$j"
+    it_wait_until "[[ \$(files_field $j published) == \$(files_field $k published) ]]" 30 ||
+        tl "node$j did not learn the new files digest: $(files_of "$j" | head -c 300)"
+    pmgcm_on "$j" promote --force
+    if ((RC == 0)); then
+        step_bad "pmgcm promote --force on node$j, whose files_dir is behind, succeeded: $(head -c 200 <<<"$OUT")"
+    else
+        tl "promote --force on node$j refused as it must be: $(head -c 300 <<<"$OUT" | tr '\n' ' ')"
+        grep -q 'files_dir' <<<"$OUT" || tl "(refused for another reason than its files)"
+    fi
+    promote_on "$k" "$m"
+    sleep "$hold"
+    start_node "$m"
+    tl "old master node$m restarted"
+    fault_end filespromote "$m $j $k"
+}
+# files_final M: after the heal, every node in sync, and no file version
+# seen at a checkpoint lost (M: the master)
+FILES_LOST= NSEEN=
+files_final() {
+    local m=$1 t0 lost=0 node path sha first= i
+    t0=$(it_now_ms)
+    if it_wait_until files_synced_all 60; then
+        tl "mirrored files: every node in sync after $(it_fmt_ms $(($(it_now_ms) - t0))) s"
+    else
+        it_not_ok "mirrored files: every node in sync after the heal"
+        it_diag "$FILES_WHY"
+    fi
+    for i in $ALL; do files_snap "$i"; done >>"$CH/files.seen"
+    # what is where now: the master's files, every trash, every files_dir
+    files_snap "$m" | awk '{ print $2, $3 }' | sort -u >"$CH/files.master"
+    : >"$CH/files.trash"
+    for i in $ALL; do
+        (cd "$IT_DIR/node$i/files-trash" 2>/dev/null && find . -type f ! -name '.*' -printf '%P\n' |
+            while IFS= read -r p; do echo "${p#*/} $(sha256sum <"$p" | cut -c1-64)"; done) >>"$CH/files.trash"
+    done
+    sort -u -o "$CH/files.trash" "$CH/files.trash"
+    for i in $ALL; do files_snap "$i"; done | sort -u >"$CH/files.now"
+    awk '{ print $3, $1 }' "$CH/files.changed" | sort -u >"$CH/files.changedkeys"
+    NSEEN=$(sort -u "$CH/files.seen" | grep -c .)
+    while read -r node path sha; do
+        grep -qxF "$path $sha" "$CH/files.master" && continue
+        grep -qxF "$path $sha" "$CH/files.trash" && continue
+        grep -qxF "$path $sha" "$CH/files.changedkeys" && continue
+        grep -qxF "$node $path $sha" "$CH/files.now" && continue
+        lost=$((lost + 1))
+        [[ -z "$first" ]] && first="$node $path ${sha:0:16}"
+    done < <(sort -u "$CH/files.seen")
+    FILES_LOST=$lost
+    tl "mirrored files: $NSEEN file versions seen at checkpoints, $lost unaccounted; trash: $(grep -c . "$CH/files.trash") versions; the runner changed $(grep -c . "$CH/files.changed")"
+    if ((lost == 0)) && [[ "$(cat "$IT_DIR/etc3/own.cf" 2>/dev/null)" == 'node3 only, in no manifest' ]]; then
+        it_ok "mirrored files: every one of $NSEEN file versions seen at the checkpoints is on the master, in a node's trash, replaced by the runner's edit, or (own.cf, in no manifest) still in place"
+    else
+        it_not_ok "mirrored files: no file version lost ($lost unaccounted, first: ${first:-none}; own.cf on node3: $(cat "$IT_DIR/etc3/own.cf" 2>&1))"
+        for i in $ALL; do it_diag "node$i files: $(files_of "$i" | head -c 600)"; done
+    fi
+}
+
 # ---- the cluster ---------------------------------------------------------------------
 for i in $ALL; do
     pg_start "$i" || it_bail "PostgreSQL for node$i did not start"
@@ -356,9 +518,11 @@ INSERT INTO rules SELECT g, 'rule ' || g, g % 7, g % 2 = 0 FROM generate_series(
 INSERT INTO rule_attr SELECT r, 'attr' || a, 'val ' || r || '/' || a FROM generate_series(1, 20) r, generate_series(1, 3) a;
 INSERT INTO objects SELECT g, decode(md5(g::text), 'hex'), jsonb_build_object('g', g), g / 3.0, g * 1.125, ARRAY['t' || g] FROM generate_series(1, 20) g;
 EOF
+files_setup
 for i in $ALL; do
     it_write_config_lc "$i" "node$i"
     pg_conf "$i"
+    files_conf "$i"
     mount -t tmpfs -o size=2m,mode=0700 "pmgcm-chaos-node$i" "$IT_DIR/node$i" || it_bail "mount tmpfs on node$i's data_dir"
     MOUNTED[i]=1
     start_node "$i"
@@ -376,6 +540,8 @@ else
     it_diag "$HEALED_WHY"
     it_bail "no cluster"
 fi
+it_wait_until files_synced_all 60 || it_diag "mirrored files not in sync at the start: $FILES_WHY"
+files_checkpoint
 tl "cluster formed, master node1; schedule starts (seed $SEED)"
 
 : >"$CH/acks"
@@ -860,6 +1026,7 @@ for ((f = 0; f < NF; f++)); do
         badpromote) f_badpromote "$r" ;;
         fencestep) f_fencestep "$r" ;;
         farbehind) f_farbehind "$r" ;;
+        filespromote) f_filespromote "$r" "$h" ;;
     esac
     if it_wait_until all_alive "$SETTLE_S"; then
         tl "all five alive (A/S) in every view after ${IT_WAITED} s"
@@ -867,6 +1034,7 @@ for ((f = 0; f < NF; f++)); do
         tl "NOT SETTLED: not all five alive everywhere $SETTLE_S s after the fault: $(for i in $ALL; do printf 'node%s: %s; ' "$i" "$(view "$i")"; done)"
         SLOW_SETTLE+="fault $((f + 1)) (${S_KIND[f]}); "
     fi
+    files_checkpoint
     sleep "${S_GAP[f]}"
 done
 check_crashes
@@ -962,6 +1130,8 @@ else
     done
 fi
 [[ -s "$CH/reasons" ]] && it_diag "divergence records: $(paste -sd';' "$CH/reasons")"
+files_final "$MASTER"
+
 # rows written on a node while it was deleted: its `pmgcm join` loads the
 # master's data (a snapshot), so they are on no node afterwards
 OUTSIDE=
@@ -1045,7 +1215,7 @@ done
 it_report_shutdown "$bad" $ALL
 
 it_diag "chaos summary: seed $SEED, $MINUTES min planned, $NFAULTS faults, $NACK commits acknowledged, $LOST lost, $NDIV only in divergence, $FALSE_DEATHS false deaths, $(($(it_now_ms) / 1000 - T0 / 1000)) s"
-echo "seed=$SEED minutes=$MINUTES faults=$NFAULTS acked=$NACK lost=$LOST diverged=$NDIV false_deaths=$FALSE_DEATHS fails=$IT_FAILS" >>"${CHAOS_RESULTS:-/dev/null}"
+echo "seed=$SEED minutes=$MINUTES faults=$NFAULTS acked=$NACK lost=$LOST diverged=$NDIV false_deaths=$FALSE_DEATHS files_seen=${NSEEN:-0} files_lost=${FILES_LOST:-?} fails=$IT_FAILS" >>"${CHAOS_RESULTS:-/dev/null}"
 if ((IT_FAILS > 0)); then
     it_diag "==== FAILED: seed $SEED (rerun: make chaos SEED=$SEED MINUTES=$MINUTES)"
     it_diag "==== schedule"
