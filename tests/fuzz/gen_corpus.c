@@ -738,6 +738,7 @@ static void ctl_seeds(void)
         {"delete", "{\"cmd\":\"delete\",\"cid\":3}"},
         {"promote", "{\"cmd\":\"promote\",\"force\":true}"},
         {"sync", "{\"cmd\":\"sync\",\"master_ip\":\"10.0.0.1\"}"},
+        {"files-publish", "{\"cmd\":\"files-publish\",\"confirm\":true}"},
         {"drain", "drain"},
         {"undrain", "{\"cmd\":\"undrain\"}"},
         {"unknown", "{\"cmd\":\"reboot\"}"},
@@ -813,6 +814,9 @@ static void meta_seeds(void)
     snprintf(n.role, sizeof(n.role), "-");
     if (pmm_meta_encode(&n, buf, sizeof(buf), &len)) abort();
     put("meta", "outside-cluster", buf, len);
+    m.files_sync = 0x8eef069d74bbf339ull; /* mirrored files in sync */
+    if (pmm_meta_encode(&m, buf, sizeof(buf), &len)) abort();
+    put("meta", "files-in-sync", buf, len);
     put("meta", "empty", "", 0);
 }
 
