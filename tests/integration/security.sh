@@ -53,7 +53,7 @@
 # as the postgres user); skipped otherwise. Polls with deadlines.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
-IT_BUDGET=${IT_BUDGET:-480}
+IT_BUDGET=${IT_BUDGET:-1500}
 . "$here/lib.sh"
 . "$here/pg.sh"
 
@@ -430,10 +430,33 @@ if ((jrc == 0)) && it_wait_until "[[ \$(pg_val $A \"SELECT count(*) FROM pg_stat
     stopped=1
 fi
 sb=$(snap_bytes)
-# what was in flight lands in the kernel's buffers; from then on the
-# master's memory must not grow (RSS, not live memory: under ASan freed
-# memory sits in its quarantine, so only growth while stalled counts)
-sleep 2
+# what was in flight lands in the kernel's buffers: wait until node2's
+# receive queue is full (it stops growing: node2 reads nothing, so only the
+# master's sending can grow it) and the master holds unsent bytes for node2
+# (the stall has reached it). From then on the master's memory must not
+# grow (RSS, not live memory: under ASan freed memory sits in its
+# quarantine, so only growth while stalled counts).
+recvq_b() {
+    ip netns exec "${IT_NS[B]}" ss -Htn state established "( dport = :7947 )" 2>/dev/null |
+        awk -v a="${IT_IP[A]}:" 'index($4, a) == 1 && $1 > m { m = $1 } END { print m + 0 }'
+}
+sendq_a() {
+    ip netns exec "${IT_NS[A]}" ss -Htn state established "( sport = :7947 )" 2>/dev/null |
+        awk -v b="${IT_IP[B]}:" 'index($4, b) == 1 && $2 > m { m = $2 } END { print m + 0 }'
+}
+RQ_LAST=-1
+recvq_full() {
+    local q
+    q=$(recvq_b)
+    [[ -n "$q" ]] || return 1
+    ((q > 0 && q == RQ_LAST)) && return 0
+    RQ_LAST=$q
+    sleep 0.2
+    return 1
+}
+full=0
+((stopped)) && it_wait_until 'recvq_full && (( $(sendq_a) > 0 ))' 30 && full=1
+it_diag "node2 stopped: its receive queue from node1 holds $(recvq_b) bytes, node1's send queue to it $(sendq_a) bytes (full after ${IT_WAITED:-?} s)"
 rss_stall=$(rss_kb $A)
 copying=$(pg_val $A "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY public.mail TO%'")
 probes0=$(stat_of $A probes)
@@ -450,12 +473,12 @@ done
 probes1=$(stat_of $A probes)
 conns_stalled=$(api_conns_from_b)
 d_alive=$(it_state_of $A node4)
-if ((stopped && rss_max - rss_stall < 16384 && probes1 > probes0 && slow_status == 0)) &&
+if ((stopped && full && rss_max - rss_stall < 16384 && probes1 > probes0 && slow_status == 0)) &&
     [[ "$d_alive" == A && "$copying" == 1 ]] && ((conns_stalled >= 1)); then
     it_ok "node2 joins and is stopped (SIGSTOP) mid-snapshot (node1 still in its COPY of 64 MB): node1's RSS $((rss0 / 1024)) MB before, $((rss_stall / 1024)) MB stalled, max $((rss_max / 1024)) MB over 8 s more; it keeps probing (+$((probes1 - probes0))), sees node4 alive and answers status at once"
 else
     it_not_ok "a stalled snapshot reader does not hurt the master"
-    it_diag "join exit $jrc: $(cat "$IT_DIR/join-b.out"); stopped $stopped at ${sb:-?} snapshot bytes; master COPY sessions $copying"
+    it_diag "join exit $jrc: $(cat "$IT_DIR/join-b.out"); stopped $stopped at ${sb:-?} snapshot bytes; buffers full $full; master COPY sessions $copying"
     it_diag "RSS $rss0 kB before, $rss_stall stalled, max $rss_max; probes $probes0 -> $probes1; slow/failed status $slow_status; node4 $d_alive; conns from node2 $conns_stalled"
 fi
 it_signal $B KILL
