@@ -25,7 +25,8 @@ top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$top"
 
 # A hung test must not eat CI's budget: each `make check` gets this long.
-CHECK_TIMEOUT=${PMGCM_CHECK_TIMEOUT:-1500}
+# (twice that beside the busy loops of PMGCM_HOG=1: everything is slower)
+CHECK_TIMEOUT=${PMGCM_CHECK_TIMEOUT:-$([[ ${PMGCM_HOG:-0} == 1 ]] && echo 3000 || echo 1500)}
 VALGRIND_TIMEOUT=${PMGCM_VALGRIND_TIMEOUT:-600}
 
 step_failures=()   # steps that could not produce results

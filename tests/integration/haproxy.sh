@@ -40,7 +40,7 @@
 # failure. Well under 3 minutes.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
-IT_BUDGET=${IT_BUDGET:-170}
+IT_BUDGET=${IT_BUDGET:-600}
 . "$here/lib.sh"
 
 for t in haproxy promtool curl python3 jq; do

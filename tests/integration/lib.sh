@@ -42,7 +42,7 @@ IT_MODE=          # netns | loopback
 IT_BRNS=          # bridge namespace (netns mode)
 IT_PORT=7946
 IT_T0=$(date +%s)
-IT_BUDGET=${IT_BUDGET:-170}   # seconds the whole script may take
+IT_BUDGET=${IT_BUDGET:-600}   # seconds the whole script may take (a loaded machine included)
 declare -a IT_NS IT_IP IT_PID
 IT_WAITED=        # seconds the last it_wait_until took ("1.234")
 

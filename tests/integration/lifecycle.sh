@@ -30,7 +30,7 @@
 # daemons, namespaces and files even on failure. Well under 4 minutes.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
-IT_BUDGET=${IT_BUDGET:-225}
+IT_BUDGET=${IT_BUDGET:-900}
 . "$here/lib.sh"
 
 command -v python3 >/dev/null || it_bail "python3 not installed (control socket and pty helpers)"
