@@ -26,10 +26,12 @@
 # master loses most of its files: it holds that manifest (nodes untouched),
 # restoring them ends the hold, `pmgcm files publish` says what is held and
 # `--confirm` publishes it; the nodes keep what it dropped in their trash.
+# A master that lost its data_dir/files.manifest (so it does not know what
+# is published, as after a promote with an unsynced files_dir) holds too.
 # Polls with deadlines; never sleeps to synchronise.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
-IT_BUDGET=${IT_BUDGET:-170}
+IT_BUDGET=${IT_BUDGET:-600}
 . "$here/lib.sh"
 
 command -v python3 >/dev/null || it_bail "python3 not installed (control socket helper)"
@@ -357,10 +359,36 @@ else
     for i in 1 2 3; do it_diag "node$i files: $(files_of "$i")"; done
 fi
 
+# ---- a master that does not hold the published manifest holds too ---------------------------------
+# (as after a promote with an unsynced files_dir: here node2 lost its
+# data_dir/files.manifest while stopped, and its directory changed)
+it_signal 2 TERM
+it_reap 2 10
+exit2=$IT_EXIT
+rm -f "$IT_DIR/node2/files.manifest"
+put "$E2" new.cf 'added while node2 was stopped'
+it_start_node 2 || it_diag "node2 did not restart"
+T1=$(ntree 1) T3=$(ntree 3)
+bad=
+it_wait_until '[[ "$(files_of 2 | jq -r .held.reason)" == "this node does not hold the published manifest" ]]' 20 ||
+    bad+="no hold: $(files_of 2 | jq -c .held); "
+grep -q 'not publishing: this node does not hold the published manifest' "$(it_log 2)" || bad+="no warning in node2's log; "
+[[ "$(ntree 1)" == "$T1" && "$(ntree 3)" == "$T3" && ! -e $E3/new.cf ]] || bad+="a node changed; "
+out=$(it_pmgcm 2 files publish --confirm 2>&1)
+rc=$?
+((rc == 0)) || bad+="files publish --confirm: exit $rc: $out; "
+if [[ -z $bad ]] && it_wait_until '[[ "$(ntree 1)" == "$(tree "$E2")" && "$(ntree 3)" == "$(tree "$E2")" ]] && all_synced' 30; then
+    it_ok "node2, master again without its files.manifest and with a new file: holds its directory (status, log) until 'pmgcm files publish --confirm'; then new.cf reaches every node"
+else
+    it_not_ok "a master that does not hold the published manifest publishes nothing unconfirmed: $bad"
+    it_diag "node2 files: $(files_of 2)"
+fi
+
 # ---- shutdown ----------------------------------------------------------------------------------------
 bad=
 [[ $exit3 == 0 ]] || bad+="node3 exit $exit3 at its restart; "
 [[ $exit3b == 0 ]] || bad+="node3 exit $exit3b before the promote; "
+[[ $exit2 == 0 ]] || bad+="node2 exit $exit2 at its restart; "
 [[ $exit1 == 0 ]] || bad+="node1 exit $exit1 before the promote; "
 for i in 1 2 3; do
     it_signal "$i" TERM
