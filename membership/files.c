@@ -263,6 +263,39 @@ size_t pmm_files_trash_evict(const uint64_t *files, const uint64_t *bytes,
     return k;
 }
 
+int pmm_files_manifest_union(pmm_files_manifest *out,
+                             const pmm_files_manifest *a,
+                             const pmm_files_manifest *b)
+{
+    size_t n = 0, i = 0, j = 0;
+    pmm_file_ent *e = malloc((a->n + b->n ? a->n + b->n : 1) * sizeof(*e));
+    if (!e) return -ENOMEM;
+    while (i < a->n || j < b->n) {
+        int c = i == a->n   ? 1
+                : j == b->n ? -1
+                            : strcmp(a->ents[i].name, b->ents[j].name);
+        if (c < 0) e[n++] = a->ents[i++];
+        else if (c > 0) e[n++] = b->ents[j++];
+        else {
+            e[n++] = b->ents[j++];
+            i++;
+        }
+    }
+    if (n > PMM_FILES_COUNT_MAX) {
+        free(e);
+        return -E2BIG;
+    }
+    pmm_files_manifest m = {.ents = e, .n = n};
+    int rc = pmm_files_manifest_finish(&m);
+    if (rc) {
+        free(e);
+        return rc;
+    }
+    pmm_files_manifest_clear(out);
+    *out = m;
+    return 0;
+}
+
 /* ---- the manifest's text form (data_dir/files.manifest) ----------------------------- */
 
 #define MANIFEST_MAGIC "pmgcm-files-manifest 1\n"
@@ -906,23 +939,22 @@ int pmm_files_read_chunk(const char *dir, const char *name, uint64_t off,
 
 /* ---- the manifest on disk, the trash (blocking) ------------------------------------ */
 
-int pmm_files_manifest_save(const char *data_dir, const pmm_files_manifest *m)
+int pmm_files_manifest_save(const char *data_dir, const char *file,
+                            const pmm_files_manifest *m)
 {
     pmm_buf b;
     pmm_buf_init(&b, MANIFEST_TEXT_MAX);
     int rc = pmm_files_manifest_format(m, &b);
-    if (!rc)
-        rc = pmm_write_file_atomic(data_dir, PMM_FILES_MANIFEST_FILE, b.p,
-                                   b.len, 0600);
+    if (!rc) rc = pmm_write_file_atomic(data_dir, file, b.p, b.len, 0600);
     pmm_buf_free(&b);
     return rc;
 }
 
-int pmm_files_manifest_load(const char *data_dir, pmm_files_manifest *out,
-                            char *err, size_t errlen)
+int pmm_files_manifest_load(const char *data_dir, const char *file,
+                            pmm_files_manifest *out, char *err, size_t errlen)
 {
     char path[PMM_PATH_MAX + 32];
-    snprintf(path, sizeof(path), "%s/%s", data_dir, PMM_FILES_MANIFEST_FILE);
+    snprintf(path, sizeof(path), "%s/%s", data_dir, file);
     char *buf = malloc(MANIFEST_TEXT_MAX + 2);
     if (!buf) return -ENOMEM;
     size_t len = 0;
@@ -1258,6 +1290,11 @@ struct pmm_files {
      * saved in data_dir/files.manifest */
     pmm_files_manifest prev;
     bool have_prev;
+    /* node: every file of the manifests it began to sync to since then
+     * (a round cut short may have written some): data_dir/files.pending */
+    pmm_files_manifest pending;
+    bool have_pending;
+    bool pending_done;    /* this round ended in sync: drop pending */
 
     /* this node's files_dir holds the published manifest insync_digest */
     bool in_sync;
@@ -1333,6 +1370,7 @@ static void files_unref(pmm_files *f)
     pmm_files_manifest_clear(&f->served);
     pmm_files_manifest_clear(&f->remote);
     pmm_files_manifest_clear(&f->prev);
+    pmm_files_manifest_clear(&f->pending);
     free(f->fetch);
     free(f->del);
     free(f->fbuf);
@@ -1628,7 +1666,10 @@ typedef struct fin_job {
     char data_dir[PMM_PATH_MAX];
     char trash[PMM_PATH_MAX + 32];
     bool load, save, tidy;
+    bool save_pending, drop_pending;
     pmm_files_manifest m; /* to save, or loaded */
+    pmm_files_manifest pm; /* pending: to save, or loaded */
+    int rc_pending;
     uint64_t maxf, maxb;
     pmm_files_trash_stats st;
     int rc_load, rc_save, rc_tidy;
@@ -1638,10 +1679,25 @@ typedef struct fin_job {
 static void fin_work(uv_work_t *w)
 {
     fin_job *j = w->data;
-    if (j->load)
-        j->rc_load = pmm_files_manifest_load(j->data_dir, &j->m, j->err,
-                                             sizeof(j->err));
-    if (j->save) j->rc_save = pmm_files_manifest_save(j->data_dir, &j->m);
+    if (j->load) {
+        j->rc_load = pmm_files_manifest_load(j->data_dir,
+                                             PMM_FILES_MANIFEST_FILE, &j->m,
+                                             j->err, sizeof(j->err));
+        char e2[PMM_FILES_ERROR_LEN];
+        j->rc_pending = pmm_files_manifest_load(
+            j->data_dir, PMM_FILES_PENDING_FILE, &j->pm, e2, sizeof(e2));
+    }
+    if (j->save)
+        j->rc_save = pmm_files_manifest_save(j->data_dir,
+                                             PMM_FILES_MANIFEST_FILE, &j->m);
+    if (j->save_pending)
+        j->rc_pending = pmm_files_manifest_save(
+            j->data_dir, PMM_FILES_PENDING_FILE, &j->pm);
+    if (j->drop_pending) {
+        char p[PMM_PATH_MAX + 32];
+        snprintf(p, sizeof(p), "%s/%s", j->data_dir, PMM_FILES_PENDING_FILE);
+        j->rc_pending = unlink(p) && errno != ENOENT ? -errno : 0;
+    }
     if (j->tidy)
         j->rc_tidy = pmm_files_trash_tidy(j->trash, j->maxf, j->maxb, &j->st);
 }
@@ -1667,8 +1723,19 @@ static void fin_after(uv_work_t *w, int status)
                           "master publishes nothing new without "
                           "confirmation", status ? "load cancelled" : j->err);
             }
+            if (!status && !j->rc_pending) {
+                pmm_files_manifest_clear(&f->pending);
+                f->pending = j->pm;
+                memset(&j->pm, 0, sizeof(j->pm));
+                f->have_pending = true;
+            }
             f->loaded = true;
         }
+        if ((j->save_pending || j->drop_pending) && (status || j->rc_pending))
+            files_log(PMM_LOG_ERROR, "cannot %s %s/%s: %s",
+                      j->save_pending ? "save" : "remove", f->data_dir,
+                      PMM_FILES_PENDING_FILE,
+                      strerror(status ? ECANCELED : -j->rc_pending));
         if (j->save && (status || j->rc_save))
             files_log(PMM_LOG_ERROR, "cannot save %s/%s: %s", f->data_dir,
                       PMM_FILES_MANIFEST_FILE,
@@ -1693,14 +1760,22 @@ static void fin_after(uv_work_t *w, int status)
         round_end(f);
     }
     pmm_files_manifest_clear(&j->m);
+    pmm_files_manifest_clear(&j->pm);
     free(j);
     files_unref(f);
 }
 
 /* Ends the round once prev is saved (save) and the trash tidied (tidy)
- * on a worker thread; load: the start-up read of files.manifest. */
+ * on a worker thread; load: the start-up read of files.manifest (and
+ * files.pending). A round that ends with prev saved also drops pending. */
 static void round_finish(pmm_files *f, bool load, bool save, bool tidy)
 {
+    bool drop = f->have_pending && (save || f->pending_done);
+    f->pending_done = false;
+    if (drop) {
+        pmm_files_manifest_clear(&f->pending);
+        f->have_pending = false;
+    }
     if (!load && !save && !tidy) {
         round_end(f);
         return;
@@ -1717,6 +1792,7 @@ static void round_finish(pmm_files *f, bool load, bool save, bool tidy)
     j->w.data = j;
     j->load = load;
     j->save = save;
+    j->drop_pending = drop;
     j->tidy = tidy;
     j->maxf = f->trash_max_files;
     j->maxb = f->trash_max_bytes;
@@ -1743,6 +1819,7 @@ static void node_done(pmm_files *f)
     self_in(f, &cl);
     round_ok(f);
     bool save = !prev_is(f, f->remote.digest) && !prev_set(f, &f->remote);
+    f->pending_done = true;
     set_in_sync(f, cl && cl->has_files_digest && !f->rerrs.total &&
                        !memcmp(cl->files_digest, f->remote.digest,
                                PMM_HASH_LEN),
@@ -2061,6 +2138,81 @@ static void names_line(char *out, size_t len,
     if (n > kept && o < len) snprintf(out + o, len - o, ", ...");
 }
 
+/* node: before it writes or removes anything for remote, every file of
+ * remote joins pending (saved first): if the round is cut short, the files
+ * it wrote stay removable (they are mirrored, not the node's own). Then
+ * fetching starts. */
+typedef struct pend_job {
+    uv_work_t w;
+    pmm_files *f;
+    char data_dir[PMM_PATH_MAX];
+    pmm_files_manifest m;
+    int rc;
+} pend_job;
+
+static void pend_work(uv_work_t *w)
+{
+    pend_job *j = w->data;
+    j->rc = pmm_files_manifest_save(j->data_dir, PMM_FILES_PENDING_FILE,
+                                    &j->m);
+}
+
+static void pend_after(uv_work_t *w, int status)
+{
+    pend_job *j = w->data;
+    pmm_files *f = j->f;
+    if (!f->closing) {
+        if (status || j->rc)
+            /* the files would only be kept as unmanaged: not fatal */
+            files_log(PMM_LOG_ERROR, "cannot save %s/%s: %s", f->data_dir,
+                      PMM_FILES_PENDING_FILE,
+                      strerror(status ? ECANCELED : -j->rc));
+        fetch_next(f);
+    }
+    pmm_files_manifest_clear(&j->m);
+    free(j);
+    files_unref(f);
+}
+
+static void node_pending(pmm_files *f)
+{
+    pmm_files_manifest u;
+    memset(&u, 0, sizeof(u));
+    int rc = f->have_pending
+                 ? pmm_files_manifest_union(&u, &f->pending, &f->remote)
+                 : pmm_files_manifest_copy(&u, &f->remote);
+    if (rc == -E2BIG) rc = pmm_files_manifest_copy(&u, &f->remote);
+    if (rc) {
+        pmm_files_manifest_clear(&u);
+        fetch_next(f);
+        return;
+    }
+    if (f->have_pending && !memcmp(u.digest, f->pending.digest, PMM_HASH_LEN)) {
+        pmm_files_manifest_clear(&u);
+        fetch_next(f); /* nothing new */
+        return;
+    }
+    pmm_files_manifest_clear(&f->pending);
+    f->pending = u;
+    f->have_pending = true;
+    pend_job *j = calloc(1, sizeof(*j));
+    if (!j || pmm_files_manifest_copy(&j->m, &f->pending)) {
+        free(j);
+        fetch_next(f);
+        return;
+    }
+    j->f = f;
+    j->w.data = j;
+    snprintf(j->data_dir, sizeof(j->data_dir), "%s", f->data_dir);
+    f->refs++;
+    if (uv_queue_work(f->loop, &j->w, pend_work, pend_after)) {
+        f->refs--;
+        pmm_files_manifest_clear(&j->m);
+        free(j);
+        fetch_next(f);
+    }
+}
+
 /* node: remote (the master's manifest) against local: what to fetch,
  * what to remove (only files the last manifest in sync listed), what to
  * leave alone */
@@ -2095,7 +2247,8 @@ static void node_plan(pmm_files *f)
     k = 0;
     for (size_t i = 0; i < f->n_del; i++) {
         const char *name = f->local.ents[f->del[i]].name;
-        if (f->have_prev && pmm_files_find(&f->prev, name)) {
+        if ((f->have_prev && pmm_files_find(&f->prev, name)) ||
+            (f->have_pending && pmm_files_find(&f->pending, name))) {
             f->del[k++] = f->del[i];
             continue;
         }
@@ -2137,7 +2290,7 @@ static void node_plan(pmm_files *f)
              (tm.tm_year + 1900) % 10000, (tm.tm_mon + 1) % 100,
              tm.tm_mday % 100, tm.tm_hour % 100, tm.tm_min % 100,
              tm.tm_sec % 100, (ts.tv_nsec / 1000000) % 1000);
-    fetch_next(f);
+    node_pending(f); /* then fetch_next */
 }
 
 static void list_done(void *ud, int rc, const Resp *resp)
@@ -2392,6 +2545,7 @@ static void scan_after(uv_work_t *w, int status)
         round_ok(f);
         set_in_sync(f, true, f->local.digest);
         bool save = !prev_is(f, f->local.digest) && !prev_set(f, &f->local);
+        f->pending_done = true;
         round_finish(f, false, save, false);
     } else if (prev_is(f, cl->files_digest)) {
         /* the published manifest is the one this node synced to: compare

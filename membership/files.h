@@ -44,9 +44,11 @@
  *     one event directory per sync round; the trash is bounded by
  *     files_trash_max_files and files_trash_max_bytes: the oldest events
  *     are deleted first, the newest is always kept whole;
- *   - a node removes only files listed in the last manifest it synced to:
- *     a file no manifest it held ever listed is never removed ("unmanaged",
- *     named in the log and in status);
+ *   - a node removes only files listed in the last manifest it synced to,
+ *     or in one it began to sync to since (data_dir/files.pending, so a
+ *     round cut short leaves nothing behind): a file no manifest it held
+ *     ever listed is never removed ("unmanaged", named in the log and in
+ *     status);
  *   - the master does not publish a manifest that drops most of the
  *     published one (pmm_files_mass_drop), nor any new manifest while it
  *     does not hold the published one (promoted with an unsynced
@@ -79,6 +81,7 @@
 #define PMM_FILES_DROP_MIN 4         /* "most" of a manifest: at least this
                                       * many files and more than half */
 #define PMM_FILES_MANIFEST_FILE "files.manifest" /* in data_dir */
+#define PMM_FILES_PENDING_FILE "files.pending"   /* in data_dir */
 #define PMM_FILES_TRASH_DIR "files-trash"        /* in data_dir */
 #define PMM_FILES_TRASH_INFO ".pmgcm-event"      /* in each event dir */
 #define PMM_FILES_TRASH_FILES 1000   /* default files_trash_max_files */
@@ -150,6 +153,12 @@ int pmm_files_diff(const pmm_files_manifest *local,
  * half of prev's files are dropped. */
 bool pmm_files_mass_drop(const pmm_files_manifest *prev,
                          const pmm_files_manifest *next, size_t *dropped);
+/* out = every entry of b, and those of a whose names b does not have
+ * (sorted, digest computed). 0, -E2BIG (more than PMM_FILES_COUNT_MAX),
+ * -ENOMEM; out written only on success. */
+int pmm_files_manifest_union(pmm_files_manifest *out,
+                             const pmm_files_manifest *a,
+                             const pmm_files_manifest *b);
 /* Trash eviction: n events, oldest first, with their file counts and
  * bytes. Returns how many of the oldest to delete so that the rest holds
  * at most max_files files and max_bytes bytes; the newest event is never
@@ -207,12 +216,14 @@ int pmm_files_write(const char *dir, const char *name, const void *data,
 /* Removes dir/name (missing is fine) and the directories this leaves
  * empty, up to dir. 0 or -errno. */
 int pmm_files_remove(const char *dir, const char *name);
-/* data_dir/files.manifest: saved atomically (mode 0600); load gives
- * -ENOENT when there is none, -EINVAL (with a reason) when it is corrupt. */
-int pmm_files_manifest_save(const char *data_dir,
+/* data_dir/<file> (PMM_FILES_MANIFEST_FILE, PMM_FILES_PENDING_FILE) in
+ * the text form: saved atomically (mode 0600); load gives -ENOENT when
+ * there is none, -EINVAL (with a reason) when it is corrupt. */
+int pmm_files_manifest_save(const char *data_dir, const char *file,
                             const pmm_files_manifest *m);
-int pmm_files_manifest_load(const char *data_dir, pmm_files_manifest *out,
-                            char *err, size_t errlen);
+int pmm_files_manifest_load(const char *data_dir, const char *file,
+                            pmm_files_manifest *out, char *err,
+                            size_t errlen);
 /* Keeps the regular file dir/name in the trash event directory event
  * (created 0700 with its parents as needed): a hard link, or a copy when
  * the two are on different filesystems (-EFBIG when that copy would be

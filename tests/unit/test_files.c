@@ -533,6 +533,47 @@ static void test_mass_drop(void)
     pmm_files_manifest_clear(&b);
 }
 
+static void test_union(void)
+{
+    pmm_files_manifest a, b, u = {0};
+    mkman(&a, 6, "f004 f005");      /* f000..f003 */
+    mkman(&b, 6, "f000 f001");      /* f002..f005 */
+    b.ents[0].size = 99;            /* f002 differs: b's entry wins */
+    pmm_files_manifest_finish(&b);
+    CHECK_EQ_INT(pmm_files_manifest_union(&u, &a, &b), 0);
+    REQUIRE(u.n == 6);
+    for (size_t i = 0; i < 6; i++) {
+        char name[16];
+        snprintf(name, sizeof(name), "f%03zu", i);
+        CHECK(!strcmp(u.ents[i].name, name));
+    }
+    CHECK(u.ents[2].size == 99);
+    uint8_t d[PMM_HASH_LEN];
+    pmm_files_digest(u.ents, u.n, d);
+    CHECK(!memcmp(d, u.digest, PMM_HASH_LEN));
+    /* with an empty side: the other one */
+    pmm_files_manifest e = {0};
+    CHECK_EQ_INT(pmm_files_manifest_union(&u, &e, &b), 0);
+    CHECK(u.n == b.n && !memcmp(u.digest, b.digest, PMM_HASH_LEN));
+    CHECK_EQ_INT(pmm_files_manifest_union(&u, &e, &e), 0);
+    CHECK(u.n == 0);
+    pmm_files_manifest_clear(&a);
+    pmm_files_manifest_clear(&b);
+    /* more than PMM_FILES_COUNT_MAX names: refused, out untouched */
+    mkman(&a, PMM_FILES_COUNT_MAX, NULL);
+    memset(&b, 0, sizeof(b));
+    b.ents = calloc(1, sizeof(*b.ents));
+    REQUIRE(b.ents);
+    mkent(&b.ents[0], "zzz", 1, 0644, 1);
+    b.n = 1;
+    pmm_files_manifest_finish(&b);
+    CHECK_EQ_INT(pmm_files_manifest_union(&u, &a, &b), -E2BIG);
+    CHECK(u.n == 0);
+    pmm_files_manifest_clear(&a);
+    pmm_files_manifest_clear(&b);
+    pmm_files_manifest_clear(&u);
+}
+
 static void test_trash_evict(void)
 {
     uint64_t f[4] = {10, 20, 30, 40}, b[4] = {100, 200, 300, 400};
@@ -636,9 +677,13 @@ static void test_manifest_text(void)
     snprintf(dd, sizeof(dd), "%s/data", tmpdir);
     mkdir(dd, 0700);
     pmm_files_manifest l = {0};
-    CHECK_EQ_INT(pmm_files_manifest_load(dd, &l, why, sizeof(why)), -ENOENT);
-    CHECK_EQ_INT(pmm_files_manifest_save(dd, &m), 0);
-    CHECK_EQ_INT(pmm_files_manifest_load(dd, &l, why, sizeof(why)), 0);
+    CHECK_EQ_INT(pmm_files_manifest_load(dd, PMM_FILES_MANIFEST_FILE, &l, why,
+                                         sizeof(why)),
+                 -ENOENT);
+    CHECK_EQ_INT(pmm_files_manifest_save(dd, PMM_FILES_MANIFEST_FILE, &m), 0);
+    CHECK_EQ_INT(pmm_files_manifest_load(dd, PMM_FILES_MANIFEST_FILE, &l, why,
+                                         sizeof(why)),
+                 0);
     CHECK(l.n == 3 && !memcmp(l.digest, m.digest, PMM_HASH_LEN));
     struct stat st;
     snprintf(t, sizeof(t), "%s/" PMM_FILES_MANIFEST_FILE, dd);
@@ -649,7 +694,9 @@ static void test_manifest_text(void)
         fputc('X', fp); /* a name no longer matches the digest */
         fclose(fp);
     }
-    CHECK_EQ_INT(pmm_files_manifest_load(dd, &l, why, sizeof(why)), -EINVAL);
+    CHECK_EQ_INT(pmm_files_manifest_load(dd, PMM_FILES_MANIFEST_FILE, &l, why,
+                                         sizeof(why)),
+                 -EINVAL);
     CHECK(l.n == 3);
     pmm_files_manifest_clear(&l);
     pmm_files_manifest_clear(&got);
@@ -767,6 +814,7 @@ int main(void)
     TAP_RUN(test_write_remove_read);
     TAP_RUN(test_cluster_digest);
     TAP_RUN(test_mass_drop);
+    TAP_RUN(test_union);
     TAP_RUN(test_trash_evict);
     TAP_RUN(test_manifest_text);
     TAP_RUN(test_trash);
