@@ -201,6 +201,31 @@ else
 fi
 rm -f "$E1/big.bin" "$E1/passwd-link"
 
+# ---- a round cut short leaves no mirrored file behind ------------------------------------------------
+# node3 has a directory where the master's zz-blocked.cf goes: its round
+# writes aa-first.cf, then fails on zz-blocked.cf. The master then drops
+# both: node3 must remove the aa-first.cf it wrote (into its trash), not
+# keep it as a file of its own.
+mkdir -p "$E3/zz-blocked.cf" && printf 'x\n' >"$E3/zz-blocked.cf/.inside"
+put "$E1" aa-first.cf 'written before the failure'
+put "$E1" zz-blocked.cf 'cannot be written on node3'
+bad=
+it_wait_until '[[ -f $E3/aa-first.cf && "$(files_of 3 | jq -r .last_error)" == *zz-blocked.cf* ]]' 30 ||
+    bad+="node3's round did not stop at zz-blocked.cf: $(files_of 3 | jq -c .last_error); "
+[[ -f $IT_DIR/node3/files.pending ]] || bad+="no files.pending on node3; "
+rm -f "$E1/aa-first.cf" "$E1/zz-blocked.cf"
+it_wait_until '[[ ! -e $E3/aa-first.cf ]] && synced 3 && mirrored' 30 || bad+="aa-first.cf still on node3 ($IT_WAITED s); "
+in_trash 3 aa-first.cf 'written before the failure' || bad+="aa-first.cf not in node3's trash; "
+[[ "$(unmanaged_of 3)" == stale.conf ]] || bad+="node3's unmanaged files: $(unmanaged_of 3); "
+[[ ! -e $IT_DIR/node3/files.pending ]] || bad+="files.pending still there; "
+if [[ -z $bad ]]; then
+    it_ok "a round cut short on node3 (a directory where zz-blocked.cf goes) after writing aa-first.cf: once the master drops both, node3 removes aa-first.cf into its trash (files.pending listed it); only stale.conf is its own"
+else
+    it_not_ok "a round cut short leaves no mirrored file behind: $bad"
+    it_diag "node3 files: $(files_of 3)"
+fi
+rm -rf "$E3/zz-blocked.cf"
+
 # ---- local edits on the nodes lose, but nothing is lost ------------------------------------------
 mark_reloads
 put "$E2" main.cf 'edited on node2'
