@@ -12,9 +12,9 @@
 #   6. valgrind --leak-check=full over every unit test binary of build/
 #      (tests/unit/test_*) and every fuzz corpus replay (tests/fuzz/replay_*)
 #
-# PMGCM_HOG=1 runs both `make check`s beside busy loops that keep every
-# core busy (scripts/hog.sh; PMGCM_HOG_N sets how many): the suite must
-# pass on a loaded machine too.
+# PMGCM_HOG=1 runs every `make check` (the tsan one too) beside busy loops
+# that keep every core busy (scripts/hog.sh; PMGCM_HOG_N sets how many):
+# the suite must pass on a loaded machine too.
 #
 # Prints the log of every failing test and ends with one line
 # `N passed, N failed` (automake TAP results of both builds, ERROR and XPASS
@@ -110,9 +110,11 @@ if bash scripts/build.sh --reconf build-tsan --enable-tsan --enable-werror; then
                  -name 'test_*' ! -name '*.*' | sort | tr '\n' ' ')
     rm -f build-tsan/test-suite.log
     rc=0
+    hog=()
+    [[ ${PMGCM_HOG:-0} == 1 ]] && hog=(bash "$top/scripts/hog.sh")
     (cd build-tsan &&
      TSAN_OPTIONS="halt_on_error=0 exitcode=66 suppressions=$top/tests/tsan.supp" \
-     timeout -k 30 "$CHECK_TIMEOUT" make check TESTS="$tsan_units $TSAN_TESTS") || rc=$?
+     timeout -k 30 "$CHECK_TIMEOUT" "${hog[@]}" make check TESTS="$tsan_units $TSAN_TESTS") || rc=$?
     if ((rc == 124 || rc == 137)); then
         fail_step "tsan: make check timed out after ${CHECK_TIMEOUT}s"
     elif [[ ! -f build-tsan/test-suite.log ]]; then
