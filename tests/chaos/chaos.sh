@@ -577,7 +577,7 @@ promote_on() {
         # would, promote the node the refusal names
         local b
         tl "promote on node$i refused: $(head -c 300 <<<"$OUT" | tr '\n' ' ')"
-        b=$(grep -o 'most advanced data is node[0-9]*\|behind node[0-9]*\|than node[0-9]*' <<<"$OUT" | grep -o '[0-9]*$' | head -n1)
+        b=$(grep -o 'most advanced data is node[0-9]*\|behind node[0-9]*\|than node[0-9]*\|in sync: node[0-9]*' <<<"$OUT" | grep -o '[0-9]*$' | head -n1)
         if [[ -n "$b" && "$b" != "$old" ]]; then
             PROMOTE_RETRY=1 promote_on "$b" "$old"
         else
