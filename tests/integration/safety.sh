@@ -36,7 +36,7 @@
 # Needs root (PostgreSQL runs as the postgres user) and PostgreSQL 15.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
-IT_BUDGET=${IT_BUDGET:-480}
+IT_BUDGET=${IT_BUDGET:-1200}
 . "$here/lib.sh"
 . "$here/pg.sh"
 
