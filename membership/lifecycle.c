@@ -146,6 +146,7 @@ struct pmm_lc {
     uv_timer_t promo_timer;
     pmm_ctl_req *promo_ctl;
     bool promo_force, promo_accept, promo_said;
+    bool promo_moved; /* the position moved since the promote began */
     uint64_t promo_deadline, promo_moved_at, promo_seq;
 
     /* mirrored files (files.c): FILES / FILE_GET requests go there */
@@ -852,10 +853,19 @@ typedef struct join_job {
     char *schema; /* the joiner's table definitions, or NULL */
 } join_job;
 
+/* A server connection holds a reference on lc: its close can come after
+ * pmm_lc_close (a graceful TLS close finishes on a later loop turn). */
+static void sconn_free(sconn *s)
+{
+    pmm_lc *lc = s->lc;
+    free(s);
+    lc_unref(lc);
+}
+
 static void sconn_release(sconn *s)
 {
     s->busy = false;
-    if (!s->conn) free(s);
+    if (!s->conn) sconn_free(s);
 }
 
 static void join_job_free(join_job *j)
@@ -1235,6 +1245,7 @@ static int srv_verify(pmm_tls_conn *c, const pmm_tls_fp *peer, void *ud)
         return PMM_TLS_REFUSE;
     }
     s->lc = lc;
+    lc->refs++; /* dropped by sconn_free */
     s->conn = c;
     s->src = src;
     s->seq = ++lc->sconn_seq;
@@ -1358,7 +1369,7 @@ static void srv_close(pmm_tls_conn *c, int reason, void *ud)
         s->stream = NULL;
     }
     s->conn = NULL;
-    if (!s->busy) free(s);
+    if (!s->busy) sconn_free(s);
 }
 
 /* ---- control commands ------------------------------------------------------------ */
@@ -2001,9 +2012,10 @@ static void promote_view(pmm_lc *lc, pmm_promote_view *v)
 /* A promote whose only obstacle is that this node is behind a live node
  * waits while it catches up (it does by itself: it follows the master, or
  * the most advanced live node while the master is down), at most
- * PROMOTE_WAIT_MS, and gives up when its position stops moving for
- * PROMOTE_STUCK_MS: then it cannot catch up from that node, and promote
- * refuses. */
+ * PROMOTE_WAIT_MS, and gives up when its position, once it began to move,
+ * stops moving for PROMOTE_STUCK_MS: then it cannot catch up from that
+ * node, and promote refuses (a position that never moves is refused at
+ * PROMOTE_WAIT_MS). */
 #define PROMOTE_WAIT_MS 60000
 #define PROMOTE_STUCK_MS 5000
 #define PROMOTE_POLL_MS 300
@@ -2043,7 +2055,8 @@ static void cmd_promote(pmm_lc *lc, pmm_ctl_req *ctl, const pmm_json *args)
     lc->promo_accept = aj && aj->type == PMM_JSON_BOOL && aj->b;
     lc->promo_deadline = now_ms(lc) + PROMOTE_WAIT_MS;
     lc->promo_moved_at = now_ms(lc);
-    lc->promo_seq = 0;
+    lc->promo_seq = UINT64_MAX; /* the first step samples it */
+    lc->promo_moved = false;
     lc->promo_said = false;
     promote_step(lc);
 }
@@ -2083,11 +2096,17 @@ static void promote_step(pmm_lc *lc)
             /* behind a live node: wait while it catches up */
             uint64_t now = now_ms(lc);
             if (seq != lc->promo_seq) {
+                if (lc->promo_seq != UINT64_MAX) lc->promo_moved = true;
                 lc->promo_seq = seq;
                 lc->promo_moved_at = now;
             }
+            /* "stuck" only once the catch-up has begun: right after the
+             * master died, the store first has to learn that (gossip) and
+             * connect to the most advanced live node, which on a loaded
+             * machine can take longer than PROMOTE_STUCK_MS */
             if (now < lc->promo_deadline &&
-                now - lc->promo_moved_at < PROMOTE_STUCK_MS) {
+                (!lc->promo_moved ||
+                 now - lc->promo_moved_at < PROMOTE_STUCK_MS)) {
                 if (!lc->promo_said)
                     lc_log(PMM_LOG_INFO, "promote: waiting for this node to "
                            "catch up first: %s", why);
