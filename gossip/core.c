@@ -2069,3 +2069,8 @@ void gsp_core_stats(const gsp_core *c, gsp_stats *out)
 {
     *out = c->st;
 }
+
+const gsp_config *gsp_core_config(const gsp_core *c)
+{
+    return &c->cfg;
+}
