@@ -28,6 +28,7 @@ extern "C" {
 #define GSP_ETOOBIG    (-503) /* input exceeds a configured bound           */
 #define GSP_ESELF      (-504) /* packet claims to come from our own id      */
 #define GSP_EREPLAY    (-505) /* packet/frame seen before or too old (replay) */
+#define GSP_EMISDIRECTED (-506) /* packet/frame addressed to another node */
 
 const char *gsp_strerror(int err); /* static string, never NULL */
 
@@ -228,16 +229,39 @@ int gsp_core_broadcast(gsp_core *c, uint32_t key, uint64_t version,
  * newer incarnations the cluster holds); input without seq (nodes from
  * before this change) is not checked. A node whose generation went
  * backwards (a restored data dir) is dropped as a replay until it refutes
- * its own newer record, which moves it to a generation above it. */
+ * its own newer record, which moves it to a generation above it.
+ *
+ * Receiver binding (wire change, gossip.proto): every Packet and Stream
+ * frame also names, inside the seal, the node it is for: `to`, the
+ * receiver's id. A datagram or frame for another node (a packet recorded on
+ * its way to B and sent to C) or without a receiver is dropped, counted as
+ * drop_misdirected (GSP_EMISDIRECTED), before anything in it is looked at,
+ * and before it touches the replay window. The one exception is a join
+ * push-pull request to a seed address, whose sender cannot know who lives
+ * there: it names the address it was sent to, and is taken only at that
+ * address (our advertised address, or the local address the connection
+ * arrived on: gsp_core_stream_request's `local`). A reply must name us and
+ * come from the node we asked (when we asked a known member).
+ *
+ * Acks: an ack for the current probe counts only when it comes from the
+ * probed node, or, once the probe went indirect, from one of the relays we
+ * asked (PingReq); a relay forwards an ack only from the target it was
+ * asked to ping; nacks count only from relays asked. Any other ack or nack
+ * is ignored (acks_ignored): a third party that learnt a probe's seq cannot
+ * make a dead node look alive. */
 int gsp_core_recv(gsp_core *c, uint64_t now_ms, const gsp_addr *from,
                   const uint8_t *pkt, size_t len);
 
 /* Handle one inbound TCP request frame (sealed); writes the sealed reply
  * into a buffer the core allocates (*reply, caller frees with free()).
- * A request that needs no reply sets *reply = NULL, *reply_len = 0. */
+ * A request that needs no reply sets *reply = NULL, *reply_len = 0.
+ * local: the address the connection arrived on (NULL if unknown): a join
+ * push-pull by address is taken when it was sent to this address or to our
+ * advertised one (see "receiver binding" above). */
 int gsp_core_stream_request(gsp_core *c, uint64_t now_ms,
-                            const gsp_addr *from, const uint8_t *req,
-                            size_t len, uint8_t **reply, size_t *reply_len);
+                            const gsp_addr *from, const gsp_addr *local,
+                            const uint8_t *req, size_t len, uint8_t **reply,
+                            size_t *reply_len);
 
 /* Result of an outbound stream request the core asked for (see
  * GSP_OUT_STREAM). reply NULL/len 0 with ok=false = connect/IO failure. */
@@ -293,6 +317,9 @@ typedef struct gsp_stats {
     uint64_t suspicions, refutations, deaths_declared;
     uint64_t drop_decrypt, drop_decode, drop_toobig, drop_self, drop_other;
     uint64_t drop_replay; /* replayed or too old: see "replay protection" */
+    uint64_t drop_misdirected; /* addressed to another node: see
+                                  "receiver binding" (gsp_core_recv) */
+    uint64_t acks_ignored; /* ack/nack from a node that was not asked */
     uint64_t updates_sent, user_msgs_delivered;
 } gsp_stats;
 void gsp_core_stats(const gsp_core *c, gsp_stats *out);

@@ -49,6 +49,7 @@ struct conn {
     uint64_t start_ms, last_ms;
     uint64_t req_id;
     gsp_addr peer;
+    gsp_addr local;          /* inbound: the address it arrived on        */
     gsp_frame fr;            /* the frame being read                      */
     uint8_t *out;            /* length header + frame being written       */
     size_t out_len;
@@ -294,7 +295,8 @@ static void conn_frame_done(conn *c)
     }
     uint8_t *reply = NULL;
     size_t rlen = 0;
-    gsp_core_stream_request(u->core, uv_now(u->loop), &c->peer, c->fr.buf,
+    gsp_core_stream_request(u->core, uv_now(u->loop), &c->peer,
+                            c->local.family ? &c->local : NULL, c->fr.buf,
                             c->fr.need, &reply, &rlen);
     gsp_frame_free(&c->fr); /* opened (or refused): the budget's again */
     flush(u);
@@ -441,6 +443,9 @@ static void on_accept(uv_stream_t *server, int status)
     int len = sizeof(ss);
     if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0)
         from_sockaddr((struct sockaddr *)&ss, &c->peer);
+    len = sizeof(ss);
+    if (uv_tcp_getsockname(&c->tcp, (struct sockaddr *)&ss, &len) == 0)
+        from_sockaddr((struct sockaddr *)&ss, &c->local);
     /* per address first: a capped address must not evict anyone */
     if ((u->lim.cap_loopback || !is_loopback(&c->peer)) &&
         from_same_ip(u, c) >= u->lim.in_per_addr) {

@@ -791,7 +791,9 @@ static int status_json(node *n, pmm_buf *reply)
         gsp_budget_stats bs;
         gsp_uv_get_stats(n->u, &us);
         gsp_budget_get(n->budget, &bs);
-        pmm_buf_printf(reply, ",\"streams_in\":%llu,\"streams_out\":%llu,"
+        pmm_buf_printf(reply, ",\"drop_misdirected\":%llu,"
+                       "\"acks_ignored\":%llu,"
+                       "\"streams_in\":%llu,\"streams_out\":%llu,"
                        "\"stream_failures\":%llu,"
                        "\"tcp_in_open\":%llu,\"tcp_out_open\":%llu,"
                        "\"tcp_in_accepted\":%llu,"
@@ -803,6 +805,8 @@ static int status_json(node *n, pmm_buf *reply)
                        "\"tcp_out_refused\":%llu,"
                        "\"budget_limit\":%zu,\"budget_used\":%zu,"
                        "\"budget_peak\":%zu,\"budget_refused\":%llu}",
+                       (unsigned long long)st.drop_misdirected,
+                       (unsigned long long)st.acks_ignored,
                        (unsigned long long)st.streams_in,
                        (unsigned long long)st.streams_out,
                        (unsigned long long)st.stream_failures,

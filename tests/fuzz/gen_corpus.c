@@ -189,7 +189,8 @@ static void pump(node *nodes, size_t nn, uint64_t now, node *P, node *S)
                             keep(&stream_ping, o.data, o.len);
                     }
                     gsp_core_stream_request(to->c, now, &nodes[i].addr,
-                                            o.data, o.len, &reply, &rl);
+                                            &to->addr, o.data, o.len, &reply,
+                                            &rl);
                     if (&nodes[i] == S && to == P && reply && !stream_reply.d)
                         keep(&stream_reply, reply, rl);
                     gsp_core_stream_result(nodes[i].c, now, o.req_id,
