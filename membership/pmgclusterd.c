@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
@@ -1821,6 +1822,14 @@ int main(int argc, char **argv)
     char err[768];
     node *n;
     int c, rc, exit_code = 0;
+
+    /* Blocks of 64 KiB and more are mapped and unmapped on their own
+     * (glibc would otherwise raise this threshold as they are freed and
+     * serve them from the heap): what a dropped connection held goes back
+     * to the kernel, and a growing frame buffer is moved by mremap, not
+     * copied, so the RSS follows the memory budget for unauthenticated
+     * input instead of the heap's high-water mark. */
+    mallopt(M_MMAP_THRESHOLD, 64 * 1024);
 
     while ((c = getopt_long(argc, argv, "c:fVh", opts, NULL)) != -1) {
         switch (c) {
