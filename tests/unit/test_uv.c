@@ -171,10 +171,18 @@ static uint64_t mono_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-/* Starts a keyed node on 127.0.0.1 at a free port; limits NULL = default. */
+/* Starts a keyed node on 127.0.0.1 at a free port; limits NULL = default.
+ * The first node of a test initialises the loop (each test point runs in
+ * a process of its own: no loop crosses a fork). */
+static bool loop_ready;
+
 static int tnode_start(tnode *t, uint8_t idb, size_t budget,
                        const gsp_uv_limits *lim)
 {
+    if (!loop_ready) {
+        if (uv_loop_init(&LOOP)) return -1;
+        loop_ready = true;
+    }
     memset(t, 0, sizeof(*t));
     t->loop = &LOOP;
     memset(t->id.b, idb, GSP_ID_LEN);
@@ -212,6 +220,8 @@ static void tnode_stop2(tnode *t, tnode *t2)
     gsp_uv_close(t->u);
     if (t2) gsp_uv_close(t2->u);
     uv_run(t->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&LOOP);
+    loop_ready = false;
     gsp_budget_free(t->b);
     gsp_keyring_free(t->kr);
     if (t2) {
@@ -647,7 +657,6 @@ static void test_pushpull_while_inbound_held(void)
 int main(void)
 {
     memset(KEY, 0x42, sizeof(KEY));
-    if (uv_loop_init(&LOOP)) return 1;
     TAP_RUN(test_frame_reader);
     TAP_RUN(test_frame_too_long_refused);
     TAP_RUN(test_buffer_grows_as_bytes_arrive);
@@ -655,6 +664,5 @@ int main(void)
     TAP_RUN(test_per_address_and_total_caps);
     TAP_RUN(test_idle_and_slow_time_out);
     TAP_RUN(test_pushpull_while_inbound_held);
-    uv_loop_close(&LOOP);
     return tap_done();
 }
