@@ -226,8 +226,10 @@ int gsp_core_broadcast(gsp_core *c, uint32_t key, uint64_t version,
  * is involved, so clock skew does not matter. Limits: a sender we hold no
  * record of (first contact, or after our own restart) is accepted, since
  * there is nothing to compare with (old records it might replay lose to the
- * newer incarnations the cluster holds); input without seq (nodes from
- * before this change) is not checked. A node whose generation went
+ * newer incarnations the cluster holds; with the receiver binding below,
+ * only packets that were sent to this very node can be replayed so);
+ * input without seq is not checked (nodes from before it lack the receiver
+ * binding too, so nothing they send is taken). A node whose generation went
  * backwards (a restored data dir) is dropped as a replay until it refutes
  * its own newer record, which moves it to a generation above it.
  *
