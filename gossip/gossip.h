@@ -427,7 +427,10 @@ typedef struct gsp_uv gsp_uv;
  *     connections still reading (and older than it) are dropped to give
  *     their memory back; if none is left, this one.
  * An outbound connection needing memory for its reply may likewise drop
- * inbound ones (never another outbound one). */
+ * inbound ones (never another outbound one). Inbound requests are read at
+ * most in_bytes_per_s, all together (a token bucket): over it, reading
+ * stops until the bucket refills and TCP flow control holds the senders
+ * back, so a flood costs bounded CPU. */
 int gsp_uv_start(gsp_uv **out, struct uv_loop_s *loop, gsp_core *core,
                  const gsp_addr *bind_addr);
 gsp_core *gsp_uv_core(gsp_uv *u);
@@ -441,6 +444,9 @@ typedef struct gsp_uv_limits {
                              for our reply to be read                     */
     bool cap_loopback;    /* false: loopback sources are not capped per
                              address (true: they are, as any other)      */
+    uint32_t in_bytes_per_s; /* 16 MiB: inbound request bytes read per
+                             second, all connections together (bursts of
+                             a quarter second); over it, reading pauses  */
 } gsp_uv_limits;
 void gsp_uv_limits_default(gsp_uv_limits *l);
 /* Takes effect at once (caps for new connections, timeouts at their next
@@ -462,6 +468,7 @@ typedef struct gsp_uv_stats {
     uint64_t frames_too_big;      /* announced length above the maximum   */
     uint64_t budget_refused;      /* dropped: the budget had no room left */
     uint64_t out_refused;         /* outbound refused at its cap          */
+    uint64_t in_throttled;        /* reads paused: over in_bytes_per_s    */
 } gsp_uv_stats;
 void gsp_uv_get_stats(const gsp_uv *u, gsp_uv_stats *out);
 /* Call after mutating the core from outside (set_meta, join, broadcast...)

@@ -32,6 +32,10 @@ struct gsp_uv {
     gsp_budget *budget;
     gsp_uv_limits lim;
     gsp_uv_stats st;
+    /* inbound read rate: a token bucket of bytes (negative: in debt) */
+    int64_t tokens;
+    uint64_t tokens_at;
+    uv_timer_t resume_timer; /* reading again once the bucket refilled */
     uint8_t rbuf[65536];
     bool rbuf_busy;
 };
@@ -45,6 +49,7 @@ struct conn {
     uv_write_t write_req;
     int open_handles;
     bool outbound, reported, closing, replying;
+    bool paused;             /* inbound: not reading, the rate is spent    */
     uint64_t serial;         /* creation order: the lowest is the oldest */
     uint64_t start_ms, last_ms;
     uint64_t req_id;
@@ -70,6 +75,7 @@ void gsp_uv_limits_default(gsp_uv_limits *l)
     l->idle_ms = 2000;
     l->request_ms = 10000;
     l->cap_loopback = false;
+    l->in_bytes_per_s = 16u << 20;
 }
 
 /* ---- address conversion ------------------------------------------------- */
@@ -257,6 +263,74 @@ static conn *conn_new(gsp_uv *u, bool outbound)
     return c;
 }
 
+/* ---- the inbound read rate ----------------------------------------------- */
+
+/* Burst: a quarter second's worth, at least 64 KiB. */
+static int64_t bucket_max(const gsp_uv *u)
+{
+    int64_t b = (int64_t)u->lim.in_bytes_per_s / 4;
+    return b < 65536 ? 65536 : b;
+}
+
+static void refill(gsp_uv *u)
+{
+    uint64_t now = uv_now(u->loop);
+    if (now > u->tokens_at)
+        u->tokens += (int64_t)((now - u->tokens_at) * u->lim.in_bytes_per_s /
+                               1000);
+    if (u->tokens > bucket_max(u)) u->tokens = bucket_max(u);
+    u->tokens_at = now;
+}
+
+static void on_resume(uv_timer_t *t);
+
+/* Arms the resume timer for when the bucket is out of debt. */
+static void arm_resume(gsp_uv *u)
+{
+    if (u->closing || uv_is_active((uv_handle_t *)&u->resume_timer)) return;
+    uint64_t ms = 1;
+    if (u->tokens < 0)
+        ms = ((uint64_t)-u->tokens * 1000 + u->lim.in_bytes_per_s - 1) /
+             u->lim.in_bytes_per_s;
+    uv_timer_start(&u->resume_timer, on_resume, ms ? ms : 1, 0);
+}
+
+static void conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static void conn_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
+
+static void on_resume(uv_timer_t *t)
+{
+    gsp_uv *u = t->data;
+    refill(u);
+    if (u->tokens <= 0) {
+        arm_resume(u);
+        return;
+    }
+    uint64_t now = uv_now(u->loop);
+    for (conn *c = u->conns; c; c = c->next) {
+        if (!c->paused || c->closing) continue;
+        c->paused = false;
+        c->last_ms = now; /* the pause was ours, not the peer's silence */
+        if (uv_read_start((uv_stream_t *)&c->tcp, conn_alloc, conn_read))
+            conn_close(c, false);
+    }
+}
+
+/* Counts n bytes read on an inbound connection; with pause, stops reading
+ * on it while the bucket is in debt (the kernel's buffers then push back
+ * on the peer). */
+static void spend(conn *c, size_t n, bool pause)
+{
+    gsp_uv *u = c->u;
+    refill(u);
+    u->tokens -= (int64_t)n;
+    if (u->tokens >= 0 || !pause) return;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->paused = true;
+    u->st.in_throttled++;
+    arm_resume(u);
+}
+
 static void conn_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 {
     conn *c = h->data;
@@ -280,7 +354,9 @@ static void conn_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
         return;
     }
     buf->base = (char *)p;
-    buf->len = room;
+    /* at most 64 KiB a read: connections take turns, and a read over the
+     * rate overshoots it by little */
+    buf->len = room < 65536 ? room : 65536;
 }
 
 static void on_written(uv_write_t *req, int status);
@@ -337,10 +413,13 @@ static void conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     c->last_ms = uv_now(c->u->loop);
     int rc = gsp_frame_commit(&c->fr, (size_t)nread);
     if (rc == 1) {
+        if (!c->outbound) spend(c, (size_t)nread, false);
         conn_frame_done(c);
     } else if (rc < 0) {
         if (rc == GSP_ETOOBIG) c->u->st.frames_too_big++;
         conn_close(c, false);
+    } else if (!c->outbound) {
+        spend(c, (size_t)nread, true);
     }
 }
 
@@ -565,6 +644,11 @@ int gsp_uv_start(gsp_uv **out, uv_loop_t *loop, gsp_core *core,
     uv_timer_init(loop, &u->timer);
     u->timer.data = u;
     u->open_handles++;
+    uv_timer_init(loop, &u->resume_timer);
+    u->resume_timer.data = u;
+    u->open_handles++;
+    u->tokens = bucket_max(u);
+    u->tokens_at = uv_now(loop);
     if ((rc = uv_udp_bind(&u->udp, (struct sockaddr *)&ss, 0)) ||
         (rc = uv_tcp_bind(&u->listener, (struct sockaddr *)&ss, 0)) ||
         (rc = uv_listen((uv_stream_t *)&u->listener, 128, on_accept)) ||
@@ -586,9 +670,10 @@ gsp_core *gsp_uv_core(gsp_uv *u)
 int gsp_uv_set_limits(gsp_uv *u, const gsp_uv_limits *l)
 {
     if (!l->in_max || !l->in_per_addr || !l->out_max || !l->idle_ms ||
-        !l->request_ms)
+        !l->request_ms || !l->in_bytes_per_s)
         return -EINVAL;
     u->lim = *l;
+    refill(u); /* a smaller burst applies at once */
     return 0;
 }
 
@@ -636,4 +721,5 @@ void gsp_uv_close(gsp_uv *u)
     uv_close((uv_handle_t *)&u->udp, main_on_close);
     uv_close((uv_handle_t *)&u->listener, main_on_close);
     uv_close((uv_handle_t *)&u->timer, main_on_close);
+    uv_close((uv_handle_t *)&u->resume_timer, main_on_close);
 }

@@ -804,6 +804,7 @@ static int status_json(node *n, pmm_buf *reply)
                        "\"tcp_frames_too_big\":%llu,"
                        "\"tcp_budget_refused\":%llu,"
                        "\"tcp_out_refused\":%llu,"
+                       "\"tcp_in_throttled\":%llu,"
                        "\"budget_limit\":%zu,\"budget_used\":%zu,"
                        "\"budget_peak\":%zu,\"budget_refused\":%llu}",
                        (unsigned long long)st.drop_misdirected,
@@ -820,7 +821,8 @@ static int status_json(node *n, pmm_buf *reply)
                        (unsigned long long)us.in_timeouts,
                        (unsigned long long)us.frames_too_big,
                        (unsigned long long)us.budget_refused,
-                       (unsigned long long)us.out_refused, bs.limit, bs.used,
+                       (unsigned long long)us.out_refused,
+                       (unsigned long long)us.in_throttled, bs.limit, bs.used,
                        bs.peak, (unsigned long long)bs.refused);
     }
     if (n->lc != NULL) {

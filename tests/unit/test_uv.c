@@ -576,6 +576,57 @@ static void test_idle_and_slow_time_out(void)
     tnode_stop(&t);
 }
 
+static void test_read_rate_bounded(void)
+{
+    /* 200 KiB/s for every inbound request together: two connections
+     * sending a whole 300 KB frame each (junk: the core drops both
+     * undecrypted) get through, in turns, and it takes at least what the
+     * rate allows: 600 KB less a 64 KiB burst and one 64 KiB read per
+     * connection over the rate; reading paused meanwhile. (Only a lower
+     * bound on the time: a slow machine is slower still.) */
+    gsp_uv_limits lim;
+    gsp_uv_limits_default(&lim);
+    lim.in_bytes_per_s = 200 * 1024;
+    tnode t;
+    REQUIRE(tnode_start(&t, 0x18, 4 << 20, &lim) == 0);
+    static uint8_t junk[300000];
+    memset(junk, 0x5A, sizeof(junk));
+    int a = client(&t, NULL), b = client(&t, NULL);
+    REQUIRE(a >= 0 && b >= 0);
+    uint64_t t0 = mono_ms();
+    CHECK(announce(a, sizeof(junk)));
+    CHECK(announce(b, sizeof(junk)));
+    sendctx sa = {a, junk, sizeof(junk), false}, sb = {b, junk, sizeof(junk),
+                                                       false};
+    bool done = false;
+    uint64_t end = t0 + WAIT_MS;
+    gsp_stats st;
+    while (!done && mono_ms() < end) {
+        c_sent(&sa);
+        c_sent(&sb);
+        uv_run(&LOOP, UV_RUN_NOWAIT);
+        gsp_core_stats(gsp_uv_core(t.u), &st);
+        done = st.drop_decrypt == 2;
+        if (!done) poll(NULL, 0, 2);
+    }
+    uint64_t took = mono_ms() - t0;
+    printf("# 2 x 300 KB at 200 KiB/s: %llu ms, reading paused %llu times\n",
+           (unsigned long long)took,
+           (unsigned long long)uvstat(&t, ST(in_throttled)));
+    CHECK(done);
+    CHECK(!sa.failed && !sb.failed);
+    CHECK(took >= (2 * sizeof(junk) - 3 * 65536) * 1000 / (200 * 1024) * 9 /
+                       10);
+    CHECK(uvstat(&t, ST(in_throttled)) > 0);
+    CHECK(wait_stat(&t, ST(in_open), 0));
+    CHECK_EQ_INT(budget_used(t.b), 0);
+    close(a);
+    close(b);
+    lim.in_bytes_per_s = 0;
+    CHECK_EQ_INT(gsp_uv_set_limits(t.u, &lim), -EINVAL);
+    tnode_stop(&t);
+}
+
 typedef struct two {
     tnode *a, *b;
 } two;
@@ -663,6 +714,7 @@ int main(void)
     TAP_RUN(test_budget_evicts_older_readers);
     TAP_RUN(test_per_address_and_total_caps);
     TAP_RUN(test_idle_and_slow_time_out);
+    TAP_RUN(test_read_rate_bounded);
     TAP_RUN(test_pushpull_while_inbound_held);
     return tap_done();
 }
