@@ -430,7 +430,9 @@ typedef struct gsp_uv gsp_uv;
  * inbound ones (never another outbound one). Inbound requests are read at
  * most in_bytes_per_s, all together (a token bucket): over it, reading
  * stops until the bucket refills and TCP flow control holds the senders
- * back, so a flood costs bounded CPU. */
+ * back, so a flood costs bounded CPU. A connection's first 4 KiB are not
+ * counted, so a TCP probe or a small push-pull is read at once even while
+ * held connections keep the bucket empty. */
 int gsp_uv_start(gsp_uv **out, struct uv_loop_s *loop, gsp_core *core,
                  const gsp_addr *bind_addr);
 gsp_core *gsp_uv_core(gsp_uv *u);

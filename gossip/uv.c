@@ -50,6 +50,7 @@ struct conn {
     int open_handles;
     bool outbound, reported, closing, replying;
     bool paused;             /* inbound: not reading, the rate is spent    */
+    size_t unmetered;        /* inbound: first bytes not counted (below)   */
     uint64_t serial;         /* creation order: the lowest is the oldest */
     uint64_t start_ms, last_ms;
     uint64_t req_id;
@@ -318,10 +319,16 @@ static void on_resume(uv_timer_t *t)
 
 /* Counts n bytes read on an inbound connection; with pause, stops reading
  * on it while the bucket is in debt (the kernel's buffers then push back
- * on the peer). */
+ * on the peer). A connection's first UNMETERED bytes are not counted: a
+ * TCP probe or a small push-pull gets through at once even while held
+ * connections keep the bucket empty. */
+#define UNMETERED 4096
 static void spend(conn *c, size_t n, bool pause)
 {
     gsp_uv *u = c->u;
+    size_t free_part = n < c->unmetered ? n : c->unmetered;
+    c->unmetered -= free_part;
+    n -= free_part;
     refill(u);
     u->tokens -= (int64_t)n;
     if (u->tokens >= 0 || !pause) return;
@@ -543,6 +550,7 @@ static void on_accept(uv_stream_t *server, int status)
         conn_close(v, false);
     }
     c->write_req.data = c;
+    c->unmetered = UNMETERED;
     uv_timer_start(&c->timer, conn_on_timeout,
                    u->lim.idle_ms < u->lim.request_ms ? u->lim.idle_ms
                                                       : u->lim.request_ms,

@@ -581,8 +581,10 @@ static void test_read_rate_bounded(void)
     /* 200 KiB/s for every inbound request together: two connections
      * sending a whole 300 KB frame each (junk: the core drops both
      * undecrypted) get through, in turns, and it takes at least what the
-     * rate allows: 600 KB less a 64 KiB burst and one 64 KiB read per
-     * connection over the rate; reading paused meanwhile. (Only a lower
+     * rate allows: 600 KB less a 64 KiB burst, one 64 KiB read per
+     * connection over the rate and each one's unmetered first 4 KiB;
+     * reading paused meanwhile. A small frame sent while reading is
+     * paused gets through before either big one. (Only a lower
      * bound on the time: a slow machine is slower still.) */
     gsp_uv_limits lim;
     gsp_uv_limits_default(&lim);
@@ -601,12 +603,24 @@ static void test_read_rate_bounded(void)
     bool done = false;
     uint64_t end = t0 + WAIT_MS;
     gsp_stats st;
+    int small = -1; /* a 1000-byte frame, once reading is paused */
+    uint64_t small_done = 0;
     while (!done && mono_ms() < end) {
         c_sent(&sa);
         c_sent(&sb);
         uv_run(&LOOP, UV_RUN_NOWAIT);
         gsp_core_stats(gsp_uv_core(t.u), &st);
-        done = st.drop_decrypt == 2;
+        if (small < 0 && uvstat(&t, ST(in_throttled)) > 0) {
+            small = client(&t, NULL);
+            uint8_t f[4 + 1000];
+            hdr(f, 1000);
+            memset(f + 4, 0x11, 1000);
+            CHECK(small >= 0 && send(small, f, sizeof(f), 0) ==
+                                    (ssize_t)sizeof(f));
+        }
+        if (small >= 0 && !small_done && st.drop_decrypt >= 1)
+            small_done = st.drop_decrypt; /* 1: before either big frame */
+        done = st.drop_decrypt == 3;
         if (!done) poll(NULL, 0, 2);
     }
     uint64_t took = mono_ms() - t0;
@@ -614,14 +628,16 @@ static void test_read_rate_bounded(void)
            (unsigned long long)took,
            (unsigned long long)uvstat(&t, ST(in_throttled)));
     CHECK(done);
+    CHECK_EQ_INT(small_done, 1);
     CHECK(!sa.failed && !sb.failed);
-    CHECK(took >= (2 * sizeof(junk) - 3 * 65536) * 1000 / (200 * 1024) * 9 /
-                       10);
+    CHECK(took >= (2 * sizeof(junk) - 3 * 65536 - 2 * 4096) * 1000 /
+                      (200 * 1024) * 9 / 10);
     CHECK(uvstat(&t, ST(in_throttled)) > 0);
     CHECK(wait_stat(&t, ST(in_open), 0));
     CHECK_EQ_INT(budget_used(t.b), 0);
     close(a);
     close(b);
+    if (small >= 0) close(small);
     lim.in_bytes_per_s = 0;
     CHECK_EQ_INT(gsp_uv_set_limits(t.u, &lim), -EINVAL);
     tnode_stop(&t);
