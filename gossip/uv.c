@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <uv.h>
 
 typedef struct conn conn;
@@ -659,7 +660,10 @@ int gsp_uv_start(gsp_uv **out, uv_loop_t *loop, gsp_core *core,
     u->tokens_at = uv_now(loop);
     if ((rc = uv_udp_bind(&u->udp, (struct sockaddr *)&ss, 0)) ||
         (rc = uv_tcp_bind(&u->listener, (struct sockaddr *)&ss, 0)) ||
-        (rc = uv_listen((uv_stream_t *)&u->listener, 128, on_accept)) ||
+        /* the kernel's whole accept queue: a peer's connection is not
+         * refused while a flood of others waits to be accepted (and
+         * dropped) */
+        (rc = uv_listen((uv_stream_t *)&u->listener, SOMAXCONN, on_accept)) ||
         (rc = uv_udp_recv_start(&u->udp, udp_alloc, udp_recv))) {
         u->core = NULL; /* the caller keeps the core on failure */
         gsp_uv_close(u);
