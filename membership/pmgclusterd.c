@@ -793,7 +793,7 @@ static int status_json(node *n, pmm_buf *reply)
         gsp_uv_get_stats(n->u, &us);
         gsp_budget_get(n->budget, &bs);
         pmm_buf_printf(reply, ",\"drop_misdirected\":%llu,"
-                       "\"acks_ignored\":%llu,"
+                       "\"acks_ignored\":%llu,\"deaths_declared\":%llu,"
                        "\"streams_in\":%llu,\"streams_out\":%llu,"
                        "\"stream_failures\":%llu,"
                        "\"tcp_in_open\":%llu,\"tcp_out_open\":%llu,"
@@ -809,6 +809,7 @@ static int status_json(node *n, pmm_buf *reply)
                        "\"budget_peak\":%zu,\"budget_refused\":%llu}",
                        (unsigned long long)st.drop_misdirected,
                        (unsigned long long)st.acks_ignored,
+                       (unsigned long long)st.deaths_declared,
                        (unsigned long long)st.streams_in,
                        (unsigned long long)st.streams_out,
                        (unsigned long long)st.stream_failures,

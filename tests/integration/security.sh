@@ -49,8 +49,8 @@
 #     from 16 addresses, each announcing a 4 MiB frame, sending 1 MiB and
 #     then a byte every 500 ms (reconnecting when dropped): node1's RSS
 #     grows less than its 32 MiB budget for unauthenticated input;
-#     meanwhile push-pulls into node1 keep working and nobody suspects
-#     anybody.
+#     meanwhile push-pulls into node1 keep working, no view changes and
+#     nobody is declared dead.
 #
 #   node1 A   master, PostgreSQL store holding ~64 MB of rows
 #   node2 B   joins last with a store: the stalled snapshot reader
@@ -362,7 +362,7 @@ declare -A V0
 for i in $A $C $D; do V0[$i]=$(view "$i"); done
 S0=$(state "$A $C $D")
 rss0=$(rss_kb $A)
-sus0=$(sum_stat suspicions $A $C $D)
+sus0=$(sum_stat suspicions $A $C $D) dead0=$(sum_stat deaths_declared $A $C $D)
 in0=$(stat_of $A streams_in) pr0=$(stat_of $A probes)
 out0=$(sum_stat streams_out $C $D) fail0=$(sum_stat stream_failures $C $D)
 ip netns exec "$IT_BRNS" timeout $((HOLD_S + 20)) python3 "$TCPHOLD" "${IT_IP[A]}" "$IT_PORT" \
@@ -386,7 +386,7 @@ done
 wait $hold_pid
 hold=$(cat "$IT_DIR/hold.json")
 rss1=$(rss_kb $A)
-sus1=$(sum_stat suspicions $A $C $D)
+sus1=$(sum_stat suspicions $A $C $D) dead1=$(sum_stat deaths_declared $A $C $D)
 in1=$(stat_of $A streams_in) pr1=$(stat_of $A probes)
 out1=$(sum_stat streams_out $C $D) fail1=$(sum_stat stream_failures $C $D)
 blimit=$(stat_of $A budget_limit) bpeak=$(stat_of $A budget_peak)
@@ -407,11 +407,16 @@ else
     it_not_ok "held gossip TCP connections: node1's memory within its budget, per-address cap"
     it_diag "RSS growth $grow_kb kB (budget $((blimit >> 10)) kB, sanitizer slack $ASAN_SLACK_KB kB); held $held, from one address $held1 (cap 8; $hold1), refused by address $byaddr; $sent_mb MiB sent; slow status $slow_status"
 fi
-if ((sus1 == sus0 && in1 - in0 >= 3 && pr1 > pr0)) && [[ -z "$seen_bad" && "$S1" == "$S0" ]]; then
-    it_ok "meanwhile: $((in1 - in0)) push-pulls got into node1, node3 and node4 ran $((out1 - out0)) push-pulls ($((fail1 - fail0)) failed), node1 probed $((pr1 - pr0)) times, no suspicion anywhere, no node's view changed"
+# (a suspicion raised and refuted between two samples is counted, not
+# failed: on a loaded machine, under ASan, a late ack can raise one without
+# any attack; views, deaths, and the exchanges that got through are what
+# must hold)
+if ((dead1 == dead0 && in1 - in0 >= 3 && pr1 > pr0 && 4 * (fail1 - fail0) <= out1 - out0)) &&
+    [[ -z "$seen_bad" && "$S1" == "$S0" ]]; then
+    it_ok "meanwhile: $((in1 - in0)) push-pulls got into node1, node3 and node4 ran $((out1 - out0)) TCP exchanges ($((fail1 - fail0)) failed), node1 probed $((pr1 - pr0)) times; suspicions raised $((sus1 - sus0)), none seen in any view, no death declared, no node's view changed"
 else
     it_not_ok "legitimate gossip keeps working while node1's TCP slots are held"
-    it_diag "suspicions $sus0 -> $sus1; push-pulls into node1 $in0 -> $in1; node3+4 push-pulls $out0 -> $out1, failed $fail0 -> $fail1; probes $pr0 -> $pr1; ${seen_bad:-}"
+    it_diag "suspicions $sus0 -> $sus1; deaths declared $dead0 -> $dead1; push-pulls into node1 $in0 -> $in1; node3+4 TCP exchanges $out0 -> $out1, failed $fail0 -> $fail1; probes $pr0 -> $pr1; ${seen_bad:-}"
     it_diag "before: $S0"
     it_diag "after: $S1"
 fi
