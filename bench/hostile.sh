@@ -298,6 +298,9 @@ section_gossip_tcp() {
             done
             c1=$(cpu_s 1)
             [[ -n "$hp" ]] && wait "$hp"
+            # what the attacker left in node1's socket buffers drains
+            # before the next window (an idle window must be idle)
+            [[ -n "$hp" ]] && it_wait_until "(( \$(it_gossip_stat 1 tcp_in_open) + 0 == 0 ))" 60 >/dev/null
             M[rss,$kind]+=" $(awk -v a=$rss_max -v b=$rss0 'BEGIN { printf "%.1f", (a - b) / 1024 }')"
             M[budget,$kind]+=" $(awk -v a=$used_max 'BEGIN { printf "%.1f", a / 1048576 }')"
             M[cpu,$kind]+=" $(awk -v a="$c0" -v b="$c1" -v w="$WINDOW" 'BEGIN { printf "%.3f", (b - a) / w }')"

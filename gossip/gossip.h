@@ -416,16 +416,17 @@ typedef struct gsp_uv gsp_uv;
  *   - at once, if its source address already holds in_per_addr inbound
  *     connections (loopback sources are not capped per address: every
  *     local process shares one address; the total cap still holds);
- *   - when in_max inbound connections are open: the oldest one still
- *     reading its request makes room for the new one (a held connection
- *     is worth less than a fresh one: a real peer sends its whole frame
- *     at once); if every one is already being answered, the new one;
+ *   - when in_max inbound connections are open: of those still reading
+ *     their request, the one that received most of a frame it has not
+ *     finished (the oldest of those alike) makes room for the new one (a
+ *     real peer sends its whole frame at once: a held connection is worth
+ *     least); if every one is already being answered, the new one;
  *   - when its announced length is 0 or above max_stream_bytes;
  *   - when no byte arrives for idle_ms, or its request is not complete
  *     within request_ms (its reply must then be read within request_ms);
- *   - when the budget refuses its buffer: first the oldest inbound
- *     connections still reading (and older than it) are dropped to give
- *     their memory back; if none is left, this one.
+ *   - when the budget refuses its buffer: first inbound connections
+ *     still reading (and older than it) are dropped to give their memory
+ *     back, the one that received most first; if none is left, this one.
  * An outbound connection needing memory for its reply may likewise drop
  * inbound ones (never another outbound one). Inbound requests are read at
  * most in_bytes_per_s, all together (a token bucket): over it, reading

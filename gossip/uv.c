@@ -206,16 +206,25 @@ static void conn_close(conn *c, bool ok)
     if (c->outbound && !u->closing) flush(u);
 }
 
-/* The oldest inbound connection still reading its request (not c; older
- * than c when c is inbound; holding memory if need_mem), or NULL. */
-static conn *oldest_reader(gsp_uv *u, const conn *c, bool need_mem)
+/* The inbound connection to drop for c: one still reading its request
+ * (not c; older than c when c is inbound; holding memory if need_mem), the
+ * one that received most of a frame it has not finished, the oldest of
+ * those alike. A real peer sends its frame at once, so what a connection
+ * holds unfinished is what it costs and what it is worth least: a flood
+ * of new connections accepted in one go drops the held ones before a
+ * peer's push-pull that is only waiting for its turn to be read. NULL if
+ * there is none. */
+static conn *pick_victim(gsp_uv *u, const conn *c, bool need_mem)
 {
     conn *best = NULL;
     for (conn *x = u->conns; x; x = x->next) {
         if (x == c || x->outbound || x->closing || x->replying) continue;
         if (c && !c->outbound && x->serial > c->serial) continue;
         if (need_mem && !x->fr.cap) continue;
-        if (!best || x->serial < best->serial) best = x;
+        size_t got = x->fr.hdr_got + x->fr.got;
+        size_t bgot = best ? best->fr.hdr_got + best->fr.got : 0;
+        if (!best || got > bgot || (got == bgot && x->serial < best->serial))
+            best = x;
     }
     return best;
 }
@@ -349,7 +358,7 @@ static void conn_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
     int rc = gsp_frame_space(&c->fr, &p, &room);
     while (rc == -ENOBUFS) {
         /* the budget is spent: older readers give theirs back first */
-        conn *v = oldest_reader(u, c, true);
+        conn *v = pick_victim(u, c, true);
         if (!v) break;
         u->st.in_evicted++;
         conn_close(v, false);
@@ -541,7 +550,7 @@ static void on_accept(uv_stream_t *server, int status)
         return;
     }
     if (u->n_in > u->lim.in_max) {
-        conn *v = oldest_reader(u, c, false);
+        conn *v = pick_victim(u, c, false);
         if (!v) {
             u->st.in_refused_full++;
             conn_close(c, false);

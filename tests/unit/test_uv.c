@@ -526,6 +526,50 @@ static void test_per_address_and_total_caps(void)
     tnode_stop(&t);
 }
 
+static void test_victim_holds_most(void)
+{
+    /* at the cap the connection that received most of an unfinished frame
+     * goes first, not the oldest: an old connection with a few bytes (a
+     * push-pull waiting for its turn) outlives newer ones holding more */
+    gsp_uv_limits lim;
+    gsp_uv_limits_default(&lim);
+    lim.in_max = 3;
+    tnode t;
+    REQUIRE(tnode_start(&t, 0x19, 4 << 20, &lim) == 0);
+    uint32_t max = gsp_core_config(gsp_uv_core(t.u))->max_stream_bytes;
+    static uint8_t junk[50000];
+    memset(junk, 0x77, sizeof(junk));
+    int c1 = client(&t, NULL), c2 = client(&t, NULL), c3 = client(&t, NULL);
+    REQUIRE(c1 >= 0 && c2 >= 0 && c3 >= 0);
+    CHECK(announce(c1, 1000) && send_all(c1, junk, 10));
+    CHECK(announce(c2, max) && send_all(c2, junk, 50000));
+    CHECK(announce(c3, max) && send_all(c3, junk, 20000));
+    budcond bc = {t.b, 50000 + 20000 + 10};
+    CHECK(run_until(c_budget_at_least, &bc));
+    int c4 = client(&t, NULL);
+    REQUIRE(c4 >= 0);
+    CHECK(run_until(c_closed, &c2));
+    int c5 = client(&t, NULL);
+    REQUIRE(c5 >= 0);
+    CHECK(run_until(c_closed, &c3));
+    CHECK(wait_stat(&t, ST(in_evicted), 2));
+    CHECK(!closed(c1) && !closed(c4) && !closed(c5));
+    /* c1 finishes its frame: the core gets it (junk: dropped undecrypted) */
+    CHECK(send_all(c1, junk, 990));
+    statcond sc = {&t, ST(in_open), 2};
+    CHECK(run_until(c_stat_eq, &sc));
+    gsp_stats st;
+    gsp_core_stats(gsp_uv_core(t.u), &st);
+    CHECK_EQ_INT(st.drop_decrypt, 1);
+    close(c1);
+    close(c2);
+    close(c3);
+    close(c4);
+    close(c5);
+    CHECK(wait_stat(&t, ST(in_open), 0));
+    tnode_stop(&t);
+}
+
 typedef struct trickle {
     int fd;
     uint64_t next;
@@ -729,6 +773,7 @@ int main(void)
     TAP_RUN(test_buffer_grows_as_bytes_arrive);
     TAP_RUN(test_budget_evicts_older_readers);
     TAP_RUN(test_per_address_and_total_caps);
+    TAP_RUN(test_victim_holds_most);
     TAP_RUN(test_idle_and_slow_time_out);
     TAP_RUN(test_read_rate_bounded);
     TAP_RUN(test_pushpull_while_inbound_held);
