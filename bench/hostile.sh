@@ -29,6 +29,21 @@
 #                     password check: from 1 address, then from 200
 #                     (100 in the cluster's /24, 100 in /24s of their own),
 #                     BENCH_WINDOW s each
+#   section_gossip_tcp  the gossip port: idle, then while
+#                     tests/integration/tcphold.py keeps 128 gossip TCP
+#                     connections to node1 from 32 addresses (twice its
+#                     inbound cap), each announcing a 4 MiB frame, sending
+#                     1 MiB as fast as node1 reads, then a byte every
+#                     500 ms, reconnecting 100 ms after node1 drops it:
+#                     node1's RSS growth, budget in use and CPU; TCP
+#                     exchanges (push-pulls, TCP probes) into node1 and by
+#                     nodes 2 and 3, failed ones, TCP fallback probes,
+#                     suspicions and view changes (push-pull every 2 s in
+#                     this cluster, so windows hold several)
+#
+# BENCH_SECTIONS picks sections ("ports gossip_tcp api throttle" by
+# default); PMGCLUSTERD=PATH measures another build (section_gossip_tcp
+# reads its counters from /metrics, which older builds have too).
 #
 # Each attacked window also records node1's CPU seconds (utime + stime from
 # /proc) and RSS. Every figure is the median of BENCH_REPEAT runs (3;
@@ -43,6 +58,10 @@ export abs_top_builddir=${PMGCM_BUILD:-$top/build}
 IT_BUDGET=${IT_BUDGET:-3600}
 . "$top/tests/integration/lib.sh"
 HOSTILE=$top/tests/integration/hostile.py
+TCPHOLD=$top/tests/integration/tcphold.py
+SECTIONS=${BENCH_SECTIONS:-ports gossip_tcp api throttle}
+# section_gossip_tcp counts push-pulls: every 2 s instead of every 30 s
+IT_EXTRA_CONF="pushpull_interval_ms = 2000"
 
 QUICK=${BENCH_QUICK:-}
 [[ "$QUICK" == 0 ]] && QUICK=
@@ -239,6 +258,80 @@ section_throttle() {
         "$(echo "${g1[*]}" | median)" "$(echo "${g200[*]}" | median)"
 }
 
+# ---- the gossip port: idle vs 128 held TCP connections -----------------------------------------
+# mstat I 'NAME{LABELS}': a counter from node I's /metrics
+mstat() {
+    ip netns exec "${IT_NS[$1]}" curl -s --max-time 3 "http://${IT_IP[$1]}:7948/metrics" 2>/dev/null |
+        awk -v m="$2" '$1 == m { print $2; f = 1 } END { if (!f) print 0 }'
+}
+msum() { local f=$1 i t=0; shift; for i in "$@"; do t=$((t + $(mstat "$i" "$f"))); done; echo $t; }
+gview() { it_status "$1" 2>/dev/null | jq -c '[.[] | "\(.name)=\(.state)"]' 2>/dev/null; }
+section_gossip_tcp() {
+    local SIN='pmgcm_gossip_streams_total{direction="in"}'
+    local SOUT='pmgcm_gossip_streams_total{direction="out"}'
+    local SFAIL=pmgcm_gossip_stream_failures_total TCPP=pmgcm_gossip_tcp_fallback_probes_total
+    local SUS=pmgcm_gossip_suspicions_total
+    local srcs= k r kind i
+    for ((k = 100; k < 132; k++)); do srcs+="${srcs:+,}10.213.0.$k"; done
+    local -A M V0
+    for ((r = 1; r <= REPEAT; r++)); do
+        for kind in idle attack; do
+            local rss0 rss_max used_max=0 changed=0 sus0 in0 out0 fail0 tf0 c0 c1 hp= v u end
+            for i in 1 2 3; do V0[$i]=$(gview "$i"); done
+            rss0=$(awk '/^VmRSS:/ { print $2 }' "/proc/${IT_PID[1]}/status"); rss_max=$rss0
+            sus0=$(msum $SUS 1 2 3); in0=$(mstat 1 "$SIN")
+            out0=$(msum "$SOUT" 2 3); fail0=$(msum $SFAIL 2 3); tf0=$(msum $TCPP 2 3)
+            log "gossip_tcp: run $r/$REPEAT: $kind $WINDOW s"
+            if [[ $kind == attack ]]; then
+                # not through a function: $! must be the attacker itself
+                ip netns exec "$IT_BRNS" timeout $((WINDOW + 30)) python3 "$TCPHOLD" "${IT_IP[1]}" "$IT_PORT" \
+                    --src "$srcs" --per-src 4 --seconds "$WINDOW" >"$IT_DIR/gossiphold.$r" 2>&1 &
+                hp=$!
+            fi
+            c0=$(cpu_s 1)
+            end=$(($(it_now_ms) + WINDOW * 1000))
+            while (($(it_now_ms) < end)); do
+                v=$(awk '/^VmRSS:/ { print $2 }' "/proc/${IT_PID[1]}/status"); ((v > rss_max)) && rss_max=$v
+                u=$(it_gossip_stat 1 budget_used); u=${u:-0}; ((u > used_max)) && used_max=$u
+                for i in 1 2 3; do [[ "$(gview "$i")" == "${V0[$i]}" ]] || changed=$((changed + 1)); done
+                sleep 0.5
+            done
+            c1=$(cpu_s 1)
+            [[ -n "$hp" ]] && wait "$hp"
+            # what the attacker left in node1's socket buffers drains
+            # before the next window (an idle window must be idle)
+            [[ -n "$hp" ]] && it_wait_until "(( \$(it_gossip_stat 1 tcp_in_open) + 0 == 0 ))" 60 >/dev/null
+            M[rss,$kind]+=" $(awk -v a=$rss_max -v b=$rss0 'BEGIN { printf "%.1f", (a - b) / 1024 }')"
+            M[budget,$kind]+=" $(awk -v a=$used_max 'BEGIN { printf "%.1f", a / 1048576 }')"
+            M[cpu,$kind]+=" $(awk -v a="$c0" -v b="$c1" -v w="$WINDOW" 'BEGIN { printf "%.3f", (b - a) / w }')"
+            M[in,$kind]+=" $(($(mstat 1 "$SIN") - in0))"
+            M[out,$kind]+=" $(($(msum "$SOUT" 2 3) - out0))"
+            M[fail,$kind]+=" $(($(msum $SFAIL 2 3) - fail0))"
+            M[tcpp,$kind]+=" $(($(msum $TCPP 2 3) - tf0))"
+            M[sus,$kind]+=" $(($(msum $SUS 1 2 3) - sus0))"
+            M[views,$kind]+=" $changed"
+            if [[ $kind == attack ]]; then
+                local hold
+                hold=$(tail -n1 "$IT_DIR/gossiphold.$r")
+                M[aopen,$kind]+=" $(jq -r '.max_open // 0' <<<"$hold" 2>/dev/null)"
+                M[amib,$kind]+=" $(jq -r '(.bytes // 0) / 1048576 | floor' <<<"$hold" 2>/dev/null)"
+                M[adrop,$kind]+=" $(jq -r '.closed_by_peer // 0' <<<"$hold" 2>/dev/null)"
+                log "  attacker: $hold"
+            fi
+            log "  $kind: RSS +${M[rss,$kind]##* } MB, budget ${M[budget,$kind]##* } MiB, CPU ${M[cpu,$kind]##* } s/s, TCP in ${M[in,$kind]##* }, out ${M[out,$kind]##* } (failed ${M[fail,$kind]##* }, fallback probes ${M[tcpp,$kind]##* }), suspicions ${M[sus,$kind]##* }, view changes $changed"
+        done
+    done
+    row "gossip TCP hold: node1 RSS growth, MB (max)" "$(echo "${M[rss,idle]}" | median)" "$(echo "${M[rss,attack]}" | median)"
+    row "node1 budget for unauthenticated input in use, MiB (max)" "$(echo "${M[budget,idle]}" | median)" "$(echo "${M[budget,attack]}" | median)"
+    row "node1 CPU, s per s" "$(echo "${M[cpu,idle]}" | median)" "$(echo "${M[cpu,attack]}" | median)"
+    row "TCP exchanges into node1 (push-pulls, TCP probes)" "$(echo "${M[in,idle]}" | median)" "$(echo "${M[in,attack]}" | median)"
+    row "TCP exchanges by node2+node3 / failed" "$(echo "${M[out,idle]}" | median) / $(echo "${M[fail,idle]}" | median)" "$(echo "${M[out,attack]}" | median) / $(echo "${M[fail,attack]}" | median)"
+    row "TCP fallback probes by node2+node3" "$(echo "${M[tcpp,idle]}" | median)" "$(echo "${M[tcpp,attack]}" | median)"
+    row "suspicions raised (nodes 1-3)" "$(echo "${M[sus,idle]}" | median)" "$(echo "${M[sus,attack]}" | median)"
+    row "view samples that changed (nodes 1-3)" "$(echo "${M[views,idle]}" | median)" "$(echo "${M[views,attack]}" | median)"
+    row "attacker: open at once / MiB sent / dropped by node1" "-" "$(echo "${M[aopen,attack]}" | median) / $(echo "${M[amib,attack]}" | median) / $(echo "${M[adrop,attack]}" | median)"
+}
+
 report() {
     local head="bench/hostile.sh at $(git -C "$top" rev-parse --short HEAD 2>/dev/null), $(date -u +%FT%TZ), load $(cut -d' ' -f1-3 /proc/loadavg), median of $REPEAT"
     {
@@ -253,7 +346,8 @@ report() {
 }
 
 setup
-section_ports
-section_api
-section_throttle
+for s in $SECTIONS; do
+    declare -F "section_$s" >/dev/null || { echo "bench/hostile.sh: no section $s" >&2; exit 1; }
+    "section_$s"
+done
 report

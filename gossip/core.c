@@ -16,6 +16,12 @@
  * highest (gen, seq) accepted and a bitmap of the 64 seqs below it. Input
  * whose (gen, seq) is lower than the window, older than it or already in it
  * is dropped (drop_replay) before anything in it is looked at.
+ *
+ * Receiver binding: every Packet and Stream we send names its receiver
+ * (`to`, its id; a join push-pull to a seed address names the address
+ * dialled instead). Input for another node is dropped (drop_misdirected)
+ * first of all, so a packet is accepted only where it was sent. An ack
+ * counts only from the node probed or a relay we asked (probe.relays).
  */
 #include "gossip/gossip.h"
 #include "gossip/gossip.pb-c.h"
@@ -33,6 +39,7 @@
 #define SUSP_FROM_MAX 16
 #define GOSSIP_TO_DEAD_MS 30000
 #define UDP_SLACK 256
+#define RELAYS_ASKED_MAX 16 /* indirect_checks above this ask this many */
 
 typedef Pmgcm__Gossip__Member PbMember;
 typedef Pmgcm__Gossip__UserMsg PbUser;
@@ -84,6 +91,8 @@ typedef struct relay {
     bool used;
     uint32_t my_seq, their_seq;
     gsp_addr requester;
+    gsp_id requester_id; /* who asked: our ack/nack goes to it alone */
+    gsp_id target;       /* whom we ping: only its ack is forwarded */
     uint64_t deadline;
 } relay;
 
@@ -98,6 +107,8 @@ typedef struct pending_stream {
     uint64_t id;
     int kind; /* 1 push-pull, 2 ping */
     uint32_t seq;
+    bool has_peer; /* sent to a known member: the reply must be its */
+    gsp_id peer;
 } pending_stream;
 
 struct gsp_core {
@@ -129,6 +140,8 @@ struct gsp_core {
         gsp_id target;
         uint64_t start, direct_deadline, end_deadline;
         uint32_t nacks_expected, nacks;
+        gsp_id relays[RELAYS_ASKED_MAX]; /* asked to ping for us */
+        uint32_t n_relays;
     } probe;
 
     uint64_t next_probe, next_gossip, next_pushpull, next_rejoin, next_reap;
@@ -299,8 +312,11 @@ static void rwin_mark(rwin *w, uint64_t gen, uint64_t seq)
     }
 }
 
-/* Sets from, gen and seq on a Stream frame we are about to send. */
-static void stamp_stream(gsp_core *c, PbStream *s)
+/* Sets from, gen, seq and the receiver on a Stream frame we are about to
+ * send: to_id when we know who it is for, else to_addr (a join by address).
+ * The pointers must stay valid until the frame is packed. */
+static void stamp_stream(gsp_core *c, PbStream *s, const gsp_id *to_id,
+                         const gsp_addr *to_addr)
 {
     s->from.data = c->self->id.b;
     s->from.len = GSP_ID_LEN;
@@ -308,6 +324,34 @@ static void stamp_stream(gsp_core *c, PbStream *s)
     s->gen = c->self->inc.gen;
     s->has_seq = 1;
     s->seq = ++c->tx_seq_tcp;
+    if (to_id) {
+        s->has_to = 1;
+        s->to.data = (uint8_t *)to_id->b;
+        s->to.len = GSP_ID_LEN;
+    } else if (to_addr) {
+        s->has_to_ip = 1;
+        s->to_ip.data = (uint8_t *)to_addr->ip;
+        s->to_ip.len = to_addr->family == 6 ? 16 : 4;
+        s->has_to_port = 1;
+        s->to_port = to_addr->port;
+    }
+}
+
+/* The same address, an IPv4-mapped IPv6 address equal to its IPv4 form. */
+static bool addr_same(const gsp_addr *a, const gsp_addr *b)
+{
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                       0xff, 0xff};
+    gsp_addr x = *a, y = *b;
+    if (x.family == 6 && !memcmp(x.ip, mapped, 12)) {
+        x.family = 4;
+        memmove(x.ip, x.ip + 12, 4);
+    }
+    if (y.family == 6 && !memcmp(y.ip, mapped, 12)) {
+        y.family = 4;
+        memmove(y.ip, y.ip + 12, 4);
+    }
+    return gsp_addr_eq(&x, &y);
 }
 
 /* ---- member table ------------------------------------------------------- */
@@ -698,13 +742,17 @@ static size_t fill(gsp_core *c, bqueue *q, unsigned tag, uint8_t *p,
     return used;
 }
 
-/* Builds and sends one UDP packet: header message + piggybacked updates.
- * extra, if set, is a member record that goes first (buddy / refutation). */
-static void send_packet(gsp_core *c, const gsp_addr *to, PbPacket *hdr,
-                        const PbMember *extra)
+/* Builds and sends one UDP packet to node to_id at address to: header
+ * message + piggybacked updates. extra, if set, is a member record that
+ * goes first (buddy / refutation). */
+static void send_packet(gsp_core *c, const gsp_addr *to, const gsp_id *to_id,
+                        PbPacket *hdr, const PbMember *extra)
 {
     hdr->from.data = c->self->id.b;
     hdr->from.len = GSP_ID_LEN;
+    hdr->has_to = 1;
+    hdr->to.data = (uint8_t *)to_id->b;
+    hdr->to.len = GSP_ID_LEN;
     hdr->has_gen = 1;
     hdr->gen = c->self->inc.gen;
     hdr->has_seq = 1;
@@ -1081,7 +1129,7 @@ static void send_ping(gsp_core *c, const member *target, uint32_t seq,
         member_to_pb(target, GSP_SUSPECT, &c->self->id, false, &buddy);
         extra = &buddy;
     }
-    send_packet(c, to, &hdr, extra);
+    send_packet(c, to, &target->id, &hdr, extra);
 }
 
 static void start_probe(gsp_core *c)
@@ -1099,6 +1147,7 @@ static void start_probe(gsp_core *c)
     c->probe.direct_deadline = c->now + scale(c, c->cfg.probe_timeout_ms);
     c->probe.end_deadline = c->now + scale(c, c->cfg.probe_interval_ms);
     c->probe.nacks = c->probe.nacks_expected = 0;
+    c->probe.n_relays = 0;
     c->st.probes++;
     send_ping(c, t, c->probe.seq, false, &t->addr);
 }
@@ -1139,19 +1188,20 @@ static void indirect_probe(gsp_core *c)
     pr.port = t->addr.port;
     hdr.ping_req = &pr;
     uint32_t want = c->cfg.indirect_checks, sent = 0;
+    if (want > RELAYS_ASKED_MAX) want = RELAYS_ASKED_MAX;
     size_t cand = c->n_members;
-    member **picked = calloc(want ? want : 1, sizeof(*picked));
-    if (!picked) return;
+    member *picked[RELAYS_ASKED_MAX];
     for (size_t tries = 0; sent < want && tries < 4 * cand + 8; tries++) {
         member *m = c->members[rnd_below(c, cand)];
         if (m->is_self || m == t || m->state != GSP_ALIVE) continue;
         bool dup = false;
         for (uint32_t i = 0; i < sent; i++) dup |= picked[i] == m;
         if (dup) continue;
-        picked[sent++] = m;
-        send_packet(c, &m->addr, &hdr, NULL);
+        picked[sent] = m;
+        c->probe.relays[sent++] = m->id; /* their acks count from now on */
+        send_packet(c, &m->addr, &m->id, &hdr, NULL);
     }
-    free(picked);
+    c->probe.n_relays = sent;
     c->probe.nacks_expected = sent;
     c->st.indirect_probes += sent;
 
@@ -1159,7 +1209,7 @@ static void indirect_probe(gsp_core *c)
     PbStream s = PMGCM__GOSSIP__STREAM__INIT;
     Pmgcm__Gossip__Ping ping = PMGCM__GOSSIP__PING__INIT;
     s.kind = PMGCM__GOSSIP__STREAM__KIND__PING;
-    stamp_stream(c, &s);
+    stamp_stream(c, &s, &t->id, NULL);
     ping.seq = c->probe.seq;
     ping.target.data = t->id.b;
     ping.target.len = GSP_ID_LEN;
@@ -1176,7 +1226,8 @@ static void indirect_probe(gsp_core *c)
         if (emit(c, GSP_OUT_STREAM, &t->addr, buf, len, id,
                  (uint32_t)left) == 0) {
             c->streams[c->n_streams++] =
-                (pending_stream){.id = id, .kind = 2, .seq = c->probe.seq};
+                (pending_stream){.id = id, .kind = 2, .seq = c->probe.seq,
+                                 .has_peer = true, .peer = t->id};
             c->st.tcp_fallback_probes++;
         }
     }
@@ -1185,12 +1236,14 @@ static void indirect_probe(gsp_core *c)
 
 /* ---- push-pull ---------------------------------------------------------- */
 
-/* Packs our full state (every member, every user broadcast) into a Stream. */
-static uint8_t *build_state(gsp_core *c, bool join, size_t *out_len)
+/* Packs our full state (every member, every user broadcast) into a Stream
+ * for to_id (or, a join by address, for whoever is at to_addr). */
+static uint8_t *build_state(gsp_core *c, bool join, const gsp_id *to_id,
+                            const gsp_addr *to_addr, size_t *out_len)
 {
     PbStream s = PMGCM__GOSSIP__STREAM__INIT;
     s.kind = PMGCM__GOSSIP__STREAM__KIND__PUSHPULL;
-    stamp_stream(c, &s);
+    stamp_stream(c, &s, to_id, to_addr);
     if (join) {
         s.has_join = 1;
         s.join = 1;
@@ -1230,19 +1283,27 @@ out:
     return buf;
 }
 
-static void start_pushpull(gsp_core *c, const gsp_addr *to, bool join)
+/* A push-pull to member to_id at `to`, or (to_id NULL: a seed) to
+ * whoever is at that address. */
+static void start_pushpull(gsp_core *c, const gsp_addr *to,
+                           const gsp_id *to_id, bool join)
 {
     if (grow((void **)&c->streams, &c->cap_streams, c->n_streams + 1,
              sizeof(*c->streams)))
         return;
     size_t len;
-    uint8_t *buf = build_state(c, join, &len);
+    uint8_t *buf = build_state(c, join || !to_id, to_id, to, &len);
     if (!buf) return;
     if (len + GSP_SEAL_OVERHEAD <= c->cfg.max_stream_bytes) {
         uint64_t id = ++c->next_req_id;
-        if (emit(c, GSP_OUT_STREAM, to, buf, len, id, 10000) == 0)
-            c->streams[c->n_streams++] =
-                (pending_stream){.id = id, .kind = 1};
+        if (emit(c, GSP_OUT_STREAM, to, buf, len, id, 10000) == 0) {
+            pending_stream ps = {.id = id, .kind = 1};
+            if (to_id) {
+                ps.has_peer = true;
+                ps.peer = *to_id;
+            }
+            c->streams[c->n_streams++] = ps;
+        }
     }
     free(buf);
 }
@@ -1305,7 +1366,28 @@ static int merge_state(gsp_core *c, const PbStream *s)
     return 0;
 }
 
+/* Is a decoded frame for us? A reply (ps set: the request it answers)
+ * names us and comes from the member asked; a request names us, or is a
+ * join push-pull sent to our advertised address or to `local`. */
+static bool stream_for_us(const gsp_core *c, const PbStream *s,
+                          const pending_stream *ps, const gsp_addr *local)
+{
+    if (s->has_to)
+        return s->to.len == GSP_ID_LEN &&
+               !memcmp(s->to.data, c->self->id.b, GSP_ID_LEN) &&
+               (!ps || !ps->has_peer ||
+                !memcmp(s->from.data, ps->peer.b, GSP_ID_LEN));
+    if (ps || s->kind != PMGCM__GOSSIP__STREAM__KIND__PUSHPULL || !s->join ||
+        !s->has_to_ip || !s->has_to_port)
+        return false;
+    gsp_addr dialled;
+    if (pb_addr(&s->to_ip, s->to_port, &dialled)) return false;
+    return addr_same(&dialled, &c->self->addr) ||
+           (local && addr_same(&dialled, local));
+}
+
 static PbStream *open_stream(gsp_core *c, const uint8_t *in, size_t len,
+                             const pending_stream *ps, const gsp_addr *local,
                              int *err)
 {
     *err = 0;
@@ -1344,6 +1426,12 @@ static PbStream *open_stream(gsp_core *c, const uint8_t *in, size_t len,
         pmgcm__gossip__stream__free_unpacked(s, NULL);
         c->st.drop_self++;
         *err = GSP_ESELF;
+        return NULL;
+    }
+    if (!stream_for_us(c, s, ps, local)) {
+        pmgcm__gossip__stream__free_unpacked(s, NULL);
+        c->st.drop_misdirected++;
+        *err = GSP_EMISDIRECTED;
         return NULL;
     }
     if (s->has_seq) {
@@ -1393,23 +1481,27 @@ static int seal_alloc(gsp_core *c, const uint8_t *p, size_t len,
 }
 
 int gsp_core_stream_request(gsp_core *c, uint64_t now_ms,
-                            const gsp_addr *from, const uint8_t *req,
-                            size_t len, uint8_t **reply, size_t *reply_len)
+                            const gsp_addr *from, const gsp_addr *local,
+                            const uint8_t *req, size_t len, uint8_t **reply,
+                            size_t *reply_len)
 {
+    (void)from;
     *reply = NULL;
     *reply_len = 0;
     if (now_ms > c->now) c->now = now_ms;
     c->st.streams_in++;
     c->st.bytes_in += len;
     int err;
-    PbStream *s = open_stream(c, req, len, &err);
+    PbStream *s = open_stream(c, req, len, NULL, local, &err);
     if (!s) return err;
+    gsp_id sid; /* the requester: our reply is for it alone */
+    memcpy(sid.b, s->from.data, GSP_ID_LEN);
     int rc = 0;
     if (s->kind == PMGCM__GOSSIP__STREAM__KIND__PUSHPULL) {
         rc = merge_state(c, s);
         if (rc == 0) {
             size_t plen;
-            uint8_t *p = build_state(c, false, &plen);
+            uint8_t *p = build_state(c, false, &sid, NULL, &plen);
             if (!p) {
                 rc = -ENOMEM;
             } else {
@@ -1424,7 +1516,7 @@ int gsp_core_stream_request(gsp_core *c, uint64_t now_ms,
             PbStream r = PMGCM__GOSSIP__STREAM__INIT;
             Pmgcm__Gossip__Ack ack = PMGCM__GOSSIP__ACK__INIT;
             r.kind = PMGCM__GOSSIP__STREAM__KIND__ACK;
-            stamp_stream(c, &r);
+            stamp_stream(c, &r, &sid, NULL);
             ack.seq = s->ping->seq;
             r.ack = &ack;
             uint8_t p[128];
@@ -1456,7 +1548,7 @@ int gsp_core_stream_result(gsp_core *c, uint64_t now_ms, uint64_t req_id,
     }
     c->st.bytes_in += len;
     int err;
-    PbStream *s = open_stream(c, reply, len, &err);
+    PbStream *s = open_stream(c, reply, len, &ps, NULL, &err);
     if (!s) return err;
     int rc = 0;
     if (ps.kind == 1 && s->kind == PMGCM__GOSSIP__STREAM__KIND__PUSHPULL) {
@@ -1475,8 +1567,8 @@ int gsp_core_stream_result(gsp_core *c, uint64_t now_ms, uint64_t req_id,
 
 /* ---- UDP input ---------------------------------------------------------- */
 
-static void send_ack(gsp_core *c, const gsp_addr *to, uint32_t seq,
-                     const member *sender)
+static void send_ack(gsp_core *c, const gsp_addr *to, const gsp_id *to_id,
+                     uint32_t seq, const member *sender)
 {
     PbPacket hdr = PMGCM__GOSSIP__PACKET__INIT;
     Pmgcm__Gossip__Ack ack = PMGCM__GOSSIP__ACK__INIT;
@@ -1492,11 +1584,12 @@ static void send_ack(gsp_core *c, const gsp_addr *to, uint32_t seq,
                      &c->self->id, false, &rec);
         extra = &rec;
     }
-    send_packet(c, to, &hdr, extra);
+    send_packet(c, to, to_id, &hdr, extra);
 }
 
 static void handle_ping_req(gsp_core *c, const Pmgcm__Gossip__PingReq *pr,
-                            const gsp_addr *requester)
+                            const gsp_addr *requester,
+                            const gsp_id *requester_id)
 {
     gsp_addr ta;
     if (pb_addr(&pr->ip, pr->port, &ta)) return;
@@ -1515,12 +1608,22 @@ static void handle_ping_req(gsp_core *c, const Pmgcm__Gossip__PingReq *pr,
     r->my_seq = ++c->seq;
     r->their_seq = pr->seq;
     r->requester = *requester;
+    r->requester_id = *requester_id;
     r->deadline = c->now + c->cfg.probe_timeout_ms;
     member tmp;
     memset(&tmp, 0, sizeof(tmp));
     memcpy(tmp.id.b, pr->target.data, GSP_ID_LEN);
+    r->target = tmp.id;
     member *t = find(c, &tmp.id);
     send_ping(c, t ? t : &tmp, r->my_seq, true, &ta);
+}
+
+/* Was id asked to ping the current probe's target for us? */
+static bool probe_relay(const gsp_core *c, const gsp_id *id)
+{
+    for (uint32_t i = 0; i < c->probe.n_relays; i++)
+        if (id_eq(&c->probe.relays[i], id)) return true;
+    return false;
 }
 
 int gsp_core_recv(gsp_core *c, uint64_t now_ms, const gsp_addr *from,
@@ -1551,13 +1654,20 @@ int gsp_core_recv(gsp_core *c, uint64_t now_ms, const gsp_addr *from,
     upd *us = NULL;
     if (p->from.len != GSP_ID_LEN ||
         (p->ping && p->ping->target.len != GSP_ID_LEN) ||
-        (p->ping_req && p->ping_req->target.len != GSP_ID_LEN)) {
+        (p->ping_req && p->ping_req->target.len != GSP_ID_LEN) ||
+        (p->has_to && p->to.len != GSP_ID_LEN)) {
         rc = GSP_EDECODE;
         goto bad;
     }
     if (!memcmp(p->from.data, c->self->id.b, GSP_ID_LEN)) {
         c->st.drop_self++;
         rc = GSP_ESELF;
+        goto done;
+    }
+    if (!p->has_to || memcmp(p->to.data, c->self->id.b, GSP_ID_LEN)) {
+        /* for another node (recorded on its way there), or unaddressed */
+        c->st.drop_misdirected++;
+        rc = GSP_EMISDIRECTED;
         goto done;
     }
     gsp_id sid;
@@ -1602,7 +1712,7 @@ int gsp_core_recv(gsp_core *c, uint64_t now_ms, const gsp_addr *from,
             PbPacket hdr = PMGCM__GOSSIP__PACKET__INIT;
             PbMember rec;
             member_to_pb(m, GSP_ALIVE, NULL, false, &rec);
-            send_packet(c, from, &hdr, &rec);
+            send_packet(c, from, &sid, &hdr, &rec);
             break;
         }
     }
@@ -1612,7 +1722,7 @@ int gsp_core_recv(gsp_core *c, uint64_t now_ms, const gsp_addr *from,
     if (sender && p->has_seq) rwin_mark(&sender->rw_udp, p->gen, p->seq);
     if (p->ping) {
         if (!memcmp(p->ping->target.data, c->self->id.b, GSP_ID_LEN))
-            send_ack(c, from, p->ping->seq, sender);
+            send_ack(c, from, &sid, p->ping->seq, sender);
     } else if (sender && (sender->state == GSP_SUSPECT ||
                           sender->state == GSP_DEAD) && !c->leaving) {
         /* a member we hold suspect or dead talks to us: tell it, as
@@ -1626,31 +1736,44 @@ int gsp_core_recv(gsp_core *c, uint64_t now_ms, const gsp_addr *from,
             PbPacket hdr = PMGCM__GOSSIP__PACKET__INIT;
             PbMember rec;
             member_to_pb(sender, sender->state, &c->self->id, false, &rec);
-            send_packet(c, from, &hdr, &rec);
+            send_packet(c, from, &sid, &hdr, &rec);
         }
     }
     if (p->ack) {
         uint32_t seq = p->ack->seq;
         if (c->probe.active && seq == c->probe.seq) {
-            finish_probe(c, true);
+            /* only the node probed, or a relay we asked, can vouch */
+            if (id_eq(&sid, &c->probe.target) || probe_relay(c, &sid))
+                finish_probe(c, true);
+            else
+                c->st.acks_ignored++;
         } else {
             for (size_t i = 0; i < RELAY_MAX; i++) {
                 relay *r = &c->relays[i];
                 if (r->used && r->my_seq == seq) {
+                    if (!id_eq(&sid, &r->target)) {
+                        c->st.acks_ignored++;
+                        break;
+                    }
                     r->used = false;
                     PbPacket hdr = PMGCM__GOSSIP__PACKET__INIT;
                     Pmgcm__Gossip__Ack ack = PMGCM__GOSSIP__ACK__INIT;
                     ack.seq = r->their_seq;
                     hdr.ack = &ack;
-                    send_packet(c, &r->requester, &hdr, NULL);
+                    send_packet(c, &r->requester, &r->requester_id, &hdr,
+                                NULL);
                     break;
                 }
             }
         }
     }
-    if (p->nack && c->probe.active && p->nack->seq == c->probe.seq)
-        c->probe.nacks++;
-    if (p->ping_req) handle_ping_req(c, p->ping_req, from);
+    if (p->nack && c->probe.active && p->nack->seq == c->probe.seq) {
+        if (probe_relay(c, &sid))
+            c->probe.nacks++;
+        else
+            c->st.acks_ignored++;
+    }
+    if (p->ping_req) handle_ping_req(c, p->ping_req, from, &sid);
     goto done;
 bad:
     c->st.drop_decode++;
@@ -1686,7 +1809,7 @@ static void gossip_round(gsp_core *c)
          * refutes, or corrects us if it already refuted (we missed it) */
         if (m->state == GSP_SUSPECT)
             member_to_pb(m, GSP_SUSPECT, &c->self->id, false, &buddy);
-        send_packet(c, &m->addr, &hdr,
+        send_packet(c, &m->addr, &m->id, &hdr,
                     m->state == GSP_SUSPECT ? &buddy : NULL);
         if (!c->mq.n && !c->uq.n) break;
     }
@@ -1734,7 +1857,7 @@ static void rejoin_round(gsp_core *c)
         /* nobody alive: contact every seed */
         for (size_t i = 0; i < c->n_seeds; i++)
             if (!gsp_addr_eq(&c->seeds[i], &c->self->addr))
-                start_pushpull(c, &c->seeds[i], true);
+                start_pushpull(c, &c->seeds[i], NULL, true);
     }
     /* one random dead member or seed that is not alive */
     size_t cand = c->n_by_state[GSP_DEAD] + c->n_seeds;
@@ -1742,11 +1865,11 @@ static void rejoin_round(gsp_core *c)
     size_t pick = (size_t)rnd_below(c, cand);
     if (pick < c->n_by_state[GSP_DEAD]) {
         member *m = random_member(c, GSP_DEAD);
-        if (m) start_pushpull(c, &m->addr, true);
+        if (m) start_pushpull(c, &m->addr, &m->id, true);
     } else if (!alone) {
         const gsp_addr *a = &c->seeds[pick - c->n_by_state[GSP_DEAD]];
         if (!gsp_addr_eq(a, &c->self->addr) && !addr_is_live(c, a))
-            start_pushpull(c, a, true);
+            start_pushpull(c, a, NULL, true);
     }
 }
 
@@ -1793,7 +1916,7 @@ void gsp_core_tick(gsp_core *c, uint64_t now)
             Pmgcm__Gossip__Nack nack = PMGCM__GOSSIP__NACK__INIT;
             nack.seq = r->their_seq;
             hdr.nack = &nack;
-            send_packet(c, &r->requester, &hdr, NULL);
+            send_packet(c, &r->requester, &r->requester_id, &hdr, NULL);
         }
     }
 
@@ -1818,7 +1941,7 @@ void gsp_core_tick(gsp_core *c, uint64_t now)
     }
     if (now >= c->next_pushpull) {
         member *m = c->leaving ? NULL : random_member(c, GSP_ALIVE);
-        if (m) start_pushpull(c, &m->addr, false);
+        if (m) start_pushpull(c, &m->addr, &m->id, false);
         c->next_pushpull = now + pushpull_interval(c);
     }
     if (now >= c->next_rejoin) {
@@ -1970,7 +2093,7 @@ int gsp_core_join(gsp_core *c, uint64_t now_ms, const gsp_addr *addrs,
     if (now_ms > c->now) c->now = now_ms;
     for (size_t i = 0; i < n; i++)
         if (!gsp_addr_eq(&addrs[i], &c->self->addr))
-            start_pushpull(c, &addrs[i], true);
+            start_pushpull(c, &addrs[i], NULL, true);
     return 0;
 }
 
@@ -2068,4 +2191,9 @@ uint32_t gsp_core_health(const gsp_core *c)
 void gsp_core_stats(const gsp_core *c, gsp_stats *out)
 {
     *out = c->st;
+}
+
+const gsp_config *gsp_core_config(const gsp_core *c)
+{
+    return &c->cfg;
 }

@@ -28,6 +28,7 @@ extern "C" {
 #define GSP_ETOOBIG    (-503) /* input exceeds a configured bound           */
 #define GSP_ESELF      (-504) /* packet claims to come from our own id      */
 #define GSP_EREPLAY    (-505) /* packet/frame seen before or too old (replay) */
+#define GSP_EMISDIRECTED (-506) /* packet/frame addressed to another node */
 
 const char *gsp_strerror(int err); /* static string, never NULL */
 
@@ -225,19 +226,44 @@ int gsp_core_broadcast(gsp_core *c, uint32_t key, uint64_t version,
  * is involved, so clock skew does not matter. Limits: a sender we hold no
  * record of (first contact, or after our own restart) is accepted, since
  * there is nothing to compare with (old records it might replay lose to the
- * newer incarnations the cluster holds); input without seq (nodes from
- * before this change) is not checked. A node whose generation went
+ * newer incarnations the cluster holds; with the receiver binding below,
+ * only packets that were sent to this very node can be replayed so);
+ * input without seq is not checked (nodes from before it lack the receiver
+ * binding too, so nothing they send is taken). A node whose generation went
  * backwards (a restored data dir) is dropped as a replay until it refutes
- * its own newer record, which moves it to a generation above it. */
+ * its own newer record, which moves it to a generation above it.
+ *
+ * Receiver binding (wire change, gossip.proto): every Packet and Stream
+ * frame also names, inside the seal, the node it is for: `to`, the
+ * receiver's id. A datagram or frame for another node (a packet recorded on
+ * its way to B and sent to C) or without a receiver is dropped, counted as
+ * drop_misdirected (GSP_EMISDIRECTED), before anything in it is looked at,
+ * and before it touches the replay window. The one exception is a join
+ * push-pull request to a seed address, whose sender cannot know who lives
+ * there: it names the address it was sent to, and is taken only at that
+ * address (our advertised address, or the local address the connection
+ * arrived on: gsp_core_stream_request's `local`). A reply must name us and
+ * come from the node we asked (when we asked a known member).
+ *
+ * Acks: an ack for the current probe counts only when it comes from the
+ * probed node, or, once the probe went indirect, from one of the relays we
+ * asked (PingReq); a relay forwards an ack only from the target it was
+ * asked to ping; nacks count only from relays asked. Any other ack or nack
+ * is ignored (acks_ignored): a third party that learnt a probe's seq cannot
+ * make a dead node look alive. */
 int gsp_core_recv(gsp_core *c, uint64_t now_ms, const gsp_addr *from,
                   const uint8_t *pkt, size_t len);
 
 /* Handle one inbound TCP request frame (sealed); writes the sealed reply
  * into a buffer the core allocates (*reply, caller frees with free()).
- * A request that needs no reply sets *reply = NULL, *reply_len = 0. */
+ * A request that needs no reply sets *reply = NULL, *reply_len = 0.
+ * local: the address the connection arrived on (NULL if unknown): a join
+ * push-pull by address is taken when it was sent to this address or to our
+ * advertised one (see "receiver binding" above). */
 int gsp_core_stream_request(gsp_core *c, uint64_t now_ms,
-                            const gsp_addr *from, const uint8_t *req,
-                            size_t len, uint8_t **reply, size_t *reply_len);
+                            const gsp_addr *from, const gsp_addr *local,
+                            const uint8_t *req, size_t len, uint8_t **reply,
+                            size_t *reply_len);
 
 /* Result of an outbound stream request the core asked for (see
  * GSP_OUT_STREAM). reply NULL/len 0 with ok=false = connect/IO failure. */
@@ -249,6 +275,10 @@ void gsp_core_tick(gsp_core *c, uint64_t now_ms);
 
 /* Earliest time gsp_core_tick must be called again. */
 uint64_t gsp_core_next_deadline(const gsp_core *c);
+
+/* The configuration the core runs with (max_stream_bytes bounds TCP
+ * frames in the adapter). Valid as long as the core. */
+const gsp_config *gsp_core_config(const gsp_core *c);
 
 /* Output queue. */
 typedef enum gsp_out_kind {
@@ -289,6 +319,9 @@ typedef struct gsp_stats {
     uint64_t suspicions, refutations, deaths_declared;
     uint64_t drop_decrypt, drop_decode, drop_toobig, drop_self, drop_other;
     uint64_t drop_replay; /* replayed or too old: see "replay protection" */
+    uint64_t drop_misdirected; /* addressed to another node: see
+                                  "receiver binding" (gsp_core_recv) */
+    uint64_t acks_ignored; /* ack/nack from a node that was not asked */
     uint64_t updates_sent, user_msgs_delivered;
 } gsp_stats;
 void gsp_core_stats(const gsp_core *c, gsp_stats *out);
@@ -325,15 +358,122 @@ typedef struct gsp_budget_stats {
  * (all zero). */
 void gsp_budget_get(const gsp_budget *b, gsp_budget_stats *out);
 
+/* ---- TCP frame reader ----------------------------------------------------
+ * A gossip TCP frame is a 4-byte big-endian length followed by that many
+ * (sealed) bytes. The reader takes bytes as they arrive: the length is
+ * checked against `max` (what the receiver accepts: the core's
+ * max_stream_bytes) before anything is allocated, and the buffer grows
+ * with the bytes that actually arrived (doubling from 4 KiB, at most 1 MiB
+ * at a time, never past the announced length), so a peer that announces
+ * a large frame and sends little holds little. Every byte of buffer is
+ * taken from the budget first (gsp_budget_take) and given back by
+ * gsp_frame_free. Not thread safe; one reader per connection. */
+typedef struct gsp_frame {
+    uint8_t hdr[4];
+    size_t hdr_got;
+    uint8_t *buf;      /* the frame's bytes; owned by the reader        */
+    size_t need;       /* announced length (0 until the header is in)   */
+    size_t got;        /* bytes of the frame received so far            */
+    size_t cap;        /* bytes allocated = bytes taken from budget     */
+    size_t max;
+    gsp_budget *budget;
+} gsp_frame;
+#define GSP_FRAME_MIN_ALLOC 4096
+#define GSP_FRAME_MAX_STEP (1u << 20)
+
+/* max > 0 (a frame longer than max is refused); budget may be NULL. */
+void gsp_frame_init(gsp_frame *f, size_t max, gsp_budget *budget);
+/* Where the next bytes go: *p and *room (> 0; never more than the frame
+ * still needs, so a reader never consumes bytes past its frame). Grows the
+ * buffer when it is full. Returns 0, -ENOBUFS (the budget refused the
+ * growth: nothing changed, the caller may free memory elsewhere and call
+ * again), -ENOMEM, or -EALREADY (the frame is complete). */
+int gsp_frame_space(gsp_frame *f, uint8_t **p, size_t *room);
+/* n bytes (n <= *room of the last gsp_frame_space) were written at *p.
+ * Returns 1 when the frame is complete (f->buf holds f->need bytes), 0
+ * when more is needed, GSP_ETOOBIG when the header just completed
+ * announces 0 bytes or more than max (nothing was allocated), -EINVAL if
+ * n is more than the room given. */
+int gsp_frame_commit(gsp_frame *f, size_t n);
+/* Frees the buffer and gives its bytes back to the budget; the reader can
+ * be initialised again. */
+void gsp_frame_free(gsp_frame *f);
+
 /* ---- libuv adapter ------------------------------------------------------ */
 struct uv_loop_s;
 typedef struct gsp_uv gsp_uv;
 
 /* Binds UDP and TCP on addr (same port), drives the core from the loop.
- * Takes ownership of core (freed by gsp_uv_close). 0 or negative errno. */
+ * Takes ownership of core (freed by gsp_uv_close). 0 or negative errno.
+ *
+ * TCP: one request frame and one reply frame per connection (see
+ * gsp_frame). Inbound frames longer than the core's max_stream_bytes are
+ * refused from their length alone; their buffers grow as bytes arrive and
+ * are taken from the memory budget (gsp_uv_set_budget). Inbound and
+ * outbound connections have separate caps (gsp_uv_limits), so a peer
+ * holding every inbound slot never stops our own push-pulls and TCP
+ * probes. An inbound connection is dropped (counted in gsp_uv_stats):
+ *   - at once, if its source address already holds in_per_addr inbound
+ *     connections (loopback sources are not capped per address: every
+ *     local process shares one address; the total cap still holds);
+ *   - when in_max inbound connections are open: of those still reading
+ *     their request, the one that received most of a frame it has not
+ *     finished (the oldest of those alike) makes room for the new one (a
+ *     real peer sends its whole frame at once: a held connection is worth
+ *     least); if every one is already being answered, the new one;
+ *   - when its announced length is 0 or above max_stream_bytes;
+ *   - when no byte arrives for idle_ms, or its request is not complete
+ *     within request_ms (its reply must then be read within request_ms);
+ *   - when the budget refuses its buffer: first inbound connections
+ *     still reading (and older than it) are dropped to give their memory
+ *     back, the one that received most first; if none is left, this one.
+ * An outbound connection needing memory for its reply may likewise drop
+ * inbound ones (never another outbound one). Inbound requests are read at
+ * most in_bytes_per_s, all together (a token bucket): over it, reading
+ * stops until the bucket refills and TCP flow control holds the senders
+ * back, so a flood costs bounded CPU. A connection's first 4 KiB are not
+ * counted, so a TCP probe or a small push-pull is read at once even while
+ * held connections keep the bucket empty. */
 int gsp_uv_start(gsp_uv **out, struct uv_loop_s *loop, gsp_core *core,
                  const gsp_addr *bind_addr);
 gsp_core *gsp_uv_core(gsp_uv *u);
+
+typedef struct gsp_uv_limits {
+    uint32_t in_max;      /* 64: inbound TCP connections at once          */
+    uint32_t in_per_addr; /* 8: inbound connections from one address      */
+    uint32_t out_max;     /* 64: outbound TCP connections at once         */
+    uint32_t idle_ms;     /* 2000: inbound: longest silence mid-request   */
+    uint32_t request_ms;  /* 10000: inbound: the whole request, and again
+                             for our reply to be read                     */
+    bool cap_loopback;    /* false: loopback sources are not capped per
+                             address (true: they are, as any other)      */
+    uint32_t in_bytes_per_s; /* 16 MiB: inbound request bytes read per
+                             second, all connections together (bursts of
+                             a quarter second); over it, reading pauses  */
+} gsp_uv_limits;
+void gsp_uv_limits_default(gsp_uv_limits *l);
+/* Takes effect at once (caps for new connections, timeouts at their next
+ * check). 0 or -EINVAL (a zero field). */
+int gsp_uv_set_limits(gsp_uv *u, const gsp_uv_limits *l);
+/* The memory budget frame buffers are taken from (NULL: unlimited). Not
+ * owned: it must outlive the gsp_uv (until gsp_uv_close's handles are
+ * closed). A connection gives back to the budget it took from. */
+void gsp_uv_set_budget(gsp_uv *u, gsp_budget *b);
+
+typedef struct gsp_uv_stats {
+    uint64_t in_open, out_open;   /* connections open now                */
+    uint64_t in_accepted;         /* inbound connections accepted         */
+    uint64_t in_refused_addr;     /* dropped: over the per-address cap    */
+    uint64_t in_refused_full;     /* dropped: at the cap, none evictable  */
+    uint64_t in_evicted;          /* dropped for a newer connection or to
+                                     free memory for another one          */
+    uint64_t in_timeouts;         /* dropped: idle or too slow            */
+    uint64_t frames_too_big;      /* announced length above the maximum   */
+    uint64_t budget_refused;      /* dropped: the budget had no room left */
+    uint64_t out_refused;         /* outbound refused at its cap          */
+    uint64_t in_throttled;        /* reads paused: over in_bytes_per_s    */
+} gsp_uv_stats;
+void gsp_uv_get_stats(const gsp_uv *u, gsp_uv_stats *out);
 /* Call after mutating the core from outside (set_meta, join, broadcast...)
  * so queued output is flushed and the timer re-armed. */
 void gsp_uv_kick(gsp_uv *u);

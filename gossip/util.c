@@ -24,6 +24,8 @@ const char *gsp_strerror(int err)
         return "packet claims to come from this node's own id";
     case GSP_EREPLAY:
         return "packet replayed or too old";
+    case GSP_EMISDIRECTED:
+        return "packet addressed to another node";
     default:
         break;
     }

@@ -4,17 +4,17 @@
  * UDP datagrams and TCP streams go into the core; the core's output queue
  * is flushed after every event, and one timer is armed at the core's next
  * deadline. TCP frames are a 4-byte big-endian length followed by the
- * sealed bytes; one request and one reply per connection.
+ * sealed bytes (gsp_frame); one request and one reply per connection.
+ * Inbound and outbound connections have their own caps; frame buffers are
+ * taken from the memory budget for unauthenticated input (gossip.h).
  */
 #include "gossip/gossip.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <uv.h>
-
-#define CONN_MAX 128
-#define INBOUND_TIMEOUT_MS 10000
 
 typedef struct conn conn;
 
@@ -27,7 +27,16 @@ struct gsp_uv {
     int open_handles;
     bool closing;
     conn *conns;
-    size_t n_conns;
+    size_t n_conns;          /* structs alive (closing ones included) */
+    size_t n_in, n_out;      /* open, not closing                     */
+    uint64_t serial;
+    gsp_budget *budget;
+    gsp_uv_limits lim;
+    gsp_uv_stats st;
+    /* inbound read rate: a token bucket of bytes (negative: in debt) */
+    int64_t tokens;
+    uint64_t tokens_at;
+    uv_timer_t resume_timer; /* reading again once the bucket refilled */
     uint8_t rbuf[65536];
     bool rbuf_busy;
 };
@@ -40,14 +49,16 @@ struct conn {
     uv_connect_t connect_req;
     uv_write_t write_req;
     int open_handles;
-    bool outbound, reported, closing;
+    bool outbound, reported, closing, replying;
+    bool paused;             /* inbound: not reading, the rate is spent    */
+    size_t unmetered;        /* inbound: first bytes not counted (below)   */
+    uint64_t serial;         /* creation order: the lowest is the oldest */
+    uint64_t start_ms, last_ms;
     uint64_t req_id;
     gsp_addr peer;
-    uint8_t hdr[4];
-    size_t hdr_got;
-    uint8_t *in;
-    size_t in_need, in_got;
-    uint8_t *out; /* length header + frame */
+    gsp_addr local;          /* inbound: the address it arrived on        */
+    gsp_frame fr;            /* the frame being read                      */
+    uint8_t *out;            /* length header + frame being written       */
     size_t out_len;
 };
 
@@ -57,6 +68,17 @@ typedef struct udp_send {
 } udp_send;
 
 static void flush(gsp_uv *u);
+
+void gsp_uv_limits_default(gsp_uv_limits *l)
+{
+    l->in_max = 64;
+    l->in_per_addr = 8;
+    l->out_max = 64;
+    l->idle_ms = 2000;
+    l->request_ms = 10000;
+    l->cap_loopback = false;
+    l->in_bytes_per_s = 16u << 20;
+}
 
 /* ---- address conversion ------------------------------------------------- */
 
@@ -78,6 +100,8 @@ static void to_sockaddr(const gsp_addr *a, struct sockaddr_storage *ss)
 
 static int from_sockaddr(const struct sockaddr *sa, gsp_addr *a)
 {
+    static const uint8_t v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                         0xff, 0xff};
     memset(a, 0, sizeof(*a));
     if (sa->sa_family == AF_INET) {
         const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
@@ -88,12 +112,33 @@ static int from_sockaddr(const struct sockaddr *sa, gsp_addr *a)
     }
     if (sa->sa_family == AF_INET6) {
         const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
-        a->family = 6;
-        memcpy(a->ip, &s6->sin6_addr, 16);
+        const uint8_t *ip = (const uint8_t *)&s6->sin6_addr;
         a->port = ntohs(s6->sin6_port);
+        if (!memcmp(ip, v4mapped, sizeof(v4mapped))) {
+            /* an IPv4 peer on a dual-stack socket: one address, one key */
+            a->family = 4;
+            memcpy(a->ip, ip + 12, 4);
+        } else {
+            a->family = 6;
+            memcpy(a->ip, ip, 16);
+        }
         return 0;
     }
     return -EAFNOSUPPORT;
+}
+
+static bool same_ip(const gsp_addr *a, const gsp_addr *b)
+{
+    return a->family == b->family &&
+           !memcmp(a->ip, b->ip, a->family == 6 ? 16 : 4);
+}
+
+static bool is_loopback(const gsp_addr *a)
+{
+    static const uint8_t v6lo[16] = {0, 0, 0, 0, 0, 0, 0, 0,
+                                     0, 0, 0, 0, 0, 0, 0, 1};
+    if (a->family == 4) return a->ip[0] == 127;
+    return a->family == 6 && !memcmp(a->ip, v6lo, 16);
 }
 
 /* ---- the timer ---------------------------------------------------------- */
@@ -123,7 +168,7 @@ static void conn_free_if_done(conn *c)
     else u->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     u->n_conns--;
-    free(c->in);
+    gsp_frame_free(&c->fr);
     free(c->out);
     free(c);
     if (u->closing && !u->open_handles && !u->conns) {
@@ -139,31 +184,71 @@ static void conn_on_close(uv_handle_t *h)
     conn_free_if_done(c);
 }
 
+/* Closes a connection: its slot and its frame's memory are free at once
+ * (the struct itself once libuv is done with the handles). */
 static void conn_close(conn *c, bool ok)
 {
     if (c->closing) return;
     c->closing = true;
     gsp_uv *u = c->u;
+    if (c->outbound) u->n_out--;
+    else u->n_in--;
     if (c->outbound && !c->reported && !u->closing) {
         c->reported = true;
-        gsp_core_stream_result(u->core, uv_now(u->loop), c->req_id, ok,
-                               ok ? c->in : NULL, ok ? c->in_need : 0);
+        bool done = ok && c->fr.need && c->fr.got == c->fr.need;
+        gsp_core_stream_result(u->core, uv_now(u->loop), c->req_id, done,
+                               done ? c->fr.buf : NULL,
+                               done ? c->fr.need : 0);
     }
+    gsp_frame_free(&c->fr);
     uv_close((uv_handle_t *)&c->tcp, conn_on_close);
     uv_close((uv_handle_t *)&c->timer, conn_on_close);
-    if (!u->closing) {
-        flush(u);
+    if (c->outbound && !u->closing) flush(u);
+}
+
+/* The inbound connection to drop for c: one still reading its request
+ * (not c; older than c when c is inbound; holding memory if need_mem), the
+ * one that received most of a frame it has not finished, the oldest of
+ * those alike. A real peer sends its frame at once, so what a connection
+ * holds unfinished is what it costs and what it is worth least: a flood
+ * of new connections accepted in one go drops the held ones before a
+ * peer's push-pull that is only waiting for its turn to be read. NULL if
+ * there is none. */
+static conn *pick_victim(gsp_uv *u, const conn *c, bool need_mem)
+{
+    conn *best = NULL;
+    for (conn *x = u->conns; x; x = x->next) {
+        if (x == c || x->outbound || x->closing || x->replying) continue;
+        if (c && !c->outbound && x->serial > c->serial) continue;
+        if (need_mem && !x->fr.cap) continue;
+        size_t got = x->fr.hdr_got + x->fr.got;
+        size_t bgot = best ? best->fr.hdr_got + best->fr.got : 0;
+        if (!best || got > bgot || (got == bgot && x->serial < best->serial))
+            best = x;
     }
+    return best;
 }
 
 static void conn_on_timeout(uv_timer_t *t)
 {
-    conn_close(t->data, false);
+    conn *c = t->data;
+    gsp_uv *u = c->u;
+    if (!c->outbound && !c->replying) {
+        uint64_t now = uv_now(u->loop);
+        uint64_t d1 = c->start_ms + u->lim.request_ms;
+        uint64_t d2 = c->last_ms + u->lim.idle_ms;
+        uint64_t d = d1 < d2 ? d1 : d2;
+        if (now < d) { /* bytes arrived meanwhile: not idle yet */
+            uv_timer_start(&c->timer, conn_on_timeout, d - now, 0);
+            return;
+        }
+    }
+    if (!c->outbound) u->st.in_timeouts++;
+    conn_close(c, false);
 }
 
 static conn *conn_new(gsp_uv *u, bool outbound)
 {
-    if (u->n_conns >= CONN_MAX) return NULL;
     conn *c = calloc(1, sizeof(*c));
     if (!c) return NULL;
     c->u = u;
@@ -176,23 +261,119 @@ static conn *conn_new(gsp_uv *u, bool outbound)
     uv_timer_init(u->loop, &c->timer);
     c->timer.data = c;
     c->open_handles = 2;
+    c->serial = ++u->serial;
+    c->start_ms = c->last_ms = uv_now(u->loop);
+    gsp_frame_init(&c->fr, gsp_core_config(u->core)->max_stream_bytes,
+                   u->budget);
     c->next = u->conns;
     if (u->conns) u->conns->prev = c;
     u->conns = c;
     u->n_conns++;
+    if (outbound) u->n_out++;
+    else u->n_in++;
     return c;
+}
+
+/* ---- the inbound read rate ----------------------------------------------- */
+
+/* Burst: a quarter second's worth, at least 64 KiB. */
+static int64_t bucket_max(const gsp_uv *u)
+{
+    int64_t b = (int64_t)u->lim.in_bytes_per_s / 4;
+    return b < 65536 ? 65536 : b;
+}
+
+static void refill(gsp_uv *u)
+{
+    uint64_t now = uv_now(u->loop);
+    if (now > u->tokens_at)
+        u->tokens += (int64_t)((now - u->tokens_at) * u->lim.in_bytes_per_s /
+                               1000);
+    if (u->tokens > bucket_max(u)) u->tokens = bucket_max(u);
+    u->tokens_at = now;
+}
+
+static void on_resume(uv_timer_t *t);
+
+/* Arms the resume timer for when the bucket is out of debt. */
+static void arm_resume(gsp_uv *u)
+{
+    if (u->closing || uv_is_active((uv_handle_t *)&u->resume_timer)) return;
+    uint64_t ms = 1;
+    if (u->tokens < 0)
+        ms = ((uint64_t)-u->tokens * 1000 + u->lim.in_bytes_per_s - 1) /
+             u->lim.in_bytes_per_s;
+    uv_timer_start(&u->resume_timer, on_resume, ms ? ms : 1, 0);
+}
+
+static void conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static void conn_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
+
+static void on_resume(uv_timer_t *t)
+{
+    gsp_uv *u = t->data;
+    refill(u);
+    if (u->tokens <= 0) {
+        arm_resume(u);
+        return;
+    }
+    uint64_t now = uv_now(u->loop);
+    for (conn *c = u->conns; c; c = c->next) {
+        if (!c->paused || c->closing) continue;
+        c->paused = false;
+        c->last_ms = now; /* the pause was ours, not the peer's silence */
+        if (uv_read_start((uv_stream_t *)&c->tcp, conn_alloc, conn_read))
+            conn_close(c, false);
+    }
+}
+
+/* Counts n bytes read on an inbound connection; with pause, stops reading
+ * on it while the bucket is in debt (the kernel's buffers then push back
+ * on the peer). A connection's first UNMETERED bytes are not counted: a
+ * TCP probe or a small push-pull gets through at once even while held
+ * connections keep the bucket empty. */
+#define UNMETERED 4096
+static void spend(conn *c, size_t n, bool pause)
+{
+    gsp_uv *u = c->u;
+    size_t free_part = n < c->unmetered ? n : c->unmetered;
+    c->unmetered -= free_part;
+    n -= free_part;
+    refill(u);
+    u->tokens -= (int64_t)n;
+    if (u->tokens >= 0 || !pause) return;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->paused = true;
+    u->st.in_throttled++;
+    arm_resume(u);
 }
 
 static void conn_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 {
     conn *c = h->data;
-    if (c->hdr_got < 4) {
-        buf->base = (char *)c->hdr + c->hdr_got;
-        buf->len = 4 - c->hdr_got;
-    } else {
-        buf->base = (char *)c->in + c->in_got;
-        buf->len = c->in_need - c->in_got;
+    gsp_uv *u = c->u;
+    uint8_t *p = NULL;
+    size_t room = 0;
+    (void)hint;
+    int rc = gsp_frame_space(&c->fr, &p, &room);
+    while (rc == -ENOBUFS) {
+        /* the budget is spent: older readers give theirs back first */
+        conn *v = pick_victim(u, c, true);
+        if (!v) break;
+        u->st.in_evicted++;
+        conn_close(v, false);
+        rc = gsp_frame_space(&c->fr, &p, &room);
     }
+    if (rc) {
+        if (rc == -ENOBUFS) u->st.budget_refused++;
+        buf->base = NULL;
+        buf->len = 0; /* libuv reports UV_ENOBUFS: conn_read closes */
+        return;
+    }
+    buf->base = (char *)p;
+    /* at most 64 KiB a read: connections take turns, and a read over the
+     * rate overshoots it by little */
+    buf->len = room < 65536 ? room : 65536;
 }
 
 static void on_written(uv_write_t *req, int status);
@@ -207,8 +388,10 @@ static void conn_frame_done(conn *c)
     }
     uint8_t *reply = NULL;
     size_t rlen = 0;
-    gsp_core_stream_request(u->core, uv_now(u->loop), &c->peer, c->in,
-                            c->in_need, &reply, &rlen);
+    gsp_core_stream_request(u->core, uv_now(u->loop), &c->peer,
+                            c->local.family ? &c->local : NULL, c->fr.buf,
+                            c->fr.need, &reply, &rlen);
+    gsp_frame_free(&c->fr); /* opened (or refused): the budget's again */
     flush(u);
     if (!reply) {
         conn_close(c, true);
@@ -227,6 +410,8 @@ static void conn_frame_done(conn *c)
     memcpy(c->out + 4, reply, rlen);
     free(reply);
     c->out_len = rlen + 4;
+    c->replying = true;
+    uv_timer_start(&c->timer, conn_on_timeout, u->lim.request_ms, 0);
     uv_buf_t b = uv_buf_init((char *)c->out, (unsigned)c->out_len);
     if (uv_write(&c->write_req, (uv_stream_t *)&c->tcp, &b, 1, on_written))
         conn_close(c, false);
@@ -235,38 +420,30 @@ static void conn_frame_done(conn *c)
 static void conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     conn *c = s->data;
+    (void)buf;
+    if (c->closing) return;
     if (nread < 0) {
         conn_close(c, false);
         return;
     }
     if (nread == 0) return;
-    if (c->hdr_got < 4) {
-        c->hdr_got += (size_t)nread;
-        if (c->hdr_got < 4) return;
-        size_t len = ((size_t)c->hdr[0] << 24) | ((size_t)c->hdr[1] << 16) |
-                     ((size_t)c->hdr[2] << 8) | c->hdr[3];
-        /* bound before allocating: a stream frame is at most the core's
-         * configured maximum (4 MiB by default) */
-        if (len == 0 || len > (64u << 20)) {
-            conn_close(c, false);
-            return;
-        }
-        c->in = malloc(len);
-        if (!c->in) {
-            conn_close(c, false);
-            return;
-        }
-        c->in_need = len;
-        c->in_got = 0;
-        return;
+    c->last_ms = uv_now(c->u->loop);
+    int rc = gsp_frame_commit(&c->fr, (size_t)nread);
+    if (rc == 1) {
+        if (!c->outbound) spend(c, (size_t)nread, false);
+        conn_frame_done(c);
+    } else if (rc < 0) {
+        if (rc == GSP_ETOOBIG) c->u->st.frames_too_big++;
+        conn_close(c, false);
+    } else if (!c->outbound) {
+        spend(c, (size_t)nread, true);
     }
-    c->in_got += (size_t)nread;
-    if (c->in_got == c->in_need) conn_frame_done(c);
 }
 
 static void on_written(uv_write_t *req, int status)
 {
     conn *c = req->data;
+    if (c->closing) return;
     if (status < 0) {
         conn_close(c, false);
         return;
@@ -294,8 +471,9 @@ static void on_connect(uv_connect_t *req, int status)
 
 static void start_stream(gsp_uv *u, gsp_out *o)
 {
-    conn *c = conn_new(u, true);
+    conn *c = u->n_out < u->lim.out_max ? conn_new(u, true) : NULL;
     if (!c) {
+        if (u->n_out >= u->lim.out_max) u->st.out_refused++;
         free(o->data);
         gsp_core_stream_result(u->core, uv_now(u->loop), o->req_id, false,
                                NULL, 0);
@@ -326,13 +504,23 @@ static void start_stream(gsp_uv *u, gsp_out *o)
         conn_close(c, false);
 }
 
+/* Inbound connections from the same IP as c, c not counted. */
+static size_t from_same_ip(const gsp_uv *u, const conn *c)
+{
+    size_t n = 0;
+    for (const conn *x = u->conns; x; x = x->next)
+        if (x != c && !x->outbound && !x->closing && same_ip(&x->peer, &c->peer))
+            n++;
+    return n;
+}
+
 static void on_accept(uv_stream_t *server, int status)
 {
     gsp_uv *u = server->data;
     if (status < 0) return;
     conn *c = conn_new(u, false);
     if (!c) {
-        /* over the cap: accept and drop at once */
+        /* out of memory: accept and drop at once */
         uv_tcp_t *tmp = malloc(sizeof(*tmp));
         if (tmp && uv_tcp_init(u->loop, tmp) == 0) {
             if (uv_accept(server, (uv_stream_t *)tmp) == 0) {}
@@ -346,12 +534,37 @@ static void on_accept(uv_stream_t *server, int status)
         conn_close(c, false);
         return;
     }
+    u->st.in_accepted++;
     struct sockaddr_storage ss;
     int len = sizeof(ss);
     if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0)
         from_sockaddr((struct sockaddr *)&ss, &c->peer);
+    len = sizeof(ss);
+    if (uv_tcp_getsockname(&c->tcp, (struct sockaddr *)&ss, &len) == 0)
+        from_sockaddr((struct sockaddr *)&ss, &c->local);
+    /* per address first: a capped address must not evict anyone */
+    if ((u->lim.cap_loopback || !is_loopback(&c->peer)) &&
+        from_same_ip(u, c) >= u->lim.in_per_addr) {
+        u->st.in_refused_addr++;
+        conn_close(c, false);
+        return;
+    }
+    if (u->n_in > u->lim.in_max) {
+        conn *v = pick_victim(u, c, false);
+        if (!v) {
+            u->st.in_refused_full++;
+            conn_close(c, false);
+            return;
+        }
+        u->st.in_evicted++;
+        conn_close(v, false);
+    }
     c->write_req.data = c;
-    uv_timer_start(&c->timer, conn_on_timeout, INBOUND_TIMEOUT_MS, 0);
+    c->unmetered = UNMETERED;
+    uv_timer_start(&c->timer, conn_on_timeout,
+                   u->lim.idle_ms < u->lim.request_ms ? u->lim.idle_ms
+                                                      : u->lim.request_ms,
+                   0);
     if (uv_read_start((uv_stream_t *)&c->tcp, conn_alloc, conn_read))
         conn_close(c, false);
 }
@@ -433,6 +646,7 @@ int gsp_uv_start(gsp_uv **out, uv_loop_t *loop, gsp_core *core,
     if (!u) return -ENOMEM;
     u->loop = loop;
     u->core = core;
+    gsp_uv_limits_default(&u->lim);
     struct sockaddr_storage ss;
     to_sockaddr(bind_addr, &ss);
     int rc;
@@ -448,9 +662,17 @@ int gsp_uv_start(gsp_uv **out, uv_loop_t *loop, gsp_core *core,
     uv_timer_init(loop, &u->timer);
     u->timer.data = u;
     u->open_handles++;
+    uv_timer_init(loop, &u->resume_timer);
+    u->resume_timer.data = u;
+    u->open_handles++;
+    u->tokens = bucket_max(u);
+    u->tokens_at = uv_now(loop);
     if ((rc = uv_udp_bind(&u->udp, (struct sockaddr *)&ss, 0)) ||
         (rc = uv_tcp_bind(&u->listener, (struct sockaddr *)&ss, 0)) ||
-        (rc = uv_listen((uv_stream_t *)&u->listener, 128, on_accept)) ||
+        /* the kernel's whole accept queue: a peer's connection is not
+         * refused while a flood of others waits to be accepted (and
+         * dropped) */
+        (rc = uv_listen((uv_stream_t *)&u->listener, SOMAXCONN, on_accept)) ||
         (rc = uv_udp_recv_start(&u->udp, udp_alloc, udp_recv))) {
         u->core = NULL; /* the caller keeps the core on failure */
         gsp_uv_close(u);
@@ -464,6 +686,28 @@ int gsp_uv_start(gsp_uv **out, uv_loop_t *loop, gsp_core *core,
 gsp_core *gsp_uv_core(gsp_uv *u)
 {
     return u->core;
+}
+
+int gsp_uv_set_limits(gsp_uv *u, const gsp_uv_limits *l)
+{
+    if (!l->in_max || !l->in_per_addr || !l->out_max || !l->idle_ms ||
+        !l->request_ms || !l->in_bytes_per_s)
+        return -EINVAL;
+    u->lim = *l;
+    refill(u); /* a smaller burst applies at once */
+    return 0;
+}
+
+void gsp_uv_set_budget(gsp_uv *u, gsp_budget *b)
+{
+    u->budget = b;
+}
+
+void gsp_uv_get_stats(const gsp_uv *u, gsp_uv_stats *out)
+{
+    *out = u->st;
+    out->in_open = u->n_in;
+    out->out_open = u->n_out;
 }
 
 void gsp_uv_kick(gsp_uv *u)
@@ -498,4 +742,5 @@ void gsp_uv_close(gsp_uv *u)
     uv_close((uv_handle_t *)&u->udp, main_on_close);
     uv_close((uv_handle_t *)&u->listener, main_on_close);
     uv_close((uv_handle_t *)&u->timer, main_on_close);
+    uv_close((uv_handle_t *)&u->resume_timer, main_on_close);
 }

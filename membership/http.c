@@ -740,7 +740,9 @@ static void page_metrics(pmm_buf *b, const pmm_http_view *v)
     m_head(b, "pmgcm_gossip_packets_dropped_total", "counter",
            "Gossip input dropped unparsed, by reason; decrypt: no key of "
            "the keyring opens it (wrong key or label, tampered, garbage); "
-           "replay: seen before or too old (a replayed packet).");
+           "replay: seen before or too old (a replayed packet); "
+           "misdirected: addressed to another node (a packet recorded on "
+           "its way elsewhere).");
     m_val(b, "pmgcm_gossip_packets_dropped_total", "reason=\"decrypt\"",
           g->drop_decrypt);
     m_val(b, "pmgcm_gossip_packets_dropped_total", "reason=\"decode\"",
@@ -753,6 +755,11 @@ static void page_metrics(pmm_buf *b, const pmm_http_view *v)
           g->drop_other);
     m_val(b, "pmgcm_gossip_packets_dropped_total", "reason=\"replay\"",
           g->drop_replay);
+    m_val(b, "pmgcm_gossip_packets_dropped_total", "reason=\"misdirected\"",
+          g->drop_misdirected);
+    m_one(b, "pmgcm_gossip_acks_ignored_total", "counter",
+          "Acks and nacks from a node that was neither probed nor asked to "
+          "relay (ignored).", g->acks_ignored);
     m_one(b, "pmgcm_gossip_updates_sent_total", "counter",
           "Membership updates piggybacked on gossip packets.",
           g->updates_sent);

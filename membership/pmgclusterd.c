@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
@@ -775,7 +776,7 @@ static int status_json(node *n, pmm_buf *reply)
                        "\"drop_toobig\":%llu,\"drop_replay\":%llu,"
                        "\"probes\":%llu,"
                        "\"suspicions\":%llu,\"refutations\":%llu,"
-                       "\"health\":%u}",
+                       "\"health\":%u",
                        (unsigned long long)st.udp_in,
                        (unsigned long long)st.udp_out,
                        (unsigned long long)st.drop_decrypt,
@@ -786,6 +787,44 @@ static int status_json(node *n, pmm_buf *reply)
                        (unsigned long long)st.suspicions,
                        (unsigned long long)st.refutations,
                        gsp_core_health(core));
+        /* the TCP side and the memory budget */
+        gsp_uv_stats us;
+        gsp_budget_stats bs;
+        gsp_uv_get_stats(n->u, &us);
+        gsp_budget_get(n->budget, &bs);
+        pmm_buf_printf(reply, ",\"drop_misdirected\":%llu,"
+                       "\"acks_ignored\":%llu,\"deaths_declared\":%llu,"
+                       "\"streams_in\":%llu,\"streams_out\":%llu,"
+                       "\"stream_failures\":%llu,"
+                       "\"tcp_in_open\":%llu,\"tcp_out_open\":%llu,"
+                       "\"tcp_in_accepted\":%llu,"
+                       "\"tcp_in_refused_addr\":%llu,"
+                       "\"tcp_in_refused_full\":%llu,"
+                       "\"tcp_in_evicted\":%llu,\"tcp_in_timeouts\":%llu,"
+                       "\"tcp_frames_too_big\":%llu,"
+                       "\"tcp_budget_refused\":%llu,"
+                       "\"tcp_out_refused\":%llu,"
+                       "\"tcp_in_throttled\":%llu,"
+                       "\"budget_limit\":%zu,\"budget_used\":%zu,"
+                       "\"budget_peak\":%zu,\"budget_refused\":%llu}",
+                       (unsigned long long)st.drop_misdirected,
+                       (unsigned long long)st.acks_ignored,
+                       (unsigned long long)st.deaths_declared,
+                       (unsigned long long)st.streams_in,
+                       (unsigned long long)st.streams_out,
+                       (unsigned long long)st.stream_failures,
+                       (unsigned long long)us.in_open,
+                       (unsigned long long)us.out_open,
+                       (unsigned long long)us.in_accepted,
+                       (unsigned long long)us.in_refused_addr,
+                       (unsigned long long)us.in_refused_full,
+                       (unsigned long long)us.in_evicted,
+                       (unsigned long long)us.in_timeouts,
+                       (unsigned long long)us.frames_too_big,
+                       (unsigned long long)us.budget_refused,
+                       (unsigned long long)us.out_refused,
+                       (unsigned long long)us.in_throttled, bs.limit, bs.used,
+                       bs.peak, (unsigned long long)bs.refused);
     }
     if (n->lc != NULL) {
         pmm_buf_puts(reply, ",\"fingerprint\":");
@@ -1677,9 +1716,8 @@ static int node_start(node *n)
         gsp_core_free(core);
         return rc;
     }
-    /* HOOK (issue 13, gossip part): gossip TCP frames are to take their
-     * buffers from the same budget, n->budget, once the gossip adapter
-     * takes one (gsp_uv_set_budget(n->u, n->budget)). */
+    /* gossip TCP frames take their buffers from the same budget */
+    gsp_uv_set_budget(n->u, n->budget);
 
     /* control socket */
     rc = pmm_ctl_start(&n->ctl, &n->loop, n->cfg.control_socket, ctl_handler,
@@ -1787,6 +1825,14 @@ int main(int argc, char **argv)
     char err[768];
     node *n;
     int c, rc, exit_code = 0;
+
+    /* Blocks of 64 KiB and more are mapped and unmapped on their own
+     * (glibc would otherwise raise this threshold as they are freed and
+     * serve them from the heap): what a dropped connection held goes back
+     * to the kernel, and a growing frame buffer is moved by mremap, not
+     * copied, so the RSS follows the memory budget for unauthenticated
+     * input instead of the heap's high-water mark. */
+    mallopt(M_MMAP_THRESHOLD, 64 * 1024);
 
     while ((c = getopt_long(argc, argv, "c:fVh", opts, NULL)) != -1) {
         switch (c) {

@@ -118,8 +118,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         case FZ_G_STREAM_SEALED: {
             uint8_t *reply = NULL;
             size_t reply_len = 0;
-            gsp_core_stream_request(c, now, &from, in, in_len, &reply,
-                                    &reply_len);
+            gsp_core_stream_request(c, now, &from, &addr, in, in_len,
+                                    &reply, &reply_len);
             if (reply_len && !reply) abort();
             free(reply);
             break;

@@ -78,6 +78,46 @@ static void fr_start(frames *f, uint8_t mode)
     fr_raw(f, &mode, 1);
 }
 
+/* ---- frame (the TCP frame reader) ------------------------------------------- */
+/* Input: [max index][budget index] then frames = the pieces read. */
+static void frame_seed(const char *name, uint8_t max_i, uint8_t budget_i,
+                       uint32_t len, size_t body, size_t piece, bool hdr_bytes)
+{
+    frames f = {0};
+    uint8_t mode[2] = {max_i, budget_i};
+    f.len = 0;
+    fr_raw(&f, mode, 2);
+    uint8_t h[4] = {(uint8_t)(len >> 24), (uint8_t)(len >> 16),
+                    (uint8_t)(len >> 8), (uint8_t)len};
+    if (hdr_bytes) {
+        for (int i = 0; i < 4; i++) fr_add(&f, h + i, 1);
+    } else {
+        fr_add(&f, h, 4);
+    }
+    uint8_t *d = malloc(piece ? piece : 1);
+    if (!d) abort();
+    for (size_t off = 0; off < body; off += piece) {
+        size_t k = body - off < piece ? body - off : piece;
+        for (size_t i = 0; i < k; i++) d[i] = (uint8_t)(off + i);
+        fr_add(&f, d, k);
+    }
+    free(d);
+    put("frame", name, f.p, f.len);
+    free(f.p);
+}
+
+static void frame_seeds(void)
+{
+    /* max: 1, 100, 70000, 4 MiB; budget: 4096, 20000, 300000, 64 MiB */
+    frame_seed("whole-50", 1, 1, 50, 50, 50, false);
+    frame_seed("header-bytes-pieces", 2, 2, 9000, 9000, 333, true);
+    frame_seed("too-long", 1, 1, 101, 0, 1, false);
+    frame_seed("zero", 2, 2, 0, 0, 1, false);
+    frame_seed("budget-runs-out", 2, 0, 60000, 10000, 1000, false);
+    frame_seed("short-of-announced", 3, 3, 4u << 20, 20000, 4096, false);
+    frame_seed("grows-150k", 3, 3, 150000, 150000, 65535, false);
+}
+
 /* ---- gossip ------------------------------------------------------------------ */
 #define MAXPK 256
 typedef struct pk {
@@ -149,7 +189,8 @@ static void pump(node *nodes, size_t nn, uint64_t now, node *P, node *S)
                             keep(&stream_ping, o.data, o.len);
                     }
                     gsp_core_stream_request(to->c, now, &nodes[i].addr,
-                                            o.data, o.len, &reply, &rl);
+                                            &to->addr, o.data, o.len, &reply,
+                                            &rl);
                     if (&nodes[i] == S && to == P && reply && !stream_reply.d)
                         keep(&stream_reply, reply, rl);
                     gsp_core_stream_result(nodes[i].c, now, o.req_id,
@@ -832,6 +873,7 @@ int main(int argc, char **argv)
         return 1;
     }
     gossip_seeds();
+    frame_seeds();
     cluster_seeds();
     store_seeds();
     config_seeds();

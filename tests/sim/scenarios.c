@@ -1038,21 +1038,113 @@ static void sc_determinism(scen_ctx *x)
     x->virt_ms += a.virt_ms + b2.virt_ms + c.virt_ms;
 }
 
+/* A wiretapper records sealed datagrams on their way to node O and sends
+ * them to other nodes instead (each knows every sender and has never seen
+ * these packets, so a per-sender replay window alone would take them):
+ * every one is dropped as addressed to another node (drop_misdirected,
+ * exactly one per packet), nothing changes in the victims' views, no
+ * genuine packet is ever taken for misdirected; the same bytes at O are
+ * plain replays. */
+static uint64_t misdirected_at(sim *s, size_t i)
+{
+    gsp_stats st;
+    gsp_core_stats(sim_core(s, i), &st);
+    return st.drop_misdirected;
+}
+
+static void sc_replay_cross(scen_ctx *x)
+{
+    size_t n = x->nodes;
+    sim_opts o;
+    opts_for(x, &o, n);
+    o.keyring = true;
+    sim *s = boot(x, &o, n);
+    if (!s) return;
+    size_t O = 2;
+    size_t victims[3] = {5 % n, 9 % n, 13 % n};
+    sim_run_for(s, 5000);
+    uint64_t base = sim_stats_sum(s, offsetof(gsp_stats, drop_misdirected));
+
+    static tap_ctx t; /* large: not on the stack */
+    memset(&t, 0, sizeof(t));
+    t.dst = O;
+    t.from = 7 % n;
+    sim_on_udp(s, tap_fn, &t);
+    sim_run_until_cond(s, sim_now_ms(s) + 60000, 10, c_tapped, &t);
+    sim_on_udp(s, NULL, NULL);
+    sim_run_for(s, 5);
+    EXPECT(x, t.n >= 10, "only %zu datagrams to node %zu in 60 s", t.n, O);
+
+    uint64_t injected = 0;
+    for (size_t v = 0; v < 3; v++) {
+        size_t P = victims[v];
+        view_snap before = {0}, after = {0};
+        sim_counters c0, c1;
+        gsp_core_foreach(sim_core(s, P), snap_one, &before);
+        sim_get_counters(s, &c0);
+        uint64_t m0 = misdirected_at(s, P), r0 = replays_at(s, P);
+        uint64_t sent = 0;
+        for (size_t i = 0; i < t.n; i++) {
+            if (t.p[i].src == P) continue; /* its own: dropped as self */
+            sim_inject_udp(s, P, t.p[i].src, t.p[i].data, t.p[i].len);
+            sent++;
+        }
+        sim_run_for(s, 1);
+        gsp_core_foreach(sim_core(s, P), snap_one, &after);
+        sim_get_counters(s, &c1);
+        uint64_t dropped = misdirected_at(s, P) - m0;
+        EXPECT(x, dropped == sent, "%llu datagrams for node %zu sent to node "
+                                   "%zu: %llu dropped as misdirected",
+               (unsigned long long)sent, O, P, (unsigned long long)dropped);
+        EXPECT(x, replays_at(s, P) == r0, "node %zu counted them as replays "
+                                          "(the receiver check comes first)",
+               P);
+        EXPECT(x, snap_same(&before, &after) && c1.changes == c0.changes,
+               "datagrams for node %zu changed node %zu's view", O, P);
+        injected += sent;
+    }
+    /* at O itself the same bytes are replays */
+    bool same;
+    uint64_t rep = replay_all(s, &t, &same);
+    EXPECT(x, rep == t.n && same, "at node %zu: %llu of %zu dropped as "
+                                  "replays, view unchanged: %s",
+           O, (unsigned long long)rep, t.n, same ? "yes" : "no");
+    sim_run_for(s, 10000);
+    EXPECT(x, sim_converged(s), "not converged 10 s later");
+    uint64_t all = sim_stats_sum(s, offsetof(gsp_stats, drop_misdirected)) -
+                   base;
+    EXPECT(x, all == injected, "%llu misdirected drops for %llu injected "
+                               "(genuine traffic dropped)",
+           (unsigned long long)all, (unsigned long long)injected);
+    scen_note(x, "%zu datagrams recorded on their way to node %zu, sent to 3 "
+                 "other nodes: %llu of %llu dropped as misdirected, views "
+                 "unchanged; sent to node %zu: %llu replays",
+              t.n, O, (unsigned long long)all, (unsigned long long)injected,
+              O, (unsigned long long)rep);
+    tap_free(&t);
+    finish(x, s);
+}
+
 /* ---- regressions: core bugs the simulator found ----------------------------- */
 
-/* A plaintext datagram from `from` carrying "subj:suspect(inc by by)". */
-static size_t craft_suspect(sim *s, size_t from, size_t subj, gsp_inc inc,
-                            size_t by, uint8_t *buf, size_t cap)
+/* A plaintext datagram from `from` to `to` carrying "subj:suspect(inc by
+ * by)". */
+static size_t craft_suspect(sim *s, size_t from, size_t to, size_t subj,
+                            gsp_inc inc, size_t by, uint8_t *buf, size_t cap)
 {
     Pmgcm__Gossip__Packet p = PMGCM__GOSSIP__PACKET__INIT;
     Pmgcm__Gossip__Member m = PMGCM__GOSSIP__MEMBER__INIT;
     Pmgcm__Gossip__Member *mp = &m;
-    gsp_id fid, sid, bid;
+    gsp_id fid, tid, sid, bid;
     sim_id(s, from, &fid);
+    sim_id(s, to, &tid);
     sim_id(s, subj, &sid);
     sim_id(s, by, &bid);
     p.from.data = fid.b;
     p.from.len = GSP_ID_LEN;
+    p.has_to = 1;
+    p.to.data = tid.b;
+    p.to.len = GSP_ID_LEN;
     m.id.data = sid.b;
     m.id.len = GSP_ID_LEN;
     m.state = GSP_SUSPECT;
@@ -1092,7 +1184,7 @@ static void sc_reg_newer_suspect(scen_ctx *x)
     uint8_t buf[256];
     for (size_t i = 0; i < n; i++)
         if (i != O) sim_cut(s, O, i, true);
-    size_t len = craft_suspect(s, X, V, inc, X, buf, sizeof(buf));
+    size_t len = craft_suspect(s, X, O, V, inc, X, buf, sizeof(buf));
     sim_inject_udp(s, O, X, buf, len);
     sim_run_for(s, 5000);
     for (size_t i = 0; i < n; i++)
@@ -1100,7 +1192,7 @@ static void sc_reg_newer_suspect(scen_ctx *x)
     EXPECT(x, sim_first_mark(s, V, GSP_DEAD) == UINT64_MAX,
            "V declared dead before the second suspicion");
     gsp_inc newer = {inc.gen, inc.ver + 1};
-    len = craft_suspect(s, Y, V, newer, Y, buf, sizeof(buf));
+    len = craft_suspect(s, Y, O, V, newer, Y, buf, sizeof(buf));
     uint64_t t1 = sim_now_ms(s);
     sim_inject_udp(s, O, Y, buf, len);
     sim_run_for(s, 30000);
@@ -1141,9 +1233,10 @@ static void sc_reg_suspect_sender(scen_ctx *x)
     for (size_t i = 0; i < n; i++)
         if (i != O) sim_cut(s, i, O, true);
     /* V refutes; the refutation reaches everyone but O */
-    size_t len = craft_suspect(s, X, V, inc, X, buf, sizeof(buf));
+    size_t len = craft_suspect(s, X, V, V, inc, X, buf, sizeof(buf));
     sim_inject_udp(s, V, X, buf, len);
     sim_run_for(s, 3000);
+    len = craft_suspect(s, X, O, V, inc, X, buf, sizeof(buf));
     sim_inject_udp(s, O, X, buf, len); /* O gets the old suspicion */
     sim_run_for(s, 3000);
     EXPECT(x, gsp_core_get(sim_core(s, O), &vid, &m) == 0 &&
@@ -1154,8 +1247,13 @@ static void sc_reg_suspect_sender(scen_ctx *x)
         if (i != O) sim_cut(s, i, O, false);
     /* one ordinary packet from V to O: no records at all */
     Pmgcm__Gossip__Packet p = PMGCM__GOSSIP__PACKET__INIT;
+    gsp_id oid;
+    sim_id(s, O, &oid);
     p.from.data = vid.b;
     p.from.len = GSP_ID_LEN;
+    p.has_to = 1;
+    p.to.data = oid.b;
+    p.to.len = GSP_ID_LEN;
     len = pmgcm__gossip__packet__pack(&p, buf);
     uint64_t t0 = sim_now_ms(s);
     sim_inject_udp(s, O, V, buf, len);
@@ -1274,6 +1372,10 @@ const scenario sim_scenarios[] = {
      "recorded sealed datagrams sent again (at once, 30 s later, after their "
      "sender restarted) are all dropped, nothing changes; the restart is "
      "accepted at once"},
+    {"replay-cross", sc_replay_cross, 20, 20, 1,
+     "datagrams recorded on their way to one node and sent to three others "
+     "are all dropped as addressed to another node, nothing changes; at "
+     "their receiver they are replays"},
     {"addr-change", sc_addr_change, 100, 100, 1,
      "a node restarted on a new IP with the same id is alive at the new address "
      "everywhere within a bound"},

@@ -837,8 +837,10 @@ static void deliver(sim *s, ev *e)
         uint8_t *reply = NULL;
         size_t rlen = 0;
         stream_rec *st = e->st;
-        if (gsp_core_stream_request(b->core, ms, &e->from, e->data, e->len,
-                                    &reply, &rlen) < 0)
+        gsp_addr local; /* the address the connection arrived on */
+        sim_addr(s, b->idx, &local);
+        if (gsp_core_stream_request(b->core, ms, &e->from, &local, e->data,
+                                    e->len, &reply, &rlen) < 0)
             s->c.stream_request_errors++;
         after_call(s, b);
         size_t a = st->src;

@@ -44,17 +44,25 @@ static uint8_t KEY1[GSP_KEY_LEN], KEY2[GSP_KEY_LEN];
 #define TAP_MAX 64
 typedef struct tapped {
     gsp_out_kind kind;
+    int src, dst;
     uint8_t *data;
     size_t len;
 } tapped;
 static int TAP_SRC = -1, TAP_DST = -1;
+static bool TAP_ALL; /* every datagram of every node (ack tests) */
 static tapped TAPQ[TAP_MAX];
 static int TAPN;
+static uint32_t INDIRECT; /* indirect_checks for new nodes (0: default) */
 
 static void tap(int src, int dst, const gsp_out *o)
 {
-    if (src != TAP_SRC || dst != TAP_DST || TAPN >= TAP_MAX) return;
+    if (TAPN >= TAP_MAX) return;
+    if (TAP_ALL ? o->kind != GSP_OUT_UDP
+                : src != TAP_SRC || dst != TAP_DST)
+        return;
     TAPQ[TAPN].kind = o->kind;
+    TAPQ[TAPN].src = src;
+    TAPQ[TAPN].dst = dst;
     TAPQ[TAPN].data = malloc(o->len);
     if (!TAPQ[TAPN].data) abort();
     memcpy(TAPQ[TAPN].data, o->data, o->len);
@@ -67,6 +75,7 @@ static void tap_reset(int src, int dst)
     TAPN = 0;
     TAP_SRC = src;
     TAP_DST = dst;
+    TAP_ALL = false;
 }
 
 static void on_change(void *ud, const gsp_member *m, gsp_state old, bool is_new)
@@ -85,6 +94,7 @@ static void node_start(int i, uint64_t gen)
 {
     gsp_config cfg;
     gsp_config_default(&cfg);
+    if (INDIRECT) cfg.indirect_checks = INDIRECT;
     gsp_callbacks cb = {.ud = &T[i], .member_changed = on_change};
     char name[16];
     snprintf(name, sizeof(name), "n%d", i);
@@ -149,8 +159,9 @@ static void pump(void)
                 uint8_t *r = NULL;
                 size_t rl = 0;
                 if (reach)
-                    gsp_core_stream_request(T[d].c, NOW, &T[i].addr, o.data,
-                                            o.len, &r, &rl);
+                    gsp_core_stream_request(T[d].c, NOW, &T[i].addr,
+                                            &T[d].addr, o.data, o.len, &r,
+                                            &rl);
                 gsp_core_stream_result(T[i].c, NOW, o.req_id,
                                        reach && r != NULL, r, rl);
                 free(r);
@@ -639,7 +650,7 @@ static void test_bad_input_dropped_and_counted(void)
         for (size_t k = 0; k < l; k++) junk[k] = (uint8_t)xr();
         REQUIRE(gsp_seal(right, junk, l, buf, sizeof(buf), &sl) == 0);
         int rc = gsp_core_recv(c, NOW, &T[1].addr, buf, sl);
-        CHECK(rc == GSP_EDECODE || rc == 0);
+        CHECK(rc == GSP_EDECODE || rc == GSP_EMISDIRECTED || rc == 0);
         decode_bad += rc == GSP_EDECODE;
     }
     CHECK(decode_bad > 1500);
@@ -654,8 +665,8 @@ static void test_bad_input_dropped_and_counted(void)
     /* a bad stream frame */
     uint8_t *rep = (uint8_t *)1;
     size_t rl = 1;
-    CHECK(gsp_core_stream_request(c, NOW, &T[1].addr, good, glen - 1, &rep,
-                                  &rl) == GSP_EDECRYPT);
+    CHECK(gsp_core_stream_request(c, NOW, &T[1].addr, NULL, good, glen - 1,
+                                  &rep, &rl) == GSP_EDECRYPT);
     CHECK(rep == NULL && rl == 0);
 
     gsp_core_stats(c, &s1);
@@ -778,8 +789,9 @@ static void test_replayed_stream_dropped(void)
     size_t rl = 1;
     uint64_t r0 = replays(0);
     CHECK_EQ_INT(gsp_core_stream_request(T[0].c, NOW, &T[1].addr,
-                                         TAPQ[k].data, TAPQ[k].len, &rep,
-                                         &rl), GSP_EREPLAY);
+                                         &T[0].addr, TAPQ[k].data,
+                                         TAPQ[k].len, &rep, &rl),
+                 GSP_EREPLAY);
     CHECK(rep == NULL && rl == 0);
     CHECK_EQ_INT(replays(0) - r0, 1);
     /* genuine stream traffic still flows */
@@ -857,6 +869,326 @@ static void test_generation_gone_backwards_recovers(void)
     net_free();
 }
 
+
+/* ---- receiver binding ------------------------------------------------------- */
+
+static uint64_t misdirected(int i)
+{
+    gsp_stats st;
+    gsp_core_stats(T[i].c, &st);
+    return st.drop_misdirected;
+}
+
+static void test_cross_receiver_replay_dropped(void)
+{
+    /* datagrams node 1 sent node 0, recorded and sent to node 2 (which
+     * knows node 1 and has never seen them): dropped as addressed to
+     * another node, counted, nothing changes; then the same at node 0
+     * itself is an ordinary replay */
+    net_init(3, true);
+    join_all();
+    REQUIRE(run_until_all_alive(5000) >= 0);
+    for (int i = 0; i < 200; i++) step();
+    tap_reset(1, 0);
+    while (TAPN < 6) step();
+    for (int i = 0; i < 4; i++) step();
+    TAP_SRC = -1;
+    int n = 0;
+    for (int k = 0; k < TAPN; k++) n += TAPQ[k].kind == GSP_OUT_UDP;
+    REQUIRE(n >= 3);
+    snap before = {0}, after = {0};
+    gsp_core_foreach(T[2].c, snap_fn, &before);
+    int changes = T[2].changes;
+    uint64_t m0 = misdirected(2), r0 = replays(2);
+    for (int k = 0; k < TAPN; k++) {
+        if (TAPQ[k].kind != GSP_OUT_UDP) continue;
+        CHECK_EQ_INT(gsp_core_recv(T[2].c, NOW, &T[1].addr, TAPQ[k].data,
+                                   TAPQ[k].len), GSP_EMISDIRECTED);
+    }
+    CHECK_EQ_INT(misdirected(2) - m0, n);
+    CHECK_EQ_INT(replays(2), r0); /* never reached the replay window */
+    gsp_core_foreach(T[2].c, snap_fn, &after);
+    CHECK(snap_eq(&before, &after));
+    CHECK_EQ_INT(T[2].changes, changes);
+    /* where they were sent, they are plain replays */
+    int k = tapped_next(GSP_OUT_UDP, 0);
+    CHECK_EQ_INT(gsp_core_recv(T[0].c, NOW, &T[1].addr, TAPQ[k].data,
+                               TAPQ[k].len), GSP_EREPLAY);
+    /* genuine traffic was never taken for misdirected */
+    for (int i = 0; i < 400; i++) step();
+    CHECK_EQ_INT(misdirected(0), 0);
+    CHECK_EQ_INT(misdirected(1), 0);
+    CHECK_EQ_INT(misdirected(2) - m0, n);
+    CHECK(all_alive());
+    tap_reset(-1, -1);
+    net_free();
+}
+
+/* Takes node i's next stream request off its queue (not delivered). */
+static bool pop_stream(int i, gsp_out *o)
+{
+    gsp_out x;
+    bool got = false;
+    while (gsp_core_pop_out(T[i].c, &x)) {
+        if (!got && x.kind == GSP_OUT_STREAM) {
+            *o = x;
+            got = true;
+        } else {
+            free(x.data);
+        }
+    }
+    return got;
+}
+
+static void test_cross_receiver_stream_dropped(void)
+{
+    /* TCP frames: a join push-pull node 1 sent node 0's address, and node
+     * 0's reply to node 1, recorded and used elsewhere */
+    net_init(4, true);
+    join_all();
+    REQUIRE(run_until_all_alive(5000) >= 0);
+    for (int i = 0; i < 200; i++) step();
+    gsp_out req, req2;
+    REQUIRE(gsp_core_join(T[1].c, NOW, &T[0].addr, 1) == 0);
+    REQUIRE(pop_stream(1, &req));
+    /* node 2 is not at the address it was sent to: dropped, no reply */
+    uint8_t *rep = (uint8_t *)1;
+    size_t rl = 1;
+    uint64_t m0 = misdirected(2);
+    CHECK_EQ_INT(gsp_core_stream_request(T[2].c, NOW, &T[1].addr, &T[2].addr,
+                                         req.data, req.len, &rep, &rl),
+                 GSP_EMISDIRECTED);
+    CHECK(rep == NULL && rl == 0);
+    CHECK_EQ_INT(misdirected(2) - m0, 1);
+    /* node 0 takes it (sent to its address) and answers node 1 */
+    CHECK_EQ_INT(gsp_core_stream_request(T[0].c, NOW, &T[1].addr, &T[0].addr,
+                                         req.data, req.len, &rep, &rl), 0);
+    REQUIRE(rep != NULL);
+    /* the reply, for node 1, sent to node 3 as a request: dropped */
+    uint8_t *r2 = (uint8_t *)1;
+    size_t rl2 = 1;
+    uint64_t m3 = misdirected(3);
+    CHECK_EQ_INT(gsp_core_stream_request(T[3].c, NOW, &T[0].addr, &T[3].addr,
+                                         rep, rl, &r2, &rl2),
+                 GSP_EMISDIRECTED);
+    CHECK(r2 == NULL);
+    /* ... or as the answer to node 3's own push-pull to node 0 (an
+     * on-path attacker swapping replies): dropped */
+    REQUIRE(gsp_core_join(T[3].c, NOW, &T[0].addr, 1) == 0);
+    REQUIRE(pop_stream(3, &req2));
+    CHECK_EQ_INT(gsp_core_stream_result(T[3].c, NOW, req2.req_id, true, rep,
+                                        rl), GSP_EMISDIRECTED);
+    CHECK_EQ_INT(misdirected(3) - m3, 2);
+    /* node 1 itself takes it */
+    CHECK_EQ_INT(gsp_core_stream_result(T[1].c, NOW, req.req_id, true, rep,
+                                        rl), 0);
+    free(rep);
+    free(req.data);
+    free(req2.data);
+    CHECK_EQ_INT(misdirected(0), 0);
+    CHECK_EQ_INT(misdirected(1), 0);
+    net_free();
+}
+
+static void test_join_by_address_bound(void)
+{
+    /* a join to an address the receiver does not advertise (an alias of
+     * the host): taken when the connection arrived on that address, not
+     * when it came in elsewhere */
+    net_init(2, true);
+    gsp_addr alias;
+    gsp_addr_parse(&alias, "10.9.9.9:7946", 7946);
+    REQUIRE(gsp_core_join(T[1].c, NOW, &alias, 1) == 0);
+    gsp_out req;
+    REQUIRE(pop_stream(1, &req));
+    uint8_t *rep = (uint8_t *)1;
+    size_t rl = 1;
+    CHECK_EQ_INT(gsp_core_stream_request(T[0].c, NOW, &T[1].addr, NULL,
+                                         req.data, req.len, &rep, &rl),
+                 GSP_EMISDIRECTED);
+    CHECK_EQ_INT(gsp_core_stream_request(T[0].c, NOW, &T[1].addr,
+                                         &T[0].addr, req.data, req.len,
+                                         &rep, &rl), GSP_EMISDIRECTED);
+    CHECK(rep == NULL);
+    CHECK_EQ_INT(gsp_core_stream_request(T[0].c, NOW, &T[1].addr, &alias,
+                                         req.data, req.len, &rep, &rl), 0);
+    CHECK(rep != NULL);
+    CHECK_EQ_INT(gsp_core_stream_result(T[1].c, NOW, req.req_id, true, rep,
+                                        rl), 0);
+    CHECK_EQ_INT(gsp_core_count(T[0].c, 1 << GSP_ALIVE), 2);
+    CHECK_EQ_INT(gsp_core_count(T[1].c, 1 << GSP_ALIVE), 2);
+    CHECK_EQ_INT(misdirected(0), 2);
+    free(rep);
+    free(req.data);
+    net_free();
+}
+
+/* ---- who may ack -------------------------------------------------------------- */
+
+static uint64_t acks_ignored(int i)
+{
+    gsp_stats st;
+    gsp_core_stats(T[i].c, &st);
+    return st.acks_ignored;
+}
+
+static uint64_t probe_fails(int i)
+{
+    gsp_stats st;
+    gsp_core_stats(T[i].c, &st);
+    return st.probe_fails;
+}
+
+/* A plaintext datagram from node `from` to node `to` that acks (or nacks)
+ * seq; no replay counter (not checked). Delivered at once. */
+static int forge_ack(int from, int to, uint32_t seq, bool nack)
+{
+    Pmgcm__Gossip__Packet p = PMGCM__GOSSIP__PACKET__INIT;
+    Pmgcm__Gossip__Ack ack = PMGCM__GOSSIP__ACK__INIT;
+    Pmgcm__Gossip__Nack nk = PMGCM__GOSSIP__NACK__INIT;
+    p.from.data = T[from].id.b;
+    p.from.len = GSP_ID_LEN;
+    p.has_to = 1;
+    p.to.data = T[to].id.b;
+    p.to.len = GSP_ID_LEN;
+    if (nack) {
+        nk.seq = seq;
+        p.nack = &nk;
+    } else {
+        ack.seq = seq;
+        p.ack = &ack;
+    }
+    uint8_t buf[128];
+    size_t len = pmgcm__gossip__packet__pack(&p, buf);
+    return gsp_core_recv(T[to].c, NOW, &T[from].addr, buf, len);
+}
+
+/* Decodes tapped datagram k (plaintext). Caller frees. */
+static Pmgcm__Gossip__Packet *tapped_pkt(int k)
+{
+    return pmgcm__gossip__packet__unpack(NULL, TAPQ[k].len, TAPQ[k].data);
+}
+
+/* Steps until node 0 pings node 1 directly; returns the probe's seq. */
+static bool await_probe_of_1(uint32_t *seq)
+{
+    tap_reset(-1, -1);
+    TAP_ALL = true;
+    for (int i = 0; i < 2000; i++) {
+        step();
+        for (int k = 0; k < TAPN; k++) {
+            if (TAPQ[k].src != 0 || TAPQ[k].dst != 1) continue;
+            Pmgcm__Gossip__Packet *p = tapped_pkt(k);
+            bool hit = p && p->ping && !p->ping->indirect;
+            if (hit) *seq = p->ping->seq;
+            if (p) pmgcm__gossip__packet__free_unpacked(p, NULL);
+            if (hit) return true;
+        }
+        tap_reset(-1, -1);
+        TAP_ALL = true;
+    }
+    return false;
+}
+
+/* Steps until node 0 asks a relay (PingReq for seq); returns its index. */
+static int await_relay(uint32_t seq)
+{
+    for (int i = 0; i < 400; i++) {
+        for (int k = 0; k < TAPN; k++) {
+            if (TAPQ[k].src != 0) continue;
+            Pmgcm__Gossip__Packet *p = tapped_pkt(k);
+            int r = p && p->ping_req && p->ping_req->seq == seq ? TAPQ[k].dst
+                                                                 : -1;
+            if (p) pmgcm__gossip__packet__free_unpacked(p, NULL);
+            if (r >= 0) return r;
+        }
+        step();
+    }
+    return -1;
+}
+
+static void test_forged_ack_ignored(void)
+{
+    /* node 1 is down; node 0 probes it. Acks for the probe's seq from a
+     * third party (node 2 before anyone was asked to relay; the node not
+     * asked once one was) change nothing: the probe fails */
+    INDIRECT = 1;
+    net_init(4, false);
+    INDIRECT = 0;
+    join_all();
+    REQUIRE(run_until_all_alive(5000) >= 0);
+    for (int i = 0; i < 200; i++) step();
+    T[1].down = true;
+    uint32_t seq = 0;
+    REQUIRE(await_probe_of_1(&seq));
+    uint64_t f0 = probe_fails(0), i0 = acks_ignored(0);
+    CHECK_EQ_INT(forge_ack(2, 0, seq, false), 0);
+    CHECK_EQ_INT(forge_ack(3, 0, seq, false), 0);
+    CHECK_EQ_INT(acks_ignored(0) - i0, 2);
+    int relay = await_relay(seq);
+    REQUIRE(relay == 2 || relay == 3);
+    int other = relay == 2 ? 3 : 2;
+    CHECK_EQ_INT(forge_ack(other, 0, seq, false), 0);
+    CHECK_EQ_INT(forge_ack(other, 0, seq, true), 0); /* nor a nack */
+    CHECK_EQ_INT(acks_ignored(0) - i0, 4);
+    for (int i = 0; i < 200 && probe_fails(0) == f0; i++) step();
+    CHECK_EQ_INT(probe_fails(0) - f0, 1);
+    gsp_stats st;
+    gsp_core_stats(T[0].c, &st);
+    CHECK(st.suspicions >= 1);
+    tap_reset(-1, -1);
+    net_free();
+}
+
+static void test_relay_ack_only_when_asked(void)
+{
+    /* the same probe; the relay node 0 asked acks: that counts (the probe
+     * succeeds although node 1 never answered node 0). And a relay
+     * forwards an ack only from the node it was asked to ping. */
+    INDIRECT = 1;
+    net_init(4, false);
+    INDIRECT = 0;
+    join_all();
+    REQUIRE(run_until_all_alive(5000) >= 0);
+    for (int i = 0; i < 200; i++) step();
+    T[1].down = true;
+    uint32_t seq = 0;
+    REQUIRE(await_probe_of_1(&seq));
+    uint64_t f0 = probe_fails(0), i0 = acks_ignored(0);
+    CHECK_EQ_INT(forge_ack(2, 0, seq, false), 0); /* nobody asked yet */
+    CHECK_EQ_INT(acks_ignored(0) - i0, 1);
+    int relay = await_relay(seq);
+    REQUIRE(relay == 2 || relay == 3);
+    int other = relay == 2 ? 3 : 2;
+    /* the relay pings node 1 with a seq of its own; an ack for it from
+     * anyone but node 1 is not forwarded */
+    uint32_t rseq = 0;
+    bool got = false;
+    for (int i = 0; i < 20 && !got; i++) {
+        for (int k = 0; k < TAPN && !got; k++) {
+            if (TAPQ[k].src != relay || TAPQ[k].dst != 1) continue;
+            Pmgcm__Gossip__Packet *p = tapped_pkt(k);
+            if (p && p->ping && p->ping->indirect) {
+                rseq = p->ping->seq;
+                got = true;
+            }
+            if (p) pmgcm__gossip__packet__free_unpacked(p, NULL);
+        }
+        if (!got) step();
+    }
+    REQUIRE(got);
+    uint64_t ri0 = acks_ignored(relay);
+    CHECK_EQ_INT(forge_ack(other, relay, rseq, false), 0);
+    CHECK_EQ_INT(acks_ignored(relay) - ri0, 1);
+    /* the relay's own ack (as if node 1 had answered it) counts */
+    CHECK_EQ_INT(forge_ack(relay, 0, seq, false), 0);
+    CHECK_EQ_INT(acks_ignored(0) - i0, 1);
+    for (int i = 0; i < 200; i++) step();
+    CHECK_EQ_INT(probe_fails(0), f0);
+    tap_reset(-1, -1);
+    net_free();
+}
+
 static void test_bad_records_never_change_membership(void)
 {
     /* plaintext core: well-formed packets with invalid member records
@@ -894,6 +1226,9 @@ static void test_bad_records_never_change_membership(void)
         Pmgcm__Gossip__Packet p = PMGCM__GOSSIP__PACKET__INIT;
         p.from.data = T[1].id.b;
         p.from.len = GSP_ID_LEN;
+        p.has_to = 1;
+        p.to.data = T[0].id.b;
+        p.to.len = GSP_ID_LEN;
         p.n_updates = 1;
         p.updates = ms;
         uint8_t buf[2048];
@@ -927,5 +1262,10 @@ int main(void)
     TAP_RUN(test_replayed_stream_dropped);
     TAP_RUN(test_restart_accepted_old_life_dropped);
     TAP_RUN(test_generation_gone_backwards_recovers);
+    TAP_RUN(test_cross_receiver_replay_dropped);
+    TAP_RUN(test_cross_receiver_stream_dropped);
+    TAP_RUN(test_join_by_address_bound);
+    TAP_RUN(test_forged_ack_ignored);
+    TAP_RUN(test_relay_ack_only_when_asked);
     return tap_done();
 }

@@ -227,6 +227,57 @@ static void test_bit_flips(void)
     gsp_keyring_free(kr);
 }
 
+/* The receiver binding (gossip.proto `to`) lives inside the sealed
+ * plaintext. AES-GCM's cipher is a stream: flipping ciphertext bits flips
+ * the same plaintext bits, so without the tag an attacker who knows where
+ * the receiver id sits could turn "for B" into "for C" by XOR-ing B ^ C
+ * in. The tag must refuse exactly that, and the splice of one packet's
+ * nonce and tag onto another's ciphertext. */
+static void test_retarget_refused(void)
+{
+    uint8_t k[GSP_KEY_LEN], pt[64], a[64 + GSP_SEAL_OVERHEAD],
+        b[64 + GSP_SEAL_OVERHEAD], out[128];
+    uint8_t idb[16], idc[16];
+    size_t la = 0, lb = 0, plen = 0;
+    const size_t at = 1 + 12 + 20; /* the receiver id at plaintext offset 20 */
+
+    mkkey(k, 11);
+    gsp_keyring *kr = ring_with("bind", k);
+    REQUIRE(kr != NULL);
+    memset(idb, 0xB0, sizeof(idb));
+    memset(idc, 0xC0, sizeof(idc));
+    fill(pt, sizeof(pt), 9);
+    memcpy(pt + 20, idb, 16);
+    REQUIRE(gsp_seal(kr, pt, sizeof(pt), a, sizeof(a), &la) == 0);
+    /* rewrite the receiver: B -> C in the ciphertext */
+    memcpy(b, a, la);
+    for (size_t i = 0; i < 16; i++) b[at + i] ^= (uint8_t)(idb[i] ^ idc[i]);
+    CHECK_EQ_INT(gsp_open(kr, b, la, out, sizeof(out), &plen), GSP_EDECRYPT);
+    CHECK_EQ_INT(plen, 0);
+    /* ... and with the tag of another packet for C sealed under the same
+     * key: a tag belongs to its own nonce */
+    uint8_t ptc[64];
+    memcpy(ptc, pt, sizeof(ptc));
+    memcpy(ptc + 20, idc, 16);
+    REQUIRE(gsp_seal(kr, ptc, sizeof(ptc), b, sizeof(b), &lb) == 0);
+    uint8_t splice[64 + GSP_SEAL_OVERHEAD];
+    memcpy(splice, a, la);                          /* A's nonce ...   */
+    memcpy(splice + 13, b + 13, sizeof(ptc));       /* C's ciphertext  */
+    memcpy(splice + 13 + 64, b + 13 + 64, 16);      /* C's tag         */
+    CHECK_EQ_INT(gsp_open(kr, splice, la, out, sizeof(out), &plen),
+                 GSP_EDECRYPT);
+    memcpy(splice, b, 13);                          /* C's nonce ...   */
+    memcpy(splice + 13 + 64, a + 13 + 64, 16);      /* A's tag         */
+    CHECK_EQ_INT(gsp_open(kr, splice, la, out, sizeof(out), &plen),
+                 GSP_EDECRYPT);
+    /* both originals open, each naming its own receiver */
+    CHECK_EQ_INT(gsp_open(kr, a, la, out, sizeof(out), &plen), 0);
+    CHECK(plen == 64 && !memcmp(out + 20, idb, 16));
+    CHECK_EQ_INT(gsp_open(kr, b, lb, out, sizeof(out), &plen), 0);
+    CHECK(plen == 64 && !memcmp(out + 20, idc, 16));
+    gsp_keyring_free(kr);
+}
+
 static void test_truncation(void)
 {
     uint8_t k[GSP_KEY_LEN], in[200], sealed[200 + GSP_SEAL_OVERHEAD + 1];
@@ -779,6 +830,7 @@ int main(void)
     TAP_RUN(test_label_mismatch);
     TAP_RUN(test_wrong_key);
     TAP_RUN(test_bit_flips);
+    TAP_RUN(test_retarget_refused);
     TAP_RUN(test_truncation);
     TAP_RUN(test_garbage);
     TAP_RUN(test_rotation);
