@@ -506,13 +506,28 @@ int pmm_config_parse(pmm_config *out, const char *text, size_t len,
     }
 
     {
+        /* every missing key in one message: a first start with the
+         * shipped file names all the keys to set at once */
         static const int required[] = {K_NAME, K_BIND, K_DATA_DIR};
-        for (size_t i = 0; i < sizeof(required) / sizeof(required[0]); i++) {
-            if (line_of[required[i]] == 0) {
-                rc = pmm_errf(err, errlen, -EINVAL, "missing required key '%s'",
-                          key_names[required[i]]);
-                goto out;
-            }
+        const char *miss[3];
+        size_t n_miss = 0;
+        for (size_t i = 0; i < sizeof(required) / sizeof(required[0]); i++)
+            if (line_of[required[i]] == 0)
+                miss[n_miss++] = key_names[required[i]];
+        if (n_miss == 1) {
+            rc = pmm_errf(err, errlen, -EINVAL,
+                          "missing required key '%s': set it (man 8 "
+                          "pmgclusterd)", miss[0]);
+            goto out;
+        }
+        if (n_miss > 1) {
+            rc = pmm_errf(err, errlen, -EINVAL,
+                          "missing required keys '%s'%s%s%s and '%s': set "
+                          "them (man 8 pmgclusterd)", miss[0],
+                          n_miss == 3 ? ", '" : "",
+                          n_miss == 3 ? miss[1] : "",
+                          n_miss == 3 ? "'" : "", miss[n_miss - 1]);
+            goto out;
         }
     }
     if (line_of[K_ADVERTISE] == 0) {

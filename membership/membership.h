@@ -263,8 +263,21 @@ void pmm_log_set_level(pmm_log_level lvl);
 pmm_log_level pmm_log_get_level(void);
 const char *pmm_log_level_name(pmm_log_level lvl); /* "error", "warn", ... */
 int pmm_log_level_parse(const char *s, pmm_log_level *out); /* 0/-EINVAL */
+/* One line on stderr: "<N>LEVEL subsystem: message" when stderr is the
+ * journal (JOURNAL_STREAM names it; N is the syslog priority), else
+ * "YYYY-MM-DDTHH:MM:SS.mmmZ LEVEL subsystem: message" (UTC). Control
+ * characters in the message become '?' (a newline or tab a blank; trailing
+ * blanks are dropped). Thread-safe. */
 void pmm_log(pmm_log_level lvl, const char *subsys, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* 1 if ENV (JOURNAL_STREAM's value, "DEV:INODE"; may be NULL) names the
+ * stream open on FD, else 0. */
+int pmm_log_journal_stream(const char *env, int fd);
+/* sd_notify(3) by hand: sends STATE ("READY=1", "STOPPING=1", ...) as one
+ * datagram to $NOTIFY_SOCKET (a path, or "@name" in the abstract
+ * namespace) without blocking. 0 when sent or when NOTIFY_SOCKET is unset
+ * (not under systemd), else a negative errno. */
+int pmm_sd_notify(const char *state);
 
 /* ---- configuration ------------------------------------------------------ */
 #define PMM_CONF_LINE_MAX 4096

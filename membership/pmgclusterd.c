@@ -4,6 +4,7 @@
  * port and the HAProxy agent port (membership/http.h), and draining.
  *
  *   pmgclusterd --config FILE [--foreground]
+ *   pmgclusterd --check-config FILE
  *
  * Everything runs on one libuv loop; blocking work (sampling /proc, writing
  * the peers and draining files) runs on libuv's thread pool.
@@ -46,6 +47,9 @@
 #define DRAIN_FILE "draining"
 #define PMM_STATUS_TOKEN_MIN 16
 #define PMM_STATUS_TOKEN_MAX 256
+/* exit status for a configuration the daemon cannot start with
+ * (sysexits.h EX_CONFIG): pmgclusterd.service does not restart on it */
+#define EXIT_CONFIG 78
 
 /* a drain/undrain request waiting for data_dir/draining to say so */
 typedef struct drain_waiter {
@@ -1393,6 +1397,10 @@ static void begin_shutdown(node *n, const char *why)
 
     n->stopping = true;
     pmm_log(PMM_LOG_INFO, "daemon", "%s: leaving the cluster", why);
+    rc = pmm_sd_notify("STOPPING=1");
+    if (rc != 0)
+        pmm_log(PMM_LOG_WARN, "daemon", "sd_notify STOPPING=1: %s",
+                strerror(-rc));
     uv_timer_stop(&n->meta_timer);
     uv_timer_stop(&n->peers_timer);
     uv_timer_stop(&n->http_retry_timer);
@@ -1433,15 +1441,19 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: pmgclusterd --config FILE [--foreground]\n"
+            "       pmgclusterd --check-config FILE\n"
             "       pmgclusterd --version | --help\n"
             "\n"
             "Runs the pmgcm cluster daemon (gossip membership, cluster\n"
             "config, node status, control socket for `pmgcm`, status port\n"
             "and HAProxy agent port). Logs go to stderr. It always runs in\n"
             "the foreground (use systemd to supervise it). See\n"
-            "pmgclusterd(8).\n"
+            "pmgclusterd(8). Exits 78 when the configuration is bad.\n"
             "\n"
             "  -c, --config FILE   configuration file (pmgclusterd(8))\n"
+            "  -t, --check-config FILE\n"
+            "                      check FILE and exit: 0 if the daemon would\n"
+            "                      start with it, else 1 and what is wrong\n"
             "  -f, --foreground    accepted for compatibility\n"
             "  -V, --version       print the version and exit\n"
             "  -h, --help          print this help and exit\n");
@@ -1816,12 +1828,13 @@ int main(int argc, char **argv)
 {
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
+        {"check-config", required_argument, NULL, 't'},
         {"foreground", no_argument, NULL, 'f'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *config = NULL;
+    const char *config = NULL, *check = NULL;
     char err[768];
     node *n;
     int c, rc, exit_code = 0;
@@ -1834,10 +1847,13 @@ int main(int argc, char **argv)
      * input instead of the heap's high-water mark. */
     mallopt(M_MMAP_THRESHOLD, 64 * 1024);
 
-    while ((c = getopt_long(argc, argv, "c:fVh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "c:t:fVh", opts, NULL)) != -1) {
         switch (c) {
         case 'c':
             config = optarg;
+            break;
+        case 't':
+            check = optarg;
             break;
         case 'f':
             break;
@@ -1858,6 +1874,21 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    if (check != NULL) {
+        pmm_config cc;
+        if (config != NULL) {
+            fprintf(stderr, "pmgclusterd: --check-config and --config "
+                            "exclude each other\n");
+            return 2;
+        }
+        rc = pmm_config_load(&cc, check, err, sizeof(err));
+        if (rc != 0) {
+            fprintf(stderr, "pmgclusterd: %s\n", err);
+            return 1;
+        }
+        printf("%s: ok\n", check);
+        return 0;
+    }
     if (config == NULL) {
         fprintf(stderr, "pmgclusterd: --config FILE is required\n");
         usage(stderr);
@@ -1872,9 +1903,9 @@ int main(int argc, char **argv)
     n->lock_fd = -1;
     rc = pmm_config_load(&n->cfg, config, err, sizeof(err));
     if (rc != 0) {
-        fprintf(stderr, "error config: %s\n", err);
+        pmm_log(PMM_LOG_ERROR, "config", "%s", err);
         free(n);
-        return 1;
+        return EXIT_CONFIG;
     }
     pmm_log_set_level(n->cfg.log_level);
     signal(SIGPIPE, SIG_IGN);
@@ -1900,10 +1931,19 @@ int main(int argc, char **argv)
     n->started_unix = (int64_t)time(NULL);
 
     rc = node_start(n);
-    if (rc != 0)
+    if (rc != 0) {
         exit_code = 1;
-    else
+    } else {
         pmm_log(PMM_LOG_INFO, "daemon", "running");
+        /* Type=notify: systemd counts the daemon started from here on */
+        char a[64];
+        snprintf(err, sizeof(err), "READY=1\nSTATUS=node %s, gossip on %s",
+                 n->cfg.name, gsp_addr_str(&n->cfg.bind, a, sizeof(a)));
+        rc = pmm_sd_notify(err);
+        if (rc != 0)
+            pmm_log(PMM_LOG_WARN, "daemon", "sd_notify READY=1: %s",
+                    strerror(-rc));
+    }
     if (rc != 0)
         node_close_all(n);
     uv_run(&n->loop, UV_RUN_DEFAULT);

@@ -166,6 +166,11 @@ static void test_missing_required(void)
     CHECK(rejects("name = n\nbind = 10.0.0.1\ndata_dir = /d\napi_port = 70000\n",
                   "api_port"));
     CHECK(rejects("", "missing required key"));
+    /* the shipped file sets only data_dir: both keys named at once */
+    CHECK(rejects("data_dir = /var/lib/pmgcm\n",
+                  "missing required keys 'name' and 'bind': set them"));
+    CHECK(rejects("# nothing\n",
+                  "missing required keys 'name', 'bind' and 'data_dir'"));
     CHECK(rejects("# only a comment\n", "missing required key"));
 }
 
