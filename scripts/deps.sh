@@ -26,7 +26,12 @@ BENCH_PKGS=(serf)
 # (store/; server binaries in /usr/lib/postgresql/15/bin).
 SERVICE_PKGS=(postgresql-15 postgresql-client-15)
 
-want=("${BUILD_PKGS[@]}" "${TEST_PKGS[@]}" "${BENCH_PKGS[@]}" "${SERVICE_PKGS[@]}")
+# The Debian package (debian/, tests/integration/package.sh):
+# dpkg-buildpackage's debhelper, and lintian to check the .deb.
+PACKAGE_PKGS=(debhelper lintian)
+
+want=("${BUILD_PKGS[@]}" "${TEST_PKGS[@]}" "${BENCH_PKGS[@]}" "${SERVICE_PKGS[@]}"
+      "${PACKAGE_PKGS[@]}")
 
 missing=()
 for p in "${want[@]}"; do

@@ -11,6 +11,11 @@
 #                  (ThreadSanitizer; tests/tsan.supp)
 #   6. valgrind --leak-check=full over every unit test binary of build/
 #      (tests/unit/test_*) and every fuzz corpus replay (tests/fuzz/replay_*)
+#   7. tests/integration/package.sh once (not in `make check`: it builds the
+#      Debian package with dpkg-buildpackage, about 2 minutes, the same for
+#      every build flavour): install beside a stand-in pmg-api into a
+#      throwaway root, a cluster of 2 from the unit's command line, remove,
+#      purge
 #
 # PMGCM_HOG=1 runs every `make check` (the tsan one too) beside busy loops
 # that keep every core busy (scripts/hog.sh; PMGCM_HOG_N sets how many):
@@ -156,6 +161,30 @@ if ((vg_pass + vg_fail == 0)); then
     echo "valgrind: no unit test binaries found under build/tests/unit"
 fi
 
+# ---- the Debian package (tests/integration/package.sh) -------------------------
+banner "package: tests/integration/package.sh (dpkg-buildpackage, install, a cluster of 2, remove, purge)"
+pkg_pass=0
+pkg_fail=0
+PKG_LOG=build/package.log
+if [[ -x build/membership/pmgclusterd ]]; then
+    rc=0
+    (cd build && abs_top_builddir="$top/build" abs_top_srcdir="$top" \
+        timeout -k 30 "$CHECK_TIMEOUT" bash "$top/tests/integration/package.sh") >"$PKG_LOG" 2>&1 || rc=$?
+    pkg_pass=$(grep -c '^ok ' "$PKG_LOG")
+    pkg_fail=$(grep -c '^not ok ' "$PKG_LOG")
+    plan=$(sed -n 's/^1\.\.\([0-9][0-9]*\).*/\1/p' "$PKG_LOG" | head -n1)
+    grep -E '^(ok|not ok|Bail out!|1\.\.)' "$PKG_LOG"
+    if ((rc != 0 && pkg_fail == 0)) || [[ -z "$plan" ]] ||
+        { ((plan > 0)) && ((pkg_pass + pkg_fail != plan)); }; then
+        fail_step "package.sh: exit $rc, plan ${plan:-none}, $pkg_pass ok, $pkg_fail not ok (log $PKG_LOG)"
+        vg_failed_logs+=("$PKG_LOG")
+    elif ((pkg_fail > 0)); then
+        vg_failed_logs+=("$PKG_LOG")
+    fi
+else
+    fail_step "package.sh: no build/ to run it from"
+fi
+
 # ---- logs of failing tests ---------------------------------------------------
 for dir in build build-san build-tsan; do
     [[ -d "$dir" ]] || continue
@@ -194,4 +223,7 @@ done
 echo "valgrind: pass $vg_pass, fail $vg_fail"
 passed=$((passed + vg_pass))
 failed=$((failed + vg_fail))
+echo "package.sh: pass $pkg_pass, fail $pkg_fail"
+passed=$((passed + pkg_pass))
+failed=$((failed + pkg_fail))
 finish
