@@ -3004,6 +3004,28 @@ int pmm_files_start(pmm_files **out, const pmm_files_env *env, char *err,
               f->trash, (unsigned long long)f->trash_max_files,
               (unsigned long long)f->trash_max_bytes,
               cfg->files_reload[0] ? "; reload: " : "", cfg->files_reload);
+    /* A read-only files_dir (or the directory it is to be made in) is
+     * almost always a sandbox: pmgclusterd.service's ProtectSystem=strict
+     * leaves only data_dir and /etc/pmg writable. Said once, at start,
+     * with the fix (blocking is fine: the loop does not run yet). */
+    {
+        char probe[PMM_PATH_MAX];
+        snprintf(probe, sizeof(probe), "%s", f->dir);
+        while (access(probe, F_OK) != 0 && errno == ENOENT) {
+            char *sl = strrchr(probe, '/');
+            if (sl == NULL || sl == probe) {
+                snprintf(probe, sizeof(probe), "/");
+                break;
+            }
+            *sl = 0;
+        }
+        if (access(probe, W_OK) != 0 && errno == EROFS)
+            files_log(PMM_LOG_ERROR, "%s is on a read-only file system here, "
+                      "so this node cannot mirror into %s: under "
+                      "pmgclusterd.service add `ReadWritePaths=%s` in "
+                      "`systemctl edit pmgclusterd` (only /etc/pmg is "
+                      "writable by default)", probe, f->dir, f->dir);
+    }
     /* read files.manifest and count the trash first; then the first round */
     f->busy = true;
     f->again = true;

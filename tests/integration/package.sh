@@ -40,7 +40,7 @@ if [[ -z "${PMGCM_DEB:-}" ]]; then
 fi
 
 it_init 2
-it_plan 15
+it_plan 16
 
 R=$IT_DIR/root             # the throwaway root
 DPKG=(dpkg "--root=$R" "--log=$R/var/log/dpkg.log" --force-script-chrootless
@@ -289,6 +289,37 @@ fi
 kill -TERM "${IT_PID[2]}"
 it_reap 2 15
 [[ $IT_EXIT == 0 ]] || STOP_BAD+="node2 exit $IT_EXIT; "
+
+# ---- 9b. files_dir read-only, as the unit's sandbox makes one not listed in
+# ReadWritePaths: one error at start that says how to fix it ---------------------
+RO=$IT_DIR/ro-files
+mkdir -p "$RO" "$IT_DIR/ro-data"
+chmod 700 "$IT_DIR/ro-data"
+printf '%s\n' "name = ro1" "bind = ${IT_IP[1]}:$IT_PORT" "data_dir = $IT_DIR/ro-data" \
+    "control_socket = $IT_DIR/ro.sock" "files_dir = $RO/sub" >"$IT_DIR/ro.conf"
+: >"$IT_DIR/ro.log"
+(
+    unset JOURNAL_STREAM NOTIFY_SOCKET
+    ns=()
+    [[ $IT_MODE == netns ]] && ns=(ip netns exec "${IT_NS[1]}")
+    # a private mount namespace in which $RO is a read-only bind mount
+    exec "${ns[@]}" unshare -m --propagation private sh -c \
+        'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"' \
+        sh "$RO" "$PMGCLUSTERD" --config "$IT_DIR/ro.conf"
+) </dev/null >>"$IT_DIR/ro.log" 2>&1 &
+IT_PID[1]=$!
+want="error files: $RO is on a read-only file system here, so this node cannot mirror into $RO/sub: under pmgclusterd.service add \`ReadWritePaths=$RO/sub\` in \`systemctl edit pmgclusterd\`"
+ro_logged() { grep -qF "$want" "$IT_DIR/ro.log"; }
+if it_wait_until ro_logged 20 &&
+    [[ $(grep -c 'read-only file system' "$IT_DIR/ro.log") == 1 ]] &&
+    timeout 5 "$PMGCM" --socket "$IT_DIR/ro.sock" status >/dev/null 2>&1; then
+    it_ok "files_dir on a read-only mount (a sandbox without ReadWritePaths): one error at start naming the ReadWritePaths= line to add; the daemon runs on"
+else
+    it_not_ok "read-only files_dir: $(tail -n 5 "$IT_DIR/ro.log")"
+fi
+kill -TERM "${IT_PID[1]}"
+it_reap 1 15
+[[ $IT_EXIT == 0 ]] || STOP_BAD+="ro1 exit $IT_EXIT; "
 
 # ---- 10. remove: pmg-api's files back, data_dir kept ------------------------------------------
 [[ -f "$R/var/lib/pmgcm/node_id" ]] || it_diag "no node_id in $R/var/lib/pmgcm before remove"
