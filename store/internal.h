@@ -183,32 +183,135 @@ int pst_backup_end(PGconn *c, const pst_tableset *ts, const char *schema,
                    uint64_t *rows, uint32_t *tables, char *err, size_t el);
 void pst_start_kept(pst_store *st);
 
-/* jobs.c */
+/* sql.c (generated from store/sql/NAME.sql by store/sql2c.sh) */
+extern const char pst_sql_setup[];         /* the pmgcm schema             */
+extern const char pst_sql_tables[];        /* the replicated set ($1, $2)  */
+extern const char pst_sql_origin_tables[]; /* db_origin_tables ($1)        */
+
+/* role.c */
 void pst_roles_kick(pst_store *st);
 void pst_roles_free(pst_store *st);
-/* session.c */
-void pst_session_poll_all(pst_store *st);
-void pst_sessions_close_all(pst_store *st);
-bool pst_following(const pst_store *st);
+void pst_start_trim(pst_store *st);
+/* PQexecParams with text parameters: 0 (*out the result when out is not
+ * NULL: the caller clears it) or PST_EDB (message in err). */
+int pst_q1(PGconn *c, const char *sql, int n, const char *const *pv,
+           PGresult **out, char *err, size_t errlen);
+
+/* schema.c */
 int pst_db_setup(PGconn *c, pst_store *st, char *err, size_t errlen,
                  char **schema_text, pst_info *info, pst_origin *opos,
                  size_t *n_opos, pst_tableset **tables);
-/* the entry for origin o (created when create), or NULL */
-pst_origin *pst_opos(pst_store *st, uint32_t o, bool create);
+int pst_schema_text(PGconn *c, pst_store *st, char **out, char *err,
+                    size_t errlen);
+/* the full setup while not ready; the cheap re-read of the definitions
+ * (every few seconds) once ready */
+void pst_setup_start(pst_store *st);
+void pst_setup_check(pst_store *st);
+
+/* capture.c */
 void pst_start_ocapture(pst_store *st);
 void pst_start_capture(pst_store *st);
-void pst_start_trim(pst_store *st);
 void pst_start_vacuum(pst_store *st);
-/* non-master: capture rows to divergence (jobs.c) */
+/* non-master: capture rows to divergence */
 void pst_start_sweep(pst_store *st);
-void pst_sessions_head(pst_store *st);
+void pst_listen_start(pst_store *st);
+void pst_listen_stop(pst_store *st);
+
+/* store.c */
+/* the entry for origin o (created when create), or NULL */
+pst_origin *pst_opos(pst_store *st, uint32_t o, bool create);
+/* drops a reference on st (closing handles); the last one frees it */
+void pst_unref(pst_store *st);
 /* helpers for jobs run on worker threads */
 int pst_exec(PGconn *c, const char *sql, char *err, size_t errlen);
 void pst_pgerr(PGconn *c, PGresult *r, char *err, size_t errlen);
 PGconn *pst_connect(const char *conninfo, char *err, size_t errlen);
-int pst_schema_text(PGconn *c, pst_store *st, char **out, char *err,
-                    size_t errlen);
+void pst_notice_quiet(void *arg, const char *msg);
 int64_t pst_now_us(void);
 uint64_t pst_mono_ms(void);
+
+/* ---- sessions (session.c, serve.c, apply.c, snapshot.c) ------------------------ */
+
+typedef struct pst_snap pst_snap;
+
+struct pst_session {
+    pst_store *st;
+    pst_link link;
+    pst_session *next;
+    bool server;
+    pst_open_kind kind;
+    bool ended;
+    uint32_t cid;
+
+    /* frames waiting for the transport */
+    pst_buf *out_head, *out_tail;
+    bool blocked;
+
+    /* server subscribe */
+    pst_pos from;      /* last entry sent */
+    bool checked;      /* first read done (range validated) */
+    bool reading;
+    bool wait_head;    /* client ahead: wait */
+    uint64_t last_send_ms;
+    pst_pos req_from;
+
+    /* client subscribe: frames to apply, in order */
+    pst_buf *ap_head, *ap_tail;
+    size_t ap_n;
+    bool paused;
+    bool applying;
+
+    /* snapshots (either side) */
+    pst_snap *sn;
+
+    pst_pos peer_pos;
+    uint32_t origin; /* OSUBSCRIBE: whose changes */
+    char *schema; /* server snapshot: the client's schema text */
+    bool heard;   /* client subscribe: the upstream answered */
+    bool end_delivered;
+    int end_rc;
+    char end_why[256];
+};
+
+/* session.c */
+void pst_session_poll_all(pst_store *st);
+void pst_sessions_close_all(pst_store *st);
+void pst_sessions_head(pst_store *st);
+bool pst_following(const pst_store *st);
+pst_session *pst_sess_new(pst_store *st, const pst_link *link, bool server);
+void pst_sess_list_remove(pst_session *s);
+/* Deferred end: link->end is delivered from the store's async callback. */
+void pst_sess_end(pst_session *s, int rc, const char *why);
+bool pst_sess_alive(pst_store *st, pst_session *s);
+/* Sends a frame, or queues it while the transport is full. */
+int pst_sess_send_raw(pst_session *s, const uint8_t *buf, size_t len);
+struct Pmgcm__Store__Msg;
+int pst_sess_send_msg(pst_session *s, const struct Pmgcm__Store__Msg *m);
+void pst_sess_send_error(pst_session *s, const char *err);
+void pst_sess_send_head(pst_session *s);
+uint64_t pst_origin_head(pst_store *st, uint32_t o);
+
+/* serve.c */
+void pst_serve_pump(pst_session *s);
+
+/* apply.c */
+/* A frame from the upstream of a SUBSCRIBE / OSUBSCRIBE session. */
+void pst_apply_dispatch(pst_session *s, const uint8_t *buf, size_t len);
+void pst_apply_pump(pst_session *s);
+/* COPY text of one value into *p (escapes \\, tab, newline, CR; NULL as
+ * \\N); the caller sized the buffer (2 bytes per input byte). */
+void pst_copy_esc(char **p, const char *s);
+
+/* snapshot.c */
+/* Starts the snapshot thread of session s (server: copies; client:
+ * loads). NULL when out of memory or no thread. */
+pst_snap *pst_snap_start(pst_session *s, bool server, const char *schema);
+/* Never waits: a running thread is told to stop and frees sn itself. */
+void pst_snap_free(pst_snap *sn);
+void pst_snap_abort(pst_snap *sn);
+void pst_snap_eof(pst_snap *sn);
+void pst_snap_client_poll(pst_session *s);
+void pst_snap_client_frame(pst_session *s, const uint8_t *buf, size_t len);
+void pst_snap_server_pump(pst_session *s);
 
 #endif

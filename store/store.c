@@ -297,7 +297,7 @@ int pst_exec(PGconn *c, const char *sql, char *err, size_t errlen)
     return 0;
 }
 
-static void notice_quiet(void *arg, const char *msg)
+void pst_notice_quiet(void *arg, const char *msg)
 {
     (void)arg;
     (void)msg;
@@ -315,7 +315,7 @@ PGconn *pst_connect(const char *conninfo, char *err, size_t errlen)
         PQfinish(c);
         return NULL;
     }
-    PQsetNoticeProcessor(c, notice_quiet, NULL);
+    PQsetNoticeProcessor(c, pst_notice_quiet, NULL);
     if (pst_exec(c,
                  "SET session_replication_role = replica;"
                  "SET application_name = 'pmgcm-store';"
@@ -416,269 +416,6 @@ static void async_cb(uv_async_t *a)
     pst_session_poll_all(st);
 }
 
-/* ---- setup -------------------------------------------------------------------------- */
-
-typedef struct setup_job {
-    pst_job j;
-    bool check_only;  /* compare the definitions, set up only if changed */
-    bool changed;     /* check_only found a difference and set up again */
-    char *old_text;   /* check_only: the definitions in use (a copy) */
-    char *schema_text;
-    pst_info info;
-    pst_origin opos[PST_ORIGINS_MAX];
-    size_t n_opos;
-    pst_tableset *tables;
-} setup_job;
-
-static void setup_run(pst_job *j, PGconn *c)
-{
-    setup_job *s = (setup_job *)j;
-    if (!c) {
-        j->rc = PST_EDB;
-        return;
-    }
-    if (s->check_only) {
-        /* cheap: the definitions as they are now; the full setup (triggers,
-         * apply functions) only when they changed */
-        j->rc = pst_schema_text(c, j->st, &s->schema_text, j->err,
-                                sizeof(j->err));
-        if (j->rc || !s->schema_text || !s->old_text ||
-            strcmp(s->schema_text, s->old_text) == 0)
-            return;
-        free(s->schema_text);
-        s->schema_text = NULL;
-        s->changed = true;
-    }
-    j->rc = pst_db_setup(c, j->st, j->err, sizeof(j->err), &s->schema_text,
-                         &s->info, s->opos, &s->n_opos, &s->tables);
-}
-
-static void listen_start(pst_store *st);
-
-static void setup_done(pst_job *j)
-{
-    setup_job *s = (setup_job *)j;
-    pst_store *st = j->st;
-    st->setup_busy = false;
-    free(s->old_text);
-    if (st->closing) {
-        free(s->schema_text);
-        pst_tableset_free(s->tables);
-        free(s);
-        return;
-    }
-    if (j->rc == 0 && s->tables) {
-        /* the replicated set the definitions describe */
-        pst_tableset_free(st->tables);
-        st->tables = s->tables;
-        s->tables = NULL;
-    }
-    pst_tableset_free(s->tables);
-    s->tables = NULL;
-    if (s->check_only) {
-        /* a ready store re-read its definitions: keep positions and state */
-        if (j->rc == 0 && s->changed) {
-            free(st->schema_text);
-            st->schema_text = s->schema_text;
-            s->schema_text = NULL;
-            st->info.n_tables = s->info.n_tables;
-            st->info.n_origin_tables = s->info.n_origin_tables;
-            memcpy(st->info.schema_digest, s->info.schema_digest,
-                   sizeof(st->info.schema_digest));
-            pst_log(st, 2, "store: table definitions changed: %zu replicated"
-                    " tables now, schema %s", st->info.n_tables,
-                    st->info.schema_digest);
-            pst_changed(st);
-        } else if (j->rc) {
-            pst_log(st, 1, "store: re-reading table definitions: %s", j->err);
-        }
-        free(s->schema_text);
-        free(s);
-        return;
-    }
-    if (j->rc != 0) {
-        pst_set_error(st, "database: %s", j->err);
-        st->info.state = PST_CONNECTING;
-        free(s->schema_text);
-        free(s);
-        pst_changed(st);
-        return;
-    }
-    free(st->schema_text);
-    st->schema_text = s->schema_text;
-    pst_info *i = &st->info;
-    i->ready = true;
-    i->pos = s->info.pos;
-    i->recv_seq = s->info.recv_seq;
-    i->pos_ts_us = s->info.pos_ts_us;
-    i->loaded = s->info.loaded;
-    i->snapshots = s->info.snapshots;
-    i->n_tables = s->info.n_tables;
-    i->n_origin_tables = s->info.n_origin_tables;
-    memcpy(st->opos, s->opos, sizeof(st->opos));
-    st->n_opos = s->n_opos;
-    memcpy(i->schema_digest, s->info.schema_digest, sizeof(i->schema_digest));
-    if (pst_pos_cmp(i->head, i->pos) < 0) {
-        i->head = i->pos;
-        i->head_ts_us = i->pos_ts_us;
-    }
-    if (i->state == PST_CONNECTING || i->state == PST_OFF)
-        i->state = PST_IDLE;
-    pst_set_error(st, "%s", "");
-    pst_log(st, 2,
-            "store: database ready: %zu replicated tables, position %llu/%llu,"
-            " schema %s", i->n_tables, (unsigned long long)i->pos.epoch,
-            (unsigned long long)i->pos.seq, i->schema_digest);
-    free(s);
-    listen_start(st);
-    pst_start_kept(st);
-    pst_changed(st);
-    pst_roles_kick(st);
-    pst_sessions_head(st);
-}
-
-/* Every few seconds: did the table definitions change (a new table, a
- * column)? Then triggers and apply functions follow, and joins and
- * snapshots compare the new definitions. */
-static void setup_check(pst_store *st)
-{
-    if (st->setup_busy || !st->info.ready || st->closing || !st->schema_text)
-        return;
-    setup_job *s = calloc(1, sizeof(*s));
-    if (!s) return;
-    s->check_only = true;
-    s->old_text = strdup(st->schema_text);
-    if (!s->old_text) {
-        free(s);
-        return;
-    }
-    st->setup_busy = true;
-    s->j.run = setup_run;
-    s->j.done = setup_done;
-    pst_submit(st, &s->j);
-}
-
-static void setup_start(pst_store *st)
-{
-    if (st->setup_busy || st->info.ready || st->closing) return;
-    setup_job *s = calloc(1, sizeof(*s));
-    if (!s) return;
-    st->setup_busy = true;
-    s->j.run = setup_run;
-    s->j.done = setup_done;
-    pst_submit(st, &s->j);
-}
-
-/* ---- LISTEN (non-blocking, under uv_poll) --------------------------------------- */
-
-static void listen_stop(pst_store *st);
-
-static void listen_poll_cb(uv_poll_t *p, int status, int events)
-{
-    pst_store *st = p->data;
-    (void)events;
-    if (status < 0 || !PQconsumeInput(st->listen)) {
-        pst_log(st, 1, "store: LISTEN connection lost: %s",
-                PQerrorMessage(st->listen));
-        listen_stop(st);
-        return;
-    }
-    bool any = false;
-    PGnotify *n;
-    while ((n = PQnotifies(st->listen)) != NULL) {
-        any = true;
-        PQfreemem(n);
-    }
-    /* drain results of our own LISTEN command */
-    while (!PQisBusy(st->listen)) {
-        PGresult *r = PQgetResult(st->listen);
-        if (!r) break;
-        PQclear(r);
-    }
-    if (any) {
-        pst_start_capture(st);
-        pst_start_ocapture(st);
-    }
-}
-
-static void st_unref(pst_store *st);
-
-static void listen_closed(uv_handle_t *h)
-{
-    pst_store *st = h->data;
-    if (st->listen) PQfinish(st->listen);
-    st->listen = NULL;
-    st_unref(st);
-}
-
-static void listen_stop(pst_store *st)
-{
-    if (!st->listen) return;
-    if (st->listen_active) {
-        st->listen_active = false;
-        uv_poll_stop(&st->listen_poll);
-        uv_close((uv_handle_t *)&st->listen_poll, listen_closed);
-    } else {
-        PQfinish(st->listen);
-        st->listen = NULL;
-        st->refs--;
-    }
-}
-
-/* Connects without blocking: PQconnectPoll driven by uv_poll. */
-static void listen_connect_cb(uv_poll_t *p, int status, int events);
-
-static void listen_want(pst_store *st, PostgresPollingStatusType ps)
-{
-    uv_poll_start(&st->listen_poll,
-                  ps == PGRES_POLLING_READING ? UV_READABLE : UV_WRITABLE,
-                  listen_connect_cb);
-}
-
-static void listen_connect_cb(uv_poll_t *p, int status, int events)
-{
-    pst_store *st = p->data;
-    (void)events;
-    PostgresPollingStatusType ps =
-        status < 0 ? PGRES_POLLING_FAILED : PQconnectPoll(st->listen);
-    if (ps == PGRES_POLLING_READING || ps == PGRES_POLLING_WRITING) {
-        listen_want(st, ps);
-        return;
-    }
-    if (ps != PGRES_POLLING_OK || PQsetnonblocking(st->listen, 1) != 0 ||
-        !PQsendQuery(st->listen, "LISTEN pmgcm_capture")) {
-        listen_stop(st);
-        return;
-    }
-    PQsetNoticeProcessor(st->listen, notice_quiet, NULL);
-    PQflush(st->listen);
-    uv_poll_start(&st->listen_poll, UV_READABLE, listen_poll_cb);
-    /* changes committed before we listened */
-    pst_start_capture(st);
-}
-
-static void listen_start(pst_store *st)
-{
-    if (st->listen || st->closing) return;
-    PGconn *c = PQconnectStart(st->conninfo);
-    if (!c) return;
-    if (PQstatus(c) == CONNECTION_BAD || PQsocket(c) < 0) {
-        PQfinish(c);
-        return;
-    }
-    st->listen = c;
-    st->refs++;
-    if (uv_poll_init(st->loop, &st->listen_poll, PQsocket(c)) != 0) {
-        PQfinish(c);
-        st->listen = NULL;
-        st->refs--;
-        return;
-    }
-    st->listen_poll.data = st;
-    st->listen_active = true;
-    listen_want(st, PGRES_POLLING_WRITING);
-}
-
 /* ---- database check -------------------------------------------------------------- */
 
 /* Every tick: does the database answer? A worker's connection that died
@@ -747,11 +484,11 @@ static void timer_cb(uv_timer_t *t)
     pst_store *st = t->data;
     if (st->closing) return;
     if (!st->info.ready) {
-        setup_start(st);
+        pst_setup_start(st);
         return;
     }
     ping_start(st);
-    if (!st->listen) listen_start(st);
+    if (!st->listen) pst_listen_start(st);
     /* fallback for a lost notification and for leftovers at start */
     if (st->info.master) pst_start_capture(st);
     pst_start_ocapture(st);
@@ -767,7 +504,7 @@ static void timer_cb(uv_timer_t *t)
     }
     if (now - st->last_check_ms >= CHECK_EVERY_MS) {
         st->last_check_ms = now;
-        setup_check(st);
+        pst_setup_check(st);
         pst_start_kept(st);
     }
     pst_sessions_head(st);
@@ -821,7 +558,7 @@ int pst_open(uv_loop_t *loop, const pst_config *cfg, const pst_events *ev,
     }
     uv_timer_start(&st->timer, timer_cb, SETUP_RETRY_MS, TICK_MS);
     st->last_trim_ms = pst_mono_ms();
-    setup_start(st);
+    pst_setup_start(st);
     *out = st;
     return 0;
 }
@@ -829,11 +566,11 @@ int pst_open(uv_loop_t *loop, const pst_config *cfg, const pst_events *ev,
 
 static void close_free_cb(uv_handle_t *h)
 {
-    st_unref(h->data);
+    pst_unref(h->data);
 }
 
 /* The last of the store's closing handles frees it. */
-static void st_unref(pst_store *st)
+void pst_unref(pst_store *st)
 {
     if (--st->refs > 0 || !st->closing) return;
     pthread_mutex_destroy(&st->mu);
@@ -854,7 +591,7 @@ void pst_close(pst_store *st)
     if (!st) return;
     st->closing = 1;
     pst_sessions_close_all(st);
-    listen_stop(st);
+    pst_listen_stop(st);
     /* stop the workers: cancel what runs, join */
     pthread_mutex_lock(&st->mu);
     st->stopping = true;

@@ -1,0 +1,450 @@
+/*
+ * role.c - roles (master, follower, out of a cluster), log retention,
+ * purging a deleted origin.
+ */
+#define _GNU_SOURCE
+#include "store/internal.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- purge an origin (pmgcm delete --purge) ---------------------------------- */
+
+typedef struct purge_job {
+    pst_job j;
+    uint32_t cid;
+    void (*done)(void *ud, int rc);
+    void *ud;
+} purge_job;
+
+static void purge_run(pst_job *j, PGconn *c)
+{
+    purge_job *pj = (purge_job *)j;
+    char *err = j->err;
+    size_t el = sizeof(j->err);
+    if (!c) {
+        j->rc = PST_EDB;
+        return;
+    }
+    char cid[16];
+    snprintf(cid, sizeof(cid), "%u", pj->cid);
+    int rc = pst_exec(c, "BEGIN", err, el);
+    if (rc) goto out;
+    PGresult *r = PQexec(c, "SELECT tbl, quote_ident(col) FROM pmgcm.otables");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        pst_pgerr(c, r, err, el);
+        PQclear(r);
+        rc = PST_EDB;
+        goto out;
+    }
+    for (int i = 0; i < PQntuples(r) && rc == 0; i++) {
+        char *q = NULL;
+        if (asprintf(&q, "DELETE FROM %s WHERE %s::text = '%s'",
+                     PQgetvalue(r, i, 0), PQgetvalue(r, i, 1), cid) < 0) {
+            rc = -ENOMEM;
+            break;
+        }
+        rc = pst_exec(c, q, err, el);
+        free(q);
+    }
+    PQclear(r);
+    if (rc) goto out;
+    const char *pv[1] = {cid};
+    r = PQexecParams(c, "DELETE FROM pmgcm.olog WHERE origin = $1::int", 1,
+                     NULL, pv, NULL, NULL, 0);
+    PQclear(r);
+    r = PQexecParams(c, "DELETE FROM pmgcm.opos WHERE origin = $1::int", 1,
+                     NULL, pv, NULL, NULL, 0);
+    PQclear(r);
+    rc = pst_exec(c, "COMMIT", err, el);
+out:
+    j->rc = rc;
+}
+
+static void purge_done(pst_job *j)
+{
+    purge_job *pj = (purge_job *)j;
+    pst_store *st = j->st;
+    if (!st->closing) {
+        if (j->rc) {
+            pst_set_error(st, "purging the rows of cid %u: %s", pj->cid, j->err);
+        } else {
+            for (size_t i = 0; i < st->n_opos; i++)
+                if (st->opos[i].origin == pj->cid) {
+                    st->opos[i] = st->opos[--st->n_opos];
+                    break;
+                }
+            pst_log(st, 2, "store: purged every row of the deleted node cid %u",
+                    pj->cid);
+            pst_changed(st);
+        }
+    }
+    if (pj->done) pj->done(pj->ud, j->rc);
+    free(pj);
+}
+
+int pst_purge_origin(pst_store *st, uint32_t cid,
+                     void (*done)(void *ud, int rc), void *ud)
+{
+    purge_job *pj = calloc(1, sizeof(*pj));
+    if (!pj) return -ENOMEM;
+    pj->cid = cid;
+    pj->done = done;
+    pj->ud = ud;
+    pj->j.run = purge_run;
+    pj->j.done = purge_done;
+    pst_submit(st, &pj->j);
+    return 0;
+}
+
+/* ---- roles ---------------------------------------------------------------------------- */
+
+typedef struct role_req {
+    pst_job j;
+    struct role_req *next_req;
+    bool in_cluster, master, mark_loaded;
+    uint64_t epoch;
+    uint32_t cid;
+    char master_name[128];
+    char cluster[65];
+    void (*done)(void *ud, int rc);
+    void *ud;
+    /* results */
+    pst_pos pos;
+    uint64_t moved;
+    bool loaded;
+    bool reset;
+} role_req;
+
+int pst_q1(PGconn *c, const char *sql, int n, const char *const *pv,
+              PGresult **out, char *err, size_t errlen)
+{
+    PGresult *r = PQexecParams(c, sql, n, NULL, pv, NULL, NULL, 0);
+    ExecStatusType s = PQresultStatus(r);
+    if (s != PGRES_TUPLES_OK && s != PGRES_COMMAND_OK) {
+        pst_pgerr(c, r, err, errlen);
+        PQclear(r);
+        return PST_EDB;
+    }
+    if (out) *out = r;
+    else PQclear(r);
+    return 0;
+}
+
+static void role_run(pst_job *j, PGconn *c)
+{
+    role_req *q = (role_req *)j;
+    char *err = j->err;
+    size_t el = sizeof(j->err);
+    int rc;
+    if (!c) {
+        j->rc = PST_EDB;
+        return;
+    }
+    if ((rc = pst_exec(c, "BEGIN", err, el))) goto out;
+    PGresult *r;
+    /* writers in flight finish first; new ones wait for the new role */
+    if ((rc = pst_exec(c, "SELECT pg_advisory_xact_lock(7947002)", err, el)))
+        goto out;
+    if ((rc = pst_q1(c, "SELECT epoch, seq, recv_seq, role, loaded, cluster FROM"
+                    " pmgcm.state FOR UPDATE", 0, NULL, &r, err, el)))
+        goto out;
+    uint64_t epoch = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
+    uint64_t seq = strtoull(PQgetvalue(r, 0, 1), NULL, 10);
+    uint64_t recv = strtoull(PQgetvalue(r, 0, 2), NULL, 10);
+    q->loaded = PQgetvalue(r, 0, 4)[0] == 't';
+    bool other_cluster = q->cluster[0] &&
+                         strcmp(PQgetvalue(r, 0, 5), q->cluster) != 0;
+    PQclear(r);
+    char eb[24], sb[24], cb[16];
+    if (other_cluster) {
+        const char *pc[1] = {q->cluster};
+        if ((rc = pst_q1(c, "UPDATE pmgcm.state SET cluster = $1", 1, pc, NULL,
+                     err, el)))
+            goto out;
+        if (q->in_cluster && !q->master) {
+            /* data of another cluster (or none): start over */
+            if ((rc = pst_exec(c,
+                               "DELETE FROM pmgcm.log; DELETE FROM"
+                               " pmgcm.epochs; UPDATE pmgcm.state SET"
+                               " loaded = false, epoch = 0, seq = 0,"
+                               " recv_seq = 0",
+                               err, el)))
+                goto out;
+            q->loaded = false;
+            epoch = seq = recv = 0;
+            q->reset = true;
+        }
+    }
+    if (q->mark_loaded) {
+        rc = pst_exec(c, "UPDATE pmgcm.state SET loaded = true", err, el);
+        if (rc) goto out;
+        q->loaded = true;
+    }
+    if (!q->in_cluster) {
+        /* out of a cluster, writes go through uncaptured: the data is no
+         * longer the cluster's, and a later join takes a snapshot */
+        rc = pst_exec(c,
+                      "UPDATE pmgcm.state SET loaded = (loaded AND"
+                      " role = 'none'), role = 'none', master = ''",
+                      err, el);
+        if (rc == 0) {
+            PGresult *r2 = PQexec(c, "SELECT loaded FROM pmgcm.state");
+            if (PQresultStatus(r2) == PGRES_TUPLES_OK && PQntuples(r2) == 1)
+                q->loaded = PQgetvalue(r2, 0, 0)[0] == 't';
+            PQclear(r2);
+        }
+    } else if (!q->master) {
+        /* rows committed while we were master and never numbered: the
+         * cluster will never get them */
+        snprintf(eb, sizeof(eb), "%llu", (unsigned long long)epoch);
+        const char *pv[1] = {eb};
+        if ((rc = pst_q1(c,
+                     "WITH c AS (DELETE FROM pmgcm.capture RETURNING *)"
+                     " INSERT INTO pmgcm.divergence (reason, epoch, op, tbl,"
+                     " old, new, ts) SELECT 'committed while this node was"
+                     " master (epoch ' || $1::text || '), never sent: the cluster"
+                     " moved on', $1::bigint, op, tbl, old, new, now()"
+                     " FROM c ORDER BY id",
+                     1, pv, &r, err, el)))
+            goto out;
+        q->moved = strtoull(PQcmdTuples(r), NULL, 10);
+        PQclear(r);
+        if (q->moved > 0) {
+            /* the tables hold those changes: only a snapshot repairs them */
+            if ((rc = pst_exec(c, "UPDATE pmgcm.state SET loaded = false",
+                               err, el)))
+                goto out;
+            q->loaded = false;
+        }
+        snprintf(cb, sizeof(cb), "%u", q->cid);
+        const char *p1[2] = {q->master_name, cb};
+        rc = pst_q1(c, "UPDATE pmgcm.state SET role = 'replica', master = $1,"
+                   " cid = $2::int", 2, p1, NULL, err, el);
+    } else {
+        snprintf(cb, sizeof(cb), "%u", q->cid);
+        if (q->epoch > epoch) {
+            /* a new term: drop a received but incomplete batch, then an
+             * epoch entry */
+            snprintf(sb, sizeof(sb), "%llu", (unsigned long long)seq);
+            const char *p1[1] = {sb};
+            if ((rc = pst_q1(c, "DELETE FROM pmgcm.log WHERE seq > $1::bigint", 1,
+                         p1, NULL, err, el)))
+                goto out;
+            (void)recv;
+            snprintf(eb, sizeof(eb), "%llu", (unsigned long long)q->epoch);
+            snprintf(sb, sizeof(sb), "%llu", (unsigned long long)(seq + 1));
+            const char *p3[3] = {eb, sb, cb};
+            if ((rc = pst_q1(c,
+                         "INSERT INTO pmgcm.log (seq, epoch, op, ts, last,"
+                         " origin) VALUES ($2::bigint, $1::bigint, 'E',"
+                         " clock_timestamp(), true, $3::int)",
+                         3, p3, NULL, err, el)) ||
+                (rc = pst_q1(c,
+                         "INSERT INTO pmgcm.epochs VALUES ($1::bigint,"
+                         " $2::bigint, $3::int) ON CONFLICT (epoch) DO UPDATE"
+                         " SET start_seq = EXCLUDED.start_seq, master_cid ="
+                         " EXCLUDED.master_cid",
+                         3, p3, NULL, err, el)) ||
+                (rc = pst_q1(c,
+                         "UPDATE pmgcm.state SET epoch = $1::bigint, seq ="
+                         " $2::bigint, recv_seq = $2::bigint, ts ="
+                         " clock_timestamp()",
+                         2, p3, NULL, err, el)))
+                goto out;
+            epoch = q->epoch;
+            seq = seq + 1;
+        }
+        const char *p1[2] = {q->master_name, cb};
+        rc = pst_q1(c, "UPDATE pmgcm.state SET role = 'master', master = $1,"
+                   " cid = $2::int, loaded = true", 2, p1, NULL, err, el);
+        q->loaded = true;
+    }
+    if (rc) goto out;
+    q->pos.epoch = epoch;
+    q->pos.seq = seq;
+    /* the fence last, right before the commit (it is not transactional):
+     * writers whose snapshot predates this change read it as it is now */
+    if ((rc = pst_exec(c,
+                       !q->in_cluster ? "SELECT setval('pmgcm.fence', 2)"
+                       : q->master    ? "SELECT setval('pmgcm.fence', 1)"
+                                      : "SELECT setval('pmgcm.fence', 0)",
+                       err, el)))
+        goto out;
+    rc = pst_exec(c, "COMMIT", err, el);
+out:
+    j->rc = rc;
+}
+
+static void role_next(pst_store *st);
+
+static void role_done(pst_job *j)
+{
+    role_req *q = (role_req *)j;
+    pst_store *st = j->st;
+    st->role_busy = false;
+    st->roles_head = q->next_req;
+    if (!st->roles_head) st->roles_tail = NULL;
+    if (!st->closing) {
+        if (j->rc) {
+            pst_set_error(st, "setting the role: %s", j->err);
+        } else {
+            pst_info *i = &st->info;
+            i->master = q->in_cluster && q->master;
+            i->loaded = q->loaded;
+            if (q->reset) {
+                i->pos = q->pos;
+                i->recv_seq = q->pos.seq;
+                i->head = q->pos;
+                i->pos_ts_us = i->head_ts_us = 0;
+            }
+            if (q->in_cluster && q->master) {
+                i->pos = q->pos;
+                i->recv_seq = q->pos.seq;
+                i->head = q->pos;
+                i->state = PST_IN_SYNC;
+            } else if (!q->in_cluster) {
+                i->state = PST_IDLE;
+            } else if (i->state == PST_IDLE || i->state == PST_IN_SYNC) {
+                i->state = PST_CATCHING_UP;
+            }
+            if (q->moved) {
+                i->divergent_total += q->moved;
+                pst_log(st, 1,
+                        "store: DIVERGED: %llu change(s) committed here while"
+                        " this node was master were never sent; kept in"
+                        " pmgcm.divergence; resyncing with a snapshot",
+                        (unsigned long long)q->moved);
+                pst_start_kept(st);
+            }
+            pst_changed(st);
+            if (i->master) pst_start_capture(st);
+            pst_sessions_head(st);
+        }
+    }
+    if (q->done) q->done(q->ud, j->rc);
+    free(q);
+    if (!st->closing) role_next(st);
+}
+
+static void role_next(pst_store *st)
+{
+    if (st->role_busy || !st->roles_head || st->closing) return;
+    if (!st->info.ready) return; /* retried from the tick via set_role */
+    st->role_busy = true;
+    role_req *q = st->roles_head;
+    q->j.run = role_run;
+    q->j.done = role_done;
+    pst_submit(st, &q->j);
+}
+
+void pst_roles_kick(pst_store *st)
+{
+    role_next(st);
+}
+
+static int role_push(pst_store *st, role_req *q)
+{
+    q->next_req = NULL;
+    if (st->roles_tail) st->roles_tail->next_req = q;
+    else st->roles_head = q;
+    st->roles_tail = q;
+    role_next(st);
+    return 0;
+}
+
+int pst_set_role(pst_store *st, bool in_cluster, bool master, uint64_t epoch,
+                 uint32_t self_cid, const char *master_name,
+                 const char *cluster, void (*done)(void *ud, int rc),
+                 void *ud)
+{
+    role_req *q = calloc(1, sizeof(*q));
+    if (!q) return -ENOMEM;
+    q->in_cluster = in_cluster;
+    q->master = master;
+    q->epoch = epoch;
+    q->cid = self_cid;
+    snprintf(q->master_name, sizeof(q->master_name), "%s",
+             master_name ? master_name : "");
+    snprintf(q->cluster, sizeof(q->cluster), "%s", cluster ? cluster : "");
+    q->done = done;
+    q->ud = ud;
+    st->self_cid = self_cid;
+    st->want_master = in_cluster && master;
+    if (!st->want_master) st->info.master = false; /* stop numbering now */
+    return role_push(st, q);
+}
+
+int pst_mark_loaded(pst_store *st, void (*done)(void *ud, int rc), void *ud)
+{
+    role_req *q = calloc(1, sizeof(*q));
+    if (!q) return -ENOMEM;
+    /* keep the current role: repeat the last requested one */
+    q->mark_loaded = true;
+    q->in_cluster = st->want_master || st->info.state != PST_IDLE;
+    q->master = st->want_master;
+    q->epoch = st->info.pos.epoch;
+    q->cid = st->self_cid;
+    q->done = done;
+    q->ud = ud;
+    return role_push(st, q);
+}
+
+void pst_roles_free(pst_store *st)
+{
+    role_req *q = st->roles_head;
+    if (st->role_busy && q) q = q->next_req; /* owned by the job */
+    while (q) {
+        role_req *n = q->next_req;
+        if (q->done) q->done(q->ud, -ECANCELED);
+        free(q);
+        q = n;
+    }
+    st->roles_head = st->roles_tail = NULL;
+}
+
+
+typedef struct trim_job {
+    pst_job j;
+    uint32_t keep_s;
+} trim_job;
+
+static void trim_run(pst_job *j, PGconn *c)
+{
+    trim_job *t = (trim_job *)j;
+    if (!c) {
+        j->rc = PST_EDB;
+        return;
+    }
+    char kb[16];
+    snprintf(kb, sizeof(kb), "%u", t->keep_s);
+    const char *pv[1] = {kb};
+    /* keep the newest entry so a caught-up node can always be served */
+    j->rc = pst_q1(c,
+               "DELETE FROM pmgcm.log WHERE ts < now() - make_interval(secs =>"
+               " $1::int) AND seq < (SELECT seq FROM pmgcm.state)",
+               1, pv, NULL, j->err, sizeof(j->err));
+}
+
+static void trim_done(pst_job *j)
+{
+    pst_store *st = j->st;
+    st->trim_busy = false;
+    if (j->rc && !st->closing)
+        pst_log(st, 1, "store: trimming the change log: %s", j->err);
+    free(j);
+}
+
+void pst_start_trim(pst_store *st)
+{
+    if (!st->info.ready || st->trim_busy || st->closing) return;
+    trim_job *t = calloc(1, sizeof(*t));
+    if (!t) return;
+    t->keep_s = st->retention_s;
+    t->j.run = trim_run;
+    t->j.done = trim_done;
+    st->trim_busy = true;
+    pst_submit(st, &t->j);
+}
