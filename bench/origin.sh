@@ -107,7 +107,7 @@ pg_start() {
     cp -a "$DIR/pg/template" "$d" && mkdir -m 0700 "$s" && chown "$PG_USER:" "$s" || die "pg dirs $i"
     PGD[i]=$d
     pg_as "$PG_BINDIR/pg_ctl" -D "$d" -l "$s/server.log" -w -t 60 \
-        -o "-c listen_addresses='' -k $s -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=128MB -c max_wal_size=2GB -c max_connections=60 -c log_min_messages=warning" \
+        -o "-c listen_addresses='' -k $s -c fsync=off -c full_page_writes=off -c wal_level=logical -c max_slot_wal_keep_size=1GB -c shared_buffers=128MB -c max_wal_size=2GB -c max_connections=60 -c log_min_messages=warning" \
         start >>"$DIR/pg/ctl$i.log" 2>&1 || die "pg_ctl start $i: $(tail -n 3 "$s/server.log")"
     "$PSQL" -X -q -h "$s" -U postgres -d postgres -c 'CREATE DATABASE pmg' >/dev/null || die "createdb on $i"
 }

@@ -117,6 +117,29 @@ static void apply_run(pst_job *j, PGconn *c)
     /* contiguous, one entry after what we hold; skip what we have */
     size_t first = 0;
     while (first < m->n_changes && m->changes[first]->seq <= recv) first++;
+    if (first > 0 && !aj->is_origin) {
+        /* what we already hold must be the same history: an entry of
+         * another term at that position means our log forked from the
+         * upstream's (a resync keeps what we hold as divergence) */
+        const Change *dup = m->changes[first - 1];
+        char sb[24];
+        snprintf(sb, sizeof(sb), "%llu", (unsigned long long)dup->seq);
+        const char *pv[1] = {sb};
+        if ((rc = pst_q1(c, "SELECT epoch FROM pmgcm.log WHERE seq ="
+                            " $1::bigint", 1, pv, &r, err, el)))
+            goto out;
+        bool other = PQntuples(r) == 1 &&
+                     strtoull(PQgetvalue(r, 0, 0), NULL, 10) != dup->epoch;
+        PQclear(r);
+        r = NULL;
+        if (other) {
+            snprintf(err, el, "this node's change %llu is of another term"
+                     " than the upstream's: its log forked",
+                     (unsigned long long)dup->seq);
+            rc = PST_EDIVERGED;
+            goto out;
+        }
+    }
     if (first == m->n_changes) { /* all duplicates */
         aj->pos.epoch = epoch;
         aj->pos.seq = seq;
@@ -150,7 +173,7 @@ static void apply_run(pst_job *j, PGconn *c)
     for (size_t i = first; i < m->n_changes; i++) {
         Change *ch = m->changes[i];
         if (ch->seq != prev + 1 || (!aj->is_origin && ch->epoch < epoch) ||
-            (aj->is_origin && (ch->op == 'E' || ch->op == 'T' ||
+            (aj->is_origin && (ch->op == 'E' ||
                                !ch->has_origin || ch->origin != aj->origin)) ||
             (ch->op != 'I' && ch->op != 'U' && ch->op != 'D' &&
              ch->op != 'T' && ch->op != 'E')) {
@@ -383,8 +406,6 @@ static void div_run(pst_job *j, PGconn *c)
     const char *pv[1] = {fb};
     int rc = pst_exec(c, "BEGIN", err, el);
     if (rc) goto out;
-    if ((rc = pst_exec(c, "SELECT pg_advisory_xact_lock(7947002)", err, el)))
-        goto out;
     PGresult *r = PQexecParams(
         c,
         "WITH d AS (DELETE FROM pmgcm.log WHERE seq > $1::bigint RETURNING *)"
@@ -400,19 +421,6 @@ static void div_run(pst_job *j, PGconn *c)
         goto out;
     }
     dj->moved = strtoull(PQcmdTuples(r), NULL, 10);
-    PQclear(r);
-    r = PQexec(c,
-               "WITH c AS (DELETE FROM pmgcm.capture RETURNING *)"
-               " INSERT INTO pmgcm.divergence (reason, op, tbl, old, new, ts)"
-               " SELECT 'committed here as master, never numbered nor sent',"
-               " op, tbl, old, new, now() FROM c ORDER BY id");
-    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
-        pst_pgerr(c, r, err, el);
-        PQclear(r);
-        rc = PST_EDB;
-        goto out;
-    }
-    dj->moved += strtoull(PQcmdTuples(r), NULL, 10);
     PQclear(r);
     /* the tables hold those changes: only a snapshot repairs them */
     if ((rc = pst_exec(c, "UPDATE pmgcm.state SET loaded = false", err, el)))

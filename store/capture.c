@@ -1,510 +1,1235 @@
 /*
- * capture.c - capturing changes: numbering what the master committed and
- * this node's own per-origin rows, the sweep of a non-master, LISTEN.
+ * capture.c - capturing changes through PostgreSQL's logical decoding: a
+ * replication connection (replication=database) on the store's capture
+ * thread streams the node's slot through pgoutput (publication pmgcm: the
+ * replicated set and the per-origin tables), and the same thread numbers
+ * what it decodes into the store's own log, in commit (WAL) order.
+ *
+ *   - a transaction the store applied itself (its sessions run under a
+ *     replication origin "pmgcm_<db>_*") is skipped;
+ *   - changes of the replicated set are numbered (epoch, seq) into
+ *     pmgcm.log when the node is master and the transaction committed
+ *     after it became master (its commit LSN is at or past
+ *     pmgcm.state.master_lsn); on any other node of a cluster they go to
+ *     pmgcm.divergence and the data is marked not loaded (a snapshot
+ *     repairs the tables): the step-down fence, whatever the isolation
+ *     level of the writer; outside a cluster they are not captured;
+ *   - changes of per-origin tables (this node's own rows) are numbered
+ *     into pmgcm.olog under this node's cid.
+ *
+ * Exactly once: the end LSN of the last transaction numbered is stored in
+ * pmgcm.state.capture_lsn in the same transaction as the log rows; the
+ * slot's confirmed position (the flush LSN reported to the walsender)
+ * moves only after that commit, and a transaction re-decoded after a
+ * restart whose commit is before capture_lsn is skipped. With db_sync the
+ * flush LSN also waits until enough followers acknowledged holding the
+ * change (pst_capture_set_sync): PostgreSQL's synchronous replication
+ * (synchronous_standby_names naming this connection's application_name)
+ * then holds the writer's commit until they did.
+ *
+ * Slots: one per node and database, "pmgcm_<database oid>", created by
+ * the setup and role jobs (pst_slot_create), dropped when the node leaves
+ * its cluster (pst_slot_drop). A slot lost to max_slot_wal_keep_size (or
+ * dropped behind our back) is reported to the loop, which runs the repair
+ * (schema.c: a clean resync, never a silent gap).
  */
 #define _GNU_SOURCE
 #include "store/internal.h"
+#include "store/pgoutput.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
 
-/* ---- numbering captured changes (master) --------------------------------------- */
+#define FEEDBACK_MS 1000     /* status update to the walsender at least   */
+#define STATS_MS 5000        /* slot statistics                           */
+#define RETRY_MS 1000        /* after an error                            */
+#define COPY_FLUSH (4u << 20) /* a COPY buffer this big goes to the server */
+#define BATCH_TXNS 256       /* commit at least every this many txns      */
+#define BATCH_BYTES (8u << 20)
+#define SYNC_FIFO 4096
 
-typedef struct capture_job {
-    pst_job j;
-    uint32_t cid;
-    uint64_t n;
-    pst_pos pos;
-    int64_t ts_us;
-} capture_job;
+/* ---- slots (any thread) ------------------------------------------------------------ */
 
-static void capture_run(pst_job *j, PGconn *c)
+int pst_slot_name(PGconn *c, char *buf, size_t len, char *err, size_t el)
 {
-    capture_job *cj = (capture_job *)j;
-    if (!c) {
-        j->rc = PST_EDB;
-        return;
-    }
-    char cid[16];
-    snprintf(cid, sizeof(cid), "%u", cj->cid);
-    const char *pv[1] = {cid};
-    int rc = pst_exec(c, "BEGIN", j->err, sizeof(j->err));
-    if (rc) goto out;
-    PGresult *r = PQexec(c, "SELECT epoch, seq, role FROM pmgcm.state FOR UPDATE");
+    PGresult *r = PQexec(c, "SELECT oid FROM pg_database WHERE datname ="
+                            " current_database()");
     if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
-        pst_pgerr(c, r, j->err, sizeof(j->err));
+        pst_pgerr(c, r, err, el);
         PQclear(r);
-        rc = PST_EDB;
-        goto out;
+        return PST_EDB;
     }
-    bool master = strcmp(PQgetvalue(r, 0, 2), "master") == 0;
-    cj->pos.epoch = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
-    cj->pos.seq = strtoull(PQgetvalue(r, 0, 1), NULL, 10);
+    snprintf(buf, len, "pmgcm_%s", PQgetvalue(r, 0, 0));
     PQclear(r);
-    if (!master) { /* stepped down meanwhile: leave the rows alone */
-        rc = pst_exec(c, "ROLLBACK", j->err, sizeof(j->err));
-        goto out;
-    }
-    r = PQexecParams(
-        c,
-        "WITH c AS (DELETE FROM pmgcm.capture RETURNING *),"
-        " s AS (SELECT epoch, seq FROM pmgcm.state),"
-        " n AS (SELECT c.*, row_number() OVER (ORDER BY c.id) AS rn,"
-        "  count(*) OVER () AS cnt FROM c)"
-        " INSERT INTO pmgcm.log (seq, epoch, op, tbl, old, new, ts, last, origin)"
-        " SELECT s.seq + n.rn, s.epoch, n.op, n.tbl, n.old, n.new,"
-        "  clock_timestamp(), n.rn = n.cnt, $1::int FROM n, s",
-        1, NULL, pv, NULL, NULL, 0);
-    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
-        pst_pgerr(c, r, j->err, sizeof(j->err));
-        PQclear(r);
-        rc = PST_EDB;
-        goto out;
-    }
-    cj->n = strtoull(PQcmdTuples(r), NULL, 10);
-    PQclear(r);
-    if (cj->n == 0) {
-        rc = pst_exec(c, "ROLLBACK", j->err, sizeof(j->err));
-        goto out;
-    }
-    {
-        char nb[24];
-        snprintf(nb, sizeof(nb), "%llu", (unsigned long long)cj->n);
-        const char *p2[1] = {nb};
-        r = PQexecParams(c,
-                         "UPDATE pmgcm.state SET seq = seq + $1::bigint,"
-                         " recv_seq = seq + $1::bigint, ts = clock_timestamp()"
-                         " RETURNING (extract(epoch FROM ts) * 1000000)::bigint",
-                         1, NULL, p2, NULL, NULL, 0);
-    }
-    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-        pst_pgerr(c, r, j->err, sizeof(j->err));
-        PQclear(r);
-        rc = PST_EDB;
-        goto out;
-    }
-    cj->ts_us = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
-    PQclear(r);
-    cj->pos.seq += cj->n;
-    rc = pst_exec(c, "COMMIT", j->err, sizeof(j->err));
-out:
-    j->rc = rc;
+    return 0;
 }
 
-static void capture_done(pst_job *j)
+PGconn *pst_repl_connect(const char *conninfo, const char *appname,
+                         char *err, size_t el)
 {
-    capture_job *cj = (capture_job *)j;
-    pst_store *st = j->st;
-    st->capture_busy = false;
-    if (st->closing) {
-        free(cj);
+    /* dbname is expanded as the whole conninfo; the later keywords win */
+    const char *kw[] = {"dbname", "replication", "application_name", NULL};
+    const char *val[] = {conninfo, "database", appname, NULL};
+    PGconn *c = PQconnectdbParams(kw, val, 1);
+    if (!c) {
+        snprintf(err, el, "out of memory");
+        return NULL;
+    }
+    if (PQstatus(c) != CONNECTION_OK) {
+        pst_pgerr(c, NULL, err, el);
+        PQfinish(c);
+        return NULL;
+    }
+    PQsetNoticeProcessor(c, pst_notice_quiet, NULL);
+    return c;
+}
+
+int pst_slot_info(PGconn *c, const char *slot, bool *exists, bool *lost,
+                  char *err, size_t el)
+{
+    const char *pv[1] = {slot};
+    PGresult *r = PQexecParams(c, "SELECT wal_status FROM pg_replication_slots"
+                                  " WHERE slot_name = $1",
+                               1, NULL, pv, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        pst_pgerr(c, r, err, el);
+        PQclear(r);
+        return PST_EDB;
+    }
+    *exists = PQntuples(r) == 1;
+    *lost = *exists && strcmp(PQgetvalue(r, 0, 0), "lost") == 0;
+    PQclear(r);
+    return 0;
+}
+
+int pst_slot_create(const char *conninfo, const char *slot, char *err,
+                    size_t el)
+{
+    char app[80];
+    snprintf(app, sizeof(app), "%s_setup", slot);
+    PGconn *c = pst_repl_connect(conninfo, app, err, el);
+    if (!c) return PST_EDB;
+    char *id = PQescapeIdentifier(c, slot, strlen(slot));
+    char *sql = NULL;
+    int rc = 0;
+    if (!id || asprintf(&sql, "CREATE_REPLICATION_SLOT %s LOGICAL pgoutput"
+                              " NOEXPORT_SNAPSHOT", id) < 0) {
+        sql = NULL;
+        rc = -ENOMEM;
+    } else {
+        PGresult *r = PQexec(c, sql);
+        if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+            const char *st = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+            if (!st || strcmp(st, "42710") != 0) { /* not "exists" */
+                pst_pgerr(c, r, err, el);
+                rc = PST_EDB;
+            }
+        }
+        PQclear(r);
+    }
+    PQfreemem(id);
+    free(sql);
+    PQfinish(c);
+    return rc;
+}
+
+int pst_slot_drop(PGconn *c, const char *slot, char *err, size_t el)
+{
+    const char *pv[1] = {slot};
+    /* its walsender (our capture thread, or a leftover) goes first */
+    for (int i = 0; i < 100; i++) {
+        PGresult *r = PQexecParams(
+            c,
+            "SELECT active_pid, pg_terminate_backend(active_pid) FROM"
+            " pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT"
+            " NULL",
+            1, NULL, pv, NULL, NULL, 0);
+        bool active = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) > 0;
+        PQclear(r);
+        r = PQexecParams(c,
+                         "SELECT pg_drop_replication_slot(slot_name) FROM"
+                         " pg_replication_slots WHERE slot_name = $1 AND"
+                         " active_pid IS NULL",
+                         1, NULL, pv, NULL, NULL, 0);
+        bool ok = PQresultStatus(r) == PGRES_TUPLES_OK;
+        if (!ok) pst_pgerr(c, r, err, el);
+        PQclear(r);
+        bool exists, lost;
+        if (pst_slot_info(c, slot, &exists, &lost, err, el) != 0)
+            return PST_EDB;
+        if (!exists) return 0;
+        (void)active;
+        uv_sleep(50);
+    }
+    snprintf(err, el, "replication slot %s is still in use", slot);
+    return PST_EDB;
+}
+
+/* ---- the capture thread's state ------------------------------------------------ */
+
+typedef struct relent {
+    uint32_t oid;
+    int kind;          /* 0 not replicated, 1 replicated, 2 per-origin */
+    const char *tbl;   /* interned */
+} relent;
+
+typedef struct wbuf {
+    char *p;
+    size_t len, cap;
+} wbuf;
+
+/* a change held back until the next one says whether it is the last of
+ * its transaction */
+typedef struct held {
+    bool any;
+    char op;
+    const char *tbl;
+    char *old_, *new_;
+} held;
+
+typedef struct sync_ent {
+    uint64_t need_seq; /* followers must hold the log up to this */
+    uint64_t end_lsn;
+} sync_ent;
+
+struct pst_capture {
+    pst_store *st;
+    uv_thread_t tid;
+    bool started;
+    int wake_fd;
+    char *conninfo;
+
+    /* shared (mu) */
+    pthread_mutex_t mu;
+    bool stop, poke;
+    bool numbering;       /* the loop confirmed this run's master role */
+    uint32_t sync_need;   /* followers that must acknowledge (0: off) */
+    uint64_t sync_acked;  /* log position held by that many followers */
+    /* results for the loop */
+    bool res_any;
+    pst_pos res_pos;
+    uint64_t res_recv;
+    int64_t res_ts;
+    uint64_t res_captured, res_divergent;
+    bool res_own, res_unloaded;
+    uint64_t res_own_seq;
+    int64_t res_own_ts;
+    uint32_t res_cid;
+    bool res_err_set;
+    char res_err[256];
+    bool res_stats;
+    int64_t res_retained;
+    char res_wal_status[16];
+    int64_t res_safe;
+    bool res_lost;        /* the slot is gone or lost: repair */
+    bool res_streaming;
+    uint64_t res_waiting; /* db_sync: transactions held */
+    uint64_t res_flush;
+
+    /* thread only */
+    PGconn *sql, *repl;
+    char slot[64];
+    pst_pgo *dec;
+    relent *rels;
+    size_t n_rels, cap_rels;
+    char **names;
+    size_t n_names, cap_names;
+
+    /* the source transaction being decoded */
+    bool in_src;
+    bool src_skip, src_classified;
+    uint64_t src_commit_lsn;
+    int64_t src_ts;
+    int main_dest;        /* 0 drop, 1 log, 2 divergence */
+    bool origin_keep;
+
+    /* the writer's open transaction */
+    bool db_open;
+    char role[16];
+    uint64_t epoch, seq, oseq;
+    uint32_t cid;
+    uint64_t capture_lsn, master_lsn;
+    bool loaded;
+    uint64_t end_lsn;       /* end of the last source transaction done */
+    size_t batch_txns, batch_bytes;
+    uint64_t n_main, n_own, n_div;
+    int64_t last_ts, own_ts;
+    bool any_own;
+    wbuf blog, bolog, bdiv;
+    held hlog, holog;
+
+    /* feedback */
+    uint64_t flush_lsn, ka_end, last_fb_ms, last_stats_ms;
+    bool fb_now;
+    sync_ent fifo[SYNC_FIFO];
+    size_t f_head, f_n;
+};
+
+/* ---- small helpers ------------------------------------------------------------------ */
+
+static bool cap_stopping(pst_capture *cp)
+{
+    pthread_mutex_lock(&cp->mu);
+    bool s = cp->stop;
+    pthread_mutex_unlock(&cp->mu);
+    return s;
+}
+
+static void cap_error(pst_capture *cp, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void cap_error(pst_capture *cp, const char *fmt, ...)
+{
+    char buf[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    pthread_mutex_lock(&cp->mu);
+    cp->res_err_set = true;
+    snprintf(cp->res_err, sizeof(cp->res_err), "%s", buf);
+    pthread_mutex_unlock(&cp->mu);
+    uv_async_send(&cp->st->async);
+}
+
+static void cap_post(pst_capture *cp)
+{
+    uv_async_send(&cp->st->async);
+}
+
+/* Waits up to ms for a wake-up (stop, poke, acknowledgements) or, with
+ * fd >= 0, for fd to be readable. */
+static void cap_wait(pst_capture *cp, int fd, int ms)
+{
+    struct pollfd p[2] = {{.fd = cp->wake_fd, .events = POLLIN},
+                          {.fd = fd, .events = POLLIN}};
+    int n = poll(p, fd >= 0 ? 2 : 1, ms);
+    if (n > 0 && (p[0].revents & POLLIN)) {
+        uint64_t v;
+        ssize_t k = read(cp->wake_fd, &v, sizeof(v));
+        (void)k;
+    }
+}
+
+static int wb_reserve(wbuf *b, size_t n)
+{
+    if (b->len + n + 1 <= b->cap) return 0;
+    size_t nc = b->cap ? b->cap * 2 : 65536;
+    while (nc < b->len + n + 1) nc *= 2;
+    char *np = realloc(b->p, nc);
+    if (!np) return -ENOMEM;
+    b->p = np;
+    b->cap = nc;
+    return 0;
+}
+
+static int wb_put(wbuf *b, const char *s, size_t n)
+{
+    int rc = wb_reserve(b, n);
+    if (rc) return rc;
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    return 0;
+}
+
+/* a COPY text field: \N for NULL; backslash, tab, newline, CR escaped */
+static int wb_field(wbuf *b, const char *s)
+{
+    if (!s) return wb_put(b, "\\N", 2);
+    int rc = wb_reserve(b, 2 * strlen(s));
+    if (rc) return rc;
+    char *o = b->p + b->len;
+    pst_copy_esc(&o, s);
+    b->len = (size_t)(o - b->p);
+    return 0;
+}
+
+static int wb_fmt(wbuf *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static int wb_fmt(wbuf *b, const char *fmt, ...)
+{
+    char tmp[256];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof(tmp)) return -EINVAL;
+    return wb_put(b, tmp, (size_t)n);
+}
+
+/* "2026-12-02 03:10:11.123456+00" */
+static void ts_text(int64_t unix_us, char *buf, size_t len)
+{
+    time_t s = (time_t)(unix_us / 1000000);
+    long us = (long)(unix_us % 1000000);
+    if (us < 0) {
+        us += 1000000;
+        s -= 1;
+    }
+    struct tm tm;
+    gmtime_r(&s, &tm);
+    snprintf(buf, len, "%04d-%02d-%02d %02d:%02d:%02d.%06ld+00",
+             tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+             tm.tm_min, tm.tm_sec, us);
+}
+
+static const char *intern(pst_capture *cp, const char *s)
+{
+    for (size_t i = 0; i < cp->n_names; i++)
+        if (strcmp(cp->names[i], s) == 0) return cp->names[i];
+    if (cp->n_names == cp->cap_names) {
+        size_t nc = cp->cap_names ? cp->cap_names * 2 : 16;
+        char **nn = realloc(cp->names, nc * sizeof(*nn));
+        if (!nn) return NULL;
+        cp->names = nn;
+        cp->cap_names = nc;
+    }
+    char *d = strdup(s);
+    if (!d) return NULL;
+    cp->names[cp->n_names++] = d;
+    return d;
+}
+
+/* ---- relations --------------------------------------------------------------------- */
+
+static relent *rel_get(pst_capture *cp, uint32_t oid)
+{
+    for (size_t i = 0; i < cp->n_rels; i++)
+        if (cp->rels[i].oid == oid) return &cp->rels[i];
+    return NULL;
+}
+
+/* A Relation message: which local table is it? The decoder's raw names
+ * go to the server only as parameters; the answer is our own entry in
+ * pmgcm.tables. */
+static int rel_learn(pst_capture *cp, const pst_pgo_rel *rel, char *err,
+                     size_t el)
+{
+    relent *e = rel_get(cp, rel->oid);
+    if (!e) {
+        if (cp->n_rels == cp->cap_rels) {
+            size_t nc = cp->cap_rels ? cp->cap_rels * 2 : 16;
+            relent *nr = realloc(cp->rels, nc * sizeof(*nr));
+            if (!nr) return -ENOMEM;
+            cp->rels = nr;
+            cp->cap_rels = nc;
+        }
+        e = &cp->rels[cp->n_rels++];
+        e->oid = rel->oid;
+    }
+    e->kind = 0;
+    e->tbl = NULL;
+    const char *pv[2] = {rel->nspname, rel->relname};
+    PGresult *r = PQexecParams(
+        cp->sql,
+        "SELECT t.tbl, o.tbl IS NOT NULL FROM pmgcm.tables t LEFT JOIN"
+        " pmgcm.otables o ON o.tbl = t.tbl WHERE t.tbl = format('%I.%I',"
+        " $1::text, $2::text)",
+        2, NULL, pv, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        pst_pgerr(cp->sql, r, err, el);
+        PQclear(r);
+        return PST_EDB;
+    }
+    if (PQntuples(r) == 1) {
+        e->tbl = intern(cp, PQgetvalue(r, 0, 0));
+        e->kind = !e->tbl ? 0 : PQgetvalue(r, 0, 1)[0] == 't' ? 2 : 1;
+    }
+    PQclear(r);
+    return 0;
+}
+
+/* ---- the writer: the log, in the writer's transaction ------------------------------- */
+
+static int wr_copy(pst_capture *cp, const char *sql, wbuf *b, char *err,
+                   size_t el)
+{
+    if (!b->len) return 0;
+    PGresult *r = PQexec(cp->sql, sql);
+    if (PQresultStatus(r) != PGRES_COPY_IN) {
+        pst_pgerr(cp->sql, r, err, el);
+        PQclear(r);
+        return PST_EDB;
+    }
+    PQclear(r);
+    if (PQputCopyData(cp->sql, b->p, (int)b->len) != 1 ||
+        PQputCopyEnd(cp->sql, NULL) != 1) {
+        pst_pgerr(cp->sql, NULL, err, el);
+        return PST_EDB;
+    }
+    r = PQgetResult(cp->sql);
+    int rc = 0;
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+        pst_pgerr(cp->sql, r, err, el);
+        rc = PST_EDB;
+    }
+    PQclear(r);
+    while ((r = PQgetResult(cp->sql))) PQclear(r);
+    b->len = 0;
+    return rc;
+}
+
+static int wr_flush_bufs(pst_capture *cp, char *err, size_t el)
+{
+    int rc;
+    if ((rc = wr_copy(cp, "COPY pmgcm.log (seq, epoch, op, tbl, old, new, ts,"
+                          " last, origin) FROM STDIN", &cp->blog, err, el)) ||
+        (rc = wr_copy(cp, "COPY pmgcm.olog (origin, seq, op, tbl, old, new,"
+                          " ts, last) FROM STDIN", &cp->bolog, err, el)) ||
+        (rc = wr_copy(cp, "COPY pmgcm.divergence (reason, epoch, op, tbl, old,"
+                          " new, ts) FROM STDIN", &cp->bdiv, err, el)))
+        return rc;
+    cp->batch_bytes = 0;
+    return 0;
+}
+
+static void held_clear(held *h)
+{
+    free(h->old_);
+    free(h->new_);
+    memset(h, 0, sizeof(*h));
+}
+
+static int wr_begin(pst_capture *cp, char *err, size_t el);
+
+/* Opens the writer's transaction: the role and positions as they are,
+ * locked against a role change until the commit. A database that says
+ * master is numbered only once this run of the daemon confirmed it (the
+ * loop's pst_capture_numbering): a master that was stopped and comes back
+ * as a follower must not number what it decodes from before. Meanwhile
+ * the stream waits. */
+static int wr_open(pst_capture *cp, char *err, size_t el)
+{
+    if (cp->db_open) return 0;
+    for (;;) {
+        int rc = wr_begin(cp, err, el);
+        if (rc) return rc;
+        pthread_mutex_lock(&cp->mu);
+        bool ok = cp->numbering || cp->stop;
+        pthread_mutex_unlock(&cp->mu);
+        if (ok || strcmp(cp->role, "master") != 0) return 0;
+        PGresult *r = PQexec(cp->sql, "ROLLBACK");
+        PQclear(r);
+        cp->db_open = false;
+        cap_wait(cp, -1, 1000);
+        if (cap_stopping(cp)) {
+            snprintf(err, el, "stopping");
+            return -ECANCELED;
+        }
+    }
+}
+
+static int wr_begin(pst_capture *cp, char *err, size_t el)
+{
+    PGresult *r = PQexec(cp->sql,
+                         "BEGIN; SELECT role, epoch, seq, cid,"
+                         " coalesce(capture_lsn, '0/0')::text,"
+                         " coalesce(master_lsn, '0/0')::text, loaded,"
+                         " coalesce((SELECT seq FROM pmgcm.opos o WHERE o.origin"
+                         " = s.cid), 0) FROM pmgcm.state s FOR UPDATE");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+        pst_pgerr(cp->sql, r, err, el);
+        PQclear(r);
+        r = PQexec(cp->sql, "ROLLBACK");
+        PQclear(r);
+        return PST_EDB;
+    }
+    snprintf(cp->role, sizeof(cp->role), "%s", PQgetvalue(r, 0, 0));
+    cp->epoch = strtoull(PQgetvalue(r, 0, 1), NULL, 10);
+    cp->seq = strtoull(PQgetvalue(r, 0, 2), NULL, 10);
+    cp->cid = (uint32_t)strtoul(PQgetvalue(r, 0, 3), NULL, 10);
+    if (pst_pgo_lsn_parse(PQgetvalue(r, 0, 4), &cp->capture_lsn) != 0)
+        cp->capture_lsn = 0;
+    if (pst_pgo_lsn_parse(PQgetvalue(r, 0, 5), &cp->master_lsn) != 0)
+        cp->master_lsn = 0;
+    cp->loaded = PQgetvalue(r, 0, 6)[0] == 't';
+    cp->oseq = strtoull(PQgetvalue(r, 0, 7), NULL, 10);
+    PQclear(r);
+    cp->db_open = true;
+    cp->n_main = cp->n_own = cp->n_div = 0;
+    cp->any_own = false;
+    cp->batch_txns = cp->batch_bytes = 0;
+    return 0;
+}
+
+static void wr_abort(pst_capture *cp)
+{
+    if (cp->db_open && cp->sql) {
+        PGresult *r = PQexec(cp->sql, "ROLLBACK");
+        PQclear(r);
+    }
+    cp->db_open = false;
+    cp->blog.len = cp->bolog.len = cp->bdiv.len = 0;
+    held_clear(&cp->hlog);
+    held_clear(&cp->holog);
+}
+
+/* One row of pmgcm.log / pmgcm.olog from a held change. */
+static int emit_held(pst_capture *cp, held *h, bool origin, bool last)
+{
+    if (!h->any) return 0;
+    char ts[64];
+    ts_text(cp->src_ts, ts, sizeof(ts));
+    int rc;
+    wbuf *b = origin ? &cp->bolog : &cp->blog;
+    if (origin)
+        rc = wb_fmt(b, "%u\t%llu\t%c\t", cp->cid,
+                    (unsigned long long)++cp->oseq, h->op);
+    else
+        rc = wb_fmt(b, "%llu\t%llu\t%c\t", (unsigned long long)++cp->seq,
+                    (unsigned long long)cp->epoch, h->op);
+    if (!rc) rc = wb_field(b, h->tbl);
+    if (!rc) rc = wb_put(b, "\t", 1);
+    if (!rc) rc = wb_field(b, h->old_);
+    if (!rc) rc = wb_put(b, "\t", 1);
+    if (!rc) rc = wb_field(b, h->new_);
+    if (!rc && origin) rc = wb_fmt(b, "\t%s\t%c\n", ts, last ? 't' : 'f');
+    else if (!rc) rc = wb_fmt(b, "\t%s\t%c\t%u\n", ts, last ? 't' : 'f',
+                              cp->cid);
+    if (origin) {
+        cp->n_own++;
+        cp->any_own = true;
+        cp->own_ts = cp->src_ts;
+    } else {
+        cp->n_main++;
+        cp->last_ts = cp->src_ts;
+    }
+    held_clear(h);
+    return rc;
+}
+
+/* Where this source transaction's changes go (at its first change). */
+static void classify(pst_capture *cp)
+{
+    bool none = strcmp(cp->role, "none") == 0 || !cp->role[0];
+    bool master = strcmp(cp->role, "master") == 0;
+    if (none) cp->main_dest = 0;
+    else if (master && cp->src_commit_lsn >= cp->master_lsn)
+        cp->main_dest = 1;
+    else cp->main_dest = 2;
+    cp->origin_keep = !none && cp->cid != 0;
+    cp->src_classified = true;
+}
+
+/* A decoded row change (or one table of a TRUNCATE). Takes old_/new_. */
+static int on_change(pst_capture *cp, char op, const relent *e, char *old_,
+                     char *new_, char *err, size_t el)
+{
+    int rc = 0;
+    if (cp->src_skip || !e || e->kind == 0 || !e->tbl) goto drop;
+    if ((rc = wr_open(cp, err, el))) goto drop;
+    /* numbered before a restart: the slot sends it again */
+    if (cp->src_commit_lsn < cp->capture_lsn) goto drop;
+    if (!cp->src_classified) classify(cp);
+    size_t sz = 64 + (old_ ? strlen(old_) : 0) + (new_ ? strlen(new_) : 0);
+    cp->batch_bytes += sz;
+    if (e->kind == 2) {
+        if (!cp->origin_keep) goto drop;
+        if ((rc = emit_held(cp, &cp->holog, true, false))) goto drop;
+        cp->holog = (held){true, op, e->tbl, old_, new_};
+        old_ = new_ = NULL;
+    } else if (cp->main_dest == 1) {
+        if ((rc = emit_held(cp, &cp->hlog, false, false))) goto drop;
+        cp->hlog = (held){true, op, e->tbl, old_, new_};
+        old_ = new_ = NULL;
+    } else if (cp->main_dest == 2) {
+        char ts[64], lsn[32];
+        ts_text(cp->src_ts, ts, sizeof(ts));
+        pst_pgo_lsn_str(cp->src_commit_lsn, lsn, sizeof(lsn));
+        rc = wb_fmt(&cp->bdiv,
+                    "committed at %s (WAL %s) on this node while it was not"
+                    " the master (role %s): never sent to the cluster\t%llu\t%c\t",
+                    ts, lsn, cp->role, (unsigned long long)cp->epoch, op);
+        if (!rc) rc = wb_field(&cp->bdiv, e->tbl);
+        if (!rc) rc = wb_put(&cp->bdiv, "\t", 1);
+        if (!rc) rc = wb_field(&cp->bdiv, old_);
+        if (!rc) rc = wb_put(&cp->bdiv, "\t", 1);
+        if (!rc) rc = wb_field(&cp->bdiv, new_);
+        if (!rc) rc = wb_fmt(&cp->bdiv, "\t%s\n", ts);
+        cp->n_div++;
+    }
+    if (!rc && (cp->blog.len > COPY_FLUSH || cp->bolog.len > COPY_FLUSH ||
+                cp->bdiv.len > COPY_FLUSH))
+        rc = wr_flush_bufs(cp, err, el);
+drop:
+    free(old_);
+    free(new_);
+    return rc;
+}
+
+static void fifo_push(pst_capture *cp, uint64_t need, uint64_t end)
+{
+    if (cp->f_n) {
+        sync_ent *t = &cp->fifo[(cp->f_head + cp->f_n - 1) % SYNC_FIFO];
+        if (t->need_seq >= need) { /* nothing newer to wait for */
+            if (end > t->end_lsn) t->end_lsn = end;
+            return;
+        }
+    }
+    if (cp->f_n == SYNC_FIFO) { /* merge into the newest */
+        sync_ent *t = &cp->fifo[(cp->f_head + cp->f_n - 1) % SYNC_FIFO];
+        t->need_seq = need;
+        t->end_lsn = end;
         return;
     }
-    if (j->rc) {
-        pst_set_error(st, "numbering changes: %s", j->err);
-    } else if (cj->n > 0) {
-        pst_info *i = &st->info;
-        i->pos = cj->pos;
-        i->recv_seq = cj->pos.seq;
-        i->head = cj->pos;
-        i->pos_ts_us = i->head_ts_us = cj->ts_us;
-        i->captured_total += cj->n;
-        if (i->error[0]) pst_set_error(st, "%s", "");
+    cp->fifo[(cp->f_head + cp->f_n) % SYNC_FIFO] = (sync_ent){need, end};
+    cp->f_n++;
+}
+
+/* Releases what enough followers hold: the flush LSN moves. */
+static void fifo_release(pst_capture *cp)
+{
+    pthread_mutex_lock(&cp->mu);
+    uint32_t need = cp->sync_need;
+    uint64_t acked = cp->sync_acked;
+    pthread_mutex_unlock(&cp->mu);
+    while (cp->f_n) {
+        sync_ent *e = &cp->fifo[cp->f_head];
+        if (need && e->need_seq > acked) break;
+        if (e->end_lsn > cp->flush_lsn) {
+            cp->flush_lsn = e->end_lsn;
+            cp->fb_now = true;
+        }
+        cp->f_head = (cp->f_head + 1) % SYNC_FIFO;
+        cp->f_n--;
+    }
+}
+
+/* Commits the writer's transaction: the rows, the position and the end
+ * LSN of the last source transaction, together. */
+static int wr_commit(pst_capture *cp, char *err, size_t el)
+{
+    if (!cp->db_open) return 0;
+    int rc = wr_flush_bufs(cp, err, el);
+    if (rc) return rc;
+    char lsn[32], q[700], ts[64], ots[64];
+    pst_pgo_lsn_str(cp->end_lsn, lsn, sizeof(lsn));
+    ts_text(cp->last_ts, ts, sizeof(ts));
+    ts_text(cp->own_ts, ots, sizeof(ots));
+    int n;
+    if (cp->n_main)
+        n = snprintf(q, sizeof(q),
+                     "UPDATE pmgcm.state SET capture_lsn = '%s', seq = %llu,"
+                     " recv_seq = %llu, ts = '%s'%s;",
+                     lsn, (unsigned long long)cp->seq,
+                     (unsigned long long)cp->seq, ts,
+                     cp->n_div ? ", loaded = false" : "");
+    else
+        n = snprintf(q, sizeof(q),
+                     "UPDATE pmgcm.state SET capture_lsn = '%s'%s;", lsn,
+                     cp->n_div ? ", loaded = false" : "");
+    if (cp->any_own && n > 0 && (size_t)n < sizeof(q))
+        n += snprintf(q + n, sizeof(q) - (size_t)n,
+                      "INSERT INTO pmgcm.opos (origin, seq, recv_seq, ts)"
+                      " VALUES (%u, %llu, %llu, '%s') ON CONFLICT (origin) DO"
+                      " UPDATE SET seq = EXCLUDED.seq, recv_seq ="
+                      " EXCLUDED.recv_seq, ts = EXCLUDED.ts;",
+                      cp->cid, (unsigned long long)cp->oseq,
+                      (unsigned long long)cp->oseq, ots);
+    if (n < 0 || (size_t)n + 8 >= sizeof(q)) return -EINVAL;
+    snprintf(q + n, sizeof(q) - (size_t)n, "COMMIT");
+    if ((rc = pst_exec(cp->sql, q, err, el))) return rc;
+    cp->db_open = false;
+    cp->capture_lsn = cp->end_lsn;
+    /* for the loop */
+    pthread_mutex_lock(&cp->mu);
+    cp->res_any = true;
+    if (cp->n_main) {
+        cp->res_pos = (pst_pos){cp->epoch, cp->seq};
+        cp->res_recv = cp->seq;
+        cp->res_ts = cp->last_ts;
+        cp->res_captured += cp->n_main;
+    }
+    if (cp->any_own) {
+        cp->res_own = true;
+        cp->res_cid = cp->cid;
+        cp->res_own_seq = cp->oseq;
+        cp->res_own_ts = cp->own_ts;
+    }
+    if (cp->n_div) {
+        cp->res_divergent += cp->n_div;
+        cp->res_unloaded = true;
+    }
+    pthread_mutex_unlock(&cp->mu);
+    fifo_push(cp, strcmp(cp->role, "master") == 0 ? cp->seq : 0, cp->end_lsn);
+    cp->batch_txns = cp->batch_bytes = 0;
+    cap_post(cp);
+    return 0;
+}
+
+/* ---- the stream ---------------------------------------------------------------------- */
+
+static int send_feedback(pst_capture *cp, bool reply)
+{
+    uint8_t fb[PST_PGO_FEEDBACK_LEN];
+    int64_t now = pst_now_us() - PST_PGO_EPOCH_OFFSET_US;
+    pst_pgo_feedback(fb, cp->flush_lsn, cp->flush_lsn, cp->flush_lsn, now,
+                     reply);
+    if (PQputCopyData(cp->repl, (const char *)fb, sizeof(fb)) != 1 ||
+        PQflush(cp->repl) != 0)
+        return PST_EDB;
+    cp->last_fb_ms = pst_mono_ms();
+    cp->fb_now = false;
+    return 0;
+}
+
+/* One pgoutput message. */
+static int on_message(pst_capture *cp, const uint8_t *data, size_t len,
+                      char *err, size_t el)
+{
+    pst_pgo_msg m;
+    int rc = pst_pgo_decode(cp->dec, data, len, &m);
+    if (rc) {
+        snprintf(err, el, "undecodable change from the walsender (%s)",
+                 strerror(-rc));
+        return PST_EPROTO;
+    }
+    switch (m.kind) {
+    case PST_PGO_BEGIN:
+        cp->in_src = true;
+        cp->src_skip = false;
+        cp->src_classified = false;
+        cp->src_commit_lsn = m.lsn;
+        cp->src_ts = m.ts + PST_PGO_EPOCH_OFFSET_US;
+        break;
+    case PST_PGO_ORIGIN:
+        /* applied by the store itself: not captured again */
+        if (m.name && strncmp(m.name, "pmgcm_", 6) == 0) cp->src_skip = true;
+        break;
+    case PST_PGO_RELATION:
+        rc = rel_learn(cp, m.rel, err, el);
+        break;
+    case PST_PGO_INSERT:
+    case PST_PGO_UPDATE:
+    case PST_PGO_DELETE: {
+        const relent *e = rel_get(cp, m.rel->oid);
+        rc = on_change(cp, (char)m.kind, e, m.old_json, m.new_json, err, el);
+        m.old_json = m.new_json = NULL;
+        break;
+    }
+    case PST_PGO_TRUNCATE:
+        for (uint32_t i = 0; i < m.n_rels && rc == 0; i++) {
+            const relent *e = rel_get(cp, m.rels[i]->oid);
+            rc = on_change(cp, 'T', e, NULL, NULL, err, el);
+        }
+        break;
+    case PST_PGO_COMMIT:
+        if (cp->db_open) {
+            if ((rc = emit_held(cp, &cp->hlog, false, true)) ||
+                (rc = emit_held(cp, &cp->holog, true, true)))
+                break;
+            if (m.end_lsn > cp->end_lsn) cp->end_lsn = m.end_lsn;
+            cp->batch_txns++;
+        } else {
+            /* nothing of ours in it */
+            if (m.end_lsn > cp->end_lsn) cp->end_lsn = m.end_lsn;
+            fifo_push(cp, 0, m.end_lsn);
+        }
+        cp->in_src = false;
+        break;
+    default:
+        break;
+    }
+    pst_pgo_msg_clear(&m);
+    return rc;
+}
+
+static void post_stats(pst_capture *cp)
+{
+    const char *pv[1] = {cp->slot};
+    PGresult *r = PQexecParams(
+        cp->sql,
+        "SELECT coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn),"
+        " 0)::bigint, coalesce(wal_status, ''), coalesce(safe_wal_size, -1)"
+        " FROM pg_replication_slots WHERE slot_name = $1",
+        1, NULL, pv, NULL, NULL, 0);
+    cp->last_stats_ms = pst_mono_ms();
+    if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1) {
+        pthread_mutex_lock(&cp->mu);
+        cp->res_stats = true;
+        cp->res_retained = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+        snprintf(cp->res_wal_status, sizeof(cp->res_wal_status), "%s",
+                 PQgetvalue(r, 0, 1));
+        cp->res_safe = strtoll(PQgetvalue(r, 0, 2), NULL, 10);
+        cp->res_flush = cp->flush_lsn;
+        cp->res_waiting = cp->f_n;
+        pthread_mutex_unlock(&cp->mu);
+        cap_post(cp);
+    }
+    PQclear(r);
+}
+
+static void set_streaming(pst_capture *cp, bool on)
+{
+    pthread_mutex_lock(&cp->mu);
+    cp->res_streaming = on;
+    pthread_mutex_unlock(&cp->mu);
+    cap_post(cp);
+}
+
+/* Streams the slot until an error or a stop. */
+static int stream(pst_capture *cp, char *err, size_t el)
+{
+    char lsn[32], *sql = NULL;
+    pst_pgo_lsn_str(cp->capture_lsn, lsn, sizeof(lsn));
+    char *id = PQescapeIdentifier(cp->repl, cp->slot, strlen(cp->slot));
+    if (!id || asprintf(&sql, "START_REPLICATION SLOT %s LOGICAL %s"
+                              " (proto_version '1', publication_names"
+                              " 'pmgcm')", id, lsn) < 0) {
+        PQfreemem(id);
+        return -ENOMEM;
+    }
+    PQfreemem(id);
+    PGresult *r = PQexec(cp->repl, sql);
+    free(sql);
+    if (PQresultStatus(r) != PGRES_COPY_BOTH) {
+        pst_pgerr(cp->repl, r, err, el);
+        const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+        bool lost = state && (strcmp(state, "55000") == 0 ||
+                              strcmp(state, "42704") == 0 ||
+                              strcmp(state, "58P01") == 0);
+        PQclear(r);
+        if (lost) {
+            pthread_mutex_lock(&cp->mu);
+            cp->res_lost = true;
+            pthread_mutex_unlock(&cp->mu);
+            cap_post(cp);
+        }
+        return PST_EDB;
+    }
+    PQclear(r);
+    set_streaming(cp, true);
+    pst_pgo_free(cp->dec);
+    cp->dec = pst_pgo_new();
+    cp->n_rels = 0;
+    if (!cp->dec) return -ENOMEM;
+    cp->in_src = false;
+    cp->end_lsn = cp->capture_lsn;
+    int rc = 0;
+    while (rc == 0 && !cap_stopping(cp)) {
+        for (;;) {
+            char *buf = NULL;
+            int n = PQgetCopyData(cp->repl, &buf, 1);
+            if (n == 0) break;
+            if (n < 0) {
+                pst_pgerr(cp->repl, NULL, err, el);
+                if (!err[0]) snprintf(err, el, "the walsender ended the stream");
+                rc = PST_EDB;
+                break;
+            }
+            pst_pgo_copy cpy;
+            if (pst_pgo_copy_parse((const uint8_t *)buf, (size_t)n, &cpy)) {
+                snprintf(err, el, "malformed message from the walsender");
+                rc = PST_EPROTO;
+            } else if (cpy.kind == 'k') {
+                if (cpy.wal_end > cp->ka_end) cp->ka_end = cpy.wal_end;
+                if (cpy.reply) cp->fb_now = true;
+            } else {
+                rc = on_message(cp, cpy.data, cpy.len, err, el);
+            }
+            PQfreemem(buf);
+            if (rc) break;
+            /* a long run of input: commit now and then */
+            if (!cp->in_src && cp->db_open &&
+                (cp->batch_txns >= BATCH_TXNS || cp->batch_bytes >= BATCH_BYTES))
+                rc = wr_commit(cp, err, el);
+            if (rc) break;
+        }
+        if (rc) break;
+        /* the input is drained: what is complete goes in */
+        if (!cp->in_src && cp->db_open && (rc = wr_commit(cp, err, el))) break;
+        fifo_release(cp);
+        if (!cp->in_src && !cp->db_open && cp->f_n == 0 &&
+            cp->ka_end > cp->flush_lsn) {
+            /* idle: everything the walsender sent is done */
+            cp->flush_lsn = cp->ka_end;
+            cp->fb_now = true;
+        }
+        uint64_t now = pst_mono_ms();
+        if (cp->fb_now || now - cp->last_fb_ms >= FEEDBACK_MS)
+            if ((rc = send_feedback(cp, false))) {
+                pst_pgerr(cp->repl, NULL, err, el);
+                break;
+            }
+        if (now - cp->last_stats_ms >= STATS_MS && !cp->db_open) post_stats(cp);
+        int wait = (int)(FEEDBACK_MS - (pst_mono_ms() - cp->last_fb_ms));
+        if (wait < 0) wait = 0;
+        cap_wait(cp, PQsocket(cp->repl), wait);
+        if (!PQconsumeInput(cp->repl)) {
+            pst_pgerr(cp->repl, NULL, err, el);
+            rc = PST_EDB;
+        }
+    }
+    set_streaming(cp, false);
+    return rc;
+}
+
+/* What the node's state says about capturing: in a cluster, the slot,
+ * where to start. 1 = stream, 0 = nothing to do now, < 0 error. */
+static int prepare(pst_capture *cp, char *err, size_t el)
+{
+    if (!cp->sql) {
+        cp->sql = pst_connect(cp->conninfo, NULL, err, el);
+        if (!cp->sql) return PST_EDB;
+        if (pst_exec(cp->sql, "SET synchronous_commit = local", err, el)) {
+            PQfinish(cp->sql);
+            cp->sql = NULL;
+            return PST_EDB;
+        }
+        if (pst_slot_name(cp->sql, cp->slot, sizeof(cp->slot), err, el)) {
+            PQfinish(cp->sql);
+            cp->sql = NULL;
+            return PST_EDB;
+        }
+    }
+    PGresult *r = PQexec(cp->sql, "SELECT role, coalesce(capture_lsn,"
+                                  " '0/0')::text, seq FROM pmgcm.state");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+        pst_pgerr(cp->sql, r, err, el);
+        PQclear(r);
+        if (PQstatus(cp->sql) != CONNECTION_OK) {
+            PQfinish(cp->sql);
+            cp->sql = NULL;
+        }
+        return PST_EDB;
+    }
+    bool none = strcmp(PQgetvalue(r, 0, 0), "none") == 0;
+    if (pst_pgo_lsn_parse(PQgetvalue(r, 0, 1), &cp->capture_lsn) != 0)
+        cp->capture_lsn = 0;
+    uint64_t seq = strtoull(PQgetvalue(r, 0, 2), NULL, 10);
+    bool master = strcmp(PQgetvalue(r, 0, 0), "master") == 0;
+    PQclear(r);
+    if (none) return 0;
+    bool exists, lost;
+    if (pst_slot_info(cp->sql, cp->slot, &exists, &lost, err, el))
+        return PST_EDB;
+    if (!exists || lost) {
+        pthread_mutex_lock(&cp->mu);
+        cp->res_lost = true;
+        pthread_mutex_unlock(&cp->mu);
+        cap_post(cp);
+        return 0;
+    }
+    /* with db_sync, what was numbered before this start is released only
+     * once the followers hold it */
+    cp->f_head = cp->f_n = 0;
+    cp->flush_lsn = 0;
+    cp->ka_end = 0;
+    fifo_push(cp, master ? seq : 0, cp->capture_lsn);
+    return 1;
+}
+
+static void capture_main(void *arg)
+{
+    pst_capture *cp = arg;
+    char err[256];
+    while (!cap_stopping(cp)) {
+        err[0] = 0;
+        int rc = prepare(cp, err, sizeof(err));
+        if (rc == 1) {
+            cp->repl = pst_repl_connect(cp->conninfo, cp->slot, err,
+                                        sizeof(err));
+            if (!cp->repl) {
+                rc = PST_EDB;
+            } else {
+                rc = stream(cp, err, sizeof(err));
+                wr_abort(cp);
+                PQfinish(cp->repl);
+                cp->repl = NULL;
+                if (rc == 0) continue; /* stopped */
+            }
+        }
+        if (rc < 0 && !cap_stopping(cp)) {
+            cap_error(cp, "capture: %s", err[0] ? err : pst_strerror(rc));
+            if (cp->sql && PQstatus(cp->sql) != CONNECTION_OK) {
+                PQfinish(cp->sql);
+                cp->sql = NULL;
+            }
+        } else if (rc >= 0) {
+            pthread_mutex_lock(&cp->mu);
+            if (cp->res_err[0]) {
+                cp->res_err[0] = 0;
+                cp->res_err_set = true;
+            }
+            pthread_mutex_unlock(&cp->mu);
+        }
+        /* until poked (role, setup) or a second passed */
+        pthread_mutex_lock(&cp->mu);
+        bool poked = cp->poke;
+        cp->poke = false;
+        pthread_mutex_unlock(&cp->mu);
+        if (!poked) cap_wait(cp, -1, RETRY_MS);
+    }
+    wr_abort(cp);
+    if (cp->repl) PQfinish(cp->repl);
+    if (cp->sql) PQfinish(cp->sql);
+    cp->repl = cp->sql = NULL;
+}
+
+/* ---- the loop's side ------------------------------------------------------------------- */
+
+int pst_capture_start(pst_store *st)
+{
+    pst_capture *cp = calloc(1, sizeof(*cp));
+    if (!cp) return -ENOMEM;
+    cp->st = st;
+    cp->conninfo = strdup(st->conninfo);
+    cp->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (!cp->conninfo || cp->wake_fd < 0) {
+        if (cp->wake_fd >= 0) close(cp->wake_fd);
+        free(cp->conninfo);
+        free(cp);
+        return -ENOMEM;
+    }
+    pthread_mutex_init(&cp->mu, NULL);
+    st->cap = cp;
+    return 0;
+}
+
+/* The thread starts once the schema is set up (it reads pmgcm.state). */
+void pst_capture_run(pst_store *st)
+{
+    pst_capture *cp = st->cap;
+    if (!cp || cp->started) return;
+    if (uv_thread_create(&cp->tid, capture_main, cp) == 0) cp->started = true;
+}
+
+static void cap_wake(pst_capture *cp)
+{
+    uint64_t one = 1;
+    ssize_t k = write(cp->wake_fd, &one, sizeof(one));
+    (void)k;
+}
+
+void pst_capture_poke(pst_store *st)
+{
+    pst_capture *cp = st->cap;
+    if (!cp) return;
+    pthread_mutex_lock(&cp->mu);
+    cp->poke = true;
+    pthread_mutex_unlock(&cp->mu);
+    cap_wake(cp);
+}
+
+void pst_capture_set_sync(pst_store *st, uint32_t need, uint64_t acked)
+{
+    pst_capture *cp = st->cap;
+    if (!cp) return;
+    pthread_mutex_lock(&cp->mu);
+    bool wake = cp->sync_need != need || cp->sync_acked != acked;
+    cp->sync_need = need;
+    cp->sync_acked = acked;
+    pthread_mutex_unlock(&cp->mu);
+    if (wake) cap_wake(cp);
+}
+
+void pst_capture_numbering(pst_store *st, bool on)
+{
+    pst_capture *cp = st->cap;
+    if (!cp) return;
+    pthread_mutex_lock(&cp->mu);
+    bool wake = cp->numbering != on;
+    cp->numbering = on;
+    pthread_mutex_unlock(&cp->mu);
+    if (wake) cap_wake(cp);
+}
+
+void pst_capture_stop(pst_store *st)
+{
+    pst_capture *cp = st->cap;
+    if (!cp) return;
+    pthread_mutex_lock(&cp->mu);
+    cp->stop = true;
+    pthread_mutex_unlock(&cp->mu);
+    cap_wake(cp);
+    if (cp->started) uv_thread_join(&cp->tid);
+    st->cap = NULL;
+    pthread_mutex_destroy(&cp->mu);
+    close(cp->wake_fd);
+    free(cp->conninfo);
+    free(cp->blog.p);
+    free(cp->bolog.p);
+    free(cp->bdiv.p);
+    held_clear(&cp->hlog);
+    held_clear(&cp->holog);
+    pst_pgo_free(cp->dec);
+    free(cp->rels);
+    for (size_t i = 0; i < cp->n_names; i++) free(cp->names[i]);
+    free(cp->names);
+    free(cp);
+}
+
+/* From the store's async callback: what the thread did. */
+void pst_capture_poll(pst_store *st)
+{
+    pst_capture *cp = st->cap;
+    if (!cp || st->closing) return;
+    pthread_mutex_lock(&cp->mu);
+    bool any = cp->res_any, own = cp->res_own, unl = cp->res_unloaded;
+    pst_pos pos = cp->res_pos;
+    uint64_t recv = cp->res_recv, cap = cp->res_captured,
+             div = cp->res_divergent, oseq = cp->res_own_seq;
+    int64_t ts = cp->res_ts, ots = cp->res_own_ts;
+    uint32_t cid = cp->res_cid;
+    bool err_set = cp->res_err_set, stats = cp->res_stats, lost = cp->res_lost;
+    char e[256];
+    snprintf(e, sizeof(e), "%s", cp->res_err);
+    if (stats) {
+        st->info.wal_retained = cp->res_retained;
+        snprintf(st->info.slot_status, sizeof(st->info.slot_status), "%s",
+                 cp->res_wal_status);
+        st->info.slot_safe = cp->res_safe;
+        st->info.sync_waiting = cp->res_waiting;
+    }
+    st->info.capturing = cp->res_streaming;
+    cp->res_any = cp->res_own = cp->res_unloaded = false;
+    cp->res_captured = cp->res_divergent = 0;
+    cp->res_err_set = cp->res_stats = cp->res_lost = false;
+    pthread_mutex_unlock(&cp->mu);
+    pst_info *i = &st->info;
+    if (any && cap && i->master && pst_pos_cmp(pos, i->pos) > 0) {
+        i->pos = pos;
+        i->recv_seq = recv;
+        i->head = pos;
+        i->pos_ts_us = i->head_ts_us = ts;
+        i->captured_total += cap;
+    }
+    if (own) {
+        pst_origin *o = pst_opos(st, cid, true);
+        if (o && oseq > o->seq) {
+            o->seq = o->recv_seq = oseq;
+            o->ts_us = ots;
+        }
+    }
+    if (div) {
+        i->divergent_total += div;
+        pst_log(st, 1,
+                "store: DIVERGED: %llu change(s) committed here while this"
+                " node was not the master (a transaction that began before a"
+                " step-down, or slipped past it) were never sent; kept in"
+                " pmgcm.divergence; resyncing with a snapshot",
+                (unsigned long long)div);
+        pst_start_kept(st);
+    }
+    if (unl) {
+        i->loaded = false;
+        if (i->state == PST_IN_SYNC) i->state = PST_CATCHING_UP;
+    }
+    if (err_set) {
+        if (e[0]) pst_set_error(st, "%s", e);
+        else if (strncmp(i->error, "capture: ", 9) == 0)
+            pst_set_error(st, "%s", "");
+    } else if (any && strncmp(i->error, "capture: ", 9) == 0) {
+        pst_set_error(st, "%s", "");
+    }
+    if (lost) pst_slot_repair(st);
+    if (any || div || unl || stats) {
         pst_sessions_head(st);
         pst_changed(st);
     }
-    bool again = st->capture_again;
-    free(cj);
-    st->capture_again = false;
-    if (again) pst_start_capture(st);
-}
-
-void pst_start_capture(pst_store *st)
-{
-    if (!st->info.ready || !st->info.master || st->closing) return;
-    if (st->capture_busy) {
-        st->capture_again = true;
-        return;
-    }
-    capture_job *cj = calloc(1, sizeof(*cj));
-    if (!cj) return;
-    cj->cid = st->self_cid;
-    cj->j.run = capture_run;
-    cj->j.done = capture_done;
-    st->capture_busy = true;
-    st->capture_again = false;
-    pst_submit(st, &cj->j);
-}
-
-/* ---- numbering this node's own origin changes (every node) ------------------ */
-
-typedef struct ocap_job {
-    pst_job j;
-    uint32_t cid;
-    uint64_t n, seq;
-    int64_t ts_us;
-} ocap_job;
-
-static void ocap_run(pst_job *j, PGconn *c)
-{
-    ocap_job *oj = (ocap_job *)j;
-    char *err = j->err;
-    size_t el = sizeof(j->err);
-    if (!c) {
-        j->rc = PST_EDB;
-        return;
-    }
-    char cid[16];
-    snprintf(cid, sizeof(cid), "%u", oj->cid);
-    const char *pv[1] = {cid};
-    int rc = pst_exec(c, "BEGIN", err, el);
-    PGresult *r = NULL;
-    if (rc) goto out;
-    r = PQexecParams(c, "INSERT INTO pmgcm.opos (origin) VALUES ($1::int)"
-                        " ON CONFLICT DO NOTHING", 1, NULL, pv, NULL, NULL, 0);
-    PQclear(r);
-    r = PQexecParams(c, "SELECT seq FROM pmgcm.opos WHERE origin = $1::int"
-                        " FOR UPDATE", 1, NULL, pv, NULL, NULL, 0);
-    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
-        pst_pgerr(c, r, err, el);
-        rc = PST_EDB;
-        goto out;
-    }
-    oj->seq = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
-    PQclear(r);
-    r = PQexecParams(
-        c,
-        "WITH c AS (DELETE FROM pmgcm.ocapture RETURNING *),"
-        " s AS (SELECT seq FROM pmgcm.opos WHERE origin = $1::int),"
-        " n AS (SELECT c.*, row_number() OVER (ORDER BY c.id) AS rn,"
-        "  count(*) OVER () AS cnt FROM c)"
-        " INSERT INTO pmgcm.olog (origin, seq, op, tbl, old, new, ts, last)"
-        " SELECT $1::int, s.seq + n.rn, n.op, n.tbl, n.old, n.new,"
-        "  clock_timestamp(), n.rn = n.cnt FROM n, s",
-        1, NULL, pv, NULL, NULL, 0);
-    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
-        pst_pgerr(c, r, err, el);
-        rc = PST_EDB;
-        goto out;
-    }
-    oj->n = strtoull(PQcmdTuples(r), NULL, 10);
-    PQclear(r);
-    r = NULL;
-    if (oj->n == 0) {
-        rc = pst_exec(c, "ROLLBACK", err, el);
-        goto out;
-    }
-    char nb[24];
-    snprintf(nb, sizeof(nb), "%llu", (unsigned long long)oj->n);
-    const char *p2[2] = {cid, nb};
-    r = PQexecParams(c,
-                     "UPDATE pmgcm.opos SET seq = seq + $2::bigint, recv_seq ="
-                     " seq + $2::bigint, ts = clock_timestamp() WHERE origin ="
-                     " $1::int RETURNING (extract(epoch FROM ts) *"
-                     " 1000000)::bigint",
-                     2, NULL, p2, NULL, NULL, 0);
-    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-        pst_pgerr(c, r, err, el);
-        rc = PST_EDB;
-        goto out;
-    }
-    oj->ts_us = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
-    oj->seq += oj->n;
-    rc = pst_exec(c, "COMMIT", err, el);
-out:
-    PQclear(r);
-    j->rc = rc;
-}
-
-static void ocap_done(pst_job *j)
-{
-    ocap_job *oj = (ocap_job *)j;
-    pst_store *st = j->st;
-    st->ocapture_busy = false;
-    if (!st->closing) {
-        if (j->rc) {
-            pst_set_error(st, "numbering this node's own rows: %s", j->err);
-        } else if (oj->n > 0) {
-            pst_origin *o = pst_opos(st, oj->cid, true);
-            if (o) {
-                o->seq = o->recv_seq = oj->seq;
-                o->ts_us = oj->ts_us;
-            }
-            pst_sessions_head(st);
-            pst_changed(st);
-        }
-    }
-    bool again = st->ocapture_again;
-    free(oj);
-    st->ocapture_again = false;
-    if (again && !st->closing) pst_start_ocapture(st);
-}
-
-void pst_start_ocapture(pst_store *st)
-{
-    if (!st->info.ready || st->closing || !st->info.n_origin_tables ||
-        st->self_cid == 0 || st->info.state == PST_IDLE)
-        return;
-    if (st->ocapture_busy) {
-        st->ocapture_again = true;
-        return;
-    }
-    ocap_job *oj = calloc(1, sizeof(*oj));
-    if (!oj) return;
-    oj->cid = st->self_cid;
-    oj->j.run = ocap_run;
-    oj->j.done = ocap_done;
-    st->ocapture_busy = true;
-    st->ocapture_again = false;
-    pst_submit(st, &oj->j);
-}
-
-/* ---- the capture sweep (every node but the master) ------------------------------ */
-
-/* A non-master must hold no captured, unsent change. The fence in the
- * capture trigger refuses such writes; this is the net behind it: any
- * capture row found on a node that is not master goes to divergence (with
- * the reason), and the data is marked not loaded, so a snapshot replaces
- * the tables (keeping what it replaces: see snapshots) and the node is
- * not A meanwhile. */
-typedef struct sweep_job {
-    pst_job j;
-    uint64_t moved;
-} sweep_job;
-
-static void sweep_run(pst_job *j, PGconn *c)
-{
-    sweep_job *sj = (sweep_job *)j;
-    char *err = j->err;
-    size_t el = sizeof(j->err);
-    if (!c) {
-        j->rc = PST_EDB;
-        return;
-    }
-    PGresult *r = PQexec(c, "SELECT EXISTS (SELECT 1 FROM pmgcm.capture)");
-    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
-        pst_pgerr(c, r, err, el);
-        PQclear(r);
-        j->rc = PST_EDB;
-        return;
-    }
-    bool any = PQgetvalue(r, 0, 0)[0] == 't';
-    PQclear(r);
-    if (!any) return;
-    int rc;
-    if ((rc = pst_exec(c, "BEGIN", err, el)) ||
-        (rc = pst_exec(c, "SELECT pg_advisory_xact_lock(7947002)", err, el)) ||
-        (rc = pst_q1(c, "SELECT role FROM pmgcm.state FOR UPDATE", 0, NULL, &r,
-                 err, el)))
-        goto out;
-    bool master = strcmp(PQgetvalue(r, 0, 0), "master") == 0;
-    PQclear(r);
-    if (master) { /* promoted meanwhile: the rows are its to number */
-        rc = pst_exec(c, "ROLLBACK", err, el);
-        goto out;
-    }
-    if ((rc = pst_q1(c,
-                 "WITH c AS (DELETE FROM pmgcm.capture RETURNING *)"
-                 " INSERT INTO pmgcm.divergence (reason, epoch, op, tbl, old,"
-                 " new, ts) SELECT 'committed here after this node had"
-                 " stopped being master (its transaction began before the"
-                 " step-down), never sent', (SELECT epoch FROM pmgcm.state),"
-                 " op, tbl, old, new, now() FROM c ORDER BY id",
-                 0, NULL, &r, err, el)))
-        goto out;
-    sj->moved = strtoull(PQcmdTuples(r), NULL, 10);
-    PQclear(r);
-    if (sj->moved &&
-        (rc = pst_exec(c, "UPDATE pmgcm.state SET loaded = false", err, el)))
-        goto out;
-    rc = pst_exec(c, "COMMIT", err, el);
-out:
-    j->rc = rc;
-}
-
-static void sweep_done(pst_job *j)
-{
-    sweep_job *sj = (sweep_job *)j;
-    pst_store *st = j->st;
-    st->sweep_busy = false;
-    if (!st->closing) {
-        if (j->rc) {
-            pst_log(st, 3, "store: capture sweep: %s", j->err);
-        } else if (sj->moved) {
-            pst_info *i = &st->info;
-            i->loaded = false;
-            i->divergent_total += sj->moved;
-            if (i->state == PST_IN_SYNC) i->state = PST_CATCHING_UP;
-            pst_log(st, 1,
-                    "store: DIVERGED: %llu change(s) committed here after"
-                    " this node had stopped being master were never sent;"
-                    " kept in pmgcm.divergence; resyncing with a snapshot",
-                    (unsigned long long)sj->moved);
-            pst_start_kept(st);
-            pst_changed(st);
-        }
-    }
-    free(sj);
-}
-
-void pst_start_sweep(pst_store *st)
-{
-    if (!st->info.ready || st->sweep_busy || st->closing || st->want_master ||
-        st->info.master || st->info.state == PST_IDLE || st->role_busy)
-        return;
-    sweep_job *sj = calloc(1, sizeof(*sj));
-    if (!sj) return;
-    sj->j.run = sweep_run;
-    sj->j.done = sweep_done;
-    st->sweep_busy = true;
-    pst_submit(st, &sj->j);
-}
-
-/* ---- retention ---------------------------------------------------------------------- */
-
-
-/* The queue tables and the one-row state tables are updated at every
- * commit: their dead rows must go long before autovacuum's next round
- * (every capture, numbering pass and apply reads them). */
-static void vacuum_run(pst_job *j, PGconn *c)
-{
-    if (!c) {
-        j->rc = PST_EDB;
-        return;
-    }
-    j->rc = pst_exec(c,
-                     "VACUUM (SKIP_LOCKED) pmgcm.capture, pmgcm.ocapture,"
-                     " pmgcm.state, pmgcm.opos",
-                     j->err, sizeof(j->err));
-}
-
-static void vacuum_done(pst_job *j)
-{
-    pst_store *st = j->st;
-    st->vacuum_busy = false;
-    if (j->rc && !st->closing)
-        pst_log(st, 3, "store: vacuum: %s", j->err);
-    free(j);
-}
-
-void pst_start_vacuum(pst_store *st)
-{
-    if (!st->info.ready || st->vacuum_busy || st->closing) return;
-    pst_job *j = calloc(1, sizeof(*j));
-    if (!j) return;
-    j->run = vacuum_run;
-    j->done = vacuum_done;
-    st->vacuum_busy = true;
-    pst_submit(st, j);
-}
-/* ---- LISTEN (non-blocking, under uv_poll) --------------------------------------- */
-
-void pst_listen_stop(pst_store *st);
-
-static void listen_poll_cb(uv_poll_t *p, int status, int events)
-{
-    pst_store *st = p->data;
-    (void)events;
-    if (status < 0 || !PQconsumeInput(st->listen)) {
-        pst_log(st, 1, "store: LISTEN connection lost: %s",
-                PQerrorMessage(st->listen));
-        pst_listen_stop(st);
-        return;
-    }
-    bool any = false;
-    PGnotify *n;
-    while ((n = PQnotifies(st->listen)) != NULL) {
-        any = true;
-        PQfreemem(n);
-    }
-    /* drain results of our own LISTEN command */
-    while (!PQisBusy(st->listen)) {
-        PGresult *r = PQgetResult(st->listen);
-        if (!r) break;
-        PQclear(r);
-    }
-    if (any) {
-        pst_start_capture(st);
-        pst_start_ocapture(st);
-    }
-}
-
-void pst_unref(pst_store *st);
-
-static void listen_closed(uv_handle_t *h)
-{
-    pst_store *st = h->data;
-    if (st->listen) PQfinish(st->listen);
-    st->listen = NULL;
-    pst_unref(st);
-}
-
-void pst_listen_stop(pst_store *st)
-{
-    if (!st->listen) return;
-    if (st->listen_active) {
-        st->listen_active = false;
-        uv_poll_stop(&st->listen_poll);
-        uv_close((uv_handle_t *)&st->listen_poll, listen_closed);
-    } else {
-        PQfinish(st->listen);
-        st->listen = NULL;
-        st->refs--;
-    }
-}
-
-/* Connects without blocking: PQconnectPoll driven by uv_poll. */
-static void listen_connect_cb(uv_poll_t *p, int status, int events);
-
-static void listen_want(pst_store *st, PostgresPollingStatusType ps)
-{
-    uv_poll_start(&st->listen_poll,
-                  ps == PGRES_POLLING_READING ? UV_READABLE : UV_WRITABLE,
-                  listen_connect_cb);
-}
-
-static void listen_connect_cb(uv_poll_t *p, int status, int events)
-{
-    pst_store *st = p->data;
-    (void)events;
-    PostgresPollingStatusType ps =
-        status < 0 ? PGRES_POLLING_FAILED : PQconnectPoll(st->listen);
-    if (ps == PGRES_POLLING_READING || ps == PGRES_POLLING_WRITING) {
-        listen_want(st, ps);
-        return;
-    }
-    if (ps != PGRES_POLLING_OK || PQsetnonblocking(st->listen, 1) != 0 ||
-        !PQsendQuery(st->listen, "LISTEN pmgcm_capture")) {
-        pst_listen_stop(st);
-        return;
-    }
-    PQsetNoticeProcessor(st->listen, pst_notice_quiet, NULL);
-    PQflush(st->listen);
-    uv_poll_start(&st->listen_poll, UV_READABLE, listen_poll_cb);
-    /* changes committed before we listened */
-    pst_start_capture(st);
-}
-
-void pst_listen_start(pst_store *st)
-{
-    if (st->listen || st->closing) return;
-    PGconn *c = PQconnectStart(st->conninfo);
-    if (!c) return;
-    if (PQstatus(c) == CONNECTION_BAD || PQsocket(c) < 0) {
-        PQfinish(c);
-        return;
-    }
-    st->listen = c;
-    st->refs++;
-    if (uv_poll_init(st->loop, &st->listen_poll, PQsocket(c)) != 0) {
-        PQfinish(c);
-        st->listen = NULL;
-        st->refs--;
-        return;
-    }
-    st->listen_poll.data = st;
-    st->listen_active = true;
-    listen_want(st, PGRES_POLLING_WRITING);
 }

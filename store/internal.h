@@ -60,6 +60,7 @@ typedef struct pst_worker {
     uv_thread_t tid;
     PGconn *conn;
     bool started;
+    char tag[16]; /* its replication origin: "w<i>" */
 } pst_worker;
 
 struct pst_session;
@@ -111,7 +112,6 @@ struct pst_store {
     /* per-origin positions (loop only): origin cid -> last applied */
     pst_origin opos[PST_ORIGINS_MAX];
     size_t n_opos;
-    bool ocapture_busy, ocapture_again;
 
     /* worker pool */
     pthread_mutex_t mu;
@@ -126,10 +126,10 @@ struct pst_store {
     /* state (loop only) */
     pst_info info;
     char *schema_text;          /* canonical table definitions */
-    bool setup_busy, capture_busy, capture_again, apply_busy, trim_busy;
-    bool vacuum_busy, sweep_busy, kept_busy, kept_again;
+    bool setup_busy, apply_busy, trim_busy, repair_busy, repair_again;
+    bool vacuum_busy, kept_busy, kept_again;
     uint64_t last_vacuum_ms, last_check_ms;
-    uv_timer_t timer;           /* setup retry, capture fallback, trim */
+    uv_timer_t timer;           /* setup retry, checks, trim */
     uint64_t last_trim_ms;
     uint32_t self_cid;
     int closing;
@@ -146,10 +146,8 @@ struct pst_store {
     bool role_busy;
     bool want_master;
 
-    /* LISTEN connection */
-    PGconn *listen;
-    uv_poll_t listen_poll;
-    bool listen_active;
+    /* the capture thread (capture.c) */
+    struct pst_capture *cap;
 
     struct pst_session *sessions;
     int refs; /* handles still closing */
@@ -207,15 +205,41 @@ int pst_schema_text(PGconn *c, pst_store *st, char **out, char *err,
  * (every few seconds) once ready */
 void pst_setup_start(pst_store *st);
 void pst_setup_check(pst_store *st);
+/* the slot is gone or lost: make a new one and resync cleanly (a job) */
+void pst_slot_repair(pst_store *st);
+void pst_start_vacuum(pst_store *st);
+/* Sets up this session's replication origin "pmgcm_<db oid>_<tag>"
+ * (created when missing): what it commits is not captured again. */
+int pst_origin_setup(PGconn *c, const char *tag, char *err, size_t el);
 
 /* capture.c */
-void pst_start_ocapture(pst_store *st);
-void pst_start_capture(pst_store *st);
-void pst_start_vacuum(pst_store *st);
-/* non-master: capture rows to divergence */
-void pst_start_sweep(pst_store *st);
-void pst_listen_start(pst_store *st);
-void pst_listen_stop(pst_store *st);
+typedef struct pst_capture pst_capture;
+/* The capture thread's state (pst_open; 0 or -ENOMEM); the thread itself
+ * starts at the first successful setup (pst_capture_run) and stops in
+ * pst_close (pst_capture_stop joins it). */
+int pst_capture_start(pst_store *st);
+void pst_capture_run(pst_store *st);
+void pst_capture_stop(pst_store *st);
+/* the role or the slot changed: look again now */
+void pst_capture_poke(pst_store *st);
+/* changes decoded while the database says master are numbered only while
+ * on: the loop confirmed the master role in this run (role.c) */
+void pst_capture_numbering(pst_store *st, bool on);
+/* db_sync: the flush position reported to PostgreSQL waits until `need`
+ * followers hold the log up to `acked` (need 0: off) */
+void pst_capture_set_sync(pst_store *st, uint32_t need, uint64_t acked);
+/* on the loop (async callback): what the thread numbered, its errors */
+void pst_capture_poll(pst_store *st);
+/* slots (any thread, blocking libpq): "pmgcm_<database oid>" */
+int pst_slot_name(PGconn *c, char *buf, size_t len, char *err, size_t el);
+PGconn *pst_repl_connect(const char *conninfo, const char *appname,
+                         char *err, size_t el);
+int pst_slot_info(PGconn *c, const char *slot, bool *exists, bool *lost,
+                  char *err, size_t el);
+int pst_slot_create(const char *conninfo, const char *slot, char *err,
+                    size_t el);
+/* terminates the slot's walsender, then drops it */
+int pst_slot_drop(PGconn *c, const char *slot, char *err, size_t el);
 
 /* store.c */
 /* the entry for origin o (created when create), or NULL */
@@ -225,7 +249,11 @@ void pst_unref(pst_store *st);
 /* helpers for jobs run on worker threads */
 int pst_exec(PGconn *c, const char *sql, char *err, size_t errlen);
 void pst_pgerr(PGconn *c, PGresult *r, char *err, size_t errlen);
-PGconn *pst_connect(const char *conninfo, char *err, size_t errlen);
+/* A store session (session_replication_role = replica, ISO dates,
+ * synchronous_commit = local, ...); with origin_tag, under that
+ * replication origin (pst_origin_setup). NULL with err set. */
+PGconn *pst_connect(const char *conninfo, const char *origin_tag, char *err,
+                    size_t errlen);
 void pst_notice_quiet(void *arg, const char *msg);
 int64_t pst_now_us(void);
 uint64_t pst_mono_ms(void);

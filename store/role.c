@@ -113,7 +113,7 @@ typedef struct role_req {
     void *ud;
     /* results */
     pst_pos pos;
-    uint64_t moved;
+    char warn[360];
     bool loaded;
     bool reset;
 } role_req;
@@ -143,17 +143,30 @@ static void role_run(pst_job *j, PGconn *c)
         j->rc = PST_EDB;
         return;
     }
-    if ((rc = pst_exec(c, "BEGIN", err, el))) goto out;
     PGresult *r;
-    /* writers in flight finish first; new ones wait for the new role */
-    if ((rc = pst_exec(c, "SELECT pg_advisory_xact_lock(7947002)", err, el)))
-        goto out;
+    char slot[64];
+    if ((rc = pst_slot_name(c, slot, sizeof(slot), err, el))) goto out;
+    /* into a cluster: the slot exists before the role is committed, so
+     * nothing written under the new role escapes the capture (a slot
+     * missing while already in a cluster is the repair's business: a gap) */
+    if (q->in_cluster) {
+        if ((rc = pst_q1(c, "SELECT role FROM pmgcm.state", 0, NULL, &r, err,
+                         el)))
+            goto out;
+        bool was_none = strcmp(PQgetvalue(r, 0, 0), "none") == 0;
+        PQclear(r);
+        if (was_none && (rc = pst_slot_create(j->st->conninfo, slot, err, el)))
+            goto out;
+    }
+    if ((rc = pst_exec(c, "BEGIN", err, el))) goto out;
     if ((rc = pst_q1(c, "SELECT epoch, seq, recv_seq, role, loaded, cluster FROM"
                     " pmgcm.state FOR UPDATE", 0, NULL, &r, err, el)))
         goto out;
     uint64_t epoch = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
     uint64_t seq = strtoull(PQgetvalue(r, 0, 1), NULL, 10);
     uint64_t recv = strtoull(PQgetvalue(r, 0, 2), NULL, 10);
+    bool was_master = strcmp(PQgetvalue(r, 0, 3), "master") == 0;
+    bool was_in = strcmp(PQgetvalue(r, 0, 3), "none") != 0;
     q->loaded = PQgetvalue(r, 0, 4)[0] == 't';
     bool other_cluster = q->cluster[0] &&
                          strcmp(PQgetvalue(r, 0, 5), q->cluster) != 0;
@@ -188,7 +201,8 @@ static void role_run(pst_job *j, PGconn *c)
          * longer the cluster's, and a later join takes a snapshot */
         rc = pst_exec(c,
                       "UPDATE pmgcm.state SET loaded = (loaded AND"
-                      " role = 'none'), role = 'none', master = ''",
+                      " role = 'none'), role = 'none', master = '',"
+                      " capture_lsn = NULL, master_lsn = NULL",
                       err, el);
         if (rc == 0) {
             PGresult *r2 = PQexec(c, "SELECT loaded FROM pmgcm.state");
@@ -197,28 +211,8 @@ static void role_run(pst_job *j, PGconn *c)
             PQclear(r2);
         }
     } else if (!q->master) {
-        /* rows committed while we were master and never numbered: the
-         * cluster will never get them */
-        snprintf(eb, sizeof(eb), "%llu", (unsigned long long)epoch);
-        const char *pv[1] = {eb};
-        if ((rc = pst_q1(c,
-                     "WITH c AS (DELETE FROM pmgcm.capture RETURNING *)"
-                     " INSERT INTO pmgcm.divergence (reason, epoch, op, tbl,"
-                     " old, new, ts) SELECT 'committed while this node was"
-                     " master (epoch ' || $1::text || '), never sent: the cluster"
-                     " moved on', $1::bigint, op, tbl, old, new, now()"
-                     " FROM c ORDER BY id",
-                     1, pv, &r, err, el)))
-            goto out;
-        q->moved = strtoull(PQcmdTuples(r), NULL, 10);
-        PQclear(r);
-        if (q->moved > 0) {
-            /* the tables hold those changes: only a snapshot repairs them */
-            if ((rc = pst_exec(c, "UPDATE pmgcm.state SET loaded = false",
-                               err, el)))
-                goto out;
-            q->loaded = false;
-        }
+        /* what commits from now on is not numbered here: the capture keeps
+         * it in pmgcm.divergence (capture.c) */
         snprintf(cb, sizeof(cb), "%u", q->cid);
         const char *p1[2] = {q->master_name, cb};
         rc = pst_q1(c, "UPDATE pmgcm.state SET role = 'replica', master = $1,"
@@ -260,6 +254,11 @@ static void role_run(pst_job *j, PGconn *c)
         const char *p1[2] = {q->master_name, cb};
         rc = pst_q1(c, "UPDATE pmgcm.state SET role = 'master', master = $1,"
                    " cid = $2::int, loaded = true", 2, p1, NULL, err, el);
+        /* the term begins here: transactions that commit after this point
+         * are numbered; earlier ones (while not master) are not */
+        if (rc == 0 && !was_master)
+            rc = pst_exec(c, "UPDATE pmgcm.state SET master_lsn ="
+                             " pg_current_wal_insert_lsn()", err, el);
         q->loaded = true;
     }
     if (rc) goto out;
@@ -273,7 +272,14 @@ static void role_run(pst_job *j, PGconn *c)
                                       : "SELECT setval('pmgcm.fence', 0)",
                        err, el)))
         goto out;
-    rc = pst_exec(c, "COMMIT", err, el);
+    if ((rc = pst_exec(c, "COMMIT", err, el))) goto out;
+    /* out of the cluster: the slot would only hold WAL back */
+    if (!q->in_cluster && was_in) {
+        char e2[256];
+        if (pst_slot_drop(c, slot, e2, sizeof(e2)) != 0)
+            snprintf(q->warn, sizeof(q->warn), "dropping slot %.60s: %.250s", slot,
+                     e2);
+    }
 out:
     j->rc = rc;
 }
@@ -310,17 +316,10 @@ static void role_done(pst_job *j)
             } else if (i->state == PST_IDLE || i->state == PST_IN_SYNC) {
                 i->state = PST_CATCHING_UP;
             }
-            if (q->moved) {
-                i->divergent_total += q->moved;
-                pst_log(st, 1,
-                        "store: DIVERGED: %llu change(s) committed here while"
-                        " this node was master were never sent; kept in"
-                        " pmgcm.divergence; resyncing with a snapshot",
-                        (unsigned long long)q->moved);
-                pst_start_kept(st);
-            }
+            if (q->warn[0]) pst_log(st, 1, "store: %s", q->warn);
             pst_changed(st);
-            if (i->master) pst_start_capture(st);
+            pst_capture_numbering(st, i->master && st->want_master);
+            pst_capture_poke(st);
             pst_sessions_head(st);
         }
     }
@@ -373,7 +372,10 @@ int pst_set_role(pst_store *st, bool in_cluster, bool master, uint64_t epoch,
     q->ud = ud;
     st->self_cid = self_cid;
     st->want_master = in_cluster && master;
-    if (!st->want_master) st->info.master = false; /* stop numbering now */
+    if (!st->want_master) {
+        st->info.master = false; /* stop numbering now */
+        pst_capture_numbering(st, false);
+    }
     return role_push(st, q);
 }
 
@@ -405,6 +407,38 @@ void pst_roles_free(pst_store *st)
     st->roles_head = st->roles_tail = NULL;
 }
 
+
+/* The one-row state tables are updated at every numbering pass and
+ * apply: their dead rows must go long before autovacuum's next round. */
+static void vacuum_run(pst_job *j, PGconn *c)
+{
+    if (!c) {
+        j->rc = PST_EDB;
+        return;
+    }
+    j->rc = pst_exec(c, "VACUUM (SKIP_LOCKED) pmgcm.state, pmgcm.opos", j->err,
+                     sizeof(j->err));
+}
+
+static void vacuum_done(pst_job *j)
+{
+    pst_store *st = j->st;
+    st->vacuum_busy = false;
+    if (j->rc && !st->closing)
+        pst_log(st, 3, "store: vacuum: %s", j->err);
+    free(j);
+}
+
+void pst_start_vacuum(pst_store *st)
+{
+    if (!st->info.ready || st->vacuum_busy || st->closing) return;
+    pst_job *j = calloc(1, sizeof(*j));
+    if (!j) return;
+    j->run = vacuum_run;
+    j->done = vacuum_done;
+    st->vacuum_busy = true;
+    pst_submit(st, j);
+}
 
 typedef struct trim_job {
     pst_job j;

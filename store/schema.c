@@ -28,6 +28,7 @@ typedef struct tabdef {
     char *set;     /* "a = EXCLUDED.a, ..." (non-key columns), "" if none */
     char *changed; /* key changed between c.old and c.new */
     char *lit;     /* q as an SQL literal */
+    int ncols;     /* columns */
 } tabdef;
 
 static int load_tables(PGconn *c, pst_store *st, tabdef **out, size_t *n,
@@ -54,6 +55,7 @@ static int load_tables(PGconn *c, pst_store *st, tabdef **out, size_t *n,
         t[i].set = strdup(PQgetvalue(r, i, 4)); /* "" when NULL */
         t[i].changed = strdup(PQgetvalue(r, i, 5));
         t[i].lit = strdup(PQgetvalue(r, i, 6));
+        t[i].ncols = atoi(PQgetvalue(r, i, 7));
     }
     PQclear(r);
     *out = t;
@@ -89,10 +91,36 @@ static char *tables_text(const tabdef *t, size_t n)
     return s;
 }
 
+/* An identifier, always quoted ("a""b"); NULL when out of memory. */
+static char *quote_id(const char *s)
+{
+    size_t n = strlen(s), k = 0;
+    char *o = malloc(2 * n + 3);
+    if (!o) return NULL;
+    o[k++] = '"';
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '"') o[k++] = '"';
+        o[k++] = s[i];
+    }
+    o[k++] = '"';
+    o[k] = 0;
+    return o;
+}
+
 /* pmgcm.apply(a, b): applies log entries a..b in order, with static SQL
  * per table (plans cached for the session). Upsert for I and U (a changed
  * key deletes the old row first), delete for D. Idempotent: replaying a
- * change over a snapshot that already holds it is harmless. */
+ * change over a snapshot that already holds it is harmless.
+ *
+ * An UPDATE decoded from the WAL leaves out columns whose value is an
+ * unchanged out-of-line (TOAST) value: then the new row is the row as it
+ * is here (by the old key when the key changed) with the new values on
+ * top (jsonb_populate_record with that row as its base). Only the key
+ * arrives with a DELETE (REPLICA IDENTITY DEFAULT): that is all it needs.
+ *
+ * pmgcm.oapply(o, a, b): the same for origin o's entries; a 'T' there
+ * (a lost slot republishing its rows, schema.c gap_resync) deletes every
+ * row of that origin in the table. */
 static char *apply_sql(const tabdef *t, size_t n, bool origin)
 {
     char *out = NULL;
@@ -102,16 +130,21 @@ static char *apply_sql(const tabdef *t, size_t n, bool origin)
     if (origin)
         fputs("CREATE OR REPLACE FUNCTION pmgcm.oapply(o int, a bigint,"
               " b bigint) RETURNS bigint LANGUAGE plpgsql AS $pmgcm$\n"
-              "DECLARE c record; n bigint := 0;\n"
-              "BEGIN\n"
-              "  FOR c IN SELECT l.seq, l.op, l.tbl, l.old, l.new,"
-              " 0::bigint AS epoch, l.origin FROM pmgcm.olog l WHERE l.origin = o AND l.seq BETWEEN a AND"
-              " b ORDER BY l.seq LOOP\n", f);
+              "DECLARE c record; n bigint := 0;\n", f);
     else
         fputs("CREATE OR REPLACE FUNCTION pmgcm.apply(a bigint, b bigint)"
               " RETURNS bigint LANGUAGE plpgsql AS $pmgcm$\n"
-              "DECLARE c record; n bigint := 0;\n"
-              "BEGIN\n"
+              "DECLARE c record; n bigint := 0;\n", f);
+    for (size_t i = 0; i < n; i++)
+        if ((t[i].ocol != NULL) == origin)
+            fprintf(f, "  b%zu %s%%ROWTYPE;\n", i, t[i].q);
+    if (origin)
+        fputs("BEGIN\n"
+              "  FOR c IN SELECT l.seq, l.op, l.tbl, l.old, l.new,"
+              " 0::bigint AS epoch, l.origin FROM pmgcm.olog l WHERE l.origin"
+              " = o AND l.seq BETWEEN a AND b ORDER BY l.seq LOOP\n", f);
+    else
+        fputs("BEGIN\n"
               "  FOR c IN SELECT * FROM pmgcm.log l WHERE l.seq BETWEEN a AND"
               " b ORDER BY l.seq LOOP\n", f);
     fputs("    IF c.op = 'E' THEN\n"
@@ -126,25 +159,47 @@ static char *apply_sql(const tabdef *t, size_t n, bool origin)
           "    WHEN '' THEN NULL;\n", f);
     for (size_t i = 0; i < n; i++) {
         if ((t[i].ocol != NULL) != origin) continue;
-        if (!origin)
+        if (!origin) {
             fprintf(f,
                     "    WHEN %s THEN\n"
                     "      IF c.op = 'T' THEN TRUNCATE %s; CONTINUE; END IF;\n",
                     t[i].lit, t[i].q);
-        else
-            fprintf(f, "    WHEN %s THEN\n", t[i].lit);
+        } else {
+            char *qc = quote_id(t[i].ocol);
+            if (!qc) {
+                fclose(f);
+                free(out);
+                return NULL;
+            }
+            fprintf(f,
+                    "    WHEN %s THEN\n"
+                    "      IF c.op = 'T' THEN DELETE FROM %s WHERE %s::text ="
+                    " c.origin::text; CONTINUE; END IF;\n",
+                    t[i].lit, t[i].q, qc);
+            free(qc);
+        }
         fprintf(f,
-                "      IF c.op = 'D' OR (c.op = 'U' AND (%s)) THEN\n"
+                "      IF c.op = 'U' AND (SELECT count(*) FROM"
+                " jsonb_object_keys(c.new)) < %d THEN\n"
+                "        b%zu := NULL;\n"
+                "        SELECT t.* INTO b%zu FROM %s t,"
+                " jsonb_populate_record(NULL::%s, coalesce(c.old, c.new)) r"
+                " WHERE %s;\n"
+                "      ELSE\n"
+                "        b%zu := NULL;\n"
+                "      END IF;\n"
+                "      IF c.op = 'D' OR (c.op = 'U' AND c.old IS NOT NULL AND"
+                " (%s)) THEN\n"
                 "        DELETE FROM %s t USING jsonb_populate_record(NULL::%s,"
                 " c.old) r WHERE %s;\n"
                 "      END IF;\n"
                 "      IF c.op <> 'D' THEN\n"
                 "        INSERT INTO %s SELECT * FROM jsonb_populate_record("
-                "NULL::%s, c.new) ON CONFLICT (%s) DO %s%s;\n"
+                "b%zu, c.new) ON CONFLICT (%s) DO %s%s;\n"
                 "      END IF;\n",
-                t[i].changed, t[i].q, t[i].q, t[i].cond, t[i].q,
-                t[i].q, t[i].pk, t[i].set[0] ? "UPDATE SET " : "NOTHING",
-                t[i].set);
+                t[i].ncols, i, i, t[i].q, t[i].q, t[i].cond, i,
+                t[i].changed, t[i].q, t[i].q, t[i].cond, t[i].q, i, t[i].pk,
+                t[i].set[0] ? "UPDATE SET " : "NOTHING", t[i].set);
     }
     fputs("    ELSE RAISE EXCEPTION 'pmgcm: a change for %, which is not"
           " replicated here', c.tbl;\n"
@@ -171,12 +226,379 @@ int pst_schema_text(PGconn *c, pst_store *st, char **out, char *err,
     return *out ? 0 : -ENOMEM;
 }
 
+/* ---- what logical decoding needs of the server ------------------------------------ */
+
+/* wal_level = logical, and room for our walsender and slot. */
+static int server_check(PGconn *c, char *err, size_t el)
+{
+    PGresult *r = PQexec(c, "SELECT current_setting('wal_level'),"
+                            " current_setting('max_wal_senders')::int,"
+                            " current_setting('max_replication_slots')::int,"
+                            " (SELECT rolsuper FROM pg_roles WHERE rolname ="
+                            " current_user)");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+        pst_pgerr(c, r, err, el);
+        PQclear(r);
+        return PST_EDB;
+    }
+    int rc = 0;
+    const char *wl = PQgetvalue(r, 0, 0);
+    if (strcmp(wl, "logical") != 0) {
+        snprintf(err, el, "wal_level is '%s': pmgcm captures changes through"
+                 " logical decoding and needs wal_level = logical (set it in"
+                 " postgresql.conf or with ALTER SYSTEM SET wal_level ="
+                 " logical, then restart PostgreSQL)", wl);
+        rc = PST_EDB;
+    } else if (atoi(PQgetvalue(r, 0, 1)) < 1 || atoi(PQgetvalue(r, 0, 2)) < 1) {
+        snprintf(err, el, "max_wal_senders is %s and max_replication_slots"
+                 " %s: pmgcm needs at least 1 of each (the default 10 is"
+                 " fine), then restart PostgreSQL", PQgetvalue(r, 0, 1),
+                 PQgetvalue(r, 0, 2));
+        rc = PST_EDB;
+    } else if (PQgetvalue(r, 0, 3)[0] != 't') {
+        snprintf(err, el, "the role of db_conninfo is not a superuser: pmgcm"
+                 " needs one (replication slot and origins, apply without"
+                 " triggers)");
+        rc = PST_EDB;
+    }
+    PQclear(r);
+    return rc;
+}
+
+/* The publication holds exactly the replicated set. */
+static int publication_set(PGconn *c, const tabdef *t, size_t n, char *err,
+                           size_t el)
+{
+    char *sql = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&sql, &len);
+    if (!f) return -ENOMEM;
+    if (n == 0) {
+        /* no tables: whatever it holds goes */
+        fputs("DO $d$ DECLARE r record; BEGIN FOR r IN SELECT"
+              " format('%I.%I', schemaname, tablename) AS q FROM"
+              " pg_publication_tables WHERE pubname = 'pmgcm' LOOP EXECUTE"
+              " 'ALTER PUBLICATION pmgcm DROP TABLE ' || r.q; END LOOP; END"
+              " $d$", f);
+    } else {
+        fputs("ALTER PUBLICATION pmgcm SET TABLE ", f);
+        for (size_t i = 0; i < n; i++)
+            fprintf(f, "%s%s", i ? ", " : "", t[i].q);
+    }
+    if (fclose(f) != 0) {
+        free(sql);
+        return -ENOMEM;
+    }
+    int rc = pst_exec(c, sql, err, el);
+    free(sql);
+    return rc;
+}
+
+/* An install of the trigger route (pmgcm.capture exists)? */
+static int upgrading(PGconn *c, bool *up, char *err, size_t el)
+{
+    PGresult *r = PQexec(c, "SELECT to_regclass('pmgcm.capture') IS NOT NULL"
+                            " OR to_regclass('pmgcm.ocapture') IS NOT NULL");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+        pst_pgerr(c, r, err, el);
+        PQclear(r);
+        return PST_EDB;
+    }
+    *up = PQgetvalue(r, 0, 0)[0] == 't';
+    PQclear(r);
+    return 0;
+}
+
+/* In a cluster the node's slot must exist. A slot that has to be made
+ * (gone) or re-made (lost to max_slot_wal_keep_size) means the changes
+ * since the last one captured were never decoded: *gap, unless this is
+ * the upgrade from the trigger route (which captured them). */
+static int slot_ensure(PGconn *c, pst_store *st, bool upgrade, bool *gap,
+                       char *err, size_t el)
+{
+    *gap = false;
+    PGresult *r = PQexec(c, "SELECT role FROM pmgcm.state");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+        pst_pgerr(c, r, err, el);
+        PQclear(r);
+        return PST_EDB;
+    }
+    bool none = strcmp(PQgetvalue(r, 0, 0), "none") == 0;
+    PQclear(r);
+    if (none) return 0;
+    char slot[64];
+    bool exists, lost;
+    int rc;
+    if ((rc = pst_slot_name(c, slot, sizeof(slot), err, el)) ||
+        (rc = pst_slot_info(c, slot, &exists, &lost, err, el)))
+        return rc;
+    if (exists && !lost) return 0;
+    if (lost) {
+        pst_log(st, 0, "store: replication slot %s was invalidated"
+                " (max_slot_wal_keep_size): changes since the last one"
+                " captured were never decoded; re-making it and resyncing",
+                slot);
+        if ((rc = pst_slot_drop(c, slot, err, el))) return rc;
+    } else if (!upgrade) {
+        pst_log(st, 0, "store: replication slot %s is missing (dropped?):"
+                " changes since the last one captured were never decoded;"
+                " making it again and resyncing", slot);
+    }
+    if ((rc = pst_slot_create(st->conninfo, slot, err, el))) return rc;
+    *gap = !upgrade;
+    return 0;
+}
+
+/* The upgrade from the trigger route, in the setup's transaction: writers
+ * are held off (SHARE locks on every replicated table), what the old
+ * triggers captured is numbered (master) or kept as divergence (any other
+ * node), the old triggers and queues go, and capture_lsn marks where
+ * decoding takes over: everything committed before it was in the queues,
+ * nothing after it is. */
+static int upgrade_drain(PGconn *c, const tabdef *t, size_t n, char *err,
+                         size_t el)
+{
+    int rc = 0;
+    if (n) {
+        char *sql = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&sql, &len);
+        if (!f) return -ENOMEM;
+        fputs("LOCK TABLE ", f);
+        for (size_t i = 0; i < n; i++)
+            fprintf(f, "%s%s", i ? ", " : "", t[i].q);
+        fputs(" IN SHARE MODE", f);
+        if (fclose(f) != 0) {
+            free(sql);
+            return -ENOMEM;
+        }
+        rc = pst_exec(c, sql, err, el);
+        free(sql);
+        if (rc) return rc;
+    }
+    PGresult *r = PQexec(c, "SELECT role, cid FROM pmgcm.state FOR UPDATE");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+        pst_pgerr(c, r, err, el);
+        PQclear(r);
+        return PST_EDB;
+    }
+    char role[16];
+    snprintf(role, sizeof(role), "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    if (strcmp(role, "master") == 0) {
+        rc = pst_exec(
+            c,
+            "DO $d$ BEGIN IF to_regclass('pmgcm.capture') IS NOT NULL THEN"
+            " WITH c AS (DELETE FROM pmgcm.capture RETURNING *),"
+            " s AS (SELECT epoch, seq, cid FROM pmgcm.state),"
+            " n AS (SELECT c.*, row_number() OVER (ORDER BY c.id) AS rn,"
+            "  count(*) OVER () AS cnt FROM c),"
+            " i AS (INSERT INTO pmgcm.log (seq, epoch, op, tbl, old, new, ts,"
+            "  last, origin) SELECT s.seq + n.rn, s.epoch, n.op, n.tbl, n.old,"
+            "  n.new, clock_timestamp(), n.rn = n.cnt, s.cid FROM n, s"
+            "  RETURNING 1)"
+            " UPDATE pmgcm.state SET seq = seq + (SELECT count(*) FROM i),"
+            "  recv_seq = seq + (SELECT count(*) FROM i), ts ="
+            "  clock_timestamp(); END IF; END $d$",
+            err, el);
+    } else if (strcmp(role, "none") != 0) {
+        rc = pst_exec(
+            c,
+            "DO $d$ BEGIN IF to_regclass('pmgcm.capture') IS NOT NULL THEN"
+            " WITH c AS (DELETE FROM pmgcm.capture RETURNING *)"
+            " INSERT INTO pmgcm.divergence (reason, epoch, op, tbl, old, new,"
+            " ts) SELECT 'committed while this node was master, never"
+            " numbered (found at the upgrade to logical decoding)', (SELECT"
+            " epoch FROM pmgcm.state), op, tbl, old, new, now() FROM c ORDER"
+            " BY id; IF FOUND THEN UPDATE pmgcm.state SET loaded = false;"
+            " END IF; END IF; END $d$",
+            err, el);
+    }
+    if (rc == 0 && strcmp(role, "none") != 0)
+        rc = pst_exec(
+            c,
+            "DO $d$ BEGIN IF to_regclass('pmgcm.ocapture') IS NOT NULL THEN"
+            " INSERT INTO pmgcm.opos (origin) SELECT cid FROM pmgcm.state"
+            "  WHERE cid <> 0 ON CONFLICT DO NOTHING;"
+            " WITH c AS (DELETE FROM pmgcm.ocapture RETURNING *),"
+            " s AS (SELECT o.seq, o.origin FROM pmgcm.opos o JOIN pmgcm.state"
+            "  t ON t.cid = o.origin),"
+            " n AS (SELECT c.*, row_number() OVER (ORDER BY c.id) AS rn,"
+            "  count(*) OVER () AS cnt FROM c),"
+            " i AS (INSERT INTO pmgcm.olog (origin, seq, op, tbl, old, new, ts,"
+            "  last) SELECT s.origin, s.seq + n.rn, n.op, n.tbl, n.old, n.new,"
+            "  clock_timestamp(), n.rn = n.cnt FROM n, s RETURNING 1)"
+            " UPDATE pmgcm.opos o SET seq = seq + (SELECT count(*) FROM i),"
+            "  recv_seq = seq + (SELECT count(*) FROM i), ts ="
+            "  clock_timestamp() FROM pmgcm.state t WHERE o.origin = t.cid;"
+            " END IF; END $d$",
+            err, el);
+    if (rc) return rc;
+    /* the old triggers, functions and queues */
+    r = PQexec(c, "SELECT format('DROP TRIGGER %I ON %s', t.tgname,"
+                  " t.tgrelid::regclass) FROM pg_trigger t WHERE t.tgname IN"
+                  " ('pmgcm_capture', 'pmgcm_capture_truncate',"
+                  " 'pmgcm_notify', 'pmgcm_ocapture', 'pmgcm_ocapture_truncate',"
+                  " 'pmgcm_onotify')");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        pst_pgerr(c, r, err, el);
+        PQclear(r);
+        return PST_EDB;
+    }
+    for (int i = 0; rc == 0 && i < PQntuples(r); i++)
+        rc = pst_exec(c, PQgetvalue(r, i, 0), err, el);
+    PQclear(r);
+    if (rc == 0)
+        rc = pst_exec(c,
+                      "DROP FUNCTION IF EXISTS pmgcm.capture();"
+                      "DROP FUNCTION IF EXISTS pmgcm.ocapture();"
+                      "DROP FUNCTION IF EXISTS pmgcm.notify();"
+                      "DROP TABLE IF EXISTS pmgcm.capture, pmgcm.ocapture;"
+                      "UPDATE pmgcm.state SET capture_lsn ="
+                      " pg_current_wal_insert_lsn(), master_lsn = CASE WHEN"
+                      " role = 'master' THEN '0/0'::pg_lsn ELSE master_lsn"
+                      " END",
+                      err, el);
+    return rc;
+}
+
+/* The slot was made again: what happened since the last capture was not
+ * decoded. Nothing may be lost silently, so: a master restarts its log
+ * (every follower's position falls outside it: each takes a snapshot,
+ * which holds those changes); any other node takes a snapshot itself
+ * (its data is marked not loaded; what the snapshot replaces is kept);
+ * this node's own per-origin rows are published again in full (a 'T'
+ * per table, then every row, so the other nodes replace them). */
+static int gap_resync(PGconn *c, pst_store *st, char *err, size_t el)
+{
+    PGresult *r = PQexec(c, "SELECT role, cid FROM pmgcm.state FOR UPDATE");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+        pst_pgerr(c, r, err, el);
+        PQclear(r);
+        return PST_EDB;
+    }
+    bool master = strcmp(PQgetvalue(r, 0, 0), "master") == 0;
+    char cid[16];
+    snprintf(cid, sizeof(cid), "%s", PQgetvalue(r, 0, 1));
+    PQclear(r);
+    int rc = pst_exec(c,
+                      master ? "DELETE FROM pmgcm.log; UPDATE pmgcm.state SET"
+                               " seq = seq + 1, recv_seq = seq + 1,"
+                               " capture_lsn = NULL"
+                             : "UPDATE pmgcm.state SET loaded = false,"
+                               " capture_lsn = NULL",
+                      err, el);
+    if (rc || strcmp(cid, "0") == 0) goto out;
+    r = PQexec(c, "SELECT tbl, quote_ident(col) FROM pmgcm.otables ORDER BY"
+                  " tbl");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        pst_pgerr(c, r, err, el);
+        PQclear(r);
+        return PST_EDB;
+    }
+    const char *pc[1] = {cid};
+    rc = pst_q1(c, "INSERT INTO pmgcm.opos (origin) VALUES ($1::int) ON"
+                   " CONFLICT DO NOTHING", 1, pc, NULL, err, el);
+    for (int i = 0; rc == 0 && i < PQntuples(r); i++) {
+        const char *pv[2] = {cid, PQgetvalue(r, i, 0)};
+        char *sql = NULL;
+        rc = pst_q1(c,
+                    "WITH s AS (SELECT seq FROM pmgcm.opos WHERE origin ="
+                    " $1::int) INSERT INTO pmgcm.olog (origin, seq, op, tbl, ts,"
+                    " last) SELECT $1::int, s.seq + 1, 'T', $2, now(), false"
+                    " FROM s; UPDATE pmgcm.opos SET seq = seq + 1, recv_seq ="
+                    " seq + 1 WHERE origin = $1::int",
+                    2, pv, NULL, err, el);
+        /* the table and column are local names (pmgcm.otables) */
+        if (rc == 0 &&
+            asprintf(&sql,
+                     "WITH s AS (SELECT seq FROM pmgcm.opos WHERE origin ="
+                     " $1::int), r AS (SELECT to_jsonb(x) AS j, row_number()"
+                     " OVER () AS rn FROM %s x WHERE x.%s::text = $1),"
+                     " i AS (INSERT INTO pmgcm.olog (origin, seq, op, tbl, new,"
+                     " ts, last) SELECT $1::int, s.seq + r.rn, 'I', $2, r.j,"
+                     " now(), false FROM r, s RETURNING seq)"
+                     " UPDATE pmgcm.opos SET seq = (SELECT coalesce(max(seq),"
+                     " (SELECT seq FROM s)) FROM i), recv_seq = (SELECT"
+                     " coalesce(max(seq), (SELECT seq FROM s)) FROM i) WHERE"
+                     " origin = $1::int",
+                     PQgetvalue(r, i, 0), PQgetvalue(r, i, 1)) < 0)
+            rc = -ENOMEM;
+        else if (rc == 0)
+            rc = pst_q1(c, sql, 2, pv, NULL, err, el);
+        free(sql);
+    }
+    PQclear(r);
+    if (rc == 0)
+        rc = pst_q1(c, "UPDATE pmgcm.olog SET last = true WHERE origin ="
+                       " $1::int AND seq = (SELECT seq FROM pmgcm.opos WHERE"
+                       " origin = $1::int)", 1, pc, NULL, err, el);
+out:
+    if (rc == 0)
+        pst_log(st, 1, "store: RESYNC after a lost slot: %s", master
+                ? "the change log restarts (followers take a snapshot)"
+                : "this node takes a snapshot (what it replaces is kept)");
+    return rc;
+}
+
+/* Refusing writes: a statement check on every replicated table, a row
+ * check on per-origin ones (only where missing: CREATE TRIGGER locks the
+ * table). */
+static int triggers_set(PGconn *c, const tabdef *t, size_t n, char *err,
+                        size_t el)
+{
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        const char *pv[1] = {t[i].q};
+        PGresult *r;
+        rc = pst_q1(c, "SELECT array_agg(tgname::text ORDER BY tgname)::text"
+                       " FROM pg_trigger WHERE tgrelid = $1::regclass AND"
+                       " tgname LIKE 'pmgcm%'", 1, pv, &r, err, el);
+        if (rc) break;
+        char have[200];
+        snprintf(have, sizeof(have), "%s", PQgetvalue(r, 0, 0));
+        PQclear(r);
+        const char *want = t[i].ocol ? "{pmgcm_ocheck,pmgcm_ocheck_truncate}"
+                                     : "{pmgcm_check}";
+        if (strcmp(have, want) == 0) continue;
+        char *sql = NULL;
+        char *lit = t[i].ocol ? PQescapeLiteral(c, t[i].ocol, strlen(t[i].ocol))
+                              : NULL;
+        int ar;
+        if (t[i].ocol)
+            ar = lit ? asprintf(&sql,
+                          "DROP TRIGGER IF EXISTS pmgcm_check ON %s;"
+                          "CREATE OR REPLACE TRIGGER pmgcm_ocheck AFTER INSERT"
+                          " OR UPDATE OR DELETE ON %s FOR EACH ROW EXECUTE"
+                          " FUNCTION pmgcm.ocheck(%s);"
+                          "CREATE OR REPLACE TRIGGER pmgcm_ocheck_truncate"
+                          " BEFORE TRUNCATE ON %s FOR EACH STATEMENT EXECUTE"
+                          " FUNCTION pmgcm.ocheck(%s)",
+                          t[i].q, t[i].q, lit, t[i].q, lit)
+                     : -1;
+        else
+            ar = asprintf(&sql,
+                          "DROP TRIGGER IF EXISTS pmgcm_ocheck ON %s;"
+                          "DROP TRIGGER IF EXISTS pmgcm_ocheck_truncate ON %s;"
+                          "CREATE OR REPLACE TRIGGER pmgcm_check BEFORE INSERT"
+                          " OR UPDATE OR DELETE OR TRUNCATE ON %s FOR EACH"
+                          " STATEMENT EXECUTE FUNCTION pmgcm.check()",
+                          t[i].q, t[i].q, t[i].q);
+        if (lit) PQfreemem(lit);
+        if (ar < 0) return -ENOMEM;
+        rc = pst_exec(c, sql, err, el);
+        free(sql);
+    }
+    return rc;
+}
+
 int pst_db_setup(PGconn *c, pst_store *st, char *err, size_t errlen,
                  char **schema_text, pst_info *info, pst_origin *opos,
                  size_t *n_opos, pst_tableset **tables)
 {
-    int rc = pst_exec(c, "BEGIN", err, errlen);
+    int rc = server_check(c, err, errlen);
     if (rc) return rc;
+    if ((rc = pst_exec(c, "BEGIN", err, errlen))) return rc;
     /* one setup at a time across daemons sharing a database */
     if ((rc = pst_exec(c, "SELECT pg_advisory_xact_lock(7947001)", err,
                        errlen)) ||
@@ -243,89 +665,24 @@ int pst_db_setup(PGconn *c, pst_store *st, char *err, size_t errlen,
     }
     rc = pst_exec(c, "DELETE FROM pmgcm.tables", err, errlen);
     for (size_t i = 0; i < n && rc == 0; i++) {
-        char *sql = NULL;
-        char *trg = NULL;
-        if (asprintf(&sql,
-                     "INSERT INTO pmgcm.tables VALUES ($1,"
-                     " format('DELETE FROM %%s t USING jsonb_populate_record("
-                     "NULL::%%s, $1) r WHERE %%s', $1::text, $1::text, $2::text),"
-                     " format('INSERT INTO %%s SELECT * FROM "
-                     "jsonb_populate_record(NULL::%%s, $1)', $1::text,"
-                     " $1::text))") < 0 ||
-            asprintf(&trg,
-                     "CREATE OR REPLACE TRIGGER pmgcm_capture AFTER INSERT OR"
-                     " UPDATE OR DELETE ON %s FOR EACH ROW EXECUTE FUNCTION"
-                     " pmgcm.capture();"
-                     "CREATE OR REPLACE TRIGGER pmgcm_capture_truncate AFTER"
-                     " TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION"
-                     " pmgcm.capture();"
-                     "CREATE OR REPLACE TRIGGER pmgcm_notify AFTER INSERT OR"
-                     " UPDATE OR DELETE ON %s FOR EACH STATEMENT EXECUTE"
-                     " FUNCTION pmgcm.notify();",
-                     t[i].q, t[i].q, t[i].q) < 0) {
-            free(sql);
-            rc = -ENOMEM;
-            break;
-        }
-        if (t[i].ocol) {
-            /* a per-origin table: its own triggers instead */
-            free(trg);
-            trg = NULL;
-            char *lit = PQescapeLiteral(c, t[i].ocol, strlen(t[i].ocol));
-            if (!lit ||
-                asprintf(&trg,
-                         "DROP TRIGGER IF EXISTS pmgcm_capture ON %s;"
-                         "DROP TRIGGER IF EXISTS pmgcm_capture_truncate ON %s;"
-                         "DROP TRIGGER IF EXISTS pmgcm_notify ON %s;"
-                         "CREATE OR REPLACE TRIGGER pmgcm_ocapture AFTER INSERT"
-                         " OR UPDATE OR DELETE ON %s FOR EACH ROW EXECUTE"
-                         " FUNCTION pmgcm.ocapture(%s);"
-                         "CREATE OR REPLACE TRIGGER pmgcm_ocapture_truncate"
-                         " BEFORE TRUNCATE ON %s FOR EACH STATEMENT EXECUTE"
-                         " FUNCTION pmgcm.ocapture(%s);"
-                         "CREATE OR REPLACE TRIGGER pmgcm_onotify AFTER INSERT"
-                         " OR UPDATE OR DELETE ON %s FOR EACH STATEMENT"
-                         " EXECUTE FUNCTION pmgcm.ocapture(%s);",
-                         t[i].q, t[i].q, t[i].q, t[i].q, lit, t[i].q, lit,
-                         t[i].q, lit) < 0) {
-                PQfreemem(lit);
-                free(sql);
-                rc = -ENOMEM;
-                break;
-            }
-            PQfreemem(lit);
-        } else {
-            /* no longer per-origin (config changed): drop those triggers */
-            char *drop = NULL;
-            if (asprintf(&drop,
-                         "DROP TRIGGER IF EXISTS pmgcm_ocapture ON %s;"
-                         "DROP TRIGGER IF EXISTS pmgcm_ocapture_truncate ON %s;"
-                         "DROP TRIGGER IF EXISTS pmgcm_onotify ON %s;",
-                         t[i].q, t[i].q, t[i].q) < 0) {
-                free(sql);
-                free(trg);
-                rc = -ENOMEM;
-                break;
-            }
-            rc = pst_exec(c, drop, err, errlen);
-            free(drop);
-        }
         const char *pv[2] = {t[i].q, t[i].cond};
-        PGresult *r = PQexecParams(c, sql, 2, NULL, pv, NULL, NULL, 0);
-        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
-            pst_pgerr(c, r, err, errlen);
-            rc = PST_EDB;
-        }
-        PQclear(r);
-        if (rc == 0) rc = pst_exec(c, trg, err, errlen);
-        free(sql);
-        free(trg);
+        rc = pst_q1(c,
+                    "INSERT INTO pmgcm.tables VALUES ($1,"
+                    " format('DELETE FROM %s t USING jsonb_populate_record("
+                    "NULL::%s, $1) r WHERE %s', $1::text, $1::text, $2::text),"
+                    " format('INSERT INTO %s SELECT * FROM "
+                    "jsonb_populate_record(NULL::%s, $1)', $1::text,"
+                    " $1::text))",
+                    2, pv, NULL, err, errlen);
     }
     for (int o = 0; o < 2 && rc == 0; o++) {
         char *fn = apply_sql(t, n, o == 1);
         rc = fn ? pst_exec(c, fn, err, errlen) : -ENOMEM;
         free(fn);
     }
+    /* the publication the capture streams: exactly the replicated set
+     * (local names from pg_class, never from the network) */
+    if (rc == 0) rc = publication_set(c, t, n, err, errlen);
     if (rc == 0) {
         *tables = pst_tableset_new();
         for (size_t i = 0; *tables && rc == 0 && i < n; i++)
@@ -340,8 +697,24 @@ int pst_db_setup(PGconn *c, pst_store *st, char *err, size_t errlen,
         info->n_origin_tables = 0;
         for (size_t i = 0; i < n; i++) info->n_origin_tables += t[i].ocol != NULL;
     }
+    if (rc == 0) rc = pst_exec(c, "COMMIT", err, errlen);
+    /* the slot (in a cluster), then the triggers: an install of the
+     * trigger route is upgraded in place */
+    bool upgrade = false, gap = false;
+    if (rc == 0) rc = upgrading(c, &upgrade, err, errlen);
+    if (rc == 0) rc = slot_ensure(c, st, upgrade, &gap, err, errlen);
+    if (rc == 0) rc = pst_exec(c, "BEGIN; SELECT pg_advisory_xact_lock(7947001)",
+                               err, errlen);
+    if (rc == 0 && upgrade) rc = upgrade_drain(c, t, n, err, errlen);
+    if (rc == 0 && gap) rc = gap_resync(c, st, err, errlen);
+    if (rc == 0) rc = triggers_set(c, t, n, err, errlen);
+    if (rc == 0) rc = pst_exec(c, "COMMIT", err, errlen);
     free_tables(t, n);
     if (rc) return rc;
+    if (upgrade)
+        pst_log(st, 1, "store: upgraded in place from the trigger route:"
+                " changes are now captured through logical decoding (slot"
+                " and publication pmgcm); data and positions kept");
     PGresult *r = PQexec(c,
                          "SELECT epoch, seq, recv_seq, loaded, snapshots,"
                          " coalesce((extract(epoch FROM ts) * 1000000)::bigint,"
@@ -357,6 +730,7 @@ int pst_db_setup(PGconn *c, pst_store *st, char *err, size_t errlen,
     info->loaded = PQgetvalue(r, 0, 3)[0] == 't';
     info->snapshots = strtoull(PQgetvalue(r, 0, 4), NULL, 10);
     info->pos_ts_us = strtoll(PQgetvalue(r, 0, 5), NULL, 10);
+    info->slot_repairs = gap ? 1 : 0;
     PQclear(r);
 
     r = PQexec(c, "SELECT origin, seq, recv_seq, coalesce((extract(epoch FROM"
@@ -375,16 +749,11 @@ int pst_db_setup(PGconn *c, pst_store *st, char *err, size_t errlen,
         o->ts_us = strtoll(PQgetvalue(r, i, 3), NULL, 10);
     }
     PQclear(r);
-    if ((rc = pst_exec(c, "COMMIT", err, errlen))) return rc;
     /* the fence follows pmgcm.state (a role change that failed between
-     * its setval and its commit, an older install): in a transaction of
-     * its own that takes the role lock exclusively, like a role change
-     * (never while holding the tables' locks: a writer holding the role
-     * lock may wait for those) */
-    return pst_exec(c, "BEGIN; SELECT pg_advisory_xact_lock(7947002);"
-                       "SELECT setval('pmgcm.fence', CASE role WHEN"
+     * its setval and its commit, an older install) */
+    return pst_exec(c, "SELECT setval('pmgcm.fence', CASE role WHEN"
                        " 'master' THEN 1 WHEN 'none' THEN 2 ELSE 0 END)"
-                       " FROM pmgcm.state; COMMIT",
+                       " FROM pmgcm.state",
                     err, errlen);
 }
 
@@ -425,8 +794,6 @@ static void setup_run(pst_job *j, PGconn *c)
                          &s->info, s->opos, &s->n_opos, &s->tables);
 }
 
-void pst_listen_start(pst_store *st);
-
 static void setup_done(pst_job *j)
 {
     setup_job *s = (setup_job *)j;
@@ -460,6 +827,7 @@ static void setup_done(pst_job *j)
             pst_log(st, 2, "store: table definitions changed: %zu replicated"
                     " tables now, schema %s", st->info.n_tables,
                     st->info.schema_digest);
+            pst_capture_poke(st);
             pst_changed(st);
         } else if (j->rc) {
             pst_log(st, 1, "store: re-reading table definitions: %s", j->err);
@@ -501,8 +869,10 @@ static void setup_done(pst_job *j)
             "store: database ready: %zu replicated tables, position %llu/%llu,"
             " schema %s", i->n_tables, (unsigned long long)i->pos.epoch,
             (unsigned long long)i->pos.seq, i->schema_digest);
+    if (s->info.slot_repairs) i->slot_repairs += s->info.slot_repairs;
     free(s);
-    pst_listen_start(st);
+    pst_capture_run(st);
+    pst_capture_poke(st);
     pst_start_kept(st);
     pst_changed(st);
     pst_roles_kick(st);
@@ -572,4 +942,60 @@ const char *pst_schema_diff(const char *a, const char *b, char *buf,
     else
         snprintf(buf, len, "identical");
     return buf;
+}
+
+/* ---- a lost slot ------------------------------------------------------------------ */
+
+typedef struct repair_job {
+    pst_job j;
+    bool gap;
+} repair_job;
+
+static void repair_run(pst_job *j, PGconn *c)
+{
+    repair_job *rj = (repair_job *)j;
+    char *err = j->err;
+    size_t el = sizeof(j->err);
+    if (!c) {
+        j->rc = PST_EDB;
+        return;
+    }
+    int rc = slot_ensure(c, j->st, false, &rj->gap, err, el);
+    if (rc == 0 && rj->gap &&
+        (rc = pst_exec(c, "BEGIN; SELECT pg_advisory_xact_lock(7947001)", err,
+                       el)) == 0 &&
+        (rc = gap_resync(c, j->st, err, el)) == 0)
+        rc = pst_exec(c, "COMMIT", err, el);
+    j->rc = rc;
+}
+
+static void repair_done(pst_job *j)
+{
+    repair_job *rj = (repair_job *)j;
+    pst_store *st = j->st;
+    st->repair_busy = false;
+    if (!st->closing) {
+        if (j->rc) {
+            pst_set_error(st, "re-making the replication slot: %s", j->err);
+        } else if (rj->gap) {
+            st->info.slot_repairs++;
+            /* positions and loaded changed: read them as the setup does */
+            st->info.ready = false;
+            pst_setup_start(st);
+        }
+        pst_capture_poke(st);
+        pst_changed(st);
+    }
+    free(rj);
+}
+
+void pst_slot_repair(pst_store *st)
+{
+    if (st->repair_busy || st->closing || !st->info.ready) return;
+    repair_job *rj = calloc(1, sizeof(*rj));
+    if (!rj) return;
+    rj->j.run = repair_run;
+    rj->j.done = repair_done;
+    st->repair_busy = true;
+    pst_submit(st, &rj->j);
 }

@@ -93,7 +93,7 @@ static void snap_server_main(void *arg)
     PGresult *r = NULL;
     char *mine = NULL;
     uint64_t total_rows = 0, total_bytes = 0;
-    PGconn *c = pst_connect(st->conninfo, err, el);
+    PGconn *c = pst_connect(st->conninfo, NULL, err, el);
     if (!c) {
         rc = PST_EDB;
         goto out;
@@ -736,7 +736,13 @@ static void snap_client_main(void *arg)
 {
     pst_snap *sn = arg;
     int rc;
-    PGconn *c = pst_connect(sn->st->conninfo, sn->err, sizeof(sn->err));
+    /* under a replication origin of its own: the load is not captured
+     * again (several loads may overlap while an old one winds down) */
+    static unsigned next_tag;
+    char tag[16];
+    snprintf(tag, sizeof(tag), "s%u",
+             __atomic_fetch_add(&next_tag, 1, __ATOMIC_RELAXED) % 64);
+    PGconn *c = pst_connect(sn->st->conninfo, tag, sn->err, sizeof(sn->err));
     if (!c) {
         rc = PST_EDB;
     } else {

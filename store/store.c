@@ -303,7 +303,47 @@ void pst_notice_quiet(void *arg, const char *msg)
     (void)msg;
 }
 
-PGconn *pst_connect(const char *conninfo, char *err, size_t errlen)
+int pst_origin_setup(PGconn *c, const char *tag, char *err, size_t el)
+{
+    char name[80];
+    PGresult *r = PQexec(c, "SELECT oid FROM pg_database WHERE datname ="
+                            " current_database()");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+        pst_pgerr(c, r, err, el);
+        PQclear(r);
+        return PST_EDB;
+    }
+    snprintf(name, sizeof(name), "pmgcm_%s_%s", PQgetvalue(r, 0, 0), tag);
+    PQclear(r);
+    const char *pv[1] = {name};
+    r = PQexecParams(c,
+                     "SELECT pg_replication_origin_create($1) WHERE NOT EXISTS"
+                     " (SELECT 1 FROM pg_replication_origin WHERE roname ="
+                     " $1)",
+                     1, NULL, pv, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        /* two sessions creating it at once: the other one won */
+        const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+        if (!state || strcmp(state, "23505") != 0) {
+            pst_pgerr(c, r, err, el);
+            PQclear(r);
+            return PST_EDB;
+        }
+    }
+    PQclear(r);
+    r = PQexecParams(c, "SELECT pg_replication_origin_session_setup($1)", 1,
+                     NULL, pv, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        pst_pgerr(c, r, err, el);
+        PQclear(r);
+        return PST_EDB;
+    }
+    PQclear(r);
+    return 0;
+}
+
+PGconn *pst_connect(const char *conninfo, const char *origin_tag, char *err,
+                    size_t errlen)
 {
     PGconn *c = PQconnectdb(conninfo);
     if (!c) {
@@ -316,13 +356,17 @@ PGconn *pst_connect(const char *conninfo, char *err, size_t errlen)
         return NULL;
     }
     PQsetNoticeProcessor(c, pst_notice_quiet, NULL);
+    /* synchronous_commit = local: the store's own commits never wait for
+     * db_sync's acknowledgements (the capture thread gives them) */
     if (pst_exec(c,
                  "SET session_replication_role = replica;"
                  "SET application_name = 'pmgcm-store';"
                  "SET DateStyle = ISO; SET IntervalStyle = postgres;"
                  "SET extra_float_digits = 3; SET statement_timeout = 0;"
-                 "SET client_min_messages = warning;",
-                 err, errlen) != 0) {
+                 "SET client_min_messages = warning;"
+                 "SET synchronous_commit = local;",
+                 err, errlen) != 0 ||
+        (origin_tag && pst_origin_setup(c, origin_tag, err, errlen) != 0)) {
         PQfinish(c);
         return NULL;
     }
@@ -355,7 +399,7 @@ static void worker_main(void *arg)
             w->conn = NULL;
         }
         if (!w->conn)
-            w->conn = pst_connect(st->conninfo, j->err, sizeof(j->err));
+            w->conn = pst_connect(st->conninfo, w->tag, j->err, sizeof(j->err));
         if (!w->conn && !j->err[0])
             snprintf(j->err, sizeof(j->err), "cannot connect");
         j->run(j, w->conn);
@@ -413,6 +457,7 @@ static void async_cb(uv_async_t *a)
         rev->done(rev);
         rev = n;
     }
+    pst_capture_poll(st);
     pst_session_poll_all(st);
 }
 
@@ -430,7 +475,7 @@ static void ping_run(pst_job *j, PGconn *c)
         PQclear(r);
         if (ok) return;
     }
-    PGconn *f = pst_connect(j->st->conninfo, j->err, sizeof(j->err));
+    PGconn *f = pst_connect(j->st->conninfo, NULL, j->err, sizeof(j->err));
     if (f) {
         PQfinish(f);
         j->err[0] = 0;
@@ -488,15 +533,10 @@ static void timer_cb(uv_timer_t *t)
         return;
     }
     ping_start(st);
-    if (!st->listen) pst_listen_start(st);
-    /* fallback for a lost notification and for leftovers at start */
-    if (st->info.master) pst_start_capture(st);
-    pst_start_ocapture(st);
     uint64_t now = pst_mono_ms();
     if (now - st->last_vacuum_ms >= VACUUM_EVERY_MS) {
         st->last_vacuum_ms = now;
         pst_start_vacuum(st);
-        pst_start_sweep(st);
     }
     if (now - st->last_trim_ms >= TRIM_EVERY_MS) {
         st->last_trim_ms = now;
@@ -534,7 +574,7 @@ int pst_open(uv_loop_t *loop, const pst_config *cfg, const pst_events *ev,
     st->n_workers = cfg->workers ? cfg->workers : 4;
     st->workers = calloc(st->n_workers, sizeof(*st->workers));
     if (!st->conninfo || !st->schemas || !st->exclude || !st->workers ||
-        !st->origin_tables) {
+        !st->origin_tables || pst_capture_start(st) != 0) {
         free(st->origin_tables);
         free(st->conninfo);
         free(st->schemas);
@@ -552,6 +592,8 @@ int pst_open(uv_loop_t *loop, const pst_config *cfg, const pst_events *ev,
     st->info.state = PST_CONNECTING;
     for (size_t i = 0; i < st->n_workers; i++) {
         st->workers[i].st = st;
+        snprintf(st->workers[i].tag, sizeof(st->workers[i].tag), "w%u",
+                 (unsigned)(i % 10000));
         if (uv_thread_create(&st->workers[i].tid, worker_main,
                              &st->workers[i]) == 0)
             st->workers[i].started = true;
@@ -591,7 +633,8 @@ void pst_close(pst_store *st)
     if (!st) return;
     st->closing = 1;
     pst_sessions_close_all(st);
-    pst_listen_stop(st);
+    /* the capture thread first (it posts to the async handle) */
+    pst_capture_stop(st);
     /* stop the workers: cancel what runs, join */
     pthread_mutex_lock(&st->mu);
     st->stopping = true;

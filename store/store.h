@@ -156,6 +156,14 @@ typedef struct pst_info {
     uint32_t kept_backups; /* records in pmgcm.backups                  */
     uint64_t kept_rows;    /* rows in their backup schemas              */
     uint64_t kept_divergence; /* rows in pmgcm.divergence               */
+    /* capture through logical decoding (the node's slot) */
+    bool capturing;        /* the slot is being streamed                */
+    int64_t wal_retained;  /* bytes of WAL the slot holds back          */
+    char slot_status[16];  /* pg_replication_slots.wal_status, "" none  */
+    int64_t slot_safe;     /* safe_wal_size: bytes before the slot is
+                              lost, -1 when unbounded                   */
+    uint64_t slot_repairs; /* slots found lost and re-made (resyncs)    */
+    uint64_t sync_waiting; /* db_sync: commits held for acknowledgement */
 } pst_info;
 
 /* A follower counts as in sync while it is at most this many changes

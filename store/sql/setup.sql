@@ -1,6 +1,7 @@
 -- setup.sql - the store's own schema pmgcm (schema.c runs it at every
 -- setup, in one transaction under an advisory lock; every statement is
--- idempotent).
+-- idempotent). Changes are captured through logical decoding (capture.c):
+-- no trigger copies rows. The triggers below only refuse writes.
 
 CREATE SCHEMA IF NOT EXISTS pmgcm;
 
@@ -18,13 +19,12 @@ CREATE TABLE IF NOT EXISTS pmgcm.state (
     cid int NOT NULL DEFAULT 0,
     cluster text NOT NULL DEFAULT '');
 INSERT INTO pmgcm.state(one) VALUES (true) ON CONFLICT DO NOTHING;
-
-CREATE TABLE IF NOT EXISTS pmgcm.capture (
-    id bigserial PRIMARY KEY,
-    tbl text NOT NULL,
-    op "char" NOT NULL,
-    old jsonb,
-    new jsonb);
+-- capture_lsn: the end of the last transaction the capture numbered (a
+-- transaction the slot sends again after a restart and that committed
+-- before it is skipped); master_lsn: where this node's term as master
+-- began (what commits before it is not numbered: the step-down fence)
+ALTER TABLE pmgcm.state ADD COLUMN IF NOT EXISTS capture_lsn pg_lsn;
+ALTER TABLE pmgcm.state ADD COLUMN IF NOT EXISTS master_lsn pg_lsn;
 
 -- the role outside MVCC: a sequence's value is read as it is now, not as
 -- of a transaction's snapshot (1 master, 0 another node of a cluster, 2
@@ -79,13 +79,6 @@ CREATE TABLE IF NOT EXISTS pmgcm.otables (
     tbl text PRIMARY KEY,
     col text NOT NULL);
 
-CREATE TABLE IF NOT EXISTS pmgcm.ocapture (
-    id bigserial PRIMARY KEY,
-    tbl text NOT NULL,
-    op "char" NOT NULL,
-    old jsonb,
-    new jsonb);
-
 CREATE TABLE IF NOT EXISTS pmgcm.olog (
     origin int NOT NULL,
     seq bigint NOT NULL,
@@ -103,7 +96,27 @@ CREATE TABLE IF NOT EXISTS pmgcm.opos (
     recv_seq bigint NOT NULL DEFAULT 0,
     ts timestamptz);
 
-CREATE OR REPLACE FUNCTION pmgcm.ocapture() RETURNS trigger
+-- Writes to a replicated table on a node that is not the master are
+-- refused, once per statement (BEFORE ... FOR EACH STATEMENT): the fence,
+-- read as it is now, not as of the transaction's snapshot. What still
+-- commits after a step-down (a transaction whose statements all ran
+-- before it) is caught by the capture and kept in pmgcm.divergence.
+CREATE OR REPLACE FUNCTION pmgcm.check() RETURNS trigger
+LANGUAGE plpgsql AS $f$
+DECLARE f bigint; r text; m text;
+BEGIN
+  SELECT last_value INTO f FROM pmgcm.fence;
+  IF f <> 0 THEN RETURN NULL; END IF; -- 1 master, 2 outside a cluster
+  SELECT role, master INTO r, m FROM pmgcm.state;
+  IF r = 'master' THEN
+    RAISE EXCEPTION 'pmgcm: %.% is replicated and this node''s role changed during this transaction (it began before a promote or a step-down): retry it, on the master', quote_ident(TG_TABLE_SCHEMA), quote_ident(TG_TABLE_NAME) USING ERRCODE = '25006';
+  END IF;
+  RAISE EXCEPTION 'pmgcm: %.% is replicated and this node is not the master: write on the master (%)', quote_ident(TG_TABLE_SCHEMA), quote_ident(TG_TABLE_NAME), m USING ERRCODE = '25006';
+END $f$;
+
+-- per-origin tables: a node writes only rows carrying its own cid (a row
+-- check), never TRUNCATE (the table holds every node's rows)
+CREATE OR REPLACE FUNCTION pmgcm.ocheck() RETURNS trigger
 LANGUAGE plpgsql AS $f$
 DECLARE me int; r text; t text; v text; col text := TG_ARGV[0];
 BEGIN
@@ -111,11 +124,7 @@ BEGIN
   IF r = 'none' OR r IS NULL OR me = 0 THEN RETURN NULL; END IF;
   t := format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME);
   IF TG_LEVEL = 'STATEMENT' THEN
-    IF TG_OP = 'TRUNCATE' THEN
-      RAISE EXCEPTION 'pmgcm: % holds every node''s rows: delete this node''s own rows (% = %) instead of TRUNCATE', t, col, me USING ERRCODE = '42501';
-    END IF;
-    PERFORM pg_notify('pmgcm_capture', '');
-    RETURN NULL;
+    RAISE EXCEPTION 'pmgcm: % holds every node''s rows: delete this node''s own rows (% = %) instead of TRUNCATE', t, col, me USING ERRCODE = '42501';
   END IF;
   IF TG_OP <> 'INSERT' THEN
     v := to_jsonb(OLD) ->> col;
@@ -129,56 +138,14 @@ BEGIN
       RAISE EXCEPTION 'pmgcm: this % row belongs to the node with cid % (column %); this node (cid %) writes only its own rows', t, v, col, me USING ERRCODE = '42501';
     END IF;
   END IF;
-  IF TG_OP = 'INSERT' THEN
-    INSERT INTO pmgcm.ocapture(tbl, op, new) VALUES (t, 'I', to_jsonb(NEW));
-  ELSIF TG_OP = 'UPDATE' THEN
-    INSERT INTO pmgcm.ocapture(tbl, op, old, new) VALUES (t, 'U', to_jsonb(OLD), to_jsonb(NEW));
-  ELSE
-    INSERT INTO pmgcm.ocapture(tbl, op, old) VALUES (t, 'D', to_jsonb(OLD));
-  END IF;
   RETURN NULL;
 END $f$;
 
--- the trigger on every replicated table
-CREATE OR REPLACE FUNCTION pmgcm.capture() RETURNS trigger
-LANGUAGE plpgsql AS $f$
-DECLARE r text; m text; t text; f bigint;
+-- the publication the capture streams: the replicated set and the
+-- per-origin tables (schema.c sets its tables)
+DO $d$
 BEGIN
-  -- a role change waits for writers in flight and holds new ones back
-  -- (role.c role_run), so no capture row slips past it
-  PERFORM pg_advisory_xact_lock_shared(7947002);
-  SELECT role, master INTO r, m FROM pmgcm.state;
-  -- pmgcm.state as of this transaction's snapshot may predate a role
-  -- change (REPEATABLE READ, SERIALIZABLE): the fence says what the role
-  -- is now, and both must say master
-  SELECT last_value INTO f FROM pmgcm.fence;
-  IF (r = 'none' OR r IS NULL) AND f = 2 THEN RETURN NULL; END IF;
-  t := format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME);
-  IF r IS DISTINCT FROM 'master' OR f <> 1 THEN
-    IF r = 'master' OR f = 1 THEN
-      RAISE EXCEPTION 'pmgcm: % is replicated and this node''s role changed during this transaction (it began before a promote or a step-down): retry it, on the master', t USING ERRCODE = '25006';
-    END IF;
-    RAISE EXCEPTION 'pmgcm: % is replicated and this node is not the master: write on the master (%)', t, m USING ERRCODE = '25006';
+  IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'pmgcm') THEN
+    CREATE PUBLICATION pmgcm;
   END IF;
-  IF TG_LEVEL = 'STATEMENT' THEN
-    INSERT INTO pmgcm.capture(tbl, op) VALUES (t, 'T');
-  ELSIF TG_OP = 'INSERT' THEN
-    INSERT INTO pmgcm.capture(tbl, op, new) VALUES (t, 'I', to_jsonb(NEW));
-  ELSIF TG_OP = 'UPDATE' THEN
-    INSERT INTO pmgcm.capture(tbl, op, old, new) VALUES (t, 'U', to_jsonb(OLD), to_jsonb(NEW));
-  ELSE
-    INSERT INTO pmgcm.capture(tbl, op, old) VALUES (t, 'D', to_jsonb(OLD));
-  END IF;
-  IF TG_LEVEL = 'STATEMENT' THEN PERFORM pg_notify('pmgcm_capture', ''); END IF;
-  RETURN NULL;
-END $f$;
-
--- once per statement: wake the daemon at commit
-CREATE OR REPLACE FUNCTION pmgcm.notify() RETURNS trigger
-LANGUAGE plpgsql AS $f$
-BEGIN
-  IF (SELECT role FROM pmgcm.state) = 'master' THEN
-    PERFORM pg_notify('pmgcm_capture', '');
-  END IF;
-  RETURN NULL;
-END $f$;
+END $d$;

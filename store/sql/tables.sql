@@ -9,6 +9,7 @@
 --   5 set      "b = EXCLUDED.b, ..." the non-key columns ('' when none)
 --   6 changed  the key differs between c.old and c.new
 --   7 lit      q as an SQL literal
+--   8 ncols    the number of columns
 WITH s AS (SELECT btrim(x) AS n FROM unnest(string_to_array($1, ',')) x
            WHERE btrim(x) <> ''),
      e AS (SELECT btrim(x) AS n FROM unnest(string_to_array($2, ',')) x
@@ -52,6 +53,8 @@ SELECT t.q,
           JOIN pg_attribute a ON a.attrelid = k.conrelid
                              AND a.attnum = ANY (k.conkey)
          WHERE k.conrelid = t.oid AND k.contype = 'p'),
-       quote_literal(t.q)
+       quote_literal(t.q),
+       (SELECT count(*) FROM pg_attribute a
+         WHERE a.attrelid = t.oid AND a.attnum > 0 AND NOT a.attisdropped)
   FROM t
  ORDER BY t.q

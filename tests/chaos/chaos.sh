@@ -885,8 +885,8 @@ f_fencestep() {
         tl "the $level transaction on node$m committed (no error): ${out:0:200}"
     fi
     # never a captured, unsent change left on a non-master
-    if ! it_wait_until "[[ \$(pg_val $m 'SELECT count(*) FROM pmgcm.capture') == 0 ]]" 10; then
-        step_bad "node$m keeps $(pg_val "$m" 'SELECT count(*) FROM pmgcm.capture') captured change(s) after stepping down"
+    if ! it_wait_until "pg_captured $m $(pg_wal "$m")" 20; then
+        step_bad "node$m's capture did not get past the transaction after stepping down (slot $(pg_val "$m" "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name LIKE 'pmgcm%'"), WAL $(pg_val "$m" 'SELECT pg_current_wal_lsn()'))"
     fi
     row=$(pg_val "$m" "SELECT count(*) FROM mail WHERE id = $id")
     d=$(pg_val "$m" "SELECT count(*) FROM pmgcm.divergence WHERE new->>'id' = '$id'")
@@ -1121,8 +1121,7 @@ else
     for id in $(comm -23 "$CH/acked" "$CH/accounted" | head -n 5); do
         w=
         for i in $ALL; do
-            v=$(pg_val "$i" "SELECT count(*) FROM pmgcm.capture WHERE new->>'id' = '$id'")
-            ((${v:-0} > 0)) && w+="node$i's pmgcm.capture ($(pg_val "$i" "SELECT role FROM pmgcm.state")); "
+            pg_captured "$i" "$(pg_wal "$i")" || w+="node$i's capture is behind its WAL ($(pg_val "$i" "SELECT role FROM pmgcm.state")); "
             v=$(pg_val "$i" "SELECT count(*) FROM mail WHERE id = $id")
             ((${v:-0} > 0)) && w+="node$i's mail table; "
         done

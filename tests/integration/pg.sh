@@ -80,7 +80,7 @@ pg_start() {
     PG_SOCK[i]=$s
     PG_DATA[i]=$d
     pg_as_user "$PG_BINDIR/pg_ctl" -D "$d" -l "$(pg_logfile "$i")" -w -t 60 \
-        -o "-c listen_addresses='' -k $s -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=32MB -c max_connections=60 -c log_min_messages=warning" \
+        -o "-c listen_addresses='' -k $s -c fsync=off -c full_page_writes=off -c wal_level=logical -c max_slot_wal_keep_size=1GB -c shared_buffers=32MB -c max_connections=60 -c log_min_messages=warning" \
         start >>"$PG_DIR/n$i.ctl" 2>&1 || {
         it_diag "pg_ctl start node$i failed: $(tail -n 5 "$PG_DIR/n$i.ctl") $(tail -n 5 "$(pg_logfile "$i")")"
         return 1
@@ -127,6 +127,21 @@ pg_sql() {
 }
 # pg_val I SQL: one value (first line); empty when the query failed.
 pg_val() { pg_sql "$1" "$2" 2>/dev/null | head -n1; }
+
+# pg_wal I: node I's WAL insert position now ("0/16B3F48").
+pg_wal() { pg_val "$1" "SELECT pg_current_wal_insert_lsn()"; }
+# pg_captured I LSN: 0 once node I's capture has dealt with every change
+# committed before LSN (numbered, kept as divergence, or not its to
+# capture): the store's slot (pmgcm_<db oid>) confirmed LSN or later.
+# Also 0 when the node has no slot (out of a cluster: nothing captured).
+# Poll it: it_wait_until "pg_captured 2 $(pg_wal 2)" 20.
+pg_captured() {
+    local v
+    v=$(pg_val "$1" "SELECT coalesce((SELECT (confirmed_flush_lsn >= '$2'::pg_lsn)::text
+            FROM pg_replication_slots WHERE slot_name = 'pmgcm_' ||
+              (SELECT oid FROM pg_database WHERE datname = current_database())), 'true')")
+    [[ "$v" == true ]]
+}
 
 # pg_schema I [VARIANT]: the test application's tables, the same on every
 # node (VARIANT "mail_size_bigint" changes one column's type, for the

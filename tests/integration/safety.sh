@@ -421,7 +421,10 @@ fence_case() {
     it_wait_until "grep -q done '$IT_DIR/sess.$name.out'" 10
     sess_close "$name"
     out=$(sess_out "$name")
-    c=$(pg_val "$old" "SELECT count(*) FROM pmgcm.capture")
+    # no captured, unsent change left behind: the capture went past it
+    local lsn
+    lsn=$(pg_wal "$old")
+    if it_wait_until "pg_captured $old $lsn" 20; then c=0; else c="not captured yet"; fi
     d=$(pg_val "$old" "SELECT count(*) FROM pmgcm.divergence WHERE new->>'id' = '$id'")
     okw=$(pg_val "$old" "SELECT count(*) FROM mail WHERE id = $id")
     if grep -qiE 'not the master|role changed' <<<"$out" && [[ "$okw" == 0 && "$c" == 0 ]]; then
@@ -436,7 +439,7 @@ fence_case() {
     return 1
 }
 if fence_case "REPEATABLE READ" 4 1 777001 && FR=$FENCE && it_wait_until "follows '$ALL4' 1" 30 &&
-    wait_converged "$ALL4" 90 && [[ "$(pg_val 4 "SELECT count(*) FROM pmgcm.capture")" == 0 ]]; then
+    wait_converged "$ALL4" 90 && it_wait_until "pg_captured 4 $(pg_wal 4)" 20; then
     it_ok "a REPEATABLE READ writer on node4 whose snapshot predates its step-down: $FR; no captured change left behind; all four equal under node1"
 else
     it_not_ok "a REPEATABLE READ writer across a step-down leaves no captured, unsent change"
@@ -444,7 +447,7 @@ else
     show "1 4"
 fi
 if fence_case SERIALIZABLE 1 2 777002 && FS=$FENCE && it_wait_until "follows '$ALL4' 2" 30 &&
-    wait_converged "$ALL4" 90 && [[ "$(pg_val 1 "SELECT count(*) FROM pmgcm.capture")" == 0 ]]; then
+    wait_converged "$ALL4" 90 && it_wait_until "pg_captured 1 $(pg_wal 1)" 20; then
     it_ok "a SERIALIZABLE writer on node1 whose snapshot predates its step-down: $FS; no captured change left behind; all four equal under node2"
 else
     it_not_ok "a SERIALIZABLE writer across a step-down leaves no captured, unsent change"
