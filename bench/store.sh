@@ -298,8 +298,106 @@ kv() { sed -n "s/.*[[:space:]]$2=\([^[:space:]]*\).*/\1/p" <<<"$(grep "^$1 " <<<
 T0=$(date +%s)
 log "temp dir $DIR, nodes on $NET.11.., rows $ROWS, rates $RATES for ${SECS}s, big snapshot $BIG_GB GB${QUICK:+ (quick)}"
 
-# ==== 1: snapshot throughput ========================================================
+# ==== 0: the cost of capture on the commit path ===================================
+# One server (5), three databases with the same table: "plain" (nothing),
+# "anchor" (a publication drained by pg_recvlogical through pgoutput, the
+# way PostgreSQL's own logical replication reads it) and "pmg" (pmgclusterd
+# after `pmgcm create`: the statement check and the capture thread). pgbench
+# commits single-row INSERT transactions (BENCH_CLIENTS clients, default 4)
+# for BENCH_PGBENCH_S seconds per run; BENCH_REPEAT rounds (default 3),
+# each round plain, anchor, pmgcm in turn (only the one measured runs: the
+# other consumers are stopped, their slots idle); medians reported, with
+# the p50 commit latency from pgbench's per-transaction log.
+CLIENTS=${BENCH_CLIENTS:-4}
+REPEAT=${BENCH_REPEAT:-3}
+PGB_S=${BENCH_PGBENCH_S:-$([[ -n "$QUICK" ]] && echo 8 || echo 15)}
+PGBENCH=$PG_BINDIR/pgbench
+RECVLOGICAL=$PG_BINDIR/pg_recvlogical
+declare -A CAP
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+# pgb DB TAG: one pgbench run on server 5; sets PGB_TPS, PGB_P50 (ms)
+pgb() {
+    local db=$1 tag=$2 out
+    rm -f "$DIR/pgb_$tag".*
+    out=$(cd "$DIR" && "$PGBENCH" -n -c "$CLIENTS" -j "$CLIENTS" -T "$PGB_S" -f "$DIR/ins.sql" -l \
+        --log-prefix="$DIR/pgb_$tag" -h "$(pg_sock 5)" -U postgres "$db" 2>&1) || die "pgbench $tag: ${out:0:300}"
+    PGB_TPS=$(sed -n 's/^tps = \([0-9.]*\) (without.*/\1/p' <<<"$out")
+    PGB_P50=$(cat "$DIR/pgb_$tag".* | awk '{ print $3 / 1000 }' | sort -g | awk '{ v[NR] = $1 } END { printf "%.3f", v[int((NR + 1) / 2)] }')
+    PGB_P99=$(cat "$DIR/pgb_$tag".* | awk '{ print $3 / 1000 }' | sort -g | awk '{ v[NR] = $1 } END { i = int(NR * 0.99); if (i < 1) i = 1; printf "%.3f", v[i] }')
+    rm -f "$DIR/pgb_$tag".*
+}
+# caught_up DB: the database's slot confirmed everything written so far
+caught_up() {
+    local lsn i
+    lsn=$(sqlc 5 "SELECT pg_current_wal_insert_lsn()" postgres)
+    for i in $(seq 600); do
+        [[ "$(sqlc 5 "SELECT bool_and(confirmed_flush_lsn >= '$lsn') FROM pg_replication_slots WHERE database = '$1'" postgres)" == t ]] && return 0
+        sleep 0.1
+    done
+    log "WARNING: the slot of database $1 did not catch up with $lsn"
+}
+capture_cost() {
+    local k db
+    pg_start 5
+    printf "INSERT INTO bench_ins (sender, subject) VALUES ('sender@example.com', 'a subject line of a mail about invoices');\n" >"$DIR/ins.sql"
+    for db in plain anchor pmg; do
+        [[ $db == pmg ]] || "$PSQL" -X -q -h "$(pg_sock 5)" -U postgres -d postgres -c "CREATE DATABASE $db" >/dev/null
+        sqlc 5 "CREATE TABLE bench_ins (id bigserial PRIMARY KEY, sender text, subject text, ts timestamptz NOT NULL DEFAULT now())" "$db" >/dev/null
+    done
+    sqlc 5 "CREATE PUBLICATION anchorpub FOR TABLE bench_ins" anchor >/dev/null
+    "$RECVLOGICAL" -h "$(pg_sock 5)" -U postgres -d anchor --slot anchor --create-slot -P pgoutput >/dev/null 2>&1 ||
+        die "pg_recvlogical --create-slot failed"
+    dstart 7 5 pmg
+    wait_idle 7
+    create 7
+    ctl_wait 30 in-sync 7 | jq -e .ok >/dev/null || die "node7 not in-sync after create"
+    dstop 7
+    for k in $(seq "$REPEAT"); do
+        pgb plain "plain$k"
+        CAP[plain:tps:$k]=$PGB_TPS CAP[plain:p50:$k]=$PGB_P50 CAP[plain:p99:$k]=$PGB_P99
+        "$RECVLOGICAL" -h "$(pg_sock 5)" -U postgres -d anchor --slot anchor --start -f "$DIR/recvlogical.out" \
+            -o proto_version=1 -o publication_names=anchorpub 2>"$DIR/recvlogical.err" &
+        local rl=$!
+        caught_up anchor
+        pgb anchor "anchor$k"
+        CAP[anchor:tps:$k]=$PGB_TPS CAP[anchor:p50:$k]=$PGB_P50 CAP[anchor:p99:$k]=$PGB_P99
+        caught_up anchor
+        kill -TERM "$rl" 2>/dev/null
+        wait "$rl" 2>/dev/null
+        : >"$DIR/recvlogical.out"
+        dstart 7 5 pmg
+        ctl_wait 60 in-sync 7 | jq -e .ok >/dev/null || die "node7 not in-sync"
+        caught_up pmg
+        pgb pmg "pmg$k"
+        CAP[pmg:tps:$k]=$PGB_TPS CAP[pmg:p50:$k]=$PGB_P50 CAP[pmg:p99:$k]=$PGB_P99
+        caught_up pmg
+        CAP[pmg:seq:$k]=$(sqlc 5 "SELECT seq FROM pmgcm.state" pmg)
+        dstop 7
+        log "capture round $k: plain ${CAP[plain:tps:$k]} tps (p50 ${CAP[plain:p50:$k]} ms), pg_recvlogical ${CAP[anchor:tps:$k]} tps (p50 ${CAP[anchor:p50:$k]} ms), pmgcm ${CAP[pmg:tps:$k]} tps (p50 ${CAP[pmg:p50:$k]} ms); load $(cut -d' ' -f1 /proc/loadavg)"
+    done
+    local rows
+    rows=$(sqlc 5 "SELECT count(*) FROM bench_ins" pmg)
+    [[ "$rows" == "${CAP[pmg:seq:$REPEAT]}" ]] || log "NOTE: pmg holds $rows rows, its log numbered ${CAP[pmg:seq:$REPEAT]} changes (an epoch entry counts too)"
+    for v in tps p50 p99; do
+        for c in plain anchor pmg; do
+            local a=()
+            for k in $(seq "$REPEAT"); do a+=("${CAP[$c:$v:$k]}"); done
+            CAP[$c:$v]=$(median "${a[@]}")
+        done
+    done
+    (cd / && runuser -u "$PG_USER" -- "$PG_BINDIR/pg_ctl" -D "${PGD[5]}" -m fast -w stop) >/dev/null 2>&1
+    unset "PGD[5]"
+}
+only() { [[ -z "${BENCH_ONLY:-}" || " $BENCH_ONLY " == *" $1 "* ]]; }
+
 pg_init
+if only capture; then
+    log "capture cost: pgbench, $CLIENTS clients, single-row INSERT transactions, ${PGB_S}s per run, $REPEAT rounds"
+    capture_cost
+fi
+
+# ==== 1: snapshot throughput ========================================================
+if only store; then
 for i in 1 2 3 4; do pg_start "$i"; schema "$i"; done
 t=$(now_ms)
 fill "$ROWS" || die "filling node1's tables failed"
@@ -377,8 +475,10 @@ for r in $RATES; do
     echo "${LAG[raw:$r]}" | sed 's/^/    /' >&2
 done
 for i in 1 2 3; do dstop "$i"; done
+fi
 
 # ==== 3: suspicions during a big snapshot ===============================================
+if only big; then
 for i in 1 2 3; do
     "$PSQL" -X -q -h "$(pg_sock "$i")" -U postgres -d postgres -c 'CREATE DATABASE pmgbig' >/dev/null || die "createdb pmgbig"
     sqlc "$i" "CREATE TABLE bigmail (id int PRIMARY KEY, sender text, body text)" pmgbig >/dev/null
@@ -418,6 +518,7 @@ for i in 2 3; do [[ "$(sqlc "$i" "SELECT count(*) FROM bigmail" pmgbig)" == "$c1
 # the master's last word about its members (any ? or D left)
 VIEW=$(field 4 '[.members[] | "\(.name)=\(.state)"] | join(" ")')
 for i in 4 5 6; do dstop "$i"; done
+fi
 
 # ==== report ============================================================================
 mkdir -p "$top/bench/out"
@@ -426,8 +527,21 @@ lagv() { kv "$2" "$3" "${LAG[$1]:-}"; }
 verdict() { awk -v v="$1" -v t="$2" -v op="$3" 'BEGIN { if (v == "" || v == "-" || v == "nan") print "n/a"; else if (v == "inf") print "MISSED"; else if (op == ">=") print (v + 0 >= t + 0) ? "met" : "MISSED"; else if (op == "<") print (v + 0 < t + 0) ? "met" : "MISSED"; else print (v + 0 == t + 0) ? "met" : "MISSED" }'; }
 {
     echo "bench/store.sh: $(date '+%F %T'), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $($PG_BINDIR/postgres --version 2>/dev/null)${QUICK:+, BENCH_QUICK}"
-    echo "pmgclusterd $PMGCLUSTERD; PostgreSQL: fsync off, synchronous_commit off, shared_buffers 128MB, Unix sockets"
+    echo "pmgclusterd $PMGCLUSTERD; PostgreSQL: fsync off, wal_level logical, shared_buffers 128MB, Unix sockets"
     echo
+    if only capture; then
+    echo "0. capture cost: pgbench, $CLIENTS clients, single-row INSERT transactions, ${PGB_S} s per run, median of $REPEAT rounds (one server, three databases)"
+    printf '   %-52s %10s %8s %12s %12s\n' "" "tps" "ratio" "p50 ms" "p99 ms"
+    for c in plain anchor pmg; do
+        case $c in plain) lbl="no capture (plain)";; anchor) lbl="pgoutput slot drained by pg_recvlogical (anchor)";; pmg) lbl="pmgcm after create";; esac
+        printf '   %-52s %10s %8s %12s %12s\n' "$lbl" "${CAP[$c:tps]}" "$(f2 "${CAP[$c:tps]}" "${CAP[plain:tps]}")" "${CAP[$c:p50]}" "${CAP[$c:p99]}"
+    done
+    printf '   rounds (tps plain/anchor/pmgcm):'
+    for k in $(seq "$REPEAT"); do printf ' %s/%s/%s' "${CAP[plain:tps:$k]}" "${CAP[anchor:tps:$k]}" "${CAP[pmg:tps:$k]}"; done
+    echo
+    echo
+    fi
+    if only store; then
     echo "1. snapshot: $ANCHOR_ROWS rows, $(mbps "$ANCHOR_BYTES" 1000) MB as COPY text ($SNAP_TABLES)"
     printf '   %-44s %10s %10s %9s\n' "" "ms" "rows/s" "MB/s"
     for k in 1 2; do printf '   %-44s %10s %10s %9s\n' "anchor: psql COPY | psql COPY, run $k" "${A_MS[k]}" "$(rate "$ANCHOR_ROWS" "${A_MS[k]}")" "$(mbps "$ANCHOR_BYTES" "${A_MS[k]}")"; done
@@ -456,19 +570,27 @@ verdict() { awk -v v="$1" -v t="$2" -v op="$3" 'BEGIN { if (v == "" || v == "-" 
     echo "   a change a follower never showed within ${DRAIN}s after the writer ended counts as inf"
     echo "   raw commit = the same writer on a plain server without pmgcm (${RAW_SECS}s); reference: PMG's sync cycle is 120 s (120000 ms)"
     echo
+    fi
+    if only big; then
     echo "3. big snapshot: $BIG_ROWS rows of 100 KB, $(mbps "$BIG_BYTES" 1000) MB; 3 nodes (node4 master)"
     for i in 5 6; do printf '   %-44s %10s ms %9s MB/s  (daemon: %s s)\n' "join node$i -> in-sync" "${B_MS[i]:-}" "$(mbps "$BIG_BYTES" "${B_MS[i]:-0}")" "${B_LOAD[i]:-?}"; done
     echo "   suspicions raised (.gossip.suspicions after - before): ${SUSP_DETAIL}total $SUSP_TOTAL"
     echo "   member states ? or D seen while loading: ${BIG_BAD:-none}; master's view afterwards: $VIEW"
     echo
+    fi
+    if only capture; then
+    CR=$(f2 "${CAP[pmg:tps]}" "${CAP[anchor:tps]}") LR=$(f2 "${CAP[pmg:p50]}" "${CAP[plain:p50]}")
+    echo "capture: pmgcm ${CAP[pmg:tps]} tps = ${CR}x the pgoutput + pg_recvlogical anchor (${CAP[anchor:tps]} tps; target >= 0.9: $(verdict "$CR" 0.9 '>=')); p50 commit latency ${CAP[pmg:p50]} ms = ${LR}x plain (${CAP[plain:p50]} ms; target <= 1.2: $(verdict "$(awk -v r="$LR" 'BEGIN { print (r <= 1.2) ? 1 : 0 }')" 1 '=='))"
+    fi
+    only store &&
     echo "snapshot: pmgcm $P_RPS rows/s $P_MBS MB/s, COPY pipe $A_RPS rows/s $A_MBS MB/s, ratio $SNAP_RATIO (target >= 0.8: $(verdict "$SNAP_RATIO" 0.8 '>='))"
-    for r in $RATES; do
+    only store && for r in $RATES; do
         p99=$(lagv "$r" all p99)
         t=
         [[ $r == 1000 ]] && t=" (target p99 < 100 ms: $(verdict "$p99" 100 '<'))"
         echo "delta lag at $r/s (achieved $(lagv "$r" writer achieved_rate)/s): all followers p50 $(lagv "$r" all p50) ms p99 $p99 ms; master commit p50 $(lagv "$r" commit p50) ms p99 $(lagv "$r" commit p99) ms; raw commit (no pmgcm) p50 $(lagv "raw:$r" commit p50) ms p99 $(lagv "raw:$r" commit p99) ms; PMG sync cycle 120000 ms$t"
     done
-    echo "big snapshot ($(mbps "$BIG_BYTES" 1000) MB): suspicions $SUSP_TOTAL, states ? or D seen: ${BIG_BAD:-none} (target 0: $(verdict "$SUSP_TOTAL" 0 '=='))"
+    only big && echo "big snapshot ($(mbps "$BIG_BYTES" 1000) MB): suspicions $SUSP_TOTAL, states ? or D seen: ${BIG_BAD:-none} (target 0: $(verdict "$SUSP_TOTAL" 0 '=='))"
     echo "took $(($(date +%s) - T0)) s"
 } | tee "$out"
 echo "(saved to ${out#$top/})"

@@ -53,6 +53,7 @@
 #define BATCH_TXNS 256       /* commit at least every this many txns      */
 #define BATCH_BYTES (8u << 20)
 #define SYNC_FIFO 4096
+#define GROUP_US 1000        /* a batch waits this long for company      */
 
 /* ---- slots (any thread) ------------------------------------------------------------ */
 
@@ -257,6 +258,7 @@ struct pst_capture {
     uint64_t capture_lsn, master_lsn;
     bool loaded;
     uint64_t end_lsn;       /* end of the last source transaction done */
+    int64_t open_us;        /* when the writer's transaction began      */
     size_t batch_txns, batch_bytes;
     uint64_t n_main, n_own, n_div;
     int64_t last_ts, own_ts;
@@ -551,6 +553,7 @@ static int wr_begin(pst_capture *cp, char *err, size_t el)
     cp->oseq = strtoull(PQgetvalue(r, 0, 7), NULL, 10);
     PQclear(r);
     cp->db_open = true;
+    cp->open_us = pst_now_us();
     cp->n_main = cp->n_own = cp->n_div = 0;
     cp->any_own = false;
     cp->batch_txns = cp->batch_bytes = 0;
@@ -941,8 +944,24 @@ static int stream(pst_capture *cp, char *err, size_t el)
             if (rc) break;
         }
         if (rc) break;
-        /* the input is drained: what is complete goes in */
-        if (!cp->in_src && cp->db_open && (rc = wr_commit(cp, err, el))) break;
+        /* the input is drained: what is complete goes in, after waiting
+         * a moment for more (group commit: under load one commit of ours
+         * carries many transactions; the wait is at most GROUP_US) */
+        if (!cp->in_src && cp->db_open) {
+            int64_t left = GROUP_US - (pst_now_us() - cp->open_us);
+            if (left > 0 && cp->batch_txns < BATCH_TXNS) {
+                struct pollfd p = {.fd = PQsocket(cp->repl), .events = POLLIN};
+                if (poll(&p, 1, (int)((left + 999) / 1000)) > 0) {
+                    if (!PQconsumeInput(cp->repl)) {
+                        pst_pgerr(cp->repl, NULL, err, el);
+                        rc = PST_EDB;
+                        break;
+                    }
+                    continue;
+                }
+            }
+            if ((rc = wr_commit(cp, err, el))) break;
+        }
         fifo_release(cp);
         if (!cp->in_src && !cp->db_open && cp->f_n == 0 &&
             cp->ka_end > cp->flush_lsn) {

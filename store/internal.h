@@ -205,6 +205,10 @@ int pst_schema_text(PGconn *c, pst_store *st, char **out, char *err,
  * (every few seconds) once ready */
 void pst_setup_start(pst_store *st);
 void pst_setup_check(pst_store *st);
+/* the write checks for this role: none on a master's replicated tables, a
+ * statement check elsewhere, a row check on per-origin tables (in the
+ * caller's transaction) */
+int pst_checks_set(PGconn *c, bool master, char *err, size_t el);
 /* the slot is gone or lost: make a new one and resync cleanly (a job) */
 void pst_slot_repair(pst_store *st);
 void pst_start_vacuum(pst_store *st);

@@ -264,6 +264,11 @@ static void role_run(pst_job *j, PGconn *c)
     if (rc) goto out;
     q->pos.epoch = epoch;
     q->pos.seq = seq;
+    /* the write checks of the new role (waits for writers in flight on
+     * the tables, holds new ones until the commit) */
+    if ((rc = pst_exec(c, "SET LOCAL lock_timeout = '10s'", err, el)) ||
+        (rc = pst_checks_set(c, q->in_cluster && q->master, err, el)))
+        goto out;
     /* the fence last, right before the commit (it is not transactional):
      * writers whose snapshot predates this change read it as it is now */
     if ((rc = pst_exec(c,

@@ -541,31 +541,39 @@ out:
     return rc;
 }
 
-/* Refusing writes: a statement check on every replicated table, a row
- * check on per-origin ones (only where missing: CREATE TRIGGER locks the
- * table). */
-static int triggers_set(PGconn *c, const tabdef *t, size_t n, char *err,
-                        size_t el)
+/* Refusing writes. On a node that is not the master, a statement check
+ * on every replicated table (pmgcm.check: the fence); the master carries
+ * none, so its commits pay nothing for it (a role change adds or drops
+ * them in its transaction: CREATE/DROP TRIGGER wait for the writers in
+ * flight and hold new ones until the commit). Per-origin tables carry a
+ * row check everywhere. Only where missing or extra (they lock the
+ * table). Names from pmgcm.tables / pmgcm.otables (local). */
+int pst_checks_set(PGconn *c, bool master, char *err, size_t el)
 {
-    int rc = 0;
-    for (size_t i = 0; i < n && rc == 0; i++) {
-        const char *pv[1] = {t[i].q};
-        PGresult *r;
-        rc = pst_q1(c, "SELECT array_agg(tgname::text ORDER BY tgname)::text"
-                       " FROM pg_trigger WHERE tgrelid = $1::regclass AND"
-                       " tgname LIKE 'pmgcm%'", 1, pv, &r, err, el);
-        if (rc) break;
-        char have[200];
-        snprintf(have, sizeof(have), "%s", PQgetvalue(r, 0, 0));
+    PGresult *r = PQexec(c,
+                         "SELECT t.tbl, o.col, (SELECT coalesce(array_agg("
+                         "g.tgname::text ORDER BY g.tgname)::text, '') FROM"
+                         " pg_trigger g WHERE g.tgrelid = t.tbl::regclass AND"
+                         " g.tgname LIKE 'pmgcm%') FROM pmgcm.tables t LEFT"
+                         " JOIN pmgcm.otables o ON o.tbl = t.tbl ORDER BY t.tbl");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        pst_pgerr(c, r, err, el);
         PQclear(r);
-        const char *want = t[i].ocol ? "{pmgcm_ocheck,pmgcm_ocheck_truncate}"
-                                     : "{pmgcm_check}";
+        return PST_EDB;
+    }
+    int rc = 0;
+    for (int i = 0; i < PQntuples(r) && rc == 0; i++) {
+        const char *q = PQgetvalue(r, i, 0), *have = PQgetvalue(r, i, 2);
+        bool origin = !PQgetisnull(r, i, 1);
+        const char *want = origin ? "{pmgcm_ocheck,pmgcm_ocheck_truncate}"
+                           : master ? ""
+                                    : "{pmgcm_check}";
         if (strcmp(have, want) == 0) continue;
         char *sql = NULL;
-        char *lit = t[i].ocol ? PQescapeLiteral(c, t[i].ocol, strlen(t[i].ocol))
-                              : NULL;
         int ar;
-        if (t[i].ocol)
+        if (origin) {
+            const char *col = PQgetvalue(r, i, 1);
+            char *lit = PQescapeLiteral(c, col, strlen(col));
             ar = lit ? asprintf(&sql,
                           "DROP TRIGGER IF EXISTS pmgcm_check ON %s;"
                           "CREATE OR REPLACE TRIGGER pmgcm_ocheck AFTER INSERT"
@@ -574,21 +582,32 @@ static int triggers_set(PGconn *c, const tabdef *t, size_t n, char *err,
                           "CREATE OR REPLACE TRIGGER pmgcm_ocheck_truncate"
                           " BEFORE TRUNCATE ON %s FOR EACH STATEMENT EXECUTE"
                           " FUNCTION pmgcm.ocheck(%s)",
-                          t[i].q, t[i].q, lit, t[i].q, lit)
+                          q, q, lit, q, lit)
                      : -1;
-        else
+            if (lit) PQfreemem(lit);
+        } else if (master) {
+            ar = asprintf(&sql,
+                          "DROP TRIGGER IF EXISTS pmgcm_ocheck ON %s;"
+                          "DROP TRIGGER IF EXISTS pmgcm_ocheck_truncate ON %s;"
+                          "DROP TRIGGER IF EXISTS pmgcm_check ON %s",
+                          q, q, q);
+        } else {
             ar = asprintf(&sql,
                           "DROP TRIGGER IF EXISTS pmgcm_ocheck ON %s;"
                           "DROP TRIGGER IF EXISTS pmgcm_ocheck_truncate ON %s;"
                           "CREATE OR REPLACE TRIGGER pmgcm_check BEFORE INSERT"
                           " OR UPDATE OR DELETE OR TRUNCATE ON %s FOR EACH"
                           " STATEMENT EXECUTE FUNCTION pmgcm.check()",
-                          t[i].q, t[i].q, t[i].q);
-        if (lit) PQfreemem(lit);
-        if (ar < 0) return -ENOMEM;
+                          q, q, q);
+        }
+        if (ar < 0) {
+            rc = -ENOMEM;
+            break;
+        }
         rc = pst_exec(c, sql, err, el);
         free(sql);
     }
+    PQclear(r);
     return rc;
 }
 
@@ -707,7 +726,14 @@ int pst_db_setup(PGconn *c, pst_store *st, char *err, size_t errlen,
                                err, errlen);
     if (rc == 0 && upgrade) rc = upgrade_drain(c, t, n, err, errlen);
     if (rc == 0 && gap) rc = gap_resync(c, st, err, errlen);
-    if (rc == 0) rc = triggers_set(c, t, n, err, errlen);
+    if (rc == 0) {
+        /* the checks follow the role (a master carries none) */
+        PGresult *rr = PQexec(c, "SELECT role = 'master' FROM pmgcm.state");
+        bool master = PQresultStatus(rr) == PGRES_TUPLES_OK &&
+                      PQntuples(rr) == 1 && PQgetvalue(rr, 0, 0)[0] == 't';
+        PQclear(rr);
+        rc = pst_checks_set(c, master, err, errlen);
+    }
     if (rc == 0) rc = pst_exec(c, "COMMIT", err, errlen);
     free_tables(t, n);
     if (rc) return rc;
