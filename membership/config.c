@@ -180,9 +180,9 @@ enum {
     K_SUSP_MAX_MULT, K_RETRANSMIT, K_GOSSIP_INTERVAL, K_GOSSIP_NODES,
     K_PUSHPULL, K_REJOIN, K_API_PORT, K_STATUS_BIND, K_STATUS_PORT,
     K_AGENT_PORT, K_DB_CONNINFO, K_DB_SCHEMAS, K_DB_EXCLUDE,
-    K_DB_RETENTION, K_DB_ORIGIN, K_FILES_DIR, K_FILES_RELOAD, K_FILES_MAX,
-    K_STATUS_ACCESS, K_METRICS_ACCESS, K_STATUS_TOKEN, K_UNAUTH_BUDGET,
-    K_FILES_TRASH_FILES, K_FILES_TRASH_BYTES, K_COUNT
+    K_DB_RETENTION, K_DB_ORIGIN, K_DB_SYNC, K_FILES_DIR, K_FILES_RELOAD,
+    K_FILES_MAX, K_STATUS_ACCESS, K_METRICS_ACCESS, K_STATUS_TOKEN,
+    K_UNAUTH_BUDGET, K_FILES_TRASH_FILES, K_FILES_TRASH_BYTES, K_COUNT
 };
 
 static const char *const key_names[K_COUNT] = {
@@ -215,6 +215,7 @@ static const char *const key_names[K_COUNT] = {
     [K_DB_EXCLUDE] = "db_exclude",
     [K_DB_RETENTION] = "db_log_retention_s",
     [K_DB_ORIGIN] = "db_origin_tables",
+    [K_DB_SYNC] = "db_sync",
     [K_FILES_DIR] = "files_dir",
     [K_FILES_RELOAD] = "files_reload",
     [K_FILES_MAX] = "files_max_bytes",
@@ -311,6 +312,12 @@ static const char *apply_key(pmm_config *c, int k, char *v)
         return parse_u32(v, 1, 365u * 86400u, &c->db_log_retention_s);
     case K_DB_ORIGIN:
         return parse_str(v, c->db_origin_tables, sizeof(c->db_origin_tables));
+    case K_DB_SYNC:
+        if (strcmp(v, "off") == 0) c->db_sync = PMM_DB_SYNC_OFF;
+        else if (strcmp(v, "one") == 0) c->db_sync = PMM_DB_SYNC_ONE;
+        else if (strcmp(v, "majority") == 0) c->db_sync = PMM_DB_SYNC_MAJORITY;
+        else return "must be off, one or majority";
+        return NULL;
     case K_FILES_DIR:
         return parse_path(v, c->files_dir, sizeof(c->files_dir));
     case K_FILES_RELOAD:

@@ -692,6 +692,28 @@ static void page_metrics(pmm_buf *b, const pmm_http_view *v)
         m_one(b, "pmgcm_db_divergent_changes_total", "counter",
               "Changes recorded in pmgcm.divergence since start.",
               v->db_divergent);
+        m_one(b, "pmgcm_db_capture_streaming", "gauge",
+              "1 while the capture streams this node's replication slot.",
+              v->db_capturing ? 1 : 0);
+        m_one(b, "pmgcm_db_slot_retained_wal_bytes", "gauge",
+              "WAL the node's replication slot holds back (bytes).",
+              v->db_wal_retained > 0 ? (uint64_t)v->db_wal_retained : 0);
+        if (v->db_slot_safe >= 0)
+            m_one(b, "pmgcm_db_slot_safe_wal_bytes", "gauge",
+                  "WAL that may still be written before the slot is lost "
+                  "(max_slot_wal_keep_size).",
+                  (uint64_t)v->db_slot_safe);
+        m_one(b, "pmgcm_db_slot_repairs_total", "counter",
+              "Replication slots found lost or missing and re-made (each a "
+              "resync).", v->db_slot_repairs);
+        m_one(b, "pmgcm_db_sync_followers_needed", "gauge",
+              "db_sync: followers that must hold a change before its "
+              "commit returns (0: off).", v->db_sync_need);
+        m_one(b, "pmgcm_db_sync_followers_acknowledging", "gauge",
+              "db_sync: followers acknowledging now.", v->db_sync_have);
+        m_one(b, "pmgcm_db_sync_waiting", "gauge",
+              "db_sync: captured transactions waiting for acknowledgement.",
+              v->db_sync_waiting);
     }
     m_one(b, "pmgcm_cluster_master_cid", "gauge",
           "The master's cid in the config this node holds (0: none).",

@@ -189,6 +189,13 @@ typedef struct pmm_http_view {
     uint64_t db_epoch, db_seq, db_head_seq;
     double db_lag_seconds;
     uint64_t db_applied, db_captured, db_snapshots, db_divergent;
+    /* capture: the node's replication slot; db_sync */
+    bool db_capturing;
+    int64_t db_wal_retained;  /* bytes of WAL the slot holds back */
+    int64_t db_slot_safe;     /* bytes before it is lost, -1 unbounded */
+    uint64_t db_slot_repairs;
+    uint32_t db_sync_need, db_sync_have;
+    uint64_t db_sync_waiting;
 } pmm_http_view;
 
 /* Who may read /status and /metrics (see the top of this header). */

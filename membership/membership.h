@@ -111,6 +111,12 @@
  *       its own cid; those rows flow from every node to every node (also
  *       while the master is down). The column must be part of the primary
  *       key.
+ *   db_sync = off
+ *       off | one | majority: a commit on the master returns only once
+ *       that many other nodes (one; majority = half the cluster's nodes,
+ *       rounded down) hold the change (PostgreSQL's synchronous
+ *       replication, through synchronous_standby_names). With too few
+ *       followers connected commits wait (status says so).
  *   files_dir = /etc/pmg
  *       Optional directory of master-owned files mirrored to every node.
  *   files_reload = systemctl reload pmg-smtp-filter
@@ -251,6 +257,10 @@
 extern "C" {
 #endif
 
+#define PMM_DB_SYNC_OFF 0
+#define PMM_DB_SYNC_ONE 1
+#define PMM_DB_SYNC_MAJORITY 2
+
 /* ---- logging: "LEVEL subsystem: message" on stderr -------------------- */
 typedef enum pmm_log_level {
     PMM_LOG_ERROR = 0,
@@ -333,6 +343,7 @@ typedef struct pmm_config {
     char db_exclude[PMM_DB_STR_MAX + 1];   /* comma list of schema.table */
     uint32_t db_log_retention_s;           /* change log kept, 3600 */
     char db_origin_tables[PMM_DB_STR_MAX + 1]; /* "schema.table:column, ..." */
+    int db_sync;                           /* PMM_DB_SYNC_*, off */
 
     /* mirrored config files (files.c): empty files_dir = off */
     char files_dir[PMM_PATH_MAX];

@@ -693,6 +693,13 @@ static void http_view(void *ud, pmm_http_view *v)
                                 : 0;
         v->db_applied = si.applied_total;
         v->db_captured = si.captured_total;
+        v->db_capturing = si.capturing;
+        v->db_wal_retained = si.wal_retained;
+        v->db_slot_safe = si.slot_safe;
+        v->db_slot_repairs = si.slot_repairs;
+        v->db_sync_need = si.sync_need;
+        v->db_sync_have = si.sync_have;
+        v->db_sync_waiting = si.sync_waiting;
         v->db_snapshots = si.snapshots;
         v->db_divergent = si.divergent_total;
     }
@@ -890,6 +897,18 @@ static int status_json(node *n, pmm_buf *reply)
                        (unsigned long long)si.lag, (unsigned)PST_SYNC_LAG_MAX,
                        si.kept_backups, (unsigned long long)si.kept_rows,
                        (unsigned long long)si.kept_divergence);
+        pmm_buf_puts(reply, ",\"capture\":{\"slot_status\":");
+        pmm_json_str(reply, si.slot_status, strlen(si.slot_status));
+        pmm_buf_printf(reply,
+                       ",\"streaming\":%s,\"wal_retained_bytes\":%lld,"
+                       "\"slot_safe_bytes\":%lld,\"slot_repairs\":%llu},"
+                       "\"sync\":{\"need\":%u,\"have\":%u,\"active\":%s,"
+                       "\"waiting\":%llu}",
+                       si.capturing ? "true" : "false",
+                       (long long)si.wal_retained, (long long)si.slot_safe,
+                       (unsigned long long)si.slot_repairs, si.sync_need,
+                       si.sync_have, si.sync_active ? "true" : "false",
+                       (unsigned long long)si.sync_waiting);
         pmm_buf_printf(reply,
                        ",\"loaded\":%s,\"master\":%s,\"epoch\":%llu,"
                        "\"seq\":%llu,\"recv_seq\":%llu,\"head_seq\":%llu,"

@@ -58,8 +58,11 @@ struct pmm_repl {
     bool closing;
     bool timer_closed;
 
-    /* the role last asked of the store */
+    /* the role last asked of the store; the store has applied it when
+     * every request asked is done (no stream before: a snapshot loaded
+     * while a join's role change starts over would be thrown away) */
     bool role_valid, role_in, role_master;
+    uint64_t roles_asked, roles_done;
     uint64_t role_epoch;
     char role_name[GSP_NAME_MAX + 1];
     char role_cluster[33];
@@ -435,8 +438,10 @@ static const pmm_cnode *self_of(pmm_repl *r, const pmm_cluster *cl)
 static void role_set_done(void *ud, int rc)
 {
     pmm_repl *r = ud;
-    if (rc != 0 && rc != -ECANCELED && !r->closing)
-        r->role_valid = false; /* decide() asks again */
+    if (rc == -ECANCELED || r->closing) return;
+    r->roles_done++;
+    if (rc != 0) r->role_valid = false; /* decide() asks again */
+    else if (r->roles_done == r->roles_asked) decide(r);
 }
 
 static void set_role(pmm_repl *r, bool in, bool master, uint64_t epoch,
@@ -447,6 +452,7 @@ static void set_role(pmm_repl *r, bool in, bool master, uint64_t epoch,
         strcmp(r->role_cluster, cluster) == 0)
         return;
     r->role_valid = true;
+    r->roles_asked++;
     r->role_in = in;
     r->role_master = master;
     r->role_epoch = epoch;
@@ -649,6 +655,7 @@ static void decide(pmm_repl *r)
     const pmm_cnode *self = cl ? self_of(r, cl) : NULL;
     if (!cl || !self) {
         drop_up(r);
+        pst_set_sync(r->st, 0);
         r->promo = PROMO_NONE;
         set_role(r, false, false, 0, "", "", 0);
         return;
@@ -677,6 +684,14 @@ static void decide(pmm_repl *r)
         }
     }
     const pmm_cnode *m = pmm_cluster_master(cl);
+    /* db_sync: how many other nodes must hold a change before its commit
+     * on the master returns (one: 1 when there is another node; majority:
+     * half the nodes, rounded down: with the master that is a majority) */
+    uint32_t need = 0, others = cl->n_nodes > 0 ? (uint32_t)cl->n_nodes - 1 : 0;
+    if (r->env.cfg->db_sync == PMM_DB_SYNC_ONE) need = others ? 1 : 0;
+    else if (r->env.cfg->db_sync == PMM_DB_SYNC_MAJORITY)
+        need = (uint32_t)cl->n_nodes / 2;
+    pst_set_sync(r->st, m == self ? need : 0);
     if (m == self) {
         pst_set_master_head(r->st, (pst_pos){0, 0});
         bool already = r->role_valid && r->role_master &&
@@ -736,6 +751,7 @@ static void decide(pmm_repl *r)
     if (r->up && r->up->kind == PST_SUBSCRIBE && !in.loaded) drop_up(r);
     if (r->up || now_ms(r) < r->retry_at) return;
     if (!r->role_valid || r->role_master) return;
+    if (r->roles_done != r->roles_asked) return;
     pst_open_kind kind = (!in.loaded || r->need_snap) ? PST_SNAPSHOT
                                                        : PST_SUBSCRIBE;
     if (kind == PST_SNAPSHOT)

@@ -299,6 +299,20 @@ out:
 
 void pst_apply_pump(pst_session *s);
 
+/* db_sync: tell the server what this node holds (its log, committed) */
+static void send_ack(pst_session *s, uint64_t epoch, uint64_t seq)
+{
+    if (s->kind != PST_SUBSCRIBE || !s->acks_ok || seq <= s->acked) return;
+    Msg m = PMGCM__STORE__MSG__INIT;
+    Pmgcm__Store__Pos p = PMGCM__STORE__POS__INIT;
+    m.kind = PMGCM__STORE__MSG__KIND__ACK;
+    p.epoch = epoch;
+    p.seq = seq;
+    m.head = &p;
+    s->acked = seq;
+    pst_sess_send_msg(s, &m);
+}
+
 static void apply_done(pst_job *j)
 {
     apply_job *aj = (apply_job *)j;
@@ -336,6 +350,11 @@ static void apply_done(pst_job *j)
         pst_sessions_head(st);
     }
     bool alive = pst_sess_alive(st, s);
+    if (j->rc == 0 && alive && !aj->is_origin && s->acks_ok &&
+        aj->recv_seq > s->acked) {
+        /* db_sync: the server learns what we hold (durably: committed) */
+        send_ack(s, aj->pos.epoch, aj->recv_seq);
+    }
     if (j->rc && alive) {
         pst_set_error(st, "applying changes: %s", j->err);
         pst_sess_end(s, j->rc, j->err);
@@ -485,6 +504,7 @@ static void apply_handle_changes(pst_session *s, const Msg *m,
             return;
         }
     }
+    if (m->has_acks && m->acks) s->acks_ok = true;
     Change *l = m->changes[m->n_changes - 1];
     pst_pos hp = {l->epoch, l->seq};
     if (m->head && m->head->seq > hp.seq) hp.seq = m->head->seq;
@@ -513,6 +533,10 @@ static void apply_handle_head(pst_session *s, const Msg *m)
 {
     pst_info *i = &s->st->info;
     if (!m->head) return;
+    if (m->has_acks && m->acks && !s->acks_ok) {
+        s->acks_ok = true;
+        send_ack(s, i->pos.epoch, i->recv_seq);
+    }
     if (s->kind == PST_OSUBSCRIBE) {
         s->peer_pos.seq = m->head->seq;
         return;

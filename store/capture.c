@@ -1252,3 +1252,122 @@ void pst_capture_poll(pst_store *st)
         pst_changed(st);
     }
 }
+
+/* ---- db_sync: synchronous_standby_names ------------------------------------------ */
+
+typedef struct ssn_job {
+    pst_job j;
+    bool want;
+    bool active; /* result: the setting names our capture connection */
+} ssn_job;
+
+static void ssn_run(pst_job *j, PGconn *c)
+{
+    ssn_job *sj = (ssn_job *)j;
+    char *err = j->err;
+    size_t el = sizeof(j->err);
+    if (!c) {
+        j->rc = PST_EDB;
+        return;
+    }
+    char slot[64], ours[80];
+    int rc = pst_slot_name(c, slot, sizeof(slot), err, el);
+    if (rc) {
+        j->rc = rc;
+        return;
+    }
+    snprintf(ours, sizeof(ours), "\"%s\"", slot);
+    PGresult *r = PQexec(c, "SELECT current_setting('synchronous_standby_names')");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+        pst_pgerr(c, r, err, el);
+        PQclear(r);
+        j->rc = PST_EDB;
+        return;
+    }
+    bool is_ours = strcmp(PQgetvalue(r, 0, 0), ours) == 0 ||
+                   strcmp(PQgetvalue(r, 0, 0), slot) == 0;
+    PQclear(r);
+    char sql[200];
+    if (sj->want && !is_ours)
+        /* the slot name is [a-z0-9_]: no quoting issue */
+        snprintf(sql, sizeof(sql), "ALTER SYSTEM SET synchronous_standby_names"
+                 " = '%s'", ours);
+    else if (!sj->want && is_ours)
+        snprintf(sql, sizeof(sql), "ALTER SYSTEM RESET"
+                 " synchronous_standby_names");
+    else {
+        sj->active = is_ours;
+        return;
+    }
+    if ((rc = pst_exec(c, sql, err, el)) ||
+        (rc = pst_exec(c, "SELECT pg_reload_conf()", err, el))) {
+        j->rc = rc;
+        return;
+    }
+    sj->active = sj->want;
+}
+
+static void ssn_start(pst_store *st);
+
+static void ssn_done(pst_job *j)
+{
+    ssn_job *sj = (ssn_job *)j;
+    pst_store *st = j->st;
+    st->ssn_busy = false;
+    if (!st->closing) {
+        if (j->rc) {
+            pst_log(st, 0, "store: db_sync: setting synchronous_standby_names:"
+                    " %s", j->err);
+        } else {
+            st->ssn_checked = true;
+        }
+        if (j->rc == 0 && sj->active != st->info.sync_active) {
+            st->info.sync_active = sj->active;
+            pst_log(st, 2, "store: db_sync: synchronous_standby_names %s",
+                    sj->active ? "names this node's capture: commits wait"
+                                 " for followers"
+                               : "reset: commits no longer wait");
+            pst_changed(st);
+        }
+        if (st->ssn_again || sj->want != st->ssn_want) ssn_start(st);
+    }
+    free(sj);
+}
+
+static void ssn_start(pst_store *st)
+{
+    if (st->closing || !st->info.ready) return;
+    if (st->ssn_busy) {
+        st->ssn_again = true;
+        return;
+    }
+    ssn_job *sj = calloc(1, sizeof(*sj));
+    if (!sj) return;
+    sj->want = st->ssn_want;
+    sj->j.run = ssn_run;
+    sj->j.done = ssn_done;
+    st->ssn_busy = true;
+    st->ssn_again = false;
+    pst_submit(st, &sj->j);
+}
+
+/* The setting follows (master && need): from pst_set_sync, role changes
+ * and the tick. */
+void pst_sync_apply(pst_store *st)
+{
+    bool want = st->info.master && st->want_master && st->sync_need > 0;
+    /* once at start: the setting may be left from an earlier run */
+    if (want == st->ssn_want && want == st->info.sync_active &&
+        st->ssn_checked && !st->ssn_busy)
+        return;
+    st->ssn_want = want;
+    ssn_start(st);
+}
+
+void pst_set_sync(pst_store *st, uint32_t need)
+{
+    if (need == st->sync_need) return;
+    st->sync_need = need;
+    pst_sync_update(st);
+    pst_sync_apply(st);
+}

@@ -149,6 +149,12 @@ struct pst_store {
     /* the capture thread (capture.c) */
     struct pst_capture *cap;
 
+    /* db_sync (session.c, schema.c) */
+    uint32_t sync_need;   /* asked for (pst_set_sync) */
+    bool sync_short;      /* fewer followers than needed: logged */
+    bool ssn_busy, ssn_want, ssn_again; /* synchronous_standby_names */
+    bool ssn_checked;     /* the setting was looked at in this run */
+
     struct pst_session *sessions;
     int refs; /* handles still closing */
     int snap_threads; /* snapshot threads running (atomic) */
@@ -303,6 +309,10 @@ struct pst_session {
     bool end_delivered;
     int end_rc;
     char end_why[256];
+    /* db_sync: server: the client holds the log up to here; client: the
+     * server takes ACKs, and the last one sent */
+    uint64_t acked;
+    bool acks_ok;
 };
 
 /* session.c */
@@ -322,6 +332,11 @@ int pst_sess_send_msg(pst_session *s, const struct Pmgcm__Store__Msg *m);
 void pst_sess_send_error(pst_session *s, const char *err);
 void pst_sess_send_head(pst_session *s);
 uint64_t pst_origin_head(pst_store *st, uint32_t o);
+
+/* db_sync: recompute what enough followers hold, tell the capture */
+void pst_sync_update(pst_store *st);
+/* db_sync: synchronous_standby_names follows (master and need) (capture.c) */
+void pst_sync_apply(pst_store *st);
 
 /* serve.c */
 void pst_serve_pump(pst_session *s);

@@ -325,6 +325,8 @@ static void role_done(pst_job *j)
             pst_changed(st);
             pst_capture_numbering(st, i->master && st->want_master);
             pst_capture_poke(st);
+            pst_sync_update(st);
+            pst_sync_apply(st);
             pst_sessions_head(st);
         }
     }

@@ -93,6 +93,10 @@ static void encode_changes(read_job *rj, PGresult *r)
     hd.epoch = cv[n - 1].epoch;
     hd.seq = rj->upto;
     m.head = &hd;
+    if (!rj->is_origin) {
+        m.has_acks = true;
+        m.acks = true;
+    }
     rj->frame_len = pmgcm__store__msg__get_packed_size(&m);
     rj->frame = malloc(rj->frame_len);
     if (rj->frame) pmgcm__store__msg__pack(&m, rj->frame);

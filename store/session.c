@@ -108,7 +108,69 @@ void pst_sess_send_head(pst_session *s)
     m.head_ts_us = i->head_ts_us;
     m.has_master = true;
     m.master = i->master;
+    if (s->kind == PST_SUBSCRIBE) {
+        m.has_acks = true;
+        m.acks = true;
+    }
     pst_sess_send_msg(s, &m);
+}
+
+/* ---- db_sync: what the followers hold ----------------------------------------------- */
+
+/* The log position that `need` distinct followers (server SUBSCRIBE
+ * sessions, by cid) acknowledged: the need-th largest; 0 with fewer. */
+static uint64_t sync_acked(pst_store *st, uint32_t need, uint32_t *have)
+{
+    uint32_t cids[64];
+    uint64_t best[64];
+    size_t n = 0;
+    for (pst_session *s = st->sessions; s; s = s->next) {
+        if (!s->server || s->kind != PST_SUBSCRIBE || s->ended || !s->acked)
+            continue;
+        size_t k = 0;
+        while (k < n && cids[k] != s->cid) k++;
+        if (k == n) {
+            if (n == 64) continue;
+            cids[n] = s->cid;
+            best[n++] = s->acked;
+        } else if (s->acked > best[k]) {
+            best[k] = s->acked;
+        }
+    }
+    *have = (uint32_t)n;
+    if (need == 0 || n < need) return 0;
+    /* the need-th largest */
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = i + 1; j < n; j++)
+            if (best[j] > best[i]) {
+                uint64_t t = best[i];
+                best[i] = best[j];
+                best[j] = t;
+            }
+    return best[need - 1];
+}
+
+void pst_sync_update(pst_store *st)
+{
+    uint32_t need = st->info.master ? st->sync_need : 0, have = 0;
+    uint64_t acked = sync_acked(st, need, &have);
+    if (need && have < need && !st->sync_short) {
+        pst_log(st, 1, "store: db_sync needs %u follower(s) to hold every"
+                " change, %u acknowledging: commits on this master wait"
+                " until enough follow again", need, have);
+        st->sync_short = true;
+    } else if ((!need || have >= need) && st->sync_short) {
+        if (need)
+            pst_log(st, 2, "store: db_sync: %u follower(s) acknowledging"
+                    " again; commits proceed", have);
+        st->sync_short = false;
+    }
+    if (st->info.sync_need != need || st->info.sync_have != have) {
+        st->info.sync_need = need;
+        st->info.sync_have = have;
+        pst_changed(st);
+    }
+    pst_capture_set_sync(st, need, acked);
 }
 /* ---- sessions: common ------------------------------------------------------------------- */
 
@@ -142,6 +204,8 @@ void pst_sess_end(pst_session *s, int rc, const char *why)
     snprintf(s->end_why, sizeof(s->end_why), "%s",
              why ? why : pst_strerror(rc));
     if (s->sn && rc != 0) pst_snap_abort(s->sn);
+    if (s->server && s->kind == PST_SUBSCRIBE && s->acked && !s->st->closing)
+        pst_sync_update(s->st);
     uv_async_send(&s->st->async);
 }
 
@@ -301,8 +365,24 @@ void pst_session_frame(pst_session *s, const uint8_t *buf, size_t len)
 {
     if (s->ended) return;
     if (s->server) {
-        /* clients send nothing after the opening message */
-        pst_sess_end(s, PST_EPROTO, "unexpected frame from the client");
+        /* after the opening message a client only acknowledges what it
+         * holds (db_sync), on a subscription */
+        Msg *m = s->kind == PST_SUBSCRIBE
+                     ? pmgcm__store__msg__unpack(NULL, len, buf)
+                     : NULL;
+        if (!m || m->kind != PMGCM__STORE__MSG__KIND__ACK || !m->head) {
+            if (m) pmgcm__store__msg__free_unpacked(m, NULL);
+            pst_sess_end(s, PST_EPROTO, "unexpected frame from the client");
+            return;
+        }
+        /* never past what we hold ourselves */
+        uint64_t a = m->head->seq;
+        if (a > s->st->info.recv_seq) a = s->st->info.recv_seq;
+        pmgcm__store__msg__free_unpacked(m, NULL);
+        if (a > s->acked) {
+            s->acked = a;
+            pst_sync_update(s->st);
+        }
         return;
     }
     switch (s->kind) {

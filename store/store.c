@@ -533,6 +533,8 @@ static void timer_cb(uv_timer_t *t)
         return;
     }
     ping_start(st);
+    pst_sync_update(st);
+    pst_sync_apply(st);
     uint64_t now = pst_mono_ms();
     if (now - st->last_vacuum_ms >= VACUUM_EVERY_MS) {
         st->last_vacuum_ms = now;

@@ -164,6 +164,10 @@ typedef struct pst_info {
                               lost, -1 when unbounded                   */
     uint64_t slot_repairs; /* slots found lost and re-made (resyncs)    */
     uint64_t sync_waiting; /* db_sync: commits held for acknowledgement */
+    uint32_t sync_need;    /* db_sync: followers that must hold a change
+                              before its commit returns (0: off)         */
+    uint32_t sync_have;    /* followers acknowledging now                */
+    bool sync_active;      /* synchronous_standby_names names us          */
 } pst_info;
 
 /* A follower counts as in sync while it is at most this many changes
@@ -253,6 +257,15 @@ int pst_set_role(pst_store *st, bool in_cluster, bool master, uint64_t epoch,
                  uint32_t self_cid, const char *master_name,
                  const char *cluster, void (*done)(void *ud, int rc),
                  void *ud);
+
+/* db_sync on the master: a commit returns only once `need` followers
+ * hold the change (0: off). The store sets PostgreSQL's
+ * synchronous_standby_names to its capture connection while master and
+ * need > 0 (ALTER SYSTEM; resets it otherwise, if it is ours) and
+ * reports its flush position only for what that many followers
+ * acknowledged (their subscriptions send ACKs). With fewer followers
+ * connected, commits wait: pst_info's sync_* say so. */
+void pst_set_sync(pst_store *st, uint32_t need);
 
 /* Marks the current data as the cluster's initial data (pmgcm create):
  * loaded = true. done as above. */
