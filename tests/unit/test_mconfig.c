@@ -345,6 +345,23 @@ static void test_output_untouched_on_error(void)
     CHECK(((unsigned char *)&c)[sizeof(c) - 1] == 0x5a);
 }
 
+/* db_sync: off (default), one, majority; anything else named */
+static void test_db_sync(void)
+{
+    pmm_config c;
+    REQUIRE(parse(&c, BASE) == 0);
+    CHECK_EQ_INT(c.db_sync, PMM_DB_SYNC_OFF);
+    REQUIRE(parse(&c, BASE "db_sync = one\n") == 0);
+    CHECK_EQ_INT(c.db_sync, PMM_DB_SYNC_ONE);
+    REQUIRE(parse(&c, BASE "db_sync = majority\n") == 0);
+    CHECK_EQ_INT(c.db_sync, PMM_DB_SYNC_MAJORITY);
+    REQUIRE(parse(&c, BASE "db_sync = off\n") == 0);
+    CHECK_EQ_INT(c.db_sync, PMM_DB_SYNC_OFF);
+    CHECK(rejects(BASE "db_sync = all\n", "db_sync must be off, one or majority"));
+    CHECK(rejects(BASE "db_sync = ONE\n", "db_sync must be off, one or majority"));
+    CHECK(rejects(BASE "db_sync =\n", "db_sync: missing value"));
+}
+
 static void test_load_file(void)
 {
     char path[] = "/tmp/test_mconfig.XXXXXX";
@@ -383,6 +400,7 @@ int main(void)
     TAP_RUN(test_files_trash_keys);
     TAP_RUN(test_syntax);
     TAP_RUN(test_output_untouched_on_error);
+    TAP_RUN(test_db_sync);
     TAP_RUN(test_load_file);
     return tap_done();
 }
