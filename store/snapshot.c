@@ -46,7 +46,13 @@ struct pst_snap {
     uint32_t bk_tables;
     pst_origin opos[PST_ORIGINS_MAX]; /* client: positions received */
     size_t n_opos;
+    /* client: secondary indexes of the table being loaded, dropped before
+     * its COPY and built again after it (CREATE INDEX statements) */
+    char **rebuild;
+    size_t n_rebuild;
 };
+
+static void rebuild_clear(pst_snap *sn);
 
 /* The thread's last act. A session that went away meanwhile left the
  * snap to the thread (detached): it frees it. The store counts running
@@ -63,6 +69,7 @@ static void snap_finish(pst_snap *sn, int rc)
         pst_pipe_destroy(&sn->pipe);
         free(sn->schema);
         pst_tableset_free(sn->local);
+        rebuild_clear(sn);
         free(sn);
     } else {
         uv_async_send(&st->async);
@@ -349,6 +356,60 @@ out:
 }
 
 /* COPY text of one row into the log: escape \ tab newline CR */
+static void rebuild_clear(pst_snap *sn)
+{
+    for (size_t i = 0; i < sn->n_rebuild; i++) free(sn->rebuild[i]);
+    free(sn->rebuild);
+    sn->rebuild = NULL;
+    sn->n_rebuild = 0;
+}
+
+/* Before a truncated table is loaded: its secondary indexes go, to be
+ * built again once the rows are in (a sorted build is far cheaper than
+ * an insert per row into each index; in the same transaction, so a
+ * failed load restores them). Kept as they are: indexes of constraints
+ * (primary keys, unique, exclusion: foreign keys may depend on them),
+ * in another tablespace, clustered, invalid, commented, or with column
+ * statistics targets (what CREATE INDEX would not restore). The table is
+ * a local name. */
+static int rebuild_begin(pst_snap *sn, PGconn *c, const char *tbl)
+{
+    rebuild_clear(sn);
+    const char *pv[1] = {tbl};
+    PGresult *r = PQexecParams(
+        c,
+        "SELECT format('DROP INDEX %s', i.indexrelid::regclass),"
+        " pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class k ON"
+        " k.oid = i.indexrelid WHERE i.indrelid = $1::regclass AND"
+        " i.indisvalid AND NOT i.indisclustered AND k.reltablespace = 0 AND"
+        " NOT EXISTS (SELECT 1 FROM pg_constraint n WHERE n.conindid ="
+        " i.indexrelid) AND obj_description(i.indexrelid, 'pg_class') IS"
+        " NULL AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid"
+        " = i.indexrelid AND a.attstattarget > 0) ORDER BY 1",
+        1, NULL, pv, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        pst_pgerr(c, r, sn->err, sizeof(sn->err));
+        PQclear(r);
+        return PST_EDB;
+    }
+    int n = PQntuples(r), rc = 0;
+    if (n) {
+        sn->rebuild = calloc((size_t)n, sizeof(*sn->rebuild));
+        if (!sn->rebuild) rc = -ENOMEM;
+    }
+    for (int i = 0; rc == 0 && i < n; i++) {
+        sn->rebuild[i] = strdup(PQgetvalue(r, i, 1));
+        if (!sn->rebuild[i]) {
+            rc = -ENOMEM;
+            break;
+        }
+        sn->n_rebuild++;
+        rc = pst_exec(c, PQgetvalue(r, i, 0), sn->err, sizeof(sn->err));
+    }
+    PQclear(r);
+    return rc;
+}
+
 static int copy_end(pst_snap *sn, PGconn *c)
 {
     int rc = 0;
@@ -360,6 +421,10 @@ static int copy_end(pst_snap *sn, PGconn *c)
     }
     PQclear(r);
     while ((r = PQgetResult(c))) PQclear(r);
+    /* the indexes dropped for the load, built again */
+    for (size_t i = 0; rc == 0 && i < sn->n_rebuild; i++)
+        rc = pst_exec(c, sn->rebuild[i], sn->err, sizeof(sn->err));
+    rebuild_clear(sn);
     __atomic_add_fetch(&sn->tables_done, 1, __ATOMIC_RELAXED);
     return rc;
 }
@@ -481,7 +546,10 @@ static int snap_client_load(pst_snap *sn, PGconn *c)
             __atomic_store_n(&sn->est_bytes, eb, __ATOMIC_RELAXED);
             __atomic_store_n(&sn->tables, (uint32_t)m->n_tables,
                              __ATOMIC_RELAXED);
-            if ((rc = pst_exec(c, "BEGIN", err, el))) break;
+            /* memory for the index builds after each table's load */
+            if ((rc = pst_exec(c, "BEGIN; SET LOCAL maintenance_work_mem ="
+                                  " '256MB'", err, el)))
+                break;
             begun = true;
             /* the snapshot must carry exactly our replicated set; what
              * goes into SQL below are our own names, never the received
@@ -637,8 +705,25 @@ static int snap_client_load(pst_snap *sn, PGconn *c)
                 break;
             }
             PGresult *r;
-            if (asprintf(&sql, "COPY %s FROM STDIN",
-                         sn->local->t[ti].name) < 0) {
+            /* a table this transaction truncated (not a per-origin one,
+             * which keeps our rows; not a partitioned one) is loaded
+             * frozen: no hint bits or vacuum freeze to do afterwards, and
+             * less to write now */
+            bool freeze = false;
+            if (!sn->local->t[ti].origin) {
+                const char *pv[1] = {sn->local->t[ti].name};
+                r = PQexecParams(c, "SELECT relkind = 'r' FROM pg_class"
+                                    " WHERE oid = $1::regclass", 1, NULL, pv,
+                                 NULL, NULL, 0);
+                freeze = PQresultStatus(r) == PGRES_TUPLES_OK &&
+                         PQntuples(r) == 1 && PQgetvalue(r, 0, 0)[0] == 't';
+                PQclear(r);
+            }
+            if (freeze &&
+                (rc = rebuild_begin(sn, c, sn->local->t[ti].name)))
+                break;
+            if (asprintf(&sql, "COPY %s FROM STDIN%s", sn->local->t[ti].name,
+                         freeze ? " (FREEZE)" : "") < 0) {
                 rc = -ENOMEM;
                 break;
             }
@@ -778,6 +863,7 @@ pst_snap *pst_snap_start(pst_session *s, bool server, const char *schema)
         pst_pipe_destroy(&sn->pipe);
         free(sn->schema);
         pst_tableset_free(sn->local);
+        rebuild_clear(sn);
         free(sn);
         return NULL;
     }
@@ -797,6 +883,7 @@ void pst_snap_free(pst_snap *sn)
     pst_pipe_destroy(&sn->pipe);
     free(sn->schema);
     pst_tableset_free(sn->local);
+    rebuild_clear(sn);
     free(sn);
 }
 

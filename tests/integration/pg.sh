@@ -146,7 +146,7 @@ pg_captured() {
 # pg_schema I [VARIANT]: the test application's tables, the same on every
 # node (VARIANT "mail_size_bigint" changes one column's type, for the
 # schema mismatch test):
-#   mail        bigint key; text, int, timestamptz           replicated
+#   mail        bigint key; text, int, timestamptz; an index  replicated
 #   rules       int key, a unique name                       replicated
 #   rule_attr   composite key (rule_id, attr)                replicated
 #   objects     bytea, jsonb, float8, numeric, text[]        replicated
@@ -157,6 +157,7 @@ pg_schema() {
     [[ "${2:-}" == mail_size_bigint ]] && sizetype=bigint
     pg_sql "$i" >/dev/null <<EOF
 CREATE TABLE public.mail (id bigint PRIMARY KEY, node text, subject text, size $sizetype, ts timestamptz);
+CREATE INDEX mail_ts_idx ON public.mail (ts);
 CREATE TABLE public.rules (id int PRIMARY KEY, name text UNIQUE, prio int, enabled bool);
 CREATE TABLE public.rule_attr (rule_id int, attr text, val text, PRIMARY KEY (rule_id, attr));
 CREATE TABLE public.objects (id int PRIMARY KEY, data bytea, meta jsonb, ratio float8, amount numeric(14,3), tags text[]);

@@ -259,8 +259,16 @@ for i in 1 2 3; do
     [[ "$(pg_checksum_local "$i")" == "${LOCAL0[i]}" ]] || bad+="node$i: $(pg_checksum_local "$i" | paste -sd';'); "
 done
 sn2=$(st 2 snapshots) sn3=$(st 3 snapshots)
+# a snapshot drops a table's secondary indexes for its load and builds
+# them again: every node has the same indexes after it
+IDX1=$(pg_sql 1 "SELECT indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY indexname" | paste -sd';')
+for i in 2 3; do
+    [[ "$(pg_sql "$i" "SELECT indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY indexname" | paste -sd';')" == "$IDX1" ]] ||
+        bad+="node$i's indexes differ from node1's: $(pg_sql "$i" "SELECT indexname FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1" | paste -sd' '); "
+done
+[[ "$IDX1" == *mail_ts_idx* ]] || bad+="no secondary index mail_ts_idx on node1; "
 if [[ -z "$bad" ]] && ((${sn2:-0} >= 1 && ${sn3:-0} >= 1)); then
-    it_ok "local_cache (db_exclude) and counters (no key) untouched on every node; pmgcm.state.snapshots is $sn2 on node2, $sn3 on node3"
+    it_ok "local_cache (db_exclude) and counters (no key) untouched on every node; indexes as on node1 after the snapshots (secondary ones rebuilt); pmgcm.state.snapshots is $sn2 on node2, $sn3 on node3"
 else
     it_not_ok "local tables untouched; snapshots counted"
     it_diag "${bad:-local tables fine}; snapshots node2 '$sn2' node3 '$sn3'"
