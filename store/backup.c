@@ -129,8 +129,10 @@ int pst_backup_end(PGconn *c, const pst_tableset *ts, const char *schema,
     for (size_t i = 0; rc == 0 && i < ts->n; i++) {
         char *bt = bk_table(c, schema, ts->t[i].name), *sql = NULL;
         /* what the snapshot holds identically was not lost */
+        /* whole rows by ROW(alias.*): a column may be named like an
+         * alias */
         if (!bt || asprintf(&sql, "DELETE FROM %s b USING %s x WHERE"
-                                  " b::text = x::text", bt,
+                                  " ROW(b.*)::text = ROW(x.*)::text", bt,
                             ts->t[i].name) < 0) {
             free(bt);
             rc = -ENOMEM;

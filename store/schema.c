@@ -108,7 +108,9 @@ static char *quote_id(const char *s)
 }
 
 /* pmgcm.apply(a, b): applies log entries a..b in order, with static SQL
- * per table (plans cached for the session). Upsert for I and U (a changed
+ * per table (plans cached for the session); columns win over variables
+ * (a table may have a column named a), the function's own names start
+ * with pmgcm_. Upsert for I and U (a changed
  * key deletes the old row first), delete for D. Idempotent: replaying a
  * change over a snapshot that already holds it is harmless.
  *
@@ -130,39 +132,41 @@ static char *apply_sql(const tabdef *t, size_t n, bool origin)
     if (origin)
         fputs("CREATE OR REPLACE FUNCTION pmgcm.oapply(o int, a bigint,"
               " b bigint) RETURNS bigint LANGUAGE plpgsql AS $pmgcm$\n"
-              "DECLARE c record; n bigint := 0;\n", f);
+              "#variable_conflict use_column\n"
+              "DECLARE pmgcm_c record; pmgcm_n bigint := 0;\n", f);
     else
         fputs("CREATE OR REPLACE FUNCTION pmgcm.apply(a bigint, b bigint)"
               " RETURNS bigint LANGUAGE plpgsql AS $pmgcm$\n"
-              "DECLARE c record; n bigint := 0;\n", f);
+              "#variable_conflict use_column\n"
+              "DECLARE pmgcm_c record; pmgcm_n bigint := 0;\n", f);
     for (size_t i = 0; i < n; i++)
         if ((t[i].ocol != NULL) == origin)
-            fprintf(f, "  b%zu %s%%ROWTYPE;\n", i, t[i].q);
+            fprintf(f, "  pmgcm_b%zu %s%%ROWTYPE;\n", i, t[i].q);
     if (origin)
         fputs("BEGIN\n"
-              "  FOR c IN SELECT l.seq, l.op, l.tbl, l.old, l.new,"
+              "  FOR pmgcm_c IN SELECT l.seq, l.op, l.tbl, l.old, l.new,"
               " 0::bigint AS epoch, l.origin FROM pmgcm.olog l WHERE l.origin"
-              " = o AND l.seq BETWEEN a AND b ORDER BY l.seq LOOP\n", f);
+              " = $1 AND l.seq BETWEEN $2 AND $3 ORDER BY l.seq LOOP\n", f);
     else
         fputs("BEGIN\n"
-              "  FOR c IN SELECT * FROM pmgcm.log l WHERE l.seq BETWEEN a AND"
-              " b ORDER BY l.seq LOOP\n", f);
-    fputs("    IF c.op = 'E' THEN\n"
-          "      INSERT INTO pmgcm.epochs VALUES (c.epoch, c.seq, c.origin)"
+              "  FOR pmgcm_c IN SELECT * FROM pmgcm.log l WHERE l.seq BETWEEN $1"
+              " AND $2 ORDER BY l.seq LOOP\n", f);
+    fputs("    IF pmgcm_c.op = 'E' THEN\n"
+          "      INSERT INTO pmgcm.epochs VALUES (pmgcm_c.epoch, pmgcm_c.seq, pmgcm_c.origin)"
           " ON CONFLICT (epoch) DO NOTHING;\n"
           "      CONTINUE;\n"
           "    END IF;\n"
-          "    n := n + 1;\n"
+          "    pmgcm_n := pmgcm_n + 1;\n"
           /* the table is looked up among the local ones: its name from
            * the network is compared, never executed */
-          "    CASE c.tbl\n"
+          "    CASE pmgcm_c.tbl\n"
           "    WHEN '' THEN NULL;\n", f);
     for (size_t i = 0; i < n; i++) {
         if ((t[i].ocol != NULL) != origin) continue;
         if (!origin) {
             fprintf(f,
                     "    WHEN %s THEN\n"
-                    "      IF c.op = 'T' THEN TRUNCATE %s; CONTINUE; END IF;\n",
+                    "      IF pmgcm_c.op = 'T' THEN TRUNCATE %s; CONTINUE; END IF;\n",
                     t[i].lit, t[i].q);
         } else {
             char *qc = quote_id(t[i].ocol);
@@ -173,39 +177,39 @@ static char *apply_sql(const tabdef *t, size_t n, bool origin)
             }
             fprintf(f,
                     "    WHEN %s THEN\n"
-                    "      IF c.op = 'T' THEN DELETE FROM %s WHERE %s::text ="
-                    " c.origin::text; CONTINUE; END IF;\n",
+                    "      IF pmgcm_c.op = 'T' THEN DELETE FROM %s WHERE %s::text ="
+                    " pmgcm_c.origin::text; CONTINUE; END IF;\n",
                     t[i].lit, t[i].q, qc);
             free(qc);
         }
         fprintf(f,
-                "      IF c.op = 'U' AND (SELECT count(*) FROM"
-                " jsonb_object_keys(c.new)) < %d THEN\n"
-                "        b%zu := NULL;\n"
-                "        SELECT t.* INTO b%zu FROM %s t,"
-                " jsonb_populate_record(NULL::%s, coalesce(c.old, c.new)) r"
+                "      IF pmgcm_c.op = 'U' AND (SELECT count(*) FROM"
+                " jsonb_object_keys(pmgcm_c.new)) < %d THEN\n"
+                "        pmgcm_b%zu := NULL;\n"
+                "        SELECT t.* INTO pmgcm_b%zu FROM %s t,"
+                " jsonb_populate_record(NULL::%s, coalesce(pmgcm_c.old, pmgcm_c.new)) r"
                 " WHERE %s;\n"
                 "      ELSE\n"
-                "        b%zu := NULL;\n"
+                "        pmgcm_b%zu := NULL;\n"
                 "      END IF;\n"
-                "      IF c.op = 'D' OR (c.op = 'U' AND c.old IS NOT NULL AND"
+                "      IF pmgcm_c.op = 'D' OR (pmgcm_c.op = 'U' AND pmgcm_c.old IS NOT NULL AND"
                 " (%s)) THEN\n"
                 "        DELETE FROM %s t USING jsonb_populate_record(NULL::%s,"
-                " c.old) r WHERE %s;\n"
+                " pmgcm_c.old) r WHERE %s;\n"
                 "      END IF;\n"
-                "      IF c.op <> 'D' THEN\n"
+                "      IF pmgcm_c.op <> 'D' THEN\n"
                 "        INSERT INTO %s SELECT * FROM jsonb_populate_record("
-                "b%zu, c.new) ON CONFLICT (%s) DO %s%s;\n"
+                "pmgcm_b%zu, pmgcm_c.new) ON CONFLICT (%s) DO %s%s;\n"
                 "      END IF;\n",
                 t[i].ncols, i, i, t[i].q, t[i].q, t[i].cond, i,
                 t[i].changed, t[i].q, t[i].q, t[i].cond, t[i].q, i, t[i].pk,
                 t[i].set[0] ? "UPDATE SET " : "NOTHING", t[i].set);
     }
     fputs("    ELSE RAISE EXCEPTION 'pmgcm: a change for %, which is not"
-          " replicated here', c.tbl;\n"
+          " replicated here', pmgcm_c.tbl;\n"
           "    END CASE;\n"
           "  END LOOP;\n"
-          "  RETURN n;\n"
+          "  RETURN pmgcm_n;\n"
           "END $pmgcm$;", f);
     if (fclose(f) != 0) {
         free(out);
@@ -513,7 +517,7 @@ static int gap_resync(PGconn *c, pst_store *st, char *err, size_t el)
         if (rc == 0 &&
             asprintf(&sql,
                      "WITH s AS (SELECT seq FROM pmgcm.opos WHERE origin ="
-                     " $1::int), r AS (SELECT to_jsonb(x) AS j, row_number()"
+                     " $1::int), r AS (SELECT to_jsonb(x.*) AS j, row_number()"
                      " OVER () AS rn FROM %s x WHERE x.%s::text = $1),"
                      " i AS (INSERT INTO pmgcm.olog (origin, seq, op, tbl, new,"
                      " ts, last) SELECT $1::int, s.seq + r.rn, 'I', $2, r.j,"

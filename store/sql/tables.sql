@@ -7,7 +7,7 @@
 --   3 pk       "a,b" the primary key columns
 --   4 cond     "t.a = r.a AND ..." (target t, record r)
 --   5 set      "b = EXCLUDED.b, ..." the non-key columns ('' when none)
---   6 changed  the key differs between c.old and c.new
+--   6 changed  the key differs between pmgcm_c.old and pmgcm_c.new
 --   7 lit      q as an SQL literal
 --   8 ncols    the number of columns
 WITH s AS (SELECT btrim(x) AS n FROM unnest(string_to_array($1, ',')) x
@@ -47,7 +47,7 @@ SELECT t.q,
            AND NOT EXISTS (SELECT 1 FROM pg_constraint k
                             WHERE k.conrelid = t.oid AND k.contype = 'p'
                               AND a.attnum = ANY (k.conkey))),
-       (SELECT string_agg(format('(c.old->%1$L) IS DISTINCT FROM (c.new->%1$L)',
+       (SELECT string_agg(format('(pmgcm_c.old->%1$L) IS DISTINCT FROM (pmgcm_c.new->%1$L)',
                                  a.attname), ' OR ')
           FROM pg_constraint k
           JOIN pg_attribute a ON a.attrelid = k.conrelid
