@@ -95,8 +95,11 @@ int pst_slot_info(PGconn *c, const char *slot, bool *exists, bool *lost,
                   char *err, size_t el)
 {
     const char *pv[1] = {slot};
-    PGresult *r = PQexecParams(c, "SELECT wal_status FROM pg_replication_slots"
-                                  " WHERE slot_name = $1",
+    /* an invalidated slot: wal_status lost, no restart position */
+    PGresult *r = PQexecParams(c, "SELECT CASE WHEN wal_status = 'lost' AND"
+                                  " restart_lsn IS NULL THEN 'lost' ELSE"
+                                  " coalesce(wal_status, '') END FROM"
+                                  " pg_replication_slots WHERE slot_name = $1",
                                1, NULL, pv, NULL, NULL, 0);
     if (PQresultStatus(r) != PGRES_TUPLES_OK) {
         pst_pgerr(c, r, err, el);

@@ -432,8 +432,8 @@ static int upgrade_drain(PGconn *c, const tabdef *t, size_t n, char *err,
             " i AS (INSERT INTO pmgcm.olog (origin, seq, op, tbl, old, new, ts,"
             "  last) SELECT s.origin, s.seq + n.rn, n.op, n.tbl, n.old, n.new,"
             "  clock_timestamp(), n.rn = n.cnt FROM n, s RETURNING 1)"
-            " UPDATE pmgcm.opos o SET seq = seq + (SELECT count(*) FROM i),"
-            "  recv_seq = seq + (SELECT count(*) FROM i), ts ="
+            " UPDATE pmgcm.opos o SET seq = o.seq + (SELECT count(*) FROM i),"
+            "  recv_seq = o.seq + (SELECT count(*) FROM i), ts ="
             "  clock_timestamp() FROM pmgcm.state t WHERE o.origin = t.cid;"
             " END IF; END $d$",
             err, el);
