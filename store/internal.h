@@ -154,6 +154,7 @@ struct pst_store {
     bool sync_short;      /* fewer followers than needed: logged */
     bool ssn_busy, ssn_want, ssn_again; /* synchronous_standby_names */
     bool ssn_checked;     /* the setting was looked at in this run */
+    bool checks_pending, checks_busy; /* write checks still to follow */
 
     struct pst_session *sessions;
     int refs; /* handles still closing */
@@ -204,7 +205,7 @@ int pst_q1(PGconn *c, const char *sql, int n, const char *const *pv,
 /* schema.c */
 int pst_db_setup(PGconn *c, pst_store *st, char *err, size_t errlen,
                  char **schema_text, pst_info *info, pst_origin *opos,
-                 size_t *n_opos, pst_tableset **tables);
+                 size_t *n_opos, pst_tableset **tables, bool *checks_pending);
 int pst_schema_text(PGconn *c, pst_store *st, char **out, char *err,
                     size_t errlen);
 /* the full setup while not ready; the cheap re-read of the definitions
@@ -215,6 +216,13 @@ void pst_setup_check(pst_store *st);
  * statement check elsewhere, a row check on per-origin tables (in the
  * caller's transaction) */
 int pst_checks_set(PGconn *c, bool master, char *err, size_t el);
+/* The same inside a savepoint with a 2 s lock timeout: when the tables'
+ * locks are not to be had (writers waiting for db_sync hold them) the
+ * caller's transaction goes on without, *pending set: pst_checks_retry
+ * adds them later (the capture's divergence covers the meantime). */
+int pst_checks_try(PGconn *c, bool master, bool *pending, char *err,
+                   size_t el);
+void pst_checks_retry(pst_store *st);
 /* the slot is gone or lost: make a new one and resync cleanly (a job) */
 void pst_slot_repair(pst_store *st);
 void pst_start_vacuum(pst_store *st);

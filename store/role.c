@@ -115,6 +115,7 @@ typedef struct role_req {
     pst_pos pos;
     char warn[360];
     bool loaded;
+    bool checks_pending;
     bool reset;
 } role_req;
 
@@ -266,8 +267,8 @@ static void role_run(pst_job *j, PGconn *c)
     q->pos.seq = seq;
     /* the write checks of the new role (waits for writers in flight on
      * the tables, holds new ones until the commit) */
-    if ((rc = pst_exec(c, "SET LOCAL lock_timeout = '10s'", err, el)) ||
-        (rc = pst_checks_set(c, q->in_cluster && q->master, err, el)))
+    if ((rc = pst_checks_try(c, q->in_cluster && q->master,
+                             &q->checks_pending, err, el)))
         goto out;
     /* the fence last, right before the commit (it is not transactional):
      * writers whose snapshot predates this change read it as it is now */
@@ -322,6 +323,14 @@ static void role_done(pst_job *j)
                 i->state = PST_CATCHING_UP;
             }
             if (q->warn[0]) pst_log(st, 1, "store: %s", q->warn);
+            if (q->checks_pending) {
+                pst_log(st, 1, "store: the write checks for the new role could"
+                        " not lock the tables in time (writers hold them);"
+                        " trying again in the background (meanwhile the"
+                        " capture keeps what commits in pmgcm.divergence)");
+                st->checks_pending = true;
+                pst_checks_retry(st);
+            }
             pst_changed(st);
             pst_capture_numbering(st, i->master && st->want_master);
             pst_capture_poke(st);

@@ -615,10 +615,78 @@ int pst_checks_set(PGconn *c, bool master, char *err, size_t el)
     return rc;
 }
 
+int pst_checks_try(PGconn *c, bool master, bool *pending, char *err,
+                   size_t el)
+{
+    *pending = false;
+    int rc = pst_exec(c, "SAVEPOINT pmgcm_checks; SET LOCAL lock_timeout ="
+                         " '2s'", err, el);
+    if (rc) return rc;
+    char e2[256];
+    if (pst_checks_set(c, master, e2, sizeof(e2)) == 0)
+        return pst_exec(c, "RELEASE SAVEPOINT pmgcm_checks", err, el);
+    *pending = true;
+    return pst_exec(c, "ROLLBACK TO SAVEPOINT pmgcm_checks", err, el);
+}
+
+/* ---- write checks still to add or drop (a role change or setup that could
+ * not take the tables' locks in time) --------------------------------------------- */
+
+static void checks_run(pst_job *j, PGconn *c)
+{
+    if (!c) {
+        j->rc = PST_EDB;
+        return;
+    }
+    PGresult *r = NULL;
+    int rc = pst_exec(c, "BEGIN; SET LOCAL lock_timeout = '5s'", j->err,
+                      sizeof(j->err));
+    if (rc == 0)
+        rc = pst_q1(c, "SELECT role = 'master' FROM pmgcm.state", 0, NULL, &r,
+                    j->err, sizeof(j->err));
+    if (rc == 0) {
+        bool master = PQntuples(r) == 1 && PQgetvalue(r, 0, 0)[0] == 't';
+        PQclear(r);
+        rc = pst_checks_set(c, master, j->err, sizeof(j->err));
+    }
+    if (rc == 0) rc = pst_exec(c, "COMMIT", j->err, sizeof(j->err));
+    j->rc = rc;
+}
+
+static void checks_done(pst_job *j)
+{
+    pst_store *st = j->st;
+    st->checks_busy = false;
+    if (!st->closing) {
+        if (j->rc == 0) {
+            if (st->checks_pending)
+                pst_log(st, 2, "store: the write checks follow the role now");
+            st->checks_pending = false;
+        } else {
+            pst_log(st, 3, "store: write checks: %s (trying again)", j->err);
+        }
+    }
+    free(j);
+}
+
+void pst_checks_retry(pst_store *st)
+{
+    if (!st->checks_pending || st->checks_busy || st->closing ||
+        !st->info.ready)
+        return;
+    pst_job *j = calloc(1, sizeof(*j));
+    if (!j) return;
+    j->run = checks_run;
+    j->done = checks_done;
+    st->checks_busy = true;
+    pst_submit(st, j);
+}
+
 int pst_db_setup(PGconn *c, pst_store *st, char *err, size_t errlen,
                  char **schema_text, pst_info *info, pst_origin *opos,
-                 size_t *n_opos, pst_tableset **tables)
+                 size_t *n_opos, pst_tableset **tables, bool *checks_pending)
 {
+    *checks_pending = false;
     int rc = server_check(c, err, errlen);
     if (rc) return rc;
     if ((rc = pst_exec(c, "BEGIN", err, errlen))) return rc;
@@ -736,7 +804,7 @@ int pst_db_setup(PGconn *c, pst_store *st, char *err, size_t errlen,
         bool master = PQresultStatus(rr) == PGRES_TUPLES_OK &&
                       PQntuples(rr) == 1 && PQgetvalue(rr, 0, 0)[0] == 't';
         PQclear(rr);
-        rc = pst_checks_set(c, master, err, errlen);
+        rc = pst_checks_try(c, master, checks_pending, err, errlen);
     }
     if (rc == 0) rc = pst_exec(c, "COMMIT", err, errlen);
     free_tables(t, n);
@@ -799,6 +867,7 @@ typedef struct setup_job {
     pst_origin opos[PST_ORIGINS_MAX];
     size_t n_opos;
     pst_tableset *tables;
+    bool checks_pending;
 } setup_job;
 
 static void setup_run(pst_job *j, PGconn *c)
@@ -821,7 +890,8 @@ static void setup_run(pst_job *j, PGconn *c)
         s->changed = true;
     }
     j->rc = pst_db_setup(c, j->st, j->err, sizeof(j->err), &s->schema_text,
-                         &s->info, s->opos, &s->n_opos, &s->tables);
+                         &s->info, s->opos, &s->n_opos, &s->tables,
+                         &s->checks_pending);
 }
 
 static void setup_done(pst_job *j)
@@ -836,6 +906,7 @@ static void setup_done(pst_job *j)
         free(s);
         return;
     }
+    if (j->rc == 0 && s->checks_pending) st->checks_pending = true;
     if (j->rc == 0 && s->tables) {
         /* the replicated set the definitions describe */
         pst_tableset_free(st->tables);

@@ -533,6 +533,7 @@ static void timer_cb(uv_timer_t *t)
         return;
     }
     ping_start(st);
+    pst_checks_retry(st);
     pst_sync_update(st);
     pst_sync_apply(st);
     uint64_t now = pst_mono_ms();

@@ -23,8 +23,19 @@ INSERT INTO pmgcm.state(one) VALUES (true) ON CONFLICT DO NOTHING;
 -- transaction the slot sends again after a restart and that committed
 -- before it is skipped); master_lsn: where this node's term as master
 -- began (what commits before it is not numbered: the step-down fence)
-ALTER TABLE pmgcm.state ADD COLUMN IF NOT EXISTS capture_lsn pg_lsn;
-ALTER TABLE pmgcm.state ADD COLUMN IF NOT EXISTS master_lsn pg_lsn;
+-- (ALTER TABLE only when missing: it locks pmgcm.state exclusively, and a
+-- writer waiting for db_sync's acknowledgement may hold a read lock on it)
+DO $d$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'pmgcm.state'::regclass
+                 AND attname = 'capture_lsn' AND NOT attisdropped) THEN
+    ALTER TABLE pmgcm.state ADD COLUMN capture_lsn pg_lsn;
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'pmgcm.state'::regclass
+                 AND attname = 'master_lsn' AND NOT attisdropped) THEN
+    ALTER TABLE pmgcm.state ADD COLUMN master_lsn pg_lsn;
+  END IF;
+END $d$;
 
 -- the role outside MVCC: a sequence's value is read as it is now, not as
 -- of a transaction's snapshot (1 master, 0 another node of a cluster, 2

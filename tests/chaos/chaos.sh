@@ -41,6 +41,12 @@
 #               behind: `pmgcm promote --force` on it must be refused; an
 #               in-sync node is promoted instead, the old master returns
 #               HOLD s later
+#   masterdisk  the master's daemon killed (-9), its PostgreSQL killed and
+#               its data directory destroyed; another node promoted
+#               (--force); HOLD s later the node returns with an empty
+#               database (it loads a snapshot). The cluster runs with
+#               db_sync = one (CHAOS_DB_SYNC): every commit the writers
+#               saw acknowledged must survive the lost disk
 # A schedule starts with every kind once, in seeded order, then seeded
 # weighted picks until the planned time (MINUTES) is used. After every
 # fault the runner waits (30 s at most) until every node shows all five A.
@@ -303,10 +309,10 @@ monitor() {
 }
 
 # ---- the schedule ------------------------------------------------------------------
-KINDS=(kill9 stall freeze link partition masterkill rejoin pgstop diskfull badpromote fencestep farbehind filespromote)
-WEIGHTS=(3 2 2 2 2 2 1 2 1 1 1 1 1)
+KINDS=(kill9 stall freeze link partition masterkill rejoin pgstop diskfull badpromote fencestep farbehind filespromote masterdisk)
+WEIGHTS=(3 2 2 2 2 2 1 2 1 1 1 1 1 1)
 # estimated seconds a fault takes besides its hold time
-declare -A COST=([kill9]=3 [stall]=2 [freeze]=4 [link]=4 [partition]=8 [masterkill]=12 [rejoin]=15 [pgstop]=4 [diskfull]=4 [badpromote]=12 [fencestep]=8 [farbehind]=10 [filespromote]=20)
+declare -A COST=([kill9]=3 [stall]=2 [freeze]=4 [link]=4 [partition]=8 [masterkill]=12 [rejoin]=15 [pgstop]=4 [diskfull]=4 [badpromote]=12 [fencestep]=8 [farbehind]=10 [filespromote]=20 [masterdisk]=20)
 RANDOM=$SEED
 # rnd LO HI: R = a seeded number in LO..HI (never in a $(...) subshell:
 # bash reseeds RANDOM there)
@@ -323,7 +329,7 @@ plan_one() {
         freeze) rnd 3 9; S_HOLD[n]=$R ;;
         kill9 | link | pgstop | diskfull) rnd 1 10; S_HOLD[n]=$R ;;
         partition) rnd 4 14; S_HOLD[n]=$R ;;
-        masterkill | filespromote) rnd 2 10; S_HOLD[n]=$R ;;
+        masterkill | filespromote | masterdisk) rnd 2 10; S_HOLD[n]=$R ;;
         rejoin) rnd 1 5; S_HOLD[n]=$R ;;
         badpromote | fencestep | farbehind) S_HOLD[n]=0 ;;
     esac
@@ -521,7 +527,7 @@ EOF
 files_setup
 for i in $ALL; do
     it_write_config_lc "$i" "node$i"
-    pg_conf "$i"
+    pg_conf "$i" "db_sync=${CHAOS_DB_SYNC:-one}"
     files_conf "$i"
     mount -t tmpfs -o size=2m,mode=0700 "pmgcm-chaos-node$i" "$IT_DIR/node$i" || it_bail "mount tmpfs on node$i's data_dir"
     MOUNTED[i]=1
@@ -684,6 +690,30 @@ f_rejoin() {
         step_bad "node$j could not join node$m again: $(head -c 300 <<<"$OUT" | tr '\n' ' ')"
     fi
     fault_end rejoin "$j"
+}
+# the master's disk lost: its daemon and PostgreSQL die, its database is
+# gone; another node is promoted; the node comes back with an empty
+# database of the same schema and loads a snapshot (its identity is kept:
+# it is still in the cluster)
+f_masterdisk() {
+    local r=$1 hold=$2 m p
+    m=$(master_now) || { tl "masterdisk skipped: no single master in any view"; return 0; }
+    p=$(pick_other "$r" "$m") || return 0
+    fault_begin
+    tl "FAULT masterdisk: master node$m's daemon and PostgreSQL killed, its data directory destroyed; promote node$p; node$m back with an empty database after $hold s"
+    kill9 "$m"
+    pg_stop "$m" immediate
+    rm -rf "${PG_DATA[m]}"
+    promote_on "$p" "$m"
+    sleep "$hold"
+    if pg_start "$m" && pg_schema "$m"; then
+        tl "node$m's PostgreSQL made anew (empty database, same schema)"
+    else
+        step_bad "node$m's PostgreSQL could not be made anew"
+    fi
+    start_node "$m"
+    tl "node$m's daemon restarted on the empty database"
+    fault_end masterdisk "$m $p"
 }
 f_pgstop() {
     local j=$1 hold=$2
@@ -1027,6 +1057,7 @@ for ((f = 0; f < NF; f++)); do
         fencestep) f_fencestep "$r" ;;
         farbehind) f_farbehind "$r" ;;
         filespromote) f_filespromote "$r" "$h" ;;
+        masterdisk) f_masterdisk "$r" "$h" ;;
     esac
     if it_wait_until all_alive "$SETTLE_S"; then
         tl "all five alive (A/S) in every view after ${IT_WAITED} s"

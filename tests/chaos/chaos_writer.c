@@ -24,7 +24,11 @@
  *
  *   ack ID NODE MS       COMMIT returned ok: acknowledged
  *   unknown ID NODE MS   the connection broke during COMMIT: may or may not
- *                        be committed (not acknowledged)
+ *                        be committed (not acknowledged); or COMMIT
+ *                        returned with PostgreSQL's warning that its wait
+ *                        for synchronous replication (db_sync) was
+ *                        cancelled (statement_timeout): committed on that
+ *                        node only, which is not what db_sync acknowledges
  *   fail ID NODE MS WHY  not committed (a new id is used for the next try)
  *
  * MS is milliseconds since the epoch. Runs until SIGTERM/SIGINT; prints a
@@ -52,6 +56,15 @@
 #include <unistd.h>
 
 static volatile sig_atomic_t stop_flag;
+/* a COMMIT whose synchronous replication wait was cancelled */
+static int sync_cancelled;
+static void on_notice(void *arg, const PGresult *r)
+{
+    (void)arg;
+    const char *m = PQresultErrorMessage(r);
+    if (m && strstr(m, "canceling wait for synchronous replication"))
+        sync_cancelled = 1;
+}
 static void on_sig(int s) { (void)s; stop_flag = 1; }
 
 static long long now_ms(void)
@@ -174,6 +187,7 @@ int main(int argc, char **argv)
                 conns[cur] = NULL;
                 goto next; /* not an attempt: no id used */
             }
+            PQsetNoticeReceiver(conns[cur], on_notice, NULL);
         }
         PGconn *c = conns[cur];
         char ids[32], rid[32], nb[16];
@@ -215,7 +229,17 @@ int main(int argc, char **argv)
             exec_ok(c, "UPDATE rules SET prio = prio + 1 WHERE id = 1", 0, NULL,
                     PGRES_COMMAND_OK, why, sizeof(why), NULL))
             goto failed;
+        sync_cancelled = 0;
         r = PQexec(c, "COMMIT");
+        if (PQresultStatus(r) == PGRES_COMMAND_OK && sync_cancelled) {
+            PQclear(r);
+            emit("unknown %lld %d %lld COMMIT returned after its wait for"
+                 " synchronous replication was cancelled: committed on that"
+                 " node only", id, node, now_ms());
+            unknown++;
+            id++;
+            continue;
+        }
         if (PQresultStatus(r) == PGRES_COMMAND_OK) {
             PQclear(r);
             emit("ack %lld %d %lld", id, node, now_ms());

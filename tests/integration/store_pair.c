@@ -504,6 +504,18 @@ static bool role_waits(void *ud)
                     " 'Lock'") >= 1;
 }
 
+static bool role_waits_or_done(void *ud)
+{
+    return ((node *)ud)->role_done || role_waits(NULL);
+}
+
+static bool has_check(void *ud)
+{
+    (void)ud;
+    return ival(ca, "SELECT count(*) FROM pg_trigger WHERE tgrelid ="
+                    " 'public.mail'::regclass AND tgname = 'pmgcm_check'") == 1;
+}
+
 /* Step-down fenced by WAL position, whatever the isolation level. */
 static void test_step_down_fence(void)
 {
@@ -530,12 +542,15 @@ static void test_step_down_fence(void)
     REQUIRE(pst_set_role(a.st, true, false, 2, 1, "b",
                          "0123456789abcdef0123456789abcdef", role_cb,
                          &a) == 0);
-    CHECK(run_until(role_waits, NULL, 30000));
+    CHECK(run_until(role_waits_or_done, &a, 30000));
     r = PQexec(w1, "COMMIT");
     CHECK(PQresultStatus(r) == PGRES_COMMAND_OK);
     PQclear(r);
     CHECK(run_until(role_is_done, &a, 30000));
     CHECK_EQ_INT(a.role_rc, 0);
+    /* the write check is on the table now (at once, or by the retry once
+     * writer 1's lock went) */
+    CHECK(run_until(has_check, NULL, 30000));
     r = PQexec(w2, "INSERT INTO mail VALUES (2, 'after', 0)");
     CHECK(PQresultStatus(r) == PGRES_FATAL_ERROR);
     CHECK(strstr(PQerrorMessage(w2), "role changed during this transaction") !=
