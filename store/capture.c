@@ -250,6 +250,7 @@ struct pst_capture {
     bool src_skip, src_classified;
     uint64_t src_commit_lsn;
     int64_t src_ts;
+    uint32_t src_xid;
     int main_dest;        /* 0 drop, 1 log, 2 divergence */
     bool origin_keep;
 
@@ -483,9 +484,10 @@ static int wr_flush_bufs(pst_capture *cp, char *err, size_t el)
 {
     int rc;
     if ((rc = wr_copy(cp, "COPY pmgcm.log (seq, epoch, op, tbl, old, new, ts,"
-                          " last, origin) FROM STDIN", &cp->blog, err, el)) ||
+                          " last, origin, xid) FROM STDIN", &cp->blog, err,
+                      el)) ||
         (rc = wr_copy(cp, "COPY pmgcm.olog (origin, seq, op, tbl, old, new,"
-                          " ts, last) FROM STDIN", &cp->bolog, err, el)) ||
+                          " ts, last, xid) FROM STDIN", &cp->bolog, err, el)) ||
         (rc = wr_copy(cp, "COPY pmgcm.divergence (reason, epoch, op, tbl, old,"
                           " new, ts) FROM STDIN", &cp->bdiv, err, el)))
         return rc;
@@ -594,9 +596,11 @@ static int emit_held(pst_capture *cp, held *h, bool origin, bool last)
     if (!rc) rc = wb_field(b, h->old_);
     if (!rc) rc = wb_put(b, "\t", 1);
     if (!rc) rc = wb_field(b, h->new_);
-    if (!rc && origin) rc = wb_fmt(b, "\t%s\t%c\n", ts, last ? 't' : 'f');
-    else if (!rc) rc = wb_fmt(b, "\t%s\t%c\t%u\n", ts, last ? 't' : 'f',
-                              cp->cid);
+    if (!rc && origin)
+        rc = wb_fmt(b, "\t%s\t%c\t%u\n", ts, last ? 't' : 'f', cp->src_xid);
+    else if (!rc)
+        rc = wb_fmt(b, "\t%s\t%c\t%u\t%u\n", ts, last ? 't' : 'f', cp->cid,
+                    cp->src_xid);
     if (origin) {
         cp->n_own++;
         cp->any_own = true;
@@ -802,6 +806,7 @@ static int on_message(pst_capture *cp, const uint8_t *data, size_t len,
         cp->src_classified = false;
         cp->src_commit_lsn = m.lsn;
         cp->src_ts = m.ts + PST_PGO_EPOCH_OFFSET_US;
+        cp->src_xid = m.xid;
         break;
     case PST_PGO_ORIGIN:
         /* applied by the store itself: not captured again */

@@ -126,6 +126,37 @@ static void snap_server_main(void *arg)
     int64_t ts = strtoll(PQgetvalue(r, 0, 2), NULL, 10);
     PQclear(r);
     r = NULL;
+    /* A change this node's capture numbered before this snapshot whose
+     * transaction this snapshot does not see (it waits for db_sync's
+     * acknowledgement, or is a moment from being visible) is not in the
+     * tables copied: the position is the change before the first such
+     * one (what follows is replayed, harmlessly, over the copy). */
+    r = PQexec(c,
+               "WITH x AS (SELECT (v::text::bigint % 4294967296) AS xid FROM"
+               " pg_snapshot_xip(pg_current_snapshot()) v),"
+               " f AS (SELECT min(l.seq) AS s FROM pmgcm.log l WHERE l.xid IN"
+               " (SELECT xid FROM x))"
+               " SELECT f.s - 1, (SELECT epoch FROM pmgcm.log WHERE seq ="
+               " f.s - 1) FROM f WHERE f.s IS NOT NULL");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        pst_pgerr(c, r, err, el);
+        rc = PST_EDB;
+        goto out;
+    }
+    if (PQntuples(r) == 1) {
+        uint64_t s2 = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
+        if (s2 < head.seq) {
+            pst_log(st, 2, "store: snapshot position %llu/%llu, not %llu:"
+                    " a later numbered change's transaction is not visible"
+                    " yet", (unsigned long long)head.epoch,
+                    (unsigned long long)s2, (unsigned long long)head.seq);
+            head.seq = s2;
+            if (!PQgetisnull(r, 0, 1))
+                head.epoch = strtoull(PQgetvalue(r, 0, 1), NULL, 10);
+        }
+    }
+    PQclear(r);
+    r = NULL;
     if ((rc = pst_schema_text(c, st, &mine, err, el))) goto out;
     if (sn->schema && strcmp(sn->schema, mine) != 0) {
         char d[700];
@@ -160,9 +191,17 @@ static void snap_server_main(void *arg)
         char pc[16];
         snprintf(pc, sizeof(pc), "%u", sn->peer_cid);
         const char *pv[1] = {pc};
-        PGresult *ro = PQexecParams(c, "SELECT origin, seq FROM pmgcm.opos"
-                                       " WHERE origin <> $1::int ORDER BY"
-                                       " origin", 1, NULL, pv, NULL, NULL, 0);
+        /* this node's own origin likewise: before its first numbered
+         * change whose transaction is not visible here */
+        PGresult *ro = PQexecParams(
+            c,
+            "WITH x AS (SELECT (v::text::bigint % 4294967296) AS xid FROM"
+            " pg_snapshot_xip(pg_current_snapshot()) v)"
+            " SELECT o.origin, least(o.seq, coalesce((SELECT min(l.seq) - 1"
+            " FROM pmgcm.olog l WHERE l.origin = o.origin AND l.xid IN"
+            " (SELECT xid FROM x)), o.seq)) FROM pmgcm.opos o WHERE o.origin"
+            " <> $1::int ORDER BY o.origin",
+            1, NULL, pv, NULL, NULL, 0);
         if (PQresultStatus(ro) != PGRES_TUPLES_OK) {
             pst_pgerr(c, ro, err, el);
             PQclear(ro);

@@ -54,6 +54,19 @@ CREATE TABLE IF NOT EXISTS pmgcm.log (
     last boolean NOT NULL,
     origin int NOT NULL DEFAULT 0);
 
+-- xid: the source transaction of a change this node's capture numbered
+-- (its 32 low bits; NULL for what arrived from elsewhere). A snapshot
+-- taken while that transaction is not visible yet (it waits for db_sync's
+-- acknowledgement, or is a moment from it) must not claim to hold it.
+DO $d$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'pmgcm.log'::regclass
+                 AND attname = 'xid' AND NOT attisdropped) THEN
+    ALTER TABLE pmgcm.log ADD COLUMN xid bigint;
+  END IF;
+END $d$;
+CREATE INDEX IF NOT EXISTS log_xid ON pmgcm.log (xid) WHERE xid IS NOT NULL;
+
 CREATE TABLE IF NOT EXISTS pmgcm.epochs (
     epoch bigint PRIMARY KEY,
     start_seq bigint NOT NULL,
@@ -100,6 +113,15 @@ CREATE TABLE IF NOT EXISTS pmgcm.olog (
     ts timestamptz NOT NULL,
     last boolean NOT NULL,
     PRIMARY KEY (origin, seq));
+
+DO $d$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'pmgcm.olog'::regclass
+                 AND attname = 'xid' AND NOT attisdropped) THEN
+    ALTER TABLE pmgcm.olog ADD COLUMN xid bigint;
+  END IF;
+END $d$;
+CREATE INDEX IF NOT EXISTS olog_xid ON pmgcm.olog (xid) WHERE xid IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS pmgcm.opos (
     origin int PRIMARY KEY,
