@@ -33,6 +33,10 @@
 #      rows untouched
 #      changes bigger than a stream frame (8 MiB): a 5 MB text updated to
 #      another 5 MB text, a 5 MB bytea (10 MB as JSON hex)
+#  10  the master's replication slot lost to max_slot_wal_keep_size while
+#      its daemon was down and rows committed: the log restarts, the
+#      followers take a snapshot, nothing lost; a follower's slot dropped
+#      while its daemon was down: made again, that follower resyncs
 #
 # Needs root (PostgreSQL runs as the postgres user) and PostgreSQL 15.
 set -u
@@ -177,6 +181,13 @@ stable() {
     done
 }
 acks() { grep -c '^ack' "$1" 2>/dev/null; }
+# store_ready I: wait until node I's store is set up (promote refuses
+# before: "database is not set up yet"; the setup checks the slot first),
+# as an admin reading its status would
+store_ready() {
+    it_wait_until "[[ -n \$(db_field $1 state) && ! \$(db_field $1 state) =~ ^(connecting|off)$ ]]" 60 ||
+        it_diag "node$1's store still says '$(db_field "$1" state)' after ${IT_WAITED} s"
+}
 
 # ---- the servers, the schema, node1's data -------------------------------------
 t0=$(it_now_ms)
@@ -575,6 +586,7 @@ p2=$(pos 2) p3=$(pos 3)
 it_diag "writer acks: $a_kill when node1's daemon was killed, $a_end in the end; node2 at $p2 holds $(grep -c . "$IT_DIR/w6.node2") writer rows, node1 $(grep -c . "$IT_DIR/w6.node1"): $NU nobody received; node3 stopped at $p3"
 start_node 3
 it_wait_until "[[ \$(it_state_of 3 node2) =~ ^[AS]$ ]]" 20 || it_diag "node3 does not see node2 alive: '$(it_state_of 3 node2)'"
+store_ready 3
 p3b=$(pos 3)
 run -t 120 3 promote --force
 PRC=$RC PROMOTE_OUT=$OUT PROMOTE_MS=$DUR_MS
@@ -645,6 +657,7 @@ d3=$(div_count 3)
 start_node 1
 start_node 2
 it_wait_until "[[ \$(it_state_of 2 node1) =~ ^[AS]$ ]]" 20 || it_diag "node2 does not see node1 alive: '$(it_state_of 2 node1)'"
+store_ready 2
 run -t 120 2 promote --force
 PRC=$RC PROMOTE_OUT=$OUT
 it_wait_until "follows '1 2' 2" 30 || it_diag "node1 does not follow node2"
@@ -734,6 +747,73 @@ if wait_converged "$ALL3" 60 && [[ $(pg_val 3 "SELECT length(data) FROM objects 
 else
     it_not_ok "changes of 10 MB (a 5 MB text updated to another, a 5 MB bytea) reach every node"
     it_diag "psql: ${o:0:200}"
+    show "$ALL3"
+fi
+
+# ==== 10: a slot lost or dropped while its daemon was down =======================================
+# The master's slot is invalidated by max_slot_wal_keep_size while its
+# daemon is down and rows commit there: decoding can never hand them over,
+# so the master restarts its log and the followers take a snapshot (which
+# holds them); nothing is lost and no follower keeps old data. Then a
+# follower's slot dropped by hand while its daemon is down: it is made again
+# and that follower resyncs by a snapshot. Deltas flow again after each.
+slot_of() { pg_val "$1" "SELECT slot_name || ' ' || coalesce(wal_status, '-') || ' ' || coalesce(restart_lsn::text, '-') FROM pg_replication_slots WHERE database = current_database() AND slot_name LIKE 'pmgcm\_%'"; }
+capture_of() { it_envelope "$1" 2>/dev/null | jq -c '.store.capture // empty' 2>/dev/null; }
+# wal_round I: one more WAL segment on node I (a write outside the
+# replicated set, a segment switch), then a checkpoint
+wal_round() {
+    pg_sql "$1" >/dev/null 2>&1 <<'EOF'
+INSERT INTO local_cache SELECT 'w' || g || '-' || md5(random()::text), repeat('w', 200) FROM generate_series(1, 50) g;
+SELECT pg_switch_wal();
+CHECKPOINT;
+EOF
+}
+slot_lost() { wal_round "$1"; [[ "$(slot_of "$1" | cut -d' ' -f2)" == lost ]]; }
+wait_converged "$ALL3" 60 || it_diag "not converged before the lost-slot point"
+M=2
+sn1=$(st 1 snapshots) sn3=$(st 3 snapshots) E2=$(st 2 epoch) P2=$(seq_of 2)
+SLOT2=$(slot_of 2)
+stop_node $M
+printf '%s\n' "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB';" "SELECT pg_reload_conf();" | pg_sql $M >/dev/null
+pg_sql $M "INSERT INTO mail SELECT g, 'slot lost', 'while down ' || g, 2, now() FROM generate_series(60000001, 60000500) g;
+           UPDATE rules SET name = 'renamed while the slot was lost' WHERE id = 3000" >/dev/null
+it_wait_until "slot_lost $M" 60
+LOST2=$(slot_of $M)
+printf '%s\n' "ALTER SYSTEM RESET max_slot_wal_keep_size;" "SELECT pg_reload_conf();" | pg_sql $M >/dev/null
+t0=$(it_now_ms)
+start_node $M
+pg_sql $M "INSERT INTO mail VALUES (60000501, 'slot lost', 'after the restart', 3, now())" >/dev/null
+if [[ "$LOST2" == *" lost "* ]] && wait_converged "$ALL3" 120 &&
+    [[ $(count_range 1 60000001 60000501) == 501 && $(count_range 3 60000001 60000501) == 501 ]] &&
+    (($(st 1 snapshots) > sn1 && $(st 3 snapshots) > sn3)) &&
+    grep -q "slot .* was invalidated" "$(it_log $M)" &&
+    [[ "$(slot_of $M | cut -d' ' -f2)" =~ ^(reserved|extended)$ ]] &&
+    it_wait_until "in_sync '$ALL3'" 30; then
+    it_ok "the master's slot lost (max_slot_wal_keep_size) while its daemon was down and 500 rows committed: re-made, the log restarted ($E2/$P2 -> $(pos $M)), node1 and node3 took a snapshot, all three equal with those rows and one after ($(since $t0) s); slot_repairs $(capture_of $M | jq -r .slot_repairs)"
+else
+    it_not_ok "the master's slot lost while its daemon was down: the followers resync, nothing lost"
+    it_diag "slot before: $SLOT2; after the WAL rounds: $LOST2; now: $(slot_of $M); snapshots node1 $sn1 -> $(st 1 snapshots), node3 $sn3 -> $(st 3 snapshots); rows 60000001..60000501 on node1 $(count_range 1 60000001 60000501), node3 $(count_range 3 60000001 60000501)"
+    it_diag "node$M.log: $(grep -i 'slot' "$(it_log $M)" | tail -n 3 | paste -sd'|' | head -c 500)"
+    show "$ALL3"
+fi
+
+sn3=$(st 3 snapshots) SLOT3=$(slot_of 3)
+stop_node 3
+pg_sql 3 "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = current_database() AND slot_name LIKE 'pmgcm\_%'" >/dev/null
+GONE3=$(slot_of 3)
+pg_sql $M "INSERT INTO mail VALUES (60000502, 'slot dropped', 'while node3 was down', 4, now())" >/dev/null
+t0=$(it_now_ms)
+start_node 3
+pg_sql $M "INSERT INTO mail VALUES (60000503, 'slot dropped', 'after node3 is back', 5, now())" >/dev/null
+if [[ -n "$SLOT3" && -z "$GONE3" ]] && wait_converged "$ALL3" 120 &&
+    [[ $(count_range 3 60000502 60000503) == 2 ]] && (($(st 3 snapshots) > sn3)) &&
+    grep -q "slot .* is missing" "$(it_log 3)" && [[ "$(slot_of 3 | cut -d' ' -f1)" == "$(cut -d' ' -f1 <<<"$SLOT3")" ]] &&
+    it_wait_until "in_sync '$ALL3'" 30; then
+    it_ok "a follower's slot dropped while its daemon was down: made again, node3 resynced by a snapshot (snapshots $sn3 -> $(st 3 snapshots)), all three equal ($(since $t0) s)"
+else
+    it_not_ok "a follower's slot dropped while its daemon was down: made again, it resyncs"
+    it_diag "slot before: $SLOT3; after the drop: '$GONE3'; now: $(slot_of 3); snapshots $sn3 -> $(st 3 snapshots); rows $(count_range 3 60000502 60000503)"
+    it_diag "node3.log: $(grep -i 'slot' "$(it_log 3)" | tail -n 3 | paste -sd'|' | head -c 500)"
     show "$ALL3"
 fi
 
