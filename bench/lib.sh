@@ -22,7 +22,7 @@ bn_find_bin() { # bn_find_bin NAME SUBDIR: top of the build tree or its subdir
     for c in "$BN_BUILD/$1" "$BN_BUILD/$2/$1"; do [[ -x "$c" ]] && { echo "$c"; return 0; }; done
     echo "$BN_BUILD/$2/$1"
 }
-PMGCLUSTERD=${PMGCLUSTERD:-$(bn_find_bin pmgclusterd membership)}
+PMGCLUSTERD=${PMGCLUSTERD:-$(bn_find_bin pmgclusterd daemon)}
 PMGCM=${PMGCM:-$(bn_find_bin pmgcm cli)}
 SERF=${SERF:-serf}
 PMG_PORT0=${PMG_PORT0:-17000}   # gossip 17000+i; other TCP ports below

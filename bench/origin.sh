@@ -32,7 +32,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/.." && pwd)
 build=${PMGCM_BUILD:-$top/build}
 findbin() { local c; for c in "$build/$1" "$build/$2/$1"; do [[ -x "$c" ]] && { echo "$c"; return; }; done; echo "$build/$2/$1"; }
-PMGCLUSTERD=${PMGCLUSTERD:-$(findbin pmgclusterd membership)}
+PMGCLUSTERD=${PMGCLUSTERD:-$(findbin pmgclusterd daemon)}
 PMGCM=${PMGCM:-$(findbin pmgcm cli)}
 ORIGIN_LAG=${ORIGIN_LAG:-$build/bench/origin_lag}
 

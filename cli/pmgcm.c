@@ -110,7 +110,7 @@
  * -----------------------------------------------------------------------------
  */
 #include "membership/membership.h"
-#include "membership/tls.h"
+#include "net/tls.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

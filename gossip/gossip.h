@@ -18,6 +18,8 @@
 #include <stdint.h>
 #include <stdbool.h>
 
+#include "common/common.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -331,32 +333,8 @@ uint32_t gsp_retransmit_limit(uint32_t mult, size_t n);
 uint64_t gsp_suspicion_timeout(uint64_t min_ms, uint64_t max_ms,
                                uint32_t expected_confirms, uint32_t confirms);
 
-/* ---- memory budget for unauthenticated input ----------------------------
- * One process-wide cap on the bytes held for input nobody has authenticated
- * yet (gossip TCP frames before they are opened, TLS handshakes, HTTP
- * requests). Every reader takes what it is about to allocate and gives it
- * back when it frees it or the input turns out to be authentic; a take that
- * would pass the limit fails and the reader drops that connection. All
- * functions are thread-safe (C11 atomics). A NULL budget means "unlimited":
- * take always succeeds and nothing is counted. */
-typedef struct gsp_budget gsp_budget;
-/* limit in bytes (> 0). Returns NULL with errno set (EINVAL, ENOMEM).
- * Caller owns the result; free with gsp_budget_free once every taker is
- * gone. */
-gsp_budget *gsp_budget_new(size_t limit);
-void gsp_budget_free(gsp_budget *b); /* NULL is a no-op */
-/* Reserves n bytes: 0, or -ENOBUFS (nothing reserved; the refusal is
- * counted). n == 0 always succeeds. */
-int gsp_budget_take(gsp_budget *b, size_t n);
-/* Returns n bytes reserved earlier by gsp_budget_take. */
-void gsp_budget_give(gsp_budget *b, size_t n);
-typedef struct gsp_budget_stats {
-    size_t limit, used, peak;
-    uint64_t refused; /* takes that failed */
-} gsp_budget_stats;
-/* A consistent-enough snapshot (each field read atomically). b may be NULL
- * (all zero). */
-void gsp_budget_get(const gsp_budget *b, gsp_budget_stats *out);
+/* The memory budget for unauthenticated input (gsp_budget_*) is in
+ * common/common.h. */
 
 /* ---- TCP frame reader ----------------------------------------------------
  * A gossip TCP frame is a 4-byte big-endian length followed by that many

@@ -13,8 +13,8 @@
 
 #include "gossip/gossip.h"
 #include "membership/membership.h"
-#include "membership/tls.h"
-#include "membership/guard.h"
+#include "net/tls.h"
+#include "net/guard.h"
 
 #include <stdbool.h>
 #include <stddef.h>

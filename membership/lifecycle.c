@@ -16,10 +16,10 @@
  */
 #include "membership/cluster.h"
 #include "membership/cluster.pb-c.h"
-#include "membership/files.h"
-#include "membership/guard.h"
-#include "membership/precheck.h"
-#include "membership/repl.h"
+#include "files/files.h"
+#include "net/guard.h"
+#include "daemon/precheck.h"
+#include "daemon/repl.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

@@ -40,7 +40,7 @@ find_bin() { # find_bin NAME SUBDIR
     echo "$B/$2/$1"
 }
 set_bins() {
-    DAEMON=$(find_bin pmgclusterd membership)
+    DAEMON=$(find_bin pmgclusterd daemon)
     CLI=$(find_bin pmgcm cli)
     CLI_REL=${CLI#"$top"/}
 }

@@ -8,7 +8,8 @@
 # (default 2), FUZZ_CC (clang), FUZZ_CPPFLAGS and FUZZ_LIBS (from the
 # build's configure results), FUZZ_NO_RUN=1 builds only.
 #
-# The library sources (gossip/, membership/, store/ and the protobuf-c
+# The library sources (common/, gossip/, net/, membership/, files/,
+# daemon/ but pmgclusterd.c, store/ and the protobuf-c
 # files generated in the build tree) are compiled with
 # -fsanitize=fuzzer-no-link,address,undefined into BUILDDIR/tests/fuzz/
 # clang/, each target with -fsanitize=fuzzer. Each run starts from the seed
@@ -38,7 +39,7 @@ cflags=(-std=gnu11 -w "${san[@]}" -fsanitize=fuzzer-no-link "${cppflags[@]}")
 
 # ---- the libraries, instrumented --------------------------------------------
 libsrc=()
-for f in "$src"/gossip/*.c "$src"/store/*.c "$src"/membership/*.c; do
+for f in "$src"/common/*.c "$src"/gossip/*.c "$src"/net/*.c "$src"/store/*.c "$src"/membership/*.c "$src"/files/*.c "$src"/daemon/*.c; do
     [[ $(basename "$f") == pmgclusterd.c ]] && continue
     libsrc+=("$f")
 done
@@ -46,7 +47,7 @@ for f in gossip/gossip membership/meta membership/cluster store/store; do
     libsrc+=("$bld/$f.pb-c.c")
 done
 # rebuilt when the source, or any header, is newer than its object
-newest_h=$(ls -t "$src"/gossip/*.h "$src"/membership/*.h "$src"/store/*.h \
+newest_h=$(ls -t "$src"/{common,gossip,net,membership,files,daemon,store}/*.h \
                "$bld"/*/*.pb-c.h 2>/dev/null | head -n1)
 todo=()
 for f in "${libsrc[@]}"; do

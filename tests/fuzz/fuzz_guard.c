@@ -14,7 +14,7 @@
  *     and comes from a source holding at least as many as any other.
  */
 #include "tests/fuzz/fuzz.h"
-#include "membership/guard.h"
+#include "net/guard.h"
 
 #include <stdio.h>
 #include <stdlib.h>

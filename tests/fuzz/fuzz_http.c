@@ -8,7 +8,7 @@
  * header's value is bounded and never gives a token it does not hold).
  */
 #include "tests/fuzz/fuzz.h"
-#include "membership/http.h"
+#include "daemon/http.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -30,7 +30,7 @@ it_find_bin() {
     done
     echo "$IT_BUILDDIR/$2/$1"
 }
-PMGCLUSTERD=${PMGCLUSTERD:-$(it_find_bin pmgclusterd membership)}
+PMGCLUSTERD=${PMGCLUSTERD:-$(it_find_bin pmgclusterd daemon)}
 PMGCM=${PMGCM:-$(it_find_bin pmgcm cli)}
 UDPBLAST=${UDPBLAST:-$IT_BUILDDIR/tests/integration/udpblast}
 

@@ -7,7 +7,7 @@
  * "most of the manifest" rule, the trash's bounds and its files, and the
  * manifest's text form on disk (round trip, corrupt files refused).
  */
-#include "membership/files.h"
+#include "files/files.h"
 #include "membership/cluster.pb-c.h"
 #include "tests/tap.h"
 

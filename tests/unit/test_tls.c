@@ -4,8 +4,8 @@
  * clients on 127.0.0.1, ephemeral ports. No sleeps: the loop runs until a
  * condition holds, under a deadline (RUN_UNTIL).
  */
-#include "membership/tls.h"
-#include "gossip/gossip.h"
+#include "net/tls.h"
+#include "common/common.h"
 #include "tests/tap.h"
 
 #include <dirent.h>

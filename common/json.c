@@ -2,7 +2,7 @@
  * json.c - bounded growable buffer, JSON string writer and a small bounded
  * JSON reader (RFC 8259) for the control protocol.
  */
-#include "membership/membership.h"
+#include "common/common.h"
 
 #include <errno.h>
 #include <math.h>

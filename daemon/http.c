@@ -10,8 +10,8 @@
  * EOF or a second deadline), then closed. Nothing waits on a client: a
  * slow or hostile one only ever costs its own buffer and a timer.
  */
-#include "membership/http.h"
-#include "membership/guard.h"
+#include "daemon/http.h"
+#include "net/guard.h"
 
 #include <errno.h>
 #include <inttypes.h>

@@ -32,8 +32,8 @@
  * group is refused (PMM_THR_FULL) instead of any state being dropped, so no
  * number of addresses resets anyone's delay.
  */
-#ifndef PMGCM_MEMBERSHIP_GUARD_H
-#define PMGCM_MEMBERSHIP_GUARD_H
+#ifndef PMGCM_NET_GUARD_H
+#define PMGCM_NET_GUARD_H
 
 #include <stdbool.h>
 #include <stddef.h>

@@ -11,9 +11,9 @@
  */
 #include "membership/membership.h"
 #include "membership/cluster.h"
-#include "membership/http.h"
-#include "membership/files.h"
-#include "membership/repl.h"
+#include "daemon/http.h"
+#include "files/files.h"
+#include "daemon/repl.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

@@ -58,8 +58,8 @@
  *   - promote is refused while files_dir is not in sync with the cluster's
  *     published manifest (pmm_files_promote_ready).
  */
-#ifndef PMGCM_MEMBERSHIP_FILES_H
-#define PMGCM_MEMBERSHIP_FILES_H
+#ifndef PMGCM_FILES_H
+#define PMGCM_FILES_H
 
 #include "membership/cluster.h"
 

@@ -15,8 +15,8 @@
  * frame is a Request{STORE, store = Open}; the server answers with one
  * Response (ok or why not) and then the store's frames.
  */
-#ifndef PMGCM_MEMBERSHIP_REPL_H
-#define PMGCM_MEMBERSHIP_REPL_H
+#ifndef PMGCM_DAEMON_REPL_H
+#define PMGCM_DAEMON_REPL_H
 
 #include "membership/cluster.h"
 #include "store/store.h"

@@ -7,7 +7,7 @@
  * journald adds the time. Otherwise each line starts with the UTC time,
  * "2026-12-02T06:40:01.123Z ".
  */
-#include "membership/membership.h"
+#include "common/common.h"
 
 #include <errno.h>
 #include <pthread.h>

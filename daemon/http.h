@@ -79,8 +79,8 @@
  * hence the blank in "down #why"; only the agent can undo what it set, so
  * the operational word (up/down) is always sent with the admin one.
  */
-#ifndef PMGCM_MEMBERSHIP_HTTP_H
-#define PMGCM_MEMBERSHIP_HTTP_H
+#ifndef PMGCM_DAEMON_HTTP_H
+#define PMGCM_DAEMON_HTTP_H
 
 #include "membership/membership.h"
 

@@ -9,7 +9,7 @@
  * time: scan, then (master) publish the digest, or (node) FILES, FILE_GET
  * per file, write, remove, reload.
  */
-#include "membership/files.h"
+#include "files/files.h"
 #include "membership/cluster.pb-c.h"
 
 #include <dirent.h>

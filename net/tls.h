@@ -68,8 +68,8 @@
  * The application must ignore SIGPIPE (libuv writes to sockets with
  * write(2)). Everything runs on one thread: the loop's.
  */
-#ifndef PMGCM_MEMBERSHIP_TLS_H
-#define PMGCM_MEMBERSHIP_TLS_H
+#ifndef PMGCM_NET_TLS_H
+#define PMGCM_NET_TLS_H
 
 #include <stdbool.h>
 #include <stddef.h>

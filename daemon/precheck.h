@@ -16,8 +16,8 @@
  * To add a check: a function of the view, a row in the table (precheck.c),
  * and whatever it needs in the view (filled by lifecycle.c promote_view).
  */
-#ifndef PMGCM_MEMBERSHIP_PRECHECK_H
-#define PMGCM_MEMBERSHIP_PRECHECK_H
+#ifndef PMGCM_DAEMON_PRECHECK_H
+#define PMGCM_DAEMON_PRECHECK_H
 
 #include "membership/membership.h"
 #include "store/store.h"

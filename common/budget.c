@@ -1,9 +1,10 @@
 /*
  * budget.c - the process-wide memory budget for unauthenticated input
- * (gossip.h: gsp_budget_*). Lock-free: one atomic counter of bytes in use,
- * a compare-and-swap loop so a take never overshoots the limit.
+ * (common.h: gsp_budget_*, prefixed as in gossip/ where it was born).
+ * Lock-free: one atomic counter of bytes in use, a compare-and-swap loop
+ * so a take never overshoots the limit.
  */
-#include "gossip/gossip.h"
+#include "common/common.h"
 
 #include <errno.h>
 #include <stdatomic.h>

@@ -1,0 +1,169 @@
+/*
+ * common.h - the helpers every pmgcm library shares: logging, a bounded
+ * growable buffer, a small bounded JSON writer/reader, UTF-8 checks and
+ * small-file I/O. Depends on nothing of ours (libc only).
+ *
+ * Everything exported is prefixed pmm_ (these helpers grew up in the
+ * membership library and kept its prefix). Functions return 0 or a
+ * negative errno unless stated otherwise. Every input is bounded and
+ * validated before use; on error the output is left unchanged (or zeroed)
+ * and a human-readable message is written into err when given.
+ */
+#ifndef PMGCM_COMMON_H
+#define PMGCM_COMMON_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+/* ---- logging: "LEVEL subsystem: message" on stderr -------------------- */
+typedef enum pmm_log_level {
+    PMM_LOG_ERROR = 0,
+    PMM_LOG_WARN = 1,
+    PMM_LOG_INFO = 2,
+    PMM_LOG_DEBUG = 3,
+} pmm_log_level;
+
+void pmm_log_set_level(pmm_log_level lvl);
+pmm_log_level pmm_log_get_level(void);
+const char *pmm_log_level_name(pmm_log_level lvl); /* "error", "warn", ... */
+int pmm_log_level_parse(const char *s, pmm_log_level *out); /* 0/-EINVAL */
+/* One line on stderr: "<N>LEVEL subsystem: message" when stderr is the
+ * journal (JOURNAL_STREAM names it; N is the syslog priority), else
+ * "YYYY-MM-DDTHH:MM:SS.mmmZ LEVEL subsystem: message" (UTC). Control
+ * characters in the message become '?' (a newline or tab a blank; trailing
+ * blanks are dropped). Thread-safe. */
+void pmm_log(pmm_log_level lvl, const char *subsys, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* 1 if ENV (JOURNAL_STREAM's value, "DEV:INODE"; may be NULL) names the
+ * stream open on FD, else 0. */
+int pmm_log_journal_stream(const char *env, int fd);
+/* sd_notify(3) by hand: sends STATE ("READY=1", "STOPPING=1", ...) as one
+ * datagram to $NOTIFY_SOCKET (a path, or "@name" in the abstract
+ * namespace) without blocking. 0 when sent or when NOTIFY_SOCKET is unset
+ * (not under systemd), else a negative errno. */
+int pmm_sd_notify(const char *state);
+
+/* ---- small files (blocking: startup or a worker thread) ------------------ */
+#define PMM_PATH_MAX 256 /* a path in the configuration or data_dir */
+
+/* Formats a message into err (if err and errlen) and returns rc. */
+int pmm_errf(char *err, size_t errlen, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Reads a whole small file into buf, NUL-terminated (*len may be NULL).
+ * Does not follow a final symlink. 0, -errno, -EFBIG if it has cap-1 bytes
+ * or more. Blocking. */
+int pmm_read_small(const char *path, char *buf, size_t cap, size_t *len);
+/* mkdir -p; the last component gets `mode`, missing parents 0755. */
+int pmm_mkdir_p(const char *path, mode_t mode);
+/* Writes dir/name atomically: dir/.name.tmp, fsync, rename, fsync(dir). */
+int pmm_write_file_atomic(const char *dir, const char *name,
+                          const void *data, size_t len, mode_t mode);
+
+/* ---- bounded growable buffer --------------------------------------------- */
+typedef struct pmm_buf {
+    char *p;      /* NUL-terminated while not failed */
+    size_t len;
+    size_t cap;
+    size_t max;   /* hard bound on len */
+    int err;      /* sticky: first error (-ENOMEM / -E2BIG) */
+} pmm_buf;
+
+void pmm_buf_init(pmm_buf *b, size_t max);
+void pmm_buf_free(pmm_buf *b);
+void pmm_buf_reset(pmm_buf *b);
+int pmm_buf_add(pmm_buf *b, const void *data, size_t n);
+int pmm_buf_puts(pmm_buf *b, const char *s);
+int pmm_buf_printf(pmm_buf *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Makes room for extra more bytes (and the NUL) now, so that adding up to
+ * that much never reallocates (used for buffers that will hold secrets). */
+int pmm_buf_reserve(pmm_buf *b, size_t extra);
+/* Zeroes the whole allocation, then frees it like pmm_buf_free. */
+void pmm_buf_wipe(pmm_buf *b);
+
+/* ---- JSON ---------------------------------------------------------------- */
+/* Writes s (n bytes) as a JSON string with quotes; escapes '"', '\\' and
+ * control characters; invalid UTF-8 bytes become U+FFFD. */
+int pmm_json_str(pmm_buf *b, const char *s, size_t n);
+/* True when s (n bytes) is valid UTF-8 (no overlongs, no surrogates). */
+bool pmm_utf8_valid(const char *s, size_t n);
+/* Characters (code points) in s (n bytes of valid UTF-8). */
+size_t pmm_utf8_chars(const char *s, size_t n);
+
+
+#define PMM_JSON_MAX_INPUT (16u * 1024 * 1024)
+#define PMM_JSON_MAX_DEPTH 32
+
+typedef enum pmm_json_type {
+    PMM_JSON_NULL,
+    PMM_JSON_BOOL,
+    PMM_JSON_NUMBER,
+    PMM_JSON_STRING,
+    PMM_JSON_ARRAY,
+    PMM_JSON_OBJECT,
+} pmm_json_type;
+
+typedef struct pmm_json pmm_json;
+struct pmm_json {
+    pmm_json_type type;
+    bool b;
+    double num;
+    char *str;          /* STRING: decoded UTF-8, NUL-terminated */
+    size_t str_len;     /* may contain NULs (from \u0000) */
+    char *key;          /* member of an OBJECT: its key */
+    pmm_json *child;    /* ARRAY/OBJECT: first element */
+    pmm_json *next;     /* next sibling */
+    size_t n_child;
+};
+
+/* Parses one JSON document (RFC 8259, bounded: PMM_JSON_MAX_INPUT bytes,
+ * PMM_JSON_MAX_DEPTH nesting). Trailing whitespace only; an object key
+ * containing \u0000 is refused. Each string is decoded into one allocation
+ * that is never grown. Returns 0 and *out (free with pmm_json_free),
+ * -EINVAL with a message, -ENOMEM, -E2BIG. */
+int pmm_json_parse(const char *text, size_t len, pmm_json **out, char *err,
+                   size_t errlen);
+/* Frees the tree; every string value is zeroed first (it may have been a
+ * password). */
+void pmm_json_free(pmm_json *j);
+/* Object member by key (first match) or NULL. */
+const pmm_json *pmm_json_get(const pmm_json *obj, const char *key);
+
+
+/* ---- memory budget for unauthenticated input ----------------------------
+ * One process-wide cap on the bytes held for input nobody has authenticated
+ * yet (gossip TCP frames before they are opened, TLS handshakes, HTTP
+ * requests). Every reader takes what it is about to allocate and gives it
+ * back when it frees it or the input turns out to be authentic; a take that
+ * would pass the limit fails and the reader drops that connection. All
+ * functions are thread-safe (C11 atomics). A NULL budget means "unlimited":
+ * take always succeeds and nothing is counted. */
+typedef struct gsp_budget gsp_budget;
+/* limit in bytes (> 0). Returns NULL with errno set (EINVAL, ENOMEM).
+ * Caller owns the result; free with gsp_budget_free once every taker is
+ * gone. */
+gsp_budget *gsp_budget_new(size_t limit);
+void gsp_budget_free(gsp_budget *b); /* NULL is a no-op */
+/* Reserves n bytes: 0, or -ENOBUFS (nothing reserved; the refusal is
+ * counted). n == 0 always succeeds. */
+int gsp_budget_take(gsp_budget *b, size_t n);
+/* Returns n bytes reserved earlier by gsp_budget_take. */
+void gsp_budget_give(gsp_budget *b, size_t n);
+typedef struct gsp_budget_stats {
+    size_t limit, used, peak;
+    uint64_t refused; /* takes that failed */
+} gsp_budget_stats;
+/* A consistent-enough snapshot (each field read atomically). b may be NULL
+ * (all zero). */
+void gsp_budget_get(const gsp_budget *b, gsp_budget_stats *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
