@@ -136,6 +136,34 @@ void pmm_json_free(pmm_json *j);
 const pmm_json *pmm_json_get(const pmm_json *obj, const char *key);
 
 
+/* ---- an answer owed to a control request ------------------------------------
+ * A command handler (the daemon's, membership's lifecycle commands, the
+ * mirrored files' publish) gets a pmm_ctl_req and must answer it exactly
+ * once, now or later, with pmm_ctl_reply*(); that frees it. Whoever made
+ * the request (the control socket, daemon/ctl.c) sets `answer`. */
+#define PMM_CTL_REPLY_MAX (16u * 1024 * 1024)
+
+typedef struct pmm_ctl_req pmm_ctl_req;
+struct pmm_ctl_req {
+    /* Takes one JSON object (len bytes; NULL or 0: "internal error") and
+     * frees req. */
+    void (*answer)(pmm_ctl_req *req, const char *json, size_t len);
+};
+
+/* Answers req with json (len bytes: one JSON object; a '\n' is appended
+ * unless it ends with one) and frees req: req is invalid afterwards.
+ * Loop thread only. The bytes are copied. Harmless when the client is gone,
+ * has timed out or the server was closed: then req is only freed. NULL is
+ * a no-op. */
+void pmm_ctl_reply(pmm_ctl_req *req, const char *json, size_t len);
+/* {"ok":false,"error":"<printf fmt, ...>"} */
+void pmm_ctl_reply_error(pmm_ctl_req *req, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* {"ok":true} or {"ok":true,<extra_json_members>}, e.g. "\"cid\":3". */
+void pmm_ctl_reply_ok(pmm_ctl_req *req, const char *extra_json_members);
+/* Appends {"ok":false,"error":"..."}\n */
+int pmm_ctl_error_reply(pmm_buf *b, const char *msg);
+
 /* ---- memory budget for unauthenticated input ----------------------------
  * One process-wide cap on the bytes held for input nobody has authenticated
  * yet (gossip TCP frames before they are opened, TLS handshakes, HTTP

@@ -10,7 +10,7 @@
  * EOF or a second deadline), then closed. Nothing waits on a client: a
  * slow or hostile one only ever costs its own buffer and a timer.
  */
-#include "daemon/http.h"
+#include "daemon/daemon.h"
 #include "net/guard.h"
 
 #include <errno.h>

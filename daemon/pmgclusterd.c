@@ -11,9 +11,8 @@
  */
 #include "membership/membership.h"
 #include "membership/cluster.h"
-#include "daemon/http.h"
+#include "daemon/daemon.h"
 #include "files/files.h"
-#include "daemon/repl.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

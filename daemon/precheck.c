@@ -2,7 +2,7 @@
  * precheck.c - the checks `pmgcm promote` runs before it changes anything
  * (membership/precheck.h).
  */
-#include "daemon/precheck.h"
+#include "daemon/daemon.h"
 
 #include <stdio.h>
 #include <string.h>

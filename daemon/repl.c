@@ -1,7 +1,7 @@
 /*
  * repl.c - the store's streams over the node API (membership/repl.h).
  */
-#include "daemon/repl.h"
+#include "daemon/daemon.h"
 #include "membership/cluster.pb-c.h"
 
 #include <arpa/inet.h>

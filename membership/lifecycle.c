@@ -18,8 +18,7 @@
 #include "membership/cluster.pb-c.h"
 #include "files/files.h"
 #include "net/guard.h"
-#include "daemon/precheck.h"
-#include "daemon/repl.h"
+#include "daemon/daemon.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

@@ -478,12 +478,11 @@ int pmm_status_write_json(pmm_buf *b, const pmm_status_row *rows, size_t n);
 int pmm_status_from_json(const pmm_json *arr, pmm_status_row **rows,
                          size_t *n, char *err, size_t errlen);
 
-/* ---- control socket ------------------------------------------------------- */
+/* ---- control commands (command.c; the socket: daemon/ctl.c) --------- */
 #define PMM_CTL_REQ_MAX 4096
 #define PMM_CTL_CLIENTS_MAX 32
 #define PMM_CTL_IDLE_MS 5000
 #define PMM_CTL_PENDING_MS 120000
-#define PMM_CTL_REPLY_MAX (16u * 1024 * 1024)
 #define PMM_CTL_PASSWORD_MAX 1024
 #define PMM_CTL_FP_MAX 128
 #define PMM_CTL_ERR_MAX 256 /* an error message written by the parser */
@@ -497,49 +496,6 @@ int pmm_status_from_json(const pmm_json *arr, pmm_status_row **rows,
  * wrong) or -ENOMEM. */
 int pmm_ctl_parse_request(const char *buf, size_t len, const char **cmd,
                           pmm_json **args, char *err, size_t errlen);
-/* Appends {"ok":false,"error":"..."}\n */
-int pmm_ctl_error_reply(pmm_buf *b, const char *msg);
-
-struct uv_loop_s;
-typedef struct pmm_ctl pmm_ctl;
-typedef struct pmm_ctl_req pmm_ctl_req;
-/* Called on the loop thread for every valid request. cmd is the canonical
- * name; args is the parsed request object (never NULL; {} for a legacy
- * word; its strings are wiped after the call): both are valid only during
- * the call, copy what you keep. The handler must answer req exactly once,
- * now or later, with pmm_ctl_reply*(). */
-typedef void (*pmm_ctl_handler)(void *ud, pmm_ctl_req *req, const char *cmd,
-                                const pmm_json *args);
-
-/* Answers req with json (len bytes: one JSON object; a '\n' is appended
- * unless it ends with one) and frees req: req is invalid afterwards.
- * Loop thread only. The bytes are copied. Harmless when the client is gone,
- * has timed out or the server was closed: then req is only freed. */
-void pmm_ctl_reply(pmm_ctl_req *req, const char *json, size_t len);
-/* {"ok":false,"error":"<printf fmt, ...>"} */
-void pmm_ctl_reply_error(pmm_ctl_req *req, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-/* {"ok":true} or {"ok":true,<extra_json_members>}, e.g. "\"cid\":3". */
-void pmm_ctl_reply_ok(pmm_ctl_req *req, const char *extra_json_members);
-
-/* Creates the listening socket at path (see the protocol above). The
- * process must ignore SIGPIPE: libuv writes without MSG_NOSIGNAL, and a
- * client that left before its answer would otherwise kill it. */
-int pmm_ctl_start(pmm_ctl **out, struct uv_loop_s *loop, const char *path,
-                  pmm_ctl_handler handler, void *ud, char *err,
-                  size_t errlen);
-/* How long a request may stay unanswered before its client gets "timed
- * out" (default PMM_CTL_PENDING_MS; for tests). Applies to requests
- * received afterwards. */
-void pmm_ctl_set_pending_timeout_ms(pmm_ctl *c, uint64_t ms);
-/* The uid served besides root (default: geteuid() at start). */
-void pmm_ctl_set_peer_uid(pmm_ctl *c, uid_t uid);
-/* Stops listening and removes the socket file. Clients waiting for an
- * answer get "pmgclusterd is shutting down", the others are dropped; their
- * pmm_ctl_req stay valid until answered (the answer is then discarded).
- * The pmm_ctl is freed once libuv has closed its handles. */
-void pmm_ctl_close(pmm_ctl *c);
-
 #ifdef __cplusplus
 }
 #endif

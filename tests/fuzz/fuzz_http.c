@@ -8,7 +8,7 @@
  * header's value is bounded and never gives a token it does not hold).
  */
 #include "tests/fuzz/fuzz.h"
-#include "daemon/http.h"
+#include "daemon/daemon.h"
 
 #include <stdio.h>
 #include <stdlib.h>

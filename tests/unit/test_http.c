@@ -7,7 +7,7 @@
  * keys, and live servers on a loop: slowloris, the connection cap, a 1 MB
  * header, garbage, timeouts, while a timer on the same loop keeps time.
  */
-#include "daemon/http.h"
+#include "daemon/daemon.h"
 #include "tests/tap.h"
 
 #include <arpa/inet.h>

@@ -6,7 +6,7 @@
  * pending cap, shutdown with a request pending, bounds, stale socket, mode,
  * peer credentials, client cap, idle timeout, clean close).
  */
-#include "membership/membership.h"
+#include "daemon/daemon.h"
 #include "tests/tap.h"
 
 #include <errno.h>

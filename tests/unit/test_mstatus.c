@@ -3,7 +3,7 @@
  * (escaping) and reader, rows from gossip members; promote's checks.
  */
 #include "membership/membership.h"
-#include "daemon/precheck.h"
+#include "daemon/daemon.h"
 #include "tests/tap.h"
 
 #include <errno.h>

@@ -1,12 +1,20 @@
 /*
- * http.h - the status port (HTTP/1.0 and 1.1) and the HAProxy agent port of
- * pmgclusterd. Internal header of the membership library, prefix pmm_http_.
+ * daemon.h - the pmgclusterd library (daemon/): what the composition root
+ * pmgclusterd.c puts together, in one header:
+ *   - the status port and the HAProxy agent port (http.c, pmm_http_);
+ *   - the control socket that carries the control commands (ctl.c,
+ *     pmm_ctl_; the commands themselves: membership.h);
+ *   - promote's checks (precheck.c, pmm_promote_);
+ *   - the replication glue, the one place that knows both the store and
+ *     the node API (repl.c, pmm_repl_).
+ *
+ * ==== the status and agent ports (http.c) ====================================
  *
  * Both servers run on the daemon's libuv loop, never block, and never hold
  * more than PMM_HTTP_CONNS_MAX connections (plus the ones being closed),
  * nor more than PMM_HTTP_PER_SRC_MAX from one address. Neither cap ever
  * turns a newcomer away: room is made by dropping a connection (see
- * membership/guard.h): at the per-address cap that address's own; at the
+ * net/guard.h): at the per-address cap that address's own; at the
  * global cap one of the address holding the most. Within the chosen
  * address an answered connection waiting for the client's EOF goes first,
  * then one still sending its request (it gets a 408), then one whose
@@ -79,10 +87,13 @@
  * hence the blank in "down #why"; only the agent can undo what it set, so
  * the operational word (up/down) is always sent with the admin one.
  */
-#ifndef PMGCM_DAEMON_HTTP_H
-#define PMGCM_DAEMON_HTTP_H
+#ifndef PMGCM_DAEMON_H
+#define PMGCM_DAEMON_H
 
+#include "files/files.h"
+#include "membership/cluster.h"
 #include "membership/membership.h"
+#include "store/store.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -283,5 +294,166 @@ void pmm_http_get_stats(const pmm_http *h, pmm_http_stats *st);
 /* Stops listening and drops every connection; h is freed once libuv has
  * closed its handles. */
 void pmm_http_close(pmm_http *h);
+
+/* ==== the control socket (ctl.c) =============================================
+ * Carries the control commands (protocol and request validation:
+ * membership.h, command.c) to the daemon's handler. */
+struct uv_loop_s;
+typedef struct pmm_ctl pmm_ctl;
+/* Called on the loop thread for every valid request. cmd is the canonical
+ * name; args is the parsed request object (never NULL; {} for a legacy
+ * word; its strings are wiped after the call): both are valid only during
+ * the call, copy what you keep. The handler must answer req exactly once,
+ * now or later, with pmm_ctl_reply*(). */
+typedef void (*pmm_ctl_handler)(void *ud, pmm_ctl_req *req, const char *cmd,
+                                const pmm_json *args);
+
+/* Creates the listening socket at path (see the protocol above). The
+ * process must ignore SIGPIPE: libuv writes without MSG_NOSIGNAL, and a
+ * client that left before its answer would otherwise kill it. */
+int pmm_ctl_start(pmm_ctl **out, struct uv_loop_s *loop, const char *path,
+                  pmm_ctl_handler handler, void *ud, char *err,
+                  size_t errlen);
+/* How long a request may stay unanswered before its client gets "timed
+ * out" (default PMM_CTL_PENDING_MS; for tests). Applies to requests
+ * received afterwards. */
+void pmm_ctl_set_pending_timeout_ms(pmm_ctl *c, uint64_t ms);
+/* The uid served besides root (default: geteuid() at start). */
+void pmm_ctl_set_peer_uid(pmm_ctl *c, uid_t uid);
+/* Stops listening and removes the socket file. Clients waiting for an
+ * answer get "pmgclusterd is shutting down", the others are dropped; their
+ * pmm_ctl_req stay valid until answered (the answer is then discarded).
+ * The pmm_ctl is freed once libuv has closed its handles. */
+void pmm_ctl_close(pmm_ctl *c);
+
+/* ==== promote's checks (precheck.c) ==========================================
+ * What `pmgcm promote` checks before it changes anything (prefix
+ * pmm_promote_).
+ *
+ * A promote makes this node's data the cluster's truth: every other node
+ * follows it and replaces what it holds by this node's data. So it is
+ * refused, with and without --force (which only overrides "the master is
+ * alive or suspected"), while this node's data is incomplete. The checks
+ * are a table (pmm_promote_checks), one entry per check, run in order on a
+ * plain snapshot of what this node knows (pmm_promote_view: its store and
+ * every other node's gossiped position), so they are pure and unit tested
+ * (tests/unit/test_mstatus). A check marked overridable is skipped by the
+ * disaster-recovery flag --accept-data-loss, which reports instead what
+ * the cluster loses.
+ *
+ * To add a check: a function of the view, a row in the table (precheck.c),
+ * and whatever it needs in the view (filled by lifecycle.c promote_view).
+ */
+#define PMM_PROMOTE_PEERS_MAX 256
+
+/* Another node of the cluster config, as gossip shows it. */
+typedef struct pmm_promote_peer {
+    char name[GSP_NAME_MAX + 1];
+    uint32_t cid;
+    bool live;       /* alive or suspect */
+    bool has_db;     /* gossips a store */
+    bool loaded;     /* its store holds loaded data */
+    char db_state[16];
+    pst_pos pos;     /* its last applied change */
+} pmm_promote_peer;
+
+typedef struct pmm_promote_view {
+    /* this node's store (has_db false: no replicated database) */
+    bool has_db;
+    pst_info db;
+    pmm_promote_peer peers[PMM_PROMOTE_PEERS_MAX];
+    size_t n_peers;
+    /* mirrored files (files.h pmm_files_promote_ready): files_rc != 0
+     * while the cluster mirrors files and this node's files_dir does not
+     * hold them; files_why says why, and which live nodes do */
+    int files_rc;
+    char files_why[700];
+} pmm_promote_view;
+
+typedef struct pmm_promote_check {
+    const char *name;
+    bool overridable; /* --accept-data-loss proceeds despite it */
+    bool waitable;    /* the node mends it by itself (catching up): the
+                         promote may wait while that progresses */
+    /* 0 passes; 1 fails, why in words (what is missing, what to do);
+     * lost: with --accept-data-loss, what the cluster loses */
+    int (*run)(const pmm_promote_view *v, char *why, size_t len,
+               char *lost, size_t lostlen);
+} pmm_promote_check;
+
+extern const pmm_promote_check pmm_promote_checks[];
+extern const size_t pmm_promote_n_checks;
+
+/* The peer with the most advanced data ((epoch, seq) order) among those
+ * with loaded data, live ones only when live_only; NULL when none. */
+const pmm_promote_peer *pmm_promote_best(const pmm_promote_view *v,
+                                         bool live_only);
+
+/* Runs the checks in order. Returns 0 when promote may go on; else 1 with
+ * the first failing check's words in why and the check in *failed (may be
+ * NULL). With accept, overridable failures do not count: their "what is
+ * lost" texts are joined into lost ("" when nothing is). why and lost are
+ * always NUL-terminated. */
+int pmm_promote_precheck(const pmm_promote_view *v, bool accept, char *why,
+                         size_t len, char *lost, size_t lostlen,
+                         const pmm_promote_check **failed);
+
+/* ==== the replication glue (repl.c) ==========================================
+ * repl decides, from the cluster config and gossip, what this node's store
+ * does (store/store.h):
+ *   - outside a cluster: role 'none';
+ *   - master: first catches up from the most advanced live peer (POSITION
+ *     to every live node, SUBSCRIBE to the best until level), then numbers
+ *     changes under the config's epoch;
+ *   - any other node: a snapshot from the master when it holds no loaded
+ *     data (join, divergence, a gap beyond the upstream's retention), else
+ *     SUBSCRIBE to the master; reconnects with backoff.
+ * Every stream is one TLS connection to a peer's node API whose first
+ * frame is a Request{STORE, store = Open}; the server answers with one
+ * Response (ok or why not) and then the store's frames.
+ */
+typedef struct pmm_repl pmm_repl;
+
+typedef struct pmm_repl_env {
+    struct uv_loop_s *loop;
+    const pmm_config *cfg;
+    pmm_lc *lc;
+    gsp_uv *u;
+    void (*changed)(void *ud); /* store state changed (status, meta) */
+    void *ud;
+} pmm_repl_env;
+
+/* Starts the store when cfg->db_conninfo is set (else *out = NULL, 0).
+ * 0 or -errno with a reason in err. */
+int pmm_repl_start(pmm_repl **out, const pmm_repl_env *env, char *err,
+                   size_t errlen);
+/* Ends every stream and closes the store. NULL ok. */
+void pmm_repl_close(pmm_repl *r);
+/* The cluster config or gossip view changed: re-decide. */
+void pmm_repl_cluster_changed(pmm_repl *r);
+/* The store's state (zeroed, state PST_OFF, when r is NULL). */
+void pmm_repl_info(const pmm_repl *r, pst_info *out);
+/* This node's replicated table definitions (pst_schema), or NULL without
+ * a store or before its database is ready. */
+const char *pmm_repl_schema(const pmm_repl *r);
+/* Per-origin positions (store/store.h pst_get_origins); 0 when r NULL. */
+size_t pmm_repl_origins(const pmm_repl *r, pst_origin *out, size_t max);
+
+/* Records a note in the store's pmgcm.backups (pst_note); r NULL: no-op. */
+void pmm_repl_note(pmm_repl *r, const char *kind, const char *text);
+/* pmgcm backups (pst_backups): clear NULL lists. -ENODEV without a store. */
+int pmm_repl_backups(pmm_repl *r, const char *clear, pst_backups_fn done,
+                     void *ud);
+
+/* Server side, called by lifecycle.c for a STORE request on connection c:
+ * answers ok and returns the stream object that owns c from now on (its
+ * frames, writable and close go to the three functions below), or NULL
+ * with a reason in why (the caller answers with it). */
+void *pmm_repl_serve(pmm_repl *r, pmm_tls_conn *c, const uint8_t *open,
+                     size_t len, char *why, size_t whylen);
+void pmm_repl_srv_frame(void *stream, const uint8_t *data, size_t len);
+void pmm_repl_srv_writable(void *stream);
+/* The connection closed: frees the stream. */
+void pmm_repl_srv_close(void *stream);
 
 #endif
