@@ -110,7 +110,7 @@
  * -----------------------------------------------------------------------------
  */
 #include "membership/membership.h"
-#include "net/tls.h"
+#include "net/net.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

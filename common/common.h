@@ -16,6 +16,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #ifdef __cplusplus
@@ -64,6 +65,21 @@ int pmm_mkdir_p(const char *path, mode_t mode);
 /* Writes dir/name atomically: dir/.name.tmp, fsync, rename, fsync(dir). */
 int pmm_write_file_atomic(const char *dir, const char *name,
                           const void *data, size_t len, mode_t mode);
+
+/* ---- addresses ------------------------------------------------------------ */
+struct sockaddr;
+struct sockaddr_storage;
+/* ip (family 4: 4 bytes, 6: 16 bytes) and port as a socket address;
+ * returns its length. */
+socklen_t pmm_sockaddr_raw(struct sockaddr_storage *ss, int family,
+                           const uint8_t *ip, uint16_t port);
+/* An IPv4 or IPv6 literal ("10.0.0.1", "fd00::1") and port: 0 or -EINVAL
+ * (*ss zeroed). */
+int pmm_sockaddr_ip(struct sockaddr_storage *ss, const char *ip,
+                    uint16_t port);
+/* sa's IP as text ("" for NULL or another family). len >= 46 (INET6_
+ * ADDRSTRLEN) always suffices. Returns buf. */
+char *pmm_sockaddr_ip_str(const struct sockaddr *sa, char *buf, size_t len);
 
 /* ---- bounded growable buffer --------------------------------------------- */
 typedef struct pmm_buf {

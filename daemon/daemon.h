@@ -342,7 +342,7 @@ void pmm_ctl_close(pmm_ctl *c);
  * the cluster loses.
  *
  * To add a check: a function of the view, a row in the table (precheck.c),
- * and whatever it needs in the view (filled by lifecycle.c promote_view).
+ * and whatever it needs in the view (pmm_promote_view_fill).
  */
 #define PMM_PROMOTE_PEERS_MAX 256
 
@@ -398,6 +398,14 @@ int pmm_promote_precheck(const pmm_promote_view *v, bool accept, char *why,
                          size_t len, char *lost, size_t lostlen,
                          const pmm_promote_check **failed);
 
+/* What promote's checks look at: this node's store (r; NULL: none) and
+ * files (f; NULL: none), every other node of the config cl as gossip (core)
+ * shows it. self is this node's gossip id. */
+struct pmm_repl;
+void pmm_promote_view_fill(pmm_promote_view *v, const pmm_cluster *cl,
+                           const gsp_id *self, gsp_core *core,
+                           const struct pmm_repl *r, const pmm_files *f);
+
 /* ==== the replication glue (repl.c) ==========================================
  * repl decides, from the cluster config and gossip, what this node's store
  * does (store/store.h):
@@ -417,14 +425,17 @@ typedef struct pmm_repl pmm_repl;
 typedef struct pmm_repl_env {
     struct uv_loop_s *loop;
     const pmm_config *cfg;
-    pmm_lc *lc;
+    pmm_lc *lc;          /* the cluster config; must outlive r */
+    pmm_api *api;        /* STORE requests are served there, streams opened
+                          * with its identity; must outlive r */
     gsp_uv *u;
     void (*changed)(void *ud); /* store state changed (status, meta) */
     void *ud;
 } pmm_repl_env;
 
-/* Starts the store when cfg->db_conninfo is set (else *out = NULL, 0).
- * 0 or -errno with a reason in err. */
+/* Starts the store when cfg->db_conninfo is set and serves STORE requests
+ * on the node API (else *out = NULL, 0, and they are refused: "no
+ * replicated database on this node"). 0 or -errno with a reason in err. */
 int pmm_repl_start(pmm_repl **out, const pmm_repl_env *env, char *err,
                    size_t errlen);
 /* Ends every stream and closes the store. NULL ok. */
@@ -444,16 +455,5 @@ void pmm_repl_note(pmm_repl *r, const char *kind, const char *text);
 /* pmgcm backups (pst_backups): clear NULL lists. -ENODEV without a store. */
 int pmm_repl_backups(pmm_repl *r, const char *clear, pst_backups_fn done,
                      void *ud);
-
-/* Server side, called by lifecycle.c for a STORE request on connection c:
- * answers ok and returns the stream object that owns c from now on (its
- * frames, writable and close go to the three functions below), or NULL
- * with a reason in why (the caller answers with it). */
-void *pmm_repl_serve(pmm_repl *r, pmm_tls_conn *c, const uint8_t *open,
-                     size_t len, char *why, size_t whylen);
-void pmm_repl_srv_frame(void *stream, const uint8_t *data, size_t len);
-void pmm_repl_srv_writable(void *stream);
-/* The connection closed: frees the stream. */
-void pmm_repl_srv_close(void *stream);
 
 #endif

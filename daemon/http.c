@@ -11,7 +11,7 @@
  * slow or hostile one only ever costs its own buffer and a timer.
  */
 #include "daemon/daemon.h"
-#include "net/guard.h"
+#include "net/net.h"
 
 #include <errno.h>
 #include <inttypes.h>

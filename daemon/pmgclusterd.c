@@ -64,6 +64,7 @@ typedef struct node {
     gsp_keyring *kr;
     gsp_uv *u;
     pmm_ctl *ctl;
+    pmm_api *api;     /* the node API (TLS): lc, repl and files serve there */
     pmm_lc *lc;
     pmm_files *files; /* mirrored config files; NULL without files_dir */
     pmm_repl *repl;   /* the replicated database; NULL without db_conninfo */
@@ -484,6 +485,59 @@ static void user_msg(void *ud, uint32_t key, uint64_t version,
 
     if (n->lc != NULL && !n->stopping)
         pmm_lc_user_msg(n->lc, key, version, data, len);
+}
+
+/* ---- what lifecycle asks the rest of the node ------------------------------------- */
+
+/* this node's replicated table definitions, sent with a join */
+static const char *lc_schema(void *ud)
+{
+    node *n = ud;
+    return pmm_repl_schema(n->repl);
+}
+
+/* on the master: a joiner's table definitions against ours */
+static int lc_schema_diff(void *ud, const char *theirs, char *d, size_t len)
+{
+    node *n = ud;
+    const char *ours = pmm_repl_schema(n->repl);
+    if (ours == NULL || strcmp(theirs, ours) == 0)
+        return 0;
+    if (d != NULL && len > 0)
+        pst_schema_diff(theirs, ours, d, len);
+    return 1;
+}
+
+/* promote's checks (precheck.c) on what this node knows now */
+static int lc_promote_check(void *ud, bool accept, char *why, size_t whylen,
+                            char *lost, size_t lostlen, bool *waitable,
+                            uint64_t *progress)
+{
+    node *n = ud;
+    const pmm_cluster *cl = pmm_lc_cluster(n->lc);
+    const pmm_promote_check *failed = NULL;
+    pmm_promote_view *v;
+    int bad;
+
+    if (cl == NULL)
+        return pmm_errf(why, whylen, -ENOENT, "no cluster defined");
+    v = malloc(sizeof(*v));
+    if (v == NULL)
+        return pmm_errf(why, whylen, -ENOMEM, "out of memory");
+    pmm_promote_view_fill(v, cl, &n->id, node_core(n), n->repl, n->files);
+    *progress = v->db.pos.seq;
+    bad = pmm_promote_precheck(v, accept, why, whylen, lost, lostlen,
+                               &failed);
+    free(v);
+    *waitable = bad && failed != NULL && failed->waitable;
+    return bad;
+}
+
+/* what promote --accept-data-loss lost, kept in the store */
+static void lc_note(void *ud, const char *kind, const char *text)
+{
+    node *n = ud;
+    pmm_repl_note(n->repl, kind, text);
 }
 
 /* ---- control socket ------------------------------------------------------------ */
@@ -1377,8 +1431,8 @@ static void node_close_all(node *n)
     if (n->meta_busy)
         uv_cancel((uv_req_t *)&n->meta_work);
     /* a peers write in flight is left to finish: it is atomic anyway */
-    pmm_files_close(n->files); /* before lc: it unregisters there */
-    pmm_repl_close(n->repl);   /* before lc: it unregisters there */
+    pmm_files_close(n->files); /* before lc and the node API */
+    pmm_repl_close(n->repl);   /* before lc and the node API */
     n->repl = NULL;
     close_handle((uv_handle_t *)&n->db_meta_timer);
     n->files = NULL;
@@ -1386,6 +1440,8 @@ static void node_close_all(node *n)
         pmm_lc_close(n->lc);
         n->lc = NULL;
     }
+    pmm_api_close(n->api); /* after everything that serves or calls there */
+    n->api = NULL;
     if (n->ctl != NULL) {
         pmm_ctl_close(n->ctl);
         n->ctl = NULL;
@@ -1783,12 +1839,32 @@ static int node_start(node *n)
         pmm_log(PMM_LOG_WARN, "gossip", "set_seeds: %s", gsp_strerror(rc));
     gsp_uv_kick(n->u);
 
-    /* cluster lifecycle: config, TLS node API, keyring, seeds */
+    /* the node API (TLS): this node's identity in data_dir/tls, the server
+     * on the bind address */
+    {
+        char tls_dir[PMM_PATH_MAX + 8], ip[48];
+        snprintf(tls_dir, sizeof(tls_dir), "%s/tls", n->cfg.data_dir);
+        gsp_addr_ip_str(&n->cfg.bind, ip, sizeof(ip));
+        pmm_api_env aenv = {.loop = &n->loop, .tls_dir = tls_dir,
+                            .cn = n->cfg.name, .ip = ip,
+                            .port = n->cfg.api_port, .budget = n->budget};
+        rc = pmm_api_start(&n->api, &aenv, err, sizeof(err));
+        if (rc != 0) {
+            pmm_log(PMM_LOG_ERROR, "cluster", "%s", err);
+            n->api = NULL;
+            return rc;
+        }
+    }
+
+    /* cluster lifecycle: config, keyring, seeds; its node API requests */
     {
         pmm_lc_env env = {.loop = &n->loop, .cfg = &n->cfg,
                           .api_port = n->cfg.api_port, .node_id = n->id,
-                          .kr = n->kr, .u = n->u, .budget = n->budget,
-                          .changed = cluster_changed, .ud = n};
+                          .kr = n->kr, .u = n->u, .api = n->api,
+                          .changed = cluster_changed,
+                          .schema = lc_schema, .schema_diff = lc_schema_diff,
+                          .promote_check = lc_promote_check,
+                          .note = lc_note, .ud = n};
         rc = pmm_lc_start(&n->lc, &env, err, sizeof(err));
         if (rc != 0) {
             pmm_log(PMM_LOG_ERROR, "cluster", "%s", err);
@@ -1803,7 +1879,8 @@ static int node_start(node *n)
     /* the replicated database (db_conninfo): needs the lifecycle */
     {
         pmm_repl_env renv = {.loop = &n->loop, .cfg = &n->cfg, .lc = n->lc,
-                             .u = n->u, .changed = store_changed, .ud = n};
+                             .api = n->api, .u = n->u,
+                             .changed = store_changed, .ud = n};
         rc = pmm_repl_start(&n->repl, &renv, err, sizeof(err));
         if (rc != 0) {
             pmm_log(PMM_LOG_ERROR, "store", "%s", err);
@@ -1818,8 +1895,8 @@ static int node_start(node *n)
     /* mirrored config files (files_dir): needs the lifecycle */
     {
         pmm_files_env fenv = {.loop = &n->loop, .cfg = &n->cfg, .lc = n->lc,
-                              .node_id = n->id, .changed = store_changed,
-                              .ud = n};
+                              .api = n->api, .node_id = n->id,
+                              .changed = store_changed, .ud = n};
         rc = pmm_files_start(&n->files, &fenv, err, sizeof(err));
         if (rc != 0) {
             pmm_log(PMM_LOG_ERROR, "files", "%s", err);

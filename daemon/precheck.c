@@ -1,6 +1,6 @@
 /*
  * precheck.c - the checks `pmgcm promote` runs before it changes anything
- * (membership/precheck.h).
+ * (daemon.h), and the view they look at.
  */
 #include "daemon/daemon.h"
 
@@ -199,4 +199,71 @@ int pmm_promote_precheck(const pmm_promote_view *v, bool accept, char *why,
         return 1;
     }
     return 0;
+}
+
+/* ---- the view: this node's store and files, the others' gossip ---- */
+
+/* The files check's refusal (files.h pmm_files_promote_ready): 0, or the
+ * reason in why, which names the live nodes whose files_dir is in sync
+ * (from their gossiped metadata). */
+static int files_ready(const pmm_files *f, const pmm_cluster *cl,
+                       const pmm_cnode *me, gsp_core *core, char *why,
+                       size_t len)
+{
+    int rc = pmm_files_promote_ready(f, cl, why, len);
+    if (!rc) return 0;
+    uint64_t tag = pmm_files_digest_tag(cl->files_digest);
+    size_t o = strlen(why), named = 0;
+    for (size_t i = 0; i < cl->n_nodes && o < len; i++) {
+        const pmm_cnode *n = &cl->nodes[i];
+        gsp_member m;
+        pmm_meta meta;
+        if (n == me || gsp_core_get(core, &n->node_id, &m) ||
+            m.state != GSP_ALIVE || !m.meta_len ||
+            pmm_meta_decode(&meta, m.meta, m.meta_len) ||
+            meta.files_sync != tag)
+            continue;
+        o += (size_t)snprintf(why + o, len - o, "%s%s (cid %u)",
+                              named ? ", " : "; in sync: ", n->name, n->cid);
+        named++;
+    }
+    if (!named && o < len)
+        snprintf(why + o, len - o, "; no live node reports its files in "
+                 "sync");
+    return rc;
+}
+
+void pmm_promote_view_fill(pmm_promote_view *v, const pmm_cluster *cl,
+                           const gsp_id *self, gsp_core *core,
+                           const struct pmm_repl *r, const pmm_files *f)
+{
+    memset(v, 0, sizeof(*v));
+    if (r) {
+        v->has_db = true;
+        pmm_repl_info(r, &v->db);
+    }
+    const pmm_cnode *me = pmm_cluster_by_id(cl, self);
+    for (size_t i = 0; i < cl->n_nodes && v->n_peers < PMM_PROMOTE_PEERS_MAX;
+         i++) {
+        const pmm_cnode *n = &cl->nodes[i];
+        gsp_member gm;
+        pmm_meta meta;
+        if (n == me) continue;
+        pmm_promote_peer *p = &v->peers[v->n_peers++];
+        snprintf(p->name, sizeof(p->name), "%s", n->name);
+        p->cid = n->cid;
+        if (gsp_core_get(core, &n->node_id, &gm) != 0) continue;
+        p->live = gm.state == GSP_ALIVE || gm.state == GSP_SUSPECT;
+        if (!gm.meta || pmm_meta_decode(&meta, gm.meta, gm.meta_len) != 0 ||
+            !meta.db_state)
+            continue;
+        p->has_db = true;
+        p->loaded = meta.db_loaded;
+        snprintf(p->db_state, sizeof(p->db_state), "%s",
+                 pst_state_name((pst_state)meta.db_state));
+        p->pos.epoch = meta.db_epoch;
+        p->pos.seq = meta.db_seq;
+    }
+    v->files_rc = files_ready(f, cl, me, core, v->files_why,
+                              sizeof(v->files_why));
 }

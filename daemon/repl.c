@@ -187,28 +187,66 @@ static void link_free(rlink *l)
 
 /* ---- server side ---------------------------------------------------------------------- */
 
-void *pmm_repl_serve(pmm_repl *r, pmm_tls_conn *c, const uint8_t *open,
-                     size_t len, char *why, size_t whylen)
+/* A store stream's server end: frames, writable and close come from the
+ * node API once the request turned into a stream. */
+static void srv_frame(void *stream, const uint8_t *data, size_t len)
 {
-    if (!r || r->closing) {
-        snprintf(why, whylen, "no replicated database on this node");
-        return NULL;
+    rlink *l = stream;
+    if (l->sess) pst_session_frame(l->sess, data, len);
+}
+
+static void srv_writable(void *stream)
+{
+    rlink *l = stream;
+    if (l->sess) pst_session_writable(l->sess);
+}
+
+/* The connection closed: frees the stream. */
+static void srv_close(void *stream)
+{
+    rlink *l = stream;
+    l->conn = NULL;
+    link_free(l);
+}
+
+/* STORE from a member node (the node API, net.h): answers ok and turns
+ * the connection into the store's stream, or refuses. */
+static void serve(void *ud, pmm_api_req *q, const uint8_t *frame,
+                  size_t len)
+{
+    static const pmm_api_stream_cb scb = {
+        .frame = srv_frame, .writable = srv_writable, .close = srv_close};
+    pmm_repl *r = ud;
+    pmm_tls_conn *c = pmm_api_req_conn(q);
+    Req *req = pmgcm__cluster__request__unpack(NULL, len, frame);
+    if (!req || !req->has_store || !c) {
+        pmm_api_refuse(q, "malformed store request");
+        if (req) pmgcm__cluster__request__free_unpacked(req, NULL);
+        return;
+    }
+    if (r->closing) {
+        pmgcm__cluster__request__free_unpacked(req, NULL);
+        pmm_api_refuse(q, "no replicated database on this node");
+        return;
     }
     rlink *l = link_new(r, false);
     if (!l) {
-        snprintf(why, whylen, "out of memory");
-        return NULL;
+        pmgcm__cluster__request__free_unpacked(req, NULL);
+        pmm_api_refuse(q, "out of memory");
+        return;
     }
     l->conn = c;
     pst_link pl = {.send = link_send, .pause = link_pause, .end = link_end,
                    .ud = l};
-    int rc = pst_server(r->st, open, len, &pl, &l->sess);
+    int rc = pst_server(r->st, req->store.data, req->store.len, &pl,
+                        &l->sess);
+    pmgcm__cluster__request__free_unpacked(req, NULL);
     if (rc) {
-        snprintf(why, whylen, "%s",
-                 rc == -EAGAIN ? "the database is not ready on this node"
-                               : "malformed store request");
         link_free(l);
-        return NULL;
+        pmm_api_refuse(q, rc == -EAGAIN
+                              ? "the database is not ready on this node"
+                              : "malformed store request");
+        return;
     }
     pmm_tls_conn_set_max_frame(c, STREAM_MAX_FRAME);
     Resp resp = PMGCM__CLUSTER__RESPONSE__INIT;
@@ -216,26 +254,15 @@ void *pmm_repl_serve(pmm_repl *r, pmm_tls_conn *c, const uint8_t *open,
     uint8_t buf[16];
     size_t n = pmgcm__cluster__response__pack(&resp, buf);
     pmm_tls_send(c, buf, n);
-    return l;
+    pmm_api_req_stream(q, &scb, l);
 }
 
-void pmm_repl_srv_frame(void *stream, const uint8_t *data, size_t len)
+/* STORE on the node API: to r, or refused (r NULL: no database here). */
+static void repl_register(pmm_api *api, pmm_repl *r)
 {
-    rlink *l = stream;
-    if (l->sess) pst_session_frame(l->sess, data, len);
-}
-
-void pmm_repl_srv_writable(void *stream)
-{
-    rlink *l = stream;
-    if (l->sess) pst_session_writable(l->sess);
-}
-
-void pmm_repl_srv_close(void *stream)
-{
-    rlink *l = stream;
-    l->conn = NULL;
-    link_free(l);
+    pmm_api_register(api, PMGCM__CLUSTER__REQUEST__KIND__STORE,
+                     PMM_API_MEMBER, r ? serve : NULL, r,
+                     "no replicated database on this node");
 }
 
 /* ---- client side ------------------------------------------------------------------------ */
@@ -389,7 +416,7 @@ static rlink *connect_to2(pmm_repl *r, const pmm_cnode *n, pst_open_kind kind,
      * has not noticed; reading paused by us does not count */
     o.idle_timeout_ms = STREAM_IDLE_MS;
     if (pmm_tls_connect(&l->conn, r->env.loop, (struct sockaddr *)&ss,
-                        pmm_lc_identity(r->env.lc), &fp, &cb,
+                        pmm_api_identity(r->env.api), &fp, &cb,
                         CONNECT_TIMEOUT_MS, &o) != 0) {
         link_free(l);
         return NULL;
@@ -787,7 +814,10 @@ int pmm_repl_start(pmm_repl **out, const pmm_repl_env *env, char *err,
                    size_t errlen)
 {
     *out = NULL;
-    if (!env->cfg->db_conninfo[0]) return 0;
+    if (!env->cfg->db_conninfo[0]) {
+        repl_register(env->api, NULL);
+        return 0;
+    }
     pmm_repl *r = calloc(1, sizeof(*r));
     if (!r) {
         snprintf(err, errlen, "out of memory");
@@ -809,7 +839,7 @@ int pmm_repl_start(pmm_repl **out, const pmm_repl_env *env, char *err,
     uv_timer_init(env->loop, &r->timer);
     r->timer.data = r;
     uv_timer_start(&r->timer, tick, TICK_MS, TICK_MS);
-    pmm_lc_set_repl(env->lc, r);
+    repl_register(env->api, r);
     *out = r;
     return 0;
 }
@@ -825,7 +855,7 @@ void pmm_repl_close(pmm_repl *r)
 {
     if (!r) return;
     r->closing = true;
-    pmm_lc_set_repl(r->env.lc, NULL);
+    repl_register(r->env.api, NULL);
     /* sessions first (they reference the store), then the store */
     for (rlink *l = r->links, *nx; l; l = nx) {
         nx = l->next;

@@ -1255,6 +1255,7 @@ struct pmm_files {
     uv_loop_t *loop;
     const pmm_config *cfg;
     pmm_lc *lc;
+    pmm_api *api;
     gsp_id node_id;
     void (*changed)(void *ud);
     void *ud;
@@ -2621,7 +2622,7 @@ void pmm_files_kick(pmm_files *f)
 typedef struct serve_job {
     uv_work_t w;
     pmm_files *f;
-    pmm_lc_sreq *sr;
+    pmm_api_req *sr;
     char dir[PMM_PATH_MAX];
     pmm_file_ent e;
     uint64_t off;
@@ -2630,12 +2631,12 @@ typedef struct serve_job {
     int rc;
 } serve_job;
 
-static void reply_error(pmm_lc_sreq *sr, const char *msg)
+static void reply_error(pmm_api_req *sr, const char *msg)
 {
     Resp r = PMGCM__CLUSTER__RESPONSE__INIT;
     r.ok = 0;
     r.error = (char *)msg;
-    pmm_lc_sreq_reply(sr, &r);
+    pmm_lc_api_reply(sr, &r);
 }
 
 static void serve_work(uv_work_t *w)
@@ -2677,16 +2678,30 @@ static void serve_after(uv_work_t *w, int status)
         r.has_file_sha256 = 1;
         r.file_sha256.data = j->e.sha;
         r.file_sha256.len = PMM_HASH_LEN;
-        pmm_lc_sreq_reply(j->sr, &r);
+        pmm_lc_api_reply(j->sr, &r);
     }
     free(j->buf);
     free(j);
     files_unref(f);
 }
 
-static void serve(void *ud, pmm_lc_sreq *sr, const Req *req)
+static void serve_req(pmm_files *f, pmm_api_req *sr, const Req *req);
+
+/* FILES and FILE_GET from member nodes (the node API, net.h) */
+static void serve(void *ud, pmm_api_req *sr, const uint8_t *frame,
+                  size_t len)
 {
-    pmm_files *f = ud;
+    Req *req = pmgcm__cluster__request__unpack(NULL, len, frame);
+    if (!req) {
+        reply_error(sr, "malformed request");
+        return;
+    }
+    serve_req(ud, sr, req);
+    pmgcm__cluster__request__free_unpacked(req, NULL);
+}
+
+static void serve_req(pmm_files *f, pmm_api_req *sr, const Req *req)
+{
     const pmm_cluster *cl;
     const pmm_cnode *me = self_in(f, &cl);
     if (!me || !me->master) {
@@ -2706,7 +2721,7 @@ static void serve(void *ud, pmm_lc_sreq *sr, const Req *req)
             reply_error(sr, "out of memory");
             return;
         }
-        pmm_lc_sreq_reply(sr, &r);
+        pmm_lc_api_reply(sr, &r);
         pmm_files_resp_free(&r);
         return;
     }
@@ -2964,12 +2979,25 @@ void pmm_files_ctl_publish(pmm_files *f, pmm_ctl_req *req, bool confirm)
 
 /* ---- start / close ------------------------------------------------------------------------ */
 
+/* FILES and FILE_GET on the node API: to fn, or refused (fn NULL). */
+static void files_register(pmm_api *api, pmm_api_handler fn, pmm_files *f)
+{
+    static const char off[] = "no mirrored files on this node";
+    pmm_api_register(api, PMGCM__CLUSTER__REQUEST__KIND__FILES,
+                     PMM_API_MEMBER, fn, f, off);
+    pmm_api_register(api, PMGCM__CLUSTER__REQUEST__KIND__FILE_GET,
+                     PMM_API_MEMBER, fn, f, off);
+}
+
 int pmm_files_start(pmm_files **out, const pmm_files_env *env, char *err,
                     size_t errlen)
 {
     *out = NULL;
     const pmm_config *cfg = env->cfg;
-    if (!cfg->files_dir[0]) return 0;
+    if (!cfg->files_dir[0]) {
+        files_register(env->api, NULL, NULL);
+        return 0;
+    }
     if (cfg->files_dir[0] != '/')
         return pmm_errf(err, errlen, -EINVAL, "files_dir must be absolute");
     pmm_files *f = calloc(1, sizeof(*f));
@@ -2977,6 +3005,7 @@ int pmm_files_start(pmm_files **out, const pmm_files_env *env, char *err,
     f->loop = env->loop;
     f->cfg = cfg;
     f->lc = env->lc;
+    f->api = env->api;
     f->node_id = env->node_id;
     f->changed = env->changed;
     f->ud = env->ud;
@@ -2998,7 +3027,7 @@ int pmm_files_start(pmm_files **out, const pmm_files_env *env, char *err,
     f->timer.data = f;
     f->refs = 1;
     uv_timer_start(&f->timer, timer_cb, PMM_FILES_SCAN_MS, PMM_FILES_SCAN_MS);
-    pmm_lc_set_files_handler(f->lc, serve, f);
+    files_register(f->api, serve, f);
     files_log(PMM_LOG_INFO, "mirroring %s (files up to %u bytes; trash %s: "
               "%llu files, %llu bytes at most%s%s)", f->dir, f->max_bytes,
               f->trash, (unsigned long long)f->trash_max_files,
@@ -3047,7 +3076,7 @@ void pmm_files_close(pmm_files *f)
         f->confirm_req = NULL;
     }
     f->closing = true;
-    pmm_lc_set_files_handler(f->lc, NULL, NULL);
+    files_register(f->api, NULL, NULL);
     if (f->run) run_close(f->run); /* the command itself runs on */
     uv_close((uv_handle_t *)&f->timer, timer_closed);
 }

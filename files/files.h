@@ -258,13 +258,16 @@ typedef struct pmm_files_env {
     const pmm_config *cfg;       /* files_dir, files_reload, files_max_bytes,
                                   * files_trash_max_*, data_dir */
     pmm_lc *lc;                  /* must outlive the pmm_files (close first) */
+    pmm_api *api;                /* the node API: FILES and FILE_GET are
+                                  * served there; must outlive the pmm_files */
     gsp_id node_id;
     void (*changed)(void *ud);   /* in sync or not: may be NULL */
     void *ud;
 } pmm_files_env;
 
-/* Starts the mirror when cfg->files_dir is set (else *out = NULL, 0):
- * registers the FILES / FILE_GET handler with lc and scans at once. */
+/* Starts the mirror when cfg->files_dir is set: registers the FILES /
+ * FILE_GET handler with the node API and scans at once. Else *out = NULL,
+ * 0, and those requests are refused ("no mirrored files on this node"). */
 int pmm_files_start(pmm_files **out, const pmm_files_env *env, char *err,
                     size_t errlen);
 /* The cluster config changed: check now. NULL is fine. */
@@ -290,7 +293,7 @@ uint64_t pmm_files_digest_tag(const uint8_t digest[PMM_HASH_LEN]);
  * the next scan finds the directory as it was when held. Answers req
  * (now, or after that scan). f NULL answers that there is no files_dir. */
 void pmm_files_ctl_publish(pmm_files *f, pmm_ctl_req *req, bool confirm);
-/* Unregisters from lc, stops; frees f once its work is done. A running
+/* Unregisters from the node API, stops; frees f once its work is done. A running
  * reload command is left to finish. NULL is fine. */
 void pmm_files_close(pmm_files *f);
 

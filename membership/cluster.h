@@ -13,8 +13,7 @@
 
 #include "gossip/gossip.h"
 #include "membership/membership.h"
-#include "net/tls.h"
-#include "net/guard.h"
+#include "net/net.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -128,7 +127,6 @@ bool pmm_password_match(const uint8_t a[PMM_HASH_LEN],
 
 /* ---- lifecycle (lifecycle.c): runs in the daemon on the loop ------------ */
 typedef struct pmm_lc pmm_lc;
-typedef struct pmm_ctl_req pmm_ctl_req; /* membership.h (ctl.c) */
 
 typedef struct pmm_lc_env {
     struct uv_loop_s *loop;
@@ -137,18 +135,37 @@ typedef struct pmm_lc_env {
     gsp_id node_id;
     gsp_keyring *kr;         /* the gossip keyring; lifecycle edits it */
     gsp_uv *u;               /* the gossip adapter (core access, kick) */
-    /* memory for unauthenticated input (TLS handshakes, joiners); NULL:
-     * unlimited; must outlive lc */
-    gsp_budget *budget;
+    /* the node API (net.h): lifecycle serves JOIN, FETCH and REMOVED on
+     * it, is its gate, and calls other nodes through it; must outlive lc */
+    pmm_api *api;
     /* called after the cluster config changed (status, meta refresh) */
     void (*changed)(void *ud);
+    /* What the rest of the node knows (each may be NULL):
+     * schema: this node's replicated table definitions, sent with a join
+     *   (NULL: none);
+     * schema_diff: on the master, a joiner's definitions against ours:
+     *   0 equal (or nothing to compare), else 1 with the difference in
+     *   words in d (d may be NULL: only the verdict);
+     * promote_check: what `pmgcm promote` checks before it changes
+     *   anything (daemon/precheck.c): 0 it may go on (lost: what
+     *   --accept-data-loss gives up, "" when nothing); 1 refused, why in
+     *   words, *waitable when the node mends it by itself (catching up)
+     *   with *progress a position that moves meanwhile; <0 refused
+     *   (why);
+     * note: records what promote --accept-data-loss lost (the store's
+     *   pmgcm.backups). */
+    const char *(*schema)(void *ud);
+    int (*schema_diff)(void *ud, const char *theirs, char *d, size_t len);
+    int (*promote_check)(void *ud, bool accept, char *why, size_t whylen,
+                         char *lost, size_t lostlen, bool *waitable,
+                         uint64_t *progress);
+    void (*note)(void *ud, const char *kind, const char *text);
     void *ud;
 } pmm_lc_env;
 
 /* Loads data_dir/cluster.conf (installing its keyring into env->kr and
- * its nodes as gossip seeds), creates the TLS identity in data_dir/tls on
- * first start, and starts the TLS node API server. 0 or -errno with a
- * reason in err. */
+ * its nodes as gossip seeds) and registers its requests with the node
+ * API. 0 or -errno with a reason in err. */
 int pmm_lc_start(pmm_lc **out, const pmm_lc_env *env, char *err,
                  size_t errlen);
 /* Stops the API server and every connection; frees lc asynchronously. */
@@ -178,29 +195,13 @@ typedef struct pmm_lc_guard {
 } pmm_lc_guard;
 void pmm_lc_guard_stats(pmm_lc *lc, pmm_lc_guard *out);
 
-/* The store's streams (repl.c): STORE requests on the node API go to r
- * (NULL: refused). */
-struct pmm_repl;
-void pmm_lc_set_repl(pmm_lc *lc, struct pmm_repl *r);
-/* This node's TLS identity (borrowed; valid while lc lives). */
-pmm_tls_identity *pmm_lc_identity(const pmm_lc *lc);
-
-/* ---- lifecycle hooks of the mirrored files (files.c) --------------------- */
+/* ---- the node API's messages (cluster.proto Request, Response) ------------ */
 struct Pmgcm__Cluster__Request;
 struct Pmgcm__Cluster__Response;
-/* A FILES / FILE_GET request from a member node, handed to the files
- * handler: it must be answered exactly once with pmm_lc_sreq_reply (also
- * after the connection or lc is gone; the answer is then dropped). */
-typedef struct pmm_lc_sreq pmm_lc_sreq;
-/* req is valid only during the call: copy what you keep. */
-typedef void (*pmm_lc_files_fn)(void *ud, pmm_lc_sreq *sr,
-                                const struct Pmgcm__Cluster__Request *req);
-/* Routes FILES / FILE_GET from member nodes to fn (NULL: refused). */
-void pmm_lc_set_files_handler(pmm_lc *lc, pmm_lc_files_fn fn, void *ud);
-/* Sends resp (packed here; the caller keeps ownership of resp) and
- * closes the connection; frees sr. Loop thread; never touches lc. */
-void pmm_lc_sreq_reply(pmm_lc_sreq *sr,
-                       const struct Pmgcm__Cluster__Response *resp);
+/* Answers a node API request with resp (packed here; the caller keeps
+ * ownership of resp); frees r (pmm_api_reply). Never touches lc. */
+void pmm_lc_api_reply(pmm_api_req *r,
+                      const struct Pmgcm__Cluster__Response *resp);
 /* Outcome of pmm_lc_call_master: rc 0 and resp (valid only during the
  * call), or -errno with resp NULL (-ECANCELED: lc is closing). */
 typedef void (*pmm_lc_resp_fn)(void *ud, int rc,

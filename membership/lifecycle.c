@@ -8,17 +8,17 @@
  * A config change is made in memory, written, and only then announced or
  * answered, so nothing is promised that a crash could take back.
  *
- * The node API (TLS, one Request frame -> one Response frame):
+ * The requests lifecycle serves on the node API (net/net.h; TLS, one
+ * Request frame -> one Response frame):
  *   JOIN    from anybody (unauthenticated certificate) to the master;
  *           password checked, cid assigned, config + keyring returned.
  *   FETCH   from a node of the config: the config + keyring.
  *   REMOVED from the master to a deleted node: stop taking part.
+ * Lifecycle is also the node API's gate: the certificates of the config's
+ * nodes are the known ones.
  */
 #include "membership/cluster.h"
 #include "membership/cluster.pb-c.h"
-#include "files/files.h"
-#include "net/guard.h"
-#include "daemon/daemon.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -28,39 +28,21 @@
 #include <string.h>
 #include <uv.h>
 
-#define OP_TIMEOUT_MS 5000
 #define HEAL_INTERVAL_MS 5000
 #define ROT_WAIT_MS 10000
-#define FRAME_MAX (8u << 20)
-/* the node API's limits on unauthenticated peers (see membership/tls.h
- * for the handshakes, membership/guard.h for the choice of what goes) */
-#define API_HANDSHAKES_MAX 32     /* unfinished TLS handshakes at once ... */
-#define API_HANDSHAKES_PER_SRC 4  /* ... from one address */
-#define API_HANDSHAKE_MS 5000     /* accept to verify */
-#define API_JOINERS_MAX 16        /* unknown certificates past the handshake */
-#define API_JOINERS_PER_SRC 2
-#define API_CONNS_HARD_MAX 4096   /* a safety net over everything */
-/* known nodes' streams: subscribe + per-origin per peer, fetches, files */
-#define API_STREAMS_BASE 64
-#define API_STREAMS_PER_NODE 3
-
 typedef Pmgcm__Cluster__Request Req;
 typedef Pmgcm__Cluster__Response Resp;
 
 typedef struct op op;
 typedef void (*op_done_fn)(op *o, int rc, const Resp *resp);
 
-/* an outgoing request: TLS connect, one frame out, one frame back */
+/* an outgoing request (a node API call): what it is for */
 struct op {
     pmm_lc *lc;
     op *next;
-    pmm_tls_conn *conn;
-    uint8_t *req;
-    size_t req_len;
+    pmm_api_call *call;
     op_done_fn done;
-    bool finished;
-    bool probe_only; /* capture the server fingerprint and refuse */
-    pmm_tls_fp seen_fp;
+    pmm_tls_fp seen_fp; /* the server's fingerprint (fingerprint probe) */
     bool got_fp;
     pmm_ctl_req *ctl;
     char target[80];
@@ -70,20 +52,6 @@ struct op {
     pmm_lc_resp_fn ext_fn; /* pmm_lc_call_master: always called once */
     void *ext_ud;
 };
-
-/* an incoming connection on the node API */
-typedef struct sconn {
-    pmm_lc *lc;
-    pmm_tls_conn *conn; /* NULL once closed while work was pending */
-    bool busy;
-    char peer_ip[PMM_IP_STR_MAX + 1];
-    void *stream; /* a store stream (repl.c) owns the connection */
-    /* what it counts against: a known node's stream, or a joiner */
-    bool node, joiner;
-    pmm_src src;
-    uint64_t seq;
-    struct sconn *jprev, *jnext; /* lc->joiners, oldest first */
-} sconn;
 
 typedef struct save_waiter {
     void (*fn)(pmm_lc *lc, int rc, void *arg);
@@ -96,9 +64,7 @@ struct pmm_lc {
     pmm_lc_env env;
     uv_loop_t *loop;
     char data_dir[PMM_PATH_MAX];
-    char tls_dir[PMM_PATH_MAX + 8];
-    pmm_tls_identity *tls;
-    pmm_tls_server *srv;
+    pmm_api *api;
     bool in_cluster;
     pmm_cluster cl;
     bool closing;
@@ -110,13 +76,7 @@ struct pmm_lc {
     bool save_again;  /* state changed while a write was in flight */
     save_waiter *waiting, *inflight;
 
-    pmm_thr *thr; /* the join throttle (guard.h), made at the first join */
-    /* node API connections past the handshake */
-    uint32_t n_node_conns, n_joiners;
-    sconn *joiners, *joiners_last;
-    uint64_t sconn_seq;
-    uint64_t refused_streams, refused_joiners;
-    uint64_t last_refuse_log;
+    pmm_thr *thr; /* the join throttle (net.h), made at the first join */
 
     /* newest config position announced by anyone (ours included) */
     uint64_t seen_epoch, seen_version;
@@ -139,7 +99,6 @@ struct pmm_lc {
     int refs; /* outstanding work, timers and requests */
     uint64_t next_heal_ms;
 
-    struct pmm_repl *repl; /* the store's streams (repl.c), or NULL */
     char promote_lost[600]; /* promote --accept-data-loss: what is lost */
     /* a promote waiting for this node to catch up (promote_step) */
     uv_timer_t promo_timer;
@@ -147,25 +106,11 @@ struct pmm_lc {
     bool promo_force, promo_accept, promo_said;
     bool promo_moved; /* the position moved since the promote began */
     uint64_t promo_deadline, promo_moved_at, promo_seq;
-
-    /* mirrored files (files.c): FILES / FILE_GET requests go there */
-    pmm_lc_files_fn files_fn;
-    void *files_ud;
 };
 
 static void lc_unref(pmm_lc *lc);
 
-static void lc_log(pmm_log_level l, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static void lc_log(pmm_log_level l, const char *fmt, ...)
-{
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof(buf), fmt, ap);
-    va_end(ap);
-    pmm_log(l, "cluster", "%s", buf);
-}
+#define lc_log(l, ...) pmm_log(l, "cluster", __VA_ARGS__)
 
 static gsp_core *core(pmm_lc *lc)
 {
@@ -192,25 +137,6 @@ static bool is_master(const pmm_lc *lc)
 {
     const pmm_cnode *s = self_node(lc);
     return s && s->master;
-}
-
-static int make_sockaddr(const char *ip, uint16_t port,
-                         struct sockaddr_storage *ss)
-{
-    memset(ss, 0, sizeof(*ss));
-    struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
-    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
-    if (inet_pton(AF_INET, ip, &s4->sin_addr) == 1) {
-        s4->sin_family = AF_INET;
-        s4->sin_port = htons(port);
-        return 0;
-    }
-    if (inet_pton(AF_INET6, ip, &s6->sin6_addr) == 1) {
-        s6->sin6_family = AF_INET6;
-        s6->sin6_port = htons(port);
-        return 0;
-    }
-    return -EINVAL;
 }
 
 static void self_ip(const pmm_lc *lc, char *buf, size_t len)
@@ -373,7 +299,7 @@ static void announce(pmm_lc *lc)
     gsp_uv_kick(lc->env.u);
 }
 
-/* ---- outgoing requests ----------------------------------------------------------- */
+/* ---- outgoing requests (node API calls) ------------------------------------------- */
 
 static void op_free(op *o)
 {
@@ -384,15 +310,12 @@ static void op_free(op *o)
             break;
         }
     }
-    free(o->req);
     free(o);
     lc_unref(lc);
 }
 
 static void op_finish(op *o, int rc, const Resp *resp)
 {
-    if (o->finished) return;
-    o->finished = true;
     if (o->ext_fn) {
         bool c = o->lc->closing;
         o->ext_fn(o->ext_ud, c ? -ECANCELED : rc, c ? NULL : resp);
@@ -401,79 +324,57 @@ static void op_finish(op *o, int rc, const Resp *resp)
     if (o->done && !o->lc->closing) o->done(o, rc, resp);
 }
 
-static int op_verify(pmm_tls_conn *c, const pmm_tls_fp *peer, void *ud)
+/* The call's outcome, exactly once: the op ends here. */
+static void op_called(pmm_api_call *c, int rc, const uint8_t *data,
+                      size_t len, void *ud)
 {
     op *o = ud;
-    o->seen_fp = *peer;
-    o->got_fp = true;
-    return o->probe_only ? PMM_TLS_REFUSE : PMM_TLS_ACCEPT_NODE;
-}
-
-static void op_open(pmm_tls_conn *c, void *ud)
-{
-    op *o = ud;
-    int rc = pmm_tls_send(c, o->req, o->req_len);
+    o->call = NULL;
+    o->got_fp = pmm_api_call_peer(c, &o->seen_fp) == 0;
     if (rc) {
         op_finish(o, rc, NULL);
-        pmm_tls_conn_abort(c);
-    }
-}
-
-static void op_frame(pmm_tls_conn *c, const uint8_t *data, size_t len,
-                     void *ud)
-{
-    op *o = ud;
-    Resp *r = pmgcm__cluster__response__unpack(NULL, len, data);
-    if (!r) {
-        op_finish(o, -EPROTO, NULL);
     } else {
-        op_finish(o, 0, r);
-        pmgcm__cluster__response__free_unpacked(r, NULL);
+        Resp *r = pmgcm__cluster__response__unpack(NULL, len, data);
+        if (!r) {
+            op_finish(o, -EPROTO, NULL);
+        } else {
+            op_finish(o, 0, r);
+            pmgcm__cluster__response__free_unpacked(r, NULL);
+        }
     }
-    pmm_tls_conn_close(c);
-}
-
-static void op_close(pmm_tls_conn *c, int reason, void *ud)
-{
-    op *o = ud;
-    op_finish(o, reason ? reason : -ECONNRESET, NULL);
     op_free(o);
 }
 
-/* Starts a request to ip:port. expected NULL with probe_only: fingerprint
- * probe. The request message is packed here. 0 or -errno (then done was
- * not called and o is freed). */
+/* Starts a request to ip:port pinned to expected_fp; expected_fp NULL (and
+ * req NULL): a fingerprint probe. The request message is packed here. 0
+ * or -errno (then done was not called and o is freed). */
 static int op_start(pmm_lc *lc, op *o, const char *ip, uint16_t port,
                     const char *expected_fp, const Req *req)
 {
-    struct sockaddr_storage ss;
+    uint8_t *buf = NULL;
+    size_t len = 0;
     snprintf(o->target, sizeof(o->target), "%s:%u", ip, port);
     o->lc = lc;
-    int rc = make_sockaddr(ip, port, &ss);
+    int rc = 0;
     pmm_tls_fp fp;
-    if (!rc && expected_fp && pmm_tls_fp_parse(&fp, expected_fp)) rc = -EINVAL;
+    if (expected_fp && pmm_tls_fp_parse(&fp, expected_fp)) rc = -EINVAL;
     if (!rc && req) {
-        o->req_len = pmgcm__cluster__request__get_packed_size(req);
-        o->req = malloc(o->req_len ? o->req_len : 1);
-        if (!o->req) rc = -ENOMEM;
-        else pmgcm__cluster__request__pack(req, o->req);
+        len = pmgcm__cluster__request__get_packed_size(req);
+        buf = malloc(len ? len : 1);
+        if (!buf) rc = -ENOMEM;
+        else pmgcm__cluster__request__pack(req, buf);
     }
     if (rc) {
-        free(o->req);
+        free(buf);
         free(o);
         return rc;
     }
-    pmm_tls_callbacks cb = {.ud = o, .verify = op_verify, .open = op_open,
-                            .frame = op_frame, .close = op_close};
-    pmm_tls_opts opts;
-    pmm_tls_opts_default(&opts);
-    opts.max_frame = FRAME_MAX;
-    opts.idle_timeout_ms = 15000;
     o->next = lc->ops;
     lc->ops = o;
     lc->refs++;
-    rc = pmm_tls_connect(&o->conn, lc->loop, (struct sockaddr *)&ss, lc->tls,
-                         expected_fp ? &fp : NULL, &cb, OP_TIMEOUT_MS, &opts);
+    rc = pmm_api_call_start(lc->api, ip, port, expected_fp ? &fp : NULL, buf,
+                            len, op_called, o, &o->call);
+    free(buf);
     if (rc) {
         op_free(o);
         return rc;
@@ -814,34 +715,42 @@ static uv_timer_t *unleave_timer_new(pmm_lc *lc)
 
 /* ---- the node API server ----------------------------------------------------------- */
 
-static void sconn_reply(sconn *s, bool ok, const char *error,
-                        const pmm_cluster *cfg, bool with_keys, uint32_t cid)
+void pmm_lc_api_reply(pmm_api_req *r, const Resp *resp)
 {
-    if (!s->conn) return;
-    Resp r = PMGCM__CLUSTER__RESPONSE__INIT;
-    r.ok = ok;
-    r.error = (char *)error;
-    Pmgcm__Cluster__Config *pc = NULL;
-    if (cfg && pmm_cluster_to_pb(cfg, with_keys, &pc) == 0) r.config = pc;
-    if (cid) {
-        r.has_cid = 1;
-        r.cid = cid;
-    }
-    size_t len = pmgcm__cluster__response__get_packed_size(&r);
+    size_t len = pmgcm__cluster__response__get_packed_size(resp);
     uint8_t *buf = malloc(len ? len : 1);
-    if (buf) {
-        pmgcm__cluster__response__pack(&r, buf);
-        if (pmm_tls_send_owned(s->conn, buf, len)) free(buf);
+    if (!buf) {
+        pmm_api_refuse(r, "out of memory");
+        return;
     }
+    pmgcm__cluster__response__pack(resp, buf);
+    pmm_api_reply(r, buf, len);
+    free(buf);
+}
+
+/* Answers r (and frees it): ok or the error, a config with or without its
+ * keys, a cid. */
+static void api_answer(pmm_api_req *r, bool ok, const char *error,
+                       const pmm_cluster *cfg, bool with_keys, uint32_t cid)
+{
+    Resp resp = PMGCM__CLUSTER__RESPONSE__INIT;
+    resp.ok = ok;
+    resp.error = (char *)error;
+    Pmgcm__Cluster__Config *pc = NULL;
+    if (cfg && pmm_cluster_to_pb(cfg, with_keys, &pc) == 0) resp.config = pc;
+    if (cid) {
+        resp.has_cid = 1;
+        resp.cid = cid;
+    }
+    pmm_lc_api_reply(r, &resp);
     pmm_cluster_pb_free(pc);
-    pmm_tls_conn_close(s->conn);
 }
 
 typedef struct join_job {
     uv_work_t w;
     uv_timer_t delay;
     pmm_lc *lc;
-    sconn *s;
+    pmm_api_req *r;
     char password[PMM_PASSWORD_MAX + 1];
     uint8_t salt[PMM_SALT_LEN];
     uint32_t iter;
@@ -852,21 +761,6 @@ typedef struct join_job {
     char *schema; /* the joiner's table definitions, or NULL */
 } join_job;
 
-/* A server connection holds a reference on lc: its close can come after
- * pmm_lc_close (a graceful TLS close finishes on a later loop turn). */
-static void sconn_free(sconn *s)
-{
-    pmm_lc *lc = s->lc;
-    free(s);
-    lc_unref(lc);
-}
-
-static void sconn_release(sconn *s)
-{
-    s->busy = false;
-    if (!s->conn) sconn_free(s);
-}
-
 static void join_job_free(join_job *j)
 {
     memset(j->password, 0, sizeof(j->password));
@@ -875,29 +769,28 @@ static void join_job_free(join_job *j)
 }
 
 typedef struct join_saved {
-    sconn *s;
+    pmm_api_req *r;
     uint32_t cid;
 } join_saved;
 
 static void join_after_save(pmm_lc *lc, int rc, void *arg)
 {
     join_saved *js = arg;
-    sconn *s = js->s;
+    pmm_api_req *r = js->r;
     if (rc == -ECANCELED) {
         free(js);
-        sconn_release(s);
+        pmm_api_refuse(r, "the master is shutting down");
         return;
     }
     if (rc) {
-        sconn_reply(s, false, "the master could not write its config", NULL,
-                    false, 0);
+        api_answer(r, false, "the master could not write its config", NULL,
+                   false, 0);
     } else {
-        sconn_reply(s, true, NULL, &lc->cl, true, js->cid);
+        api_answer(r, true, NULL, &lc->cl, true, js->cid);
         announce(lc);
         changed(lc);
     }
     free(js);
-    sconn_release(s);
 }
 
 static void join_delay_closed(uv_handle_t *h)
@@ -912,8 +805,7 @@ static void join_delay_done(uv_timer_t *t)
 {
     join_job *j = t->data;
     pmm_thr_end(j->lc->thr, j->thr_slot, false, now_ms(j->lc));
-    sconn_reply(j->s, false, "wrong password", NULL, false, 0);
-    sconn_release(j->s);
+    api_answer(j->r, false, "wrong password", NULL, false, 0);
     uv_close((uv_handle_t *)&j->delay, join_delay_closed);
 }
 
@@ -925,11 +817,10 @@ static void join_hash_work(uv_work_t *w)
 
 static void join_hash_body(join_job *j, int status, pmm_lc *lc)
 {
-    sconn *s = j->s;
+    pmm_api_req *r = j->r;
     if (status || j->rc || lc->closing) {
         pmm_thr_end(lc->thr, j->thr_slot, false, now_ms(lc));
-        sconn_reply(s, false, "internal error", NULL, false, 0);
-        sconn_release(s);
+        api_answer(r, false, "internal error", NULL, false, 0);
         join_job_free(j);
         return;
     }
@@ -944,11 +835,11 @@ static void join_hash_body(join_job *j, int status, pmm_lc *lc)
         pmm_thr_stats ts;
         char grp[64];
         pmm_thr_stats_get(lc->thr, now_ms(lc), &ts);
-        pmm_src_str(&s->src, true, grp, sizeof(grp));
+        pmm_src_str(pmm_api_req_src(r), true, grp, sizeof(grp));
         lc_log(PMM_LOG_WARN, "join from %s: wrong password (attempt %u, "
                "answer delayed %llu ms) [attempts counted for %s; %u more "
                "wrong passwords from anywhere before the master pauses "
-               "joins]", s->peer_ip, fails, (unsigned long long)d, grp,
+               "joins]", pmm_api_req_ip(r), fails, (unsigned long long)d, grp,
                ts.tokens);
         uv_timer_init(lc->loop, &j->delay);
         j->delay.data = j;
@@ -969,11 +860,11 @@ static void join_hash_body(join_job *j, int status, pmm_lc *lc)
             snprintf(eb, sizeof(eb), "this node is already in the cluster as "
                      "%s (cid %u)", c->name, c->cid);
             why = eb;
-        } else if (j->schema && pmm_repl_schema(lc->repl) &&
-                   strcmp(j->schema, pmm_repl_schema(lc->repl)) != 0) {
+        } else if (j->schema && lc->env.schema_diff &&
+                   lc->env.schema_diff(lc->env.ud, j->schema, NULL, 0)) {
             /* told only to a joiner that knows the password */
             char d[600];
-            pst_schema_diff(j->schema, pmm_repl_schema(lc->repl), d, sizeof(d));
+            lc->env.schema_diff(lc->env.ud, j->schema, d, sizeof(d));
             lc_log(PMM_LOG_WARN, "join of %s refused: schema mismatch: %s",
                    j->cand.name, d);
             snprintf(sbuf, sizeof(sbuf), "schema mismatch: %s (nothing was "
@@ -986,15 +877,13 @@ static void join_hash_body(join_job *j, int status, pmm_lc *lc)
      * the master changed under us: then there was no verdict) */
     pmm_thr_end(lc->thr, j->thr_slot, is_master(lc), now_ms(lc));
     if (why) {
-        sconn_reply(s, false, why, NULL, false, 0);
-        sconn_release(s);
+        api_answer(r, false, why, NULL, false, 0);
         join_job_free(j);
         return;
     }
     uint32_t cid;
     if (pmm_cluster_add(&lc->cl, &j->cand, &cid)) {
-        sconn_reply(s, false, "the cluster is full", NULL, false, 0);
-        sconn_release(s);
+        api_answer(r, false, "the cluster is full", NULL, false, 0);
         join_job_free(j);
         return;
     }
@@ -1003,11 +892,11 @@ static void join_hash_body(join_job *j, int status, pmm_lc *lc)
            j->cand.name, j->cand.ip, cid, (unsigned long long)lc->cl.version);
     join_saved *js = calloc(1, sizeof(*js));
     if (!js) {
-        sconn_release(s);
+        api_answer(r, false, "internal error", NULL, false, 0);
         join_job_free(j);
         return;
     }
-    js->s = s;
+    js->r = r;
     js->cid = cid;
     join_job_free(j);
     save(lc, join_after_save, js);
@@ -1022,12 +911,12 @@ static void join_hash_after(uv_work_t *w, int status)
     lc_unref(lc);
 }
 
-static void handle_join(pmm_lc *lc, sconn *s, const Req *r)
+static void handle_join(pmm_lc *lc, pmm_api_req *r, const Req *q)
 {
-    const Pmgcm__Cluster__JoinRequest *jr = r->join;
+    const Pmgcm__Cluster__JoinRequest *jr = q->join;
     char eb[200];
     if (!lc->in_cluster) {
-        sconn_reply(s, false, "no cluster is defined on this node", NULL,
+        api_answer(r, false, "no cluster is defined on this node", NULL,
                     false, 0);
         return;
     }
@@ -1035,7 +924,7 @@ static void handle_join(pmm_lc *lc, sconn *s, const Req *r)
         const pmm_cnode *m = pmm_cluster_master(&lc->cl);
         snprintf(eb, sizeof(eb), "this node is not the master; the master is "
                  "%s (%s)", m ? m->name : "?", m ? m->ip : "?");
-        sconn_reply(s, false, eb, NULL, false, 0);
+        api_answer(r, false, eb, NULL, false, 0);
         return;
     }
     if (!jr || !jr->password || !jr->name || !jr->ip ||
@@ -1043,17 +932,20 @@ static void handle_join(pmm_lc *lc, sconn *s, const Req *r)
         jr->node_id.len != GSP_ID_LEN || !jr->gossip_port ||
         jr->gossip_port > 65535 || !jr->api_port || jr->api_port > 65535 ||
         strlen(jr->name) > GSP_NAME_MAX || !pmm_ip_literal_ok(jr->ip)) {
-        sconn_reply(s, false, "malformed join request", NULL, false, 0);
+        api_answer(r, false, "malformed join request", NULL, false, 0);
         return;
     }
     if (!lc->thr && !(lc->thr = pmm_thr_new(NULL, now_ms(lc)))) {
-        sconn_reply(s, false, "internal error", NULL, false, 0);
+        api_answer(r, false, "internal error", NULL, false, 0);
         return;
     }
     join_job *j = calloc(1, sizeof(*j));
-    if (!j) return;
+    if (!j) {
+        api_answer(r, false, "internal error", NULL, false, 0);
+        return;
+    }
     j->lc = lc;
-    j->s = s;
+    j->r = r;
     snprintf(j->password, sizeof(j->password), "%s", jr->password);
     memcpy(j->salt, lc->cl.salt, PMM_SALT_LEN);
     j->iter = lc->cl.iter;
@@ -1065,7 +957,7 @@ static void handle_join(pmm_lc *lc, sconn *s, const Req *r)
     memcpy(c->node_id.b, jr->node_id.data, GSP_ID_LEN);
     if (jr->schema) j->schema = strdup(jr->schema); /* NULL: not compared */
     pmm_tls_fp fp;
-    pmm_tls_conn_peer_fp(s->conn, &fp);
+    pmm_api_req_peer_fp(r, &fp);
     pmm_tls_fp_str(&fp, c->fp, sizeof(c->fp));
     /* validate the candidate as part of a config before any work */
     pmm_cluster probe;
@@ -1082,7 +974,7 @@ static void handle_join(pmm_lc *lc, sconn *s, const Req *r)
                 pmm_cluster_clear(&probe);
                 join_job_free(j);
                 snprintf(eb, sizeof(eb), "invalid join request: %s", why);
-                sconn_reply(s, false, eb, NULL, false, 0);
+                api_answer(r, false, eb, NULL, false, 0);
                 return;
             }
         }
@@ -1094,8 +986,9 @@ static void handle_join(pmm_lc *lc, sconn *s, const Req *r)
     {
         uint64_t retry = 0;
         char grp[64];
-        pmm_src_str(&s->src, true, grp, sizeof(grp));
-        switch (pmm_thr_begin(lc->thr, &s->src, now_ms(lc), &j->thr_slot,
+        pmm_src_str(pmm_api_req_src(r), true, grp, sizeof(grp));
+        switch (pmm_thr_begin(lc->thr, pmm_api_req_src(r), now_ms(lc),
+                              &j->thr_slot,
                               &retry)) {
         case PMM_THR_GO:
             break;
@@ -1108,267 +1001,103 @@ static void handle_join(pmm_lc *lc, sconn *s, const Req *r)
                      "master recently (from any address); retry in %llu s",
                      (unsigned long long)(retry + 999) / 1000);
             lc_log(PMM_LOG_WARN, "join from %s refused: the cluster-wide "
-                   "budget of wrong passwords is spent", s->peer_ip);
+                   "budget of wrong passwords is spent", pmm_api_req_ip(r));
             break;
         case PMM_THR_FULL:
             snprintf(eb, sizeof(eb), "too many addresses are trying join "
                      "passwords on this master; retry in %llu s",
                      (unsigned long long)(retry + 999) / 1000);
             lc_log(PMM_LOG_WARN, "join from %s refused: every throttle slot "
-                   "holds a recently failing address", s->peer_ip);
+                   "holds a recently failing address", pmm_api_req_ip(r));
             break;
         }
         if (eb[0] != '\0') {
             join_job_free(j);
-            sconn_reply(s, false, eb, NULL, false, 0);
+            api_answer(r, false, eb, NULL, false, 0);
             return;
         }
     }
-    s->busy = true;
     j->w.data = j;
     lc->refs++;
     if (uv_queue_work(lc->loop, &j->w, join_hash_work, join_hash_after)) {
         lc_unref(lc);
         pmm_thr_end(lc->thr, j->thr_slot, false, now_ms(lc));
-        s->busy = false;
         join_job_free(j);
-        sconn_reply(s, false, "internal error", NULL, false, 0);
+        api_answer(r, false, "internal error", NULL, false, 0);
     }
 }
 
-static void handle_removed(pmm_lc *lc, sconn *s, const Req *r)
+static void handle_removed(pmm_lc *lc, pmm_api_req *r)
 {
     const pmm_cnode *m = pmm_cluster_master(&lc->cl);
     pmm_tls_fp fp;
-    char fps[PMM_TLS_FP_STR_SIZE];
-    pmm_tls_conn_peer_fp(s->conn, &fp);
-    pmm_tls_fp_str(&fp, fps, sizeof(fps));
+    char fps[PMM_TLS_FP_STR_SIZE] = "";
+    if (pmm_api_req_peer_fp(r, &fp) == 0)
+        pmm_tls_fp_str(&fp, fps, sizeof(fps));
     if (!m || pmm_tls_fp_str_eq(m->fp, fps) != 1) {
-        sconn_reply(s, false, "only the master can remove this node", NULL,
-                    false, 0);
+        api_answer(r, false, "only the master can remove this node", NULL,
+                   false, 0);
         return;
     }
-    sconn_reply(s, true, NULL, NULL, false, 0);
+    api_answer(r, true, NULL, NULL, false, 0);
     removed_from_cluster(lc, "deleted by the master");
 }
 
-/* Known nodes' streams allowed at once: room for every peer's subscribe
- * and per-origin streams (the master serves 2(N-1)), fetches and files. */
-static uint32_t streams_max(const pmm_lc *lc)
+/* The request in frame, or NULL with r answered. */
+static Req *api_unpack(pmm_api_req *r, const uint8_t *frame, size_t len)
 {
-    size_t n = lc->in_cluster ? lc->cl.n_nodes : 1;
-    return API_STREAMS_BASE + API_STREAMS_PER_NODE * (uint32_t)n;
+    Req *q = pmgcm__cluster__request__unpack(NULL, len, frame);
+    if (!q) api_answer(r, false, "malformed request", NULL, false, 0);
+    return q;
 }
 
-static void joiner_unlink(pmm_lc *lc, sconn *s)
+static void on_join(void *ud, pmm_api_req *r, const uint8_t *frame,
+                    size_t len)
 {
-    if (!s->joiner)
-        return;
-    s->joiner = false;
-    if (s->jprev) s->jprev->jnext = s->jnext;
-    else lc->joiners = s->jnext;
-    if (s->jnext) s->jnext->jprev = s->jprev;
-    else lc->joiners_last = s->jprev;
-    s->jprev = s->jnext = NULL;
-    lc->n_joiners--;
+    Req *q = api_unpack(r, frame, len);
+    if (!q) return;
+    handle_join(ud, r, q);
+    pmgcm__cluster__request__free_unpacked(q, NULL);
 }
 
-/* Room for a new joiner from src: at the per-address cap that address's
- * oldest idle joiner goes, at the global cap the oldest idle one of the
- * address holding the most. A joiner whose request is being handled
- * (busy: hashing, its wrong password's delay) is never dropped. false when
- * there is no room. */
-static bool joiner_room(pmm_lc *lc, const pmm_src *src)
-{
-    pmm_guard_ent e[API_JOINERS_MAX + 1];
-    sconn *who[API_JOINERS_MAX + 1];
-    size_t n = 0, v;
-    uint32_t same = 0;
-
-    memset(e, 0, sizeof(e));
-    for (sconn *o = lc->joiners; o && n < API_JOINERS_MAX + 1; o = o->jnext) {
-        e[n].src = o->src;
-        e[n].cls = o->busy || o->stream ? -1 : 0;
-        e[n].seq = o->seq;
-        who[n++] = o;
-        if (pmm_src_eq(&o->src, src)) same++;
-    }
-    if (same >= API_JOINERS_PER_SRC) {
-        v = pmm_guard_victim_of(e, n, SIZE_MAX, src);
-        if (v >= n) return false;
-        pmm_tls_conn_abort(who[v]->conn);
-        joiner_unlink(lc, who[v]);
-        return lc->n_joiners < API_JOINERS_MAX || joiner_room(lc, src);
-    }
-    if (lc->n_joiners < API_JOINERS_MAX) return true;
-    v = pmm_guard_victim(e, n, SIZE_MAX);
-    if (v >= n) return false;
-    pmm_tls_conn_abort(who[v]->conn);
-    joiner_unlink(lc, who[v]);
-    return true;
-}
-
-static int srv_verify(pmm_tls_conn *c, const pmm_tls_fp *peer, void *ud)
+static void on_fetch(void *ud, pmm_api_req *r, const uint8_t *frame,
+                     size_t len)
 {
     pmm_lc *lc = ud;
-    struct sockaddr_storage ss;
-    pmm_src src;
-    char fps[PMM_TLS_FP_STR_SIZE];
-    bool known;
-
-    memset(&ss, 0, sizeof(ss));
-    pmm_tls_conn_peer_addr(c, &ss);
-    pmm_src_from_sa(&src, (struct sockaddr *)&ss);
-    pmm_tls_fp_str(peer, fps, sizeof(fps));
-    known = lc->in_cluster && pmm_cluster_by_fp(&lc->cl, fps);
-    if (known && lc->n_node_conns >= streams_max(lc)) {
-        lc->refused_streams++;
-        if (now_ms(lc) >= lc->last_refuse_log + 10000) {
-            lc->last_refuse_log = now_ms(lc);
-            lc_log(PMM_LOG_WARN, "node API: %u streams of known nodes open "
-                   "(the most for %zu nodes): one more refused (%llu so far)",
-                   lc->n_node_conns, lc->cl.n_nodes,
-                   (unsigned long long)lc->refused_streams);
-        }
-        pmm_tls_conn_set_ud(c, NULL);
-        return PMM_TLS_REFUSE;
-    }
-    if (!known && !joiner_room(lc, &src)) {
-        lc->refused_joiners++;
-        pmm_tls_conn_set_ud(c, NULL);
-        return PMM_TLS_REFUSE;
-    }
-    sconn *s = calloc(1, sizeof(*s));
-    if (!s) {
-        pmm_tls_conn_set_ud(c, NULL);
-        return PMM_TLS_REFUSE;
-    }
-    s->lc = lc;
-    lc->refs++; /* dropped by sconn_free */
-    s->conn = c;
-    s->src = src;
-    s->seq = ++lc->sconn_seq;
-    if (ss.ss_family == AF_INET)
-        inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr,
-                  s->peer_ip, sizeof(s->peer_ip));
-    else if (ss.ss_family == AF_INET6)
-        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr,
-                  s->peer_ip, sizeof(s->peer_ip));
-    pmm_tls_conn_set_ud(c, s);
-    if (known) {
-        s->node = true;
-        lc->n_node_conns++;
-        return PMM_TLS_ACCEPT_NODE;
-    }
-    s->joiner = true;
-    s->jprev = lc->joiners_last;
-    if (lc->joiners_last) lc->joiners_last->jnext = s;
-    else lc->joiners = s;
-    lc->joiners_last = s;
-    lc->n_joiners++;
-    /* an unauthenticated joiner only ever sends a small join request */
-    pmm_tls_conn_set_max_frame(c, 64 * 1024);
-    pmm_tls_conn_set_idle_timeout(c, 15000);
-    return PMM_TLS_ACCEPT_JOINER;
+    (void)frame;
+    (void)len;
+    if (!lc->in_cluster)
+        api_answer(r, false, "no cluster is defined on this node", NULL,
+                   false, 0);
+    else if (!pmm_api_req_member(r))
+        api_answer(r, false, "not a member of this cluster", NULL, false, 0);
+    else
+        api_answer(r, true, NULL, &lc->cl, true, 0);
 }
 
-static void srv_frame(pmm_tls_conn *c, const uint8_t *data, size_t len,
-                      void *ud)
+static void on_removed(void *ud, pmm_api_req *r, const uint8_t *frame,
+                       size_t len)
 {
-    sconn *s = ud;
-    pmm_lc *lc = s->lc;
-    if (s->stream) {
-        pmm_repl_srv_frame(s->stream, data, len);
-        return;
-    }
-    if (s->busy) return; /* one request per connection */
-    pmm_tls_conn_pause(c);
-    Req *r = pmgcm__cluster__request__unpack(NULL, len, data);
-    if (!r) {
-        sconn_reply(s, false, "malformed request", NULL, false, 0);
-        return;
-    }
-    bool node = pmm_tls_conn_peer_kind(c) == PMM_TLS_ACCEPT_NODE;
-    switch (r->kind) {
-    case PMGCM__CLUSTER__REQUEST__KIND__JOIN:
-        handle_join(lc, s, r);
-        break;
-    case PMGCM__CLUSTER__REQUEST__KIND__FETCH:
-        if (!lc->in_cluster)
-            sconn_reply(s, false, "no cluster is defined on this node", NULL,
-                        false, 0);
-        else if (!node)
-            sconn_reply(s, false, "not a member of this cluster", NULL, false,
-                        0);
-        else
-            sconn_reply(s, true, NULL, &lc->cl, true, 0);
-        break;
-    case PMGCM__CLUSTER__REQUEST__KIND__REMOVED:
-        if (!lc->in_cluster || !node)
-            sconn_reply(s, false, "refused", NULL, false, 0);
-        else
-            handle_removed(lc, s, r);
-        break;
-    case PMGCM__CLUSTER__REQUEST__KIND__STORE:
-        if (!lc->in_cluster || !node)
-            sconn_reply(s, false, "not a member of this cluster", NULL, false,
-                        0);
-        else if (!lc->repl)
-            sconn_reply(s, false, "no replicated database on this node",
-                        NULL, false, 0);
-        else if (!r->has_store)
-            sconn_reply(s, false, "malformed store request", NULL, false, 0);
-        else {
-            char why[256];
-            s->stream = pmm_repl_serve(lc->repl, c, r->store.data,
-                                       r->store.len, why, sizeof(why));
-            if (!s->stream) sconn_reply(s, false, why, NULL, false, 0);
-            else pmm_tls_conn_resume(c);
-        }
-        break;
-    case PMGCM__CLUSTER__REQUEST__KIND__FILES:
-    case PMGCM__CLUSTER__REQUEST__KIND__FILE_GET:
-        if (!lc->in_cluster || !node)
-            sconn_reply(s, false, "not a member of this cluster", NULL, false,
-                        0);
-        else if (!lc->files_fn)
-            sconn_reply(s, false, "no mirrored files on this node", NULL,
-                        false, 0);
-        else {
-            s->busy = true; /* until pmm_lc_sreq_reply */
-            lc->files_fn(lc->files_ud, (pmm_lc_sreq *)s, r);
-        }
-        break;
-    default:
-        sconn_reply(s, false, "unknown request", NULL, false, 0);
-    }
-    pmgcm__cluster__request__free_unpacked(r, NULL);
+    pmm_lc *lc = ud;
+    (void)frame;
+    (void)len;
+    if (!lc->in_cluster || !pmm_api_req_member(r))
+        api_answer(r, false, "refused", NULL, false, 0);
+    else
+        handle_removed(lc, r);
 }
 
-static void srv_writable(pmm_tls_conn *c, void *ud)
+/* The gate of the node API: the config's nodes are the known ones. */
+static bool gate_known(void *ud, const char *fp)
 {
-    sconn *s = ud;
-    (void)c;
-    if (s && s->stream) pmm_repl_srv_writable(s->stream);
+    pmm_lc *lc = ud;
+    return lc->in_cluster && pmm_cluster_by_fp(&lc->cl, fp);
 }
 
-static void srv_close(pmm_tls_conn *c, int reason, void *ud)
+static size_t gate_nodes(void *ud)
 {
-    sconn *s = ud;
-    (void)c;
-    (void)reason;
-    if (!s) return;
-    joiner_unlink(s->lc, s);
-    if (s->node) {
-        s->node = false;
-        s->lc->n_node_conns--;
-    }
-    if (s->stream) {
-        pmm_repl_srv_close(s->stream);
-        s->stream = NULL;
-    }
-    s->conn = NULL;
-    if (!s->busy) sconn_free(s);
+    pmm_lc *lc = ud;
+    return lc->in_cluster ? lc->cl.n_nodes : 1;
 }
 
 /* ---- control commands ------------------------------------------------------------ */
@@ -1406,7 +1135,7 @@ static void create_saved(pmm_lc *lc, int rc, void *arg)
     changed(lc);
     char extra[256];
     snprintf(extra, sizeof(extra), "\"cid\":1,\"fingerprint\":\"%s\"",
-             pmm_tls_identity_fp_str(lc->tls));
+             pmm_lc_fingerprint(lc));
     lc_log(PMM_LOG_INFO, "cluster created; this node is master (cid 1)");
     pmm_ctl_reply_ok(ctl, extra);
 }
@@ -1494,7 +1223,7 @@ static void cmd_create(pmm_lc *lc, pmm_ctl_req *ctl, const pmm_json *args)
     n->gossip_port = lc->env.cfg->advertise.port;
     n->api_port = lc->env.api_port;
     n->node_id = lc->env.node_id;
-    snprintf(n->fp, sizeof(n->fp), "%s", pmm_tls_identity_fp_str(lc->tls));
+    snprintf(n->fp, sizeof(n->fp), "%s", pmm_lc_fingerprint(lc));
     j->w.data = j;
     lc->refs++;
     if (uv_queue_work(lc->loop, &j->w, create_work, create_after)) {
@@ -1545,7 +1274,6 @@ static void cmd_fingerprint(pmm_lc *lc, pmm_ctl_req *ctl, const pmm_json *args)
         pmm_ctl_reply_error(ctl, "out of memory");
         return;
     }
-    o->probe_only = true;
     o->ctl = ctl;
     o->done = fp_probe_done;
     int rc = op_start(lc, o, ip, port, NULL, NULL);
@@ -1673,7 +1401,7 @@ static void cmd_join(pmm_lc *lc, pmm_ctl_req *ctl, const pmm_json *args)
     /* our replicated tables, for the master to compare before admitting
      * us (a joiner's request is small: large schemas are checked at the
      * snapshot instead) */
-    const char *schema = pmm_repl_schema(lc->repl);
+    const char *schema = lc->env.schema ? lc->env.schema(lc->env.ud) : NULL;
     if (schema && strlen(schema) <= 48 * 1024) jr.schema = (char *)schema;
     char fps[PMM_TLS_FP_STR_SIZE];
     pmm_tls_fp_str(&fp, fps, sizeof(fps));
@@ -1944,70 +1672,6 @@ static void promote_saved(pmm_lc *lc, int rc, void *arg)
     pmm_buf_free(&extra);
 }
 
-/* Promote's files check (precheck.c check_files, files.h): 0, or the
- * refusal in why, which names the live nodes whose files_dir is in sync
- * (from their gossiped metadata). */
-static int promote_files_ready(pmm_lc *lc, char *why, size_t len)
-{
-    const pmm_files *f = lc->files_fn ? lc->files_ud : NULL;
-    int rc = pmm_files_promote_ready(f, &lc->cl, why, len);
-    if (!rc) return 0;
-    uint64_t tag = pmm_files_digest_tag(lc->cl.files_digest);
-    const pmm_cnode *me = self_node(lc);
-    size_t o = strlen(why), named = 0;
-    for (size_t i = 0; i < lc->cl.n_nodes && o < len; i++) {
-        const pmm_cnode *n = &lc->cl.nodes[i];
-        gsp_member m;
-        pmm_meta meta;
-        if (n == me || gsp_core_get(core(lc), &n->node_id, &m) ||
-            m.state != GSP_ALIVE || !m.meta_len ||
-            pmm_meta_decode(&meta, m.meta, m.meta_len) ||
-            meta.files_sync != tag)
-            continue;
-        o += (size_t)snprintf(why + o, len - o, "%s%s (cid %u)",
-                              named ? ", " : "; in sync: ", n->name, n->cid);
-        named++;
-    }
-    if (!named && o < len)
-        snprintf(why + o, len - o, "; no live node reports its files in "
-                 "sync");
-    return rc;
-}
-
-/* What promote's checks look at (membership/precheck.h): this node's
- * store, and every other node of the config as gossip shows it. */
-static void promote_view(pmm_lc *lc, pmm_promote_view *v)
-{
-    memset(v, 0, sizeof(*v));
-    if (lc->repl) {
-        v->has_db = true;
-        pmm_repl_info(lc->repl, &v->db);
-    }
-    const pmm_cnode *me = self_node(lc);
-    for (size_t i = 0; i < lc->cl.n_nodes && v->n_peers < PMM_PROMOTE_PEERS_MAX;
-         i++) {
-        const pmm_cnode *n = &lc->cl.nodes[i];
-        gsp_member gm;
-        pmm_meta meta;
-        if (n == me) continue;
-        pmm_promote_peer *p = &v->peers[v->n_peers++];
-        snprintf(p->name, sizeof(p->name), "%s", n->name);
-        p->cid = n->cid;
-        if (gsp_core_get(core(lc), &n->node_id, &gm) != 0) continue;
-        p->live = gm.state == GSP_ALIVE || gm.state == GSP_SUSPECT;
-        if (!gm.meta || pmm_meta_decode(&meta, gm.meta, gm.meta_len) != 0 ||
-            !meta.db_state)
-            continue;
-        p->has_db = true;
-        p->loaded = meta.db_loaded;
-        snprintf(p->db_state, sizeof(p->db_state), "%s",
-                 pst_state_name((pst_state)meta.db_state));
-        p->pos.epoch = meta.db_epoch;
-        p->pos.seq = meta.db_seq;
-    }
-    v->files_rc = promote_files_ready(lc, v->files_why, sizeof(v->files_why));
-}
-
 /* A promote whose only obstacle is that this node is behind a live node
  * waits while it catches up (it does by itself: it follows the master, or
  * the most advanced live node while the master is down), at most
@@ -2078,20 +1742,19 @@ static void promote_step(pmm_lc *lc)
     }
     /* this node's data must be complete (--force does not change that;
      * --accept-data-loss does, saying what is lost) */
-    {
-        pmm_promote_view *v = malloc(sizeof(*v));
+    lc->promote_lost[0] = '\0';
+    if (lc->env.promote_check) {
         char why[1100], lost[sizeof(lc->promote_lost)];
-        const pmm_promote_check *failed = NULL;
-        if (!v) {
-            promote_reply_error(lc, "out of memory");
+        bool waitable = false;
+        uint64_t seq = 0;
+        lost[0] = '\0';
+        int bad = lc->env.promote_check(lc->env.ud, accept, why, sizeof(why),
+                                        lost, sizeof(lost), &waitable, &seq);
+        if (bad < 0) {
+            promote_reply_error(lc, "%s", why);
             return;
         }
-        promote_view(lc, v);
-        uint64_t seq = v->db.pos.seq;
-        int bad = pmm_promote_precheck(v, accept, why, sizeof(why), lost,
-                                       sizeof(lost), &failed);
-        free(v);
-        if (bad && failed && failed->waitable) {
+        if (bad && waitable) {
             /* behind a live node: wait while it catches up */
             uint64_t now = now_ms(lc);
             if (seq != lc->promo_seq) {
@@ -2157,7 +1820,7 @@ static void promote_step(pmm_lc *lc)
         /* logged, and kept in the store (status shows it until cleared) */
         lc_log(PMM_LOG_WARN, "promote --accept-data-loss: the cluster loses "
                "this: %s", lc->promote_lost);
-        pmm_repl_note(lc->repl, "promote", lc->promote_lost);
+        if (lc->env.note) lc->env.note(lc->env.ud, "promote", lc->promote_lost);
     }
     save(lc, promote_saved, ctl);
 }
@@ -2270,38 +1933,15 @@ int pmm_lc_start(pmm_lc **out, const pmm_lc_env *env, char *err,
     if (!lc) return -ENOMEM;
     lc->env = *env;
     lc->loop = env->loop;
+    lc->api = env->api;
     snprintf(lc->data_dir, sizeof(lc->data_dir), "%s", env->cfg->data_dir);
-    snprintf(lc->tls_dir, sizeof(lc->tls_dir), "%s/tls", lc->data_dir);
-    int rc = pmm_mkdir_p(lc->tls_dir, 0700);
-    if (rc) {
-        snprintf(err, errlen, "%s: %s", lc->tls_dir, strerror(-rc));
-        free(lc);
-        return rc;
-    }
-    rc = pmm_tls_identity_load(lc->tls_dir, &lc->tls);
-    if (rc == -ENOENT) {
-        rc = pmm_tls_identity_create(lc->tls_dir, env->cfg->name);
-        if (rc == 0) {
-            rc = pmm_tls_identity_load(lc->tls_dir, &lc->tls);
-            if (rc == 0)
-                lc_log(PMM_LOG_INFO, "created TLS identity, fingerprint %s",
-                       pmm_tls_identity_fp_str(lc->tls));
-        }
-    }
-    if (rc) {
-        snprintf(err, errlen, "TLS identity in %s: %s", lc->tls_dir,
-                 pmm_tls_strerror(rc));
-        free(lc);
-        return rc;
-    }
     char why[200] = "";
-    rc = pmm_cluster_load(lc->data_dir, &lc->cl, why, sizeof(why));
+    int rc = pmm_cluster_load(lc->data_dir, &lc->cl, why, sizeof(why));
     if (rc == 0) {
         if (!pmm_cluster_by_id(&lc->cl, &env->node_id)) {
             snprintf(err, errlen, "%s/%s does not list this node's id",
                      lc->data_dir, PMM_CLUSTER_FILE);
             pmm_cluster_clear(&lc->cl);
-            pmm_tls_identity_free(lc->tls);
             free(lc);
             return -EINVAL;
         }
@@ -2315,37 +1955,18 @@ int pmm_lc_start(pmm_lc **out, const pmm_lc_env *env, char *err,
                me->master ? "master" : "a node", me->cid);
     } else if (rc != -ENOENT) {
         snprintf(err, errlen, "%s", why);
-        pmm_tls_identity_free(lc->tls);
         free(lc);
         return rc;
     }
-
-    struct sockaddr_storage ss;
-    char ip[PMM_IP_STR_MAX + 1];
-    gsp_addr_ip_str(&env->cfg->bind, ip, sizeof(ip));
-    make_sockaddr(ip, env->api_port, &ss);
-    pmm_tls_callbacks cb = {.ud = lc, .verify = srv_verify,
-                            .frame = srv_frame, .close = srv_close,
-                            .writable = srv_writable};
-    pmm_tls_opts opts;
-    pmm_tls_opts_default(&opts);
-    opts.max_frame = FRAME_MAX;
-    opts.idle_timeout_ms = 30000;
-    opts.max_conns = API_CONNS_HARD_MAX;
-    opts.handshake_timeout_ms = API_HANDSHAKE_MS;
-    opts.max_handshakes = API_HANDSHAKES_MAX;
-    opts.max_handshakes_per_src = API_HANDSHAKES_PER_SRC;
-    opts.budget = env->budget;
-    rc = pmm_tls_server_start(&lc->srv, lc->loop, (struct sockaddr *)&ss,
-                              lc->tls, &cb, &opts);
-    if (rc) {
-        snprintf(err, errlen, "node API on %s:%u: %s", ip, env->api_port,
-                 strerror(-rc));
-        pmm_cluster_clear(&lc->cl);
-        pmm_tls_identity_free(lc->tls);
-        free(lc);
-        return rc;
-    }
+    /* the node API: lifecycle's requests, and who counts as a node */
+    pmm_api_gate gate = {.known = gate_known, .nodes = gate_nodes, .ud = lc};
+    pmm_api_set_gate(lc->api, &gate);
+    pmm_api_register(lc->api, PMGCM__CLUSTER__REQUEST__KIND__JOIN,
+                     PMM_API_ANYONE, on_join, lc, NULL);
+    pmm_api_register(lc->api, PMGCM__CLUSTER__REQUEST__KIND__FETCH,
+                     PMM_API_ANYONE, on_fetch, lc, NULL);
+    pmm_api_register(lc->api, PMGCM__CLUSTER__REQUEST__KIND__REMOVED,
+                     PMM_API_ANYONE, on_removed, lc, NULL);
     uv_timer_init(lc->loop, &lc->heal_timer);
     lc->heal_timer.data = lc;
     lc->refs++;
@@ -2376,12 +1997,14 @@ void pmm_lc_guard_stats(pmm_lc *lc, pmm_lc_guard *out)
 {
     memset(out, 0, sizeof(*out));
     if (!lc) return;
-    if (lc->srv) pmm_tls_server_get_stats(lc->srv, &out->api);
-    out->node_streams = lc->n_node_conns;
-    out->streams_max = streams_max(lc);
-    out->joiners = lc->n_joiners;
-    out->refused_streams = lc->refused_streams;
-    out->refused_joiners = lc->refused_joiners;
+    pmm_api_stats st;
+    pmm_api_get_stats(lc->api, &st);
+    out->api = st.tls;
+    out->node_streams = st.node_streams;
+    out->streams_max = st.streams_max;
+    out->joiners = st.joiners;
+    out->refused_streams = st.refused_streams;
+    out->refused_joiners = st.refused_joiners;
     if (lc->thr) {
         pmm_thr_stats_get(lc->thr, now_ms(lc), &out->join);
     } else {
@@ -2393,43 +2016,10 @@ void pmm_lc_guard_stats(pmm_lc *lc, pmm_lc_guard *out)
 
 const char *pmm_lc_fingerprint(const pmm_lc *lc)
 {
-    return pmm_tls_identity_fp_str(lc->tls);
+    return pmm_tls_identity_fp_str(pmm_api_identity(lc->api));
 }
 
-/* ---- hooks of the store's streams (repl.c) ---- */
-
-void pmm_lc_set_repl(pmm_lc *lc, struct pmm_repl *r)
-{
-    lc->repl = r;
-}
-
-pmm_tls_identity *pmm_lc_identity(const pmm_lc *lc)
-{
-    return lc->tls;
-}
-
-/* ---- hooks of the mirrored files (files.c) -------------------------------------- */
-
-void pmm_lc_set_files_handler(pmm_lc *lc, pmm_lc_files_fn fn, void *ud)
-{
-    lc->files_fn = fn;
-    lc->files_ud = ud;
-}
-
-void pmm_lc_sreq_reply(pmm_lc_sreq *sr, const Resp *resp)
-{
-    sconn *s = (sconn *)sr;
-    if (s->conn) {
-        size_t len = pmgcm__cluster__response__get_packed_size(resp);
-        uint8_t *buf = malloc(len ? len : 1);
-        if (buf) {
-            pmgcm__cluster__response__pack(resp, buf);
-            if (pmm_tls_send_owned(s->conn, buf, len)) free(buf);
-        }
-        pmm_tls_conn_close(s->conn);
-    }
-    sconn_release(s);
-}
+/* ---- what other services use (files.c) --------------------------------------- */
 
 int pmm_lc_call_master(pmm_lc *lc, const Req *req, pmm_lc_resp_fn fn,
                        void *ud)
@@ -2483,7 +2073,6 @@ static void lc_unref(pmm_lc *lc)
     lc->refs--;
     if (!lc->closing || lc->refs > 0) return;
     pmm_cluster_clear(&lc->cl);
-    pmm_tls_identity_free(lc->tls);
     pmm_thr_free(lc->thr);
     free(lc);
 }
@@ -2511,9 +2100,15 @@ void pmm_lc_close(pmm_lc *lc)
             pmm_ctl_reply_error(o->ctl, "daemon shutting down");
             o->ctl = NULL;
         }
-        pmm_tls_conn_abort(o->conn);
+        pmm_api_call_abort(o->call);
     }
-    pmm_tls_server_close(lc->srv);
-    lc->srv = NULL;
+    /* the node API outlives lc: nothing of it may reach lc any more */
+    pmm_api_set_gate(lc->api, NULL);
+    pmm_api_register(lc->api, PMGCM__CLUSTER__REQUEST__KIND__JOIN,
+                     PMM_API_ANYONE, NULL, NULL, "pmgclusterd is shutting down");
+    pmm_api_register(lc->api, PMGCM__CLUSTER__REQUEST__KIND__FETCH,
+                     PMM_API_ANYONE, NULL, NULL, "pmgclusterd is shutting down");
+    pmm_api_register(lc->api, PMGCM__CLUSTER__REQUEST__KIND__REMOVED,
+                     PMM_API_ANYONE, NULL, NULL, "pmgclusterd is shutting down");
     uv_close((uv_handle_t *)&lc->heal_timer, heal_closed);
 }

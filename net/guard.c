@@ -1,7 +1,7 @@
 /*
  * guard.c - sources, eviction choice and the join throttle (guard.h).
  */
-#include "net/guard.h"
+#include "net/net.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>

@@ -23,9 +23,7 @@
  * idle kick) are closed and no callback of ours is on the stack (depth 0);
  * the user's close callback runs just before that.
  */
-#include "net/tls.h"
-#include "net/guard.h"
-#include "common/common.h"
+#include "net/net.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -43,7 +43,7 @@ for f in "$src"/common/*.c "$src"/gossip/*.c "$src"/net/*.c "$src"/store/*.c "$s
     [[ $(basename "$f") == pmgclusterd.c ]] && continue
     libsrc+=("$f")
 done
-for f in gossip/gossip membership/meta membership/cluster store/store; do
+for f in gossip/gossip net/api membership/meta membership/cluster store/store; do
     libsrc+=("$bld/$f.pb-c.c")
 done
 # rebuilt when the source, or any header, is newer than its object

@@ -14,7 +14,7 @@
  *     and comes from a source holding at least as many as any other.
  */
 #include "tests/fuzz/fuzz.h"
-#include "net/guard.h"
+#include "net/net.h"
 
 #include <stdio.h>
 #include <stdlib.h>

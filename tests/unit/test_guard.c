@@ -8,7 +8,7 @@
  * dropped, the cluster-wide budget of failures (also across 200
  * addresses), and the quiet time after which a group starts afresh.
  */
-#include "net/guard.h"
+#include "net/net.h"
 #include "tests/tap.h"
 
 #include <arpa/inet.h>

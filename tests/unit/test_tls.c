@@ -4,7 +4,7 @@
  * clients on 127.0.0.1, ephemeral ports. No sleeps: the loop runs until a
  * condition holds, under a deadline (RUN_UNTIL).
  */
-#include "net/tls.h"
+#include "net/net.h"
 #include "common/common.h"
 #include "tests/tap.h"
 

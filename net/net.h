@@ -1,8 +1,18 @@
 /*
- * tls.h - the node-to-node secure channel of the membership library
- * (internal header): node TLS identity (ECDSA P-256 key and self-signed
- * certificate), SHA-256 certificate fingerprints, and framed TLS 1.2
- * connections over libuv with certificates pinned by fingerprint (no CA).
+ * net.h - the net library (net/): how nodes talk to each other besides
+ * gossip. Depends on common/ only.
+ *   - the secure channel (tls.c, pmm_tls_): node TLS identity (ECDSA P-256
+ *     key and self-signed certificate), SHA-256 certificate fingerprints,
+ *     and framed TLS 1.2 connections over libuv with certificates pinned
+ *     by fingerprint (no CA);
+ *   - the limits on unauthenticated peers (guard.c, pmm_src_, pmm_guard_,
+ *     pmm_rate_, pmm_thr_): eviction choice, connection rates, the join
+ *     throttle;
+ *   - the node API (api.c, pmm_api_): a server on the TLS channel where
+ *     services register {request kind, who may call, handler}, and its
+ *     client side (one request, one answer).
+ *
+ * ==== the secure channel (tls.c) ===============================================
  *
  * Everything is prefixed pmm_tls_. Functions return 0 or a negative errno,
  * or a PMM_TLS_E* project code (below -500) where errno has none; see
@@ -68,12 +78,14 @@
  * The application must ignore SIGPIPE (libuv writes to sockets with
  * write(2)). Everything runs on one thread: the loop's.
  */
-#ifndef PMGCM_NET_TLS_H
-#define PMGCM_NET_TLS_H
+#ifndef PMGCM_NET_H
+#define PMGCM_NET_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "common/common.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -323,6 +335,299 @@ int pmm_tls_conn_peer_addr(const pmm_tls_conn *c,
  * PMM_TLS_REFUSE before that. */
 pmm_tls_verdict pmm_tls_conn_peer_kind(const pmm_tls_conn *c);
 bool pmm_tls_conn_is_client(const pmm_tls_conn *c);
+
+/* ==== limits on unauthenticated peers (guard.c) ===============================
+ * Bounds on what unauthenticated peers may make this daemon hold
+ * (prefixes pmm_src_, pmm_guard_, pmm_rate_ and pmm_thr_). Pure code: no sockets, no clock (time comes in
+ * as an argument), so every rule is tested without a network.
+ *
+ * ---- sources ---------------------------------------------------------------
+ * A source is a peer's IP. For the connection caps of the status, agent and
+ * node API ports every address counts on its own; for the join throttle
+ * addresses are grouped the way an attacker gets them: an IPv4 /24 or an
+ * IPv6 /64 is one source (an IPv4-mapped IPv6 address is IPv4).
+ *
+ * ---- eviction ----------------------------------------------------------------
+ * A server that holds at most N connections for unauthenticated peers makes
+ * room for a newcomer by dropping one it holds, never by refusing everyone
+ * new: pmm_guard_victim chooses it. The source holding the most
+ * connections loses one (a flood from few addresses only churns its own
+ * slots; a health checker holding one connection is the last to go), and
+ * within that source the lowest class (for the status port: answered and
+ * lingering < reading a request < being written to), then the oldest.
+ *
+ * ---- the join throttle ---------------------------------------------------------
+ * The master checks a join password only for a source group (/24, /64)
+ * that has no other attempt in flight, and only while the cluster-wide
+ * budget of failed attempts has room (a token bucket: `burst` failures at
+ * once, one more every `refill_ms`; an attempt in flight holds a token, a
+ * right password gives it back). A wrong password's answer is delayed
+ * base_ms << fails (capped at max_ms) and the group stays busy meanwhile.
+ * A group's failure count is forgotten only after it has been quiet for
+ * forget_ms; a group with an attempt in flight is never forgotten. When
+ * every slot of the table holds a group that may not be forgotten yet, a new
+ * group is refused (PMM_THR_FULL) instead of any state being dropped, so no
+ * number of addresses resets anyone's delay.
+ */
+
+/* ---- sources ----------------------------------------------------------------- */
+typedef struct pmm_src {
+    uint8_t family; /* 4, 6, or 0 (unknown: every unknown source is one) */
+    uint8_t ip[16]; /* 4 or 16 bytes used, the rest zero */
+} pmm_src;
+
+/* The peer address of sa (AF_INET / AF_INET6; an IPv4-mapped IPv6 address
+ * becomes IPv4; NULL or another family: family 0). Never fails. */
+void pmm_src_from_sa(pmm_src *out, const struct sockaddr *sa);
+/* in masked to its group: an IPv4 /24, an IPv6 /64. out may be in. */
+void pmm_src_group(pmm_src *out, const pmm_src *in);
+bool pmm_src_eq(const pmm_src *a, const pmm_src *b);
+/* 127.0.0.0/8 or ::1 */
+bool pmm_src_loopback(const pmm_src *s);
+/* "10.0.0.1", "fd00::1"; a group (masked) with its prefix when `group`:
+ * "10.0.0.0/24", "fd00::/64". len >= 64 always suffices. Returns buf. */
+char *pmm_src_str(const pmm_src *s, bool group, char *buf, size_t len);
+
+/* ---- eviction ---------------------------------------------------------------- */
+typedef struct pmm_guard_ent {
+    pmm_src src;
+    int cls;       /* lower goes first */
+    uint64_t seq;  /* accept order: lower is older */
+    uint32_t rate; /* the source's recent connections (pmm_rate): between
+                      sources holding as many, the busier one goes */
+} pmm_guard_ent;
+
+/* How many of e[0..n) come from src. */
+size_t pmm_guard_count(const pmm_guard_ent *e, size_t n, const pmm_src *src);
+/* The entry to drop among e[0..n), skipping index `skip` (the newcomer;
+ * n or more for none) and entries with cls < 0 (protected): the heaviest
+ * source's lowest class, oldest first. Returns its index, or n when there
+ * is nothing to drop. O(n^2); n is a connection cap (tens to hundreds). */
+size_t pmm_guard_victim(const pmm_guard_ent *e, size_t n, size_t skip);
+/* The same, among the entries of one source only (its own per-source cap
+ * is reached): lowest class, oldest first; n when none. */
+size_t pmm_guard_victim_of(const pmm_guard_ent *e, size_t n, size_t skip,
+                           const pmm_src *src);
+
+/* ---- recent connections per source ------------------------------------------ */
+/* How many connections each source opened lately (this window and the one
+ * before, window_ms each), in a fixed table: a health checker opens a few
+ * a second, a flood hundreds. A full table replaces its quietest entry
+ * (approximate on purpose: it only breaks ties between sources). */
+typedef struct pmm_rate pmm_rate;
+pmm_rate *pmm_rate_new(uint32_t slots, uint32_t window_ms); /* NULL: ENOMEM */
+void pmm_rate_free(pmm_rate *r);
+/* Counts one connection from s; returns its recent count. */
+uint32_t pmm_rate_hit(pmm_rate *r, const pmm_src *s, uint64_t now_ms);
+/* Its recent count (0 when unknown). */
+uint32_t pmm_rate_get(const pmm_rate *r, const pmm_src *s, uint64_t now_ms);
+
+/* ---- join throttle ------------------------------------------------------------- */
+typedef struct pmm_thr_cfg {
+    uint32_t slots;     /* source groups tracked (256) */
+    uint32_t base_ms;   /* delay of a wrong password's answer: base_ms <<
+                           min(fails, 6) (250) ... */
+    uint32_t max_ms;    /* ... capped at max_ms (8000) */
+    uint32_t burst;     /* cluster-wide failed attempts at once (20) ... */
+    uint32_t refill_ms; /* ... one more every refill_ms (3000) */
+    uint32_t forget_ms; /* a quiet group is forgotten after (600000) */
+} pmm_thr_cfg;
+
+void pmm_thr_cfg_default(pmm_thr_cfg *c);
+
+typedef enum pmm_thr_verdict {
+    PMM_THR_GO = 0,    /* check the password; *slot is the attempt's */
+    PMM_THR_BUSY,      /* this group has an attempt in flight */
+    PMM_THR_GLOBAL,    /* the cluster-wide budget of failures is spent */
+    PMM_THR_FULL,      /* every slot holds a group that may not be
+                          forgotten yet */
+} pmm_thr_verdict;
+
+typedef struct pmm_thr pmm_thr;
+
+/* cfg NULL = defaults; zero fields are replaced by their defaults. NULL on
+ * out of memory. The caller owns the result (pmm_thr_free). */
+pmm_thr *pmm_thr_new(const pmm_thr_cfg *cfg, uint64_t now_ms);
+void pmm_thr_free(pmm_thr *t);
+/* An attempt from addr (grouped here) at now_ms. GO: *slot names the
+ * attempt until pmm_thr_end; the group is busy and one token is held.
+ * Otherwise *retry_ms says when trying again makes sense (BUSY: 0, the
+ * caller knows better). */
+pmm_thr_verdict pmm_thr_begin(pmm_thr *t, const pmm_src *addr,
+                              uint64_t now_ms, uint32_t *slot,
+                              uint64_t *retry_ms);
+/* The attempt in slot had a wrong password: its group's failure count
+ * rises (into *fails, may be NULL) and the delay of its answer is
+ * returned; the token stays spent; the group stays busy until
+ * pmm_thr_end. */
+uint64_t pmm_thr_fail(pmm_thr *t, uint32_t slot, uint64_t now_ms,
+                      uint32_t *fails);
+/* The attempt in slot is over. After pmm_thr_fail: only the group is
+ * released. Otherwise its token is given back, and `ok` (the password was
+ * right) clears the group's failures. */
+void pmm_thr_end(pmm_thr *t, uint32_t slot, bool ok, uint64_t now_ms);
+
+typedef struct pmm_thr_stats {
+    uint32_t groups;     /* slots holding state (failures or in flight) */
+    uint32_t busy;       /* attempts in flight */
+    uint32_t tokens;     /* failures the budget allows right now */
+    uint64_t failures;   /* wrong passwords, ever */
+    uint64_t refused_global, refused_full, refused_busy;
+} pmm_thr_stats;
+void pmm_thr_stats_get(pmm_thr *t, uint64_t now_ms, pmm_thr_stats *out);
+
+/* ==== the node API (api.c) ======================================================
+ * A TLS server (the channel above) on the node's API port and its client
+ * side, prefix pmm_api_. One request frame per connection, one answer
+ * frame, then the connection closes -- unless the service turns the
+ * connection into a stream (pmm_api_req_stream).
+ *
+ * Routing: a request's first protobuf field (number 1, a varint) is its
+ * kind; every answer's fields 1 and 2 are ok (bool) and error (string)
+ * (net/api.proto Head, Refusal; membership/cluster.proto Request and
+ * Response follow it). Services register a handler per kind, with who may
+ * call it:
+ *   PMM_API_ANYONE  any peer past the TLS handshake, unauthenticated
+ *                   joiners included (the handler checks what it needs);
+ *   PMM_API_MEMBER  only a peer whose certificate the gate knows as one of
+ *                   the cluster's nodes, at accept and again at the
+ *                   request; others get "not a member of this cluster".
+ * A kind nobody registered is refused ("unknown request"); a kind
+ * registered without a handler is refused with the text given then (a
+ * service that is off on this node: "no mirrored files on this node").
+ * A frame that is no request at all: "malformed request".
+ *
+ * Who gets in: the gate (pmm_api_set_gate, normally the cluster
+ * lifecycle) says whether a certificate belongs to a node of the cluster.
+ * Known nodes may hold API_STREAMS_BASE + API_STREAMS_PER_NODE * nodes
+ * connections at once; unknown certificates (joiners) at most 16, 2 per
+ * address, their frames at most 64 KiB, idle at most 15 s; a newcomer
+ * makes room by dropping an idle joiner (pmm_guard_victim: the address
+ * holding the most, its oldest), never one whose request is being
+ * handled. Unfinished TLS handshakes are bounded by the channel's
+ * max_handshakes (32, 4 per address) and the memory budget.
+ *
+ * Everything runs on the loop thread; handlers and call callbacks run
+ * from the loop, never from inside a pmm_api_* call. */
+typedef struct pmm_api pmm_api;
+typedef struct pmm_api_req pmm_api_req;
+typedef struct pmm_api_call pmm_api_call;
+
+typedef struct pmm_api_env {
+    struct uv_loop_s *loop;
+    /* where this node's TLS identity lives (node.key, node.crt; created
+     * there, with cn as its name, when neither exists) */
+    const char *tls_dir;
+    const char *cn;
+    /* the server's address: an IP literal and the port */
+    const char *ip;
+    uint16_t port;
+    /* memory for unauthenticated input (TLS handshakes); NULL: unlimited;
+     * not owned, must outlive the api */
+    struct gsp_budget *budget;
+} pmm_api_env;
+
+/* Loads (or creates, logging its fingerprint) the TLS identity, then
+ * listens. 0, or -errno / PMM_TLS_E* with a reason in err ("TLS identity
+ * in DIR: ...", "node API on IP:PORT: ..."). */
+int pmm_api_start(pmm_api **out, const pmm_api_env *env, char *err,
+                  size_t errlen);
+/* Stops listening, closes every connection, aborts every call (their
+ * callbacks follow with -ECONNABORTED); frees a once libuv is done. Handlers
+ * whose requests are pending may still answer them (the answer is
+ * dropped). NULL ok. */
+void pmm_api_close(pmm_api *a);
+/* This node's TLS identity (borrowed; valid while a lives). */
+pmm_tls_identity *pmm_api_identity(const pmm_api *a);
+
+/* Says whether a certificate fingerprint ("AB:CD:..") belongs to a node of
+ * the cluster (known) and how many nodes it has (nodes, 1 outside a
+ * cluster). Without a gate every peer is a joiner. */
+typedef struct pmm_api_gate {
+    bool (*known)(void *ud, const char *fp);
+    size_t (*nodes)(void *ud);
+    void *ud;
+} pmm_api_gate;
+void pmm_api_set_gate(pmm_api *a, const pmm_api_gate *g); /* copied */
+
+typedef enum pmm_api_who {
+    PMM_API_ANYONE = 0,
+    PMM_API_MEMBER = 1,
+} pmm_api_who;
+
+/* A request for a registered kind: frame is the whole request (len bytes,
+ * valid only during the call). The handler must answer r exactly once,
+ * now or later (pmm_api_reply, pmm_api_refuse, pmm_api_req_stream). */
+typedef void (*pmm_api_handler)(void *ud, pmm_api_req *r,
+                                const uint8_t *frame, size_t len);
+/* Routes requests of this kind (1..255) to fn. fn NULL: refused with off
+ * (NULL: "unknown request"). Registering again replaces the entry (a
+ * service going away registers fn NULL). 0 or -EINVAL. */
+int pmm_api_register(pmm_api *a, uint32_t kind, pmm_api_who who,
+                     pmm_api_handler fn, void *ud, const char *off);
+
+/* Sends resp (len bytes, copied) as the answer, closes the connection and
+ * frees r. Harmless when the connection is gone (r is only freed). */
+void pmm_api_reply(pmm_api_req *r, const void *resp, size_t len);
+/* The same with {ok: false, error: why}. */
+void pmm_api_refuse(pmm_api_req *r, const char *why);
+/* The request's connection (NULL once it closed): to send on it before
+ * handing it over to a stream. */
+pmm_tls_conn *pmm_api_req_conn(const pmm_api_req *r);
+/* The peer's address ("10.0.0.1"; "" when unknown), its source for the
+ * guard's rules, and whether it was accepted as a known node. */
+const char *pmm_api_req_ip(const pmm_api_req *r);
+const pmm_src *pmm_api_req_src(const pmm_api_req *r);
+bool pmm_api_req_member(const pmm_api_req *r);
+/* The peer certificate's fingerprint: 0 or -ENOTCONN. */
+int pmm_api_req_peer_fp(const pmm_api_req *r, pmm_tls_fp *out);
+
+/* The connection becomes a stream: from now on its frames, writable and
+ * close go to cb with `stream`; reading resumes. Frees r. Once the
+ * connection closes, cb->close is the last call. The connection itself
+ * was returned by pmm_api_req_conn. */
+typedef struct pmm_api_stream_cb {
+    void (*frame)(void *stream, const uint8_t *data, size_t len);
+    void (*writable)(void *stream);
+    void (*close)(void *stream);
+} pmm_api_stream_cb;
+void pmm_api_req_stream(pmm_api_req *r, const pmm_api_stream_cb *cb,
+                        void *stream);
+
+typedef struct pmm_api_stats {
+    pmm_tls_server_stats tls;  /* handshakes: now, peak, evicted, ... */
+    uint32_t node_streams;     /* known nodes' connections now ... */
+    uint32_t streams_max;      /* ... and the most allowed */
+    uint32_t joiners;          /* unknown certificates past the handshake */
+    uint64_t refused_streams, refused_joiners;
+} pmm_api_stats;
+void pmm_api_get_stats(const pmm_api *a, pmm_api_stats *out);
+
+/* ---- the client side ----------------------------------------------------- */
+/* The outcome of a call: rc 0 and the answer (len bytes, valid only during
+ * the call), or rc < 0 (-ETIMEDOUT, -ECONNREFUSED, PMM_TLS_EFINGERPRINT,
+ * ...) and resp NULL. Called exactly once; c is freed after it returns. */
+typedef void (*pmm_api_call_fn)(pmm_api_call *c, int rc, const uint8_t *resp,
+                                size_t len, void *ud);
+/* Calls: sends req (len bytes, copied) to ip:port over TLS pinned to
+ * expected and waits for one answer (connect and handshake within 5 s;
+ * idle 15 s).
+ * expected NULL: a probe: no request is sent, the server's fingerprint is
+ * recorded (pmm_api_call_peer) and the call ends with PMM_TLS_EREFUSED.
+ * 0 and *out (may be NULL): fn follows exactly once; -errno (bad ip,
+ * -ENOMEM, a synchronous connect error): fn is never called. */
+int pmm_api_call_start(pmm_api *a, const char *ip, uint16_t port,
+                       const pmm_tls_fp *expected, const void *req,
+                       size_t len, pmm_api_call_fn fn, void *ud,
+                       pmm_api_call **out);
+/* "IP:PORT" of the call's server. */
+const char *pmm_api_call_target(const pmm_api_call *c);
+/* The server's fingerprint, once its handshake got that far: 0 or
+ * -ENOENT. */
+int pmm_api_call_peer(const pmm_api_call *c, pmm_tls_fp *out);
+/* Drops the call: fn follows from the loop with -ECONNABORTED (unless it
+ * already ran: then c must not be used at all). */
+void pmm_api_call_abort(pmm_api_call *c);
 
 #ifdef __cplusplus
 }
