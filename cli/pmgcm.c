@@ -324,7 +324,7 @@ static bool target_ok(const char *s)
 
 /* A certificate fingerprint as pmgcm prints it (32 hex pairs joined by
  * ':') or as 64 hex digits: the form is checked here, before any prompt
- * or network trip (membership/tls.h pmm_tls_fp_parse). */
+ * or network trip (net/net.h pmm_tls_fp_parse). */
 static bool fingerprint_ok(const char *s)
 {
     pmm_tls_fp fp;

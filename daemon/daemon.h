@@ -91,7 +91,6 @@
 #define PMGCM_DAEMON_H
 
 #include "files/files.h"
-#include "membership/cluster.h"
 #include "membership/membership.h"
 #include "store/store.h"
 

@@ -1,7 +1,7 @@
 /*
  * pmgclusterd.c - the pmgcm cluster daemon: gossip membership, node
  * metadata, persisted peers, the control socket for `pmgcm`, the status
- * port and the HAProxy agent port (membership/http.h), and draining.
+ * port and the HAProxy agent port (daemon/daemon.h), and draining.
  *
  *   pmgclusterd --config FILE [--foreground]
  *   pmgclusterd --check-config FILE
@@ -10,7 +10,6 @@
  * the peers and draining files) runs on libuv's thread pool.
  */
 #include "membership/membership.h"
-#include "membership/cluster.h"
 #include "daemon/daemon.h"
 #include "files/files.h"
 
@@ -678,7 +677,7 @@ static int build_rows(node *n, rows_acc *acc)
 
 /* ---- status and agent ports ------------------------------------------------------ */
 
-/* A snapshot for the status and agent ports (membership/http.h). */
+/* A snapshot for the status and agent ports (daemon/daemon.h). */
 static void http_view(void *ud, pmm_http_view *v)
 {
     node *n = ud;

@@ -1,5 +1,5 @@
 /*
- * repl.c - the store's streams over the node API (membership/repl.h).
+ * repl.c - the store's streams over the node API (daemon/daemon.h).
  */
 #include "daemon/daemon.h"
 #include "membership/cluster.pb-c.h"

@@ -1,5 +1,5 @@
 /*
- * files.c - mirrored config files (membership/files.h): manifests, scans,
+ * files.c - mirrored config files (files/files.h): manifests, scans,
  * atomic writes, the master's FILES / FILE_GET answers, the nodes' sync
  * rounds and the reload command.
  *

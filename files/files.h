@@ -61,7 +61,7 @@
 #ifndef PMGCM_FILES_H
 #define PMGCM_FILES_H
 
-#include "membership/cluster.h"
+#include "membership/membership.h"
 
 #include <stdbool.h>
 #include <stddef.h>

@@ -2,7 +2,7 @@
  * cluster.c - the cluster configuration model: validation, ordering,
  * protobuf encoding, persistence, and the join password hash.
  */
-#include "membership/cluster.h"
+#include "membership/membership.h"
 #include "membership/cluster.pb-c.h"
 
 #include <errno.h>

@@ -17,7 +17,7 @@
  * Lifecycle is also the node API's gate: the certificates of the config's
  * nodes are the known ones.
  */
-#include "membership/cluster.h"
+#include "membership/membership.h"
 #include "membership/cluster.pb-c.h"
 
 #include <arpa/inet.h>

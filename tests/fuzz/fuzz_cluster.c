@@ -8,7 +8,7 @@
  * nodes and keys, and validate again.
  */
 #include "tests/fuzz/fuzz.h"
-#include "membership/cluster.h"
+#include "membership/membership.h"
 #include "membership/cluster.pb-c.h"
 
 #include <stdio.h>

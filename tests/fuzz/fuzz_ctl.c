@@ -1,5 +1,5 @@
 /*
- * fuzz_ctl.c - the control socket's request parser (membership/ctl.c,
+ * fuzz_ctl.c - the control socket's request parser (membership/command.c,
  * pmm_ctl_parse_request): a request is either a known command with an
  * object of arguments, or refused with a message and no arguments.
  */

@@ -1,6 +1,6 @@
 /*
  * fuzz_guard.c - the join throttle and the eviction choice
- * (membership/guard.c) driven by arbitrary operation sequences. Each input
+ * (net/guard.c) driven by arbitrary operation sequences. Each input
  * byte pair is one operation: begin an attempt from one of 64 addresses
  * (in 8 /24s), fail or end one in flight, let time pass. Invariants
  * checked after every step:

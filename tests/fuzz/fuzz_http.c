@@ -1,5 +1,5 @@
 /*
- * fuzz_http.c - the status port's request parser (membership/http.c):
+ * fuzz_http.c - the status port's request parser (daemon/http.c):
  * pmm_http_precheck on every prefix the server could have seen, the head
  * search from every resume point the reader uses, pmm_http_parse, and for
  * a parsed request the whole answer (pmm_http_respond: routing, the

@@ -1,5 +1,5 @@
 /*
- * fuzz_json.c - the JSON reader (membership/json.c, pmm_json_parse) and,
+ * fuzz_json.c - the JSON reader (common/json.c, pmm_json_parse) and,
  * for an array, the status rows reader (pmm_status_from_json) the CLI uses
  * on the daemon's answers. Every string of a parsed tree is walked in full
  * (str_len bytes); accepted status rows must survive pmm_status_write_json

@@ -13,9 +13,8 @@
  */
 #include "tests/fuzz/fuzz.h"
 #include "gossip/gossip.h"
-#include "membership/cluster.h"
-#include "membership/cluster.pb-c.h"
 #include "membership/membership.h"
+#include "membership/cluster.pb-c.h"
 #include "store/store.pb-c.h"
 
 #include <errno.h>

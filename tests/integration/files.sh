@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# tests/integration/files.sh - mirrored config files (membership/files.h)
+# tests/integration/files.sh - mirrored config files (files/files.h)
 # end to end: three real pmgclusterd daemons (create + join, as in
 # lifecycle.sh), each with its own files_dir and a files_reload command
 # that appends a line to a per-node marker file.

@@ -5,7 +5,7 @@
  * cluster.conf persistence, and the join password hash (PBKDF2-HMAC-SHA256
  * known answers, constant-time match).
  */
-#include "membership/cluster.h"
+#include "membership/membership.h"
 #include "tests/tap.h"
 
 #include <errno.h>

@@ -1,5 +1,5 @@
 /*
- * test_files.c - mirrored config files (membership/files.c): path rules,
+ * test_files.c - mirrored config files (files/files.c): path rules,
  * the manifest digest, the node's diff, the FILES answer (round trip and
  * hostile answers), scans (what is left out and why, the SHA-256 cache),
  * atomic writes that never follow a symlink, removals that take emptied

@@ -1,5 +1,5 @@
 /*
- * test_guard.c - membership/guard.h without a network: sources and their
+ * test_guard.c - net/net.h without a network: sources and their
  * groups (/24, /64, IPv4-mapped IPv6), the eviction choice (heaviest
  * source first, then the lowest class, then the oldest; protected entries
  * never), and the join throttle on a simulated clock: per-group delays

@@ -1,5 +1,5 @@
 /*
- * test_http.c - the status port and the agent port (membership/http.h):
+ * test_http.c - the status port and the agent port (daemon/daemon.h):
  * the request parser (every method, HTTP/1.0 and 1.1, partial requests,
  * pipelining, garbage, oversize lines and heads), the answers of every
  * path without sockets (readyz and ?verbose, health, status, metrics in

@@ -1,6 +1,6 @@
 /*
  * test_tls.c - node identity, fingerprints and the framed TLS channel
- * (membership/tls.h). One libuv loop for the whole process; servers and
+ * (net/net.h). One libuv loop for the whole process; servers and
  * clients on 127.0.0.1, ephemeral ports. No sleeps: the loop runs until a
  * condition holds, under a deadline (RUN_UNTIL).
  */
