@@ -351,7 +351,6 @@ static const char *password_problem(const char *pw, size_t n)
 
 static int cmd_keygen(bool json)
 {
-    static const char hex[] = "0123456789abcdef";
     uint8_t key[GSP_KEY_LEN];
     char out[2 * GSP_KEY_LEN + 16];
     size_t o = 0;
@@ -363,10 +362,8 @@ static int cmd_keygen(bool json)
         memcpy(out, "{\"key\":\"", 8);
         o = 8;
     }
-    for (size_t i = 0; i < sizeof(key); i++) {
-        out[o++] = hex[key[i] >> 4];
-        out[o++] = hex[key[i] & 0xf];
-    }
+    pmm_hex_encode(key, sizeof(key), out + o, false);
+    o += 2 * sizeof(key);
     if (json) {
         memcpy(out + o, "\"}", 2);
         o += 2;

@@ -66,6 +66,21 @@ int pmm_mkdir_p(const char *path, mode_t mode);
 int pmm_write_file_atomic(const char *dir, const char *name,
                           const void *data, size_t len, mode_t mode);
 
+/* ---- randomness ------------------------------------------------------------ */
+/* len cryptographically strong random bytes from the process's one
+ * generator (random.c): 0, -EINVAL (buf NULL), -EIO. Thread safe. */
+int pmm_random(void *buf, size_t len);
+
+/* ---- hexadecimal ----------------------------------------------------------- */
+/* A hex digit's value (either case), or -1. */
+int pmm_hexval(char c);
+/* 2*n hex digits (either case) at s into out[n]: 0, or -EINVAL at the
+ * first non-digit (out is then partly written). Reads at most 2*n bytes. */
+int pmm_hex_decode(const char *s, size_t n, uint8_t *out);
+/* n bytes as 2*n digits (lowercase, or uppercase when upper) and a NUL
+ * into out (2*n + 1 bytes). Returns out. */
+char *pmm_hex_encode(const uint8_t *b, size_t n, char *out, bool upper);
+
 /* ---- addresses ------------------------------------------------------------ */
 struct sockaddr;
 struct sockaddr_storage;

@@ -1003,25 +1003,6 @@ static int http_status_json(void *ud, pmm_buf *out)
     return status_json(ud, out);
 }
 
-/* gsp_addr's IP with this port. */
-static socklen_t to_sockaddr(const gsp_addr *a, uint16_t port,
-                             struct sockaddr_storage *ss)
-{
-    memset(ss, 0, sizeof(*ss));
-    if (a->family == 6) {
-        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
-        s6->sin6_family = AF_INET6;
-        s6->sin6_port = htons(port);
-        memcpy(&s6->sin6_addr, a->ip, 16);
-        return sizeof(*s6);
-    }
-    struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
-    s4->sin_family = AF_INET;
-    s4->sin_port = htons(port);
-    memcpy(&s4->sin_addr, a->ip, 4);
-    return sizeof(*s4);
-}
-
 /* Starts what is configured and not running. A port that cannot listen
  * (in use, address not there yet) does not stop the daemon: gossip and
  * the cluster go on, the error is logged once, and it is retried every
@@ -1055,7 +1036,8 @@ static void http_listen_all(node *n)
 
         if (l[i].port == 0 || *l[i].h != NULL)
             continue;
-        to_sockaddr(&n->cfg.status_bind, l[i].port, &ss);
+        pmm_sockaddr_raw(&ss, n->cfg.status_bind.family, n->cfg.status_bind.ip,
+                         l[i].port);
         gsp_addr_ip_str(&n->cfg.status_bind, ip, sizeof(ip));
         pmm_http_opts_default(&o);
         o.budget = n->budget;

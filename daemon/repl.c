@@ -88,17 +88,7 @@ static uint64_t now_ms(pmm_repl *r)
     return uv_now(r->env.loop);
 }
 
-static void rlog(int level, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static void rlog(int level, const char *fmt, ...)
-{
-    char buf[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof(buf), fmt, ap);
-    va_end(ap);
-    pmm_log((pmm_log_level)level, "store", "%s", buf);
-}
+#define rlog(l, ...) pmm_log((pmm_log_level)(l), "store", __VA_ARGS__)
 
 static void decide(pmm_repl *r);
 
@@ -373,18 +363,7 @@ static rlink *connect_to2(pmm_repl *r, const pmm_cnode *n, pst_open_kind kind,
                           uint32_t origin)
 {
     struct sockaddr_storage ss;
-    memset(&ss, 0, sizeof(ss));
-    struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
-    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
-    if (inet_pton(AF_INET, n->ip, &a4->sin_addr) == 1) {
-        a4->sin_family = AF_INET;
-        a4->sin_port = htons(n->api_port);
-    } else if (inet_pton(AF_INET6, n->ip, &a6->sin6_addr) == 1) {
-        a6->sin6_family = AF_INET6;
-        a6->sin6_port = htons(n->api_port);
-    } else {
-        return NULL;
-    }
+    if (pmm_sockaddr_ip(&ss, n->ip, n->api_port) != 0) return NULL;
     pmm_tls_fp fp;
     if (pmm_tls_fp_parse(&fp, n->fp) != 0) return NULL;
     rlink *l = link_new(r, true);

@@ -39,15 +39,8 @@ typedef Pmgcm__Cluster__Request Req;
 typedef Pmgcm__Cluster__Response Resp;
 typedef Pmgcm__Cluster__FileEntry FileEntry;
 
-static void hex(const uint8_t *b, size_t n, char *out)
-{
-    static const char d[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = d[b[i] >> 4];
-        out[2 * i + 1] = d[b[i] & 15];
-    }
-    out[2 * n] = 0;
-}
+/* lowercase hex of n bytes into out (2n + 1) */
+#define hex(b, n, out) pmm_hex_encode(b, n, out, false)
 
 /* ---- names ------------------------------------------------------------------ */
 
@@ -319,21 +312,6 @@ int pmm_files_manifest_format(const pmm_files_manifest *m, pmm_buf *b)
     return b->err;
 }
 
-static int unhex(const char *s, size_t n, uint8_t *out)
-{
-    for (size_t i = 0; i < n; i++) {
-        unsigned v = 0;
-        for (size_t k = 0; k < 2; k++) {
-            char c = s[2 * i + k];
-            v <<= 4;
-            if (c >= '0' && c <= '9') v |= (unsigned)(c - '0');
-            else if (c >= 'a' && c <= 'f') v |= (unsigned)(c - 'a' + 10);
-            else return -EINVAL;
-        }
-        out[i] = (uint8_t)v;
-    }
-    return 0;
-}
 
 int pmm_files_manifest_parse(pmm_files_manifest *out, const char *text,
                              size_t len, char *err, size_t errlen)
@@ -347,7 +325,7 @@ int pmm_files_manifest_parse(pmm_files_manifest *out, const char *text,
     const char *nl = memchr(p, '\n', (size_t)(end - p));
     uint8_t want[PMM_HASH_LEN];
     if (!nl || nl - p != 7 + 2 * PMM_HASH_LEN || memcmp(p, "digest ", 7) ||
-        unhex(p + 7, PMM_HASH_LEN, want))
+        pmm_hex_decode(p + 7, PMM_HASH_LEN, want))
         return pmm_errf(err, errlen, -EINVAL, "bad digest line");
     p = nl + 1;
     pmm_files_manifest m;
@@ -389,8 +367,8 @@ int pmm_files_manifest_parse(pmm_files_manifest *out, const char *text,
         memset(e, 0, sizeof(*e));
         char *sz = line + 2 * PMM_HASH_LEN + 1, *md, *nm, *q;
         if (l < 2 * PMM_HASH_LEN + 6 || line[2 * PMM_HASH_LEN] != ' ' ||
-            unhex(line, PMM_HASH_LEN, e->sha) || !(md = strchr(sz, ' ')) ||
-            !(nm = strchr(md + 1, ' '))) {
+            pmm_hex_decode(line, PMM_HASH_LEN, e->sha) ||
+            !(md = strchr(sz, ' ')) || !(nm = strchr(md + 1, ' '))) {
             rc = pmm_errf(err, errlen, -EINVAL, "entry %zu: bad line", m.n);
             break;
         }
@@ -1346,17 +1324,7 @@ struct pmm_files {
     int last_signal;
 };
 
-static void files_log(pmm_log_level l, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static void files_log(pmm_log_level l, const char *fmt, ...)
-{
-    char buf[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof(buf), fmt, ap);
-    va_end(ap);
-    pmm_log(l, "files", "%s", buf);
-}
+#define files_log(l, ...) pmm_log(l, "files", __VA_ARGS__)
 
 static const char *err_str(int rc)
 {

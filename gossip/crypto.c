@@ -22,15 +22,12 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <mbedtls/base64.h>
-#include <mbedtls/ctr_drbg.h>
-#include <mbedtls/entropy.h>
 #include <mbedtls/gcm.h>
 #include <mbedtls/platform_util.h>
 
@@ -60,64 +57,11 @@ struct gsp_keyring {
     uint64_t counter;
 };
 
-/* ---- process-wide random source ----------------------------------------- */
-
-static pthread_mutex_t rng_lock = PTHREAD_MUTEX_INITIALIZER;
-static mbedtls_entropy_context rng_entropy;
-static mbedtls_ctr_drbg_context rng_drbg;
-static bool rng_ready;
-static pid_t rng_pid;
+/* ---- process-wide random source: common's, the one generator ------------ */
 
 int gsp_random(void *buf, size_t len)
 {
-    static const char pers[] = "pmgcm gossip random";
-    uint8_t *p = buf;
-    pid_t pid;
-    int rc = 0;
-
-    if (len == 0)
-        return 0;
-    if (buf == NULL)
-        return -EINVAL;
-
-    pthread_mutex_lock(&rng_lock);
-    pid = getpid();
-    if (!rng_ready) {
-        mbedtls_entropy_init(&rng_entropy);
-        mbedtls_ctr_drbg_init(&rng_drbg);
-        if (mbedtls_ctr_drbg_seed(&rng_drbg, mbedtls_entropy_func,
-                                  &rng_entropy, (const unsigned char *)pers,
-                                  sizeof(pers) - 1) != 0) {
-            mbedtls_ctr_drbg_free(&rng_drbg);
-            mbedtls_entropy_free(&rng_entropy);
-            rc = -EIO;
-            goto out;
-        }
-        rng_ready = true;
-        rng_pid = pid;
-    } else if (pid != rng_pid) {
-        /* A forked child must not replay its parent's stream. */
-        if (mbedtls_ctr_drbg_reseed(&rng_drbg, (const unsigned char *)&pid,
-                                    sizeof(pid)) != 0) {
-            rc = -EIO;
-            goto out;
-        }
-        rng_pid = pid;
-    }
-    while (len > 0) {
-        size_t chunk = len < MBEDTLS_CTR_DRBG_MAX_REQUEST
-                           ? len
-                           : MBEDTLS_CTR_DRBG_MAX_REQUEST;
-        if (mbedtls_ctr_drbg_random(&rng_drbg, p, chunk) != 0) {
-            rc = -EIO;
-            goto out;
-        }
-        p += chunk;
-        len -= chunk;
-    }
-out:
-    pthread_mutex_unlock(&rng_lock);
-    return rc;
+    return pmm_random(buf, len);
 }
 
 /* ---- keyring -------------------------------------------------------------- */
@@ -369,29 +313,11 @@ static bool is_space(char c)
     return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f';
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* One trimmed token (no whitespace, no '#') into key. 0 or -EINVAL. */
 static int parse_key(const char *tok, size_t len, uint8_t key[GSP_KEY_LEN])
 {
-    if (len == 2 * GSP_KEY_LEN) {
-        for (size_t i = 0; i < GSP_KEY_LEN; i++) {
-            int hi = hexval(tok[2 * i]), lo = hexval(tok[2 * i + 1]);
-            if (hi < 0 || lo < 0)
-                return -EINVAL;
-            key[i] = (uint8_t)(hi << 4 | lo);
-        }
-        return 0;
-    }
+    if (len == 2 * GSP_KEY_LEN)
+        return pmm_hex_decode(tok, GSP_KEY_LEN, key);
     if (len == 44) {
         uint8_t enc[45];
         size_t olen = 0, elen = 0;

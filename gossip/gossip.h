@@ -110,8 +110,9 @@ int gsp_open(gsp_keyring *kr, const uint8_t *in, size_t in_len,
  * in *bad_line if not NULL), -ENOSPC (more than GSP_KEYRING_MAX keys; line
  * set when the file itself holds too many). Nothing is added on error. */
 int gsp_keyring_load_file(gsp_keyring *kr, const char *path, int *bad_line);
-/* Fills buf with fresh random bytes (mbedTLS CTR-DRBG, thread safe, reseeded
- * after fork). 0, -EINVAL or -EIO. */
+/* Fills buf with fresh random bytes from the process's one generator
+ * (common.h pmm_random: mbedTLS CTR-DRBG, thread safe, reseeded after
+ * fork). 0, -EINVAL or -EIO. */
 int gsp_random(void *buf, size_t len);
 
 /* ---- configuration ------------------------------------------------------ */

@@ -171,49 +171,26 @@ bool gsp_addr_eq(const gsp_addr *a, const gsp_addr *b)
 
 /* ---- node ids ------------------------------------------------------------ */
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 int gsp_id_parse(gsp_id *out, const char *hex32)
 {
     gsp_id id;
 
     if (out == NULL || hex32 == NULL)
         return -EINVAL;
-    if (strnlen(hex32, 2 * GSP_ID_LEN + 1) != 2 * GSP_ID_LEN)
+    if (strnlen(hex32, 2 * GSP_ID_LEN + 1) != 2 * GSP_ID_LEN ||
+        pmm_hex_decode(hex32, GSP_ID_LEN, id.b) != 0)
         return -EINVAL;
-    for (size_t i = 0; i < GSP_ID_LEN; i++) {
-        int hi = hexval(hex32[2 * i]), lo = hexval(hex32[2 * i + 1]);
-        if (hi < 0 || lo < 0)
-            return -EINVAL;
-        id.b[i] = (uint8_t)(hi << 4 | lo);
-    }
     *out = id;
     return 0;
 }
 
 char *gsp_id_str(const gsp_id *id, char *buf, size_t len)
 {
-    static const char digits[] = "0123456789abcdef";
-
     if (buf == NULL || len == 0)
         return buf;
     if (id == NULL || len < 2 * GSP_ID_LEN + 1) {
         buf[0] = '\0';
         return buf;
     }
-    for (size_t i = 0; i < GSP_ID_LEN; i++) {
-        buf[2 * i] = digits[id->b[i] >> 4];
-        buf[2 * i + 1] = digits[id->b[i] & 0xf];
-    }
-    buf[2 * GSP_ID_LEN] = '\0';
-    return buf;
+    return pmm_hex_encode(id->b, GSP_ID_LEN, buf, false);
 }

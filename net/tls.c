@@ -27,7 +27,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,7 +38,6 @@
 
 #include <mbedtls/ctr_drbg.h>
 #include <mbedtls/ecp.h>
-#include <mbedtls/entropy.h>
 #include <mbedtls/error.h>
 #include <mbedtls/oid.h>
 #include <mbedtls/pk.h>
@@ -78,51 +76,15 @@ const char *pmm_tls_strerror(int err)
 }
 
 /* ======================================================================
- * randomness: one CTR-DRBG for the process (thread-safe in mbedTLS with
- * MBEDTLS_THREADING_C), reseeded with the pid after a fork
+ * randomness: the process's one generator (common.h pmm_random)
  * ====================================================================== */
 
-static pthread_once_t rng_once = PTHREAD_ONCE_INIT;
-static pthread_mutex_t rng_pid_lock = PTHREAD_MUTEX_INITIALIZER;
-static mbedtls_entropy_context rng_entropy;
-static mbedtls_ctr_drbg_context rng_drbg;
-static int rng_ok;
-static pid_t rng_pid;
-
-static void rng_init(void)
-{
-    static const char pers[] = "pmgcm-tls";
-    mbedtls_entropy_init(&rng_entropy);
-    mbedtls_ctr_drbg_init(&rng_drbg);
-    if (mbedtls_ctr_drbg_seed(&rng_drbg, mbedtls_entropy_func, &rng_entropy,
-                              (const unsigned char *)pers,
-                              sizeof pers - 1) == 0) {
-        rng_ok = 1;
-        rng_pid = getpid();
-    }
-}
-
+/* mbedTLS's f_rng: common's generator */
 static int rng(void *unused, unsigned char *out, size_t len)
 {
     (void)unused;
-    pthread_once(&rng_once, rng_init);
-    if (!rng_ok)
-        return MBEDTLS_ERR_CTR_DRBG_ENTROPY_SOURCE_FAILED;
-    pid_t pid = getpid();
-    if (pid != rng_pid) {
-        pthread_mutex_lock(&rng_pid_lock);
-        if (pid != rng_pid) {
-            if (mbedtls_ctr_drbg_reseed(&rng_drbg,
-                                        (const unsigned char *)&pid,
-                                        sizeof pid) != 0) {
-                pthread_mutex_unlock(&rng_pid_lock);
-                return MBEDTLS_ERR_CTR_DRBG_ENTROPY_SOURCE_FAILED;
-            }
-            rng_pid = pid;
-        }
-        pthread_mutex_unlock(&rng_pid_lock);
-    }
-    return mbedtls_ctr_drbg_random(&rng_drbg, out, len);
+    return pmm_random(out, len) == 0
+               ? 0 : MBEDTLS_ERR_CTR_DRBG_ENTROPY_SOURCE_FAILED;
 }
 
 /* ======================================================================
@@ -158,14 +120,6 @@ char *pmm_tls_fp_str(const pmm_tls_fp *fp, char *buf, size_t len)
     return buf;
 }
 
-static int hexval(char ch)
-{
-    if (ch >= '0' && ch <= '9') return ch - '0';
-    if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
-    return -1;
-}
-
 int pmm_tls_fp_parse(pmm_tls_fp *out, const char *s)
 {
     if (out == NULL || s == NULL)
@@ -186,7 +140,7 @@ int pmm_tls_fp_parse(pmm_tls_fp *out, const char *s)
                 return -EINVAL;
             p++;
         }
-        int hi = hexval(p[0]), lo = hexval(p[1]);
+        int hi = pmm_hexval(p[0]), lo = pmm_hexval(p[1]);
         if (hi < 0 || lo < 0)
             return -EINVAL;
         fp.b[i] = (uint8_t)(hi << 4 | lo);
