@@ -100,6 +100,9 @@ typedef struct node {
     size_t n_saved;
     gsp_addr peers_next[PMM_STATE_PEERS_MAX];
     size_t n_next;
+    /* the peers joined at start: remembered and configured ones */
+    gsp_addr join_peers[PMM_STATE_PEERS_MAX + PMM_PEERS_MAX];
+    size_t n_join_peers;
 
     /* memory for unauthenticated input (unauth_budget_bytes): the status
      * and agent ports, the node API's handshakes, gossip TCP frames */
@@ -1387,51 +1390,7 @@ static void close_handle(uv_handle_t *h)
         uv_close(h, NULL);
 }
 
-/* Closes every handle; the loop then runs dry. */
-static void node_close_all(node *n)
-{
-    if (n->closed)
-        return;
-    n->closed = true;
-    n->stopping = true;
-    close_handle((uv_handle_t *)&n->sig_term);
-    close_handle((uv_handle_t *)&n->sig_int);
-    close_handle((uv_handle_t *)&n->sig_hup);
-    close_handle((uv_handle_t *)&n->meta_timer);
-    close_handle((uv_handle_t *)&n->peers_timer);
-    close_handle((uv_handle_t *)&n->leave_timer);
-    close_handle((uv_handle_t *)&n->http_retry_timer);
-    if (n->http != NULL) {
-        pmm_http_close(n->http);
-        n->http = NULL;
-    }
-    if (n->agent != NULL) {
-        pmm_http_close(n->agent);
-        n->agent = NULL;
-    }
-    if (n->meta_busy)
-        uv_cancel((uv_req_t *)&n->meta_work);
-    /* a peers write in flight is left to finish: it is atomic anyway */
-    pmm_files_close(n->files); /* before lc and the node API */
-    pmm_repl_close(n->repl);   /* before lc and the node API */
-    n->repl = NULL;
-    close_handle((uv_handle_t *)&n->db_meta_timer);
-    n->files = NULL;
-    if (n->lc != NULL) {
-        pmm_lc_close(n->lc);
-        n->lc = NULL;
-    }
-    pmm_api_close(n->api); /* after everything that serves or calls there */
-    n->api = NULL;
-    if (n->ctl != NULL) {
-        pmm_ctl_close(n->ctl);
-        n->ctl = NULL;
-    }
-    if (n->u != NULL) {
-        gsp_uv_close(n->u);
-        n->u = NULL;
-    }
-}
+static void node_close_all(node *n);
 
 static void leave_timer_cb(uv_timer_t *t)
 {
@@ -1623,50 +1582,43 @@ static int load_status_token(node *n)
     return 0;
 }
 
-static int node_start(node *n)
-{
-    gsp_config *g = &n->cfg.gossip;
-    gsp_callbacks cb = {.ud = n, .member_changed = member_changed,
-                        .user_msg = user_msg};
-    gsp_core *core = NULL;
-    gsp_addr peers[PMM_STATE_PEERS_MAX + PMM_PEERS_MAX];
-    size_t n_peers = 0, n_file = 0, bad = 0;
-    uint64_t seed;
-    char err[512], a1[64], a2[64];
-    bool created = false;
-    int rc, bad_line = 0;
+/* ---- startup and shutdown: named stages ------------------------------------------ */
 
-    /* one memory budget for everything unauthenticated */
+/* one memory budget for everything unauthenticated; who may read the
+ * status port */
+static int stage_limits(node *n)
+{
     n->budget = gsp_budget_new(n->cfg.unauth_budget_bytes);
     if (n->budget == NULL) {
         pmm_log(PMM_LOG_ERROR, "daemon", "cannot create the memory budget");
         return -ENOMEM;
     }
-    rc = load_status_token(n);
-    if (rc != 0)
-        return rc;
+    return load_status_token(n);
+}
 
-    /* keyring */
+/* the gossip keyring: key_file, or a private random key until create or
+ * join brings the cluster's keyring */
+static int stage_keyring(node *n)
+{
+    int rc, bad_line = 0;
+
     n->kr = gsp_keyring_new(n->cfg.label);
     if (n->kr == NULL) {
         pmm_log(PMM_LOG_ERROR, "daemon", "cannot create keyring");
         return -ENOMEM;
     }
     if (n->cfg.key_file[0] == '\0') {
-        /* no shared key: a private random one until create/join brings the
-         * cluster's keyring */
         uint8_t k[GSP_KEY_LEN];
         rc = gsp_random(k, sizeof(k));
         if (rc == 0)
             rc = gsp_keyring_add(n->kr, k);
         memset(k, 0, sizeof(k));
-        if (rc != 0) {
+        if (rc != 0)
             pmm_log(PMM_LOG_ERROR, "daemon", "cannot make a gossip key: %s",
                     gsp_strerror(rc));
-            return rc;
-        }
-    } else {
-        rc = gsp_keyring_load_file(n->kr, n->cfg.key_file, &bad_line);
+        return rc;
+    }
+    rc = gsp_keyring_load_file(n->kr, n->cfg.key_file, &bad_line);
     if (rc == -EINVAL && bad_line > 0) {
         pmm_log(PMM_LOG_ERROR, "daemon",
                 "key file %s, line %d: not a key (expected 64 hex or 44 "
@@ -1689,9 +1641,19 @@ static int node_start(node *n)
                 n->cfg.key_file);
         return -ENOKEY;
     }
-    }
+    return 0;
+}
 
-    /* identity */
+/* data_dir (private, locked), the node id, the generation; the peers to
+ * join: remembered ones and configured ones, never ourselves */
+static int stage_identity(node *n)
+{
+    gsp_addr *peers = n->join_peers;
+    size_t n_file = 0, bad = 0;
+    char err[512], a1[64], a2[64];
+    bool created = false;
+    int rc;
+
     rc = pmm_mkdir_p(n->cfg.data_dir, 0700);
     if (rc != 0) {
         pmm_log(PMM_LOG_ERROR, "daemon", "data_dir %s: %s", n->cfg.data_dir,
@@ -1724,15 +1686,15 @@ static int node_start(node *n)
     memcpy(n->peers_saved, peers, n_file * sizeof(gsp_addr));
     n->n_saved = n_file;
     qsort(n->peers_saved, n->n_saved, sizeof(gsp_addr), addr_cmp);
-    n_peers = n_file;
+    n->n_join_peers = n_file;
     for (size_t i = 0; i < n->cfg.n_peers; i++)
-        if (!addr_in(peers, n_peers, &n->cfg.peers[i]))
-            peers[n_peers++] = n->cfg.peers[i];
+        if (!addr_in(peers, n->n_join_peers, &n->cfg.peers[i]))
+            peers[n->n_join_peers++] = n->cfg.peers[i];
     /* never join ourselves */
-    for (size_t i = 0; i < n_peers;) {
+    for (size_t i = 0; i < n->n_join_peers;) {
         if (gsp_addr_eq(&peers[i], &n->cfg.advertise) ||
             gsp_addr_eq(&peers[i], &n->cfg.bind))
-            peers[i] = peers[--n_peers];
+            peers[i] = peers[--n->n_join_peers];
         else
             i++;
     }
@@ -1743,9 +1705,13 @@ static int node_start(node *n)
             created ? " (new)" : "", (unsigned long long)n->gen,
             gsp_addr_str(&n->cfg.bind, a1, sizeof(a1)),
             gsp_addr_str(&n->cfg.advertise, a2, sizeof(a2)));
+    return 0;
+}
 
-    /* first metadata sample: blocking is fine before the loop runs */
-    rc = pmm_sysinfo_sample(&n->sample);
+/* the first metadata sample: blocking is fine before the loop runs */
+static int stage_metadata(node *n)
+{
+    int rc = pmm_sysinfo_sample(&n->sample);
     if (rc != 0) {
         pmm_log(PMM_LOG_WARN, "meta", "cannot sample host status: %s",
                 strerror(-rc));
@@ -1753,16 +1719,35 @@ static int node_start(node *n)
     } else {
         meta_from_sample(n);
     }
+    return 0;
+}
 
-    /* gossip */
+static void stop_metadata(node *n)
+{
+    if (n->meta_busy)
+        uv_cancel((uv_req_t *)&n->meta_work);
+    /* a peers write in flight is left to finish: it is atomic anyway */
+}
+
+/* the gossip core and its libuv adapter on the bind address */
+static int stage_gossip(node *n)
+{
+    gsp_callbacks cb = {.ud = n, .member_changed = member_changed,
+                        .user_msg = user_msg};
+    gsp_core *core = NULL;
+    uint64_t seed;
+    char a1[64];
+    int rc;
+
     rc = gsp_random(&seed, sizeof(seed));
     if (rc != 0) {
         pmm_log(PMM_LOG_ERROR, "daemon", "gsp_random: %s", gsp_strerror(rc));
         return rc;
     }
     uv_update_time(&n->loop);
-    rc = gsp_core_new(&core, g, &n->id, n->cfg.name, &n->cfg.advertise,
-                      n->gen, n->kr, seed, uv_now(&n->loop), &cb);
+    rc = gsp_core_new(&core, &n->cfg.gossip, &n->id, n->cfg.name,
+                      &n->cfg.advertise, n->gen, n->kr, seed,
+                      uv_now(&n->loop), &cb);
     if (rc != 0) {
         pmm_log(PMM_LOG_ERROR, "gossip", "cannot create the gossip core: %s",
                 gsp_strerror(rc));
@@ -1785,20 +1770,49 @@ static int node_start(node *n)
     }
     /* gossip TCP frames take their buffers from the same budget */
     gsp_uv_set_budget(n->u, n->budget);
+    return 0;
+}
 
-    /* control socket */
-    rc = pmm_ctl_start(&n->ctl, &n->loop, n->cfg.control_socket, ctl_handler,
-                       n, err, sizeof(err));
+static void stop_gossip(node *n)
+{
+    if (n->u != NULL) {
+        gsp_uv_close(n->u);
+        n->u = NULL;
+    }
+}
+
+static int stage_ctl(node *n)
+{
+    char err[512];
+    int rc = pmm_ctl_start(&n->ctl, &n->loop, n->cfg.control_socket,
+                           ctl_handler, n, err, sizeof(err));
     if (rc != 0) {
         pmm_log(PMM_LOG_ERROR, "ctl", "%s", err);
         n->ctl = NULL;
         return rc;
     }
     pmm_log(PMM_LOG_INFO, "ctl", "listening on %s", n->cfg.control_socket);
+    return 0;
+}
 
-    /* join: persisted peers + configured peers; the same list is kept as
-     * seeds so the core re-contacts them while they are not alive */
-    core = gsp_uv_core(n->u);
+static void stop_ctl(node *n)
+{
+    if (n->ctl != NULL) {
+        pmm_ctl_close(n->ctl);
+        n->ctl = NULL;
+    }
+}
+
+/* join: persisted peers + configured peers; the same list is kept as seeds
+ * so the core re-contacts them while they are not alive */
+static int stage_join(node *n)
+{
+    gsp_core *core = gsp_uv_core(n->u);
+    const gsp_addr *peers = n->join_peers;
+    size_t n_peers = n->n_join_peers;
+    char a1[64];
+    int rc;
+
     if (n_peers > 0) {
         pmm_buf b;
         pmm_buf_init(&b, 4096);
@@ -1819,85 +1833,203 @@ static int node_start(node *n)
     if (rc != 0)
         pmm_log(PMM_LOG_WARN, "gossip", "set_seeds: %s", gsp_strerror(rc));
     gsp_uv_kick(n->u);
+    return 0;
+}
 
-    /* the node API (TLS): this node's identity in data_dir/tls, the server
-     * on the bind address */
-    {
-        char tls_dir[PMM_PATH_MAX + 8], ip[48];
-        snprintf(tls_dir, sizeof(tls_dir), "%s/tls", n->cfg.data_dir);
-        gsp_addr_ip_str(&n->cfg.bind, ip, sizeof(ip));
-        pmm_api_env aenv = {.loop = &n->loop, .tls_dir = tls_dir,
-                            .cn = n->cfg.name, .ip = ip,
-                            .port = n->cfg.api_port, .budget = n->budget};
-        rc = pmm_api_start(&n->api, &aenv, err, sizeof(err));
-        if (rc != 0) {
-            pmm_log(PMM_LOG_ERROR, "cluster", "%s", err);
-            n->api = NULL;
-            return rc;
-        }
+/* the node API (TLS): this node's identity in data_dir/tls, the server on
+ * the bind address */
+static int stage_api(node *n)
+{
+    char tls_dir[PMM_PATH_MAX + 8], ip[48], err[512];
+    snprintf(tls_dir, sizeof(tls_dir), "%s/tls", n->cfg.data_dir);
+    gsp_addr_ip_str(&n->cfg.bind, ip, sizeof(ip));
+    pmm_api_env aenv = {.loop = &n->loop, .tls_dir = tls_dir,
+                        .cn = n->cfg.name, .ip = ip,
+                        .port = n->cfg.api_port, .budget = n->budget};
+    int rc = pmm_api_start(&n->api, &aenv, err, sizeof(err));
+    if (rc != 0) {
+        pmm_log(PMM_LOG_ERROR, "cluster", "%s", err);
+        n->api = NULL;
     }
+    return rc;
+}
 
-    /* cluster lifecycle: config, keyring, seeds; its node API requests */
-    {
-        pmm_lc_env env = {.loop = &n->loop, .cfg = &n->cfg,
-                          .api_port = n->cfg.api_port, .node_id = n->id,
-                          .kr = n->kr, .u = n->u, .api = n->api,
-                          .changed = cluster_changed,
-                          .schema = lc_schema, .schema_diff = lc_schema_diff,
-                          .promote_check = lc_promote_check,
-                          .note = lc_note, .ud = n};
-        rc = pmm_lc_start(&n->lc, &env, err, sizeof(err));
-        if (rc != 0) {
-            pmm_log(PMM_LOG_ERROR, "cluster", "%s", err);
-            n->lc = NULL;
-            return rc;
-        }
-        pmm_log(PMM_LOG_INFO, "cluster", "node API (TLS) on port %u, "
-                "fingerprint %s", n->cfg.api_port, pmm_lc_fingerprint(n->lc));
-        cluster_changed(n);
+/* after everything that serves or calls there */
+static void stop_api(node *n)
+{
+    pmm_api_close(n->api);
+    n->api = NULL;
+}
+
+/* cluster lifecycle: config, keyring, seeds; its node API requests */
+static int stage_cluster(node *n)
+{
+    char err[512];
+    pmm_lc_env env = {.loop = &n->loop, .cfg = &n->cfg,
+                      .api_port = n->cfg.api_port, .node_id = n->id,
+                      .kr = n->kr, .u = n->u, .api = n->api,
+                      .changed = cluster_changed,
+                      .schema = lc_schema, .schema_diff = lc_schema_diff,
+                      .promote_check = lc_promote_check,
+                      .note = lc_note, .ud = n};
+    int rc = pmm_lc_start(&n->lc, &env, err, sizeof(err));
+    if (rc != 0) {
+        pmm_log(PMM_LOG_ERROR, "cluster", "%s", err);
+        n->lc = NULL;
+        return rc;
     }
+    pmm_log(PMM_LOG_INFO, "cluster", "node API (TLS) on port %u, "
+            "fingerprint %s", n->cfg.api_port, pmm_lc_fingerprint(n->lc));
+    cluster_changed(n);
+    return 0;
+}
 
-    /* the replicated database (db_conninfo): needs the lifecycle */
-    {
-        pmm_repl_env renv = {.loop = &n->loop, .cfg = &n->cfg, .lc = n->lc,
-                             .api = n->api, .u = n->u,
-                             .changed = store_changed, .ud = n};
-        rc = pmm_repl_start(&n->repl, &renv, err, sizeof(err));
-        if (rc != 0) {
-            pmm_log(PMM_LOG_ERROR, "store", "%s", err);
-            return rc;
-        }
-        if (n->repl != NULL)
-            pmm_log(PMM_LOG_INFO, "store", "replicating schemas \"%s\"%s%s",
-                    n->cfg.db_schemas, n->cfg.db_exclude[0] ? " except " : "",
-                    n->cfg.db_exclude);
+static void stop_cluster(node *n)
+{
+    if (n->lc != NULL) {
+        pmm_lc_close(n->lc);
+        n->lc = NULL;
     }
+}
 
-    /* mirrored config files (files_dir): needs the lifecycle */
-    {
-        pmm_files_env fenv = {.loop = &n->loop, .cfg = &n->cfg, .lc = n->lc,
-                              .api = n->api, .node_id = n->id,
-                              .changed = store_changed, .ud = n};
-        rc = pmm_files_start(&n->files, &fenv, err, sizeof(err));
-        if (rc != 0) {
-            pmm_log(PMM_LOG_ERROR, "files", "%s", err);
-            return rc;
-        }
+/* the replicated database (db_conninfo): needs the lifecycle */
+static int stage_store(node *n)
+{
+    char err[512];
+    pmm_repl_env renv = {.loop = &n->loop, .cfg = &n->cfg, .lc = n->lc,
+                         .api = n->api, .u = n->u,
+                         .changed = store_changed, .ud = n};
+    int rc = pmm_repl_start(&n->repl, &renv, err, sizeof(err));
+    if (rc != 0) {
+        pmm_log(PMM_LOG_ERROR, "store", "%s", err);
+        return rc;
     }
+    if (n->repl != NULL)
+        pmm_log(PMM_LOG_INFO, "store", "replicating schemas \"%s\"%s%s",
+                n->cfg.db_schemas, n->cfg.db_exclude[0] ? " except " : "",
+                n->cfg.db_exclude);
+    return 0;
+}
 
-    /* status and agent ports: after the lifecycle, whose state they show */
+static void stop_store(node *n)
+{
+    pmm_repl_close(n->repl); /* before lc and the node API */
+    n->repl = NULL;
+    close_handle((uv_handle_t *)&n->db_meta_timer);
+}
+
+/* mirrored config files (files_dir): needs the lifecycle */
+static int stage_files(node *n)
+{
+    char err[512];
+    pmm_files_env fenv = {.loop = &n->loop, .cfg = &n->cfg, .lc = n->lc,
+                          .api = n->api, .node_id = n->id,
+                          .changed = store_changed, .ud = n};
+    int rc = pmm_files_start(&n->files, &fenv, err, sizeof(err));
+    if (rc != 0)
+        pmm_log(PMM_LOG_ERROR, "files", "%s", err);
+    return rc;
+}
+
+static void stop_files(node *n)
+{
+    pmm_files_close(n->files); /* before lc and the node API */
+    n->files = NULL;
+}
+
+/* status and agent ports: after the lifecycle, whose state they show */
+static int stage_ports(node *n)
+{
     drain_load(n);
     http_listen_all(n);
     if (n->http_failed || n->agent_failed)
         uv_timer_start(&n->http_retry_timer, http_retry_cb, HTTP_RETRY_MS,
                        HTTP_RETRY_MS);
+    return 0;
+}
 
+static void stop_ports(node *n)
+{
+    close_handle((uv_handle_t *)&n->http_retry_timer);
+    if (n->http != NULL) {
+        pmm_http_close(n->http);
+        n->http = NULL;
+    }
+    if (n->agent != NULL) {
+        pmm_http_close(n->agent);
+        n->agent = NULL;
+    }
+}
+
+/* the metadata timer and the signals */
+static int stage_run(node *n)
+{
     uv_timer_start(&n->meta_timer, meta_timer_cb, n->cfg.meta_interval_ms,
                    n->cfg.meta_interval_ms);
     uv_signal_start(&n->sig_term, signal_cb, SIGTERM);
     uv_signal_start(&n->sig_int, signal_cb, SIGINT);
     uv_signal_start(&n->sig_hup, signal_cb, SIGHUP);
     return 0;
+}
+
+static void stop_run(node *n)
+{
+    close_handle((uv_handle_t *)&n->sig_term);
+    close_handle((uv_handle_t *)&n->sig_int);
+    close_handle((uv_handle_t *)&n->sig_hup);
+    close_handle((uv_handle_t *)&n->meta_timer);
+    close_handle((uv_handle_t *)&n->peers_timer);
+    close_handle((uv_handle_t *)&n->leave_timer);
+}
+
+/* Started in this order; stopped in the reverse one (every stop, also of a
+ * stage that never started: each stop is harmless then). */
+typedef struct stage {
+    const char *name;
+    int (*start)(node *n);
+    void (*stop)(node *n);
+} stage;
+
+static const stage stages[] = {
+    {"limits", stage_limits, NULL},
+    {"keyring", stage_keyring, NULL},
+    {"identity", stage_identity, NULL},
+    {"metadata", stage_metadata, stop_metadata},
+    {"gossip", stage_gossip, stop_gossip},
+    {"control socket", stage_ctl, stop_ctl},
+    {"join", stage_join, NULL},
+    {"node API", stage_api, stop_api},
+    {"cluster", stage_cluster, stop_cluster},
+    {"store", stage_store, stop_store},
+    {"files", stage_files, stop_files},
+    {"ports", stage_ports, stop_ports},
+    {"run", stage_run, stop_run},
+};
+#define N_STAGES (sizeof(stages) / sizeof(stages[0]))
+
+static int node_start(node *n)
+{
+    for (size_t i = 0; i < N_STAGES; i++) {
+        int rc = stages[i].start(n);
+        if (rc != 0) {
+            pmm_log(PMM_LOG_DEBUG, "daemon", "startup stopped at stage %s",
+                    stages[i].name);
+            return rc;
+        }
+    }
+    return 0;
+}
+
+/* Closes every handle; the loop then runs dry. */
+static void node_close_all(node *n)
+{
+    if (n->closed)
+        return;
+    n->closed = true;
+    n->stopping = true;
+    for (size_t i = N_STAGES; i-- > 0;)
+        if (stages[i].stop != NULL)
+            stages[i].stop(n);
 }
 
 int main(int argc, char **argv)
