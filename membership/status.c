@@ -327,6 +327,130 @@ static bool u64_ok(const pmm_json *v)
            v->num < 18446744073709551616.0;
 }
 
+/* The fields every row has: name, cid, ip, role, state, uptime, load, mem,
+ * disk. 0, or the name of the bad one. */
+static const char *row_basics(const pmm_json *o, pmm_status_row *r)
+{
+    char st[4] = "";
+    int64_t v;
+    const pmm_json *j;
+
+    if (o->type != PMM_JSON_OBJECT)
+        return "member";
+    if (get_str(o, "name", r->name, sizeof(r->name), true, false))
+        return "name";
+    if (get_int(o, "cid", 0, UINT32_MAX, false, 0, &v))
+        return "cid";
+    r->cid = (uint32_t)v;
+    if (get_str(o, "ip", r->ip, sizeof(r->ip), true, false))
+        return "ip";
+    if (get_str(o, "role", r->role, sizeof(r->role), true, false))
+        return "role";
+    if (get_str(o, "state", st, sizeof(st), true, false) ||
+        strlen(st) != 1 || strchr("A?DLS", st[0]) == NULL)
+        return "state";
+    r->state = st[0];
+    if (get_int(o, "uptime", 0, 9007199254740992.0, true, -1, &r->uptime))
+        return "uptime";
+    j = pmm_json_get(o, "load");
+    if (j != NULL && j->type == PMM_JSON_NULL)
+        r->load = -1;
+    else if (j != NULL && j->type == PMM_JSON_NUMBER && j->num >= 0 &&
+             j->num <= 1e7)
+        r->load = j->num;
+    else
+        return "load";
+    if (get_int(o, "mem", 0, 100, true, -1, &v))
+        return "mem";
+    r->mem = (int)v;
+    if (get_int(o, "disk", 0, 100, true, -1, &v))
+        return "disk";
+    r->disk = (int)v;
+    r->has_meta = r->mem >= 0;
+    return NULL;
+}
+
+/* The optional fields: id, gossip_state, port, self. */
+static const char *row_extras(const pmm_json *o, pmm_status_row *r)
+{
+    int64_t v;
+    const pmm_json *j;
+
+    if (get_str(o, "id", r->id, sizeof(r->id), false, true))
+        return "id";
+    if (get_str(o, "gossip_state", r->gossip_state, sizeof(r->gossip_state),
+                false, true))
+        return "gossip_state";
+    if (pmm_json_get(o, "port") != NULL) {
+        if (get_int(o, "port", 0, 65535, false, 0, &v))
+            return "port";
+        r->port = (uint16_t)v;
+    }
+    j = pmm_json_get(o, "self");
+    if (j != NULL) {
+        if (j->type != PMM_JSON_BOOL)
+            return "self";
+        r->self = j->b;
+    }
+    return NULL;
+}
+
+/* The store's object "db" (absent or null: no store): state, position,
+ * lag, per-origin positions, reason, kept records. */
+static const char *row_db(const pmm_json *o, pmm_status_row *r)
+{
+    const pmm_json *j = pmm_json_get(o, "db");
+    const pmm_json *e, *q, *lc, *ls, *oa, *kp;
+
+    if (j == NULL || j->type == PMM_JSON_NULL)
+        return NULL;
+    if (j->type != PMM_JSON_OBJECT ||
+        get_str(j, "state", r->db_state, sizeof(r->db_state), true, false))
+        return "db";
+    e = pmm_json_get(j, "epoch");
+    q = pmm_json_get(j, "seq");
+    lc = pmm_json_get(j, "lag_changes");
+    ls = pmm_json_get(j, "lag_seconds");
+    if (!u64_ok(e) || !u64_ok(q) || !u64_ok(lc) || !ls ||
+        ls->type != PMM_JSON_NUMBER || ls->num < 0)
+        return "db";
+    oa = pmm_json_get(j, "origins");
+    if (oa != NULL && oa->type == PMM_JSON_ARRAY) {
+        for (const pmm_json *it = oa->child;
+             it && r->n_origins < PMM_META_ORIGINS_MAX; it = it->next) {
+            const pmm_json *oc = pmm_json_get(it, "cid"),
+                           *os = pmm_json_get(it, "seq"),
+                           *ob = pmm_json_get(it, "behind");
+            if (!u64_ok(oc) || oc->num > UINT32_MAX || !u64_ok(os) ||
+                !u64_ok(ob))
+                return "db.origins";
+            r->origins[r->n_origins].cid = (uint32_t)oc->num;
+            r->origins[r->n_origins].seq = (uint64_t)os->num;
+            r->origins[r->n_origins].behind = (uint64_t)ob->num;
+            r->n_origins++;
+        }
+    }
+    /* optional: reason, kept */
+    if (get_str(j, "reason", r->db_reason, sizeof(r->db_reason), false,
+                true))
+        return "db.reason";
+    kp = pmm_json_get(j, "kept");
+    if (kp != NULL && kp->type == PMM_JSON_OBJECT) {
+        const pmm_json *kb = pmm_json_get(kp, "backups"),
+                       *kd = pmm_json_get(kp, "divergence");
+        if (!u64_ok(kb) || kb->num > UINT32_MAX || !u64_ok(kd))
+            return "db.kept";
+        r->db_kept = (uint32_t)kb->num;
+        r->db_divergence = (uint64_t)kd->num;
+    }
+    r->has_db = true;
+    r->db_epoch = (uint64_t)e->num;
+    r->db_seq = (uint64_t)q->num;
+    r->lag_changes = (uint64_t)lc->num;
+    r->lag_seconds = ls->num;
+    return NULL;
+}
+
 int pmm_status_from_json(const pmm_json *arr, pmm_status_row **rows_out,
                          size_t *n_out, char *err, size_t errlen)
 {
@@ -346,155 +470,16 @@ int pmm_status_from_json(const pmm_json *arr, pmm_status_row **rows_out,
         return -ENOMEM;
     }
     for (const pmm_json *o = arr->child; o != NULL; o = o->next, n++) {
-        pmm_status_row *r = &rows[n];
-        char st[4] = "";
-        int64_t v;
-        const pmm_json *j;
-
-        if (o->type != PMM_JSON_OBJECT) {
-            bad = "member";
-            goto fail;
-        }
-        if (get_str(o, "name", r->name, sizeof(r->name), true, false)) {
-            bad = "name";
-            goto fail;
-        }
-        if (get_int(o, "cid", 0, UINT32_MAX, false, 0, &v)) {
-            bad = "cid";
-            goto fail;
-        }
-        r->cid = (uint32_t)v;
-        if (get_str(o, "ip", r->ip, sizeof(r->ip), true, false)) {
-            bad = "ip";
-            goto fail;
-        }
-        if (get_str(o, "role", r->role, sizeof(r->role), true, false)) {
-            bad = "role";
-            goto fail;
-        }
-        if (get_str(o, "state", st, sizeof(st), true, false) ||
-            strlen(st) != 1 || strchr("A?DLS", st[0]) == NULL) {
-            bad = "state";
-            goto fail;
-        }
-        r->state = st[0];
-        if (get_int(o, "uptime", 0, 9007199254740992.0, true, -1,
-                    &r->uptime)) {
-            bad = "uptime";
-            goto fail;
-        }
-        j = pmm_json_get(o, "load");
-        if (j != NULL && j->type == PMM_JSON_NULL) {
-            r->load = -1;
-        } else if (j != NULL && j->type == PMM_JSON_NUMBER && j->num >= 0 &&
-                   j->num <= 1e7) {
-            r->load = j->num;
-        } else {
-            bad = "load";
-            goto fail;
-        }
-        if (get_int(o, "mem", 0, 100, true, -1, &v)) {
-            bad = "mem";
-            goto fail;
-        }
-        r->mem = (int)v;
-        if (get_int(o, "disk", 0, 100, true, -1, &v)) {
-            bad = "disk";
-            goto fail;
-        }
-        r->disk = (int)v;
-        r->has_meta = r->mem >= 0;
-        /* extras: optional */
-        if (get_str(o, "id", r->id, sizeof(r->id), false, true)) {
-            bad = "id";
-            goto fail;
-        }
-        if (get_str(o, "gossip_state", r->gossip_state,
-                    sizeof(r->gossip_state), false, true)) {
-            bad = "gossip_state";
-            goto fail;
-        }
-        if (pmm_json_get(o, "port") != NULL) {
-            if (get_int(o, "port", 0, 65535, false, 0, &v)) {
-                bad = "port";
-                goto fail;
-            }
-            r->port = (uint16_t)v;
-        }
-        j = pmm_json_get(o, "self");
-        if (j != NULL) {
-            if (j->type != PMM_JSON_BOOL) {
-                bad = "self";
-                goto fail;
-            }
-            r->self = j->b;
-        }
-        j = pmm_json_get(o, "db");
-        if (j != NULL && j->type != PMM_JSON_NULL) {
-            const pmm_json *e, *q, *lc, *ls;
-            if (j->type != PMM_JSON_OBJECT ||
-                get_str(j, "state", r->db_state, sizeof(r->db_state), true,
-                        false)) {
-                bad = "db";
-                goto fail;
-            }
-            e = pmm_json_get(j, "epoch");
-            q = pmm_json_get(j, "seq");
-            lc = pmm_json_get(j, "lag_changes");
-            ls = pmm_json_get(j, "lag_seconds");
-            if (!u64_ok(e) || !u64_ok(q) || !u64_ok(lc) || !ls ||
-                ls->type != PMM_JSON_NUMBER || ls->num < 0) {
-                bad = "db";
-                goto fail;
-            }
-            const pmm_json *oa = pmm_json_get(j, "origins");
-            if (oa != NULL && oa->type == PMM_JSON_ARRAY) {
-                for (const pmm_json *it = oa->child;
-                     it && r->n_origins < PMM_META_ORIGINS_MAX;
-                     it = it->next) {
-                    const pmm_json *oc = pmm_json_get(it, "cid"),
-                                   *os = pmm_json_get(it, "seq"),
-                                   *ob = pmm_json_get(it, "behind");
-                    if (!u64_ok(oc) || oc->num > UINT32_MAX ||
-                        !u64_ok(os) || !u64_ok(ob)) {
-                        bad = "db.origins";
-                        goto fail;
-                    }
-                    r->origins[r->n_origins].cid = (uint32_t)oc->num;
-                    r->origins[r->n_origins].seq = (uint64_t)os->num;
-                    r->origins[r->n_origins].behind = (uint64_t)ob->num;
-                    r->n_origins++;
-                }
-            }
-            /* optional: reason, kept */
-            if (get_str(j, "reason", r->db_reason, sizeof(r->db_reason),
-                        false, true)) {
-                bad = "db.reason";
-                goto fail;
-            }
-            const pmm_json *kp = pmm_json_get(j, "kept");
-            if (kp != NULL && kp->type == PMM_JSON_OBJECT) {
-                const pmm_json *kb = pmm_json_get(kp, "backups"),
-                               *kd = pmm_json_get(kp, "divergence");
-                if (!u64_ok(kb) || kb->num > UINT32_MAX || !u64_ok(kd)) {
-                    bad = "db.kept";
-                    goto fail;
-                }
-                r->db_kept = (uint32_t)kb->num;
-                r->db_divergence = (uint64_t)kd->num;
-            }
-            r->has_db = true;
-            r->db_epoch = (uint64_t)e->num;
-            r->db_seq = (uint64_t)q->num;
-            r->lag_changes = (uint64_t)lc->num;
-            r->lag_seconds = ls->num;
+        if ((bad = row_basics(o, &rows[n])) != NULL ||
+            (bad = row_extras(o, &rows[n])) != NULL ||
+            (bad = row_db(o, &rows[n])) != NULL) {
+            snprintf(err, errlen, "member %zu: missing or invalid '%s'",
+                     n + 1, bad);
+            free(rows);
+            return -EINVAL;
         }
     }
     *rows_out = rows;
     *n_out = n;
     return 0;
-fail:
-    snprintf(err, errlen, "member %zu: missing or invalid '%s'", n + 1, bad);
-    free(rows);
-    return -EINVAL;
 }
