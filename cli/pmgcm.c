@@ -1730,17 +1730,15 @@ static bool set_format(cli *c, const char *fmt)
     return true;
 }
 
-int main(int argc, char **argv)
+/* Step 1: the command line into c: the command, its positional
+ * arguments and options, each checked on its own. Returns -1 to go on, or
+ * the exit code (a usage error, --help, --version). */
+static int parse_args(cli *c, int argc, char **argv, const command **cmd,
+                      const char **cmdname)
 {
-    cli c = {0};
-    const command *cmd = NULL;
-    const char *cmdname = NULL;
     bool only_pos = false, sock_given = false;
     int i;
 
-    c.sock = getenv("PMGCM_SOCKET");
-    if (c.sock == NULL || c.sock[0] == '\0')
-        c.sock = PMM_DEFAULT_SOCKET;
     for (i = 1; i < argc; i++) {
         const char *a = argv[i], *v = NULL;
         int m;
@@ -1750,20 +1748,20 @@ int main(int argc, char **argv)
             continue;
         }
         if (only_pos || a[0] != '-' || a[1] == '\0') {
-            if (cmd == NULL) {
-                cmdname = a;
+            if (*cmd == NULL) {
+                *cmdname = a;
                 for (size_t k = 0; k < sizeof(commands) / sizeof(commands[0]);
                      k++)
                     if (strcmp(commands[k].name, a) == 0)
-                        cmd = &commands[k];
-                if (cmd == NULL)
+                        *cmd = &commands[k];
+                if (*cmd == NULL)
                     return usage_error("unknown command '%s'", shown(a));
                 continue;
             }
-            if (c.npos >= cmd->max_pos)
-                return usage_error("%s: unexpected argument '%s'", cmdname,
+            if (c->npos >= (*cmd)->max_pos)
+                return usage_error("%s: unexpected argument '%s'", *cmdname,
                                    shown(a));
-            c.pos[c.npos++] = a;
+            c->pos[c->npos++] = a;
             continue;
         }
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
@@ -1779,7 +1777,7 @@ int main(int argc, char **argv)
                 return usage_error("option '%s' needs a value", shown(a));
             if (v[0] == '\0')
                 return usage_error("%s: empty socket path", shown(a));
-            c.sock = v;
+            c->sock = v;
             sock_given = true;
             continue;
         }
@@ -1790,7 +1788,7 @@ int main(int argc, char **argv)
             if (split_host(v, h, sizeof(h), p, sizeof(p)) != 0)
                 return usage_error("--host: '%s' is not HOST, HOST:PORT or "
                                    "[IPv6]:PORT", shown(v));
-            c.host = v;
+            c->host = v;
             continue;
         }
         if ((m = opt_value(argc, argv, &i, "--token-file", &v)) != 0) {
@@ -1798,29 +1796,29 @@ int main(int argc, char **argv)
                 return usage_error("option '%s' needs a value", shown(a));
             if (v[0] == '\0')
                 return usage_error("%s: empty file name", shown(a));
-            c.token_file = v;
+            c->token_file = v;
             continue;
         }
         if ((m = opt_value(argc, argv, &i, "--output-format", &v)) != 0) {
             if (m < 0)
                 return usage_error("option '%s' needs a value", shown(a));
-            if (!set_format(&c, v))
+            if (!set_format(c, v))
                 return usage_error("--output-format must be text or json, "
                                    "not '%s'", shown(v));
             continue;
         }
-        if (cmd == NULL)
+        if (*cmd == NULL)
             return usage_error("unknown option '%s'", shown(a));
-        if ((cmd->opts & O_PWFILE) &&
+        if (((*cmd)->opts & O_PWFILE) &&
             (m = opt_value(argc, argv, &i, "--password-file", &v)) != 0) {
             if (m < 0)
                 return usage_error("option '%s' needs a value", shown(a));
             if (v[0] == '\0')
                 return usage_error("%s: empty file name", shown(a));
-            c.password_file = v;
+            c->password_file = v;
             continue;
         }
-        if ((cmd->opts & O_FP) &&
+        if (((*cmd)->opts & O_FP) &&
             (m = opt_value(argc, argv, &i, "--fingerprint", &v)) != 0) {
             if (m < 0)
                 return usage_error("option '%s' needs a value", shown(a));
@@ -1830,10 +1828,10 @@ int main(int argc, char **argv)
                                    "joined by ':' (AB:CD:...:EF), or the 64 "
                                    "digits alone; `pmgcm join-cmd` on the "
                                    "master prints it", shown(v));
-            c.fingerprint = v;
+            c->fingerprint = v;
             continue;
         }
-        if ((cmd->opts & O_MASTER_IP) &&
+        if (((*cmd)->opts & O_MASTER_IP) &&
             ((m = opt_value(argc, argv, &i, "--master-ip", &v)) != 0 ||
              (m = opt_value(argc, argv, &i, "--master_ip", &v)) != 0)) {
             if (m < 0)
@@ -1841,69 +1839,75 @@ int main(int argc, char **argv)
             if (!ip_ok(v))
                 return usage_error("%s: '%s' is not an IPv4 or IPv6 address",
                                    shown(a), shown(v));
-            c.master_ip = v;
+            c->master_ip = v;
             continue;
         }
-        if ((cmd->opts & O_YES) && strcmp(a, "--yes") == 0) {
-            c.yes = true;
+        if (((*cmd)->opts & O_YES) && strcmp(a, "--yes") == 0) {
+            c->yes = true;
             continue;
         }
-        if ((cmd->opts & O_PURGE) && strcmp(a, "--purge") == 0) {
-            c.purge = true;
+        if (((*cmd)->opts & O_PURGE) && strcmp(a, "--purge") == 0) {
+            c->purge = true;
             continue;
         }
-        if ((cmd->opts & O_NOWAIT) && strcmp(a, "--no-wait") == 0) {
-            c.no_wait = true;
+        if (((*cmd)->opts & O_NOWAIT) && strcmp(a, "--no-wait") == 0) {
+            c->no_wait = true;
             continue;
         }
-        if ((cmd->opts & O_CONFIRM) && strcmp(a, "--confirm") == 0) {
-            c.confirm = true;
+        if (((*cmd)->opts & O_CONFIRM) && strcmp(a, "--confirm") == 0) {
+            c->confirm = true;
             continue;
         }
-        if ((cmd->opts & O_FORCE) && strcmp(a, "--force") == 0) {
-            c.force = true;
+        if (((*cmd)->opts & O_FORCE) && strcmp(a, "--force") == 0) {
+            c->force = true;
             continue;
         }
-        if ((cmd->opts & O_ACCEPT) && strcmp(a, "--accept-data-loss") == 0) {
-            c.accept = true;
+        if (((*cmd)->opts & O_ACCEPT) && strcmp(a, "--accept-data-loss") == 0) {
+            c->accept = true;
             continue;
         }
-        return usage_error("%s: unknown option '%s'", cmdname, shown(a));
+        return usage_error("%s: unknown option '%s'", *cmdname, shown(a));
     }
-    if (cmd == NULL)
+    if (*cmd == NULL)
         return usage_error("%s", "no command given");
-    if (c.npos < cmd->min_pos)
-        return usage_error("%s: missing %s", cmdname, cmd->pos_name);
-    if (c.host != NULL && strcmp(cmdname, "status") != 0)
+    if (c->npos < (*cmd)->min_pos)
+        return usage_error("%s: missing %s", *cmdname, (*cmd)->pos_name);
+    if (c->host != NULL && strcmp(*cmdname, "status") != 0)
         return usage_error("--host works with status only (%s changes a "
-                           "node: run it there)", cmdname);
-    if (c.host != NULL && sock_given)
+                           "node: run it there)", *cmdname);
+    if (c->host != NULL && sock_given)
         return usage_error("--host and --socket do not go together");
-    if (c.token_file != NULL && c.host == NULL)
+    if (c->token_file != NULL && c->host == NULL)
         return usage_error("--token-file goes with --host (the control "
                            "socket needs none)");
 
+    return -1;
+}
+
+/* Step 2: the command's own argument checks, then the command. */
+static int dispatch(cli *c, const char *cmdname)
+{
     if (strcmp(cmdname, "status") == 0)
-        return cmd_status(&c);
+        return cmd_status(c);
     if (strcmp(cmdname, "keygen") == 0)
-        return cmd_keygen(c.json);
+        return cmd_keygen(c->json);
     if (strcmp(cmdname, "help") == 0) {
         usage(stdout);
         return 0;
     }
     if (strcmp(cmdname, "create") == 0)
-        return cmd_create(&c);
+        return cmd_create(c);
     if (strcmp(cmdname, "join") == 0) {
-        if (!target_ok(c.pos[0]))
+        if (!target_ok(c->pos[0]))
             return usage_error("join: '%s' is not an IPv4 or IPv6 address "
                                "(with an optional port: IP:PORT, "
-                               "[IPv6]:PORT)", shown(c.pos[0]));
-        return cmd_join(&c);
+                               "[IPv6]:PORT)", shown(c->pos[0]));
+        return cmd_join(c);
     }
     if (strcmp(cmdname, "join-cmd") == 0)
-        return cmd_join_cmd(&c);
+        return cmd_join_cmd(c);
     if (strcmp(cmdname, "delete") == 0) {
-        const char *s = c.pos[0];
+        const char *s = c->pos[0];
         unsigned long v = 0;
         size_t n = strlen(s);
 
@@ -1911,17 +1915,17 @@ int main(int argc, char **argv)
             (v = strtoul(s, NULL, 10)) < 1 || v > 65535)
             return usage_error("delete: bad cid '%s' (an integer from 1 to "
                                "65535)", shown(s));
-        return cmd_delete(&c, (unsigned)v);
+        return cmd_delete(c, (unsigned)v);
     }
     if (strcmp(cmdname, "promote") == 0)
-        return cmd_promote(&c);
+        return cmd_promote(c);
     if (strcmp(cmdname, "backups") == 0) {
         /* backups [list] | backups clear ID|divergence */
         static const struct {
             const char *name;
             int args;
         } subs[] = {{"list", 0}, {"clear", 1}};
-        const char *sub = c.npos > 0 ? c.pos[0] : "list";
+        const char *sub = c->npos > 0 ? c->pos[0] : "list";
         int want = -1;
         for (size_t k = 0; k < sizeof(subs) / sizeof(subs[0]); k++)
             if (strcmp(subs[k].name, sub) == 0)
@@ -1929,11 +1933,11 @@ int main(int argc, char **argv)
         if (want < 0)
             return usage_error("backups: unknown subcommand '%s' (list, "
                                "clear)", sub);
-        if (c.npos - 1 > want)
+        if (c->npos - 1 > want)
             return usage_error("backups %s: unexpected argument '%s'", sub,
-                               c.pos[c.npos - 1]);
+                               c->pos[c->npos - 1]);
         if (want == 1) {
-            const char *id = c.npos > 1 ? c.pos[1] : "";
+            const char *id = c->npos > 1 ? c->pos[1] : "";
             size_t n = strlen(id);
             if (strcmp(id, "divergence") != 0 &&
                 (n == 0 || n > 18 || strspn(id, "0123456789") != n))
@@ -1941,17 +1945,33 @@ int main(int argc, char **argv)
                                    "id (pmgcm backups lists them) nor "
                                    "divergence", id);
         }
-        return cmd_backups(&c);
+        return cmd_backups(c);
     }
     if (strcmp(cmdname, "files") == 0) {
-        if (strcmp(c.pos[0], "publish") != 0)
+        if (strcmp(c->pos[0], "publish") != 0)
             return usage_error("files: unknown subcommand '%s' (publish)",
-                               c.pos[0]);
-        return cmd_files(&c);
+                               c->pos[0]);
+        return cmd_files(c);
     }
     if (strcmp(cmdname, "drain") == 0)
-        return cmd_drain(&c, true);
+        return cmd_drain(c, true);
     if (strcmp(cmdname, "undrain") == 0)
-        return cmd_drain(&c, false);
-    return cmd_sync(&c);
+        return cmd_drain(c, false);
+    return cmd_sync(c);
+}
+
+int main(int argc, char **argv)
+{
+    cli c = {0};
+    const command *cmd = NULL;
+    const char *cmdname = NULL;
+    int rc;
+
+    c.sock = getenv("PMGCM_SOCKET");
+    if (c.sock == NULL || c.sock[0] == '\0')
+        c.sock = PMM_DEFAULT_SOCKET;
+    rc = parse_args(&c, argc, argv, &cmd, &cmdname);
+    if (rc >= 0)
+        return rc;
+    return dispatch(&c, cmdname);
 }
