@@ -618,18 +618,9 @@ static void m_one(pmm_buf *b, const char *name, const char *type,
 /* Prometheus text format 0.0.4. Replication position and lag belong to
  * the store (store/, a later issue): they are not exported until there is
  * a store to measure, rather than exported as made-up zeros. */
-static void page_metrics(pmm_buf *b, const pmm_http_view *v)
+/* /metrics, by area: the node and its cluster config */
+static void metrics_node(pmm_buf *b, const pmm_http_view *v, bool ready)
 {
-    pmm_http_check ch[PMM_HTTP_CHECKS_MAX];
-    size_t n = pmm_http_checks(v, ch);
-    bool ready = true;
-    const gsp_stats *g = &v->gossip;
-    const pmm_http_stats *h = &v->http;
-
-    for (size_t i = 0; i < n; i++)
-        if (ch[i].readiness && ch[i].level != PMM_HTTP_OK)
-            ready = false;
-
     m_head(b, "pmgcm_build_info", "gauge",
            "Always 1; the version of pmgclusterd in a label.");
     m_val(b, "pmgcm_build_info", "version=\"" PACKAGE_VERSION "\"", 1);
@@ -666,58 +657,67 @@ static void page_metrics(pmm_buf *b, const pmm_http_view *v)
     m_one(b, "pmgcm_cluster_config_synced", "gauge",
           "1 when this node holds the newest config announced, else 0.",
           v->in_cluster && (v->config_synced || v->is_master) ? 1 : 0);
-    if (v->has_db) {
-        m_one(b, "pmgcm_db_in_sync", "gauge",
-              "1 when the replicated database is loaded and caught up.",
-              v->db_in_sync ? 1 : 0);
-        m_one(b, "pmgcm_db_position", "gauge",
-              "Sequence number of the last change applied here.", v->db_seq);
-        m_one(b, "pmgcm_db_head_position", "gauge",
-              "Newest change sequence number known from the upstream.",
-              v->db_head_seq);
-        m_one(b, "pmgcm_db_lag_changes", "gauge",
-              "Changes known upstream and not yet applied here.",
-              v->db_head_seq > v->db_seq ? v->db_head_seq - v->db_seq : 0);
-        m_head(b, "pmgcm_db_lag_seconds", "gauge",
-               "Capture time of the newest upstream change minus that of "
-               "the last applied one.");
-        pmm_buf_printf(b, "pmgcm_db_lag_seconds %.3f\n", v->db_lag_seconds);
-        m_one(b, "pmgcm_db_changes_applied_total", "counter",
-              "Changes applied from the upstream since start.", v->db_applied);
-        m_one(b, "pmgcm_db_changes_captured_total", "counter",
-              "Changes numbered here as master since start.", v->db_captured);
-        m_one(b, "pmgcm_db_snapshots_total", "counter",
-              "Snapshots loaded into this node's database (ever).",
-              v->db_snapshots);
-        m_one(b, "pmgcm_db_divergent_changes_total", "counter",
-              "Changes recorded in pmgcm.divergence since start.",
-              v->db_divergent);
-        m_one(b, "pmgcm_db_capture_streaming", "gauge",
-              "1 while the capture streams this node's replication slot.",
-              v->db_capturing ? 1 : 0);
-        m_one(b, "pmgcm_db_slot_retained_wal_bytes", "gauge",
-              "WAL the node's replication slot holds back (bytes).",
-              v->db_wal_retained > 0 ? (uint64_t)v->db_wal_retained : 0);
-        if (v->db_slot_safe >= 0)
-            m_one(b, "pmgcm_db_slot_safe_wal_bytes", "gauge",
-                  "WAL that may still be written before the slot is lost "
-                  "(max_slot_wal_keep_size).",
-                  (uint64_t)v->db_slot_safe);
-        m_one(b, "pmgcm_db_slot_repairs_total", "counter",
-              "Replication slots found lost or missing and re-made (each a "
-              "resync).", v->db_slot_repairs);
-        m_one(b, "pmgcm_db_sync_followers_needed", "gauge",
-              "db_sync: followers that must hold a change before its "
-              "commit returns (0: off).", v->db_sync_need);
-        m_one(b, "pmgcm_db_sync_followers_acknowledging", "gauge",
-              "db_sync: followers acknowledging now.", v->db_sync_have);
-        m_one(b, "pmgcm_db_sync_waiting", "gauge",
-              "db_sync: captured transactions waiting for acknowledgement.",
-              v->db_sync_waiting);
-    }
     m_one(b, "pmgcm_cluster_master_cid", "gauge",
           "The master's cid in the config this node holds (0: none).",
           v->master_cid);
+}
+
+/* the replicated database (only when the node has one) */
+static void metrics_db(pmm_buf *b, const pmm_http_view *v)
+{
+    m_one(b, "pmgcm_db_in_sync", "gauge",
+          "1 when the replicated database is loaded and caught up.",
+          v->db_in_sync ? 1 : 0);
+    m_one(b, "pmgcm_db_position", "gauge",
+          "Sequence number of the last change applied here.", v->db_seq);
+    m_one(b, "pmgcm_db_head_position", "gauge",
+          "Newest change sequence number known from the upstream.",
+          v->db_head_seq);
+    m_one(b, "pmgcm_db_lag_changes", "gauge",
+          "Changes known upstream and not yet applied here.",
+          v->db_head_seq > v->db_seq ? v->db_head_seq - v->db_seq : 0);
+    m_head(b, "pmgcm_db_lag_seconds", "gauge",
+           "Capture time of the newest upstream change minus that of "
+           "the last applied one.");
+    pmm_buf_printf(b, "pmgcm_db_lag_seconds %.3f\n", v->db_lag_seconds);
+    m_one(b, "pmgcm_db_changes_applied_total", "counter",
+          "Changes applied from the upstream since start.", v->db_applied);
+    m_one(b, "pmgcm_db_changes_captured_total", "counter",
+          "Changes numbered here as master since start.", v->db_captured);
+    m_one(b, "pmgcm_db_snapshots_total", "counter",
+          "Snapshots loaded into this node's database (ever).",
+          v->db_snapshots);
+    m_one(b, "pmgcm_db_divergent_changes_total", "counter",
+          "Changes recorded in pmgcm.divergence since start.",
+          v->db_divergent);
+    m_one(b, "pmgcm_db_capture_streaming", "gauge",
+          "1 while the capture streams this node's replication slot.",
+          v->db_capturing ? 1 : 0);
+    m_one(b, "pmgcm_db_slot_retained_wal_bytes", "gauge",
+          "WAL the node's replication slot holds back (bytes).",
+          v->db_wal_retained > 0 ? (uint64_t)v->db_wal_retained : 0);
+    if (v->db_slot_safe >= 0)
+        m_one(b, "pmgcm_db_slot_safe_wal_bytes", "gauge",
+              "WAL that may still be written before the slot is lost "
+              "(max_slot_wal_keep_size).",
+              (uint64_t)v->db_slot_safe);
+    m_one(b, "pmgcm_db_slot_repairs_total", "counter",
+          "Replication slots found lost or missing and re-made (each a "
+          "resync).", v->db_slot_repairs);
+    m_one(b, "pmgcm_db_sync_followers_needed", "gauge",
+          "db_sync: followers that must hold a change before its "
+          "commit returns (0: off).", v->db_sync_need);
+    m_one(b, "pmgcm_db_sync_followers_acknowledging", "gauge",
+          "db_sync: followers acknowledging now.", v->db_sync_have);
+    m_one(b, "pmgcm_db_sync_waiting", "gauge",
+          "db_sync: captured transactions waiting for acknowledgement.",
+          v->db_sync_waiting);
+}
+
+/* the gossip layer */
+static void metrics_gossip(pmm_buf *b, const pmm_http_view *v)
+{
+    const gsp_stats *g = &v->gossip;
 
     m_one(b, "pmgcm_gossip_members", "gauge",
           "Gossip members known, this node included, in any state.",
@@ -788,6 +788,12 @@ static void page_metrics(pmm_buf *b, const pmm_http_view *v)
     m_one(b, "pmgcm_gossip_user_messages_delivered_total", "counter",
           "Cluster broadcasts (config announcements) delivered.",
           g->user_msgs_delivered);
+}
+
+/* the status and agent ports */
+static void metrics_ports(pmm_buf *b, const pmm_http_view *v)
+{
+    const pmm_http_stats *h = &v->http;
 
     m_one(b, "pmgcm_status_connections", "gauge",
           "Connections open on the status port now.", h->open);
@@ -815,6 +821,12 @@ static void page_metrics(pmm_buf *b, const pmm_http_view *v)
     m_one(b, "pmgcm_agent_connections_evicted_total", "counter",
           "Agent port connections dropped at a cap to make room.",
           v->agent.evicted);
+}
+
+/* what unauthenticated peers may hold: the memory budget, the node API's
+ * handshakes and joiners, the join throttle */
+static void metrics_unauth(pmm_buf *b, const pmm_http_view *v)
+{
     m_one(b, "pmgcm_unauth_memory_limit_bytes", "gauge",
           "unauth_budget_bytes: memory allowed for unauthenticated input.",
           v->budget.limit);
@@ -865,6 +877,23 @@ static void page_metrics(pmm_buf *b, const pmm_http_view *v)
     m_one(b, "pmgcm_unauth_memory_refused_total", "counter",
           "Times unauthenticated input did not fit the budget (room was "
           "made or it was refused).", v->budget.refused);
+}
+
+static void page_metrics(pmm_buf *b, const pmm_http_view *v)
+{
+    pmm_http_check ch[PMM_HTTP_CHECKS_MAX];
+    size_t n = pmm_http_checks(v, ch);
+    bool ready = true;
+
+    for (size_t i = 0; i < n; i++)
+        if (ch[i].readiness && ch[i].level != PMM_HTTP_OK)
+            ready = false;
+    metrics_node(b, v, ready);
+    if (v->has_db)
+        metrics_db(b, v);
+    metrics_gossip(b, v);
+    metrics_ports(b, v);
+    metrics_unauth(b, v);
 }
 
 /* "Bearer TOKEN" against the token, in constant time (for equal
