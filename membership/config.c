@@ -404,114 +404,89 @@ static bool is_blank(char c)
     return c == ' ' || c == '\t';
 }
 
-int pmm_config_parse(pmm_config *out, const char *text, size_t len,
-                     char *err, size_t errlen)
+/* One line (NUL-terminated, n bytes, its CR kept) into c: blank lines and
+ * comments are skipped; "key = value" is looked up and applied. line_of
+ * records where each key was set. 0 or -EINVAL with "line N: ..." in err. */
+static int config_line(pmm_config *c, char *line, size_t n, unsigned line_no,
+                       int line_of[K_COUNT], char *err, size_t errlen)
 {
-    pmm_config *c;
-    unsigned line_no = 0;
-    int line_of[K_COUNT] = {0};
-    size_t pos = 0;
-    char line[PMM_CONF_LINE_MAX + 1];
-    int rc = 0;
+    char *k, *v, *eq, *p;
+    int key = -1;
+    const char *why;
 
-    if (len > PMM_CONF_FILE_MAX)
-        return pmm_errf(err, errlen, -E2BIG, "file is larger than %u bytes",
-                    (unsigned)PMM_CONF_FILE_MAX);
-    c = malloc(sizeof(*c));
-    if (c == NULL)
-        return pmm_errf(err, errlen, -ENOMEM, "out of memory");
-    pmm_config_default(c);
+    if (memchr(line, '\0', n) != NULL) {
+        return pmm_errf(err, errlen, -EINVAL, "line %u: contains a NUL byte",
+                  line_no);
+    }
+    if (n > 0 && line[n - 1] == '\r')
+        line[--n] = '\0';
 
-    while (pos < len) {
-        const char *nl = memchr(text + pos, '\n', len - pos);
-        size_t end = nl != NULL ? (size_t)(nl - text) : len;
-        size_t n = end - pos;
-        char *k, *v, *eq, *p;
-        int key = -1;
-        const char *why;
-
-        line_no++;
-        if (n > PMM_CONF_LINE_MAX) {
-            rc = pmm_errf(err, errlen, -EINVAL, "line %u: longer than %u bytes",
-                      line_no, (unsigned)PMM_CONF_LINE_MAX);
-            goto out;
-        }
-        memcpy(line, text + pos, n);
-        line[n] = '\0';
-        pos = end + 1;
-        if (memchr(line, '\0', n) != NULL) {
-            rc = pmm_errf(err, errlen, -EINVAL, "line %u: contains a NUL byte",
-                      line_no);
-            goto out;
-        }
-        if (n > 0 && line[n - 1] == '\r')
-            line[--n] = '\0';
-
-        k = line;
-        while (is_blank(*k))
-            k++;
-        if (*k == '\0' || *k == '#')
-            continue;
-        eq = strchr(k, '=');
-        if (eq == NULL) {
-            rc = pmm_errf(err, errlen, -EINVAL,
-                      "line %u: expected 'key = value'", line_no);
-            goto out;
-        }
-        v = eq + 1;
-        p = eq;
-        while (p > k && is_blank(p[-1]))
-            p--;
-        *p = '\0';
-        while (is_blank(*v))
-            v++;
-        /* " # comment" after the value */
-        for (p = v; *p != '\0'; p++) {
-            if (*p == '#' && p > v && is_blank(p[-1])) {
-                *p = '\0';
-                break;
-            }
-        }
-        p = v + strlen(v);
-        while (p > v && is_blank(p[-1]))
-            p--;
-        *p = '\0';
-
-        for (int i = 0; i < K_COUNT; i++)
-            if (strcmp(k, key_names[i]) == 0)
-                key = i;
-        if (key < 0) {
-            char shown[68];
-            /* never echo control characters or megabytes of garbage */
-            size_t m = 0;
-            for (; k[m] != '\0' && m < 64; m++)
-                shown[m] = ((unsigned char)k[m] < 0x20 ||
-                            (unsigned char)k[m] >= 0x7f) ? '?' : k[m];
-            shown[m] = '\0';
-            rc = pmm_errf(err, errlen, -EINVAL, "line %u: unknown key '%s'%s",
-                      line_no, shown, k[m] != '\0' ? "..." : "");
-            goto out;
-        }
-        if (line_of[key] != 0) {
-            rc = pmm_errf(err, errlen, -EINVAL,
-                      "line %u: duplicate key '%s' (first set on line %d)",
-                      line_no, key_names[key], line_of[key]);
-            goto out;
-        }
-        line_of[key] = (int)line_no;
-        if (*v == '\0' && key != K_LABEL && key != K_PEERS) {
-            rc = pmm_errf(err, errlen, -EINVAL, "line %u: %s: missing value",
-                      line_no, key_names[key]);
-            goto out;
-        }
-        why = apply_key(c, key, v);
-        if (why != NULL) {
-            rc = pmm_errf(err, errlen, -EINVAL, "line %u: %s %s", line_no,
-                      key_names[key], why);
-            goto out;
+    k = line;
+    while (is_blank(*k))
+        k++;
+    if (*k == '\0' || *k == '#')
+        return 0;
+    eq = strchr(k, '=');
+    if (eq == NULL) {
+        return pmm_errf(err, errlen, -EINVAL,
+                  "line %u: expected 'key = value'", line_no);
+    }
+    v = eq + 1;
+    p = eq;
+    while (p > k && is_blank(p[-1]))
+        p--;
+    *p = '\0';
+    while (is_blank(*v))
+        v++;
+    /* " # comment" after the value */
+    for (p = v; *p != '\0'; p++) {
+        if (*p == '#' && p > v && is_blank(p[-1])) {
+            *p = '\0';
+            break;
         }
     }
+    p = v + strlen(v);
+    while (p > v && is_blank(p[-1]))
+        p--;
+    *p = '\0';
 
+    for (int i = 0; i < K_COUNT; i++)
+        if (strcmp(k, key_names[i]) == 0)
+            key = i;
+    if (key < 0) {
+        char shown[68];
+        /* never echo control characters or megabytes of garbage */
+        size_t m = 0;
+        for (; k[m] != '\0' && m < 64; m++)
+            shown[m] = ((unsigned char)k[m] < 0x20 ||
+                        (unsigned char)k[m] >= 0x7f) ? '?' : k[m];
+        shown[m] = '\0';
+        return pmm_errf(err, errlen, -EINVAL, "line %u: unknown key '%s'%s",
+                  line_no, shown, k[m] != '\0' ? "..." : "");
+    }
+    if (line_of[key] != 0) {
+        return pmm_errf(err, errlen, -EINVAL,
+                  "line %u: duplicate key '%s' (first set on line %d)",
+                  line_no, key_names[key], line_of[key]);
+    }
+    line_of[key] = (int)line_no;
+    if (*v == '\0' && key != K_LABEL && key != K_PEERS) {
+        return pmm_errf(err, errlen, -EINVAL, "line %u: %s: missing value",
+                  line_no, key_names[key]);
+    }
+    why = apply_key(c, key, v);
+    if (why != NULL) {
+        return pmm_errf(err, errlen, -EINVAL, "line %u: %s %s", line_no,
+                  key_names[key], why);
+    }
+    return 0;
+}
+
+/* What only the whole file can say: required keys, the defaults that
+ * follow other keys, ports that clash, settings that go together. */
+static int config_finish(pmm_config *c, const int line_of[K_COUNT],
+                         char *err, size_t errlen)
+{
     {
         /* every missing key in one message: a first start with the
          * shipped file names all the keys to set at once */
@@ -522,28 +497,25 @@ int pmm_config_parse(pmm_config *out, const char *text, size_t len,
             if (line_of[required[i]] == 0)
                 miss[n_miss++] = key_names[required[i]];
         if (n_miss == 1) {
-            rc = pmm_errf(err, errlen, -EINVAL,
-                          "missing required key '%s': set it (man 8 "
-                          "pmgclusterd)", miss[0]);
-            goto out;
+            return pmm_errf(err, errlen, -EINVAL,
+                            "missing required key '%s': set it (man 8 "
+                            "pmgclusterd)", miss[0]);
         }
         if (n_miss > 1) {
-            rc = pmm_errf(err, errlen, -EINVAL,
-                          "missing required keys '%s'%s%s%s and '%s': set "
-                          "them (man 8 pmgclusterd)", miss[0],
-                          n_miss == 3 ? ", '" : "",
-                          n_miss == 3 ? miss[1] : "",
-                          n_miss == 3 ? "'" : "", miss[n_miss - 1]);
-            goto out;
+            return pmm_errf(err, errlen, -EINVAL,
+                            "missing required keys '%s'%s%s%s and '%s': set "
+                            "them (man 8 pmgclusterd)", miss[0],
+                            n_miss == 3 ? ", '" : "",
+                            n_miss == 3 ? miss[1] : "",
+                            n_miss == 3 ? "'" : "", miss[n_miss - 1]);
         }
     }
     if (line_of[K_ADVERTISE] == 0) {
         if (addr_is_wildcard(&c->bind)) {
-            rc = pmm_errf(err, errlen, -EINVAL,
+            return pmm_errf(err, errlen, -EINVAL,
                       "line %d: bind is a wildcard address: set advertise "
                       "to the address other nodes should use",
                       line_of[K_BIND]);
-            goto out;
         }
         c->advertise = c->bind;
     }
@@ -562,14 +534,13 @@ int pmm_config_parse(pmm_config *out, const char *text, size_t len,
         if (ln == 0)
             ln = line_of[K_BIND];
         if (ports_clash(c, why, sizeof(why)) != NULL) {
-            rc = pmm_errf(err, errlen, -EINVAL, "line %d: %s", ln, why);
-            goto out;
+            return pmm_errf(err, errlen, -EINVAL, "line %d: %s", ln, why);
         }
     }
     if ((c->status_access == PMM_ACCESS_TOKEN ||
          c->metrics_access == PMM_ACCESS_TOKEN) &&
         c->status_token_file[0] == '\0') {
-        rc = pmm_errf(err, errlen, -EINVAL,
+        return pmm_errf(err, errlen, -EINVAL,
                       "line %d: %s = token needs status_token_file (the "
                       "file holding the token)",
                       c->status_access == PMM_ACCESS_TOKEN
@@ -577,20 +548,57 @@ int pmm_config_parse(pmm_config *out, const char *text, size_t len,
                           : line_of[K_METRICS_ACCESS],
                       c->status_access == PMM_ACCESS_TOKEN ? "status_access"
                                                            : "metrics_access");
-        goto out;
     }
     if (c->gossip.probe_timeout_ms >= c->gossip.probe_interval_ms) {
-        rc = pmm_errf(err, errlen, -EINVAL,
+        return pmm_errf(err, errlen, -EINVAL,
                   "line %d: probe_timeout_ms (%u) must be smaller than "
                   "probe_interval_ms (%u)",
                   line_of[K_PROBE_TIMEOUT] ? line_of[K_PROBE_TIMEOUT]
                                            : line_of[K_PROBE_INTERVAL],
                   (unsigned)c->gossip.probe_timeout_ms,
                   (unsigned)c->gossip.probe_interval_ms);
-        goto out;
     }
-    *out = *c;
-out:
+    return 0;
+}
+
+int pmm_config_parse(pmm_config *out, const char *text, size_t len,
+                     char *err, size_t errlen)
+{
+    pmm_config *c;
+    unsigned line_no = 0;
+    int line_of[K_COUNT] = {0};
+    size_t pos = 0;
+    char line[PMM_CONF_LINE_MAX + 1];
+    int rc = 0;
+
+    if (len > PMM_CONF_FILE_MAX)
+        return pmm_errf(err, errlen, -E2BIG, "file is larger than %u bytes",
+                    (unsigned)PMM_CONF_FILE_MAX);
+    c = malloc(sizeof(*c));
+    if (c == NULL)
+        return pmm_errf(err, errlen, -ENOMEM, "out of memory");
+    pmm_config_default(c);
+
+    while (pos < len && rc == 0) {
+        const char *nl = memchr(text + pos, '\n', len - pos);
+        size_t end = nl != NULL ? (size_t)(nl - text) : len;
+        size_t n = end - pos;
+
+        line_no++;
+        if (n > PMM_CONF_LINE_MAX) {
+            rc = pmm_errf(err, errlen, -EINVAL, "line %u: longer than %u bytes",
+                      line_no, (unsigned)PMM_CONF_LINE_MAX);
+            break;
+        }
+        memcpy(line, text + pos, n);
+        line[n] = '\0';
+        pos = end + 1;
+        rc = config_line(c, line, n, line_no, line_of, err, errlen);
+    }
+    if (rc == 0)
+        rc = config_finish(c, line_of, err, errlen);
+    if (rc == 0)
+        *out = *c;
     free(c);
     return rc;
 }
