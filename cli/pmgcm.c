@@ -273,16 +273,7 @@ static int write_out(const char *s, size_t n)
 }
 
 /* Copies s for a terminal: control and non-ASCII bytes become '?'. */
-static void term_safe(char *dst, size_t cap, const char *s)
-{
-    size_t i = 0;
-
-    for (; s[i] != '\0' && i + 1 < cap; i++) {
-        unsigned char c = (unsigned char)s[i];
-        dst[i] = (c < 0x20 || c >= 0x7f) ? '?' : (char)c;
-    }
-    dst[i] = '\0';
-}
+#define term_safe(dst, cap, s) pmm_printable(dst, cap, s)
 
 /* An argument as it may be echoed in a message: control and non-ASCII
  * bytes become '?', and it is cut at ECHO_MAX characters with "..." (a

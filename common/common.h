@@ -60,6 +60,15 @@ int pmm_errf(char *err, size_t errlen, int rc, const char *fmt, ...)
  * Does not follow a final symlink. 0, -errno, -EFBIG if it has cap-1 bytes
  * or more. Blocking. */
 int pmm_read_small(const char *path, char *buf, size_t cap, size_t *len);
+/* Reads fd to its end into buf: 0 and *len; -EFBIG when it holds cap
+ * bytes or more (buf then holds cap bytes: wipe it if they are secret);
+ * -errno. */
+int pmm_read_fd(int fd, void *buf, size_t cap, size_t *len);
+/* Writes all len bytes to fd (retrying short writes and EINTR): 0, -errno. */
+int pmm_write_all(int fd, const void *data, size_t len);
+/* Gives fd the mode, writes data, fsyncs and closes fd (always): 0 or
+ * the first -errno. */
+int pmm_write_close(int fd, mode_t mode, const void *data, size_t len);
 /* mkdir -p; the last component gets `mode`, missing parents 0755. */
 int pmm_mkdir_p(const char *path, mode_t mode);
 /* Writes dir/name atomically: dir/.name.tmp, fsync, rename, fsync(dir). */
@@ -122,6 +131,9 @@ void pmm_buf_wipe(pmm_buf *b);
 /* Writes s (n bytes) as a JSON string with quotes; escapes '"', '\\' and
  * control characters; invalid UTF-8 bytes become U+FFFD. */
 int pmm_json_str(pmm_buf *b, const char *s, size_t n);
+/* Copies src into dst (cap bytes, NUL-terminated, cut to fit) for a log,
+ * a terminal or gossip: control and non-ASCII bytes become '?'. */
+void pmm_printable(char *dst, size_t cap, const char *src);
 /* True when s (n bytes) is valid UTF-8 (no overlongs, no surrogates). */
 bool pmm_utf8_valid(const char *s, size_t n);
 /* Characters (code points) in s (n bytes of valid UTF-8). */

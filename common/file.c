@@ -52,7 +52,7 @@ int pmm_mkdir_p(const char *path, mode_t mode)
     return 0;
 }
 
-static int write_all(int fd, const void *data, size_t len)
+int pmm_write_all(int fd, const void *data, size_t len)
 {
     const char *p = data;
 
@@ -66,6 +66,19 @@ static int write_all(int fd, const void *data, size_t len)
         len -= (size_t)w;
     }
     return 0;
+}
+
+int pmm_write_close(int fd, mode_t mode, const void *data, size_t len)
+{
+    int rc = fchmod(fd, mode) != 0 ? -errno : 0;
+
+    if (rc == 0)
+        rc = pmm_write_all(fd, data, len);
+    if (rc == 0 && fsync(fd) != 0)
+        rc = -errno;
+    if (close(fd) != 0 && rc == 0)
+        rc = -errno;
+    return rc;
 }
 
 int pmm_write_file_atomic(const char *dir, const char *name,
@@ -83,14 +96,8 @@ int pmm_write_file_atomic(const char *dir, const char *name,
     if (fd < 0)
         return -errno;
     /* a temp file left by a crash keeps its old mode through O_TRUNC:
-     * set the intended one explicitly */
-    rc = fchmod(fd, mode) != 0 ? -errno : 0;
-    if (rc == 0)
-        rc = write_all(fd, data, len);
-    if (rc == 0 && fsync(fd) != 0)
-        rc = -errno;
-    if (close(fd) != 0 && rc == 0)
-        rc = -errno;
+     * pmm_write_close sets the intended one explicitly */
+    rc = pmm_write_close(fd, mode, data, len);
     if (rc == 0 && rename(tmp, dst) != 0)
         rc = -errno;
     if (rc != 0) {
@@ -106,34 +113,42 @@ int pmm_write_file_atomic(const char *dir, const char *name,
     return rc;
 }
 
+int pmm_read_fd(int fd, void *buf, size_t cap, size_t *len)
+{
+    char *p = buf;
+    size_t n = 0;
+
+    *len = 0;
+    for (;;) {
+        ssize_t r = read(fd, p + n, cap - n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return -errno;
+        if (r == 0)
+            break;
+        n += (size_t)r;
+        *len = n;
+        if (n == cap)
+            return -EFBIG;
+    }
+    return 0;
+}
+
 int pmm_read_small(const char *path, char *buf, size_t cap, size_t *len)
 {
     size_t n = 0;
-    int fd;
+    int fd, rc;
 
     if (cap == 0)
         return -EINVAL;
     fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0)
         return -errno;
-    for (;;) {
-        ssize_t r = read(fd, buf + n, cap - n);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            int e = -errno;
-            close(fd);
-            return e;
-        }
-        if (r == 0)
-            break;
-        n += (size_t)r;
-        if (n == cap) {
-            close(fd);
-            return -EFBIG;
-        }
-    }
+    rc = pmm_read_fd(fd, buf, cap, &n);
     close(fd);
+    if (rc != 0)
+        return rc;
     buf[n] = '\0';
     if (len != NULL)
         *len = n;

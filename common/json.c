@@ -146,6 +146,19 @@ static size_t utf8_seq(const unsigned char *s, size_t n)
     return len;
 }
 
+void pmm_printable(char *dst, size_t cap, const char *src)
+{
+    size_t i = 0;
+
+    if (cap == 0)
+        return;
+    for (; src[i] != '\0' && i + 1 < cap; i++) {
+        unsigned char c = (unsigned char)src[i];
+        dst[i] = (c < 0x20 || c >= 0x7f) ? '?' : (char)c;
+    }
+    dst[i] = '\0';
+}
+
 size_t pmm_utf8_chars(const char *s, size_t n)
 {
     size_t c = 0;

@@ -289,16 +289,7 @@ static void peers_timer_cb(uv_timer_t *t)
 
 /* Encodes n->sample into n->meta_buf; returns true if it changed. */
 /* A store reason as gossip carries it: printable ASCII, bounded. */
-static void meta_reason(char *dst, size_t cap, const char *src)
-{
-    size_t i = 0;
-
-    for (; src[i] != '\0' && i + 1 < cap; i++) {
-        unsigned char c = (unsigned char)src[i];
-        dst[i] = (c < 0x20 || c >= 0x7f) ? '?' : (char)c;
-    }
-    dst[i] = '\0';
-}
+#define meta_reason(dst, cap, src) pmm_printable(dst, cap, src)
 
 static bool meta_from_sample(node *n)
 {
@@ -694,20 +685,22 @@ static void http_view(void *ud, pmm_http_view *v)
     if (n->agent != NULL)
         pmm_http_get_stats(n->agent, &v->agent);
     if (n->lc != NULL) {
-        pmm_lc_guard g;
-        pmm_lc_guard_stats(n->lc, &g);
-        v->api_handshakes = g.api.handshakes;
-        v->api_handshakes_evicted = g.api.handshakes_evicted;
-        v->api_handshake_timeouts = g.api.handshake_timeouts;
-        v->api_dropped = g.api.dropped;
-        v->api_node_streams = g.node_streams;
-        v->api_streams_max = g.streams_max;
-        v->api_joiners = g.joiners;
-        v->join_failures = g.join.failures;
-        v->join_refused_busy = g.join.refused_busy;
-        v->join_refused_global = g.join.refused_global;
-        v->join_refused_full = g.join.refused_full;
-        v->join_budget_left = g.join.tokens;
+        pmm_api_stats as;
+        pmm_thr_stats js;
+        pmm_api_get_stats(n->api, &as);
+        pmm_lc_join_stats(n->lc, &js);
+        v->api_handshakes = as.tls.handshakes;
+        v->api_handshakes_evicted = as.tls.handshakes_evicted;
+        v->api_handshake_timeouts = as.tls.handshake_timeouts;
+        v->api_dropped = as.tls.dropped;
+        v->api_node_streams = as.node_streams;
+        v->api_streams_max = as.streams_max;
+        v->api_joiners = as.joiners;
+        v->join_failures = js.failures;
+        v->join_refused_busy = js.refused_busy;
+        v->join_refused_global = js.refused_global;
+        v->join_refused_full = js.refused_full;
+        v->join_budget_left = js.tokens;
     }
     v->stopping = n->stopping;
     v->draining = n->draining;
@@ -898,9 +891,11 @@ static int status_json(node *n, pmm_buf *reply)
         pmm_json_str(reply, fp, strlen(fp));
     }
     if (n->lc != NULL) {
-        pmm_lc_guard g;
+        pmm_api_stats as;
+        pmm_thr_stats js;
         gsp_budget_stats bs;
-        pmm_lc_guard_stats(n->lc, &g);
+        pmm_api_get_stats(n->api, &as);
+        pmm_lc_join_stats(n->lc, &js);
         gsp_budget_get(n->budget, &bs);
         pmm_buf_printf(reply,
                        ",\"guard\":{\"unauth_bytes\":%zu,"
@@ -919,19 +914,19 @@ static int status_json(node *n, pmm_buf *reply)
                        "\"join_refused_budget\":%llu,"
                        "\"join_refused_full\":%llu}",
                        bs.used, bs.peak, bs.limit,
-                       (unsigned long long)bs.refused, g.api.handshakes,
-                       g.api.handshakes_peak,
-                       (unsigned long long)g.api.handshakes_evicted,
-                       (unsigned long long)g.api.handshake_timeouts,
-                       (unsigned long long)g.api.dropped, g.node_streams,
-                       g.streams_max, g.joiners,
-                       (unsigned long long)g.refused_streams,
-                       (unsigned long long)g.refused_joiners,
-                       (unsigned long long)g.join.failures, g.join.tokens,
-                       g.join.groups,
-                       (unsigned long long)g.join.refused_busy,
-                       (unsigned long long)g.join.refused_global,
-                       (unsigned long long)g.join.refused_full);
+                       (unsigned long long)bs.refused, as.tls.handshakes,
+                       as.tls.handshakes_peak,
+                       (unsigned long long)as.tls.handshakes_evicted,
+                       (unsigned long long)as.tls.handshake_timeouts,
+                       (unsigned long long)as.tls.dropped, as.node_streams,
+                       as.streams_max, as.joiners,
+                       (unsigned long long)as.refused_streams,
+                       (unsigned long long)as.refused_joiners,
+                       (unsigned long long)js.failures, js.tokens,
+                       js.groups,
+                       (unsigned long long)js.refused_busy,
+                       (unsigned long long)js.refused_global,
+                       (unsigned long long)js.refused_full);
     }
     pmm_files_status_json(n->files, reply);
     if (n->repl != NULL) {

@@ -366,22 +366,7 @@ static int read_bounded(const char *path, char **buf_out, size_t *len_out)
         close(fd);
         return -ENOMEM;
     }
-    for (;;) {
-        ssize_t r = read(fd, buf + len, KEYFILE_MAX + 1 - len);
-        if (r < 0) {
-            if (errno == EINTR)
-                continue;
-            rc = -errno;
-            break;
-        }
-        if (r == 0)
-            break;
-        len += (size_t)r;
-        if (len > KEYFILE_MAX) {
-            rc = -EFBIG;
-            break;
-        }
-    }
+    rc = pmm_read_fd(fd, buf, KEYFILE_MAX + 1, &len);
     close(fd);
     if (rc != 0) {
         mbedtls_platform_zeroize(buf, len);

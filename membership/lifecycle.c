@@ -1993,24 +1993,16 @@ const pmm_cluster *pmm_lc_cluster(const pmm_lc *lc)
     return lc && lc->in_cluster ? &lc->cl : NULL;
 }
 
-void pmm_lc_guard_stats(pmm_lc *lc, pmm_lc_guard *out)
+void pmm_lc_join_stats(pmm_lc *lc, pmm_thr_stats *out)
 {
     memset(out, 0, sizeof(*out));
     if (!lc) return;
-    pmm_api_stats st;
-    pmm_api_get_stats(lc->api, &st);
-    out->api = st.tls;
-    out->node_streams = st.node_streams;
-    out->streams_max = st.streams_max;
-    out->joiners = st.joiners;
-    out->refused_streams = st.refused_streams;
-    out->refused_joiners = st.refused_joiners;
     if (lc->thr) {
-        pmm_thr_stats_get(lc->thr, now_ms(lc), &out->join);
+        pmm_thr_stats_get(lc->thr, now_ms(lc), out);
     } else {
         pmm_thr_cfg d;
         pmm_thr_cfg_default(&d);
-        out->join.tokens = d.burst;
+        out->tokens = d.burst;
     }
 }
 

@@ -676,17 +676,9 @@ const pmm_cluster *pmm_lc_cluster(const pmm_lc *lc);
 bool pmm_lc_config_synced(const pmm_lc *lc);
 /* This node's TLS certificate fingerprint ("AB:CD:..."). */
 const char *pmm_lc_fingerprint(const pmm_lc *lc);
-/* What the node API holds for whom, and the join throttle (for /metrics
- * and status). */
-typedef struct pmm_lc_guard {
-    pmm_tls_server_stats api;  /* handshakes: now, peak, evicted, ... */
-    uint32_t node_streams;     /* known nodes' connections now ... */
-    uint32_t streams_max;      /* ... and the most allowed */
-    uint32_t joiners;          /* unknown certificates past the handshake */
-    uint64_t refused_streams, refused_joiners;
-    pmm_thr_stats join;        /* the join throttle */
-} pmm_lc_guard;
-void pmm_lc_guard_stats(pmm_lc *lc, pmm_lc_guard *out);
+/* The join throttle's figures (for /metrics and status; the node API's
+ * own: pmm_api_get_stats). */
+void pmm_lc_join_stats(pmm_lc *lc, pmm_thr_stats *out);
 
 /* ---- the node API's messages (cluster.proto Request, Response) ------------ */
 struct Pmgcm__Cluster__Request;

@@ -155,16 +155,7 @@ char *pmm_format_uptime(int64_t secs, char *buf, size_t len)
 }
 
 /* Copies s for a terminal: control and non-ASCII bytes become '?'. */
-static void term_safe(char *dst, size_t cap, const char *s)
-{
-    size_t i = 0;
-
-    for (; s[i] != '\0' && i + 1 < cap; i++) {
-        unsigned char c = (unsigned char)s[i];
-        dst[i] = (c < 0x20 || c >= 0x7f) ? '?' : (char)c;
-    }
-    dst[i] = '\0';
-}
+#define term_safe(dst, cap, s) pmm_printable(dst, cap, s)
 
 #define STATUS_HEADER                                                         \
     "NAME(CID)--------------IPADDRESS----ROLE-STATE---------UPTIME---LOAD-" \

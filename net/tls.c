@@ -205,22 +205,6 @@ static int path_join(char *out, size_t cap, const char *dir,
     return 0;
 }
 
-static int write_all(int fd, const void *buf, size_t len)
-{
-    const uint8_t *p = buf;
-    while (len) {
-        ssize_t w = write(fd, p, len);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        p += w;
-        len -= (size_t)w;
-    }
-    return 0;
-}
-
 /* Writes dir/name atomically and without clobbering: a temp file in dir,
  * fsync, link(2) to the final name (EEXIST if something is there), unlink
  * the temp name. The caller fsyncs dir. */
@@ -237,15 +221,7 @@ static int write_new_file(const char *dir, const char *name, const void *data,
     int fd = mkstemp(tmp);
     if (fd < 0)
         return -errno;
-    rc = 0;
-    if (fchmod(fd, mode) != 0)
-        rc = -errno;
-    if (rc == 0)
-        rc = write_all(fd, data, len);
-    if (rc == 0 && fsync(fd) != 0)
-        rc = -errno;
-    if (close(fd) != 0 && rc == 0)
-        rc = -errno;
+    rc = pmm_write_close(fd, mode, data, len);
     if (rc == 0 && link(tmp, dst) != 0)
         rc = -errno;
     unlink(tmp);
@@ -405,22 +381,9 @@ static int read_small(const char *dir, const char *name, unsigned char **out,
         return -ENOMEM;
     }
     size_t got = 0;
-    for (;;) {
-        ssize_t r = read(fd, buf + got, FILE_MAX + 1 - got);
-        if (r < 0) {
-            if (errno == EINTR)
-                continue;
-            rc = -errno;
-            break;
-        }
-        if (r == 0)
-            break;
-        got += (size_t)r;
-        if (got > FILE_MAX) {
-            rc = PMM_TLS_ECORRUPT;
-            break;
-        }
-    }
+    rc = pmm_read_fd(fd, buf, FILE_MAX + 1, &got);
+    if (rc == -EFBIG)
+        rc = PMM_TLS_ECORRUPT;
     close(fd);
     if (rc) {
         mbedtls_platform_zeroize(buf, FILE_MAX + 1);
