@@ -22,6 +22,47 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+/* ---- errors ------------------------------------------------------------------
+ * Functions return 0 or a negative errno, or one of the project's codes
+ * below -500 where errno has none: one range per library, all listed here
+ * once (name, value, text), so one strerror covers them all. */
+#define PMM_ERRNO_MAP(X)                                                        \
+    /* gossip/ (-501..-559) */                                                  \
+    X(GSP_EDECRYPT, -501,                                                       \
+      "packet could not be decrypted with any key in the keyring")              \
+    X(GSP_EDECODE, -502, "packet is not a valid gossip message")                \
+    X(GSP_ETOOBIG, -503, "input exceeds a configured bound")                    \
+    X(GSP_ESELF, -504, "packet claims to come from this node's own id")         \
+    X(GSP_EREPLAY, -505, "packet replayed or too old")                          \
+    X(GSP_EMISDIRECTED, -506, "packet addressed to another node")               \
+    /* net/ (-560..-599) */                                                     \
+    X(PMM_TLS_EFINGERPRINT, -560,                                               \
+      "peer certificate fingerprint does not match the pinned one")             \
+    X(PMM_TLS_ENOCERT, -561, "peer presented no certificate")                   \
+    X(PMM_TLS_EREFUSED, -562, "peer refused (fingerprint not accepted)")        \
+    X(PMM_TLS_EDENIED, -563, "the peer refused this node")                      \
+    X(PMM_TLS_EHANDSHAKE, -564, "TLS handshake failed")                         \
+    X(PMM_TLS_ETOOBIG, -565, "frame exceeds the maximum frame size")            \
+    X(PMM_TLS_ECORRUPT, -566, "TLS identity files corrupt or incomplete")       \
+    X(PMM_TLS_EEVICTED, -567,                                                   \
+      "unfinished handshake dropped to make room for a newer one")              \
+    /* store/ (-700..-799) */                                                   \
+    X(PST_ENEEDSNAP, -701, "the upstream no longer holds our changes")          \
+    X(PST_EDIVERGED, -702, "this node holds changes the cluster never got")     \
+    X(PST_ESCHEMA, -703, "table definitions differ")                            \
+    X(PST_EREMOTE, -704, "the peer reported an error")                          \
+    X(PST_EDB, -705, "database error")                                          \
+    X(PST_EPROTO, -706, "malformed stream message")                             \
+    X(PST_EAHEAD, -707, "the upstream is behind this node")
+
+#define PMM_ERRNO_ENUM(name, value, text) name = (value),
+enum pmm_errcode { PMM_ERRNO_MAP(PMM_ERRNO_ENUM) };
+#undef PMM_ERRNO_ENUM
+
+/* Static text for 0, -errno (or errno), and every code above; never NULL.
+ * gsp_strerror, pmm_tls_strerror and pst_strerror are this function. */
+const char *pmm_strerror(int err);
+
 /* ---- logging: "LEVEL subsystem: message" on stderr -------------------- */
 typedef enum pmm_log_level {
     PMM_LOG_ERROR = 0,

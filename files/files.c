@@ -1326,11 +1326,7 @@ struct pmm_files {
 
 #define files_log(l, ...) pmm_log(l, "files", __VA_ARGS__)
 
-static const char *err_str(int rc)
-{
-    if (rc <= -560 && rc >= -566) return pmm_tls_strerror(rc);
-    return strerror(-rc);
-}
+#define err_str(rc) pmm_strerror(rc)
 
 static void files_unref(pmm_files *f)
 {

@@ -24,15 +24,14 @@
 extern "C" {
 #endif
 
-/* ---- project error codes (errno has none for these) ------------------- */
-#define GSP_EDECRYPT   (-501) /* no key in the ring opens the packet        */
-#define GSP_EDECODE    (-502) /* packet/frame is not a valid message        */
-#define GSP_ETOOBIG    (-503) /* input exceeds a configured bound           */
-#define GSP_ESELF      (-504) /* packet claims to come from our own id      */
-#define GSP_EREPLAY    (-505) /* packet/frame seen before or too old (replay) */
-#define GSP_EMISDIRECTED (-506) /* packet/frame addressed to another node */
-
-const char *gsp_strerror(int err); /* static string, never NULL */
+/* ---- project error codes (errno has none for these) -------------------
+ * GSP_EDECRYPT (no key in the ring opens the packet), GSP_EDECODE
+ * (packet/frame is not a valid message), GSP_ETOOBIG (input exceeds a
+ * configured bound), GSP_ESELF (packet claims to come from our own id),
+ * GSP_EREPLAY (packet/frame seen before or too old), GSP_EMISDIRECTED
+ * (packet/frame addressed to another node): -501..-559, listed with every
+ * range in common.h (PMM_ERRNO_MAP). */
+const char *gsp_strerror(int err); /* pmm_strerror: static, never NULL */
 
 /* ---- identity and addresses ------------------------------------------- */
 #define GSP_ID_LEN 16

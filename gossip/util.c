@@ -11,29 +11,7 @@
 
 const char *gsp_strerror(int err)
 {
-    switch (err) {
-    case 0:
-        return "success";
-    case GSP_EDECRYPT:
-        return "packet could not be decrypted with any key in the keyring";
-    case GSP_EDECODE:
-        return "packet is not a valid gossip message";
-    case GSP_ETOOBIG:
-        return "input exceeds a configured bound";
-    case GSP_ESELF:
-        return "packet claims to come from this node's own id";
-    case GSP_EREPLAY:
-        return "packet replayed or too old";
-    case GSP_EMISDIRECTED:
-        return "packet addressed to another node";
-    default:
-        break;
-    }
-    if (err == INT_MIN)
-        return "unknown error";
-    /* glibc returns a static string for every known errno and a
-     * "Unknown error N" string for the rest; never NULL. */
-    return strerror(err < 0 ? -err : err);
+    return pmm_strerror(err);
 }
 
 /* ---- addresses ----------------------------------------------------------- */

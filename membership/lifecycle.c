@@ -382,13 +382,6 @@ static int op_start(pmm_lc *lc, op *o, const char *ip, uint16_t port,
     return 0;
 }
 
-static const char *op_err(int rc, char *buf, size_t len)
-{
-    if (rc <= -560 && rc >= -566) snprintf(buf, len, "%s", pmm_tls_strerror(rc));
-    else snprintf(buf, len, "%s", strerror(-rc));
-    return buf;
-}
-
 /* ---- adopting a newer config ---------------------------------------------------------- */
 
 static void removed_from_cluster(pmm_lc *lc, const char *why);
@@ -469,7 +462,6 @@ static void sync_reply(pmm_lc *lc, pmm_ctl_req *ctl, int adopted)
 static void fetch_done(op *o, int rc, const Resp *resp)
 {
     pmm_lc *lc = o->lc;
-    char eb[128];
     if (rc == 0 && resp && !resp->ok) {
         const char *e = resp->error ? resp->error : "refused";
         lc_log(PMM_LOG_WARN, "fetch from %s refused: %s", o->target, e);
@@ -541,11 +533,11 @@ static void fetch_done(op *o, int rc, const Resp *resp)
     }
     if (rc) {
         lc_log(PMM_LOG_DEBUG, "fetch from %s failed: %s", o->target,
-               op_err(rc, eb, sizeof(eb)));
+               pmm_strerror(rc));
         if (o->want_ip[0]) {
             if (o->ctl)
                 pmm_ctl_reply_error(o->ctl, "cannot fetch from %s: %s",
-                                    o->target, op_err(rc, eb, sizeof(eb)));
+                                    o->target, pmm_strerror(rc));
             o->ctl = NULL;
             lc->fetching = false;
             return;
@@ -1246,7 +1238,7 @@ static int parse_target(const char *s, char *ip, size_t iplen, uint16_t *port)
 
 static void fp_probe_done(op *o, int rc, const Resp *resp)
 {
-    char buf[PMM_TLS_FP_STR_SIZE], eb[128];
+    char buf[PMM_TLS_FP_STR_SIZE];
     if (o->got_fp) {
         pmm_tls_fp_str(&o->seen_fp, buf, sizeof(buf));
         char extra[200];
@@ -1254,7 +1246,7 @@ static void fp_probe_done(op *o, int rc, const Resp *resp)
         pmm_ctl_reply_ok(o->ctl, extra);
     } else {
         pmm_ctl_reply_error(o->ctl, "cannot reach %s: %s", o->target,
-                            op_err(rc, eb, sizeof(eb)));
+                            pmm_strerror(rc));
     }
     o->ctl = NULL;
 }
@@ -1304,7 +1296,6 @@ static void join_done(op *o, int rc, const Resp *resp)
     pmm_lc *lc = o->lc;
     pmm_ctl_req *ctl = o->ctl;
     o->ctl = NULL;
-    char eb[160];
     if (rc) {
         if (rc == PMM_TLS_EFINGERPRINT) {
             char seen[PMM_TLS_FP_STR_SIZE] = "?";
@@ -1314,7 +1305,7 @@ static void join_done(op *o, int rc, const Resp *resp)
                                 o->target);
         } else {
             pmm_ctl_reply_error(ctl, "cannot reach the master at %s: %s",
-                                o->target, op_err(rc, eb, sizeof(eb)));
+                                o->target, pmm_strerror(rc));
         }
         return;
     }

@@ -95,17 +95,19 @@ struct uv_loop_s;
 struct sockaddr;
 struct sockaddr_storage;
 
-/* ---- project error codes ----------------------------------------------- */
-#define PMM_TLS_EFINGERPRINT (-560) /* peer certificate is not the pinned one */
-#define PMM_TLS_ENOCERT      (-561) /* peer presented no certificate         */
-#define PMM_TLS_EREFUSED     (-562) /* we refused the peer (verify said no)  */
-#define PMM_TLS_EDENIED      (-563) /* the peer refused us (access_denied)   */
-#define PMM_TLS_EHANDSHAKE   (-564) /* TLS handshake failed (protocol, alert) */
-#define PMM_TLS_ETOOBIG      (-565) /* frame larger than max_frame           */
-#define PMM_TLS_ECORRUPT     (-566) /* identity files unreadable/incomplete  */
-#define PMM_TLS_EEVICTED     (-567) /* unfinished handshake dropped for room  */
+/* ---- project error codes -----------------------------------------------
+ * -560..-599, listed with every range in common.h (PMM_ERRNO_MAP):
+ *   PMM_TLS_EFINGERPRINT  peer certificate is not the pinned one
+ *   PMM_TLS_ENOCERT       peer presented no certificate
+ *   PMM_TLS_EREFUSED      we refused the peer (verify said no)
+ *   PMM_TLS_EDENIED       the peer refused us (access_denied)
+ *   PMM_TLS_EHANDSHAKE    TLS handshake failed (protocol, alert)
+ *   PMM_TLS_ETOOBIG       frame larger than max_frame
+ *   PMM_TLS_ECORRUPT      identity files unreadable/incomplete
+ *   PMM_TLS_EEVICTED      unfinished handshake dropped for room */
 
-/* Static string for 0, -errno and PMM_TLS_E*; never NULL. */
+/* Static string for 0, -errno and every project code (pmm_strerror);
+ * never NULL. */
 const char *pmm_tls_strerror(int err);
 
 /* ---- fingerprints ---------------------------------------------------------- */

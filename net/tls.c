@@ -56,23 +56,7 @@
 
 const char *pmm_tls_strerror(int err)
 {
-    switch (err) {
-    case 0: return "success";
-    case PMM_TLS_EFINGERPRINT:
-        return "peer certificate fingerprint does not match the pinned one";
-    case PMM_TLS_ENOCERT: return "peer presented no certificate";
-    case PMM_TLS_EREFUSED: return "peer refused (fingerprint not accepted)";
-    case PMM_TLS_EDENIED: return "the peer refused this node";
-    case PMM_TLS_EHANDSHAKE: return "TLS handshake failed";
-    case PMM_TLS_ETOOBIG: return "frame exceeds the maximum frame size";
-    case PMM_TLS_ECORRUPT: return "TLS identity files corrupt or incomplete";
-    case PMM_TLS_EEVICTED:
-        return "unfinished handshake dropped to make room for a newer one";
-    default: break;
-    }
-    if (err < 0 && err > -500)
-        return strerror(-err);
-    return "unknown error";
+    return pmm_strerror(err);
 }
 
 /* ======================================================================

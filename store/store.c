@@ -20,17 +20,7 @@
 
 const char *pst_strerror(int err)
 {
-    switch (err) {
-    case 0: return "ok";
-    case PST_ENEEDSNAP: return "the upstream no longer holds our changes";
-    case PST_EDIVERGED: return "this node holds changes the cluster never got";
-    case PST_ESCHEMA: return "table definitions differ";
-    case PST_EREMOTE: return "the peer reported an error";
-    case PST_EDB: return "database error";
-    case PST_EPROTO: return "malformed stream message";
-    case PST_EAHEAD: return "the upstream is behind this node";
-    default: return err < 0 ? strerror(-err) : "unknown error";
-    }
+    return pmm_strerror(err);
 }
 
 int pst_pos_cmp(pst_pos a, pst_pos b)

@@ -55,21 +55,25 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/common.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
 struct uv_loop_s;
 
-#define PST_ENEEDSNAP (-701) /* the upstream no longer holds our range     */
-#define PST_EDIVERGED (-702) /* we held changes the cluster never got      */
-#define PST_ESCHEMA   (-703) /* table definitions differ                   */
-#define PST_EREMOTE   (-704) /* the peer reported an error                 */
-#define PST_EDB       (-705) /* the database failed (message in info.error)*/
-#define PST_EPROTO    (-706) /* malformed or unexpected stream message     */
-#define PST_EAHEAD    (-707) /* the upstream is behind us                  */
+/* Project error codes -701..-799, listed with every range in common.h
+ * (PMM_ERRNO_MAP):
+ *   PST_ENEEDSNAP  the upstream no longer holds our range
+ *   PST_EDIVERGED  we held changes the cluster never got
+ *   PST_ESCHEMA    table definitions differ
+ *   PST_EREMOTE    the peer reported an error
+ *   PST_EDB        the database failed (message in info.error)
+ *   PST_EPROTO     malformed or unexpected stream message
+ *   PST_EAHEAD     the upstream is behind us */
 
-/* Static text for 0, -errno and PST_E*. */
+/* Static text for 0, -errno and every project code (pmm_strerror). */
 const char *pst_strerror(int err);
 
 typedef struct pst_pos {
