@@ -517,7 +517,9 @@ static int cli_connect(cli_ctx *k, const srv_ctx *s, pmm_tls_identity *id,
 
 /* ===================================================================== */
 
-static void test_setup(void)
+/* The three identities every test uses: made once in the parent, before
+ * the tests (each TAP_RUN forks, so what a test makes stays in its child). */
+static void make_identities(void)
 {
     const char *subs[] = {"srv", "a", "b"};
     pmm_tls_identity **ids[] = {&id_srv, &id_a, &id_b};
@@ -525,9 +527,14 @@ static void test_setup(void)
         char d[512];
         mksub(subs[i]);
         mkpath(d, sizeof d, subs[i], NULL);
-        CHECK_EQ_INT(pmm_tls_identity_create(d, subs[i]), 0);
-        CHECK_EQ_INT(pmm_tls_identity_load(d, ids[i]), 0);
+        if (pmm_tls_identity_create(d, subs[i]) != 0 ||
+            pmm_tls_identity_load(d, ids[i]) != 0)
+            *ids[i] = NULL;
     }
+}
+
+static void test_setup(void)
+{
     REQUIRE(id_srv && id_a && id_b);
     CHECK(!pmm_tls_fp_eq(pmm_tls_identity_fp(id_srv),
                          pmm_tls_identity_fp(id_a)));
@@ -1729,6 +1736,8 @@ static void test_client_handshake_timeout(void)
     CHECK(DRAINED());
 }
 
+static bool loop_closed;
+
 static void test_loop_closes(void)
 {
     pmm_tls_identity_free(id_srv);
@@ -1738,7 +1747,35 @@ static void test_loop_closes(void)
     uv_close((uv_handle_t *)&guard, NULL);
     uv_run(&loop, UV_RUN_DEFAULT);
     CHECK_EQ_INT(uv_loop_close(&loop), 0);
+    loop_closed = true;
 }
+
+/* Each test point runs in a process of its own (tap.h), and makes its loop
+ * there: no loop crosses a fork, and the loop's clock starts with the test.
+ * (One loop made in main had the clock of main's start in every child, so
+ * once the earlier points had taken longer than a timeout - 10 s under
+ * valgrind, or ASan on a loaded machine - every timer a test started
+ * before its first loop turn was already due: its connections timed out
+ * at once, -ETIMEDOUT.) */
+static void (*cur_test)(void);
+
+static void in_own_loop(void)
+{
+    if (uv_loop_init(&loop) != 0) {
+        CHECK(!"uv_loop_init");
+        return;
+    }
+    uv_timer_init(&loop, &guard);
+    uv_unref((uv_handle_t *)&guard);
+    cur_test();
+    if (!loop_closed) {
+        uv_close((uv_handle_t *)&guard, NULL);
+        uv_run(&loop, UV_RUN_NOWAIT);
+        (void)uv_loop_close(&loop); /* -EBUSY if the test left a handle */
+    }
+}
+
+#define TLS_RUN(fn) (cur_test = (fn), tap_run_(in_own_loop, #fn))
 
 int main(void)
 {
@@ -1748,35 +1785,32 @@ int main(void)
         perror("mkdtemp");
         return 1;
     }
-    uv_loop_init(&loop);
-    uv_timer_init(&loop, &guard);
-    uv_unref((uv_handle_t *)&guard);
-
-    TAP_RUN(test_setup);
+    make_identities();
+    TLS_RUN(test_setup);
     if (!id_srv || !id_a || !id_b) {
         rm_tree(tmpdir);
         return tap_done();
     }
-    TAP_RUN(test_identity_files);
-    TAP_RUN(test_identity_load_errors);
-    TAP_RUN(test_fingerprint_format);
-    TAP_RUN(test_request_response);
-    TAP_RUN(test_pin_mismatch);
-    TAP_RUN(test_server_refuses_unknown);
-    TAP_RUN(test_client_without_cert);
-    TAP_RUN(test_approve_path);
-    TAP_RUN(test_oversize);
-    TAP_RUN(test_backpressure);
-    TAP_RUN(test_idle_timeout);
-    TAP_RUN(test_garbage_and_silence);
-    TAP_RUN(test_sequential_connections);
-    TAP_RUN(test_close_paths);
-    TAP_RUN(test_close_linger);
-    TAP_RUN(test_max_conns);
-    TAP_RUN(test_handshake_flood);
-    TAP_RUN(test_handshake_per_src);
-    TAP_RUN(test_client_handshake_timeout);
-    TAP_RUN(test_loop_closes);
+    TLS_RUN(test_identity_files);
+    TLS_RUN(test_identity_load_errors);
+    TLS_RUN(test_fingerprint_format);
+    TLS_RUN(test_request_response);
+    TLS_RUN(test_pin_mismatch);
+    TLS_RUN(test_server_refuses_unknown);
+    TLS_RUN(test_client_without_cert);
+    TLS_RUN(test_approve_path);
+    TLS_RUN(test_oversize);
+    TLS_RUN(test_backpressure);
+    TLS_RUN(test_idle_timeout);
+    TLS_RUN(test_garbage_and_silence);
+    TLS_RUN(test_sequential_connections);
+    TLS_RUN(test_close_paths);
+    TLS_RUN(test_close_linger);
+    TLS_RUN(test_max_conns);
+    TLS_RUN(test_handshake_flood);
+    TLS_RUN(test_handshake_per_src);
+    TLS_RUN(test_client_handshake_timeout);
+    TLS_RUN(test_loop_closes);
     rm_tree(tmpdir);
     return tap_done();
 }
