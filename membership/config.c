@@ -227,6 +227,11 @@ static const char *const key_names[K_COUNT] = {
     [K_FILES_TRASH_BYTES] = "files_trash_max_bytes",
 };
 
+const char *pmm_config_key(size_t i)
+{
+    return i < K_COUNT ? key_names[i] : NULL;
+}
+
 static const char *parse_access(const char *v, pmm_access *out)
 {
     if (strcmp(v, "open") == 0)

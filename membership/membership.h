@@ -340,6 +340,10 @@ int pmm_config_parse(pmm_config *cfg, const char *text, size_t len,
 /* Reads and parses path; errors are "PATH: ..." / "PATH:N: ...". */
 int pmm_config_load(pmm_config *cfg, const char *path, char *err,
                     size_t errlen);
+/* The i-th key the parser knows (a static string), NULL past the last:
+ * test_mconfig holds the README, pmgclusterd(8) and contrib/pmgclusterd.conf
+ * to this list. */
+const char *pmm_config_key(size_t i);
 
 /* ---- persistent state in data_dir --------------------------------------- */
 #define PMM_STATE_PEERS_MAX 256

@@ -5,9 +5,11 @@
 #include "membership/membership.h"
 #include "tests/tap.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 #define BASE                                                                  \
@@ -389,6 +391,153 @@ static void test_load_file(void)
     CHECK(pmm_config_load(&c, "/tmp", err, sizeof(err)) != 0);
 }
 
+/* ---- the parser's keys against their documentation --------------------- */
+
+/* abs_top_srcdir/rel, whole and NUL-terminated (malloc'd), or NULL */
+static char *read_doc(const char *rel)
+{
+    const char *top = getenv("abs_top_srcdir");
+    char path[1024];
+    char *buf = NULL;
+    long n;
+    FILE *f;
+
+    snprintf(path, sizeof(path), "%s/%s", top && *top ? top : ".", rel);
+    f = fopen(path, "rb");
+    if (!f) {
+        printf("#   cannot open %s (abs_top_srcdir unset?)\n", path);
+        return NULL;
+    }
+    if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 &&
+        n < (16L << 20) && fseek(f, 0, SEEK_SET) == 0 &&
+        (buf = malloc((size_t)n + 1)) != NULL) {
+        if (fread(buf, 1, (size_t)n, f) == (size_t)n) {
+            buf[n] = '\0';
+        } else {
+            free(buf);
+            buf = NULL;
+        }
+    }
+    fclose(f);
+    return buf;
+}
+
+/* The key a line names in a file's style, copied into key (empty when the
+ * line names none). prefix: what precedes the key ("" or ".BI "), with
+ * comment: a leading '#' may come first; then the key, blanks, and after
+ * them the text `after` (README and contrib: "=", the man page: "\" = "). */
+static void line_key(const char *line, size_t len, const char *prefix,
+                     bool comment, const char *after, char *key, size_t ksz)
+{
+    size_t i = 0, k = 0, pl = strlen(prefix), al = strlen(after);
+
+    key[0] = '\0';
+    while (i < len && line[i] == ' ') i++;
+    if (comment && i < len && line[i] == '#') i++;
+    if (len - i < pl || memcmp(line + i, prefix, pl) != 0) return;
+    i += pl;
+    while (i < len && k + 1 < ksz &&
+           (islower((unsigned char)line[i]) || line[i] == '_'))
+        key[k++] = line[i++];
+    key[k] = '\0';
+    if (k == 0 || (i < len && line[i] != ' ')) {
+        key[0] = '\0';
+        return;
+    }
+    while (i < len && line[i] == ' ') i++;
+    if (len - i < al || memcmp(line + i, after, al) != 0) key[0] = '\0';
+}
+
+static bool known_key(const char *k)
+{
+    for (size_t i = 0; pmm_config_key(i); i++)
+        if (strcmp(pmm_config_key(i), k) == 0) return true;
+    return false;
+}
+
+/* Every key the parser knows has a line of its own in doc (one written as
+ * the style says); with strict, every such line names a key the parser
+ * knows (nothing stale). Returns how many keys lack their line. */
+static int doc_keys(const char *rel, const char *prefix, bool comment,
+                    const char *after, bool strict)
+{
+    char *text = read_doc(rel);
+    int missing = 0;
+    char k[64];
+
+    if (!text) return -1;
+    for (size_t i = 0; pmm_config_key(i); i++) {
+        const char *want = pmm_config_key(i);
+        bool found = false;
+        for (const char *l = text; *l && !found;) {
+            const char *e = strchr(l, '\n');
+            size_t n = e ? (size_t)(e - l) : strlen(l);
+            line_key(l, n, prefix, comment, after, k, sizeof(k));
+            found = strcmp(k, want) == 0;
+            l += n + (e ? 1 : 0);
+        }
+        if (!found) {
+            printf("#   %s: no line for the key %s\n", rel, want);
+            missing++;
+        }
+    }
+    for (const char *l = text; strict && *l;) {
+        const char *e = strchr(l, '\n');
+        size_t n = e ? (size_t)(e - l) : strlen(l);
+        line_key(l, n, prefix, comment, after, k, sizeof(k));
+        if (k[0] && !known_key(k)) {
+            printf("#   %s: '%.*s' names no key of the parser\n", rel,
+                   (int)n, l);
+            missing++;
+        }
+        l += n + (e ? 1 : 0);
+    }
+    free(text);
+    return missing;
+}
+
+/* README (the key = value examples), pmgclusterd(8) (.BI key " = ...")
+ * and contrib/pmgclusterd.conf (#key = default) each show every key, and
+ * the man page and the sample file show no key the parser lacks. */
+static void test_keys_documented(void)
+{
+    size_t n = 0;
+    while (pmm_config_key(n)) n++;
+    CHECK(n >= 38); /* the keys of today; a new one comes with its docs */
+    CHECK_EQ_INT(doc_keys("README.md", "", false, "=", false), 0);
+    CHECK_EQ_INT(doc_keys("doc/pmgclusterd.8", ".BI ", false, "\" = ", true),
+                 0);
+    CHECK_EQ_INT(doc_keys("contrib/pmgclusterd.conf", "", true, "=", true),
+                 0);
+}
+
+/* contrib/pmgclusterd.conf with every "#key = value" line taken as set:
+ * the sample values are ones the parser accepts, no key twice. */
+static void test_contrib_parses(void)
+{
+    char *text = read_doc("contrib/pmgclusterd.conf");
+    char k[64];
+    pmm_config c;
+    size_t keys = 0;
+
+    REQUIRE(text != NULL);
+    for (char *l = text; *l;) {
+        char *e = strchr(l, '\n');
+        size_t n = e ? (size_t)(e - l) : strlen(l);
+        line_key(l, n, "", true, "=", k, sizeof(k));
+        if (k[0]) {
+            char *h = strchr(l, '#');
+            if (h && h < l + n && h < strchr(l, '=')) *h = ' ';
+            keys++;
+        }
+        l += n + (e ? 1 : 0);
+    }
+    CHECK(keys >= 38);
+    CHECK_EQ_INT(parse(&c, text), 0);
+    if (err[0]) printf("#   %s\n", err);
+    free(text);
+}
+
 int main(void)
 {
     TAP_RUN(test_minimal_defaults);
@@ -402,5 +551,7 @@ int main(void)
     TAP_RUN(test_output_untouched_on_error);
     TAP_RUN(test_db_sync);
     TAP_RUN(test_load_file);
+    TAP_RUN(test_keys_documented);
+    TAP_RUN(test_contrib_parses);
     return tap_done();
 }
