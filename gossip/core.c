@@ -71,20 +71,31 @@ typedef struct member {
     rwin rw_udp, rw_tcp; /* replay windows for its datagrams, stream frames */
 } member;
 
-typedef struct bcast {
+/* Broadcast queue (as memberlist's transmit-limited queue): entries sit in
+ * one list per transmit count, so a packet is filled by walking the lists
+ * from 0 transmits up (newest first at 0), never by sorting the queue; a
+ * hash on the subject (member id or user key) finds the entry a newer
+ * update replaces. */
+#define BQ_BUCKETS 64 /* transmit counts; the retransmit limit is capped here */
+typedef struct bcast bcast;
+struct bcast {
+    bcast *prev, *next; /* list of its transmit count */
+    bcast *hnext;       /* hash chain */
+    bcast *mnext;       /* packet being built: entries that went into it */
+    uint64_t pkt;       /* serial of the last packet it went into */
     uint32_t transmits;
-    uint64_t order;
+    uint32_t key;       /* user broadcasts: key */
+    gsp_id id;          /* member updates: about whom */
     bool is_user;
-    gsp_id id;    /* member updates: about whom */
-    uint32_t key; /* user broadcasts: key */
-    uint8_t *buf; /* packed Member / UserMsg */
     size_t len;
-    uint64_t pkt; /* serial of the last packet it went into */
-} bcast;
+    uint8_t buf[];      /* packed Member / UserMsg */
+};
 
 typedef struct bqueue {
-    bcast *v;
-    size_t n, cap;
+    bcast *head[BQ_BUCKETS], *tail[BQ_BUCKETS];
+    bcast **ht; /* chained on hnext, ht_cap a power of two */
+    size_t ht_cap;
+    size_t n;
 } bqueue;
 
 typedef struct relay {
@@ -149,7 +160,6 @@ struct gsp_core {
     uint64_t now;
 
     bqueue mq, uq;
-    uint64_t bcast_order;
     uint64_t pkt_serial; /* packets built by send_packet */
     uint64_t tx_seq_udp, tx_seq_tcp; /* replay counters we send (last used) */
 
@@ -652,46 +662,129 @@ static void member_to_pb(const member *m, gsp_state s, const gsp_id *from,
 
 /* ---- broadcast queues --------------------------------------------------- */
 
-static void bq_remove_at(bqueue *q, size_t i)
+static size_t bq_hash(bool is_user, const gsp_id *id, uint32_t key)
 {
-    free(q->v[i].buf);
-    q->v[i] = q->v[--q->n];
+    return is_user ? (size_t)(key * 0x9e3779b97f4a7c15ULL >> 17) : id_hash(id);
 }
 
-static void bq_push(gsp_core *c, bqueue *q, bool is_user, const gsp_id *id,
-                    uint32_t key, uint8_t *buf, size_t len)
+static bool bq_same(const bcast *b, bool is_user, const gsp_id *id,
+                    uint32_t key)
 {
-    /* newest about a node (or key) replaces the older */
-    for (size_t i = 0; i < q->n; i++) {
-        bool same = is_user ? q->v[i].key == key : id_eq(&q->v[i].id, id);
-        if (same) {
-            bq_remove_at(q, i);
+    return b->is_user == is_user &&
+           (is_user ? b->key == key : id_eq(&b->id, id));
+}
+
+static void bq_link(bqueue *q, bcast *b, bool at_head)
+{
+    uint32_t t = b->transmits;
+    if (at_head) {
+        b->prev = NULL;
+        b->next = q->head[t];
+        if (q->head[t]) q->head[t]->prev = b;
+        else q->tail[t] = b;
+        q->head[t] = b;
+    } else {
+        b->next = NULL;
+        b->prev = q->tail[t];
+        if (q->tail[t]) q->tail[t]->next = b;
+        else q->head[t] = b;
+        q->tail[t] = b;
+    }
+}
+
+static void bq_unlink(bqueue *q, bcast *b)
+{
+    uint32_t t = b->transmits;
+    if (b->prev) b->prev->next = b->next;
+    else q->head[t] = b->next;
+    if (b->next) b->next->prev = b->prev;
+    else q->tail[t] = b->prev;
+    b->prev = b->next = NULL;
+}
+
+/* Drops an entry that is in no list any more. */
+static void bq_forget(bqueue *q, bcast *b)
+{
+    bcast **pp = &q->ht[bq_hash(b->is_user, &b->id, b->key) & (q->ht_cap - 1)];
+    while (*pp != b) pp = &(*pp)->hnext;
+    *pp = b->hnext;
+    q->n--;
+    free(b);
+}
+
+static void bq_remove(bqueue *q, bcast *b)
+{
+    bq_unlink(q, b);
+    bq_forget(q, b);
+}
+
+static int bq_ht_grow(bqueue *q)
+{
+    size_t cap = q->ht_cap ? q->ht_cap * 2 : 64;
+    bcast **ht = calloc(cap, sizeof(*ht));
+    if (!ht) return -ENOMEM;
+    for (size_t i = 0; i < q->ht_cap; i++) {
+        for (bcast *b = q->ht[i], *nx; b; b = nx) {
+            nx = b->hnext;
+            size_t h = bq_hash(b->is_user, &b->id, b->key) & (cap - 1);
+            b->hnext = ht[h];
+            ht[h] = b;
+        }
+    }
+    free(q->ht);
+    q->ht = ht;
+    q->ht_cap = cap;
+    return 0;
+}
+
+static void bq_clear(bqueue *q)
+{
+    for (int t = 0; t < BQ_BUCKETS; t++) {
+        for (bcast *b = q->head[t], *nx; b; b = nx) {
+            nx = b->next;
+            free(b);
+        }
+        q->head[t] = q->tail[t] = NULL;
+    }
+    free(q->ht);
+    q->ht = NULL;
+    q->ht_cap = 0;
+    q->n = 0;
+}
+
+/* Queues a packed record (copied) at 0 transmits, ahead of older ones;
+ * the newest about a node (or key) replaces the older. */
+static void bq_push(bqueue *q, bool is_user, const gsp_id *id, uint32_t key,
+                    const uint8_t *buf, size_t len)
+{
+    if ((q->n + 1) * 2 > q->ht_cap && bq_ht_grow(q)) return;
+    size_t h = bq_hash(is_user, id, key) & (q->ht_cap - 1);
+    for (bcast *b = q->ht[h]; b; b = b->hnext) {
+        if (bq_same(b, is_user, id, key)) {
+            bq_remove(q, b);
             break;
         }
     }
     if (q->n >= QUEUE_MAX) {
         /* drop the most transmitted (oldest on ties) */
-        size_t worst = 0;
-        for (size_t i = 1; i < q->n; i++) {
-            if (q->v[i].transmits > q->v[worst].transmits ||
-                (q->v[i].transmits == q->v[worst].transmits &&
-                 q->v[i].order < q->v[worst].order))
-                worst = i;
+        for (int t = BQ_BUCKETS - 1; t >= 0; t--) {
+            if (q->tail[t]) {
+                bq_remove(q, q->tail[t]);
+                break;
+            }
         }
-        bq_remove_at(q, worst);
     }
-    if (grow((void **)&q->v, &q->cap, q->n + 1, sizeof(*q->v))) {
-        free(buf);
-        return;
-    }
-    bcast *b = &q->v[q->n++];
-    memset(b, 0, sizeof(*b));
-    b->order = ++c->bcast_order;
+    bcast *b = calloc(1, sizeof(*b) + (len ? len : 1));
+    if (!b) return;
     b->is_user = is_user;
     if (id) b->id = *id;
     b->key = key;
-    b->buf = buf;
     b->len = len;
+    memcpy(b->buf, buf, len);
+    b->hnext = q->ht[h];
+    q->ht[h] = b;
+    q->n++;
+    bq_link(q, b, true);
 }
 
 static void queue_member(gsp_core *c, const member *m, gsp_state s,
@@ -700,45 +793,59 @@ static void queue_member(gsp_core *c, const member *m, gsp_state s,
     PbMember pm;
     member_to_pb(m, s, from, false, &pm);
     size_t len = pmgcm__gossip__member__get_packed_size(&pm);
-    uint8_t *buf = malloc(len ? len : 1);
+    uint8_t stackbuf[1024];
+    uint8_t *buf = len <= sizeof(stackbuf) ? stackbuf : malloc(len);
     if (!buf) return;
     pmgcm__gossip__member__pack(&pm, buf);
-    bq_push(c, &c->mq, false, &m->id, 0, buf, len);
+    bq_push(&c->mq, false, &m->id, 0, buf, len);
+    if (buf != stackbuf) free(buf);
 }
 
-static int cmp_bcast(const void *a, const void *b)
+static uint32_t bq_limit(const gsp_core *c)
 {
-    const bcast *x = *(const bcast *const *)a, *y = *(const bcast *const *)b;
-    if (x->transmits != y->transmits) return x->transmits < y->transmits ? -1 : 1;
-    if (x->order != y->order) return x->order > y->order ? -1 : 1;
-    return 0;
+    uint32_t limit = gsp_retransmit_limit(c->cfg.retransmit_mult,
+                                          live_count(c));
+    return limit > BQ_BUCKETS ? BQ_BUCKETS : limit ? limit : 1;
 }
 
-/* Appends queued items (fewest transmits first) into p while they fit in
- * *room; returns bytes written. */
+/* Appends queued items (fewest transmits first, newest first among those
+ * never sent) into p while they fit in *room; returns bytes written. Walks
+ * the per-count lists in order and stops once the packet is (nearly)
+ * full, so a packet costs O(what it carries), not O(queue). */
 static size_t fill(gsp_core *c, bqueue *q, unsigned tag, uint8_t *p,
                    size_t room)
 {
     if (!q->n || room < 3) return 0;
-    bcast **ord = malloc(q->n * sizeof(*ord));
-    if (!ord) return 0;
-    for (size_t i = 0; i < q->n; i++) ord[i] = &q->v[i];
-    qsort(ord, q->n, sizeof(*ord), cmp_bcast);
-    uint32_t limit = gsp_retransmit_limit(c->cfg.retransmit_mult,
-                                          live_count(c));
+    uint32_t limit = bq_limit(c);
     size_t used = 0;
-    for (size_t i = 0; i < q->n && room - used >= 3; i++) {
-        bcast *b = ord[i];
-        size_t fl = field_len(b->len);
-        if (fl > room - used || b->pkt == c->pkt_serial) continue;
-        used += put_field(p + used, tag, b->buf, b->len);
-        b->pkt = c->pkt_serial; /* once per packet: uq is filled twice */
-        b->transmits++;
-        c->st.updates_sent++;
+    unsigned misses = 0;
+    bcast *moved = NULL, **mtail = &moved;
+    for (uint32_t t = 0; t < limit && room - used >= 3 && misses < 8; t++) {
+        for (bcast *b = q->head[t]; b && room - used >= 3; b = b->next) {
+            if (b->pkt == c->pkt_serial) continue;
+            size_t fl = field_len(b->len);
+            if (fl > room - used) {
+                if (++misses >= 8) break; /* the rest will not fit either */
+                continue;
+            }
+            used += put_field(p + used, tag, b->buf, b->len);
+            b->pkt = c->pkt_serial; /* once per packet: uq is filled twice */
+            c->st.updates_sent++;
+            b->mnext = NULL;
+            *mtail = b;
+            mtail = &b->mnext;
+        }
     }
-    free(ord);
-    for (size_t i = q->n; i-- > 0;)
-        if (q->v[i].transmits >= limit) bq_remove_at(q, i);
+    /* sent entries move up one count (to the back of it), or retire */
+    for (bcast *b = moved, *nx; b; b = nx) {
+        nx = b->mnext;
+        bq_unlink(q, b);
+        if (++b->transmits >= limit) bq_forget(q, b);
+        else bq_link(q, b, false);
+    }
+    /* the limit shrinks when members leave: retire what passed it */
+    for (uint32_t t = limit; t < BQ_BUCKETS; t++)
+        while (q->head[t]) bq_remove(q, q->head[t]);
     return used;
 }
 
@@ -1068,7 +1175,8 @@ static void apply_user(gsp_core *c, uint32_t key, uint64_t version,
     uint8_t *buf = malloc(pl ? pl : 1);
     if (buf) {
         pmgcm__gossip__user_msg__pack(&um, buf);
-        bq_push(c, &c->uq, true, NULL, key, buf, pl);
+        bq_push(&c->uq, true, NULL, key, buf, pl);
+        free(buf);
     }
     if (!local) {
         c->st.user_msgs_delivered++;
@@ -2050,10 +2158,8 @@ void gsp_core_free(gsp_core *c)
     free(c->ht);
     free(c->plist);
     free(c->susp);
-    for (size_t i = 0; i < c->mq.n; i++) free(c->mq.v[i].buf);
-    for (size_t i = 0; i < c->uq.n; i++) free(c->uq.v[i].buf);
-    free(c->mq.v);
-    free(c->uq.v);
+    bq_clear(&c->mq);
+    bq_clear(&c->uq);
     for (size_t i = 0; i < c->n_users; i++) free(c->users[i].data);
     free(c->users);
     free(c->seeds);
