@@ -184,6 +184,22 @@ int gsp_core_new(gsp_core **out, const gsp_config *cfg, const gsp_id *self,
                  const gsp_callbacks *cb);
 void gsp_core_free(gsp_core *c);
 
+/* A pool of immutable member records (name, address, metadata and their
+ * packed announcement) that cores in one process share instead of each
+ * keeping its own copy: the simulator runs thousands of cores, each with a
+ * record of every node. A daemon (one core) needs none. Not thread safe:
+ * cores sharing a pool are driven from one thread. */
+typedef struct gsp_pool gsp_pool;
+gsp_pool *gsp_pool_new(void); /* NULL on ENOMEM; free with gsp_pool_free */
+/* Frees the pool; every core that used it must be freed before. */
+void gsp_pool_free(gsp_pool *p);
+/* Records held and their bytes (either pointer may be NULL). */
+void gsp_pool_stats(const gsp_pool *p, size_t *records, size_t *bytes);
+/* Makes core c keep its records in pool (NULL: private). Call right after
+ * gsp_core_new, before any traffic: 0, -EBUSY (it already knows others),
+ * -ENOMEM. The pool must outlive the core. */
+int gsp_core_set_pool(gsp_core *c, gsp_pool *pool);
+
 /* Sets this node's metadata (copied; at most GSP_META_MAX bytes). A change
  * bumps the incarnation version and is gossiped. 0, -E2BIG, -ENOMEM. */
 int gsp_core_set_meta(gsp_core *c, uint64_t now_ms, const uint8_t *meta,
