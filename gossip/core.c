@@ -74,13 +74,19 @@ struct arec {
 #define AREC_META(r) ((r)->data + (r)->name_len + 1)
 #define AREC_PK(r) ((r)->data + (r)->name_len + 1 + (r)->meta_len)
 
-/* Bump allocator for decoding one datagram (protobuf-c allocates every
- * submessage): reset after each packet. Owned by the core, or by the pool
- * its cores share (they run in one thread). */
+/* Bump allocator for decoding one datagram or stream frame (protobuf-c
+ * allocates every submessage): freed at once after it. The first block is
+ * kept for the next one; more are chained while a big frame needs them.
+ * Owned by the core, or by the pool its cores share (one thread). */
 #define SCRATCH_CAP 65536
+typedef struct sblock sblock;
+struct sblock {
+    sblock *next;
+    size_t cap, used;
+    max_align_t data[];
+};
 typedef struct scratch {
-    uint8_t *buf;
-    size_t used;
+    sblock *head, *cur;
     bool busy;
 } scratch;
 
@@ -186,6 +192,8 @@ struct gsp_core {
 
     gsp_pool *pool;  /* shared records, or NULL */
     scratch own_sc; /* decode scratch without a pool */
+    scratch *st_sc; /* the open stream frame's scratch (or NULL) */
+    ProtobufCAllocator st_al;
 
     member **chunks; /* slab of member records */
     size_t n_chunks, slab_used;
@@ -435,6 +443,8 @@ static uint32_t hash_bytes(const uint8_t *p, size_t n)
     return (uint32_t)(h ^ (h >> 32));
 }
 
+static void sc_release(scratch *sc);
+
 gsp_pool *gsp_pool_new(void)
 {
     gsp_pool *p = calloc(1, sizeof(*p));
@@ -459,7 +469,7 @@ void gsp_pool_free(gsp_pool *p)
         }
     }
     free(p->ht);
-    free(p->sc.buf);
+    sc_release(&p->sc);
     free(p);
 }
 
@@ -593,35 +603,49 @@ static const gsp_addr *maddr(const member *m)
 
 /* ---- decode scratch ------------------------------------------------------ */
 
+static sblock *sblock_new(size_t cap)
+{
+    sblock *b = malloc(sizeof(*b) + cap);
+    if (b) {
+        b->next = NULL;
+        b->cap = cap;
+        b->used = 0;
+    }
+    return b;
+}
+
 static void *sc_alloc(void *ud, size_t size)
 {
     scratch *sc = ud;
     size = (size + 15) & ~(size_t)15;
-    if (sc->buf && size <= SCRATCH_CAP - sc->used) {
-        void *p = sc->buf + sc->used;
-        sc->used += size;
-        return p;
+    sblock *b = sc->cur;
+    if (size > b->cap - b->used) {
+        sblock *n = sblock_new(size > SCRATCH_CAP ? size : SCRATCH_CAP);
+        if (!n) return NULL;
+        b->next = n;
+        sc->cur = b = n;
     }
-    return malloc(size ? size : 1);
+    void *p = (uint8_t *)b->data + b->used;
+    b->used += size;
+    return p;
 }
 
 static void sc_free(void *ud, void *p)
 {
-    scratch *sc = ud;
-    if (sc->buf && (uint8_t *)p >= sc->buf && (uint8_t *)p < sc->buf + SCRATCH_CAP)
-        return;
-    free(p);
+    (void)ud;
+    (void)p; /* everything goes at once in sc_give */
 }
 
-/* Takes the scratch arena for one decode: 0 and *a set, or the default
- * allocator (NULL) when it is busy or cannot be made. */
+/* Takes the scratch arena for one decode: it and *a set, or NULL (use the
+ * default allocator) when it is busy or cannot be made. */
 static scratch *sc_take(gsp_core *c, ProtobufCAllocator *a)
 {
     scratch *sc = c->pool ? &c->pool->sc : &c->own_sc;
     if (sc->busy) return NULL;
-    if (!sc->buf && !(sc->buf = malloc(SCRATCH_CAP))) return NULL;
+    if (!sc->head && !(sc->head = sblock_new(SCRATCH_CAP))) return NULL;
     sc->busy = true;
-    sc->used = 0;
+    sc->head->used = 0;
+    sc->cur = sc->head;
     a->alloc = sc_alloc;
     a->free = sc_free;
     a->allocator_data = sc;
@@ -630,7 +654,20 @@ static scratch *sc_take(gsp_core *c, ProtobufCAllocator *a)
 
 static void sc_give(scratch *sc)
 {
-    if (sc) sc->busy = false;
+    if (!sc) return;
+    for (sblock *b = sc->head->next, *n; b; b = n) {
+        n = b->next;
+        free(b);
+    }
+    sc->head->next = NULL;
+    sc->busy = false;
+}
+
+static void sc_release(scratch *sc)
+{
+    if (sc->head) sc_give(sc);
+    free(sc->head);
+    sc->head = NULL;
 }
 
 /* ---- member table ------------------------------------------------------- */
@@ -1755,21 +1792,72 @@ static bool bq_has(const bqueue *q, const gsp_id *id)
     return false;
 }
 
-/* The full record of m for a push-pull. */
-static void state_record(gsp_core *c, member *m, PbMember *pm)
+/* A growable output buffer for a push-pull frame. */
+typedef struct obuf {
+    uint8_t *p;
+    size_t len, cap;
+    bool oom;
+} obuf;
+
+static uint8_t *ob_room(obuf *o, size_t n)
 {
-    const gsp_id *from = m->state == GSP_LEFT ? &m->id : NULL;
-    member_to_pb(m, (gsp_state)m->state, from, true, pm);
-    if (m->state == GSP_ALIVE && bq_has(&c->mq, &m->id)) {
-        /* still spreading: the receiver helps (see on_alive's quiet) */
-        pm->has_fresh = 1;
-        pm->fresh = 1;
+    if (o->oom) return NULL;
+    if (n > o->cap - o->len) {
+        size_t cap = o->cap ? o->cap : 4096;
+        while (cap - o->len < n) cap *= 2;
+        uint8_t *p = realloc(o->p, cap);
+        if (!p) {
+            o->oom = true;
+            return NULL;
+        }
+        o->p = p;
+        o->cap = cap;
     }
+    return o->p + o->len;
+}
+
+/* Appends a length-delimited field: tag (< 16), then head and tail. */
+static void ob_field(obuf *o, unsigned tag, const uint8_t *head, size_t hl,
+                     const uint8_t *tail, size_t tl)
+{
+    uint8_t *w = ob_room(o, 1 + 10 + hl + tl);
+    if (!w) return;
+    size_t n = 0;
+    w[n++] = (uint8_t)((tag << 3) | 2);
+    n += put_varint(w + n, hl + tl);
+    memcpy(w + n, head, hl);
+    if (tl) memcpy(w + n + hl, tail, tl);
+    o->len += n + hl + tl;
+}
+
+/* Appends m's full record (a Stream's `members`). An alive record at the
+ * current incarnation is the shared packed one, plus `fresh` while we
+ * still gossip it (the receiver then helps: see on_alive's quiet). */
+static void ob_member(gsp_core *c, obuf *o, member *m)
+{
+    if (m->state == GSP_ALIVE && member_rec_current(c, m) == 0) {
+        static const uint8_t fresh[2] = {(10 << 3) | 0, 1};
+        bool f = bq_has(&c->mq, &m->id);
+        ob_field(o, 4, AREC_PK(m->rec), m->rec->pk_len, fresh, f ? 2 : 0);
+        return;
+    }
+    PbMember pm;
+    const gsp_id *from = m->state == GSP_LEFT ? &m->id : NULL;
+    member_to_pb(m, (gsp_state)m->state, from, true, &pm);
+    uint8_t tmp[1024];
+    size_t n = pmgcm__gossip__member__get_packed_size(&pm);
+    if (n > sizeof(tmp)) {
+        o->oom = true; /* cannot happen: name, address and meta are bounded */
+        return;
+    }
+    pmgcm__gossip__member__pack(&pm, tmp);
+    ob_field(o, 4, tmp, n, NULL, 0);
 }
 
 /* Packs a push-pull frame for to_id (or, a join by address, for whoever
- * is at to_addr). pick(c, m, ud) selects members (NULL: all); users:
- * include every user broadcast. Caller frees the result. */
+ * is at to_addr): the header fields set in s, then the members
+ * pick(c, m, ud) selects (NULL: all) and, with users, every user
+ * broadcast. Caller frees the result. */
 static uint8_t *build_frame(gsp_core *c, PbStream *s, const gsp_id *to_id,
                             const gsp_addr *to_addr,
                             bool (*pick)(gsp_core *, member *, void *),
@@ -1777,42 +1865,30 @@ static uint8_t *build_frame(gsp_core *c, PbStream *s, const gsp_id *to_id,
 {
     s->kind = PMGCM__GOSSIP__STREAM__KIND__PUSHPULL;
     stamp_stream(c, s, to_id, to_addr);
-    size_t n = c->n_members;
-    PbMember *pms = calloc(n ? n : 1, sizeof(*pms));
-    PbMember **pp = calloc(n ? n : 1, sizeof(*pp));
-    PbUser *ums = calloc(c->n_users ? c->n_users : 1, sizeof(*ums));
-    PbUser **up = calloc(c->n_users ? c->n_users : 1, sizeof(*up));
-    uint8_t *buf = NULL;
-    if (!pms || !pp || !ums || !up) goto out;
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++) {
+    obuf o = {0};
+    size_t hl = pmgcm__gossip__stream__get_packed_size(s);
+    uint8_t *w = ob_room(&o, hl);
+    if (w) o.len = pmgcm__gossip__stream__pack(s, w);
+    for (size_t i = 0; i < c->n_members; i++) {
         member *m = c->members[i];
-        if (pick && !pick(c, m, ud)) continue;
-        state_record(c, m, &pms[k]);
-        pp[k] = &pms[k];
-        k++;
+        if (!pick || pick(c, m, ud)) ob_member(c, &o, m);
     }
     for (size_t i = 0; users && i < c->n_users; i++) {
-        pmgcm__gossip__user_msg__init(&ums[i]);
-        ums[i].key = c->users[i].key;
-        ums[i].version = c->users[i].version;
-        ums[i].data.data = c->users[i].data;
-        ums[i].data.len = c->users[i].len;
-        up[i] = &ums[i];
+        PbUser um = PMGCM__GOSSIP__USER_MSG__INIT;
+        um.key = c->users[i].key;
+        um.version = c->users[i].version;
+        um.data.data = c->users[i].data;
+        um.data.len = c->users[i].len;
+        uint8_t tmp[GSP_META_MAX + 32];
+        size_t n = pmgcm__gossip__user_msg__pack(&um, tmp);
+        ob_field(&o, 5, tmp, n, NULL, 0);
     }
-    s->n_members = k;
-    s->members = pp;
-    s->n_user = users ? c->n_users : 0;
-    s->user = up;
-    *out_len = pmgcm__gossip__stream__get_packed_size(s);
-    buf = malloc(*out_len ? *out_len : 1);
-    if (buf) pmgcm__gossip__stream__pack(s, buf);
-out:
-    free(pms);
-    free(pp);
-    free(ums);
-    free(up);
-    return buf;
+    if (o.oom) {
+        free(o.p);
+        return NULL;
+    }
+    *out_len = o.len;
+    return o.p;
 }
 
 /* Our full state (a join, or an answer to one) for to_id, or (a join by
@@ -1948,17 +2024,18 @@ static void start_pushpull(gsp_core *c, const gsp_addr *to,
 static int merge_state(gsp_core *c, const PbStream *s)
 {
     if (s->n_members > 1000000) return GSP_EDECODE;
-    upd *us = calloc(s->n_members ? s->n_members : 1, sizeof(*us));
+    size_t usz = (s->n_members ? s->n_members : 1) * sizeof(upd);
+    upd *us = c->st_sc ? sc_alloc(c->st_sc, usz) : malloc(usz);
     if (!us) return -ENOMEM;
     for (size_t i = 0; i < s->n_members; i++) {
         if (pb_to_upd(s->members[i], &us[i])) {
-            free(us);
+            if (!c->st_sc) free(us);
             return GSP_EDECODE;
         }
     }
     for (size_t i = 0; i < s->n_user; i++) {
         if (check_user(s->user[i])) {
-            free(us);
+            if (!c->st_sc) free(us);
             return GSP_EDECODE;
         }
     }
@@ -1997,7 +2074,7 @@ static int merge_state(gsp_core *c, const PbStream *s)
             break;
         }
     }
-    free(us);
+    if (!c->st_sc) free(us);
     for (size_t i = 0; i < s->n_user; i++)
         apply_user(c, s->user[i]->key, s->user[i]->version,
                    s->user[i]->data.data, s->user[i]->data.len, false);
@@ -2022,6 +2099,15 @@ static bool stream_for_us(const gsp_core *c, const PbStream *s,
     if (pb_addr(&s->to_ip, s->to_port, &dialled)) return false;
     return addr_same(&dialled, maddr(c->self)) ||
            (local && addr_same(&dialled, local));
+}
+
+/* Frees a frame open_stream returned (s may be NULL). */
+static void close_stream(gsp_core *c, PbStream *s)
+{
+    if (s)
+        pmgcm__gossip__stream__free_unpacked(s, c->st_sc ? &c->st_al : NULL);
+    sc_give(c->st_sc);
+    c->st_sc = NULL;
 }
 
 static PbStream *open_stream(gsp_core *c, const uint8_t *in, size_t len,
@@ -2051,23 +2137,25 @@ static PbStream *open_stream(gsp_core *c, const uint8_t *in, size_t len,
         }
         plain = tmp;
     }
-    PbStream *s = pmgcm__gossip__stream__unpack(NULL, plen, plain);
+    c->st_sc = sc_take(c, &c->st_al);
+    PbStream *s = pmgcm__gossip__stream__unpack(c->st_sc ? &c->st_al : NULL,
+                                                plen, plain);
     free(tmp);
     if (!s || s->from.len != GSP_ID_LEN ||
         (s->ping && s->ping->target.len != GSP_ID_LEN)) {
-        if (s) pmgcm__gossip__stream__free_unpacked(s, NULL);
+        close_stream(c, s);
         c->st.drop_decode++;
         *err = GSP_EDECODE;
         return NULL;
     }
     if (!memcmp(s->from.data, c->self->id.b, GSP_ID_LEN)) {
-        pmgcm__gossip__stream__free_unpacked(s, NULL);
+        close_stream(c, s);
         c->st.drop_self++;
         *err = GSP_ESELF;
         return NULL;
     }
     if (!stream_for_us(c, s, ps, local)) {
-        pmgcm__gossip__stream__free_unpacked(s, NULL);
+        close_stream(c, s);
         c->st.drop_misdirected++;
         *err = GSP_EMISDIRECTED;
         return NULL;
@@ -2077,7 +2165,7 @@ static PbStream *open_stream(gsp_core *c, const uint8_t *in, size_t len,
         memcpy(sid.b, s->from.data, GSP_ID_LEN);
         member *m = find(c, &sid);
         if (rwin_replayed(m ? m->rw_tcp : NULL, s->gen, s->seq)) {
-            pmgcm__gossip__stream__free_unpacked(s, NULL);
+            close_stream(c, s);
             c->st.drop_replay++;
             *err = GSP_EREPLAY;
             return NULL;
@@ -2275,7 +2363,7 @@ int gsp_core_stream_request(gsp_core *c, uint64_t now_ms,
         rc = GSP_EDECODE;
     }
     if (rc != GSP_EDECODE) stream_mark(c, s);
-    pmgcm__gossip__stream__free_unpacked(s, NULL);
+    close_stream(c, s);
     return rc;
 }
 
@@ -2314,7 +2402,7 @@ int gsp_core_stream_result(gsp_core *c, uint64_t now_ms, uint64_t req_id,
             finish_probe(c, true);
     }
     if (rc != GSP_EDECODE) stream_mark(c, s);
-    pmgcm__gossip__stream__free_unpacked(s, NULL);
+    close_stream(c, s);
     return rc;
 }
 
@@ -2438,6 +2526,7 @@ int gsp_core_recv(gsp_core *c, uint64_t now_ms, const gsp_addr *from,
     }
     us = alp ? sc_alloc(sc, (p->n_updates ? p->n_updates : 1) * sizeof(*us))
              : malloc((p->n_updates ? p->n_updates : 1) * sizeof(*us));
+    /* (sc_alloc's memory goes with the scratch: see done) */
     if (!us) {
         rc = -ENOMEM;
         goto done;
@@ -2536,8 +2625,7 @@ int gsp_core_recv(gsp_core *c, uint64_t now_ms, const gsp_addr *from,
 bad:
     c->st.drop_decode++;
 done:
-    if (alp) sc_free(sc, us);
-    else free(us);
+    if (!alp) free(us);
     pmgcm__gossip__packet__free_unpacked(p, alp);
     sc_give(sc);
     return rc;
@@ -2809,7 +2897,7 @@ void gsp_core_free(gsp_core *c)
     free(c->ht);
     free(c->plist);
     free(c->susp);
-    free(c->own_sc.buf);
+    sc_release(&c->own_sc);
     for (size_t i = 0; i < c->n_users; i++) free(c->users[i].data);
     free(c->users);
     free(c->seeds);
