@@ -130,6 +130,9 @@ typedef struct hslot {
  * hash on the subject (member id or user key) finds the entry a newer
  * update replaces. */
 #define BQ_BUCKETS 64 /* transmit counts; the retransmit limit is capped here */
+#ifndef NEWS_LIMIT
+#define NEWS_LIMIT 4
+#endif
 typedef struct bcast bcast;
 struct bcast {
     bcast *prev, *next; /* list of its transmit count */
@@ -142,6 +145,7 @@ struct bcast {
     uint32_t pkt;       /* serial of the last packet it went into */
     uint16_t transmits;
     bool is_user;
+    bool news;          /* announces a member new to us (see bq_heard) */
     uint8_t buf[];      /* packed Member / UserMsg, unless rec */
 };
 #define BC_DATA(b) ((b)->rec ? AREC_PK((b)->rec) : (b)->buf)
@@ -151,6 +155,8 @@ typedef struct bqueue {
     bcast **ht; /* chained on hnext, ht_cap a power of two */
     size_t ht_cap;
     size_t n;
+    size_t n_news;  /* entries with news set */
+    bool settled;   /* the last news entry retired (see news_settled) */
 } bqueue;
 
 typedef struct relay {
@@ -1072,6 +1078,7 @@ static void bq_forget(bqueue *q, bcast *b)
     while (*pp != b) pp = &(*pp)->hnext;
     *pp = b->hnext;
     q->n--;
+    if (b->news && --q->n_news == 0) q->settled = true;
     arec_unref(b->rec);
     free(b);
 }
@@ -1115,15 +1122,16 @@ static void bq_clear(bqueue *q)
     q->ht = NULL;
     q->ht_cap = 0;
     q->n = 0;
+    q->n_news = 0;
 }
 
 /* Queues a packed record at 0 transmits, ahead of older ones: rec's (a
  * reference is taken) or buf (copied). The newest about a node (or key)
  * replaces the older. */
-static void bq_push(bqueue *q, bool is_user, const gsp_id *id, uint32_t key,
-                    arec *rec, const uint8_t *buf, size_t len)
+static bcast *bq_push(bqueue *q, bool is_user, const gsp_id *id,
+                      uint32_t key, arec *rec, const uint8_t *buf, size_t len)
 {
-    if ((q->n + 1) * 2 > q->ht_cap && bq_ht_grow(q)) return;
+    if ((q->n + 1) * 2 > q->ht_cap && bq_ht_grow(q)) return NULL;
     size_t h = bq_hash(is_user, id, key) & (q->ht_cap - 1);
     for (bcast *b = q->ht[h]; b; b = b->hnext) {
         if (bq_same(b, is_user, id, key)) {
@@ -1141,7 +1149,7 @@ static void bq_push(bqueue *q, bool is_user, const gsp_id *id, uint32_t key,
         }
     }
     bcast *b = calloc(1, sizeof(*b) + (rec ? 0 : len));
-    if (!b) return;
+    if (!b) return NULL;
     b->is_user = is_user;
     if (id) b->id = *id;
     b->key = key;
@@ -1157,26 +1165,27 @@ static void bq_push(bqueue *q, bool is_user, const gsp_id *id, uint32_t key,
     q->ht[h] = b;
     q->n++;
     bq_link(q, b, true);
+    return b;
 }
 
-static void queue_member(gsp_core *c, member *m, gsp_state s,
-                         const gsp_id *from)
+static bcast *queue_member(gsp_core *c, member *m, gsp_state s,
+                           const gsp_id *from)
 {
     if (s == GSP_ALIVE && !from) {
         /* the shared record is exactly this update */
-        if (member_rec_current(c, m) == 0)
-            bq_push(&c->mq, false, &m->id, 0, m->rec, NULL, 0);
-        return;
+        if (member_rec_current(c, m)) return NULL;
+        return bq_push(&c->mq, false, &m->id, 0, m->rec, NULL, 0);
     }
     PbMember pm;
     member_to_pb(m, s, from, false, &pm);
     size_t len = pmgcm__gossip__member__get_packed_size(&pm);
     uint8_t stackbuf[1024];
     uint8_t *buf = len <= sizeof(stackbuf) ? stackbuf : malloc(len);
-    if (!buf) return;
+    if (!buf) return NULL;
     pmgcm__gossip__member__pack(&pm, buf);
-    bq_push(&c->mq, false, &m->id, 0, NULL, buf, len);
+    bcast *b = bq_push(&c->mq, false, &m->id, 0, NULL, buf, len);
     if (buf != stackbuf) free(buf);
+    return b;
 }
 
 static uint32_t bq_limit(const gsp_core *c)
@@ -1184,6 +1193,25 @@ static uint32_t bq_limit(const gsp_core *c)
     uint32_t limit = gsp_retransmit_limit(c->cfg.retransmit_mult,
                                           live_count(c));
     return limit > BQ_BUCKETS ? BQ_BUCKETS : limit ? limit : 1;
+}
+
+/* We heard the update we are spreading about a new member from someone
+ * else: it is spreading without us too, so that counts as one of our
+ * transmissions (rumor mongering with feedback). A mass join would
+ * otherwise cost every node limit sends of every joiner's record, N^2
+ * log N records in all; what this drops is left to push-pull, whose
+ * digest exchange is cheap. Only joins: refutations, suspicions, deaths
+ * and user broadcasts keep their whole budget. */
+static void bq_heard(gsp_core *c, const gsp_id *id)
+{
+    bqueue *q = &c->mq;
+    if (!q->ht_cap) return;
+    bcast *b = q->ht[bq_hash(false, id, 0) & (q->ht_cap - 1)];
+    while (b && !bq_same(b, false, id, 0)) b = b->hnext;
+    if (!b || !b->news) return;
+    bq_unlink(q, b);
+    if (++b->transmits >= bq_limit(c)) bq_forget(q, b);
+    else bq_link(q, b, false);
 }
 
 /* Appends queued items (fewest transmits first, newest first among those
@@ -1219,7 +1247,8 @@ static size_t fill(gsp_core *c, bqueue *q, unsigned tag, uint8_t *p,
     for (bcast *b = moved, *nx; b; b = nx) {
         nx = b->mnext;
         bq_unlink(q, b);
-        if (++b->transmits >= limit) bq_forget(q, b);
+        if (++b->transmits >= (b->news && limit > NEWS_LIMIT ? NEWS_LIMIT : limit))
+            bq_forget(q, b);
         else bq_link(q, b, false);
     }
     /* the limit shrinks when members leave: retire what passed it */
@@ -1279,7 +1308,6 @@ typedef struct upd {
     bool has_meta;
     bool has_from;
     gsp_id from;
-    bool fresh; /* push-pull: the sender still gossips it */
 } upd;
 
 static void refute(gsp_core *c, gsp_inc accused)
@@ -1353,10 +1381,18 @@ static void on_alive(gsp_core *c, const upd *u, bool quiet)
                        u->name ? u->name : "", u->has_meta ? u->meta : NULL,
                        u->has_meta ? u->meta_len : 0);
         if (!m) return;
-        if (!quiet) queue_member(c, m, GSP_ALIVE, NULL);
+        if (!quiet) {
+            bcast *b = queue_member(c, m, GSP_ALIVE, NULL);
+            if (b) {
+                b->news = true;
+                c->mq.n_news++;
+            }
+        }
         notify(c, m, GSP_ALIVE, true);
         return;
     }
+    if (gsp_inc_cmp(u->inc, m->inc) == 0 && m->state == GSP_ALIVE)
+        bq_heard(c, &m->id);
     if (gsp_inc_cmp(u->inc, m->inc) <= 0) return;
     gsp_state old = (gsp_state)m->state;
     gsp_inc prev = m->inc;
@@ -1496,7 +1532,6 @@ static int pb_to_upd(const PbMember *pm, upd *u)
         u->meta = pm->meta.data;
         u->meta_len = pm->meta.len;
     }
-    u->fresh = pm->has_fresh && pm->fresh;
     if (pm->has_from) {
         if (pm->from.len != GSP_ID_LEN) return -1;
         u->has_from = true;
@@ -1830,15 +1865,12 @@ static void ob_field(obuf *o, unsigned tag, const uint8_t *head, size_t hl,
     o->len += n + hl + tl;
 }
 
-/* Appends m's full record (a Stream's `members`). An alive record at the
- * current incarnation is the shared packed one, plus `fresh` while we
- * still gossip it (the receiver then helps: see on_alive's quiet). */
+/* Appends m's full record (a Stream's `members`): an alive record at the
+ * current incarnation is the shared packed one. */
 static void ob_member(gsp_core *c, obuf *o, member *m)
 {
     if (m->state == GSP_ALIVE && member_rec_current(c, m) == 0) {
-        static const uint8_t fresh[2] = {(10 << 3) | 0, 1};
-        bool f = bq_has(&c->mq, &m->id);
-        ob_field(o, 4, AREC_PK(m->rec), m->rec->pk_len, fresh, f ? 2 : 0);
+        ob_field(o, 4, AREC_PK(m->rec), m->rec->pk_len, NULL, 0);
         return;
     }
     PbMember pm;
@@ -2046,9 +2078,9 @@ static int merge_state(gsp_core *c, const PbStream *s)
         member *m = find(c, &u->id);
         switch (u->state) {
         case GSP_ALIVE:
-            /* pass on the sender's own record (a joiner) and what the
-             * sender is still spreading; the rest is old news */
-            on_alive(c, u, !u->fresh && !id_eq(&u->id, &sender));
+            /* pass on the sender's own record (a joiner); the rest is
+             * old news, or news the sender spreads anyway */
+            on_alive(c, u, !id_eq(&u->id, &sender));
             break;
         case GSP_SUSPECT:
             if (!u->has_from) {
@@ -2753,6 +2785,17 @@ void gsp_core_tick(gsp_core *c, uint64_t now)
             queue_member(c, m, GSP_DEAD, &c->self->id);
             notify(c, m, old, false);
         }
+    }
+
+    if (c->mq.settled) {
+        /* the members that joined lately have been announced: sync with
+         * a peer soon to catch the announcements we missed (the joins of a
+         * mass start overlap, and a node not yet known to many is sent
+         * few of them) */
+        c->mq.settled = false;
+        uint64_t t = now + c->cfg.gossip_interval_ms +
+                     rnd_below(c, 4 * (uint64_t)c->cfg.gossip_interval_ms);
+        if (t < c->next_pushpull) c->next_pushpull = t;
     }
 
     /* indirect-probe relays that got no ack: nack the requester */
