@@ -106,6 +106,7 @@ typedef struct member {
     rwin *rw_tcp;  /* ... for its stream frames (made at the first one) */
     uint32_t slot; /* index in the slab */
     uint32_t si;   /* index in c->susp while suspect */
+    uint32_t pi;   /* index in c->plist */
     uint8_t state;
     bool is_self;
 } member;
@@ -226,10 +227,26 @@ struct gsp_core {
         uint32_t seq;
         gsp_id target;
         uint64_t start, direct_deadline, end_deadline;
+        uint64_t planned; /* when it was due (the cadence keeps to it) */
         uint32_t nacks_expected, nacks;
         gsp_id relays[RELAYS_ASKED_MAX]; /* asked to ping for us */
         uint32_t n_relays;
     } probe;
+    /* A failed probe of a member we hold alive is verified before it
+     * becomes a suspicion: direct pings for one more probe interval, and
+     * a late ack of the probe counts. */
+    struct {
+        bool active, second_sent;
+        uint32_t seq, probe_seq;
+        gsp_id target;
+        uint64_t failed_at, second_at, deadline;
+        gsp_id relays[RELAYS_ASKED_MAX]; /* the failed probe's relays: */
+        uint32_t n_relays;               /* their late acks count too */
+    } verify;
+    uint64_t tight_until; /* probe at probe_interval_ms until then */
+    uint64_t sync_late;   /* a push-pull due then (0: none), see settled */
+    bool prio_set;        /* probe prio next: a suspicion we heard of */
+    gsp_id prio;
 
     uint64_t next_probe, next_gossip, next_pushpull, next_rejoin, next_reap;
     uint32_t alone_backoff_ms; /* re-join backoff while nobody is alive */
@@ -282,8 +299,9 @@ int gsp_inc_cmp(gsp_inc a, gsp_inc b)
 void gsp_config_default(gsp_config *cfg)
 {
     memset(cfg, 0, sizeof(*cfg));
-    cfg->probe_interval_ms = 400;
-    cfg->probe_timeout_ms = 150;
+    cfg->probe_interval_ms = 250;
+    cfg->probe_timeout_ms = 100;
+    cfg->probe_quiet_interval_ms = 500;
     cfg->indirect_checks = 3;
     cfg->suspicion_mult = 3;
     cfg->suspicion_max_mult = 6;
@@ -831,6 +849,8 @@ static member *add_member(gsp_core *c, const gsp_id *id, gsp_state s,
     member *t = c->plist[pos];
     c->plist[pos] = m;
     c->plist[c->plist_n - 1] = t;
+    t->pi = (uint32_t)(c->plist_n - 1);
+    m->pi = (uint32_t)pos;
     return m;
 }
 
@@ -857,6 +877,8 @@ static void remove_member(gsp_core *c, member *m)
             memmove(&c->plist[i], &c->plist[i + 1],
                     (c->plist_n - i - 1) * sizeof(*c->plist));
             c->plist_n--;
+            for (size_t k = i; k < c->plist_n; k++)
+                c->plist[k]->pi = (uint32_t)k;
             if (c->plist_idx > i) c->plist_idx--;
             break;
         }
@@ -1308,7 +1330,11 @@ typedef struct upd {
     bool has_meta;
     bool has_from;
     gsp_id from;
+    uint64_t since; /* suspect: the timer runs from here (0: now) */
 } upd;
+
+static void tighten(gsp_core *c);
+static void gossip_soon(gsp_core *c);
 
 static void refute(gsp_core *c, gsp_inc accused)
 {
@@ -1327,6 +1353,7 @@ static void refute(gsp_core *c, gsp_inc accused)
     c->st.refutations++;
     awareness_add(c, 1);
     queue_member(c, s, GSP_ALIVE, NULL);
+    gossip_soon(c);
 }
 
 static void suspicion_update_deadline(susp *sp)
@@ -1347,7 +1374,8 @@ void gsp_core_suspicion_bounds(const gsp_core *c, uint64_t *min_ms,
     if (max_ms) *max_ms = mn * c->cfg.suspicion_max_mult;
 }
 
-static void start_suspicion(gsp_core *c, member *m, const gsp_id *from)
+static void start_suspicion(gsp_core *c, member *m, const gsp_id *from,
+                            uint64_t since)
 {
     susp *sp = susp_of(c, m);
     gsp_core_suspicion_bounds(c, &sp->min, &sp->max);
@@ -1356,7 +1384,7 @@ static void start_suspicion(gsp_core *c, member *m, const gsp_id *from)
     if (n < 2 + (size_t)k) k = n > 2 ? (uint32_t)(n - 2) : 0;
     sp->k = k;
     sp->confirms = 0;
-    sp->start = c->now;
+    sp->start = since && since < c->now ? since : c->now;
     sp->n_from = 0;
     if (from) sp->from[sp->n_from++] = *from;
     suspicion_update_deadline(sp);
@@ -1425,7 +1453,7 @@ static void on_suspect(gsp_core *c, const upd *u)
          * again: a new suspicion with a fresh timer, not a confirmation that
          * would shrink the old timer into the past */
         m->inc = u->inc;
-        start_suspicion(c, m, from);
+        start_suspicion(c, m, from, u->since);
         c->st.suspicions++;
         queue_member(c, m, GSP_SUSPECT, from ? from : &c->self->id);
         return;
@@ -1447,9 +1475,24 @@ static void on_suspect(gsp_core *c, const upd *u)
     set_state(c, m, GSP_SUSPECT);
     if (m->state != GSP_SUSPECT) return; /* no memory for the timer */
     m->inc = u->inc;
-    start_suspicion(c, m, from);
+    start_suspicion(c, m, from, u->since);
     c->st.suspicions++;
     queue_member(c, m, GSP_SUSPECT, from ? from : &c->self->id);
+    if (from && !id_eq(from, &c->self->id)) {
+        /* somebody else's failed probe: probe at full pace, and some of
+         * us (about indirect_checks of the cluster) check it at once; our
+         * ping carries the suspicion (buddy), so a live suspect refutes
+         * within a round trip, and a dead one is confirmed */
+        tighten(c);
+        size_t n = live_count(c);
+        if (n <= 2 + c->cfg.indirect_checks ||
+            rnd_below(c, n - 2) < c->cfg.indirect_checks) {
+            c->prio_set = true;
+            c->prio = m->id;
+            if (!c->probe.active && c->next_probe > c->now)
+                c->next_probe = c->now;
+        }
+    }
     notify(c, m, old, false);
 }
 
@@ -1469,6 +1512,8 @@ static void on_dead(gsp_core *c, const upd *u)
     set_state(c, m, left ? GSP_LEFT : GSP_DEAD);
     queue_member(c, m, (gsp_state)m->state,
                  u->has_from ? &u->from : &c->self->id);
+    gossip_soon(c);
+    if (!left) tighten(c);
     notify(c, m, old, false);
 }
 
@@ -1602,17 +1647,63 @@ static void apply_update(gsp_core *c, const upd *u)
 
 /* ---- probing ------------------------------------------------------------ */
 
+/* Pacing: one probe per probe_quiet_interval_ms while everything is quiet,
+ * one per probe_interval_ms for TIGHT_HOLD_MS after anything failed (a
+ * probe of ours, a suspicion or a death we heard of), so an idle cluster
+ * wakes up less and a failure is confirmed at full speed. Scaled by the
+ * Lifeguard local health. */
+#define TIGHT_HOLD_MS 10000
+
+static uint32_t probe_iv(const gsp_core *c)
+{
+    uint32_t iv = c->cfg.probe_interval_ms;
+    if (c->cfg.probe_quiet_interval_ms > iv && c->now >= c->tight_until &&
+        !c->n_susp && !c->verify.active)
+        iv = c->cfg.probe_quiet_interval_ms;
+    return scale(c, iv);
+}
+
+static void tighten(gsp_core *c)
+{
+    c->tight_until = c->now + TIGHT_HOLD_MS;
+    if (!c->probe.active) {
+        uint64_t t = c->probe.planned + scale(c, c->cfg.probe_interval_ms);
+        if (t < c->now) t = c->now;
+        if (t < c->next_probe) c->next_probe = t;
+    }
+}
+
+/* Updates go out at once rather than at the next gossip tick (a death, a
+ * refutation: the sooner everyone has them the better). */
+static void gossip_soon(gsp_core *c)
+{
+    if (c->next_gossip > c->now) c->next_gossip = c->now;
+}
+
+static void plist_swap(gsp_core *c, size_t i, size_t j)
+{
+    member *t = c->plist[i];
+    c->plist[i] = c->plist[j];
+    c->plist[j] = t;
+    c->plist[i]->pi = (uint32_t)i;
+    c->plist[j]->pi = (uint32_t)j;
+}
+
 static member *next_probe_target(gsp_core *c)
 {
+    if (c->prio_set) {
+        /* a member somebody suspects: an independent check, now */
+        c->prio_set = false;
+        member *m = find(c, &c->prio);
+        if (m && !m->is_self &&
+            (m->state == GSP_ALIVE || m->state == GSP_SUSPECT))
+            return m;
+    }
     for (size_t tries = 0; tries < 2 * c->plist_n + 1; tries++) {
         if (c->plist_idx >= c->plist_n) {
             /* reshuffle (Fisher-Yates) at the end of each round */
-            for (size_t i = c->plist_n; i > 1; i--) {
-                size_t j = (size_t)rnd_below(c, i);
-                member *t = c->plist[i - 1];
-                c->plist[i - 1] = c->plist[j];
-                c->plist[j] = t;
-            }
+            for (size_t i = c->plist_n; i > 1; i--)
+                plist_swap(c, i - 1, (size_t)rnd_below(c, i));
             c->plist_idx = 0;
             if (!c->plist_n) return NULL;
         }
@@ -1623,18 +1714,26 @@ static member *next_probe_target(gsp_core *c)
     return NULL;
 }
 
+static void fill_ping(gsp_core *c, Pmgcm__Gossip__Ping *ping,
+                      const member *target, uint32_t seq, bool indirect)
+{
+    (void)c;
+    pmgcm__gossip__ping__init(ping);
+    ping->seq = seq;
+    ping->target.data = (uint8_t *)target->id.b;
+    ping->target.len = GSP_ID_LEN;
+    if (indirect) {
+        ping->has_indirect = 1;
+        ping->indirect = 1;
+    }
+}
+
 static void send_ping(gsp_core *c, const member *target, uint32_t seq,
                       bool indirect, const gsp_addr *to)
 {
     PbPacket hdr = PMGCM__GOSSIP__PACKET__INIT;
-    Pmgcm__Gossip__Ping ping = PMGCM__GOSSIP__PING__INIT;
-    ping.seq = seq;
-    ping.target.data = (uint8_t *)target->id.b;
-    ping.target.len = GSP_ID_LEN;
-    if (indirect) {
-        ping.has_indirect = 1;
-        ping.indirect = 1;
-    }
+    Pmgcm__Gossip__Ping ping;
+    fill_ping(c, &ping, target, seq, indirect);
     hdr.ping = &ping;
     PbMember buddy;
     const PbMember *extra = NULL;
@@ -1646,24 +1745,78 @@ static void send_ping(gsp_core *c, const member *target, uint32_t seq,
     send_packet(c, to, &target->id, &hdr, extra);
 }
 
-static void start_probe(gsp_core *c)
+/* Makes t the active probe (the caller sends the ping). */
+static void begin_probe(gsp_core *c, const member *t)
 {
-    member *t = next_probe_target(c);
-    if (!t) {
-        c->next_probe = c->now + c->cfg.probe_interval_ms;
-        return;
-    }
     c->probe.active = true;
     c->probe.indirect_sent = false;
     c->probe.seq = ++c->seq;
     c->probe.target = t->id;
     c->probe.start = c->now;
+    c->probe.planned = c->next_probe > c->now ? c->next_probe : c->now;
     c->probe.direct_deadline = c->now + scale(c, c->cfg.probe_timeout_ms);
     c->probe.end_deadline = c->now + scale(c, c->cfg.probe_interval_ms);
     c->probe.nacks = c->probe.nacks_expected = 0;
     c->probe.n_relays = 0;
     c->st.probes++;
+}
+
+static void start_probe(gsp_core *c)
+{
+    member *t = next_probe_target(c);
+    if (!t) {
+        c->next_probe = c->now + probe_iv(c);
+        return;
+    }
+    begin_probe(c, t);
     send_ping(c, t, c->probe.seq, false, maddr(t));
+}
+
+/* A probe we would start within the next half interval starts now if it
+ * can ride on a packet we send anyway (see send_ack), or when something
+ * woke us up anyway: fewer wake-ups for the same probe rate (the cadence
+ * keeps to the planned times). */
+static bool probe_due_soon(const gsp_core *c)
+{
+    return !c->leaving && !c->probe.active &&
+           c->now + probe_iv(c) / 2 >= c->next_probe;
+}
+
+static void start_verify(gsp_core *c, member *m)
+{
+    c->verify.active = true;
+    c->verify.second_sent = false;
+    c->verify.seq = ++c->seq;
+    c->verify.probe_seq = c->probe.seq;
+    c->verify.target = m->id;
+    c->verify.n_relays = c->probe.n_relays;
+    memcpy(c->verify.relays, c->probe.relays,
+           c->probe.n_relays * sizeof(c->probe.relays[0]));
+    c->verify.failed_at = c->now;
+    uint32_t d = scale(c, c->cfg.probe_interval_ms);
+    c->verify.second_at = c->now + d / 2;
+    c->verify.deadline = c->now + d;
+    send_ping(c, m, c->verify.seq, false, maddr(m));
+}
+
+/* Our own check of m failed (or confirms a suspicion we hold): suspect it,
+ * the timer running from `since`, and tell the first accuser directly, so
+ * its timer shrinks without waiting for the gossip. */
+static void suspect_failed(gsp_core *c, member *m, uint64_t since)
+{
+    bool confirming = m->state == GSP_SUSPECT;
+    upd u = {.id = m->id, .state = GSP_SUSPECT, .inc = m->inc,
+             .has_from = true, .from = c->self->id, .since = since};
+    on_suspect(c, &u);
+    if (!confirming || m->state != GSP_SUSPECT) return;
+    const susp *sp = susp_of(c, m);
+    member *acc = sp->n_from ? find(c, &sp->from[0]) : NULL;
+    if (acc && !acc->is_self && acc->state == GSP_ALIVE) {
+        PbPacket hdr = PMGCM__GOSSIP__PACKET__INIT;
+        PbMember rec;
+        member_to_pb(m, GSP_SUSPECT, &c->self->id, false, &rec);
+        send_packet(c, maddr(acc), &acc->id, &hdr, &rec);
+    }
 }
 
 static void finish_probe(gsp_core *c, bool ok)
@@ -1676,15 +1829,57 @@ static void finish_probe(gsp_core *c, bool ok)
         awareness_add(c, e ? (int)(e - (c->probe.nacks < e ? c->probe.nacks : e))
                            : 1);
         c->st.probe_fails++;
+        tighten(c);
         member *m = find(c, &c->probe.target);
-        if (m && (m->state == GSP_ALIVE || m->state == GSP_SUSPECT)) {
-            upd u = {.id = m->id, .state = GSP_SUSPECT, .inc = m->inc,
-                     .has_from = true, .from = c->self->id};
-            on_suspect(c, &u);
+        if (e && !c->probe.nacks) {
+            /* nobody we asked answered either, not even with a nack: we
+             * are the one cut off (Lifeguard), so accuse nobody */
+        } else if (m && m->state == GSP_ALIVE && !c->verify.active) {
+            start_verify(c, m);
+        } else if (m && (m->state == GSP_ALIVE || m->state == GSP_SUSPECT)) {
+            suspect_failed(c, m, c->now);
         }
     }
-    c->next_probe = c->probe.start + scale(c, c->cfg.probe_interval_ms);
+    c->next_probe = c->probe.planned + probe_iv(c);
     if (c->next_probe < c->now) c->next_probe = c->now;
+}
+
+static void verify_tick(gsp_core *c)
+{
+    if (!c->verify.active) return;
+    member *m = find(c, &c->verify.target);
+    if (!m || (m->state != GSP_ALIVE && m->state != GSP_SUSPECT)) {
+        c->verify.active = false;
+        return;
+    }
+    if (c->now >= c->verify.deadline) {
+        c->verify.active = false;
+        suspect_failed(c, m, c->verify.failed_at);
+    } else if (!c->verify.second_sent && c->now >= c->verify.second_at) {
+        c->verify.second_sent = true;
+        send_ping(c, m, c->verify.seq, false, maddr(m));
+    }
+}
+
+/* An ack (or a late one of the probe that failed) for the verification. */
+/* An ack of seq from node `from` ends a verification: an ack of a verify
+ * ping from its target, of the failed probe from its target or a relay
+ * it asked (the ack rule). */
+static bool verify_ack(gsp_core *c, uint32_t seq, const gsp_id *from)
+{
+    if (!c->verify.active ||
+        (seq != c->verify.seq && seq != c->verify.probe_seq))
+        return false;
+    bool ok = id_eq(from, &c->verify.target);
+    for (uint32_t i = 0; !ok && seq == c->verify.probe_seq &&
+                         i < c->verify.n_relays; i++)
+        ok = id_eq(from, &c->verify.relays[i]);
+    if (!ok) {
+        c->st.acks_ignored++;
+        return true; /* taken: not a relay's to forward either */
+    }
+    c->verify.active = false;
+    return true;
 }
 
 static void indirect_probe(gsp_core *c)
@@ -2432,6 +2627,8 @@ int gsp_core_stream_result(gsp_core *c, uint64_t now_ms, uint64_t req_id,
         if (c->probe.active && s->ack->seq == c->probe.seq &&
             s->ack->seq == ps.seq)
             finish_probe(c, true);
+        else if (s->ack->seq == ps.seq)
+            verify_ack(c, ps.seq, &ps.peer);
     }
     if (rc != GSP_EDECODE) stream_mark(c, s);
     close_stream(c, s);
@@ -2440,13 +2637,34 @@ int gsp_core_stream_result(gsp_core *c, uint64_t now_ms, uint64_t req_id,
 
 /* ---- UDP input ---------------------------------------------------------- */
 
+/* Our probe, if one is due soon, goes to the member that just pinged us,
+ * in the ack: two probes for four wake-ups (its timer, our receive, its
+ * receive of ack and ping, our receive of its ack) instead of six. Only
+ * a member not probed yet in this round (the round robin stays fair). */
+static bool couple_probe(gsp_core *c, member *sender)
+{
+    if (!sender || sender->is_self || sender->state != GSP_ALIVE ||
+        !probe_due_soon(c) || c->prio_set || sender->pi < c->plist_idx ||
+        sender->pi >= c->plist_n)
+        return false;
+    plist_swap(c, sender->pi, c->plist_idx);
+    c->plist_idx++;
+    begin_probe(c, sender);
+    return true;
+}
+
 static void send_ack(gsp_core *c, const gsp_addr *to, const gsp_id *to_id,
-                     uint32_t seq, const member *sender)
+                     uint32_t seq, member *sender)
 {
     PbPacket hdr = PMGCM__GOSSIP__PACKET__INIT;
     Pmgcm__Gossip__Ack ack = PMGCM__GOSSIP__ACK__INIT;
     ack.seq = seq;
     hdr.ack = &ack;
+    Pmgcm__Gossip__Ping ping;
+    if (couple_probe(c, sender)) {
+        fill_ping(c, &ping, sender, c->probe.seq, false);
+        hdr.ping = &ping;
+    }
     PbMember rec;
     const PbMember *extra = NULL;
     if (sender && !sender->is_self && sender->state != GSP_ALIVE) {
@@ -2626,6 +2844,8 @@ int gsp_core_recv(gsp_core *c, uint64_t now_ms, const gsp_addr *from,
                 finish_probe(c, true);
             else
                 c->st.acks_ignored++;
+        } else if (verify_ack(c, seq, &sid)) {
+            /* a failed probe's target answered after all */
         } else {
             for (size_t i = 0; i < RELAY_MAX; i++) {
                 relay *r = &c->relays[i];
@@ -2653,6 +2873,8 @@ int gsp_core_recv(gsp_core *c, uint64_t now_ms, const gsp_addr *from,
             c->st.acks_ignored++;
     }
     if (p->ping_req) handle_ping_req(c, p->ping_req, from, &sid);
+    /* awake anyway: a probe due soon starts now */
+    if (probe_due_soon(c)) start_probe(c);
     goto done;
 bad:
     c->st.drop_decode++;
@@ -2783,6 +3005,8 @@ void gsp_core_tick(gsp_core *c, uint64_t now)
             set_state(c, m, GSP_DEAD);
             c->st.deaths_declared++;
             queue_member(c, m, GSP_DEAD, &c->self->id);
+            gossip_soon(c);
+            tighten(c);
             notify(c, m, old, false);
         }
     }
@@ -2793,9 +3017,12 @@ void gsp_core_tick(gsp_core *c, uint64_t now)
          * mass start overlap, and a node not yet known to many is sent
          * few of them) */
         c->mq.settled = false;
-        uint64_t t = now + c->cfg.gossip_interval_ms +
-                     rnd_below(c, 4 * (uint64_t)c->cfg.gossip_interval_ms);
+        uint64_t g = c->cfg.gossip_interval_ms;
+        uint64_t t = now + 5 * g + rnd_below(c, 10 * g);
         if (t < c->next_pushpull) c->next_pushpull = t;
+        /* and once more when the whole wave has surely spread: a node
+         * that missed an announcement has no other sign of it */
+        c->sync_late = now + 50 * g + rnd_below(c, 50 * g);
     }
 
     /* indirect-probe relays that got no ack: nack the requester */
@@ -2823,6 +3050,7 @@ void gsp_core_tick(gsp_core *c, uint64_t now)
                 if (now >= c->probe.end_deadline) finish_probe(c, false);
             }
         }
+        verify_tick(c);
         if (!c->probe.active && now >= c->next_probe) start_probe(c);
     }
 
@@ -2834,6 +3062,12 @@ void gsp_core_tick(gsp_core *c, uint64_t now)
         member *m = c->leaving ? NULL : random_member(c, GSP_ALIVE);
         if (m) start_pushpull(c, maddr(m), &m->id, false);
         c->next_pushpull = now + pushpull_interval(c);
+        if (c->sync_late) {
+            if (c->sync_late > now && c->sync_late < c->next_pushpull)
+                c->next_pushpull = c->sync_late;
+            if (c->sync_late <= now || c->next_pushpull == c->sync_late)
+                c->sync_late = 0;
+        }
     }
     if (now >= c->next_rejoin) {
         rejoin_round(c);
@@ -2867,6 +3101,11 @@ uint64_t gsp_core_next_deadline(const gsp_core *c)
             if (c->probe.end_deadline < d) d = c->probe.end_deadline;
         } else if (c->next_probe < d) {
             d = c->next_probe;
+        }
+        if (c->verify.active) {
+            if (!c->verify.second_sent && c->verify.second_at < d)
+                d = c->verify.second_at;
+            if (c->verify.deadline < d) d = c->verify.deadline;
         }
     }
     if ((c->mq.n || c->uq.n) && c->next_gossip < d) d = c->next_gossip;
@@ -2917,7 +3156,7 @@ int gsp_core_new(gsp_core **out, const gsp_config *cfg, const gsp_id *self,
     }
     m->is_self = true;
     c->self = m;
-    c->next_probe = now_ms + rnd_below(c, cfg->probe_interval_ms);
+    c->next_probe = now_ms + rnd_below(c, probe_iv(c));
     c->next_gossip = now_ms + cfg->gossip_interval_ms;
     c->next_pushpull = now_ms + cfg->pushpull_interval_ms / 2 +
                        rnd_below(c, cfg->pushpull_interval_ms);

@@ -114,8 +114,13 @@ int gsp_random(void *buf, size_t len);
 
 /* ---- configuration ------------------------------------------------------ */
 typedef struct gsp_config {
-    uint32_t probe_interval_ms;   /* 400: one probe per interval          */
-    uint32_t probe_timeout_ms;    /* 150: direct ack deadline              */
+    uint32_t probe_interval_ms;   /* 250: one probe per interval after a
+                                     failure (and the base of suspicion
+                                     timeouts and a probe's length)       */
+    uint32_t probe_timeout_ms;    /* 100: direct ack deadline              */
+    uint32_t probe_quiet_interval_ms; /* 500: one probe per interval while
+                                     nothing failed for 10 s (0 or below
+                                     probe_interval_ms: no relaxing)       */
     uint32_t indirect_checks;     /* 3: k peers asked to ping for us       */
     uint32_t suspicion_mult;      /* 3: suspicion min = mult*max(1,log10 N)*interval */
     uint32_t suspicion_max_mult;  /* 6: suspicion max = max_mult * min     */

@@ -286,10 +286,12 @@ static void test_suspicion_bounds_scale_with_n(void)
 {
     net_init(3, false);
     uint64_t mn, mx;
+    gsp_config cfg;
+    gsp_config_default(&cfg);
     gsp_core_suspicion_bounds(T[0].c, &mn, &mx);
-    /* one member known: mult(3) * max(1, log10 1) * 400 ms */
-    CHECK_EQ_INT(mn, 1200);
-    CHECK_EQ_INT(mx, 7200);
+    /* one member known: mult * max(1, log10 1) * probe interval */
+    CHECK_EQ_INT(mn, (uint64_t)cfg.suspicion_mult * cfg.probe_interval_ms);
+    CHECK_EQ_INT(mx, mn * cfg.suspicion_max_mult);
     net_free();
 }
 
