@@ -318,21 +318,58 @@ void gsp_config_default(gsp_config *cfg)
     cfg->max_stream_bytes = 4u << 20;
 }
 
+/* libm is not linked into the daemon (its pages cost an idle daemon about
+ * 0.5 MB of memory for four functions): integer logarithms where the
+ * formulas round anyway, and a natural logarithm from the IEEE-754 bits
+ * and the atanh series, good to 1e-15, where they do not. */
+static uint32_t ceil_log10(uint64_t n) /* smallest d with 10^d >= n */
+{
+    uint32_t d = 0;
+    for (uint64_t p = 1; p < n && d < 19; p *= 10) d++;
+    return d;
+}
+
+static uint32_t ceil_log2(uint64_t n) /* smallest d with 2^d >= n */
+{
+    uint32_t d = 0;
+    while (d < 63 && (1ULL << d) < n) d++;
+    return d;
+}
+
+static double ln(double x) /* x >= 1, finite */
+{
+    uint64_t b;
+    double m;
+    memcpy(&b, &x, sizeof(b));
+    int e = (int)((b >> 52) & 0x7ff) - 1022; /* x = m 2^e, m in [0.5, 1) */
+    b = (b & ~(0x7ffULL << 52)) | (1022ULL << 52);
+    memcpy(&m, &b, sizeof(m));
+    if (m < 0.70710678118654752440) { /* m in [1/sqrt 2, sqrt 2): exact */
+        m *= 2;                         /* for powers of two */
+        e--;
+    }
+    double z = (m - 1) / (m + 1), z2 = z * z, t = z, s = 0;
+    for (int i = 1; i < 40; i += 2) {
+        s += t / i;
+        t *= z2;
+    }
+    return 2 * s + e * 0.693147180559945309417;
+}
+
 uint32_t gsp_retransmit_limit(uint32_t mult, size_t n)
 {
-    double l = ceil(log10((double)n + 1.0));
-    if (l < 1) l = 1;
-    return (uint32_t)(mult * l);
+    uint32_t l = ceil_log10((uint64_t)n + 1);
+    return mult * (l < 1 ? 1 : l);
 }
 
 uint64_t gsp_suspicion_timeout(uint64_t min_ms, uint64_t max_ms,
                                uint32_t k, uint32_t confirms)
 {
     if (k < 1 || max_ms <= min_ms) return min_ms;
-    double frac = log((double)confirms + 1.0) / log((double)k + 1.0);
+    double frac = ln((double)confirms + 1.0) / ln((double)k + 1.0);
     double t = (double)max_ms - frac * (double)(max_ms - min_ms);
     if (t < (double)min_ms) t = (double)min_ms;
-    return (uint64_t)floor(t);
+    return (uint64_t)t; /* >= 0: truncation is floor */
 }
 
 static uint64_t rnd(gsp_core *c)
@@ -1366,7 +1403,7 @@ void gsp_core_suspicion_bounds(const gsp_core *c, uint64_t *min_ms,
                                uint64_t *max_ms)
 {
     double n = (double)live_count(c);
-    double f = n > 1 ? log10(n) : 0;
+    double f = n > 1 ? ln(n) / 2.30258509299404568402 : 0; /* log10 */
     if (f < 1) f = 1;
     uint64_t mn = (uint64_t)(c->cfg.suspicion_mult * f *
                              c->cfg.probe_interval_ms);
@@ -2921,7 +2958,7 @@ static uint64_t pushpull_interval(const gsp_core *c)
 {
     size_t n = live_count(c);
     uint64_t iv = c->cfg.pushpull_interval_ms;
-    if (n > 32) iv *= (uint64_t)ceil(log2((double)n) - log2(32.0)) + 1;
+    if (n > 32) iv *= (uint64_t)(ceil_log2(n) - 5) + 1;
     return iv;
 }
 

@@ -158,7 +158,7 @@ static int check_arg(const cmd_spec *cs, const arg_spec *as,
         return 0;
     case ARG_CID:
         if (v->type != PMM_JSON_NUMBER || !(v->num >= 1 && v->num <= 65535) ||
-            v->num != floor(v->num))
+            v->num != (double)(int64_t)v->num) /* in range: no libm */
             return pmm_errf(err, errlen, -EINVAL,
                         "%s: \"%s\" must be an integer from 1 to 65535",
                         cs->name, as->key);
