@@ -1813,10 +1813,14 @@ static void start_probe(gsp_core *c)
  * can ride on a packet we send anyway (see send_ack), or when something
  * woke us up anyway: fewer wake-ups for the same probe rate (the cadence
  * keeps to the planned times). */
+static bool probe_due_within(const gsp_core *c, uint64_t window)
+{
+    return !c->leaving && !c->probe.active && c->now + window >= c->next_probe;
+}
+
 static bool probe_due_soon(const gsp_core *c)
 {
-    return !c->leaving && !c->probe.active &&
-           c->now + probe_iv(c) / 2 >= c->next_probe;
+    return probe_due_within(c, probe_iv(c) / 2);
 }
 
 static void start_verify(gsp_core *c, member *m)
@@ -2674,14 +2678,17 @@ int gsp_core_stream_result(gsp_core *c, uint64_t now_ms, uint64_t req_id,
 
 /* ---- UDP input ---------------------------------------------------------- */
 
-/* Our probe, if one is due soon, goes to the member that just pinged us,
- * in the ack: two probes for four wake-ups (its timer, our receive, its
- * receive of ack and ping, our receive of its ack) instead of six. Only
- * a member not probed yet in this round (the round robin stays fair). */
+/* Our next probe (due within an interval: the cadence keeps to the planned
+ * times, so the rate does not change) goes to the member that just pinged
+ * us, in the ack: two probes for four wake-ups (its timer, our receive,
+ * its receive of ack and ping, our receive of its ack) instead of six.
+ * Only a member not probed yet in this round (the round robin stays
+ * fair). */
 static bool couple_probe(gsp_core *c, member *sender)
 {
     if (!sender || sender->is_self || sender->state != GSP_ALIVE ||
-        !probe_due_soon(c) || c->prio_set || sender->pi < c->plist_idx ||
+        !probe_due_within(c, probe_iv(c)) || c->prio_set ||
+        sender->pi < c->plist_idx ||
         sender->pi >= c->plist_n)
         return false;
     plist_swap(c, sender->pi, c->plist_idx);

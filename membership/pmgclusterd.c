@@ -38,7 +38,7 @@
 /* Host figures are re-gossiped when they move this much, or after
  * META_REFRESH_S anyway: a load that wobbles by 0.01 every sample must not
  * keep every node's gossip fan-out busy (idle cost). */
-#define META_LOAD_STEP 25 /* x100: 0.25 */
+#define META_LOAD_STEP 25 /* x100: 0.25, or a tenth of the load if more */
 #define META_MEM_STEP 2   /* percent points */
 #define META_REFRESH_S 30
 #define LEAVE_MAX_MS 1000
@@ -322,8 +322,12 @@ static bool meta_from_sample(node *n)
         uint32_t dm = n->sample.mem_pct > n->pub_mem
                           ? n->sample.mem_pct - n->pub_mem
                           : n->pub_mem - n->sample.mem_pct;
+        /* a busy host's load wobbles by more than 0.25 all the time:
+         * the step grows with the load (10 %) */
+        uint32_t load_step = n->pub_load1 / 10 > META_LOAD_STEP
+                                 ? n->pub_load1 / 10 : META_LOAD_STEP;
         if (n->pub_at == 0 || now >= n->pub_at + META_REFRESH_S ||
-            dl >= META_LOAD_STEP || dm >= META_MEM_STEP ||
+            dl >= load_step || dm >= META_MEM_STEP ||
             n->sample.disk_pct != n->pub_disk) {
             n->pub_load1 = n->sample.load1;
             n->pub_mem = n->sample.mem_pct;
@@ -1920,6 +1924,12 @@ int main(int argc, char **argv)
         return 1;
     }
     n->lock_fd = -1;
+    /* An idle daemon stays lean: libuv's thread pool (sampling /proc,
+     * writing files, hashing a join password) needs no more than two
+     * threads here, and every thread costs a stack and a malloc arena
+     * (the operator's UV_THREADPOOL_SIZE wins) */
+    setenv("UV_THREADPOOL_SIZE", "2", 0);
+    mallopt(M_ARENA_MAX, 2);
     rc = pmm_config_load(&n->cfg, config, err, sizeof(err));
     if (rc != 0) {
         pmm_log(PMM_LOG_ERROR, "config", "%s", err);
