@@ -2678,16 +2678,18 @@ int gsp_core_stream_result(gsp_core *c, uint64_t now_ms, uint64_t req_id,
 
 /* ---- UDP input ---------------------------------------------------------- */
 
-/* Our next probe (due within an interval: the cadence keeps to the planned
- * times, so the rate does not change) goes to the member that just pinged
- * us, in the ack: two probes for four wake-ups (its timer, our receive,
- * its receive of ack and ping, our receive of its ack) instead of six.
- * Only a member not probed yet in this round (the round robin stays
- * fair). */
+/* Our next probe, if due within half an interval (the cadence keeps to
+ * the planned times, so the rate does not change), goes to the member that
+ * just pinged us, in the ack: two probes for four wake-ups (its timer, our
+ * receive, its receive of ack and ping, our receive of its ack) instead of
+ * six. Only a member not probed yet in this round. Not more often: a dead
+ * member never pings, so every coupled probe pushes the dead further back
+ * in the round (a whole-interval window doubled the time to the first
+ * probe of a crashed node in simbench). */
 static bool couple_probe(gsp_core *c, member *sender)
 {
     if (!sender || sender->is_self || sender->state != GSP_ALIVE ||
-        !probe_due_within(c, probe_iv(c)) || c->prio_set ||
+        !probe_due_soon(c) || c->prio_set ||
         sender->pi < c->plist_idx ||
         sender->pi >= c->plist_n)
         return false;

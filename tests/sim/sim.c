@@ -1466,6 +1466,11 @@ void sim_on_change(sim *s, sim_change_fn fn, void *ud)
     s->hook_ud = ud;
 }
 
+gsp_pool *sim_pool(const sim *s)
+{
+    return s->pool;
+}
+
 uint64_t sim_stats_sum(const sim *s, size_t off)
 {
     uint64_t sum = 0;
