@@ -299,7 +299,7 @@ int gsp_inc_cmp(gsp_inc a, gsp_inc b)
 void gsp_config_default(gsp_config *cfg)
 {
     memset(cfg, 0, sizeof(*cfg));
-    cfg->probe_interval_ms = 250;
+    cfg->probe_interval_ms = 200;
     cfg->probe_timeout_ms = 100;
     cfg->probe_quiet_interval_ms = 500;
     cfg->indirect_checks = 3;
@@ -1700,6 +1700,16 @@ static uint32_t probe_iv(const gsp_core *c)
     return scale(c, iv);
 }
 
+/* A probe's length (and its verification's): the probe interval, but
+ * long enough for the relays' nacks (they wait probe_timeout_ms for the
+ * target after our probe_timeout_ms): a prober that heard no nack accuses
+ * nobody. */
+static uint32_t probe_len(const gsp_core *c)
+{
+    uint32_t len = c->cfg.probe_interval_ms, nack = 2 * c->cfg.probe_timeout_ms + 50;
+    return scale(c, len > nack ? len : nack);
+}
+
 static void tighten(gsp_core *c)
 {
     c->tight_until = c->now + TIGHT_HOLD_MS;
@@ -1792,7 +1802,7 @@ static void begin_probe(gsp_core *c, const member *t)
     c->probe.start = c->now;
     c->probe.planned = c->next_probe > c->now ? c->next_probe : c->now;
     c->probe.direct_deadline = c->now + scale(c, c->cfg.probe_timeout_ms);
-    c->probe.end_deadline = c->now + scale(c, c->cfg.probe_interval_ms);
+    c->probe.end_deadline = c->now + probe_len(c);
     c->probe.nacks = c->probe.nacks_expected = 0;
     c->probe.n_relays = 0;
     c->st.probes++;
@@ -1834,7 +1844,7 @@ static void start_verify(gsp_core *c, member *m)
     memcpy(c->verify.relays, c->probe.relays,
            c->probe.n_relays * sizeof(c->probe.relays[0]));
     c->verify.failed_at = c->now;
-    uint32_t d = scale(c, c->cfg.probe_interval_ms);
+    uint32_t d = probe_len(c);
     c->verify.second_at = c->now + d / 2;
     c->verify.deadline = c->now + d;
     send_ping(c, m, c->verify.seq, false, maddr(m));

@@ -114,9 +114,10 @@ int gsp_random(void *buf, size_t len);
 
 /* ---- configuration ------------------------------------------------------ */
 typedef struct gsp_config {
-    uint32_t probe_interval_ms;   /* 250: one probe per interval after a
-                                     failure (and the base of suspicion
-                                     timeouts and a probe's length)       */
+    uint32_t probe_interval_ms;   /* 200: one probe per interval after a
+                                     failure, and the base of suspicion
+                                     timeouts; a probe lasts this long, or
+                                     2 * probe_timeout_ms + 50 if more     */
     uint32_t probe_timeout_ms;    /* 100: direct ack deadline              */
     uint32_t probe_quiet_interval_ms; /* 500: one probe per interval while
                                      nothing failed for 10 s (0 or below

@@ -40,7 +40,7 @@
  * keep every node's gossip fan-out busy (idle cost). */
 #define META_LOAD_STEP 25 /* x100: 0.25, or a tenth of the load if more */
 #define META_MEM_STEP 2   /* percent points */
-#define META_REFRESH_S 30
+#define META_REFRESH_S 300 /* push-pull repairs a missed update anyway */
 #define LEAVE_MAX_MS 1000
 #define LEAVE_POLL_MS 20
 #define HTTP_RETRY_MS 10000 /* a status/agent port that could not listen */

@@ -34,8 +34,9 @@ typedef struct bounds {
     double wait;    /* until somebody probes a given node: 10 Tq. Each of the
                        n-1 probers picks a target per period from a shuffled
                        list, so P(nobody picks it in 10 periods) ~ e^-10    */
-    double check;   /* a probe (T) and the verification of a failed one (T
-                       more): an answer within it is never a suspicion. The
+    double check;   /* a probe (T, or 2 timeouts + 50 ms if more: the relays'
+                       nacks) and the verification of a failed one (as long
+                       again): an answer within it is never a suspicion. The
                        suspicion timer runs from the end of the probe, so
                        the verification adds nothing to `dead`.            */
     double spread;  /* one update reaches everyone: 2.5 log2(n) gossip periods
@@ -60,7 +61,9 @@ static void derive(const gsp_config *c, size_t n, bounds *b)
     b->S_min = c->suspicion_mult * l10 * b->T;
     b->S_max = c->suspicion_max_mult * b->S_min;
     b->wait = 10 * b->Tq;
-    b->check = 2 * b->T;
+    /* a probe lasts T, or long enough for the relays' nacks */
+    double len = 2.0 * c->probe_timeout_ms + 50;
+    b->check = 2 * (b->T > len ? b->T : len);
     b->spread = 2.5 * log2((double)(n > 2 ? n : 2)) * b->G;
     b->dead = b->wait + b->T + b->S_max + b->spread;
     b->alive = b->T + b->spread;
@@ -935,7 +938,7 @@ static void sc_slow_node(scen_ctx *x)
                  "%llu dead views of live nodes; its health score %u, "
                  "view of it: %u alive / %u suspect; round trip %.0f ms, "
                  "bound for no suspicion %.0f ms (a probe and its "
-                 "verification, 2T)", v,
+                 "verification)", v,
               (unsigned long long)c.suspect_marks_up,
               (unsigned long long)c.dead_marks_up,
               gsp_core_health(sim_core(s, v)),
