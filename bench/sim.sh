@@ -43,7 +43,7 @@ fi
 gnuplot <<GP
 set terminal pngcairo size 1400,1400 font ",10"
 set output "$out/sim.png"
-set multiplot layout 3,2 title "pmgcm gossip core in the deterministic simulator (defaults: probe 0.5 s quiet / 0.25 s after a failure, gossip 0.2 s)"
+set multiplot layout 3,2 title "pmgcm gossip core in the deterministic simulator (defaults: probe 0.5 s quiet / 0.2 s after a failure, gossip 0.2 s)"
 set logscale x
 set grid
 set key top left

@@ -1142,6 +1142,17 @@ static void bq_forget(bqueue *q, bcast *b)
     free(b);
 }
 
+/* A join wave grows the table to the number of members; an empty queue
+ * gives it back (the simulator's N cores would hold N of them). Not from
+ * bq_forget: bq_push removes an entry and goes on with the table. */
+static void bq_shrink(bqueue *q)
+{
+    if (q->n || q->ht_cap <= 64) return;
+    free(q->ht);
+    q->ht = NULL;
+    q->ht_cap = 0;
+}
+
 static void bq_remove(bqueue *q, bcast *b)
 {
     bq_unlink(q, b);
@@ -1280,6 +1291,7 @@ static void bq_heard(gsp_core *c, const gsp_id *id)
 static size_t fill(gsp_core *c, bqueue *q, unsigned tag, uint8_t *p,
                    size_t room)
 {
+    if (!q->n) bq_shrink(q);
     if (!q->n || room < 3) return 0;
     uint32_t limit = bq_limit(c);
     size_t used = 0;
@@ -1313,6 +1325,7 @@ static size_t fill(gsp_core *c, bqueue *q, unsigned tag, uint8_t *p,
     /* the limit shrinks when members leave: retire what passed it */
     for (uint32_t t = limit; t < BQ_BUCKETS; t++)
         while (q->head[t]) bq_remove(q, q->head[t]);
+    bq_shrink(q);
     return used;
 }
 
