@@ -301,7 +301,7 @@ void gsp_config_default(gsp_config *cfg)
     memset(cfg, 0, sizeof(*cfg));
     cfg->probe_interval_ms = 200;
     cfg->probe_timeout_ms = 100;
-    cfg->probe_quiet_interval_ms = 500;
+    cfg->probe_quiet_interval_ms = 600;
     cfg->indirect_checks = 3;
     cfg->suspicion_mult = 3;
     cfg->suspicion_max_mult = 6;

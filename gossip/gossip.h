@@ -119,7 +119,7 @@ typedef struct gsp_config {
                                      timeouts; a probe lasts this long, or
                                      2 * probe_timeout_ms + 50 if more     */
     uint32_t probe_timeout_ms;    /* 100: direct ack deadline              */
-    uint32_t probe_quiet_interval_ms; /* 500: one probe per interval while
+    uint32_t probe_quiet_interval_ms; /* 600: one probe per interval while
                                      nothing failed for 10 s (0 or below
                                      probe_interval_ms: no relaxing)       */
     uint32_t indirect_checks;     /* 3: k peers asked to ping for us       */

@@ -38,7 +38,7 @@
 /* Host figures are re-gossiped when they move this much, or after
  * META_REFRESH_S anyway: a load that wobbles by 0.01 every sample must not
  * keep every node's gossip fan-out busy (idle cost). */
-#define META_LOAD_STEP 25 /* x100: 0.25, or a tenth of the load if more */
+#define META_LOAD_STEP 25 /* x100: 0.25, or a fifth of the load if more */
 #define META_MEM_STEP 2   /* percent points */
 #define META_REFRESH_S 300 /* push-pull repairs a missed update anyway */
 #define LEAVE_MAX_MS 1000
@@ -323,9 +323,9 @@ static bool meta_from_sample(node *n)
                           ? n->sample.mem_pct - n->pub_mem
                           : n->pub_mem - n->sample.mem_pct;
         /* a busy host's load wobbles by more than 0.25 all the time:
-         * the step grows with the load (10 %) */
-        uint32_t load_step = n->pub_load1 / 10 > META_LOAD_STEP
-                                 ? n->pub_load1 / 10 : META_LOAD_STEP;
+         * the step grows with the load (20 %) */
+        uint32_t load_step = n->pub_load1 / 5 > META_LOAD_STEP
+                                 ? n->pub_load1 / 5 : META_LOAD_STEP;
         if (n->pub_at == 0 || now >= n->pub_at + META_REFRESH_S ||
             dl >= load_step || dm >= META_MEM_STEP ||
             n->sample.disk_pct != n->pub_disk) {
