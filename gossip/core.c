@@ -1918,7 +1918,12 @@ static void verify_tick(gsp_core *c)
     }
     if (c->now >= c->verify.deadline) {
         c->verify.active = false;
-        suspect_failed(c, m, c->verify.failed_at);
+        /* the timer runs from the failed probe (the verification must not
+         * slow detection), but only for a healthy prober: an unhealthy
+         * one's verification is stretched by its local health, and
+         * backdating by that much would leave the suspect too little time
+         * to refute (a false death at 20 % loss, simbench seed 5) */
+        suspect_failed(c, m, c->awareness ? c->now : c->verify.failed_at);
     } else if (!c->verify.second_sent && c->now >= c->verify.second_at) {
         c->verify.second_sent = true;
         send_ping(c, m, c->verify.seq, false, maddr(m));
