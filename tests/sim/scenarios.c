@@ -1214,7 +1214,11 @@ static void sc_reg_newer_suspect(scen_ctx *x)
         if (i != O) sim_cut(s, O, i, true);
     size_t len = craft_suspect(s, X, O, V, inc, X, buf, sizeof(buf));
     sim_inject_udp(s, O, X, buf, len);
-    sim_run_for(s, 5000);
+    /* O's timer for the first suspicion must still run when the second
+     * comes: wait well inside its maximum (no confirmations reach O) */
+    bounds b;
+    derive(&o.cfg, n, &b);
+    sim_run_for(s, (uint64_t)(b.S_max * 0.6));
     for (size_t i = 0; i < n; i++)
         if (i != O) sim_cut(s, O, i, false);
     EXPECT(x, sim_first_mark(s, V, GSP_DEAD) == UINT64_MAX,
