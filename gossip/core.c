@@ -1530,13 +1530,14 @@ static void on_suspect(gsp_core *c, const upd *u)
     queue_member(c, m, GSP_SUSPECT, from ? from : &c->self->id);
     if (from && !id_eq(from, &c->self->id)) {
         /* somebody else's failed probe: probe at full pace, and some of
-         * us (about indirect_checks of the cluster) check it at once; our
-         * ping carries the suspicion (buddy), so a live suspect refutes
-         * within a round trip, and a dead one is confirmed */
+         * us (about twice indirect_checks of the cluster, so that nobody
+         * checking is rare: e^-6) check it at once; our ping carries the
+         * suspicion (buddy), so a live suspect refutes within a round
+         * trip, and a dead one is confirmed (without a confirmation the
+         * timer runs to its maximum) */
         tighten(c);
-        size_t n = live_count(c);
-        if (n <= 2 + c->cfg.indirect_checks ||
-            rnd_below(c, n - 2) < c->cfg.indirect_checks) {
+        size_t n = live_count(c), want = 2 * (size_t)c->cfg.indirect_checks;
+        if (n <= 2 + want || rnd_below(c, n - 2) < want) {
             c->prio_set = true;
             c->prio = m->id;
             if (!c->probe.active && c->next_probe > c->now)
