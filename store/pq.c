@@ -66,6 +66,12 @@
       (PGconn *conn, const char *str, size_t len), (conn, str, len))         \
     X(int, PQconsumeInput, (PGconn *conn), (conn))                           \
     X(PGconn *, PQconnectdb, (const char *conninfo), (conninfo))             \
+    X(PGconn *, PQconnectdbParams,                                           \
+      (const char *const *keywords, const char *const *values,               \
+       int expand_dbname),                                                   \
+      (keywords, values, expand_dbname))                                     \
+    X(char *, PQresultErrorField, (const PGresult *res, int fieldcode),      \
+      (res, fieldcode))                                                      \
     X(PGconn *, PQconnectStart, (const char *conninfo), (conninfo))
 
 /* The ones that must also work on NULL before anything is loaded. */
