@@ -8,10 +8,11 @@
 #   bench/sim.sh --plot-only     (re-plot bench/out/sim_*.dat)
 #
 # Needs a built tree: $PMGCM_BUILD (default build/) with bench/simbench.
-# Not part of `make check`. Takes a few minutes at the default sizes
-# (100, 1,000, 5,000 nodes); 10,000 nodes needs ~50 GB of memory (every core
-# keeps the full member table, N^2 records in one process), so it is not in
-# the defaults.
+# Not part of `make check`. About 10 minutes of CPU at the default sizes
+# (100, 1,000, 5,000 nodes; forming 5,000 takes ~3 of them). N = 10,000
+# (--sizes 100,1000,5000,10000) adds ~30 minutes and peaks around 14 GB
+# (N^2 member records in one process, ~100 bytes each; see the "Forming
+# the cluster, and memory" table), so it is not in the defaults.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/.." && pwd)
@@ -40,9 +41,9 @@ if ! command -v gnuplot >/dev/null; then
     fi
 fi
 gnuplot <<GP
-set terminal pngcairo size 1400,1000 font ",10"
+set terminal pngcairo size 1400,1400 font ",10"
 set output "$out/sim.png"
-set multiplot layout 2,2 title "pmgcm gossip core in the deterministic simulator (defaults: probe 0.4 s, gossip 0.2 s)"
+set multiplot layout 3,2 title "pmgcm gossip core in the deterministic simulator (defaults: probe 0.6 s quiet / 0.2 s after a failure, gossip 0.2 s)"
 set logscale x
 set grid
 set key top left
@@ -71,8 +72,11 @@ set y2tics
 set ytics nomirror
 set yrange [0:*]
 set y2range [0:*]
+stats "$out/sim_scale.dat" u 13 every ::0::0 nooutput
+base = STATS_min
 plot "$out/sim_scale.dat" u 1:12 w lp pt 7 t "UDP bytes/s", \
-     "" u 1:13 w lp pt 5 t "UDP+TCP (push-pull) bytes/s", \
+     "" u 1:13 w lp pt 5 t "UDP+TCP (push-pull by digest) bytes/s", \
+     1.5*base w l dt 3 t "1.5x the smallest N (target at N=5000)", \
      "" u 1:14 axes x1y2 w lp pt 9 t "CPU us per node-s (right)"
 unset y2tics
 unset y2label
@@ -85,7 +89,26 @@ set ylabel "per node-hour"
 set logscale y
 set yrange [0.0001:*]
 plot "$out/sim_loss.dat" u 1:(\$2>0?\$2:0.0001) w lp pt 7 t "false deaths (0 plotted at 1e-4)", \
-     "" u 1:3 w lp pt 5 t "suspect views"
+     "" u 1:3 w lp pt 5 t "suspect views", \
+     1402 w l dt 2 t "suspect views at 10% before (1,402)", \
+     1402/5 w l dt 3 t "target at 10% (1/5)"
+unset logscale y
+set yrange [0:*]
+
+set title "Forming the cluster (a join every 2 ms; 10 ms above 5,000)"
+set logscale x
+set xlabel "nodes N"
+set ylabel "seconds"
+set y2label "peak memory, GB"
+set y2tics
+set ytics nomirror
+plot "$out/sim_scale.dat" u 1:16 w lp pt 7 t "real s until all see all", \
+     "" u 1:17 w lp pt 5 t "CPU s", \
+     300 w l dt 3 t "5 minutes (target at N=5,000)", \
+     "" u 1:(\$18/1024) axes x1y2 w lp pt 9 t "peak GB (right; 24 GB target at N=10,000)"
+unset y2tics
+unset y2label
+set ytics mirror
 unset multiplot
 GP
 echo "bench/sim.sh: plot in $out/sim.png"

@@ -36,9 +36,12 @@
 /* Host figures are re-gossiped when they move this much, or after
  * META_REFRESH_S anyway: a load that wobbles by 0.01 every sample must not
  * keep every node's gossip fan-out busy (idle cost). */
-#define META_LOAD_STEP 25 /* x100: 0.25 */
+#define META_LOAD_STEP 25 /* x100: 0.25, or a fifth of the load if more */
 #define META_MEM_STEP 2   /* percent points */
-#define META_REFRESH_S 30
+/* push-pull repairs a missed update anyway; each refresh is a gossip wave
+ * through the cluster (about a quarter of an idle 30-node cluster's
+ * wake-ups at 300 s) */
+#define META_REFRESH_S 3600
 #define LEAVE_MAX_MS 1000
 #define LEAVE_POLL_MS 20
 #define HTTP_RETRY_MS 10000 /* a status/agent port that could not listen */
@@ -315,8 +318,12 @@ static bool meta_from_sample(node *n)
         uint32_t dm = n->sample.mem_pct > n->pub_mem
                           ? n->sample.mem_pct - n->pub_mem
                           : n->pub_mem - n->sample.mem_pct;
+        /* a busy host's load wobbles by more than 0.25 all the time:
+         * the step grows with the load (20 %) */
+        uint32_t load_step = n->pub_load1 / 5 > META_LOAD_STEP
+                                 ? n->pub_load1 / 5 : META_LOAD_STEP;
         if (n->pub_at == 0 || now >= n->pub_at + META_REFRESH_S ||
-            dl >= META_LOAD_STEP || dm >= META_MEM_STEP ||
+            dl >= load_step || dm >= META_MEM_STEP ||
             n->sample.disk_pct != n->pub_disk) {
             n->pub_load1 = n->sample.load1;
             n->pub_mem = n->sample.mem_pct;
@@ -2104,6 +2111,12 @@ int main(int argc, char **argv)
         return 1;
     }
     n->lock_fd = -1;
+    /* An idle daemon stays lean: libuv's thread pool (sampling /proc,
+     * writing files, hashing a join password) needs no more than two
+     * threads here, and every thread costs a stack and a malloc arena
+     * (the operator's UV_THREADPOOL_SIZE wins) */
+    setenv("UV_THREADPOOL_SIZE", "2", 0);
+    mallopt(M_ARENA_MAX, 2);
     rc = pmm_config_load(&n->cfg, config, err, sizeof(err));
     if (rc != 0) {
         pmm_log(PMM_LOG_ERROR, "config", "%s", err);
@@ -2142,10 +2155,11 @@ int main(int argc, char **argv)
         char a[64];
         snprintf(err, sizeof(err), "READY=1\nSTATUS=node %s, gossip on %s",
                  n->cfg.name, gsp_addr_str(&n->cfg.bind, a, sizeof(a)));
-        rc = pmm_sd_notify(err);
-        if (rc != 0)
+        /* a failed notification is worth a warning, never a shutdown */
+        int nrc = pmm_sd_notify(err);
+        if (nrc != 0)
             pmm_log(PMM_LOG_WARN, "daemon", "sd_notify READY=1: %s",
-                    strerror(-rc));
+                    strerror(-nrc));
     }
     if (rc != 0)
         node_close_all(n);

@@ -53,38 +53,111 @@ typedef struct rwin {
     uint64_t gen, top, bits;
 } rwin;
 
+/* An immutable alive record: a member's name, address and metadata, and
+ * the packed Member (state alive, incarnation inc) that announces them.
+ * Reference counted by members and queued broadcasts. With a pool
+ * (gsp_pool) one copy is shared by every core of the process that holds
+ * it: the simulator's N cores would otherwise keep N copies each. */
+typedef struct arec arec;
+struct arec {
+    arec *next;     /* pool chain */
+    gsp_pool *pool; /* NULL: private to one core */
+    uint32_t refs;
+    uint32_t hash;
+    gsp_inc inc;
+    gsp_addr addr;
+    uint16_t meta_len, pk_len;
+    uint8_t name_len;
+    uint8_t data[]; /* name, NUL, meta, packed Member */
+};
+#define AREC_NAME(r) ((const char *)(r)->data)
+#define AREC_META(r) ((r)->data + (r)->name_len + 1)
+#define AREC_PK(r) ((r)->data + (r)->name_len + 1 + (r)->meta_len)
+
+/* Bump allocator for decoding one datagram or stream frame (protobuf-c
+ * allocates every submessage): freed at once after it. The first block is
+ * kept for the next one; more are chained while a big frame needs them.
+ * Owned by the core, or by the pool its cores share (one thread). */
+#define SCRATCH_CAP 65536
+typedef struct sblock sblock;
+struct sblock {
+    sblock *next;
+    size_t cap, used;
+    max_align_t data[];
+};
+typedef struct scratch {
+    sblock *head, *cur;
+    bool busy;
+} scratch;
+
+struct gsp_pool {
+    arec **ht; /* chained on next; cap a power of two */
+    size_t cap, n, bytes;
+    scratch sc;
+};
+
+/* A member record, kept compact: the simulator holds N^2 of them. */
 typedef struct member {
     gsp_id id;
-    char name[GSP_NAME_MAX + 1];
-    gsp_addr addr;
     gsp_inc inc;
-    gsp_state state;
     uint64_t state_since;
-    uint8_t *meta;
-    size_t meta_len;
+    arec *rec;     /* name, address, metadata; never NULL */
+    rwin rw_udp;   /* replay window for its datagrams */
+    rwin *rw_tcp;  /* ... for its stream frames (made at the first one) */
+    uint32_t slot; /* index in the slab */
+    uint32_t si;   /* index in c->susp while suspect */
+    uint32_t pi;   /* index in c->plist */
+    uint8_t state;
     bool is_self;
-    /* suspicion (valid while state == GSP_SUSPECT) */
-    uint64_t susp_start, susp_deadline, susp_min, susp_max;
-    uint32_t susp_k, susp_confirms;
-    gsp_id susp_from[SUSP_FROM_MAX];
-    uint32_t n_susp_from;
-    rwin rw_udp, rw_tcp; /* replay windows for its datagrams, stream frames */
 } member;
 
-typedef struct bcast {
-    uint32_t transmits;
-    uint64_t order;
+/* Suspicion of one member (while it is suspect). */
+typedef struct susp {
+    member *m;
+    uint64_t start, deadline, min, max;
+    uint32_t k, confirms, n_from;
+    gsp_id from[SUSP_FROM_MAX];
+} susp;
+
+#define MCHUNK 256 /* members per slab chunk: addresses never move */
+typedef struct hslot {
+    uint32_t tag;  /* high bits of the id hash */
+    uint32_t slot; /* slab index + 1; 0 = empty */
+} hslot;
+
+/* Broadcast queue (as memberlist's transmit-limited queue): entries sit in
+ * one list per transmit count, so a packet is filled by walking the lists
+ * from 0 transmits up (newest first at 0), never by sorting the queue; a
+ * hash on the subject (member id or user key) finds the entry a newer
+ * update replaces. */
+#define BQ_BUCKETS 64 /* transmit counts; the retransmit limit is capped here */
+#ifndef NEWS_LIMIT
+#define NEWS_LIMIT 4
+#endif
+typedef struct bcast bcast;
+struct bcast {
+    bcast *prev, *next; /* list of its transmit count */
+    bcast *hnext;       /* hash chain */
+    bcast *mnext;       /* packet being built: entries that went into it */
+    arec *rec;          /* a member's alive record (shared), or NULL */
+    gsp_id id;          /* member updates: about whom */
+    uint32_t key;       /* user broadcasts: key */
+    uint32_t len;
+    uint32_t pkt;       /* serial of the last packet it went into */
+    uint16_t transmits;
     bool is_user;
-    gsp_id id;    /* member updates: about whom */
-    uint32_t key; /* user broadcasts: key */
-    uint8_t *buf; /* packed Member / UserMsg */
-    size_t len;
-    uint64_t pkt; /* serial of the last packet it went into */
-} bcast;
+    bool news;          /* announces a member new to us (see bq_heard) */
+    uint8_t buf[];      /* packed Member / UserMsg, unless rec */
+};
+#define BC_DATA(b) ((b)->rec ? AREC_PK((b)->rec) : (b)->buf)
 
 typedef struct bqueue {
-    bcast *v;
-    size_t n, cap;
+    bcast *head[BQ_BUCKETS], *tail[BQ_BUCKETS];
+    bcast **ht; /* chained on hnext, ht_cap a power of two */
+    size_t ht_cap;
+    size_t n;
+    size_t n_news;  /* entries with news set */
+    bool settled;   /* the last news entry retired (see news_settled) */
 } bqueue;
 
 typedef struct relay {
@@ -103,11 +176,17 @@ typedef struct user_rec {
     size_t len;
 } user_rec;
 
+#define PS_FULL 1   /* join: full state both ways */
+#define PS_PING 2   /* TCP fallback probe */
+#define PS_DIGEST 3 /* periodic push-pull by digest */
+#define PS_PUSH 4   /* second half of a digest push-pull */
 typedef struct pending_stream {
     uint64_t id;
-    int kind; /* 1 push-pull, 2 ping */
-    uint32_t seq;
-    bool has_peer; /* sent to a known member: the reply must be its */
+    int kind;         /* PS_* */
+    uint32_t seq;     /* PS_PING: the probe */
+    uint32_t buckets; /* PS_DIGEST: the summary's bucket count */
+    gsp_addr addr;    /* the peer */
+    bool has_peer;    /* sent to a known member: the reply must be its */
     gsp_id peer;
 } pending_stream;
 
@@ -118,16 +197,25 @@ struct gsp_core {
     member *self;
     bool leaving;
 
+    gsp_pool *pool;  /* shared records, or NULL */
+    scratch own_sc; /* decode scratch without a pool */
+    scratch *st_sc; /* the open stream frame's scratch (or NULL) */
+    ProtobufCAllocator st_al;
+
+    member **chunks; /* slab of member records */
+    size_t n_chunks, slab_used;
+    uint32_t *slab_free;
+    size_t n_free, cap_free;
     member **members;
     size_t n_members, cap_members;
-    member **ht;
+    hslot *ht;
     size_t ht_cap;
     size_t n_by_state[4];
 
     member **plist;
     size_t plist_n, plist_cap, plist_idx;
 
-    member **susp;
+    susp *susp;
     size_t n_susp, cap_susp;
 
     uint64_t rng;
@@ -139,17 +227,32 @@ struct gsp_core {
         uint32_t seq;
         gsp_id target;
         uint64_t start, direct_deadline, end_deadline;
+        uint64_t planned; /* when it was due (the cadence keeps to it) */
         uint32_t nacks_expected, nacks;
         gsp_id relays[RELAYS_ASKED_MAX]; /* asked to ping for us */
         uint32_t n_relays;
     } probe;
+    /* A failed probe of a member we hold alive is verified before it
+     * becomes a suspicion: direct pings for one more probe interval, and
+     * a late ack of the probe counts. */
+    struct {
+        bool active, second_sent;
+        uint32_t seq, probe_seq;
+        gsp_id target;
+        uint64_t failed_at, second_at, deadline;
+        gsp_id relays[RELAYS_ASKED_MAX]; /* the failed probe's relays: */
+        uint32_t n_relays;               /* their late acks count too */
+    } verify;
+    uint64_t tight_until; /* probe at probe_interval_ms until then */
+    uint64_t sync_late;   /* a push-pull due then (0: none), see settled */
+    bool prio_set;        /* probe prio next: a suspicion we heard of */
+    gsp_id prio;
 
     uint64_t next_probe, next_gossip, next_pushpull, next_rejoin, next_reap;
     uint32_t alone_backoff_ms; /* re-join backoff while nobody is alive */
     uint64_t now;
 
     bqueue mq, uq;
-    uint64_t bcast_order;
     uint64_t pkt_serial; /* packets built by send_packet */
     uint64_t tx_seq_udp, tx_seq_tcp; /* replay counters we send (last used) */
 
@@ -196,8 +299,9 @@ int gsp_inc_cmp(gsp_inc a, gsp_inc b)
 void gsp_config_default(gsp_config *cfg)
 {
     memset(cfg, 0, sizeof(*cfg));
-    cfg->probe_interval_ms = 400;
-    cfg->probe_timeout_ms = 150;
+    cfg->probe_interval_ms = 200;
+    cfg->probe_timeout_ms = 100;
+    cfg->probe_quiet_interval_ms = 600;
     cfg->indirect_checks = 3;
     cfg->suspicion_mult = 3;
     cfg->suspicion_max_mult = 6;
@@ -214,21 +318,58 @@ void gsp_config_default(gsp_config *cfg)
     cfg->max_stream_bytes = 4u << 20;
 }
 
+/* libm is not linked into the daemon (its pages cost an idle daemon about
+ * 0.5 MB of memory for four functions): integer logarithms where the
+ * formulas round anyway, and a natural logarithm from the IEEE-754 bits
+ * and the atanh series, good to 1e-15, where they do not. */
+static uint32_t ceil_log10(uint64_t n) /* smallest d with 10^d >= n */
+{
+    uint32_t d = 0;
+    for (uint64_t p = 1; p < n && d < 19; p *= 10) d++;
+    return d;
+}
+
+static uint32_t ceil_log2(uint64_t n) /* smallest d with 2^d >= n */
+{
+    uint32_t d = 0;
+    while (d < 63 && (1ULL << d) < n) d++;
+    return d;
+}
+
+static double ln(double x) /* x >= 1, finite */
+{
+    uint64_t b;
+    double m;
+    memcpy(&b, &x, sizeof(b));
+    int e = (int)((b >> 52) & 0x7ff) - 1022; /* x = m 2^e, m in [0.5, 1) */
+    b = (b & ~(0x7ffULL << 52)) | (1022ULL << 52);
+    memcpy(&m, &b, sizeof(m));
+    if (m < 0.70710678118654752440) { /* m in [1/sqrt 2, sqrt 2): exact */
+        m *= 2;                         /* for powers of two */
+        e--;
+    }
+    double z = (m - 1) / (m + 1), z2 = z * z, t = z, s = 0;
+    for (int i = 1; i < 40; i += 2) {
+        s += t / i;
+        t *= z2;
+    }
+    return 2 * s + e * 0.693147180559945309417;
+}
+
 uint32_t gsp_retransmit_limit(uint32_t mult, size_t n)
 {
-    double l = ceil(log10((double)n + 1.0));
-    if (l < 1) l = 1;
-    return (uint32_t)(mult * l);
+    uint32_t l = ceil_log10((uint64_t)n + 1);
+    return mult * (l < 1 ? 1 : l);
 }
 
 uint64_t gsp_suspicion_timeout(uint64_t min_ms, uint64_t max_ms,
                                uint32_t k, uint32_t confirms)
 {
     if (k < 1 || max_ms <= min_ms) return min_ms;
-    double frac = log((double)confirms + 1.0) / log((double)k + 1.0);
+    double frac = ln((double)confirms + 1.0) / ln((double)k + 1.0);
     double t = (double)max_ms - frac * (double)(max_ms - min_ms);
     if (t < (double)min_ms) t = (double)min_ms;
-    return (uint64_t)floor(t);
+    return (uint64_t)t; /* >= 0: truncation is floor */
 }
 
 static uint64_t rnd(gsp_core *c)
@@ -354,31 +495,285 @@ static bool addr_same(const gsp_addr *a, const gsp_addr *b)
     return gsp_addr_eq(&x, &y);
 }
 
+/* ---- alive records and the pool ------------------------------------------ */
+
+static uint32_t hash_bytes(const uint8_t *p, size_t n)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ULL;
+    return (uint32_t)(h ^ (h >> 32));
+}
+
+static void sc_release(scratch *sc);
+
+gsp_pool *gsp_pool_new(void)
+{
+    gsp_pool *p = calloc(1, sizeof(*p));
+    if (!p) return NULL;
+    p->cap = 1024;
+    p->ht = calloc(p->cap, sizeof(*p->ht));
+    if (!p->ht) {
+        free(p);
+        return NULL;
+    }
+    return p;
+}
+
+void gsp_pool_free(gsp_pool *p)
+{
+    if (!p) return;
+    /* every core is gone, so every record is too; free leftovers anyway */
+    for (size_t i = 0; i < p->cap; i++) {
+        for (arec *r = p->ht[i], *nx; r; r = nx) {
+            nx = r->next;
+            free(r);
+        }
+    }
+    free(p->ht);
+    sc_release(&p->sc);
+    free(p);
+}
+
+void gsp_pool_stats(const gsp_pool *p, size_t *records, size_t *bytes)
+{
+    if (records) *records = p ? p->n : 0;
+    if (bytes) *bytes = p ? p->bytes : 0;
+}
+
+static void pool_add(gsp_pool *p, arec *r)
+{
+    if (p->n + 1 > p->cap) {
+        size_t cap = p->cap * 2;
+        arec **ht = calloc(cap, sizeof(*ht));
+        if (ht) {
+            for (size_t i = 0; i < p->cap; i++) {
+                for (arec *x = p->ht[i], *nx; x; x = nx) {
+                    nx = x->next;
+                    x->next = ht[x->hash & (cap - 1)];
+                    ht[x->hash & (cap - 1)] = x;
+                }
+            }
+            free(p->ht);
+            p->ht = ht;
+            p->cap = cap;
+        }
+    }
+    r->pool = p;
+    r->next = p->ht[r->hash & (p->cap - 1)];
+    p->ht[r->hash & (p->cap - 1)] = r;
+    p->n++;
+    p->bytes += sizeof(*r) + r->name_len + 1 + r->meta_len + r->pk_len;
+}
+
+static arec *pool_find(gsp_pool *p, uint32_t hash, const uint8_t *pk,
+                       size_t len)
+{
+    for (arec *r = p->ht[hash & (p->cap - 1)]; r; r = r->next)
+        if (r->hash == hash && r->pk_len == len && !memcmp(AREC_PK(r), pk, len))
+            return r;
+    return NULL;
+}
+
+static void arec_unref(arec *r)
+{
+    if (!r || --r->refs) return;
+    gsp_pool *p = r->pool;
+    if (p) {
+        arec **pp = &p->ht[r->hash & (p->cap - 1)];
+        while (*pp != r) pp = &(*pp)->next;
+        *pp = r->next;
+        p->n--;
+        p->bytes -= sizeof(*r) + r->name_len + 1 + r->meta_len + r->pk_len;
+    }
+    free(r);
+}
+
+static void addr_to_pb(const gsp_addr *a, PbMember *pm);
+
+/* Makes m->rec the record of m at its incarnation with these attributes
+ * (found in the pool, or made). name and meta may point into the old
+ * record. 0 or -ENOMEM (m->rec unchanged). */
+static int member_set_rec(gsp_core *c, member *m, const gsp_addr *addr,
+                          const char *name, const uint8_t *meta,
+                          size_t meta_len)
+{
+    PbMember pm;
+    pmgcm__gossip__member__init(&pm);
+    pm.id.data = m->id.b;
+    pm.id.len = GSP_ID_LEN;
+    pm.state = GSP_ALIVE;
+    pm.gen = m->inc.gen;
+    pm.ver = m->inc.ver;
+    pm.name = (char *)name;
+    if (addr->family) addr_to_pb(addr, &pm);
+    if (meta_len) {
+        pm.has_meta = 1;
+        pm.meta.data = (uint8_t *)meta;
+        pm.meta.len = meta_len;
+    }
+    size_t pk = pmgcm__gossip__member__get_packed_size(&pm);
+    uint8_t stack[1024];
+    uint8_t *tmp = pk <= sizeof(stack) ? stack : malloc(pk);
+    if (!tmp) return -ENOMEM;
+    pmgcm__gossip__member__pack(&pm, tmp);
+    uint32_t h = hash_bytes(tmp, pk);
+    arec *r = c->pool ? pool_find(c->pool, h, tmp, pk) : NULL;
+    if (r) {
+        r->refs++;
+    } else {
+        size_t nl = strlen(name);
+        r = malloc(sizeof(*r) + nl + 1 + meta_len + pk);
+        if (!r) {
+            if (tmp != stack) free(tmp);
+            return -ENOMEM;
+        }
+        r->next = NULL;
+        r->pool = NULL;
+        r->refs = 1;
+        r->hash = h;
+        r->inc = m->inc;
+        r->addr = *addr;
+        r->name_len = (uint8_t)nl;
+        r->meta_len = (uint16_t)meta_len;
+        r->pk_len = (uint16_t)pk;
+        memcpy(r->data, name, nl + 1);
+        if (meta_len) memcpy(r->data + nl + 1, meta, meta_len);
+        memcpy(r->data + nl + 1 + meta_len, tmp, pk);
+        if (c->pool) pool_add(c->pool, r);
+    }
+    if (tmp != stack) free(tmp);
+    arec_unref(m->rec);
+    m->rec = r;
+    return 0;
+}
+
+/* m->rec at m's current incarnation (a suspicion or death at a higher
+ * incarnation moves m->inc without new attributes). */
+static int member_rec_current(gsp_core *c, member *m)
+{
+    arec *r = m->rec;
+    if (gsp_inc_cmp(r->inc, m->inc) == 0) return 0;
+    return member_set_rec(c, m, &r->addr, AREC_NAME(r), AREC_META(r),
+                          r->meta_len);
+}
+
+static const gsp_addr *maddr(const member *m)
+{
+    return &m->rec->addr;
+}
+
+/* ---- decode scratch ------------------------------------------------------ */
+
+static sblock *sblock_new(size_t cap)
+{
+    sblock *b = malloc(sizeof(*b) + cap);
+    if (b) {
+        b->next = NULL;
+        b->cap = cap;
+        b->used = 0;
+    }
+    return b;
+}
+
+static void *sc_alloc(void *ud, size_t size)
+{
+    scratch *sc = ud;
+    size = (size + 15) & ~(size_t)15;
+    sblock *b = sc->cur;
+    if (size > b->cap - b->used) {
+        sblock *n = sblock_new(size > SCRATCH_CAP ? size : SCRATCH_CAP);
+        if (!n) return NULL;
+        b->next = n;
+        sc->cur = b = n;
+    }
+    void *p = (uint8_t *)b->data + b->used;
+    b->used += size;
+    return p;
+}
+
+static void sc_free(void *ud, void *p)
+{
+    (void)ud;
+    (void)p; /* everything goes at once in sc_give */
+}
+
+/* Takes the scratch arena for one decode: it and *a set, or NULL (use the
+ * default allocator) when it is busy or cannot be made. */
+static scratch *sc_take(gsp_core *c, ProtobufCAllocator *a)
+{
+    scratch *sc = c->pool ? &c->pool->sc : &c->own_sc;
+    if (sc->busy) return NULL;
+    if (!sc->head && !(sc->head = sblock_new(SCRATCH_CAP))) return NULL;
+    sc->busy = true;
+    sc->head->used = 0;
+    sc->cur = sc->head;
+    a->alloc = sc_alloc;
+    a->free = sc_free;
+    a->allocator_data = sc;
+    return sc;
+}
+
+static void sc_give(scratch *sc)
+{
+    if (!sc) return;
+    for (sblock *b = sc->head->next, *n; b; b = n) {
+        n = b->next;
+        free(b);
+    }
+    sc->head->next = NULL;
+    sc->busy = false;
+}
+
+static void sc_release(scratch *sc)
+{
+    if (sc->head) sc_give(sc);
+    free(sc->head);
+    sc->head = NULL;
+}
+
 /* ---- member table ------------------------------------------------------- */
+
+static member *slab_at(const gsp_core *c, uint32_t slot)
+{
+    return &c->chunks[slot / MCHUNK][slot % MCHUNK];
+}
+
+static uint32_t id_tag(const gsp_id *id)
+{
+    return (uint32_t)((uint64_t)id_hash(id) >> 32);
+}
 
 static member *find(const gsp_core *c, const gsp_id *id)
 {
     if (!c->ht_cap) return NULL;
     size_t mask = c->ht_cap - 1;
+    uint32_t tag = id_tag(id);
     for (size_t i = id_hash(id) & mask;; i = (i + 1) & mask) {
-        member *m = c->ht[i];
-        if (!m) return NULL;
-        if (id_eq(&m->id, id)) return m;
+        const hslot *h = &c->ht[i];
+        if (!h->slot) return NULL;
+        if (h->tag == tag) {
+            member *m = slab_at(c, h->slot - 1);
+            if (id_eq(&m->id, id)) return m;
+        }
     }
 }
 
+static void ht_put(hslot *ht, size_t cap, const member *m)
+{
+    size_t i = id_hash(&m->id) & (cap - 1);
+    while (ht[i].slot) i = (i + 1) & (cap - 1);
+    ht[i].tag = id_tag(&m->id);
+    ht[i].slot = m->slot + 1;
+}
+
+/* Load kept at most 0.7 (linear probing). */
 static int ht_rebuild(gsp_core *c, size_t want)
 {
     size_t cap = 16;
-    while (cap < want * 2) cap <<= 1;
-    member **ht = calloc(cap, sizeof(*ht));
+    while (cap * 7 < want * 10) cap <<= 1;
+    hslot *ht = calloc(cap, sizeof(*ht));
     if (!ht) return -ENOMEM;
-    for (size_t j = 0; j < c->n_members; j++) {
-        member *m = c->members[j];
-        size_t i = id_hash(&m->id) & (cap - 1);
-        while (ht[i]) i = (i + 1) & (cap - 1);
-        ht[i] = m;
-    }
+    for (size_t j = 0; j < c->n_members; j++) ht_put(ht, cap, c->members[j]);
     free(c->ht);
     c->ht = ht;
     c->ht_cap = cap;
@@ -397,14 +792,46 @@ static int grow(void **v, size_t *cap, size_t need, size_t elem)
     return 0;
 }
 
+static member *slab_get(gsp_core *c)
+{
+    uint32_t slot;
+    if (c->n_free) {
+        slot = c->slab_free[--c->n_free];
+    } else {
+        if (c->slab_used == c->n_chunks * MCHUNK) {
+            member **ch = realloc(c->chunks, (c->n_chunks + 1) * sizeof(*ch));
+            if (!ch) return NULL;
+            c->chunks = ch;
+            if (!(ch[c->n_chunks] = malloc(MCHUNK * sizeof(member))))
+                return NULL;
+            c->n_chunks++;
+        }
+        slot = (uint32_t)c->slab_used++;
+    }
+    member *m = slab_at(c, slot);
+    memset(m, 0, sizeof(*m));
+    m->slot = slot;
+    return m;
+}
+
+static void slab_put(gsp_core *c, member *m)
+{
+    if (grow((void **)&c->slab_free, &c->cap_free, c->n_free + 1,
+             sizeof(*c->slab_free)) == 0)
+        c->slab_free[c->n_free++] = m->slot;
+}
+
+static susp *susp_of(gsp_core *c, const member *m)
+{
+    return &c->susp[m->si];
+}
+
 static void susp_remove(gsp_core *c, member *m)
 {
-    for (size_t i = 0; i < c->n_susp; i++) {
-        if (c->susp[i] == m) {
-            c->susp[i] = c->susp[--c->n_susp];
-            return;
-        }
-    }
+    size_t i = m->si;
+    if (i >= c->n_susp || c->susp[i].m != m) return;
+    c->susp[i] = c->susp[--c->n_susp];
+    if (i < c->n_susp) c->susp[i].m->si = (uint32_t)i;
 }
 
 static void set_state(gsp_core *c, member *m, gsp_state s)
@@ -413,55 +840,63 @@ static void set_state(gsp_core *c, member *m, gsp_state s)
     if (m->state == GSP_SUSPECT) susp_remove(c, m);
     if (s == GSP_SUSPECT) {
         if (grow((void **)&c->susp, &c->cap_susp, c->n_susp + 1,
-                 sizeof(*c->susp)) == 0)
-            c->susp[c->n_susp++] = m;
+                 sizeof(*c->susp)))
+            return; /* stays as it is: nothing to time out without memory */
+        memset(&c->susp[c->n_susp], 0, sizeof(*c->susp));
+        c->susp[c->n_susp].m = m;
+        m->si = (uint32_t)c->n_susp++;
     }
     c->n_by_state[m->state]--;
     c->n_by_state[s]++;
-    m->state = s;
+    m->state = (uint8_t)s;
     m->state_since = c->now;
 }
 
-static member *add_member(gsp_core *c, const gsp_id *id, gsp_state s)
+/* Adds a member (alive, dead or left: never suspect) with its record. */
+static member *add_member(gsp_core *c, const gsp_id *id, gsp_state s,
+                          gsp_inc inc, const gsp_addr *addr, const char *name,
+                          const uint8_t *meta, size_t meta_len)
 {
+    if (s == GSP_SUSPECT) s = GSP_ALIVE;
     if (grow((void **)&c->members, &c->cap_members, c->n_members + 1,
              sizeof(*c->members)))
         return NULL;
     if (grow((void **)&c->plist, &c->plist_cap, c->plist_n + 1,
              sizeof(*c->plist)))
         return NULL;
-    member *m = calloc(1, sizeof(*m));
+    if ((c->n_members + 1) * 10 > c->ht_cap * 7 &&
+        ht_rebuild(c, c->n_members + 1))
+        return NULL;
+    member *m = slab_get(c);
     if (!m) return NULL;
     m->id = *id;
-    m->state = s;
+    m->inc = inc;
+    if (member_set_rec(c, m, addr, name, meta, meta_len)) {
+        slab_put(c, m);
+        return NULL;
+    }
+    m->state = (uint8_t)s;
     m->state_since = c->now;
     c->members[c->n_members++] = m;
     c->n_by_state[s]++;
-    if (c->n_members * 2 > c->ht_cap) {
-        if (ht_rebuild(c, c->n_members)) {
-            c->n_members--;
-            c->n_by_state[s]--;
-            free(m);
-            return NULL;
-        }
-    } else {
-        size_t i = id_hash(id) & (c->ht_cap - 1);
-        while (c->ht[i]) i = (i + 1) & (c->ht_cap - 1);
-        c->ht[i] = m;
-    }
+    ht_put(c->ht, c->ht_cap, m);
     /* insert into the probe list at a random position */
     size_t pos = (size_t)rnd_below(c, c->plist_n + 1);
     c->plist[c->plist_n++] = m;
     member *t = c->plist[pos];
     c->plist[pos] = m;
     c->plist[c->plist_n - 1] = t;
-    if (s == GSP_SUSPECT) {
-        /* never inserted as suspect; keep the invariant anyway */
-        c->n_by_state[s]--;
-        m->state = GSP_ALIVE;
-        c->n_by_state[GSP_ALIVE]++;
-    }
+    t->pi = (uint32_t)(c->plist_n - 1);
+    m->pi = (uint32_t)pos;
     return m;
+}
+
+static void member_release(member *m)
+{
+    arec_unref(m->rec);
+    m->rec = NULL;
+    free(m->rw_tcp);
+    m->rw_tcp = NULL;
 }
 
 static void remove_member(gsp_core *c, member *m)
@@ -479,26 +914,28 @@ static void remove_member(gsp_core *c, member *m)
             memmove(&c->plist[i], &c->plist[i + 1],
                     (c->plist_n - i - 1) * sizeof(*c->plist));
             c->plist_n--;
+            for (size_t k = i; k < c->plist_n; k++)
+                c->plist[k]->pi = (uint32_t)k;
             if (c->plist_idx > i) c->plist_idx--;
             break;
         }
     }
+    member_release(m);
+    slab_put(c, m);
     ht_rebuild(c, c->n_members ? c->n_members : 1);
-    free(m->meta);
-    free(m);
 }
 
 static void to_view(const member *m, gsp_member *v)
 {
     memset(v, 0, sizeof(*v));
     v->id = m->id;
-    memcpy(v->name, m->name, sizeof(v->name));
-    v->addr = m->addr;
+    memcpy(v->name, AREC_NAME(m->rec), m->rec->name_len + 1);
+    v->addr = m->rec->addr;
     v->inc = m->inc;
-    v->state = m->state;
+    v->state = (gsp_state)m->state;
     v->state_since_ms = m->state_since;
-    v->meta = m->meta;
-    v->meta_len = m->meta_len;
+    v->meta = m->rec->meta_len ? AREC_META(m->rec) : NULL;
+    v->meta_len = m->rec->meta_len;
     v->is_self = m->is_self;
 }
 
@@ -635,12 +1072,13 @@ static void member_to_pb(const member *m, gsp_state s, const gsp_id *from,
     pm->gen = m->inc.gen;
     pm->ver = m->inc.ver;
     if (full || s == GSP_ALIVE) {
-        pm->name = (char *)m->name;
-        if (m->addr.family) addr_to_pb(&m->addr, pm);
-        if (m->meta_len) {
+        const arec *r = m->rec;
+        pm->name = (char *)AREC_NAME(r);
+        if (r->addr.family) addr_to_pb(&r->addr, pm);
+        if (r->meta_len) {
             pm->has_meta = 1;
-            pm->meta.data = m->meta;
-            pm->meta.len = m->meta_len;
+            pm->meta.data = (uint8_t *)AREC_META(r);
+            pm->meta.len = r->meta_len;
         }
     }
     if (from) {
@@ -652,93 +1090,242 @@ static void member_to_pb(const member *m, gsp_state s, const gsp_id *from,
 
 /* ---- broadcast queues --------------------------------------------------- */
 
-static void bq_remove_at(bqueue *q, size_t i)
+static size_t bq_hash(bool is_user, const gsp_id *id, uint32_t key)
 {
-    free(q->v[i].buf);
-    q->v[i] = q->v[--q->n];
+    return is_user ? (size_t)(key * 0x9e3779b97f4a7c15ULL >> 17) : id_hash(id);
 }
 
-static void bq_push(gsp_core *c, bqueue *q, bool is_user, const gsp_id *id,
-                    uint32_t key, uint8_t *buf, size_t len)
+static bool bq_same(const bcast *b, bool is_user, const gsp_id *id,
+                    uint32_t key)
 {
-    /* newest about a node (or key) replaces the older */
-    for (size_t i = 0; i < q->n; i++) {
-        bool same = is_user ? q->v[i].key == key : id_eq(&q->v[i].id, id);
-        if (same) {
-            bq_remove_at(q, i);
+    return b->is_user == is_user &&
+           (is_user ? b->key == key : id_eq(&b->id, id));
+}
+
+static void bq_link(bqueue *q, bcast *b, bool at_head)
+{
+    uint32_t t = b->transmits;
+    if (at_head) {
+        b->prev = NULL;
+        b->next = q->head[t];
+        if (q->head[t]) q->head[t]->prev = b;
+        else q->tail[t] = b;
+        q->head[t] = b;
+    } else {
+        b->next = NULL;
+        b->prev = q->tail[t];
+        if (q->tail[t]) q->tail[t]->next = b;
+        else q->head[t] = b;
+        q->tail[t] = b;
+    }
+}
+
+static void bq_unlink(bqueue *q, bcast *b)
+{
+    uint32_t t = b->transmits;
+    if (b->prev) b->prev->next = b->next;
+    else q->head[t] = b->next;
+    if (b->next) b->next->prev = b->prev;
+    else q->tail[t] = b->prev;
+    b->prev = b->next = NULL;
+}
+
+/* Drops an entry that is in no list any more. */
+static void bq_forget(bqueue *q, bcast *b)
+{
+    bcast **pp = &q->ht[bq_hash(b->is_user, &b->id, b->key) & (q->ht_cap - 1)];
+    while (*pp != b) pp = &(*pp)->hnext;
+    *pp = b->hnext;
+    q->n--;
+    if (b->news && --q->n_news == 0) q->settled = true;
+    arec_unref(b->rec);
+    free(b);
+}
+
+/* A join wave grows the table to the number of members; an empty queue
+ * gives it back (the simulator's N cores would hold N of them). Not from
+ * bq_forget: bq_push removes an entry and goes on with the table. */
+static void bq_shrink(bqueue *q)
+{
+    if (q->n || q->ht_cap <= 64) return;
+    free(q->ht);
+    q->ht = NULL;
+    q->ht_cap = 0;
+}
+
+static void bq_remove(bqueue *q, bcast *b)
+{
+    bq_unlink(q, b);
+    bq_forget(q, b);
+}
+
+static int bq_ht_grow(bqueue *q)
+{
+    size_t cap = q->ht_cap ? q->ht_cap * 2 : 64;
+    bcast **ht = calloc(cap, sizeof(*ht));
+    if (!ht) return -ENOMEM;
+    for (size_t i = 0; i < q->ht_cap; i++) {
+        for (bcast *b = q->ht[i], *nx; b; b = nx) {
+            nx = b->hnext;
+            size_t h = bq_hash(b->is_user, &b->id, b->key) & (cap - 1);
+            b->hnext = ht[h];
+            ht[h] = b;
+        }
+    }
+    free(q->ht);
+    q->ht = ht;
+    q->ht_cap = cap;
+    return 0;
+}
+
+static void bq_clear(bqueue *q)
+{
+    for (int t = 0; t < BQ_BUCKETS; t++) {
+        for (bcast *b = q->head[t], *nx; b; b = nx) {
+            nx = b->next;
+            arec_unref(b->rec);
+            free(b);
+        }
+        q->head[t] = q->tail[t] = NULL;
+    }
+    free(q->ht);
+    q->ht = NULL;
+    q->ht_cap = 0;
+    q->n = 0;
+    q->n_news = 0;
+}
+
+/* Queues a packed record at 0 transmits, ahead of older ones: rec's (a
+ * reference is taken) or buf (copied). The newest about a node (or key)
+ * replaces the older. */
+static bcast *bq_push(bqueue *q, bool is_user, const gsp_id *id,
+                      uint32_t key, arec *rec, const uint8_t *buf, size_t len)
+{
+    if ((q->n + 1) * 2 > q->ht_cap && bq_ht_grow(q)) return NULL;
+    size_t h = bq_hash(is_user, id, key) & (q->ht_cap - 1);
+    for (bcast *b = q->ht[h]; b; b = b->hnext) {
+        if (bq_same(b, is_user, id, key)) {
+            bq_remove(q, b);
             break;
         }
     }
     if (q->n >= QUEUE_MAX) {
         /* drop the most transmitted (oldest on ties) */
-        size_t worst = 0;
-        for (size_t i = 1; i < q->n; i++) {
-            if (q->v[i].transmits > q->v[worst].transmits ||
-                (q->v[i].transmits == q->v[worst].transmits &&
-                 q->v[i].order < q->v[worst].order))
-                worst = i;
+        for (int t = BQ_BUCKETS - 1; t >= 0; t--) {
+            if (q->tail[t]) {
+                bq_remove(q, q->tail[t]);
+                break;
+            }
         }
-        bq_remove_at(q, worst);
     }
-    if (grow((void **)&q->v, &q->cap, q->n + 1, sizeof(*q->v))) {
-        free(buf);
-        return;
-    }
-    bcast *b = &q->v[q->n++];
-    memset(b, 0, sizeof(*b));
-    b->order = ++c->bcast_order;
+    bcast *b = calloc(1, sizeof(*b) + (rec ? 0 : len));
+    if (!b) return NULL;
     b->is_user = is_user;
     if (id) b->id = *id;
     b->key = key;
-    b->buf = buf;
-    b->len = len;
+    if (rec) {
+        rec->refs++;
+        b->rec = rec;
+        b->len = rec->pk_len;
+    } else {
+        b->len = (uint32_t)len;
+        memcpy(b->buf, buf, len);
+    }
+    b->hnext = q->ht[h];
+    q->ht[h] = b;
+    q->n++;
+    bq_link(q, b, true);
+    return b;
 }
 
-static void queue_member(gsp_core *c, const member *m, gsp_state s,
-                         const gsp_id *from)
+static bcast *queue_member(gsp_core *c, member *m, gsp_state s,
+                           const gsp_id *from)
 {
+    if (s == GSP_ALIVE && !from) {
+        /* the shared record is exactly this update */
+        if (member_rec_current(c, m)) return NULL;
+        return bq_push(&c->mq, false, &m->id, 0, m->rec, NULL, 0);
+    }
     PbMember pm;
     member_to_pb(m, s, from, false, &pm);
     size_t len = pmgcm__gossip__member__get_packed_size(&pm);
-    uint8_t *buf = malloc(len ? len : 1);
-    if (!buf) return;
+    uint8_t stackbuf[1024];
+    uint8_t *buf = len <= sizeof(stackbuf) ? stackbuf : malloc(len);
+    if (!buf) return NULL;
     pmgcm__gossip__member__pack(&pm, buf);
-    bq_push(c, &c->mq, false, &m->id, 0, buf, len);
+    bcast *b = bq_push(&c->mq, false, &m->id, 0, NULL, buf, len);
+    if (buf != stackbuf) free(buf);
+    return b;
 }
 
-static int cmp_bcast(const void *a, const void *b)
+static uint32_t bq_limit(const gsp_core *c)
 {
-    const bcast *x = *(const bcast *const *)a, *y = *(const bcast *const *)b;
-    if (x->transmits != y->transmits) return x->transmits < y->transmits ? -1 : 1;
-    if (x->order != y->order) return x->order > y->order ? -1 : 1;
-    return 0;
+    uint32_t limit = gsp_retransmit_limit(c->cfg.retransmit_mult,
+                                          live_count(c));
+    return limit > BQ_BUCKETS ? BQ_BUCKETS : limit ? limit : 1;
 }
 
-/* Appends queued items (fewest transmits first) into p while they fit in
- * *room; returns bytes written. */
+/* We heard the update we are spreading about a new member from someone
+ * else: it is spreading without us too, so that counts as one of our
+ * transmissions (rumor mongering with feedback). A mass join would
+ * otherwise cost every node limit sends of every joiner's record, N^2
+ * log N records in all; what this drops is left to push-pull, whose
+ * digest exchange is cheap. Only joins: refutations, suspicions, deaths
+ * and user broadcasts keep their whole budget. */
+static void bq_heard(gsp_core *c, const gsp_id *id)
+{
+    bqueue *q = &c->mq;
+    if (!q->ht_cap) return;
+    bcast *b = q->ht[bq_hash(false, id, 0) & (q->ht_cap - 1)];
+    while (b && !bq_same(b, false, id, 0)) b = b->hnext;
+    if (!b || !b->news) return;
+    bq_unlink(q, b);
+    if (++b->transmits >= bq_limit(c)) bq_forget(q, b);
+    else bq_link(q, b, false);
+}
+
+/* Appends queued items (fewest transmits first, newest first among those
+ * never sent) into p while they fit in *room; returns bytes written. Walks
+ * the per-count lists in order and stops once the packet is (nearly)
+ * full, so a packet costs O(what it carries), not O(queue). */
 static size_t fill(gsp_core *c, bqueue *q, unsigned tag, uint8_t *p,
                    size_t room)
 {
+    if (!q->n) bq_shrink(q);
     if (!q->n || room < 3) return 0;
-    bcast **ord = malloc(q->n * sizeof(*ord));
-    if (!ord) return 0;
-    for (size_t i = 0; i < q->n; i++) ord[i] = &q->v[i];
-    qsort(ord, q->n, sizeof(*ord), cmp_bcast);
-    uint32_t limit = gsp_retransmit_limit(c->cfg.retransmit_mult,
-                                          live_count(c));
+    uint32_t limit = bq_limit(c);
     size_t used = 0;
-    for (size_t i = 0; i < q->n && room - used >= 3; i++) {
-        bcast *b = ord[i];
-        size_t fl = field_len(b->len);
-        if (fl > room - used || b->pkt == c->pkt_serial) continue;
-        used += put_field(p + used, tag, b->buf, b->len);
-        b->pkt = c->pkt_serial; /* once per packet: uq is filled twice */
-        b->transmits++;
-        c->st.updates_sent++;
+    unsigned misses = 0;
+    bcast *moved = NULL, **mtail = &moved;
+    for (uint32_t t = 0; t < limit && room - used >= 3 && misses < 8; t++) {
+        for (bcast *b = q->head[t]; b && room - used >= 3; b = b->next) {
+            if (b->pkt == (uint32_t)c->pkt_serial) continue;
+            size_t fl = field_len(b->len);
+            if (fl > room - used) {
+                if (++misses >= 8) break; /* the rest will not fit either */
+                continue;
+            }
+            used += put_field(p + used, tag, BC_DATA(b), b->len);
+            /* once per packet: uq is filled twice */
+            b->pkt = (uint32_t)c->pkt_serial;
+            c->st.updates_sent++;
+            b->mnext = NULL;
+            *mtail = b;
+            mtail = &b->mnext;
+        }
     }
-    free(ord);
-    for (size_t i = q->n; i-- > 0;)
-        if (q->v[i].transmits >= limit) bq_remove_at(q, i);
+    /* sent entries move up one count (to the back of it), or retire */
+    for (bcast *b = moved, *nx; b; b = nx) {
+        nx = b->mnext;
+        bq_unlink(q, b);
+        if (++b->transmits >= (b->news && limit > NEWS_LIMIT ? NEWS_LIMIT : limit))
+            bq_forget(q, b);
+        else bq_link(q, b, false);
+    }
+    /* the limit shrinks when members leave: retire what passed it */
+    for (uint32_t t = limit; t < BQ_BUCKETS; t++)
+        while (q->head[t]) bq_remove(q, q->head[t]);
+    bq_shrink(q);
     return used;
 }
 
@@ -793,7 +1380,11 @@ typedef struct upd {
     bool has_meta;
     bool has_from;
     gsp_id from;
+    uint64_t since; /* suspect: the timer runs from here (0: now) */
 } upd;
+
+static void tighten(gsp_core *c);
+static void gossip_soon(gsp_core *c);
 
 static void refute(gsp_core *c, gsp_inc accused)
 {
@@ -812,19 +1403,20 @@ static void refute(gsp_core *c, gsp_inc accused)
     c->st.refutations++;
     awareness_add(c, 1);
     queue_member(c, s, GSP_ALIVE, NULL);
+    gossip_soon(c);
 }
 
-static void suspicion_update_deadline(member *m)
+static void suspicion_update_deadline(susp *sp)
 {
-    m->susp_deadline = m->susp_start + gsp_suspicion_timeout(
-        m->susp_min, m->susp_max, m->susp_k, m->susp_confirms);
+    sp->deadline = sp->start + gsp_suspicion_timeout(sp->min, sp->max, sp->k,
+                                                     sp->confirms);
 }
 
 void gsp_core_suspicion_bounds(const gsp_core *c, uint64_t *min_ms,
                                uint64_t *max_ms)
 {
     double n = (double)live_count(c);
-    double f = n > 1 ? log10(n) : 0;
+    double f = n > 1 ? ln(n) / 2.30258509299404568402 : 0; /* log10 */
     if (f < 1) f = 1;
     uint64_t mn = (uint64_t)(c->cfg.suspicion_mult * f *
                              c->cfg.probe_interval_ms);
@@ -832,21 +1424,27 @@ void gsp_core_suspicion_bounds(const gsp_core *c, uint64_t *min_ms,
     if (max_ms) *max_ms = mn * c->cfg.suspicion_max_mult;
 }
 
-static void start_suspicion(gsp_core *c, member *m, const gsp_id *from)
+static void start_suspicion(gsp_core *c, member *m, const gsp_id *from,
+                            uint64_t since)
 {
-    gsp_core_suspicion_bounds(c, &m->susp_min, &m->susp_max);
+    susp *sp = susp_of(c, m);
+    gsp_core_suspicion_bounds(c, &sp->min, &sp->max);
     size_t n = live_count(c);
     uint32_t k = c->cfg.suspicion_mult > 2 ? c->cfg.suspicion_mult - 2 : 0;
     if (n < 2 + (size_t)k) k = n > 2 ? (uint32_t)(n - 2) : 0;
-    m->susp_k = k;
-    m->susp_confirms = 0;
-    m->susp_start = c->now;
-    m->n_susp_from = 0;
-    if (from) m->susp_from[m->n_susp_from++] = *from;
-    suspicion_update_deadline(m);
+    sp->k = k;
+    sp->confirms = 0;
+    sp->start = since && since < c->now ? since : c->now;
+    sp->n_from = 0;
+    if (from) sp->from[sp->n_from++] = *from;
+    suspicion_update_deadline(sp);
 }
 
-static void on_alive(gsp_core *c, const upd *u)
+/* quiet: a member we learn of from a push-pull is not gossiped on (the
+ * exchange itself is anti-entropy; a joiner that re-gossiped the alive
+ * records of all N members it learned would flood the cluster with N
+ * records per join). News about members we know is still gossiped. */
+static void on_alive(gsp_core *c, const upd *u, bool quiet)
 {
     member *m = find(c, &u->id);
     if (m && m->is_self) {
@@ -857,37 +1455,32 @@ static void on_alive(gsp_core *c, const upd *u)
     }
     if (!u->has_addr) return;
     if (!m) {
-        m = add_member(c, &u->id, GSP_ALIVE);
+        m = add_member(c, &u->id, GSP_ALIVE, u->inc, &u->addr,
+                       u->name ? u->name : "", u->has_meta ? u->meta : NULL,
+                       u->has_meta ? u->meta_len : 0);
         if (!m) return;
-        m->inc = u->inc;
-        m->addr = u->addr;
-        snprintf(m->name, sizeof(m->name), "%s", u->name ? u->name : "");
-        if (u->has_meta && u->meta_len) {
-            m->meta = malloc(u->meta_len);
-            if (m->meta) {
-                memcpy(m->meta, u->meta, u->meta_len);
-                m->meta_len = u->meta_len;
+        if (!quiet) {
+            bcast *b = queue_member(c, m, GSP_ALIVE, NULL);
+            if (b) {
+                b->news = true;
+                c->mq.n_news++;
             }
         }
-        queue_member(c, m, GSP_ALIVE, NULL);
         notify(c, m, GSP_ALIVE, true);
         return;
     }
+    if (gsp_inc_cmp(u->inc, m->inc) == 0 && m->state == GSP_ALIVE)
+        bq_heard(c, &m->id);
     if (gsp_inc_cmp(u->inc, m->inc) <= 0) return;
-    gsp_state old = m->state;
+    gsp_state old = (gsp_state)m->state;
+    gsp_inc prev = m->inc;
+    const arec *r = m->rec;
     m->inc = u->inc;
-    m->addr = u->addr;
-    if (u->name) snprintf(m->name, sizeof(m->name), "%s", u->name);
-    if (u->has_meta) {
-        uint8_t *nm = NULL;
-        if (u->meta_len) {
-            nm = malloc(u->meta_len);
-            if (!nm) return;
-            memcpy(nm, u->meta, u->meta_len);
-        }
-        free(m->meta);
-        m->meta = nm;
-        m->meta_len = u->meta_len;
+    if (member_set_rec(c, m, &u->addr, u->name ? u->name : AREC_NAME(r),
+                       u->has_meta ? u->meta : AREC_META(r),
+                       u->has_meta ? u->meta_len : r->meta_len)) {
+        m->inc = prev;
+        return;
     }
     set_state(c, m, GSP_ALIVE);
     queue_member(c, m, GSP_ALIVE, NULL);
@@ -910,30 +1503,47 @@ static void on_suspect(gsp_core *c, const upd *u)
          * again: a new suspicion with a fresh timer, not a confirmation that
          * would shrink the old timer into the past */
         m->inc = u->inc;
-        start_suspicion(c, m, from);
+        start_suspicion(c, m, from, u->since);
         c->st.suspicions++;
         queue_member(c, m, GSP_SUSPECT, from ? from : &c->self->id);
         return;
     }
     if (m->state == GSP_SUSPECT) {
         if (!from) return;
-        for (uint32_t i = 0; i < m->n_susp_from; i++)
-            if (id_eq(&m->susp_from[i], from)) return;
-        if (m->n_susp_from < SUSP_FROM_MAX)
-            m->susp_from[m->n_susp_from++] = *from;
-        if (m->susp_confirms < m->susp_k) {
-            m->susp_confirms++;
-            suspicion_update_deadline(m);
+        susp *sp = susp_of(c, m);
+        for (uint32_t i = 0; i < sp->n_from; i++)
+            if (id_eq(&sp->from[i], from)) return;
+        if (sp->n_from < SUSP_FROM_MAX) sp->from[sp->n_from++] = *from;
+        if (sp->confirms < sp->k) {
+            sp->confirms++;
+            suspicion_update_deadline(sp);
         }
         queue_member(c, m, GSP_SUSPECT, from);
         return;
     }
-    gsp_state old = m->state;
-    m->inc = u->inc;
+    gsp_state old = (gsp_state)m->state;
     set_state(c, m, GSP_SUSPECT);
-    start_suspicion(c, m, from);
+    if (m->state != GSP_SUSPECT) return; /* no memory for the timer */
+    m->inc = u->inc;
+    start_suspicion(c, m, from, u->since);
     c->st.suspicions++;
     queue_member(c, m, GSP_SUSPECT, from ? from : &c->self->id);
+    if (from && !id_eq(from, &c->self->id)) {
+        /* somebody else's failed probe: probe at full pace, and some of
+         * us (about twice indirect_checks of the cluster, so that nobody
+         * checking is rare: e^-6) check it at once; our ping carries the
+         * suspicion (buddy), so a live suspect refutes within a round
+         * trip, and a dead one is confirmed (without a confirmation the
+         * timer runs to its maximum) */
+        tighten(c);
+        size_t n = live_count(c), want = 2 * (size_t)c->cfg.indirect_checks;
+        if (n <= 2 + want || rnd_below(c, n - 2) < want) {
+            c->prio_set = true;
+            c->prio = m->id;
+            if (!c->probe.active && c->next_probe > c->now)
+                c->next_probe = c->now;
+        }
+    }
     notify(c, m, old, false);
 }
 
@@ -948,10 +1558,13 @@ static void on_dead(gsp_core *c, const upd *u)
         return;
     }
     bool left = u->state == GSP_LEFT && u->has_from && id_eq(&u->from, &u->id);
-    gsp_state old = m->state;
+    gsp_state old = (gsp_state)m->state;
     m->inc = u->inc;
     set_state(c, m, left ? GSP_LEFT : GSP_DEAD);
-    queue_member(c, m, m->state, u->has_from ? &u->from : &c->self->id);
+    queue_member(c, m, (gsp_state)m->state,
+                 u->has_from ? &u->from : &c->self->id);
+    gossip_soon(c);
+    if (!left) tighten(c);
     notify(c, m, old, false);
 }
 
@@ -960,15 +1573,11 @@ static void on_dead(gsp_core *c, const upd *u)
 static void insert_gone(gsp_core *c, const upd *u)
 {
     if (!u->has_addr || find(c, &u->id)) return;
-    member *m = add_member(c, &u->id, u->state);
+    member *m = add_member(c, &u->id, u->state, u->inc, &u->addr,
+                           u->name ? u->name : "",
+                           u->has_meta ? u->meta : NULL,
+                           u->has_meta ? u->meta_len : 0);
     if (!m) return;
-    m->inc = u->inc;
-    m->addr = u->addr;
-    snprintf(m->name, sizeof(m->name), "%s", u->name ? u->name : "");
-    if (u->has_meta && u->meta_len && (m->meta = malloc(u->meta_len))) {
-        memcpy(m->meta, u->meta, u->meta_len);
-        m->meta_len = u->meta_len;
-    }
     notify(c, m, u->state, true);
 }
 
@@ -1068,7 +1677,8 @@ static void apply_user(gsp_core *c, uint32_t key, uint64_t version,
     uint8_t *buf = malloc(pl ? pl : 1);
     if (buf) {
         pmgcm__gossip__user_msg__pack(&um, buf);
-        bq_push(c, &c->uq, true, NULL, key, buf, pl);
+        bq_push(&c->uq, true, NULL, key, NULL, buf, pl);
+        free(buf);
     }
     if (!local) {
         c->st.user_msgs_delivered++;
@@ -1079,7 +1689,7 @@ static void apply_user(gsp_core *c, uint32_t key, uint64_t version,
 static void apply_update(gsp_core *c, const upd *u)
 {
     switch (u->state) {
-    case GSP_ALIVE: on_alive(c, u); break;
+    case GSP_ALIVE: on_alive(c, u, false); break;
     case GSP_SUSPECT: on_suspect(c, u); break;
     case GSP_DEAD:
     case GSP_LEFT: on_dead(c, u); break;
@@ -1088,17 +1698,73 @@ static void apply_update(gsp_core *c, const upd *u)
 
 /* ---- probing ------------------------------------------------------------ */
 
+/* Pacing: one probe per probe_quiet_interval_ms while everything is quiet,
+ * one per probe_interval_ms for TIGHT_HOLD_MS after anything failed (a
+ * probe of ours, a suspicion or a death we heard of), so an idle cluster
+ * wakes up less and a failure is confirmed at full speed. Scaled by the
+ * Lifeguard local health. */
+#define TIGHT_HOLD_MS 10000
+
+static uint32_t probe_iv(const gsp_core *c)
+{
+    uint32_t iv = c->cfg.probe_interval_ms;
+    if (c->cfg.probe_quiet_interval_ms > iv && c->now >= c->tight_until &&
+        !c->n_susp && !c->verify.active)
+        iv = c->cfg.probe_quiet_interval_ms;
+    return scale(c, iv);
+}
+
+/* A probe's length (and its verification's): the probe interval, but
+ * long enough for the relays' nacks (they wait probe_timeout_ms for the
+ * target after our probe_timeout_ms): a prober that heard no nack accuses
+ * nobody. */
+static uint32_t probe_len(const gsp_core *c)
+{
+    uint32_t len = c->cfg.probe_interval_ms, nack = 2 * c->cfg.probe_timeout_ms + 50;
+    return scale(c, len > nack ? len : nack);
+}
+
+static void tighten(gsp_core *c)
+{
+    c->tight_until = c->now + TIGHT_HOLD_MS;
+    if (!c->probe.active) {
+        uint64_t t = c->probe.planned + scale(c, c->cfg.probe_interval_ms);
+        if (t < c->now) t = c->now;
+        if (t < c->next_probe) c->next_probe = t;
+    }
+}
+
+/* Updates go out at once rather than at the next gossip tick (a death, a
+ * refutation: the sooner everyone has them the better). */
+static void gossip_soon(gsp_core *c)
+{
+    if (c->next_gossip > c->now) c->next_gossip = c->now;
+}
+
+static void plist_swap(gsp_core *c, size_t i, size_t j)
+{
+    member *t = c->plist[i];
+    c->plist[i] = c->plist[j];
+    c->plist[j] = t;
+    c->plist[i]->pi = (uint32_t)i;
+    c->plist[j]->pi = (uint32_t)j;
+}
+
 static member *next_probe_target(gsp_core *c)
 {
+    if (c->prio_set) {
+        /* a member somebody suspects: an independent check, now */
+        c->prio_set = false;
+        member *m = find(c, &c->prio);
+        if (m && !m->is_self &&
+            (m->state == GSP_ALIVE || m->state == GSP_SUSPECT))
+            return m;
+    }
     for (size_t tries = 0; tries < 2 * c->plist_n + 1; tries++) {
         if (c->plist_idx >= c->plist_n) {
             /* reshuffle (Fisher-Yates) at the end of each round */
-            for (size_t i = c->plist_n; i > 1; i--) {
-                size_t j = (size_t)rnd_below(c, i);
-                member *t = c->plist[i - 1];
-                c->plist[i - 1] = c->plist[j];
-                c->plist[j] = t;
-            }
+            for (size_t i = c->plist_n; i > 1; i--)
+                plist_swap(c, i - 1, (size_t)rnd_below(c, i));
             c->plist_idx = 0;
             if (!c->plist_n) return NULL;
         }
@@ -1109,18 +1775,26 @@ static member *next_probe_target(gsp_core *c)
     return NULL;
 }
 
+static void fill_ping(gsp_core *c, Pmgcm__Gossip__Ping *ping,
+                      const member *target, uint32_t seq, bool indirect)
+{
+    (void)c;
+    pmgcm__gossip__ping__init(ping);
+    ping->seq = seq;
+    ping->target.data = (uint8_t *)target->id.b;
+    ping->target.len = GSP_ID_LEN;
+    if (indirect) {
+        ping->has_indirect = 1;
+        ping->indirect = 1;
+    }
+}
+
 static void send_ping(gsp_core *c, const member *target, uint32_t seq,
                       bool indirect, const gsp_addr *to)
 {
     PbPacket hdr = PMGCM__GOSSIP__PACKET__INIT;
-    Pmgcm__Gossip__Ping ping = PMGCM__GOSSIP__PING__INIT;
-    ping.seq = seq;
-    ping.target.data = (uint8_t *)target->id.b;
-    ping.target.len = GSP_ID_LEN;
-    if (indirect) {
-        ping.has_indirect = 1;
-        ping.indirect = 1;
-    }
+    Pmgcm__Gossip__Ping ping;
+    fill_ping(c, &ping, target, seq, indirect);
     hdr.ping = &ping;
     PbMember buddy;
     const PbMember *extra = NULL;
@@ -1132,24 +1806,82 @@ static void send_ping(gsp_core *c, const member *target, uint32_t seq,
     send_packet(c, to, &target->id, &hdr, extra);
 }
 
-static void start_probe(gsp_core *c)
+/* Makes t the active probe (the caller sends the ping). */
+static void begin_probe(gsp_core *c, const member *t)
 {
-    member *t = next_probe_target(c);
-    if (!t) {
-        c->next_probe = c->now + c->cfg.probe_interval_ms;
-        return;
-    }
     c->probe.active = true;
     c->probe.indirect_sent = false;
     c->probe.seq = ++c->seq;
     c->probe.target = t->id;
     c->probe.start = c->now;
+    c->probe.planned = c->next_probe > c->now ? c->next_probe : c->now;
     c->probe.direct_deadline = c->now + scale(c, c->cfg.probe_timeout_ms);
-    c->probe.end_deadline = c->now + scale(c, c->cfg.probe_interval_ms);
+    c->probe.end_deadline = c->now + probe_len(c);
     c->probe.nacks = c->probe.nacks_expected = 0;
     c->probe.n_relays = 0;
     c->st.probes++;
-    send_ping(c, t, c->probe.seq, false, &t->addr);
+}
+
+static void start_probe(gsp_core *c)
+{
+    member *t = next_probe_target(c);
+    if (!t) {
+        c->next_probe = c->now + probe_iv(c);
+        return;
+    }
+    begin_probe(c, t);
+    send_ping(c, t, c->probe.seq, false, maddr(t));
+}
+
+/* A probe we would start within the next half interval starts now if it
+ * can ride on a packet we send anyway (see send_ack), or when something
+ * woke us up anyway: fewer wake-ups for the same probe rate (the cadence
+ * keeps to the planned times). */
+static bool probe_due_within(const gsp_core *c, uint64_t window)
+{
+    return !c->leaving && !c->probe.active && c->now + window >= c->next_probe;
+}
+
+static bool probe_due_soon(const gsp_core *c)
+{
+    return probe_due_within(c, probe_iv(c) / 2);
+}
+
+static void start_verify(gsp_core *c, member *m)
+{
+    c->verify.active = true;
+    c->verify.second_sent = false;
+    c->verify.seq = ++c->seq;
+    c->verify.probe_seq = c->probe.seq;
+    c->verify.target = m->id;
+    c->verify.n_relays = c->probe.n_relays;
+    memcpy(c->verify.relays, c->probe.relays,
+           c->probe.n_relays * sizeof(c->probe.relays[0]));
+    c->verify.failed_at = c->now;
+    uint32_t d = probe_len(c);
+    c->verify.second_at = c->now + d / 2;
+    c->verify.deadline = c->now + d;
+    send_ping(c, m, c->verify.seq, false, maddr(m));
+}
+
+/* Our own check of m failed (or confirms a suspicion we hold): suspect it,
+ * the timer running from `since`, and tell the first accuser directly, so
+ * its timer shrinks without waiting for the gossip. */
+static void suspect_failed(gsp_core *c, member *m, uint64_t since)
+{
+    bool confirming = m->state == GSP_SUSPECT;
+    upd u = {.id = m->id, .state = GSP_SUSPECT, .inc = m->inc,
+             .has_from = true, .from = c->self->id, .since = since};
+    on_suspect(c, &u);
+    if (!confirming || m->state != GSP_SUSPECT) return;
+    const susp *sp = susp_of(c, m);
+    member *acc = sp->n_from ? find(c, &sp->from[0]) : NULL;
+    if (acc && !acc->is_self && acc->state == GSP_ALIVE) {
+        PbPacket hdr = PMGCM__GOSSIP__PACKET__INIT;
+        PbMember rec;
+        member_to_pb(m, GSP_SUSPECT, &c->self->id, false, &rec);
+        send_packet(c, maddr(acc), &acc->id, &hdr, &rec);
+    }
 }
 
 static void finish_probe(gsp_core *c, bool ok)
@@ -1162,15 +1894,62 @@ static void finish_probe(gsp_core *c, bool ok)
         awareness_add(c, e ? (int)(e - (c->probe.nacks < e ? c->probe.nacks : e))
                            : 1);
         c->st.probe_fails++;
+        tighten(c);
         member *m = find(c, &c->probe.target);
-        if (m && (m->state == GSP_ALIVE || m->state == GSP_SUSPECT)) {
-            upd u = {.id = m->id, .state = GSP_SUSPECT, .inc = m->inc,
-                     .has_from = true, .from = c->self->id};
-            on_suspect(c, &u);
+        if (e && !c->probe.nacks) {
+            /* nobody we asked answered either, not even with a nack: we
+             * are the one cut off (Lifeguard), so accuse nobody */
+        } else if (m && m->state == GSP_ALIVE && !c->verify.active) {
+            start_verify(c, m);
+        } else if (m && (m->state == GSP_ALIVE || m->state == GSP_SUSPECT)) {
+            suspect_failed(c, m, c->now);
         }
     }
-    c->next_probe = c->probe.start + scale(c, c->cfg.probe_interval_ms);
+    c->next_probe = c->probe.planned + probe_iv(c);
     if (c->next_probe < c->now) c->next_probe = c->now;
+}
+
+static void verify_tick(gsp_core *c)
+{
+    if (!c->verify.active) return;
+    member *m = find(c, &c->verify.target);
+    if (!m || (m->state != GSP_ALIVE && m->state != GSP_SUSPECT)) {
+        c->verify.active = false;
+        return;
+    }
+    if (c->now >= c->verify.deadline) {
+        c->verify.active = false;
+        /* the timer runs from the failed probe (the verification must not
+         * slow detection), but only for a healthy prober: an unhealthy
+         * one's verification is stretched by its local health, and
+         * backdating by that much would leave the suspect too little time
+         * to refute (a false death at 20 % loss, simbench seed 5) */
+        suspect_failed(c, m, c->awareness ? c->now : c->verify.failed_at);
+    } else if (!c->verify.second_sent && c->now >= c->verify.second_at) {
+        c->verify.second_sent = true;
+        send_ping(c, m, c->verify.seq, false, maddr(m));
+    }
+}
+
+/* An ack (or a late one of the probe that failed) for the verification. */
+/* An ack of seq from node `from` ends a verification: an ack of a verify
+ * ping from its target, of the failed probe from its target or a relay
+ * it asked (the ack rule). */
+static bool verify_ack(gsp_core *c, uint32_t seq, const gsp_id *from)
+{
+    if (!c->verify.active ||
+        (seq != c->verify.seq && seq != c->verify.probe_seq))
+        return false;
+    bool ok = id_eq(from, &c->verify.target);
+    for (uint32_t i = 0; !ok && seq == c->verify.probe_seq &&
+                         i < c->verify.n_relays; i++)
+        ok = id_eq(from, &c->verify.relays[i]);
+    if (!ok) {
+        c->st.acks_ignored++;
+        return true; /* taken: not a relay's to forward either */
+    }
+    c->verify.active = false;
+    return true;
 }
 
 static void indirect_probe(gsp_core *c)
@@ -1183,9 +1962,9 @@ static void indirect_probe(gsp_core *c)
     pr.seq = c->probe.seq;
     pr.target.data = t->id.b;
     pr.target.len = GSP_ID_LEN;
-    pr.ip.data = t->addr.ip;
-    pr.ip.len = t->addr.family == 6 ? 16 : 4;
-    pr.port = t->addr.port;
+    pr.ip.data = (uint8_t *)maddr(t)->ip;
+    pr.ip.len = maddr(t)->family == 6 ? 16 : 4;
+    pr.port = maddr(t)->port;
     hdr.ping_req = &pr;
     uint32_t want = c->cfg.indirect_checks, sent = 0;
     if (want > RELAYS_ASKED_MAX) want = RELAYS_ASKED_MAX;
@@ -1199,7 +1978,7 @@ static void indirect_probe(gsp_core *c)
         if (dup) continue;
         picked[sent] = m;
         c->probe.relays[sent++] = m->id; /* their acks count from now on */
-        send_packet(c, &m->addr, &m->id, &hdr, NULL);
+        send_packet(c, maddr(m), &m->id, &hdr, NULL);
     }
     c->probe.n_relays = sent;
     c->probe.nacks_expected = sent;
@@ -1223,10 +2002,11 @@ static void indirect_probe(gsp_core *c)
         uint64_t id = ++c->next_req_id;
         uint64_t left = c->probe.end_deadline > c->now
                             ? c->probe.end_deadline - c->now : 1;
-        if (emit(c, GSP_OUT_STREAM, &t->addr, buf, len, id,
+        if (emit(c, GSP_OUT_STREAM, maddr(t), buf, len, id,
                  (uint32_t)left) == 0) {
             c->streams[c->n_streams++] =
-                (pending_stream){.id = id, .kind = 2, .seq = c->probe.seq,
+                (pending_stream){.id = id, .kind = PS_PING,
+                                 .seq = c->probe.seq,
                                  .has_peer = true, .peer = t->id};
             c->st.tcp_fallback_probes++;
         }
@@ -1236,93 +2016,323 @@ static void indirect_probe(gsp_core *c)
 
 /* ---- push-pull ---------------------------------------------------------- */
 
-/* Packs our full state (every member, every user broadcast) into a Stream
- * for to_id (or, a join by address, for whoever is at to_addr). */
+/* A join exchanges full states (the joiner knows nobody; the one it joins
+ * learns it). The periodic exchange goes by digest: the members are split
+ * into buckets by a hash of their id, each bucket summarised by the XOR of
+ * its members' (id, incarnation, state) hashes; the peer answers with its
+ * records of the buckets that differ, and the requester pushes back what
+ * the peer lacks. Two views that agree cost one summary and an empty
+ * answer, so the bytes of a push-pull grow with N/16 * 8 bytes, not with
+ * N full records. */
+#define DIGEST_PER_BUCKET 16
+#define DIGEST_MAX_BUCKETS 65536
+
+static uint64_t le64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = v << 8 | p[i];
+    return v;
+}
+
+static uint64_t mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+/* Independent of the host's byte order: both ends must agree. */
+static uint32_t digest_bucket(const gsp_id *id, uint32_t buckets)
+{
+    return (uint32_t)(mix64(le64(id->b) ^ mix64(le64(id->b + 8))) >> 17) &
+           (buckets - 1);
+}
+
+static uint64_t digest_member(const gsp_id *id, gsp_inc inc, unsigned state)
+{
+    uint64_t h = mix64(le64(id->b) + 0x9e3779b97f4a7c15ULL);
+    h = mix64(h ^ le64(id->b + 8));
+    h = mix64(h ^ inc.gen);
+    h = mix64(h ^ inc.ver);
+    return mix64(h ^ (state + 1));
+}
+
+static uint64_t digest_users(const gsp_core *c)
+{
+    uint64_t h = 0;
+    for (size_t i = 0; i < c->n_users; i++)
+        h ^= mix64(mix64(c->users[i].key + 1ULL) ^ c->users[i].version);
+    return h;
+}
+
+static uint32_t digest_buckets_for(size_t n)
+{
+    uint32_t k = 1;
+    while (k < DIGEST_MAX_BUCKETS && (size_t)k * DIGEST_PER_BUCKET < n) k <<= 1;
+    return k;
+}
+
+/* h[buckets]: our summary. */
+static void digest_fill(const gsp_core *c, uint32_t buckets, uint64_t *h)
+{
+    memset(h, 0, buckets * sizeof(*h));
+    for (size_t i = 0; i < c->n_members; i++) {
+        const member *m = c->members[i];
+        h[digest_bucket(&m->id, buckets)] ^=
+            digest_member(&m->id, m->inc, m->state);
+    }
+}
+
+static bool bq_has(const bqueue *q, const gsp_id *id)
+{
+    if (!q->ht_cap) return false;
+    for (const bcast *b = q->ht[bq_hash(false, id, 0) & (q->ht_cap - 1)]; b;
+         b = b->hnext)
+        if (bq_same(b, false, id, 0)) return true;
+    return false;
+}
+
+/* A growable output buffer for a push-pull frame. */
+typedef struct obuf {
+    uint8_t *p;
+    size_t len, cap;
+    bool oom;
+} obuf;
+
+static uint8_t *ob_room(obuf *o, size_t n)
+{
+    if (o->oom) return NULL;
+    if (n > o->cap - o->len) {
+        size_t cap = o->cap ? o->cap : 4096;
+        while (cap - o->len < n) cap *= 2;
+        uint8_t *p = realloc(o->p, cap);
+        if (!p) {
+            o->oom = true;
+            return NULL;
+        }
+        o->p = p;
+        o->cap = cap;
+    }
+    return o->p + o->len;
+}
+
+/* Appends a length-delimited field: tag (< 16), then head and tail. */
+static void ob_field(obuf *o, unsigned tag, const uint8_t *head, size_t hl,
+                     const uint8_t *tail, size_t tl)
+{
+    uint8_t *w = ob_room(o, 1 + 10 + hl + tl);
+    if (!w) return;
+    size_t n = 0;
+    w[n++] = (uint8_t)((tag << 3) | 2);
+    n += put_varint(w + n, hl + tl);
+    memcpy(w + n, head, hl);
+    if (tl) memcpy(w + n + hl, tail, tl);
+    o->len += n + hl + tl;
+}
+
+/* Appends m's full record (a Stream's `members`): an alive record at the
+ * current incarnation is the shared packed one. */
+static void ob_member(gsp_core *c, obuf *o, member *m)
+{
+    if (m->state == GSP_ALIVE && member_rec_current(c, m) == 0) {
+        ob_field(o, 4, AREC_PK(m->rec), m->rec->pk_len, NULL, 0);
+        return;
+    }
+    PbMember pm;
+    const gsp_id *from = m->state == GSP_LEFT ? &m->id : NULL;
+    member_to_pb(m, (gsp_state)m->state, from, true, &pm);
+    uint8_t tmp[1024];
+    size_t n = pmgcm__gossip__member__get_packed_size(&pm);
+    if (n > sizeof(tmp)) {
+        o->oom = true; /* cannot happen: name, address and meta are bounded */
+        return;
+    }
+    pmgcm__gossip__member__pack(&pm, tmp);
+    ob_field(o, 4, tmp, n, NULL, 0);
+}
+
+/* Packs a push-pull frame for to_id (or, a join by address, for whoever
+ * is at to_addr): the header fields set in s, then the members
+ * pick(c, m, ud) selects (NULL: all) and, with users, every user
+ * broadcast. Caller frees the result. */
+static uint8_t *build_frame(gsp_core *c, PbStream *s, const gsp_id *to_id,
+                            const gsp_addr *to_addr,
+                            bool (*pick)(gsp_core *, member *, void *),
+                            void *ud, bool users, size_t *out_len)
+{
+    s->kind = PMGCM__GOSSIP__STREAM__KIND__PUSHPULL;
+    stamp_stream(c, s, to_id, to_addr);
+    obuf o = {0};
+    size_t hl = pmgcm__gossip__stream__get_packed_size(s);
+    uint8_t *w = ob_room(&o, hl);
+    if (w) o.len = pmgcm__gossip__stream__pack(s, w);
+    for (size_t i = 0; i < c->n_members; i++) {
+        member *m = c->members[i];
+        if (!pick || pick(c, m, ud)) ob_member(c, &o, m);
+    }
+    for (size_t i = 0; users && i < c->n_users; i++) {
+        PbUser um = PMGCM__GOSSIP__USER_MSG__INIT;
+        um.key = c->users[i].key;
+        um.version = c->users[i].version;
+        um.data.data = c->users[i].data;
+        um.data.len = c->users[i].len;
+        uint8_t tmp[GSP_META_MAX + 32];
+        size_t n = pmgcm__gossip__user_msg__pack(&um, tmp);
+        ob_field(&o, 5, tmp, n, NULL, 0);
+    }
+    if (o.oom) {
+        free(o.p);
+        return NULL;
+    }
+    *out_len = o.len;
+    return o.p;
+}
+
+/* Our full state (a join, or an answer to one) for to_id, or (a join by
+ * address) for whoever is at to_addr. */
 static uint8_t *build_state(gsp_core *c, bool join, const gsp_id *to_id,
                             const gsp_addr *to_addr, size_t *out_len)
 {
     PbStream s = PMGCM__GOSSIP__STREAM__INIT;
-    s.kind = PMGCM__GOSSIP__STREAM__KIND__PUSHPULL;
-    stamp_stream(c, &s, to_id, to_addr);
     if (join) {
         s.has_join = 1;
         s.join = 1;
     }
-    PbMember *pms = calloc(c->n_members ? c->n_members : 1, sizeof(*pms));
-    PbMember **pp = calloc(c->n_members ? c->n_members : 1, sizeof(*pp));
-    PbUser *ums = calloc(c->n_users ? c->n_users : 1, sizeof(*ums));
-    PbUser **up = calloc(c->n_users ? c->n_users : 1, sizeof(*up));
-    uint8_t *buf = NULL;
-    if (!pms || !pp || !ums || !up) goto out;
-    for (size_t i = 0; i < c->n_members; i++) {
-        member *m = c->members[i];
-        const gsp_id *from = m->state == GSP_LEFT ? &m->id : NULL;
-        member_to_pb(m, m->state, from, true, &pms[i]);
-        pp[i] = &pms[i];
-    }
-    for (size_t i = 0; i < c->n_users; i++) {
-        pmgcm__gossip__user_msg__init(&ums[i]);
-        ums[i].key = c->users[i].key;
-        ums[i].version = c->users[i].version;
-        ums[i].data.data = c->users[i].data;
-        ums[i].data.len = c->users[i].len;
-        up[i] = &ums[i];
-    }
-    s.n_members = c->n_members;
-    s.members = pp;
-    s.n_user = c->n_users;
-    s.user = up;
-    *out_len = pmgcm__gossip__stream__get_packed_size(&s);
-    buf = malloc(*out_len ? *out_len : 1);
-    if (buf) pmgcm__gossip__stream__pack(&s, buf);
-out:
-    free(pms);
-    free(pp);
-    free(ums);
-    free(up);
+    return build_frame(c, &s, to_id, to_addr, NULL, NULL, true, out_len);
+}
+
+static bool pick_self(gsp_core *c, member *m, void *ud)
+{
+    (void)ud;
+    return m == c->self;
+}
+
+/* A digest request to to_id: our own record and the summary. */
+static uint8_t *build_digest(gsp_core *c, uint32_t buckets,
+                             const gsp_id *to_id, size_t *out_len)
+{
+    uint64_t *h = malloc(buckets * sizeof(*h));
+    if (!h) return NULL;
+    digest_fill(c, buckets, h);
+    Pmgcm__Gossip__Digest d = PMGCM__GOSSIP__DIGEST__INIT;
+    d.buckets = buckets;
+    d.n_hash = buckets;
+    d.hash = h;
+    d.has_users = 1;
+    d.users = digest_users(c);
+    PbStream s = PMGCM__GOSSIP__STREAM__INIT;
+    s.digest = &d;
+    uint8_t *buf =
+        build_frame(c, &s, to_id, NULL, pick_self, NULL, false, out_len);
+    free(h);
     return buf;
 }
 
-/* A push-pull to member to_id at `to`, or (to_id NULL: a seed) to
- * whoever is at that address. */
+typedef struct bucket_set {
+    uint32_t buckets;
+    uint8_t *bits; /* one per bucket */
+} bucket_set;
+
+static bool pick_bucket(gsp_core *c, member *m, void *ud)
+{
+    (void)c;
+    bucket_set *bs = ud;
+    uint32_t b = digest_bucket(&m->id, bs->buckets);
+    return bs->bits[b >> 3] >> (b & 7) & 1;
+}
+
+/* Our answer to a digest: the records of the buckets that differ from the
+ * request's summary, which buckets those are, our users summary and, if it
+ * differs, our users. */
+static uint8_t *build_diff(gsp_core *c, const Pmgcm__Gossip__Digest *rq,
+                           const gsp_id *to_id, size_t *out_len)
+{
+    uint32_t k = rq->buckets;
+    uint64_t *h = malloc(k * sizeof(*h));
+    uint32_t *diff = malloc(k * sizeof(*diff));
+    bucket_set bs = {.buckets = k, .bits = calloc((k + 7) / 8, 1)};
+    uint8_t *buf = NULL;
+    if (!h || !diff || !bs.bits) goto out;
+    digest_fill(c, k, h);
+    size_t nd = 0;
+    for (uint32_t i = 0; i < k; i++) {
+        if (h[i] != rq->hash[i]) {
+            diff[nd++] = i;
+            bs.bits[i >> 3] |= (uint8_t)(1 << (i & 7));
+        }
+    }
+    Pmgcm__Gossip__Digest d = PMGCM__GOSSIP__DIGEST__INIT;
+    d.buckets = k;
+    d.has_users = 1;
+    d.users = digest_users(c);
+    PbStream s = PMGCM__GOSSIP__STREAM__INIT;
+    s.digest = &d;
+    s.n_diff = nd;
+    s.diff = diff;
+    bool users = !rq->has_users || rq->users != d.users;
+    buf = build_frame(c, &s, to_id, NULL, pick_bucket, &bs, users, out_len);
+out:
+    free(h);
+    free(diff);
+    free(bs.bits);
+    return buf;
+}
+
+static void send_frame(gsp_core *c, const gsp_addr *to, uint8_t *buf,
+                       size_t len, pending_stream ps)
+{
+    if (!buf) return;
+    if (len + GSP_SEAL_OVERHEAD <= c->cfg.max_stream_bytes &&
+        grow((void **)&c->streams, &c->cap_streams, c->n_streams + 1,
+             sizeof(*c->streams)) == 0) {
+        ps.id = ++c->next_req_id;
+        ps.addr = *to;
+        if (emit(c, GSP_OUT_STREAM, to, buf, len, ps.id, 10000) == 0)
+            c->streams[c->n_streams++] = ps;
+    }
+    free(buf);
+}
+
+/* A push-pull to member to_id at `to`, or (to_id NULL: a seed) a join
+ * to whoever is at that address. */
 static void start_pushpull(gsp_core *c, const gsp_addr *to,
                            const gsp_id *to_id, bool join)
 {
-    if (grow((void **)&c->streams, &c->cap_streams, c->n_streams + 1,
-             sizeof(*c->streams)))
-        return;
-    size_t len;
-    uint8_t *buf = build_state(c, join || !to_id, to_id, to, &len);
-    if (!buf) return;
-    if (len + GSP_SEAL_OVERHEAD <= c->cfg.max_stream_bytes) {
-        uint64_t id = ++c->next_req_id;
-        if (emit(c, GSP_OUT_STREAM, to, buf, len, id, 10000) == 0) {
-            pending_stream ps = {.id = id, .kind = 1};
-            if (to_id) {
-                ps.has_peer = true;
-                ps.peer = *to_id;
-            }
-            c->streams[c->n_streams++] = ps;
-        }
+    size_t len = 0;
+    uint8_t *buf;
+    pending_stream ps = {.kind = PS_FULL};
+    if (to_id) {
+        ps.has_peer = true;
+        ps.peer = *to_id;
     }
-    free(buf);
+    if (join || !to_id) {
+        buf = build_state(c, true, to_id, to, &len);
+        send_frame(c, to, buf, len, ps);
+        return;
+    }
+    uint32_t k = digest_buckets_for(c->n_members);
+    buf = build_digest(c, k, to_id, &len);
+    ps.kind = PS_DIGEST;
+    ps.buckets = k;
+    send_frame(c, to, buf, len, ps);
 }
 
 /* Validates every record first; applies only if all are well formed. */
 static int merge_state(gsp_core *c, const PbStream *s)
 {
     if (s->n_members > 1000000) return GSP_EDECODE;
-    upd *us = calloc(s->n_members ? s->n_members : 1, sizeof(*us));
+    size_t usz = (s->n_members ? s->n_members : 1) * sizeof(upd);
+    upd *us = c->st_sc ? sc_alloc(c->st_sc, usz) : malloc(usz);
     if (!us) return -ENOMEM;
     for (size_t i = 0; i < s->n_members; i++) {
         if (pb_to_upd(s->members[i], &us[i])) {
-            free(us);
+            if (!c->st_sc) free(us);
             return GSP_EDECODE;
         }
     }
     for (size_t i = 0; i < s->n_user; i++) {
         if (check_user(s->user[i])) {
-            free(us);
+            if (!c->st_sc) free(us);
             return GSP_EDECODE;
         }
     }
@@ -1333,7 +2343,9 @@ static int merge_state(gsp_core *c, const PbStream *s)
         member *m = find(c, &u->id);
         switch (u->state) {
         case GSP_ALIVE:
-            on_alive(c, u);
+            /* pass on the sender's own record (a joiner); the rest is
+             * old news, or news the sender spreads anyway */
+            on_alive(c, u, !id_eq(&u->id, &sender));
             break;
         case GSP_SUSPECT:
             if (!u->has_from) {
@@ -1359,7 +2371,7 @@ static int merge_state(gsp_core *c, const PbStream *s)
             break;
         }
     }
-    free(us);
+    if (!c->st_sc) free(us);
     for (size_t i = 0; i < s->n_user; i++)
         apply_user(c, s->user[i]->key, s->user[i]->version,
                    s->user[i]->data.data, s->user[i]->data.len, false);
@@ -1382,8 +2394,17 @@ static bool stream_for_us(const gsp_core *c, const PbStream *s,
         return false;
     gsp_addr dialled;
     if (pb_addr(&s->to_ip, s->to_port, &dialled)) return false;
-    return addr_same(&dialled, &c->self->addr) ||
+    return addr_same(&dialled, maddr(c->self)) ||
            (local && addr_same(&dialled, local));
+}
+
+/* Frees a frame open_stream returned (s may be NULL). */
+static void close_stream(gsp_core *c, PbStream *s)
+{
+    if (s)
+        pmgcm__gossip__stream__free_unpacked(s, c->st_sc ? &c->st_al : NULL);
+    sc_give(c->st_sc);
+    c->st_sc = NULL;
 }
 
 static PbStream *open_stream(gsp_core *c, const uint8_t *in, size_t len,
@@ -1413,23 +2434,25 @@ static PbStream *open_stream(gsp_core *c, const uint8_t *in, size_t len,
         }
         plain = tmp;
     }
-    PbStream *s = pmgcm__gossip__stream__unpack(NULL, plen, plain);
+    c->st_sc = sc_take(c, &c->st_al);
+    PbStream *s = pmgcm__gossip__stream__unpack(c->st_sc ? &c->st_al : NULL,
+                                                plen, plain);
     free(tmp);
     if (!s || s->from.len != GSP_ID_LEN ||
         (s->ping && s->ping->target.len != GSP_ID_LEN)) {
-        if (s) pmgcm__gossip__stream__free_unpacked(s, NULL);
+        close_stream(c, s);
         c->st.drop_decode++;
         *err = GSP_EDECODE;
         return NULL;
     }
     if (!memcmp(s->from.data, c->self->id.b, GSP_ID_LEN)) {
-        pmgcm__gossip__stream__free_unpacked(s, NULL);
+        close_stream(c, s);
         c->st.drop_self++;
         *err = GSP_ESELF;
         return NULL;
     }
     if (!stream_for_us(c, s, ps, local)) {
-        pmgcm__gossip__stream__free_unpacked(s, NULL);
+        close_stream(c, s);
         c->st.drop_misdirected++;
         *err = GSP_EMISDIRECTED;
         return NULL;
@@ -1438,8 +2461,8 @@ static PbStream *open_stream(gsp_core *c, const uint8_t *in, size_t len,
         gsp_id sid;
         memcpy(sid.b, s->from.data, GSP_ID_LEN);
         member *m = find(c, &sid);
-        if (rwin_replayed(m ? &m->rw_tcp : NULL, s->gen, s->seq)) {
-            pmgcm__gossip__stream__free_unpacked(s, NULL);
+        if (rwin_replayed(m ? m->rw_tcp : NULL, s->gen, s->seq)) {
+            close_stream(c, s);
             c->st.drop_replay++;
             *err = GSP_EREPLAY;
             return NULL;
@@ -1456,7 +2479,8 @@ static void stream_mark(gsp_core *c, const PbStream *s)
     gsp_id sid;
     memcpy(sid.b, s->from.data, GSP_ID_LEN);
     member *m = find(c, &sid);
-    if (m) rwin_mark(&m->rw_tcp, s->gen, s->seq);
+    if (m && !m->rw_tcp) m->rw_tcp = calloc(1, sizeof(*m->rw_tcp));
+    if (m && m->rw_tcp) rwin_mark(m->rw_tcp, s->gen, s->seq);
 }
 
 /* Seals plaintext into a freshly allocated buffer (for stream replies). */
@@ -1480,6 +2504,97 @@ static int seal_alloc(gsp_core *c, const uint8_t *p, size_t len,
     return 0;
 }
 
+/* A digest answer names at most every bucket, each once and in range. */
+static bool valid_diff(const PbStream *s, uint32_t buckets)
+{
+    if (!s->digest || s->n_diff > buckets) return false;
+    for (size_t i = 0; i < s->n_diff; i++)
+        if (s->diff[i] >= buckets) return false;
+    return true;
+}
+
+typedef struct seen_rec {
+    gsp_id id;
+    uint64_t h;
+    bool used;
+} seen_rec;
+
+typedef struct push_ctx {
+    bucket_set bs;
+    seen_rec *seen;
+    size_t cap;
+} push_ctx;
+
+/* In a bucket that differed, and the peer sent no record of it or an
+ * other one than ours (after merging theirs, ours is at least as new). */
+static bool pick_push(gsp_core *c, member *m, void *ud)
+{
+    push_ctx *p = ud;
+    if (!pick_bucket(c, m, &p->bs)) return false;
+    uint64_t h = digest_member(&m->id, m->inc, m->state);
+    for (size_t i = id_hash(&m->id) & (p->cap - 1);; i = (i + 1) & (p->cap - 1)) {
+        if (!p->seen[i].used) return true;
+        if (id_eq(&p->seen[i].id, &m->id)) return p->seen[i].h != h;
+    }
+}
+
+/* The requester's half after a digest answer: push what the peer lacks. */
+static void push_back(gsp_core *c, const pending_stream *rq,
+                      const PbStream *r)
+{
+    bool users = r->digest->has_users && r->digest->users != digest_users(c);
+    if (!r->n_diff && !users) return;
+    uint32_t buckets = rq->buckets;
+    push_ctx p = {.bs = {.buckets = buckets,
+                         .bits = calloc((buckets + 7) / 8, 1)}};
+    p.cap = 16;
+    while (p.cap < 2 * r->n_members) p.cap <<= 1;
+    p.seen = calloc(p.cap, sizeof(*p.seen));
+    if (p.bs.bits && p.seen) {
+        for (size_t i = 0; i < r->n_diff; i++)
+            p.bs.bits[r->diff[i] >> 3] |= (uint8_t)(1 << (r->diff[i] & 7));
+        for (size_t i = 0; i < r->n_members; i++) {
+            const PbMember *pm = r->members[i];
+            gsp_id id;
+            memcpy(id.b, pm->id.data, GSP_ID_LEN); /* checked by the merge */
+            size_t j = id_hash(&id) & (p.cap - 1);
+            while (p.seen[j].used && !id_eq(&p.seen[j].id, &id))
+                j = (j + 1) & (p.cap - 1);
+            p.seen[j] = (seen_rec){.id = id, .used = true,
+                                   .h = digest_member(&id, (gsp_inc){pm->gen, pm->ver},
+                                                      pm->state)};
+        }
+        bool any = users;
+        for (size_t i = 0; !any && i < c->n_members; i++)
+            any = pick_push(c, c->members[i], &p);
+        if (any) {
+            PbStream s = PMGCM__GOSSIP__STREAM__INIT;
+            s.has_push = 1;
+            s.push = 1;
+            size_t len = 0;
+            uint8_t *buf = build_frame(c, &s, &rq->peer, NULL, pick_push, &p,
+                                       users, &len);
+            send_frame(c, &rq->addr, buf, len,
+                       (pending_stream){.kind = PS_PUSH, .has_peer = true,
+                                        .peer = rq->peer});
+        }
+    }
+    free(p.bs.bits);
+    free(p.seen);
+}
+
+/* After a join exchange: announce ourselves (everyone the peer told us of
+ * learns us sooner than through it alone), and sync again once the joins
+ * in flight have spread, to catch what we missed meanwhile. */
+static void joined(gsp_core *c)
+{
+    if (c->leaving) return;
+    if (!bq_has(&c->mq, &c->self->id)) queue_member(c, c->self, GSP_ALIVE, NULL);
+    uint64_t iv = c->cfg.pushpull_interval_ms;
+    uint64_t t = c->now + iv / 4 + rnd_below(c, iv / 4 + 1);
+    if (t < c->next_pushpull) c->next_pushpull = t;
+}
+
 int gsp_core_stream_request(gsp_core *c, uint64_t now_ms,
                             const gsp_addr *from, const gsp_addr *local,
                             const uint8_t *req, size_t len, uint8_t **reply,
@@ -1498,10 +2613,27 @@ int gsp_core_stream_request(gsp_core *c, uint64_t now_ms,
     memcpy(sid.b, s->from.data, GSP_ID_LEN);
     int rc = 0;
     if (s->kind == PMGCM__GOSSIP__STREAM__KIND__PUSHPULL) {
-        rc = merge_state(c, s);
+        const Pmgcm__Gossip__Digest *d = s->push ? NULL : s->digest;
+        if (d && (d->buckets == 0 || d->buckets > DIGEST_MAX_BUCKETS ||
+                  (d->buckets & (d->buckets - 1)) ||
+                  d->n_hash != d->buckets))
+            rc = GSP_EDECODE;
+        else
+            rc = merge_state(c, s);
         if (rc == 0) {
             size_t plen;
-            uint8_t *p = build_state(c, false, &sid, NULL, &plen);
+            uint8_t *p;
+            if (s->push) {
+                /* the second half of a digest exchange: an empty answer */
+                PbStream r = PMGCM__GOSSIP__STREAM__INIT;
+                bucket_set none = {.buckets = 1, .bits = (uint8_t[1]){0}};
+                p = build_frame(c, &r, &sid, NULL, pick_bucket, &none, false,
+                                &plen);
+            } else if (d) {
+                p = build_diff(c, d, &sid, &plen);
+            } else {
+                p = build_state(c, false, &sid, NULL, &plen);
+            }
             if (!p) {
                 rc = -ENOMEM;
             } else {
@@ -1528,7 +2660,7 @@ int gsp_core_stream_request(gsp_core *c, uint64_t now_ms,
         rc = GSP_EDECODE;
     }
     if (rc != GSP_EDECODE) stream_mark(c, s);
-    pmgcm__gossip__stream__free_unpacked(s, NULL);
+    close_stream(c, s);
     return rc;
 }
 
@@ -1551,29 +2683,63 @@ int gsp_core_stream_result(gsp_core *c, uint64_t now_ms, uint64_t req_id,
     PbStream *s = open_stream(c, reply, len, &ps, NULL, &err);
     if (!s) return err;
     int rc = 0;
-    if (ps.kind == 1 && s->kind == PMGCM__GOSSIP__STREAM__KIND__PUSHPULL) {
-        rc = merge_state(c, s);
+    if ((ps.kind == PS_FULL || ps.kind == PS_DIGEST) &&
+        s->kind == PMGCM__GOSSIP__STREAM__KIND__PUSHPULL) {
+        if (ps.kind == PS_DIGEST && !valid_diff(s, ps.buckets))
+            rc = GSP_EDECODE;
+        else
+            rc = merge_state(c, s);
         if (rc == GSP_EDECODE) c->st.drop_decode++;
-    } else if (ps.kind == 2 && s->kind == PMGCM__GOSSIP__STREAM__KIND__ACK &&
+        if (rc == 0 && ps.kind == PS_DIGEST) push_back(c, &ps, s);
+        if (rc == 0 && ps.kind == PS_FULL) joined(c);
+    } else if (ps.kind == PS_PING && s->kind == PMGCM__GOSSIP__STREAM__KIND__ACK &&
                s->ack) {
         if (c->probe.active && s->ack->seq == c->probe.seq &&
             s->ack->seq == ps.seq)
             finish_probe(c, true);
+        else if (s->ack->seq == ps.seq)
+            verify_ack(c, ps.seq, &ps.peer);
     }
     if (rc != GSP_EDECODE) stream_mark(c, s);
-    pmgcm__gossip__stream__free_unpacked(s, NULL);
+    close_stream(c, s);
     return rc;
 }
 
 /* ---- UDP input ---------------------------------------------------------- */
 
+/* Our next probe, if due within half an interval (the cadence keeps to
+ * the planned times, so the rate does not change), goes to the member that
+ * just pinged us, in the ack: two probes for four wake-ups (its timer, our
+ * receive, its receive of ack and ping, our receive of its ack) instead of
+ * six. Only a member not probed yet in this round. Not more often: a dead
+ * member never pings, so every coupled probe pushes the dead further back
+ * in the round (a whole-interval window doubled the time to the first
+ * probe of a crashed node in simbench). */
+static bool couple_probe(gsp_core *c, member *sender)
+{
+    if (!sender || sender->is_self || sender->state != GSP_ALIVE ||
+        !probe_due_soon(c) || c->prio_set ||
+        sender->pi < c->plist_idx ||
+        sender->pi >= c->plist_n)
+        return false;
+    plist_swap(c, sender->pi, c->plist_idx);
+    c->plist_idx++;
+    begin_probe(c, sender);
+    return true;
+}
+
 static void send_ack(gsp_core *c, const gsp_addr *to, const gsp_id *to_id,
-                     uint32_t seq, const member *sender)
+                     uint32_t seq, member *sender)
 {
     PbPacket hdr = PMGCM__GOSSIP__PACKET__INIT;
     Pmgcm__Gossip__Ack ack = PMGCM__GOSSIP__ACK__INIT;
     ack.seq = seq;
     hdr.ack = &ack;
+    Pmgcm__Gossip__Ping ping;
+    if (couple_probe(c, sender)) {
+        fill_ping(c, &ping, sender, c->probe.seq, false);
+        hdr.ping = &ping;
+    }
     PbMember rec;
     const PbMember *extra = NULL;
     if (sender && !sender->is_self && sender->state != GSP_ALIVE) {
@@ -1645,8 +2811,12 @@ int gsp_core_recv(gsp_core *c, uint64_t now_ms, const gsp_addr *from,
         }
         plain = c->rxbuf;
     }
-    PbPacket *p = pmgcm__gossip__packet__unpack(NULL, plen, plain);
+    ProtobufCAllocator al, *alp = &al;
+    scratch *sc = sc_take(c, &al);
+    if (!sc) alp = NULL;
+    PbPacket *p = pmgcm__gossip__packet__unpack(alp, plen, plain);
     if (!p) {
+        sc_give(sc);
         c->st.drop_decode++;
         return GSP_EDECODE;
     }
@@ -1679,7 +2849,9 @@ int gsp_core_recv(gsp_core *c, uint64_t now_ms, const gsp_addr *from,
         rc = GSP_EREPLAY;
         goto done;
     }
-    us = calloc(p->n_updates ? p->n_updates : 1, sizeof(*us));
+    us = alp ? sc_alloc(sc, (p->n_updates ? p->n_updates : 1) * sizeof(*us))
+             : malloc((p->n_updates ? p->n_updates : 1) * sizeof(*us));
+    /* (sc_alloc's memory goes with the scratch: see done) */
     if (!us) {
         rc = -ENOMEM;
         goto done;
@@ -1747,6 +2919,8 @@ int gsp_core_recv(gsp_core *c, uint64_t now_ms, const gsp_addr *from,
                 finish_probe(c, true);
             else
                 c->st.acks_ignored++;
+        } else if (verify_ack(c, seq, &sid)) {
+            /* a failed probe's target answered after all */
         } else {
             for (size_t i = 0; i < RELAY_MAX; i++) {
                 relay *r = &c->relays[i];
@@ -1774,12 +2948,15 @@ int gsp_core_recv(gsp_core *c, uint64_t now_ms, const gsp_addr *from,
             c->st.acks_ignored++;
     }
     if (p->ping_req) handle_ping_req(c, p->ping_req, from, &sid);
+    /* awake anyway: a probe due soon starts now */
+    if (probe_due_soon(c)) start_probe(c);
     goto done;
 bad:
     c->st.drop_decode++;
 done:
-    free(us);
-    pmgcm__gossip__packet__free_unpacked(p, NULL);
+    if (!alp) free(us);
+    pmgcm__gossip__packet__free_unpacked(p, alp);
+    sc_give(sc);
     return rc;
 }
 
@@ -1809,7 +2986,7 @@ static void gossip_round(gsp_core *c)
          * refutes, or corrects us if it already refuted (we missed it) */
         if (m->state == GSP_SUSPECT)
             member_to_pb(m, GSP_SUSPECT, &c->self->id, false, &buddy);
-        send_packet(c, &m->addr, &m->id, &hdr,
+        send_packet(c, maddr(m), &m->id, &hdr,
                     m->state == GSP_SUSPECT ? &buddy : NULL);
         if (!c->mq.n && !c->uq.n) break;
     }
@@ -1819,7 +2996,7 @@ static uint64_t pushpull_interval(const gsp_core *c)
 {
     size_t n = live_count(c);
     uint64_t iv = c->cfg.pushpull_interval_ms;
-    if (n > 32) iv *= (uint64_t)ceil(log2((double)n) - log2(32.0)) + 1;
+    if (n > 32) iv *= (uint64_t)(ceil_log2(n) - 5) + 1;
     return iv;
 }
 
@@ -1843,7 +3020,7 @@ static bool addr_is_live(const gsp_core *c, const gsp_addr *a)
     for (size_t i = 0; i < c->n_members; i++) {
         const member *m = c->members[i];
         if ((m->state == GSP_ALIVE || m->state == GSP_SUSPECT) &&
-            gsp_addr_eq(&m->addr, a))
+            gsp_addr_eq(maddr(m), a))
             return true;
     }
     return false;
@@ -1856,7 +3033,7 @@ static void rejoin_round(gsp_core *c)
     if (alone) {
         /* nobody alive: contact every seed */
         for (size_t i = 0; i < c->n_seeds; i++)
-            if (!gsp_addr_eq(&c->seeds[i], &c->self->addr))
+            if (!gsp_addr_eq(&c->seeds[i], maddr(c->self)))
                 start_pushpull(c, &c->seeds[i], NULL, true);
     }
     /* one random dead member or seed that is not alive */
@@ -1865,10 +3042,10 @@ static void rejoin_round(gsp_core *c)
     size_t pick = (size_t)rnd_below(c, cand);
     if (pick < c->n_by_state[GSP_DEAD]) {
         member *m = random_member(c, GSP_DEAD);
-        if (m) start_pushpull(c, &m->addr, &m->id, true);
+        if (m) start_pushpull(c, maddr(m), &m->id, true);
     } else if (!alone) {
         const gsp_addr *a = &c->seeds[pick - c->n_by_state[GSP_DEAD]];
-        if (!gsp_addr_eq(a, &c->self->addr) && !addr_is_live(c, a))
+        if (!gsp_addr_eq(a, maddr(c->self)) && !addr_is_live(c, a))
             start_pushpull(c, a, NULL, true);
     }
 }
@@ -1897,14 +3074,30 @@ void gsp_core_tick(gsp_core *c, uint64_t now)
     /* suspicion timeouts */
     for (size_t i = c->n_susp; i-- > 0;) {
         if (i >= c->n_susp) continue;
-        member *m = c->susp[i];
-        if (m->susp_deadline <= now) {
-            gsp_state old = m->state;
+        member *m = c->susp[i].m;
+        if (c->susp[i].deadline <= now) {
+            gsp_state old = (gsp_state)m->state;
             set_state(c, m, GSP_DEAD);
             c->st.deaths_declared++;
             queue_member(c, m, GSP_DEAD, &c->self->id);
+            gossip_soon(c);
+            tighten(c);
             notify(c, m, old, false);
         }
+    }
+
+    if (c->mq.settled) {
+        /* the members that joined lately have been announced: sync with
+         * a peer soon to catch the announcements we missed (the joins of a
+         * mass start overlap, and a node not yet known to many is sent
+         * few of them) */
+        c->mq.settled = false;
+        uint64_t g = c->cfg.gossip_interval_ms;
+        uint64_t t = now + 5 * g + rnd_below(c, 10 * g);
+        if (t < c->next_pushpull) c->next_pushpull = t;
+        /* and once more when the whole wave has surely spread: a node
+         * that missed an announcement has no other sign of it */
+        c->sync_late = now + 50 * g + rnd_below(c, 50 * g);
     }
 
     /* indirect-probe relays that got no ack: nack the requester */
@@ -1932,6 +3125,7 @@ void gsp_core_tick(gsp_core *c, uint64_t now)
                 if (now >= c->probe.end_deadline) finish_probe(c, false);
             }
         }
+        verify_tick(c);
         if (!c->probe.active && now >= c->next_probe) start_probe(c);
     }
 
@@ -1941,8 +3135,14 @@ void gsp_core_tick(gsp_core *c, uint64_t now)
     }
     if (now >= c->next_pushpull) {
         member *m = c->leaving ? NULL : random_member(c, GSP_ALIVE);
-        if (m) start_pushpull(c, &m->addr, &m->id, false);
+        if (m) start_pushpull(c, maddr(m), &m->id, false);
         c->next_pushpull = now + pushpull_interval(c);
+        if (c->sync_late) {
+            if (c->sync_late > now && c->sync_late < c->next_pushpull)
+                c->next_pushpull = c->sync_late;
+            if (c->sync_late <= now || c->next_pushpull == c->sync_late)
+                c->sync_late = 0;
+        }
     }
     if (now >= c->next_rejoin) {
         rejoin_round(c);
@@ -1977,10 +3177,15 @@ uint64_t gsp_core_next_deadline(const gsp_core *c)
         } else if (c->next_probe < d) {
             d = c->next_probe;
         }
+        if (c->verify.active) {
+            if (!c->verify.second_sent && c->verify.second_at < d)
+                d = c->verify.second_at;
+            if (c->verify.deadline < d) d = c->verify.deadline;
+        }
     }
     if ((c->mq.n || c->uq.n) && c->next_gossip < d) d = c->next_gossip;
     for (size_t i = 0; i < c->n_susp; i++)
-        if (c->susp[i]->susp_deadline < d) d = c->susp[i]->susp_deadline;
+        if (c->susp[i].deadline < d) d = c->susp[i].deadline;
     for (size_t i = 0; i < RELAY_MAX; i++)
         if (c->relays[i].used && c->relays[i].deadline < d)
             d = c->relays[i].deadline;
@@ -2018,18 +3223,15 @@ int gsp_core_new(gsp_core **out, const gsp_config *cfg, const gsp_id *self,
         gsp_core_free(c);
         return -ENOMEM;
     }
-    member *m = add_member(c, self, GSP_ALIVE);
+    member *m = add_member(c, self, GSP_ALIVE, (gsp_inc){gen, 0}, addr, name,
+                           NULL, 0);
     if (!m) {
         gsp_core_free(c);
         return -ENOMEM;
     }
     m->is_self = true;
-    m->addr = *addr;
-    m->inc.gen = gen;
-    m->inc.ver = 0;
-    snprintf(m->name, sizeof(m->name), "%s", name);
     c->self = m;
-    c->next_probe = now_ms + rnd_below(c, cfg->probe_interval_ms);
+    c->next_probe = now_ms + rnd_below(c, probe_iv(c));
     c->next_gossip = now_ms + cfg->gossip_interval_ms;
     c->next_pushpull = now_ms + cfg->pushpull_interval_ms / 2 +
                        rnd_below(c, cfg->pushpull_interval_ms);
@@ -2042,18 +3244,17 @@ int gsp_core_new(gsp_core **out, const gsp_config *cfg, const gsp_id *self,
 void gsp_core_free(gsp_core *c)
 {
     if (!c) return;
-    for (size_t i = 0; i < c->n_members; i++) {
-        free(c->members[i]->meta);
-        free(c->members[i]);
-    }
+    bq_clear(&c->mq);
+    bq_clear(&c->uq);
+    for (size_t i = 0; i < c->n_members; i++) member_release(c->members[i]);
+    for (size_t i = 0; i < c->n_chunks; i++) free(c->chunks[i]);
+    free(c->chunks);
+    free(c->slab_free);
     free(c->members);
     free(c->ht);
     free(c->plist);
     free(c->susp);
-    for (size_t i = 0; i < c->mq.n; i++) free(c->mq.v[i].buf);
-    for (size_t i = 0; i < c->uq.n; i++) free(c->uq.v[i].buf);
-    free(c->mq.v);
-    free(c->uq.v);
+    sc_release(&c->own_sc);
     for (size_t i = 0; i < c->n_users; i++) free(c->users[i].data);
     free(c->users);
     free(c->seeds);
@@ -2066,23 +3267,37 @@ void gsp_core_free(gsp_core *c)
     free(c);
 }
 
+int gsp_core_set_pool(gsp_core *c, gsp_pool *pool)
+{
+    if (c->pool == pool) return 0;
+    if (c->n_members > 1 || c->mq.n || c->uq.n) return -EBUSY;
+    member *s = c->self;
+    gsp_pool *old = c->pool;
+    c->pool = pool;
+    const arec *r = s->rec;
+    arec *keep = s->rec;
+    keep->refs++;
+    int rc = member_set_rec(c, s, &r->addr, AREC_NAME(r), AREC_META(r),
+                            r->meta_len);
+    arec_unref(keep);
+    if (rc) c->pool = old;
+    return rc;
+}
+
 int gsp_core_set_meta(gsp_core *c, uint64_t now_ms, const uint8_t *meta,
                       size_t len)
 {
     if (len > GSP_META_MAX) return -E2BIG;
     if (now_ms > c->now) c->now = now_ms;
     member *s = c->self;
-    if (len == s->meta_len && (!len || !memcmp(s->meta, meta, len))) return 0;
-    uint8_t *nm = NULL;
-    if (len) {
-        nm = malloc(len);
-        if (!nm) return -ENOMEM;
-        memcpy(nm, meta, len);
-    }
-    free(s->meta);
-    s->meta = nm;
-    s->meta_len = len;
+    const arec *r = s->rec;
+    if (len == r->meta_len && (!len || !memcmp(AREC_META(r), meta, len)))
+        return 0;
     s->inc.ver++;
+    if (member_set_rec(c, s, &r->addr, AREC_NAME(r), meta, len)) {
+        s->inc.ver--;
+        return -ENOMEM;
+    }
     queue_member(c, s, GSP_ALIVE, NULL);
     return 0;
 }
@@ -2092,7 +3307,7 @@ int gsp_core_join(gsp_core *c, uint64_t now_ms, const gsp_addr *addrs,
 {
     if (now_ms > c->now) c->now = now_ms;
     for (size_t i = 0; i < n; i++)
-        if (!gsp_addr_eq(&addrs[i], &c->self->addr))
+        if (!gsp_addr_eq(&addrs[i], maddr(c->self)))
             start_pushpull(c, &addrs[i], NULL, true);
     return 0;
 }

@@ -116,8 +116,14 @@ int gsp_random(void *buf, size_t len);
 
 /* ---- configuration ------------------------------------------------------ */
 typedef struct gsp_config {
-    uint32_t probe_interval_ms;   /* 400: one probe per interval          */
-    uint32_t probe_timeout_ms;    /* 150: direct ack deadline              */
+    uint32_t probe_interval_ms;   /* 200: one probe per interval after a
+                                     failure, and the base of suspicion
+                                     timeouts; a probe lasts this long, or
+                                     2 * probe_timeout_ms + 50 if more     */
+    uint32_t probe_timeout_ms;    /* 100: direct ack deadline              */
+    uint32_t probe_quiet_interval_ms; /* 600: one probe per interval while
+                                     nothing failed for 10 s (0 or below
+                                     probe_interval_ms: no relaxing)       */
     uint32_t indirect_checks;     /* 3: k peers asked to ping for us       */
     uint32_t suspicion_mult;      /* 3: suspicion min = mult*max(1,log10 N)*interval */
     uint32_t suspicion_max_mult;  /* 6: suspicion max = max_mult * min     */
@@ -185,6 +191,22 @@ int gsp_core_new(gsp_core **out, const gsp_config *cfg, const gsp_id *self,
                  gsp_keyring *keyring, uint64_t seed, uint64_t now_ms,
                  const gsp_callbacks *cb);
 void gsp_core_free(gsp_core *c);
+
+/* A pool of immutable member records (name, address, metadata and their
+ * packed announcement) that cores in one process share instead of each
+ * keeping its own copy: the simulator runs thousands of cores, each with a
+ * record of every node. A daemon (one core) needs none. Not thread safe:
+ * cores sharing a pool are driven from one thread. */
+typedef struct gsp_pool gsp_pool;
+gsp_pool *gsp_pool_new(void); /* NULL on ENOMEM; free with gsp_pool_free */
+/* Frees the pool; every core that used it must be freed before. */
+void gsp_pool_free(gsp_pool *p);
+/* Records held and their bytes (either pointer may be NULL). */
+void gsp_pool_stats(const gsp_pool *p, size_t *records, size_t *bytes);
+/* Makes core c keep its records in pool (NULL: private). Call right after
+ * gsp_core_new, before any traffic: 0, -EBUSY (it already knows others),
+ * -ENOMEM. The pool must outlive the core. */
+int gsp_core_set_pool(gsp_core *c, gsp_pool *pool);
 
 /* Sets this node's metadata (copied; at most GSP_META_MAX bytes). A change
  * bumps the incarnation version and is gossiped. 0, -E2BIG, -ENOMEM. */

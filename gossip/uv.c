@@ -16,6 +16,11 @@
 #include <sys/socket.h>
 #include <uv.h>
 
+/* Datagrams read per system call (recvmmsg): libuv gives each one a 64 KiB
+ * slot of the receive buffer; untouched pages cost no memory. */
+#define RECV_BATCH 4
+#define RECV_SLOT 65536
+
 typedef struct conn conn;
 
 struct gsp_uv {
@@ -37,7 +42,7 @@ struct gsp_uv {
     int64_t tokens;
     uint64_t tokens_at;
     uv_timer_t resume_timer; /* reading again once the bucket refilled */
-    uint8_t rbuf[65536];
+    uint8_t *rbuf; /* RECV_BATCH * RECV_SLOT bytes (recvmmsg) */
     bool rbuf_busy;
 };
 
@@ -173,6 +178,7 @@ static void conn_free_if_done(conn *c)
     free(c);
     if (u->closing && !u->open_handles && !u->conns) {
         gsp_core_free(u->core);
+        free(u->rbuf);
         free(u);
     }
 }
@@ -581,14 +587,17 @@ static void udp_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
     }
     u->rbuf_busy = true;
     buf->base = (char *)u->rbuf;
-    buf->len = sizeof(u->rbuf);
+    buf->len = RECV_BATCH * RECV_SLOT;
 }
 
 static void udp_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
                      const struct sockaddr *addr, unsigned flags)
 {
     gsp_uv *u = h->data;
-    if (buf->base == (char *)u->rbuf) u->rbuf_busy = false;
+    /* with recvmmsg each datagram comes as a chunk of the buffer, and the
+     * buffer itself once more at the end (UV_UDP_MMSG_FREE) */
+    if (!(flags & UV_UDP_MMSG_CHUNK) && buf->base == (char *)u->rbuf)
+        u->rbuf_busy = false;
     if (nread <= 0 || !addr || (flags & UV_UDP_PARTIAL)) return;
     gsp_addr from;
     if (from_sockaddr(addr, &from)) return;
@@ -647,10 +656,16 @@ int gsp_uv_start(gsp_uv **out, uv_loop_t *loop, gsp_core *core,
     u->loop = loop;
     u->core = core;
     gsp_uv_limits_default(&u->lim);
+    u->rbuf = malloc(RECV_BATCH * RECV_SLOT);
+    if (!u->rbuf) {
+        free(u);
+        return -ENOMEM;
+    }
     struct sockaddr_storage ss;
     to_sockaddr(bind_addr, &ss);
     int rc;
-    if ((rc = uv_udp_init(loop, &u->udp))) {
+    if ((rc = uv_udp_init_ex(loop, &u->udp, AF_UNSPEC | UV_UDP_RECVMMSG))) {
+        free(u->rbuf);
         free(u);
         return rc;
     }
@@ -726,6 +741,7 @@ static void main_on_close(uv_handle_t *h)
     u->open_handles--;
     if (!u->open_handles && !u->conns) {
         gsp_core_free(u->core);
+        free(u->rbuf);
         free(u);
     }
 }

@@ -7,7 +7,6 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -139,7 +138,7 @@ static int check_arg(const cmd_spec *cs, const arg_spec *as,
         return 0;
     case ARG_CID:
         if (v->type != PMM_JSON_NUMBER || !(v->num >= 1 && v->num <= 65535) ||
-            v->num != floor(v->num))
+            v->num != (double)(int64_t)v->num) /* in range: no libm */
             return pmm_errf(err, errlen, -EINVAL,
                         "%s: \"%s\" must be an integer from 1 to 65535",
                         cs->name, as->key);

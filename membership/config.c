@@ -176,7 +176,7 @@ static const char *parse_peers(char *v, gsp_addr *out, size_t *n_out)
 enum {
     K_NAME, K_BIND, K_ADVERTISE, K_DATA_DIR, K_CONTROL_SOCKET, K_KEY_FILE,
     K_LABEL, K_PEERS, K_LOG_LEVEL, K_META_INTERVAL,
-    K_PROBE_INTERVAL, K_PROBE_TIMEOUT, K_INDIRECT, K_SUSP_MULT,
+    K_PROBE_INTERVAL, K_PROBE_TIMEOUT, K_PROBE_QUIET, K_INDIRECT, K_SUSP_MULT,
     K_SUSP_MAX_MULT, K_RETRANSMIT, K_GOSSIP_INTERVAL, K_GOSSIP_NODES,
     K_PUSHPULL, K_REJOIN, K_API_PORT, K_STATUS_BIND, K_STATUS_PORT,
     K_AGENT_PORT, K_DB_CONNINFO, K_DB_SCHEMAS, K_DB_EXCLUDE,
@@ -198,6 +198,7 @@ static const char *const key_names[K_COUNT] = {
     [K_META_INTERVAL] = "meta_interval_ms",
     [K_PROBE_INTERVAL] = "probe_interval_ms",
     [K_PROBE_TIMEOUT] = "probe_timeout_ms",
+    [K_PROBE_QUIET] = "probe_quiet_interval_ms",
     [K_INDIRECT] = "indirect_checks",
     [K_SUSP_MULT] = "suspicion_mult",
     [K_SUSP_MAX_MULT] = "suspicion_max_mult",
@@ -347,6 +348,8 @@ static const char *apply_key(pmm_config *c, int k, char *v)
         return parse_u32(v, 10, 600000, &g->probe_interval_ms);
     case K_PROBE_TIMEOUT:
         return parse_u32(v, 1, 600000, &g->probe_timeout_ms);
+    case K_PROBE_QUIET:
+        return parse_u32(v, 0, 600000, &g->probe_quiet_interval_ms);
     case K_INDIRECT:
         return parse_u32(v, 0, 16, &g->indirect_checks);
     case K_SUSP_MULT:

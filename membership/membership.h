@@ -134,9 +134,13 @@
  *       oldest sync events are deleted first.
  *
  *   Gossip tuning, mapped 1:1 onto gsp_config (defaults: gsp_config_default):
- *   probe_interval_ms     (10..600000)    one probe per interval
+ *   probe_interval_ms     (10..600000)    one probe per interval after a
+ *                                         failure; a probe's length and the
+ *                                         base of suspicion timeouts
  *   probe_timeout_ms      (1..600000)     direct ack deadline; must be
  *                                         smaller than probe_interval_ms
+ *   probe_quiet_interval_ms (0..600000)   one probe per interval while
+ *                                         nothing failed (0: no relaxing)
  *   indirect_checks       (0..16)         peers asked to probe for us
  *   suspicion_mult        (1..100)        suspicion timeout multiplier
  *   suspicion_max_mult    (1..100)        max suspicion = max_mult * min

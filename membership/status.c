@@ -303,8 +303,9 @@ static int get_int(const pmm_json *o, const char *key, double lo, double hi,
         *out = null_val;
         return 0;
     }
-    if (v->type != PMM_JSON_NUMBER || v->num < lo || v->num > hi ||
-        v->num != floor(v->num))
+    /* an integer in range (NaN fails the first test; no libm floor) */
+    if (v->type != PMM_JSON_NUMBER || !(v->num >= lo && v->num <= hi) ||
+        v->num != (double)(int64_t)v->num)
         return -EINVAL;
     *out = (int64_t)v->num;
     return 0;

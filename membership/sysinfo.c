@@ -63,7 +63,7 @@ int pmm_parse_loadavg(const char *text, uint32_t *load1_x100)
         return -EINVAL;
     if (v > 1000000.0)
         return -EINVAL;
-    *load1_x100 = (uint32_t)lround(v * 100.0);
+    *load1_x100 = (uint32_t)(v * 100.0 + 0.5); /* v >= 0; no libm lround */
     return 0;
 }
 

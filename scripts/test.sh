@@ -166,7 +166,7 @@ banner "package: tests/integration/package.sh (dpkg-buildpackage, install, a clu
 pkg_pass=0
 pkg_fail=0
 PKG_LOG=build/package.log
-if [[ -x build/membership/pmgclusterd ]]; then
+if [[ -x build/daemon/pmgclusterd ]]; then
     rc=0
     (cd build && abs_top_builddir="$top/build" abs_top_srcdir="$top" \
         timeout -k 30 "$CHECK_TIMEOUT" bash "$top/tests/integration/package.sh") >"$PKG_LOG" 2>&1 || rc=$?

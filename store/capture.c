@@ -77,6 +77,7 @@ PGconn *pst_repl_connect(const char *conninfo, const char *appname,
     /* dbname is expanded as the whole conninfo; the later keywords win */
     const char *kw[] = {"dbname", "replication", "application_name", NULL};
     const char *val[] = {conninfo, "database", appname, NULL};
+    if (pst_pq_load(err, el)) return NULL; /* libpq missing: say so */
     PGconn *c = PQconnectdbParams(kw, val, 1);
     if (!c) {
         snprintf(err, el, "out of memory");

@@ -11,6 +11,11 @@
 #include <stdarg.h>
 #include <uv.h>
 
+/* libpq is loaded at the first connection (store/pq.c): 0, or -ELIBACC
+ * with the loader's message in err. Thread safe; loads once. */
+int pst_pq_load(char *err, size_t errlen);
+bool pst_pq_loaded(void);
+
 typedef struct pst_job pst_job;
 
 /* A unit of database work: run() on a worker thread with that worker's

@@ -335,6 +335,7 @@ int pst_origin_setup(PGconn *c, const char *tag, char *err, size_t el)
 PGconn *pst_connect(const char *conninfo, const char *origin_tag, char *err,
                     size_t errlen)
 {
+    if (pst_pq_load(err, errlen)) return NULL;
     PGconn *c = PQconnectdb(conninfo);
     if (!c) {
         snprintf(err, errlen, "out of memory");

@@ -225,6 +225,8 @@ start_node() {
     (
         unset JOURNAL_STREAM NOTIFY_SOCKET
         [[ -n "$js" ]] && export NOTIFY_SOCKET=$NSOCK JOURNAL_STREAM=$js
+        # a NOTIFY_SOCKET nobody listens on (a careless wrapper script)
+        [[ $how == badnotify ]] && export NOTIFY_SOCKET=$IT_DIR/nobody-listens.sock
         if [[ $IT_MODE == netns ]]; then
             exec ip netns exec "${IT_NS[i]}" "$@"
         fi
@@ -250,13 +252,17 @@ else
     it_diag "$(head -n 5 "$(it_log 1)")"
 fi
 
-# node2: the installed daemon with its own config, stderr not a journal
-start_node 2 plain "$PMGCLUSTERD" --config "$IT_DIR/node2.conf"
+# node2: the installed daemon with its own config, stderr not a journal,
+# NOTIFY_SOCKET naming a socket nobody listens on: a warning, never a
+# shutdown (it still forms the cluster below)
+start_node 2 badnotify "$PMGCLUSTERD" --config "$IT_DIR/node2.conf"
 TS='[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z'
-if it_wait_until "it_status 2 >/dev/null 2>&1" 20 &&
+if it_wait_until "it_status 2 >/dev/null 2>&1 && grep -q 'sd_notify READY=1' '$(it_log 2)'" 20 &&
     grep -Eq "^$TS info daemon: running\$" "$(it_log 2)" &&
-    ! grep -Evq "^$TS (error|warn|info|debug) [a-z]+: " "$(it_log 2)"; then
-    it_ok "node2 (stderr not the journal): every line starts with its UTC time, e.g. '$(grep -m1 'daemon: running' "$(it_log 2)")'"
+    grep -Eq "^$TS warn daemon: sd_notify READY=1: " "$(it_log 2)" &&
+    ! grep -Evq "^$TS (error|warn|info|debug) [a-z]+: " "$(it_log 2)" &&
+    it_status 2 >/dev/null 2>&1; then
+    it_ok "node2 (stderr not the journal): every line starts with its UTC time, e.g. '$(grep -m1 'daemon: running' "$(it_log 2)")'; a NOTIFY_SOCKET nobody listens on: '$(grep -m1 -o 'warn daemon: sd_notify.*' "$(it_log 2)")', still running"
 else
     it_not_ok "node2: $(head -n 3 "$(it_log 2)")"
 fi
@@ -382,8 +388,11 @@ for d in "${dl[@]}"; do
     p=$(awk '{print $1}' <<<"$d")
     [[ "$(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null)" == "ii "* ]] || missing+="$p "
 done
+# the daemon loads libpq with dlopen (store/pq.c): dpkg-shlibdeps cannot
+# see it, debian/control names it
+[[ ",$deps," == *", libpq5"[,\ ]* || "$deps" == "libpq5"[,\ ]* ]] || missing+="libpq5 (not in Depends, loaded with dlopen) "
 if [[ -z "$missing" ]]; then
-    it_ok "every package in Depends ($deps) is installed here"
+    it_ok "every package in Depends ($deps) is installed here, libpq5 among them"
 else
     it_not_ok "Depends not installed here: $missing"
 fi

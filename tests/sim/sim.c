@@ -110,6 +110,7 @@ struct sim {
     bool watching;
 
     uint8_t key0[GSP_KEY_LEN];
+    gsp_pool *pool; /* member records shared by every core */
 
     sim_counters c;
     bool have_false_dead;
@@ -970,8 +971,9 @@ sim *sim_new(const sim_opts *o)
     s->tkey = calloc(s->n, sizeof(*s->tkey));
     s->cnt = calloc(s->n * 4, sizeof(*s->cnt));
     s->first_mark = malloc(s->n * 4 * sizeof(*s->first_mark));
+    s->pool = gsp_pool_new();
     if (!s->nodes || !s->th || !s->tpos || !s->tkey || !s->cnt ||
-        !s->first_mark) {
+        !s->first_mark || !s->pool) {
         sim_free(s);
         return NULL;
     }
@@ -1028,6 +1030,7 @@ void sim_free(sim *s)
     free(s->cnt);
     free(s->first_mark);
     free(s->links);
+    gsp_pool_free(s->pool);
     free(s);
 }
 
@@ -1065,6 +1068,12 @@ int sim_start(sim *s, size_t i, bool new_addr)
                           s->o.keyring ? nd->kr : NULL,
                           core_seed(s, i, nd->gen), s->now / 1000, &cb);
     if (rc) return rc;
+    rc = gsp_core_set_pool(nd->core, s->pool);
+    if (rc) {
+        gsp_core_free(nd->core);
+        nd->core = NULL;
+        return rc;
+    }
     nd->up = true;
     nd->paused = false;
     nd->user_ver = 0;
@@ -1455,6 +1464,11 @@ void sim_on_change(sim *s, sim_change_fn fn, void *ud)
 {
     s->hook = fn;
     s->hook_ud = ud;
+}
+
+gsp_pool *sim_pool(const sim *s)
+{
+    return s->pool;
 }
 
 uint64_t sim_stats_sum(const sim *s, size_t off)

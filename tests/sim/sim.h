@@ -206,6 +206,9 @@ typedef void (*sim_udp_fn)(void *ud, sim *s, size_t src, size_t dst,
                            const uint8_t *data, size_t len);
 void sim_on_udp(sim *s, sim_udp_fn fn, void *ud);
 
+/* The member-record pool every core of this simulation shares. */
+gsp_pool *sim_pool(const sim *s);
+
 /* Sum of a gsp_stats field over up nodes: offsetof(gsp_stats, field). */
 uint64_t sim_stats_sum(const sim *s, size_t field_offset);
 
