@@ -175,8 +175,6 @@ master_now() {
 cid_of() {
     it_status "$1" 2>/dev/null | jq -r --arg n "node$2" '.members? // . | .[] | select(.name == $n) | .cid' 2>/dev/null
 }
-st() { pg_val "$1" "SELECT $2 FROM pmgcm.state"; }
-pos() { pg_val "$1" "SELECT epoch || '/' || seq FROM pmgcm.state"; }
 db_state() {
     it_status "$1" 2>/dev/null | jq -r --arg n "node$1" '.members? // . | .[] | select(.name == $n) | .db.state // empty' 2>/dev/null
 }
@@ -810,7 +808,6 @@ readyz() {
 }
 # letter_in I J: the letter node I's view shows for node J
 letter_in() { view "$1" | grep -o "node$2=[A-Z?]" | cut -d= -f2; }
-seq_of() { local v; v=$(st "$1" seq); echo "${v:-0}"; }
 epoch_of() { it_cluster_of "$1" 2>/dev/null | jq -r '.epoch // empty'; }
 # lock_db I MODE: a session of node I's database holds a lock on mail
 # (application_name chaoslock) until unlock_db I

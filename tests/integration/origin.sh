@@ -84,12 +84,6 @@ stop_node() {
 }
 kill9() { it_signal "$1" KILL; wait "${IT_PID[$1]}" 2>/dev/null; }
 start_node() { it_start_node "$1" || it_diag "node$1: control socket did not answer within 10 s"; }
-db() { it_status "$1" 2>/dev/null | jq -c --arg n "node$1" '.members? // . | .[] | select(.name == $n) | .db // empty' 2>/dev/null; }
-db_field() { db "$1" | jq -r --arg f "$2" '.[$f] // empty' 2>/dev/null; }
-in_sync() {
-    local i
-    for i in $1; do [[ "$(db_field "$i" state)" == in-sync ]] || return 1; done
-}
 follows() {
     local i r
     for i in $1; do

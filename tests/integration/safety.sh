@@ -85,19 +85,9 @@ kill9() {
     wait "${IT_PID[$1]}" 2>/dev/null
 }
 start_node() { it_start_node "$1" || it_diag "node$1: control socket did not answer within 10 s"; }
-st() { pg_val "$1" "SELECT $2 FROM pmgcm.state"; }
-seq_of() { local v; v=$(st "$1" seq); echo "${v:-0}"; }
-pos() { pg_val "$1" "SELECT epoch || '/' || seq FROM pmgcm.state"; }
 # row I J: node I's status row for node J (compact JSON)
 row() { it_status "$1" 2>/dev/null | jq -c --arg n "node$2" '.members? // . | .[] | select(.name == $n)' 2>/dev/null; }
 db() { row "$1" "$1" | jq -c '.db // empty' 2>/dev/null; }
-db_field() { db "$1" | jq -r --arg f "$2" '.[$f] // empty' 2>/dev/null; }
-# store I: node I's own "store" object
-store() { it_envelope "$1" 2>/dev/null | jq -c '.store // empty' 2>/dev/null; }
-in_sync() {
-    local i
-    for i in $1; do [[ "$(db_field "$i" state)" == in-sync ]] || return 1; done
-}
 # letter I J: the letter node I's text status shows for node J
 letter() {
     PMGCM_SOCKET=$(it_sock "$1") timeout 10 "$PMGCM" status 2>/dev/null |
@@ -117,33 +107,6 @@ readyz() {
     fi
     echo "${c:-000}"
 }
-master_is() { [[ "$(st "$1" master)" == "$2" ]]; }
-follows() {
-    local i r
-    for i in $1; do
-        r=$(it_roles_of "$i") || return 1
-        [[ " $r " == *" node$2:"*":master "* ]] || return 1
-        [[ $(grep -o ':master' <<<"$r" | wc -l) == 1 ]] || return 1
-        ((i == $2)) || master_is "$i" "node$2" || return 1
-    done
-}
-CONV_LAST=0 CONV_POLL=0
-converged() {
-    local i p first= same=1 now
-    now=$(it_now_ms)
-    ((now - CONV_POLL < 300)) && return 1
-    CONV_POLL=$now
-    for i in $1; do
-        p=$(pos "$i")
-        [[ -z "$first" ]] && first=$p
-        [[ -n "$p" && "$p" == "$first" ]] || same=0
-    done
-    now=$(it_now_ms)
-    ((!same && now - CONV_LAST < 5000)) && return 1
-    CONV_LAST=$now
-    pg_same "$1"
-}
-wait_converged() { CONV_LAST=0 CONV_POLL=0; it_wait_until "converged '$1'" "$2"; }
 show() {
     local i
     for i in $1; do

@@ -90,20 +90,8 @@ kill9() {
 }
 start_node() { it_start_node "$1" || it_diag "node$1: control socket did not answer within 10 s"; }
 
-# st I COLUMN: one column of node I's pmgcm.state
-st() { pg_val "$1" "SELECT $2 FROM pmgcm.state"; }
-# seq_of I: node I's pmgcm.state seq (0 when unreadable)
-seq_of() { local v; v=$(st "$1" seq); echo "${v:-0}"; }
-# pos I: node I's position "epoch/seq"
-pos() { pg_val "$1" "SELECT epoch || '/' || seq FROM pmgcm.state"; }
-# db I: node I's own "db" object in its status (compact JSON)
-db() { it_status "$1" 2>/dev/null | jq -c --arg n "node$1" '.members? // . | .[] | select(.name == $n) | .db // empty' 2>/dev/null; }
-db_field() { db "$1" | jq -r --arg f "$2" '.[$f] // empty' 2>/dev/null; }
-# in_sync "I J ...": every listed node says db.state in-sync for itself
-in_sync() {
-    local i
-    for i in $1; do [[ "$(db_field "$i" state)" == in-sync ]] || return 1; done
-}
+# st, seq_of, pos, db, db_field, store, in_sync, master_is, follows,
+# converged, wait_converged: tests/integration/pg.sh
 # letters_a I "J K ...": node I's text status shows every listed node A
 letters_a() {
     local txt j
@@ -112,42 +100,6 @@ letters_a() {
         awk -v m="node$j(" 'index($1, m) == 1 { print $4 }' <<<"$txt" | grep -qx A || return 1
     done
 }
-# master_is I NAME: node I's pmgcm.state says NAME is the master
-master_is() { [[ "$(st "$1" master)" == "$2" ]]; }
-# follows "I J ..." M: every listed node's view has node M as the only
-# master, and its database says so too
-follows() {
-    local i r
-    for i in $1; do
-        r=$(it_roles_of "$i") || return 1
-        [[ " $r " == *" node$2:"*":master "* ]] || return 1
-        [[ $(grep -o ':master' <<<"$r" | wc -l) == 1 ]] || return 1
-        ((i == $2)) || master_is "$i" "node$2" || return 1
-    done
-}
-
-# converged "I J ...": the listed nodes' replicated tables are identical.
-# Checksums cost; they are computed when every node's pmgcm.state position
-# is the same, else at most every 5 s; positions are read at most every
-# 300 ms (each read is a new PostgreSQL session: polling must not steal
-# the CPU the daemons need to catch up).
-CONV_LAST=0 CONV_POLL=0
-converged() {
-    local i p first= same=1 now
-    now=$(it_now_ms)
-    ((now - CONV_POLL < 300)) && return 1
-    CONV_POLL=$now
-    for i in $1; do
-        p=$(pos "$i")
-        [[ -z "$first" ]] && first=$p
-        [[ -n "$p" && "$p" == "$first" ]] || same=0
-    done
-    now=$(it_now_ms)
-    ((!same && now - CONV_LAST < 5000)) && return 1
-    CONV_LAST=$now
-    pg_same "$1"
-}
-wait_converged() { CONV_LAST=0 CONV_POLL=0; it_wait_until "converged '$1'" "$2"; }
 
 # show "I J ...": what each node's store says, as diagnostics
 show() {

@@ -55,13 +55,6 @@ stop_node() {
     [[ $IT_EXIT == 0 ]] || STOP_BAD+="node$1 exit $IT_EXIT; "
 }
 start_node() { it_start_node "$1" || it_diag "node$1: control socket did not answer within 10 s"; }
-store() { it_envelope "$1" 2>/dev/null | jq -c '.store // empty' 2>/dev/null; }
-db() { it_status "$1" 2>/dev/null | jq -c --arg n "node$1" '.members? // . | .[] | select(.name == $n) | .db // empty' 2>/dev/null; }
-db_field() { db "$1" | jq -r --arg f "$2" '.[$f] // empty' 2>/dev/null; }
-in_sync() {
-    local i
-    for i in $1; do [[ "$(db_field "$i" state)" == in-sync ]] || return 1; done
-}
 ssn() { pg_val "$1" "SELECT current_setting('synchronous_standby_names')"; }
 slot() { pg_val "$1" "SELECT 'pmgcm_' || oid FROM pg_database WHERE datname = current_database()"; }
 show() {

@@ -87,13 +87,6 @@ stop_node() {
 start_with() { # start_with BIN I
     PMGCLUSTERD=$1 it_start_node "$2" || it_diag "node$2: control socket did not answer within 10 s"
 }
-db() { it_status "$1" 2>/dev/null | jq -c --arg n "node$1" '.members? // . | .[] | select(.name == $n) | .db // empty' 2>/dev/null; }
-db_field() { db "$1" | jq -r --arg f "$2" '.[$f] // empty' 2>/dev/null; }
-in_sync() {
-    local i
-    for i in $1; do [[ "$(db_field "$i" state)" == in-sync ]] || return 1; done
-}
-st() { pg_val "$1" "SELECT $2 FROM pmgcm.state"; }
 show() {
     local i l
     for i in $1; do
