@@ -480,7 +480,8 @@ char pmm_state_letter(gsp_state s);
  * role "-"). */
 void pmm_status_db_finish(pmm_status_row *rows, size_t n);
 /* Builds a row from a member; now_unix is the wall clock of the reader.
- * Dead and left members keep their last load/mem/disk but no uptime. */
+ * Dead and left members keep their last load/mem/disk but no uptime
+ * (pmm_status_reasons then drops those stale figures); last_seen -1. */
 void pmm_status_row_from_member(pmm_status_row *r, const gsp_member *m,
                                 int64_t now_unix);
 /* After pmm_status_db_finish: each row's reason from its state, last_seen
