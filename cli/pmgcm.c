@@ -5,8 +5,8 @@
  *
  * ---- usage (for the README) -------------------------------------------------
  *
- *   pmgcm [--socket PATH] [--output-format text|json] COMMAND [ARGS]
- *   pmgcm --host HOST[:PORT] [--output-format text|json] status
+ *   pmgcm [--socket PATH] [--output-format text|json|json-pretty] COMMAND [ARGS]
+ *   pmgcm --host HOST[:PORT] [--output-format text|json|json-pretty] status
  *
  *   pmgcm create [--password-file FILE]
  *       Create a cluster: this node becomes its master, cid 1. Asks for the
@@ -93,7 +93,7 @@
  *                           line ("Authorization: Bearer", for a status
  *                           port with status_access = token); the file
  *                           must not be readable by everyone
- *     --output-format text|json
+ *     --output-format text|json|json-pretty
  *                           json prints the daemon's answer object, one
  *                           JSON document on stdout, also when it is an
  *                           error ({"ok":false,"error":"..."}); status
@@ -144,9 +144,9 @@
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: pmgcm [--socket PATH] [--output-format text|json] "
+            "usage: pmgcm [--socket PATH] [--output-format text|json|json-pretty] "
             "COMMAND [ARGS]\n"
-            "       pmgcm --host HOST[:PORT] [--output-format text|json] "
+            "       pmgcm --host HOST[:PORT] [--output-format text|json|json-pretty] "
             "status\n"
             "\n"
             "commands:\n"
@@ -195,7 +195,7 @@ static void usage(FILE *f)
             "  --token-file FILE\n"
             "                  with --host: the status port's bearer token\n"
             "                  (status_access = token) from FILE\n"
-            "  --output-format text|json\n"
+            "  --output-format text|json|json-pretty\n"
             "                  json: print the daemon's answer as JSON\n"
             "  --version       print the version\n"
             "\n"
@@ -270,6 +270,91 @@ static int write_out(const char *s, size_t n)
         return 1;
     }
     return 0;
+}
+
+/* --output-format json-pretty (Proxmox's name): JSON answers indented */
+static bool json_pretty;
+
+/* JSON text s (one document, valid: it came from our writer or was
+ * parsed already) re-indented by two spaces a level, one member or
+ * element a line, into out; strings are copied as they are. */
+static void json_indent(pmm_buf *out, const char *s, size_t n)
+{
+    int depth = 0;
+    bool in_str = false;
+
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i];
+
+        if (in_str) {
+            pmm_buf_add(out, &ch, 1);
+            if (ch == '\\' && i + 1 < n)
+                pmm_buf_add(out, &s[++i], 1);
+            else if (ch == '"')
+                in_str = false;
+            continue;
+        }
+        switch (ch) {
+        case '"':
+            in_str = true;
+            pmm_buf_add(out, &ch, 1);
+            break;
+        case '{':
+        case '[':
+            /* an empty object or array stays on one line */
+            if (i + 1 < n && (s[i + 1] == '}' || s[i + 1] == ']')) {
+                pmm_buf_add(out, &s[i], 2);
+                i++;
+                break;
+            }
+            depth++;
+            pmm_buf_printf(out, "%c\n%*s", ch, 2 * depth, "");
+            break;
+        case '}':
+        case ']':
+            depth = depth > 0 ? depth - 1 : 0;
+            pmm_buf_printf(out, "\n%*s%c", 2 * depth, "", ch);
+            break;
+        case ',':
+            pmm_buf_printf(out, ",\n%*s", 2 * depth, "");
+            break;
+        case ':':
+            pmm_buf_puts(out, ": ");
+            break;
+        case ' ':
+        case '\t':
+        case '\r':
+        case '\n':
+            break;
+        default:
+            pmm_buf_add(out, &ch, 1);
+        }
+    }
+    pmm_buf_puts(out, "\n");
+}
+
+/* Writes one JSON document and a newline: as it is, or indented with
+ * --output-format json-pretty. */
+static int write_json(const char *s, size_t n)
+{
+    pmm_buf b;
+    int rc;
+
+    while (n > 0 && (s[n - 1] == '\n' || s[n - 1] == ' '))
+        n--;
+    if (!json_pretty)
+        return write_out(s, n) != 0 || write_out("\n", 1) != 0;
+    pmm_buf_init(&b, 4 * n + 4096);
+    json_indent(&b, s, n);
+    if (b.err != 0) {
+        pmm_buf_free(&b);
+        fprintf(stderr, "pmgcm: cannot format output: %s\n",
+                strerror(-b.err));
+        return 1;
+    }
+    rc = write_out(b.p, b.len);
+    pmm_buf_free(&b);
+    return rc;
 }
 
 /* Copies s for a terminal: control and non-ASCII bytes become '?'. */
@@ -361,7 +446,7 @@ static int cmd_keygen(bool json)
     }
     out[o++] = '\n';
     explicit_bzero(key, sizeof(key));
-    rc = write_out(out, o);
+    rc = json ? write_json(out, o) : write_out(out, o);
     explicit_bzero(out, sizeof(out));
     return rc;
 }
@@ -736,8 +821,7 @@ static int call(const cli *c, const pmm_buf *req, int timeout_s, bool final,
         goto out;
     }
     if (c->json && (final || !ok->b)) {
-        if (write_out(in.p, in.len) != 0 ||
-            (in.p[in.len - 1] != '\n' && write_out("\n", 1) != 0))
+        if (write_json(in.p, in.len) != 0)
             goto out;
     } else if (!ok->b) {
         print_daemon_error(*doc);
@@ -1123,17 +1207,15 @@ static int print_status(const cli *c, pmm_json *doc, const char *from)
         goto out;
     }
     pmm_status_sort(rows, n);
-    if (c->json) {
+    if (c->json)
         pmm_status_write_json(&out, rows, n);
-        pmm_buf_puts(&out, "\n");
-    } else {
+    else
         pmm_status_render_text(&out, rows, n);
-    }
     if (out.err != 0) {
         fail("%s", strerror(-out.err));
         goto out;
     }
-    rc = write_out(out.p, out.len);
+    rc = c->json ? write_json(out.p, out.len) : write_out(out.p, out.len);
 out:
     free(rows);
     pmm_buf_free(&out);
@@ -1712,8 +1794,11 @@ static const command commands[] = {
 /* --output-format's value; false when bad (usage error printed). */
 static bool set_format(cli *c, const char *fmt)
 {
+    json_pretty = false;
     if (strcmp(fmt, "json") == 0)
         c->json = true;
+    else if (strcmp(fmt, "json-pretty") == 0)
+        c->json = json_pretty = true;
     else if (strcmp(fmt, "text") == 0)
         c->json = false;
     else
@@ -1794,8 +1879,8 @@ static int parse_args(cli *c, int argc, char **argv, const command **cmd,
             if (m < 0)
                 return usage_error("option '%s' needs a value", shown(a));
             if (!set_format(c, v))
-                return usage_error("--output-format must be text or json, "
-                                   "not '%s'", shown(v));
+                return usage_error("--output-format must be text, json or "
+                                   "json-pretty, not '%s'", shown(v));
             continue;
         }
         if (*cmd == NULL)

@@ -130,11 +130,23 @@ typedef struct node {
     uv_work_t drain_work;
     drain_waiter *drain_waiters;
 
+    /* when each member that is not alive was last seen alive (wall
+     * clock): an entry is made as a member leaves the alive state and
+     * dropped when it is alive again; at most LAST_SEEN_MAX (beyond that
+     * status says "not seen alive since this daemon started") */
+    struct last_seen {
+        gsp_id id;
+        int64_t at;
+    } *seen;
+    size_t n_seen, cap_seen;
+
     /* shutdown */
     bool stopping;
     bool closed;
     uint64_t leave_start;
 } node;
+
+#define LAST_SEEN_MAX 4096
 
 static gsp_core *node_core(node *n)
 {
@@ -155,6 +167,44 @@ static void schedule_peers_save(node *n)
         uv_timer_start(&n->peers_timer, peers_timer_cb, PEERS_DEBOUNCE_MS, 0);
 }
 
+static struct last_seen *seen_find(node *n, const gsp_id *id)
+{
+    for (size_t i = 0; i < n->n_seen; i++)
+        if (memcmp(&n->seen[i].id, id, sizeof(*id)) == 0)
+            return &n->seen[i];
+    return NULL;
+}
+
+/* Keeps n->seen: a member that stops being alive was last seen now; one
+ * alive again needs no entry. */
+static void seen_update(node *n, const gsp_member *m, gsp_state old,
+                        bool is_new)
+{
+    struct last_seen *e = seen_find(n, &m->id);
+
+    if (m->state == GSP_ALIVE) {
+        if (e != NULL)
+            *e = n->seen[--n->n_seen];
+        return;
+    }
+    if (e != NULL || is_new || old != GSP_ALIVE)
+        return; /* known since it left, or never seen alive by us */
+    if (n->n_seen == n->cap_seen) {
+        size_t ncap = n->cap_seen ? n->cap_seen * 2 : 16;
+        struct last_seen *ns;
+        if (ncap > LAST_SEEN_MAX)
+            return;
+        ns = realloc(n->seen, ncap * sizeof(*ns));
+        if (ns == NULL)
+            return;
+        n->seen = ns;
+        n->cap_seen = ncap;
+    }
+    n->seen[n->n_seen].id = m->id;
+    n->seen[n->n_seen].at = (int64_t)time(NULL);
+    n->n_seen++;
+}
+
 static void member_changed(void *ud, const gsp_member *m, gsp_state old,
                            bool is_new)
 {
@@ -162,6 +212,8 @@ static void member_changed(void *ud, const gsp_member *m, gsp_state old,
     char a[64];
     pmm_log_level lvl;
 
+    if (!m->is_self)
+        seen_update(n, m, old, is_new);
     gsp_addr_str(&m->addr, a, sizeof(a));
     if (m->is_self) {
         pmm_log(PMM_LOG_DEBUG, "gossip", "self %s (%s) %s", m->name, a,
@@ -547,6 +599,7 @@ typedef struct rows_acc {
     size_t n, cap;
     int64_t now;
     int err;
+    struct node *n_ptr; /* for last-seen times */
 } rows_acc;
 
 static int grow_rows(rows_acc *a)
@@ -602,6 +655,7 @@ static void apply_cluster(rows_acc *a, const pmm_cluster *cl)
         r->port = c->gossip_port;
         r->state = 'D';
         r->uptime = -1;
+        r->last_seen = -1;
         r->load = -1;
         r->mem = -1;
         r->disk = -1;
@@ -622,7 +676,13 @@ static int collect_row(void *ud, const gsp_member *m)
         a->rows = nr;
         a->cap = ncap;
     }
-    pmm_status_row_from_member(&a->rows[a->n++], m, a->now);
+    pmm_status_row *r = &a->rows[a->n++];
+    pmm_status_row_from_member(r, m, a->now);
+    if (m->state != GSP_ALIVE && !m->is_self) {
+        const struct last_seen *e = seen_find(a->n_ptr, &m->id);
+        if (e != NULL)
+            r->last_seen = a->now > e->at ? a->now - e->at : 0;
+    }
     return 0;
 }
 
@@ -635,6 +695,7 @@ static int build_rows(node *n, rows_acc *acc)
 
     memset(acc, 0, sizeof(*acc));
     acc->now = (int64_t)time(NULL);
+    acc->n_ptr = n;
     if (core == NULL)
         return -EAGAIN;
     gsp_core_foreach(core, collect_row, acc);
@@ -672,6 +733,14 @@ static int build_rows(node *n, rows_acc *acc)
         }
     }
     pmm_status_db_finish(acc->rows, acc->n);
+    {
+        const char *why = NULL;
+        int64_t at = 0;
+        if (!pmm_lc_removed(n->lc, &why, &at))
+            why = NULL;
+        pmm_status_reasons(acc->rows, acc->n, why,
+                           acc->now > at ? acc->now - at : 0);
+    }
     pmm_status_sort(acc->rows, acc->n);
     return 0;
 }
@@ -2172,6 +2241,7 @@ int main(int argc, char **argv)
     }
     gsp_keyring_free(n->kr);
     gsp_budget_free(n->budget);
+    free(n->seen);
     memset(n->status_token, 0, sizeof(n->status_token));
     if (n->lock_fd >= 0)
         close(n->lock_fd);

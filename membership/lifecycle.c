@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <uv.h>
 
 #define HEAL_INTERVAL_MS 5000
@@ -68,6 +69,10 @@ struct pmm_lc {
     bool in_cluster;
     pmm_cluster cl;
     bool closing;
+    /* removed from the cluster since this daemon started (for status):
+     * why, and when (wall clock); removed_at 0 = never */
+    char removed_why[PMM_LC_REMOVED_WHY_MAX + 1];
+    int64_t removed_at;
     op *ops;
 
     /* cluster.conf writes: one at a time, latest state wins */
@@ -652,6 +657,8 @@ static void removed_from_cluster(pmm_lc *lc, const char *why)
     if (!lc->in_cluster) return;
     lc_log(PMM_LOG_WARN, "removed from cluster (%s): stopping to take part",
            why);
+    snprintf(lc->removed_why, sizeof(lc->removed_why), "%s", why);
+    lc->removed_at = (int64_t)time(NULL);
     /* say goodbye while the old key still works, then go dark with a fresh
      * random key that nobody else has */
     gsp_core_leave(core(lc), now_ms(lc));
@@ -1977,6 +1984,14 @@ bool pmm_lc_config_synced(const pmm_lc *lc)
     if (!lc || !lc->in_cluster) return false;
     return lc->cl.epoch > lc->seen_epoch ||
            (lc->cl.epoch == lc->seen_epoch && lc->cl.version >= lc->seen_version);
+}
+
+bool pmm_lc_removed(const pmm_lc *lc, const char **why, int64_t *at)
+{
+    if (!lc || lc->in_cluster || lc->removed_at == 0) return false;
+    if (why) *why = lc->removed_why;
+    if (at) *at = lc->removed_at;
+    return true;
 }
 
 const pmm_cluster *pmm_lc_cluster(const pmm_lc *lc)

@@ -430,6 +430,7 @@ int pmm_parse_meminfo(const char *text, uint32_t *mem_pct);
  * with. */
 #define PMM_CREATE_PASSWORD_MIN 12
 /* ---- status rows ---------------------------------------------------------- */
+#define PMM_STATUS_REASON_MAX 191
 typedef struct pmm_status_row {
     char name[GSP_NAME_MAX + 1];
     char id[2 * GSP_ID_LEN + 1];
@@ -463,6 +464,13 @@ typedef struct pmm_status_row {
         uint32_t cid;
         uint64_t seq, behind;
     } origins[PMM_META_ORIGINS_MAX];
+    /* why the row is not A (pmm_status_reasons; "" for A), when it was
+     * last seen alive (seconds ago, -1 unknown: never seen alive by this
+     * daemon, or A), and removed: this node's own row after it was
+     * deleted from the cluster */
+    char reason[PMM_STATUS_REASON_MAX + 1];
+    int64_t last_seen;
+    bool removed;
 } pmm_status_row;
 
 char pmm_state_letter(gsp_state s);
@@ -472,20 +480,37 @@ char pmm_state_letter(gsp_state s);
  * role "-"). */
 void pmm_status_db_finish(pmm_status_row *rows, size_t n);
 /* Builds a row from a member; now_unix is the wall clock of the reader.
- * Dead and left members keep their last load/mem/disk but no uptime. */
+ * Dead and left members keep their last load/mem/disk but no uptime
+ * (pmm_status_reasons then drops those stale figures); last_seen -1. */
 void pmm_status_row_from_member(pmm_status_row *r, const gsp_member *m,
                                 int64_t now_unix);
+/* After pmm_status_db_finish: each row's reason from its state, last_seen
+ * and store (D: "ERROR: unreachable, last seen 2m13s ago" as PMG prints a
+ * node it cannot reach; ?: suspect; L: left; S: the store's reason), and
+ * no LOAD/MEM/DISK/UPTIME for a D or L row (stale). removed_why (NULL:
+ * not removed) marks the self row removed from the cluster removed_ago
+ * seconds ago, and says so in its reason. Rows must have last_seen set
+ * (-1 unknown). */
+void pmm_status_reasons(pmm_status_row *rows, size_t n,
+                        const char *removed_why, int64_t removed_ago);
+/* "45s", "2m13s", "3h05m", "2d04h"; "?" for a negative value. Returns
+ * buf (len >= 32 is always enough). */
+char *pmm_format_ago(int64_t secs, char *buf, size_t len);
 /* Sorts by name, then id. */
 void pmm_status_sort(pmm_status_row *rows, size_t n);
 /* "HH:MM", "1 day HH:MM", "N days HH:MM"; "-" for a negative value.
  * Returns buf (len >= 32 is always enough). */
 char *pmm_format_uptime(int64_t secs, char *buf, size_t len);
-/* PMG's table: header then one line per row (rows printed as given). */
+/* PMG's table: header then one line per row (rows printed as given); a
+ * row with a reason carries it after the DISK column (two spaces), so the
+ * columns stay PMG's. */
 int pmm_status_render_text(pmm_buf *b, const pmm_status_row *rows, size_t n);
 /* JSON array of objects: name, cid, ip, role, state, uptime, load, mem,
  * disk (null when unknown), id, gossip_state, port, self, and db
  * ({state, reason, epoch, seq, lag_changes, lag_seconds, kept:
- * {backups, divergence}, origins}) when has_db. */
+ * {backups, divergence}, origins}) when has_db, reason ("" for A),
+ * last_seen (seconds ago, null unknown), and removed: true on a removed
+ * node's own row. */
 int pmm_status_write_json(pmm_buf *b, const pmm_status_row *rows, size_t n);
 /* Reads such an array back (validating every field). *rows is malloc'd. */
 int pmm_status_from_json(const pmm_json *arr, pmm_status_row **rows,
@@ -682,6 +707,13 @@ void pmm_lc_user_msg(pmm_lc *lc, uint32_t key, uint64_t version,
 const pmm_cluster *pmm_lc_cluster(const pmm_lc *lc);
 /* In a cluster and holding the newest config anyone has announced. */
 bool pmm_lc_config_synced(const pmm_lc *lc);
+/* True when this node was removed from its cluster (deleted by the master,
+ * or not in a newer config) since the daemon started and has not created
+ * or joined one since: *why (owned by lc, valid until the next callback
+ * into lc) and *at (wall clock, seconds) say why and when. Either may be
+ * NULL. Not kept across restarts. */
+#define PMM_LC_REMOVED_WHY_MAX 95
+bool pmm_lc_removed(const pmm_lc *lc, const char **why, int64_t *at);
 /* This node's TLS certificate fingerprint ("AB:CD:..."). */
 const char *pmm_lc_fingerprint(const pmm_lc *lc);
 /* The join throttle's figures (for /metrics and status; the node API's

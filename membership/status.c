@@ -44,6 +44,7 @@ void pmm_status_row_from_member(pmm_status_row *r, const gsp_member *m,
     r->load = -1;
     r->mem = -1;
     r->disk = -1;
+    r->last_seen = -1;
     strcpy(r->role, "-");
     if (m->meta == NULL || pmm_meta_decode(&meta, m->meta, m->meta_len) != 0)
         return;
@@ -121,6 +122,94 @@ void pmm_status_db_finish(pmm_status_row *rows, size_t n)
     }
 }
 
+char *pmm_format_ago(int64_t secs, char *buf, size_t len)
+{
+    if (secs < 0)
+        snprintf(buf, len, "?");
+    else if (secs < 60)
+        snprintf(buf, len, "%ds", (int)secs);
+    else if (secs < 3600)
+        snprintf(buf, len, "%dm%02ds", (int)(secs / 60), (int)(secs % 60));
+    else if (secs < 86400)
+        snprintf(buf, len, "%dh%02dm", (int)(secs / 3600),
+                 (int)(secs % 3600 / 60));
+    else
+        snprintf(buf, len, "%lldd%02dh", (long long)(secs / 86400),
+                 (int)(secs % 86400 / 3600));
+    return buf;
+}
+
+/* "last seen 2m13s ago", or the words for a node never seen alive */
+static void seen_words(char *dst, size_t cap, const pmm_status_row *r)
+{
+    char ago[32];
+
+    if (r->last_seen >= 0)
+        snprintf(dst, cap, "last seen %s ago",
+                 pmm_format_ago(r->last_seen, ago, sizeof(ago)));
+    else
+        snprintf(dst, cap, "not seen alive since this daemon started");
+}
+
+void pmm_status_reasons(pmm_status_row *rows, size_t n,
+                        const char *removed_why, int64_t removed_ago)
+{
+    for (size_t i = 0; i < n; i++) {
+        pmm_status_row *r = &rows[i];
+        char seen[96], ago[32];
+
+        r->reason[0] = '\0';
+        if (r->state == 'A')
+            r->last_seen = -1;
+        seen_words(seen, sizeof(seen), r);
+        switch (r->state) {
+        case 'S':
+            if (r->db_reason[0] != '\0')
+                snprintf(r->reason, sizeof(r->reason), "%s", r->db_reason);
+            else
+                snprintf(r->reason, sizeof(r->reason),
+                         "database not in sync (%s)",
+                         r->db_state[0] ? r->db_state : "unknown");
+            break;
+        case '?':
+            snprintf(r->reason, sizeof(r->reason),
+                     "suspect: missed probes, nobody refuted it yet; %s",
+                     seen);
+            break;
+        case 'D':
+            if (strcmp(r->gossip_state, "unknown") == 0)
+                snprintf(r->reason, sizeof(r->reason),
+                         "ERROR: unreachable: never heard from since this "
+                         "daemon started");
+            else
+                snprintf(r->reason, sizeof(r->reason),
+                         "ERROR: unreachable (dead); %s", seen);
+            break;
+        case 'L':
+            snprintf(r->reason, sizeof(r->reason),
+                     "left: stopped gracefully; %s", seen);
+            break;
+        default:
+            break;
+        }
+        /* a dead or departed node's figures are stale: not shown */
+        if (r->state == 'D' || r->state == 'L') {
+            r->uptime = -1;
+            r->load = -1;
+            r->mem = -1;
+            r->disk = -1;
+        }
+        if (r->self && removed_why != NULL) {
+            r->removed = true;
+            snprintf(r->reason, sizeof(r->reason),
+                     "removed from the cluster %s ago (%s): takes no part; "
+                     "pmgcm join or create to take part again",
+                     pmm_format_ago(removed_ago, ago, sizeof(ago)),
+                     removed_why);
+        }
+    }
+}
+
 static int row_cmp(const void *a, const void *b)
 {
     const pmm_status_row *x = a, *y = b;
@@ -168,7 +257,7 @@ int pmm_status_render_text(pmm_buf *b, const pmm_status_row *rows, size_t n)
         const pmm_status_row *r = &rows[i];
         char name[GSP_NAME_MAX + 1], namecid[GSP_NAME_MAX + 16];
         char ip[48], role[PMM_ROLE_MAX + 1], up[32], load[32], mem[16],
-            disk[16];
+            disk[16], why[PMM_STATUS_REASON_MAX + 1];
 
         term_safe(name, sizeof(name), r->name);
         term_safe(ip, sizeof(ip), r->ip);
@@ -188,21 +277,20 @@ int pmm_status_render_text(pmm_buf *b, const pmm_status_row *rows, size_t n)
             snprintf(disk, sizeof(disk), "%5d%%", r->disk);
         else
             snprintf(disk, sizeof(disk), "%6s", "-");
-        pmm_buf_printf(b, "%-20s %-15s %-6s %c %15s %6s %s %s\n", namecid, ip,
-                       role, r->state, up, load, mem, disk);
+        term_safe(why, sizeof(why), r->reason);
+        pmm_buf_printf(b, "%-20s %-15s %-6s %c %15s %6s %s %s%s%s\n", namecid,
+                       ip, role, r->state, up, load, mem, disk,
+                       why[0] ? "  " : "", why);
     }
-    /* below the table (PMG's lines stay as they are): why a node is S,
-     * and data a node keeps until an admin clears it */
+    /* below the table (PMG's lines stay as they are): data a node keeps
+     * until an admin clears it */
     for (size_t i = 0; i < n; i++) {
         const pmm_status_row *r = &rows[i];
-        char name[GSP_NAME_MAX + 1], why[PMM_DB_REASON_MAX + 1];
+        char name[GSP_NAME_MAX + 1];
 
         if (!r->has_db)
             continue;
         term_safe(name, sizeof(name), r->name);
-        term_safe(why, sizeof(why), r->db_reason);
-        if (r->state == 'S' && why[0] != '\0')
-            pmm_buf_printf(b, "note: %s is S: %s\n", name, why);
         if (r->db_kept > 0 || r->db_divergence > 0)
             pmm_buf_printf(b, "note: %s keeps %u backup record(s) and %llu "
                            "divergence record(s) of replaced or unsent rows "
@@ -249,6 +337,14 @@ int pmm_status_write_json(pmm_buf *b, const pmm_status_row *rows, size_t n)
         pmm_json_str(b, r->gossip_state, strlen(r->gossip_state));
         pmm_buf_printf(b, ",\"port\":%u,\"self\":%s", (unsigned)r->port,
                        r->self ? "true" : "false");
+        pmm_buf_puts(b, ",\"reason\":");
+        pmm_json_str(b, r->reason, strlen(r->reason));
+        if (r->last_seen >= 0)
+            pmm_buf_printf(b, ",\"last_seen\":%lld", (long long)r->last_seen);
+        else
+            pmm_buf_puts(b, ",\"last_seen\":null");
+        if (r->removed)
+            pmm_buf_puts(b, ",\"removed\":true");
         if (r->has_db) {
             pmm_buf_puts(b, ",\"db\":{\"state\":");
             pmm_json_str(b, r->db_state, strlen(r->db_state));
@@ -383,6 +479,19 @@ static const char *row_extras(const pmm_json *o, pmm_status_row *r)
         if (j->type != PMM_JSON_BOOL)
             return "self";
         r->self = j->b;
+    }
+    if (get_str(o, "reason", r->reason, sizeof(r->reason), false, true))
+        return "reason";
+    r->last_seen = -1;
+    j = pmm_json_get(o, "last_seen");
+    if (j != NULL && get_int(o, "last_seen", 0, 9007199254740992.0, true, -1,
+                             &r->last_seen))
+        return "last_seen";
+    j = pmm_json_get(o, "removed");
+    if (j != NULL) {
+        if (j->type != PMM_JSON_BOOL)
+            return "removed";
+        r->removed = j->b;
     }
     return NULL;
 }

@@ -399,6 +399,21 @@ else
     it_diag "exit $RC: $OUT"
     show_views "$A $B $D"
 fi
+# the deleted node4 says so in its own status: its row (text, after DISK)
+# and its JSON row ("removed": true, the reason)
+removed_says() {
+    RM_TXT=$(it_pmgcm $D status 2>&1)
+    RM_JS=$(it_pmgcm $D status --output-format json 2>&1)
+    grep -Eq '^node4\([0-9]+\) .*  removed from the cluster [0-9]+[smhd][0-9]*[smh]? ago \(.+\): takes no part; pmgcm join or create to take part again$' <<<"$RM_TXT" &&
+        jq -e '[.[] | select(.self)] | length == 1 and (.[0].removed == true) and (.[0].reason | startswith("removed from the cluster"))' <<<"$RM_JS" >/dev/null 2>&1
+}
+if it_wait_until removed_says 10; then
+    it_ok "node4's own status says it was removed: '$(grep -o 'removed from the cluster.*' <<<"$RM_TXT" | cut -c1-120)' (text row and JSON removed:true)"
+else
+    it_not_ok "node4's own status says it was removed from the cluster"
+    it_diag "text: $RM_TXT"
+    it_diag "json: ${RM_JS:0:600}"
+fi
 t0=$(it_now_ms)
 it_start_node $C || it_diag "node3 did not answer after its restart"
 if it_wait_until "roles_are '$A $B $C' '$ROLES3' && same_cluster '$A $B $C'" 30; then
@@ -519,8 +534,25 @@ fi
 
 if it_wait_until "[[ \$(it_state_of $B node1) == D ]]" 40; then
     it_diag "node2 shows the killed master D $(ms $(($(it_now_ms) - t_kill))) s after kill -9"
+    # the dead row says why and since when, with no stale figures: text
+    # (PMG's columns, then 'ERROR: ...' after DISK) and JSON (reason,
+    # last_seen no more than the time since the kill, null figures)
+    txt=$(it_pmgcm $B status 2>&1)
+    js=$(it_pmgcm $B status --output-format json 2>&1)
+    since_kill=$(( ($(it_now_ms) - t_kill) / 1000 + 1 ))
+    row1=$(grep '^node1(' <<<"$txt")
+    if grep -Eq "^node1\\(1\\) +${IT_IP[A]//./\\.} +[a-z]+ +D +- +- +- +-  ERROR: unreachable \\(dead\\); last seen [0-9]+[smhd]([0-9]+[smh])? ago\$" <<<"$row1" &&
+        jq -e --argjson k "$since_kill" '.[] | select(.name == "node1") | .state == "D" and (.reason | startswith("ERROR: unreachable")) and (.last_seen | type == "number" and . >= 0 and . <= $k) and .load == null and .mem == null and .disk == null and .uptime == null' <<<"$js" >/dev/null 2>&1 &&
+        jq -e '[.[] | select(.state == "A")] | length > 0 and all(.reason == "" and .last_seen == null)' <<<"$js" >/dev/null 2>&1; then
+        it_ok "node2's status says why node1 is D: '$(cut -c85- <<<"$row1")', no stale figures; JSON reason and last_seen ($(jq -c '.[] | select(.name == "node1") | .last_seen' <<<"$js") s, kill $since_kill s ago); A rows carry no reason"
+    else
+        it_not_ok "node2's status says why node1 is D (ERROR: ..., last seen, no stale figures)"
+        it_diag "text: $txt"
+        it_diag "json: ${js:0:800}"
+    fi
 else
     it_diag "node2 never showed node1 D within ${IT_WAITED} s"
+    it_ok "# SKIP node2 never showed node1 D: no dead row to read"
 fi
 if ((PROMOTED)); then
     OUT=$PROMOTE_OUT RC=0 DUR_MS=$PROMOTE_MS

@@ -484,6 +484,12 @@ static void test_commands(void)
     CHECK(r.out[0] == '[' && strstr(r.out, "\"role\":\"master\"") != NULL);
     if (r.rc != 0)
         show(&r);
+    run_cli(&r, ANS(members), NULL,
+            ARGS("--socket", sock_path, "status", "--output-format",
+                 "json-pretty"));
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strstr(r.out, "[\n  {\n    \"name\": \"pmg5\",\n") == r.out);
+    CHECK(strstr(r.out, "    \"role\": \"master\",\n") != NULL);
 }
 
 static void test_join_fetches_fingerprint(void)
@@ -868,6 +874,37 @@ static void test_output_json(void)
     run_cli(&r, NOANS, NULL, ARGS("keygen", "--output-format", "json"));
     CHECK_EQ_INT(r.rc, 0);
     CHECK(strncmp(r.out, "{\"key\":\"", 8) == 0 && strlen(r.out) == 8 + 64 + 3);
+    /* json-pretty (Proxmox's name): the same JSON, indented; strings with
+     * brackets, commas, colons and escaped quotes stay as they are */
+    run_cli(&r, ANS("{\"ok\":true,\"cid\":3,\"a\":[1,{\"s\":\"x,{[:]}\\\"y\"}],"
+                    "\"e\":{},\"f\":[]}\n"), NULL,
+            ARGS("--socket", sock_path, "--output-format", "json-pretty",
+                 "delete", "3"));
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strcmp(r.out, "{\n"
+                        "  \"ok\": true,\n"
+                        "  \"cid\": 3,\n"
+                        "  \"a\": [\n"
+                        "    1,\n"
+                        "    {\n"
+                        "      \"s\": \"x,{[:]}\\\"y\"\n"
+                        "    }\n"
+                        "  ],\n"
+                        "  \"e\": {},\n"
+                        "  \"f\": []\n"
+                        "}\n") == 0);
+    if (r.rc != 0 || strstr(r.out, "{\n  \"ok\"") != r.out)
+        show(&r);
+    run_cli(&r, ANS(bad), NULL,
+            ARGS("--socket", sock_path, "--output-format=json-pretty",
+                 "promote"));
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK(strcmp(r.out, "{\n  \"ok\": false,\n  \"error\": \"not the "
+                        "master\"\n}\n") == 0);
+    run_cli(&r, NOANS, NULL, ARGS("keygen", "--output-format", "json-pretty"));
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strstr(r.out, "{\n  \"key\": \"") == r.out &&
+          strlen(r.out) == 12 + 64 + 4);
 }
 
 static void test_text_errors(void)

@@ -50,6 +50,7 @@ static pmm_status_row row(const char *name, uint32_t cid, const char *ip,
     snprintf(r.id, sizeof(r.id), "00112233445566778899aabbccddeeff");
     snprintf(r.gossip_state, sizeof(r.gossip_state), "alive");
     r.port = 7946;
+    r.last_seen = -1;
     return r;
 }
 
@@ -258,10 +259,14 @@ static void test_db_rows(void)
     free(back);
     pmm_json_free(doc);
     pmm_buf_free(&b);
-    /* the text table: PMG's lines, then why a node is S and what it keeps */
+    /* the text table: PMG's lines, why a node is S on its row, then what
+     * a node keeps */
+    pmm_status_reasons(rows, 4, NULL, 0);
     pmm_buf_init(&b, 1 << 20);
     CHECK(pmm_status_render_text(&b, rows, 4) == 0);
-    CHECK(strstr(b.p, "note: l is S: loading a snapshot: 43 %\n") != NULL);
+    CHECK(strstr(b.p, "node   S           00:00   0.00     1%     1%  "
+                      "loading a snapshot: 43 %\n") != NULL);
+    CHECK(strstr(b.p, "note: l is S") == NULL);
     CHECK(strstr(b.p, "note: l keeps 1 backup record(s) and 7 divergence") !=
           NULL);
     pmm_buf_free(&b);
@@ -287,6 +292,199 @@ static void test_db_rows(void)
     CHECK(pmm_status_write_json(&b, rows, 1) == 0);
     CHECK(strstr(b.p, "\"db\"") == NULL);
     pmm_buf_free(&b);
+}
+
+static const char *ago(int64_t s)
+{
+    static char buf[32];
+    return pmm_format_ago(s, buf, sizeof(buf));
+}
+
+/* Why a node is not A: on its row after DISK (PMG's columns untouched),
+ * in the JSON (reason, last_seen, removed), and back through the reader;
+ * a dead or departed node's figures are not shown. */
+static void test_reasons(void)
+{
+    pmm_status_row rows[7], *back = NULL;
+    pmm_buf b;
+    pmm_json *doc = NULL;
+    size_t n = 0;
+    char err[256];
+    const char *want =
+        HEADER
+        "pmg5(1)              192.168.2.127   master A     1 day 21:18   0.30    80%    41%\n"
+        "sus(2)               10.0.0.2        node   ?           00:05   0.20    10%    20%  suspect: missed probes, nobody refuted it yet; last seen 4s ago\n"
+        "dead(3)              10.0.0.3        node   D               -      -      -      -  ERROR: unreachable (dead); last seen 2m13s ago\n"
+        "never(4)             10.0.0.4        node   D               -      -      -      -  ERROR: unreachable: never heard from since this daemon started\n"
+        "gone(5)              10.0.0.5        node   L               -      -      -      -  left: stopped gracefully; last seen 1h01m ago\n"
+        "lost(6)              10.0.0.6        node   D               -      -      -      -  ERROR: unreachable (dead); not seen alive since this daemon started\n"
+        "sync(7)              10.0.0.7        node   S           00:10   0.10     5%     6%  database not in sync (catching-up)\n";
+
+    CHECK(strcmp(ago(0), "0s") == 0);
+    CHECK(strcmp(ago(59), "59s") == 0);
+    CHECK(strcmp(ago(133), "2m13s") == 0);
+    CHECK(strcmp(ago(3660), "1h01m") == 0);
+    CHECK(strcmp(ago(2 * 86400 + 4 * 3600 + 59), "2d04h") == 0);
+    CHECK(strcmp(ago(-1), "?") == 0);
+    CHECK(strcmp(ago(INT64_MAX), "106751991167300d15h") == 0);
+
+    rows[0] = row("pmg5", 1, "192.168.2.127", "master", 'A',
+                  86400 + 21 * 3600 + 18 * 60, 0.3, 80, 41);
+    rows[0].last_seen = 99; /* an alive row has no last seen */
+    rows[1] = row("sus", 2, "10.0.0.2", "node", '?', 300, 0.2, 10, 20);
+    rows[1].last_seen = 4;
+    /* dead: its last gossiped figures are stale and must not show */
+    rows[2] = row("dead", 3, "10.0.0.3", "node", 'D', 300, 1.5, 7, 9);
+    rows[2].last_seen = 133;
+    snprintf(rows[2].gossip_state, sizeof(rows[2].gossip_state), "dead");
+    rows[3] = row("never", 4, "10.0.0.4", "node", 'D', -1, -1, -1, -1);
+    snprintf(rows[3].gossip_state, sizeof(rows[3].gossip_state), "unknown");
+    rows[4] = row("gone", 5, "10.0.0.5", "node", 'L', -1, 0.5, 3, 4);
+    rows[4].last_seen = 3660;
+    snprintf(rows[4].gossip_state, sizeof(rows[4].gossip_state), "left");
+    rows[5] = row("lost", 6, "10.0.0.6", "node", 'D', -1, 0.5, 3, 4);
+    snprintf(rows[5].gossip_state, sizeof(rows[5].gossip_state), "dead");
+    rows[6] = row("sync", 7, "10.0.0.7", "node", 'S', 600, 0.1, 5, 6);
+    rows[6].has_db = true;
+    snprintf(rows[6].db_state, sizeof(rows[6].db_state), "catching-up");
+    pmm_status_reasons(rows, 7, NULL, 0);
+    CHECK(rows[0].reason[0] == '\0');
+    CHECK_EQ_INT(rows[0].last_seen, -1);
+    CHECK_EQ_INT(rows[2].mem, -1);
+    CHECK(rows[2].load < 0);
+    CHECK_EQ_INT(rows[2].uptime, -1);
+    CHECK_EQ_INT(rows[4].disk, -1);
+    CHECK(!rows[0].removed && !rows[2].removed);
+
+    pmm_buf_init(&b, 1 << 20);
+    CHECK(pmm_status_render_text(&b, rows, 7) == 0);
+    REQUIRE(b.p != NULL);
+    CHECK(strcmp(b.p, want) == 0);
+    if (strcmp(b.p, want) != 0)
+        printf("# got:\n%s", b.p);
+    /* PMG's columns are untouched: DISK ends where the header ends, the
+     * fourth word is the state letter */
+    for (const char *l = strchr(b.p, '\n') + 1; *l != '\0';) {
+        const char *nl = strchr(l, '\n');
+        size_t w = strlen(HEADER) - 1;
+        CHECK((size_t)(nl - l) == w || ((size_t)(nl - l) > w + 2 &&
+                                        l[w] == ' ' && l[w + 1] == ' '));
+        CHECK(l[w - 1] == '%' || l[w - 1] == '-');
+        l = nl + 1;
+    }
+
+    CHECK(pmm_status_write_json(&b, rows, 0) == 0); /* (appends "[]") */
+    pmm_buf_reset(&b);
+    CHECK(pmm_status_write_json(&b, rows, 7) == 0);
+    CHECK(strstr(b.p, "\"name\":\"pmg5\",") != NULL);
+    CHECK(strstr(b.p, "\"self\":false,\"reason\":\"\",\"last_seen\":null}") !=
+          NULL);
+    CHECK(strstr(b.p, "\"state\":\"D\",\"uptime\":null,\"load\":null,"
+                      "\"mem\":null,\"disk\":null") != NULL);
+    CHECK(strstr(b.p, "\"reason\":\"ERROR: unreachable (dead); last seen "
+                      "2m13s ago\",\"last_seen\":133}") != NULL);
+    CHECK(strstr(b.p, "\"removed\"") == NULL);
+    REQUIRE(pmm_json_parse(b.p, b.len, &doc, err, sizeof(err)) == 0);
+    REQUIRE(pmm_status_from_json(doc, &back, &n, err, sizeof(err)) == 0);
+    REQUIRE(n == 7);
+    for (size_t i = 0; i < n; i++) {
+        CHECK(strcmp(back[i].reason, rows[i].reason) == 0);
+        CHECK_EQ_INT(back[i].last_seen, rows[i].last_seen);
+        CHECK(!back[i].removed);
+    }
+    /* the CLI prints what it read: the same table */
+    {
+        pmm_buf t;
+        pmm_buf_init(&t, 1 << 20);
+        CHECK(pmm_status_render_text(&t, back, n) == 0);
+        CHECK(t.p != NULL && strcmp(t.p, want) == 0);
+        pmm_buf_free(&t);
+    }
+    free(back);
+    back = NULL;
+    pmm_json_free(doc);
+    doc = NULL;
+
+    /* a node deleted from its cluster: its own row says so */
+    rows[1].self = true;
+    pmm_status_reasons(rows, 7, "deleted by the master", 125);
+    CHECK(rows[1].removed);
+    CHECK(!rows[0].removed && !rows[2].removed);
+    CHECK(strcmp(rows[1].reason, "removed from the cluster 2m05s ago "
+                                 "(deleted by the master): takes no part; "
+                                 "pmgcm join or create to take part "
+                                 "again") == 0);
+    pmm_buf_reset(&b);
+    CHECK(pmm_status_render_text(&b, rows, 7) == 0);
+    CHECK(strstr(b.p, "  removed from the cluster 2m05s ago (deleted by "
+                      "the master)") != NULL);
+    pmm_buf_reset(&b);
+    CHECK(pmm_status_write_json(&b, rows, 7) == 0);
+    CHECK(strstr(b.p, ",\"last_seen\":4,\"removed\":true}") != NULL);
+    REQUIRE(pmm_json_parse(b.p, b.len, &doc, err, sizeof(err)) == 0);
+    REQUIRE(pmm_status_from_json(doc, &back, &n, err, sizeof(err)) == 0);
+    CHECK(back[1].removed && !back[0].removed);
+    free(back);
+    back = NULL;
+    pmm_json_free(doc);
+    doc = NULL;
+
+    /* a hostile reason (from a peer's gossiped store reason) cannot
+     * drive the terminal */
+    rows[6].state = 'S';
+    snprintf(rows[6].db_reason, sizeof(rows[6].db_reason), "x\x1b[2Jy\n");
+    pmm_status_reasons(rows, 7, NULL, 0);
+    pmm_buf_reset(&b);
+    CHECK(pmm_status_render_text(&b, rows, 7) == 0);
+    CHECK(strchr(b.p, '\x1b') == NULL);
+    CHECK(strstr(b.p, "  x?[2Jy?\n") != NULL);
+    pmm_buf_free(&b);
+
+    /* the reader refuses bad new fields */
+    static const char *const bad[] = {
+        "[{\"name\":\"a\",\"cid\":1,\"ip\":\"1\",\"role\":\"-\",\"state\":\"D\","
+        "\"uptime\":null,\"load\":null,\"mem\":null,\"disk\":null,"
+        "\"last_seen\":-1}]",
+        "[{\"name\":\"a\",\"cid\":1,\"ip\":\"1\",\"role\":\"-\",\"state\":\"D\","
+        "\"uptime\":null,\"load\":null,\"mem\":null,\"disk\":null,"
+        "\"last_seen\":\"1\"}]",
+        "[{\"name\":\"a\",\"cid\":1,\"ip\":\"1\",\"role\":\"-\",\"state\":\"D\","
+        "\"uptime\":null,\"load\":null,\"mem\":null,\"disk\":null,"
+        "\"last_seen\":1.5}]",
+        "[{\"name\":\"a\",\"cid\":1,\"ip\":\"1\",\"role\":\"-\",\"state\":\"D\","
+        "\"uptime\":null,\"load\":null,\"mem\":null,\"disk\":null,"
+        "\"removed\":1}]",
+        "[{\"name\":\"a\",\"cid\":1,\"ip\":\"1\",\"role\":\"-\",\"state\":\"D\","
+        "\"uptime\":null,\"load\":null,\"mem\":null,\"disk\":null,"
+        "\"reason\":7}]",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        REQUIRE(pmm_json_parse(bad[i], strlen(bad[i]), &doc, err,
+                               sizeof(err)) == 0);
+        CHECK(pmm_status_from_json(doc, &back, &n, err, sizeof(err)) ==
+              -EINVAL);
+        CHECK(back == NULL);
+        pmm_json_free(doc);
+        doc = NULL;
+    }
+    /* a reason longer than a row holds is refused, not cut */
+    {
+        char big[1024];
+        int k = snprintf(big, sizeof(big),
+                         "[{\"name\":\"a\",\"cid\":1,\"ip\":\"1\",\"role\":"
+                         "\"-\",\"state\":\"D\",\"uptime\":null,\"load\":"
+                         "null,\"mem\":null,\"disk\":null,\"reason\":\"");
+        memset(big + k, 'r', PMM_STATUS_REASON_MAX + 1);
+        snprintf(big + k + PMM_STATUS_REASON_MAX + 1,
+                 sizeof(big) - (size_t)k - PMM_STATUS_REASON_MAX - 1,
+                 "\"}]");
+        REQUIRE(pmm_json_parse(big, strlen(big), &doc, err, sizeof(err)) ==
+                0);
+        CHECK(pmm_status_from_json(doc, &back, &n, err, sizeof(err)) ==
+              -EINVAL);
+        CHECK(strstr(err, "'reason'") != NULL);
+        pmm_json_free(doc);
+    }
 }
 
 static pmm_promote_peer peer(const char *name, uint32_t cid, bool live,
@@ -662,6 +860,7 @@ int main(void)
     TAP_RUN(test_buf_bounds);
     TAP_RUN(test_json_roundtrip);
     TAP_RUN(test_db_rows);
+    TAP_RUN(test_reasons);
     TAP_RUN(test_promote_checks);
     TAP_RUN(test_rows_validation);
     TAP_RUN(test_json_reader);
