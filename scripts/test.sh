@@ -142,7 +142,7 @@ if [[ -d build/tests/unit ]]; then
         name=${bin#build/}
         log=build/valgrind/$(basename "$bin").log
         rc=0
-        (cd build && srcdir="$top" top_srcdir="$top" abs_top_builddir="$top/build" \
+        (cd build && srcdir="$top" top_srcdir="$top" abs_top_srcdir="$top" abs_top_builddir="$top/build" \
             timeout -k 10 "$VALGRIND_TIMEOUT" valgrind -q --error-exitcode=1 \
             --leak-check=full --track-origins=yes "./$name") >"$log" 2>&1 || rc=$?
         if ((rc == 0)); then

@@ -810,11 +810,14 @@ readyz() {
 letter_in() { view "$1" | grep -o "node$2=[A-Z?]" | cut -d= -f2; }
 epoch_of() { it_cluster_of "$1" 2>/dev/null | jq -r '.epoch // empty'; }
 # lock_db I MODE: a session of node I's database holds a lock on mail
-# (application_name chaoslock) until unlock_db I
+# (application_name chaoslock) until unlock_db I (at most 10 min: longer
+# than promote's 60 s wait for a catch-up that never starts, on a loaded
+# machine too - a lock that ran out mid-promote let the node catch up and
+# the promote succeed, rightly)
 lock_db() {
     "$PG_BINDIR/psql" -X -q -At -h "$(pg_sock "$1")" -U postgres -d pmg \
         -c "SET application_name = 'chaoslock'" -c "BEGIN" -c "LOCK TABLE mail IN $2 MODE" \
-        -c "SELECT pg_sleep(120)" >/dev/null 2>&1 &
+        -c "SELECT pg_sleep(600)" >/dev/null 2>&1 &
     it_wait_until "[[ \$(pg_val $1 \"SELECT count(*) FROM pg_stat_activity WHERE application_name = 'chaoslock' AND wait_event = 'PgSleep'\") == 1 ]]" 10
 }
 unlock_db() {
