@@ -831,6 +831,12 @@ burst() {
         echo "INSERT INTO mail SELECT g, 'burst', 'burst ' || g, 0, now() FROM generate_series($((base + k + 1)), $((base + k + 1000))) g;"
     done | pg_sql "$m" >/dev/null 2>&1
 }
+# gossip_seq J M: node M's position seq as node J's view has it (gossip)
+gossip_seq() {
+    local v
+    v=$(it_status "$1" 2>/dev/null | jq -r --arg n "node$2" '.members? // . | .[] | select(.name == $n) | .db.seq // 0' 2>/dev/null)
+    echo "${v:-0}"
+}
 # bad_promote_try J WHAT: promote --force on node J must be refused
 bad_promote_try() {
     local j=$1 what=$2 e0
@@ -857,6 +863,11 @@ f_badpromote() {
         checkpoint "$m"
         it_wait_until "(( \$(seq_of $m) - \$(seq_of $j) > $LAGMAX + 100 ))" 20 ||
             tl "node$j is only $(($(seq_of "$m") - $(seq_of "$j"))) behind"
+        # promote's check reads the others' positions from gossip: wait
+        # until node j's view carries node m's new position (a promote
+        # within that gossip delay is not covered: see the README)
+        it_wait_until "(( \$(gossip_seq $j $m) - \$(seq_of $j) > $LAGMAX + 100 ))" 30 ||
+            tl "node$j's view of node$m is at $(gossip_seq "$j" "$m") only"
         bad_promote_try "$j" "behind by $(($(seq_of "$m") - $(seq_of "$j"))) changes"
         unlock_db "$j"
     else
