@@ -78,18 +78,7 @@ PGconn *pst_repl_connect(const char *conninfo, const char *appname,
     const char *kw[] = {"dbname", "replication", "application_name", NULL};
     const char *val[] = {conninfo, "database", appname, NULL};
     if (pst_pq_load(err, el)) return NULL; /* libpq missing: say so */
-    PGconn *c = PQconnectdbParams(kw, val, 1);
-    if (!c) {
-        snprintf(err, el, "out of memory");
-        return NULL;
-    }
-    if (PQstatus(c) != CONNECTION_OK) {
-        pst_pgerr(c, NULL, err, el);
-        PQfinish(c);
-        return NULL;
-    }
-    PQsetNoticeProcessor(c, pst_notice_quiet, NULL);
-    return c;
+    return pst_conn_ready(PQconnectdbParams(kw, val, 1), err, el);
 }
 
 int pst_slot_info(PGconn *c, const char *slot, bool *exists, bool *lost,

@@ -255,6 +255,9 @@ void pst_capture_set_sync(pst_store *st, uint32_t need, uint64_t acked);
 void pst_capture_poll(pst_store *st);
 /* slots (any thread, blocking libpq): "pmgcm_<database oid>" */
 int pst_slot_name(PGconn *c, char *buf, size_t len, char *err, size_t el);
+/* A new connection, checked (store.c): NULL with err set when it failed
+ * (c is finished), else c with notices quiet. Takes ownership of c. */
+PGconn *pst_conn_ready(PGconn *c, char *err, size_t el);
 PGconn *pst_repl_connect(const char *conninfo, const char *appname,
                          char *err, size_t el);
 int pst_slot_info(PGconn *c, const char *slot, bool *exists, bool *lost,

@@ -332,21 +332,31 @@ int pst_origin_setup(PGconn *c, const char *tag, char *err, size_t el)
     return 0;
 }
 
-PGconn *pst_connect(const char *conninfo, const char *origin_tag, char *err,
-                    size_t errlen)
+/* A new connection, checked: NULL (err says why, c finished) when libpq
+ * could not allocate it or it did not connect; else c with notices quiet.
+ * Takes ownership of c. */
+PGconn *pst_conn_ready(PGconn *c, char *err, size_t el)
 {
-    if (pst_pq_load(err, errlen)) return NULL;
-    PGconn *c = PQconnectdb(conninfo);
     if (!c) {
-        snprintf(err, errlen, "out of memory");
+        snprintf(err, el, "out of memory");
         return NULL;
     }
     if (PQstatus(c) != CONNECTION_OK) {
-        pst_pgerr(c, NULL, err, errlen);
+        pst_pgerr(c, NULL, err, el);
         PQfinish(c);
         return NULL;
     }
     PQsetNoticeProcessor(c, pst_notice_quiet, NULL);
+    return c;
+}
+
+PGconn *pst_connect(const char *conninfo, const char *origin_tag, char *err,
+                    size_t errlen)
+{
+    if (pst_pq_load(err, errlen)) return NULL;
+    PGconn *c = pst_conn_ready(PQconnectdb(conninfo), err, errlen);
+    if (!c)
+        return NULL;
     /* synchronous_commit = local: the store's own commits never wait for
      * db_sync's acknowledgements (the capture thread gives them) */
     if (pst_exec(c,
