@@ -2792,12 +2792,24 @@ static bool probe_relay(const gsp_core *c, const gsp_id *id)
     return false;
 }
 
-int gsp_core_recv(gsp_core *c, uint64_t now_ms, const gsp_addr *from,
-                  const uint8_t *pkt, size_t len)
+/* What one received packet is, once opened and checked: the handlers below
+ * take it apart, one message kind each (memberlist's net.go shape). */
+typedef struct rx {
+    const PbPacket *p;
+    const gsp_addr *from;
+    gsp_id sid;     /* the sender's id */
+    member *sender; /* NULL: not (yet) a member */
+    const upd *us;  /* p->n_updates decoded records */
+} rx;
+
+/* Decrypt (with a keyring) and unpack pkt. On success *out is the packet
+ * (free with pmgcm__gossip__packet__free_unpacked(*out, *alp)) and *scp
+ * the scratch it lives in (sc_give). GSP_ETOOBIG, GSP_EDECRYPT,
+ * GSP_EDECODE. */
+static int rx_open(gsp_core *c, const uint8_t *pkt, size_t len,
+                   ProtobufCAllocator *al, ProtobufCAllocator **alp,
+                   scratch **scp, PbPacket **out)
 {
-    if (now_ms > c->now) c->now = now_ms;
-    c->st.udp_in++;
-    c->st.bytes_in += len;
     if (len > c->rx_cap) {
         c->st.drop_toobig++;
         return GSP_ETOOBIG;
@@ -2811,148 +2823,220 @@ int gsp_core_recv(gsp_core *c, uint64_t now_ms, const gsp_addr *from,
         }
         plain = c->rxbuf;
     }
-    ProtobufCAllocator al, *alp = &al;
-    scratch *sc = sc_take(c, &al);
-    if (!sc) alp = NULL;
-    PbPacket *p = pmgcm__gossip__packet__unpack(alp, plen, plain);
-    if (!p) {
-        sc_give(sc);
+    *alp = al;
+    *scp = sc_take(c, al);
+    if (!*scp) *alp = NULL;
+    *out = pmgcm__gossip__packet__unpack(*alp, plen, plain);
+    if (!*out) {
+        sc_give(*scp);
         c->st.drop_decode++;
         return GSP_EDECODE;
     }
-    int rc = 0;
-    upd *us = NULL;
+    return 0;
+}
+
+/* Is the packet well-formed, from another node, addressed to us, and not a
+ * replay? 0 or the GSP_E* code (counted). */
+static int rx_check(gsp_core *c, const PbPacket *p, gsp_id *sid)
+{
     if (p->from.len != GSP_ID_LEN ||
         (p->ping && p->ping->target.len != GSP_ID_LEN) ||
         (p->ping_req && p->ping_req->target.len != GSP_ID_LEN) ||
         (p->has_to && p->to.len != GSP_ID_LEN)) {
-        rc = GSP_EDECODE;
-        goto bad;
+        c->st.drop_decode++;
+        return GSP_EDECODE;
     }
     if (!memcmp(p->from.data, c->self->id.b, GSP_ID_LEN)) {
         c->st.drop_self++;
-        rc = GSP_ESELF;
-        goto done;
+        return GSP_ESELF;
     }
     if (!p->has_to || memcmp(p->to.data, c->self->id.b, GSP_ID_LEN)) {
         /* for another node (recorded on its way there), or unaddressed */
         c->st.drop_misdirected++;
-        rc = GSP_EMISDIRECTED;
-        goto done;
+        return GSP_EMISDIRECTED;
     }
-    gsp_id sid;
-    memcpy(sid.b, p->from.data, GSP_ID_LEN);
-    member *sender = find(c, &sid);
+    memcpy(sid->b, p->from.data, GSP_ID_LEN);
+    member *sender = find(c, sid);
     if (p->has_seq &&
         rwin_replayed(sender ? &sender->rw_udp : NULL, p->gen, p->seq)) {
         c->st.drop_replay++;
-        rc = GSP_EREPLAY;
-        goto done;
+        return GSP_EREPLAY;
     }
-    us = alp ? sc_alloc(sc, (p->n_updates ? p->n_updates : 1) * sizeof(*us))
-             : malloc((p->n_updates ? p->n_updates : 1) * sizeof(*us));
+    return 0;
+}
+
+/* Decode every membership record and user message into us[] (p->n_updates
+ * slots) before applying any: one bad record drops the whole packet. */
+static int rx_decode(gsp_core *c, const PbPacket *p, upd *us)
+{
+    for (size_t i = 0; i < p->n_updates; i++)
+        if (pb_to_upd(p->updates[i], &us[i])) {
+            c->st.drop_decode++;
+            return GSP_EDECODE;
+        }
+    for (size_t i = 0; i < p->n_user; i++)
+        if (check_user(p->user[i])) {
+            c->st.drop_decode++;
+            return GSP_EDECODE;
+        }
+    return 0;
+}
+
+/* Records first: a refutation riding on an ack must count. */
+static void rx_apply(gsp_core *c, const rx *r)
+{
+    const PbPacket *p = r->p;
+    for (size_t i = 0; i < p->n_updates; i++) apply_update(c, &r->us[i]);
+    for (size_t i = 0; i < p->n_user; i++)
+        apply_user(c, p->user[i]->key, p->user[i]->version,
+                   p->user[i]->data.data, p->user[i]->data.len, false);
+}
+
+/* A suspect/dead record older than the alive one we hold: the sender
+ * missed a refutation (gossip reaches everyone only with high probability)
+ * and its suspicion timer would declare a live node dead. Answer it with
+ * the newer record. */
+static void rx_correct_stale(gsp_core *c, const rx *r)
+{
+    for (size_t i = 0; i < r->p->n_updates && !c->leaving; i++) {
+        const upd *u = &r->us[i];
+        if (u->state != GSP_SUSPECT && u->state != GSP_DEAD) continue;
+        member *m = find(c, &u->id);
+        if (m && m->state == GSP_ALIVE && gsp_inc_cmp(u->inc, m->inc) < 0) {
+            PbPacket hdr = PMGCM__GOSSIP__PACKET__INIT;
+            PbMember rec;
+            member_to_pb(m, GSP_ALIVE, NULL, false, &rec);
+            send_packet(c, r->from, &r->sid, &hdr, &rec);
+            break;
+        }
+    }
+}
+
+/* A ping for us: ack it. */
+static void rx_ping(gsp_core *c, const rx *r)
+{
+    if (!memcmp(r->p->ping->target.data, c->self->id.b, GSP_ID_LEN))
+        send_ack(c, r->from, &r->sid, r->p->ping->seq, r->sender);
+}
+
+/* A member we hold suspect or dead talks to us (not with a ping: send_ack
+ * does this for pings): tell it, so it refutes (or corrects us if we
+ * missed its refutation); not if its packet carried a record about us,
+ * which already is such a notice (no ping-pong). */
+static void rx_notify_suspected(gsp_core *c, const rx *r)
+{
+    member *s = r->sender;
+    if (!s || (s->state != GSP_SUSPECT && s->state != GSP_DEAD) ||
+        c->leaving)
+        return;
+    for (size_t i = 0; i < r->p->n_updates; i++)
+        if (id_eq(&r->us[i].id, &c->self->id)) return;
+    PbPacket hdr = PMGCM__GOSSIP__PACKET__INIT;
+    PbMember rec;
+    member_to_pb(s, s->state, &c->self->id, false, &rec);
+    send_packet(c, r->from, &r->sid, &hdr, &rec);
+}
+
+/* An ack: of our probe (only the node probed, or a relay we asked, can
+ * vouch), of a probe that already failed (its target answered after all),
+ * or of a ping we relay for another member (passed back to it). */
+static void rx_ack(gsp_core *c, const rx *r)
+{
+    uint32_t seq = r->p->ack->seq;
+    if (c->probe.active && seq == c->probe.seq) {
+        if (id_eq(&r->sid, &c->probe.target) || probe_relay(c, &r->sid))
+            finish_probe(c, true);
+        else
+            c->st.acks_ignored++;
+        return;
+    }
+    if (verify_ack(c, seq, &r->sid)) return;
+    for (size_t i = 0; i < RELAY_MAX; i++) {
+        relay *rl = &c->relays[i];
+        if (!rl->used || rl->my_seq != seq) continue;
+        if (!id_eq(&r->sid, &rl->target)) {
+            c->st.acks_ignored++;
+            return;
+        }
+        rl->used = false;
+        PbPacket hdr = PMGCM__GOSSIP__PACKET__INIT;
+        Pmgcm__Gossip__Ack ack = PMGCM__GOSSIP__ACK__INIT;
+        ack.seq = rl->their_seq;
+        hdr.ack = &ack;
+        send_packet(c, &rl->requester, &rl->requester_id, &hdr, NULL);
+        return;
+    }
+}
+
+/* A nack from a relay we asked: counted for Lifeguard's awareness. */
+static void rx_nack(gsp_core *c, const rx *r)
+{
+    if (!c->probe.active || r->p->nack->seq != c->probe.seq) return;
+    if (probe_relay(c, &r->sid))
+        c->probe.nacks++;
+    else
+        c->st.acks_ignored++;
+}
+
+static void rx_ping_req(gsp_core *c, const rx *r)
+{
+    handle_ping_req(c, r->p->ping_req, r->from, &r->sid);
+}
+
+/* One packet may carry several message kinds (an ack with a coupled ping,
+ * records on everything): each present kind goes to its handler, in this
+ * order. */
+static bool has_ping(const PbPacket *p) { return p->ping != NULL; }
+static bool no_ping(const PbPacket *p) { return p->ping == NULL; }
+static bool has_ack(const PbPacket *p) { return p->ack != NULL; }
+static bool has_nack(const PbPacket *p) { return p->nack != NULL; }
+static bool has_ping_req(const PbPacket *p) { return p->ping_req != NULL; }
+
+static const struct {
+    bool (*present)(const PbPacket *p);
+    void (*handle)(gsp_core *c, const rx *r);
+} rx_handlers[] = {
+    {has_ping, rx_ping},
+    {no_ping, rx_notify_suspected},
+    {has_ack, rx_ack},
+    {has_nack, rx_nack},
+    {has_ping_req, rx_ping_req},
+};
+
+int gsp_core_recv(gsp_core *c, uint64_t now_ms, const gsp_addr *from,
+                  const uint8_t *pkt, size_t len)
+{
+    if (now_ms > c->now) c->now = now_ms;
+    c->st.udp_in++;
+    c->st.bytes_in += len;
+    ProtobufCAllocator al, *alp = NULL;
+    scratch *sc = NULL;
+    PbPacket *p = NULL;
+    int rc = rx_open(c, pkt, len, &al, &alp, &sc, &p);
+    if (rc) return rc;
+    rx r = {.p = p, .from = from};
+    upd *us = NULL;
+    rc = rx_check(c, p, &r.sid);
+    if (rc) goto done;
+    size_t nu = p->n_updates ? p->n_updates : 1;
     /* (sc_alloc's memory goes with the scratch: see done) */
+    us = alp ? sc_alloc(sc, nu * sizeof(*us)) : malloc(nu * sizeof(*us));
     if (!us) {
         rc = -ENOMEM;
         goto done;
     }
-    for (size_t i = 0; i < p->n_updates; i++)
-        if (pb_to_upd(p->updates[i], &us[i])) {
-            rc = GSP_EDECODE;
-            goto bad;
-        }
-    for (size_t i = 0; i < p->n_user; i++)
-        if (check_user(p->user[i])) {
-            rc = GSP_EDECODE;
-            goto bad;
-        }
-
-    /* updates first: a refutation riding on an ack must count */
-    for (size_t i = 0; i < p->n_updates; i++) apply_update(c, &us[i]);
-    for (size_t i = 0; i < p->n_user; i++)
-        apply_user(c, p->user[i]->key, p->user[i]->version,
-                   p->user[i]->data.data, p->user[i]->data.len, false);
-
-    /* A suspect/dead record older than the alive one we hold: the sender
-     * missed a refutation (gossip reaches everyone only with high
-     * probability) and its suspicion timer would declare a live node dead.
-     * Answer it with the newer record. */
-    for (size_t i = 0; i < p->n_updates && !c->leaving; i++) {
-        if (us[i].state != GSP_SUSPECT && us[i].state != GSP_DEAD) continue;
-        member *m = find(c, &us[i].id);
-        if (m && m->state == GSP_ALIVE && gsp_inc_cmp(us[i].inc, m->inc) < 0) {
-            PbPacket hdr = PMGCM__GOSSIP__PACKET__INIT;
-            PbMember rec;
-            member_to_pb(m, GSP_ALIVE, NULL, false, &rec);
-            send_packet(c, from, &sid, &hdr, &rec);
-            break;
-        }
-    }
-
+    rc = rx_decode(c, p, us);
+    if (rc) goto done;
+    r.us = us;
+    rx_apply(c, &r);
+    rx_correct_stale(c, &r);
     /* the packet may have introduced its sender: record its seq now */
-    sender = find(c, &sid);
-    if (sender && p->has_seq) rwin_mark(&sender->rw_udp, p->gen, p->seq);
-    if (p->ping) {
-        if (!memcmp(p->ping->target.data, c->self->id.b, GSP_ID_LEN))
-            send_ack(c, from, &sid, p->ping->seq, sender);
-    } else if (sender && (sender->state == GSP_SUSPECT ||
-                          sender->state == GSP_DEAD) && !c->leaving) {
-        /* a member we hold suspect or dead talks to us: tell it, as
-         * send_ack does for pings, so it refutes (or corrects us if we
-         * missed its refutation); not if its packet carried a record about
-         * us, which already is such a notice (no ping-pong) */
-        bool about_us = false;
-        for (size_t i = 0; i < p->n_updates; i++)
-            about_us |= id_eq(&us[i].id, &c->self->id);
-        if (!about_us) {
-            PbPacket hdr = PMGCM__GOSSIP__PACKET__INIT;
-            PbMember rec;
-            member_to_pb(sender, sender->state, &c->self->id, false, &rec);
-            send_packet(c, from, &sid, &hdr, &rec);
-        }
-    }
-    if (p->ack) {
-        uint32_t seq = p->ack->seq;
-        if (c->probe.active && seq == c->probe.seq) {
-            /* only the node probed, or a relay we asked, can vouch */
-            if (id_eq(&sid, &c->probe.target) || probe_relay(c, &sid))
-                finish_probe(c, true);
-            else
-                c->st.acks_ignored++;
-        } else if (verify_ack(c, seq, &sid)) {
-            /* a failed probe's target answered after all */
-        } else {
-            for (size_t i = 0; i < RELAY_MAX; i++) {
-                relay *r = &c->relays[i];
-                if (r->used && r->my_seq == seq) {
-                    if (!id_eq(&sid, &r->target)) {
-                        c->st.acks_ignored++;
-                        break;
-                    }
-                    r->used = false;
-                    PbPacket hdr = PMGCM__GOSSIP__PACKET__INIT;
-                    Pmgcm__Gossip__Ack ack = PMGCM__GOSSIP__ACK__INIT;
-                    ack.seq = r->their_seq;
-                    hdr.ack = &ack;
-                    send_packet(c, &r->requester, &r->requester_id, &hdr,
-                                NULL);
-                    break;
-                }
-            }
-        }
-    }
-    if (p->nack && c->probe.active && p->nack->seq == c->probe.seq) {
-        if (probe_relay(c, &sid))
-            c->probe.nacks++;
-        else
-            c->st.acks_ignored++;
-    }
-    if (p->ping_req) handle_ping_req(c, p->ping_req, from, &sid);
+    r.sender = find(c, &r.sid);
+    if (r.sender && p->has_seq) rwin_mark(&r.sender->rw_udp, p->gen, p->seq);
+    for (size_t i = 0; i < sizeof(rx_handlers) / sizeof(rx_handlers[0]); i++)
+        if (rx_handlers[i].present(p)) rx_handlers[i].handle(c, &r);
     /* awake anyway: a probe due soon starts now */
     if (probe_due_soon(c)) start_probe(c);
-    goto done;
-bad:
-    c->st.drop_decode++;
 done:
     if (!alp) free(us);
     pmgcm__gossip__packet__free_unpacked(p, alp);
