@@ -1,11 +1,14 @@
 /*
- * json.c - bounded growable buffer, JSON string writer and a small bounded
- * JSON reader (RFC 8259) for the control protocol.
+ * json.c - bounded growable buffer, JSON string writer and the bounded
+ * JSON reader (RFC 8259, parsed by jansson) for the control protocol.
  */
 #include "common/common.h"
 
 #include <errno.h>
+#include <jansson.h>
+#include <malloc.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -236,34 +239,239 @@ int pmm_json_str(pmm_buf *b, const char *str, size_t n)
 }
 
 /* ---- reader ------------------------------------------------------------------- */
+/*
+ * Parsing is jansson's (Debian's libjansson, maintained and fuzzed): its
+ * tree is turned into our bounded pmm_json tree, which the callers walk.
+ * What jansson does not bound is bounded here: the input size, the number
+ * of values (counted on the text before jansson sees it) and the depth.
+ */
 
-typedef struct parser {
-    const char *s;
-    size_t len, pos;
-    char *err;
-    size_t errlen;
-    int rc;
-    size_t nodes;
-} parser;
-
-/* bound on values in one document (memory: ~80 bytes each) */
+/* bound on values in one document (memory: ~80 bytes each here, ~100 in
+ * jansson's tree) */
 #define JSON_MAX_NODES 262144
 
-static void perr(parser *p, int rc, const char *msg)
+/* jansson's memory is zeroed before it is freed: a parsed string (and the
+ * lexer's buffer) may have held a password. Set once, for the process. */
+static void *jz_malloc(size_t n) { return malloc(n); }
+static void jz_free(void *p)
 {
-    if (p->rc != 0)
-        return;
-    p->rc = rc;
-    if (p->err != NULL && p->errlen > 0)
-        snprintf(p->err, p->errlen, "%s at byte %zu", msg, p->pos);
+    if (p != NULL) explicit_bzero(p, malloc_usable_size(p));
+    free(p);
+}
+static pthread_once_t jz_once = PTHREAD_ONCE_INIT;
+static void jz_init(void) { json_set_alloc_funcs(jz_malloc, jz_free); }
+
+/* A cheap pass over text before jansson sees it: an upper bound on the
+ * values (every value but the first follows a ',' or opens an
+ * array/object, outside strings) and the deepest nesting. -E2BIG with the
+ * message, or 0. */
+static int prescan(const char *s, size_t n, char *err, size_t errlen);
+
+static void set_err(char *err, size_t errlen, const char *msg, size_t pos)
+{
+    if (err != NULL && errlen > 0)
+        snprintf(err, errlen, "%s at byte %zu", msg, pos);
 }
 
-static void skip_ws(parser *p)
+static int prescan(const char *s, size_t n, char *err, size_t errlen)
 {
-    while (p->pos < p->len &&
-           (p->s[p->pos] == ' ' || p->s[p->pos] == '\t' ||
-            p->s[p->pos] == '\n' || p->s[p->pos] == '\r'))
-        p->pos++;
+    size_t values = 1;
+    int depth = 0;
+    bool in_str = false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (in_str) {
+            if (c == '\\')
+                i++;
+            else if (c == '"')
+                in_str = false;
+            continue;
+        }
+        if (c == '"') {
+            in_str = true;
+        } else if (c == '[' || c == '{') {
+            if (++depth > PMM_JSON_MAX_DEPTH) {
+                set_err(err, errlen, "nested too deeply", i);
+                return -E2BIG;
+            }
+            values++;
+        } else if (c == ']' || c == '}') {
+            depth--;
+        } else if (c == ',') {
+            values++;
+        }
+        if (values > JSON_MAX_NODES) {
+            set_err(err, errlen, "too many values", i);
+            return -E2BIG;
+        }
+    }
+    return 0;
+}
+
+/* The key a duplicate-key error stopped at: the last string that ends
+ * before pos (jansson stops right after it). Copied printable into buf. */
+static void dup_key(const char *s, size_t pos, char *buf, size_t cap)
+{
+    buf[0] = '\0';
+    size_t end = pos;
+    while (end > 0 && s[end - 1] != '"') end--;
+    if (end == 0) return;
+    size_t b = end - 1; /* closing quote */
+    while (b > 0 && !(s[b - 1] == '"' && (b < 2 || s[b - 2] != '\\'))) b--;
+    if (b == 0 || b >= end - 1) return;
+    size_t n = end - 1 - b;
+    char raw[64];
+    if (n >= sizeof(raw)) return;
+    memcpy(raw, s + b, n);
+    raw[n] = '\0';
+    pmm_printable(buf, cap, raw);
+}
+
+/* The message for a jansson error, in the words the callers and tests
+ * know; rc gets the errno. */
+static const char *jerr_text(const json_error_t *e, int *rc)
+{
+    *rc = -EINVAL;
+    switch (json_error_code(e)) {
+    case json_error_out_of_memory:
+        *rc = -ENOMEM;
+        return "out of memory";
+    case json_error_stack_overflow:
+        *rc = -E2BIG;
+        return "nested too deeply";
+    case json_error_premature_end_of_input:
+        return "unexpected end of input";
+    case json_error_end_of_input_expected:
+        return "trailing data";
+    case json_error_null_byte_in_key:
+        return "NUL in object key";
+    case json_error_invalid_utf8:
+        return "invalid UTF-8";
+    case json_error_numeric_overflow:
+        return "number out of range";
+    case json_error_duplicate_key:
+        return "duplicate object key";
+    default:
+        return e->text[0] ? e->text : "invalid JSON";
+    }
+}
+
+/* Our tree for jansson's value v at depth; NULL with *rc and err set. */
+static pmm_json *from_jansson(json_t *v, int depth, int *rc, char *err,
+                              size_t errlen)
+{
+    if (depth > PMM_JSON_MAX_DEPTH) {
+        *rc = -E2BIG;
+        set_err(err, errlen, "nested too deeply", 0);
+        return NULL;
+    }
+    pmm_json *j = calloc(1, sizeof(*j));
+    if (j == NULL) goto oom;
+    switch (json_typeof(v)) {
+    case JSON_NULL:
+        j->type = PMM_JSON_NULL;
+        return j;
+    case JSON_TRUE:
+    case JSON_FALSE:
+        j->type = PMM_JSON_BOOL;
+        j->b = json_is_true(v);
+        return j;
+    case JSON_INTEGER:
+    case JSON_REAL:
+        j->type = PMM_JSON_NUMBER;
+        j->num = json_number_value(v);
+        if (!isfinite(j->num)) {
+            *rc = -EINVAL;
+            set_err(err, errlen, "number out of range", 0);
+            pmm_json_free(j);
+            return NULL;
+        }
+        return j;
+    case JSON_STRING:
+        j->type = PMM_JSON_STRING;
+        j->str_len = json_string_length(v);
+        j->str = malloc(j->str_len + 1);
+        if (j->str == NULL) goto oom;
+        memcpy(j->str, json_string_value(v), j->str_len);
+        j->str[j->str_len] = '\0';
+        return j;
+    case JSON_ARRAY:
+    case JSON_OBJECT:
+        break;
+    }
+    pmm_json **tail = &j->child;
+    if (json_is_array(v)) {
+        j->type = PMM_JSON_ARRAY;
+        size_t i;
+        json_t *e;
+        json_array_foreach(v, i, e) {
+            pmm_json *c = from_jansson(e, depth + 1, rc, err, errlen);
+            if (c == NULL) goto fail;
+            *tail = c;
+            tail = &c->next;
+            j->n_child++;
+        }
+        return j;
+    }
+    j->type = PMM_JSON_OBJECT;
+    const char *k;
+    json_t *e;
+    json_object_foreach(v, k, e) {
+        pmm_json *c = from_jansson(e, depth + 1, rc, err, errlen);
+        if (c == NULL) goto fail;
+        *tail = c;
+        tail = &c->next;
+        j->n_child++;
+        c->key = strdup(k);
+        if (c->key == NULL) goto oom;
+    }
+    return j;
+oom:
+    *rc = -ENOMEM;
+    set_err(err, errlen, "out of memory", 0);
+fail:
+    pmm_json_free(j);
+    return NULL;
+}
+
+int pmm_json_parse(const char *text, size_t len, pmm_json **out, char *err,
+                   size_t errlen)
+{
+    *out = NULL;
+    if (len > PMM_JSON_MAX_INPUT) {
+        set_err(err, errlen, "document too large", 0);
+        return -E2BIG;
+    }
+    int rc = prescan(text, len, err, errlen);
+    if (rc != 0) return rc;
+    pthread_once(&jz_once, jz_init);
+    json_error_t je;
+    /* numbers as doubles (as before: no overflow error for a long
+     * integer); \u0000 allowed in values (kept, str_len counts it), refused
+     * in keys; a duplicate key refused (which one would count?) */
+    json_t *v = json_loadb(text, len,
+                           JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL |
+                               JSON_ALLOW_NUL | JSON_REJECT_DUPLICATES,
+                           &je);
+    if (v == NULL) {
+        /* jansson's position is just past the byte that failed */
+        size_t pos = je.position > 0 ? (size_t)je.position - 1 : 0;
+        const char *msg = jerr_text(&je, &rc);
+        if (json_error_code(&je) == json_error_duplicate_key) {
+            char key[64], m[96];
+            dup_key(text, pos + 1 <= len ? pos + 1 : len, key, sizeof(key));
+            snprintf(m, sizeof(m), "\"%s\" given twice", key);
+            set_err(err, errlen, m, pos);
+        } else {
+            set_err(err, errlen, msg, pos);
+        }
+        return rc;
+    }
+    pmm_json *j = from_jansson(v, 0, &rc, err, errlen);
+    json_decref(v);
+    if (j == NULL) return rc ? rc : -EINVAL;
+    *out = j;
+    return 0;
 }
 
 void pmm_json_free(pmm_json *j)
@@ -278,358 +486,6 @@ void pmm_json_free(pmm_json *j)
         free(j);
         j = next;
     }
-}
-
-static int hex4(const char *s, uint32_t *out)
-{
-    uint32_t v = 0;
-
-    for (int i = 0; i < 4; i++) {
-        int d = pmm_hexval(s[i]);
-        if (d < 0)
-            return -1;
-        v = v << 4 | (uint32_t)d;
-    }
-    *out = v;
-    return 0;
-}
-
-static void put_utf8(pmm_buf *b, uint32_t cp)
-{
-    unsigned char u[4];
-    size_t n;
-
-    if (cp < 0x80) {
-        u[0] = (unsigned char)cp;
-        n = 1;
-    } else if (cp < 0x800) {
-        u[0] = (unsigned char)(0xc0 | cp >> 6);
-        u[1] = (unsigned char)(0x80 | (cp & 0x3f));
-        n = 2;
-    } else if (cp < 0x10000) {
-        u[0] = (unsigned char)(0xe0 | cp >> 12);
-        u[1] = (unsigned char)(0x80 | ((cp >> 6) & 0x3f));
-        u[2] = (unsigned char)(0x80 | (cp & 0x3f));
-        n = 3;
-    } else {
-        u[0] = (unsigned char)(0xf0 | cp >> 18);
-        u[1] = (unsigned char)(0x80 | ((cp >> 12) & 0x3f));
-        u[2] = (unsigned char)(0x80 | ((cp >> 6) & 0x3f));
-        u[3] = (unsigned char)(0x80 | (cp & 0x3f));
-        n = 4;
-    }
-    pmm_buf_add(b, u, n);
-}
-
-/* Parses a string at p->pos (which is '"'); returns malloc'd UTF-8. */
-static char *parse_string(parser *p, size_t *out_len)
-{
-    pmm_buf b;
-    size_t end = p->pos + 1;
-
-    /* One allocation, never grown: no stale copies of a secret are left
-     * behind by realloc. Escapes only shrink, so the raw length up to the
-     * closing quote bounds the decoded length. */
-    while (end < p->len && p->s[end] != '"')
-        end += p->s[end] == '\\' ? 2 : 1;
-    pmm_buf_init(&b, p->len);
-    if (buf_reserve(&b, (end < p->len ? end : p->len) - p->pos) != 0) {
-        perr(p, b.err, "out of memory");
-        return NULL;
-    }
-    b.p[0] = '\0'; /* "" adds nothing */
-    p->pos++; /* opening quote */
-    for (;;) {
-        unsigned char c;
-        if (p->pos >= p->len) {
-            perr(p, -EINVAL, "unterminated string");
-            goto fail;
-        }
-        c = (unsigned char)p->s[p->pos];
-        if (c == '"') {
-            p->pos++;
-            break;
-        }
-        if (c < 0x20) {
-            perr(p, -EINVAL, "control character in string");
-            goto fail;
-        }
-        if (c == '\\') {
-            char e;
-            if (p->pos + 1 >= p->len) {
-                perr(p, -EINVAL, "unterminated escape");
-                goto fail;
-            }
-            e = p->s[p->pos + 1];
-            p->pos += 2;
-            switch (e) {
-            case '"': pmm_buf_add(&b, "\"", 1); break;
-            case '\\': pmm_buf_add(&b, "\\", 1); break;
-            case '/': pmm_buf_add(&b, "/", 1); break;
-            case 'b': pmm_buf_add(&b, "\b", 1); break;
-            case 'f': pmm_buf_add(&b, "\f", 1); break;
-            case 'n': pmm_buf_add(&b, "\n", 1); break;
-            case 'r': pmm_buf_add(&b, "\r", 1); break;
-            case 't': pmm_buf_add(&b, "\t", 1); break;
-            case 'u': {
-                uint32_t cp, lo;
-                if (p->pos + 4 > p->len || hex4(p->s + p->pos, &cp) != 0) {
-                    perr(p, -EINVAL, "bad \\u escape");
-                    goto fail;
-                }
-                p->pos += 4;
-                if (cp >= 0xd800 && cp <= 0xdbff) {
-                    if (p->pos + 6 <= p->len && p->s[p->pos] == '\\' &&
-                        p->s[p->pos + 1] == 'u' &&
-                        hex4(p->s + p->pos + 2, &lo) == 0 && lo >= 0xdc00 &&
-                        lo <= 0xdfff) {
-                        p->pos += 6;
-                        cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
-                    } else {
-                        cp = 0xfffd; /* lone high surrogate */
-                    }
-                } else if (cp >= 0xdc00 && cp <= 0xdfff) {
-                    cp = 0xfffd; /* lone low surrogate */
-                }
-                put_utf8(&b, cp);
-                break;
-            }
-            default:
-                perr(p, -EINVAL, "bad escape");
-                goto fail;
-            }
-            continue;
-        }
-        {
-            size_t sl = utf8_seq((const unsigned char *)p->s + p->pos,
-                                 p->len - p->pos);
-            if (sl == 0) {
-                perr(p, -EINVAL, "invalid UTF-8 in string");
-                goto fail;
-            }
-            pmm_buf_add(&b, p->s + p->pos, sl);
-            p->pos += sl;
-        }
-    }
-    if (b.err != 0) {
-        perr(p, b.err, "out of memory");
-        goto fail;
-    }
-    if (b.p == NULL) {
-        b.p = calloc(1, 1);
-        if (b.p == NULL) {
-            perr(p, -ENOMEM, "out of memory");
-            return NULL;
-        }
-    }
-    *out_len = b.len;
-    return b.p;
-fail:
-    pmm_buf_wipe(&b);
-    return NULL;
-}
-
-static int parse_number(parser *p, double *out)
-{
-    size_t start = p->pos, n;
-    char tmp[64];
-    char *end;
-
-    if (p->pos < p->len && p->s[p->pos] == '-')
-        p->pos++;
-    if (p->pos >= p->len)
-        goto bad;
-    if (p->s[p->pos] == '0') {
-        p->pos++;
-    } else if (p->s[p->pos] >= '1' && p->s[p->pos] <= '9') {
-        while (p->pos < p->len && p->s[p->pos] >= '0' && p->s[p->pos] <= '9')
-            p->pos++;
-    } else {
-        goto bad;
-    }
-    if (p->pos < p->len && p->s[p->pos] == '.') {
-        p->pos++;
-        if (p->pos >= p->len || p->s[p->pos] < '0' || p->s[p->pos] > '9')
-            goto bad;
-        while (p->pos < p->len && p->s[p->pos] >= '0' && p->s[p->pos] <= '9')
-            p->pos++;
-    }
-    if (p->pos < p->len && (p->s[p->pos] == 'e' || p->s[p->pos] == 'E')) {
-        p->pos++;
-        if (p->pos < p->len && (p->s[p->pos] == '+' || p->s[p->pos] == '-'))
-            p->pos++;
-        if (p->pos >= p->len || p->s[p->pos] < '0' || p->s[p->pos] > '9')
-            goto bad;
-        while (p->pos < p->len && p->s[p->pos] >= '0' && p->s[p->pos] <= '9')
-            p->pos++;
-    }
-    n = p->pos - start;
-    if (n >= sizeof(tmp)) {
-        perr(p, -EINVAL, "number too long");
-        return -1;
-    }
-    memcpy(tmp, p->s + start, n);
-    tmp[n] = '\0';
-    *out = strtod(tmp, &end);
-    if (*end != '\0' || !isfinite(*out)) {
-        perr(p, -EINVAL, "number out of range");
-        return -1;
-    }
-    return 0;
-bad:
-    perr(p, -EINVAL, "bad number");
-    return -1;
-}
-
-static bool match_lit(parser *p, const char *lit)
-{
-    size_t n = strlen(lit);
-
-    if (p->len - p->pos < n || memcmp(p->s + p->pos, lit, n) != 0)
-        return false;
-    p->pos += n;
-    return true;
-}
-
-static pmm_json *parse_value(parser *p, int depth)
-{
-    pmm_json *j;
-    char c;
-
-    skip_ws(p);
-    if (p->pos >= p->len) {
-        perr(p, -EINVAL, "unexpected end of input");
-        return NULL;
-    }
-    if (depth > PMM_JSON_MAX_DEPTH) {
-        perr(p, -E2BIG, "nested too deeply");
-        return NULL;
-    }
-    if (++p->nodes > JSON_MAX_NODES) {
-        perr(p, -E2BIG, "too many values");
-        return NULL;
-    }
-    j = calloc(1, sizeof(*j));
-    if (j == NULL) {
-        perr(p, -ENOMEM, "out of memory");
-        return NULL;
-    }
-    c = p->s[p->pos];
-    if (c == '{' || c == '[') {
-        bool obj = c == '{';
-        char close = obj ? '}' : ']';
-        pmm_json **tail = &j->child;
-
-        j->type = obj ? PMM_JSON_OBJECT : PMM_JSON_ARRAY;
-        p->pos++;
-        skip_ws(p);
-        if (p->pos < p->len && p->s[p->pos] == close) {
-            p->pos++;
-            return j;
-        }
-        for (;;) {
-            char *key = NULL;
-            size_t klen;
-            pmm_json *v;
-
-            skip_ws(p);
-            if (obj) {
-                if (p->pos >= p->len || p->s[p->pos] != '"') {
-                    perr(p, -EINVAL, "expected object key");
-                    goto fail;
-                }
-                key = parse_string(p, &klen);
-                if (key == NULL)
-                    goto fail;
-                if (strlen(key) != klen) {
-                    free(key);
-                    perr(p, -EINVAL, "NUL in object key");
-                    goto fail;
-                }
-                skip_ws(p);
-                if (p->pos >= p->len || p->s[p->pos] != ':') {
-                    free(key);
-                    perr(p, -EINVAL, "expected ':'");
-                    goto fail;
-                }
-                p->pos++;
-            }
-            v = parse_value(p, depth + 1);
-            if (v == NULL) {
-                free(key);
-                goto fail;
-            }
-            v->key = key;
-            *tail = v;
-            tail = &v->next;
-            j->n_child++;
-            skip_ws(p);
-            if (p->pos < p->len && p->s[p->pos] == ',') {
-                p->pos++;
-                continue;
-            }
-            if (p->pos < p->len && p->s[p->pos] == close) {
-                p->pos++;
-                return j;
-            }
-            perr(p, -EINVAL, obj ? "expected ',' or '}'" : "expected ',' or ']'");
-            goto fail;
-        }
-    }
-    if (c == '"') {
-        j->type = PMM_JSON_STRING;
-        j->str = parse_string(p, &j->str_len);
-        if (j->str == NULL)
-            goto fail;
-        return j;
-    }
-    if (c == '-' || (c >= '0' && c <= '9')) {
-        j->type = PMM_JSON_NUMBER;
-        if (parse_number(p, &j->num) != 0)
-            goto fail;
-        return j;
-    }
-    if (match_lit(p, "true")) {
-        j->type = PMM_JSON_BOOL;
-        j->b = true;
-        return j;
-    }
-    if (match_lit(p, "false")) {
-        j->type = PMM_JSON_BOOL;
-        return j;
-    }
-    if (match_lit(p, "null")) {
-        j->type = PMM_JSON_NULL;
-        return j;
-    }
-    perr(p, -EINVAL, "unexpected character");
-fail:
-    pmm_json_free(j);
-    return NULL;
-}
-
-int pmm_json_parse(const char *text, size_t len, pmm_json **out, char *err,
-                   size_t errlen)
-{
-    parser p = {.s = text, .len = len, .err = err, .errlen = errlen};
-    pmm_json *j;
-
-    *out = NULL;
-    if (len > PMM_JSON_MAX_INPUT) {
-        perr(&p, -E2BIG, "document too large");
-        return p.rc;
-    }
-    j = parse_value(&p, 0);
-    if (j == NULL)
-        return p.rc != 0 ? p.rc : -EINVAL;
-    skip_ws(&p);
-    if (p.pos != p.len) {
-        perr(&p, -EINVAL, "trailing data");
-        pmm_json_free(j);
-        return p.rc;
-    }
-    *out = j;
-    return 0;
 }
 
 const pmm_json *pmm_json_get(const pmm_json *obj, const char *key)

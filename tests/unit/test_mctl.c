@@ -270,8 +270,12 @@ static void test_parse_bad(void)
                   "sync: unknown argument \"master-ip\""));
     CHECK(REFUSED("{\"cmd\":\"ping\",\"a b\":1}", -EINVAL,
                   "ping: unknown argument"));
+    /* (the JSON reader refuses a duplicate key before the command sees it:
+     * jansson would keep only the last) */
     CHECK(REFUSED("{\"cmd\":\"delete\",\"cid\":3,\"cid\":4}", -EINVAL,
-                  "delete: \"cid\" given twice"));
+                  "\"cid\" given twice"));
+    CHECK(REFUSED("{\"cmd\":\"delete\",\"cid\":3,\"x\\\"y\":1,\"x\\\"y\":2}",
+                  -EINVAL, "given twice"));
 
     /* missing required arguments */
     CHECK(REFUSED("{\"cmd\":\"create\"}", -EINVAL,
