@@ -36,59 +36,61 @@ typedef struct apply_job {
     bool advanced;
 } apply_job;
 
-static void apply_run(pst_job *j, PGconn *c)
+/* apply_run's steps, in order: unpack the queued frames into one batch,
+ * lock this node's position, skip what it already holds (checking that
+ * it is the same history), encode the rest for COPY, copy it into the log,
+ * apply it and advance the position; one transaction. Each step returns
+ * 0 or a PST_E* / -errno with err set. */
+
+/* The queued frames' changes, in order (msgs own them). */
+typedef struct batch {
+    Msg **msgs;
+    size_t nf;
+    Change **ch;
+    size_t n;
+} batch;
+
+static void batch_free(batch *bt)
 {
-    apply_job *aj = (apply_job *)j;
-    char *err = j->err;
-    size_t el = sizeof(j->err);
-    if (!c) {
-        j->rc = PST_EDB;
-        return;
-    }
-    /* every queued frame in one transaction: one commit per batch of
-     * frames keeps up with many small frames */
+    for (size_t f = 0; f < bt->nf; f++)
+        pmgcm__store__msg__free_unpacked(bt->msgs[f], NULL);
+    free(bt->msgs);
+    free(bt->ch);
+    memset(bt, 0, sizeof(*bt));
+}
+
+static int batch_unpack(const apply_job *aj, batch *bt, char *err, size_t el)
+{
     size_t nf = 0, total = 0;
-    for (pst_buf *b = aj->frame; b; b = b->next) nf++;
-    Msg **msgs = calloc(nf ? nf : 1, sizeof(*msgs));
-    if (!msgs) {
-        j->rc = -ENOMEM;
-        return;
-    }
-    nf = 0;
-    for (pst_buf *b = aj->frame; b; b = b->next) {
+    for (const pst_buf *b = aj->frame; b; b = b->next) nf++;
+    bt->msgs = calloc(nf ? nf : 1, sizeof(*bt->msgs));
+    if (!bt->msgs) return -ENOMEM;
+    for (const pst_buf *b = aj->frame; b; b = b->next) {
         Msg *one = pmgcm__store__msg__unpack(NULL, b->len, b->data);
         if (!one || one->n_changes == 0) {
             if (one) pmgcm__store__msg__free_unpacked(one, NULL);
-            for (size_t q = 0; q < nf; q++)
-                pmgcm__store__msg__free_unpacked(msgs[q], NULL);
-            free(msgs);
             snprintf(err, el, "malformed changes");
-            j->rc = PST_EPROTO;
-            return;
+            return PST_EPROTO;
         }
-        msgs[nf++] = one;
+        bt->msgs[bt->nf++] = one;
         total += one->n_changes;
     }
-    Change **all = malloc(total * sizeof(*all));
-    if (!all) {
-        for (size_t q = 0; q < nf; q++)
-            pmgcm__store__msg__free_unpacked(msgs[q], NULL);
-        free(msgs);
-        j->rc = -ENOMEM;
-        return;
-    }
-    total = 0;
-    for (size_t q = 0; q < nf; q++)
-        for (size_t c2 = 0; c2 < msgs[q]->n_changes; c2++)
-            all[total++] = msgs[q]->changes[c2];
-    struct {
-        size_t n_changes;
-        Change **changes;
-    } mm = {total, all}, *m = &mm;
+    bt->ch = malloc((total ? total : 1) * sizeof(*bt->ch));
+    if (!bt->ch) return -ENOMEM;
+    for (size_t q = 0; q < bt->nf; q++)
+        for (size_t k = 0; k < bt->msgs[q]->n_changes; k++)
+            bt->ch[bt->n++] = bt->msgs[q]->changes[k];
+    return 0;
+}
+
+/* BEGIN, and this node's (epoch, seq, recv_seq) for the upstream (or for
+ * the origin), locked for the transaction. */
+static int lock_position(const apply_job *aj, PGconn *c, pst_pos *pos,
+                         uint64_t *recv, char *err, size_t el)
+{
     int rc = pst_exec(c, "BEGIN", err, el);
-    PGresult *r = NULL;
-    char *buf = NULL;
-    if (rc) goto out;
+    if (rc) return rc;
+    PGresult *r;
     char ob[16];
     snprintf(ob, sizeof(ob), "%u", aj->origin);
     if (aj->is_origin) {
@@ -106,83 +108,93 @@ static void apply_run(pst_job *j, PGconn *c)
     }
     if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
         pst_pgerr(c, r, err, el);
-        rc = PST_EDB;
-        goto out;
-    }
-    uint64_t epoch = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
-    uint64_t seq = strtoull(PQgetvalue(r, 0, 1), NULL, 10);
-    uint64_t recv = strtoull(PQgetvalue(r, 0, 2), NULL, 10);
-    PQclear(r);
-    r = NULL;
-    /* contiguous, one entry after what we hold; skip what we have */
-    size_t first = 0;
-    while (first < m->n_changes && m->changes[first]->seq <= recv) first++;
-    if (first > 0 && !aj->is_origin) {
-        /* what we already hold must be the same history: an entry of
-         * another term at that position means our log forked from the
-         * upstream's (a resync keeps what we hold as divergence) */
-        const Change *dup = m->changes[first - 1];
-        char sb[24];
-        snprintf(sb, sizeof(sb), "%llu", (unsigned long long)dup->seq);
-        const char *pv[1] = {sb};
-        if ((rc = pst_q1(c, "SELECT epoch FROM pmgcm.log WHERE seq ="
-                            " $1::bigint", 1, pv, &r, err, el)))
-            goto out;
-        bool other = PQntuples(r) == 1 &&
-                     strtoull(PQgetvalue(r, 0, 0), NULL, 10) != dup->epoch;
         PQclear(r);
-        r = NULL;
-        if (other) {
-            snprintf(err, el, "this node's change %llu is of another term"
-                     " than the upstream's: its log forked",
-                     (unsigned long long)dup->seq);
-            rc = PST_EDIVERGED;
-            goto out;
-        }
+        return PST_EDB;
     }
-    if (first == m->n_changes) { /* all duplicates */
-        aj->pos.epoch = epoch;
-        aj->pos.seq = seq;
-        aj->recv_seq = recv;
-        rc = pst_exec(c, "ROLLBACK", err, el);
-        goto out;
+    pos->epoch = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
+    pos->seq = strtoull(PQgetvalue(r, 0, 1), NULL, 10);
+    *recv = strtoull(PQgetvalue(r, 0, 2), NULL, 10);
+    PQclear(r);
+    return 0;
+}
+
+/* *first: the first change after recv (what we hold is skipped). What we
+ * already hold must be the same history: an entry of another term at that
+ * position means our log forked from the upstream's (a resync keeps what
+ * we hold as divergence). */
+static int skip_held(const apply_job *aj, PGconn *c, const batch *bt,
+                     uint64_t recv, size_t *first, char *err, size_t el)
+{
+    size_t f = 0;
+    while (f < bt->n && bt->ch[f]->seq <= recv) f++;
+    *first = f;
+    if (f == 0 || aj->is_origin) return 0;
+    const Change *dup = bt->ch[f - 1];
+    char sb[24];
+    snprintf(sb, sizeof(sb), "%llu", (unsigned long long)dup->seq);
+    const char *pv[1] = {sb};
+    PGresult *r = NULL;
+    int rc = pst_q1(c, "SELECT epoch FROM pmgcm.log WHERE seq = $1::bigint",
+                    1, pv, &r, err, el);
+    if (rc) return rc;
+    bool other = PQntuples(r) == 1 &&
+                 strtoull(PQgetvalue(r, 0, 0), NULL, 10) != dup->epoch;
+    PQclear(r);
+    if (other) {
+        snprintf(err, el, "this node's change %llu is of another term"
+                 " than the upstream's: its log forked",
+                 (unsigned long long)dup->seq);
+        return PST_EDIVERGED;
     }
-    if (m->changes[first]->seq != recv + 1) {
+    return 0;
+}
+
+/* What the batch's new changes end at. */
+typedef struct tail {
+    uint64_t prev;       /* the last change's seq (the new recv_seq) */
+    uint64_t last_seq;   /* the last complete transaction's seq, or 0 */
+    uint64_t last_epoch;
+    int64_t last_ts;
+} tail;
+
+/* The changes from first on, checked (contiguous after recv, no older
+ * term, the origin's own, a known op) and written as COPY text into *out
+ * (malloc'd, *len bytes). */
+static int encode_copy(const apply_job *aj, const batch *bt, size_t first,
+                       const pst_pos *pos, uint64_t recv, char **out,
+                       size_t *len, tail *t, char *err, size_t el)
+{
+    if (bt->ch[first]->seq != recv + 1) {
         snprintf(err, el, "gap in the change stream: have %llu, got %llu",
                  (unsigned long long)recv,
-                 (unsigned long long)m->changes[first]->seq);
-        rc = PST_EPROTO;
-        goto out;
+                 (unsigned long long)bt->ch[first]->seq);
+        return PST_EPROTO;
     }
-    /* the entries, by COPY */
     size_t cap = 256;
-    for (size_t i = first; i < m->n_changes; i++) {
-        Change *ch = m->changes[i];
+    for (size_t i = first; i < bt->n; i++) {
+        const Change *ch = bt->ch[i];
         cap += 128 + 2 * ((ch->tbl ? strlen(ch->tbl) : 0) +
                           (ch->old ? strlen(ch->old) : 0) +
                           (ch->new_ ? strlen(ch->new_) : 0));
     }
-    buf = malloc(cap);
-    if (!buf) {
-        rc = -ENOMEM;
-        goto out;
-    }
+    char *buf = malloc(cap);
+    if (!buf) return -ENOMEM;
     char *p = buf;
-    uint64_t last_seq = 0, last_epoch = epoch, prev = recv;
-    int64_t last_ts = 0;
-    for (size_t i = first; i < m->n_changes; i++) {
-        Change *ch = m->changes[i];
-        if (ch->seq != prev + 1 || (!aj->is_origin && ch->epoch < epoch) ||
+    *t = (tail){.prev = recv, .last_epoch = pos->epoch};
+    for (size_t i = first; i < bt->n; i++) {
+        const Change *ch = bt->ch[i];
+        if (ch->seq != t->prev + 1 ||
+            (!aj->is_origin && ch->epoch < pos->epoch) ||
             (aj->is_origin && (ch->op == 'E' ||
                                !ch->has_origin || ch->origin != aj->origin)) ||
             (ch->op != 'I' && ch->op != 'U' && ch->op != 'D' &&
              ch->op != 'T' && ch->op != 'E')) {
             snprintf(err, el, "bad change %llu in the stream",
                      (unsigned long long)ch->seq);
-            rc = PST_EPROTO;
-            goto out;
+            free(buf);
+            return PST_EPROTO;
         }
-        prev = ch->seq;
+        t->prev = ch->seq;
         p += sprintf(p, "%llu\t%llu\t%c\t", (unsigned long long)ch->seq,
                      (unsigned long long)ch->epoch, (char)ch->op);
         pst_copy_esc(&p, ch->tbl);
@@ -193,107 +205,149 @@ static void apply_run(pst_job *j, PGconn *c)
         p += sprintf(p, "\t%lld\t%c\t%u\n", (long long)ch->ts_us,
                      ch->last ? 't' : 'f', ch->has_origin ? ch->origin : 0);
         if (ch->last) {
-            last_seq = ch->seq;
-            last_epoch = ch->epoch;
-            last_ts = ch->ts_us;
+            t->last_seq = ch->seq;
+            t->last_epoch = ch->epoch;
+            t->last_ts = ch->ts_us;
         }
     }
-    /* ts arrives as microseconds: stage through a temp table */
-    if ((rc = pst_exec(c,
-                       "CREATE TEMP TABLE IF NOT EXISTS pmgcm_in (seq bigint,"
-                       " epoch bigint, op \"char\", tbl text, old jsonb,"
-                       " new jsonb, ts_us bigint, last boolean, origin int)"
-                       " ON COMMIT DELETE ROWS",
-                       err, el)))
-        goto out;
-    r = PQexec(c, "COPY pmgcm_in FROM STDIN");
+    *out = buf;
+    *len = (size_t)(p - buf);
+    return 0;
+}
+
+/* The encoded changes into pmgcm.log (or pmgcm.olog) by COPY; ts arrives
+ * as microseconds, so through a temp table. */
+static int copy_into_log(const apply_job *aj, PGconn *c, const char *buf,
+                         size_t len, char *err, size_t el)
+{
+    int rc = pst_exec(c,
+                      "CREATE TEMP TABLE IF NOT EXISTS pmgcm_in (seq bigint,"
+                      " epoch bigint, op \"char\", tbl text, old jsonb,"
+                      " new jsonb, ts_us bigint, last boolean, origin int)"
+                      " ON COMMIT DELETE ROWS",
+                      err, el);
+    if (rc) return rc;
+    PGresult *r = PQexec(c, "COPY pmgcm_in FROM STDIN");
     if (PQresultStatus(r) != PGRES_COPY_IN) {
         pst_pgerr(c, r, err, el);
-        rc = PST_EDB;
-        goto out;
+        PQclear(r);
+        return PST_EDB;
     }
     PQclear(r);
-    r = NULL;
-    if (PQputCopyData(c, buf, (int)(p - buf)) != 1 ||
-        PQputCopyEnd(c, NULL) != 1) {
+    if (PQputCopyData(c, buf, (int)len) != 1 || PQputCopyEnd(c, NULL) != 1) {
         pst_pgerr(c, NULL, err, el);
-        rc = PST_EDB;
-        goto out;
+        return PST_EDB;
     }
     r = PQgetResult(c);
     if (PQresultStatus(r) != PGRES_COMMAND_OK) {
         pst_pgerr(c, r, err, el);
-        rc = PST_EDB;
-        goto out;
+        PQclear(r);
+        return PST_EDB;
     }
     PQclear(r);
     while ((r = PQgetResult(c))) PQclear(r);
-    if ((rc = pst_exec(c,
-                       aj->is_origin
-                           ? "INSERT INTO pmgcm.olog SELECT origin, seq, op,"
-                             " tbl, old, new, to_timestamp(ts_us / 1000000.0),"
-                             " last FROM pmgcm_in"
-                           : "INSERT INTO pmgcm.log SELECT seq, epoch, op, tbl,"
-                             " old, new, to_timestamp(ts_us / 1000000.0), last,"
-                             " origin FROM pmgcm_in",
-                       err, el)))
-        goto out;
+    return pst_exec(c,
+                    aj->is_origin
+                        ? "INSERT INTO pmgcm.olog SELECT origin, seq, op,"
+                          " tbl, old, new, to_timestamp(ts_us / 1000000.0),"
+                          " last FROM pmgcm_in"
+                        : "INSERT INTO pmgcm.log SELECT seq, epoch, op, tbl,"
+                          " old, new, to_timestamp(ts_us / 1000000.0), last,"
+                          " origin FROM pmgcm_in",
+                    err, el);
+}
+
+/* Apply the complete transactions received (from pos->seq + 1 to
+ * t->last_seq) and move the position; with no complete transaction only
+ * recv_seq moves. pos is updated to what this node now holds. */
+static int apply_and_advance(apply_job *aj, PGconn *c, pst_pos *pos,
+                             const tail *t, char *err, size_t el)
+{
     char q[300];
-    if (last_seq && aj->is_origin)
-        snprintf(q, sizeof(q), "SELECT pmgcm.oapply(%u, %llu, %llu)",
-                 aj->origin, (unsigned long long)seq + 1,
-                 (unsigned long long)last_seq);
-    else if (last_seq)
-        snprintf(q, sizeof(q), "SELECT pmgcm.apply(%llu, %llu)",
-                 (unsigned long long)seq + 1, (unsigned long long)last_seq);
-    if (last_seq) {
-        r = PQexec(c, q);
+    if (t->last_seq) {
+        if (aj->is_origin)
+            snprintf(q, sizeof(q), "SELECT pmgcm.oapply(%u, %llu, %llu)",
+                     aj->origin, (unsigned long long)pos->seq + 1,
+                     (unsigned long long)t->last_seq);
+        else
+            snprintf(q, sizeof(q), "SELECT pmgcm.apply(%llu, %llu)",
+                     (unsigned long long)pos->seq + 1,
+                     (unsigned long long)t->last_seq);
+        PGresult *r = PQexec(c, q);
         if (PQresultStatus(r) != PGRES_TUPLES_OK) {
             pst_pgerr(c, r, err, el);
-            rc = PST_EDB;
-            goto out;
+            PQclear(r);
+            return PST_EDB;
         }
         aj->applied = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
         PQclear(r);
-        r = NULL;
         if (aj->is_origin)
             snprintf(q, sizeof(q),
                      "UPDATE pmgcm.opos SET seq = %llu, recv_seq = %llu,"
                      " ts = to_timestamp(%lld / 1000000.0) WHERE origin = %u",
-                     (unsigned long long)last_seq, (unsigned long long)prev,
-                     (long long)last_ts, aj->origin);
+                     (unsigned long long)t->last_seq,
+                     (unsigned long long)t->prev, (long long)t->last_ts,
+                     aj->origin);
         else
             snprintf(q, sizeof(q),
                      "UPDATE pmgcm.state SET epoch = %llu, seq = %llu,"
                      " recv_seq = %llu, ts = to_timestamp(%lld / 1000000.0)",
-                     (unsigned long long)last_epoch,
-                     (unsigned long long)last_seq, (unsigned long long)prev,
-                     (long long)last_ts);
-        seq = last_seq;
-        epoch = last_epoch;
-        aj->ts_us = last_ts;
+                     (unsigned long long)t->last_epoch,
+                     (unsigned long long)t->last_seq,
+                     (unsigned long long)t->prev, (long long)t->last_ts);
+        pos->seq = t->last_seq;
+        pos->epoch = t->last_epoch;
+        aj->ts_us = t->last_ts;
         aj->advanced = true;
+    } else if (aj->is_origin) {
+        snprintf(q, sizeof(q), "UPDATE pmgcm.opos SET recv_seq = %llu"
+                 " WHERE origin = %u", (unsigned long long)t->prev,
+                 aj->origin);
     } else {
-        if (aj->is_origin)
-            snprintf(q, sizeof(q), "UPDATE pmgcm.opos SET recv_seq = %llu"
-                     " WHERE origin = %u", (unsigned long long)prev,
-                     aj->origin);
-        else
-            snprintf(q, sizeof(q), "UPDATE pmgcm.state SET recv_seq = %llu",
-                     (unsigned long long)prev);
+        snprintf(q, sizeof(q), "UPDATE pmgcm.state SET recv_seq = %llu",
+                 (unsigned long long)t->prev);
     }
-    if ((rc = pst_exec(c, q, err, el)) || (rc = pst_exec(c, "COMMIT", err, el)))
+    return pst_exec(c, q, err, el);
+}
+
+/* Every queued frame in one transaction: one commit per batch of frames
+ * keeps up with many small frames. */
+static void apply_run(pst_job *j, PGconn *c)
+{
+    apply_job *aj = (apply_job *)j;
+    char *err = j->err;
+    size_t el = sizeof(j->err);
+    if (!c) {
+        j->rc = PST_EDB;
+        return;
+    }
+    batch bt = {0};
+    char *buf = NULL;
+    size_t len = 0, first = 0;
+    pst_pos pos = {0};
+    uint64_t recv = 0;
+    tail t;
+    int rc = batch_unpack(aj, &bt, err, el);
+    if (!rc) rc = lock_position(aj, c, &pos, &recv, err, el);
+    if (!rc) rc = skip_held(aj, c, &bt, recv, &first, err, el);
+    if (!rc && first == bt.n) { /* all duplicates */
+        aj->pos = pos;
+        aj->recv_seq = recv;
+        rc = pst_exec(c, "ROLLBACK", err, el);
         goto out;
-    aj->pos.epoch = epoch;
-    aj->pos.seq = seq;
-    aj->recv_seq = prev;
+    }
+    if (!rc) rc = encode_copy(aj, &bt, first, &pos, recv, &buf, &len, &t,
+                              err, el);
+    if (!rc) rc = copy_into_log(aj, c, buf, len, err, el);
+    if (!rc) rc = apply_and_advance(aj, c, &pos, &t, err, el);
+    if (!rc) rc = pst_exec(c, "COMMIT", err, el);
+    if (!rc) {
+        aj->pos = pos;
+        aj->recv_seq = t.prev;
+    }
 out:
-    PQclear(r);
     free(buf);
-    for (size_t f = 0; f < nf; f++)
-        pmgcm__store__msg__free_unpacked(msgs[f], NULL);
-    free(msgs);
-    free(all);
+    batch_free(&bt);
     j->rc = rc;
 }
 
