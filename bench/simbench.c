@@ -212,6 +212,9 @@ static void run_size(size_t n, int trials, double window_min, uint64_t seed,
         fd[k] = (sim_first_mark(s, v, GSP_DEAD) - t0) / 1000.0;
         ad[k] = (sim_now_ms(s) - t0) / 1000.0;
         if (ad[k] > r->all_dead_max) r->all_dead_max = ad[k];
+        fprintf(stderr, "simbench: N=%zu: crash %d of node %zu: first suspect "
+                        "%.2f s, first dead %.2f s, dead everywhere %.2f s\n",
+                n, k + 1, v, fs[k], fd[k], ad[k]);
         k++;
         sim_run_for(s, 10000);
     }
