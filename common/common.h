@@ -12,6 +12,7 @@
 #ifndef PMGCM_COMMON_H
 #define PMGCM_COMMON_H
 
+#include <jansson.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -172,6 +173,15 @@ void pmm_buf_wipe(pmm_buf *b);
 /* Writes s (n bytes) as a JSON string with quotes; escapes '"', '\\' and
  * control characters; invalid UTF-8 bytes become U+FFFD. */
 int pmm_json_str(pmm_buf *b, const char *s, size_t n);
+/* Writing JSON goes through jansson: build a json_t, then pmm_json_put.
+ * pmm_jstr: a JSON string for s (n bytes, NULs kept); invalid UTF-8 bytes
+ * become U+FFFD (as pmm_json_str). New reference, or NULL when out of
+ * memory. */
+json_t *pmm_jstr(const char *s, size_t n);
+/* Appends v as compact JSON (members in insertion order) to b and releases
+ * v (the reference is taken, also on error). 0, -ENOMEM (v NULL, or out of
+ * memory), or b->err. */
+int pmm_json_put(pmm_buf *b, json_t *v);
 /* Copies src into dst (cap bytes, NUL-terminated, cut to fit) for a log,
  * a terminal or gossip: control and non-ASCII bytes become '?'. */
 void pmm_printable(char *dst, size_t cap, const char *src);

@@ -149,6 +149,44 @@ static size_t utf8_seq(const unsigned char *s, size_t n)
     return len;
 }
 
+json_t *pmm_jstr(const char *s, size_t n)
+{
+    if (pmm_utf8_valid(s, n)) return json_stringn(s, n);
+    /* each invalid byte becomes U+FFFD (3 bytes) */
+    char *clean = malloc(3 * n + 1);
+    if (clean == NULL) return NULL;
+    size_t o = 0;
+    for (size_t i = 0; i < n;) {
+        size_t sl = utf8_seq((const unsigned char *)s + i, n - i);
+        if (sl == 0) {
+            memcpy(clean + o, "\xef\xbf\xbd", 3);
+            o += 3;
+            i++;
+        } else {
+            memcpy(clean + o, s + i, sl);
+            o += sl;
+            i += sl;
+        }
+    }
+    json_t *v = json_stringn(clean, o);
+    free(clean);
+    return v;
+}
+
+static int put_cb(const char *buf, size_t size, void *data)
+{
+    return pmm_buf_add(data, buf, size) == 0 ? 0 : -1;
+}
+
+int pmm_json_put(pmm_buf *b, json_t *v)
+{
+    if (v == NULL) return -ENOMEM;
+    int rc = json_dump_callback(v, put_cb, b, JSON_COMPACT);
+    json_decref(v);
+    if (rc != 0) return b->err ? b->err : -ENOMEM;
+    return b->err;
+}
+
 void pmm_printable(char *dst, size_t cap, const char *src)
 {
     size_t i = 0;

@@ -2732,26 +2732,32 @@ static void serve_req(pmm_files *f, pmm_api_req *sr, const Req *req)
 
 /* ---- status ----------------------------------------------------------------------------- */
 
-/* ---- status ----------------------------------------------------------------------------- */
-
-static void errs_json(pmm_buf *b, const pmm_files_errs *e, bool *first)
+static void errs_json(json_t *arr, const pmm_files_errs *e)
 {
-    for (size_t i = 0; i < e->n; i++) {
-        pmm_buf_puts(b, *first ? "" : ",");
-        pmm_json_str(b, e->msg[i], strlen(e->msg[i]));
-        *first = false;
-    }
+    for (size_t i = 0; i < e->n; i++)
+        json_array_append_new(arr, pmm_jstr(e->msg[i], strlen(e->msg[i])));
 }
 
-static void names_json(pmm_buf *b, char (*names)[PMM_FILES_NAME_MAX + 1],
-                       size_t n)
+static json_t *names_json(char (*names)[PMM_FILES_NAME_MAX + 1], size_t n)
 {
-    pmm_buf_puts(b, "[");
-    for (size_t i = 0; i < n; i++) {
-        pmm_buf_puts(b, i ? "," : "");
-        pmm_json_str(b, names[i], strlen(names[i]));
-    }
-    pmm_buf_puts(b, "]");
+    json_t *arr = json_array();
+    for (size_t i = 0; arr && i < n; i++)
+        json_array_append_new(arr, pmm_jstr(names[i], strlen(names[i])));
+    return arr;
+}
+
+/* A digest as hex, or JSON null. */
+static json_t *digest_json(bool have, const uint8_t *dg)
+{
+    if (!have) return json_null();
+    char d[2 * PMM_HASH_LEN + 1];
+    hex(dg, PMM_HASH_LEN, d);
+    return json_string(d);
+}
+
+static json_t *opt_str(const char *s)
+{
+    return s[0] ? pmm_jstr(s, strlen(s)) : json_null();
 }
 
 static bool synced_now(const pmm_files *f, const pmm_cluster *cl)
@@ -2765,88 +2771,72 @@ int pmm_files_status_json(const pmm_files *f, pmm_buf *b)
     if (!f) return 0;
     const pmm_cluster *cl;
     const pmm_cnode *me = self_in(f, &cl);
-    char d[2 * PMM_HASH_LEN + 1];
-    pmm_buf_puts(b, ",\"files\":{\"dir\":");
-    pmm_json_str(b, f->dir, strlen(f->dir));
-    pmm_buf_printf(b, ",\"role\":\"%s\",\"published\":",
-                   !me ? "-" : me->master ? "master" : "node");
-    if (cl && cl->has_files_digest) {
-        hex(cl->files_digest, PMM_HASH_LEN, d);
-        pmm_buf_printf(b, "\"%s\"", d);
-    } else {
-        pmm_buf_puts(b, "null");
+    json_t *errors = json_array();
+    if (errors) {
+        errs_json(errors, &f->errs);
+        errs_json(errors, &f->rerrs);
     }
-    pmm_buf_puts(b, ",\"local\":");
-    if (f->have_scan) {
-        hex(f->scan_digest, PMM_HASH_LEN, d);
-        pmm_buf_printf(b, "\"%s\"", d);
-    } else {
-        pmm_buf_puts(b, "null");
-    }
-    pmm_buf_puts(b, ",\"last_synced\":");
-    if (f->have_prev) {
-        hex(f->prev.digest, PMM_HASH_LEN, d);
-        pmm_buf_printf(b, "\"%s\"", d);
-    } else {
-        pmm_buf_puts(b, "null");
-    }
-    pmm_buf_printf(b, ",\"synced\":%s,\"count\":%zu,\"bytes\":%llu,"
-                   "\"max_bytes\":%u,\"problems\":%zu,\"errors\":[",
-                   synced_now(f, cl) ? "true" : "false", f->scan_n,
-                   (unsigned long long)f->scan_bytes, f->max_bytes,
-                   f->errs.total + f->rerrs.total);
-    bool first = true;
-    errs_json(b, &f->errs, &first);
-    errs_json(b, &f->rerrs, &first);
-    pmm_buf_puts(b, "],\"last_error\":");
-    if (f->last_err[0]) pmm_json_str(b, f->last_err, strlen(f->last_err));
-    else pmm_buf_puts(b, "null");
-    pmm_buf_printf(b, ",\"unmanaged\":{\"count\":%zu,\"names\":",
-                   f->n_unmanaged);
-    names_json(b, (char(*)[PMM_FILES_NAME_MAX + 1])f->unmanaged,
-               f->n_unmanaged < PMM_FILES_NAMES_SHOWN ? f->n_unmanaged
-                                                      : PMM_FILES_NAMES_SHOWN);
-    pmm_buf_puts(b, "},\"held\":");
-    if (!f->held) {
-        pmm_buf_puts(b, "null");
-    } else {
-        hex(f->held_digest, PMM_HASH_LEN, d);
-        pmm_buf_printf(b, "{\"digest\":\"%s\",\"reason\":\"%s\",\"files\":%zu,"
-                       "\"published_files\":%zu,\"dropped\":%zu,"
-                       "\"dropped_names\":", d,
-                       f->held == HOLD_DROP ? "drops most of the published "
-                       "files" : "this node does not hold the published "
-                       "manifest", f->held_n, f->held_of, f->held_dropped);
-        names_json(b, (char(*)[PMM_FILES_NAME_MAX + 1])f->held_names,
-                   f->held_nnames);
-        pmm_buf_puts(b, ",\"confirm\":\"pmgcm files publish --confirm\"}");
-    }
-    pmm_buf_puts(b, ",\"trash\":{\"dir\":");
-    pmm_json_str(b, f->trash, strlen(f->trash));
-    pmm_buf_printf(b, ",\"events\":%llu,\"files\":%llu,\"bytes\":%llu,"
-                   "\"max_files\":%llu,\"max_bytes\":%llu,\"kept\":%llu,"
-                   "\"evicted\":%llu,\"newest\":",
-                   (unsigned long long)f->tstats.events,
-                   (unsigned long long)f->tstats.files,
-                   (unsigned long long)f->tstats.bytes,
-                   (unsigned long long)f->trash_max_files,
-                   (unsigned long long)f->trash_max_bytes,
-                   (unsigned long long)f->trashed,
-                   (unsigned long long)f->evicted);
-    if (f->tstats.newest[0])
-        pmm_json_str(b, f->tstats.newest, strlen(f->tstats.newest));
-    else
-        pmm_buf_puts(b, "null");
-    pmm_buf_printf(b, "},\"reload\":{\"configured\":%s,\"runs\":%llu,"
-                   "\"running\":%s,\"last_exit\":",
-                   f->cfg->files_reload[0] ? "true" : "false",
-                   (unsigned long long)f->reload_runs,
-                   f->run ? "true" : "false");
-    if (!f->have_exit) pmm_buf_puts(b, "null");
-    else if (f->last_signal) pmm_buf_printf(b, "\"signal %d\"", f->last_signal);
-    else pmm_buf_printf(b, "%lld", (long long)f->last_exit);
-    pmm_buf_puts(b, "}}");
-    return b->err;
+    json_t *held = json_null();
+    if (f->held)
+        held = json_pack(
+            "{s:o, s:s, s:I, s:I, s:I, s:o, s:s}",
+            "digest", digest_json(true, f->held_digest),
+            "reason", f->held == HOLD_DROP
+                          ? "drops most of the published files"
+                          : "this node does not hold the published manifest",
+            "files", (json_int_t)f->held_n,
+            "published_files", (json_int_t)f->held_of,
+            "dropped", (json_int_t)f->held_dropped,
+            "dropped_names",
+            names_json((char(*)[PMM_FILES_NAME_MAX + 1])f->held_names,
+                       f->held_nnames),
+            "confirm", "pmgcm files publish --confirm");
+    json_t *last_exit = !f->have_exit ? json_null()
+                        : f->last_signal
+                            ? json_sprintf("signal %d", f->last_signal)
+                            : json_integer((json_int_t)f->last_exit);
+    size_t shown = f->n_unmanaged < PMM_FILES_NAMES_SHOWN
+                       ? f->n_unmanaged
+                       : PMM_FILES_NAMES_SHOWN;
+    json_t *st = json_pack(
+        "{s:o, s:s, s:o, s:o, s:o, s:b, s:I, s:I, s:I, s:I, s:o, s:o,"
+        " s:{s:I, s:o}, s:o, s:{s:o, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o},"
+        " s:{s:b, s:I, s:b, s:o}}",
+        "dir", pmm_jstr(f->dir, strlen(f->dir)),
+        "role", !me ? "-" : me->master ? "master" : "node",
+        "published", digest_json(cl && cl->has_files_digest,
+                                 cl ? cl->files_digest : NULL),
+        "local", digest_json(f->have_scan, f->scan_digest),
+        "last_synced", digest_json(f->have_prev, f->prev.digest),
+        "synced", synced_now(f, cl),
+        "count", (json_int_t)f->scan_n,
+        "bytes", (json_int_t)f->scan_bytes,
+        "max_bytes", (json_int_t)f->max_bytes,
+        "problems", (json_int_t)(f->errs.total + f->rerrs.total),
+        "errors", errors,
+        "last_error", opt_str(f->last_err),
+        "unmanaged",
+            "count", (json_int_t)f->n_unmanaged,
+            "names", names_json((char(*)[PMM_FILES_NAME_MAX + 1])f->unmanaged,
+                                shown),
+        "held", held,
+        "trash",
+            "dir", pmm_jstr(f->trash, strlen(f->trash)),
+            "events", (json_int_t)f->tstats.events,
+            "files", (json_int_t)f->tstats.files,
+            "bytes", (json_int_t)f->tstats.bytes,
+            "max_files", (json_int_t)f->trash_max_files,
+            "max_bytes", (json_int_t)f->trash_max_bytes,
+            "kept", (json_int_t)f->trashed,
+            "evicted", (json_int_t)f->evicted,
+            "newest", opt_str(f->tstats.newest),
+        "reload",
+            "configured", f->cfg->files_reload[0] != '\0',
+            "runs", (json_int_t)f->reload_runs,
+            "running", f->run != NULL,
+            "last_exit", last_exit);
+    pmm_buf_puts(b, ",\"files\":");
+    return pmm_json_put(b, st);
 }
 
 /* ---- promote, metadata, `pmgcm files publish` ------------------------------------------- */

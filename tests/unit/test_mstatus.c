@@ -133,6 +133,32 @@ static void test_json_escape(void)
     pmm_buf_reset(&b);
     pmm_json_str(&b, "", 0);
     CHECK(strcmp(b.p, "\"\"") == 0);
+    pmm_buf_reset(&b);
+    /* the jansson writer: the same strings, as values of an object */
+    json_t *o = json_object();
+    json_object_set_new(o, "q", pmm_jstr("a\"b\\c/d", 7));
+    json_object_set_new(o, "nul", pmm_jstr("nul\0x", 5));
+    json_object_set_new(o, "u", pmm_jstr("caf\xc3\xa9 \xff \xc3 \xed\xa0\x80 "
+                                          "\xf0\x9f\x98\x80", 18));
+    json_object_set_new(o, "n", json_integer(-3));
+    CHECK(pmm_json_put(&b, o) == 0);
+    CHECK(strcmp(b.p, "{\"q\":\"a\\\"b\\\\c/d\",\"nul\":\"nul\\u0000x\","
+                      "\"u\":\"caf\xc3\xa9 \xef\xbf\xbd \xef\xbf\xbd "
+                      "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd \xf0\x9f\x98\x80\","
+                      "\"n\":-3}") == 0);
+    /* what it writes, the reader reads back */
+    pmm_json *j = NULL;
+    char err[128];
+    REQUIRE(pmm_json_parse(b.p, b.len, &j, err, sizeof(err)) == 0);
+    const pmm_json *nul = pmm_json_get(j, "nul");
+    CHECK(nul && nul->str_len == 5 && memcmp(nul->str, "nul\0x", 5) == 0);
+    pmm_json_free(j);
+    CHECK(pmm_json_put(&b, NULL) == -ENOMEM);
+    /* a full buffer is an error, and v is released anyway (valgrind) */
+    pmm_buf small;
+    pmm_buf_init(&small, 4);
+    CHECK(pmm_json_put(&small, json_pack("{s:s}", "key", "long value")) != 0);
+    pmm_buf_free(&small);
     pmm_buf_free(&b);
 }
 
