@@ -3,15 +3,17 @@
 #
 #   1. scripts/deps.sh            install missing Debian packages
 #   2. autoreconf -fi
-#   3. build/      ./configure --enable-werror;  make -j2 && make check
-#   4. build-san/  ./configure --enable-sanitizers --enable-werror;
-#                  make -j2 && make check  (ASan + UBSan, leaks detected)
-#   5. build-tsan/ ./configure --enable-tsan --enable-werror; make check over
-#                  every unit test and the store/files integration tests
-#                  (ThreadSanitizer; tests/tsan.supp)
-#   6. valgrind --leak-check=full over every unit test binary of build/
-#      (tests/unit/test_*) and every fuzz corpus replay (tests/fuzz/replay_*)
-#   7. tests/integration/package.sh once (not in `make check`: it builds the
+#   3. build/      ./configure --enable-werror;  make -j2
+#   4. build-san/  ./configure --enable-sanitizers --enable-werror; make -j2
+#   5. build-tsan/ ./configure --enable-tsan --enable-werror; make -j2
+#   then, side by side (PMGCM_SERIAL=1: one after the other):
+#   - make check in build/ and build-san/ (ASan + UBSan, leaks detected)
+#   - make check in build-tsan/ over every unit test and the store/files
+#     integration tests (ThreadSanitizer; tests/tsan.supp)
+#   6. meanwhile valgrind --leak-check=full over every unit test binary of
+#      build/ (tests/unit/test_*) and every fuzz corpus replay
+#      (tests/fuzz/replay_*)
+#   7. and tests/integration/package.sh once (not in `make check`: it builds the
 #      Debian package with dpkg-buildpackage, about 2 minutes, the same for
 #      every build flavour): install beside a stand-in pmg-api into a
 #      throwaway root, a cluster of 2 from the unit's command line, remove,
@@ -31,7 +33,8 @@ cd "$top"
 
 # A hung test must not eat CI's budget: each `make check` gets this long.
 # (twice that beside the busy loops of PMGCM_HOG=1: everything is slower)
-CHECK_TIMEOUT=${PMGCM_CHECK_TIMEOUT:-$([[ ${PMGCM_HOG:-0} == 1 ]] && echo 3000 || echo 1500)}
+# (side by side, each takes longer than alone: 40 min, 60 with the hogs)
+CHECK_TIMEOUT=${PMGCM_CHECK_TIMEOUT:-$([[ ${PMGCM_HOG:-0} == 1 ]] && echo 3600 || echo 2400)}
 VALGRIND_TIMEOUT=${PMGCM_VALGRIND_TIMEOUT:-600}
 
 step_failures=()   # steps that could not produce results
@@ -66,70 +69,94 @@ if ! autoreconf -fi; then
     finish
 fi
 
-# build_and_check DIR LABEL configure-args...
-build_and_check() {
+# build_flavour DIR LABEL configure-args...: configure, make -j2 and the
+# check programs (make -j2 check TESTS=), one flavour after the other: the
+# builds are what needs the CPU.
+build_flavour() {
     local dir=$1 label=$2
     shift 2
-    banner "$label: configure $* && make -j2 && make check (in $dir/)"
+    banner "$label: configure $* && make -j2 (in $dir/)"
     rm -f "$dir/test-suite.log"
     if ! bash scripts/build.sh --reconf "$dir" "$@"; then
         fail_step "$label: build"
         return 1
     fi
-    # Build the check programs in parallel first, then run the tests one at a
-    # time: the integration tests time real daemons and must not compete
-    # with a CPU-heavy simulation for the two cores.
     (cd "$dir" && make -j2 check TESTS= >/dev/null 2>&1) || true
     rm -f "$dir/test-suite.log"
-    local rc=0 hog=()
-    [[ ${PMGCM_HOG:-0} == 1 ]] && hog=(bash "$top/scripts/hog.sh")
-    (cd "$dir" && timeout -k 30 "$CHECK_TIMEOUT" "${hog[@]}" make check) || rc=$?
-    if ((rc == 124 || rc == 137)); then
-        fail_step "$label: make check timed out after ${CHECK_TIMEOUT}s"
-    fi
-    if [[ ! -f "$dir/test-suite.log" ]]; then
-        fail_step "$label: make check produced no test-suite.log (exit $rc)"
-        return 1
-    fi
-    if ((rc != 0)) && ! grep -Eq '^# (FAIL|ERROR|XPASS): *[1-9]' "$dir/test-suite.log"; then
-        fail_step "$label: make check exited $rc with no failing test recorded"
-    fi
     return 0
 }
 
-build_and_check build "build" --enable-werror
+# run_check DIR [make-args...]: `make check` in DIR (the tests one at a
+# time), its output to DIR/check.out and its exit code to DIR/check.rc.
+# The environment (ASAN_OPTIONS, TSAN_OPTIONS) is the caller's.
+run_check() {
+    local dir=$1
+    shift
+    local rc=0 hog=()
+    [[ ${PMGCM_HOG:-0} == 1 ]] && hog=(bash "$top/scripts/hog.sh")
+    rm -f "$dir/check.rc"
+    (cd "$dir" && timeout -k 30 "$CHECK_TIMEOUT" "${hog[@]}" make check "$@") \
+        >"$dir/check.out" 2>&1 || rc=$?
+    echo "$rc" >"$dir/check.rc"
+}
 
-export ASAN_OPTIONS=detect_leaks=1
-export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
-build_and_check build-san "sanitizers" --enable-sanitizers --enable-werror
-unset ASAN_OPTIONS UBSAN_OPTIONS
+# collect_check DIR LABEL: prints what run_check wrote and records a step
+# that could not produce results.
+collect_check() {
+    local dir=$1 label=$2 rc
+    banner "$label: make check (in $dir/)"
+    cat "$dir/check.out" 2>/dev/null
+    rc=$(cat "$dir/check.rc" 2>/dev/null || echo none)
+    if [[ $rc == none ]]; then
+        fail_step "$label: make check did not finish"
+    elif ((rc == 124 || rc == 137)); then
+        fail_step "$label: make check timed out after ${CHECK_TIMEOUT}s"
+    elif [[ ! -f "$dir/test-suite.log" ]]; then
+        fail_step "$label: make check produced no test-suite.log (exit $rc)"
+    elif ((rc != 0)) && ! grep -Eq '^# (FAIL|ERROR|XPASS): *[1-9]' "$dir/test-suite.log"; then
+        fail_step "$label: make check exited $rc with no failing test recorded"
+    fi
+}
 
-# ---- ThreadSanitizer over the threaded code -----------------------------------
+# ---- the three builds ------------------------------------------------------------
+ok_plain=0 ok_san=0 ok_tsan=0
+build_flavour build "build" --enable-werror && ok_plain=1
+build_flavour build-san "sanitizers" --enable-sanitizers --enable-werror && ok_san=1
 # build-tsan/ (--enable-tsan): every unit test binary, and the integration
 # tests whose daemons run the store's and the file mirror's worker threads.
-banner "tsan: configure --enable-tsan && make -j2 && make check (threaded tests, in build-tsan/)"
+build_flavour build-tsan "tsan" --enable-tsan --enable-werror && ok_tsan=1
 TSAN_TESTS=${PMGCM_TSAN_TESTS:-"tests/integration/store.sh tests/integration/files.sh"}
-if bash scripts/build.sh --reconf build-tsan --enable-tsan --enable-werror; then
-    (cd build-tsan && make -j2 check TESTS= >/dev/null 2>&1) || true
-    tsan_units=$(cd build-tsan && find tests/unit -maxdepth 1 -type f -perm -u+x \
+tsan_units=
+((ok_tsan)) && tsan_units=$(cd build-tsan && find tests/unit -maxdepth 1 -type f -perm -u+x \
                  -name 'test_*' ! -name '*.*' | sort | tr '\n' ' ')
-    rm -f build-tsan/test-suite.log
-    rc=0
-    hog=()
-    [[ ${PMGCM_HOG:-0} == 1 ]] && hog=(bash "$top/scripts/hog.sh")
-    (cd build-tsan &&
-     TSAN_OPTIONS="halt_on_error=0 exitcode=66 suppressions=$top/tests/tsan.supp" \
-     timeout -k 30 "$CHECK_TIMEOUT" "${hog[@]}" make check TESTS="$tsan_units $TSAN_TESTS") || rc=$?
-    if ((rc == 124 || rc == 137)); then
-        fail_step "tsan: make check timed out after ${CHECK_TIMEOUT}s"
-    elif [[ ! -f build-tsan/test-suite.log ]]; then
-        fail_step "tsan: make check produced no test-suite.log (exit $rc)"
-    elif ((rc != 0)) && ! grep -Eq '^# (FAIL|ERROR|XPASS): *[1-9]' build-tsan/test-suite.log; then
-        fail_step "tsan: make check exited $rc with no failing test recorded"
+
+# ---- the three `make check`s, side by side --------------------------------------
+# They wait on daemons, PostgreSQL and timers far more than they compute
+# (the plain check: 25 min of wall time for 5 min of CPU), and every
+# integration test has its own namespaces, addresses, directories and
+# Unix sockets: so the plain, ASan+UBSan and TSan checks run at once, and
+# valgrind and the package test beside them. PMGCM_SERIAL=1 runs them one
+# after the other (as before: for a slow or odd machine).
+check_jobs=()
+start_check() { # start_check DIR [NAME=VALUE...] -- [make-args...]
+    local dir=$1
+    shift
+    local envs=()
+    while [[ $1 != -- ]]; do envs+=("$1"); shift; done
+    shift
+    if [[ ${PMGCM_SERIAL:-0} == 1 ]]; then
+        (for e in "${envs[@]+"${envs[@]}"}"; do export "$e"; done; run_check "$dir" "$@")
+    else
+        (for e in "${envs[@]+"${envs[@]}"}"; do export "$e"; done; run_check "$dir" "$@") &
+        check_jobs+=($!)
     fi
-else
-    fail_step "tsan: build"
-fi
+}
+((ok_plain)) && start_check build -- --
+((ok_san)) && start_check build-san ASAN_OPTIONS=detect_leaks=1 \
+    UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 -- --
+((ok_tsan)) && start_check build-tsan \
+    "TSAN_OPTIONS=halt_on_error=0 exitcode=66 suppressions=$top/tests/tsan.supp" \
+    -- TESTS="$tsan_units $TSAN_TESTS"
 
 # ---- valgrind over the unit test binaries of the plain build -----------------
 banner "valgrind: unit test binaries of build/"
@@ -184,6 +211,13 @@ if [[ -x build/daemon/pmgclusterd ]]; then
 else
     fail_step "package.sh: no build/ to run it from"
 fi
+
+# ---- the checks' results ----------------------------------------------------------
+banner "waiting for the make checks"
+for j in "${check_jobs[@]+"${check_jobs[@]}"}"; do wait "$j"; done
+((ok_plain)) && collect_check build "build"
+((ok_san)) && collect_check build-san "sanitizers"
+((ok_tsan)) && collect_check build-tsan "tsan"
 
 # ---- logs of failing tests ---------------------------------------------------
 for dir in build build-san build-tsan; do
