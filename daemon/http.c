@@ -11,6 +11,7 @@
  * slow or hostile one only ever costs its own buffer and a timer.
  */
 #include "daemon/daemon.h"
+#include "daemon/panel.h"
 #include "net/net.h"
 
 #include <errno.h>
@@ -348,6 +349,7 @@ static void put_answer(pmm_buf *out, int status, const char *ctype,
                    "Content-Type: %s\r\n"
                    "Content-Length: %zu\r\n"
                    "Cache-Control: no-store\r\n"
+                   "X-Content-Type-Options: nosniff\r\n"
                    "Connection: close\r\n"
                    "Date: %s\r\n"
                    "%s"
@@ -943,16 +945,24 @@ int pmm_http_respond(pmm_buf *out, const pmm_http_req *req,
     query q;
     const char *ctype = CT_TEXT;
     const char *p = req->path;
+    const pmm_panel_file *pf = NULL;
+    char extra[sizeof(PMM_PANEL_HEADERS) + 32] = "";
     bool head = req->method == PMM_HTTP_HEAD;
     bool allow = req->method == PMM_HTTP_OPTIONS;
     int status;
     enum { P_NONE, P_LIVEZ, P_READYZ, P_READYZ_ONE, P_HEALTH, P_STATUS,
-           P_METRICS } page = P_NONE;
+           P_METRICS, P_PANEL } page = P_NONE;
 
     memset(&v, 0, sizeof(v));
     if (src != NULL && src->view != NULL)
         src->view(src->ud, &v);
-    if (req->asterisk || strcmp(p, "/") == 0 || strcmp(p, "/readyz") == 0)
+    /* GET / is the cluster panel (panel.h); OPTIONS / stays readiness
+     * (HAProxy's default httpchk) */
+    if (!req->asterisk && !(allow && strcmp(p, "/") == 0) &&
+        (pf = pmm_panel_find(p)) != NULL)
+        page = P_PANEL;
+    else if (req->asterisk || strcmp(p, "/") == 0 ||
+             strcmp(p, "/readyz") == 0)
         page = P_READYZ;
     else if (strcmp(p, "/livez") == 0)
         page = P_LIVEZ;
@@ -974,9 +984,9 @@ int pmm_http_respond(pmm_buf *out, const pmm_http_req *req,
         pmm_http_error(out, 405, v.now, false);
         return 405;
     }
-    if (page == P_STATUS || page == P_METRICS) {
+    if (page == P_STATUS || page == P_METRICS || page == P_PANEL) {
         int deny = access_denied(src != NULL ? src->access : NULL, req,
-                                 page == P_STATUS);
+                                 page != P_METRICS);
         if (deny != 0) {
             pmm_http_error(out, deny, v.now, head);
             return deny;
@@ -1016,6 +1026,12 @@ int pmm_http_respond(pmm_buf *out, const pmm_http_req *req,
         status = 200;
         page_metrics(&body, &v);
         break;
+    case P_PANEL:
+        ctype = pf->ctype;
+        status = 200;
+        pmm_buf_add(&body, pf->data, pf->len);
+        snprintf(extra, sizeof(extra), "%s", PMM_PANEL_HEADERS);
+        break;
     default:
         status = 500;
         break;
@@ -1025,8 +1041,10 @@ int pmm_http_respond(pmm_buf *out, const pmm_http_req *req,
         pmm_http_error(out, 500, v.now, head);
         return 500;
     }
-    put_answer(out, status, ctype, allow ? "Allow: " ALLOW "\r\n" : NULL,
-               v.now, body.p ? body.p : "",
+    if (allow)
+        snprintf(extra + strlen(extra), sizeof(extra) - strlen(extra), "%s",
+                 "Allow: " ALLOW "\r\n");
+    put_answer(out, status, ctype, extra, v.now, body.p ? body.p : "",
                body.len, head);
     pmm_buf_free(&body);
     return status;

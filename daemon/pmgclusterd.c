@@ -11,6 +11,7 @@
  */
 #include "membership/membership.h"
 #include "daemon/daemon.h"
+#include "daemon/panel.h"
 #include "files/files.h"
 
 #include <arpa/inet.h>
@@ -140,6 +141,16 @@ typedef struct node {
     } *seen;
     size_t n_seen, cap_seen;
 
+    /* the cluster panel's timeline (daemon/panel.h, /status "events"):
+     * recent membership events, and the config they were last compared
+     * with (its nodes without keys, its master, a hash of its keyring) */
+    pmm_events events;
+    pmm_cnode *ev_nodes;
+    size_t ev_n;
+    uint32_t ev_master;
+    uint64_t ev_keys;
+    bool ev_have;
+
     /* shutdown */
     bool stopping;
     bool closed;
@@ -205,6 +216,101 @@ static void seen_update(node *n, const gsp_member *m, gsp_state old,
     n->n_seen++;
 }
 
+/* The panel's timeline: a member's new state. */
+static void event_member(node *n, const gsp_member *m, gsp_state old,
+                         bool is_new)
+{
+    const pmm_cluster *cl = n->lc ? pmm_lc_cluster(n->lc) : NULL;
+    const pmm_cnode *c = cl != NULL ? pmm_cluster_by_id(cl, &m->id) : NULL;
+    char detail[PMM_EVENT_DETAIL_MAX];
+
+    if (m->is_self || (!is_new && old == m->state))
+        return;
+    if (is_new)
+        snprintf(detail, sizeof(detail), "new member");
+    else
+        snprintf(detail, sizeof(detail), "was %s", gsp_state_name(old));
+    pmm_events_add(&n->events, (int64_t)time(NULL), gsp_state_name(m->state),
+                   m->name, c != NULL ? c->cid : 0, detail);
+}
+
+static uint64_t keys_hash(const pmm_cluster *cl)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a: a change detector */
+
+    for (size_t k = 0; k < cl->n_keys; k++)
+        for (size_t i = 0; i < GSP_KEY_LEN; i++) {
+            h ^= cl->keys[k][i];
+            h *= 1099511628211ULL;
+        }
+    return h ^ cl->n_keys;
+}
+
+static const pmm_cnode *cnode_in(const pmm_cnode *a, size_t n, uint32_t cid,
+                                 const gsp_id *id)
+{
+    for (size_t i = 0; i < n; i++)
+        if (a[i].cid == cid && memcmp(&a[i].node_id, id, sizeof(*id)) == 0)
+            return &a[i];
+    return NULL;
+}
+
+/* The panel's timeline: what a new cluster config changed (nodes added and
+ * deleted, a new master, a new keyring). The first config seen, and one
+ * after leaving a cluster, only set the baseline. */
+static void event_config(node *n)
+{
+    const pmm_cluster *cl = n->lc ? pmm_lc_cluster(n->lc) : NULL;
+    int64_t now = (int64_t)time(NULL);
+    char d[PMM_EVENT_DETAIL_MAX];
+    pmm_cnode *copy = NULL;
+
+    if (cl == NULL)
+        return;
+    if (n->ev_have && n->ev_n > 0 && cl->n_nodes > 0) {
+        for (size_t i = 0; i < n->ev_n; i++)
+            if (cnode_in(cl->nodes, cl->n_nodes, n->ev_nodes[i].cid,
+                         &n->ev_nodes[i].node_id) == NULL)
+                pmm_events_add(&n->events, now, "deleted",
+                               n->ev_nodes[i].name, n->ev_nodes[i].cid,
+                               "removed from the cluster config");
+        for (size_t i = 0; i < cl->n_nodes; i++)
+            if (cnode_in(n->ev_nodes, n->ev_n, cl->nodes[i].cid,
+                         &cl->nodes[i].node_id) == NULL) {
+                snprintf(d, sizeof(d), "joined (%s)", cl->nodes[i].ip);
+                pmm_events_add(&n->events, now, "joined",
+                               cl->nodes[i].name, cl->nodes[i].cid, d);
+            }
+        if (cl->master_cid != n->ev_master) {
+            const char *name = "";
+            for (size_t i = 0; i < cl->n_nodes; i++)
+                if (cl->nodes[i].cid == cl->master_cid)
+                    name = cl->nodes[i].name;
+            snprintf(d, sizeof(d), "new master (was cid %u), epoch %llu",
+                     n->ev_master, (unsigned long long)cl->epoch);
+            pmm_events_add(&n->events, now, "promoted", name,
+                           cl->master_cid, d);
+        }
+        if (keys_hash(cl) != n->ev_keys && cl->n_keys > 0) {
+            snprintf(d, sizeof(d), "gossip keyring now %zu key(s)",
+                     cl->n_keys);
+            pmm_events_add(&n->events, now, "key rotated", "", 0, d);
+        }
+    }
+    if (cl->n_nodes > 0) {
+        copy = malloc(cl->n_nodes * sizeof(*copy));
+        if (copy == NULL)
+            return; /* the old baseline stays */
+        memcpy(copy, cl->nodes, cl->n_nodes * sizeof(*copy));
+    }
+    free(n->ev_nodes);
+    n->ev_nodes = copy;
+    n->ev_n = cl->n_nodes;
+    n->ev_master = cl->master_cid;
+    n->ev_keys = keys_hash(cl);
+    n->ev_have = true;
+}
+
 static void member_changed(void *ud, const gsp_member *m, gsp_state old,
                            bool is_new)
 {
@@ -214,6 +320,7 @@ static void member_changed(void *ud, const gsp_member *m, gsp_state old,
 
     if (!m->is_self)
         seen_update(n, m, old, is_new);
+    event_member(n, m, old, is_new);
     gsp_addr_str(&m->addr, a, sizeof(a));
     if (m->is_self) {
         pmm_log(PMM_LOG_DEBUG, "gossip", "self %s (%s) %s", m->name, a,
@@ -497,6 +604,7 @@ static void cluster_changed(void *ud)
     node *n = ud;
     gsp_core *core = node_core(n);
 
+    event_config(n);
     if (!n->stopping) {
         pmm_files_kick(n->files);
         pmm_repl_cluster_changed(n->repl);
@@ -1066,6 +1174,18 @@ static int status_json(node *n, pmm_buf *reply)
                                                   si.snap_started_ms)
                            : 0ULL);
     }
+    if (cl != NULL) {
+        /* the panel's "Add" line: on the master only */
+        const pmm_cnode *m = pmm_cluster_master(cl);
+        if (m != NULL && memcmp(&m->node_id, &n->id, sizeof(n->id)) == 0) {
+            char cmd[300];
+            pmm_join_command(m, cmd, sizeof(cmd));
+            pmm_buf_puts(reply, ",\"join_command\":");
+            pmm_json_str(reply, cmd, strlen(cmd));
+        }
+    }
+    pmm_buf_puts(reply, ",\"events\":");
+    pmm_events_json(&n->events, reply);
     pmm_buf_printf(reply, ",\"draining\":%s,\"ready\":%s}\n",
                    n->draining ? "true" : "false",
                    node_ready(n, NULL, 0) ? "true" : "false");
@@ -2242,6 +2362,7 @@ int main(int argc, char **argv)
     gsp_keyring_free(n->kr);
     gsp_budget_free(n->budget);
     free(n->seen);
+    free(n->ev_nodes);
     memset(n->status_token, 0, sizeof(n->status_token));
     if (n->lock_fd >= 0)
         close(n->lock_fd);

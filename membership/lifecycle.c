@@ -1407,6 +1407,18 @@ static void cmd_join(pmm_lc *lc, pmm_ctl_req *ctl, const pmm_json *args)
     if (rc) pmm_ctl_reply_error(ctl, "cannot connect to %s: %s", ip, strerror(-rc));
 }
 
+void pmm_join_command(const pmm_cnode *m, char *buf, size_t len)
+{
+    char target[80];
+    if (m->api_port == PMM_DEFAULT_API_PORT)
+        snprintf(target, sizeof(target), "%s", m->ip);
+    else if (strchr(m->ip, ':'))
+        snprintf(target, sizeof(target), "[%s]:%u", m->ip, m->api_port);
+    else
+        snprintf(target, sizeof(target), "%s:%u", m->ip, m->api_port);
+    snprintf(buf, len, "pmgcm join %s --fingerprint %s", target, m->fp);
+}
+
 static void cmd_join_cmd(pmm_lc *lc, pmm_ctl_req *ctl)
 {
     const pmm_cnode *m = lc->in_cluster ? pmm_cluster_master(&lc->cl) : NULL;
@@ -1414,14 +1426,8 @@ static void cmd_join_cmd(pmm_lc *lc, pmm_ctl_req *ctl)
         pmm_ctl_reply_error(ctl, "no cluster defined");
         return;
     }
-    char target[80], cmd[300], extra[400];
-    if (m->api_port == PMM_DEFAULT_API_PORT)
-        snprintf(target, sizeof(target), "%s", m->ip);
-    else if (strchr(m->ip, ':'))
-        snprintf(target, sizeof(target), "[%s]:%u", m->ip, m->api_port);
-    else
-        snprintf(target, sizeof(target), "%s:%u", m->ip, m->api_port);
-    snprintf(cmd, sizeof(cmd), "pmgcm join %s --fingerprint %s", target, m->fp);
+    char cmd[300], extra[400];
+    pmm_join_command(m, cmd, sizeof(cmd));
     snprintf(extra, sizeof(extra), "\"command\":\"%s\"", cmd);
     pmm_ctl_reply_ok(ctl, extra);
 }

@@ -716,6 +716,10 @@ bool pmm_lc_config_synced(const pmm_lc *lc);
 bool pmm_lc_removed(const pmm_lc *lc, const char **why, int64_t *at);
 /* This node's TLS certificate fingerprint ("AB:CD:..."). */
 const char *pmm_lc_fingerprint(const pmm_lc *lc);
+/* The line a new node runs to join the cluster whose master is m, as
+ * `pmgcm join-cmd` prints it: "pmgcm join IP[:PORT] --fingerprint FP"
+ * (the port only when not PMM_DEFAULT_API_PORT). Cut to fit buf. */
+void pmm_join_command(const pmm_cnode *m, char *buf, size_t len);
 /* The join throttle's figures (for /metrics and status; the node API's
  * own: pmm_api_get_stats). */
 void pmm_lc_join_stats(pmm_lc *lc, pmm_thr_stats *out);
