@@ -1,0 +1,178 @@
+#!/usr/bin/python3
+"""tests/integration/panel.py - drives headless Chromium (Debian's
+chromium + chromedriver, through python3-selenium) for panel.sh.
+
+Started once (in the namespace that reaches the nodes); reads one JSON
+command a line on stdin and answers one JSON line on stdout, so the shell
+script can act on the cluster (kill -9, promote) while one page stays open
+and refreshes itself:
+
+  {"cmd": "open", "url": U}                 load U; wait for the first render
+  {"cmd": "rows"}                           the nodes table now
+  {"cmd": "wait", "what": W, "deadline": S, "status": URL, ...}
+        poll the DOM every 100 ms until W holds or S seconds pass; meanwhile
+        also fetch URL (the node's /status) to learn when the daemon itself
+        first said so. W: "count" (n rows, all state A), "state" (row name
+        in state), "master" (row name has role master), "join" (join line
+        shown or not: "shown"), "event" (an event of kind for name).
+        Answers ok, waited_ms, status_ms (when /status first held W, or
+        null), rows, join, events.
+  {"cmd": "shot", "path": P, "width": W, "height": H, "mobile": bool}
+        screenshot of the whole page at that viewport width
+  {"cmd": "console"}                        the browser's console entries
+  {"cmd": "quit"}
+"""
+import json
+import os
+import sys
+import tempfile
+import time
+import urllib.request
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+
+ROWS_JS = """
+const out = [];
+for (const tr of document.querySelectorAll('#nodes tbody tr')) {
+  out.push({name: tr.getAttribute('data-name'),
+            state: tr.getAttribute('data-state'),
+            role: tr.getAttribute('data-role'),
+            reason: tr.querySelector('td.reason').textContent,
+            cells: Array.from(tr.cells).map(c => c.textContent)});
+}
+const join = document.getElementById('join-section').hidden ? null
+           : document.getElementById('join').textContent;
+const events = Array.from(document.querySelectorAll('#events li')).map(
+  li => ({kind: li.getAttribute('data-kind'),
+          text: li.textContent}));
+return {rows: out, join: join, events: events,
+        conn: document.getElementById('conn').textContent};
+"""
+
+
+def holds(what, args, rows, join, events):
+    byname = {r["name"]: r for r in rows}
+    if what == "count":
+        return len(rows) == args["n"] and all(r["state"] == "A" for r in rows)
+    if what == "state":
+        r = byname.get(args["name"])
+        return r is not None and r["state"] == args["state"] and \
+            args.get("reason", "") in r["reason"]
+    if what == "master":
+        r = byname.get(args["name"])
+        masters = [x for x in rows if x["role"] == "master"]
+        return r is not None and r["role"] == "master" and len(masters) == 1
+    if what == "join":
+        return (join is not None) == (args["shown"])
+    if what == "event":
+        return any(e["kind"] == args["kind"] and args["name"] in e["text"]
+                   for e in events)
+    raise ValueError("unknown wait: " + what)
+
+
+def status_rows(url):
+    """the same view from the daemon's /status, in the DOM's shape"""
+    with urllib.request.urlopen(url, timeout=3) as r:
+        s = json.load(r)
+    rows = [{"name": m["name"], "state": m["state"], "role": m["role"],
+             "reason": m.get("reason", "")} for m in s.get("members", [])]
+    events = [{"kind": e["kind"], "text": "%s %s (cid %s) %s" % (
+        e["kind"], e["name"], e["cid"], e["detail"])}
+        for e in s.get("events", [])]
+    return rows, s.get("join_command"), events
+
+
+def main():
+    prof = tempfile.mkdtemp(prefix="pmgcm-chromium-")
+    os.environ["HOME"] = prof  # chromium writes its caches under $HOME
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu",
+              "--disable-dev-shm-usage", "--no-first-run",
+              "--disable-extensions", "--disable-background-networking",
+              "--user-data-dir=" + prof, "--window-size=1280,900"):
+        opts.add_argument(a)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    svc = Service(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver"),
+                  log_path=os.environ.get("CHROMEDRIVER_LOG", os.devnull))
+    drv = webdriver.Chrome(service=svc, options=opts)
+    drv.set_page_load_timeout(30)
+    drv.set_script_timeout(10)
+
+    def answer(obj):
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+    answer({"ok": True, "ready": True,
+            "browser": drv.capabilities.get("browserVersion", "?")})
+    for line in sys.stdin:
+        try:
+            c = json.loads(line)
+            cmd = c["cmd"]
+            if cmd == "quit":
+                answer({"ok": True})
+                break
+            if cmd == "open":
+                drv.get(c["url"])
+                t0 = time.monotonic()
+                v = drv.execute_script(ROWS_JS)
+                while not v["rows"] and time.monotonic() - t0 < 15:
+                    time.sleep(0.1)
+                    v = drv.execute_script(ROWS_JS)
+                answer({"ok": bool(v["rows"]), "title": drv.title, **v})
+            elif cmd == "rows":
+                answer({"ok": True, **drv.execute_script(ROWS_JS)})
+            elif cmd == "wait":
+                t0 = time.monotonic()
+                status_ms = None
+                ok = False
+                while True:
+                    now = time.monotonic()
+                    if status_ms is None and c.get("status"):
+                        try:
+                            if holds(c["what"], c, *status_rows(c["status"])):
+                                status_ms = int((now - t0) * 1000)
+                        except OSError:
+                            pass
+                    v = drv.execute_script(ROWS_JS)
+                    if holds(c["what"], c, v["rows"], v["join"], v["events"]):
+                        ok = True
+                        break
+                    if now - t0 > c["deadline"]:
+                        break
+                    time.sleep(0.1)
+                answer({"ok": ok,
+                        "waited_ms": int((time.monotonic() - t0) * 1000),
+                        "status_ms": status_ms, **v})
+            elif cmd == "shot":
+                w, h = int(c["width"]), int(c["height"])
+                mobile = bool(c.get("mobile", False))
+                metrics = {"width": w, "height": h, "deviceScaleFactor": 1,
+                           "mobile": mobile}
+                drv.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                                    metrics)
+                full = drv.execute_script(
+                    "return Math.ceil(document.documentElement.scrollHeight)")
+                metrics["height"] = max(h, min(int(full), 6000))
+                drv.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                                    metrics)
+                overflow = drv.execute_script(
+                    "return document.documentElement.scrollWidth - "
+                    "document.documentElement.clientWidth")
+                ok = drv.save_screenshot(c["path"])
+                drv.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+                answer({"ok": bool(ok), "path": c["path"],
+                        "height": metrics["height"],
+                        "overflow_x": int(overflow)})
+            elif cmd == "console":
+                answer({"ok": True, "log": drv.get_log("browser")})
+            else:
+                answer({"ok": False, "error": "unknown command " + cmd})
+        except Exception as e:  # an answer for every line, whatever failed
+            answer({"ok": False, "error": "%s: %s" % (type(e).__name__, e)})
+    drv.quit()
+
+
+if __name__ == "__main__":
+    main()
