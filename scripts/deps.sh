@@ -18,6 +18,10 @@ TEST_PKGS=(jq iproute2 procps valgrind python3)
 # Status port tests (tests/integration/haproxy.sh): HTTP client, the real
 # load balancer, promtool (Debian's prometheus package).
 TEST_PKGS+=(curl haproxy prometheus)
+# The cluster panel in a real browser (tests/integration/panel.sh):
+# Debian's headless Chromium, its chromedriver, and the selenium bindings
+# for Debian's python3 (/usr/bin/python3) that drive it.
+TEST_PKGS+=(chromium chromium-driver python3-selenium)
 # Fuzzing (make fuzz): clang with libFuzzer (Debian 12's clang 14 ships it).
 TEST_PKGS+=(clang)
 # Benchmark anchor (bench/detect, bench/soak compare against Serf).
