@@ -40,7 +40,7 @@
  *   GET /livez          200 "ok" while the event loop runs (depends on
  *                       nothing else: it is answered from the loop)
  *   GET /readyz         200 "ok" when every readiness check passes, else
- *   GET /, OPTIONS /    503 listing the failing checks:
+ *   OPTIONS /           503 listing the failing checks:
  *   OPTIONS *             "[-]drain failed: draining (pmgcm undrain)"
  *                       checks: running, cluster, membership, config, drain
  *   GET /readyz/NAME    one check only (404 for an unknown NAME)
@@ -54,7 +54,10 @@
  *                       local_health (Lifeguard score above 0)
  *   GET /status         the control socket's status answer (JSON)
  *   GET /metrics        Prometheus text format 0.0.4
- * /status and /metrics follow the source's access rules
+ *   GET /               the cluster panel: a page polling /status, with
+ *   GET /panel.css      its style and script (daemon/panel.h), under
+ *   GET /panel.js       /status's access rule, with a strict CSP
+ * /status, the panel and /metrics follow the source's access rules
  * (pmm_http_access: status_access, metrics_access in the config): local
  * answers 403 to a client that is not on this host (loopback, or a
  * connection from the same address it reached: the node itself);

@@ -3,11 +3,14 @@
  * the request parser (every method, HTTP/1.0 and 1.1, partial requests,
  * pipelining, garbage, oversize lines and heads), the answers of every
  * path without sockets (readyz and ?verbose, health, status, metrics in
- * Prometheus 0.0.4, HEAD, OPTIONS, 404, 405), the agent lines, the config
+ * Prometheus 0.0.4, HEAD, OPTIONS, 404, 405), the cluster panel's files
+ * (types, CSP, access rule) and its event ring (bounded, hostile names
+ * escaped), the agent lines, the config
  * keys, and live servers on a loop: slowloris, the connection cap, a 1 MB
  * header, garbage, timeouts, while a timer on the same loop keeps time.
  */
 #include "daemon/daemon.h"
+#include "daemon/panel.h"
 #include "tests/tap.h"
 
 #include <arpa/inet.h>
@@ -308,11 +311,11 @@ static void test_answers_readyz(void)
     CHECK(strstr(a.head, "Connection: close\r\n"));
     CHECK(strstr(a.head, "Date: Tue, 14 Nov 2023 22:13:20 GMT\r\n"));
     done(&a);
-    /* HAProxy's default, GET / and OPTIONS * answer readiness too */
+    /* HAProxy's default (OPTIONS /) and OPTIONS * answer readiness too
+     * (GET / is the panel: test_answers_panel) */
     CHECK_EQ_INT(ask("OPTIONS / HTTP/1.0\r\n\r\n", &a), 200);
     CHECK(strstr(a.head, "Allow: GET, HEAD, OPTIONS\r\n"));
-    done(&a);
-    CHECK_EQ_INT(ask("GET / HTTP/1.0\r\n\r\n", &a), 200);
+    CHECK(strcmp(a.body, "ok\n") == 0);
     done(&a);
     CHECK_EQ_INT(ask("OPTIONS * HTTP/1.1\r\n\r\n", &a), 200);
     done(&a);
@@ -550,6 +553,216 @@ static void test_answers_access(void)
     CHECK_EQ_INT(ask_as("POST /status HTTP/1.1\r\n\r\n", false, &tk, &a), 405);
     done(&a);
     fake_status = "{\"ok\":true,\"members\":[]}\n";
+}
+
+/* how often needle (NUL-terminated) occurs in hay[0..n) */
+static size_t count(const char *hay, size_t n, const char *needle)
+{
+    size_t k = strlen(needle), c = 0;
+
+    for (size_t i = 0; k <= n && i <= n - k; i++)
+        if (memcmp(hay + i, needle, k) == 0)
+            c++;
+    return c;
+}
+
+static bool contains(const char *hay, size_t n, const char *needle)
+{
+    return count(hay, n, needle) > 0;
+}
+
+#define PANEL_CSP_LINE "Content-Security-Policy: default-src 'none'; " \
+    "script-src 'self'; style-src 'self'; connect-src 'self'; "        \
+    "img-src 'self'; base-uri 'none'; form-action 'none'; "            \
+    "frame-ancestors 'none'\r\n"
+
+/* GET / (the cluster panel, daemon/panel.h): its three files with their
+ * types and the strict CSP, HEAD and OPTIONS, the access rule of /status */
+static void test_answers_panel(void)
+{
+    static const char tok[] = "s3cr3t-t0ken.for_the-status-port";
+    static const struct { const char *path, *ctype, *must; } f[] = {
+        {"/", "text/html; charset=utf-8", "<script src=\"/panel.js\" defer>"},
+        {"/panel.css", "text/css; charset=utf-8", "@media (max-width"},
+        {"/panel.js", "text/javascript; charset=utf-8", "fetch('/status'"},
+    };
+    pmm_http_access loc = {PMM_ACCESS_LOCAL, PMM_ACCESS_OPEN, NULL};
+    pmm_http_access tk = {PMM_ACCESS_TOKEN, PMM_ACCESS_OPEN, tok};
+    pmm_http_access mopen = {PMM_ACCESS_OPEN, PMM_ACCESS_LOCAL, NULL};
+    answer a, h;
+    char req[512], ct[96];
+
+    view_ready(&fake_view);
+    for (size_t i = 0; i < sizeof(f) / sizeof(f[0]); i++) {
+        const pmm_panel_file *pf = pmm_panel_find(f[i].path);
+
+        CHECK(pf != NULL);
+        if (pf == NULL)
+            continue;
+        snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: n\r\n\r\n",
+                 f[i].path);
+        CHECK_EQ_INT(ask(req, &a), 200);
+        snprintf(ct, sizeof(ct), "Content-Type: %s\r\n", f[i].ctype);
+        CHECK(strstr(a.head, ct) != NULL);
+        CHECK(strstr(a.head, PANEL_CSP_LINE) != NULL);
+        CHECK(strstr(a.head, "X-Content-Type-Options: nosniff\r\n") != NULL);
+        CHECK(strstr(a.head, "X-Frame-Options: DENY\r\n") != NULL);
+        CHECK(strstr(a.head, "Cache-Control: no-store\r\n") != NULL);
+        CHECK_EQ_INT(a.clen, (long)pf->len);
+        CHECK(a.body_len == pf->len && memcmp(a.body, pf->data, pf->len) == 0);
+        CHECK(contains(a.body, a.body_len, f[i].must));
+        /* no inline code for the CSP to refuse, no markup from data */
+        CHECK(!contains(a.body, a.body_len, "innerHTML"));
+        CHECK(!contains(a.body, a.body_len, "outerHTML"));
+        CHECK(!contains(a.body, a.body_len, "insertAdjacentHTML"));
+        CHECK(!contains(a.body, a.body_len, "document.write"));
+        CHECK(!contains(a.body, a.body_len, "eval("));
+        CHECK(!contains(a.body, a.body_len, "<script>"));
+        CHECK(!contains(a.body, a.body_len, "<style"));
+        CHECK(!contains(a.body, a.body_len, " style=\""));
+        CHECK(!contains(a.body, a.body_len, " onclick="));
+        CHECK(!contains(a.body, a.body_len, " onload="));
+        /* nothing from elsewhere (the SVG namespace is a name, not a
+         * fetch) */
+        CHECK(count(a.body, a.body_len, "http://") ==
+              count(a.body, a.body_len, "http://www.w3.org/2000/svg"));
+        CHECK(!contains(a.body, a.body_len, "https://"));
+        CHECK(!contains(a.body, a.body_len, "@import"));
+        CHECK(!contains(a.body, a.body_len, "url("));
+        done(&a);
+        /* HEAD: the same head, no body; a query is ignored */
+        snprintf(req, sizeof(req), "HEAD %s?x=1 HTTP/1.0\r\n\r\n", f[i].path);
+        CHECK_EQ_INT(ask(req, &h), 200);
+        CHECK_EQ_INT(h.body_len, 0);
+        CHECK_EQ_INT(h.clen, (long)pf->len);
+        CHECK(strstr(h.head, PANEL_CSP_LINE) != NULL);
+        done(&h);
+        /* the access rule of /status: local, token; not that of /metrics */
+        snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\n\r\n", f[i].path);
+        CHECK_EQ_INT(ask_as(req, false, &loc, &a), 403);
+        CHECK(strstr(a.raw.p, "Content-Security-Policy") == NULL);
+        done(&a);
+        CHECK_EQ_INT(ask_as(req, true, &loc, &a), 200);
+        done(&a);
+        CHECK_EQ_INT(ask_as(req, true, &tk, &a), 401);
+        CHECK(strstr(a.head, "WWW-Authenticate: Bearer realm=\"pmgcm\"\r\n"));
+        done(&a);
+        CHECK_EQ_INT(ask_as(req, false, &mopen, &a), 200);
+        done(&a);
+        snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nAuthorization: Bearer "
+                                   "%s\r\n\r\n", f[i].path, tok);
+        CHECK_EQ_INT(ask_as(req, false, &tk, &a), 200);
+        done(&a);
+        /* read only: any other method is 405 */
+        snprintf(req, sizeof(req), "POST %s HTTP/1.1\r\n\r\n", f[i].path);
+        CHECK_EQ_INT(ask(req, &a), 405);
+        done(&a);
+    }
+    /* OPTIONS / stays readiness (HAProxy's httpchk), open whatever the
+     * rule; OPTIONS on another panel file is the file plus Allow */
+    CHECK_EQ_INT(ask_as("OPTIONS / HTTP/1.0\r\n\r\n", false, &loc, &a), 200);
+    CHECK(strstr(a.raw.p, "\r\n\r\nok\n") != NULL);
+    CHECK(strstr(a.raw.p, "Content-Security-Policy") == NULL);
+    done(&a);
+    CHECK_EQ_INT(ask("OPTIONS /panel.js HTTP/1.1\r\n\r\n", &a), 200);
+    CHECK(strstr(a.head, "Allow: GET, HEAD, OPTIONS\r\n") != NULL);
+    CHECK(strstr(a.head, PANEL_CSP_LINE) != NULL);
+    done(&a);
+    /* absolute-form and other names */
+    CHECK_EQ_INT(ask("GET http://10.0.0.1:7948 HTTP/1.1\r\n\r\n", &a), 200);
+    CHECK(strstr(a.head, "Content-Type: text/html; charset=utf-8\r\n"));
+    done(&a);
+    CHECK_EQ_INT(ask("GET /panel.html HTTP/1.1\r\n\r\n", &a), 404);
+    done(&a);
+    CHECK_EQ_INT(ask("GET /panel.js/ HTTP/1.1\r\n\r\n", &a), 404);
+    done(&a);
+    CHECK(pmm_panel_find(NULL) == NULL);
+    CHECK(pmm_panel_find("") == NULL);
+    /* every answer says nosniff, also /status (a name in JSON is never
+     * sniffed into markup) */
+    CHECK_EQ_INT(ask("GET /status HTTP/1.1\r\n\r\n", &a), 200);
+    CHECK(strstr(a.head, "X-Content-Type-Options: nosniff\r\n") != NULL);
+    done(&a);
+}
+
+/* the panel's timeline: a bounded ring, oldest first, hostile names only
+ * ever escaped */
+static void test_events(void)
+{
+    static const char evil[] = "<script>alert(\"x\")</script>'&\\";
+    pmm_events *r = calloc(1, sizeof(*r));
+    pmm_buf b;
+    pmm_json *j = NULL;
+    const pmm_json *e;
+    char err[128], name[32];
+
+    if (r == NULL) {
+        CHECK(false);
+        return;
+    }
+    pmm_events_init(r);
+    pmm_buf_init(&b, 1 << 20);
+    CHECK_EQ_INT(pmm_events_json(r, &b), 0);
+    CHECK(strcmp(b.p, "[]") == 0);
+    pmm_buf_reset(&b);
+
+    pmm_events_add(r, 1700000000, "dead", evil, 3, evil);
+    pmm_events_add(r, 1700000001, "key rotated", NULL, 0, NULL);
+    CHECK_EQ_INT(pmm_events_json(r, &b), 0);
+    /* no markup character at all, quotes and backslashes escaped */
+    CHECK(strchr(b.p, '<') == NULL);
+    CHECK(strchr(b.p, '>') == NULL);
+    CHECK(strchr(b.p, '&') == NULL);
+    CHECK(strchr(b.p, '\'') == NULL);
+    CHECK(strstr(b.p, "\"name\":\"\\u003cscript\\u003ealert(\\\"x\\\")"
+                      "\\u003c/script\\u003e\\u0027\\u0026\\\\\"") != NULL);
+    CHECK(strstr(b.p, "{\"seq\":2,\"time\":1700000001,\"kind\":\"key rotated\","
+                      "\"name\":\"\",\"cid\":0,\"detail\":\"\"}") != NULL);
+    /* and it reads back as the same text */
+    CHECK_EQ_INT(pmm_json_parse(b.p, b.len, &j, err, sizeof(err)), 0);
+    if (j != NULL) {
+        CHECK_EQ_INT(j->n_child, 2);
+        e = j->child != NULL ? pmm_json_get(j->child, "name") : NULL;
+        CHECK(e != NULL && e->type == PMM_JSON_STRING &&
+              strcmp(e->str, evil) == 0);
+        e = j->child != NULL ? pmm_json_get(j->child, "cid") : NULL;
+        CHECK(e != NULL && e->num == 3);
+        pmm_json_free(j);
+        j = NULL;
+    }
+    pmm_buf_reset(&b);
+
+    /* bounded: the newest PMM_EVENTS_MAX, oldest first */
+    for (int i = 0; i < PMM_EVENTS_MAX + 40; i++) {
+        snprintf(name, sizeof(name), "node%d", i);
+        pmm_events_add(r, 1700000100 + i, "alive", name, (uint32_t)i, "x");
+    }
+    CHECK_EQ_INT(r->n, PMM_EVENTS_MAX);
+    CHECK_EQ_INT(pmm_events_json(r, &b), 0);
+    CHECK_EQ_INT(pmm_json_parse(b.p, b.len, &j, err, sizeof(err)), 0);
+    if (j != NULL) {
+        const pmm_json *last = j->child;
+        CHECK_EQ_INT(j->n_child, PMM_EVENTS_MAX);
+        e = pmm_json_get(j->child, "seq");
+        CHECK(e != NULL && e->num == 2 + 40 + 1);
+        while (last != NULL && last->next != NULL)
+            last = last->next;
+        e = last != NULL ? pmm_json_get(last, "name") : NULL;
+        snprintf(name, sizeof(name), "node%d", PMM_EVENTS_MAX + 39);
+        CHECK(e != NULL && strcmp(e->str, name) == 0);
+        pmm_json_free(j);
+    }
+    /* long fields are cut, never overflow */
+    {
+        char big[400];
+        memset(big, 'n', sizeof(big) - 1);
+        big[sizeof(big) - 1] = '\0';
+        pmm_events_add(r, 1, big, big, 1, big);
+        CHECK(strlen(r->ev[(r->next + PMM_EVENTS_MAX - 1) % PMM_EVENTS_MAX]
+                         .name) == PMM_EVENT_NAME_MAX);
+    }
+    pmm_buf_free(&b);
+    free(r);
 }
 
 static void test_answers_health(void)
@@ -1737,6 +1950,8 @@ int main(void)
     TAP_RUN(test_answers_readyz);
     TAP_RUN(test_answers_other_paths);
     TAP_RUN(test_answers_access);
+    TAP_RUN(test_answers_panel);
+    TAP_RUN(test_events);
     TAP_RUN(test_answers_health);
     TAP_RUN(test_answers_metrics);
     TAP_RUN(test_agent_lines);
