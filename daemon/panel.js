@@ -165,11 +165,16 @@
     }
     $('chart-fig').hidden = false;
     const W = 600, H = 160, L = 40, R = 90, T = 8, B = 20;
-    let max = 1;
+    let max = 1, first = nowMs;
     for (const h of history.values())
-      for (const p of h) if (p[1] > max) max = p[1];
+      for (const p of h) {
+        if (p[1] > max) max = p[1];
+        if (p[0] < first) first = p[0];
+      }
     max = Math.ceil(max);
-    const x = function (t) { return L + (W - L - R) * (1 - (nowMs - t) / HISTORY_MS); };
+    /* the span the page has seen: 1 to 10 minutes */
+    const span = Math.min(HISTORY_MS, Math.max(60000, nowMs - first));
+    const x = function (t) { return L + (W - L - R) * (1 - (nowMs - t) / span); };
     const y = function (v) { return T + (H - T - B) * (1 - v / max); };
     const root = svg('svg', {viewBox: '0 0 ' + W + ' ' + H, role: 'img',
                              'aria-label': 'replication lag in seconds, last 10 minutes'});
@@ -178,7 +183,8 @@
     root.appendChild(svg('line', {x1: L, y1: y(max), x2: W - R, y2: y(max), class: 'grid'}));
     root.appendChild(svg('text', {x: 2, y: y(max) + 4}, max + ' s'));
     root.appendChild(svg('text', {x: 2, y: y(0) + 4}, '0 s'));
-    root.appendChild(svg('text', {x: L, y: H - 4}, '-10 min'));
+    root.appendChild(svg('text', {x: L, y: H - 4},
+                         '-' + Math.round(span / 60000) + ' min'));
     root.appendChild(svg('text', {x: W - R - 20, y: H - 4}, 'now'));
     let i = 0;
     for (const [name, h] of history) {
@@ -189,8 +195,9 @@
       line.appendChild(svg('title', {}, name));
       root.appendChild(line);
       const last = h[h.length - 1];
+      const label = name.length > 12 ? name.slice(0, 11) + '…' : name;
       root.appendChild(svg('text', {x: W - R + 4, y: Math.min(H - B, y(last[1]) + 4 + 12 * (i % 3))},
-                           name + ' ' + last[1].toFixed(1) + ' s'));
+                           label + ' ' + last[1].toFixed(1) + ' s'));
       i++;
     }
     box.replaceChildren(root);

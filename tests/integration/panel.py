@@ -19,8 +19,15 @@ and refreshes itself:
         null), rows, join, events.
   {"cmd": "shot", "path": P, "width": W, "height": H, "mobile": bool}
         screenshot of the whole page at that viewport width
+        "repl" (n replication rows, n chart lines, snapshot progress shown).
   {"cmd": "console"}                        the browser's console entries
   {"cmd": "quit"}
+
+`panel.py serve PORT DIR` instead serves the daemon's own page files
+(DIR/index.html, panel.css, panel.js, saved from a node) with the headers
+in $PANEL_HEADERS, and DIR/status.json as /status with every member's
+lag_seconds moving with the clock: a store's replication view, and hostile
+names, without a store or a hostile node (node names are [A-Za-z0-9._-]).
 """
 import json
 import os
@@ -46,12 +53,21 @@ const join = document.getElementById('join-section').hidden ? null
 const events = Array.from(document.querySelectorAll('#events li')).map(
   li => ({kind: li.getAttribute('data-kind'),
           text: li.textContent}));
-return {rows: out, join: join, events: events,
+const repl = Array.from(document.querySelectorAll('#repl tbody tr')).map(
+  tr => Array.from(tr.cells).map(c => c.textContent));
+const snap = document.getElementById('snapshot');
+return {rows: out, join: join, events: events, repl: repl,
+        snapshot: snap.hidden ? null
+                  : document.getElementById('snap-text').textContent,
+        chart_lines: document.querySelectorAll('#chart polyline').length,
+        chart_points: Math.max(0, ...Array.from(document.querySelectorAll(
+          '#chart polyline')).map(p => p.points.numberOfItems)),
+        markup: document.querySelectorAll('main img, main script, main iframe, main b, main i').length,
         conn: document.getElementById('conn').textContent};
 """
 
 
-def holds(what, args, rows, join, events):
+def holds(what, args, rows, join, events, v=None):
     byname = {r["name"]: r for r in rows}
     if what == "count":
         return len(rows) == args["n"] and all(r["state"] == "A" for r in rows)
@@ -65,6 +81,10 @@ def holds(what, args, rows, join, events):
         return r is not None and r["role"] == "master" and len(masters) == 1
     if what == "join":
         return (join is not None) == (args["shown"])
+    if what == "repl":
+        return v is not None and len(v["repl"]) == args["n"] and \
+            v["chart_lines"] == args["n"] and v["snapshot"] is not None and \
+            v["chart_points"] >= args.get("points", 0)
     if what == "event":
         return any(e["kind"] == args["kind"] and args["name"] in e["text"]
                    for e in events)
@@ -81,6 +101,50 @@ def status_rows(url):
         e["kind"], e["name"], e["cid"], e["detail"])}
         for e in s.get("events", [])]
     return rows, s.get("join_command"), events
+
+
+def serve(port, root):
+    import http.server
+
+    extra = [l.split(": ", 1) for l in
+             os.environ.get("PANEL_HEADERS", "").split("\n") if ": " in l]
+    files = {"/": ("index.html", "text/html; charset=utf-8"),
+             "/panel.css": ("panel.css", "text/css; charset=utf-8"),
+             "/panel.js": ("panel.js", "text/javascript; charset=utf-8")}
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            path = self.path.split("?")[0]
+            if path == "/status":
+                with open(os.path.join(root, "status.json")) as f:
+                    st = json.load(f)
+                t = time.time()
+                for i, m in enumerate(st.get("members", [])):
+                    if "db" in m:
+                        m["db"]["lag_seconds"] = round(
+                            (i + 1) * (1.5 + (t % 7) / 2), 3)
+                st["time"] = int(t)
+                body, ctype = json.dumps(st).encode(), "application/json"
+            elif path in files:
+                with open(os.path.join(root, files[path][0]), "rb") as f:
+                    body = f.read()
+                ctype = files[path][1]
+            else:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            for k, v in extra:
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body)
+
+    http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
 
 
 def main():
@@ -136,7 +200,7 @@ def main():
                         except OSError:
                             pass
                     v = drv.execute_script(ROWS_JS)
-                    if holds(c["what"], c, v["rows"], v["join"], v["events"]):
+                    if holds(c["what"], c, v["rows"], v["join"], v["events"], v):
                         ok = True
                         break
                     if now - t0 > c["deadline"]:
@@ -175,4 +239,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 4 and sys.argv[1] == "serve":
+        serve(int(sys.argv[2]), sys.argv[3])
+    else:
+        main()

@@ -25,9 +25,14 @@
 #   6  pmgcm promote on node2: the same page shows node2 as master and now
 #      the join line (node2's), and the timeline lists node1 dead and
 #      node2 promoted
-#   7  the browser's console holds no error (a CSP violation or a script
+#   7  the same page files served with a recorded /status of a cluster
+#      with a store (node names no node may have: <img onerror>, quotes,
+#      <script>): the replication table, this node's snapshot progress,
+#      the lag chart; every name shown as text, no element made from data;
+#      screenshots panel-replication*.png
+#   8  the browser's console holds no error (a CSP violation or a script
 #      error would be one) other than the missing favicon
-#   8  every daemon exits 0 on SIGTERM; no sanitizer report in any log
+#   9  every daemon exits 0 on SIGTERM; no sanitizer report in any log
 #
 # Needs chromium, chromium-driver, python3-selenium, curl, jq: installed by
 # scripts/deps.sh, never by this test; skipped (TAP SKIP, saying what is
@@ -70,7 +75,7 @@ if [[ $IT_MODE == loopback ]]; then
     net=127.0.$((150 + $$ % 50))
     for i in 1 2 3; do IT_IP[i]=$net.$((10 + i)); done
 fi
-it_plan 8
+it_plan 9
 SP=7948 # the daemons' default status port
 PW=$IT_DIR/join.pw
 printf 'panel test password\n' >"$PW"
@@ -272,7 +277,76 @@ fi
 drv "{\"cmd\":\"shot\",\"path\":\"$ART/panel-promoted.png\",\"width\":1280,\"height\":900}" 30 ||
     it_diag "screenshot after the promote: $DRV_OUT"
 
-# ==== 7: the console =======================================================================================
+# ==== 7: replication and hostile names, from a recorded /status ===========================
+# The same page files (saved from node2, served with node2's headers) and a
+# /status as a node with a store sees it, with names no node may carry
+# ([A-Za-z0-9._-] only) but a page must never run: the replication table,
+# the snapshot progress, the lag chart; every name shown as text.
+FAKE=$IT_DIR/fake
+mkdir -p "$FAKE"
+br curl -s --max-time 5 -o "$FAKE/index.html" "$URL2/"
+br curl -s --max-time 5 -o "$FAKE/panel.css" "$URL2/panel.css"
+br curl -s --max-time 5 -o "$FAKE/panel.js" "$URL2/panel.js"
+PANEL_HEADERS=$(hdr 2 / | grep -Ei '^(Content-Security-Policy|X-Content-Type-Options|X-Frame-Options|Referrer-Policy):')
+export PANEL_HEADERS
+EVIL1='<img src=x onerror="document.title='"'"'pwned'"'"'">'
+EVIL2=$'q"uo\'te & <b>bold</b>'
+EVIL3="<script>document.title='pwned'</script>"
+jq -n --arg e1 "$EVIL1" --arg e2 "$EVIL2" --arg e3 "$EVIL3" '
+  def db($st; $seq; $lag; $div; $why): {state: $st, reason: $why, kept: {backups: 0, divergence: $div},
+      epoch: 2, seq: $seq, lag_changes: $lag, lag_seconds: 0,
+      origins: [{cid: 1, seq: $seq, behind: $lag}, {cid: 2, seq: 40, behind: 3}]};
+  {ok: true, node: $e2, id: "ab", time: 0, ready: false, draining: false,
+   members: [
+    {name: $e1, cid: 1, ip: "10.0.0.1", role: "master", state: "A", uptime: 93784, load: 0.5, mem: 40, disk: 17,
+     id: "a1", gossip_state: "alive", port: 7946, self: false, reason: "", last_seen: null,
+     db: db("in-sync"; 120000; 0; 0; "")},
+    {name: $e2, cid: 2, ip: "10.0.0.2", role: "node", state: "S", uptime: 120, load: 1.25, mem: 35, disk: 18,
+     id: "a2", gossip_state: "alive", port: 7946, self: true, reason: "loading a snapshot: 43 %", last_seen: null,
+     db: db("loading"; 0; 120000; 20003; "loading a snapshot: 43 %")},
+    {name: "node3", cid: 3, ip: "10.0.0.3", role: "node", state: "D", uptime: null, load: null, mem: null, disk: null,
+     id: "a3", gossip_state: "dead", port: 7946, self: false, reason: "ERROR: unreachable (dead); last seen 2m13s ago",
+     last_seen: 133, db: db("in-sync"; 119000; 1000; 0; "")}],
+   cluster: {cluster_id: "0123456789abcdef0123456789abcdef", epoch: 2, version: 7, master_cid: 1},
+   store: {state: "loading", snapshot: {rows: 43000, bytes: 1, est_rows: 100000, est_bytes: 2, tables: 12, tables_done: 5, elapsed_ms: 61000}},
+   events: [{seq: 1, time: 1764670000, kind: "dead", name: $e3, cid: 3, detail: "was suspect"},
+            {seq: 2, time: 1764670060, kind: "key rotated", name: "", cid: 0, detail: $e1}]}' >"$FAKE/status.json"
+FPORT=$((30000 + $$ % 20000))
+if [[ $IT_MODE == netns ]]; then
+    ip netns exec "$IT_BRNS" "$PY" "$here/panel.py" serve "$FPORT" "$FAKE" 2>"$IT_DIR/fake.err" &
+else
+    "$PY" "$here/panel.py" serve "$FPORT" "$FAKE" 2>"$IT_DIR/fake.err" &
+fi
+FAKE_PID=$!
+it_wait_until "br curl -sf --max-time 2 -o /dev/null http://127.0.0.1:$FPORT/status" 10 >/dev/null 2>&1
+bad=
+if drv "{\"cmd\":\"open\",\"url\":\"http://127.0.0.1:$FPORT/\"}" 40 &&
+    drv '{"cmd":"wait","what":"repl","n":3,"deadline":20}' 30; then
+    title=
+    jq -e --arg e1 "$EVIL1" --arg e2 "$EVIL2" '[.rows[] | .name] == [$e1, $e2, "node3"]' <<<"$DRV_OUT" >/dev/null || bad+="names not shown as text; "
+    jq -e '.markup == 0' <<<"$DRV_OUT" >/dev/null || bad+="markup from data in the page; "
+    jq -e --arg e3 "$EVIL3" '[.events[] | select(.text | contains($e3))] | length == 1' <<<"$DRV_OUT" >/dev/null || bad+="event name not shown as text; "
+    jq -e '.snapshot | startswith("43000 of ~100000 rows, 5 of 12 tables")' <<<"$DRV_OUT" >/dev/null || bad+="snapshot progress '$(jq -r .snapshot <<<"$DRV_OUT")'; "
+    jq -e '.repl[1] | .[1] == "loading" and .[3] == "120000" and .[6] == "20003" and (.[5] | contains("cid 1: 120000 behind"))' <<<"$DRV_OUT" >/dev/null || bad+="replication row $(jq -c '.repl[1]' <<<"$DRV_OUT"); "
+    # the chart keeps what the page saw: wait for a few samples
+    drv '{"cmd":"wait","what":"repl","n":3,"points":4,"deadline":20}' 30 || bad+="chart: $(jq -c '{chart_lines, chart_points}' <<<"$DRV_OUT"); "
+    drv "{\"cmd\":\"shot\",\"path\":\"$ART/panel-replication.png\",\"width\":1280,\"height\":900}" 30 || bad+="shot; "
+    drv "{\"cmd\":\"shot\",\"path\":\"$ART/panel-replication-phone.png\",\"width\":390,\"height\":844,\"mobile\":true}" 30 || bad+="phone shot; "
+    [[ $(jq -r .overflow_x <<<"$DRV_OUT") == 0 ]] || bad+="wider than a phone: $(jq -r .overflow_x <<<"$DRV_OUT") px; "
+    drv '{"cmd":"rows"}' 10 && jq -e '.conn | startswith("live")' <<<"$DRV_OUT" >/dev/null || bad+="not live: $(jq -r .conn <<<"$DRV_OUT"); "
+else
+    bad+="page: $DRV_OUT; "
+fi
+kill "$FAKE_PID" 2>/dev/null
+wait "$FAKE_PID" 2>/dev/null
+if [[ -z "$bad" ]]; then
+    it_ok "a recorded /status with a store and hostile names: replication rows (state, epoch:seq, lag, per origin, 20003 divergence records), snapshot progress, 3 lag lines; <img onerror>, quotes and <script> names shown as text, no element made from data (screenshots panel-replication*.png)"
+else
+    it_not_ok "replication view and hostile names: $bad"
+    drv_diag
+fi
+
+# ==== 8: the console =======================================================================================
 if drv '{"cmd":"console"}' 20; then
     errs=$(jq -c '[.log[] | select(.level == "SEVERE" and (.message | test("favicon.ico") | not)) | .message]' <<<"$DRV_OUT")
     if [[ "$errs" == "[]" ]]; then
@@ -286,6 +360,6 @@ else
 fi
 drv_stop
 
-# ==== 8: shutdown ============================================================================================
+# ==== 9: shutdown ============================================================================================
 for i in 2 3; do stop_node "$i"; done
 it_report_shutdown "$STOP_BAD" 1 2 3
