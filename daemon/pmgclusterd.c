@@ -148,7 +148,8 @@ typedef struct node {
     pmm_cnode *ev_nodes;
     size_t ev_n;
     uint32_t ev_master;
-    uint64_t ev_keys;
+    uint64_t ev_keys, ev_key0; /* all keys, the sealing one */
+    size_t ev_nkeys;
     bool ev_have;
 
     /* shutdown */
@@ -234,16 +235,16 @@ static void event_member(node *n, const gsp_member *m, gsp_state old,
                    m->name, c != NULL ? c->cid : 0, detail);
 }
 
-static uint64_t keys_hash(const pmm_cluster *cl)
+static uint64_t keys_hash(const pmm_cluster *cl, size_t n)
 {
     uint64_t h = 1469598103934665603ULL; /* FNV-1a: a change detector */
 
-    for (size_t k = 0; k < cl->n_keys; k++)
+    for (size_t k = 0; k < n && k < cl->n_keys; k++)
         for (size_t i = 0; i < GSP_KEY_LEN; i++) {
             h ^= cl->keys[k][i];
             h *= 1099511628211ULL;
         }
-    return h ^ cl->n_keys;
+    return h ^ n;
 }
 
 static const pmm_cnode *cnode_in(const pmm_cnode *a, size_t n, uint32_t cid,
@@ -291,9 +292,13 @@ static void event_config(node *n)
             pmm_events_add(&n->events, now, "promoted", name,
                            cl->master_cid, d);
         }
-        if (keys_hash(cl) != n->ev_keys && cl->n_keys > 0) {
-            snprintf(d, sizeof(d), "gossip keyring now %zu key(s)",
-                     cl->n_keys);
+        if (keys_hash(cl, cl->n_keys) != n->ev_keys && cl->n_keys > 0) {
+            const char *what = keys_hash(cl, 1) != n->ev_key0
+                                   ? "a new key seals gossip"
+                               : cl->n_keys > n->ev_nkeys ? "a new key added"
+                               : cl->n_keys < n->ev_nkeys ? "an old key dropped"
+                                                          : "keyring changed";
+            snprintf(d, sizeof(d), "%s (%zu key(s))", what, cl->n_keys);
             pmm_events_add(&n->events, now, "key rotated", "", 0, d);
         }
     }
@@ -307,7 +312,9 @@ static void event_config(node *n)
     n->ev_nodes = copy;
     n->ev_n = cl->n_nodes;
     n->ev_master = cl->master_cid;
-    n->ev_keys = keys_hash(cl);
+    n->ev_keys = keys_hash(cl, cl->n_keys);
+    n->ev_key0 = keys_hash(cl, 1);
+    n->ev_nkeys = cl->n_keys;
     n->ev_have = true;
 }
 

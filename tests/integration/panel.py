@@ -14,7 +14,8 @@ and refreshes itself:
         also fetch URL (the node's /status) to learn when the daemon itself
         first said so. W: "count" (n rows, all state A), "state" (row name
         in state), "master" (row name has role master), "join" (join line
-        shown or not: "shown"), "event" (an event of kind for name).
+        shown or not: "shown"), "event" (an event of kind for name),
+        "gone" (no row for name).
         Answers ok, waited_ms, status_ms (when /status first held W, or
         null), rows, join, events.
   {"cmd": "shot", "path": P, "width": W, "height": H, "mobile": bool}
@@ -71,6 +72,8 @@ def holds(what, args, rows, join, events, v=None):
     byname = {r["name"]: r for r in rows}
     if what == "count":
         return len(rows) == args["n"] and all(r["state"] == "A" for r in rows)
+    if what == "gone":
+        return args["name"] not in byname and len(rows) > 0
     if what == "state":
         r = byname.get(args["name"])
         return r is not None and r["state"] == args["state"] and \

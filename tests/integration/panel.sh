@@ -25,14 +25,18 @@
 #   6  pmgcm promote on node2: the same page shows node2 as master and now
 #      the join line (node2's), and the timeline lists node1 dead and
 #      node2 promoted
-#   7  the same page files served with a recorded /status of a cluster
+#   7  pmgcm delete 1 (node1, dead) on node2: the row goes, the timeline
+#      shows deleted and key rotated; SIGTERM node3: L with its reason and
+#      a left event (screenshots panel-promoted.png, panel-wall.png at
+#      2560x1440)
+#   8  the same page files served with a recorded /status of a cluster
 #      with a store (node names no node may have: <img onerror>, quotes,
 #      <script>): the replication table, this node's snapshot progress,
 #      the lag chart; every name shown as text, no element made from data;
 #      screenshots panel-replication*.png
-#   8  the browser's console holds no error (a CSP violation or a script
+#   9  the browser's console holds no error (a CSP violation or a script
 #      error would be one) other than the missing favicon
-#   9  every daemon exits 0 on SIGTERM; no sanitizer report in any log
+#  10  every daemon exits 0 on SIGTERM; no sanitizer report in any log
 #
 # Needs chromium, chromium-driver, python3-selenium, curl, jq: installed by
 # scripts/deps.sh, never by this test; skipped (TAP SKIP, saying what is
@@ -75,7 +79,7 @@ if [[ $IT_MODE == loopback ]]; then
     net=127.0.$((150 + $$ % 50))
     for i in 1 2 3; do IT_IP[i]=$net.$((10 + i)); done
 fi
-it_plan 9
+it_plan 10
 SP=7948 # the daemons' default status port
 PW=$IT_DIR/join.pw
 printf 'panel test password\n' >"$PW"
@@ -274,10 +278,33 @@ else
     it_diag "promote: $out"
     drv_diag
 fi
+
+# ==== 7: delete the dead node1 (the key rotates), stop node3 (it leaves) ============================
+out=$(it_pmgcm 2 delete 1 2>&1) || it_diag "delete 1: $out"
+if drv '{"cmd":"wait","what":"gone","name":"node1","deadline":30}' 40 &&
+    drv '{"cmd":"wait","what":"event","kind":"key rotated","name":"","deadline":30}' 40 &&
+    jq -e '([.events[] | select(.kind == "deleted" and (.text | contains("node1")))] | length > 0)' <<<"$DRV_OUT" >/dev/null; then
+    ok7="pmgcm delete 1 on node2: node1's row gone, events deleted and key rotated ($(jq -r '[.events[] | select(.kind == "deleted" or .kind == "key rotated") | .text] | join(" / ")' <<<"$DRV_OUT"))"
+else
+    ok7=
+    it_diag "delete: $out"
+    drv_diag
+fi
+stop_node 3
+if [[ -n "$ok7" ]] &&
+    drv '{"cmd":"wait","what":"state","name":"node3","state":"L","reason":"left","deadline":20}' 30 &&
+    drv '{"cmd":"wait","what":"event","kind":"left","name":"node3","deadline":10}' 20; then
+    it_ok "$ok7; SIGTERM node3: L '$(jq -r '.rows[] | select(.name == "node3") | .reason' <<<"$DRV_OUT")' and a left event"
+else
+    it_not_ok "delete shown (row gone, deleted + key rotated events), a stopped node3 shown L with a left event"
+    drv_diag
+fi
 drv "{\"cmd\":\"shot\",\"path\":\"$ART/panel-promoted.png\",\"width\":1280,\"height\":900}" 30 ||
     it_diag "screenshot after the promote: $DRV_OUT"
+drv "{\"cmd\":\"shot\",\"path\":\"$ART/panel-wall.png\",\"width\":2560,\"height\":1440}" 30 ||
+    it_diag "wall screen screenshot: $DRV_OUT"
 
-# ==== 7: replication and hostile names, from a recorded /status ===========================
+# ==== 8: replication and hostile names, from a recorded /status ===========================
 # The same page files (saved from node2, served with node2's headers) and a
 # /status as a node with a store sees it, with names no node may carry
 # ([A-Za-z0-9._-] only) but a page must never run: the replication table,
@@ -346,7 +373,7 @@ else
     drv_diag
 fi
 
-# ==== 8: the console =======================================================================================
+# ==== 9: the console =======================================================================================
 if drv '{"cmd":"console"}' 20; then
     errs=$(jq -c '[.log[] | select(.level == "SEVERE" and (.message | test("favicon.ico") | not)) | .message]' <<<"$DRV_OUT")
     if [[ "$errs" == "[]" ]]; then
@@ -360,6 +387,6 @@ else
 fi
 drv_stop
 
-# ==== 9: shutdown ============================================================================================
-for i in 2 3; do stop_node "$i"; done
+# ==== 10: shutdown ============================================================================================
+stop_node 2
 it_report_shutdown "$STOP_BAD" 1 2 3
