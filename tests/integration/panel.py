@@ -24,7 +24,7 @@ and refreshes itself:
   {"cmd": "console"}                        the browser's console entries
   {"cmd": "quit"}
 
-`panel.py serve PORT DIR` instead serves the daemon's own page files
+`panel.py serve HOST PORT DIR` instead serves the daemon's own page files
 (DIR/index.html, panel.css, panel.js, saved from a node) with the headers
 in $PANEL_HEADERS, and DIR/status.json as /status with every member's
 lag_seconds moving with the clock: a store's replication view, and hostile
@@ -32,6 +32,7 @@ names, without a store or a hostile node (node names are [A-Za-z0-9._-]).
 """
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -106,7 +107,7 @@ def status_rows(url):
     return rows, s.get("join_command"), events
 
 
-def serve(port, root):
+def serve(host, port, root):
     import http.server
 
     extra = [l.split(": ", 1) for l in
@@ -147,11 +148,13 @@ def serve(port, root):
             self.end_headers()
             self.wfile.write(body)
 
-    http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+    http.server.ThreadingHTTPServer((host, port), H).serve_forever()
 
 
 def main():
-    prof = tempfile.mkdtemp(prefix="pmgcm-chromium-")
+    # under the test's own temp dir (removed with it), else /tmp
+    prof = tempfile.mkdtemp(prefix="pmgcm-chromium-",
+                            dir=os.environ.get("PANEL_TMP") or None)
     os.environ["HOME"] = prof  # chromium writes its caches under $HOME
     opts = webdriver.ChromeOptions()
     opts.binary_location = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -239,10 +242,11 @@ def main():
         except Exception as e:  # an answer for every line, whatever failed
             answer({"ok": False, "error": "%s: %s" % (type(e).__name__, e)})
     drv.quit()
+    shutil.rmtree(prof, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "serve":
-        serve(int(sys.argv[2]), sys.argv[3])
+    if len(sys.argv) == 5 and sys.argv[1] == "serve":
+        serve(sys.argv[2], int(sys.argv[3]), sys.argv[4])
     else:
         main()

@@ -191,7 +191,9 @@ else
 fi
 
 # ==== the browser ===================================================================
-# exec: the coprocess is the driver itself (DRV_PID its pid)
+# exec: the coprocess is the driver itself (DRV_PID its pid); Chromium's
+# profile goes under the test's temp dir
+export PANEL_TMP=$IT_DIR
 if [[ $IT_MODE == netns ]]; then
     coproc DRV { exec ip netns exec "$IT_BRNS" "$PY" "$here/panel.py" 2>"$IT_DIR/driver.err"; }
 else
@@ -338,16 +340,20 @@ jq -n --arg e1 "$EVIL1" --arg e2 "$EVIL2" --arg e3 "$EVIL3" '
    store: {state: "loading", snapshot: {rows: 43000, bytes: 1, est_rows: 100000, est_bytes: 2, tables: 12, tables_done: 5, elapsed_ms: 61000}},
    events: [{seq: 1, time: 1764670000, kind: "dead", name: $e3, cid: 3, detail: "was suspect"},
             {seq: 2, time: 1764670060, kind: "key rotated", name: "", cid: 0, detail: $e1}]}' >"$FAKE/status.json"
-FPORT=$((30000 + $$ % 20000))
+# netns: loopback of the bridge's namespace (this run's own); loopback
+# mode: an address of this run's own /24, next to the nodes'
+FPORT=$SP
 if [[ $IT_MODE == netns ]]; then
-    ip netns exec "$IT_BRNS" "$PY" "$here/panel.py" serve "$FPORT" "$FAKE" 2>"$IT_DIR/fake.err" &
+    FHOST=127.0.0.1
+    ip netns exec "$IT_BRNS" "$PY" "$here/panel.py" serve "$FHOST" "$FPORT" "$FAKE" 2>"$IT_DIR/fake.err" &
 else
-    "$PY" "$here/panel.py" serve "$FPORT" "$FAKE" 2>"$IT_DIR/fake.err" &
+    FHOST=$net.20
+    "$PY" "$here/panel.py" serve "$FHOST" "$FPORT" "$FAKE" 2>"$IT_DIR/fake.err" &
 fi
 FAKE_PID=$!
-it_wait_until "br curl -sf --max-time 2 -o /dev/null http://127.0.0.1:$FPORT/status" 10 >/dev/null 2>&1
+it_wait_until "br curl -sf --max-time 2 -o /dev/null http://$FHOST:$FPORT/status" 10 >/dev/null 2>&1
 bad=
-if drv "{\"cmd\":\"open\",\"url\":\"http://127.0.0.1:$FPORT/\"}" 40 &&
+if drv "{\"cmd\":\"open\",\"url\":\"http://$FHOST:$FPORT/\"}" 40 &&
     drv '{"cmd":"wait","what":"repl","n":3,"deadline":20}' 30; then
     title=
     jq -e --arg e1 "$EVIL1" --arg e2 "$EVIL2" '[.rows[] | .name] == [$e1, $e2, "node3"]' <<<"$DRV_OUT" >/dev/null || bad+="names not shown as text; "
