@@ -72,7 +72,16 @@ typedef enum pmm_log_level {
     PMM_LOG_DEBUG = 3,
 } pmm_log_level;
 
+/* text: "TIME LEVEL subsystem: message"; json: one object per line,
+ * {"time":"...Z","level":"warn","subsystem":"files","message":"..."}. */
+typedef enum pmm_log_format {
+    PMM_LOG_TEXT = 0,
+    PMM_LOG_JSON = 1,
+} pmm_log_format;
+
 void pmm_log_set_level(pmm_log_level lvl);
+void pmm_log_set_format(pmm_log_format fmt);
+pmm_log_format pmm_log_get_format(void);
 pmm_log_level pmm_log_get_level(void);
 const char *pmm_log_level_name(pmm_log_level lvl); /* "error", "warn", ... */
 int pmm_log_level_parse(const char *s, pmm_log_level *out); /* 0/-EINVAL */
@@ -80,9 +89,17 @@ int pmm_log_level_parse(const char *s, pmm_log_level *out); /* 0/-EINVAL */
  * journal (JOURNAL_STREAM names it; N is the syslog priority), else
  * "YYYY-MM-DDTHH:MM:SS.mmmZ LEVEL subsystem: message" (UTC). Control
  * characters in the message become '?' (a newline or tab a blank; trailing
- * blanks are dropped). Thread-safe. */
+ * blanks are dropped). With pmm_log_set_format(PMM_LOG_JSON) the line after
+ * "<N>" (journal) is one JSON object instead (pmm_log_json_line), control
+ * characters escaped. Thread-safe. */
 void pmm_log(pmm_log_level lvl, const char *subsys, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* The JSON line pmm_log writes with log_format = json (without the "<N>"
+ * prefix), '\n' ended, into out (cap bytes, NUL-terminated): WHEN, the
+ * level's name, SUBSYS and MSG as JSON strings, escaped. 0, -EINVAL, or
+ * -E2BIG when it does not fit. */
+int pmm_log_json_line(char *out, size_t cap, const char *when,
+                      pmm_log_level lvl, const char *subsys, const char *msg);
 /* 1 if ENV (JOURNAL_STREAM's value, "DEV:INODE"; may be NULL) names the
  * stream open on FD, else 0. */
 int pmm_log_journal_stream(const char *env, int fd);

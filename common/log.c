@@ -6,6 +6,10 @@
  * syslog priority, which journald strips and stores (journalctl -p works);
  * journald adds the time. Otherwise each line starts with the UTC time,
  * "2026-12-02T06:40:01.123Z ".
+ *
+ * log_format = json makes each line one JSON object instead,
+ * {"time":"2026-12-02T06:40:01.123Z","level":"warn","subsystem":"files",
+ * "message":"..."}, still behind "<N>" when stderr is the journal.
  */
 #include "common/common.h"
 
@@ -22,6 +26,8 @@
 #include <unistd.h>
 
 static pmm_log_level cur_level = PMM_LOG_INFO;
+/* read by every thread that logs, set on the loop at start and reload */
+static _Atomic int cur_format = PMM_LOG_TEXT;
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
 /* syslog priorities: LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG */
@@ -57,6 +63,17 @@ void pmm_log_set_level(pmm_log_level lvl)
         cur_level = lvl;
 }
 
+void pmm_log_set_format(pmm_log_format fmt)
+{
+    if (fmt == PMM_LOG_TEXT || fmt == PMM_LOG_JSON)
+        cur_format = fmt;
+}
+
+pmm_log_format pmm_log_get_format(void)
+{
+    return (pmm_log_format)cur_format;
+}
+
 pmm_log_level pmm_log_get_level(void)
 {
     return cur_level;
@@ -80,10 +97,66 @@ int pmm_log_level_parse(const char *s, pmm_log_level *out)
     return -EINVAL;
 }
 
+/* "2026-12-02T06:40:01.123Z" (UTC, milliseconds) into when, or "" */
+static void utc_now(char *when, size_t len)
+{
+    struct timespec ts;
+    struct tm tm;
+
+    when[0] = '\0';
+    if (clock_gettime(CLOCK_REALTIME, &ts) == 0 &&
+        gmtime_r(&ts.tv_sec, &tm) != NULL) {
+        size_t k = strftime(when, len, "%Y-%m-%dT%H:%M:%S", &tm);
+        if (k > 0)
+            snprintf(when + k, len - k, ".%03ldZ", ts.tv_nsec / 1000000);
+    }
+}
+
+/* One JSON object (no newline) into b: every string escaped by
+ * pmm_json_str (quotes, backslashes, control characters; invalid UTF-8
+ * becomes U+FFFD). */
+static void json_line(pmm_buf *b, const char *prefix, const char *when,
+                      pmm_log_level lvl, const char *subsys, const char *msg)
+{
+    const char *name = pmm_log_level_name(lvl);
+
+    pmm_buf_puts(b, prefix);
+    pmm_buf_puts(b, "{\"time\":");
+    pmm_json_str(b, when, strlen(when));
+    pmm_buf_puts(b, ",\"level\":");
+    pmm_json_str(b, name, strlen(name));
+    pmm_buf_puts(b, ",\"subsystem\":");
+    pmm_json_str(b, subsys, strlen(subsys));
+    pmm_buf_puts(b, ",\"message\":");
+    pmm_json_str(b, msg, strlen(msg));
+    pmm_buf_puts(b, "}\n");
+}
+
+int pmm_log_json_line(char *out, size_t cap, const char *when,
+                      pmm_log_level lvl, const char *subsys, const char *msg)
+{
+    pmm_buf b;
+    int rc;
+
+    if (out == NULL || cap == 0 || when == NULL || subsys == NULL ||
+        msg == NULL || lvl < PMM_LOG_ERROR || lvl > PMM_LOG_DEBUG)
+        return -EINVAL;
+    pmm_buf_init(&b, cap - 1);
+    json_line(&b, "", when, lvl, subsys, msg);
+    rc = b.err;
+    if (rc == 0)
+        memcpy(out, b.p, b.len + 1);
+    pmm_buf_free(&b);
+    return rc;
+}
+
 void pmm_log(pmm_log_level lvl, const char *subsys, const char *fmt, ...)
 {
     char msg[1024];
+    char when[32];
+    char prio[8] = "";
     va_list ap;
+    bool json = cur_format == PMM_LOG_JSON;
 
     if (lvl > cur_level)
         return;
@@ -96,29 +169,41 @@ void pmm_log(pmm_log_level lvl, const char *subsys, const char *fmt, ...)
          msg[n - 1] == '\r' || msg[n - 1] == ' ' || msg[n - 1] == '\t');)
         msg[--n] = '\0';
     /* names and addresses can come from the network: no control chars,
-     * one line per call */
+     * one line per call (JSON escapes the others itself) */
     for (char *q = msg; *q != '\0'; q++)
         if (*q == '\n' || *q == '\t')
             *q = ' ';
-        else if ((unsigned char)*q < 0x20 || *q == 0x7f)
+        else if (!json && ((unsigned char)*q < 0x20 || *q == 0x7f))
             *q = '?';
     pthread_once(&journal_once, journal_detect);
+    if (to_journal)
+        snprintf(prio, sizeof(prio), "<%d>", level_prio[lvl]);
+    if (json) {
+        pmm_buf b;
+        utc_now(when, sizeof(when));
+        /* at most 6 bytes per byte of msg (\u00XX), 3 per invalid one */
+        pmm_buf_init(&b, 8192);
+        json_line(&b, prio, when, lvl, subsys, msg);
+        if (b.err == 0) {
+            /* one write per line so concurrent writers do not interleave */
+            fputs(b.p, stderr);
+            pmm_buf_free(&b);
+            return;
+        }
+        pmm_buf_free(&b);
+        /* out of memory: the text line below, control characters '?' */
+        for (char *q = msg; *q != '\0'; q++)
+            if ((unsigned char)*q < 0x20 || *q == 0x7f)
+                *q = '?';
+    }
     /* one write per line so concurrent writers do not interleave */
     if (to_journal) {
-        fprintf(stderr, "<%d>%s %s: %s\n", level_prio[lvl],
-                pmm_log_level_name(lvl), subsys, msg);
-    } else {
-        struct timespec ts;
-        struct tm tm;
-        char when[32] = "";
-        if (clock_gettime(CLOCK_REALTIME, &ts) == 0 &&
-            gmtime_r(&ts.tv_sec, &tm) != NULL) {
-            size_t k = strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
-            snprintf(when + k, sizeof(when) - k, ".%03ldZ ",
-                     ts.tv_nsec / 1000000);
-        }
-        fprintf(stderr, "%s%s %s: %s\n", when, pmm_log_level_name(lvl),
+        fprintf(stderr, "%s%s %s: %s\n", prio, pmm_log_level_name(lvl),
                 subsys, msg);
+    } else {
+        utc_now(when, sizeof(when));
+        fprintf(stderr, "%s%s%s %s: %s\n", when, when[0] ? " " : "",
+                pmm_log_level_name(lvl), subsys, msg);
     }
 }
 

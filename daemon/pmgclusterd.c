@@ -2320,6 +2320,7 @@ int main(int argc, char **argv)
         return EXIT_CONFIG;
     }
     pmm_log_set_level(n->cfg.log_level);
+    pmm_log_set_format(n->cfg.log_format);
     signal(SIGPIPE, SIG_IGN);
 
     rc = uv_loop_init(&n->loop);

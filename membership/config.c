@@ -6,31 +6,12 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-void pmm_config_default(pmm_config *cfg)
-{
-    memset(cfg, 0, sizeof(*cfg));
-    snprintf(cfg->control_socket, sizeof(cfg->control_socket), "%s",
-             PMM_DEFAULT_SOCKET);
-    snprintf(cfg->label, sizeof(cfg->label), "%s", PMM_DEFAULT_LABEL);
-    cfg->log_level = PMM_LOG_INFO;
-    cfg->meta_interval_ms = 5000;
-    cfg->api_port = 7947;
-    cfg->status_port = PMM_DEFAULT_STATUS_PORT;
-    cfg->agent_port = PMM_DEFAULT_AGENT_PORT;
-    cfg->unauth_budget_bytes = PMM_DEFAULT_UNAUTH_BUDGET;
-    gsp_config_default(&cfg->gossip);
-    snprintf(cfg->db_schemas, sizeof(cfg->db_schemas), "public");
-    cfg->db_log_retention_s = 3600;
-    cfg->files_max_bytes = 1u << 20;
-    cfg->files_trash_max_files = 1000;
-    cfg->files_trash_max_bytes = 64u << 20;
-}
 
 /* ---- value parsers: return NULL on success or a static reason ---------- */
 
@@ -171,81 +152,6 @@ static const char *parse_peers(char *v, gsp_addr *out, size_t *n_out)
     return NULL;
 }
 
-/* ---- keys ----------------------------------------------------------------- */
-
-enum {
-    K_NAME, K_BIND, K_ADVERTISE, K_DATA_DIR, K_CONTROL_SOCKET, K_KEY_FILE,
-    K_LABEL, K_PEERS, K_LOG_LEVEL, K_META_INTERVAL,
-    K_PROBE_INTERVAL, K_PROBE_TIMEOUT, K_PROBE_QUIET, K_INDIRECT, K_SUSP_MULT,
-    K_SUSP_MAX_MULT, K_RETRANSMIT, K_GOSSIP_INTERVAL, K_GOSSIP_NODES,
-    K_PUSHPULL, K_REJOIN, K_API_PORT, K_STATUS_BIND, K_STATUS_PORT,
-    K_AGENT_PORT, K_DB_CONNINFO, K_DB_SCHEMAS, K_DB_EXCLUDE,
-    K_DB_RETENTION, K_DB_ORIGIN, K_DB_SYNC, K_FILES_DIR, K_FILES_RELOAD,
-    K_FILES_MAX, K_STATUS_ACCESS, K_METRICS_ACCESS, K_STATUS_TOKEN,
-    K_UNAUTH_BUDGET, K_FILES_TRASH_FILES, K_FILES_TRASH_BYTES, K_COUNT
-};
-
-static const char *const key_names[K_COUNT] = {
-    [K_NAME] = "name",
-    [K_BIND] = "bind",
-    [K_ADVERTISE] = "advertise",
-    [K_DATA_DIR] = "data_dir",
-    [K_CONTROL_SOCKET] = "control_socket",
-    [K_KEY_FILE] = "key_file",
-    [K_LABEL] = "label",
-    [K_PEERS] = "peers",
-    [K_LOG_LEVEL] = "log_level",
-    [K_META_INTERVAL] = "meta_interval_ms",
-    [K_PROBE_INTERVAL] = "probe_interval_ms",
-    [K_PROBE_TIMEOUT] = "probe_timeout_ms",
-    [K_PROBE_QUIET] = "probe_quiet_interval_ms",
-    [K_INDIRECT] = "indirect_checks",
-    [K_SUSP_MULT] = "suspicion_mult",
-    [K_SUSP_MAX_MULT] = "suspicion_max_mult",
-    [K_RETRANSMIT] = "retransmit_mult",
-    [K_GOSSIP_INTERVAL] = "gossip_interval_ms",
-    [K_GOSSIP_NODES] = "gossip_nodes",
-    [K_PUSHPULL] = "pushpull_interval_ms",
-    [K_REJOIN] = "rejoin_interval_ms",
-    [K_API_PORT] = "api_port",
-    [K_STATUS_BIND] = "status_bind",
-    [K_STATUS_PORT] = "status_port",
-    [K_AGENT_PORT] = "agent_port",
-    [K_DB_CONNINFO] = "db_conninfo",
-    [K_DB_SCHEMAS] = "db_schemas",
-    [K_DB_EXCLUDE] = "db_exclude",
-    [K_DB_RETENTION] = "db_log_retention_s",
-    [K_DB_ORIGIN] = "db_origin_tables",
-    [K_DB_SYNC] = "db_sync",
-    [K_FILES_DIR] = "files_dir",
-    [K_FILES_RELOAD] = "files_reload",
-    [K_FILES_MAX] = "files_max_bytes",
-    [K_STATUS_ACCESS] = "status_access",
-    [K_METRICS_ACCESS] = "metrics_access",
-    [K_STATUS_TOKEN] = "status_token_file",
-    [K_UNAUTH_BUDGET] = "unauth_budget_bytes",
-    [K_FILES_TRASH_FILES] = "files_trash_max_files",
-    [K_FILES_TRASH_BYTES] = "files_trash_max_bytes",
-};
-
-const char *pmm_config_key(size_t i)
-{
-    return i < K_COUNT ? key_names[i] : NULL;
-}
-
-static const char *parse_access(const char *v, pmm_access *out)
-{
-    if (strcmp(v, "open") == 0)
-        *out = PMM_ACCESS_OPEN;
-    else if (strcmp(v, "local") == 0)
-        *out = PMM_ACCESS_LOCAL;
-    else if (strcmp(v, "token") == 0)
-        *out = PMM_ACCESS_TOKEN;
-    else
-        return "must be open, local or token";
-    return NULL;
-}
-
 /* A free-form string value (conninfo, command, lists): printable, bounded. */
 static const char *parse_str(const char *v, char *out, size_t size)
 {
@@ -259,118 +165,335 @@ static const char *parse_str(const char *v, char *out, size_t size)
     return NULL;
 }
 
-static const char *apply_key(pmm_config *c, int k, char *v)
-{
-    gsp_config *g = &c->gossip;
+/* ---- the schema: every key, written once ----------------------------------
+ * Each key's type, bounds, default, whether SIGHUP applies it live, and
+ * its line of documentation. The parser, the defaults, --check-config and
+ * the reload (pmm_config_apply_live) all read this table; test_mconfig
+ * holds the README, pmgclusterd(8) and contrib/pmgclusterd.conf to it. */
 
-    switch (k) {
-    case K_NAME:
-        return parse_name(v, c->name);
-    case K_BIND:
-        return parse_addr(v, &c->bind);
-    case K_ADVERTISE: {
-        const char *why = parse_addr(v, &c->advertise);
-        if (why == NULL && addr_is_wildcard(&c->advertise))
+enum {
+    K_NAME, K_BIND, K_ADVERTISE, K_DATA_DIR, K_CONTROL_SOCKET, K_KEY_FILE,
+    K_LABEL, K_PEERS, K_LOG_LEVEL, K_META_INTERVAL,
+    K_PROBE_INTERVAL, K_PROBE_TIMEOUT, K_PROBE_QUIET, K_INDIRECT, K_SUSP_MULT,
+    K_SUSP_MAX_MULT, K_RETRANSMIT, K_GOSSIP_INTERVAL, K_GOSSIP_NODES,
+    K_PUSHPULL, K_REJOIN, K_API_PORT, K_STATUS_BIND, K_STATUS_PORT,
+    K_AGENT_PORT, K_DB_CONNINFO, K_DB_SCHEMAS, K_DB_EXCLUDE,
+    K_DB_RETENTION, K_DB_ORIGIN, K_DB_SYNC, K_FILES_DIR, K_FILES_RELOAD,
+    K_FILES_MAX, K_STATUS_ACCESS, K_METRICS_ACCESS, K_STATUS_TOKEN,
+    K_UNAUTH_BUDGET, K_FILES_TRASH_FILES, K_FILES_TRASH_BYTES, K_LOG_FORMAT,
+    K_COUNT
+};
+_Static_assert(K_COUNT <= 64, "pmm_config_diff returns a 64-bit mask");
+_Static_assert(sizeof(pmm_log_level) == sizeof(int) &&
+                   sizeof(pmm_access) == sizeof(int) &&
+                   sizeof(pmm_log_format) == sizeof(int),
+               "enum keys are stored as int");
+
+static const char *const log_levels[] = {"error", "warn", "info", "debug",
+                                         NULL};
+static const char *const log_formats[] = {"text", "json", NULL};
+static const char *const accesses[] = {"open", "local", "token", NULL};
+static const char *const db_syncs[] = {"off", "one", "majority", NULL};
+
+#define F(field) offsetof(pmm_config, field), sizeof(((pmm_config *)0)->field)
+#define REQ PMM_CONF_REQUIRED
+#define LIVE PMM_CONF_LIVE
+
+static const pmm_conf_key keys[K_COUNT] = {
+    [K_NAME] = {"name", PMM_CONF_NAME, REQ, F(name), 0, 0, NULL, NULL,
+                "this node's name, 1..64 characters of A-Z a-z 0-9 . _ -"},
+    [K_BIND] = {"bind", PMM_CONF_ADDR, REQ, F(bind), 0, 0, NULL, NULL,
+                "gossip address, UDP and TCP: ip, ip:port or [ipv6]:port "
+                "(port 7946)"},
+    [K_ADVERTISE] = {"advertise", PMM_CONF_ADDR, PMM_CONF_NO_WILDCARD,
+                     F(advertise), 0, 0, NULL, NULL,
+                     "the address other nodes reach this one at (default: "
+                     "bind; required when bind is a wildcard)"},
+    [K_DATA_DIR] = {"data_dir", PMM_CONF_PATH, REQ, F(data_dir), 0, 0, NULL,
+                    NULL, "absolute: node id, generation, peers, cluster "
+                    "config and keyring, TLS key"},
+    [K_CONTROL_SOCKET] = {"control_socket", PMM_CONF_PATH, 0,
+                          F(control_socket), 0, 0, NULL, PMM_DEFAULT_SOCKET,
+                          "absolute, at most 107 bytes: the Unix socket of "
+                          "pmgcm"},
+    [K_KEY_FILE] = {"key_file", PMM_CONF_PATH, 0, F(key_file), 0, 0, NULL,
+                    NULL, "absolute: a gossip keyring for a cluster formed "
+                    "by a shared key and peers alone"},
+    [K_LABEL] = {"label", PMM_CONF_LABEL, PMM_CONF_EMPTY, F(label), 0, 0,
+                 NULL, PMM_DEFAULT_LABEL,
+                 "0..64 printable characters bound into every packet"},
+    [K_PEERS] = {"peers", PMM_CONF_PEERS, PMM_CONF_EMPTY, F(peers), 0, 0,
+                 NULL, NULL, "addresses contacted at start and while they "
+                 "are not alive members (at most 64)"},
+    [K_LOG_LEVEL] = {"log_level", PMM_CONF_ENUM, LIVE, F(log_level), 0, 0,
+                     log_levels, "info", "error, warn, info or debug"},
+    [K_LOG_FORMAT] = {"log_format", PMM_CONF_ENUM, LIVE, F(log_format), 0,
+                      0, log_formats, "text",
+                      "text (one line per event) or json (one object per "
+                      "line)"},
+    [K_META_INTERVAL] = {"meta_interval_ms", PMM_CONF_U32, LIVE,
+                         F(meta_interval_ms), 100, 3600000, NULL, "5000",
+                         "how often uptime, load, memory and disk are "
+                         "sampled"},
+    [K_API_PORT] = {"api_port", PMM_CONF_PORT, 0, F(api_port), 1, 65535,
+                    NULL, "7947", "TCP port of the TLS node API on bind's "
+                    "address"},
+    [K_STATUS_BIND] = {"status_bind", PMM_CONF_IP, 0, F(status_bind), 0, 0,
+                       NULL, NULL, "IP of the status and agent ports "
+                       "(default: bind's IP)"},
+    [K_STATUS_PORT] = {"status_port", PMM_CONF_PORT, 0, F(status_port), 0,
+                       65535, NULL, "7948", "HTTP status port (0: off)"},
+    [K_AGENT_PORT] = {"agent_port", PMM_CONF_PORT, 0, F(agent_port), 0,
+                      65535, NULL, "7949", "HAProxy agent-check port (0: "
+                      "off)"},
+    [K_STATUS_ACCESS] = {"status_access", PMM_CONF_ENUM, LIVE,
+                         F(status_access), 0, 0, accesses, "open",
+                         "who may read /status: open, local or token"},
+    [K_METRICS_ACCESS] = {"metrics_access", PMM_CONF_ENUM, LIVE,
+                          F(metrics_access), 0, 0, accesses, "open",
+                          "who may read /metrics: open, local or token"},
+    [K_STATUS_TOKEN] = {"status_token_file", PMM_CONF_PATH, LIVE,
+                        F(status_token_file), 0, 0, NULL, NULL,
+                        "absolute: the bearer token of token access (read "
+                        "at start and at every reload)"},
+    [K_UNAUTH_BUDGET] = {"unauth_budget_bytes", PMM_CONF_U32, 0,
+                         F(unauth_budget_bytes), PMM_UNAUTH_BUDGET_MIN,
+                         PMM_UNAUTH_BUDGET_MAX, NULL, "33554432",
+                         "memory for input nobody has authenticated yet"},
+    [K_DB_CONNINFO] = {"db_conninfo", PMM_CONF_STR, 0, F(db_conninfo), 0, 0,
+                       NULL, NULL, "libpq conninfo of this node's "
+                       "PostgreSQL (empty: no replicated data)"},
+    [K_DB_SCHEMAS] = {"db_schemas", PMM_CONF_STR, 0, F(db_schemas), 0, 0,
+                      NULL, "public", "comma-separated schemas whose "
+                      "tables are replicated"},
+    [K_DB_EXCLUDE] = {"db_exclude", PMM_CONF_STR, 0, F(db_exclude), 0, 0,
+                      NULL, NULL, "comma-separated schema.table names left "
+                      "out of replication"},
+    [K_DB_RETENTION] = {"db_log_retention_s", PMM_CONF_U32, 0,
+                        F(db_log_retention_s), 1, 365u * 86400u, NULL,
+                        "3600", "how long every node keeps the change log"},
+    [K_DB_ORIGIN] = {"db_origin_tables", PMM_CONF_STR, 0,
+                     F(db_origin_tables), 0, 0, NULL, NULL,
+                     "per-origin tables, schema.table:column, ..."},
+    [K_DB_SYNC] = {"db_sync", PMM_CONF_ENUM, 0, F(db_sync), 0, 0, db_syncs,
+                   "off", "off, one or majority: followers holding a "
+                   "change before its commit returns"},
+    [K_FILES_DIR] = {"files_dir", PMM_CONF_PATH, 0, F(files_dir), 0, 0,
+                     NULL, NULL, "absolute: the directory of master-owned "
+                     "files mirrored to every node"},
+    [K_FILES_RELOAD] = {"files_reload", PMM_CONF_STR, LIVE, F(files_reload),
+                        0, 0, NULL, NULL, "shell command run after mirrored "
+                        "files changed"},
+    [K_FILES_MAX] = {"files_max_bytes", PMM_CONF_U32, 0, F(files_max_bytes),
+                     1, 64u << 20, NULL, "1048576",
+                     "the largest mirrored file"},
+    [K_FILES_TRASH_FILES] = {"files_trash_max_files", PMM_CONF_U32, 0,
+                             F(files_trash_max_files), 1, 1000000, NULL,
+                             "1000", "files kept in data_dir/files-trash"},
+    [K_FILES_TRASH_BYTES] = {"files_trash_max_bytes", PMM_CONF_U32, 0,
+                             F(files_trash_max_bytes), 1, UINT32_MAX, NULL,
+                             "67108864", "bytes kept in data_dir/files-trash"},
+    [K_PROBE_INTERVAL] = {"probe_interval_ms", PMM_CONF_U32, 0,
+                          F(gossip.probe_interval_ms), 10, 600000, NULL,
+                          "200", "one probe per interval after a failure; "
+                          "the base of suspicion"},
+    [K_PROBE_TIMEOUT] = {"probe_timeout_ms", PMM_CONF_U32, 0,
+                         F(gossip.probe_timeout_ms), 1, 600000, NULL, "100",
+                         "direct ack deadline (< probe_interval_ms)"},
+    [K_PROBE_QUIET] = {"probe_quiet_interval_ms", PMM_CONF_U32, 0,
+                       F(gossip.probe_quiet_interval_ms), 0, 600000, NULL,
+                       "600", "one probe per interval while nothing failed "
+                       "(0: never relax)"},
+    [K_INDIRECT] = {"indirect_checks", PMM_CONF_U32, 0,
+                    F(gossip.indirect_checks), 0, 16, NULL, "3",
+                    "peers asked to probe for us when a probe fails"},
+    [K_SUSP_MULT] = {"suspicion_mult", PMM_CONF_U32, 0,
+                     F(gossip.suspicion_mult), 1, 100, NULL, "3",
+                     "suspicion timeout multiplier"},
+    [K_SUSP_MAX_MULT] = {"suspicion_max_mult", PMM_CONF_U32, 0,
+                         F(gossip.suspicion_max_mult), 1, 100, NULL, "6",
+                         "longest suspicion = max_mult * shortest"},
+    [K_RETRANSMIT] = {"retransmit_mult", PMM_CONF_U32, 0,
+                      F(gossip.retransmit_mult), 1, 100, NULL, "4",
+                      "each update is sent mult * ceil(log10(N+1)) times"},
+    [K_GOSSIP_INTERVAL] = {"gossip_interval_ms", PMM_CONF_U32, 0,
+                           F(gossip.gossip_interval_ms), 10, 600000, NULL,
+                           "200", "fan-out interval of pending updates"},
+    [K_GOSSIP_NODES] = {"gossip_nodes", PMM_CONF_U32, 0,
+                        F(gossip.gossip_nodes), 1, 64, NULL, "3",
+                        "peers per gossip round"},
+    [K_PUSHPULL] = {"pushpull_interval_ms", PMM_CONF_U32, 0,
+                    F(gossip.pushpull_interval_ms), 100, 86400000, NULL,
+                    "30000", "TCP anti-entropy interval"},
+    [K_REJOIN] = {"rejoin_interval_ms", PMM_CONF_U32, 0,
+                  F(gossip.rejoin_interval_ms), 100, 86400000, NULL, "10000",
+                  "re-contact a dead member or an absent seed"},
+};
+
+#undef F
+#undef REQ
+#undef LIVE
+
+const pmm_conf_key *pmm_config_keys(size_t *n)
+{
+    if (n != NULL)
+        *n = K_COUNT;
+    return keys;
+}
+
+const pmm_conf_key *pmm_config_key_find(const char *name)
+{
+    for (size_t i = 0; i < K_COUNT; i++)
+        if (strcmp(name, keys[i].name) == 0)
+            return &keys[i];
+    return NULL;
+}
+
+const char *pmm_config_key(size_t i)
+{
+    return i < K_COUNT ? keys[i].name : NULL;
+}
+
+/* "must be a, b or c" from an ENUM's choices */
+static const char *enum_why(const char *const *choices, char *buf,
+                            size_t len)
+{
+    size_t n = 0, off;
+
+    while (choices[n] != NULL)
+        n++;
+    off = (size_t)snprintf(buf, len, "must be");
+    for (size_t i = 0; i < n && off < len; i++)
+        off += (size_t)snprintf(buf + off, len - off, "%s%s",
+                                i == 0 ? " " : i + 1 == n ? " or " : ", ",
+                                choices[i]);
+    return buf;
+}
+
+/* Parses value v of key k into c (the field the table names). NULL on
+ * success or why v is refused ("is out of range"); buf may hold it. */
+static const char *apply_key(pmm_config *c, const pmm_conf_key *k, char *v,
+                             char *buf, size_t len)
+{
+    char *field = (char *)c + k->off;
+    const char *why;
+
+    switch (k->type) {
+    case PMM_CONF_NAME:
+        return parse_name(v, field);
+    case PMM_CONF_ADDR:
+        why = parse_addr(v, (gsp_addr *)field);
+        if (why == NULL && (k->flags & PMM_CONF_NO_WILDCARD) &&
+            addr_is_wildcard((gsp_addr *)field))
             why = "must not be a wildcard address";
         return why;
+    case PMM_CONF_IP:
+        return parse_ip(v, (gsp_addr *)field);
+    case PMM_CONF_PATH:
+        return parse_path(v, field, k->size);
+    case PMM_CONF_LABEL:
+        return parse_label(v, field);
+    case PMM_CONF_STR:
+        return parse_str(v, field, k->size);
+    case PMM_CONF_U32:
+    case PMM_CONF_PORT: {
+        uint32_t x;
+        why = parse_u32(v, k->min, k->max, &x);
+        if (why != NULL)
+            return why;
+        if (k->type == PMM_CONF_PORT) {
+            uint16_t p = (uint16_t)x;
+            memcpy(field, &p, sizeof(p));
+        } else {
+            memcpy(field, &x, sizeof(x));
+        }
+        return NULL;
     }
-    case K_DATA_DIR:
-        return parse_path(v, c->data_dir, sizeof(c->data_dir));
-    case K_CONTROL_SOCKET:
-        return parse_path(v, c->control_socket, sizeof(c->control_socket));
-    case K_KEY_FILE:
-        return parse_path(v, c->key_file, sizeof(c->key_file));
-    case K_LABEL:
-        return parse_label(v, c->label);
-    case K_PEERS:
+    case PMM_CONF_ENUM:
+        for (int i = 0; k->choices[i] != NULL; i++) {
+            if (strcmp(v, k->choices[i]) == 0) {
+                memcpy(field, &i, sizeof(i));
+                return NULL;
+            }
+        }
+        return enum_why(k->choices, buf, len);
+    case PMM_CONF_PEERS:
         return parse_peers(v, c->peers, &c->n_peers);
-    case K_LOG_LEVEL:
-        if (pmm_log_level_parse(v, &c->log_level) != 0)
-            return "must be error, warn, info or debug";
-        return NULL;
-    case K_META_INTERVAL:
-        return parse_u32(v, 100, 3600000, &c->meta_interval_ms);
-    case K_API_PORT: {
-        uint32_t port;
-        const char *why = parse_u32(v, 1, 65535, &port);
-        if (why == NULL) c->api_port = (uint16_t)port;
-        return why;
     }
-    case K_STATUS_BIND:
-        return parse_ip(v, &c->status_bind);
-    case K_STATUS_PORT:
-    case K_AGENT_PORT: {
-        uint32_t port;
-        const char *why = parse_u32(v, 0, 65535, &port);
-        if (why == NULL && k == K_STATUS_PORT)
-            c->status_port = (uint16_t)port;
-        else if (why == NULL)
-            c->agent_port = (uint16_t)port;
-        return why;
-    }
-    case K_DB_CONNINFO:
-        return parse_str(v, c->db_conninfo, sizeof(c->db_conninfo));
-    case K_DB_SCHEMAS:
-        return parse_str(v, c->db_schemas, sizeof(c->db_schemas));
-    case K_DB_EXCLUDE:
-        return parse_str(v, c->db_exclude, sizeof(c->db_exclude));
-    case K_DB_RETENTION:
-        return parse_u32(v, 1, 365u * 86400u, &c->db_log_retention_s);
-    case K_DB_ORIGIN:
-        return parse_str(v, c->db_origin_tables, sizeof(c->db_origin_tables));
-    case K_DB_SYNC:
-        if (strcmp(v, "off") == 0) c->db_sync = PMM_DB_SYNC_OFF;
-        else if (strcmp(v, "one") == 0) c->db_sync = PMM_DB_SYNC_ONE;
-        else if (strcmp(v, "majority") == 0) c->db_sync = PMM_DB_SYNC_MAJORITY;
-        else return "must be off, one or majority";
-        return NULL;
-    case K_FILES_DIR:
-        return parse_path(v, c->files_dir, sizeof(c->files_dir));
-    case K_FILES_RELOAD:
-        return parse_str(v, c->files_reload, sizeof(c->files_reload));
-    case K_FILES_MAX:
-        return parse_u32(v, 1, 64u << 20, &c->files_max_bytes);
-    case K_STATUS_ACCESS:
-        return parse_access(v, &c->status_access);
-    case K_METRICS_ACCESS:
-        return parse_access(v, &c->metrics_access);
-    case K_STATUS_TOKEN:
-        return parse_path(v, c->status_token_file,
-                          sizeof(c->status_token_file));
-    case K_UNAUTH_BUDGET:
-        return parse_u32(v, PMM_UNAUTH_BUDGET_MIN, PMM_UNAUTH_BUDGET_MAX,
-                         &c->unauth_budget_bytes);
-    case K_FILES_TRASH_FILES:
-        return parse_u32(v, 1, 1000000, &c->files_trash_max_files);
-    case K_FILES_TRASH_BYTES:
-        return parse_u32(v, 1, UINT32_MAX, &c->files_trash_max_bytes);
-    case K_PROBE_INTERVAL:
-        return parse_u32(v, 10, 600000, &g->probe_interval_ms);
-    case K_PROBE_TIMEOUT:
-        return parse_u32(v, 1, 600000, &g->probe_timeout_ms);
-    case K_PROBE_QUIET:
-        return parse_u32(v, 0, 600000, &g->probe_quiet_interval_ms);
-    case K_INDIRECT:
-        return parse_u32(v, 0, 16, &g->indirect_checks);
-    case K_SUSP_MULT:
-        return parse_u32(v, 1, 100, &g->suspicion_mult);
-    case K_SUSP_MAX_MULT:
-        return parse_u32(v, 1, 100, &g->suspicion_max_mult);
-    case K_RETRANSMIT:
-        return parse_u32(v, 1, 100, &g->retransmit_mult);
-    case K_GOSSIP_INTERVAL:
-        return parse_u32(v, 10, 600000, &g->gossip_interval_ms);
-    case K_GOSSIP_NODES:
-        return parse_u32(v, 1, 64, &g->gossip_nodes);
-    case K_PUSHPULL:
-        return parse_u32(v, 100, 86400000, &g->pushpull_interval_ms);
-    case K_REJOIN:
-        return parse_u32(v, 100, 86400000, &g->rejoin_interval_ms);
-    default:
-        return "is not handled";
+    return "is not handled";
+}
+
+void pmm_config_default(pmm_config *cfg)
+{
+    char buf[PMM_DB_STR_MAX + 1], why[96];
+
+    memset(cfg, 0, sizeof(*cfg));
+    /* what the file cannot set (packet size, stream bounds, ...) */
+    gsp_config_default(&cfg->gossip);
+    for (size_t i = 0; i < K_COUNT; i++) {
+        if (keys[i].def == NULL)
+            continue;
+        /* the defaults are values of their keys (test_mconfig parses
+         * each): a copy, since a parser may cut its input */
+        snprintf(buf, sizeof(buf), "%s", keys[i].def);
+        (void)apply_key(cfg, &keys[i], buf, why, sizeof(why));
     }
 }
 
+/* true when key k holds the same value in a and b */
+static bool key_equal(const pmm_conf_key *k, const pmm_config *a,
+                      const pmm_config *b)
+{
+    const char *fa = (const char *)a + k->off, *fb = (const char *)b + k->off;
+
+    switch (k->type) {
+    case PMM_CONF_NAME:
+    case PMM_CONF_PATH:
+    case PMM_CONF_LABEL:
+    case PMM_CONF_STR:
+        return strncmp(fa, fb, k->size) == 0;
+    case PMM_CONF_ADDR:
+    case PMM_CONF_IP:
+        return gsp_addr_eq((const gsp_addr *)fa, (const gsp_addr *)fb);
+    case PMM_CONF_PEERS:
+        if (a->n_peers != b->n_peers)
+            return false;
+        for (size_t i = 0; i < a->n_peers; i++)
+            if (!gsp_addr_eq(&a->peers[i], &b->peers[i]))
+                return false;
+        return true;
+    case PMM_CONF_U32:
+    case PMM_CONF_PORT:
+    case PMM_CONF_ENUM:
+        return memcmp(fa, fb, k->size) == 0;
+    }
+    return false;
+}
+
+uint64_t pmm_config_diff(const pmm_config *a, const pmm_config *b)
+{
+    uint64_t mask = 0;
+
+    for (size_t i = 0; i < K_COUNT; i++)
+        if (!key_equal(&keys[i], a, b))
+            mask |= UINT64_C(1) << i;
+    return mask;
+}
+
+uint64_t pmm_config_apply_live(pmm_config *running, const pmm_config *next)
+{
+    uint64_t changed = pmm_config_diff(running, next);
+
+    for (size_t i = 0; i < K_COUNT; i++) {
+        const pmm_conf_key *k = &keys[i];
+        if (!(changed & (UINT64_C(1) << i)) || !(k->flags & PMM_CONF_LIVE))
+            continue;
+        /* no live key is PEERS: one field each */
+        memcpy((char *)running + k->off, (const char *)next + k->off,
+               k->size);
+    }
+    return changed;
+}
 
 /* Two listeners can collide: the same IP, or either a wildcard. */
 static bool ips_overlap(const gsp_addr *a, const gsp_addr *b)
@@ -421,6 +544,7 @@ static int config_line(pmm_config *c, char *line, size_t n, unsigned line_no,
     char *k, *v, *eq, *p;
     int key = -1;
     const char *why;
+    char whybuf[96];
 
     if (memchr(line, '\0', n) != NULL) {
         return pmm_errf(err, errlen, -EINVAL, "line %u: contains a NUL byte",
@@ -459,7 +583,7 @@ static int config_line(pmm_config *c, char *line, size_t n, unsigned line_no,
     *p = '\0';
 
     for (int i = 0; i < K_COUNT; i++)
-        if (strcmp(k, key_names[i]) == 0)
+        if (strcmp(k, keys[i].name) == 0)
             key = i;
     if (key < 0) {
         char shown[68];
@@ -475,17 +599,17 @@ static int config_line(pmm_config *c, char *line, size_t n, unsigned line_no,
     if (line_of[key] != 0) {
         return pmm_errf(err, errlen, -EINVAL,
                   "line %u: duplicate key '%s' (first set on line %d)",
-                  line_no, key_names[key], line_of[key]);
+                  line_no, keys[key].name, line_of[key]);
     }
     line_of[key] = (int)line_no;
-    if (*v == '\0' && key != K_LABEL && key != K_PEERS) {
+    if (*v == '\0' && !(keys[key].flags & PMM_CONF_EMPTY)) {
         return pmm_errf(err, errlen, -EINVAL, "line %u: %s: missing value",
-                  line_no, key_names[key]);
+                  line_no, keys[key].name);
     }
-    why = apply_key(c, key, v);
+    why = apply_key(c, &keys[key], v, whybuf, sizeof(whybuf));
     if (why != NULL) {
         return pmm_errf(err, errlen, -EINVAL, "line %u: %s %s", line_no,
-                  key_names[key], why);
+                  keys[key].name, why);
     }
     return 0;
 }
@@ -498,12 +622,12 @@ static int config_finish(pmm_config *c, const int line_of[K_COUNT],
     {
         /* every missing key in one message: a first start with the
          * shipped file names all the keys to set at once */
-        static const int required[] = {K_NAME, K_BIND, K_DATA_DIR};
         const char *miss[3];
         size_t n_miss = 0;
-        for (size_t i = 0; i < sizeof(required) / sizeof(required[0]); i++)
-            if (line_of[required[i]] == 0)
-                miss[n_miss++] = key_names[required[i]];
+        for (size_t i = 0; i < K_COUNT; i++)
+            if ((keys[i].flags & PMM_CONF_REQUIRED) && line_of[i] == 0 &&
+                n_miss < 3)
+                miss[n_miss++] = keys[i].name;
         if (n_miss == 1) {
             return pmm_errf(err, errlen, -EINVAL,
                             "missing required key '%s': set it (man 8 "

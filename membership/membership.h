@@ -92,7 +92,10 @@
  *       remembered in data_dir/peers, and re-contacted periodically while
  *       they are not alive members.
  *   log_level = info
- *       error | warn | info | debug (default info).
+ *       error | warn | info | debug (default info). Reloads live.
+ *   log_format = text
+ *       text | json (default text): json writes one object per line,
+ *       {"time","level","subsystem","message"}. Reloads live.
  *   meta_interval_ms = 5000
  *       How often uptime, load, memory and disk usage are sampled; they are
  *       gossiped only when they changed (100..3600000).
@@ -306,6 +309,7 @@ typedef struct pmm_config {
     gsp_addr peers[PMM_PEERS_MAX];
     size_t n_peers;
     pmm_log_level log_level;
+    pmm_log_format log_format;    /* text (default) or json */
     uint32_t meta_interval_ms;
     uint16_t api_port;            /* TLS node API (join, config), 7947 */
     gsp_addr status_bind;         /* IP of the status and agent ports
@@ -334,6 +338,46 @@ typedef struct pmm_config {
     uint32_t files_trash_max_bytes;        /* trash bound, 64 MiB */
 } pmm_config;
 
+/* ---- the schema: one entry per key (config.c's table) ------------------
+ * The table drives the parser, the defaults, --check-config and the
+ * reload (SIGHUP); test_mconfig holds the README, pmgclusterd(8) and
+ * contrib/pmgclusterd.conf to it. */
+typedef enum pmm_conf_type {
+    PMM_CONF_NAME,  /* a node name: 1..64 of [A-Za-z0-9._-] */
+    PMM_CONF_ADDR,  /* ip, ip:port or [ipv6]:port (port 7946) */
+    PMM_CONF_IP,    /* a bare IP, brackets allowed for IPv6 */
+    PMM_CONF_PATH,  /* absolute, no control characters, < size */
+    PMM_CONF_LABEL, /* 0..64 printable ASCII */
+    PMM_CONF_STR,   /* printable text, < size */
+    PMM_CONF_U32,   /* decimal in [min, max] (uint32_t) */
+    PMM_CONF_PORT,  /* decimal in [min, max] (uint16_t) */
+    PMM_CONF_ENUM,  /* one of choices, stored as its index (int) */
+    PMM_CONF_PEERS, /* addresses, blank/comma separated (peers, n_peers) */
+} pmm_conf_type;
+
+#define PMM_CONF_REQUIRED 0x1u    /* the file must set it */
+#define PMM_CONF_LIVE 0x2u        /* SIGHUP applies a change at once */
+#define PMM_CONF_EMPTY 0x4u       /* "key =" is a value (the empty one) */
+#define PMM_CONF_NO_WILDCARD 0x8u /* ADDR: 0.0.0.0 and :: refused */
+
+typedef struct pmm_conf_key {
+    const char *name;
+    pmm_conf_type type;
+    unsigned flags;              /* PMM_CONF_* */
+    size_t off, size;            /* the field in pmm_config */
+    uint32_t min, max;           /* U32, PORT */
+    const char *const *choices;  /* ENUM: NULL-terminated, value = index */
+    const char *def;             /* the default as a file would write it;
+                                  * NULL: empty, or computed (advertise,
+                                  * status_bind) */
+    const char *doc;             /* one line */
+} pmm_conf_key;
+
+/* The table (static) and its length in *n (n may be NULL). */
+const pmm_conf_key *pmm_config_keys(size_t *n);
+/* The entry of a key by name, or NULL. */
+const pmm_conf_key *pmm_config_key_find(const char *name);
+
 /* Fills defaults (no name/bind/data_dir: those are required). */
 void pmm_config_default(pmm_config *cfg);
 /* Parses a whole file image (len bytes, need not be NUL-terminated).
@@ -348,6 +392,15 @@ int pmm_config_load(pmm_config *cfg, const char *path, char *err,
  * test_mconfig holds the README, pmgclusterd(8) and contrib/pmgclusterd.conf
  * to this list. */
 const char *pmm_config_key(size_t i);
+/* The keys whose values differ between a and b (two parsed configs): bit i
+ * stands for the i-th key (pmm_config_keys). */
+uint64_t pmm_config_diff(const pmm_config *a, const pmm_config *b);
+/* A reload: copies into running the PMM_CONF_LIVE keys whose values next
+ * (a parsed config) changes; every other key keeps its running value (a
+ * restart applies it). Returns pmm_config_diff(running, next) as it was
+ * before the copy: the changed keys, live or not. running stays a valid
+ * config: no check of config_finish ties a live key to one that is not. */
+uint64_t pmm_config_apply_live(pmm_config *running, const pmm_config *next);
 
 /* ---- persistent state in data_dir --------------------------------------- */
 #define PMM_STATE_PEERS_MAX 256

@@ -391,6 +391,389 @@ static void test_load_file(void)
     CHECK(pmm_config_load(&c, "/tmp", err, sizeof(err)) != 0);
 }
 
+/* ---- the schema table: every key through the same checks ----------------- */
+
+/* A config whose line 4 is "key = value" (the required keys on lines 1..3,
+ * or, for a required key, its own line 4 in place of the first three's
+ * one), plus `extra` lines after it. */
+static void with_key(char *out, size_t cap, const char *key,
+                     const char *value, const char *extra)
+{
+    const char *req[3][2] = {{"name", "node1"},
+                             {"bind", "10.0.0.1:7946"},
+                             {"data_dir", "/var/lib/pmgcm"}};
+    size_t off = 0;
+
+    out[0] = '\0';
+    for (int i = 0; i < 3; i++)
+        if (strcmp(req[i][0], key) != 0)
+            off += (size_t)snprintf(out + off, cap - off, "%s = %s\n",
+                                    req[i][0], req[i][1]);
+        else
+            off += (size_t)snprintf(out + off, cap - off, "# %s below\n",
+                                    key);
+    snprintf(out + off, cap - off, "%s = %s\n%s", key, value,
+             extra ? extra : "");
+}
+
+/* what a key needs beside it to make a whole config */
+static const char *companions(const pmm_conf_key *k, const char *value)
+{
+    if (k->type == PMM_CONF_ENUM && strcmp(value, "token") == 0)
+        return "status_token_file = /etc/pmgcm/status.token\n";
+    if (strcmp(k->name, "probe_timeout_ms") == 0)
+        return "probe_interval_ms = 600000\n";
+    if (strcmp(k->name, "probe_interval_ms") == 0)
+        return "probe_timeout_ms = 1\n";
+    return NULL;
+}
+
+/* a value key k accepts that is not its default */
+static const char *sample(const pmm_conf_key *k, char *buf, size_t cap)
+{
+    switch (k->type) {
+    case PMM_CONF_U32:
+    case PMM_CONF_PORT:
+        if (strcmp(k->name, "probe_interval_ms") == 0)
+            return "300"; /* the timeout (100) must stay below it */
+        if (strcmp(k->name, "probe_timeout_ms") == 0)
+            return "50";
+        snprintf(buf, cap, "%u",
+                 (unsigned)(k->def && strtoul(k->def, NULL, 10) == k->max
+                                ? k->min : k->max));
+        return buf;
+    case PMM_CONF_ENUM:
+        return k->def && strcmp(k->def, k->choices[1]) == 0 ? k->choices[0]
+                                                            : k->choices[1];
+    case PMM_CONF_PATH: return "/x/changed";
+    case PMM_CONF_ADDR: return "10.0.0.1:7000";
+    case PMM_CONF_IP: return "10.0.0.7";
+    case PMM_CONF_PEERS: return "10.0.0.8";
+    default: return "changed";
+    }
+}
+
+static uint32_t field_u32(const pmm_config *c, const pmm_conf_key *k)
+{
+    if (k->type == PMM_CONF_PORT) {
+        uint16_t p;
+        memcpy(&p, (const char *)c + k->off, sizeof(p));
+        return p;
+    }
+    uint32_t x;
+    memcpy(&x, (const char *)c + k->off, sizeof(x));
+    return x;
+}
+
+/* the table itself: names unique and in the parser's style, every entry
+ * documented, bounds sane, the field inside pmm_config */
+static void test_schema_table(void)
+{
+    size_t n;
+    const pmm_conf_key *t = pmm_config_keys(&n);
+    size_t live = 0, req = 0;
+
+    REQUIRE(t != NULL);
+    CHECK(n >= 41);
+    CHECK(pmm_config_key(n) == NULL);
+    for (size_t i = 0; i < n; i++) {
+        const pmm_conf_key *k = &t[i];
+        CHECK(k->name != NULL && k->name[0] != '\0');
+        CHECK(strcmp(pmm_config_key(i), k->name) == 0);
+        CHECK(pmm_config_key_find(k->name) == k);
+        for (const char *p = k->name; *p; p++)
+            CHECK(islower((unsigned char)*p) || *p == '_');
+        for (size_t j = 0; j < i; j++)
+            CHECK(strcmp(t[j].name, k->name) != 0);
+        CHECK(k->doc != NULL && strlen(k->doc) > 10 && !strchr(k->doc, '\n'));
+        CHECK(k->off + k->size <= sizeof(pmm_config));
+        CHECK(k->size > 0);
+        if (k->type == PMM_CONF_U32 || k->type == PMM_CONF_PORT)
+            CHECK(k->min <= k->max);
+        if (k->type == PMM_CONF_PORT)
+            CHECK(k->max <= 65535);
+        if (k->type == PMM_CONF_ENUM)
+            CHECK(k->choices != NULL && k->choices[0] && k->choices[1]);
+        /* a required key has no default; a live one is never required */
+        if (k->flags & PMM_CONF_REQUIRED) {
+            CHECK(k->def == NULL);
+            CHECK(!(k->flags & PMM_CONF_LIVE));
+            req++;
+        }
+        if (k->flags & PMM_CONF_LIVE) {
+            /* no live key is a list (pmm_config_apply_live copies one
+             * field) */
+            CHECK(k->type != PMM_CONF_PEERS);
+            live++;
+        }
+    }
+    CHECK_EQ_INT(req, 3);
+    CHECK(live >= 7);
+    CHECK(pmm_config_key_find("colour") == NULL);
+    CHECK(pmm_config_key_find("") == NULL);
+}
+
+/* every default is a value its key accepts, and pmm_config_default
+ * holds exactly it */
+static void test_schema_defaults(void)
+{
+    size_t n;
+    const pmm_conf_key *t = pmm_config_keys(&n);
+    pmm_config d, c;
+    char text[8192];
+
+    pmm_config_default(&d);
+    for (size_t i = 0; i < n; i++) {
+        const pmm_conf_key *k = &t[i];
+        if (k->def == NULL)
+            continue;
+        with_key(text, sizeof(text), k->name, k->def, companions(k, k->def));
+        if (parse(&c, text) != 0) {
+            printf("#   default of %s refused: %s\n", k->name, err);
+            CHECK(0);
+            continue;
+        }
+        if (k->type == PMM_CONF_U32 || k->type == PMM_CONF_PORT ||
+            k->type == PMM_CONF_ENUM)
+            CHECK(memcmp((char *)&c + k->off, (char *)&d + k->off,
+                         k->size) == 0);
+        else
+            CHECK(strcmp((char *)&c + k->off, (char *)&d + k->off) == 0);
+        if (k->type == PMM_CONF_U32)
+            CHECK_EQ_INT(field_u32(&d, k), strtoul(k->def, NULL, 10));
+    }
+}
+
+/* every key: its values land in its field, its bounds hold, a bad value
+ * and a missing one are refused naming line 4 and the key, a second
+ * setting names both lines */
+static void test_schema_every_key(void)
+{
+    size_t n;
+    const pmm_conf_key *t = pmm_config_keys(&n);
+    pmm_config c;
+    char text[8192], want[160], v[1200];
+
+    for (size_t i = 0; i < n; i++) {
+        const pmm_conf_key *k = &t[i];
+        const char *field = (const char *)&c + k->off;
+
+        /* missing value */
+        with_key(text, sizeof(text), k->name, "", NULL);
+        if (k->flags & PMM_CONF_EMPTY) {
+            CHECK(parse(&c, text) == 0);
+        } else {
+            snprintf(want, sizeof(want), "line 4: %s: missing value",
+                     k->name);
+            CHECK(rejects(text, want));
+        }
+        /* twice */
+        with_key(text, sizeof(text), k->name, sample(k, v, sizeof(v)), NULL);
+        {
+            char twice[8400];
+            snprintf(twice, sizeof(twice), "%s%s = y\n", text, k->name);
+            snprintf(want, sizeof(want), "line 5: duplicate key '%s' "
+                     "(first set on line 4)", k->name);
+            CHECK(rejects(twice, want));
+        }
+        switch (k->type) {
+        case PMM_CONF_U32:
+        case PMM_CONF_PORT: {
+            uint32_t b[2] = {k->min, k->max};
+            for (int j = 0; j < 2; j++) {
+                snprintf(v, sizeof(v), "%u", (unsigned)b[j]);
+                with_key(text, sizeof(text), k->name, v, companions(k, v));
+                if (parse(&c, text) == 0) {
+                    CHECK_EQ_INT(field_u32(&c, k), b[j]);
+                } else {
+                    /* only a rule between two keys may refuse a bound */
+                    CHECK(strstr(err, "out of range") == NULL);
+                    CHECK(strstr(err, "must be smaller") != NULL);
+                }
+            }
+            snprintf(v, sizeof(v), "%llu", (unsigned long long)k->max + 1);
+            with_key(text, sizeof(text), k->name, v, NULL);
+            snprintf(want, sizeof(want), "line 4: %s is out of range",
+                     k->name);
+            CHECK(rejects(text, want));
+            if (k->min > 0) {
+                snprintf(v, sizeof(v), "%u", (unsigned)k->min - 1);
+                with_key(text, sizeof(text), k->name, v, NULL);
+                CHECK(rejects(text, want));
+            }
+            snprintf(want, sizeof(want), "line 4: %s is not a number",
+                     k->name);
+            with_key(text, sizeof(text), k->name, "12x", NULL);
+            CHECK(rejects(text, want));
+            with_key(text, sizeof(text), k->name, "-1", NULL);
+            CHECK(rejects(text, want));
+            with_key(text, sizeof(text), k->name, "0x10", NULL);
+            CHECK(rejects(text, want));
+            break;
+        }
+        case PMM_CONF_ENUM: {
+            size_t m = 0;
+            char list[128] = "must be";
+            for (; k->choices[m] != NULL; m++) {
+                with_key(text, sizeof(text), k->name, k->choices[m],
+                         companions(k, k->choices[m]));
+                REQUIRE(parse(&c, text) == 0);
+                int got;
+                memcpy(&got, field, sizeof(got));
+                CHECK_EQ_INT(got, m);
+            }
+            for (size_t j = 0; j < m; j++)
+                snprintf(list + strlen(list), sizeof(list) - strlen(list),
+                         "%s%s", j == 0 ? " " : j + 1 == m ? " or " : ", ",
+                         k->choices[j]);
+            snprintf(want, sizeof(want), "line 4: %s %s", k->name, list);
+            with_key(text, sizeof(text), k->name, "bogus", NULL);
+            CHECK(rejects(text, want));
+            /* case matters */
+            snprintf(v, sizeof(v), "%s", k->choices[0]);
+            v[0] = (char)toupper((unsigned char)v[0]);
+            with_key(text, sizeof(text), k->name, v, NULL);
+            CHECK(rejects(text, want));
+            break;
+        }
+        case PMM_CONF_PATH:
+        case PMM_CONF_STR: {
+            size_t len = k->size - 1;
+            v[0] = '/';
+            memset(v + 1, 'a', len - 1);
+            v[len] = '\0';
+            with_key(text, sizeof(text), k->name, v, NULL);
+            CHECK(parse(&c, text) == 0);
+            CHECK(strcmp(field, v) == 0);
+            v[len] = 'a';
+            v[len + 1] = '\0';
+            with_key(text, sizeof(text), k->name, v, NULL);
+            snprintf(want, sizeof(want), "line 4: %s is too long", k->name);
+            CHECK(rejects(text, want));
+            with_key(text, sizeof(text), k->name, "/a\x01b", NULL);
+            snprintf(want, sizeof(want), "line 4: %s ", k->name);
+            CHECK(rejects(text, want));
+            if (k->type == PMM_CONF_PATH) {
+                with_key(text, sizeof(text), k->name, "relative/x", NULL);
+                snprintf(want, sizeof(want),
+                         "line 4: %s must be an absolute path", k->name);
+                CHECK(rejects(text, want));
+            }
+            break;
+        }
+        case PMM_CONF_ADDR:
+        case PMM_CONF_IP:
+        case PMM_CONF_PEERS:
+            with_key(text, sizeof(text), k->name, "10.0.0.300", NULL);
+            snprintf(want, sizeof(want), "line 4: %s ", k->name);
+            CHECK(rejects(text, want));
+            with_key(text, sizeof(text), k->name, "10.0.0.9", NULL);
+            CHECK(parse(&c, text) == 0);
+            break;
+        case PMM_CONF_NAME:
+        case PMM_CONF_LABEL:
+            with_key(text, sizeof(text), k->name, "caf\xc3\xa9", NULL);
+            snprintf(want, sizeof(want), "line 4: %s ", k->name);
+            CHECK(rejects(text, want));
+            with_key(text, sizeof(text), k->name, "ok-1.x_y", NULL);
+            CHECK(parse(&c, text) == 0);
+            CHECK(strcmp(field, "ok-1.x_y") == 0);
+            break;
+        }
+    }
+}
+
+/* the reload: which keys changed, which of them apply live; the running
+ * config takes exactly the live ones */
+static void test_reload_diff(void)
+{
+    pmm_config run, next, before;
+    size_t n;
+    const pmm_conf_key *t = pmm_config_keys(&n);
+    uint64_t live_mask = 0, m;
+
+    for (size_t i = 0; i < n; i++)
+        if (t[i].flags & PMM_CONF_LIVE)
+            live_mask |= UINT64_C(1) << i;
+    REQUIRE(parse(&run, BASE "log_level = info\nstatus_port = 7948\n") == 0);
+    REQUIRE(parse(&next, BASE "log_level = info\nstatus_port = 7948\n") == 0);
+    CHECK(pmm_config_diff(&run, &next) == 0);
+    /* comments, order and blanks do not count; a default written out is
+     * no change */
+    REQUIRE(parse(&next, "# moved\nstatus_port=7948\n" BASE "\n") == 0);
+    CHECK(pmm_config_diff(&run, &next) == 0);
+
+    /* one live key, one restart key, one computed default (advertise
+     * follows bind) */
+    REQUIRE(parse(&next, "name = node1\nbind = 10.0.0.2:7946\n"
+                         "data_dir = /var/lib/pmgcm\n"
+                         "key_file = /etc/pmgcm/gossip.key\n"
+                         "log_level = debug\nlog_format = json\n"
+                         "status_access = local\n"
+                         "files_reload = /bin/true\n"
+                         "meta_interval_ms = 1000\n"
+                         "probe_interval_ms = 300\n") == 0);
+    m = pmm_config_diff(&run, &next);
+    {
+        const char *want[] = {"bind", "advertise", "log_level",
+                              "log_format", "status_access", "files_reload",
+                              "meta_interval_ms", "probe_interval_ms",
+                              "status_bind"};
+        uint64_t w = 0;
+        for (size_t j = 0; j < sizeof(want) / sizeof(want[0]); j++) {
+            const pmm_conf_key *k = pmm_config_key_find(want[j]);
+            REQUIRE(k != NULL);
+            w |= UINT64_C(1) << (size_t)(k - t);
+        }
+        CHECK(m == w);
+        if (m != w)
+            for (size_t i = 0; i < n; i++)
+                if (((m ^ w) >> i) & 1)
+                    printf("#   differs: %s\n", t[i].name);
+    }
+    before = run;
+    CHECK(pmm_config_apply_live(&run, &next) == m);
+    /* the live ones moved, the others stayed */
+    CHECK_EQ_INT(run.log_level, PMM_LOG_DEBUG);
+    CHECK_EQ_INT(run.log_format, PMM_LOG_JSON);
+    CHECK_EQ_INT(run.status_access, PMM_ACCESS_LOCAL);
+    CHECK(strcmp(run.files_reload, "/bin/true") == 0);
+    CHECK_EQ_INT(run.meta_interval_ms, 1000);
+    CHECK(gsp_addr_eq(&run.bind, &before.bind));
+    CHECK(gsp_addr_eq(&run.advertise, &before.advertise));
+    CHECK_EQ_INT(run.gossip.probe_interval_ms, 200);
+    /* what is left differs only by restart keys */
+    CHECK((pmm_config_diff(&run, &next) & live_mask) == 0);
+    CHECK(pmm_config_diff(&run, &next) == (m & ~live_mask));
+    CHECK(pmm_config_diff(&run, &before) == (m & live_mask));
+    /* applying again changes nothing more */
+    before = run;
+    CHECK(pmm_config_apply_live(&run, &next) == (m & ~live_mask));
+    CHECK(pmm_config_diff(&run, &before) == 0);
+
+    /* every key: a change to it alone is seen, and applied iff live */
+    for (size_t i = 0; i < n; i++) {
+        const pmm_conf_key *k = &t[i];
+        char text[8192];
+        char vb[32];
+        const char *v = sample(k, vb, sizeof(vb));
+        with_key(text, sizeof(text), k->name, v, companions(k, v));
+        REQUIRE(parse(&run, "name = node1\nbind = 10.0.0.1:7946\n"
+                            "data_dir = /var/lib/pmgcm\n") == 0);
+        if (parse(&next, text) != 0) {
+            printf("#   %s = %s: %s\n", k->name, v, err);
+            CHECK(0);
+            continue;
+        }
+        m = pmm_config_diff(&run, &next);
+        CHECK((m >> i) & 1);
+        before = run;
+        pmm_config_apply_live(&run, &next);
+        CHECK((((pmm_config_diff(&run, &before) >> i) & 1) != 0) ==
+              ((k->flags & PMM_CONF_LIVE) != 0));
+    }
+}
+
 /* ---- the parser's keys against their documentation --------------------- */
 
 /* abs_top_srcdir/rel, whole and NUL-terminated (malloc'd), or NULL */
@@ -503,7 +886,7 @@ static void test_keys_documented(void)
 {
     size_t n = 0;
     while (pmm_config_key(n)) n++;
-    CHECK(n >= 38); /* the keys of today; a new one comes with its docs */
+    CHECK(n >= 41); /* the keys of today; a new one comes with its docs */
     CHECK_EQ_INT(doc_keys("README.md", "", false, "=", false), 0);
     CHECK_EQ_INT(doc_keys("doc/pmgclusterd.8", ".BI ", false, "\" = ", true),
                  0);
@@ -551,6 +934,10 @@ int main(void)
     TAP_RUN(test_output_untouched_on_error);
     TAP_RUN(test_db_sync);
     TAP_RUN(test_load_file);
+    TAP_RUN(test_schema_table);
+    TAP_RUN(test_schema_defaults);
+    TAP_RUN(test_schema_every_key);
+    TAP_RUN(test_reload_diff);
     TAP_RUN(test_keys_documented);
     TAP_RUN(test_contrib_parses);
     return tap_done();

@@ -159,6 +159,137 @@ static void test_one_line(void)
         printf("#   got: %s", buf);
 }
 
+/* the JSON line itself: every string escaped, nothing else added */
+static void test_json_line_escaping(void)
+{
+    char out[512];
+
+    CHECK_EQ_INT(pmm_log_json_line(out, sizeof(out),
+                                   "2026-12-02T06:40:01.123Z", PMM_LOG_WARN,
+                                   "files", "plain"), 0);
+    CHECK(strcmp(out, "{\"time\":\"2026-12-02T06:40:01.123Z\",\"level\":"
+                      "\"warn\",\"subsystem\":\"files\",\"message\":"
+                      "\"plain\"}\n") == 0);
+    /* quotes, backslashes, control characters, DEL, UTF-8 kept, an
+     * invalid byte as U+FFFD */
+    CHECK_EQ_INT(pmm_log_json_line(out, sizeof(out), "T", PMM_LOG_ERROR,
+                                   "st\"ore",
+                                   "a\"b\\c\x01\x1b[31m\x7f caf\xc3\xa9 "
+                                   "\xff end\n\t\r"), 0);
+    CHECK(strcmp(out, "{\"time\":\"T\",\"level\":\"error\",\"subsystem\":"
+                      "\"st\\\"ore\",\"message\":\"a\\\"b\\\\c\\u0001"
+                      "\\u001b[31m\\u007f caf\xc3\xa9 \\ufffd end\\n"
+                      "\\t\\r\"}\n") == 0);
+    if (strncmp(out, "{\"time\":\"T\"", 11) != 0 || strstr(out, "end") == NULL)
+        printf("#   got: %s", out);
+    /* what it wrote is JSON, and gives the message back */
+    {
+        pmm_json *j = NULL;
+        char e[128];
+        REQUIRE(pmm_json_parse(out, strlen(out), &j, e, sizeof(e)) == 0);
+        const pmm_json *m = pmm_json_get(j, "message");
+        CHECK(m != NULL && m->type == PMM_JSON_STRING &&
+              strcmp(m->str, "a\"b\\c\x01\x1b[31m\x7f caf\xc3\xa9 "
+                             "\xef\xbf\xbd end\n\t\r") == 0);
+        CHECK(pmm_json_get(j, "level") != NULL);
+        CHECK_EQ_INT(j->n_child, 4);
+        pmm_json_free(j);
+    }
+    /* too small: refused, never cut in the middle of an object */
+    CHECK_EQ_INT(pmm_log_json_line(out, 20, "T", PMM_LOG_INFO, "x", "y"),
+                 -E2BIG);
+    CHECK_EQ_INT(pmm_log_json_line(out, sizeof(out), "T", (pmm_log_level)9,
+                                   "x", "y"), -EINVAL);
+    CHECK_EQ_INT(pmm_log_json_line(out, sizeof(out), "T", PMM_LOG_INFO,
+                                   NULL, "y"), -EINVAL);
+}
+
+/* log_format = json, not under the journal: one object per line, a UTC
+ * time with milliseconds; libpq's lines folded as in text */
+static void test_json_format(void)
+{
+    char buf[8192];
+    int other = open("/dev/null", O_RDONLY);
+    int fd = capture_stderr();
+    unsigned y, mo, d, h, mi, s, ms;
+    char rest[4096];
+
+    REQUIRE(fd >= 0 && other >= 0);
+    set_journal_stream(other);
+    pmm_log_set_format(PMM_LOG_JSON);
+    CHECK_EQ_INT(pmm_log_get_format(), PMM_LOG_JSON);
+    pmm_log(PMM_LOG_WARN, "files", "%s", "x \"quoted\"");
+    pmm_log(PMM_LOG_ERROR, "store", "%s",
+            "connection to server failed: No such file\n\tIs the server "
+            "running?\n");
+    pmm_log(PMM_LOG_DEBUG, "gossip", "not shown at info");
+    pmm_log(PMM_LOG_INFO, "gossip", "%s", "bad\x1b[31mname\x7f");
+    pmm_log_set_format((pmm_log_format)7); /* ignored */
+    CHECK_EQ_INT(pmm_log_get_format(), PMM_LOG_JSON);
+    pmm_log_set_format(PMM_LOG_TEXT);
+    pmm_log(PMM_LOG_INFO, "daemon", "back to text");
+    read_back(buf, sizeof(buf));
+    close(fd);
+    close(other);
+    CHECK(sscanf(buf, "{\"time\":\"%4u-%2u-%2uT%2u:%2u:%2u.%3uZ\",%4095[^\n]",
+                 &y, &mo, &d, &h, &mi, &s, &ms, rest) == 8);
+    CHECK(y >= 2024 && mo >= 1 && mo <= 12 && d >= 1 && d <= 31 && h < 24 &&
+          mi < 60 && s <= 60 && ms < 1000);
+    CHECK(strncmp(rest, "\"level\":\"warn\",\"subsystem\":\"files\","
+                        "\"message\":\"x \\\"quoted\\\"\"}", 60) == 0);
+    CHECK(strstr(buf, "\"level\":\"error\",\"subsystem\":\"store\","
+                      "\"message\":\"connection to server failed: No such "
+                      "file  Is the server running?\"}\n") != NULL);
+    CHECK(strstr(buf, "\"message\":\"bad\\u001b[31mname\\u007f\"}\n") !=
+          NULL);
+    CHECK(strstr(buf, "not shown") == NULL);
+    /* every JSON line is one object; then text again */
+    {
+        int lines = 0;
+        for (char *l = buf; *l;) {
+            char *e = strchr(l, '\n');
+            REQUIRE(e != NULL);
+            *e = '\0';
+            if (lines < 3) {
+                pmm_json *j = NULL;
+                char er[128];
+                CHECK(pmm_json_parse(l, strlen(l), &j, er, sizeof(er)) == 0);
+                CHECK(j != NULL && j->type == PMM_JSON_OBJECT &&
+                      j->n_child == 4);
+                pmm_json_free(j);
+            } else {
+                CHECK(strstr(l, "Z info daemon: back to text") != NULL);
+            }
+            lines++;
+            l = e + 1;
+        }
+        CHECK_EQ_INT(lines, 4);
+    }
+}
+
+/* json under the journal: the priority stays in front */
+static void test_json_journal(void)
+{
+    char buf[4096];
+    int fd = capture_stderr();
+
+    REQUIRE(fd >= 0);
+    set_journal_stream(fd);
+    pmm_log_set_format(PMM_LOG_JSON);
+    pmm_log(PMM_LOG_ERROR, "store", "database down");
+    pmm_log(PMM_LOG_INFO, "daemon", "i");
+    read_back(buf, sizeof(buf));
+    close(fd);
+    CHECK(strncmp(buf, "<3>{\"time\":\"", 12) == 0);
+    CHECK(strstr(buf, "Z\",\"level\":\"error\",\"subsystem\":\"store\","
+                      "\"message\":\"database down\"}\n<6>{\"time\":\"") !=
+          NULL);
+    CHECK(strstr(buf, "\"level\":\"info\",\"subsystem\":\"daemon\","
+                      "\"message\":\"i\"}\n") != NULL);
+    if (strncmp(buf, "<3>{", 4) != 0)
+        printf("#   got: %s", buf);
+}
+
 static int dgram_listen(struct sockaddr_un *sa, socklen_t len)
 {
     int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
@@ -231,6 +362,9 @@ int main(void)
     TAP_RUN(test_journal_priorities);
     TAP_RUN(test_timestamps_otherwise);
     TAP_RUN(test_one_line);
+    TAP_RUN(test_json_line_escaping);
+    TAP_RUN(test_json_format);
+    TAP_RUN(test_json_journal);
     TAP_RUN(test_sd_notify);
     return tap_done();
 }
