@@ -263,6 +263,38 @@ void pmm_http_error(pmm_buf *out, int status, int64_t now, bool head);
 /* "OK", "Not Found", ... ("Unknown" for anything else) */
 const char *pmm_http_reason(int status);
 
+/* ---- /metrics: one table of every metric (metrics.c) ------------------------- */
+typedef struct pmm_metric_in {
+    const pmm_http_view *v;
+    bool ready;               /* /readyz would answer 200 */
+} pmm_metric_in;
+
+typedef struct pmm_metric_val {
+    uint64_t u;               /* the sample, or ... */
+    double d;                 /* ... this one for PMM_METRIC_SECONDS */
+} pmm_metric_val;
+
+#define PMM_METRIC_DB 0x1u      /* only when the node has a database */
+#define PMM_METRIC_SECONDS 0x2u /* d, written with 3 decimals */
+
+typedef struct pmm_metric {
+    const char *name;
+    const char *type;           /* "gauge" or "counter" */
+    const char *help;           /* one line */
+    const char *label;          /* a label's name, or NULL: one sample */
+    const char *const *values;  /* its values, NULL-terminated: a sample
+                                 * each, in this order */
+    unsigned flags;             /* PMM_METRIC_* */
+    /* sample i (values[i]) into *out; false leaves it out (and the whole
+     * metric when i is 0) */
+    bool (*get)(const pmm_metric_in *in, size_t i, pmm_metric_val *out);
+} pmm_metric;
+
+/* The table (static), in the order /metrics writes it; *n its length. */
+const pmm_metric *pmm_metrics_table(size_t *n);
+/* Appends /metrics' body for v (Prometheus text format 0.0.4) to b. */
+void pmm_metrics_write(pmm_buf *b, const pmm_http_view *v);
+
 /* ---- servers on the loop --------------------------------------------------------- */
 struct uv_loop_s;
 struct sockaddr;
