@@ -152,6 +152,11 @@ typedef struct node {
     size_t ev_nkeys;
     bool ev_have;
 
+    /* reload (SIGHUP): the file is read and parsed on a worker */
+    const char *config_path;
+    struct reload_job *reload;   /* in flight, or NULL */
+    bool reload_again;           /* a SIGHUP came while one was in flight */
+
     /* shutdown */
     bool stopping;
     bool closed;
@@ -1629,13 +1634,289 @@ static void begin_shutdown(node *n, const char *why)
                    LEAVE_POLL_MS);
 }
 
+/* The bearer token of status_access / metrics_access = token: the first
+ * line of path, which must not be readable by everyone, into out (cap >
+ * PMM_STATUS_TOKEN_MAX). Blocking (a small file): at start, and on a
+ * worker at a reload. 0, or -errno with the message in err. */
+static int status_token_read(const char *path, char *out, size_t cap,
+                             char *err, size_t errlen)
+{
+    char buf[PMM_STATUS_TOKEN_MAX + 8];
+    struct stat st;
+    size_t len = 0, i;
+    int rc;
+
+    if (cap <= PMM_STATUS_TOKEN_MAX)
+        return pmm_errf(err, errlen, -EINVAL, "status_token_file %s: no "
+                        "room", path);
+    if (stat(path, &st) != 0) {
+        rc = -errno;
+        return pmm_errf(err, errlen, rc, "status_token_file %s: %s", path,
+                        strerror(-rc));
+    }
+    if (!S_ISREG(st.st_mode))
+        return pmm_errf(err, errlen, -EINVAL, "status_token_file %s is not "
+                        "a regular file", path);
+    if (st.st_mode & S_IROTH)
+        return pmm_errf(err, errlen, -EPERM, "status_token_file %s is "
+                        "readable by everyone (mode %04o): chmod o-r %s",
+                        path, (unsigned)(st.st_mode & 07777), path);
+    rc = pmm_read_small(path, buf, sizeof(buf), &len);
+    if (rc == -EFBIG)
+        return pmm_errf(err, errlen, -EINVAL, "status_token_file %s: the "
+                        "token must be at most %d characters", path,
+                        PMM_STATUS_TOKEN_MAX);
+    if (rc != 0)
+        return pmm_errf(err, errlen, rc, "status_token_file %s: %s", path,
+                        strerror(-rc));
+    len = strcspn(buf, "\r\n");
+    buf[len] = '\0';
+    for (i = 0; i < len; i++) {
+        char c = buf[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+              (c >= '0' && c <= '9') || strchr("._~+/=-", c) != NULL))
+            break;
+    }
+    if (len < PMM_STATUS_TOKEN_MIN || len > PMM_STATUS_TOKEN_MAX ||
+        i < len) {
+        memset(buf, 0, sizeof(buf));
+        return pmm_errf(err, errlen, -EINVAL, "status_token_file %s: the "
+                        "first line must be the token: %d to %d characters "
+                        "of A-Z a-z 0-9 . _ ~ + / = - (e.g. openssl rand "
+                        "-hex 24)", path, PMM_STATUS_TOKEN_MIN,
+                        PMM_STATUS_TOKEN_MAX);
+    }
+    memcpy(out, buf, len + 1);
+    memset(buf, 0, sizeof(buf));
+    return 0;
+}
+
+static bool wants_token(const pmm_config *c)
+{
+    return c->status_access == PMM_ACCESS_TOKEN ||
+           c->metrics_access == PMM_ACCESS_TOKEN;
+}
+
+/* who may read /status and /metrics, from the config and the token */
+static void access_set(node *n)
+{
+    n->access.status = n->cfg.status_access;
+    n->access.metrics = n->cfg.metrics_access;
+    n->access.token = wants_token(&n->cfg) ? n->status_token : NULL;
+}
+
+static int load_status_token(node *n)
+{
+    char err[PMM_PATH_MAX + 200];
+    int rc;
+
+    memset(n->status_token, 0, sizeof(n->status_token));
+    if (wants_token(&n->cfg)) {
+        rc = status_token_read(n->cfg.status_token_file, n->status_token,
+                               sizeof(n->status_token), err, sizeof(err));
+        if (rc != 0) {
+            pmm_log(PMM_LOG_ERROR, "http", "%s", err);
+            return rc;
+        }
+    }
+    access_set(n);
+    return 0;
+}
+
+/* ---- reload (SIGHUP) ------------------------------------------------------------
+ * The file is read and parsed on a worker (bounded: PMM_CONF_FILE_MAX),
+ * with the status token when token access is asked for. Back on the loop
+ * the keys the table marks live are applied at once; a changed key that
+ * needs a restart is named in the log and keeps its running value; a file
+ * that does not parse (or a token that cannot be read) changes nothing.
+ * systemd hears RELOADING=1 at the start and READY=1 at the end. */
+typedef struct reload_job {
+    uv_work_t work;
+    node *n;
+    pmm_config cfg;                          /* what the file says */
+    int rc;
+    char err[768];
+    char token[PMM_STATUS_TOKEN_MAX + 1];    /* when cfg wants one */
+} reload_job;
+
+static void reload_work_cb(uv_work_t *w)
+{
+    reload_job *j = w->data;
+
+    j->rc = pmm_config_load(&j->cfg, j->n->config_path, j->err,
+                            sizeof(j->err));
+    if (j->rc == 0 && wants_token(&j->cfg))
+        j->rc = status_token_read(j->cfg.status_token_file, j->token,
+                                  sizeof(j->token), j->err, sizeof(j->err));
+}
+
+/* "name, name (old -> new), ..." of the keys in mask into buf */
+static void keys_list(char *buf, size_t len, uint64_t mask,
+                      const pmm_config *old, const pmm_config *now)
+{
+    size_t nk, off = 0;
+    const pmm_conf_key *t = pmm_config_keys(&nk);
+
+    buf[0] = '\0';
+    for (size_t i = 0; i < nk && off < len; i++) {
+        char a[80], b[80];
+        if (!((mask >> i) & 1))
+            continue;
+        if (pmm_config_value_str(old, &t[i], a, sizeof(a)) == 0 &&
+            pmm_config_value_str(now, &t[i], b, sizeof(b)) == 0)
+            off += (size_t)snprintf(buf + off, len - off, "%s%s (%s -> %s)",
+                                    off ? ", " : "", t[i].name, a, b);
+        else
+            off += (size_t)snprintf(buf + off, len - off, "%s%s",
+                                    off ? ", " : "", t[i].name);
+    }
+}
+
+static void reload_start(node *n);
+
+static void reload_notify_ready(node *n, const char *how)
+{
+    char msg[160];
+    int rc;
+
+    snprintf(msg, sizeof(msg), "READY=1\nSTATUS=node %s, %s", n->cfg.name,
+             how);
+    rc = pmm_sd_notify(msg);
+    if (rc != 0)
+        pmm_log(PMM_LOG_WARN, "daemon", "sd_notify READY=1: %s",
+                strerror(-rc));
+}
+
+static void reload_after_cb(uv_work_t *w, int status)
+{
+    reload_job *j = w->data;
+    node *n = j->n;
+    pmm_config old;
+    uint64_t changed, live = 0;
+    size_t nk;
+    const pmm_conf_key *t = pmm_config_keys(&nk);
+    char list[1024];
+
+    n->reload = NULL;
+    if (n->stopping || status != 0) {
+        memset(j->token, 0, sizeof(j->token));
+        free(j);
+        return;
+    }
+    if (j->rc != 0) {
+        pmm_log(PMM_LOG_ERROR, "config", "reload: %s; still running with "
+                "the previous configuration", j->err);
+        reload_notify_ready(n, "reload failed (see the log)");
+        goto done;
+    }
+    old = n->cfg;
+    changed = pmm_config_apply_live(&n->cfg, &j->cfg);
+    for (size_t i = 0; i < nk; i++)
+        if (t[i].flags & PMM_CONF_LIVE)
+            live |= UINT64_C(1) << i;
+    /* what the live keys drive */
+    if (n->cfg.log_level != old.log_level)
+        pmm_log_set_level(n->cfg.log_level);
+    if (n->cfg.log_format != old.log_format)
+        pmm_log_set_format(n->cfg.log_format);
+    if (wants_token(&n->cfg) &&
+        strcmp(j->token, n->status_token) != 0) {
+        /* the same path may hold a new token: it counts as a change */
+        memcpy(n->status_token, j->token, sizeof(n->status_token));
+        pmm_log(PMM_LOG_INFO, "config", "reload: the status token from %s "
+                "is in use", n->cfg.status_token_file);
+    }
+    if (!wants_token(&n->cfg))
+        memset(n->status_token, 0, sizeof(n->status_token));
+    access_set(n);
+    if (n->cfg.meta_interval_ms != old.meta_interval_ms)
+        uv_timer_start(&n->meta_timer, meta_timer_cb, n->cfg.meta_interval_ms,
+                       n->cfg.meta_interval_ms);
+    /* files_reload: files/ reads it from n->cfg at every run */
+    if (changed & live) {
+        keys_list(list, sizeof(list), changed & live, &old, &n->cfg);
+        pmm_log(PMM_LOG_INFO, "config", "reload: applied %s", list);
+    }
+    if (changed & ~live) {
+        keys_list(list, sizeof(list), changed & ~live, &n->cfg, &j->cfg);
+        pmm_log(PMM_LOG_WARN, "config", "reload: %s changed in %s: %s a "
+                "restart (systemctl restart pmgclusterd); running with the "
+                "previous value%s until then", list, n->config_path,
+                (changed & ~live) & ((changed & ~live) - 1) ? "they need"
+                                                           : "it needs",
+                (changed & ~live) & ((changed & ~live) - 1) ? "s" : "");
+    }
+    if (changed == 0)
+        pmm_log(PMM_LOG_INFO, "config", "reload: %s: no change",
+                n->config_path);
+    reload_notify_ready(n, changed & ~live ? "reloaded; some changes need "
+                                             "a restart"
+                                           : "reloaded");
+done:
+    memset(j->token, 0, sizeof(j->token));
+    free(j);
+    if (n->reload_again) {
+        n->reload_again = false;
+        reload_start(n);
+    }
+}
+
+static void reload_start(node *n)
+{
+    reload_job *j;
+    struct timespec ts;
+    char msg[128];
+    int rc;
+
+    if (n->stopping)
+        return;
+    if (n->reload != NULL) {
+        n->reload_again = true;
+        pmm_log(PMM_LOG_INFO, "config", "SIGHUP: a reload is under way; "
+                "another one follows it");
+        return;
+    }
+    j = calloc(1, sizeof(*j));
+    if (j == NULL) {
+        pmm_log(PMM_LOG_ERROR, "config", "reload: out of memory; still "
+                "running with the previous configuration");
+        return;
+    }
+    j->n = n;
+    j->work.data = j;
+    /* systemd 253+ wants the time with RELOADING=1 (older ones ignore
+     * it); READY=1 ends the reload */
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    snprintf(msg, sizeof(msg), "RELOADING=1\nMONOTONIC_USEC=%llu\n"
+             "STATUS=reloading %s",
+             (unsigned long long)ts.tv_sec * 1000000ull +
+                 (unsigned long long)ts.tv_nsec / 1000ull,
+             "the configuration");
+    rc = pmm_sd_notify(msg);
+    if (rc != 0)
+        pmm_log(PMM_LOG_WARN, "daemon", "sd_notify RELOADING=1: %s",
+                strerror(-rc));
+    pmm_log(PMM_LOG_INFO, "config", "SIGHUP: reloading %s", n->config_path);
+    rc = uv_queue_work(&n->loop, &j->work, reload_work_cb, reload_after_cb);
+    if (rc != 0) {
+        pmm_log(PMM_LOG_ERROR, "config", "reload: %s; still running with "
+                "the previous configuration", uv_strerror(rc));
+        free(j);
+        reload_notify_ready(n, "reload failed (see the log)");
+        return;
+    }
+    n->reload = j;
+}
+
 static void signal_cb(uv_signal_t *s, int signum)
 {
     node *n = s->data;
 
     if (signum == SIGHUP) {
-        pmm_log(PMM_LOG_INFO, "daemon",
-                "SIGHUP ignored (configuration reload is not supported yet)");
+        if (n->stopping)
+            pmm_log(PMM_LOG_INFO, "config", "SIGHUP ignored: shutting down");
+        else
+            reload_start(n);
         return;
     }
     if (n->stopping) {
@@ -1710,73 +1991,6 @@ static int data_dir_private(const char *dir)
     pmm_log(PMM_LOG_WARN, "daemon", "data_dir %s had mode %04o: made 0700 "
             "(it holds the cluster's keys)", dir,
             (unsigned)(st.st_mode & 07777));
-    return 0;
-}
-
-/* The bearer token of status_access / metrics_access = token: the first
- * line of status_token_file, which must not be readable by everyone. */
-static int load_status_token(node *n)
-{
-    const char *path = n->cfg.status_token_file;
-    char buf[PMM_STATUS_TOKEN_MAX + 8];
-    struct stat st;
-    size_t len = 0, i;
-    int rc;
-
-    n->access.status = n->cfg.status_access;
-    n->access.metrics = n->cfg.metrics_access;
-    n->access.token = NULL;
-    if (n->cfg.status_access != PMM_ACCESS_TOKEN &&
-        n->cfg.metrics_access != PMM_ACCESS_TOKEN)
-        return 0;
-    if (stat(path, &st) != 0) {
-        rc = -errno;
-        pmm_log(PMM_LOG_ERROR, "http", "status_token_file %s: %s", path,
-                strerror(-rc));
-        return rc;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        pmm_log(PMM_LOG_ERROR, "http", "status_token_file %s is not a "
-                "regular file", path);
-        return -EINVAL;
-    }
-    if (st.st_mode & S_IROTH) {
-        pmm_log(PMM_LOG_ERROR, "http", "status_token_file %s is readable by "
-                "everyone (mode %04o): chmod o-r %s", path,
-                (unsigned)(st.st_mode & 07777), path);
-        return -EPERM;
-    }
-    rc = pmm_read_small(path, buf, sizeof(buf), &len);
-    if (rc == -EFBIG) {
-        pmm_log(PMM_LOG_ERROR, "http", "status_token_file %s: the token must "
-                "be at most %d characters", path, PMM_STATUS_TOKEN_MAX);
-        return -EINVAL;
-    }
-    if (rc != 0) {
-        pmm_log(PMM_LOG_ERROR, "http", "status_token_file %s: %s", path,
-                strerror(-rc));
-        return rc;
-    }
-    len = strcspn(buf, "\r\n");
-    buf[len] = '\0';
-    for (i = 0; i < len; i++) {
-        char c = buf[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-              (c >= '0' && c <= '9') || strchr("._~+/=-", c) != NULL))
-            break;
-    }
-    if (len < PMM_STATUS_TOKEN_MIN || len > PMM_STATUS_TOKEN_MAX ||
-        i < len) {
-        memset(buf, 0, sizeof(buf));
-        pmm_log(PMM_LOG_ERROR, "http", "status_token_file %s: the first line "
-                "must be the token: %d to %d characters of A-Z a-z 0-9 . _ ~ "
-                "+ / = - (e.g. openssl rand -hex 24)", path,
-                PMM_STATUS_TOKEN_MIN, PMM_STATUS_TOKEN_MAX);
-        return -EINVAL;
-    }
-    memcpy(n->status_token, buf, len + 1);
-    memset(buf, 0, sizeof(buf));
-    n->access.token = n->status_token;
     return 0;
 }
 
@@ -2313,6 +2527,7 @@ int main(int argc, char **argv)
      * (the operator's UV_THREADPOOL_SIZE wins) */
     setenv("UV_THREADPOOL_SIZE", "2", 0);
     mallopt(M_ARENA_MAX, 2);
+    n->config_path = config;
     rc = pmm_config_load(&n->cfg, config, err, sizeof(err));
     if (rc != 0) {
         pmm_log(PMM_LOG_ERROR, "config", "%s", err);

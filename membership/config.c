@@ -480,6 +480,57 @@ uint64_t pmm_config_diff(const pmm_config *a, const pmm_config *b)
     return mask;
 }
 
+int pmm_config_value_str(const pmm_config *c, const pmm_conf_key *k,
+                         char *buf, size_t len)
+{
+    const char *field = (const char *)c + k->off;
+
+    if (len == 0)
+        return -EINVAL;
+    buf[0] = '\0';
+    switch (k->type) {
+    case PMM_CONF_U32:
+    case PMM_CONF_PORT: {
+        uint32_t x;
+        if (k->type == PMM_CONF_PORT) {
+            uint16_t p;
+            memcpy(&p, field, sizeof(p));
+            x = p;
+        } else {
+            memcpy(&x, field, sizeof(x));
+        }
+        snprintf(buf, len, "%u", (unsigned)x);
+        return 0;
+    }
+    case PMM_CONF_ENUM: {
+        int i;
+        memcpy(&i, field, sizeof(i));
+        for (int j = 0; k->choices[j] != NULL; j++)
+            if (j == i) {
+                snprintf(buf, len, "%s", k->choices[j]);
+                return 0;
+            }
+        snprintf(buf, len, "?");
+        return 0;
+    }
+    case PMM_CONF_ADDR:
+        gsp_addr_str((const gsp_addr *)field, buf, len);
+        return 0;
+    case PMM_CONF_IP:
+        gsp_addr_ip_str((const gsp_addr *)field, buf, len);
+        return 0;
+    case PMM_CONF_NAME:
+    case PMM_CONF_LABEL:
+    case PMM_CONF_PATH:
+        pmm_printable(buf, len, field);
+        return 0;
+    case PMM_CONF_STR:   /* db_conninfo may hold a password */
+    case PMM_CONF_PEERS:
+        return 1;
+    }
+    return 1;
+}
+
 uint64_t pmm_config_apply_live(pmm_config *running, const pmm_config *next)
 {
     uint64_t changed = pmm_config_diff(running, next);

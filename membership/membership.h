@@ -401,6 +401,11 @@ uint64_t pmm_config_diff(const pmm_config *a, const pmm_config *b);
  * before the copy: the changed keys, live or not. running stays a valid
  * config: no check of config_finish ties a live key to one that is not. */
 uint64_t pmm_config_apply_live(pmm_config *running, const pmm_config *next);
+/* Key k's value in c as a file would write it, for a log (printable, cut
+ * to len): 0; 1 when it is not shown (free text such as db_conninfo may
+ * hold a password; peers is a list); -EINVAL when len is 0. */
+int pmm_config_value_str(const pmm_config *c, const pmm_conf_key *k,
+                         char *buf, size_t len);
 
 /* ---- persistent state in data_dir --------------------------------------- */
 #define PMM_STATE_PEERS_MAX 256
