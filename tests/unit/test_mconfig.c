@@ -894,6 +894,74 @@ static void test_keys_documented(void)
                  0);
 }
 
+/* The man page marks exactly the live keys: the paragraph of each key
+ * (from its ".BI key" line to the next .TP, .PP or .SH; keys joined by .TQ
+ * share the text) says "Reloaded by SIGHUP" iff the table says live. The
+ * README's "Reloading the configuration" paragraph names every live key
+ * and, in its list of those that take effect, no other. */
+static void test_reload_documented(void)
+{
+    char *man = read_doc("doc/pmgclusterd.8");
+    char *readme = read_doc("README.md");
+    size_t n;
+    const pmm_conf_key *t = pmm_config_keys(&n);
+
+    REQUIRE(man != NULL && readme != NULL);
+    for (size_t i = 0; i < n; i++) {
+        char head[96];
+        const char *p, *end;
+        bool live = (t[i].flags & PMM_CONF_LIVE) != 0, says;
+        snprintf(head, sizeof(head), "\n.BI %s \"", t[i].name);
+        p = strstr(man, head);
+        if (p == NULL) {
+            printf("#   man: no paragraph for %s\n", t[i].name);
+            CHECK(0);
+            continue;
+        }
+        p++;
+        end = p;
+        for (;;) {
+            end = strchr(end, '\n');
+            if (end == NULL || strncmp(end + 1, ".TP", 3) == 0 ||
+                strncmp(end + 1, ".PP", 3) == 0 ||
+                strncmp(end + 1, ".SH", 3) == 0)
+                break;
+            end++;
+        }
+        {
+            size_t len = end ? (size_t)(end - p) : strlen(p);
+            char *para = strndup(p, len);
+            REQUIRE(para != NULL);
+            says = strstr(para, "Reloaded by SIGHUP") != NULL;
+            free(para);
+        }
+        if (says != live)
+            printf("#   man: %s is %slive but its paragraph %s\n", t[i].name,
+                   live ? "" : "not ",
+                   says ? "says Reloaded by SIGHUP" : "does not say so");
+        CHECK(says == live);
+    }
+    {
+        const char *sec = strstr(readme, "**Reloading the configuration.**");
+        const char *stop = sec ? strstr(sec, "Every other key needs a restart")
+                               : NULL;
+        REQUIRE(sec != NULL && stop != NULL);
+        for (size_t i = 0; i < n; i++) {
+            char q[80];
+            const char *hit;
+            snprintf(q, sizeof(q), "`%s`", t[i].name);
+            hit = strstr(sec, q);
+            bool listed = hit != NULL && hit < stop;
+            if (listed != ((t[i].flags & PMM_CONF_LIVE) != 0))
+                printf("#   README reload section: %s %s\n", t[i].name,
+                       listed ? "listed but not live" : "live, not listed");
+            CHECK(listed == ((t[i].flags & PMM_CONF_LIVE) != 0));
+        }
+    }
+    free(man);
+    free(readme);
+}
+
 /* contrib/pmgclusterd.conf with every "#key = value" line taken as set:
  * the sample values are ones the parser accepts, no key twice. */
 static void test_contrib_parses(void)
@@ -939,6 +1007,7 @@ int main(void)
     TAP_RUN(test_schema_every_key);
     TAP_RUN(test_reload_diff);
     TAP_RUN(test_keys_documented);
+    TAP_RUN(test_reload_documented);
     TAP_RUN(test_contrib_parses);
     return tap_done();
 }
