@@ -14,13 +14,14 @@
 #     naming the file and line; nothing changes, the daemon keeps running;
 #   - a file with no change says so; systemd hears RELOADING=1 with
 #     MONOTONIC_USEC, then READY=1, for every reload;
-#   - --check-config: exit 1 naming the line, 0 once fixed.
+#   - --check-config: exit 1 naming the line, 0 once fixed;
+#   - both daemons exit 0 on SIGTERM, no sanitizer report in their logs.
 #
 # Everything waits on a condition with a deadline (it_wait_until).
 . "$(dirname "$0")/lib.sh"
 
 it_init 2
-it_plan 12
+it_plan 13
 
 SP=7948 AP=7949          # the daemons' default status and agent ports
 NEW_AP=7959              # the agent port the reloaded file asks for
@@ -257,3 +258,13 @@ if ((n_rel >= 7 && n_rdy == n_rel + 1)) &&
 else
     it_not_ok "sd_notify: $n_rel RELOADING, $n_rdy READY: $(tail -n 4 "$IT_DIR/notify.log")"
 fi
+
+# ---- 6: clean shutdown after all those reloads ---------------------------------------
+bad=
+for i in 1 2; do it_signal "$i" TERM; done
+for i in 1 2; do
+    it_reap "$i" 10
+    [[ $IT_EXIT == 0 ]] || bad+="node$i exit $IT_EXIT; "
+done
+grep -q '^STOPPING=1' "$IT_DIR/notify.log" || bad+="no STOPPING=1; "
+it_report_shutdown "$bad" 1 2
