@@ -6,6 +6,9 @@
  *   pmgclusterd --config FILE [--foreground]
  *   pmgclusterd --check-config FILE
  *
+ * SIGTERM leaves the cluster and exits; SIGHUP reloads FILE (the keys the
+ * config table marks live change at once, see reload_start).
+ *
  * Everything runs on one libuv loop; blocking work (sampling /proc, writing
  * the peers and draining files) runs on libuv's thread pool.
  */
@@ -1942,6 +1945,8 @@ static void usage(FILE *f)
             "and HAProxy agent port). Logs go to stderr. It always runs in\n"
             "the foreground (use systemd to supervise it). See\n"
             "pmgclusterd(8). Exits 78 when the configuration is bad.\n"
+            "SIGHUP reloads FILE: some keys change live, the log names\n"
+            "the ones that need a restart.\n"
             "\n"
             "  -c, --config FILE   configuration file (pmgclusterd(8))\n"
             "  -t, --check-config FILE\n"

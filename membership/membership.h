@@ -73,7 +73,7 @@
  *   status_token_file = /etc/pmgcm/status.token
  *       The bearer token for `token` (required then): the file's first
  *       line, 16..256 characters of [A-Za-z0-9._~+/=-]; the file must not
- *       be readable by everyone. Read at start.
+ *       be readable by everyone. Read at start and at every reload.
  *   unauth_budget_bytes = 33554432
  *       Optional (default 32 MiB; 1 MiB..1 GiB). One budget for the memory
  *       held for input nobody has authenticated yet: requests on the

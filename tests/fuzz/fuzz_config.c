@@ -1,7 +1,8 @@
 /*
  * fuzz_config.c - the configuration file parser (membership/config.c,
  * pmm_config_parse): any bytes are either accepted or refused with a
- * message, and a refused file leaves the caller's config untouched.
+ * message, and a refused file leaves the caller's config untouched; an
+ * accepted one, reloaded over the defaults, moves exactly its live keys.
  */
 #include "tests/fuzz/fuzz.h"
 #include "membership/membership.h"
@@ -29,6 +30,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             cfg->n_peers > PMM_PEERS_MAX)
             abort();
         sink += strlen(cfg->name) + cfg->n_peers + cfg->gossip.packet_size;
+        /* a reload from the defaults to this file: the live keys move, the
+         * others stay, and what is left differs only in restart keys */
+        {
+            size_t nk;
+            const pmm_conf_key *t = pmm_config_keys(&nk);
+            uint64_t live = 0, changed;
+            for (size_t i = 0; i < nk; i++)
+                if (t[i].flags & PMM_CONF_LIVE)
+                    live |= UINT64_C(1) << i;
+            changed = pmm_config_apply_live(before, cfg);
+            if (changed != (pmm_config_diff(before, cfg) | (changed & live)) ||
+                (pmm_config_diff(before, cfg) & live) != 0)
+                abort();
+        }
     } else {
         if (err[0] == '\0' || memchr(err, 0, sizeof(err)) == NULL) abort();
         if (memcmp(cfg, before, sizeof(*cfg)) != 0) abort();
