@@ -25,8 +25,8 @@
 #include <time.h>
 #include <unistd.h>
 
-static pmm_log_level cur_level = PMM_LOG_INFO;
-/* read by every thread that logs, set on the loop at start and reload */
+/* both read by every thread that logs, set on the loop at start and reload */
+static _Atomic pmm_log_level cur_level = PMM_LOG_INFO;
 static _Atomic int cur_format = PMM_LOG_TEXT;
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
