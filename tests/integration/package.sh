@@ -17,7 +17,9 @@
 #     bind set it tells $NOTIFY_SOCKET READY=1 once its control socket
 #     answers, logs "<N>" priorities into a JOURNAL_STREAM, forms a cluster
 #     of 2 with the installed pmgcm (create / join, network namespaces),
-#     and sends STOPPING=1 on SIGTERM;
+#     reloads by the unit's ExecReload lines (--check-config, then SIGHUP:
+#     RELOADING=1 ... READY=1; a bad file stops at the check, the daemon
+#     untouched), and sends STOPPING=1 on SIGTERM;
 #   - remove puts pmg-api's files back and keeps data_dir; purge removes
 #     data_dir, the conffile and the enablement; pmg-api is untouched.
 #
@@ -40,7 +42,7 @@ if [[ -z "${PMGCM_DEB:-}" ]]; then
 fi
 
 it_init 2
-it_plan 16
+it_plan 17
 
 R=$IT_DIR/root             # the throwaway root
 DPKG=(dpkg "--root=$R" "--log=$R/var/log/dpkg.log" --force-script-chrootless
@@ -279,6 +281,53 @@ if ((rc == 0 && rc2 == 0)) &&
 else
     it_not_ok "cluster of 2: create exit $rc ($out), join exit $rc2 ($out2)"
     it_dump_views "1 2"
+fi
+
+# ---- 8b. systemctl reload: the unit's ExecReload lines, in order, as systemd
+# runs them (it stops at the first that fails); $MAINPID is node1's pid ----------
+mapfile -t RELOAD_CMDS < <(sed -n 's/^ExecReload=//p' "$UNIT")
+# run_reload: every ExecReload line until one fails; 0 or that one's status
+run_reload() {
+    local cmd w k rc
+    for cmd in "${RELOAD_CMDS[@]}"; do
+        read -r -a w <<<"${cmd//\$MAINPID/${IT_PID[1]}}"
+        for k in "${!w[@]}"; do
+            # the package's own paths are under the root; /bin/kill is the host's
+            [[ ${w[k]} == /usr/* || ${w[k]} == /etc/* ]] && w[k]=$R${w[k]}
+        done
+        "${w[@]}" >>"$IT_DIR/reload.out" 2>&1 || { rc=$?; return "$rc"; }
+    done
+    return 0
+}
+bad=
+((${#RELOAD_CMDS[@]} == 2)) && [[ ${RELOAD_CMDS[0]} == "/usr/sbin/pmgclusterd --check-config /etc/pmgcm/pmgclusterd.conf" &&
+    ${RELOAD_CMDS[1]} == '/bin/kill -HUP $MAINPID' ]] || bad+="ExecReload lines: ${RELOAD_CMDS[*]}; "
+# a bad file: the check fails naming the line, no signal is sent
+cp "$CONF" "$IT_DIR/conf.good"
+echo "colour = blue" >>"$CONF"
+n0=$(wc -l <"$IT_DIR/notify.log")
+: >"$IT_DIR/reload.out"
+run_reload
+rc=$?
+((rc == 1)) && grep -q "$CONF:$(wc -l <"$CONF"): unknown key 'colour'" "$IT_DIR/reload.out" ||
+    bad+="bad file: exit $rc, $(head -c 200 "$IT_DIR/reload.out"); "
+# a live key changed: checked, then SIGHUP; RELOADING=1 then READY=1
+cp "$IT_DIR/conf.good" "$CONF"
+sed -i 's/^#log_level = info$/log_level = debug/' "$CONF"
+: >"$IT_DIR/reload.out"
+run_reload || bad+="good file: $(head -c 200 "$IT_DIR/reload.out"); "
+if it_wait_until "tail -n +$((n0 + 1)) '$IT_DIR/notify.log' | grep -q '^READY=1'" 20; then
+    tail -n +"$((n0 + 1))" "$IT_DIR/notify.log" | head -n1 | grep -q '^RELOADING=1|MONOTONIC_USEC=[0-9]\+|' ||
+        bad+="notify after the reload: $(tail -n +"$((n0 + 1))" "$IT_DIR/notify.log" | paste -sd' '); "
+else
+    bad+="no READY=1 after the reload; "
+fi
+grep -q '^<6>info config: reload: applied log_level (info -> debug)$' "$(it_log 1)" || bad+="no 'reload: applied' line; "
+it_status 1 >/dev/null 2>&1 || bad+="node1 does not answer after the reload; "
+if [[ -z "$bad" ]]; then
+    it_ok "systemctl reload as the unit says: a bad file fails at --check-config naming the line (no signal); a good one: RELOADING=1 (MONOTONIC_USEC), READY=1, log_level applied"
+else
+    it_not_ok "reload through ExecReload: $bad"
 fi
 
 # ---- 9. SIGTERM: STOPPING=1, exit 0 -------------------------------------------------------
