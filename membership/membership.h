@@ -18,7 +18,9 @@
  * character is '#' are ignored; " #..." after a value is a comment too.
  * Lines are at most PMM_CONF_LINE_MAX bytes, the file at most
  * PMM_CONF_FILE_MAX bytes. An unknown key, a key given twice or a bad value
- * is an error naming the line. Keys:
+ * is an error naming the line. SIGHUP reloads the file: the keys marked
+ * "Reloads live" (PMM_CONF_LIVE in config.c's table) change at once, a
+ * change to any other is logged as needing a restart. Keys:
  *
  *   name = node1
  *       Required. This node's name: 1..64 characters from [A-Za-z0-9._-].
@@ -70,10 +72,12 @@
  *       to; others get 403), or token (a
  *       client must send "Authorization: Bearer TOKEN"; others get 401).
  *       /livez, /readyz, /health and the agent port are always open.
+ *       Reloads live.
  *   status_token_file = /etc/pmgcm/status.token
  *       The bearer token for `token` (required then): the file's first
  *       line, 16..256 characters of [A-Za-z0-9._~+/=-]; the file must not
  *       be readable by everyone. Read at start and at every reload.
+ *       Reloads live.
  *   unauth_budget_bytes = 33554432
  *       Optional (default 32 MiB; 1 MiB..1 GiB). One budget for the memory
  *       held for input nobody has authenticated yet: requests on the
@@ -98,7 +102,7 @@
  *       {"time","level","subsystem","message"}. Reloads live.
  *   meta_interval_ms = 5000
  *       How often uptime, load, memory and disk usage are sampled; they are
- *       gossiped only when they changed (100..3600000).
+ *       gossiped only when they changed (100..3600000). Reloads live.
  *
  *   db_conninfo = host=/run/postgresql dbname=pmg user=postgres
  *       Optional libpq conninfo of this node's PostgreSQL database; empty
@@ -127,7 +131,8 @@
  *   files_dir = /etc/pmg
  *       Optional directory of master-owned files mirrored to every node.
  *   files_reload = systemctl reload pmg-smtp-filter
- *       Optional shell command run after mirrored files changed.
+ *       Optional shell command run after mirrored files changed. Reloads
+ *       live.
  *   files_max_bytes = 1048576
  *       Largest mirrored file (1..67108864 bytes, default 1 MiB).
  *   files_trash_max_files = 1000
