@@ -1534,47 +1534,69 @@ static void ctl_backups(node *n, pmm_ctl_req *req, const pmm_json *args)
         pmm_ctl_reply_error(req, "backups: %s", strerror(-rc));
 }
 
-static void ctl_handler(void *ud, pmm_ctl_req *req, const char *cmd,
+/* One handler per wire command of the shared table (membership.h,
+ * pmm_ctl_cmds[]), indexed by its id: the request was validated against
+ * the row's arguments before it gets here. */
+typedef void (*dctl_fn)(node *n, pmm_ctl_req *req, const char *cmd,
+                        const pmm_json *args);
+
+static void dctl_ping(node *n, pmm_ctl_req *req, const char *cmd,
+                      const pmm_json *args)
+{
+    (void)n, (void)cmd, (void)args;
+    pmm_ctl_reply_ok(req, NULL);
+}
+
+static void dctl_drain(node *n, pmm_ctl_req *req, const char *cmd,
+                       const pmm_json *args)
+{
+    (void)args;
+    if (n->stopping)
+        pmm_ctl_reply_error(req, "the daemon is shutting down");
+    else
+        ctl_drain(n, req, strcmp(cmd, "drain") == 0);
+}
+
+static void dctl_backups(node *n, pmm_ctl_req *req, const char *cmd,
+                         const pmm_json *args)
+{
+    (void)cmd;
+    if (n->stopping)
+        pmm_ctl_reply_error(req, "the daemon is shutting down");
+    else
+        ctl_backups(n, req, args);
+}
+
+static void dctl_files(node *n, pmm_ctl_req *req, const char *cmd,
+                       const pmm_json *args)
+{
+    const pmm_json *cj = pmm_json_get(args, "confirm");
+
+    (void)cmd;
+    if (n->stopping)
+        pmm_ctl_reply_error(req, "the daemon is shutting down");
+    else
+        pmm_files_ctl_publish(n->files, req,
+                              cj && cj->type == PMM_JSON_BOOL && cj->b);
+}
+
+/* the cluster lifecycle's commands (membership/lifecycle.c) */
+static void dctl_lc(node *n, pmm_ctl_req *req, const char *cmd,
+                    const pmm_json *args)
+{
+    if (n->lc == NULL || n->stopping)
+        pmm_ctl_reply_error(req, "the daemon is not ready");
+    else
+        pmm_lc_ctl(n->lc, req, cmd, args);
+}
+
+static void dctl_status(node *n, pmm_ctl_req *req, const char *cmd,
                         const pmm_json *args)
 {
-    node *n = ud;
     pmm_buf reply;
     int rc;
 
-    if (strcmp(cmd, "ping") == 0) {
-        pmm_ctl_reply_ok(req, NULL);
-        return;
-    }
-    if (strcmp(cmd, "drain") == 0 || strcmp(cmd, "undrain") == 0) {
-        if (n->stopping)
-            pmm_ctl_reply_error(req, "the daemon is shutting down");
-        else
-            ctl_drain(n, req, strcmp(cmd, "drain") == 0);
-        return;
-    }
-    if (strcmp(cmd, "backups") == 0) {
-        if (n->stopping)
-            pmm_ctl_reply_error(req, "the daemon is shutting down");
-        else
-            ctl_backups(n, req, args);
-        return;
-    }
-    if (strcmp(cmd, "files-publish") == 0) {
-        const pmm_json *cj = pmm_json_get(args, "confirm");
-        if (n->stopping)
-            pmm_ctl_reply_error(req, "the daemon is shutting down");
-        else
-            pmm_files_ctl_publish(n->files, req,
-                                  cj && cj->type == PMM_JSON_BOOL && cj->b);
-        return;
-    }
-    if (strcmp(cmd, "status") != 0) {
-        if (n->lc == NULL || n->stopping)
-            pmm_ctl_reply_error(req, "the daemon is not ready");
-        else
-            pmm_lc_ctl(n->lc, req, cmd, args);
-        return;
-    }
+    (void)cmd, (void)args;
     pmm_buf_init(&reply, PMM_CTL_REPLY_MAX);
     rc = status_json(n, &reply);
     if (rc == -EAGAIN)
@@ -1586,6 +1608,50 @@ static void ctl_handler(void *ud, pmm_ctl_req *req, const char *cmd,
     else
         pmm_ctl_reply(req, reply.p, reply.len);
     pmm_buf_free(&reply);
+}
+
+static const dctl_fn ctl_handlers[PMM_CMD_COUNT] = {
+    [PMM_CMD_STATUS] = dctl_status,
+    [PMM_CMD_PING] = dctl_ping,
+    [PMM_CMD_CREATE] = dctl_lc,
+    [PMM_CMD_FINGERPRINT] = dctl_lc,
+    [PMM_CMD_JOIN] = dctl_lc,
+    [PMM_CMD_JOIN_CMD] = dctl_lc,
+    [PMM_CMD_DELETE] = dctl_lc,
+    [PMM_CMD_PROMOTE] = dctl_lc,
+    [PMM_CMD_BACKUPS] = dctl_backups,
+    [PMM_CMD_SYNC] = dctl_lc,
+    [PMM_CMD_FILES] = dctl_files,
+    [PMM_CMD_DRAIN] = dctl_drain,
+    [PMM_CMD_UNDRAIN] = dctl_drain,
+    [PMM_CMD_UPDATE_FP] = dctl_lc,
+};
+
+static void ctl_handler(void *ud, pmm_ctl_req *req, const char *cmd,
+                        const pmm_json *args)
+{
+    const pmm_ctl_cmd *c = pmm_ctl_cmd_by_wire(cmd);
+
+    if (c == NULL || ctl_handlers[c->id] == NULL) {
+        pmm_ctl_reply_error(req, "unknown command");
+        return;
+    }
+    ctl_handlers[c->id](ud, req, cmd, args);
+}
+
+/* Every wire command of the table has its handler here: checked at start
+ * (a command added to the table without one stops the daemon in every
+ * test that starts it). 0 or -ENOSYS with the command named in the log. */
+static int ctl_handlers_complete(void)
+{
+    for (size_t i = 0; i < PMM_CMD_COUNT; i++)
+        if (pmm_ctl_cmds[i].wire != NULL && ctl_handlers[i] == NULL) {
+            pmm_log(PMM_LOG_ERROR, "ctl", "control command '%s' has no "
+                    "handler in ctl_handlers[] (daemon/pmgclusterd.c)",
+                    pmm_ctl_cmds[i].wire);
+            return -ENOSYS;
+        }
+    return 0;
 }
 
 /* ---- shutdown ------------------------------------------------------------------- */
@@ -2201,8 +2267,12 @@ static void stop_gossip(node *n)
 static int stage_ctl(node *n)
 {
     char err[512];
-    int rc = pmm_ctl_start(&n->ctl, &n->loop, n->cfg.control_socket,
-                           ctl_handler, n, err, sizeof(err));
+    int rc = ctl_handlers_complete();
+
+    if (rc != 0)
+        return rc;
+    rc = pmm_ctl_start(&n->ctl, &n->loop, n->cfg.control_socket,
+                       ctl_handler, n, err, sizeof(err));
     if (rc != 0) {
         pmm_log(PMM_LOG_ERROR, "ctl", "%s", err);
         n->ctl = NULL;

@@ -52,6 +52,8 @@ struct op {
     char want_ip[PMM_IP_STR_MAX + 1]; /* sync --master-ip */
     pmm_lc_resp_fn ext_fn; /* pmm_lc_call_master: always called once */
     void *ext_ud;
+    void *ud;         /* update-fingerprints: its probe round */
+    bool always;      /* done is called also while lc closes */
 };
 
 typedef struct save_waiter {
@@ -326,7 +328,8 @@ static void op_finish(op *o, int rc, const Resp *resp)
         o->ext_fn(o->ext_ud, c ? -ECANCELED : rc, c ? NULL : resp);
         return;
     }
-    if (o->done && !o->lc->closing) o->done(o, rc, resp);
+    if (o->done && o->always && o->lc->closing) o->done(o, -ECANCELED, NULL);
+    else if (o->done && !o->lc->closing) o->done(o, rc, resp);
 }
 
 /* The call's outcome, exactly once: the op ends here. */
@@ -1432,6 +1435,278 @@ static void cmd_join_cmd(pmm_lc *lc, pmm_ctl_req *ctl)
     pmm_ctl_reply_ok(ctl, extra);
 }
 
+/* ---- update-fingerprints ------------------------------------------------------ */
+
+/* {"cmd":"update-fingerprints"} on the master: this node's own entry is
+ * refreshed from its own identity (no network: safe), every other node is
+ * probed over its node API and what its certificate says now is reported,
+ * never pinned: a certificate seen over the network proves nothing (anyone
+ * answering on that address could show one, and a pinned fingerprint
+ * lets its holder in as a member). pmgcm shows the changes, the admin
+ * confirms each against the node itself, and pmgcm then sends
+ * {"cmd":"update-fingerprints","cid":N,"fingerprint":FP}, which pins
+ * exactly what was confirmed. */
+
+typedef struct upfp_node {
+    uint32_t cid;
+    char name[GSP_NAME_MAX + 1];
+    char ip[PMM_IP_STR_MAX + 1];
+    char old_fp[PMM_TLS_FP_STR_SIZE];
+    char new_fp[PMM_TLS_FP_STR_SIZE];
+    const char *state; /* "unchanged" "changed" "updated" "unreachable" */
+    char error[96];
+} upfp_node;
+
+typedef struct upfp_round {
+    pmm_ctl_req *ctl;
+    size_t n, pending;
+    bool self_updated;
+    upfp_node nodes[];
+} upfp_round;
+
+static void upfp_reply(pmm_lc *lc, upfp_round *r)
+{
+    pmm_buf b;
+    size_t changed_n = 0;
+
+    (void)lc;
+    pmm_buf_init(&b, 64 * 1024);
+    pmm_buf_puts(&b, "\"nodes\":[");
+    for (size_t i = 0; i < r->n; i++) {
+        const upfp_node *u = &r->nodes[i];
+        if (strcmp(u->state, "changed") == 0) changed_n++;
+        pmm_buf_printf(&b, "%s{\"cid\":%u,\"name\":", i ? "," : "", u->cid);
+        pmm_json_str(&b, u->name, strlen(u->name));
+        pmm_buf_puts(&b, ",\"ip\":");
+        pmm_json_str(&b, u->ip, strlen(u->ip));
+        pmm_buf_printf(&b, ",\"state\":\"%s\",\"fingerprint\":", u->state);
+        pmm_json_str(&b, u->old_fp, strlen(u->old_fp));
+        if (u->new_fp[0]) {
+            pmm_buf_puts(&b, ",\"presented\":");
+            pmm_json_str(&b, u->new_fp, strlen(u->new_fp));
+        }
+        if (u->error[0]) {
+            pmm_buf_puts(&b, ",\"error\":");
+            pmm_json_str(&b, u->error, strlen(u->error));
+        }
+        pmm_buf_puts(&b, "}");
+    }
+    pmm_buf_printf(&b, "],\"changed\":%zu", changed_n);
+    if (b.err) pmm_ctl_reply_error(r->ctl, "out of memory");
+    else pmm_ctl_reply_ok(r->ctl, b.p);
+    pmm_buf_free(&b);
+    free(r);
+}
+
+static void upfp_self_saved(pmm_lc *lc, int rc, void *arg)
+{
+    upfp_round *r = arg;
+    if (rc == -ECANCELED) {
+        pmm_ctl_reply_error(r->ctl, "pmgclusterd is shutting down");
+        free(r);
+        return;
+    }
+    if (rc) {
+        pmm_ctl_reply_error(r->ctl, "cannot write %s/%s: %s", lc->data_dir,
+                            PMM_CLUSTER_FILE, strerror(-rc));
+        free(r);
+        return;
+    }
+    announce(lc);
+    changed(lc);
+    upfp_reply(lc, r);
+}
+
+static void upfp_round_done(pmm_lc *lc, upfp_round *r)
+{
+    if (r->self_updated) {
+        save(lc, upfp_self_saved, r);
+        return;
+    }
+    upfp_reply(lc, r);
+}
+
+static void upfp_probe_done(op *o, int rc, const Resp *resp)
+{
+    upfp_round *r = o->ud;
+    upfp_node *u = &r->nodes[o->attempt];
+    (void)resp;
+    if (rc == -ECANCELED) {
+        u->state = "unreachable";
+        snprintf(u->error, sizeof(u->error), "pmgclusterd is shutting down");
+    } else if (o->got_fp) {
+        pmm_tls_fp_str(&o->seen_fp, u->new_fp, sizeof(u->new_fp));
+        u->state = pmm_tls_fp_str_eq(u->old_fp, u->new_fp) == 1 ? "unchanged"
+                                                                 : "changed";
+        if (strcmp(u->state, "unchanged") == 0) u->new_fp[0] = '\0';
+    } else {
+        u->state = "unreachable";
+        snprintf(u->error, sizeof(u->error), "%s", pmm_strerror(rc));
+    }
+    if (--r->pending > 0) return;
+    if (o->lc->closing) {
+        pmm_ctl_reply_error(r->ctl, "pmgclusterd is shutting down");
+        free(r);
+        return;
+    }
+    upfp_round_done(o->lc, r);
+}
+
+typedef struct upfp_set {
+    pmm_ctl_req *ctl;
+    uint32_t cid;
+    char old_fp[PMM_TLS_FP_STR_SIZE], new_fp[PMM_TLS_FP_STR_SIZE];
+} upfp_set;
+
+static void upfp_set_saved(pmm_lc *lc, int rc, void *arg)
+{
+    upfp_set *st = arg;
+    if (rc == -ECANCELED) {
+        pmm_ctl_reply_error(st->ctl, "pmgclusterd is shutting down");
+    } else if (rc) {
+        pmm_ctl_reply_error(st->ctl, "cannot write %s/%s: %s", lc->data_dir,
+                            PMM_CLUSTER_FILE, strerror(-rc));
+    } else {
+        char extra[400];
+        announce(lc);
+        changed(lc);
+        lc_log(PMM_LOG_INFO, "update-fingerprints: node cid %u pinned to %s "
+               "(was %s)", st->cid, st->new_fp, st->old_fp);
+        snprintf(extra, sizeof(extra), "\"cid\":%u,\"fingerprint\":\"%s\","
+                 "\"old\":\"%s\",\"updated\":true", st->cid, st->new_fp,
+                 st->old_fp);
+        pmm_ctl_reply_ok(st->ctl, extra);
+    }
+    free(st);
+}
+
+/* {"cid":N,"fingerprint":FP}: pin what the admin confirmed */
+static void upfp_set_one(pmm_lc *lc, pmm_ctl_req *ctl, uint32_t cid,
+                         const char *fps)
+{
+    pmm_tls_fp fp;
+    pmm_cnode *n = NULL;
+    upfp_set *st;
+
+    if (pmm_tls_fp_parse(&fp, fps)) {
+        pmm_ctl_reply_error(ctl, "update-fingerprints: bad fingerprint (32 "
+                            "hex pairs joined by ':')");
+        return;
+    }
+    for (size_t i = 0; i < lc->cl.n_nodes; i++)
+        if (lc->cl.nodes[i].cid == cid) n = &lc->cl.nodes[i];
+    if (!n) {
+        pmm_ctl_reply_error(ctl, "no node with cid %u", cid);
+        return;
+    }
+    if (n == self_node(lc)) {
+        pmm_ctl_reply_error(ctl, "cid %u is this node: its fingerprint is "
+                            "read from its own certificate (run "
+                            "update-fingerprints without a cid)", cid);
+        return;
+    }
+    st = calloc(1, sizeof(*st));
+    if (!st) {
+        pmm_ctl_reply_error(ctl, "out of memory");
+        return;
+    }
+    st->ctl = ctl;
+    st->cid = cid;
+    snprintf(st->old_fp, sizeof(st->old_fp), "%s", n->fp);
+    pmm_tls_fp_str(&fp, st->new_fp, sizeof(st->new_fp));
+    if (pmm_tls_fp_str_eq(n->fp, st->new_fp) == 1) {
+        char extra[200];
+        snprintf(extra, sizeof(extra), "\"cid\":%u,\"fingerprint\":\"%s\","
+                 "\"updated\":false", cid, st->new_fp);
+        pmm_ctl_reply_ok(ctl, extra);
+        free(st);
+        return;
+    }
+    snprintf(n->fp, sizeof(n->fp), "%s", st->new_fp);
+    lc->cl.version++;
+    save(lc, upfp_set_saved, st);
+}
+
+static void cmd_update_fp(pmm_lc *lc, pmm_ctl_req *ctl, const pmm_json *args)
+{
+    const pmm_json *cj = pmm_json_get(args, "cid");
+    const pmm_json *fj = pmm_json_get(args, "fingerprint");
+
+    if (!lc->in_cluster) {
+        pmm_ctl_reply_error(ctl, "no cluster defined");
+        return;
+    }
+    if (!is_master(lc)) {
+        const pmm_cnode *m = pmm_cluster_master(&lc->cl);
+        pmm_ctl_reply_error(ctl, "only the master can update fingerprints; "
+                            "the master is %s (%s)", m ? m->name : "?",
+                            m ? m->ip : "?");
+        return;
+    }
+    if (lc->rot_stage) {
+        pmm_ctl_reply_error(ctl, "a key rotation is still in progress; retry "
+                            "in a few seconds");
+        return;
+    }
+    if ((cj == NULL) != (fj == NULL)) {
+        pmm_ctl_reply_error(ctl, "update-fingerprints: \"cid\" and "
+                            "\"fingerprint\" go together");
+        return;
+    }
+    if (cj) {
+        upfp_set_one(lc, ctl, (uint32_t)cj->num, fj->str);
+        return;
+    }
+    upfp_round *r = calloc(1, sizeof(*r) + lc->cl.n_nodes * sizeof(upfp_node));
+    if (!r) {
+        pmm_ctl_reply_error(ctl, "out of memory");
+        return;
+    }
+    r->ctl = ctl;
+    r->n = lc->cl.n_nodes;
+    r->pending = 1; /* held until every probe started */
+    for (size_t i = 0; i < lc->cl.n_nodes; i++) {
+        pmm_cnode *n = &lc->cl.nodes[i];
+        upfp_node *u = &r->nodes[i];
+        u->cid = n->cid;
+        snprintf(u->name, sizeof(u->name), "%s", n->name);
+        snprintf(u->ip, sizeof(u->ip), "%s", n->ip);
+        snprintf(u->old_fp, sizeof(u->old_fp), "%s", n->fp);
+        u->state = "unreachable";
+        if (n == self_node(lc)) {
+            const char *mine = pmm_lc_fingerprint(lc);
+            if (mine && pmm_tls_fp_str_eq(n->fp, mine) != 1) {
+                snprintf(u->new_fp, sizeof(u->new_fp), "%s", mine);
+                snprintf(n->fp, sizeof(n->fp), "%s", mine);
+                u->state = "updated";
+                r->self_updated = true;
+                lc_log(PMM_LOG_INFO, "update-fingerprints: this node's own "
+                       "entry now %s (was %s)", mine, u->old_fp);
+            } else {
+                u->state = "unchanged";
+            }
+            continue;
+        }
+        op *o = calloc(1, sizeof(*o));
+        if (!o) {
+            snprintf(u->error, sizeof(u->error), "out of memory");
+            continue;
+        }
+        o->done = upfp_probe_done;
+        o->always = true;
+        o->ud = r;
+        o->attempt = (int)i;
+        r->pending++;
+        int rc = op_start(lc, o, n->ip, n->api_port, NULL, NULL);
+        if (rc) {
+            r->pending--;
+            snprintf(u->error, sizeof(u->error), "%s", strerror(-rc));
+        }
+    }
+    if (r->self_updated) lc->cl.version++;
+    if (--r->pending == 0) upfp_round_done(lc, r);
+}
+
 /* ---- delete and the key rotation ----------------------------------------------- */
 
 static void rot_step(pmm_lc *lc);
@@ -1877,6 +2152,7 @@ void pmm_lc_ctl(pmm_lc *lc, pmm_ctl_req *req, const char *cmd,
     else if (!strcmp(cmd, "delete")) cmd_delete(lc, req, args);
     else if (!strcmp(cmd, "promote")) cmd_promote(lc, req, args);
     else if (!strcmp(cmd, "sync")) cmd_sync(lc, req, args);
+    else if (!strcmp(cmd, "update-fingerprints")) cmd_update_fp(lc, req, args);
     else pmm_ctl_reply_error(req, "unknown command '%s'", cmd);
 }
 

@@ -588,6 +588,139 @@ int pmm_status_from_json(const pmm_json *arr, pmm_status_row **rows,
 #define PMM_CTL_FP_MAX 128
 #define PMM_CTL_ERR_MAX 256 /* an error message written by the parser */
 
+/* ---- the control-command table (command.c: pmm_ctl_cmds[]) ----------------
+ * ONE row per command, read by everyone who needs to know the commands:
+ *   - the daemon's request validation (pmm_ctl_parse_request: the row's
+ *     `wire` name and `args`) and its dispatch (daemon/pmgclusterd.c
+ *     ctl_handlers[], indexed by the row's id);
+ *   - pmgcm's parser (getopt_long over pmm_cli_opts[], each command's
+ *     allowed `opts` and positional `min_pos`..`max_pos`), its usage text
+ *     and `pmgcm help [CMD]` (`synopsis`, `help`, `who`), and its
+ *     membership check before join's prompts (`who` == PMM_CTL_OUTSIDE);
+ *   - tests/unit/test_mcli.c, which checks that doc/pmgcm.1, the README,
+ *     contrib/pmgcm.bash-completion and `pmgcm help` name every command
+ *     and option of the table (so they cannot drift).
+ * Adding a command (say `pmgcm detach`):
+ *   1. add PMM_CMD_DETACH to pmm_ctl_id (before PMM_CMD_COUNT) and its row
+ *      to pmm_ctl_cmds[] in command.c: {"detach", "detach", who, ...,
+ *      {wire args}, PMM_OPT_* bits, "synopsis", "one line of help"};
+ *      a new option is one more row in pmm_cli_opts[] and a PMM_OPT_ bit;
+ *   2. its daemon handler: one entry in ctl_handlers[] (pmgclusterd.c),
+ *      and its pmgcm side: one entry in cli_cmds[] (cli/pmgcm.c); both
+ *      arrays are indexed by the id, and test_mcli/test_mctl fail while a
+ *      wire command lacks either;
+ *   3. a paragraph in doc/pmgcm.1, the word in the completion's command
+ *      list, a line in the README's CLI section (test_mcli says which
+ *      one is missing). */
+typedef enum pmm_ctl_id {
+    PMM_CMD_STATUS,
+    PMM_CMD_PING,
+    PMM_CMD_CREATE,
+    PMM_CMD_FINGERPRINT,
+    PMM_CMD_JOIN,
+    PMM_CMD_JOIN_CMD,
+    PMM_CMD_DELETE,
+    PMM_CMD_PROMOTE,
+    PMM_CMD_BACKUPS,
+    PMM_CMD_SYNC,
+    PMM_CMD_FILES,
+    PMM_CMD_DRAIN,
+    PMM_CMD_UNDRAIN,
+    PMM_CMD_UPDATE_FP,
+    PMM_CMD_KEYGEN,
+    PMM_CMD_HELP,
+    PMM_CMD_COUNT
+} pmm_ctl_id;
+
+/* The value types of a request's arguments (checked before any handler
+ * runs; see the protocol above). */
+typedef enum pmm_ctl_arg_type {
+    PMM_ARG_IP,       /* a bare IPv4/IPv6 literal */
+    PMM_ARG_TARGET,   /* the same, optionally with a port */
+    PMM_ARG_FP,
+    PMM_ARG_PASSWORD,
+    PMM_ARG_CID,
+    PMM_ARG_BOOL,
+    PMM_ARG_WORD,     /* 1..32 bytes of [a-z0-9_-] */
+} pmm_ctl_arg_type;
+
+typedef struct pmm_ctl_arg {
+    const char *key;
+    pmm_ctl_arg_type type;
+    bool required;
+} pmm_ctl_arg;
+
+/* Who may call a command: where it makes sense. The daemon's handlers
+ * refuse the wrong place with their own words; pmgcm reads it for help
+ * and to check membership before join's prompts. */
+typedef enum pmm_ctl_who {
+    PMM_CTL_ANY,     /* any node, in a cluster or not */
+    PMM_CTL_MEMBER,  /* a node of a cluster */
+    PMM_CTL_MASTER,  /* the cluster's master */
+    PMM_CTL_OUTSIDE, /* a node in no cluster (create, join) */
+    PMM_CTL_LOCAL,   /* pmgcm alone, no daemon asked (keygen, help) */
+    PMM_CTL_WIRE,    /* a request pmgcm sends as a step of another
+                      * command, not a command of its own (ping,
+                      * fingerprint) */
+} pmm_ctl_who;
+
+/* pmgcm's options (pmm_cli_opts[] is indexed by these bit numbers). */
+typedef enum pmm_opt_id {
+    PMM_OPT_SOCKET,
+    PMM_OPT_HOST,
+    PMM_OPT_TOKEN_FILE,
+    PMM_OPT_OUTPUT_FORMAT,
+    PMM_OPT_HELP,
+    PMM_OPT_VERSION,
+    PMM_OPT_PASSWORD_FILE,
+    PMM_OPT_FINGERPRINT,
+    PMM_OPT_YES,
+    PMM_OPT_NO_WAIT,
+    PMM_OPT_PURGE,
+    PMM_OPT_FORCE,
+    PMM_OPT_ACCEPT_DATA_LOSS,
+    PMM_OPT_MASTER_IP,
+    PMM_OPT_MASTER_IP_PMG, /* --master_ip, PMG's spelling */
+    PMM_OPT_CONFIRM,
+    PMM_OPT_COUNT
+} pmm_opt_id;
+#define PMM_OPT(id) (1u << (id))
+/* the options every command takes */
+#define PMM_OPTS_GLOBAL                                                    \
+    (PMM_OPT(PMM_OPT_SOCKET) | PMM_OPT(PMM_OPT_HOST) |                     \
+     PMM_OPT(PMM_OPT_TOKEN_FILE) | PMM_OPT(PMM_OPT_OUTPUT_FORMAT) |        \
+     PMM_OPT(PMM_OPT_HELP) | PMM_OPT(PMM_OPT_VERSION))
+
+typedef struct pmm_cli_opt {
+    const char *name;    /* without the dashes: "password-file" */
+    const char *metavar; /* its value ("FILE"), NULL for a flag */
+    int short_name;      /* 'h', or 0 */
+    const char *help;    /* one line (under 60 columns) */
+} pmm_cli_opt;
+extern const pmm_cli_opt pmm_cli_opts[PMM_OPT_COUNT];
+
+#define PMM_CTL_ARGS_MAX 3
+typedef struct pmm_ctl_cmd {
+    pmm_ctl_id id;
+    const char *name;     /* pmgcm's word ("files"); NULL: wire only */
+    const char *wire;     /* the request's "cmd" ("files-publish"); NULL:
+                           * pmgcm alone (keygen, help) */
+    bool legacy_word;     /* the request may be this bare word */
+    pmm_ctl_who who;
+    pmm_ctl_arg args[PMM_CTL_ARGS_MAX]; /* the request's arguments */
+    int min_pos, max_pos; /* pmgcm's positional arguments */
+    unsigned opts;        /* PMM_OPT() bits besides PMM_OPTS_GLOBAL */
+    const char *synopsis; /* after the name: "<master_ip> [--yes]" */
+    const char *help;     /* one line (under 60 columns) */
+} pmm_ctl_cmd;
+extern const pmm_ctl_cmd pmm_ctl_cmds[PMM_CMD_COUNT];
+
+/* The row of pmgcm word name / of a request's "cmd", or NULL. */
+const pmm_ctl_cmd *pmm_ctl_cmd_by_name(const char *name);
+const pmm_ctl_cmd *pmm_ctl_cmd_by_wire(const char *wire);
+/* Words for `who` ("any node", "the master", ...), for help texts. */
+const char *pmm_ctl_who_str(pmm_ctl_who who);
+
 /* Parses and validates one request line (with or without its trailing
  * "\n" / "\r\n"); pure, no sockets. On success returns 0, *cmd = the
  * command's canonical name (a static string, e.g. "join") and *args = the
