@@ -109,12 +109,14 @@
  *
  * -----------------------------------------------------------------------------
  */
+#include "cli/cli.h"
 #include "membership/membership.h"
 #include "net/net.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <getopt.h>
 #include <netdb.h>
 #include <poll.h>
 #include <signal.h>
@@ -141,75 +143,138 @@
  * cap, so its "timed out" arrives first */
 #define LONG_TIMEOUT_S (PMM_CTL_PENDING_MS / 1000 + 10)
 
+#define HELP_WIDTH 79 /* help never wraps in an 80-column terminal */
+
+/* Prints text at column `col` (the cursor is there already, at `at`),
+ * continuing at column `indent` on new lines, words wrapped before
+ * HELP_WIDTH. */
+static void wrap(FILE *f, size_t at, size_t indent, const char *text)
+{
+    const char *w = text;
+
+    while (*w != '\0') {
+        size_t n = strcspn(w, " ");
+        if (at > indent && at + 1 + n > HELP_WIDTH) {
+            fprintf(f, "\n%*s", (int)indent, "");
+            at = indent;
+        } else if (w != text) {
+            fputc(' ', f);
+            at++;
+        }
+        fprintf(f, "%.*s", (int)n, w);
+        at += n;
+        w += n;
+        while (*w == ' ')
+            w++;
+    }
+    fputc('\n', f);
+}
+
+/* "--password-file FILE", "-h, --help" */
+static void opt_spelling(char *buf, size_t cap, int id)
+{
+    const pmm_cli_opt *o = &pmm_cli_opts[id];
+    int n = 0;
+
+    if (o->short_name)
+        n = snprintf(buf, cap, "-%c, ", o->short_name);
+    snprintf(buf + n, cap - (size_t)n, "--%s%s%s", o->name,
+             o->metavar ? " " : "", o->metavar ? o->metavar : "");
+}
+
+static void print_opt(FILE *f, int id)
+{
+    char sp[64];
+
+    opt_spelling(sp, sizeof(sp), id);
+    /* "  " + 24 columns, then the help; a longer spelling gets its own
+     * line */
+    if (strlen(sp) <= 24) {
+        fprintf(f, "  %-24s  ", sp);
+    } else {
+        fprintf(f, "  %s\n%28s", sp, "");
+    }
+    wrap(f, 28, 28, pmm_cli_opts[id].help);
+}
+
+/* "usage: pmgcm join <master_ip> [--fingerprint FP] ..." wrapped */
+static void print_synopsis(FILE *f, const pmm_ctl_cmd *c)
+{
+    char head[64];
+    int n = snprintf(head, sizeof(head), "usage: pmgcm %s", c->name);
+
+    fputs(head, f);
+    if (c->synopsis[0] != '\0') {
+        fputc(' ', f);
+        wrap(f, (size_t)n + 1, (size_t)n + 1, c->synopsis);
+    } else {
+        fputc('\n', f);
+    }
+}
+
+/* `pmgcm help`, --help: every command of the table, one line each */
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: pmgcm [--socket PATH] [--output-format text|json|json-pretty] "
-            "COMMAND [ARGS]\n"
-            "       pmgcm --host HOST[:PORT] [--output-format text|json|json-pretty] "
+            "usage: pmgcm [OPTIONS] COMMAND [ARGS]\n"
+            "       pmgcm --host HOST[:PORT] [--output-format FORMAT] "
             "status\n"
+            "       pmgcm help [COMMAND]\n"
             "\n"
-            "commands:\n"
-            "  create [--password-file FILE]\n"
-            "          create a cluster; this node becomes master (cid 1)\n"
-            "  join <master_ip> [--fingerprint FP] [--password-file FILE] "
-            "[--yes] [--no-wait]\n"
-            "          join the cluster of the master at <master_ip>, then\n"
-            "          wait for its data (snapshot) unless --no-wait\n"
-            "          (IP, or IP:PORT / [IPv6]:PORT off the default API "
-            "port)\n"
-            "  join-cmd\n"
-            "          print the join command to run on a new node\n"
-            "  delete <cid> [--purge]\n"
-            "          remove a node from the cluster (on the master); its\n"
-            "          per-origin rows stay everywhere unless --purge\n"
-            "  promote [--force] [--accept-data-loss]\n"
-            "          make this node master (--force: even while the\n"
-            "          current master is alive; refused while this node's\n"
-            "          data is incomplete unless --accept-data-loss)\n"
-            "  backups [list | clear ID|divergence]\n"
-            "          data kept instead of destroyed (resync backups,\n"
-            "          divergence records); clear one when handled\n"
-            "  files publish [--confirm]\n"
-            "          on the master: publish the mirrored files it holds\n"
-            "          for confirmation (without --confirm: say what is held)\n"
-            "  sync [--master-ip IP]\n"
-            "          fetch the cluster config now, optionally from a new\n"
-            "          master (--master_ip is accepted too)\n"
-            "  status  show every cluster node as this node sees it\n"
-            "  drain   take this node out of load balancers' rotation\n"
-            "          (readyz 503, agent 'up drain'); it stays in the cluster\n"
-            "          and stays drained across restarts until undrain\n"
-            "  undrain put it back into rotation\n"
-            "  keygen  print a new random gossip key (for key_file)\n"
-            "  help    show this help\n"
+            "commands:\n");
+    for (size_t i = 0; i < PMM_CMD_COUNT; i++) {
+        const pmm_ctl_cmd *c = &pmm_ctl_cmds[i];
+        if (c->name == NULL)
+            continue;
+        if (strlen(c->name) <= 10)
+            fprintf(f, "  %-10s  %s\n", c->name, c->help);
+        else
+            fprintf(f, "  %s\n  %-10s  %s\n", c->name, "", c->help);
+    }
+    fprintf(f, "\noptions (before or after the command):\n");
+    for (int id = 0; id < PMM_OPT_COUNT; id++)
+        if (PMM_OPTS_GLOBAL & PMM_OPT(id))
+            print_opt(f, id);
+    fprintf(f,
             "\n"
-            "options (before or after the command):\n"
-            "  --socket PATH   pmgclusterd control socket (default "
-            "$PMGCM_SOCKET\n"
-            "                  or " PMM_DEFAULT_SOCKET ")\n"
-            "  --host HOST[:PORT]\n"
-            "                  status only: ask a remote node's status port\n"
-            "                  over HTTP (default port " HTTP_DEFAULT_PORT
-            "; [IPv6]:PORT)\n"
-            "  --token-file FILE\n"
-            "                  with --host: the status port's bearer token\n"
-            "                  (status_access = token) from FILE\n"
-            "  --output-format text|json|json-pretty\n"
-            "                  json: print the daemon's answer as JSON\n"
-            "  --version       print the version\n"
-            "\n"
-            "A password file holds the password on its first line and must "
-            "not be\n"
-            "readable by everyone. Without one, the password is asked on the "
-            "terminal.\n"
-            "\n"
-            "status STATE: A alive, S syncing, ? suspect (not yet confirmed "
-            "dead),\n"
-            "D dead, L left the cluster.\n"
-            "\n"
+            "`pmgcm help COMMAND` shows a command's arguments and options; "
+            "pmgcm(1) has\n"
+            "the details. A password file holds the password on its first "
+            "line and\n"
+            "must not be readable by everyone.\n"
             "exit status: 0 ok, 1 failed or refused, 2 usage error.\n");
 }
+
+/* `pmgcm help CMD`, `pmgcm CMD --help` */
+static void usage_cmd(FILE *f, const pmm_ctl_cmd *c)
+{
+    print_synopsis(f, c);
+    fprintf(f, "\n  %s\n  runs on: %s\n", c->help, pmm_ctl_who_str(c->who));
+    if (c->opts != 0) {
+        fprintf(f, "\noptions:\n");
+        for (int id = 0; id < PMM_OPT_COUNT; id++)
+            if (c->opts & PMM_OPT(id))
+                print_opt(f, id);
+    }
+    {
+        char all[256] = "and the options of every command:";
+        size_t o = strlen(all);
+        for (int id = 0, first = 1; id < PMM_OPT_COUNT; id++)
+            if (PMM_OPTS_GLOBAL & PMM_OPT(id)) {
+                o += (size_t)snprintf(all + o, sizeof(all) - o, "%s --%s",
+                                      first ? "" : ",",
+                                      pmm_cli_opts[id].name);
+                first = 0;
+            }
+        fputc('\n', f);
+        wrap(f, 0, 2, all);
+    }
+    fprintf(f, "(pmgcm help lists the commands; pmgcm(1) has the "
+               "details)\n");
+}
+
+/* the command a usage error is about, when known (its synopsis is shown) */
+static const pmm_ctl_cmd *usage_for;
 
 static int usage_error(const char *fmt, ...)
     __attribute__((format(printf, 1, 2)));
@@ -223,7 +288,12 @@ static int usage_error(const char *fmt, ...)
     vfprintf(stderr, fmt, ap);
     va_end(ap);
     fprintf(stderr, "\n");
-    usage(stderr);
+    if (usage_for != NULL)
+        print_synopsis(stderr, usage_for);
+    else
+        fprintf(stderr, "usage: pmgcm [OPTIONS] COMMAND [ARGS]\n");
+    fprintf(stderr, "(pmgcm help%s%s shows more)\n", usage_for ? " " : "",
+            usage_for ? usage_for->name : "");
     return 2;
 }
 
@@ -238,28 +308,6 @@ static int fail(const char *fmt, ...)
     vfprintf(stderr, fmt, ap);
     va_end(ap);
     fprintf(stderr, "\n");
-    return 1;
-}
-
-/* "--name VALUE" or "--name=VALUE"; advances *i. 1 = matched, 0 = not,
- * -1 = missing value. */
-static int opt_value(int argc, char **argv, int *i, const char *name,
-                     const char **val)
-{
-    size_t n = strlen(name);
-    const char *a = argv[*i];
-
-    if (strncmp(a, name, n) != 0)
-        return 0;
-    if (a[n] == '=') {
-        *val = a + n + 1;
-        return 1;
-    }
-    if (a[n] != '\0')
-        return 0;
-    if (*i + 1 >= argc)
-        return -1;
-    *val = argv[++*i];
     return 1;
 }
 
@@ -766,6 +814,9 @@ static int ask_daemon(const char *path, const char *request, size_t len,
 }
 
 typedef struct cli {
+    const pmm_ctl_cmd *cmd; /* the command's row of the shared table */
+    const char *cmdname;
+    bool help, version, sock_given;
     const char *sock;
     const char *host; /* --host: status over HTTP */
     const char *token_file; /* --token-file: its bearer token */
@@ -1394,20 +1445,17 @@ static double num_of(const pmm_json *obj, const char *key)
     return v && v->type == PMM_JSON_NUMBER ? v->num : 0;
 }
 
-static void human_bytes(double b, char *buf, size_t len)
-{
-    if (b >= 1e9) snprintf(buf, len, "%.2f GB", b / 1e9);
-    else if (b >= 1e6) snprintf(buf, len, "%.1f MB", b / 1e6);
-    else snprintf(buf, len, "%.0f kB", b / 1e3);
-}
+#define human_bytes pmc_human_bytes
 
 /* After a join: wait until the node's database holds the master's data
- * (a snapshot, then caught up), with a progress bar on a terminal.
- * 0 in sync (or no database configured), 1 failed (printed). */
+ * (a snapshot, then caught up), with a progress line on a terminal (both
+ * stdout and stderr: nothing is drawn into a file or a pipe) that fits
+ * its width and is redrawn in place. 0 in sync (or no database
+ * configured), 1 failed (printed). */
 static int wait_data(const cli *c)
 {
-    bool tty = isatty(STDERR_FILENO) && !c->json;
-    bool shown = false;
+    bool tty = isatty(STDOUT_FILENO) && isatty(STDERR_FILENO) && !c->json;
+    bool drawn = false;
     char last_err[300] = "";
     for (;;) {
         pmm_buf req;
@@ -1418,7 +1466,10 @@ static int wait_data(const cli *c)
         quiet.json = false;
         int rc = call(&quiet, &req, LONG_TIMEOUT_S, false, &doc);
         pmm_buf_free(&req);
-        if (rc != 0) return 1;
+        if (rc != 0) {
+            if (drawn) fprintf(stderr, "\r\033[K");
+            return 1;
+        }
         const pmm_json *st = pmm_json_get(doc, "store");
         if (!st || st->type != PMM_JSON_OBJECT) {
             pmm_json_free(doc);
@@ -1428,72 +1479,102 @@ static int wait_data(const cli *c)
         get_str(st, "state", state, sizeof(state));
         get_str(st, "error", err, sizeof(err));
         const pmm_json *sn = pmm_json_get(st, "snapshot");
-        double rows = num_of(sn, "rows"), erows = num_of(sn, "est_rows");
-        double bytes = num_of(sn, "bytes"), ebytes = num_of(sn, "est_bytes");
-        double td = num_of(sn, "tables_done"), tt = num_of(sn, "tables");
-        double ms = num_of(sn, "elapsed_ms");
-        bool loaded = false;
+        pmc_progress p = {
+            .state = state, .error = err,
+            .rows = num_of(sn, "rows"), .est_rows = num_of(sn, "est_rows"),
+            .bytes = num_of(sn, "bytes"), .est_bytes = num_of(sn, "est_bytes"),
+            .tables_done = num_of(sn, "tables_done"),
+            .tables = num_of(sn, "tables"),
+            .elapsed_ms = num_of(sn, "elapsed_ms"),
+        };
         const pmm_json *lv = pmm_json_get(st, "loaded");
-        if (lv && lv->type == PMM_JSON_BOOL) loaded = lv->b;
+        if (lv && lv->type == PMM_JSON_BOOL) p.loaded = lv->b;
         pmm_json_free(doc);
         if (strcmp(state, "in-sync") == 0) {
-            if (shown) fprintf(stderr, "\r\033[K");
+            if (drawn) fprintf(stderr, "\r\033[K");
             if (!c->json) {
                 char hb[32];
-                human_bytes(bytes, hb, sizeof(hb));
-                if (rows > 0)
+                human_bytes(p.bytes, hb, sizeof(hb));
+                if (p.rows > 0)
                     printf("data in sync: snapshot of %.0f rows (%s) loaded "
-                           "in %.1f s\n", rows, hb, ms / 1000.0);
+                           "in %.1f s\n", p.rows, hb, p.elapsed_ms / 1000.0);
                 else
                     printf("data in sync\n");
             }
             return 0;
         }
         if (strstr(err, "schema mismatch")) {
-            if (shown) fprintf(stderr, "\r\033[K");
-            char safe[320];
-            term_safe(safe, sizeof(safe), err);
+            if (drawn) fprintf(stderr, "\r\033[K");
             fprintf(stderr, "pmgcm: joined, but the data cannot be copied: "
                     "%s\npmgcm: nothing was changed in this node's "
                     "database; fix the table definitions (the node keeps "
-                    "retrying) or `pmgcm delete` it on the master\n", safe);
+                    "retrying) or `pmgcm delete` it on the master\n", err);
             return 1;
         }
-        if (err[0] && strcmp(err, last_err) != 0 && !tty) {
-            char safe[320];
-            term_safe(safe, sizeof(safe), err);
-            fprintf(stderr, "pmgcm: waiting for data: %s\n", safe);
-        }
+        if (err[0] && strcmp(err, last_err) != 0 && !tty)
+            fprintf(stderr, "pmgcm: waiting for data: %s\n", err);
         snprintf(last_err, sizeof(last_err), "%s", err);
         if (tty) {
-            char hb[32], he[32], line[256];
-            double frac = erows > 0 ? rows / erows : 0;
-            if (frac > 1) frac = 1;
-            double rate = ms > 0 ? bytes / (ms / 1000.0) : 0;
-            double eta = rate > 0 && ebytes > bytes ? (ebytes - bytes) / rate
-                                                    : 0;
-            human_bytes(bytes, hb, sizeof(hb));
-            human_bytes(ebytes, he, sizeof(he));
-            int w = (int)(frac * 24);
-            char bar[25];
-            for (int k = 0; k < 24; k++) bar[k] = k < w ? '#' : '.';
-            bar[24] = 0;
-            if (strcmp(state, "loading") == 0)
-                snprintf(line, sizeof(line),
-                         "snapshot [%s] tables %.0f/%.0f, rows %.0f/~%.0f, "
-                         "%s/~%s, %.1f MB/s, ETA %.0f s", bar, td, tt, rows,
-                         erows, hb, he, rate / 1e6, eta);
-            else
-                snprintf(line, sizeof(line), "%s%s%s",
-                         loaded ? "catching up" : "waiting for a snapshot",
-                         err[0] ? ": " : "", err);
-            fprintf(stderr, "\r\033[K%.200s", line);
+            char line[1024];
+            pmc_progress_line(line, sizeof(line),
+                              pmc_term_width(STDERR_FILENO), &p);
+            fprintf(stderr, "\r\033[K%s", line);
             fflush(stderr);
-            shown = true;
+            drawn = true;
         }
         struct timespec ts = {0, 250 * 1000000};
         nanosleep(&ts, NULL);
     }
+}
+
+/* join: is this node in a cluster already? Asked before any prompt, so
+ * nobody types a fingerprint and a password to be told so. 0 not in one,
+ * 1 in one or the daemon cannot be asked (printed). */
+static int check_not_member(const cli *c)
+{
+    pmm_buf req;
+    pmm_json *doc;
+    const pmm_json *cl;
+    cli quiet = *c;
+    int rc;
+
+    quiet.json = false;
+    req_init(&req, "status");
+    req_end(&req);
+    rc = call(&quiet, &req, IO_TIMEOUT_S, false, &doc);
+    pmm_buf_free(&req);
+    if (rc != 0)
+        return 1;
+    cl = pmm_json_get(doc, "cluster");
+    if (cl != NULL && cl->type == PMM_JSON_OBJECT) {
+        long long mcid = get_uint(cl, "master_cid");
+        const pmm_json *m = pmm_json_get(doc, "members");
+        char name[80] = "?", ip[64] = "?", msg[400];
+        for (const pmm_json *r = m && m->type == PMM_JSON_ARRAY ? m->child
+                                                                : NULL;
+             r != NULL; r = r->next)
+            if (get_uint(r, "cid") == mcid) {
+                get_str(r, "name", name, sizeof(name));
+                get_str(r, "ip", ip, sizeof(ip));
+            }
+        snprintf(msg, sizeof(msg), "this node is already in a cluster "
+                 "(master %s, cid %lld, at %s): nothing done; to move it, "
+                 "delete it on that master first", name, mcid, ip);
+        pmm_json_free(doc);
+        if (c->json) {
+            pmm_buf b;
+            pmm_buf_init(&b, 1024);
+            pmm_buf_puts(&b, "{\"ok\":false,\"error\":");
+            pmm_json_str(&b, msg, strlen(msg));
+            pmm_buf_puts(&b, "}");
+            rc = write_json(b.p, b.len);
+            pmm_buf_free(&b);
+            return 1;
+        }
+        return fail("%s", msg);
+    }
+    pmm_json_free(doc);
+    return 0;
 }
 
 static int cmd_join(const cli *c)
@@ -1513,6 +1594,13 @@ static int cmd_join(const cli *c)
     rc = 0;
     if (c->password_file == NULL && !tty_open())
         rc = fail("no terminal: use --password-file");
+    if (rc == 0 && c->fingerprint == NULL && !c->yes && !tty_open())
+        rc = fail("no terminal to confirm the master's fingerprint: use "
+                  "--fingerprint FP (see `pmgcm join-cmd` on the master) "
+                  "or --yes");
+    /* then the daemon: already in a cluster? (before any prompt) */
+    if (rc == 0)
+        rc = check_not_member(c);
     if (rc == 0 && c->fingerprint != NULL)
         snprintf(fp, sizeof(fp), "%s", c->fingerprint);
     else if (rc == 0)
@@ -1754,44 +1842,158 @@ static int cmd_sync(const cli *c)
     return rc;
 }
 
+/* ---- update-fingerprints ----------------------------------------------------- */
+
+/* Asks yes/no on the terminal. true for "yes". */
+static bool tty_yes(const char *question)
+{
+    char answer[64];
+    size_t alen;
+    int rc;
+
+    tty_puts(question);
+    rc = tty_read_line(answer, sizeof(answer), &alen);
+    if (rc == -ENODATA)
+        tty_puts("\n");
+    if (rc != 0)
+        return false;
+    char *s = answer, *e = answer + alen;
+    while (*s == ' ' || *s == '\t')
+        s++;
+    while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r'))
+        *--e = '\0';
+    return strcasecmp(s, "yes") == 0;
+}
+
+/* pmgcm update-fingerprints [--yes]: the master probes every node; each
+ * changed certificate is shown and pinned only once confirmed (typed yes,
+ * or --yes), with exactly the fingerprint shown. */
+static int cmd_update_fp(const cli *c)
+{
+    pmm_buf req, out;
+    pmm_json *doc;
+    const pmm_json *nodes;
+    int rc, pending = 0, unreachable = 0, pinned = 0;
+    cli quiet = *c;
+
+    quiet.json = false;
+    req_init(&req, "update-fingerprints");
+    req_end(&req);
+    rc = call(&quiet, &req, LONG_TIMEOUT_S, false, &doc);
+    pmm_buf_free(&req);
+    if (rc != 0) {
+        if (c->json) /* the error as JSON too: call() printed it in words */
+            write_json("{\"ok\":false,\"error\":\"update-fingerprints "
+                       "failed (see stderr)\"}", 59);
+        return 1;
+    }
+    nodes = pmm_json_get(doc, "nodes");
+    pmm_buf_init(&out, PMM_CTL_REPLY_MAX);
+    pmm_buf_puts(&out, "{\"ok\":true,\"nodes\":[");
+    for (const pmm_json *n = nodes && nodes->type == PMM_JSON_ARRAY
+                                 ? nodes->child : NULL;
+         n != NULL; n = n->next) {
+        char name[80] = "?", ip[64] = "?", state[24] = "?", old[128] = "",
+             now[128] = "", err[128] = "";
+        long long cid = get_uint(n, "cid");
+        get_str(n, "name", name, sizeof(name));
+        get_str(n, "ip", ip, sizeof(ip));
+        get_str(n, "state", state, sizeof(state));
+        get_str(n, "fingerprint", old, sizeof(old));
+        get_str(n, "presented", now, sizeof(now));
+        get_str(n, "error", err, sizeof(err));
+        if (strcmp(state, "changed") == 0) {
+            bool ok = false;
+            if (!c->json)
+                printf("%s (cid %lld, %s): its certificate CHANGED\n"
+                       "    pinned:    %s\n    presents:  %s\n", name, cid,
+                       ip, old, now);
+            fflush(stdout);
+            if (c->yes) {
+                ok = true;
+            } else if (!c->json && tty_open()) {
+                tty_puts("    Check it on that node (`pmgcm status "
+                         "--output-format json` there shows its\n"
+                         "    \"fingerprint\"). Pin the new one? "
+                         "(yes/no): ");
+                ok = tty_yes("");
+            }
+            if (ok && fingerprint_ok(now)) {
+                pmm_buf r2;
+                pmm_json *d2;
+                req_init(&r2, "update-fingerprints");
+                pmm_buf_printf(&r2, ",\"cid\":%lld", cid);
+                req_str(&r2, "fingerprint", now, strlen(now));
+                req_end(&r2);
+                rc = call(&quiet, &r2, LONG_TIMEOUT_S, false, &d2);
+                pmm_buf_free(&r2);
+                if (rc == 0) {
+                    snprintf(state, sizeof(state), "updated");
+                    pinned++;
+                    if (!c->json)
+                        printf("    pinned the new fingerprint\n");
+                    pmm_json_free(d2);
+                } else {
+                    pending++;
+                }
+            } else {
+                pending++;
+                if (!c->json)
+                    printf("    not pinned (confirm with yes, or --yes)\n");
+            }
+        } else if (strcmp(state, "unreachable") == 0) {
+            unreachable++;
+            if (!c->json)
+                printf("%s (cid %lld, %s): unreachable (%s): not checked\n",
+                       name, cid, ip, err[0] ? err : "?");
+        } else if (strcmp(state, "updated") == 0) {
+            if (!c->json)
+                printf("%s (cid %lld, %s): this node: its own entry now %s "
+                       "(was %s)\n", name, cid, ip, now, old);
+        } else if (!c->json) {
+            printf("%s (cid %lld, %s): unchanged\n", name, cid, ip);
+        }
+        pmm_buf_printf(&out, "%s{\"cid\":%lld,\"name\":", out.p[out.len - 1]
+                       == '[' ? "" : ",", cid);
+        pmm_json_str(&out, name, strlen(name));
+        pmm_buf_puts(&out, ",\"ip\":");
+        pmm_json_str(&out, ip, strlen(ip));
+        pmm_buf_printf(&out, ",\"state\":\"%s\",\"fingerprint\":", state);
+        pmm_json_str(&out, strcmp(state, "updated") == 0 && now[0] ? now
+                                                                   : old,
+                     strlen(strcmp(state, "updated") == 0 && now[0] ? now
+                                                                    : old));
+        if (now[0] && strcmp(state, "updated") != 0) {
+            pmm_buf_puts(&out, ",\"presented\":");
+            pmm_json_str(&out, now, strlen(now));
+        }
+        if (err[0]) {
+            pmm_buf_puts(&out, ",\"error\":");
+            pmm_json_str(&out, err, strlen(err));
+        }
+        pmm_buf_puts(&out, "}");
+    }
+    pmm_json_free(doc);
+    pmm_buf_printf(&out, "],\"pinned\":%d,\"not_pinned\":%d,"
+                   "\"unreachable\":%d}", pinned, pending, unreachable);
+    rc = 0;
+    if (c->json)
+        rc = write_json(out.p, out.len);
+    else if (pending > 0 || unreachable > 0)
+        printf("%d changed certificate(s) not pinned, %d node(s) not "
+               "checked\n", pending, unreachable);
+    else
+        printf("fingerprints up to date%s\n",
+               pinned ? " (new ones pinned)" : "");
+    pmm_buf_free(&out);
+    if (fflush(stdout) != 0)
+        rc = 1;
+    return rc != 0 || pending > 0 || unreachable > 0 ? 1 : 0;
+}
+
 /* ---- command line ---------------------------------------------------------- */
 
-enum {
-    O_PWFILE = 1 << 0,
-    O_FP = 1 << 1,
-    O_YES = 1 << 2,
-    O_FORCE = 1 << 3,
-    O_MASTER_IP = 1 << 4,
-    O_NOWAIT = 1 << 5,
-    O_PURGE = 1 << 6,
-    O_ACCEPT = 1 << 7,
-    O_CONFIRM = 1 << 8,
-};
-
-typedef struct command {
-    const char *name;
-    int min_pos, max_pos;
-    unsigned opts;
-    const char *pos_name;
-} command;
-
-static const command commands[] = {
-    {"status", 0, 0, 0, NULL},
-    {"keygen", 0, 0, 0, NULL},
-    {"help", 0, 0, 0, NULL},
-    {"create", 0, 0, O_PWFILE, NULL},
-    {"join", 1, 1, O_PWFILE | O_FP | O_YES | O_NOWAIT, "<master_ip>"},
-    {"join-cmd", 0, 0, 0, NULL},
-    {"delete", 1, 1, O_PURGE, "<cid>"},
-    {"promote", 0, 0, O_FORCE | O_ACCEPT, NULL},
-    {"backups", 0, 2, 0, "[list | clear ID|divergence]"},
-    {"sync", 0, 0, O_MASTER_IP, NULL},
-    {"files", 1, 1, O_CONFIRM, "publish"},
-    {"drain", 0, 0, 0, NULL},
-    {"undrain", 0, 0, 0, NULL},
-};
-
-/* --output-format's value; false when bad (usage error printed). */
+/* --output-format's value; false when bad. */
 static bool set_format(cli *c, const char *fmt)
 {
     json_pretty = false;
@@ -1806,248 +2008,326 @@ static bool set_format(cli *c, const char *fmt)
     return true;
 }
 
-/* Step 1: the command line into c: the command, its positional
- * arguments and options, each checked on its own. Returns -1 to go on, or
- * the exit code (a usage error, --help, --version). */
-static int parse_args(cli *c, int argc, char **argv, const command **cmd,
-                      const char **cmdname)
+/* One option's value, checked on its own. -1 to go on, or 2 (printed). */
+static int take_opt(cli *c, int id, const char *spelled, const char *v)
 {
-    bool only_pos = false, sock_given = false;
-    int i;
+    switch (id) {
+    case PMM_OPT_SOCKET:
+        if (v[0] == '\0')
+            return usage_error("%s: empty socket path", shown(spelled));
+        c->sock = v;
+        c->sock_given = true;
+        break;
+    case PMM_OPT_HOST: {
+        char h[256], p[8];
+        if (split_host(v, h, sizeof(h), p, sizeof(p)) != 0)
+            return usage_error("--host: '%s' is not HOST, HOST:PORT or "
+                               "[IPv6]:PORT", shown(v));
+        c->host = v;
+        break;
+    }
+    case PMM_OPT_TOKEN_FILE:
+    case PMM_OPT_PASSWORD_FILE:
+        if (v[0] == '\0')
+            return usage_error("%s: empty file name", shown(spelled));
+        if (id == PMM_OPT_TOKEN_FILE)
+            c->token_file = v;
+        else
+            c->password_file = v;
+        break;
+    case PMM_OPT_OUTPUT_FORMAT:
+        if (!set_format(c, v))
+            return usage_error("--output-format must be text, json or "
+                               "json-pretty, not '%s'", shown(v));
+        break;
+    case PMM_OPT_HELP:
+        c->help = true;
+        break;
+    case PMM_OPT_VERSION:
+        c->version = true;
+        break;
+    case PMM_OPT_FINGERPRINT:
+        if (!fingerprint_ok(v))
+            return usage_error("--fingerprint '%s' is not a certificate "
+                               "fingerprint: 32 pairs of hex digits "
+                               "joined by ':' (AB:CD:...:EF), or the 64 "
+                               "digits alone; `pmgcm join-cmd` on the "
+                               "master prints it", shown(v));
+        c->fingerprint = v;
+        break;
+    case PMM_OPT_MASTER_IP:
+    case PMM_OPT_MASTER_IP_PMG:
+        if (!ip_ok(v))
+            return usage_error("%s: '%s' is not an IPv4 or IPv6 address",
+                               shown(spelled), shown(v));
+        c->master_ip = v;
+        break;
+    case PMM_OPT_YES: c->yes = true; break;
+    case PMM_OPT_NO_WAIT: c->no_wait = true; break;
+    case PMM_OPT_PURGE: c->purge = true; break;
+    case PMM_OPT_FORCE: c->force = true; break;
+    case PMM_OPT_ACCEPT_DATA_LOSS: c->accept = true; break;
+    case PMM_OPT_CONFIRM: c->confirm = true; break;
+    default:
+        return usage_error("internal error: option %d", id);
+    }
+    return -1;
+}
 
-    for (i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = NULL;
-        int m;
+/* The option's text as typed ("--fingerprint=AB", "--fingerprint"),
+ * cut at '='. getopt_long leaves it at argv[optind - 1], or optind - 2
+ * when its value was the next word. */
+static const char *typed_opt(char **argv, bool value_apart, char *buf,
+                             size_t cap)
+{
+    const char *a = argv[optind - (value_apart ? 2 : 1)];
+    size_t n = strcspn(a, "=");
 
-        if (!only_pos && strcmp(a, "--") == 0) {
-            only_pos = true;
-            continue;
+    snprintf(buf, cap, "%.*s", (int)(n < cap ? n : cap - 1), a);
+    return buf;
+}
+
+/* Step 1: the command line into c with getopt_long over the shared
+ * option table (pmm_cli_opts[]); options may come before or after the
+ * command; each command takes the global options and its own (its row's
+ * opts). Returns -1 to go on, or the exit code (a usage error, --help,
+ * --version). */
+static int parse_args(cli *c, int argc, char **argv)
+{
+    struct option lo[PMM_OPT_COUNT + 1];
+    char shorts[8] = ":";
+    unsigned seen = 0;
+    char spelled[PMM_OPT_COUNT][ECHO_MAX + 8];
+    int rc;
+
+    memset(lo, 0, sizeof(lo));
+    for (int id = 0; id < PMM_OPT_COUNT; id++) {
+        lo[id].name = pmm_cli_opts[id].name;
+        lo[id].has_arg = pmm_cli_opts[id].metavar ? required_argument
+                                                  : no_argument;
+        lo[id].val = 256 + id;
+        if (pmm_cli_opts[id].short_name && strlen(shorts) < 6) {
+            size_t k = strlen(shorts);
+            shorts[k] = (char)pmm_cli_opts[id].short_name;
+            shorts[k + 1] = '\0';
         }
-        if (only_pos || a[0] != '-' || a[1] == '\0') {
-            if (*cmd == NULL) {
-                *cmdname = a;
-                for (size_t k = 0; k < sizeof(commands) / sizeof(commands[0]);
-                     k++)
-                    if (strcmp(commands[k].name, a) == 0)
-                        *cmd = &commands[k];
-                if (*cmd == NULL)
-                    return usage_error("unknown command '%s'", shown(a));
-                continue;
-            }
-            if (c->npos >= (*cmd)->max_pos)
-                return usage_error("%s: unexpected argument '%s'", *cmdname,
-                                   shown(a));
-            c->pos[c->npos++] = a;
-            continue;
+    }
+    /* the command, for the usage line of an error found before getopt
+     * reaches it: the first word that names one */
+    for (int i = 1; i < argc && usage_for == NULL; i++)
+        if (strcmp(argv[i], "--") != 0)
+            usage_for = pmm_ctl_cmd_by_name(argv[i]);
+    opterr = 0;
+    optind = 1;
+    for (;;) {
+        int li = -1, ch = getopt_long(argc, argv, shorts, lo, &li), id;
+        char typed[ECHO_MAX + 8];
+
+        if (ch == -1)
+            break;
+        if (ch == '?') {
+            if (optopt >= 256)
+                return usage_error("option '--%s' takes no value",
+                                   pmm_cli_opts[optopt - 256].name);
+            if (optopt != 0)
+                return usage_error("unknown option '-%c'",
+                                   optopt >= 0x21 && optopt < 0x7f
+                                       ? optopt : '?');
+            return usage_error("unknown option '%s'",
+                               shown(typed_opt(argv, false, typed,
+                                               sizeof(typed))));
         }
-        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+        if (ch == ':')
+            return usage_error("option '%s' needs a value",
+                               shown(typed_opt(argv, false, typed,
+                                               sizeof(typed))));
+        id = -1;
+        for (int k = 0; k < PMM_OPT_COUNT; k++)
+            if (ch == 256 + k || ch == pmm_cli_opts[k].short_name)
+                id = k;
+        if (id < 0)
+            return usage_error("unknown option");
+        /* no abbreviations: a prefix that is unique today would change
+         * meaning when a command gains an option */
+        typed_opt(argv, lo[id].has_arg && optarg == argv[optind - 1],
+                  typed, sizeof(typed));
+        if (ch >= 256 && (strncmp(typed, "--", 2) != 0 ||
+                          strcmp(typed + 2, pmm_cli_opts[id].name) != 0))
+            return usage_error("unknown option '%s' (did you mean "
+                               "--%s?)", shown(typed), pmm_cli_opts[id].name);
+        snprintf(spelled[id], sizeof(spelled[id]), "%s", typed);
+        seen |= PMM_OPT(id);
+        rc = take_opt(c, id, typed, optarg != NULL ? optarg : "");
+        if (rc >= 0)
+            return rc;
+    }
+    if (c->version) {
+        printf("pmgcm %s\n", PACKAGE_VERSION);
+        return 0;
+    }
+    if (optind >= argc) {
+        if (c->help) {
             usage(stdout);
             return 0;
         }
-        if (strcmp(a, "--version") == 0) {
-            printf("pmgcm %s\n", PACKAGE_VERSION);
-            return 0;
-        }
-        if ((m = opt_value(argc, argv, &i, "--socket", &v)) != 0) {
-            if (m < 0)
-                return usage_error("option '%s' needs a value", shown(a));
-            if (v[0] == '\0')
-                return usage_error("%s: empty socket path", shown(a));
-            c->sock = v;
-            sock_given = true;
-            continue;
-        }
-        if ((m = opt_value(argc, argv, &i, "--host", &v)) != 0) {
-            char h[256], p[8];
-            if (m < 0)
-                return usage_error("option '%s' needs a value", shown(a));
-            if (split_host(v, h, sizeof(h), p, sizeof(p)) != 0)
-                return usage_error("--host: '%s' is not HOST, HOST:PORT or "
-                                   "[IPv6]:PORT", shown(v));
-            c->host = v;
-            continue;
-        }
-        if ((m = opt_value(argc, argv, &i, "--token-file", &v)) != 0) {
-            if (m < 0)
-                return usage_error("option '%s' needs a value", shown(a));
-            if (v[0] == '\0')
-                return usage_error("%s: empty file name", shown(a));
-            c->token_file = v;
-            continue;
-        }
-        if ((m = opt_value(argc, argv, &i, "--output-format", &v)) != 0) {
-            if (m < 0)
-                return usage_error("option '%s' needs a value", shown(a));
-            if (!set_format(c, v))
-                return usage_error("--output-format must be text, json or "
-                                   "json-pretty, not '%s'", shown(v));
-            continue;
-        }
-        if (*cmd == NULL)
-            return usage_error("unknown option '%s'", shown(a));
-        if (((*cmd)->opts & O_PWFILE) &&
-            (m = opt_value(argc, argv, &i, "--password-file", &v)) != 0) {
-            if (m < 0)
-                return usage_error("option '%s' needs a value", shown(a));
-            if (v[0] == '\0')
-                return usage_error("%s: empty file name", shown(a));
-            c->password_file = v;
-            continue;
-        }
-        if (((*cmd)->opts & O_FP) &&
-            (m = opt_value(argc, argv, &i, "--fingerprint", &v)) != 0) {
-            if (m < 0)
-                return usage_error("option '%s' needs a value", shown(a));
-            if (!fingerprint_ok(v))
-                return usage_error("--fingerprint '%s' is not a certificate "
-                                   "fingerprint: 32 pairs of hex digits "
-                                   "joined by ':' (AB:CD:...:EF), or the 64 "
-                                   "digits alone; `pmgcm join-cmd` on the "
-                                   "master prints it", shown(v));
-            c->fingerprint = v;
-            continue;
-        }
-        if (((*cmd)->opts & O_MASTER_IP) &&
-            ((m = opt_value(argc, argv, &i, "--master-ip", &v)) != 0 ||
-             (m = opt_value(argc, argv, &i, "--master_ip", &v)) != 0)) {
-            if (m < 0)
-                return usage_error("option '%s' needs a value", shown(a));
-            if (!ip_ok(v))
-                return usage_error("%s: '%s' is not an IPv4 or IPv6 address",
-                                   shown(a), shown(v));
-            c->master_ip = v;
-            continue;
-        }
-        if (((*cmd)->opts & O_YES) && strcmp(a, "--yes") == 0) {
-            c->yes = true;
-            continue;
-        }
-        if (((*cmd)->opts & O_PURGE) && strcmp(a, "--purge") == 0) {
-            c->purge = true;
-            continue;
-        }
-        if (((*cmd)->opts & O_NOWAIT) && strcmp(a, "--no-wait") == 0) {
-            c->no_wait = true;
-            continue;
-        }
-        if (((*cmd)->opts & O_CONFIRM) && strcmp(a, "--confirm") == 0) {
-            c->confirm = true;
-            continue;
-        }
-        if (((*cmd)->opts & O_FORCE) && strcmp(a, "--force") == 0) {
-            c->force = true;
-            continue;
-        }
-        if (((*cmd)->opts & O_ACCEPT) && strcmp(a, "--accept-data-loss") == 0) {
-            c->accept = true;
-            continue;
-        }
-        return usage_error("%s: unknown option '%s'", *cmdname, shown(a));
-    }
-    if (*cmd == NULL)
         return usage_error("%s", "no command given");
-    if (c->npos < (*cmd)->min_pos)
-        return usage_error("%s: missing %s", *cmdname, (*cmd)->pos_name);
-    if (c->host != NULL && strcmp(*cmdname, "status") != 0)
+    }
+    c->cmdname = argv[optind++];
+    c->cmd = pmm_ctl_cmd_by_name(c->cmdname);
+    if (c->cmd == NULL)
+        return usage_error("unknown command '%s'", shown(c->cmdname));
+    usage_for = c->cmd;
+    if (c->help) {
+        usage_cmd(stdout, c->cmd);
+        return 0;
+    }
+    for (int id = 0; id < PMM_OPT_COUNT; id++)
+        if ((seen & PMM_OPT(id)) &&
+            !((PMM_OPTS_GLOBAL | c->cmd->opts) & PMM_OPT(id)))
+            return usage_error("%s: unknown option '%s'", c->cmdname,
+                               shown(spelled[id]));
+    for (; optind < argc; optind++) {
+        if (c->npos >= c->cmd->max_pos)
+            return usage_error("%s: unexpected argument '%s'", c->cmdname,
+                               shown(argv[optind]));
+        c->pos[c->npos++] = argv[optind];
+    }
+    if (c->npos < c->cmd->min_pos)
+        return usage_error("%s: missing %s", c->cmdname, c->cmd->synopsis);
+    if (c->host != NULL && c->cmd->id != PMM_CMD_STATUS)
         return usage_error("--host works with status only (%s changes a "
-                           "node: run it there)", *cmdname);
-    if (c->host != NULL && sock_given)
+                           "node: run it there)", c->cmdname);
+    if (c->host != NULL && c->sock_given)
         return usage_error("--host and --socket do not go together");
     if (c->token_file != NULL && c->host == NULL)
         return usage_error("--token-file goes with --host (the control "
                            "socket needs none)");
-
     return -1;
 }
 
-/* Step 2: the command's own argument checks, then the command. */
-static int dispatch(cli *c, const char *cmdname)
-{
-    if (strcmp(cmdname, "status") == 0)
-        return cmd_status(c);
-    if (strcmp(cmdname, "keygen") == 0)
-        return cmd_keygen(c->json);
-    if (strcmp(cmdname, "help") == 0) {
-        usage(stdout);
-        return 0;
-    }
-    if (strcmp(cmdname, "create") == 0)
-        return cmd_create(c);
-    if (strcmp(cmdname, "join") == 0) {
-        if (!target_ok(c->pos[0]))
-            return usage_error("join: '%s' is not an IPv4 or IPv6 address "
-                               "(with an optional port: IP:PORT, "
-                               "[IPv6]:PORT)", shown(c->pos[0]));
-        return cmd_join(c);
-    }
-    if (strcmp(cmdname, "join-cmd") == 0)
-        return cmd_join_cmd(c);
-    if (strcmp(cmdname, "delete") == 0) {
-        const char *s = c->pos[0];
-        unsigned long v = 0;
-        size_t n = strlen(s);
+/* ---- step 2: each command's own argument checks, then the command ---------- */
 
-        if (n == 0 || n > 5 || strspn(s, "0123456789") != n ||
-            (v = strtoul(s, NULL, 10)) < 1 || v > 65535)
-            return usage_error("delete: bad cid '%s' (an integer from 1 to "
-                               "65535)", shown(s));
-        return cmd_delete(c, (unsigned)v);
+static int run_status(cli *c) { return cmd_status(c); }
+static int run_keygen(cli *c) { return cmd_keygen(c->json); }
+static int run_create(cli *c) { return cmd_create(c); }
+static int run_join_cmd(cli *c) { return cmd_join_cmd(c); }
+static int run_promote(cli *c) { return cmd_promote(c); }
+static int run_sync(cli *c) { return cmd_sync(c); }
+static int run_drain(cli *c) { return cmd_drain(c, true); }
+static int run_undrain(cli *c) { return cmd_drain(c, false); }
+static int run_update_fp(cli *c) { return cmd_update_fp(c); }
+
+static int run_help(cli *c)
+{
+    const pmm_ctl_cmd *h;
+
+    if (c->npos == 0) {
+        usage(stdout);
+        return fflush(stdout) == 0 ? 0 : 1;
     }
-    if (strcmp(cmdname, "promote") == 0)
-        return cmd_promote(c);
-    if (strcmp(cmdname, "backups") == 0) {
-        /* backups [list] | backups clear ID|divergence */
-        static const struct {
-            const char *name;
-            int args;
-        } subs[] = {{"list", 0}, {"clear", 1}};
-        const char *sub = c->npos > 0 ? c->pos[0] : "list";
-        int want = -1;
-        for (size_t k = 0; k < sizeof(subs) / sizeof(subs[0]); k++)
-            if (strcmp(subs[k].name, sub) == 0)
-                want = subs[k].args;
-        if (want < 0)
-            return usage_error("backups: unknown subcommand '%s' (list, "
-                               "clear)", sub);
-        if (c->npos - 1 > want)
-            return usage_error("backups %s: unexpected argument '%s'", sub,
-                               c->pos[c->npos - 1]);
-        if (want == 1) {
-            const char *id = c->npos > 1 ? c->pos[1] : "";
-            size_t n = strlen(id);
-            if (strcmp(id, "divergence") != 0 &&
-                (n == 0 || n > 18 || strspn(id, "0123456789") != n))
-                return usage_error("backups clear: '%s' is neither a backup "
-                                   "id (pmgcm backups lists them) nor "
-                                   "divergence", id);
-        }
-        return cmd_backups(c);
-    }
-    if (strcmp(cmdname, "files") == 0) {
-        if (strcmp(c->pos[0], "publish") != 0)
-            return usage_error("files: unknown subcommand '%s' (publish)",
-                               c->pos[0]);
-        return cmd_files(c);
-    }
-    if (strcmp(cmdname, "drain") == 0)
-        return cmd_drain(c, true);
-    if (strcmp(cmdname, "undrain") == 0)
-        return cmd_drain(c, false);
-    return cmd_sync(c);
+    h = pmm_ctl_cmd_by_name(c->pos[0]);
+    if (h == NULL)
+        return usage_error("help: unknown command '%s' (pmgcm help lists "
+                           "them)", shown(c->pos[0]));
+    usage_cmd(stdout, h);
+    return fflush(stdout) == 0 ? 0 : 1;
 }
+
+static int run_join(cli *c)
+{
+    if (!target_ok(c->pos[0]))
+        return usage_error("join: '%s' is not an IPv4 or IPv6 address "
+                           "(with an optional port: IP:PORT, "
+                           "[IPv6]:PORT)", shown(c->pos[0]));
+    return cmd_join(c);
+}
+
+static int run_delete(cli *c)
+{
+    const char *s = c->pos[0];
+    unsigned long v = 0;
+    size_t n = strlen(s);
+
+    if (n == 0 || n > 5 || strspn(s, "0123456789") != n ||
+        (v = strtoul(s, NULL, 10)) < 1 || v > 65535)
+        return usage_error("delete: bad cid '%s' (an integer from 1 to "
+                           "65535)", shown(s));
+    return cmd_delete(c, (unsigned)v);
+}
+
+static int run_backups(cli *c)
+{
+    /* backups [list] | backups clear ID|divergence */
+    static const struct {
+        const char *name;
+        int args;
+    } subs[] = {{"list", 0}, {"clear", 1}};
+    const char *sub = c->npos > 0 ? c->pos[0] : "list";
+    int want = -1;
+
+    for (size_t k = 0; k < sizeof(subs) / sizeof(subs[0]); k++)
+        if (strcmp(subs[k].name, sub) == 0)
+            want = subs[k].args;
+    if (want < 0)
+        return usage_error("backups: unknown subcommand '%s' (list, "
+                           "clear)", shown(sub));
+    if (c->npos - 1 > want)
+        return usage_error("backups %s: unexpected argument '%s'", sub,
+                           shown(c->pos[c->npos - 1]));
+    if (want == 1) {
+        const char *id = c->npos > 1 ? c->pos[1] : "";
+        size_t n = strlen(id);
+        if (strcmp(id, "divergence") != 0 &&
+            (n == 0 || n > 18 || strspn(id, "0123456789") != n))
+            return usage_error("backups clear: '%s' is neither a backup "
+                               "id (pmgcm backups lists them) nor "
+                               "divergence", shown(id));
+    }
+    return cmd_backups(c);
+}
+
+static int run_files(cli *c)
+{
+    if (strcmp(c->pos[0], "publish") != 0)
+        return usage_error("files: unknown subcommand '%s' (publish)",
+                           shown(c->pos[0]));
+    return cmd_files(c);
+}
+
+/* pmgcm's side of every command of the table, indexed by its id (NULL:
+ * a wire-only request, sent as a step of another command). */
+static int (*const cli_cmds[PMM_CMD_COUNT])(cli *c) = {
+    [PMM_CMD_STATUS] = run_status,
+    [PMM_CMD_CREATE] = run_create,
+    [PMM_CMD_JOIN] = run_join,
+    [PMM_CMD_JOIN_CMD] = run_join_cmd,
+    [PMM_CMD_DELETE] = run_delete,
+    [PMM_CMD_PROMOTE] = run_promote,
+    [PMM_CMD_BACKUPS] = run_backups,
+    [PMM_CMD_SYNC] = run_sync,
+    [PMM_CMD_FILES] = run_files,
+    [PMM_CMD_DRAIN] = run_drain,
+    [PMM_CMD_UNDRAIN] = run_undrain,
+    [PMM_CMD_UPDATE_FP] = run_update_fp,
+    [PMM_CMD_KEYGEN] = run_keygen,
+    [PMM_CMD_HELP] = run_help,
+};
 
 int main(int argc, char **argv)
 {
     cli c = {0};
-    const command *cmd = NULL;
-    const char *cmdname = NULL;
     int rc;
 
     c.sock = getenv("PMGCM_SOCKET");
     if (c.sock == NULL || c.sock[0] == '\0')
         c.sock = PMM_DEFAULT_SOCKET;
-    rc = parse_args(&c, argc, argv, &cmd, &cmdname);
+    /* every pmgcm word of the table has its function here */
+    for (size_t i = 0; i < PMM_CMD_COUNT; i++)
+        if (pmm_ctl_cmds[i].name != NULL && cli_cmds[i] == NULL)
+            return fail("internal error: command '%s' has no function in "
+                        "cli_cmds[]", pmm_ctl_cmds[i].name);
+    rc = parse_args(&c, argc, argv);
     if (rc >= 0)
         return rc;
-    return dispatch(&c, cmdname);
+    return cli_cmds[c.cmd->id](&c);
 }

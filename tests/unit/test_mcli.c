@@ -251,6 +251,8 @@ static void show(const run *r)
 #define ANS(...) ((const char *const[]){__VA_ARGS__}), \
     (int)(sizeof((const char *const[]){__VA_ARGS__}) / sizeof(const char *))
 #define NOANS NULL, 0
+/* join first asks status: this node is in no cluster yet */
+#define NOCL "{\"ok\":true}\n"
 
 static void write_file(const char *path, const char *data, size_t n,
                        mode_t mode)
@@ -281,30 +283,30 @@ static void test_join_request(void)
     char err[PMM_CTL_ERR_MAX];
 
     set_pw("s3cret pw\n", 0600);
-    run_cli(&r, ANS("{\"ok\":true,\"cid\":4}\n"), NULL,
+    run_cli(&r, ANS(NOCL, "{\"ok\":true,\"cid\":4}\n"), NULL,
             ARGS("--socket", sock_path, "join", "--no-wait", "10.0.0.1", "--fingerprint",
                  FP, "--password-file", pwfile));
     CHECK_EQ_INT(r.rc, 0);
-    CHECK_EQ_INT(r.nreq, 1);
-    CHECK(strcmp(r.req[0], "{\"cmd\":\"join\",\"ip\":\"10.0.0.1\","
+    CHECK_EQ_INT(r.nreq, 2);
+    CHECK(strcmp(r.req[1], "{\"cmd\":\"join\",\"ip\":\"10.0.0.1\","
                            "\"fingerprint\":\"" FP "\",\"password\":"
                            "\"s3cret pw\"}\n") == 0);
     CHECK(strcmp(r.out, "joined cluster as cid 4\n") == 0);
     CHECK(strcmp(r.err, "") == 0);
-    if (r.rc != 0 || r.nreq != 1)
+    if (r.rc != 0 || r.nreq != 2)
         show(&r);
 
     /* quotes, backslashes, UTF-8, CRLF; options in another order; the
      * daemon's parser reads back exactly the same password */
     set_pw("q\"b\\s \xc3\xa9\r\nsecond line\n", 0640);
-    run_cli(&r, ANS("{\"ok\":true,\"cid\":5}\n"), NULL,
+    run_cli(&r, ANS(NOCL, "{\"ok\":true,\"cid\":5}\n"), NULL,
             ARGS("join", "--no-wait", "--password-file", pwfile, "--socket", sock_path,
                  "fd00::1", "--fingerprint=" FP_LC));
     CHECK_EQ_INT(r.rc, 0);
-    CHECK(strcmp(r.req[0], "{\"cmd\":\"join\",\"ip\":\"fd00::1\","
+    CHECK(strcmp(r.req[1], "{\"cmd\":\"join\",\"ip\":\"fd00::1\","
                            "\"fingerprint\":\"" FP_LC "\",\"password\":"
                            "\"q\\\"b\\\\s \xc3\xa9\"}\n") == 0);
-    REQUIRE(pmm_ctl_parse_request(r.req[0], strlen(r.req[0]), &cmd, &args,
+    REQUIRE(pmm_ctl_parse_request(r.req[1], strlen(r.req[1]), &cmd, &args,
                                   err, sizeof(err)) == 0);
     CHECK(strcmp(cmd, "join") == 0);
     CHECK(strcmp(pmm_json_get(args, "password")->str,
@@ -313,14 +315,14 @@ static void test_join_request(void)
     CHECK(strcmp(r.out, "joined cluster as cid 5\n") == 0);
 
     /* a master whose node API is off the default port (join-cmd's line) */
-    run_cli(&r, ANS("{\"ok\":true,\"cid\":6}\n"), NULL,
+    run_cli(&r, ANS(NOCL, "{\"ok\":true,\"cid\":6}\n"), NULL,
             ARGS("--socket", sock_path, "join", "--no-wait", "[fd00::1]:7957",
                  "--fingerprint", FP_HEX, "--password-file", pwfile));
     CHECK_EQ_INT(r.rc, 0);
-    CHECK(strcmp(r.req[0], "{\"cmd\":\"join\",\"ip\":\"[fd00::1]:7957\","
+    CHECK(strcmp(r.req[1], "{\"cmd\":\"join\",\"ip\":\"[fd00::1]:7957\","
                            "\"fingerprint\":\"" FP_HEX "\",\"password\":"
                            "\"q\\\"b\\\\s \xc3\xa9\"}\n") == 0);
-    REQUIRE(pmm_ctl_parse_request(r.req[0], strlen(r.req[0]), &cmd, &args,
+    REQUIRE(pmm_ctl_parse_request(r.req[1], strlen(r.req[1]), &cmd, &args,
                                   err, sizeof(err)) == 0);
     pmm_json_free(args);
 }
@@ -332,7 +334,7 @@ static void test_join_waits_for_data(void)
 
     set_pw("pw\n", 0600);
     run_cli(&r,
-            ANS("{\"ok\":true,\"cid\":4}\n",
+            ANS(NOCL, "{\"ok\":true,\"cid\":4}\n",
                 "{\"ok\":true,\"store\":{\"state\":\"loading\","
                 "\"error\":\"\",\"loaded\":false,\"snapshot\":{\"rows\":10,"
                 "\"bytes\":1000,\"est_rows\":20,\"est_bytes\":2000,"
@@ -345,16 +347,16 @@ static void test_join_waits_for_data(void)
             ARGS("--socket", sock_path, "join", "10.0.0.1", "--fingerprint",
                  FP, "--password-file", pwfile));
     CHECK_EQ_INT(r.rc, 0);
-    CHECK_EQ_INT(r.nreq, 3);
-    CHECK(strcmp(r.req[1], "{\"cmd\":\"status\"}\n") == 0);
+    CHECK_EQ_INT(r.nreq, 4);
+    CHECK(strcmp(r.req[2], "{\"cmd\":\"status\"}\n") == 0);
     CHECK(strstr(r.out, "joined cluster as cid 4\n") != NULL);
     CHECK(strstr(r.out, "data in sync: snapshot of 20 rows") != NULL);
-    if (r.rc != 0 || r.nreq != 3)
+    if (r.rc != 0 || r.nreq != 4)
         show(&r);
 
     /* a schema mismatch: exit 1, the reason, and "nothing was changed" */
     run_cli(&r,
-            ANS("{\"ok\":true,\"cid\":5}\n",
+            ANS(NOCL, "{\"ok\":true,\"cid\":5}\n",
                 "{\"ok\":true,\"store\":{\"state\":\"error\",\"error\":"
                 "\"snapshot: schema mismatch: master has \\\"public.mail(id "
                 "bigint)\\\"\",\"loaded\":false}}\n"),
@@ -368,11 +370,11 @@ static void test_join_waits_for_data(void)
         show(&r);
 
     /* no replicated database on the node: done after one status */
-    run_cli(&r, ANS("{\"ok\":true,\"cid\":6}\n", "{\"ok\":true}\n"), NULL,
+    run_cli(&r, ANS(NOCL, "{\"ok\":true,\"cid\":6}\n", "{\"ok\":true}\n"), NULL,
             ARGS("--socket", sock_path, "join", "10.0.0.1", "--fingerprint",
                  FP, "--password-file", pwfile));
     CHECK_EQ_INT(r.rc, 0);
-    CHECK_EQ_INT(r.nreq, 2);
+    CHECK_EQ_INT(r.nreq, 3);
     CHECK(strcmp(r.out, "joined cluster as cid 6\n") == 0);
 }
 
@@ -498,15 +500,15 @@ static void test_join_fetches_fingerprint(void)
 
     set_pw("pw\n", 0600);
     run_cli(&r,
-            ANS("{\"ok\":true,\"fingerprint\":\"" FP "\"}\n",
+            ANS(NOCL, "{\"ok\":true,\"fingerprint\":\"" FP "\"}\n",
                 "{\"ok\":true,\"cid\":2}\n"),
             NULL, ARGS("--socket", sock_path, "join", "--no-wait", "10.0.0.1",
                        "--password-file", pwfile, "--yes"));
     CHECK_EQ_INT(r.rc, 0);
-    CHECK_EQ_INT(r.nreq, 2);
-    CHECK(strcmp(r.req[0], "{\"cmd\":\"fingerprint\",\"ip\":\"10.0.0.1\"}\n")
+    CHECK_EQ_INT(r.nreq, 3);
+    CHECK(strcmp(r.req[1], "{\"cmd\":\"fingerprint\",\"ip\":\"10.0.0.1\"}\n")
           == 0);
-    CHECK(strcmp(r.req[1], "{\"cmd\":\"join\",\"ip\":\"10.0.0.1\","
+    CHECK(strcmp(r.req[2], "{\"cmd\":\"join\",\"ip\":\"10.0.0.1\","
                            "\"fingerprint\":\"" FP "\",\"password\":"
                            "\"pw\"}\n") == 0);
     CHECK(strstr(r.err, FP) != NULL);
@@ -514,7 +516,7 @@ static void test_join_fetches_fingerprint(void)
 
     /* json: only the final answer is the output */
     run_cli(&r,
-            ANS("{\"ok\":true,\"fingerprint\":\"" FP "\"}\n",
+            ANS(NOCL, "{\"ok\":true,\"fingerprint\":\"" FP "\"}\n",
                 "{\"ok\":true,\"cid\":2}\n"),
             NULL, ARGS("--socket", sock_path, "--output-format", "json",
                        "join", "--no-wait", "10.0.0.1", "--password-file", pwfile,
@@ -523,22 +525,22 @@ static void test_join_fetches_fingerprint(void)
     CHECK(strcmp(r.out, "{\"ok\":true,\"cid\":2}\n") == 0);
 
     /* the master cannot be reached: stop after the first request */
-    run_cli(&r, ANS("{\"ok\":false,\"error\":\"cannot reach 10.0.0.1:7947: "
+    run_cli(&r, ANS(NOCL, "{\"ok\":false,\"error\":\"cannot reach 10.0.0.1:7947: "
                     "connection refused\"}\n"),
             NULL, ARGS("--socket", sock_path, "join", "--no-wait", "10.0.0.1",
                        "--password-file", pwfile, "--yes"));
     CHECK_EQ_INT(r.rc, 1);
-    CHECK_EQ_INT(r.nreq, 1);
+    CHECK_EQ_INT(r.nreq, 2);
     CHECK(strcmp(r.err, "pmgcm: cannot reach 10.0.0.1:7947: connection "
                         "refused\n") == 0);
     CHECK(strcmp(r.out, "") == 0);
 
     /* an answer without a usable fingerprint */
-    run_cli(&r, ANS("{\"ok\":true,\"fingerprint\":\"A B\"}\n"), NULL,
+    run_cli(&r, ANS(NOCL, "{\"ok\":true,\"fingerprint\":\"A B\"}\n"), NULL,
             ARGS("--socket", sock_path, "join", "--no-wait", "10.0.0.1",
                  "--password-file", pwfile, "--yes"));
     CHECK_EQ_INT(r.rc, 1);
-    CHECK_EQ_INT(r.nreq, 1);
+    CHECK_EQ_INT(r.nreq, 2);
     CHECK(strstr(r.err, "no valid 'fingerprint'") != NULL);
 }
 
@@ -748,7 +750,7 @@ static void test_fingerprint_form_and_echo(void)
         }
     }
     /* the three good forms are sent as given */
-    run_cli(&r, ANS("{\"ok\":true,\"cid\":4}\n"), NULL,
+    run_cli(&r, ANS(NOCL, "{\"ok\":true,\"cid\":4}\n"), NULL,
             ARGS(S, "join", "--no-wait", "10.0.0.1", "--fingerprint", FP_HEX,
                  "--password-file", pwfile));
     CHECK_EQ_INT(r.rc, 0);
@@ -814,7 +816,7 @@ static void test_create_short_password(void)
     CHECK_EQ_INT(r.nreq, 1);
     /* join takes whatever the cluster was made with */
     set_pw("short\n", 0600);
-    run_cli(&r, ANS("{\"ok\":true,\"cid\":2}\n"), NULL,
+    run_cli(&r, ANS(NOCL, "{\"ok\":true,\"cid\":2}\n"), NULL,
             ARGS(S, "join", "--no-wait", "10.0.0.1", "--fingerprint", FP,
                  "--password-file", pwfile));
     CHECK_EQ_INT(r.rc, 0);
@@ -1013,12 +1015,12 @@ static void test_terminal_prompts(void)
     CHECK(strstr(r.err, "no password given") != NULL);
 
     /* join: the fingerprint is shown; "no" aborts after asking it only */
-    run_cli(&r, ANS("{\"ok\":true,\"fingerprint\":\"" FP "\"}\n"),
+    run_cli(&r, ANS(NOCL, "{\"ok\":true,\"fingerprint\":\"" FP "\"}\n"),
             (const step[]){{"(yes/no): ", "no"}, {NULL, NULL}},
             ARGS("--socket", sock_path, "join", "--no-wait", "10.0.0.1"));
     CHECK_EQ_INT(r.rc, 1);
-    CHECK_EQ_INT(r.nreq, 1);
-    CHECK(strcmp(r.req[0], "{\"cmd\":\"fingerprint\",\"ip\":\"10.0.0.1\"}\n")
+    CHECK_EQ_INT(r.nreq, 2);
+    CHECK(strcmp(r.req[1], "{\"cmd\":\"fingerprint\",\"ip\":\"10.0.0.1\"}\n")
           == 0);
     CHECK(strstr(r.tty, "The master's certificate fingerprint is") != NULL);
     CHECK(strstr(r.tty, "  " FP) != NULL);
@@ -1030,15 +1032,15 @@ static void test_terminal_prompts(void)
 
     /* "yes", then the password (not echoed), then the join */
     run_cli(&r,
-            ANS("{\"ok\":true,\"fingerprint\":\"" FP "\"}\n",
+            ANS(NOCL, "{\"ok\":true,\"fingerprint\":\"" FP "\"}\n",
                 "{\"ok\":true,\"cid\":9}\n"),
             (const step[]){{"(yes/no): ", "yes"},
                            {"Enter join password: ", "tty-Secret2"},
                            {NULL, NULL}},
             ARGS("--socket", sock_path, "join", "--no-wait", "10.0.0.1"));
     CHECK_EQ_INT(r.rc, 0);
-    CHECK_EQ_INT(r.nreq, 2);
-    CHECK(strcmp(r.req[1], "{\"cmd\":\"join\",\"ip\":\"10.0.0.1\","
+    CHECK_EQ_INT(r.nreq, 3);
+    CHECK(strcmp(r.req[2], "{\"cmd\":\"join\",\"ip\":\"10.0.0.1\","
                            "\"fingerprint\":\"" FP "\",\"password\":"
                            "\"tty-Secret2\"}\n") == 0);
     CHECK(strstr(r.tty, "tty-Secret2") == NULL);
@@ -1048,12 +1050,12 @@ static void test_terminal_prompts(void)
         show(&r);
 
     /* --fingerprint given: no question, only the password */
-    run_cli(&r, ANS("{\"ok\":true,\"cid\":9}\n"),
+    run_cli(&r, ANS(NOCL, "{\"ok\":true,\"cid\":9}\n"),
             (const step[]){{"Enter join password: ", "pw3"}, {NULL, NULL}},
             ARGS("--socket", sock_path, "join", "--no-wait", "10.0.0.1", "--fingerprint",
                  FP));
     CHECK_EQ_INT(r.rc, 0);
-    CHECK_EQ_INT(r.nreq, 1);
+    CHECK_EQ_INT(r.nreq, 2);
     CHECK(strstr(r.tty, "yes/no") == NULL);
 }
 
