@@ -101,7 +101,7 @@ size_t pmc_progress_line(char *out, size_t cap, int width,
     pmc_human_bytes(p->est_bytes, he, sizeof(he));
     memset(on, 0, sizeof(on));
     if (frac >= 0) {
-        snprintf(part[P_PCT], sizeof(part[0]), "%3.0f%%", frac * 100);
+        snprintf(part[P_PCT], sizeof(part[0]), "%.0f%%", frac * 100);
         on[P_PCT] = true;
     }
     if (p->est_bytes > 0)
@@ -137,7 +137,7 @@ size_t pmc_progress_line(char *out, size_t cap, int width,
      * wide, at most 40); parts are dropped, least useful first, until
      * the rest fits */
     static const int drop_order[] = {P_ROWS, P_TABLES, P_TIME, P_ETA, P_RATE,
-                                     P_PCT, P_BYTES};
+                                     P_BYTES, P_PCT};
     size_t min_bar = frac >= 0 ? 1 + 2 + 10 : 0;
     for (size_t d = 0;; d++) {
         used = strlen("snapshot");

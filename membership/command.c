@@ -19,7 +19,7 @@
 
 const pmm_cli_opt pmm_cli_opts[PMM_OPT_COUNT] = {
     [PMM_OPT_SOCKET] = {"socket", "PATH", 0,
-                        "pmgclusterd's control socket (default "
+                        "pmgclusterd's socket (default: "
                         "$PMGCM_SOCKET, else " PMM_DEFAULT_SOCKET ")"},
     [PMM_OPT_HOST] = {"host", "HOST[:PORT]", 0,
                       "status only: ask that node's status port over HTTP"},

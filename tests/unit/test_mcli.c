@@ -9,6 +9,7 @@
  * else ./cli/pmgcm.
  */
 #define _GNU_SOURCE /* posix_openpt, ptsname */
+#include "cli/cli.h"
 #include "membership/membership.h"
 #include "tests/tap.h"
 
@@ -1059,6 +1060,501 @@ static void test_terminal_prompts(void)
     CHECK(strstr(r.tty, "yes/no") == NULL);
 }
 
+/* ---- the command table: help, and the docs that must follow it ------------ */
+
+/* abs_top_srcdir/rel, whole and NUL-terminated (malloc'd), or NULL */
+static char *read_doc(const char *rel)
+{
+    const char *top = getenv("abs_top_srcdir");
+    char path[1024];
+    char *buf = NULL;
+    long n;
+    FILE *f;
+
+    snprintf(path, sizeof(path), "%s/%s", top && *top ? top : ".", rel);
+    f = fopen(path, "rb");
+    if (!f) {
+        printf("#   cannot open %s (abs_top_srcdir unset?)\n", path);
+        return NULL;
+    }
+    if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 &&
+        n < (16L << 20) && fseek(f, 0, SEEK_SET) == 0 &&
+        (buf = malloc((size_t)n + 1)) != NULL) {
+        if (fread(buf, 1, (size_t)n, f) == (size_t)n) {
+            buf[n] = '\0';
+        } else {
+            free(buf);
+            buf = NULL;
+        }
+    }
+    fclose(f);
+    return buf;
+}
+
+/* no line of s is wider than w columns */
+static bool lines_fit(const char *s, size_t w)
+{
+    while (*s != '\0') {
+        size_t n = strcspn(s, "\n");
+        if (n > w) {
+            printf("#   %zu columns: %.*s\n", n, (int)n, s);
+            return false;
+        }
+        s += n;
+        if (*s == '\n')
+            s++;
+    }
+    return true;
+}
+
+static void test_help(void)
+{
+    run r;
+
+    run_cli(&r, NOANS, NULL, ARGS(S, "help"));
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK_EQ_INT(r.nreq, 0);
+    CHECK(strstr(r.out, "usage: pmgcm") == r.out);
+    CHECK(lines_fit(r.out, 79));
+    for (size_t i = 0; i < PMM_CMD_COUNT; i++) {
+        char want[64];
+        if (pmm_ctl_cmds[i].name == NULL)
+            continue;
+        snprintf(want, sizeof(want), "\n  %s ", pmm_ctl_cmds[i].name);
+        CHECK(strstr(r.out, want) != NULL ||
+              (snprintf(want, sizeof(want), "\n  %s\n",
+                        pmm_ctl_cmds[i].name) > 0 &&
+               strstr(r.out, want) != NULL));
+        CHECK(strstr(r.out, pmm_ctl_cmds[i].help) != NULL);
+    }
+    for (int id = 0; id < PMM_OPT_COUNT; id++)
+        if (PMM_OPTS_GLOBAL & PMM_OPT(id)) {
+            char want[64];
+            snprintf(want, sizeof(want), "--%s", pmm_cli_opts[id].name);
+            CHECK(strstr(r.out, want) != NULL);
+        }
+    /* --help alone is the same text */
+    {
+        char first[OUT_MAX];
+        memcpy(first, r.out, sizeof(first));
+        run_cli(&r, NOANS, NULL, ARGS("--help"));
+        CHECK_EQ_INT(r.rc, 0);
+        CHECK(strcmp(r.out, first) == 0);
+    }
+
+    /* help CMD (and CMD --help) for every command: its synopsis, where it
+     * runs, every option it takes */
+    for (size_t i = 0; i < PMM_CMD_COUNT; i++) {
+        const pmm_ctl_cmd *c = &pmm_ctl_cmds[i];
+        char head[64], again[OUT_MAX];
+        if (c->name == NULL)
+            continue;
+        run_cli(&r, NOANS, NULL, ARGS(S, "help", c->name));
+        CHECK_EQ_INT(r.rc, 0);
+        CHECK_EQ_INT(r.nreq, 0);
+        snprintf(head, sizeof(head), "usage: pmgcm %s", c->name);
+        CHECK(strstr(r.out, head) == r.out);
+        CHECK(strstr(r.out, c->help) != NULL);
+        CHECK(strstr(r.out, pmm_ctl_who_str(c->who)) != NULL);
+        CHECK(lines_fit(r.out, 79));
+        for (int id = 0; id < PMM_OPT_COUNT; id++)
+            if (c->opts & PMM_OPT(id)) {
+                char want[64];
+                snprintf(want, sizeof(want), "--%s", pmm_cli_opts[id].name);
+                CHECK(strstr(r.out, want) != NULL);
+                /* its help, maybe wrapped: the first 20 characters */
+                snprintf(want, sizeof(want), "%.20s", pmm_cli_opts[id].help);
+                CHECK(strstr(r.out, want) != NULL);
+            }
+        memcpy(again, r.out, sizeof(again));
+        run_cli(&r, NOANS, NULL, ARGS(S, c->name, "--help"));
+        CHECK_EQ_INT(r.rc, 0);
+        CHECK(strcmp(r.out, again) == 0);
+    }
+    run_cli(&r, NOANS, NULL, ARGS(S, "help", "frobnicate"));
+    CHECK_EQ_INT(r.rc, 2);
+    CHECK(strstr(r.err, "help: unknown command 'frobnicate'") != NULL);
+    run_cli(&r, NOANS, NULL, ARGS(S, "help", "join", "delete"));
+    CHECK_EQ_INT(r.rc, 2);
+    /* a usage error shows the command's synopsis, also for an error found
+     * before the command word */
+    run_cli(&r, NOANS, NULL, ARGS(S, "--frob", "join", "10.0.0.1"));
+    CHECK_EQ_INT(r.rc, 2);
+    CHECK(strstr(r.err, "pmgcm: unknown option '--frob'\nusage: pmgcm join "
+                        "<master_ip>") == r.err);
+    CHECK(lines_fit(r.err, 79));
+}
+
+/* getopt_long: no abbreviations, values after '=' or apart, options
+ * before the command that belong to it */
+static void test_getopt(void)
+{
+    run r;
+
+    expect_usage(ARGS(S, "sync", "--master-i", "10.0.0.2"));
+    expect_usage(ARGS(S, "delete", "3", "--pur"));
+    expect_usage(ARGS(S, "--out=json", "status"));
+    expect_usage(ARGS(S, "delete", "3", "--purge=yes"));
+    expect_usage(ARGS(S, "-x", "status"));
+    run_cli(&r, NOANS, NULL, ARGS(S, "sync", "--master-i", "10.0.0.2"));
+    CHECK(strstr(r.err, "unknown option '--master-i' (did you mean "
+                        "--master-ip?)") != NULL);
+    run_cli(&r, NOANS, NULL, ARGS(S, "delete", "3", "--purge=yes"));
+    CHECK(strstr(r.err, "option '--purge' takes no value") != NULL);
+    run_cli(&r, NOANS, NULL, ARGS(S, "delete", "3", "--force"));
+    CHECK(strstr(r.err, "delete: unknown option '--force'") != NULL);
+    /* a command's option before the command word */
+    run_cli(&r, ANS("{\"ok\":true,\"cid\":3}\n"), NULL,
+            ARGS("--purge", S, "delete", "3"));
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strcmp(r.req[0], "{\"cmd\":\"delete\",\"cid\":3,\"purge\":true}\n")
+          == 0);
+    /* "--" ends the options */
+    run_cli(&r, NOANS, NULL, ARGS(S, "delete", "--", "-3"));
+    CHECK_EQ_INT(r.rc, 2);
+    CHECK(strstr(r.err, "delete: bad cid '-3'") != NULL);
+    run_cli(&r, NOANS, NULL, ARGS("--version"));
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strncmp(r.out, "pmgcm ", 6) == 0);
+}
+
+/* the man page's way of writing a word: '-' as "\-" */
+static void man_word(char *out, size_t cap, const char *prefix,
+                     const char *w)
+{
+    size_t o = (size_t)snprintf(out, cap, "%s", prefix);
+
+    for (; *w != '\0' && o + 3 < cap; w++) {
+        if (*w == '-')
+            out[o++] = '\\';
+        out[o++] = *w;
+    }
+    out[o] = '\0';
+}
+
+/* doc/pmgcm.1, the README, the completion: every command and option of
+ * the table is in each */
+static void test_docs_follow_table(void)
+{
+    char *man = read_doc("doc/pmgcm.1");
+    char *readme = read_doc("README.md");
+    char *comp = read_doc("contrib/pmgcm.bash-completion");
+    const char *cmds = comp ? strstr(comp, "local commands=\"") : NULL;
+
+    REQUIRE(man != NULL && readme != NULL && comp != NULL && cmds != NULL);
+    for (size_t i = 0; i < PMM_CMD_COUNT; i++) {
+        const pmm_ctl_cmd *c = &pmm_ctl_cmds[i];
+        char want[96];
+        const char *end = strchr(cmds, '\n');
+        if (c->name == NULL)
+            continue;
+        man_word(want, sizeof(want), "\n.B ", c->name);
+        if (strstr(man, want) == NULL)
+            printf("#   doc/pmgcm.1 has no paragraph for %s (%s)\n", c->name,
+                   want + 1);
+        CHECK(strstr(man, want) != NULL);
+        snprintf(want, sizeof(want), "pmgcm %s", c->name);
+        if (strstr(readme, want) == NULL)
+            printf("#   README.md never shows `%s`\n", want);
+        CHECK(strstr(readme, want) != NULL);
+        snprintf(want, sizeof(want), " %s ", c->name);
+        {
+            /* the word in the completion's command list */
+            char list[512];
+            size_t n = (size_t)(end - cmds);
+            snprintf(list, sizeof(list), " %.*s ", (int)(n < 500 ? n : 500),
+                     cmds + strlen("local commands=\""));
+            char *q = strchr(list, '"');
+            if (q != NULL)
+                memcpy(q, " ", 2);
+            if (strstr(list, want) == NULL)
+                printf("#   the completion's commands lack %s\n", c->name);
+            CHECK(strstr(list, want) != NULL);
+        }
+    }
+    for (int id = 0; id < PMM_OPT_COUNT; id++) {
+        char want[96];
+        man_word(want, sizeof(want), "\\-\\-", pmm_cli_opts[id].name);
+        if (strstr(man, want) == NULL)
+            printf("#   doc/pmgcm.1 lacks %s\n", want);
+        CHECK(strstr(man, want) != NULL);
+        snprintf(want, sizeof(want), "--%s", pmm_cli_opts[id].name);
+        if (strstr(comp, want) == NULL)
+            printf("#   the completion lacks %s\n", want);
+        CHECK(strstr(comp, want) != NULL);
+        if (strstr(readme, want) == NULL)
+            printf("#   README.md never names %s\n", want);
+        CHECK(strstr(readme, want) != NULL);
+    }
+    /* the completion offers each command's own options */
+    for (size_t i = 0; i < PMM_CMD_COUNT; i++) {
+        const pmm_ctl_cmd *c = &pmm_ctl_cmds[i];
+        char want[96];
+        const char *row, *eol;
+        if (c->name == NULL || c->opts == 0)
+            continue;
+        snprintf(want, sizeof(want), "\n        %s) opts=\"", c->name);
+        row = strstr(comp, want);
+        CHECK(row != NULL);
+        if (row == NULL) {
+            printf("#   the completion has no opts for %s\n", c->name);
+            continue;
+        }
+        eol = strchr(row + 1, '\n');
+        for (int id = 0; id < PMM_OPT_COUNT; id++)
+            if (c->opts & PMM_OPT(id)) {
+                const char *at;
+                snprintf(want, sizeof(want), "--%s", pmm_cli_opts[id].name);
+                at = strstr(row, want);
+                CHECK(at != NULL && at < eol);
+            }
+    }
+    free(man);
+    free(readme);
+    free(comp);
+}
+
+/* every wire command of the table is what the daemon's parser accepts,
+ * and what pmgcm sends for it parses back to the same row */
+static void test_table_and_parser(void)
+{
+    for (size_t i = 0; i < PMM_CMD_COUNT; i++) {
+        const pmm_ctl_cmd *c = &pmm_ctl_cmds[i];
+        char req[128], err[PMM_CTL_ERR_MAX];
+        const char *cmd = NULL;
+        pmm_json *args = NULL;
+        bool needs = false;
+        CHECK(c->id == (pmm_ctl_id)i);
+        CHECK(c->help != NULL && strlen(c->help) < 60);
+        CHECK(c->synopsis != NULL);
+        CHECK(c->min_pos <= c->max_pos && c->max_pos <= 2);
+        if (c->name != NULL)
+            CHECK(pmm_ctl_cmd_by_name(c->name) == c);
+        if (c->wire == NULL)
+            continue;
+        CHECK(pmm_ctl_cmd_by_wire(c->wire) == c);
+        for (int k = 0; k < PMM_CTL_ARGS_MAX && c->args[k].key; k++)
+            needs |= c->args[k].required;
+        snprintf(req, sizeof(req), "{\"cmd\":\"%s\"}\n", c->wire);
+        int rc = pmm_ctl_parse_request(req, strlen(req), &cmd, &args, err,
+                                       sizeof(err));
+        CHECK_EQ_INT(rc, needs ? -EINVAL : 0);
+        if (rc == 0)
+            CHECK(strcmp(cmd, c->wire) == 0);
+        pmm_json_free(args);
+    }
+    for (int id = 0; id < PMM_OPT_COUNT; id++)
+        CHECK(pmm_cli_opts[id].name != NULL && pmm_cli_opts[id].help != NULL &&
+              strlen(pmm_cli_opts[id].help) < 80);
+}
+
+/* ---- join: membership first ------------------------------------------------- */
+
+static void test_join_member_first(void)
+{
+    run r;
+    const char *in_cluster =
+        "{\"ok\":true,\"members\":[{\"name\":\"pmg5\",\"cid\":1,\"ip\":"
+        "\"192.168.2.127\",\"role\":\"master\"},{\"name\":\"pmg6\",\"cid\":2,"
+        "\"ip\":\"192.168.2.128\",\"role\":\"node\"}],\"cluster\":{"
+        "\"cluster_id\":\"00\",\"epoch\":1,\"version\":3,\"master_cid\":1}}\n";
+    int fd = posix_openpt(O_RDWR | O_NOCTTY);
+
+    /* on a terminal, without --fingerprint or a password file: nothing is
+     * asked */
+    if (fd >= 0) {
+        close(fd);
+        run_cli(&r, ANS(in_cluster), (const step[]){{NULL, NULL}},
+                ARGS(S, "join", "10.0.0.1"));
+        CHECK_EQ_INT(r.rc, 1);
+        CHECK_EQ_INT(r.nreq, 1);
+        CHECK(strcmp(r.req[0], "{\"cmd\":\"status\"}\n") == 0);
+        CHECK(strcmp(r.err, "pmgcm: this node is already in a cluster "
+                            "(master pmg5, cid 1, at 192.168.2.127): nothing "
+                            "done; to move it, delete it on that master "
+                            "first\n") == 0);
+        CHECK(strstr(r.tty, "password") == NULL);
+        CHECK(strstr(r.tty, "fingerprint") == NULL);
+        if (r.rc != 1)
+            show(&r);
+    }
+    set_pw("pw\n", 0600);
+    run_cli(&r, ANS(in_cluster), NULL,
+            ARGS(S, "--output-format", "json", "join", "10.0.0.1", "--yes",
+                 "--password-file", pwfile));
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK_EQ_INT(r.nreq, 1);
+    CHECK(strncmp(r.out, "{\"ok\":false,\"error\":\"this node is already in "
+                         "a cluster", 50) == 0);
+    /* the daemon cannot be asked: stop there too */
+    run_cli(&r, ANS("{\"ok\":false,\"error\":\"gossip is not running "
+                    "yet\"}\n"), NULL,
+            ARGS(S, "join", "10.0.0.1", "--yes", "--password-file", pwfile));
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK_EQ_INT(r.nreq, 1);
+    CHECK(strcmp(r.err, "pmgcm: gossip is not running yet\n") == 0);
+}
+
+/* ---- update-fingerprints ---------------------------------------------------- */
+
+#define FP2 "11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:" \
+            "66:77:88:99:AA:BB:CC:DD:EE:FF:00"
+static const char upfp_probe[] =
+    "{\"ok\":true,\"nodes\":[{\"cid\":1,\"name\":\"pmg5\",\"ip\":\"10.0.0.1\","
+    "\"state\":\"unchanged\",\"fingerprint\":\"" FP "\"},{\"cid\":2,\"name\":"
+    "\"pmg6\",\"ip\":\"10.0.0.2\",\"state\":\"changed\",\"fingerprint\":\""
+    FP "\",\"presented\":\"" FP2 "\"},{\"cid\":3,\"name\":\"pmg7\",\"ip\":"
+    "\"10.0.0.3\",\"state\":\"unchanged\",\"fingerprint\":\"" FP "\"}],"
+    "\"changed\":1}\n";
+
+static void test_update_fingerprints(void)
+{
+    run r;
+    int fd;
+
+    /* --yes: the change is pinned with exactly the fingerprint shown */
+    run_cli(&r, ANS(upfp_probe, "{\"ok\":true,\"cid\":2,\"updated\":true}\n"),
+            NULL, ARGS(S, "update-fingerprints", "--yes"));
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK_EQ_INT(r.nreq, 2);
+    CHECK(strcmp(r.req[0], "{\"cmd\":\"update-fingerprints\"}\n") == 0);
+    CHECK(strcmp(r.req[1], "{\"cmd\":\"update-fingerprints\",\"cid\":2,"
+                           "\"fingerprint\":\"" FP2 "\"}\n") == 0);
+    CHECK(strstr(r.out, "pmg5 (cid 1, 10.0.0.1): unchanged\n") != NULL);
+    CHECK(strstr(r.out, "pmg6 (cid 2, 10.0.0.2): its certificate CHANGED\n"
+                        "    pinned:    " FP "\n    presents:  " FP2 "\n"
+                        "    pinned the new fingerprint\n") != NULL);
+    CHECK(strstr(r.out, "fingerprints up to date (new ones pinned)\n") != NULL);
+    {
+        /* what pmgcm sends parses on the daemon's side */
+        const char *cmd;
+        pmm_json *args = NULL;
+        char err[PMM_CTL_ERR_MAX];
+        CHECK(pmm_ctl_parse_request(r.req[1], strlen(r.req[1]), &cmd, &args,
+                                    err, sizeof(err)) == 0);
+        pmm_json_free(args);
+    }
+    if (r.rc != 0)
+        show(&r);
+
+    /* no terminal, no --yes: shown, not pinned, exit 1 */
+    run_cli(&r, ANS(upfp_probe), NULL, ARGS(S, "update-fingerprints"));
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK_EQ_INT(r.nreq, 1);
+    CHECK(strstr(r.out, "not pinned (confirm with yes, or --yes)") != NULL);
+    CHECK(strstr(r.out, "1 changed certificate(s) not pinned") != NULL);
+
+    /* on a terminal: "no" keeps the old one, "yes" pins */
+    fd = posix_openpt(O_RDWR | O_NOCTTY);
+    if (fd >= 0) {
+        close(fd);
+        run_cli(&r, ANS(upfp_probe),
+                (const step[]){{"Pin the new one? (yes/no): ", "no"},
+                               {NULL, NULL}},
+                ARGS(S, "update-fingerprints"));
+        CHECK_EQ_INT(r.rc, 1);
+        CHECK_EQ_INT(r.nreq, 1);
+        run_cli(&r, ANS(upfp_probe, "{\"ok\":true,\"updated\":true}\n"),
+                (const step[]){{"Pin the new one? (yes/no): ", "yes"},
+                               {NULL, NULL}},
+                ARGS(S, "update-fingerprints"));
+        CHECK_EQ_INT(r.rc, 0);
+        CHECK_EQ_INT(r.nreq, 2);
+        CHECK(strstr(r.tty, "\"fingerprint\"") != NULL);
+        if (r.rc != 0)
+            show(&r);
+    }
+
+    /* an unreachable node: reported, exit 1; json: one document */
+    run_cli(&r, ANS("{\"ok\":true,\"nodes\":[{\"cid\":2,\"name\":\"pmg6\","
+                    "\"ip\":\"10.0.0.2\",\"state\":\"unreachable\","
+                    "\"fingerprint\":\"" FP "\",\"error\":\"connection "
+                    "refused\"}],\"changed\":0}\n"),
+            NULL, ARGS(S, "--output-format", "json", "update-fingerprints"));
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK(strncmp(r.out, "{\"ok\":true,\"nodes\":[{\"cid\":2,\"name\":\"pmg6\","
+                         "\"ip\":\"10.0.0.2\",\"state\":\"unreachable\"", 80)
+          == 0);
+    CHECK(strstr(r.out, "\"unreachable\":1}\n") != NULL);
+    /* the daemon refuses (not the master) */
+    run_cli(&r, ANS("{\"ok\":false,\"error\":\"only the master can update "
+                    "fingerprints; the master is pmg5 (10.0.0.1)\"}\n"),
+            NULL, ARGS(S, "update-fingerprints"));
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK(strstr(r.err, "only the master can update fingerprints") != NULL);
+}
+
+/* ---- the progress line -------------------------------------------------------- */
+
+static void test_progress_line(void)
+{
+    char line[2048];
+    pmc_progress with = {.state = "loading", .error = "",
+                         .rows = 400000, .est_rows = 1000000,
+                         .bytes = 41e6, .est_bytes = 100e6,
+                         .tables_done = 3, .tables = 7, .elapsed_ms = 8200};
+    pmc_progress none = with; /* PostgreSQL gave no estimate */
+    pmc_progress wait = {.state = "waiting", .error =
+        "cannot reach the master at 10.0.0.1:7947: connection refused; "
+        "retrying in 5 s, and this reason is long enough to need cutting"};
+
+    none.est_rows = 0;
+    none.est_bytes = 0;
+    for (int w = 0; w <= 300; w++) {
+        const pmc_progress *ps[] = {&with, &none, &wait};
+        for (size_t k = 0; k < 3; k++) {
+            size_t n = pmc_progress_line(line, sizeof(line), w, ps[k]);
+            size_t lim = (size_t)(w < 20 ? 20 : w) - 1;
+            CHECK(n == strlen(line));
+            if (n > lim)
+                printf("#   width %d: %zu characters: %s\n", w, n, line);
+            CHECK(n <= lim);
+            for (size_t i = 0; i < n; i++)
+                CHECK((unsigned char)line[i] >= 0x20 &&
+                      (unsigned char)line[i] < 0x7f);
+            CHECK(strncmp(line, k == 2 ? "waiting" : "snapshot",
+                          k == 2 ? 7 : 8) == 0);
+        }
+    }
+    pmc_progress_line(line, sizeof(line), 80, &with);
+    printf("#   80: %s\n", line);
+    CHECK(strstr(line, " [#") != NULL);
+    CHECK(strstr(line, " 40%") != NULL);
+    CHECK(strstr(line, "41.0 MB/~100.0 MB") != NULL);
+    CHECK(strstr(line, "5.0 MB/s") != NULL);
+    CHECK(strstr(line, "ETA 12s") != NULL);
+    pmc_progress_line(line, sizeof(line), 132, &with);
+    printf("#   132: %s\n", line);
+    CHECK(strstr(line, "tables 3/7") != NULL);
+    CHECK(strstr(line, "rows 400000/~1000000") != NULL);
+    /* no estimate: bytes and rate, no bar, no percentage */
+    pmc_progress_line(line, sizeof(line), 80, &none);
+    printf("#   80, no estimate: %s\n", line);
+    CHECK(strstr(line, "41.0 MB") != NULL);
+    CHECK(strstr(line, "5.0 MB/s") != NULL);
+    CHECK(strchr(line, '[') == NULL && strchr(line, '%') == NULL);
+    CHECK(strstr(line, "8s") != NULL);
+    /* bytes estimate only: a bar from the bytes */
+    none.est_bytes = 82e6;
+    pmc_progress_line(line, sizeof(line), 80, &none);
+    CHECK(strstr(line, " 50%") != NULL);
+    /* narrow: the bar and the percentage survive longest after bytes */
+    pmc_progress_line(line, sizeof(line), 40, &with);
+    printf("#   40: %s\n", line);
+    CHECK(strstr(line, "[") != NULL && strstr(line, "40%") != NULL);
+    /* waiting, with its reason cut to the width */
+    pmc_progress_line(line, sizeof(line), 80, &wait);
+    CHECK(strncmp(line, "waiting for a snapshot: cannot reach", 36) == 0);
+    CHECK(strlen(line) == 79);
+    /* the terminal's width: $COLUMNS without a terminal, else 80 */
+    setenv("COLUMNS", "132", 1);
+    CHECK_EQ_INT(pmc_term_width(-1), 132);
+    setenv("COLUMNS", "13x", 1);
+    CHECK_EQ_INT(pmc_term_width(-1), 80);
+    unsetenv("COLUMNS");
+    CHECK_EQ_INT(pmc_term_width(-1), 80);
+}
+
 int main(void)
 {
     const char *top = getenv("abs_top_builddir");
@@ -1105,6 +1601,13 @@ int main(void)
     TAP_RUN(test_text_errors);
     TAP_RUN(test_no_terminal);
     TAP_RUN(test_terminal_prompts);
+    TAP_RUN(test_help);
+    TAP_RUN(test_getopt);
+    TAP_RUN(test_docs_follow_table);
+    TAP_RUN(test_table_and_parser);
+    TAP_RUN(test_join_member_first);
+    TAP_RUN(test_update_fingerprints);
+    TAP_RUN(test_progress_line);
     close(lfd);
     unlink(sock_path);
     unlink(pwfile);
