@@ -3,6 +3,12 @@
  * local pmgclusterd over its control socket (protocol: membership.h),
  * prints the answer.
  *
+ * The commands and options are the shared table's (membership.h,
+ * pmm_ctl_cmds[] and pmm_cli_opts[]): getopt_long, the per-command option
+ * check, usage and `help [CMD]` are generated from it, and cli_cmds[] at
+ * the end of this file holds pmgcm's function for each row. Adding a
+ * command: read the comment above pmm_ctl_id in membership.h.
+ *
  * ---- usage (for the README) -------------------------------------------------
  *
  *   pmgcm [--socket PATH] [--output-format text|json|json-pretty] COMMAND [ARGS]
@@ -15,7 +21,8 @@
  *
  *   pmgcm join <master_ip> [--fingerprint FP] [--password-file FILE] [--yes]
  *              [--no-wait]
- *       Join the cluster whose master is at <master_ip> (IPv4 or IPv6; add
+ *       First asks the daemon whether this node is in a cluster already
+ *       (then it says so and exits 1, before any prompt). Join the cluster whose master is at <master_ip> (IPv4 or IPv6; add
  *       the port, 10.0.0.1:7957 or [fd00::1]:7957, when the master's node
  *       API is not on the default port 7947 - join-cmd prints it so).
  *       Without --fingerprint, the master's certificate fingerprint is
@@ -82,8 +89,19 @@
  *   pmgcm undrain
  *       Put it back: ready again (if nothing else is wrong).
  *
+ *   pmgcm update-fingerprints [--yes]
+ *       On the master: refresh its own certificate fingerprint in the
+ *       cluster config and ask every other node which certificate it
+ *       presents; a changed one is shown and pinned only once confirmed
+ *       (typed yes on the terminal, or --yes). Exit 1 while a change is
+ *       not pinned or a node could not be checked.
+ *
  *   pmgcm keygen
  *       Print a new random gossip key (for key_file).
+ *
+ *   pmgcm help [COMMAND]
+ *       List the commands, or one command's synopsis and options (also
+ *       `pmgcm COMMAND --help`).
  *
  *   Options valid with every command (before or after it):
  *     --socket PATH         pmgclusterd's control socket (default
@@ -102,6 +120,8 @@
  *   A password file holds the password on its first line (a trailing
  *   newline is ignored; 1..1024 bytes of UTF-8, no control characters) and
  *   must not be readable by everyone (chmod 600).
+ *
+ *   Options are parsed with getopt_long and never abbreviated.
  *
  *   Exit status: 0 success; 1 the daemon refused or failed (its error is
  *   printed as "pmgcm: <error>"), or it could not be reached; 2 usage error

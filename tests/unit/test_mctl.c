@@ -160,6 +160,20 @@ static void test_parse_good(void)
     CHECK(parses("{\"cmd\":\"sync\"}", "sync"));
     CHECK(parses("{\"cmd\":\"sync\",\"master_ip\":\"10.0.0.2\"}", "sync"));
     CHECK(parses(join, "join"));
+    CHECK(parses("{\"cmd\":\"update-fingerprints\"}", "update-fingerprints"));
+    CHECK(parses("{\"cmd\":\"update-fingerprints\",\"cid\":2,"
+                 "\"fingerprint\":\"AB:CD\"}", "update-fingerprints"));
+    CHECK(parses("{\"cmd\":\"files-publish\",\"confirm\":true}",
+                 "files-publish"));
+    /* the table's pmgcm-only commands are no requests */
+    CHECK(REFUSED("{\"cmd\":\"keygen\"}", -ENOENT, "unknown command"));
+    CHECK(REFUSED("{\"cmd\":\"help\"}", -ENOENT, "unknown command"));
+    CHECK(REFUSED("{\"cmd\":\"files\"}", -ENOENT, "unknown command"));
+    CHECK(REFUSED("{\"cmd\":\"update-fingerprints\",\"cid\":0,"
+                  "\"fingerprint\":\"AB\"}", -EINVAL,
+                  "update-fingerprints: \"cid\" must be an integer"));
+    CHECK(REFUSED("{\"cmd\":\"update-fingerprints\",\"fingerprint\":"
+                  "\"A B\"}", -EINVAL, "printable ASCII"));
 
     /* the handler gets the whole object, decoded */
     REQUIRE(pmm_ctl_parse_request(join, strlen(join), &cmd, &args, err,
