@@ -15,6 +15,9 @@ BUILD_PKGS=(build-essential autoconf automake libtool pkg-config
 # python3 (integration helpers speak raw control-socket requests and drive
 # pmgcm on a pty with it).
 TEST_PKGS=(jq iproute2 procps valgrind python3)
+# pmgcm in a real terminal (tests/integration/cliterm.sh: join's progress
+# line at 80 and 132 columns).
+TEST_PKGS+=(tmux)
 # Status port tests (tests/integration/haproxy.sh): HTTP client, the real
 # load balancer, promtool (Debian's prometheus package).
 TEST_PKGS+=(curl haproxy prometheus)
