@@ -1555,13 +1555,13 @@ static int check_not_member(const cli *c)
     pmm_buf req;
     pmm_json *doc;
     const pmm_json *cl;
-    cli quiet = *c;
     int rc;
 
-    quiet.json = false;
+    /* a refusal is printed as JSON with --output-format json, an answer
+     * never (final = false) */
     req_init(&req, "status");
     req_end(&req);
-    rc = call(&quiet, &req, IO_TIMEOUT_S, false, &doc);
+    rc = call(c, &req, IO_TIMEOUT_S, false, &doc);
     pmm_buf_free(&req);
     if (rc != 0)
         return 1;
@@ -1896,17 +1896,14 @@ static int cmd_update_fp(const cli *c)
     int rc, pending = 0, unreachable = 0, pinned = 0;
     cli quiet = *c;
 
-    quiet.json = false;
+    quiet.json = false; /* for the pins: one JSON document at the end */
     req_init(&req, "update-fingerprints");
     req_end(&req);
-    rc = call(&quiet, &req, LONG_TIMEOUT_S, false, &doc);
+    /* a refusal is printed as JSON with --output-format json */
+    rc = call(c, &req, LONG_TIMEOUT_S, false, &doc);
     pmm_buf_free(&req);
-    if (rc != 0) {
-        if (c->json) /* the error as JSON too: call() printed it in words */
-            write_json("{\"ok\":false,\"error\":\"update-fingerprints "
-                       "failed (see stderr)\"}", 59);
+    if (rc != 0)
         return 1;
-    }
     nodes = pmm_json_get(doc, "nodes");
     pmm_buf_init(&out, PMM_CTL_REPLY_MAX);
     pmm_buf_puts(&out, "{\"ok\":true,\"nodes\":[");

@@ -1393,6 +1393,13 @@ static void test_join_member_first(void)
     CHECK_EQ_INT(r.rc, 1);
     CHECK_EQ_INT(r.nreq, 1);
     CHECK(strcmp(r.err, "pmgcm: gossip is not running yet\n") == 0);
+    run_cli(&r, ANS("{\"ok\":false,\"error\":\"gossip is not running "
+                    "yet\"}\n"), NULL,
+            ARGS(S, "--output-format", "json", "join", "10.0.0.1", "--yes",
+                 "--password-file", pwfile));
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK(strcmp(r.out, "{\"ok\":false,\"error\":\"gossip is not running "
+                        "yet\"}\n") == 0);
 }
 
 /* ---- update-fingerprints ---------------------------------------------------- */
@@ -1482,6 +1489,11 @@ static void test_update_fingerprints(void)
             NULL, ARGS(S, "update-fingerprints"));
     CHECK_EQ_INT(r.rc, 1);
     CHECK(strstr(r.err, "only the master can update fingerprints") != NULL);
+    run_cli(&r, ANS("{\"ok\":false,\"error\":\"no cluster defined\"}\n"),
+            NULL, ARGS(S, "update-fingerprints", "--output-format=json"));
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK(strcmp(r.out, "{\"ok\":false,\"error\":\"no cluster defined\"}\n")
+          == 0);
 }
 
 /* ---- the progress line -------------------------------------------------------- */
