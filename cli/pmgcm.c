@@ -2112,7 +2112,11 @@ static const char *typed_opt(char **argv, bool value_apart, char *buf,
 static int parse_args(cli *c, int argc, char **argv)
 {
     struct option lo[PMM_OPT_COUNT + 1];
-    char shorts[8] = ":";
+    /* '-': words come back in order as ch 1 (options may follow the
+     * command whatever POSIXLY_CORRECT says); ':': a missing value is ':' */
+    char shorts[8] = "-:";
+    const char *words[8];
+    int nwords = 0;
     unsigned seen = 0;
     char spelled[PMM_OPT_COUNT][ECHO_MAX + 8];
     int rc;
@@ -2142,6 +2146,13 @@ static int parse_args(cli *c, int argc, char **argv)
 
         if (ch == -1)
             break;
+        if (ch == 1) {
+            if (nwords == (int)(sizeof(words) / sizeof(words[0])))
+                return usage_error("unexpected argument '%s'",
+                                   shown(optarg));
+            words[nwords++] = optarg;
+            continue;
+        }
         if (ch == '?') {
             if (optopt >= 256)
                 return usage_error("option '--%s' takes no value",
@@ -2182,14 +2193,21 @@ static int parse_args(cli *c, int argc, char **argv)
         printf("pmgcm %s\n", PACKAGE_VERSION);
         return 0;
     }
-    if (optind >= argc) {
+    /* after "--": words only */
+    for (; optind < argc; optind++) {
+        if (nwords == (int)(sizeof(words) / sizeof(words[0])))
+            return usage_error("unexpected argument '%s'",
+                               shown(argv[optind]));
+        words[nwords++] = argv[optind];
+    }
+    if (nwords == 0) {
         if (c->help) {
             usage(stdout);
             return 0;
         }
         return usage_error("%s", "no command given");
     }
-    c->cmdname = argv[optind++];
+    c->cmdname = words[0];
     c->cmd = pmm_ctl_cmd_by_name(c->cmdname);
     if (c->cmd == NULL)
         return usage_error("unknown command '%s'", shown(c->cmdname));
@@ -2203,11 +2221,11 @@ static int parse_args(cli *c, int argc, char **argv)
             !((PMM_OPTS_GLOBAL | c->cmd->opts) & PMM_OPT(id)))
             return usage_error("%s: unknown option '%s'", c->cmdname,
                                shown(spelled[id]));
-    for (; optind < argc; optind++) {
+    for (int w = 1; w < nwords; w++) {
         if (c->npos >= c->cmd->max_pos)
             return usage_error("%s: unexpected argument '%s'", c->cmdname,
-                               shown(argv[optind]));
-        c->pos[c->npos++] = argv[optind];
+                               shown(words[w]));
+        c->pos[c->npos++] = words[w];
     }
     if (c->npos < c->cmd->min_pos)
         return usage_error("%s: missing %s", c->cmdname, c->cmd->synopsis);

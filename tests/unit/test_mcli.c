@@ -1209,6 +1209,14 @@ static void test_getopt(void)
     CHECK_EQ_INT(r.rc, 0);
     CHECK(strcmp(r.req[0], "{\"cmd\":\"delete\",\"cid\":3,\"purge\":true}\n")
           == 0);
+    /* options after the command also under POSIXLY_CORRECT */
+    setenv("POSIXLY_CORRECT", "1", 1);
+    run_cli(&r, ANS("{\"ok\":true,\"cid\":3}\n"), NULL,
+            ARGS("delete", "3", "--purge", S));
+    unsetenv("POSIXLY_CORRECT");
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strcmp(r.req[0], "{\"cmd\":\"delete\",\"cid\":3,\"purge\":true}\n")
+          == 0);
     /* "--" ends the options */
     run_cli(&r, NOANS, NULL, ARGS(S, "delete", "--", "-3"));
     CHECK_EQ_INT(r.rc, 2);
