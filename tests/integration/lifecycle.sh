@@ -288,7 +288,8 @@ it_diag "the unreachable master was given up after $(ms $DUR_MS) s"
 refusal "join sent to node2, not the master: the error names the master" $D \
     "not the master; the master is node1 \\(${IT_IP[A]//./\\.}\\)" "$A $B $C" "$D" \
     join "${IT_IP[B]}" --fingerprint "$FP_B" --password-file "$PW"
-refusal "join from node2, already in a cluster" $B 'cluster already defined on this node' \
+refusal "join from node2, already in a cluster: said before any prompt" $B \
+    "this node is already in a cluster \\(master node1, cid 1, at ${IT_IP[A]//./\\.}\\)" \
     "$A $B $C" "" join "${IT_IP[A]}" --fingerprint "$FP_A" --password-file "$PW"
 
 it_start_node $E || it_diag "node5 (named node2) did not answer"
