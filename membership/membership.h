@@ -206,6 +206,12 @@
  *                                             confirmation (files.h)
  *   {"cmd":"drain"}                           stop taking new traffic
  *   {"cmd":"undrain"}                         take traffic again
+ *   {"cmd":"update-fingerprints"[,"cid":CID,"fingerprint":FP]}
+ *                                             master: probe every node's
+ *                                             certificate / pin one that
+ *                                             the admin confirmed
+ * (the commands, their arguments and who may call them are the table
+ * below: pmm_ctl_cmds[])
  * Arguments, all checked before any handler runs:
  *   IP   string: an IPv4 or IPv6 literal (no port, no brackets, no zone)
  *   TARGET  string: IP, or IP:PORT / [IPv6]:PORT (port 1..65535) for a
@@ -239,6 +245,13 @@
  *   files-publish  {"ok":true,"digest":HEX,"files":N,"dropped":N} once
  *                published; without "confirm":true (or with nothing held)
  *                an error that says what is held and why
+ *   update-fingerprints  without cid: {"ok":true,"nodes":[{"cid":N,
+ *                "name":S,"ip":S,"state":"unchanged"|"changed"|"updated"
+ *                |"unreachable","fingerprint":PINNED[,"presented":FP]
+ *                [,"error":S]}...],"changed":N} (this node's own entry is
+ *                refreshed: "updated"; others are only reported); with
+ *                cid: {"ok":true,"cid":N,"fingerprint":FP,"old":FP,
+ *                "updated":BOOL}
  *   sync         {"ok":true[,"epoch":E,"version":V,"master_cid":C,
  *                 "updated":BOOL][,"master_ip":IP]}
  *   drain, undrain  {"ok":true,"draining":BOOL,"changed":BOOL,
