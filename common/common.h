@@ -64,6 +64,13 @@ enum pmm_errcode { PMM_ERRNO_MAP(PMM_ERRNO_ENUM) };
  * gsp_strerror, pmm_tls_strerror and pst_strerror are this function. */
 const char *pmm_strerror(int err);
 
+/* This build's version: PACKAGE_VERSION, plus "+<git describe --always
+ * --dirty>" when the source tree was a git checkout at build time
+ * ("0.1.0+94bd217"); at most PMM_BUILD_VERSION_MAX printable bytes
+ * (generated: common/Makefile.inc). */
+#define PMM_BUILD_VERSION_MAX 63
+extern const char pmm_build_version[];
+
 /* ---- logging: "LEVEL subsystem: message" on stderr -------------------- */
 typedef enum pmm_log_level {
     PMM_LOG_ERROR = 0,

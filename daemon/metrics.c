@@ -130,7 +130,7 @@ GET(g_budget_refused, v->budget.refused)
 #undef GET
 #undef NTH
 
-static const char *const v_version[] = {PACKAGE_VERSION, NULL};
+static const char *const v_version[] = {pmm_build_version, NULL};
 static const char *const v_state[] = {"alive", "suspect", "dead", "left",
                                       NULL};
 static const char *const v_direction[] = {"in", "out", NULL};

@@ -124,6 +124,9 @@ typedef struct node {
     bool http_failed, agent_failed; /* logged once, retried quietly */
     uv_timer_t http_retry_timer;
     int64_t started_unix;
+    /* the node API protocol range this node speaks (net.h PMM_PROTO_*;
+     * tests: PMGCLUSTERD_TEST_PROTO="MIN-MAX") */
+    uint32_t proto_min, proto_max;
 
     /* draining, persisted in data_dir/draining (uv_queue_work) */
     bool draining;
@@ -517,6 +520,9 @@ static bool meta_from_sample(node *n)
         m.cfg_version = cl ? cl->version : 0;
     }
     m.files_sync = pmm_files_sync_tag(n->files);
+    m.proto_min = n->proto_min;
+    m.proto_max = n->proto_max;
+    snprintf(m.build, sizeof(m.build), "%s", pmm_build_version);
     if (n->repl != NULL) {
         pst_info si;
         pmm_repl_info(n->repl, &si);
@@ -2183,8 +2189,9 @@ static int stage_identity(node *n)
     }
 
     pmm_log(PMM_LOG_INFO, "daemon",
-            "pmgclusterd %s: node %s id %s%s generation %llu, bind %s, "
-            "advertise %s", PACKAGE_VERSION, n->cfg.name, n->id_hex,
+            "pmgclusterd %s (protocol %u..%u): node %s id %s%s generation "
+            "%llu, bind %s, advertise %s", pmm_build_version, n->proto_min,
+            n->proto_max, n->cfg.name, n->id_hex,
             created ? " (new)" : "", (unsigned long long)n->gen,
             gsp_addr_str(&n->cfg.bind, a1, sizeof(a1)),
             gsp_addr_str(&n->cfg.advertise, a2, sizeof(a2)));
@@ -2337,8 +2344,10 @@ static int stage_api(node *n)
     if (rc != 0) {
         pmm_log(PMM_LOG_ERROR, "cluster", "%s", err);
         n->api = NULL;
+        return rc;
     }
-    return rc;
+    pmm_api_set_proto(n->api, n->proto_min, n->proto_max);
+    return 0;
 }
 
 /* after everything that serves or calls there */
@@ -2553,7 +2562,8 @@ int main(int argc, char **argv)
         case 'f':
             break;
         case 'V':
-            printf("pmgclusterd %s\n", PACKAGE_VERSION);
+            printf("pmgclusterd %s (protocol %u..%u)\n", pmm_build_version,
+                   PMM_PROTO_MIN, PMM_PROTO_MAX);
             return 0;
         case 'h':
             usage(stdout);
@@ -2632,6 +2642,27 @@ int main(int argc, char **argv)
     n->meta_timer.data = n->peers_timer.data = n->leave_timer.data = n;
     n->http_retry_timer.data = n;
     n->started_unix = (int64_t)time(NULL);
+    n->proto_min = PMM_PROTO_MIN;
+    n->proto_max = PMM_PROTO_MAX;
+    {
+        /* for tests only: speak another protocol range */
+        const char *tp = getenv("PMGCLUSTERD_TEST_PROTO");
+        unsigned lo, hi;
+        char extra;
+        if (tp != NULL && *tp) {
+            if (sscanf(tp, "%u-%u%c", &lo, &hi, &extra) != 2 || lo == 0 ||
+                hi < lo || hi > 1000) {
+                pmm_log(PMM_LOG_ERROR, "daemon", "PMGCLUSTERD_TEST_PROTO="
+                        "%s ignored: want MIN-MAX (1 <= MIN <= MAX <= 1000)",
+                        tp);
+            } else {
+                n->proto_min = lo;
+                n->proto_max = hi;
+                pmm_log(PMM_LOG_WARN, "daemon", "PMGCLUSTERD_TEST_PROTO: "
+                        "speaking protocol %u..%u (for tests)", lo, hi);
+            }
+        }
+    }
 
     rc = node_start(n);
     if (rc != 0) {

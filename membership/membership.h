@@ -450,6 +450,7 @@ int pmm_state_write_peers(const char *dir, const gsp_addr *addrs, size_t n);
 #define PMM_ROLE_MAX 16
 
 #define PMM_META_ORIGINS_MAX 24
+
 #define PMM_DB_REASON_MAX 111 /* printable ASCII */
 
 typedef struct pmm_meta {
@@ -471,6 +472,9 @@ typedef struct pmm_meta {
     bool db_loaded;      /* its store holds loaded data */
     uint64_t files_sync; /* mirrored files: tag of the published manifest
                           * files_dir is in sync with, 0 = not (files.h) */
+    uint32_t proto_min, proto_max; /* node API protocol range (decode:
+                          * 1..1 when absent, an old build) */
+    char build[PMM_BUILD_VERSION_MAX + 1]; /* build version, "" unknown */
     uint32_t n_origins;  /* per-origin positions (store/store.h) */
     struct {
         uint32_t cid;
@@ -547,6 +551,11 @@ typedef struct pmm_status_row {
     char reason[PMM_STATUS_REASON_MAX + 1];
     int64_t last_seen;
     bool removed;
+    /* the node's build version ("" unknown: no metadata, or a build from
+     * before versioning) and node API protocol range (1..1 for such an
+     * old build; 0..0 without metadata) */
+    char version[PMM_BUILD_VERSION_MAX + 1];
+    uint32_t proto_min, proto_max;
 } pmm_status_row;
 
 char pmm_state_letter(gsp_state s);
@@ -561,6 +570,8 @@ void pmm_status_db_finish(pmm_status_row *rows, size_t n);
 void pmm_status_row_from_member(pmm_status_row *r, const gsp_member *m,
                                 int64_t now_unix);
 /* After pmm_status_db_finish: each row's reason from its state, last_seen
+ * (an alive node whose protocol range does not overlap the self row's:
+ * "protocol versions A..B do not overlap ours (C..D): ...")
  * and store (D: "ERROR: unreachable, last seen 2m13s ago" as PMG prints a
  * node it cannot reach; ?: suspect; L: left; S: the store's reason), and
  * no LOAD/MEM/DISK/UPTIME for a D or L row (stale). removed_why (NULL:
@@ -581,12 +592,15 @@ char *pmm_format_uptime(int64_t secs, char *buf, size_t len);
  * row with a reason carries it after the DISK column (two spaces), so the
  * columns stay PMG's. */
 int pmm_status_render_text(pmm_buf *b, const pmm_status_row *rows, size_t n);
+/* Below the table, only while builds differ (a rolling upgrade): one line
+ * "versions: 0.1.0+abc (node1, node2); before versioning (node3)". */
 /* JSON array of objects: name, cid, ip, role, state, uptime, load, mem,
  * disk (null when unknown), id, gossip_state, port, self, and db
  * ({state, reason, epoch, seq, lag_changes, lag_seconds, kept:
  * {backups, divergence}, origins}) when has_db, reason ("" for A),
- * last_seen (seconds ago, null unknown), and removed: true on a removed
- * node's own row. */
+ * last_seen (seconds ago, null unknown), removed: true on a removed
+ * node's own row, and once its metadata was read, version (null: a build
+ * from before versioning) and protocol ({min, max}). */
 int pmm_status_write_json(pmm_buf *b, const pmm_status_row *rows, size_t n);
 /* Reads such an array back (validating every field). *rows is malloc'd. */
 int pmm_status_from_json(const pmm_json *arr, pmm_status_row **rows,

@@ -84,6 +84,20 @@ int pmm_meta_encode(const pmm_meta *m, uint8_t *buf, size_t cap, size_t *len)
     }
     nm.n_origins = m->n_origins;
     nm.origins = op;
+    /* 0..0: no range given (read back as 1..1, as an old build) */
+    if (m->proto_min != 0 || m->proto_max != 0) {
+        if (m->proto_min == 0 || m->proto_max < m->proto_min)
+            return -EINVAL;
+        nm.has_proto_min = nm.has_proto_max = true;
+        nm.proto_min = m->proto_min;
+        nm.proto_max = m->proto_max;
+    }
+    {
+        size_t bl = strnlen(m->build, sizeof(m->build));
+        if (bl == sizeof(m->build) || !reason_ok(m->build, bl))
+            return -EINVAL;
+        if (bl) nm.build = (char *)m->build;
+    }
     need = pmgcm__membership__node_meta__get_packed_size(&nm);
     if ((need > cap || need > GSP_META_MAX) && nm.db_reason != NULL) {
         /* the reason is the first thing to go */
@@ -132,6 +146,17 @@ int pmm_meta_decode(pmm_meta *out, const uint8_t *buf, size_t len)
     m.db_divergence = nm->has_db_divergence ? nm->db_divergence : 0;
     m.db_loaded = nm->has_db_loaded && nm->db_loaded;
     m.files_sync = nm->has_files_sync ? nm->files_sync : 0;
+    /* no range: a build from before versioning, protocol 1 */
+    m.proto_min = nm->has_proto_min ? nm->proto_min : 1;
+    m.proto_max = nm->has_proto_max ? nm->proto_max : m.proto_min;
+    if (m.proto_min == 0 || m.proto_max < m.proto_min)
+        goto out;
+    if (nm->build != NULL) {
+        size_t n = strlen(nm->build);
+        if (n > PMM_BUILD_VERSION_MAX || !reason_ok(nm->build, n))
+            goto out;
+        memcpy(m.build, nm->build, n + 1);
+    }
     if (nm->n_origins > PMM_META_ORIGINS_MAX)
         goto out;
     m.n_origins = (uint32_t)nm->n_origins;

@@ -50,6 +50,9 @@ void pmm_status_row_from_member(pmm_status_row *r, const gsp_member *m,
         return;
     r->has_meta = true;
     r->cid = meta.cid;
+    memcpy(r->version, meta.build, sizeof(r->version));
+    r->proto_min = meta.proto_min;
+    r->proto_max = meta.proto_max;
     memcpy(r->role, meta.role, sizeof(r->role));
     r->load = meta.load1 / 100.0;
     r->mem = (int)meta.mem_pct;
@@ -154,6 +157,9 @@ static void seen_words(char *dst, size_t cap, const pmm_status_row *r)
 void pmm_status_reasons(pmm_status_row *rows, size_t n,
                         const char *removed_why, int64_t removed_ago)
 {
+    const pmm_status_row *me = NULL;
+    for (size_t i = 0; i < n; i++)
+        if (rows[i].self && rows[i].proto_min != 0) me = &rows[i];
     for (size_t i = 0; i < n; i++) {
         pmm_status_row *r = &rows[i];
         char seen[96], ago[32];
@@ -192,6 +198,19 @@ void pmm_status_reasons(pmm_status_row *rows, size_t n,
         default:
             break;
         }
+        /* a node this one cannot talk to (refused on the node API both
+         * ways): the first thing to fix, whatever its letter */
+        if (me != NULL && r != me && r->proto_min != 0 &&
+            (r->state == 'A' || r->state == 'S' || r->state == '?') &&
+            !pmm_proto_overlap(r->proto_min, r->proto_max, me->proto_min,
+                               me->proto_max))
+            snprintf(r->reason, sizeof(r->reason),
+                     "ERROR: protocol versions %u..%u (build %s) do not "
+                     "overlap ours (%u..%u): its node API requests are "
+                     "refused; upgrade the older build",
+                     r->proto_min, r->proto_max,
+                     r->version[0] ? r->version : "before versioning",
+                     me->proto_min, me->proto_max);
         /* a dead or departed node's figures are stale: not shown */
         if (r->state == 'D' || r->state == 'L') {
             r->uptime = -1;
@@ -282,6 +301,40 @@ int pmm_status_render_text(pmm_buf *b, const pmm_status_row *rows, size_t n)
                        ip, role, r->state, up, load, mem, disk,
                        why[0] ? "  " : "", why);
     }
+    /* below the table, while builds differ (a rolling upgrade) */
+    bool mixed = false;
+    for (size_t i = 1; i < n; i++)
+        if (rows[i].has_meta && rows[0].has_meta &&
+            strcmp(rows[i].version, rows[0].version) != 0)
+            mixed = true;
+    if (mixed) {
+        pmm_buf_puts(b, "versions:");
+        for (size_t i = 0; i < n; i++) {
+            bool seen = false;
+            if (!rows[i].has_meta) continue;
+            for (size_t k = 0; k < i; k++)
+                if (rows[k].has_meta &&
+                    strcmp(rows[k].version, rows[i].version) == 0)
+                    seen = true;
+            if (seen) continue;
+            char v[PMM_BUILD_VERSION_MAX + 1];
+            term_safe(v, sizeof(v), rows[i].version);
+            pmm_buf_printf(b, "%s %s (", i ? ";" : "",
+                           v[0] ? v : "before versioning");
+            bool first = true;
+            for (size_t k = i; k < n; k++) {
+                char name[GSP_NAME_MAX + 1];
+                if (!rows[k].has_meta ||
+                    strcmp(rows[k].version, rows[i].version) != 0)
+                    continue;
+                term_safe(name, sizeof(name), rows[k].name);
+                pmm_buf_printf(b, "%s%s", first ? "" : ", ", name);
+                first = false;
+            }
+            pmm_buf_puts(b, ")");
+        }
+        pmm_buf_puts(b, "\n");
+    }
     /* below the table (PMG's lines stay as they are): data a node keeps
      * until an admin clears it */
     for (size_t i = 0; i < n; i++) {
@@ -345,6 +398,16 @@ int pmm_status_write_json(pmm_buf *b, const pmm_status_row *rows, size_t n)
             pmm_buf_puts(b, ",\"last_seen\":null");
         if (r->removed)
             pmm_buf_puts(b, ",\"removed\":true");
+        /* versions: known once the node's metadata was read */
+        if (r->proto_min != 0) {
+            pmm_buf_puts(b, ",\"version\":");
+            if (r->version[0])
+                pmm_json_str(b, r->version, strlen(r->version));
+            else
+                pmm_buf_puts(b, "null");
+            pmm_buf_printf(b, ",\"protocol\":{\"min\":%u,\"max\":%u}",
+                           r->proto_min, r->proto_max);
+        }
         if (r->has_db) {
             pmm_buf_puts(b, ",\"db\":{\"state\":");
             pmm_json_str(b, r->db_state, strlen(r->db_state));
@@ -492,6 +555,21 @@ static const char *row_extras(const pmm_json *o, pmm_status_row *r)
         if (j->type != PMM_JSON_BOOL)
             return "removed";
         r->removed = j->b;
+    }
+    j = pmm_json_get(o, "version");
+    if (j != NULL && j->type != PMM_JSON_NULL &&
+        get_str(o, "version", r->version, sizeof(r->version), false, true))
+        return "version";
+    j = pmm_json_get(o, "protocol");
+    if (j != NULL) {
+        const pmm_json *lo = pmm_json_get(j, "min"), *hi = pmm_json_get(j, "max");
+        if (j->type != PMM_JSON_OBJECT || !u64_ok(lo) || !u64_ok(hi) ||
+            lo->num < 1 || hi->num > UINT32_MAX || hi->num < lo->num ||
+            lo->num != (double)(uint32_t)lo->num ||
+            hi->num != (double)(uint32_t)hi->num)
+            return "protocol";
+        r->proto_min = (uint32_t)lo->num;
+        r->proto_max = (uint32_t)hi->num;
     }
     return NULL;
 }

@@ -102,6 +102,8 @@ struct pmm_api {
     uint64_t sconn_seq;
     uint64_t refused_streams, refused_joiners;
     uint64_t last_refuse_log;
+    uint32_t proto_min, proto_max; /* the protocol range we speak */
+    uint64_t last_proto_log;       /* ms: mismatches logged at most every 30 s */
 };
 
 static void api_unref(pmm_api *a)
@@ -343,7 +345,28 @@ static void srv_frame(pmm_tls_conn *c, const uint8_t *data, size_t len,
         return;
     }
     uint32_t kind = h->kind;
+    /* no range: a build from before versioning (protocol 1) */
+    uint32_t pmin = h->has_proto_min ? h->proto_min : 1;
+    uint32_t pmax = h->has_proto_max ? h->proto_max : pmin;
     pmgcm__api__head__free_unpacked(h, NULL);
+    if (pmin == 0 || pmax < pmin ||
+        !pmm_proto_overlap(pmin, pmax, a->proto_min, a->proto_max)) {
+        char why[256];
+        const char *ip = s->peer_ip;
+        snprintf(why, sizeof(why),
+                 "protocol versions do not overlap: the peer%s%s%s speaks "
+                 "%u..%u, this node speaks %u..%u: upgrade the older build "
+                 "(README \"Rolling upgrades\")", ip[0] ? " (" : "", ip,
+                 ip[0] ? ")" : "", pmin, pmax, a->proto_min, a->proto_max);
+        uint64_t now = uv_now(a->loop);
+        if (a->last_proto_log == 0 || now - a->last_proto_log >= 30000) {
+            a->last_proto_log = now;
+            pmm_log(PMM_LOG_WARN, "api", "refused a request (kind %u): %s",
+                    kind, why);
+        }
+        send_refusal(s, why);
+        return;
+    }
     const route *rt = kind < KIND_MAX && a->routes[kind].set
                           ? &a->routes[kind] : NULL;
     if (!rt) {
@@ -403,6 +426,8 @@ int pmm_api_start(pmm_api **out, const pmm_api_env *env, char *err,
     pmm_api *a = calloc(1, sizeof(*a));
     if (!a) return -ENOMEM;
     a->loop = env->loop;
+    a->proto_min = PMM_PROTO_MIN;
+    a->proto_max = PMM_PROTO_MAX;
     a->refs = 1;
     int rc = pmm_mkdir_p(env->tls_dir, 0700);
     if (rc) {
@@ -566,6 +591,32 @@ static void call_close(pmm_tls_conn *conn, int reason, void *ud)
     call_free(c);
 }
 
+/* One varint field (number < 2048: a 2-byte tag); returns its size. */
+static size_t put_field(uint8_t *p, uint32_t num, uint32_t v)
+{
+    size_t n = 0;
+    uint32_t tag = num << 3; /* wire type 0 */
+    while (tag >= 0x80) {
+        p[n++] = (uint8_t)(tag | 0x80);
+        tag >>= 7;
+    }
+    p[n++] = (uint8_t)tag;
+    while (v >= 0x80) {
+        p[n++] = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    p[n++] = (uint8_t)v;
+    return n;
+}
+
+int pmm_api_set_proto(pmm_api *a, uint32_t min, uint32_t max)
+{
+    if (a == NULL || min == 0 || max < min) return -EINVAL;
+    a->proto_min = min;
+    a->proto_max = max;
+    return 0;
+}
+
 int pmm_api_call_start(pmm_api *a, const char *ip, uint16_t port,
                        const pmm_tls_fp *expected, const void *req,
                        size_t len, pmm_api_call_fn fn, void *ud,
@@ -591,6 +642,17 @@ int pmm_api_call_start(pmm_api *a, const char *ip, uint16_t port,
         }
         if (len) memcpy(c->req, req, len);
         c->req_len = len;
+        /* our protocol range: fields 30 and 31 (api.proto Head), appended
+         * (protobuf merges them into the message) */
+        uint8_t *grown = realloc(c->req, len + 16); /* 2 x (2 + 5) */
+        if (!grown) {
+            free(c->req);
+            free(c);
+            return -ENOMEM;
+        }
+        c->req = grown;
+        c->req_len += put_field(c->req + c->req_len, 30, a->proto_min);
+        c->req_len += put_field(c->req + c->req_len, 31, a->proto_max);
     }
     pmm_tls_callbacks cb = {.ud = c, .verify = call_verify, .open = call_open,
                             .frame = call_frame, .close = call_close};

@@ -511,6 +511,23 @@ void pmm_thr_stats_get(pmm_thr *t, uint64_t now_ms, pmm_thr_stats *out);
  *
  * Everything runs on the loop thread; handlers and call callbacks run
  * from the loop, never from inside a pmm_api_* call. */
+/* ---- protocol versions ----------------------------------------------------
+ * The node API protocol this build speaks: every request carries the
+ * range (pmm_api_call_start appends it), every node gossips it (NodeMeta), and a
+ * peer whose range does not overlap ours is refused with both ranges in
+ * words. A build from before versioning sends none and counts as 1..1.
+ * Raise PMM_PROTO_MAX when a request or answer changes meaning; raise
+ * PMM_PROTO_MIN when this build no longer speaks the old one (README
+ * "Rolling upgrades"). */
+#define PMM_PROTO_MIN 1
+#define PMM_PROTO_MAX 1
+/* Whether two ranges share a version (both ends inclusive). */
+static inline bool pmm_proto_overlap(uint32_t amin, uint32_t amax,
+                                     uint32_t bmin, uint32_t bmax)
+{
+    return amin <= bmax && bmin <= amax;
+}
+
 typedef struct pmm_api pmm_api;
 typedef struct pmm_api_req pmm_api_req;
 typedef struct pmm_api_call pmm_api_call;
@@ -551,6 +568,15 @@ typedef struct pmm_api_gate {
     void *ud;
 } pmm_api_gate;
 void pmm_api_set_gate(pmm_api *a, const pmm_api_gate *g); /* copied */
+
+/* The protocol range this node speaks (default PMM_PROTO_MIN..MAX; tests
+ * set others). Every call sends it: fields 30 and 31 (varints) appended
+ * to the request, which every request message leaves unused; a request
+ * whose range does not overlap ours is refused before its handler, naming
+ * both ranges ("protocol versions do not overlap: ..."), and logged. A
+ * request without them (an old build) counts as 1..1. 0 or -EINVAL
+ * (min 0 or max < min). */
+int pmm_api_set_proto(pmm_api *a, uint32_t min, uint32_t max);
 
 typedef enum pmm_api_who {
     PMM_API_ANYONE = 0,

@@ -235,9 +235,45 @@ static void test_live_sample(void)
            s.load1 / 100.0, s.mem_pct, s.disk_pct);
 }
 
+/* Versions: an old build's metadata (no range) reads as protocol 1..1,
+ * a range and build round-trip, bad ones are refused both ways. */
+static void test_versions(void)
+{
+    pmm_meta m = sample_meta(), back;
+    uint8_t buf[GSP_META_MAX];
+    size_t len = 0;
+
+    REQUIRE(pmm_meta_encode(&m, buf, sizeof(buf), &len) == 0);
+    REQUIRE(pmm_meta_decode(&back, buf, len) == 0);
+    CHECK_EQ_INT(back.proto_min, 1);
+    CHECK_EQ_INT(back.proto_max, 1);
+    CHECK(back.build[0] == '\0');
+    m.proto_min = 2;
+    m.proto_max = 5;
+    strcpy(m.build, "0.2.0+g1234abc-dirty");
+    REQUIRE(pmm_meta_encode(&m, buf, sizeof(buf), &len) == 0);
+    REQUIRE(pmm_meta_decode(&back, buf, len) == 0);
+    CHECK_EQ_INT(back.proto_min, 2);
+    CHECK_EQ_INT(back.proto_max, 5);
+    CHECK(strcmp(back.build, "0.2.0+g1234abc-dirty") == 0);
+    m.proto_max = 1; /* max < min */
+    CHECK(pmm_meta_encode(&m, buf, sizeof(buf), &len) == -EINVAL);
+    m.proto_min = 0;
+    m.proto_max = 3;
+    CHECK(pmm_meta_encode(&m, buf, sizeof(buf), &len) == -EINVAL);
+    m.proto_min = m.proto_max = 1;
+    strcpy(m.build, "bad\nbuild");
+    CHECK(pmm_meta_encode(&m, buf, sizeof(buf), &len) == -EINVAL);
+    CHECK(pmm_proto_overlap(1, 1, 1, 2));
+    CHECK(pmm_proto_overlap(2, 4, 4, 9));
+    CHECK(!pmm_proto_overlap(1, 1, 2, 2));
+    CHECK(!pmm_proto_overlap(3, 4, 1, 2));
+}
+
 int main(void)
 {
     TAP_RUN(test_roundtrip);
+    TAP_RUN(test_versions);
     TAP_RUN(test_db_fields);
     TAP_RUN(test_encode_rejects);
     TAP_RUN(test_decode_rejects);

@@ -877,9 +877,74 @@ static void test_row_from_member(void)
     CHECK(!r.has_meta);
 }
 
+/* Versions in status: the reason for a node whose protocol range does not
+ * overlap ours, the JSON fields and their reading back, the text's
+ * "versions:" line only while builds differ. */
+static void test_versions(void)
+{
+    pmm_status_row rows[3];
+    pmm_buf b;
+    memset(rows, 0, sizeof(rows));
+    for (int i = 0; i < 3; i++) {
+        snprintf(rows[i].name, sizeof(rows[i].name), "node%d", i + 1);
+        snprintf(rows[i].ip, sizeof(rows[i].ip), "10.0.0.%d", i + 1);
+        strcpy(rows[i].role, "node");
+        rows[i].state = 'A';
+        rows[i].has_meta = true;
+        rows[i].uptime = 60;
+        rows[i].load = 0.5;
+        rows[i].mem = 10;
+        rows[i].disk = 20;
+        rows[i].last_seen = -1;
+        rows[i].proto_min = rows[i].proto_max = 1;
+        strcpy(rows[i].version, "0.2.0+abc");
+    }
+    rows[0].self = true;
+    pmm_status_reasons(rows, 3, NULL, 0);
+    CHECK(rows[1].reason[0] == '\0' && rows[2].reason[0] == '\0');
+    pmm_buf_init(&b, 4096);
+    REQUIRE(pmm_status_render_text(&b, rows, 3) == 0);
+    CHECK(strstr(b.p, "versions:") == NULL);
+    pmm_buf_free(&b);
+
+    rows[1].version[0] = '\0'; /* an old build: 1..1, no version */
+    rows[2].proto_min = rows[2].proto_max = 2;
+    strcpy(rows[2].version, "0.3.0");
+    pmm_status_reasons(rows, 3, NULL, 0);
+    CHECK(rows[1].reason[0] == '\0');
+    CHECK(strstr(rows[2].reason, "protocol versions 2..2 (build 0.3.0) do "
+                                 "not overlap ours (1..1)") != NULL);
+    pmm_buf_init(&b, 4096);
+    REQUIRE(pmm_status_render_text(&b, rows, 3) == 0);
+    CHECK(strstr(b.p, "versions: 0.2.0+abc (node1); before versioning "
+                         "(node2); 0.3.0 (node3)\n") != NULL);
+    pmm_buf_free(&b);
+
+    pmm_buf_init(&b, 8192);
+    REQUIRE(pmm_status_write_json(&b, rows, 3) == 0);
+    CHECK(strstr(b.p, "\"version\":\"0.2.0+abc\",\"protocol\":{\"min\":1,"
+                         "\"max\":1}") != NULL);
+    CHECK(strstr(b.p, "\"version\":null") != NULL);
+    pmm_json *j = NULL;
+    char err[128];
+    REQUIRE(pmm_json_parse(b.p, b.len, &j, err, sizeof(err)) == 0);
+    pmm_status_row *back = NULL;
+    size_t n = 0;
+    REQUIRE(pmm_status_from_json(j, &back, &n, err, sizeof(err)) == 0);
+    CHECK_EQ_INT(n, 3);
+    CHECK(strcmp(back[0].version, "0.2.0+abc") == 0);
+    CHECK(back[1].version[0] == '\0');
+    CHECK_EQ_INT(back[2].proto_min, 2);
+    CHECK_EQ_INT(back[2].proto_max, 2);
+    free(back);
+    pmm_json_free(j);
+    pmm_buf_free(&b);
+}
+
 int main(void)
 {
     TAP_RUN(test_uptime);
+    TAP_RUN(test_versions);
     TAP_RUN(test_table);
     TAP_RUN(test_sort);
     TAP_RUN(test_json_escape);
