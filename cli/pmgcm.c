@@ -132,6 +132,7 @@
 #include "cli/cli.h"
 #include "membership/membership.h"
 #include "net/net.h"
+#include "store/store.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -850,6 +851,7 @@ typedef struct cli {
     bool no_wait;
     bool purge;
     bool confirm;
+    const char *db, *config; /* detach: --db CONNINFO, --config FILE */
 } cli;
 
 /* Prints the daemon's error in words. */
@@ -2085,6 +2087,15 @@ static int take_opt(cli *c, int id, const char *spelled, const char *v)
     case PMM_OPT_FORCE: c->force = true; break;
     case PMM_OPT_ACCEPT_DATA_LOSS: c->accept = true; break;
     case PMM_OPT_CONFIRM: c->confirm = true; break;
+    case PMM_OPT_DB:
+    case PMM_OPT_CONFIG:
+        if (v[0] == '\0')
+            return usage_error("%s needs a value", shown(spelled));
+        if (id == PMM_OPT_DB)
+            c->db = v;
+        else
+            c->config = v;
+        break;
     default:
         return usage_error("internal error: option %d", id);
     }
@@ -2240,6 +2251,65 @@ static int parse_args(cli *c, int argc, char **argv)
     return -1;
 }
 
+/* detach: no daemon; the database given by --db, else the one the
+ * daemon's config names (--config, else $PMGCLUSTERD_CONFIG, else
+ * /etc/pmgcm/pmgclusterd.conf) */
+static int cmd_detach(const cli *c)
+{
+    static char report[4096], err[1024];
+    static pmm_config cfg;
+    const char *db = c->db;
+
+    if (db != NULL && c->config != NULL)
+        return usage_error("detach: --db and --config do not go together");
+    if (db == NULL) {
+        const char *path = c->config;
+        if (path == NULL) path = getenv("PMGCLUSTERD_CONFIG");
+        if (path == NULL || path[0] == '\0')
+            path = "/etc/pmgcm/pmgclusterd.conf";
+        if (pmm_config_load(&cfg, path, err, sizeof(err)) != 0) {
+            fprintf(stderr, "pmgcm: detach: %s (give the database with "
+                    "--db CONNINFO)\n", err);
+            return 1;
+        }
+        if (cfg.db_conninfo[0] == '\0') {
+            fprintf(stderr, "pmgcm: detach: %s sets no db_conninfo (give "
+                    "the database with --db CONNINFO)\n", path);
+            return 1;
+        }
+        db = cfg.db_conninfo;
+    }
+    int rc = pst_detach(db, c->force, report, sizeof(report), err,
+                        sizeof(err));
+    if (rc != 0) {
+        char safe[1100];
+        term_safe(safe, sizeof(safe), err[0] ? err : pst_strerror(rc));
+        if (c->json) {
+            pmm_buf b;
+            pmm_buf_init(&b, 1 << 16);
+            pmm_buf_puts(&b, "{\"ok\":false,\"error\":");
+            pmm_json_str(&b, err, strlen(err));
+            pmm_buf_puts(&b, "}");
+            if (b.err == 0) printf("%s\n", b.p);
+            pmm_buf_free(&b);
+        }
+        fprintf(stderr, "pmgcm: detach: %s\n", safe);
+        return 1;
+    }
+    if (c->json) {
+        pmm_buf b;
+        pmm_buf_init(&b, 1 << 16);
+        pmm_buf_puts(&b, "{\"ok\":true,\"report\":");
+        pmm_json_str(&b, report, strlen(report));
+        pmm_buf_puts(&b, "}");
+        if (b.err == 0) printf("%s\n", b.p);
+        pmm_buf_free(&b);
+        return 0;
+    }
+    fputs(report, stdout);
+    return 0;
+}
+
 /* ---- step 2: each command's own argument checks, then the command ---------- */
 
 static int run_status(cli *c) { return cmd_status(c); }
@@ -2251,6 +2321,7 @@ static int run_sync(cli *c) { return cmd_sync(c); }
 static int run_drain(cli *c) { return cmd_drain(c, true); }
 static int run_undrain(cli *c) { return cmd_drain(c, false); }
 static int run_update_fp(cli *c) { return cmd_update_fp(c); }
+static int run_detach(cli *c) { return cmd_detach(c); }
 
 static int run_help(cli *c)
 {
@@ -2344,6 +2415,7 @@ static int (*const cli_cmds[PMM_CMD_COUNT])(cli *c) = {
     [PMM_CMD_DRAIN] = run_drain,
     [PMM_CMD_UNDRAIN] = run_undrain,
     [PMM_CMD_UPDATE_FP] = run_update_fp,
+    [PMM_CMD_DETACH] = run_detach,
     [PMM_CMD_KEYGEN] = run_keygen,
     [PMM_CMD_HELP] = run_help,
 };

@@ -127,6 +127,7 @@ typedef struct node {
     /* the node API protocol range this node speaks (net.h PMM_PROTO_*;
      * tests: PMGCLUSTERD_TEST_PROTO="MIN-MAX") */
     uint32_t proto_min, proto_max;
+    int exit_code; /* set before a shutdown the daemon decided itself */
 
     /* draining, persisted in data_dir/draining (uv_queue_work) */
     bool draining;
@@ -651,9 +652,26 @@ static void db_meta_cb(uv_timer_t *t)
 }
 
 /* The store's state changed: into the metadata within a second. */
+static void begin_shutdown(node *n, const char *why);
+
 static void store_changed(void *ud)
 {
     node *n = ud;
+
+    if (!n->stopping && n->repl != NULL) {
+        pst_info si;
+        pmm_repl_info(n->repl, &si);
+        if (si.fatal) {
+            /* the database's schema is newer than this build: running on
+             * would be guessing; exit 78 (the unit does not restart) */
+            pmm_log(PMM_LOG_ERROR, "store", "refusing to run: %s",
+                    si.error);
+            n->exit_code = EXIT_CONFIG;
+            begin_shutdown(n, "the database's schema is newer than this "
+                              "build");
+            return;
+        }
+    }
 
     if (!n->stopping && !uv_is_active((uv_handle_t *)&n->db_meta_timer))
         uv_timer_start(&n->db_meta_timer, db_meta_cb, 1000, 0);
@@ -2695,6 +2713,8 @@ int main(int argc, char **argv)
     memset(n->status_token, 0, sizeof(n->status_token));
     if (n->lock_fd >= 0)
         close(n->lock_fd);
+    if (exit_code == 0 && n->exit_code != 0)
+        exit_code = n->exit_code;
     free(n);
     if (exit_code == 0)
         pmm_log(PMM_LOG_INFO, "daemon", "stopped");

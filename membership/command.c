@@ -51,6 +51,10 @@ const pmm_cli_opt pmm_cli_opts[PMM_OPT_COUNT] = {
                                "the same (PMG's spelling)"},
     [PMM_OPT_CONFIRM] = {"confirm", NULL, 0,
                          "really do it (without: only say what it would do)"},
+    [PMM_OPT_DB] = {"db", "CONNINFO", 0,
+                    "detach: this database (libpq conninfo)"},
+    [PMM_OPT_CONFIG] = {"config", "FILE", 0,
+                        "detach: the database of this daemon config"},
 };
 
 const pmm_ctl_cmd pmm_ctl_cmds[PMM_CMD_COUNT] = {
@@ -119,6 +123,10 @@ const pmm_ctl_cmd pmm_ctl_cmds[PMM_CMD_COUNT] = {
                             {"fingerprint", PMM_ARG_FP, false}},
                            0, 0, O(YES), "[--yes]",
                            "re-read the nodes' certificate fingerprints"},
+    [PMM_CMD_DETACH] = {PMM_CMD_DETACH, "detach", NULL, false, PMM_CTL_LOCAL,
+                        {{NULL}}, 0, 0, O(DB) | O(CONFIG) | O(FORCE),
+                        "[--db CONNINFO | --config FILE] [--force]",
+                        "take a restored database out of its cluster"},
     [PMM_CMD_KEYGEN] = {PMM_CMD_KEYGEN, "keygen", NULL, false, PMM_CTL_LOCAL,
                         {{NULL}}, 0, 0, 0, "",
                         "print a new random gossip key (for key_file)"},

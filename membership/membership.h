@@ -654,6 +654,7 @@ typedef enum pmm_ctl_id {
     PMM_CMD_DRAIN,
     PMM_CMD_UNDRAIN,
     PMM_CMD_UPDATE_FP,
+    PMM_CMD_DETACH,
     PMM_CMD_KEYGEN,
     PMM_CMD_HELP,
     PMM_CMD_COUNT
@@ -709,6 +710,8 @@ typedef enum pmm_opt_id {
     PMM_OPT_MASTER_IP,
     PMM_OPT_MASTER_IP_PMG, /* --master_ip, PMG's spelling */
     PMM_OPT_CONFIRM,
+    PMM_OPT_DB,
+    PMM_OPT_CONFIG,
     PMM_OPT_COUNT
 } pmm_opt_id;
 #define PMM_OPT(id) (1u << (id))

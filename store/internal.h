@@ -197,6 +197,7 @@ void pst_start_kept(pst_store *st);
 extern const char pst_sql_setup[];         /* the pmgcm schema             */
 extern const char pst_sql_tables[];        /* the replicated set ($1, $2)  */
 extern const char pst_sql_origin_tables[]; /* db_origin_tables ($1)        */
+extern const char pst_sql_migrate_2[];     /* schema version 1 -> 2        */
 
 /* role.c */
 void pst_roles_kick(pst_store *st);
@@ -208,6 +209,10 @@ int pst_q1(PGconn *c, const char *sql, int n, const char *const *pv,
            PGresult **out, char *err, size_t errlen);
 
 /* schema.c */
+/* The pmgcm schema's version in the database: 0 none (a fresh database),
+ * 1 an install from before versioning, else pmgcm.schema's row. 0 or
+ * PST_EDB. */
+int pst_schema_version(PGconn *c, int *out, char *err, size_t el);
 int pst_db_setup(PGconn *c, pst_store *st, char *err, size_t errlen,
                  char **schema_text, pst_info *info, pst_origin *opos,
                  size_t *n_opos, pst_tableset **tables, bool *checks_pending);

@@ -682,6 +682,85 @@ void pst_checks_retry(pst_store *st)
     pst_submit(st, j);
 }
 
+/* ---- schema versions -------------------------------------------------------------- */
+
+/* The migrations, in order: migrations[i] takes the schema from version
+ * migrations[i].version - 1 to .version. Each is idempotent (a failed
+ * setup runs it again) and runs after setup.sql in the setup's
+ * transaction. */
+static const struct {
+    int version;
+    const char *what;
+    const char *sql;
+} migrations[] = {
+    {2, "the schema carries its version (pmgcm.schema)", pst_sql_migrate_2},
+};
+
+int pst_schema_version(PGconn *c, int *out, char *err, size_t el)
+{
+    PGresult *r = PQexec(c, "SELECT to_regclass('pmgcm.state') IS NOT NULL,"
+                            " to_regclass('pmgcm.schema') IS NOT NULL");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+        pst_pgerr(c, r, err, el);
+        PQclear(r);
+        return PST_EDB;
+    }
+    bool state = PQgetvalue(r, 0, 0)[0] == 't';
+    bool versioned = PQgetvalue(r, 0, 1)[0] == 't';
+    PQclear(r);
+    /* no pmgcm.state: a fresh database; no pmgcm.schema: an install from
+     * before versioning (version 1) */
+    *out = !state ? 0 : 1;
+    if (!versioned) return 0;
+    r = PQexec(c, "SELECT version FROM pmgcm.schema");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        pst_pgerr(c, r, err, el);
+        PQclear(r);
+        return PST_EDB;
+    }
+    if (PQntuples(r) == 1) {
+        long v = strtol(PQgetvalue(r, 0, 0), NULL, 10);
+        *out = v < 0 ? 0 : v > 1000000 ? 1000000 : (int)v;
+    }
+    PQclear(r);
+    return 0;
+}
+
+/* After setup.sql (which brings any install to version 1): the
+ * migrations above from, then the version row. */
+static int schema_migrate(PGconn *c, pst_store *st, int from, char *err,
+                          size_t el)
+{
+    int rc = 0, v = from < 1 ? 1 : from;
+    for (size_t i = 0; i < sizeof(migrations) / sizeof(migrations[0]); i++) {
+        if (migrations[i].version <= v) continue;
+        if ((rc = pst_exec(c, migrations[i].sql, err, el))) {
+            char e2[200];
+            snprintf(e2, sizeof(e2), "%s", err);
+            snprintf(err, el, "schema migration to version %d (%s): %s",
+                     migrations[i].version, migrations[i].what, e2);
+            return rc;
+        }
+        v = migrations[i].version;
+    }
+    char vb[16];
+    snprintf(vb, sizeof(vb), "%d", PST_SCHEMA_VERSION);
+    const char *pv[2] = {vb, pmm_build_version};
+    rc = pst_q1(c,
+                "INSERT INTO pmgcm.schema (one, version, build) VALUES (true,"
+                " $1::int, $2) ON CONFLICT (one) DO UPDATE SET version ="
+                " EXCLUDED.version, build = EXCLUDED.build, migrated = CASE"
+                " WHEN pmgcm.schema.version = EXCLUDED.version THEN"
+                " pmgcm.schema.migrated ELSE now() END WHERE"
+                " (pmgcm.schema.version, pmgcm.schema.build) IS DISTINCT FROM"
+                " (EXCLUDED.version, EXCLUDED.build)",
+                2, pv, NULL, err, el);
+    if (rc == 0 && from >= 1 && from < PST_SCHEMA_VERSION && st)
+        pst_log(st, 1, "store: pmgcm schema migrated from version %d to %d",
+                from, PST_SCHEMA_VERSION);
+    return rc;
+}
+
 int pst_db_setup(PGconn *c, pst_store *st, char *err, size_t errlen,
                  char **schema_text, pst_info *info, pst_origin *opos,
                  size_t *n_opos, pst_tableset **tables, bool *checks_pending)
@@ -691,9 +770,24 @@ int pst_db_setup(PGconn *c, pst_store *st, char *err, size_t errlen,
     if (rc) return rc;
     if ((rc = pst_exec(c, "BEGIN", err, errlen))) return rc;
     /* one setup at a time across daemons sharing a database */
+    int from = 0;
     if ((rc = pst_exec(c, "SELECT pg_advisory_xact_lock(7947001)", err,
                        errlen)) ||
-        (rc = pst_exec(c, pst_sql_setup, err, errlen)))
+        (rc = pst_schema_version(c, &from, err, errlen)))
+        return rc;
+    if (from > PST_SCHEMA_VERSION) {
+        char e2[64];
+        pst_exec(c, "ROLLBACK", e2, sizeof(e2));
+        snprintf(err, errlen, "the database's pmgcm schema is version %d, "
+                 "newer than this build knows (%d, pmgclusterd %s): a newer "
+                 "pmgclusterd ran on it; run that build (or a newer one) "
+                 "again, or restore a backup taken before it (README "
+                 "\"Backup and restore\")", from, PST_SCHEMA_VERSION,
+                 pmm_build_version);
+        return -EPROTONOSUPPORT;
+    }
+    if ((rc = pst_exec(c, pst_sql_setup, err, errlen)) ||
+        (rc = schema_migrate(c, st, from, err, errlen)))
         return rc;
     tabdef *t;
     size_t n;
@@ -937,6 +1031,17 @@ static void setup_done(pst_job *j)
         free(s);
         return;
     }
+    if (j->rc == -EPROTONOSUPPORT) {
+        /* the schema is newer than this build: never retried */
+        st->info.fatal = true;
+        pst_log(st, 0, "store: %s", j->err);
+        pst_set_error(st, "%s", j->err);
+        st->info.state = PST_ERROR;
+        free(s->schema_text);
+        free(s);
+        pst_changed(st);
+        return;
+    }
     if (j->rc != 0) {
         pst_set_error(st, "database: %s", j->err);
         st->info.state = PST_CONNECTING;
@@ -1003,7 +1108,8 @@ void pst_setup_check(pst_store *st)
 
 void pst_setup_start(pst_store *st)
 {
-    if (st->setup_busy || st->info.ready || st->closing) return;
+    if (st->setup_busy || st->info.ready || st->closing || st->info.fatal)
+        return;
     setup_job *s = calloc(1, sizeof(*s));
     if (!s) return;
     st->setup_busy = true;

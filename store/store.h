@@ -73,6 +73,24 @@ struct uv_loop_s;
  *   PST_EPROTO     malformed or unexpected stream message
  *   PST_EAHEAD     the upstream is behind us */
 
+/* The pmgcm schema version this build installs and migrates to
+ * (schema.c; store/sql/migrate_N.sql). A database whose schema is newer
+ * is refused: pst_info.fatal, the daemon exits. */
+#define PST_SCHEMA_VERSION 2
+
+/* `pmgcm detach` (detach.c; blocking, for a program without a loop): the
+ * database at conninfo leaves its cluster's state, so that a restored
+ * dump of a node takes writes again with no daemon: pmgcm.state's role
+ * none (no master, cid 0, no cluster), the write guard's triggers
+ * dropped, the fence at 2 (outside a cluster), inactive pmgcm slots
+ * dropped; data, log and positions kept. Refused with -EBUSY (err names
+ * who) while a daemon uses the database (its sessions or an active slot)
+ * unless force. What was done, line by line, into report (cap replen).
+ * 0, -EBUSY, -EINVAL, PST_EDB (err). A database without the pmgcm schema
+ * is left alone (0, report says so). */
+int pst_detach(const char *conninfo, bool force, char *report, size_t replen,
+               char *err, size_t errlen);
+
 /* Static text for 0, -errno and every project code (pmm_strerror). */
 const char *pst_strerror(int err);
 
@@ -149,6 +167,9 @@ typedef struct pst_info {
     uint32_t snap_tables_done, snap_tables;
     uint64_t snap_started_ms;
     char error[256];       /* last error, "" if none                     */
+    bool fatal;            /* refused for good (the database's schema is
+                              newer than this build): error says why,
+                              nothing is retried                         */
     char schema_digest[17];/* first 16 hex digits of SHA-256(schema)    */
     /* computed by pst_get_info: */
     bool db_down;          /* the last database check failed (error)    */

@@ -144,7 +144,7 @@ BEGIN
   IF r = 'master' THEN
     RAISE EXCEPTION 'pmgcm: %.% is replicated and this node''s role changed during this transaction (it began before a promote or a step-down): retry it, on the master', quote_ident(TG_TABLE_SCHEMA), quote_ident(TG_TABLE_NAME) USING ERRCODE = '25006';
   END IF;
-  RAISE EXCEPTION 'pmgcm: %.% is replicated and this node is not the master: write on the master (%)', quote_ident(TG_TABLE_SCHEMA), quote_ident(TG_TABLE_NAME), m USING ERRCODE = '25006';
+  RAISE EXCEPTION 'pmgcm: %.% is replicated and this node is not the master: write on the master (%) (a restored copy of this database outside its cluster: pmgcm detach)', quote_ident(TG_TABLE_SCHEMA), quote_ident(TG_TABLE_NAME), m USING ERRCODE = '25006';
 END $f$;
 
 -- per-origin tables: a node writes only rows carrying its own cid (a row
