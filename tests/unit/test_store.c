@@ -431,6 +431,7 @@ static void test_sql_built_in(void)
         {"setup.sql", pst_sql_setup},
         {"tables.sql", pst_sql_tables},
         {"origin_tables.sql", pst_sql_origin_tables},
+        {"migrate_2.sql", pst_sql_migrate_2},
     };
     for (size_t i = 0; i < sizeof(sql) / sizeof(sql[0]); i++) {
         char path[4096];
