@@ -32,12 +32,11 @@ static int owners(PGconn *c, char *buf, size_t len, int *n, char *err,
 {
     PGresult *r = PQexec(
         c, "SELECT coalesce(string_agg(DISTINCT who, ', '), ''), count(*)"
-           " FROM (SELECT application_name || ' (pid ' || pid || ', from '"
-           " || coalesce(client_addr::text, 'local') || ')' AS who FROM"
+           " FROM (SELECT application_name AS who FROM"
            " pg_stat_activity WHERE datname = current_database() AND pid <>"
            " pg_backend_pid() AND (application_name = 'pmgcm-store' OR"
            " application_name LIKE 'pmgcm\\_%') UNION ALL SELECT 'slot ' ||"
-           " slot_name || ' active (pid ' || active_pid || ')' FROM"
+           " slot_name || ' (active)' FROM"
            " pg_replication_slots WHERE database = current_database() AND"
            " slot_name LIKE 'pmgcm\\_%' AND active) o");
     if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
@@ -45,8 +44,8 @@ static int owners(PGconn *c, char *buf, size_t len, int *n, char *err,
         PQclear(r);
         return PST_EDB;
     }
-    snprintf(buf, len, "%s", PQgetvalue(r, 0, 0));
     *n = atoi(PQgetvalue(r, 0, 1));
+    snprintf(buf, len, "%d connection(s): %s", *n, PQgetvalue(r, 0, 0));
     PQclear(r);
     return 0;
 }
