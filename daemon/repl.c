@@ -266,12 +266,14 @@ static void cl_open(pmm_tls_conn *c, void *ud)
     q.store.data = l->open;
     q.store.len = l->open_len;
     size_t n = pmgcm__cluster__request__get_packed_size(&q);
-    uint8_t *buf = malloc(n ? n : 1);
+    uint8_t *buf = malloc(n + PMM_API_PROTO_FIELDS_MAX);
     if (!buf) {
         pmm_tls_conn_abort(c);
         return;
     }
     pmgcm__cluster__request__pack(&q, buf);
+    /* our protocol range, as every node API request carries it */
+    if (l->r->env.api) n += pmm_api_proto_fields(l->r->env.api, buf + n);
     if (pmm_tls_send_owned(c, buf, n)) {
         free(buf);
         pmm_tls_conn_abort(c);

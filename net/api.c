@@ -617,6 +617,12 @@ int pmm_api_set_proto(pmm_api *a, uint32_t min, uint32_t max)
     return 0;
 }
 
+size_t pmm_api_proto_fields(const pmm_api *a, uint8_t *out)
+{
+    size_t n = put_field(out, 30, a->proto_min);
+    return n + put_field(out + n, 31, a->proto_max);
+}
+
 int pmm_api_call_start(pmm_api *a, const char *ip, uint16_t port,
                        const pmm_tls_fp *expected, const void *req,
                        size_t len, pmm_api_call_fn fn, void *ud,
@@ -644,15 +650,14 @@ int pmm_api_call_start(pmm_api *a, const char *ip, uint16_t port,
         c->req_len = len;
         /* our protocol range: fields 30 and 31 (api.proto Head), appended
          * (protobuf merges them into the message) */
-        uint8_t *grown = realloc(c->req, len + 16); /* 2 x (2 + 5) */
+        uint8_t *grown = realloc(c->req, len + PMM_API_PROTO_FIELDS_MAX);
         if (!grown) {
             free(c->req);
             free(c);
             return -ENOMEM;
         }
         c->req = grown;
-        c->req_len += put_field(c->req + c->req_len, 30, a->proto_min);
-        c->req_len += put_field(c->req + c->req_len, 31, a->proto_max);
+        c->req_len += pmm_api_proto_fields(a, c->req + c->req_len);
     }
     pmm_tls_callbacks cb = {.ud = c, .verify = call_verify, .open = call_open,
                             .frame = call_frame, .close = call_close};

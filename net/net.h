@@ -577,6 +577,11 @@ void pmm_api_set_gate(pmm_api *a, const pmm_api_gate *g); /* copied */
  * request without them (an old build) counts as 1..1. 0 or -EINVAL
  * (min 0 or max < min). */
 int pmm_api_set_proto(pmm_api *a, uint32_t min, uint32_t max);
+/* Those two fields as bytes, for a request sent on a connection opened
+ * without pmm_api_call_start (a store stream): appended to the packed
+ * request. Returns their length (at most PMM_API_PROTO_FIELDS_MAX). */
+#define PMM_API_PROTO_FIELDS_MAX 14
+size_t pmm_api_proto_fields(const pmm_api *a, uint8_t *out);
 
 typedef enum pmm_api_who {
     PMM_API_ANYONE = 0,

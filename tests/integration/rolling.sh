@@ -150,6 +150,8 @@ else
 fi
 
 # versions as status shows them
+# the old node1 reads the new nodes' metadata (unknown fields skipped)
+it_wait_until "[[ \$(member 1 node3 .state) == '\"A\"' ]]" 30
 v1=$(member 2 node1 '[.version, .protocol.min, .protocol.max]')
 v2=$(member 2 node2 '[.version, .protocol.min, .protocol.max]')
 v3=$(member 1 node3 .state)
