@@ -2283,6 +2283,10 @@ static int cmd_detach(const cli *c)
                         sizeof(err));
     if (rc != 0) {
         char safe[1100];
+        /* libpq's messages span lines: one line here */
+        for (char *p = err; *p; p++)
+            if (*p == '\n' || *p == '\t') *p = ' ';
+        for (size_t n = strlen(err); n > 0 && err[n - 1] == ' ';) err[--n] = 0;
         term_safe(safe, sizeof(safe), err[0] ? err : pst_strerror(rc));
         if (c->json) {
             pmm_buf b;

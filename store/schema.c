@@ -756,7 +756,7 @@ static int schema_migrate(PGconn *c, pst_store *st, int from, char *err,
                 " (EXCLUDED.version, EXCLUDED.build)",
                 2, pv, NULL, err, el);
     if (rc == 0 && from >= 1 && from < PST_SCHEMA_VERSION && st)
-        pst_log(st, 1, "store: pmgcm schema migrated from version %d to %d",
+        pst_log(st, 2, "store: pmgcm schema migrated from version %d to %d",
                 from, PST_SCHEMA_VERSION);
     return rc;
 }
