@@ -641,7 +641,8 @@ int pmm_api_call_start(pmm_api *a, const char *ip, uint16_t port,
     c->probe = expected == NULL;
     snprintf(c->target, sizeof(c->target), "%s:%u", ip, port);
     if (!c->probe) {
-        c->req = malloc(len ? len : 1);
+        /* room for our protocol range, appended below */
+        c->req = malloc(len + PMM_API_PROTO_FIELDS_MAX);
         if (!c->req) {
             free(c);
             return -ENOMEM;
@@ -650,13 +651,6 @@ int pmm_api_call_start(pmm_api *a, const char *ip, uint16_t port,
         c->req_len = len;
         /* our protocol range: fields 30 and 31 (api.proto Head), appended
          * (protobuf merges them into the message) */
-        uint8_t *grown = realloc(c->req, len + PMM_API_PROTO_FIELDS_MAX);
-        if (!grown) {
-            free(c->req);
-            free(c);
-            return -ENOMEM;
-        }
-        c->req = grown;
         c->req_len += pmm_api_proto_fields(a, c->req + c->req_len);
     }
     pmm_tls_callbacks cb = {.ud = c, .verify = call_verify, .open = call_open,
