@@ -651,9 +651,10 @@ static void db_meta_cb(uv_timer_t *t)
         gsp_uv_kick(n->u);
 }
 
-/* The store's state changed: into the metadata within a second. */
 static void begin_shutdown(node *n, const char *why);
 
+/* The store's state changed: into the metadata within a second (a store
+ * that refuses the database for good stops the daemon). */
 static void store_changed(void *ud)
 {
     node *n = ud;
