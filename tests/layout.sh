@@ -7,6 +7,7 @@
 #   common  <- net    <- membership
 #   store   <- daemon
 #   cli -> (control socket, HTTP) -> daemon: cli includes no daemon header
+#   store   <- cli (pmgcm detach works on a database with no daemon)
 #
 # A folder may use what the folders it depends on use (the arrows are
 # transitive); common/ is the base every library may use, and depends on
@@ -25,7 +26,7 @@ declare -A deps=(
     [membership]="common gossip net"
     [files]="membership"
     [daemon]="files membership store"
-    [cli]="membership"
+    [cli]="membership store"
 )
 folders=(common gossip net store membership files daemon cli)
 
