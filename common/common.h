@@ -202,7 +202,8 @@ int pmm_json_str(pmm_buf *b, const char *s, size_t n);
  * become U+FFFD (as pmm_json_str). New reference, or NULL when out of
  * memory. */
 json_t *pmm_jstr(const char *s, size_t n);
-/* Appends v as compact JSON (members in insertion order) to b and releases
+/* Appends v as compact JSON (members in insertion order, reals with 15
+ * significant digits) to b and releases
  * v (the reference is taken, also on error). 0, -ENOMEM (v NULL, or out of
  * memory), or b->err. */
 int pmm_json_put(pmm_buf *b, json_t *v);

@@ -181,7 +181,9 @@ static int put_cb(const char *buf, size_t size, void *data)
 int pmm_json_put(pmm_buf *b, json_t *v)
 {
     if (v == NULL) return -ENOMEM;
-    int rc = json_dump_callback(v, put_cb, b, JSON_COMPACT);
+    /* reals with 15 significant digits: 0.29 stays "0.29" */
+    int rc = json_dump_callback(v, put_cb, b,
+                                JSON_COMPACT | JSON_REAL_PRECISION(15));
     json_decref(v);
     if (rc != 0) return b->err ? b->err : -ENOMEM;
     return b->err;

@@ -5,7 +5,6 @@
 #include "membership/membership.h"
 
 #include <errno.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -353,85 +352,77 @@ int pmm_status_render_text(pmm_buf *b, const pmm_status_row *rows, size_t n)
     return b->err;
 }
 
+/* A string member (not NUL-terminated past n is fine: n bytes). */
+static json_t *jstr(const char *s) { return pmm_jstr(s, strlen(s)); }
+
+/* A number rounded to `places` decimals (as "%.*f" printed it). */
+static json_t *jround(double v, int places)
+{
+    double f = places == 2 ? 100.0 : 1000.0;
+    /* (v >= 0 here; no libm in the daemon) */
+    return json_real((double)(long long)(v * f + 0.5) / f);
+}
+
+static json_t *row_json(const pmm_status_row *r)
+{
+    char st[2] = {r->state, '\0'};
+    json_t *o = json_pack(
+        "{s:o, s:I, s:o, s:o, s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:I, s:b,"
+        " s:o, s:o}",
+        "name", jstr(r->name), "cid", (json_int_t)r->cid, "ip", jstr(r->ip),
+        "role", jstr(r->role), "state", st,
+        "uptime", r->uptime >= 0 ? json_integer(r->uptime) : json_null(),
+        "load", r->load >= 0 ? jround(r->load, 2) : json_null(),
+        "mem", r->mem >= 0 ? json_integer(r->mem) : json_null(),
+        "disk", r->disk >= 0 ? json_integer(r->disk) : json_null(),
+        "id", jstr(r->id), "gossip_state", jstr(r->gossip_state),
+        "port", (json_int_t)r->port, "self", r->self,
+        "reason", jstr(r->reason),
+        "last_seen", r->last_seen >= 0 ? json_integer(r->last_seen)
+                                       : json_null());
+    if (o == NULL) return NULL;
+    if (r->removed) json_object_set_new(o, "removed", json_true());
+    /* versions: known once the node's metadata was read */
+    if (r->proto_min != 0) {
+        json_object_set_new(o, "version",
+                            r->version[0] ? jstr(r->version) : json_null());
+        json_object_set_new(o, "protocol",
+                            json_pack("{s:I, s:I}", "min",
+                                      (json_int_t)r->proto_min, "max",
+                                      (json_int_t)r->proto_max));
+    }
+    if (r->has_db) {
+        json_t *origins = json_array();
+        for (uint32_t k = 0; origins && k < r->n_origins; k++)
+            json_array_append_new(
+                origins, json_pack("{s:I, s:I, s:I}", "cid",
+                                   (json_int_t)r->origins[k].cid, "seq",
+                                   (json_int_t)r->origins[k].seq, "behind",
+                                   (json_int_t)r->origins[k].behind));
+        json_object_set_new(
+            o, "db",
+            json_pack("{s:o, s:o, s:{s:I, s:I}, s:I, s:I, s:I, s:o, s:o}",
+                      "state", jstr(r->db_state), "reason",
+                      jstr(r->db_reason), "kept", "backups",
+                      (json_int_t)r->db_kept, "divergence",
+                      (json_int_t)r->db_divergence, "epoch",
+                      (json_int_t)r->db_epoch, "seq", (json_int_t)r->db_seq,
+                      "lag_changes", (json_int_t)r->lag_changes,
+                      "lag_seconds", jround(r->lag_seconds, 3), "origins",
+                      origins));
+    }
+    return o;
+}
+
 int pmm_status_write_json(pmm_buf *b, const pmm_status_row *rows, size_t n)
 {
-    pmm_buf_puts(b, "[");
-    for (size_t i = 0; i < n; i++) {
-        const pmm_status_row *r = &rows[i];
-        char st[2] = {r->state, '\0'};
-
-        pmm_buf_puts(b, i ? ",{\"name\":" : "{\"name\":");
-        pmm_json_str(b, r->name, strlen(r->name));
-        pmm_buf_printf(b, ",\"cid\":%u,\"ip\":", (unsigned)r->cid);
-        pmm_json_str(b, r->ip, strlen(r->ip));
-        pmm_buf_puts(b, ",\"role\":");
-        pmm_json_str(b, r->role, strlen(r->role));
-        pmm_buf_puts(b, ",\"state\":");
-        pmm_json_str(b, st, 1);
-        if (r->uptime >= 0)
-            pmm_buf_printf(b, ",\"uptime\":%lld", (long long)r->uptime);
-        else
-            pmm_buf_puts(b, ",\"uptime\":null");
-        if (r->load >= 0)
-            pmm_buf_printf(b, ",\"load\":%.2f", r->load);
-        else
-            pmm_buf_puts(b, ",\"load\":null");
-        if (r->mem >= 0)
-            pmm_buf_printf(b, ",\"mem\":%d", r->mem);
-        else
-            pmm_buf_puts(b, ",\"mem\":null");
-        if (r->disk >= 0)
-            pmm_buf_printf(b, ",\"disk\":%d", r->disk);
-        else
-            pmm_buf_puts(b, ",\"disk\":null");
-        pmm_buf_puts(b, ",\"id\":");
-        pmm_json_str(b, r->id, strlen(r->id));
-        pmm_buf_puts(b, ",\"gossip_state\":");
-        pmm_json_str(b, r->gossip_state, strlen(r->gossip_state));
-        pmm_buf_printf(b, ",\"port\":%u,\"self\":%s", (unsigned)r->port,
-                       r->self ? "true" : "false");
-        pmm_buf_puts(b, ",\"reason\":");
-        pmm_json_str(b, r->reason, strlen(r->reason));
-        if (r->last_seen >= 0)
-            pmm_buf_printf(b, ",\"last_seen\":%lld", (long long)r->last_seen);
-        else
-            pmm_buf_puts(b, ",\"last_seen\":null");
-        if (r->removed)
-            pmm_buf_puts(b, ",\"removed\":true");
-        /* versions: known once the node's metadata was read */
-        if (r->proto_min != 0) {
-            pmm_buf_puts(b, ",\"version\":");
-            if (r->version[0])
-                pmm_json_str(b, r->version, strlen(r->version));
-            else
-                pmm_buf_puts(b, "null");
-            pmm_buf_printf(b, ",\"protocol\":{\"min\":%u,\"max\":%u}",
-                           r->proto_min, r->proto_max);
+    json_t *arr = json_array();
+    for (size_t i = 0; arr && i < n; i++)
+        if (json_array_append_new(arr, row_json(&rows[i])) != 0) {
+            json_decref(arr);
+            return -ENOMEM;
         }
-        if (r->has_db) {
-            pmm_buf_puts(b, ",\"db\":{\"state\":");
-            pmm_json_str(b, r->db_state, strlen(r->db_state));
-            pmm_buf_puts(b, ",\"reason\":");
-            pmm_json_str(b, r->db_reason, strlen(r->db_reason));
-            pmm_buf_printf(b, ",\"kept\":{\"backups\":%u,\"divergence\":%llu}",
-                           r->db_kept, (unsigned long long)r->db_divergence);
-            pmm_buf_printf(b, ",\"epoch\":%llu,\"seq\":%llu,"
-                           "\"lag_changes\":%llu,\"lag_seconds\":%.3f",
-                           (unsigned long long)r->db_epoch,
-                           (unsigned long long)r->db_seq,
-                           (unsigned long long)r->lag_changes, r->lag_seconds);
-            pmm_buf_puts(b, ",\"origins\":[");
-            for (uint32_t k = 0; k < r->n_origins; k++)
-                pmm_buf_printf(b, "%s{\"cid\":%u,\"seq\":%llu,"
-                               "\"behind\":%llu}", k ? "," : "",
-                               r->origins[k].cid,
-                               (unsigned long long)r->origins[k].seq,
-                               (unsigned long long)r->origins[k].behind);
-            pmm_buf_puts(b, "]}");
-        }
-        pmm_buf_puts(b, "}");
-    }
-    return pmm_buf_puts(b, "]");
+    return pmm_json_put(b, arr);
 }
 
 /* ---- reading rows back -------------------------------------------------- */
