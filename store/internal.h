@@ -371,9 +371,15 @@ void pst_apply_pump(pst_session *s);
 void pst_copy_esc(char **p, const char *s);
 
 /* snapshot.c */
+/* Tables a snapshot copies (server) or loads (client, when the node holds
+ * no loaded data) at once, each in a connection of its own. */
+#define PST_SNAP_JOBS 4u
 /* Starts the snapshot thread of session s (server: copies; client:
- * loads). NULL when out of memory or no thread. */
-pst_snap *pst_snap_start(pst_session *s, bool server, const char *schema);
+ * loads). jobs: the client's Open.jobs (server) or what the client asked
+ * for (client); 1 = one table after the other. NULL when out of memory or
+ * no thread. */
+pst_snap *pst_snap_start(pst_session *s, bool server, const char *schema,
+                         unsigned jobs);
 /* Never waits: a running thread is told to stop and frees sn itself. */
 void pst_snap_free(pst_snap *sn);
 void pst_snap_abort(pst_snap *sn);

@@ -313,7 +313,8 @@ int pst_server(pst_store *st, const uint8_t *open, size_t len,
         s->req_from.seq = o->from->seq;
         break;
     case PMGCM__STORE__OPEN__KIND__SNAPSHOT:
-        s->sn = pst_snap_start(s, true, o->schema);
+        s->sn = pst_snap_start(s, true, o->schema,
+                               o->has_jobs ? o->jobs : 1);
         if (!s->sn) rc = -ENOMEM;
         else pst_log(st, 2, "store: sending a snapshot to node %u", s->cid);
         break;

@@ -312,13 +312,20 @@ int pst_client(pst_store *st, pst_open_kind kind, uint32_t self_cid,
         o.from = &from;
     } else if (kind == PST_SNAPSHOT) {
         o.schema = st->schema_text;
+        /* a node holding no loaded data takes tables in parallel (each in
+         * its own transaction); loaded data is replaced in one */
+        if (!st->info.loaded) {
+            o.has_jobs = true;
+            o.jobs = PST_SNAP_JOBS;
+        }
     }
     pst_session *s = client_new(st, &o, link, buf, len);
     if (!s) return -ENOMEM;
     s->kind = kind;
     s->cid = self_cid;
     if (kind == PST_SNAPSHOT) {
-        s->sn = pst_snap_start(s, false, st->schema_text);
+        s->sn = pst_snap_start(s, false, st->schema_text,
+                              o.has_jobs ? o.jobs : 1);
         if (!s->sn) {
             pst_sess_list_remove(s);
             free(s);

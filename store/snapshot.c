@@ -1,7 +1,18 @@
 /*
- * snapshot.c - snapshots (the store's tablesync): the server thread copies
- * every replicated table inside one consistent snapshot; the client thread
- * loads them in one transaction, keeping what it replaces (backup.c).
+ * snapshot.c - snapshots (the store's tablesync). The server thread opens
+ * one REPEATABLE READ transaction (the position is computed in it), exports
+ * its snapshot, and copies the replicated tables over up to PST_SNAP_JOBS
+ * connections that all SET TRANSACTION SNAPSHOT to it (the same rows), as
+ * many tables at once as the client asked for, largest first; their COPY
+ * frames interleave on the stream (SNAP_DATA names its table).
+ *
+ * The client thread: a node with loaded data replaces it in one
+ * transaction on one connection (its readers see the old rows until the
+ * new ones are complete), keeping what it replaces (backup.c). A node
+ * without loaded data (a join) asks for parallel tables: one transaction
+ * empties everything and marks the node not loaded, then loaders (threads,
+ * a connection each) load a table each in its own transaction, and a last
+ * one sets the position and marks the node loaded.
  */
 #define _GNU_SOURCE
 #include "store/internal.h"
@@ -46,13 +57,20 @@ struct pst_snap {
     uint32_t bk_tables;
     pst_origin opos[PST_ORIGINS_MAX]; /* client: positions received */
     size_t n_opos;
-    /* client: secondary indexes of the table being loaded, dropped before
-     * its COPY and built again after it (CREATE INDEX statements) */
-    char **rebuild;
-    size_t n_rebuild;
+    unsigned jobs;       /* server: the client's Open.jobs; client: asked */
+    pthread_mutex_t lmu; /* client: the loaders' busy/dead */
+    pthread_cond_t lcv;
 };
 
-static void rebuild_clear(pst_snap *sn);
+static void snap_destroy(pst_snap *sn)
+{
+    pst_pipe_destroy(&sn->pipe);
+    pthread_mutex_destroy(&sn->lmu);
+    pthread_cond_destroy(&sn->lcv);
+    free(sn->schema);
+    pst_tableset_free(sn->local);
+    free(sn);
+}
 
 /* The thread's last act. A session that went away meanwhile left the
  * snap to the thread (detached): it frees it. The store counts running
@@ -66,11 +84,7 @@ static void snap_finish(pst_snap *sn, int rc)
     bool det = sn->detached;
     pthread_mutex_unlock(&sn->pipe.mu);
     if (det) {
-        pst_pipe_destroy(&sn->pipe);
-        free(sn->schema);
-        pst_tableset_free(sn->local);
-        rebuild_clear(sn);
-        free(sn);
+        snap_destroy(sn);
     } else {
         uv_async_send(&st->async);
     }
@@ -90,47 +104,81 @@ static int put_msg(pst_snap *sn, const Msg *m)
     return rc;
 }
 
-static void snap_server_main(void *arg)
+/* ---- server: the copy ------------------------------------------------------------------ */
+
+/* The replicated tables as the snapshot's transaction lists them. */
+typedef struct srv_tables {
+    int n;
+    char **names;       /* quoted names, as pmgcm.tables holds them */
+    char **ocols;       /* per-origin tables: the quoted origin column */
+    uint64_t *est_bytes;
+    int *order;         /* the copy's order: the largest first */
+} srv_tables;
+
+static void srv_tables_free(srv_tables *t)
 {
-    pst_snap *sn = arg;
-    pst_store *st = sn->st;
+    for (int i = 0; i < t->n; i++) {
+        if (t->names) free(t->names[i]);
+        if (t->ocols) free(t->ocols[i]);
+    }
+    free(t->names);
+    free(t->ocols);
+    free(t->est_bytes);
+    free(t->order);
+    memset(t, 0, sizeof(*t));
+}
+
+/* What the copy connections share. */
+typedef struct srv_copy {
+    pst_snap *sn;
+    const srv_tables *t;
+    bool interleaved;   /* SNAP_DATA names its table, SNAP_TABLE_END */
+    const char *snapid; /* the coordinator's exported snapshot */
+    int next;           /* atomic: next index into t->order */
+    int failed;         /* atomic: a connection failed, the others stop */
+} srv_copy;
+
+typedef struct srv_job {
+    srv_copy *cp;
+    PGconn *c;          /* the coordinator's (not owned) or its own */
+    bool own;
+    uv_thread_t tid;
+    bool started;
+    int rc;
+    char err[256];
+} srv_job;
+
+/* Step 1: the coordinating transaction and the position it is consistent
+ * with. A change this node's capture numbered before this snapshot whose
+ * transaction this snapshot does not see (it waits for db_sync's
+ * acknowledgement, or is a moment from being visible) is not in the
+ * tables copied: the position is the change before the first such one
+ * (what follows is replayed, harmlessly, over the copy). */
+static int srv_begin(pst_snap *sn, PGconn *c, Pmgcm__Store__Pos *head,
+                     int64_t *ts)
+{
     char *err = sn->err;
     size_t el = sizeof(sn->err);
-    int rc = 0;
-    PGresult *r = NULL;
-    char *mine = NULL;
-    uint64_t total_rows = 0, total_bytes = 0;
-    PGconn *c = pst_connect(st->conninfo, NULL, err, el);
-    if (!c) {
-        rc = PST_EDB;
-        goto out;
-    }
-    if ((rc = pst_exec(c, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-                       err, el)))
-        goto out;
-    r = PQexec(c, "SELECT epoch, seq, coalesce((extract(epoch FROM ts) *"
-                  " 1000000)::bigint, 0), loaded FROM pmgcm.state");
+    int rc = pst_exec(c, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+                      err, el);
+    if (rc) return rc;
+    PGresult *r = PQexec(c, "SELECT epoch, seq, coalesce((extract(epoch FROM"
+                            " ts) * 1000000)::bigint, 0), loaded FROM"
+                            " pmgcm.state");
     if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
         pst_pgerr(c, r, err, el);
-        rc = PST_EDB;
-        goto out;
+        PQclear(r);
+        return PST_EDB;
     }
     if (PQgetvalue(r, 0, 3)[0] != 't') {
+        PQclear(r);
         snprintf(err, el, "this node holds no loaded data to copy");
-        rc = PST_EREMOTE;
-        goto out;
+        return PST_EREMOTE;
     }
-    Pmgcm__Store__Pos head = PMGCM__STORE__POS__INIT;
-    head.epoch = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
-    head.seq = strtoull(PQgetvalue(r, 0, 1), NULL, 10);
-    int64_t ts = strtoll(PQgetvalue(r, 0, 2), NULL, 10);
+    head->epoch = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
+    head->seq = strtoull(PQgetvalue(r, 0, 1), NULL, 10);
+    *ts = strtoll(PQgetvalue(r, 0, 2), NULL, 10);
     PQclear(r);
-    r = NULL;
-    /* A change this node's capture numbered before this snapshot whose
-     * transaction this snapshot does not see (it waits for db_sync's
-     * acknowledgement, or is a moment from being visible) is not in the
-     * tables copied: the position is the change before the first such
-     * one (what follows is replayed, harmlessly, over the copy). */
     r = PQexec(c,
                "WITH x AS (SELECT (v::text::bigint % 4294967296) AS xid FROM"
                " pg_snapshot_xip(pg_current_snapshot()) v),"
@@ -140,42 +188,109 @@ static void snap_server_main(void *arg)
                " f.s - 1) FROM f WHERE f.s IS NOT NULL");
     if (PQresultStatus(r) != PGRES_TUPLES_OK) {
         pst_pgerr(c, r, err, el);
-        rc = PST_EDB;
-        goto out;
+        PQclear(r);
+        return PST_EDB;
     }
     if (PQntuples(r) == 1) {
         uint64_t s2 = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
-        if (s2 < head.seq) {
-            pst_log(st, 2, "store: snapshot position %llu/%llu, not %llu:"
-                    " a later numbered change's transaction is not visible"
-                    " yet", (unsigned long long)head.epoch,
-                    (unsigned long long)s2, (unsigned long long)head.seq);
-            head.seq = s2;
+        if (s2 < head->seq) {
+            pst_log(sn->st, 2, "store: snapshot position %llu/%llu, not"
+                    " %llu: a later numbered change's transaction is not"
+                    " visible yet", (unsigned long long)head->epoch,
+                    (unsigned long long)s2, (unsigned long long)head->seq);
+            head->seq = s2;
             if (!PQgetisnull(r, 0, 1))
-                head.epoch = strtoull(PQgetvalue(r, 0, 1), NULL, 10);
+                head->epoch = strtoull(PQgetvalue(r, 0, 1), NULL, 10);
         }
     }
     PQclear(r);
-    r = NULL;
-    if ((rc = pst_schema_text(c, st, &mine, err, el))) goto out;
-    if (sn->schema && strcmp(sn->schema, mine) != 0) {
+    return 0;
+}
+
+/* Step 2: our schema text, which must be the client's. *mine: ours. */
+static int srv_check_schema(pst_snap *sn, PGconn *c, char **mine)
+{
+    int rc = pst_schema_text(c, sn->st, mine, sn->err, sizeof(sn->err));
+    if (rc) return rc;
+    if (sn->schema && strcmp(sn->schema, *mine) != 0) {
         char d[700];
-        snprintf(err, el, "schema mismatch: %s",
-                 pst_schema_diff(sn->schema, mine, d, sizeof(d)));
-        rc = PST_ESCHEMA;
-        goto out;
+        snprintf(sn->err, sizeof(sn->err), "schema mismatch: %s",
+                 pst_schema_diff(sn->schema, *mine, d, sizeof(d)));
+        return PST_ESCHEMA;
     }
-    /* epochs */
-    r = PQexec(c, "SELECT epoch, start_seq, master_cid FROM pmgcm.epochs"
-                  " ORDER BY epoch");
+    return 0;
+}
+
+/* Step 3: the tables, largest first for the copy (and the origin column
+ * of per-origin ones). */
+static int srv_list_tables(pst_snap *sn, PGconn *c, srv_tables *t,
+                           uint64_t **est_rows)
+{
+    PGresult *r = PQexec(c, "SELECT t.tbl, greatest(c.reltuples, 0)::bigint,"
+                            " pg_table_size(c.oid), quote_ident(o.col) FROM"
+                            " pmgcm.tables t JOIN pg_class c ON c.oid ="
+                            " t.tbl::regclass LEFT JOIN pmgcm.otables o ON"
+                            " o.tbl = t.tbl ORDER BY t.tbl");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        pst_pgerr(c, r, sn->err, sizeof(sn->err));
+        PQclear(r);
+        return PST_EDB;
+    }
+    int n = PQntuples(r);
+    t->n = n;
+    t->names = calloc((size_t)n + 1, sizeof(*t->names));
+    t->ocols = calloc((size_t)n + 1, sizeof(*t->ocols));
+    t->est_bytes = calloc((size_t)n + 1, sizeof(*t->est_bytes));
+    t->order = calloc((size_t)n + 1, sizeof(*t->order));
+    *est_rows = calloc((size_t)n + 1, sizeof(**est_rows));
+    int rc = t->names && t->ocols && t->est_bytes && t->order && *est_rows
+                 ? 0 : -ENOMEM;
+    for (int i = 0; rc == 0 && i < n; i++) {
+        t->names[i] = strdup(PQgetvalue(r, i, 0));
+        if (!PQgetisnull(r, i, 3)) t->ocols[i] = strdup(PQgetvalue(r, i, 3));
+        if (!t->names[i] || (!PQgetisnull(r, i, 3) && !t->ocols[i]))
+            rc = -ENOMEM;
+        (*est_rows)[i] = strtoull(PQgetvalue(r, i, 1), NULL, 10);
+        t->est_bytes[i] = strtoull(PQgetvalue(r, i, 2), NULL, 10);
+        t->order[i] = i;
+    }
+    PQclear(r);
+    if (rc) return rc;
+    /* insertion sort by size, descending: a few dozen tables */
+    for (int i = 1; i < n; i++) {
+        int v = t->order[i], k = i;
+        while (k > 0 && t->est_bytes[t->order[k - 1]] < t->est_bytes[v]) {
+            t->order[k] = t->order[k - 1];
+            k--;
+        }
+        t->order[k] = v;
+    }
+    return 0;
+}
+
+/* Step 4: SNAP_BEGIN: the position, the epochs, the per-origin positions
+ * (the receiver's own excepted), the tables, our schema. */
+static int srv_send_begin(pst_snap *sn, PGconn *c, Pmgcm__Store__Pos *head,
+                          int64_t ts, char *mine, const srv_tables *t,
+                          const uint64_t *est_rows, unsigned jobs)
+{
+    char *err = sn->err;
+    size_t el = sizeof(sn->err);
+    int rc = 0;
+    Pmgcm__Store__Epoch *ev = NULL, **ep = NULL;
+    Pmgcm__Store__OriginPos *ov = NULL, **op = NULL;
+    Pmgcm__Store__TableInfo *tv = NULL, **tp = NULL;
+    int ne = 0, no = 0;
+    PGresult *r = PQexec(c, "SELECT epoch, start_seq, master_cid FROM"
+                            " pmgcm.epochs ORDER BY epoch");
     if (PQresultStatus(r) != PGRES_TUPLES_OK) {
         pst_pgerr(c, r, err, el);
-        rc = PST_EDB;
-        goto out;
+        PQclear(r);
+        return PST_EDB;
     }
-    int ne = PQntuples(r);
-    Pmgcm__Store__Epoch *ev = calloc((size_t)ne + 1, sizeof(*ev));
-    Pmgcm__Store__Epoch **ep = calloc((size_t)ne + 1, sizeof(*ep));
+    ne = PQntuples(r);
+    ev = calloc((size_t)ne + 1, sizeof(*ev));
+    ep = calloc((size_t)ne + 1, sizeof(*ep));
     for (int i = 0; ev && ep && i < ne; i++) {
         pmgcm__store__epoch__init(&ev[i]);
         ev[i].epoch = strtoull(PQgetvalue(r, i, 0), NULL, 10);
@@ -184,223 +299,343 @@ static void snap_server_main(void *arg)
         ep[i] = &ev[i];
     }
     PQclear(r);
-    /* per-origin positions, the receiver's own excepted */
-    Pmgcm__Store__OriginPos *ov = NULL, **op = NULL;
-    int no = 0;
-    {
-        char pc[16];
-        snprintf(pc, sizeof(pc), "%u", sn->peer_cid);
-        const char *pv[1] = {pc};
-        /* this node's own origin likewise: before its first numbered
-         * change whose transaction is not visible here */
-        PGresult *ro = PQexecParams(
-            c,
-            "WITH x AS (SELECT (v::text::bigint % 4294967296) AS xid FROM"
-            " pg_snapshot_xip(pg_current_snapshot()) v)"
-            " SELECT o.origin, least(o.seq, coalesce((SELECT min(l.seq) - 1"
-            " FROM pmgcm.olog l WHERE l.origin = o.origin AND l.xid IN"
-            " (SELECT xid FROM x)), o.seq)) FROM pmgcm.opos o WHERE o.origin"
-            " <> $1::int ORDER BY o.origin",
-            1, NULL, pv, NULL, NULL, 0);
-        if (PQresultStatus(ro) != PGRES_TUPLES_OK) {
-            pst_pgerr(c, ro, err, el);
-            PQclear(ro);
-            free(ev);
-            free(ep);
-            rc = PST_EDB;
-            goto out;
-        }
-        no = PQntuples(ro);
+    char pc[16];
+    snprintf(pc, sizeof(pc), "%u", sn->peer_cid);
+    const char *pv[1] = {pc};
+    /* this node's own origin likewise: before its first numbered change
+     * whose transaction is not visible here */
+    r = PQexecParams(
+        c,
+        "WITH x AS (SELECT (v::text::bigint % 4294967296) AS xid FROM"
+        " pg_snapshot_xip(pg_current_snapshot()) v)"
+        " SELECT o.origin, least(o.seq, coalesce((SELECT min(l.seq) - 1"
+        " FROM pmgcm.olog l WHERE l.origin = o.origin AND l.xid IN"
+        " (SELECT xid FROM x)), o.seq)) FROM pmgcm.opos o WHERE o.origin"
+        " <> $1::int ORDER BY o.origin",
+        1, NULL, pv, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        pst_pgerr(c, r, err, el);
+        rc = PST_EDB;
+    } else {
+        no = PQntuples(r);
         ov = calloc((size_t)no + 1, sizeof(*ov));
         op = calloc((size_t)no + 1, sizeof(*op));
         for (int i = 0; ov && op && i < no; i++) {
             pmgcm__store__origin_pos__init(&ov[i]);
-            ov[i].origin = (uint32_t)strtoul(PQgetvalue(ro, i, 0), NULL, 10);
-            ov[i].seq = strtoull(PQgetvalue(ro, i, 1), NULL, 10);
+            ov[i].origin = (uint32_t)strtoul(PQgetvalue(r, i, 0), NULL, 10);
+            ov[i].seq = strtoull(PQgetvalue(r, i, 1), NULL, 10);
             op[i] = &ov[i];
         }
-        PQclear(ro);
-    }
-    /* tables with estimates (and the origin column of per-origin ones) */
-    r = PQexec(c, "SELECT t.tbl, greatest(c.reltuples, 0)::bigint,"
-                  " pg_table_size(c.oid), quote_ident(o.col) FROM pmgcm.tables t"
-                  " JOIN pg_class c ON c.oid = t.tbl::regclass"
-                  " LEFT JOIN pmgcm.otables o ON o.tbl = t.tbl ORDER BY t.tbl");
-    if (!ev || !ep || !ov || !op || PQresultStatus(r) != PGRES_TUPLES_OK) {
-        pst_pgerr(c, r, err, el);
-        rc = PST_EDB;
-        free(ev);
-        free(ep);
-        free(ov);
-        free(op);
-        goto out;
-    }
-    int nt = PQntuples(r);
-    char **ocols = calloc((size_t)nt + 1, sizeof(*ocols));
-    Pmgcm__Store__TableInfo *tv = calloc((size_t)nt + 1, sizeof(*tv));
-    Pmgcm__Store__TableInfo **tp = calloc((size_t)nt + 1, sizeof(*tp));
-    char **names = calloc((size_t)nt + 1, sizeof(*names));
-    for (int i = 0; tv && tp && names && i < nt; i++) {
-        pmgcm__store__table_info__init(&tv[i]);
-        names[i] = strdup(PQgetvalue(r, i, 0));
-        if (ocols && !PQgetisnull(r, i, 3)) ocols[i] = strdup(PQgetvalue(r, i, 3));
-        tv[i].name = names[i];
-        tv[i].est_rows = strtoull(PQgetvalue(r, i, 1), NULL, 10);
-        tv[i].est_bytes = strtoull(PQgetvalue(r, i, 2), NULL, 10);
-        tp[i] = &tv[i];
     }
     PQclear(r);
-    r = NULL;
-    Msg m = PMGCM__STORE__MSG__INIT;
-    m.kind = PMGCM__STORE__MSG__KIND__SNAP_BEGIN;
-    m.head = &head;
-    m.has_head_ts_us = true;
-    m.head_ts_us = ts;
-    m.n_epochs = (size_t)ne;
-    m.epochs = ep;
-    m.n_tables = (size_t)nt;
-    m.tables = tp;
-    m.schema = mine;
-    m.n_origins = (size_t)no;
-    m.origins = op;
-    rc = (tv && tp && names && ocols) ? put_msg(sn, &m) : -ENOMEM;
+    tv = calloc((size_t)t->n + 1, sizeof(*tv));
+    tp = calloc((size_t)t->n + 1, sizeof(*tp));
+    for (int i = 0; tv && tp && i < t->n; i++) {
+        pmgcm__store__table_info__init(&tv[i]);
+        tv[i].name = t->names[i];
+        tv[i].est_rows = est_rows[i];
+        tv[i].est_bytes = t->est_bytes[i];
+        tp[i] = &tv[i];
+    }
+    if (rc == 0 && (!ev || !ep || !ov || !op || !tv || !tp)) rc = -ENOMEM;
+    if (rc == 0) {
+        Msg m = PMGCM__STORE__MSG__INIT;
+        m.kind = PMGCM__STORE__MSG__KIND__SNAP_BEGIN;
+        m.head = head;
+        m.has_head_ts_us = true;
+        m.head_ts_us = ts;
+        m.n_epochs = (size_t)ne;
+        m.epochs = ep;
+        m.n_tables = (size_t)t->n;
+        m.tables = tp;
+        m.schema = mine;
+        m.n_origins = (size_t)no;
+        m.origins = op;
+        if (jobs > 1) {
+            m.has_jobs = true;
+            m.jobs = jobs;
+        }
+        rc = put_msg(sn, &m);
+    }
     free(ev);
     free(ep);
     free(ov);
     free(op);
     free(tv);
     free(tp);
-    /* the data, table by table */
-    char *chunk = malloc(SNAP_CHUNK + 65536);
-    for (int i = 0; rc == 0 && i < nt; i++) {
-        Msg t = PMGCM__STORE__MSG__INIT;
-        t.kind = PMGCM__STORE__MSG__KIND__SNAP_TABLE;
-        t.name = names[i];
-        if ((rc = put_msg(sn, &t))) break;
-        char *sql = NULL;
-        int ar = ocols && ocols[i]
-                     ? asprintf(&sql, "COPY (SELECT * FROM %s WHERE %s::text IS"
-                                      " DISTINCT FROM '%u') TO STDOUT",
-                                names[i], ocols[i], sn->peer_cid)
-                     : asprintf(&sql, "COPY %s TO STDOUT", names[i]);
-        if (ar < 0 || !chunk) {
-            free(sql);
-            rc = -ENOMEM;
-            break;
-        }
-        r = PQexec(c, sql);
-        free(sql);
-        if (PQresultStatus(r) != PGRES_COPY_OUT) {
-            pst_pgerr(c, r, err, el);
-            rc = PST_EDB;
-            break;
-        }
-        PQclear(r);
-        r = NULL;
-        size_t fill = 0;
-        for (;;) {
-            char *row = NULL;
-            int n = PQgetCopyData(c, &row, 0);
-            if (n > 0) {
-                if (fill + (size_t)n > SNAP_CHUNK + 65536 && fill > 0) {
-                    Msg d = PMGCM__STORE__MSG__INIT;
-                    d.kind = PMGCM__STORE__MSG__KIND__SNAP_DATA;
-                    d.has_data = true;
-                    d.data.data = (uint8_t *)chunk;
-                    d.data.len = fill;
-                    if ((rc = put_msg(sn, &d))) {
-                        PQfreemem(row);
-                        break;
-                    }
-                    fill = 0;
-                }
-                if ((size_t)n > SNAP_CHUNK + 65536) {
-                    /* one enormous row: its own message */
-                    Msg d = PMGCM__STORE__MSG__INIT;
-                    d.kind = PMGCM__STORE__MSG__KIND__SNAP_DATA;
-                    d.has_data = true;
-                    d.data.data = (uint8_t *)row;
-                    d.data.len = (size_t)n;
-                    rc = put_msg(sn, &d);
-                } else {
-                    memcpy(chunk + fill, row, (size_t)n);
-                    fill += (size_t)n;
-                }
-                total_rows++;
-                total_bytes += (size_t)n;
-                __atomic_store_n(&sn->rows, total_rows, __ATOMIC_RELAXED);
-                __atomic_store_n(&sn->bytes, total_bytes, __ATOMIC_RELAXED);
-                PQfreemem(row);
-                if (rc) break;
-                if (fill >= SNAP_CHUNK) {
-                    Msg d = PMGCM__STORE__MSG__INIT;
-                    d.kind = PMGCM__STORE__MSG__KIND__SNAP_DATA;
-                    d.has_data = true;
-                    d.data.data = (uint8_t *)chunk;
-                    d.data.len = fill;
-                    if ((rc = put_msg(sn, &d))) break;
-                    fill = 0;
-                }
-                continue;
-            }
-            if (n == -1) break; /* done */
-            pst_pgerr(c, NULL, err, el);
-            rc = PST_EDB;
-            break;
-        }
-        if (rc) break;
-        r = PQgetResult(c);
-        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
-            pst_pgerr(c, r, err, el);
-            rc = PST_EDB;
-            break;
-        }
-        PQclear(r);
-        r = NULL;
-        if (fill) {
-            Msg d = PMGCM__STORE__MSG__INIT;
-            d.kind = PMGCM__STORE__MSG__KIND__SNAP_DATA;
-            d.has_data = true;
-            d.data.data = (uint8_t *)chunk;
-            d.data.len = fill;
-            if ((rc = put_msg(sn, &d))) break;
-        }
-        __atomic_store_n(&sn->tables_done, (uint32_t)i + 1, __ATOMIC_RELAXED);
+    return rc;
+}
+
+static int srv_put(srv_copy *cp, Pmgcm__Store__Msg__Kind kind, const char *name,
+                   const void *data, size_t len)
+{
+    if (__atomic_load_n(&cp->failed, __ATOMIC_ACQUIRE)) return -ECANCELED;
+    Msg d = PMGCM__STORE__MSG__INIT;
+    d.kind = kind;
+    if (name && (kind != PMGCM__STORE__MSG__KIND__SNAP_DATA || cp->interleaved))
+        d.name = (char *)name;
+    if (data) {
+        d.has_data = true;
+        d.data.data = (uint8_t *)data;
+        d.data.len = len;
     }
+    return put_msg(cp->sn, &d);
+}
+
+/* Step 5, per table: COPY TO STDOUT into SNAP_DATA frames of whole lines
+ * (about SNAP_CHUNK each; a bigger row alone). chunk: SNAP_CHUNK + 64 KiB. */
+static int srv_copy_table(srv_job *j, int ti, char *chunk)
+{
+    srv_copy *cp = j->cp;
+    pst_snap *sn = cp->sn;
+    const char *name = cp->t->names[ti];
+    PGconn *c = j->c;
+    int rc = srv_put(cp, PMGCM__STORE__MSG__KIND__SNAP_TABLE, name, NULL, 0);
+    if (rc) return rc;
+    char *sql = NULL;
+    int ar = cp->t->ocols[ti]
+                 ? asprintf(&sql, "COPY (SELECT * FROM %s WHERE %s::text IS"
+                                  " DISTINCT FROM '%u') TO STDOUT",
+                            name, cp->t->ocols[ti], sn->peer_cid)
+                 : asprintf(&sql, "COPY %s TO STDOUT", name);
+    if (ar < 0) return -ENOMEM;
+    PGresult *r = PQexec(c, sql);
+    free(sql);
+    if (PQresultStatus(r) != PGRES_COPY_OUT) {
+        pst_pgerr(c, r, j->err, sizeof(j->err));
+        PQclear(r);
+        return PST_EDB;
+    }
+    PQclear(r);
+    size_t fill = 0;
+    uint64_t rows = 0, bytes = 0, rows_told = 0, bytes_told = 0;
+    for (;;) {
+        char *row = NULL;
+        int n = PQgetCopyData(c, &row, 0);
+        if (n == -1) break; /* done */
+        if (n < 0) {
+            pst_pgerr(c, NULL, j->err, sizeof(j->err));
+            return PST_EDB;
+        }
+        if (fill && fill + (size_t)n > SNAP_CHUNK + 65536) {
+            if ((rc = srv_put(cp, PMGCM__STORE__MSG__KIND__SNAP_DATA, name,
+                              chunk, fill)))
+                break;
+            fill = 0;
+        }
+        if ((size_t)n > SNAP_CHUNK + 65536) {
+            /* one enormous row: its own message */
+            rc = srv_put(cp, PMGCM__STORE__MSG__KIND__SNAP_DATA, name, row,
+                         (size_t)n);
+        } else {
+            memcpy(chunk + fill, row, (size_t)n);
+            fill += (size_t)n;
+        }
+        rows++;
+        bytes += (uint64_t)n;
+        PQfreemem(row);
+        if (rc) break;
+        if (fill >= SNAP_CHUNK) {
+            /* progress, once a chunk */
+            __atomic_add_fetch(&sn->rows, rows - rows_told, __ATOMIC_RELAXED);
+            __atomic_add_fetch(&sn->bytes, bytes - bytes_told,
+                               __ATOMIC_RELAXED);
+            rows_told = rows;
+            bytes_told = bytes;
+            if ((rc = srv_put(cp, PMGCM__STORE__MSG__KIND__SNAP_DATA, name,
+                              chunk, fill)))
+                break;
+            fill = 0;
+        }
+    }
+    __atomic_add_fetch(&sn->rows, rows - rows_told, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&sn->bytes, bytes - bytes_told, __ATOMIC_RELAXED);
+    /* on error the connection is left in its COPY: it is closed */
+    if (rc) return rc;
+    r = PQgetResult(c);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+        pst_pgerr(c, r, j->err, sizeof(j->err));
+        PQclear(r);
+        return PST_EDB;
+    }
+    PQclear(r);
+    while ((r = PQgetResult(c))) PQclear(r);
+    if (fill &&
+        (rc = srv_put(cp, PMGCM__STORE__MSG__KIND__SNAP_DATA, name, chunk, fill)))
+        return rc;
+    if (cp->interleaved) {
+        Msg e = PMGCM__STORE__MSG__INIT;
+        e.kind = PMGCM__STORE__MSG__KIND__SNAP_TABLE_END;
+        e.name = (char *)name;
+        e.has_rows = true;
+        e.rows = rows;
+        if ((rc = put_msg(sn, &e))) return rc;
+    }
+    __atomic_add_fetch(&sn->tables_done, 1, __ATOMIC_RELAXED);
+    return 0;
+}
+
+/* One copy connection: tables from the shared order until none is left.
+ * A connection of its own joins the coordinator's snapshot first. */
+static void srv_job_main(void *arg)
+{
+    srv_job *j = arg;
+    srv_copy *cp = j->cp;
+    int rc = 0;
+    char *chunk = malloc(SNAP_CHUNK + 65536);
+    if (!chunk) rc = -ENOMEM;
+    if (rc == 0 && j->own) {
+        j->c = pst_connect(cp->sn->st->conninfo, NULL, j->err, sizeof(j->err));
+        if (!j->c) rc = PST_EDB;
+        char q[160];
+        snprintf(q, sizeof(q), "BEGIN ISOLATION LEVEL REPEATABLE READ READ"
+                 " ONLY; SET TRANSACTION SNAPSHOT '%s'", cp->snapid);
+        if (rc == 0) rc = pst_exec(j->c, q, j->err, sizeof(j->err));
+    }
+    for (;;) {
+        if (rc) break;
+        int k = __atomic_fetch_add(&cp->next, 1, __ATOMIC_ACQ_REL);
+        if (k >= cp->t->n) break;
+        rc = srv_copy_table(j, cp->t->order[k], chunk);
+    }
+    if (rc) __atomic_store_n(&cp->failed, 1, __ATOMIC_RELEASE);
     free(chunk);
-    for (int i = 0; names && i < nt; i++) free(names[i]);
-    free(names);
-    for (int i = 0; ocols && i < nt; i++) free(ocols[i]);
-    free(ocols);
+    if (j->own && j->c) {
+        PQfinish(j->c);
+        j->c = NULL;
+    }
+    j->rc = rc;
+}
+
+/* Step 5: the tables over `jobs` connections: the coordinator's and
+ * jobs - 1 more in its exported snapshot (all see the same rows). */
+static int srv_copy_tables(pst_snap *sn, PGconn *c, const srv_tables *t,
+                           unsigned jobs)
+{
+    char snapid[80] = "";
+    if (jobs > 1) {
+        PGresult *r = PQexec(c, "SELECT pg_export_snapshot()");
+        if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+            pst_pgerr(c, r, sn->err, sizeof(sn->err));
+            PQclear(r);
+            return PST_EDB;
+        }
+        snprintf(snapid, sizeof(snapid), "%s", PQgetvalue(r, 0, 0));
+        PQclear(r);
+        if (strspn(snapid, "0123456789ABCDEFabcdef-") != strlen(snapid)) {
+            snprintf(sn->err, sizeof(sn->err), "unexpected snapshot id");
+            return PST_EDB;
+        }
+    }
+    srv_copy cp = {.sn = sn, .t = t, .interleaved = jobs > 1,
+                   .snapid = snapid};
+    srv_job js[PST_SNAP_JOBS];
+    memset(js, 0, sizeof(js));
+    for (unsigned i = 0; i < jobs; i++) {
+        js[i].cp = &cp;
+        js[i].own = i > 0;
+        js[i].c = i == 0 ? c : NULL;
+    }
+    for (unsigned i = 1; i < jobs; i++)
+        js[i].started = uv_thread_create(&js[i].tid, srv_job_main,
+                                         &js[i]) == 0;
+    srv_job_main(&js[0]);
+    int rc = js[0].rc;
+    const char *why = js[0].err;
+    for (unsigned i = 1; i < jobs; i++) {
+        if (!js[i].started) {
+            if (!rc) rc = -EAGAIN;
+            continue;
+        }
+        uv_thread_join(&js[i].tid);
+        /* the first real error, not a connection stopped for it */
+        if (js[i].rc && (!rc || rc == -ECANCELED)) {
+            rc = js[i].rc;
+            why = js[i].err;
+        }
+    }
+    if (rc && why[0]) snprintf(sn->err, sizeof(sn->err), "%s", why);
+    return rc;
+}
+
+static void snap_server_main(void *arg)
+{
+    pst_snap *sn = arg;
+    pst_store *st = sn->st;
+    char *mine = NULL;
+    uint64_t *est_rows = NULL;
+    srv_tables t = {0};
+    Pmgcm__Store__Pos head = PMGCM__STORE__POS__INIT;
+    int64_t ts = 0;
+    int rc = 0;
+    PGconn *c = pst_connect(st->conninfo, NULL, sn->err, sizeof(sn->err));
+    if (!c) rc = PST_EDB;
+    if (rc == 0) rc = srv_begin(sn, c, &head, &ts);
+    if (rc == 0) rc = srv_check_schema(sn, c, &mine);
+    if (rc == 0) rc = srv_list_tables(sn, c, &t, &est_rows);
+    /* as many connections as the client loads tables at once, bounded */
+    unsigned jobs = sn->jobs < PST_SNAP_JOBS ? sn->jobs : PST_SNAP_JOBS;
+    if (jobs > (unsigned)t.n) jobs = (unsigned)t.n;
+    if (jobs < 1) jobs = 1;
+    __atomic_store_n(&sn->tables, (uint32_t)t.n, __ATOMIC_RELAXED);
+    if (rc == 0)
+        rc = srv_send_begin(sn, c, &head, ts, mine, &t, est_rows, jobs);
+    if (rc == 0) rc = srv_copy_tables(sn, c, &t, jobs);
     if (rc == 0) {
         Msg e = PMGCM__STORE__MSG__INIT;
         e.kind = PMGCM__STORE__MSG__KIND__SNAP_END;
         e.has_rows = e.has_bytes = true;
-        e.rows = total_rows;
-        e.bytes = total_bytes;
+        e.rows = __atomic_load_n(&sn->rows, __ATOMIC_RELAXED);
+        e.bytes = __atomic_load_n(&sn->bytes, __ATOMIC_RELAXED);
         rc = put_msg(sn, &e);
     }
-out:
     if (rc && rc != -ECANCELED) {
         Msg e = PMGCM__STORE__MSG__INIT;
         e.kind = PMGCM__STORE__MSG__KIND__ERROR;
-        e.error = err[0] ? err : (char *)pst_strerror(rc);
+        e.error = sn->err[0] ? sn->err : (char *)pst_strerror(rc);
         put_msg(sn, &e);
     }
-    PQclear(r);
+    srv_tables_free(&t);
+    free(est_rows);
     if (c) PQfinish(c);
     free(mine);
     pst_pipe_eof(&sn->pipe);
     snap_finish(sn, rc);
 }
 
-/* COPY text of one row into the log: escape \ tab newline CR */
-static void rebuild_clear(pst_snap *sn)
+/* ---- client: the load ------------------------------------------------------------------ */
+
+/* One loading connection. In a parallel load (a node without loaded data)
+ * each runs on a thread of its own and loads each table in a transaction
+ * of its own; otherwise the snapshot's connection loads inline, inside the
+ * one transaction that replaces everything. */
+typedef struct snap_loader {
+    pst_snap *sn;
+    PGconn *c;
+    bool own;          /* connection made and closed by the loader */
+    bool txn;          /* each table in its own transaction */
+    pst_pipe q;        /* parallel: the frames of its tables */
+    uv_thread_t tid;
+    bool started;
+    bool busy;         /* a table assigned, not yet committed (sn->lmu) */
+    bool dead;         /* failed (sn->lmu) */
+    char *name;        /* dispatcher: the table it gets frames for */
+    int ti;            /* the table being loaded (our set), -1 none */
+    bool in_copy;
+    /* secondary indexes of the table being loaded, dropped before its
+     * COPY and built again after it (CREATE INDEX statements) */
+    char **rebuild;
+    size_t n_rebuild;
+    int rc;
+    char err[256];
+} snap_loader;
+
+static void rebuild_clear(snap_loader *l)
 {
-    for (size_t i = 0; i < sn->n_rebuild; i++) free(sn->rebuild[i]);
-    free(sn->rebuild);
-    sn->rebuild = NULL;
-    sn->n_rebuild = 0;
+    for (size_t i = 0; i < l->n_rebuild; i++) free(l->rebuild[i]);
+    free(l->rebuild);
+    l->rebuild = NULL;
+    l->n_rebuild = 0;
 }
 
 /* Before a truncated table is loaded: its secondary indexes go, to be
@@ -411,9 +646,10 @@ static void rebuild_clear(pst_snap *sn)
  * in another tablespace, clustered, invalid, commented, or with column
  * statistics targets (what CREATE INDEX would not restore). The table is
  * a local name. */
-static int rebuild_begin(pst_snap *sn, PGconn *c, const char *tbl)
+static int rebuild_begin(snap_loader *l, const char *tbl)
 {
-    rebuild_clear(sn);
+    PGconn *c = l->c;
+    rebuild_clear(l);
     const char *pv[1] = {tbl};
     PGresult *r = PQexecParams(
         c,
@@ -427,45 +663,222 @@ static int rebuild_begin(pst_snap *sn, PGconn *c, const char *tbl)
         " = i.indexrelid AND a.attstattarget > 0) ORDER BY 1",
         1, NULL, pv, NULL, NULL, 0);
     if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-        pst_pgerr(c, r, sn->err, sizeof(sn->err));
+        pst_pgerr(c, r, l->err, sizeof(l->err));
         PQclear(r);
         return PST_EDB;
     }
     int n = PQntuples(r), rc = 0;
     if (n) {
-        sn->rebuild = calloc((size_t)n, sizeof(*sn->rebuild));
-        if (!sn->rebuild) rc = -ENOMEM;
+        l->rebuild = calloc((size_t)n, sizeof(*l->rebuild));
+        if (!l->rebuild) rc = -ENOMEM;
     }
     for (int i = 0; rc == 0 && i < n; i++) {
-        sn->rebuild[i] = strdup(PQgetvalue(r, i, 1));
-        if (!sn->rebuild[i]) {
+        l->rebuild[i] = strdup(PQgetvalue(r, i, 1));
+        if (!l->rebuild[i]) {
             rc = -ENOMEM;
             break;
         }
-        sn->n_rebuild++;
-        rc = pst_exec(c, PQgetvalue(r, i, 0), sn->err, sizeof(sn->err));
+        l->n_rebuild++;
+        rc = pst_exec(c, PQgetvalue(r, i, 0), l->err, sizeof(l->err));
     }
     PQclear(r);
     return rc;
 }
 
-static int copy_end(pst_snap *sn, PGconn *c)
+/* SNAP_TABLE: COPY FROM STDIN into our table of that name. A table
+ * emptied in this transaction (not a per-origin one, which keeps our rows;
+ * not a partitioned one) is loaded frozen: no hint bits or vacuum freeze
+ * to do afterwards, and less to write now. A loader with transactions of
+ * its own empties the table again in it for that (unless a foreign key
+ * references it: TRUNCATE would refuse; it is empty anyway). */
+static int ld_table(snap_loader *l, const char *name)
 {
+    pst_snap *sn = l->sn;
+    PGconn *c = l->c;
+    char *err = l->err;
+    size_t el = sizeof(l->err);
+    int rc;
+    int ti = pst_tableset_find(sn->local, name);
+    if (ti < 0) {
+        char nb[120];
+        snprintf(err, el, "snapshot carries table \"%s\", which is not"
+                 " replicated here", pst_safe_name(name, nb, sizeof(nb)));
+        return PST_ESCHEMA;
+    }
+    const char *tbl = sn->local->t[ti].name; /* our name, never theirs */
+    if (l->txn &&
+        (rc = pst_exec(c, "BEGIN; SET LOCAL maintenance_work_mem = '128MB'",
+                       err, el)))
+        return rc;
+    bool freeze = false;
+    if (!sn->local->t[ti].origin) {
+        const char *pv[2] = {tbl, l->txn ? "f" : "t"};
+        PGresult *r = PQexecParams(
+            c, "SELECT relkind = 'r' AND ($2::bool OR NOT EXISTS (SELECT 1"
+               " FROM pg_constraint WHERE confrelid = $1::regclass AND"
+               " contype = 'f')) FROM pg_class WHERE oid = $1::regclass",
+            2, NULL, pv, NULL, NULL, 0);
+        freeze = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 &&
+                 PQgetvalue(r, 0, 0)[0] == 't';
+        PQclear(r);
+    }
+    if (freeze && l->txn) {
+        char *q = NULL;
+        if (asprintf(&q, "TRUNCATE %s", tbl) < 0) return -ENOMEM;
+        rc = pst_exec(c, q, err, el);
+        free(q);
+        if (rc) return rc;
+    }
+    if (freeze && (rc = rebuild_begin(l, tbl))) return rc;
+    char *sql = NULL;
+    if (asprintf(&sql, "COPY %s FROM STDIN%s", tbl,
+                 freeze ? " (FREEZE)" : "") < 0)
+        return -ENOMEM;
+    PGresult *r = PQexec(c, sql);
+    free(sql);
+    if (PQresultStatus(r) != PGRES_COPY_IN) {
+        pst_pgerr(c, r, err, el);
+        PQclear(r);
+        return PST_EDB;
+    }
+    PQclear(r);
+    l->ti = ti;
+    l->in_copy = true;
+    return 0;
+}
+
+/* SNAP_DATA: whole COPY text lines of the table being loaded. */
+static int ld_data(snap_loader *l, const uint8_t *data, size_t len)
+{
+    if (!l->in_copy) {
+        snprintf(l->err, sizeof(l->err), "data outside a table");
+        return PST_EPROTO;
+    }
+    if (PQputCopyData(l->c, (const char *)data, (int)len) != 1) {
+        pst_pgerr(l->c, NULL, l->err, sizeof(l->err));
+        return PST_EDB;
+    }
+    uint64_t nl = 0;
+    const uint8_t *p = data, *e = data + len;
+    while (p < e && (p = memchr(p, '\n', (size_t)(e - p))) != NULL) {
+        nl++;
+        p++;
+    }
+    __atomic_add_fetch(&l->sn->rows, nl, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&l->sn->bytes, len, __ATOMIC_RELAXED);
+    return 0;
+}
+
+/* The end of a table's data: the COPY ends, the dropped indexes are built
+ * again, a loader's own transaction commits. */
+static int ld_table_end(snap_loader *l)
+{
+    PGconn *c = l->c;
     int rc = 0;
+    if (!l->in_copy) return 0;
+    l->in_copy = false;
     PQputCopyEnd(c, NULL);
     PGresult *r = PQgetResult(c);
     if (PQresultStatus(r) != PGRES_COMMAND_OK) {
-        pst_pgerr(c, r, sn->err, sizeof(sn->err));
+        pst_pgerr(c, r, l->err, sizeof(l->err));
         rc = PST_EDB;
     }
     PQclear(r);
     while ((r = PQgetResult(c))) PQclear(r);
-    /* the indexes dropped for the load, built again */
-    for (size_t i = 0; rc == 0 && i < sn->n_rebuild; i++)
-        rc = pst_exec(c, sn->rebuild[i], sn->err, sizeof(sn->err));
-    rebuild_clear(sn);
-    __atomic_add_fetch(&sn->tables_done, 1, __ATOMIC_RELAXED);
+    for (size_t i = 0; rc == 0 && i < l->n_rebuild; i++)
+        rc = pst_exec(c, l->rebuild[i], l->err, sizeof(l->err));
+    rebuild_clear(l);
+    if (rc == 0 && l->txn) rc = pst_exec(c, "COMMIT", l->err, sizeof(l->err));
+    l->ti = -1;
+    if (rc == 0) __atomic_add_fetch(&l->sn->tables_done, 1, __ATOMIC_RELAXED);
     return rc;
+}
+
+/* One frame for a loader. */
+static int ld_frame(snap_loader *l, const Msg *m)
+{
+    switch (m->kind) {
+    case PMGCM__STORE__MSG__KIND__SNAP_TABLE:
+        if (l->in_copy) {
+            snprintf(l->err, sizeof(l->err), "a table before the previous"
+                     " one ended");
+            return PST_EPROTO;
+        }
+        return ld_table(l, m->name);
+    case PMGCM__STORE__MSG__KIND__SNAP_DATA:
+        return ld_data(l, m->data.data, m->data.len);
+    case PMGCM__STORE__MSG__KIND__SNAP_TABLE_END:
+        return ld_table_end(l);
+    default:
+        snprintf(l->err, sizeof(l->err), "unexpected message %d for a"
+                 " loader", m->kind);
+        return PST_EPROTO;
+    }
+}
+
+/* A parallel loader's thread: frames until its pipe ends. A table's end
+ * frees it for the next one. */
+static void ld_main(void *arg)
+{
+    snap_loader *l = arg;
+    pst_snap *sn = l->sn;
+    int rc = 0;
+    if (l->own) {
+        /* under a replication origin of its own: not captured again */
+        static unsigned next_tag;
+        char tag[16];
+        snprintf(tag, sizeof(tag), "p%u",
+                 __atomic_fetch_add(&next_tag, 1, __ATOMIC_RELAXED) % 64);
+        l->c = pst_connect(sn->st->conninfo, tag, l->err, sizeof(l->err));
+        if (!l->c) rc = PST_EDB;
+    }
+    pst_buf *b;
+    while (rc == 0 && (b = pst_pipe_get(&l->q)) != NULL) {
+        Msg *m = pmgcm__store__msg__unpack(NULL, b->len, b->data);
+        free(b);
+        if (!m) {
+            snprintf(l->err, sizeof(l->err), "malformed snapshot message");
+            rc = PST_EPROTO;
+            break;
+        }
+        bool end = m->kind == PMGCM__STORE__MSG__KIND__SNAP_TABLE_END;
+        rc = ld_frame(l, m);
+        pmgcm__store__msg__free_unpacked(m, NULL);
+        if (rc == 0 && end) {
+            pthread_mutex_lock(&sn->lmu);
+            l->busy = false;
+            pthread_cond_broadcast(&sn->lcv);
+            pthread_mutex_unlock(&sn->lmu);
+        }
+    }
+    if (rc == 0 && l->in_copy) {
+        snprintf(l->err, sizeof(l->err), "the snapshot stream ended early");
+        rc = -ECONNRESET;
+    }
+    if (rc) {
+        pst_pipe_abort(&l->q);
+        if (l->in_copy) PQputCopyEnd(l->c, "aborted");
+        l->in_copy = false;
+        /* its transaction rolls back with the connection (or, on the
+         * snapshot's connection, before that is used again) */
+        if (l->c && !l->own) {
+            PGresult *r;
+            while ((r = PQgetResult(l->c))) PQclear(r);
+            char scratch[64];
+            pst_exec(l->c, "ROLLBACK", scratch, sizeof(scratch));
+        }
+    }
+    rebuild_clear(l);
+    if (l->own && l->c) {
+        PQfinish(l->c);
+        l->c = NULL;
+    }
+    pthread_mutex_lock(&sn->lmu);
+    l->rc = rc;
+    l->dead = rc != 0;
+    l->busy = false;
+    pthread_cond_broadcast(&sn->lcv);
+    pthread_mutex_unlock(&sn->lmu);
 }
 
 /* SNAP_BEGIN's table list against our replicated set: every name ours,
@@ -544,315 +957,493 @@ static int snap_backup_begin(pst_snap *sn, PGconn *c, const Msg *m)
                             sizeof(sn->backup), err, el);
 }
 
-static int snap_client_load(pst_snap *sn, PGconn *c)
+/* SNAP_BEGIN step: the snapshot's schema and position, the estimates. */
+static int cl_accept(pst_snap *sn, const Msg *m)
 {
-    pst_store *st = sn->st;
+    if (!m->head || !m->schema) {
+        snprintf(sn->err, sizeof(sn->err), "unexpected snapshot start");
+        return PST_EPROTO;
+    }
+    if (strcmp(m->schema, sn->schema) != 0) {
+        char d[700];
+        snprintf(sn->err, sizeof(sn->err), "schema mismatch: %s",
+                 pst_schema_diff(sn->schema, m->schema, d, sizeof(d)));
+        return PST_ESCHEMA;
+    }
+    sn->pos.epoch = m->head->epoch;
+    sn->pos.seq = m->head->seq;
+    sn->ts_us = m->has_head_ts_us ? m->head_ts_us : 0;
+    uint64_t er = 0, eb = 0;
+    for (size_t i = 0; i < m->n_tables; i++) {
+        er += m->tables[i]->est_rows;
+        eb += m->tables[i]->est_bytes;
+    }
+    __atomic_store_n(&sn->est_rows, er, __ATOMIC_RELAXED);
+    __atomic_store_n(&sn->est_bytes, eb, __ATOMIC_RELAXED);
+    __atomic_store_n(&sn->tables, (uint32_t)m->n_tables, __ATOMIC_RELAXED);
+    /* the snapshot must carry exactly our replicated set; what goes into
+     * SQL below are our own names, never the received ones */
+    return snap_check_tables(sn, m, sn->err, sizeof(sn->err));
+}
+
+/* SNAP_BEGIN step: everything replicated goes, in one statement (foreign
+ * keys); per-origin tables keep this node's own rows. */
+static int cl_empty_tables(pst_snap *sn, PGconn *c)
+{
     char *err = sn->err;
     size_t el = sizeof(sn->err);
     int rc = 0;
-    bool in_copy = false, begun = false, done = false;
+    PGresult *ro = PQexec(c, "SELECT tbl, quote_ident(col) FROM"
+                             " pmgcm.otables");
+    if (PQresultStatus(ro) != PGRES_TUPLES_OK) {
+        pst_pgerr(c, ro, err, el);
+        PQclear(ro);
+        return PST_EDB;
+    }
+    size_t len = 64, nt = 0;
+    for (size_t i = 0; i < sn->local->n; i++)
+        len += strlen(sn->local->t[i].name) + 2;
+    char *sql = malloc(len), *p = sql;
+    if (!sql) {
+        PQclear(ro);
+        return -ENOMEM;
+    }
+    p += sprintf(p, "TRUNCATE ");
+    for (size_t i = 0; i < sn->local->n; i++) {
+        if (sn->local->t[i].origin) continue;
+        p += sprintf(p, "%s%s", nt++ ? ", " : "", sn->local->t[i].name);
+    }
+    if (nt) rc = pst_exec(c, sql, err, el);
+    free(sql);
+    for (int k = 0; rc == 0 && k < PQntuples(ro); k++) {
+        char *d = NULL;
+        if (asprintf(&d, "DELETE FROM %s WHERE %s::text IS DISTINCT"
+                         " FROM '%u'", PQgetvalue(ro, k, 0),
+                     PQgetvalue(ro, k, 1), sn->self_cid) < 0) {
+            rc = -ENOMEM;
+            break;
+        }
+        rc = pst_exec(c, d, err, el);
+        free(d);
+    }
+    PQclear(ro);
+    return rc;
+}
+
+/* SNAP_BEGIN step: other origins' positions come with the snapshot. */
+static int cl_origins(pst_snap *sn, PGconn *c, const Msg *m)
+{
+    char q0[160];
+    snprintf(q0, sizeof(q0),
+             "DELETE FROM pmgcm.olog WHERE origin <> %u;"
+             "DELETE FROM pmgcm.opos WHERE origin <> %u",
+             sn->self_cid, sn->self_cid);
+    int rc = pst_exec(c, q0, sn->err, sizeof(sn->err));
+    sn->n_opos = 0;
+    for (size_t i = 0; i < m->n_origins && rc == 0; i++) {
+        if (m->origins[i]->origin == sn->self_cid) continue;
+        char q[160];
+        snprintf(q, sizeof(q),
+                 "INSERT INTO pmgcm.opos VALUES (%u, %llu, %llu, now())",
+                 m->origins[i]->origin,
+                 (unsigned long long)m->origins[i]->seq,
+                 (unsigned long long)m->origins[i]->seq);
+        rc = pst_exec(c, q, sn->err, sizeof(sn->err));
+        if (sn->n_opos < PST_ORIGINS_MAX) {
+            pst_origin *o = &sn->opos[sn->n_opos++];
+            memset(o, 0, sizeof(*o));
+            o->origin = m->origins[i]->origin;
+            o->seq = o->recv_seq = m->origins[i]->seq;
+        }
+    }
+    return rc;
+}
+
+/* SNAP_BEGIN step: entries of our log the snapshot's lineage does not
+ * hold (a term after ours started before them, e.g. an old master's
+ * numbered but unsent changes) are kept as divergence; then the epochs
+ * and the log restart at the snapshot. */
+static int cl_restart_log(pst_snap *sn, PGconn *c, const Msg *m)
+{
+    char *err = sn->err;
+    size_t el = sizeof(sn->err);
+    char *vals = NULL;
+    size_t vl = 0;
+    FILE *vf = open_memstream(&vals, &vl);
+    if (!vf) return -ENOMEM;
+    fputs("WITH e(epoch, start_seq) AS (VALUES (0::bigint, 0::bigint)", vf);
+    for (size_t i = 0; i < m->n_epochs; i++)
+        fprintf(vf, ", (%llu, %llu)", (unsigned long long)m->epochs[i]->epoch,
+                (unsigned long long)m->epochs[i]->start_seq);
+    fprintf(vf,
+            "), d AS (SELECT l.* FROM pmgcm.log l WHERE l.op <> 'E' AND"
+            " l.seq >= (SELECT min(start_seq) FROM e WHERE e.epoch >"
+            " l.epoch))"
+            " INSERT INTO pmgcm.divergence (reason, epoch, seq, op, tbl,"
+            " old, new, ts) SELECT 'not received by the cluster: a later"
+            " term started before it; replaced by a snapshot at %llu/%llu',"
+            " epoch, seq, op, tbl, old, new, ts FROM d ORDER BY seq",
+            (unsigned long long)m->head->epoch,
+            (unsigned long long)m->head->seq);
+    if (fclose(vf) != 0) {
+        free(vals);
+        return -ENOMEM;
+    }
+    PGresult *rd = PQexec(c, vals);
+    free(vals);
+    if (PQresultStatus(rd) != PGRES_COMMAND_OK) {
+        pst_pgerr(c, rd, err, el);
+        PQclear(rd);
+        return PST_EDB;
+    }
+    sn->divergent = strtoull(PQcmdTuples(rd), NULL, 10);
+    PQclear(rd);
+    int rc = pst_exec(c, "DELETE FROM pmgcm.log; DELETE FROM pmgcm.epochs",
+                      err, el);
+    for (size_t i = 0; rc == 0 && i < m->n_epochs; i++) {
+        char q[200];
+        snprintf(q, sizeof(q), "INSERT INTO pmgcm.epochs VALUES (%llu, %llu,"
+                 " %u)", (unsigned long long)m->epochs[i]->epoch,
+                 (unsigned long long)m->epochs[i]->start_seq,
+                 m->epochs[i]->master_cid);
+        rc = pst_exec(c, q, err, el);
+    }
+    return rc;
+}
+
+/* SNAP_BEGIN: the load's transaction replaces what the snapshot replaces.
+ * A parallel load commits it now with the node marked not loaded (the
+ * tables follow, each in a transaction of its own; a failure or a crash
+ * before the end leaves a node that loads a snapshot again, its old data
+ * in a backup schema when it was not part of the snapshot's history). */
+static int cl_begin(pst_snap *sn, PGconn *c, const Msg *m, bool par)
+{
+    int rc = cl_accept(sn, m);
+    if (rc == 0)
+        rc = pst_exec(c, "BEGIN; SET LOCAL maintenance_work_mem = '256MB'",
+                      sn->err, sizeof(sn->err));
+    if (rc == 0) rc = snap_backup_begin(sn, c, m);
+    if (rc == 0) rc = cl_empty_tables(sn, c);
+    if (rc == 0) rc = cl_origins(sn, c, m);
+    if (rc == 0) rc = cl_restart_log(sn, c, m);
+    if (rc == 0 && par)
+        rc = pst_exec(c, "UPDATE pmgcm.state SET loaded = false; COMMIT",
+                      sn->err, sizeof(sn->err));
+    return rc;
+}
+
+/* SNAP_END: what the backup holds that the snapshot holds too goes, the
+ * position is the snapshot's, the node is loaded. */
+static int cl_end(pst_snap *sn, PGconn *c, bool par)
+{
+    char *err = sn->err;
+    size_t el = sizeof(sn->err);
+    int rc = 0;
+    if (par) rc = pst_exec(c, "BEGIN", err, el);
+    if (rc == 0 && sn->backup[0])
+        rc = pst_backup_end(c, sn->local, sn->backup, &sn->bk_rows,
+                            &sn->bk_tables, err, el);
+    if (rc) return rc;
+    char q[400];
+    snprintf(q, sizeof(q),
+             "UPDATE pmgcm.state SET epoch = %llu, seq = %llu,"
+             " recv_seq = %llu, ts = CASE WHEN %lld > 0 THEN"
+             " to_timestamp(%lld / 1000000.0) ELSE now() END,"
+             " loaded = true, snapshots = snapshots + 1"
+             " RETURNING snapshots",
+             (unsigned long long)sn->pos.epoch,
+             (unsigned long long)sn->pos.seq, (unsigned long long)sn->pos.seq,
+             (long long)sn->ts_us, (long long)sn->ts_us);
+    PGresult *r = PQexec(c, q);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        pst_pgerr(c, r, err, el);
+        PQclear(r);
+        return PST_EDB;
+    }
+    sn->new_snapshots = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    return pst_exec(c, "COMMIT", err, el);
+}
+
+/* The loaders of a parallel load: the first on the snapshot's own
+ * connection (its transaction committed), the others connect. */
+typedef struct cl_pool {
+    snap_loader ls[PST_SNAP_JOBS];
+    unsigned n;
+    unsigned open;     /* tables begun and not ended (the stream's view) */
+    snap_loader *cur;  /* a one-after-the-other stream: its table's */
+} cl_pool;
+
+static int pool_start(pst_snap *sn, cl_pool *p, PGconn *c, unsigned n)
+{
+    p->n = n;
+    for (unsigned i = 0; i < n; i++) {
+        snap_loader *l = &p->ls[i];
+        l->sn = sn;
+        l->ti = -1;
+        l->txn = true;
+        l->own = i > 0;
+        l->c = i == 0 ? c : NULL;
+        pst_pipe_init(&l->q, SNAP_PIPE_MAX / 2);
+        l->started = uv_thread_create(&l->tid, ld_main, l) == 0;
+        if (!l->started) {
+            snprintf(sn->err, sizeof(sn->err), "no thread for a loader");
+            return -EAGAIN;
+        }
+    }
+    return 0;
+}
+
+/* Every loader stops (abort) or finishes its pipe (eof); 0 if all
+ * succeeded, else the first real error (why in sn->err). */
+static int pool_stop(pst_snap *sn, cl_pool *p, bool abort)
+{
+    int rc = 0;
+    for (unsigned i = 0; i < p->n; i++) {
+        snap_loader *l = &p->ls[i];
+        if (abort) pst_pipe_abort(&l->q);
+        else pst_pipe_eof(&l->q);
+    }
+    for (unsigned i = 0; i < p->n; i++) {
+        snap_loader *l = &p->ls[i];
+        if (l->started) uv_thread_join(&l->tid);
+        l->started = false;
+        if (l->rc && (!rc || rc == -ECANCELED || rc == -ECONNRESET)) {
+            rc = l->rc;
+            snprintf(sn->err, sizeof(sn->err), "%s", l->err);
+        }
+        free(l->name);
+        l->name = NULL;
+        pst_pipe_destroy(&l->q);
+    }
+    p->n = 0;
+    return rc;
+}
+
+/* A free loader for a new table (one will be: the stream has ended a
+ * table whose loader is still committing), NULL if one failed. */
+static snap_loader *pool_claim(pst_snap *sn, cl_pool *p)
+{
+    snap_loader *got = NULL;
+    pthread_mutex_lock(&sn->lmu);
+    for (;;) {
+        bool dead = false;
+        for (unsigned i = 0; i < p->n && !got; i++) {
+            dead |= p->ls[i].dead;
+            if (!p->ls[i].busy && !p->ls[i].name && !p->ls[i].dead)
+                got = &p->ls[i];
+        }
+        if (got || dead) break;
+        pthread_cond_wait(&sn->lcv, &sn->lmu);
+    }
+    if (got) got->busy = true;
+    pthread_mutex_unlock(&sn->lmu);
+    return got;
+}
+
+static snap_loader *pool_find(cl_pool *p, const char *name)
+{
+    for (unsigned i = 0; name && i < p->n; i++)
+        if (p->ls[i].name && strcmp(p->ls[i].name, name) == 0)
+            return &p->ls[i];
+    return NULL;
+}
+
+/* Hands a frame to a loader (b is taken). */
+static int pool_give(pst_snap *sn, snap_loader *l, pst_buf *b)
+{
+    int rc = pst_pipe_put(&l->q, b);
+    if (rc) snprintf(sn->err, sizeof(sn->err), "a loader failed");
+    return rc;
+}
+
+/* A table's end in a one-after-the-other stream, for its loader. */
+static int pool_end_cur(pst_snap *sn, cl_pool *p)
+{
+    snap_loader *l = p->cur;
+    if (!l) return 0;
+    p->cur = NULL;
+    Msg e = PMGCM__STORE__MSG__INIT;
+    e.kind = PMGCM__STORE__MSG__KIND__SNAP_TABLE_END;
+    size_t len = pmgcm__store__msg__get_packed_size(&e);
+    pst_buf *b = malloc(sizeof(*b) + len);
+    if (!b) return -ENOMEM;
+    b->next = NULL;
+    b->len = len;
+    pmgcm__store__msg__pack(&e, b->data);
+    free(l->name);
+    l->name = NULL;
+    p->open--;
+    return pool_give(sn, l, b);
+}
+
+/* A table frame of a parallel load: to the loader of its table. b is
+ * taken; m is the frame unpacked. interleaved: the stream's own framing
+ * (SNAP_BEGIN said jobs > 1). */
+static int pool_route(pst_snap *sn, cl_pool *p, const Msg *m, pst_buf *b,
+                      bool interleaved)
+{
+    snap_loader *l = NULL;
+    switch (m->kind) {
+    case PMGCM__STORE__MSG__KIND__SNAP_TABLE: {
+        int rc = interleaved ? 0 : pool_end_cur(sn, p);
+        if (rc == 0 && (!m->name || pool_find(p, m->name))) rc = PST_EPROTO;
+        if (rc == 0 && p->open >= p->n) rc = PST_EPROTO;
+        if (rc == 0 && !(l = pool_claim(sn, p))) rc = -EIO;
+        if (rc == 0 && !(l->name = strdup(m->name))) rc = -ENOMEM;
+        if (rc) {
+            if (rc == PST_EPROTO)
+                snprintf(sn->err, sizeof(sn->err), "unexpected table start"
+                         " in a snapshot");
+            free(b);
+            return rc;
+        }
+        p->open++;
+        if (!interleaved) p->cur = l;
+        return pool_give(sn, l, b);
+    }
+    case PMGCM__STORE__MSG__KIND__SNAP_DATA:
+        l = interleaved ? pool_find(p, m->name) : p->cur;
+        if (!l || !m->has_data) break;
+        return pool_give(sn, l, b);
+    case PMGCM__STORE__MSG__KIND__SNAP_TABLE_END:
+        l = interleaved ? pool_find(p, m->name) : NULL;
+        if (!l) break;
+        free(l->name);
+        l->name = NULL;
+        p->open--;
+        return pool_give(sn, l, b);
+    default:
+        break;
+    }
+    free(b);
+    snprintf(sn->err, sizeof(sn->err), "data outside a table");
+    return PST_EPROTO;
+}
+
+/* The client's thread: SNAP_BEGIN, the tables, SNAP_END. A node with
+ * loaded data loads on the snapshot's connection inside one transaction
+ * (its readers see the old data until the new is complete); one without
+ * loads tables in parallel connections (sn->jobs asked for, as many as
+ * the server streams at once). */
+static int snap_client_load(pst_snap *sn, PGconn *c)
+{
+    char *err = sn->err;
+    size_t el = sizeof(sn->err);
+    int rc = 0;
+    bool begun = false, done = false, par = false, interleaved = false;
+    snap_loader one = {.sn = sn, .c = c, .ti = -1};
+    cl_pool pool;
+    memset(&pool, 0, sizeof(pool));
     pst_buf *b;
-    while (!done && (b = pst_pipe_get(&sn->pipe)) != NULL) {
+    while (rc == 0 && !done && (b = pst_pipe_get(&sn->pipe)) != NULL) {
         Msg *m = pmgcm__store__msg__unpack(NULL, b->len, b->data);
-        free(b);
         if (!m) {
+            free(b);
             snprintf(err, el, "malformed snapshot message");
-            return PST_EPROTO;
-        }
-        switch (m->kind) {
-        case PMGCM__STORE__MSG__KIND__SNAP_BEGIN: {
-            if (begun || !m->head || !m->schema) {
-                rc = PST_EPROTO;
-                snprintf(err, el, "unexpected snapshot start");
-                break;
-            }
-            if (strcmp(m->schema, sn->schema) != 0) {
-                char d[700];
-                snprintf(err, el, "schema mismatch: %s",
-                         pst_schema_diff(sn->schema, m->schema, d, sizeof(d)));
-                rc = PST_ESCHEMA;
-                break;
-            }
-            sn->pos.epoch = m->head->epoch;
-            sn->pos.seq = m->head->seq;
-            sn->ts_us = m->has_head_ts_us ? m->head_ts_us : 0;
-            uint64_t er = 0, eb = 0;
-            for (size_t i = 0; i < m->n_tables; i++) {
-                er += m->tables[i]->est_rows;
-                eb += m->tables[i]->est_bytes;
-            }
-            __atomic_store_n(&sn->est_rows, er, __ATOMIC_RELAXED);
-            __atomic_store_n(&sn->est_bytes, eb, __ATOMIC_RELAXED);
-            __atomic_store_n(&sn->tables, (uint32_t)m->n_tables,
-                             __ATOMIC_RELAXED);
-            /* memory for the index builds after each table's load */
-            if ((rc = pst_exec(c, "BEGIN; SET LOCAL maintenance_work_mem ="
-                                  " '256MB'", err, el)))
-                break;
-            begun = true;
-            /* the snapshot must carry exactly our replicated set; what
-             * goes into SQL below are our own names, never the received
-             * ones */
-            if ((rc = snap_check_tables(sn, m, err, el))) break;
-            /* data that is not a prefix of the snapshot's lineage: keep
-             * what the snapshot replaces */
-            if ((rc = snap_backup_begin(sn, c, m))) break;
-            /* everything replicated goes, in one statement (foreign keys);
-             * per-origin tables keep this node's own rows */
-            PGresult *ro = PQexec(c, "SELECT tbl, quote_ident(col) FROM"
-                                     " pmgcm.otables");
-            if (PQresultStatus(ro) != PGRES_TUPLES_OK) {
-                pst_pgerr(c, ro, err, el);
-                PQclear(ro);
-                rc = PST_EDB;
-                break;
-            }
-            size_t len = 64, nt = 0;
-            for (size_t i = 0; i < sn->local->n; i++)
-                len += strlen(sn->local->t[i].name) + 2;
-            char *sql = malloc(len), *p = sql;
-            if (!sql) {
-                PQclear(ro);
-                rc = -ENOMEM;
-                break;
-            }
-            p += sprintf(p, "TRUNCATE ");
-            for (size_t i = 0; i < sn->local->n; i++) {
-                if (sn->local->t[i].origin) continue;
-                p += sprintf(p, "%s%s", nt++ ? ", " : "",
-                             sn->local->t[i].name);
-            }
-            if (nt) rc = pst_exec(c, sql, err, el);
-            free(sql);
-            for (int k = 0; rc == 0 && k < PQntuples(ro); k++) {
-                char *d = NULL;
-                if (asprintf(&d, "DELETE FROM %s WHERE %s::text IS DISTINCT"
-                                 " FROM '%u'", PQgetvalue(ro, k, 0),
-                             PQgetvalue(ro, k, 1), sn->self_cid) < 0) {
-                    rc = -ENOMEM;
-                    break;
-                }
-                rc = pst_exec(c, d, err, el);
-                free(d);
-            }
-            PQclear(ro);
-            if (rc) break;
-            /* other origins' positions come with the snapshot */
-            char q0[160];
-            snprintf(q0, sizeof(q0),
-                     "DELETE FROM pmgcm.olog WHERE origin <> %u;"
-                     "DELETE FROM pmgcm.opos WHERE origin <> %u",
-                     sn->self_cid, sn->self_cid);
-            if ((rc = pst_exec(c, q0, err, el))) break;
-            sn->n_opos = 0;
-            for (size_t i = 0; i < m->n_origins && rc == 0; i++) {
-                if (m->origins[i]->origin == sn->self_cid) continue;
-                char q[160];
-                snprintf(q, sizeof(q),
-                         "INSERT INTO pmgcm.opos VALUES (%u, %llu, %llu, now())",
-                         m->origins[i]->origin,
-                         (unsigned long long)m->origins[i]->seq,
-                         (unsigned long long)m->origins[i]->seq);
-                rc = pst_exec(c, q, err, el);
-                if (sn->n_opos < PST_ORIGINS_MAX) {
-                    pst_origin *o = &sn->opos[sn->n_opos++];
-                    memset(o, 0, sizeof(*o));
-                    o->origin = m->origins[i]->origin;
-                    o->seq = o->recv_seq = m->origins[i]->seq;
-                }
-            }
-            if (rc) break;
-            /* entries of our log the snapshot's lineage does not hold (a
-             * term after ours started before them, e.g. an old master's
-             * numbered but unsent changes) are kept as divergence before
-             * the log restarts at the snapshot */
-            {
-                char *vals = NULL;
-                size_t vl = 0;
-                FILE *vf = open_memstream(&vals, &vl);
-                if (!vf) {
-                    rc = -ENOMEM;
-                    break;
-                }
-                fputs("WITH e(epoch, start_seq) AS (VALUES (0::bigint,"
-                      " 0::bigint)", vf);
-                for (size_t i = 0; i < m->n_epochs; i++)
-                    fprintf(vf, ", (%llu, %llu)",
-                            (unsigned long long)m->epochs[i]->epoch,
-                            (unsigned long long)m->epochs[i]->start_seq);
-                fprintf(vf,
-                        "), d AS (SELECT l.* FROM pmgcm.log l WHERE l.op <>"
-                        " 'E' AND l.seq >= (SELECT min(start_seq) FROM e"
-                        " WHERE e.epoch > l.epoch))"
-                        " INSERT INTO pmgcm.divergence (reason, epoch, seq,"
-                        " op, tbl, old, new, ts) SELECT 'not received by the"
-                        " cluster: a later term started before it; replaced"
-                        " by a snapshot at %llu/%llu', epoch, seq, op, tbl,"
-                        " old, new, ts FROM d ORDER BY seq",
-                        (unsigned long long)m->head->epoch,
-                        (unsigned long long)m->head->seq);
-                if (fclose(vf) != 0) {
-                    free(vals);
-                    rc = -ENOMEM;
-                    break;
-                }
-                PGresult *rd = PQexec(c, vals);
-                free(vals);
-                if (PQresultStatus(rd) != PGRES_COMMAND_OK) {
-                    pst_pgerr(c, rd, err, el);
-                    PQclear(rd);
-                    rc = PST_EDB;
-                    break;
-                }
-                sn->divergent = strtoull(PQcmdTuples(rd), NULL, 10);
-                PQclear(rd);
-            }
-            /* the epochs and the log restart at the snapshot */
-            if ((rc = pst_exec(c, "DELETE FROM pmgcm.log;"
-                                  "DELETE FROM pmgcm.epochs", err, el)))
-                break;
-            for (size_t i = 0; i < m->n_epochs; i++) {
-                char q[200];
-                snprintf(q, sizeof(q),
-                         "INSERT INTO pmgcm.epochs VALUES (%llu, %llu, %u)",
-                         (unsigned long long)m->epochs[i]->epoch,
-                         (unsigned long long)m->epochs[i]->start_seq,
-                         m->epochs[i]->master_cid);
-                if ((rc = pst_exec(c, q, err, el))) break;
-            }
+            rc = PST_EPROTO;
             break;
         }
-        case PMGCM__STORE__MSG__KIND__SNAP_TABLE: {
-            if (!begun || !m->name) {
+        bool table_frame = m->kind == PMGCM__STORE__MSG__KIND__SNAP_TABLE ||
+                           m->kind == PMGCM__STORE__MSG__KIND__SNAP_DATA ||
+                           m->kind == PMGCM__STORE__MSG__KIND__SNAP_TABLE_END;
+        if (table_frame && !begun) {
+            snprintf(err, el, "table before snapshot start");
+            rc = PST_EPROTO;
+        } else if (table_frame && par) {
+            rc = pool_route(sn, &pool, m, b, interleaved);
+            b = NULL;
+        } else if (table_frame) {
+            if (m->kind == PMGCM__STORE__MSG__KIND__SNAP_TABLE_END) {
                 rc = PST_EPROTO;
-                snprintf(err, el, "table before snapshot start");
-                break;
-            }
-            if (in_copy) {
-                in_copy = false;
-                if ((rc = copy_end(sn, c))) break;
-            }
-            /* only a table of our replicated set, under our name */
-            char *sql = NULL;
-            int ti = pst_tableset_find(sn->local, m->name);
-            if (ti < 0) {
-                char nb[120];
-                snprintf(err, el, "snapshot carries table \"%s\", which is"
-                         " not replicated here",
-                         pst_safe_name(m->name, nb, sizeof(nb)));
-                rc = PST_ESCHEMA;
-                break;
-            }
-            PGresult *r;
-            /* a table this transaction truncated (not a per-origin one,
-             * which keeps our rows; not a partitioned one) is loaded
-             * frozen: no hint bits or vacuum freeze to do afterwards, and
-             * less to write now */
-            bool freeze = false;
-            if (!sn->local->t[ti].origin) {
-                const char *pv[1] = {sn->local->t[ti].name};
-                r = PQexecParams(c, "SELECT relkind = 'r' FROM pg_class"
-                                    " WHERE oid = $1::regclass", 1, NULL, pv,
-                                 NULL, NULL, 0);
-                freeze = PQresultStatus(r) == PGRES_TUPLES_OK &&
-                         PQntuples(r) == 1 && PQgetvalue(r, 0, 0)[0] == 't';
-                PQclear(r);
-            }
-            if (freeze &&
-                (rc = rebuild_begin(sn, c, sn->local->t[ti].name)))
-                break;
-            if (asprintf(&sql, "COPY %s FROM STDIN%s", sn->local->t[ti].name,
-                         freeze ? " (FREEZE)" : "") < 0) {
-                rc = -ENOMEM;
-                break;
-            }
-            r = PQexec(c, sql);
-            free(sql);
-            if (PQresultStatus(r) != PGRES_COPY_IN) {
-                pst_pgerr(c, r, err, el);
-                PQclear(r);
-                rc = PST_EDB;
-                break;
-            }
-            PQclear(r);
-            in_copy = true;
-            break;
-        }
-        case PMGCM__STORE__MSG__KIND__SNAP_DATA:
-            if (!in_copy || !m->has_data) {
+                snprintf(err, el, "unexpected table end in a snapshot");
+            } else if (m->kind == PMGCM__STORE__MSG__KIND__SNAP_TABLE) {
+                if (!m->name) {
+                    rc = PST_EPROTO;
+                    snprintf(err, el, "table without a name");
+                } else if ((rc = ld_table_end(&one)) == 0) {
+                    rc = ld_table(&one, m->name);
+                }
+            } else if (!m->has_data) {
                 rc = PST_EPROTO;
                 snprintf(err, el, "data outside a table");
+            } else {
+                rc = ld_data(&one, m->data.data, m->data.len);
+            }
+            if (rc && one.err[0]) snprintf(err, el, "%s", one.err);
+        } else {
+            switch (m->kind) {
+            case PMGCM__STORE__MSG__KIND__SNAP_BEGIN: {
+                if (begun) {
+                    rc = PST_EPROTO;
+                    snprintf(err, el, "unexpected snapshot start");
+                    break;
+                }
+                interleaved = m->has_jobs && m->jobs > 1;
+                unsigned n = interleaved ? m->jobs : 1;
+                if (n > sn->jobs) {
+                    rc = PST_EPROTO;
+                    snprintf(err, el, "the snapshot streams %u tables at"
+                             " once; %u asked for", n, sn->jobs);
+                    break;
+                }
+                par = sn->jobs > 1;
+                begun = true;
+                if ((rc = cl_begin(sn, c, m, par))) break;
+                if (par) rc = pool_start(sn, &pool, c, n);
                 break;
             }
-            if (PQputCopyData(c, (const char *)m->data.data,
-                              (int)m->data.len) != 1) {
-                pst_pgerr(c, NULL, err, el);
-                rc = PST_EDB;
+            case PMGCM__STORE__MSG__KIND__SNAP_END:
+                if (!begun) {
+                    rc = PST_EPROTO;
+                    snprintf(err, el, "unexpected snapshot end");
+                    break;
+                }
+                if (par) {
+                    if (!interleaved) rc = pool_end_cur(sn, &pool);
+                    int r2 = pool_stop(sn, &pool, rc != 0);
+                    if (!rc) rc = r2;
+                    if (!rc && pool.open) {
+                        rc = PST_EPROTO;
+                        snprintf(err, el, "the snapshot ended inside a"
+                                 " table");
+                    }
+                } else if ((rc = ld_table_end(&one)) && one.err[0]) {
+                    snprintf(err, el, "%s", one.err);
+                }
+                if (rc == 0) rc = cl_end(sn, c, par);
+                done = rc == 0;
                 break;
-            }
-            {
-                uint64_t nl = 0;
-                for (size_t i = 0; i < m->data.len; i++)
-                    nl += m->data.data[i] == '\n';
-                __atomic_add_fetch(&sn->rows, nl, __ATOMIC_RELAXED);
-                __atomic_add_fetch(&sn->bytes, m->data.len, __ATOMIC_RELAXED);
-            }
-            break;
-        case PMGCM__STORE__MSG__KIND__SNAP_END: {
-            if (!begun) {
+            case PMGCM__STORE__MSG__KIND__ERROR:
+                snprintf(err, el, "%s", m->error ? m->error : "peer error");
+                rc = strncmp(err, "schema mismatch", 15) == 0 ? PST_ESCHEMA
+                                                              : PST_EREMOTE;
+                break;
+            default:
                 rc = PST_EPROTO;
-                break;
+                snprintf(err, el, "unexpected message %d in a snapshot",
+                         m->kind);
             }
-            if (in_copy) {
-                in_copy = false;
-                if ((rc = copy_end(sn, c))) break;
-            }
-            if (sn->backup[0] &&
-                (rc = pst_backup_end(c, sn->local, sn->backup, &sn->bk_rows,
-                                     &sn->bk_tables, err, el)))
-                break;
-            char q[400];
-            snprintf(q, sizeof(q),
-                     "UPDATE pmgcm.state SET epoch = %llu, seq = %llu,"
-                     " recv_seq = %llu, ts = CASE WHEN %lld > 0 THEN"
-                     " to_timestamp(%lld / 1000000.0) ELSE now() END,"
-                     " loaded = true, snapshots = snapshots + 1"
-                     " RETURNING snapshots",
-                     (unsigned long long)sn->pos.epoch,
-                     (unsigned long long)sn->pos.seq,
-                     (unsigned long long)sn->pos.seq, (long long)sn->ts_us,
-                     (long long)sn->ts_us);
-            PGresult *r = PQexec(c, q);
-            if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-                pst_pgerr(c, r, err, el);
-                PQclear(r);
-                rc = PST_EDB;
-                break;
-            }
-            sn->new_snapshots = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
-            PQclear(r);
-            rc = pst_exec(c, "COMMIT", err, el);
-            done = true;
-            break;
         }
-        case PMGCM__STORE__MSG__KIND__ERROR:
-            snprintf(err, el, "%s", m->error ? m->error : "peer error");
-            rc = strncmp(err, "schema mismatch", 15) == 0 ? PST_ESCHEMA
-                                                          : PST_EREMOTE;
-            break;
-        default:
-            rc = PST_EPROTO;
-            snprintf(err, el, "unexpected message %d in a snapshot", m->kind);
-        }
+        free(b);
         pmgcm__store__msg__free_unpacked(m, NULL);
-        if (rc) break;
     }
-    (void)st;
+    if (pool.n) {
+        /* the loaders stop; the first real error is theirs */
+        char keep[256];
+        snprintf(keep, sizeof(keep), "%s", err);
+        int r2 = pool_stop(sn, &pool, true);
+        if (r2 && r2 != -ECANCELED &&
+            (rc == -EIO || rc == -ECANCELED || !rc))
+            rc = r2;
+        else snprintf(err, el, "%s", keep);
+    }
     if (!done && rc == 0) {
         rc = -ECONNRESET;
         snprintf(err, el, "the snapshot stream ended early");
     }
-    if (in_copy) PQputCopyEnd(c, "aborted");
+    if (one.in_copy) PQputCopyEnd(c, "aborted");
+    rebuild_clear(&one);
     return rc;
 }
 
@@ -876,7 +1467,8 @@ static void snap_client_main(void *arg)
     snap_finish(sn, rc);
 }
 
-pst_snap *pst_snap_start(pst_session *s, bool server, const char *schema)
+pst_snap *pst_snap_start(pst_session *s, bool server, const char *schema,
+                         unsigned jobs)
 {
     pst_store *st = s->st;
     pst_snap *sn = calloc(1, sizeof(*sn));
@@ -885,9 +1477,14 @@ pst_snap *pst_snap_start(pst_session *s, bool server, const char *schema)
     sn->peer_cid = s->cid;
     sn->self_cid = st->self_cid;
     sn->schema = schema ? strdup(schema) : NULL;
+    sn->jobs = jobs < 1 ? 1 : jobs > PST_SNAP_JOBS ? PST_SNAP_JOBS : jobs;
+    pthread_mutex_init(&sn->lmu, NULL);
+    pthread_cond_init(&sn->lcv, NULL);
     if (!server) {
         sn->local = pst_tableset_dup(st->tables);
         if (!sn->local) {
+            pthread_mutex_destroy(&sn->lmu);
+            pthread_cond_destroy(&sn->lcv);
             free(sn->schema);
             free(sn);
             return NULL;
@@ -899,11 +1496,7 @@ pst_snap *pst_snap_start(pst_session *s, bool server, const char *schema)
                          server ? snap_server_main : snap_client_main,
                          sn) != 0) {
         __atomic_sub_fetch(&st->snap_threads, 1, __ATOMIC_ACQ_REL);
-        pst_pipe_destroy(&sn->pipe);
-        free(sn->schema);
-        pst_tableset_free(sn->local);
-        rebuild_clear(sn);
-        free(sn);
+        snap_destroy(sn);
         return NULL;
     }
     pthread_detach(sn->tid);
@@ -919,11 +1512,7 @@ void pst_snap_free(pst_snap *sn)
     if (!fin) sn->detached = true;
     pthread_mutex_unlock(&sn->pipe.mu);
     if (!fin) return;
-    pst_pipe_destroy(&sn->pipe);
-    free(sn->schema);
-    pst_tableset_free(sn->local);
-    rebuild_clear(sn);
-    free(sn);
+    snap_destroy(sn);
 }
 
 /* ---- client: snapshot ------------------------------------------------------------------ */
