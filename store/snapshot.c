@@ -579,6 +579,11 @@ static void snap_server_main(void *arg)
     if (jobs < 1) jobs = 1;
     __atomic_store_n(&sn->tables, (uint32_t)t.n, __ATOMIC_RELAXED);
     if (rc == 0)
+        pst_log(st, 2, "store: snapshot for node %u at %llu/%llu: %d"
+                " table(s) over %u connection(s)", sn->peer_cid,
+                (unsigned long long)head.epoch, (unsigned long long)head.seq,
+                t.n, jobs);
+    if (rc == 0)
         rc = srv_send_begin(sn, c, &head, ts, mine, &t, est_rows, jobs);
     if (rc == 0) rc = srv_copy_tables(sn, c, &t, jobs);
     if (rc == 0) {
