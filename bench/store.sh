@@ -245,6 +245,7 @@ status_port = 0
 agent_port = 0
 log_level = info
 db_conninfo = $(pg_ci "$pg" "$db")
+${DSTART_EXTRA:-}
 EOF
     "$PMGCLUSTERD" --config "$DIR/n$i.conf" </dev/null >>"$DIR/n$i.log" 2>&1 &
     DPID[i]=$!
@@ -388,12 +389,13 @@ capture_cost() {
     (cd / && runuser -u "$PG_USER" -- "$PG_BINDIR/pg_ctl" -D "${PGD[5]}" -m fast -w stop) >/dev/null 2>&1
     unset "PGD[5]"
 }
-# BENCH_ONLY: a list of capture, snapshot, lag, big (store = snapshot lag;
-# lag needs the snapshot's cluster, so it runs section 1 too)
+# BENCH_ONLY: a list of capture, snapshot, lag, sync, big (store = snapshot
+# lag sync; lag and sync need the snapshot's cluster, so they run section 1
+# too)
 only() {
     [[ -z "${BENCH_ONLY:-}" ]] && return 0
-    local w=" ${BENCH_ONLY//store/snapshot lag} "
-    [[ $1 == snapshot && $w == *" lag "* ]] && return 0
+    local w=" ${BENCH_ONLY//store/snapshot lag sync} "
+    [[ $1 == snapshot && ( $w == *" lag "* || $w == *" sync "* ) ]] && return 0
     [[ $w == *" $1 "* ]]
 }
 
@@ -481,6 +483,47 @@ for r in $RATES; do
     LAG[raw:$r]=$("$STORE_LAG" --master "$(pg_ci 4)" --follower "$(pg_ci 4)" --rate "$r" --seconds "$RAW_SECS" \
         --start-id $((900000000 + r * 1000)) --poll-ms "$POLL_MS" --drain-s 10 2>"$DIR/raw-$r.err")
     echo "${LAG[raw:$r]}" | sed 's/^/    /' >&2
+done
+fi
+# ==== 2b: db_sync = one beside off ======================================================
+# The same writer on node1 at SYNC_RATE (BENCH_SYNC_RATE, default 1000)
+# commits/s for SYNC_SECS, in turn with db_sync = off and = one (node1's
+# daemon restarted with it, both followers acknowledging), SYNC_REPEAT
+# (BENCH_SYNC_REPEAT, default 2) rounds; medians of the commit latency.
+if only sync; then
+SYNC_RATE=${BENCH_SYNC_RATE:-1000}
+SYNC_SECS=$(awk -v s="$SECS" 'BEGIN { s = s / 3; if (s < 8) s = 8; printf "%d", s }')
+SYNC_REPEAT=${BENCH_SYNC_REPEAT:-2}
+declare -A SYNC
+sync_run() { # sync_run MODE K
+    local mode=$1 k=$2 out
+    dstop 1
+    if [[ $mode == one ]]; then DSTART_EXTRA="db_sync = one" dstart 1 1 pmg; else dstart 1 1 pmg; fi
+    ctl_wait 60 in-sync 1 | jq -e .ok >/dev/null || die "node1 not in-sync (db_sync = $mode)"
+    for _ in $(seq 300); do
+        [[ $mode == off || "$(field 1 '.store.sync.active')/$(field 1 '.store.sync.have')" == true/2 ]] && break
+        sleep 0.1
+    done
+    [[ $mode == off || "$(field 1 '.store.sync.active')" == true ]] || log "WARNING: db_sync = one not active on node1: $(field 1 .store.sync)"
+    log "db_sync = $mode, round $k: $SYNC_RATE commits/s for ${SYNC_SECS}s on node1; load $(cut -d' ' -f1 /proc/loadavg)"
+    out=$("$STORE_LAG" --master "$(pg_ci 1)" --follower "$(pg_ci 2)" --follower "$(pg_ci 3)" \
+        --rate "$SYNC_RATE" --seconds "$SYNC_SECS" --start-id $((500000000 + k * 10000000 + ($([[ $mode == one ]] && echo 5000000 || echo 0)))) \
+        --poll-ms "$POLL_MS" --drain-s "$DRAIN" 2>"$DIR/sync-$mode-$k.err")
+    echo "$out" | sed 's/^/    /' >&2
+    LAG[sync:$mode:$k]=$out
+    SYNC[$mode:p50:$k]=$(lagv "sync:$mode:$k" commit p50)
+    SYNC[$mode:p99:$k]=$(lagv "sync:$mode:$k" commit p99)
+    SYNC[$mode:ach:$k]=$(lagv "sync:$mode:$k" writer achieved_rate)
+}
+for k in $(seq "$SYNC_REPEAT"); do sync_run off "$k"; sync_run one "$k"; done
+dstop 1
+dstart 1 1 pmg
+for m in off one; do
+    for v in p50 p99 ach; do
+        a=()
+        for k in $(seq "$SYNC_REPEAT"); do a+=("${SYNC[$m:$v:$k]}"); done
+        SYNC[$m:$v]=$(median "${a[@]}")
+    done
 done
 fi
 for i in 1 2 3; do dstop "$i"; done
@@ -582,6 +625,15 @@ verdict() { awk -v v="$1" -v t="$2" -v op="$3" 'BEGIN { if (v == "" || v == "-" 
     echo "   raw commit = the same writer on a plain server without pmgcm (${RAW_SECS}s); reference: PMG's sync cycle is 120 s (120000 ms)"
     echo
     fi
+    if only sync; then
+    echo "2b. db_sync: the master's commit latency at $SYNC_RATE commits/s, ${SYNC_SECS} s per run, median of $SYNC_REPEAT rounds (off, one in turn)"
+    printf '   %-16s %9s %10s %10s\n' "" achieved "p50 ms" "p99 ms"
+    for m in off one; do printf '   %-16s %9s %10s %10s\n' "db_sync = $m" "${SYNC[$m:ach]}" "${SYNC[$m:p50]}" "${SYNC[$m:p99]}"; done
+    printf '   rounds (p50 off/one):'
+    for k in $(seq "$SYNC_REPEAT"); do printf ' %s/%s' "${SYNC[off:p50:$k]}" "${SYNC[one:p50:$k]}"; done
+    echo
+    echo
+    fi
     if only big; then
     echo "3. big snapshot: $BIG_ROWS rows of 100 KB, $(mbps "$BIG_BYTES" 1000) MB; 3 nodes (node4 master)"
     for i in 5 6; do printf '   %-44s %10s ms %9s MB/s  (daemon: %s s)\n' "join node$i -> in-sync" "${B_MS[i]:-}" "$(mbps "$BIG_BYTES" "${B_MS[i]:-0}")" "${B_LOAD[i]:-?}"; done
@@ -601,6 +653,8 @@ verdict() { awk -v v="$1" -v t="$2" -v op="$3" 'BEGIN { if (v == "" || v == "-" 
         [[ $r == 1000 ]] && t=" (target p99 < 100 ms: $(verdict "$p99" 100 '<'))"
         echo "delta lag at $r/s (achieved $(lagv "$r" writer achieved_rate)/s): all followers p50 $(lagv "$r" all p50) ms p99 $p99 ms; master commit p50 $(lagv "$r" commit p50) ms p99 $(lagv "$r" commit p99) ms; raw commit (no pmgcm) p50 $(lagv "raw:$r" commit p50) ms p99 $(lagv "raw:$r" commit p99) ms; PMG sync cycle 120000 ms$t"
     done
+    only sync &&
+    echo "db_sync = one at $SYNC_RATE/s: commit p50 ${SYNC[one:p50]} ms p99 ${SYNC[one:p99]} ms = $(f2 "${SYNC[one:p50]}" "${SYNC[off:p50]}")x / $(f2 "${SYNC[one:p99]}" "${SYNC[off:p99]}")x db_sync = off (p50 ${SYNC[off:p50]} ms p99 ${SYNC[off:p99]} ms)"
     only big && echo "big snapshot ($(mbps "$BIG_BYTES" 1000) MB): suspicions $SUSP_TOTAL, states ? or D seen: ${BIG_BAD:-none} (target 0: $(verdict "$SUSP_TOTAL" 0 '=='))"
     echo "took $(($(date +%s) - T0)) s"
 } | tee "$out"

@@ -140,7 +140,7 @@ wait "$W1"
 WRC=$?
 PAR=$(grep -o 'snapshot for node [0-9]* at [0-9/]*: 4 table(s) over 4 connection(s)' "$(it_log 1)" | tail -n1)
 if ((JRC == 0 && WRC == 0)) && [[ -n "$PAR" ]] && wait_converged "1 2" 120 &&
-    ids_ok 2 70000001 3000 && ids_ok 1 70000001 3000 &&
+    it_wait_until "in_sync '1 2'" 60 && ids_ok 2 70000001 3000 && ids_ok 1 70000001 3000 &&
     [[ "$(pg_val 2 "SELECT count(*) FROM mail")" == "$(pg_val 1 "SELECT count(*) FROM mail")" ]]; then
     it_ok "node2 joins while node1 commits 3000 writer transactions: '$PAR'; after the writer node2 holds each of its rows exactly once, checksums equal ($(it_fmt_ms $(($(it_now_ms) - t0))) s)"
 else
@@ -172,7 +172,7 @@ WRC=$?
 pg_sql 1 "INSERT INTO mail VALUES (71999999, 'w', 'after the drop', 1, now())" >/dev/null
 if ((DRC == 0 && WRC == 0)) && [[ -n "$S1" ]] &&
     it_wait_until "[[ -n \"\$(slot_of 1)\" && \$(repairs_of 1) -gt $R1 ]]" 60 &&
-    wait_converged "$ALL" 180 && ids_ok 2 71000001 1500 && ids_ok 3 71000001 1500 &&
+    wait_converged "$ALL" 180 && it_wait_until "in_sync '$ALL'" 60 && ids_ok 2 71000001 1500 && ids_ok 3 71000001 1500 &&
     ids_ok 2 71999999 1 && ids_ok 3 71999999 1 &&
     (($(st 2 snapshots) > sn2 && $(st 3 snapshots) > sn3)) && it_wait_until "in_sync '$ALL'" 60; then
     it_ok "node1's slot dropped under its running daemon and a writer (slot then '${GONE1:-none}'): re-made ($(slot_of 1)), slot_repairs $R1 -> $(repairs_of 1), node2 and node3 resynced (snapshots $sn2 -> $(st 2 snapshots), $sn3 -> $(st 3 snapshots)), all 1501 rows everywhere, equal"
@@ -191,8 +191,8 @@ GONE3=$(slot_of 3)
 pg_sql 1 "INSERT INTO mail SELECT g, 'w', 'after the follower drop', 1, now() FROM generate_series(72000001, 72000100) g" >/dev/null
 if ((DRC == 0)) && [[ -n "$S3" ]] &&
     it_wait_until "[[ -n \"\$(slot_of 3)\" && \$(repairs_of 3) -gt $R3 ]]" 60 &&
-    wait_converged "$ALL" 180 && ids_ok 3 72000001 100 && (($(st 3 snapshots) > sn3)) &&
-    it_wait_until "in_sync '$ALL'" 60; then
+    wait_converged "$ALL" 180 && it_wait_until "in_sync '$ALL'" 60 &&
+    ids_ok 3 72000001 100 && (($(st 3 snapshots) > sn3)); then
     it_ok "node3's slot dropped under its running daemon (then '${GONE3:-none}'): re-made, slot_repairs $R3 -> $(repairs_of 3), node3 resynced (snapshots $sn3 -> $(st 3 snapshots)), equal"
 else
     it_not_ok "a follower's slot dropped while its daemon runs: re-made, it resyncs"
