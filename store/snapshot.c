@@ -610,6 +610,23 @@ static void snap_server_main(void *arg)
 
 /* ---- client: the load ------------------------------------------------------------------ */
 
+/* A loading connection under a replication origin of its own, so that
+ * what it loads is not captured again: the first of pmgcm_<db>_s0..s15
+ * that no other session holds (several loads may overlap while an old one
+ * winds down). PostgreSQL keeps a replication state for every origin ever
+ * set up (max_replication_slots of them, the store's workers' included):
+ * the same few names are used again and again. */
+static PGconn *snap_connect(pst_store *st, char *err, size_t el)
+{
+    for (unsigned k = 0; k < 16; k++) {
+        char tag[16];
+        snprintf(tag, sizeof(tag), "s%u", k);
+        PGconn *c = pst_connect(st->conninfo, tag, err, el);
+        if (c || !strstr(err, "is already active")) return c;
+    }
+    return NULL;
+}
+
 /* One loading connection. In a parallel load (a node without loaded data)
  * each runs on a thread of its own and loads each table in a transaction
  * of its own; otherwise the snapshot's connection loads inline, inside the
@@ -829,12 +846,7 @@ static void ld_main(void *arg)
     pst_snap *sn = l->sn;
     int rc = 0;
     if (l->own) {
-        /* under a replication origin of its own: not captured again */
-        static unsigned next_tag;
-        char tag[16];
-        snprintf(tag, sizeof(tag), "p%u",
-                 __atomic_fetch_add(&next_tag, 1, __ATOMIC_RELAXED) % 64);
-        l->c = pst_connect(sn->st->conninfo, tag, l->err, sizeof(l->err));
+        l->c = snap_connect(sn->st, l->err, sizeof(l->err));
         if (!l->c) rc = PST_EDB;
     }
     pst_buf *b;
@@ -1456,13 +1468,7 @@ static void snap_client_main(void *arg)
 {
     pst_snap *sn = arg;
     int rc;
-    /* under a replication origin of its own: the load is not captured
-     * again (several loads may overlap while an old one winds down) */
-    static unsigned next_tag;
-    char tag[16];
-    snprintf(tag, sizeof(tag), "s%u",
-             __atomic_fetch_add(&next_tag, 1, __ATOMIC_RELAXED) % 64);
-    PGconn *c = pst_connect(sn->st->conninfo, tag, sn->err, sizeof(sn->err));
+    PGconn *c = snap_connect(sn->st, sn->err, sizeof(sn->err));
     if (!c) {
         rc = PST_EDB;
     } else {

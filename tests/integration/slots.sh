@@ -114,6 +114,7 @@ for i in $ALL; do
     pg_start "$i" || it_bail "PostgreSQL for node$i did not start"
     pg_schema "$i" || it_bail "schema on node$i"
     it_write_config_lc "$i" "node$i"
+    pg_conf "$i"
 done
 pg_sql 1 >/dev/null <<'EOF' || it_bail "filling node1"
 INSERT INTO mail SELECT g, 'node1', 'subject ' || g || repeat(' x', g % 40), g % 1000, now() FROM generate_series(1, 150000) g;
