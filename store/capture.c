@@ -782,6 +782,12 @@ static int send_feedback(pst_capture *cp, bool reply)
 static int on_message(pst_capture *cp, const uint8_t *data, size_t len,
                       char *err, size_t el)
 {
+    /* the rows of a transaction the store applied itself are dropped
+     * undecoded (a snapshot's load sends every row it loads) */
+    if (cp->src_skip && len > 0 &&
+        (data[0] == 'I' || data[0] == 'U' || data[0] == 'D' ||
+         data[0] == 'T'))
+        return 0;
     pst_pgo_msg m;
     int rc = pst_pgo_decode(cp->dec, data, len, &m);
     if (rc) {
