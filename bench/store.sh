@@ -499,7 +499,7 @@ if only sync; then
 SYNC_RATE=${BENCH_SYNC_RATE:-20}
 SYNC_SECS=$(awk -v s="$SECS" 'BEGIN { s = s / 2; if (s < 15) s = 15; printf "%d", s }')
 SYNC_REPEAT=${BENCH_SYNC_REPEAT:-2}
-declare -A SYNC
+declare -A SYNC LAG
 sync_run() { # sync_run MODE K
     local mode=$1 k=$2 out
     dstop 1
