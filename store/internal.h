@@ -237,7 +237,10 @@ void pst_checks_retry(pst_store *st);
 void pst_slot_repair(pst_store *st);
 void pst_start_vacuum(pst_store *st);
 /* Sets up this session's replication origin "pmgcm_<db oid>_<tag>"
- * (created when missing): what it commits is not captured again. */
+ * (created when missing): what it commits is not captured again. A tag
+ * "@name" is server-wide: "pmgcm_<name>" (PostgreSQL keeps a replication
+ * state for each origin ever set up, max_replication_slots of them for the
+ * whole server: names shared by every database use fewer). */
 int pst_origin_setup(PGconn *c, const char *tag, char *err, size_t el);
 
 /* capture.c */

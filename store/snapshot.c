@@ -611,16 +611,17 @@ static void snap_server_main(void *arg)
 /* ---- client: the load ------------------------------------------------------------------ */
 
 /* A loading connection under a replication origin of its own, so that
- * what it loads is not captured again: the first of pmgcm_<db>_s0..s15
- * that no other session holds (several loads may overlap while an old one
- * winds down). PostgreSQL keeps a replication state for every origin ever
- * set up (max_replication_slots of them, the store's workers' included):
- * the same few names are used again and again. */
+ * what it loads is not captured again: the first of pmgcm_load0..15 (one
+ * set for the whole server) that no other session holds (several loads
+ * may overlap while an old one winds down). PostgreSQL keeps a replication
+ * state for every origin ever set up, max_replication_slots of them for
+ * the server (the store's workers' included): the same few names are used
+ * again and again. */
 static PGconn *snap_connect(pst_store *st, char *err, size_t el)
 {
     for (unsigned k = 0; k < 16; k++) {
         char tag[16];
-        snprintf(tag, sizeof(tag), "s%u", k);
+        snprintf(tag, sizeof(tag), "@load%u", k);
         PGconn *c = pst_connect(st->conninfo, tag, err, el);
         if (c || !strstr(err, "is already active")) return c;
     }

@@ -296,15 +296,20 @@ void pst_notice_quiet(void *arg, const char *msg)
 int pst_origin_setup(PGconn *c, const char *tag, char *err, size_t el)
 {
     char name[80];
-    PGresult *r = PQexec(c, "SELECT oid FROM pg_database WHERE datname ="
-                            " current_database()");
-    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
-        pst_pgerr(c, r, err, el);
+    PGresult *r;
+    if (tag[0] == '@') {
+        snprintf(name, sizeof(name), "pmgcm_%s", tag + 1);
+    } else {
+        r = PQexec(c, "SELECT oid FROM pg_database WHERE datname ="
+                      " current_database()");
+        if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+            pst_pgerr(c, r, err, el);
+            PQclear(r);
+            return PST_EDB;
+        }
+        snprintf(name, sizeof(name), "pmgcm_%s_%s", PQgetvalue(r, 0, 0), tag);
         PQclear(r);
-        return PST_EDB;
     }
-    snprintf(name, sizeof(name), "pmgcm_%s_%s", PQgetvalue(r, 0, 0), tag);
-    PQclear(r);
     const char *pv[1] = {name};
     r = PQexecParams(c,
                      "SELECT pg_replication_origin_create($1) WHERE NOT EXISTS"
