@@ -27,6 +27,9 @@
 #    (>= 30 s) after the writer ended counts as an infinite lag ("inf").
 #    BENCH_STAGES=1 also times commit -> numbered in the master's
 #    pmgcm.log (its polling adds load on the master).
+# 2b. db_sync = one beside off (BENCH_ONLY=sync): node1's daemon restarted
+#    with each in turn, the same writer at BENCH_SYNC_RATE (default 20)
+#    commits/s; medians of the master's commit latency p50/p99, the ratio.
 # 3. No suspicion during a big snapshot. A fresh cluster whose master holds
 #    BENCH_BIG_GB (default 1) GB of large rows (database pmgbig); a second
 #    node joins (the load is measured as in 1), then a third while the
