@@ -1190,10 +1190,13 @@ typedef struct cl_pool {
     unsigned n;
     unsigned open;     /* tables begun and not ended (the stream's view) */
     snap_loader *cur;  /* a one-after-the-other stream: its table's */
+    uint8_t *seen;     /* our tables begun (each table once) */
 } cl_pool;
 
 static int pool_start(pst_snap *sn, cl_pool *p, PGconn *c, unsigned n)
 {
+    p->seen = calloc(sn->local->n + 1, 1);
+    if (!p->seen) return -ENOMEM;
     p->n = n;
     for (unsigned i = 0; i < n; i++) {
         snap_loader *l = &p->ls[i];
@@ -1235,6 +1238,8 @@ static int pool_stop(pst_snap *sn, cl_pool *p, bool abort)
         pst_pipe_destroy(&l->q);
     }
     p->n = 0;
+    free(p->seen);
+    p->seen = NULL;
     return rc;
 }
 
@@ -1305,7 +1310,11 @@ static int pool_route(pst_snap *sn, cl_pool *p, const Msg *m, pst_buf *b,
     switch (m->kind) {
     case PMGCM__STORE__MSG__KIND__SNAP_TABLE: {
         int rc = interleaved ? 0 : pool_end_cur(sn, p);
-        if (rc == 0 && (!m->name || pool_find(p, m->name))) rc = PST_EPROTO;
+        /* each of our tables once (a second load of one would replace
+         * the first, committed) */
+        int ti = m->name ? pst_tableset_find(sn->local, m->name) : -1;
+        if (rc == 0 && (ti < 0 || p->seen[ti])) rc = PST_EPROTO;
+        else if (rc == 0) p->seen[ti] = 1;
         if (rc == 0 && p->open >= p->n) rc = PST_EPROTO;
         if (rc == 0 && !(l = pool_claim(sn, p))) rc = -EIO;
         if (rc == 0 && !(l->name = strdup(m->name))) rc = -ENOMEM;
