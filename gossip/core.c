@@ -106,9 +106,10 @@ typedef struct member {
     rwin *rw_tcp;  /* ... for its stream frames (made at the first one) */
     uint32_t slot; /* index in the slab */
     uint32_t si;   /* index in c->susp while suspect */
-    uint32_t pi;   /* index in c->plist */
+    uint32_t pi;   /* position in c->ring while in_ring */
     uint8_t state;
     bool is_self;
+    bool in_ring;  /* in c->ring (alive or suspect at its last rebuild) */
 } member;
 
 /* Suspicion of one member (while it is suspect). */
@@ -212,8 +213,22 @@ struct gsp_core {
     size_t ht_cap;
     size_t n_by_state[4];
 
-    member **plist;
-    size_t plist_n, plist_cap, plist_idx;
+    /* The probe ring (see "probing"): members alive or suspect, self
+     * included, in the order of a hash of their id; rebuilt lazily when
+     * ring_dirty (at most once per probe). */
+    member **ring;
+    size_t ring_n, ring_cap;
+    bool ring_dirty;
+    int64_t wall_off; /* wall clock - core clock, ms (gsp_core_set_wallclock) */
+    struct {
+        bool valid;
+        gsp_id target;
+        uint64_t at;   /* core time it is due */
+        int64_t wall;  /* its wall time */
+        uint32_t period; /* the period it was computed with */
+    } sched;           /* our next slot of the schedule */
+    int64_t last_slot; /* wall time - wall_off of the last slot probed */
+    bool slot_done;    /* last_slot is set */
 
     susp *susp;
     size_t n_susp, cap_susp;
@@ -227,7 +242,6 @@ struct gsp_core {
         uint32_t seq;
         gsp_id target;
         uint64_t start, direct_deadline, end_deadline;
-        uint64_t planned; /* when it was due (the cadence keeps to it) */
         uint32_t nacks_expected, nacks;
         gsp_id relays[RELAYS_ASKED_MAX]; /* asked to ping for us */
         uint32_t n_relays;
@@ -834,9 +848,15 @@ static void susp_remove(gsp_core *c, member *m)
     if (i < c->n_susp) c->susp[i].m->si = (uint32_t)i;
 }
 
+static bool is_live(int s)
+{
+    return s == GSP_ALIVE || s == GSP_SUSPECT;
+}
+
 static void set_state(gsp_core *c, member *m, gsp_state s)
 {
     if (m->state == s) return;
+    if (is_live(m->state) != is_live(s)) c->ring_dirty = true;
     if (m->state == GSP_SUSPECT) susp_remove(c, m);
     if (s == GSP_SUSPECT) {
         if (grow((void **)&c->susp, &c->cap_susp, c->n_susp + 1,
@@ -861,8 +881,8 @@ static member *add_member(gsp_core *c, const gsp_id *id, gsp_state s,
     if (grow((void **)&c->members, &c->cap_members, c->n_members + 1,
              sizeof(*c->members)))
         return NULL;
-    if (grow((void **)&c->plist, &c->plist_cap, c->plist_n + 1,
-             sizeof(*c->plist)))
+    if (grow((void **)&c->ring, &c->ring_cap, c->n_members + 1,
+             sizeof(*c->ring)))
         return NULL;
     if ((c->n_members + 1) * 10 > c->ht_cap * 7 &&
         ht_rebuild(c, c->n_members + 1))
@@ -880,14 +900,8 @@ static member *add_member(gsp_core *c, const gsp_id *id, gsp_state s,
     c->members[c->n_members++] = m;
     c->n_by_state[s]++;
     ht_put(c->ht, c->ht_cap, m);
-    /* insert into the probe list at a random position */
-    size_t pos = (size_t)rnd_below(c, c->plist_n + 1);
-    c->plist[c->plist_n++] = m;
-    member *t = c->plist[pos];
-    c->plist[pos] = m;
-    c->plist[c->plist_n - 1] = t;
-    t->pi = (uint32_t)(c->plist_n - 1);
-    m->pi = (uint32_t)pos;
+    m->in_ring = false;
+    if (is_live(s)) c->ring_dirty = true;
     return m;
 }
 
@@ -909,16 +923,10 @@ static void remove_member(gsp_core *c, member *m)
             break;
         }
     }
-    for (size_t i = 0; i < c->plist_n; i++) {
-        if (c->plist[i] == m) {
-            memmove(&c->plist[i], &c->plist[i + 1],
-                    (c->plist_n - i - 1) * sizeof(*c->plist));
-            c->plist_n--;
-            for (size_t k = i; k < c->plist_n; k++)
-                c->plist[k]->pi = (uint32_t)k;
-            if (c->plist_idx > i) c->plist_idx--;
-            break;
-        }
+    if (m->in_ring) {
+        /* a hole until the next rebuild (the ring holds no freed record) */
+        c->ring[m->pi] = NULL;
+        c->ring_dirty = true;
     }
     member_release(m);
     slab_put(c, m);
@@ -1701,17 +1709,23 @@ static void apply_update(gsp_core *c, const upd *u)
 /* Pacing: one probe per probe_quiet_interval_ms while everything is quiet,
  * one per probe_interval_ms for TIGHT_HOLD_MS after anything failed (a
  * probe of ours, a suspicion or a death we heard of), so an idle cluster
- * wakes up less and a failure is confirmed at full speed. Scaled by the
- * Lifeguard local health. */
+ * wakes up less and a failure is confirmed at full speed. An unhealthy
+ * node (Lifeguard local health) probes in fewer periods (see sched_next). */
 #define TIGHT_HOLD_MS 10000
 
-static uint32_t probe_iv(const gsp_core *c)
+/* The probe period, unscaled: the schedule's period length. */
+static uint32_t probe_period(const gsp_core *c)
 {
     uint32_t iv = c->cfg.probe_interval_ms;
     if (c->cfg.probe_quiet_interval_ms > iv && c->now >= c->tight_until &&
         !c->n_susp && !c->verify.active)
         iv = c->cfg.probe_quiet_interval_ms;
-    return scale(c, iv);
+    return iv;
+}
+
+static uint32_t probe_iv(const gsp_core *c)
+{
+    return scale(c, probe_period(c));
 }
 
 /* A probe's length (and its verification's): the probe interval, but
@@ -1724,13 +1738,227 @@ static uint32_t probe_len(const gsp_core *c)
     return scale(c, len > nack ? len : nack);
 }
 
+/* ---- the probe schedule -------------------------------------------------
+ * Who probes whom, and when, is coordinated, so that every member is probed
+ * in every period (with each node picking from its own shuffled list, a
+ * given member went unprobed for a period with a chance of ~1/e, and the
+ * first probe of a crashed node had a geometric tail: at N = 30, 0.5 to
+ * 3 s). Every node orders the live members (alive or suspect, itself
+ * included: m of them) by a hash of their id, the ring, and numbers the
+ * periods by the wall clock: period g = floor(wall / P) (P: probe_period).
+ * In period g the ring is paired as in a round-robin tournament (the circle
+ * method), round r = g mod C, C = m - 1 (m even) or m (m odd):
+ *   m even: m-1 meets r, and i != r meets (2r - i) mod C;
+ *   m odd:  i != r meets (2r - i) mod C, and r meets r+1 (which so meets
+ *           two members in that period);
+ * the two of a pair probe each other. So every member is probed in every
+ * period, and a node meets every other once in C periods, as it did going
+ * round a list. A pair at circle distance d = |i - r| (0 for m-1's pair and
+ * for r's) has its slot d P / S into the period (S = (C + 1) / 2 slots); a
+ * member's distance moves by at most 1 from one period to the next, so its
+ * probes come P +- P/S apart. The lower of a pair pings at the slot and the
+ * other's probe rides in the ack (couple_probe): two probes for four
+ * wake-ups; the higher one pings by itself sched_reply() after the slot if
+ * no ping came (the lower one is dead, or their clocks differ).
+ *
+ * Clocks that disagree only move slots: each node takes its own slots of
+ * every period by its own clock, so every member is still probed once per
+ * period, at most twice the skew later; a node whose clock is far off
+ * probes at random times, not less (it still meets everybody once per C
+ * periods). Views that disagree (a death or a join not yet known
+ * everywhere) pair some nodes differently for a moment: each still probes
+ * once per period. On top of the schedule: prio probes (a suspicion somebody
+ * else raised). After a failure the period is probe_interval_ms everywhere
+ * (every node tightens within a gossip wave); an unhealthy node skips
+ * `awareness` periods after each probe. */
+
+/* How long the higher member of a pair waits for the lower one's ping (it
+ * then probes by itself); also how early a probe may start when something
+ * else woke the node. */
+static uint32_t sched_reply(const gsp_core *c)
+{
+    uint32_t d = c->cfg.probe_timeout_ms / 2;
+    return d ? d : 1;
+}
+
+static uint64_t ring_key(const gsp_id *id)
+{
+    /* byte order fixed: every node of every architecture agrees */
+    uint64_t a = 0, b = 0;
+    for (int i = 0; i < 8; i++) {
+        a = a << 8 | id->b[i];
+        b = b << 8 | id->b[8 + i];
+    }
+    uint64_t z = a ^ (b * 0x9e3779b97f4a7c15ULL) ^ 0x243f6a8885a308d3ULL;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static int ring_cmp(const member *a, const member *b)
+{
+    uint64_t ka = ring_key(&a->id), kb = ring_key(&b->id);
+    if (ka != kb) return ka < kb ? -1 : 1;
+    return memcmp(a->id.b, b->id.b, GSP_ID_LEN);
+}
+
+static int ring_qcmp(const void *a, const void *b)
+{
+    return ring_cmp(*(member *const *)a, *(member *const *)b);
+}
+
+/* Brings the ring up to date after members joined, died or left: the
+ * survivors keep their order, the k new ones are sorted and merged in:
+ * O(n + k log k), at most once per probe. On ENOMEM the ring holds the
+ * survivors and stays dirty. */
+static void ring_rebuild(gsp_core *c)
+{
+    if (!c->ring_dirty) return;
+    size_t w = 0, k = 0;
+    for (size_t i = 0; i < c->ring_n; i++) {
+        member *m = c->ring[i];
+        if (!m) continue;
+        if (is_live(m->state))
+            c->ring[w++] = m;
+        else
+            m->in_ring = false;
+    }
+    for (size_t i = 0; i < c->n_members; i++)
+        if (is_live(c->members[i]->state) && !c->members[i]->in_ring) k++;
+    member **add = k ? malloc(k * sizeof(*add)) : NULL;
+    if (add) {
+        size_t j = 0;
+        for (size_t i = 0; i < c->n_members && j < k; i++) {
+            member *m = c->members[i];
+            if (is_live(m->state) && !m->in_ring) add[j++] = m;
+        }
+        qsort(add, k, sizeof(*add), ring_qcmp);
+        /* merge from the back (the ring has room for every member) */
+        size_t i = w, o = w + k;
+        while (j) {
+            if (i && ring_cmp(c->ring[i - 1], add[j - 1]) > 0)
+                c->ring[--o] = c->ring[--i];
+            else
+                c->ring[--o] = add[--j];
+        }
+        free(add);
+        w += k;
+    }
+    c->ring_n = w;
+    for (size_t i = 0; i < w; i++) {
+        c->ring[i]->pi = (uint32_t)i;
+        c->ring[i]->in_ring = true;
+    }
+    c->ring_dirty = k && !add;
+}
+
+static int64_t floor_div(int64_t a, int64_t b) /* b > 0 */
+{
+    int64_t q = a / b;
+    return (a % b && a < 0) ? q - 1 : q;
+}
+
+typedef struct pslot {
+    int64_t wall;
+    const member *t;
+} pslot;
+
+/* Our slots of period g (of P ms) in the ring as it is: 0, 1 or 2. */
+static size_t own_slots(const gsp_core *c, int64_t g, int64_t P, pslot out[2])
+{
+    const member *self = c->self;
+    size_t m = c->ring_n;
+    if (m < 2 || !self->in_ring || self->pi >= m || c->ring[self->pi] != self)
+        return 0;
+    size_t C = m % 2 ? m : m - 1, S = (C + 1) / 2;
+    size_t p = self->pi, r = (size_t)(g - floor_div(g, (int64_t)C) * (int64_t)C);
+    size_t part[2], dist[2], n = 0;
+    if (m % 2 == 0 && p == m - 1) {
+        part[n] = r, dist[n++] = 0;
+    } else if (p == r) {
+        part[n] = m % 2 ? (r + 1) % C : m - 1, dist[n++] = 0;
+    } else {
+        size_t d = p > r ? p - r : r - p;
+        part[n] = (2 * r + C - p) % C, dist[n++] = d < C - d ? d : C - d;
+        if (m % 2 && p == (r + 1) % C) part[n] = r, dist[n++] = 0;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        const member *t = c->ring[part[i]];
+        if (!t || t == self || !is_live(t->state)) continue;
+        out[k].wall = g * P + (int64_t)dist[i] * P / (int64_t)S;
+        if (part[i] < p) out[k].wall += sched_reply(c); /* it pings first */
+        out[k++].t = t;
+    }
+    if (k == 2 && out[1].wall <= out[0].wall) {
+        pslot t = out[0];
+        out[0] = out[1];
+        out[1] = t;
+        if (out[1].wall == out[0].wall) out[1].wall++;
+    }
+    return k;
+}
+
+/* Sets c->sched to our first slot after the last one we probed (skipping
+ * `awareness` periods after it: an unhealthy node probes less) and at most
+ * a period old. Invalid when there is nobody to probe. */
+static void sched_next(gsp_core *c)
+{
+    ring_rebuild(c);
+    c->sched.valid = false;
+    int64_t P = probe_period(c);
+    int64_t wall = (int64_t)c->now + c->wall_off, from = wall - P;
+    if (c->slot_done) {
+        int64_t last = c->last_slot + c->wall_off + (int64_t)c->awareness * P;
+        if (last > from) from = last;
+    }
+    int64_t g0 = floor_div(from, P);
+    pslot best = {0, NULL};
+    for (int64_t g = g0 - 1; g <= g0 + 2; g++) {
+        pslot sl[2];
+        size_t k = own_slots(c, g, P, sl);
+        for (size_t i = 0; i < k; i++)
+            if (sl[i].wall > from && (!best.t || sl[i].wall < best.wall))
+                best = sl[i];
+    }
+    if (!best.t) return;
+    c->sched.valid = true;
+    c->sched.target = best.t->id;
+    c->sched.wall = best.wall;
+    c->sched.period = (uint32_t)P;
+    int64_t at = best.wall - c->wall_off;
+    c->sched.at = at > (int64_t)c->now ? (uint64_t)at : c->now;
+}
+
+/* Our slot is being probed now (by us, or in an ack): the next one
+ * follows it. */
+static void take_slot(gsp_core *c)
+{
+    c->last_slot = c->sched.wall - c->wall_off;
+    c->slot_done = true;
+    c->sched.valid = false;
+}
+
+/* When the next probe starts: now for a prio probe, else our next slot. */
+static void plan_probe(gsp_core *c)
+{
+    if (c->prio_set) {
+        c->next_probe = c->now;
+        return;
+    }
+    sched_next(c);
+    c->next_probe = c->sched.valid ? c->sched.at : c->now + probe_iv(c);
+}
+
 static void tighten(gsp_core *c)
 {
     c->tight_until = c->now + TIGHT_HOLD_MS;
-    if (!c->probe.active) {
-        uint64_t t = c->probe.planned + scale(c, c->cfg.probe_interval_ms);
-        if (t < c->now) t = c->now;
-        if (t < c->next_probe) c->next_probe = t;
+    if (!c->probe.active && c->sched.valid &&
+        c->sched.period > probe_period(c)) {
+        /* shorter periods from now on: our next slot is sooner */
+        uint64_t before = c->next_probe;
+        plan_probe(c);
+        if (before < c->next_probe) c->next_probe = before;
     }
 }
 
@@ -1739,40 +1967,6 @@ static void tighten(gsp_core *c)
 static void gossip_soon(gsp_core *c)
 {
     if (c->next_gossip > c->now) c->next_gossip = c->now;
-}
-
-static void plist_swap(gsp_core *c, size_t i, size_t j)
-{
-    member *t = c->plist[i];
-    c->plist[i] = c->plist[j];
-    c->plist[j] = t;
-    c->plist[i]->pi = (uint32_t)i;
-    c->plist[j]->pi = (uint32_t)j;
-}
-
-static member *next_probe_target(gsp_core *c)
-{
-    if (c->prio_set) {
-        /* a member somebody suspects: an independent check, now */
-        c->prio_set = false;
-        member *m = find(c, &c->prio);
-        if (m && !m->is_self &&
-            (m->state == GSP_ALIVE || m->state == GSP_SUSPECT))
-            return m;
-    }
-    for (size_t tries = 0; tries < 2 * c->plist_n + 1; tries++) {
-        if (c->plist_idx >= c->plist_n) {
-            /* reshuffle (Fisher-Yates) at the end of each round */
-            for (size_t i = c->plist_n; i > 1; i--)
-                plist_swap(c, i - 1, (size_t)rnd_below(c, i));
-            c->plist_idx = 0;
-            if (!c->plist_n) return NULL;
-        }
-        member *m = c->plist[c->plist_idx++];
-        if (!m->is_self && (m->state == GSP_ALIVE || m->state == GSP_SUSPECT))
-            return m;
-    }
-    return NULL;
 }
 
 static void fill_ping(gsp_core *c, Pmgcm__Gossip__Ping *ping,
@@ -1814,7 +2008,6 @@ static void begin_probe(gsp_core *c, const member *t)
     c->probe.seq = ++c->seq;
     c->probe.target = t->id;
     c->probe.start = c->now;
-    c->probe.planned = c->next_probe > c->now ? c->next_probe : c->now;
     c->probe.direct_deadline = c->now + scale(c, c->cfg.probe_timeout_ms);
     c->probe.end_deadline = c->now + probe_len(c);
     c->probe.nacks = c->probe.nacks_expected = 0;
@@ -1822,31 +2015,44 @@ static void begin_probe(gsp_core *c, const member *t)
     c->st.probes++;
 }
 
-static void start_probe(gsp_core *c)
+/* Starts a probe: of a suspect somebody else accused (prio) at once, else
+ * of our next slot's member if the slot is due within `early` ms (the
+ * schedule is brought up to date first: it may have moved). */
+static void start_probe(gsp_core *c, uint64_t early)
 {
-    member *t = next_probe_target(c);
+    if (c->prio_set) {
+        /* a member somebody suspects: an independent check, now */
+        c->prio_set = false;
+        member *m = find(c, &c->prio);
+        if (m && !m->is_self && is_live(m->state)) {
+            begin_probe(c, m);
+            send_ping(c, m, c->probe.seq, false, maddr(m));
+            return;
+        }
+    }
+    sched_next(c);
+    member *t = c->sched.valid ? find(c, &c->sched.target) : NULL;
     if (!t) {
         c->next_probe = c->now + probe_iv(c);
         return;
     }
+    if (c->sched.at > c->now + early) {
+        c->next_probe = c->sched.at;
+        return;
+    }
+    take_slot(c);
     begin_probe(c, t);
     send_ping(c, t, c->probe.seq, false, maddr(t));
 }
 
-/* A probe we would start within the next half interval starts now if it
- * can ride on a packet we send anyway (see send_ack), or when something
- * woke us up anyway: fewer wake-ups for the same probe rate (the cadence
- * keeps to the planned times). */
-static bool probe_due_within(const gsp_core *c, uint64_t window)
-{
-    return !c->leaving && !c->probe.active && c->now + window >= c->next_probe;
-}
-
+/* A probe due within sched_reply() starts now if something else woke us
+ * up (fewer wake-ups for the same probe rate; the slots stay where they
+ * are). */
 static bool probe_due_soon(const gsp_core *c)
 {
-    return probe_due_within(c, probe_iv(c) / 2);
+    return !c->leaving && !c->probe.active &&
+           c->now + sched_reply(c) >= c->next_probe;
 }
-
 static void start_verify(gsp_core *c, member *m)
 {
     c->verify.active = true;
@@ -1905,8 +2111,7 @@ static void finish_probe(gsp_core *c, bool ok)
             suspect_failed(c, m, c->now);
         }
     }
-    c->next_probe = c->probe.planned + probe_iv(c);
-    if (c->next_probe < c->now) c->next_probe = c->now;
+    plan_probe(c);
 }
 
 static void verify_tick(gsp_core *c)
@@ -2707,23 +2912,20 @@ int gsp_core_stream_result(gsp_core *c, uint64_t now_ms, uint64_t req_id,
 
 /* ---- UDP input ---------------------------------------------------------- */
 
-/* Our next probe, if due within half an interval (the cadence keeps to
- * the planned times, so the rate does not change), goes to the member that
- * just pinged us, in the ack: two probes for four wake-ups (its timer, our
- * receive, its receive of ack and ping, our receive of its ack) instead of
- * six. Only a member not probed yet in this round. Not more often: a dead
- * member never pings, so every coupled probe pushes the dead further back
- * in the round (a whole-interval window doubled the time to the first
- * probe of a crashed node in simbench). */
+/* Our next slot's probe goes in the ack when its member is the one that
+ * just pinged us (see "the probe schedule": the lower of a pair pings, the
+ * other answers with its own probe): two probes for four wake-ups (its
+ * timer, our receive, its receive of ack and ping, our receive of its ack)
+ * instead of six. Only within half a period of the slot (a pair of two
+ * members meets every period: no endless ping-pong). */
 static bool couple_probe(gsp_core *c, member *sender)
 {
     if (!sender || sender->is_self || sender->state != GSP_ALIVE ||
-        !probe_due_soon(c) || c->prio_set ||
-        sender->pi < c->plist_idx ||
-        sender->pi >= c->plist_n)
+        c->leaving || c->probe.active || c->prio_set || !c->sched.valid ||
+        !id_eq(&c->sched.target, &sender->id) ||
+        c->sched.at > c->now + probe_iv(c) / 2)
         return false;
-    plist_swap(c, sender->pi, c->plist_idx);
-    c->plist_idx++;
+    take_slot(c);
     begin_probe(c, sender);
     return true;
 }
@@ -3036,7 +3238,7 @@ int gsp_core_recv(gsp_core *c, uint64_t now_ms, const gsp_addr *from,
     for (size_t i = 0; i < sizeof(rx_handlers) / sizeof(rx_handlers[0]); i++)
         if (rx_handlers[i].present(p)) rx_handlers[i].handle(c, &r);
     /* awake anyway: a probe due soon starts now */
-    if (probe_due_soon(c)) start_probe(c);
+    if (probe_due_soon(c)) start_probe(c, sched_reply(c));
 done:
     if (!alp) free(us);
     pmgcm__gossip__packet__free_unpacked(p, alp);
@@ -3150,6 +3352,15 @@ static void reap(gsp_core *c)
     }
 }
 
+void gsp_core_set_wallclock(gsp_core *c, uint64_t now_ms, uint64_t wall_ms)
+{
+    if (!c) return;
+    if (now_ms > c->now) c->now = now_ms;
+    /* both below 2^62 in any real use: no overflow */
+    c->wall_off = (int64_t)(wall_ms & (UINT64_MAX >> 2)) -
+                  (int64_t)(now_ms & (UINT64_MAX >> 2));
+}
+
 void gsp_core_tick(gsp_core *c, uint64_t now)
 {
     if (now > c->now) c->now = now;
@@ -3210,7 +3421,7 @@ void gsp_core_tick(gsp_core *c, uint64_t now)
             }
         }
         verify_tick(c);
-        if (!c->probe.active && now >= c->next_probe) start_probe(c);
+        if (!c->probe.active && now >= c->next_probe) start_probe(c, 0);
     }
 
     if (now >= c->next_gossip) {
@@ -3315,6 +3526,7 @@ int gsp_core_new(gsp_core **out, const gsp_config *cfg, const gsp_id *self,
     }
     m->is_self = true;
     c->self = m;
+    /* the first tick looks for our slot (nobody to probe yet) */
     c->next_probe = now_ms + rnd_below(c, probe_iv(c));
     c->next_gossip = now_ms + cfg->gossip_interval_ms;
     c->next_pushpull = now_ms + cfg->pushpull_interval_ms / 2 +
@@ -3336,7 +3548,7 @@ void gsp_core_free(gsp_core *c)
     free(c->slab_free);
     free(c->members);
     free(c->ht);
-    free(c->plist);
+    free(c->ring);
     free(c->susp);
     sc_release(&c->own_sc);
     for (size_t i = 0; i < c->n_users; i++) free(c->users[i].data);

@@ -294,6 +294,15 @@ int gsp_core_stream_request(gsp_core *c, uint64_t now_ms,
 int gsp_core_stream_result(gsp_core *c, uint64_t now_ms, uint64_t req_id,
                            bool ok, const uint8_t *reply, size_t len);
 
+/* The wall clock (ms since the epoch: CLOCK_REALTIME) at core time now_ms.
+ * Nodes number their probe periods by it, so that every member is probed
+ * in every period (see "the probe schedule" in core.c); clocks that
+ * disagree (no NTP) only make the probes' timing random again, never
+ * rarer. Call it at start and at will (the adapter: before every tick); a
+ * step of the clock is harmless. Without it the core clock stands for the
+ * wall clock. */
+void gsp_core_set_wallclock(gsp_core *c, uint64_t now_ms, uint64_t wall_ms);
+
 /* Run timers due at now_ms. */
 void gsp_core_tick(gsp_core *c, uint64_t now_ms);
 

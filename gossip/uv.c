@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <uv.h>
 
 /* Datagrams read per system call (recvmmsg): libuv gives each one a 64 KiB
@@ -148,9 +149,21 @@ static bool is_loopback(const gsp_addr *a)
 
 /* ---- the timer ---------------------------------------------------------- */
 
+/* The wall clock for the probe schedule (gsp_core_set_wallclock): read
+ * at every timer (a vDSO call), so a step of the clock is taken at once. */
+static void set_wallclock(gsp_uv *u)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_REALTIME, &ts) == 0 && ts.tv_sec > 0)
+        gsp_core_set_wallclock(u->core, uv_now(u->loop),
+                               (uint64_t)ts.tv_sec * 1000 +
+                                   (uint64_t)ts.tv_nsec / 1000000);
+}
+
 static void on_timer(uv_timer_t *t)
 {
     gsp_uv *u = t->data;
+    set_wallclock(u);
     gsp_core_tick(u->core, uv_now(u->loop));
     flush(u);
 }
@@ -682,6 +695,7 @@ int gsp_uv_start(gsp_uv **out, uv_loop_t *loop, gsp_core *core,
     u->open_handles++;
     u->tokens = bucket_max(u);
     u->tokens_at = uv_now(loop);
+    set_wallclock(u);
     if ((rc = uv_udp_bind(&u->udp, (struct sockaddr *)&ss, 0)) ||
         (rc = uv_tcp_bind(&u->listener, (struct sockaddr *)&ss, 0)) ||
         /* the kernel's whole accept queue: a peer's connection is not

@@ -63,6 +63,7 @@ typedef struct node {
     bool up, paused;
     double loss_in, loss_out;
     uint32_t extra_us;
+    int64_t skew_ms; /* its wall clock minus the virtual one */
     int group;
     ev *bl_head, *bl_tail;
     size_t bl_udp_bytes;
@@ -203,6 +204,7 @@ void sim_opts_default(sim_opts *o)
     o->udp_rcvbuf = 212992;
     o->n_seeds = 3;
     o->join_seeds = 0;
+    o->clock_skew_us = 5000;
 }
 
 static void make_addr(const node *nd, gsp_addr *a)
@@ -991,6 +993,12 @@ sim *sim_new(const sim_opts *o)
         uint64_t r1 = rnd(s), r2 = rnd(s);
         memcpy(nd->id.b + 4, &r1, 8);
         memcpy(nd->id.b + 12, &r2, 4);
+        /* its clock's error: uniform in +-clock_skew_us, from a stream of
+         * its own (the network's draws do not move with it) */
+        uint64_t sx = o->seed ^ 0x736b6577ULL ^ (uint64_t)i << 20;
+        uint64_t span = 2 * (uint64_t)o->clock_skew_us + 1;
+        nd->skew_ms = ((int64_t)(splitmix(&sx) % span) -
+                       (int64_t)o->clock_skew_us) / 1000;
     }
     return s;
 }
@@ -1039,6 +1047,14 @@ size_t sim_max_nodes(const sim *s)
     return s->n;
 }
 
+/* A node's wall clock: a fixed epoch (the cores see realistic numbers)
+ * plus virtual time plus its skew. */
+#define SIM_WALL_BASE 1764633600000ULL /* 2025-12-02 00:00 UTC, ms */
+static uint64_t wall_ms(const sim *s, const node *nd)
+{
+    return (uint64_t)((int64_t)(SIM_WALL_BASE + s->now / 1000) + nd->skew_ms);
+}
+
 static uint64_t core_seed(const sim *s, size_t i, uint64_t gen)
 {
     uint64_t x = s->o.seed ^ (0xa0761d6478bd642fULL * (i + 1));
@@ -1068,6 +1084,7 @@ int sim_start(sim *s, size_t i, bool new_addr)
                           s->o.keyring ? nd->kr : NULL,
                           core_seed(s, i, nd->gen), s->now / 1000, &cb);
     if (rc) return rc;
+    gsp_core_set_wallclock(nd->core, s->now / 1000, wall_ms(s, nd));
     rc = gsp_core_set_pool(nd->core, s->pool);
     if (rc) {
         gsp_core_free(nd->core);
@@ -1261,6 +1278,18 @@ void sim_set_node_loss(sim *s, size_t i, double in, double out)
 {
     s->nodes[i].loss_in = in;
     s->nodes[i].loss_out = out;
+}
+
+void sim_set_clock_skew(sim *s, size_t i, int64_t skew_ms)
+{
+    node *nd = &s->nodes[i];
+    nd->skew_ms = skew_ms;
+    if (nd->up) gsp_core_set_wallclock(nd->core, s->now / 1000, wall_ms(s, nd));
+}
+
+int64_t sim_clock_skew(const sim *s, size_t i)
+{
+    return s->nodes[i].skew_ms;
 }
 
 void sim_set_node_delay(sim *s, size_t i, uint32_t extra_us)

@@ -64,6 +64,9 @@ typedef struct sim_opts {
     uint32_t udp_rcvbuf;       /* a paused node's socket buffer, bytes      */
     uint32_t n_seeds;          /* seeds = nodes 0..n_seeds-1, default 3     */
     uint32_t join_seeds;       /* a starting node joins this many seeds (0 = all) */
+    uint32_t clock_skew_us;    /* each node's wall clock is off by a fixed
+                                  amount uniform in +-this (whole ms),
+                                  default 5000 (NTP on a LAN)             */
     bool keyring;              /* seal with a real per-node gsp_keyring      */
     bool crash_refuses;        /* a crashed node's host answers TCP with RST */
     bool check_wire;           /* decode every delivered plaintext datagram
@@ -124,6 +127,11 @@ void sim_set_dup(sim *s, double p);
 void sim_set_latency(sim *s, uint32_t lat_us, uint32_t jitter_us, int kind);
 void sim_set_node_loss(sim *s, size_t i, double in, double out);
 void sim_set_node_delay(sim *s, size_t i, uint32_t extra_us);
+/* Node i's wall clock runs skew_ms ahead of virtual time (negative:
+ * behind); the cores number their probe periods by it (see
+ * gsp_core_set_wallclock). Also for nodes not started yet. */
+void sim_set_clock_skew(sim *s, size_t i, int64_t skew_ms);
+int64_t sim_clock_skew(const sim *s, size_t i);
 void sim_set_link_loss(sim *s, size_t from, size_t to, double p);
 /* Cuts (or restores) the link from -> to only. */
 void sim_cut(sim *s, size_t from, size_t to, bool cut);
