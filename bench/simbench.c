@@ -4,7 +4,7 @@
  *
  *   bench/simbench [--sizes 100,1000,5000] [--trials K] [--window S]
  *                  [--loss-nodes N] [--loss-minutes M] [--losses 0,1,5,10,20]
- *                  [--stagger MS] [--seed N] [--out DIR]
+ *                  [--stagger MS] [--skew MS] [--seed N] [--out DIR]
  *
  * For each N: boot N nodes (a join every --stagger ms, default 2 up to
  * 5,000 nodes and 10 above: a faster wave only piles up announcements in
@@ -12,12 +12,16 @@
  * update is queued (boot: virtual and real seconds, CPU seconds); then
  *   - steady state for a window (default: one push-pull period of N, at
  *     least 60 s): bytes sent per node per second (UDP, and UDP + TCP), real
- *     CPU microseconds per simulated node-second;
- *   - K crashes (default 5, 3 above 2,000 nodes), one at a time: time until
- *     the first node suspects it, the first declares it dead, and every live
- *     node has it dead;
+ *     CPU microseconds per simulated node-second, and what stands for a
+ *     daemon's wake-ups: events (datagrams delivered, timer ticks) and
+ *     datagrams sent per node per second;
+ *   - K crashes (default 5, 3 above 2,000 nodes; at most 16), one at a
+ *     time: time until the first node suspects it, the first declares it
+ *     dead, and every live node has it dead (median, max and max/median);
  *   - K broadcasts from random nodes: gossip periods until every node has it.
- * Then, on loss-nodes nodes (default 100) for loss-minutes virtual minutes
+ * --skew MS: every node's wall clock is off by a fixed amount uniform in
+ * +-MS (default 5: NTP on a LAN); the probe schedule numbers its periods by
+ * it. Then, on loss-nodes nodes (default 100) for loss-minutes virtual minutes
  * (default 60) per loss rate: views that turned a live node dead (false
  * deaths) and suspect, per node-hour.
  *
@@ -45,6 +49,7 @@ typedef struct row {
     double bcast_periods, bcast_periods_max;
     double udp_bps, total_bps; /* bytes per node per second */
     double cpu_us;             /* per simulated node-second */
+    double ev_ps, dg_ps;       /* events, datagrams sent per node-second */
     double rss_mb, hwm_mb; /* VmRSS after the size's run; VmHWM so far */
     double pool_mb;        /* shared member records (gsp_pool) */
     double window;
@@ -79,6 +84,7 @@ static double status_mb(const char *key)
 }
 
 static double stagger_ms = -1; /* --stagger; < 0: by N */
+static double skew_ms = 5;     /* --skew */
 
 static int cmp_d(const void *a, const void *b)
 {
@@ -141,6 +147,7 @@ static sim *boot(size_t n, uint64_t seed, double *virt, double *real,
     o.seed = seed;
     o.max_nodes = n;
     if (n >= 1000) o.join_seeds = 1; /* 3 seeds x N full-state joins is slow */
+    o.clock_skew_us = (uint32_t)(skew_ms * 1000);
     sim *s = sim_new(&o);
     if (!s) return NULL;
     double t0 = mono(), c0 = cpu_now();
@@ -187,9 +194,12 @@ static void run_size(size_t n, int trials, double window_min, uint64_t seed,
     r->total_bps = (c1.udp_bytes - c0.udp_bytes + c1.stream_bytes -
                     c0.stream_bytes) / (double)n / w;
     r->cpu_us = cpu * 1e6 / ((double)n * w);
+    r->ev_ps = (double)(c1.events - c0.events) / (double)n / w;
+    r->dg_ps = (double)(c1.udp_sent - c0.udp_sent) / (double)n / w;
     fprintf(stderr, "simbench: N=%zu: steady %.0f s: %.0f B/node/s UDP, %.0f "
-                    "total, %.1f us CPU per node-s\n", n, w, r->udp_bps,
-            r->total_bps, r->cpu_us);
+                    "total, %.1f us CPU per node-s, %.2f events and %.2f "
+                    "datagrams sent per node-s\n", n, w, r->udp_bps,
+            r->total_bps, r->cpu_us, r->ev_ps, r->dg_ps);
 
     uint64_t rng = seed ^ n;
     double fs[16], fd[16], ad[16], bp[16];
@@ -318,6 +328,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--loss-minutes")) loss_minutes = atof(v);
         else if (!strcmp(a, "--seed")) seed = strtoull(v, NULL, 0);
         else if (!strcmp(a, "--stagger")) stagger_ms = atof(v);
+        else if (!strcmp(a, "--skew")) skew_ms = atof(v);
         else if (!strcmp(a, "--out")) out = v;
         else {
             fprintf(stderr, "simbench: unknown option %s\n", a);
@@ -346,45 +357,49 @@ int main(int argc, char **argv)
         run_loss(losses[i] / 100.0, loss_nodes, loss_minutes, seed + i,
                  &lrows[i]);
 
-    printf("\nsimbench: gossip core in the simulator (seed %llu); core "
-           "defaults: probe %.2f s while quiet, %.2f s after a failure, "
-           "gossip %.1f s, suspicion mult %u/%u, retransmit mult %u\n\n",
-           (unsigned long long)seed, Tq, T, G, cfg.suspicion_mult,
-           cfg.suspicion_max_mult, cfg.retransmit_mult);
+    printf("\nsimbench: gossip core in the simulator (seed %llu, clocks "
+           "+-%.0f ms); core defaults: probe %.2f s while quiet, %.2f s "
+           "after a failure, gossip %.1f s, suspicion mult %u/%u, "
+           "retransmit mult %u\n\n", (unsigned long long)seed, skew_ms, Tq,
+           T, G, cfg.suspicion_mult, cfg.suspicion_max_mult,
+           cfg.retransmit_mult);
     printf("Failure detection (median of crashes; seconds)\n");
-    printf("%6s | %9s %8s %7s | %9s | %9s %9s %7s | %12s %12s %7s\n", "N",
-           "1st susp", "SWIM", "ratio", "1st dead", "all dead", "max",
-           "/ours", "ours formula", "memberlist", "/ml");
+    printf("%6s | %9s %8s %7s | %9s | %9s %9s %7s %7s | %12s %12s %7s\n",
+           "N", "1st susp", "SWIM", "ratio", "1st dead", "all dead", "max",
+           "max/med", "/ours", "ours formula", "memberlist", "/ml");
     for (size_t i = 0; i < nsizes; i++) {
         row *r = &rows[i];
         double l10 = r->n > 10 ? log10((double)r->n) : 1;
-        /* the first probe of the crashed node comes e/(e-1) quiet periods
-         * later (SWIM); it and its verification take 2 T before anybody
-         * shows it suspect */
+        /* SWIM (random targets): the first probe of the crashed node comes
+         * e/(e-1) quiet periods later; it and its verification take 2 T
+         * before anybody shows it suspect */
         double swim = e1 * Tq;
-        /* expected dead everywhere: e/(e-1) Tq until probed + the probe
-         * (T) + suspicion min (Lifeguard shrinks the timer to min once k
+        /* expected dead everywhere: Tq / 2 until probed (the schedule
+         * probes every member once per period) + the probe (T) +
+         * suspicion min (Lifeguard shrinks the timer to min once k
          * independent confirmations arrive; it runs from the probe's end) */
-        double ours = e1 * Tq + T + cfg.suspicion_mult * l10 * T;
+        double ours = Tq / 2 + T + cfg.suspicion_mult * l10 * T;
         double ml = e1 * 1.0 + 1.0 + 4 * l10 * 1.0;
-        printf("%6zu | %9.2f %8.2f %7.2f | %9.2f | %9.2f %9.2f %7.2f | %12.2f "
-               "%12.2f %7.2f\n", r->n, r->first_sus, swim, r->first_sus / swim,
-               r->first_dead, r->all_dead, r->all_dead_max, r->all_dead / ours,
-               ours, ml, r->all_dead / ml);
+        printf("%6zu | %9.2f %8.2f %7.2f | %9.2f | %9.2f %9.2f %7.2f %7.2f | "
+               "%12.2f %12.2f %7.2f\n", r->n, r->first_sus, swim,
+               r->first_sus / swim, r->first_dead, r->all_dead,
+               r->all_dead_max, r->all_dead_max / r->all_dead,
+               r->all_dead / ours, ours, ml, r->all_dead / ml);
     }
     printf("\nDissemination and cost\n");
-    printf("%6s | %8s %8s %8s %7s | %6s %6s | %10s %10s | %8s %10s\n", "N",
-           "bcast p", "max p", "log2 N", "/log2N", "retx", "ml", "B/node/s",
-           "+TCP", "CPU us", "node-s/s");
+    printf("%6s | %8s %8s %8s %7s | %6s %6s | %10s %10s | %8s %10s | %8s "
+           "%8s\n", "N", "bcast p", "max p", "log2 N", "/log2N", "retx", "ml",
+           "B/node/s", "+TCP", "CPU us", "node-s/s", "events/s", "dgram/s");
     for (size_t i = 0; i < nsizes; i++) {
         row *r = &rows[i];
         double l2 = log2((double)r->n);
         uint32_t retx = gsp_retransmit_limit(cfg.retransmit_mult, r->n);
         uint32_t retx_ml = gsp_retransmit_limit(4, r->n);
         printf("%6zu | %8.1f %8.1f %8.1f %7.2f | %6u %6u | %10.0f %10.0f | "
-               "%8.1f %10.0f\n", r->n, r->bcast_periods,
+               "%8.1f %10.0f | %8.2f %8.2f\n", r->n, r->bcast_periods,
                r->bcast_periods_max, l2, r->bcast_periods / l2, retx, retx_ml,
-               r->udp_bps, r->total_bps, r->cpu_us, 1e6 / r->cpu_us);
+               r->udp_bps, r->total_bps, r->cpu_us, 1e6 / r->cpu_us,
+               r->ev_ps, r->dg_ps);
     }
     printf("\nForming the cluster, and memory (the simulator process)\n");
     printf("%6s | %8s %8s %8s %8s | %9s %9s %9s %10s\n", "N", "boot s",
@@ -465,17 +480,20 @@ int main(int argc, char **argv)
         fprintf(f, "# N first_susp first_dead all_dead all_dead_max swim_first "
                    "ours_formula memberlist bcast_p bcast_max log2N "
                    "udp_Bps total_Bps cpu_us rss_mb boot_real boot_cpu "
-                   "peak_mb\n");
+                   "peak_mb all_dead_max_over_median events_per_node_s "
+                   "dgrams_per_node_s\n");
         for (size_t i = 0; i < nsizes; i++) {
             row *r = &rows[i];
             double l10 = r->n > 10 ? log10((double)r->n) : 1;
             fprintf(f, "%zu %.3f %.3f %.3f %.3f %.3f %.3f %.3f %.2f %.2f %.3f "
-                       "%.1f %.1f %.2f %.0f %.1f %.1f %.0f\n", r->n,
-                    r->first_sus, r->first_dead, r->all_dead, r->all_dead_max,
-                    e1 * Tq, e1 * Tq + T + cfg.suspicion_mult * l10 * T,
+                       "%.1f %.1f %.2f %.0f %.1f %.1f %.0f %.3f %.3f %.3f\n",
+                    r->n, r->first_sus, r->first_dead, r->all_dead,
+                    r->all_dead_max, e1 * Tq,
+                    Tq / 2 + T + cfg.suspicion_mult * l10 * T,
                     e1 + 1 + 4 * l10, r->bcast_periods, r->bcast_periods_max,
                     log2((double)r->n), r->udp_bps, r->total_bps, r->cpu_us,
-                    r->rss_mb, r->boot_real, r->boot_cpu, r->hwm_mb);
+                    r->rss_mb, r->boot_real, r->boot_cpu, r->hwm_mb,
+                    r->all_dead_max / r->all_dead, r->ev_ps, r->dg_ps);
         }
         fclose(f);
     } else {

@@ -215,6 +215,169 @@ static void sc_crash(scen_ctx *x)
     finish(x, s);
 }
 
+/* ---- coordinated probing: the first probe of a crashed node --------------- */
+
+/* The probe schedule (gossip/core.c, "the probe schedule") probes every
+ * member in every period of P ms: the m live members are paired as in a
+ * round-robin tournament, a pair's slot d P / S into the period (S =
+ * ceil(m / 2) slots; a member's d moves by at most 1 from one period to the
+ * next); the higher of a pair probes probe_timeout/2 after the slot when
+ * the lower one's ping did not come, and a node awake anyway may start a
+ * probe up to probe_timeout/2 early. Clocks off by at most `skew` move a
+ * slot by as much. So a member's probes come at most
+ *     P + P/S + probe_timeout + 2 skew (+ the network's one-way worst)
+ * apart, and that bounds the first probe of a crashed member: about 0.75 s
+ * at N = 30 while quiet (it had a geometric tail before: 0.5 to 3 s). */
+static double first_probe_bound(const sim_opts *o, size_t m, double P)
+{
+    double S = (double)((m + 1) / 2);
+    return P + P / S + o->cfg.probe_timeout_ms +
+           2.0 * o->clock_skew_us / 1000 +
+           (o->lat_us + o->jitter_us) / 1000.0 + 1; /* +1: whole ms */
+}
+
+typedef struct cover_ctx {
+    size_t v;          /* the crashed node */
+    gsp_id id;
+    uint64_t t0_us;    /* its crash */
+    uint64_t first_us; /* the first direct ping of it since (or UINT64_MAX) */
+} cover_ctx;
+
+static void cover_tap(void *ud, sim *s, size_t src, size_t dst,
+                      const uint8_t *data, size_t len)
+{
+    cover_ctx *w = ud;
+    (void)src;
+    if (dst != w->v || w->first_us != UINT64_MAX) return;
+    Pmgcm__Gossip__Packet *p = pmgcm__gossip__packet__unpack(NULL, len, data);
+    if (!p) return;
+    if (p->ping && !p->ping->indirect && p->ping->target.len == GSP_ID_LEN &&
+        !memcmp(p->ping->target.data, w->id.b, GSP_ID_LEN))
+        w->first_us = sim_now_us(s);
+    pmgcm__gossip__packet__free_unpacked(p, NULL);
+}
+
+static int cmp_dbl(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* 16 crashes in pairs: one while the cluster is quiet (probe period Tq),
+ * one 2 s after that one is dead everywhere (every node probes at T: 10 s
+ * after a failure). Each crash comes at a random phase of the period. The
+ * first direct ping of each crashed node must come within
+ * first_probe_bound() of its period; each is dead everywhere within that +
+ * T (the probe) + S_max + the gossip spread. Also run with clocks off by
+ * up to +-10 s (skew_ms): the schedule's timing is then random, and the
+ * bound is the one for random targets (10 Tq, as in derive()). */
+static void cover_run(scen_ctx *x, uint32_t skew_ms)
+{
+    size_t n = x->nodes;
+    sim_opts o;
+    opts_for(x, &o, n);
+    if (skew_ms) o.clock_skew_us = skew_ms * 1000;
+    sim *s = boot(x, &o, n);
+    if (!s) return;
+    bounds b;
+    derive(&o.cfg, n, &b);
+    cover_ctx w = {.first_us = UINT64_MAX};
+    sim_on_udp(s, cover_tap, &w);
+    uint64_t r = x->seed ^ 0xc0fe;
+    double quiet_b = first_probe_bound(&o, n, b.Tq);
+    double tight_b = first_probe_bound(&o, n, b.T);
+    if (skew_ms) {
+        /* random targets: nobody probes a given member in 10 periods with
+         * a chance of e^-10 */
+        quiet_b = 10 * b.Tq;
+        tight_b = 10 * b.T;
+    }
+    double fp[16], dead[16], worst_q = 0, worst_t = 0;
+    size_t k = 0;
+    sim_run_for(s, 12000); /* past any tightening of the boot */
+    for (int pair = 0; pair < 8; pair++) {
+        size_t vs[2];
+        for (int j = 0; j < 2; j++) {
+            size_t v;
+            do v = pick(&r, 3, n);
+            while (!sim_is_up(s, v));
+            vs[j] = v;
+            /* a random phase of the period */
+            sim_run_for(s, pick(&r, 0, (size_t)(j ? b.T : b.Tq)));
+            w.v = v;
+            sim_id(s, v, &w.id);
+            w.first_us = UINT64_MAX;
+            w.t0_us = sim_now_us(s);
+            uint64_t t0 = sim_now_ms(s);
+            sim_mark_reset(s, v);
+            sim_crash(s, v);
+            double fb = j ? tight_b : quiet_b;
+            double db = fb + b.T + b.S_max + b.spread;
+            subj_state ws = {v, 1 << GSP_DEAD};
+            bool ok = sim_run_until_cond(s, t0 + (uint64_t)db, 10, c_all_see,
+                                         &ws);
+            double f = w.first_us == UINT64_MAX
+                           ? -1 : (w.first_us - w.t0_us) / 1000.0;
+            double d = (sim_now_ms(s) - t0) / 1000.0;
+            EXPECT(x, f >= 0 && f <= fb,
+                   "crash of node %zu (%s): first probed after %.0f ms, bound "
+                   "%.0f ms", v, j ? "after a failure" : "quiet", f, fb);
+            EXPECT(x, ok, "crash of node %zu: not dead everywhere within "
+                          "%.2f s", v, db / 1000);
+            if (j) {
+                if (f > worst_t) worst_t = f;
+            } else if (f > worst_q) {
+                worst_q = f;
+            }
+            fp[k] = f;
+            dead[k++] = d;
+            if (!j) sim_run_for(s, 2000);
+        }
+        /* one after the other: a node starting learns the other's death
+         * from its join, which would count as a false one if the other
+         * restarted at the same instant */
+        for (int j = 0; j < 2; j++) {
+            sim_restart(s, vs[j], false);
+            EXPECT(x, sim_run_until_cond(s, sim_now_ms(s) + 60000, 100,
+                                         c_converged, NULL),
+                   "not converged a minute after restarting node %zu", vs[j]);
+        }
+        sim_run_for(s, 12000); /* quiet again: 10 s after the last failure */
+    }
+    sim_on_udp(s, NULL, NULL);
+    double sd[16];
+    memcpy(sd, dead, sizeof(sd));
+    qsort(sd, k, sizeof(sd[0]), cmp_dbl);
+    double med = k ? (sd[(k - 1) / 2] + sd[k / 2]) / 2 : 0;
+    qsort(fp, k, sizeof(fp[0]), cmp_dbl);
+    scen_note(x, "%zu crashes on %zu nodes, clocks +-%.0f ms: first probe "
+                 "after %.0f ms median, worst %.0f ms while quiet (bound %.0f "
+                 "= %s) and %.0f ms after a failure (bound %.0f)", k, n,
+              o.clock_skew_us / 1000.0,
+              k ? (fp[(k - 1) / 2] + fp[k / 2]) / 2 : 0, worst_q, quiet_b,
+              skew_ms ? "10 Tq: random targets"
+                      : "Tq + Tq/S + probe timeout + 2 skew + latency",
+              worst_t, tight_b);
+    scen_note(x, "dead everywhere: median %.2f s, worst %.2f s, worst/median "
+                 "%.2f", med, k ? sd[k - 1] : 0, med > 0 ? sd[k - 1] / med : 0);
+    sim_counters c;
+    sim_get_counters(s, &c);
+    EXPECT(x, c.dead_marks_up == 0, "%llu views turned a live node dead",
+           (unsigned long long)c.dead_marks_up);
+    note_false_dead(x, s);
+    finish(x, s);
+}
+
+static void sc_probe_cover(scen_ctx *x)
+{
+    cover_run(x, 0);
+}
+
+static void sc_probe_cover_skew(scen_ctx *x)
+{
+    cover_run(x, 10000);
+}
+
 /* ---- loss ------------------------------------------------------------------ */
 
 static void loss_run(scen_ctx *x, double loss, uint64_t minutes)
@@ -1377,6 +1540,13 @@ const scenario sim_scenarios[] = {
     {"crash", sc_crash, 200, 200, 1,
      "a crashed node is dead everywhere within the derived bound; restarted "
      "(gen+1) it is alive everywhere within a bound"},
+    {"probe-cover", sc_probe_cover, 30, 30, 1,
+     "16 crashes, quiet and right after a failure: each crashed node is "
+     "probed within a period + a slot + the reply wait (coordinated "
+     "schedule) and dead everywhere within the derived bound"},
+    {"probe-cover-skew", sc_probe_cover_skew, 30, 30, 1,
+     "the same with clocks off by up to +-10 s: probing as random as "
+     "without the schedule, never rarer (10 Tq)"},
     {"loss10", sc_loss10, 100, 100, 1,
      "10% random loss for 30 virtual minutes: no live node is ever marked dead"},
     {"reg-gossip-buddy", sc_loss10, 100, 100, 13,
