@@ -54,8 +54,29 @@ static tapped TAPQ[TAP_MAX];
 static int TAPN;
 static uint32_t INDIRECT; /* indirect_checks for new nodes (0: default) */
 
+/* Direct pings seen on the wire (plaintext nets), per target: the time of
+ * the last one and the longest gap between two (schedule tests). */
+static bool PING_WATCH;
+static uint64_t PING_LAST[MAXN], PING_GAP[MAXN];
+
+static void watch_ping(int dst, const gsp_out *o)
+{
+    if (!PING_WATCH || o->kind != GSP_OUT_UDP || dst < 0) return;
+    Pmgcm__Gossip__Packet *p = pmgcm__gossip__packet__unpack(NULL, o->len,
+                                                             o->data);
+    if (!p) return;
+    if (p->ping && !p->ping->indirect && p->ping->target.len == GSP_ID_LEN &&
+        !memcmp(p->ping->target.data, T[dst].id.b, GSP_ID_LEN)) {
+        if (PING_LAST[dst] && NOW - PING_LAST[dst] > PING_GAP[dst])
+            PING_GAP[dst] = NOW - PING_LAST[dst];
+        PING_LAST[dst] = NOW;
+    }
+    pmgcm__gossip__packet__free_unpacked(p, NULL);
+}
+
 static void tap(int src, int dst, const gsp_out *o)
 {
+    watch_ping(dst, o);
     if (TAPN >= TAP_MAX) return;
     if (TAP_ALL ? o->kind != GSP_OUT_UDP
                 : src != TAP_SRC || dst != TAP_DST)
@@ -1268,6 +1289,87 @@ static void test_bad_records_never_change_membership(void)
     net_free();
 }
 
+/* ---- the probe schedule ---------------------------------------------------- */
+
+/* Every member is probed in every period (gossip/core.c, "the probe
+ * schedule"): a member's direct pings come at most P + P/S + probe_timeout
+ * apart (S = ceil(n/2) slots per period), n odd and even; nobody probes
+ * more than twice per period; most probes ride in acks (3 datagrams per
+ * pair and period). skew_ms: node 0's clock is off by that much. */
+static void schedule_run(int n, int64_t skew_ms)
+{
+    net_init(n, false);
+    join_all();
+    REQUIRE(run_until_all_alive(5000) >= 0);
+    for (int i = 0; i < 12000 / STEP; i++) step(); /* quiet: no failure */
+    if (skew_ms)
+        gsp_core_set_wallclock(T[0].c, NOW, (uint64_t)((int64_t)NOW + skew_ms));
+    for (int i = 0; i < 1000 / STEP; i++) step();
+    memset(PING_LAST, 0, sizeof(PING_LAST));
+    memset(PING_GAP, 0, sizeof(PING_GAP));
+    uint64_t probes0 = 0, probes1 = 0;
+    for (int i = 0; i < n; i++) {
+        gsp_stats st;
+        gsp_core_stats(T[i].c, &st);
+        probes0 += st.probes;
+    }
+    PING_WATCH = true;
+    const uint64_t periods = 40, P = 600;
+    for (uint64_t t = 0; t < periods * P / STEP; t++) step();
+    PING_WATCH = false;
+    uint64_t S = (uint64_t)(n + 1) / 2;
+    uint64_t bound = P + P / S + 100 + 2 * STEP +
+                     2 * (uint64_t)(skew_ms < 0 ? -skew_ms : skew_ms);
+    for (int i = 0; i < n; i++) {
+        gsp_stats st;
+        gsp_core_stats(T[i].c, &st);
+        probes1 += st.probes;
+        CHECK(PING_LAST[i] != 0);
+        CHECK(PING_GAP[i] <= bound);
+        if (PING_GAP[i] > bound)
+            fprintf(stderr, "# n=%d skew %lld: node %d pinged %llu ms apart "
+                            "(bound %llu)\n", n, (long long)skew_ms, i,
+                    (unsigned long long)PING_GAP[i],
+                    (unsigned long long)bound);
+    }
+    /* at least one probe per member and period, at most two per node */
+    CHECK(probes1 - probes0 >= (periods - 1) * (uint64_t)n);
+    CHECK(probes1 - probes0 <= (periods + 1) * 2 * (uint64_t)n);
+    CHECK(all_alive());
+    net_free();
+}
+
+static void test_schedule_covers_every_period(void)
+{
+    schedule_run(5, 0);
+    schedule_run(6, 0);
+    schedule_run(8, 0);
+    schedule_run(6, 30); /* NTP-sized error: the slots move, no more */
+}
+
+/* A clock far off (or stepped back an hour) takes slots at other times:
+ * that node still probes once per period, nobody stops probing. */
+static void test_schedule_clock_far_off(void)
+{
+    net_init(5, false);
+    join_all();
+    REQUIRE(run_until_all_alive(5000) >= 0);
+    for (int i = 0; i < 2000 / STEP; i++) step();
+    gsp_core_set_wallclock(T[1].c, NOW, NOW - 3600000); /* stepped back */
+    gsp_core_set_wallclock(T[2].c, NOW, NOW + 7777);
+    gsp_stats a[5], b[5];
+    for (int i = 0; i < 5; i++) gsp_core_stats(T[i].c, &a[i]);
+    for (int i = 0; i < 6000 / STEP; i++) step();
+    for (int i = 0; i < 5; i++) {
+        gsp_core_stats(T[i].c, &b[i]);
+        /* 10 periods of 600 ms: one probe each at least, or two */
+        CHECK(b[i].probes - a[i].probes >= 9);
+        CHECK(b[i].probes - a[i].probes <= 22);
+    }
+    CHECK(all_alive());
+    net_free();
+}
+
 int main(void)
 {
     TAP_RUN(test_incarnation_order);
@@ -1295,5 +1397,7 @@ int main(void)
     TAP_RUN(test_join_by_address_bound);
     TAP_RUN(test_forged_ack_ignored);
     TAP_RUN(test_relay_ack_only_when_asked);
+    TAP_RUN(test_schedule_covers_every_period);
+    TAP_RUN(test_schedule_clock_far_off);
     return tap_done();
 }
