@@ -55,7 +55,8 @@ plot "$out/sim_scale.dat" u 1:2 w lp pt 7 t "first suspect", \
      "" u 1:6 w l dt 2 t "SWIM e/(e-1) periods", \
      "" u 1:3 w lp pt 5 t "first dead", \
      "" u 1:4 w lp pt 9 t "dead everywhere", \
-     "" u 1:7 w l dt 3 t "core formula 1.58T+T+S_min", \
+     "" u 1:5 w lp pt 8 t "dead everywhere, worst crash", \
+     "" u 1:7 w l dt 3 t "core formula Tq/2+T+S_min (every member probed every period)", \
      "" u 1:8 w l dt 4 t "memberlist formula (1 s probe, mult 4)"
 
 set title "Broadcast: gossip periods (0.2 s) until every node has it"

@@ -31,9 +31,11 @@ typedef struct bounds {
     double G;       /* gossip interval                                       */
     double S_min;   /* suspicion_mult * max(1, log10 n) * T                  */
     double S_max;   /* suspicion_max_mult * S_min (no confirmations)         */
-    double wait;    /* until somebody probes a given node: 10 Tq. Each of the
-                       n-1 probers picks a target per period from a shuffled
-                       list, so P(nobody picks it in 10 periods) ~ e^-10    */
+    double wait;    /* until somebody probes a given node: 10 Tq, the bound
+                       for random targets (P(nobody picks it in 10 periods)
+                       ~ e^-10): what the probe schedule falls back to when
+                       clocks disagree; with clocks that agree every member
+                       is probed in every period (first_probe_bound)      */
     double check;   /* a probe (T, or 2 timeouts + 50 ms if more: the relays'
                        nacks) and the verification of a failed one (as long
                        again): an answer within it is never a suspicion. The
