@@ -3,8 +3,9 @@
  * keyring (AES-256-GCM), and a libuv adapter.
  *
  * The core never does I/O and never reads a clock. Time (milliseconds on any
- * monotonic scale) and packets go in; packets to send, TCP stream requests and
- * the next deadline come out. The same core runs under libuv (gsp_uv_*) and
+ * monotonic scale, and the wall clock for the probe schedule:
+ * gsp_core_set_wallclock) and packets go in; packets to send, TCP stream
+ * requests and the next deadline come out. The same core runs under libuv (gsp_uv_*) and
  * under the deterministic simulator in tests/sim.
  *
  * Conventions: functions return 0 or a negative errno (GSP_E* below -500 where
