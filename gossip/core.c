@@ -1756,10 +1756,11 @@ static uint32_t probe_len(const gsp_core *c)
  * round a list. A pair at circle distance d = |i - r| (0 for m-1's pair and
  * for r's) has its slot d P / S into the period (S = (C + 1) / 2 slots); a
  * member's distance moves by at most 1 from one period to the next, so its
- * probes come P +- P/S apart. The lower of a pair pings at the slot and the
- * other's probe rides in the ack (couple_probe): two probes for four
- * wake-ups; the higher one pings by itself sched_reply() after the slot if
- * no ping came (the lower one is dead, or their clocks differ).
+ * probes come P +- P/S apart. The lower of a pair pings at the slot, and
+ * that ping is the other's check of it (ping_is_check): a ping and its ack
+ * check the pair both ways, three wake-ups; the higher one pings by itself
+ * sched_reply() after the slot if no ping came (the lower one is dead, or
+ * their clocks differ).
  *
  * Clocks that disagree only move slots: each node takes its own slots of
  * every period by its own clock, so every member is still probed once per
@@ -2925,22 +2926,23 @@ int gsp_core_stream_result(gsp_core *c, uint64_t now_ms, uint64_t req_id,
 
 /* ---- UDP input ---------------------------------------------------------- */
 
-/* Our next slot's probe goes in the ack when its member is the one that
- * just pinged us (see "the probe schedule": the lower of a pair pings, the
- * other answers with its own probe): two probes for four wake-ups (its
- * timer, our receive, its receive of ack and ping, our receive of its ack)
- * instead of six. Only within half a period of the slot (a pair of two
- * members meets every period: no endless ping-pong). */
-static bool couple_probe(gsp_core *c, member *sender)
+/* A ping from the member our next slot is for (the lower of a pair pings
+ * first: see "the probe schedule") is that slot's check: a sealed, fresh
+ * (replay-checked) ping from it shows it alive and able to reach us as well
+ * as an ack would, so we answer it and send no ping of our own: three
+ * wake-ups (its timer, our receive of its ping, its receive of our ack)
+ * check the pair both ways, where a probe each way took four, or six. If it
+ * is dead it does not ping, and we probe it sched_reply() after the slot.
+ * Only within half a period of the slot. */
+static void ping_is_check(gsp_core *c, const member *sender)
 {
     if (!sender || sender->is_self || sender->state != GSP_ALIVE ||
-        c->leaving || c->probe.active || c->prio_set || !c->sched.valid ||
+        c->leaving || !c->sched.valid ||
         !id_eq(&c->sched.target, &sender->id) ||
         c->sched.at > c->now + probe_iv(c) / 2)
-        return false;
+        return;
     take_slot(c);
-    begin_probe(c, sender);
-    return true;
+    if (!c->probe.active) plan_probe(c);
 }
 
 static void send_ack(gsp_core *c, const gsp_addr *to, const gsp_id *to_id,
@@ -2950,11 +2952,6 @@ static void send_ack(gsp_core *c, const gsp_addr *to, const gsp_id *to_id,
     Pmgcm__Gossip__Ack ack = PMGCM__GOSSIP__ACK__INIT;
     ack.seq = seq;
     hdr.ack = &ack;
-    Pmgcm__Gossip__Ping ping;
-    if (couple_probe(c, sender)) {
-        fill_ping(c, &ping, sender, c->probe.seq, false);
-        hdr.ping = &ping;
-    }
     PbMember rec;
     const PbMember *extra = NULL;
     if (sender && !sender->is_self && sender->state != GSP_ALIVE) {
@@ -3130,8 +3127,10 @@ static void rx_correct_stale(gsp_core *c, const rx *r)
 /* A ping for us: ack it. */
 static void rx_ping(gsp_core *c, const rx *r)
 {
-    if (!memcmp(r->p->ping->target.data, c->self->id.b, GSP_ID_LEN))
+    if (!memcmp(r->p->ping->target.data, c->self->id.b, GSP_ID_LEN)) {
+        ping_is_check(c, r->sender);
         send_ack(c, r->from, &r->sid, r->p->ping->seq, r->sender);
+    }
 }
 
 /* A member we hold suspect or dead talks to us (not with a ping: send_ack
@@ -3198,9 +3197,9 @@ static void rx_ping_req(gsp_core *c, const rx *r)
     handle_ping_req(c, r->p->ping_req, r->from, &r->sid);
 }
 
-/* One packet may carry several message kinds (an ack with a coupled ping,
- * records on everything): each present kind goes to its handler, in this
- * order. */
+/* One packet may carry several message kinds (records on everything; an
+ * ack with a ping from nodes before the probe schedule, which coupled their
+ * next probe so): each present kind goes to its handler, in this order. */
 static bool has_ping(const PbPacket *p) { return p->ping != NULL; }
 static bool no_ping(const PbPacket *p) { return p->ping == NULL; }
 static bool has_ack(const PbPacket *p) { return p->ack != NULL; }

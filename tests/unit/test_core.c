@@ -54,12 +54,21 @@ static tapped TAPQ[TAP_MAX];
 static int TAPN;
 static uint32_t INDIRECT; /* indirect_checks for new nodes (0: default) */
 
-/* Direct pings seen on the wire (plaintext nets), per target: the time of
- * the last one and the longest gap between two (schedule tests). */
+/* Direct pings seen on the wire (plaintext nets), per member pinged or
+ * pinging (a ping from a member is its partner's check of it: see
+ * ping_is_check in core.c): the time of the last one and the longest gap
+ * between two (schedule tests). */
 static bool PING_WATCH;
 static uint64_t PING_LAST[MAXN], PING_GAP[MAXN];
 
-static void watch_ping(int dst, const gsp_out *o)
+static void ping_mark(int i)
+{
+    if (PING_LAST[i] && NOW - PING_LAST[i] > PING_GAP[i])
+        PING_GAP[i] = NOW - PING_LAST[i];
+    PING_LAST[i] = NOW;
+}
+
+static void watch_ping(int src, int dst, const gsp_out *o)
 {
     if (!PING_WATCH || o->kind != GSP_OUT_UDP || dst < 0) return;
     Pmgcm__Gossip__Packet *p = pmgcm__gossip__packet__unpack(NULL, o->len,
@@ -67,16 +76,15 @@ static void watch_ping(int dst, const gsp_out *o)
     if (!p) return;
     if (p->ping && !p->ping->indirect && p->ping->target.len == GSP_ID_LEN &&
         !memcmp(p->ping->target.data, T[dst].id.b, GSP_ID_LEN)) {
-        if (PING_LAST[dst] && NOW - PING_LAST[dst] > PING_GAP[dst])
-            PING_GAP[dst] = NOW - PING_LAST[dst];
-        PING_LAST[dst] = NOW;
+        ping_mark(dst);
+        ping_mark(src);
     }
     pmgcm__gossip__packet__free_unpacked(p, NULL);
 }
 
 static void tap(int src, int dst, const gsp_out *o)
 {
-    watch_ping(dst, o);
+    watch_ping(src, dst, o);
     if (TAPN >= TAP_MAX) return;
     if (TAP_ALL ? o->kind != GSP_OUT_UDP
                 : src != TAP_SRC || dst != TAP_DST)
@@ -1291,11 +1299,12 @@ static void test_bad_records_never_change_membership(void)
 
 /* ---- the probe schedule ---------------------------------------------------- */
 
-/* Every member is probed in every period (gossip/core.c, "the probe
- * schedule"): a member's direct pings come at most P + P/S + probe_timeout
- * apart (S = ceil(n/2) slots per period), n odd and even; nobody probes
- * more than twice per period; most probes ride in acks (3 datagrams per
- * pair and period). skew_ms: node 0's clock is off by that much. */
+/* Every member is checked in every period (gossip/core.c, "the probe
+ * schedule"): pinged, or pinging its partner; so a member's direct pings
+ * (to it or from it) come at most P + P/S + probe_timeout apart (S =
+ * ceil(n/2) slots per period), n odd and even; a node sends one or two
+ * probes per period, or none (its partner's ping checked it). skew_ms:
+ * node 0's clock is off by that much. */
 static void schedule_run(int n, int64_t skew_ms)
 {
     net_init(n, false);
@@ -1332,8 +1341,8 @@ static void schedule_run(int n, int64_t skew_ms)
                     (unsigned long long)PING_GAP[i],
                     (unsigned long long)bound);
     }
-    /* at least one probe per member and period, at most two per node */
-    CHECK(probes1 - probes0 >= (periods - 1) * (uint64_t)n);
+    /* a probe per pair and period at least, at most two per node */
+    CHECK(probes1 - probes0 >= (periods - 1) * (uint64_t)n / 2);
     CHECK(probes1 - probes0 <= (periods + 1) * 2 * (uint64_t)n);
     CHECK(all_alive());
     net_free();
@@ -1362,8 +1371,9 @@ static void test_schedule_clock_far_off(void)
     for (int i = 0; i < 6000 / STEP; i++) step();
     for (int i = 0; i < 5; i++) {
         gsp_core_stats(T[i].c, &b[i]);
-        /* 10 periods of 600 ms: one probe each at least, or two */
-        CHECK(b[i].probes - a[i].probes >= 9);
+        /* 10 periods of 600 ms: a probe in some of them (a node whose
+         * partner pings first probes nobody), at most two in each */
+        CHECK(b[i].probes - a[i].probes >= 3);
         CHECK(b[i].probes - a[i].probes <= 22);
     }
     CHECK(all_alive());
