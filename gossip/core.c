@@ -213,7 +213,7 @@ struct gsp_core {
     size_t ht_cap;
     size_t n_by_state[4];
 
-    /* The probe ring (see "probing"): members alive or suspect, self
+    /* The probe ring (see "the probe schedule"): members alive or suspect, self
      * included, in the order of a hash of their id; rebuilt lazily when
      * ring_dirty (at most once per probe). */
     member **ring;
