@@ -213,9 +213,9 @@ struct gsp_core {
     size_t ht_cap;
     size_t n_by_state[4];
 
-    /* The probe ring (see "the probe schedule"): members alive or suspect, self
-     * included, in the order of a hash of their id; rebuilt lazily when
-     * ring_dirty (at most once per probe). */
+    /* The probe ring (see "the probe schedule"): members alive or
+     * suspect, self included, in the order of a hash of their id; rebuilt
+     * lazily when ring_dirty (at most once per probe). */
     member **ring;
     size_t ring_n, ring_cap;
     bool ring_dirty;
