@@ -405,3 +405,31 @@ wait_converged() {
         last=$sig
     done
 }
+
+# ---- what the database scripts share: pmgcm on a node, node stop/start ---------
+# (a script may define its own variant after sourcing this file)
+
+# run [-t SECS] I ARGS...: `pmgcm ARGS...` on node I (its control socket);
+# OUT = its output (stdout and stderr), RC = its exit status, DUR_MS = how
+# long it took. SECS: at most that long (default 60).
+run() {
+    local t=60 t0
+    [[ $1 == -t ]] && { t=$2; shift 2; }
+    local i=$1
+    shift
+    t0=$(it_now_ms)
+    OUT=$(PMGCM_SOCKET=$(it_sock "$i") timeout "$t" "$PMGCM" "$@" 2>&1)
+    RC=$?
+    DUR_MS=$(($(it_now_ms) - t0))
+}
+first_line() { head -n1 <<<"$1"; }
+# stop_node I: SIGTERM node I's daemon (if it runs) and reap it within 20 s;
+# a non-zero exit is added to STOP_BAD (for it_report_shutdown)
+STOP_BAD=
+stop_node() {
+    it_alive_pid "$1" || return 0
+    it_signal "$1" TERM
+    it_reap "$1" 20
+    [[ $IT_EXIT == 0 ]] || STOP_BAD+="node$1 exit $IT_EXIT; "
+}
+start_node() { it_start_node "$1" || it_diag "node$1: control socket did not answer within 10 s"; }

@@ -77,15 +77,6 @@ PW=$IT_DIR/join.pw
 printf 'correct horse battery staple\n' >"$PW"
 chmod 600 "$PW"
 
-run() {
-    local t=60
-    [[ $1 == -t ]] && { t=$2; shift 2; }
-    local i=$1
-    shift
-    OUT=$(PMGCM_SOCKET=$(it_sock "$i") timeout "$t" "$PMGCM" "$@" 2>&1)
-    RC=$?
-}
-first_line() { head -n1 <<<"$1"; }
 STOP_BAD=
 stop_node() {
     it_alive_pid "$1" || return 0

@@ -63,32 +63,14 @@ chmod 600 "$PW"
 
 # ---- helpers -----------------------------------------------------------------
 # run [-t SECS] I ARGS...: `pmgcm ARGS` on node I; OUT, RC, DUR_MS.
-run() {
-    local t=60 t0
-    [[ $1 == -t ]] && { t=$2; shift 2; }
-    local i=$1
-    shift
-    t0=$(it_now_ms)
-    OUT=$(PMGCM_SOCKET=$(it_sock "$i") timeout "$t" "$PMGCM" "$@" 2>&1)
-    RC=$?
-    DUR_MS=$(($(it_now_ms) - t0))
-}
-first_line() { head -n1 <<<"$1"; }
 ms() { it_fmt_ms "$1"; }
 since() { it_fmt_ms $(($(it_now_ms) - $1)); }
 
 STOP_BAD= # every SIGTERM that did not end in exit 0
-stop_node() {
-    it_alive_pid "$1" || return 0
-    it_signal "$1" TERM
-    it_reap "$1" 15
-    [[ $IT_EXIT == 0 ]] || STOP_BAD+="node$1 exit $IT_EXIT; "
-}
 kill9() {
     it_signal "$1" KILL
     wait "${IT_PID[$1]}" 2>/dev/null
 }
-start_node() { it_start_node "$1" || it_diag "node$1: control socket did not answer within 10 s"; }
 
 # st, seq_of, pos, db, db_field, store, in_sync, master_is, follows,
 # converged, wait_converged: tests/integration/pg.sh

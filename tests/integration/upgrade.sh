@@ -68,22 +68,7 @@ PW=$IT_DIR/join.pw
 printf 'correct horse battery staple\n' >"$PW"
 chmod 600 "$PW"
 
-run() {
-    local t=60
-    [[ $1 == -t ]] && { t=$2; shift 2; }
-    local i=$1
-    shift
-    OUT=$(PMGCM_SOCKET=$(it_sock "$i") timeout "$t" "$PMGCM" "$@" 2>&1)
-    RC=$?
-}
-first_line() { head -n1 <<<"$1"; }
 STOP_BAD=
-stop_node() {
-    it_alive_pid "$1" || return 0
-    it_signal "$1" TERM
-    it_reap "$1" 20
-    [[ $IT_EXIT == 0 ]] || STOP_BAD+="node$1 exit $IT_EXIT; "
-}
 start_with() { # start_with BIN I
     PMGCLUSTERD=$1 it_start_node "$2" || it_diag "node$2: control socket did not answer within 10 s"
 }
