@@ -207,6 +207,10 @@ json_t *pmm_jstr(const char *s, size_t n);
  * v (the reference is taken, also on error). 0, -ENOMEM (v NULL, or out of
  * memory), or b->err. */
 int pmm_json_put(pmm_buf *b, json_t *v);
+/* The same, with '<', '>', '&' and '\'' written as \u003c, \u003e,
+ * \u0026, \u0027 (they occur only inside strings in JSON text): no name
+ * in it shows as markup even to a client that sniffs. */
+int pmm_json_put_safe(pmm_buf *b, json_t *v);
 /* Copies src into dst (cap bytes, NUL-terminated, cut to fit) for a log,
  * a terminal or gossip: control and non-ASCII bytes become '?'. */
 void pmm_printable(char *dst, size_t cap, const char *src);

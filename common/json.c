@@ -189,6 +189,28 @@ int pmm_json_put(pmm_buf *b, json_t *v)
     return b->err;
 }
 
+int pmm_json_put_safe(pmm_buf *b, json_t *v)
+{
+    if (v == NULL) return -ENOMEM;
+    char *text = json_dumps(v, JSON_COMPACT | JSON_REAL_PRECISION(15));
+    json_decref(v);
+    if (text == NULL) return -ENOMEM;
+    const char *s = text;
+    while (*s) {
+        size_t run = strcspn(s, "<>&'");
+        pmm_buf_add(b, s, run);
+        s += run;
+        if (*s) {
+            pmm_buf_printf(b, "\\u%04x", (unsigned)(unsigned char)*s);
+            s++;
+        }
+    }
+    json_free_t jfree;
+    json_get_alloc_funcs(NULL, &jfree);
+    jfree(text);
+    return b->err;
+}
+
 void pmm_printable(char *dst, size_t cap, const char *src)
 {
     size_t i = 0;

@@ -60,53 +60,28 @@ void pmm_events_add(pmm_events *r, int64_t at, const char *kind,
         r->n++;
 }
 
-/* A JSON string with markup characters escaped too. The text goes through
- * pmm_json_str (quotes, backslashes, control bytes, invalid UTF-8) piece
- * by piece between the characters it leaves alone. */
-static void json_str_safe(pmm_buf *b, const char *s)
+json_t *pmm_events_array(const pmm_events *r)
 {
-    size_t n = strlen(s), i = 0;
+    size_t first = (r->next + PMM_EVENTS_MAX - r->n) % PMM_EVENTS_MAX;
+    json_t *arr = json_array();
 
-    pmm_buf_add(b, "\"", 1);
-    while (i < n) {
-        size_t run = strcspn(s + i, "<>&'");
-        if (run > 0) {
-            pmm_buf cut;
-            /* pmm_json_str quotes: write into a scratch, drop them */
-            pmm_buf_init(&cut, 4 * run + 16);
-            pmm_json_str(&cut, s + i, run);
-            if (cut.err == 0 && cut.len >= 2)
-                pmm_buf_add(b, cut.p + 1, cut.len - 2);
-            else
-                b->err = b->err ? b->err : -EINVAL;
-            pmm_buf_free(&cut);
-            i += run;
-        }
-        if (i < n) {
-            pmm_buf_printf(b, "\\u%04x", (unsigned)(unsigned char)s[i]);
-            i++;
+    for (size_t k = 0; arr != NULL && k < r->n; k++) {
+        const pmm_event *e = &r->ev[(first + k) % PMM_EVENTS_MAX];
+        if (json_array_append_new(
+                arr, json_pack("{s:I, s:I, s:o, s:o, s:I, s:o}", "seq",
+                               (json_int_t)e->seq, "time", (json_int_t)e->at,
+                               "kind", pmm_jstr(e->kind, strlen(e->kind)),
+                               "name", pmm_jstr(e->name, strlen(e->name)),
+                               "cid", (json_int_t)e->cid, "detail",
+                               pmm_jstr(e->detail, strlen(e->detail)))) != 0) {
+            json_decref(arr);
+            return NULL;
         }
     }
-    pmm_buf_add(b, "\"", 1);
+    return arr;
 }
 
 int pmm_events_json(const pmm_events *r, pmm_buf *b)
 {
-    size_t first = (r->next + PMM_EVENTS_MAX - r->n) % PMM_EVENTS_MAX;
-
-    pmm_buf_puts(b, "[");
-    for (size_t k = 0; k < r->n; k++) {
-        const pmm_event *e = &r->ev[(first + k) % PMM_EVENTS_MAX];
-
-        pmm_buf_printf(b, "%s{\"seq\":%" PRIu64 ",\"time\":%" PRId64
-                          ",\"kind\":", k ? "," : "", e->seq, e->at);
-        json_str_safe(b, e->kind);
-        pmm_buf_puts(b, ",\"name\":");
-        json_str_safe(b, e->name);
-        pmm_buf_printf(b, ",\"cid\":%" PRIu32 ",\"detail\":", e->cid);
-        json_str_safe(b, e->detail);
-        pmm_buf_puts(b, "}");
-    }
-    pmm_buf_puts(b, "]");
-    return b->err;
+    return pmm_json_put_safe(b, pmm_events_array(r));
 }

@@ -80,5 +80,8 @@ void pmm_events_add(pmm_events *r, int64_t at, const char *kind,
  * and '<', '>', '&' and '\'' as \u00XX besides, so no name ever shows raw
  * markup even to a client that sniffs. Returns b->err. */
 int pmm_events_json(const pmm_events *r, pmm_buf *b);
+/* The same array as a new json_t (NULL: out of memory); write it with
+ * pmm_json_put_safe for the markup escapes. */
+json_t *pmm_events_array(const pmm_events *r);
 
 #endif

@@ -1021,11 +1021,158 @@ static bool node_ready(node *n, char *why, size_t len)
     return true;
 }
 
-/* The status answer: the control socket's and the status port's /status.
- * 0 or -errno. */
-static int status_json(node *n, pmm_buf *reply)
+/* Counters as a JSON object: {"name": value, ...} in this order. */
+typedef struct jkv {
+    const char *k;
+    uint64_t v;
+} jkv;
+
+static json_t *kv_object(const jkv *kv, size_t n)
+{
+    json_t *o = json_object();
+    for (size_t i = 0; o != NULL && i < n; i++)
+        json_object_set_new(o, kv[i].k, json_integer((json_int_t)kv[i].v));
+    return o;
+}
+#define KV_OBJECT(a) kv_object((a), sizeof(a) / sizeof((a)[0]))
+
+static json_t *gossip_json(node *n)
 {
     gsp_core *core = node_core(n);
+    gsp_stats st;
+    gsp_uv_stats us;
+    gsp_budget_stats bs;
+    gsp_core_stats(core, &st);
+    gsp_uv_get_stats(n->u, &us);
+    gsp_budget_get(n->budget, &bs);
+    const jkv kv[] = {
+        {"udp_in", st.udp_in},
+        {"udp_out", st.udp_out},
+        {"drop_decrypt", st.drop_decrypt},
+        {"drop_decode", st.drop_decode},
+        {"drop_toobig", st.drop_toobig},
+        {"drop_replay", st.drop_replay},
+        {"probes", st.probes},
+        {"suspicions", st.suspicions},
+        {"refutations", st.refutations},
+        {"health", gsp_core_health(core)},
+        /* the TCP side and the memory budget */
+        {"drop_misdirected", st.drop_misdirected},
+        {"acks_ignored", st.acks_ignored},
+        {"deaths_declared", st.deaths_declared},
+        {"streams_in", st.streams_in},
+        {"streams_out", st.streams_out},
+        {"stream_failures", st.stream_failures},
+        {"tcp_in_open", us.in_open},
+        {"tcp_out_open", us.out_open},
+        {"tcp_in_accepted", us.in_accepted},
+        {"tcp_in_refused_addr", us.in_refused_addr},
+        {"tcp_in_refused_full", us.in_refused_full},
+        {"tcp_in_evicted", us.in_evicted},
+        {"tcp_in_timeouts", us.in_timeouts},
+        {"tcp_frames_too_big", us.frames_too_big},
+        {"tcp_budget_refused", us.budget_refused},
+        {"tcp_out_refused", us.out_refused},
+        {"tcp_in_throttled", us.in_throttled},
+        {"budget_limit", bs.limit},
+        {"budget_used", bs.used},
+        {"budget_peak", bs.peak},
+        {"budget_refused", bs.refused},
+    };
+    return KV_OBJECT(kv);
+}
+
+static json_t *guard_json(node *n)
+{
+    pmm_api_stats as;
+    pmm_thr_stats js;
+    gsp_budget_stats bs;
+    pmm_api_get_stats(n->api, &as);
+    pmm_lc_join_stats(n->lc, &js);
+    gsp_budget_get(n->budget, &bs);
+    const jkv kv[] = {
+        {"unauth_bytes", bs.used},
+        {"unauth_peak", bs.peak},
+        {"unauth_limit", bs.limit},
+        {"unauth_refused", bs.refused},
+        {"api_handshakes", as.tls.handshakes},
+        {"api_handshakes_peak", as.tls.handshakes_peak},
+        {"api_handshakes_evicted", as.tls.handshakes_evicted},
+        {"api_handshake_timeouts", as.tls.handshake_timeouts},
+        {"api_dropped", as.tls.dropped},
+        {"api_node_streams", as.node_streams},
+        {"api_node_streams_max", as.streams_max},
+        {"api_joiners", as.joiners},
+        {"api_refused_streams", as.refused_streams},
+        {"api_refused_joiners", as.refused_joiners},
+        {"join_wrong_passwords", js.failures},
+        {"join_budget_left", js.tokens},
+        {"join_groups", js.groups},
+        {"join_refused_busy", js.refused_busy},
+        {"join_refused_budget", js.refused_global},
+        {"join_refused_full", js.refused_full},
+    };
+    return KV_OBJECT(kv);
+}
+
+static json_t *jstr0(const char *s) { return pmm_jstr(s, strlen(s)); }
+
+static json_t *store_json(node *n)
+{
+    pst_info si;
+    pmm_repl_info(n->repl, &si);
+    const jkv snap[] = {
+        {"rows", si.snap_rows},
+        {"bytes", si.snap_bytes},
+        {"est_rows", si.snap_est_rows},
+        {"est_bytes", si.snap_est_bytes},
+        {"tables", si.snap_tables},
+        {"tables_done", si.snap_tables_done},
+        {"elapsed_ms",
+         si.snap_started_ms ? uv_now(&n->loop) - si.snap_started_ms : 0},
+    };
+    json_t *o = json_pack(
+        "{s:o, s:o, s:o, s:b, s:I, s:I, s:{s:I, s:I, s:I},"
+        " s:{s:o, s:b, s:I, s:I, s:I}, s:{s:I, s:I, s:b, s:I}}",
+        "state", jstr0(pst_state_name(si.state)), "error", jstr0(si.error),
+        "reason", jstr0(si.reason), "db_down", si.db_down, "lag",
+        (json_int_t)si.lag, "sync_lag_max", (json_int_t)PST_SYNC_LAG_MAX,
+        "kept", "backups", (json_int_t)si.kept_backups, "rows",
+        (json_int_t)si.kept_rows, "divergence",
+        (json_int_t)si.kept_divergence,
+        "capture", "slot_status", jstr0(si.slot_status), "streaming",
+        si.capturing, "wal_retained_bytes", (json_int_t)si.wal_retained,
+        "slot_safe_bytes", (json_int_t)si.slot_safe, "slot_repairs",
+        (json_int_t)si.slot_repairs,
+        "sync", "need", (json_int_t)si.sync_need, "have",
+        (json_int_t)si.sync_have, "active", si.sync_active, "waiting",
+        (json_int_t)si.sync_waiting);
+    if (o == NULL) return NULL;
+    const jkv pos[] = {
+        {"epoch", si.pos.epoch},
+        {"seq", si.pos.seq},
+        {"recv_seq", si.recv_seq},
+        {"head_seq", si.head.seq},
+        {"snapshots", si.snapshots},
+        {"applied", si.applied_total},
+        {"captured", si.captured_total},
+        {"divergent", si.divergent_total},
+        {"tables", si.n_tables},
+    };
+    json_object_set_new(o, "loaded", json_boolean(si.loaded));
+    json_object_set_new(o, "master", json_boolean(si.master));
+    for (size_t i = 0; i < sizeof(pos) / sizeof(pos[0]); i++)
+        json_object_set_new(o, pos[i].k, json_integer((json_int_t)pos[i].v));
+    json_object_set_new(o, "schema", jstr0(si.schema_digest));
+    json_object_set_new(o, "snapshot", KV_OBJECT(snap));
+    return o;
+}
+
+/* The status answer: the control socket's and the status port's /status,
+ * one JSON object and a newline, '<', '>', '&' and '\'' escaped (see
+ * pmm_json_put_safe). 0 or -errno. */
+static int status_json(node *n, pmm_buf *reply)
+{
     const pmm_cluster *cl = n->lc ? pmm_lc_cluster(n->lc) : NULL;
     rows_acc acc;
     int rc = build_rows(n, &acc);
@@ -1034,202 +1181,47 @@ static int status_json(node *n, pmm_buf *reply)
         free(acc.rows);
         return rc;
     }
-    pmm_buf_puts(reply, "{\"ok\":true,\"node\":");
-    pmm_json_str(reply, n->cfg.name, strlen(n->cfg.name));
-    pmm_buf_printf(reply, ",\"id\":\"%s\",\"generation\":%llu,\"time\":%lld,"
-                          "\"members\":",
-                   n->id_hex, (unsigned long long)n->gen, (long long)acc.now);
-    pmm_status_write_json(reply, acc.rows, acc.n);
+    json_t *o = json_pack("{s:b, s:o, s:s, s:I, s:I, s:o}", "ok", 1, "node",
+                          jstr0(n->cfg.name), "id", n->id_hex, "generation",
+                          (json_int_t)n->gen, "time", (json_int_t)acc.now,
+                          "members", pmm_status_rows_json(acc.rows, acc.n));
     free(acc.rows);
+    if (o == NULL) return -ENOMEM;
     if (cl != NULL) {
         char cid_hex[33];
         for (size_t i = 0; i < sizeof(cl->cluster_id); i++)
             snprintf(cid_hex + 2 * i, 3, "%02x", cl->cluster_id[i]);
-        pmm_buf_printf(reply, ",\"cluster\":{\"cluster_id\":\"%s\","
-                               "\"epoch\":%llu,\"version\":%llu,"
-                               "\"master_cid\":%u}", cid_hex,
-                       (unsigned long long)cl->epoch,
-                       (unsigned long long)cl->version, cl->master_cid);
+        json_object_set_new(
+            o, "cluster",
+            json_pack("{s:s, s:I, s:I, s:I}", "cluster_id", cid_hex,
+                      "epoch", (json_int_t)cl->epoch, "version",
+                      (json_int_t)cl->version, "master_cid",
+                      (json_int_t)cl->master_cid));
     }
-    {
-        gsp_stats st;
-        gsp_core_stats(core, &st);
-        pmm_buf_printf(reply, ",\"gossip\":{\"udp_in\":%llu,\"udp_out\":%llu,"
-                       "\"drop_decrypt\":%llu,\"drop_decode\":%llu,"
-                       "\"drop_toobig\":%llu,\"drop_replay\":%llu,"
-                       "\"probes\":%llu,"
-                       "\"suspicions\":%llu,\"refutations\":%llu,"
-                       "\"health\":%u",
-                       (unsigned long long)st.udp_in,
-                       (unsigned long long)st.udp_out,
-                       (unsigned long long)st.drop_decrypt,
-                       (unsigned long long)st.drop_decode,
-                       (unsigned long long)st.drop_toobig,
-                       (unsigned long long)st.drop_replay,
-                       (unsigned long long)st.probes,
-                       (unsigned long long)st.suspicions,
-                       (unsigned long long)st.refutations,
-                       gsp_core_health(core));
-        /* the TCP side and the memory budget */
-        gsp_uv_stats us;
-        gsp_budget_stats bs;
-        gsp_uv_get_stats(n->u, &us);
-        gsp_budget_get(n->budget, &bs);
-        pmm_buf_printf(reply, ",\"drop_misdirected\":%llu,"
-                       "\"acks_ignored\":%llu,\"deaths_declared\":%llu,"
-                       "\"streams_in\":%llu,\"streams_out\":%llu,"
-                       "\"stream_failures\":%llu,"
-                       "\"tcp_in_open\":%llu,\"tcp_out_open\":%llu,"
-                       "\"tcp_in_accepted\":%llu,"
-                       "\"tcp_in_refused_addr\":%llu,"
-                       "\"tcp_in_refused_full\":%llu,"
-                       "\"tcp_in_evicted\":%llu,\"tcp_in_timeouts\":%llu,"
-                       "\"tcp_frames_too_big\":%llu,"
-                       "\"tcp_budget_refused\":%llu,"
-                       "\"tcp_out_refused\":%llu,"
-                       "\"tcp_in_throttled\":%llu,"
-                       "\"budget_limit\":%zu,\"budget_used\":%zu,"
-                       "\"budget_peak\":%zu,\"budget_refused\":%llu}",
-                       (unsigned long long)st.drop_misdirected,
-                       (unsigned long long)st.acks_ignored,
-                       (unsigned long long)st.deaths_declared,
-                       (unsigned long long)st.streams_in,
-                       (unsigned long long)st.streams_out,
-                       (unsigned long long)st.stream_failures,
-                       (unsigned long long)us.in_open,
-                       (unsigned long long)us.out_open,
-                       (unsigned long long)us.in_accepted,
-                       (unsigned long long)us.in_refused_addr,
-                       (unsigned long long)us.in_refused_full,
-                       (unsigned long long)us.in_evicted,
-                       (unsigned long long)us.in_timeouts,
-                       (unsigned long long)us.frames_too_big,
-                       (unsigned long long)us.budget_refused,
-                       (unsigned long long)us.out_refused,
-                       (unsigned long long)us.in_throttled, bs.limit, bs.used,
-                       bs.peak, (unsigned long long)bs.refused);
-    }
+    json_object_set_new(o, "gossip", gossip_json(n));
     if (n->lc != NULL) {
-        pmm_buf_puts(reply, ",\"fingerprint\":");
-        const char *fp = pmm_lc_fingerprint(n->lc);
-        pmm_json_str(reply, fp, strlen(fp));
+        json_object_set_new(o, "fingerprint",
+                            jstr0(pmm_lc_fingerprint(n->lc)));
+        json_object_set_new(o, "guard", guard_json(n));
     }
-    if (n->lc != NULL) {
-        pmm_api_stats as;
-        pmm_thr_stats js;
-        gsp_budget_stats bs;
-        pmm_api_get_stats(n->api, &as);
-        pmm_lc_join_stats(n->lc, &js);
-        gsp_budget_get(n->budget, &bs);
-        pmm_buf_printf(reply,
-                       ",\"guard\":{\"unauth_bytes\":%zu,"
-                       "\"unauth_peak\":%zu,\"unauth_limit\":%zu,"
-                       "\"unauth_refused\":%llu,\"api_handshakes\":%u,"
-                       "\"api_handshakes_peak\":%u,"
-                       "\"api_handshakes_evicted\":%llu,"
-                       "\"api_handshake_timeouts\":%llu,"
-                       "\"api_dropped\":%llu,\"api_node_streams\":%u,"
-                       "\"api_node_streams_max\":%u,\"api_joiners\":%u,"
-                       "\"api_refused_streams\":%llu,"
-                       "\"api_refused_joiners\":%llu,"
-                       "\"join_wrong_passwords\":%llu,"
-                       "\"join_budget_left\":%u,\"join_groups\":%u,"
-                       "\"join_refused_busy\":%llu,"
-                       "\"join_refused_budget\":%llu,"
-                       "\"join_refused_full\":%llu}",
-                       bs.used, bs.peak, bs.limit,
-                       (unsigned long long)bs.refused, as.tls.handshakes,
-                       as.tls.handshakes_peak,
-                       (unsigned long long)as.tls.handshakes_evicted,
-                       (unsigned long long)as.tls.handshake_timeouts,
-                       (unsigned long long)as.tls.dropped, as.node_streams,
-                       as.streams_max, as.joiners,
-                       (unsigned long long)as.refused_streams,
-                       (unsigned long long)as.refused_joiners,
-                       (unsigned long long)js.failures, js.tokens,
-                       js.groups,
-                       (unsigned long long)js.refused_busy,
-                       (unsigned long long)js.refused_global,
-                       (unsigned long long)js.refused_full);
-    }
-    pmm_files_status_json(n->files, reply);
-    if (n->repl != NULL) {
-        pst_info si;
-        pmm_repl_info(n->repl, &si);
-        pmm_buf_puts(reply, ",\"store\":{\"state\":");
-        const char *sn = pst_state_name(si.state);
-        pmm_json_str(reply, sn, strlen(sn));
-        pmm_buf_puts(reply, ",\"error\":");
-        pmm_json_str(reply, si.error, strlen(si.error));
-        pmm_buf_puts(reply, ",\"reason\":");
-        pmm_json_str(reply, si.reason, strlen(si.reason));
-        pmm_buf_printf(reply,
-                       ",\"db_down\":%s,\"lag\":%llu,\"sync_lag_max\":%u,"
-                       "\"kept\":{\"backups\":%u,\"rows\":%llu,"
-                       "\"divergence\":%llu}",
-                       si.db_down ? "true" : "false",
-                       (unsigned long long)si.lag, (unsigned)PST_SYNC_LAG_MAX,
-                       si.kept_backups, (unsigned long long)si.kept_rows,
-                       (unsigned long long)si.kept_divergence);
-        pmm_buf_puts(reply, ",\"capture\":{\"slot_status\":");
-        pmm_json_str(reply, si.slot_status, strlen(si.slot_status));
-        pmm_buf_printf(reply,
-                       ",\"streaming\":%s,\"wal_retained_bytes\":%lld,"
-                       "\"slot_safe_bytes\":%lld,\"slot_repairs\":%llu},"
-                       "\"sync\":{\"need\":%u,\"have\":%u,\"active\":%s,"
-                       "\"waiting\":%llu}",
-                       si.capturing ? "true" : "false",
-                       (long long)si.wal_retained, (long long)si.slot_safe,
-                       (unsigned long long)si.slot_repairs, si.sync_need,
-                       si.sync_have, si.sync_active ? "true" : "false",
-                       (unsigned long long)si.sync_waiting);
-        pmm_buf_printf(reply,
-                       ",\"loaded\":%s,\"master\":%s,\"epoch\":%llu,"
-                       "\"seq\":%llu,\"recv_seq\":%llu,\"head_seq\":%llu,"
-                       "\"snapshots\":%llu,\"applied\":%llu,"
-                       "\"captured\":%llu,\"divergent\":%llu,"
-                       "\"tables\":%zu,\"schema\":\"%s\","
-                       "\"snapshot\":{\"rows\":%llu,\"bytes\":%llu,"
-                       "\"est_rows\":%llu,\"est_bytes\":%llu,"
-                       "\"tables\":%u,\"tables_done\":%u,"
-                       "\"elapsed_ms\":%llu}}",
-                       si.loaded ? "true" : "false",
-                       si.master ? "true" : "false",
-                       (unsigned long long)si.pos.epoch,
-                       (unsigned long long)si.pos.seq,
-                       (unsigned long long)si.recv_seq,
-                       (unsigned long long)si.head.seq,
-                       (unsigned long long)si.snapshots,
-                       (unsigned long long)si.applied_total,
-                       (unsigned long long)si.captured_total,
-                       (unsigned long long)si.divergent_total, si.n_tables,
-                       si.schema_digest,
-                       (unsigned long long)si.snap_rows,
-                       (unsigned long long)si.snap_bytes,
-                       (unsigned long long)si.snap_est_rows,
-                       (unsigned long long)si.snap_est_bytes,
-                       si.snap_tables, si.snap_tables_done,
-                       si.snap_started_ms
-                           ? (unsigned long long)(uv_now(&n->loop) -
-                                                  si.snap_started_ms)
-                           : 0ULL);
-    }
+    if (n->files != NULL)
+        json_object_set_new(o, "files", pmm_files_status(n->files));
+    if (n->repl != NULL) json_object_set_new(o, "store", store_json(n));
     if (cl != NULL) {
         /* the panel's "Add" line: on the master only */
         const pmm_cnode *m = pmm_cluster_master(cl);
         if (m != NULL && memcmp(&m->node_id, &n->id, sizeof(n->id)) == 0) {
             char cmd[300];
             pmm_join_command(m, cmd, sizeof(cmd));
-            pmm_buf_puts(reply, ",\"join_command\":");
-            pmm_json_str(reply, cmd, strlen(cmd));
+            json_object_set_new(o, "join_command", jstr0(cmd));
         }
     }
-    pmm_buf_puts(reply, ",\"events\":");
-    pmm_events_json(&n->events, reply);
-    pmm_buf_printf(reply, ",\"draining\":%s,\"ready\":%s}\n",
-                   n->draining ? "true" : "false",
-                   node_ready(n, NULL, 0) ? "true" : "false");
-    return reply->err;
+    json_object_set_new(o, "events", pmm_events_array(&n->events));
+    json_object_set_new(o, "draining", json_boolean(n->draining));
+    json_object_set_new(o, "ready", json_boolean(node_ready(n, NULL, 0)));
+    rc = pmm_json_put_safe(reply, o);
+    if (rc == 0) rc = pmm_buf_puts(reply, "\n");
+    return rc ? rc : reply->err;
 }
 
 static int http_status_json(void *ud, pmm_buf *out)

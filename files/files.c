@@ -2766,9 +2766,9 @@ static bool synced_now(const pmm_files *f, const pmm_cluster *cl)
            !memcmp(cl->files_digest, f->insync_digest, PMM_HASH_LEN);
 }
 
-int pmm_files_status_json(const pmm_files *f, pmm_buf *b)
+json_t *pmm_files_status(const pmm_files *f)
 {
-    if (!f) return 0;
+    if (!f) return NULL;
     const pmm_cluster *cl;
     const pmm_cnode *me = self_in(f, &cl);
     json_t *errors = json_array();
@@ -2835,8 +2835,7 @@ int pmm_files_status_json(const pmm_files *f, pmm_buf *b)
             "runs", (json_int_t)f->reload_runs,
             "running", f->run != NULL,
             "last_exit", last_exit);
-    pmm_buf_puts(b, ",\"files\":");
-    return pmm_json_put(b, st);
+    return st;
 }
 
 /* ---- promote, metadata, `pmgcm files publish` ------------------------------------------- */

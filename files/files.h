@@ -272,9 +272,9 @@ int pmm_files_start(pmm_files **out, const pmm_files_env *env, char *err,
                     size_t errlen);
 /* The cluster config changed: check now. NULL is fine. */
 void pmm_files_kick(pmm_files *f);
-/* Appends ,"files":{...} (the mirror's state) to a JSON object being
- * written. NULL appends nothing. */
-int pmm_files_status_json(const pmm_files *f, pmm_buf *b);
+/* The mirror's state as a new JSON object (the status' "files"); NULL
+ * for f NULL or out of memory. */
+json_t *pmm_files_status(const pmm_files *f);
 /* Whether this node's files_dir holds the cluster's published manifest
  * (every file of it; files never listed may be there too): 0, or
  * -EAGAIN with the reason in why. Promote asks this; f NULL (no

@@ -602,6 +602,8 @@ int pmm_status_render_text(pmm_buf *b, const pmm_status_row *rows, size_t n);
  * node's own row, and once its metadata was read, version (null: a build
  * from before versioning) and protocol ({min, max}). */
 int pmm_status_write_json(pmm_buf *b, const pmm_status_row *rows, size_t n);
+/* The same array as a new json_t (NULL: out of memory). */
+json_t *pmm_status_rows_json(const pmm_status_row *rows, size_t n);
 /* Reads such an array back (validating every field). *rows is malloc'd. */
 int pmm_status_from_json(const pmm_json *arr, pmm_status_row **rows,
                          size_t *n, char *err, size_t errlen);

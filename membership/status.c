@@ -414,15 +414,20 @@ static json_t *row_json(const pmm_status_row *r)
     return o;
 }
 
-int pmm_status_write_json(pmm_buf *b, const pmm_status_row *rows, size_t n)
+json_t *pmm_status_rows_json(const pmm_status_row *rows, size_t n)
 {
     json_t *arr = json_array();
     for (size_t i = 0; arr && i < n; i++)
         if (json_array_append_new(arr, row_json(&rows[i])) != 0) {
             json_decref(arr);
-            return -ENOMEM;
+            return NULL;
         }
-    return pmm_json_put(b, arr);
+    return arr;
+}
+
+int pmm_status_write_json(pmm_buf *b, const pmm_status_row *rows, size_t n)
+{
+    return pmm_json_put(b, pmm_status_rows_json(rows, n));
 }
 
 /* ---- reading rows back -------------------------------------------------- */

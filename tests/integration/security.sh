@@ -363,7 +363,7 @@ for i in $A $C $D; do V0[$i]=$(view "$i"); done
 S0=$(state "$A $C $D")
 rss0=$(rss_kb $A)
 sus0=$(sum_stat suspicions $A $C $D) dead0=$(sum_stat deaths_declared $A $C $D)
-in0=$(stat_of $A streams_in) pr0=$(stat_of $A probes)
+in0=$(stat_of $A streams_in) pr0=$(stat_of $A udp_out)
 out0=$(sum_stat streams_out $C $D) fail0=$(sum_stat stream_failures $C $D)
 ip netns exec "$IT_BRNS" timeout $((HOLD_S + 20)) python3 "$TCPHOLD" "${IT_IP[A]}" "$IT_PORT" \
     --src "$srcs" --per-src 4 --seconds $HOLD_S >"$IT_DIR/hold.json" 2>"$IT_DIR/hold.err" &
@@ -387,7 +387,7 @@ wait $hold_pid
 hold=$(cat "$IT_DIR/hold.json")
 rss1=$(rss_kb $A)
 sus1=$(sum_stat suspicions $A $C $D) dead1=$(sum_stat deaths_declared $A $C $D)
-in1=$(stat_of $A streams_in) pr1=$(stat_of $A probes)
+in1=$(stat_of $A streams_in) pr1=$(stat_of $A udp_out)
 out1=$(sum_stat streams_out $C $D) fail1=$(sum_stat stream_failures $C $D)
 blimit=$(stat_of $A budget_limit) bpeak=$(stat_of $A budget_peak)
 evicted=$(stat_of $A tcp_in_evicted) byaddr=$((byaddr1 - byaddr0))
@@ -413,10 +413,10 @@ fi
 # must hold)
 if ((dead1 == dead0 && in1 - in0 >= 3 && pr1 > pr0 && 4 * (fail1 - fail0) <= out1 - out0)) &&
     [[ -z "$seen_bad" && "$S1" == "$S0" ]]; then
-    it_ok "meanwhile: $((in1 - in0)) push-pulls got into node1, node3 and node4 ran $((out1 - out0)) TCP exchanges ($((fail1 - fail0)) failed), node1 probed $((pr1 - pr0)) times; suspicions raised $((sus1 - sus0)), none seen in any view, no death declared, no node's view changed"
+    it_ok "meanwhile: $((in1 - in0)) push-pulls got into node1, node3 and node4 ran $((out1 - out0)) TCP exchanges ($((fail1 - fail0)) failed), node1 sent $((pr1 - pr0)) gossip datagrams (probes, or acks of the probes the schedule gives its partners); suspicions raised $((sus1 - sus0)), none seen in any view, no death declared, no node's view changed"
 else
     it_not_ok "legitimate gossip keeps working while node1's TCP slots are held"
-    it_diag "suspicions $sus0 -> $sus1; deaths declared $dead0 -> $dead1; push-pulls into node1 $in0 -> $in1; node3+4 TCP exchanges $out0 -> $out1, failed $fail0 -> $fail1; probes $pr0 -> $pr1; ${seen_bad:-}"
+    it_diag "suspicions $sus0 -> $sus1; deaths declared $dead0 -> $dead1; push-pulls into node1 $in0 -> $in1; node3+4 TCP exchanges $out0 -> $out1, failed $fail0 -> $fail1; datagrams sent $pr0 -> $pr1; ${seen_bad:-}"
     it_diag "before: $S0"
     it_diag "after: $S1"
 fi
@@ -576,7 +576,9 @@ full=0
 it_diag "node2 stopped: its receive queue from node1 holds $(recvq_b) bytes, node1's send queue to it $(sendq_a) bytes (full after ${IT_WAITED:-?} s)"
 rss_stall=$(rss_kb $A)
 copying=$(pg_val $A "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY public.mail TO%'")
-probes0=$(stat_of $A probes)
+# (what node1 sends: its probes, or its acks of the probes the schedule
+# gives node4 - with two live members only one of a pair pings)
+probes0=$(stat_of $A udp_out)
 rss_max=0 slow_status=0
 end=$(($(it_now_ms) + 8000))
 while (($(it_now_ms) < end)); do
@@ -587,16 +589,16 @@ while (($(it_now_ms) < end)); do
     (($(it_now_ms) - t > 2000)) && slow_status=$((slow_status + 1))
     sleep 0.5
 done
-probes1=$(stat_of $A probes)
+probes1=$(stat_of $A udp_out)
 conns_stalled=$(api_conns_from_b)
 d_alive=$(it_state_of $A node4)
 if ((stopped && full && rss_max - rss_stall < 16384 && probes1 > probes0 && slow_status == 0)) &&
     [[ "$d_alive" == A && "$copying" == 1 ]] && ((conns_stalled >= 1)); then
-    it_ok "node2 joins and is stopped (SIGSTOP) mid-snapshot (node1 still in its COPY of 64 MB): node1's RSS $((rss0 / 1024)) MB before, $((rss_stall / 1024)) MB stalled, max $((rss_max / 1024)) MB over 8 s more; it keeps probing (+$((probes1 - probes0))), sees node4 alive and answers status at once"
+    it_ok "node2 joins and is stopped (SIGSTOP) mid-snapshot (node1 still in its COPY of 64 MB): node1's RSS $((rss0 / 1024)) MB before, $((rss_stall / 1024)) MB stalled, max $((rss_max / 1024)) MB over 8 s more; it keeps gossiping (+$((probes1 - probes0)) datagrams sent), sees node4 alive and answers status at once"
 else
     it_not_ok "a stalled snapshot reader does not hurt the master"
     it_diag "join exit $jrc: $(cat "$IT_DIR/join-b.out"); stopped $stopped at ${sb:-?} snapshot bytes; buffers full $full; master COPY sessions $copying"
-    it_diag "RSS $rss0 kB before, $rss_stall stalled, max $rss_max; probes $probes0 -> $probes1; slow/failed status $slow_status; node4 $d_alive; conns from node2 $conns_stalled"
+    it_diag "RSS $rss0 kB before, $rss_stall stalled, max $rss_max; datagrams sent $probes0 -> $probes1; slow/failed status $slow_status; node4 $d_alive; conns from node2 $conns_stalled"
 fi
 it_signal $B KILL
 wait "${IT_PID[B]}" 2>/dev/null
