@@ -312,6 +312,11 @@ struct pst_session {
     /* server subscribe */
     pst_pos from;      /* last entry sent */
     bool checked;      /* first read done (range validated) */
+    bool recheck;      /* the client was at or past our head when checked:
+                        * its position is not known to be on our history
+                        * (a new master still catching up), so the next
+                        * read checks again (a new epoch that starts at or
+                        * before it is a fork) */
     bool reading;
     bool wait_head;    /* client ahead: wait */
     uint64_t last_send_ms;

@@ -251,10 +251,12 @@ static void read_done(pst_job *j)
         s->checked = true;
         if (rj->verdict == 4) {
             if (s->from.seq == 0) s->from = rj->from;
+            s->recheck = true;
             pst_sess_send_head(s);
         } else {
             pst_sess_send_raw(s, rj->frame, rj->frame_len);
             s->from = rj->last;
+            s->recheck = false;
         }
         pst_serve_pump(s);
     }
@@ -274,7 +276,7 @@ void pst_serve_pump(pst_session *s)
         rj->s = s;
         rj->from = s->checked ? s->from : s->req_from;
         rj->upto = head;
-        rj->check = !s->checked;
+        rj->check = !s->checked || s->recheck;
         rj->is_origin = org;
         rj->origin = s->origin;
         rj->j.run = read_run;
