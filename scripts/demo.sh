@@ -479,6 +479,7 @@ cat <<EOT
   $CLI_REL --socket $DEMO/node2.sock status --output-format json | jq
   curl -s 'http://127.0.0.1:7948/readyz?verbose'     # node1's readiness (the status port)
   curl -s http://127.0.0.1:7948/metrics | grep pmgcm_db
+  chromium http://127.0.0.1:7948/                    # the cluster panel (any browser on this machine; read-only)
   echo hello > $DEMO/node1-etc/motd            # mirrored to node2-etc and node3-etc within ~2 s
   cat $DEMO/node2-reload.log                    # each run of files_reload on node2
   kill -9 \$(cat $DEMO/node2.pid)      # crash node2: the others show it D
