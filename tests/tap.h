@@ -75,6 +75,37 @@ static int tap_cur_failed_ = 0;
 
 static int tap_selected_any_ = 0;
 
+/* A file of the source tree for the tests that check docs against tables:
+ * abs_top_srcdir/rel, whole and NUL-terminated (malloc'd, free it), or
+ * NULL (said on stdout as a TAP comment). */
+static inline char *tap_read_doc(const char *rel)
+{
+    const char *top = getenv("abs_top_srcdir");
+    char path[1024];
+    char *buf = NULL;
+    long n;
+    FILE *f;
+
+    snprintf(path, sizeof(path), "%s/%s", top && *top ? top : ".", rel);
+    f = fopen(path, "rb");
+    if (!f) {
+        printf("#   cannot open %s (abs_top_srcdir unset?)\n", path);
+        return NULL;
+    }
+    if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 &&
+        n < (16L << 20) && fseek(f, 0, SEEK_SET) == 0 &&
+        (buf = malloc((size_t)n + 1)) != NULL) {
+        if (fread(buf, 1, (size_t)n, f) == (size_t)n) {
+            buf[n] = '\0';
+        } else {
+            free(buf);
+            buf = NULL;
+        }
+    }
+    fclose(f);
+    return buf;
+}
+
 static inline int tap_selected_(const char *name)
 {
     const char *sel = getenv("TAP_TEST");

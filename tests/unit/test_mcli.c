@@ -1062,34 +1062,6 @@ static void test_terminal_prompts(void)
 
 /* ---- the command table: help, and the docs that must follow it ------------ */
 
-/* abs_top_srcdir/rel, whole and NUL-terminated (malloc'd), or NULL */
-static char *read_doc(const char *rel)
-{
-    const char *top = getenv("abs_top_srcdir");
-    char path[1024];
-    char *buf = NULL;
-    long n;
-    FILE *f;
-
-    snprintf(path, sizeof(path), "%s/%s", top && *top ? top : ".", rel);
-    f = fopen(path, "rb");
-    if (!f) {
-        printf("#   cannot open %s (abs_top_srcdir unset?)\n", path);
-        return NULL;
-    }
-    if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 &&
-        n < (16L << 20) && fseek(f, 0, SEEK_SET) == 0 &&
-        (buf = malloc((size_t)n + 1)) != NULL) {
-        if (fread(buf, 1, (size_t)n, f) == (size_t)n) {
-            buf[n] = '\0';
-        } else {
-            free(buf);
-            buf = NULL;
-        }
-    }
-    fclose(f);
-    return buf;
-}
 
 /* no line of s is wider than w columns */
 static bool lines_fit(const char *s, size_t w)
@@ -1244,9 +1216,9 @@ static void man_word(char *out, size_t cap, const char *prefix,
  * the table is in each */
 static void test_docs_follow_table(void)
 {
-    char *man = read_doc("doc/pmgcm.1");
-    char *readme = read_doc("README.md");
-    char *comp = read_doc("contrib/pmgcm.bash-completion");
+    char *man = tap_read_doc("doc/pmgcm.1");
+    char *readme = tap_read_doc("README.md");
+    char *comp = tap_read_doc("contrib/pmgcm.bash-completion");
     const char *cmds = comp ? strstr(comp, "local commands=\"") : NULL;
 
     REQUIRE(man != NULL && readme != NULL && comp != NULL && cmds != NULL);

@@ -776,34 +776,6 @@ static void test_reload_diff(void)
 
 /* ---- the parser's keys against their documentation --------------------- */
 
-/* abs_top_srcdir/rel, whole and NUL-terminated (malloc'd), or NULL */
-static char *read_doc(const char *rel)
-{
-    const char *top = getenv("abs_top_srcdir");
-    char path[1024];
-    char *buf = NULL;
-    long n;
-    FILE *f;
-
-    snprintf(path, sizeof(path), "%s/%s", top && *top ? top : ".", rel);
-    f = fopen(path, "rb");
-    if (!f) {
-        printf("#   cannot open %s (abs_top_srcdir unset?)\n", path);
-        return NULL;
-    }
-    if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 &&
-        n < (16L << 20) && fseek(f, 0, SEEK_SET) == 0 &&
-        (buf = malloc((size_t)n + 1)) != NULL) {
-        if (fread(buf, 1, (size_t)n, f) == (size_t)n) {
-            buf[n] = '\0';
-        } else {
-            free(buf);
-            buf = NULL;
-        }
-    }
-    fclose(f);
-    return buf;
-}
 
 /* The key a line names in a file's style, copied into key (empty when the
  * line names none). prefix: what precedes the key ("" or ".BI "), with
@@ -844,7 +816,7 @@ static bool known_key(const char *k)
 static int doc_keys(const char *rel, const char *prefix, bool comment,
                     const char *after, bool strict)
 {
-    char *text = read_doc(rel);
+    char *text = tap_read_doc(rel);
     int missing = 0;
     char k[64];
 
@@ -901,8 +873,8 @@ static void test_keys_documented(void)
  * and, in its list of those that take effect, no other. */
 static void test_reload_documented(void)
 {
-    char *man = read_doc("doc/pmgclusterd.8");
-    char *readme = read_doc("README.md");
+    char *man = tap_read_doc("doc/pmgclusterd.8");
+    char *readme = tap_read_doc("README.md");
     size_t n;
     const pmm_conf_key *t = pmm_config_keys(&n);
 
@@ -966,7 +938,7 @@ static void test_reload_documented(void)
  * the sample values are ones the parser accepts, no key twice. */
 static void test_contrib_parses(void)
 {
-    char *text = read_doc("contrib/pmgclusterd.conf");
+    char *text = tap_read_doc("contrib/pmgclusterd.conf");
     char k[64];
     pmm_config c;
     size_t keys = 0;

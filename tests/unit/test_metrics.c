@@ -150,33 +150,6 @@ static void test_output(void)
     pmm_buf_free(&b);
 }
 
-static char *read_doc(const char *rel)
-{
-    const char *top = getenv("abs_top_srcdir");
-    char path[1024];
-    char *buf = NULL;
-    long n;
-    FILE *f;
-
-    snprintf(path, sizeof(path), "%s/%s", top && *top ? top : ".", rel);
-    f = fopen(path, "rb");
-    if (!f) {
-        printf("#   cannot open %s (abs_top_srcdir unset?)\n", path);
-        return NULL;
-    }
-    if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 &&
-        n < (16L << 20) && fseek(f, 0, SEEK_SET) == 0 &&
-        (buf = malloc((size_t)n + 1)) != NULL) {
-        if (fread(buf, 1, (size_t)n, f) == (size_t)n) {
-            buf[n] = '\0';
-        } else {
-            free(buf);
-            buf = NULL;
-        }
-    }
-    fclose(f);
-    return buf;
-}
 
 static bool word_char(char c)
 {
@@ -189,7 +162,7 @@ static bool word_char(char c)
  * prefix ending in '_') is one of the table's. */
 static void test_documented(void)
 {
-    char *man = read_doc("doc/pmgclusterd.8");
+    char *man = tap_read_doc("doc/pmgclusterd.8");
     size_t n;
     const pmm_metric *t = pmm_metrics_table(&n);
 
