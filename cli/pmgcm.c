@@ -492,6 +492,33 @@ static const char *password_problem(const char *pw, size_t n)
     return NULL;
 }
 
+/* ---- JSON output ------------------------------------------------------------- */
+
+/* v (reference taken; NULL: a constructor failed) as compact JSON into b
+ * (initialised by the caller). 0, or 1 with the error printed. */
+static int json_text(pmm_buf *b, json_t *v)
+{
+    int rc = pmm_json_put(b, v);
+
+    if (rc != 0)
+        return fail("cannot format output: %s", strerror(-rc));
+    return 0;
+}
+
+/* v (reference taken) written with write_json. 0 or 1. */
+static int write_jvalue(json_t *v)
+{
+    pmm_buf b;
+    int rc;
+
+    pmm_buf_init(&b, PMM_CTL_REPLY_MAX);
+    rc = json_text(&b, v);
+    if (rc == 0)
+        rc = write_json(b.p, b.len);
+    pmm_buf_free(&b);
+    return rc;
+}
+
 /* ---- keygen ---------------------------------------------------------------- */
 
 static int cmd_keygen(bool json)
@@ -503,19 +530,24 @@ static int cmd_keygen(bool json)
 
     if (rc != 0)
         return fail("cannot generate a key: %s", gsp_strerror(rc));
+    pmm_hex_encode(key, sizeof(key), out, false);
+    o = 2 * sizeof(key);
+    explicit_bzero(key, sizeof(key));
     if (json) {
-        memcpy(out, "{\"key\":\"", 8);
-        o = 8;
-    }
-    pmm_hex_encode(key, sizeof(key), out + o, false);
-    o += 2 * sizeof(key);
-    if (json) {
-        memcpy(out + o, "\"}", 2);
-        o += 2;
+        /* {"key":"..."}: the buffer is reserved once (never moved) and
+         * wiped; jansson's copy is zeroed when freed (common/json.c) */
+        pmm_buf b;
+        pmm_buf_init(&b, 256);
+        pmm_buf_reserve(&b, 128);
+        rc = json_text(&b, json_pack("{s:o}", "key", pmm_jstr(out, o)));
+        explicit_bzero(out, sizeof(out));
+        if (rc == 0)
+            rc = write_json(b.p, b.len);
+        pmm_buf_wipe(&b);
+        return rc;
     }
     out[o++] = '\n';
-    explicit_bzero(key, sizeof(key));
-    rc = json ? write_json(out, o) : write_out(out, o);
+    rc = write_out(out, o);
     explicit_bzero(out, sizeof(out));
     return rc;
 }
@@ -879,6 +911,8 @@ static int call(const cli *c, const pmm_buf *req, int timeout_s, bool final,
     int rc = 1;
 
     *doc = NULL;
+    if (req->err == -ENOMEM)
+        return fail("out of memory");
     if (req->err != 0 || req->len > PMM_CTL_REQ_MAX)
         return fail("request too long");
     pmm_buf_init(&in, PMM_CTL_REPLY_MAX);
@@ -949,26 +983,30 @@ static const char *get_str(const pmm_json *doc, const char *key, char *buf,
     return buf;
 }
 
-/* A request buffer that never reallocates (it may hold a password). */
-static void req_init(pmm_buf *b, const char *cmd)
+/* A request {"cmd":CMD} (members are added with pmm_jadd, strings from
+ * outside through pmm_jstr) or NULL when out of memory. */
+static json_t *req_new(const char *cmd)
+{
+    return json_pack("{s:o}", "cmd", pmm_jstrz(cmd));
+}
+
+/* Writes request r (reference taken; NULL: building it failed) and a
+ * '\n' into b, reserved once so that it never reallocates (it may hold a
+ * password: pmm_buf_wipe it). A failure stays in b->err; call() then
+ * sends nothing. */
+static void req_put(pmm_buf *b, json_t *r)
 {
     pmm_buf_init(b, PMM_CTL_REQ_MAX + 64);
     pmm_buf_reserve(b, PMM_CTL_REQ_MAX + 32);
-    pmm_buf_puts(b, "{\"cmd\":");
-    pmm_json_str(b, cmd, strlen(cmd));
+    if ((pmm_json_put(b, r) != 0 || pmm_buf_puts(b, "\n") != 0) &&
+        b->err == 0)
+        b->err = -ENOMEM;
 }
 
-static void req_str(pmm_buf *b, const char *key, const char *val, size_t n)
+/* A request with no arguments. */
+static void req_cmd(pmm_buf *b, const char *cmd)
 {
-    pmm_buf_puts(b, ",");
-    pmm_json_str(b, key, strlen(key));
-    pmm_buf_puts(b, ":");
-    pmm_json_str(b, val, n);
-}
-
-static void req_end(pmm_buf *b)
-{
-    pmm_buf_puts(b, "}\n");
+    req_put(b, req_new(cmd));
 }
 
 /* ---- commands ----------------------------------------------------------------- */
@@ -1358,8 +1396,7 @@ static int cmd_drain(const cli *c, bool drain)
     pmm_json *doc;
     int rc;
 
-    req_init(&req, drain ? "drain" : "undrain");
-    req_end(&req);
+    req_cmd(&req, drain ? "drain" : "undrain");
     rc = call(c, &req, IO_TIMEOUT_S, true, &doc);
     pmm_buf_free(&req);
     if (rc != 0)
@@ -1382,9 +1419,8 @@ static int cmd_create(const cli *c)
         explicit_bzero(pw, sizeof(pw));
         return 1;
     }
-    req_init(&req, "create");
-    req_str(&req, "password", pw, pwlen);
-    req_end(&req);
+    req_put(&req, pmm_jadd(req_new("create"), "password",
+                           pmm_jstr(pw, pwlen)));
     explicit_bzero(pw, sizeof(pw));
     rc = call(c, &req, LONG_TIMEOUT_S, true, &doc);
     pmm_buf_wipe(&req);
@@ -1421,9 +1457,7 @@ static int fetch_and_confirm_fingerprint(const cli *c, const char *ip,
         return fail("no terminal to confirm the master's fingerprint: use "
                     "--fingerprint FP (see `pmgcm join-cmd` on the master) "
                     "or --yes");
-    req_init(&req, "fingerprint");
-    req_str(&req, "ip", ip, strlen(ip));
-    req_end(&req);
+    req_put(&req, pmm_jadd(req_new("fingerprint"), "ip", pmm_jstrz(ip)));
     rc = call(c, &req, LONG_TIMEOUT_S, false, &doc);
     pmm_buf_free(&req);
     if (rc != 0)
@@ -1482,8 +1516,7 @@ static int wait_data(const cli *c)
     for (;;) {
         pmm_buf req;
         pmm_json *doc = NULL;
-        req_init(&req, "status");
-        req_end(&req);
+        req_cmd(&req, "status");
         cli quiet = *c;
         quiet.json = false;
         int rc = call(&quiet, &req, LONG_TIMEOUT_S, false, &doc);
@@ -1561,8 +1594,7 @@ static int check_not_member(const cli *c)
 
     /* a refusal is printed as JSON with --output-format json, an answer
      * never (final = false) */
-    req_init(&req, "status");
-    req_end(&req);
+    req_cmd(&req, "status");
     rc = call(c, &req, IO_TIMEOUT_S, false, &doc);
     pmm_buf_free(&req);
     if (rc != 0)
@@ -1584,13 +1616,8 @@ static int check_not_member(const cli *c)
                  "delete it on that master first", name, mcid, ip);
         pmm_json_free(doc);
         if (c->json) {
-            pmm_buf b;
-            pmm_buf_init(&b, 1024);
-            pmm_buf_puts(&b, "{\"ok\":false,\"error\":");
-            pmm_json_str(&b, msg, strlen(msg));
-            pmm_buf_puts(&b, "}");
-            rc = write_json(b.p, b.len);
-            pmm_buf_free(&b);
+            write_jvalue(json_pack("{s:b, s:o}", "ok", 0, "error",
+                                   pmm_jstrz(msg)));
             return 1;
         }
         return fail("%s", msg);
@@ -1633,11 +1660,10 @@ static int cmd_join(const cli *c)
         explicit_bzero(pw, sizeof(pw));
         return 1;
     }
-    req_init(&req, "join");
-    req_str(&req, "ip", ip, strlen(ip));
-    req_str(&req, "fingerprint", fp, strlen(fp));
-    req_str(&req, "password", pw, pwlen);
-    req_end(&req);
+    req_put(&req, pmm_jadd(pmm_jadd(pmm_jadd(req_new("join"), "ip",
+                                             pmm_jstrz(ip)),
+                                    "fingerprint", pmm_jstrz(fp)),
+                           "password", pmm_jstr(pw, pwlen)));
     explicit_bzero(pw, sizeof(pw));
     rc = call(c, &req, LONG_TIMEOUT_S, true, &doc);
     pmm_buf_wipe(&req);
@@ -1662,8 +1688,7 @@ static int cmd_join_cmd(const cli *c)
     pmm_json *doc;
     int rc;
 
-    req_init(&req, "join-cmd");
-    req_end(&req);
+    req_cmd(&req, "join-cmd");
     rc = call(c, &req, LONG_TIMEOUT_S, true, &doc);
     pmm_buf_free(&req);
     if (rc != 0)
@@ -1684,14 +1709,14 @@ static int cmd_delete(const cli *c, unsigned cid)
 {
     char line[128];
     pmm_buf req;
+    json_t *r;
     pmm_json *doc;
     int rc;
 
-    req_init(&req, "delete");
-    pmm_buf_printf(&req, ",\"cid\":%u", cid);
+    r = pmm_jadd(req_new("delete"), "cid", json_integer((json_int_t)cid));
     if (c->purge)
-        pmm_buf_puts(&req, ",\"purge\":true");
-    req_end(&req);
+        r = pmm_jadd(r, "purge", json_true());
+    req_put(&req, r);
     rc = call(c, &req, LONG_TIMEOUT_S, true, &doc);
     pmm_buf_free(&req);
     if (rc != 0)
@@ -1713,15 +1738,15 @@ static int cmd_promote(const cli *c)
 {
     char line[128];
     pmm_buf req;
+    json_t *r;
     pmm_json *doc;
     long long cid, epoch;
     int rc;
 
-    req_init(&req, "promote");
-    pmm_buf_printf(&req, ",\"force\":%s", c->force ? "true" : "false");
+    r = pmm_jadd(req_new("promote"), "force", json_boolean(c->force));
     if (c->accept)
-        pmm_buf_puts(&req, ",\"accept_data_loss\":true");
-    req_end(&req);
+        r = pmm_jadd(r, "accept_data_loss", json_true());
+    req_put(&req, r);
     rc = call(c, &req, LONG_TIMEOUT_S, true, &doc);
     pmm_buf_free(&req);
     if (rc != 0)
@@ -1758,11 +1783,10 @@ static int cmd_backups(const cli *c)
     int rc;
     const char *sub = c->npos > 0 ? c->pos[0] : "list";
 
-    req_init(&req, "backups");
-    req_str(&req, "sub", sub, strlen(sub));
+    json_t *r = pmm_jadd(req_new("backups"), "sub", pmm_jstrz(sub));
     if (c->npos > 1)
-        req_str(&req, "id", c->pos[1], strlen(c->pos[1]));
-    req_end(&req);
+        r = pmm_jadd(r, "id", pmm_jstrz(c->pos[1]));
+    req_put(&req, r);
     rc = call(c, &req, LONG_TIMEOUT_S, true, &doc);
     pmm_buf_free(&req);
     if (rc != 0)
@@ -1811,9 +1835,8 @@ static int cmd_files(const cli *c)
     pmm_json *doc;
     int rc;
 
-    req_init(&req, "files-publish");
-    pmm_buf_printf(&req, ",\"confirm\":%s", c->confirm ? "true" : "false");
-    req_end(&req);
+    req_put(&req, pmm_jadd(req_new("files-publish"), "confirm",
+                           json_boolean(c->confirm)));
     rc = call(c, &req, LONG_TIMEOUT_S, true, &doc);
     pmm_buf_free(&req);
     if (rc != 0)
@@ -1836,10 +1859,10 @@ static int cmd_sync(const cli *c)
     pmm_json *doc;
     int rc;
 
-    req_init(&req, "sync");
+    json_t *r = req_new("sync");
     if (c->master_ip != NULL)
-        req_str(&req, "master_ip", c->master_ip, strlen(c->master_ip));
-    req_end(&req);
+        r = pmm_jadd(r, "master_ip", pmm_jstrz(c->master_ip));
+    req_put(&req, r);
     rc = call(c, &req, LONG_TIMEOUT_S, true, &doc);
     pmm_buf_free(&req);
     if (rc != 0)
@@ -1892,23 +1915,25 @@ static bool tty_yes(const char *question)
  * or --yes), with exactly the fingerprint shown. */
 static int cmd_update_fp(const cli *c)
 {
-    pmm_buf req, out;
+    pmm_buf req;
     pmm_json *doc;
     const pmm_json *nodes;
+    json_t *out;
     int rc, pending = 0, unreachable = 0, pinned = 0;
     cli quiet = *c;
 
     quiet.json = false; /* for the pins: one JSON document at the end */
-    req_init(&req, "update-fingerprints");
-    req_end(&req);
+    req_cmd(&req, "update-fingerprints");
     /* a refusal is printed as JSON with --output-format json */
     rc = call(c, &req, LONG_TIMEOUT_S, false, &doc);
     pmm_buf_free(&req);
     if (rc != 0)
         return 1;
     nodes = pmm_json_get(doc, "nodes");
-    pmm_buf_init(&out, PMM_CTL_REPLY_MAX);
-    pmm_buf_puts(&out, "{\"ok\":true,\"nodes\":[");
+    /* the --output-format json document: {"ok":true,"nodes":[...],
+     * "pinned":N,"not_pinned":N,"unreachable":N}; NULL once out of
+     * memory (or in text mode) */
+    out = c->json ? json_pack("{s:b, s:[]}", "ok", 1, "nodes") : NULL;
     for (const pmm_json *n = nodes && nodes->type == PMM_JSON_ARRAY
                                  ? nodes->child : NULL;
          n != NULL; n = n->next) {
@@ -1940,10 +1965,9 @@ static int cmd_update_fp(const cli *c)
             if (ok && fingerprint_ok(now)) {
                 pmm_buf r2;
                 pmm_json *d2;
-                req_init(&r2, "update-fingerprints");
-                pmm_buf_printf(&r2, ",\"cid\":%lld", cid);
-                req_str(&r2, "fingerprint", now, strlen(now));
-                req_end(&r2);
+                req_put(&r2, pmm_jadd(pmm_jadd(req_new("update-fingerprints"),
+                                               "cid", json_integer(cid)),
+                                      "fingerprint", pmm_jstrz(now)));
                 rc = call(&quiet, &r2, LONG_TIMEOUT_S, false, &d2);
                 pmm_buf_free(&r2);
                 if (rc == 0) {
@@ -1972,39 +1996,36 @@ static int cmd_update_fp(const cli *c)
         } else if (!c->json) {
             printf("%s (cid %lld, %s): unchanged\n", name, cid, ip);
         }
-        pmm_buf_printf(&out, "%s{\"cid\":%lld,\"name\":", out.p[out.len - 1]
-                       == '[' ? "" : ",", cid);
-        pmm_json_str(&out, name, strlen(name));
-        pmm_buf_puts(&out, ",\"ip\":");
-        pmm_json_str(&out, ip, strlen(ip));
-        pmm_buf_printf(&out, ",\"state\":\"%s\",\"fingerprint\":", state);
-        pmm_json_str(&out, strcmp(state, "updated") == 0 && now[0] ? now
-                                                                   : old,
-                     strlen(strcmp(state, "updated") == 0 && now[0] ? now
-                                                                    : old));
-        if (now[0] && strcmp(state, "updated") != 0) {
-            pmm_buf_puts(&out, ",\"presented\":");
-            pmm_json_str(&out, now, strlen(now));
+        if (out != NULL) {
+            bool updated = strcmp(state, "updated") == 0;
+            json_t *o = json_pack("{s:I, s:o, s:o, s:o, s:o}", "cid",
+                                  (json_int_t)cid, "name", pmm_jstrz(name),
+                                  "ip", pmm_jstrz(ip), "state",
+                                  pmm_jstrz(state), "fingerprint",
+                                  pmm_jstrz(updated && now[0] ? now : old));
+            if (now[0] && !updated)
+                o = pmm_jadd(o, "presented", pmm_jstrz(now));
+            if (err[0])
+                o = pmm_jadd(o, "error", pmm_jstrz(err));
+            if (json_array_append_new(json_object_get(out, "nodes"), o)) {
+                json_decref(out); /* o was released */
+                out = NULL;
+            }
         }
-        if (err[0]) {
-            pmm_buf_puts(&out, ",\"error\":");
-            pmm_json_str(&out, err, strlen(err));
-        }
-        pmm_buf_puts(&out, "}");
     }
     pmm_json_free(doc);
-    pmm_buf_printf(&out, "],\"pinned\":%d,\"not_pinned\":%d,"
-                   "\"unreachable\":%d}", pinned, pending, unreachable);
+    out = pmm_jadd(out, "pinned", json_integer(pinned));
+    out = pmm_jadd(out, "not_pinned", json_integer(pending));
+    out = pmm_jadd(out, "unreachable", json_integer(unreachable));
     rc = 0;
     if (c->json)
-        rc = write_json(out.p, out.len);
+        rc = write_jvalue(out);
     else if (pending > 0 || unreachable > 0)
         printf("%d changed certificate(s) not pinned, %d node(s) not "
                "checked\n", pending, unreachable);
     else
         printf("fingerprints up to date%s\n",
                pinned ? " (new ones pinned)" : "");
-    pmm_buf_free(&out);
     if (fflush(stdout) != 0)
         rc = 1;
     return rc != 0 || pending > 0 || unreachable > 0 ? 1 : 0;
@@ -2291,10 +2312,9 @@ static int cmd_detach(const cli *c)
         if (c->json) {
             pmm_buf b;
             pmm_buf_init(&b, 1 << 16);
-            pmm_buf_puts(&b, "{\"ok\":false,\"error\":");
-            pmm_json_str(&b, err, strlen(err));
-            pmm_buf_puts(&b, "}");
-            if (b.err == 0) printf("%s\n", b.p);
+            if (json_text(&b, json_pack("{s:b, s:o}", "ok", 0, "error",
+                                        pmm_jstrz(err))) == 0)
+                printf("%s\n", b.p);
             pmm_buf_free(&b);
         }
         fprintf(stderr, "pmgcm: detach: %s\n", safe);
@@ -2303,12 +2323,11 @@ static int cmd_detach(const cli *c)
     if (c->json) {
         pmm_buf b;
         pmm_buf_init(&b, 1 << 16);
-        pmm_buf_puts(&b, "{\"ok\":true,\"report\":");
-        pmm_json_str(&b, report, strlen(report));
-        pmm_buf_puts(&b, "}");
-        if (b.err == 0) printf("%s\n", b.p);
+        rc = json_text(&b, json_pack("{s:b, s:o}", "ok", 1, "report",
+                                     pmm_jstrz(report)));
+        if (rc == 0) printf("%s\n", b.p);
         pmm_buf_free(&b);
-        return 0;
+        return rc;
     }
     fputs(report, stdout);
     return 0;

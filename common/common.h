@@ -202,6 +202,13 @@ int pmm_json_str(pmm_buf *b, const char *s, size_t n);
  * become U+FFFD (as pmm_json_str). New reference, or NULL when out of
  * memory. */
 json_t *pmm_jstr(const char *s, size_t n);
+/* pmm_jstr for a NUL-terminated s (not NULL). */
+json_t *pmm_jstrz(const char *s);
+/* Sets member key of object o to v (v's reference is taken) and returns
+ * o; when o or v is NULL (a constructor that failed) or on out of memory
+ * both are released and NULL returned, so that optional members chain and
+ * are checked once: o = pmm_jadd(o, "lost", pmm_jstrz(lost)). */
+json_t *pmm_jadd(json_t *o, const char *key, json_t *v);
 /* Appends v as compact JSON (members in insertion order, reals with 15
  * significant digits) to b and releases
  * v (the reference is taken, also on error). 0, -ENOMEM (v NULL, or out of
@@ -279,12 +286,25 @@ struct pmm_ctl_req {
  * has timed out or the server was closed: then req is only freed. NULL is
  * a no-op. */
 void pmm_ctl_reply(pmm_ctl_req *req, const char *json, size_t len);
-/* {"ok":false,"error":"<printf fmt, ...>"} */
+/* {"ok":false,"error":"<printf fmt, ...>"} (the message is cut at 1023
+ * bytes; a byte sequence that is not UTF-8 becomes U+FFFD). */
 void pmm_ctl_reply_error(pmm_ctl_req *req, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
-/* {"ok":true} or {"ok":true,<extra_json_members>}, e.g. "\"cid\":3". */
-void pmm_ctl_reply_ok(pmm_ctl_req *req, const char *extra_json_members);
-/* Appends {"ok":false,"error":"..."}\n */
+/* {"ok":true} */
+void pmm_ctl_reply_ok(pmm_ctl_req *req);
+/* {"ok":true,<the members of `members`, in their order>}. members is an
+ * object without an "ok" member, typically a json_pack(...) written at the
+ * call; the reference is taken (released here, also on error and when req
+ * is NULL). NULL (a json_pack or json_object that failed) answers
+ * {"ok":false,"error":"out of memory"}; a non-object or one with "ok"
+ * answers "internal error" (a bug). Strings in it go through pmm_jstr
+ * (never json_string on unchecked bytes). */
+void pmm_ctl_reply_ok_with(pmm_ctl_req *req, json_t *members);
+/* The bytes of those answers, appended to b with a '\n' (for the control
+ * socket's own errors, and tests): 0, -ENOMEM, -EINVAL (members as above;
+ * its reference is taken), or b->err. On failure b->err is set too, so a
+ * caller that only checks b->err sees it. */
+int pmm_ctl_ok_reply(pmm_buf *b, json_t *members);
 int pmm_ctl_error_reply(pmm_buf *b, const char *msg);
 
 /* ---- memory budget for unauthenticated input ----------------------------

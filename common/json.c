@@ -149,8 +149,12 @@ static size_t utf8_seq(const unsigned char *s, size_t n)
     return len;
 }
 
+static void jz_ready(void);
+
 json_t *pmm_jstr(const char *s, size_t n)
 {
+    /* the copy jansson keeps is zeroed when freed (a password, a key) */
+    jz_ready();
     if (pmm_utf8_valid(s, n)) return json_stringn(s, n);
     /* each invalid byte becomes U+FFFD (3 bytes) */
     char *clean = malloc(3 * n + 1);
@@ -169,8 +173,28 @@ json_t *pmm_jstr(const char *s, size_t n)
         }
     }
     json_t *v = json_stringn(clean, o);
+    explicit_bzero(clean, o);
     free(clean);
     return v;
+}
+
+json_t *pmm_jstrz(const char *s)
+{
+    return pmm_jstr(s, strlen(s));
+}
+
+json_t *pmm_jadd(json_t *o, const char *key, json_t *v)
+{
+    if (o == NULL || v == NULL) {
+        json_decref(o);
+        json_decref(v);
+        return NULL;
+    }
+    if (json_object_set_new(o, key, v) != 0) { /* v released */
+        json_decref(o);
+        return NULL;
+    }
+    return o;
 }
 
 static int put_cb(const char *buf, size_t size, void *data)
@@ -322,6 +346,10 @@ static void jz_free(void *p)
 }
 static pthread_once_t jz_once = PTHREAD_ONCE_INIT;
 static void jz_init(void) { json_set_alloc_funcs(jz_malloc, jz_free); }
+/* Before the first value is built or parsed. A value allocated earlier
+ * by jansson's default malloc is still freed correctly (jz_malloc is
+ * malloc). */
+static void jz_ready(void) { pthread_once(&jz_once, jz_init); }
 
 /* A cheap pass over text before jansson sees it: an upper bound on the
  * values (every value but the first follows a ',' or opens an

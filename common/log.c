@@ -114,7 +114,10 @@ static void utc_now(char *when, size_t len)
 
 /* One JSON object (no newline) into b: every string escaped by
  * pmm_json_str (quotes, backslashes, control characters; invalid UTF-8
- * becomes U+FFFD). */
+ * becomes U+FFFD). Written by hand on purpose, the one JSON writer not
+ * through jansson (common/reply.c and the rest build json_t values): a log
+ * line is written from every thread, also when memory is short, and must
+ * not cost a tree of allocations; four fixed members need no library. */
 static void json_line(pmm_buf *b, const char *prefix, const char *when,
                       pmm_log_level lvl, const char *subsys, const char *msg)
 {

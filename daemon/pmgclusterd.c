@@ -1115,8 +1115,6 @@ static json_t *guard_json(node *n)
     return KV_OBJECT(kv);
 }
 
-static json_t *jstr0(const char *s) { return pmm_jstr(s, strlen(s)); }
-
 static json_t *store_json(node *n)
 {
     pst_info si;
@@ -1134,13 +1132,13 @@ static json_t *store_json(node *n)
     json_t *o = json_pack(
         "{s:o, s:o, s:o, s:b, s:I, s:I, s:{s:I, s:I, s:I},"
         " s:{s:o, s:b, s:I, s:I, s:I}, s:{s:I, s:I, s:b, s:I}}",
-        "state", jstr0(pst_state_name(si.state)), "error", jstr0(si.error),
-        "reason", jstr0(si.reason), "db_down", si.db_down, "lag",
+        "state", pmm_jstrz(pst_state_name(si.state)), "error", pmm_jstrz(si.error),
+        "reason", pmm_jstrz(si.reason), "db_down", si.db_down, "lag",
         (json_int_t)si.lag, "sync_lag_max", (json_int_t)PST_SYNC_LAG_MAX,
         "kept", "backups", (json_int_t)si.kept_backups, "rows",
         (json_int_t)si.kept_rows, "divergence",
         (json_int_t)si.kept_divergence,
-        "capture", "slot_status", jstr0(si.slot_status), "streaming",
+        "capture", "slot_status", pmm_jstrz(si.slot_status), "streaming",
         si.capturing, "wal_retained_bytes", (json_int_t)si.wal_retained,
         "slot_safe_bytes", (json_int_t)si.slot_safe, "slot_repairs",
         (json_int_t)si.slot_repairs,
@@ -1163,7 +1161,7 @@ static json_t *store_json(node *n)
     json_object_set_new(o, "master", json_boolean(si.master));
     for (size_t i = 0; i < sizeof(pos) / sizeof(pos[0]); i++)
         json_object_set_new(o, pos[i].k, json_integer((json_int_t)pos[i].v));
-    json_object_set_new(o, "schema", jstr0(si.schema_digest));
+    json_object_set_new(o, "schema", pmm_jstrz(si.schema_digest));
     json_object_set_new(o, "snapshot", KV_OBJECT(snap));
     return o;
 }
@@ -1182,7 +1180,7 @@ static int status_json(node *n, pmm_buf *reply)
         return rc;
     }
     json_t *o = json_pack("{s:b, s:o, s:s, s:I, s:I, s:o}", "ok", 1, "node",
-                          jstr0(n->cfg.name), "id", n->id_hex, "generation",
+                          pmm_jstrz(n->cfg.name), "id", n->id_hex, "generation",
                           (json_int_t)n->gen, "time", (json_int_t)acc.now,
                           "members", pmm_status_rows_json(acc.rows, acc.n));
     free(acc.rows);
@@ -1201,7 +1199,7 @@ static int status_json(node *n, pmm_buf *reply)
     json_object_set_new(o, "gossip", gossip_json(n));
     if (n->lc != NULL) {
         json_object_set_new(o, "fingerprint",
-                            jstr0(pmm_lc_fingerprint(n->lc)));
+                            pmm_jstrz(pmm_lc_fingerprint(n->lc)));
         json_object_set_new(o, "guard", guard_json(n));
     }
     if (n->files != NULL)
@@ -1213,7 +1211,7 @@ static int status_json(node *n, pmm_buf *reply)
         if (m != NULL && memcmp(&m->node_id, &n->id, sizeof(n->id)) == 0) {
             char cmd[300];
             pmm_join_command(m, cmd, sizeof(cmd));
-            json_object_set_new(o, "join_command", jstr0(cmd));
+            json_object_set_new(o, "join_command", pmm_jstrz(cmd));
         }
     }
     json_object_set_new(o, "events", pmm_events_array(&n->events));
@@ -1338,7 +1336,6 @@ static void drain_work_cb(uv_work_t *w)
 static void drain_reply(node *n, drain_waiter *w, bool persisted, int rc)
 {
     char msg[512], why[200];
-    pmm_buf b;
     int o;
 
     if (w->want && w->changed)
@@ -1363,17 +1360,11 @@ static void drain_reply(node *n, drain_waiter *w, bool persisted, int rc)
                  "; WARNING: %s %s/%s failed (%s): this holds only until "
                  "the daemon stops", w->want ? "writing" : "removing",
                  n->cfg.data_dir, DRAIN_FILE, strerror(-rc));
-    pmm_buf_init(&b, 4096);
-    pmm_buf_printf(&b, "\"draining\":%s,\"changed\":%s,\"persisted\":%s,"
-                       "\"message\":",
-                   w->want ? "true" : "false", w->changed ? "true" : "false",
-                   persisted ? "true" : "false");
-    pmm_json_str(&b, msg, strlen(msg));
-    if (b.err != 0)
-        pmm_ctl_reply_error(w->req, "out of memory");
-    else
-        pmm_ctl_reply_ok(w->req, b.p);
-    pmm_buf_free(&b);
+    pmm_ctl_reply_ok_with(w->req,
+                          json_pack("{s:b, s:b, s:b, s:o}", "draining",
+                                    w->want, "changed", w->changed,
+                                    "persisted", persisted, "message",
+                                    pmm_jstrz(msg)));
 }
 
 static void drain_start_work(node *n, bool want);
@@ -1478,30 +1469,48 @@ static void drain_load(node *n)
 
 /* ---- pmgcm backups: the data the store kept instead of destroying ---------------- */
 
+/* text: the store's members, "\"backups\":[...],\"divergence\":N" (JSON
+ * that PostgreSQL wrote, store/backup.c), read back as an object here so
+ * that the answer is written as every other one is. */
 static void backups_list_done(void *ud, int rc, const char *text)
 {
     pmm_ctl_req *req = ud;
-
-    if (rc != 0)
-        pmm_ctl_reply_error(req, "%s", text);
-    else
-        pmm_ctl_reply_ok(req, text);
-}
-
-static void backups_clear_done(void *ud, int rc, const char *text)
-{
-    pmm_ctl_req *req = ud;
     pmm_buf b;
+    json_error_t je;
+    json_t *members;
 
     if (rc != 0) {
         pmm_ctl_reply_error(req, "%s", text);
         return;
     }
-    pmm_buf_init(&b, 4096);
-    pmm_buf_puts(&b, "\"message\":");
-    pmm_json_str(&b, text, strlen(text));
-    pmm_ctl_reply_ok(req, b.err == 0 ? b.p : NULL);
+    pmm_buf_init(&b, PMM_CTL_REPLY_MAX);
+    pmm_buf_puts(&b, "{");
+    pmm_buf_puts(&b, text);
+    pmm_buf_puts(&b, "}");
+    if (b.err != 0) {
+        pmm_ctl_reply_error(req, "out of memory");
+        pmm_buf_free(&b);
+        return;
+    }
+    members = json_loadb(b.p, b.len, JSON_REJECT_DUPLICATES, &je);
     pmm_buf_free(&b);
+    if (members == NULL)
+        pmm_ctl_reply_error(req, "backups: the store's list is not JSON "
+                            "(%s)", je.text);
+    else
+        pmm_ctl_reply_ok_with(req, members);
+}
+
+static void backups_clear_done(void *ud, int rc, const char *text)
+{
+    pmm_ctl_req *req = ud;
+
+    if (rc != 0) {
+        pmm_ctl_reply_error(req, "%s", text);
+        return;
+    }
+    pmm_ctl_reply_ok_with(req, json_pack("{s:o}", "message",
+                                         pmm_jstrz(text)));
 }
 
 /* {"cmd":"backups","sub":"list"|"clear","id":"ID"|"divergence"} */
@@ -1561,7 +1570,7 @@ static void dctl_ping(node *n, pmm_ctl_req *req, const char *cmd,
                       const pmm_json *args)
 {
     (void)n, (void)cmd, (void)args;
-    pmm_ctl_reply_ok(req, NULL);
+    pmm_ctl_reply_ok(req);
 }
 
 static void dctl_drain(node *n, pmm_ctl_req *req, const char *cmd,

@@ -1533,21 +1533,21 @@ static void reload_start(pmm_files *f)
 
 static void round_start(pmm_files *f, bool forced);
 
-/* Answers a pending `pmgcm files publish --confirm`. */
-static void confirm_reply(pmm_files *f, const char *ok_json, const char *fmt,
-                          ...) __attribute__((format(printf, 3, 4)));
-static void confirm_reply(pmm_files *f, const char *ok_json, const char *fmt,
-                          ...)
+/* Answers a pending `pmgcm files publish --confirm`: ok (its members;
+ * reference taken) when given, else the error fmt. */
+static void confirm_reply(pmm_files *f, json_t *ok, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void confirm_reply(pmm_files *f, json_t *ok, const char *fmt, ...)
 {
     pmm_ctl_req *req = f->confirm_req;
     f->confirm_req = NULL;
     f->confirm_armed = false;
     f->confirm = false;
-    if (!req) return;
-    if (ok_json) {
-        pmm_ctl_reply_ok(req, ok_json);
+    if (ok) {
+        pmm_ctl_reply_ok_with(req, ok); /* req NULL: ok released only */
         return;
     }
+    if (!req || !fmt) return;
     char msg[PMM_FILES_ERROR_LEN + 200];
     va_list ap;
     va_start(ap, fmt);
@@ -2430,10 +2430,11 @@ static void master_publish(pmm_files *f)
                   "published before: the nodes keep them in their trash"
                   : "");
     if (f->confirm_armed) {
-        char extra[200];
-        snprintf(extra, sizeof(extra), "\"digest\":\"%s\",\"files\":%zu,"
-                 "\"dropped\":%zu", d, l->n, f->held_dropped);
-        confirm_reply(f, extra, NULL);
+        json_t *ok = json_pack("{s:o, s:I, s:I}", "digest", pmm_jstrz(d),
+                               "files", (json_int_t)l->n, "dropped",
+                               (json_int_t)f->held_dropped);
+        confirm_reply(f, ok, "published, but out of memory for the "
+                      "answer");
     }
     f->held = HOLD_NONE;
     f->confirm = false;

@@ -457,14 +457,12 @@ static void fetch_from(pmm_lc *lc, const pmm_cnode *n, int attempt,
 
 static void sync_reply(pmm_lc *lc, pmm_ctl_req *ctl, int adopted)
 {
-    char extra[160];
-    snprintf(extra, sizeof(extra),
-             "\"epoch\":%llu,\"version\":%llu,\"master_cid\":%u,"
-             "\"updated\":%s",
-             (unsigned long long)lc->cl.epoch,
-             (unsigned long long)lc->cl.version, lc->cl.master_cid,
-             adopted > 0 ? "true" : "false");
-    pmm_ctl_reply_ok(ctl, extra);
+    /* epoch and version are at most UINT32_MAX (cluster.c) */
+    pmm_ctl_reply_ok_with(
+        ctl, json_pack("{s:I, s:I, s:I, s:b}", "epoch",
+                       (json_int_t)lc->cl.epoch, "version",
+                       (json_int_t)lc->cl.version, "master_cid",
+                       (json_int_t)lc->cl.master_cid, "updated", adopted > 0));
 }
 
 static void fetch_done(op *o, int rc, const Resp *resp)
@@ -1135,11 +1133,10 @@ static void create_saved(pmm_lc *lc, int rc, void *arg)
     set_seeds(lc, false);
     announce(lc);
     changed(lc);
-    char extra[256];
-    snprintf(extra, sizeof(extra), "\"cid\":1,\"fingerprint\":\"%s\"",
-             pmm_lc_fingerprint(lc));
     lc_log(PMM_LOG_INFO, "cluster created; this node is master (cid 1)");
-    pmm_ctl_reply_ok(ctl, extra);
+    pmm_ctl_reply_ok_with(ctl, json_pack("{s:i, s:o}", "cid", 1,
+                                         "fingerprint",
+                                         pmm_jstrz(pmm_lc_fingerprint(lc))));
 }
 
 static void create_body(create_job *j, int status, pmm_lc *lc)
@@ -1251,9 +1248,8 @@ static void fp_probe_done(op *o, int rc, const Resp *resp)
     char buf[PMM_TLS_FP_STR_SIZE];
     if (o->got_fp) {
         pmm_tls_fp_str(&o->seen_fp, buf, sizeof(buf));
-        char extra[200];
-        snprintf(extra, sizeof(extra), "\"fingerprint\":\"%s\"", buf);
-        pmm_ctl_reply_ok(o->ctl, extra);
+        pmm_ctl_reply_ok_with(o->ctl, json_pack("{s:o}", "fingerprint",
+                                                pmm_jstrz(buf)));
     } else {
         pmm_ctl_reply_error(o->ctl, "cannot reach %s: %s", o->target,
                             pmm_strerror(rc));
@@ -1296,9 +1292,8 @@ static void joined_saved(pmm_lc *lc, int rc, void *arg)
         return;
     }
     const pmm_cnode *me = self_node(lc);
-    char extra[128];
-    snprintf(extra, sizeof(extra), "\"cid\":%u", me ? me->cid : 0);
-    pmm_ctl_reply_ok(ctl, extra);
+    pmm_ctl_reply_ok_with(ctl, json_pack("{s:I}", "cid",
+                                         (json_int_t)(me ? me->cid : 0)));
 }
 
 static void join_done(op *o, int rc, const Resp *resp)
@@ -1429,10 +1424,9 @@ static void cmd_join_cmd(pmm_lc *lc, pmm_ctl_req *ctl)
         pmm_ctl_reply_error(ctl, "no cluster defined");
         return;
     }
-    char cmd[300], extra[400];
+    char cmd[300];
     pmm_join_command(m, cmd, sizeof(cmd));
-    snprintf(extra, sizeof(extra), "\"command\":\"%s\"", cmd);
-    pmm_ctl_reply_ok(ctl, extra);
+    pmm_ctl_reply_ok_with(ctl, json_pack("{s:o}", "command", pmm_jstrz(cmd)));
 }
 
 /* ---- update-fingerprints ------------------------------------------------------ */
@@ -1466,35 +1460,30 @@ typedef struct upfp_round {
 
 static void upfp_reply(pmm_lc *lc, upfp_round *r)
 {
-    pmm_buf b;
+    json_t *nodes = json_array();
     size_t changed_n = 0;
 
     (void)lc;
-    pmm_buf_init(&b, 64 * 1024);
-    pmm_buf_puts(&b, "\"nodes\":[");
-    for (size_t i = 0; i < r->n; i++) {
+    for (size_t i = 0; i < r->n && nodes != NULL; i++) {
         const upfp_node *u = &r->nodes[i];
         if (strcmp(u->state, "changed") == 0) changed_n++;
-        pmm_buf_printf(&b, "%s{\"cid\":%u,\"name\":", i ? "," : "", u->cid);
-        pmm_json_str(&b, u->name, strlen(u->name));
-        pmm_buf_puts(&b, ",\"ip\":");
-        pmm_json_str(&b, u->ip, strlen(u->ip));
-        pmm_buf_printf(&b, ",\"state\":\"%s\",\"fingerprint\":", u->state);
-        pmm_json_str(&b, u->old_fp, strlen(u->old_fp));
-        if (u->new_fp[0]) {
-            pmm_buf_puts(&b, ",\"presented\":");
-            pmm_json_str(&b, u->new_fp, strlen(u->new_fp));
+        json_t *o = json_pack("{s:I, s:o, s:o, s:s, s:o}", "cid",
+                              (json_int_t)u->cid, "name", pmm_jstrz(u->name),
+                              "ip", pmm_jstrz(u->ip), "state", u->state,
+                              "fingerprint", pmm_jstrz(u->old_fp));
+        if (u->new_fp[0])
+            o = pmm_jadd(o, "presented", pmm_jstrz(u->new_fp));
+        if (u->error[0])
+            o = pmm_jadd(o, "error", pmm_jstrz(u->error));
+        if (json_array_append_new(nodes, o) != 0) { /* o released */
+            json_decref(nodes);
+            nodes = NULL;
         }
-        if (u->error[0]) {
-            pmm_buf_puts(&b, ",\"error\":");
-            pmm_json_str(&b, u->error, strlen(u->error));
-        }
-        pmm_buf_puts(&b, "}");
     }
-    pmm_buf_printf(&b, "],\"changed\":%zu", changed_n);
-    if (b.err) pmm_ctl_reply_error(r->ctl, "out of memory");
-    else pmm_ctl_reply_ok(r->ctl, b.p);
-    pmm_buf_free(&b);
+    /* NULL nodes: json_pack fails, the answer says "out of memory" */
+    pmm_ctl_reply_ok_with(r->ctl, json_pack("{s:o, s:I}", "nodes", nodes,
+                                            "changed",
+                                            (json_int_t)changed_n));
     free(r);
 }
 
@@ -1567,15 +1556,15 @@ static void upfp_set_saved(pmm_lc *lc, int rc, void *arg)
         pmm_ctl_reply_error(st->ctl, "cannot write %s/%s: %s", lc->data_dir,
                             PMM_CLUSTER_FILE, strerror(-rc));
     } else {
-        char extra[400];
         announce(lc);
         changed(lc);
         lc_log(PMM_LOG_INFO, "update-fingerprints: node cid %u pinned to %s "
                "(was %s)", st->cid, st->new_fp, st->old_fp);
-        snprintf(extra, sizeof(extra), "\"cid\":%u,\"fingerprint\":\"%s\","
-                 "\"old\":\"%s\",\"updated\":true", st->cid, st->new_fp,
-                 st->old_fp);
-        pmm_ctl_reply_ok(st->ctl, extra);
+        pmm_ctl_reply_ok_with(
+            st->ctl, json_pack("{s:I, s:o, s:o, s:b}", "cid",
+                               (json_int_t)st->cid, "fingerprint",
+                               pmm_jstrz(st->new_fp), "old",
+                               pmm_jstrz(st->old_fp), "updated", 1));
     }
     free(st);
 }
@@ -1615,10 +1604,10 @@ static void upfp_set_one(pmm_lc *lc, pmm_ctl_req *ctl, uint32_t cid,
     snprintf(st->old_fp, sizeof(st->old_fp), "%s", n->fp);
     pmm_tls_fp_str(&fp, st->new_fp, sizeof(st->new_fp));
     if (pmm_tls_fp_str_eq(n->fp, st->new_fp) == 1) {
-        char extra[200];
-        snprintf(extra, sizeof(extra), "\"cid\":%u,\"fingerprint\":\"%s\","
-                 "\"updated\":false", cid, st->new_fp);
-        pmm_ctl_reply_ok(ctl, extra);
+        pmm_ctl_reply_ok_with(
+            ctl, json_pack("{s:I, s:o, s:b}", "cid", (json_int_t)cid,
+                           "fingerprint", pmm_jstrz(st->new_fp), "updated",
+                           0));
         free(st);
         return;
     }
@@ -1742,12 +1731,12 @@ static void rot_saved(pmm_lc *lc, int rc, void *arg)
     lc->rot_version = lc->cl.version;
     lc->rot_deadline = now_ms(lc) + ROT_WAIT_MS;
     if (!lc->rot_stage && lc->rot_ctl) {
-        char extra[96];
-        snprintf(extra, sizeof(extra), "\"cid\":%u,\"key_rotated\":true",
-                 lc->rot_cid);
         lc_log(PMM_LOG_INFO, "node cid %u deleted; gossip key rotated",
                lc->rot_cid);
-        pmm_ctl_reply_ok(lc->rot_ctl, extra);
+        pmm_ctl_reply_ok_with(lc->rot_ctl,
+                              json_pack("{s:I, s:b}", "cid",
+                                        (json_int_t)lc->rot_cid,
+                                        "key_rotated", 1));
         lc->rot_ctl = NULL;
     }
 }
@@ -1939,16 +1928,11 @@ static void promote_saved(pmm_lc *lc, int rc, void *arg)
     announce(lc);
     changed(lc);
     rot_resume(lc);
-    pmm_buf extra;
-    pmm_buf_init(&extra, 4096);
-    pmm_buf_printf(&extra, "\"epoch\":%llu,\"cid\":%u",
-                   (unsigned long long)lc->cl.epoch, lc->cl.master_cid);
-    if (lc->promote_lost[0]) {
-        pmm_buf_puts(&extra, ",\"lost\":");
-        pmm_json_str(&extra, lc->promote_lost, strlen(lc->promote_lost));
-    }
-    pmm_ctl_reply_ok(ctl, extra.err == 0 ? extra.p : NULL);
-    pmm_buf_free(&extra);
+    json_t *m = json_pack("{s:I, s:I}", "epoch", (json_int_t)lc->cl.epoch,
+                          "cid", (json_int_t)lc->cl.master_cid);
+    if (lc->promote_lost[0])
+        m = pmm_jadd(m, "lost", pmm_jstrz(lc->promote_lost));
+    pmm_ctl_reply_ok_with(ctl, m);
 }
 
 /* A promote whose only obstacle is that this node is behind a live node

@@ -352,9 +352,6 @@ int pmm_status_render_text(pmm_buf *b, const pmm_status_row *rows, size_t n)
     return b->err;
 }
 
-/* A string member (not NUL-terminated past n is fine: n bytes). */
-static json_t *jstr(const char *s) { return pmm_jstr(s, strlen(s)); }
-
 /* A number rounded to `places` decimals (as "%.*f" printed it). */
 static json_t *jround(double v, int places)
 {
@@ -369,23 +366,24 @@ static json_t *row_json(const pmm_status_row *r)
     json_t *o = json_pack(
         "{s:o, s:I, s:o, s:o, s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:I, s:b,"
         " s:o, s:o}",
-        "name", jstr(r->name), "cid", (json_int_t)r->cid, "ip", jstr(r->ip),
-        "role", jstr(r->role), "state", st,
+        "name", pmm_jstrz(r->name), "cid", (json_int_t)r->cid,
+        "ip", pmm_jstrz(r->ip), "role", pmm_jstrz(r->role), "state", st,
         "uptime", r->uptime >= 0 ? json_integer(r->uptime) : json_null(),
         "load", r->load >= 0 ? jround(r->load, 2) : json_null(),
         "mem", r->mem >= 0 ? json_integer(r->mem) : json_null(),
         "disk", r->disk >= 0 ? json_integer(r->disk) : json_null(),
-        "id", jstr(r->id), "gossip_state", jstr(r->gossip_state),
+        "id", pmm_jstrz(r->id), "gossip_state", pmm_jstrz(r->gossip_state),
         "port", (json_int_t)r->port, "self", r->self,
-        "reason", jstr(r->reason),
+        "reason", pmm_jstrz(r->reason),
         "last_seen", r->last_seen >= 0 ? json_integer(r->last_seen)
                                        : json_null());
     if (o == NULL) return NULL;
     if (r->removed) json_object_set_new(o, "removed", json_true());
     /* versions: known once the node's metadata was read */
     if (r->proto_min != 0) {
-        json_object_set_new(o, "version",
-                            r->version[0] ? jstr(r->version) : json_null());
+        json_object_set_new(o, "version", r->version[0]
+                                              ? pmm_jstrz(r->version)
+                                              : json_null());
         json_object_set_new(o, "protocol",
                             json_pack("{s:I, s:I}", "min",
                                       (json_int_t)r->proto_min, "max",
@@ -402,8 +400,8 @@ static json_t *row_json(const pmm_status_row *r)
         json_object_set_new(
             o, "db",
             json_pack("{s:o, s:o, s:{s:I, s:I}, s:I, s:I, s:I, s:o, s:o}",
-                      "state", jstr(r->db_state), "reason",
-                      jstr(r->db_reason), "kept", "backups",
+                      "state", pmm_jstrz(r->db_state), "reason",
+                      pmm_jstrz(r->db_reason), "kept", "backups",
                       (json_int_t)r->db_kept, "divergence",
                       (json_int_t)r->db_divergence, "epoch",
                       (json_int_t)r->db_epoch, "seq", (json_int_t)r->db_seq,

@@ -397,6 +397,27 @@ static void test_commands(void)
     CHECK_EQ_INT(r.rc, 0);
     CHECK(strcmp(r.req[0], "{\"cmd\":\"create\",\"password\":"
                            "\"a long enough pw\"}\n") == 0);
+    {
+        /* quotes, a backslash, markup and UTF-8 in a password: escaped
+         * (UTF-8 kept as it is), and it parses back to the same bytes */
+        const char *cmd;
+        pmm_json *args = NULL;
+        char err[PMM_CTL_ERR_MAX];
+        set_pw("p\"w\\<script>\xc3\xa9\n", 0600);
+        run_cli(&r, ANS("{\"ok\":true,\"cid\":1}\n"), NULL,
+                ARGS("--socket", sock_path, "create", "--password-file",
+                     pwfile));
+        CHECK_EQ_INT(r.rc, 0);
+        CHECK(strcmp(r.req[0], "{\"cmd\":\"create\",\"password\":"
+                               "\"p\\\"w\\\\<script>\xc3\xa9\"}\n") == 0);
+        CHECK(pmm_ctl_parse_request(r.req[0], strlen(r.req[0]), &cmd, &args,
+                                    err, sizeof(err)) == 0);
+        CHECK(args != NULL &&
+              strcmp(pmm_json_get(args, "password")->str,
+                     "p\"w\\<script>\xc3\xa9") == 0);
+        pmm_json_free(args);
+        set_pw("a long enough pw\n", 0600);
+    }
     CHECK(strcmp(r.out, "cluster created: this node is master (cid 1)\n"
                         "fingerprint: AB:CD\n") == 0);
 
@@ -1366,6 +1387,21 @@ static void test_join_member_first(void)
     CHECK_EQ_INT(r.nreq, 1);
     CHECK(strncmp(r.out, "{\"ok\":false,\"error\":\"this node is already in "
                          "a cluster", 50) == 0);
+    /* a hostile master name: made printable for the terminal, then
+     * escaped in the JSON error */
+    run_cli(&r, ANS("{\"ok\":true,\"members\":[{\"name\":\"p\\\"g\\\\<b>"
+                    "\\u0007\\u00e9\",\"cid\":1,\"ip\":\"192.168.2.127\","
+                    "\"role\":\"master\"}],\"cluster\":{\"cluster_id\":"
+                    "\"00\",\"epoch\":1,\"version\":3,\"master_cid\":1}}\n"),
+            NULL, ARGS(S, "--output-format", "json", "join", "10.0.0.1",
+                       "--yes", "--password-file", pwfile));
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK(strcmp(r.out, "{\"ok\":false,\"error\":\"this node is already in "
+                        "a cluster (master p\\\"g\\\\<b>???, cid 1, at "
+                        "192.168.2.127): nothing done; to move it, delete "
+                        "it on that master first\"}\n") == 0);
+    if (r.rc != 1)
+        show(&r);
     /* the daemon cannot be asked: stop there too */
     run_cli(&r, ANS("{\"ok\":false,\"error\":\"gossip is not running "
                     "yet\"}\n"), NULL,
@@ -1459,10 +1495,49 @@ static void test_update_fingerprints(void)
                     "refused\"}],\"changed\":0}\n"),
             NULL, ARGS(S, "--output-format", "json", "update-fingerprints"));
     CHECK_EQ_INT(r.rc, 1);
-    CHECK(strncmp(r.out, "{\"ok\":true,\"nodes\":[{\"cid\":2,\"name\":\"pmg6\","
-                         "\"ip\":\"10.0.0.2\",\"state\":\"unreachable\"", 80)
+    CHECK(strcmp(r.out, "{\"ok\":true,\"nodes\":[{\"cid\":2,\"name\":\"pmg6\","
+                        "\"ip\":\"10.0.0.2\",\"state\":\"unreachable\","
+                        "\"fingerprint\":\"" FP "\",\"error\":\"connection "
+                        "refused\"}],\"pinned\":0,\"not_pinned\":0,"
+                        "\"unreachable\":1}\n") == 0);
+    /* --yes with json: the pinned node shows "updated" and the new
+     * fingerprint, the others as the daemon said */
+    run_cli(&r, ANS(upfp_probe, "{\"ok\":true,\"cid\":2,\"updated\":true}\n"),
+            NULL, ARGS(S, "--output-format", "json", "update-fingerprints",
+                       "--yes"));
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK(strcmp(r.out, "{\"ok\":true,\"nodes\":[{\"cid\":1,\"name\":\"pmg5\","
+                        "\"ip\":\"10.0.0.1\",\"state\":\"unchanged\","
+                        "\"fingerprint\":\"" FP "\"},{\"cid\":2,\"name\":"
+                        "\"pmg6\",\"ip\":\"10.0.0.2\",\"state\":\"updated\","
+                        "\"fingerprint\":\"" FP2 "\"},{\"cid\":3,\"name\":"
+                        "\"pmg7\",\"ip\":\"10.0.0.3\",\"state\":"
+                        "\"unchanged\",\"fingerprint\":\"" FP "\"}],"
+                        "\"pinned\":1,\"not_pinned\":0,\"unreachable\":0}\n")
           == 0);
-    CHECK(strstr(r.out, "\"unreachable\":1}\n") != NULL);
+    if (r.rc != 0)
+        show(&r);
+    /* hostile names and errors from the daemon: printable for the
+     * terminal, escaped in the JSON document, which parses */
+    run_cli(&r, ANS("{\"ok\":true,\"nodes\":[{\"cid\":2,\"name\":\"p\\\"g\\\\"
+                    "<script>\\u0001\\u00e9\",\"ip\":\"10.0.0.2\",\"state\":"
+                    "\"unreachable\",\"fingerprint\":\"" FP "\",\"error\":"
+                    "\"refused \\\"x\\\"\\n</script>\"}],\"changed\":0}\n"),
+            NULL, ARGS(S, "--output-format", "json", "update-fingerprints"));
+    CHECK_EQ_INT(r.rc, 1);
+    CHECK(strcmp(r.out, "{\"ok\":true,\"nodes\":[{\"cid\":2,\"name\":"
+                        "\"p\\\"g\\\\<script>???\",\"ip\":\"10.0.0.2\","
+                        "\"state\":\"unreachable\",\"fingerprint\":\"" FP
+                        "\",\"error\":\"refused \\\"x\\\"?</script>\"}],"
+                        "\"pinned\":0,\"not_pinned\":0,\"unreachable\":1}\n")
+          == 0);
+    {
+        pmm_json *j = NULL;
+        char err[128];
+        CHECK(pmm_json_parse(r.out, strlen(r.out), &j, err, sizeof(err)) ==
+              0);
+        pmm_json_free(j);
+    }
     /* the daemon refuses (not the master) */
     run_cli(&r, ANS("{\"ok\":false,\"error\":\"only the master can update "
                     "fingerprints; the master is pmg5 (10.0.0.1)\"}\n"),

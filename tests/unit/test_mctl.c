@@ -520,6 +520,124 @@ static void test_error_reply(void)
     pmm_buf_free(&b);
 }
 
+/* The answers are written by jansson (common/reply.c): members in the
+ * order given, hostile strings escaped, bytes that are not UTF-8 turned
+ * into U+FFFD, and every answer parses back to what was put in. */
+static bool reparses(const pmm_buf *b, const char *key, const char *want)
+{
+    pmm_json *j = NULL;
+    char err[128];
+    bool ok = b->len > 0 && b->p[b->len - 1] == '\n' &&
+              memchr(b->p, '\n', b->len) == b->p + b->len - 1 &&
+              pmm_json_parse(b->p, b->len, &j, err, sizeof(err)) == 0;
+    const pmm_json *v = ok ? pmm_json_get(j, key) : NULL;
+
+    ok = v != NULL && v->type == PMM_JSON_STRING &&
+         v->str_len == strlen(want) && memcmp(v->str, want, v->str_len) == 0;
+    if (!ok)
+        printf("#   %s did not parse back to %s: %s", key, want,
+               b->p ? b->p : "(nothing)");
+    pmm_json_free(j);
+    return ok;
+}
+
+static void test_ok_reply(void)
+{
+    /* quotes, backslash, every kind of control character, markup, DEL,
+     * a valid 2-byte sequence, then bytes that are not UTF-8: a lone
+     * continuation byte, a cut 3-byte sequence, an overlong '/', a
+     * surrogate, 0xff */
+    static const char hostile[] =
+        "a\"b\\c\n\r\t\b\f\x01\x1f</script><script>&'\x7f\xc3\xa9"
+        "|\x80|\xe2\x82|\xc0\xaf|\xed\xa0\x80|\xff";
+    static const char written[] =
+        "a\\\"b\\\\c\\n\\r\\t\\b\\f\\u0001\\u001f</script><script>&'\x7f"
+        "\xc3\xa9|\xef\xbf\xbd|\xef\xbf\xbd\xef\xbf\xbd|\xef\xbf\xbd\xef\xbf"
+        "\xbd|\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd|\xef\xbf\xbd";
+    static const char parsed[] =
+        "a\"b\\c\n\r\t\b\f\x01\x1f</script><script>&'\x7f\xc3\xa9"
+        "|\xef\xbf\xbd|\xef\xbf\xbd\xef\xbf\xbd|\xef\xbf\xbd\xef\xbf\xbd|"
+        "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd|\xef\xbf\xbd";
+    char want[512];
+    pmm_buf b;
+
+    pmm_buf_init(&b, 4096);
+    /* members after "ok", in the order given */
+    CHECK(pmm_ctl_ok_reply(&b, json_pack("{s:I, s:o, s:b, s:[]}", "cid",
+                                         (json_int_t)4294967295u, "name",
+                                         pmm_jstrz("pmg5"), "updated", 0,
+                                         "nodes")) == 0);
+    CHECK(strcmp(b.p, "{\"ok\":true,\"cid\":4294967295,\"name\":\"pmg5\","
+                      "\"updated\":false,\"nodes\":[]}\n") == 0);
+    pmm_buf_reset(&b);
+    CHECK(pmm_ctl_ok_reply(&b, json_object()) == 0);
+    CHECK(strcmp(b.p, "{\"ok\":true}\n") == 0);
+
+    /* a hostile name: escaped, not-UTF-8 bytes replaced, valid JSON */
+    pmm_buf_reset(&b);
+    CHECK(pmm_ctl_ok_reply(&b, json_pack("{s:o}", "name",
+                                         pmm_jstr(hostile,
+                                                  sizeof(hostile) - 1))) ==
+          0);
+    snprintf(want, sizeof(want), "{\"ok\":true,\"name\":\"%s\"}\n", written);
+    CHECK(strcmp(b.p, want) == 0);
+    if (strcmp(b.p, want) != 0)
+        printf("#   got  %s#   want %s", b.p, want);
+    CHECK(reparses(&b, "name", parsed));
+    /* a NUL inside: kept as \u0000 */
+    pmm_buf_reset(&b);
+    CHECK(pmm_ctl_ok_reply(&b, json_pack("{s:o}", "k",
+                                         pmm_jstr("a\0b", 3))) == 0);
+    CHECK(strcmp(b.p, "{\"ok\":true,\"k\":\"a\\u0000b\"}\n") == 0);
+
+    /* the same in an error */
+    pmm_buf_reset(&b);
+    CHECK(pmm_ctl_error_reply(&b, hostile) == 0);
+    snprintf(want, sizeof(want), "{\"ok\":false,\"error\":\"%s\"}\n",
+             written);
+    CHECK(strcmp(b.p, want) == 0);
+    CHECK(reparses(&b, "error", parsed));
+
+    /* a constructor that failed (NULL), a non-object, an "ok" member:
+     * refused, the reference released (ASan/valgrind see no leak), the
+     * error left in b->err */
+    pmm_buf_reset(&b);
+    CHECK(pmm_ctl_ok_reply(&b, NULL) == -ENOMEM);
+    CHECK(b.err == -ENOMEM);
+    pmm_buf_reset(&b);
+    CHECK(pmm_ctl_ok_reply(&b, json_pack("[i]", 1)) == -EINVAL);
+    CHECK(b.err == -EINVAL && b.len == 0);
+    pmm_buf_reset(&b);
+    CHECK(pmm_ctl_ok_reply(&b, json_pack("{s:b}", "ok", 0)) == -EINVAL);
+    pmm_buf_reset(&b);
+    /* json_pack with a NULL "o" in the middle: NULL, the others released
+     * (the contract the callers rely on) */
+    CHECK(json_pack("{s:o, s:o, s:o}", "a", pmm_jstrz("x"), "b", NULL, "c",
+                    pmm_jstrz("y")) == NULL);
+    /* pmm_jadd: a NULL anywhere in the chain gives NULL, nothing leaks */
+    CHECK(pmm_jadd(pmm_jadd(json_object(), "a", NULL), "b",
+                   pmm_jstrz("x")) == NULL);
+    CHECK(pmm_jadd(NULL, "a", pmm_jstrz("x")) == NULL);
+    {
+        json_t *o = pmm_jadd(pmm_jadd(json_object(), "a", json_true()), "b",
+                             pmm_jstrz("x"));
+        CHECK(pmm_ctl_ok_reply(&b, o) == 0);
+        CHECK(strcmp(b.p, "{\"ok\":true,\"a\":true,\"b\":\"x\"}\n") == 0);
+    }
+    /* too long for the buffer: -E2BIG, no partial answer is sent (the
+     * callers check the return value) */
+    {
+        char big[5000];
+        memset(big, 'x', sizeof(big) - 1);
+        big[sizeof(big) - 1] = '\0';
+        pmm_buf_reset(&b);
+        CHECK(pmm_ctl_ok_reply(&b, json_pack("{s:o}", "m", pmm_jstrz(big)))
+              == -E2BIG);
+        CHECK(b.err == -E2BIG);
+    }
+    pmm_buf_free(&b);
+}
+
 /* ---- live socket ------------------------------------------------------------ */
 
 static char dir[64], sock_path[96];
@@ -581,7 +699,8 @@ static void handler(void *ud, pmm_ctl_req *req, const char *cmd,
         pmm_ctl_reply_error(req, "wrong password for %s",
                             pmm_json_get(args, "ip")->str);
     } else if (strcmp(cmd, "fingerprint") == 0) {
-        pmm_ctl_reply_ok(req, "\"fingerprint\":\"AB:CD\"");
+        pmm_ctl_reply_ok_with(req, json_pack("{s:s}", "fingerprint",
+                                             "AB:CD"));
     } else if (strcmp(cmd, "join-cmd") == 0) {
         reply_later(req, 100, "{\"ok\":true,\"command\":\"x\"}\n");
     } else if (strcmp(cmd, "create") == 0) {
@@ -596,7 +715,7 @@ static void handler(void *ud, pmm_ctl_req *req, const char *cmd,
         /* for the pending cap test: answered after the cap */
         reply_later(req, 1000, "{\"ok\":true}");
     } else {
-        pmm_ctl_reply_ok(req, NULL);
+        pmm_ctl_reply_ok(req);
     }
 }
 
@@ -806,7 +925,7 @@ static void done_cb(uv_async_t *a)
     pmm_ctl_close(live_ctl);
     /* the handler answers after the server closed: only freed */
     if (held_req != NULL)
-        pmm_ctl_reply_ok(held_req, "\"cid\":3");
+        pmm_ctl_reply_ok_with(held_req, json_pack("{s:i}", "cid", 3));
     held_req = NULL;
     uv_close((uv_handle_t *)a, NULL);
 }
@@ -1119,6 +1238,7 @@ int main(void)
     TAP_RUN(test_parse_bad);
     TAP_RUN(test_json_details);
     TAP_RUN(test_error_reply);
+    TAP_RUN(test_ok_reply);
     TAP_RUN(test_live_socket);
     TAP_RUN(test_pending_cap);
     TAP_RUN_SKIPPABLE(test_peer_cred);
