@@ -315,6 +315,34 @@ it_write_config_lc() {
     } >"$IT_DIR/node$i.conf"
 }
 
+# it_old_daemon SRC BLD FROM: the pmgclusterd of commit FROM (a full id) of
+# the git tree SRC, built from `git archive` and cached under the build
+# tree BLD (tests/integration/upgrade-old/FROM/pmgclusterd; one build at a
+# time: another flavour's run may build the same commit). Its path in OLD;
+# bails out when it cannot be built. (rolling.sh, upgrade.sh)
+it_old_daemon() {
+    local src=$1 bld=$2 from=$3
+    local cache=$bld/tests/integration/upgrade-old/$from
+    OLD=$cache/pmgclusterd
+    mkdir -p "$bld/tests/integration/upgrade-old" || it_bail "mkdir upgrade-old"
+    exec 9>"$bld/tests/integration/upgrade-old/$from.lock"
+    flock -w 900 9 || it_bail "waiting for another build of the old daemon"
+    if [[ ! -x "$OLD" ]]; then
+        rm -rf "$cache" && mkdir -p "$cache/src" || it_bail "mkdir $cache"
+        echo "# building the old daemon at ${from:0:12} (cached in ${cache#$bld/})"
+        # the daemon moved from membership/ to daemon/
+        if ! (git -C "$src" archive "$from" | tar -x -C "$cache/src" &&
+            cd "$cache/src" && autoreconf -fi && ./configure &&
+            t=daemon/pmgclusterd && { [[ -d daemon ]] || t=membership/pmgclusterd; } &&
+            make -j2 "$t" && cp "$t" "$OLD") >"$cache/build.log" 2>&1; then
+            it_bail "building the old daemon failed: $(tail -n 5 "$cache/build.log")"
+        fi
+        rm -rf "$cache/src"
+    fi
+    exec 9>&-
+    [[ -x "$OLD" ]] || it_bail "no old daemon at $OLD"
+}
+
 # it_ctl I REQUEST: sends one raw request line to node I's control socket
 # (protocol: membership/membership.h) and prints the daemon's answer. For
 # what `pmgcm` does not print, e.g. the status envelope ("cluster",

@@ -423,13 +423,51 @@ run() {
     DUR_MS=$(($(it_now_ms) - t0))
 }
 first_line() { head -n1 <<<"$1"; }
-# stop_node I: SIGTERM node I's daemon (if it runs) and reap it within 20 s;
-# a non-zero exit is added to STOP_BAD (for it_report_shutdown)
+# stop_node I: SIGTERM node I's daemon (if it runs) and reap it within
+# STOP_S seconds (default 20); a non-zero exit is added to STOP_BAD (for
+# it_report_shutdown)
 STOP_BAD=
 stop_node() {
     it_alive_pid "$1" || return 0
     it_signal "$1" TERM
-    it_reap "$1" 20
+    it_reap "$1" "${STOP_S:-20}"
     [[ $IT_EXIT == 0 ]] || STOP_BAD+="node$1 exit $IT_EXIT; "
 }
 start_node() { it_start_node "$1" || it_diag "node$1: control socket did not answer within 10 s"; }
+# start_with BIN I: node I's daemon from the binary BIN (an old build)
+start_with() {
+    PMGCLUSTERD=$1 it_start_node "$2" || it_diag "node$2: control socket did not answer within 10 s"
+}
+
+# pg_it_init N: it_init N, in loopback mode the nodes on our own /24
+# (127.0.X.11...: every daemon's node API is on the default port), pg_init,
+# and the join password in the file PW.
+pg_it_init() {
+    local i net
+    it_init "$1"
+    if [[ $IT_MODE == loopback ]]; then
+        net=127.0.$((100 + $$ % 100))
+        for ((i = 1; i <= $1; i++)); do IT_IP[i]=$net.$((10 + i)); done
+    fi
+    pg_init
+    PW=$IT_DIR/join.pw
+    printf 'correct horse battery staple\n' >"$PW"
+    chmod 600 "$PW"
+}
+
+# pg_it_end "I J ..." SECS [NODE...]: the end of a script: SIGTERM every
+# listed daemon still running, reap each within SECS (a non-zero exit
+# joins STOP_BAD), one TAP point for the shutdown and the sanitizer logs of
+# NODE... (default: the listed ones), the duration, the plan.
+pg_it_end() {
+    local bad=$STOP_BAD alive= i
+    for i in $1; do it_alive_pid "$i" && { it_signal "$i" TERM; alive+="$i "; }; done
+    for i in $alive; do
+        it_reap "$i" "$2"
+        [[ $IT_EXIT == 0 ]] || bad+="node$i exit $IT_EXIT; "
+    done
+    # shellcheck disable=SC2086 # a list of node numbers
+    it_report_shutdown "$bad" ${3:-$1}
+    it_diag "took $(($(date +%s) - IT_T0)) s"
+    it_plan "$IT_TAPN"
+}

@@ -23,24 +23,9 @@ IT_BUDGET=${IT_BUDGET:-600}
 [[ $(id -u) == 0 ]] || { echo "1..0 # SKIP the restore test needs root (PostgreSQL runs as postgres)"; exit 0; }
 [[ -x "${PG_BINDIR:-}/initdb" && -x "${PG_BINDIR:-}/pg_dump" ]] || { echo "1..0 # SKIP PostgreSQL server or pg_dump not installed"; exit 0; }
 
-it_init 3
-if [[ $IT_MODE == loopback ]]; then
-    net=127.0.$((100 + $$ % 100))
-    for i in 1 2 3; do IT_IP[i]=$net.$((10 + i)); done
-fi
-pg_init
+pg_it_init 3
 ALL="1 2 3"
-PW=$IT_DIR/join.pw
-printf 'correct horse battery staple\n' >"$PW"
-chmod 600 "$PW"
-
-STOP_BAD=
-stop_node() {
-    it_alive_pid "$1" || return 0
-    it_signal "$1" TERM
-    it_reap "$1" 30
-    [[ $IT_EXIT == 0 ]] || STOP_BAD+="node$1 exit $IT_EXIT; "
-}
+STOP_S=30 # stop_node (pg.sh)
 synced() { in_sync "$1" && converged "$1"; }
 show() {
     local i l
@@ -185,14 +170,5 @@ else
 fi
 
 # ---- the end ------------------------------------------------------------------------------
-bad=$STOP_BAD
-alive=
-for i in $ALL; do it_alive_pid "$i" && { it_signal "$i" TERM; alive+="$i "; }; done
-for i in $alive; do
-    it_reap "$i" 20
-    [[ $IT_EXIT == 0 ]] || bad+="node$i exit $IT_EXIT; "
-done
-it_report_shutdown "$bad" 1 2 3
-it_diag "took $(($(date +%s) - IT_T0)) s"
-it_plan "$IT_TAPN"
+pg_it_end "$ALL" 20
 exit 0

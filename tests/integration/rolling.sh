@@ -45,48 +45,13 @@ if [[ -z "$OLD" ]]; then
         { echo "1..0 # SKIP no git history to build the old daemon from (set ROLLING_OLD_BIN)"; exit 0; }
     FROM=$(git -C "$SRC" rev-parse --verify -q "${ROLLING_FROM:-94bd217}^{commit}") ||
         { echo "1..0 # SKIP commit ${ROLLING_FROM:-94bd217} not in this history (set ROLLING_FROM or ROLLING_OLD_BIN)"; exit 0; }
-    cache=$BLD/tests/integration/upgrade-old/$FROM
-    OLD=$cache/pmgclusterd
-    mkdir -p "$BLD/tests/integration/upgrade-old" || it_bail "mkdir upgrade-old"
-    # one build at a time (another flavour's run may build the same commit)
-    exec 9>"$BLD/tests/integration/upgrade-old/$FROM.lock"
-    flock -w 900 9 || it_bail "waiting for another build of the old daemon"
-    if [[ ! -x "$OLD" ]]; then
-        rm -rf "$cache" && mkdir -p "$cache/src" || it_bail "mkdir $cache"
-        echo "# building the old daemon at ${FROM:0:12} (cached in ${cache#$BLD/})"
-        if ! (git -C "$SRC" archive "$FROM" | tar -x -C "$cache/src" &&
-            cd "$cache/src" && autoreconf -fi && ./configure &&
-            t=daemon/pmgclusterd && { [[ -d daemon ]] || t=membership/pmgclusterd; } &&
-            make -j2 "$t" && cp "$t" "$OLD") >"$cache/build.log" 2>&1; then
-            it_bail "building the old daemon failed: $(tail -n 5 "$cache/build.log")"
-        fi
-        rm -rf "$cache/src"
-    fi
-    exec 9>&-
+    it_old_daemon "$SRC" "$BLD" "$FROM"
 fi
 [[ -x "$OLD" ]] || it_bail "no old daemon at $OLD"
 
-it_init 4
-if [[ $IT_MODE == loopback ]]; then
-    net=127.0.$((100 + $$ % 100))
-    for i in 1 2 3 4; do IT_IP[i]=$net.$((10 + i)); done
-fi
-pg_init
+pg_it_init 4
 ALL="1 2 3"
-PW=$IT_DIR/join.pw
-printf 'correct horse battery staple\n' >"$PW"
-chmod 600 "$PW"
-
-STOP_BAD=
-stop_node() {
-    it_alive_pid "$1" || return 0
-    it_signal "$1" TERM
-    it_reap "$1" 30
-    [[ $IT_EXIT == 0 ]] || STOP_BAD+="node$1 exit $IT_EXIT; "
-}
-start_with() { # start_with BIN I
-    PMGCLUSTERD=$1 it_start_node "$2" || it_diag "node$2: control socket did not answer within 10 s"
-}
+STOP_S=30 # stop_node (pg.sh)
 show() {
     local i l
     for i in $1; do
@@ -297,14 +262,5 @@ else
 fi
 
 # ---- the end ------------------------------------------------------------------------------
-bad=$STOP_BAD
-alive=
-for i in $ALL; do it_alive_pid "$i" && { it_signal "$i" TERM; alive+="$i "; }; done
-for i in $alive; do
-    it_reap "$i" 20
-    [[ $IT_EXIT == 0 ]] || bad+="node$i exit $IT_EXIT; "
-done
-it_report_shutdown "$bad" 1 2 3 4
-it_diag "took $(($(date +%s) - IT_T0)) s"
-it_plan "$IT_TAPN"
+pg_it_end "$ALL" 20 "1 2 3 4"
 exit 0

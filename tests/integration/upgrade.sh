@@ -41,37 +41,12 @@ if [[ -z "$OLD" ]]; then
         [[ -n "$c" ]] || { echo "1..0 # SKIP no commit removed store/jobs.c in this history (set UPGRADE_FROM)"; exit 0; }
         FROM=$(git -C "$SRC" rev-parse "$c^") || { echo "1..0 # SKIP no parent of $c"; exit 0; }
     fi
-    cache=$BLD/tests/integration/upgrade-old/$FROM
-    OLD=$cache/pmgclusterd
-    if [[ ! -x "$OLD" ]]; then
-        rm -rf "$cache" && mkdir -p "$cache/src" || it_bail "mkdir $cache"
-        echo "# building the old daemon at ${FROM:0:12} (cached in ${cache#$BLD/})"
-        if ! (git -C "$SRC" archive "$FROM" | tar -x -C "$cache/src" &&
-            cd "$cache/src" && autoreconf -fi && ./configure &&
-            make -j2 membership/pmgclusterd) >"$cache/build.log" 2>&1; then
-            it_bail "building the old daemon failed: $(tail -n 5 "$cache/build.log")"
-        fi
-        cp "$cache/src/membership/pmgclusterd" "$OLD" || it_bail "no old pmgclusterd"
-        rm -rf "$cache/src"
-    fi
+    it_old_daemon "$SRC" "$BLD" "$FROM"
 fi
 [[ -x "$OLD" ]] || it_bail "no old daemon at $OLD"
 
-it_init 3
-if [[ $IT_MODE == loopback ]]; then
-    net=127.0.$((100 + $$ % 100))
-    for i in 1 2 3; do IT_IP[i]=$net.$((10 + i)); done
-fi
-pg_init
+pg_it_init 3
 ALL="1 2 3"
-PW=$IT_DIR/join.pw
-printf 'correct horse battery staple\n' >"$PW"
-chmod 600 "$PW"
-
-STOP_BAD=
-start_with() { # start_with BIN I
-    PMGCLUSTERD=$1 it_start_node "$2" || it_diag "node$2: control socket did not answer within 10 s"
-}
 show() {
     local i l
     for i in $1; do
@@ -202,14 +177,5 @@ else
 fi
 
 # ---- the end ------------------------------------------------------------------------------
-bad=$STOP_BAD
-alive=
-for i in $ALL; do it_alive_pid "$i" && { it_signal "$i" TERM; alive+="$i "; }; done
-for i in $alive; do
-    it_reap "$i" 15
-    [[ $IT_EXIT == 0 ]] || bad+="node$i exit $IT_EXIT; "
-done
-it_report_shutdown "$bad" 1 2 3
-it_diag "took $(($(date +%s) - IT_T0)) s"
-it_plan "$IT_TAPN"
+pg_it_end "$ALL" 15
 exit 0
