@@ -195,7 +195,9 @@ void pmm_buf_wipe(pmm_buf *b);
 
 /* ---- JSON ---------------------------------------------------------------- */
 /* Writes s (n bytes) as a JSON string with quotes; escapes '"', '\\' and
- * control characters; invalid UTF-8 bytes become U+FFFD. */
+ * control characters; invalid UTF-8 bytes become U+FFFD. Only for the JSON
+ * log line (common/log.c: no allocation per value); everything else builds
+ * a json_t and writes it with pmm_json_put. */
 int pmm_json_str(pmm_buf *b, const char *s, size_t n);
 /* Writing JSON goes through jansson: build a json_t, then pmm_json_put.
  * pmm_jstr: a JSON string for s (n bytes, NULs kept); invalid UTF-8 bytes

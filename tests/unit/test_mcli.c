@@ -397,6 +397,8 @@ static void test_commands(void)
     CHECK_EQ_INT(r.rc, 0);
     CHECK(strcmp(r.req[0], "{\"cmd\":\"create\",\"password\":"
                            "\"a long enough pw\"}\n") == 0);
+    CHECK(strcmp(r.out, "cluster created: this node is master (cid 1)\n"
+                        "fingerprint: AB:CD\n") == 0);
     {
         /* quotes, a backslash, markup and UTF-8 in a password: escaped
          * (UTF-8 kept as it is), and it parses back to the same bytes */
@@ -418,8 +420,6 @@ static void test_commands(void)
         pmm_json_free(args);
         set_pw("a long enough pw\n", 0600);
     }
-    CHECK(strcmp(r.out, "cluster created: this node is master (cid 1)\n"
-                        "fingerprint: AB:CD\n") == 0);
 
     run_cli(&r, ANS("{\"ok\":true,\"command\":\"pmgcm join 10.0.0.1 "
                     "--fingerprint AB:CD\"}\n"),
