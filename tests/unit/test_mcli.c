@@ -1488,18 +1488,39 @@ static void test_update_fingerprints(void)
             show(&r);
     }
 
-    /* an unreachable node: reported, exit 1; json: one document */
-    run_cli(&r, ANS("{\"ok\":true,\"nodes\":[{\"cid\":2,\"name\":\"pmg6\","
-                    "\"ip\":\"10.0.0.2\",\"state\":\"unreachable\","
-                    "\"fingerprint\":\"" FP "\",\"error\":\"connection "
-                    "refused\"}],\"changed\":0}\n"),
-            NULL, ARGS(S, "--output-format", "json", "update-fingerprints"));
-    CHECK_EQ_INT(r.rc, 1);
-    CHECK(strcmp(r.out, "{\"ok\":true,\"nodes\":[{\"cid\":2,\"name\":\"pmg6\","
-                        "\"ip\":\"10.0.0.2\",\"state\":\"unreachable\","
-                        "\"fingerprint\":\"" FP "\",\"error\":\"connection "
-                        "refused\"}],\"pinned\":0,\"not_pinned\":0,"
-                        "\"unreachable\":1}\n") == 0);
+    /* an unreachable node: reported, exit 1; json: one document. Then
+     * the same with a hostile name and error: made printable for the
+     * terminal, escaped in the JSON document, which parses */
+    static const struct {
+        const char *name, *err;          /* as the daemon sends them */
+        const char *name_out, *err_out;  /* in pmgcm's document */
+    } unreach[] = {
+        {"pmg6", "connection refused", "pmg6", "connection refused"},
+        {"p\\\"g\\\\<script>\\u0001\\u00e9", "refused \\\"x\\\"\\n</script>",
+         "p\\\"g\\\\<script>???", "refused \\\"x\\\"?</script>"},
+    };
+    for (size_t k = 0; k < sizeof(unreach) / sizeof(unreach[0]); k++) {
+        char ans[512], want[512];
+        pmm_json *j = NULL;
+        char err[128];
+        snprintf(ans, sizeof(ans), "{\"ok\":true,\"nodes\":[{\"cid\":2,"
+                 "\"name\":\"%s\",\"ip\":\"10.0.0.2\",\"state\":"
+                 "\"unreachable\",\"fingerprint\":\"" FP "\",\"error\":"
+                 "\"%s\"}],\"changed\":0}\n", unreach[k].name,
+                 unreach[k].err);
+        snprintf(want, sizeof(want), "{\"ok\":true,\"nodes\":[{\"cid\":2,"
+                 "\"name\":\"%s\",\"ip\":\"10.0.0.2\",\"state\":"
+                 "\"unreachable\",\"fingerprint\":\"" FP "\",\"error\":"
+                 "\"%s\"}],\"pinned\":0,\"not_pinned\":0,\"unreachable\":1}"
+                 "\n", unreach[k].name_out, unreach[k].err_out);
+        run_cli(&r, ANS(ans), NULL,
+                ARGS(S, "--output-format", "json", "update-fingerprints"));
+        CHECK_EQ_INT(r.rc, 1);
+        CHECK(strcmp(r.out, want) == 0);
+        CHECK(pmm_json_parse(r.out, strlen(r.out), &j, err, sizeof(err)) ==
+              0);
+        pmm_json_free(j);
+    }
     /* --yes with json: the pinned node shows "updated" and the new
      * fingerprint, the others as the daemon said */
     run_cli(&r, ANS(upfp_probe, "{\"ok\":true,\"cid\":2,\"updated\":true}\n"),
@@ -1517,27 +1538,6 @@ static void test_update_fingerprints(void)
           == 0);
     if (r.rc != 0)
         show(&r);
-    /* hostile names and errors from the daemon: printable for the
-     * terminal, escaped in the JSON document, which parses */
-    run_cli(&r, ANS("{\"ok\":true,\"nodes\":[{\"cid\":2,\"name\":\"p\\\"g\\\\"
-                    "<script>\\u0001\\u00e9\",\"ip\":\"10.0.0.2\",\"state\":"
-                    "\"unreachable\",\"fingerprint\":\"" FP "\",\"error\":"
-                    "\"refused \\\"x\\\"\\n</script>\"}],\"changed\":0}\n"),
-            NULL, ARGS(S, "--output-format", "json", "update-fingerprints"));
-    CHECK_EQ_INT(r.rc, 1);
-    CHECK(strcmp(r.out, "{\"ok\":true,\"nodes\":[{\"cid\":2,\"name\":"
-                        "\"p\\\"g\\\\<script>???\",\"ip\":\"10.0.0.2\","
-                        "\"state\":\"unreachable\",\"fingerprint\":\"" FP
-                        "\",\"error\":\"refused \\\"x\\\"?</script>\"}],"
-                        "\"pinned\":0,\"not_pinned\":0,\"unreachable\":1}\n")
-          == 0);
-    {
-        pmm_json *j = NULL;
-        char err[128];
-        CHECK(pmm_json_parse(r.out, strlen(r.out), &j, err, sizeof(err)) ==
-              0);
-        pmm_json_free(j);
-    }
     /* the daemon refuses (not the master) */
     run_cli(&r, ANS("{\"ok\":false,\"error\":\"only the master can update "
                     "fingerprints; the master is pmg5 (10.0.0.1)\"}\n"),
