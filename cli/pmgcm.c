@@ -344,64 +344,6 @@ static int write_out(const char *s, size_t n)
 /* --output-format json-pretty (Proxmox's name): JSON answers indented */
 static bool json_pretty;
 
-/* JSON text s (one document, valid: it came from our writer or was
- * parsed already) re-indented by two spaces a level, one member or
- * element a line, into out; strings are copied as they are. */
-static void json_indent(pmm_buf *out, const char *s, size_t n)
-{
-    int depth = 0;
-    bool in_str = false;
-
-    for (size_t i = 0; i < n; i++) {
-        char ch = s[i];
-
-        if (in_str) {
-            pmm_buf_add(out, &ch, 1);
-            if (ch == '\\' && i + 1 < n)
-                pmm_buf_add(out, &s[++i], 1);
-            else if (ch == '"')
-                in_str = false;
-            continue;
-        }
-        switch (ch) {
-        case '"':
-            in_str = true;
-            pmm_buf_add(out, &ch, 1);
-            break;
-        case '{':
-        case '[':
-            /* an empty object or array stays on one line */
-            if (i + 1 < n && (s[i + 1] == '}' || s[i + 1] == ']')) {
-                pmm_buf_add(out, &s[i], 2);
-                i++;
-                break;
-            }
-            depth++;
-            pmm_buf_printf(out, "%c\n%*s", ch, 2 * depth, "");
-            break;
-        case '}':
-        case ']':
-            depth = depth > 0 ? depth - 1 : 0;
-            pmm_buf_printf(out, "\n%*s%c", 2 * depth, "", ch);
-            break;
-        case ',':
-            pmm_buf_printf(out, ",\n%*s", 2 * depth, "");
-            break;
-        case ':':
-            pmm_buf_puts(out, ": ");
-            break;
-        case ' ':
-        case '\t':
-        case '\r':
-        case '\n':
-            break;
-        default:
-            pmm_buf_add(out, &ch, 1);
-        }
-    }
-    pmm_buf_puts(out, "\n");
-}
-
 /* Writes one JSON document and a newline: as it is, or indented with
  * --output-format json-pretty. */
 static int write_json(const char *s, size_t n)
@@ -414,15 +356,15 @@ static int write_json(const char *s, size_t n)
     if (!json_pretty)
         return write_out(s, n) != 0 || write_out("\n", 1) != 0;
     pmm_buf_init(&b, 4 * n + 4096);
-    json_indent(&b, s, n);
-    if (b.err != 0) {
-        pmm_buf_free(&b);
+    rc = pmm_json_indent(&b, s, n);
+    if (rc != 0) {
+        pmm_buf_wipe(&b);
         fprintf(stderr, "pmgcm: cannot format output: %s\n",
-                strerror(-b.err));
+                rc == -EINVAL ? "not JSON" : strerror(-rc));
         return 1;
     }
     rc = write_out(b.p, b.len);
-    pmm_buf_free(&b);
+    pmm_buf_wipe(&b); /* keygen's key; frees b */
     return rc;
 }
 

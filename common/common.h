@@ -220,6 +220,10 @@ int pmm_json_put(pmm_buf *b, json_t *v);
  * \u0026, \u0027 (they occur only inside strings in JSON text): no name
  * in it shows as markup even to a client that sniffs. */
 int pmm_json_put_safe(pmm_buf *b, json_t *v);
+/* JSON text s (n bytes, one document) read by jansson and written to b
+ * indented by two spaces a level, members in their order, and a newline
+ * (--output-format json-pretty). 0, -EINVAL (not JSON), -ENOMEM or b->err. */
+int pmm_json_indent(pmm_buf *b, const char *s, size_t n);
 /* Copies src into dst (cap bytes, NUL-terminated, cut to fit) for a log,
  * a terminal or gossip: control and non-ASCII bytes become '?'. */
 void pmm_printable(char *dst, size_t cap, const char *src);

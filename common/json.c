@@ -213,6 +213,21 @@ int pmm_json_put(pmm_buf *b, json_t *v)
     return b->err;
 }
 
+int pmm_json_indent(pmm_buf *b, const char *s, size_t n)
+{
+    json_error_t je;
+    json_t *v;
+
+    jz_ready(); /* the text may hold a key: freed memory is wiped */
+    v = json_loadb(s, n, JSON_DECODE_ANY, &je);
+    if (v == NULL) return -EINVAL;
+    int rc = json_dump_callback(v, put_cb, b,
+                                JSON_INDENT(2) | JSON_REAL_PRECISION(15));
+    json_decref(v);
+    if (rc != 0) return b->err ? b->err : -ENOMEM;
+    return pmm_buf_puts(b, "\n");
+}
+
 int pmm_json_put_safe(pmm_buf *b, json_t *v)
 {
     if (v == NULL) return -ENOMEM;

@@ -1475,7 +1475,6 @@ static void drain_load(node *n)
 static void backups_list_done(void *ud, int rc, const char *text)
 {
     pmm_ctl_req *req = ud;
-    pmm_buf b;
     json_error_t je;
     json_t *members;
 
@@ -1483,17 +1482,8 @@ static void backups_list_done(void *ud, int rc, const char *text)
         pmm_ctl_reply_error(req, "%s", text);
         return;
     }
-    pmm_buf_init(&b, PMM_CTL_REPLY_MAX);
-    pmm_buf_puts(&b, "{");
-    pmm_buf_puts(&b, text);
-    pmm_buf_puts(&b, "}");
-    if (b.err != 0) {
-        pmm_ctl_reply_error(req, "out of memory");
-        pmm_buf_free(&b);
-        return;
-    }
-    members = json_loadb(b.p, b.len, JSON_REJECT_DUPLICATES, &je);
-    pmm_buf_free(&b);
+    /* the store's list is one JSON object (written by PostgreSQL) */
+    members = json_loads(text, JSON_REJECT_DUPLICATES, &je);
     if (members == NULL)
         pmm_ctl_reply_error(req, "backups: the store's list is not JSON "
                             "(%s)", je.text);

@@ -333,21 +333,20 @@ typedef struct bk_job {
 static void bk_list(bk_job *b, PGconn *c)
 {
     pst_job *j = &b->j;
-    PGresult *r = PQexec(c, "SELECT coalesce(json_agg(json_build_object("
+    /* PostgreSQL writes the whole object (json_build_object, json_agg);
+     * the daemon reads it back with jansson: no JSON glued by hand */
+    PGresult *r = PQexec(c, "SELECT json_build_object('backups',"
+                            " coalesce(json_agg(json_build_object("
                             "'id', id, 'created', to_char(created,"
                             " 'YYYY-MM-DD HH24:MI:SS TZ'), 'kind', kind,"
                             " 'schema', schema_name, 'tables', tables,"
                             " 'rows', rows, 'reason', reason) ORDER BY id),"
-                            " '[]'), (SELECT count(*) FROM pmgcm.divergence),"
-                            " (SELECT min(id) FROM pmgcm.divergence),"
-                            " (SELECT max(id) FROM pmgcm.divergence)"
-                            " FROM pmgcm.backups");
+                            " '[]'), 'divergence', (SELECT count(*) FROM"
+                            " pmgcm.divergence)) FROM pmgcm.backups");
     if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
         pst_pgerr(c, r, j->err, sizeof(j->err));
         j->rc = PST_EDB;
-    } else if (asprintf(&b->out, "\"backups\":%s,\"divergence\":%s",
-                        PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 1)) < 0) {
-        b->out = NULL;
+    } else if ((b->out = strdup(PQgetvalue(r, 0, 0))) == NULL) {
         j->rc = -ENOMEM;
     }
     PQclear(r);

@@ -234,9 +234,9 @@ const char *pst_schema_diff(const char *mine, const char *master, char *buf,
  * is logged). 0, -EINVAL, -ENOMEM. */
 int pst_note(pst_store *st, const char *kind, const char *text);
 
-/* done(ud, rc, text): rc 0 and text = list: JSON object members
- * "backups":[{id, created, kind, schema, tables, rows, reason}],
- * "divergence":N; clear: a sentence; rc < 0 and text = why. text is valid
+/* done(ud, rc, text): rc 0 and text = list: one JSON object (written by
+ * PostgreSQL) {"backups":[{id, created, kind, schema, tables, rows,
+ * reason}], "divergence":N}; clear: a sentence; rc < 0 and text = why. text is valid
  * during the call. Runs on the loop (also with -ECANCELED at close). */
 typedef void (*pst_backups_fn)(void *ud, int rc, const char *text);
 /* clear NULL: list; an id: drop that backup (its schema) and its record;
