@@ -13,6 +13,9 @@
  *     commits after: its change is kept in pmgcm.divergence; one whose
  *     first write comes after is refused
  *   - exactly once across a restart of the master's store mid-stream
+ *   - a follower admitted at or past a new master's head while it still
+ *     catches up is checked again before it is streamed to (serve.c
+ *     recheck): the new term begins at or before its position: DIVERGED
  */
 #define _GNU_SOURCE
 #include "store/store.h"
@@ -199,6 +202,7 @@ typedef struct pair {
         bool ended;
         int end_rc;
         bool paused;
+        bool eof, eof_sent; /* the peer ended: eof after its frames */
     } cl, sv;
     uv_idle_t idle;
 } pair;
@@ -232,7 +236,12 @@ static int send_to_client(void *ud, const uint8_t *buf, size_t len)
     uv_idle_start(&p->idle, deliver);
     return rc;
 }
-static void pause_client(void *ud, bool paused) { ((pair *)ud)->cl.paused = paused; }
+static void pause_client(void *ud, bool paused)
+{
+    pair *p = ud;
+    p->cl.paused = paused;
+    if (!paused) uv_idle_start(&p->idle, deliver);
+}
 static void end_client(void *ud, int rc, const char *why)
 {
     pair *p = ud;
@@ -246,8 +255,11 @@ static void end_server(void *ud, int rc, const char *why)
     (void)why;
     p->sv.ended = true;
     p->sv.end_rc = rc;
-    /* the transport closes: the client sees the end of the stream */
-    if (!p->cl.ended && p->cl.s) pst_session_eof(p->cl.s);
+    /* the transport closes after the frames it holds (as the TLS channel
+     * flushes its queue before closing): the client sees the end of the
+     * stream once they are delivered */
+    p->cl.eof = true;
+    uv_idle_start(&p->idle, deliver);
 }
 
 static void deliver(uv_idle_t *h)
@@ -267,6 +279,10 @@ static void deliver(uv_idle_t *h)
         if (!p->cl.head) p->cl.tail = NULL;
         pst_session_frame(p->cl.s, f->data, f->len);
         free(f);
+    }
+    if (p->cl.eof && !p->cl.eof_sent && (!p->cl.head || p->cl.ended)) {
+        p->cl.eof_sent = true;
+        if (!p->cl.ended && p->cl.s) pst_session_eof(p->cl.s);
     }
     if (!(p->sv.head && !p->sv.ended) &&
         !(p->cl.head && !p->cl.ended && !p->cl.paused))
@@ -644,6 +660,132 @@ static void test_restart_exactly_once(void)
     loop_end();
 }
 
+/* ---- serve.c's recheck ---------------------------------------------------------- */
+
+typedef struct seqwait {
+    node *n;
+    uint64_t seq;
+} seqwait;
+static bool pos_at(void *ud)
+{
+    seqwait *w = ud;
+    pst_info in;
+    pst_get_info(w->n->st, &in);
+    return in.pos.seq >= w->seq;
+}
+
+typedef struct two {
+    node *a, *b;
+} two;
+/* a holds what b holds (b's capture numbered the rows: past the epoch
+ * entry), and the tables agree */
+static bool caught_up(void *ud)
+{
+    two *t = ud;
+    pst_info ia, ib;
+    pst_get_info(t->a->st, &ia);
+    pst_get_info(t->b->st, &ib);
+    eqwait w = {TABLES_SUM};
+    return ib.pos.seq > 1 && pst_pos_cmp(ia.pos, ib.pos) == 0 && same(&w);
+}
+
+typedef struct subwait {
+    pair *p;
+    node *f;
+    uint64_t seq;
+} subwait;
+/* the client heard the server's HEAD at seq (or the stream ended) */
+static bool head_heard(void *ud)
+{
+    subwait *w = ud;
+    return w->p->cl.ended || pst_session_peer_pos(w->p->cl.s).seq == w->seq;
+}
+/* the stream ended, or the follower went past seq (the failure) */
+static bool ended_or_past(void *ud)
+{
+    subwait *w = ud;
+    pst_info in;
+    pst_get_info(w->f->st, &in);
+    return w->p->cl.ended || in.pos.seq > w->seq;
+}
+
+/* A follower admitted while the node it follows is still catching up
+ * (a new master before its term begins): b, the old master, holds change
+ * k+1 of epoch 1 that a never received; b subscribes to a, which is at k:
+ * "at or past our head", verdict 4 (wait). Then a begins epoch 2 at k+1
+ * and numbers k+2. a must check b again before streaming k+2 to it (its
+ * k+1 is not on a's history): DIVERGED, b's k+1 goes to pmgcm.divergence.
+ * Streamed on instead, b would hold epoch 1's k+1 under epoch 2's k+2,
+ * silently (chaos fencestep, d4dd426). */
+static void test_recheck_new_master(void)
+{
+    loop_begin();
+    REQUIRE(fresh(NULL) == 0);
+    fresh_ci();
+    node a, b;
+    REQUIRE(open_node(&a, ci_a, db) == 0);
+    REQUIRE(open_node(&b, ci_b, db) == 0);
+    REQUIRE(set_role(&b, true, 1, 2, "b") == 0);
+    REQUIRE(mark_loaded(&b) == 0);
+    REQUIRE(set_role(&a, false, 1, 1, "b") == 0);
+    pair snap;
+    REQUIRE(pair_open(&snap, &a, &b, PST_SNAPSHOT, 1) == 0);
+    CHECK(run_until(client_ended, &snap, 60000));
+    CHECK_EQ_INT(snap.cl.end_rc, 0);
+    pair_close(&snap);
+    pair sub;
+    REQUIRE(pair_open(&sub, &a, &b, PST_SUBSCRIBE, 1) == 0);
+    REQUIRE(sqlf(cb, false, "INSERT INTO mail VALUES (1, 'one', 1);"
+                            "INSERT INTO mail VALUES (2, 'two', 2)") == 0);
+    two t = {&a, &b};
+    CHECK(run_until(caught_up, &t, 30000));
+    pair_close(&sub);
+    pst_info ia, ib;
+    pst_get_info(a.st, &ia);
+    uint64_t k = ia.pos.seq;
+    printf("#   a and b at %llu/%llu\n", (unsigned long long)ia.pos.epoch,
+           (unsigned long long)k);
+    /* b numbers k+1, which a never gets; then b steps down */
+    REQUIRE(sqlf(cb, false, "INSERT INTO mail VALUES (3, 'only on b', 3)") ==
+            0);
+    seqwait w1 = {&b, k + 1};
+    CHECK(run_until(pos_at, &w1, 30000));
+    REQUIRE(set_role(&b, false, 1, 2, "a") == 0);
+    pst_get_info(b.st, &ib);
+    CHECK_EQ_INT(ib.pos.seq, k + 1);
+    /* b follows a, which is not the master yet: a's first read finds b
+     * past its head and sends a HEAD */
+    pair up;
+    REQUIRE(pair_open(&up, &b, &a, PST_SUBSCRIBE, 2) == 0);
+    subwait hw = {&up, &b, k};
+    CHECK(run_until(head_heard, &hw, 30000));
+    CHECK(!up.cl.ended);
+    /* a's term begins at k+1, then a numbers k+2 */
+    REQUIRE(set_role(&a, true, 2, 1, "a") == 0);
+    REQUIRE(sqlf(ca, false, "INSERT INTO mail VALUES (4, 'new term', 4)") ==
+            0);
+    subwait ew = {&up, &b, k + 1};
+    CHECK(run_until(ended_or_past, &ew, 30000));
+    pst_get_info(b.st, &ib);
+    printf("#   b: ended %d (rc %d), at %llu/%llu\n", up.cl.ended,
+           up.cl.end_rc, (unsigned long long)ib.pos.epoch,
+           (unsigned long long)ib.pos.seq);
+    CHECK(up.cl.ended);
+    CHECK_EQ_INT(up.cl.end_rc, PST_EDIVERGED);
+    CHECK(ib.pos.seq <= k + 1);
+    CHECK(!ib.loaded);
+    CHECK_EQ_INT(ival(cb, "SELECT count(*) FROM pmgcm.divergence WHERE"
+                          " new->>'id' = '3'"),
+                 1);
+    CHECK_EQ_INT(ival(cb, "SELECT count(*) FROM pmgcm.log WHERE seq > 0 AND"
+                          " new->>'id' = '4'"),
+                 0);
+    pair_close(&up);
+    close_node(&a);
+    close_node(&b);
+    loop_end();
+}
+
 int main(void)
 {
     const char *a = getenv("PAIR_CI_A"), *b = getenv("PAIR_CI_B");
@@ -657,5 +799,6 @@ int main(void)
     TAP_RUN(test_toast_unchanged);
     TAP_RUN(test_step_down_fence);
     TAP_RUN(test_restart_exactly_once);
+    TAP_RUN(test_recheck_new_master);
     return tap_done();
 }
