@@ -88,12 +88,12 @@ static int batch_unpack(const apply_job *aj, batch *bt, char *err, size_t el)
 static int lock_position(const apply_job *aj, PGconn *c, pst_pos *pos,
                          uint64_t *recv, char *err, size_t el)
 {
-    int rc = pst_exec(c, "BEGIN", err, el);
-    if (rc) return rc;
     PGresult *r;
     char ob[16];
     snprintf(ob, sizeof(ob), "%u", aj->origin);
     if (aj->is_origin) {
+        int rc = pst_exec(c, "BEGIN", err, el);
+        if (rc) return rc;
         const char *pv[1] = {ob};
         r = PQexecParams(c, "INSERT INTO pmgcm.opos (origin) VALUES ($1::int)"
                             " ON CONFLICT DO NOTHING", 1, NULL, pv, NULL,
@@ -103,8 +103,9 @@ static int lock_position(const apply_job *aj, PGconn *c, pst_pos *pos,
                             " origin = $1::int FOR UPDATE", 1, NULL, pv,
                          NULL, NULL, 0);
     } else {
-        r = PQexec(c, "SELECT epoch, seq, recv_seq FROM pmgcm.state FOR"
-                      " UPDATE");
+        /* one round trip (the last statement's result comes back) */
+        r = PQexec(c, "BEGIN; SELECT epoch, seq, recv_seq FROM pmgcm.state"
+                      " FOR UPDATE");
     }
     if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
         pst_pgerr(c, r, err, el);
@@ -215,19 +216,19 @@ static int encode_copy(const apply_job *aj, const batch *bt, size_t first,
     return 0;
 }
 
-/* The encoded changes into pmgcm.log (or pmgcm.olog) by COPY; ts arrives
- * as microseconds, so through a temp table. */
+/* The encoded changes into the temp table pmgcm_in by COPY (ts arrives
+ * as microseconds); apply_and_advance moves them into pmgcm.log (or
+ * pmgcm.olog). */
 static int copy_into_log(const apply_job *aj, PGconn *c, const char *buf,
                          size_t len, char *err, size_t el)
 {
-    int rc = pst_exec(c,
-                      "CREATE TEMP TABLE IF NOT EXISTS pmgcm_in (seq bigint,"
-                      " epoch bigint, op \"char\", tbl text, old jsonb,"
-                      " new jsonb, ts_us bigint, last boolean, origin int)"
-                      " ON COMMIT DELETE ROWS",
-                      err, el);
-    if (rc) return rc;
-    PGresult *r = PQexec(c, "COPY pmgcm_in FROM STDIN");
+    (void)aj;
+    /* one round trip: PQexec stops at the COPY */
+    PGresult *r = PQexec(c,
+                         "CREATE TEMP TABLE IF NOT EXISTS pmgcm_in (seq bigint,"
+                         " epoch bigint, op \"char\", tbl text, old jsonb,"
+                         " new jsonb, ts_us bigint, last boolean, origin int)"
+                         " ON COMMIT DELETE ROWS; COPY pmgcm_in FROM STDIN");
     if (PQresultStatus(r) != PGRES_COPY_IN) {
         pst_pgerr(c, r, err, el);
         PQclear(r);
@@ -246,31 +247,32 @@ static int copy_into_log(const apply_job *aj, PGconn *c, const char *buf,
     }
     PQclear(r);
     while ((r = PQgetResult(c))) PQclear(r);
-    return pst_exec(c,
-                    aj->is_origin
-                        ? "INSERT INTO pmgcm.olog SELECT origin, seq, op,"
-                          " tbl, old, new, to_timestamp(ts_us / 1000000.0),"
-                          " last FROM pmgcm_in"
-                        : "INSERT INTO pmgcm.log SELECT seq, epoch, op, tbl,"
-                          " old, new, to_timestamp(ts_us / 1000000.0), last,"
-                          " origin FROM pmgcm_in",
-                    err, el);
+    return 0;
 }
 
-/* Apply the complete transactions received (from pos->seq + 1 to
- * t->last_seq) and move the position; with no complete transaction only
- * recv_seq moves. pos is updated to what this node now holds. */
+/* Into the log from pmgcm_in, apply the complete transactions received
+ * (from pos->seq + 1 to t->last_seq), move the position and commit; with
+ * no complete transaction only recv_seq moves. pos is updated to what
+ * this node now holds. Two round trips (statements joined: a failing one
+ * ends the string, the transaction is rolled back by the worker). */
 static int apply_and_advance(apply_job *aj, PGconn *c, pst_pos *pos,
                              const tail *t, char *err, size_t el)
 {
-    char q[300];
+    const char *ins =
+        aj->is_origin
+            ? "INSERT INTO pmgcm.olog SELECT origin, seq, op, tbl, old, new,"
+              " to_timestamp(ts_us / 1000000.0), last FROM pmgcm_in;"
+            : "INSERT INTO pmgcm.log SELECT seq, epoch, op, tbl, old, new,"
+              " to_timestamp(ts_us / 1000000.0), last, origin FROM"
+              " pmgcm_in;";
+    char q[600];
     if (t->last_seq) {
         if (aj->is_origin)
-            snprintf(q, sizeof(q), "SELECT pmgcm.oapply(%u, %llu, %llu)",
-                     aj->origin, (unsigned long long)pos->seq + 1,
+            snprintf(q, sizeof(q), "%s SELECT pmgcm.oapply(%u, %llu, %llu)",
+                     ins, aj->origin, (unsigned long long)pos->seq + 1,
                      (unsigned long long)t->last_seq);
         else
-            snprintf(q, sizeof(q), "SELECT pmgcm.apply(%llu, %llu)",
+            snprintf(q, sizeof(q), "%s SELECT pmgcm.apply(%llu, %llu)", ins,
                      (unsigned long long)pos->seq + 1,
                      (unsigned long long)t->last_seq);
         PGresult *r = PQexec(c, q);
@@ -284,14 +286,16 @@ static int apply_and_advance(apply_job *aj, PGconn *c, pst_pos *pos,
         if (aj->is_origin)
             snprintf(q, sizeof(q),
                      "UPDATE pmgcm.opos SET seq = %llu, recv_seq = %llu,"
-                     " ts = to_timestamp(%lld / 1000000.0) WHERE origin = %u",
+                     " ts = to_timestamp(%lld / 1000000.0) WHERE origin = %u;"
+                     " COMMIT",
                      (unsigned long long)t->last_seq,
                      (unsigned long long)t->prev, (long long)t->last_ts,
                      aj->origin);
         else
             snprintf(q, sizeof(q),
                      "UPDATE pmgcm.state SET epoch = %llu, seq = %llu,"
-                     " recv_seq = %llu, ts = to_timestamp(%lld / 1000000.0)",
+                     " recv_seq = %llu, ts = to_timestamp(%lld / 1000000.0);"
+                     " COMMIT",
                      (unsigned long long)t->last_epoch,
                      (unsigned long long)t->last_seq,
                      (unsigned long long)t->prev, (long long)t->last_ts);
@@ -300,12 +304,12 @@ static int apply_and_advance(apply_job *aj, PGconn *c, pst_pos *pos,
         aj->ts_us = t->last_ts;
         aj->advanced = true;
     } else if (aj->is_origin) {
-        snprintf(q, sizeof(q), "UPDATE pmgcm.opos SET recv_seq = %llu"
-                 " WHERE origin = %u", (unsigned long long)t->prev,
-                 aj->origin);
+        snprintf(q, sizeof(q), "%s UPDATE pmgcm.opos SET recv_seq = %llu"
+                 " WHERE origin = %u; COMMIT", ins,
+                 (unsigned long long)t->prev, aj->origin);
     } else {
-        snprintf(q, sizeof(q), "UPDATE pmgcm.state SET recv_seq = %llu",
-                 (unsigned long long)t->prev);
+        snprintf(q, sizeof(q), "%s UPDATE pmgcm.state SET recv_seq = %llu;"
+                 " COMMIT", ins, (unsigned long long)t->prev);
     }
     return pst_exec(c, q, err, el);
 }
@@ -340,7 +344,6 @@ static void apply_run(pst_job *j, PGconn *c)
                               err, el);
     if (!rc) rc = copy_into_log(aj, c, buf, len, err, el);
     if (!rc) rc = apply_and_advance(aj, c, &pos, &t, err, el);
-    if (!rc) rc = pst_exec(c, "COMMIT", err, el);
     if (!rc) {
         aj->pos = pos;
         aj->recv_seq = t.prev;

@@ -425,15 +425,19 @@ void pst_roles_free(pst_store *st)
 
 
 /* The one-row state tables are updated at every numbering pass and
- * apply: their dead rows must go long before autovacuum's next round. */
+ * apply: their dead rows must go long before autovacuum's next round.
+ * TRUNCATE false: shrinking the table at the end of a VACUUM takes an
+ * ACCESS EXCLUSIVE lock, which the capture's and the apply's next
+ * SELECT ... FOR UPDATE of the state row would wait for (up to the 20 ms
+ * VACUUM checks for waiters at); the emptied pages are reused anyway. */
 static void vacuum_run(pst_job *j, PGconn *c)
 {
     if (!c) {
         j->rc = PST_EDB;
         return;
     }
-    j->rc = pst_exec(c, "VACUUM (SKIP_LOCKED) pmgcm.state, pmgcm.opos", j->err,
-                     sizeof(j->err));
+    j->rc = pst_exec(c, "VACUUM (SKIP_LOCKED, TRUNCATE false) pmgcm.state,"
+                        " pmgcm.opos", j->err, sizeof(j->err));
 }
 
 static void vacuum_done(pst_job *j)
@@ -471,10 +475,17 @@ static void trim_run(pst_job *j, PGconn *c)
     char kb[16];
     snprintf(kb, sizeof(kb), "%u", t->keep_s);
     const char *pv[1] = {kb};
-    /* keep the newest entry so a caught-up node can always be served */
+    /* keep the newest entry so a caught-up node can always be served.
+     * The entries before the first one inside the retention, found in
+     * seq order (the primary key): the scan reads only what goes, where a
+     * filter on ts (not indexed) read the whole log every TRIM_EVERY_MS
+     * on every node. ts follows seq (commit order), so this is what
+     * "ts < cutoff" removes; an entry out of order waits a round. */
     j->rc = pst_q1(c,
-               "DELETE FROM pmgcm.log WHERE ts < now() - make_interval(secs =>"
-               " $1::int) AND seq < (SELECT seq FROM pmgcm.state)",
+               "DELETE FROM pmgcm.log WHERE seq < (SELECT least(s.seq,"
+               " coalesce((SELECT l.seq FROM pmgcm.log l WHERE l.ts >= now()"
+               " - make_interval(secs => $1::int) ORDER BY l.seq LIMIT 1),"
+               " s.seq)) FROM pmgcm.state s)",
                1, pv, NULL, j->err, sizeof(j->err));
 }
 
