@@ -471,19 +471,16 @@ A_MBS=$(mbps "$ANCHOR_BYTES" "$A_MEAN") P_MBS=$(mbps "$ANCHOR_BYTES" "$P_MEAN")
 SNAP_RATIO=$(f2 "$P_RPS" "$A_RPS")
 
 # ==== 2: delta lag ====================================================================
-# stages LO HI: per change of bench_lag with ids LO..HI, the commit times
-# (track_commit_timestamp) of its row on node1, of its pmgcm.log row on
-# node1 and of its row on node2 and node3: key=value lines as store_lag's
-# (ms): stage_capture (row -> numbered), stage_node2 / stage_node3
-# (numbered -> committed there), stage_all (row on node1 -> on both)
+# stages LO HI RAW: per change of bench_lag with ids LO..HI, the commit
+# times (track_commit_timestamp) of its row and of its pmgcm.log row on
+# node1, and when store_lag saw it on node2 and node3 (RAW: its --raw
+# file): key=value lines as store_lag's (ms): stage_capture (row ->
+# numbered), stage_node2 / stage_node3 (numbered -> seen there)
 stages() {
-    local lo=$1 hi=$2 i ts="(extract(epoch FROM pg_xact_commit_timestamp(xmin)) * 1000000)::bigint"
+    local lo=$1 hi=$2 ts="(extract(epoch FROM pg_xact_commit_timestamp(xmin)) * 1000000)::bigint"
     sqlc 1 "COPY (SELECT id, $ts FROM bench_lag WHERE id BETWEEN $lo AND $hi) TO STDOUT" >"$DIR/st-m.txt"
     sqlc 1 "COPY (SELECT (new->>'id')::bigint, $ts FROM pmgcm.log WHERE tbl = 'public.bench_lag' AND op = 'I' AND (new->>'id')::bigint BETWEEN $lo AND $hi) TO STDOUT" >"$DIR/st-n.txt"
-    for i in 2 3; do
-        sqlc "$i" "COPY (SELECT id, $ts FROM bench_lag WHERE id BETWEEN $lo AND $hi) TO STDOUT" >"$DIR/st-f$i.txt"
-    done
-    python3 - "$DIR" <<'PY'
+    python3 - "$DIR" "$3" <<'PY'
 import sys
 d = sys.argv[1]
 def load(n):
@@ -493,7 +490,7 @@ def load(n):
         if len(a) == 2 and a[1] != "\\N":
             m[int(a[0])] = int(a[1])
     return m
-m, n, f2, f3 = load("st-m.txt"), load("st-n.txt"), load("st-f2.txt"), load("st-f3.txt")
+m, n = load("st-m.txt"), load("st-n.txt")
 def pct(label, v):
     if not v:
         print("%s seen=0 p50=nan p90=nan p99=nan max=nan" % label)
@@ -501,10 +498,20 @@ def pct(label, v):
     v.sort()
     q = lambda x: "%.2f" % (v[int((len(v) - 1) * x)] / 1000.0)
     print("%s seen=%d p50=%s p90=%s p99=%s max=%s" % (label, len(v), q(.5), q(.9), q(.99), q(1.0)))
+# a follower's commit timestamps are no use: its apply sessions run under
+# a replication origin, and PostgreSQL 15 then records the session's first
+# commit time for every later commit. The follower side is store_lag's
+# poll instead (its ack on CLOCK_REALTIME + the lag it saw).
+vis2, vis3 = {}, {}
+for line in open(sys.argv[2]):
+    a = line.split()
+    if len(a) == 5:
+        ack = int(a[4])
+        if a[2] != "-": vis2[int(a[0])] = ack + int(float(a[2]) * 1000)
+        if a[3] != "-": vis3[int(a[0])] = ack + int(float(a[3]) * 1000)
 pct("stage_capture", [n[k] - m[k] for k in m if k in n])
-pct("stage_node2", [f2[k] - n[k] for k in n if k in f2])
-pct("stage_node3", [f3[k] - n[k] for k in n if k in f3])
-pct("stage_all", [max(f2[k], f3[k]) - m[k] for k in m if k in f2 and k in f3])
+pct("stage_node2", [vis2[k] - n[k] for k in n if k in vis2])
+pct("stage_node3", [vis3[k] - n[k] for k in n if k in vis3])
 PY
 }
 if only lag; then
@@ -520,7 +527,7 @@ for r in $RATES; do
         --drain-s "$DRAIN" --raw "$DIR/lag-$r.txt" 2>"$DIR/lag-$r.err")
     LAG[$r:rc]=$?
     LAG[$r:load1]=$(cut -d' ' -f1-3 /proc/loadavg)
-    [[ -n "$STAGES" ]] && out+=$'\n'$(stages "$((k * 100000000))" "$((k * 100000000 + 100000000 - 1))")
+    [[ -n "$STAGES" ]] && out+=$'\n'$(stages "$((k * 100000000))" "$((k * 100000000 + 100000000 - 1))" "$DIR/lag-$r.txt")
     LAG[$r]=$out
     echo "$out" | sed 's/^/    /' >&2
     log "load before / after: ${LAG[$r:load0]} / ${LAG[$r:load1]}"
@@ -661,7 +668,7 @@ verdict() { awk -v v="$1" -v t="$2" -v op="$3" 'BEGIN { if (v == "" || v == "-" 
     printf '   %-8s %9s %9s %-10s %8s %8s %8s %8s %9s\n' rate achieved changes who p50 p90 p99 max rows
     for r in $RATES; do
         ach=$(lagv "$r" writer achieved_rate) n=$(lagv "$r" writer acked)
-        for who in commit ${STAGES:+stage_capture stage_node2 stage_node3 stage_all} follower1 follower2 all; do
+        for who in commit ${STAGES:+stage_capture stage_node2 stage_node3} follower1 follower2 all; do
             lbl=$who
             [[ $who == follower1 ]] && lbl=node2
             [[ $who == follower2 ]] && lbl=node3
@@ -675,7 +682,7 @@ verdict() { awk -v v="$1" -v t="$2" -v op="$3" 'BEGIN { if (v == "" || v == "-" 
             "$(lagv raw:$r commit p50)" "$(lagv raw:$r commit p90)" "$(lagv raw:$r commit p99)" "$(lagv raw:$r commit max)"
     done
     echo "   commit = the writer's commit latency on the master (send -> acknowledged; pmgcm's capture trigger included);"
-    [[ -n "$STAGES" ]] && echo "   ~stages from commit timestamps: ~capture = committed on node1 -> its pmgcm.log row committed; node2/node3 = that -> committed there; all = node1 -> both"
+    [[ -n "$STAGES" ]] && echo "   ~capture = committed on node1 -> its pmgcm.log row committed (commit timestamps); ~node2/~node3 = that -> seen on the follower (serve, stream, apply, poll)"
     for r in $RATES; do echo "   load (1/5/15 min) at $r/s: before ${LAG[$r:load0]}, after ${LAG[$r:load1]}"; done
     echo "   a change a follower never showed within ${DRAIN}s after the writer ended counts as inf"
     echo "   raw commit = the same writer on a plain server without pmgcm (${RAW_SECS}s); reference: PMG's sync cycle is 120 s (120000 ms)"

@@ -32,6 +32,8 @@
  *                                 pmgcm.log holds the change, numbered)
  *   all seen=N p50=.. p90=.. p99=.. max=..
  * --raw FILE: one line per row: id commit_lat_ms lag_f1_ms lag_f2_ms ...
+ *   ack_unix_us (the acknowledgement on CLOCK_REALTIME, to set beside
+ *   PostgreSQL's commit timestamps)
  * Exit 0 when every row was seen on every follower, 1 otherwise, 2 usage.
  */
 #define _GNU_SOURCE /* ppoll */
@@ -403,6 +405,10 @@ int main(int argc, char **argv)
     }
     pct("all", v, n, NULL);
     if (raw) {
+        struct timespec rt;
+        clock_gettime(CLOCK_REALTIME, &rt);
+        int64_t mono_to_unix_us =
+            ((int64_t)rt.tv_sec * 1000000000 + rt.tv_nsec - now_ns()) / 1000;
         FILE *fp = fopen(raw, "w");
         if (fp) {
             for (size_t k = 0; k < acked; k++) {
@@ -412,7 +418,8 @@ int main(int argc, char **argv)
                     if (t_vis[f][k] == NONE) fprintf(fp, " -");
                     else fprintf(fp, " %.3f",
                                  (double)(t_vis[f][k] - t_ack[k]) / 1e6);
-                fputc('\n', fp);
+                fprintf(fp, " %lld\n",
+                        (long long)(t_ack[k] / 1000 + mono_to_unix_us));
             }
             fclose(fp);
         }

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 typedef Pmgcm__Store__Msg Msg;
 typedef Pmgcm__Store__Open Open;
@@ -158,6 +159,22 @@ typedef struct tail {
     int64_t last_ts;
 } tail;
 
+/* "2026-12-02 03:10:11.123456+00" */
+static void ts_text(int64_t unix_us, char *buf, size_t len)
+{
+    time_t s = (time_t)(unix_us / 1000000);
+    long us = (long)(unix_us % 1000000);
+    if (us < 0) {
+        us += 1000000;
+        s -= 1;
+    }
+    struct tm tm;
+    gmtime_r(&s, &tm);
+    snprintf(buf, len, "%04d-%02d-%02d %02d:%02d:%02d.%06ld+00",
+             tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+             tm.tm_min, tm.tm_sec, us);
+}
+
 /* The changes from first on, checked (contiguous after recv, no older
  * term, the origin's own, a known op) and written as COPY text into *out
  * (malloc'd, *len bytes). */
@@ -196,15 +213,21 @@ static int encode_copy(const apply_job *aj, const batch *bt, size_t first,
             return PST_EPROTO;
         }
         t->prev = ch->seq;
-        p += sprintf(p, "%llu\t%llu\t%c\t", (unsigned long long)ch->seq,
-                     (unsigned long long)ch->epoch, (char)ch->op);
+        if (aj->is_origin)
+            p += sprintf(p, "%llu\t%c\t", (unsigned long long)ch->seq,
+                         (char)ch->op);
+        else
+            p += sprintf(p, "%llu\t%llu\t%c\t", (unsigned long long)ch->seq,
+                         (unsigned long long)ch->epoch, (char)ch->op);
         pst_copy_esc(&p, ch->tbl);
         *p++ = '\t';
         pst_copy_esc(&p, ch->old);
         *p++ = '\t';
         pst_copy_esc(&p, ch->new_);
-        p += sprintf(p, "\t%lld\t%c\t%u\n", (long long)ch->ts_us,
-                     ch->last ? 't' : 'f', ch->has_origin ? ch->origin : 0);
+        char ts[64];
+        ts_text(ch->ts_us, ts, sizeof(ts));
+        p += sprintf(p, "\t%s\t%c\t%u\n", ts, ch->last ? 't' : 'f',
+                     ch->has_origin ? ch->origin : 0);
         if (ch->last) {
             t->last_seq = ch->seq;
             t->last_epoch = ch->epoch;
@@ -216,19 +239,17 @@ static int encode_copy(const apply_job *aj, const batch *bt, size_t first,
     return 0;
 }
 
-/* The encoded changes into the temp table pmgcm_in by COPY (ts arrives
- * as microseconds); apply_and_advance moves them into pmgcm.log (or
- * pmgcm.olog). */
+/* The encoded changes into pmgcm.log (or pmgcm.olog) by COPY, directly
+ * (ts as text: no temp table to fill, copy from and empty at every
+ * commit). */
 static int copy_into_log(const apply_job *aj, PGconn *c, const char *buf,
                          size_t len, char *err, size_t el)
 {
-    (void)aj;
-    /* one round trip: PQexec stops at the COPY */
-    PGresult *r = PQexec(c,
-                         "CREATE TEMP TABLE IF NOT EXISTS pmgcm_in (seq bigint,"
-                         " epoch bigint, op \"char\", tbl text, old jsonb,"
-                         " new jsonb, ts_us bigint, last boolean, origin int)"
-                         " ON COMMIT DELETE ROWS; COPY pmgcm_in FROM STDIN");
+    PGresult *r = PQexec(c, aj->is_origin
+                                ? "COPY pmgcm.olog (seq, op, tbl, old, new,"
+                                  " ts, last, origin) FROM STDIN"
+                                : "COPY pmgcm.log (seq, epoch, op, tbl, old,"
+                                  " new, ts, last, origin) FROM STDIN");
     if (PQresultStatus(r) != PGRES_COPY_IN) {
         pst_pgerr(c, r, err, el);
         PQclear(r);
@@ -250,68 +271,75 @@ static int copy_into_log(const apply_job *aj, PGconn *c, const char *buf,
     return 0;
 }
 
-/* Into the log from pmgcm_in, apply the complete transactions received
- * (from pos->seq + 1 to t->last_seq), move the position and commit; with
- * no complete transaction only recv_seq moves. pos is updated to what
- * this node now holds. Two round trips (statements joined: a failing one
- * ends the string, the transaction is rolled back by the worker). */
+/* Apply the complete transactions received (from pos->seq + 1 to
+ * t->last_seq), move the position and commit; with no complete
+ * transaction only recv_seq moves. pos is updated to what this node now
+ * holds. Statements joined into one round trip where no result is needed
+ * in between (a failing one ends the string; the worker rolls back). */
 static int apply_and_advance(apply_job *aj, PGconn *c, pst_pos *pos,
                              const tail *t, char *err, size_t el)
 {
-    const char *ins =
-        aj->is_origin
-            ? "INSERT INTO pmgcm.olog SELECT origin, seq, op, tbl, old, new,"
-              " to_timestamp(ts_us / 1000000.0), last FROM pmgcm_in;"
-            : "INSERT INTO pmgcm.log SELECT seq, epoch, op, tbl, old, new,"
-              " to_timestamp(ts_us / 1000000.0), last, origin FROM"
-              " pmgcm_in;";
-    char q[600];
-    if (t->last_seq) {
-        if (aj->is_origin)
-            snprintf(q, sizeof(q), "%s SELECT pmgcm.oapply(%u, %llu, %llu)",
-                     ins, aj->origin, (unsigned long long)pos->seq + 1,
-                     (unsigned long long)t->last_seq);
-        else
-            snprintf(q, sizeof(q), "%s SELECT pmgcm.apply(%llu, %llu)", ins,
-                     (unsigned long long)pos->seq + 1,
-                     (unsigned long long)t->last_seq);
-        PGresult *r = PQexec(c, q);
-        if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-            pst_pgerr(c, r, err, el);
-            PQclear(r);
-            return PST_EDB;
-        }
-        aj->applied = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
-        PQclear(r);
-        if (aj->is_origin)
-            snprintf(q, sizeof(q),
-                     "UPDATE pmgcm.opos SET seq = %llu, recv_seq = %llu,"
-                     " ts = to_timestamp(%lld / 1000000.0) WHERE origin = %u;"
-                     " COMMIT",
+    char q[700];
+    int n;
+    if (t->last_seq && aj->is_origin)
+        n = snprintf(q, sizeof(q),
+                     "SELECT pmgcm.oapply(%u, %llu, %llu); UPDATE pmgcm.opos"
+                     " SET seq = %llu, recv_seq = %llu, ts = to_timestamp(%lld"
+                     " / 1000000.0) WHERE origin = %u; COMMIT",
+                     aj->origin, (unsigned long long)pos->seq + 1,
+                     (unsigned long long)t->last_seq,
                      (unsigned long long)t->last_seq,
                      (unsigned long long)t->prev, (long long)t->last_ts,
                      aj->origin);
-        else
-            snprintf(q, sizeof(q),
-                     "UPDATE pmgcm.state SET epoch = %llu, seq = %llu,"
-                     " recv_seq = %llu, ts = to_timestamp(%lld / 1000000.0);"
-                     " COMMIT",
+    else if (t->last_seq)
+        n = snprintf(q, sizeof(q),
+                     "SELECT pmgcm.apply(%llu, %llu); UPDATE pmgcm.state SET"
+                     " epoch = %llu, seq = %llu, recv_seq = %llu, ts ="
+                     " to_timestamp(%lld / 1000000.0); COMMIT",
+                     (unsigned long long)pos->seq + 1,
+                     (unsigned long long)t->last_seq,
                      (unsigned long long)t->last_epoch,
                      (unsigned long long)t->last_seq,
                      (unsigned long long)t->prev, (long long)t->last_ts);
-        pos->seq = t->last_seq;
-        pos->epoch = t->last_epoch;
-        aj->ts_us = t->last_ts;
-        aj->advanced = true;
-    } else if (aj->is_origin) {
-        snprintf(q, sizeof(q), "%s UPDATE pmgcm.opos SET recv_seq = %llu"
-                 " WHERE origin = %u; COMMIT", ins,
-                 (unsigned long long)t->prev, aj->origin);
-    } else {
-        snprintf(q, sizeof(q), "%s UPDATE pmgcm.state SET recv_seq = %llu;"
-                 " COMMIT", ins, (unsigned long long)t->prev);
+    else if (aj->is_origin)
+        n = snprintf(q, sizeof(q), "UPDATE pmgcm.opos SET recv_seq = %llu"
+                     " WHERE origin = %u; COMMIT",
+                     (unsigned long long)t->prev, aj->origin);
+    else
+        n = snprintf(q, sizeof(q), "UPDATE pmgcm.state SET recv_seq = %llu;"
+                     " COMMIT", (unsigned long long)t->prev);
+    if (n < 0 || (size_t)n >= sizeof(q)) return -EINVAL;
+    if (!t->last_seq) return pst_exec(c, q, err, el);
+    /* one round trip; the apply's count is the first result */
+    if (!PQsendQuery(c, q)) {
+        pst_pgerr(c, NULL, err, el);
+        return PST_EDB;
     }
-    return pst_exec(c, q, err, el);
+    int rc = 0;
+    bool counted = false;
+    PGresult *r;
+    while ((r = PQgetResult(c))) {
+        ExecStatusType s = PQresultStatus(r);
+        if (rc == 0 && s != PGRES_TUPLES_OK && s != PGRES_COMMAND_OK) {
+            pst_pgerr(c, r, err, el);
+            rc = PST_EDB;
+        } else if (rc == 0 && s == PGRES_TUPLES_OK && !counted &&
+                   PQntuples(r) == 1) {
+            aj->applied = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
+            counted = true;
+        }
+        PQclear(r);
+    }
+    if (rc) return rc;
+    if (!counted) {
+        snprintf(err, el, "the apply function returned no count");
+        return PST_EDB;
+    }
+    pos->seq = t->last_seq;
+    pos->epoch = t->last_epoch;
+    aj->ts_us = t->last_ts;
+    aj->advanced = true;
+    return 0;
 }
 
 /* Every queued frame in one transaction: one commit per batch of frames
