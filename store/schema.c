@@ -149,16 +149,20 @@ static char *apply_sql(const tabdef *t, size_t n, bool origin)
               " = $1 AND l.seq BETWEEN $2 AND $3 ORDER BY l.seq LOOP\n", f);
     else {
         /* a batch of inserts into one table (statistics, the common case
-         * under load): one statement instead of one per row. Two inserts of
+         * under load): one statement instead of one per row (from 8
+         * entries: below, the check and its subtransaction cost more than
+         * the rows row by row). Two inserts of
          * one key in the batch (impossible in one history without a
          * delete between) would make ON CONFLICT DO UPDATE fail with a
          * cardinality violation: then row by row after all. */
         fputs("  pmgcm_t1 text; pmgcm_t2 text; pmgcm_all boolean;"
               " pmgcm_k bigint;\n"
               "BEGIN\n"
+              "  IF $2 - $1 >= 7 THEN\n"
               "  SELECT min(l.tbl), max(l.tbl), bool_and(l.op = 'I'), count(*)"
               " INTO pmgcm_t1, pmgcm_t2, pmgcm_all, pmgcm_k FROM pmgcm.log l"
               " WHERE l.seq BETWEEN $1 AND $2 AND l.op <> 'E';\n"
+              "  END IF;\n"
               "  IF pmgcm_all AND pmgcm_t1 = pmgcm_t2 THEN\n"
               "    BEGIN\n"
               "      CASE pmgcm_t1\n"
