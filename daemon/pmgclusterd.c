@@ -1469,9 +1469,9 @@ static void drain_load(node *n)
 
 /* ---- pmgcm backups: the data the store kept instead of destroying ---------------- */
 
-/* text: the store's members, "\"backups\":[...],\"divergence\":N" (JSON
- * that PostgreSQL wrote, store/backup.c), read back as an object here so
- * that the answer is written as every other one is. */
+/* text: the store's list, one object {"backups":[...],"divergence":N}
+ * that PostgreSQL wrote (store/backup.c), read back here so that the
+ * answer is written as every other one is. */
 static void backups_list_done(void *ud, int rc, const char *text)
 {
     pmm_ctl_req *req = ud;
