@@ -234,6 +234,79 @@ while time.time() < t_end:
     time.sleep(max(0, poll - (time.time() - t)))
 print(json.dumps({"ok": ok, "done_ms": int(t * 1000), "bad": sorted(set(bad)), "polls": polls, "env": last}))
 PY
+cat >"$DIR/cpu.py" <<'PY'
+# cpu.py mark FILE PGDIR... [-- PID...]: CPU ticks per PostgreSQL server
+#   (postmaster's own and reaped children's, live walsenders, other live
+#   children) and per process, written to FILE as JSON.
+# cpu.py diff A B: the difference, seconds, one line per item.
+import json, os, sys
+HZ = os.sysconf("SC_CLK_TCK")
+def stat(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        s = f.read()
+    v = s[s.rindex(")") + 2:].split()
+    # fields after comm: state(3) ppid(4) ... utime(14) stime(15) cutime(16) cstime(17)
+    return int(v[1]), int(v[11]), int(v[12]), int(v[13]), int(v[14])
+def children():
+    out = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            ppid, u, s, cu, cs = stat(int(d))
+            with open("/proc/%s/cmdline" % d, "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except Exception:
+            continue
+        out.setdefault(ppid, []).append((int(d), u + s, cmd))
+    return out
+if sys.argv[1] == "mark":
+    fn, rest = sys.argv[2], sys.argv[3:]
+    dirs, pids = rest, []
+    if "--" in rest:
+        k = rest.index("--")
+        dirs, pids = rest[:k], [int(p) for p in rest[k + 1:]]
+    ch = children()
+    res = {}
+    for d in dirs:
+        tag = os.path.basename(d.rstrip("/"))
+        try:
+            pm = int(open(os.path.join(d, "postmaster.pid")).readline())
+            _, u, s, cu, cs = stat(pm)
+        except Exception:
+            continue
+        res[tag + ".postmaster+reaped"] = u + s + cu + cs
+        for pid, t, cmd in ch.get(pm, []):
+            kind = "walsender" if "walsender" in cmd else \
+                   "bg" if any(x in cmd for x in ("checkpointer", "writer", "autovacuum", "launcher", "stats")) else "backend"
+            res["%s.%s" % (tag, kind)] = res.get("%s.%s" % (tag, kind), 0) + t
+    for p in pids:
+        try:
+            _, u, s, cu, cs = stat(p)
+            res["pid%d" % p] = u + s + cu + cs
+        except Exception:
+            pass
+    json.dump(res, open(fn, "w"))
+else:
+    a, b = json.load(open(sys.argv[2])), json.load(open(sys.argv[3]))
+    names = sys.argv[4:]  # optional: label=key-prefix
+    lab = dict(x.split("=", 1)[::-1] for x in names)
+    per, ws, tot = {}, {}, 0
+    for k in set(a) | set(b):
+        d = (b.get(k, 0) - a.get(k, 0)) / HZ
+        g = k.split(".")[0]
+        # a child that exited moves into postmaster+reaped: the server's
+        # sum stays right; the walsender is long-lived
+        per[g] = per.get(g, 0) + d
+        if k.endswith(".walsender"):
+            ws[g] = d
+        tot += d
+    out = []
+    for g in sorted(per):
+        w = " (walsender %.2f)" % ws[g] if g in ws and abs(ws[g]) >= 0.01 else ""
+        out.append("%s %.2f%s" % (lab.get(g, g), per[g], w))
+    print("CPU s: " + ", ".join(out) + "; total %.2f" % tot)
+PY
 ctl() { timeout 10 python3 "$DIR/ctl.py" "$DIR/ctl$1.sock"; }
 ctl_wait() { # ctl_wait TIMEOUT STATE I [J...]
     local t=$1 st=$2 i a=()
@@ -242,6 +315,20 @@ ctl_wait() { # ctl_wait TIMEOUT STATE I [J...]
     python3 "$DIR/ctl.py" wait "$t" 20 "$st" "${a[@]}"
 }
 field() { ctl "$1" 2>/dev/null | jq -r "$2" 2>/dev/null; }
+# BENCH_CPU=1: where the CPU went in each anchor and join (cpu_mark TAG
+# before and after, cpu_diff A B prints per server, its walsender, the
+# daemons and this shell's children: the anchor's psql, the polls)
+CPU=${BENCH_CPU:-}
+[[ "$CPU" == 0 ]] && CPU=
+cpu_mark() { [[ -z "$CPU" ]] || python3 "$DIR/cpu.py" mark "$DIR/cpu-$1.json" "${PGD[@]}" -- $$ "${DPID[@]}"; }
+cpu_diff() {
+    [[ -z "$CPU" ]] && return 0
+    local a=() i
+    for i in "${!PGD[@]}"; do a+=("pg$i=d$i"); done
+    for i in "${!DPID[@]}"; do a+=("node$i-daemon=pid${DPID[i]}"); done
+    a+=("shell(psql,polls)=pid$$")
+    python3 "$DIR/cpu.py" diff "$DIR/cpu-$1.json" "$DIR/cpu-$2.json" "${a[@]}"
+}
 ip_of() { echo "$NET.$((10 + $1))"; }
 # dstart I PG DB: daemon I on $NET.(10+I), store on server PG database DB
 dstart() {
@@ -436,6 +523,7 @@ anchor() {
     sqlc 4 "TRUNCATE $(echo $SNAP_TABLES | tr ' ' ',')" >/dev/null
     sqlc 4 "CHECKPOINT" >/dev/null
     sqlc 1 "CHECKPOINT" >/dev/null
+    cpu_mark a$k.0
     t0=$(now_ms)
     for tb in $SNAP_TABLES; do
         "$PSQL" -X -q -h "$(pg_sock 1)" -U postgres -d pmg -c "COPY $tb TO STDOUT" |
@@ -443,7 +531,9 @@ anchor() {
             die "anchor COPY of $tb failed"
     done
     A_MS[k]=$(($(now_ms) - t0))
-    log "anchor $k: COPY pipe of $ANCHOR_ROWS rows in ${A_MS[k]} ms ($(rate "$ANCHOR_ROWS" "${A_MS[k]}") rows/s)"
+    cpu_mark a$k.1
+    log "anchor $k: COPY pipe of $ANCHOR_ROWS rows in ${A_MS[k]} ms ($(rate "$ANCHOR_ROWS" "${A_MS[k]}") rows/s); load $(cut -d' ' -f1 /proc/loadavg)"
+    [[ -z "$CPU" ]] || log "anchor $k: $(cpu_diff a$k.0 a$k.1)"
 }
 for i in 1 2 3; do dstart "$i" "$i" pmg; done
 wait_idle 1 2 3
@@ -451,10 +541,23 @@ create 1
 anchor 1
 for i in 2 3; do
     sqlc "$i" "CHECKPOINT" >/dev/null
+    cpu_mark j$i.0
     join_measure "$i" 1
+    cpu_mark j$i.1
     k=$((i - 1))
     P_MS[k]=$J_MS P_LOAD[k]=$J_LOAD_S P_BYTES[k]=$J_BYTES P_ROWS[k]=$J_ROWS
-    log "join node$i: in-sync after $J_MS ms ($J_ROWS rows, $J_BYTES bytes; daemon: loaded in ${J_LOAD_S:-?} s)"
+    log "join node$i: in-sync after $J_MS ms ($J_ROWS rows, $J_BYTES bytes; daemon: loaded in ${J_LOAD_S:-?} s); load $(cut -d' ' -f1 /proc/loadavg)"
+    if [[ -n "$CPU" ]]; then
+        log "join node$i: $(cpu_diff j$i.0 j$i.1)"
+        # what its capture still had to decode after in-sync (the load's WAL)
+        t=$(now_ms) lsn=$(sqlc "$i" "SELECT pg_current_wal_insert_lsn()")
+        for _ in $(seq 1500); do
+            [[ "$(sqlc "$i" "SELECT bool_and(confirmed_flush_lsn >= '$lsn') FROM pg_replication_slots")" == t ]] && break
+            sleep 0.02
+        done
+        cpu_mark j$i.2
+        log "join node$i: its slot confirmed $lsn $(($(now_ms) - t)) ms after in-sync; $(cpu_diff j$i.1 j$i.2)"
+    fi
     [[ "$J_ROWS" == "$ANCHOR_ROWS" ]] || log "WARNING: node$i's snapshot says $J_ROWS rows, the master holds $ANCHOR_ROWS"
     ((i == 2)) && anchor 2
 done
