@@ -231,6 +231,7 @@ struct pst_capture {
     int64_t res_safe;
     bool res_lost;        /* the slot is gone or lost: repair */
     bool res_streaming;
+    bool hold;            /* a parallel load asked (pst_capture_hold) */
     uint64_t res_waiting; /* db_sync: transactions held */
     uint64_t res_flush;
 
@@ -267,6 +268,12 @@ struct pst_capture {
     bool any_own;
     wbuf blog, bolog, bdiv;
     held hlog, holog;
+
+    /* held for a load (thread only): the stream ended for it; the WAL
+     * position the slot must be past first, 0 until taken */
+    bool held;
+    uint64_t hold_lsn, hold_ask_ms;
+    char *hold_snap;
 
     /* feedback */
     uint64_t flush_lsn, ka_end, last_fb_ms, last_stats_ms;
@@ -887,6 +894,73 @@ static void set_streaming(pst_capture *cp, bool on)
     cap_post(cp);
 }
 
+/* A parallel load asked for the capture to pause (pst_capture_hold): once
+ * idle, with everything it wrote committed, it reads the running
+ * transactions and the WAL insert position H (in that order, one
+ * statement), goes on until everything before H is done, then ends the
+ * stream (1) and hands the snapshot to the load (st->hold_snap, under
+ * st->mu): a transaction that commits at or after H was not finished in
+ * that snapshot, which is what the load checks before it moves the slot
+ * past its own WAL (snapshot.c snap_skip_load). A commit of ours after
+ * the snapshot was taken starts this over. 0 goes on streaming. */
+static int hold_step(pst_capture *cp, char *err, size_t el)
+{
+    pthread_mutex_lock(&cp->mu);
+    bool hold = cp->hold;
+    pthread_mutex_unlock(&cp->mu);
+    if (!hold) {
+        cp->hold_lsn = 0;
+        return 0;
+    }
+    if (cp->in_src) return 0;
+    if (cp->db_open) {
+        int rc = wr_commit(cp, err, el);
+        if (rc) return rc;
+        cp->hold_lsn = 0;
+    }
+    uint64_t now = pst_mono_ms();
+    if (!cp->hold_lsn) {
+        PGresult *r = PQexec(cp->sql, "SELECT pg_current_snapshot()::text,"
+                                      " pg_current_wal_insert_lsn()::text");
+        if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1 ||
+            pst_pgo_lsn_parse(PQgetvalue(r, 0, 1), &cp->hold_lsn) != 0) {
+            pst_pgerr(cp->sql, r, err, el);
+            PQclear(r);
+            cp->hold_lsn = 0;
+            return PST_EDB;
+        }
+        free(cp->hold_snap);
+        cp->hold_snap = strdup(PQgetvalue(r, 0, 0));
+        PQclear(r);
+        if (!cp->hold_snap) {
+            cp->hold_lsn = 0;
+            return -ENOMEM;
+        }
+        cp->hold_ask_ms = 0;
+    }
+    if (cp->f_n == 0 && cp->flush_lsn >= cp->hold_lsn) {
+        pst_store *st = cp->st;
+        pthread_mutex_lock(&st->mu);
+        free(st->hold_snap);
+        st->hold_snap = cp->hold_snap;
+        pthread_mutex_unlock(&st->mu);
+        cp->hold_snap = NULL;
+        cp->hold_lsn = 0;
+        cp->held = true;
+        send_feedback(cp, false);
+        return 1;
+    }
+    /* a keepalive says how far the walsender has read */
+    if (now - cp->hold_ask_ms >= 20) {
+        cp->hold_ask_ms = now;
+        if (send_feedback(cp, true)) {
+            pst_pgerr(cp->repl, NULL, err, el);
+            return PST_EDB;
+        }
+    }
+    return 0;
+}
+
 /* Streams the slot until an error or a stop. */
 static int stream(pst_capture *cp, char *err, size_t el)
 {
@@ -981,6 +1055,10 @@ static int stream(pst_capture *cp, char *err, size_t el)
             cp->flush_lsn = cp->ka_end;
             cp->fb_now = true;
         }
+        if ((rc = hold_step(cp, err, el)) != 0) {
+            if (rc == 1) rc = 0; /* held: the stream ends */
+            break;
+        }
         uint64_t now = pst_mono_ms();
         if (cp->fb_now || now - cp->last_fb_ms >= FEEDBACK_MS)
             if ((rc = send_feedback(cp, false))) {
@@ -1061,6 +1139,15 @@ static void capture_main(void *arg)
     char err[256];
     while (!cap_stopping(cp)) {
         err[0] = 0;
+        pthread_mutex_lock(&cp->mu);
+        if (!cp->hold) cp->held = false;
+        bool paused = cp->held;
+        pthread_mutex_unlock(&cp->mu);
+        if (paused) {
+            /* paused for a load until it says so */
+            cap_wait(cp, -1, RETRY_MS);
+            continue;
+        }
         int rc = prepare(cp, err, sizeof(err));
         if (rc == 1) {
             cp->repl = pst_repl_connect(cp->conninfo, cp->slot, err,
@@ -1170,6 +1257,21 @@ void pst_capture_numbering(pst_store *st, bool on)
     if (wake) cap_wake(cp);
 }
 
+void pst_capture_hold(pst_store *st, bool on)
+{
+    pst_capture *cp = st->cap;
+    pthread_mutex_lock(&st->mu);
+    free(st->hold_snap);
+    st->hold_snap = NULL;
+    pthread_mutex_unlock(&st->mu);
+    if (!cp) return;
+    pthread_mutex_lock(&cp->mu);
+    bool wake = cp->hold != on;
+    cp->hold = on;
+    pthread_mutex_unlock(&cp->mu);
+    if (wake) cap_wake(cp);
+}
+
 void pst_capture_stop(pst_store *st)
 {
     pst_capture *cp = st->cap;
@@ -1189,6 +1291,11 @@ void pst_capture_stop(pst_store *st)
     held_clear(&cp->hlog);
     held_clear(&cp->holog);
     pst_pgo_free(cp->dec);
+    free(cp->hold_snap);
+    pthread_mutex_lock(&st->mu);
+    free(st->hold_snap);
+    st->hold_snap = NULL;
+    pthread_mutex_unlock(&st->mu);
     free(cp->rels);
     for (size_t i = 0; i < cp->n_names; i++) free(cp->names[i]);
     free(cp->names);

@@ -153,6 +153,9 @@ struct pst_store {
 
     /* the capture thread (capture.c) */
     struct pst_capture *cap;
+    /* under mu: the capture paused for a parallel load (pst_capture_hold)
+     * and the running transactions it saw last (pg_snapshot text) */
+    char *hold_snap;
 
     /* db_sync (session.c, schema.c) */
     uint32_t sync_need;   /* asked for (pst_set_sync) */
@@ -261,6 +264,11 @@ void pst_capture_numbering(pst_store *st, bool on);
 void pst_capture_set_sync(pst_store *st, uint32_t need, uint64_t acked);
 /* on the loop (async callback): what the thread numbered, its errors */
 void pst_capture_poll(pst_store *st);
+/* on the loop: a parallel snapshot load asks the capture to pause (on) or
+ * to go on (off). Paused, the thread sets st->hold_snap (under st->mu):
+ * the running transactions when it last looked, everything committed
+ * after which is still to be decoded (capture.c hold_step). */
+void pst_capture_hold(pst_store *st, bool on);
 /* slots (any thread, blocking libpq): "pmgcm_<database oid>" */
 int pst_slot_name(PGconn *c, char *buf, size_t len, char *err, size_t el);
 /* A new connection, checked (store.c): NULL with err set when it failed

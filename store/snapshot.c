@@ -58,8 +58,15 @@ struct pst_snap {
     pst_origin opos[PST_ORIGINS_MAX]; /* client: positions received */
     size_t n_opos;
     unsigned jobs;       /* server: the client's Open.jobs; client: asked */
-    pthread_mutex_t lmu; /* client: the loaders' busy/dead */
+    pthread_mutex_t lmu; /* client: the loaders' busy/dead, ours */
     pthread_cond_t lcv;
+    int want_hold;       /* client (atomic): the thread asks the loop */
+    bool hold;           /* client (loop only): the capture asked to pause */
+    char skip[200];      /* client: what became of the load's WAL (log) */
+    uint64_t t_ms[6];    /* client: connected, SNAP_BEGIN, tables
+                          * emptied, SNAP_END, position set, WAL done */
+    uint64_t *ours;      /* client: the load's transaction ids (lmu) */
+    size_t n_ours, cap_ours;
 };
 
 static void snap_destroy(pst_snap *sn)
@@ -69,7 +76,36 @@ static void snap_destroy(pst_snap *sn)
     pthread_cond_destroy(&sn->lcv);
     free(sn->schema);
     pst_tableset_free(sn->local);
+    free(sn->ours);
     free(sn);
+}
+
+/* The load's own transactions, by id (txid_current() on c, inside it). */
+static int note_txid(pst_snap *sn, PGconn *c, char *err, size_t el)
+{
+    PGresult *r = PQexec(c, "SELECT txid_current()");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+        pst_pgerr(c, r, err, el);
+        PQclear(r);
+        return PST_EDB;
+    }
+    uint64_t x = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    int rc = 0;
+    pthread_mutex_lock(&sn->lmu);
+    if (sn->n_ours == sn->cap_ours) {
+        size_t n = sn->cap_ours ? sn->cap_ours * 2 : 16;
+        uint64_t *p = realloc(sn->ours, n * sizeof(*p));
+        if (p) {
+            sn->ours = p;
+            sn->cap_ours = n;
+        } else {
+            rc = -ENOMEM;
+        }
+    }
+    if (rc == 0) sn->ours[sn->n_ours++] = x;
+    pthread_mutex_unlock(&sn->lmu);
+    return rc;
 }
 
 /* The thread's last act. A session that went away meanwhile left the
@@ -730,8 +766,9 @@ static int ld_table(snap_loader *l, const char *name)
     }
     const char *tbl = sn->local->t[ti].name; /* our name, never theirs */
     if (l->txn &&
-        (rc = pst_exec(c, "BEGIN; SET LOCAL maintenance_work_mem = '128MB'",
-                       err, el)))
+        ((rc = pst_exec(c, "BEGIN; SET LOCAL maintenance_work_mem = '128MB'",
+                        err, el)) ||
+         (rc = note_txid(sn, c, err, el))))
         return rc;
     bool freeze = false;
     if (!sn->local->t[ti].origin) {
@@ -1129,6 +1166,25 @@ static int cl_restart_log(pst_snap *sn, PGconn *c, const Msg *m)
     return rc;
 }
 
+/* A parallel load's loaders each set up a replication origin
+ * pmgcm_load<k> (snap_connect), which creates it the first time: made
+ * here first, in a transaction of the load's own (snap_skip_load counts
+ * every other commit). Best effort: on an error (another server's
+ * session making one at the same moment) the loaders make them. */
+static void make_load_origins(pst_snap *sn, PGconn *c)
+{
+    char e[256];
+    if (pst_exec(c, "BEGIN", e, sizeof(e))) return;
+    int rc = note_txid(sn, c, e, sizeof(e));
+    if (rc == 0)
+        rc = pst_exec(c, "SELECT pg_replication_origin_create(n) FROM (SELECT"
+                         " 'pmgcm_load' || g AS n FROM generate_series(0, 15)"
+                         " g) x WHERE NOT EXISTS (SELECT 1 FROM"
+                         " pg_replication_origin WHERE roname = x.n)",
+                      e, sizeof(e));
+    pst_exec(c, rc == 0 ? "COMMIT" : "ROLLBACK", e, sizeof(e));
+}
+
 /* SNAP_BEGIN: the load's transaction replaces what the snapshot replaces.
  * A parallel load commits it now with the node marked not loaded (the
  * tables follow, each in a transaction of its own; a failure or a crash
@@ -1140,6 +1196,7 @@ static int cl_begin(pst_snap *sn, PGconn *c, const Msg *m, bool par)
     if (rc == 0)
         rc = pst_exec(c, "BEGIN; SET LOCAL maintenance_work_mem = '256MB'",
                       sn->err, sizeof(sn->err));
+    if (rc == 0 && par) rc = note_txid(sn, c, sn->err, sizeof(sn->err));
     if (rc == 0) rc = snap_backup_begin(sn, c, m);
     if (rc == 0) rc = cl_empty_tables(sn, c);
     if (rc == 0) rc = cl_origins(sn, c, m);
@@ -1158,6 +1215,7 @@ static int cl_end(pst_snap *sn, PGconn *c, bool par)
     size_t el = sizeof(sn->err);
     int rc = 0;
     if (par) rc = pst_exec(c, "BEGIN", err, el);
+    if (rc == 0 && par) rc = note_txid(sn, c, err, el);
     if (rc == 0 && sn->backup[0])
         rc = pst_backup_end(c, sn->local, sn->backup, &sn->bk_rows,
                             &sn->bk_tables, err, el);
@@ -1348,6 +1406,138 @@ static int pool_route(pst_snap *sn, cl_pool *p, const Msg *m, pst_buf *b,
     return PST_EPROTO;
 }
 
+/* After a parallel load (its last transaction committed): its rows need
+ * not be decoded by this node's capture, which would only drop them (they
+ * carry the load's replication origin) after its walsender turned each
+ * into a message: the slot is moved past the load's WAL
+ * (pg_replication_slot_advance, fast-forward: no output) when that skips
+ * nothing else. The capture paused for the load (pst_capture_hold) after
+ * everything committed before the WAL position H was done, and handed over
+ * S0, the running transactions read just before H. A transaction that
+ * commits at or after H was running in S0 or began after it; L1 is the
+ * insert position now, S2 the running transactions after that: every
+ * transaction with a commit record before L1 has an id below S2's xmax.
+ * So every commit in [H, L1) is one of S0's running ones or an id in
+ * [S0's xmax, S2's xmax); if each of those that is not the load's own
+ * has not committed (aborted, or still running: then it commits after
+ * L1, and is decoded), the slot moves to L1. Otherwise, or on any error,
+ * it stays and the capture decodes the load as before. Never fails the
+ * load; sn->skip says what happened. */
+static void snap_skip_load(pst_snap *sn, PGconn *c)
+{
+    pst_store *st = sn->st;
+    char *s0 = NULL, slot[64], err[256] = "";
+    char *ours = NULL, l1[32] = "";
+    size_t ol = 0;
+    PGresult *r = NULL;
+    pthread_mutex_lock(&st->mu);
+    if (st->hold_snap) s0 = strdup(st->hold_snap);
+    pthread_mutex_unlock(&st->mu);
+    if (!s0) {
+        snprintf(sn->skip, sizeof(sn->skip), "decoded by the capture (it"
+                 " had not paused)");
+        return;
+    }
+    FILE *f = open_memstream(&ours, &ol);
+    if (!f) goto out;
+    pthread_mutex_lock(&sn->lmu);
+    fputc('{', f);
+    for (size_t i = 0; i < sn->n_ours; i++)
+        fprintf(f, "%s%llu", i ? "," : "", (unsigned long long)sn->ours[i]);
+    fputc('}', f);
+    pthread_mutex_unlock(&sn->lmu);
+    if (fclose(f) != 0) goto out;
+    if (pst_slot_name(c, slot, sizeof(slot), err, sizeof(err))) goto out;
+    r = PQexec(c, "SELECT pg_current_wal_insert_lsn()::text");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) goto fail;
+    snprintf(l1, sizeof(l1), "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    r = NULL;
+    /* the others, until none is running (bounded: it may be a session
+     * left open; then the capture decodes) */
+    const char *pv[3] = {s0, ours, slot};
+    long long committed = -1, running = 0, n = 0;
+    char ids[64] = "";
+    for (int k = 0; k < 100; k++) {
+        r = PQexecParams(
+            c,
+            "WITH s AS (SELECT $1::pg_snapshot AS s0, pg_current_snapshot()"
+            " AS s2), x AS (SELECT pg_snapshot_xmax(s0)::text::bigint AS a,"
+            " pg_snapshot_xmax(s2)::text::bigint AS b FROM s),"
+            " c AS (SELECT v::text::bigint AS id FROM s, pg_snapshot_xip(s0) v"
+            " UNION SELECT g FROM x, generate_series(x.a, x.b - 1) g WHERE"
+            " x.b - x.a <= 100000),"
+            " t AS (SELECT id, pg_xact_status(id::text::xid8) AS st FROM c"
+            " WHERE id <> ALL ($2::bigint[]))"
+            " SELECT count(*) FILTER (WHERE st = 'committed'), count(*)"
+            " FILTER (WHERE st = 'in progress'), count(*), (SELECT b - a >"
+            " 100000 FROM x), coalesce(((array_agg(id ORDER BY id) FILTER"
+            " (WHERE st = 'committed'))[1:4])::text, '') FROM t",
+            2, NULL, pv, NULL, NULL, 0);
+        if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1)
+            goto fail;
+        committed = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+        running = strtoll(PQgetvalue(r, 0, 1), NULL, 10);
+        n = strtoll(PQgetvalue(r, 0, 2), NULL, 10);
+        bool wide = PQgetvalue(r, 0, 3)[0] == 't';
+        snprintf(ids, sizeof(ids), "%s", PQgetvalue(r, 0, 4));
+        PQclear(r);
+        r = NULL;
+        if (wide) {
+            snprintf(sn->skip, sizeof(sn->skip), "decoded by the capture"
+                     " (over 100000 transaction ids began meanwhile)");
+            goto out;
+        }
+        if (committed > 0 || running == 0) break;
+        uv_sleep(20);
+    }
+    if (committed != 0 || running != 0) {
+        snprintf(sn->skip, sizeof(sn->skip), "decoded by the capture (%lld"
+                 " other transaction(s) %s meanwhile%s%s)",
+                 committed ? committed : running,
+                 committed ? "committed" : "still running",
+                 committed ? ": " : "", committed ? ids : "");
+        goto out;
+    }
+    /* the capture's walsender is gone (it ends when the stream does) */
+    for (int k = 0; k < 150; k++) {
+        r = PQexecParams(c, "SELECT active FROM pg_replication_slots WHERE"
+                            " slot_name = $1", 1, NULL, pv + 2, NULL, NULL,
+                         0);
+        if (PQresultStatus(r) != PGRES_TUPLES_OK) goto fail;
+        bool busy = PQntuples(r) == 1 && PQgetvalue(r, 0, 0)[0] == 't';
+        bool gone = PQntuples(r) != 1;
+        PQclear(r);
+        r = NULL;
+        if (gone) {
+            snprintf(sn->skip, sizeof(sn->skip), "no slot %s", slot);
+            goto out;
+        }
+        if (!busy) break;
+        if (k == 149) {
+            snprintf(sn->skip, sizeof(sn->skip), "decoded by the capture"
+                     " (slot %s still in use)", slot);
+            goto out;
+        }
+        uv_sleep(20);
+    }
+    const char *pa[2] = {slot, l1};
+    r = PQexecParams(c, "SELECT pg_replication_slot_advance($1,"
+                        " $2::pg_lsn)::text", 2, NULL, pa, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) goto fail;
+    snprintf(sn->skip, sizeof(sn->skip), "skipped by slot %s (advanced to"
+             " %s; %lld other transaction id(s) checked)", slot, l1, n);
+    goto out;
+fail:
+    pst_pgerr(c, r, err, sizeof(err));
+    snprintf(sn->skip, sizeof(sn->skip), "decoded by the capture (%.150s)",
+             err);
+out:
+    PQclear(r);
+    free(ours);
+    free(s0);
+}
+
 /* The client's thread: SNAP_BEGIN, the tables, SNAP_END. A node with
  * loaded data loads on the snapshot's connection inside one transaction
  * (its readers see the old data until the new is complete); one without
@@ -1416,11 +1606,14 @@ static int snap_client_load(pst_snap *sn, PGconn *c)
                 }
                 par = sn->jobs > 1;
                 begun = true;
+                sn->t_ms[1] = pst_mono_ms();
                 if ((rc = cl_begin(sn, c, m, par))) break;
+                sn->t_ms[2] = pst_mono_ms();
                 if (par) rc = pool_start(sn, &pool, c, n);
                 break;
             }
             case PMGCM__STORE__MSG__KIND__SNAP_END:
+                sn->t_ms[3] = pst_mono_ms();
                 if (!begun) {
                     rc = PST_EPROTO;
                     snprintf(err, el, "unexpected snapshot end");
@@ -1439,6 +1632,9 @@ static int snap_client_load(pst_snap *sn, PGconn *c)
                     snprintf(err, el, "%s", one.err);
                 }
                 if (rc == 0) rc = cl_end(sn, c, par);
+                sn->t_ms[4] = pst_mono_ms();
+                if (rc == 0 && par) snap_skip_load(sn, c);
+                sn->t_ms[5] = pst_mono_ms();
                 done = rc == 0;
                 break;
             case PMGCM__STORE__MSG__KIND__ERROR:
@@ -1479,9 +1675,18 @@ static void snap_client_main(void *arg)
     pst_snap *sn = arg;
     int rc;
     PGconn *c = snap_connect(sn->st, sn->err, sizeof(sn->err));
+    sn->t_ms[0] = pst_mono_ms();
     if (!c) {
         rc = PST_EDB;
     } else {
+        if (sn->jobs > 1) {
+            /* a parallel load: the capture pauses (snap_skip_load), once
+             * the loaders' origins exist (made after this, their commits
+             * would count as others') */
+            make_load_origins(sn, c);
+            __atomic_store_n(&sn->want_hold, 1, __ATOMIC_RELEASE);
+            uv_async_send(&sn->st->async);
+        }
         rc = snap_client_load(sn, c);
         PQfinish(c); /* an open transaction rolls back: old data stays */
     }
@@ -1528,6 +1733,10 @@ pst_snap *pst_snap_start(pst_session *s, bool server, const char *schema,
 /* Never waits: a running thread is told to stop and frees sn itself. */
 void pst_snap_free(pst_snap *sn)
 {
+    if (sn->hold) {
+        pst_capture_hold(sn->st, false);
+        sn->hold = false;
+    }
     pthread_mutex_lock(&sn->pipe.mu);
     bool fin = sn->finished;
     if (!fin) sn->detached = true;
@@ -1556,8 +1765,18 @@ void pst_snap_client_poll(pst_session *s)
     bool fin = sn->finished;
     int rc = sn->rc;
     pthread_mutex_unlock(&sn->pipe.mu);
+    if (!fin && !s->ended && !sn->hold &&
+        __atomic_exchange_n(&sn->want_hold, 0, __ATOMIC_ACQ_REL)) {
+        pst_capture_hold(s->st, true);
+        sn->hold = true;
+    }
     if (!fin || s->ended) return;
     pst_store *st = s->st;
+    if (sn->hold) {
+        /* the capture goes on (past the load's WAL, when skipped) */
+        pst_capture_hold(st, false);
+        sn->hold = false;
+    }
     if (rc == 0) {
         i->pos = sn->pos;
         i->recv_seq = sn->pos.seq;
@@ -1600,6 +1819,13 @@ void pst_snap_client_poll(pst_session *s)
                 (unsigned long long)sn->pos.epoch,
                 (unsigned long long)sn->pos.seq,
                 (double)(pst_mono_ms() - i->snap_started_ms) / 1000.0);
+        if (sn->skip[0]) pst_log(st, 2, "store: the load's WAL: %s", sn->skip);
+        const uint64_t *t = sn->t_ms;
+#define D(a, b) (t[a] && t[b] && t[b] >= t[a] ? (long long)(t[b] - t[a]) : -1LL)
+        pst_log(st, 2, "store: snapshot phases (ms): to the first frame %lld,"
+                " emptying %lld, tables %lld, position %lld, the WAL %lld",
+                D(0, 1), D(1, 2), D(2, 3), D(3, 4), D(4, 5));
+#undef D
     } else {
         pst_set_error(st, "snapshot: %s", sn->err);
     }
