@@ -542,7 +542,10 @@ anchor 1
 for i in 2 3; do
     sqlc "$i" "CHECKPOINT" >/dev/null
     cpu_mark j$i.0
+    # BENCH_PERF=1: perf record of both daemons during the join (kept dir)
+    [[ -n "${BENCH_PERF:-}" ]] && { perf record -q -F 999 -g -o "$DIR/perf-j$i.data" -p "${DPID[1]},${DPID[i]}" >/dev/null 2>&1 & PERF_PID=$!; }
     join_measure "$i" 1
+    [[ -n "${BENCH_PERF:-}" ]] && { kill -INT "$PERF_PID"; wait "$PERF_PID"; }
     cpu_mark j$i.1
     k=$((i - 1))
     P_MS[k]=$J_MS P_LOAD[k]=$J_LOAD_S P_BYTES[k]=$J_BYTES P_ROWS[k]=$J_ROWS

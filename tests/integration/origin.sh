@@ -500,9 +500,39 @@ start_node 5
 it_wait_until "[[ \$(db_field 5 state) == idle ]]" 20 || it_diag "node5's store says $(db 5)"
 FP2=$(it_fingerprint_of 2)
 CKJ=$(pg_origin_checksum 2)
+# node5 writes rows of its own all through its join: from the moment its
+# store has a cid (the role, right before the snapshot loads) until well
+# after join returned, one transaction each (a load moves the joiner's slot
+# past its own WAL only when no other transaction committed meanwhile:
+# these must all be captured and reach every node)
+pg_sql 5 >"$IT_DIR/jw.out" 2>&1 <<'EOF2' &
+DO $$
+DECLARE c int; n int := 0; t0 timestamptz := clock_timestamp();
+BEGIN
+  LOOP
+    EXIT WHEN clock_timestamp() > t0 + interval '150 s';
+    EXIT WHEN EXISTS (SELECT 1 FROM local_cache WHERE k = 'stop-joinwriter');
+    c := (SELECT s.cid FROM pmgcm.state s WHERE s.role <> 'none');
+    IF c IS NOT NULL AND c <> 0 THEN
+      n := n + 1;
+      INSERT INTO quarantine VALUES (c, 100000 + n, 'written while joining', 0, clock_timestamp());
+    END IF;
+    COMMIT;
+    PERFORM pg_sleep(0.002);
+  END LOOP;
+END $$;
+EOF2
+JW=$!
 run -t 120 5 join "${IT_IP[2]}" --fingerprint "$FP2" --password-file "$PW"
 JRC=$RC JOUT=$OUT
-CK5=$(pg_origin_checksum 5)
+CID[5]=$(pg_cid 5)
+JWN0=$(pg_val 5 "SELECT count(*) FROM quarantine WHERE rid > 100000")
+# a good many more after join returned, then it stops
+it_wait_until "(( \$(pg_val 5 'SELECT count(*) FROM quarantine WHERE rid > 100000') >= JWN0 + 50 ))" 30 ||
+    it_diag "node5's join writer wrote $(pg_val 5 "SELECT count(*) FROM quarantine WHERE rid > 100000") rows ($JWN0 when join returned): $(head -c 300 "$IT_DIR/jw.out")"
+pg_sql 5 "INSERT INTO local_cache VALUES ('stop-joinwriter', 'x') ON CONFLICT DO NOTHING" >/dev/null
+wait "$JW"
+CK5=$(pg_origin_checksum 5 | grep -v " ${CID[5]:-none} ")
 if ((JRC == 0)) && [[ "$CK5" == "$CKJ" ]]; then
     it_ok "node5 joins later ($(it_fmt_ms "$DUR_MS") s): when join returns its snapshot holds every origin's rows ($(grep -c . <<<"$CK5") table/origin checksums equal), its junk row of cid ${CID[2]} replaced"
 else
@@ -512,7 +542,24 @@ else
     it_diag "node5: $(paste -sd';' <<<"$CK5")"
     show "2 5"
 fi
-CID[5]=$(pg_cid 5)
+# the rows node5 wrote while joining: on every node, each exactly once
+JWN=$(pg_val 5 "SELECT count(*) FROM quarantine WHERE rid > 100000")
+# how many committed before its snapshot was loaded (its log's clock)
+JWL=$(grep -o '^[0-9T:.-]*Z info store: snapshot loaded' "$IT_DIR/node5.log" 2>/dev/null | tail -n1 | cut -d' ' -f1)
+JWB=$([[ -n "$JWL" ]] && pg_val 5 "SELECT count(*) FROM quarantine WHERE rid > 100000 AND ts < '$JWL'::timestamptz")
+JWP=$(grep -o "the load's WAL: .*" "$IT_DIR/node5.log" 2>/dev/null | tail -n1)
+jw_everywhere() {
+    local i
+    for i in 1 2 3 4; do
+        [[ "$(pg_val "$i" "SELECT count(*) FROM quarantine WHERE cid = ${CID[5]} AND rid > 100000")" == "$JWN" ]] || return 1
+    done
+}
+if [[ -n "${CID[5]}" && "${CID[5]}" != 0 ]] && ((JWN > JWN0 && JWN0 > 0)) && it_wait_until jw_everywhere 30; then
+    it_ok "node5's own rows written while it joined reach every node: $JWN ($JWN0 when join returned, ${JWB:-?} before its snapshot was loaded; ${JWP:-no WAL line})"
+else
+    it_not_ok "the rows a joiner writes into its own per-origin table during and just after its snapshot are captured and replicated"
+    it_diag "node5 cid ${CID[5]}: $JWN rows ($JWN0 at join's return, ${JWB:-?} before loaded); on nodes 1-4: $(for i in 1 2 3 4; do pg_val "$i" "SELECT count(*) FROM quarantine WHERE cid = ${CID[5]:-0} AND rid > 100000"; done | paste -sd' '); ${JWP:-no WAL line}; $(head -c 300 "$IT_DIR/jw.out")"
+fi
 ok5=0
 if [[ -n "${CID[5]}" && "${CID[5]}" != 0 ]] &&
     pg_sql 5 "INSERT INTO quarantine VALUES (${CID[5]}, 1, 'node5 mail', 0, now()); INSERT INTO stats VALUES (${CID[5]}, 0, 'mails', 1)" >/dev/null 2>&1 &&
