@@ -10,7 +10,8 @@
 #    cmailstore, cmsreceivers). Anchor: `psql -c "COPY t TO STDOUT" | psql
 #    -c "COPY t FROM STDIN"` table by table into an empty server with the
 #    same table definitions. pmgcm: a node's `pmgcm join --no-wait` until its
-#    store says in-sync (status envelope .store.state, polled every 20 ms;
+#    store says in-sync (status envelope .store.state, polled every 50 ms,
+#    BENCH_JOIN_POLL_MS;
 #    the daemon's own "snapshot loaded ... in X s" is shown too). Twice
 #    each, interleaved (anchor, join node2, anchor, join node3); the ratio
 #    is mean pmgcm rows/s / mean anchor rows/s (target >= 1.0).
@@ -308,12 +309,17 @@ else:
     print("CPU s: " + ", ".join(out) + "; total %.2f" % tot)
 PY
 ctl() { timeout 10 python3 "$DIR/ctl.py" "$DIR/ctl$1.sock"; }
-ctl_wait() { # ctl_wait TIMEOUT STATE I [J...]
+ctl_wait() { # ctl_wait TIMEOUT STATE I [J...] (every CTL_POLL_MS, default 20)
     local t=$1 st=$2 i a=()
     shift 2
     for i in "$@"; do a+=("$DIR/ctl$i.sock"); done
-    python3 "$DIR/ctl.py" wait "$t" 20 "$st" "${a[@]}"
+    python3 "$DIR/ctl.py" wait "$t" "${CTL_POLL_MS:-20}" "$st" "${a[@]}"
 }
+# a join is polled every BENCH_JOIN_POLL_MS (default 50): each poll is a
+# full status envelope built by the joiner's daemon and parsed in python,
+# about 2-3 ms of CPU on both sides, which every 20 ms took some 0.5 s of
+# CPU from a 3 s join on 2 cores (BENCH_CPU); the anchor has no observer
+J_POLL_MS=${BENCH_JOIN_POLL_MS:-50}
 field() { ctl "$1" 2>/dev/null | jq -r "$2" 2>/dev/null; }
 # BENCH_CPU=1: where the CPU went in each anchor and join (cpu_mark TAG
 # before and after, cpu_diff A B prints per server, its walsender, the
@@ -380,7 +386,7 @@ join_measure() {
     t0=$(now_ms)
     "$PMGCM" --socket "$DIR/ctl$i.sock" join "$(ip_of "$m")" --fingerprint "$fp" \
         --password-file "$PW" --no-wait >"$DIR/join$i.out" 2>&1 || die "join node$i: $(cat "$DIR/join$i.out")"
-    w=$(ctl_wait 900 in-sync "$i" "$@") || die "node$i: polling its status failed"
+    w=$(CTL_POLL_MS=$J_POLL_MS ctl_wait 900 in-sync "$i" "$@") || die "node$i: polling its status failed"
     jq -e .ok <<<"$w" >/dev/null || die "node$i not in-sync after 900 s: $(jq -c .env.store <<<"$w")"
     J_MS=$(($(jq .done_ms <<<"$w") - t0))
     J_ROWS=$(jq .env.store.snapshot.rows <<<"$w")
