@@ -217,6 +217,10 @@ for i in $ALL4; do
     CID[i]=$(self_cid "$i")
     [[ "$(pg_cid "$i")" == "${CID[i]}" ]] || bad+="node$i: status cid '${CID[i]}', store cid '$(pg_cid "$i")'; "
 done
+# what became of each joiner's load WAL (nobody writes on them yet: their
+# slots usually skip it; their own rows written from the next section on
+# must reach every node either way)
+for i in 2 3 4; do it_diag "node$i: $(grep -o "the load's WAL: .*" "$IT_DIR/node$i.log" 2>/dev/null | tail -n1)"; done
 if [[ -z "$bad" ]] && it_wait_until "in_sync '$ALL4'" 30; then
     it_ok "node1 creates, nodes 2-4 join; cids ${CID[1]} ${CID[2]} ${CID[3]} ${CID[4]} (status = pmgcm.state), all in-sync"
 else
