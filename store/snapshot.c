@@ -12,7 +12,9 @@
  * without loaded data (a join) asks for parallel tables: one transaction
  * empties everything and marks the node not loaded, then loaders (threads,
  * a connection each) load a table each in its own transaction, and a last
- * one sets the position and marks the node loaded.
+ * one sets the position and marks the node loaded. Its capture pauses
+ * meanwhile, and the slot is moved past the load's WAL afterwards when
+ * nothing else committed (snap_skip_load).
  */
 #define _GNU_SOURCE
 #include "store/internal.h"
