@@ -28,7 +28,7 @@ TEST_PKGS+=(chromium chromium-driver python3-selenium)
 # Fuzzing (make fuzz): clang with libFuzzer (Debian 12's clang 14 ships it).
 TEST_PKGS+=(clang)
 # Benchmark anchor (bench/detect, bench/soak compare against Serf).
-BENCH_PKGS=(serf)
+BENCH_PKGS=(serf python3-msgpack)
 # Services: every test node gets its own throwaway PostgreSQL 15 server
 # (store/; server binaries in /usr/lib/postgresql/15/bin).
 SERVICE_PKGS=(postgresql-15 postgresql-client-15)
