@@ -159,22 +159,6 @@ typedef struct tail {
     int64_t last_ts;
 } tail;
 
-/* "2026-12-02 03:10:11.123456+00" */
-static void ts_text(int64_t unix_us, char *buf, size_t len)
-{
-    time_t s = (time_t)(unix_us / 1000000);
-    long us = (long)(unix_us % 1000000);
-    if (us < 0) {
-        us += 1000000;
-        s -= 1;
-    }
-    struct tm tm;
-    gmtime_r(&s, &tm);
-    snprintf(buf, len, "%04d-%02d-%02d %02d:%02d:%02d.%06ld+00",
-             tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-             tm.tm_min, tm.tm_sec, us);
-}
-
 /* The changes from first on, checked (contiguous after recv, no older
  * term, the origin's own, a known op) and written as COPY text into *out
  * (malloc'd, *len bytes). */
@@ -225,7 +209,7 @@ static int encode_copy(const apply_job *aj, const batch *bt, size_t first,
         *p++ = '\t';
         pst_copy_esc(&p, ch->new_);
         char ts[64];
-        ts_text(ch->ts_us, ts, sizeof(ts));
+        pst_ts_text(ch->ts_us, ts, sizeof(ts));
         p += sprintf(p, "\t%s\t%c\t%u\n", ts, ch->last ? 't' : 'f',
                      ch->has_origin ? ch->origin : 0);
         if (ch->last) {
@@ -701,6 +685,20 @@ void pst_apply_dispatch(pst_session *s, const uint8_t *buf, size_t len)
     pmgcm__store__msg__free_unpacked(m, NULL);
 }
 
+void pst_ts_text(int64_t unix_us, char *buf, size_t len)
+{
+    time_t s = (time_t)(unix_us / 1000000);
+    long us = (long)(unix_us % 1000000);
+    if (us < 0) {
+        us += 1000000;
+        s -= 1;
+    }
+    struct tm tm;
+    gmtime_r(&s, &tm);
+    snprintf(buf, len, "%04d-%02d-%02d %02d:%02d:%02d.%06ld+00",
+             tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+             tm.tm_min, tm.tm_sec, us);
+}
 
 void pst_copy_esc(char **p, const char *s)
 {

@@ -373,22 +373,6 @@ static int wb_fmt(wbuf *b, const char *fmt, ...)
     return wb_put(b, tmp, (size_t)n);
 }
 
-/* "2026-12-02 03:10:11.123456+00" */
-static void ts_text(int64_t unix_us, char *buf, size_t len)
-{
-    time_t s = (time_t)(unix_us / 1000000);
-    long us = (long)(unix_us % 1000000);
-    if (us < 0) {
-        us += 1000000;
-        s -= 1;
-    }
-    struct tm tm;
-    gmtime_r(&s, &tm);
-    snprintf(buf, len, "%04d-%02d-%02d %02d:%02d:%02d.%06ld+00",
-             tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-             tm.tm_min, tm.tm_sec, us);
-}
-
 static const char *intern(pst_capture *cp, const char *s)
 {
     for (size_t i = 0; i < cp->n_names; i++)
@@ -587,7 +571,7 @@ static int emit_held(pst_capture *cp, held *h, bool origin, bool last)
 {
     if (!h->any) return 0;
     char ts[64];
-    ts_text(cp->src_ts, ts, sizeof(ts));
+    pst_ts_text(cp->src_ts, ts, sizeof(ts));
     int rc;
     wbuf *b = origin ? &cp->bolog : &cp->blog;
     if (origin)
@@ -654,7 +638,7 @@ static int on_change(pst_capture *cp, char op, const relent *e, char *old_,
         old_ = new_ = NULL;
     } else if (cp->main_dest == 2) {
         char ts[64], lsn[32];
-        ts_text(cp->src_ts, ts, sizeof(ts));
+        pst_ts_text(cp->src_ts, ts, sizeof(ts));
         pst_pgo_lsn_str(cp->src_commit_lsn, lsn, sizeof(lsn));
         rc = wb_fmt(&cp->bdiv,
                     "committed at %s (WAL %s) on this node while it was not"
@@ -724,8 +708,8 @@ static int wr_commit(pst_capture *cp, char *err, size_t el)
     if (rc) return rc;
     char lsn[32], q[700], ts[64], ots[64];
     pst_pgo_lsn_str(cp->end_lsn, lsn, sizeof(lsn));
-    ts_text(cp->last_ts, ts, sizeof(ts));
-    ts_text(cp->own_ts, ots, sizeof(ots));
+    pst_ts_text(cp->last_ts, ts, sizeof(ts));
+    pst_ts_text(cp->own_ts, ots, sizeof(ots));
     int n;
     if (cp->n_main)
         n = snprintf(q, sizeof(q),

@@ -385,6 +385,9 @@ void pst_apply_pump(pst_session *s);
 /* COPY text of one value into *p (escapes \\, tab, newline, CR; NULL as
  * \\N); the caller sized the buffer (2 bytes per input byte). */
 void pst_copy_esc(char **p, const char *s);
+/* unix_us as timestamptz text in UTC, "2026-12-02 03:10:11.123456+00",
+ * into buf (len bytes, 32 are enough). */
+void pst_ts_text(int64_t unix_us, char *buf, size_t len);
 
 /* snapshot.c */
 /* Tables a snapshot copies (server) or loads (client, when the node holds
