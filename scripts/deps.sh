@@ -10,7 +10,7 @@ set -euo pipefail
 # Build: compiler, autotools, libraries.
 BUILD_PKGS=(build-essential autoconf automake libtool pkg-config
             libuv1-dev libprotobuf-c-dev protobuf-c-compiler libmbedtls-dev
-            libpq-dev libjansson-dev)
+            libpq-dev libjansson-dev liblz4-dev)
 # Tests: JSON queries, network namespaces, process tools, leak checks, and
 # python3 (integration helpers speak raw control-socket requests and drive
 # pmgcm on a pty with it).

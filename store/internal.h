@@ -395,10 +395,12 @@ void pst_ts_text(int64_t unix_us, char *buf, size_t len);
 #define PST_SNAP_JOBS 4u
 /* Starts the snapshot thread of session s (server: copies; client:
  * loads). jobs: the client's Open.jobs (server) or what the client asked
- * for (client); 1 = one table after the other. NULL when out of memory or
- * no thread. */
+ * for (client); 1 = one table after the other. lz4: the client's Open.lz4
+ * (server: SNAP_DATA is sent compressed) or what the client asked for
+ * (client: compressed SNAP_DATA is accepted; uncompressed always is). NULL
+ * when out of memory or no thread. */
 pst_snap *pst_snap_start(pst_session *s, bool server, const char *schema,
-                         unsigned jobs);
+                         unsigned jobs, bool lz4);
 /* Never waits: a running thread is told to stop and frees sn itself. */
 void pst_snap_free(pst_snap *sn);
 void pst_snap_abort(pst_snap *sn);

@@ -316,7 +316,8 @@ int pst_server(pst_store *st, const uint8_t *open, size_t len,
         break;
     case PMGCM__STORE__OPEN__KIND__SNAPSHOT:
         s->sn = pst_snap_start(s, true, o->schema,
-                               o->has_jobs ? o->jobs : 1);
+                               o->has_jobs ? o->jobs : 1,
+                               o->has_lz4 && o->lz4);
         if (!s->sn) rc = -ENOMEM;
         else pst_log(st, 2, "store: sending a snapshot to node %u", s->cid);
         break;

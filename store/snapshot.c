@@ -21,6 +21,7 @@
 #include "store/store.pb-c.h"
 
 #include <errno.h>
+#include <lz4.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +31,9 @@ typedef Pmgcm__Store__Open Open;
 typedef Pmgcm__Store__Change Change;
 
 #define SNAP_CHUNK (256u * 1024u)
+/* the most a SNAP_DATA frame carries compressed (a bigger row goes alone,
+ * as it is); also the bound a client holds a frame's raw_len to */
+#define SNAP_ZMAX (SNAP_CHUNK + 65536u)
 #define SNAP_PIPE_MAX (8u << 20)
 
 /* ---- snapshots: the thread side --------------------------------------------------------- */
@@ -60,6 +64,8 @@ struct pst_snap {
     pst_origin opos[PST_ORIGINS_MAX]; /* client: positions received */
     size_t n_opos;
     unsigned jobs;       /* server: the client's Open.jobs; client: asked */
+    bool lz4;            /* server: compress SNAP_DATA; client: asked to */
+    uint64_t wire;       /* client (atomic): SNAP_DATA bytes as received */
     pthread_mutex_t lmu; /* client: the loaders' busy/dead, ours */
     pthread_cond_t lcv;
     int want_hold;       /* client (atomic): the thread asks the loop */
@@ -179,6 +185,7 @@ typedef struct srv_copy {
 typedef struct srv_job {
     srv_copy *cp;
     PGconn *c;          /* the coordinator's (not owned) or its own */
+    char *zbuf;         /* lz4: a frame's data compressed (owned) */
     bool own;
     uv_thread_t tid;
     bool started;
@@ -404,9 +411,13 @@ static int srv_send_begin(pst_snap *sn, PGconn *c, Pmgcm__Store__Pos *head,
     return rc;
 }
 
-static int srv_put(srv_copy *cp, Pmgcm__Store__Msg__Kind kind, const char *name,
+/* A frame of table `name`. SNAP_DATA to a client that asked for lz4 goes
+ * as one LZ4 block when it is at most SNAP_ZMAX and compresses (j->zbuf,
+ * LZ4_COMPRESSBOUND(SNAP_ZMAX) bytes); anything else as it is. */
+static int srv_put(srv_job *j, Pmgcm__Store__Msg__Kind kind, const char *name,
                    const void *data, size_t len)
 {
+    srv_copy *cp = j->cp;
     if (__atomic_load_n(&cp->failed, __ATOMIC_ACQUIRE)) return -ECANCELED;
     Msg d = PMGCM__STORE__MSG__INIT;
     d.kind = kind;
@@ -416,6 +427,17 @@ static int srv_put(srv_copy *cp, Pmgcm__Store__Msg__Kind kind, const char *name,
         d.has_data = true;
         d.data.data = (uint8_t *)data;
         d.data.len = len;
+    }
+    if (data && j->zbuf && kind == PMGCM__STORE__MSG__KIND__SNAP_DATA &&
+        len > 0 && len <= SNAP_ZMAX) {
+        int z = LZ4_compress_default(data, j->zbuf, (int)len,
+                                     LZ4_COMPRESSBOUND(SNAP_ZMAX));
+        if (z > 0 && (size_t)z < len) {
+            d.data.data = (uint8_t *)j->zbuf;
+            d.data.len = (size_t)z;
+            d.has_raw_len = true;
+            d.raw_len = (uint32_t)len;
+        }
     }
     return put_msg(cp->sn, &d);
 }
@@ -428,7 +450,7 @@ static int srv_copy_table(srv_job *j, int ti, char *chunk)
     pst_snap *sn = cp->sn;
     const char *name = cp->t->names[ti];
     PGconn *c = j->c;
-    int rc = srv_put(cp, PMGCM__STORE__MSG__KIND__SNAP_TABLE, name, NULL, 0);
+    int rc = srv_put(j, PMGCM__STORE__MSG__KIND__SNAP_TABLE, name, NULL, 0);
     if (rc) return rc;
     char *sql = NULL;
     int ar = cp->t->ocols[ti]
@@ -456,14 +478,14 @@ static int srv_copy_table(srv_job *j, int ti, char *chunk)
             return PST_EDB;
         }
         if (fill && fill + (size_t)n > SNAP_CHUNK + 65536) {
-            if ((rc = srv_put(cp, PMGCM__STORE__MSG__KIND__SNAP_DATA, name,
+            if ((rc = srv_put(j, PMGCM__STORE__MSG__KIND__SNAP_DATA, name,
                               chunk, fill)))
                 break;
             fill = 0;
         }
         if ((size_t)n > SNAP_CHUNK + 65536) {
             /* one enormous row: its own message */
-            rc = srv_put(cp, PMGCM__STORE__MSG__KIND__SNAP_DATA, name, row,
+            rc = srv_put(j, PMGCM__STORE__MSG__KIND__SNAP_DATA, name, row,
                          (size_t)n);
         } else {
             memcpy(chunk + fill, row, (size_t)n);
@@ -480,7 +502,7 @@ static int srv_copy_table(srv_job *j, int ti, char *chunk)
                                __ATOMIC_RELAXED);
             rows_told = rows;
             bytes_told = bytes;
-            if ((rc = srv_put(cp, PMGCM__STORE__MSG__KIND__SNAP_DATA, name,
+            if ((rc = srv_put(j, PMGCM__STORE__MSG__KIND__SNAP_DATA, name,
                               chunk, fill)))
                 break;
             fill = 0;
@@ -499,7 +521,7 @@ static int srv_copy_table(srv_job *j, int ti, char *chunk)
     PQclear(r);
     while ((r = PQgetResult(c))) PQclear(r);
     if (fill &&
-        (rc = srv_put(cp, PMGCM__STORE__MSG__KIND__SNAP_DATA, name, chunk, fill)))
+        (rc = srv_put(j, PMGCM__STORE__MSG__KIND__SNAP_DATA, name, chunk, fill)))
         return rc;
     if (cp->interleaved) {
         Msg e = PMGCM__STORE__MSG__INIT;
@@ -520,8 +542,11 @@ static void srv_job_main(void *arg)
     srv_job *j = arg;
     srv_copy *cp = j->cp;
     int rc = 0;
-    char *chunk = malloc(SNAP_CHUNK + 65536);
+    char *chunk = malloc(SNAP_ZMAX);
     if (!chunk) rc = -ENOMEM;
+    if (rc == 0 && cp->sn->lz4 &&
+        !(j->zbuf = malloc(LZ4_COMPRESSBOUND(SNAP_ZMAX))))
+        rc = -ENOMEM;
     if (rc == 0 && j->own) {
         j->c = pst_connect(cp->sn->st->conninfo, NULL, j->err, sizeof(j->err));
         if (!j->c) rc = PST_EDB;
@@ -538,6 +563,8 @@ static void srv_job_main(void *arg)
     }
     if (rc) __atomic_store_n(&cp->failed, 1, __ATOMIC_RELEASE);
     free(chunk);
+    free(j->zbuf);
+    j->zbuf = NULL;
     if (j->own && j->c) {
         PQfinish(j->c);
         j->c = NULL;
@@ -687,6 +714,7 @@ typedef struct snap_loader {
      * COPY and built again after it (CREATE INDEX statements) */
     char **rebuild;
     size_t n_rebuild;
+    char *zbuf;        /* a compressed frame's lines (SNAP_ZMAX, owned) */
     int rc;
     char err[256];
 } snap_loader;
@@ -809,12 +837,36 @@ static int ld_table(snap_loader *l, const char *name)
     return 0;
 }
 
-/* SNAP_DATA: whole COPY text lines of the table being loaded. */
-static int ld_data(snap_loader *l, const uint8_t *data, size_t len)
+/* SNAP_DATA: whole COPY text lines of the table being loaded, or (raw_len
+ * set, and only if we asked for lz4) one LZ4 block of exactly raw_len such
+ * bytes, at most SNAP_ZMAX. */
+static int ld_data(snap_loader *l, const Msg *m)
 {
+    const uint8_t *data = m->data.data;
+    size_t len = m->data.len;
     if (!l->in_copy) {
         snprintf(l->err, sizeof(l->err), "data outside a table");
         return PST_EPROTO;
+    }
+    __atomic_add_fetch(&l->sn->wire, len, __ATOMIC_RELAXED);
+    if (m->has_raw_len) {
+        if (!l->sn->lz4 || m->raw_len == 0 || m->raw_len > SNAP_ZMAX ||
+            len > (size_t)LZ4_COMPRESSBOUND(SNAP_ZMAX)) {
+            snprintf(l->err, sizeof(l->err), "compressed snapshot data of"
+                     " %u bytes: not asked for, or over %u", m->raw_len,
+                     SNAP_ZMAX);
+            return PST_EPROTO;
+        }
+        if (!l->zbuf && !(l->zbuf = malloc(SNAP_ZMAX))) return -ENOMEM;
+        int n = LZ4_decompress_safe((const char *)data, l->zbuf, (int)len,
+                                    (int)m->raw_len);
+        if (n < 0 || (uint32_t)n != m->raw_len) {
+            snprintf(l->err, sizeof(l->err), "compressed snapshot data does"
+                     " not decompress to its %u bytes", m->raw_len);
+            return PST_EPROTO;
+        }
+        data = (const uint8_t *)l->zbuf;
+        len = (size_t)n;
     }
     if (PQputCopyData(l->c, (const char *)data, (int)len) != 1) {
         pst_pgerr(l->c, NULL, l->err, sizeof(l->err));
@@ -868,7 +920,7 @@ static int ld_frame(snap_loader *l, const Msg *m)
         }
         return ld_table(l, m->name);
     case PMGCM__STORE__MSG__KIND__SNAP_DATA:
-        return ld_data(l, m->data.data, m->data.len);
+        return ld_data(l, m);
     case PMGCM__STORE__MSG__KIND__SNAP_TABLE_END:
         return ld_table_end(l);
     default:
@@ -926,6 +978,8 @@ static void ld_main(void *arg)
         }
     }
     rebuild_clear(l);
+    free(l->zbuf);
+    l->zbuf = NULL;
     if (l->own && l->c) {
         PQfinish(l->c);
         l->c = NULL;
@@ -1587,7 +1641,7 @@ static int snap_client_load(pst_snap *sn, PGconn *c)
                 rc = PST_EPROTO;
                 snprintf(err, el, "data outside a table");
             } else {
-                rc = ld_data(&one, m->data.data, m->data.len);
+                rc = ld_data(&one, m);
             }
             if (rc && one.err[0]) snprintf(err, el, "%s", one.err);
         } else {
@@ -1669,6 +1723,7 @@ static int snap_client_load(pst_snap *sn, PGconn *c)
     }
     if (one.in_copy) PQputCopyEnd(c, "aborted");
     rebuild_clear(&one);
+    free(one.zbuf);
     return rc;
 }
 
@@ -1696,7 +1751,7 @@ static void snap_client_main(void *arg)
 }
 
 pst_snap *pst_snap_start(pst_session *s, bool server, const char *schema,
-                         unsigned jobs)
+                         unsigned jobs, bool lz4)
 {
     pst_store *st = s->st;
     pst_snap *sn = calloc(1, sizeof(*sn));
@@ -1706,6 +1761,7 @@ pst_snap *pst_snap_start(pst_session *s, bool server, const char *schema,
     sn->self_cid = st->self_cid;
     sn->schema = schema ? strdup(schema) : NULL;
     sn->jobs = jobs < 1 ? 1 : jobs > PST_SNAP_JOBS ? PST_SNAP_JOBS : jobs;
+    sn->lz4 = lz4;
     pthread_mutex_init(&sn->lmu, NULL);
     pthread_cond_init(&sn->lcv, NULL);
     if (!server) {
@@ -1814,10 +1870,13 @@ void pst_snap_client_poll(pst_session *s)
             st->opos[st->n_opos++] = sn->opos[k];
         pst_set_error(st, "%s", "");
         pst_log(st, 2,
-                "store: snapshot loaded: %llu rows, %llu bytes, %u tables,"
-                " position %llu/%llu, in %.1f s",
+                "store: snapshot loaded: %llu rows, %llu bytes (%llu on the"
+                " wire), %u tables, position %llu/%llu, in %.1f s",
                 (unsigned long long)i->snap_rows,
-                (unsigned long long)i->snap_bytes, i->snap_tables,
+                (unsigned long long)i->snap_bytes,
+                (unsigned long long)__atomic_load_n(&sn->wire,
+                                                    __ATOMIC_RELAXED),
+                i->snap_tables,
                 (unsigned long long)sn->pos.epoch,
                 (unsigned long long)sn->pos.seq,
                 (double)(pst_mono_ms() - i->snap_started_ms) / 1000.0);
