@@ -1450,8 +1450,41 @@ static double num_of(const pmm_json *obj, const char *key)
  * stdout and stderr: nothing is drawn into a file or a pipe) that fits
  * its width and is redrawn in place. 0 in sync (or no database
  * configured), 1 failed (printed). */
+/* One step of wait_data's loop: returns when the daemon says its data is
+ * in sync, at most PMM_WAIT_SYNC_MS later (wait-sync), so the wait ends the
+ * moment the data is in; a daemon that does not know wait-sync (an older
+ * one: *sleep set from then on) makes it a sleep of that long. A daemon
+ * that cannot be reached is reported by the status call that follows. */
+static void wait_step(const cli *c, bool *sleep)
+{
+    if (!*sleep) {
+        pmm_buf req, in;
+        pmm_json *doc = NULL;
+        char err[64];
+        bool ok = false;
+        req_cmd(&req, "wait-sync");
+        pmm_buf_init(&in, PMM_CTL_REPLY_MAX);
+        int rc = req.err == 0 ? ask_daemon(c->sock, req.p, req.len,
+                                           IO_TIMEOUT_S, &in)
+                              : -1;
+        if (rc == 0 && pmm_json_parse(in.p, in.len, &doc, err,
+                                      sizeof(err)) == 0) {
+            const pmm_json *o = pmm_json_get(doc, "ok");
+            ok = o && o->type == PMM_JSON_BOOL && o->b;
+        }
+        pmm_json_free(doc);
+        pmm_buf_free(&req);
+        pmm_buf_free(&in);
+        if (ok || rc != 0) return;
+        *sleep = true;
+    }
+    struct timespec ts = {0, PMM_WAIT_SYNC_MS * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
 static int wait_data(const cli *c)
 {
+    bool sleep = false;
     bool tty = isatty(STDOUT_FILENO) && isatty(STDERR_FILENO) && !c->json;
     bool drawn = false;
     char last_err[300] = "";
@@ -1519,8 +1552,7 @@ static int wait_data(const cli *c)
             fflush(stderr);
             drawn = true;
         }
-        struct timespec ts = {0, 250 * 1000000};
-        nanosleep(&ts, NULL);
+        wait_step(c, &sleep);
     }
 }
 

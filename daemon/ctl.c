@@ -229,7 +229,10 @@ static void client_request(ctl_client *cl, size_t line_len)
         client_error(cl, "out of memory");
         return;
     }
-    pmm_log(strcmp(cmd, "status") == 0 || strcmp(cmd, "ping") == 0
+    /* the questions asked in loops (a join's wait asks four times a
+     * second) only at debug level */
+    pmm_log(strcmp(cmd, "status") == 0 || strcmp(cmd, "ping") == 0 ||
+                    strcmp(cmd, "wait-sync") == 0
                 ? PMM_LOG_DEBUG : PMM_LOG_INFO,
             "ctl", "%s requested by uid %ld", cmd, (long)cl->uid);
     req->base.answer = ctl_answer;

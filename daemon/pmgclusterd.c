@@ -75,6 +75,14 @@ typedef struct node {
     pmm_files *files; /* mirrored config files; NULL without files_dir */
     pmm_repl *repl;   /* the replicated database; NULL without db_conninfo */
     uv_timer_t db_meta_timer; /* store changes reach the metadata <= 1/s */
+    /* wait-sync requests not answered yet (each by its due time, at most
+     * one per control client) and the timer of the earliest */
+    struct {
+        pmm_ctl_req *req;
+        uint64_t due;
+    } waits[PMM_CTL_CLIENTS_MAX];
+    size_t n_waits;
+    uv_timer_t wait_timer;
     int lock_fd;
     gsp_id id;
     char id_hex[2 * GSP_ID_LEN + 1];
@@ -653,11 +661,62 @@ static void db_meta_cb(uv_timer_t *t)
 
 static void begin_shutdown(node *n, const char *why);
 
+static void waits_answer(node *n, bool all);
+
+static void wait_timer_cb(uv_timer_t *t)
+{
+    waits_answer(t->data, false);
+}
+
+/* Answers the wait-sync requests that are due: all of them when `all`, the
+ * store is in sync, or there is no store (then without a state); the rest
+ * wait for the timer or the store's next change. */
+static void waits_answer(node *n, bool all)
+{
+    pst_info si;
+    bool have = n->repl != NULL;
+    if (have) pmm_repl_info(n->repl, &si);
+    bool done = all || !have || si.state == PST_IN_SYNC;
+    uint64_t now = uv_now(&n->loop), next = UINT64_MAX;
+    size_t k = 0;
+    for (size_t i = 0; i < n->n_waits; i++) {
+        if (done || now >= n->waits[i].due) {
+            json_t *o = json_object();
+            if (have)
+                o = pmm_jadd(o, "state", pmm_jstrz(pst_state_name(si.state)));
+            pmm_ctl_reply_ok_with(n->waits[i].req, o);
+            continue;
+        }
+        if (n->waits[i].due < next) next = n->waits[i].due;
+        n->waits[k++] = n->waits[i];
+    }
+    n->n_waits = k;
+    if (k) uv_timer_start(&n->wait_timer, wait_timer_cb, next - now, 0);
+    else uv_timer_stop(&n->wait_timer);
+}
+
+static void dctl_wait_sync(node *n, pmm_ctl_req *req, const char *cmd,
+                           const pmm_json *args)
+{
+    (void)cmd, (void)args;
+    if (n->n_waits == PMM_CTL_CLIENTS_MAX) { /* more than ctl serves */
+        pmm_ctl_reply_error(req, "too many waits");
+        return;
+    }
+    n->waits[n->n_waits].req = req;
+    n->waits[n->n_waits].due = uv_now(&n->loop) + PMM_WAIT_SYNC_MS;
+    n->n_waits++;
+    waits_answer(n, n->stopping);
+}
+
 /* The store's state changed: into the metadata within a second (a store
- * that refuses the database for good stops the daemon). */
+ * that refuses the database for good stops the daemon); wait-sync
+ * requests learn it at once. */
 static void store_changed(void *ud)
 {
     node *n = ud;
+
+    if (n->n_waits) waits_answer(n, false);
 
     if (!n->stopping && n->repl != NULL) {
         pst_info si;
@@ -1641,6 +1700,7 @@ static const dctl_fn ctl_handlers[PMM_CMD_COUNT] = {
     [PMM_CMD_DRAIN] = dctl_drain,
     [PMM_CMD_UNDRAIN] = dctl_drain,
     [PMM_CMD_UPDATE_FP] = dctl_lc,
+    [PMM_CMD_WAIT_SYNC] = dctl_wait_sync,
 };
 
 static void ctl_handler(void *ud, pmm_ctl_req *req, const char *cmd,
@@ -2419,9 +2479,11 @@ static int stage_store(node *n)
 
 static void stop_store(node *n)
 {
+    waits_answer(n, true); /* before the control socket closes */
     pmm_repl_close(n->repl); /* before lc and the node API */
     n->repl = NULL;
     close_handle((uv_handle_t *)&n->db_meta_timer);
+    close_handle((uv_handle_t *)&n->wait_timer);
 }
 
 /* mirrored config files (files_dir): needs the lifecycle */
@@ -2645,6 +2707,8 @@ int main(int argc, char **argv)
     uv_timer_init(&n->loop, &n->meta_timer);
     uv_timer_init(&n->loop, &n->db_meta_timer);
     n->db_meta_timer.data = n;
+    uv_timer_init(&n->loop, &n->wait_timer);
+    n->wait_timer.data = n;
     uv_timer_init(&n->loop, &n->peers_timer);
     uv_timer_init(&n->loop, &n->leave_timer);
     uv_timer_init(&n->loop, &n->http_retry_timer);

@@ -613,6 +613,11 @@ int pmm_status_from_json(const pmm_json *arr, pmm_status_row **rows,
 #define PMM_CTL_CLIENTS_MAX 32
 #define PMM_CTL_IDLE_MS 5000
 #define PMM_CTL_PENDING_MS 120000
+/* wait-sync (a step of `pmgcm join`'s wait): the daemon answers
+ * {"ok":true,"state":S} the moment its store's state becomes in-sync, or
+ * with the state it has after this long, whichever is first; a node
+ * without a replicated database answers at once (state absent) */
+#define PMM_WAIT_SYNC_MS 250
 #define PMM_CTL_PASSWORD_MAX 1024
 #define PMM_CTL_FP_MAX 128
 #define PMM_CTL_ERR_MAX 256 /* an error message written by the parser */
@@ -656,6 +661,7 @@ typedef enum pmm_ctl_id {
     PMM_CMD_DRAIN,
     PMM_CMD_UNDRAIN,
     PMM_CMD_UPDATE_FP,
+    PMM_CMD_WAIT_SYNC,
     PMM_CMD_DETACH,
     PMM_CMD_KEYGEN,
     PMM_CMD_HELP,

@@ -189,6 +189,20 @@ else
     it_diag "join exit $RC after $(ms $JOIN2_MS) s: $OUT"
     show "1 2"
 fi
+# the join's wait asks wait-sync between its looks: an in-sync node answers
+# it at once with its state; the snapshot came compressed (LZ4): its log
+# says how many bytes crossed the wire for how many bytes of rows
+WS=$(it_ctl 2 '{"cmd":"wait-sync"}')
+LOADED=$(grep -o 'snapshot loaded: [0-9]* rows, [0-9]* bytes ([0-9]* on the wire)' "$(it_log 2)" | tail -n1)
+RAWB=$(sed 's/.* rows, \([0-9]*\) bytes.*/\1/' <<<"$LOADED")
+WIREB=$(sed 's/.*(\([0-9]*\) on the wire)/\1/' <<<"$LOADED")
+if [[ "$(jq -c . <<<"$WS" 2>/dev/null)" == '{"ok":true,"state":"in-sync"}' ]] &&
+    [[ -n "$RAWB" && -n "$WIREB" ]] && ((WIREB > 0 && WIREB * 2 < RAWB)); then
+    it_ok "node2 answers wait-sync at once: $WS; its snapshot took $WIREB bytes on the wire for $RAWB bytes of rows"
+else
+    it_not_ok "node2 answers wait-sync with in-sync, and its snapshot was compressed"
+    it_diag "wait-sync: $WS; log: ${LOADED:-no 'snapshot loaded' line}"
+fi
 run 3 join "${IT_IP[1]}" --fingerprint "$FP1" --password-file "$PW" --no-wait
 NOWAIT_MS=$DUR_MS NOWAIT_RC=$RC NOWAIT_OUT=$OUT
 t0=$(it_now_ms)

@@ -26,7 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAXREQ 4
+#define MAXREQ 8
 
 /* a well-formed certificate fingerprint, as pmgcm prints it, in lower
  * case, and as the 64 digits alone */
@@ -340,6 +340,7 @@ static void test_join_waits_for_data(void)
                 "\"error\":\"\",\"loaded\":false,\"snapshot\":{\"rows\":10,"
                 "\"bytes\":1000,\"est_rows\":20,\"est_bytes\":2000,"
                 "\"tables\":2,\"tables_done\":1,\"elapsed_ms\":100}}}\n",
+                "{\"ok\":true,\"state\":\"in-sync\"}\n",
                 "{\"ok\":true,\"store\":{\"state\":\"in-sync\","
                 "\"error\":\"\",\"loaded\":true,\"snapshot\":{\"rows\":20,"
                 "\"bytes\":2000,\"est_rows\":20,\"est_bytes\":2000,"
@@ -348,11 +349,38 @@ static void test_join_waits_for_data(void)
             ARGS("--socket", sock_path, "join", "10.0.0.1", "--fingerprint",
                  FP, "--password-file", pwfile));
     CHECK_EQ_INT(r.rc, 0);
-    CHECK_EQ_INT(r.nreq, 4);
+    CHECK_EQ_INT(r.nreq, 5);
     CHECK(strcmp(r.req[2], "{\"cmd\":\"status\"}\n") == 0);
+    /* between two looks, the daemon is asked to answer once in sync */
+    CHECK(strcmp(r.req[3], "{\"cmd\":\"wait-sync\"}\n") == 0);
+    CHECK(strcmp(r.req[4], "{\"cmd\":\"status\"}\n") == 0);
     CHECK(strstr(r.out, "joined cluster as cid 4\n") != NULL);
     CHECK(strstr(r.out, "data in sync: snapshot of 20 rows") != NULL);
-    if (r.rc != 0 || r.nreq != 4)
+    if (r.rc != 0 || r.nreq != 5)
+        show(&r);
+
+    /* an older daemon without wait-sync: no error shown, it sleeps
+     * between looks from then on (not asked again) */
+    run_cli(&r,
+            ANS(NOCL, "{\"ok\":true,\"cid\":4}\n",
+                "{\"ok\":true,\"store\":{\"state\":\"loading\","
+                "\"error\":\"\",\"loaded\":false}}\n",
+                "{\"ok\":false,\"error\":\"unknown command\"}\n",
+                "{\"ok\":true,\"store\":{\"state\":\"loading\","
+                "\"error\":\"\",\"loaded\":false}}\n",
+                "{\"ok\":true,\"store\":{\"state\":\"in-sync\","
+                "\"error\":\"\",\"loaded\":true}}\n"),
+            NULL,
+            ARGS("--socket", sock_path, "join", "10.0.0.1", "--fingerprint",
+                 FP, "--password-file", pwfile));
+    CHECK_EQ_INT(r.rc, 0);
+    CHECK_EQ_INT(r.nreq, 6);
+    CHECK(strcmp(r.req[3], "{\"cmd\":\"wait-sync\"}\n") == 0);
+    CHECK(strcmp(r.req[4], "{\"cmd\":\"status\"}\n") == 0);
+    CHECK(strcmp(r.req[5], "{\"cmd\":\"status\"}\n") == 0);
+    CHECK(strstr(r.err, "unknown command") == NULL);
+    CHECK(strstr(r.out, "data in sync") != NULL);
+    if (r.rc != 0 || r.nreq != 6)
         show(&r);
 
     /* a schema mismatch: exit 1, the reason, and "nothing was changed" */
