@@ -378,26 +378,29 @@ static json_t *row_json(const pmm_status_row *r)
         "last_seen", r->last_seen >= 0 ? json_integer(r->last_seen)
                                        : json_null());
     if (o == NULL) return NULL;
-    if (r->removed) json_object_set_new(o, "removed", json_true());
+    /* a member whose row could not be built in full (out of memory)
+     * fails the whole answer: never a row silently missing a part */
+    int bad = 0;
+    if (r->removed) bad |= json_object_set_new(o, "removed", json_true());
     /* versions: known once the node's metadata was read */
     if (r->proto_min != 0) {
-        json_object_set_new(o, "version", r->version[0]
-                                              ? pmm_jstrz(r->version)
-                                              : json_null());
-        json_object_set_new(o, "protocol",
-                            json_pack("{s:I, s:I}", "min",
-                                      (json_int_t)r->proto_min, "max",
-                                      (json_int_t)r->proto_max));
+        bad |= json_object_set_new(o, "version", r->version[0]
+                                                     ? pmm_jstrz(r->version)
+                                                     : json_null());
+        bad |= json_object_set_new(o, "protocol",
+                                   json_pack("{s:I, s:I}", "min",
+                                             (json_int_t)r->proto_min, "max",
+                                             (json_int_t)r->proto_max));
     }
     if (r->has_db) {
         json_t *origins = json_array();
         for (uint32_t k = 0; origins && k < r->n_origins; k++)
-            json_array_append_new(
+            bad |= json_array_append_new(
                 origins, json_pack("{s:I, s:I, s:I}", "cid",
                                    (json_int_t)r->origins[k].cid, "seq",
                                    (json_int_t)r->origins[k].seq, "behind",
                                    (json_int_t)r->origins[k].behind));
-        json_object_set_new(
+        bad |= json_object_set_new(
             o, "db",
             json_pack("{s:o, s:o, s:{s:I, s:I}, s:I, s:I, s:I, s:o, s:o}",
                       "state", pmm_jstrz(r->db_state), "reason",
@@ -408,6 +411,10 @@ static json_t *row_json(const pmm_status_row *r)
                       "lag_changes", (json_int_t)r->lag_changes,
                       "lag_seconds", jround(r->lag_seconds, 3), "origins",
                       origins));
+    }
+    if (bad) {
+        json_decref(o);
+        return NULL;
     }
     return o;
 }

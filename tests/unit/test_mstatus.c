@@ -226,6 +226,65 @@ static void test_json_roundtrip(void)
     pmm_buf_free(&b);
 }
 
+/* jansson's allocator for test_rows_json_oom: fails the oom_at-th call */
+static long oom_n, oom_at;
+static void *oom_malloc(size_t n)
+{
+    return ++oom_n == oom_at ? NULL : malloc(n);
+}
+
+/* Out of memory at any point of building the rows' JSON: either the whole
+ * answer or none (NULL), never a member or a part of one silently left
+ * out (a status that lies). Every allocation is failed in turn. */
+static void test_rows_json_oom(void)
+{
+    pmm_status_row rows[2];
+    rows[0] = row("m", 1, "10.0.0.1", "master", 'A', 10, 0.5, 1, 1);
+    rows[1] = row("f", 2, "10.0.0.2", "node", 'A', 10, 0.5, 1, 1);
+    for (int i = 0; i < 2; i++) {
+        rows[i].has_db = true;
+        snprintf(rows[i].db_state, sizeof(rows[i].db_state), "in-sync");
+        rows[i].proto_min = rows[i].proto_max = 1;
+        rows[i].removed = i == 1;
+    }
+    rows[1].n_origins = 2;
+    rows[1].origins[0].cid = 1;
+    rows[1].origins[1].cid = 2;
+    json_decref(pmm_jstrz("")); /* the project's allocator is set first */
+    json_t *full = pmm_status_rows_json(rows, 2);
+    REQUIRE(full != NULL);
+    char *want = json_dumps(full, JSON_COMPACT | JSON_SORT_KEYS);
+    REQUIRE(want != NULL);
+    json_decref(full);
+    json_malloc_t om;
+    json_free_t of;
+    json_get_alloc_funcs(&om, &of);
+    long nulls = 0, calls = 0;
+    for (oom_at = 1;; oom_at++) {
+        oom_n = 0;
+        json_set_alloc_funcs(oom_malloc, of);
+        json_t *j = pmm_status_rows_json(rows, 2);
+        json_set_alloc_funcs(om, of);
+        if (j == NULL) {
+            nulls++;
+            continue;
+        }
+        char *got = json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
+        json_decref(j);
+        CHECK(got != NULL && strcmp(got, want) == 0);
+        if (got && strcmp(got, want) != 0)
+            printf("#   allocation %ld failed: %s\n#   instead of %s\n", oom_at,
+                   got, want);
+        free(got);
+        calls = oom_n;
+        if (oom_at > oom_n) break; /* no allocation failed any more */
+    }
+    printf("# %ld allocations; each failed in turn gave no answer %ld times\n",
+           calls, nulls);
+    CHECK(nulls > 10);
+    free(want);
+}
+
 /* The store's columns: lag against the alive master, 'S' while not in
  * sync, and the db object through JSON and back. */
 static void test_db_rows(void)
@@ -954,6 +1013,7 @@ int main(void)
     TAP_RUN(test_reasons);
     TAP_RUN(test_promote_checks);
     TAP_RUN(test_rows_validation);
+    TAP_RUN(test_rows_json_oom);
     TAP_RUN(test_json_reader);
     TAP_RUN(test_row_from_member);
     return tap_done();
