@@ -2288,7 +2288,7 @@ static int cmd_detach(const cli *c)
             pmm_buf_init(&b, 1 << 16);
             if (json_text(&b, json_pack("{s:b, s:o}", "ok", 0, "error",
                                         pmm_jstrz(err))) == 0)
-                printf("%s\n", b.p);
+                write_json(b.p, b.len); /* json-pretty too */
             pmm_buf_free(&b);
         }
         fprintf(stderr, "pmgcm: detach: %s\n", safe);
@@ -2299,7 +2299,7 @@ static int cmd_detach(const cli *c)
         pmm_buf_init(&b, 1 << 16);
         rc = json_text(&b, json_pack("{s:b, s:o}", "ok", 1, "report",
                                      pmm_jstrz(report)));
-        if (rc == 0) printf("%s\n", b.p);
+        if (rc == 0) rc = write_json(b.p, b.len); /* json-pretty too */
         pmm_buf_free(&b);
         return rc;
     }

@@ -85,12 +85,17 @@ fi
 # ---- detach refused while a daemon uses the database -----------------------------------
 out=$(timeout 30 "$PMGCM" detach --db "$(pg_conninfo 2)" 2>&1)
 rc=$?
+# the same refusal as JSON, indented with json-pretty like every answer
+jout=$(timeout 30 "$PMGCM" --output-format json-pretty detach --db "$(pg_conninfo 2)" 2>/dev/null)
+jrc=$?
 if ((rc == 1)) && [[ "$out" == *"a pmgclusterd uses this database"* ]] &&
-    [[ "$(st 2 role)" == replica ]]; then
-    it_ok "pmgcm detach on a running node's database is refused, nothing changed: '$(first_line "$out" | cut -c1-140)...'"
+    [[ "$(st 2 role)" == replica ]] && ((jrc == 1)) &&
+    [[ "$(jq -r '.ok, (.error | test("a pmgclusterd uses this database"))' <<<"$jout" 2>/dev/null | paste -sd,)" == false,true ]] &&
+    [[ "$(head -n1 <<<"$jout")" == "{" && "$(sed -n 2p <<<"$jout")" == "  \""* ]]; then
+    it_ok "pmgcm detach on a running node's database is refused, nothing changed: '$(first_line "$out" | cut -c1-140)...' (json-pretty: $(wc -l <<<"$jout") lines)"
 else
     it_not_ok "pmgcm detach refuses a database a daemon uses"
-    it_diag "exit $rc: $out; role $(st 2 role)"
+    it_diag "exit $rc: $out; role $(st 2 role); json-pretty exit $jrc: $jout"
 fi
 
 # ---- backups, then everything lost --------------------------------------------------------
