@@ -141,7 +141,7 @@ pg_start() {
     cp -a "$DIR/pg/template" "$d" && mkdir -m 0700 "$s" && chown "$PG_USER:" "$s" || die "pg dirs $i"
     PGD[i]=$d
     pg_as "$PG_BINDIR/pg_ctl" -D "$d" -l "$s/server.log" -w -t 60 \
-        -o "-c listen_addresses='' -k $s ${STAGES:+-c track_commit_timestamp=on }-c fsync=off -c full_page_writes=off -c wal_level=logical -c max_slot_wal_keep_size=1GB -c shared_buffers=128MB -c max_wal_size=2GB -c max_connections=60 -c log_min_messages=warning" \
+        -o "-c listen_addresses='' -k $s ${STAGES:+-c track_commit_timestamp=on }-c fsync=off -c full_page_writes=off -c wal_level=logical -c max_slot_wal_keep_size=1GB -c shared_buffers=128MB -c max_wal_size=2GB -c max_connections=60 -c log_min_messages=warning${BENCH_PG_OPTS:+ $BENCH_PG_OPTS}" \
         start >>"$DIR/pg/ctl$i.log" 2>&1 || die "pg_ctl start $i: $(tail -n 3 "$s/server.log")"
     "$PSQL" -X -q -h "$s" -U postgres -d postgres -c 'CREATE DATABASE pmg' >/dev/null || die "createdb on $i"
 }
@@ -661,12 +661,28 @@ if [[ -z "$POLL_MS" ]]; then
 else
     LAG_HOW="followers polled every ${POLL_MS} ms" LAG_OPT=(--poll-ms "$POLL_MS")
 fi
+# quiesce I...: before a lag run, each server's dirty pages written
+# (CHECKPOINT) and its slot caught up with its WAL (a follower's capture
+# still decoding the snapshot it just loaded, or a checkpoint writing it
+# out, made the first 1-2 s of a run the slowest of it)
+quiesce() {
+    local i lsn n
+    for i in "$@"; do sqlc "$i" "CHECKPOINT" >/dev/null; done
+    for i in "$@"; do
+        lsn=$(sqlc "$i" "SELECT pg_current_wal_insert_lsn()")
+        for n in $(seq 600); do
+            [[ "$(sqlc "$i" "SELECT coalesce(bool_and(confirmed_flush_lsn >= '$lsn'), true) FROM pg_replication_slots")" == t ]] && break
+            sleep 0.1
+        done
+        ((n < 600)) || log "WARNING: server $i's slot did not reach $lsn in 60 s"
+    done
+}
 if only lag; then
 declare -A LAG
 k=0
 for r in $RATES; do
     k=$((k + 1))
-    sleep 2
+    quiesce 1 2 3
     log "delta lag: $r commits/s for ${SECS}s on node1, $LAG_HOW (node2, node3)"
     LAG[$r:load0]=$(cut -d' ' -f1-3 /proc/loadavg)
     out=$("$STORE_LAG" --master "$(pg_ci 1)" --follower "$(pg_ci 2)" --follower "$(pg_ci 3)" \
