@@ -685,11 +685,14 @@ for r in $RATES; do
     quiesce 1 2 3
     log "delta lag: $r commits/s for ${SECS}s on node1, $LAG_HOW (node2, node3)"
     LAG[$r:load0]=$(cut -d' ' -f1-3 /proc/loadavg)
+    cpu_mark "lag$r.0"
     out=$("$STORE_LAG" --master "$(pg_ci 1)" --follower "$(pg_ci 2)" --follower "$(pg_ci 3)" \
         --rate "$r" --seconds "$SECS" --start-id $((k * 100000000)) "${LAG_OPT[@]}" \
         --drain-s "$DRAIN" --raw "$DIR/lag-$r.txt" 2>"$DIR/lag-$r.err")
     LAG[$r:rc]=$?
     LAG[$r:load1]=$(cut -d' ' -f1-3 /proc/loadavg)
+    cpu_mark "lag$r.1"
+    [[ -z "$CPU" ]] || log "delta lag at $r/s: $(cpu_diff "lag$r.0" "lag$r.1")"
     [[ -n "$STAGES" ]] && out+=$'\n'$(stages "$((k * 100000000))" "$((k * 100000000 + 100000000 - 1))" "$DIR/lag-$r.txt")
     LAG[$r]=$out
     echo "$out" | sed 's/^/    /' >&2
