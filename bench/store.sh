@@ -662,9 +662,12 @@ else
     LAG_HOW="followers polled every ${POLL_MS} ms" LAG_OPT=(--poll-ms "$POLL_MS")
 fi
 # quiesce I...: before a lag run, each server's dirty pages written
-# (CHECKPOINT) and its slot caught up with its WAL (a follower's capture
-# still decoding the snapshot it just loaded, or a checkpoint writing it
-# out, made the first 1-2 s of a run the slowest of it)
+# (CHECKPOINT) and its slot caught up with its WAL, so that every run
+# starts from the same state (not with a follower's capture still decoding
+# the snapshot it just loaded, or a checkpoint due). It did not remove the
+# slow start: 6 runs without and 5 with it all had 1-3 episodes of
+# changes over 40 ms in their first 1.5 s (first plans of new sessions,
+# the relation's first messages, the writer's start)
 quiesce() {
     local i lsn n
     for i in "$@"; do sqlc "$i" "CHECKPOINT" >/dev/null; done
