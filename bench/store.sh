@@ -18,8 +18,11 @@
 #    is mean pmgcm rows/s / mean anchor rows/s (target >= 1.0).
 # 2. Delta lag. Master + 2 followers; bench/store_lag commits single-row
 #    transactions on the master at BENCH_RATES (default "1000 10000") per
-#    second for BENCH_SECONDS (default 60) each, and polls both followers
-#    every BENCH_POLL_MS (default 2) ms for the newest visible id: lag =
+#    second for BENCH_SECONDS (default 60) each, and timestamps each
+#    follower's notification of what its apply made visible (a statement
+#    trigger ENABLE ALWAYS on bench_lag there, lag_notify; no query runs on
+#    the followers for it; BENCH_POLL_MS=N polls each follower every N ms
+#    for the newest visible id instead, the way before): lag =
 #    visible on the follower - commit acknowledged on the master (p50, p99;
 #    "all" = the slower follower per change). Target: p99 < 100 ms at
 #    1,000/s. Reference: PMG's own sync cycle, 120 s; and the raw local
@@ -35,7 +38,8 @@
 #    master -> the commit of its pmgcm.log row there ("capture": the
 #    walsender's decoding and the capture's batch) -> its commit on each
 #    follower ("ship+apply": serve's read, the TLS stream, the follower's
-#    apply transaction); the rest of a follower's lag is the poll.
+#    apply transaction); the rest of a follower's lag is the notification
+#    (or the poll).
 # 2b. db_sync = one beside off (BENCH_ONLY=sync): node1's daemon restarted
 #    with each in turn, the same writer at BENCH_SYNC_RATE (default 20)
 #    commits/s; medians of the master's commit latency p50/p99, the ratio.
@@ -72,7 +76,9 @@ else
     QUICK= ROWS=${BENCH_ROWS:-1000000} SECS=${BENCH_SECONDS:-60} BIG_GB=${BENCH_BIG_GB:-1}
 fi
 RATES=${BENCH_RATES:-1000 10000}
-POLL_MS=${BENCH_POLL_MS:-2}
+# BENCH_POLL_MS unset: followers push (LISTEN/NOTIFY, lag_notify below);
+# set: store_lag polls each follower every BENCH_POLL_MS ms (the old way)
+POLL_MS=${BENCH_POLL_MS:-}
 STAGES=${BENCH_STAGES:-}
 [[ "$STAGES" == 0 ]] && STAGES=
 DRAIN=$((SECS * 2 > 30 ? SECS * 2 : 30))
@@ -97,7 +103,7 @@ command -v jq >/dev/null || die "jq not installed"
 command -v python3 >/dev/null || die "python3 not installed"
 id "$PG_USER" >/dev/null 2>&1 || die "no user $PG_USER"
 
-DIR=$(mktemp -d /tmp/pmgcm-bench-store.XXXXXX) || die "mktemp"
+DIR=$(mktemp -d "${TMPDIR:-/tmp}/pmgcm-bench-store.XXXXXX") || die "mktemp"
 chmod 0711 "$DIR"
 NET=127.1.$((1 + $$ % 250))
 declare -a DPID PGD
@@ -136,7 +142,7 @@ pg_start() {
     cp -a "$DIR/pg/template" "$d" && mkdir -m 0700 "$s" && chown "$PG_USER:" "$s" || die "pg dirs $i"
     PGD[i]=$d
     pg_as "$PG_BINDIR/pg_ctl" -D "$d" -l "$s/server.log" -w -t 60 \
-        -o "-c listen_addresses='' -k $s ${STAGES:+-c track_commit_timestamp=on }-c fsync=off -c full_page_writes=off -c wal_level=logical -c max_slot_wal_keep_size=1GB -c shared_buffers=128MB -c max_wal_size=2GB -c max_connections=60 -c log_min_messages=warning" \
+        -o "-c listen_addresses='' -k $s ${STAGES:+-c track_commit_timestamp=on }-c fsync=off -c full_page_writes=off -c wal_level=logical -c max_slot_wal_keep_size=1GB -c shared_buffers=128MB -c max_wal_size=2GB -c max_connections=60 -c log_min_messages=warning${BENCH_PG_OPTS:+ $BENCH_PG_OPTS}" \
         start >>"$DIR/pg/ctl$i.log" 2>&1 || die "pg_ctl start $i: $(tail -n 3 "$s/server.log")"
     "$PSQL" -X -q -h "$s" -U postgres -d postgres -c 'CREATE DATABASE pmg' >/dev/null || die "createdb on $i"
 }
@@ -642,19 +648,70 @@ pct("stage_node2", [vis2[k] - n[k] for k in n if k in vis2])
 pct("stage_node3", [vis3[k] - n[k] for k in n if k in vis3])
 PY
 }
+# lag_notify I: on follower I, every statement the store's apply runs on
+# bench_lag notifies channel bench_lag of its rows' max id (ENABLE ALWAYS:
+# the apply runs with session_replication_role = replica; one statement
+# trigger with a transition table, so a set-based apply of many rows sends
+# one notification); store_lag listens. Not on the master (its commits
+# would pay for it) nor on server 4 (the anchor).
+lag_notify() {
+    sql "$1" >/dev/null <<'EOF'
+CREATE OR REPLACE FUNCTION bench_lag_notify() RETURNS trigger LANGUAGE plpgsql AS $f$
+DECLARE m bigint;
+BEGIN
+  SELECT max(id) INTO m FROM bench_lag_new;
+  IF m IS NOT NULL THEN PERFORM pg_notify('bench_lag', m::text); END IF;
+  RETURN NULL;
+END $f$;
+DROP TRIGGER IF EXISTS bench_lag_notify ON bench_lag;
+CREATE TRIGGER bench_lag_notify AFTER INSERT ON bench_lag REFERENCING NEW TABLE AS bench_lag_new
+  FOR EACH STATEMENT EXECUTE FUNCTION bench_lag_notify();
+ALTER TABLE bench_lag ENABLE ALWAYS TRIGGER bench_lag_notify;
+EOF
+}
+if [[ -z "$POLL_MS" ]]; then
+    LAG_HOW="followers push each apply (LISTEN/NOTIFY)" LAG_OPT=()
+    if only lag || only sync; then
+        for i in 2 3; do lag_notify "$i" || die "the notify trigger on server $i"; done
+    fi
+else
+    LAG_HOW="followers polled every ${POLL_MS} ms" LAG_OPT=(--poll-ms "$POLL_MS")
+fi
+# quiesce I...: before a lag run, each server's dirty pages written
+# (CHECKPOINT) and its slot caught up with its WAL, so that every run
+# starts from the same state (not with a follower's capture still decoding
+# the snapshot it just loaded, or a checkpoint due). It did not remove the
+# slow start: 6 runs without and 5 with it all had 1-3 episodes of
+# changes over 40 ms in their first 1.5 s (first plans of new sessions,
+# the relation's first messages, the writer's start)
+quiesce() {
+    local i lsn n
+    for i in "$@"; do sqlc "$i" "CHECKPOINT" >/dev/null; done
+    for i in "$@"; do
+        lsn=$(sqlc "$i" "SELECT pg_current_wal_insert_lsn()")
+        for n in $(seq 600); do
+            [[ "$(sqlc "$i" "SELECT coalesce(bool_and(confirmed_flush_lsn >= '$lsn'), true) FROM pg_replication_slots")" == t ]] && break
+            sleep 0.1
+        done
+        ((n < 600)) || log "WARNING: server $i's slot did not reach $lsn in 60 s"
+    done
+}
 if only lag; then
 declare -A LAG
 k=0
 for r in $RATES; do
     k=$((k + 1))
-    sleep 2
-    log "delta lag: $r commits/s for ${SECS}s on node1, followers node2 and node3 polled every ${POLL_MS} ms"
+    quiesce 1 2 3
+    log "delta lag: $r commits/s for ${SECS}s on node1, $LAG_HOW (node2, node3)"
     LAG[$r:load0]=$(cut -d' ' -f1-3 /proc/loadavg)
+    cpu_mark "lag$r.0"
     out=$("$STORE_LAG" --master "$(pg_ci 1)" --follower "$(pg_ci 2)" --follower "$(pg_ci 3)" \
-        --rate "$r" --seconds "$SECS" --start-id $((k * 100000000)) --poll-ms "$POLL_MS" \
+        --rate "$r" --seconds "$SECS" --start-id $((k * 100000000)) "${LAG_OPT[@]}" \
         --drain-s "$DRAIN" --raw "$DIR/lag-$r.txt" 2>"$DIR/lag-$r.err")
     LAG[$r:rc]=$?
     LAG[$r:load1]=$(cut -d' ' -f1-3 /proc/loadavg)
+    cpu_mark "lag$r.1"
+    [[ -z "$CPU" ]] || log "delta lag at $r/s: $(cpu_diff "lag$r.0" "lag$r.1")"
     [[ -n "$STAGES" ]] && out+=$'\n'$(stages "$((k * 100000000))" "$((k * 100000000 + 100000000 - 1))" "$DIR/lag-$r.txt")
     LAG[$r]=$out
     echo "$out" | sed 's/^/    /' >&2
@@ -662,12 +719,15 @@ for r in $RATES; do
     [[ -s "$DIR/lag-$r.err" ]] && log "store_lag: $(head -c 300 "$DIR/lag-$r.err")"
 done
 # the anchor of the commit latency: the same writer on server 4, a plain
-# PostgreSQL server (no pmgcm triggers, no daemon), polling itself
+# PostgreSQL server (no pmgcm triggers, no daemon); with pushes nothing
+# watches it (as nothing runs on the master's server but the writer), with
+# polls it polls itself
 RAW_SECS=$(awk -v s="$SECS" 'BEGIN { s = s / 4; if (s < 5) s = 5; printf "%d", s }')
 for r in $RATES; do
     log "raw commit latency: $r commits/s for ${RAW_SECS}s on server 4 (no pmgcm)"
-    LAG[raw:$r]=$("$STORE_LAG" --master "$(pg_ci 4)" --follower "$(pg_ci 4)" --rate "$r" --seconds "$RAW_SECS" \
-        --start-id $((900000000 + r * 1000)) --poll-ms "$POLL_MS" --drain-s 10 2>"$DIR/raw-$r.err")
+    if [[ -z "$POLL_MS" ]]; then raw_f=(); else raw_f=(--follower "$(pg_ci 4)" --poll-ms "$POLL_MS"); fi
+    LAG[raw:$r]=$("$STORE_LAG" --master "$(pg_ci 4)" "${raw_f[@]}" --rate "$r" --seconds "$RAW_SECS" \
+        --start-id $((900000000 + r * 1000)) --drain-s 10 2>"$DIR/raw-$r.err")
     echo "${LAG[raw:$r]}" | sed 's/^/    /' >&2
 done
 fi
@@ -698,7 +758,7 @@ sync_run() { # sync_run MODE K
     log "db_sync = $mode, round $k: $SYNC_RATE commits/s for ${SYNC_SECS}s on node1; load $(cut -d' ' -f1 /proc/loadavg)"
     out=$("$STORE_LAG" --master "$(pg_ci 1)" --follower "$(pg_ci 2)" --follower "$(pg_ci 3)" \
         --rate "$SYNC_RATE" --seconds "$SYNC_SECS" --start-id $((500000000 + k * 10000000 + ($([[ $mode == one ]] && echo 5000000 || echo 0)))) \
-        --poll-ms "$POLL_MS" --drain-s "$DRAIN" 2>"$DIR/sync-$mode-$k.err")
+        "${LAG_OPT[@]}" --drain-s "$DRAIN" 2>"$DIR/sync-$mode-$k.err")
     echo "$out" | sed 's/^/    /' >&2
     LAG[sync:$mode:$k]=$out
     SYNC[$mode:p50:$k]=$(lagv "sync:$mode:$k" commit p50)
@@ -792,7 +852,7 @@ verdict() { awk -v v="$1" -v t="$2" -v op="$3" 'BEGIN { if (v == "" || v == "-" 
     echo
     fi
     if only lag; then
-    echo "2. delta lag: single-row transactions on the master, followers polled every $POLL_MS ms (ms; all = slower follower per change)"
+    echo "2. delta lag: single-row transactions on the master, $LAG_HOW (ms; all = slower follower per change)"
     printf '   %-8s %9s %9s %-10s %8s %8s %8s %8s %9s\n' rate achieved changes who p50 p90 p99 max rows
     for r in $RATES; do
         ach=$(lagv "$r" writer achieved_rate) n=$(lagv "$r" writer acked)
@@ -810,7 +870,7 @@ verdict() { awk -v v="$1" -v t="$2" -v op="$3" 'BEGIN { if (v == "" || v == "-" 
             "$(lagv raw:$r commit p50)" "$(lagv raw:$r commit p90)" "$(lagv raw:$r commit p99)" "$(lagv raw:$r commit max)"
     done
     echo "   commit = the writer's commit latency on the master (send -> acknowledged; pmgcm's capture trigger included);"
-    [[ -n "$STAGES" ]] && echo "   ~capture = committed on node1 -> its pmgcm.log row committed (commit timestamps); ~node2/~node3 = that -> seen on the follower (serve, stream, apply, poll)"
+    [[ -n "$STAGES" ]] && echo "   ~capture = committed on node1 -> its pmgcm.log row committed (commit timestamps); ~node2/~node3 = that -> seen on the follower (serve, stream, apply, notification or poll)"
     for r in $RATES; do echo "   load (1/5/15 min) at $r/s: before ${LAG[$r:load0]}, after ${LAG[$r:load1]}"; done
     echo "   a change a follower never showed within ${DRAIN}s after the writer ended counts as inf"
     echo "   raw commit = the same writer on a plain server without pmgcm (${RAW_SECS}s); reference: PMG's sync cycle is 120 s (120000 ms)"

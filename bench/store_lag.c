@@ -3,7 +3,8 @@
  *
  *   store_lag --master CONNINFO --follower CONNINFO [--follower ...]
  *             --rate R --seconds S --start-id ID [--table T]
- *             [--poll-ms MS] [--drain-s S] [--raw FILE] [--numbered CI]
+ *             [--poll-ms MS | --channel NAME] [--drain-s S] [--raw FILE]
+ *             [--numbered CI]
  *
  * A writer commits one single-row INSERT per transaction on the master at
  * a fixed rate R (libpq pipeline mode: every statement followed by a sync
@@ -14,10 +15,21 @@
  * (the client knows it committed); the local commit latency is that minus
  * its send time.
  *
- * One poller thread per follower runs `SELECT max(id)` every MS ms (default
- * 2) on its own connection; since the master commits the rows in id order
- * and the store applies them in commit order, every id up to the max is
- * visible, and its visible time is the poll's answer time. Lag of row k on
+ * Visibility on a follower is pushed (the default): one thread per
+ * follower LISTENs on channel bench_lag (--channel) on its own connection
+ * and timestamps each notification when it arrives; bench/store.sh installs
+ * on each follower an AFTER INSERT statement trigger, ENABLE ALWAYS (the
+ * store applies with session_replication_role = replica), that notifies
+ * the max id of the statement's rows. A notification is sent when the
+ * apply's transaction commits and read by the listening backend only once
+ * that transaction is visible, so its receipt time is >= the visible time;
+ * the follower runs no query for it (no observer tax on 2 cores). With
+ * --poll-ms MS instead one thread per follower runs `SELECT max(id)` every
+ * MS ms on its own connection, the poll's answer time being the visible
+ * time. Either way: since the master commits the rows in id order and the
+ * store applies them in commit order, every id up to the max is visible.
+ * The writer starts once every follower's thread is connected (listening).
+ * With no --follower only the commit latency is measured (the anchor). Lag of row k on
  * a follower = visible - commit; on "all" nodes = the max over followers.
  * After the writer ends the pollers wait up to S s (default 30) for the
  * last row; a row never seen counts as an infinite lag ("inf"). The
@@ -74,7 +86,9 @@ static int64_t *t_send, *t_ack;      /* per row, ns */
 static int64_t *t_vis[MAXF];          /* per follower per row */
 static atomic_int writer_done, writer_failed;
 static atomic_llong writer_end_ns;
-static int drain_s = 30, poll_ms = 2;
+static int drain_s = 30, poll_ms = 0; /* 0: push (LISTEN) */
+static const char *channel = "bench_lag";
+static atomic_int n_ready; /* follower threads connected (listening) */
 
 typedef struct follower {
     int idx;
@@ -96,6 +110,32 @@ static PGconn *connect_db(const char *ci)
     return c;
 }
 
+/* Rows up to id m visible at t: the follower's seen count moves. */
+static void saw(follower *f, size_t *seen, long long m, int64_t t)
+{
+    long long hi = start_id + (long long)n_rows - 1;
+    if (m < start_id || m > hi) return; /* another run's rows */
+    size_t upto = (size_t)(m - start_id) + 1;
+    for (; *seen < upto; (*seen)++) t_vis[f->idx][*seen] = t;
+}
+
+/* The row count in the run's id range on c, or -1. */
+static long long count_rows(PGconn *c)
+{
+    char cq[256], lo[32], hi[32];
+    const char *pv[2] = {lo, hi};
+    snprintf(lo, sizeof lo, "%lld", start_id);
+    snprintf(hi, sizeof hi, "%lld", start_id + (long long)n_rows - 1);
+    snprintf(cq, sizeof cq,
+             "SELECT count(*) FROM %s WHERE id BETWEEN $1 AND $2", table);
+    PGresult *r = PQexecParams(c, cq, 2, NULL, pv, NULL, NULL, 0);
+    long long n = PQresultStatus(r) == PGRES_TUPLES_OK
+                      ? atoll(PQgetvalue(r, 0, 0))
+                      : -1;
+    PQclear(r);
+    return n;
+}
+
 static void *poller(void *arg)
 {
     follower *f = arg;
@@ -107,8 +147,10 @@ static void *poller(void *arg)
 
     if (!c) {
         snprintf(f->err, sizeof f->err, "connect failed");
+        atomic_fetch_add(&n_ready, 1);
         return NULL;
     }
+    atomic_fetch_add(&n_ready, 1);
     if (f->numbered)
         snprintf(q, sizeof q,
                  "SELECT coalesce((SELECT (new->>'id')::bigint FROM pmgcm.log"
@@ -124,7 +166,7 @@ static void *poller(void *arg)
     snprintf(hi, sizeof hi, "%lld", start_id + (long long)n_rows - 1);
     for (;;) {
         sleep_until(next);
-        next += (int64_t)poll_ms * 1000000;
+        next += (int64_t)(poll_ms > 0 ? poll_ms : 2) * 1000000;
         PGresult *r = PQexecParams(c, q, 2, NULL, pv, NULL, NULL, 0);
         int64_t t = now_ns();
         if (PQresultStatus(r) != PGRES_TUPLES_OK) {
@@ -134,10 +176,7 @@ static void *poller(void *arg)
         }
         long long m = atoll(PQgetvalue(r, 0, 0));
         PQclear(r);
-        if (m >= start_id) {
-            size_t upto = (size_t)(m - start_id) + 1;
-            for (; seen < upto; seen++) t_vis[f->idx][seen] = t;
-        }
+        saw(f, &seen, m, t);
         if (seen >= n_rows ||
             (atomic_load(&writer_done) && seen >= atomic_load(&n_final)))
             break;
@@ -149,16 +188,70 @@ static void *poller(void *arg)
         if (t > next) next = t; /* fell behind: no burst of polls */
     }
     f->seen = seen;
-    if (!f->numbered) {
-        char cq[256];
-        snprintf(cq, sizeof cq,
-                 "SELECT count(*) FROM %s WHERE id BETWEEN $1 AND $2", table);
-        PGresult *r = PQexecParams(c, cq, 2, NULL, pv, NULL, NULL, 0);
-        f->rows = PQresultStatus(r) == PGRES_TUPLES_OK
-                      ? atoll(PQgetvalue(r, 0, 0))
-                      : -1;
-        PQclear(r);
+    if (!f->numbered) f->rows = count_rows(c);
+    PQfinish(c);
+    return NULL;
+}
+
+/* Push: LISTEN on the follower, each notification's payload is the max id
+ * of an applied statement; timestamped when read off the socket. */
+static void *listener(void *arg)
+{
+    follower *f = arg;
+    PGconn *c = connect_db(f->conninfo);
+    size_t seen = 0;
+    int64_t deadline = 0;
+    char q[160];
+
+    if (!c) {
+        snprintf(f->err, sizeof f->err, "connect failed");
+        atomic_fetch_add(&n_ready, 1);
+        return NULL;
     }
+    char *ch = PQescapeIdentifier(c, channel, strlen(channel));
+    snprintf(q, sizeof q, "LISTEN %s", ch ? ch : "bench_lag");
+    PQfreemem(ch);
+    PGresult *r = PQexec(c, q);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+        snprintf(f->err, sizeof f->err, "%s", PQerrorMessage(c));
+        PQclear(r);
+        PQfinish(c);
+        atomic_fetch_add(&n_ready, 1);
+        return NULL;
+    }
+    PQclear(r);
+    atomic_fetch_add(&n_ready, 1);
+    int fd = PQsocket(c);
+    for (;;) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        int pr = poll(&p, 1, 50);
+        int64_t t = now_ns();
+        if (pr < 0 && errno != EINTR) {
+            snprintf(f->err, sizeof f->err, "poll: %s", strerror(errno));
+            break;
+        }
+        if (pr > 0) {
+            if (!PQconsumeInput(c)) {
+                snprintf(f->err, sizeof f->err, "%s", PQerrorMessage(c));
+                break;
+            }
+            PGnotify *n;
+            while ((n = PQnotifies(c))) {
+                saw(f, &seen, atoll(n->extra), t);
+                PQfreemem(n);
+            }
+        }
+        if (seen >= n_rows ||
+            (atomic_load(&writer_done) && seen >= atomic_load(&n_final)))
+            break;
+        if (atomic_load(&writer_failed)) break;
+        if (atomic_load(&writer_done)) {
+            if (!deadline) deadline = t + (int64_t)drain_s * 1000000000;
+            if (t > deadline) break;
+        }
+    }
+    f->seen = seen;
+    f->rows = count_rows(c);
     PQfinish(c);
     return NULL;
 }
@@ -296,7 +389,9 @@ static void usage(void)
 {
     fprintf(stderr, "usage: store_lag --master CONNINFO --follower CONNINFO"
                     " [--follower ...] --rate R --seconds S --start-id ID"
-                    " [--table T] [--poll-ms MS] [--drain-s S] [--raw FILE]\n");
+                    " [--table T] [--poll-ms MS | --channel NAME] [--drain-s S]"
+                    " [--raw FILE] [--numbered CONNINFO]\n"
+                    "  no --follower: the commit latency only\n");
     exit(2);
 }
 
@@ -325,11 +420,12 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--start-id")) start_id = atoll(v);
         else if (!strcmp(a, "--table")) table = v;
         else if (!strcmp(a, "--poll-ms")) poll_ms = atoi(v);
+        else if (!strcmp(a, "--channel")) channel = v;
         else if (!strcmp(a, "--drain-s")) drain_s = atoi(v);
         else if (!strcmp(a, "--raw")) raw = v;
         else usage();
     }
-    if (!master || nf == 0 || rate <= 0 || secs <= 0 || poll_ms <= 0) usage();
+    if (!master || rate <= 0 || secs <= 0 || poll_ms < 0) usage();
     n_rows = (size_t)(rate * secs);
     if (n_rows == 0) usage();
     t_send = calloc(n_rows, sizeof(int64_t));
@@ -343,7 +439,12 @@ int main(int argc, char **argv)
 
     pthread_t th[MAXF];
     for (int f = 0; f < nf; f++)
-        if (pthread_create(&th[f], NULL, poller, &fs[f]) != 0) return 1;
+        if (pthread_create(&th[f], NULL,
+                           fs[f].numbered || poll_ms > 0 ? poller : listener,
+                           &fs[f]) != 0)
+            return 1;
+    /* every follower watched before the first row is sent */
+    while (atomic_load(&n_ready) < nf) sleep_until(now_ns() + 1000000);
     size_t acked = 0, sent = 0;
     int64_t w0 = now_ns();
     int wrc = writer(master, rate, &acked, &sent);
@@ -403,7 +504,7 @@ int main(int argc, char **argv)
         }
         v[n++] = l;
     }
-    pct("all", v, n, NULL);
+    if (nf > 0) pct("all", v, n, NULL);
     if (raw) {
         struct timespec rt;
         clock_gettime(CLOCK_REALTIME, &rt);

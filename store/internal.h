@@ -29,6 +29,9 @@ struct pst_job {
     int rc;
     char err[256];
     bool cancelled; /* set by the loop; done() still runs */
+    /* the statements prepared on the worker's connection (set by the
+     * worker before run; pst_exec_prepared), NULL elsewhere */
+    unsigned *prepared;
 };
 
 /* A bounded queue of byte buffers between a thread and the loop. */
@@ -64,9 +67,14 @@ typedef struct pst_worker {
     pst_store *st;
     uv_thread_t tid;
     PGconn *conn;
+    unsigned prepared; /* PST_PREP_* bits prepared on conn */
     bool started;
     char tag[16]; /* its replication origin: "w<i>" */
 } pst_worker;
+
+/* Statements a worker's connection prepares once (pst_exec_prepared): a
+ * job run for every change batch need not parse and plan it each time. */
+enum { PST_PREP_READ_LOG = 0, PST_PREP_READ_OLOG = 1, PST_PREP_N };
 
 struct pst_session;
 
@@ -210,6 +218,13 @@ void pst_start_trim(pst_store *st);
  * NULL: the caller clears it) or PST_EDB (message in err). */
 int pst_q1(PGconn *c, const char *sql, int n, const char *const *pv,
            PGresult **out, char *err, size_t errlen);
+/* sql (n text parameters, always the same text for id < PST_PREP_N) as
+ * prepared statement id on c: prepared first when bit id of *prepared is
+ * clear (the bit set once it is); with prepared NULL, PQexecParams. The
+ * result as PQexecParams' (the caller clears it; a failed preparation's
+ * result is returned instead). */
+PGresult *pst_exec_prepared(PGconn *c, unsigned *prepared, int id,
+                            const char *sql, int n, const char *const *pv);
 
 /* schema.c */
 /* The pmgcm schema's version in the database: 0 none (a fresh database),

@@ -72,7 +72,17 @@
       (keywords, values, expand_dbname))                                     \
     X(char *, PQresultErrorField, (const PGresult *res, int fieldcode),      \
       (res, fieldcode))                                                      \
-    X(PGconn *, PQconnectStart, (const char *conninfo), (conninfo))
+    X(PGconn *, PQconnectStart, (const char *conninfo), (conninfo))         \
+    X(PGresult *, PQprepare,                                                 \
+      (PGconn *conn, const char *stmtName, const char *query, int nParams,   \
+       const Oid *paramTypes),                                               \
+      (conn, stmtName, query, nParams, paramTypes))                          \
+    X(PGresult *, PQexecPrepared,                                            \
+      (PGconn *conn, const char *stmtName, int nParams,                      \
+       const char *const *paramValues, const int *paramLengths,              \
+       const int *paramFormats, int resultFormat),                           \
+      (conn, stmtName, nParams, paramValues, paramLengths, paramFormats,     \
+       resultFormat))
 
 /* The ones that must also work on NULL before anything is loaded. */
 #define PQ_NULL_SAFE(X)                                                      \

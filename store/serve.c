@@ -110,10 +110,10 @@ static void encode_changes(read_job *rj, PGresult *r)
 
 /* Runs a log query (seq, epoch, op, tbl, old, new, ts_us, last, origin)
  * and encodes its rows as the next CHANGES frame. */
-static void read_entries(read_job *rj, PGconn *c, const char *sql, int n,
-                         const char *const *pv)
+static void read_entries(read_job *rj, PGconn *c, int prep, const char *sql,
+                         int n, const char *const *pv)
 {
-    PGresult *r = PQexecParams(c, sql, n, NULL, pv, NULL, NULL, 0);
+    PGresult *r = pst_exec_prepared(c, rj->j.prepared, prep, sql, n, pv);
     if (PQresultStatus(r) != PGRES_TUPLES_OK) {
         pst_pgerr(c, r, rj->j.err, sizeof(rj->j.err));
         rj->j.rc = PST_EDB;
@@ -148,7 +148,7 @@ static void read_run(pst_job *j, PGconn *c)
         char lim[16];
         snprintf(lim, sizeof(lim), "%d", READ_BATCH);
         pv[3] = lim;
-        read_entries(rj, c,
+        read_entries(rj, c, PST_PREP_READ_OLOG,
                      "SELECT seq, 0, op, tbl, old::text, new::text,"
                      " (extract(epoch FROM ts) * 1000000)::bigint, last,"
                      " origin FROM pmgcm.olog WHERE origin = $1::int AND seq >"
@@ -206,7 +206,7 @@ static void read_run(pst_job *j, PGconn *c)
     char lim[16];
     snprintf(lim, sizeof(lim), "%d", READ_BATCH);
     const char *pv3[3] = {pv[0], pv[1], lim};
-    read_entries(rj, c,
+    read_entries(rj, c, PST_PREP_READ_LOG,
                  "SELECT seq, epoch, op, tbl, old::text, new::text,"
                  " (extract(epoch FROM ts) * 1000000)::bigint, last, origin"
                  " FROM pmgcm.log WHERE seq > $1::bigint AND seq <= $2::bigint"

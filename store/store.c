@@ -274,6 +274,22 @@ void pst_pgerr(PGconn *c, PGresult *r, char *err, size_t errlen)
     while (n && (err[n - 1] == '\n' || err[n - 1] == ' ')) err[--n] = 0;
 }
 
+PGresult *pst_exec_prepared(PGconn *c, unsigned *prepared, int id,
+                            const char *sql, int n, const char *const *pv)
+{
+    if (!prepared || id < 0 || id >= PST_PREP_N)
+        return PQexecParams(c, sql, n, NULL, pv, NULL, NULL, 0);
+    char name[24];
+    snprintf(name, sizeof(name), "pmgcm_p%d", id);
+    if (!(*prepared & (1u << id))) {
+        PGresult *r = PQprepare(c, name, sql, n, NULL);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK) return r;
+        PQclear(r);
+        *prepared |= 1u << id;
+    }
+    return PQexecPrepared(c, name, n, pv, NULL, NULL, 0);
+}
+
 int pst_exec(PGconn *c, const char *sql, char *err, size_t errlen)
 {
     PGresult *r = PQexec(c, sql);
@@ -404,8 +420,11 @@ static void worker_main(void *arg)
             PQfinish(w->conn);
             w->conn = NULL;
         }
-        if (!w->conn)
+        if (!w->conn) {
             w->conn = pst_connect(st->conninfo, w->tag, j->err, sizeof(j->err));
+            w->prepared = 0; /* a new session: nothing prepared */
+        }
+        j->prepared = &w->prepared;
         if (!w->conn && !j->err[0])
             snprintf(j->err, sizeof(j->err), "cannot connect");
         j->run(j, w->conn);
@@ -416,6 +435,7 @@ static void worker_main(void *arg)
             if (PQtransactionStatus(w->conn) != PQTRANS_IDLE) {
                 PQfinish(w->conn);
                 w->conn = NULL;
+                w->prepared = 0;
             }
         }
 

@@ -18,6 +18,8 @@
 #   2  8 concurrent writers on the master, some transactions sleeping so
 #      that they commit out of the order of their changes: rows = acks
 #      the master's daemon restarted while a writer runs: nothing lost
+#      the master's store sessions terminated while a writer runs (its
+#      workers re-prepare their statements): nothing lost
 #   3  kill -9 of a follower's daemon while it applies a 50k-change burst
 #   4  a follower down during 50k changes catches up by deltas (its
 #      pmgcm.state.snapshots unchanged); meanwhile its status says
@@ -399,6 +401,37 @@ if wait_converged "$ALL3" 60 && ((n1 >= a_end)) && [[ $(count_range 3 $WR $((WR 
 else
     it_not_ok "the master's daemon restarted under writes: nothing lost"
     it_diag "acks: $a_stop at the stop, $a_start at the start, $a_end in the end; node1 holds $n1, node3 $(count_range 3 $WR $((WR + 99999))); node1's divergence: $(div_count 1)"
+    show "$ALL3"
+fi
+
+# ==== the master's store sessions terminated while a writer runs ==================
+# its workers serve the followers with statements prepared on their own
+# connections (pst_exec_prepared): a terminated backend's replacement
+# prepares them again; the capture's session reconnects too
+WT=36000000
+for ((j = 1; j <= 20000; j++)); do
+    echo "INSERT INTO mail SELECT $((WT + j)), 'wt', 'terminated $j', $j, now() FROM pg_sleep(0.002);"
+    echo "\\echo ack $j"
+done >"$IT_DIR/wt.sql"
+pg_bg 1 "$IT_DIR/wt.sql" "$IT_DIR/wt.out"
+WTPID=$PG_BG_PID
+term_store() { pg_val 1 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'pmgcm-store' AND backend_type = 'client backend' AND pid <> pg_backend_pid()"; }
+it_wait_until "(( \$(acks '$IT_DIR/wt.out') >= 200 ))" 20
+nt1=$(term_store)
+a1=$(acks "$IT_DIR/wt.out")
+it_wait_until "(( \$(acks '$IT_DIR/wt.out') >= $a1 + 300 ))" 20
+nt2=$(term_store)
+a2=$(acks "$IT_DIR/wt.out")
+it_wait_until "(( \$(acks '$IT_DIR/wt.out') >= $a2 + 300 ))" 20
+kill "$WTPID" 2>/dev/null
+wait "$WTPID" 2>/dev/null
+n1=$(count_range 1 $WT $((WT + 99999)))
+t0=$(it_now_ms)
+if ((nt1 > 0 && nt2 > 0)) && wait_converged "$ALL3" 60 && [[ $(count_range 2 $WT $((WT + 99999))) == "$n1" && $(count_range 3 $WT $((WT + 99999))) == "$n1" && $(div_count 1) == 0 ]]; then
+    it_ok "the master's store sessions terminated twice while a writer runs ($nt1 and $nt2 backends): all $n1 rows everywhere $(since $t0) s later, no divergence"
+else
+    it_not_ok "the master's store sessions terminated under writes: its workers reconnect and serve again"
+    it_diag "terminated $nt1 then $nt2 backends; node1 holds $n1, node2 $(count_range 2 $WT $((WT + 99999))), node3 $(count_range 3 $WT $((WT + 99999))); node1's divergence: $(div_count 1)"
     show "$ALL3"
 fi
 
