@@ -190,7 +190,11 @@ pg_start $B || it_bail "PostgreSQL for node2 did not start"
 pg_start $E || it_bail "PostgreSQL for node5 did not start"
 pg_schema $A && pg_schema $B && pg_schema $E || it_bail "schema"
 t0=$(it_now_ms)
-pg_sql $A "INSERT INTO mail SELECT g, 'node1', repeat(md5(g::text), 32), g, now()
+# 1 KB of hex per row, 32 different md5s: a snapshot is sent LZ4-compressed,
+# and one md5 repeated 32 times would shrink 30-fold, small enough to sit
+# in the joiner's buffers whole, and the stalled reader below would stall
+# nothing
+pg_sql $A "INSERT INTO mail SELECT g, 'node1', (SELECT string_agg(md5(g || '/' || k), '') FROM generate_series(1, 32) k), g, now()
              FROM generate_series(1, 64000) g" >/dev/null || it_bail "loading node1's rows"
 it_diag "node1's store: 64000 rows of ~1 KB loaded in $(ms $(($(it_now_ms) - t0))) s"
 MAIL0=$(pg_val $A "SELECT count(*) || ' ' || md5(string_agg(subject, '' ORDER BY id)) FROM mail")
