@@ -111,6 +111,22 @@ static PGconn *connect_db(const char *ci)
 }
 
 /* Rows up to id m visible at t: the follower's seen count moves. */
+/* A follower's watch ends (poll and push alike): every row seen, or every
+ * row the writer sent once it is done, or the writer failed, or drain_s
+ * after the writer ended (*deadline set then). */
+static bool follower_done(size_t seen, int64_t t, int64_t *deadline)
+{
+    if (seen >= n_rows ||
+        (atomic_load(&writer_done) && seen >= atomic_load(&n_final)))
+        return true;
+    if (atomic_load(&writer_failed)) return true;
+    if (atomic_load(&writer_done)) {
+        if (!*deadline) *deadline = t + (int64_t)drain_s * 1000000000;
+        if (t > *deadline) return true;
+    }
+    return false;
+}
+
 static void saw(follower *f, size_t *seen, long long m, int64_t t)
 {
     long long hi = start_id + (long long)n_rows - 1;
@@ -177,14 +193,7 @@ static void *poller(void *arg)
         long long m = atoll(PQgetvalue(r, 0, 0));
         PQclear(r);
         saw(f, &seen, m, t);
-        if (seen >= n_rows ||
-            (atomic_load(&writer_done) && seen >= atomic_load(&n_final)))
-            break;
-        if (atomic_load(&writer_failed)) break;
-        if (atomic_load(&writer_done)) {
-            if (!deadline) deadline = t + (int64_t)drain_s * 1000000000;
-            if (t > deadline) break;
-        }
+        if (follower_done(seen, t, &deadline)) break;
         if (t > next) next = t; /* fell behind: no burst of polls */
     }
     f->seen = seen;
@@ -241,14 +250,7 @@ static void *listener(void *arg)
                 PQfreemem(n);
             }
         }
-        if (seen >= n_rows ||
-            (atomic_load(&writer_done) && seen >= atomic_load(&n_final)))
-            break;
-        if (atomic_load(&writer_failed)) break;
-        if (atomic_load(&writer_done)) {
-            if (!deadline) deadline = t + (int64_t)drain_s * 1000000000;
-            if (t > deadline) break;
-        }
+        if (follower_done(seen, t, &deadline)) break;
     }
     f->seen = seen;
     f->rows = count_rows(c);
