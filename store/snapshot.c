@@ -1267,8 +1267,7 @@ static void wait_hold(pst_snap *sn)
             pthread_mutex_unlock(&st->mu);
             if (held) return;
         }
-        struct timespec ts = {0, 2000000};
-        nanosleep(&ts, NULL);
+        uv_sleep(2);
     }
 }
 
