@@ -26,7 +26,9 @@
 #      catching-up with a lag, the text status S
 #   6  kill -9 of the master while a writer runs; the least up-to-date
 #      node is promoted (--force): it first catches up from the most
-#      advanced one; everything that one held survives
+#      advanced one; everything that one held survives. Meanwhile node2
+#      (no master) gets 30 wait-sync requests at once and 10 whose clients
+#      leave: each of the 30 answered, the daemon answers on
 #   7  the old master returns: what it committed that nobody received is in
 #      its pmgcm.divergence, exactly; it resyncs. Again with N changes
 #      written while every follower was stopped.
@@ -565,6 +567,51 @@ U=$(comm -23 "$IT_DIR/w6.node1" "$IT_DIR/w6.node2")
 NU=$(grep -c . <<<"$U")
 p2=$(pos 2) p3=$(pos 3)
 it_diag "writer acks: $a_kill when node1's daemon was killed, $a_end in the end; node2 at $p2 holds $(grep -c . "$IT_DIR/w6.node2") writer rows, node1 $(grep -c . "$IT_DIR/w6.node1"): $NU nobody received; node3 stopped at $p3"
+# node2 has no master now, so it is not in sync: wait-sync requests wait
+# there (up to PMM_WAIT_SYNC_MS each). 30 clients wait at once, and 10
+# more ask and leave before the answer (their answers go nowhere): each of
+# the 30 gets its own {"ok":true,"state":...}, and the daemon answers on.
+WAITS=$(timeout 60 python3 - "$(it_sock 2)" <<'PY'
+import json, socket, sys
+path = sys.argv[1]
+req = b'{"cmd":"wait-sync"}\n'
+waiters = []
+for _ in range(30):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(30)
+    s.connect(path)
+    s.sendall(req)
+    waiters.append(s)
+for _ in range(10):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    s.sendall(req)
+    s.close()
+states = {}
+for s in waiters:
+    buf = b""
+    while not buf.endswith(b"\n"):
+        d = s.recv(65536)
+        if not d:
+            break
+        buf += d
+    s.close()
+    try:
+        a = json.loads(buf)
+        k = a["state"] if a.get("ok") is True and isinstance(a.get("state"), str) else "bad:" + buf.decode(errors="replace").strip()
+    except Exception:
+        k = "bad:" + buf.decode(errors="replace").strip()
+    states[k] = states.get(k, 0) + 1
+print(" ".join("%s=%d" % kv for kv in sorted(states.items())))
+PY
+)
+if [[ -n "$WAITS" && ! "$WAITS" =~ bad: ]] && (( $(tr ' ' '\n' <<<"$WAITS" | awk -F= '{ n += $2 } END { print n + 0 }') == 30 )) &&
+    it_envelope 2 | jq -e '.ok == true' >/dev/null 2>&1; then
+    it_ok "node2 without a master: 30 wait-sync requests at once each answered ($WAITS), 10 whose clients left did no harm; it answers status on"
+else
+    it_not_ok "30 wait-sync requests at once on node2 each get an answer, and node2 answers status after"
+    it_diag "answers: ${WAITS:-none}; status: $(it_envelope 2 2>&1 | head -c 300)"
+fi
 start_node 3
 it_wait_until "[[ \$(it_state_of 3 node2) =~ ^[AS]$ ]]" 20 || it_diag "node3 does not see node2 alive: '$(it_state_of 3 node2)'"
 store_ready 3
