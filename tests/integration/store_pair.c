@@ -509,6 +509,22 @@ static const char *TABLES_SUM =
     " r) || '/' || (SELECT count(*) || ':' || coalesce(md5(string_agg(d::text,"
     " '|' ORDER BY id)), '-') FROM doc d)";
 
+/* A snapshot of master a into follower b: it ends well, b's tables equal
+ * a's, b counts as loaded. */
+static void snapshot_ok(node *b, node *a)
+{
+    pair snap;
+    REQUIRE(pair_open(&snap, b, a, PST_SNAPSHOT, 2) == 0);
+    CHECK(run_until(client_ended, &snap, 60000));
+    CHECK_EQ_INT(snap.cl.end_rc, 0);
+    pair_close(&snap);
+    eqwait w = {TABLES_SUM};
+    CHECK(same(&w));
+    pst_info ib;
+    pst_get_info(b->st, &ib);
+    CHECK(ib.loaded);
+}
+
 /* ---- test points ------------------------------------------------------------ */
 
 /* snapshot, then follow: every kind of change */
@@ -521,16 +537,9 @@ static void test_snapshot_then_follow(void)
                             " generate_series(1, 5000) g") == 0);
     node a, b;
     REQUIRE(two_nodes(&a, &b) == 0);
-    pair snap;
-    REQUIRE(pair_open(&snap, &b, &a, PST_SNAPSHOT, 2) == 0);
-    CHECK(run_until(client_ended, &snap, 60000));
-    CHECK_EQ_INT(snap.cl.end_rc, 0);
-    pair_close(&snap);
+    snapshot_ok(&b, &a);
     eqwait w = {TABLES_SUM};
-    CHECK(same(&w));
     pst_info ib;
-    pst_get_info(b.st, &ib);
-    CHECK(ib.loaded);
 
     pair sub;
     REQUIRE(pair_open(&sub, &b, &a, PST_SUBSCRIBE, 2) == 0);
@@ -615,16 +624,7 @@ static void test_lz4_tampered(void)
         CHECK(!ib.loaded);
     }
     tamper_mode = TAMPER_NONE;
-    pair snap;
-    REQUIRE(pair_open(&snap, &b, &a, PST_SNAPSHOT, 2) == 0);
-    CHECK(run_until(client_ended, &snap, 60000));
-    CHECK_EQ_INT(snap.cl.end_rc, 0);
-    pair_close(&snap);
-    eqwait w = {TABLES_SUM};
-    CHECK(same(&w));
-    pst_info ib;
-    pst_get_info(b.st, &ib);
-    CHECK(ib.loaded);
+    snapshot_ok(&b, &a);
     close_node(&a);
     close_node(&b);
     loop_end();
