@@ -235,6 +235,42 @@ healed() {
     MASTER=$m
 }
 
+# rows_diff M: when the nodes' tables differ, which mail rows differ from
+# master M's on each node (at most 8 each way), and every trace of those
+# ids: the master's and the node's log entries, any node's divergence
+# records and backup schemas (for the next person who reads a red run)
+rows_diff() {
+    local m=$1 i id n s
+    pg_sql "$m" "SELECT id FROM mail ORDER BY id" 2>/dev/null | sort >"$CH/rows.m"
+    for i in $ALL; do
+        ((i == m)) && continue
+        pg_sql "$i" "SELECT id FROM mail ORDER BY id" 2>/dev/null | sort >"$CH/rows.$i"
+        for s in "missing on node$i:23" "only on node$i:13"; do
+            n=${s##*:}
+            ids=$(comm -"$n" "$CH/rows.m" "$CH/rows.$i" | head -n 8 | tr '\n' ' ')
+            [[ -n "$ids" ]] || continue
+            it_diag "rows_diff: mail ids ${s%:*} (vs master node$m): $ids"
+            for id in $ids; do
+                local q="SELECT seq || ' e' || epoch || ' ' || op::text || ' ' || coalesce(tbl, '') || ' origin ' || origin FROM pmgcm.log WHERE (new->>'id' = '$id' AND tbl = 'public.mail') OR (old->>'id' = '$id' AND tbl = 'public.mail')"
+                it_diag "  id $id: node$m log: $(pg_sql "$m" "$q" 2>&1 | paste -sd' ')"
+                it_diag "  id $id: node$i log: $(pg_sql "$i" "$q" 2>&1 | paste -sd' ')"
+                it_diag "  id $id: writers: $(grep -h " $id " "$CH"/acks* 2>/dev/null | paste -sd' ')"
+                for n in $ALL; do
+                    it_diag "  id $id: node$n divergence: $(pg_sql "$n" "SELECT seq || ' e' || coalesce(epoch::text, '-') || ' ' || reason FROM pmgcm.divergence WHERE (new->>'id' = '$id' OR old->>'id' = '$id') AND tbl = 'public.mail'" 2>&1 | paste -sd' ' | cut -c1-300)"
+                    for b in $(pg_sql "$n" "SELECT schema_name FROM pmgcm.backups" 2>/dev/null); do
+                        [[ -n "$(pg_val "$n" "SELECT 1 FROM $b.\"public.mail\" WHERE id = $id")" ]] &&
+                            it_diag "  id $id: node$n backup $b holds it"
+                    done
+                done
+            done
+        done
+    done
+    for i in $ALL; do
+        it_diag "==== node$i.log: every start, snapshot, divergence, promote and upstream"
+        it_diag "$(grep -E '=== start|snapshot (for|sent|loaded)|sending a snapshot|taking a snapshot|DIVERGED|BACKUP|promot|following master|catching up|is down' "$(it_log "$i")" | cut -c1-220)"
+    done
+}
+
 # ---- processes -----------------------------------------------------------------
 CRASHES=
 start_node() {
@@ -1122,8 +1158,10 @@ else
     tl "NOT HEALED: $HEALED_WHY"
     it_not_ok "after $NFAULTS faults (seed $SEED) the cluster heals within $HEAL_S s of the writer's end"
     it_diag "$HEALED_WHY"
+    HEAL_FAILED=1
 fi
 [[ -n "$MASTER" ]] || MASTER=$(master_now) || MASTER=1
+[[ -n "${HEAL_FAILED:-}" && "$HEALED_WHY" == "checksums differ"* ]] && rows_diff "$MASTER"
 
 # every acknowledged commit is on the master or in a divergence record
 # (the steady writer, the repeatable read / serializable one, fencestep)
