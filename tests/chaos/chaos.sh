@@ -240,26 +240,27 @@ healed() {
 # ids: the master's and the node's log entries, any node's divergence
 # records and backup schemas (for the next person who reads a red run)
 rows_diff() {
-    local m=$1 i id n s
-    pg_sql "$m" "SELECT id FROM mail ORDER BY id" 2>/dev/null | sort >"$CH/rows.m"
+    local m=$1 i id k b s col ids q
+    pg_sql "$m" "SELECT id FROM mail" 2>/dev/null | sort >"$CH/rows.m"
     for i in $ALL; do
         ((i == m)) && continue
-        pg_sql "$i" "SELECT id FROM mail ORDER BY id" 2>/dev/null | sort >"$CH/rows.$i"
+        pg_sql "$i" "SELECT id FROM mail" 2>/dev/null | sort >"$CH/rows.$i"
+        # comm -23: only the master's rows; -13: only this node's
         for s in "missing on node$i:23" "only on node$i:13"; do
-            n=${s##*:}
-            ids=$(comm -"$n" "$CH/rows.m" "$CH/rows.$i" | head -n 8 | tr '\n' ' ')
+            col=${s##*:}
+            ids=$(comm -"$col" "$CH/rows.m" "$CH/rows.$i" | head -n 8 | tr '\n' ' ')
             [[ -n "$ids" ]] || continue
             it_diag "rows_diff: mail ids ${s%:*} (vs master node$m): $ids"
             for id in $ids; do
-                local q="SELECT seq || ' e' || epoch || ' ' || op::text || ' ' || coalesce(tbl, '') || ' origin ' || origin FROM pmgcm.log WHERE (new->>'id' = '$id' AND tbl = 'public.mail') OR (old->>'id' = '$id' AND tbl = 'public.mail')"
+                q="SELECT seq || ' e' || epoch || ' ' || op::text || ' origin ' || origin FROM pmgcm.log WHERE tbl = 'public.mail' AND '$id' IN (new->>'id', old->>'id')"
                 it_diag "  id $id: node$m log: $(pg_sql "$m" "$q" 2>&1 | paste -sd' ')"
                 it_diag "  id $id: node$i log: $(pg_sql "$i" "$q" 2>&1 | paste -sd' ')"
                 it_diag "  id $id: writers: $(grep -h " $id " "$CH"/acks* 2>/dev/null | paste -sd' ')"
-                for n in $ALL; do
-                    it_diag "  id $id: node$n divergence: $(pg_sql "$n" "SELECT seq || ' e' || coalesce(epoch::text, '-') || ' ' || reason FROM pmgcm.divergence WHERE (new->>'id' = '$id' OR old->>'id' = '$id') AND tbl = 'public.mail'" 2>&1 | paste -sd' ' | cut -c1-300)"
-                    for b in $(pg_sql "$n" "SELECT schema_name FROM pmgcm.backups" 2>/dev/null); do
-                        [[ -n "$(pg_val "$n" "SELECT 1 FROM $b.\"public.mail\" WHERE id = $id")" ]] &&
-                            it_diag "  id $id: node$n backup $b holds it"
+                for k in $ALL; do
+                    it_diag "  id $id: node$k divergence: $(pg_sql "$k" "SELECT coalesce(seq::text, '-') || ' e' || coalesce(epoch::text, '-') || ' ' || reason FROM pmgcm.divergence WHERE tbl = 'public.mail' AND '$id' IN (new->>'id', old->>'id')" 2>&1 | paste -sd' ' | cut -c1-300)"
+                    for b in $(pg_sql "$k" "SELECT schema_name FROM pmgcm.backups" 2>/dev/null); do
+                        [[ -n "$(pg_val "$k" "SELECT 1 FROM $b.\"public.mail\" WHERE id = $id")" ]] &&
+                            it_diag "  id $id: node$k backup $b holds it"
                     done
                 done
             done
