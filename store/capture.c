@@ -49,6 +49,7 @@
 #define FEEDBACK_MS 1000     /* status update to the walsender at least   */
 #define STATS_MS 5000        /* slot statistics                           */
 #define RETRY_MS 1000        /* after an error                            */
+#define WANT_ASK_MS 20       /* a snapshot server waits: ask this often   */
 #define COPY_FLUSH (4u << 20) /* a COPY buffer this big goes to the server */
 /* Commit at least every this many source transactions (or BATCH_BYTES).
  * It caps the capture's throughput at BATCH_TXNS per commit cycle: 256
@@ -274,6 +275,8 @@ struct pst_capture {
     bool held;
     uint64_t hold_lsn, hold_ask_ms;
     char *hold_snap;
+    /* a snapshot server waits for st->cap_done_lsn: asked for a keepalive */
+    uint64_t want_ask_ms;
 
     /* feedback */
     uint64_t flush_lsn, ka_end, last_fb_ms, last_stats_ms;
@@ -311,6 +314,17 @@ static void cap_error(pst_capture *cp, const char *fmt, ...)
 static void cap_post(pst_capture *cp)
 {
     uv_async_send(&cp->st->async);
+}
+
+/* Everything committed up to lsn is classified and done (monotonic). */
+static void done_to(pst_capture *cp, uint64_t lsn)
+{
+    uint64_t *d = &cp->st->cap_done_lsn;
+    uint64_t cur = __atomic_load_n(d, __ATOMIC_RELAXED);
+    while (cur < lsn && !__atomic_compare_exchange_n(d, &cur, lsn, true,
+                                                     __ATOMIC_RELEASE,
+                                                     __ATOMIC_RELAXED))
+        ;
 }
 
 /* Waits up to ms for a wake-up (stop, poke, acknowledgements) or, with
@@ -735,6 +749,9 @@ static int wr_commit(pst_capture *cp, char *err, size_t el)
     if ((rc = pst_exec(cp->sql, q, err, el))) return rc;
     cp->db_open = false;
     cp->capture_lsn = cp->end_lsn;
+    /* for snapshot servers: the divergence first, then the position */
+    if (cp->n_div) __atomic_add_fetch(&cp->st->cap_div_gen, 1, __ATOMIC_RELEASE);
+    done_to(cp, cp->end_lsn);
     /* for the loop */
     pthread_mutex_lock(&cp->mu);
     cp->res_any = true;
@@ -1039,19 +1056,33 @@ static int stream(pst_capture *cp, char *err, size_t el)
             cp->flush_lsn = cp->ka_end;
             cp->fb_now = true;
         }
+        if (!cp->in_src && !cp->db_open) done_to(cp, cp->ka_end);
         if ((rc = hold_step(cp, err, el)) != 0) {
             if (rc == 1) rc = 0; /* held: the stream ends */
             break;
         }
         uint64_t now = pst_mono_ms();
-        if (cp->fb_now || now - cp->last_fb_ms >= FEEDBACK_MS)
+        /* a snapshot server waits: a keepalive says how far the walsender
+         * has read (everything up to there is done once we are idle) */
+        bool want = !cp->in_src &&
+                    __atomic_load_n(&cp->st->cap_want_lsn, __ATOMIC_RELAXED) >
+                        __atomic_load_n(&cp->st->cap_done_lsn, __ATOMIC_RELAXED);
+        if (want && now - cp->want_ask_ms >= WANT_ASK_MS) {
+            cp->want_ask_ms = now;
+            if ((rc = send_feedback(cp, true))) {
+                pst_pgerr(cp->repl, NULL, err, el);
+                break;
+            }
+        } else if (cp->fb_now || now - cp->last_fb_ms >= FEEDBACK_MS) {
             if ((rc = send_feedback(cp, false))) {
                 pst_pgerr(cp->repl, NULL, err, el);
                 break;
             }
+        }
         if (now - cp->last_stats_ms >= STATS_MS && !cp->db_open) post_stats(cp);
         int wait = (int)(FEEDBACK_MS - (pst_mono_ms() - cp->last_fb_ms));
         if (wait < 0) wait = 0;
+        if (want && wait > WANT_ASK_MS) wait = WANT_ASK_MS;
         cap_wait(cp, PQsocket(cp->repl), wait);
         if (!PQconsumeInput(cp->repl)) {
             pst_pgerr(cp->repl, NULL, err, el);
@@ -1256,6 +1287,18 @@ void pst_capture_hold(pst_store *st, bool on)
     if (wake) cap_wake(cp);
 }
 
+void pst_capture_want(pst_store *st, uint64_t lsn)
+{
+    uint64_t cur = __atomic_load_n(&st->cap_want_lsn, __ATOMIC_RELAXED);
+    while (cur < lsn &&
+           !__atomic_compare_exchange_n(&st->cap_want_lsn, &cur, lsn, true,
+                                        __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+        ;
+    pthread_mutex_lock(&st->mu);
+    if (st->cap) cap_wake(st->cap);
+    pthread_mutex_unlock(&st->mu);
+}
+
 void pst_capture_stop(pst_store *st)
 {
     pst_capture *cp = st->cap;
@@ -1265,7 +1308,9 @@ void pst_capture_stop(pst_store *st)
     pthread_mutex_unlock(&cp->mu);
     cap_wake(cp);
     if (cp->started) uv_thread_join(&cp->tid);
+    pthread_mutex_lock(&st->mu); /* pst_capture_want wakes under it */
     st->cap = NULL;
+    pthread_mutex_unlock(&st->mu);
     pthread_mutex_destroy(&cp->mu);
     close(cp->wake_fd);
     free(cp->conninfo);

@@ -175,6 +175,16 @@ struct pst_store {
     struct pst_session *sessions;
     int refs; /* handles still closing */
     int snap_threads; /* snapshot threads running (atomic) */
+
+    /* The capture's progress, for snapshot servers (atomics; capture.c
+     * writes, snapshot.c reads): every transaction whose commit record
+     * ends at or before cap_done_lsn was classified and what became of it
+     * is committed (numbered into the log, or kept in pmgcm.divergence
+     * with the data marked not loaded); cap_div_gen counts the capture's
+     * commits that kept divergence (bumped before cap_done_lsn moves past
+     * them); cap_want_lsn: a snapshot waits for cap_done_lsn to reach it,
+     * so the capture asks the walsender how far it has read. */
+    uint64_t cap_done_lsn, cap_div_gen, cap_want_lsn;
 };
 
 void pst_log(pst_store *st, int level, const char *fmt, ...)
@@ -284,6 +294,9 @@ void pst_capture_poll(pst_store *st);
  * the running transactions when it last looked, everything committed
  * after which is still to be decoded (capture.c hold_step). */
 void pst_capture_hold(pst_store *st, bool on);
+/* Any thread: a snapshot server needs st->cap_done_lsn at or past lsn;
+ * the capture thread (when there is one) is woken to find out. */
+void pst_capture_want(pst_store *st, uint64_t lsn);
 /* slots (any thread, blocking libpq): "pmgcm_<database oid>" */
 int pst_slot_name(PGconn *c, char *buf, size_t len, char *err, size_t el);
 /* A new connection, checked (store.c): NULL with err set when it failed

@@ -18,6 +18,7 @@
  */
 #define _GNU_SOURCE
 #include "store/internal.h"
+#include "store/pgoutput.h"
 #include "store/store.pb-c.h"
 
 #include <errno.h>
@@ -195,24 +196,95 @@ typedef struct srv_job {
     char err[256];
 } srv_job;
 
+/* The WAL position a snapshot's rows are complete at: the insert position
+ * read inside it, or the start of its page when only the page's header
+ * lies before it (no record can end between the two, and a walsender
+ * that read everything reports the record's end, not the header's). */
+static uint64_t snap_wal_floor(uint64_t lsn, uint64_t page, uint64_t seg)
+{
+    if (page < 512 || seg < page) return lsn;
+    uint64_t off = lsn % page;
+    /* a page header: 24 bytes, a segment's first: 40 (MAXALIGNed) */
+    if (off == 24 || (lsn % seg == 40)) return lsn - off;
+    return lsn;
+}
+
+/* The capture has classified every transaction this snapshot sees. A
+ * change committed on this node while it was not the master (a writer's
+ * commit released when a former master came back as a follower, a
+ * transaction that slipped past a step-down) is visible in the tables
+ * from its commit until the capture keeps it as divergence and marks the
+ * data not loaded; a copy taken in between would carry rows no log
+ * holds to the node loading it, silently. So: wait until the capture
+ * is past everything this snapshot sees (lsn), then refuse if it kept
+ * any divergence since before the snapshot began (gen0). Bounded; a
+ * session that went away stops the wait. */
+#define SNAP_CAPTURE_WAIT_MS 60000
+static int srv_wait_capture(pst_snap *sn, uint64_t lsn, uint64_t gen0)
+{
+    pst_store *st = sn->st;
+    char txt[32];
+    pst_pgo_lsn_str(lsn, txt, sizeof(txt));
+    if (__atomic_load_n(&st->cap_done_lsn, __ATOMIC_ACQUIRE) < lsn) {
+        pst_capture_want(st, lsn);
+        pst_log(st, 2, "store: snapshot for node %u waits for this node's"
+                " capture to pass WAL %s", sn->peer_cid, txt);
+        uint64_t t0 = pst_mono_ms();
+        while (__atomic_load_n(&st->cap_done_lsn, __ATOMIC_ACQUIRE) < lsn) {
+            pthread_mutex_lock(&sn->pipe.mu);
+            bool gone = sn->pipe.aborted;
+            pthread_mutex_unlock(&sn->pipe.mu);
+            if (gone) return -ECANCELED;
+            if (pst_mono_ms() - t0 > SNAP_CAPTURE_WAIT_MS) {
+                snprintf(sn->err, sizeof(sn->err),
+                         "this node's capture has not reached WAL %s (where"
+                         " the snapshot begins) in %d s: it cannot vouch for"
+                         " its rows; ask another node", txt,
+                         SNAP_CAPTURE_WAIT_MS / 1000);
+                return PST_EREMOTE;
+            }
+            uv_sleep(2);
+        }
+    }
+    if (__atomic_load_n(&st->cap_div_gen, __ATOMIC_ACQUIRE) != gen0) {
+        snprintf(sn->err, sizeof(sn->err),
+                 "changes committed on this node while it was not the master"
+                 " were found as the snapshot began (kept in"
+                 " pmgcm.divergence): its data is resynced, not copied");
+        pst_log(st, 1, "store: snapshot for node %u refused: %s",
+                sn->peer_cid, sn->err);
+        return PST_EREMOTE;
+    }
+    return 0;
+}
+
 /* Step 1: the coordinating transaction and the position it is consistent
  * with. A change this node's capture numbered before this snapshot whose
  * transaction this snapshot does not see (it waits for db_sync's
  * acknowledgement, or is a moment from being visible) is not in the
  * tables copied: the position is the change before the first such one
- * (what follows is replayed, harmlessly, over the copy). */
+ * (what follows is replayed, harmlessly, over the copy). Every change the
+ * snapshot sees was classified by the capture first (srv_wait_capture). */
 static int srv_begin(pst_snap *sn, PGconn *c, Pmgcm__Store__Pos *head,
                      int64_t *ts)
 {
     char *err = sn->err;
     size_t el = sizeof(sn->err);
+    uint64_t gen0 = __atomic_load_n(&sn->st->cap_div_gen, __ATOMIC_ACQUIRE);
     int rc = pst_exec(c, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
                       err, el);
     if (rc) return rc;
+    /* the snapshot is taken as this statement starts: the insert position
+     * it reads is past every commit the snapshot sees */
     PGresult *r = PQexec(c, "SELECT epoch, seq, coalesce((extract(epoch FROM"
-                            " ts) * 1000000)::bigint, 0), loaded FROM"
-                            " pmgcm.state");
-    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+                            " ts) * 1000000)::bigint, 0), loaded,"
+                            " pg_current_wal_insert_lsn()::text,"
+                            " current_setting('wal_block_size')::bigint,"
+                            " pg_size_bytes(current_setting("
+                            "'wal_segment_size')) FROM pmgcm.state");
+    uint64_t lsn = 0;
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1 ||
+        pst_pgo_lsn_parse(PQgetvalue(r, 0, 4), &lsn) != 0) {
         pst_pgerr(c, r, err, el);
         PQclear(r);
         return PST_EDB;
@@ -225,7 +297,10 @@ static int srv_begin(pst_snap *sn, PGconn *c, Pmgcm__Store__Pos *head,
     head->epoch = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
     head->seq = strtoull(PQgetvalue(r, 0, 1), NULL, 10);
     *ts = strtoll(PQgetvalue(r, 0, 2), NULL, 10);
+    lsn = snap_wal_floor(lsn, strtoull(PQgetvalue(r, 0, 5), NULL, 10),
+                         strtoull(PQgetvalue(r, 0, 6), NULL, 10));
     PQclear(r);
+    if ((rc = srv_wait_capture(sn, lsn, gen0))) return rc;
     r = PQexec(c,
                "WITH x AS (SELECT (v::text::bigint % 4294967296) AS xid FROM"
                " pg_snapshot_xip(pg_current_snapshot()) v),"
