@@ -554,6 +554,21 @@ static void snapshot_ok(node *b, node *a)
     CHECK(ib.loaded);
 }
 
+typedef struct two {
+    node *a, *b;
+} two;
+/* a holds what b holds (b's capture numbered the rows: past the epoch
+ * entry), and the tables agree */
+static bool caught_up(void *ud)
+{
+    two *t = ud;
+    pst_info ia, ib;
+    pst_get_info(t->a->st, &ia);
+    pst_get_info(t->b->st, &ib);
+    eqwait w = {TABLES_SUM};
+    return ib.pos.seq > 1 && pst_pos_cmp(ia.pos, ib.pos) == 0 && same(&w);
+}
+
 /* ---- test points ------------------------------------------------------------ */
 
 /* snapshot, then follow: every kind of change */
@@ -586,6 +601,10 @@ static void test_snapshot_then_follow(void)
     CHECK(run_until(same, &w, 30000));
     REQUIRE(sqlf(ca, false, "TRUNCATE rules") == 0);
     CHECK(run_until(same, &w, 30000));
+    /* the tables agree once the apply committed; the follower's position
+     * is known to the loop a moment later (the apply job's callback) */
+    two t = {&a, &b};
+    CHECK(run_until(caught_up, &t, 30000));
     pst_info ia;
     pst_get_info(a.st, &ia);
     pst_get_info(b.st, &ib);
@@ -837,21 +856,6 @@ static bool pos_at(void *ud)
     pst_info in;
     pst_get_info(w->n->st, &in);
     return in.pos.seq >= w->seq;
-}
-
-typedef struct two {
-    node *a, *b;
-} two;
-/* a holds what b holds (b's capture numbered the rows: past the epoch
- * entry), and the tables agree */
-static bool caught_up(void *ud)
-{
-    two *t = ud;
-    pst_info ia, ib;
-    pst_get_info(t->a->st, &ia);
-    pst_get_info(t->b->st, &ib);
-    eqwait w = {TABLES_SUM};
-    return ib.pos.seq > 1 && pst_pos_cmp(ia.pos, ib.pos) == 0 && same(&w);
 }
 
 static bool unloaded(void *ud)
