@@ -202,6 +202,7 @@ typedef struct pmm_http_view {
     uint64_t db_epoch, db_seq, db_head_seq;
     double db_lag_seconds;
     uint64_t db_applied, db_captured, db_snapshots, db_divergent;
+    uint64_t db_frames_direct;
     /* capture: the node's replication slot; db_sync */
     bool db_capturing;
     int64_t db_wal_retained;  /* bytes of WAL the slot holds back */

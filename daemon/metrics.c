@@ -59,6 +59,7 @@ static bool g_db_lag_seconds(const pmm_metric_in *in, size_t i,
 }
 GET(g_db_applied, v->db_applied)
 GET(g_db_captured, v->db_captured)
+GET(g_db_frames_direct, v->db_frames_direct)
 GET(g_db_snapshots, v->db_snapshots)
 GET(g_db_divergent, v->db_divergent)
 GET(g_db_capturing, v->db_capturing ? 1 : 0)
@@ -203,6 +204,10 @@ static const pmm_metric metrics[] = {
     {"pmgcm_db_changes_captured_total", C,
      "Changes numbered here as master since start.", NULL, NULL, DB,
      g_db_captured},
+    {"pmgcm_db_frames_direct_total", C,
+     "Change frames sent to followers at the head as the capture committed "
+     "them, without a read of the change log (master, since start).", NULL,
+     NULL, DB, g_db_frames_direct},
     {"pmgcm_db_snapshots_total", C,
      "Snapshots loaded into this node's database (ever).", NULL, NULL, DB,
      g_db_snapshots},

@@ -1024,6 +1024,7 @@ static void http_view(void *ud, pmm_http_view *v)
                                 : 0;
         v->db_applied = si.applied_total;
         v->db_captured = si.captured_total;
+        v->db_frames_direct = si.served_direct;
         v->db_capturing = si.capturing;
         v->db_wal_retained = si.wal_retained;
         v->db_slot_safe = si.slot_safe;
@@ -1213,6 +1214,7 @@ static json_t *store_json(node *n)
         {"snapshots", si.snapshots},
         {"applied", si.applied_total},
         {"captured", si.captured_total},
+        {"frames_direct", si.served_direct},
         {"divergent", si.divergent_total},
         {"tables", si.n_tables},
     };

@@ -36,6 +36,7 @@
 #define _GNU_SOURCE
 #include "store/internal.h"
 #include "store/pgoutput.h"
+#include "store/store.pb-c.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -196,6 +197,21 @@ typedef struct held {
     char *old_, *new_;
 } held;
 
+/* a log entry the writer's transaction holds, kept for the frame that
+ * serve's followers get once it commits (fr_add) */
+typedef struct fr_ent {
+    uint64_t seq, epoch;
+    int64_t ts_us;
+    char op;
+    bool last;
+    const char *tbl; /* interned */
+    char *old_, *new_;
+} fr_ent;
+
+/* at most this many frames wait for the loop; older ones are dropped
+ * (the sessions read the log instead) */
+#define RES_FRAMES_MAX 32
+
 typedef struct sync_ent {
     uint64_t need_seq; /* followers must hold the log up to this */
     uint64_t end_lsn;
@@ -235,6 +251,8 @@ struct pst_capture {
     bool hold;            /* a parallel load asked (pst_capture_hold) */
     uint64_t res_waiting; /* db_sync: transactions held */
     uint64_t res_flush;
+    pst_cframe *res_fr, *res_fr_tail; /* committed frames, oldest first */
+    size_t res_fr_n;
 
     /* thread only */
     PGconn *sql, *repl;
@@ -269,6 +287,12 @@ struct pst_capture {
     bool any_own;
     wbuf blog, bolog, bdiv;
     held hlog, holog;
+    /* the transaction's pmgcm.log entries as a frame to be (fr_*): off
+     * when one would not fit PST_FRAME_BYTES or memory ran out */
+    fr_ent *fr;
+    size_t fr_n, fr_cap, fr_bytes;
+    bool fr_off;
+    uint64_t fr_from;
 
     /* held for a load (thread only): the stream ended for it; the WAL
      * position the slot must be past first, 0 until taken */
@@ -505,6 +529,106 @@ static void held_clear(held *h)
     memset(h, 0, sizeof(*h));
 }
 
+/* ---- the frame for the followers ------------------------------------------------------ */
+
+/* Forgets the transaction's entries; the next one starts after `from`. */
+static void fr_reset(pst_capture *cp, uint64_t from)
+{
+    for (size_t i = 0; i < cp->fr_n; i++) {
+        free(cp->fr[i].old_);
+        free(cp->fr[i].new_);
+    }
+    cp->fr_n = cp->fr_bytes = 0;
+    cp->fr_off = false;
+    cp->fr_from = from;
+}
+
+/* The entry just written to the COPY buffer (seq cp->seq) into the frame;
+ * takes h's values (h->old_/new_ become NULL) unless the frame is off. */
+static void fr_add(pst_capture *cp, held *h, bool last)
+{
+    if (cp->fr_off) return;
+    size_t sz = 64 + (h->tbl ? strlen(h->tbl) : 0) +
+                (h->old_ ? strlen(h->old_) : 0) +
+                (h->new_ ? strlen(h->new_) : 0);
+    if (cp->fr_bytes + sz > PST_FRAME_BYTES) goto off;
+    if (cp->fr_n == cp->fr_cap) {
+        size_t nc = cp->fr_cap ? 2 * cp->fr_cap : 64;
+        fr_ent *n = realloc(cp->fr, nc * sizeof(*n));
+        if (!n) goto off;
+        cp->fr = n;
+        cp->fr_cap = nc;
+    }
+    cp->fr[cp->fr_n++] = (fr_ent){cp->seq, cp->epoch, cp->src_ts, h->op,
+                                  last, h->tbl, h->old_, h->new_};
+    cp->fr_bytes += sz;
+    h->old_ = h->new_ = NULL;
+    return;
+off:
+    fr_reset(cp, cp->fr_from);
+    cp->fr_off = true;
+}
+
+/* The committed transaction's entries as a CHANGES frame (the fields
+ * serve.c's read gives), or NULL (off, or out of memory). */
+static pst_cframe *fr_pack(pst_capture *cp)
+{
+    if (cp->fr_off || cp->fr_n == 0 || cp->fr_n != cp->n_main ||
+        cp->fr[0].seq != cp->fr_from + 1)
+        return NULL;
+    size_t n = cp->fr_n;
+    Pmgcm__Store__Change *cv = calloc(n, sizeof(*cv));
+    Pmgcm__Store__Change **pv = calloc(n, sizeof(*pv));
+    pst_cframe *f = NULL;
+    if (!cv || !pv) goto out;
+    for (size_t i = 0; i < n; i++) {
+        const fr_ent *e = &cp->fr[i];
+        pmgcm__store__change__init(&cv[i]);
+        cv[i].seq = e->seq;
+        cv[i].epoch = e->epoch;
+        cv[i].op = (uint8_t)e->op;
+        cv[i].tbl = (char *)e->tbl;
+        cv[i].old = e->old_;
+        cv[i].new_ = e->new_;
+        cv[i].ts_us = e->ts_us;
+        cv[i].last = e->last;
+        cv[i].has_origin = true;
+        cv[i].origin = cp->cid;
+        pv[i] = &cv[i];
+    }
+    Pmgcm__Store__Msg m = PMGCM__STORE__MSG__INIT;
+    Pmgcm__Store__Pos hd = PMGCM__STORE__POS__INIT;
+    m.kind = PMGCM__STORE__MSG__KIND__CHANGES;
+    m.n_changes = n;
+    m.changes = pv;
+    hd.epoch = cv[n - 1].epoch;
+    hd.seq = cv[n - 1].seq;
+    m.head = &hd;
+    m.has_acks = true;
+    m.acks = true;
+    size_t len = pmgcm__store__msg__get_packed_size(&m);
+    f = malloc(sizeof(*f) + len);
+    if (!f) goto out;
+    f->next = NULL;
+    f->from = cp->fr_from;
+    f->to = (pst_pos){cv[n - 1].epoch, cv[n - 1].seq};
+    f->len = len;
+    pmgcm__store__msg__pack(&m, f->data);
+out:
+    free(cv);
+    free(pv);
+    return f;
+}
+
+static void frames_free(pst_cframe *f)
+{
+    while (f) {
+        pst_cframe *n = f->next;
+        free(f);
+        f = n;
+    }
+}
+
 static int wr_begin(pst_capture *cp, char *err, size_t el);
 
 /* Opens the writer's transaction: the role and positions as they are,
@@ -562,6 +686,7 @@ static int wr_begin(pst_capture *cp, char *err, size_t el)
     PQclear(r);
     cp->db_open = true;
     cp->open_us = pst_now_us();
+    fr_reset(cp, cp->seq);
     cp->n_main = cp->n_own = cp->n_div = 0;
     cp->any_own = false;
     cp->batch_txns = cp->batch_bytes = 0;
@@ -578,6 +703,7 @@ static void wr_abort(pst_capture *cp)
     cp->blog.len = cp->bolog.len = cp->bdiv.len = 0;
     held_clear(&cp->hlog);
     held_clear(&cp->holog);
+    fr_reset(cp, 0);
 }
 
 /* One row of pmgcm.log / pmgcm.olog from a held change. */
@@ -611,6 +737,7 @@ static int emit_held(pst_capture *cp, held *h, bool origin, bool last)
     } else {
         cp->n_main++;
         cp->last_ts = cp->src_ts;
+        if (!rc) fr_add(cp, h, last);
     }
     held_clear(h);
     return rc;
@@ -752,6 +879,12 @@ static int wr_commit(pst_capture *cp, char *err, size_t el)
     /* for snapshot servers: the divergence first, then the position */
     if (cp->n_div) __atomic_add_fetch(&cp->st->cap_div_gen, 1, __ATOMIC_RELEASE);
     done_to(cp, cp->end_lsn);
+    /* the followers' next frame, made here, off the loop; NULL: they read
+     * the log */
+    pst_cframe *f = cp->n_main && strcmp(cp->role, "master") == 0
+                        ? fr_pack(cp) : NULL;
+    fr_reset(cp, cp->seq);
+    pst_cframe *drop = NULL;
     /* for the loop */
     pthread_mutex_lock(&cp->mu);
     cp->res_any = true;
@@ -760,6 +893,19 @@ static int wr_commit(pst_capture *cp, char *err, size_t el)
         cp->res_recv = cp->seq;
         cp->res_ts = cp->last_ts;
         cp->res_captured += cp->n_main;
+    }
+    if (f) {
+        if (cp->res_fr_n == RES_FRAMES_MAX) { /* the oldest goes */
+            drop = cp->res_fr;
+            cp->res_fr = drop->next;
+            if (!cp->res_fr) cp->res_fr_tail = NULL;
+            drop->next = NULL;
+            cp->res_fr_n--;
+        }
+        if (cp->res_fr_tail) cp->res_fr_tail->next = f;
+        else cp->res_fr = f;
+        cp->res_fr_tail = f;
+        cp->res_fr_n++;
     }
     if (cp->any_own) {
         cp->res_own = true;
@@ -772,6 +918,7 @@ static int wr_commit(pst_capture *cp, char *err, size_t el)
         cp->res_unloaded = true;
     }
     pthread_mutex_unlock(&cp->mu);
+    frames_free(drop);
     fifo_push(cp, strcmp(cp->role, "master") == 0 ? cp->seq : 0, cp->end_lsn);
     cp->batch_txns = cp->batch_bytes = 0;
     cap_post(cp);
@@ -1319,6 +1466,9 @@ void pst_capture_stop(pst_store *st)
     free(cp->bdiv.p);
     held_clear(&cp->hlog);
     held_clear(&cp->holog);
+    fr_reset(cp, 0);
+    free(cp->fr);
+    frames_free(cp->res_fr);
     pst_pgo_free(cp->dec);
     free(cp->hold_snap);
     pthread_mutex_lock(&st->mu);
@@ -1354,6 +1504,9 @@ void pst_capture_poll(pst_store *st)
         st->info.sync_waiting = cp->res_waiting;
     }
     st->info.capturing = cp->res_streaming;
+    pst_cframe *frames = cp->res_fr;
+    cp->res_fr = cp->res_fr_tail = NULL;
+    cp->res_fr_n = 0;
     cp->res_any = cp->res_own = cp->res_unloaded = false;
     cp->res_captured = cp->res_divergent = 0;
     cp->res_err_set = cp->res_stats = cp->res_lost = false;
@@ -1366,6 +1519,11 @@ void pst_capture_poll(pst_store *st)
         i->pos_ts_us = i->head_ts_us = ts;
         i->captured_total += cap;
     }
+    /* before the sessions look at the new head: those exactly at a
+     * frame's start take it as it is */
+    for (const pst_cframe *f = frames; f; f = f->next)
+        if (i->master && f->to.seq <= i->recv_seq) pst_serve_offer(st, f);
+    frames_free(frames);
     if (own) {
         pst_origin *o = pst_opos(st, cid, true);
         if (o && oseq > o->seq) {

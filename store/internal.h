@@ -287,7 +287,9 @@ void pst_capture_numbering(pst_store *st, bool on);
 /* db_sync: the flush position reported to PostgreSQL waits until `need`
  * followers hold the log up to `acked` (need 0: off) */
 void pst_capture_set_sync(pst_store *st, uint32_t need, uint64_t acked);
-/* on the loop (async callback): what the thread numbered, its errors */
+/* on the loop (async callback): what the thread numbered, its errors; the
+ * CHANGES frames it made go to the serve sessions waiting for exactly
+ * them (pst_serve_offer) */
 void pst_capture_poll(pst_store *st);
 /* on the loop: a parallel snapshot load asks the capture to pause (on) or
  * to go on (off). Paused, the thread sets st->hold_snap (under st->mu):
@@ -405,6 +407,23 @@ void pst_sync_apply(pst_store *st);
 
 /* serve.c */
 void pst_serve_pump(pst_session *s);
+/* A CHANGES frame (at most PST_FRAME_BYTES of row data) as serve would
+ * read it from the log: entries from + 1 .. to.seq, which the capture has
+ * just committed (capture.c makes them on its thread; the loop owns them
+ * after pst_capture_poll). */
+#define PST_FRAME_BYTES (4u << 20)
+typedef struct pst_cframe {
+    struct pst_cframe *next;
+    uint64_t from; /* the entry before the first */
+    pst_pos to;    /* the last entry */
+    size_t len;
+    uint8_t data[];
+} pst_cframe;
+/* On the loop: f goes to every subscriber session that is exactly at
+ * f->from and waits for nothing else (checked, not to be checked again,
+ * no read in flight, transport not full); the others read the log as
+ * before. f is not kept. */
+void pst_serve_offer(pst_store *st, const pst_cframe *f);
 
 /* apply.c */
 /* A frame from the upstream of a SUBSCRIBE / OSUBSCRIBE session. */

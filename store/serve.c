@@ -17,7 +17,6 @@ typedef Pmgcm__Store__Open Open;
 typedef Pmgcm__Store__Change Change;
 
 #define READ_BATCH 5000
-#define FRAME_BYTES (4u << 20)
 #define KEEPALIVE_MS 5000
 #define MAX_OPEN (4u << 20)
 
@@ -56,7 +55,7 @@ static void encode_changes(read_job *rj, PGresult *r)
         j->rc = -ENOMEM;
         return;
     }
-    /* at most FRAME_BYTES of row data per frame (the first change always
+    /* at most PST_FRAME_BYTES of row data per frame (the first change always
      * goes, so a lone huge change still moves; the transport refuses
      * frames over its limit) */
     size_t bytes = 0;
@@ -64,7 +63,7 @@ static void encode_changes(read_job *rj, PGresult *r)
     for (int i = 0; i < n; i++) {
         bytes += 64 + (size_t)PQgetlength(r, i, 3) + (size_t)PQgetlength(r, i, 4) +
                  (size_t)PQgetlength(r, i, 5);
-        if (i > 0 && bytes > FRAME_BYTES) {
+        if (i > 0 && bytes > PST_FRAME_BYTES) {
             keep = i;
             break;
         }
@@ -286,6 +285,21 @@ void pst_serve_pump(pst_session *s)
         return;
     }
     if (pst_mono_ms() - s->last_send_ms >= KEEPALIVE_MS) pst_sess_send_head(s);
+}
+
+void pst_serve_offer(pst_store *st, const pst_cframe *f)
+{
+    if (!st->info.ready || !st->info.master) return;
+    for (pst_session *s = st->sessions; s; s = s->next) {
+        if (!s->server || s->kind != PST_SUBSCRIBE || s->ended ||
+            !s->checked || s->recheck || s->reading || s->blocked ||
+            s->from.seq != f->from)
+            continue;
+        if (pst_sess_send_raw(s, f->data, f->len) == 0) {
+            s->from = f->to;
+            st->info.served_direct++;
+        }
+    }
 }
 
 /* ---- server: open ------------------------------------------------------------------ */

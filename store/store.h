@@ -160,6 +160,9 @@ typedef struct pst_info {
     int64_t head_ts_us;    /* capture time of head                       */
     uint64_t snapshots;    /* snapshots loaded (pmgcm.state.snapshots)   */
     uint64_t applied_total, captured_total, divergent_total;
+    uint64_t served_direct; /* master: CHANGES frames sent to followers as
+                               the capture committed them, without a read
+                               of the log                                */
     size_t n_tables;
     size_t n_origin_tables;
     /* snapshot being loaded */

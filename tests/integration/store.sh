@@ -16,7 +16,9 @@
 #      every kind of change: key updates, composite keys, TRUNCATE,
 #      savepoints, rollbacks, odd values, rows of several MB
 #   2  8 concurrent writers on the master, some transactions sleeping so
-#      that they commit out of the order of their changes: rows = acks
+#      that they commit out of the order of their changes: rows = acks;
+#      then a write with the followers at the head reaches them as the
+#      capture's own frame (store.frames_direct)
 #      the master's daemon restarted while a writer runs: nothing lost
 #      the master's store sessions terminated while a writer runs (its
 #      workers re-prepare their statements): nothing lost
@@ -374,6 +376,24 @@ else
     it_not_ok "8 concurrent writers: all three nodes equal afterwards"
     it_diag "writers: ${wbad:-all $NT acks each} in $(ms $WRITE_MS) s"
     show "$ALL3"
+fi
+
+# followers at the head get the capture's own frame, without a read of the
+# log: with everything in sync, a single write goes that way (up to three
+# tries: a session that has just reconnected reads once first)
+FD0=$(store 1 | jq -r '.frames_direct // empty')
+FD1=$FD0
+for ((k = 1; k <= 3; k++)); do
+    pg_sql 1 "INSERT INTO rules VALUES ($((2100 + k)), 'direct frame $k', $k, true)" >/dev/null
+    wait_converged "$ALL3" 60 || break
+    FD1=$(store 1 | jq -r '.frames_direct // empty')
+    [[ -n "$FD0" && -n "$FD1" ]] && ((FD1 > FD0)) && break
+done
+if [[ -n "$FD0" && -n "$FD1" ]] && ((FD1 > FD0)); then
+    it_ok "a write with both followers at the head reaches them as the capture's own frame (node1's store.frames_direct $FD0 -> $FD1 after $k write(s)), all three equal"
+else
+    it_not_ok "a write with both followers at the head goes to them as the capture's frame (store.frames_direct moves)"
+    it_diag "frames_direct before '${FD0}', after '${FD1}'; node1 store: $(store 1 | head -c 400)"
 fi
 
 # ==== the master's daemon restarted while a writer runs ===========================

@@ -6,7 +6,9 @@
  * point makes fresh databases on both servers, so points are independent.
  *
  *   - a master's data reaches a follower by snapshot, then changes by the
- *     subscription (inserts, key updates, deletes, TRUNCATE), positions equal
+ *     subscription (inserts, key updates, deletes, TRUNCATE), positions equal;
+ *     a follower at the head gets the capture's own frame (no log read),
+ *     and its log then equals the master's entry for entry
  *   - an UPDATE that leaves a TOASTed column unchanged keeps it on the
  *     follower (logical decoding leaves it out of the new row)
  *   - step-down: a REPEATABLE READ writer whose statements ran before it
@@ -611,6 +613,29 @@ static void test_snapshot_then_follow(void)
     CHECK(ia.master && !ib.master);
     CHECK_EQ_INT(ib.pos.seq, ia.pos.seq);
     CHECK(ia.captured_total >= 5);
+    /* the follower is at the head: the next transaction's entries go to it
+     * as the capture packed them, without a read of the log; its log then
+     * holds exactly what the master's does */
+    uint64_t direct0 = ia.served_direct;
+    REQUIRE(sqlf(ca, false, "INSERT INTO mail VALUES (6001, 'direct', 2);"
+                            "INSERT INTO rules VALUES (6, 'u', '{\"json\":"
+                            " \"in text\"}')") == 0);
+    CHECK(run_until(same, &w, 30000));
+    pst_get_info(a.st, &ia);
+    printf("# frames sent as captured: %llu\n",
+           (unsigned long long)(ia.served_direct - direct0));
+    CHECK(ia.served_direct > direct0);
+    char lo[32], lx[64], ly[64];
+    val(cb, lo, sizeof(lo), "SELECT min(seq) FROM pmgcm.log");
+    char lq[400];
+    snprintf(lq, sizeof(lq),
+             "SELECT count(*) || ':' || md5(string_agg(concat_ws('|', seq,"
+             " epoch, op, tbl, old, new, ts, last, origin), ',' ORDER BY"
+             " seq)) FROM pmgcm.log WHERE seq >= %lld", atoll(lo));
+    val(ca, lx, sizeof(lx), lq);
+    val(cb, ly, sizeof(ly), lq);
+    printf("# logs from %s: master %s, follower %s\n", lo, lx, ly);
+    CHECK(lo[0] && lx[0] && strcmp(lx, ly) == 0);
     /* a write on the follower is refused */
     CHECK(sqlf(cb, true, "INSERT INTO mail VALUES (9999, 'x', 0)") != 0);
     pair_close(&sub);
