@@ -340,15 +340,19 @@ static void cap_post(pst_capture *cp)
     uv_async_send(&cp->st->async);
 }
 
+/* *p = max(*p, v), atomically; mo: the memory order of the store */
+static void atomic_max(uint64_t *p, uint64_t v, int mo)
+{
+    uint64_t cur = __atomic_load_n(p, __ATOMIC_RELAXED);
+    while (cur < v &&
+           !__atomic_compare_exchange_n(p, &cur, v, true, mo, __ATOMIC_RELAXED))
+        ;
+}
+
 /* Everything committed up to lsn is classified and done (monotonic). */
 static void done_to(pst_capture *cp, uint64_t lsn)
 {
-    uint64_t *d = &cp->st->cap_done_lsn;
-    uint64_t cur = __atomic_load_n(d, __ATOMIC_RELAXED);
-    while (cur < lsn && !__atomic_compare_exchange_n(d, &cur, lsn, true,
-                                                     __ATOMIC_RELEASE,
-                                                     __ATOMIC_RELAXED))
-        ;
+    atomic_max(&cp->st->cap_done_lsn, lsn, __ATOMIC_RELEASE);
 }
 
 /* Waits up to ms for a wake-up (stop, poke, acknowledgements) or, with
@@ -1214,18 +1218,13 @@ static int stream(pst_capture *cp, char *err, size_t el)
         bool want = !cp->in_src &&
                     __atomic_load_n(&cp->st->cap_want_lsn, __ATOMIC_RELAXED) >
                         __atomic_load_n(&cp->st->cap_done_lsn, __ATOMIC_RELAXED);
-        if (want && now - cp->want_ask_ms >= WANT_ASK_MS) {
-            cp->want_ask_ms = now;
-            if ((rc = send_feedback(cp, true))) {
+        bool ask = want && now - cp->want_ask_ms >= WANT_ASK_MS;
+        if (ask) cp->want_ask_ms = now;
+        if (ask || cp->fb_now || now - cp->last_fb_ms >= FEEDBACK_MS)
+            if ((rc = send_feedback(cp, ask))) {
                 pst_pgerr(cp->repl, NULL, err, el);
                 break;
             }
-        } else if (cp->fb_now || now - cp->last_fb_ms >= FEEDBACK_MS) {
-            if ((rc = send_feedback(cp, false))) {
-                pst_pgerr(cp->repl, NULL, err, el);
-                break;
-            }
-        }
         if (now - cp->last_stats_ms >= STATS_MS && !cp->db_open) post_stats(cp);
         int wait = (int)(FEEDBACK_MS - (pst_mono_ms() - cp->last_fb_ms));
         if (wait < 0) wait = 0;
@@ -1436,11 +1435,7 @@ void pst_capture_hold(pst_store *st, bool on)
 
 void pst_capture_want(pst_store *st, uint64_t lsn)
 {
-    uint64_t cur = __atomic_load_n(&st->cap_want_lsn, __ATOMIC_RELAXED);
-    while (cur < lsn &&
-           !__atomic_compare_exchange_n(&st->cap_want_lsn, &cur, lsn, true,
-                                        __ATOMIC_RELAXED, __ATOMIC_RELAXED))
-        ;
+    atomic_max(&st->cap_want_lsn, lsn, __ATOMIC_RELAXED);
     pthread_mutex_lock(&st->mu);
     if (st->cap) cap_wake(st->cap);
     pthread_mutex_unlock(&st->mu);

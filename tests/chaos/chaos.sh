@@ -235,10 +235,6 @@ healed() {
     MASTER=$m
 }
 
-# rows_diff M: when the nodes' tables differ, which mail rows differ from
-# master M's on each node (at most 8 each way), and every trace of those
-# ids: the master's and the node's log entries, any node's divergence
-# records and backup schemas (for the next person who reads a red run)
 # id_trace M I ID: every trace of mail id ID: the log entries for it on the
 # master M and on node I, the writers' records, every node's divergence
 # records and backup schemas holding it
@@ -266,6 +262,10 @@ node_histories() {
     done
 }
 
+# rows_diff M: when the nodes' tables differ, which mail rows differ from
+# master M's on each node (at most 8 each way), and every trace of those
+# ids: the master's and the node's log entries, any node's divergence
+# records and backup schemas (for the next person who reads a red run)
 rows_diff() {
     local m=$1 i id s col ids
     pg_sql "$m" "SELECT id FROM mail" 2>/dev/null | sort >"$CH/rows.m"
