@@ -91,8 +91,10 @@ static int check_loaded(const pmm_promote_view *v, char *why, size_t len,
                  where);
     else
         snprintf(why, len, "this node's data is not loaded (no snapshot "
-                 "yet): promoting it would replace the cluster's data with "
-                 "what this node holds; %s", where);
+                 "yet, or it kept changes committed here while it was not "
+                 "the master and waits for its resync): promoting it would "
+                 "replace the cluster's data with what this node holds; %s",
+                 where);
     best = pmm_promote_best(v, false);
     if (best != NULL)
         snprintf(lost, lostlen, "this node holds no loaded data; %s holds "

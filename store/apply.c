@@ -478,6 +478,7 @@ typedef struct div_job {
     pst_session *s;
     pst_pos fork;
     uint64_t moved;
+    uint64_t gen; /* pst_unload_bump's */
 } div_job;
 
 static void div_run(pst_job *j, PGconn *c)
@@ -513,6 +514,7 @@ static void div_run(pst_job *j, PGconn *c)
     /* the tables hold those changes: only a snapshot repairs them */
     if ((rc = pst_exec(c, "UPDATE pmgcm.state SET loaded = false", err, el)))
         goto out;
+    dj->gen = pst_unload_bump(j->st); /* the row is ours till the commit */
     rc = pst_exec(c, "COMMIT", err, el);
 out:
     j->rc = rc;
@@ -525,7 +527,7 @@ static void div_done(pst_job *j)
     pst_session *s = dj->s;
     if (!st->closing) {
         if (j->rc == 0) {
-            st->info.loaded = false;
+            pst_unloaded(st, dj->gen);
             st->info.divergent_total += dj->moved;
             pst_log(st, 1,
                     "store: DIVERGED: %llu change(s) held here after change"

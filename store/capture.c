@@ -237,6 +237,7 @@ struct pst_capture {
     int64_t res_ts;
     uint64_t res_captured, res_divergent;
     bool res_own, res_unloaded;
+    uint64_t res_unload_gen; /* st->unload_gen of the newest "not loaded" */
     uint64_t res_own_seq;
     int64_t res_own_ts;
     uint32_t res_cid;
@@ -867,6 +868,8 @@ static int wr_commit(pst_capture *cp, char *err, size_t el)
         n = snprintf(q, sizeof(q),
                      "UPDATE pmgcm.state SET capture_lsn = '%s'%s;", lsn,
                      cp->n_div ? ", loaded = false" : "");
+    /* before the commit, the state row locked: role.c orders by it */
+    uint64_t ugen = cp->n_div ? pst_unload_bump(cp->st) : 0;
     if (cp->any_own && n > 0 && (size_t)n < sizeof(q))
         n += snprintf(q + n, sizeof(q) - (size_t)n,
                       "INSERT INTO pmgcm.opos (origin, seq, recv_seq, ts)"
@@ -920,6 +923,7 @@ static int wr_commit(pst_capture *cp, char *err, size_t el)
     if (cp->n_div) {
         cp->res_divergent += cp->n_div;
         cp->res_unloaded = true;
+        cp->res_unload_gen = ugen;
     }
     pthread_mutex_unlock(&cp->mu);
     frames_free(drop);
@@ -1441,6 +1445,55 @@ void pst_capture_want(pst_store *st, uint64_t lsn)
     pthread_mutex_unlock(&st->mu);
 }
 
+uint64_t pst_wal_floor(uint64_t lsn, uint64_t page, uint64_t seg)
+{
+    if (page < 512 || seg < page) return lsn;
+    uint64_t off = lsn % page;
+    /* a page header: 24 bytes, a segment's first: 40 (MAXALIGNed) */
+    if (off == 24 || (lsn % seg == 40)) return lsn - off;
+    return lsn;
+}
+
+int pst_capture_wal_now(PGconn *c, uint64_t *lsn, char *err, size_t el)
+{
+    PGresult *r = PQexec(c, "SELECT pg_current_wal_insert_lsn()::text,"
+                            " current_setting('wal_block_size')::bigint,"
+                            " pg_size_bytes(current_setting("
+                            "'wal_segment_size'))");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1 ||
+        pst_pgo_lsn_parse(PQgetvalue(r, 0, 0), lsn) != 0) {
+        pst_pgerr(c, r, err, el);
+        PQclear(r);
+        return PST_EDB;
+    }
+    *lsn = pst_wal_floor(*lsn, strtoull(PQgetvalue(r, 0, 1), NULL, 10),
+                         strtoull(PQgetvalue(r, 0, 2), NULL, 10));
+    PQclear(r);
+    return 0;
+}
+
+int pst_capture_wait(pst_store *st, uint64_t lsn, uint64_t timeout_ms,
+                     bool (*stop)(void *ud), void *ud)
+{
+    if (__atomic_load_n(&st->cap_done_lsn, __ATOMIC_ACQUIRE) >= lsn) return 0;
+    uint64_t t0 = pst_mono_ms();
+    pst_capture_want(st, lsn);
+    while (__atomic_load_n(&st->cap_done_lsn, __ATOMIC_ACQUIRE) < lsn) {
+        if (stop && stop(ud)) return -ECANCELED;
+        if (pst_mono_ms() - t0 > timeout_ms) return -ETIMEDOUT;
+        uv_sleep(2);
+    }
+    return 0;
+}
+
+bool pst_capture_running(pst_store *st)
+{
+    pthread_mutex_lock(&st->mu);
+    bool running = st->cap != NULL;
+    pthread_mutex_unlock(&st->mu);
+    return running;
+}
+
 void pst_capture_stop(pst_store *st)
 {
     pst_capture *cp = st->cap;
@@ -1483,6 +1536,7 @@ void pst_capture_poll(pst_store *st)
     if (!cp || st->closing) return;
     pthread_mutex_lock(&cp->mu);
     bool any = cp->res_any, own = cp->res_own, unl = cp->res_unloaded;
+    uint64_t ugen = cp->res_unload_gen;
     pst_pos pos = cp->res_pos;
     uint64_t recv = cp->res_recv, cap = cp->res_captured,
              div = cp->res_divergent, oseq = cp->res_own_seq;
@@ -1536,8 +1590,7 @@ void pst_capture_poll(pst_store *st)
                 (unsigned long long)div);
         pst_start_kept(st);
     }
-    if (unl) {
-        i->loaded = false;
+    if (unl && pst_unloaded(st, ugen)) {
         if (i->state == PST_IN_SYNC) i->state = PST_CATCHING_UP;
     }
     if (err_set) {

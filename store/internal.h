@@ -158,6 +158,15 @@ struct pst_store {
     struct role_req *roles_head, *roles_tail;
     bool role_busy;
     bool want_master;
+    /* What orders the writers of pmgcm.state.loaded, whose results reach
+     * the loop in any order (workers, the capture thread). unload_gen
+     * (atomic) is bumped by a transaction that marks the data not loaded
+     * while it holds the state row, before its commit (the capture, an
+     * upstream's DIVERGED); one that reads loaded with the row locked
+     * (a role job, a snapshot load) notes it. loaded_gen (loop): the
+     * newest of those that info.loaded reflects: an older result is not
+     * applied over a newer one (pst_loaded_read, pst_unloaded). */
+    uint64_t unload_gen, loaded_gen;
 
     /* the capture thread (capture.c) */
     struct pst_capture *cap;
@@ -291,6 +300,21 @@ void pst_capture_set_sync(pst_store *st, uint32_t need, uint64_t acked);
  * CHANGES frames it made go to the serve sessions waiting for exactly
  * them (pst_serve_offer) */
 void pst_capture_poll(pst_store *st);
+/* A worker or the capture thread, in a transaction that marks the data
+ * not loaded and holds the pmgcm.state row, before its commit: the
+ * generation of that verdict. */
+uint64_t pst_unload_bump(pst_store *st);
+/* Any thread, the pmgcm.state row locked: the generation its loaded
+ * value reflects. */
+uint64_t pst_unload_gen(pst_store *st);
+/* On the loop: info.loaded = loaded, read with the state row locked at
+ * generation gen (pst_unload_gen), unless a "not loaded" of a later
+ * generation is already applied. Whether it was applied. */
+bool pst_loaded_read(pst_store *st, bool loaded, uint64_t gen);
+/* On the loop: info.loaded = false, the verdict of generation gen
+ * (pst_unload_bump), unless a read that saw it is already applied.
+ * Whether it was applied. */
+bool pst_unloaded(pst_store *st, uint64_t gen);
 /* on the loop: a parallel snapshot load asks the capture to pause (on) or
  * to go on (off). Paused, the thread sets st->hold_snap (under st->mu):
  * the running transactions when it last looked, everything committed
@@ -299,6 +323,22 @@ void pst_capture_hold(pst_store *st, bool on);
 /* Any thread: a snapshot server needs st->cap_done_lsn at or past lsn;
  * the capture thread (when there is one) is woken to find out. */
 void pst_capture_want(pst_store *st, uint64_t lsn);
+/* Any thread: whether a capture thread runs (st->cap, under st->mu). */
+bool pst_capture_running(pst_store *st);
+/* The WAL position everything committed so far is complete at: the
+ * insert position, or the start of its page when only the page's header
+ * lies before it (no record ends between the two, and a walsender that
+ * read everything reports the record's end, not the header's). */
+uint64_t pst_wal_floor(uint64_t lsn, uint64_t page, uint64_t seg);
+/* A worker thread: that position now, read on c (pst_wal_floor applied).
+ * 0, or PST_EDB with err set. */
+int pst_capture_wal_now(PGconn *c, uint64_t *lsn, char *err, size_t el);
+/* A worker thread: waits until the capture has classified every commit
+ * that ends at or before lsn (st->cap_done_lsn), polling every 2 ms.
+ * stop(ud), when given, is asked on each round. 0, -ETIMEDOUT, or
+ * -ECANCELED (stop said so). */
+int pst_capture_wait(pst_store *st, uint64_t lsn, uint64_t timeout_ms,
+                     bool (*stop)(void *ud), void *ud);
 /* slots (any thread, blocking libpq): "pmgcm_<database oid>" */
 int pst_slot_name(PGconn *c, char *buf, size_t len, char *err, size_t el);
 /* A new connection, checked (store.c): NULL with err set when it failed

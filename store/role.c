@@ -4,6 +4,7 @@
  */
 #define _GNU_SOURCE
 #include "store/internal.h"
+#include "store/pgoutput.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -117,6 +118,11 @@ typedef struct role_req {
     bool loaded;
     bool checks_pending;
     bool reset;
+    /* st->unload_gen as it read pmgcm.state (role_done) */
+    uint64_t gen0;
+    /* made master with data not loaded: adopted (its log emptied, every
+     * node resyncs from this one), or left not loaded */
+    bool adopted, unloaded_master;
 } role_req;
 
 int pst_q1(PGconn *c, const char *sql, int n, const char *const *pv,
@@ -132,6 +138,45 @@ int pst_q1(PGconn *c, const char *sql, int n, const char *const *pv,
     if (out) *out = r;
     else PQclear(r);
     return 0;
+}
+
+/* How long a node about to become master waits for its capture's verdict
+ * on what committed here before (role_settle). */
+#define ROLE_CAPTURE_WAIT_MS 10000
+
+static bool role_no_capture(void *ud)
+{
+    return !pst_capture_running(ud);
+}
+
+/* Before a follower becomes the master: its capture classifies every
+ * commit made here so far first. A commit that is not the cluster's (a
+ * released db_sync writer of a former master, a writer that slipped past
+ * a step-down) is kept as divergence with the data marked not loaded, and
+ * role_run then reads that verdict instead of a stale "loaded". Bounded;
+ * without a capture thread there is nothing to wait for. */
+static void role_settle(role_req *q, PGconn *c)
+{
+    pst_store *st = q->j.st;
+    char e[200], txt[32];
+    uint64_t lsn;
+    if (!pst_capture_running(st)) return;
+    if (pst_capture_wal_now(c, &lsn, e, sizeof(e)) != 0) {
+        snprintf(q->warn, sizeof(q->warn), "becoming master without waiting"
+                 " for the capture (reading the WAL position: %.200s)", e);
+        return;
+    }
+    int rc = pst_capture_wait(st, lsn, ROLE_CAPTURE_WAIT_MS, role_no_capture,
+                              st);
+    if (rc) {
+        pst_pgo_lsn_str(lsn, txt, sizeof(txt));
+        snprintf(q->warn, sizeof(q->warn), "becoming master before the"
+                 " capture classified what committed here up to WAL %s (%s):"
+                 " a change committed here while this node was not the"
+                 " master may still be found and kept as divergence",
+                 txt, rc == -ETIMEDOUT ? "it did not get there in 10 s"
+                                       : "it is not running");
+    }
 }
 
 static void role_run(pst_job *j, PGconn *c)
@@ -155,9 +200,11 @@ static void role_run(pst_job *j, PGconn *c)
                          el)))
             goto out;
         bool was_none = strcmp(PQgetvalue(r, 0, 0), "none") == 0;
+        bool was_master0 = strcmp(PQgetvalue(r, 0, 0), "master") == 0;
         PQclear(r);
         if (was_none && (rc = pst_slot_create(j->st->conninfo, slot, err, el)))
             goto out;
+        if (q->master && !was_none && !was_master0) role_settle(q, c);
     }
     if ((rc = pst_exec(c, "BEGIN", err, el))) goto out;
     if ((rc = pst_q1(c, "SELECT epoch, seq, recv_seq, role, loaded, cluster FROM"
@@ -169,6 +216,9 @@ static void role_run(pst_job *j, PGconn *c)
     bool was_master = strcmp(PQgetvalue(r, 0, 3), "master") == 0;
     bool was_in = strcmp(PQgetvalue(r, 0, 3), "none") != 0;
     q->loaded = PQgetvalue(r, 0, 4)[0] == 't';
+    /* the row is ours: a "not loaded" with a later generation commits
+     * after this transaction */
+    q->gen0 = pst_unload_gen(j->st);
     bool other_cluster = q->cluster[0] &&
                          strcmp(PQgetvalue(r, 0, 5), q->cluster) != 0;
     PQclear(r);
@@ -220,23 +270,37 @@ static void role_run(pst_job *j, PGconn *c)
                    " cid = $2::int", 2, p1, NULL, err, el);
     } else {
         snprintf(cb, sizeof(cb), "%u", q->cid);
+        /* A node of this cluster whose data is not loaded becomes master
+         * under a new term (promote --accept-data-loss; or its capture
+         * kept divergence, so its tables hold rows no log has): its
+         * tables are the cluster's data from now on. Its log goes, the
+         * new term's entry too: a node at or behind this one's position
+         * finds nothing to stream from and takes a snapshot (serve.c:
+         * NEED_SNAPSHOT); one ahead of it is told it DIVERGED (what it
+         * holds past this position is lost to the cluster, and kept). */
+        bool adopt = was_in && !q->loaded && !other_cluster &&
+                     q->epoch > epoch;
+        if (adopt) q->adopted = true;
         if (q->epoch > epoch) {
             /* a new term: drop a received but incomplete batch, then an
              * epoch entry */
             snprintf(sb, sizeof(sb), "%llu", (unsigned long long)seq);
             const char *p1[1] = {sb};
-            if ((rc = pst_q1(c, "DELETE FROM pmgcm.log WHERE seq > $1::bigint", 1,
-                         p1, NULL, err, el)))
+            if ((rc = pst_q1(c, adopt ? "DELETE FROM pmgcm.log"
+                                      : "DELETE FROM pmgcm.log WHERE seq >"
+                                        " $1::bigint",
+                             adopt ? 0 : 1, p1, NULL, err, el)))
                 goto out;
             (void)recv;
             snprintf(eb, sizeof(eb), "%llu", (unsigned long long)q->epoch);
             snprintf(sb, sizeof(sb), "%llu", (unsigned long long)(seq + 1));
             const char *p3[3] = {eb, sb, cb};
-            if ((rc = pst_q1(c,
+            if ((!adopt &&
+                 (rc = pst_q1(c,
                          "INSERT INTO pmgcm.log (seq, epoch, op, ts, last,"
                          " origin) VALUES ($2::bigint, $1::bigint, 'E',"
                          " clock_timestamp(), true, $3::int)",
-                         3, p3, NULL, err, el)) ||
+                         3, p3, NULL, err, el))) ||
                 (rc = pst_q1(c,
                          "INSERT INTO pmgcm.epochs VALUES ($1::bigint,"
                          " $2::bigint, $3::int) ON CONFLICT (epoch) DO UPDATE"
@@ -252,15 +316,21 @@ static void role_run(pst_job *j, PGconn *c)
             epoch = q->epoch;
             seq = seq + 1;
         }
-        const char *p1[2] = {q->master_name, cb};
+        /* loaded: it created the cluster (or a new one), or it was
+         * loaded, or it adopted its data above. Otherwise (the same term
+         * again with data not loaded) it stays not loaded: its snapshots
+         * are refused rather than spreading rows no log holds. */
+        bool mark = !was_in || q->loaded || adopt || other_cluster;
+        const char *p1[3] = {q->master_name, cb, mark ? "true" : "false"};
         rc = pst_q1(c, "UPDATE pmgcm.state SET role = 'master', master = $1,"
-                   " cid = $2::int, loaded = true", 2, p1, NULL, err, el);
+                   " cid = $2::int, loaded = $3::bool", 3, p1, NULL, err, el);
         /* the term begins here: transactions that commit after this point
          * are numbered; earlier ones (while not master) are not */
         if (rc == 0 && !was_master)
             rc = pst_exec(c, "UPDATE pmgcm.state SET master_lsn ="
                              " pg_current_wal_insert_lsn()", err, el);
-        q->loaded = true;
+        q->loaded = mark;
+        q->unloaded_master = !mark;
     }
     if (rc) goto out;
     q->pos.epoch = epoch;
@@ -305,7 +375,25 @@ static void role_done(pst_job *j)
         } else {
             pst_info *i = &st->info;
             i->master = q->in_cluster && q->master;
-            i->loaded = q->loaded;
+            /* unless the capture kept divergence after this job read
+             * the state (its result may reach the loop first) */
+            pst_loaded_read(st, q->loaded, q->gen0);
+            if (q->adopted)
+                pst_log(st, 1, "store: this node became master with data"
+                        " that was not loaded (promote --accept-data-loss, or"
+                        " changes committed here while it was not the master):"
+                        " its tables are the cluster's data from now on; its"
+                        " log was emptied and term %llu begins at change %llu,"
+                        " so every node resyncs from it by a snapshot (what a"
+                        " node held past that is kept in pmgcm.divergence and"
+                        " backups)",
+                        (unsigned long long)q->pos.epoch,
+                        (unsigned long long)q->pos.seq);
+            if (q->unloaded_master)
+                pst_log(st, 0, "store: this node is master but its data is"
+                        " not loaded (changes committed here while it was not"
+                        " the master are kept in pmgcm.divergence): it serves"
+                        " no snapshot; promote a node that is in sync");
             if (q->reset) {
                 i->pos = q->pos;
                 i->recv_seq = q->pos.seq;
@@ -353,6 +441,34 @@ static void role_next(pst_store *st)
     q->j.run = role_run;
     q->j.done = role_done;
     pst_submit(st, &q->j);
+}
+
+/* ---- the order of the loaded verdicts (internal.h) ------------------------------- */
+
+uint64_t pst_unload_bump(pst_store *st)
+{
+    return __atomic_add_fetch(&st->unload_gen, 1, __ATOMIC_ACQ_REL);
+}
+
+uint64_t pst_unload_gen(pst_store *st)
+{
+    return __atomic_load_n(&st->unload_gen, __ATOMIC_ACQUIRE);
+}
+
+bool pst_loaded_read(pst_store *st, bool loaded, uint64_t gen)
+{
+    if (gen < st->loaded_gen) return false; /* a "not loaded" came after */
+    st->loaded_gen = gen;
+    st->info.loaded = loaded;
+    return true;
+}
+
+bool pst_unloaded(pst_store *st, uint64_t gen)
+{
+    if (gen != 0 && gen <= st->loaded_gen) return false; /* read after it */
+    if (gen > st->loaded_gen) st->loaded_gen = gen;
+    st->info.loaded = false;
+    return true;
 }
 
 void pst_roles_kick(pst_store *st)

@@ -55,6 +55,7 @@ struct pst_snap {
     pst_pos pos;
     int64_t ts_us;
     uint64_t new_snapshots;
+    uint64_t unload_gen; /* pst_unload_gen as the load committed */
     uint32_t peer_cid;   /* server: the receiver (its own origin rows stay) */
     uint64_t divergent;  /* client: log entries kept as divergence */
     uint32_t self_cid;   /* client: us */
@@ -196,17 +197,14 @@ typedef struct srv_job {
     char err[256];
 } srv_job;
 
-/* The WAL position a snapshot's rows are complete at: the insert position
- * read inside it, or the start of its page when only the page's header
- * lies before it (no record can end between the two, and a walsender
- * that read everything reports the record's end, not the header's). */
-static uint64_t snap_wal_floor(uint64_t lsn, uint64_t page, uint64_t seg)
+/* The session went away (pst_capture_wait's stop). */
+static bool srv_gone(void *ud)
 {
-    if (page < 512 || seg < page) return lsn;
-    uint64_t off = lsn % page;
-    /* a page header: 24 bytes, a segment's first: 40 (MAXALIGNed) */
-    if (off == 24 || (lsn % seg == 40)) return lsn - off;
-    return lsn;
+    pst_snap *sn = ud;
+    pthread_mutex_lock(&sn->pipe.mu);
+    bool gone = sn->pipe.aborted;
+    pthread_mutex_unlock(&sn->pipe.mu);
+    return gone;
 }
 
 /* The capture has classified every transaction this snapshot sees. A
@@ -220,30 +218,24 @@ static uint64_t snap_wal_floor(uint64_t lsn, uint64_t page, uint64_t seg)
  * any divergence since before the snapshot began (gen0). Bounded; a
  * session that went away stops the wait. */
 #define SNAP_CAPTURE_WAIT_MS 60000
+
 static int srv_wait_capture(pst_snap *sn, uint64_t lsn, uint64_t gen0)
 {
     pst_store *st = sn->st;
     char txt[32];
     pst_pgo_lsn_str(lsn, txt, sizeof(txt));
     if (__atomic_load_n(&st->cap_done_lsn, __ATOMIC_ACQUIRE) < lsn) {
-        pst_capture_want(st, lsn);
         pst_log(st, 2, "store: snapshot for node %u waits for this node's"
                 " capture to pass WAL %s", sn->peer_cid, txt);
-        uint64_t t0 = pst_mono_ms();
-        while (__atomic_load_n(&st->cap_done_lsn, __ATOMIC_ACQUIRE) < lsn) {
-            pthread_mutex_lock(&sn->pipe.mu);
-            bool gone = sn->pipe.aborted;
-            pthread_mutex_unlock(&sn->pipe.mu);
-            if (gone) return -ECANCELED;
-            if (pst_mono_ms() - t0 > SNAP_CAPTURE_WAIT_MS) {
-                snprintf(sn->err, sizeof(sn->err),
-                         "this node's capture has not reached WAL %s (where"
-                         " the snapshot begins) in %d s: it cannot vouch for"
-                         " its rows; ask another node", txt,
-                         SNAP_CAPTURE_WAIT_MS / 1000);
-                return PST_EREMOTE;
-            }
-            uv_sleep(2);
+        int rc = pst_capture_wait(st, lsn, SNAP_CAPTURE_WAIT_MS, srv_gone, sn);
+        if (rc == -ECANCELED) return rc;
+        if (rc) {
+            snprintf(sn->err, sizeof(sn->err),
+                     "this node's capture has not reached WAL %s (where"
+                     " the snapshot begins) in %d s: it cannot vouch for"
+                     " its rows; ask another node", txt,
+                     SNAP_CAPTURE_WAIT_MS / 1000);
+            return PST_EREMOTE;
         }
     }
     if (__atomic_load_n(&st->cap_div_gen, __ATOMIC_ACQUIRE) != gen0) {
@@ -297,7 +289,7 @@ static int srv_begin(pst_snap *sn, PGconn *c, Pmgcm__Store__Pos *head,
     head->epoch = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
     head->seq = strtoull(PQgetvalue(r, 0, 1), NULL, 10);
     *ts = strtoll(PQgetvalue(r, 0, 2), NULL, 10);
-    lsn = snap_wal_floor(lsn, strtoull(PQgetvalue(r, 0, 5), NULL, 10),
+    lsn = pst_wal_floor(lsn, strtoull(PQgetvalue(r, 0, 5), NULL, 10),
                          strtoull(PQgetvalue(r, 0, 6), NULL, 10));
     PQclear(r);
     if ((rc = srv_wait_capture(sn, lsn, gen0))) return rc;
@@ -1395,6 +1387,7 @@ static int cl_end(pst_snap *sn, PGconn *c, bool par)
     }
     sn->new_snapshots = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
     PQclear(r);
+    sn->unload_gen = pst_unload_gen(sn->st); /* the state row is ours */
     return pst_exec(c, "COMMIT", err, el);
 }
 
@@ -1967,7 +1960,7 @@ void pst_snap_client_poll(pst_session *s)
         i->recv_seq = sn->pos.seq;
         i->head = sn->pos;
         i->pos_ts_us = i->head_ts_us = sn->ts_us;
-        i->loaded = true;
+        pst_loaded_read(st, true, sn->unload_gen);
         i->snapshots = sn->new_snapshots;
         i->state = PST_CATCHING_UP;
         if (sn->divergent) {
