@@ -575,19 +575,73 @@ static bool caught_up(void *ud)
     return ib.pos.seq > 1 && pst_pos_cmp(ia.pos, ib.pos) == 0 && same(&w);
 }
 
+/* f subscribes to m (as node cid), sql runs on m's database (mci), and
+ * the loop turns until f holds what m holds (caught_up); then the
+ * subscription closes. 0 or -1. */
+static int follow_through(node *f, node *m, uint32_t cid, const char *mci,
+                          const char *sql)
+{
+    pair sub;
+    if (pair_open(&sub, f, m, PST_SUBSCRIBE, cid) != 0) return -1;
+    int rc = sqlf(mci, false, "%s", sql);
+    two t = {f, m};
+    bool ok = rc == 0 && run_until(caught_up, &t, 30000);
+    pair_close(&sub);
+    return ok ? 0 : -1;
+}
+
+/* fresh databases, n rows in a's mail, a master and b loaded from it
+ * (snapshot_ok's checks). 0 or -1. */
+static int loaded_pair(node *a, node *b, int n)
+{
+    if (fresh(NULL) != 0) return -1;
+    fresh_ci();
+    if (sqlf(ca, false, "INSERT INTO mail SELECT g, 's' || g, g FROM"
+                        " generate_series(1, %d) g", n) != 0 ||
+        two_nodes(a, b) != 0)
+        return -1;
+    snapshot_ok(b, a);
+    return 0;
+}
+
+/* On the database ci, the node's capture held back (a transaction that
+ * locks pmgcm.state, which the capture's own begins by locking) and then
+ * a row of mail with this id committed past the write check, as a
+ * writer that slipped past a step-down would. The lock's connection
+ * (release_capture ends it), or NULL. */
+static PGconn *diverge_held(const char *ci, int id)
+{
+    PGconn *lk = sql_conn(ci);
+    if (!lk) return NULL;
+    PGresult *r = PQexec(lk, "BEGIN; SELECT 1 FROM pmgcm.state FOR UPDATE");
+    bool ok = PQresultStatus(r) == PGRES_TUPLES_OK;
+    PQclear(r);
+    if (!ok || sqlf(ci, false, "SET session_replication_role = replica;"
+                               " INSERT INTO mail VALUES (%d, 'not the"
+                               " master', 0)", id) != 0) {
+        PQfinish(lk);
+        return NULL;
+    }
+    return lk;
+}
+/* the capture goes on: 0 or -1 */
+static int release_capture(PGconn *lk)
+{
+    PGresult *r = PQexec(lk, "COMMIT");
+    bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    PQclear(r);
+    PQfinish(lk);
+    return ok ? 0 : -1;
+}
+
 /* ---- test points ------------------------------------------------------------ */
 
 /* snapshot, then follow: every kind of change */
 static void test_snapshot_then_follow(void)
 {
     loop_begin();
-    REQUIRE(fresh(NULL) == 0);
-    fresh_ci();
-    REQUIRE(sqlf(ca, false, "INSERT INTO mail SELECT g, 's' || g, g FROM"
-                            " generate_series(1, 5000) g") == 0);
     node a, b;
-    REQUIRE(two_nodes(&a, &b) == 0);
-    snapshot_ok(&b, &a);
+    REQUIRE(loaded_pair(&a, &b, 5000) == 0);
     eqwait w = {TABLES_SUM};
     pst_info ib;
 
@@ -941,13 +995,9 @@ static void test_recheck_new_master(void)
     CHECK(run_until(client_ended, &snap, 60000));
     CHECK_EQ_INT(snap.cl.end_rc, 0);
     pair_close(&snap);
-    pair sub;
-    REQUIRE(pair_open(&sub, &a, &b, PST_SUBSCRIBE, 1) == 0);
-    REQUIRE(sqlf(cb, false, "INSERT INTO mail VALUES (1, 'one', 1);"
-                            "INSERT INTO mail VALUES (2, 'two', 2)") == 0);
-    two t = {&a, &b};
-    CHECK(run_until(caught_up, &t, 30000));
-    pair_close(&sub);
+    CHECK(follow_through(&a, &b, 1, cb, "INSERT INTO mail VALUES (1, 'one',"
+                                        " 1); INSERT INTO mail VALUES (2,"
+                                        " 'two', 2)") == 0);
     pst_info ia, ib;
     pst_get_info(a.st, &ia);
     uint64_t k = ia.pos.seq;
@@ -1019,36 +1069,21 @@ static bool waits_or_ended(void *ud)
 static void test_snapshot_waits_for_capture(void)
 {
     loop_begin();
-    REQUIRE(fresh(NULL) == 0);
-    fresh_ci();
+    node a, b, c;
+    REQUIRE(loaded_pair(&a, &b, 200) == 0);
     REQUIRE(fresh_third() == 0);
     char cc[700];
     snprintf(cc, sizeof(cc), "%s dbname=%s", ci_a, db_c);
-    REQUIRE(sqlf(ca, false, "INSERT INTO mail SELECT g, 's' || g, g FROM"
-                            " generate_series(1, 200) g") == 0);
-    node a, b, c;
-    REQUIRE(two_nodes(&a, &b) == 0);
-    snapshot_ok(&b, &a);
     REQUIRE(open_node(&c, ci_a, db_c) == 0);
     REQUIRE(set_role(&c, false, 1, 3, "a") == 0);
-    /* hold b's capture: its transaction begins by locking pmgcm.state */
-    PGconn *lk = sql_conn(cb);
+    PGconn *lk = diverge_held(cb, 4242);
     REQUIRE(lk != NULL);
-    PGresult *r = PQexec(lk, "BEGIN; SELECT 1 FROM pmgcm.state FOR UPDATE");
-    REQUIRE(PQresultStatus(r) == PGRES_TUPLES_OK);
-    PQclear(r);
-    REQUIRE(sqlf(cb, false, "SET session_replication_role = replica;"
-                            " INSERT INTO mail VALUES (4242, 'not the"
-                            " master', 0)") == 0);
     logged_clear();
     pair snap;
     REQUIRE(pair_open(&snap, &c, &b, PST_SNAPSHOT, 3) == 0);
     CHECK(run_until(waits_or_ended, &snap, 60000));
     CHECK(!snap.cl.ended); /* not copied before the capture looked */
-    r = PQexec(lk, "COMMIT");
-    CHECK(PQresultStatus(r) == PGRES_COMMAND_OK);
-    PQclear(r);
-    PQfinish(lk);
+    CHECK(release_capture(lk) == 0);
     CHECK(run_until(client_ended, &snap, 60000));
     printf("#   c's load from b: %s\n", pst_strerror(snap.cl.end_rc));
     CHECK(snap.cl.end_rc != 0);
@@ -1114,43 +1149,23 @@ static void run_for(uint64_t ms)
 static void test_master_adopts_divergence(void)
 {
     loop_begin();
-    REQUIRE(fresh(NULL) == 0);
-    fresh_ci();
-    REQUIRE(sqlf(ca, false, "INSERT INTO mail SELECT g, 's' || g, g FROM"
-                            " generate_series(1, 200) g") == 0);
     node a, b;
-    REQUIRE(two_nodes(&a, &b) == 0);
-    snapshot_ok(&b, &a);
-    pair sub;
-    REQUIRE(pair_open(&sub, &b, &a, PST_SUBSCRIBE, 2) == 0);
-    REQUIRE(sqlf(ca, false, "INSERT INTO mail SELECT g, 't' || g, g FROM"
-                            " generate_series(1001, 1010) g") == 0);
-    two t = {&a, &b};
-    CHECK(run_until(caught_up, &t, 30000));
-    pair_close(&sub);
+    REQUIRE(loaded_pair(&a, &b, 200) == 0);
+    CHECK(follow_through(&b, &a, 2, ca, "INSERT INTO mail SELECT g, 't' ||"
+                                        " g, g FROM generate_series(1001,"
+                                        " 1010) g") == 0);
     pst_info ia, ib;
     pst_get_info(b.st, &ib);
     pst_pos old = ib.pos;
-    /* b's capture held back by a lock on pmgcm.state; a change commits
-     * past the write check */
-    PGconn *lk = sql_conn(cb);
+    PGconn *lk = diverge_held(cb, 4243);
     REQUIRE(lk != NULL);
-    PGresult *r = PQexec(lk, "BEGIN; SELECT 1 FROM pmgcm.state FOR UPDATE");
-    REQUIRE(PQresultStatus(r) == PGRES_TUPLES_OK);
-    PQclear(r);
-    REQUIRE(sqlf(cb, false, "SET session_replication_role = replica;"
-                            " INSERT INTO mail VALUES (4243, 'not the"
-                            " master', 0)") == 0);
     logged_clear();
     b.role_done = false;
     REQUIRE(pst_set_role(b.st, true, true, 2, 2, "b",
                          "0123456789abcdef0123456789abcdef", role_cb,
                          &b) == 0);
     run_for(200);
-    r = PQexec(lk, "COMMIT");
-    CHECK(PQresultStatus(r) == PGRES_COMMAND_OK);
-    PQclear(r);
-    PQfinish(lk);
+    CHECK(release_capture(lk) == 0);
     CHECK(run_until(role_is_done, &b, 30000));
     CHECK_EQ_INT(b.role_rc, 0);
     pst_get_info(b.st, &ib);
@@ -1170,6 +1185,7 @@ static void test_master_adopts_divergence(void)
     CHECK_EQ_INT(ival(cb, "SELECT loaded::int FROM pmgcm.state"), 1);
     /* a, the old master at b's old position, follows b */
     REQUIRE(set_role(&a, false, 2, 1, "b") == 0);
+    pair sub;
     REQUIRE(pair_open(&sub, &a, &b, PST_SUBSCRIBE, 1) == 0);
     CHECK(run_until(client_ended, &sub, 30000));
     printf("#   a's subscription: %s\n", pst_strerror(sub.cl.end_rc));
@@ -1183,12 +1199,8 @@ static void test_master_adopts_divergence(void)
     pair_close(&snap);
     CHECK_EQ_INT(ival(ca, "SELECT count(*) FROM mail WHERE id = 4243"), 1);
     /* then the log: a change on b reaches a */
-    REQUIRE(pair_open(&sub, &a, &b, PST_SUBSCRIBE, 1) == 0);
-    REQUIRE(sqlf(cb, false, "INSERT INTO mail VALUES (5000, 'new term', 1)") ==
-            0);
-    two t2 = {&b, &a};
-    CHECK(run_until(caught_up, &t2, 30000));
-    pair_close(&sub);
+    CHECK(follow_through(&a, &b, 1, cb, "INSERT INTO mail VALUES (5000, 'new"
+                                        " term', 1)") == 0);
     pst_get_info(a.st, &ia);
     pst_get_info(b.st, &ib);
     CHECK(ia.loaded);
