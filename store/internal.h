@@ -250,9 +250,13 @@ PGresult *pst_exec_prepared(PGconn *c, unsigned *prepared, int id,
  * 1 an install from before versioning, else pmgcm.schema's row. 0 or
  * PST_EDB. */
 int pst_schema_version(PGconn *c, int *out, char *err, size_t el);
+/* Installs or checks the pmgcm schema, the slot and the checks, and reads
+ * the state: info's positions and loaded (as of *loaded_gen:
+ * pst_loaded_read), opos, the replicated set (*tables, the caller's). */
 int pst_db_setup(PGconn *c, pst_store *st, char *err, size_t errlen,
-                 char **schema_text, pst_info *info, pst_origin *opos,
-                 size_t *n_opos, pst_tableset **tables, bool *checks_pending);
+                 char **schema_text, pst_info *info, uint64_t *loaded_gen,
+                 pst_origin *opos, size_t *n_opos, pst_tableset **tables,
+                 bool *checks_pending);
 int pst_schema_text(PGconn *c, pst_store *st, char **out, char *err,
                     size_t errlen);
 /* the full setup while not ready; the cheap re-read of the definitions

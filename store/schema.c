@@ -533,6 +533,7 @@ static int gap_resync(PGconn *c, pst_store *st, char *err, size_t el)
                              : "UPDATE pmgcm.state SET loaded = false,"
                                " capture_lsn = NULL",
                       err, el);
+    if (rc == 0 && !master) pst_unload_bump(st); /* the row is ours */
     if (rc || strcmp(cid, "0") == 0) goto out;
     r = PQexec(c, "SELECT tbl, quote_ident(col) FROM pmgcm.otables ORDER BY"
                   " tbl");
@@ -803,8 +804,9 @@ static int schema_migrate(PGconn *c, pst_store *st, int from, char *err,
 }
 
 int pst_db_setup(PGconn *c, pst_store *st, char *err, size_t errlen,
-                 char **schema_text, pst_info *info, pst_origin *opos,
-                 size_t *n_opos, pst_tableset **tables, bool *checks_pending)
+                 char **schema_text, pst_info *info, uint64_t *loaded_gen,
+                 pst_origin *opos, size_t *n_opos, pst_tableset **tables,
+                 bool *checks_pending)
 {
     *checks_pending = false;
     int rc = server_check(c, err, errlen);
@@ -948,13 +950,19 @@ int pst_db_setup(PGconn *c, pst_store *st, char *err, size_t errlen,
         pst_log(st, 1, "store: upgraded in place from the trigger route:"
                 " changes are now captured through logical decoding (slot"
                 " and publication pmgcm); data and positions kept");
+    /* the row shared: a "not loaded" being committed is in, a later one
+     * has a later generation (pst_loaded_read) */
+    if ((rc = pst_exec(c, "BEGIN", err, errlen))) return rc;
     PGresult *r = PQexec(c,
                          "SELECT epoch, seq, recv_seq, loaded, snapshots,"
                          " coalesce((extract(epoch FROM ts) * 1000000)::bigint,"
-                         " 0) FROM pmgcm.state");
-    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
-        pst_pgerr(c, r, err, errlen);
+                         " 0) FROM pmgcm.state FOR SHARE");
+    *loaded_gen = pst_unload_gen(st);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1 ||
+        (rc = pst_exec(c, "COMMIT", err, errlen)) != 0) {
+        if (!rc) pst_pgerr(c, r, err, errlen);
         PQclear(r);
+        PQclear(PQexec(c, "ROLLBACK"));
         return PST_EDB;
     }
     info->pos.epoch = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
@@ -999,6 +1007,7 @@ typedef struct setup_job {
     char *old_text;   /* check_only: the definitions in use (a copy) */
     char *schema_text;
     pst_info info;
+    uint64_t loaded_gen; /* pst_unload_gen as info.loaded was read */
     pst_origin opos[PST_ORIGINS_MAX];
     size_t n_opos;
     pst_tableset *tables;
@@ -1025,8 +1034,8 @@ static void setup_run(pst_job *j, PGconn *c)
         s->changed = true;
     }
     j->rc = pst_db_setup(c, j->st, j->err, sizeof(j->err), &s->schema_text,
-                         &s->info, s->opos, &s->n_opos, &s->tables,
-                         &s->checks_pending);
+                         &s->info, &s->loaded_gen, s->opos, &s->n_opos,
+                         &s->tables, &s->checks_pending);
 }
 
 static void setup_done(pst_job *j)
@@ -1098,7 +1107,7 @@ static void setup_done(pst_job *j)
     i->pos = s->info.pos;
     i->recv_seq = s->info.recv_seq;
     i->pos_ts_us = s->info.pos_ts_us;
-    i->loaded = s->info.loaded;
+    pst_loaded_read(st, s->info.loaded, s->loaded_gen);
     i->snapshots = s->info.snapshots;
     i->n_tables = s->info.n_tables;
     i->n_origin_tables = s->info.n_origin_tables;
