@@ -2531,14 +2531,24 @@ static void stop_ports(node *n)
     }
 }
 
-/* the metadata timer and the signals */
+/* The signals, first: the control socket answers before the later
+ * stages are done (an identity is made, the store opens), and a SIGTERM
+ * meanwhile used to end the daemon by the default action (exit 143, no
+ * leave). Caught from the start, it is handled once the loop runs, when
+ * every stage is up. (Closed by stop_run.) */
+static int stage_signals(node *n)
+{
+    uv_signal_start(&n->sig_term, signal_cb, SIGTERM);
+    uv_signal_start(&n->sig_int, signal_cb, SIGINT);
+    uv_signal_start(&n->sig_hup, signal_cb, SIGHUP);
+    return 0;
+}
+
+/* the metadata timer */
 static int stage_run(node *n)
 {
     uv_timer_start(&n->meta_timer, meta_timer_cb, n->cfg.meta_interval_ms,
                    n->cfg.meta_interval_ms);
-    uv_signal_start(&n->sig_term, signal_cb, SIGTERM);
-    uv_signal_start(&n->sig_int, signal_cb, SIGINT);
-    uv_signal_start(&n->sig_hup, signal_cb, SIGHUP);
     return 0;
 }
 
@@ -2561,6 +2571,7 @@ typedef struct stage {
 } stage;
 
 static const stage stages[] = {
+    {"signals", stage_signals, NULL},
     {"limits", stage_limits, NULL},
     {"keyring", stage_keyring, NULL},
     {"identity", stage_identity, NULL},
