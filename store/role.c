@@ -120,9 +120,9 @@ typedef struct role_req {
     bool reset;
     /* st->unload_gen as it read pmgcm.state (role_done) */
     uint64_t gen0;
-    /* made master with data not loaded: adopted (its log emptied, every
-     * node resyncs from this one), or left not loaded */
-    bool adopted, unloaded_master;
+    /* made master with data not loaded, which it adopted (its log
+     * emptied, every node resyncs from this one) */
+    bool adopted;
 } role_req;
 
 int pst_q1(PGconn *c, const char *sql, int n, const char *const *pv,
@@ -278,9 +278,8 @@ static void role_run(pst_job *j, PGconn *c)
          * finds nothing to stream from and takes a snapshot (serve.c:
          * NEED_SNAPSHOT); one ahead of it is told it DIVERGED (what it
          * holds past this position is lost to the cluster, and kept). */
-        bool adopt = was_in && !q->loaded && !other_cluster &&
-                     q->epoch > epoch;
-        if (adopt) q->adopted = true;
+        bool adopt = q->adopted = was_in && !q->loaded && !other_cluster &&
+                                  q->epoch > epoch;
         if (q->epoch > epoch) {
             /* a new term: drop a received but incomplete batch, then an
              * epoch entry */
@@ -330,7 +329,6 @@ static void role_run(pst_job *j, PGconn *c)
             rc = pst_exec(c, "UPDATE pmgcm.state SET master_lsn ="
                              " pg_current_wal_insert_lsn()", err, el);
         q->loaded = mark;
-        q->unloaded_master = !mark;
     }
     if (rc) goto out;
     q->pos.epoch = epoch;
@@ -389,7 +387,7 @@ static void role_done(pst_job *j)
                         " backups)",
                         (unsigned long long)q->pos.epoch,
                         (unsigned long long)q->pos.seq);
-            if (q->unloaded_master)
+            if (q->in_cluster && q->master && !q->loaded)
                 pst_log(st, 0, "store: this node is master but its data is"
                         " not loaded (changes committed here while it was not"
                         " the master are kept in pmgcm.divergence): it serves"
@@ -465,8 +463,8 @@ bool pst_loaded_read(pst_store *st, bool loaded, uint64_t gen)
 
 bool pst_unloaded(pst_store *st, uint64_t gen)
 {
-    if (gen != 0 && gen <= st->loaded_gen) return false; /* read after it */
-    if (gen > st->loaded_gen) st->loaded_gen = gen;
+    if (gen <= st->loaded_gen) return false; /* a read saw it */
+    st->loaded_gen = gen;
     st->info.loaded = false;
     return true;
 }
