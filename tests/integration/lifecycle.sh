@@ -732,6 +732,19 @@ else
 fi
 stop_node $D
 
+# ==== a stop while the daemon still starts ===============================================
+# its control socket answers before its last startup stages are done: a
+# SIGTERM then must still leave and exit 0 (it ended by the default
+# action, exit 143, before the signals were caught from the first stage)
+it_start_node $D || it_bail "node$D: control socket did not answer within 10 s"
+it_signal $D TERM
+it_reap $D 30
+if [[ $IT_EXIT == 0 ]]; then
+    it_ok "node$D sent SIGTERM as soon as its control socket answers: exit 0"
+else
+    it_not_ok "node$D sent SIGTERM as soon as its control socket answers: exit $IT_EXIT"
+fi
+
 # ==== shutdown ==========================================================================
 bad=$STOP_BAD
 for i in $A $B $C $D; do
