@@ -430,14 +430,6 @@ static bool peer_pos(pmm_repl *r, const pmm_cnode *n, pst_pos *pos)
     return true;
 }
 
-static bool peer_seq(pmm_repl *r, const pmm_cnode *n, uint64_t *seq)
-{
-    pst_pos p;
-    if (!peer_pos(r, n, &p)) return false;
-    *seq = p.seq;
-    return true;
-}
-
 static const pmm_cnode *self_of(pmm_repl *r, const pmm_cluster *cl)
 {
     return pmm_cluster_by_name(cl, r->env.cfg->name);
@@ -732,18 +724,20 @@ static void decide(pmm_repl *r)
     }
     if (!m) return;
     /* the master is down: catch up from the most advanced live peer (it
-     * may hold changes the master shipped before it died) */
+     * may hold changes the master shipped before it died), by (epoch,
+     * seq) as promote does: a peer of an older term with a longer log
+     * (an old master's changes nobody else took) is behind, not ahead */
     const pmm_cnode *src = m;
     if (!node_alive(r, m)) {
         const pmm_cnode *best = NULL;
-        uint64_t best_seq = in.recv_seq;
+        pst_pos best_pos = {in.pos.epoch, in.recv_seq};
         for (size_t i = 0; i < cl->n_nodes; i++) {
             const pmm_cnode *n = &cl->nodes[i];
-            uint64_t seq;
-            if (n == self || n == m || !peer_seq(r, n, &seq)) continue;
-            if (seq > best_seq) {
+            pst_pos p;
+            if (n == self || n == m || !peer_pos(r, n, &p)) continue;
+            if (pst_pos_cmp(p, best_pos) > 0) {
                 best = n;
-                best_seq = seq;
+                best_pos = p;
             }
         }
         if (best) src = best;

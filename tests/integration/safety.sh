@@ -32,6 +32,11 @@
 #      PROGRAM 'touch FILE'" in the master's log: every follower ends the
 #      stream with an error in its status, FILE never appears, no table
 #      changed; once the entry is gone the followers catch up
+#   7  the master down after a promote that forked before the old
+#      master's last rows: a node behind in the new term and the old
+#      master (a longer log of the older term) both catch up from the
+#      most advanced node of the new term, the old master's rows kept in
+#      a backup
 #
 # Needs root (PostgreSQL runs as the postgres user) and PostgreSQL 15.
 set -u
@@ -438,6 +443,57 @@ else
     show "$ALL4"
 fi
 rm -f "$PWNED"
+
+# ==== 7: the master down, a peer of an older term with a longer log ==============================
+# node2 (master) takes 30 rows alone; it is killed and node1 promoted
+# (--force) from the common position: a new term that forked before
+# those rows. node1 takes 10 rows that node3 receives and node4 (stopped)
+# does not; then node1 stops. node2 comes back (its log longer than
+# anyone's, but of the older term) and node4 (behind, in the new term):
+# both catch up from node3 while the master is down, node2 keeping its
+# 30 rows in a backup. A source chosen by seq alone: node4 asks node2
+# ("behind you (older epoch)") over and over, and node2 stays forked.
+for i in 1 3 4; do stop_node "$i"; done
+s2=$(seq_of 2)
+pg_sql 2 "INSERT INTO mail SELECT g, 'old term', 'o ' || g, 1, now() FROM generate_series(800001, 800030) g" >/dev/null
+it_wait_until "(( \$(seq_of 2) >= $s2 + 30 ))" 30 || it_diag "node2's capture did not number its 30 rows: seq $(seq_of 2), was $s2"
+p2=$(pos 2)
+kill9 2
+for i in 1 3 4; do start_node "$i"; done
+it_wait_until "[[ \$(it_state_of 1 node3) =~ ^[AS]$ && \$(it_state_of 1 node4) =~ ^[AS]$ && ! \$(it_state_of 1 node2) =~ ^[AS]$ ]]" 30 ||
+    it_diag "node1's view before the promote: node2 $(it_state_of 1 node2) node3 $(it_state_of 1 node3) node4 $(it_state_of 1 node4)"
+run -t 120 1 promote --force
+PRC=$RC POUT=$OUT
+it_wait_until "follows '1 3 4' 1 && in_sync '1 3 4'" 60 ||
+    it_diag "nodes 1, 3, 4 do not follow node1 in sync: promote exit $PRC: $(first_line "$POUT")"
+p4=$(pos 4)
+stop_node 4
+it_wait_until "pg_sql 1 \"INSERT INTO mail SELECT g, 'new term', 'n ' || g, 1, now() FROM generate_series(800101, 800110) g\" >/dev/null 2>&1" 60 ||
+    it_diag "node1 took no write after the promote"
+it_wait_until "[[ \$(pg_val 3 'SELECT count(*) FROM mail WHERE id BETWEEN 800101 AND 800110') == 10 ]]" 60 ||
+    it_diag "node3 did not receive node1's 10 rows"
+p1=$(pos 1) p3=$(pos 3)
+stop_node 1
+t0=$(it_now_ms)
+start_node 2
+start_node 4
+new_rows() { [[ "$(pg_val "$1" "SELECT count(*) FILTER (WHERE id BETWEEN 800101 AND 800110) || '/' || count(*) FILTER (WHERE id BETWEEN 800001 AND 800030) FROM mail")" == 10/0 ]]; }
+if it_wait_until "new_rows 4 && new_rows 2" 90 && wait_converged "2 3 4" 90 && ! it_alive_pid 1 &&
+    (($(backup_mail_ids 2 | awk '$1 >= 800001 && $1 <= 800030' | wc -l) == 30)); then
+    it_ok "the master down: node4 (behind, $p4) and the old master node2 ($p2, an older term, its log longer) both catch up from node3 ($p3) in $(since $t0) s; node2's 30 rows of the old term kept in its backup"
+else
+    it_not_ok "with the master down, a peer of an older term with a longer log is not the catch-up source"
+    it_diag "positions: node1 (down) was $p1, node2 $(pos 2) (was $p2), node3 $(pos 3), node4 $(pos 4) (was $p4); node2's backup holds $(backup_mail_ids 2 | awk '$1 >= 800001 && $1 <= 800030' | wc -l) of its 30 rows"
+    grep -iE 'catching up|behind you|diverg|snapshot' "$(it_log 4)" | tail -n 4 | while IFS= read -r l; do it_diag "  node4.log: ${l:0:300}"; done
+    show "2 3 4"
+fi
+start_node 1
+if it_wait_until "follows '$ALL4' 1" 60 && wait_converged "$ALL4" 90 && it_wait_until "in_sync '$ALL4'" 60; then
+    it_ok "node1 back: all four follow it, equal and in sync"
+else
+    it_not_ok "node1 back: all four follow it, equal and in sync"
+    show "$ALL4"
+fi
 
 # ==== the end ================================================================================
 bad=$STOP_BAD
