@@ -459,7 +459,15 @@ log "temp dir $DIR, nodes on $NET.11.., rows $ROWS, rates $RATES for ${SECS}s, b
 # each round plain, anchor, pmgcm in turn (only the one measured runs: the
 # other consumers are stopped, their slots idle); medians reported, with
 # the p50 commit latency from pgbench's per-transaction log.
+# With 4 clients and no think time both cores are saturated: the latency
+# is then the server's share of the CPU, which any decoding of the WAL
+# takes from it (the pg_recvlogical anchor shows the same). So each round
+# also runs each database at a fixed rate, BENCH_FIXED_RATE transactions/s
+# (default 5000, 0: no such runs), below what any of them saturates at:
+# there the p50 is the commit's own path (pgbench -R; the time the
+# transaction waited for its schedule subtracted).
 CLIENTS=${BENCH_CLIENTS:-4}
+FIXED_RATE=${BENCH_FIXED_RATE:-5000}
 REPEAT=${BENCH_REPEAT:-3}
 PGB_S=${BENCH_PGBENCH_S:-$([[ -n "$QUICK" ]] && echo 8 || echo 15)}
 PGBENCH=$PG_BINDIR/pgbench
@@ -476,6 +484,18 @@ pgb() {
     PGB_P50=$(cat "$DIR/pgb_$tag".* | awk '{ print $3 / 1000 }' | sort -g | awk '{ v[NR] = $1 } END { printf "%.3f", v[int((NR + 1) / 2)] }')
     PGB_P99=$(cat "$DIR/pgb_$tag".* | awk '{ print $3 / 1000 }' | sort -g | awk '{ v[NR] = $1 } END { i = int(NR * 0.99); if (i < 1) i = 1; printf "%.3f", v[i] }')
     rm -f "$DIR/pgb_$tag".*
+}
+# pgb_rate DB TAG: one pgbench run at FIXED_RATE/s; sets PGB_TPS, PGB_P50,
+# PGB_P99 (ms: each transaction's latency less its schedule lag)
+pgb_rate() {
+    local db=$1 tag=$2 out
+    rm -f "$DIR/pgr_$tag".*
+    out=$(cd "$DIR" && "$PGBENCH" -n -c "$CLIENTS" -j "$CLIENTS" -T "$PGB_S" -R "$FIXED_RATE" -f "$DIR/ins.sql" -l \
+        --log-prefix="$DIR/pgr_$tag" -h "$(pg_sock 5)" -U postgres "$db" 2>&1) || die "pgbench -R $tag: ${out:0:300}"
+    PGB_TPS=$(sed -n 's/^tps = \([0-9.]*\) (without.*/\1/p' <<<"$out")
+    PGB_P50=$(cat "$DIR/pgr_$tag".* | awk '{ print ($3 - $7) / 1000 }' | sort -g | awk '{ v[NR] = $1 } END { printf "%.3f", v[int((NR + 1) / 2)] }')
+    PGB_P99=$(cat "$DIR/pgr_$tag".* | awk '{ print ($3 - $7) / 1000 }' | sort -g | awk '{ v[NR] = $1 } END { i = int(NR * 0.99); if (i < 1) i = 1; printf "%.3f", v[i] }')
+    rm -f "$DIR/pgr_$tag".*
 }
 # caught_up DB: the database's slot confirmed everything written so far
 caught_up() {
@@ -506,6 +526,10 @@ capture_cost() {
     for k in $(seq "$REPEAT"); do
         pgb plain "plain$k"
         CAP[plain:tps:$k]=$PGB_TPS CAP[plain:p50:$k]=$PGB_P50 CAP[plain:p99:$k]=$PGB_P99
+        if ((FIXED_RATE > 0)); then
+            pgb_rate plain "plain$k"
+            CAP[plain:rtps:$k]=$PGB_TPS CAP[plain:rp50:$k]=$PGB_P50 CAP[plain:rp99:$k]=$PGB_P99
+        fi
         "$RECVLOGICAL" -h "$(pg_sock 5)" -U postgres -d anchor --slot anchor --start -f "$DIR/recvlogical.out" \
             -o proto_version=1 -o publication_names=anchorpub 2>"$DIR/recvlogical.err" &
         local rl=$!
@@ -513,6 +537,11 @@ capture_cost() {
         pgb anchor "anchor$k"
         CAP[anchor:tps:$k]=$PGB_TPS CAP[anchor:p50:$k]=$PGB_P50 CAP[anchor:p99:$k]=$PGB_P99
         caught_up anchor
+        if ((FIXED_RATE > 0)); then
+            pgb_rate anchor "anchor$k"
+            CAP[anchor:rtps:$k]=$PGB_TPS CAP[anchor:rp50:$k]=$PGB_P50 CAP[anchor:rp99:$k]=$PGB_P99
+            caught_up anchor
+        fi
         kill -TERM "$rl" 2>/dev/null
         wait "$rl" 2>/dev/null
         : >"$DIR/recvlogical.out"
@@ -522,14 +551,22 @@ capture_cost() {
         pgb pmg "pmg$k"
         CAP[pmg:tps:$k]=$PGB_TPS CAP[pmg:p50:$k]=$PGB_P50 CAP[pmg:p99:$k]=$PGB_P99
         caught_up pmg
+        if ((FIXED_RATE > 0)); then
+            pgb_rate pmg "pmg$k"
+            CAP[pmg:rtps:$k]=$PGB_TPS CAP[pmg:rp50:$k]=$PGB_P50 CAP[pmg:rp99:$k]=$PGB_P99
+            caught_up pmg
+        fi
         CAP[pmg:seq:$k]=$(sqlc 5 "SELECT seq FROM pmgcm.state" pmg)
         dstop 7
         log "capture round $k: plain ${CAP[plain:tps:$k]} tps (p50 ${CAP[plain:p50:$k]} ms), pg_recvlogical ${CAP[anchor:tps:$k]} tps (p50 ${CAP[anchor:p50:$k]} ms), pmgcm ${CAP[pmg:tps:$k]} tps (p50 ${CAP[pmg:p50:$k]} ms); load $(cut -d' ' -f1 /proc/loadavg)"
+        ((FIXED_RATE > 0)) && log "capture round $k at $FIXED_RATE/s: p50 plain ${CAP[plain:rp50:$k]} ms, pg_recvlogical ${CAP[anchor:rp50:$k]} ms, pmgcm ${CAP[pmg:rp50:$k]} ms"
     done
     local rows
     rows=$(sqlc 5 "SELECT count(*) FROM bench_ins" pmg)
     [[ "$rows" == "${CAP[pmg:seq:$REPEAT]}" ]] || log "NOTE: pmg holds $rows rows, its log numbered ${CAP[pmg:seq:$REPEAT]} changes (an epoch entry counts too)"
-    for v in tps p50 p99; do
+    local vs="tps p50 p99"
+    ((FIXED_RATE > 0)) && vs+=" rtps rp50 rp99"
+    for v in $vs; do
         for c in plain anchor pmg; do
             local a=()
             for k in $(seq "$REPEAT"); do a+=("${CAP[$c:$v:$k]}"); done
@@ -862,6 +899,17 @@ verdict() { awk -v v="$1" -v t="$2" -v op="$3" 'BEGIN { if (v == "" || v == "-" 
     printf '   rounds (tps plain/anchor/pmgcm):'
     for k in $(seq "$REPEAT"); do printf ' %s/%s/%s' "${CAP[plain:tps:$k]}" "${CAP[anchor:tps:$k]}" "${CAP[pmg:tps:$k]}"; done
     echo
+    if ((FIXED_RATE > 0)); then
+    echo "   at a fixed $FIXED_RATE transactions/s (pgbench -R, not saturated; latency less schedule lag), median of $REPEAT rounds:"
+    for c in plain anchor pmg; do
+        case $c in plain) lbl="no capture (plain)";; anchor) lbl="pgoutput slot drained by pg_recvlogical (anchor)";; pmg) lbl="pmgcm after create";; esac
+        printf '   %-52s %10s %8s %12s %12s\n' "$lbl" "${CAP[$c:rtps]}" "$(f2 "${CAP[$c:rp50]}" "${CAP[plain:rp50]}")" "${CAP[$c:rp50]}" "${CAP[$c:rp99]}"
+    done
+    printf '   rounds (p50 ms plain/anchor/pmgcm):'
+    for k in $(seq "$REPEAT"); do printf ' %s/%s/%s' "${CAP[plain:rp50:$k]}" "${CAP[anchor:rp50:$k]}" "${CAP[pmg:rp50:$k]}"; done
+    echo
+    echo "   (the ratio column here: p50 latency / plain's)"
+    fi
     echo
     fi
     if only snapshot; then
@@ -917,6 +965,10 @@ verdict() { awk -v v="$1" -v t="$2" -v op="$3" 'BEGIN { if (v == "" || v == "-" 
     if only capture; then
     CR=$(f2 "${CAP[pmg:tps]}" "${CAP[anchor:tps]}") LR=$(f2 "${CAP[pmg:p50]}" "${CAP[plain:p50]}")
     echo "capture: pmgcm ${CAP[pmg:tps]} tps = ${CR}x the pgoutput + pg_recvlogical anchor (${CAP[anchor:tps]} tps; target >= 0.9: $(verdict "$CR" 0.9 '>=')); p50 commit latency ${CAP[pmg:p50]} ms = ${LR}x plain (${CAP[plain:p50]} ms; target <= 1.2: $(verdict "$(awk -v r="$LR" 'BEGIN { print (r <= 1.2) ? 1 : 0 }')" 1 '=='))"
+    if ((FIXED_RATE > 0)); then
+        RR=$(f2 "${CAP[pmg:rp50]}" "${CAP[plain:rp50]}") RA=$(f2 "${CAP[anchor:rp50]}" "${CAP[plain:rp50]}")
+        echo "capture at a fixed $FIXED_RATE/s: p50 commit latency ${CAP[pmg:rp50]} ms = ${RR}x plain (${CAP[plain:rp50]} ms; the anchor ${RA}x; target <= 1.2: $(verdict "$(awk -v r="$RR" 'BEGIN { print (r <= 1.2) ? 1 : 0 }')" 1 '=='))"
+    fi
     fi
     only snapshot &&
     echo "snapshot: pmgcm $P_RPS rows/s $P_MBS MB/s, COPY pipe $A_RPS rows/s $A_MBS MB/s, ratio $SNAP_RATIO (target >= 1.0: $(verdict "$SNAP_RATIO" 1.0 '>='))"
