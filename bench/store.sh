@@ -884,6 +884,15 @@ fi
 # ==== report ============================================================================
 mkdir -p "$top/bench/out"
 out=$top/bench/out/store.txt
+# cap_rows TPS P50 P99 BY: the capture table's three lines (CAP keys), the
+# ratio column each database's BY over plain's
+cap_rows() {
+    local c lbl
+    for c in plain anchor pmg; do
+        case $c in plain) lbl="no capture (plain)";; anchor) lbl="pgoutput slot drained by pg_recvlogical (anchor)";; pmg) lbl="pmgcm after create";; esac
+        printf '   %-52s %10s %8s %12s %12s\n' "$lbl" "${CAP[$c:$1]}" "$(f2 "${CAP[$c:$4]}" "${CAP[plain:$4]}")" "${CAP[$c:$2]}" "${CAP[$c:$3]}"
+    done
+}
 verdict() { awk -v v="$1" -v t="$2" -v op="$3" 'BEGIN { if (v == "" || v == "-" || v == "nan") print "n/a"; else if (v == "inf") print "MISSED"; else if (op == ">=") print (v + 0 >= t + 0) ? "met" : "MISSED"; else if (op == "<") print (v + 0 < t + 0) ? "met" : "MISSED"; else print (v + 0 == t + 0) ? "met" : "MISSED" }'; }
 {
     echo "bench/store.sh: $(date '+%F %T'), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $($PG_BINDIR/postgres --version 2>/dev/null)${QUICK:+, BENCH_QUICK}, session autogroups $AG_RUN"
@@ -892,19 +901,13 @@ verdict() { awk -v v="$1" -v t="$2" -v op="$3" 'BEGIN { if (v == "" || v == "-" 
     if only capture; then
     echo "0. capture cost: pgbench, $CLIENTS clients, single-row INSERT transactions, ${PGB_S} s per run, median of $REPEAT rounds (one server, three databases)"
     printf '   %-52s %10s %8s %12s %12s\n' "" "tps" "ratio" "p50 ms" "p99 ms"
-    for c in plain anchor pmg; do
-        case $c in plain) lbl="no capture (plain)";; anchor) lbl="pgoutput slot drained by pg_recvlogical (anchor)";; pmg) lbl="pmgcm after create";; esac
-        printf '   %-52s %10s %8s %12s %12s\n' "$lbl" "${CAP[$c:tps]}" "$(f2 "${CAP[$c:tps]}" "${CAP[plain:tps]}")" "${CAP[$c:p50]}" "${CAP[$c:p99]}"
-    done
+    cap_rows tps p50 p99 tps
     printf '   rounds (tps plain/anchor/pmgcm):'
     for k in $(seq "$REPEAT"); do printf ' %s/%s/%s' "${CAP[plain:tps:$k]}" "${CAP[anchor:tps:$k]}" "${CAP[pmg:tps:$k]}"; done
     echo
     if ((FIXED_RATE > 0)); then
     echo "   at a fixed $FIXED_RATE transactions/s (pgbench -R, not saturated; latency less schedule lag), median of $REPEAT rounds:"
-    for c in plain anchor pmg; do
-        case $c in plain) lbl="no capture (plain)";; anchor) lbl="pgoutput slot drained by pg_recvlogical (anchor)";; pmg) lbl="pmgcm after create";; esac
-        printf '   %-52s %10s %8s %12s %12s\n' "$lbl" "${CAP[$c:rtps]}" "$(f2 "${CAP[$c:rp50]}" "${CAP[plain:rp50]}")" "${CAP[$c:rp50]}" "${CAP[$c:rp99]}"
-    done
+    cap_rows rtps rp50 rp99 rp50
     printf '   rounds (p50 ms plain/anchor/pmgcm):'
     for k in $(seq "$REPEAT"); do printf ' %s/%s/%s' "${CAP[plain:rp50:$k]}" "${CAP[anchor:rp50:$k]}" "${CAP[pmg:rp50:$k]}"; done
     echo
