@@ -275,7 +275,7 @@ struct pst_capture {
 
     /* the writer's open transaction */
     bool db_open;
-    bool prepared; /* the batch statements are prepared on cp->sql */
+    unsigned prepared; /* PST_PREP_* bits prepared on cp->sql */
     char role[16];
     uint64_t epoch, seq, oseq;
     uint32_t cid;
@@ -669,9 +669,8 @@ static int wr_open(pst_capture *cp, char *err, size_t el)
  * with one transaction per batch (1,000 commits/s). */
 static int wr_prepare(pst_capture *cp, char *err, size_t el)
 {
-    if (cp->prepared) return 0;
-    int rc = pst_exec(
-        cp->sql,
+    return pst_sql_prepare(
+        cp->sql, &cp->prepared, PST_PREP_CAPTURE,
         "PREPARE pmgcm_cap_lock AS SELECT role, epoch, seq, cid,"
         " coalesce(capture_lsn, '0/0')::text,"
         " coalesce(master_lsn, '0/0')::text, loaded,"
@@ -687,8 +686,6 @@ static int wr_prepare(pst_capture *cp, char *err, size_t el)
         " CONFLICT (origin) DO UPDATE SET seq = EXCLUDED.seq, recv_seq ="
         " EXCLUDED.recv_seq, ts = EXCLUDED.ts",
         err, el);
-    if (rc == 0) cp->prepared = true;
-    return rc;
 }
 
 static int wr_begin(pst_capture *cp, char *err, size_t el)
@@ -1267,7 +1264,7 @@ static int prepare(pst_capture *cp, char *err, size_t el)
 {
     if (!cp->sql) {
         cp->sql = pst_connect(cp->conninfo, NULL, err, el);
-        cp->prepared = false;
+        cp->prepared = 0;
         if (!cp->sql) return PST_EDB;
         if (pst_exec(cp->sql, "SET synchronous_commit = local", err, el)) {
             PQfinish(cp->sql);

@@ -74,7 +74,13 @@ typedef struct pst_worker {
 
 /* Statements a worker's connection prepares once (pst_exec_prepared): a
  * job run for every change batch need not parse and plan it each time. */
-enum { PST_PREP_READ_LOG = 0, PST_PREP_READ_OLOG = 1, PST_PREP_N };
+enum {
+    PST_PREP_READ_LOG = 0,
+    PST_PREP_READ_OLOG = 1,
+    PST_PREP_APPLY = 2,   /* apply.c's statements (SQL PREPARE, by name) */
+    PST_PREP_CAPTURE = 3, /* capture.c's, on its own session */
+    PST_PREP_N
+};
 
 struct pst_session;
 
@@ -244,6 +250,12 @@ int pst_q1(PGconn *c, const char *sql, int n, const char *const *pv,
  * result is returned instead). */
 PGresult *pst_exec_prepared(PGconn *c, unsigned *prepared, int id,
                             const char *sql, int n, const char *const *pv);
+/* The SQL PREPARE statements in stmts run on c unless bit id of *prepared
+ * says they did (set once they have): for statements executed by name
+ * (EXECUTE) in a string of several, one round trip. 0 or PST_EDB (then
+ * every statement of c is deallocated and *prepared is 0). */
+int pst_sql_prepare(PGconn *c, unsigned *prepared, int id, const char *stmts,
+                    char *err, size_t errlen);
 
 /* schema.c */
 /* The pmgcm schema's version in the database: 0 none (a fresh database),

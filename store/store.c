@@ -290,6 +290,23 @@ PGresult *pst_exec_prepared(PGconn *c, unsigned *prepared, int id,
     return PQexecPrepared(c, name, n, pv, NULL, NULL, 0);
 }
 
+int pst_sql_prepare(PGconn *c, unsigned *prepared, int id, const char *stmts,
+                    char *err, size_t errlen)
+{
+    if (*prepared & (1u << id)) return 0;
+    int rc = pst_exec(c, stmts, err, errlen);
+    if (rc == 0) {
+        *prepared |= 1u << id;
+        return 0;
+    }
+    /* PREPARE is not undone by the failed statement's rollback: what the
+     * string did prepare would make the next try fail; start over */
+    PGresult *r = PQexec(c, "DEALLOCATE ALL");
+    PQclear(r);
+    *prepared = 0;
+    return rc;
+}
+
 int pst_exec(PGconn *c, const char *sql, char *err, size_t errlen)
 {
     PGresult *r = PQexec(c, sql);
