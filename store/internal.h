@@ -72,8 +72,10 @@ typedef struct pst_worker {
     char tag[16]; /* its replication origin: "w<i>" */
 } pst_worker;
 
-/* Statements a worker's connection prepares once (pst_exec_prepared): a
- * job run for every change batch need not parse and plan it each time. */
+/* Statements a connection prepares once (pst_exec_prepared, or
+ * pst_sql_prepare for those run by name in a string of several): a job
+ * run for every change batch need not parse and plan them each time. Bits
+ * of pst_worker.prepared; PST_PREP_CAPTURE of the capture's session. */
 enum {
     PST_PREP_READ_LOG = 0,
     PST_PREP_READ_OLOG = 1,
@@ -252,8 +254,9 @@ PGresult *pst_exec_prepared(PGconn *c, unsigned *prepared, int id,
                             const char *sql, int n, const char *const *pv);
 /* The SQL PREPARE statements in stmts run on c unless bit id of *prepared
  * says they did (set once they have): for statements executed by name
- * (EXECUTE) in a string of several, one round trip. 0 or PST_EDB (then
- * every statement of c is deallocated and *prepared is 0). */
+ * (EXECUTE) in a string of several, one round trip. prepared must not be
+ * NULL (a job's is set by its worker). 0 or PST_EDB (then every statement
+ * of c is deallocated and *prepared is 0). */
 int pst_sql_prepare(PGconn *c, unsigned *prepared, int id, const char *stmts,
                     char *err, size_t errlen);
 
