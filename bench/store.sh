@@ -474,28 +474,35 @@ PGBENCH=$PG_BINDIR/pgbench
 RECVLOGICAL=$PG_BINDIR/pg_recvlogical
 declare -A CAP
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-# pgb DB TAG: one pgbench run on server 5; sets PGB_TPS, PGB_P50 (ms)
+# pgb DB K [RATE]: one pgbench run on server 5, database DB, round K:
+# saturated, into CAP[DB:tps:K], CAP[DB:p50:K], CAP[DB:p99:K] (ms); at
+# RATE transactions/s (pgbench -R), each transaction's latency less its
+# schedule lag, into CAP[DB:rtps:K], CAP[DB:rp50:K], CAP[DB:rp99:K]
 pgb() {
-    local db=$1 tag=$2 out
-    rm -f "$DIR/pgb_$tag".*
-    out=$(cd "$DIR" && "$PGBENCH" -n -c "$CLIENTS" -j "$CLIENTS" -T "$PGB_S" -f "$DIR/ins.sql" -l \
-        --log-prefix="$DIR/pgb_$tag" -h "$(pg_sock 5)" -U postgres "$db" 2>&1) || die "pgbench $tag: ${out:0:300}"
-    PGB_TPS=$(sed -n 's/^tps = \([0-9.]*\) (without.*/\1/p' <<<"$out")
-    PGB_P50=$(cat "$DIR/pgb_$tag".* | awk '{ print $3 / 1000 }' | sort -g | awk '{ v[NR] = $1 } END { printf "%.3f", v[int((NR + 1) / 2)] }')
-    PGB_P99=$(cat "$DIR/pgb_$tag".* | awk '{ print $3 / 1000 }' | sort -g | awk '{ v[NR] = $1 } END { i = int(NR * 0.99); if (i < 1) i = 1; printf "%.3f", v[i] }')
-    rm -f "$DIR/pgb_$tag".*
+    local db=$1 k=$2 rate=${3:-} out lat p= ms opt=()
+    local tag=pgb_$db$k
+    if [[ -n "$rate" ]]; then p=r tag=pgr_$db$k opt=(-R "$rate"); fi
+    rm -f "$DIR/$tag".*
+    out=$(cd "$DIR" && "$PGBENCH" -n -c "$CLIENTS" -j "$CLIENTS" -T "$PGB_S" "${opt[@]}" -f "$DIR/ins.sql" -l \
+        --log-prefix="$DIR/$tag" -h "$(pg_sock 5)" -U postgres "$db" 2>&1) || die "pgbench $tag: ${out:0:300}"
+    CAP[$db:${p}tps:$k]=$(sed -n 's/^tps = \([0-9.]*\) (without.*/\1/p' <<<"$out")
+    # field 3: the latency (us); with -R field 7: its schedule lag
+    ms=$(cat "$DIR/$tag".* | awk -v r="$p" '{ print (r == "" ? $3 : $3 - $7) / 1000 }' | sort -g)
+    CAP[$db:${p}p50:$k]=$(awk '{ v[NR] = $1 } END { printf "%.3f", v[int((NR + 1) / 2)] }' <<<"$ms")
+    CAP[$db:${p}p99:$k]=$(awk '{ v[NR] = $1 } END { i = int(NR * 0.99); if (i < 1) i = 1; printf "%.3f", v[i] }' <<<"$ms")
+    rm -f "$DIR/$tag".*
 }
-# pgb_rate DB TAG: one pgbench run at FIXED_RATE/s; sets PGB_TPS, PGB_P50,
-# PGB_P99 (ms: each transaction's latency less its schedule lag)
-pgb_rate() {
-    local db=$1 tag=$2 out
-    rm -f "$DIR/pgr_$tag".*
-    out=$(cd "$DIR" && "$PGBENCH" -n -c "$CLIENTS" -j "$CLIENTS" -T "$PGB_S" -R "$FIXED_RATE" -f "$DIR/ins.sql" -l \
-        --log-prefix="$DIR/pgr_$tag" -h "$(pg_sock 5)" -U postgres "$db" 2>&1) || die "pgbench -R $tag: ${out:0:300}"
-    PGB_TPS=$(sed -n 's/^tps = \([0-9.]*\) (without.*/\1/p' <<<"$out")
-    PGB_P50=$(cat "$DIR/pgr_$tag".* | awk '{ print ($3 - $7) / 1000 }' | sort -g | awk '{ v[NR] = $1 } END { printf "%.3f", v[int((NR + 1) / 2)] }')
-    PGB_P99=$(cat "$DIR/pgr_$tag".* | awk '{ print ($3 - $7) / 1000 }' | sort -g | awk '{ v[NR] = $1 } END { i = int(NR * 0.99); if (i < 1) i = 1; printf "%.3f", v[i] }')
-    rm -f "$DIR/pgr_$tag".*
+# pgb_both DB K [AFTER...]: pgb saturated, then at FIXED_RATE (unless 0);
+# the command AFTER (if any) after each run
+pgb_both() {
+    local db=$1 k=$2
+    shift 2
+    pgb "$db" "$k"
+    "$@"
+    if ((FIXED_RATE > 0)); then
+        pgb "$db" "$k" "$FIXED_RATE"
+        "$@"
+    fi
 }
 # caught_up DB: the database's slot confirmed everything written so far
 caught_up() {
@@ -524,38 +531,19 @@ capture_cost() {
     ctl_wait 30 in-sync 7 | jq -e .ok >/dev/null || die "node7 not in-sync after create"
     dstop 7
     for k in $(seq "$REPEAT"); do
-        pgb plain "plain$k"
-        CAP[plain:tps:$k]=$PGB_TPS CAP[plain:p50:$k]=$PGB_P50 CAP[plain:p99:$k]=$PGB_P99
-        if ((FIXED_RATE > 0)); then
-            pgb_rate plain "plain$k"
-            CAP[plain:rtps:$k]=$PGB_TPS CAP[plain:rp50:$k]=$PGB_P50 CAP[plain:rp99:$k]=$PGB_P99
-        fi
+        pgb_both plain "$k"
         "$RECVLOGICAL" -h "$(pg_sock 5)" -U postgres -d anchor --slot anchor --start -f "$DIR/recvlogical.out" \
             -o proto_version=1 -o publication_names=anchorpub 2>"$DIR/recvlogical.err" &
         local rl=$!
         caught_up anchor
-        pgb anchor "anchor$k"
-        CAP[anchor:tps:$k]=$PGB_TPS CAP[anchor:p50:$k]=$PGB_P50 CAP[anchor:p99:$k]=$PGB_P99
-        caught_up anchor
-        if ((FIXED_RATE > 0)); then
-            pgb_rate anchor "anchor$k"
-            CAP[anchor:rtps:$k]=$PGB_TPS CAP[anchor:rp50:$k]=$PGB_P50 CAP[anchor:rp99:$k]=$PGB_P99
-            caught_up anchor
-        fi
+        pgb_both anchor "$k" caught_up anchor
         kill -TERM "$rl" 2>/dev/null
         wait "$rl" 2>/dev/null
         : >"$DIR/recvlogical.out"
         dstart 7 5 pmg
         ctl_wait 60 in-sync 7 | jq -e .ok >/dev/null || die "node7 not in-sync"
         caught_up pmg
-        pgb pmg "pmg$k"
-        CAP[pmg:tps:$k]=$PGB_TPS CAP[pmg:p50:$k]=$PGB_P50 CAP[pmg:p99:$k]=$PGB_P99
-        caught_up pmg
-        if ((FIXED_RATE > 0)); then
-            pgb_rate pmg "pmg$k"
-            CAP[pmg:rtps:$k]=$PGB_TPS CAP[pmg:rp50:$k]=$PGB_P50 CAP[pmg:rp99:$k]=$PGB_P99
-            caught_up pmg
-        fi
+        pgb_both pmg "$k" caught_up pmg
         CAP[pmg:seq:$k]=$(sqlc 5 "SELECT seq FROM pmgcm.state" pmg)
         dstop 7
         log "capture round $k: plain ${CAP[plain:tps:$k]} tps (p50 ${CAP[plain:p50:$k]} ms), pg_recvlogical ${CAP[anchor:tps:$k]} tps (p50 ${CAP[anchor:p50:$k]} ms), pmgcm ${CAP[pmg:tps:$k]} tps (p50 ${CAP[pmg:p50:$k]} ms); load $(cut -d' ' -f1 /proc/loadavg)"
