@@ -36,6 +36,7 @@
        paramFormats, resultFormat))                                          \
     X(PGresult *, PQexec, (PGconn *conn, const char *query), (conn, query)) \
     X(int, PQntuples, (const PGresult *res), (res))                          \
+    X(int, PQnfields, (const PGresult *res), (res))                          \
     X(int, PQgetisnull, (const PGresult *res, int tup, int field),           \
       (res, tup, field))                                                     \
     X(PGresult *, PQgetResult, (PGconn *conn), (conn))                       \
