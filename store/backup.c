@@ -91,17 +91,10 @@ int pst_backup_begin(PGconn *c, const pst_tableset *ts, uint32_t self_cid,
     if (rc) return rc;
     /* the origin column of per-origin tables: only other origins' rows
      * are replaced there */
-    PGresult *ro = PQexec(c, "SELECT tbl, quote_ident(col) FROM pmgcm.otables");
-    if (PQresultStatus(ro) != PGRES_TUPLES_OK) {
-        pst_pgerr(c, ro, err, el);
-        PQclear(ro);
-        return PST_EDB;
-    }
+    PGresult *ro = pst_otables(c, err, el);
+    if (!ro) return PST_EDB;
     for (size_t i = 0; rc == 0 && i < ts->n; i++) {
-        const char *col = NULL;
-        for (int k = 0; k < PQntuples(ro); k++)
-            if (strcmp(PQgetvalue(ro, k, 0), ts->t[i].name) == 0)
-                col = PQgetvalue(ro, k, 1);
+        const char *col = pst_otable_col(ro, ts->t[i].name);
         char *bt = bk_table(c, schema, ts->t[i].name);
         sql = NULL;
         if (!bt ||

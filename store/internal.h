@@ -380,6 +380,11 @@ void pst_unref(pst_store *st);
 /* helpers for jobs run on worker threads */
 int pst_exec(PGconn *c, const char *sql, char *err, size_t errlen);
 void pst_pgerr(PGconn *c, PGresult *r, char *err, size_t errlen);
+/* The per-origin tables: rows (tbl, quote_ident(col)) of pmgcm.otables,
+ * local names; the caller PQclears it. NULL with err set. */
+PGresult *pst_otables(PGconn *c, char *err, size_t errlen);
+/* In such a result, the origin column (quoted) of table tbl, or NULL. */
+const char *pst_otable_col(const PGresult *ro, const char *tbl);
 /* A store session (session_replication_role = replica, ISO dates,
  * synchronous_commit = local, ...); with origin_tag, under that
  * replication origin (pst_origin_setup). NULL with err set. */

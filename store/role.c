@@ -33,10 +33,8 @@ static void purge_run(pst_job *j, PGconn *c)
     snprintf(cid, sizeof(cid), "%u", pj->cid);
     int rc = pst_exec(c, "BEGIN", err, el);
     if (rc) goto out;
-    PGresult *r = PQexec(c, "SELECT tbl, quote_ident(col) FROM pmgcm.otables");
-    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-        pst_pgerr(c, r, err, el);
-        PQclear(r);
+    PGresult *r = pst_otables(c, err, el);
+    if (!r) {
         rc = PST_EDB;
         goto out;
     }

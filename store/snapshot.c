@@ -1216,13 +1216,8 @@ static int cl_full(pst_snap *sn, PGconn *c)
     sn->n_full = 0;
     if (!(sn->full = calloc(n + 1, 1))) return -ENOMEM;
     if (n == 0) return 0;
-    PGresult *ro = PQexec(c, "SELECT tbl, quote_ident(col) FROM"
-                             " pmgcm.otables");
-    if (PQresultStatus(ro) != PGRES_TUPLES_OK) {
-        pst_pgerr(c, ro, err, el);
-        PQclear(ro);
-        return PST_EDB;
-    }
+    PGresult *ro = pst_otables(c, err, el);
+    if (!ro) return PST_EDB;
     char *sql = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&sql, &len);
@@ -1232,10 +1227,9 @@ static int cl_full(pst_snap *sn, PGconn *c)
     }
     fputs("SELECT ", f);
     for (size_t i = 0; i < n; i++) {
-        const char *col = NULL;
-        for (int k = 0; sn->local->t[i].origin && k < PQntuples(ro); k++)
-            if (strcmp(PQgetvalue(ro, k, 0), sn->local->t[i].name) == 0)
-                col = PQgetvalue(ro, k, 1);
+        const char *col = sn->local->t[i].origin
+                              ? pst_otable_col(ro, sn->local->t[i].name)
+                              : NULL;
         fprintf(f, "%sEXISTS (SELECT 1 FROM %s", i ? ", " : "",
                 sn->local->t[i].name);
         if (col) fprintf(f, " WHERE %s::text IS DISTINCT FROM '%u'", col,
@@ -1272,13 +1266,8 @@ static int cl_empty_tables(pst_snap *sn, PGconn *c)
     size_t el = sizeof(sn->err);
     int rc = 0;
     if (sn->n_full == 0) return 0;
-    PGresult *ro = PQexec(c, "SELECT tbl, quote_ident(col) FROM"
-                             " pmgcm.otables");
-    if (PQresultStatus(ro) != PGRES_TUPLES_OK) {
-        pst_pgerr(c, ro, err, el);
-        PQclear(ro);
-        return PST_EDB;
-    }
+    PGresult *ro = pst_otables(c, err, el);
+    if (!ro) return PST_EDB;
     size_t len = 64, nt = 0;
     for (size_t i = 0; i < sn->local->n; i++)
         len += strlen(sn->local->t[i].name) + 2;

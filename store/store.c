@@ -307,6 +307,23 @@ int pst_sql_prepare(PGconn *c, unsigned *prepared, int id, const char *stmts,
     return rc;
 }
 
+PGresult *pst_otables(PGconn *c, char *err, size_t errlen)
+{
+    PGresult *r = PQexec(c, "SELECT tbl, quote_ident(col) FROM pmgcm.otables");
+    if (PQresultStatus(r) == PGRES_TUPLES_OK) return r;
+    pst_pgerr(c, r, err, errlen);
+    PQclear(r);
+    return NULL;
+}
+
+const char *pst_otable_col(const PGresult *ro, const char *tbl)
+{
+    for (int k = 0; ro && tbl && k < PQntuples(ro); k++)
+        if (strcmp(PQgetvalue(ro, k, 0), tbl) == 0)
+            return PQgetvalue(ro, k, 1);
+    return NULL;
+}
+
 int pst_exec(PGconn *c, const char *sql, char *err, size_t errlen)
 {
     PGresult *r = PQexec(c, sql);
