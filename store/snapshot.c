@@ -61,9 +61,8 @@ struct pst_snap {
     uint32_t self_cid;   /* client: us */
     pst_tableset *local; /* client: the local replicated set (a copy) */
     char backup[80];     /* client: the backup schema of this load, or "" */
-    uint8_t *full;       /* client: per local table, 1 if it holds rows the
-                          * load replaces (cl_full), else 0 */
-    size_t n_full;       /* how many do */
+    size_t n_full;       /* client: our tables holding rows the load
+                          * replaces (cl_full) */
     uint64_t bk_rows;    /* client: rows kept there */
     uint32_t bk_tables;
     pst_origin opos[PST_ORIGINS_MAX]; /* client: positions received */
@@ -86,7 +85,6 @@ struct pst_snap {
 
 static void snap_destroy(pst_snap *sn)
 {
-    free(sn->full);
     pst_pipe_destroy(&sn->pipe);
     pthread_mutex_destroy(&sn->lmu);
     pthread_cond_destroy(&sn->lcv);
@@ -851,8 +849,8 @@ static int rebuild_begin(snap_loader *l, const char *tbl)
         " $1::regclass, n.conname), format('ALTER TABLE %s ADD CONSTRAINT"
         " %I %s', $1::regclass, n.conname, pg_get_constraintdef(n.oid))"
         " FROM x JOIN pg_constraint n ON n.oid = x.con WHERE x.plain AND"
-        " n.contype IN ('p', 'u') AND n.conparentid = 0 AND n.coninhcount = 0 AND"
-        " obj_description(n.oid, 'pg_constraint') IS NULL AND NOT EXISTS"
+        " n.contype IN ('p', 'u') AND n.conparentid = 0 AND n.coninhcount ="
+        " 0 AND obj_description(n.oid, 'pg_constraint') IS NULL AND NOT EXISTS"
         " (SELECT 1 FROM pg_constraint f WHERE f.oid <> n.oid AND"
         " f.conindid = x.idx) ORDER BY 1",
         1, NULL, pv, NULL, NULL, 0);
@@ -1203,18 +1201,16 @@ static int cl_accept(pst_snap *sn, const Msg *m)
     return snap_check_tables(sn, m, sn->err, sizeof(sn->err));
 }
 
-/* SNAP_BEGIN step: which of our tables hold rows the load replaces (in
- * a per-origin table, other origins' rows), into sn->full: one query, an
- * EXISTS per table. A fresh node's are all empty; then there is nothing
+/* SNAP_BEGIN step: how many of our tables hold rows the load replaces
+ * (in a per-origin table, other origins' rows), into sn->n_full: one
+ * query, an EXISTS per table. A fresh node's are all empty; then there is nothing
  * to keep in a backup schema or to empty first. */
 static int cl_full(pst_snap *sn, PGconn *c)
 {
     char *err = sn->err;
     size_t el = sizeof(sn->err);
     size_t n = sn->local->n;
-    free(sn->full);
     sn->n_full = 0;
-    if (!(sn->full = calloc(n + 1, 1))) return -ENOMEM;
     if (n == 0) return 0;
     PGresult *ro = pst_otables(c, err, el);
     if (!ro) return PST_EDB;
@@ -1249,10 +1245,8 @@ static int cl_full(pst_snap *sn, PGconn *c)
         PQclear(r);
         return PST_EDB;
     }
-    for (size_t i = 0; i < n; i++) {
-        sn->full[i] = PQgetvalue(r, 0, (int)i)[0] == 't';
-        sn->n_full += sn->full[i];
-    }
+    for (size_t i = 0; i < n; i++)
+        sn->n_full += PQgetvalue(r, 0, (int)i)[0] == 't';
     PQclear(r);
     return 0;
 }
@@ -1398,11 +1392,6 @@ static void make_load_origins(pst_snap *sn, PGconn *c)
     pst_exec(c, rc == 0 ? "COMMIT" : "ROLLBACK", e, sizeof(e));
 }
 
-/* SNAP_BEGIN: the load's transaction replaces what the snapshot replaces.
- * A parallel load commits it now with the node marked not loaded (the
- * tables follow, each in a transaction of its own; a failure or a crash
- * before the end leaves a node that loads a snapshot again, its old data
- * in a backup schema when it was not part of the snapshot's history). */
 /* Before a parallel load writes: waits (at most 2 s, in 2 ms steps) until
  * the capture paused. Writing before that, its walsender would go on
  * decoding the load's rows (held in its reorder buffer, spilled to disk
@@ -1426,12 +1415,16 @@ static void wait_hold(pst_snap *sn)
     }
 }
 
+/* SNAP_BEGIN: the load's transaction replaces what the snapshot replaces.
+ * A parallel load commits it now with the node marked not loaded (the
+ * tables follow, each in a transaction of its own; a failure or a crash
+ * before the end leaves a node that loads a snapshot again, its old data
+ * in a backup schema when it was not part of the snapshot's history).
+ * After cl_accept. */
 static int cl_begin(pst_snap *sn, PGconn *c, const Msg *m, bool par)
 {
     if (par) wait_hold(sn);
-    int rc = cl_accept(sn, m);
-    if (rc == 0)
-        rc = pst_exec(c, "BEGIN; SET LOCAL maintenance_work_mem = '256MB'",
+    int rc = pst_exec(c, "BEGIN; SET LOCAL maintenance_work_mem = '256MB'",
                       sn->err, sizeof(sn->err));
     if (rc == 0 && par) rc = note_txid(sn, c, sn->err, sizeof(sn->err));
     if (rc == 0) rc = cl_full(sn, c);
@@ -1871,9 +1864,11 @@ static int snap_client_load(pst_snap *sn, PGconn *c)
                 par = sn->jobs > 1;
                 begun = true;
                 sn->t_ms[1] = pst_mono_ms();
-                /* the loaders connect while the tables are emptied (a
+                /* once the snapshot is acceptable, the loaders connect
+                 * while the capture pauses and the tables are emptied (a
                  * loader touches c only for a table's frames, which
                  * come after this) */
+                if ((rc = cl_accept(sn, m))) break;
                 if (par && (rc = pool_start(sn, &pool, c, n))) break;
                 if ((rc = cl_begin(sn, c, m, par))) break;
                 sn->t_ms[2] = pst_mono_ms();
