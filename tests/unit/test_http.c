@@ -1554,8 +1554,11 @@ static void test_live_servers(void)
     CHECK_EQ_INT(st_small.rejected, 0);
     CHECK(st_small.evicted >= 1);
     /* the loop never stalled: gossip timers would have run on time (a
-     * stall is a gap beyond what the idle anchor loop saw meanwhile) */
-    CHECK(max_gap < 100 + anchor_gap);
+     * stall is a gap beyond what the idle anchor loop saw meanwhile).
+     * Twice the anchor's: under valgrind the threads take turns, and a
+     * 2-core CI run saw 507 ms against the anchor's 283 (a blocking read
+     * of a slowloris client would stall it for LIVE_READ_MS, 2 s) */
+    CHECK(max_gap < 100 + 2 * anchor_gap);
 }
 
 /* ---- live: holding, per-source caps, the budget ------------------------------------------ */
