@@ -1203,8 +1203,8 @@ static int cl_accept(pst_snap *sn, const Msg *m)
 
 /* SNAP_BEGIN step: how many of our tables hold rows the load replaces
  * (in a per-origin table, other origins' rows), into sn->n_full: one
- * query, an EXISTS per table. A fresh node's are all empty; then there is nothing
- * to keep in a backup schema or to empty first. */
+ * query, an EXISTS per table. A fresh node's are all empty; then there is
+ * nothing to keep in a backup schema or to empty first. */
 static int cl_full(pst_snap *sn, PGconn *c)
 {
     char *err = sn->err;
