@@ -236,6 +236,7 @@ typedef struct pair {
         frame *head, *tail; /* frames for this side */
         bool ended;
         int end_rc;
+        char why[512]; /* the end's reason */
         bool paused;
         bool eof, eof_sent; /* the peer ended: eof after its frames */
     } cl, sv;
@@ -324,9 +325,9 @@ static void pause_client(void *ud, bool paused)
 static void end_client(void *ud, int rc, const char *why)
 {
     pair *p = ud;
-    (void)why;
     p->cl.ended = true;
     p->cl.end_rc = rc;
+    snprintf(p->cl.why, sizeof(p->cl.why), "%s", why ? why : "");
 }
 static void end_server(void *ud, int rc, const char *why)
 {
@@ -1352,6 +1353,92 @@ static void test_snapshot_constraints(void)
     loop_end();
 }
 
+/* A follower whose own unique constraint the master's rows break (a
+ * constraint only it has: the schema check compares columns and keys):
+ * the load drops that constraint for its COPY and cannot add it again.
+ * A join ends with an error naming it, the node stays not loaded, the
+ * constraint is there as it was, the rows the join replaced are in its
+ * backup; a loaded node's snapshot rolls back whole: its rows, its
+ * constraint (the same index) and its loaded state as before. */
+static const char *SUBJ_KEY =
+    "SELECT count(*) FROM pg_constraint c JOIN pg_index i ON i.indexrelid ="
+    " c.conindid WHERE c.conname = 'mail_subject_key' AND c.conrelid ="
+    " 'public.mail'::regclass AND i.indisvalid AND i.indisunique";
+static void test_snapshot_constraint_broken(void)
+{
+    loop_begin();
+    REQUIRE(fresh(NULL) == 0);
+    fresh_ci();
+    REQUIRE(sqlf(ca, false, "INSERT INTO mail SELECT g, 's' || g, g FROM"
+                            " generate_series(1, 3000) g;"
+                            " UPDATE mail SET subject = 'dup' WHERE id IN"
+                            " (1500, 2500)") == 0);
+    REQUIRE(sqlf(cb, false, "ALTER TABLE mail ADD CONSTRAINT"
+                            " mail_subject_key UNIQUE (subject);"
+                            " INSERT INTO mail VALUES (1, 'mine', 1), (2,"
+                            " 'also mine', 2)") == 0);
+    node a, b;
+    REQUIRE(two_nodes(&a, &b) == 0);
+    /* a join */
+    pair snap;
+    REQUIRE(pair_open(&snap, &b, &a, PST_SNAPSHOT, 2) == 0);
+    CHECK(run_until(client_ended, &snap, 60000));
+    printf("# the join: rc %d, %s\n", snap.cl.end_rc, snap.cl.why);
+    CHECK(snap.cl.end_rc != 0);
+    CHECK(strstr(snap.cl.why, "mail_subject_key") != NULL);
+    pair_close(&snap);
+    pst_info ib;
+    pst_get_info(b.st, &ib);
+    CHECK(!ib.loaded);
+    CHECK_EQ_INT(ival(cb, SUBJ_KEY), 1);
+    CHECK_EQ_INT(ival(cb, "SELECT count(*) FROM mail"), 0);
+    char bk[128];
+    val(cb, bk, sizeof(bk), "SELECT schema_name FROM pmgcm.backups ORDER BY"
+                            " id DESC LIMIT 1");
+    CHECK(bk[0] != 0);
+    if (bk[0]) {
+        char q[256];
+        snprintf(q, sizeof(q), "SELECT string_agg(subject, ',' ORDER BY id)"
+                               " FROM \"%s\".\"public.mail\"", bk);
+        char got[128]; /* its tables are named "public.mail" */
+        val(cb, got, sizeof(got), q);
+        printf("# backup %s holds %s\n", bk, got);
+        CHECK(strcmp(got, "mine,also mine") == 0);
+    }
+    /* the master's rows fit: the join loads them, the constraint made
+     * again over them */
+    REQUIRE(sqlf(ca, false, "UPDATE mail SET subject = 's2500' WHERE id ="
+                            " 2500") == 0);
+    snapshot_ok(&b, &a);
+    CHECK_EQ_INT(ival(cb, SUBJ_KEY), 1);
+    /* a loaded node's snapshot */
+    char sum[4096], oids[4096], after[4096];
+    val(cb, sum, sizeof(sum), TABLES_SUM);
+    val(cb, oids, sizeof(oids), CONS_OIDS);
+    REQUIRE(sqlf(ca, false, "UPDATE mail SET subject = 'dup' WHERE id ="
+                            " 2500; INSERT INTO rules VALUES (1, 'x',"
+                            " 'new')") == 0);
+    REQUIRE(pair_open(&snap, &b, &a, PST_SNAPSHOT, 2) == 0);
+    CHECK(run_until(client_ended, &snap, 60000));
+    printf("# a loaded node's snapshot: rc %d, %s\n", snap.cl.end_rc,
+           snap.cl.why);
+    CHECK(snap.cl.end_rc != 0);
+    CHECK(strstr(snap.cl.why, "mail_subject_key") != NULL);
+    pair_close(&snap);
+    pst_get_info(b.st, &ib);
+    CHECK(ib.loaded);
+    char sum2[4096];
+    val(cb, sum2, sizeof(sum2), TABLES_SUM);
+    CHECK(sum[0] && strcmp(sum, sum2) == 0);
+    val(cb, after, sizeof(after), CONS_OIDS);
+    CHECK(same_oid(oids, after, "mail_subject_key"));
+    CHECK(same_oid(oids, after, "mail_pkey"));
+    CHECK_EQ_INT(ival(cb, SUBJ_KEY), 1);
+    close_node(&a);
+    close_node(&b);
+    loop_end();
+}
+
 int main(void)
 {
     const char *a = getenv("PAIR_CI_A"), *b = getenv("PAIR_CI_B");
@@ -1370,5 +1457,6 @@ int main(void)
     TAP_RUN(test_snapshot_waits_for_capture);
     TAP_RUN(test_master_adopts_divergence);
     TAP_RUN(test_snapshot_constraints);
+    TAP_RUN(test_snapshot_constraint_broken);
     return tap_done();
 }
