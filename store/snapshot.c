@@ -1226,11 +1226,17 @@ static int cl_full(pst_snap *sn, PGconn *c)
         const char *col = sn->local->t[i].origin
                               ? pst_otable_col(ro, sn->local->t[i].name)
                               : NULL;
-        fprintf(f, "%sEXISTS (SELECT 1 FROM %s", i ? ", " : "",
-                sn->local->t[i].name);
-        if (col) fprintf(f, " WHERE %s::text IS DISTINCT FROM '%u'", col,
-                         sn->self_cid);
-        fputc(')', f);
+        char others[PST_OTHERS_LEN];
+        if (col && pst_others_cond(others, sizeof(others), col,
+                                   sn->self_cid) != 0) {
+            PQclear(ro);
+            fclose(f);
+            free(sql);
+            return -ENAMETOOLONG;
+        }
+        fprintf(f, "%sEXISTS (SELECT 1 FROM %s%s%s)", i ? ", " : "",
+                sn->local->t[i].name, col ? " WHERE " : "",
+                col ? others : "");
     }
     PQclear(ro);
     if (fclose(f) != 0) {
@@ -1278,10 +1284,12 @@ static int cl_empty_tables(pst_snap *sn, PGconn *c)
     if (nt) rc = pst_exec(c, sql, err, el);
     free(sql);
     for (int k = 0; rc == 0 && k < PQntuples(ro); k++) {
-        char *d = NULL;
-        if (asprintf(&d, "DELETE FROM %s WHERE %s::text IS DISTINCT"
-                         " FROM '%u'", PQgetvalue(ro, k, 0),
-                     PQgetvalue(ro, k, 1), sn->self_cid) < 0) {
+        char *d = NULL, others[PST_OTHERS_LEN];
+        if ((rc = pst_others_cond(others, sizeof(others),
+                                  PQgetvalue(ro, k, 1), sn->self_cid)) != 0)
+            break;
+        if (asprintf(&d, "DELETE FROM %s WHERE %s", PQgetvalue(ro, k, 0),
+                     others) < 0) {
             rc = -ENOMEM;
             break;
         }

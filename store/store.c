@@ -324,6 +324,12 @@ const char *pst_otable_col(const PGresult *ro, const char *tbl)
     return NULL;
 }
 
+int pst_others_cond(char *buf, size_t len, const char *col, uint32_t cid)
+{
+    int n = snprintf(buf, len, "%s::text IS DISTINCT FROM '%u'", col, cid);
+    return n >= 0 && (size_t)n < len ? 0 : -ENAMETOOLONG;
+}
+
 int pst_exec(PGconn *c, const char *sql, char *err, size_t errlen)
 {
     PGresult *r = PQexec(c, sql);
