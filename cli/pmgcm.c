@@ -614,54 +614,69 @@ static int tty_ask_secret(const char *prompt, char *buf, size_t cap,
 
 /* ---- passwords --------------------------------------------------------------- */
 
-/* buf must hold PMM_CTL_PASSWORD_MAX + 1 bytes. 0 or 1 (error printed). */
-static int password_from_file(const char *path, char *pw, size_t *len)
+/* The first line of a secret file (a password, a token) into buf: a
+ * regular file not readable by everyone, read up to its first newline or
+ * cap bytes. *line: the line's length without "\n" or "\r\n"; cap when
+ * no newline came in cap bytes (too long). `what` names the file in the
+ * messages ("password file"). 0, or 1 with the message printed (buf
+ * wiped). */
+static int secret_first_line(const char *path, const char *what, char *buf,
+                             size_t cap, size_t *line)
 {
-    char raw[PMM_CTL_PASSWORD_MAX + 3]; /* password, "\r\n", one more */
-    size_t n = 0, line;
+    size_t n = 0;
     struct stat st;
-    const char *why;
     char *nl;
-    int fd;
+    int fd = open(path, O_RDONLY | O_NOCTTY | O_CLOEXEC);
 
-    fd = open(path, O_RDONLY | O_NOCTTY | O_CLOEXEC);
     if (fd < 0)
-        return fail("cannot open password file %s: %s", shown(path),
+        return fail("cannot open %s %s: %s", what, shown(path),
                     strerror(errno));
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         close(fd);
-        return fail("password file %s is not a regular file", shown(path));
+        return fail("%s %s is not a regular file", what, shown(path));
     }
     if (st.st_mode & S_IROTH) {
         close(fd);
-        return fail("password file %s is readable by everyone (mode %04o): "
-                    "refusing to use it; run chmod o-r on it",
-                    shown(path), (unsigned)(st.st_mode & 07777));
+        return fail("%s %s is readable by everyone (mode %04o): refusing to"
+                    " use it; run chmod o-r on it", what, shown(path),
+                    (unsigned)(st.st_mode & 07777));
     }
-    while (n < sizeof(raw)) {
-        ssize_t r = read(fd, raw + n, sizeof(raw) - n);
+    while (n < cap) {
+        ssize_t r = read(fd, buf + n, cap - n);
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0) {
             int e = errno;
             close(fd);
-            explicit_bzero(raw, sizeof(raw));
-            return fail("cannot read password file %s: %s", shown(path),
+            explicit_bzero(buf, cap);
+            return fail("cannot read %s %s: %s", what, shown(path),
                         strerror(e));
         }
         if (r == 0)
             break;
         n += (size_t)r;
-        if (memchr(raw, '\n', n) != NULL)
+        if (memchr(buf, '\n', n) != NULL)
             break;
     }
     close(fd);
-    nl = memchr(raw, '\n', n);
-    line = nl != NULL ? (size_t)(nl - raw) : n;
-    if (line > 0 && raw[line - 1] == '\r')
-        line--;
-    if (nl == NULL && n == sizeof(raw))
-        line = sizeof(raw); /* no end in sight: too long */
+    nl = memchr(buf, '\n', n);
+    *line = nl != NULL ? (size_t)(nl - buf) : n;
+    if (*line > 0 && buf[*line - 1] == '\r')
+        (*line)--;
+    if (nl == NULL && n == cap)
+        *line = cap; /* no end in sight: too long */
+    return 0;
+}
+
+/* buf must hold PMM_CTL_PASSWORD_MAX + 1 bytes. 0 or 1 (error printed). */
+static int password_from_file(const char *path, char *pw, size_t *len)
+{
+    char raw[PMM_CTL_PASSWORD_MAX + 3]; /* password, "\r\n", one more */
+    size_t line;
+    const char *why;
+
+    if (secret_first_line(path, "password file", raw, sizeof(raw), &line))
+        return 1;
     why = password_problem(raw, line);
     if (why != NULL) {
         explicit_bzero(raw, sizeof(raw));
@@ -1075,34 +1090,12 @@ static int http_connect(const char *host, const char *port, long long deadline)
  * 1..256 printable characters). 0, or 1 with the message printed. */
 static int read_token(const char *path, char *tok, size_t cap)
 {
-    struct stat st;
     char buf[300];
-    ssize_t n;
     size_t len;
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
 
-    if (fd < 0)
-        return fail("cannot open token file %s: %s", shown(path),
-                    strerror(errno));
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return fail("token file %s is not a regular file", shown(path));
-    }
-    if (st.st_mode & S_IROTH) {
-        close(fd);
-        return fail("token file %s is readable by everyone (mode %04o): "
-                    "refusing to use it; run chmod o-r on it", shown(path),
-                    (unsigned)(st.st_mode & 07777));
-    }
-    n = read(fd, buf, sizeof(buf) - 1);
-    close(fd);
-    if (n < 0)
-        return fail("cannot read token file %s: %s", shown(path),
-                    strerror(errno));
-    buf[n] = '\0';
-    len = strcspn(buf, "\r\n");
-    buf[len] = '\0';
-    for (size_t i = 0; i < len; i++)
+    if (secret_first_line(path, "token file", buf, sizeof(buf), &len))
+        return 1;
+    for (size_t i = 0; i < len && i < sizeof(buf); i++)
         if ((unsigned char)buf[i] <= 0x20 || (unsigned char)buf[i] >= 0x7f)
             len = 0;
     if (len == 0 || len > 256 || len >= cap) {
@@ -1110,7 +1103,8 @@ static int read_token(const char *path, char *tok, size_t cap)
         return fail("token file %s: the first line must be the token (1 to "
                     "256 printable characters, no spaces)", shown(path));
     }
-    memcpy(tok, buf, len + 1);
+    memcpy(tok, buf, len);
+    tok[len] = '\0';
     explicit_bzero(buf, sizeof(buf));
     return 0;
 }
