@@ -96,14 +96,12 @@ int pst_backup_begin(PGconn *c, const pst_tableset *ts, uint32_t self_cid,
     for (size_t i = 0; rc == 0 && i < ts->n; i++) {
         const char *col = pst_otable_col(ro, ts->t[i].name);
         char others[PST_OTHERS_LEN];
-        if (col && (rc = pst_others_cond(others, sizeof(others), col,
-                                         self_cid)) != 0)
+        if ((rc = pst_others_where(others, sizeof(others), col, self_cid)))
             break;
         char *bt = bk_table(c, schema, ts->t[i].name);
         sql = NULL;
-        if (!bt || asprintf(&sql, "CREATE TABLE %s AS SELECT * FROM %s%s%s",
-                            bt, ts->t[i].name, col ? " WHERE " : "",
-                            col ? others : "") < 0)
+        if (!bt || asprintf(&sql, "CREATE TABLE %s AS SELECT * FROM %s%s",
+                            bt, ts->t[i].name, others) < 0)
             rc = -ENOMEM;
         else
             rc = pst_exec(c, sql, err, el);

@@ -385,11 +385,12 @@ void pst_pgerr(PGconn *c, PGresult *r, char *err, size_t errlen);
 PGresult *pst_otables(PGconn *c, char *err, size_t errlen);
 /* In such a result, the origin column (quoted) of table tbl, or NULL. */
 const char *pst_otable_col(const PGresult *ro, const char *tbl);
-/* Into buf: the condition "col::text IS DISTINCT FROM 'cid'", which holds
- * for a per-origin table's rows of every origin but cid (col quoted, as
- * pst_otable_col gives it; PST_OTHERS_LEN holds any). 0 or -ENAMETOOLONG. */
+/* Into buf: " WHERE col::text IS DISTINCT FROM 'cid'", which selects a
+ * per-origin table's rows of every origin but cid (col quoted, as
+ * pst_otable_col gives it; PST_OTHERS_LEN holds any); "" when col is NULL
+ * (every row). 0 or -ENAMETOOLONG. */
 #define PST_OTHERS_LEN 200
-int pst_others_cond(char *buf, size_t len, const char *col, uint32_t cid);
+int pst_others_where(char *buf, size_t len, const char *col, uint32_t cid);
 /* A store session (session_replication_role = replica, ISO dates,
  * synchronous_commit = local, ...); with origin_tag, under that
  * replication origin (pst_origin_setup). NULL with err set. */

@@ -523,11 +523,13 @@ static int srv_copy_table(srv_job *j, int ti, char *chunk)
     PGconn *c = j->c;
     int rc = srv_put(j, PMGCM__STORE__MSG__KIND__SNAP_TABLE, name, NULL, 0);
     if (rc) return rc;
-    char *sql = NULL;
+    char *sql = NULL, others[PST_OTHERS_LEN];
+    if ((rc = pst_others_where(others, sizeof(others), cp->t->ocols[ti],
+                               sn->peer_cid)))
+        return rc;
     int ar = cp->t->ocols[ti]
-                 ? asprintf(&sql, "COPY (SELECT * FROM %s WHERE %s::text IS"
-                                  " DISTINCT FROM '%u') TO STDOUT",
-                            name, cp->t->ocols[ti], sn->peer_cid)
+                 ? asprintf(&sql, "COPY (SELECT * FROM %s%s) TO STDOUT", name,
+                            others)
                  : asprintf(&sql, "COPY %s TO STDOUT", name);
     if (ar < 0) return -ENOMEM;
     PGresult *r = PQexec(c, sql);
@@ -1227,16 +1229,14 @@ static int cl_full(pst_snap *sn, PGconn *c)
                               ? pst_otable_col(ro, sn->local->t[i].name)
                               : NULL;
         char others[PST_OTHERS_LEN];
-        if (col && pst_others_cond(others, sizeof(others), col,
-                                   sn->self_cid) != 0) {
+        if (pst_others_where(others, sizeof(others), col, sn->self_cid)) {
             PQclear(ro);
             fclose(f);
             free(sql);
             return -ENAMETOOLONG;
         }
-        fprintf(f, "%sEXISTS (SELECT 1 FROM %s%s%s)", i ? ", " : "",
-                sn->local->t[i].name, col ? " WHERE " : "",
-                col ? others : "");
+        fprintf(f, "%sEXISTS (SELECT 1 FROM %s%s)", i ? ", " : "",
+                sn->local->t[i].name, others);
     }
     PQclear(ro);
     if (fclose(f) != 0) {
@@ -1285,11 +1285,11 @@ static int cl_empty_tables(pst_snap *sn, PGconn *c)
     free(sql);
     for (int k = 0; rc == 0 && k < PQntuples(ro); k++) {
         char *d = NULL, others[PST_OTHERS_LEN];
-        if ((rc = pst_others_cond(others, sizeof(others),
-                                  PQgetvalue(ro, k, 1), sn->self_cid)) != 0)
+        if ((rc = pst_others_where(others, sizeof(others),
+                                   PQgetvalue(ro, k, 1), sn->self_cid)) != 0)
             break;
-        if (asprintf(&d, "DELETE FROM %s WHERE %s", PQgetvalue(ro, k, 0),
-                     others) < 0) {
+        if (asprintf(&d, "DELETE FROM %s%s", PQgetvalue(ro, k, 0), others) <
+            0) {
             rc = -ENOMEM;
             break;
         }

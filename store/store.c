@@ -324,9 +324,11 @@ const char *pst_otable_col(const PGresult *ro, const char *tbl)
     return NULL;
 }
 
-int pst_others_cond(char *buf, size_t len, const char *col, uint32_t cid)
+int pst_others_where(char *buf, size_t len, const char *col, uint32_t cid)
 {
-    int n = snprintf(buf, len, "%s::text IS DISTINCT FROM '%u'", col, cid);
+    int n = col ? snprintf(buf, len, " WHERE %s::text IS DISTINCT FROM '%u'",
+                           col, cid)
+                : snprintf(buf, len, "%s", "");
     return n >= 0 && (size_t)n < len ? 0 : -ENAMETOOLONG;
 }
 
