@@ -1095,7 +1095,7 @@ static int read_token(const char *path, char *tok, size_t cap)
 
     if (secret_first_line(path, "token file", buf, sizeof(buf), &len))
         return 1;
-    for (size_t i = 0; i < len && i < sizeof(buf); i++)
+    for (size_t i = 0; i < len; i++) /* len <= sizeof(buf) */
         if ((unsigned char)buf[i] <= 0x20 || (unsigned char)buf[i] >= 0x7f)
             len = 0;
     if (len == 0 || len > 256 || len >= cap) {
