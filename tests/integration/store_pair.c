@@ -565,6 +565,20 @@ static void snapshot_ok(node *b, node *a)
     CHECK(ib.loaded);
 }
 
+/* A snapshot of master a into follower b that fails, ending with a reason
+ * that names `needle` (`what` says which, in the output). */
+static void snapshot_fails(node *b, node *a, const char *what,
+                           const char *needle)
+{
+    pair snap;
+    REQUIRE(pair_open(&snap, b, a, PST_SNAPSHOT, 2) == 0);
+    CHECK(run_until(client_ended, &snap, 60000));
+    printf("# %s: rc %d, %s\n", what, snap.cl.end_rc, snap.cl.why);
+    CHECK(snap.cl.end_rc != 0);
+    CHECK(strstr(snap.cl.why, needle) != NULL);
+    pair_close(&snap);
+}
+
 typedef struct two {
     node *a, *b;
 } two;
@@ -1379,14 +1393,7 @@ static void test_snapshot_constraint_broken(void)
                             " 'also mine', 2)") == 0);
     node a, b;
     REQUIRE(two_nodes(&a, &b) == 0);
-    /* a join */
-    pair snap;
-    REQUIRE(pair_open(&snap, &b, &a, PST_SNAPSHOT, 2) == 0);
-    CHECK(run_until(client_ended, &snap, 60000));
-    printf("# the join: rc %d, %s\n", snap.cl.end_rc, snap.cl.why);
-    CHECK(snap.cl.end_rc != 0);
-    CHECK(strstr(snap.cl.why, "mail_subject_key") != NULL);
-    pair_close(&snap);
+    snapshot_fails(&b, &a, "the join", "mail_subject_key");
     pst_info ib;
     pst_get_info(b.st, &ib);
     CHECK(!ib.loaded);
@@ -1418,13 +1425,7 @@ static void test_snapshot_constraint_broken(void)
     REQUIRE(sqlf(ca, false, "UPDATE mail SET subject = 'dup' WHERE id ="
                             " 2500; INSERT INTO rules VALUES (1, 'x',"
                             " 'new')") == 0);
-    REQUIRE(pair_open(&snap, &b, &a, PST_SNAPSHOT, 2) == 0);
-    CHECK(run_until(client_ended, &snap, 60000));
-    printf("# a loaded node's snapshot: rc %d, %s\n", snap.cl.end_rc,
-           snap.cl.why);
-    CHECK(snap.cl.end_rc != 0);
-    CHECK(strstr(snap.cl.why, "mail_subject_key") != NULL);
-    pair_close(&snap);
+    snapshot_fails(&b, &a, "a loaded node's snapshot", "mail_subject_key");
     pst_get_info(b.st, &ib);
     CHECK(ib.loaded);
     char sum2[4096];
