@@ -417,6 +417,39 @@ static int wb_fmt(wbuf *b, const char *fmt, ...)
     return wb_put(b, tmp, (size_t)n);
 }
 
+/* pmgcm.log and pmgcm.olog go in by binary COPY: the server parses no
+ * numbers, timestamps or escapes, and the texts go as they are (jsonb's
+ * binary form is a version byte and the text). A buffer starts with the
+ * header (wr_copy adds the trailer). */
+static const char copy_bin_head[19] = "PGCOPY\n\377\r\n\0\0\0\0\0\0\0\0\0";
+
+/* v's n low bytes, big-endian (room reserved). */
+static void wb_be(wbuf *b, uint64_t v, int n)
+{
+    for (int i = n - 1; i >= 0; i--) b->p[b->len++] = (char)(v >> (8 * i));
+}
+
+/* A number field: its length n, then v in n bytes (room reserved). */
+static void wb_num(wbuf *b, uint64_t v, int n)
+{
+    wb_be(b, (uint64_t)n, 4);
+    wb_be(b, v, n);
+}
+
+/* A text field of n bytes, or NULL (length -1); a jsonb one (json) with
+ * the format's version byte first (room reserved). */
+static void wb_bin_text(wbuf *b, const char *s, size_t n, bool json)
+{
+    if (!s) {
+        wb_be(b, 0xffffffffu, 4);
+        return;
+    }
+    wb_be(b, n + json, 4);
+    if (json) b->p[b->len++] = 1;
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+}
+
 static const char *intern(pst_capture *cp, const char *s)
 {
     for (size_t i = 0; i < cp->n_names; i++)
@@ -485,10 +518,16 @@ static int rel_learn(pst_capture *cp, const pst_pgo_rel *rel, char *err,
 
 /* ---- the writer: the log, in the writer's transaction ------------------------------- */
 
-static int wr_copy(pst_capture *cp, const char *sql, wbuf *b, char *err,
-                   size_t el)
+/* b's rows by COPY (binary: b holds the header, the trailer goes here). */
+static int wr_copy(pst_capture *cp, const char *sql, wbuf *b, bool binary,
+                   char *err, size_t el)
 {
     if (!b->len) return 0;
+    if (binary) {
+        int rc = wb_reserve(b, 2);
+        if (rc) return rc;
+        wb_be(b, 0xffff, 2);
+    }
     PGresult *r = PQexec(cp->sql, sql);
     if (PQresultStatus(r) != PGRES_COPY_IN) {
         pst_pgerr(cp->sql, r, err, el);
@@ -517,12 +556,13 @@ static int wr_flush_bufs(pst_capture *cp, char *err, size_t el)
 {
     int rc;
     if ((rc = wr_copy(cp, "COPY pmgcm.log (seq, epoch, op, tbl, old, new, ts,"
-                          " last, origin, xid) FROM STDIN", &cp->blog, err,
-                      el)) ||
+                          " last, origin, xid) FROM STDIN (FORMAT binary)",
+                      &cp->blog, true, err, el)) ||
         (rc = wr_copy(cp, "COPY pmgcm.olog (origin, seq, op, tbl, old, new,"
-                          " ts, last, xid) FROM STDIN", &cp->bolog, err, el)) ||
+                          " ts, last, xid) FROM STDIN (FORMAT binary)",
+                      &cp->bolog, true, err, el)) ||
         (rc = wr_copy(cp, "COPY pmgcm.divergence (reason, epoch, op, tbl, old,"
-                          " new, ts) FROM STDIN", &cp->bdiv, err, el)))
+                          " new, ts) FROM STDIN", &cp->bdiv, false, err, el)))
         return rc;
     cp->batch_bytes = 0;
     return 0;
@@ -737,26 +777,37 @@ static void wr_abort(pst_capture *cp)
 static int emit_held(pst_capture *cp, held *h, bool origin, bool last)
 {
     if (!h->any) return 0;
-    char ts[64];
-    pst_ts_text(cp->src_ts, ts, sizeof(ts));
-    int rc;
     wbuf *b = origin ? &cp->bolog : &cp->blog;
-    if (origin)
-        rc = wb_fmt(b, "%u\t%llu\t%c\t", cp->cid,
-                    (unsigned long long)++cp->oseq, h->op);
-    else
-        rc = wb_fmt(b, "%llu\t%llu\t%c\t", (unsigned long long)++cp->seq,
-                    (unsigned long long)cp->epoch, h->op);
-    if (!rc) rc = wb_field(b, h->tbl);
-    if (!rc) rc = wb_put(b, "\t", 1);
-    if (!rc) rc = wb_field(b, h->old_);
-    if (!rc) rc = wb_put(b, "\t", 1);
-    if (!rc) rc = wb_field(b, h->new_);
-    if (!rc && origin)
-        rc = wb_fmt(b, "\t%s\t%c\t%u\n", ts, last ? 't' : 'f', cp->src_xid);
-    else if (!rc)
-        rc = wb_fmt(b, "\t%s\t%c\t%u\t%u\n", ts, last ? 't' : 'f', cp->cid,
-                    cp->src_xid);
+    size_t lt = h->tbl ? strlen(h->tbl) : 0, lo = h->old_ ? strlen(h->old_) : 0,
+           ln = h->new_ ? strlen(h->new_) : 0;
+    if (lt > INT32_MAX / 4 || lo > INT32_MAX / 4 || ln > INT32_MAX / 4)
+        return -EFBIG;
+    /* the header, 10 lengths, the numbers, 2 version bytes, the texts */
+    int rc = wb_reserve(b, sizeof(copy_bin_head) + 2 + 10 * 4 + 38 + 2 + lt +
+                               lo + ln);
+    if (rc) return rc;
+    if (b->len == 0) {
+        memcpy(b->p, copy_bin_head, sizeof(copy_bin_head));
+        b->len = sizeof(copy_bin_head);
+    }
+    uint64_t ts = (uint64_t)(cp->src_ts - PST_PGO_EPOCH_OFFSET_US);
+    if (origin) { /* origin, seq, op, tbl, old, new, ts, last, xid */
+        wb_be(b, 9, 2);
+        wb_num(b, cp->cid, 4);
+        wb_num(b, ++cp->oseq, 8);
+    } else { /* seq, epoch, op, tbl, old, new, ts, last, origin, xid */
+        wb_be(b, 10, 2);
+        wb_num(b, ++cp->seq, 8);
+        wb_num(b, cp->epoch, 8);
+    }
+    wb_num(b, (uint8_t)h->op, 1);
+    wb_bin_text(b, h->tbl, lt, false);
+    wb_bin_text(b, h->old_, lo, true);
+    wb_bin_text(b, h->new_, ln, true);
+    wb_num(b, ts, 8);
+    wb_num(b, last, 1);
+    if (!origin) wb_num(b, cp->cid, 4);
+    wb_num(b, cp->src_xid, 8);
     if (origin) {
         cp->n_own++;
         cp->any_own = true;
@@ -764,10 +815,10 @@ static int emit_held(pst_capture *cp, held *h, bool origin, bool last)
     } else {
         cp->n_main++;
         cp->last_ts = cp->src_ts;
-        if (!rc) fr_add(cp, h, last);
+        fr_add(cp, h, last);
     }
     held_clear(h);
-    return rc;
+    return 0;
 }
 
 /* Where this source transaction's changes go (at its first change). */
