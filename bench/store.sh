@@ -137,6 +137,11 @@ trap 'exit 130' INT TERM HUP
 # benchmark turns autogroups off while it runs (every thread then gets its
 # fair share by its work) and back on at the end. BENCH_AUTOGROUP=keep
 # leaves the setting as it is; the header says which way the run went.
+# The capture section (0) is one node: one server, its daemon and the
+# writers, the processes one machine runs in production, each a service
+# in a session of its own. It runs with the machine's own setting
+# (BENCH_CAPTURE_AUTOGROUP=off: with autogroups off as the rest). Which
+# way matters (README, "The capture and session autogroups").
 AG_FILE=/proc/sys/kernel/sched_autogroup_enabled AG_WAS= AG_RUN=n/a
 if [[ -r $AG_FILE ]]; then
     AG_RUN=$(cat "$AG_FILE")
@@ -145,6 +150,15 @@ if [[ -r $AG_FILE ]]; then
     fi
     AG_RUN=$([[ $AG_RUN == 0 ]] && echo off || echo on)${AG_WAS:+ (turned off for this run; on again after it)}
 fi
+# ag_capture on|off: the machine's setting back for the capture section
+# (unless BENCH_CAPTURE_AUTOGROUP=off), then off again. AG_CAP: how the
+# section ran.
+AG_CAP=${AG_RUN%% *}
+ag_capture() {
+    [[ -n "$AG_WAS" && "${BENCH_CAPTURE_AUTOGROUP:-machine}" != off ]] || return 0
+    if [[ $1 == on ]]; then echo "$AG_WAS" >"$AG_FILE" && AG_CAP="on (the machine's setting)"
+    else echo 0 >"$AG_FILE"; fi
+}
 
 # ---- PostgreSQL servers ------------------------------------------------------------
 # pg_start I: server I (initdb'd from a template), database pmg.
@@ -576,8 +590,10 @@ only() {
 
 pg_init
 if only capture; then
-    log "capture cost: pgbench, $CLIENTS clients, single-row INSERT transactions, ${PGB_S}s per run, $REPEAT rounds"
+    ag_capture on
+    log "capture cost: pgbench, $CLIENTS clients, single-row INSERT transactions, ${PGB_S}s per run, $REPEAT rounds; session autogroups $AG_CAP"
     capture_cost
+    ag_capture off
 fi
 
 # ==== 1: snapshot throughput ========================================================
@@ -887,7 +903,7 @@ verdict() { awk -v v="$1" -v t="$2" -v op="$3" 'BEGIN { if (v == "" || v == "-" 
     echo "pmgclusterd $PMGCLUSTERD; PostgreSQL: fsync off, wal_level logical, shared_buffers 128MB, Unix sockets"
     echo
     if only capture; then
-    echo "0. capture cost: pgbench, $CLIENTS clients, single-row INSERT transactions, ${PGB_S} s per run, median of $REPEAT rounds (one server, three databases)"
+    echo "0. capture cost: pgbench, $CLIENTS clients, single-row INSERT transactions, ${PGB_S} s per run, median of $REPEAT rounds (one server, three databases; session autogroups $AG_CAP)"
     printf '   %-52s %10s %8s %12s %12s\n' "" "tps" "ratio" "p50 ms" "p99 ms"
     cap_rows tps p50 p99 tps
     printf '   rounds (tps plain/anchor/pmgcm):'
