@@ -60,7 +60,8 @@
 # ($PMGCM_BUILD, default build/, with bench/store_lag: `make -j2` there),
 # postgresql-15, jq, python3. Not part of `make check`. BENCH_KEEP=1 keeps
 # the temp dir (logs). Keep the machine otherwise idle. Session autogroups
-# are turned off while it runs (BENCH_AUTOGROUP=keep: not; see below).
+# are turned off while it runs, but for the capture section (one node:
+# the machine's own setting); BENCH_AUTOGROUP=keep: not at all; see below.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/.." && pwd)
