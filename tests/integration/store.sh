@@ -320,6 +320,25 @@ else
     it_diag "psql exit $prc: ${o:0:400}"
     show "$ALL3"
 fi
+# the master's change log holds those changes as written (the capture
+# sends it by binary COPY; followers catching up read it): the odd
+# subject, the 3 MB one, the jsonb and bytea values, each row with its
+# source transaction and a commit time of this run
+logchk=$(pg_sql 1 2>&1 <<'EOF'
+SELECT count(*) FILTER (WHERE tbl = 'public.mail' AND op = 'U' AND new->>'subject' = E'tab\there\nnewline ''q'' "dq" \\ back ü €'),
+       count(*) FILTER (WHERE tbl = 'public.mail' AND op = 'U' AND new->>'subject' = repeat('t', 3000000)),
+       count(*) FILTER (WHERE tbl = 'public.objects' AND op = 'I' AND new->>'id' = '100' AND new->'meta' = '{"k": "v\"q", "n": null, "a": [1, 2.5e10, {"x": []}]}'::jsonb),
+       count(*) FILTER (WHERE tbl = 'public.objects' AND op = 'I' AND new->>'id' = '200' AND length(new->>'data') = 3000002),
+       count(*) FILTER (WHERE xid IS NULL OR ts < now() - interval '10 min' OR ts > now() + interval '1 min')
+FROM pmgcm.log WHERE seq > (SELECT max(seq) - 200 FROM pmgcm.log) AND op <> 'E'
+EOF
+)
+if [[ "$logchk" == "1|1|1|1|0" ]]; then
+    it_ok "node1's pmgcm.log holds the changes as written: escapes, unicode, a 3 MB text, jsonb, bytea; every row with its transaction id and this run's commit time"
+else
+    it_not_ok "node1's pmgcm.log holds the changes as written"
+    it_diag "counts (odd subject, 3 MB subject, jsonb, bytea, rows without xid or a time of this run): $logchk"
+fi
 
 # ==== 2: 8 concurrent writers ===========================================================
 # writer W: 250 transactions; transaction j inserts A_j and B_j, updates A_j,
