@@ -63,6 +63,8 @@ struct pst_snap {
     char backup[80];     /* client: the backup schema of this load, or "" */
     size_t n_full;       /* client: our tables holding rows the load
                           * replaces (cl_full) */
+    bool emptied;        /* client: cl_empty_tables truncated the tables
+                          * in the snapshot's own transaction */
     uint64_t bk_rows;    /* client: rows kept there */
     uint32_t bk_tables;
     pst_origin opos[PST_ORIGINS_MAX]; /* client: positions received */
@@ -884,7 +886,11 @@ static int rebuild_begin(snap_loader *l, const char *tbl)
  * not a partitioned one) is loaded frozen: no hint bits or vacuum freeze
  * to do afterwards, and less to write now. A loader with transactions of
  * its own empties the table again in it for that (unless a foreign key
- * references it: TRUNCATE would refuse; it is empty anyway). */
+ * references it: TRUNCATE would refuse; it is empty anyway). The one
+ * transaction of a loaded node emptied its tables only if one held rows
+ * (cl_empty_tables): otherwise they are empty, their indexes are built
+ * after the rows all the same, but the rows go in unfrozen (PostgreSQL
+ * refuses FREEZE for a table not truncated in the transaction). */
 static int ld_table(snap_loader *l, const char *name)
 {
     pst_snap *sn = l->sn;
@@ -925,6 +931,7 @@ static int ld_table(snap_loader *l, const char *name)
         if (rc) return rc;
     }
     if (freeze && (rc = rebuild_begin(l, tbl))) return rc;
+    if (!l->txn && !sn->emptied) freeze = false;
     char *sql = NULL;
     if (asprintf(&sql, "COPY %s FROM STDIN%s", tbl,
                  freeze ? " (FREEZE)" : "") < 0)
@@ -1282,6 +1289,7 @@ static int cl_empty_tables(pst_snap *sn, PGconn *c)
         p += sprintf(p, "%s%s", nt++ ? ", " : "", sn->local->t[i].name);
     }
     if (nt) rc = pst_exec(c, sql, err, el);
+    sn->emptied = nt && rc == 0;
     free(sql);
     for (int k = 0; rc == 0 && k < PQntuples(ro); k++) {
         char *d = NULL, others[PST_OTHERS_LEN];
