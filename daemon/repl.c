@@ -803,7 +803,8 @@ int pmm_repl_start(pmm_repl **out, const pmm_repl_env *env, char *err,
                      .schemas = env->cfg->db_schemas,
                      .exclude = env->cfg->db_exclude,
                      .origin_tables = env->cfg->db_origin_tables,
-                     .retention_s = env->cfg->db_log_retention_s};
+                     .retention_s = env->cfg->db_log_retention_s,
+                     .snapshot_jobs = env->cfg->db_snapshot_jobs};
     pst_events ev = {.changed = st_changed, .log = st_log, .ud = r};
     int rc = pst_open(env->loop, &sc, &ev, &r->st);
     if (rc) {

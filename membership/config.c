@@ -178,7 +178,7 @@ enum {
     K_SUSP_MAX_MULT, K_RETRANSMIT, K_GOSSIP_INTERVAL, K_GOSSIP_NODES,
     K_PUSHPULL, K_REJOIN, K_API_PORT, K_STATUS_BIND, K_STATUS_PORT,
     K_AGENT_PORT, K_DB_CONNINFO, K_DB_SCHEMAS, K_DB_EXCLUDE,
-    K_DB_RETENTION, K_DB_ORIGIN, K_DB_SYNC, K_FILES_DIR, K_FILES_RELOAD,
+    K_DB_RETENTION, K_DB_ORIGIN, K_DB_SYNC, K_DB_SNAP_JOBS, K_FILES_DIR, K_FILES_RELOAD,
     K_FILES_MAX, K_STATUS_ACCESS, K_METRICS_ACCESS, K_STATUS_TOKEN,
     K_UNAUTH_BUDGET, K_FILES_TRASH_FILES, K_FILES_TRASH_BYTES, K_LOG_FORMAT,
     K_COUNT
@@ -278,6 +278,10 @@ static const pmm_conf_key keys[K_COUNT] = {
     [K_DB_SYNC] = {"db_sync", PMM_CONF_ENUM, 0, F(db_sync), 0, 0, db_syncs,
                    "off", "off, one or majority: followers holding a "
                    "change before its commit returns"},
+    [K_DB_SNAP_JOBS] = {"db_snapshot_jobs", PMM_CONF_U32, 0,
+                        F(db_snapshot_jobs), 0, 4, NULL, "0",
+                        "tables a joining node loads at once (0: as many "
+                        "as it has cores, 2 to 4)"},
     [K_FILES_DIR] = {"files_dir", PMM_CONF_PATH, 0, F(files_dir), 0, 0,
                      NULL, NULL, "absolute: the directory of master-owned "
                      "files mirrored to every node"},

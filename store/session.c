@@ -316,7 +316,7 @@ int pst_client(pst_store *st, pst_open_kind kind, uint32_t self_cid,
          * its own transaction); loaded data is replaced in one */
         if (!st->info.loaded) {
             o.has_jobs = true;
-            o.jobs = PST_SNAP_JOBS;
+            o.jobs = st->snap_jobs;
         }
         /* data compressed: a quarter of the bytes through the TLS channel,
          * whose AES-GCM is the daemons' largest cost in a snapshot */

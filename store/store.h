@@ -124,6 +124,9 @@ typedef struct pst_config {
     const char *origin_tables;/* "schema.table:column, ..." (per-origin
                                  tables, see below); copied               */
     uint32_t workers;         /* worker threads (0 = 4)                   */
+    uint32_t snapshot_jobs;   /* tables a join loads at once, each in a
+                                 connection of its own: 1..4; 0 = as many
+                                 as this machine has cores, 2 to 4       */
 } pst_config;
 
 typedef struct pst_events {

@@ -9,8 +9,10 @@
 #   - node2 joins while a writer commits on node1 (inserts into mail,
 #     updates of rules, rule_attr and objects): the master copies the 4
 #     tables over 4 connections sharing one exported snapshot, node2 loads
-#     them in parallel; after the writer: every acknowledged row on node2,
-#     none twice (ids checked, checksums equal)
+#     them in parallel (db_snapshot_jobs = 4: more loaders than CI's two
+#     cores; by default a join takes as many as the machine has); after
+#     the writer: every acknowledged row on node2, none twice (ids
+#     checked, checksums equal)
 #   - the master's slot dropped by hand while its daemon runs and a writer
 #     commits (its walsender terminated, pg_drop_replication_slot): the
 #     daemon re-makes it (slot_repairs), the log restarts, the followers
@@ -98,7 +100,7 @@ for i in $ALL; do
     pg_start "$i" || it_bail "PostgreSQL for node$i did not start"
     pg_schema "$i" || it_bail "schema on node$i"
     it_write_config_lc "$i" "node$i"
-    pg_conf "$i"
+    pg_conf "$i" db_snapshot_jobs=4
 done
 pg_sql 1 >/dev/null <<'EOF' || it_bail "filling node1"
 INSERT INTO mail SELECT g, 'node1', 'subject ' || g || repeat(' x', g % 40), g % 1000, now() FROM generate_series(1, 150000) g;
