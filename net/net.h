@@ -333,6 +333,9 @@ int pmm_tls_conn_peer_fp(const pmm_tls_conn *c, pmm_tls_fp *out);
 /* Peer address: 0 or -errno. */
 int pmm_tls_conn_peer_addr(const pmm_tls_conn *c,
                            struct sockaddr_storage *out);
+/* The negotiated cipher suite's name (static, mbedTLS's), "" before the
+ * handshake completed. */
+const char *pmm_tls_conn_suite(const pmm_tls_conn *c);
 /* The verdict the connection was accepted under (ACCEPT_NODE/_JOINER), or
  * PMM_TLS_REFUSE before that. */
 pmm_tls_verdict pmm_tls_conn_peer_kind(const pmm_tls_conn *c);

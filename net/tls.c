@@ -626,7 +626,13 @@ static void enter_closing(pmm_tls_conn *c, int reason, bool flush,
 static void close_handles(pmm_tls_conn *c, int reason);
 static void on_kick(uv_idle_t *h);
 
+/* ChaCha20-Poly1305 first: mbedTLS 2.28 runs it at about 500 MB/s per
+ * core where its AES-GCM (AES-NI and PCLMUL one block at a time) runs at
+ * 280-300 MB/s, and a snapshot or a delta stream is mostly this; both
+ * ends are ours and offer the same list, the first wins. The AES-GCM
+ * suites stay for peers built before it. */
 static const int suites[] = {
+    MBEDTLS_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
     MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
     MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
     0,
@@ -1929,6 +1935,12 @@ int pmm_tls_conn_peer_addr(const pmm_tls_conn *c,
         return -ENOTCONN;
     *out = c->peer_addr;
     return 0;
+}
+
+const char *pmm_tls_conn_suite(const pmm_tls_conn *c)
+{
+    const char *s = mbedtls_ssl_get_ciphersuite(&c->ssl);
+    return s ? s : "";
 }
 
 pmm_tls_verdict pmm_tls_conn_peer_kind(const pmm_tls_conn *c)

@@ -334,6 +334,7 @@ typedef struct cli_ctx {
     /* what the connection says about itself at open */
     pmm_tls_fp open_fp;
     int open_fp_rc, open_addr_rc;
+    char open_suite[64];
     struct sockaddr_storage open_addr;
     bool open_is_client;
 } cli_ctx;
@@ -409,6 +410,8 @@ static void c_open(pmm_tls_conn *c, void *ud)
     k->t_open = uv_now(&loop);
     k->open_fp_rc = pmm_tls_conn_peer_fp(c, &k->open_fp);
     k->open_addr_rc = pmm_tls_conn_peer_addr(c, &k->open_addr);
+    snprintf(k->open_suite, sizeof(k->open_suite), "%s",
+             pmm_tls_conn_suite(c));
     k->open_is_client = pmm_tls_conn_is_client(c);
     switch (k->mode) {
     case C_SCRIPT:
@@ -852,6 +855,11 @@ static void test_request_response(void)
     CHECK_EQ_INT(k.open_fp_rc, 0);
     CHECK(pmm_tls_fp_eq(&k.open_fp, pmm_tls_identity_fp(id_srv)));
     CHECK_EQ_INT(k.open_addr_rc, 0);
+    /* the faster AEAD of the two mbedTLS offers (tls.c's suites) */
+    CHECK(strcmp(k.open_suite,
+                 "TLS-ECDHE-ECDSA-WITH-CHACHA20-POLY1305-SHA256") == 0);
+    if (strcmp(k.open_suite, "TLS-ECDHE-ECDSA-WITH-CHACHA20-POLY1305-SHA256"))
+        printf("#   suite: %s\n", k.open_suite);
     CHECK(((struct sockaddr_in *)&k.open_addr)->sin_port ==
           ((struct sockaddr_in *)&s.addr)->sin_port);
     CHECK(k.open_is_client);
