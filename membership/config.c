@@ -279,9 +279,9 @@ static const pmm_conf_key keys[K_COUNT] = {
                    "off", "off, one or majority: followers holding a "
                    "change before its commit returns"},
     [K_DB_SNAP_JOBS] = {"db_snapshot_jobs", PMM_CONF_U32, 0,
-                        F(db_snapshot_jobs), 0, 4, NULL, "0",
-                        "tables a joining node loads at once (0: as many "
-                        "as it has cores, 2 to 4)"},
+                        F(db_snapshot_jobs), 1, 4, NULL, "4",
+                        "tables a joining node loads at once, each over a "
+                        "connection of its own"},
     [K_FILES_DIR] = {"files_dir", PMM_CONF_PATH, 0, F(files_dir), 0, 0,
                      NULL, NULL, "absolute: the directory of master-owned "
                      "files mirrored to every node"},

@@ -128,10 +128,10 @@
  *       rounded down) hold the change (PostgreSQL's synchronous
  *       replication, through synchronous_standby_names). With too few
  *       followers connected commits wait (status says so).
- *   db_snapshot_jobs = 0
+ *   db_snapshot_jobs = 4
  *       Tables a joining node (one without loaded data) loads at once,
- *       each over a connection of its own on both nodes (1..4); 0, the
- *       default, takes as many as this machine has cores, 2 to 4.
+ *       each over a connection of its own on both nodes (1..4; 1: one
+ *       transaction, as a node with loaded data always does).
  *   files_dir = /etc/pmg
  *       Optional directory of master-owned files mirrored to every node.
  *   files_reload = systemctl reload pmg-smtp-filter
@@ -351,7 +351,7 @@ typedef struct pmm_config {
     uint32_t db_log_retention_s;           /* change log kept, 3600 */
     char db_origin_tables[PMM_DB_STR_MAX + 1]; /* "schema.table:column, ..." */
     int db_sync;                           /* PMM_DB_SYNC_*, off */
-    uint32_t db_snapshot_jobs;             /* 0..4, 0 = by cores */
+    uint32_t db_snapshot_jobs;             /* 1..4, 4 */
 
     /* mirrored config files (files.c): empty files_dir = off */
     char files_dir[PMM_PATH_MAX];

@@ -511,12 +511,6 @@ void pst_ts_text(int64_t unix_us, char *buf, size_t len);
 /* Tables a snapshot copies (server) or loads (client, when the node holds
  * no loaded data) at once, each in a connection of its own. */
 #define PST_SNAP_JOBS 4u
-/* The loaders a join asks for: `want` (1..PST_SNAP_JOBS), or for 0 as many
- * as this machine has cores, at least 2 (a load of one transaction would
- * have its WAL decoded by the capture, snap_skip_load), at most
- * PST_SNAP_JOBS: more loaders than cores only contend for them (the
- * daemons, TLS and both servers' backends share the same cores). */
-uint32_t pst_snap_jobs_for(uint32_t want);
 /* Starts the snapshot thread of session s (server: copies; client:
  * loads). jobs: the client's Open.jobs (server) or what the client asked
  * for (client); 1 = one table after the other. lz4: the client's Open.lz4

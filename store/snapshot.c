@@ -26,7 +26,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 typedef Pmgcm__Store__Msg Msg;
 typedef Pmgcm__Store__Open Open;
@@ -1971,13 +1970,6 @@ static void snap_client_main(void *arg)
         PQfinish(c); /* an open transaction rolls back: old data stays */
     }
     snap_finish(sn, rc);
-}
-
-uint32_t pst_snap_jobs_for(uint32_t want)
-{
-    if (want) return want > PST_SNAP_JOBS ? PST_SNAP_JOBS : want;
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n < 2 ? 2u : n > (long)PST_SNAP_JOBS ? PST_SNAP_JOBS : (uint32_t)n;
 }
 
 pst_snap *pst_snap_start(pst_session *s, bool server, const char *schema,

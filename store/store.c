@@ -642,7 +642,9 @@ int pst_open(uv_loop_t *loop, const pst_config *cfg, const pst_events *ev,
     st->exclude = dup_or(cfg->exclude, "");
     st->origin_tables = dup_or(cfg->origin_tables, "");
     st->retention_s = cfg->retention_s ? cfg->retention_s : 3600;
-    st->snap_jobs = pst_snap_jobs_for(cfg->snapshot_jobs);
+    st->snap_jobs = cfg->snapshot_jobs == 0 ? PST_SNAP_JOBS
+                    : cfg->snapshot_jobs > PST_SNAP_JOBS ? PST_SNAP_JOBS
+                                                           : cfg->snapshot_jobs;
     st->n_workers = cfg->workers ? cfg->workers : 4;
     st->workers = calloc(st->n_workers, sizeof(*st->workers));
     if (!st->conninfo || !st->schemas || !st->exclude || !st->workers ||

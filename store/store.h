@@ -125,8 +125,7 @@ typedef struct pst_config {
                                  tables, see below); copied               */
     uint32_t workers;         /* worker threads (0 = 4)                   */
     uint32_t snapshot_jobs;   /* tables a join loads at once, each in a
-                                 connection of its own: 1..4; 0 = as many
-                                 as this machine has cores, 2 to 4       */
+                                 connection of its own: 1..4 (0 = 4)     */
 } pst_config;
 
 typedef struct pst_events {
