@@ -6,6 +6,7 @@
  */
 #define _GNU_SOURCE
 #include "store/internal.h"
+#include "store/pgoutput.h"
 #include "store/store.pb-c.h"
 
 #include <errno.h>
@@ -175,8 +176,8 @@ typedef struct tail {
  * term, the origin's own, a known op) and written as COPY text into *out
  * (malloc'd, *len bytes). */
 static int encode_copy(const apply_job *aj, const batch *bt, size_t first,
-                       const pst_pos *pos, uint64_t recv, char **out,
-                       size_t *len, tail *t, char *err, size_t el)
+                       const pst_pos *pos, uint64_t recv, pst_wbuf *b,
+                       tail *t, char *err, size_t el)
 {
     if (bt->ch[first]->seq != recv + 1) {
         snprintf(err, el, "gap in the change stream: have %llu, got %llu",
@@ -184,20 +185,18 @@ static int encode_copy(const apply_job *aj, const batch *bt, size_t first,
                  (unsigned long long)bt->ch[first]->seq);
         return PST_EPROTO;
     }
-    size_t cap = 256;
-    for (size_t i = first; i < bt->n; i++) {
-        const Change *ch = bt->ch[i];
-        cap += 128 + 2 * ((ch->tbl ? strlen(ch->tbl) : 0) +
-                          (ch->old ? strlen(ch->old) : 0) +
-                          (ch->new_ ? strlen(ch->new_) : 0));
-    }
-    char *buf = malloc(cap);
-    if (!buf) return -ENOMEM;
-    char *p = buf;
+    int rc = pst_wb_reserve(b, sizeof(pst_copy_bin_head) + 2);
+    if (rc) return rc;
+    memcpy(b->p, pst_copy_bin_head, sizeof(pst_copy_bin_head));
+    b->len = sizeof(pst_copy_bin_head);
     *t = (tail){.prev = recv, .last_epoch = pos->epoch};
     for (size_t i = first; i < bt->n; i++) {
         const Change *ch = bt->ch[i];
-        if (ch->seq != t->prev + 1 ||
+        /* the numbers go as they are: bounded to their columns here (a
+         * text COPY had the server refuse them) */
+        if (ch->seq != t->prev + 1 || ch->seq > INT64_MAX ||
+            ch->epoch > INT64_MAX ||
+            (ch->has_origin && ch->origin > INT32_MAX) ||
             (!aj->is_origin && ch->epoch < pos->epoch) ||
             (aj->is_origin && (ch->op == 'E' ||
                                !ch->has_origin || ch->origin != aj->origin)) ||
@@ -205,54 +204,63 @@ static int encode_copy(const apply_job *aj, const batch *bt, size_t first,
              ch->op != 'T' && ch->op != 'E')) {
             snprintf(err, el, "bad change %llu in the stream",
                      (unsigned long long)ch->seq);
-            free(buf);
             return PST_EPROTO;
         }
         t->prev = ch->seq;
-        if (aj->is_origin)
-            p += sprintf(p, "%llu\t%c\t", (unsigned long long)ch->seq,
-                         (char)ch->op);
-        else
-            p += sprintf(p, "%llu\t%llu\t%c\t", (unsigned long long)ch->seq,
-                         (unsigned long long)ch->epoch, (char)ch->op);
-        pst_copy_esc(&p, ch->tbl);
-        *p++ = '\t';
-        pst_copy_esc(&p, ch->old);
-        *p++ = '\t';
-        pst_copy_esc(&p, ch->new_);
-        char ts[64];
-        pst_ts_text(ch->ts_us, ts, sizeof(ts));
-        p += sprintf(p, "\t%s\t%c\t%u\n", ts, ch->last ? 't' : 'f',
-                     ch->has_origin ? ch->origin : 0);
+        size_t lt = ch->tbl ? strlen(ch->tbl) : 0,
+               lo = ch->old ? strlen(ch->old) : 0,
+               ln = ch->new_ ? strlen(ch->new_) : 0;
+        if (lt > INT32_MAX / 4 || lo > INT32_MAX / 4 || ln > INT32_MAX / 4)
+            return -EFBIG;
+        /* the count, 9 lengths, the numbers, 2 version bytes, the texts,
+         * the trailer */
+        if ((rc = pst_wb_reserve(b, 2 + 9 * 4 + 30 + 2 + lt + lo + ln + 2)))
+            return rc;
+        pst_wb_be(b, aj->is_origin ? 8 : 9, 2);
+        pst_wb_num(b, ch->seq, 8);
+        if (!aj->is_origin) pst_wb_num(b, ch->epoch, 8);
+        pst_wb_num(b, (uint8_t)ch->op, 1);
+        pst_wb_bin_text(b, ch->tbl, lt, false);
+        pst_wb_bin_text(b, ch->old, lo, true);
+        pst_wb_bin_text(b, ch->new_, ln, true);
+        /* microseconds since 2000-01-01 (unsigned: any value is defined;
+         * the server refuses one out of timestamptz's range) */
+        pst_wb_num(b, (uint64_t)ch->ts_us - (uint64_t)PST_PGO_EPOCH_OFFSET_US,
+                   8);
+        pst_wb_num(b, ch->last ? 1 : 0, 1);
+        pst_wb_num(b, ch->has_origin ? ch->origin : 0, 4);
         if (ch->last) {
             t->last_seq = ch->seq;
             t->last_epoch = ch->epoch;
             t->last_ts = ch->ts_us;
         }
     }
-    *out = buf;
-    *len = (size_t)(p - buf);
+    pst_wb_be(b, 0xffff, 2);
     return 0;
 }
 
-/* The encoded changes into pmgcm.log (or pmgcm.olog) by COPY, directly
- * (ts as text: no temp table to fill, copy from and empty at every
+/* The encoded changes into pmgcm.log (or pmgcm.olog) by binary COPY,
+ * directly (no temp table to fill, copy from and empty at every
  * commit). */
-static int copy_into_log(const apply_job *aj, PGconn *c, const char *buf,
-                         size_t len, char *err, size_t el)
+static int copy_into_log(const apply_job *aj, PGconn *c, const pst_wbuf *b,
+                         char *err, size_t el)
 {
+    if (b->len > INT32_MAX) return -EFBIG;
     PGresult *r = PQexec(c, aj->is_origin
                                 ? "COPY pmgcm.olog (seq, op, tbl, old, new,"
-                                  " ts, last, origin) FROM STDIN"
+                                  " ts, last, origin) FROM STDIN (FORMAT"
+                                  " binary)"
                                 : "COPY pmgcm.log (seq, epoch, op, tbl, old,"
-                                  " new, ts, last, origin) FROM STDIN");
+                                  " new, ts, last, origin) FROM STDIN"
+                                  " (FORMAT binary)");
     if (PQresultStatus(r) != PGRES_COPY_IN) {
         pst_pgerr(c, r, err, el);
         PQclear(r);
         return PST_EDB;
     }
     PQclear(r);
-    if (PQputCopyData(c, buf, (int)len) != 1 || PQputCopyEnd(c, NULL) != 1) {
+    if (PQputCopyData(c, b->p, (int)b->len) != 1 ||
+        PQputCopyEnd(c, NULL) != 1) {
         pst_pgerr(c, NULL, err, el);
         return PST_EDB;
     }
@@ -347,8 +355,8 @@ static void apply_run(pst_job *j, PGconn *c)
         return;
     }
     batch bt = {0};
-    char *buf = NULL;
-    size_t len = 0, first = 0;
+    pst_wbuf buf = {0};
+    size_t first = 0;
     pst_pos pos = {0};
     uint64_t recv = 0;
     tail t;
@@ -361,16 +369,15 @@ static void apply_run(pst_job *j, PGconn *c)
         rc = pst_exec(c, "ROLLBACK", err, el);
         goto out;
     }
-    if (!rc) rc = encode_copy(aj, &bt, first, &pos, recv, &buf, &len, &t,
-                              err, el);
-    if (!rc) rc = copy_into_log(aj, c, buf, len, err, el);
+    if (!rc) rc = encode_copy(aj, &bt, first, &pos, recv, &buf, &t, err, el);
+    if (!rc) rc = copy_into_log(aj, c, &buf, err, el);
     if (!rc) rc = apply_and_advance(aj, c, &pos, &t, err, el);
     if (!rc) {
         aj->pos = pos;
         aj->recv_seq = t.prev;
     }
 out:
-    free(buf);
+    free(buf.p);
     batch_free(&bt);
     j->rc = rc;
 }
@@ -709,6 +716,20 @@ void pst_ts_text(int64_t unix_us, char *buf, size_t len)
     snprintf(buf, len, "%04d-%02d-%02d %02d:%02d:%02d.%06ld+00",
              tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
              tm.tm_min, tm.tm_sec, us);
+}
+
+const char pst_copy_bin_head[19] = "PGCOPY\n\377\r\n\0\0\0\0\0\0\0\0\0";
+
+int pst_wb_reserve(pst_wbuf *b, size_t n)
+{
+    if (b->len + n + 1 <= b->cap) return 0;
+    size_t nc = b->cap ? b->cap * 2 : 65536;
+    while (nc < b->len + n + 1) nc *= 2;
+    char *np = realloc(b->p, nc);
+    if (!np) return -ENOMEM;
+    b->p = np;
+    b->cap = nc;
+    return 0;
 }
 
 void pst_copy_esc(char **p, const char *s)

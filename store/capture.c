@@ -183,10 +183,6 @@ typedef struct relent {
     const char *tbl;   /* interned */
 } relent;
 
-typedef struct wbuf {
-    char *p;
-    size_t len, cap;
-} wbuf;
 
 /* a change held back until the next one says whether it is the last of
  * its transaction */
@@ -287,7 +283,7 @@ struct pst_capture {
     uint64_t n_main, n_own, n_div;
     int64_t last_ts, own_ts;
     bool any_own;
-    wbuf blog, bolog, bdiv;
+    pst_wbuf blog, bolog, bdiv;
     held hlog, holog;
     /* the transaction's pmgcm.log entries as a frame to be (fr_*): off
      * when one would not fit PST_FRAME_BYTES or memory ran out */
@@ -371,21 +367,9 @@ static void cap_wait(pst_capture *cp, int fd, int ms)
     }
 }
 
-static int wb_reserve(wbuf *b, size_t n)
+static int wb_put(pst_wbuf *b, const char *s, size_t n)
 {
-    if (b->len + n + 1 <= b->cap) return 0;
-    size_t nc = b->cap ? b->cap * 2 : 65536;
-    while (nc < b->len + n + 1) nc *= 2;
-    char *np = realloc(b->p, nc);
-    if (!np) return -ENOMEM;
-    b->p = np;
-    b->cap = nc;
-    return 0;
-}
-
-static int wb_put(wbuf *b, const char *s, size_t n)
-{
-    int rc = wb_reserve(b, n);
+    int rc = pst_wb_reserve(b, n);
     if (rc) return rc;
     memcpy(b->p + b->len, s, n);
     b->len += n;
@@ -393,10 +377,10 @@ static int wb_put(wbuf *b, const char *s, size_t n)
 }
 
 /* a COPY text field: \N for NULL; backslash, tab, newline, CR escaped */
-static int wb_field(wbuf *b, const char *s)
+static int wb_field(pst_wbuf *b, const char *s)
 {
     if (!s) return wb_put(b, "\\N", 2);
-    int rc = wb_reserve(b, 2 * strlen(s));
+    int rc = pst_wb_reserve(b, 2 * strlen(s));
     if (rc) return rc;
     char *o = b->p + b->len;
     pst_copy_esc(&o, s);
@@ -404,9 +388,9 @@ static int wb_field(wbuf *b, const char *s)
     return 0;
 }
 
-static int wb_fmt(wbuf *b, const char *fmt, ...)
+static int wb_fmt(pst_wbuf *b, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
-static int wb_fmt(wbuf *b, const char *fmt, ...)
+static int wb_fmt(pst_wbuf *b, const char *fmt, ...)
 {
     char tmp[256];
     va_list ap;
@@ -415,39 +399,6 @@ static int wb_fmt(wbuf *b, const char *fmt, ...)
     va_end(ap);
     if (n < 0 || (size_t)n >= sizeof(tmp)) return -EINVAL;
     return wb_put(b, tmp, (size_t)n);
-}
-
-/* pmgcm.log and pmgcm.olog go in by binary COPY: the server parses no
- * numbers, timestamps or escapes, and the texts go as they are (jsonb's
- * binary form is a version byte and the text). A buffer starts with the
- * header (wr_copy adds the trailer). */
-static const char copy_bin_head[19] = "PGCOPY\n\377\r\n\0\0\0\0\0\0\0\0\0";
-
-/* v's n low bytes, big-endian (room reserved). */
-static void wb_be(wbuf *b, uint64_t v, int n)
-{
-    for (int i = n - 1; i >= 0; i--) b->p[b->len++] = (char)(v >> (8 * i));
-}
-
-/* A number field: its length n, then v in n bytes (room reserved). */
-static void wb_num(wbuf *b, uint64_t v, int n)
-{
-    wb_be(b, (uint64_t)n, 4);
-    wb_be(b, v, n);
-}
-
-/* A text field of n bytes, or NULL (length -1); a jsonb one (json) with
- * the format's version byte first (room reserved). */
-static void wb_bin_text(wbuf *b, const char *s, size_t n, bool json)
-{
-    if (!s) {
-        wb_be(b, 0xffffffffu, 4);
-        return;
-    }
-    wb_be(b, n + json, 4);
-    if (json) b->p[b->len++] = 1;
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
 }
 
 static const char *intern(pst_capture *cp, const char *s)
@@ -519,14 +470,14 @@ static int rel_learn(pst_capture *cp, const pst_pgo_rel *rel, char *err,
 /* ---- the writer: the log, in the writer's transaction ------------------------------- */
 
 /* b's rows by COPY (binary: b holds the header, the trailer goes here). */
-static int wr_copy(pst_capture *cp, const char *sql, wbuf *b, bool binary,
+static int wr_copy(pst_capture *cp, const char *sql, pst_wbuf *b, bool binary,
                    char *err, size_t el)
 {
     if (!b->len) return 0;
     if (binary) {
-        int rc = wb_reserve(b, 2);
+        int rc = pst_wb_reserve(b, 2);
         if (rc) return rc;
-        wb_be(b, 0xffff, 2);
+        pst_wb_be(b, 0xffff, 2);
     }
     PGresult *r = PQexec(cp->sql, sql);
     if (PQresultStatus(r) != PGRES_COPY_IN) {
@@ -777,37 +728,37 @@ static void wr_abort(pst_capture *cp)
 static int emit_held(pst_capture *cp, held *h, bool origin, bool last)
 {
     if (!h->any) return 0;
-    wbuf *b = origin ? &cp->bolog : &cp->blog;
+    pst_wbuf *b = origin ? &cp->bolog : &cp->blog;
     size_t lt = h->tbl ? strlen(h->tbl) : 0, lo = h->old_ ? strlen(h->old_) : 0,
            ln = h->new_ ? strlen(h->new_) : 0;
     if (lt > INT32_MAX / 4 || lo > INT32_MAX / 4 || ln > INT32_MAX / 4)
         return -EFBIG;
     /* the header, 10 lengths, the numbers, 2 version bytes, the texts */
-    int rc = wb_reserve(b, sizeof(copy_bin_head) + 2 + 10 * 4 + 38 + 2 + lt +
+    int rc = pst_wb_reserve(b, sizeof(pst_copy_bin_head) + 2 + 10 * 4 + 38 + 2 + lt +
                                lo + ln);
     if (rc) return rc;
     if (b->len == 0) {
-        memcpy(b->p, copy_bin_head, sizeof(copy_bin_head));
-        b->len = sizeof(copy_bin_head);
+        memcpy(b->p, pst_copy_bin_head, sizeof(pst_copy_bin_head));
+        b->len = sizeof(pst_copy_bin_head);
     }
     uint64_t ts = (uint64_t)(cp->src_ts - PST_PGO_EPOCH_OFFSET_US);
     if (origin) { /* origin, seq, op, tbl, old, new, ts, last, xid */
-        wb_be(b, 9, 2);
-        wb_num(b, cp->cid, 4);
-        wb_num(b, ++cp->oseq, 8);
+        pst_wb_be(b, 9, 2);
+        pst_wb_num(b, cp->cid, 4);
+        pst_wb_num(b, ++cp->oseq, 8);
     } else { /* seq, epoch, op, tbl, old, new, ts, last, origin, xid */
-        wb_be(b, 10, 2);
-        wb_num(b, ++cp->seq, 8);
-        wb_num(b, cp->epoch, 8);
+        pst_wb_be(b, 10, 2);
+        pst_wb_num(b, ++cp->seq, 8);
+        pst_wb_num(b, cp->epoch, 8);
     }
-    wb_num(b, (uint8_t)h->op, 1);
-    wb_bin_text(b, h->tbl, lt, false);
-    wb_bin_text(b, h->old_, lo, true);
-    wb_bin_text(b, h->new_, ln, true);
-    wb_num(b, ts, 8);
-    wb_num(b, last, 1);
-    if (!origin) wb_num(b, cp->cid, 4);
-    wb_num(b, cp->src_xid, 8);
+    pst_wb_num(b, (uint8_t)h->op, 1);
+    pst_wb_bin_text(b, h->tbl, lt, false);
+    pst_wb_bin_text(b, h->old_, lo, true);
+    pst_wb_bin_text(b, h->new_, ln, true);
+    pst_wb_num(b, ts, 8);
+    pst_wb_num(b, last, 1);
+    if (!origin) pst_wb_num(b, cp->cid, 4);
+    pst_wb_num(b, cp->src_xid, 8);
     if (origin) {
         cp->n_own++;
         cp->any_own = true;

@@ -14,7 +14,8 @@
 #   9  INSERT/UPDATE/DELETE/TRUNCATE on a follower refused, the error names
 #      the master; local tables stay writable
 #      every kind of change: key updates, composite keys, TRUNCATE,
-#      savepoints, rollbacks, odd values, rows of several MB
+#      savepoints, rollbacks, odd values, rows of several MB; the master's
+#      log holds them as written, the followers' logs the same rows
 #   2  8 concurrent writers on the master, some transactions sleeping so
 #      that they commit out of the order of their changes: rows = acks;
 #      then a write with the followers at the head reaches them as the
@@ -340,6 +341,24 @@ if [[ "$logchk" == "1|1|1|1|0" ]]; then
 else
     it_not_ok "node1's pmgcm.log holds the changes as written"
     it_diag "counts (odd subject, 3 MB subject, jsonb, bytea, rows without xid or a time of this run): $logchk"
+fi
+# the followers' logs (their apply writes them by binary COPY too) hold
+# the same rows as the master's: every column but the master's own xid
+# (they joined at 1/1: their logs begin after it)
+LOGHI=$(pg_val 1 "SELECT max(seq) FROM pmgcm.log")
+LOGLO=$((LOGHI > 202 ? LOGHI - 200 : 2))
+LOGQ="SELECT count(*) || ':' || min(seq) || '-' || max(seq) || ':' || md5(string_agg(concat_ws('|', seq, epoch, op, tbl, old, new, extract(epoch FROM ts)::numeric, last, origin), E'\\n' ORDER BY seq)) FROM pmgcm.log WHERE seq BETWEEN $LOGLO AND $LOGHI"
+logs_same() {
+    local m f
+    m=$(pg_val 1 "$LOGQ")
+    for f in 2 3; do [[ "$(pg_val "$f" "$LOGQ")" == "$m" ]] || return 1; done
+    [[ "$m" == [1-9]*:* ]]
+}
+if it_wait_until logs_same 10; then
+    it_ok "node2's and node3's pmgcm.log hold those changes exactly as node1's: $(pg_val 1 "$LOGQ")"
+else
+    it_not_ok "the followers' pmgcm.log hold the changes as node1's"
+    it_diag "node1 $(pg_val 1 "$LOGQ"), node2 $(pg_val 2 "$LOGQ"), node3 $(pg_val 3 "$LOGQ")"
 fi
 
 # ==== 2: 8 concurrent writers ===========================================================
