@@ -266,9 +266,12 @@ static int send_to_server(void *ud, const uint8_t *buf, size_t len)
     return rc;
 }
 /* A hostile master (test_lz4_tampered): the first compressed SNAP_DATA
- * frame to a client is changed as tamper_mode says. */
+ * frame to a client is changed as tamper_mode says; or
+ * (test_hostile_numbers) the first CHANGES frame's last change gets a
+ * number its log column cannot hold. */
 enum { TAMPER_NONE, TAMPER_RAW_ZERO, TAMPER_RAW_HUGE, TAMPER_RAW_PLUS,
-       TAMPER_RAW_MINUS, TAMPER_FLIP, TAMPER_CUT, TAMPER_N };
+       TAMPER_RAW_MINUS, TAMPER_FLIP, TAMPER_CUT, TAMPER_N,
+       TAMPER_EPOCH_HUGE = TAMPER_N, TAMPER_ORIGIN_HUGE, TAMPER_NUM_N };
 static int tamper_mode, tampered;
 
 /* buf as tamper_mode makes it: *out malloc'd (caller frees) or NULL when
@@ -280,8 +283,21 @@ static int tamper(const uint8_t *buf, size_t len, uint8_t **out,
     if (tamper_mode == TAMPER_NONE || tampered) return 0;
     Pmgcm__Store__Msg *m = pmgcm__store__msg__unpack(NULL, len, buf);
     if (!m) return 0;
-    if (m->kind != PMGCM__STORE__MSG__KIND__SNAP_DATA || !m->has_raw_len ||
-        m->data.len < 16) {
+    if (tamper_mode >= TAMPER_EPOCH_HUGE) {
+        if (m->kind != PMGCM__STORE__MSG__KIND__CHANGES ||
+            m->n_changes == 0) {
+            pmgcm__store__msg__free_unpacked(m, NULL);
+            return 0;
+        }
+        Pmgcm__Store__Change *ch = m->changes[m->n_changes - 1];
+        if (tamper_mode == TAMPER_EPOCH_HUGE) {
+            ch->epoch = (uint64_t)INT64_MAX + 1; /* bigint: -2^63 */
+        } else {
+            ch->has_origin = true;
+            ch->origin = (uint32_t)INT32_MAX + 1; /* int: -2^31 */
+        }
+    } else if (m->kind != PMGCM__STORE__MSG__KIND__SNAP_DATA ||
+               !m->has_raw_len || m->data.len < 16) {
         pmgcm__store__msg__free_unpacked(m, NULL);
         return 0;
     }
@@ -295,6 +311,7 @@ static int tamper(const uint8_t *buf, size_t len, uint8_t **out,
             m->data.data[i] ^= 0xA5;
         break;
     case TAMPER_CUT: m->data.len /= 2; break;
+    default: break;
     }
     *olen = pmgcm__store__msg__get_packed_size(m);
     *out = malloc(*olen);
@@ -752,6 +769,49 @@ static void test_lz4_tampered(void)
     }
     tamper_mode = TAMPER_NONE;
     snapshot_ok(&b, &a);
+    close_node(&a);
+    close_node(&b);
+    loop_end();
+}
+
+/* A hostile master's change whose epoch or origin its log column cannot
+ * hold (a bigint over 2^63 - 1, an int over 2^31 - 1): the binary COPY
+ * would store it negative, so the follower refuses the change (PST_EPROTO)
+ * before anything is written; its log and tables stay as they were, and
+ * the honest stream brings the change afterwards. */
+static void test_hostile_numbers(void)
+{
+    loop_begin();
+    node a, b;
+    REQUIRE(loaded_pair(&a, &b, 100) == 0);
+    const char *logq = "SELECT count(*) || '/' || coalesce(min(epoch), 0)"
+                       " || '/' || coalesce(min(origin), 0) FROM pmgcm.log";
+    char before[64], after[64];
+    for (int mode = TAMPER_EPOCH_HUGE; mode < TAMPER_NUM_N; mode++) {
+        val(cb, before, sizeof(before), logq);
+        tamper_mode = mode;
+        tampered = 0;
+        pair sub;
+        REQUIRE(pair_open(&sub, &b, &a, PST_SUBSCRIBE, 2) == 0);
+        REQUIRE(sqlf(ca, false, "INSERT INTO mail VALUES (%d, 'x', 1)",
+                     1000 + mode) == 0);
+        CHECK(run_until(client_ended, &sub, 30000));
+        printf("# tamper mode %d: %d frame(s) changed, client ended %d (%s)"
+               "\n", mode, tampered, sub.cl.end_rc, sub.cl.why);
+        CHECK_EQ_INT(tampered, 1);
+        CHECK_EQ_INT(sub.cl.end_rc, PST_EPROTO);
+        pair_close(&sub);
+        val(cb, after, sizeof(after), logq);
+        CHECK(strcmp(before, after) == 0);
+        if (strcmp(before, after)) printf("#   log %s -> %s\n", before, after);
+        CHECK_EQ_INT(ival(cb, "SELECT count(*) FROM mail"), 100);
+    }
+    tamper_mode = TAMPER_NONE;
+    REQUIRE(follow_through(&b, &a, 2, ca, "SELECT 1") == 0);
+    CHECK_EQ_INT(ival(cb, "SELECT count(*) FROM mail"), 102);
+    CHECK_EQ_INT(ival(cb, "SELECT count(*) FROM pmgcm.log WHERE epoch < 0"
+                          " OR origin < 0"),
+                 0);
     close_node(&a);
     close_node(&b);
     loop_end();
@@ -1477,6 +1537,7 @@ int main(void)
     snprintf(ci_b, sizeof(ci_b), "%s", b);
     TAP_RUN(test_snapshot_then_follow);
     TAP_RUN(test_lz4_tampered);
+    TAP_RUN(test_hostile_numbers);
     TAP_RUN(test_toast_unchanged);
     TAP_RUN(test_step_down_fence);
     TAP_RUN(test_restart_exactly_once);
