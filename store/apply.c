@@ -13,7 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 typedef Pmgcm__Store__Msg Msg;
 typedef Pmgcm__Store__Open Open;
@@ -173,8 +172,8 @@ typedef struct tail {
 } tail;
 
 /* The changes from first on, checked (contiguous after recv, no older
- * term, the origin's own, a known op) and written as COPY text into *out
- * (malloc'd, *len bytes). */
+ * term, the origin's own, a known op, numbers their columns can hold)
+ * and written in COPY's binary format into b (header to trailer). */
 static int encode_copy(const apply_job *aj, const batch *bt, size_t first,
                        const pst_pos *pos, uint64_t recv, pst_wbuf *b,
                        tail *t, char *err, size_t el)
@@ -236,42 +235,6 @@ static int encode_copy(const apply_job *aj, const batch *bt, size_t first,
         }
     }
     pst_wb_be(b, 0xffff, 2);
-    return 0;
-}
-
-/* The encoded changes into pmgcm.log (or pmgcm.olog) by binary COPY,
- * directly (no temp table to fill, copy from and empty at every
- * commit). */
-static int copy_into_log(const apply_job *aj, PGconn *c, const pst_wbuf *b,
-                         char *err, size_t el)
-{
-    if (b->len > INT32_MAX) return -EFBIG;
-    PGresult *r = PQexec(c, aj->is_origin
-                                ? "COPY pmgcm.olog (seq, op, tbl, old, new,"
-                                  " ts, last, origin) FROM STDIN (FORMAT"
-                                  " binary)"
-                                : "COPY pmgcm.log (seq, epoch, op, tbl, old,"
-                                  " new, ts, last, origin) FROM STDIN"
-                                  " (FORMAT binary)");
-    if (PQresultStatus(r) != PGRES_COPY_IN) {
-        pst_pgerr(c, r, err, el);
-        PQclear(r);
-        return PST_EDB;
-    }
-    PQclear(r);
-    if (PQputCopyData(c, b->p, (int)b->len) != 1 ||
-        PQputCopyEnd(c, NULL) != 1) {
-        pst_pgerr(c, NULL, err, el);
-        return PST_EDB;
-    }
-    r = PQgetResult(c);
-    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
-        pst_pgerr(c, r, err, el);
-        PQclear(r);
-        return PST_EDB;
-    }
-    PQclear(r);
-    while ((r = PQgetResult(c))) PQclear(r);
     return 0;
 }
 
@@ -370,7 +333,16 @@ static void apply_run(pst_job *j, PGconn *c)
         goto out;
     }
     if (!rc) rc = encode_copy(aj, &bt, first, &pos, recv, &buf, &t, err, el);
-    if (!rc) rc = copy_into_log(aj, c, &buf, err, el);
+    /* into pmgcm.log (or pmgcm.olog) directly: no temp table to fill,
+     * copy from and empty at every commit */
+    if (!rc)
+        rc = pst_copy_in(c,
+                         aj->is_origin
+                             ? "COPY pmgcm.olog (seq, op, tbl, old, new, ts,"
+                               " last, origin) FROM STDIN (FORMAT binary)"
+                             : "COPY pmgcm.log (seq, epoch, op, tbl, old, new,"
+                               " ts, last, origin) FROM STDIN (FORMAT binary)",
+                         &buf, err, el);
     if (!rc) rc = apply_and_advance(aj, c, &pos, &t, err, el);
     if (!rc) {
         aj->pos = pos;
@@ -702,55 +674,3 @@ void pst_apply_dispatch(pst_session *s, const uint8_t *buf, size_t len)
     }
     pmgcm__store__msg__free_unpacked(m, NULL);
 }
-
-void pst_ts_text(int64_t unix_us, char *buf, size_t len)
-{
-    time_t s = (time_t)(unix_us / 1000000);
-    long us = (long)(unix_us % 1000000);
-    if (us < 0) {
-        us += 1000000;
-        s -= 1;
-    }
-    struct tm tm;
-    gmtime_r(&s, &tm);
-    snprintf(buf, len, "%04d-%02d-%02d %02d:%02d:%02d.%06ld+00",
-             tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-             tm.tm_min, tm.tm_sec, us);
-}
-
-const char pst_copy_bin_head[19] = "PGCOPY\n\377\r\n\0\0\0\0\0\0\0\0\0";
-
-int pst_wb_reserve(pst_wbuf *b, size_t n)
-{
-    if (b->len + n + 1 <= b->cap) return 0;
-    size_t nc = b->cap ? b->cap * 2 : 65536;
-    while (nc < b->len + n + 1) nc *= 2;
-    char *np = realloc(b->p, nc);
-    if (!np) return -ENOMEM;
-    b->p = np;
-    b->cap = nc;
-    return 0;
-}
-
-void pst_copy_esc(char **p, const char *s)
-{
-    char *o = *p;
-    if (!s) {
-        *o++ = '\\';
-        *o++ = 'N';
-        *p = o;
-        return;
-    }
-    for (; *s; s++) {
-        switch (*s) {
-        case '\\': *o++ = '\\'; *o++ = '\\'; break;
-        case '\t': *o++ = '\\'; *o++ = 't'; break;
-        case '\n': *o++ = '\\'; *o++ = 'n'; break;
-        case '\r': *o++ = '\\'; *o++ = 'r'; break;
-        default: *o++ = *s;
-        }
-    }
-    *p = o;
-}
-
-/* Ends the table being copied in: 0 or PST_EDB (message in sn->err). */

@@ -183,7 +183,6 @@ typedef struct relent {
     const char *tbl;   /* interned */
 } relent;
 
-
 /* a change held back until the next one says whether it is the last of
  * its transaction */
 typedef struct held {
@@ -470,8 +469,8 @@ static int rel_learn(pst_capture *cp, const pst_pgo_rel *rel, char *err,
 /* ---- the writer: the log, in the writer's transaction ------------------------------- */
 
 /* b's rows by COPY (binary: b holds the header, the trailer goes here). */
-static int wr_copy(pst_capture *cp, const char *sql, pst_wbuf *b, bool binary,
-                   char *err, size_t el)
+static int wr_copy(pst_capture *cp, const char *sql, pst_wbuf *b,
+                   bool binary, char *err, size_t el)
 {
     if (!b->len) return 0;
     if (binary) {
@@ -479,27 +478,8 @@ static int wr_copy(pst_capture *cp, const char *sql, pst_wbuf *b, bool binary,
         if (rc) return rc;
         pst_wb_be(b, 0xffff, 2);
     }
-    PGresult *r = PQexec(cp->sql, sql);
-    if (PQresultStatus(r) != PGRES_COPY_IN) {
-        pst_pgerr(cp->sql, r, err, el);
-        PQclear(r);
-        return PST_EDB;
-    }
-    PQclear(r);
-    if (PQputCopyData(cp->sql, b->p, (int)b->len) != 1 ||
-        PQputCopyEnd(cp->sql, NULL) != 1) {
-        pst_pgerr(cp->sql, NULL, err, el);
-        return PST_EDB;
-    }
-    r = PQgetResult(cp->sql);
-    int rc = 0;
-    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
-        pst_pgerr(cp->sql, r, err, el);
-        rc = PST_EDB;
-    }
-    PQclear(r);
-    while ((r = PQgetResult(cp->sql))) PQclear(r);
-    b->len = 0;
+    int rc = pst_copy_in(cp->sql, sql, b, err, el);
+    if (rc == 0) b->len = 0; /* else wr_abort empties it */
     return rc;
 }
 
@@ -734,8 +714,8 @@ static int emit_held(pst_capture *cp, held *h, bool origin, bool last)
     if (lt > INT32_MAX / 4 || lo > INT32_MAX / 4 || ln > INT32_MAX / 4)
         return -EFBIG;
     /* the header, 10 lengths, the numbers, 2 version bytes, the texts */
-    int rc = pst_wb_reserve(b, sizeof(pst_copy_bin_head) + 2 + 10 * 4 + 38 + 2 + lt +
-                               lo + ln);
+    int rc = pst_wb_reserve(b, sizeof(pst_copy_bin_head) + 2 + 10 * 4 + 38 +
+                                   2 + lt + lo + ln);
     if (rc) return rc;
     if (b->len == 0) {
         memcpy(b->p, pst_copy_bin_head, sizeof(pst_copy_bin_head));

@@ -382,6 +382,56 @@ void pst_unref(pst_store *st);
 /* helpers for jobs run on worker threads */
 int pst_exec(PGconn *c, const char *sql, char *err, size_t errlen);
 void pst_pgerr(PGconn *c, PGresult *r, char *err, size_t errlen);
+/* COPY text of one value into *p (escapes \\, tab, newline, CR; NULL as
+ * \\N); the caller sized the buffer (2 bytes per input byte). */
+void pst_copy_esc(char **p, const char *s);
+
+/* COPY rows being written (capture.c's log, own-origin log and divergence
+ * rows; apply.c's log rows). The buffer is its user's: free(b->p). */
+typedef struct pst_wbuf {
+    char *p;
+    size_t len, cap;
+} pst_wbuf;
+/* Room for n more bytes (and a NUL after them): 0 or -ENOMEM. */
+int pst_wb_reserve(pst_wbuf *b, size_t n);
+/* COPY's binary format (pmgcm.log and pmgcm.olog go in by it: the server
+ * parses no numbers, timestamps or escapes, texts go as they are, jsonb as
+ * a version byte and the text): a buffer starts with this header, each
+ * row with its field count (pst_wb_be(b, n, 2)), and the rows end with
+ * pst_wb_be(b, 0xffff, 2). The writers below need the room reserved. */
+extern const char pst_copy_bin_head[19];
+/* v's n low bytes, big-endian. */
+static inline void pst_wb_be(pst_wbuf *b, uint64_t v, int n)
+{
+    for (int i = n - 1; i >= 0; i--) b->p[b->len++] = (char)(v >> (8 * i));
+}
+/* A number field: its length n, then v in n bytes. */
+static inline void pst_wb_num(pst_wbuf *b, uint64_t v, int n)
+{
+    pst_wb_be(b, (uint64_t)n, 4);
+    pst_wb_be(b, v, n);
+}
+/* A text field of n bytes, or NULL (length -1); a jsonb one (json) with
+ * the format's version byte first. */
+static inline void pst_wb_bin_text(pst_wbuf *b, const char *s, size_t n,
+                                   bool json)
+{
+    if (!s) {
+        pst_wb_be(b, 0xffffffffu, 4);
+        return;
+    }
+    pst_wb_be(b, n + json, 4);
+    if (json) b->p[b->len++] = 1;
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+}
+/* unix_us as timestamptz text in UTC, "2026-12-02 03:10:11.123456+00",
+ * into buf (len bytes, 32 are enough). */
+void pst_ts_text(int64_t unix_us, char *buf, size_t len);
+/* b's bytes as the data of `sql`, a COPY ... FROM STDIN, on c (a worker's
+ * connection): 0, PST_EDB (why in err) or -EFBIG (over 2 GB). */
+int pst_copy_in(PGconn *c, const char *sql, const pst_wbuf *b, char *err,
+                size_t el);
 /* The per-origin tables: rows (tbl, quote_ident(col)) of pmgcm.otables,
  * local names; the caller PQclears it. NULL with err set. */
 PGresult *pst_otables(PGconn *c, char *err, size_t errlen);
@@ -501,52 +551,6 @@ void pst_serve_offer(pst_store *st, const pst_cframe *f);
 /* A frame from the upstream of a SUBSCRIBE / OSUBSCRIBE session. */
 void pst_apply_dispatch(pst_session *s, const uint8_t *buf, size_t len);
 void pst_apply_pump(pst_session *s);
-/* COPY text of one value into *p (escapes \\, tab, newline, CR; NULL as
- * \\N); the caller sized the buffer (2 bytes per input byte). */
-void pst_copy_esc(char **p, const char *s);
-
-/* COPY rows being written (capture.c's log, own-origin log and divergence
- * rows; apply.c's log rows). The buffer is its user's: free(b->p). */
-typedef struct pst_wbuf {
-    char *p;
-    size_t len, cap;
-} pst_wbuf;
-/* Room for n more bytes (and a NUL after them): 0 or -ENOMEM. */
-int pst_wb_reserve(pst_wbuf *b, size_t n);
-/* COPY's binary format (pmgcm.log and pmgcm.olog go in by it: the server
- * parses no numbers, timestamps or escapes, texts go as they are, jsonb as
- * a version byte and the text): a buffer starts with this header, each
- * row with its field count (pst_wb_be(b, n, 2)), and the rows end with
- * pst_wb_be(b, 0xffff, 2). The writers below need the room reserved. */
-extern const char pst_copy_bin_head[19];
-/* v's n low bytes, big-endian. */
-static inline void pst_wb_be(pst_wbuf *b, uint64_t v, int n)
-{
-    for (int i = n - 1; i >= 0; i--) b->p[b->len++] = (char)(v >> (8 * i));
-}
-/* A number field: its length n, then v in n bytes. */
-static inline void pst_wb_num(pst_wbuf *b, uint64_t v, int n)
-{
-    pst_wb_be(b, (uint64_t)n, 4);
-    pst_wb_be(b, v, n);
-}
-/* A text field of n bytes, or NULL (length -1); a jsonb one (json) with
- * the format's version byte first. */
-static inline void pst_wb_bin_text(pst_wbuf *b, const char *s, size_t n,
-                                   bool json)
-{
-    if (!s) {
-        pst_wb_be(b, 0xffffffffu, 4);
-        return;
-    }
-    pst_wb_be(b, n + json, 4);
-    if (json) b->p[b->len++] = 1;
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-}
-/* unix_us as timestamptz text in UTC, "2026-12-02 03:10:11.123456+00",
- * into buf (len bytes, 32 are enough). */
-void pst_ts_text(int64_t unix_us, char *buf, size_t len);
 
 /* snapshot.c */
 /* Tables a snapshot copies (server) or loads (client, when the node holds

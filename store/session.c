@@ -319,7 +319,7 @@ int pst_client(pst_store *st, pst_open_kind kind, uint32_t self_cid,
             o.jobs = st->snap_jobs;
         }
         /* data compressed: a quarter of the bytes through the TLS channel,
-         * whose AES-GCM is the daemons' largest cost in a snapshot */
+         * whose cipher is the daemons' largest cost in a snapshot */
         o.has_lz4 = true;
         o.lz4 = true;
     }

@@ -345,6 +345,85 @@ int pst_exec(PGconn *c, const char *sql, char *err, size_t errlen)
     return 0;
 }
 
+/* ---- COPY writers: the capture's and the apply's log rows ---------------------- */
+
+void pst_ts_text(int64_t unix_us, char *buf, size_t len)
+{
+    time_t s = (time_t)(unix_us / 1000000);
+    long us = (long)(unix_us % 1000000);
+    if (us < 0) {
+        us += 1000000;
+        s -= 1;
+    }
+    struct tm tm;
+    gmtime_r(&s, &tm);
+    snprintf(buf, len, "%04d-%02d-%02d %02d:%02d:%02d.%06ld+00",
+             tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+             tm.tm_min, tm.tm_sec, us);
+}
+
+const char pst_copy_bin_head[19] = "PGCOPY\n\377\r\n\0\0\0\0\0\0\0\0\0";
+
+int pst_wb_reserve(pst_wbuf *b, size_t n)
+{
+    if (b->len + n + 1 <= b->cap) return 0;
+    size_t nc = b->cap ? b->cap * 2 : 65536;
+    while (nc < b->len + n + 1) nc *= 2;
+    char *np = realloc(b->p, nc);
+    if (!np) return -ENOMEM;
+    b->p = np;
+    b->cap = nc;
+    return 0;
+}
+
+void pst_copy_esc(char **p, const char *s)
+{
+    char *o = *p;
+    if (!s) {
+        *o++ = '\\';
+        *o++ = 'N';
+        *p = o;
+        return;
+    }
+    for (; *s; s++) {
+        switch (*s) {
+        case '\\': *o++ = '\\'; *o++ = '\\'; break;
+        case '\t': *o++ = '\\'; *o++ = 't'; break;
+        case '\n': *o++ = '\\'; *o++ = 'n'; break;
+        case '\r': *o++ = '\\'; *o++ = 'r'; break;
+        default: *o++ = *s;
+        }
+    }
+    *p = o;
+}
+
+int pst_copy_in(PGconn *c, const char *sql, const pst_wbuf *b, char *err,
+                size_t el)
+{
+    if (b->len > INT32_MAX) return -EFBIG;
+    PGresult *r = PQexec(c, sql);
+    if (PQresultStatus(r) != PGRES_COPY_IN) {
+        pst_pgerr(c, r, err, el);
+        PQclear(r);
+        return PST_EDB;
+    }
+    PQclear(r);
+    if (PQputCopyData(c, b->p, (int)b->len) != 1 ||
+        PQputCopyEnd(c, NULL) != 1) {
+        pst_pgerr(c, NULL, err, el);
+        return PST_EDB;
+    }
+    r = PQgetResult(c);
+    int rc = 0;
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+        pst_pgerr(c, r, err, el);
+        rc = PST_EDB;
+    }
+    PQclear(r);
+    while ((r = PQgetResult(c))) PQclear(r);
+    return rc;
+}
+
 void pst_notice_quiet(void *arg, const char *msg)
 {
     (void)arg;
