@@ -1510,11 +1510,9 @@ static void test_snapshot_constraint_broken(void)
 static void test_loaded_empty_snapshot(void)
 {
     loop_begin();
-    REQUIRE(fresh(NULL) == 0);
-    fresh_ci();
     node a, b;
-    REQUIRE(two_nodes(&a, &b) == 0);
-    snapshot_ok(&b, &a); /* a join of nothing: b loaded, its tables empty */
+    /* a join of nothing: b loaded, its tables empty */
+    REQUIRE(loaded_pair(&a, &b, 0) == 0);
     CHECK_EQ_INT(ival(cb, "SELECT count(*) FROM mail"), 0);
     REQUIRE(sqlf(ca, false, "INSERT INTO mail SELECT g, 's' || g, g FROM"
                             " generate_series(1, 2000) g; INSERT INTO rules"
