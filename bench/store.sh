@@ -9,7 +9,16 @@
 #    (default 1,000,000) of PMG-like mail tables (cstatistic, creceivers,
 #    cmailstore, cmsreceivers). Anchor: `psql -c "COPY t TO STDOUT" | psql
 #    -c "COPY t FROM STDIN"` table by table into an empty server with the
-#    same table definitions. pmgcm: a node's `pmgcm join`, which returns
+#    same table definitions, a server of its own for each run (4, then 6):
+#    like the joining nodes' servers, one that has never been loaded. (A
+#    server whose WAL files already exist, recycled at a checkpoint after
+#    an earlier load, takes the same rows 25-35 % faster: new WAL files
+#    cost page-cache and block allocation. Until 2026-12-05 the anchor's
+#    second run reused server 4 so, against joins into new servers.)
+#    BENCH_SNAP_WAL=warm: every target server (2, 3, 4, 6) first writes
+#    and drops some 300 MB (a scratch table) and checkpoints, so that all
+#    of them, the joiners' too, load into recycled WAL files.
+#    pmgcm: a node's `pmgcm join`, which returns
 #    once its store says in-sync (between two looks at the status it asks
 #    the daemon to answer the moment that is so: wait-sync), as an admin
 #    runs it; the daemon's own "snapshot loaded ... in X s" is shown too,
@@ -599,7 +608,18 @@ fi
 
 # ==== 1: snapshot throughput ========================================================
 if only snapshot; then
-for i in 1 2 3 4; do pg_start "$i"; schema "$i"; done
+SNAP_WAL=${BENCH_SNAP_WAL:-cold}
+[[ "$SNAP_WAL" == cold || "$SNAP_WAL" == warm ]] || die "BENCH_SNAP_WAL: cold or warm, not $SNAP_WAL"
+# the anchor's runs: a server each (ASRV[k]), new like the joiners'
+ASRV=([1]=4 [2]=6)
+for i in 1 2 3 4 6; do pg_start "$i"; schema "$i"; done
+if [[ "$SNAP_WAL" == warm ]]; then
+    for i in 2 3 4 6; do
+        sqlc "$i" "CREATE TABLE wal_warm AS SELECT g, repeat('w', 1000) AS w FROM generate_series(1, 300000) g; DROP TABLE wal_warm; CHECKPOINT" >/dev/null ||
+            die "warming server $i's WAL failed"
+    done
+    log "servers 2, 3, 4, 6: WAL files made and recycled (BENCH_SNAP_WAL=warm)"
+fi
 t=$(now_ms)
 fill "$ROWS" || die "filling node1's tables failed"
 log "servers up; $ROWS rows on node1 in $(( ($(now_ms) - t) / 1000 )) s"
@@ -608,23 +628,22 @@ for tb in $SNAP_TABLES; do
     ANCHOR_ROWS=$((ANCHOR_ROWS + $(sqlc 1 "SELECT count(*) FROM $tb")))
     ANCHOR_BYTES=$((ANCHOR_BYTES + $("$PSQL" -X -q -h "$(pg_sock 1)" -U postgres -d pmg -c "COPY $tb TO STDOUT" | wc -c)))
 done
-# anchor K: the COPY pipe, table by table, into server 4 (emptied first)
+# anchor K: the COPY pipe, table by table, into server ASRV[K] (empty)
 declare -a A_MS P_MS P_LOAD P_BYTES P_ROWS
 anchor() {
-    local k=$1 t0 tb
-    sqlc 4 "TRUNCATE $(echo $SNAP_TABLES | tr ' ' ',')" >/dev/null
-    sqlc 4 "CHECKPOINT" >/dev/null
+    local k=$1 t0 tb a=${ASRV[$1]}
+    sqlc "$a" "CHECKPOINT" >/dev/null
     sqlc 1 "CHECKPOINT" >/dev/null
     cpu_mark a$k.0
     t0=$(now_ms)
     for tb in $SNAP_TABLES; do
         "$PSQL" -X -q -h "$(pg_sock 1)" -U postgres -d pmg -c "COPY $tb TO STDOUT" |
-            "$PSQL" -X -q -v ON_ERROR_STOP=1 -h "$(pg_sock 4)" -U postgres -d pmg -c "COPY $tb FROM STDIN" ||
+            "$PSQL" -X -q -v ON_ERROR_STOP=1 -h "$(pg_sock "$a")" -U postgres -d pmg -c "COPY $tb FROM STDIN" ||
             die "anchor COPY of $tb failed"
     done
     A_MS[k]=$(($(now_ms) - t0))
     cpu_mark a$k.1
-    log "anchor $k: COPY pipe of $ANCHOR_ROWS rows in ${A_MS[k]} ms ($(rate "$ANCHOR_ROWS" "${A_MS[k]}") rows/s); load $(cut -d' ' -f1 /proc/loadavg)"
+    log "anchor $k: COPY pipe of $ANCHOR_ROWS rows into server $a in ${A_MS[k]} ms ($(rate "$ANCHOR_ROWS" "${A_MS[k]}") rows/s); load $(cut -d' ' -f1 /proc/loadavg)"
     [[ -z "$CPU" ]] || log "anchor $k: $(cpu_diff a$k.0 a$k.1)"
 }
 for i in 1 2 3; do dstart "$i" "$i" pmg; done
@@ -660,9 +679,11 @@ done
 bad=
 for tb in $SNAP_TABLES; do
     c1=$(sqlc 1 "SELECT count(*) FROM $tb")
-    for i in 2 3 4; do [[ "$(sqlc "$i" "SELECT count(*) FROM $tb")" == "$c1" ]] || bad+="$tb on server $i; "; done
+    for i in 2 3 4 6; do [[ "$(sqlc "$i" "SELECT count(*) FROM $tb")" == "$c1" ]] || bad+="$tb on server $i; "; done
 done
 [[ -z "$bad" ]] || log "WARNING: row counts differ: $bad"
+(cd / && runuser -u "$PG_USER" -- "$PG_BINDIR/pg_ctl" -D "${PGD[6]}" -m fast -w stop) >/dev/null 2>&1
+unset "PGD[6]"
 A_MEAN=$(mean "${A_MS[@]}") P_MEAN=$(mean "${P_MS[@]}")
 A_RPS=$(rate "$ANCHOR_ROWS" "$A_MEAN") P_RPS=$(rate "$ANCHOR_ROWS" "$P_MEAN")
 A_MBS=$(mbps "$ANCHOR_BYTES" "$A_MEAN") P_MBS=$(mbps "$ANCHOR_BYTES" "$P_MEAN")
@@ -921,9 +942,9 @@ verdict() { awk -v v="$1" -v t="$2" -v op="$3" 'BEGIN { if (v == "" || v == "-" 
     echo
     fi
     if only snapshot; then
-    echo "1. snapshot: $ANCHOR_ROWS rows, $(mbps "$ANCHOR_BYTES" 1000) MB as COPY text ($SNAP_TABLES)"
+    echo "1. snapshot: $ANCHOR_ROWS rows, $(mbps "$ANCHOR_BYTES" 1000) MB as COPY text ($SNAP_TABLES); every copy into a server never loaded before, WAL files $SNAP_WAL (BENCH_SNAP_WAL)"
     printf '   %-44s %10s %10s %9s\n' "" "ms" "rows/s" "MB/s"
-    for k in 1 2; do printf '   %-44s %10s %10s %9s\n' "anchor: psql COPY | psql COPY, run $k" "${A_MS[k]}" "$(rate "$ANCHOR_ROWS" "${A_MS[k]}")" "$(mbps "$ANCHOR_BYTES" "${A_MS[k]}")"; done
+    for k in 1 2; do printf '   %-44s %10s %10s %9s\n' "anchor: psql COPY pipe into server ${ASRV[k]}" "${A_MS[k]}" "$(rate "$ANCHOR_ROWS" "${A_MS[k]}")" "$(mbps "$ANCHOR_BYTES" "${A_MS[k]}")"; done
     for k in 1 2; do printf '   %-44s %10s %10s %9s\n' "pmgcm join (returns in-sync), node$((k + 1))" "${P_MS[k]}" "$(rate "$ANCHOR_ROWS" "${P_MS[k]}")" "$(mbps "$ANCHOR_BYTES" "${P_MS[k]}")"; done
     for k in 1 2; do printf '   %-44s %10s %10s %9s\n' "  (daemon: snapshot loaded, node$((k + 1)))" "$(awk -v s="${P_LOAD[k]:-0}" 'BEGIN{printf "%.0f", s*1000}')" "$(rate "$ANCHOR_ROWS" "$(awk -v s="${P_LOAD[k]:-0}" 'BEGIN{print s*1000}')")" "$(mbps "$ANCHOR_BYTES" "$(awk -v s="${P_LOAD[k]:-0}" 'BEGIN{print s*1000}')")"; done
     echo "   stream bytes the daemon counted: ${P_BYTES[1]:-?} (node2), ${P_BYTES[2]:-?} (node3); MB/s above use the COPY text size for both"
