@@ -1816,6 +1816,19 @@ out:
  * (its readers see the old data until the new is complete); one without
  * loads tables in parallel connections (sn->jobs asked for, as many as
  * the server streams at once). */
+/* This thread took a frame of len bytes from sn->pipe. The loop pauses
+ * the stream when the pipe holds SNAP_PIPE_MAX and resumes it below half
+ * that (pst_snap_client_poll): it is woken the moment the pipe falls
+ * past that mark. Nothing else would wake it in time (the frames come
+ * from the paused stream; the store's housekeeping tick is up to a
+ * second away), and the load would stand still meanwhile. */
+static void snap_drained(pst_snap *sn, size_t len)
+{
+    size_t left = pst_pipe_bytes(&sn->pipe);
+    if (left < SNAP_PIPE_MAX / 2 && left + len >= SNAP_PIPE_MAX / 2)
+        uv_async_send(&sn->st->async);
+}
+
 static int snap_client_load(pst_snap *sn, PGconn *c)
 {
     char *err = sn->err;
@@ -1827,6 +1840,7 @@ static int snap_client_load(pst_snap *sn, PGconn *c)
     memset(&pool, 0, sizeof(pool));
     pst_buf *b;
     while (rc == 0 && !done && (b = pst_pipe_get(&sn->pipe)) != NULL) {
+        snap_drained(sn, b->len);
         Msg *m = pmgcm__store__msg__unpack(NULL, b->len, b->data);
         if (!m) {
             free(b);

@@ -751,7 +751,9 @@ int pst_open(uv_loop_t *loop, const pst_config *cfg, const pst_events *ev,
                              &st->workers[i]) == 0)
             st->workers[i].started = true;
     }
-    uv_timer_start(&st->timer, timer_cb, SETUP_RETRY_MS, TICK_MS);
+    uv_timer_start(&st->timer, timer_cb,
+                   cfg->tick_ms ? cfg->tick_ms : SETUP_RETRY_MS,
+                   cfg->tick_ms ? cfg->tick_ms : TICK_MS);
     st->last_trim_ms = pst_mono_ms();
     pst_setup_start(st);
     *out = st;

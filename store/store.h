@@ -126,6 +126,11 @@ typedef struct pst_config {
     uint32_t workers;         /* worker threads (0 = 4)                   */
     uint32_t snapshot_jobs;   /* tables a join loads at once, each in a
                                  connection of its own: 1..4 (0 = 4)     */
+    uint32_t tick_ms;         /* the housekeeping timer (pings, retries,
+                                 checks, trims), first fire included: 0 =
+                                 every 1 s, the first after 2 s. A test
+                                 sets it long to see that nothing waits
+                                 for it                                   */
 } pst_config;
 
 typedef struct pst_events {
