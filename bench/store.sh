@@ -18,6 +18,8 @@
 #    BENCH_SNAP_WAL=warm: every target server (2, 3, 4, 6) first writes
 #    and drops some 300 MB (a scratch table) and checkpoints, so that all
 #    of them, the joiners' too, load into recycled WAL files.
+#    BENCH_A1 / BENCH_A2: the anchor runs' servers (4 and 6; swapped,
+#    the second run is still the slower one: it is when, not where).
 #    pmgcm: a node's `pmgcm join`, which returns
 #    once its store says in-sync (between two looks at the status it asks
 #    the daemon to answer the moment that is so: wait-sync), as an admin

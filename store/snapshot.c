@@ -1811,11 +1811,6 @@ out:
     free(s0);
 }
 
-/* The client's thread: SNAP_BEGIN, the tables, SNAP_END. A node with
- * loaded data loads on the snapshot's connection inside one transaction
- * (its readers see the old data until the new is complete); one without
- * loads tables in parallel connections (sn->jobs asked for, as many as
- * the server streams at once). */
 /* This thread took a frame of len bytes from sn->pipe. The loop pauses
  * the stream when the pipe holds SNAP_PIPE_MAX and resumes it below half
  * that (pst_snap_client_poll): it is woken the moment the pipe falls
@@ -1829,6 +1824,11 @@ static void snap_drained(pst_snap *sn, size_t len)
         uv_async_send(&sn->st->async);
 }
 
+/* The client's thread: SNAP_BEGIN, the tables, SNAP_END. A node with
+ * loaded data loads on the snapshot's connection inside one transaction
+ * (its readers see the old data until the new is complete); one without
+ * loads tables in parallel connections (sn->jobs asked for, as many as
+ * the server streams at once). */
 static int snap_client_load(pst_snap *sn, PGconn *c)
 {
     char *err = sn->err;
