@@ -132,7 +132,7 @@ cleanup() {
         (cd / && runuser -u "$PG_USER" -- "$PG_BINDIR/pg_ctl" -D "${PGD[i]}" -m immediate -w stop) >/dev/null 2>&1
     done
     if [[ -n "${BENCH_KEEP:-}" ]]; then echo "bench/store.sh: kept $DIR" >&2; else rm -rf "$DIR"; fi
-    [[ -n "${AG_WAS:-}" ]] && echo "$AG_WAS" >"$AG_FILE" 2>/dev/null
+    [[ -n "${AG_WAS:-}" ]] && echo "$AG_WAS" >"$AG_FILE" 2>/dev/null && rm -f "$AG_SAVE"
     exit "$rc"
 }
 trap cleanup EXIT
@@ -154,11 +154,28 @@ trap 'exit 130' INT TERM HUP
 # in a session of its own. It runs with the machine's own setting
 # (BENCH_CAPTURE_AUTOGROUP=off: with autogroups off as the rest). Which
 # way matters (README, "The capture and session autogroups").
+# A run killed before its EXIT trap (SIGKILL) would leave autogroups off
+# for good (one was, and the next runs measured the capture without
+# them): the setting a run found stays in AG_SAVE (cleared at each boot)
+# until the run restores it, and a later run restores it first when the
+# run that wrote it is gone.
 AG_FILE=/proc/sys/kernel/sched_autogroup_enabled AG_WAS= AG_RUN=n/a
+AG_SAVE=/run/pmgcm-bench-store.autogroup
+if [[ -r $AG_FILE && -f $AG_SAVE ]]; then
+    read -r ag_v ag_pid <"$AG_SAVE"
+    if [[ -n "${ag_pid:-}" ]] && ! kill -0 "$ag_pid" 2>/dev/null; then
+        echo "$ag_v" >"$AG_FILE" 2>/dev/null &&
+            log "kernel.sched_autogroup_enabled back to $ag_v: run $ag_pid ended before it could"
+        rm -f "$AG_SAVE"
+    fi
+fi
 if [[ -r $AG_FILE ]]; then
     AG_RUN=$(cat "$AG_FILE")
     if [[ "${BENCH_AUTOGROUP:-off}" != keep && "$AG_RUN" != 0 ]]; then
-        if echo 0 >"$AG_FILE" 2>/dev/null; then AG_WAS=$AG_RUN AG_RUN=0; fi
+        if echo 0 >"$AG_FILE" 2>/dev/null; then
+            AG_WAS=$AG_RUN AG_RUN=0
+            echo "$AG_WAS $$" >"$AG_SAVE"
+        fi
     fi
     AG_RUN=$([[ $AG_RUN == 0 ]] && echo off || echo on)${AG_WAS:+ (turned off for this run; on again after it)}
 fi
