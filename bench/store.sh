@@ -631,6 +631,8 @@ SNAP_WAL=${BENCH_SNAP_WAL:-cold}
 [[ "$SNAP_WAL" == cold || "$SNAP_WAL" == warm ]] || die "BENCH_SNAP_WAL: cold or warm, not $SNAP_WAL"
 # the anchor's runs: a server each (ASRV[k]), new like the joiners'
 ASRV=([1]=${BENCH_A1:-4} [2]=${BENCH_A2:-6})
+[[ "${ASRV[1]}${ASRV[2]}" == 46 || "${ASRV[1]}${ASRV[2]}" == 64 ]] ||
+    die "BENCH_A1 / BENCH_A2: servers 4 and 6, one each, not ${ASRV[1]} and ${ASRV[2]}"
 for i in 1 2 3 4 6; do pg_start "$i"; schema "$i"; done
 if [[ "$SNAP_WAL" == warm ]]; then
     for i in 2 3 4 6; do

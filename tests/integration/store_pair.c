@@ -646,34 +646,48 @@ static int loaded_pair(node *a, node *b, int n)
     return 0;
 }
 
-/* On the database ci, the node's capture held back (a transaction that
- * locks pmgcm.state, which the capture's own begins by locking) and then
- * a row of mail with this id committed past the write check, as a
- * writer that slipped past a step-down would. The lock's connection
- * (release_capture ends it), or NULL. */
-static PGconn *diverge_held(const char *ci, int id)
+/* On the database ci, a transaction left open after `sql` (its BEGIN and
+ * a lock) succeeded: its connection (commit_close ends it), or NULL. */
+static PGconn *held_open(const char *ci, const char *sql)
 {
     PGconn *lk = sql_conn(ci);
     if (!lk) return NULL;
-    PGresult *r = PQexec(lk, "BEGIN; SELECT 1 FROM pmgcm.state FOR UPDATE");
-    bool ok = PQresultStatus(r) == PGRES_TUPLES_OK;
+    PGresult *r = PQexec(lk, sql);
+    ExecStatusType st = PQresultStatus(r);
     PQclear(r);
-    if (!ok || sqlf(ci, false, "SET session_replication_role = replica;"
-                               " INSERT INTO mail VALUES (%d, 'not the"
-                               " master', 0)", id) != 0) {
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+        printf("# %s: %s", sql, PQerrorMessage(lk));
         PQfinish(lk);
         return NULL;
     }
     return lk;
 }
-/* the capture goes on: 0 or -1 */
-static int release_capture(PGconn *lk)
+/* held_open's transaction commits (what it held goes on): 0 or -1 */
+static int commit_close(PGconn *lk)
 {
     PGresult *r = PQexec(lk, "COMMIT");
     bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
     PQclear(r);
     PQfinish(lk);
     return ok ? 0 : -1;
+}
+
+/* On the database ci, the node's capture held back (a transaction that
+ * locks pmgcm.state, which the capture's own begins by locking) and then
+ * a row of mail with this id committed past the write check, as a
+ * writer that slipped past a step-down would. The lock's connection
+ * (commit_close lets the capture go on), or NULL. */
+static PGconn *diverge_held(const char *ci, int id)
+{
+    PGconn *lk = held_open(ci, "BEGIN; SELECT 1 FROM pmgcm.state FOR UPDATE");
+    if (!lk) return NULL;
+    if (sqlf(ci, false, "SET session_replication_role = replica;"
+                        " INSERT INTO mail VALUES (%d, 'not the master', 0)",
+             id) != 0) {
+        PQfinish(lk);
+        return NULL;
+    }
+    return lk;
 }
 
 /* ---- test points ------------------------------------------------------------ */
@@ -1168,7 +1182,7 @@ static void test_snapshot_waits_for_capture(void)
     REQUIRE(pair_open(&snap, &c, &b, PST_SNAPSHOT, 3) == 0);
     CHECK(run_until(waits_or_ended, &snap, 60000));
     CHECK(!snap.cl.ended); /* not copied before the capture looked */
-    CHECK(release_capture(lk) == 0);
+    CHECK(commit_close(lk) == 0);
     CHECK(run_until(client_ended, &snap, 60000));
     printf("#   c's load from b: %s\n", pst_strerror(snap.cl.end_rc));
     CHECK(snap.cl.end_rc != 0);
@@ -1250,7 +1264,7 @@ static void test_master_adopts_divergence(void)
                          "0123456789abcdef0123456789abcdef", role_cb,
                          &b) == 0);
     run_for(200);
-    CHECK(release_capture(lk) == 0);
+    CHECK(commit_close(lk) == 0);
     CHECK(run_until(role_is_done, &b, 30000));
     CHECK_EQ_INT(b.role_rc, 0);
     pst_get_info(b.st, &ib);
@@ -1550,21 +1564,15 @@ static void test_paused_stream_resumes(void)
     int rc = two_nodes(&a, &b);
     open_tick_ms = 0;
     REQUIRE(rc == 0);
-    PGconn *lk = sql_conn(cb);
+    PGconn *lk = held_open(cb, "BEGIN; LOCK TABLE doc IN ACCESS EXCLUSIVE"
+                               " MODE");
     REQUIRE(lk != NULL);
-    PGresult *r = PQexec(lk, "BEGIN; LOCK TABLE doc IN ACCESS EXCLUSIVE"
-                             " MODE");
-    CHECK(PQresultStatus(r) == PGRES_COMMAND_OK);
-    PQclear(r);
     pair snap;
     REQUIRE(pair_open(&snap, &b, &a, PST_SNAPSHOT, 2) == 0);
     /* the stream pauses: the client's thread waits for the lock */
     CHECK(run_until(flag_set, &snap.cl.paused, 60000));
     CHECK(!snap.cl.ended);
-    r = PQexec(lk, "COMMIT");
-    CHECK(PQresultStatus(r) == PGRES_COMMAND_OK);
-    PQclear(r);
-    PQfinish(lk);
+    CHECK(commit_close(lk) == 0);
     CHECK(run_until(client_ended, &snap, 60000));
     CHECK_EQ_INT(snap.cl.end_rc, 0);
     printf("# the stream ended: rc %d, %s\n", snap.cl.end_rc, snap.cl.why);
